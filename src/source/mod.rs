@@ -1,0 +1,182 @@
+//! Where socket snapshots come from.
+//!
+//! A [`Source`] answers one question per poll: which ESTABLISHED TCP sockets on this host match
+//! at least one configured target right now? It knows nothing of what happens to the answer
+//! (that is the tracker's job). Implementations:
+//! - `netlink`: Linux `sock_diag` (`inet_diag`) dumps, filtered in the kernel by bytecode that
+//!   `bytecode` compiles from the targets. The fast path, and the default where it works.
+//! - `procfs`: `/proc/net/tcp` and `/proc/net/tcp6` via the procfs crate, matched in user space.
+//!   The fallback when netlink is unavailable (some sandboxes forbid it).
+//! - `netstat`: the netstat2 crate, for macOS and Windows, where the original tool also ran.
+//!
+//! Each source is split into I/O (fetching bytes) and pure parsing, tested on fixtures.
+
+use std::net::SocketAddr;
+
+use crate::target::Targets;
+
+#[cfg(target_os = "linux")]
+pub mod bytecode;
+#[cfg(target_os = "linux")]
+pub mod netlink;
+#[cfg(target_os = "linux")]
+pub mod procfs;
+pub mod netstat;
+
+/// One TCP socket as a source saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SocketEntry {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub state: TcpState,
+    /// What tells two sockets with the same 4-tuple apart: the kernel's socket cookie (netlink)
+    /// or the socket inode (procfs); 0 where the platform gives neither. A 4-tuple that is
+    /// reused by a new socket therefore shows up as a new connection.
+    pub id: u64,
+}
+
+/// TCP states as Linux numbers them (`include/net/tcp_states.h`). Only `Established` counts as
+/// an active connection; sources ask for nothing else, the others exist to name what they see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TcpState {
+    Established,
+    SynSent,
+    SynRecv,
+    FinWait1,
+    FinWait2,
+    TimeWait,
+    Close,
+    CloseWait,
+    LastAck,
+    Listen,
+    Closing,
+    NewSynRecv,
+    Unknown,
+}
+
+impl TcpState {
+    pub fn from_linux(n: u8) -> TcpState {
+        match n {
+            1 => TcpState::Established,
+            2 => TcpState::SynSent,
+            3 => TcpState::SynRecv,
+            4 => TcpState::FinWait1,
+            5 => TcpState::FinWait2,
+            6 => TcpState::TimeWait,
+            7 => TcpState::Close,
+            8 => TcpState::CloseWait,
+            9 => TcpState::LastAck,
+            10 => TcpState::Listen,
+            11 => TcpState::Closing,
+            12 => TcpState::NewSynRecv,
+            _ => TcpState::Unknown,
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TcpState::Established => "ESTABLISHED",
+            TcpState::SynSent => "SYN_SENT",
+            TcpState::SynRecv => "SYN_RECV",
+            TcpState::FinWait1 => "FIN_WAIT1",
+            TcpState::FinWait2 => "FIN_WAIT2",
+            TcpState::TimeWait => "TIME_WAIT",
+            TcpState::Close => "CLOSE",
+            TcpState::CloseWait => "CLOSE_WAIT",
+            TcpState::LastAck => "LAST_ACK",
+            TcpState::Listen => "LISTEN",
+            TcpState::Closing => "CLOSING",
+            TcpState::NewSynRecv => "NEW_SYN_RECV",
+            TcpState::Unknown => "UNKNOWN",
+        }
+    }
+}
+
+/// Which source to use; `Auto` tries netlink, then procfs, then netstat2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Auto,
+    Netlink,
+    Procfs,
+    Netstat,
+}
+
+impl SourceKind {
+    pub const ALLOWED: &'static str = "auto, netlink, procfs, netstat";
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SourceKind::Auto => "auto",
+            SourceKind::Netlink => "netlink",
+            SourceKind::Procfs => "procfs",
+            SourceKind::Netstat => "netstat",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{context}: {source}")]
+    Io {
+        context: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("malformed {what}: {detail}")]
+    Parse { what: &'static str, detail: String },
+    #[error("the {0} source is not available on this platform")]
+    Unsupported(&'static str),
+}
+
+impl SourceError {
+    pub fn io(context: &'static str) -> impl FnOnce(std::io::Error) -> SourceError {
+        move |source| SourceError::Io { context, source }
+    }
+}
+
+/// A way to list this host's matching ESTABLISHED TCP sockets.
+pub trait Source: Send {
+    /// The kind actually in use (never `Auto`).
+    fn kind(&self) -> SourceKind;
+
+    /// Replaces `out` with the ESTABLISHED sockets that match at least one target. `out` is
+    /// reused across polls so that a steady state allocates nothing.
+    fn poll(&mut self, out: &mut Vec<SocketEntry>) -> Result<(), SourceError>;
+}
+
+/// Opens the source `kind` asks for. `Auto` takes the first that works, in the order netlink,
+/// procfs, netstat, and says in the log which one it took and why it passed over the others.
+pub fn open(kind: SourceKind, targets: &Targets) -> Result<Box<dyn Source>, SourceError> {
+    match kind {
+        #[cfg(target_os = "linux")]
+        SourceKind::Netlink => Ok(Box::new(netlink::NetlinkSource::open(targets)?)),
+        #[cfg(target_os = "linux")]
+        SourceKind::Procfs => Ok(Box::new(procfs::ProcfsSource::new(targets)?)),
+        #[cfg(not(target_os = "linux"))]
+        SourceKind::Netlink => Err(SourceError::Unsupported("netlink")),
+        #[cfg(not(target_os = "linux"))]
+        SourceKind::Procfs => Err(SourceError::Unsupported("procfs")),
+        SourceKind::Netstat => Ok(Box::new(netstat::NetstatSource::new(targets))),
+        SourceKind::Auto => {
+            let mut last = None;
+            for k in [SourceKind::Netlink, SourceKind::Procfs, SourceKind::Netstat] {
+                match open(k, targets).and_then(|mut s| {
+                    // A source that opens but cannot answer is no use: try one poll.
+                    s.poll(&mut Vec::new()).map(|_| s)
+                }) {
+                    Ok(s) => {
+                        tracing::info!(source = k.as_str(), "connection source selected");
+                        return Ok(s);
+                    }
+                    Err(e) => {
+                        tracing::warn!(source = k.as_str(), error = %e, "connection source unavailable, trying the next");
+                        last = Some(e);
+                    }
+                }
+            }
+            Err(last.unwrap_or(SourceError::Unsupported("auto")))
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! What a downstream target is, and which target (if any) a socket belongs to.
+//!
+//! Every source reports sockets; this module decides, in user space, which configured target a
+//! socket is attributed to. The netlink source also compiles the same rules into a kernel filter
+//! (`source::bytecode`), so that unrelated sockets never reach user space; the user-space check
+//! then only attributes the few matching sockets to their target. Both must agree: the tests in
+//! `source::bytecode` run the same cases through both.
+
+use std::net::{IpAddr, SocketAddr};
+
+use ipnet::IpNet;
+
+/// Index of a target in [`Targets`]; also the order in which targets were configured.
+pub type TargetId = usize;
+
+/// An inclusive range of TCP ports, `start <= end` (validated by the config module).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct PortRange {
+    pub start: u16,
+    pub end: u16,
+}
+
+impl PortRange {
+    pub fn contains(&self, port: u16) -> bool {
+        self.start <= port && port <= self.end
+    }
+
+    /// Number of ports in the range.
+    pub fn len(&self) -> usize {
+        usize::from(self.end - self.start) + 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.start, self.end)
+    }
+}
+
+/// One downstream the gateway talks to: a remote address or block, optionally one remote port,
+/// optionally a range of local ports the gateway's FIX sessions bind to.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Target {
+    /// Value of the `target` attribute on every metric of this target.
+    pub name: String,
+    /// Remote address (a single address is a /32 or /128 network).
+    pub net: IpNet,
+    /// Remote port; `None` means any.
+    pub port: Option<u16>,
+    /// Local ports; `None` means any.
+    pub local_ports: Option<PortRange>,
+}
+
+impl Target {
+    /// The default name of a target: `ADDRESS:PORT`, `ADDRESS` when any port matches. A single
+    /// address is written without its prefix length, an IPv6 address in brackets with a port.
+    pub fn default_name(net: &IpNet, port: Option<u16>) -> String {
+        let single = net.prefix_len() == net.max_prefix_len();
+        let addr = if single {
+            net.addr().to_string()
+        } else {
+            net.to_string()
+        };
+        match (port, net) {
+            (None, _) => addr,
+            (Some(p), IpNet::V6(_)) if single => format!("[{addr}]:{p}"),
+            (Some(p), _) => format!("{addr}:{p}"),
+        }
+    }
+
+    /// Does a connection from `local` to `remote` belong to this target? IPv4-mapped IPv6
+    /// addresses (`::ffff:a.b.c.d`, what a dual-stack socket shows) match IPv4 targets.
+    pub fn matches(&self, local: &SocketAddr, remote: &SocketAddr) -> bool {
+        if let Some(p) = self.port {
+            if remote.port() != p {
+                return false;
+            }
+        }
+        if let Some(r) = self.local_ports {
+            if !r.contains(local.port()) {
+                return false;
+            }
+        }
+        self.net.contains(&canonical(remote.ip()))
+    }
+}
+
+/// Unwraps an IPv4-mapped IPv6 address into the IPv4 address it carries.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    ip.to_canonical()
+}
+
+/// The configured targets, in order. A socket belongs to the first target that matches it, so
+/// overlapping targets never count one connection twice.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Targets(Vec<Target>);
+
+impl Targets {
+    pub fn new(targets: Vec<Target>) -> Self {
+        Targets(targets)
+    }
+
+    pub fn classify(&self, local: &SocketAddr, remote: &SocketAddr) -> Option<TargetId> {
+        self.0.iter().position(|t| t.matches(local, remote))
+    }
+
+    pub fn get(&self, id: TargetId) -> &Target {
+        &self.0[id]
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, Target> {
+        self.0.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// True when some target can match an IPv4 peer (so the AF_INET table must be read).
+    pub fn wants_ipv4(&self) -> bool {
+        self.0.iter().any(|t| matches!(t.net, IpNet::V4(_)))
+    }
+
+    /// True when some target can match a socket in the AF_INET6 table: any IPv6 target, and any
+    /// IPv4 target too, since dual-stack sockets show IPv4 peers as IPv4-mapped IPv6 addresses.
+    pub fn wants_ipv6(&self) -> bool {
+        !self.0.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(net: &str, port: Option<u16>, local: Option<(u16, u16)>) -> Target {
+        let net: IpNet = net.parse().unwrap();
+        Target {
+            name: Target::default_name(&net, port),
+            net,
+            port,
+            local_ports: local.map(|(start, end)| PortRange { start, end }),
+        }
+    }
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn address_port_and_local_range_all_apply() {
+        let x = t("10.0.0.5/32", Some(9876), Some((5000, 6000)));
+        assert!(x.matches(&sa("10.1.1.1:5000"), &sa("10.0.0.5:9876")));
+        assert!(x.matches(&sa("10.1.1.1:6000"), &sa("10.0.0.5:9876")));
+        assert!(!x.matches(&sa("10.1.1.1:4999"), &sa("10.0.0.5:9876")));
+        assert!(!x.matches(&sa("10.1.1.1:6001"), &sa("10.0.0.5:9876")));
+        assert!(!x.matches(&sa("10.1.1.1:5000"), &sa("10.0.0.5:9877")));
+        assert!(!x.matches(&sa("10.1.1.1:5000"), &sa("10.0.0.6:9876")));
+    }
+
+    #[test]
+    fn cidr_blocks_match_every_address_inside() {
+        let x = t("10.0.0.0/24", None, None);
+        assert!(x.matches(&sa("1.1.1.1:1"), &sa("10.0.0.255:1")));
+        assert!(!x.matches(&sa("1.1.1.1:1"), &sa("10.0.1.0:1")));
+    }
+
+    #[test]
+    fn ipv4_mapped_ipv6_peers_match_ipv4_targets() {
+        let x = t("127.0.0.2/32", Some(9000), None);
+        assert!(x.matches(&sa("[::ffff:127.0.0.1]:5000"), &sa("[::ffff:127.0.0.2]:9000")));
+        assert!(!x.matches(&sa("[::1]:5000"), &sa("[::1]:9000")));
+    }
+
+    #[test]
+    fn ipv6_targets_do_not_match_ipv4_peers() {
+        let x = t("::1/128", None, None);
+        assert!(x.matches(&sa("[::1]:5000"), &sa("[::1]:9000")));
+        assert!(!x.matches(&sa("127.0.0.1:5000"), &sa("127.0.0.1:9000")));
+    }
+
+    #[test]
+    fn first_matching_target_wins() {
+        let ts = Targets::new(vec![
+            t("10.0.0.5/32", Some(1), None),
+            t("10.0.0.0/8", None, None),
+        ]);
+        assert_eq!(ts.classify(&sa("1.1.1.1:1"), &sa("10.0.0.5:1")), Some(0));
+        assert_eq!(ts.classify(&sa("1.1.1.1:1"), &sa("10.0.0.5:2")), Some(1));
+        assert_eq!(ts.classify(&sa("1.1.1.1:1"), &sa("11.0.0.5:2")), None);
+    }
+
+    #[test]
+    fn default_names_read_like_addresses() {
+        assert_eq!(
+            Target::default_name(&"10.0.0.5/32".parse().unwrap(), Some(9876)),
+            "10.0.0.5:9876"
+        );
+        assert_eq!(
+            Target::default_name(&"10.0.0.0/24".parse().unwrap(), None),
+            "10.0.0.0/24"
+        );
+        assert_eq!(
+            Target::default_name(&"::1/128".parse().unwrap(), Some(9)),
+            "[::1]:9"
+        );
+    }
+}
