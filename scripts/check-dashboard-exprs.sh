@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Run every PromQL expression of the Grafana dashboard against a throwaway
+# Prometheus and require each to be accepted (status "success") and to return
+# data. Needs bash, jq, curl, ss, prometheus and promtool; no python.
+#
+#   scripts/check-dashboard-exprs.sh [DASHBOARD.json]
+#
+# Steps: generate ~90 minutes of synthetic fix-monitor series (2 hosts x 2
+# targets, all metric names the dashboard uses, plus up and target_info) in
+# OpenMetrics text, backfill them with `promtool tsdb create-blocks-from
+# openmetrics` into a temp data dir, start Prometheus on 127.0.0.1:<free port>
+# with an empty scrape config, then query /api/v1/query for each line printed
+# by scripts/dashboard-exprs.sh at the time of the last sample. Prometheus is
+# stopped (by its pid) and the temp dir removed on exit.
+#
+# Environment:
+#   PROMETHEUS, PROMTOOL  binaries to use (default: prometheus, promtool on PATH;
+#                         e.g. PROMETHEUS=.tools/bin/prometheus-trixie)
+#   ALLOW_EMPTY=1         accept expressions that return no series
+#   KEEP_TMP=1            keep the temp dir (data, config, log) for debugging
+# Prints one line per expression: "ok <n>", "EMPTY" or "FAIL <error>", then a
+# "N passed, N failed" line; exits 1 if any failed.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PROMETHEUS="${PROMETHEUS:-prometheus}"
+PROMTOOL="${PROMTOOL:-promtool}"
+dash="${1:-$ROOT/dashboards/fix-monitor.json}"
+
+die() { echo "check-dashboard-exprs: $*" >&2; exit 1; }
+for t in "$PROMETHEUS" "$PROMTOOL" jq curl ss awk; do
+    command -v "$t" >/dev/null || die "missing tool: $t (run scripts/fetch-tools.sh)"
+done
+
+exprs="$("$ROOT/scripts/dashboard-exprs.sh" "$dash")"
+
+tmp="$(mktemp -d "${TMPDIR:-/tmp}/fix-dash-check.XXXXXX")"
+prom_pid=""
+cleanup() {
+    if [ -n "$prom_pid" ] && kill -0 "$prom_pid" 2>/dev/null; then
+        kill "$prom_pid" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$prom_pid" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$prom_pid" 2>/dev/null || true
+    fi
+    if [ "${KEEP_TMP:-0}" = 1 ]; then echo "kept $tmp" >&2; else rm -rf "$tmp"; fi
+}
+trap cleanup EXIT
+
+# ---- synthetic data --------------------------------------------------------
+step=15
+end=$(( $(date +%s) - 300 ))
+end=$(( end - end % step ))
+start=$(( end - 90 * 60 ))
+awk -v start="$start" -v end="$end" -v step="$step" '
+function emit(name, labels, v, t) { printf "%s{%s} %s %d\n", name, labels, v, t }
+BEGIN {
+    nh = split("gw1 gw2", hosts, " ")
+    nt = split("venue-a venue-b", targets, " ")
+    nb = split("1 10 60 300 1800 3600 14400 86400 +Inf", les, " ")
+    npb = split("0.001 0.005 0.01 0.05 0.1 0.5 1 +Inf", ples, " ")
+    n = int((end - start) / step)
+    for (h = 1; h <= nh; h++) for (g = 1; g <= nt; g++) {
+        L = sprintf("job=\"fix-monitor\",instance=\"%s:9464\",host=\"%s\",target=\"%s\"", hosts[h], hosts[h], targets[g])
+        # venue-b on gw2 is down (0 active) for the whole window
+        down = (h == 2 && g == 2)
+        for (i = 0; i <= n; i++) emit("fix_connections_active", L, down ? 0 : 2 + (i % 3 == 0), start + i * step)
+        for (i = 0; i <= n; i++) emit("fix_connections_peak", L, 4, start + i * step)
+        for (i = 0; i <= n; i++) emit("fix_connections_total", L, 10 + int(i / 4), start + i * step)
+        for (i = 0; i <= n; i++) emit("fix_connections_closed_total", L, 8 + int(i / 4), start + i * step)
+        for (p = 0; p < 2; p++) {
+            LP = L sprintf(",port=\"%d\"", 5001 + p + 10 * g)
+            for (i = 0; i <= n; i++) emit("fix_connections_by_port", LP, down ? 0 : 1, start + i * step)
+        }
+        # one close per minute; lifetimes spread over the buckets
+        for (b = 1; b <= nb; b++) {
+            LB = L sprintf(",le=\"%s\"", les[b])
+            for (i = 0; i <= n; i++) emit("fix_connection_duration_seconds_bucket", LB, int(int(i / 4) * b / nb), start + i * step)
+        }
+        for (i = 0; i <= n; i++) emit("fix_connection_duration_seconds_count", L, int(i / 4), start + i * step)
+        for (i = 0; i <= n; i++) emit("fix_connection_duration_seconds_sum", L, 600 * int(i / 4), start + i * step)
+    }
+    for (h = 1; h <= nh; h++) {
+        L = sprintf("job=\"fix-monitor\",instance=\"%s:9464\"", hosts[h])
+        for (i = 0; i <= n; i++) emit("up", L, 1, start + i * step)
+        for (i = 0; i <= n; i++) emit("fix_monitor_poll_errors_total", L, (h == 2) ? int(i / 8) : 0, start + i * step)
+        for (b = 1; b <= npb; b++) {
+            LB = L sprintf(",le=\"%s\"", ples[b])
+            for (i = 0; i <= n; i++) emit("fix_monitor_poll_duration_seconds_bucket", LB, int(i * 15 * b / npb), start + i * step)
+        }
+        for (i = 0; i <= n; i++) emit("fix_monitor_poll_duration_seconds_count", L, i * 15, start + i * step)
+        for (i = 0; i <= n; i++) emit("fix_monitor_poll_duration_seconds_sum", L, i * 0.03, start + i * step)
+        LI = L sprintf(",host_name=\"%s\",service_name=\"fix-monitor\",service_version=\"0.0.0-test\",service_instance_id=\"id-%s\"", hosts[h], hosts[h])
+        for (i = 0; i <= n; i++) emit("target_info", LI, 1, start + i * step)
+    }
+    print "# EOF"
+}' > "$tmp/data.om"
+
+mkdir -p "$tmp/data"
+"$PROMTOOL" tsdb create-blocks-from openmetrics "$tmp/data.om" "$tmp/data" > "$tmp/backfill.log" 2>&1 \
+    || { cat "$tmp/backfill.log" >&2; die "promtool backfill failed"; }
+
+# ---- throwaway Prometheus --------------------------------------------------
+printf 'global:\n  scrape_interval: 15s\nscrape_configs: []\n' > "$tmp/prometheus.yml"
+port=""
+for _ in $(seq 50); do
+    p=$(( 20000 + RANDOM % 20000 ))
+    if ! ss -Htln "sport = :$p" | grep -q .; then port=$p; break; fi
+done
+[ -n "$port" ] || die "no free port found"
+
+"$PROMETHEUS" --config.file="$tmp/prometheus.yml" --storage.tsdb.path="$tmp/data" \
+    --web.listen-address="127.0.0.1:$port" --storage.tsdb.retention.time=30d \
+    > "$tmp/prometheus.log" 2>&1 &
+prom_pid=$!
+base="http://127.0.0.1:$port"
+ready=0
+for _ in $(seq 150); do
+    if curl -fsS "$base/-/ready" >/dev/null 2>&1; then ready=1; break; fi
+    kill -0 "$prom_pid" 2>/dev/null || break
+    sleep 0.2
+done
+[ "$ready" = 1 ] || { tail -20 "$tmp/prometheus.log" >&2; die "prometheus did not become ready on $base"; }
+
+# ---- query every expression -------------------------------------------------
+pass=0 fail=0
+while IFS= read -r e; do
+    [ -n "$e" ] || continue
+    resp="$(curl -sS --get "$base/api/v1/query" --data-urlencode "query=$e" --data-urlencode "time=$end" 2>&1)" || true
+    status="$(jq -r '.status // "no-status"' <<<"$resp" 2>/dev/null || echo "bad-json")"
+    if [ "$status" != success ]; then
+        err="$(jq -r '.error // empty' <<<"$resp" 2>/dev/null || true)"
+        printf 'FAIL  %s\n      %s\n' "$e" "${err:-$resp}"
+        fail=$((fail + 1))
+        continue
+    fi
+    n="$(jq -r 'if .data.resultType == "vector" or .data.resultType == "matrix" then (.data.result | length) else 1 end' <<<"$resp")"
+    if [ "$n" = 0 ] && [ "${ALLOW_EMPTY:-0}" != 1 ]; then
+        printf 'EMPTY %s\n' "$e"
+        fail=$((fail + 1))
+    else
+        printf 'ok %-3s %s\n' "$n" "$e"
+        pass=$((pass + 1))
+    fi
+done <<<"$exprs"
+
+echo "dashboard exprs against $("$PROMETHEUS" --version 2>&1 | head -n1 | awk '{print $1, $3}'):"
+echo "$pass passed, $fail failed"
+[ "$fail" = 0 ]

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: tools, lint, unit and integration tests, rule and
+# dashboard checks. Needs root for the network-namespace tests and apt for the tools.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/fetch-tools.sh
+export PATH="$PWD/.tools/bin:$PATH"
+
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo test --locked --all-targets
+if [ -x scripts/check-dashboards.sh ]; then
+  bash scripts/check-dashboards.sh
+fi
