@@ -13,5 +13,11 @@
 //! - [`export`]: the Prometheus exposition and the HTTP endpoints.
 //! - [`app`]: the poll loop, the shared status the endpoints read, and the one shutdown path.
 
-pub mod target;
+pub mod app;
+pub mod config;
+pub mod export;
+pub mod instruments;
 pub mod source;
+pub mod status;
+pub mod target;
+pub mod tracker;

@@ -175,7 +175,10 @@ mod tests {
     #[test]
     fn ipv4_mapped_ipv6_peers_match_ipv4_targets() {
         let x = t("127.0.0.2/32", Some(9000), None);
-        assert!(x.matches(&sa("[::ffff:127.0.0.1]:5000"), &sa("[::ffff:127.0.0.2]:9000")));
+        assert!(x.matches(
+            &sa("[::ffff:127.0.0.1]:5000"),
+            &sa("[::ffff:127.0.0.2]:9000")
+        ));
         assert!(!x.matches(&sa("[::1]:5000"), &sa("[::1]:9000")));
     }
 

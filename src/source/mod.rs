@@ -19,9 +19,9 @@ use crate::target::Targets;
 pub mod bytecode;
 #[cfg(target_os = "linux")]
 pub mod netlink;
+pub mod netstat;
 #[cfg(target_os = "linux")]
 pub mod procfs;
-pub mod netstat;
 
 /// One TCP socket as a source saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -1,0 +1,332 @@
+//! Every setting of fix-monitor, in one place: defaults, the config file, the environment and the
+//! command line, layered with figment and validated once into [`Settings`]. Nothing else in the
+//! crate reads files or environment variables for configuration.
+//!
+//! # Layers, lowest to highest
+//! 1. Built-in defaults ([`defaults`]).
+//! 2. The TOML file: `--config PATH`, else `FIX_MONITOR_CONFIG`, else
+//!    [`DEFAULT_CONFIG_PATH`]. Only the default path may be absent.
+//! 3. The environment: `FIX_MONITOR_` + the key path in upper case, sections joined by `__`
+//!    (`FIX_MONITOR_POLL__INTERVAL=5s`, `FIX_MONITOR_PROMETHEUS__LISTEN=0.0.0.0:9464`,
+//!    `FIX_MONITOR_TARGETS='[{address="10.0.0.5", port=9876}]'`). Values are parsed like
+//!    figment's `Env` (numbers, booleans, `[..]` arrays, `{k=v}` tables, else strings); an empty
+//!    variable counts as unset; an unknown `FIX_MONITOR_*` variable is an error. The original
+//!    exporter's `DOWNSTREAM_IP` (with optional `DOWNSTREAM_PORT`) defines one target.
+//! 4. Command-line flags ([`ConfigArgs`]); `--ip` (alias `--target-ip`) defines one target.
+//!
+//! Tables merge key by key, but a list replaces the list below it: `FIX_MONITOR_TARGETS`,
+//! `DOWNSTREAM_IP` and `--ip` each *replace* the file's `[[targets]]` rather than add to them,
+//! so that the one target the original tools were given is exactly what gets watched.
+//! `DOWNSTREAM_IP` together with `FIX_MONITOR_TARGETS` is an error (two environment settings
+//! that each claim the target list); `--ip` beats both.
+//!
+//! # File schema
+//! ```toml
+//! [[targets]]                 # one table per downstream; at least one target is required
+//! name = "venue-a"            # optional; default "ADDRESS:PORT" (or "ADDRESS")
+//! address = "10.0.0.5"        # IP address or CIDR block ("10.0.0.0/24")
+//! port = 9876                 # optional remote port; default any
+//! local_ports = [5000, 6000]  # optional inclusive local port range; default any
+//! [poll]
+//! interval = "1s"             # humantime string, or an integer number of seconds
+//! source = "auto"             # auto | netlink | procfs | netstat
+//! [prometheus]
+//! enabled = true
+//! listen = "127.0.0.1:9464"   # IP:PORT; fleets set 0.0.0.0:PORT
+//! [log]
+//! format = "text"             # text | json
+//! level = "info"              # a tracing EnvFilter directive
+//! ```
+//!
+//! # Shape (after ripgrep's low/high args)
+//! - `args`: the flags as typed ([`ConfigArgs`], strings).
+//! - `layers`: turns the file text, the environment and the flags into figment providers whose
+//!   metadata records each value's [`Origin`]. I/O-free.
+//! - `resolve`: walks the merged tree against the schema, collecting *every* problem, into
+//!   [`Settings`] plus the origin of each value. Pure.
+//! - `explain`: renders [`Loaded::explain`].
+//!
+//! Only [`load`] touches the process environment and only [`load_from`] reads the file; the
+//! pure [`parse_toml_str`] / [`parse_reader`] take the file's content directly.
+
+mod args;
+mod error;
+mod explain;
+mod layers;
+mod resolve;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use args::ConfigArgs;
+pub use error::{ConfigError, ConfigErrors, ErrorKind, Origin};
+
+use crate::source::SourceKind;
+use crate::target::Targets;
+
+/// Exit code for a bad configuration or command line: EX_USAGE from BSD `sysexits.h`, as
+/// linkerd2-proxy uses, so that supervisors can tell "fix the config" from "crashed".
+pub const EXIT_USAGE: i32 = 64;
+
+/// The configuration file read when neither `--config` nor `FIX_MONITOR_CONFIG` names one.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/fix-monitor/config.toml";
+
+/// The built-in defaults: the lowest layer, and what `explain()` marks `# default`.
+pub mod defaults {
+    use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+    use std::time::Duration;
+
+    use super::LogFormat;
+    use crate::source::SourceKind;
+
+    /// Netlink with a kernel-side filter makes a poll cheap, so poll often enough to see short
+    /// sessions (the original tools used 5 s and 10 s).
+    pub const INTERVAL: Duration = Duration::from_secs(1);
+    pub const SOURCE: SourceKind = SourceKind::Auto;
+    pub const PROMETHEUS_ENABLED: bool = true;
+    /// Loopback: exposing metrics beyond the host is a deliberate choice (`0.0.0.0:9464`).
+    pub const PROMETHEUS_LISTEN: SocketAddr =
+        SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9464));
+    pub const LOG_FORMAT: LogFormat = LogFormat::Text;
+    pub const LOG_LEVEL: &str = "info";
+    /// The original monitor's `--min-port` default; used when only `--max-port` is given.
+    pub const MIN_PORT: u16 = 5000;
+    /// The original monitor's `--max-port` default; used when only `--min-port` is given.
+    pub const MAX_PORT: u16 = 6000;
+    /// Longest accepted poll interval. Far beyond any useful value, and keeps timer arithmetic
+    /// (`Instant + interval`) away from overflow.
+    pub const MAX_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// What to watch; never empty, names unique.
+    pub targets: Targets,
+    pub poll: PollSettings,
+    pub prometheus: PrometheusSettings,
+    pub log: LogSettings,
+    // [otlp] goes here when OTLP export lands (enabled, endpoint, protocol, interval, timeout,
+    // headers, TLS files): a field here, its keys in `resolve::SCHEMA`/`resolve_otlp`, its
+    // lines in `explain`, its flags in `ConfigArgs`.
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PollSettings {
+    /// Time between two polls of the connection source; > 0.
+    pub interval: Duration,
+    /// Which connection source to use.
+    pub source: SourceKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrometheusSettings {
+    /// Whether to serve the Prometheus pull endpoint.
+    pub enabled: bool,
+    /// Where to serve it. Port 0 is allowed (the OS picks a free port), which tests rely on.
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// A tracing `EnvFilter` directive, already checked to parse.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+impl LogFormat {
+    pub const ALLOWED: &'static str = "text, json";
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+/// Which configuration file took part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigFile {
+    /// This file was read.
+    Read(PathBuf),
+    /// The default path was looked for and does not exist (not an error).
+    Absent(PathBuf),
+}
+
+/// The validated settings, and where each value came from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub settings: Settings,
+    pub config_file: ConfigFile,
+    /// Origin of every value in `settings`, by key (`poll.interval`, `targets[0].port`).
+    origins: BTreeMap<String, Origin>,
+}
+
+impl Loaded {
+    /// Where the value at `key` came from: `poll.interval`, `prometheus.listen`,
+    /// `targets[0].address`, ... (`None` for a key the schema does not have).
+    pub fn origin(&self, key: &str) -> Option<&Origin> {
+        self.origins.get(key)
+    }
+
+    /// The effective configuration as TOML (it parses back to the same settings), with each
+    /// value's origin in a trailing comment. This is what `fix-monitor config` prints.
+    pub fn explain(&self) -> String {
+        explain::explain(self)
+    }
+}
+
+/// Loads the configuration from the process environment, `--config` or the default file, and
+/// the flags.
+pub fn load(args: &ConfigArgs) -> Result<Loaded, ConfigErrors> {
+    // Only our variables are taken; a non-UTF-8 value becomes a string with U+FFFD in it, which
+    // validation then rejects while naming the variable.
+    let env = std::env::vars_os().filter_map(|(name, value)| {
+        let name = name.into_string().ok()?;
+        layers::is_ours(&name).then(|| (name, value.to_string_lossy().into_owned()))
+    });
+    load_from(args, env, DEFAULT_CONFIG_PATH)
+}
+
+/// [`load`] with the environment and the default file path given, for tests and embedding.
+/// Variables other than `FIX_MONITOR_*`, `DOWNSTREAM_IP` and `DOWNSTREAM_PORT` are ignored.
+pub fn load_from<I, K, V>(
+    args: &ConfigArgs,
+    env: I,
+    default_path: impl AsRef<Path>,
+) -> Result<Loaded, ConfigErrors>
+where
+    I: IntoIterator<Item = (K, V)>,
+    K: Into<String>,
+    V: Into<String>,
+{
+    let env: BTreeMap<String, String> = env
+        .into_iter()
+        .map(|(k, v)| (k.into(), v.into()))
+        .filter(|(k, v)| layers::is_ours(k) && !v.is_empty())
+        .collect();
+    let mut errors = Vec::new();
+
+    // A file somebody named must exist; the default one is optional, so that a sidecar can be
+    // configured by flags or environment alone.
+    let (path, named_by) = match (&args.config, env.get(layers::ENV_CONFIG)) {
+        (Some(path), _) => (path.clone(), Some(Origin::Flag("--config".into()))),
+        (None, Some(path)) => (
+            PathBuf::from(path),
+            Some(Origin::Env(layers::ENV_CONFIG.into())),
+        ),
+        (None, None) => (default_path.as_ref().to_path_buf(), None),
+    };
+    let file = match std::fs::read_to_string(&path) {
+        Ok(text) => FileState::Text(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && named_by.is_none() => {
+            FileState::Absent
+        }
+        Err(e) => {
+            let mut error = ConfigError::new(
+                ErrorKind::File,
+                path.display().to_string(),
+                format!("cannot read the config file: {e}"),
+            );
+            error.origin = named_by;
+            errors.push(error);
+            FileState::Failed
+        }
+    };
+    assemble(args, &env, &path, file, errors)
+}
+
+/// Parses and validates a configuration file's content alone (defaults below it, no
+/// environment, no flags). `path` is only used to name the file in errors and origins.
+pub fn parse_toml_str(text: &str, path: impl AsRef<Path>) -> Result<Loaded, ConfigErrors> {
+    let file = FileState::Text(text.to_owned());
+    assemble(
+        &ConfigArgs::default(),
+        &BTreeMap::new(),
+        path.as_ref(),
+        file,
+        Vec::new(),
+    )
+}
+
+/// [`parse_toml_str`] on the bytes of a reader.
+pub fn parse_reader(mut reader: impl Read, path: impl AsRef<Path>) -> Result<Loaded, ConfigErrors> {
+    let path = path.as_ref();
+    let mut text = String::new();
+    match reader.read_to_string(&mut text) {
+        Ok(_) => parse_toml_str(&text, path),
+        Err(e) => Err(ConfigErrors::new(vec![ConfigError::new(
+            ErrorKind::File,
+            path.display().to_string(),
+            format!("cannot read the config file: {e}"),
+        )])),
+    }
+}
+
+/// What became of the configuration file before parsing.
+enum FileState {
+    Text(String),
+    /// The default file does not exist.
+    Absent,
+    /// It could not be read; the error is already recorded.
+    Failed,
+}
+
+/// The pure core: file content, environment and flags in; settings or every problem out.
+fn assemble(
+    args: &ConfigArgs,
+    env: &BTreeMap<String, String>,
+    path: &Path,
+    file: FileState,
+    mut errors: Vec<ConfigError>,
+) -> Result<Loaded, ConfigErrors> {
+    let mut file_failed = matches!(file, FileState::Failed);
+    let file_dict = match &file {
+        FileState::Text(text) => match layers::parse_toml(text) {
+            Ok(dict) => Some(dict),
+            Err(message) => {
+                errors.push(ConfigError::new(
+                    ErrorKind::File,
+                    path.display().to_string(),
+                    format!("not valid TOML: {message}"),
+                ));
+                file_failed = true;
+                None
+            }
+        },
+        FileState::Absent | FileState::Failed => None,
+    };
+    let figment = layers::build(file_dict.map(|d| (path, d)), env, args, &mut errors);
+    let context = resolve::Context {
+        config_path: path,
+        // A broken file may well have held the targets: saying "no targets" would mislead.
+        file_failed,
+    };
+    let (settings, origins) = resolve::resolve(&figment, &context, &mut errors);
+    if !errors.is_empty() {
+        return Err(ConfigErrors::new(errors));
+    }
+    let config_file = match file {
+        FileState::Text(_) => ConfigFile::Read(path.to_path_buf()),
+        FileState::Absent | FileState::Failed => ConfigFile::Absent(path.to_path_buf()),
+    };
+    Ok(Loaded {
+        settings,
+        config_file,
+        origins,
+    })
+}

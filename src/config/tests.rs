@@ -1,0 +1,921 @@
+//! Config tests: every kind of problem, the precedence of the layers, and provenance. All go
+//! through `load_from` or `parse_toml_str`, with an explicit environment and a temporary
+//! default file, so they never see the real environment or /etc.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{CommandFactory, Parser};
+
+use super::*;
+use crate::target::PortRange;
+
+#[derive(Debug, Parser)]
+#[command(name = "fix-monitor")]
+struct Cli {
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+fn args(flags: &[&str]) -> ConfigArgs {
+    let argv = std::iter::once("fix-monitor").chain(flags.iter().copied());
+    Cli::try_parse_from(argv)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .config
+}
+
+/// A temporary directory whose `config.toml` is the default config path.
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new(toml: Option<&str>) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        if let Some(toml) = toml {
+            std::fs::write(dir.path().join("config.toml"), toml).unwrap();
+        }
+        Fixture { dir }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+
+    fn load(&self, flags: &[&str], env: &[(&str, &str)]) -> Result<Loaded, ConfigErrors> {
+        load_from(&args(flags), env.iter().copied(), self.path())
+    }
+}
+
+fn ok(result: Result<Loaded, ConfigErrors>) -> Loaded {
+    result.unwrap_or_else(|e| panic!("unexpected configuration errors:\n{e}"))
+}
+
+fn errors(result: Result<Loaded, ConfigErrors>) -> ConfigErrors {
+    match result {
+        Ok(loaded) => panic!("expected errors, got {:#?}", loaded.settings),
+        Err(e) => e,
+    }
+}
+
+fn find<'a>(errors: &'a ConfigErrors, key: &str) -> &'a ConfigError {
+    errors
+        .iter()
+        .find(|e| e.key == key)
+        .unwrap_or_else(|| panic!("no error for {key} in:\n{errors}"))
+}
+
+fn file(path: &Path) -> Option<Origin> {
+    Some(Origin::File(path.to_path_buf()))
+}
+
+fn env(var: &str) -> Option<Origin> {
+    Some(Origin::Env(var.to_owned()))
+}
+
+fn flag(flag: &str) -> Option<Origin> {
+    Some(Origin::Flag(flag.to_owned()))
+}
+
+const ONE_TARGET: &str = "[[targets]]\naddress = \"10.0.0.5\"\n";
+
+// ---- The happy path and the schema ----
+
+#[test]
+fn a_minimal_file_gets_the_defaults() {
+    let loaded = ok(parse_toml_str(ONE_TARGET, "/etc/x.toml"));
+    let s = &loaded.settings;
+    assert_eq!(s.targets.len(), 1);
+    let t = s.targets.get(0);
+    assert_eq!(t.name, "10.0.0.5");
+    assert_eq!(t.net, "10.0.0.5/32".parse().unwrap());
+    assert_eq!((t.port, t.local_ports), (None, None));
+    assert_eq!(s.poll.interval, defaults::INTERVAL);
+    assert_eq!(s.poll.source, SourceKind::Auto);
+    assert!(s.prometheus.enabled);
+    assert_eq!(s.prometheus.listen, "127.0.0.1:9464".parse().unwrap());
+    assert_eq!(s.log.format, LogFormat::Text);
+    assert_eq!(s.log.level, "info");
+    assert_eq!(loaded.config_file, ConfigFile::Read("/etc/x.toml".into()));
+    assert_eq!(loaded.origin("poll.interval"), Some(&Origin::Default));
+    assert_eq!(
+        loaded.origin("targets[0].address"),
+        file(Path::new("/etc/x.toml")).as_ref()
+    );
+}
+
+#[test]
+fn the_whole_schema_parses() {
+    let toml = r#"
+        [[targets]]
+        name = "venue-a"
+        address = "10.0.0.5"
+        port = 9876
+        local_ports = [5000, 6000]
+
+        [[targets]]
+        address = "10.1.0.0/16"
+
+        [[targets]]
+        address = "fd00::5"
+        port = 443
+
+        [poll]
+        interval = "250ms"
+        source = "procfs"
+
+        [prometheus]
+        enabled = false
+        listen = "0.0.0.0:9100"
+
+        [log]
+        format = "json"
+        level = "warn,fix_monitor=debug"
+    "#;
+    let s = ok(parse_toml_str(toml, "c.toml")).settings;
+    let names: Vec<&str> = s.targets.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["venue-a", "10.1.0.0/16", "[fd00::5]:443"]);
+    let a = s.targets.get(0);
+    assert_eq!(a.port, Some(9876));
+    assert_eq!(
+        a.local_ports,
+        Some(PortRange {
+            start: 5000,
+            end: 6000
+        })
+    );
+    assert_eq!(s.targets.get(1).net, "10.1.0.0/16".parse().unwrap());
+    assert_eq!(s.poll.interval, Duration::from_millis(250));
+    assert_eq!(s.poll.source, SourceKind::Procfs);
+    assert!(!s.prometheus.enabled);
+    assert_eq!(s.prometheus.listen, "0.0.0.0:9100".parse().unwrap());
+    assert_eq!(s.log.format, LogFormat::Json);
+    assert_eq!(s.log.level, "warn,fix_monitor=debug");
+}
+
+#[test]
+fn an_integer_interval_is_seconds_everywhere() {
+    let file = "[[targets]]\naddress = \"10.0.0.5\"\n[poll]\ninterval = 5\n";
+    assert_eq!(
+        ok(parse_toml_str(file, "c.toml")).settings.poll.interval,
+        Duration::from_secs(5)
+    );
+    let quoted = "[[targets]]\naddress = \"10.0.0.5\"\n[poll]\ninterval = \"7\"\n";
+    assert_eq!(
+        ok(parse_toml_str(quoted, "c.toml")).settings.poll.interval,
+        Duration::from_secs(7)
+    );
+    let f = Fixture::new(Some(ONE_TARGET));
+    let from_env = ok(f.load(&[], &[("FIX_MONITOR_POLL__INTERVAL", "3")]));
+    assert_eq!(from_env.settings.poll.interval, Duration::from_secs(3));
+    let from_flag = ok(f.load(&["--interval", "10"], &[]));
+    assert_eq!(from_flag.settings.poll.interval, Duration::from_secs(10));
+    let humantime = ok(f.load(&["--interval", "1m 30s"], &[]));
+    assert_eq!(humantime.settings.poll.interval, Duration::from_secs(90));
+}
+
+#[test]
+fn parse_reader_reads_bytes() {
+    let loaded = ok(parse_reader(ONE_TARGET.as_bytes(), "bytes.toml"));
+    assert_eq!(loaded.settings.targets.get(0).name, "10.0.0.5");
+}
+
+// ---- The config file ----
+
+#[test]
+fn a_missing_default_file_is_fine() {
+    let f = Fixture::new(None);
+    let loaded = ok(f.load(&["--ip", "10.0.0.5"], &[]));
+    assert_eq!(loaded.config_file, ConfigFile::Absent(f.path()));
+    assert!(loaded.explain().contains("(absent, skipped)"));
+}
+
+#[test]
+fn a_missing_named_file_is_an_error() {
+    let f = Fixture::new(Some(ONE_TARGET));
+    let missing = f.dir.path().join("nope.toml");
+    let missing_str = missing.to_str().unwrap();
+
+    let e = errors(f.load(&["--config", missing_str], &[]));
+    let error = find(&e, missing_str);
+    assert_eq!(error.kind, ErrorKind::File);
+    assert_eq!(error.origin, flag("--config"));
+    // A file that is not there cannot be blamed for the missing targets.
+    assert_eq!(e.len(), 1, "{e}");
+
+    let e = errors(f.load(&[], &[("FIX_MONITOR_CONFIG", missing_str)]));
+    assert_eq!(find(&e, missing_str).origin, env("FIX_MONITOR_CONFIG"));
+}
+
+#[test]
+fn config_flag_beats_config_env_beats_default_path() {
+    let f = Fixture::new(Some(ONE_TARGET));
+    let other = f.dir.path().join("other.toml");
+    std::fs::write(&other, "[[targets]]\naddress = \"10.9.9.9\"\n").unwrap();
+    let third = f.dir.path().join("third.toml");
+    std::fs::write(&third, "[[targets]]\naddress = \"10.7.7.7\"\n").unwrap();
+
+    let name = |l: Loaded| l.settings.targets.get(0).name.clone();
+    assert_eq!(name(ok(f.load(&[], &[]))), "10.0.0.5");
+    let env_cfg = [("FIX_MONITOR_CONFIG", other.to_str().unwrap())];
+    assert_eq!(name(ok(f.load(&[], &env_cfg))), "10.9.9.9");
+    let flags = ["--config", third.to_str().unwrap()];
+    assert_eq!(name(ok(f.load(&flags, &env_cfg))), "10.7.7.7");
+}
+
+#[test]
+fn a_toml_syntax_error_names_the_file_and_other_problems_still_show() {
+    let f = Fixture::new(Some("[[targets]\naddress = \"10.0.0.5\"\n"));
+    let e = errors(f.load(&["--interval", "0"], &[]));
+    let path = f.path().display().to_string();
+    let error = find(&e, &path);
+    assert_eq!(error.kind, ErrorKind::File);
+    assert!(error.message.contains("not valid TOML"), "{error}");
+    assert!(error.message.contains("line 1"), "{error}");
+    find(&e, "poll.interval");
+    // The file may have held the targets: no misleading "no targets".
+    assert!(e.iter().all(|e| e.kind != ErrorKind::NoTargets), "{e}");
+}
+
+// ---- Every kind of problem ----
+
+#[test]
+fn unknown_keys_are_each_reported_with_their_file() {
+    let toml = r#"
+        colour = "blue"
+        [[targets]]
+        address = "10.0.0.5"
+        prot = 9876
+        [[targets]]
+        address = "10.0.0.6"
+        [poll]
+        intervall = "5s"
+        [otlp]
+        endpoint = "http://collector:4317"
+    "#;
+    let e = errors(parse_toml_str(toml, "/etc/fix-monitor/config.toml"));
+    let keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["colour", "otlp", "targets[0].prot", "poll.intervall"],
+        "{e}"
+    );
+    assert!(e.iter().all(|e| e.kind == ErrorKind::UnknownKey));
+    let prot = find(&e, "targets[0].prot");
+    assert_eq!(prot.value.as_deref(), Some("9876"));
+    assert_eq!(prot.origin, file(Path::new("/etc/fix-monitor/config.toml")));
+    assert!(
+        prot.message.contains("name, address, port, local_ports"),
+        "{prot}"
+    );
+    let intervall = find(&e, "poll.intervall");
+    assert!(intervall
+        .message
+        .contains("[poll] accepts: interval, source"));
+}
+
+#[test]
+fn an_unknown_fix_monitor_variable_is_an_error_naming_it() {
+    let f = Fixture::new(Some(ONE_TARGET));
+    let e = errors(f.load(
+        &[],
+        &[
+            ("FIX_MONITOR_BOGUS", "1"),
+            ("FIX_MONITOR_POLL_INTERVAL", "5s"),
+            ("FIX_MONITOR_LOG__COLOR", "yes"),
+            ("FIX_MONITOR_POLL____X", "1"),
+        ],
+    ));
+    assert_eq!(e.len(), 4, "{e}");
+    assert_eq!(find(&e, "bogus").origin, env("FIX_MONITOR_BOGUS"));
+    assert_eq!(find(&e, "log.color").origin, env("FIX_MONITOR_LOG__COLOR"));
+    let slip = find(&e, "poll_interval");
+    assert_eq!(slip.origin, env("FIX_MONITOR_POLL_INTERVAL"));
+    assert!(
+        slip.message
+            .contains("did you mean FIX_MONITOR_POLL__INTERVAL"),
+        "{slip}"
+    );
+    let malformed = find(&e, "FIX_MONITOR_POLL____X");
+    assert_eq!(malformed.kind, ErrorKind::UnknownKey);
+    // Other environment variables are none of our business.
+    ok(f.load(&[], &[("PATH", "/bin"), ("FIX_MONITORING", "x")]));
+}
+
+#[test]
+fn bad_addresses_are_reported_with_their_source() {
+    let toml = r#"
+        [[targets]]
+        address = "10.0.0.300"
+        [[targets]]
+        address = "10.0.0.5/24"
+        [[targets]]
+        address = 42
+        [[targets]]
+        address = "::ffff:10.0.0.5"
+        [[targets]]
+        port = 1
+    "#;
+    let e = errors(parse_toml_str(toml, "c.toml"));
+    assert_eq!(e.len(), 5, "{e}");
+    let bad = find(&e, "targets[0].address");
+    assert_eq!(bad.kind, ErrorKind::InvalidValue);
+    assert_eq!(bad.value.as_deref(), Some("\"10.0.0.300\""));
+    assert_eq!(bad.origin, file(Path::new("c.toml")));
+    assert!(bad.message.contains("CIDR block"), "{bad}");
+    let host_bits = find(&e, "targets[1].address");
+    assert!(host_bits.message.contains("\"10.0.0.0/24\""), "{host_bits}");
+    find(&e, "targets[2].address");
+    let mapped = find(&e, "targets[3].address");
+    assert!(mapped.message.contains("\"10.0.0.5\""), "{mapped}");
+    assert_eq!(find(&e, "targets[4].address").kind, ErrorKind::MissingValue);
+
+    let f = Fixture::new(None);
+    let e = errors(f.load(&["--ip", "venue-a"], &[]));
+    assert_eq!(find(&e, "targets[0].address").origin, flag("--ip"));
+    let e = errors(f.load(&[], &[("DOWNSTREAM_IP", "10.0.0")]));
+    assert_eq!(find(&e, "targets[0].address").origin, env("DOWNSTREAM_IP"));
+}
+
+#[test]
+fn bad_ports_and_ranges_are_reported() {
+    let toml = r#"
+        [[targets]]
+        address = "10.0.0.1"
+        port = 0
+        [[targets]]
+        address = "10.0.0.2"
+        port = 70000
+        [[targets]]
+        address = "10.0.0.3"
+        local_ports = [6000, 5000]
+        [[targets]]
+        address = "10.0.0.4"
+        local_ports = [5000]
+        [[targets]]
+        address = "10.0.0.5"
+        local_ports = [0, 80000]
+        [[targets]]
+        address = "10.0.0.6"
+        port = "http"
+    "#;
+    let e = errors(parse_toml_str(toml, "c.toml"));
+    assert_eq!(e.len(), 6, "{e}");
+    let zero = find(&e, "targets[0].port");
+    assert!(zero.message.contains("0 is not a port"), "{zero}");
+    assert!(zero.message.contains("1 to 65535"), "{zero}");
+    let high = find(&e, "targets[1].port");
+    assert_eq!(high.value.as_deref(), Some("70000"));
+    let inverted = find(&e, "targets[2].local_ports");
+    assert_eq!(inverted.value.as_deref(), Some("[6000, 5000]"));
+    assert!(inverted.message.contains("inverted"), "{inverted}");
+    assert!(inverted.message.contains("start <= end"), "{inverted}");
+    assert!(find(&e, "targets[3].local_ports")
+        .message
+        .contains("1 elements"));
+    find(&e, "targets[4].local_ports");
+    find(&e, "targets[5].port");
+
+    let f = Fixture::new(None);
+    let e = errors(f.load(
+        &[
+            "--ip",
+            "10.0.0.5",
+            "--target-port",
+            "65536",
+            "--min-port",
+            "6000",
+            "--max-port",
+            "5000",
+        ],
+        &[],
+    ));
+    assert_eq!(e.len(), 2, "{e}");
+    assert_eq!(find(&e, "targets[0].port").origin, flag("--target-port"));
+    assert_eq!(
+        find(&e, "targets[0].local_ports").origin,
+        flag("--min-port and --max-port")
+    );
+    let e = errors(f.load(
+        &[],
+        &[("DOWNSTREAM_IP", "10.0.0.5"), ("DOWNSTREAM_PORT", "0")],
+    ));
+    assert_eq!(find(&e, "targets[0].port").origin, env("DOWNSTREAM_PORT"));
+}
+
+#[test]
+fn bad_intervals_are_reported() {
+    let f = Fixture::new(Some(ONE_TARGET));
+    for (value, expect) in [
+        ("0", "above zero"),
+        ("0s", "above zero"),
+        ("-5", "expected a duration"),
+        ("soon", "expected a duration"),
+        ("5 parsecs", "unknown time unit"),
+        ("2days", "too long"),
+        ("1.5", "expected a duration"),
+    ] {
+        let e = errors(f.load(&["--interval", value], &[]));
+        let error = find(&e, "poll.interval");
+        assert_eq!(error.origin, flag("--interval"), "{value}");
+        assert!(error.message.contains(expect), "{value}: {error}");
+    }
+    let e = errors(f.load(&[], &[("FIX_MONITOR_POLL__INTERVAL", "0")]));
+    assert_eq!(
+        find(&e, "poll.interval").origin,
+        env("FIX_MONITOR_POLL__INTERVAL")
+    );
+}
+
+#[test]
+fn bad_listen_addresses_and_enum_values_are_reported() {
+    let toml = r#"
+        [[targets]]
+        address = "10.0.0.5"
+        [poll]
+        source = "ebpf"
+        [prometheus]
+        enabled = "yes"
+        listen = "localhost:9464"
+        [log]
+        format = "xml"
+        level = "info,fix_monitor=loud"
+    "#;
+    let e = errors(parse_toml_str(toml, "c.toml"));
+    assert_eq!(e.len(), 5, "{e}");
+    let source = find(&e, "poll.source");
+    assert!(source.message.contains("auto, netlink, procfs, netstat"));
+    assert_eq!(source.value.as_deref(), Some("\"ebpf\""));
+    assert!(find(&e, "prometheus.enabled")
+        .message
+        .contains("true or false"));
+    assert!(find(&e, "prometheus.listen").message.contains("IP:PORT"));
+    assert!(find(&e, "log.format").message.contains("text, json"));
+    assert!(find(&e, "log.level").message.contains("tracing filter"));
+
+    let f = Fixture::new(Some(ONE_TARGET));
+    let e = errors(f.load(
+        &[
+            "--listen",
+            "9464",
+            "--source",
+            "magic",
+            "--log-format",
+            "yaml",
+        ],
+        &[],
+    ));
+    assert_eq!(find(&e, "prometheus.listen").origin, flag("--listen"));
+    assert_eq!(find(&e, "poll.source").origin, flag("--source"));
+    assert_eq!(find(&e, "log.format").origin, flag("--log-format"));
+    // Port 0 lets the OS pick, which tests of the binary rely on.
+    ok(f.load(&["--listen", "127.0.0.1:0"], &[]));
+}
+
+#[test]
+fn no_targets_says_how_to_give_one() {
+    let f = Fixture::new(None);
+    let e = errors(f.load(&[], &[]));
+    assert_eq!(e.len(), 1, "{e}");
+    let error = find(&e, "targets");
+    assert_eq!(error.kind, ErrorKind::NoTargets);
+    for how in [
+        "--ip",
+        "DOWNSTREAM_IP",
+        "[[targets]]",
+        "FIX_MONITOR_TARGETS",
+    ] {
+        assert!(error.message.contains(how), "{how}: {error}");
+    }
+    assert!(error.message.contains(&f.path().display().to_string()));
+
+    let e = errors(parse_toml_str("targets = []", "c.toml"));
+    assert_eq!(find(&e, "targets").kind, ErrorKind::NoTargets);
+    let e = errors(parse_toml_str("targets = \"10.0.0.5\"", "c.toml"));
+    assert_eq!(find(&e, "targets").kind, ErrorKind::InvalidValue);
+}
+
+#[test]
+fn duplicate_target_names_are_reported() {
+    let toml = r#"
+        [[targets]]
+        name = "venue"
+        address = "10.0.0.5"
+        [[targets]]
+        name = "venue"
+        address = "10.0.0.6"
+        [[targets]]
+        address = "10.0.0.7"
+        port = 1
+        [[targets]]
+        address = "10.0.0.7"
+        port = 1
+        local_ports = [1, 2]
+    "#;
+    let e = errors(parse_toml_str(toml, "c.toml"));
+    assert_eq!(e.len(), 2, "{e}");
+    let explicit = find(&e, "targets[1].name");
+    assert_eq!(explicit.kind, ErrorKind::DuplicateName);
+    assert!(explicit.message.contains("targets[0]"), "{explicit}");
+    assert_eq!(explicit.origin, file(Path::new("c.toml")));
+    let derived = find(&e, "targets[3].name");
+    assert_eq!(derived.value.as_deref(), Some("\"10.0.0.7:1\""));
+    assert!(derived.message.contains("default name"), "{derived}");
+}
+
+#[test]
+fn the_originals_port_and_log_file_flags_are_rejected_with_their_replacements() {
+    let f = Fixture::new(Some(ONE_TARGET));
+    let e = errors(f.load(&["--port", "9100", "--log-file", "/var/log/x.log"], &[]));
+    assert_eq!(e.len(), 2, "{e}");
+    let port = find(&e, "--port");
+    assert_eq!(port.kind, ErrorKind::RejectedFlag);
+    assert_eq!(port.value.as_deref(), Some("9100"));
+    assert!(port.message.contains("--target-port"), "{port}");
+    assert!(port.message.contains("--listen 127.0.0.1:PORT"), "{port}");
+    assert!(find(&e, "--log-file").message.contains("stderr"));
+    // Even without a value, so the user still gets the pointer.
+    let e = errors(f.load(&["--port"], &[]));
+    assert_eq!(find(&e, "--port").value, None);
+}
+
+#[test]
+fn target_narrowing_flags_need_ip() {
+    let f = Fixture::new(Some(ONE_TARGET));
+    let e = errors(f.load(
+        &[
+            "--target-port",
+            "9876",
+            "--min-port",
+            "5000",
+            "--max-port",
+            "6000",
+        ],
+        &[],
+    ));
+    assert_eq!(e.len(), 3, "{e}");
+    for flag in ["--target-port", "--min-port", "--max-port"] {
+        let error = find(&e, flag);
+        assert_eq!(error.kind, ErrorKind::Conflict);
+        assert!(
+            error
+                .message
+                .contains("narrows the target that --ip defines"),
+            "{error}"
+        );
+    }
+}
+
+#[test]
+fn one_port_bound_takes_the_originals_default_for_the_other() {
+    let f = Fixture::new(None);
+    let range = |flags: &[&str]| ok(f.load(flags, &[])).settings.targets.get(0).local_ports;
+    assert_eq!(
+        range(&["--ip", "10.0.0.5", "--min-port", "5500"]),
+        Some(PortRange {
+            start: 5500,
+            end: 6000
+        })
+    );
+    assert_eq!(
+        range(&["--ip", "10.0.0.5", "--max-port", "5500"]),
+        Some(PortRange {
+            start: 5000,
+            end: 5500
+        })
+    );
+    assert_eq!(range(&["--ip", "10.0.0.5"]), None);
+    let loaded = ok(f.load(&["--ip", "10.0.0.5", "--min-port", "5500"], &[]));
+    assert_eq!(
+        loaded.origin("targets[0].local_ports"),
+        flag("--min-port, with --max-port defaulting to 6000").as_ref()
+    );
+}
+
+#[test]
+fn downstream_port_needs_downstream_ip_and_downstream_ip_excludes_fix_monitor_targets() {
+    let f = Fixture::new(Some(ONE_TARGET));
+    let e = errors(f.load(&[], &[("DOWNSTREAM_PORT", "9876")]));
+    assert_eq!(find(&e, "DOWNSTREAM_PORT").kind, ErrorKind::Conflict);
+    let e = errors(f.load(
+        &[],
+        &[
+            ("DOWNSTREAM_IP", "10.0.0.9"),
+            ("FIX_MONITOR_TARGETS", "[{address=\"10.0.0.8\"}]"),
+        ],
+    ));
+    let conflict = find(&e, "DOWNSTREAM_IP");
+    assert_eq!(conflict.kind, ErrorKind::Conflict);
+    assert!(conflict.message.contains("FIX_MONITOR_TARGETS"));
+    // --ip settles it: the flag replaces both.
+    ok(f.load(&["--ip", "10.0.0.7"], &[("DOWNSTREAM_IP", "10.0.0.9")]));
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let toml = r#"
+        [[targets]]
+        address = "nowhere"
+        local_ports = [6000, 5000]
+        typo = 1
+        [poll]
+        interval = "0s"
+    "#;
+    let f = Fixture::new(Some(toml));
+    let e = errors(f.load(
+        &["--listen", "nope", "--port", "1"],
+        &[
+            ("FIX_MONITOR_LOG__FORMAT", "xml"),
+            ("FIX_MONITOR_NOPE", "1"),
+        ],
+    ));
+    let mut keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "--port",
+            "log.format",
+            "nope",
+            "poll.interval",
+            "prometheus.listen",
+            "targets[0].address",
+            "targets[0].local_ports",
+            "targets[0].typo",
+        ],
+        "{e}"
+    );
+    // One problem per line, each with key, value, origin and what is allowed.
+    let text = e.to_string();
+    assert_eq!(text.lines().count(), 8, "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.contains("targets[0].local_ports"))
+        .unwrap();
+    assert_eq!(
+        line,
+        format!(
+            "  - targets[0].local_ports = [6000, 5000] (from file {}): is inverted: start 6000 \
+             is above end 5000; expected [start, end], two port numbers with 1 <= start <= end \
+             <= 65535",
+            f.path().display()
+        )
+    );
+    let line = text.lines().find(|l| l.contains("log.format")).unwrap();
+    assert_eq!(
+        line,
+        "  - log.format = \"xml\" (from env FIX_MONITOR_LOG__FORMAT): expected one of: text, json"
+    );
+}
+
+#[test]
+fn multi_line_messages_are_indented_under_their_bullet() {
+    let e = errors(parse_toml_str("[[targets]\n", "c.toml"));
+    let text = e.to_string();
+    let mut lines = text.lines();
+    assert!(lines
+        .next()
+        .unwrap()
+        .starts_with("  - c.toml: not valid TOML"));
+    assert!(lines.all(|l| l.starts_with("    ")), "{text}");
+}
+
+// ---- Precedence ----
+
+#[test]
+fn flags_beat_env_beat_file_beat_defaults() {
+    let toml = r#"
+        [[targets]]
+        address = "10.0.0.5"
+        [poll]
+        interval = "2s"
+        source = "procfs"
+        [prometheus]
+        listen = "127.0.0.1:9001"
+        [log]
+        level = "debug"
+    "#;
+    let f = Fixture::new(Some(toml));
+    let path = f.path();
+    let env_vars = [
+        ("FIX_MONITOR_POLL__INTERVAL", "3s"),
+        ("FIX_MONITOR_PROMETHEUS__LISTEN", "127.0.0.1:9002"),
+        ("FIX_MONITOR_LOG__FORMAT", "json"),
+    ];
+    let loaded = ok(f.load(&["--interval", "4s"], &env_vars));
+    let s = &loaded.settings;
+    // flag over env over file
+    assert_eq!(s.poll.interval, Duration::from_secs(4));
+    assert_eq!(loaded.origin("poll.interval"), flag("--interval").as_ref());
+    // env over file
+    assert_eq!(s.prometheus.listen, "127.0.0.1:9002".parse().unwrap());
+    assert_eq!(
+        loaded.origin("prometheus.listen"),
+        env("FIX_MONITOR_PROMETHEUS__LISTEN").as_ref()
+    );
+    // env over default
+    assert_eq!(s.log.format, LogFormat::Json);
+    // file over default
+    assert_eq!(s.poll.source, SourceKind::Procfs);
+    assert_eq!(loaded.origin("poll.source"), file(&path).as_ref());
+    assert_eq!(s.log.level, "debug");
+    // default
+    assert!(s.prometheus.enabled);
+    assert_eq!(loaded.origin("prometheus.enabled"), Some(&Origin::Default));
+}
+
+#[test]
+fn targets_come_from_the_highest_layer_that_has_any() {
+    let toml = r#"
+        [[targets]]
+        name = "a"
+        address = "10.0.0.1"
+        [[targets]]
+        name = "b"
+        address = "10.0.0.2"
+    "#;
+    let f = Fixture::new(Some(toml));
+    let names =
+        |l: &Loaded| -> Vec<String> { l.settings.targets.iter().map(|t| t.name.clone()).collect() };
+
+    assert_eq!(names(&ok(f.load(&[], &[]))), ["a", "b"]);
+
+    let fm = (
+        "FIX_MONITOR_TARGETS",
+        "[{name=\"c\", address=\"10.0.0.3\", port=1}]",
+    );
+    let loaded = ok(f.load(&[], &[fm]));
+    assert_eq!(names(&loaded), ["c"]);
+    assert_eq!(loaded.settings.targets.get(0).port, Some(1));
+    assert_eq!(
+        loaded.origin("targets[0].port"),
+        env("FIX_MONITOR_TARGETS").as_ref()
+    );
+
+    let legacy = [("DOWNSTREAM_IP", "10.0.0.4"), ("DOWNSTREAM_PORT", "9876")];
+    let loaded = ok(f.load(&[], &legacy));
+    assert_eq!(names(&loaded), ["10.0.0.4:9876"]);
+    assert_eq!(
+        loaded.origin("targets[0].address"),
+        env("DOWNSTREAM_IP").as_ref()
+    );
+    assert_eq!(
+        loaded.origin("targets[0].port"),
+        env("DOWNSTREAM_PORT").as_ref()
+    );
+
+    // --ip replaces everything, and DOWNSTREAM_PORT does not leak into its target.
+    let loaded = ok(f.load(&["--target-ip", "10.0.0.5"], &legacy));
+    assert_eq!(names(&loaded), ["10.0.0.5"]);
+    assert_eq!(loaded.settings.targets.get(0).port, None);
+    assert_eq!(loaded.origin("targets[0].address"), flag("--ip").as_ref());
+    assert_eq!(loaded.origin("targets[0].port"), Some(&Origin::Default));
+}
+
+#[test]
+fn env_tables_merge_key_by_key_with_the_file() {
+    let f = Fixture::new(Some(
+        "[[targets]]\naddress = \"10.0.0.5\"\n[prometheus]\nenabled = false\n",
+    ));
+    let loaded = ok(f.load(
+        &[],
+        &[("FIX_MONITOR_PROMETHEUS", "{listen=\"0.0.0.0:9464\"}")],
+    ));
+    assert!(!loaded.settings.prometheus.enabled);
+    assert_eq!(
+        loaded.settings.prometheus.listen,
+        "0.0.0.0:9464".parse().unwrap()
+    );
+}
+
+#[test]
+fn env_strings_are_taken_whole_and_empty_variables_are_unset() {
+    let f = Fixture::new(Some(ONE_TARGET));
+    let loaded = ok(f.load(
+        &[],
+        &[
+            ("FIX_MONITOR_LOG__LEVEL", "info,fix_monitor=debug"),
+            ("FIX_MONITOR_POLL__INTERVAL", ""),
+            ("DOWNSTREAM_IP", ""),
+            ("FIX_MONITOR_PROMETHEUS__ENABLED", "false"),
+        ],
+    ));
+    assert_eq!(loaded.settings.log.level, "info,fix_monitor=debug");
+    assert_eq!(loaded.settings.poll.interval, defaults::INTERVAL);
+    assert_eq!(loaded.settings.targets.get(0).name, "10.0.0.5");
+    assert!(!loaded.settings.prometheus.enabled);
+}
+
+// ---- Provenance ----
+
+#[test]
+fn explain_says_where_each_value_came_from() {
+    let toml = "[[targets]]\nname = \"venue-a\"\naddress = \"10.0.0.5\"\nport = 9876\n";
+    let f = Fixture::new(Some(toml));
+    let loaded = ok(f.load(
+        &["--log-level", "debug"],
+        &[("FIX_MONITOR_POLL__INTERVAL", "5s")],
+    ));
+    let text = loaded.explain();
+    let line = |prefix: &str| {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} line in:\n{text}"))
+    };
+    let from_file = format!("# from file {}", f.path().display());
+    assert!(line("name = \"venue-a\"").ends_with(&from_file), "{text}");
+    assert!(line("port = 9876").ends_with(&from_file), "{text}");
+    assert!(line("# local_ports: any").ends_with("# default"), "{text}");
+    assert!(
+        line("interval = \"5s\"").ends_with("# from env FIX_MONITOR_POLL__INTERVAL"),
+        "{text}"
+    );
+    assert!(
+        line("level = \"debug\"").ends_with("# from flag --log-level"),
+        "{text}"
+    );
+    assert!(line("source = \"auto\"").ends_with("# default"), "{text}");
+    assert!(line("listen = \"127.0.0.1:9464\"").ends_with("# default"));
+    assert!(text.contains(&format!("# Config file: {}", f.path().display())));
+
+    let loaded = ok(f.load(&["--ip", "10.0.0.0/24", "--max-port", "5999"], &[]));
+    let text = loaded.explain();
+    assert!(text.contains("address = \"10.0.0.0/24\""), "{text}");
+    let name = text.lines().find(|l| l.starts_with("name =")).unwrap();
+    assert!(
+        name.ends_with("# default (from address and port)"),
+        "{text}"
+    );
+    let range = text.lines().find(|l| l.starts_with("local_ports")).unwrap();
+    assert!(
+        range.ends_with("# from flag --max-port, with --min-port defaulting to 5000"),
+        "{text}"
+    );
+}
+
+#[test]
+fn explain_output_is_a_config_file_with_the_same_settings() {
+    let toml = r#"
+        [[targets]]
+        name = "venue \"a\""
+        address = "10.0.0.5"
+        port = 9876
+        local_ports = [5000, 6000]
+        [[targets]]
+        address = "fd00::/64"
+        [poll]
+        interval = "1m 30s 500ms"
+        source = "netstat"
+        [prometheus]
+        enabled = false
+        listen = "[::]:9464"
+        [log]
+        format = "json"
+        level = "warn,fix_monitor=debug"
+    "#;
+    let loaded = ok(parse_toml_str(toml, "c.toml"));
+    let again = ok(parse_toml_str(&loaded.explain(), "explained.toml"));
+    assert_eq!(again.settings, loaded.settings);
+
+    let defaults_only = ok(Fixture::new(None).load(&["--ip", "::1", "--target-port", "1"], &[]));
+    let again = ok(parse_toml_str(&defaults_only.explain(), "explained.toml"));
+    assert_eq!(again.settings, defaults_only.settings);
+}
+
+// ---- The flags themselves ----
+
+#[test]
+fn the_flags_are_well_formed_and_documented() {
+    Cli::command().debug_assert();
+    let help = Cli::command().render_long_help().to_string();
+    for text in [
+        "--config <PATH>",
+        "--ip <ADDR>",
+        "target-ip",
+        "--target-port <PORT>",
+        "--min-port <PORT>",
+        "--max-port <PORT>",
+        "--interval <DURATION>",
+        "--listen <ADDR:PORT>",
+        "--source <SOURCE>",
+        "--log-format <FORMAT>",
+        "--log-level <FILTER>",
+        "FIX_MONITOR_CONFIG",
+        "FIX_MONITOR_POLL__INTERVAL",
+        "FIX_MONITOR_PROMETHEUS__LISTEN",
+        "FIX_MONITOR_POLL__SOURCE",
+        "FIX_MONITOR_LOG__FORMAT",
+        "FIX_MONITOR_LOG__LEVEL",
+        "DOWNSTREAM_IP",
+    ] {
+        assert!(help.contains(text), "{text} missing from:\n{help}");
+    }
+    // The rejected flags are parsed (to be explained) but not advertised.
+    assert!(!help.contains("--log-file"), "{help}");
+    assert!(!help.contains("--port <"), "{help}");
+}
+
+#[test]
+fn exit_usage_is_ex_usage() {
+    assert_eq!(EXIT_USAGE, 64);
+}

@@ -1,0 +1,157 @@
+//! The HTTP endpoint: `/metrics` (Prometheus text format), `/health` (JSON; 503 when polling
+//! has failed for longer than a few intervals), `/connections` (JSON: each active connection),
+//! and `/` (a small page linking them). Handlers only read: none of them polls.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+
+use crate::status::{ConnectionView, Shared};
+use crate::tracker::Timestamp;
+
+#[derive(Clone)]
+struct AppState {
+    shared: Shared,
+    registry: Option<prometheus::Registry>,
+}
+
+pub fn router(shared: Shared, registry: Option<prometheus::Registry>) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/metrics", get(metrics))
+        .route("/health", get(health))
+        .route("/connections", get(connections))
+        .with_state(AppState { shared, registry })
+}
+
+/// Serves `router` on an already bound listener until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    let Some(registry) = s.registry else {
+        return (
+            StatusCode::NOT_FOUND,
+            "the Prometheus endpoint is disabled (prometheus.enabled = false)\n",
+        )
+            .into_response();
+    };
+    match super::prometheus::encode(&registry) {
+        Ok(body) => (
+            [(header::CONTENT_TYPE, super::prometheus::CONTENT_TYPE)],
+            body,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "encoding /metrics failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("encoding failed: {e}\n"),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn health(State(s): State<AppState>) -> Response {
+    let view = s.shared.lock().health_view(Timestamp::now());
+    let code = if view.status == "healthy" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(view)).into_response()
+}
+
+#[derive(Serialize)]
+struct ConnectionsView {
+    hostname: String,
+    timestamp: String,
+    targets: Vec<String>,
+    total: usize,
+    connections: Vec<ConnectionView>,
+}
+
+async fn connections(State(s): State<AppState>) -> Json<ConnectionsView> {
+    let now = Timestamp::now();
+    let m = s.shared.lock();
+    let connections = m.connections(now);
+    Json(ConnectionsView {
+        hostname: m.host.clone(),
+        timestamp: crate::status::rfc3339(now.wall),
+        targets: m.tracker.targets().iter().map(|t| t.name.clone()).collect(),
+        total: connections.len(),
+        connections,
+    })
+}
+
+async fn index(State(s): State<AppState>) -> Html<String> {
+    let now = Timestamp::now();
+    let m = s.shared.lock();
+    let mut rows = String::new();
+    for t in m.targets() {
+        rows.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            escape(&t.name),
+            escape(&t.address),
+            t.stats.active,
+            t.stats.opened,
+            t.stats.closed,
+            t.stats.peak
+        ));
+    }
+    Html(format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>fix-monitor on {host}</title></head>\n<body>\n<h1>fix-monitor</h1>\n<p>Host: {host}<br>Source: {source}<br>Status: {status}<br>Active connections: {active}</p>\n<table border=\"1\"><tr><th>target</th><th>address</th><th>active</th><th>opened</th><th>closed</th><th>peak</th></tr>\n{rows}</table>\n<ul><li><a href=\"/metrics\">/metrics</a></li><li><a href=\"/health\">/health</a></li><li><a href=\"/connections\">/connections</a></li></ul>\n</body></html>\n",
+        host = escape(&m.host),
+        source = m.source.as_str(),
+        status = if m.is_healthy(now) { "healthy" } else { "unhealthy" },
+        active = m.tracker.active_count(),
+    ))
+}
+
+/// Escapes text for HTML element content and quoted attribute values.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Binds the endpoint's address, with an error that says which address failed and why.
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, std::io::Error> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn escape_neutralises_markup() {
+        assert_eq!(
+            super::escape(r#"<a href="x">&'"#),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
+    }
+}

@@ -1,0 +1,151 @@
+//! Bad configuration: a clear error naming key, value, source and what is allowed, exit 64,
+//! and nothing started.
+
+use std::process::Output;
+
+use crate::harness::*;
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = command();
+    c.arg("run").args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("running fix-monitor")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn assert_usage_error(o: &Output, needles: &[&str]) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(64), "exit code; stderr:\n{err}");
+    for n in needles {
+        assert!(err.contains(n), "stderr lacks {n:?}:\n{err}");
+    }
+    assert!(
+        !err.contains("listening on"),
+        "started despite a bad config:\n{err}"
+    );
+}
+
+#[test]
+fn bad_file_values_are_all_reported_with_key_value_file_and_what_is_allowed() {
+    let f = config_file(
+        r#"
+[[targets]]
+address = "10.0.0.300"
+local_ports = [6000, 5000]
+
+[poll]
+interval = "0s"
+colour = "blue"
+"#,
+    );
+    let path = f.path().to_str().unwrap();
+    let o = run(&["--config", path, "--listen", "127.0.0.1:0"], &[]);
+    assert_usage_error(
+        &o,
+        &[
+            "targets[0].address",
+            "10.0.0.300",
+            "targets[0].local_ports",
+            "6000",
+            "poll.interval",
+            "poll.colour",
+            path,
+        ],
+    );
+}
+
+#[test]
+fn bad_environment_value_names_the_variable() {
+    let o = run(
+        &["--ip", "127.0.0.1"],
+        &[("FIX_MONITOR_POLL__INTERVAL", "soon")],
+    );
+    assert_usage_error(&o, &["FIX_MONITOR_POLL__INTERVAL", "soon", "poll.interval"]);
+}
+
+#[test]
+fn unknown_environment_variable_in_our_prefix_is_an_error() {
+    let o = run(
+        &["--ip", "127.0.0.1"],
+        &[("FIX_MONITOR_POLL__INTERVALL", "1s")],
+    );
+    assert_usage_error(&o, &["FIX_MONITOR_POLL__INTERVALL"]);
+}
+
+#[test]
+fn bad_flag_value_names_the_flag() {
+    let o = run(&["--ip", "not-an-ip", "--interval", "0"], &[]);
+    assert_usage_error(&o, &["--ip", "not-an-ip", "--interval"]);
+}
+
+#[test]
+fn downstream_ip_from_the_original_tool_is_validated_too() {
+    let o = run(
+        &[],
+        &[("DOWNSTREAM_IP", "10.0.0.5"), ("DOWNSTREAM_PORT", "99999")],
+    );
+    assert_usage_error(&o, &["DOWNSTREAM_PORT", "99999"]);
+}
+
+#[test]
+fn no_targets_says_how_to_give_one() {
+    let f = config_file("[poll]\ninterval = \"1s\"\n");
+    let o = run(&["--config", f.path().to_str().unwrap()], &[]);
+    assert_usage_error(&o, &["targets", "--ip", "DOWNSTREAM_IP"]);
+}
+
+#[test]
+fn missing_explicit_config_file_is_an_error() {
+    let o = run(
+        &[
+            "--config",
+            "/nonexistent/fix-monitor.toml",
+            "--ip",
+            "127.0.0.1",
+        ],
+        &[],
+    );
+    assert_usage_error(&o, &["/nonexistent/fix-monitor.toml"]);
+}
+
+#[test]
+fn the_originals_ambiguous_port_flag_names_its_replacements() {
+    let o = run(&["--ip", "127.0.0.1", "--port", "9100"], &[]);
+    let err = stderr(&o);
+    assert_ne!(o.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("--target-port") && err.contains("--listen"),
+        "{err}"
+    );
+}
+
+#[test]
+fn config_command_shows_each_value_and_where_it_came_from() {
+    let f = config_file("[[targets]]\naddress = \"10.0.0.5\"\nport = 9876\n");
+    let path = f.path().to_str().unwrap();
+    let o = command()
+        .args(["config", "--config", path, "--interval", "250ms"])
+        .env("FIX_MONITOR_PROMETHEUS__LISTEN", "127.0.0.1:9999")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for needle in [
+        "10.0.0.5",
+        path,
+        "250ms",
+        "--interval",
+        "127.0.0.1:9999",
+        "FIX_MONITOR_PROMETHEUS__LISTEN",
+    ] {
+        assert!(
+            out.contains(needle),
+            "config output lacks {needle:?}:\n{out}"
+        );
+    }
+}

@@ -1,0 +1,227 @@
+//! The sidecar's endpoints against connections whose numbers the test itself created.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+const ACTIVE: &str = "fix_connections_active";
+const OPENED: &str = "fix_connections_total";
+const CLOSED: &str = "fix_connections_closed_total";
+const PEAK: &str = "fix_connections_peak";
+
+/// v4 and v6 targets, a local port range, unrelated connections; opens and closes while the
+/// sidecar watches, and checks every endpoint against what the test did.
+#[test]
+fn endpoints_report_the_connections_the_test_made() {
+    let v4 = Downstream::listen("127.0.0.2:0");
+    let v6 = Downstream::listen("[::1]:0");
+    let unrelated = Downstream::listen("127.0.0.3:0");
+    let cfg = config_file(&format!(
+        r#"
+[[targets]]
+name = "venue-v4"
+address = "127.0.0.2"
+port = {p4}
+local_ports = [21000, 21099]
+
+[[targets]]
+name = "venue-v6"
+address = "::1"
+port = {p6}
+"#,
+        p4 = v4.addr.port(),
+        p6 = v6.addr.port()
+    ));
+
+    // Open before the sidecar starts: counted as opened, lifetimes unknown.
+    let mut a = vec![
+        connect_from("127.0.0.1:21000", v4.addr),
+        connect_from("127.0.0.1:21001", v4.addr),
+    ];
+    let _outside_range = connect_from("127.0.0.1:21100", v4.addr);
+    let _unrelated = [
+        connect_from("127.0.0.1:0", unrelated.addr),
+        connect_from("127.0.0.1:21002", unrelated.addr),
+    ];
+    let mut b = vec![connect_from("[::1]:0", v6.addr)];
+
+    let sc = Sidecar::start(&[
+        "--config",
+        cfg.path().to_str().unwrap(),
+        "--interval",
+        "100ms",
+    ]);
+    sc.wait_for("first connections", Duration::from_secs(10), |s| {
+        let m = s.metrics();
+        m.get(ACTIVE, &[("target", "venue-v4")]) == Some(2.0)
+            && m.get(ACTIVE, &[("target", "venue-v6")]) == Some(1.0)
+    });
+
+    // Open more while watched, hold them a known time, then close them.
+    let opened_at = Instant::now();
+    a.push(connect_from("127.0.0.1:21050", v4.addr));
+    b.push(connect_from("[::1]:0", v6.addr));
+    b.push(connect_from("[::1]:0", v6.addr));
+    sc.wait_polls(2);
+    let m = sc.metrics();
+    assert_eq!(m.get(ACTIVE, &[("target", "venue-v4")]), Some(3.0));
+    assert_eq!(m.get(ACTIVE, &[("target", "venue-v6")]), Some(3.0));
+    assert_eq!(m.get(OPENED, &[("target", "venue-v4")]), Some(3.0));
+    assert_eq!(m.get(OPENED, &[("target", "venue-v6")]), Some(3.0));
+
+    // /connections lists exactly the matching sockets, with their real addresses.
+    let conns = sc.json("/connections");
+    assert_eq!(conns["total"], 6, "{conns:#}");
+    let mut locals: Vec<String> = conns["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["target"] == "venue-v4")
+        .map(|c| {
+            assert_eq!(c["remote_addr"], v4.addr.to_string());
+            assert_eq!(c["state"], "ESTABLISHED");
+            c["local_addr"].as_str().unwrap().to_string()
+        })
+        .collect();
+    locals.sort();
+    assert_eq!(
+        locals,
+        ["127.0.0.1:21000", "127.0.0.1:21001", "127.0.0.1:21050"]
+    );
+    let v6_locals: Vec<String> = b
+        .iter()
+        .map(|s| s.local_addr().unwrap().to_string())
+        .collect();
+    for c in conns["connections"].as_array().unwrap() {
+        if c["target"] == "venue-v6" {
+            assert!(v6_locals.contains(&c["local_addr"].as_str().unwrap().to_string()));
+        }
+    }
+
+    std::thread::sleep(Duration::from_millis(1200));
+    let held = opened_at.elapsed();
+    drop(a.pop()); // 21050, opened while watched
+    drop(b.pop()); // one v6, opened while watched
+    let closed_at = Instant::now();
+    drop(a.remove(0)); // 21000, preexisting
+    sc.wait_for("closes", Duration::from_secs(10), |s| {
+        let m = s.metrics();
+        m.count(CLOSED, &[("target", "venue-v4")]) == 2.0
+            && m.count(CLOSED, &[("target", "venue-v6")]) == 1.0
+    });
+    let m = sc.metrics();
+    assert_eq!(m.get(ACTIVE, &[("target", "venue-v4")]), Some(1.0));
+    assert_eq!(m.get(ACTIVE, &[("target", "venue-v6")]), Some(2.0));
+    assert_eq!(m.get(PEAK, &[("target", "venue-v4")]), Some(3.0));
+    assert_eq!(m.get(PEAK, &[("target", "venue-v6")]), Some(3.0));
+    assert_eq!(m.get(OPENED, &[("target", "venue-v4")]), Some(3.0));
+
+    // Durations: only connections opened while watched; each within the poll interval of the
+    // time the test held it (plus the time it took to close them all).
+    let h = "fix_connection_duration_seconds";
+    assert_eq!(
+        m.get(&format!("{h}_count"), &[("target", "venue-v4")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        m.get(&format!("{h}_count"), &[("target", "venue-v6")]),
+        Some(1.0)
+    );
+    let slack = 0.1 + closed_at.elapsed().as_secs_f64() + 0.15;
+    for t in ["venue-v4", "venue-v6"] {
+        let sum = m.get(&format!("{h}_sum"), &[("target", t)]).unwrap();
+        let truth = held.as_secs_f64();
+        assert!(
+            (sum - truth).abs() <= slack + 0.25,
+            "{t}: measured {sum}s, held {truth}s (slack {slack})"
+        );
+    }
+    assert_eq!(
+        m.get(
+            &format!("{h}_bucket"),
+            &[("target", "venue-v4"), ("le", "1")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        m.get(
+            &format!("{h}_bucket"),
+            &[("target", "venue-v4"), ("le", "5")]
+        ),
+        Some(1.0)
+    );
+
+    // by_port: only the target with a local_ports range, one series per port in use.
+    assert_eq!(
+        m.get(
+            "fix_connections_by_port",
+            &[("target", "venue-v4"), ("port", "21001")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        m.get(
+            "fix_connections_by_port",
+            &[("target", "venue-v4"), ("port", "21000")]
+        ),
+        None
+    );
+    assert!(m
+        .series
+        .iter()
+        .all(|(n, l, _)| n != "fix_connections_by_port" || l["target"] == "venue-v4"));
+
+    // Every series says which host it came from; the resource says who we are.
+    let host = sc.json("/health")["hostname"].as_str().unwrap().to_string();
+    for (n, l, _) in &m.series {
+        assert_eq!(l.get("host"), Some(&host), "{n} {l:?}");
+    }
+    let ti = m
+        .series
+        .iter()
+        .find(|(n, _, _)| n == "target_info")
+        .expect("target_info");
+    assert_eq!(ti.1["service_name"], "fix-monitor");
+    assert_eq!(ti.1["host_name"], host);
+    assert!(ti.1.contains_key("service_instance_id"));
+    assert!(
+        m.get("fix_monitor_poll_duration_seconds_count", &[])
+            .unwrap()
+            >= 3.0
+    );
+    promtool_check_metrics(&m.text);
+
+    // /health and / agree.
+    let health = sc.json("/health");
+    assert_eq!(health["status"], "healthy");
+    assert_eq!(health["active_connections"], 3);
+    assert_eq!(health["source"], "netlink");
+    let (code, page) = sc.get("/");
+    assert_eq!(code, 200);
+    assert!(page.contains("venue-v4") && page.contains("/connections"));
+
+    let (status, log) = sc.terminate();
+    assert!(status.success(), "exit {status:?}\n{log}");
+    assert!(log.contains("connection opened"), "{log}");
+    assert!(log.contains("connection closed"), "{log}");
+    drop((v4, v6, unrelated));
+}
+
+/// Scrapes do not poll: the poll count follows the interval, not the scrape rate.
+#[test]
+fn scraping_does_not_trigger_polls() {
+    let d = Downstream::listen("127.0.0.4:0");
+    let sc = Sidecar::start(&["--ip", "127.0.0.4", "--interval", "2s"]);
+    sc.wait_polls(1);
+    let before = sc.json("/health")["polls"].as_u64().unwrap();
+    for _ in 0..100 {
+        let _ = sc.get("/metrics");
+    }
+    let after = sc.json("/health")["polls"].as_u64().unwrap();
+    assert!(
+        after - before <= 1,
+        "100 scrapes caused {} polls",
+        after - before
+    );
+    drop(d);
+}
