@@ -35,19 +35,47 @@ pub fn hostname() -> String {
     gethostname::gethostname().to_string_lossy().into_owned()
 }
 
-/// Runs the sidecar until `shutdown` resolves.
-pub async fn run(
-    settings: Settings,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), RunError> {
-    let host = hostname();
-    let source = source::open(settings.poll.source, &settings.targets)?;
-    let listener = http::bind(settings.prometheus.listen)
-        .await
-        .map_err(RunError::Listen)?;
-    let local = listener.local_addr().map_err(RunError::Listen)?;
+/// Options for [`start`] that are not configuration: how the sidecar is embedded.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// Serve the HTTP endpoint (`run` and `demo` do; the console view alone does not).
+    pub serve_http: bool,
+}
 
-    let telemetry = Telemetry::new(&host, settings.prometheus.enabled)?;
+/// A started sidecar: polling, and serving if asked to. Stop it with [`Sidecar::stop`].
+pub struct Sidecar {
+    shared: Shared,
+    telemetry: Telemetry,
+    events: tokio::sync::broadcast::Sender<Event>,
+    stop_poll: mpsc::Sender<()>,
+    poller: std::thread::JoinHandle<()>,
+    server: Option<(
+        std::net::SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    )>,
+}
+
+/// How many events a slow subscriber may lag behind before it misses some.
+const EVENT_BUFFER: usize = 4096;
+
+/// Opens the source, binds the endpoint (if asked), and starts polling. Anything that cannot
+/// work fails here, before polling starts.
+pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar, RunError> {
+    let resource = crate::instruments::resource(&hostname());
+    let host = crate::instruments::host_name(&resource);
+    let source = source::open(settings.poll.source, &settings.targets)?;
+    let listener = if options.serve_http {
+        Some(
+            http::bind(settings.prometheus.listen)
+                .await
+                .map_err(RunError::Listen)?,
+        )
+    } else {
+        None
+    };
+
+    let telemetry = Telemetry::new(resource, &host, settings.prometheus.enabled)?;
     let meter = opentelemetry::metrics::MeterProvider::meter(
         &telemetry.provider,
         crate::instruments::names::METER,
@@ -60,7 +88,6 @@ pub async fn run(
         host.clone(),
         Timestamp::now(),
     );
-
     tracing::info!(
         host = %host,
         source = source.kind().as_str(),
@@ -68,53 +95,119 @@ pub async fn run(
         targets = %settings.targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", "),
         "fix-monitor started"
     );
-    tracing::info!(
-        "listening on http://{local} (/metrics{}, /health, /connections)",
-        if settings.prometheus.enabled {
-            ""
-        } else {
-            " disabled"
-        }
-    );
 
-    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let server = match listener {
+        Some(listener) => {
+            let local = listener.local_addr().map_err(RunError::Listen)?;
+            tracing::info!(
+                "listening on http://{local} (/metrics{}, /health, /connections)",
+                if settings.prometheus.enabled {
+                    ""
+                } else {
+                    " disabled"
+                }
+            );
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(http::serve(
+                listener,
+                http::router(shared.clone(), telemetry.prometheus.clone()),
+                async move {
+                    let _ = rx.await;
+                },
+            ));
+            Some((local, tx, task))
+        }
+        None => None,
+    };
+
+    let (events, _) = tokio::sync::broadcast::channel(EVENT_BUFFER);
+    let (stop_poll, stop_rx) = mpsc::channel::<()>();
     let poller = {
         let shared = shared.clone();
+        let events = events.clone();
         let interval = settings.poll.interval;
         std::thread::Builder::new()
             .name("fix-monitor-poll".into())
-            .spawn(move || poll_loop(source, shared, instruments, interval, stop_rx))
+            .spawn(move || poll_loop(source, shared, instruments, events, interval, stop_rx))
             .expect("spawning the poll thread")
     };
+    Ok(Sidecar {
+        shared,
+        telemetry,
+        events,
+        stop_poll,
+        poller,
+        server,
+    })
+}
 
-    let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(http::serve(
-        listener,
-        http::router(shared.clone(), telemetry.prometheus.clone()),
-        async move {
-            let _ = http_stop_rx.await;
-        },
-    ));
-
-    // Whichever comes first: the shutdown signal, or the endpoint failing.
-    tokio::pin!(shutdown);
-    let served = tokio::select! {
-        _ = &mut shutdown => None,
-        r = &mut Box::pin(server) => Some(r),
-    };
-    tracing::info!("shutting down: stopping the poll loop");
-    drop(stop_tx);
-    let _ = tokio::task::spawn_blocking(move || poller.join()).await;
-    let _ = http_stop_tx.send(());
-    tracing::info!("flushing metrics");
-    telemetry.shutdown();
-    let totals = shared.lock().targets();
-    for t in totals {
-        tracing::info!(target_name = %t.name, opened = t.stats.opened, closed = t.stats.closed, peak = t.stats.peak, "totals");
+impl Sidecar {
+    /// The state the endpoints read: tracker, recent closes, poll health.
+    pub fn shared(&self) -> &Shared {
+        &self.shared
     }
-    match served {
-        Some(Ok(Err(e))) => Err(RunError::Serve(e)),
-        _ => Ok(()),
+
+    /// Where the HTTP endpoint listens, if it was asked for.
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.server.as_ref().map(|s| s.0)
+    }
+
+    /// Opened and closed events as the poll loop produces them.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Resolves if the HTTP endpoint stops by itself (it failed); pending otherwise.
+    pub async fn failed(&mut self) -> RunError {
+        match self.server.as_mut() {
+            Some((_, _, task)) => match task.await {
+                Ok(Err(e)) => RunError::Serve(e),
+                Ok(Ok(())) => RunError::Serve(std::io::Error::other("stopped unexpectedly")),
+                Err(e) => RunError::Serve(std::io::Error::other(e.to_string())),
+            },
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The one shutdown path: stop polling, drain the endpoint, flush every exporter.
+    pub async fn stop(self) {
+        tracing::info!("shutting down: stopping the poll loop");
+        drop(self.stop_poll);
+        let poller = self.poller;
+        let _ = tokio::task::spawn_blocking(move || poller.join()).await;
+        if let Some((_, tx, task)) = self.server {
+            let _ = tx.send(());
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+        }
+        tracing::info!("flushing metrics");
+        self.telemetry.shutdown();
+        for t in self.shared.lock().targets() {
+            tracing::info!(
+                target_name = %t.name,
+                active = t.stats.active,
+                opened = t.stats.opened,
+                closed = t.stats.closed,
+                peak = t.stats.peak,
+                "totals"
+            );
+        }
+    }
+}
+
+/// Runs the sidecar with its endpoint until `shutdown` resolves.
+pub async fn run(
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let mut sidecar = start(&settings, StartOptions { serve_http: true }).await?;
+    let failed = tokio::select! {
+        _ = shutdown => None,
+        e = sidecar.failed() => Some(e),
+    };
+    sidecar.stop().await;
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
 }
 
@@ -124,6 +217,7 @@ fn poll_loop(
     mut source: Box<dyn Source>,
     shared: Shared,
     instruments: Instruments,
+    events_out: tokio::sync::broadcast::Sender<Event>,
     interval: Duration,
     stop: mpsc::Receiver<()>,
 ) {
@@ -177,6 +271,10 @@ fn poll_loop(
             }
         }
         instruments.record_events(&events);
+        for e in &events {
+            // No subscriber is fine: nobody is watching.
+            let _ = events_out.send(e.clone());
+        }
         if let Some(g) = gauges {
             instruments.set_gauges(g);
         }

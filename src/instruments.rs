@@ -233,6 +233,14 @@ impl Instruments {
     }
 }
 
+/// The `host.name` a resource carries (what every export and endpoint calls this host).
+pub fn host_name(resource: &Resource) -> String {
+    resource
+        .get(&opentelemetry::Key::new("host.name"))
+        .map(|v| v.as_str().into_owned())
+        .unwrap_or_default()
+}
+
 /// The resource every export carries: `service.name` (default `fix-monitor`), `service.version`,
 /// `host.name`, `service.instance.id`. `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES`
 /// (read by the SDK's own detectors) override any of them.

@@ -20,11 +20,11 @@ pub struct Telemetry {
 impl Telemetry {
     /// Builds the provider with a reader for each enabled exporter.
     pub fn new(
+        resource: opentelemetry_sdk::Resource,
         host: &str,
         prometheus_enabled: bool,
     ) -> Result<Telemetry, opentelemetry_sdk::error::OTelSdkError> {
-        let mut builder =
-            SdkMeterProvider::builder().with_resource(crate::instruments::resource(host));
+        let mut builder = SdkMeterProvider::builder().with_resource(resource);
         let mut registry = None;
         if prometheus_enabled {
             let (reader, r) = prometheus::reader(host)?;

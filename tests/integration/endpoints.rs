@@ -225,3 +225,33 @@ fn scraping_does_not_trigger_polls() {
     );
     drop(d);
 }
+
+/// OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME are honoured, and the `host` label on every
+/// series follows `host.name`, so a fleet can name its hosts the way its inventory does.
+#[test]
+fn resource_comes_from_the_standard_otel_variables() {
+    let d = Downstream::listen("127.0.0.6:0");
+    let mut cmd = command();
+    cmd.env(
+        "OTEL_RESOURCE_ATTRIBUTES",
+        "host.name=gw-ny4-7,deployment.environment=uat",
+    )
+    .env("OTEL_SERVICE_NAME", "fix-monitor-uat");
+    let sc = Sidecar::start_with(cmd, &["--ip", "127.0.0.6", "--interval", "100ms"]);
+    sc.wait_polls(1);
+    let m = sc.metrics();
+    let ti = m
+        .series
+        .iter()
+        .find(|(n, _, _)| n == "target_info")
+        .unwrap();
+    assert_eq!(ti.1["service_name"], "fix-monitor-uat");
+    assert_eq!(ti.1["host_name"], "gw-ny4-7");
+    assert_eq!(ti.1["deployment_environment"], "uat");
+    assert_eq!(
+        m.get("fix_connections_active", &[("host", "gw-ny4-7")]),
+        Some(0.0)
+    );
+    assert_eq!(sc.json("/health")["hostname"], "gw-ny4-7");
+    drop(d);
+}
