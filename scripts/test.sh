@@ -10,6 +10,4 @@ export PATH="$PWD/.tools/bin:$PATH"
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --locked --all-targets
-if [ -x scripts/check-dashboards.sh ]; then
-  bash scripts/check-dashboards.sh
-fi
+bash scripts/check-dashboards.sh

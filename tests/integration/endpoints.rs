@@ -255,3 +255,40 @@ fn resource_comes_from_the_standard_otel_variables() {
     assert_eq!(sc.json("/health")["hostname"], "gw-ny4-7");
     drop(d);
 }
+
+/// Every source, chosen explicitly, reports the same truth through the binary.
+#[test]
+fn each_source_reports_the_same_connections() {
+    for (i, source) in ["netlink", "procfs", "netstat"].iter().enumerate() {
+        let addr = format!("127.0.1.{}", 10 + i);
+        let d = Downstream::listen(&format!("{addr}:0"));
+        let mut held = vec![
+            connect_from("127.0.0.1:0", d.addr),
+            connect_from("127.0.0.1:0", d.addr),
+            connect_from(
+                "[::ffff:127.0.0.1]:0",
+                format!("[::ffff:{addr}]:{}", d.addr.port())
+                    .parse()
+                    .unwrap(),
+            ),
+        ];
+        let sc = Sidecar::start(&["--ip", &addr, "--source", source, "--interval", "100ms"]);
+        sc.wait_for("3 active", std::time::Duration::from_secs(10), |s| {
+            s.metrics().get("fix_connections_active", &[]) == Some(3.0)
+        });
+        assert_eq!(sc.json("/health")["source"], *source);
+        held.pop();
+        sc.wait_for("1 closed", std::time::Duration::from_secs(10), |s| {
+            let m = s.metrics();
+            m.get("fix_connections_closed_total", &[]) == Some(1.0)
+                && m.get("fix_connections_active", &[]) == Some(2.0)
+        });
+        assert_eq!(
+            sc.metrics().get("fix_connections_total", &[]),
+            Some(3.0),
+            "{source}"
+        );
+        let (st, log) = sc.terminate();
+        assert!(st.success(), "{source}: {log}");
+    }
+}
