@@ -81,6 +81,7 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
         crate::instruments::names::METER,
     );
     let instruments = Instruments::new(&meter, &settings.targets, source.kind());
+    crate::process::register(&meter);
     let shared = Shared::new(
         settings.targets.clone(),
         source.kind(),

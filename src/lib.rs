@@ -17,6 +17,7 @@ pub mod app;
 pub mod config;
 pub mod export;
 pub mod instruments;
+pub mod process;
 pub mod source;
 pub mod status;
 pub mod target;

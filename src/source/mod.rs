@@ -5,8 +5,10 @@
 //! (that is the tracker's job). Implementations:
 //! - `netlink`: Linux `sock_diag` (`inet_diag`) dumps, filtered in the kernel by bytecode that
 //!   `bytecode` compiles from the targets. The fast path, and the default where it works.
-//! - `procfs`: `/proc/net/tcp` and `/proc/net/tcp6` via the procfs crate, matched in user space.
-//!   The fallback when netlink is unavailable (some sandboxes forbid it).
+//! - `procfs`: `/proc/net/tcp` and `/proc/net/tcp6`, matched in user space. The fallback when
+//!   netlink is unavailable (some sandboxes forbid it). Parsed by hand into reused buffers (the
+//!   procfs crate allocates per row and rejects a whole table on a state number it does not
+//!   know, such as newer kernels' TCP_BOUND_INACTIVE); the crate is the tests' reference parser.
 //! - `netstat`: the netstat2 crate, for macOS and Windows, where the original tool also ran.
 //!
 //! Each source is split into I/O (fetching bytes) and pure parsing, tested on fixtures.

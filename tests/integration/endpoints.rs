@@ -189,6 +189,23 @@ port = {p6}
             .unwrap()
             >= 3.0
     );
+    // Its own footprint, as /proc says it (a sanity range, not a benchmark).
+    let rss = m
+        .get("process_memory_usage_bytes", &[])
+        .expect("rss series");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", sc.pid())).unwrap();
+    let vm_rss_kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(
+        (rss - vm_rss_kb * 1024.0).abs() < 8.0 * 1024.0 * 1024.0,
+        "rss {rss} vs VmRSS {vm_rss_kb} kB"
+    );
+    assert!(m
+        .get("process_cpu_time_seconds_total", &[("cpu_mode", "user")])
+        .is_some());
     promtool_check_metrics(&m.text);
 
     // /health and / agree.
