@@ -8,3 +8,4 @@ mod harness;
 
 mod config_errors;
 mod endpoints;
+mod poll_failure;
