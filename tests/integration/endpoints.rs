@@ -309,3 +309,19 @@ fn each_source_reports_the_same_connections() {
         assert!(st.success(), "{source}: {log}");
     }
 }
+
+/// The HTML page escapes what it shows: a target name is configuration, not markup.
+#[test]
+fn index_page_escapes_target_names() {
+    let cfg = config_file(
+        "[[targets]]\nname = \"<script>alert('x')</script>&\"\naddress = \"127.0.0.8\"\n",
+    );
+    let sc = Sidecar::start(&["--config", cfg.path().to_str().unwrap()]);
+    let (code, page) = sc.get("/");
+    assert_eq!(code, 200);
+    assert!(!page.contains("<script>"), "{page}");
+    assert!(
+        page.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;"),
+        "{page}"
+    );
+}
