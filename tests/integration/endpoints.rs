@@ -325,3 +325,43 @@ fn index_page_escapes_target_names() {
         "{page}"
     );
 }
+
+/// `--log-format json`: every log line is a JSON object, and opens/closes are among them.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let d = Downstream::listen("127.0.0.9:0");
+    let sc = Sidecar::start(&[
+        "--ip",
+        "127.0.0.9",
+        "--interval",
+        "100ms",
+        "--log-format",
+        "json",
+    ]);
+    sc.wait_polls(1);
+    let c = connect_from("127.0.0.1:0", d.addr);
+    sc.wait_for("open", Duration::from_secs(10), |s| {
+        s.metrics().get("fix_connections_total", &[]) == Some(1.0)
+    });
+    drop(c);
+    sc.wait_for("close", Duration::from_secs(10), |s| {
+        s.metrics().get("fix_connections_closed_total", &[]) == Some(1.0)
+    });
+    let (st, log) = sc.terminate();
+    assert!(st.success());
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let opened = lines
+        .iter()
+        .find(|l| l["message"] == "connection opened")
+        .expect("open line");
+    assert_eq!(opened["remote"], d.addr.to_string());
+    assert_eq!(opened["target_name"], "127.0.0.9");
+    let closed = lines
+        .iter()
+        .find(|l| l["message"] == "connection closed")
+        .expect("close line");
+    assert!(closed["duration_seconds"].as_f64().unwrap() > 0.0);
+}
