@@ -25,7 +25,7 @@ pub enum RunError {
     #[error("{0}")]
     Listen(std::io::Error),
     #[error("cannot set up OpenTelemetry: {0}")]
-    Telemetry(#[from] opentelemetry_sdk::error::OTelSdkError),
+    Telemetry(#[from] crate::export::TelemetryError),
     #[error("HTTP endpoint failed: {0}")]
     Serve(std::io::Error),
 }
@@ -54,10 +54,17 @@ pub struct Sidecar {
         tokio::sync::oneshot::Sender<()>,
         tokio::task::JoinHandle<std::io::Result<()>>,
     )>,
+    /// How long `stop` waits for the final export.
+    flush_grace: Duration,
 }
 
 /// How many events a slow subscriber may lag behind before it misses some.
 const EVENT_BUFFER: usize = 4096;
+
+/// Longest wait for the final export at shutdown (SIGTERM's grace period of a supervisor is
+/// typically 10-30 s). With OTLP on, the export's own timeout plus a second, if longer: a
+/// slow collector still gets its full chance, a hung one is bounded.
+pub const FLUSH_GRACE: Duration = Duration::from_secs(5);
 
 /// Opens the source, binds the endpoint (if asked), and starts polling. Anything that cannot
 /// work fails here, before polling starts.
@@ -75,7 +82,7 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
         None
     };
 
-    let telemetry = Telemetry::new(resource, &host, settings.prometheus.enabled)?;
+    let telemetry = Telemetry::new(resource, &host, settings.prometheus.enabled, &settings.otlp)?;
     let meter = opentelemetry::metrics::MeterProvider::meter(
         &telemetry.provider,
         crate::instruments::names::METER,
@@ -96,6 +103,15 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
         targets = %settings.targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", "),
         "fix-monitor started"
     );
+    if let Some(otlp) = &telemetry.otlp {
+        tracing::info!(
+            url = otlp.url(),
+            protocol = settings.otlp.protocol.as_str(),
+            interval = %humantime::format_duration(settings.otlp.interval),
+            temporality = settings.otlp.temporality.as_str(),
+            "pushing metrics over OTLP"
+        );
+    }
 
     let server = match listener {
         Some(listener) => {
@@ -132,6 +148,11 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
             .spawn(move || poll_loop(source, shared, instruments, events, interval, stop_rx))
             .expect("spawning the poll thread")
     };
+    let flush_grace = if settings.otlp.enabled {
+        FLUSH_GRACE.max(settings.otlp.timeout + Duration::from_secs(1))
+    } else {
+        FLUSH_GRACE
+    };
     Ok(Sidecar {
         shared,
         telemetry,
@@ -139,6 +160,7 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
         stop_poll,
         poller,
         server,
+        flush_grace,
     })
 }
 
@@ -170,7 +192,8 @@ impl Sidecar {
         }
     }
 
-    /// The one shutdown path: stop polling, drain the endpoint, flush every exporter.
+    /// The one shutdown path: stop polling, drain the endpoint, flush every exporter (the final
+    /// OTLP export included, bounded by the grace period).
     pub async fn stop(self) {
         tracing::info!("shutting down: stopping the poll loop");
         drop(self.stop_poll);
@@ -181,7 +204,7 @@ impl Sidecar {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
         }
         tracing::info!("flushing metrics");
-        self.telemetry.shutdown();
+        self.telemetry.shutdown(self.flush_grace).await;
         for t in self.shared.lock().targets() {
             tracing::info!(
                 target_name = %t.name,

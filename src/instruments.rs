@@ -37,6 +37,9 @@ pub mod names {
     pub const POLL_DURATION: &str = "fix_monitor_poll_duration";
     /// Exposed as `fix_monitor_poll_errors_total`.
     pub const POLL_ERRORS: &str = "fix_monitor_poll_errors";
+    /// Exposed as `fix_monitor_export_errors_total`; only with OTLP push on (see
+    /// `export::otlp`).
+    pub const EXPORT_ERRORS: &str = "fix_monitor_export_errors";
     pub const METER: &str = "fix-monitor";
 }
 
@@ -45,6 +48,8 @@ pub mod attrs {
     pub const TARGET: &str = "target";
     pub const PORT: &str = "port";
     pub const SOURCE: &str = "source";
+    /// Which exporter a self-metric is about (`otlp`).
+    pub const EXPORTER: &str = "exporter";
 }
 
 /// Most `fix_connections_by_port` series at once; ports past it are left out (and logged once).

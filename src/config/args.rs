@@ -79,6 +79,20 @@ pub struct ConfigArgs {
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
 
+    /// Push metrics over OTLP to this collector (a base URL such as http://collector:4317);
+    /// implies `[otlp] enabled = true`.
+    ///
+    /// For http/protobuf, /v1/metrics is appended. Overrides FIX_MONITOR_OTLP__ENDPOINT,
+    /// `[otlp] endpoint` and OTEL_EXPORTER_OTLP_ENDPOINT.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
+    /// OTLP transport: grpc or http/protobuf [default: grpc].
+    ///
+    /// Overrides FIX_MONITOR_OTLP__PROTOCOL, `[otlp] protocol` and OTEL_EXPORTER_OTLP_PROTOCOL.
+    #[arg(long, value_name = "PROTOCOL")]
+    pub otlp_protocol: Option<String>,
+
     /// The originals' --port meant the downstream port in one tool and the HTTP port in the
     /// other; it is accepted only to be rejected with a pointer to --target-port / --listen.
     #[arg(long = "port", hide = true, num_args = 0..=1, value_name = "PORT")]

@@ -4,8 +4,8 @@
 
 use std::fmt::Write;
 
-use super::resolve::quote;
-use super::{ConfigFile, Loaded, Origin};
+use super::resolve::{self, quote};
+use super::{ConfigFile, Loaded, Origin, OtlpProtocol};
 
 /// Comments start at this column at least, so that they line up in the common case.
 const COMMENT_COLUMN: usize = 34;
@@ -15,8 +15,8 @@ pub(super) fn explain(loaded: &Loaded) -> String {
     let mut out = String::new();
     out.push_str("# fix-monitor effective configuration.\n");
     out.push_str(
-        "# Layers, lowest first: default < config file < environment < flags; each value's \
-         comment says which one set it.\n",
+        "# Layers, lowest first: default < OTEL_* variables < config file < FIX_MONITOR_* and \
+         DOWNSTREAM_* variables < flags; each value's comment says which one set it.\n",
     );
     match &loaded.config_file {
         ConfigFile::Read(path) => {
@@ -71,8 +71,68 @@ pub(super) fn explain(loaded: &Loaded) -> String {
     lines.value("format", &quote(s.log.format.as_str()), "log.format");
     lines.value("level", &quote(&s.log.level), "log.level");
 
-    // [otlp]: its lines go here.
+    let o = &s.otlp;
+    lines.header("[otlp]");
+    lines.value("enabled", &o.enabled.to_string(), "otlp.enabled");
+    lines.value("endpoint", &quote(&o.endpoint), "otlp.endpoint");
+    if o.url != o.endpoint {
+        let _ = writeln!(lines.out, "# (exports go to {})", o.url);
+    } else if o.protocol == OtlpProtocol::HttpProtobuf
+        && resolve::http_export_url(&o.endpoint, false) != o.url
+    {
+        // Only the signal-specific variable gives a full URL; a file's endpoint is a base.
+        let _ = writeln!(
+            lines.out,
+            "# (the full export URL, used as is; as a file's endpoint it would get /v1/metrics \
+             appended)"
+        );
+    }
+    lines.value("protocol", &quote(o.protocol.as_str()), "otlp.protocol");
+    let interval = humantime::format_duration(o.interval).to_string();
+    lines.value("interval", &quote(&interval), "otlp.interval");
+    let timeout = humantime::format_duration(o.timeout).to_string();
+    lines.value("timeout", &quote(&timeout), "otlp.timeout");
+    lines.value(
+        "temporality",
+        &quote(o.temporality.as_str()),
+        "otlp.temporality",
+    );
+
+    lines.header("[otlp.headers]");
+    if o.headers.is_empty() {
+        lines.absent("headers", "none", "otlp.headers");
+    }
+    for (name, value) in &o.headers {
+        let key = format!("otlp.headers.{name}");
+        if is_secret(name) {
+            // `fix-monitor config` output ends up in tickets and chat; credentials must not.
+            lines.absent(&quote(name), "set, value not shown", &key);
+        } else {
+            lines.value(&quote(name), &quote(value), &key);
+        }
+    }
+
+    lines.header("[otlp.tls]");
+    let tls = [
+        ("ca_file", &o.tls.ca_file, "the system's trust roots"),
+        ("cert_file", &o.tls.cert_file, "no client certificate"),
+        ("key_file", &o.tls.key_file, "no client key"),
+    ];
+    for (field, path, meaning) in tls {
+        let key = format!("otlp.tls.{field}");
+        match path {
+            Some(path) => lines.value(field, &quote(&path.display().to_string()), &key),
+            None => lines.absent(field, meaning, &key),
+        }
+    }
     lines.out
+}
+
+/// Header names whose values are credentials.
+fn is_secret(name: &str) -> bool {
+    const WORDS: &[&str] = &["auth", "key", "token", "secret", "password", "cookie"];
+    let name = name.to_ascii_lowercase();
+    WORDS.iter().any(|w| name.contains(w))
 }
 
 struct Lines<'a> {

@@ -4,6 +4,9 @@
 //! the provider it came from, so after merging, the tag of any value (even one deep inside a
 //! `FIX_MONITOR_TARGETS` list) leads back to the exact variable or flag; [`origin_of`] turns
 //! that into an [`Origin`].
+//!
+//! Lowest first: the standard `OTEL_*` variables ([`OTEL_VARS`]), the file, the `FIX_MONITOR_*`
+//! and legacy variables, the flags.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -23,6 +26,112 @@ pub(crate) const ENV_TARGETS: &str = "FIX_MONITOR_TARGETS";
 pub(crate) const ENV_LEGACY_IP: &str = "DOWNSTREAM_IP";
 pub(crate) const ENV_LEGACY_PORT: &str = "DOWNSTREAM_PORT";
 
+/// How a standard OpenTelemetry variable's text becomes a value of our schema.
+#[derive(Clone, Copy)]
+enum OtelValue {
+    /// Taken whole, as a string.
+    Text,
+    /// Integer milliseconds (`5000`), as the specification has it; kept as `"5000ms"` so that
+    /// our duration parser (where a bare integer means seconds) reads it right.
+    Millis,
+    /// `key=value,key=value` with percent-encoded values (the W3C baggage format).
+    Headers,
+}
+
+/// The standard variables fix-monitor honours, below its own layers, and the key each sets.
+/// In this order: a signal-specific `OTEL_EXPORTER_OTLP_METRICS_*` comes after, and so beats,
+/// its generic `OTEL_EXPORTER_OTLP_*`.
+const OTEL_VARS: &[(&str, &[&str], OtelValue)] = &[
+    (
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        &["otlp", "endpoint"],
+        OtelValue::Text,
+    ),
+    (
+        ENV_OTEL_METRICS_ENDPOINT,
+        &["otlp", "endpoint"],
+        OtelValue::Text,
+    ),
+    (
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        &["otlp", "protocol"],
+        OtelValue::Text,
+    ),
+    (
+        "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+        &["otlp", "protocol"],
+        OtelValue::Text,
+    ),
+    (
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        &["otlp", "headers"],
+        OtelValue::Headers,
+    ),
+    (
+        "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+        &["otlp", "headers"],
+        OtelValue::Headers,
+    ),
+    (
+        "OTEL_EXPORTER_OTLP_TIMEOUT",
+        &["otlp", "timeout"],
+        OtelValue::Millis,
+    ),
+    (
+        "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+        &["otlp", "timeout"],
+        OtelValue::Millis,
+    ),
+    (
+        "OTEL_EXPORTER_OTLP_CERTIFICATE",
+        &["otlp", "tls", "ca_file"],
+        OtelValue::Text,
+    ),
+    (
+        "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE",
+        &["otlp", "tls", "ca_file"],
+        OtelValue::Text,
+    ),
+    (
+        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+        &["otlp", "tls", "cert_file"],
+        OtelValue::Text,
+    ),
+    (
+        "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE",
+        &["otlp", "tls", "cert_file"],
+        OtelValue::Text,
+    ),
+    (
+        "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+        &["otlp", "tls", "key_file"],
+        OtelValue::Text,
+    ),
+    (
+        "OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY",
+        &["otlp", "tls", "key_file"],
+        OtelValue::Text,
+    ),
+    (
+        "OTEL_METRIC_EXPORT_INTERVAL",
+        &["otlp", "interval"],
+        OtelValue::Millis,
+    ),
+    (
+        "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+        &["otlp", "temporality"],
+        OtelValue::Text,
+    ),
+];
+
+/// The signal-specific endpoint is the full URL, used as is (`resolve` looks for this origin).
+pub(crate) const ENV_OTEL_METRICS_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT";
+/// The variables among [`OTEL_VARS`] that give an endpoint, and so turn push on.
+const OTEL_ENDPOINT_VARS: &[&str] = &["OTEL_EXPORTER_OTLP_ENDPOINT", ENV_OTEL_METRICS_ENDPOINT];
+const ENV_OTLP: &str = "FIX_MONITOR_OTLP";
+const ENV_OTLP_ENABLED: &str = "FIX_MONITOR_OTLP__ENABLED";
+const ENV_OTLP_ENDPOINT: &str = "FIX_MONITOR_OTLP__ENDPOINT";
+
 // Provider names; `origin_of` maps them back to `Origin` variants.
 const ENV_LAYER: &str = "environment variable";
 const FLAG_LAYER: &str = "command-line flag";
@@ -35,11 +144,20 @@ const STRING_KEYS: &[&[&str]] = &[
     &["prometheus", "listen"],
     &["log", "format"],
     &["log", "level"],
+    &["otlp", "endpoint"],
+    &["otlp", "protocol"],
+    &["otlp", "temporality"],
+    &["otlp", "tls", "ca_file"],
+    &["otlp", "tls", "cert_file"],
+    &["otlp", "tls", "key_file"],
 ];
 
 /// Is this an environment variable the configuration reads?
 pub(crate) fn is_ours(name: &str) -> bool {
-    name.starts_with(ENV_PREFIX) || name == ENV_LEGACY_IP || name == ENV_LEGACY_PORT
+    name.starts_with(ENV_PREFIX)
+        || name == ENV_LEGACY_IP
+        || name == ENV_LEGACY_PORT
+        || OTEL_VARS.iter().any(|(var, _, _)| *var == name)
 }
 
 /// Parses TOML text into a (still untyped) tree.
@@ -157,7 +275,12 @@ pub(crate) fn build(
     errors: &mut Vec<ConfigError>,
 ) -> Figment {
     let mut figment = Figment::new();
-    if let Some((path, dict)) = file {
+    for layer in otel_layers(env, errors) {
+        figment = figment.merge(layer);
+    }
+    if let Some((path, mut dict)) = file {
+        imply_otlp_enabled(&mut dict);
+        lowercase_headers(&mut dict, Origin::File(path.to_path_buf()), errors);
         figment = figment.merge(Layer::file(path, dict));
     }
     for layer in env_layers(env, errors) {
@@ -167,6 +290,127 @@ pub(crate) fn build(
         figment = figment.merge(layer);
     }
     figment
+}
+
+/// A file's `[otlp] endpoint` without `enabled` beside it means "push there".
+fn imply_otlp_enabled(dict: &mut Dict) {
+    if let Some(Value::Dict(_, otlp)) = dict.get_mut("otlp") {
+        if otlp.contains_key("endpoint") && !otlp.contains_key("enabled") {
+            otlp.insert("enabled".into(), Value::from(true));
+        }
+    }
+}
+
+/// Header names are case-insensitive: lower-cased in every layer before merging, so that a
+/// higher layer's `x-tenant` replaces a lower one's `X-Tenant` rather than adding a second.
+fn lowercase_headers(dict: &mut Dict, origin: Origin, errors: &mut Vec<ConfigError>) {
+    let Some(Value::Dict(_, otlp)) = dict.get_mut("otlp") else {
+        return;
+    };
+    let Some(Value::Dict(_, headers)) = otlp.get_mut("headers") else {
+        return;
+    };
+    let mut lowered = Dict::new();
+    for (name, value) in std::mem::take(headers) {
+        let lower = name.to_ascii_lowercase();
+        if lowered.contains_key(&lower) {
+            errors.push(
+                ConfigError::new(
+                    ErrorKind::Conflict,
+                    format!("otlp.headers.{name}"),
+                    format!(
+                        "names the same header as another entry (header names are \
+                         case-insensitive: `{lower}`); keep one"
+                    ),
+                )
+                .value(super::resolve::render(&value))
+                .origin(origin.clone()),
+            );
+            continue;
+        }
+        lowered.insert(lower, value);
+    }
+    *headers = lowered;
+}
+
+/// The standard OpenTelemetry variables, one layer each, in [`OTEL_VARS`] order.
+fn otel_layers(env: &BTreeMap<String, String>, errors: &mut Vec<ConfigError>) -> Vec<Layer> {
+    let mut layers = Vec::new();
+    for &(name, keys, kind) in OTEL_VARS {
+        let Some(raw) = env.get(name).map(|v| v.trim()).filter(|v| !v.is_empty()) else {
+            continue;
+        };
+        let value = match kind {
+            OtelValue::Text => Value::from(raw.to_owned()),
+            OtelValue::Millis => match raw.parse::<u64>() {
+                Ok(ms) => Value::from(format!("{ms}ms")),
+                // Not what the specification allows, but "5s" is clear enough: let the
+                // duration parser judge it, naming this variable if it fails.
+                Err(_) => Value::from(raw.to_owned()),
+            },
+            OtelValue::Headers => match parse_otel_headers(raw) {
+                Ok(dict) => Value::from(dict),
+                Err(message) => {
+                    errors.push(
+                        ConfigError::new(ErrorKind::InvalidValue, keys.join("."), message)
+                            .value(super::resolve::quote(raw))
+                            .origin(Origin::Env(name.to_owned())),
+                    );
+                    continue;
+                }
+            },
+        };
+        layers.push(Layer::single(ENV_LAYER, name, keys, value));
+        if OTEL_ENDPOINT_VARS.contains(&name) {
+            layers.push(Layer::single(
+                ENV_LAYER,
+                name,
+                &["otlp", "enabled"],
+                Value::from(true),
+            ));
+        }
+    }
+    layers
+}
+
+/// `OTEL_EXPORTER_OTLP_HEADERS`: comma-separated `key=value` pairs, values percent-encoded.
+/// Names are lower-cased (HTTP and gRPC names are case-insensitive).
+pub(crate) fn parse_otel_headers(raw: &str) -> Result<Dict, String> {
+    const ALLOWED: &str = "expected comma-separated key=value pairs with percent-encoded values, \
+                           such as \"x-tenant=desk-1,authorization=Bearer%20abc\"";
+    let mut dict = Dict::new();
+    for item in raw.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (name, value) = item
+            .split_once('=')
+            .ok_or_else(|| format!("`{item}` has no `=`; {ALLOWED}"))?;
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(format!("`{item}` has no name; {ALLOWED}"));
+        }
+        let value = percent_decode(value.trim()).ok_or_else(|| {
+            format!("the value of `{name}` is not valid percent-encoding; {ALLOWED}")
+        })?;
+        dict.insert(name.to_ascii_lowercase(), Value::from(value));
+    }
+    Ok(dict)
+}
+
+/// `%XX` escapes to bytes, which must form UTF-8; `None` for a broken escape.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 fn env_layers(env: &BTreeMap<String, String>, errors: &mut Vec<ConfigError>) -> Vec<Layer> {
@@ -195,11 +439,20 @@ fn env_layers(env: &BTreeMap<String, String>, errors: &mut Vec<ConfigError>) -> 
             continue;
         }
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let mut layer = Layer::single(ENV_LAYER, name, &keys, parse_value(&keys, raw));
+        lowercase_headers(&mut layer.dict, Origin::Env(name.clone()), errors);
+        layers.push(layer);
+    }
+
+    // An endpoint in the environment means "push there", unless the environment also says
+    // whether to push.
+    let given = |name: &str| env.get(name).is_some_and(|v| !v.is_empty());
+    if given(ENV_OTLP_ENDPOINT) && !given(ENV_OTLP_ENABLED) && !given(ENV_OTLP) {
         layers.push(Layer::single(
             ENV_LAYER,
-            name,
-            &keys,
-            parse_value(&keys, raw),
+            ENV_OTLP_ENDPOINT,
+            &["otlp", "enabled"],
+            Value::from(true),
         ));
     }
 
@@ -352,6 +605,8 @@ fn flag_layers(args: &ConfigArgs, errors: &mut Vec<ConfigError>) -> Vec<Layer> {
         ("--listen", &args.listen, ["prometheus", "listen"]),
         ("--log-format", &args.log_format, ["log", "format"]),
         ("--log-level", &args.log_level, ["log", "level"]),
+        ("--otlp-endpoint", &args.otlp_endpoint, ["otlp", "endpoint"]),
+        ("--otlp-protocol", &args.otlp_protocol, ["otlp", "protocol"]),
     ];
     for (flag, raw, keys) in settings {
         if let Some(raw) = raw {
@@ -362,6 +617,16 @@ fn flag_layers(args: &ConfigArgs, errors: &mut Vec<ConfigError>) -> Vec<Layer> {
                 parse_value(&keys, raw),
             ));
         }
+    }
+    // There is no flag for `enabled`: giving the endpoint is how to turn push on from the
+    // command line.
+    if args.otlp_endpoint.is_some() {
+        layers.push(Layer::single(
+            FLAG_LAYER,
+            "--otlp-endpoint",
+            &["otlp", "enabled"],
+            Value::from(true),
+        ));
     }
     layers
 }

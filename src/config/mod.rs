@@ -4,15 +4,17 @@
 //!
 //! # Layers, lowest to highest
 //! 1. Built-in defaults ([`defaults`]).
-//! 2. The TOML file: `--config PATH`, else `FIX_MONITOR_CONFIG`, else
+//! 2. The standard OpenTelemetry variables for OTLP (`OTEL_EXPORTER_OTLP_ENDPOINT`, ...; see
+//!    below), so that an operator's own settings beat what a platform injects everywhere.
+//! 3. The TOML file: `--config PATH`, else `FIX_MONITOR_CONFIG`, else
 //!    [`DEFAULT_CONFIG_PATH`]. Only the default path may be absent.
-//! 3. The environment: `FIX_MONITOR_` + the key path in upper case, sections joined by `__`
+//! 4. The environment: `FIX_MONITOR_` + the key path in upper case, sections joined by `__`
 //!    (`FIX_MONITOR_POLL__INTERVAL=5s`, `FIX_MONITOR_PROMETHEUS__LISTEN=0.0.0.0:9464`,
 //!    `FIX_MONITOR_TARGETS='[{address="10.0.0.5", port=9876}]'`). Values are parsed like
 //!    figment's `Env` (numbers, booleans, `[..]` arrays, `{k=v}` tables, else strings); an empty
 //!    variable counts as unset; an unknown `FIX_MONITOR_*` variable is an error. The original
 //!    exporter's `DOWNSTREAM_IP` (with optional `DOWNSTREAM_PORT`) defines one target.
-//! 4. Command-line flags ([`ConfigArgs`]); `--ip` (alias `--target-ip`) defines one target.
+//! 5. Command-line flags ([`ConfigArgs`]); `--ip` (alias `--target-ip`) defines one target.
 //!
 //! Tables merge key by key, but a list replaces the list below it: `FIX_MONITOR_TARGETS`,
 //! `DOWNSTREAM_IP` and `--ip` each *replace* the file's `[[targets]]` rather than add to them,
@@ -36,7 +38,33 @@
 //! [log]
 //! format = "text"             # text | json
 //! level = "info"              # a tracing EnvFilter directive
+//! [otlp]                      # OTLP push; off unless enabled (or an endpoint is given)
+//! enabled = true
+//! endpoint = "http://127.0.0.1:4317"  # base URL; for http/protobuf /v1/metrics is appended
+//! protocol = "grpc"           # grpc | http/protobuf
+//! interval = "10s"            # export interval
+//! timeout = "5s"              # one export, retries included
+//! temporality = "cumulative"  # cumulative | delta | lowmemory
+//! headers = { "x-tenant" = "desk-1" }
+//! [otlp.tls]                  # PEM files; the endpoint must be https://
+//! ca_file = "/etc/fix-monitor/ca.pem"
+//! cert_file = "/etc/fix-monitor/client.pem"
+//! key_file = "/etc/fix-monitor/client.key"
 //! ```
+//!
+//! # The standard OpenTelemetry variables
+//! Below the file (so fix-monitor's own file, variables and flags win where both are set) lies
+//! a layer of the standard variables: `OTEL_EXPORTER_OTLP_ENDPOINT`, `..._PROTOCOL`,
+//! `..._HEADERS`, `..._TIMEOUT` (milliseconds), `..._CERTIFICATE`, `..._CLIENT_CERTIFICATE`,
+//! `..._CLIENT_KEY`, each also as `OTEL_EXPORTER_OTLP_METRICS_*` (which beats the generic one),
+//! `OTEL_METRIC_EXPORT_INTERVAL` (milliseconds) and
+//! `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`. `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` is
+//! the full URL (used as is); the generic one is a base URL. Their values carry their variable's
+//! name as origin, so `fix-monitor config` shows which layer won.
+//!
+//! An endpoint turns push on at its layer unless that layer sets `enabled` itself:
+//! `--otlp-endpoint URL` always does (there is no flag to set `enabled`), and so does
+//! `OTEL_EXPORTER_OTLP_ENDPOINT`, which a file's `enabled = false` still overrides.
 //!
 //! # Shape (after ripgrep's low/high args)
 //! - `args`: the flags as typed ([`ConfigArgs`], strings).
@@ -81,7 +109,7 @@ pub mod defaults {
     use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
     use std::time::Duration;
 
-    use super::LogFormat;
+    use super::{LogFormat, OtlpProtocol, OtlpTemporality};
     use crate::source::SourceKind;
 
     /// Netlink with a kernel-side filter makes a poll cheap, so poll often enough to see short
@@ -101,6 +129,20 @@ pub mod defaults {
     /// Longest accepted poll interval. Far beyond any useful value, and keeps timer arithmetic
     /// (`Instant + interval`) away from overflow.
     pub const MAX_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
+    /// Push is opt-in: a sidecar must not start sending data somewhere by surprise.
+    pub const OTLP_ENABLED: bool = false;
+    pub const OTLP_PROTOCOL: OtlpProtocol = OtlpProtocol::Grpc;
+    /// The OTLP specification's defaults, by protocol.
+    pub const OTLP_GRPC_ENDPOINT: &str = "http://localhost:4317";
+    pub const OTLP_HTTP_ENDPOINT: &str = "http://localhost:4318";
+    /// The specification says 60 s; a desk wants to see a reconnect storm sooner, and one
+    /// export of a few dozen series every 10 s costs nothing.
+    pub const OTLP_INTERVAL: Duration = Duration::from_secs(10);
+    /// One export, retries included. The shutdown waits this plus a second (at least 5 s) for
+    /// the final export.
+    pub const OTLP_TIMEOUT: Duration = Duration::from_secs(5);
+    /// What Prometheus-style backends expect; `delta` is for backends that want it.
+    pub const OTLP_TEMPORALITY: OtlpTemporality = OtlpTemporality::Cumulative;
 }
 
 /// The validated configuration.
@@ -111,9 +153,7 @@ pub struct Settings {
     pub poll: PollSettings,
     pub prometheus: PrometheusSettings,
     pub log: LogSettings,
-    // [otlp] goes here when OTLP export lands (enabled, endpoint, protocol, interval, timeout,
-    // headers, TLS files): a field here, its keys in `resolve::SCHEMA`/`resolve_otlp`, its
-    // lines in `explain`, its flags in `ConfigArgs`.
+    pub otlp: OtlpSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,6 +177,97 @@ pub struct LogSettings {
     pub format: LogFormat,
     /// A tracing `EnvFilter` directive, already checked to parse.
     pub level: String,
+}
+
+impl LogSettings {
+    /// The filter directive to install: `level`, with the OpenTelemetry crates' own logs off
+    /// unless `level` names them. Their export errors would otherwise repeat on every failed
+    /// export; fix-monitor reports an outage once itself (`export::otlp`). Ask for them with,
+    /// e.g., `--log-level info,opentelemetry_sdk=debug`.
+    pub fn filter_directive(&self) -> String {
+        if self.level.contains("opentelemetry") {
+            self.level.clone()
+        } else {
+            format!("{},opentelemetry=off", self.level)
+        }
+    }
+}
+
+/// OTLP push. Its `endpoint` and the export URL are both kept: the first is what was
+/// configured (and what `explain` prints), the second what the exporter posts to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpSettings {
+    /// Whether to push.
+    pub enabled: bool,
+    /// As configured: a base URL (`http://collector:4318`), or, from
+    /// `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`, the full URL.
+    pub endpoint: String,
+    /// Where the exporter sends: `endpoint` for gRPC; for HTTP the base URL with `/v1/metrics`
+    /// appended (unless it already ends so, or came from the signal-specific variable).
+    pub url: String,
+    pub protocol: OtlpProtocol,
+    /// Time between two exports; > 0.
+    pub interval: Duration,
+    /// Deadline of one export, its retries included; > 0.
+    pub timeout: Duration,
+    /// Sent with every export (gRPC metadata or HTTP headers). Names are lower case.
+    pub headers: BTreeMap<String, String>,
+    pub temporality: OtlpTemporality,
+    pub tls: TlsFiles,
+}
+
+/// PEM files for a TLS collector. Each given file existed when the configuration was loaded;
+/// they are read when the exporter is built.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Trust these CAs (instead of the system's roots, which are used without it).
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate for mutual TLS; given together with `key_file`.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC (port 4317 by convention).
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (port 4318 by convention).
+    HttpProtobuf,
+}
+
+impl OtlpProtocol {
+    pub const ALLOWED: &'static str = "grpc, http/protobuf";
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            OtlpProtocol::Grpc => "grpc",
+            OtlpProtocol::HttpProtobuf => "http/protobuf",
+        }
+    }
+}
+
+/// How sums and histograms are reported (the OTLP temporality preference).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpTemporality {
+    /// Totals since start: what Prometheus-style backends expect, and what survives a lost
+    /// export (the next one carries the total).
+    Cumulative,
+    /// Changes since the previous export.
+    Delta,
+    /// Delta for counters and histograms, cumulative for up-down counters.
+    LowMemory,
+}
+
+impl OtlpTemporality {
+    pub const ALLOWED: &'static str = "cumulative, delta, lowmemory";
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            OtlpTemporality::Cumulative => "cumulative",
+            OtlpTemporality::Delta => "delta",
+            OtlpTemporality::LowMemory => "lowmemory",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,8 +321,9 @@ impl Loaded {
     }
 }
 
-/// Loads the configuration from the process environment, `--config` or the default file, and
-/// the flags.
+/// Loads the configuration from the process environment (`FIX_MONITOR_*`, `DOWNSTREAM_*` and
+/// the standard `OTEL_*` variables listed above), `--config` or the default file, and the
+/// flags.
 pub fn load(args: &ConfigArgs) -> Result<Loaded, ConfigErrors> {
     // Only our variables are taken; a non-UTF-8 value becomes a string with U+FFFD in it, which
     // validation then rejects while naming the variable.
@@ -203,7 +335,8 @@ pub fn load(args: &ConfigArgs) -> Result<Loaded, ConfigErrors> {
 }
 
 /// [`load`] with the environment and the default file path given, for tests and embedding.
-/// Variables other than `FIX_MONITOR_*`, `DOWNSTREAM_IP` and `DOWNSTREAM_PORT` are ignored.
+/// Variables other than `FIX_MONITOR_*`, `DOWNSTREAM_IP`, `DOWNSTREAM_PORT` and the `OTEL_*`
+/// variables above are ignored.
 pub fn load_from<I, K, V>(
     args: &ConfigArgs,
     env: I,

@@ -1,6 +1,7 @@
 //! From the merged, untyped tree to [`Settings`] (ripgrep's "high-level args"): every key is
 //! checked against the schema, every value parsed, and *every* problem recorded before giving
-//! up, each naming the key, the value, its origin and what is allowed. Pure.
+//! up, each naming the key, the value, its origin and what is allowed. Pure, but for one look
+//! at the file system: that the TLS files of an enabled OTLP exporter can be opened.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -12,17 +13,31 @@ use figment::{Figment, Provider};
 use ipnet::IpNet;
 
 use super::error::{ConfigError, ErrorKind, Origin};
-use super::layers::{self, ENV_PREFIX};
-use super::{defaults, LogFormat, LogSettings, PollSettings, PrometheusSettings, Settings};
+use super::layers::{self, ENV_OTEL_METRICS_ENDPOINT, ENV_PREFIX};
+use super::{
+    defaults, LogFormat, LogSettings, OtlpProtocol, OtlpSettings, OtlpTemporality, PollSettings,
+    PrometheusSettings, Settings, TlsFiles,
+};
 use crate::source::SourceKind;
 use crate::target::{PortRange, Target, Targets};
 
-/// Top-level keys. An `[otlp]` section will be added here (and resolved like `[prometheus]`).
-const TOP_KEYS: &[&str] = &["targets", "poll", "prometheus", "log"];
+/// Top-level keys.
+const TOP_KEYS: &[&str] = &["targets", "poll", "prometheus", "log", "otlp"];
 const TARGET_KEYS: &[&str] = &["name", "address", "port", "local_ports"];
 const POLL_KEYS: &[&str] = &["interval", "source"];
 const PROMETHEUS_KEYS: &[&str] = &["enabled", "listen"];
 const LOG_KEYS: &[&str] = &["format", "level"];
+const OTLP_KEYS: &[&str] = &[
+    "enabled",
+    "endpoint",
+    "protocol",
+    "interval",
+    "timeout",
+    "temporality",
+    "headers",
+    "tls",
+];
+const TLS_KEYS: &[&str] = &["ca_file", "cert_file", "key_file"];
 
 const ALLOWED_ADDRESS: &str =
     "expected an IP address or CIDR block, such as \"10.0.0.5\", \"10.0.0.0/24\" or \"fd00::5\"";
@@ -33,6 +48,12 @@ const ALLOWED_INTERVAL: &str = "expected a duration above zero and at most 24h: 
                                 (5) or a humantime string (\"500ms\", \"2s\", \"1m 30s\")";
 const ALLOWED_LISTEN: &str = "expected IP:PORT, such as \"127.0.0.1:9464\", \"0.0.0.0:9464\" or \
                               \"[::]:9464\" (host names are not resolved)";
+const ALLOWED_ENDPOINT: &str = "expected an http:// or https:// URL with a host, such as \
+                                \"http://127.0.0.1:4317\" (gRPC) or \"http://collector:4318\" \
+                                (http/protobuf; /v1/metrics is appended)";
+const ALLOWED_HEADERS: &str =
+    "expected a table of header names to string values, such as { \"x-tenant\" = \"desk-1\" }";
+const ALLOWED_PEM: &str = "expected the path of a readable PEM file";
 const ALLOWED_LEVEL: &str =
     "expected a tracing filter directive, such as \"info\", \"debug\" or \"warn,fix_monitor=debug\"";
 
@@ -104,13 +125,33 @@ pub(crate) fn resolve(
         parse_log_level,
     );
 
-    // [otlp]: resolve its table here, like [prometheus] above.
+    let otlp = r.otlp(&root);
+
+    if !enabled && !otlp.enabled {
+        let mut error = ConfigError::new(
+            ErrorKind::Conflict,
+            "prometheus.enabled",
+            format!(
+                "nothing would be exported: the Prometheus endpoint is disabled and so is OTLP \
+                 push (otlp.enabled = false, {}); enable one of them, e.g. give \
+                 --otlp-endpoint URL",
+                match r.origins.get("otlp.enabled") {
+                    Some(Origin::Default) | None => "the default".to_owned(),
+                    Some(origin) => format!("from {origin}"),
+                }
+            ),
+        )
+        .value("false");
+        error.origin = r.origins.get("prometheus.enabled").cloned();
+        r.errors.push(error);
+    }
 
     let settings = Settings {
         targets,
         poll: PollSettings { interval, source },
         prometheus: PrometheusSettings { enabled, listen },
         log: LogSettings { format, level },
+        otlp,
     };
     (settings, r.origins)
 }
@@ -157,16 +198,211 @@ impl Resolver<'_> {
     /// The table `name` of the root, with its unknown keys reported; `None` if absent or not a
     /// table (the latter reported).
     fn table<'v>(&mut self, root: &'v Dict, name: &str, known: &[&str]) -> Option<&'v Dict> {
-        match root.get(name)? {
+        self.table_in(root, "", name, known)
+    }
+
+    /// [`Self::table`] for the table `name` inside `parent`, whose key path is `path`.
+    fn table_in<'v>(
+        &mut self,
+        parent: &'v Dict,
+        path: &str,
+        name: &str,
+        known: &[&str],
+    ) -> Option<&'v Dict> {
+        let key = join(path, name);
+        match parent.get(name)? {
             Value::Dict(_, dict) => {
-                self.unknown_keys(name, dict, known, &format!("[{name}]"));
+                self.unknown_keys(&key, dict, known, &format!("[{key}]"));
                 Some(dict)
             }
             other => {
                 let message = format!("expected a table with the keys {}", known.join(", "));
-                self.error(ErrorKind::InvalidValue, name, other, name, message);
+                self.error(ErrorKind::InvalidValue, &key, other, name, message);
                 None
             }
+        }
+    }
+
+    /// `[otlp]`, checked as a whole: the endpoint against the protocol, the TLS files against
+    /// the endpoint's scheme and the file system (only when push is on: a disabled exporter's
+    /// inherited `OTEL_*` settings must not stop the sidecar).
+    fn otlp(&mut self, root: &Dict) -> OtlpSettings {
+        let table = self.table(root, "otlp", OTLP_KEYS);
+        let enabled = self.setting(table, "otlp", "enabled", defaults::OTLP_ENABLED, parse_bool);
+        let protocol = self.setting(
+            table,
+            "otlp",
+            "protocol",
+            defaults::OTLP_PROTOCOL,
+            parse_protocol,
+        );
+        let default_endpoint = match protocol {
+            OtlpProtocol::Grpc => defaults::OTLP_GRPC_ENDPOINT,
+            OtlpProtocol::HttpProtobuf => defaults::OTLP_HTTP_ENDPOINT,
+        };
+        let errors_before = self.errors.len();
+        let endpoint = self.setting(
+            table,
+            "otlp",
+            "endpoint",
+            default_endpoint.to_owned(),
+            |v| parse_endpoint(v, protocol),
+        );
+        let endpoint_ok = self.errors.len() == errors_before;
+        // The signal-specific variable holds the whole URL; everything else a base URL.
+        let verbatim = matches!(
+            self.origins.get("otlp.endpoint"),
+            Some(Origin::Env(var)) if var == ENV_OTEL_METRICS_ENDPOINT
+        );
+        let url = match protocol {
+            OtlpProtocol::Grpc => endpoint.clone(),
+            OtlpProtocol::HttpProtobuf => http_export_url(&endpoint, verbatim),
+        };
+        let interval = self.setting(
+            table,
+            "otlp",
+            "interval",
+            defaults::OTLP_INTERVAL,
+            parse_interval,
+        );
+        let timeout = self.setting(
+            table,
+            "otlp",
+            "timeout",
+            defaults::OTLP_TIMEOUT,
+            parse_interval,
+        );
+        let temporality = self.setting(
+            table,
+            "otlp",
+            "temporality",
+            defaults::OTLP_TEMPORALITY,
+            parse_temporality,
+        );
+        let headers = self.headers(table);
+        let tls = self.tls(table);
+
+        if enabled {
+            self.check_tls(&tls, endpoint_ok.then_some(endpoint.as_str()));
+        }
+        OtlpSettings {
+            enabled,
+            endpoint,
+            url,
+            protocol,
+            interval,
+            timeout,
+            headers,
+            temporality,
+            tls,
+        }
+    }
+
+    fn headers(&mut self, otlp: Option<&Dict>) -> BTreeMap<String, String> {
+        let mut headers = BTreeMap::new();
+        let Some(table) = otlp.and_then(|t| t.get("headers")) else {
+            self.origins.insert("otlp.headers".into(), Origin::Default);
+            return headers;
+        };
+        let Value::Dict(_, dict) = table else {
+            let message = ALLOWED_HEADERS.to_owned();
+            self.error(
+                ErrorKind::InvalidValue,
+                "otlp.headers",
+                table,
+                "headers",
+                message,
+            );
+            return headers;
+        };
+        let origin = self.origin(table, "headers");
+        self.origins.insert("otlp.headers".into(), origin);
+        for (name, value) in dict {
+            let key = format!("otlp.headers.{name}");
+            let Some(text) = self.parse(&key, name, value, |v| parse_header(name, v)) else {
+                continue;
+            };
+            // `layers` lower-cased every name already.
+            headers.insert(name.clone(), text);
+        }
+        headers
+    }
+
+    fn tls(&mut self, otlp: Option<&Dict>) -> TlsFiles {
+        let table = otlp.and_then(|t| self.table_in(t, "otlp", "tls", TLS_KEYS));
+        let mut file = |field: &str| {
+            let key = format!("otlp.tls.{field}");
+            match table {
+                Some(t) => self.optional(t, &key, field, parse_path).flatten(),
+                None => {
+                    self.origins.insert(key, Origin::Default);
+                    None
+                }
+            }
+        };
+        TlsFiles {
+            ca_file: file("ca_file"),
+            cert_file: file("cert_file"),
+            key_file: file("key_file"),
+        }
+    }
+
+    /// The TLS files exist, come in the right combination, and have an https:// endpoint to
+    /// be used with (`endpoint` is `None` when it was invalid, and reported already).
+    fn check_tls(&mut self, tls: &TlsFiles, endpoint: Option<&str>) {
+        let files = [
+            ("ca_file", &tls.ca_file),
+            ("cert_file", &tls.cert_file),
+            ("key_file", &tls.key_file),
+        ];
+        for (field, path) in files {
+            let Some(path) = path else { continue };
+            if let Err(message) = readable_file(path) {
+                let key = format!("otlp.tls.{field}");
+                let mut error = ConfigError::new(ErrorKind::InvalidValue, &key, message)
+                    .value(quote(&path.display().to_string()));
+                error.origin = self.origins.get(&key).cloned();
+                self.errors.push(error);
+            }
+        }
+        let unpaired = match (&tls.cert_file, &tls.key_file) {
+            (Some(path), None) => Some(("cert_file", path, "key_file")),
+            (None, Some(path)) => Some(("key_file", path, "cert_file")),
+            _ => None,
+        };
+        if let Some((field, path, other)) = unpaired {
+            let key = format!("otlp.tls.{field}");
+            let mut error = ConfigError::new(
+                ErrorKind::Conflict,
+                &key,
+                format!(
+                    "needs otlp.tls.{other} too: a client certificate goes with its private key"
+                ),
+            )
+            .value(quote(&path.display().to_string()));
+            error.origin = self.origins.get(&key).cloned();
+            self.errors.push(error);
+        }
+        let any = files.iter().any(|(_, p)| p.is_some());
+        let Some(endpoint) = endpoint else { return };
+        if any && endpoint.to_ascii_lowercase().starts_with("http://") {
+            let named: Vec<String> = files
+                .iter()
+                .filter(|(_, p)| p.is_some())
+                .map(|(f, _)| format!("otlp.tls.{f}"))
+                .collect();
+            let mut error = ConfigError::new(
+                ErrorKind::Conflict,
+                "otlp.endpoint",
+                format!(
+                    "is plain http://, but TLS files are set ({}): use an https:// endpoint to \
+                     talk TLS to the collector, or drop the TLS files",
+                    named.join(", ")
+                ),
+            )
+            .value(quote(endpoint));
+            error.origin = self.origins.get("otlp.endpoint").cloned();
+            self.errors.push(error);
         }
     }
 
@@ -354,10 +590,11 @@ fn nesting_hint(path: &str, key: &str) -> Option<String> {
     if !path.is_empty() {
         return None;
     }
-    let sections: [(&str, &[&str]); 3] = [
+    let sections: [(&str, &[&str]); 4] = [
         ("poll", POLL_KEYS),
         ("prometheus", PROMETHEUS_KEYS),
         ("log", LOG_KEYS),
+        ("otlp", OTLP_KEYS),
     ];
     sections.iter().find_map(|(section, keys)| {
         let rest = key.strip_prefix(section)?.strip_prefix('_')?;
@@ -540,6 +777,116 @@ fn parse_log_format(value: &Value) -> Result<LogFormat, String> {
         .into_iter()
         .find(|format| format.as_str().eq_ignore_ascii_case(text.trim()))
         .ok_or_else(allowed)
+}
+
+fn parse_protocol(value: &Value) -> Result<OtlpProtocol, String> {
+    let allowed = || format!("expected one of: {}", OtlpProtocol::ALLOWED);
+    let text = string(value).ok_or_else(allowed)?.trim();
+    if text.eq_ignore_ascii_case("http/json") {
+        return Err(format!(
+            "OTLP/HTTP with JSON bodies is not supported; {}",
+            allowed()
+        ));
+    }
+    [OtlpProtocol::Grpc, OtlpProtocol::HttpProtobuf]
+        .into_iter()
+        .find(|p| p.as_str().eq_ignore_ascii_case(text))
+        .ok_or_else(allowed)
+}
+
+fn parse_temporality(value: &Value) -> Result<OtlpTemporality, String> {
+    let allowed = || format!("expected one of: {}", OtlpTemporality::ALLOWED);
+    let text = string(value).ok_or_else(allowed)?.trim();
+    [
+        OtlpTemporality::Cumulative,
+        OtlpTemporality::Delta,
+        OtlpTemporality::LowMemory,
+    ]
+    .into_iter()
+    .find(|t| t.as_str().eq_ignore_ascii_case(text))
+    .ok_or_else(allowed)
+}
+
+/// An OTLP endpoint: an absolute http(s) URL with a host, without credentials, query or
+/// fragment; for gRPC without a path (the service defines it). Returned trimmed.
+pub(crate) fn parse_endpoint(value: &Value, protocol: OtlpProtocol) -> Result<String, String> {
+    let text = string(value).ok_or(ALLOWED_ENDPOINT)?.trim();
+    let url =
+        url::Url::parse(text).map_err(|e| format!("is not a URL ({e}); {ALLOWED_ENDPOINT}"))?;
+    match url.scheme() {
+        "http" | "https" => {}
+        other => return Err(format!("has the scheme {other}://; {ALLOWED_ENDPOINT}")),
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("has no host; {ALLOWED_ENDPOINT}"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(
+            "has credentials in it; send them as a header instead ([otlp] headers, e.g. \
+             { authorization = \"Basic ...\" })"
+                .to_owned(),
+        );
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("has a query or fragment; {ALLOWED_ENDPOINT}"));
+    }
+    if protocol == OtlpProtocol::Grpc && !matches!(url.path(), "" | "/") {
+        return Err(format!(
+            "has the path {}, which gRPC does not use (the service defines it); give \
+             scheme://host:port, or set protocol = \"http/protobuf\" for an HTTP endpoint",
+            url.path()
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+/// Where OTLP/HTTP posts: a base URL with `/v1/metrics` appended, unless it already ends so;
+/// the signal-specific variable's URL as is.
+pub(crate) fn http_export_url(endpoint: &str, verbatim: bool) -> String {
+    let base = endpoint.trim_end_matches('/');
+    if verbatim || base.ends_with("/v1/metrics") {
+        endpoint.to_owned()
+    } else {
+        format!("{base}/v1/metrics")
+    }
+}
+
+/// A header's value, checked to be sendable as an HTTP header and as ASCII gRPC metadata.
+fn parse_header(name: &str, value: &Value) -> Result<String, String> {
+    if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        return Err(format!(
+            "`{name}` is not a valid header name (letters, digits and !#$%&'*+-.^_`|~ only)"
+        ));
+    }
+    if name.to_ascii_lowercase().ends_with("-bin") {
+        return Err(format!(
+            "`{name}` would be binary gRPC metadata (the -bin suffix), which is not supported"
+        ));
+    }
+    let text = string(value).ok_or(ALLOWED_HEADERS)?;
+    if http::HeaderValue::from_str(text).is_err() {
+        return Err("is not a valid header value: printable ASCII only, no line breaks".to_owned());
+    }
+    Ok(text.to_owned())
+}
+
+fn parse_path(value: &Value) -> Result<std::path::PathBuf, String> {
+    match string(value).map(str::trim) {
+        Some(text) if !text.is_empty() => Ok(std::path::PathBuf::from(text)),
+        _ => Err(ALLOWED_PEM.to_owned()),
+    }
+}
+
+/// The one look at the file system outside the config file itself: a TLS file named in the
+/// configuration must be there now, not fail the first export an interval later.
+fn readable_file(path: &Path) -> Result<(), String> {
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("cannot be read: {e}; {ALLOWED_PEM}"))?;
+    match file.metadata() {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err(format!("is not a regular file; {ALLOWED_PEM}")),
+        Err(e) => Err(format!("cannot be read: {e}; {ALLOWED_PEM}")),
+    }
 }
 
 fn parse_log_level(value: &Value) -> Result<String, String> {

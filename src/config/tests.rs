@@ -131,6 +131,15 @@ fn the_whole_schema_parses() {
         [log]
         format = "json"
         level = "warn,fix_monitor=debug"
+
+        [otlp]
+        enabled = true
+        endpoint = "https://collector.example:4318/otlp/"
+        protocol = "http/protobuf"
+        interval = "30s"
+        timeout = 3
+        temporality = "delta"
+        headers = { "X-Tenant" = "desk-1" }
     "#;
     let s = ok(parse_toml_str(toml, "c.toml")).settings;
     let names: Vec<&str> = s.targets.iter().map(|t| t.name.as_str()).collect();
@@ -151,6 +160,19 @@ fn the_whole_schema_parses() {
     assert_eq!(s.prometheus.listen, "0.0.0.0:9100".parse().unwrap());
     assert_eq!(s.log.format, LogFormat::Json);
     assert_eq!(s.log.level, "warn,fix_monitor=debug");
+    let o = &s.otlp;
+    assert!(o.enabled);
+    assert_eq!(o.endpoint, "https://collector.example:4318/otlp/");
+    assert_eq!(o.url, "https://collector.example:4318/otlp/v1/metrics");
+    assert_eq!(o.protocol, OtlpProtocol::HttpProtobuf);
+    assert_eq!(o.interval, Duration::from_secs(30));
+    assert_eq!(o.timeout, Duration::from_secs(3));
+    assert_eq!(o.temporality, OtlpTemporality::Delta);
+    assert_eq!(
+        o.headers,
+        BTreeMap::from([("x-tenant".to_owned(), "desk-1".to_owned())])
+    );
+    assert_eq!(o.tls, TlsFiles::default());
 }
 
 #[test]
@@ -250,14 +272,22 @@ fn unknown_keys_are_each_reported_with_their_file() {
         address = "10.0.0.6"
         [poll]
         intervall = "5s"
-        [otlp]
+        [otel]
         endpoint = "http://collector:4317"
+        [otlp.tls]
+        ca = "ca.pem"
     "#;
     let e = errors(parse_toml_str(toml, "/etc/fix-monitor/config.toml"));
     let keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
     assert_eq!(
         keys,
-        ["colour", "otlp", "targets[0].prot", "poll.intervall"],
+        [
+            "colour",
+            "otel",
+            "targets[0].prot",
+            "poll.intervall",
+            "otlp.tls.ca"
+        ],
         "{e}"
     );
     assert!(e.iter().all(|e| e.kind == ErrorKind::UnknownKey));
@@ -775,7 +805,7 @@ fn targets_come_from_the_highest_layer_that_has_any() {
 #[test]
 fn env_tables_merge_key_by_key_with_the_file() {
     let f = Fixture::new(Some(
-        "[[targets]]\naddress = \"10.0.0.5\"\n[prometheus]\nenabled = false\n",
+        "[[targets]]\naddress = \"10.0.0.5\"\n[prometheus]\nenabled = false\n[otlp]\nenabled = true\n",
     ));
     let loaded = ok(f.load(
         &[],
@@ -798,6 +828,7 @@ fn env_strings_are_taken_whole_and_empty_variables_are_unset() {
             ("FIX_MONITOR_POLL__INTERVAL", ""),
             ("DOWNSTREAM_IP", ""),
             ("FIX_MONITOR_PROMETHEUS__ENABLED", "false"),
+            ("FIX_MONITOR_OTLP__ENDPOINT", "http://127.0.0.1:4317"),
         ],
     ));
     assert_eq!(loaded.settings.log.level, "info,fix_monitor=debug");
@@ -872,6 +903,14 @@ fn explain_output_is_a_config_file_with_the_same_settings() {
         [log]
         format = "json"
         level = "warn,fix_monitor=debug"
+        [otlp]
+        endpoint = "http://collector:4318"
+        protocol = "http/protobuf"
+        interval = "1m"
+        timeout = "2s 500ms"
+        temporality = "lowmemory"
+        [otlp.headers]
+        "x-tenant" = "desk \"1\""
     "#;
     let loaded = ok(parse_toml_str(toml, "c.toml"));
     let again = ok(parse_toml_str(&loaded.explain(), "explained.toml"));
@@ -900,6 +939,9 @@ fn the_flags_are_well_formed_and_documented() {
         "--source <SOURCE>",
         "--log-format <FORMAT>",
         "--log-level <FILTER>",
+        "--otlp-endpoint <URL>",
+        "--otlp-protocol <PROTOCOL>",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
         "FIX_MONITOR_CONFIG",
         "FIX_MONITOR_POLL__INTERVAL",
         "FIX_MONITOR_PROMETHEUS__LISTEN",
@@ -913,6 +955,380 @@ fn the_flags_are_well_formed_and_documented() {
     // The rejected flags are parsed (to be explained) but not advertised.
     assert!(!help.contains("--log-file"), "{help}");
     assert!(!help.contains("--port <"), "{help}");
+}
+
+// ---- [otlp] ----
+
+#[test]
+fn otlp_is_off_by_default_and_an_endpoint_turns_it_on() {
+    let f = Fixture::new(Some(ONE_TARGET));
+    let loaded = ok(f.load(&[], &[]));
+    let o = &loaded.settings.otlp;
+    assert!(!o.enabled);
+    assert_eq!(o.endpoint, "http://localhost:4317");
+    assert_eq!(o.url, o.endpoint);
+    assert_eq!(o.protocol, OtlpProtocol::Grpc);
+    assert_eq!(o.interval, defaults::OTLP_INTERVAL);
+    assert_eq!(o.timeout, defaults::OTLP_TIMEOUT);
+    assert_eq!(o.temporality, OtlpTemporality::Cumulative);
+    assert!(o.headers.is_empty());
+    for key in [
+        "otlp.enabled",
+        "otlp.endpoint",
+        "otlp.headers",
+        "otlp.tls.ca_file",
+    ] {
+        assert_eq!(loaded.origin(key), Some(&Origin::Default), "{key}");
+    }
+
+    // The HTTP default follows the protocol.
+    let http = ok(f.load(&["--otlp-protocol", "HTTP/Protobuf"], &[]));
+    assert_eq!(http.settings.otlp.url, "http://localhost:4318/v1/metrics");
+    assert!(!http.settings.otlp.enabled);
+
+    let flag_on = ok(f.load(&["--otlp-endpoint", "http://10.1.1.1:4317"], &[]));
+    assert!(flag_on.settings.otlp.enabled);
+    assert_eq!(
+        flag_on.origin("otlp.enabled"),
+        flag("--otlp-endpoint").as_ref()
+    );
+
+    // In the file, an endpoint alone means "push there"; `enabled = false` beside it does not.
+    let file_on = "[[targets]]\naddress = \"10.0.0.5\"\n[otlp]\nendpoint = \"http://c:4317\"\n";
+    assert!(ok(parse_toml_str(file_on, "c.toml")).settings.otlp.enabled);
+    let file_off = format!("{file_on}enabled = false\n");
+    assert!(
+        !ok(parse_toml_str(&file_off, "c.toml"))
+            .settings
+            .otlp
+            .enabled
+    );
+
+    // The standard variable is below the file: the file's `enabled = false` wins...
+    let g = Fixture::new(Some(&file_off));
+    let otel = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel:4317")];
+    let loaded = ok(g.load(&[], &otel));
+    assert!(!loaded.settings.otlp.enabled);
+    assert_eq!(loaded.settings.otlp.endpoint, "http://c:4317");
+    // ...and without a file saying otherwise, the variable turns push on.
+    let loaded = ok(f.load(&[], &otel));
+    assert!(loaded.settings.otlp.enabled);
+    assert_eq!(
+        loaded.origin("otlp.enabled"),
+        env("OTEL_EXPORTER_OTLP_ENDPOINT").as_ref()
+    );
+
+    // Our own variable likewise, unless the environment also says whether to push.
+    let ours = ("FIX_MONITOR_OTLP__ENDPOINT", "http://c:4317");
+    assert!(ok(f.load(&[], &[ours])).settings.otlp.enabled);
+    let off = ("FIX_MONITOR_OTLP__ENABLED", "false");
+    assert!(!ok(f.load(&[], &[ours, off])).settings.otlp.enabled);
+    // The flag beats everything.
+    let loaded = ok(g.load(&["--otlp-endpoint", "http://f:4317"], &[ours, off]));
+    assert!(loaded.settings.otlp.enabled);
+    assert_eq!(loaded.settings.otlp.endpoint, "http://f:4317");
+}
+
+#[test]
+fn the_standard_otel_variables_are_a_layer_below_the_file() {
+    let otel = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel:4318"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=env,x-region=ny%204"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "30000"),
+        ("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "Delta"),
+        // Not ours: ignored here (the SDK reads the first itself).
+        ("OTEL_SERVICE_NAME", "x"),
+        ("OTEL_EXPORTER_OTLP_INSECURE", "true"),
+    ];
+    let f = Fixture::new(Some(ONE_TARGET));
+    let loaded = ok(f.load(&[], &otel));
+    let o = &loaded.settings.otlp;
+    assert!(o.enabled);
+    assert_eq!(o.url, "http://otel:4318/v1/metrics");
+    assert_eq!(o.protocol, OtlpProtocol::HttpProtobuf);
+    assert_eq!(o.timeout, Duration::from_millis(2500));
+    assert_eq!(o.interval, Duration::from_secs(30));
+    assert_eq!(o.temporality, OtlpTemporality::Delta);
+    assert_eq!(o.headers["x-region"], "ny 4");
+    assert_eq!(
+        loaded.origin("otlp.interval"),
+        env("OTEL_METRIC_EXPORT_INTERVAL").as_ref()
+    );
+    assert_eq!(
+        loaded.origin("otlp.headers.x-region"),
+        env("OTEL_EXPORTER_OTLP_HEADERS").as_ref()
+    );
+
+    // The file beats them key by key (header tables merge, names case-insensitively)...
+    let toml = format!(
+        "{ONE_TARGET}[otlp]\ntimeout = \"1s\"\nprotocol = \"grpc\"\n\
+         endpoint = \"http://file:4317\"\n[otlp.headers]\nX-Tenant = \"file\"\n"
+    );
+    let g = Fixture::new(Some(&toml));
+    let loaded = ok(g.load(&[], &otel));
+    let o = &loaded.settings.otlp;
+    assert_eq!(o.timeout, Duration::from_secs(1));
+    assert_eq!(loaded.origin("otlp.timeout"), file(&g.path()).as_ref());
+    assert_eq!(o.url, "http://file:4317");
+    assert_eq!(o.headers["x-tenant"], "file");
+    assert_eq!(o.headers["x-region"], "ny 4");
+    assert_eq!(o.interval, Duration::from_secs(30));
+    assert_eq!(
+        loaded.origin("otlp.headers.x-tenant"),
+        file(&g.path()).as_ref()
+    );
+    // ...and our variables and flags beat the file.
+    let mut env_vars = otel.to_vec();
+    env_vars.push(("FIX_MONITOR_OTLP__TIMEOUT", "4s"));
+    env_vars.push(("FIX_MONITOR_OTLP__HEADERS", "{\"x-tenant\"=\"ours\"}"));
+    let loaded = ok(g.load(&["--otlp-protocol", "http/protobuf"], &env_vars));
+    let o = &loaded.settings.otlp;
+    assert_eq!(o.timeout, Duration::from_secs(4));
+    assert_eq!(o.headers["x-tenant"], "ours");
+    assert_eq!(o.url, "http://file:4317/v1/metrics");
+    assert_eq!(
+        loaded.origin("otlp.protocol"),
+        flag("--otlp-protocol").as_ref()
+    );
+    assert_eq!(
+        loaded.origin("otlp.headers.x-tenant"),
+        env("FIX_MONITOR_OTLP__HEADERS").as_ref()
+    );
+}
+
+#[test]
+fn signal_specific_variables_beat_generic_ones_and_the_metrics_endpoint_is_used_as_is() {
+    let f = Fixture::new(Some(ONE_TARGET));
+    let loaded = ok(f.load(
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://generic:4318"),
+            (
+                "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+                "http://vm:8428/opentelemetry/api/v1/push",
+            ),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "1000"),
+            ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "3000"),
+        ],
+    ));
+    let o = &loaded.settings.otlp;
+    assert_eq!(o.url, "http://vm:8428/opentelemetry/api/v1/push");
+    assert_eq!(o.protocol, OtlpProtocol::HttpProtobuf);
+    assert_eq!(o.timeout, Duration::from_secs(3));
+    assert_eq!(
+        loaded.origin("otlp.endpoint"),
+        env("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT").as_ref()
+    );
+    assert!(
+        loaded.explain().contains("used as is"),
+        "{}",
+        loaded.explain()
+    );
+    // A base URL that already ends in /v1/metrics is not extended twice.
+    let ends = ok(f.load(
+        &["--otlp-protocol", "http/protobuf"],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/v1/metrics/")],
+    ));
+    assert_eq!(ends.settings.otlp.url, "http://c:4318/v1/metrics/");
+}
+
+#[test]
+fn bad_otlp_values_are_reported_with_key_value_source_and_what_is_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("client.pem");
+    std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\n").unwrap();
+    let missing = dir.path().join("ca.pem");
+    let toml = format!(
+        r#"{ONE_TARGET}
+        [otlp]
+        enabled = true
+        endpoint = "https://collector:4317"
+        interval = "0s"
+        temporality = "sometimes"
+        headers = {{ "bad header" = "x", "x-ok" = "line\nbreak", "trace-bin" = "x" }}
+        [otlp.tls]
+        ca_file = "{}"
+        cert_file = "{}"
+        "#,
+        missing.display(),
+        cert.display()
+    );
+    let f = Fixture::new(Some(&toml));
+    let e = errors(f.load(&["--otlp-protocol", "http/json"], &[]));
+    let path = f.path();
+    let interval = find(&e, "otlp.interval");
+    assert_eq!(interval.value.as_deref(), Some("\"0s\""));
+    assert_eq!(interval.origin, file(&path));
+    assert!(interval.message.contains("above zero"), "{interval}");
+    let protocol = find(&e, "otlp.protocol");
+    assert_eq!(protocol.origin, flag("--otlp-protocol"));
+    assert!(
+        protocol.message.contains("grpc, http/protobuf"),
+        "{protocol}"
+    );
+    assert!(find(&e, "otlp.temporality")
+        .message
+        .contains("cumulative, delta, lowmemory"));
+    assert!(find(&e, "otlp.headers.bad header")
+        .message
+        .contains("not a valid header name"));
+    assert!(find(&e, "otlp.headers.x-ok")
+        .message
+        .contains("no line breaks"));
+    assert!(find(&e, "otlp.headers.trace-bin").message.contains("-bin"));
+    let ca = find(&e, "otlp.tls.ca_file");
+    assert_eq!(ca.kind, ErrorKind::InvalidValue);
+    assert_eq!(ca.origin, file(&path));
+    assert!(ca.message.contains("cannot be read"), "{ca}");
+    assert!(ca.message.contains("PEM"), "{ca}");
+    let unpaired = find(&e, "otlp.tls.cert_file");
+    assert_eq!(unpaired.kind, ErrorKind::Conflict);
+    assert!(unpaired.message.contains("otlp.tls.key_file"), "{unpaired}");
+
+    // Bad URLs, each with the reason.
+    let cases = [
+        ("collector:4317", "has the scheme collector://"),
+        ("localhost", "is not a URL"),
+        ("ftp://c:21", "has the scheme ftp://"),
+        ("http://", "is not a URL"),
+        ("http://user:pw@c:4317", "credentials"),
+        ("http://c:4317/v1/metrics", "which gRPC does not use"),
+        ("http://c:4317?x=1", "query"),
+    ];
+    let f = Fixture::new(Some(ONE_TARGET));
+    for (url, why) in cases {
+        let e = errors(f.load(&["--otlp-endpoint", url], &[]));
+        let error = find(&e, "otlp.endpoint");
+        assert_eq!(error.origin, flag("--otlp-endpoint"), "{url}");
+        assert!(error.message.contains(why), "{url}: {error}");
+        assert_eq!(e.len(), 1, "{e}");
+    }
+
+    // TLS files with a plain-http endpoint would be silently unused.
+    let e = errors(f.load(
+        &["--otlp-endpoint", "http://c:4317"],
+        &[("OTEL_EXPORTER_OTLP_CERTIFICATE", cert.to_str().unwrap())],
+    ));
+    let error = find(&e, "otlp.endpoint");
+    assert_eq!(error.kind, ErrorKind::Conflict);
+    assert!(error.message.contains("otlp.tls.ca_file"), "{error}");
+    // With https they are taken.
+    let loaded = ok(f.load(
+        &["--otlp-endpoint", "https://c:4317"],
+        &[("OTEL_EXPORTER_OTLP_CERTIFICATE", cert.to_str().unwrap())],
+    ));
+    assert_eq!(loaded.settings.otlp.tls.ca_file.as_deref(), Some(&*cert));
+    assert_eq!(
+        loaded.origin("otlp.tls.ca_file"),
+        env("OTEL_EXPORTER_OTLP_CERTIFICATE").as_ref()
+    );
+
+    // A malformed standard variable names itself; millisecond values are read as such.
+    let e = errors(f.load(
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "0"),
+        ],
+    ));
+    let headers = find(&e, "otlp.headers");
+    assert_eq!(headers.origin, env("OTEL_EXPORTER_OTLP_HEADERS"));
+    assert!(headers.message.contains("key=value"), "{headers}");
+    let interval = find(&e, "otlp.interval");
+    assert_eq!(interval.value.as_deref(), Some("\"0ms\""));
+    assert_eq!(interval.origin, env("OTEL_METRIC_EXPORT_INTERVAL"));
+}
+
+#[test]
+fn a_disabled_exporters_tls_files_are_not_looked_for() {
+    let f = Fixture::new(Some(ONE_TARGET));
+    let loaded = ok(f.load(
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem"),
+            ("FIX_MONITOR_OTLP__ENABLED", "false"),
+        ],
+    ));
+    assert!(!loaded.settings.otlp.enabled);
+}
+
+#[test]
+fn nothing_would_be_exported_when_both_exporters_are_off() {
+    let f = Fixture::new(Some(&format!(
+        "{ONE_TARGET}[prometheus]\nenabled = false\n"
+    )));
+    let e = errors(f.load(&[], &[]));
+    let error = find(&e, "prometheus.enabled");
+    assert_eq!(error.kind, ErrorKind::Conflict);
+    assert_eq!(error.origin, file(&f.path()));
+    assert!(
+        error.message.contains("nothing would be exported"),
+        "{error}"
+    );
+    assert!(error.message.contains("otlp.enabled = false"), "{error}");
+    assert_eq!(e.len(), 1, "{e}");
+    // Push alone is fine.
+    let loaded = ok(f.load(&["--otlp-endpoint", "http://c:4317"], &[]));
+    assert!(!loaded.settings.prometheus.enabled && loaded.settings.otlp.enabled);
+}
+
+#[test]
+fn explain_shows_otlp_with_origins_and_keeps_credentials_out() {
+    let f = Fixture::new(Some(&format!(
+        "{ONE_TARGET}[otlp]\nendpoint = \"http://c:4318\"\nprotocol = \"http/protobuf\"\n\
+         headers = {{ authorization = \"Bearer s3cret\", \"x-tenant\" = \"desk-1\" }}\n"
+    )));
+    let loaded = ok(f.load(&[], &[("OTEL_METRIC_EXPORT_INTERVAL", "15000")]));
+    let text = loaded.explain();
+    assert!(!text.contains("s3cret"), "{text}");
+    let otlp = &text[text.find("[otlp]").unwrap()..];
+    let line = |prefix: &str| {
+        otlp.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} line in:\n{text}"))
+    };
+    let from_file = format!("# from file {}", f.path().display());
+    assert!(line("enabled = true").ends_with(&from_file), "{text}");
+    assert!(line("endpoint = \"http://c:4318\"").ends_with(&from_file));
+    assert!(
+        text.contains("# (exports go to http://c:4318/v1/metrics)"),
+        "{text}"
+    );
+    assert!(
+        line("interval = \"15s\"").ends_with("# from env OTEL_METRIC_EXPORT_INTERVAL"),
+        "{text}"
+    );
+    assert!(line("\"x-tenant\" = \"desk-1\"").ends_with(&from_file));
+    assert!(line("# \"authorization\": set, value not shown").ends_with(&from_file));
+    assert!(line("# ca_file: the system's trust roots").ends_with("# default"));
+
+    // The output loads back to the same settings, credentials aside.
+    let mut want = loaded.settings.clone();
+    want.otlp.headers.remove("authorization");
+    let again = ok(parse_toml_str(&text, "explained.toml"));
+    assert_eq!(again.settings, want);
+}
+
+#[test]
+fn the_sdks_own_logs_are_off_unless_asked_for() {
+    let log = |level: &str| LogSettings {
+        format: LogFormat::Text,
+        level: level.to_owned(),
+    };
+    assert_eq!(log("info").filter_directive(), "info,opentelemetry=off");
+    assert_eq!(
+        log("warn,opentelemetry_sdk=debug").filter_directive(),
+        "warn,opentelemetry_sdk=debug"
+    );
+    for level in ["info", "debug,fix_monitor=trace"] {
+        tracing_subscriber::EnvFilter::builder()
+            .parse(log(level).filter_directive())
+            .unwrap();
+    }
 }
 
 #[test]
