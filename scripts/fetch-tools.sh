@@ -57,8 +57,10 @@ declare -A PKG_CMD=(
     [jq]=jq
     [python3]=python3
     [curl]=curl
+    [python3-yaml]=python3
+    [util-linux]=nsenter
 )
-HOST_PKGS=(prometheus prometheus-node-exporter tmux wrk hyperfine iproute2 jq python3 curl)
+HOST_PKGS=(prometheus prometheus-node-exporter tmux wrk hyperfine iproute2 jq python3 python3-yaml curl util-linux)
 
 pkg_installed() {
     [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true)" = installed ]

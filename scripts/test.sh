@@ -11,3 +11,4 @@ cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --locked --all-targets
 bash scripts/check-dashboards.sh
+bash scripts/check-examples.sh

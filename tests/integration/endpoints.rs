@@ -329,10 +329,10 @@ fn index_page_escapes_target_names() {
 /// `--log-format json`: every log line is a JSON object, and opens/closes are among them.
 #[test]
 fn json_logs_are_one_object_per_line() {
-    let d = Downstream::listen("127.0.0.9:0");
+    let d = Downstream::listen("127.0.2.9:0");
     let sc = Sidecar::start(&[
         "--ip",
-        "127.0.0.9",
+        "127.0.2.9",
         "--interval",
         "100ms",
         "--log-format",
@@ -358,7 +358,7 @@ fn json_logs_are_one_object_per_line() {
         .find(|l| l["message"] == "connection opened")
         .expect("open line");
     assert_eq!(opened["remote"], d.addr.to_string());
-    assert_eq!(opened["target_name"], "127.0.0.9");
+    assert_eq!(opened["target_name"], "127.0.2.9");
     let closed = lines
         .iter()
         .find(|l| l["message"] == "connection closed")

@@ -44,6 +44,16 @@ impl Sidecar {
         if !args.contains(&"--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
+        // The sidecar dies with the test thread that started it, even if the test process
+        // is killed (a crashed run must not leave sidecars behind).
+        // SAFETY: prctl(2) is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
         let mut child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -4,8 +4,15 @@
 //! running the binary, downstream listeners and clients whose numbers are the ground truth,
 //! and a parser for the Prometheus text format.
 
+mod backends;
 mod harness;
+mod netns;
+mod otlp_receiver;
 
 mod config_errors;
 mod endpoints;
+mod fleet;
+mod otlp_grpc;
+mod otlp_http;
 mod poll_failure;
+mod prometheus_scrape;

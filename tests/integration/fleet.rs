@@ -1,0 +1,595 @@
+//! A fleet: three FIX gateways, each in its own network namespace with its own fix-monitor and
+//! its own hostname, connected over a bridge to one downstream namespace that holds the venue
+//! listeners and one Prometheus scraping all three sidecars. Each gateway opens (and closes) a
+//! different, known number of sessions; Prometheus must have each host's numbers under its own
+//! `host` label, and the fleet-wide sums.
+//!
+//! ```text
+//!   ns gw1 (hostname gw-1)      ns gw2 (hostname gw-2)      ns gw3 (uts "container-7f3a",
+//!   10.200.0.11 fix-monitor     10.200.0.12 fix-monitor      OTEL host.name=gw-3) 10.200.0.13
+//!        |  :9464                    |  :9464                    |  :9464
+//!        +---------- veth ------- br0 10.200.0.1 ------ veth ----+
+//!                          ns ds: venue-a, venue-b, other listeners; Prometheus
+//! ```
+//! 10.200.0.0/24 exists only inside these namespaces, which the test creates and deletes.
+//!
+//! Sidecars are started as an operator would: `ip netns exec NS unshare --uts sh -c 'hostname
+//! NAME && exec fix-monitor run --config FILE --listen 0.0.0.0:9464 ...'`. The `host` label
+//! comes from `gethostname(2)` unless `OTEL_RESOURCE_ATTRIBUTES` sets `host.name`: gw-1 and gw-2
+//! use the first way, gw-3 the second (its UTS hostname is something else, and must lose).
+//!
+//! OTLP: see the "OTLP WIRE-IN" section below: the same three sidecars are to push into one
+//! VictoriaMetrics, and the same checks then run against it.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::backends::{die_with_parent, scrape_config, Backend, Sample};
+use crate::harness::{config_file, connect_from, http_get, Downstream, Sidecar, BIN};
+use crate::netns::{Lan, NetNs};
+
+const LAN: [u8; 3] = [10, 200, 0];
+const DS_HOST: u8 = 1;
+const METRICS_PORT: u16 = 9464;
+const JOB: &str = "fix-monitor";
+const TARGETS: [&str; 2] = ["venue-a", "venue-b"];
+
+/// How a gateway gets its host name.
+#[derive(Clone, Copy)]
+enum HostName {
+    /// Its UTS namespace's hostname is `host` (what `gethostname` returns).
+    Uts,
+    /// Its UTS hostname is this, and `OTEL_RESOURCE_ATTRIBUTES=host.name=<host>` overrides it.
+    ResourceAttribute { uts: &'static str },
+}
+
+/// What one gateway does: the ground truth.
+#[derive(Clone, Copy)]
+struct Plan {
+    host: &'static str,
+    lan_host: u8,
+    naming: HostName,
+    /// Sessions per target that stay open.
+    held: [usize; 2],
+    /// Sessions per target that are opened while watched and then closed.
+    closed: [usize; 2],
+    /// Connections to the unrelated listener (never counted).
+    noise: usize,
+}
+
+impl Plan {
+    fn active(&self, t: usize) -> f64 {
+        self.held[t] as f64
+    }
+    fn opened(&self, t: usize) -> f64 {
+        (self.held[t] + self.closed[t]) as f64
+    }
+    fn closes(&self, t: usize) -> f64 {
+        self.closed[t] as f64
+    }
+}
+
+const PLANS: [Plan; 3] = [
+    Plan {
+        host: "gw-1",
+        lan_host: 11,
+        naming: HostName::Uts,
+        held: [2, 1],
+        closed: [1, 0],
+        noise: 1,
+    },
+    Plan {
+        host: "gw-2",
+        lan_host: 12,
+        naming: HostName::Uts,
+        held: [4, 0],
+        closed: [0, 0],
+        noise: 2,
+    },
+    Plan {
+        host: "gw-3",
+        lan_host: 13,
+        naming: HostName::ResourceAttribute {
+            uts: "container-7f3a",
+        },
+        held: [1, 3],
+        closed: [0, 2],
+        noise: 0,
+    },
+];
+
+/// One gateway: its namespace, its sidecar, and the sessions it holds.
+struct Gateway {
+    plan: Plan,
+    ip: Ipv4Addr,
+    held: Vec<TcpStream>,
+    sidecar: Sidecar,
+    // Last: the namespace goes after the sidecar and the sockets in it.
+    ns: NetNs,
+}
+
+impl Gateway {
+    fn metrics_addr(&self) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(self.ip), METRICS_PORT)
+    }
+
+    /// GET on this gateway's sidecar, from inside its namespace.
+    fn get(&self, path: &str) -> (u16, String) {
+        let addr = self.metrics_addr();
+        self.ns.run(|| http_get(addr, path))
+    }
+
+    /// Opens `n` sessions from this gateway's address to `to`.
+    fn connect(&self, n: usize, to: SocketAddr) -> Vec<TcpStream> {
+        let local = format!("{}:0", self.ip);
+        self.ns
+            .run(|| (0..n).map(|_| connect_from(&local, to)).collect())
+    }
+}
+
+/// `ip netns exec NS unshare --uts sh -c 'hostname H && exec fix-monitor "$@"'`, with the same
+/// clean environment as `harness::command` (plus `OTEL_RESOURCE_ATTRIBUTES` for
+/// [`HostName::ResourceAttribute`]).
+fn sidecar_command(ns: &NetNs, plan: &Plan) -> Command {
+    let uts = match plan.naming {
+        HostName::Uts => plan.host,
+        HostName::ResourceAttribute { uts } => uts,
+    };
+    let mut c = ns.command("unshare");
+    c.args([
+        "--uts",
+        "sh",
+        "-c",
+        r#"hostname "$0" && exec "$@""#,
+        uts,
+        BIN,
+    ]);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("FIX_MONITOR_") || k.starts_with("DOWNSTREAM_") || k.starts_with("OTEL_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("NO_COLOR", "1");
+    die_with_parent(&mut c);
+    if let HostName::ResourceAttribute { .. } = plan.naming {
+        c.env(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            format!("host.name={},deployment.environment=test", plan.host),
+        );
+    }
+    c
+}
+
+/// How a metrics backend shows the fleet: which selector picks the sidecars' series and which
+/// label carries the host.
+struct View {
+    name: &'static str,
+    /// Inside `{...}`: picks this fleet's series.
+    selector: &'static str,
+    host_label: &'static str,
+    /// Whether the backend scraped (then `up` exists) or was pushed to.
+    scraped: bool,
+}
+
+const PROMETHEUS_VIEW: View = View {
+    name: "prometheus",
+    selector: r#"job="fix-monitor""#,
+    host_label: "host",
+    scraped: true,
+};
+
+/// One count per gateway and target, derived from a [`Plan`].
+type PerTarget = fn(&Plan, usize) -> f64;
+
+/// `sum by (LABELS) (EXPR)` rows keyed by those labels' values, joined with `/`.
+fn keyed(rows: Vec<Sample>, labels: &[&str]) -> BTreeMap<String, f64> {
+    rows.into_iter()
+        .map(|(l, v)| {
+            let key: Vec<&str> = labels
+                .iter()
+                .map(|k| l.get(*k).map(String::as_str).unwrap_or("?"))
+                .collect();
+            (key.join("/"), v)
+        })
+        .collect()
+}
+
+/// The per-host and fleet-wide numbers that `plans` imply, as `metric -> key -> value`, with
+/// keys `host/target` (and `*` for fleet sums).
+fn expected(plans: &[Plan]) -> BTreeMap<&'static str, BTreeMap<String, f64>> {
+    let mut out: BTreeMap<&'static str, BTreeMap<String, f64>> = BTreeMap::new();
+    let metrics: [(&'static str, PerTarget); 5] = [
+        ("fix_connections_active", Plan::active),
+        ("fix_connections_total", Plan::opened),
+        ("fix_connections_closed_total", Plan::closes),
+        ("fix_connections_peak", Plan::opened),
+        ("fix_connection_duration_seconds_count", Plan::closes),
+    ];
+    for (metric, f) in metrics {
+        let m = out.entry(metric).or_default();
+        for p in plans {
+            for (t, name) in TARGETS.iter().enumerate() {
+                m.insert(format!("{}/{name}", p.host), f(p, t));
+            }
+        }
+    }
+    out
+}
+
+/// Compares everything the fleet should show in `backend` through `view`: per host and target,
+/// fleet-wide sums, host-to-instance mapping (scraped backends), and the dashboard's "targets
+/// without a connection". Returns `Err(diff)` instead of panicking, for bounded waits.
+fn check_fleet(backend: &Backend, view: &View, gateways: &[Gateway]) -> Result<(), String> {
+    let plans: Vec<Plan> = gateways.iter().map(|g| g.plan).collect();
+    let sel = view.selector;
+    let host = view.host_label;
+    let q = |promql: String| backend.try_query(&promql);
+    let mut problems = Vec::new();
+
+    // Per host and target. Histogram counts only exist once something closed: missing = 0.
+    for (metric, want) in expected(&plans) {
+        let rows = q(format!("sum by ({host}, target) ({metric}{{{sel}}})"))?;
+        let mut got = keyed(rows, &[host, "target"]);
+        if metric.ends_with("_count") {
+            for k in want.keys() {
+                got.entry(k.clone()).or_insert(0.0);
+            }
+        }
+        if got != want {
+            problems.push(format!(
+                "{metric} by host/target: got {got:?}\n    want {want:?}"
+            ));
+        }
+    }
+
+    // Fleet-wide: sum() over all hosts, and by target.
+    let total = |f: PerTarget, t: Option<usize>| -> f64 {
+        plans
+            .iter()
+            .flat_map(|p| {
+                (0..2)
+                    .filter(move |i| t.is_none_or(|t| t == *i))
+                    .map(move |i| f(p, i))
+            })
+            .sum()
+    };
+    for (metric, f) in [
+        (
+            "fix_connections_active",
+            Plan::active as fn(&Plan, usize) -> f64,
+        ),
+        ("fix_connections_total", Plan::opened),
+        ("fix_connections_closed_total", Plan::closes),
+    ] {
+        let got = q(format!("sum({metric}{{{sel}}})"))?;
+        let want = total(f, None);
+        if got.len() != 1 || got[0].1 != want {
+            problems.push(format!("sum({metric}): got {got:?}, want {want}"));
+        }
+        let got = keyed(
+            q(format!("sum by (target) ({metric}{{{sel}}})"))?,
+            &["target"],
+        );
+        let want: BTreeMap<String, f64> = TARGETS
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.to_string(), total(f, Some(i))))
+            .collect();
+        if got != want {
+            problems.push(format!(
+                "sum by (target) ({metric}): got {got:?}, want {want:?}"
+            ));
+        }
+    }
+
+    // Hosts: exactly the three, each once.
+    let hosts = keyed(
+        q(format!(
+            "count by ({host}) (fix_connections_active{{{sel}}})"
+        ))?,
+        &[host],
+    );
+    let want_hosts: BTreeMap<String, f64> =
+        plans.iter().map(|p| (p.host.to_string(), 2.0)).collect();
+    if hosts != want_hosts {
+        problems.push(format!(
+            "series per host: got {hosts:?}, want {want_hosts:?}"
+        ));
+    }
+
+    // The dashboard's "Targets without a connection": gw-2 has no venue-b session.
+    let idle_want = plans
+        .iter()
+        .flat_map(|p| p.held.iter())
+        .filter(|n| **n == 0)
+        .count() as f64;
+    let idle = q(format!(
+        "count(max by ({host}, target) (fix_connections_active{{{sel}}}) == 0) or vector(0)"
+    ))?;
+    if idle.len() != 1 || idle[0].1 != idle_want {
+        problems.push(format!(
+            "targets without a connection: got {idle:?}, want {idle_want}"
+        ));
+    }
+
+    if view.scraped {
+        // Every sidecar scraped, and each instance (gateway address) carries its own host.
+        let up = keyed(q(format!("up{{{sel}}}"))?, &["instance"]);
+        let want_up: BTreeMap<String, f64> = gateways
+            .iter()
+            .map(|g| (g.metrics_addr().to_string(), 1.0))
+            .collect();
+        if up != want_up {
+            problems.push(format!("up: got {up:?}, want {want_up:?}"));
+        }
+        let owner = keyed(
+            q(format!(
+                "max by (instance, {host}) (fix_connections_peak{{{sel}}})"
+            ))?,
+            &["instance", host],
+        );
+        let mut want_owner = BTreeMap::new();
+        for g in gateways {
+            let peak = (0..2).map(|t| g.plan.opened(t)).fold(0.0, f64::max);
+            want_owner.insert(format!("{}/{}", g.metrics_addr(), g.plan.host), peak);
+        }
+        if owner != want_owner {
+            problems.push(format!("instance/host: got {owner:?}, want {want_owner:?}"));
+        }
+    }
+
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("[{}]\n  {}", view.name, problems.join("\n  ")))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// OTLP WIRE-IN. The same three sidecars also push OTLP/HTTP into one VictoriaMetrics in the
+// downstream namespace, and `check_fleet` runs against it too (same numbers, other labels).
+// The pieces:
+//   - `otlp_sink` starts VictoriaMetrics in `ds` (listening on 0.0.0.0 there, so the gateways
+//     reach it at http://10.200.0.1:PORT) with -opentelemetry.usePrometheusNaming;
+//   - `otlp_args` / `otlp_env` make each sidecar push there every second;
+//   - `VICTORIA_METRICS_VIEW` is how VictoriaMetrics labels pushed series: with Prometheus
+//     naming on, the metric names are the same as on /metrics (fix_connections_total, ...),
+//     the resource attributes become labels (service_name, host_name, service_instance_id,
+//     ...), and there is no `job`, `instance`, `host` or `up`. (Checked by hand against the
+//     in-progress OTLP exporter pushing into trixie's VictoriaMetrics 1.112.)
+// ---------------------------------------------------------------------------------------------
+const OTLP_WIRED: bool = true;
+
+const VICTORIA_METRICS_VIEW: View = View {
+    name: "victoria-metrics (OTLP)",
+    selector: r#"service_name="fix-monitor""#,
+    host_label: "host_name",
+    scraped: false,
+};
+
+/// The VictoriaMetrics the sidecars push to, or `None` while OTLP is not wired in.
+fn otlp_sink(ds: &NetNs) -> Option<Backend> {
+    OTLP_WIRED.then(|| Backend::victoria_metrics(Some(ds), &["-opentelemetry.usePrometheusNaming"]))
+}
+
+/// `fix-monitor run` arguments that make a sidecar push to `sink`: VictoriaMetrics takes
+/// OTLP/HTTP (protobuf) only, at `/opentelemetry/v1/metrics`; fix-monitor appends
+/// `/v1/metrics` to the base URL for http/protobuf.
+fn otlp_args(sink: Option<&Backend>, ds_ip: Ipv4Addr) -> Vec<String> {
+    let Some(vm) = sink else {
+        return Vec::new();
+    };
+    vec![
+        "--otlp-endpoint".into(),
+        format!("{}/opentelemetry", vm.url_at(IpAddr::V4(ds_ip))),
+        "--otlp-protocol".into(),
+        "http/protobuf".into(),
+    ]
+}
+
+/// Environment for the same: export every second (there is no flag for the interval).
+fn otlp_env(sink: Option<&Backend>) -> Vec<(&'static str, &'static str)> {
+    match sink {
+        Some(_) => vec![("FIX_MONITOR_OTLP__INTERVAL", "1s")],
+        None => Vec::new(),
+    }
+}
+
+/// Three gateways in their own namespaces, one downstream + Prometheus namespace: per-host
+/// values under distinct `host` labels, and fleet-wide sums.
+#[test]
+fn fleet_of_three_gateways_scraped_by_one_prometheus() {
+    let started = Instant::now();
+    let ds = NetNs::create("ds");
+    let mut lan = Lan::new(&ds, LAN, DS_HOST);
+    let ds_ip = lan.addr(DS_HOST);
+
+    // The venues and an unrelated service, all on the downstream address.
+    let (venue_a, venue_b, other) = ds.run(|| {
+        (
+            Downstream::listen(&format!("{ds_ip}:0")),
+            Downstream::listen(&format!("{ds_ip}:0")),
+            Downstream::listen(&format!("{ds_ip}:0")),
+        )
+    });
+    let venues = [venue_a.addr, venue_b.addr];
+    let cfg = config_file(&format!(
+        r#"
+[[targets]]
+name = "venue-a"
+address = "{ds_ip}"
+port = {pa}
+
+[[targets]]
+name = "venue-b"
+address = "{ds_ip}"
+port = {pb}
+"#,
+        pa = venues[0].port(),
+        pb = venues[1].port()
+    ));
+    let otlp = otlp_sink(&ds);
+
+    // Gateways: namespace, LAN address, and a sidecar with its own hostname.
+    let mut gateways = Vec::new();
+    for (i, plan) in PLANS.iter().enumerate() {
+        let ns = NetNs::create(&format!("gw{}", i + 1));
+        let ip = lan.attach(&ns, plan.lan_host);
+        let listen = format!("0.0.0.0:{METRICS_PORT}");
+        let mut args = vec![
+            "--config",
+            cfg.path().to_str().unwrap(),
+            "--interval",
+            "200ms",
+            "--listen",
+            &listen,
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        args.extend(otlp_args(otlp.as_ref(), ds_ip));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut cmd = sidecar_command(&ns, plan);
+        cmd.envs(otlp_env(otlp.as_ref()));
+        let sidecar = Sidecar::start_with(cmd, &args);
+        gateways.push(Gateway {
+            plan: *plan,
+            ip,
+            held: Vec::new(),
+            sidecar,
+            ns,
+        });
+    }
+
+    // Each sidecar names its own host, and is reachable over the LAN from the downstream side.
+    for g in &gateways {
+        let (code, body) = g.get("/health");
+        assert_eq!(code, 200, "{}: {body}\n{}", g.plan.host, g.sidecar.log());
+        let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(health["hostname"], g.plan.host, "{body}");
+        let addr = g.metrics_addr();
+        let (code, _) = ds.run(|| http_get(addr, "/metrics"));
+        assert_eq!(
+            code, 200,
+            "{} not reachable from the downstream namespace",
+            g.plan.host
+        );
+    }
+
+    let prom = Backend::prometheus(
+        Some(&ds),
+        &scrape_config(
+            JOB,
+            &gateways
+                .iter()
+                .map(Gateway::metrics_addr)
+                .collect::<Vec<_>>(),
+        ),
+    );
+    prom.wait_for("all three sidecars up", Duration::from_secs(30), |p| {
+        let up = p.try_query(&format!(r#"sum(up{{job="{JOB}"}})"#))?;
+        match up.first() {
+            Some((_, v)) if *v == 3.0 => Ok(()),
+            _ => Err(format!("up: {up:?}")),
+        }
+    });
+
+    // The sessions: held ones, unrelated noise, and short ones that are closed after ~1 s.
+    let mut short = Vec::new();
+    for g in &mut gateways {
+        let p = g.plan;
+        for (t, venue) in venues.iter().enumerate() {
+            let held = g.connect(p.held[t], *venue);
+            g.held.extend(held);
+            short.extend(g.connect(p.closed[t], *venue));
+        }
+        let noise = g.connect(p.noise, other.addr);
+        g.held.extend(noise);
+    }
+    // Let every sidecar see the short sessions (two polls), hold them, then close them.
+    for g in &gateways {
+        let addr = g.metrics_addr();
+        let want: f64 = (0..2).map(|t| g.plan.opened(t)).sum();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, body) = g.ns.run(|| http_get(addr, "/health"));
+            let h: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let active = h["active_connections"].as_f64().unwrap_or(-1.0);
+            if active == want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: /health says {active} active, want {want}: {body}",
+                g.plan.host
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    drop(short);
+
+    prom.wait_for(
+        "the fleet's numbers in Prometheus",
+        Duration::from_secs(30),
+        |p| check_fleet(p, &PROMETHEUS_VIEW, &gateways),
+    );
+
+    // Every host's series carry its own name, target_info included (gw-3: the resource
+    // attribute beat the UTS hostname).
+    let info = prom.query(&format!(r#"target_info{{job="{JOB}"}}"#));
+    let mut info_hosts: Vec<(String, String)> = info
+        .iter()
+        .map(|(l, _)| (l["host"].clone(), l["host_name"].clone()))
+        .collect();
+    info_hosts.sort();
+    assert_eq!(
+        info_hosts,
+        PLANS
+            .iter()
+            .map(|p| (p.host.to_string(), p.host.to_string()))
+            .collect::<Vec<_>>()
+    );
+    let gw3 = prom.query(r#"target_info{host="gw-3"}"#);
+    assert_eq!(
+        gw3[0].0.get("deployment_environment").map(String::as_str),
+        Some("test")
+    );
+    assert!(
+        prom.query(r#"{__name__=~"fix_.*", host="container-7f3a"}"#)
+            .is_empty(),
+        "the UTS hostname must not appear when host.name is set"
+    );
+
+    if let Some(vm) = &otlp {
+        vm.force_flush();
+        vm.wait_for(
+            "the fleet's numbers in VictoriaMetrics",
+            Duration::from_secs(30),
+            |v| {
+                v.force_flush();
+                check_fleet(v, &VICTORIA_METRICS_VIEW, &gateways)
+            },
+        );
+    }
+
+    // Orderly teardown, sidecars first (Drop would do the same on a panic).
+    for g in gateways {
+        let Gateway {
+            sidecar, held, ns, ..
+        } = g;
+        drop(sidecar);
+        drop(held);
+        drop(ns);
+    }
+    drop(prom);
+    drop(otlp);
+    drop((venue_a, venue_b, other));
+    drop(ds);
+    println!(
+        "fleet_of_three_gateways_scraped_by_one_prometheus: {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+}
