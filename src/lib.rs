@@ -10,11 +10,17 @@
 //!   kernel-side filter; `/proc/net/tcp*`; netstat2 elsewhere).
 //! - [`tracker`]: a pure state machine; snapshots with timestamps in, opened/closed events out.
 //! - [`instruments`]: the OpenTelemetry instruments, fed by tracker events and state.
-//! - [`export`]: the Prometheus exposition and the HTTP endpoints.
+//! - [`export`]: the meter provider's readers (Prometheus pull, OTLP push) and the HTTP
+//!   endpoints.
 //! - [`app`]: the poll loop, the shared status the endpoints read, and the one shutdown path.
+//! - [`console`]: the sidecar for a person at a terminal: `watch` (a live view, a report at
+//!   Ctrl+C) and `snapshot` (one poll, printed).
+//! - [`demo`]: a simulated gateway and venues on loopback, watched by the real sidecar.
 
 pub mod app;
 pub mod config;
+pub mod console;
+pub mod demo;
 pub mod export;
 pub mod instruments;
 pub mod process;

@@ -2,10 +2,14 @@
 //! and hands over to the library. Exit codes: 0 on a clean stop, 64 (EX_USAGE) for a bad
 //! configuration, 1 when the sidecar cannot start or fails.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
-use fix_monitor::config::{self, ConfigArgs, LogFormat, LogSettings};
+use clap::{Args, Parser, Subcommand};
+use fix_monitor::config::{self, ConfigArgs, LogFormat, LogSettings, Origin};
+use fix_monitor::console::{self, snapshot, Mode, ReportTo, WatchOptions};
+use fix_monitor::demo::{self, DemoOptions};
 
 #[derive(Parser)]
 #[command(
@@ -27,8 +31,67 @@ struct Cli {
 enum Command {
     /// Run the sidecar: poll the connections, serve /metrics, /health and /connections.
     Run(ConfigArgs),
+    /// Watch the connections live in the terminal, like the original monitor; Ctrl+C writes a
+    /// JSON report and prints the totals.
+    ///
+    /// On a terminal the view is redrawn in place: per target the active, opened and closed
+    /// counts and the peak, the active connections with their age, the last closed ones with
+    /// how long they lasted, and a log of each open and close. Piped or redirected, it prints a
+    /// line per open or close and a summary line every poll interval instead. No HTTP endpoint
+    /// is served. Takes the same configuration as `run`.
+    Watch(WatchArgs),
+    /// Print the matching connections once (a table, or JSON) and exit; for scripts.
+    ///
+    /// One look: everything shown is established now, with no age or history. Takes the same
+    /// configuration as `run`.
+    Snapshot(SnapshotArgs),
+    /// A self-contained demo on loopback: simulated venues and a simulated gateway whose FIX
+    /// sessions come and go, watched live by the real sidecar, whose endpoint it serves.
+    ///
+    /// Needs no configuration and no privileges. Serves on 127.0.0.1:9464, or the next free
+    /// port; the URL is shown. Ctrl+C ends it, closing every simulated session.
+    Demo(DemoArgs),
     /// Print the effective configuration, and where each value came from, then exit.
     Config(ConfigArgs),
+}
+
+#[derive(Args)]
+struct WatchArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Where to write the JSON report at the end
+    /// [default: fix_connections_YYYYmmdd_HHMMSS.json in the current directory].
+    #[arg(long, value_name = "PATH", help_heading = "Report")]
+    report: Option<PathBuf>,
+    /// Write no report at the end.
+    #[arg(long, conflicts_with = "report", help_heading = "Report")]
+    no_report: bool,
+}
+
+#[derive(Args)]
+struct SnapshotArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table", help_heading = "Output")]
+    format: snapshot::Format,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// End by itself after this long: whole seconds (30) or a duration (90s, 2m)
+    /// [default: run until Ctrl+C].
+    #[arg(long, value_name = "SECS")]
+    duration: Option<String>,
+    /// How often the sidecar polls: whole seconds or a duration (500ms) [default: 1s].
+    #[arg(long, value_name = "DURATION")]
+    interval: Option<String>,
+    /// Address of the endpoint, IP:PORT [default: 127.0.0.1:9464, or the next free port].
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Option<String>,
+    /// Also write the JSON report (as `watch` does) here at the end.
+    #[arg(long, value_name = "PATH")]
+    report: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -40,16 +103,8 @@ fn main() -> ExitCode {
                 Err(e) => return usage_error(e),
             };
             init_tracing(&loaded.settings.log);
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("fix-monitor: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+            let Some(runtime) = runtime(1) else {
+                return ExitCode::FAILURE;
             };
             match runtime.block_on(fix_monitor::app::run(loaded.settings, shutdown_signal())) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -59,6 +114,58 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::Watch(args) => {
+            let loaded = match config::load(&args.config) {
+                Ok(l) => l,
+                Err(e) => return usage_error(e),
+            };
+            init_tracing(&quiet_unless_asked(&loaded));
+            let options = WatchOptions {
+                report: match (args.report, args.no_report) {
+                    (_, true) => ReportTo::Nowhere,
+                    (Some(p), false) => ReportTo::Path(p),
+                    (None, false) => ReportTo::Default,
+                },
+                mode: Mode::detect(),
+            };
+            let Some(runtime) = runtime(1) else {
+                return ExitCode::FAILURE;
+            };
+            let watched = console::watch(&loaded.settings, options, shutdown_signal());
+            exit(runtime.block_on(watched))
+        }
+        Command::Snapshot(args) => {
+            let loaded = match config::load(&args.config) {
+                Ok(l) => l,
+                Err(e) => return usage_error(e),
+            };
+            init_tracing(&quiet_unless_asked(&loaded));
+            match snapshot::take(&loaded.settings) {
+                Ok(s) => {
+                    let text = match args.format {
+                        snapshot::Format::Table => s.table(&loaded.settings.targets),
+                        snapshot::Format::Json => s.json(),
+                    };
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => exit::<()>(Err(e)),
+            }
+        }
+        Command::Demo(args) => {
+            let options = match demo_options(args) {
+                Ok(o) => o,
+                Err(e) => return usage_error(e),
+            };
+            init_tracing(&LogSettings {
+                format: LogFormat::Text,
+                level: "warn".into(),
+            });
+            let Some(runtime) = runtime(2) else {
+                return ExitCode::FAILURE;
+            };
+            exit(runtime.block_on(demo::run(options, shutdown_signal())))
         }
         Command::Config(args) => match config::load(&args) {
             Ok(l) => {
@@ -70,6 +177,73 @@ fn main() -> ExitCode {
     }
 }
 
+fn runtime(workers: usize) -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("fix-monitor: cannot start the runtime: {e}");
+            None
+        }
+    }
+}
+
+fn exit<T>(result: Result<T, impl std::fmt::Display>) -> ExitCode {
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fix-monitor: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The console commands log warnings only, unless a log level was asked for: their output is
+/// the view, and the sidecar's info lines would say the same again.
+fn quiet_unless_asked(loaded: &config::Loaded) -> LogSettings {
+    let mut log = loaded.settings.log.clone();
+    if matches!(loaded.origin("log.level"), None | Some(Origin::Default)) {
+        log.level = "warn".into();
+    }
+    log
+}
+
+fn demo_options(args: DemoArgs) -> Result<DemoOptions, String> {
+    let duration = |flag: &str, v: Option<String>| -> Result<Option<Duration>, String> {
+        v.map(|text| {
+            let d = match text.parse::<u64>() {
+                Ok(secs) => Ok(Duration::from_secs(secs)),
+                Err(_) => humantime::parse_duration(&text).map_err(|e| e.to_string()),
+            };
+            match d {
+                Ok(d) if !d.is_zero() => Ok(d),
+                Ok(_) => Err(format!("{flag} {text}: must be above zero")),
+                Err(e) => Err(format!(
+                    "{flag} {text}: {e}; expected whole seconds (30) or a duration (500ms, 2m)"
+                )),
+            }
+        })
+        .transpose()
+    };
+    let listen = args
+        .listen
+        .map(|text| {
+            text.parse()
+                .map_err(|_| format!("--listen {text}: expected IP:PORT, such as 127.0.0.1:9464"))
+        })
+        .transpose()?;
+    Ok(DemoOptions {
+        duration: duration("--duration", args.duration)?,
+        interval: duration("--interval", args.interval)?.unwrap_or(config::defaults::INTERVAL),
+        listen,
+        report: args.report,
+        mode: Mode::detect(),
+    })
+}
+
 fn usage_error(e: impl std::fmt::Display) -> ExitCode {
     eprintln!("fix-monitor: invalid configuration:\n{e}");
     ExitCode::from(config::EXIT_USAGE as u8)
@@ -77,7 +251,8 @@ fn usage_error(e: impl std::fmt::Display) -> ExitCode {
 
 fn init_tracing(log: &LogSettings) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_new(&log.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_new(log.filter_directive()).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

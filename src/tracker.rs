@@ -112,6 +112,9 @@ pub struct Tracker {
     targets: Targets,
     active: HashMap<ConnKey, Connection>,
     stats: Vec<TargetStats>,
+    /// Highest number of active connections over all targets together; not the sum of the
+    /// per-target peaks, which need not have happened at the same time.
+    peak: u64,
     generation: u64,
     closed_scratch: Vec<ConnKey>,
 }
@@ -123,6 +126,7 @@ impl Tracker {
             targets,
             active: HashMap::new(),
             stats,
+            peak: 0,
             generation: 0,
             closed_scratch: Vec::new(),
         }
@@ -134,6 +138,11 @@ impl Tracker {
 
     pub fn stats(&self) -> &[TargetStats] {
         &self.stats
+    }
+
+    /// Highest number of connections active at once, over all targets together.
+    pub fn peak(&self) -> u64 {
+        self.peak
     }
 
     pub fn active(&self) -> impl Iterator<Item = &Connection> {
@@ -181,6 +190,7 @@ impl Tracker {
         for s in &mut self.stats {
             s.peak = s.peak.max(s.active);
         }
+        self.peak = self.peak.max(self.active.len() as u64);
     }
 
     /// Records a connection opened at `at` (the event-driven path). Returns the `Opened` event,
@@ -193,6 +203,7 @@ impl Tracker {
         let conn = self.insert(key, socket.state, at, false)?;
         let s = &mut self.stats[conn.target];
         s.peak = s.peak.max(s.active);
+        self.peak = self.peak.max(self.active.len() as u64);
         Some(Event::Opened(conn))
     }
 
@@ -376,6 +387,23 @@ mod tests {
             }
         );
         assert_eq!(t.active_count(), 1);
+    }
+
+    #[test]
+    fn overall_peak_is_what_was_active_at_once() {
+        let mut t = Tracker::new(targets());
+        let t0 = Timestamp::now();
+        let mut ev = Vec::new();
+        let a = sock(5000, "10.0.0.1:9000", 1);
+        let b = sock(5001, "10.0.0.1:9000", 2);
+        let c = sock(5002, "10.0.0.2:1234", 3);
+        t.apply(t0, &[a, b], &mut ev);
+        t.apply(t0.after(Duration::from_secs(1)), &[c], &mut ev);
+        // Per-target peaks 2 and 1 never happened together.
+        assert_eq!((t.stats()[0].peak, t.stats()[1].peak), (2, 1));
+        assert_eq!(t.peak(), 2);
+        t.apply(t0.after(Duration::from_secs(2)), &[a, b, c], &mut ev);
+        assert_eq!(t.peak(), 3);
     }
 
     #[test]

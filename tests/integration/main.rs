@@ -10,6 +10,8 @@ mod netns;
 mod otlp_receiver;
 
 mod config_errors;
+mod console;
+mod demo;
 mod endpoints;
 mod fleet;
 mod otlp_grpc;

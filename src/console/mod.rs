@@ -1,0 +1,338 @@
+//! The console: fix-monitor for a person at a terminal, as the original monitor was.
+//!
+//! - [`watch`]: the sidecar core (`app::start`, no HTTP endpoint) with a live view of it, and a
+//!   JSON report and the totals when Ctrl+C or SIGTERM ends it. The view only reads the shared
+//!   status and the sidecar's event feed: there is no second poll loop.
+//! - [`Console`]: that view, on its own, for anything that runs a sidecar (`demo` uses it).
+//! - [`snapshot`]: one poll, printed; no runtime, no OpenTelemetry, no history.
+//! - [`view`]: the pure part: frames, event lines, summaries and totals as text.
+//! - [`screen`]: a view redrawn in place on a terminal, or plain lines elsewhere.
+//! - [`report`]: the JSON report.
+
+pub mod report;
+pub mod screen;
+pub mod snapshot;
+pub mod view;
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc};
+
+use crate::app::{self, RunError, Sidecar, StartOptions};
+use crate::config::Settings;
+use crate::status::{hms, Shared};
+use crate::tracker::{Event, Timestamp};
+
+pub use screen::Mode;
+pub use view::Header;
+
+/// Lines of the event log the live view keeps (it shows the newest that fit).
+const LOG_KEPT: usize = 500;
+
+/// The live view redraws at least this often, so that ages and the clock move.
+const MAX_REDRAW: Duration = Duration::from_secs(1);
+
+/// Where the report goes when watching ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReportTo {
+    /// `fix_connections_YYYYmmdd_HHMMSS.json` in the current directory, as the original.
+    Default,
+    Path(PathBuf),
+    /// No report.
+    Nowhere,
+}
+
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    pub report: ReportTo,
+    pub mode: Mode,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleError {
+    #[error(transparent)]
+    Start(#[from] RunError),
+    #[error("cannot write to the terminal: {0}")]
+    Output(#[from] io::Error),
+    #[error("cannot write the report to {path}: {source}")]
+    Report {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Watches until `shutdown` resolves: starts the sidecar core without its endpoint, shows it,
+/// then stops it, writes the report and prints the totals.
+pub async fn watch(
+    settings: &Settings,
+    options: WatchOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ConsoleError> {
+    let sidecar = app::start(settings, StartOptions { serve_http: false }).await?;
+    let shared = sidecar.shared().clone();
+    let header = Header {
+        title: "watch".into(),
+        notes: Vec::new(),
+        footer: match options.report {
+            ReportTo::Nowhere => "Ctrl+C stops watching".into(),
+            _ => "Ctrl+C stops watching and writes the report".into(),
+        },
+    };
+    let mut console = Console::new(&sidecar, header, options.mode, None);
+    console.run_until(shutdown).await;
+    console.close();
+    sidecar.stop().await;
+
+    let mut out = io::stdout().lock();
+    let frame = {
+        let m = shared.lock();
+        view::Frame::capture(&m, Timestamp::now())
+    };
+    writeln!(
+        out,
+        "stopped watching after {} ({} polls)",
+        hms(frame.up),
+        frame.polls
+    )?;
+    let written = write_report(&shared, &options.report);
+    if let Ok(Some(path)) = &written {
+        writeln!(out, "report written to {}", path.display())?;
+    }
+    for l in view::totals_lines(&frame) {
+        writeln!(out, "{l}")?;
+    }
+    out.flush()?;
+    written.map(|_| ())
+}
+
+/// Writes the report for the state in `shared` where `to` says; returns where it went.
+pub fn write_report(shared: &Shared, to: &ReportTo) -> Result<Option<PathBuf>, ConsoleError> {
+    let now = Timestamp::now();
+    let path = match to {
+        ReportTo::Nowhere => return Ok(None),
+        ReportTo::Default => report::default_path(now.wall),
+        ReportTo::Path(p) => p.clone(),
+    };
+    let report = report::Report::new(&shared.lock(), now);
+    report.write(&path).map_err(|source| ConsoleError::Report {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(Some(absolute(&path)))
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// The live view of a running sidecar: redrawn in place on a terminal, else a line per event
+/// and a summary line every poll interval.
+pub struct Console {
+    shared: Shared,
+    events: broadcast::Receiver<Event>,
+    events_open: bool,
+    notes: Option<mpsc::UnboundedReceiver<String>>,
+    header: Header,
+    out: Output,
+    /// The event log, newest last (interactive only; lines mode prints as it goes).
+    log: VecDeque<String>,
+    /// The connections already open at the first poll have been announced (their `Opened`
+    /// events are not logged one by one: there may be hundreds, and they did not just open).
+    announced: bool,
+    interval: Duration,
+}
+
+enum Output {
+    Screen(screen::Screen),
+    Lines(io::Stdout),
+}
+
+impl Console {
+    /// Starts showing `sidecar`. `notes` are extra lines for the event log (the demo's storms).
+    /// Falls back to plain lines if the terminal cannot be taken over.
+    pub fn new(
+        sidecar: &Sidecar,
+        header: Header,
+        mode: Mode,
+        notes: Option<mpsc::UnboundedReceiver<String>>,
+    ) -> Console {
+        let out = match mode {
+            Mode::Interactive => match screen::Screen::enter() {
+                Ok(s) => Output::Screen(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot draw on the terminal; printing lines");
+                    Output::Lines(io::stdout())
+                }
+            },
+            Mode::Lines => Output::Lines(io::stdout()),
+        };
+        let shared = sidecar.shared().clone();
+        let interval = shared.lock().interval;
+        let mut console = Console {
+            shared,
+            events: sidecar.subscribe(),
+            events_open: true,
+            notes,
+            header,
+            out,
+            log: VecDeque::new(),
+            announced: false,
+            interval,
+        };
+        if let Output::Lines(_) = console.out {
+            let mut lines = vec![view::stamped(
+                std::time::SystemTime::now(),
+                &view::start_line(&console.frame(), &console.header),
+            )];
+            lines.extend(console.header.notes.iter().cloned());
+            console.print(&lines);
+        }
+        console
+    }
+
+    /// Adds a line to the event log, stamped with the time now.
+    pub fn note(&mut self, text: &str) {
+        let line = view::stamped(std::time::SystemTime::now(), text);
+        self.push(vec![line]);
+    }
+
+    /// Shows the sidecar until `until` resolves, and returns what it resolved to.
+    pub async fn run_until<T>(&mut self, until: impl Future<Output = T>) -> T {
+        tokio::pin!(until);
+        let redraw = match self.out {
+            Output::Screen(_) => self.interval.min(MAX_REDRAW),
+            Output::Lines(_) => self.interval,
+        };
+        let mut tick = tokio::time::interval(redraw);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Lines mode: the first summary one interval in, not at once.
+        if let Output::Lines(_) = self.out {
+            tick.reset();
+        }
+        self.announce_if_polled();
+        self.redraw();
+        loop {
+            tokio::select! {
+                biased;
+                v = &mut until => {
+                    self.redraw();
+                    return v;
+                }
+                r = self.events.recv(), if self.events_open => {
+                    let mut batch = vec![r];
+                    while let Ok(e) = self.events.try_recv() {
+                        batch.push(Ok(e));
+                    }
+                    self.take_events(batch);
+                    self.redraw();
+                }
+                Some(n) = recv_note(&mut self.notes) => {
+                    self.note(&n);
+                    self.redraw();
+                }
+                _ = tick.tick() => {
+                    self.announce_if_polled();
+                    match self.out {
+                        Output::Screen(_) => self.redraw(),
+                        Output::Lines(_) => {
+                            let line = view::summary_line(&self.frame());
+                            self.print(&[line]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gives the terminal back.
+    pub fn close(self) {
+        drop(self.out);
+    }
+
+    fn take_events(&mut self, batch: Vec<Result<Event, broadcast::error::RecvError>>) {
+        self.announce_if_polled();
+        let mut lines = Vec::new();
+        let m = self.shared.lock();
+        for r in batch {
+            match r {
+                Ok(Event::Opened(c)) if c.preexisting => {}
+                Ok(e) => lines.push(view::event_line(&e, m.tracker.targets())),
+                Err(broadcast::error::RecvError::Lagged(n)) => lines.push(view::stamped(
+                    std::time::SystemTime::now(),
+                    &format!("({n} events not shown: the console fell behind)"),
+                )),
+                Err(broadcast::error::RecvError::Closed) => self.events_open = false,
+            }
+        }
+        drop(m);
+        self.push(lines);
+    }
+
+    /// Once the first poll has succeeded, says how many connections were already open.
+    fn announce_if_polled(&mut self) {
+        if self.announced {
+            return;
+        }
+        let polled = self.shared.lock().health.last_success.is_some();
+        if polled {
+            self.announced = true;
+            let list = matches!(self.out, Output::Lines(_));
+            let lines = view::preexisting_lines(&self.frame(), list);
+            self.push(lines);
+        }
+    }
+
+    fn frame(&self) -> view::Frame {
+        view::Frame::capture(&self.shared.lock(), Timestamp::now())
+    }
+
+    fn push(&mut self, lines: Vec<String>) {
+        match self.out {
+            Output::Screen(_) => {
+                for l in lines {
+                    if self.log.len() == LOG_KEPT {
+                        self.log.pop_front();
+                    }
+                    self.log.push_back(l);
+                }
+            }
+            Output::Lines(_) => self.print(&lines),
+        }
+    }
+
+    fn print(&mut self, lines: &[String]) {
+        if let Output::Lines(out) = &mut self.out {
+            let mut out = out.lock();
+            for l in lines {
+                // A closed pipe ends nothing: the sidecar keeps running until told to stop.
+                let _ = writeln!(out, "{l}");
+            }
+            let _ = out.flush();
+        }
+    }
+
+    fn redraw(&mut self) {
+        if let Output::Screen(_) = self.out {
+            let frame = self.frame();
+            if let Output::Screen(s) = &mut self.out {
+                let (w, h) = s.size();
+                let lines = view::render(&frame, &self.header, &self.log, w, h);
+                if let Err(e) = s.draw(&lines) {
+                    tracing::debug!(error = %e, "drawing failed");
+                }
+            }
+        }
+    }
+}
+
+async fn recv_note(notes: &mut Option<mpsc::UnboundedReceiver<String>>) -> Option<String> {
+    match notes {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,243 @@
+//! `fix-monitor snapshot`: one poll of the configured source, each matching socket attributed
+//! to its target, printed as a table or JSON. For scripts, so it is quick: no runtime, no
+//! OpenTelemetry, no tracker. With a single look there is no history: everything is simply
+//! "active now", with no age, no opens or closes.
+
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::config::Settings;
+use crate::source::{self, SocketEntry, SourceError, SourceKind};
+use crate::status::rfc3339;
+use crate::target::{Target, Targets};
+
+/// How to print a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Aligned columns, then the count per target.
+    Table,
+    /// One JSON document (the keys of `/connections`).
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    pub timestamp: String,
+    pub hostname: String,
+    pub source: &'static str,
+    pub targets: Vec<SnapshotTarget>,
+    pub total: usize,
+    pub connections: Vec<SnapshotConnection>,
+}
+
+/// A target and how many of its connections are established now.
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotTarget {
+    pub name: String,
+    pub address: String,
+    pub port: Option<u16>,
+    pub local_ports: Option<String>,
+    pub active: u64,
+}
+
+/// One established connection (keys as in `/connections`).
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotConnection {
+    pub id: String,
+    pub target: String,
+    pub local_addr: String,
+    pub remote_addr: String,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub state: &'static str,
+}
+
+/// Opens the source, polls it once, and attributes what it saw.
+pub fn take(settings: &Settings) -> Result<Snapshot, SourceError> {
+    let mut source = source::open(settings.poll.source, &settings.targets)?;
+    let mut sockets = Vec::new();
+    source.poll(&mut sockets)?;
+    let host =
+        crate::instruments::host_name(&crate::instruments::resource(&crate::app::hostname()));
+    Ok(Snapshot::new(
+        &settings.targets,
+        source.kind(),
+        host,
+        SystemTime::now(),
+        &sockets,
+    ))
+}
+
+impl Snapshot {
+    /// Attributes `sockets` to `targets`: the pure part of [`take`].
+    pub fn new(
+        targets: &Targets,
+        source: SourceKind,
+        hostname: String,
+        at: SystemTime,
+        sockets: &[SocketEntry],
+    ) -> Snapshot {
+        let mut found: Vec<(usize, &SocketEntry)> = sockets
+            .iter()
+            .filter_map(|s| Some((targets.classify(&s.local, &s.remote)?, s)))
+            .collect();
+        found.sort_by_key(|(t, s)| (*t, s.local, s.remote));
+        found.dedup_by_key(|(_, s)| (s.local, s.remote));
+        let mut counts = vec![0u64; targets.len()];
+        for (t, _) in &found {
+            counts[*t] += 1;
+        }
+        Snapshot {
+            timestamp: rfc3339(at),
+            hostname,
+            source: source.as_str(),
+            targets: targets
+                .iter()
+                .zip(counts)
+                .map(|(t, active)| SnapshotTarget {
+                    name: t.name.clone(),
+                    address: t.net.to_string(),
+                    port: t.port,
+                    local_ports: t.local_ports.map(|r| r.to_string()),
+                    active,
+                })
+                .collect(),
+            total: found.len(),
+            connections: found
+                .iter()
+                .map(|(t, s)| connection(&targets.get(*t).name, s))
+                .collect(),
+        }
+    }
+
+    /// The connections, then the count per target and the total.
+    pub fn table(&self, targets: &Targets) -> String {
+        let mut rows = vec![cells(&["TARGET", "LOCAL", "REMOTE", "STATE"])];
+        for c in &self.connections {
+            rows.push(vec![
+                c.target.clone(),
+                c.local_addr.clone(),
+                c.remote_addr.clone(),
+                c.state.to_owned(),
+            ]);
+        }
+        let mut lines = super::view::table(&rows, &[]);
+        lines.push(String::new());
+        let mut rows = vec![cells(&["TARGET", "ADDRESS", "LOCAL PORTS", "ACTIVE"])];
+        for (t, s) in targets.iter().zip(&self.targets) {
+            rows.push(vec![
+                t.name.clone(),
+                Target::default_name(&t.net, t.port),
+                s.local_ports.clone().unwrap_or_else(|| "any".into()),
+                s.active.to_string(),
+            ]);
+        }
+        rows.push(vec![
+            "total".into(),
+            String::new(),
+            String::new(),
+            self.total.to_string(),
+        ]);
+        lines.extend(super::view::table(&rows, &[false, false, false, true]));
+        let mut text = lines.join("\n");
+        text.push('\n');
+        text
+    }
+
+    pub fn json(&self) -> String {
+        let mut text = serde_json::to_string_pretty(self).expect("a snapshot serializes");
+        text.push('\n');
+        text
+    }
+}
+
+fn connection(target: &str, s: &SocketEntry) -> SnapshotConnection {
+    let (local, remote) = (s.local, s.remote);
+    SnapshotConnection {
+        id: format!("{local}-{remote}"),
+        target: target.to_owned(),
+        local_addr: local.to_string(),
+        remote_addr: remote.to_string(),
+        local_port: local.port(),
+        remote_port: remote.port(),
+        state: s.state.as_str(),
+    }
+}
+
+fn cells(titles: &[&str]) -> Vec<String> {
+    titles.iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::TcpState;
+    use crate::target::PortRange;
+
+    #[test]
+    fn attributes_counts_and_prints() {
+        let net = "10.0.0.5/32".parse().unwrap();
+        let net2 = "10.0.0.6/32".parse().unwrap();
+        let targets = Targets::new(vec![
+            Target {
+                name: "venue-a".into(),
+                net,
+                port: Some(9876),
+                local_ports: Some(PortRange {
+                    start: 5000,
+                    end: 5999,
+                }),
+            },
+            Target {
+                name: "venue-b".into(),
+                net: net2,
+                port: None,
+                local_ports: None,
+            },
+        ]);
+        let s = |l: &str, r: &str| SocketEntry {
+            local: l.parse().unwrap(),
+            remote: r.parse().unwrap(),
+            state: TcpState::Established,
+            id: 0,
+        };
+        let sockets = [
+            s("10.0.0.1:5002", "10.0.0.5:9876"),
+            s("10.0.0.1:5001", "10.0.0.5:9876"),
+            s("10.0.0.1:6001", "10.0.0.5:9876"),
+            s("10.0.0.1:40000", "10.0.0.6:1234"),
+            s("10.0.0.1:40001", "10.0.0.7:1234"),
+        ];
+        let snap = Snapshot::new(
+            &targets,
+            SourceKind::Procfs,
+            "gw".into(),
+            SystemTime::UNIX_EPOCH,
+            &sockets,
+        );
+        assert_eq!(snap.total, 3);
+        assert_eq!(
+            snap.targets.iter().map(|t| t.active).collect::<Vec<_>>(),
+            [2, 1]
+        );
+        assert_eq!(snap.connections[0].local_addr, "10.0.0.1:5001");
+        let table = snap.table(&targets);
+        let expected = "\
+TARGET   LOCAL           REMOTE         STATE
+venue-a  10.0.0.1:5001   10.0.0.5:9876  ESTABLISHED
+venue-a  10.0.0.1:5002   10.0.0.5:9876  ESTABLISHED
+venue-b  10.0.0.1:40000  10.0.0.6:1234  ESTABLISHED
+
+TARGET   ADDRESS        LOCAL PORTS  ACTIVE
+venue-a  10.0.0.5:9876  5000-5999         2
+venue-b  10.0.0.6       any               1
+total                                     3
+";
+        assert_eq!(table, expected);
+        let v: serde_json::Value = serde_json::from_str(&snap.json()).unwrap();
+        assert_eq!(v["total"], 3);
+        assert_eq!(v["connections"][2]["target"], "venue-b");
+        assert_eq!(v["targets"][0]["local_ports"], "5000-5999");
+    }
+}

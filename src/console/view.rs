@@ -1,0 +1,618 @@
+//! What a person reads, as plain text: a frame of the monitor's state laid out to fit a
+//! terminal, the one-line forms of events, the periodic summary and the final totals.
+//!
+//! Pure: a [`Frame`] is copied out of the [`Monitor`] under its lock (no I/O, no clock reading
+//! but the timestamp passed in), and every function here turns data into strings. `screen`
+//! decides where the strings go.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use crate::status::{hms, Monitor};
+use crate::target::{Target, Targets};
+use crate::tracker::{Event, TargetStats, Timestamp};
+
+/// How many closed connections the live view lists at most (the original listed 5).
+pub const CLOSED_SHOWN: usize = 5;
+
+/// What the view says about itself, beyond the monitor's state.
+#[derive(Debug, Clone, Default)]
+pub struct Header {
+    /// `watch` or `demo`.
+    pub title: String,
+    /// Lines under the title (the demo's endpoint URL).
+    pub notes: Vec<String>,
+    /// The last line: how to stop.
+    pub footer: String,
+}
+
+/// One target's line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetRow {
+    pub name: String,
+    /// `ADDRESS:PORT`, or the address alone when any port matches.
+    pub address: String,
+    /// `START-END`, or `any`.
+    pub local_ports: String,
+    pub stats: TargetStats,
+}
+
+impl TargetRow {
+    fn new(t: &Target, stats: TargetStats) -> TargetRow {
+        TargetRow {
+            name: t.name.clone(),
+            address: Target::default_name(&t.net, t.port),
+            local_ports: t
+                .local_ports
+                .map_or_else(|| "any".to_owned(), |r| r.to_string()),
+            stats,
+        }
+    }
+}
+
+/// One active or closed connection's line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnRow {
+    pub target: String,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// Active: its age now. Closed: how long it lasted.
+    pub duration: Duration,
+    /// Active: when it was first seen. Closed: when it was seen gone.
+    pub at: SystemTime,
+    /// Open before watching began: `duration` is a lower bound.
+    pub preexisting: bool,
+}
+
+/// The monitor's state at one moment, as the view shows it.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub now: SystemTime,
+    pub host: String,
+    pub source: &'static str,
+    pub interval: Duration,
+    /// Since the sidecar started.
+    pub up: Duration,
+    pub polls: u64,
+    /// Set while polls fail: how many in a row, and the last error.
+    pub failing: Option<(u64, String)>,
+    pub targets: Vec<TargetRow>,
+    /// Highest number active at once over all targets.
+    pub peak: u64,
+    /// By target (configuration order), then local address.
+    pub active: Vec<ConnRow>,
+    /// The most recently closed, newest first.
+    pub closed: Vec<ConnRow>,
+}
+
+impl Frame {
+    pub fn capture(m: &Monitor, now: Timestamp) -> Frame {
+        let targets = m.tracker.targets();
+        let mut active: Vec<(usize, ConnRow)> = m
+            .tracker
+            .active()
+            .map(|c| {
+                (
+                    c.target,
+                    ConnRow {
+                        target: targets.get(c.target).name.clone(),
+                        local: c.key.local,
+                        remote: c.key.remote,
+                        duration: c.age(now),
+                        at: c.since.wall,
+                        preexisting: c.preexisting,
+                    },
+                )
+            })
+            .collect();
+        active.sort_by(|(ta, a), (tb, b)| (ta, a.local, a.remote).cmp(&(tb, b.local, b.remote)));
+        let closed = m
+            .recent_closed
+            .iter()
+            .rev()
+            .map(|c| ConnRow {
+                target: targets.get(c.conn.target).name.clone(),
+                local: c.conn.key.local,
+                remote: c.conn.key.remote,
+                duration: c.duration,
+                at: c.at.wall,
+                preexisting: c.conn.preexisting,
+            })
+            .collect();
+        Frame {
+            now: now.wall,
+            host: m.host.clone(),
+            source: m.source.as_str(),
+            interval: m.interval,
+            up: now.mono.saturating_duration_since(m.started.mono),
+            polls: m.health.polls,
+            failing: (m.health.consecutive_failures > 0).then(|| {
+                (
+                    m.health.consecutive_failures,
+                    m.health.last_error.clone().unwrap_or_default(),
+                )
+            }),
+            targets: targets
+                .iter()
+                .zip(m.tracker.stats())
+                .map(|(t, s)| TargetRow::new(t, *s))
+                .collect(),
+            peak: m.tracker.peak(),
+            active: active.into_iter().map(|(_, r)| r).collect(),
+            closed,
+        }
+    }
+
+    /// Counts over all targets.
+    pub fn totals(&self) -> TargetStats {
+        let mut t = TargetStats {
+            peak: self.peak,
+            ..TargetStats::default()
+        };
+        for r in &self.targets {
+            t.active += r.stats.active;
+            t.opened += r.stats.opened;
+            t.closed += r.stats.closed;
+        }
+        t
+    }
+}
+
+/// A wall-clock time as people read it on this host: local `HH:MM:SS`.
+pub fn clock(t: SystemTime) -> String {
+    chrono::DateTime::<chrono::Local>::from(t)
+        .format("%H:%M:%S")
+        .to_string()
+}
+
+/// Local `YYYY-mm-dd HH:MM:SS`.
+pub fn date_time(t: SystemTime) -> String {
+    chrono::DateTime::<chrono::Local>::from(t)
+        .format("%Y-%m-%d %H:%M:%S")
+        .to_string()
+}
+
+/// A line of the event log: `[HH:MM:SS] text`.
+pub fn stamped(at: SystemTime, text: &str) -> String {
+    format!("[{}] {text}", clock(at))
+}
+
+/// The log line for an event: `[12:00:01] opened venue-a 10.0.0.1:5001 -> 10.0.0.5:9876`,
+/// `[12:00:09] closed venue-a 10.0.0.1:5001 -> 10.0.0.5:9876 after 00:00:08`.
+pub fn event_line(e: &Event, targets: &Targets) -> String {
+    match e {
+        Event::Opened(c) => stamped(
+            c.since.wall,
+            &format!(
+                "opened {} {} -> {}",
+                targets.get(c.target).name,
+                c.key.local,
+                c.key.remote
+            ),
+        ),
+        Event::Closed { conn, at, duration } => stamped(
+            at.wall,
+            &format!(
+                "closed {} {} -> {} after {}{}",
+                targets.get(conn.target).name,
+                conn.key.local,
+                conn.key.remote,
+                if conn.preexisting { "at least " } else { "" },
+                hms(*duration)
+            ),
+        ),
+    }
+}
+
+/// The lines announcing the connections that were open before watching began (the first
+/// poll's): one line, and with `list`, one more per connection.
+pub fn preexisting_lines(frame: &Frame, list: bool) -> Vec<String> {
+    let already: Vec<&ConnRow> = frame.active.iter().filter(|c| c.preexisting).collect();
+    let mut out = vec![stamped(
+        frame.now,
+        &match already.len() {
+            0 => "no matching connection was open when watching began".to_owned(),
+            1 => "1 connection was already open when watching began".to_owned(),
+            n => format!("{n} connections were already open when watching began"),
+        },
+    )];
+    if list {
+        out.extend(already.iter().map(|c| {
+            stamped(
+                frame.now,
+                &format!("already open {} {} -> {}", c.target, c.local, c.remote),
+            )
+        }));
+    }
+    out
+}
+
+/// The first line of the non-interactive output: what is watched, how, and how to stop.
+pub fn start_line(frame: &Frame, header: &Header) -> String {
+    let targets: Vec<String> = frame
+        .targets
+        .iter()
+        .map(|t| format!("{} ({})", t.name, t.address))
+        .collect();
+    format!(
+        "fix-monitor {}: host {}, source {}, every {}, targets {}; {}",
+        header.title,
+        frame.host,
+        frame.source,
+        humantime::format_duration(frame.interval),
+        targets.join(", "),
+        header.footer
+    )
+}
+
+/// The periodic line of the non-interactive output:
+/// `[12:00:05] summary venue-a active=3 opened=5 closed=2 peak=4; venue-b active=0 ...`.
+pub fn summary_line(frame: &Frame) -> String {
+    let mut s = String::from("summary ");
+    for (i, t) in frame.targets.iter().enumerate() {
+        if i > 0 {
+            s.push_str("; ");
+        }
+        s.push_str(&format!(
+            "{} active={} opened={} closed={} peak={}",
+            t.name, t.stats.active, t.stats.opened, t.stats.closed, t.stats.peak
+        ));
+    }
+    if let Some((n, e)) = &frame.failing {
+        s.push_str(&format!("; POLLS FAILING ({n} in a row): {e}"));
+    }
+    stamped(frame.now, &s)
+}
+
+/// The counts per target at the end, and the totals the original printed (总连接数, 峰值连接).
+pub fn totals_lines(frame: &Frame) -> Vec<String> {
+    let mut rows = vec![cells([
+        "TARGET", "ADDRESS", "OPENED", "CLOSED", "ACTIVE", "PEAK",
+    ])];
+    for t in &frame.targets {
+        rows.push(vec![
+            t.name.clone(),
+            t.address.clone(),
+            t.stats.opened.to_string(),
+            t.stats.closed.to_string(),
+            t.stats.active.to_string(),
+            t.stats.peak.to_string(),
+        ]);
+    }
+    let mut out = table(&rows, &[false, false, true, true, true, true]);
+    let total = frame.totals();
+    out.push(format!("total connections: {}", total.opened));
+    out.push(format!("peak connections: {}", total.peak));
+    out
+}
+
+/// Lays the frame and the event log out in `width` x `height` characters. Sections shrink to
+/// fit, the event log keeping at least a few lines; the newest log lines are the ones shown.
+pub fn render(
+    frame: &Frame,
+    header: &Header,
+    log: &VecDeque<String>,
+    width: usize,
+    height: usize,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    out.push(format!(
+        "fix-monitor {} | host {} | source {} | every {} | {} | up {}",
+        header.title,
+        frame.host,
+        frame.source,
+        humantime::format_duration(frame.interval),
+        date_time(frame.now),
+        hms(frame.up)
+    ));
+    out.extend(header.notes.iter().cloned());
+    if let Some((n, e)) = &frame.failing {
+        out.push(format!(
+            "POLLS FAILING: {n} in a row (counts are frozen): {e}"
+        ));
+    }
+    out.push(String::new());
+
+    let mut rows = vec![cells([
+        "TARGET",
+        "ADDRESS",
+        "LOCAL PORTS",
+        "ACTIVE",
+        "OPENED",
+        "CLOSED",
+        "PEAK",
+    ])];
+    for t in &frame.targets {
+        rows.push(vec![
+            t.name.clone(),
+            t.address.clone(),
+            t.local_ports.clone(),
+            t.stats.active.to_string(),
+            t.stats.opened.to_string(),
+            t.stats.closed.to_string(),
+            t.stats.peak.to_string(),
+        ]);
+    }
+    out.extend(table(&rows, &[false, false, false, true, true, true, true]));
+    out.push(String::new());
+
+    // The space left, after fixed lines: two section headers with column titles and a blank
+    // line each (active, closed), the events title, and the footer.
+    let avail = height.saturating_sub(out.len() + 3 + 3 + 1 + 1);
+    let events_min = log.len().min((avail / 3).max(3)).min(avail);
+    let closed_rows = frame
+        .closed
+        .len()
+        .min(CLOSED_SHOWN)
+        .min(avail.saturating_sub(events_min) / 3);
+    let active_rows = frame
+        .active
+        .len()
+        .max(1)
+        .min(avail.saturating_sub(events_min + closed_rows));
+    let event_rows = avail.saturating_sub(active_rows + closed_rows);
+
+    let any_preexisting = frame.active.iter().any(|c| c.preexisting);
+    out.push(format!(
+        "ACTIVE CONNECTIONS ({}){}",
+        frame.active.len(),
+        if any_preexisting {
+            "   * open before watching began: age is at least this"
+        } else {
+            ""
+        }
+    ));
+    let mut rows = vec![cells(["TARGET", "LOCAL", "REMOTE", "AGE", "SINCE"])];
+    let shown = if frame.active.len() > active_rows {
+        active_rows.saturating_sub(1)
+    } else {
+        active_rows
+    };
+    for c in frame.active.iter().take(shown) {
+        rows.push(vec![
+            c.target.clone(),
+            c.local.to_string(),
+            c.remote.to_string(),
+            format!(
+                "{}{}",
+                hms(c.duration),
+                if c.preexisting { "*" } else { "" }
+            ),
+            clock(c.at),
+        ]);
+    }
+    let mut lines = table(&rows, &[false, false, false, true, false]);
+    if frame.active.is_empty() && active_rows > 0 {
+        lines.push("(none)".to_owned());
+    } else if frame.active.len() > shown && active_rows > 0 {
+        lines.push(format!("... and {} more", frame.active.len() - shown));
+    }
+    out.extend(lines);
+    out.push(String::new());
+
+    let total_closed: u64 = frame.targets.iter().map(|t| t.stats.closed).sum();
+    out.push(format!(
+        "RECENTLY CLOSED (last {} of {total_closed})",
+        closed_rows.min(frame.closed.len())
+    ));
+    let mut rows = vec![cells(["TARGET", "LOCAL", "REMOTE", "LASTED", "CLOSED AT"])];
+    for c in frame.closed.iter().take(closed_rows) {
+        rows.push(vec![
+            c.target.clone(),
+            c.local.to_string(),
+            c.remote.to_string(),
+            format!(
+                "{}{}",
+                hms(c.duration),
+                if c.preexisting { "*" } else { "" }
+            ),
+            clock(c.at),
+        ]);
+    }
+    out.extend(table(&rows, &[false, false, false, true, false]));
+    out.push(String::new());
+
+    out.push("EVENTS".to_owned());
+    let skip = log.len().saturating_sub(event_rows);
+    out.extend(log.iter().skip(skip).cloned());
+    // The footer sits on the last line.
+    let body = height.saturating_sub(1);
+    out.truncate(body);
+    while out.len() < body {
+        out.push(String::new());
+    }
+    out.push(header.footer.clone());
+    out.truncate(height);
+    for l in &mut out {
+        truncate(l, width);
+    }
+    out
+}
+
+fn cells<const N: usize>(titles: [&str; N]) -> Vec<String> {
+    titles.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// Aligns `rows` in columns two spaces apart, numbers (`right`) to the right. The last column
+/// is not padded.
+pub fn table(rows: &[Vec<String>], right: &[bool]) -> Vec<String> {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    rows.iter()
+        .map(|r| {
+            let mut line = String::new();
+            for (i, c) in r.iter().enumerate() {
+                if i > 0 {
+                    line.push_str("  ");
+                }
+                let pad = widths[i].saturating_sub(c.chars().count());
+                let last = i + 1 == r.len();
+                if right.get(i).copied().unwrap_or(false) {
+                    line.extend(std::iter::repeat_n(' ', pad));
+                    line.push_str(c);
+                } else {
+                    line.push_str(c);
+                    if !last {
+                        line.extend(std::iter::repeat_n(' ', pad));
+                    }
+                }
+            }
+            line
+        })
+        .collect()
+}
+
+/// Cuts `s` to at most `width` characters.
+fn truncate(s: &mut String, width: usize) {
+    if let Some((i, _)) = s.char_indices().nth(width) {
+        s.truncate(i);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::SourceKind;
+
+    fn frame(active: usize, closed: usize) -> Frame {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let row = |i: usize, preexisting| ConnRow {
+            target: "venue-a".into(),
+            local: SocketAddr::from(([10, 0, 0, 1], 5000 + i as u16)),
+            remote: "10.0.0.5:9876".parse().unwrap(),
+            duration: Duration::from_secs(3725),
+            at: now,
+            preexisting,
+        };
+        Frame {
+            now,
+            host: "gw-01".into(),
+            source: SourceKind::Netlink.as_str(),
+            interval: Duration::from_secs(1),
+            up: Duration::from_secs(61),
+            polls: 61,
+            failing: None,
+            targets: vec![TargetRow {
+                name: "venue-a".into(),
+                address: "10.0.0.5:9876".into(),
+                local_ports: "5000-6000".into(),
+                stats: TargetStats {
+                    active: active as u64,
+                    opened: (active + closed) as u64,
+                    closed: closed as u64,
+                    peak: 7,
+                },
+            }],
+            peak: 7,
+            active: (0..active).map(|i| row(i, i == 0)).collect(),
+            closed: (0..closed).map(|i| row(100 + i, false)).collect(),
+        }
+    }
+
+    fn header() -> Header {
+        Header {
+            title: "watch".into(),
+            notes: vec![],
+            footer: "Ctrl+C to stop".into(),
+        }
+    }
+
+    fn log(n: usize) -> VecDeque<String> {
+        (0..n).map(|i| format!("[00:00:00] line {i}")).collect()
+    }
+
+    #[test]
+    fn a_roomy_screen_shows_everything() {
+        let lines = render(&frame(2, 3), &header(), &log(4), 120, 40);
+        assert_eq!(lines.len(), 40);
+        let text = lines.join("\n");
+        assert!(lines[0].starts_with("fix-monitor watch | host gw-01 | source netlink | every 1s"));
+        assert!(
+            text.contains("venue-a  10.0.0.5:9876  5000-6000         2       5       3     7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("10.0.0.1:5000  10.0.0.5:9876  01:02:05*"),
+            "{text}"
+        );
+        assert!(
+            text.contains("10.0.0.1:5001  10.0.0.5:9876   01:02:05  "),
+            "{text}"
+        );
+        assert!(text.contains("RECENTLY CLOSED (last 3 of 3)"), "{text}");
+        for i in 0..4 {
+            assert!(text.contains(&format!("line {i}")), "{text}");
+        }
+        assert_eq!(lines[39], "Ctrl+C to stop");
+    }
+
+    #[test]
+    fn a_small_screen_keeps_the_newest_events_and_says_what_it_left_out() {
+        let lines = render(&frame(30, 10), &header(), &log(50), 60, 30);
+        assert_eq!(lines.len(), 30);
+        assert!(lines.iter().all(|l| l.chars().count() <= 60));
+        let text = lines.join("\n");
+        assert!(text.contains("line 49"), "newest event shown:\n{text}");
+        assert!(!text.contains("line 0\n"), "oldest event dropped:\n{text}");
+        assert!(text.contains("... and "), "{text}");
+        let events = lines.iter().filter(|l| l.contains("] line ")).count();
+        assert!(events >= 3, "{text}");
+    }
+
+    #[test]
+    fn event_lines_read_like_the_original_monitors() {
+        use crate::source::{SocketEntry, TcpState};
+        use crate::target::Target;
+        use crate::tracker::Tracker;
+        let net = "10.0.0.5/32".parse().unwrap();
+        let targets = Targets::new(vec![Target {
+            name: "venue-a".into(),
+            net,
+            port: Some(9876),
+            local_ports: None,
+        }]);
+        let mut t = Tracker::new(targets.clone());
+        let t0 = Timestamp::now();
+        let s = SocketEntry {
+            local: "10.0.0.1:5001".parse().unwrap(),
+            remote: "10.0.0.5:9876".parse().unwrap(),
+            state: TcpState::Established,
+            id: 1,
+        };
+        let mut ev = Vec::new();
+        t.apply(t0, &[], &mut ev);
+        t.apply(t0.after(Duration::from_secs(1)), &[s], &mut ev);
+        t.apply(t0.after(Duration::from_secs(13)), &[], &mut ev);
+        let lines: Vec<String> = ev.iter().map(|e| event_line(e, &targets)).collect();
+        assert!(lines[0].ends_with("] opened venue-a 10.0.0.1:5001 -> 10.0.0.5:9876"));
+        assert!(
+            lines[1].ends_with("] closed venue-a 10.0.0.1:5001 -> 10.0.0.5:9876 after 00:00:12")
+        );
+        assert_eq!(lines[0].as_bytes()[0], b'[');
+        assert_eq!(&lines[0][3..4], ":");
+    }
+
+    #[test]
+    fn summary_and_totals() {
+        let f = frame(2, 3);
+        let s = summary_line(&f);
+        assert!(
+            s.ends_with("] summary venue-a active=2 opened=5 closed=3 peak=7"),
+            "{s}"
+        );
+        let t = totals_lines(&f);
+        assert_eq!(t[0], "TARGET   ADDRESS        OPENED  CLOSED  ACTIVE  PEAK");
+        assert_eq!(t[1], "venue-a  10.0.0.5:9876       5       3       2     7");
+        assert_eq!(t[2], "total connections: 5");
+        assert_eq!(t[3], "peak connections: 7");
+    }
+}
