@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -19,6 +20,11 @@ use crate::tracker::Timestamp;
 struct AppState {
     shared: Shared,
     registry: Option<prometheus::Registry>,
+    /// The last `/metrics` body and the poll count it was encoded at. Connection numbers only
+    /// change when a poll completes, so scrapes between two polls share one encoding: a scrape
+    /// storm costs a copy per scrape, not a collection. (The process and export-error series
+    /// are therefore up to one poll interval old.)
+    encoded: Arc<Mutex<Option<(u64, bytes::Bytes)>>>,
 }
 
 pub fn router(shared: Shared, registry: Option<prometheus::Registry>) -> Router {
@@ -27,7 +33,11 @@ pub fn router(shared: Shared, registry: Option<prometheus::Registry>) -> Router 
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .route("/connections", get(connections))
-        .with_state(AppState { shared, registry })
+        .with_state(AppState {
+            shared,
+            registry,
+            encoded: Arc::default(),
+        })
 }
 
 /// Serves `router` on an already bound listener until `shutdown` resolves.
@@ -49,21 +59,33 @@ async fn metrics(State(s): State<AppState>) -> Response {
         )
             .into_response();
     };
-    match super::prometheus::encode(&registry) {
-        Ok(body) => (
-            [(header::CONTENT_TYPE, super::prometheus::CONTENT_TYPE)],
-            body,
-        )
-            .into_response(),
-        Err(e) => {
-            tracing::warn!(error = %e, "encoding /metrics failed");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("encoding failed: {e}\n"),
-            )
-                .into_response()
-        }
-    }
+    let polls = s.shared.lock().health.polls;
+    // Held while encoding, so that scrapers arriving together wait for one encoding.
+    let mut cache = s.encoded.lock().unwrap_or_else(|e| e.into_inner());
+    let body = match cache.as_ref() {
+        Some((at, body)) if *at == polls => body.clone(),
+        _ => match super::prometheus::encode(&registry) {
+            Ok(text) => {
+                let body = bytes::Bytes::from(text);
+                *cache = Some((polls, body.clone()));
+                body
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "encoding /metrics failed");
+                return (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("encoding failed: {e}\n"),
+                )
+                    .into_response();
+            }
+        },
+    };
+    drop(cache);
+    (
+        [(header::CONTENT_TYPE, super::prometheus::CONTENT_TYPE)],
+        body,
+    )
+        .into_response()
 }
 
 async fn health(State(s): State<AppState>) -> Response {

@@ -3,8 +3,8 @@
 //!
 //! I/O and parsing are apart. [`ProcfsSource`] only reads the tables, from a procfs root that
 //! defaults to `/proc` but can be pointed elsewhere (node_exporter's `--path.procfs` idea: a
-//! host's `/proc` mounted into a container, or a fixture directory in tests), into a buffer it
-//! keeps across polls. [`rows`] and [`parse_table`] are pure functions of the table text.
+//! host's `/proc` mounted into a container, or a fixture directory in tests), a chunk at a time
+//! into one buffer it keeps across polls, so memory does not grow with the host's socket count. [`rows`] and [`parse_table`] are pure functions of the table text.
 //!
 //! The text is parsed here rather than by `procfs::net::TcpNetEntries`: that parser allocates a
 //! `String` per line, a `Vec` per address and a vector of every TCP socket on the host on each
@@ -96,22 +96,73 @@ impl Source for ProcfsSource {
     fn poll(&mut self, out: &mut Vec<SocketEntry>) -> Result<(), SourceError> {
         out.clear();
         for table in &self.tables {
-            self.buf.clear();
-            match File::open(&table.path) {
-                Ok(mut file) => {
-                    // Read the whole table before parsing any of it: the kernel generates
-                    // the text chunk by chunk as it is read, so parsing between reads would
-                    // widen the window in which sockets come and go mid-dump.
-                    file.read_to_end(&mut self.buf)
-                        .map_err(|e| read_error(&table.path, e))?;
-                }
+            let mut file = match File::open(&table.path) {
+                Ok(file) => file,
                 Err(e) if e.kind() == io::ErrorKind::NotFound && table.may_be_absent => continue,
                 Err(e) => return Err(open_error(&table.path, e)),
-            }
-            parse_table(&self.buf, &self.targets, out)?;
+            };
+            // Parsed a chunk at a time, so memory stays at one chunk however many sockets the
+            // host has (a whole table of 200k sockets is 30 MiB of text). Rows a concurrent
+            // change makes the kernel repeat are removed by `dedup`.
+            stream_lines(&mut file, &mut self.buf, |lines| {
+                parse_table(lines, &self.targets, out)
+            })
+            .map_err(|e| match e {
+                StreamError::Read(e) => read_error(&table.path, e),
+                StreamError::Parse(e) => e,
+            })?;
         }
         dedup(out);
         Ok(())
+    }
+}
+
+/// How much of a table is read at once.
+const CHUNK: usize = 256 * 1024;
+
+enum StreamError {
+    Read(io::Error),
+    Parse(SourceError),
+}
+
+/// Reads `r` into `buf` a chunk at a time and hands `each` every run of complete lines (the
+/// last line may lack its newline). `buf` is reused; it grows only for a line longer than a
+/// chunk.
+fn stream_lines(
+    r: &mut impl Read,
+    buf: &mut Vec<u8>,
+    mut each: impl FnMut(&[u8]) -> Result<(), SourceError>,
+) -> Result<(), StreamError> {
+    if buf.len() < CHUNK {
+        buf.resize(CHUNK, 0);
+    }
+    let mut filled = 0;
+    loop {
+        let n = match r.read(&mut buf[filled..]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(StreamError::Read(e)),
+        };
+        if n == 0 {
+            return if filled > 0 {
+                each(&buf[..filled]).map_err(StreamError::Parse)
+            } else {
+                Ok(())
+            };
+        }
+        filled += n;
+        match buf[..filled].iter().rposition(|&b| b == b'\n') {
+            Some(last) => {
+                each(&buf[..=last]).map_err(StreamError::Parse)?;
+                buf.copy_within(last + 1..filled, 0);
+                filled -= last + 1;
+            }
+            None if filled == buf.len() => {
+                let grown = buf.len() * 2;
+                buf.resize(grown, 0);
+            }
+            None => {}
+        }
     }
 }
 
@@ -249,6 +300,66 @@ mod tests {
 
     fn fixture(name: &str) -> Vec<u8> {
         std::fs::read(format!("{FIXTURE_ROOT}/net/{name}")).unwrap()
+    }
+
+    /// A reader that hands out at most `step` bytes per read, as the kernel does a page.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            let n = self.step.min(out.len()).min(self.data.len());
+            out[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn chunked_reading_splits_only_between_lines_and_loses_nothing() {
+        let mut text = Vec::new();
+        // Enough copies of the fixture to span several chunks, and a final line without '\n'.
+        while text.len() < 3 * CHUNK {
+            text.extend_from_slice(&fixture("tcp"));
+        }
+        text.extend_from_slice(b"   99: 0100007F:1388 0200007F:2328 01 00000000:00000000 00:00000000 00000000     0        0 4242 1");
+        let all: Vec<SocketEntry> = rows(&text).map(Result::unwrap).collect();
+        for step in [7, 4096, CHUNK + 1] {
+            let mut buf = Vec::new();
+            let mut got = Vec::new();
+            stream_lines(&mut Trickle { data: &text, step }, &mut buf, |lines| {
+                got.extend(rows(lines).map(Result::unwrap));
+                Ok(())
+            })
+            .unwrap_or_else(|_| panic!("step {step}"));
+            assert_eq!(got, all, "step {step}");
+            assert_eq!(buf.len(), CHUNK, "the buffer stays one chunk");
+        }
+        assert_eq!(all.last().unwrap().id, 4242);
+    }
+
+    #[test]
+    fn a_line_longer_than_a_chunk_grows_the_buffer_once() {
+        let mut text = vec![b' '; CHUNK + 10];
+        text.extend_from_slice(b"\nsecond\n");
+        let mut seen = Vec::new();
+        let mut buf = Vec::new();
+        stream_lines(
+            &mut Trickle {
+                data: &text,
+                step: 1000,
+            },
+            &mut buf,
+            |lines| {
+                seen.push(lines.len());
+                Ok(())
+            },
+        )
+        .unwrap_or_else(|_| panic!("read failed"));
+        assert_eq!(seen.iter().sum::<usize>(), text.len());
+        assert_eq!(buf.len(), 2 * CHUNK);
     }
 
     fn target(net: &str, port: Option<u16>, local: Option<u16>) -> Target {

@@ -240,6 +240,15 @@ fn scraping_does_not_trigger_polls() {
         "100 scrapes caused {} polls",
         after - before
     );
+    // Between two polls every scrape sees the same numbers; the next poll brings new ones.
+    sc.wait_polls(1);
+    let (a, b) = (sc.get("/metrics").1, sc.get("/metrics").1);
+    let polls = |t: &str| Metrics::parse(t).get("fix_monitor_poll_duration_seconds_count", &[]);
+    if polls(&a) == polls(&b) {
+        assert_eq!(a, b);
+    }
+    sc.wait_polls(1);
+    assert!(polls(&sc.get("/metrics").1) > polls(&b));
     drop(d);
 }
 
