@@ -5,12 +5,13 @@
 //! view. No reader ever polls.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::source::SourceKind;
+use crate::source::{SourceKind, TcpState};
 use crate::target::Targets;
 use crate::tracker::{Connection, Event, TargetStats, Timestamp, Tracker};
 
@@ -106,7 +107,9 @@ impl Monitor {
             .active()
             .map(|c| ConnectionView::new(c, self.tracker.targets(), now))
             .collect();
-        v.sort_by(|a, b| (&a.target, &a.local_addr).cmp(&(&b.target, &b.local_addr)));
+        v.sort_by(|a, b| {
+            (&a.socket.target, &a.socket.local_addr).cmp(&(&b.socket.target, &b.socket.local_addr))
+        });
         v
     }
 
@@ -166,10 +169,10 @@ pub struct TargetView {
     pub stats: TargetStats,
 }
 
-/// One active connection. Keys of the original `/connections` are kept (`id`, `local_addr`,
-/// `remote_addr`, `local_port`, `remote_port`, `duration_seconds`).
+/// A socket as people read it, with the keys of the original `/connections` (`id`,
+/// `local_addr`, `remote_addr`, `local_port`, `remote_port`) and the target it belongs to.
 #[derive(Debug, Clone, Serialize)]
-pub struct ConnectionView {
+pub struct SocketView {
     pub id: String,
     pub target: String,
     pub local_addr: String,
@@ -177,6 +180,28 @@ pub struct ConnectionView {
     pub local_port: u16,
     pub remote_port: u16,
     pub state: &'static str,
+}
+
+impl SocketView {
+    pub fn new(target: &str, local: SocketAddr, remote: SocketAddr, state: TcpState) -> Self {
+        SocketView {
+            id: format!("{local}-{remote}"),
+            target: target.to_owned(),
+            local_addr: local.to_string(),
+            remote_addr: remote.to_string(),
+            local_port: local.port(),
+            remote_port: remote.port(),
+            state: state.as_str(),
+        }
+    }
+}
+
+/// One active connection: the socket, and how long it has been seen (the original's
+/// `duration_seconds` key is kept).
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionView {
+    #[serde(flatten)]
+    pub socket: SocketView,
     /// When the connection was first seen (RFC 3339, UTC).
     pub start_time: String,
     /// Seconds since `start_time`, up to `at`.
@@ -191,13 +216,12 @@ impl ConnectionView {
     pub fn new(c: &Connection, targets: &Targets, at: Timestamp) -> ConnectionView {
         let age = c.age(at);
         ConnectionView {
-            id: format!("{}-{}", c.key.local, c.key.remote),
-            target: targets.get(c.target).name.clone(),
-            local_addr: c.key.local.to_string(),
-            remote_addr: c.key.remote.to_string(),
-            local_port: c.key.local.port(),
-            remote_port: c.key.remote.port(),
-            state: c.state.as_str(),
+            socket: SocketView::new(
+                &targets.get(c.target).name,
+                c.key.local,
+                c.key.remote,
+                c.state,
+            ),
             start_time: rfc3339(c.since.wall),
             duration_seconds: age.as_secs_f64(),
             age: hms(age),

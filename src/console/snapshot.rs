@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::config::Settings;
 use crate::source::{self, SocketEntry, SourceError, SourceKind};
-use crate::status::rfc3339;
+use crate::status::{rfc3339, SocketView};
 use crate::target::{Target, Targets};
 
 /// How to print a snapshot.
@@ -28,7 +28,7 @@ pub struct Snapshot {
     pub source: &'static str,
     pub targets: Vec<SnapshotTarget>,
     pub total: usize,
-    pub connections: Vec<SnapshotConnection>,
+    pub connections: Vec<SocketView>,
 }
 
 /// A target and how many of its connections are established now.
@@ -39,18 +39,6 @@ pub struct SnapshotTarget {
     pub port: Option<u16>,
     pub local_ports: Option<String>,
     pub active: u64,
-}
-
-/// One established connection (keys as in `/connections`).
-#[derive(Debug, Clone, Serialize)]
-pub struct SnapshotConnection {
-    pub id: String,
-    pub target: String,
-    pub local_addr: String,
-    pub remote_addr: String,
-    pub local_port: u16,
-    pub remote_port: u16,
-    pub state: &'static str,
 }
 
 /// Opens the source, polls it once, and attributes what it saw.
@@ -152,17 +140,8 @@ impl Snapshot {
     }
 }
 
-fn connection(target: &str, s: &SocketEntry) -> SnapshotConnection {
-    let (local, remote) = (s.local, s.remote);
-    SnapshotConnection {
-        id: format!("{local}-{remote}"),
-        target: target.to_owned(),
-        local_addr: local.to_string(),
-        remote_addr: remote.to_string(),
-        local_port: local.port(),
-        remote_port: remote.port(),
-        state: s.state.as_str(),
-    }
+fn connection(target: &str, s: &SocketEntry) -> SocketView {
+    SocketView::new(target, s.local, s.remote, s.state)
 }
 
 fn cells(titles: &[&str]) -> Vec<String> {
