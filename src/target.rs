@@ -89,6 +89,21 @@ impl Target {
     }
 }
 
+#[cfg(test)]
+impl Target {
+    /// A target with its default name, for tests: `Target::test("10.0.0.0/24", Some(9876),
+    /// Some((5000, 6000)))`.
+    pub(crate) fn test(net: &str, port: Option<u16>, local: Option<(u16, u16)>) -> Target {
+        let net: IpNet = net.parse().unwrap();
+        Target {
+            name: Target::default_name(&net, port),
+            net,
+            port,
+            local_ports: local.map(|(start, end)| PortRange { start, end }),
+        }
+    }
+}
+
 /// Unwraps an IPv4-mapped IPv6 address into the IPv4 address it carries.
 pub fn canonical(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
@@ -141,13 +156,7 @@ mod tests {
     use super::*;
 
     fn t(net: &str, port: Option<u16>, local: Option<(u16, u16)>) -> Target {
-        let net: IpNet = net.parse().unwrap();
-        Target {
-            name: Target::default_name(&net, port),
-            net,
-            port,
-            local_ports: local.map(|(start, end)| PortRange { start, end }),
-        }
+        Target::test(net, port, local)
     }
 
     fn sa(s: &str) -> SocketAddr {

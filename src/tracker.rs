@@ -248,15 +248,7 @@ mod tests {
     use crate::target::Target;
 
     fn targets() -> Targets {
-        let mk = |net: &str, port| {
-            let net = net.parse().unwrap();
-            Target {
-                name: Target::default_name(&net, port),
-                net,
-                port,
-                local_ports: None,
-            }
-        };
+        let mk = |net: &str, port| Target::test(net, port, None);
         Targets::new(vec![mk("10.0.0.1/32", Some(9000)), mk("10.0.0.2/32", None)])
     }
 

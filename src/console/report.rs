@@ -93,15 +93,7 @@ mod tests {
 
     #[test]
     fn keeps_the_original_keys_and_counts_over_all_targets() {
-        let mk = |net: &str, port| {
-            let net = net.parse().unwrap();
-            Target {
-                name: Target::default_name(&net, port),
-                net,
-                port,
-                local_ports: None,
-            }
-        };
+        let mk = |net: &str, port| Target::test(net, port, None);
         let targets = Targets::new(vec![mk("10.0.0.5/32", Some(9876)), mk("10.0.0.6/32", None)]);
         let t0 = Timestamp::now();
         let shared = Shared::new(

@@ -194,7 +194,6 @@ pub fn compile(targets: &Targets) -> Result<Vec<u8>, ProgramTooLong> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::target::PortRange;
     use std::net::{Ipv4Addr, SocketAddr};
 
     const BC_NOP: u8 = 0;
@@ -356,13 +355,7 @@ mod tests {
     }
 
     fn target(net: &str, port: Option<u16>, local: Option<(u16, u16)>) -> Target {
-        let net: IpNet = net.parse().unwrap();
-        Target {
-            name: Target::default_name(&net, port),
-            net,
-            port,
-            local_ports: local.map(|(start, end)| PortRange { start, end }),
-        }
+        Target::test(net, port, local)
     }
 
     /// Remote addresses on both sides of every block in NETS, as the socket tables show them:
