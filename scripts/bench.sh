@@ -448,7 +448,7 @@ stop_load
 #    SWEEP_N was among the Ns).
 for m in $SWEEP_MS; do
     if [ "$m" = "$M" ] && [[ " $NS " == *" $SWEEP_N "* ]]; then continue; fi
-    [ "$m" -le $(( MAX_PORT - MIN_PORT + 1 )) ] || { log "skipping M=$m: more than the target's local port range"; continue; }
+    [ "$m" -le $(( MAX_PORT - MIN_PORT + 1 )) ] || die "M=$m is more than the target's local port range $MIN_PORT-$MAX_PORT"
     log "M sweep: M=$m N=$SWEEP_N"
     start_load "$m" "$SWEEP_N"
     measure_sidecar netlink "$m" "$SWEEP_N"

@@ -3,7 +3,7 @@
 #
 #   scripts/check-examples.sh
 #
-# Checks (each prints "ok", "FAIL" or "SKIP" and a reason):
+# Checks (each prints "ok" or "FAIL" and a reason):
 #   - promtool check config examples/prometheus.yml (this also checks the file_sd files it
 #     globs, examples/targets/*.json);
 #   - every examples/**/*.yml|yaml parses (all documents), every examples/**/*.json parses;
@@ -15,8 +15,7 @@
 #     config.toml inside that ConfigMap loads;
 #   - systemd/*.service: `systemd-analyze verify` (on a copy whose ExecStart points at the
 #     fix-monitor just built, since verify wants the binary to exist) and
-#     `systemd-analyze security --offline` exposure <= 2.0. Optional: SKIP if systemd-analyze
-#     is not installed;
+#     `systemd-analyze security --offline` exposure <= 2.0 (a missing systemd-analyze fails);
 #   - every config/**/*.toml loads: `fix-monitor config --config FILE` exits 0.
 # Prints "N passed, N failed" last; exits 1 if anything failed.
 #
@@ -35,7 +34,6 @@ pass=0
 fail=0
 ok() { printf 'ok    %s\n' "$*"; pass=$((pass + 1)); }
 bad() { printf 'FAIL  %s\n' "$*"; fail=$((fail + 1)); }
-skip() { printf 'SKIP  %s\n' "$*"; }
 indent() { sed 's/^/      /'; }
 
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/fix-check-examples.XXXXXX")"
@@ -218,7 +216,7 @@ for unit in "$EX"/systemd/*.service; do
     [ -e "$unit" ] || continue
     name="$(basename "$unit")"
     if ! command -v systemd-analyze >/dev/null 2>&1; then
-        skip "systemd-analyze not installed: systemd/$name not verified (optional check)"
+        bad "systemd-analyze not installed (package systemd; scripts/fetch-tools.sh installs it)"
         continue
     fi
     mkdir -p "$tmp/units"
