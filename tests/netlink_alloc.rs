@@ -6,7 +6,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::net::{TcpListener, TcpStream};
 
-use fix_monitor::source::netlink::NetlinkSource;
+use fix_monitor::source::netlink::{DumpMode, NetlinkSource};
 use fix_monitor::source::Source;
 use fix_monitor::target::{Target, Targets};
 
@@ -46,6 +46,20 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// Polls `source` to a steady state and counts what one more poll allocates.
+fn steady_state_allocations(mut source: NetlinkSource, want: usize) -> usize {
+    let mut out = Vec::new();
+    source.poll(&mut out).unwrap();
+    source.poll(&mut out).unwrap();
+    assert_eq!(out.len(), want);
+
+    let before = allocations();
+    source.poll(&mut out).unwrap();
+    let made = allocations() - before;
+    assert_eq!(out.len(), want);
+    made
+}
+
 #[test]
 fn a_steady_state_poll_allocates_nothing() {
     let before = allocations();
@@ -69,15 +83,18 @@ fn a_steady_state_poll_allocates_nothing() {
         port: Some(at.port()),
         local_ports: None,
     }]);
-    let mut source = NetlinkSource::open(&targets).unwrap();
-    let mut out = Vec::new();
-    source.poll(&mut out).unwrap();
-    source.poll(&mut out).unwrap();
-    assert_eq!(out.len(), 50);
-
-    let before = allocations();
-    source.poll(&mut out).unwrap();
-    let made = allocations() - before;
-    assert_eq!(out.len(), 50);
-    assert_eq!(made, 0, "a steady-state poll allocated");
+    // The mode `open` picks (one walk, on any kernel that serves it), and the fallback.
+    let source = NetlinkSource::open(&targets).unwrap();
+    assert_eq!(source.mode(), DumpMode::OneWalk);
+    assert_eq!(
+        steady_state_allocations(source, 50),
+        0,
+        "a one-walk poll allocated"
+    );
+    let source = NetlinkSource::open_in(&targets, DumpMode::PerFamily).unwrap();
+    assert_eq!(
+        steady_state_allocations(source, 50),
+        0,
+        "a per-family poll allocated"
+    );
 }

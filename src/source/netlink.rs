@@ -1,7 +1,23 @@
-//! The Linux `sock_diag` source: one `SOCK_DIAG_BY_FAMILY` dump per address family and poll,
-//! filtered in the kernel by the program [`super::bytecode`] compiles from the
-//! targets, so that the kernel walks its socket tables and only the matching sockets reach
-//! user space.
+//! The Linux `sock_diag` source: ESTABLISHED TCP sockets, dumped through `NETLINK_SOCK_DIAG` and
+//! filtered in the kernel by the program [`super::bytecode`] compiles from the targets, so that
+//! only the matching sockets reach user space.
+//!
+//! # One walk of the socket table per poll
+//! Whatever the filter lets through, every dump walks the kernel's whole ESTABLISHED hash table
+//! (`inet_diag_dump_icsk`), which holds the IPv4 and the IPv6 sockets alike; on a busy host that
+//! walk is most of the cost of a poll. A `SOCK_DIAG_BY_FAMILY` request names one family, so it
+//! takes two dumps, and two walks, to read both. The legacy request, `TCPDIAG_GETSOCK` with a
+//! `struct inet_diag_req`, is served by the same code: `inet_diag_rcv_msg_compat` audits its
+//! `INET_DIAG_REQ_BYTECODE` attribute as for the other, and its reply is the same
+//! `inet_diag_msg` records (typed `TCPDIAG_GETSOCK`). But `inet_diag_dump_compat` turns it into
+//! a request for family `AF_UNSPEC`, whatever family it names, and `inet_diag_dump_icsk` skips a
+//! socket for its family only when one is named: one dump, one walk, both families.
+//!
+//! [`NetlinkSource::open`] therefore sends that request once, for no socket state so that it
+//! walks nothing, and polls with it ([`DumpMode::OneWalk`]) when the kernel answers; a kernel
+//! that refuses it gets one `SOCK_DIAG_BY_FAMILY` dump per family instead
+//! ([`DumpMode::PerFamily`]), as do targets that need one family only (IPv6 targets alone: one
+//! dump, one walk already). The log says which and why.
 //!
 //! I/O and parsing are apart: [`NetlinkSource`] sends the requests and receives the datagrams of
 //! each reply; [`parse_dump`] is a pure function of one datagram's bytes.
@@ -11,6 +27,8 @@
 //! ```text
 //! nlmsghdr        len u32, type u16, flags u16, seq u32, pid u32                    16 bytes
 //! inet_diag_req_v2  family u8, protocol u8, ext u8, pad u8, states u32, sockid      56 bytes
+//! inet_diag_req     family u8, src_len u8, dst_len u8, ext u8, sockid,
+//!   (legacy)        states u32, dbs u32                                             60 bytes
 //! inet_diag_msg     family u8, state u8, timer u8, retrans u8, sockid,
 //!                   expires, rqueue, wqueue, uid, inode (u32 each)                  72 bytes
 //! inet_diag_sockid  sport be16, dport be16, src [u8; 16], dst [u8; 16], if u32,
@@ -31,11 +49,14 @@ const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 0x01;
 const NLM_F_DUMP: u16 = 0x300;
+const TCPDIAG_GETSOCK: u16 = 18;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const INET_DIAG_REQ_BYTECODE: u16 = 1;
+const REQ_V1: usize = 60;
 const REQ_V2: usize = 56;
 const DIAG_MSG: usize = 72;
-const TCP_ESTABLISHED: u32 = 1;
+/// The TCP states a poll asks for, as a bit set: ESTABLISHED (state 1).
+const ESTABLISHED: u32 = 1 << 1;
 
 /// Receive buffer to start with. The kernel fills dump datagrams up to the larger of about a
 /// page and the biggest buffer recvmsg was given, capped near 32 KiB, and makes one bigger
@@ -43,11 +64,15 @@ const TCP_ESTABLISHED: u32 = 1;
 /// grows for it.
 const RECV_BUFFER: usize = 64 * 1024;
 
-/// The address family of one dump.
+/// The sockets one dump asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
+    /// `AF_INET`, with a `SOCK_DIAG_BY_FAMILY` request.
     Inet,
+    /// `AF_INET6`, with a `SOCK_DIAG_BY_FAMILY` request.
     Inet6,
+    /// Both, in one walk: a `TCPDIAG_GETSOCK` request (see the module docs).
+    Both,
 }
 
 impl Family {
@@ -55,6 +80,25 @@ impl Family {
         match self {
             Family::Inet => libc::AF_INET as u8,
             Family::Inet6 => libc::AF_INET6 as u8,
+            Family::Both => libc::AF_UNSPEC as u8,
+        }
+    }
+}
+
+/// How a poll reads the sockets of both families.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DumpMode {
+    /// One [`Family::Both`] dump: one walk of the socket table.
+    OneWalk,
+    /// One dump per family the targets need.
+    PerFamily,
+}
+
+impl DumpMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DumpMode::OneWalk => "one-walk",
+            DumpMode::PerFamily => "per-family",
         }
     }
 }
@@ -74,8 +118,8 @@ pub struct NetlinkSource {
     /// `None` after an error, so that the next poll starts on a fresh socket rather than on the
     /// unread rest of a broken dump (the kernel refuses a new dump while one is running).
     socket: Option<Socket>,
-    /// One ready-made request per family the targets need; a poll only rewrites the sequence
-    /// number.
+    mode: DumpMode,
+    /// One ready-made request per dump a poll makes; a poll only rewrites the sequence number.
     requests: Vec<(Family, Vec<u8>)>,
     /// The kernel filter; `None` when the targets need too long a program.
     program: Option<Vec<u8>>,
@@ -87,49 +131,116 @@ pub struct NetlinkSource {
 /// What the last poll cost; the tests read it to see the filter and the multi-part reads work.
 #[derive(Debug, Default, Clone, Copy)]
 struct PollStats {
+    /// Requests sent: walks of the socket table.
+    dumps: usize,
     datagrams: usize,
     /// Sockets the kernel sent, before the user-space check.
     received: usize,
 }
 
 impl NetlinkSource {
-    /// Opens the netlink socket and compiles the targets into the kernel filter. Fails where
-    /// `AF_NETLINK` is unavailable.
+    /// Opens the netlink socket, compiles the targets into the kernel filter and settles how
+    /// polls dump ([`DumpMode`]): where the targets need both families, a probe finds out
+    /// whether the kernel serves the one-walk request. Fails where `AF_NETLINK` is unavailable.
     pub fn open(targets: &Targets) -> Result<Self, SourceError> {
-        let program = match bytecode::compile(targets) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                tracing::warn!(error = %e, "dumping every ESTABLISHED socket and matching in user space");
-                None
-            }
-        };
-        Self::with_program(targets, program, RECV_BUFFER)
+        let program = compile(targets);
+        if !(targets.wants_ipv4() && targets.wants_ipv6()) {
+            let reason = if targets.is_empty() {
+                "no targets, no dumps"
+            } else {
+                "IPv6 targets only: one dump per poll already"
+            };
+            tracing::info!(
+                mode = DumpMode::PerFamily.as_str(),
+                reason,
+                "sock_diag dump mode selected"
+            );
+            return Self::with_mode(targets, program, RECV_BUFFER, DumpMode::PerFamily);
+        }
+        let probe = request(Family::Both, program.as_deref(), 0);
+        let mut source = Self::with_mode(targets, program, RECV_BUFFER, DumpMode::OneWalk)?;
+        source.probe_one_walk(probe);
+        Ok(source)
     }
 
-    fn with_program(
+    /// Opens the source in `mode` without asking whether the kernel serves it, for tests and
+    /// measurements that need a given mode; [`NetlinkSource::open`] is what the monitor uses.
+    pub fn open_in(targets: &Targets, mode: DumpMode) -> Result<Self, SourceError> {
+        Self::with_mode(targets, compile(targets), RECV_BUFFER, mode)
+    }
+
+    /// How polls dump.
+    pub fn mode(&self) -> DumpMode {
+        self.mode
+    }
+
+    fn with_mode(
         targets: &Targets,
         program: Option<Vec<u8>>,
         recv_buffer: usize,
+        mode: DumpMode,
     ) -> Result<Self, SourceError> {
-        let mut families = Vec::new();
-        if targets.wants_ipv4() {
-            families.push(Family::Inet);
-        }
-        if targets.wants_ipv6() {
-            families.push(Family::Inet6);
-        }
-        Ok(NetlinkSource {
+        let mut source = NetlinkSource {
             targets: targets.clone(),
             socket: Some(open_socket()?),
-            requests: families
-                .into_iter()
-                .map(|f| (f, request(f, program.as_deref())))
-                .collect(),
+            mode,
+            requests: Vec::new(),
             program,
             buf: Vec::with_capacity(recv_buffer),
             seq: 0,
             stats: PollStats::default(),
-        })
+        };
+        source.set_mode(mode);
+        Ok(source)
+    }
+
+    fn set_mode(&mut self, mode: DumpMode) {
+        let families = match mode {
+            _ if self.targets.is_empty() => vec![],
+            DumpMode::OneWalk => vec![Family::Both],
+            DumpMode::PerFamily => [
+                (Family::Inet, self.targets.wants_ipv4()),
+                (Family::Inet6, self.targets.wants_ipv6()),
+            ]
+            .into_iter()
+            .filter_map(|(f, wanted)| wanted.then_some(f))
+            .collect(),
+        };
+        self.mode = mode;
+        self.requests = families
+            .into_iter()
+            .map(|f| (f, request(f, self.program.as_deref(), ESTABLISHED)))
+            .collect();
+    }
+
+    /// Sends `probe`, the one-walk request of a poll but for no TCP state at all: the kernel
+    /// parses, audits and answers it like the real one, but walks no table
+    /// (`inet_diag_dump_icsk` walks the listening, bound and established tables only for the
+    /// states they hold), so the probe costs a round trip, not a walk. If the kernel refuses it
+    /// (whatever the error: the per-family dumps are the known-good way), falls back to those
+    /// for good.
+    fn probe_one_walk(&mut self, probe: Vec<u8>) {
+        let mut scratch = Vec::new();
+        let result = self.dump_extra(Family::Both, probe, |datagram| {
+            parse_dump(datagram, &mut scratch)
+        });
+        match result {
+            Ok(()) => tracing::info!(
+                mode = self.mode.as_str(),
+                reason = "the kernel serves TCPDIAG_GETSOCK dumps for AF_UNSPEC: \
+                          IPv4 and IPv6 in one walk of the socket table",
+                "sock_diag dump mode selected"
+            ),
+            Err(error) => {
+                self.set_mode(DumpMode::PerFamily);
+                tracing::info!(
+                    mode = self.mode.as_str(),
+                    reason = "the kernel refused the one-walk TCPDIAG_GETSOCK dump",
+                    %error,
+                    "sock_diag dump mode selected"
+                );
+            }
+        }
     }
 
     /// Runs one filtered dump of `family` and hands each datagram of the reply to `each`, as
@@ -139,22 +250,31 @@ impl NetlinkSource {
         family: Family,
         mut each: impl FnMut(&[u8]),
     ) -> Result<(), SourceError> {
-        // A family the targets do not need gets a request for this dump only, so that polls
-        // stay as they were.
-        let needed = self.requests.iter().position(|(f, _)| *f == family);
-        let i = needed.unwrap_or_else(|| {
-            let r = request(family, self.program.as_deref());
-            self.requests.push((family, r));
-            self.requests.len() - 1
-        });
         let mut scratch = Vec::new();
-        let result = self.dump(i, |datagram| {
+        let on_datagram = |datagram: &[u8]| {
             each(datagram);
             parse_dump(datagram, &mut scratch)
-        });
-        if needed.is_none() {
-            self.requests.pop();
+        };
+        match self.requests.iter().position(|(f, _)| *f == family) {
+            Some(i) => self.dump(i, on_datagram),
+            None => {
+                let r = request(family, self.program.as_deref(), ESTABLISHED);
+                self.dump_extra(family, r, on_datagram)
+            }
         }
+    }
+
+    /// Sends `request`, for a dump polls do not make, and feeds the reply to `on_datagram`;
+    /// leaves the polls' requests as they were.
+    fn dump_extra(
+        &mut self,
+        family: Family,
+        request: Vec<u8>,
+        on_datagram: impl FnMut(&[u8]) -> Result<DumpProgress, SourceError>,
+    ) -> Result<(), SourceError> {
+        self.requests.push((family, request));
+        let result = self.dump(self.requests.len() - 1, on_datagram);
+        self.requests.pop();
         result
     }
 
@@ -169,6 +289,7 @@ impl NetlinkSource {
             None => open_socket()?,
         };
         self.seq = self.seq.wrapping_add(1);
+        self.stats.dumps += 1;
         let request = &mut self.requests[i].1;
         request[8..12].copy_from_slice(&self.seq.to_ne_bytes());
         let result = exchange(
@@ -182,6 +303,17 @@ impl NetlinkSource {
             self.socket = Some(socket);
         }
         result
+    }
+}
+
+/// The kernel filter for `targets`, or `None` (and a warning) when it would be too long.
+fn compile(targets: &Targets) -> Option<Vec<u8>> {
+    match bytecode::compile(targets) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::warn!(error = %e, "dumping every ESTABLISHED socket and matching in user space");
+            None
+        }
     }
 }
 
@@ -229,19 +361,37 @@ fn open_socket() -> Result<Socket, SourceError> {
     Ok(socket)
 }
 
-/// A `SOCK_DIAG_BY_FAMILY` dump request for ESTABLISHED TCP sockets of `family`, filtered by
-/// `program` if given. The sequence number (bytes 8..12) is filled in per dump.
-fn request(family: Family, program: Option<&[u8]>) -> Vec<u8> {
+/// A dump request for the TCP sockets of `family` in `states` (a bit per state), filtered by
+/// `program` if given: a `SOCK_DIAG_BY_FAMILY` one for a single family, a `TCPDIAG_GETSOCK` one
+/// for both. The sequence number (bytes 8..12) is filled in per dump.
+fn request(family: Family, program: Option<&[u8]>, states: u32) -> Vec<u8> {
+    let (kind, body) = match family {
+        Family::Inet | Family::Inet6 => (SOCK_DIAG_BY_FAMILY, REQ_V2),
+        Family::Both => (TCPDIAG_GETSOCK, REQ_V1),
+    };
     let attr = program.map_or(0, |p| 4 + p.len());
-    let len = NLMSG_HDR + REQ_V2 + attr;
+    let len = NLMSG_HDR + body + attr;
     let mut r = Vec::with_capacity(len);
     r.extend_from_slice(&(len as u32).to_ne_bytes());
-    r.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    r.extend_from_slice(&kind.to_ne_bytes());
     r.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
     r.extend_from_slice(&[0; 8]); // seq, pid
-    r.extend_from_slice(&[family.af(), libc::IPPROTO_TCP as u8, 0, 0]); // no extensions
-    r.extend_from_slice(&(1u32 << TCP_ESTABLISHED).to_ne_bytes());
-    r.extend_from_slice(&[0; 48]); // inet_diag_sockid: zero ports match any
+    match family {
+        Family::Inet | Family::Inet6 => {
+            r.extend_from_slice(&[family.af(), libc::IPPROTO_TCP as u8, 0, 0]); // no extensions
+            r.extend_from_slice(&states.to_ne_bytes());
+            r.extend_from_slice(&[0; 48]); // inet_diag_sockid: zero ports match any
+        }
+        Family::Both => {
+            // The message type says TCP. A dump reads neither the family (AF_UNSPEC anyway) nor
+            // the address lengths; no extensions.
+            r.extend_from_slice(&[family.af(), 0, 0, 0]);
+            r.extend_from_slice(&[0; 48]); // inet_diag_sockid: zero ports match any
+            r.extend_from_slice(&states.to_ne_bytes());
+            r.extend_from_slice(&[0; 4]); // idiag_dbs, unused
+        }
+    }
+    debug_assert_eq!(r.len(), NLMSG_HDR + body);
     if let Some(p) = program {
         r.extend_from_slice(&(attr as u16).to_ne_bytes());
         r.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
@@ -306,8 +456,8 @@ fn retry<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
     }
 }
 
-/// Parses one datagram of a `SOCK_DIAG_BY_FAMILY` dump reply, appending one entry per socket
-/// message to `out` (unfiltered), and says whether the dump is over.
+/// Parses one datagram of a dump reply, appending one entry per socket message to `out`
+/// (unfiltered), and says whether the dump is over.
 pub fn parse_dump(bytes: &[u8], out: &mut Vec<SocketEntry>) -> Result<DumpProgress, SourceError> {
     // Sequence and port numbers go unchecked: the socket is connected to the kernel, carries
     // one dump at a time, and is replaced after any error, so every message answers the
@@ -330,7 +480,8 @@ pub fn parse_dump(bytes: &[u8], out: &mut Vec<SocketEntry>) -> Result<DumpProgre
         let kind = u16::from_ne_bytes([rest[4], rest[5]]);
         let payload = &rest[NLMSG_HDR..len];
         match kind {
-            SOCK_DIAG_BY_FAMILY => out.push(parse_socket(payload)?),
+            // The records of either request, typed as the request was.
+            SOCK_DIAG_BY_FAMILY | TCPDIAG_GETSOCK => out.push(parse_socket(payload)?),
             NLMSG_DONE => {
                 // The payload carries the dump's error, if it failed part way.
                 return match payload
@@ -507,6 +658,74 @@ mod tests {
         );
     }
 
+    /// `datagram` with every socket message retyped as `kind`.
+    fn retyped(datagram: &[u8], kind: u16) -> Vec<u8> {
+        let mut d = datagram.to_vec();
+        let mut at = 0;
+        while at < d.len() {
+            let len = u32_at(&d, at) as usize;
+            if u16::from_ne_bytes([d[at + 4], d[at + 5]]) == SOCK_DIAG_BY_FAMILY {
+                d[at + 4..at + 6].copy_from_slice(&kind.to_ne_bytes());
+            }
+            at += (len + 3) & !3;
+        }
+        d
+    }
+
+    #[test]
+    fn a_one_walk_reply_mixes_both_families() {
+        // What a TCPDIAG_GETSOCK dump of the same sockets sends (compare a live one in
+        // `live_one_walk_poll_returns_exactly_the_matching_sockets`): the same records, typed
+        // TCPDIAG_GETSOCK, both families in one reply.
+        let (inet, inet6) = (fixture("small-inet.bin"), fixture("small-inet6.bin"));
+        let mut mixed = retyped(&inet[0], TCPDIAG_GETSOCK);
+        mixed.extend_from_slice(&retyped(&inet6[0], TCPDIAG_GETSOCK));
+        let one_walk = parse_all(&[mixed, inet[1].clone()]);
+        assert_eq!(one_walk.len(), 8);
+        let mut per_family = parse_all(&inet);
+        per_family.extend(parse_all(&inet6));
+        assert_eq!(one_walk, per_family);
+    }
+
+    #[test]
+    fn requests_have_the_kernels_layouts() {
+        let program = [1, 4, 8, 0];
+        let r = request(Family::Inet6, Some(&program), ESTABLISHED);
+        assert_eq!(r.len(), NLMSG_HDR + REQ_V2 + 8);
+        assert_eq!(u32_at(&r, 0) as usize, r.len());
+        assert_eq!(r[4..6], SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+        assert_eq!(r[6..8], (NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+        // inet_diag_req_v2: family, protocol, ext, pad, states, then the sockid.
+        assert_eq!(
+            r[16..20],
+            [libc::AF_INET6 as u8, libc::IPPROTO_TCP as u8, 0, 0]
+        );
+        assert_eq!(u32_at(&r, 20), 1 << 1);
+        assert!(r[24..72].iter().all(|&b| b == 0));
+        assert_eq!(r[72..74], 8u16.to_ne_bytes());
+        assert_eq!(r[74..76], INET_DIAG_REQ_BYTECODE.to_ne_bytes());
+        assert_eq!(r[76..], program);
+
+        let r = request(Family::Both, Some(&program), ESTABLISHED);
+        assert_eq!(r.len(), NLMSG_HDR + REQ_V1 + 8);
+        assert_eq!(u32_at(&r, 0) as usize, r.len());
+        assert_eq!(r[4..6], TCPDIAG_GETSOCK.to_ne_bytes());
+        assert_eq!(r[6..8], (NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+        // inet_diag_req: family, src_len, dst_len, ext, the sockid, states, dbs.
+        assert_eq!(r[16..20], [libc::AF_UNSPEC as u8, 0, 0, 0]);
+        assert!(r[20..68].iter().all(|&b| b == 0));
+        assert_eq!(u32_at(&r, 68), 1 << 1);
+        assert_eq!(u32_at(&r, 72), 0);
+        assert_eq!(r[76..78], 8u16.to_ne_bytes());
+        assert_eq!(r[78..80], INET_DIAG_REQ_BYTECODE.to_ne_bytes());
+        assert_eq!(r[80..], program);
+
+        // The probe: no program, no states.
+        let r = request(Family::Both, None, 0);
+        assert_eq!(r.len(), NLMSG_HDR + REQ_V1);
+        assert_eq!(u32_at(&r, 68), 0);
+    }
+
     #[test]
     fn large_fixture_spans_several_datagrams() {
         let datagrams = fixture("large-inet.bin");
@@ -660,9 +879,23 @@ mod tests {
     }
 
     #[test]
-    fn live_poll_returns_exactly_the_matching_sockets() {
+    fn live_one_walk_poll_returns_exactly_the_matching_sockets() {
+        live_poll_returns_exactly_the_matching_sockets(DumpMode::OneWalk, 1);
+    }
+
+    #[test]
+    fn live_per_family_poll_returns_exactly_the_matching_sockets() {
+        live_poll_returns_exactly_the_matching_sockets(DumpMode::PerFamily, 5);
+    }
+
+    /// Opens the source as the monitor does for `DumpMode::OneWalk` (which the kernel must then
+    /// have taken), in per-family mode otherwise, on sockets from 127.0.42.`x`..`x + 3`.
+    fn live_poll_returns_exactly_the_matching_sockets(mode: DumpMode, x: u8) {
+        let ip = |i: u8| format!("127.0.42.{}", x + i);
         let (la, a) = listen("127.0.0.2:0");
-        let mut conns: Vec<_> = (0..3).map(|_| connect("127.0.42.1:0", a, &la)).collect();
+        let mut conns: Vec<_> = (0..3)
+            .map(|_| connect(&format!("{}:0", ip(0)), a, &la))
+            .collect();
         conns.sort_by_key(|(c, _)| c.local_addr().unwrap().port());
         let ports: Vec<u16> = conns
             .iter()
@@ -671,7 +904,7 @@ mod tests {
         let (a_lo, a_mid, _a_hi) = (conns.remove(0), conns.remove(0), conns.remove(0));
 
         let (lu, u) = listen("127.0.0.2:0");
-        let _unrelated = connect("127.0.42.1:0", u, &lu);
+        let _unrelated = connect(&format!("{}:0", ip(0)), u, &lu);
         let (lb, b) = listen("[::1]:0");
         let b0 = connect("[::1]:0", b, &lb);
         let b1 = connect("[::1]:0", b, &lb);
@@ -680,10 +913,10 @@ mod tests {
         // A dual-stack listener: its accepted ends of IPv4 connections are AF_INET6 sockets
         // with IPv4-mapped addresses.
         let (lc, c) = listen("[::]:0");
-        let c_at = SocketAddr::from(([127, 0, 42, 3], c.port()));
-        let c0 = connect("127.0.42.2:0", c_at, &lc);
-        let c1 = connect("127.0.42.2:0", c_at, &lc);
-        let d = connect("127.0.42.4:0", c_at, &lc);
+        let c_at = SocketAddr::from(([127, 0, 42, x + 2], c.port()));
+        let c0 = connect(&format!("{}:0", ip(1)), c_at, &lc);
+        let c1 = connect(&format!("{}:0", ip(1)), c_at, &lc);
+        let d = connect(&format!("{}:0", ip(3)), c_at, &lc);
         assert!(
             ends(&c0.1).0.is_ipv6(),
             "the dual-stack listener is not dual-stack"
@@ -692,10 +925,14 @@ mod tests {
         let targets = Targets::new(vec![
             target("127.0.0.2/32", Some(a.port()), Some((ports[0], ports[1]))),
             target("::1/128", Some(b.port()), None),
-            target("127.0.42.2/32", None, None),
-            target("127.0.42.3/32", Some(c.port()), None),
+            target(&format!("{}/32", ip(1)), None, None),
+            target(&format!("{}/32", ip(2)), Some(c.port()), None),
         ]);
-        let mut source = NetlinkSource::open(&targets).unwrap();
+        let mut source = match mode {
+            DumpMode::OneWalk => NetlinkSource::open(&targets).unwrap(),
+            DumpMode::PerFamily => NetlinkSource::open_in(&targets, mode).unwrap(),
+        };
+        assert_eq!(source.mode(), mode);
         let mut want: BTreeSet<Pair> = [
             ends(&a_lo.0),
             ends(&a_mid.0),
@@ -712,6 +949,33 @@ mod tests {
         // The kernel sent nothing else: the filter, not only the user-space check, did the work
         // (the unrelated sockets, the far ends of most connections, a_hi all exist).
         assert_eq!(source.stats.received, want.len());
+        let walks = match mode {
+            DumpMode::OneWalk => 1,
+            DumpMode::PerFamily => 2,
+        };
+        assert_eq!(source.stats.dumps, walks);
+        // Either source can still dump the other way, and finds the same.
+        let mut datagrams = Vec::new();
+        let other = match mode {
+            DumpMode::OneWalk => [Family::Inet, Family::Inet6].as_slice(),
+            DumpMode::PerFamily => &[Family::Both],
+        };
+        for &family in other {
+            source
+                .dump_raw(family, |d| datagrams.push(d.to_vec()))
+                .unwrap();
+        }
+        let mut raw: Vec<_> = datagrams
+            .iter()
+            .flat_map(|d| {
+                let mut out = Vec::new();
+                parse_dump(d, &mut out).unwrap();
+                out
+            })
+            .collect();
+        dedup(&mut raw);
+        assert_eq!(pairs(&raw), want);
+        assert_eq!(source.requests.len(), walks, "dump_raw left polls alone");
 
         let gone = ends(&a_lo.0);
         drop(a_lo);
@@ -729,6 +993,7 @@ mod tests {
         want.remove(&gone);
         poll_until(&mut source, &want);
         assert_eq!(want.len(), 5);
+        assert_eq!(source.stats.dumps, walks);
     }
 
     /// `n` connections from 127.0.42.`from` to a listener on 127.0.42.`to`, and targets that
@@ -750,8 +1015,12 @@ mod tests {
     fn live_multi_part_dump_is_read_whole() {
         let (targets, _conns, want) = many(2100, 10, 11);
         let mut source = NetlinkSource::open(&targets).unwrap();
+        assert_eq!(source.mode(), DumpMode::OneWalk);
+        // The probe: one dump, answered with NLMSG_DONE alone although 4200 sockets match.
+        assert_eq!((source.stats.dumps, source.stats.datagrams), (1, 1));
         assert_eq!(poll(&mut source), want);
         assert_eq!(want.len(), 4200);
+        assert_eq!(source.stats.dumps, 1);
         // Some 124 bytes a socket, in datagrams of at most ~32 KiB.
         assert!(source.stats.datagrams > 10, "{:?}", source.stats);
         assert_eq!(poll(&mut source), want, "a second poll on the same socket");
@@ -764,37 +1033,81 @@ mod tests {
 
     #[test]
     fn a_small_receive_buffer_grows_and_loses_nothing() {
-        let (targets, _conns, want) = many(300, 20, 21);
-        let program = bytecode::compile(&targets).unwrap();
-        let mut source = NetlinkSource::with_program(&targets, Some(program), 256).unwrap();
-        assert_eq!(poll(&mut source), want);
-        assert!(source.buf.capacity() > 256);
-        assert!(source.stats.datagrams > 2, "{:?}", source.stats);
+        for (mode, x) in [(DumpMode::OneWalk, 20), (DumpMode::PerFamily, 22)] {
+            let (targets, _conns, want) = many(300, x, x + 1);
+            let program = bytecode::compile(&targets).unwrap();
+            let mut source = NetlinkSource::with_mode(&targets, Some(program), 256, mode).unwrap();
+            assert_eq!(poll(&mut source), want, "{mode:?}");
+            assert!(source.buf.capacity() > 256);
+            assert!(source.stats.datagrams > 2, "{mode:?}: {:?}", source.stats);
+        }
     }
+
+    /// A JMP whose `no` is not a multiple of 4: inet_diag_bc_audit answers EINVAL, to either
+    /// request.
+    const MALFORMED: [u8; 4] = [1, 4, 6, 0];
 
     #[test]
     fn the_kernel_refuses_a_malformed_program_and_the_source_recovers() {
         let (targets, _conns, want) = many(1, 30, 31);
-        let mut source = NetlinkSource::open(&targets).unwrap();
-        let good = std::mem::take(&mut source.requests);
-        // A JMP whose `no` is not a multiple of 4: inet_diag_bc_audit answers EINVAL.
-        source.requests = vec![(Family::Inet, request(Family::Inet, Some(&[1, 4, 6, 0])))];
-        let mut out = vec![SocketEntry {
-            local: sa("1.1.1.1:1"),
-            remote: sa("1.1.1.1:1"),
-            state: TcpState::Established,
-            id: 1,
-        }];
-        match source.poll(&mut out) {
-            Err(SourceError::Io { source, .. }) => {
-                assert_eq!(source.raw_os_error(), Some(libc::EINVAL))
+        for (mode, family) in [
+            (DumpMode::OneWalk, Family::Both),
+            (DumpMode::PerFamily, Family::Inet),
+        ] {
+            let mut source = NetlinkSource::open_in(&targets, mode).unwrap();
+            let good = std::mem::take(&mut source.requests);
+            source.requests = vec![(family, request(family, Some(&MALFORMED), ESTABLISHED))];
+            let mut out = vec![SocketEntry {
+                local: sa("1.1.1.1:1"),
+                remote: sa("1.1.1.1:1"),
+                state: TcpState::Established,
+                id: 1,
+            }];
+            match source.poll(&mut out) {
+                Err(SourceError::Io { source, .. }) => {
+                    assert_eq!(source.raw_os_error(), Some(libc::EINVAL), "{mode:?}")
+                }
+                other => panic!("{mode:?}: {other:?}"),
             }
-            other => panic!("{other:?}"),
+            assert!(out.is_empty(), "a failed poll leaves no stale entries");
+            assert!(source.socket.is_none());
+            source.requests = good;
+            assert_eq!(poll(&mut source), want, "{mode:?}");
         }
-        assert!(out.is_empty(), "a failed poll leaves no stale entries");
-        assert!(source.socket.is_none());
-        source.requests = good;
+    }
+
+    #[test]
+    fn a_kernel_that_refuses_the_one_walk_dump_gets_one_dump_per_family() {
+        let (targets, _conns, want) = many(2, 32, 33);
+        let program = bytecode::compile(&targets).unwrap();
+        let mut source =
+            NetlinkSource::with_mode(&targets, Some(program), RECV_BUFFER, DumpMode::OneWalk)
+                .unwrap();
+        // The probe `open` makes, answered with an error as by a kernel without the legacy
+        // request.
+        source.probe_one_walk(request(Family::Both, Some(&MALFORMED), 0));
+        assert_eq!(source.mode(), DumpMode::PerFamily);
+        let families: Vec<Family> = source.requests.iter().map(|(f, _)| *f).collect();
+        assert_eq!(families, [Family::Inet, Family::Inet6]);
         assert_eq!(poll(&mut source), want);
+        assert_eq!(source.stats.dumps, 2);
+        assert_eq!(
+            source.stats.received,
+            want.len(),
+            "with the targets' filter"
+        );
+    }
+
+    #[test]
+    fn ipv6_targets_alone_take_one_per_family_dump_without_a_probe() {
+        let (l, at) = listen("[::1]:0");
+        let (client, _server) = connect("[::1]:0", at, &l);
+        let targets = Targets::new(vec![target("::1/128", Some(at.port()), None)]);
+        let mut source = NetlinkSource::open(&targets).unwrap();
+        assert_eq!(source.mode(), DumpMode::PerFamily);
+        assert_eq!(source.stats.dumps, 0, "no probe");
+        assert_eq!(poll(&mut source), [ends(&client)].into());
+        assert_eq!(source.stats.dumps, 1);
     }
 
     #[test]
@@ -817,15 +1130,18 @@ mod tests {
     fn no_targets_means_no_dumps() {
         let mut source = NetlinkSource::open(&Targets::default()).unwrap();
         assert_eq!(source.kind(), SourceKind::Netlink);
+        assert_eq!(source.stats.dumps, 0, "no probe");
         assert!(poll(&mut source).is_empty());
         assert_eq!(source.stats.datagrams, 0);
-        // A raw dump of a family the targets do not need works, and leaves polls alone.
-        let mut datagrams = Vec::new();
-        source
-            .dump_raw(Family::Inet, |d| datagrams.push(d.to_vec()))
-            .unwrap();
-        assert!(parse_all(&datagrams).is_empty(), "the filter rejects all");
-        assert!(source.requests.is_empty());
+        // A raw dump the polls do not make works, and leaves polls alone.
+        for family in [Family::Inet, Family::Both] {
+            let mut datagrams = Vec::new();
+            source
+                .dump_raw(family, |d| datagrams.push(d.to_vec()))
+                .unwrap();
+            assert!(parse_all(&datagrams).is_empty(), "the filter rejects all");
+            assert!(source.requests.is_empty());
+        }
         assert!(poll(&mut source).is_empty());
         assert_eq!(source.stats.datagrams, 0);
     }
