@@ -370,17 +370,7 @@ pub fn render(
         active_rows
     };
     for c in frame.active.iter().take(shown) {
-        rows.push(vec![
-            c.target.clone(),
-            c.local.to_string(),
-            c.remote.to_string(),
-            format!(
-                "{}{}",
-                hms(c.duration),
-                if c.preexisting { "*" } else { "" }
-            ),
-            clock(c.at),
-        ]);
+        rows.push(conn_cells(c));
     }
     let mut lines = table(&rows, &[false, false, false, true, false]);
     if frame.active.is_empty() && active_rows > 0 {
@@ -398,17 +388,7 @@ pub fn render(
     ));
     let mut rows = vec![cells(["TARGET", "LOCAL", "REMOTE", "LASTED", "CLOSED AT"])];
     for c in frame.closed.iter().take(closed_rows) {
-        rows.push(vec![
-            c.target.clone(),
-            c.local.to_string(),
-            c.remote.to_string(),
-            format!(
-                "{}{}",
-                hms(c.duration),
-                if c.preexisting { "*" } else { "" }
-            ),
-            clock(c.at),
-        ]);
+        rows.push(conn_cells(c));
     }
     out.extend(table(&rows, &[false, false, false, true, false]));
     out.push(String::new());
@@ -428,6 +408,22 @@ pub fn render(
         truncate(l, width);
     }
     out
+}
+
+/// One connection's table cells: target, local, remote, age or lifetime (`*`: a lower bound,
+/// open before the monitor started), and the time it opened or closed.
+fn conn_cells(c: &ConnRow) -> Vec<String> {
+    vec![
+        c.target.clone(),
+        c.local.to_string(),
+        c.remote.to_string(),
+        format!(
+            "{}{}",
+            hms(c.duration),
+            if c.preexisting { "*" } else { "" }
+        ),
+        clock(c.at),
+    ]
 }
 
 fn cells<const N: usize>(titles: [&str; N]) -> Vec<String> {

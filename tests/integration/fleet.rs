@@ -360,7 +360,6 @@ fn check_fleet(backend: &Backend, view: &View, gateways: &[Gateway]) -> Result<(
 //     ...), and there is no `job`, `instance`, `host` or `up`. (Checked by hand against the
 //     in-progress OTLP exporter pushing into trixie's VictoriaMetrics 1.112.)
 // ---------------------------------------------------------------------------------------------
-const OTLP_WIRED: bool = true;
 
 const VICTORIA_METRICS_VIEW: View = View {
     name: "victoria-metrics (OTLP)",
@@ -369,9 +368,12 @@ const VICTORIA_METRICS_VIEW: View = View {
     scraped: false,
 };
 
-/// The VictoriaMetrics the sidecars push to, or `None` while OTLP is not wired in.
+/// The VictoriaMetrics the sidecars push to.
 fn otlp_sink(ds: &NetNs) -> Option<Backend> {
-    OTLP_WIRED.then(|| Backend::victoria_metrics(Some(ds), &["-opentelemetry.usePrometheusNaming"]))
+    Some(Backend::victoria_metrics(
+        Some(ds),
+        &["-opentelemetry.usePrometheusNaming"],
+    ))
 }
 
 /// `fix-monitor run` arguments that make a sidecar push to `sink`: VictoriaMetrics takes

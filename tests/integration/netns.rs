@@ -179,17 +179,7 @@ fn delete_stale() {
         let Some(name) = line.split_whitespace().next() else {
             continue;
         };
-        let Some(pid) = name
-            .strip_prefix(PREFIX)
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|p| p.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        // SAFETY: kill(pid, 0) only checks that the process exists.
-        let gone = unsafe { libc::kill(pid, 0) } != 0
-            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
-        if gone {
+        if owner_is_gone(name, PREFIX) {
             eprintln!("deleting stale test namespace {name}");
             destroy(name);
         }
@@ -244,4 +234,19 @@ impl<'a> Lan<'a> {
         ns.ip(&["link", "set", "eth0", "up"]);
         addr
     }
+}
+
+/// For a name `PREFIX<pid>-...` left by a test run: is that run's process gone (so what it
+/// left behind is stale)? Names of another shape are never stale.
+pub fn owner_is_gone(name: &str, prefix: &str) -> bool {
+    let Some(pid) = name
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.split('-').next())
+        .and_then(|p| p.parse::<i32>().ok())
+    else {
+        return false;
+    };
+    // SAFETY: kill(pid, 0) only checks that the process exists.
+    let failed = unsafe { libc::kill(pid, 0) } != 0;
+    failed && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
 }
