@@ -8,7 +8,7 @@ bash scripts/fetch-tools.sh
 export PATH="$PWD/.tools/bin:$PATH"
 
 cargo fmt --all -- --check
-cargo clippy --all-targets --locked -- -D warnings
-cargo test --locked --all-targets
+cargo clippy --all-targets --all-features --locked -- -D warnings
+cargo test --locked --all-targets --features system-tests
 bash scripts/check-dashboards.sh
 bash scripts/check-examples.sh
