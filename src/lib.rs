@@ -12,7 +12,14 @@
 //! - [`instruments`]: the OpenTelemetry instruments, fed by tracker events and state.
 //! - [`export`]: the meter provider's readers (Prometheus pull, OTLP push) and the HTTP
 //!   endpoints.
-//! - [`app`]: the poll loop, the shared status the endpoints read, and the one shutdown path.
+//! - [`session`]: what one session is, for every reader (endpoints, console, report,
+//!   snapshot); their JSON and tables are presentations of it.
+//! - [`state`]: the immutable view the loop publishes after each change (a watch channel);
+//!   readers take the latest without ever waiting for the loop.
+//! - [`poller`]: the loop: a source, a clock and an input channel passed in; tick -> tracker ->
+//!   instruments -> published state -> logs. Tested with a manual clock and a scripted source.
+//! - [`app`]: start (open the source, bind the endpoint, spawn the loop) and the one shutdown
+//!   path.
 //! - [`console`]: the sidecar for a person at a terminal: `watch` (a live view, a report at
 //!   Ctrl+C) and `snapshot` (one poll, printed).
 //! - [`demo`]: a simulated gateway and venues on loopback, watched by the real sidecar.
@@ -23,8 +30,10 @@ pub mod console;
 pub mod demo;
 pub mod export;
 pub mod instruments;
+pub mod poller;
 pub mod process;
+pub mod session;
 pub mod source;
-pub mod status;
+pub mod state;
 pub mod target;
 pub mod tracker;
