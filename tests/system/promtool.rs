@@ -19,6 +19,12 @@ fn metrics_pass_promtool_check_metrics() {
         "--interval",
         "100ms",
     ]);
+    sc.wait_for("the first poll", Duration::from_secs(10), |s| {
+        s.metrics()
+            .get("fix_connections_active", &[("target", "venue-a")])
+            == Some(1.0)
+    });
+    // Opened while watched, so its lifetime is known and goes into the histogram.
     let closing = connect_from("127.0.0.1:0", d.addr);
     sc.wait_for("two active", Duration::from_secs(10), |s| {
         s.metrics()
