@@ -137,21 +137,6 @@ const ENV_LAYER: &str = "environment variable";
 const FLAG_LAYER: &str = "command-line flag";
 const FILE_LAYER: &str = "config file";
 
-/// Keys whose values are strings whatever they look like: figment's value parser would cut
-/// `info,fix_monitor=debug` at the comma or read `1e3` as a number.
-const STRING_KEYS: &[&[&str]] = &[
-    &["poll", "source"],
-    &["prometheus", "listen"],
-    &["log", "format"],
-    &["log", "level"],
-    &["otlp", "endpoint"],
-    &["otlp", "protocol"],
-    &["otlp", "temporality"],
-    &["otlp", "tls", "ca_file"],
-    &["otlp", "tls", "cert_file"],
-    &["otlp", "tls", "key_file"],
-];
-
 /// Is this an environment variable the configuration reads?
 pub(crate) fn is_ours(name: &str) -> bool {
     name.starts_with(ENV_PREFIX)
@@ -232,19 +217,31 @@ fn nest<K: AsRef<str>>(keys: &[K], value: Value) -> Dict {
     dict
 }
 
-/// A variable's or flag's text as a value: strings for string keys, else figment's parse
-/// (numbers, booleans, arrays, tables), which is what lets `--interval 5` mean seconds.
-fn parse_value<K: AsRef<str>>(keys: &[K], raw: &str) -> Value {
-    let is_string = STRING_KEYS.iter().any(|path| {
-        path.len() == keys.len() && path.iter().zip(keys).all(|(a, b)| *a == b.as_ref())
-    });
-    if is_string {
-        Value::from(raw.to_owned())
-    } else {
+/// A variable's or flag's text as a value: a `[..]` list or `{..}` table is parsed (figment's
+/// syntax, as `FIX_MONITOR_TARGETS` uses), anything else stays text, which the key's check
+/// reads (so `5` is a number of seconds to `poll.interval` and a string to `log.level`).
+fn parse_value(raw: &str) -> Value {
+    if raw.trim_start().starts_with(['[', '{']) {
         match raw.parse::<Value>() {
             Ok(value) => value,
             Err(never) => match never {},
         }
+    } else {
+        Value::from(raw.to_owned())
+    }
+}
+
+/// The merged tree again, as a provider: its values keep the tags of the providers they came
+/// from (figment tags only untagged values), so `raw::extract` can re-deserialize it.
+pub(crate) struct Tree(pub Dict);
+
+impl Provider for Tree {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("merged configuration")
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(Profile::Default.collect(self.0.clone()))
     }
 }
 
@@ -323,7 +320,7 @@ fn lowercase_headers(dict: &mut Dict, origin: Origin, errors: &mut Vec<ConfigErr
                          case-insensitive: `{lower}`); keep one"
                     ),
                 )
-                .value(super::resolve::render(&value))
+                .value(super::raw::render(&value))
                 .origin(origin.clone()),
             );
             continue;
@@ -353,7 +350,7 @@ fn otel_layers(env: &BTreeMap<String, String>, errors: &mut Vec<ConfigError>) ->
                 Err(message) => {
                     errors.push(
                         ConfigError::new(ErrorKind::InvalidValue, keys.join("."), message)
-                            .value(super::resolve::quote(raw))
+                            .value(super::raw::quote(raw))
                             .origin(Origin::Env(name.to_owned())),
                     );
                     continue;
@@ -387,30 +384,12 @@ pub(crate) fn parse_otel_headers(raw: &str) -> Result<Dict, String> {
         if name.is_empty() {
             return Err(format!("`{item}` has no name; {ALLOWED}"));
         }
-        let value = percent_decode(value.trim()).ok_or_else(|| {
-            format!("the value of `{name}` is not valid percent-encoding; {ALLOWED}")
-        })?;
-        dict.insert(name.to_ascii_lowercase(), Value::from(value));
+        let value = percent_encoding::percent_decode_str(value.trim())
+            .decode_utf8()
+            .map_err(|_| format!("the value of `{name}` is not UTF-8 once decoded; {ALLOWED}"))?;
+        dict.insert(name.to_ascii_lowercase(), Value::from(value.into_owned()));
     }
     Ok(dict)
-}
-
-/// `%XX` escapes to bytes, which must form UTF-8; `None` for a broken escape.
-fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 fn env_layers(env: &BTreeMap<String, String>, errors: &mut Vec<ConfigError>) -> Vec<Layer> {
@@ -433,13 +412,13 @@ fn env_layers(env: &BTreeMap<String, String>, errors: &mut Vec<ConfigError>) -> 
                     "not a configuration variable: after FIX_MONITOR_ comes a key path whose \
                      parts are joined by a double underscore, e.g. FIX_MONITOR_POLL__INTERVAL",
                 )
-                .value(super::resolve::quote(raw))
+                .value(super::raw::quote(raw))
                 .origin(Origin::Env(name.clone())),
             );
             continue;
         }
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-        let mut layer = Layer::single(ENV_LAYER, name, &keys, parse_value(&keys, raw));
+        let mut layer = Layer::single(ENV_LAYER, name, &keys, parse_value(raw));
         lowercase_headers(&mut layer.dict, Origin::Env(name.clone()), errors);
         layers.push(layer);
     }
@@ -467,7 +446,7 @@ fn env_layers(env: &BTreeMap<String, String>, errors: &mut Vec<ConfigError>) -> 
                     "both DOWNSTREAM_IP and FIX_MONITOR_TARGETS define the targets; set only one \
                      (DOWNSTREAM_IP, with DOWNSTREAM_PORT, defines a single target)",
                 )
-                .value(super::resolve::quote(ip))
+                .value(super::raw::quote(ip))
                 .origin(Origin::Env(ENV_LEGACY_IP.into())),
             );
         }
@@ -477,7 +456,7 @@ fn env_layers(env: &BTreeMap<String, String>, errors: &mut Vec<ConfigError>) -> 
             target.insert("address".into(), Value::from(ip.clone()));
             labels.insert("address", ENV_LEGACY_IP.to_owned());
             if let Some(port) = port {
-                target.insert("port".into(), parse_value(&["port"], port));
+                target.insert("port".into(), parse_value(port));
                 labels.insert("port", ENV_LEGACY_PORT.to_owned());
             }
             layers.push(Layer::target(ENV_LAYER, target, labels));
@@ -490,7 +469,7 @@ fn env_layers(env: &BTreeMap<String, String>, errors: &mut Vec<ConfigError>) -> 
                  not set; set it too, or give the targets another way \
                  (--ip, FIX_MONITOR_TARGETS, [[targets]] in the config file)",
             )
-            .value(super::resolve::quote(port))
+            .value(super::raw::quote(port))
             .origin(Origin::Env(ENV_LEGACY_PORT.into())),
         ),
         (None, None) => {}
@@ -531,7 +510,7 @@ fn flag_layers(args: &ConfigArgs, errors: &mut Vec<ConfigError>) -> Vec<Layer> {
             target.insert("address".into(), Value::from(ip.clone()));
             labels.insert("address", "--ip".to_owned());
             if let Some(port) = &args.target_port {
-                target.insert("port".into(), parse_value(&["port"], port));
+                target.insert("port".into(), parse_value(port));
                 labels.insert("port", "--target-port".to_owned());
             }
             // The original monitor always had both bounds (5000 and 6000 by default); here a
@@ -562,7 +541,7 @@ fn flag_layers(args: &ConfigArgs, errors: &mut Vec<ConfigError>) -> Vec<Layer> {
             };
             if let Some(label) = label {
                 let bound = |raw: Option<&String>, default: u16| match raw {
-                    Some(raw) => parse_value(&["local_ports"], raw),
+                    Some(raw) => parse_value(raw),
                     None => Value::from(default),
                 };
                 let range = vec![
@@ -610,12 +589,7 @@ fn flag_layers(args: &ConfigArgs, errors: &mut Vec<ConfigError>) -> Vec<Layer> {
     ];
     for (flag, raw, keys) in settings {
         if let Some(raw) = raw {
-            layers.push(Layer::single(
-                FLAG_LAYER,
-                flag,
-                &keys,
-                parse_value(&keys, raw),
-            ));
+            layers.push(Layer::single(FLAG_LAYER, flag, &keys, parse_value(raw)));
         }
     }
     // There is no flag for `enabled`: giving the endpoint is how to turn push on from the

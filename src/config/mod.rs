@@ -81,7 +81,7 @@ mod args;
 mod error;
 mod explain;
 mod layers;
-mod resolve;
+mod raw;
 #[cfg(test)]
 mod tests;
 
@@ -93,6 +93,7 @@ use std::time::Duration;
 
 pub use args::ConfigArgs;
 pub use error::{ConfigError, ConfigErrors, ErrorKind, Origin};
+pub use raw::parse_duration;
 
 use crate::source::SourceKind;
 use crate::target::Targets;
@@ -227,11 +228,13 @@ pub struct TlsFiles {
     pub key_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 pub enum OtlpProtocol {
     /// OTLP/gRPC (port 4317 by convention).
+    #[serde(rename = "grpc")]
     Grpc,
     /// OTLP/HTTP with protobuf bodies (port 4318 by convention).
+    #[serde(rename = "http/protobuf")]
     HttpProtobuf,
 }
 
@@ -247,7 +250,8 @@ impl OtlpProtocol {
 }
 
 /// How sums and histograms are reported (the OTLP temporality preference).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OtlpTemporality {
     /// Totals since start: what Prometheus-style backends expect, and what survives a lost
     /// export (the next one carries the total).
@@ -270,7 +274,8 @@ impl OtlpTemporality {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
     Text,
@@ -303,15 +308,16 @@ pub enum ConfigFile {
 pub struct Loaded {
     pub settings: Settings,
     pub config_file: ConfigFile,
-    /// Origin of every value in `settings`, by key (`poll.interval`, `targets[0].port`).
+    /// Origin of every value some layer set, by key (`poll.interval`, `targets[0].port`).
     origins: BTreeMap<String, Origin>,
 }
 
 impl Loaded {
     /// Where the value at `key` came from: `poll.interval`, `prometheus.listen`,
-    /// `targets[0].address`, ... (`None` for a key the schema does not have).
+    /// `targets[0].address`, ...; [`Origin::Default`] for a key no layer set.
     pub fn origin(&self, key: &str) -> Option<&Origin> {
-        self.origins.get(key)
+        static DEFAULT: Origin = Origin::Default;
+        Some(self.origins.get(key).unwrap_or(&DEFAULT))
     }
 
     /// The effective configuration as TOML (it parses back to the same settings), with each
@@ -444,12 +450,16 @@ fn assemble(
         FileState::Absent | FileState::Failed => None,
     };
     let figment = layers::build(file_dict.map(|d| (path, d)), env, args, &mut errors);
-    let context = resolve::Context {
+    let (raw, tree, failed) = raw::extract(&figment, &mut errors);
+    let origins = raw::origins(&figment, &tree);
+    let context = raw::Context {
         config_path: path,
         // A broken file may well have held the targets: saying "no targets" would mislead.
         file_failed,
+        origins: &origins,
+        failed: &failed,
     };
-    let (settings, origins) = resolve::resolve(&figment, &context, &mut errors);
+    let settings = raw::validate(raw, &context, &mut errors);
     if !errors.is_empty() {
         return Err(ConfigErrors::new(errors));
     }

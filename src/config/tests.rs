@@ -284,9 +284,9 @@ fn unknown_keys_are_each_reported_with_their_file() {
         [
             "colour",
             "otel",
-            "targets[0].prot",
+            "otlp.tls.ca",
             "poll.intervall",
-            "otlp.tls.ca"
+            "targets[0].prot",
         ],
         "{e}"
     );
