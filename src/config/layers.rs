@@ -41,87 +41,24 @@ enum OtelValue {
 /// The standard variables fix-monitor honours, below its own layers, and the key each sets.
 /// In this order: a signal-specific `OTEL_EXPORTER_OTLP_METRICS_*` comes after, and so beats,
 /// its generic `OTEL_EXPORTER_OTLP_*`.
+#[rustfmt::skip]
 const OTEL_VARS: &[(&str, &[&str], OtelValue)] = &[
-    (
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-        &["otlp", "endpoint"],
-        OtelValue::Text,
-    ),
-    (
-        ENV_OTEL_METRICS_ENDPOINT,
-        &["otlp", "endpoint"],
-        OtelValue::Text,
-    ),
-    (
-        "OTEL_EXPORTER_OTLP_PROTOCOL",
-        &["otlp", "protocol"],
-        OtelValue::Text,
-    ),
-    (
-        "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
-        &["otlp", "protocol"],
-        OtelValue::Text,
-    ),
-    (
-        "OTEL_EXPORTER_OTLP_HEADERS",
-        &["otlp", "headers"],
-        OtelValue::Headers,
-    ),
-    (
-        "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
-        &["otlp", "headers"],
-        OtelValue::Headers,
-    ),
-    (
-        "OTEL_EXPORTER_OTLP_TIMEOUT",
-        &["otlp", "timeout"],
-        OtelValue::Millis,
-    ),
-    (
-        "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
-        &["otlp", "timeout"],
-        OtelValue::Millis,
-    ),
-    (
-        "OTEL_EXPORTER_OTLP_CERTIFICATE",
-        &["otlp", "tls", "ca_file"],
-        OtelValue::Text,
-    ),
-    (
-        "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE",
-        &["otlp", "tls", "ca_file"],
-        OtelValue::Text,
-    ),
-    (
-        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
-        &["otlp", "tls", "cert_file"],
-        OtelValue::Text,
-    ),
-    (
-        "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE",
-        &["otlp", "tls", "cert_file"],
-        OtelValue::Text,
-    ),
-    (
-        "OTEL_EXPORTER_OTLP_CLIENT_KEY",
-        &["otlp", "tls", "key_file"],
-        OtelValue::Text,
-    ),
-    (
-        "OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY",
-        &["otlp", "tls", "key_file"],
-        OtelValue::Text,
-    ),
-    (
-        "OTEL_METRIC_EXPORT_INTERVAL",
-        &["otlp", "interval"],
-        OtelValue::Millis,
-    ),
-    (
-        "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
-        &["otlp", "temporality"],
-        OtelValue::Text,
-    ),
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", &["otlp", "endpoint"], OtelValue::Text),
+    (ENV_OTEL_METRICS_ENDPOINT, &["otlp", "endpoint"], OtelValue::Text),
+    ("OTEL_EXPORTER_OTLP_PROTOCOL", &["otlp", "protocol"], OtelValue::Text),
+    ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", &["otlp", "protocol"], OtelValue::Text),
+    ("OTEL_EXPORTER_OTLP_HEADERS", &["otlp", "headers"], OtelValue::Headers),
+    ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", &["otlp", "headers"], OtelValue::Headers),
+    ("OTEL_EXPORTER_OTLP_TIMEOUT", &["otlp", "timeout"], OtelValue::Millis),
+    ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", &["otlp", "timeout"], OtelValue::Millis),
+    ("OTEL_EXPORTER_OTLP_CERTIFICATE", &["otlp", "tls", "ca_file"], OtelValue::Text),
+    ("OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE", &["otlp", "tls", "ca_file"], OtelValue::Text),
+    ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", &["otlp", "tls", "cert_file"], OtelValue::Text),
+    ("OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE", &["otlp", "tls", "cert_file"], OtelValue::Text),
+    ("OTEL_EXPORTER_OTLP_CLIENT_KEY", &["otlp", "tls", "key_file"], OtelValue::Text),
+    ("OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY", &["otlp", "tls", "key_file"], OtelValue::Text),
+    ("OTEL_METRIC_EXPORT_INTERVAL", &["otlp", "interval"], OtelValue::Millis),
+    ("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", &["otlp", "temporality"], OtelValue::Text),
 ];
 
 /// The signal-specific endpoint is the full URL, used as is (`resolve` looks for this origin).
@@ -154,7 +91,7 @@ pub(crate) fn parse_toml(text: &str) -> Result<Dict, String> {
 }
 
 /// One provider's worth of values, and the metadata figment tags them with.
-struct Layer {
+pub(crate) struct Layer {
     metadata: Metadata,
     dict: Dict,
 }
@@ -170,6 +107,15 @@ impl Provider for Layer {
 }
 
 impl Layer {
+    /// The merged tree again, for `raw::extract`: its values keep the tags of the providers
+    /// they came from (figment tags only untagged values).
+    pub(crate) fn merged(dict: Dict) -> Layer {
+        Layer {
+            metadata: Metadata::named("merged configuration"),
+            dict,
+        }
+    }
+
     fn file(path: &Path, dict: Dict) -> Layer {
         Layer {
             metadata: Metadata::from(FILE_LAYER, Source::File(path.to_path_buf())),
@@ -231,18 +177,13 @@ fn parse_value(raw: &str) -> Value {
     }
 }
 
-/// The merged tree again, as a provider: its values keep the tags of the providers they came
-/// from (figment tags only untagged values), so `raw::extract` can re-deserialize it.
-pub(crate) struct Tree(pub Dict);
-
-impl Provider for Tree {
-    fn metadata(&self) -> Metadata {
-        Metadata::named("merged configuration")
-    }
-
-    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
-        Ok(Profile::Default.collect(self.0.clone()))
-    }
+/// A port from a variable or flag: a number when it reads as one, so that errors show it as
+/// the file would (`[7000, 6000]`); else the text, for the check to reject.
+fn port_value(raw: &str) -> Value {
+    raw.trim()
+        .parse::<i64>()
+        .map(Value::from)
+        .unwrap_or_else(|_| Value::from(raw.to_owned()))
 }
 
 /// Where the value with `tag` came from; `field` is the last key of its path (legacy target
@@ -456,7 +397,7 @@ fn env_layers(env: &BTreeMap<String, String>, errors: &mut Vec<ConfigError>) -> 
             target.insert("address".into(), Value::from(ip.clone()));
             labels.insert("address", ENV_LEGACY_IP.to_owned());
             if let Some(port) = port {
-                target.insert("port".into(), parse_value(port));
+                target.insert("port".into(), port_value(port));
                 labels.insert("port", ENV_LEGACY_PORT.to_owned());
             }
             layers.push(Layer::target(ENV_LAYER, target, labels));
@@ -510,7 +451,7 @@ fn flag_layers(args: &ConfigArgs, errors: &mut Vec<ConfigError>) -> Vec<Layer> {
             target.insert("address".into(), Value::from(ip.clone()));
             labels.insert("address", "--ip".to_owned());
             if let Some(port) = &args.target_port {
-                target.insert("port".into(), parse_value(port));
+                target.insert("port".into(), port_value(port));
                 labels.insert("port", "--target-port".to_owned());
             }
             // The original monitor always had both bounds (5000 and 6000 by default); here a
@@ -541,7 +482,7 @@ fn flag_layers(args: &ConfigArgs, errors: &mut Vec<ConfigError>) -> Vec<Layer> {
             };
             if let Some(label) = label {
                 let bound = |raw: Option<&String>, default: u16| match raw {
-                    Some(raw) => parse_value(raw),
+                    Some(raw) => port_value(raw),
                     None => Value::from(default),
                 };
                 let range = vec![

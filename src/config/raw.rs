@@ -230,7 +230,7 @@ pub(crate) fn extract(
     let mut failed = BTreeSet::new();
     loop {
         // Values keep the tags they got in `figment`: figment tags only untagged values.
-        let error = match Figment::from(layers::Tree(tree.clone())).extract::<Raw>() {
+        let error = match Figment::from(layers::Layer::merged(tree.clone())).extract::<Raw>() {
             Ok(raw) => return (raw, tree, failed),
             Err(e) => e,
         };
