@@ -26,6 +26,13 @@ pub(super) fn explain(loaded: &Loaded) -> String {
             let _ = writeln!(out, "# Config file: {} (absent, skipped)", path.display());
         }
     }
+    for (name, value) in &loaded.resource_vars {
+        let _ = writeln!(
+            out,
+            "# {name}={} (the SDK reads it: the resource)",
+            quote(value)
+        );
+    }
 
     let mut lines = Lines { loaded, out };
     for (i, t) in s.targets.iter().enumerate() {

@@ -80,7 +80,12 @@ pub(crate) fn is_ours(name: &str) -> bool {
         || name == ENV_LEGACY_IP
         || name == ENV_LEGACY_PORT
         || OTEL_VARS.iter().any(|(var, _, _)| *var == name)
+        || RESOURCE_VARS.contains(&name)
 }
+
+/// Read by the SDK's resource detectors, not by the configuration; kept only so that
+/// `fix-monitor config` can show them.
+pub(crate) const RESOURCE_VARS: &[&str] = &["OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES"];
 
 /// Parses TOML text into a (still untyped) tree.
 pub(crate) fn parse_toml(text: &str) -> Result<Dict, String> {

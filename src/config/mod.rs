@@ -310,6 +310,8 @@ pub struct Loaded {
     pub config_file: ConfigFile,
     /// Origin of every value some layer set, by key (`poll.interval`, `targets[0].port`).
     origins: BTreeMap<String, Origin>,
+    /// `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` as set: the SDK reads them itself.
+    resource_vars: Vec<(String, String)>,
 }
 
 impl Loaded {
@@ -489,9 +491,15 @@ fn assemble(
         FileState::Text(_) => ConfigFile::Read(path.to_path_buf()),
         FileState::Absent | FileState::Failed => ConfigFile::Absent(path.to_path_buf()),
     };
+    let resource_vars = env
+        .iter()
+        .filter(|(name, _)| layers::RESOURCE_VARS.contains(&name.as_str()))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
     Ok(Loaded {
         settings,
         config_file,
         origins,
+        resource_vars,
     })
 }
