@@ -1,6 +1,8 @@
 //! `fix-monitor config`: the effective configuration as TOML, each value followed by where it
 //! came from. The output is itself a valid config file that loads to the same settings, so an
-//! operator can start a file from it.
+//! operator can start a file from it. It walks the settings serialized to a JSON tree (each
+//! check's `serialize` writes its value as the file takes it; sections come in key order),
+//! taking each value's origin from `Loaded::origin`: a new key needs nothing here.
 
 use std::fmt::Write;
 

@@ -70,9 +70,10 @@
 //! - `args`: the flags as typed ([`ConfigArgs`], strings).
 //! - `layers`: turns the file text, the environment and the flags into figment providers whose
 //!   metadata records each value's [`Origin`]. I/O-free.
-//! - `resolve`: walks the merged tree against the schema, collecting *every* problem, into
-//!   [`Settings`] plus the origin of each value. Pure.
-//! - `explain`: renders [`Loaded::explain`].
+//! - `raw`: deserializes the merged tree into [`Settings`] (the section structs here are the
+//!   tree: a key is a field, its default and its check), collecting *every* problem, and
+//!   validates what spans keys. Pure.
+//! - `explain`: renders [`Loaded::explain`] from the serialized settings, generically.
 //!
 //! Only [`load`] touches the process environment and only [`load_from`] reads the file; the
 //! pure [`parse_toml_str`] / [`parse_reader`] take the file's content directly.

@@ -1,10 +1,10 @@
-//! The configuration as typed serde structs, close to what the user wrote (ripgrep's
-//! "low-level args"), and their validation into [`Settings`] (the "high-level" side).
+//! Deserializing the merged layers into [`Settings`] (ripgrep's "low-level args": [`Raw`], with
+//! the `[[targets]]` list as given) and validating that into the settings the sidecar runs on.
 //!
 //! # Adding a key
-//! One field on the raw struct of its section, its default in that struct's `Default`, and its
-//! check: either a `deserialize_with` naming one of the [`checks!`] below (add one there for a
-//! new kind of value), or a line in [`validate`] when it depends on other keys. Unknown keys,
+//! One field on its section's struct in `config/mod.rs`, its default in that struct's
+//! `Default`, and its check: a `with` naming one of the [`checks!`] below (add one there for a
+//! new kind of value), plus a line in [`validate`] when it depends on other keys. Unknown keys,
 //! wrong types, every value's origin and `fix-monitor config` need nothing more.
 //!
 //! # Every problem at once
