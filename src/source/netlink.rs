@@ -996,9 +996,37 @@ mod tests {
         assert_eq!(source.stats.dumps, walks);
     }
 
+    /// Lets this test process hold `fds` more open files than it does now. A normal user's
+    /// soft limit is often 1024 (the hard limit higher), and `many` holds thousands of sockets:
+    /// the soft limit is raised towards the hard one (at most 20,000); a hard limit too low for
+    /// the test fails it by name rather than with EMFILE half-way.
+    fn allow_open_files(fds: libc::rlim_t) {
+        let headroom: libc::rlim_t = 1024;
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit(2) writes into the struct we own.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+        let need = fds + headroom;
+        if lim.rlim_cur >= need {
+            return;
+        }
+        assert!(
+            lim.rlim_max >= need,
+            "this test holds {fds} sockets; RLIMIT_NOFILE's hard limit is {}",
+            lim.rlim_max
+        );
+        lim.rlim_cur = lim.rlim_max.min(20_000).max(need);
+        // SAFETY: setrlimit(2) reads the struct we own; raising the soft limit up to the hard
+        // one needs no privilege.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+    }
+
     /// `n` connections from 127.0.42.`from` to a listener on 127.0.42.`to`, and targets that
     /// match both ends of each: 2n sockets.
     fn many(n: usize, to: u8, from: u8) -> (Targets, Vec<(TcpStream, TcpStream)>, BTreeSet<Pair>) {
+        allow_open_files(2 * n as libc::rlim_t);
         let (l, at) = listen(&format!("127.0.42.{to}:0"));
         let conns: Vec<_> = (0..n)
             .map(|_| connect_with(&format!("127.0.42.{from}:0"), at, &l, true))
