@@ -18,3 +18,6 @@ mod otlp_grpc;
 mod otlp_http;
 mod poll_failure;
 mod prometheus_scrape;
+// Generated hostile input for the parsers and the filter compiler (Linux: netlink, procfs).
+#[cfg(target_os = "linux")]
+mod properties;
