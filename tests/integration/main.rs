@@ -21,3 +21,6 @@ mod prometheus_scrape;
 // Generated hostile input for the parsers and the filter compiler (Linux: netlink, procfs).
 #[cfg(target_os = "linux")]
 mod properties;
+// The fuzzer's seeds and the crashes it found, replayed (fuzz/harness.rs).
+#[cfg(target_os = "linux")]
+mod fuzz_regressions;

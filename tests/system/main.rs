@@ -8,3 +8,6 @@
 
 #[path = "../integration/harness.rs"]
 mod harness;
+
+// The container image, built with podman and run unprivileged on the host network.
+mod container;
