@@ -10,7 +10,9 @@
 #
 # Environment: SOAK_SECONDS (600), SOAK_WARMUP (a fifth of it, at least 30), SOAK_PROFILE
 # (release | debug), SOAK_OUT (target/soak-PID: the sidecar's log, samples, summary.json),
-# VICTORIA_METRICS (default .tools/bin/victoria-metrics, from scripts/fetch-tools.sh).
+# VICTORIA_METRICS (default .tools/bin/victoria-metrics, from scripts/fetch-tools.sh),
+# SOAK_CARGO_ARGS (extra cargo build arguments: CI passes its test build's --features so that
+# nothing is rebuilt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,8 +24,10 @@ vm="${VICTORIA_METRICS:-.tools/bin/victoria-metrics}"
 [ -x "$vm" ] || { echo "soak: $vm not found: run scripts/fetch-tools.sh" >&2; exit 1; }
 
 case "$profile" in
-    release) cargo build --release --locked --bin fix-monitor --example fix-soak; dir=target/release ;;
-    debug) cargo build --locked --bin fix-monitor --example fix-soak; dir=target/debug ;;
+    # shellcheck disable=SC2086 # SOAK_CARGO_ARGS is a list of words
+    release) cargo build --release --locked ${SOAK_CARGO_ARGS:-} --bin fix-monitor --example fix-soak; dir=target/release ;;
+    # shellcheck disable=SC2086
+    debug) cargo build --locked ${SOAK_CARGO_ARGS:-} --bin fix-monitor --example fix-soak; dir=target/debug ;;
     *) echo "soak: SOAK_PROFILE must be release or debug" >&2; exit 64 ;;
 esac
 

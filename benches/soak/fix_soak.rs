@@ -183,9 +183,15 @@ fn churn(
                 thread::sleep(wait);
             }
         }
-        let n = open.len() as u64;
-        open.clear();
-        truth.closed.fetch_add(n, SeqCst);
+        // Every session lives its full lifetime, the last ones too: a session closed right
+        // after it opened could fall between two polls, and no monitor could count it.
+        while let Some((until, s)) = open.pop_front() {
+            if let Some(wait) = until.checked_duration_since(Instant::now()) {
+                thread::sleep(wait);
+            }
+            drop(s);
+            truth.closed.fetch_add(1, SeqCst);
+        }
     })
 }
 
@@ -571,6 +577,20 @@ timeout = "1s"
         o.lifetime.as_secs()
     );
 
+    // The load starts after the sidecar's first poll, so that every session is one it sees
+    // open (sessions open before the first poll count as opened, with no known lifetime).
+    let polls_now = || {
+        http_get(endpoint, "/health")
+            .ok()
+            .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
+            .and_then(|h| h["polls"].as_u64())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while polls_now() < 1 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+
     let start = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let release = Arc::new(AtomicBool::new(false));
@@ -687,11 +707,7 @@ timeout = "1s"
     if poll_errors != 0.0 {
         failures.push(format!("{poll_errors} poll errors"));
     }
-    let polls = http_get(endpoint, "/health")
-        .ok()
-        .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
-        .and_then(|h| h["polls"].as_u64())
-        .unwrap_or(0);
+    let polls = polls_now();
     let expected_polls = soaked.as_secs_f64() / 0.5;
     if (polls as f64) < 0.9 * expected_polls {
         failures.push(format!(
