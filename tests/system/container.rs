@@ -117,6 +117,7 @@ fn the_image_runs_unprivileged_on_the_host_network_and_counts_right() {
         .map(|_| connect_from("127.0.0.1:0", downstream.addr))
         .collect();
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (port, listen_at) = (downstream.addr.port().to_string(), listen.to_string());
     let mut args = RUN.to_vec();
     args.extend([
         "-d",
@@ -134,9 +135,9 @@ fn the_image_runs_unprivileged_on_the_host_network_and_counts_right() {
         "--ip",
         &ip,
         "--target-port",
-        &downstream.addr.port().to_string(),
+        &port,
         "--listen",
-        &listen.to_string(),
+        &listen_at,
         "--interval",
         "200ms",
     ]);

@@ -11,3 +11,5 @@ mod harness;
 
 // The container image, built with podman and run unprivileged on the host network.
 mod container;
+// The sidecar as a throwaway user with no capabilities.
+mod least_privilege;
