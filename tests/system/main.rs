@@ -13,3 +13,5 @@ mod harness;
 mod container;
 // The sidecar as a throwaway user with no capabilities.
 mod least_privilege;
+// The kernel-filter compiler against the live kernel, property-tested.
+mod kernel_filter;
