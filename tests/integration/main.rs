@@ -1,26 +1,25 @@
-//! Integration tests: the real `fix-monitor` binary against real TCP connections on loopback.
+//! First-tier integration tests: the real `fix-monitor` binary against real TCP connections on
+//! loopback, as a normal user with no extra tools (`cargo test`). Tests that need root, network
+//! namespaces or external tools are in the second tier, `tests/system/`.
 //!
 //! One test binary built from modules (ripgrep's layout). `harness` holds the shared pieces:
 //! running the binary, downstream listeners and clients whose numbers are the ground truth,
 //! and a parser for the Prometheus text format.
 
-mod backends;
 mod harness;
-mod netns;
 mod otlp_receiver;
 
 mod config_errors;
 mod console;
 mod demo;
 mod endpoints;
-mod fleet;
 mod otlp_grpc;
 mod otlp_http;
-mod poll_failure;
-mod prometheus_scrape;
-// Generated hostile input for the parsers and the filter compiler (Linux: netlink, procfs).
+// Generated hostile input for the parsers and the filter compiler (Linux: netlink, procfs),
+// and for the config loader.
 #[cfg(target_os = "linux")]
 mod properties;
+mod config_properties;
 // The fuzzer's seeds and the crashes it found, replayed (fuzz/harness.rs).
 #[cfg(target_os = "linux")]
 mod fuzz_regressions;

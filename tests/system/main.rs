@@ -8,6 +8,18 @@
 
 #[path = "../integration/harness.rs"]
 mod harness;
+#[path = "../integration/otlp_receiver.rs"]
+mod otlp_receiver;
+
+mod backends;
+mod netns;
+
+mod fleet;
+mod otlp_http_vm;
+mod poll_failure;
+mod prometheus_scrape;
+mod promtool;
+mod terminal;
 
 // The container image, built with podman and run unprivileged on the host network.
 mod container;
