@@ -76,7 +76,11 @@ fn toml_value() -> impl Strategy<Value = String> {
     let leaf = prop_oneof![
         value_text().prop_map(|s| toml_str(&s)),
         any::<i64>().prop_map(|n| n.to_string()),
-        any::<f64>().prop_map(|f| if f.is_finite() { format!("{f:?}") } else { "nan".into() }),
+        any::<f64>().prop_map(|f| if f.is_finite() {
+            format!("{f:?}")
+        } else {
+            "nan".into()
+        }),
         any::<bool>().prop_map(|b| b.to_string()),
         Just("1979-05-27T07:32:00Z".to_string()),
     ];
@@ -84,7 +88,8 @@ fn toml_value() -> impl Strategy<Value = String> {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..4).prop_map(|v| format!("[{}]", v.join(", "))),
             prop::collection::vec((key_name(), inner), 0..4).prop_map(|kv| {
-                let items: Vec<String> = kv.into_iter().map(|(k, v)| format!("{k} = {v}")).collect();
+                let items: Vec<String> =
+                    kv.into_iter().map(|(k, v)| format!("{k} = {v}")).collect();
                 format!("{{{}}}", items.join(", "))
             }),
         ]
@@ -95,9 +100,25 @@ fn toml_value() -> impl Strategy<Value = String> {
 fn key_name() -> impl Strategy<Value = String> {
     prop_oneof![
         prop::sample::select(vec![
-            "name", "address", "port", "local_ports", "interval", "source", "enabled", "listen",
-            "format", "level", "endpoint", "protocol", "timeout", "temporality", "headers",
-            "ca_file", "cert_file", "key_file", "dir",
+            "name",
+            "address",
+            "port",
+            "local_ports",
+            "interval",
+            "source",
+            "enabled",
+            "listen",
+            "format",
+            "level",
+            "endpoint",
+            "protocol",
+            "timeout",
+            "temporality",
+            "headers",
+            "ca_file",
+            "cert_file",
+            "key_file",
+            "dir",
         ])
         .prop_map(String::from),
         "[a-z_]{1,12}",
@@ -120,7 +141,10 @@ fn toml_document() -> impl Strategy<Value = String> {
         "",
     ]);
     prop::collection::vec(
-        (section, prop::collection::vec((key_name(), toml_value()), 0..5)),
+        (
+            section,
+            prop::collection::vec((key_name(), toml_value()), 0..5),
+        ),
         0..6,
     )
     .prop_map(|sections| {
