@@ -27,8 +27,11 @@ if ! "$tools/bin/cargo-afl" afl --version 2>/dev/null | grep -q "$AFL_VERSION"; 
     cargo install --locked --root "$tools" --version "$AFL_VERSION" cargo-afl
 fi
 export PATH="$tools/bin:$PATH"
-# AFL++ itself, built by cargo-afl for this rustc (a no-op when it is there already).
-cargo afl config --build >/dev/null 2>&1 || cargo afl config --build --force
+# AFL++ itself, built by cargo-afl for this rustc; cargo-afl refuses (and says so) when it is
+# there already.
+if ! out="$(cargo afl config --build 2>&1)"; then
+    grep -q "already built" <<<"$out" || { printf '%s\n' "$out" >&2; exit 1; }
+fi
 
 (cd fuzz && cargo afl build --release --locked)
 
