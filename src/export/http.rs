@@ -161,11 +161,20 @@ pub fn escape(s: &str) -> String {
     out
 }
 
-/// Binds the endpoint's address, with an error that says which address failed and why.
+/// Binds the endpoint's address, with an error that says which address failed and why; where
+/// the reason is a missing capability, it names the capability.
 pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, std::io::Error> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        // `inet_bind` refuses a port below net.ipv4.ip_unprivileged_port_start (1024 unless
+        // lowered) with EACCES to a process without this capability, before anything else.
+        let hint = if e.kind() == std::io::ErrorKind::PermissionDenied && addr.port() < 1024 {
+            "; ports below 1024 need the CAP_NET_BIND_SERVICE capability \
+             (or a lower net.ipv4.ip_unprivileged_port_start): grant it, or listen on a higher port"
+        } else {
+            ""
+        };
+        std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}{hint}"))
+    })
 }
 
 #[cfg(test)]

@@ -20,3 +20,10 @@ mod poll_failure;
 mod prometheus_scrape;
 mod promtool;
 mod terminal;
+
+// The container image, built with podman and run unprivileged on the host network.
+mod container;
+// The sidecar as a throwaway user with no capabilities.
+mod least_privilege;
+// The kernel-filter compiler against the live kernel, property-tested.
+mod kernel_filter;
