@@ -57,6 +57,10 @@ fn steady_state_allocations(mut source: NetlinkSource, want: usize) -> usize {
     source.poll(&mut out).unwrap();
     let made = allocations() - before;
     assert_eq!(out.len(), want);
+    assert!(
+        out.iter().all(|e| e.health.is_some()),
+        "measured with tcp_info asked for"
+    );
     made
 }
 

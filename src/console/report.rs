@@ -108,6 +108,7 @@ mod tests {
             remote: remote.parse().unwrap(),
             state: TcpState::Established,
             id,
+            health: None,
         };
         use std::net::SocketAddr;
         let mut m = shared.lock();

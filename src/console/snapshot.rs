@@ -180,6 +180,7 @@ mod tests {
             remote: r.parse().unwrap(),
             state: TcpState::Established,
             id: 0,
+            health: None,
         };
         let sockets = [
             s("10.0.0.1:5002", "10.0.0.5:9876"),

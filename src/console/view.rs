@@ -583,6 +583,7 @@ mod tests {
             remote: "10.0.0.5:9876".parse().unwrap(),
             state: TcpState::Established,
             id: 1,
+            health: None,
         };
         let mut ev = Vec::new();
         t.apply(t0, &[], &mut ev);
