@@ -6,7 +6,7 @@
 # (a) Debian bookworm packages via the host's apt (apt-get update only when a
 #     package has no install candidate or the install fails on stale lists):
 #       prometheus promtool prometheus-node-exporter tmux wrk hyperfine
-#       iproute2 (ss) jq python3 curl
+#       iproute2 (ss) jq python3 curl nftables (nft)
 # (b) Debian trixie's victoria-metrics and prometheus (2.53) .debs, fetched with
 #     `apt-get download` through a PRIVATE apt state under .tools/apt/ that
 #     reuses the host's configured Debian mirror with the suite swapped for
@@ -60,8 +60,9 @@ declare -A PKG_CMD=(
     [python3-yaml]=python3
     [util-linux]=nsenter
     [systemd]=systemd-analyze
+    [nftables]=nft
 )
-HOST_PKGS=(prometheus prometheus-node-exporter tmux wrk hyperfine iproute2 jq python3 python3-yaml curl util-linux systemd)
+HOST_PKGS=(prometheus prometheus-node-exporter tmux wrk hyperfine iproute2 jq python3 python3-yaml curl util-linux systemd nftables)
 
 pkg_installed() {
     [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true)" = installed ]

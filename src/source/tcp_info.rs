@@ -30,6 +30,8 @@
 //! 176     tcpi_rwnd_limited         us      4.10  (192)
 //! 184     tcpi_sndbuf_limited       us      4.10
 //! 200     tcpi_bytes_sent           bytes   4.19  (224; retransmissions included)
+//! 208     tcpi_bytes_retrans        bytes   4.19
+//! 216     tcpi_dsack_dups           segs    4.19
 //! ```
 //! The send and receive queues come with every socket in `inet_diag_msg` (`idiag_wqueue`:
 //! `write_seq - snd_una`, what `ss` shows as Send-Q; `idiag_rqueue`: `rcv_nxt - copied_seq`).
@@ -65,6 +67,11 @@ pub struct TcpHealth {
     pub bytes_received: Option<u64>,
     /// Data bytes sent, retransmissions included (Linux 4.19+).
     pub bytes_sent: Option<u64>,
+    /// Of `bytes_sent`, the bytes sent again (Linux 4.19+).
+    pub bytes_retrans: Option<u64>,
+    /// Segments the peer reported receiving twice (D-SACK, Linux 4.19+): retransmissions that
+    /// were not needed, such as a tail-loss probe sent while the ACK was only late.
+    pub dsack_dups: Option<u32>,
     /// Time since data last arrived, ms (from the connection's start if none ever did).
     pub last_data_recv_ms: u32,
     /// Time since data was last sent, ms.
@@ -97,6 +104,8 @@ const DELIVERY_RATE: usize = 160;
 const RWND_LIMITED: usize = 176;
 const SNDBUF_LIMITED: usize = 184;
 const BYTES_SENT: usize = 200;
+const BYTES_RETRANS: usize = 208;
+const DSACK_DUPS: usize = 216;
 
 impl TcpHealth {
     /// Reads the `INET_DIAG_INFO` attribute's payload `info` (a `struct tcp_info` of the
@@ -130,6 +139,8 @@ impl TcpHealth {
             bytes_acked: u64_at(BYTES_ACKED),
             bytes_received: u64_at(BYTES_RECEIVED),
             bytes_sent: u64_at(BYTES_SENT),
+            bytes_retrans: u64_at(BYTES_RETRANS),
+            dsack_dups: u32_at(DSACK_DUPS),
             last_data_recv_ms: base(LAST_DATA_RECV),
             last_data_sent_ms: base(LAST_DATA_SENT),
             last_ack_recv_ms: base(LAST_ACK_RECV),
@@ -175,6 +186,7 @@ mod tests {
             RWND_LIMITED,
             SNDBUF_LIMITED,
             BYTES_SENT,
+            BYTES_RETRANS,
         ] {
             if at + 8 <= len {
                 let v = (at as u64) << 32 | at as u64;
@@ -206,6 +218,8 @@ mod tests {
                 bytes_acked: Some(wide(120)),
                 bytes_received: Some(wide(128)),
                 bytes_sent: Some(wide(200)),
+                bytes_retrans: Some(wide(208)),
+                dsack_dups: Some(216),
                 last_data_recv_ms: 52,
                 last_data_sent_ms: 44,
                 last_ack_recv_ms: 56,
@@ -226,7 +240,7 @@ mod tests {
                 h.not_sent.is_some() && h.min_rtt_us.is_some(),
                 h.delivery_rate.is_some(),
                 h.rwnd_limited_us.is_some() && h.sndbuf_limited_us.is_some(),
-                h.bytes_sent.is_some(),
+                h.bytes_sent.is_some() && h.bytes_retrans.is_some() && h.dsack_dups.is_some(),
             ]
         };
         assert_eq!(known(104), [false; 5], "2.6");

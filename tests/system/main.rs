@@ -8,3 +8,4 @@
 
 #[path = "../integration/harness.rs"]
 mod harness;
+mod tcp_health;
