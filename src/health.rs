@@ -332,6 +332,8 @@ mod tests {
                 net,
                 port: None,
                 local_ports: ports.map(|(start, end)| PortRange { start, end }),
+                heartbeat: None,
+                stale_after: None,
             }
         };
         Targets::new(vec![

@@ -86,6 +86,8 @@ fn a_steady_state_poll_allocates_nothing() {
         net,
         port: Some(at.port()),
         local_ports: None,
+        heartbeat: None,
+        stale_after: None,
     }]);
     // The mode `open` picks (one walk, on any kernel that serves it), and the fallback.
     let source = NetlinkSource::open(&targets).unwrap();

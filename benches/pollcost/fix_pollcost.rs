@@ -87,6 +87,8 @@ mod imp {
             net,
             port: Some(a.target.port()),
             local_ports: Some(a.ports),
+            heartbeat: None,
+            stale_after: None,
         }]);
         let mut source = NetlinkSource::open(&targets)?;
         let mut out = Vec::new();

@@ -58,6 +58,19 @@ pub(super) fn explain(loaded: &Loaded) -> String {
             ),
             None => lines.absent("local_ports", "any local port", &key("local_ports")),
         }
+        let duration = |d| quote(&humantime::format_duration(d).to_string());
+        match t.heartbeat {
+            Some(h) => lines.value("heartbeat", &duration(h), &key("heartbeat")),
+            None => lines.absent("heartbeat", "none", &key("heartbeat")),
+        }
+        match t.stale_after {
+            Some(s) => lines.value("stale_after", &duration(s), &key("stale_after")),
+            None => lines.absent(
+                "stale_after",
+                "no staleness judged (no heartbeat either)",
+                &key("stale_after"),
+            ),
+        }
     }
 
     lines.header("[poll]");
@@ -168,6 +181,9 @@ impl Lines<'_> {
             // A target's name is derived from its address and port unless given.
             Some(Origin::Default) if key.ends_with(".name") => {
                 "default (from address and port)".to_owned()
+            }
+            Some(Origin::Default) | None if key.ends_with(".stale_after") => {
+                "default (twice the heartbeat)".to_owned()
             }
             Some(Origin::Default) | None => "default".to_owned(),
             Some(origin) => format!("from {origin}"),

@@ -61,6 +61,11 @@ struct RawTarget {
     port: Option<u16>,
     #[serde(default, deserialize_with = "some::port_range")]
     local_ports: Option<PortRange>,
+    /// The sessions' FIX HeartBtInt; `stale_after` defaults to twice it.
+    #[serde(default, deserialize_with = "some::interval")]
+    heartbeat: Option<Duration>,
+    #[serde(default, deserialize_with = "some::interval")]
+    stale_after: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -524,6 +529,8 @@ fn targets(
             net,
             port: t.port,
             local_ports: t.local_ports,
+            heartbeat: t.heartbeat,
+            stale_after: t.stale_after.or(t.heartbeat.map(|h| h * 2)),
         });
     }
     Targets::new(targets)

@@ -168,12 +168,16 @@ mod tests {
                     start: 5000,
                     end: 5999,
                 }),
+                heartbeat: None,
+                stale_after: None,
             },
             Target {
                 name: "venue-b".into(),
                 net: net2,
                 port: None,
                 local_ports: None,
+                heartbeat: None,
+                stale_after: None,
             },
         ]);
         let s = |l: &str, r: &str| SocketEntry {

@@ -565,6 +565,8 @@ mod tests {
             net,
             port: Some(9876),
             local_ports: None,
+            heartbeat: None,
+            stale_after: None,
         }]);
         let mut t = Tracker::new(targets.clone());
         let t0 = Timestamp::now();

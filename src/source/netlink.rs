@@ -642,6 +642,8 @@ mod tests {
             net,
             port,
             local_ports: local.map(|(start, end)| PortRange { start, end }),
+            heartbeat: None,
+            stale_after: None,
         }
     }
 

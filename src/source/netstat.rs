@@ -183,6 +183,8 @@ mod tests {
             net,
             port: Some(port),
             local_ports: None,
+            heartbeat: None,
+            stale_after: None,
         }
     }
 

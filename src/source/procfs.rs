@@ -370,6 +370,8 @@ mod tests {
             net,
             port,
             local_ports: local.map(|p| PortRange { start: p, end: p }),
+            heartbeat: None,
+            stale_after: None,
         }
     }
 

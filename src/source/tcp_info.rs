@@ -326,6 +326,8 @@ mod live {
                 net,
                 port: None,
                 local_ports: None,
+                heartbeat: None,
+                stale_after: None,
             }
         };
         let source = NetlinkSource::open(&Targets::new(vec![target(from), target(to)])).unwrap();

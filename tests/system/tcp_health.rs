@@ -23,6 +23,8 @@ fn target(ip: &str) -> Target {
         net,
         port: None,
         local_ports: None,
+        heartbeat: None,
+        stale_after: None,
     }
 }
 
