@@ -15,3 +15,4 @@ mod demo;
 mod endpoints;
 mod otlp_grpc;
 mod otlp_http;
+mod session_health;
