@@ -13,7 +13,7 @@ use crate::harness::*;
 
 const INTERVAL: Duration = Duration::from_millis(200);
 
-fn session<'a>(conns: &'a serde_json::Value, local_port: u16) -> &'a serde_json::Value {
+fn session(conns: &serde_json::Value, local_port: u16) -> &serde_json::Value {
     conns["connections"]
         .as_array()
         .unwrap()
