@@ -21,12 +21,16 @@ fn everything() -> Targets {
             net: "0.0.0.0/0".parse().unwrap(),
             port: None,
             local_ports: None,
+            heartbeat: None,
+            stale_after: None,
         },
         Target {
             name: "v6".into(),
             net: "::/0".parse().unwrap(),
             port: None,
             local_ports: None,
+            heartbeat: None,
+            stale_after: None,
         },
     ])
 }
@@ -131,6 +135,8 @@ fn decode_target(c: &mut Cursor) -> Option<Target> {
         net,
         port,
         local_ports,
+        heartbeat: None,
+        stale_after: None,
     })
 }
 

@@ -6,7 +6,7 @@
 # (a) Debian bookworm packages via the host's apt (apt-get update only when a
 #     package has no install candidate or the install fails on stale lists):
 #       prometheus promtool prometheus-node-exporter tmux wrk hyperfine
-#       iproute2 (ss) jq python3 curl
+#       iproute2 (ss) jq python3 curl nftables (nft)
 #       podman runc ca-certificates (the container image: scripts/image.sh, tests/system/container.rs)
 # (b) Debian trixie's victoria-metrics and prometheus (2.53) .debs, fetched with
 #     `apt-get download` through a PRIVATE apt state under .tools/apt/ that
@@ -64,9 +64,10 @@ declare -A PKG_CMD=(
     [podman]=podman
     [runc]=runc
     [ca-certificates]=update-ca-certificates
+    [nftables]=nft
 )
 HOST_PKGS=(prometheus prometheus-node-exporter tmux wrk hyperfine iproute2 jq python3 python3-yaml curl util-linux systemd
-    podman runc ca-certificates)
+    podman runc ca-certificates nftables)
 
 pkg_installed() {
     [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true)" = installed ]

@@ -33,6 +33,7 @@ pub mod config;
 pub mod console;
 pub mod demo;
 pub mod export;
+pub mod health;
 pub mod instruments;
 pub mod poller;
 pub mod process;

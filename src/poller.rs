@@ -15,6 +15,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::health::{HealthBook, HealthEvent, HealthPoll};
 use crate::instruments::{GaugeValues, Instruments};
 use crate::session::{target_names, Ended, Session};
 use crate::source::Source;
@@ -114,6 +115,9 @@ pub struct Poller {
     events_out: tokio::sync::broadcast::Sender<Event>,
     sockets: Vec<crate::source::SocketEntry>,
     events: Vec<Event>,
+    /// Session health: staleness and counter growth (see `crate::health`).
+    health: HealthBook,
+    health_poll: HealthPoll,
 }
 
 /// Whether the loop goes on after an input.
@@ -136,6 +140,11 @@ impl Poller {
         Poller {
             source,
             names: target_names(&targets),
+            health: HealthBook::new(
+                targets.clone(),
+                targets.iter().map(|t| t.stale_after).collect(),
+            ),
+            health_poll: HealthPoll::default(),
             tracker: Tracker::new(targets),
             instruments,
             publisher,
@@ -167,13 +176,19 @@ impl Poller {
         match &result {
             Ok(()) => {
                 self.tracker.apply(at, &self.sockets, &mut self.events);
+                self.health
+                    .observe(at.mono, &self.sockets, &mut self.health_poll);
                 next.health.last_success = Some(at);
                 next.health.consecutive_failures = 0;
-                let (gauges, cut) = GaugeValues::from_tracker(&self.tracker);
+                let (mut gauges, cut) = GaugeValues::from_tracker(&self.tracker);
                 capped = cut;
+                if kind == crate::source::SourceKind::Netlink {
+                    capped |= gauges.with_health(&self.health_poll);
+                }
                 // The instruments first, then the state: a `/metrics` body cached under the
                 // new generation can only hold this poll's values or later ones.
                 self.instruments.record_events(&self.events);
+                capped |= self.instruments.record_health(&self.health_poll);
                 self.instruments.set_gauges(gauges);
                 self.fill(&mut next);
             }
@@ -207,6 +222,9 @@ impl Poller {
             );
         }
         log_events(&self.events, &self.names);
+        if result.is_ok() {
+            log_health(&self.health_poll.events, &self.names);
+        }
         for e in self.events.drain(..) {
             // No subscriber is fine: nobody is watching.
             let _ = self.events_out.send(e);
@@ -227,7 +245,21 @@ impl Poller {
         let mut active: Vec<(usize, Session)> = self
             .tracker
             .active()
-            .map(|c| (c.target, Session::tracked(c, &self.names, None)))
+            .map(|c| {
+                let mut s = Session::tracked(c, &self.names, None);
+                // This poll's health of the session, and whether it is stale. Sockets with
+                // health come from netlink, which hands them over sorted by cookie.
+                s.health = self
+                    .sockets
+                    .binary_search_by_key(&c.key.id, |e| e.id)
+                    .ok()
+                    .and_then(|i| self.sockets[i].health)
+                    .map(|h| {
+                        let judged = self.health.judges(c.target);
+                        (h, judged.then(|| self.health.is_stale(c.key.id)))
+                    });
+                (c.target, s)
+            })
             .collect();
         active.sort_by(|(ta, a), (tb, b)| (ta, a.local, a.remote).cmp(&(tb, b.local, b.remote)));
         next.active = active.into_iter().map(|(_, s)| s).collect();
@@ -264,6 +296,39 @@ fn log_events(events: &[Event], names: &[Arc<str>]) {
                 duration = %crate::session::hms(*duration),
                 duration_seconds = duration.as_secs_f64(),
                 "connection closed"
+            ),
+        }
+    }
+}
+
+fn log_health(events: &[HealthEvent], names: &[Arc<str>]) {
+    for e in events {
+        match e {
+            HealthEvent::Stale {
+                target,
+                local,
+                remote,
+                silence,
+            } => tracing::warn!(
+                target_name = %names[*target],
+                local = %local,
+                remote = %remote,
+                silence = %crate::session::hms(*silence),
+                silence_seconds = silence.as_secs_f64(),
+                "session stale: no data received"
+            ),
+            HealthEvent::Recovered {
+                target,
+                local,
+                remote,
+                silence,
+            } => tracing::info!(
+                target_name = %names[*target],
+                local = %local,
+                remote = %remote,
+                silence = %crate::session::hms(*silence),
+                silence_seconds = silence.as_secs_f64(),
+                "session recovered: data received again"
             ),
         }
     }

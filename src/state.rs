@@ -139,6 +139,7 @@ impl State {
             last_error: self.health.last_error.clone(),
             polls: self.health.polls,
             started: rfc3339(self.meta.started.wall),
+            session_health: SessionHealthView::of(self.meta.source),
         }
     }
 }
@@ -215,6 +216,35 @@ pub struct HealthView {
     pub last_error: Option<String>,
     pub polls: u64,
     pub started: String,
+    /// Whether per-session TCP health (tcp_info) is measured, and if not, why.
+    pub session_health: SessionHealthView,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionHealthView {
+    pub available: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+}
+
+impl SessionHealthView {
+    fn of(source: SourceKind) -> SessionHealthView {
+        let reason = match source {
+            SourceKind::Netlink => None,
+            SourceKind::Procfs => Some(
+                "the procfs source has no tcp_info: RTT, retransmits, queues and silence are \
+                 not measured and their series are left out",
+            ),
+            SourceKind::Netstat | SourceKind::Auto => Some(
+                "the netstat source has no tcp_info: RTT, retransmits, queues and silence are \
+                 not measured and their series are left out",
+            ),
+        };
+        SessionHealthView {
+            available: reason.is_none(),
+            reason,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -258,6 +258,7 @@ mod tests {
             remote: remote.parse().unwrap(),
             state: TcpState::Established,
             id,
+            health: None,
         }
     }
 

@@ -177,6 +177,9 @@ impl Lines<'_> {
             Some(Origin::Default) if key.ends_with(".name") => {
                 "default (from address and port)".to_owned()
             }
+            Some(Origin::Default) | None if key.ends_with(".stale_after") => {
+                "default (twice the heartbeat)".to_owned()
+            }
             Some(Origin::Default) | None => "default".to_owned(),
             Some(origin) => format!("from {origin}"),
         };

@@ -49,6 +49,12 @@ pub(crate) struct RawTarget {
     port: Option<u16>,
     #[serde(with = "some::port_range")]
     local_ports: Option<PortRange>,
+    /// The sessions' FIX HeartBtInt; `stale_after` defaults to twice it.
+    #[serde(with = "some::interval")]
+    heartbeat: Option<Duration>,
+    /// Default: twice `heartbeat`; neither set: staleness is not judged.
+    #[serde(with = "some::interval")]
+    stale_after: Option<Duration>,
 }
 
 impl From<&Target> for RawTarget {
@@ -58,6 +64,8 @@ impl From<&Target> for RawTarget {
             address: Some(t.net),
             port: t.port,
             local_ports: t.local_ports,
+            heartbeat: t.heartbeat,
+            stale_after: t.stale_after,
         }
     }
 }
@@ -481,6 +489,8 @@ fn targets(
             net,
             port: t.port,
             local_ports: t.local_ports,
+            heartbeat: t.heartbeat,
+            stale_after: t.stale_after.or(t.heartbeat.map(|h| h * 2)),
         });
     }
     Targets::new(targets)

@@ -68,6 +68,7 @@ fn sock(port: u16, id: u64) -> SocketEntry {
         remote: "10.0.0.5:9876".parse().unwrap(),
         state: TcpState::Established,
         id,
+        health: None,
     }
 }
 

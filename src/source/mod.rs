@@ -24,6 +24,9 @@ pub mod netlink;
 pub mod netstat;
 #[cfg(target_os = "linux")]
 pub mod procfs;
+pub mod tcp_info;
+
+pub use tcp_info::TcpHealth;
 
 /// One TCP socket as a source saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -35,6 +38,9 @@ pub struct SocketEntry {
     /// or the socket inode (procfs); 0 where the platform gives neither. A 4-tuple that is
     /// reused by a new socket therefore shows up as a new connection.
     pub id: u64,
+    /// The kernel's `tcp_info` for the socket: netlink only (procfs and netstat cannot tell;
+    /// `None` there, never zeros).
+    pub health: Option<TcpHealth>,
 }
 
 /// TCP states as Linux numbers them (`include/net/tcp_states.h`). Only `Established` counts as

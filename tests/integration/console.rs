@@ -292,12 +292,17 @@ port = {}
     let mut lines = conns.lines();
     assert_eq!(
         lines.next().unwrap().split_whitespace().collect::<Vec<_>>(),
-        ["TARGET", "LOCAL", "REMOTE", "STATE"]
+        ["TARGET", "LOCAL", "REMOTE", "STATE", "RTT", "SILENCE", "RETRANS", "SEND-Q"]
     );
     let listed: BTreeSet<(String, String, String, String)> = lines
         .map(|l| {
             let c: Vec<&str> = l.split_whitespace().collect();
-            assert_eq!(c.len(), 4, "{l}");
+            assert_eq!(c.len(), 8, "{l}");
+            // The health columns, from the kernel's tcp_info (netlink): an RTT, a silence,
+            // no retransmits and an empty send queue on these idle loopback sessions.
+            assert!(c[4].ends_with("us") || c[4].ends_with("ms"), "{l}");
+            assert!(c[5].ends_with('s'), "{l}");
+            assert_eq!((c[6], c[7]), ("0", "0"), "{l}");
             (c[0].into(), c[1].into(), c[2].into(), c[3].into())
         })
         .collect();

@@ -23,3 +23,4 @@ mod properties;
 // The fuzzer's seeds and the crashes it found, replayed (fuzz/harness.rs).
 #[cfg(target_os = "linux")]
 mod fuzz_regressions;
+mod session_health;

@@ -75,6 +75,7 @@ fn socket() -> impl Strategy<Value = (SocketEntry, u8)> {
                 remote,
                 state: TcpState::from_linux(state),
                 id,
+                health: None,
             },
             state,
         )
@@ -346,6 +347,8 @@ fn target() -> impl Strategy<Value = Target> {
                 start: a.min(b),
                 end: a.max(b),
             }),
+            heartbeat: None,
+            stale_after: None,
         })
 }
 
@@ -543,6 +546,7 @@ fn proc_socket(v6: bool) -> impl Strategy<Value = (SocketEntry, u8)> {
                     remote: SocketAddr::new(r, rp),
                     state: TcpState::from_linux(state),
                     id,
+                    health: None,
                 },
                 state,
             )
@@ -564,8 +568,8 @@ proptest! {
         prop_assert_eq!(&got, &want);
         // And parse_table keeps exactly the ESTABLISHED ones a target claims.
         let everything = Targets::new(vec![
-            Target { name: "v4".into(), net: "0.0.0.0/0".parse().unwrap(), port: None, local_ports: None },
-            Target { name: "v6".into(), net: "::/0".parse().unwrap(), port: None, local_ports: None },
+            Target { name: "v4".into(), net: "0.0.0.0/0".parse().unwrap(), port: None, local_ports: None, heartbeat: None, stale_after: None },
+            Target { name: "v6".into(), net: "::/0".parse().unwrap(), port: None, local_ports: None, heartbeat: None, stale_after: None },
         ]);
         let mut kept = Vec::new();
         procfs::parse_table(text.as_bytes(), &everything, &mut kept).unwrap();
@@ -595,7 +599,7 @@ proptest! {
         }
         let cut = cut.index(text.len() + 1);
         let everything = Targets::new(vec![
-            Target { name: "all".into(), net: "::/0".parse().unwrap(), port: None, local_ports: None },
+            Target { name: "all".into(), net: "::/0".parse().unwrap(), port: None, local_ports: None, heartbeat: None, stale_after: None },
         ]);
         let _ = procfs::parse_table(&text[..cut], &everything, &mut Vec::new());
         let _ = procfs::rows(&text).count();

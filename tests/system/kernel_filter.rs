@@ -137,6 +137,8 @@ fn targets(s: &Sockets) -> impl Strategy<Value = Vec<Target>> {
             net,
             port,
             local_ports,
+            heartbeat: None,
+            stale_after: None,
         },
     );
     prop::collection::vec(target, 1..6)

@@ -19,6 +19,7 @@ mod otlp_http_vm;
 mod poll_failure;
 mod prometheus_scrape;
 mod promtool;
+mod tcp_health;
 mod terminal;
 
 // The container image, built with podman and run unprivileged on the host network.

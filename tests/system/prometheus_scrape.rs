@@ -369,7 +369,8 @@ fn dashboard_expressions_return_data_from_a_real_scrape() {
     let a = Downstream::listen("127.0.0.41:0");
     let b = Downstream::listen("127.0.0.42:0");
     // venue-a declares a local port range (all unprivileged ports), so that
-    // fix_connections_by_port has series for the port panels.
+    // fix_connections_by_port has series for the port panels, and a heartbeat, so that the
+    // session-health panels have stale counts (by target and by port).
     let cfg = config_file(&format!(
         r#"
 [[targets]]
@@ -377,6 +378,7 @@ name = "venue-a"
 address = "127.0.0.41"
 port = {pa}
 local_ports = [1024, 65535]
+heartbeat = "30s"
 
 [[targets]]
 name = "venue-b"
