@@ -20,6 +20,12 @@ use crate::target::Targets;
 #[cfg(target_os = "linux")]
 pub mod bytecode;
 #[cfg(target_os = "linux")]
+pub mod cbpf;
+#[cfg(target_os = "linux")]
+pub mod confirm;
+#[cfg(target_os = "linux")]
+pub mod destroy;
+#[cfg(target_os = "linux")]
 pub mod netlink;
 pub mod netstat;
 #[cfg(target_os = "linux")]
