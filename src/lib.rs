@@ -23,6 +23,7 @@ pub mod console;
 pub mod demo;
 pub mod export;
 pub mod instruments;
+pub mod persist;
 pub mod process;
 pub mod source;
 pub mod status;

@@ -118,6 +118,29 @@ pub struct Destroyed {
     pub info: Option<FinalInfo>,
 }
 
+impl Destroyed {
+    /// The tracker's view of this notification, received at `at`.
+    pub fn to_event(&self, at: crate::tracker::Timestamp) -> crate::tracker::SocketEvent {
+        use crate::tracker::{SocketEvent, SocketEventKind, TcpCounters};
+        // An abort zeroes the counters with the tuple (`tcp_disconnect`): they say nothing then.
+        let info = self.info.filter(|_| !self.partial);
+        SocketEvent {
+            at,
+            kind: SocketEventKind::Closed,
+            id: self.socket.id,
+            local: self.socket.local,
+            remote: self.socket.remote,
+            partial: self.partial,
+            established: info.map(|i| i.was_established()),
+            info: info.map(|i| TcpCounters {
+                bytes_acked: i.bytes_acked,
+                bytes_received: i.bytes_received,
+                retransmits: i.total_retrans,
+            }),
+        }
+    }
+}
+
 /// Parses one notification. `Ok(None)` for a message that is not one (a notification of another
 /// type would be a kernel change; it is skipped, not fatal).
 pub fn parse(bytes: &[u8]) -> Result<Option<Destroyed>, SourceError> {
@@ -569,6 +592,19 @@ pub(crate) mod tests {
         let (got, _) = wait_for(&mut sub, 1);
         assert_eq!(got.len(), 1, "{got:?}");
         assert!(!got[0].info.unwrap().was_established(), "{got:?}");
+
+        // The accepted (server) end of a connection that carried nothing was established.
+        let l = TcpListener::bind("127.0.93.12:0").unwrap();
+        let ts = targets(&[("127.0.93.13/32", None, None)]);
+        let mut sub = DestroySubscriber::open(&ts).unwrap();
+        let (client, server) = connect("127.0.93.13:0", &l, false);
+        let c = cookie(&server);
+        drop(client);
+        drop(server);
+        let (got, _) = wait_for(&mut sub, 1);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].socket.id, c);
+        assert!(got[0].info.unwrap().was_established(), "{got:?}");
     }
 
     #[test]
