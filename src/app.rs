@@ -334,6 +334,12 @@ fn log_events(events: &[Event], tracker: &crate::tracker::Tracker) {
                 duration_seconds = duration.as_secs_f64(),
                 "connection closed"
             ),
+            Event::ShortLived { conn, .. } => tracing::info!(
+                target_name = %tracker.targets().get(conn.target).name,
+                local = %conn.key.local,
+                remote = %conn.key.remote,
+                "short-lived connection opened and closed between two polls"
+            ),
         }
     }
 }

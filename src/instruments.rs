@@ -212,6 +212,11 @@ impl Instruments {
         for e in events {
             match e {
                 Event::Opened(c) => self.opened.add(1, &self.target_attrs[c.target]),
+                Event::ShortLived { conn, .. } => {
+                    let a = &self.target_attrs[conn.target];
+                    self.opened.add(1, a);
+                    self.closed.add(1, a);
+                }
                 Event::Closed { conn, duration, .. } => {
                     let a = &self.target_attrs[conn.target];
                     self.closed.add(1, a);

@@ -82,7 +82,10 @@ impl Monitor {
     /// Keeps the closed connections among `events` for display, the newest last.
     pub fn remember_closed(&mut self, events: &[Event]) {
         for e in events {
-            if let Event::Closed { conn, at, duration } = e {
+            if let Event::Closed {
+                conn, at, duration, ..
+            } = e
+            {
                 if self.recent_closed.len() == RECENT_CLOSED {
                     self.recent_closed.pop_front();
                 }
