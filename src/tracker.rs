@@ -230,6 +230,9 @@ pub struct Tracker {
     closed_order: VecDeque<u64>,
     saved_false_closes: u64,
     unattributed: u64,
+    /// Starts of sessions a previous run of the sidecar saw (from the state file), by key and
+    /// target; used by the first snapshot, then dropped.
+    restored: HashMap<ConnKey, (TargetId, Timestamp)>,
 }
 
 impl Tracker {
@@ -247,6 +250,20 @@ impl Tracker {
             closed_order: VecDeque::new(),
             saved_false_closes: 0,
             unattributed: 0,
+            restored: HashMap::new(),
+        }
+    }
+
+    /// Sessions a previous run saw, with the target they belonged to and when they started.
+    /// The first snapshot gives those it still lists their recorded start instead of marking
+    /// them `preexisting`: their lifetime is known. A session whose target now classifies it
+    /// differently is not restored (the configuration changed under it).
+    pub fn restore(&mut self, sessions: impl IntoIterator<Item = (ConnKey, TargetId, Timestamp)>) {
+        if self.generation == 0 {
+            self.restored = sessions
+                .into_iter()
+                .map(|(k, t, at)| (k, (t, at)))
+                .collect();
         }
     }
 
@@ -322,9 +339,22 @@ impl Tracker {
                     None => {}
                 }
             }
-            if let Some(c) = self.insert(key, s.state, at, preexisting) {
+            let (since, preexisting) = match self.restored.get(&key) {
+                Some(&(target, started))
+                    if preexisting
+                        && self.targets.classify(&key.local, &key.remote) == Some(target)
+                        && started.mono <= at.mono =>
+                {
+                    (started, false)
+                }
+                _ => (at, preexisting),
+            };
+            if let Some(c) = self.insert(key, s.state, since, preexisting) {
                 events.push(Event::Opened(c));
             }
+        }
+        if generation == 1 {
+            self.restored = HashMap::new();
         }
         self.closed_scratch.clear();
         self.closed_scratch.extend(
@@ -1020,5 +1050,45 @@ mod tests {
         assert_eq!(t.closed.len(), CLOSED_MEMORY);
         assert_eq!(t.closed_order.len(), CLOSED_MEMORY);
         assert_eq!(t.stats()[1].short_lived, CLOSED_MEMORY as u64 + 1000);
+    }
+
+    #[test]
+    fn restored_sessions_keep_their_start_and_get_a_duration() {
+        let mut t = Tracker::new(targets());
+        let t0 = Timestamp::now();
+        let a = sock(5000, "10.0.0.1:9000", 50);
+        let b = sock(5001, "10.0.0.1:9000", 51);
+        let moved = sock(5002, "10.0.0.2:1", 52);
+        t.restore([
+            (ConnKey::from(&a), 0, t0),
+            // Recorded under target 0, now target 1's: the config changed, not restored.
+            (ConnKey::from(&moved), 0, t0),
+            // Not listed by the first snapshot: gone while the sidecar was down; forgotten.
+            (ConnKey::from(&sock(5003, "10.0.0.1:9000", 53)), 0, t0),
+        ]);
+        let mut ev = Vec::new();
+        t.apply(secs(t0, 100.0), &[a, b, moved], &mut ev);
+        let opened: Vec<(u64, bool, Timestamp)> = ev
+            .iter()
+            .map(|e| match e {
+                Event::Opened(c) => (c.key.id, c.preexisting, c.since),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            opened.iter().find(|o| o.0 == 50),
+            Some(&(50, false, t0)),
+            "restored"
+        );
+        assert!(opened.iter().find(|o| o.0 == 51).unwrap().1);
+        assert!(opened.iter().find(|o| o.0 == 52).unwrap().1);
+        ev.clear();
+        t.apply(secs(t0, 130.0), &[b, moved], &mut ev);
+        assert!(
+            matches!(&ev[..], [Event::Closed { duration, conn, .. }] if *duration == Duration::from_secs(130) && !conn.preexisting)
+        );
+        // Restoring after the first snapshot does nothing.
+        t.restore([(ConnKey::from(&b), 0, t0)]);
+        assert!(t.restored.is_empty());
     }
 }

@@ -324,6 +324,86 @@ impl AsRawFd for DestroySubscriber {
     }
 }
 
+/// What the reader thread hands on after each wake-up.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// The notifications read, as tracker events stamped with the time they were read (the
+    /// kernel sends them from a workqueue as the socket is freed: within milliseconds).
+    pub events: Vec<crate::tracker::SocketEvent>,
+    /// Notifications lost to a full buffer since the last batch: reconcile with a full poll.
+    pub lost: u64,
+    /// A read that failed (the reader goes on).
+    pub error: Option<String>,
+}
+
+/// How long the reader waits for a notification before it looks at its stop flag.
+const READER_WAKE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Runs `sub` on a thread of its own: it sleeps in `poll(2)` until notifications are queued,
+/// reads them all, and hands them to `deliver`, until `stop` is set or `deliver` returns false
+/// (its receiver is gone).
+pub fn spawn_reader(
+    mut sub: DestroySubscriber,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    mut deliver: impl FnMut(Batch) -> bool + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("fix-monitor-events".into())
+        .spawn(move || {
+            let mut raw = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match wait_readable(sub.as_raw_fd(), READER_WAKE) {
+                    Ok(false) => continue,
+                    Ok(true) => {}
+                    Err(e) => {
+                        if !deliver(Batch {
+                            error: Some(format!("waiting for socket-destroy notifications: {e}")),
+                            ..Batch::default()
+                        }) {
+                            return;
+                        }
+                        std::thread::sleep(READER_WAKE);
+                        continue;
+                    }
+                }
+                raw.clear();
+                let result = sub.drain(&mut raw);
+                let at = crate::tracker::Timestamp::now();
+                let mut batch = Batch {
+                    events: raw.iter().map(|d| d.to_event(at)).collect(),
+                    ..Batch::default()
+                };
+                match result {
+                    Ok(d) => batch.lost = d.lost,
+                    Err(e) => batch.error = Some(e.to_string()),
+                }
+                if (!batch.events.is_empty() || batch.lost > 0 || batch.error.is_some())
+                    && !deliver(batch)
+                {
+                    return;
+                }
+            }
+        })
+        .expect("spawning the event reader thread")
+}
+
+/// Waits up to `timeout` for `fd` to be readable (or in error: an overflow is reported as one).
+fn wait_readable(fd: RawFd, timeout: std::time::Duration) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one pollfd, for the duration of the call.
+    let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
+    match n {
+        -1 if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => Ok(false),
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(false),
+        _ => Ok(true),
+    }
+}
+
 /// Receives one datagram whole (peeked first, as the dump reader does).
 fn recv<'b>(socket: &Socket, buf: &'b mut Vec<u8>) -> io::Result<&'b [u8]> {
     netlink::recv_whole(socket, buf)
@@ -715,5 +795,28 @@ pub(crate) mod tests {
         let mut other = raw.clone();
         other[4] = 99;
         assert_eq!(parse(&other).unwrap(), None);
+    }
+
+    #[test]
+    fn live_the_reader_thread_delivers_events_and_stops() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{mpsc, Arc};
+        let l = TcpListener::bind("127.0.93.14:0").unwrap();
+        let ts = targets(&[("127.0.93.14/32", Some(l.local_addr().unwrap().port()), None)]);
+        let sub = DestroySubscriber::open(&ts).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel();
+        let reader = spawn_reader(sub, stop.clone(), move |b| tx.send(b).is_ok());
+        let (client, server) = connect("127.0.93.15:0", &l, false);
+        let c = cookie(&client);
+        drop(client);
+        drop(server);
+        let batch = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(batch.events.len(), 1, "{batch:?}");
+        let e = batch.events[0];
+        assert_eq!((e.id, e.partial, e.established), (c, false, Some(true)));
+        assert_eq!(e.kind, crate::tracker::SocketEventKind::Closed);
+        stop.store(true, Ordering::Relaxed);
+        reader.join().unwrap();
     }
 }
