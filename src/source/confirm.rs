@@ -84,6 +84,51 @@ impl Confirmer {
     }
 }
 
+/// The tracker's confirmation ([`crate::tracker::Confirm`]) through exact lookups, by cookie
+/// (the netlink source) or by inode (procfs). A lookup that fails is `Unknown`: the socket is
+/// closed as the snapshot says, but may come back.
+pub struct Lookup {
+    confirmer: Confirmer,
+    by_inode: bool,
+    /// Lookups that failed.
+    pub errors: u64,
+}
+
+impl Lookup {
+    pub fn new(confirmer: Confirmer, by_inode: bool) -> Lookup {
+        Lookup {
+            confirmer,
+            by_inode,
+            errors: 0,
+        }
+    }
+}
+
+impl crate::tracker::Confirm for Lookup {
+    fn confirm(&mut self, conn: &crate::tracker::Connection) -> crate::tracker::Presence {
+        use crate::tracker::Presence as P;
+        let entry = SocketEntry {
+            local: conn.key.local,
+            remote: conn.key.remote,
+            state: TcpState::Established,
+            id: conn.key.id,
+        };
+        let id = if self.by_inode {
+            Identity::Inode(conn.key.id)
+        } else {
+            Identity::Cookie(conn.key.id)
+        };
+        match self.confirmer.confirm(&entry, id) {
+            Ok(Presence::Established) => P::Established,
+            Ok(Presence::Elsewhere(_) | Presence::Gone) => P::Closed,
+            Err(_) => {
+                self.errors += 1;
+                P::Unknown
+            }
+        }
+    }
+}
+
 fn exchange(
     socket: &Socket,
     request: &[u8],

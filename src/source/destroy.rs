@@ -324,17 +324,7 @@ impl AsRawFd for DestroySubscriber {
     }
 }
 
-/// What the reader thread hands on after each wake-up.
-#[derive(Debug, Default)]
-pub struct Batch {
-    /// The notifications read, as tracker events stamped with the time they were read (the
-    /// kernel sends them from a workqueue as the socket is freed: within milliseconds).
-    pub events: Vec<crate::tracker::SocketEvent>,
-    /// Notifications lost to a full buffer since the last batch: reconcile with a full poll.
-    pub lost: u64,
-    /// A read that failed (the reader goes on).
-    pub error: Option<String>,
-}
+pub use super::events::EventBatch as Batch;
 
 /// How long the reader waits for a notification before it looks at its stop flag.
 const READER_WAKE: std::time::Duration = std::time::Duration::from_millis(200);

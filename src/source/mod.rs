@@ -25,6 +25,7 @@ pub mod cbpf;
 pub mod confirm;
 #[cfg(target_os = "linux")]
 pub mod destroy;
+pub mod events;
 #[cfg(target_os = "linux")]
 pub mod netlink;
 pub mod netstat;
