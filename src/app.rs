@@ -2,20 +2,23 @@
 //!
 //! `run` opens the connection source and binds the HTTP endpoint first, so that a source that
 //! does not work or an address that is taken fails the start instead of leaving a sidecar that
-//! silently reports nothing. Then the poll loop runs on its own thread (a poll is a few blocking
+//! silently reports nothing. Then the poll loop (`poller`) runs on its own thread (a poll is a few blocking
 //! syscalls; it must not wait behind HTTP work, nor HTTP work behind it) at a fixed rate, and the
 //! endpoint serves on the tokio runtime. On shutdown: polling stops, the endpoint drains, the
 //! meter provider flushes every exporter, and `run` returns.
 
 use std::future::Future;
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::time::{Duration, Instant};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use crate::config::Settings;
 use crate::export::{http, Telemetry};
-use crate::instruments::{GaugeValues, Instruments};
-use crate::source::{self, Source};
-use crate::status::Shared;
+use crate::instruments::Instruments;
+use crate::persist::{StateDir, Tag};
+use crate::poller::{Input, Persist, Poller, SystemClock};
+use crate::source;
+use crate::source::events::Mode;
+use crate::state::{Meta, Publisher, State, StateReader};
 use crate::tracker::{Event, Timestamp};
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +31,8 @@ pub enum RunError {
     Telemetry(#[from] crate::export::TelemetryError),
     #[error("HTTP endpoint failed: {0}")]
     Serve(std::io::Error),
+    #[error("cannot use the state directory {path}: {error}")]
+    State { path: String, error: std::io::Error },
 }
 
 /// This host's name, as the metrics and endpoints report it.
@@ -44,10 +49,11 @@ pub struct StartOptions {
 
 /// A started sidecar: polling, and serving if asked to. Stop it with [`Sidecar::stop`].
 pub struct Sidecar {
-    shared: Shared,
+    state: StateReader,
     telemetry: Telemetry,
     events: tokio::sync::broadcast::Sender<Event>,
-    stop_poll: mpsc::Sender<()>,
+    /// The loop's inputs (today: stop; issue 9 adds kernel destroy events).
+    inputs: mpsc::Sender<Input>,
     poller: std::thread::JoinHandle<()>,
     server: Option<(
         std::net::SocketAddr,
@@ -56,6 +62,98 @@ pub struct Sidecar {
     )>,
     /// How long `stop` waits for the final export.
     flush_grace: Duration,
+    /// The kernel close-event reader, if events are in use: its stop flag and thread.
+    events_reader: Option<(
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+        std::thread::JoinHandle<()>,
+    )>,
+}
+
+/// The kernel close-event subscription, where the source and the kernel allow it.
+#[cfg(target_os = "linux")]
+type Subscription = source::destroy::DestroySubscriber;
+#[cfg(not(target_os = "linux"))]
+type Subscription = ();
+
+/// Subscribes to kernel close events for `targets` where the source is netlink; says why not
+/// otherwise. Never fails the start: polling alone still works (and says so).
+fn subscribe_events(
+    kind: source::SourceKind,
+    targets: &crate::target::Targets,
+) -> (Mode, Option<Subscription>) {
+    #[cfg(target_os = "linux")]
+    {
+        if kind != source::SourceKind::Netlink {
+            let reason = format!("the {} source has no kernel close events", kind.as_str());
+            return (Mode::Polling { reason }, None);
+        }
+        match source::destroy::DestroySubscriber::open(targets) {
+            Ok(sub) => (Mode::KernelEvents, Some(sub)),
+            Err(e) => (
+                Mode::Polling {
+                    reason: format!("the kernel refused the socket-destroy subscription: {e}"),
+                },
+                None,
+            ),
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = targets;
+        let reason = format!(
+            "no kernel close events on this platform (the {} source)",
+            kind.as_str()
+        );
+        (Mode::Polling { reason }, None)
+    }
+}
+
+/// How a poll's missing sockets are confirmed: an exact `sock_diag` lookup (by cookie with
+/// netlink, by inode with procfs) where netlink works, none otherwise.
+fn confirmation(kind: source::SourceKind) -> Box<dyn crate::tracker::Confirm + Send> {
+    #[cfg(target_os = "linux")]
+    {
+        let by_inode = match kind {
+            source::SourceKind::Netlink => false,
+            source::SourceKind::Procfs => true,
+            _ => return Box::new(crate::tracker::Unconfirmed),
+        };
+        match source::confirm::Confirmer::open() {
+            Ok(c) => return Box::new(source::confirm::Lookup::new(c, by_inode)),
+            Err(e) => {
+                tracing::warn!(error = %e, "no exact socket lookups: a socket missing from one poll is closed unconfirmed")
+            }
+        }
+    }
+    let _ = kind;
+    Box::new(crate::tracker::Unconfirmed)
+}
+
+/// Opens the state directory and reads what a previous run left there (ignored, with a
+/// warning, when it is from another boot or host, or unreadable).
+fn open_state(
+    dir: &std::path::Path,
+    host: &str,
+) -> Result<(Persist, Vec<crate::persist::Record>), RunError> {
+    let fail = |error| RunError::State {
+        path: dir.display().to_string(),
+        error,
+    };
+    let tag = Tag::current(host).map_err(fail)?;
+    let state = StateDir::open(dir, tag).map_err(fail)?;
+    let loaded = match state.load() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(path = %state.path().display(), error = %e, "state file ignored: cannot read it");
+            Default::default()
+        }
+    };
+    if let Some(why) = &loaded.ignored {
+        tracing::warn!(path = %state.path().display(), "state file ignored: {why}");
+    } else if !loaded.sessions.is_empty() {
+        tracing::info!(path = %state.path().display(), sessions = loaded.sessions.len(), "state file read: sessions still open keep their start");
+    }
+    Ok((Persist::new(state), loaded.sessions))
 }
 
 /// How many events a slow subscriber may lag behind before it misses some.
@@ -89,13 +187,20 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
     );
     let instruments = Instruments::new(&meter, &settings.targets, source.kind());
     crate::process::register(&meter);
-    let shared = Shared::new(
-        settings.targets.clone(),
-        source.kind(),
-        settings.poll.interval,
-        host.clone(),
-        Timestamp::now(),
-    );
+    let (mode, subscription) = subscribe_events(source.kind(), &settings.targets);
+    let persist = match &settings.state.dir {
+        Some(dir) => Some(open_state(dir, &host)?),
+        None => None,
+    };
+    let initial = State::initial(Meta {
+        events: mode.clone(),
+        host: host.clone(),
+        source: source.kind(),
+        interval: settings.poll.interval,
+        started: Timestamp::now(),
+        targets: settings.targets.clone(),
+    });
+    let (publisher, state) = Publisher::new(initial.clone());
     tracing::info!(
         host = %host,
         source = source.kind().as_str(),
@@ -103,6 +208,17 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
         targets = %settings.targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", "),
         "fix-monitor started"
     );
+    match &mode {
+        Mode::KernelEvents => tracing::info!(
+            mode = mode.as_str(),
+            "kernel close events in use: every close exactly, sessions shorter than a poll included"
+        ),
+        Mode::Polling { reason } => tracing::warn!(
+            mode = mode.as_str(),
+            reason = %reason,
+            "polling only: closes are known to within one interval, sessions shorter than a poll are not seen"
+        ),
+    }
     if let Some(otlp) = &telemetry.otlp {
         tracing::info!(
             url = otlp.url(),
@@ -127,7 +243,7 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             let task = tokio::spawn(http::serve(
                 listener,
-                http::router(shared.clone(), telemetry.prometheus.clone()),
+                http::router(state.clone(), telemetry.prometheus.clone()),
                 async move {
                     let _ = rx.await;
                 },
@@ -138,36 +254,63 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
     };
 
     let (events, _) = tokio::sync::broadcast::channel(EVENT_BUFFER);
-    let (stop_poll, stop_rx) = mpsc::channel::<()>();
+    let (inputs, inputs_rx) = mpsc::channel::<Input>();
     let poller = {
-        let shared = shared.clone();
-        let events = events.clone();
+        let confirm = confirmation(source.kind());
+        let mut poller = Poller::new(
+            source,
+            instruments,
+            Box::new(publisher),
+            initial,
+            events.clone(),
+        )
+        .with_confirm(confirm);
+        if let Some((persist, restored)) = persist {
+            poller = poller.with_persist(persist, &restored);
+        }
         let interval = settings.poll.interval;
         std::thread::Builder::new()
             .name("fix-monitor-poll".into())
-            .spawn(move || poll_loop(source, shared, instruments, events, interval, stop_rx))
+            .spawn(move || crate::poller::run(poller, &SystemClock, interval, inputs_rx))
             .expect("spawning the poll thread")
     };
+    #[cfg(target_os = "linux")]
+    let events_reader = subscription.map(|sub| {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let inputs = inputs.clone();
+        let reader = source::destroy::spawn_reader(sub, stop.clone(), move |batch| {
+            inputs.send(Input::Events(batch)).is_ok()
+        });
+        (stop, reader)
+    });
+    #[cfg(not(target_os = "linux"))]
+    let events_reader = subscription.map(|()| unreachable!("no subscription off Linux"));
     let flush_grace = if settings.otlp.enabled {
         FLUSH_GRACE.max(settings.otlp.timeout + Duration::from_secs(1))
     } else {
         FLUSH_GRACE
     };
     Ok(Sidecar {
-        shared,
+        state,
         telemetry,
         events,
-        stop_poll,
+        inputs,
         poller,
         server,
         flush_grace,
+        events_reader,
     })
 }
 
 impl Sidecar {
-    /// The state the endpoints read: tracker, recent closes, poll health.
-    pub fn shared(&self) -> &Shared {
-        &self.shared
+    /// The published state the endpoints read: sessions, counts, recent closes, poll health.
+    pub fn state(&self) -> &StateReader {
+        &self.state
+    }
+
+    /// The loop's input channel: where event sources (issue 9's destroy events) send to.
+    pub fn inputs(&self) -> mpsc::Sender<Input> {
+        self.inputs.clone()
     }
 
     /// Where the HTTP endpoint listens, if it was asked for.
@@ -196,7 +339,11 @@ impl Sidecar {
     /// OTLP export included, bounded by the grace period).
     pub async fn stop(self) {
         tracing::info!("shutting down: stopping the poll loop");
-        drop(self.stop_poll);
+        if let Some((stop, reader)) = self.events_reader {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = tokio::task::spawn_blocking(move || reader.join()).await;
+        }
+        let _ = self.inputs.send(Input::Stop);
         let poller = self.poller;
         let _ = tokio::task::spawn_blocking(move || poller.join()).await;
         if let Some((_, tx, task)) = self.server {
@@ -205,7 +352,7 @@ impl Sidecar {
         }
         tracing::info!("flushing metrics");
         self.telemetry.shutdown(self.flush_grace).await;
-        for t in self.shared.lock().targets() {
+        for t in self.state.get().targets() {
             tracing::info!(
                 target_name = %t.name,
                 active = t.stats.active,
@@ -232,114 +379,5 @@ pub async fn run(
     match failed {
         Some(e) => Err(e),
         None => Ok(()),
-    }
-}
-
-/// Polls at a fixed rate until the stop channel closes. A failed poll is logged and counted,
-/// and the connections it could not see are left as they were: a failed poll is not a close.
-fn poll_loop(
-    mut source: Box<dyn Source>,
-    shared: Shared,
-    instruments: Instruments,
-    events_out: tokio::sync::broadcast::Sender<Event>,
-    interval: Duration,
-    stop: mpsc::Receiver<()>,
-) {
-    let kind = source.kind();
-    let mut sockets = Vec::new();
-    let mut events = Vec::new();
-    let mut next = Instant::now();
-    loop {
-        let began = Instant::now();
-        let result = source.poll(&mut sockets);
-        let at = Timestamp::now();
-        instruments.record_poll(kind, began.elapsed(), result.is_ok());
-        events.clear();
-        let mut gauges = None;
-        {
-            let mut m = shared.lock();
-            m.health.polls += 1;
-            match &result {
-                Ok(()) => {
-                    if m.health.consecutive_failures > 0 {
-                        tracing::info!(
-                            failed_polls = m.health.consecutive_failures,
-                            "polling recovered"
-                        );
-                    }
-                    m.tracker.apply(at, &sockets, &mut events);
-                    m.remember_closed(&events);
-                    m.health.last_success = Some(at);
-                    m.health.consecutive_failures = 0;
-                    let (values, capped) = GaugeValues::from_tracker(&m.tracker);
-                    if capped {
-                        tracing::warn!(
-                            limit = crate::instruments::BY_PORT_LIMIT,
-                            "fix_connections_by_port: too many local ports, some left out"
-                        );
-                    }
-                    gauges = Some(values);
-                }
-                Err(e) => {
-                    m.health.consecutive_failures += 1;
-                    m.health.last_error = Some(e.to_string());
-                    // One warning when an outage starts, then one a minute's worth of polls.
-                    let n = m.health.consecutive_failures;
-                    if n == 1 || n % 60 == 0 {
-                        tracing::warn!(source = kind.as_str(), error = %e, failed_polls = n, "poll failed");
-                    }
-                }
-            }
-            if !events.is_empty() {
-                log_events(&events, &m.tracker);
-            }
-        }
-        instruments.record_events(&events);
-        for e in &events {
-            // No subscriber is fine: nobody is watching.
-            let _ = events_out.send(e.clone());
-        }
-        if let Some(g) = gauges {
-            instruments.set_gauges(g);
-        }
-
-        next += interval;
-        let now = Instant::now();
-        if next < now {
-            // Fell behind (a slow poll, a suspended host): start afresh rather than burst.
-            next = now + interval;
-        }
-        match stop.recv_timeout(next - now) {
-            Err(RecvTimeoutError::Timeout) => continue,
-            _ => return,
-        }
-    }
-}
-
-fn log_events(events: &[Event], tracker: &crate::tracker::Tracker) {
-    for e in events {
-        match e {
-            Event::Opened(c) => tracing::info!(
-                target_name = %tracker.targets().get(c.target).name,
-                local = %c.key.local,
-                remote = %c.key.remote,
-                preexisting = c.preexisting,
-                "connection opened"
-            ),
-            Event::Closed { conn, duration, .. } => tracing::info!(
-                target_name = %tracker.targets().get(conn.target).name,
-                local = %conn.key.local,
-                remote = %conn.key.remote,
-                duration = %crate::status::hms(*duration),
-                duration_seconds = duration.as_secs_f64(),
-                "connection closed"
-            ),
-            Event::ShortLived { conn, .. } => tracing::info!(
-                target_name = %tracker.targets().get(conn.target).name,
-                local = %conn.key.local,
-                remote = %conn.key.remote,
-                "short-lived connection opened and closed between two polls"
-            ),
-        }
     }
 }

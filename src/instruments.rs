@@ -40,6 +40,19 @@ pub mod names {
     /// Exposed as `fix_monitor_export_errors_total`; only with OTLP push on (see
     /// `export::otlp`).
     pub const EXPORT_ERRORS: &str = "fix_monitor_export_errors";
+    /// Exposed as `fix_connections_short_lived_total`: sessions that opened and closed between
+    /// two polls, known from their kernel close event alone (also in opened and closed).
+    pub const SHORT_LIVED: &str = "fix_connections_short_lived";
+    /// Exposed as `fix_monitor_events_lost_total`: close events the kernel dropped (a full
+    /// buffer); each loss is reconciled by an immediate poll.
+    pub const EVENTS_LOST: &str = "fix_monitor_events_lost";
+    /// Exposed as `fix_monitor_false_closes_avoided_total`: sockets a poll missed that an exact
+    /// lookup found still ESTABLISHED (a close and a reconnect that would have been false).
+    pub const FALSE_CLOSES_AVOIDED: &str = "fix_monitor_false_closes_avoided";
+    /// Exposed as `fix_monitor_events_unattributed_total`: close events of aborted sockets no
+    /// poll saw whose incomplete 4-tuple fits more than one target, or a target's address with
+    /// a port that may not be its: not counted as sessions.
+    pub const EVENTS_UNATTRIBUTED: &str = "fix_monitor_events_unattributed";
     pub const METER: &str = "fix-monitor";
 }
 
@@ -107,6 +120,10 @@ pub struct Instruments {
     duration: Histogram<f64>,
     poll_duration: Histogram<f64>,
     poll_errors: Counter<u64>,
+    short_lived: Counter<u64>,
+    events_lost: Counter<u64>,
+    false_closes_avoided: Counter<u64>,
+    events_unattributed: Counter<u64>,
     target_attrs: Arc<Vec<[KeyValue; 1]>>,
     gauges: Arc<Mutex<GaugeValues>>,
 }
@@ -194,13 +211,33 @@ impl Instruments {
                 .u64_counter(names::POLL_ERRORS)
                 .with_description("Polls of the connection source that failed")
                 .build(),
+            short_lived: meter
+                .u64_counter(names::SHORT_LIVED)
+                .with_description("Connections that opened and closed between two polls, known from their kernel close event (counted in opened and closed too; no duration)")
+                .build(),
+            events_lost: meter
+                .u64_counter(names::EVENTS_LOST)
+                .with_description("Kernel close events dropped by a full receive buffer; each loss triggers an immediate poll")
+                .build(),
+            false_closes_avoided: meter
+                .u64_counter(names::FALSE_CLOSES_AVOIDED)
+                .with_description("Connections missing from a poll that an exact kernel lookup found still established")
+                .build(),
+            events_unattributed: meter
+                .u64_counter(names::EVENTS_UNATTRIBUTED)
+                .with_description("Close events of aborted connections no poll saw that could not be attributed to one target without doubt")
+                .build(),
             target_attrs,
             gauges,
         };
         for a in instruments.target_attrs.iter() {
             instruments.opened.add(0, a);
             instruments.closed.add(0, a);
+            instruments.short_lived.add(0, a);
         }
+        instruments.events_lost.add(0, &[]);
+        instruments.false_closes_avoided.add(0, &[]);
+        instruments.events_unattributed.add(0, &[]);
         instruments
             .poll_errors
             .add(0, &[KeyValue::new(attrs::SOURCE, source.as_str())]);
@@ -216,6 +253,7 @@ impl Instruments {
                     let a = &self.target_attrs[conn.target];
                     self.opened.add(1, a);
                     self.closed.add(1, a);
+                    self.short_lived.add(1, a);
                 }
                 Event::Closed { conn, duration, .. } => {
                     let a = &self.target_attrs[conn.target];
@@ -237,6 +275,22 @@ impl Instruments {
         }
     }
 
+    /// Counts kernel close events lost to a full buffer.
+    pub fn record_events_lost(&self, n: u64) {
+        self.events_lost.add(n, &[]);
+    }
+
+    /// Counts the tracker's self-checks since the last call: false closes avoided, close
+    /// events left unattributed.
+    pub fn record_checks(&self, false_closes_avoided: u64, unattributed: u64) {
+        if false_closes_avoided > 0 {
+            self.false_closes_avoided.add(false_closes_avoided, &[]);
+        }
+        if unattributed > 0 {
+            self.events_unattributed.add(unattributed, &[]);
+        }
+    }
+
     /// Replaces what the gauges report at the next collection.
     pub fn set_gauges(&self, values: GaugeValues) {
         *self.gauges.lock().unwrap_or_else(|e| e.into_inner()) = values;
@@ -249,6 +303,17 @@ pub fn host_name(resource: &Resource) -> String {
         .get(&opentelemetry::Key::new("host.name"))
         .map(|v| v.as_str().into_owned())
         .unwrap_or_default()
+}
+
+/// The `host.name` that `OTEL_RESOURCE_ATTRIBUTES` sets, if it does: what [`resource`] would
+/// carry instead of the machine's hostname. Asks the SDK's environment detector alone (the
+/// same reader [`resource`] uses), without building a whole resource.
+pub fn configured_host_name() -> Option<String> {
+    use opentelemetry_sdk::resource::{EnvResourceDetector, ResourceDetector};
+    EnvResourceDetector::new()
+        .detect()
+        .get(&opentelemetry::Key::new("host.name"))
+        .map(|v| v.as_str().into_owned())
 }
 
 /// The resource every export carries: `service.name` (default `fix-monitor`), `service.version`,

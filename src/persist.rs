@@ -228,14 +228,20 @@ impl StateDir {
     /// Opens `dir` (creating it if missing) and proves it writable by writing and removing a
     /// file in it: a state dir that cannot be written must fail the start, not the first save.
     pub fn open(dir: &Path, tag: Tag) -> io::Result<StateDir> {
-        fs::create_dir_all(dir)?;
-        let probe = dir.join(format!(".write-test.{}", std::process::id()));
-        fs::write(&probe, b"")?;
-        fs::remove_file(&probe)?;
+        Self::check_writable(dir)?;
         Ok(StateDir {
             dir: dir.to_owned(),
             tag,
         })
+    }
+
+    /// Whether `dir` can hold the state file: created if missing, and a file written and
+    /// removed in it. For the configuration's check.
+    pub fn check_writable(dir: &Path) -> io::Result<()> {
+        fs::create_dir_all(dir)?;
+        let probe = dir.join(format!(".write-test.{}", std::process::id()));
+        fs::write(&probe, b"")?;
+        fs::remove_file(&probe)
     }
 
     pub fn path(&self) -> PathBuf {

@@ -503,7 +503,7 @@ impl Tracker {
                         && self
                             .targets
                             .iter()
-                            .any(|t| t.net.contains(&crate::target::canonical(e.remote.ip())))
+                            .any(|t| t.net.contains(&e.remote.ip().to_canonical()))
                     {
                         self.unattributed += 1;
                     }
@@ -542,7 +542,7 @@ impl Tracker {
     /// (and so takes it, as `classify` would). Otherwise the remote port could have sent it
     /// elsewhere, or nowhere.
     fn unique_target(&self, e: &SocketEvent) -> Option<TargetId> {
-        let remote = crate::target::canonical(e.remote.ip());
+        let remote = e.remote.ip().to_canonical();
         let (id, t) = self.targets.iter().enumerate().find(|(_, t)| {
             t.net.contains(&remote) && t.local_ports.is_none_or(|r| r.contains(e.local.port()))
         })?;

@@ -32,7 +32,11 @@ fn num(args: &[String], name: &str, default: u64) -> u64 {
 }
 
 fn connect(to: SocketAddr, abort: bool) -> std::io::Result<TcpStream> {
-    let s = socket2::Socket::new(socket2::Domain::for_address(to), socket2::Type::STREAM, None)?;
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(to),
+        socket2::Type::STREAM,
+        None,
+    )?;
     if abort {
         s.set_linger(Some(Duration::ZERO))?;
     }

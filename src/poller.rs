@@ -1,0 +1,492 @@
+//! The loop that carries the tracker: it waits on a clock and an input channel, polls the
+//! source at a fixed rate, feeds the tracker, records the instruments, publishes the state and
+//! then logs (no lock is held anywhere while logging).
+//!
+//! Everything it touches is passed in, as mini-redis's `server::run(listener, shutdown)` is
+//! driven: a [`Source`] (the real one, or a scripted one in tests), a [`Clock`] (the system's,
+//! or a [`ManualClock`] that jumps to each deadline), and a receiver of [`Input`]s. So its rules
+//! (a failed poll is not a close, the state is published only after the instruments, the rate
+//! is kept, a late poll does not cause a burst) are unit tests that need no root.
+//!
+//! Inputs other than the timer arrive on the same channel: [`Input::Stop`], and
+//! [`Input::Events`], socket transitions from an event-driven source (the kernel's
+//! socket-destroy notifications, read on a thread of their own by `source::destroy`), applied
+//! through [`Tracker::event`] as they come, between ticks. A batch that reports lost events is
+//! followed at once by a full poll, so that every session a poll had seen is closed exactly.
+//!
+//! A poll's missing sockets are confirmed before they are closed ([`Confirm`], an exact kernel
+//! lookup where the source allows it), and with a state directory the active sessions' starts
+//! are saved every [`SAVE_EVERY`] when something changed, and at the end.
+
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::instruments::{GaugeValues, Instruments};
+use crate::persist::{MonoClock, Record, StateDir};
+use crate::session::{target_names, Ended, Session};
+use crate::source::events::EventBatch;
+use crate::source::Source;
+use crate::state::{Publish, State, RECENT_CLOSED};
+use crate::tracker::{Confirm, ConnKey, Event, Timestamp, Tracker, Unconfirmed};
+
+/// How often, at most, the state file is rewritten (only when something changed).
+pub const SAVE_EVERY: Duration = Duration::from_secs(5);
+
+/// Time, as the loop sees it.
+pub trait Clock: Send {
+    fn now(&self) -> Timestamp;
+    /// Waits for the next input, at most until `deadline`.
+    fn wait(&self, inputs: &Receiver<Input>, deadline: Instant) -> Wait;
+}
+
+/// What ended a [`Clock::wait`].
+#[derive(Debug)]
+pub enum Wait {
+    Input(Input),
+    /// The deadline passed: time to poll.
+    Deadline,
+    /// Every sender is gone: stop.
+    Closed,
+}
+
+/// What the loop reacts to besides its timer.
+#[derive(Debug)]
+pub enum Input {
+    /// Stop after the current step.
+    Stop,
+    /// Socket transitions from an event-driven source, with what it lost.
+    Events(EventBatch),
+}
+
+/// The real clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::now()
+    }
+
+    fn wait(&self, inputs: &Receiver<Input>, deadline: Instant) -> Wait {
+        match inputs.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(i) => Wait::Input(i),
+            Err(RecvTimeoutError::Timeout) => Wait::Deadline,
+            Err(RecvTimeoutError::Disconnected) => Wait::Closed,
+        }
+    }
+}
+
+/// A clock that only moves when told to, or when the loop waits on it: a wait with nothing
+/// queued jumps straight to its deadline. Tests run hours of polling in microseconds.
+#[derive(Debug, Clone)]
+pub struct ManualClock(Arc<Mutex<Timestamp>>);
+
+impl ManualClock {
+    pub fn new(start: Timestamp) -> ManualClock {
+        ManualClock(Arc::new(Mutex::new(start)))
+    }
+
+    pub fn advance(&self, d: Duration) {
+        let mut t = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *t = t.after(d);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wait(&self, inputs: &Receiver<Input>, deadline: Instant) -> Wait {
+        match inputs.try_recv() {
+            Ok(i) => Wait::Input(i),
+            Err(TryRecvError::Disconnected) => Wait::Closed,
+            Err(TryRecvError::Empty) => {
+                let now = self.now();
+                if deadline > now.mono {
+                    self.advance(deadline - now.mono);
+                }
+                Wait::Deadline
+            }
+        }
+    }
+}
+
+/// The loop's state and rules: one [`Poller::tick`] per poll.
+pub struct Poller {
+    source: Box<dyn Source>,
+    tracker: Tracker,
+    instruments: Instruments,
+    publisher: Box<dyn Publish>,
+    /// The last published state, the base of the next.
+    state: State,
+    names: Vec<Arc<str>>,
+    events_out: tokio::sync::broadcast::Sender<Event>,
+    sockets: Vec<crate::source::SocketEntry>,
+    events: Vec<Event>,
+    /// Asks about sockets a poll no longer lists before they are closed.
+    confirm: Box<dyn Confirm + Send>,
+    /// The state file, if configured.
+    persist: Option<Persist>,
+    /// Inside an episode of lost events (one warning per episode).
+    losing: bool,
+    /// The tracker's self-check counts already recorded (false closes avoided, unattributed).
+    checks_seen: (u64, u64),
+}
+
+/// The state file and when it was last written.
+pub struct Persist {
+    pub dir: StateDir,
+    last: Option<Instant>,
+    dirty: bool,
+}
+
+impl Persist {
+    pub fn new(dir: StateDir) -> Persist {
+        Persist {
+            dir,
+            last: None,
+            dirty: true,
+        }
+    }
+}
+
+/// Whether the loop goes on after an input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Stop,
+}
+
+impl Poller {
+    /// `initial` is the state already published through `publisher`.
+    pub fn new(
+        source: Box<dyn Source>,
+        instruments: Instruments,
+        publisher: Box<dyn Publish>,
+        initial: State,
+        events_out: tokio::sync::broadcast::Sender<Event>,
+    ) -> Poller {
+        let targets = initial.meta.targets.clone();
+        Poller {
+            source,
+            names: target_names(&targets),
+            tracker: Tracker::new(targets),
+            instruments,
+            publisher,
+            state: initial,
+            events_out,
+            sockets: Vec::new(),
+            events: Vec::new(),
+            confirm: Box::new(Unconfirmed),
+            persist: None,
+            losing: false,
+            checks_seen: (0, 0),
+        }
+    }
+
+    /// Confirms missing sockets through `confirm` (an exact kernel lookup) before closing them.
+    pub fn with_confirm(mut self, confirm: Box<dyn Confirm + Send>) -> Poller {
+        self.confirm = confirm;
+        self
+    }
+
+    /// Keeps the active sessions' starts in `persist`, and restores those of `restored` (the
+    /// file as loaded at start) that the first poll still finds.
+    pub fn with_persist(mut self, persist: Persist, restored: &[Record]) -> Poller {
+        let clock = MonoClock::now();
+        let by_name: std::collections::HashMap<&str, usize> = self
+            .names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (&**n, i))
+            .collect();
+        self.tracker.restore(restored.iter().filter_map(|r| {
+            let target = *by_name.get(r.target.as_str())?;
+            let key = ConnKey {
+                local: r.local,
+                remote: r.remote,
+                id: r.id,
+            };
+            Some((key, target, r.since(&clock)))
+        }));
+        self.persist = Some(persist);
+        self
+    }
+
+    /// Writes the state file if it is due (or `now`), and something changed.
+    fn save(&mut self, force: bool) {
+        let Some(p) = self.persist.as_mut() else {
+            return;
+        };
+        let due = p.last.is_none_or(|t| t.elapsed() >= SAVE_EVERY);
+        if !(p.dirty && (due || force)) {
+            return;
+        }
+        let clock = MonoClock::now();
+        let records: Vec<Record> = self
+            .tracker
+            .active()
+            .map(|c| {
+                Record::new(
+                    c.key.id,
+                    c.key.local,
+                    c.key.remote,
+                    &self.names[c.target],
+                    c.since,
+                    &clock,
+                )
+            })
+            .collect();
+        p.last = Some(Instant::now());
+        p.dirty = false;
+        if let Err(e) = p.dir.save(&records) {
+            tracing::warn!(path = %p.dir.path().display(), error = %e, "cannot write the state file");
+        }
+    }
+
+    /// One poll: source -> tracker -> instruments -> published state -> logs and subscribers.
+    /// A failed poll is logged and counted, and the sessions it could not see stay as they
+    /// were: a failed poll is not a close.
+    pub fn tick(&mut self, clock: &dyn Clock) {
+        let kind = self.source.kind();
+        let began = clock.now();
+        let result = self.source.poll(&mut self.sockets);
+        let at = clock.now();
+        self.instruments.record_poll(
+            kind,
+            at.mono.saturating_duration_since(began.mono),
+            result.is_ok(),
+        );
+        self.events.clear();
+        let mut next = self.state.clone();
+        next.health.polls += 1;
+        let recovered_after = next.health.consecutive_failures;
+        let mut capped = false;
+        match &result {
+            Ok(()) => {
+                self.tracker.apply_confirmed(
+                    at,
+                    &self.sockets,
+                    &mut self.events,
+                    &mut *self.confirm,
+                );
+                next.health.last_success = Some(at);
+                next.health.consecutive_failures = 0;
+                capped = self.record(&mut next);
+            }
+            Err(e) => {
+                next.health.consecutive_failures += 1;
+                next.health.last_error = Some(e.to_string());
+            }
+        }
+        next.generation += 1;
+        self.state = next.clone();
+        self.publisher.publish(next);
+
+        // Logs and subscribers last, with nothing held.
+        match &result {
+            Ok(()) if recovered_after > 0 => {
+                tracing::info!(failed_polls = recovered_after, "polling recovered")
+            }
+            Ok(()) => {}
+            Err(e) => {
+                // One warning when an outage starts, then one a minute's worth of polls.
+                let n = self.state.health.consecutive_failures;
+                if n == 1 || n % 60 == 0 {
+                    tracing::warn!(source = kind.as_str(), error = %e, failed_polls = n, "poll failed");
+                }
+            }
+        }
+        if capped {
+            tracing::warn!(
+                limit = crate::instruments::BY_PORT_LIMIT,
+                "fix_connections_by_port: too many local ports, some left out"
+            );
+        }
+        self.announce();
+    }
+
+    /// After the tracker changed: the instruments first, then the state (a `/metrics` body
+    /// cached under the new generation can only hold these values or later ones). Returns
+    /// whether the port cap cut series.
+    fn record(&mut self, next: &mut State) -> bool {
+        let (gauges, capped) = GaugeValues::from_tracker(&self.tracker);
+        self.instruments.record_events(&self.events);
+        let checks = (
+            self.tracker.saved_false_closes(),
+            self.tracker.unattributed(),
+        );
+        self.instruments
+            .record_checks(checks.0 - self.checks_seen.0, checks.1 - self.checks_seen.1);
+        self.checks_seen = checks;
+        self.instruments.set_gauges(gauges);
+        self.fill(next);
+        if !self.events.is_empty() {
+            if let Some(p) = self.persist.as_mut() {
+                p.dirty = true;
+            }
+        }
+        capped
+    }
+
+    /// Logs and hands on this step's events (nothing held), and saves the state if due.
+    fn announce(&mut self) {
+        log_events(&self.events, &self.names);
+        for e in self.events.drain(..) {
+            // No subscriber is fine: nobody is watching.
+            let _ = self.events_out.send(e);
+        }
+        self.save(false);
+    }
+
+    /// Reacts to an input that is not the timer.
+    pub fn handle(&mut self, input: Input, clock: &dyn Clock) -> Flow {
+        match input {
+            Input::Stop => {
+                self.finish();
+                Flow::Stop
+            }
+            Input::Events(batch) => {
+                self.events.clear();
+                for e in &batch.events {
+                    self.tracker.event(e, &mut self.events);
+                }
+                if batch.lost > 0 {
+                    self.instruments.record_events_lost(batch.lost);
+                }
+                if !self.events.is_empty() {
+                    let mut next = self.state.clone();
+                    self.record(&mut next);
+                    next.generation += 1;
+                    self.state = next.clone();
+                    self.publisher.publish(next);
+                }
+                self.announce();
+                if let Some(error) = &batch.error {
+                    tracing::warn!(%error, "reading kernel close events failed");
+                }
+                if batch.lost > 0 {
+                    if !self.losing {
+                        tracing::warn!(
+                            lost = batch.lost,
+                            "kernel close events lost (the receive buffer was full): \
+                             counted in fix_monitor_events_lost_total; polling at once to reconcile"
+                        );
+                        self.losing = true;
+                    }
+                    self.tick(clock);
+                } else if self.losing && !batch.events.is_empty() {
+                    tracing::info!("kernel close events flowing again");
+                    self.losing = false;
+                }
+                Flow::Continue
+            }
+        }
+    }
+
+    /// The end of the loop: the state file written one last time.
+    pub fn finish(&mut self) {
+        self.save(true);
+    }
+
+    /// The tracker's view of the sessions, into `next`.
+    fn fill(&self, next: &mut State) {
+        next.stats = self.tracker.stats().to_vec();
+        next.peak = self.tracker.peak();
+        let mut active: Vec<(usize, Session)> = self
+            .tracker
+            .active()
+            .map(|c| (c.target, Session::tracked(c, &self.names, None)))
+            .collect();
+        active.sort_by(|(ta, a), (tb, b)| (ta, a.local, a.remote).cmp(&(tb, b.local, b.remote)));
+        next.active = active.into_iter().map(|(_, s)| s).collect();
+        for e in &self.events {
+            if let Event::Closed {
+                conn, at, duration, ..
+            } = e
+            {
+                if next.closed.len() == RECENT_CLOSED {
+                    next.closed.remove(0);
+                }
+                let ended = Ended {
+                    at: *at,
+                    duration: *duration,
+                };
+                next.closed
+                    .push(Session::tracked(conn, &self.names, Some(ended)));
+            }
+        }
+    }
+}
+
+fn log_events(events: &[Event], names: &[Arc<str>]) {
+    for e in events {
+        match e {
+            Event::Opened(c) => tracing::info!(
+                target_name = %names[c.target],
+                local = %c.key.local,
+                remote = %c.key.remote,
+                preexisting = c.preexisting,
+                "connection opened"
+            ),
+            Event::Closed {
+                conn,
+                duration,
+                info,
+                ..
+            } => tracing::info!(
+                target_name = %names[conn.target],
+                local = %conn.key.local,
+                remote = %conn.key.remote,
+                duration = %crate::session::hms(*duration),
+                duration_seconds = duration.as_secs_f64(),
+                bytes_acked = info.map(|i| i.bytes_acked),
+                bytes_received = info.map(|i| i.bytes_received),
+                retransmits = info.map(|i| i.retransmits),
+                "connection closed"
+            ),
+            Event::ShortLived { conn, info, .. } => tracing::info!(
+                target_name = %names[conn.target],
+                local = %conn.key.local,
+                remote = %conn.key.remote,
+                bytes_acked = info.map(|i| i.bytes_acked),
+                bytes_received = info.map(|i| i.bytes_received),
+                retransmits = info.map(|i| i.retransmits),
+                "connection opened and closed between two polls (short-lived; lifetime under one interval)"
+            ),
+        }
+    }
+}
+
+/// Runs `poller` until [`Input::Stop`] or until every input sender is gone: a poll at once,
+/// then one every `interval` on `clock`. A poll that ends late (a slow source, a suspended
+/// host) restarts the schedule rather than bursting to catch up.
+pub fn run(mut poller: Poller, clock: &dyn Clock, interval: Duration, inputs: Receiver<Input>) {
+    let mut next = clock.now().mono;
+    loop {
+        match clock.wait(&inputs, next) {
+            Wait::Deadline => {
+                poller.tick(clock);
+                next += interval;
+                let now = clock.now().mono;
+                if next < now {
+                    next = now + interval;
+                }
+            }
+            Wait::Input(input) => {
+                if poller.handle(input, clock) == Flow::Stop {
+                    return;
+                }
+            }
+            Wait::Closed => {
+                poller.finish();
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;
