@@ -13,5 +13,6 @@ mod config_errors;
 mod console;
 mod demo;
 mod endpoints;
+mod events;
 mod otlp_grpc;
 mod otlp_http;
