@@ -488,5 +488,7 @@ pub fn run(mut poller: Poller, clock: &dyn Clock, interval: Duration, inputs: Re
     }
 }
 
+#[cfg(all(test, target_os = "linux"))]
+mod events_tests;
 #[cfg(test)]
 pub(crate) mod tests;
