@@ -14,7 +14,8 @@
 #   4. the cost per destroy event: the sidecar's CPU while 500 matching sessions per second
 #      open and close (each a short-lived session, an event parsed and applied), minus idle,
 #      divided by the events.
-# CPU is read from /proc/PID/stat (utime + stime, in clock ticks).
+# CPU is read from /proc/PID/stat (utime + stime, in clock ticks). FIX_MONITOR / FIX_STORM: use
+# these binaries (with BENCH_NO_BUILD=1).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
@@ -28,8 +29,8 @@ if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
     log "building (release)"
     cargo build --release --quiet --bin fix-monitor --example fix-storm
 fi
-FM="$ROOT/target/release/fix-monitor"
-STORM="$ROOT/target/release/examples/fix-storm"
+FM="${FIX_MONITOR:-$ROOT/target/release/fix-monitor}"
+STORM="${FIX_STORM:-$ROOT/target/release/examples/fix-storm}"
 TICK=$(getconf CLK_TCK)
 PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; }
