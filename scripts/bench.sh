@@ -28,7 +28,7 @@
 # BENCH_PY_RUNS (5), BENCH_WINDOW (sidecar window per N, s: 10), BENCH_DURATION (long run, s:
 # 60), BENCH_WRK_DURATION (s: 10), BENCH_CHURN (matching connections reopened per second during
 # the long run: 0), BENCH_OUT (report path), FIX_MONITOR (use this binary, skip building it),
-# BENCH_NO_FETCH=1 (do not run scripts/fetch-tools.sh when a tool is missing), BENCH_NO_BUILD=1
+# BENCH_EVENTS=0 (skip the kernel-events section, scripts/bench-events.sh), BENCH_NO_FETCH=1 (do not run scripts/fetch-tools.sh when a tool is missing), BENCH_NO_BUILD=1
 # (use the release binaries already built), CARGO_TARGET_DIR (default: target/).
 set -euo pipefail
 
@@ -162,10 +162,10 @@ if [ "${BENCH_NO_BUILD:-0}" = 1 ]; then
 elif [ -n "${FIX_MONITOR:-}" ]; then
     log "building the load generator (CARGO_TARGET_DIR=$CARGO_TARGET_DIR); fix-monitor: $FIX_MONITOR"
     FM="$FIX_MONITOR"
-    cargo build --release --example fix-loadgen --example fix-pollcost >&2
+    cargo build --release --example fix-loadgen --example fix-pollcost --example fix-storm >&2
 else
     log "building release binaries (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-    cargo build --release --bin fix-monitor --example fix-loadgen --example fix-pollcost >&2
+    cargo build --release --bin fix-monitor --example fix-loadgen --example fix-pollcost --example fix-storm >&2
     FM="$CARGO_TARGET_DIR/release/fix-monitor"
 fi
 LOADGEN="$CARGO_TARGET_DIR/release/examples/fix-loadgen"
@@ -505,6 +505,14 @@ json.dump(m, open(sys.argv[1], "w"), indent=1)
 EOF
 [ "$ONLY" = tcpinfo ] && OUT="${BENCH_OUT:-$WORK/BENCHMARKS.tcpinfo.md}"
 "$PY" "$ROOT/benches/report.py" "$META" "$RESULTS" >"$OUT.tmp"
+# Kernel close events (issue 9): the storm, CPU under unrelated closes, cost per event; its own
+# script, appended as a section (BENCH_EVENTS=0 leaves it out).
+if [ "${BENCH_EVENTS:-1}" = 1 ]; then
+    log "kernel close events (scripts/bench-events.sh)"
+    BENCH_NO_BUILD=1 FIX_MONITOR="$FM" FIX_STORM="$CARGO_TARGET_DIR/release/examples/fix-storm" BENCH_EVENTS_OUT="$WORK/events" \
+        bash "$ROOT/scripts/bench-events.sh" >/dev/null
+    { echo; cat "$WORK/events/results.md"; } >>"$OUT.tmp"
+fi
 mv "$OUT.tmp" "$OUT"
 cat "$OUT"
 log "done in $(( END - START )) s; report: $OUT; raw results: $RESULTS"

@@ -14,8 +14,10 @@ use std::time::Duration;
 use crate::config::Settings;
 use crate::export::{http, Telemetry};
 use crate::instruments::Instruments;
-use crate::poller::{Input, Poller, SystemClock};
+use crate::persist::{StateDir, Tag};
+use crate::poller::{Input, Persist, Poller, SystemClock};
 use crate::source;
+use crate::source::events::Mode;
 use crate::state::{Meta, Publisher, State, StateReader};
 use crate::tracker::{Event, Timestamp};
 
@@ -29,6 +31,8 @@ pub enum RunError {
     Telemetry(#[from] crate::export::TelemetryError),
     #[error("HTTP endpoint failed: {0}")]
     Serve(std::io::Error),
+    #[error("cannot use the state directory {path}: {error}")]
+    State { path: String, error: std::io::Error },
 }
 
 /// This host's name, as the metrics and endpoints report it.
@@ -58,6 +62,98 @@ pub struct Sidecar {
     )>,
     /// How long `stop` waits for the final export.
     flush_grace: Duration,
+    /// The kernel close-event reader, if events are in use: its stop flag and thread.
+    events_reader: Option<(
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+        std::thread::JoinHandle<()>,
+    )>,
+}
+
+/// The kernel close-event subscription, where the source and the kernel allow it.
+#[cfg(target_os = "linux")]
+type Subscription = source::destroy::DestroySubscriber;
+#[cfg(not(target_os = "linux"))]
+type Subscription = ();
+
+/// Subscribes to kernel close events for `targets` where the source is netlink; says why not
+/// otherwise. Never fails the start: polling alone still works (and says so).
+fn subscribe_events(
+    kind: source::SourceKind,
+    targets: &crate::target::Targets,
+) -> (Mode, Option<Subscription>) {
+    #[cfg(target_os = "linux")]
+    {
+        if kind != source::SourceKind::Netlink {
+            let reason = format!("the {} source has no kernel close events", kind.as_str());
+            return (Mode::Polling { reason }, None);
+        }
+        match source::destroy::DestroySubscriber::open(targets) {
+            Ok(sub) => (Mode::KernelEvents, Some(sub)),
+            Err(e) => (
+                Mode::Polling {
+                    reason: format!("the kernel refused the socket-destroy subscription: {e}"),
+                },
+                None,
+            ),
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = targets;
+        let reason = format!(
+            "no kernel close events on this platform (the {} source)",
+            kind.as_str()
+        );
+        (Mode::Polling { reason }, None)
+    }
+}
+
+/// How a poll's missing sockets are confirmed: an exact `sock_diag` lookup (by cookie with
+/// netlink, by inode with procfs) where netlink works, none otherwise.
+fn confirmation(kind: source::SourceKind) -> Box<dyn crate::tracker::Confirm + Send> {
+    #[cfg(target_os = "linux")]
+    {
+        let by_inode = match kind {
+            source::SourceKind::Netlink => false,
+            source::SourceKind::Procfs => true,
+            _ => return Box::new(crate::tracker::Unconfirmed),
+        };
+        match source::confirm::Confirmer::open() {
+            Ok(c) => return Box::new(source::confirm::Lookup::new(c, by_inode)),
+            Err(e) => {
+                tracing::warn!(error = %e, "no exact socket lookups: a socket missing from one poll is closed unconfirmed")
+            }
+        }
+    }
+    let _ = kind;
+    Box::new(crate::tracker::Unconfirmed)
+}
+
+/// Opens the state directory and reads what a previous run left there (ignored, with a
+/// warning, when it is from another boot or host, or unreadable).
+fn open_state(
+    dir: &std::path::Path,
+    host: &str,
+) -> Result<(Persist, Vec<crate::persist::Record>), RunError> {
+    let fail = |error| RunError::State {
+        path: dir.display().to_string(),
+        error,
+    };
+    let tag = Tag::current(host).map_err(fail)?;
+    let state = StateDir::open(dir, tag).map_err(fail)?;
+    let loaded = match state.load() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(path = %state.path().display(), error = %e, "state file ignored: cannot read it");
+            Default::default()
+        }
+    };
+    if let Some(why) = &loaded.ignored {
+        tracing::warn!(path = %state.path().display(), "state file ignored: {why}");
+    } else if !loaded.sessions.is_empty() {
+        tracing::info!(path = %state.path().display(), sessions = loaded.sessions.len(), "state file read: sessions still open keep their start");
+    }
+    Ok((Persist::new(state), loaded.sessions))
 }
 
 /// How many events a slow subscriber may lag behind before it misses some.
@@ -91,7 +187,13 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
     );
     let instruments = Instruments::new(&meter, &settings.targets, source.kind());
     crate::process::register(&meter);
+    let (mode, subscription) = subscribe_events(source.kind(), &settings.targets);
+    let persist = match &settings.state.dir {
+        Some(dir) => Some(open_state(dir, &host)?),
+        None => None,
+    };
     let initial = State::initial(Meta {
+        events: mode.clone(),
         host: host.clone(),
         source: source.kind(),
         interval: settings.poll.interval,
@@ -106,6 +208,17 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
         targets = %settings.targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", "),
         "fix-monitor started"
     );
+    match &mode {
+        Mode::KernelEvents => tracing::info!(
+            mode = mode.as_str(),
+            "kernel close events in use: every close exactly, sessions shorter than a poll included"
+        ),
+        Mode::Polling { reason } => tracing::warn!(
+            mode = mode.as_str(),
+            reason = %reason,
+            "polling only: closes are known to within one interval, sessions shorter than a poll are not seen"
+        ),
+    }
     if let Some(otlp) = &telemetry.otlp {
         tracing::info!(
             url = otlp.url(),
@@ -143,19 +256,35 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
     let (events, _) = tokio::sync::broadcast::channel(EVENT_BUFFER);
     let (inputs, inputs_rx) = mpsc::channel::<Input>();
     let poller = {
-        let poller = Poller::new(
+        let confirm = confirmation(source.kind());
+        let mut poller = Poller::new(
             source,
             instruments,
             Box::new(publisher),
             initial,
             events.clone(),
-        );
+        )
+        .with_confirm(confirm);
+        if let Some((persist, restored)) = persist {
+            poller = poller.with_persist(persist, &restored);
+        }
         let interval = settings.poll.interval;
         std::thread::Builder::new()
             .name("fix-monitor-poll".into())
             .spawn(move || crate::poller::run(poller, &SystemClock, interval, inputs_rx))
             .expect("spawning the poll thread")
     };
+    #[cfg(target_os = "linux")]
+    let events_reader = subscription.map(|sub| {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let inputs = inputs.clone();
+        let reader = source::destroy::spawn_reader(sub, stop.clone(), move |batch| {
+            inputs.send(Input::Events(batch)).is_ok()
+        });
+        (stop, reader)
+    });
+    #[cfg(not(target_os = "linux"))]
+    let events_reader = subscription.map(|()| unreachable!("no subscription off Linux"));
     let flush_grace = if settings.otlp.enabled {
         FLUSH_GRACE.max(settings.otlp.timeout + Duration::from_secs(1))
     } else {
@@ -169,6 +298,7 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
         poller,
         server,
         flush_grace,
+        events_reader,
     })
 }
 
@@ -209,6 +339,10 @@ impl Sidecar {
     /// OTLP export included, bounded by the grace period).
     pub async fn stop(self) {
         tracing::info!("shutting down: stopping the poll loop");
+        if let Some((stop, reader)) = self.events_reader {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = tokio::task::spawn_blocking(move || reader.join()).await;
+        }
         let _ = self.inputs.send(Input::Stop);
         let poller = self.poller;
         let _ = tokio::task::spawn_blocking(move || poller.join()).await;

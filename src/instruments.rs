@@ -41,6 +41,19 @@ pub mod names {
     /// Exposed as `fix_monitor_export_errors_total`; only with OTLP push on (see
     /// `export::otlp`).
     pub const EXPORT_ERRORS: &str = "fix_monitor_export_errors";
+    /// Exposed as `fix_connections_short_lived_total`: sessions that opened and closed between
+    /// two polls, known from their kernel close event alone (also in opened and closed).
+    pub const SHORT_LIVED: &str = "fix_connections_short_lived";
+    /// Exposed as `fix_monitor_events_lost_total`: close events the kernel dropped (a full
+    /// buffer); each loss is reconciled by an immediate poll.
+    pub const EVENTS_LOST: &str = "fix_monitor_events_lost";
+    /// Exposed as `fix_monitor_false_closes_avoided_total`: sockets a poll missed that an exact
+    /// lookup found still ESTABLISHED (a close and a reconnect that would have been false).
+    pub const FALSE_CLOSES_AVOIDED: &str = "fix_monitor_false_closes_avoided";
+    /// Exposed as `fix_monitor_events_unattributed_total`: close events of aborted sockets no
+    /// poll saw whose incomplete 4-tuple fits more than one target, or a target's address with
+    /// a port that may not be its: not counted as sessions.
+    pub const EVENTS_UNATTRIBUTED: &str = "fix_monitor_events_unattributed";
     pub const METER: &str = "fix-monitor";
     // Session health (netlink only; see `crate::health`).
     pub const STALE: &str = "fix_connections_stale";
@@ -168,6 +181,10 @@ pub struct Instruments {
     duration: Histogram<f64>,
     poll_duration: Histogram<f64>,
     poll_errors: Counter<u64>,
+    short_lived: Counter<u64>,
+    events_lost: Counter<u64>,
+    false_closes_avoided: Counter<u64>,
+    events_unattributed: Counter<u64>,
     target_attrs: Arc<Vec<[KeyValue; 1]>>,
     gauges: Arc<Mutex<GaugeValues>>,
     health: Option<HealthInstruments>,
@@ -259,6 +276,22 @@ impl Instruments {
                 .build(),
             health: (source == SourceKind::Netlink)
                 .then(|| health_instruments(meter, &gauges, &target_attrs, &port_names)),
+            short_lived: meter
+                .u64_counter(names::SHORT_LIVED)
+                .with_description("Connections that opened and closed between two polls, known from their kernel close event (counted in opened and closed too; no duration)")
+                .build(),
+            events_lost: meter
+                .u64_counter(names::EVENTS_LOST)
+                .with_description("Kernel close events dropped by a full receive buffer; each loss triggers an immediate poll")
+                .build(),
+            false_closes_avoided: meter
+                .u64_counter(names::FALSE_CLOSES_AVOIDED)
+                .with_description("Connections missing from a poll that an exact kernel lookup found still established")
+                .build(),
+            events_unattributed: meter
+                .u64_counter(names::EVENTS_UNATTRIBUTED)
+                .with_description("Close events of aborted connections no poll saw that could not be attributed to one target without doubt")
+                .build(),
             target_attrs,
             gauges,
         };
@@ -270,7 +303,11 @@ impl Instruments {
                 h.received.add(0, a);
                 h.sent.add(0, a);
             }
+            instruments.short_lived.add(0, a);
         }
+        instruments.events_lost.add(0, &[]);
+        instruments.false_closes_avoided.add(0, &[]);
+        instruments.events_unattributed.add(0, &[]);
         instruments
             .poll_errors
             .add(0, &[KeyValue::new(attrs::SOURCE, source.as_str())]);
@@ -282,6 +319,12 @@ impl Instruments {
         for e in events {
             match e {
                 Event::Opened(c) => self.opened.add(1, &self.target_attrs[c.target]),
+                Event::ShortLived { conn, .. } => {
+                    let a = &self.target_attrs[conn.target];
+                    self.opened.add(1, a);
+                    self.closed.add(1, a);
+                    self.short_lived.add(1, a);
+                }
                 Event::Closed { conn, duration, .. } => {
                     let a = &self.target_attrs[conn.target];
                     self.closed.add(1, a);
@@ -331,6 +374,22 @@ impl Instruments {
             h.retransmits_by_port.add(g.growth.retransmits, &a);
         }
         capped
+    }
+
+    /// Counts kernel close events lost to a full buffer.
+    pub fn record_events_lost(&self, n: u64) {
+        self.events_lost.add(n, &[]);
+    }
+
+    /// Counts the tracker's self-checks since the last call: false closes avoided, close
+    /// events left unattributed.
+    pub fn record_checks(&self, false_closes_avoided: u64, unattributed: u64) {
+        if false_closes_avoided > 0 {
+            self.false_closes_avoided.add(false_closes_avoided, &[]);
+        }
+        if unattributed > 0 {
+            self.events_unattributed.add(unattributed, &[]);
+        }
     }
 
     /// Replaces what the gauges report at the next collection.

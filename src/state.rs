@@ -10,6 +10,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::session::{rfc3339, Session, SessionJson};
+use crate::source::events::Mode;
 use crate::source::SourceKind;
 use crate::target::Targets;
 use crate::tracker::{TargetStats, Timestamp};
@@ -28,6 +29,8 @@ pub struct Meta {
     pub interval: Duration,
     pub started: Timestamp,
     pub targets: Targets,
+    /// How closes are learnt: kernel events and polls, or polls alone (and why).
+    pub events: Mode,
 }
 
 /// The outcome of recent polls.
@@ -131,6 +134,7 @@ impl State {
             timestamp: rfc3339(now.wall),
             hostname: self.meta.host.clone(),
             source: self.meta.source.as_str(),
+            events: self.meta.events.clone(),
             poll_interval_seconds: self.meta.interval.as_secs_f64(),
             active_connections: self.active_count(),
             targets: self.targets(),
@@ -208,6 +212,8 @@ pub struct HealthView {
     pub timestamp: String,
     pub hostname: String,
     pub source: &'static str,
+    /// `{"mode": "kernel_events"}`, or `{"mode": "polling", "reason": "..."}`.
+    pub events: Mode,
     pub poll_interval_seconds: f64,
     pub active_connections: usize,
     pub targets: Vec<TargetView>,
@@ -260,6 +266,7 @@ mod tests {
             interval: Duration::from_secs(1),
             started: t0,
             targets: Targets::default(),
+            events: Mode::KernelEvents,
         });
         assert_eq!(s.status(t0.after(Duration::from_secs(3))), Status::Healthy);
         assert_eq!(

@@ -66,6 +66,13 @@ pub struct ConfigArgs {
     #[arg(long, value_name = "SOURCE")]
     pub source: Option<String>,
 
+    /// Keep the active sessions' start times in this directory, so that a restart keeps their
+    /// lifetimes (systemd: StateDirectory=; Kubernetes: an emptyDir) [default: none].
+    ///
+    /// Overrides FIX_MONITOR_STATE__DIR and `[state] dir`.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<String>,
+
     /// Log format on stderr: text or json [default: text].
     ///
     /// Overrides FIX_MONITOR_LOG__FORMAT and `[log] format`.

@@ -527,6 +527,7 @@ fn flag_layers(args: &ConfigArgs, errors: &mut Vec<ConfigError>) -> Vec<Layer> {
     let settings = [
         ("--interval", &args.interval, ["poll", "interval"]),
         ("--source", &args.source, ["poll", "source"]),
+        ("--state-dir", &args.state_dir, ["state", "dir"]),
         ("--listen", &args.listen, ["prometheus", "listen"]),
         ("--log-format", &args.log_format, ["log", "format"]),
         ("--log-level", &args.log_level, ["log", "level"]),

@@ -163,6 +163,16 @@ pub struct Settings<T = Targets> {
     pub prometheus: PrometheusSettings,
     pub log: LogSettings,
     pub otlp: OtlpSettings,
+    pub state: StateSettings,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateSettings {
+    /// Where the active sessions' starts are kept so that a restart keeps their lifetimes
+    /// (`persist`); checked writable at load. None: nothing is kept.
+    #[serde(with = "raw::some::state_dir")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]

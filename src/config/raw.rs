@@ -120,6 +120,7 @@ checks! {
     listen -> SocketAddr = parse_listen;
     log_level -> String = parse_log_level;
     path -> PathBuf = parse_path;
+    state_dir -> PathBuf = parse_state_dir;
     source -> SourceKind = |v: &Value| parse_enum(v, SourceKind::ALLOWED);
     log_format -> LogFormat = |v: &Value| parse_enum(v, LogFormat::ALLOWED);
     temporality -> OtlpTemporality = |v: &Value| parse_enum(v, OtlpTemporality::ALLOWED);
@@ -390,6 +391,7 @@ pub(crate) fn validate(raw: Raw, cx: &Context<'_>, errors: &mut Vec<ConfigError>
         prometheus,
         log,
         otlp,
+        state,
     } = raw;
     let otlp = self::otlp(otlp, cx, errors);
     if !prometheus.enabled && !otlp.enabled && !cx.failed.contains("prometheus.enabled") {
@@ -414,6 +416,7 @@ pub(crate) fn validate(raw: Raw, cx: &Context<'_>, errors: &mut Vec<ConfigError>
         prometheus,
         log,
         otlp,
+        state,
     }
 }
 
@@ -843,6 +846,19 @@ fn parse_path(value: &Value) -> Result<PathBuf, String> {
         Some(text) if !text.is_empty() => Ok(PathBuf::from(text)),
         _ => Err(ALLOWED_PEM.to_owned()),
     }
+}
+
+/// A state directory must be writable now (it is created if missing), not fail the first save.
+fn parse_state_dir(value: &Value) -> Result<PathBuf, String> {
+    const ALLOWED: &str = "expected a directory fix-monitor can create files in (such as \
+                           systemd's StateDirectory, /var/lib/fix-monitor)";
+    let path = match string(value).map(str::trim) {
+        Some(text) if !text.is_empty() => PathBuf::from(text),
+        _ => return Err(ALLOWED.to_owned()),
+    };
+    crate::persist::StateDir::check_writable(&path)
+        .map_err(|e| format!("cannot be written: {e}; {ALLOWED}"))?;
+    Ok(path)
 }
 
 /// The one look at the file system outside the config file itself: a TLS file named in the

@@ -211,7 +211,18 @@ pub fn event_line(e: &Event, targets: &Targets) -> String {
                 c.key.remote
             ),
         ),
-        Event::Closed { conn, at, duration } => stamped(
+        Event::ShortLived { conn, at, .. } => stamped(
+            at.wall,
+            &format!(
+                "opened and closed between two polls {} {} -> {}",
+                targets.get(conn.target).name,
+                conn.key.local,
+                conn.key.remote
+            ),
+        ),
+        Event::Closed {
+            conn, at, duration, ..
+        } => stamped(
             at.wall,
             &format!(
                 "closed {} {} -> {} after {}{}",
@@ -566,6 +577,7 @@ mod tests {
                     active: active as u64,
                     opened: (active + closed) as u64,
                     closed: closed as u64,
+                    short_lived: 0,
                     peak: 7,
                 },
             }],

@@ -20,6 +20,13 @@ use crate::target::Targets;
 #[cfg(target_os = "linux")]
 pub mod bytecode;
 #[cfg(target_os = "linux")]
+pub mod cbpf;
+#[cfg(target_os = "linux")]
+pub mod confirm;
+#[cfg(target_os = "linux")]
+pub mod destroy;
+pub mod events;
+#[cfg(target_os = "linux")]
 pub mod netlink;
 pub mod netstat;
 #[cfg(target_os = "linux")]

@@ -383,7 +383,7 @@ fn dedup(out: &mut Vec<SocketEntry>) {
     out.dedup_by_key(|e| e.id);
 }
 
-fn open_socket() -> Result<Socket, SourceError> {
+pub(super) fn open_socket() -> Result<Socket, SourceError> {
     let socket = Socket::new(NETLINK_SOCK_DIAG)
         .map_err(SourceError::io("opening a NETLINK_SOCK_DIAG socket"))?;
     // Connected to the kernel, the socket takes datagrams from nobody else.
@@ -463,7 +463,7 @@ fn exchange(
 /// Receives one datagram whole, growing `buf` when it is too small. A datagram read into too
 /// small a buffer loses its tail for good, so it is peeked first: `MSG_TRUNC` makes the peek
 /// return the real length (what libnl does too).
-fn recv_whole<'b>(socket: &Socket, buf: &'b mut Vec<u8>) -> io::Result<&'b [u8]> {
+pub(super) fn recv_whole<'b>(socket: &Socket, buf: &'b mut Vec<u8>) -> io::Result<&'b [u8]> {
     loop {
         buf.clear();
         let len = retry(|| socket.recv(buf, libc::MSG_PEEK | libc::MSG_TRUNC))?;
@@ -480,7 +480,7 @@ fn recv_whole<'b>(socket: &Socket, buf: &'b mut Vec<u8>) -> io::Result<&'b [u8]>
     }
 }
 
-fn retry<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+pub(super) fn retry<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
     loop {
         match f() {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

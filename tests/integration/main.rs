@@ -13,6 +13,7 @@ mod config_errors;
 mod console;
 mod demo;
 mod endpoints;
+mod events;
 mod otlp_grpc;
 mod otlp_http;
 // Generated hostile input for the parsers and the filter compiler (Linux: netlink, procfs),
