@@ -55,6 +55,9 @@ fn absent_meaning(key: &str) -> &'static str {
         (".ca_file", "the system's trust roots"),
         (".cert_file", "no client certificate"),
         (".key_file", "no client key"),
+        (".heartbeat", "none"),
+        (".stale_after", "no staleness judged (no heartbeat either)"),
+        ("state.dir", "no state kept across restarts"),
     ];
     MEANINGS
         .iter()
