@@ -1065,4 +1065,4 @@ impl ClientCertVerifier for AllowedSans {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -10,7 +10,6 @@ pub(crate) struct TestPki {
     pub server_key: String,
     pub client_cert: String,
     pub client_key: String,
-    pub other_ca: String,
 }
 
 impl TestPki {
@@ -32,7 +31,6 @@ impl TestPki {
             (pem, Issuer::new(ca, key))
         };
         let (ca_pem, issuer) = ca("web_config test CA");
-        let (other_ca, _) = ca("unrelated CA");
         let leaf = |names: Vec<String>, usage| {
             let mut params = CertificateParams::new(names).unwrap();
             params.distinguished_name.push(DnType::CommonName, "leaf");
@@ -57,7 +55,6 @@ impl TestPki {
             server_key,
             client_cert,
             client_key,
-            other_ca,
         }
     }
 
