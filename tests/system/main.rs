@@ -8,3 +8,5 @@
 
 #[path = "../integration/harness.rs"]
 mod harness;
+mod endpoint_load;
+mod web_config_interop;

@@ -112,16 +112,10 @@ fn node_exporter_file_is_taken_unchanged() {
             "x-frame-options: deny",
         ]
     );
-    assert_eq!(
-        c.rate_limit,
-        Some(RateLimit {
-            interval: Duration::from_millis(100),
-            burst: 50
-        })
-    );
+    assert_eq!(c.rate_limit, None);
     assert_eq!(
         c.describe(),
-        "TLS (client certificates: RequireAndVerifyClientCert), basic auth (1 users), rate limit 1 per 100ms (burst 50)"
+        "TLS (client certificates: RequireAndVerifyClientCert), basic auth (1 users)"
     );
     // The hash stays out of the debug form.
     assert!(!format!("{c:?}").contains("$2y$"));
