@@ -118,7 +118,12 @@ fn main() -> ExitCode {
             let Some(runtime) = runtime(1) else {
                 return ExitCode::FAILURE;
             };
-            match runtime.block_on(fix_monitor::app::run(loaded.settings, shutdown_signal())) {
+            let result =
+                runtime.block_on(fix_monitor::app::run(loaded.settings, shutdown_signal()));
+            // `run` bounds every wait of its own; a blocking task it left behind must not hold
+            // the exit either (dropping a runtime waits for those without limit).
+            runtime.shutdown_timeout(Duration::from_millis(500));
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");
@@ -294,5 +299,37 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => tracing::info!("SIGINT received"),
         _ = term => tracing::info!("SIGTERM received"),
+    }
+    // From now on the shutdown runs with its deadlines; an operator who will not wait for
+    // them says so with a second SIGINT or SIGTERM, and the process exits at once, with the
+    // shell's code for death by that signal (130, 143).
+    tokio::spawn(async {
+        let code = second_signal().await;
+        tracing::warn!("second signal: exiting at once, without the final export");
+        eprintln!("fix-monitor: second signal: exiting at once, without the final export");
+        std::process::exit(code);
+    });
+}
+
+/// Waits for another SIGINT or SIGTERM; returns the exit code for it.
+async fn second_signal() -> i32 {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(mut int), Ok(mut term)) => tokio::select! {
+                _ = int.recv() => 130,
+                _ = term.recv() => 143,
+            },
+            _ => std::future::pending().await,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        130
     }
 }

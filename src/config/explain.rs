@@ -73,6 +73,19 @@ pub(super) fn explain(loaded: &Loaded) -> String {
     );
     let listen = s.prometheus.listen.to_string();
     lines.value("listen", &quote(&listen), "prometheus.listen");
+    match &s.prometheus.web_config {
+        Some(w) => {
+            let path = w.path.display().to_string();
+            lines.value("web_config", &quote(&path), "prometheus.web_config");
+            let _ = writeln!(lines.out, "# ({})", w.config.describe());
+        }
+        None => lines.absent("web_config", "plain HTTP, no auth", "prometheus.web_config"),
+    }
+    lines.value(
+        "expose_connections",
+        &s.prometheus.expose_connections.to_string(),
+        "prometheus.expose_connections",
+    );
 
     lines.header("[log]");
     lines.value("format", &quote(s.log.format.as_str()), "log.format");

@@ -121,6 +121,9 @@ pub mod defaults {
     /// Loopback: exposing metrics beyond the host is a deliberate choice (`0.0.0.0:9464`).
     pub const PROMETHEUS_LISTEN: SocketAddr =
         SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9464));
+    /// `/connections` and the page's per-session details are served unless a site turns them
+    /// off (venue addresses can be sensitive).
+    pub const PROMETHEUS_EXPOSE_CONNECTIONS: bool = true;
     pub const LOG_FORMAT: LogFormat = LogFormat::Text;
     pub const LOG_LEVEL: &str = "info";
     /// The original monitor's `--min-port` default; used when only `--max-port` is given.
@@ -171,6 +174,45 @@ pub struct PrometheusSettings {
     pub enabled: bool,
     /// Where to serve it. Port 0 is allowed (the OS picks a free port), which tests rely on.
     pub listen: SocketAddr,
+    /// TLS, client certificates, basic auth and extra headers for the endpoint, from the
+    /// exporter toolkit's web configuration file; `None`: plain HTTP, no auth.
+    pub web_config: Option<WebConfigFile>,
+    /// Serve `/connections` and the index page's per-session details.
+    pub expose_connections: bool,
+}
+
+/// The web configuration file and what it says, read and checked when the configuration loads.
+/// Two are equal when they name the same file.
+#[derive(Clone)]
+pub struct WebConfigFile {
+    pub path: PathBuf,
+    pub config: std::sync::Arc<crate::export::web_config::WebConfig>,
+}
+
+impl WebConfigFile {
+    pub fn new(path: PathBuf, config: crate::export::web_config::WebConfig) -> WebConfigFile {
+        WebConfigFile {
+            path,
+            config: std::sync::Arc::new(config),
+        }
+    }
+}
+
+impl PartialEq for WebConfigFile {
+    fn eq(&self, other: &Self) -> bool {
+        self.path == other.path
+    }
+}
+
+impl Eq for WebConfigFile {}
+
+impl std::fmt::Debug for WebConfigFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebConfigFile")
+            .field("path", &self.path)
+            .field("config", &self.config)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -30,7 +30,7 @@ use super::error::{ConfigError, ErrorKind, Origin};
 use super::layers::{self, ENV_OTEL_METRICS_ENDPOINT, ENV_PREFIX};
 use super::{
     defaults, LogFormat, LogSettings, OtlpProtocol, OtlpSettings, OtlpTemporality, PollSettings,
-    PrometheusSettings, Settings, TlsFiles,
+    PrometheusSettings, Settings, TlsFiles, WebConfigFile,
 };
 use crate::source::SourceKind;
 use crate::target::{PortRange, Target, Targets};
@@ -88,6 +88,11 @@ struct RawPrometheus {
     enabled: bool,
     #[serde(deserialize_with = "check::listen")]
     listen: SocketAddr,
+    /// The exporter toolkit's web configuration file; read and checked in [`validate`].
+    #[serde(deserialize_with = "some::path")]
+    web_config: Option<PathBuf>,
+    #[serde(deserialize_with = "check::boolean")]
+    expose_connections: bool,
 }
 
 impl Default for RawPrometheus {
@@ -95,6 +100,8 @@ impl Default for RawPrometheus {
         RawPrometheus {
             enabled: defaults::PROMETHEUS_ENABLED,
             listen: defaults::PROMETHEUS_LISTEN,
+            web_config: None,
+            expose_connections: defaults::PROMETHEUS_EXPOSE_CONNECTIONS,
         }
     }
 }
@@ -420,6 +427,11 @@ pub(crate) fn validate(raw: Raw, cx: &Context<'_>, errors: &mut Vec<ConfigError>
     let prometheus = PrometheusSettings {
         enabled: raw.prometheus.enabled,
         listen: raw.prometheus.listen,
+        web_config: raw
+            .prometheus
+            .web_config
+            .and_then(|path| web_config(path, cx, errors)),
+        expose_connections: raw.prometheus.expose_connections,
     };
     if !prometheus.enabled && !otlp.enabled && !cx.failed.contains("prometheus.enabled") {
         let otlp_origin = match cx.origin("otlp.enabled") {
@@ -449,6 +461,30 @@ pub(crate) fn validate(raw: Raw, cx: &Context<'_>, errors: &mut Vec<ConfigError>
             level: raw.log.level,
         },
         otlp,
+    }
+}
+
+/// Reads the web configuration file and every certificate and key it names; each problem is
+/// reported on `prometheus.web_config`, with the key inside the file in the message.
+fn web_config(
+    path: PathBuf,
+    cx: &Context<'_>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<WebConfigFile> {
+    match crate::export::web_config::load(&path) {
+        Ok(config) => Some(WebConfigFile::new(path, config)),
+        Err(problems) => {
+            let value = quote(&path.display().to_string());
+            for p in problems {
+                errors.push(cx.error(
+                    ErrorKind::InvalidValue,
+                    "prometheus.web_config",
+                    value.clone(),
+                    p.to_string(),
+                ));
+            }
+            None
+        }
     }
 }
 

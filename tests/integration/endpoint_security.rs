@@ -51,29 +51,54 @@ fn a_node_exporter_web_config_file_is_used_unchanged() {
         "--web.config.file",
         dir.path().join("web-config.yml").to_str().unwrap(),
     ]);
-    assert!(sc.log().contains("TLS (client certificates: RequireAndVerifyClientCert), basic auth (1 users)"), "{}", sc.log());
+    assert!(
+        sc.log().contains(
+            "TLS (client certificates: RequireAndVerifyClientCert), basic auth (1 users)"
+        ),
+        "{}",
+        sc.log()
+    );
     let url = |p: &str| format!("https://localhost:{}{p}", sc.addr.port());
     let good = client(&pki, true);
 
-    let r = good.get(url("/metrics")).basic_auth("prometheus", Some("scrape-secret")).send().unwrap();
+    let r = good
+        .get(url("/metrics"))
+        .basic_auth("prometheus", Some("scrape-secret"))
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-frame-options"], "deny");
     assert_eq!(r.headers()["x-content-type-options"], "nosniff");
     assert_eq!(r.headers()["strict-transport-security"], "max-age=31536000");
     let m = Metrics::parse(&r.text().unwrap());
-    assert!(m.get("fix_monitor_poll_errors_total", &[]).is_some(), "{m:?}");
+    assert!(
+        m.get("fix_monitor_poll_errors_total", &[]).is_some(),
+        "{m:?}"
+    );
 
     // Each lock on its own: no password, a wrong one, no client certificate, no TLS.
     let r = good.get(url("/health")).send().unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(r.headers()["www-authenticate"], "Basic");
     assert_eq!(r.headers()["x-frame-options"], "deny");
-    let r = good.get(url("/health")).basic_auth("prometheus", Some("guess")).send().unwrap();
+    let r = good
+        .get(url("/health"))
+        .basic_auth("prometheus", Some("guess"))
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 401);
-    assert!(client(&pki, false).get(url("/health")).basic_auth("prometheus", Some("scrape-secret")).send().is_err());
+    assert!(client(&pki, false)
+        .get(url("/health"))
+        .basic_auth("prometheus", Some("scrape-secret"))
+        .send()
+        .is_err());
     assert!(reqwest::blocking::get(format!("http://127.0.0.1:{}/health", sc.addr.port())).is_err());
     // And the right password again: 200 with the JSON health.
-    let r = good.get(url("/health")).basic_auth("prometheus", Some("scrape-secret")).send().unwrap();
+    let r = good
+        .get(url("/health"))
+        .basic_auth("prometheus", Some("scrape-secret"))
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 200);
     let health: serde_json::Value = r.json().unwrap();
     assert_eq!(health["status"], "healthy", "{health:#}");
@@ -91,18 +116,46 @@ fn basic_auth_over_plain_http() {
         .unwrap()
         .format_for_version(bcrypt::Version::TwoY);
     std::fs::write(&path, format!("basic_auth_users:\n  alice: '{hash}'\n")).unwrap();
-    let sc = Sidecar::start(&["--ip", "127.0.0.9", "--web.config.file", path.to_str().unwrap()]);
+    let sc = Sidecar::start(&[
+        "--ip",
+        "127.0.0.9",
+        "--web.config.file",
+        path.to_str().unwrap(),
+    ]);
     let c = reqwest::blocking::Client::new();
     let url = format!("http://{}/health", sc.addr);
     assert_eq!(c.get(&url).send().unwrap().status(), 401);
-    assert_eq!(c.get(&url).basic_auth("alice", Some("nope")).send().unwrap().status(), 401);
-    assert_eq!(c.get(&url).basic_auth("bob", Some("pw")).send().unwrap().status(), 401);
-    assert_eq!(c.get(&url).basic_auth("alice", Some("pw")).send().unwrap().status(), 200);
+    assert_eq!(
+        c.get(&url)
+            .basic_auth("alice", Some("nope"))
+            .send()
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        c.get(&url)
+            .basic_auth("bob", Some("pw"))
+            .send()
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        c.get(&url)
+            .basic_auth("alice", Some("pw"))
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let mut c = command();
-    c.arg("run").args(["--ip", "127.0.0.9", "--listen", "127.0.0.1:0"]).args(args);
+    c.arg("run")
+        .args(["--ip", "127.0.0.9", "--listen", "127.0.0.1:0"])
+        .args(args);
     for (k, v) in env {
         c.env(k, v);
     }
@@ -115,7 +168,10 @@ fn assert_usage_error(o: &std::process::Output, needles: &[&str]) {
     for n in needles {
         assert!(err.contains(n), "stderr lacks {n:?}:\n{err}");
     }
-    assert!(!err.contains("listening on"), "started despite a bad config:\n{err}");
+    assert!(
+        !err.contains("listening on"),
+        "started despite a bad config:\n{err}"
+    );
 }
 
 #[test]
@@ -128,10 +184,22 @@ fn a_bad_web_config_file_is_a_configuration_error_naming_key_value_and_source() 
     };
     let malformed = write("malformed.yml", "tls_server_config: [\n");
     let o = run(&["--web.config.file", &malformed], &[]);
-    assert_usage_error(&o, &[&format!("prometheus.web_config = \"{malformed}\" (from flag --web.config.file)"), "not a valid web configuration"]);
+    assert_usage_error(
+        &o,
+        &[
+            &format!("prometheus.web_config = \"{malformed}\" (from flag --web.config.file)"),
+            "not a valid web configuration",
+        ],
+    );
 
-    let missing_cert = write("nocert.yml", "tls_server_config:\n  cert_file: gone.crt\n  key_file: gone.key\n");
-    let o = run(&[], &[("FIX_MONITOR_PROMETHEUS__WEB_CONFIG", &missing_cert)]);
+    let missing_cert = write(
+        "nocert.yml",
+        "tls_server_config:\n  cert_file: gone.crt\n  key_file: gone.key\n",
+    );
+    let o = run(
+        &[],
+        &[("FIX_MONITOR_PROMETHEUS__WEB_CONFIG", &missing_cert)],
+    );
     assert_usage_error(&o, &[
         &format!("prometheus.web_config = \"{missing_cert}\" (from env FIX_MONITOR_PROMETHEUS__WEB_CONFIG)"),
         "tls_server_config.cert_file = \"gone.crt\": cannot read",
@@ -141,11 +209,24 @@ fn a_bad_web_config_file_is_a_configuration_error_naming_key_value_and_source() 
     let plain = write("plain.yml", "basic_auth_users:\n  alice: hunter2\n");
     let cfg = config_file(&format!("[prometheus]\nweb_config = \"{plain}\"\n"));
     let o = run(&["--config", cfg.path().to_str().unwrap()], &[]);
-    assert_usage_error(&o, &["prometheus.web_config", "(from file", "basic_auth_users.alice = <hidden>: is not a bcrypt hash"]);
+    assert_usage_error(
+        &o,
+        &[
+            "prometheus.web_config",
+            "(from file",
+            "basic_auth_users.alice = <hidden>: is not a bcrypt hash",
+        ],
+    );
     assert!(!String::from_utf8_lossy(&o.stderr).contains("hunter2"));
 
     let o = run(&["--web.config.file", "/nonexistent/web.yml"], &[]);
-    assert_usage_error(&o, &["prometheus.web_config = \"/nonexistent/web.yml\"", "cannot read the file"]);
+    assert_usage_error(
+        &o,
+        &[
+            "prometheus.web_config = \"/nonexistent/web.yml\"",
+            "cannot read the file",
+        ],
+    );
 }
 
 #[test]
@@ -154,7 +235,14 @@ fn expose_connections_false_hides_every_session() {
     let held = connect_from("127.0.0.1:0", d.addr);
     let local_port = held.local_addr().unwrap().port().to_string();
     let cfg = config_file("[prometheus]\nexpose_connections = false\n");
-    let sc = Sidecar::start(&["--config", cfg.path().to_str().unwrap(), "--ip", "127.0.0.9", "--interval", "100ms"]);
+    let sc = Sidecar::start(&[
+        "--config",
+        cfg.path().to_str().unwrap(),
+        "--ip",
+        "127.0.0.9",
+        "--interval",
+        "100ms",
+    ]);
     sc.wait_for("the connection", Duration::from_secs(10), |s| {
         s.metrics().get("fix_connections_active", &[]) == Some(1.0)
     });
@@ -165,7 +253,10 @@ fn expose_connections_false_hides_every_session() {
     assert!(!page.contains(&local_port), "{page}");
     assert!(!page.contains("/connections"), "{page}");
     // Counts are still there.
-    assert_eq!(sc.json("/health")["active"], 1);
+    let health = sc.json("/health");
+    assert_eq!(health["active_connections"], 1, "{health:#}");
+    assert!(health["targets"][0].get("address").is_none(), "{health:#}");
+    assert_eq!(health["targets"][0]["name"], "127.0.0.9", "{health:#}");
 }
 
 /// A collector that accepts connections and never says a word.
@@ -190,19 +281,30 @@ fn signal(pid: u32, sig: i32) {
 }
 
 /// Waits for the exit, returning how long it took from `since`.
-fn exit_within(child: &mut std::process::Child, since: Instant, bound: Duration) -> (Duration, std::process::ExitStatus) {
+fn exit_within(
+    child: &mut std::process::Child,
+    since: Instant,
+    bound: Duration,
+) -> (Duration, std::process::ExitStatus) {
     loop {
         if let Some(st) = child.try_wait().unwrap() {
             return (since.elapsed(), st);
         }
-        assert!(since.elapsed() < bound, "still running {:?} after the signal", since.elapsed());
+        assert!(
+            since.elapsed() < bound,
+            "still running {:?} after the signal",
+            since.elapsed()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 fn spawn(args: &[&str]) -> std::process::Child {
     let mut c: Command = command();
-    c.arg("run").args(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+    c.arg("run")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
     c.spawn().unwrap()
 }
 
@@ -216,7 +318,10 @@ fn wait_listening(addr: std::net::SocketAddr) {
 }
 
 fn free_port() -> std::net::SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 #[test]
@@ -224,9 +329,12 @@ fn a_silent_collector_and_stalled_peers_do_not_hold_up_the_exit() {
     let (collector, _t) = silent_collector();
     let addr = free_port();
     let mut child = spawn(&[
-        "--ip", "127.0.0.9",
-        "--listen", &addr.to_string(),
-        "--otlp-endpoint", &format!("http://{}", collector.local_addr().unwrap()),
+        "--ip",
+        "127.0.0.9",
+        "--listen",
+        &addr.to_string(),
+        "--otlp-endpoint",
+        &format!("http://{}", collector.local_addr().unwrap()),
     ]);
     wait_listening(addr);
     // Peers that stall: one dribbling a request head, one that never reads a response.
@@ -242,7 +350,10 @@ fn a_silent_collector_and_stalled_peers_do_not_hold_up_the_exit() {
     let log = read_all(child.stderr.take().unwrap());
     assert!(took < Duration::from_secs(9), "{took:?}\n{log}");
     assert!(status.success(), "{status:?}\n{log}");
-    assert!(log.contains("did not finish within the grace period"), "{log}");
+    assert!(
+        log.contains("did not finish within the grace period"),
+        "{log}"
+    );
 }
 
 #[test]
@@ -250,9 +361,12 @@ fn a_second_signal_exits_at_once() {
     let (collector, _t) = silent_collector();
     let addr = free_port();
     let mut child = spawn(&[
-        "--ip", "127.0.0.9",
-        "--listen", &addr.to_string(),
-        "--otlp-endpoint", &format!("http://{}", collector.local_addr().unwrap()),
+        "--ip",
+        "127.0.0.9",
+        "--listen",
+        &addr.to_string(),
+        "--otlp-endpoint",
+        &format!("http://{}", collector.local_addr().unwrap()),
     ]);
     wait_listening(addr);
     signal(child.id(), libc::SIGTERM);

@@ -21,17 +21,26 @@ const DRIBBLER_THREADS: usize = 5;
 const MARGIN: usize = 8;
 
 fn open_files(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
 }
 
 /// The test holds thousands of sockets: raise its own soft limit (never above 20,000).
 fn raise_file_limit() {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: plain getrlimit/setrlimit on this process with a valid struct.
     unsafe {
         assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
         let want = (IDLE + DRIBBLERS + 1000) as libc::rlim_t;
-        assert!(lim.rlim_max >= want, "the hard file limit {} is below {want}", lim.rlim_max);
+        assert!(
+            lim.rlim_max >= want,
+            "the hard file limit {} is below {want}",
+            lim.rlim_max
+        );
         lim.rlim_cur = lim.rlim_cur.max(want).min(20_000);
         assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
     }
@@ -70,7 +79,8 @@ fn idle_and_dribbling_clients_cannot_stop_polling_or_health_or_exhaust_files() {
     // again when the sidecar closes it (as a slow-loris attacker would).
     let stop = Arc::new(AtomicBool::new(false));
     let reconnects = Arc::new(AtomicUsize::new(0));
-    let head = b"GET /health HTTP/1.1\r\nHost: fix-monitor\r\nUser-Agent: dribbler\r\nAccept: */*\r\n\r\n";
+    let head =
+        b"GET /health HTTP/1.1\r\nHost: fix-monitor\r\nUser-Agent: dribbler\r\nAccept: */*\r\n\r\n";
     let mut dribblers = Vec::new();
     for _ in 0..DRIBBLER_THREADS {
         let (stop, reconnects, addr) = (stop.clone(), reconnects.clone(), sc.addr);
@@ -127,11 +137,20 @@ fn idle_and_dribbling_clients_cannot_stop_polling_or_health_or_exhaust_files() {
     let elapsed = began.elapsed();
     let polled = polls(&sc) - polls_before;
     let expected = (elapsed.as_secs_f64() / interval.as_secs_f64()) as u64;
-    assert!(polled + 2 >= expected * 9 / 10, "{polled} polls in {elapsed:?}, expected about {expected}");
-    assert!(slowest_health < Duration::from_secs(2), "slowest /health: {slowest_health:?}");
+    assert!(
+        polled + 2 >= expected * 9 / 10,
+        "{polled} polls in {elapsed:?}, expected about {expected}"
+    );
+    assert!(
+        slowest_health < Duration::from_secs(2),
+        "slowest /health: {slowest_health:?}"
+    );
     assert!(answers >= 10, "{answers}");
     assert!(max_files <= bound, "the sidecar held {max_files} files; bound {bound} (baseline {baseline} + cap {cap} + {MARGIN})");
-    assert!(reconnects.load(Ordering::Relaxed) > 0, "the sidecar never closed a dribbler");
+    assert!(
+        reconnects.load(Ordering::Relaxed) > 0,
+        "the sidecar never closed a dribbler"
+    );
     eprintln!(
         "endpoint load: {polled} polls in {elapsed:?} (expected {expected}), slowest /health {slowest_health:?}, at most {max_files} open files (baseline {baseline}, bound {bound}), {} dribbler reconnects",
         reconnects.load(Ordering::Relaxed)
@@ -143,9 +162,11 @@ fn idle_and_dribbling_clients_cannot_stop_polling_or_health_or_exhaust_files() {
         t.join().unwrap();
     }
     drop(idle);
-    sc.wait_for("open files back to the baseline", Duration::from_secs(15), |_| {
-        open_files(pid) <= baseline + 1
-    });
+    sc.wait_for(
+        "open files back to the baseline",
+        Duration::from_secs(15),
+        |_| open_files(pid) <= baseline + 1,
+    );
     // And the endpoint still serves.
     assert_eq!(sc.get("/health").0, 200);
 }

@@ -14,11 +14,11 @@ mod otlp_receiver;
 mod backends;
 mod netns;
 
+mod endpoint_load;
 mod fleet;
 mod otlp_http_vm;
 mod poll_failure;
 mod prometheus_scrape;
 mod promtool;
 mod terminal;
-mod endpoint_load;
 mod web_config_interop;

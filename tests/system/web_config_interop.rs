@@ -27,7 +27,10 @@ fn pki() -> Pki {
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.distinguished_name.push(DnType::CommonName, "interop CA");
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let ca_key = KeyPair::generate().unwrap();
     let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
     let issuer = Issuer::new(ca, ca_key);
@@ -38,11 +41,17 @@ fn pki() -> Pki {
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = vec![usage];
         let key = KeyPair::generate().unwrap();
-        (p.signed_by(&key, &issuer).unwrap().pem(), key.serialize_pem())
+        (
+            p.signed_by(&key, &issuer).unwrap().pem(),
+            key.serialize_pem(),
+        )
     };
     Pki {
         ca: ca_pem,
-        server: leaf(vec!["localhost".into()], ExtendedKeyUsagePurpose::ServerAuth),
+        server: leaf(
+            vec!["localhost".into()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        ),
         client: leaf(vec!["scraper".into()], ExtendedKeyUsagePurpose::ClientAuth),
     }
 }
@@ -62,13 +71,21 @@ fn node_exporter_and_fix_monitor_take_the_same_web_config_file() {
         .arg(&file)
         .output()
         .expect("promtool (scripts/fetch-tools.sh installs it)");
-    assert!(out.status.success(), "promtool check web-config: {}{}",
-        String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "promtool check web-config: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // node_exporter, with only one cheap collector, on a port it picks.
     let mut ne = Command::new("prometheus-node-exporter")
         .arg(format!("--web.config.file={}", file.display()))
-        .args(["--web.listen-address=127.0.0.1:0", "--collector.disable-defaults", "--collector.loadavg"])
+        .args([
+            "--web.listen-address=127.0.0.1:0",
+            "--collector.disable-defaults",
+            "--collector.loadavg",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -90,24 +107,47 @@ fn node_exporter_and_fix_monitor_take_the_same_web_config_file() {
         .parse()
         .unwrap();
 
-    let fm = Sidecar::start(&["--ip", "127.0.0.9", "--web.config.file", file.to_str().unwrap()]);
+    let fm = Sidecar::start(&[
+        "--ip",
+        "127.0.0.9",
+        "--web.config.file",
+        file.to_str().unwrap(),
+    ]);
 
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(10))
         .tls_built_in_root_certs(false)
         .add_root_certificate(reqwest::Certificate::from_pem(pki.ca.as_bytes()).unwrap())
-        .identity(reqwest::Identity::from_pem(format!("{}{}", pki.client.0, pki.client.1).as_bytes()).unwrap())
+        .identity(
+            reqwest::Identity::from_pem(format!("{}{}", pki.client.0, pki.client.1).as_bytes())
+                .unwrap(),
+        )
         .build()
         .unwrap();
-    for (who, port) in [("node_exporter", ne_addr.port()), ("fix-monitor", fm.addr.port())] {
+    for (who, port) in [
+        ("node_exporter", ne_addr.port()),
+        ("fix-monitor", fm.addr.port()),
+    ] {
         let url = format!("https://localhost:{port}/metrics");
-        let r = client.get(&url).basic_auth("prometheus", Some("scrape-secret")).send().unwrap();
+        let r = client
+            .get(&url)
+            .basic_auth("prometheus", Some("scrape-secret"))
+            .send()
+            .unwrap();
         assert_eq!(r.status(), 200, "{who}");
         assert_eq!(r.headers()["x-frame-options"], "deny", "{who}");
-        assert_eq!(r.headers()["strict-transport-security"], "max-age=31536000", "{who}");
+        assert_eq!(
+            r.headers()["strict-transport-security"],
+            "max-age=31536000",
+            "{who}"
+        );
         let r = client.get(&url).send().unwrap();
         assert_eq!(r.status(), 401, "{who}");
-        let r = client.get(&url).basic_auth("prometheus", Some("wrong")).send().unwrap();
+        let r = client
+            .get(&url)
+            .basic_auth("prometheus", Some("wrong"))
+            .send()
+            .unwrap();
         assert_eq!(r.status(), 401, "{who}");
     }
     let _ = ne.kill();
