@@ -60,8 +60,9 @@ declare -A PKG_CMD=(
     [python3-yaml]=python3
     [util-linux]=nsenter
     [systemd]=systemd-analyze
+    [openssl]=openssl
 )
-HOST_PKGS=(prometheus prometheus-node-exporter tmux wrk hyperfine iproute2 jq python3 python3-yaml curl util-linux systemd)
+HOST_PKGS=(prometheus prometheus-node-exporter tmux wrk hyperfine iproute2 jq python3 python3-yaml curl util-linux systemd openssl)
 
 pkg_installed() {
     [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true)" = installed ]
