@@ -250,6 +250,9 @@ if command -v openssl >/dev/null 2>&1 &&
         -subj /CN=localhost -addext subjectAltName=DNS:localhost \
         -keyout "$etc/tls/server.key" -out "$etc/tls/server.crt" >"$tmp/openssl.log" 2>&1; then
     cp "$etc/tls/server.crt" "$etc/tls/scrapers-ca.crt"
+    # The Kubernetes example's names (a kubernetes.io/tls Secret).
+    cp "$etc/tls/server.crt" "$etc/tls/tls.crt"
+    cp "$etc/tls/server.key" "$etc/tls/tls.key"
 else
     bad "openssl could not make a test certificate (package openssl; scripts/fetch-tools.sh installs it)"
     cat "$tmp/openssl.log" 2>/dev/null | indent
@@ -279,6 +282,15 @@ for cfg in "$ROOT"/config/**/*.toml "$tmp"/configmap-*.toml; do
         *) label="${cfg#"$ROOT"/}" ;;
     esac
     sed "s#/etc/fix-monitor/#$etc/#g" "$cfg" >"$tmp/config.toml"
+    # A ConfigMap's config goes with the web configuration beside it in that ConfigMap.
+    cp "$EX/web-config.yml" "$etc/web-config.yml"
+    case "$cfg" in
+        "$tmp"/configmap-*)
+            if [ -e "${cfg%-*.toml}-web-config.yml" ]; then
+                cp "${cfg%-*.toml}-web-config.yml" "$etc/web-config.yml"
+            fi
+            ;;
+    esac
     # A clean environment: only the file counts.
     if out="$(env -i PATH="$PATH" "$fm" config --config "$tmp/config.toml" 2>&1)"; then
         ok "fix-monitor config --config $label"
