@@ -129,7 +129,7 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
             let local = listener.local_addr().map_err(RunError::Listen)?;
             let web = settings
                 .prometheus
-                .web_config
+                .web
                 .as_ref()
                 .map(|w| w.config.clone())
                 .unwrap_or_default();

@@ -1,5 +1,5 @@
-//! `watch` and `snapshot` as a person and a script use them: `watch` in a real terminal (tmux)
-//! and through a pipe, `snapshot` as a table and as JSON, all against connections the test
+//! `watch` and `snapshot` as a person and a script use them: `watch` through a pipe (the
+//! terminal view is in tests/system/terminal.rs), `snapshot` as a table and as JSON, all against connections the test
 //! opens and closes itself.
 
 use std::collections::BTreeSet;
