@@ -51,13 +51,11 @@ fn a_node_exporter_web_config_file_is_used_unchanged() {
         "--web.config.file",
         dir.path().join("web-config.yml").to_str().unwrap(),
     ]);
-    assert!(
-        sc.log().contains(
-            "TLS (client certificates: RequireAndVerifyClientCert), basic auth (1 users)"
-        ),
-        "{}",
-        sc.log()
-    );
+    // The harness hands over the address before it stores the line: wait for the line.
+    sc.wait_for("the start-up line", Duration::from_secs(10), |s| {
+        s.log()
+            .contains("TLS (client certificates: RequireAndVerifyClientCert), basic auth (1 users)")
+    });
     let url = |p: &str| format!("https://localhost:{}{p}", sc.addr.port());
     let good = client(&pki, true);
 
