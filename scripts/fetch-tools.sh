@@ -65,9 +65,10 @@ declare -A PKG_CMD=(
     [runc]=runc
     [ca-certificates]=update-ca-certificates
     [nftables]=nft
+    [openssl]=openssl
 )
 HOST_PKGS=(prometheus prometheus-node-exporter tmux wrk hyperfine iproute2 jq python3 python3-yaml curl util-linux systemd
-    podman runc ca-certificates nftables)
+    podman runc ca-certificates nftables openssl)
 
 pkg_installed() {
     [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true)" = installed ]

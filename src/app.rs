@@ -164,6 +164,14 @@ const EVENT_BUFFER: usize = 4096;
 /// slow collector still gets its full chance, a hung one is bounded.
 pub const FLUSH_GRACE: Duration = Duration::from_secs(5);
 
+/// Longest wait for the poll thread at shutdown. A poll takes milliseconds; one stuck in the
+/// kernel (a netlink receive that never completes) is left behind rather than holding up the
+/// exit.
+pub const POLL_STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// How long the endpoint's drain may take, with a second's slack for the task to return.
+const SERVER_STOP_GRACE: Duration = Duration::from_secs(3);
+
 /// Opens the source, binds the endpoint (if asked), and starts polling. Anything that cannot
 /// work fails here, before polling starts.
 pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar, RunError> {
@@ -232,18 +240,36 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
     let server = match listener {
         Some(listener) => {
             let local = listener.local_addr().map_err(RunError::Listen)?;
+            let web = settings
+                .prometheus
+                .web
+                .as_ref()
+                .map(|w| w.config.clone())
+                .unwrap_or_default();
             tracing::info!(
-                "listening on http://{local} (/metrics{}, /health, /connections)",
+                "listening on {}://{local} (/metrics{}, /health{}; {})",
+                if web.tls.is_some() { "https" } else { "http" },
                 if settings.prometheus.enabled {
                     ""
                 } else {
                     " disabled"
-                }
+                },
+                if settings.prometheus.expose_connections {
+                    ", /connections"
+                } else {
+                    "; /connections turned off"
+                },
+                web.describe(),
             );
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             let task = tokio::spawn(http::serve(
                 listener,
-                http::router(state.clone(), telemetry.prometheus.clone()),
+                http::router(
+                    state.clone(),
+                    telemetry.prometheus.clone(),
+                    settings.prometheus.expose_connections,
+                ),
+                web,
                 async move {
                     let _ = rx.await;
                 },
@@ -335,8 +361,15 @@ impl Sidecar {
         }
     }
 
-    /// The one shutdown path: stop polling, drain the endpoint, flush every exporter (the final
-    /// OTLP export included, bounded by the grace period).
+    /// The longest [`Sidecar::stop`] takes: the poll thread's grace, then the endpoint's drain
+    /// and the final export side by side.
+    pub fn stop_deadline(&self) -> Duration {
+        POLL_STOP_GRACE + SERVER_STOP_GRACE.max(self.flush_grace)
+    }
+
+    /// The one shutdown path: stop polling, then drain the endpoint and flush every exporter
+    /// (the final OTLP export included) side by side. Every wait is bounded: the whole takes at
+    /// most [`Sidecar::stop_deadline`].
     pub async fn stop(self) {
         tracing::info!("shutting down: stopping the poll loop");
         if let Some((stop, reader)) = self.events_reader {
@@ -344,14 +377,35 @@ impl Sidecar {
             let _ = tokio::task::spawn_blocking(move || reader.join()).await;
         }
         let _ = self.inputs.send(Input::Stop);
+        // Joined on a thread of its own, not the runtime's blocking pool: a poll thread that
+        // never returns must not hold up the runtime's own shutdown either.
+        let (joined_tx, joined) = tokio::sync::oneshot::channel();
         let poller = self.poller;
-        let _ = tokio::task::spawn_blocking(move || poller.join()).await;
-        if let Some((_, tx, task)) = self.server {
-            let _ = tx.send(());
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+        let _ = std::thread::Builder::new()
+            .name("fix-monitor-join".into())
+            .spawn(move || {
+                let _ = joined_tx.send(poller.join().is_ok());
+            });
+        if tokio::time::timeout(POLL_STOP_GRACE, joined).await.is_err() {
+            tracing::warn!(
+                grace = %humantime::format_duration(POLL_STOP_GRACE),
+                "the poll loop did not stop within its grace period (a poll blocked in the \
+                 kernel?); going on without it"
+            );
         }
-        tracing::info!("flushing metrics");
-        self.telemetry.shutdown(self.flush_grace).await;
+        let server = async {
+            if let Some((_, tx, task)) = self.server {
+                let _ = tx.send(());
+                if tokio::time::timeout(SERVER_STOP_GRACE, task).await.is_err() {
+                    tracing::warn!("the endpoint did not stop within its grace period");
+                }
+            }
+        };
+        let flush = async {
+            tracing::info!("flushing metrics");
+            self.telemetry.shutdown(self.flush_grace).await;
+        };
+        tokio::join!(server, flush);
         for t in self.state.get().targets() {
             tracing::info!(
                 target_name = %t.name,

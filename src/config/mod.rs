@@ -124,6 +124,9 @@ pub mod defaults {
     /// Loopback: exposing metrics beyond the host is a deliberate choice (`0.0.0.0:9464`).
     pub const PROMETHEUS_LISTEN: SocketAddr =
         SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9464));
+    /// `/connections` and the page's per-session details are served unless a site turns them
+    /// off (venue addresses can be sensitive).
+    pub const PROMETHEUS_EXPOSE_CONNECTIONS: bool = true;
     pub const LOG_FORMAT: LogFormat = LogFormat::Text;
     pub const LOG_LEVEL: &str = "info";
     /// The original monitor's `--min-port` default; used when only `--max-port` is given.
@@ -204,6 +207,50 @@ pub struct PrometheusSettings {
     /// Where to serve it. Port 0 is allowed (the OS picks a free port), which tests rely on.
     #[serde(with = "raw::check::listen")]
     pub listen: SocketAddr,
+    /// The exporter toolkit's web configuration file (TLS, client certificates, basic auth,
+    /// extra headers); `None`: plain HTTP, no auth. Read and checked in `raw::validate`.
+    #[serde(with = "raw::some::path")]
+    pub web_config: Option<PathBuf>,
+    /// Serve `/connections` and the sessions' (and venues') addresses on `/` and `/health`.
+    #[serde(with = "raw::check::boolean")]
+    pub expose_connections: bool,
+    /// What `web_config` says, filled in by `raw::validate`.
+    #[serde(skip)]
+    pub web: Option<WebConfigFile>,
+}
+
+/// The web configuration file and what it says, read and checked when the configuration loads.
+/// Two are equal when they name the same file.
+#[derive(Clone)]
+pub struct WebConfigFile {
+    pub path: PathBuf,
+    pub config: std::sync::Arc<crate::export::web_config::WebConfig>,
+}
+
+impl WebConfigFile {
+    pub fn new(path: PathBuf, config: crate::export::web_config::WebConfig) -> WebConfigFile {
+        WebConfigFile {
+            path,
+            config: std::sync::Arc::new(config),
+        }
+    }
+}
+
+impl PartialEq for WebConfigFile {
+    fn eq(&self, other: &Self) -> bool {
+        self.path == other.path
+    }
+}
+
+impl Eq for WebConfigFile {}
+
+impl std::fmt::Debug for WebConfigFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebConfigFile")
+            .field("path", &self.path)
+            .field("config", &self.config)
+            .finish()
+    }
 }
 
 impl Default for PrometheusSettings {
@@ -211,6 +258,9 @@ impl Default for PrometheusSettings {
         PrometheusSettings {
             enabled: defaults::PROMETHEUS_ENABLED,
             listen: defaults::PROMETHEUS_LISTEN,
+            web_config: None,
+            expose_connections: defaults::PROMETHEUS_EXPOSE_CONNECTIONS,
+            web: None,
         }
     }
 }

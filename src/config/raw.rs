@@ -388,12 +388,16 @@ pub(crate) fn validate(raw: Raw, cx: &Context<'_>, errors: &mut Vec<ConfigError>
     let Settings {
         targets: raw_targets,
         poll,
-        prometheus,
+        mut prometheus,
         log,
         otlp,
         state,
     } = raw;
     let otlp = self::otlp(otlp, cx, errors);
+    prometheus.web = prometheus
+        .web_config
+        .clone()
+        .and_then(|path| web_config(path, cx, errors));
     if !prometheus.enabled && !otlp.enabled && !cx.failed.contains("prometheus.enabled") {
         let otlp_origin = match cx.origin("otlp.enabled") {
             Origin::Default => "the default".to_owned(),
@@ -417,6 +421,30 @@ pub(crate) fn validate(raw: Raw, cx: &Context<'_>, errors: &mut Vec<ConfigError>
         log,
         otlp,
         state,
+    }
+}
+
+/// Reads the web configuration file and every certificate and key it names; each problem is
+/// reported on `prometheus.web_config`, with the key inside the file in the message.
+fn web_config(
+    path: PathBuf,
+    cx: &Context<'_>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<super::WebConfigFile> {
+    match crate::export::web_config::load(&path) {
+        Ok(config) => Some(super::WebConfigFile::new(path, config)),
+        Err(problems) => {
+            let value = quote(&path.display().to_string());
+            for p in problems {
+                errors.push(cx.error(
+                    ErrorKind::InvalidValue,
+                    "prometheus.web_config",
+                    value.clone(),
+                    p.to_string(),
+                ));
+            }
+            None
+        }
     }
 }
 

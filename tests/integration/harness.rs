@@ -68,7 +68,9 @@ impl Sidecar {
             let stderr = child.stderr.take().unwrap();
             thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let rest = line.split("listening on http://").nth(1);
+                    if let Some(rest) = rest.or_else(|| line.split("listening on https://").nth(1))
+                    {
                         let addr = rest.split_whitespace().next().unwrap_or("").to_string();
                         let _ = tx.send(addr);
                     }

@@ -12,6 +12,7 @@ mod otlp_receiver;
 mod config_errors;
 mod console;
 mod demo;
+mod endpoint_security;
 mod endpoints;
 mod events;
 mod otlp_grpc;

@@ -14,6 +14,7 @@ mod otlp_receiver;
 mod backends;
 mod netns;
 
+mod endpoint_load;
 mod fleet;
 mod otlp_http_vm;
 mod poll_failure;
@@ -28,3 +29,4 @@ mod container;
 mod least_privilege;
 // The kernel-filter compiler against the live kernel, property-tested.
 mod kernel_filter;
+mod web_config_interop;
