@@ -22,6 +22,7 @@ pub mod config;
 pub mod console;
 pub mod demo;
 pub mod export;
+pub mod fix;
 pub mod instruments;
 pub mod process;
 pub mod source;
