@@ -13,4 +13,5 @@
 //! - [`sim`]: a small FIX engine that drives real sessions, for the tests and the demo.
 
 pub mod codec;
+pub mod logs;
 pub mod tracker;
