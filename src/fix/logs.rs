@@ -498,7 +498,7 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH;
         // From the end at start.
         assert!(f.poll(now).is_empty());
-        assert_eq!(f.paths(), [path.clone()]);
+        assert_eq!(f.paths(), std::slice::from_ref(&path));
         // A partial last line waits for its newline.
         let l3 = line_of(3, SOH);
         append(&path, &[l3[..30].to_vec()], false);
