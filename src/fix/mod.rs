@@ -14,4 +14,5 @@
 
 pub mod codec;
 pub mod logs;
+pub mod reassembly;
 pub mod tracker;
