@@ -16,3 +16,4 @@ pub mod codec;
 pub mod logs;
 pub mod reassembly;
 pub mod tracker;
+pub mod wire;
