@@ -13,6 +13,7 @@
 //! - [`sim`]: a small FIX engine that drives real sessions, for the tests and the demo.
 
 pub mod codec;
+pub mod filter;
 pub mod logs;
 pub mod reassembly;
 pub mod tracker;
