@@ -12,6 +12,8 @@
 //! - [`capture`]: the wire source (Linux `AF_PACKET` with a classic BPF filter).
 //! - [`sim`]: a small FIX engine that drives real sessions, for the tests and the demo.
 
+#[cfg(target_os = "linux")]
+pub mod capture;
 pub mod codec;
 pub mod filter;
 pub mod logs;
