@@ -18,5 +18,6 @@ pub mod codec;
 pub mod filter;
 pub mod logs;
 pub mod reassembly;
+pub mod sim;
 pub mod tracker;
 pub mod wire;

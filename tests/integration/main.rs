@@ -13,6 +13,7 @@ mod config_errors;
 mod console;
 mod demo;
 mod endpoints;
+mod fix_logs;
 mod fleet;
 mod otlp_grpc;
 mod otlp_http;
