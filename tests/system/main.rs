@@ -6,5 +6,6 @@
 //! The shared pieces (running the binary, ground-truth connections, the Prometheus text parser)
 //! are the first tier's harness, included by path.
 
+mod fix_capture;
 #[path = "../integration/harness.rs"]
 mod harness;
