@@ -9,3 +9,15 @@
 mod fix_capture;
 #[path = "../integration/harness.rs"]
 mod harness;
+#[path = "../integration/otlp_receiver.rs"]
+mod otlp_receiver;
+
+mod backends;
+mod netns;
+
+mod fleet;
+mod otlp_http_vm;
+mod poll_failure;
+mod prometheus_scrape;
+mod promtool;
+mod terminal;
