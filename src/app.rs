@@ -58,6 +58,11 @@ pub struct Sidecar {
     )>,
     /// How long `stop` waits for the final export.
     flush_grace: Duration,
+    /// The FIX session layer, when `[fix]` turns it on.
+    fix: Option<(
+        crate::fix::monitor::FixMonitor,
+        crate::fix::metrics::FixInstruments,
+    )>,
 }
 
 /// How many events a slow subscriber may lag behind before it misses some.
@@ -91,6 +96,16 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
     );
     let instruments = Instruments::new(&meter, &settings.targets, source.kind());
     crate::process::register(&meter);
+    let fix = settings.fix.enabled().then(|| {
+        let monitor =
+            crate::fix::monitor::FixMonitor::start(&settings.fix, &settings.targets, &meter);
+        let instruments = crate::fix::metrics::FixInstruments::new(&meter, monitor.reader());
+        (monitor, instruments)
+    });
+    let fix_reader = fix
+        .as_ref()
+        .map(|(m, _)| m.reader())
+        .unwrap_or_else(crate::fix::monitor::FixReader::disabled);
     let initial = State::initial(Meta {
         host: host.clone(),
         source: source.kind(),
@@ -120,7 +135,7 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
         Some(listener) => {
             let local = listener.local_addr().map_err(RunError::Listen)?;
             tracing::info!(
-                "listening on http://{local} (/metrics{}, /health, /connections)",
+                "listening on http://{local} (/metrics{}, /health, /connections, /sessions)",
                 if settings.prometheus.enabled {
                     ""
                 } else {
@@ -130,7 +145,8 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             let task = tokio::spawn(http::serve(
                 listener,
-                http::router(state.clone(), telemetry.prometheus.clone()),
+                http::router(state.clone(), telemetry.prometheus.clone())
+                    .merge(crate::fix::http::routes(fix_reader.clone())),
                 async move {
                     let _ = rx.await;
                 },
@@ -169,6 +185,7 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
         poller,
         server,
         flush_grace,
+        fix,
     })
 }
 
@@ -181,6 +198,14 @@ impl Sidecar {
     /// The loop's input channel: where event sources (issue 9's destroy events) send to.
     pub fn inputs(&self) -> mpsc::Sender<Input> {
         self.inputs.clone()
+    }
+
+    /// The FIX layer's published state (`enabled: false` when it is off).
+    pub fn fix(&self) -> crate::fix::monitor::FixReader {
+        self.fix
+            .as_ref()
+            .map(|(m, _)| m.reader())
+            .unwrap_or_else(crate::fix::monitor::FixReader::disabled)
     }
 
     /// Where the HTTP endpoint listens, if it was asked for.
@@ -215,6 +240,9 @@ impl Sidecar {
         if let Some((_, tx, task)) = self.server {
             let _ = tx.send(());
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+        }
+        if let Some((monitor, _)) = self.fix {
+            let _ = tokio::task::spawn_blocking(move || monitor.stop()).await;
         }
         tracing::info!("flushing metrics");
         self.telemetry.shutdown(self.flush_grace).await;

@@ -58,6 +58,16 @@ pub(super) fn explain(loaded: &Loaded) -> String {
             ),
             None => lines.absent("local_ports", "any local port", &key("local_ports")),
         }
+        match s.fix.target_comp_ids.get(i) {
+            Some(ids) if !ids.is_empty() => {
+                lines.value("comp_ids", &quote_list(ids), &key("comp_ids"))
+            }
+            _ => lines.absent(
+                "comp_ids",
+                "none (log sessions not linked)",
+                &key("comp_ids"),
+            ),
+        }
     }
 
     lines.header("[poll]");
@@ -132,7 +142,33 @@ pub(super) fn explain(loaded: &Loaded) -> String {
             None => lines.absent(field, meaning, &key),
         }
     }
+
+    lines.header("[fix]");
+    lines.value("capture", &s.fix.capture.to_string(), "fix.capture");
+    lines.value(
+        "our_comp_ids",
+        &quote_list(&s.fix.our_comp_ids),
+        "fix.our_comp_ids",
+    );
+    if s.fix.logs.is_empty() {
+        lines.absent("logs", "no engine logs followed", "fix.logs");
+    }
+    for (i, path) in s.fix.logs.iter().enumerate() {
+        lines.header("[[fix.logs]]");
+        lines.value("path", &quote(path), &format!("fix.logs[{i}].path"));
+    }
     lines.out
+}
+
+fn quote_list(items: &[String]) -> String {
+    format!(
+        "[{}]",
+        items
+            .iter()
+            .map(|i| quote(i))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 /// Header names whose values are credentials.

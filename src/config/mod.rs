@@ -155,6 +155,26 @@ pub struct Settings {
     pub prometheus: PrometheusSettings,
     pub log: LogSettings,
     pub otlp: OtlpSettings,
+    pub fix: FixSettings,
+}
+
+/// `[fix]`: the FIX session layer (opt-in: off unless `capture` or a log is given).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FixSettings {
+    /// Read FIX off the wire (a packet socket; needs `CAP_NET_RAW`).
+    pub capture: bool,
+    /// The gateway's CompIDs: a log line's direction comes from them.
+    pub our_comp_ids: Vec<String>,
+    /// Engine message logs to follow (glob patterns).
+    pub logs: Vec<String>,
+    /// `targets[i].comp_ids`, by target id: which target a log's session belongs to.
+    pub target_comp_ids: Vec<Vec<String>>,
+}
+
+impl FixSettings {
+    pub fn enabled(&self) -> bool {
+        self.capture || !self.logs.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -29,8 +29,8 @@ use serde::{Deserialize, Deserializer};
 use super::error::{ConfigError, ErrorKind, Origin};
 use super::layers::{self, ENV_OTEL_METRICS_ENDPOINT, ENV_PREFIX};
 use super::{
-    defaults, LogFormat, LogSettings, OtlpProtocol, OtlpSettings, OtlpTemporality, PollSettings,
-    PrometheusSettings, Settings, TlsFiles,
+    defaults, FixSettings, LogFormat, LogSettings, OtlpProtocol, OtlpSettings, OtlpTemporality,
+    PollSettings, PrometheusSettings, Settings, TlsFiles,
 };
 use crate::source::SourceKind;
 use crate::target::{PortRange, Target, Targets};
@@ -46,6 +46,7 @@ pub(crate) struct Raw {
     prometheus: RawPrometheus,
     log: RawLog,
     otlp: RawOtlp,
+    fix: RawFix,
 }
 
 /// One `[[targets]]` table. Per-target keys are optional: `None` means "any" or "derived".
@@ -61,6 +62,28 @@ struct RawTarget {
     port: Option<u16>,
     #[serde(default, deserialize_with = "some::port_range")]
     local_ports: Option<PortRange>,
+    /// The FIX layer's link from log sessions to this target: their CompIDs.
+    #[serde(default, deserialize_with = "check::comp_ids")]
+    comp_ids: Vec<String>,
+}
+
+/// `[fix]`: the FIX session layer, off unless capture or a log is configured.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawFix {
+    #[serde(deserialize_with = "check::boolean")]
+    capture: bool,
+    #[serde(deserialize_with = "check::comp_ids")]
+    our_comp_ids: Vec<String>,
+    logs: Vec<RawFixLog>,
+}
+
+/// One `[[fix.logs]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFixLog {
+    #[serde(deserialize_with = "check::glob")]
+    path: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -204,6 +227,8 @@ checks! {
     log_format -> LogFormat = |v: &Value| parse_enum(v, LogFormat::ALLOWED);
     temporality -> OtlpTemporality = |v: &Value| parse_enum(v, OtlpTemporality::ALLOWED);
     protocol -> OtlpProtocol = parse_protocol;
+    comp_ids -> Vec<String> = parse_comp_ids;
+    glob -> String = parse_glob;
 }
 
 // ---- Extraction: every problem of the merged tree. ----
@@ -415,7 +440,7 @@ impl Context<'_> {
 /// Turns the raw configuration into [`Settings`], reporting the problems that involve more
 /// than one value. The settings are used only if `errors` stayed empty.
 pub(crate) fn validate(raw: Raw, cx: &Context<'_>, errors: &mut Vec<ConfigError>) -> Settings {
-    let targets = targets(raw.targets, cx, errors);
+    let (targets, target_comp_ids) = targets(raw.targets, cx, errors);
     let otlp = otlp(raw.otlp, cx, errors);
     let prometheus = PrometheusSettings {
         enabled: raw.prometheus.enabled,
@@ -449,6 +474,35 @@ pub(crate) fn validate(raw: Raw, cx: &Context<'_>, errors: &mut Vec<ConfigError>
             level: raw.log.level,
         },
         otlp,
+        fix: fix(raw.fix, target_comp_ids, cx, errors),
+    }
+}
+
+/// `[fix]` as a whole: the log source needs our CompIDs to tell which side sent a message.
+fn fix(
+    raw: RawFix,
+    target_comp_ids: Vec<Vec<String>>,
+    cx: &Context<'_>,
+    errors: &mut Vec<ConfigError>,
+) -> FixSettings {
+    let logs: Vec<String> = raw.logs.into_iter().map(|l| l.path).collect();
+    if !logs.is_empty() && raw.our_comp_ids.is_empty() && !cx.failed.contains("fix.our_comp_ids") {
+        errors.push(
+            cx.error(
+                ErrorKind::Conflict,
+                "fix.our_comp_ids",
+                "[]".into(),
+                "the log source ([[fix.logs]]) needs our CompIDs to tell which side sent each \
+             message: give the gateway's SenderCompIDs, e.g. our_comp_ids = [\"GW\"]"
+                    .to_owned(),
+            ),
+        );
+    }
+    FixSettings {
+        capture: raw.capture,
+        our_comp_ids: raw.our_comp_ids,
+        logs,
+        target_comp_ids,
     }
 }
 
@@ -456,7 +510,7 @@ fn targets(
     raw: Option<Vec<RawTarget>>,
     cx: &Context<'_>,
     errors: &mut Vec<ConfigError>,
-) -> Targets {
+) -> (Targets, Vec<Vec<String>>) {
     let no_targets = || {
         ConfigError::new(
             ErrorKind::NoTargets,
@@ -482,6 +536,7 @@ fn targets(
         Some(items) => items,
     };
     let mut targets: Vec<Target> = Vec::new();
+    let mut comp_ids = Vec::new();
     // Name -> index in the configuration of the first target with it.
     let mut names: BTreeMap<String, usize> = BTreeMap::new();
     for (i, t) in items.into_iter().enumerate() {
@@ -525,8 +580,9 @@ fn targets(
             port: t.port,
             local_ports: t.local_ports,
         });
+        comp_ids.push(t.comp_ids);
     }
-    Targets::new(targets)
+    (Targets::new(targets), comp_ids)
 }
 
 /// `[otlp]` as a whole: the endpoint against the protocol, the TLS files against the endpoint's
@@ -878,6 +934,41 @@ fn check_header(name: &str, value: &str) -> Result<(), String> {
         return Err("is not a valid header value: printable ASCII only, no line breaks".to_owned());
     }
     Ok(())
+}
+
+const ALLOWED_COMP_IDS: &str = "expected a list of CompIDs, e.g. [\"GW1\", \"GW2\"] (or \
+     \"GW1,GW2\"): non-empty, printable, without spaces, `=` or `|`";
+
+fn parse_comp_ids(value: &Value) -> Result<Vec<String>, String> {
+    let items: Vec<String> = match value {
+        Value::String(_, s) => s.split(',').map(|x| x.trim().to_owned()).collect(),
+        Value::Array(_, a) => a
+            .iter()
+            .map(|v| string(v).map(str::to_owned).ok_or(ALLOWED_COMP_IDS))
+            .collect::<Result<_, _>>()?,
+        _ => return Err(ALLOWED_COMP_IDS.to_owned()),
+    };
+    for id in &items {
+        let ok = !id.is_empty()
+            && id
+                .bytes()
+                .all(|c| c.is_ascii_graphic() && c != b'=' && c != b'|');
+        if !ok {
+            return Err(format!("{:?} is not a CompID; {ALLOWED_COMP_IDS}", id));
+        }
+    }
+    Ok(items)
+}
+
+fn parse_glob(value: &Value) -> Result<String, String> {
+    const ALLOWED: &str = "expected a file path or glob pattern, e.g. \
+         \"/var/log/quickfix/*.messages.log\"";
+    match string(value).map(str::trim) {
+        Some(text) if !text.is_empty() => glob::Pattern::new(text)
+            .map(|_| text.to_owned())
+            .map_err(|e| format!("is not a valid glob ({e}); {ALLOWED}")),
+        _ => Err(ALLOWED.to_owned()),
+    }
 }
 
 fn parse_path(value: &Value) -> Result<PathBuf, String> {

@@ -21,3 +21,9 @@ pub mod reassembly;
 pub mod sim;
 pub mod tracker;
 pub mod wire;
+
+#[cfg(test)]
+mod config_tests;
+pub mod http;
+pub mod metrics;
+pub mod monitor;

@@ -135,3 +135,111 @@ fn fix_sessions_read_from_a_soh_log_match_the_simulator() {
 fn fix_sessions_read_from_a_pipe_log_match_the_simulator() {
     run(true);
 }
+
+/// The real binary with `[[fix.logs]]`: `/sessions` and `/metrics` carry the simulator's counts.
+#[test]
+fn the_sidecar_reports_logged_fix_sessions_on_sessions_and_metrics() {
+    use crate::harness::{config_file, Sidecar};
+    let venue = Venue::start(
+        "127.0.0.1:0".parse().unwrap(),
+        VenueBehaviour {
+            ack_delay: Duration::from_millis(5),
+            gap_after: Some((4, 1)),
+            ..VenueBehaviour::default()
+        },
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("gw.messages.log");
+    std::fs::write(&log, b"").unwrap();
+    let cfg = config_file(&format!(
+        r#"
+        [[targets]]
+        name = "venue"
+        address = "127.0.0.1"
+        port = {port}
+        comp_ids = ["VENUE"]
+        [poll]
+        interval = "200ms"
+        [fix]
+        our_comp_ids = ["GW"]
+        [[fix.logs]]
+        path = "{glob}"
+        "#,
+        port = venue.addr.port(),
+        glob = dir.path().join("*.messages.log").display()
+    ));
+    let sidecar = Sidecar::start(&["--config", cfg.path().to_str().unwrap()]);
+    // The follower has found the file (at its end) before the session starts.
+    let file = log.display().to_string();
+    sidecar.wait_for("the log followed", Duration::from_secs(10), |s| {
+        s.json("/sessions")["log_files"][0] == file.as_str()
+    });
+    let truth = scripted_session(venue.addr, 6, None, Some((log, false))).unwrap();
+    let venue_rec = venue.stop();
+    let logged: u64 = truth.sent.values().sum::<u64>() + truth.received.values().sum::<u64>();
+    sidecar.wait_for("every logged message", Duration::from_secs(10), |s| {
+        s.json("/sessions")["stats"]["logs"]["messages"].as_u64() == Some(logged)
+    });
+    let j = sidecar.json("/sessions");
+    let s = &j["sessions"][0];
+    assert_eq!(s["session"], "GW->VENUE");
+    assert_eq!(s["target"], "venue");
+    assert_eq!(s["logons"], 1);
+    assert_eq!(s["logouts_us"], 1);
+    assert_eq!(s["last_logout_text"], "end of day");
+    assert_eq!(s["heartbeat_interval_seconds"], 30);
+    assert_eq!(s["in"]["sequence_gaps"], 1);
+    assert_eq!(s["in"]["sequence_gap_messages"], venue_rec.gap_messages);
+    assert_eq!(s["out"]["resend_requests"], 1);
+    assert_eq!(s["timed_by"], "log");
+    for (name, n) in &truth.sent {
+        assert_eq!(s["out"]["by_type"][name], *n, "{name}");
+    }
+    // /metrics is encoded once per poll: wait for one that carries the final counts.
+    let labels = [("target", "venue"), ("session", "GW->VENUE")];
+    sidecar.wait_for("the FIX metrics", Duration::from_secs(10), |s| {
+        s.metrics().get(
+            "fix_session_logouts_total",
+            &[labels[0], labels[1], ("initiator", "us")],
+        ) == Some(1.0)
+    });
+    let m = sidecar.metrics();
+    assert_eq!(m.get("fix_session_logged_on", &labels), Some(0.0));
+    assert_eq!(m.get("fix_session_logons_total", &labels), Some(1.0));
+    assert_eq!(
+        m.get(
+            "fix_messages_total",
+            &[
+                labels[0],
+                labels[1],
+                ("direction", "out"),
+                ("msg_type", "NewOrderSingle")
+            ]
+        ),
+        Some(truth.sent["NewOrderSingle"] as f64)
+    );
+    assert_eq!(
+        m.get(
+            "fix_session_sequence_gaps_total",
+            &[labels[0], labels[1], ("direction", "in")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        m.get(
+            "fix_order_ack_latency_seconds_count",
+            &[labels[0], labels[1], ("request", "new")]
+        ),
+        Some(truth.round_trips.iter().filter(|r| r.0 == "new").count() as f64)
+    );
+    assert_eq!(
+        m.get(
+            "fix_monitor_fix_messages_decoded_total",
+            &[("source", "log")]
+        ),
+        Some(logged as f64)
+    );
+    let (status, _) = sidecar.terminate();
+    assert!(status.success());
+}
