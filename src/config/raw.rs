@@ -78,12 +78,13 @@ struct RawFix {
     logs: Vec<RawFixLog>,
 }
 
-/// One `[[fix.logs]]` table.
+/// One `[[fix.logs]]` table. `path` is required; `validate` reports it missing (a required
+/// serde field would make a bad value's removal loop in `extract`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFixLog {
-    #[serde(deserialize_with = "check::glob")]
-    path: String,
+    #[serde(default, deserialize_with = "some::glob")]
+    path: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -485,7 +486,22 @@ fn fix(
     cx: &Context<'_>,
     errors: &mut Vec<ConfigError>,
 ) -> FixSettings {
-    let logs: Vec<String> = raw.logs.into_iter().map(|l| l.path).collect();
+    let mut logs: Vec<String> = Vec::new();
+    for (i, l) in raw.logs.into_iter().enumerate() {
+        let key = format!("fix.logs[{i}].path");
+        match l.path {
+            Some(p) => logs.push(p),
+            None if cx.failed.contains(&key) => {}
+            None => errors.push(
+                ConfigError::new(
+                    ErrorKind::MissingValue,
+                    key,
+                    "missing; every [[fix.logs]] needs a path (a file or glob pattern)".to_owned(),
+                )
+                .origin(cx.origin(&format!("fix.logs[{i}]"))),
+            ),
+        }
+    }
     if !logs.is_empty() && raw.our_comp_ids.is_empty() && !cx.failed.contains("fix.our_comp_ids") {
         errors.push(
             cx.error(
