@@ -87,3 +87,17 @@ fn a_log_without_our_comp_ids_is_refused() {
     let err = e.iter().find(|e| e.key == "fix.our_comp_ids").unwrap();
     assert!(err.message.contains("our CompIDs"), "{}", err.message);
 }
+
+#[test]
+fn a_log_table_without_a_path_is_reported_once() {
+    let e =
+        load("[[targets]]\naddress = \"10.0.0.5\"\n[fix]\nour_comp_ids = \"GW\"\n[[fix.logs]]\n")
+            .unwrap_err();
+    let errs: Vec<_> = e.iter().filter(|e| e.key == "fix.logs[0].path").collect();
+    assert_eq!(errs.len(), 1, "{e}");
+    assert!(
+        errs[0].message.contains("needs a path"),
+        "{}",
+        errs[0].message
+    );
+}
