@@ -67,6 +67,11 @@ pub struct Sidecar {
         std::sync::Arc<std::sync::atomic::AtomicBool>,
         std::thread::JoinHandle<()>,
     )>,
+    /// The FIX session layer, when `[fix]` turns it on.
+    fix: Option<(
+        crate::fix::monitor::FixMonitor,
+        crate::fix::metrics::FixInstruments,
+    )>,
 }
 
 /// The kernel close-event subscription, where the source and the kernel allow it.
@@ -200,6 +205,16 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
         Some(dir) => Some(open_state(dir, &host)?),
         None => None,
     };
+    let fix = settings.fix.enabled().then(|| {
+        let monitor =
+            crate::fix::monitor::FixMonitor::start(&settings.fix, &settings.targets, &meter);
+        let instruments = crate::fix::metrics::FixInstruments::new(&meter, monitor.reader());
+        (monitor, instruments)
+    });
+    let fix_reader = fix
+        .as_ref()
+        .map(|(m, _)| m.reader())
+        .unwrap_or_else(crate::fix::monitor::FixReader::disabled);
     let initial = State::initial(Meta {
         events: mode.clone(),
         host: host.clone(),
@@ -247,7 +262,7 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
                 .map(|w| w.config.clone())
                 .unwrap_or_default();
             tracing::info!(
-                "listening on {}://{local} (/metrics{}, /health{}; {})",
+                "listening on {}://{local} (/metrics{}, /health{}, /sessions; {})",
                 if web.tls.is_some() { "https" } else { "http" },
                 if settings.prometheus.enabled {
                     ""
@@ -268,7 +283,8 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
                     state.clone(),
                     telemetry.prometheus.clone(),
                     settings.prometheus.expose_connections,
-                ),
+                )
+                .merge(crate::fix::http::routes(fix_reader.clone())),
                 web,
                 async move {
                     let _ = rx.await;
@@ -325,6 +341,7 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
         server,
         flush_grace,
         events_reader,
+        fix,
     })
 }
 
@@ -337,6 +354,14 @@ impl Sidecar {
     /// The loop's input channel: where event sources (issue 9's destroy events) send to.
     pub fn inputs(&self) -> mpsc::Sender<Input> {
         self.inputs.clone()
+    }
+
+    /// The FIX layer's published state (`enabled: false` when it is off).
+    pub fn fix(&self) -> crate::fix::monitor::FixReader {
+        self.fix
+            .as_ref()
+            .map(|(m, _)| m.reader())
+            .unwrap_or_else(crate::fix::monitor::FixReader::disabled)
     }
 
     /// Where the HTTP endpoint listens, if it was asked for.
@@ -401,6 +426,18 @@ impl Sidecar {
                 }
             }
         };
+        if let Some((monitor, _)) = self.fix {
+            // The FIX threads stop at their next read timeout; bounded like the poll loop.
+            let stopping = tokio::task::spawn_blocking(move || monitor.stop());
+            if tokio::time::timeout(POLL_STOP_GRACE, stopping)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "the FIX layer did not stop within its grace period; going on without it"
+                );
+            }
+        }
         let flush = async {
             tracing::info!("flushing metrics");
             self.telemetry.shutdown(self.flush_grace).await;

@@ -35,6 +35,7 @@ pub mod config;
 pub mod console;
 pub mod demo;
 pub mod export;
+pub mod fix;
 pub mod health;
 pub mod instruments;
 pub mod persist;

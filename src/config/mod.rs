@@ -167,6 +167,46 @@ pub struct Settings<T = Targets> {
     pub log: LogSettings,
     pub otlp: OtlpSettings,
     pub state: StateSettings,
+    pub fix: FixSettings,
+}
+
+/// `[fix]`: the FIX session layer (opt-in: off unless `capture` or a log is given).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FixSettings {
+    /// Read FIX off the wire (a packet socket; needs `CAP_NET_RAW`).
+    #[serde(with = "raw::check::boolean")]
+    pub capture: bool,
+    /// The gateway's CompIDs: a log line's direction comes from them.
+    #[serde(with = "raw::check::comp_ids")]
+    pub our_comp_ids: Vec<String>,
+    /// Engine message logs to follow: `[[fix.logs]] path = "GLOB"` (a path is required; checked
+    /// in `raw::validate`).
+    pub logs: Vec<FixLog>,
+    /// `targets[i].comp_ids`, by target id: which target a log's session belongs to (filled
+    /// from the targets by `raw::validate`).
+    #[serde(skip)]
+    pub target_comp_ids: Vec<Vec<String>>,
+}
+
+/// One `[[fix.logs]]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FixLog {
+    /// A file or glob pattern.
+    #[serde(with = "raw::some::glob")]
+    pub path: Option<String>,
+}
+
+impl FixSettings {
+    /// The log patterns to follow.
+    pub fn log_paths(&self) -> Vec<String> {
+        self.logs.iter().filter_map(|l| l.path.clone()).collect()
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.capture || !self.logs.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]

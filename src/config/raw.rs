@@ -28,7 +28,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::error::{ConfigError, ErrorKind, Origin};
 use super::layers::{self, ENV_OTEL_METRICS_ENDPOINT, ENV_PREFIX};
-use super::{defaults, LogFormat, OtlpProtocol, OtlpSettings, OtlpTemporality, Settings, TlsFiles};
+use super::{
+    defaults, FixSettings, LogFormat, OtlpProtocol, OtlpSettings, OtlpTemporality, Settings,
+    TlsFiles,
+};
 use crate::source::SourceKind;
 use crate::target::{PortRange, Target, Targets};
 
@@ -55,6 +58,9 @@ pub(crate) struct RawTarget {
     /// Default: twice `heartbeat`; neither set: staleness is not judged.
     #[serde(with = "some::interval")]
     stale_after: Option<Duration>,
+    /// The FIX layer's link from log sessions to this target: their CompIDs.
+    #[serde(with = "check::comp_ids")]
+    comp_ids: Vec<String>,
 }
 
 impl From<&Target> for RawTarget {
@@ -66,7 +72,16 @@ impl From<&Target> for RawTarget {
             local_ports: t.local_ports,
             heartbeat: t.heartbeat,
             stale_after: t.stale_after,
+            comp_ids: Vec::new(),
         }
+    }
+}
+
+impl RawTarget {
+    /// The target as configured, with the CompIDs `[fix]` keeps for it.
+    pub(super) fn with_comp_ids(mut self, comp_ids: Option<&Vec<String>>) -> Self {
+        self.comp_ids = comp_ids.cloned().unwrap_or_default();
+        self
     }
 }
 
@@ -125,6 +140,8 @@ checks! {
     log_format -> LogFormat = |v: &Value| parse_enum(v, LogFormat::ALLOWED);
     temporality -> OtlpTemporality = |v: &Value| parse_enum(v, OtlpTemporality::ALLOWED);
     protocol -> OtlpProtocol = parse_protocol;
+    comp_ids -> Vec<String> = parse_comp_ids;
+    glob -> String = parse_glob;
 }
 
 /// A checked value written back as the file takes it.
@@ -143,6 +160,7 @@ macro_rules! show_as_serde {
 }
 show_as_serde!(
     String,
+    Vec<String>,
     u16,
     bool,
     PathBuf,
@@ -392,6 +410,7 @@ pub(crate) fn validate(raw: Raw, cx: &Context<'_>, errors: &mut Vec<ConfigError>
         log,
         otlp,
         state,
+        fix,
     } = raw;
     let otlp = self::otlp(otlp, cx, errors);
     prometheus.web = prometheus
@@ -414,14 +433,57 @@ pub(crate) fn validate(raw: Raw, cx: &Context<'_>, errors: &mut Vec<ConfigError>
             ),
         ));
     }
+    let (targets, target_comp_ids) = targets(raw_targets, cx, errors);
     Settings {
-        targets: targets(raw_targets, cx, errors),
+        targets,
         poll,
         prometheus,
         log,
         otlp,
         state,
+        fix: self::fix(fix, target_comp_ids, cx, errors),
     }
+}
+
+/// `[fix]` as a whole: every log needs a path, and the log source needs our CompIDs to tell
+/// which side sent a message.
+fn fix(
+    mut fix: FixSettings,
+    target_comp_ids: Vec<Vec<String>>,
+    cx: &Context<'_>,
+    errors: &mut Vec<ConfigError>,
+) -> FixSettings {
+    for (i, l) in fix.logs.iter().enumerate() {
+        let key = format!("fix.logs[{i}].path");
+        if l.path.is_none() && !cx.failed.contains(&key) {
+            errors.push(
+                ConfigError::new(
+                    ErrorKind::MissingValue,
+                    key,
+                    "missing; every [[fix.logs]] needs a path (a file or glob pattern)".to_owned(),
+                )
+                .origin(cx.origin(&format!("fix.logs[{i}]"))),
+            );
+        }
+    }
+    fix.logs.retain(|l| l.path.is_some());
+    if !fix.logs.is_empty()
+        && fix.our_comp_ids.is_empty()
+        && !cx.failed.contains("fix.our_comp_ids")
+    {
+        errors.push(
+            cx.error(
+                ErrorKind::Conflict,
+                "fix.our_comp_ids",
+                "[]".into(),
+                "the log source ([[fix.logs]]) needs our CompIDs to tell which side sent each \
+             message: give the gateway's SenderCompIDs, e.g. our_comp_ids = [\"GW\"]"
+                    .to_owned(),
+            ),
+        );
+    }
+    fix.target_comp_ids = target_comp_ids;
+    fix
 }
 
 /// Reads the web configuration file and every certificate and key it names; each problem is
@@ -452,7 +514,7 @@ fn targets(
     raw: Option<Vec<RawTarget>>,
     cx: &Context<'_>,
     errors: &mut Vec<ConfigError>,
-) -> Targets {
+) -> (Targets, Vec<Vec<String>>) {
     let no_targets = || {
         ConfigError::new(
             ErrorKind::NoTargets,
@@ -478,6 +540,7 @@ fn targets(
         Some(items) => items,
     };
     let mut targets: Vec<Target> = Vec::new();
+    let mut comp_ids = Vec::new();
     // Name -> index in the configuration of the first target with it.
     let mut names: BTreeMap<String, usize> = BTreeMap::new();
     for (i, t) in items.into_iter().enumerate() {
@@ -523,8 +586,9 @@ fn targets(
             heartbeat: t.heartbeat,
             stale_after: t.stale_after.or(t.heartbeat.map(|h| h * 2)),
         });
+        comp_ids.push(t.comp_ids);
     }
-    Targets::new(targets)
+    (Targets::new(targets), comp_ids)
 }
 
 /// `[otlp]` as a whole: the endpoint against the protocol, the TLS files against the endpoint's
@@ -867,6 +931,41 @@ fn check_header(name: &str, value: &str) -> Result<(), String> {
         return Err("is not a valid header value: printable ASCII only, no line breaks".to_owned());
     }
     Ok(())
+}
+
+const ALLOWED_COMP_IDS: &str = "expected a list of CompIDs, e.g. [\"GW1\", \"GW2\"] (or \
+     \"GW1,GW2\"): non-empty, printable, without spaces, `=` or `|`";
+
+fn parse_comp_ids(value: &Value) -> Result<Vec<String>, String> {
+    let items: Vec<String> = match value {
+        Value::String(_, s) => s.split(',').map(|x| x.trim().to_owned()).collect(),
+        Value::Array(_, a) => a
+            .iter()
+            .map(|v| string(v).map(str::to_owned).ok_or(ALLOWED_COMP_IDS))
+            .collect::<Result<_, _>>()?,
+        _ => return Err(ALLOWED_COMP_IDS.to_owned()),
+    };
+    for id in &items {
+        let ok = !id.is_empty()
+            && id
+                .bytes()
+                .all(|c| c.is_ascii_graphic() && c != b'=' && c != b'|');
+        if !ok {
+            return Err(format!("{:?} is not a CompID; {ALLOWED_COMP_IDS}", id));
+        }
+    }
+    Ok(items)
+}
+
+fn parse_glob(value: &Value) -> Result<String, String> {
+    const ALLOWED: &str = "expected a file path or glob pattern, e.g. \
+         \"/var/log/quickfix/*.messages.log\"";
+    match string(value).map(str::trim) {
+        Some(text) if !text.is_empty() => glob::Pattern::new(text)
+            .map(|_| text.to_owned())
+            .map_err(|e| format!("is not a valid glob ({e}); {ALLOWED}")),
+        _ => Err(ALLOWED.to_owned()),
+    }
 }
 
 fn parse_path(value: &Value) -> Result<PathBuf, String> {

@@ -15,6 +15,7 @@ mod demo;
 mod endpoint_security;
 mod endpoints;
 mod events;
+mod fix_logs;
 mod otlp_grpc;
 mod otlp_http;
 // Generated hostile input for the parsers and the filter compiler (Linux: netlink, procfs),

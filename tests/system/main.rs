@@ -6,6 +6,7 @@
 //! The shared pieces (running the binary, ground-truth connections, the Prometheus text parser)
 //! are the first tier's harness, included by path.
 
+mod fix_capture;
 #[path = "../integration/harness.rs"]
 mod harness;
 #[path = "../integration/otlp_receiver.rs"]

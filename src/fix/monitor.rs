@@ -1,0 +1,395 @@
+//! The FIX layer running: one thread owns the sources (the packet socket, the log follower) and
+//! the tracker, and publishes an immutable [`FixState`] after each round (a `watch` channel, as
+//! the TCP layer's `state`), which `/sessions`, the metrics' callbacks and the console read
+//! without waiting for the thread. Order round trips are recorded in the latency histogram as
+//! they happen. Started only when `[fix]` asks for it: with it off nothing here runs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use opentelemetry::metrics::{Histogram, Meter};
+use opentelemetry::KeyValue;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use super::logs::{LogFollower, LogStats};
+use super::reassembly::{Limits as StreamLimits, StreamStats};
+use super::tracker::{Direction, Event, Limits, LogonState, Origin, Session, TcpLink, Tracker};
+use super::wire::{ConnView, Wire, WireStats};
+use crate::config::FixSettings;
+use crate::target::Targets;
+
+/// How often the state is published, logs are read and holes and orders expire.
+pub const ROUND: Duration = Duration::from_millis(250);
+
+/// One direction of a session, as reported.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DirectionJson {
+    pub messages: u64,
+    pub by_type: BTreeMap<String, u64>,
+    pub sequence_gaps: u64,
+    pub sequence_gap_messages: u64,
+    pub seq_too_low: u64,
+    pub next_seq: Option<u64>,
+    pub test_requests: u64,
+    pub resend_requests: u64,
+    pub sequence_resets: u64,
+    pub session_rejects: u64,
+    pub business_rejects: u64,
+    /// Seconds since the last message this way, at publication.
+    pub silence_seconds: Option<f64>,
+}
+
+/// One FIX session, as `/sessions` and the metrics report it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FixSessionJson {
+    /// `SENDER->TARGET` as we send.
+    pub session: String,
+    pub begin_string: String,
+    pub target: Option<String>,
+    pub tcp: Option<TcpLink>,
+    pub state: LogonState,
+    pub logged_on: bool,
+    pub logons: u64,
+    pub logouts_us: u64,
+    pub logouts_them: u64,
+    pub disconnects: u64,
+    pub last_logout_text: Option<String>,
+    pub heartbeat_interval_seconds: Option<u64>,
+    #[serde(rename = "in")]
+    pub inbound: DirectionJson,
+    #[serde(rename = "out")]
+    pub outbound: DirectionJson,
+    pub orders_answered: u64,
+    pub orders_unanswered: u64,
+    pub orders_pending: usize,
+    /// `wire` (kernel timestamps) or `log` (the engine log's timestamps).
+    pub timed_by: &'static str,
+}
+
+/// Counts about the FIX layer itself.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct SelfStats {
+    pub wire: WireStats,
+    pub streams: StreamStats,
+    pub logs: LogStats,
+    /// Packets the kernel dropped (`PACKET_STATISTICS`); `None` without capture.
+    pub capture_drops: Option<u64>,
+    pub capture_packets: Option<u64>,
+    pub unkeyed_messages: u64,
+    pub sessions_over_cap: u64,
+}
+
+/// One published view of the FIX layer.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FixState {
+    pub enabled: bool,
+    pub capture: bool,
+    /// Why capture is not running, when it was asked for and failed.
+    pub capture_error: Option<String>,
+    pub logs: Vec<String>,
+    /// The files the log patterns match and that are followed now.
+    pub log_files: Vec<String>,
+    pub sessions: Vec<FixSessionJson>,
+    /// TCP connections of the targets seen on the wire, with what they carry.
+    pub connections: Vec<ConnView>,
+    pub stats: SelfStats,
+}
+
+/// Reads the latest [`FixState`].
+#[derive(Clone)]
+pub struct FixReader(watch::Receiver<Arc<FixState>>);
+
+impl FixReader {
+    pub fn get(&self) -> Arc<FixState> {
+        self.0.borrow().clone()
+    }
+
+    /// A reader of a state that never changes (the FIX layer off).
+    pub fn disabled() -> FixReader {
+        // A receiver still reads the last value after its sender is gone.
+        let (_, rx) = watch::channel(Arc::new(FixState::default()));
+        FixReader(rx)
+    }
+}
+
+/// The running FIX layer.
+pub struct FixMonitor {
+    reader: FixReader,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Order latency buckets, seconds: 10 µs to 10 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+fn direction_json(s: &Session, d: Direction, now: SystemTime) -> DirectionJson {
+    let c = s.dir(d);
+    DirectionJson {
+        messages: c.messages,
+        by_type: s
+            .by_type
+            .iter()
+            .filter(|((dd, _), _)| *dd == d)
+            .map(|((_, t), n)| (t.clone(), *n))
+            .collect(),
+        sequence_gaps: c.sequence_gaps,
+        sequence_gap_messages: c.sequence_gap_messages,
+        seq_too_low: c.seq_too_low,
+        next_seq: c.next_seq,
+        test_requests: c.test_requests,
+        resend_requests: c.resend_requests,
+        sequence_resets: c.sequence_resets,
+        session_rejects: c.session_rejects,
+        business_rejects: c.business_rejects,
+        silence_seconds: c
+            .last_seen
+            .map(|t| now.duration_since(t).unwrap_or_default().as_secs_f64()),
+    }
+}
+
+/// The reported view of the tracker's sessions; a session without a target is linked to one
+/// by its counterparty's CompID (`targets[].comp_ids`).
+pub fn sessions_json(
+    tracker: &Tracker,
+    targets: &Targets,
+    comp_ids: &[Vec<String>],
+    timed_by: &'static str,
+    now: SystemTime,
+) -> Vec<FixSessionJson> {
+    tracker
+        .sessions()
+        .map(|s| {
+            let target = s.target.clone().or_else(|| {
+                comp_ids
+                    .iter()
+                    .position(|ids| ids.contains(&s.key.theirs))
+                    .filter(|&i| i < targets.len())
+                    .map(|i| targets.get(i).name.clone())
+            });
+            FixSessionJson {
+                session: s.key.label(),
+                begin_string: s.key.begin_string.clone(),
+                target,
+                tcp: s.tcp,
+                state: s.state,
+                logged_on: s.logged_on(),
+                logons: s.logons,
+                logouts_us: s.logouts_us,
+                logouts_them: s.logouts_them,
+                disconnects: s.disconnects,
+                last_logout_text: s.last_logout_text.clone(),
+                heartbeat_interval_seconds: s.heartbeat_interval,
+                inbound: direction_json(s, Direction::In, now),
+                outbound: direction_json(s, Direction::Out, now),
+                orders_answered: s.orders_answered,
+                orders_unanswered: s.orders_unanswered,
+                orders_pending: s.pending_orders(),
+                timed_by: if s.tcp.is_some() { "wire" } else { timed_by },
+            }
+        })
+        .collect()
+}
+
+impl FixMonitor {
+    /// Start the FIX layer. Capture that cannot open (no `CAP_NET_RAW`) is reported in the
+    /// state and the log, and the log source still runs.
+    pub fn start(settings: &FixSettings, targets: &Targets, meter: &Meter) -> FixMonitor {
+        let latency = meter
+            .f64_histogram(super::metrics::names::ORDER_ACK_LATENCY)
+            .with_unit("s")
+            .with_description("Time from an order we sent to the first answer carrying its ClOrdID")
+            .with_boundaries(LATENCY_BUCKETS.to_vec())
+            .build();
+        let mut capture_error = None;
+        #[cfg(target_os = "linux")]
+        let capture = if settings.capture {
+            match super::capture::Capture::open(targets, 8 << 20) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    let msg = format!(
+                        "cannot open a packet socket ({e}); FIX capture needs CAP_NET_RAW. The \
+                         engine's message log ([[fix.logs]]) needs no privilege"
+                    );
+                    tracing::warn!("{msg}");
+                    capture_error = Some(msg);
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let initial = FixState {
+            enabled: true,
+            capture: settings.capture,
+            capture_error: capture_error.clone(),
+            logs: settings.log_paths(),
+            ..FixState::default()
+        };
+        let (tx, rx) = watch::channel(Arc::new(initial));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut worker = Worker {
+            settings: settings.clone(),
+            targets: targets.clone(),
+            wire: Wire::new(targets.clone(), StreamLimits::default()),
+            tracker: Tracker::new(Limits::default()),
+            follower: (!settings.logs.is_empty())
+                .then(|| LogFollower::new(settings.log_paths(), settings.our_comp_ids.clone())),
+            latency,
+            capture_error,
+            tx,
+        };
+        let s = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("fix-monitor-fix".into())
+            .spawn(move || {
+                #[cfg(target_os = "linux")]
+                worker.run(capture, &s);
+            })
+            .expect("spawning the FIX thread");
+        FixMonitor {
+            reader: FixReader(rx),
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn reader(&self) -> FixReader {
+        self.reader.clone()
+    }
+
+    /// Stop the thread and wait for it (at most one round).
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for FixMonitor {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+struct Worker {
+    settings: FixSettings,
+    targets: Targets,
+    wire: Wire,
+    tracker: Tracker,
+    follower: Option<LogFollower>,
+    latency: Histogram<f64>,
+    capture_error: Option<String>,
+    tx: watch::Sender<Arc<FixState>>,
+}
+
+impl Worker {
+    #[cfg(target_os = "linux")]
+    fn run(&mut self, mut capture: Option<super::capture::Capture>, stop: &AtomicBool) {
+        let mut last_round = Instant::now() - ROUND;
+        let mut attrs_cache: HashMap<(String, String, &'static str), Vec<KeyValue>> =
+            HashMap::new();
+        while !stop.load(Ordering::SeqCst) {
+            let mut events = Vec::new();
+            match &mut capture {
+                Some(c) => {
+                    let (wire, tracker) = (&mut self.wire, &mut self.tracker);
+                    if let Err(e) = c.recv_batch(ROUND / 5, 4096, |p, at| {
+                        events.extend(wire.packet(p, at, tracker));
+                    }) {
+                        tracing::warn!("FIX capture: {e}");
+                        std::thread::sleep(ROUND / 5);
+                    }
+                }
+                None => std::thread::sleep(ROUND / 5),
+            }
+            if last_round.elapsed() >= ROUND {
+                last_round = Instant::now();
+                let now = SystemTime::now();
+                if let Some(f) = &mut self.follower {
+                    for r in f.poll(now) {
+                        events.extend(self.tracker.observe(
+                            &r.msg,
+                            r.dir,
+                            r.at,
+                            &Origin::default(),
+                        ));
+                    }
+                }
+                events.extend(self.wire.tick(now, &mut self.tracker));
+                self.tracker.expire(now);
+                let kernel = capture.as_mut().and_then(|c| c.kernel_stats().ok());
+                self.publish(now, kernel);
+            }
+            for e in events {
+                let Event::OrderAnswered {
+                    session,
+                    target,
+                    request,
+                    latency,
+                } = e;
+                let target = target
+                    .or_else(|| self.target_of(&session.theirs))
+                    .unwrap_or_default();
+                let key = (target, session.label(), request.as_str());
+                let attrs = attrs_cache.entry(key.clone()).or_insert_with(|| {
+                    vec![
+                        KeyValue::new(super::metrics::attrs::TARGET, key.0.clone()),
+                        KeyValue::new(super::metrics::attrs::SESSION, key.1.clone()),
+                        KeyValue::new(super::metrics::attrs::REQUEST, key.2),
+                    ]
+                });
+                self.latency.record(latency.as_secs_f64(), attrs);
+            }
+        }
+    }
+
+    fn target_of(&self, theirs: &str) -> Option<String> {
+        self.settings
+            .target_comp_ids
+            .iter()
+            .position(|ids| ids.iter().any(|i| i == theirs))
+            .filter(|&i| i < self.targets.len())
+            .map(|i| self.targets.get(i).name.clone())
+    }
+
+    #[cfg(target_os = "linux")]
+    fn publish(&mut self, now: SystemTime, kernel: Option<super::capture::CaptureStats>) {
+        let timed_by = "log";
+        let state = FixState {
+            enabled: true,
+            capture: self.settings.capture,
+            capture_error: self.capture_error.clone(),
+            logs: self.settings.log_paths(),
+            log_files: self
+                .follower
+                .as_ref()
+                .map(|f| f.paths().iter().map(|p| p.display().to_string()).collect())
+                .unwrap_or_default(),
+            sessions: sessions_json(
+                &self.tracker,
+                &self.targets,
+                &self.settings.target_comp_ids,
+                timed_by,
+                now,
+            ),
+            connections: self.wire.connections(),
+            stats: SelfStats {
+                wire: self.wire.stats,
+                streams: self.wire.stream_stats(),
+                logs: self.follower.as_ref().map(|f| f.stats).unwrap_or_default(),
+                capture_drops: kernel.map(|k| k.drops),
+                capture_packets: kernel.map(|k| k.packets),
+                unkeyed_messages: self.tracker.unkeyed,
+                sessions_over_cap: self.tracker.over_cap,
+            },
+        };
+        let _ = self.tx.send(Arc::new(state));
+    }
+}

@@ -1,0 +1,602 @@
+//! A small FIX engine that drives real sessions over TCP, for the tests and the demo: a
+//! scripted initiator ([`Peer`], the gateway's side) and an acceptor thread ([`Venue`]) whose
+//! behaviour is set up front (how long it takes to acknowledge an order, whether it refuses
+//! logons, which orders it rejects). Both keep what they sent and received, which is the tests'
+//! ground truth. Optionally each side writes a QuickFIX-style message log (one line per message,
+//! its timestamp first), the engine log that the log source follows.
+//!
+//! Not a conforming FIX engine: no persistence, no resend of stored messages (a
+//! ResendRequest is answered with a SequenceReset-GapFill), no validation beyond the codec's.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::codec::{msg_type_name, tag, write, Decoded, Decoder, Message, SOH};
+
+/// Messages by MsgType name (or raw value).
+pub type Counts = BTreeMap<String, u64>;
+
+fn name(mt: &str) -> String {
+    msg_type_name(mt.as_bytes())
+        .map(str::to_string)
+        .unwrap_or_else(|| mt.to_string())
+}
+
+/// A `YYYYMMDD-HH:MM:SS.sss` UTC timestamp (SendingTime, log lines).
+pub fn utc_timestamp(t: SystemTime) -> String {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let dt = chrono::DateTime::<chrono::Utc>::from_timestamp(d.as_secs() as i64, d.subsec_nanos())
+        .unwrap_or_default();
+    dt.format("%Y%m%d-%H:%M:%S%.9f").to_string()
+}
+
+/// A message log in QuickFIX's format (`TIMESTAMP : MESSAGE`), with SOH or `|` separators.
+pub struct MessageLog {
+    file: std::fs::File,
+    pipe: bool,
+}
+
+impl MessageLog {
+    pub fn create(path: &PathBuf, pipe: bool) -> io::Result<MessageLog> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(MessageLog { file, pipe })
+    }
+
+    fn line(&mut self, at: SystemTime, bytes: &[u8]) -> io::Result<()> {
+        let mut l = format!("{} : ", utc_timestamp(at)).into_bytes();
+        if self.pipe {
+            l.extend(bytes.iter().map(|&c| if c == SOH { b'|' } else { c }));
+        } else {
+            l.extend_from_slice(bytes);
+        }
+        l.push(b'\n');
+        self.file.write_all(&l)
+    }
+}
+
+/// One side of a FIX session over a TCP stream.
+pub struct Peer {
+    stream: TcpStream,
+    decoder: Decoder,
+    begin: String,
+    pub sender: String,
+    pub target: String,
+    /// The next MsgSeqNum to send.
+    pub next_out: u64,
+    pub sent: Counts,
+    pub received: Counts,
+    log: Option<MessageLog>,
+}
+
+impl Peer {
+    pub fn new(stream: TcpStream, begin: &str, sender: &str, target: &str) -> Peer {
+        let _ = stream.set_nodelay(true);
+        Peer {
+            stream,
+            decoder: Decoder::new(SOH),
+            begin: begin.to_string(),
+            sender: sender.to_string(),
+            target: target.to_string(),
+            next_out: 1,
+            sent: Counts::new(),
+            received: Counts::new(),
+            log: None,
+        }
+    }
+
+    /// Connect to `addr` as `sender`.
+    pub fn connect(addr: SocketAddr, begin: &str, sender: &str, target: &str) -> io::Result<Peer> {
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        Ok(Peer::new(s, begin, sender, target))
+    }
+
+    /// Write every message sent and received to `log`.
+    pub fn with_log(mut self, log: MessageLog) -> Peer {
+        self.log = Some(log);
+        self
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.stream.local_addr()
+    }
+
+    /// Send a message with the standard header; `fields` follow it.
+    pub fn send(&mut self, mt: &str, fields: &[(u32, &str)]) -> io::Result<()> {
+        let seq = self.next_out.to_string();
+        self.next_out += 1;
+        self.send_with_seq(mt, &seq, fields)
+    }
+
+    /// Send a message with a given MsgSeqNum (a PossDup resend, a SequenceReset), without
+    /// moving the next number.
+    pub fn send_with_seq(&mut self, mt: &str, seq: &str, fields: &[(u32, &str)]) -> io::Result<()> {
+        let now = SystemTime::now();
+        let ts = utc_timestamp(now);
+        let mut f: Vec<(u32, &[u8])> = vec![
+            (tag::MSG_TYPE, mt.as_bytes()),
+            (tag::SENDER_COMP_ID, self.sender.as_bytes()),
+            (tag::TARGET_COMP_ID, self.target.as_bytes()),
+            (tag::MSG_SEQ_NUM, seq.as_bytes()),
+            (tag::SENDING_TIME, &ts.as_bytes()[..21]),
+        ];
+        f.extend(fields.iter().map(|(t, v)| (*t, v.as_bytes())));
+        let bytes = write(&self.begin, &f, SOH);
+        self.stream.write_all(&bytes)?;
+        if let Some(l) = &mut self.log {
+            l.line(now, &bytes)?;
+        }
+        *self.sent.entry(name(mt)).or_default() += 1;
+        Ok(())
+    }
+
+    /// Send raw bytes (malformed messages).
+    pub fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// Leave `n` sequence numbers out (a gap the other side will see).
+    pub fn skip(&mut self, n: u64) {
+        self.next_out += n;
+    }
+
+    /// The next message received, waiting until `deadline`; `None` at the deadline, an error
+    /// when the stream ends.
+    pub fn recv(&mut self, deadline: Instant) -> io::Result<Option<Message>> {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            while let Some(d) = self.decoder.next_message() {
+                if let Decoded::Message(m) = d {
+                    if let Some(l) = &mut self.log {
+                        l.line(SystemTime::now(), m.as_bytes())?;
+                    }
+                    let mt = String::from_utf8_lossy(m.msg_type()).into_owned();
+                    *self.received.entry(name(&mt)).or_default() += 1;
+                    return Ok(Some(m));
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            self.stream.set_read_timeout(Some(left))?;
+            match self.stream.read(&mut buf) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => self.decoder.feed(&buf[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Ok(None)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Receive until a message of type `mt` (other messages are counted and dropped).
+    pub fn expect(&mut self, mt: &str, timeout: Duration) -> io::Result<Message> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.recv(deadline)? {
+                Some(m) if m.msg_type() == mt.as_bytes() => return Ok(m),
+                Some(_) => continue,
+                None => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no {mt} within {timeout:?}"),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Close the TCP connection.
+    pub fn close(self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// How a simulated venue behaves.
+#[derive(Debug, Clone)]
+pub struct VenueBehaviour {
+    pub comp_id: String,
+    pub begin_string: String,
+    /// How long an order waits before its ExecutionReport.
+    pub ack_delay: Duration,
+    /// Refuse every Logon with a Logout carrying this text.
+    pub refuse_logons: Option<String>,
+    /// Answer every n-th order with a BusinessMessageReject instead of an ExecutionReport.
+    pub business_reject_every: Option<u64>,
+    /// Leave this many sequence numbers out after this many messages sent (a gap).
+    pub gap_after: Option<(u64, u64)>,
+}
+
+impl Default for VenueBehaviour {
+    fn default() -> Self {
+        VenueBehaviour {
+            comp_id: "VENUE".into(),
+            begin_string: "FIX.4.4".into(),
+            ack_delay: Duration::ZERO,
+            refuse_logons: None,
+            business_reject_every: None,
+            gap_after: None,
+        }
+    }
+}
+
+/// What a venue did, over all its connections.
+#[derive(Debug, Clone, Default)]
+pub struct VenueRecord {
+    pub sent: Counts,
+    pub received: Counts,
+    pub connections: u64,
+    /// Sequence numbers it left out.
+    pub gap_messages: u64,
+}
+
+/// A venue accepting sessions on a loopback port, one thread per connection.
+pub struct Venue {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    record: Arc<Mutex<VenueRecord>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Venue {
+    /// Listen on `bind` (port 0 for any) and serve.
+    pub fn start(bind: SocketAddr, behaviour: VenueBehaviour) -> io::Result<Venue> {
+        let listener = TcpListener::bind(bind)?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let record = Arc::new(Mutex::new(VenueRecord::default()));
+        let (s, r) = (stop.clone(), record.clone());
+        let thread = std::thread::spawn(move || accept_loop(listener, behaviour, s, r));
+        Ok(Venue {
+            addr,
+            stop,
+            record,
+            thread: Some(thread),
+        })
+    }
+
+    /// What the venue did so far.
+    pub fn record(&self) -> VenueRecord {
+        self.record.lock().expect("venue record").clone()
+    }
+
+    /// Stop accepting and wait for the connections to end.
+    pub fn stop(mut self) -> VenueRecord {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.record()
+    }
+}
+
+impl Drop for Venue {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn accept_loop(
+    listener: TcpListener,
+    b: VenueBehaviour,
+    stop: Arc<AtomicBool>,
+    record: Arc<Mutex<VenueRecord>>,
+) {
+    let mut conns = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((s, _)) => {
+                let _ = s.set_nonblocking(false);
+                record.lock().expect("venue record").connections += 1;
+                let (b, st, r) = (b.clone(), stop.clone(), record.clone());
+                conns.push(std::thread::spawn(move || {
+                    let _ = serve(s, &b, &st, &r);
+                }));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    for c in conns {
+        let _ = c.join();
+    }
+}
+
+fn serve(
+    s: TcpStream,
+    b: &VenueBehaviour,
+    stop: &AtomicBool,
+    record: &Mutex<VenueRecord>,
+) -> io::Result<()> {
+    let mut p = Peer::new(s, &b.begin_string, &b.comp_id, "");
+    let mut orders = 0u64;
+    let mut sent_total = 0u64;
+    let mut gapped = false;
+    // Orders waiting for their ack: (due, ClOrdID, MsgType).
+    let mut due: Vec<(Instant, String, String)> = Vec::new();
+    let result = loop {
+        if stop.load(Ordering::SeqCst) {
+            break Ok(());
+        }
+        let wait = due
+            .iter()
+            .map(|(t, _, _)| *t)
+            .min()
+            .unwrap_or_else(|| Instant::now() + Duration::from_millis(20))
+            .min(Instant::now() + Duration::from_millis(20));
+        let m = match p.recv(wait) {
+            Ok(m) => m,
+            Err(e) => break Err(e),
+        };
+        let now = Instant::now();
+        let mut ready: Vec<_> = Vec::new();
+        due.retain(|d| {
+            if d.0 <= now {
+                ready.push(d.clone());
+                false
+            } else {
+                true
+            }
+        });
+        for (_, id, mt) in ready {
+            let r = if mt == "F" {
+                p.send("9", &[(11, &id), (39, "8"), (434, "1"), (102, "1")])
+            } else {
+                p.send(
+                    "8",
+                    &[(11, &id), (17, &format!("E{id}")), (150, "0"), (39, "0")],
+                )
+            };
+            if r.is_err() {
+                break; // the next read reports the broken stream
+            }
+            sent_total += 1;
+        }
+        if let (Some((after, n)), false) = (b.gap_after, gapped) {
+            if sent_total >= after {
+                p.skip(n);
+                gapped = true;
+                record.lock().expect("venue record").gap_messages += n;
+            }
+        }
+        let Some(m) = m else { continue };
+        if p.target.is_empty() {
+            p.target = m
+                .get_str(tag::SENDER_COMP_ID)
+                .unwrap_or_default()
+                .into_owned();
+        }
+        let mt = String::from_utf8_lossy(m.msg_type()).into_owned();
+        let r = match mt.as_str() {
+            "A" => match &b.refuse_logons {
+                Some(text) => {
+                    let _ = p.send("5", &[(58, text)]);
+                    break Ok(());
+                }
+                None => {
+                    let hb = m
+                        .get_str(tag::HEART_BT_INT)
+                        .unwrap_or_default()
+                        .into_owned();
+                    sent_total += 1;
+                    p.send("A", &[(98, "0"), (108, &hb)])
+                }
+            },
+            "1" => {
+                let id = m.get_str(tag::TEST_REQ_ID).unwrap_or_default().into_owned();
+                sent_total += 1;
+                p.send("0", &[(112, &id)])
+            }
+            "2" => {
+                let new = p.next_out.to_string();
+                let from = m
+                    .get_str(tag::BEGIN_SEQ_NO)
+                    .unwrap_or_default()
+                    .into_owned();
+                sent_total += 1;
+                p.send_with_seq("4", &from, &[(43, "Y"), (123, "Y"), (36, &new)])
+            }
+            "5" => {
+                let _ = p.send("5", &[]);
+                break Ok(());
+            }
+            "D" | "F" | "G" => {
+                orders += 1;
+                let id = m.get_str(tag::CL_ORD_ID).unwrap_or_default().into_owned();
+                if b.business_reject_every.is_some_and(|n| orders % n == 0) {
+                    let seq = m.get_str(tag::MSG_SEQ_NUM).unwrap_or_default().into_owned();
+                    sent_total += 1;
+                    p.send(
+                        "j",
+                        &[(45, &seq), (372, &mt), (380, "4"), (58, "simulated reject")],
+                    )
+                } else {
+                    due.push((Instant::now() + b.ack_delay, id, mt));
+                    Ok(())
+                }
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = r {
+            break Err(e);
+        }
+    };
+    let mut rec = record.lock().expect("venue record");
+    for (k, v) in &p.sent {
+        *rec.sent.entry(k.clone()).or_default() += v;
+    }
+    for (k, v) in &p.received {
+        *rec.received.entry(k.clone()).or_default() += v;
+    }
+    drop(rec);
+    p.close();
+    result
+}
+
+/// What a scripted gateway session did: the ground truth the tests compare with.
+#[derive(Debug, Clone, Default)]
+pub struct Truth {
+    pub local: Option<SocketAddr>,
+    pub sent: Counts,
+    pub received: Counts,
+    /// Each order's request kind and the round trip the gateway measured around it (an upper
+    /// bound for any timestamp taken between the send and the receive).
+    pub round_trips: Vec<(&'static str, Duration)>,
+    pub logout_text: String,
+    /// Logons refused by the second venue.
+    pub refused_logons: u64,
+    pub refusal_text: String,
+}
+
+/// The scripted session: Logon (HeartBtInt 30), a TestRequest, `orders` orders (every fifth a
+/// cancel, every seventh a replace), a ResendRequest for the venue's gap if one was seen,
+/// then a Logout with a reason. With `refusing`, also `refusals` Logons against a venue
+/// (CompID `VENUE2`) that refuses them. Messages sent and received are logged to `log` when given.
+pub fn scripted_session(
+    venue: SocketAddr,
+    orders: u64,
+    refusing: Option<(SocketAddr, u64)>,
+    log: Option<(PathBuf, bool)>,
+) -> io::Result<Truth> {
+    let t = Duration::from_secs(10);
+    let mut gw = Peer::connect(venue, "FIX.4.4", "GW", "VENUE")?;
+    if let Some((path, pipe)) = &log {
+        gw = gw.with_log(MessageLog::create(path, *pipe)?);
+    }
+    let mut truth = Truth {
+        local: Some(gw.local_addr()?),
+        ..Truth::default()
+    };
+    gw.send("A", &[(98, "0"), (108, "30")])?;
+    gw.expect("A", t)?;
+    gw.send("0", &[])?;
+    gw.send("1", &[(112, "probe")])?;
+    gw.expect("0", t)?;
+    let mut expected_seq = 3u64; // Logon 1, Heartbeat 2
+    let mut gap_seen = false;
+    for i in 1..=orders {
+        let (mt, kind) = if i % 7 == 0 {
+            ("G", "replace")
+        } else if i % 5 == 0 {
+            ("F", "cancel")
+        } else {
+            ("D", "new")
+        };
+        let id = format!("ord{i}");
+        let start = Instant::now();
+        gw.send(
+            mt,
+            &[(11, &id), (41, "ord1"), (55, "XYZ"), (54, "1"), (38, "100")],
+        )?;
+        // The answer: an ExecutionReport, an OrderCancelReject or a BusinessMessageReject.
+        let deadline = Instant::now() + t;
+        loop {
+            let m = gw
+                .recv(deadline)?
+                .ok_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "no answer to an order"))?;
+            let seq = m.get_u64(tag::MSG_SEQ_NUM).unwrap_or(0);
+            if seq > expected_seq && m.msg_type() != b"4" {
+                gap_seen = true;
+            }
+            expected_seq = expected_seq.max(seq + 1);
+            match m.msg_type() {
+                b"8" | b"9" if m.get(11) == Some(id.as_bytes()) => {
+                    truth.round_trips.push((kind, start.elapsed()));
+                    break;
+                }
+                b"j" => break,
+                _ => {}
+            }
+        }
+        if gap_seen {
+            gap_seen = false;
+            gw.send("2", &[(7, "1"), (16, "0")])?;
+            gw.expect("4", t)?;
+        }
+    }
+    truth.logout_text = "end of day".into();
+    gw.send("5", &[(58, &truth.logout_text)])?;
+    gw.expect("5", t)?;
+    truth.sent = gw.sent.clone();
+    truth.received = gw.received.clone();
+    gw.close();
+    if let Some((addr, n)) = refusing {
+        for _ in 0..n {
+            let mut p = Peer::connect(addr, "FIX.4.4", "GW", "VENUE2")?;
+            if let Some((path, pipe)) = &log {
+                p = p.with_log(MessageLog::create(path, *pipe)?);
+            }
+            p.send("A", &[(98, "0"), (108, "30")])?;
+            let m = p.expect("5", t)?;
+            truth.refusal_text = m.get_str(58).unwrap_or_default().into_owned();
+            truth.refused_logons += 1;
+            for (k, v) in &p.sent {
+                *truth.sent.entry(k.clone()).or_default() += v;
+            }
+            for (k, v) in &p.received {
+                *truth.received.entry(k.clone()).or_default() += v;
+            }
+            p.close();
+        }
+    }
+    Ok(truth)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_against_the_venue() {
+        let v = Venue::start(
+            "127.0.0.1:0".parse().unwrap(),
+            VenueBehaviour {
+                ack_delay: Duration::from_millis(20),
+                business_reject_every: Some(3),
+                ..VenueBehaviour::default()
+            },
+        )
+        .unwrap();
+        let mut gw = Peer::connect(v.addr, "FIX.4.4", "GW", "VENUE").unwrap();
+        let t = Duration::from_secs(5);
+        gw.send("A", &[(98, "0"), (108, "30")]).unwrap();
+        gw.expect("A", t).unwrap();
+        gw.send("1", &[(112, "hello")]).unwrap();
+        assert_eq!(gw.expect("0", t).unwrap().get(112), Some(&b"hello"[..]));
+        let sent = Instant::now();
+        gw.send(
+            "D",
+            &[(11, "o1"), (55, "X"), (54, "1"), (38, "100"), (40, "1")],
+        )
+        .unwrap();
+        let er = gw.expect("8", t).unwrap();
+        assert!(sent.elapsed() >= Duration::from_millis(20));
+        assert_eq!(er.get(11), Some(&b"o1"[..]));
+        gw.send("F", &[(11, "c1"), (41, "o1")]).unwrap();
+        gw.expect("9", t).unwrap();
+        gw.send("D", &[(11, "o2")]).unwrap();
+        gw.expect("j", t).unwrap();
+        gw.send("5", &[]).unwrap();
+        gw.expect("5", t).unwrap();
+        let rec = v.stop();
+        assert_eq!(rec.received.get("NewOrderSingle"), Some(&2));
+        assert_eq!(rec.sent.get("BusinessMessageReject"), Some(&1));
+        assert_eq!(gw.sent.get("Logon"), Some(&1));
+        assert_eq!(gw.received, rec.sent);
+    }
+}

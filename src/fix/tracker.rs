@@ -1,0 +1,785 @@
+//! The FIX session tracker: a pure state machine.
+//!
+//! Messages go in, each with its direction (we sent it, or they did), the time it was seen and,
+//! where the source knows it, the TCP session and target it travelled on; per-session state and
+//! counts are kept, and order round trips come out as events. It never reads a clock and does
+//! no I/O: the wire source passes kernel receive timestamps, the log source the log's own
+//! timestamps, and tests made-up ones.
+//!
+//! A FIX session is (BeginString, our CompID, their CompID): an outbound message's
+//! SenderCompID is ours, an inbound one's TargetCompID is ours. Sessions are bounded
+//! ([`Limits::max_sessions`]); messages of sessions beyond the cap are counted, not tracked.
+//!
+//! Sequence numbers: each direction expects the next MsgSeqNum. A message above it, not a
+//! PossDup resend and not a SequenceReset, is a gap (counted once, with the number of messages
+//! missing). A SequenceReset (GapFill or Reset) moves the expected number to its NewSeqNo; a
+//! Logon with ResetSeqNumFlag=Y restarts at 1. A message below the expected number that is not a
+//! PossDup is counted as `seq_too_low` (an engine would disconnect).
+//!
+//! Orders: a NewOrderSingle (D), OrderCancelRequest (F) or OrderCancelReplaceRequest (G) we send
+//! waits, by ClOrdID, for the first ExecutionReport (8) or OrderCancelReject (9) that carries the
+//! same ClOrdID. Pending orders are bounded per session by a cap (the oldest is given up) and an
+//! expiry ([`Tracker::expire`]); both are counted as unanswered.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use super::codec::{msg_type_name, tag, Message};
+
+/// Which way a message went, from the gateway's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Received by us (from the venue).
+    In,
+    /// Sent by us.
+    Out,
+}
+
+impl Direction {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Direction::In => "in",
+            Direction::Out => "out",
+        }
+    }
+    fn idx(self) -> usize {
+        match self {
+            Direction::In => 0,
+            Direction::Out => 1,
+        }
+    }
+}
+
+/// Who ended a session with a Logout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Initiator {
+    Us,
+    Them,
+}
+
+impl Initiator {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Initiator::Us => "us",
+            Initiator::Them => "them",
+        }
+    }
+}
+
+/// The kind of request an order round trip answers (the `request` attribute).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Request {
+    New,
+    Cancel,
+    Replace,
+}
+
+impl Request {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Request::New => "new",
+            Request::Cancel => "cancel",
+            Request::Replace => "replace",
+        }
+    }
+    fn from_msg_type(t: &[u8]) -> Option<Request> {
+        match t {
+            b"D" => Some(Request::New),
+            b"F" => Some(Request::Cancel),
+            b"G" => Some(Request::Replace),
+            _ => None,
+        }
+    }
+}
+
+/// A FIX session's identity, from our side.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct SessionKey {
+    pub begin_string: String,
+    pub ours: String,
+    pub theirs: String,
+}
+
+impl SessionKey {
+    /// The `session` attribute: `SENDER->TARGET` as we send.
+    pub fn label(&self) -> String {
+        format!("{}->{}", self.ours, self.theirs)
+    }
+
+    /// The key of a message seen going `dir`; `None` without both CompIDs.
+    pub fn of(msg: &Message, dir: Direction) -> Option<SessionKey> {
+        let sender = msg.get_str(tag::SENDER_COMP_ID)?;
+        let target = msg.get_str(tag::TARGET_COMP_ID)?;
+        let (ours, theirs) = match dir {
+            Direction::Out => (sender, target),
+            Direction::In => (target, sender),
+        };
+        Some(SessionKey {
+            begin_string: String::from_utf8_lossy(msg.begin_string()).into_owned(),
+            ours: ours.into_owned(),
+            theirs: theirs.into_owned(),
+        })
+    }
+}
+
+/// The TCP session a FIX session was seen on (the wire source always knows it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct TcpLink {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+/// Where a message was seen.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// The target's name, when the source attributed the message to one.
+    pub target: Option<String>,
+    pub tcp: Option<TcpLink>,
+}
+
+/// The logon state machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogonState {
+    /// No Logon seen (or the session ended).
+    LoggedOut,
+    /// One side sent a Logon, the other has not answered yet.
+    LogonSent {
+        by: Initiator,
+    },
+    LoggedOn,
+    /// A Logout was sent, the answer is awaited.
+    LogoutSent {
+        by: Initiator,
+    },
+}
+
+/// Counts for one direction of a session.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DirectionCounts {
+    pub messages: u64,
+    /// Gaps seen (each jump counts once).
+    pub sequence_gaps: u64,
+    /// Messages missing across all gaps.
+    pub sequence_gap_messages: u64,
+    /// MsgSeqNum below the expected one, not a PossDup.
+    pub seq_too_low: u64,
+    pub test_requests: u64,
+    pub resend_requests: u64,
+    pub sequence_resets: u64,
+    /// Reject (35=3).
+    pub session_rejects: u64,
+    /// BusinessMessageReject (35=j).
+    pub business_rejects: u64,
+    /// The next MsgSeqNum expected; `None` before the first message.
+    pub next_seq: Option<u64>,
+    /// When the last message this way was seen.
+    #[serde(skip)]
+    pub last_seen: Option<SystemTime>,
+}
+
+/// One FIX session's state.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Session {
+    pub key: SessionKey,
+    pub target: Option<String>,
+    pub tcp: Option<TcpLink>,
+    pub state: LogonState,
+    pub logons: u64,
+    pub logouts_us: u64,
+    pub logouts_them: u64,
+    /// Logouts without a Logout message: the TCP session closed while logged on.
+    pub disconnects: u64,
+    pub last_logout_text: Option<String>,
+    /// HeartBtInt from the last Logon, seconds.
+    pub heartbeat_interval: Option<u64>,
+    /// [in, out]
+    pub dirs: [DirectionCounts; 2],
+    /// Messages by (direction, MsgType name), bounded by [`Limits::max_msg_types`].
+    pub by_type: BTreeMap<(Direction, String), u64>,
+    pub orders_answered: u64,
+    pub orders_unanswered: u64,
+    #[serde(skip)]
+    pending: HashMap<Vec<u8>, (Request, SystemTime)>,
+    #[serde(skip)]
+    pending_order: VecDeque<(Vec<u8>, SystemTime)>,
+}
+
+impl Session {
+    fn new(key: SessionKey) -> Session {
+        Session {
+            key,
+            target: None,
+            tcp: None,
+            state: LogonState::LoggedOut,
+            logons: 0,
+            logouts_us: 0,
+            logouts_them: 0,
+            disconnects: 0,
+            last_logout_text: None,
+            heartbeat_interval: None,
+            dirs: Default::default(),
+            by_type: BTreeMap::new(),
+            orders_answered: 0,
+            orders_unanswered: 0,
+            pending: HashMap::new(),
+            pending_order: VecDeque::new(),
+        }
+    }
+
+    pub fn dir(&self, d: Direction) -> &DirectionCounts {
+        &self.dirs[d.idx()]
+    }
+
+    pub fn logged_on(&self) -> bool {
+        matches!(
+            self.state,
+            LogonState::LoggedOn | LogonState::LogoutSent { .. }
+        )
+    }
+
+    /// Orders awaiting an answer.
+    pub fn pending_orders(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Time since the last message received, at `now`; `None` before any.
+    pub fn inbound_silence(&self, now: SystemTime) -> Option<Duration> {
+        let last = self.dir(Direction::In).last_seen?;
+        Some(now.duration_since(last).unwrap_or_default())
+    }
+
+    /// Messages of one type one way (`msg_type` is the name, or the raw value).
+    pub fn count(&self, d: Direction, msg_type: &str) -> u64 {
+        self.by_type
+            .get(&(d, msg_type.to_string()))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// Bounds on what the tracker keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_sessions: usize,
+    /// Distinct MsgTypes kept per session; more are counted under `other`.
+    pub max_msg_types: usize,
+    /// Orders awaiting an answer per session; the oldest is given up beyond it.
+    pub max_pending_orders: usize,
+    /// An order unanswered for this long is given up.
+    pub order_expiry: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_sessions: 256,
+            max_msg_types: 64,
+            max_pending_orders: 10_000,
+            order_expiry: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What the tracker reports as it goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// An order we sent was answered.
+    OrderAnswered {
+        session: SessionKey,
+        target: Option<String>,
+        request: Request,
+        latency: Duration,
+    },
+}
+
+/// Every FIX session seen.
+#[derive(Debug, Clone, Default)]
+pub struct Tracker {
+    limits: Limits,
+    sessions: BTreeMap<SessionKey, Session>,
+    /// Messages without SenderCompID and TargetCompID.
+    pub unkeyed: u64,
+    /// Messages of sessions beyond the cap.
+    pub over_cap: u64,
+}
+
+impl Tracker {
+    pub fn new(limits: Limits) -> Tracker {
+        Tracker {
+            limits,
+            ..Tracker::default()
+        }
+    }
+
+    pub fn sessions(&self) -> impl Iterator<Item = &Session> {
+        self.sessions.values()
+    }
+
+    pub fn session(&self, key: &SessionKey) -> Option<&Session> {
+        self.sessions.get(key)
+    }
+
+    /// Find a session by its `ours->theirs` label (for tests and views).
+    pub fn by_label(&self, label: &str) -> Option<&Session> {
+        self.sessions.values().find(|s| s.key.label() == label)
+    }
+
+    /// One message seen going `dir` at `at`.
+    pub fn observe(
+        &mut self,
+        msg: &Message,
+        dir: Direction,
+        at: SystemTime,
+        origin: &Origin,
+    ) -> Vec<Event> {
+        let mut events = Vec::new();
+        let Some(key) = SessionKey::of(msg, dir) else {
+            self.unkeyed += 1;
+            return events;
+        };
+        if !self.sessions.contains_key(&key) {
+            if self.sessions.len() >= self.limits.max_sessions {
+                self.over_cap += 1;
+                return events;
+            }
+            self.sessions.insert(key.clone(), Session::new(key.clone()));
+        }
+        let limits = self.limits;
+        let s = self.sessions.get_mut(&key).expect("inserted above");
+        if origin.target.is_some() {
+            s.target.clone_from(&origin.target);
+        }
+        if origin.tcp.is_some() {
+            s.tcp = origin.tcp;
+        }
+        let mt = msg.msg_type();
+        let who = match dir {
+            Direction::Out => Initiator::Us,
+            Direction::In => Initiator::Them,
+        };
+
+        // Counts by type.
+        let name = msg_type_name(mt)
+            .map(str::to_string)
+            .unwrap_or_else(|| String::from_utf8_lossy(mt).into_owned());
+        let types_one_way = s.by_type.keys().filter(|(d, _)| *d == dir).count();
+        let k = if s.by_type.contains_key(&(dir, name.clone()))
+            || types_one_way < limits.max_msg_types
+        {
+            (dir, name)
+        } else {
+            (dir, "other".to_string())
+        };
+        *s.by_type.entry(k).or_default() += 1;
+
+        // Session-level messages.
+        match mt {
+            b"A" => {
+                if msg.get_flag(tag::RESET_SEQ_NUM_FLAG) {
+                    for d in &mut s.dirs {
+                        d.next_seq = None;
+                    }
+                }
+                if let Some(hb) = msg.get_u64(tag::HEART_BT_INT) {
+                    s.heartbeat_interval = Some(hb);
+                }
+                s.state = match s.state {
+                    LogonState::LogonSent { by } if by != who => {
+                        s.logons += 1;
+                        LogonState::LoggedOn
+                    }
+                    LogonState::LoggedOn => LogonState::LoggedOn,
+                    _ => LogonState::LogonSent { by: who },
+                };
+            }
+            b"5" => {
+                if let Some(t) = msg.get_str(tag::TEXT) {
+                    s.last_logout_text = Some(t.into_owned());
+                }
+                s.state = match s.state {
+                    LogonState::LoggedOn => LogonState::LogoutSent { by: who },
+                    LogonState::LogoutSent { by } if by != who => {
+                        match by {
+                            Initiator::Us => s.logouts_us += 1,
+                            Initiator::Them => s.logouts_them += 1,
+                        }
+                        LogonState::LoggedOut
+                    }
+                    // A Logout answering a Logon: the logon was refused.
+                    LogonState::LogonSent { .. } => LogonState::LoggedOut,
+                    other => other,
+                };
+            }
+            _ => {}
+        }
+
+        let d = &mut s.dirs[dir.idx()];
+        d.messages += 1;
+        d.last_seen = Some(at);
+        match mt {
+            b"1" => d.test_requests += 1,
+            b"2" => d.resend_requests += 1,
+            b"3" => d.session_rejects += 1,
+            b"j" => d.business_rejects += 1,
+            _ => {}
+        }
+
+        // Sequence numbers.
+        let seq = msg.get_u64(tag::MSG_SEQ_NUM);
+        let poss_dup = msg.get_flag(tag::POSS_DUP_FLAG);
+        if mt == b"4" {
+            d.sequence_resets += 1;
+            // A GapFill (part of a resend) never moves the expected number back; a Reset sets it.
+            if let Some(new) = msg.get_u64(tag::NEW_SEQ_NO) {
+                d.next_seq = if msg.get_flag(tag::GAP_FILL_FLAG) {
+                    Some(d.next_seq.map_or(new, |n| n.max(new)))
+                } else {
+                    Some(new)
+                };
+            }
+        } else if let Some(seq) = seq {
+            match d.next_seq {
+                Some(expect) if seq > expect && !poss_dup => {
+                    d.sequence_gaps += 1;
+                    d.sequence_gap_messages += seq - expect;
+                    d.next_seq = Some(seq + 1);
+                }
+                Some(expect) if seq < expect => {
+                    if !poss_dup {
+                        d.seq_too_low += 1;
+                    }
+                }
+                _ => d.next_seq = Some(seq.saturating_add(1)),
+            }
+        }
+
+        // Orders.
+        if let Some(req) = Request::from_msg_type(mt) {
+            if dir == Direction::Out {
+                if let Some(id) = msg.get(tag::CL_ORD_ID) {
+                    if s.pending.insert(id.to_vec(), (req, at)).is_none() {
+                        s.pending_order.push_back((id.to_vec(), at));
+                    }
+                    while s.pending.len() > limits.max_pending_orders {
+                        let Some((old, _)) = s.pending_order.pop_front() else {
+                            break;
+                        };
+                        if s.pending.remove(&old).is_some() {
+                            s.orders_unanswered += 1;
+                        }
+                    }
+                }
+            }
+        } else if (mt == b"8" || mt == b"9") && dir == Direction::In {
+            if let Some(id) = msg.get(tag::CL_ORD_ID) {
+                if let Some((request, sent)) = s.pending.remove(id) {
+                    s.orders_answered += 1;
+                    events.push(Event::OrderAnswered {
+                        session: key.clone(),
+                        target: s.target.clone(),
+                        request,
+                        latency: at.duration_since(sent).unwrap_or_default(),
+                    });
+                }
+            }
+        }
+        // Keep the FIFO from growing with answered orders.
+        if s.pending_order.len() > 2 * s.pending.len() + 64 {
+            let pending = &s.pending;
+            s.pending_order.retain(|(id, _)| pending.contains_key(id));
+        }
+        events
+    }
+
+    /// The TCP session a FIX session ran on closed (the wire source sees FIN or RST): a session
+    /// still logged on is logged out without a Logout.
+    pub fn tcp_closed(&mut self, tcp: TcpLink) {
+        for s in self.sessions.values_mut() {
+            if s.tcp == Some(tcp) {
+                if s.logged_on() {
+                    s.disconnects += 1;
+                }
+                s.state = LogonState::LoggedOut;
+            }
+        }
+    }
+
+    /// Give up orders pending longer than the expiry, at `now`; returns how many.
+    pub fn expire(&mut self, now: SystemTime) -> u64 {
+        let expiry = self.limits.order_expiry;
+        let mut n = 0;
+        for s in self.sessions.values_mut() {
+            let before = s.pending.len();
+            s.pending
+                .retain(|_, (_, sent)| now.duration_since(*sent).unwrap_or_default() < expiry);
+            let gone = (before - s.pending.len()) as u64;
+            s.orders_unanswered += gone;
+            n += gone;
+            if gone > 0 {
+                let pending = &s.pending;
+                s.pending_order.retain(|(id, _)| pending.contains_key(id));
+            }
+        }
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fix::codec::{parse, write, SOH};
+
+    const T0: Duration = Duration::from_secs(1_800_000_000);
+
+    fn at(ms: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + T0 + Duration::from_millis(ms)
+    }
+
+    /// A message from `from` to `to` with MsgSeqNum `seq` and extra fields.
+    fn msg(from: &str, to: &str, mt: &str, seq: u64, extra: &[(u32, &str)]) -> Message {
+        let seq = seq.to_string();
+        let mut f: Vec<(u32, &[u8])> = vec![
+            (35, mt.as_bytes()),
+            (49, from.as_bytes()),
+            (56, to.as_bytes()),
+            (34, seq.as_bytes()),
+        ];
+        f.extend(extra.iter().map(|(t, v)| (*t, v.as_bytes())));
+        parse(&write("FIX.4.4", &f, SOH), SOH).unwrap()
+    }
+
+    struct Sim {
+        t: Tracker,
+        seq: [u64; 2],
+        now: u64,
+        events: Vec<Event>,
+    }
+
+    impl Sim {
+        fn new() -> Sim {
+            Sim {
+                t: Tracker::new(Limits::default()),
+                seq: [1, 1],
+                now: 0,
+                events: vec![],
+            }
+        }
+        fn send(&mut self, dir: Direction, mt: &str, extra: &[(u32, &str)]) {
+            let (from, to) = match dir {
+                Direction::Out => ("GW", "VENUE"),
+                Direction::In => ("VENUE", "GW"),
+            };
+            let seq = self.seq[dir.idx()];
+            self.seq[dir.idx()] += 1;
+            let m = msg(from, to, mt, seq, extra);
+            self.now += 1;
+            let origin = Origin {
+                target: Some("venue".into()),
+                tcp: None,
+            };
+            self.events
+                .extend(self.t.observe(&m, dir, at(self.now), &origin));
+        }
+        fn s(&self) -> &Session {
+            self.t.by_label("GW->VENUE").unwrap()
+        }
+    }
+
+    use Direction::{In, Out};
+
+    #[test]
+    fn logon_heartbeat_logout_by_them() {
+        let mut sim = Sim::new();
+        sim.send(Out, "A", &[(108, "30")]);
+        assert_eq!(sim.s().state, LogonState::LogonSent { by: Initiator::Us });
+        assert!(!sim.s().logged_on());
+        sim.send(In, "A", &[(108, "30")]);
+        assert!(sim.s().logged_on());
+        assert_eq!(sim.s().logons, 1);
+        assert_eq!(sim.s().heartbeat_interval, Some(30));
+        sim.send(Out, "0", &[]);
+        sim.send(In, "0", &[]);
+        sim.send(In, "1", &[(112, "T1")]);
+        sim.send(Out, "0", &[(112, "T1")]);
+        sim.send(In, "5", &[(58, "end of day")]);
+        sim.send(Out, "5", &[]);
+        let s = sim.s();
+        assert_eq!(s.state, LogonState::LoggedOut);
+        assert_eq!((s.logouts_us, s.logouts_them), (0, 1));
+        assert_eq!(s.last_logout_text.as_deref(), Some("end of day"));
+        assert_eq!(s.count(Out, "Heartbeat"), 2);
+        assert_eq!(s.count(In, "TestRequest"), 1);
+        assert_eq!(s.dir(In).test_requests, 1);
+        assert_eq!(s.dir(In).messages, 4);
+        assert_eq!(s.dir(Out).messages, 4);
+        assert_eq!(s.dir(In).sequence_gaps, 0);
+        assert_eq!(s.target.as_deref(), Some("venue"));
+        assert_eq!(
+            // The last inbound message (their Logout) came 1 ms before our answer.
+            s.inbound_silence(at(sim.now + 2500)),
+            Some(Duration::from_millis(2501))
+        );
+    }
+
+    #[test]
+    fn refused_logon_is_not_a_logon() {
+        let mut sim = Sim::new();
+        for _ in 0..3 {
+            sim.send(Out, "A", &[(108, "30")]);
+            sim.send(In, "5", &[(58, "unknown CompID")]);
+        }
+        let s = sim.s();
+        assert_eq!(s.logons, 0);
+        assert_eq!(s.state, LogonState::LoggedOut);
+        assert_eq!(s.count(Out, "Logon"), 3);
+        assert_eq!(s.last_logout_text.as_deref(), Some("unknown CompID"));
+        assert_eq!((s.logouts_us, s.logouts_them), (0, 0));
+    }
+
+    #[test]
+    fn gaps_count_but_not_possdup_or_gapfill() {
+        let mut sim = Sim::new();
+        sim.send(Out, "A", &[]);
+        sim.send(In, "A", &[]);
+        sim.seq[0] += 3; // three inbound messages lost: 2, 3, 4
+        sim.send(In, "0", &[]); // 5: a gap of 3
+        sim.send(Out, "2", &[(7, "2"), (16, "4")]);
+        // The venue answers: a gap fill for 2..4, then nothing else out of order.
+        let m = msg("VENUE", "GW", "4", 2, &[(123, "Y"), (36, "5"), (43, "Y")]);
+        sim.t.observe(&m, In, at(100), &Origin::default());
+        // A PossDup resend of an old message is not a gap and not "too low".
+        let m = msg("VENUE", "GW", "8", 3, &[(43, "Y")]);
+        sim.t.observe(&m, In, at(101), &Origin::default());
+        sim.send(In, "0", &[]); // 6
+                                // A message too low without PossDup.
+        let m = msg("VENUE", "GW", "0", 2, &[]);
+        sim.t.observe(&m, In, at(102), &Origin::default());
+        let s = sim.s();
+        let d = s.dir(In);
+        assert_eq!(d.sequence_gaps, 1);
+        assert_eq!(d.sequence_gap_messages, 3);
+        assert_eq!(d.sequence_resets, 1);
+        assert_eq!(d.seq_too_low, 1);
+        assert_eq!(d.next_seq, Some(7));
+        assert_eq!(s.dir(Out).resend_requests, 1);
+        assert_eq!(s.dir(Out).sequence_gaps, 0);
+    }
+
+    #[test]
+    fn reset_seq_num_flag_restarts_at_one() {
+        let mut sim = Sim::new();
+        sim.send(Out, "A", &[]);
+        sim.send(In, "A", &[]);
+        sim.send(In, "0", &[]);
+        sim.seq = [1, 1];
+        sim.send(Out, "A", &[(141, "Y")]);
+        sim.send(In, "A", &[(141, "Y")]);
+        assert_eq!(sim.s().dir(In).sequence_gaps, 0);
+        assert_eq!(sim.s().dir(In).seq_too_low, 0);
+    }
+
+    #[test]
+    fn orders_are_matched_by_clordid() {
+        let mut sim = Sim::new();
+        sim.send(Out, "A", &[]);
+        sim.send(In, "A", &[]);
+        sim.send(Out, "D", &[(11, "o1")]);
+        sim.send(Out, "D", &[(11, "o2")]);
+        sim.send(In, "8", &[(11, "o2"), (150, "0")]);
+        sim.send(In, "8", &[(11, "o1"), (150, "0")]);
+        // A second report for o1 is not a second answer.
+        sim.send(In, "8", &[(11, "o1"), (150, "F")]);
+        sim.send(Out, "F", &[(11, "c1"), (41, "o1")]);
+        sim.send(In, "9", &[(11, "c1")]);
+        sim.send(Out, "G", &[(11, "r1"), (41, "o2")]);
+        let lat: Vec<_> = sim
+            .events
+            .iter()
+            .map(
+                |Event::OrderAnswered {
+                     request, latency, ..
+                 }| (*request, latency.as_millis()),
+            )
+            .collect();
+        assert_eq!(
+            lat,
+            // One millisecond per message: o2 answered 1 ms after it was sent, o1 3 ms after.
+            [(Request::New, 1), (Request::New, 3), (Request::Cancel, 1)]
+        );
+        assert_eq!(sim.s().orders_answered, 3);
+        assert_eq!(sim.s().pending_orders(), 1);
+        let gone = sim.t.expire(at(sim.now + 59_999));
+        assert_eq!(gone, 0);
+        assert_eq!(sim.t.expire(at(sim.now + 60_000)), 1);
+        assert_eq!(sim.s().orders_unanswered, 1);
+        assert_eq!(sim.s().pending_orders(), 0);
+    }
+
+    #[test]
+    fn pending_orders_are_capped() {
+        let mut sim = Sim::new();
+        sim.t.limits.max_pending_orders = 10;
+        for i in 0..25 {
+            sim.send(Out, "D", &[(11, &format!("o{i}"))]);
+        }
+        assert_eq!(sim.s().pending_orders(), 10);
+        assert_eq!(sim.s().orders_unanswered, 15);
+        // The newest are kept.
+        sim.send(In, "8", &[(11, "o24")]);
+        sim.send(In, "8", &[(11, "o0")]);
+        assert_eq!(sim.s().orders_answered, 1);
+    }
+
+    #[test]
+    fn sessions_and_types_are_capped() {
+        let mut t = Tracker::new(Limits {
+            max_sessions: 2,
+            max_msg_types: 3,
+            ..Limits::default()
+        });
+        for i in 0..4 {
+            let m = msg("GW", &format!("V{i}"), "0", 1, &[]);
+            t.observe(&m, Out, at(0), &Origin::default());
+        }
+        assert_eq!(t.sessions().count(), 2);
+        assert_eq!(t.over_cap, 2);
+        for (n, mt) in ["0", "U1", "U2", "U3", "U4", "U1"].iter().enumerate() {
+            let m = msg("GW", "V0", mt, n as u64 + 2, &[]);
+            t.observe(&m, Out, at(0), &Origin::default());
+        }
+        let s = t.by_label("GW->V0").unwrap();
+        assert_eq!(s.count(Out, "Heartbeat"), 2);
+        assert_eq!(s.count(Out, "U1"), 2);
+        assert_eq!(s.count(Out, "other"), 2);
+        let m = parse(&write("FIX.4.4", &[(35, b"0")], SOH), SOH).unwrap();
+        t.observe(&m, Out, at(0), &Origin::default());
+        assert_eq!(t.unkeyed, 1);
+    }
+
+    #[test]
+    fn tcp_close_logs_out_without_a_logout() {
+        let mut sim = Sim::new();
+        let link = TcpLink {
+            local: "127.0.0.1:40000".parse().unwrap(),
+            remote: "127.0.0.1:9878".parse().unwrap(),
+        };
+        let o = Origin {
+            target: None,
+            tcp: Some(link),
+        };
+        sim.t
+            .observe(&msg("GW", "VENUE", "A", 1, &[]), Out, at(1), &o);
+        sim.t
+            .observe(&msg("VENUE", "GW", "A", 1, &[]), In, at(2), &o);
+        assert!(sim.s().logged_on());
+        sim.t.tcp_closed(link);
+        assert!(!sim.s().logged_on());
+        assert_eq!(sim.s().disconnects, 1);
+        assert_eq!(sim.s().logouts_us + sim.s().logouts_them, 0);
+    }
+}

@@ -1,0 +1,559 @@
+//! From packets to FIX messages: the pure half of the wire source.
+//!
+//! Packets (an IPv4 or IPv6 header first, as an `AF_PACKET` `SOCK_DGRAM` socket gives them)
+//! with their kernel receive time go in; each is attributed to a target and a direction by the
+//! same rules as the TCP layer ([`Targets::classify`]: the gateway is the local side), put in
+//! order per direction ([`Stream`]), decoded ([`Decoder`]) and fed to the FIX [`Tracker`].
+//! Each TCP connection also says whether FIX was found on it: an encrypted session (TLS, FIXS)
+//! shows bytes flowing and no FIX, which is reported as such (the engine's log is the way to
+//! see it). A FIN both ways, or an RST, ends the connection and logs its FIX sessions out.
+//!
+//! Connections are bounded ([`MAX_CONNECTIONS`]); closed ones are forgotten.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::SystemTime;
+
+use super::codec::{Decoded, Decoder, SOH};
+use super::reassembly::{Chunk, Limits, Stream, StreamStats};
+use super::tracker::{Direction, Event, Origin, TcpLink, Tracker};
+use crate::target::{TargetId, Targets};
+
+/// Connections followed at once; packets of more are counted and dropped.
+pub const MAX_CONNECTIONS: usize = 4096;
+
+/// Bytes seen one way with no FIX message before a connection is said to carry none.
+pub const NO_FIX_AFTER: u64 = 4096;
+
+const FIN: u8 = 0x01;
+const SYN: u8 = 0x02;
+const RST: u8 = 0x04;
+
+/// A TCP segment's fields that matter here, borrowed from the packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment<'a> {
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub seq: u32,
+    pub flags: u8,
+    pub payload: &'a [u8],
+}
+
+/// Parse an IPv4 or IPv6 packet carrying TCP; `None` for anything else (or truncated).
+/// IPv6 extension headers are not followed; IPv4 fragments are not reassembled (FIX gateways
+/// do not fragment: TCP segments fit the MTU).
+pub fn parse_packet(p: &[u8]) -> Option<Segment<'_>> {
+    let version = p.first()? >> 4;
+    let (src, dst, l4) = match version {
+        4 => {
+            let ihl = usize::from(p[0] & 0x0f) * 4;
+            if ihl < 20 || p.len() < ihl || p[9] != 6 {
+                return None;
+            }
+            let total = usize::from(u16::from_be_bytes([p[2], p[3]]));
+            let frag = u16::from_be_bytes([p[6], p[7]]);
+            if frag & 0x3fff != 0 {
+                return None; // a fragment
+            }
+            let end = total.clamp(ihl, p.len());
+            let src = IpAddr::V4(Ipv4Addr::new(p[12], p[13], p[14], p[15]));
+            let dst = IpAddr::V4(Ipv4Addr::new(p[16], p[17], p[18], p[19]));
+            (src, dst, &p[ihl..end])
+        }
+        6 => {
+            if p.len() < 40 || p[6] != 6 {
+                return None;
+            }
+            let plen = usize::from(u16::from_be_bytes([p[4], p[5]]));
+            let end = (40 + plen).min(p.len());
+            let a: [u8; 16] = p[8..24].try_into().ok()?;
+            let b: [u8; 16] = p[24..40].try_into().ok()?;
+            (
+                IpAddr::V6(Ipv6Addr::from(a)),
+                IpAddr::V6(Ipv6Addr::from(b)),
+                &p[40..end],
+            )
+        }
+        _ => return None,
+    };
+    if l4.len() < 20 {
+        return None;
+    }
+    let off = usize::from(l4[12] >> 4) * 4;
+    if off < 20 || l4.len() < off {
+        return None;
+    }
+    Some(Segment {
+        src: SocketAddr::new(src, u16::from_be_bytes([l4[0], l4[1]])),
+        dst: SocketAddr::new(dst, u16::from_be_bytes([l4[2], l4[3]])),
+        seq: u32::from_be_bytes([l4[4], l4[5], l4[6], l4[7]]),
+        flags: l4[13],
+        payload: &l4[off..],
+    })
+}
+
+/// What a connection was found to carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Content {
+    /// Not enough bytes yet to say.
+    Unknown,
+    Fix,
+    /// A TLS handshake was seen: encrypted, FIX cannot be read on the wire.
+    Tls,
+    /// Bytes flow, no FIX found (encrypted some other way, or not FIX).
+    NoFixFound,
+}
+
+impl Content {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Content::Unknown => "unknown",
+            Content::Fix => "fix",
+            Content::Tls => "tls: bytes flow, no FIX found (use the engine's log)",
+            Content::NoFixFound => "bytes flow, no FIX found",
+        }
+    }
+}
+
+/// Counts of the wire source.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WireStats {
+    pub packets: u64,
+    /// Packets that parsed but belong to no target (the kernel filter is wider than the
+    /// user-space rules, e.g. for local ports).
+    pub unmatched: u64,
+    /// Packets that are not TCP over IPv4/IPv6 or are truncated.
+    pub unparsed: u64,
+    pub over_cap: u64,
+    pub messages: u64,
+    pub malformed: u64,
+    pub bytes_skipped: u64,
+    /// Both directions of every connection, summed (closed connections included).
+    pub streams: StreamStats,
+}
+
+/// One followed TCP connection.
+#[derive(Debug)]
+struct Conn {
+    target: TargetId,
+    streams: [Stream; 2],
+    decoders: [Decoder; 2],
+    bytes: [u64; 2],
+    messages: u64,
+    content: Content,
+    /// A FIN was seen this way; both ways closes the connection.
+    fin: [bool; 2],
+}
+
+/// A connection as reported (`/sessions`, the console).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConnView {
+    pub target: String,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub messages: u64,
+    pub content: Content,
+}
+
+/// Every followed connection of the watched targets.
+pub struct Wire {
+    targets: Targets,
+    limits: Limits,
+    conns: HashMap<TcpLink, Conn>,
+    pub stats: WireStats,
+}
+
+fn idx(d: Direction) -> usize {
+    match d {
+        Direction::In => 0,
+        Direction::Out => 1,
+    }
+}
+
+impl Wire {
+    pub fn new(targets: Targets, limits: Limits) -> Wire {
+        Wire {
+            targets,
+            limits,
+            conns: HashMap::new(),
+            stats: WireStats::default(),
+        }
+    }
+
+    pub fn targets(&self) -> &Targets {
+        &self.targets
+    }
+
+    /// One packet (IP header first) received at `at`.
+    pub fn packet(&mut self, p: &[u8], at: SystemTime, tracker: &mut Tracker) -> Vec<Event> {
+        self.stats.packets += 1;
+        let Some(seg) = parse_packet(p) else {
+            self.stats.unparsed += 1;
+            return Vec::new();
+        };
+        self.segment(&seg, at, tracker)
+    }
+
+    /// One TCP segment seen at `at`.
+    pub fn segment(&mut self, seg: &Segment, at: SystemTime, tracker: &mut Tracker) -> Vec<Event> {
+        let mut events = Vec::new();
+        // The gateway is the local side: outbound if src is local.
+        let (link, dir, target) = if let Some(t) = self.targets.classify(&seg.src, &seg.dst) {
+            (
+                TcpLink {
+                    local: seg.src,
+                    remote: seg.dst,
+                },
+                Direction::Out,
+                t,
+            )
+        } else if let Some(t) = self.targets.classify(&seg.dst, &seg.src) {
+            (
+                TcpLink {
+                    local: seg.dst,
+                    remote: seg.src,
+                },
+                Direction::In,
+                t,
+            )
+        } else {
+            self.stats.unmatched += 1;
+            return events;
+        };
+        if seg.flags & RST != 0 {
+            self.close(link, tracker);
+            return events;
+        }
+        if !self.conns.contains_key(&link) {
+            if self.conns.len() >= MAX_CONNECTIONS {
+                self.stats.over_cap += 1;
+                return events;
+            }
+            let limits = self.limits;
+            self.conns.insert(
+                link,
+                Conn {
+                    target,
+                    streams: [Stream::new(limits), Stream::new(limits)],
+                    decoders: [Decoder::new(SOH), Decoder::new(SOH)],
+                    bytes: [0; 2],
+                    messages: 0,
+                    content: Content::Unknown,
+                    fin: [false; 2],
+                },
+            );
+        }
+        let conn = self.conns.get_mut(&link).expect("inserted above");
+        let mut chunks = Vec::new();
+        conn.streams[idx(dir)].push(seg.seq, seg.flags & SYN != 0, seg.payload, at, &mut chunks);
+        let origin = Origin {
+            target: Some(self.targets.get(conn.target).name.clone()),
+            tcp: Some(link),
+        };
+        feed(
+            conn,
+            dir,
+            chunks,
+            at,
+            &origin,
+            tracker,
+            &mut self.stats,
+            &mut events,
+        );
+        if seg.flags & FIN != 0 {
+            conn.fin[idx(dir)] = true;
+            if conn.fin == [true; 2] {
+                self.close(link, tracker);
+            }
+        }
+        events
+    }
+
+    /// Declare gaps for holes older than the hold time.
+    pub fn tick(&mut self, now: SystemTime, tracker: &mut Tracker) -> Vec<Event> {
+        let mut events = Vec::new();
+        for (link, conn) in self.conns.iter_mut() {
+            for dir in [Direction::In, Direction::Out] {
+                let mut chunks = Vec::new();
+                conn.streams[idx(dir)].tick(now, &mut chunks);
+                if chunks.is_empty() {
+                    continue;
+                }
+                let origin = Origin {
+                    target: Some(self.targets.get(conn.target).name.clone()),
+                    tcp: Some(*link),
+                };
+                feed(
+                    conn,
+                    dir,
+                    chunks,
+                    now,
+                    &origin,
+                    tracker,
+                    &mut self.stats,
+                    &mut events,
+                );
+            }
+        }
+        events
+    }
+
+    fn close(&mut self, link: TcpLink, tracker: &mut Tracker) {
+        if let Some(c) = self.conns.remove(&link) {
+            for s in &c.streams {
+                add_stream_stats(&mut self.stats.streams, &s.stats);
+            }
+            tracker.tcp_closed(link);
+        }
+    }
+
+    /// The connections followed now.
+    pub fn connections(&self) -> Vec<ConnView> {
+        let mut v: Vec<_> = self
+            .conns
+            .iter()
+            .map(|(l, c)| ConnView {
+                target: self.targets.get(c.target).name.clone(),
+                local: l.local,
+                remote: l.remote,
+                bytes_in: c.bytes[0],
+                bytes_out: c.bytes[1],
+                messages: c.messages,
+                content: c.content,
+            })
+            .collect();
+        v.sort_by_key(|c| (c.target.clone(), c.local, c.remote));
+        v
+    }
+
+    /// Stream counts of open and closed connections together.
+    pub fn stream_stats(&self) -> StreamStats {
+        let mut s = self.stats.streams;
+        for c in self.conns.values() {
+            for st in &c.streams {
+                add_stream_stats(&mut s, &st.stats);
+            }
+        }
+        s
+    }
+}
+
+fn add_stream_stats(to: &mut StreamStats, s: &StreamStats) {
+    to.bytes += s.bytes;
+    to.retransmitted_segments += s.retransmitted_segments;
+    to.overlap_bytes += s.overlap_bytes;
+    to.out_of_order_segments += s.out_of_order_segments;
+    to.gaps += s.gaps;
+    to.gap_bytes += s.gap_bytes;
+}
+
+#[allow(clippy::too_many_arguments)]
+fn feed(
+    conn: &mut Conn,
+    dir: Direction,
+    chunks: Vec<Chunk>,
+    at: SystemTime,
+    origin: &Origin,
+    tracker: &mut Tracker,
+    stats: &mut WireStats,
+    events: &mut Vec<Event>,
+) {
+    let d = idx(dir);
+    for chunk in chunks {
+        let dec = &mut conn.decoders[d];
+        let before = dec.stats;
+        match chunk {
+            Chunk::Gap(n) => {
+                dec.reset();
+                stats.bytes_skipped += n;
+            }
+            Chunk::Data(bytes) => {
+                if conn.bytes[d] == 0 && conn.content == Content::Unknown && is_tls(&bytes) {
+                    conn.content = Content::Tls;
+                }
+                conn.bytes[d] += bytes.len() as u64;
+                dec.feed(&bytes);
+                while let Some(x) = dec.next_message() {
+                    if let Decoded::Message(m) = x {
+                        conn.messages += 1;
+                        conn.content = Content::Fix;
+                        events.extend(tracker.observe(&m, dir, at, origin));
+                    }
+                }
+            }
+        }
+        let after = conn.decoders[d].stats;
+        stats.messages += after.messages - before.messages;
+        stats.malformed += after.malformed - before.malformed;
+        stats.bytes_skipped += after.bytes_skipped - before.bytes_skipped;
+    }
+    if conn.content == Content::Unknown && conn.bytes[d] >= NO_FIX_AFTER {
+        conn.content = Content::NoFixFound;
+    }
+}
+
+/// A TLS record header starting a stream: handshake (22), version 3.x.
+fn is_tls(b: &[u8]) -> bool {
+    b.len() >= 3 && b[0] == 0x16 && b[1] == 0x03 && b[2] <= 0x04
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::fix::codec::write;
+    use crate::fix::tracker::Limits as TrackerLimits;
+    use crate::target::Target;
+    use std::time::Duration;
+
+    /// An IPv4 TCP packet (checksums left zero: the parser does not check them, as the kernel
+    /// already did).
+    pub(crate) fn ipv4_tcp(
+        src: SocketAddr,
+        dst: SocketAddr,
+        seq: u32,
+        flags: u8,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let (IpAddr::V4(s), IpAddr::V4(d)) = (src.ip(), dst.ip()) else {
+            panic!("v4 only")
+        };
+        let total = 20 + 20 + payload.len();
+        let mut p = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 6, 0, 0];
+        p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        p.extend(s.octets());
+        p.extend(d.octets());
+        p.extend(src.port().to_be_bytes());
+        p.extend(dst.port().to_be_bytes());
+        p.extend(seq.to_be_bytes());
+        p.extend([0, 0, 0, 0, 0x50, flags | 0x10, 0xff, 0xff, 0, 0, 0, 0]);
+        p.extend(payload);
+        p
+    }
+
+    fn targets() -> Targets {
+        Targets::new(vec![Target {
+            name: "venue".into(),
+            net: "10.0.0.2/32".parse().unwrap(),
+            port: Some(9878),
+            local_ports: None,
+            heartbeat: None,
+            stale_after: None,
+        }])
+    }
+
+    fn fixmsg(from: &str, to: &str, mt: &str, seq: u32, extra: &[(u32, &[u8])]) -> Vec<u8> {
+        let s = seq.to_string();
+        let mut f: Vec<(u32, &[u8])> = vec![
+            (35, mt.as_bytes()),
+            (49, from.as_bytes()),
+            (56, to.as_bytes()),
+            (34, s.as_bytes()),
+        ];
+        f.extend_from_slice(extra);
+        write("FIX.4.4", &f, SOH)
+    }
+
+    #[test]
+    fn messages_split_reordered_and_lost_on_the_wire() {
+        let gw: SocketAddr = "10.0.0.1:40000".parse().unwrap();
+        let venue: SocketAddr = "10.0.0.2:9878".parse().unwrap();
+        let mut w = Wire::new(targets(), Limits::default());
+        let mut tr = Tracker::new(TrackerLimits::default());
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        // Our side: SYN, Logon split mid-message into 3 segments sent out of order, one
+        // retransmitted.
+        w.packet(&ipv4_tcp(gw, venue, 999, SYN, b""), ms(0), &mut tr);
+        let logon = fixmsg("GW", "V", "A", 1, &[(108, b"30")]);
+        let (a, rest) = logon.split_at(10);
+        let (b, c) = rest.split_at(15);
+        w.packet(&ipv4_tcp(gw, venue, 1000, 0, a), ms(1), &mut tr);
+        w.packet(&ipv4_tcp(gw, venue, 1025, 0, c), ms(1), &mut tr);
+        w.packet(&ipv4_tcp(gw, venue, 1000, 0, a), ms(1), &mut tr);
+        assert_eq!(w.stats.messages, 0);
+        w.packet(&ipv4_tcp(gw, venue, 1010, 0, b), ms(2), &mut tr);
+        assert_eq!(w.stats.messages, 1);
+        // Their side starts mid-stream (capture began late): junk, then a Logon.
+        let mut theirs = b"=2\x0110=123\x01".to_vec();
+        theirs.extend(fixmsg("V", "GW", "A", 1, &[(108, b"30")]));
+        w.packet(&ipv4_tcp(venue, gw, 5000, 0, &theirs), ms(3), &mut tr);
+        let s = tr.by_label("GW->V").unwrap();
+        assert!(s.logged_on());
+        assert_eq!(s.target.as_deref(), Some("venue"));
+        // A lost segment: heartbeat 2 is lost, 3 arrives; after the hold time, a gap, the
+        // decoder resynchronises and the tracker sees a sequence gap.
+        let hb2 = fixmsg("V", "GW", "0", 2, &[]);
+        let hb3 = fixmsg("V", "GW", "0", 3, &[]);
+        let seq2 = 5000 + theirs.len() as u32;
+        // Cut 5 bytes into hb2 so that the held data starts mid-message.
+        let mut after = hb2[5..].to_vec();
+        after.extend(&hb3);
+        w.packet(&ipv4_tcp(venue, gw, seq2 + 5, 0, &after), ms(4), &mut tr);
+        w.tick(ms(100), &mut tr);
+        assert_eq!(w.stats.messages, 2);
+        w.tick(ms(600), &mut tr);
+        assert_eq!(w.stats.messages, 3);
+        let s = tr.by_label("GW->V").unwrap();
+        assert_eq!(s.dir(Direction::In).sequence_gaps, 1);
+        assert_eq!(w.stream_stats().gaps, 1);
+        assert_eq!(w.stream_stats().retransmitted_segments, 1);
+        // 5 lost, plus the 10 leading junk bytes and hb2's remainder skipped.
+        assert_eq!(w.stats.bytes_skipped, 5 + 10 + (hb2.len() as u64 - 5));
+        let conns = w.connections();
+        assert_eq!(conns.len(), 1);
+        assert_eq!(conns[0].content, Content::Fix);
+        // FIN both ways: the connection ends, its session is logged out.
+        w.packet(
+            &ipv4_tcp(gw, venue, 1000 + logon.len() as u32, FIN, b""),
+            ms(700),
+            &mut tr,
+        );
+        assert_eq!(w.connections().len(), 1);
+        let end = seq2 + (hb2.len() + hb3.len()) as u32;
+        w.packet(&ipv4_tcp(venue, gw, end, FIN, b""), ms(701), &mut tr);
+        assert!(w.connections().is_empty());
+        assert!(!tr.by_label("GW->V").unwrap().logged_on());
+    }
+
+    #[test]
+    fn tls_and_unknown_bytes_say_no_fix_found() {
+        let gw: SocketAddr = "10.0.0.1:40001".parse().unwrap();
+        let venue: SocketAddr = "10.0.0.2:9878".parse().unwrap();
+        let other: SocketAddr = "10.0.0.3:9878".parse().unwrap();
+        let mut w = Wire::new(targets(), Limits::default());
+        let mut tr = Tracker::new(TrackerLimits::default());
+        let t = SystemTime::UNIX_EPOCH;
+        let mut hello = vec![0x16, 0x03, 0x01, 0x02, 0x00];
+        hello.extend(vec![0xab; 512]);
+        w.packet(&ipv4_tcp(gw, venue, 1, 0, &hello), t, &mut tr);
+        assert_eq!(w.connections()[0].content, Content::Tls);
+        let gw2: SocketAddr = "10.0.0.1:40002".parse().unwrap();
+        for i in 0..5u32 {
+            w.packet(
+                &ipv4_tcp(gw2, venue, 1 + i * 1000, 0, &[0x42; 1000]),
+                t,
+                &mut tr,
+            );
+        }
+        let c = w.connections();
+        assert_eq!(c[1].content, Content::NoFixFound);
+        assert_eq!(c[1].bytes_out, 5000);
+        w.packet(&ipv4_tcp(gw, other, 1, 0, b"x"), t, &mut tr);
+        w.packet(&[0x45, 0], t, &mut tr);
+        assert_eq!(w.stats.unmatched, 1);
+        assert_eq!(w.stats.unparsed, 1);
+        assert_eq!(tr.sessions().count(), 0);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_packet_never_panics(p in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..120)) {
+            let mut w = Wire::new(targets(), Limits::default());
+            let mut tr = Tracker::new(TrackerLimits::default());
+            w.packet(&p, SystemTime::UNIX_EPOCH, &mut tr);
+        }
+    }
+}

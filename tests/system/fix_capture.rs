@@ -1,0 +1,180 @@
+//! The FIX wire source on the real kernel (needs root, for `CAP_NET_RAW`): a packet socket with
+//! the targets' BPF program watches real FIX sessions between the simulator's gateway and
+//! venues on loopback; every count is checked against what the simulator did, and the kernel's
+//! filter is checked to let nothing else through and to drop loopback's second copy.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fix_monitor::fix::capture::Capture;
+use fix_monitor::fix::reassembly::Limits as StreamLimits;
+use fix_monitor::fix::sim::{scripted_session, Venue, VenueBehaviour};
+use fix_monitor::fix::tracker::{Direction, Event, Limits, Tracker};
+use fix_monitor::fix::wire::{Content, Wire};
+use fix_monitor::target::{Target, Targets};
+
+struct Watch {
+    wire: Wire,
+    tracker: Tracker,
+    latencies: Vec<(&'static str, Duration)>,
+}
+
+fn target(name: &str, addr: std::net::SocketAddr) -> Target {
+    Target {
+        name: name.into(),
+        net: ipnet::IpNet::from(addr.ip()),
+        port: Some(addr.port()),
+        local_ports: None,
+        heartbeat: None,
+        stale_after: None,
+    }
+}
+
+#[test]
+fn fix_sessions_captured_on_loopback_match_the_simulator() {
+    let ack_delay = Duration::from_millis(20);
+    let venue = Venue::start(
+        "127.0.0.1:0".parse().unwrap(),
+        VenueBehaviour {
+            ack_delay,
+            business_reject_every: Some(4),
+            gap_after: Some((6, 3)),
+            ..VenueBehaviour::default()
+        },
+    )
+    .unwrap();
+    let refusing = Venue::start(
+        "127.0.0.1:0".parse().unwrap(),
+        VenueBehaviour {
+            comp_id: "VENUE2".into(),
+            refuse_logons: Some("not authorised".into()),
+            ..VenueBehaviour::default()
+        },
+    )
+    .unwrap();
+    // A third target that carries no FIX (encrypted, as far as we can tell).
+    let opaque = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let targets = Targets::new(vec![
+        target("venue", venue.addr),
+        target("refusing", refusing.addr),
+        target("opaque", opaque.local_addr().unwrap()),
+    ]);
+    let mut cap = Capture::open(&targets, 8 << 20).expect("a packet socket (run as root)");
+    let watch = Arc::new(Mutex::new(Watch {
+        wire: Wire::new(targets, StreamLimits::default()),
+        tracker: Tracker::new(Limits::default()),
+        latencies: Vec::new(),
+    }));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (w, s) = (watch.clone(), stop.clone());
+    let reader = std::thread::spawn(move || {
+        while !s.load(Ordering::SeqCst) {
+            cap.recv_batch(Duration::from_millis(20), 1024, |p, at| {
+                let mut g = w.lock().unwrap();
+                let Watch {
+                    wire,
+                    tracker,
+                    latencies,
+                } = &mut *g;
+                for e in wire.packet(p, at, tracker) {
+                    let Event::OrderAnswered {
+                        request, latency, ..
+                    } = e;
+                    latencies.push((request.as_str(), latency));
+                }
+            })
+            .unwrap();
+        }
+        cap.kernel_stats().unwrap()
+    });
+
+    // Traffic the filter must keep out: another loopback connection.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut noise = std::net::TcpStream::connect(other.local_addr().unwrap()).unwrap();
+    noise.write_all(&[b'x'; 1000]).unwrap();
+    // The opaque target: a TLS-looking record and more bytes, no FIX.
+    let mut tls = std::net::TcpStream::connect(opaque.local_addr().unwrap()).unwrap();
+    let mut hello = vec![0x16, 0x03, 0x01, 0x10, 0x00];
+    hello.extend(vec![0x5a; 5000]);
+    tls.write_all(&hello).unwrap();
+
+    let truth = scripted_session(venue.addr, 12, Some((refusing.addr, 3)), None).unwrap();
+    let venue_rec = venue.stop();
+    refusing.stop();
+
+    let total: u64 = truth.sent.values().sum::<u64>() + truth.received.values().sum::<u64>();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = watch.lock().unwrap().wire.stats.messages;
+        if seen >= total || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stop.store(true, Ordering::SeqCst);
+    let kstats = reader.join().unwrap();
+    let g = watch.lock().unwrap();
+    assert_eq!(g.wire.stats.messages, total);
+    assert_eq!(g.wire.stats.malformed, 0);
+    // Nothing but the targets' packets came through the kernel's filter, each once.
+    assert_eq!(g.wire.stats.unmatched, 0);
+    assert_eq!(g.wire.stats.unparsed, 0);
+    let st = g.wire.stream_stats();
+    assert_eq!(
+        st.retransmitted_segments, 0,
+        "loopback's second copy got through"
+    );
+    assert_eq!(st.gaps, 0);
+    assert_eq!(kstats.drops, 0);
+    assert_eq!(kstats.packets, g.wire.stats.packets);
+
+    let s = g.tracker.by_label("GW->VENUE").unwrap();
+    let by_dir = |d: Direction| -> BTreeMap<String, u64> {
+        s.by_type
+            .iter()
+            .filter(|((dd, _), _)| *dd == d)
+            .map(|((_, t), n)| (t.clone(), *n))
+            .collect()
+    };
+    let mut sent = truth.sent.clone();
+    let mut received = truth.received.clone();
+    *sent.get_mut("Logon").unwrap() -= 3;
+    *received.get_mut("Logout").unwrap() -= 3;
+    assert_eq!(by_dir(Direction::Out), sent);
+    assert_eq!(by_dir(Direction::In), received);
+    assert_eq!(s.target.as_deref(), Some("venue"));
+    assert_eq!(s.tcp.unwrap().local, truth.local.unwrap());
+    assert_eq!(s.logons, 1);
+    assert_eq!((s.logouts_us, s.logouts_them), (1, 0));
+    assert_eq!(s.last_logout_text.as_deref(), Some("end of day"));
+    assert!(!s.logged_on());
+    assert_eq!(s.dir(Direction::In).sequence_gaps, 1);
+    assert_eq!(
+        s.dir(Direction::In).sequence_gap_messages,
+        venue_rec.gap_messages
+    );
+    assert_eq!(s.dir(Direction::Out).resend_requests, 1);
+    assert_eq!(
+        s.dir(Direction::In).business_rejects,
+        venue_rec.sent["BusinessMessageReject"]
+    );
+    // Kernel timestamps lie between the gateway's send and its receive.
+    assert_eq!(g.latencies.len(), truth.round_trips.len());
+    for ((kind, lat), (tkind, rt)) in g.latencies.iter().zip(&truth.round_trips) {
+        assert_eq!(kind, tkind);
+        assert!(*lat >= ack_delay, "{lat:?}");
+        assert!(lat <= rt, "{lat:?} > {rt:?}");
+    }
+    let refused = g.tracker.by_label("GW->VENUE2").unwrap();
+    assert_eq!(refused.count(Direction::Out, "Logon"), 3);
+    assert_eq!(refused.logons, 0);
+    assert_eq!(refused.target.as_deref(), Some("refusing"));
+    let conns = g.wire.connections();
+    let opaque_conn = conns.iter().find(|c| c.target == "opaque").unwrap();
+    assert_eq!(opaque_conn.content, Content::Tls);
+    assert_eq!(opaque_conn.bytes_out, hello.len() as u64);
+    drop(noise);
+}
