@@ -198,7 +198,20 @@ fn build_dump(sockets: &[(SocketEntry, u8)], shape: &DumpShape) -> Vec<Vec<u8>> 
             } else {
                 SOCK_DIAG_BY_FAMILY
             };
-            let extra: Vec<u8> = (0..extra).map(|b| b as u8).collect();
+            // What a kernel may append: an attribute the parser does not ask for (type 250),
+            // whole and padded, since the parser reads the attributes (INET_DIAG_INFO).
+            let extra: Vec<u8> = if extra == 0 {
+                Vec::new()
+            } else {
+                let payload = (0..extra).map(|b| b as u8);
+                let len = 4 + extra;
+                let mut a = Vec::with_capacity((len + 3) & !3);
+                a.extend_from_slice(&(len as u16).to_ne_bytes());
+                a.extend_from_slice(&250u16.to_ne_bytes());
+                a.extend(payload);
+                a.resize((len + 3) & !3, 0);
+                a
+            };
             push(&mut datagrams, kind, &diag_msg(e, *state, &extra));
         }
     }
