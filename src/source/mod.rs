@@ -20,6 +20,8 @@ use crate::target::Targets;
 #[cfg(target_os = "linux")]
 pub mod bytecode;
 #[cfg(target_os = "linux")]
+pub mod ebpf;
+#[cfg(target_os = "linux")]
 pub mod netlink;
 pub mod netstat;
 #[cfg(target_os = "linux")]

@@ -8,3 +8,7 @@
 
 #[path = "../integration/harness.rs"]
 mod harness;
+#[path = "../integration/netns.rs"]
+mod netns;
+
+mod ebpf;
