@@ -105,10 +105,12 @@ pub enum SourceKind {
     Netlink,
     Procfs,
     Netstat,
+    /// The `sock:inet_sock_set_state` tracepoint (`ebpf`), reconciled with netlink dumps.
+    Ebpf,
 }
 
 impl SourceKind {
-    pub const ALLOWED: &'static str = "auto, netlink, procfs, netstat";
+    pub const ALLOWED: &'static str = "auto, ebpf, netlink, procfs, netstat";
 
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -116,6 +118,7 @@ impl SourceKind {
             SourceKind::Netlink => "netlink",
             SourceKind::Procfs => "procfs",
             SourceKind::Netstat => "netstat",
+            SourceKind::Ebpf => "ebpf",
         }
     }
 }
@@ -130,6 +133,8 @@ pub enum SourceError {
     },
     #[error("malformed {what}: {detail}")]
     Parse { what: &'static str, detail: String },
+    #[error("{0}")]
+    Ebpf(String),
     #[error("the {0} source is not available on this platform")]
     Unsupported(&'static str),
 }
@@ -163,7 +168,36 @@ pub fn open(kind: SourceKind, targets: &Targets) -> Result<Box<dyn Source>, Sour
         #[cfg(not(target_os = "linux"))]
         SourceKind::Procfs => Err(SourceError::Unsupported("procfs")),
         SourceKind::Netstat => Ok(Box::new(netstat::NetstatSource::new(targets))),
+        #[cfg(target_os = "linux")]
+        SourceKind::Ebpf => Ok(Box::new(
+            ebpf::EbpfSource::open(targets, ebpf::Options::default(), ebpf::RECONCILE_INTERVAL)
+                .map_err(|e| SourceError::Ebpf(e.to_string()))?,
+        )),
+        #[cfg(not(target_os = "linux"))]
+        SourceKind::Ebpf => Err(SourceError::Unsupported("ebpf")),
         SourceKind::Auto => {
+            // eBPF where the capabilities allow it: exact and cheap. Without them, say why
+            // and poll.
+            #[cfg(target_os = "linux")]
+            {
+                let missing = ebpf::loader::missing_capabilities();
+                if missing.is_empty() {
+                    match open(SourceKind::Ebpf, targets) {
+                        Ok(s) => {
+                            tracing::info!(source = "ebpf", "connection source selected: eBPF (CAP_BPF and CAP_PERFMON are granted)");
+                            return Ok(s);
+                        }
+                        Err(e) => {
+                            tracing::warn!(source = "ebpf", error = %e, "eBPF source unavailable, falling back to polling");
+                        }
+                    }
+                } else {
+                    tracing::info!(
+                        missing = missing.join(" and "),
+                        "eBPF source not used (needs CAP_BPF and CAP_PERFMON); polling instead"
+                    );
+                }
+            }
             let mut last = None;
             for k in [SourceKind::Netlink, SourceKind::Procfs, SourceKind::Netstat] {
                 match open(k, targets).and_then(|mut s| {

@@ -12,7 +12,9 @@
 //! - [`btf`]: offsets of `struct sock` and `struct net` members, from the kernel's BTF;
 //! - [`asm`] and [`program`]: the program;
 //! - [`loader`]: `bpf(2)` and `perf_event_open(2)`;
-//! - [`ringbuf`]: the mmap'ed consumer.
+//! - [`ringbuf`]: the mmap'ed consumer;
+//! - `source`: [`EbpfSource`], the set of matching sockets kept from the transitions and
+//!   reconciled with full dumps.
 //!
 //! Needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN); without them [`EbpfEvents::open`] fails
 //! with [`EbpfError::Capabilities`], which names them.
@@ -22,12 +24,15 @@ pub mod btf;
 pub mod loader;
 pub mod program;
 pub mod ringbuf;
+mod source;
 pub mod tracefs;
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
+
+pub use source::{EbpfSource, SourceStats, RECONCILE_INTERVAL};
 
 use program::{event, Counter, CONNECT_VALUE, COUNTERS};
 
