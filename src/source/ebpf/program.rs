@@ -385,3 +385,479 @@ fn ports(a: &mut Asm, t: &Target, remote_only: bool, next: Label) {
         a.jmp_imm(JGT, R4, r.end.into(), next);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The program run through a small interpreter of the instructions it uses, with the
+    //! helpers simulated: the filter must accept exactly what `Targets::classify` accepts, over
+    //! the same cases as the dump filter's tests, and the namespace test must hold. The real
+    //! kernel's verifier and tracepoint are exercised by `tests/system/ebpf.rs`.
+
+    use std::collections::HashMap;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+    use super::*;
+
+    const FORMAT: Layout = Layout {
+        skaddr: 8,
+        oldstate: 16,
+        newstate: 20,
+        sport: 24,
+        dport: 26,
+        family: 28,
+        protocol: 30,
+        saddr_v6: 40,
+        daddr_v6: 56,
+        sk_net: 48,
+        sk_cookie: 88,
+        net_cookie: 120,
+    };
+    const MAPS: Maps = Maps {
+        ring: 10,
+        counters: 11,
+        connects: 12,
+    };
+    const OUR_NETNS: u64 = 0x1234_5678_9abc;
+    const SK: u64 = 0xffff_8880_0000_1000;
+    const NET_OURS: u64 = 0xffff_8880_0000_9000;
+    const NET_OTHER: u64 = 0xffff_8880_0000_a000;
+
+    // Tagged pointers of the simulated address spaces.
+    const CTX: u64 = 1 << 40;
+    const STACK: u64 = 2 << 40;
+    const COUNTERS_VAL: u64 = 3 << 40;
+    const CONNECT_VAL: u64 = 4 << 40;
+    const MAP: u64 = 5 << 40;
+    const REGION: u64 = !((1 << 40) - 1);
+
+    struct Vm {
+        ctx: Vec<u8>,
+        stack: [u8; 512],
+        counters: [u8; COUNTERS * 8],
+        connects: HashMap<u64, [u8; CONNECT_VALUE]>,
+        connect_val: [u8; CONNECT_VALUE],
+        /// Kernel memory for bpf_probe_read_kernel: address -> 8 bytes.
+        kernel: HashMap<u64, u64>,
+        ring: Vec<Vec<u8>>,
+    }
+
+    impl Vm {
+        fn new(ctx: Vec<u8>, net: u64) -> Vm {
+            let mut kernel = HashMap::new();
+            kernel.insert(SK + FORMAT.sk_net as u64, net);
+            kernel.insert(SK + FORMAT.sk_cookie as u64, 77);
+            kernel.insert(NET_OURS + FORMAT.net_cookie as u64, OUR_NETNS);
+            kernel.insert(NET_OTHER + FORMAT.net_cookie as u64, OUR_NETNS + 1);
+            Vm {
+                ctx,
+                stack: [0; 512],
+                counters: [0; COUNTERS * 8],
+                connects: HashMap::new(),
+                connect_val: [0; CONNECT_VALUE],
+                kernel,
+                ring: Vec::new(),
+            }
+        }
+
+        fn mem(&mut self, addr: u64, len: usize) -> &mut [u8] {
+            let off = (addr & !REGION) as usize;
+            let region: &mut [u8] = match addr & REGION {
+                CTX => &mut self.ctx,
+                STACK => &mut self.stack,
+                COUNTERS_VAL => &mut self.counters,
+                CONNECT_VAL => &mut self.connect_val,
+                _ => panic!("access to {addr:#x}"),
+            };
+            &mut region[off..off + len]
+        }
+
+        fn load(&mut self, addr: u64, len: usize) -> u64 {
+            let mut b = [0u8; 8];
+            b[..len].copy_from_slice(self.mem(addr, len));
+            u64::from_le_bytes(b)
+        }
+
+        fn store(&mut self, addr: u64, len: usize, v: u64) {
+            self.mem(addr, len).copy_from_slice(&v.to_le_bytes()[..len]);
+        }
+
+        fn helper(&mut self, id: i32, r: &[u64; 11]) -> u64 {
+            match id {
+                helper::MAP_LOOKUP_ELEM => match r[1] {
+                    m if m == MAP | MAPS.counters as u64 => COUNTERS_VAL,
+                    m if m == MAP | MAPS.connects as u64 => {
+                        let key = self.load(r[2], 8);
+                        match self.connects.get(&key) {
+                            Some(v) => {
+                                self.connect_val = *v;
+                                CONNECT_VAL
+                            }
+                            None => 0,
+                        }
+                    }
+                    m => panic!("lookup in {m:#x}"),
+                },
+                helper::MAP_UPDATE_ELEM => {
+                    let key = self.load(r[2], 8);
+                    let v = self.mem(r[3], CONNECT_VALUE).try_into().unwrap();
+                    self.connects.insert(key, v);
+                    0
+                }
+                helper::MAP_DELETE_ELEM => {
+                    let key = self.load(r[2], 8);
+                    self.connects.remove(&key);
+                    0
+                }
+                helper::KTIME_GET_NS => 1_000,
+                helper::GET_CURRENT_PID_TGID => (42 << 32) | 43,
+                helper::GET_CURRENT_COMM => {
+                    self.mem(r[1], 16).fill(0);
+                    self.mem(r[1], 4).copy_from_slice(b"gwfx");
+                    0
+                }
+                helper::PROBE_READ_KERNEL => {
+                    assert_eq!(r[2], 8);
+                    match self.kernel.get(&r[3]).copied() {
+                        Some(v) => {
+                            self.store(r[1], 8, v);
+                            0
+                        }
+                        None => {
+                            self.store(r[1], 8, 0);
+                            u64::MAX - 13 // -EFAULT
+                        }
+                    }
+                }
+                helper::RINGBUF_OUTPUT => {
+                    assert_eq!(r[1], MAP | MAPS.ring as u64);
+                    let rec = self.mem(r[2], r[3] as usize).to_vec();
+                    self.ring.push(rec);
+                    0
+                }
+                _ => panic!("helper {id}"),
+            }
+        }
+
+        fn run(&mut self, prog: &[Insn]) {
+            let mut r = [0u64; 11];
+            r[1] = CTX;
+            r[10] = STACK + 512;
+            let mut pc = 0usize;
+            let mut steps = 0;
+            loop {
+                steps += 1;
+                assert!(steps < 100_000, "runaway program");
+                let i = prog[pc];
+                pc += 1;
+                let (d, s) = (i.dst() as usize, i.src() as usize);
+                let class = i.code & 0x07;
+                let size = |c: u8| match c & 0x18 {
+                    W => 4,
+                    H => 2,
+                    B => 1,
+                    _ => 8,
+                };
+                match class {
+                    LD => {
+                        let hi = prog[pc].imm as u32 as u64;
+                        pc += 1;
+                        r[d] = if s == PSEUDO_MAP_FD as usize {
+                            MAP | i.imm as u64
+                        } else {
+                            (hi << 32) | i.imm as u32 as u64
+                        };
+                    }
+                    LDX => r[d] = self.load(r[s].wrapping_add(i.off as i64 as u64), size(i.code)),
+                    STX => self.store(r[d].wrapping_add(i.off as i64 as u64), size(i.code), r[s]),
+                    ST => self.store(
+                        r[d].wrapping_add(i.off as i64 as u64),
+                        size(i.code),
+                        i.imm as i64 as u64,
+                    ),
+                    ALU | ALU64 => {
+                        let v = if i.code & X != 0 {
+                            r[s]
+                        } else {
+                            i.imm as i64 as u64
+                        };
+                        let res = match i.code & 0xf0 {
+                            ADD => r[d].wrapping_add(v),
+                            AND => r[d] & v,
+                            MOV => v,
+                            op => panic!("alu op {op:#x}"),
+                        };
+                        r[d] = if class == ALU { res as u32 as u64 } else { res };
+                    }
+                    JMP | JMP32 => {
+                        let op = i.code & 0xf0;
+                        if op == EXIT {
+                            return;
+                        }
+                        if op == CALL {
+                            r[0] = self.helper(i.imm, &r);
+                            continue;
+                        }
+                        let (a, b) = if class == JMP32 {
+                            (
+                                r[d] as u32 as u64,
+                                if i.code & X != 0 {
+                                    r[s] as u32 as u64
+                                } else {
+                                    i.imm as u32 as u64
+                                },
+                            )
+                        } else {
+                            (
+                                r[d],
+                                if i.code & X != 0 {
+                                    r[s]
+                                } else {
+                                    i.imm as i64 as u64
+                                },
+                            )
+                        };
+                        let jump = match op {
+                            JA => true,
+                            JEQ => a == b,
+                            JNE => a != b,
+                            JGT => a > b,
+                            JLT => a < b,
+                            op => panic!("jump op {op:#x}"),
+                        };
+                        if jump {
+                            pc = (pc as i64 + i.off as i64) as usize;
+                        }
+                    }
+                    _ => panic!("class {class}"),
+                }
+            }
+        }
+
+        fn counter(&self, c: Counter) -> u64 {
+            let o = c as usize * 8;
+            u64::from_le_bytes(self.counters[o..o + 8].try_into().unwrap())
+        }
+    }
+
+    /// A tracepoint record as `TP_STORE_ADDRS` fills it.
+    fn record(local: &SocketAddr, remote: &SocketAddr, old: i32, new: i32) -> Vec<u8> {
+        let mut b = vec![0u8; 72];
+        b[8..16].copy_from_slice(&SK.to_le_bytes());
+        b[16..20].copy_from_slice(&old.to_le_bytes());
+        b[20..24].copy_from_slice(&new.to_le_bytes());
+        b[24..26].copy_from_slice(&local.port().to_le_bytes());
+        b[26..28].copy_from_slice(&remote.port().to_le_bytes());
+        let v6 = |ip: IpAddr| match ip {
+            IpAddr::V4(a) => a.to_ipv6_mapped(),
+            IpAddr::V6(a) => a,
+        };
+        let family: u16 = if local.is_ipv4() { 2 } else { 10 };
+        b[28..30].copy_from_slice(&family.to_le_bytes());
+        b[30..32].copy_from_slice(&6u16.to_le_bytes());
+        b[40..56].copy_from_slice(&v6(local.ip()).octets());
+        b[56..72].copy_from_slice(&v6(remote.ip()).octets());
+        b
+    }
+
+    fn emits(prog: &[Insn], local: &SocketAddr, remote: &SocketAddr) -> bool {
+        let mut vm = Vm::new(record(local, remote, TCP_ESTABLISHED, 4), NET_OURS);
+        vm.run(prog);
+        vm.ring.len() == 1
+    }
+
+    fn target(net: &str, port: Option<u16>, local: Option<(u16, u16)>) -> Target {
+        Target::test(net, port, local)
+    }
+
+    fn remote_addrs() -> Vec<IpAddr> {
+        let v4: Vec<Ipv4Addr> = [
+            "10.0.0.5",
+            "10.0.0.4",
+            "10.0.0.200",
+            "10.0.1.1",
+            "11.0.0.5",
+            "127.0.0.2",
+            "0.0.0.0",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        let v6 = [
+            "::1",
+            "2001:db8::1",
+            "2001:db8:0:1::9",
+            "2001:db9::1",
+            "fe80::1",
+            "::",
+        ];
+        let mut all: Vec<IpAddr> = v4.iter().map(|a| IpAddr::V4(*a)).collect();
+        all.extend(v6.iter().map(|s| s.parse::<IpAddr>().unwrap()));
+        all.extend(v4.iter().map(|a| IpAddr::V6(a.to_ipv6_mapped())));
+        all.extend(v4.iter().map(|a| IpAddr::V6(a.to_ipv6_compatible())));
+        all
+    }
+
+    const NETS: &[&str] = &[
+        "10.0.0.5/32",
+        "10.0.0.4/31",
+        "10.0.0.0/24",
+        "10.0.0.128/25",
+        "0.0.0.0/0",
+        "::1/128",
+        "2001:db8::/32",
+        "2001:db8:0:1::/64",
+        "::/0",
+        "::ffff:0:0/96",
+        "::fffe:0:0/95",
+    ];
+    const PORTS: &[u16] = &[0, 4999, 5000, 6000, 6001, 9876, 65535];
+    const TARGET_PORTS: &[Option<u16>] = &[None, Some(5000), Some(9876)];
+    const LOCAL_RANGES: &[Option<(u16, u16)>] = &[None, Some((5000, 6000)), Some((0, 0))];
+
+    /// Runs every socket of the grid through the program; it must emit exactly the sockets
+    /// `classify` attributes to a target. Returns how many matched.
+    fn check(targets: &Targets) -> usize {
+        let prog = build(&FORMAT, targets, OUR_NETNS, MAPS).unwrap();
+        let mut matched = 0;
+        for ip in remote_addrs() {
+            for &rport in PORTS {
+                for &lport in PORTS {
+                    // A socket's family follows its addresses: a mapped peer means an
+                    // AF_INET6 socket, as does any IPv6 address.
+                    let local_ip = if ip.is_ipv4() {
+                        IpAddr::V4(Ipv4Addr::LOCALHOST)
+                    } else {
+                        IpAddr::V6(Ipv6Addr::LOCALHOST)
+                    };
+                    let (local, remote) =
+                        (SocketAddr::new(local_ip, lport), SocketAddr::new(ip, rport));
+                    let want = targets.classify(&local, &remote).is_some();
+                    assert_eq!(
+                        emits(&prog, &local, &remote),
+                        want,
+                        "{local} -> {remote} with {targets:?}"
+                    );
+                    matched += usize::from(want);
+                }
+            }
+        }
+        matched
+    }
+
+    #[test]
+    fn every_single_target_agrees_with_classify() {
+        for net in NETS {
+            for &port in TARGET_PORTS {
+                for &local in LOCAL_RANGES {
+                    let ts = Targets::new(vec![target(net, port, local)]);
+                    let m = check(&ts);
+                    // Blocks inside or beside the mapped range hold no address of the grid.
+                    if !net.starts_with("::ff") && local != Some((0, 0)) {
+                        assert!(m > 0, "{ts:?} matches nothing");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn several_targets_agree_with_classify() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut below = |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        };
+        for _ in 0..40 {
+            let n = 2 + below(4);
+            let ts = Targets::new(
+                (0..n)
+                    .map(|_| {
+                        target(
+                            NETS[below(NETS.len())],
+                            TARGET_PORTS[below(TARGET_PORTS.len())],
+                            LOCAL_RANGES[below(LOCAL_RANGES.len())],
+                        )
+                    })
+                    .collect(),
+            );
+            check(&ts);
+        }
+    }
+
+    #[test]
+    fn other_namespaces_are_counted_and_dropped() {
+        let ts = Targets::new(vec![target("10.0.0.0/24", Some(9876), None)]);
+        let prog = build(&FORMAT, &ts, OUR_NETNS, MAPS).unwrap();
+        let (l, r) = (
+            "10.1.1.1:5000".parse().unwrap(),
+            "10.0.0.5:9876".parse().unwrap(),
+        );
+        let mut vm = Vm::new(record(&l, &r, TCP_ESTABLISHED, 8), NET_OTHER);
+        vm.run(&prog);
+        assert!(vm.ring.is_empty());
+        assert_eq!(vm.counter(Counter::Matched), 1);
+        assert_eq!(vm.counter(Counter::OtherNetns), 1);
+        assert_eq!(vm.counter(Counter::Emitted), 0);
+        let mut vm = Vm::new(record(&l, &r, TCP_ESTABLISHED, 8), NET_OURS);
+        vm.run(&prog);
+        assert_eq!(vm.ring.len(), 1);
+        assert_eq!(vm.counter(Counter::Emitted), 1);
+        // Not TCP: seen, nothing else.
+        let mut rec = record(&l, &r, TCP_ESTABLISHED, 8);
+        rec[30] = 132;
+        let mut vm = Vm::new(rec, NET_OURS);
+        vm.run(&prog);
+        assert_eq!(
+            (vm.counter(Counter::Seen), vm.counter(Counter::Matched)),
+            (1, 0)
+        );
+    }
+
+    #[test]
+    fn the_connecting_process_is_carried_to_the_open() {
+        let ts = Targets::new(vec![target("10.0.0.0/24", Some(9876), Some((5000, 5000)))]);
+        let prog = build(&FORMAT, &ts, OUR_NETNS, MAPS).unwrap();
+        let r: SocketAddr = "10.0.0.5:9876".parse().unwrap();
+        // connect(): no local port yet.
+        let mut vm = Vm::new(
+            record(&"0.0.0.0:0".parse().unwrap(), &r, TCP_CLOSE, TCP_SYN_SENT),
+            NET_OURS,
+        );
+        vm.run(&prog);
+        assert!(vm.ring.is_empty());
+        assert_eq!(vm.connects.len(), 1);
+        // SYN_SENT -> ESTABLISHED (in softirq: the current task is someone else).
+        vm.ctx = record(
+            &"10.1.1.1:5000".parse().unwrap(),
+            &r,
+            TCP_SYN_SENT,
+            TCP_ESTABLISHED,
+        );
+        vm.run(&prog);
+        assert_eq!(vm.ring.len(), 1);
+        assert!(vm.connects.is_empty(), "forgotten once used");
+        let t = super::super::Transition::parse(&vm.ring[0]).unwrap();
+        assert_eq!(t.local, "10.1.1.1:5000".parse().unwrap());
+        assert_eq!(t.remote, r);
+        assert_eq!(t.cookie, 77);
+        assert_eq!(t.sock, SK);
+        assert_eq!(t.ktime_ns, 1_000);
+        assert_eq!(t.old, crate::source::TcpState::SynSent);
+        assert_eq!(t.new, crate::source::TcpState::Established);
+        let p = t.process.unwrap();
+        assert_eq!((p.pid, p.comm.as_str()), (42, "gwfx"));
+    }
+
+    #[test]
+    fn too_many_targets_are_refused() {
+        let ts = Targets::new(vec![target("10.0.0.5/32", None, None); MAX_TARGETS + 1]);
+        assert_eq!(
+            build(&FORMAT, &ts, 1, MAPS).unwrap_err(),
+            TooManyTargets(MAX_TARGETS + 1)
+        );
+        let ts = Targets::new(vec![target("::/0", Some(1), Some((1, 2))); MAX_TARGETS]);
+        build(&FORMAT, &ts, 1, MAPS).unwrap();
+    }
+}
