@@ -234,6 +234,7 @@ def main():
     ap.add_argument("--json", required=True)
     ap.add_argument("--svg", required=True)
     ap.add_argument("--md", required=True)
+    ap.add_argument("--svg-ref", help="how the markdown refers to the chart (default: its file name)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("the eBPF benchmark needs root (CAP_BPF, CAP_PERFMON, bpf_stats)")
@@ -252,7 +253,7 @@ def main():
         for r in results:
             f.write(json.dumps(r) + "\n")
     svg(results, args.svg)
-    open(args.md, "w").write(markdown(results, os.path.basename(args.svg)))
+    open(args.md, "w").write(markdown(results, args.svg_ref or os.path.basename(args.svg)))
 
 
 if __name__ == "__main__":
