@@ -153,6 +153,14 @@ pub trait Source: Send {
     /// Replaces `out` with the ESTABLISHED sockets that match at least one target. `out` is
     /// reused across polls so that a steady state allocates nothing.
     fn poll(&mut self, out: &mut Vec<SocketEntry>) -> Result<(), SourceError>;
+
+    /// The exact state changes the source saw since the last call, in the order they
+    /// happened, for sources that see them (eBPF); polling sources see none. Read after
+    /// [`Source::poll`], whose snapshot already reflects them.
+    #[cfg(target_os = "linux")]
+    fn take_transitions(&mut self) -> Vec<ebpf::Transition> {
+        Vec::new()
+    }
 }
 
 /// Opens the source `kind` asks for. `Auto` takes the first that works, in the order netlink,

@@ -451,3 +451,73 @@ fn a_full_ring_counts_what_it_drops() {
     w.read += w.ev.drain(&mut w.got);
     assert_eq!(w.read as u64, c.emitted);
 }
+
+/// The eBPF source as the sidecar polls it: a session open before it started comes from the
+/// seeding dump, later ones from the ring; and after the ring overflowed, the reconciling dump
+/// leaves the set exact.
+#[test]
+fn the_source_seeds_follows_and_reconciles_after_an_overflow() {
+    use fix_monitor::source::ebpf::EbpfSource;
+    use fix_monitor::source::Source;
+    use std::collections::BTreeSet;
+
+    let downstream = crate::harness::Downstream::listen("127.0.0.1:0");
+    let remote = downstream.addr;
+    let before = TcpStream::connect(remote).unwrap();
+    let targets = Targets::new(vec![target(remote, None)]);
+    // One page of ring: 42 records; the burst below makes 200.
+    let mut src = EbpfSource::open(
+        &targets,
+        Options { ring_bytes: 4096 },
+        Duration::from_secs(3600),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let locals = |src: &mut EbpfSource| {
+        let mut out = Vec::new();
+        src.poll(&mut out).unwrap();
+        out.iter().map(|e| e.local).collect::<BTreeSet<_>>()
+    };
+    assert_eq!(
+        locals(&mut src),
+        BTreeSet::from([before.local_addr().unwrap()]),
+        "seeded by the dump"
+    );
+    assert_eq!(src.stats().reconciles, 1);
+
+    let mut clients: Vec<TcpStream> = (0..200)
+        .map(|_| TcpStream::connect(remote).unwrap())
+        .collect();
+    // Close half of them again, so that the lost records include closes as well as opens.
+    let closed: Vec<TcpStream> = clients.drain(..100).collect();
+    drop(closed);
+    let mut want: BTreeSet<SocketAddr> = clients.iter().map(|c| c.local_addr().unwrap()).collect();
+    want.insert(before.local_addr().unwrap());
+    assert_eq!(locals(&mut src), want, "exact after the reconcile");
+    let s = src.stats();
+    assert!(s.lost > 0 && s.overflows == 1 && s.reconciles == 2, "{s:?}");
+    let c = src.events().counters().unwrap();
+    assert_eq!(c.lost, s.lost);
+
+    // And it goes on from the ring once there is room again.
+    let extra = TcpStream::connect(remote).unwrap();
+    want.insert(extra.local_addr().unwrap());
+    assert_eq!(locals(&mut src), want);
+    let last = clients.pop().unwrap();
+    want.remove(&last.local_addr().unwrap());
+    drop(last);
+    // The close reaches the ring at once; read it (bounded).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if locals(&mut src) == want {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the close never arrived");
+        src.events().wait(Duration::from_millis(50)).unwrap();
+    }
+    assert_eq!(src.stats().reconciles, 2, "no reconcile needed");
+    let ts = src.take_transitions();
+    assert!(ts.iter().any(|t| t.local == extra.local_addr().unwrap()
+        && t.change() == Some(Change::Opened)
+        && t.process.as_ref().map(|p| p.pid) == Some(std::process::id())));
+    drop(before);
+}

@@ -369,3 +369,18 @@ pub fn ktime_now_ns() -> u64 {
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
+
+/// When a transition happened, on the sidecar's clocks: `now` is read together with
+/// `now_ktime_ns` ([`ktime_now_ns`]); Rust's `Instant` is `CLOCK_MONOTONIC` on Linux, the clock
+/// of `bpf_ktime_get_ns`, so the kernel's stamp maps to an `Instant` exactly.
+pub fn timestamp_of(
+    ktime_ns: u64,
+    now: crate::tracker::Timestamp,
+    now_ktime_ns: u64,
+) -> crate::tracker::Timestamp {
+    let ago = Duration::from_nanos(now_ktime_ns.saturating_sub(ktime_ns));
+    crate::tracker::Timestamp {
+        mono: now.mono.checked_sub(ago).unwrap_or(now.mono),
+        wall: now.wall.checked_sub(ago).unwrap_or(now.wall),
+    }
+}

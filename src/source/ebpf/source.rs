@@ -46,7 +46,7 @@ pub struct EbpfSource {
     stats: SourceStats,
     read: Vec<Transition>,
     scratch: Vec<SocketEntry>,
-    /// Every transition read since the last [`EbpfSource::take_transitions`], in order.
+    /// Every transition read since the last `take_transitions`, in order.
     pending: Vec<Transition>,
 }
 
@@ -81,11 +81,6 @@ impl EbpfSource {
 
     pub fn events(&self) -> &EbpfEvents {
         &self.events
-    }
-
-    /// The transitions read since the last call: exact times, who hung up, the process.
-    pub fn take_transitions(&mut self) -> Vec<Transition> {
-        std::mem::take(&mut self.pending)
     }
 
     fn drain(&mut self, after_ns: u64) {
@@ -129,6 +124,11 @@ impl EbpfSource {
 impl Source for EbpfSource {
     fn kind(&self) -> SourceKind {
         SourceKind::Ebpf
+    }
+
+    /// Exact times, who hung up, the process.
+    fn take_transitions(&mut self) -> Vec<Transition> {
+        std::mem::take(&mut self.pending)
     }
 
     fn poll(&mut self, out: &mut Vec<SocketEntry>) -> Result<(), SourceError> {
