@@ -2,20 +2,21 @@
 //!
 //! `run` opens the connection source and binds the HTTP endpoint first, so that a source that
 //! does not work or an address that is taken fails the start instead of leaving a sidecar that
-//! silently reports nothing. Then the poll loop runs on its own thread (a poll is a few blocking
+//! silently reports nothing. Then the poll loop (`poller`) runs on its own thread (a poll is a few blocking
 //! syscalls; it must not wait behind HTTP work, nor HTTP work behind it) at a fixed rate, and the
 //! endpoint serves on the tokio runtime. On shutdown: polling stops, the endpoint drains, the
 //! meter provider flushes every exporter, and `run` returns.
 
 use std::future::Future;
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::time::{Duration, Instant};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use crate::config::Settings;
 use crate::export::{http, Telemetry};
-use crate::instruments::{GaugeValues, Instruments};
-use crate::source::{self, Source};
-use crate::status::Shared;
+use crate::instruments::Instruments;
+use crate::poller::{Input, Poller, SystemClock};
+use crate::source;
+use crate::state::{Meta, Publisher, State, StateReader};
 use crate::tracker::{Event, Timestamp};
 
 #[derive(Debug, thiserror::Error)]
@@ -44,10 +45,11 @@ pub struct StartOptions {
 
 /// A started sidecar: polling, and serving if asked to. Stop it with [`Sidecar::stop`].
 pub struct Sidecar {
-    shared: Shared,
+    state: StateReader,
     telemetry: Telemetry,
     events: tokio::sync::broadcast::Sender<Event>,
-    stop_poll: mpsc::Sender<()>,
+    /// The loop's inputs (today: stop; issue 9 adds kernel destroy events).
+    inputs: mpsc::Sender<Input>,
     poller: std::thread::JoinHandle<()>,
     server: Option<(
         std::net::SocketAddr,
@@ -71,7 +73,11 @@ pub const FLUSH_GRACE: Duration = Duration::from_secs(5);
 pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar, RunError> {
     let resource = crate::instruments::resource(&hostname());
     let host = crate::instruments::host_name(&resource);
-    let source = source::open(settings.poll.source, &settings.targets)?;
+    let source = source::open_with(
+        settings.poll.source,
+        &settings.targets,
+        settings.poll.reconcile_interval,
+    )?;
     let listener = if options.serve_http {
         Some(
             http::bind(settings.prometheus.listen)
@@ -89,13 +95,14 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
     );
     let instruments = Instruments::new(&meter, &settings.targets, source.kind());
     crate::process::register(&meter);
-    let shared = Shared::new(
-        settings.targets.clone(),
-        source.kind(),
-        settings.poll.interval,
-        host.clone(),
-        Timestamp::now(),
-    );
+    let initial = State::initial(Meta {
+        host: host.clone(),
+        source: source.kind(),
+        interval: settings.poll.interval,
+        started: Timestamp::now(),
+        targets: settings.targets.clone(),
+    });
+    let (publisher, state) = Publisher::new(initial.clone());
     tracing::info!(
         host = %host,
         source = source.kind().as_str(),
@@ -127,7 +134,7 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             let task = tokio::spawn(http::serve(
                 listener,
-                http::router(shared.clone(), telemetry.prometheus.clone()),
+                http::router(state.clone(), telemetry.prometheus.clone()),
                 async move {
                     let _ = rx.await;
                 },
@@ -138,14 +145,19 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
     };
 
     let (events, _) = tokio::sync::broadcast::channel(EVENT_BUFFER);
-    let (stop_poll, stop_rx) = mpsc::channel::<()>();
+    let (inputs, inputs_rx) = mpsc::channel::<Input>();
     let poller = {
-        let shared = shared.clone();
-        let events = events.clone();
+        let poller = Poller::new(
+            source,
+            instruments,
+            Box::new(publisher),
+            initial,
+            events.clone(),
+        );
         let interval = settings.poll.interval;
         std::thread::Builder::new()
             .name("fix-monitor-poll".into())
-            .spawn(move || poll_loop(source, shared, instruments, events, interval, stop_rx))
+            .spawn(move || crate::poller::run(poller, &SystemClock, interval, inputs_rx))
             .expect("spawning the poll thread")
     };
     let flush_grace = if settings.otlp.enabled {
@@ -154,10 +166,10 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
         FLUSH_GRACE
     };
     Ok(Sidecar {
-        shared,
+        state,
         telemetry,
         events,
-        stop_poll,
+        inputs,
         poller,
         server,
         flush_grace,
@@ -165,9 +177,14 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
 }
 
 impl Sidecar {
-    /// The state the endpoints read: tracker, recent closes, poll health.
-    pub fn shared(&self) -> &Shared {
-        &self.shared
+    /// The published state the endpoints read: sessions, counts, recent closes, poll health.
+    pub fn state(&self) -> &StateReader {
+        &self.state
+    }
+
+    /// The loop's input channel: where event sources (issue 9's destroy events) send to.
+    pub fn inputs(&self) -> mpsc::Sender<Input> {
+        self.inputs.clone()
     }
 
     /// Where the HTTP endpoint listens, if it was asked for.
@@ -196,7 +213,7 @@ impl Sidecar {
     /// OTLP export included, bounded by the grace period).
     pub async fn stop(self) {
         tracing::info!("shutting down: stopping the poll loop");
-        drop(self.stop_poll);
+        let _ = self.inputs.send(Input::Stop);
         let poller = self.poller;
         let _ = tokio::task::spawn_blocking(move || poller.join()).await;
         if let Some((_, tx, task)) = self.server {
@@ -205,7 +222,7 @@ impl Sidecar {
         }
         tracing::info!("flushing metrics");
         self.telemetry.shutdown(self.flush_grace).await;
-        for t in self.shared.lock().targets() {
+        for t in self.state.get().targets() {
             tracing::info!(
                 target_name = %t.name,
                 active = t.stats.active,
@@ -232,108 +249,5 @@ pub async fn run(
     match failed {
         Some(e) => Err(e),
         None => Ok(()),
-    }
-}
-
-/// Polls at a fixed rate until the stop channel closes. A failed poll is logged and counted,
-/// and the connections it could not see are left as they were: a failed poll is not a close.
-fn poll_loop(
-    mut source: Box<dyn Source>,
-    shared: Shared,
-    instruments: Instruments,
-    events_out: tokio::sync::broadcast::Sender<Event>,
-    interval: Duration,
-    stop: mpsc::Receiver<()>,
-) {
-    let kind = source.kind();
-    let mut sockets = Vec::new();
-    let mut events = Vec::new();
-    let mut next = Instant::now();
-    loop {
-        let began = Instant::now();
-        let result = source.poll(&mut sockets);
-        let at = Timestamp::now();
-        instruments.record_poll(kind, began.elapsed(), result.is_ok());
-        events.clear();
-        let mut gauges = None;
-        {
-            let mut m = shared.lock();
-            m.health.polls += 1;
-            match &result {
-                Ok(()) => {
-                    if m.health.consecutive_failures > 0 {
-                        tracing::info!(
-                            failed_polls = m.health.consecutive_failures,
-                            "polling recovered"
-                        );
-                    }
-                    m.tracker.apply(at, &sockets, &mut events);
-                    m.remember_closed(&events);
-                    m.health.last_success = Some(at);
-                    m.health.consecutive_failures = 0;
-                    let (values, capped) = GaugeValues::from_tracker(&m.tracker);
-                    if capped {
-                        tracing::warn!(
-                            limit = crate::instruments::BY_PORT_LIMIT,
-                            "fix_connections_by_port: too many local ports, some left out"
-                        );
-                    }
-                    gauges = Some(values);
-                }
-                Err(e) => {
-                    m.health.consecutive_failures += 1;
-                    m.health.last_error = Some(e.to_string());
-                    // One warning when an outage starts, then one a minute's worth of polls.
-                    let n = m.health.consecutive_failures;
-                    if n == 1 || n % 60 == 0 {
-                        tracing::warn!(source = kind.as_str(), error = %e, failed_polls = n, "poll failed");
-                    }
-                }
-            }
-            if !events.is_empty() {
-                log_events(&events, &m.tracker);
-            }
-        }
-        instruments.record_events(&events);
-        for e in &events {
-            // No subscriber is fine: nobody is watching.
-            let _ = events_out.send(e.clone());
-        }
-        if let Some(g) = gauges {
-            instruments.set_gauges(g);
-        }
-
-        next += interval;
-        let now = Instant::now();
-        if next < now {
-            // Fell behind (a slow poll, a suspended host): start afresh rather than burst.
-            next = now + interval;
-        }
-        match stop.recv_timeout(next - now) {
-            Err(RecvTimeoutError::Timeout) => continue,
-            _ => return,
-        }
-    }
-}
-
-fn log_events(events: &[Event], tracker: &crate::tracker::Tracker) {
-    for e in events {
-        match e {
-            Event::Opened(c) => tracing::info!(
-                target_name = %tracker.targets().get(c.target).name,
-                local = %c.key.local,
-                remote = %c.key.remote,
-                preexisting = c.preexisting,
-                "connection opened"
-            ),
-            Event::Closed { conn, duration, .. } => tracing::info!(
-                target_name = %tracker.targets().get(conn.target).name,
-                local = %conn.key.local,
-                remote = %conn.key.remote,
-                duration = %crate::status::hms(*duration),
-                duration_seconds = duration.as_secs_f64(),
-                "connection closed"
-            ),
-        }
     }
 }

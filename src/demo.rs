@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use crate::app::{self, RunError, Sidecar, StartOptions};
 use crate::config::{self, ConfigErrors, Settings};
 use crate::console::{self, view, Console, ConsoleError, Header, Mode, ReportTo};
-use crate::status::hms;
+use crate::session::hms;
 use crate::tracker::Timestamp;
 
 /// The venues: name, address, preferred port, sessions the gateway keeps to it.
@@ -95,15 +95,21 @@ pub async fn run(
     let venues = bind_venues().map_err(DemoError::Venues)?;
     let settings = settings(&venues, options.interval)?;
     let sidecar = start_sidecar(settings, options.listen).await?;
-    let shared = sidecar.shared().clone();
+    let state = sidecar.state().clone();
     let url = format!(
         "http://{}",
         sidecar.local_addr().expect("the demo serves HTTP")
     );
     // The gateway starts once the sidecar has looked: every session is then a real open.
     let first_poll = Instant::now() + Duration::from_secs(5);
-    while shared.lock().health.polls == 0 && Instant::now() < first_poll {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    {
+        let mut changes = state.clone();
+        while state.get().health.polls == 0 {
+            match tokio::time::timeout_at(first_poll.into(), changes.changed()).await {
+                Ok(true) => {}
+                _ => break,
+            }
+        }
     }
 
     let sessions: usize = venues.iter().map(|v| v.sessions).sum();
@@ -175,7 +181,7 @@ pub async fn run(
     console.close();
     sidecar.stop().await;
 
-    let frame = view::Frame::capture(&shared.lock(), Timestamp::now());
+    let frame = view::Frame::capture(&state.get(), Timestamp::now());
     let mut out = Vec::new();
     out.push(format!(
         "demo ended {} after {}",
@@ -186,7 +192,7 @@ pub async fn run(
         hms(ran)
     ));
     let report = match &options.report {
-        Some(p) => console::write_report(&shared, &ReportTo::Path(p.clone())),
+        Some(p) => console::write_report(&state, &ReportTo::Path(p.clone())),
         None => Ok(None),
     };
     if let Ok(Some(path)) = &report {
@@ -226,14 +232,15 @@ async fn sleep_for(d: Option<Duration>) {
 
 /// Resolves once the sidecar shows no active connection (true), or at `deadline` (false).
 async fn all_closed(sidecar: &Sidecar, deadline: Instant) -> bool {
+    let mut state = sidecar.state().clone();
     loop {
-        if sidecar.shared().lock().tracker.active_count() == 0 {
+        if state.get().active_count() == 0 {
             return true;
         }
-        if Instant::now() >= deadline {
-            return false;
+        match tokio::time::timeout_at(deadline.into(), state.changed()).await {
+            Ok(true) => {}
+            _ => return false,
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -246,6 +246,17 @@ pub fn host_name(resource: &Resource) -> String {
         .unwrap_or_default()
 }
 
+/// The `host.name` that `OTEL_RESOURCE_ATTRIBUTES` sets, if it does: what [`resource`] would
+/// carry instead of the machine's hostname. Asks the SDK's environment detector alone (the
+/// same reader [`resource`] uses), without building a whole resource.
+pub fn configured_host_name() -> Option<String> {
+    use opentelemetry_sdk::resource::{EnvResourceDetector, ResourceDetector};
+    EnvResourceDetector::new()
+        .detect()
+        .get(&opentelemetry::Key::new("host.name"))
+        .map(|v| v.as_str().into_owned())
+}
+
 /// The resource every export carries: `service.name` (default `fix-monitor`), `service.version`,
 /// `host.name`, `service.instance.id`. `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES`
 /// (read by the SDK's own detectors) override any of them.

@@ -4,7 +4,11 @@
 //! # Layout
 //! Data flows one way: `source` -> `tracker` -> `instruments` -> `export`.
 //! - [`config`]: every setting, layered with figment (defaults < file < environment < flags),
-//!   validated once into [`config::Settings`]; nothing else reads files or the environment.
+//!   validated once into [`config::Settings`]. It is the one reader of the environment, but for
+//!   `TERM` (the console's dumb-terminal check) and `OTEL_SERVICE_NAME` /
+//!   `OTEL_RESOURCE_ATTRIBUTES` (the SDK's resource detectors, `instruments::resource`); the
+//!   exporter libraries' own `OTEL_EXPORTER_OTLP_*` variables are withheld from them after
+//!   loading ([`config::withhold_library_env`]). `RUST_LOG` is not read.
 //! - [`target`]: what a downstream target is and which target a socket belongs to.
 //! - [`source`]: plain snapshots of matching ESTABLISHED sockets (netlink `sock_diag` with a
 //!   kernel-side filter; `/proc/net/tcp*`; netstat2 elsewhere).
@@ -12,7 +16,14 @@
 //! - [`instruments`]: the OpenTelemetry instruments, fed by tracker events and state.
 //! - [`export`]: the meter provider's readers (Prometheus pull, OTLP push) and the HTTP
 //!   endpoints.
-//! - [`app`]: the poll loop, the shared status the endpoints read, and the one shutdown path.
+//! - [`session`]: what one session is, for every reader (endpoints, console, report,
+//!   snapshot); their JSON and tables are presentations of it.
+//! - [`state`]: the immutable view the loop publishes after each change (a watch channel);
+//!   readers take the latest without ever waiting for the loop.
+//! - [`poller`]: the loop: a source, a clock and an input channel passed in; tick -> tracker ->
+//!   instruments -> published state -> logs. Tested with a manual clock and a scripted source.
+//! - [`app`]: start (open the source, bind the endpoint, spawn the loop) and the one shutdown
+//!   path.
 //! - [`console`]: the sidecar for a person at a terminal: `watch` (a live view, a report at
 //!   Ctrl+C) and `snapshot` (one poll, printed).
 //! - [`demo`]: a simulated gateway and venues on loopback, watched by the real sidecar.
@@ -23,8 +34,10 @@ pub mod console;
 pub mod demo;
 pub mod export;
 pub mod instruments;
+pub mod poller;
 pub mod process;
+pub mod session;
 pub mod source;
-pub mod status;
+pub mod state;
 pub mod target;
 pub mod tracker;

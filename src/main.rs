@@ -95,10 +95,22 @@ struct DemoArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // A usage error exits 64 like every other; --help and --version print to stdout, 0.
+        Err(e) => {
+            let _ = e.print();
+            let code = if e.use_stderr() {
+                config::EXIT_USAGE
+            } else {
+                0
+            };
+            return ExitCode::from(code as u8);
+        }
+    };
     match cli.command {
         Command::Run(args) => {
-            let loaded = match config::load(&args) {
+            let loaded = match load(&args) {
                 Ok(l) => l,
                 Err(e) => return usage_error(e),
             };
@@ -116,7 +128,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Watch(args) => {
-            let loaded = match config::load(&args.config) {
+            let loaded = match load(&args.config) {
                 Ok(l) => l,
                 Err(e) => return usage_error(e),
             };
@@ -136,7 +148,7 @@ fn main() -> ExitCode {
             exit(runtime.block_on(watched))
         }
         Command::Snapshot(args) => {
-            let loaded = match config::load(&args.config) {
+            let loaded = match load(&args.config) {
                 Ok(l) => l,
                 Err(e) => return usage_error(e),
             };
@@ -177,6 +189,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// The configuration, after which the exporter libraries' own variables are withheld from
+/// them (see [`config::withhold_library_env`]); still single-threaded here.
+fn load(args: &ConfigArgs) -> Result<config::Loaded, config::ConfigErrors> {
+    let loaded = config::load(args)?;
+    config::withhold_library_env();
+    Ok(loaded)
+}
+
 fn runtime(workers: usize) -> Option<tokio::runtime::Runtime> {
     match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
@@ -213,18 +233,10 @@ fn quiet_unless_asked(loaded: &config::Loaded) -> LogSettings {
 
 fn demo_options(args: DemoArgs) -> Result<DemoOptions, String> {
     let duration = |flag: &str, v: Option<String>| -> Result<Option<Duration>, String> {
-        v.map(|text| {
-            let d = match text.parse::<u64>() {
-                Ok(secs) => Ok(Duration::from_secs(secs)),
-                Err(_) => humantime::parse_duration(&text).map_err(|e| e.to_string()),
-            };
-            match d {
-                Ok(d) if !d.is_zero() => Ok(d),
-                Ok(_) => Err(format!("{flag} {text}: must be above zero")),
-                Err(e) => Err(format!(
-                    "{flag} {text}: {e}; expected whole seconds (30) or a duration (500ms, 2m)"
-                )),
-            }
+        v.map(|text| match config::parse_duration(&text) {
+            Ok(d) if !d.is_zero() => Ok(d),
+            Ok(_) => Err(format!("{flag} {text}: must be above zero")),
+            Err(e) => Err(format!("{flag} {text}: {e}")),
         })
         .transpose()
     };

@@ -6,7 +6,7 @@
 //! then only attributes the few matching sockets to their target. Both must agree: the tests in
 //! `source::bytecode` run the same cases through both.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use ipnet::IpNet;
 
@@ -23,15 +23,6 @@ pub struct PortRange {
 impl PortRange {
     pub fn contains(&self, port: u16) -> bool {
         self.start <= port && port <= self.end
-    }
-
-    /// Number of ports in the range.
-    pub fn len(&self) -> usize {
-        usize::from(self.end - self.start) + 1
-    }
-
-    pub fn is_empty(&self) -> bool {
-        false
     }
 }
 
@@ -85,7 +76,7 @@ impl Target {
                 return false;
             }
         }
-        self.net.contains(&canonical(remote.ip()))
+        self.net.contains(&remote.ip().to_canonical())
     }
 }
 
@@ -102,11 +93,6 @@ impl Target {
             local_ports: local.map(|(start, end)| PortRange { start, end }),
         }
     }
-}
-
-/// Unwraps an IPv4-mapped IPv6 address into the IPv4 address it carries.
-pub fn canonical(ip: IpAddr) -> IpAddr {
-    ip.to_canonical()
 }
 
 /// The configured targets, in order. A socket belongs to the first target that matches it, so
@@ -147,7 +133,7 @@ impl Targets {
     /// True when some target can match a socket in the AF_INET6 table: any IPv6 target, and any
     /// IPv4 target too, since dual-stack sockets show IPv4 peers as IPv4-mapped IPv6 addresses.
     pub fn wants_ipv6(&self) -> bool {
-        !self.0.is_empty()
+        self.wants_ipv4() || self.0.iter().any(|t| matches!(t.net, IpNet::V6(_)))
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use super::resolve::{self, quote};
+use super::raw::{self, quote};
 use super::{ConfigFile, Loaded, Origin, OtlpProtocol};
 
 /// Comments start at this column at least, so that they line up in the common case.
@@ -25,6 +25,13 @@ pub(super) fn explain(loaded: &Loaded) -> String {
         ConfigFile::Absent(path) => {
             let _ = writeln!(out, "# Config file: {} (absent, skipped)", path.display());
         }
+    }
+    for (name, value) in &loaded.resource_vars {
+        let _ = writeln!(
+            out,
+            "# {name}={} (the SDK reads it: the resource)",
+            quote(value)
+        );
     }
 
     let mut lines = Lines { loaded, out };
@@ -57,6 +64,12 @@ pub(super) fn explain(loaded: &Loaded) -> String {
     let interval = humantime::format_duration(s.poll.interval).to_string();
     lines.value("interval", &quote(&interval), "poll.interval");
     lines.value("source", &quote(s.poll.source.as_str()), "poll.source");
+    let reconcile = humantime::format_duration(s.poll.reconcile_interval).to_string();
+    lines.value(
+        "reconcile_interval",
+        &quote(&reconcile),
+        "poll.reconcile_interval",
+    );
 
     lines.header("[prometheus]");
     lines.value(
@@ -78,7 +91,7 @@ pub(super) fn explain(loaded: &Loaded) -> String {
     if o.url != o.endpoint {
         let _ = writeln!(lines.out, "# (exports go to {})", o.url);
     } else if o.protocol == OtlpProtocol::HttpProtobuf
-        && resolve::http_export_url(&o.endpoint, false) != o.url
+        && raw::http_export_url(&o.endpoint, false) != o.url
     {
         // Only the signal-specific variable gives a full URL; a file's endpoint is a base.
         let _ = writeln!(

@@ -41,87 +41,24 @@ enum OtelValue {
 /// The standard variables fix-monitor honours, below its own layers, and the key each sets.
 /// In this order: a signal-specific `OTEL_EXPORTER_OTLP_METRICS_*` comes after, and so beats,
 /// its generic `OTEL_EXPORTER_OTLP_*`.
+#[rustfmt::skip]
 const OTEL_VARS: &[(&str, &[&str], OtelValue)] = &[
-    (
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-        &["otlp", "endpoint"],
-        OtelValue::Text,
-    ),
-    (
-        ENV_OTEL_METRICS_ENDPOINT,
-        &["otlp", "endpoint"],
-        OtelValue::Text,
-    ),
-    (
-        "OTEL_EXPORTER_OTLP_PROTOCOL",
-        &["otlp", "protocol"],
-        OtelValue::Text,
-    ),
-    (
-        "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
-        &["otlp", "protocol"],
-        OtelValue::Text,
-    ),
-    (
-        "OTEL_EXPORTER_OTLP_HEADERS",
-        &["otlp", "headers"],
-        OtelValue::Headers,
-    ),
-    (
-        "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
-        &["otlp", "headers"],
-        OtelValue::Headers,
-    ),
-    (
-        "OTEL_EXPORTER_OTLP_TIMEOUT",
-        &["otlp", "timeout"],
-        OtelValue::Millis,
-    ),
-    (
-        "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
-        &["otlp", "timeout"],
-        OtelValue::Millis,
-    ),
-    (
-        "OTEL_EXPORTER_OTLP_CERTIFICATE",
-        &["otlp", "tls", "ca_file"],
-        OtelValue::Text,
-    ),
-    (
-        "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE",
-        &["otlp", "tls", "ca_file"],
-        OtelValue::Text,
-    ),
-    (
-        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
-        &["otlp", "tls", "cert_file"],
-        OtelValue::Text,
-    ),
-    (
-        "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE",
-        &["otlp", "tls", "cert_file"],
-        OtelValue::Text,
-    ),
-    (
-        "OTEL_EXPORTER_OTLP_CLIENT_KEY",
-        &["otlp", "tls", "key_file"],
-        OtelValue::Text,
-    ),
-    (
-        "OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY",
-        &["otlp", "tls", "key_file"],
-        OtelValue::Text,
-    ),
-    (
-        "OTEL_METRIC_EXPORT_INTERVAL",
-        &["otlp", "interval"],
-        OtelValue::Millis,
-    ),
-    (
-        "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
-        &["otlp", "temporality"],
-        OtelValue::Text,
-    ),
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", &["otlp", "endpoint"], OtelValue::Text),
+    (ENV_OTEL_METRICS_ENDPOINT, &["otlp", "endpoint"], OtelValue::Text),
+    ("OTEL_EXPORTER_OTLP_PROTOCOL", &["otlp", "protocol"], OtelValue::Text),
+    ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", &["otlp", "protocol"], OtelValue::Text),
+    ("OTEL_EXPORTER_OTLP_HEADERS", &["otlp", "headers"], OtelValue::Headers),
+    ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", &["otlp", "headers"], OtelValue::Headers),
+    ("OTEL_EXPORTER_OTLP_TIMEOUT", &["otlp", "timeout"], OtelValue::Millis),
+    ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", &["otlp", "timeout"], OtelValue::Millis),
+    ("OTEL_EXPORTER_OTLP_CERTIFICATE", &["otlp", "tls", "ca_file"], OtelValue::Text),
+    ("OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE", &["otlp", "tls", "ca_file"], OtelValue::Text),
+    ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", &["otlp", "tls", "cert_file"], OtelValue::Text),
+    ("OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE", &["otlp", "tls", "cert_file"], OtelValue::Text),
+    ("OTEL_EXPORTER_OTLP_CLIENT_KEY", &["otlp", "tls", "key_file"], OtelValue::Text),
+    ("OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY", &["otlp", "tls", "key_file"], OtelValue::Text),
+    ("OTEL_METRIC_EXPORT_INTERVAL", &["otlp", "interval"], OtelValue::Millis),
+    ("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", &["otlp", "temporality"], OtelValue::Text),
 ];
 
 /// The signal-specific endpoint is the full URL, used as is (`resolve` looks for this origin).
@@ -137,28 +74,18 @@ const ENV_LAYER: &str = "environment variable";
 const FLAG_LAYER: &str = "command-line flag";
 const FILE_LAYER: &str = "config file";
 
-/// Keys whose values are strings whatever they look like: figment's value parser would cut
-/// `info,fix_monitor=debug` at the comma or read `1e3` as a number.
-const STRING_KEYS: &[&[&str]] = &[
-    &["poll", "source"],
-    &["prometheus", "listen"],
-    &["log", "format"],
-    &["log", "level"],
-    &["otlp", "endpoint"],
-    &["otlp", "protocol"],
-    &["otlp", "temporality"],
-    &["otlp", "tls", "ca_file"],
-    &["otlp", "tls", "cert_file"],
-    &["otlp", "tls", "key_file"],
-];
-
 /// Is this an environment variable the configuration reads?
 pub(crate) fn is_ours(name: &str) -> bool {
     name.starts_with(ENV_PREFIX)
         || name == ENV_LEGACY_IP
         || name == ENV_LEGACY_PORT
         || OTEL_VARS.iter().any(|(var, _, _)| *var == name)
+        || RESOURCE_VARS.contains(&name)
 }
+
+/// Read by the SDK's resource detectors, not by the configuration; kept only so that
+/// `fix-monitor config` can show them.
+pub(crate) const RESOURCE_VARS: &[&str] = &["OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES"];
 
 /// Parses TOML text into a (still untyped) tree.
 pub(crate) fn parse_toml(text: &str) -> Result<Dict, String> {
@@ -169,7 +96,7 @@ pub(crate) fn parse_toml(text: &str) -> Result<Dict, String> {
 }
 
 /// One provider's worth of values, and the metadata figment tags them with.
-struct Layer {
+pub(crate) struct Layer {
     metadata: Metadata,
     dict: Dict,
 }
@@ -185,6 +112,15 @@ impl Provider for Layer {
 }
 
 impl Layer {
+    /// The merged tree again, for `raw::extract`: its values keep the tags of the providers
+    /// they came from (figment tags only untagged values).
+    pub(crate) fn merged(dict: Dict) -> Layer {
+        Layer {
+            metadata: Metadata::named("merged configuration"),
+            dict,
+        }
+    }
+
     fn file(path: &Path, dict: Dict) -> Layer {
         Layer {
             metadata: Metadata::from(FILE_LAYER, Source::File(path.to_path_buf())),
@@ -232,20 +168,27 @@ fn nest<K: AsRef<str>>(keys: &[K], value: Value) -> Dict {
     dict
 }
 
-/// A variable's or flag's text as a value: strings for string keys, else figment's parse
-/// (numbers, booleans, arrays, tables), which is what lets `--interval 5` mean seconds.
-fn parse_value<K: AsRef<str>>(keys: &[K], raw: &str) -> Value {
-    let is_string = STRING_KEYS.iter().any(|path| {
-        path.len() == keys.len() && path.iter().zip(keys).all(|(a, b)| *a == b.as_ref())
-    });
-    if is_string {
-        Value::from(raw.to_owned())
-    } else {
+/// A variable's or flag's text as a value: a `[..]` list or `{..}` table is parsed (figment's
+/// syntax, as `FIX_MONITOR_TARGETS` uses), anything else stays text, which the key's check
+/// reads (so `5` is a number of seconds to `poll.interval` and a string to `log.level`).
+fn parse_value(raw: &str) -> Value {
+    if raw.trim_start().starts_with(['[', '{']) {
         match raw.parse::<Value>() {
             Ok(value) => value,
             Err(never) => match never {},
         }
+    } else {
+        Value::from(raw.to_owned())
     }
+}
+
+/// A port from a variable or flag: a number when it reads as one, so that errors show it as
+/// the file would (`[7000, 6000]`); else the text, for the check to reject.
+fn port_value(raw: &str) -> Value {
+    raw.trim()
+        .parse::<i64>()
+        .map(Value::from)
+        .unwrap_or_else(|_| Value::from(raw.to_owned()))
 }
 
 /// Where the value with `tag` came from; `field` is the last key of its path (legacy target
@@ -323,7 +266,7 @@ fn lowercase_headers(dict: &mut Dict, origin: Origin, errors: &mut Vec<ConfigErr
                          case-insensitive: `{lower}`); keep one"
                     ),
                 )
-                .value(super::resolve::render(&value))
+                .value(super::raw::render(&value))
                 .origin(origin.clone()),
             );
             continue;
@@ -353,7 +296,7 @@ fn otel_layers(env: &BTreeMap<String, String>, errors: &mut Vec<ConfigError>) ->
                 Err(message) => {
                     errors.push(
                         ConfigError::new(ErrorKind::InvalidValue, keys.join("."), message)
-                            .value(super::resolve::quote(raw))
+                            .value(super::raw::quote(raw))
                             .origin(Origin::Env(name.to_owned())),
                     );
                     continue;
@@ -387,30 +330,12 @@ pub(crate) fn parse_otel_headers(raw: &str) -> Result<Dict, String> {
         if name.is_empty() {
             return Err(format!("`{item}` has no name; {ALLOWED}"));
         }
-        let value = percent_decode(value.trim()).ok_or_else(|| {
-            format!("the value of `{name}` is not valid percent-encoding; {ALLOWED}")
-        })?;
-        dict.insert(name.to_ascii_lowercase(), Value::from(value));
+        let value = percent_encoding::percent_decode_str(value.trim())
+            .decode_utf8()
+            .map_err(|_| format!("the value of `{name}` is not UTF-8 once decoded; {ALLOWED}"))?;
+        dict.insert(name.to_ascii_lowercase(), Value::from(value.into_owned()));
     }
     Ok(dict)
-}
-
-/// `%XX` escapes to bytes, which must form UTF-8; `None` for a broken escape.
-fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 fn env_layers(env: &BTreeMap<String, String>, errors: &mut Vec<ConfigError>) -> Vec<Layer> {
@@ -433,13 +358,13 @@ fn env_layers(env: &BTreeMap<String, String>, errors: &mut Vec<ConfigError>) -> 
                     "not a configuration variable: after FIX_MONITOR_ comes a key path whose \
                      parts are joined by a double underscore, e.g. FIX_MONITOR_POLL__INTERVAL",
                 )
-                .value(super::resolve::quote(raw))
+                .value(super::raw::quote(raw))
                 .origin(Origin::Env(name.clone())),
             );
             continue;
         }
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-        let mut layer = Layer::single(ENV_LAYER, name, &keys, parse_value(&keys, raw));
+        let mut layer = Layer::single(ENV_LAYER, name, &keys, parse_value(raw));
         lowercase_headers(&mut layer.dict, Origin::Env(name.clone()), errors);
         layers.push(layer);
     }
@@ -467,7 +392,7 @@ fn env_layers(env: &BTreeMap<String, String>, errors: &mut Vec<ConfigError>) -> 
                     "both DOWNSTREAM_IP and FIX_MONITOR_TARGETS define the targets; set only one \
                      (DOWNSTREAM_IP, with DOWNSTREAM_PORT, defines a single target)",
                 )
-                .value(super::resolve::quote(ip))
+                .value(super::raw::quote(ip))
                 .origin(Origin::Env(ENV_LEGACY_IP.into())),
             );
         }
@@ -477,7 +402,7 @@ fn env_layers(env: &BTreeMap<String, String>, errors: &mut Vec<ConfigError>) -> 
             target.insert("address".into(), Value::from(ip.clone()));
             labels.insert("address", ENV_LEGACY_IP.to_owned());
             if let Some(port) = port {
-                target.insert("port".into(), parse_value(&["port"], port));
+                target.insert("port".into(), port_value(port));
                 labels.insert("port", ENV_LEGACY_PORT.to_owned());
             }
             layers.push(Layer::target(ENV_LAYER, target, labels));
@@ -490,7 +415,7 @@ fn env_layers(env: &BTreeMap<String, String>, errors: &mut Vec<ConfigError>) -> 
                  not set; set it too, or give the targets another way \
                  (--ip, FIX_MONITOR_TARGETS, [[targets]] in the config file)",
             )
-            .value(super::resolve::quote(port))
+            .value(super::raw::quote(port))
             .origin(Origin::Env(ENV_LEGACY_PORT.into())),
         ),
         (None, None) => {}
@@ -531,7 +456,7 @@ fn flag_layers(args: &ConfigArgs, errors: &mut Vec<ConfigError>) -> Vec<Layer> {
             target.insert("address".into(), Value::from(ip.clone()));
             labels.insert("address", "--ip".to_owned());
             if let Some(port) = &args.target_port {
-                target.insert("port".into(), parse_value(&["port"], port));
+                target.insert("port".into(), port_value(port));
                 labels.insert("port", "--target-port".to_owned());
             }
             // The original monitor always had both bounds (5000 and 6000 by default); here a
@@ -562,7 +487,7 @@ fn flag_layers(args: &ConfigArgs, errors: &mut Vec<ConfigError>) -> Vec<Layer> {
             };
             if let Some(label) = label {
                 let bound = |raw: Option<&String>, default: u16| match raw {
-                    Some(raw) => parse_value(&["local_ports"], raw),
+                    Some(raw) => port_value(raw),
                     None => Value::from(default),
                 };
                 let range = vec![
@@ -610,12 +535,7 @@ fn flag_layers(args: &ConfigArgs, errors: &mut Vec<ConfigError>) -> Vec<Layer> {
     ];
     for (flag, raw, keys) in settings {
         if let Some(raw) = raw {
-            layers.push(Layer::single(
-                FLAG_LAYER,
-                flag,
-                &keys,
-                parse_value(&keys, raw),
-            ));
+            layers.push(Layer::single(FLAG_LAYER, flag, &keys, parse_value(raw)));
         }
     }
     // There is no flag for `enabled`: giving the endpoint is how to turn push on from the

@@ -81,7 +81,7 @@ mod args;
 mod error;
 mod explain;
 mod layers;
-mod resolve;
+mod raw;
 #[cfg(test)]
 mod tests;
 
@@ -93,6 +93,7 @@ use std::time::Duration;
 
 pub use args::ConfigArgs;
 pub use error::{ConfigError, ConfigErrors, ErrorKind, Origin};
+pub use raw::parse_duration;
 
 use crate::source::SourceKind;
 use crate::target::Targets;
@@ -116,6 +117,9 @@ pub mod defaults {
     /// sessions (the original tools used 5 s and 10 s).
     pub const INTERVAL: Duration = Duration::from_secs(1);
     pub const SOURCE: SourceKind = SourceKind::Auto;
+    /// The eBPF source's full dump: often enough that a missed transition cannot stay wrong
+    /// for long, rarely enough that its cost (a walk of the host's sockets) stays negligible.
+    pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(60);
     pub const PROMETHEUS_ENABLED: bool = true;
     /// Loopback: exposing metrics beyond the host is a deliberate choice (`0.0.0.0:9464`).
     pub const PROMETHEUS_LISTEN: SocketAddr =
@@ -162,6 +166,8 @@ pub struct PollSettings {
     pub interval: Duration,
     /// Which connection source to use.
     pub source: SourceKind,
+    /// eBPF source only: time between two reconciling full dumps; > 0.
+    pub reconcile_interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -227,11 +233,13 @@ pub struct TlsFiles {
     pub key_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 pub enum OtlpProtocol {
     /// OTLP/gRPC (port 4317 by convention).
+    #[serde(rename = "grpc")]
     Grpc,
     /// OTLP/HTTP with protobuf bodies (port 4318 by convention).
+    #[serde(rename = "http/protobuf")]
     HttpProtobuf,
 }
 
@@ -247,7 +255,8 @@ impl OtlpProtocol {
 }
 
 /// How sums and histograms are reported (the OTLP temporality preference).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OtlpTemporality {
     /// Totals since start: what Prometheus-style backends expect, and what survives a lost
     /// export (the next one carries the total).
@@ -270,7 +279,8 @@ impl OtlpTemporality {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
     Text,
@@ -303,15 +313,18 @@ pub enum ConfigFile {
 pub struct Loaded {
     pub settings: Settings,
     pub config_file: ConfigFile,
-    /// Origin of every value in `settings`, by key (`poll.interval`, `targets[0].port`).
+    /// Origin of every value some layer set, by key (`poll.interval`, `targets[0].port`).
     origins: BTreeMap<String, Origin>,
+    /// `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` as set: the SDK reads them itself.
+    resource_vars: Vec<(String, String)>,
 }
 
 impl Loaded {
     /// Where the value at `key` came from: `poll.interval`, `prometheus.listen`,
-    /// `targets[0].address`, ... (`None` for a key the schema does not have).
+    /// `targets[0].address`, ...; [`Origin::Default`] for a key no layer set.
     pub fn origin(&self, key: &str) -> Option<&Origin> {
-        self.origins.get(key)
+        static DEFAULT: Origin = Origin::Default;
+        Some(self.origins.get(key).unwrap_or(&DEFAULT))
     }
 
     /// The effective configuration as TOML (it parses back to the same settings), with each
@@ -319,6 +332,28 @@ impl Loaded {
     pub fn explain(&self) -> String {
         explain::explain(self)
     }
+}
+
+/// The prefixes of the variables that opentelemetry-otlp and the SDK's `PeriodicReader` read by
+/// themselves when an exporter is built (0.33: endpoint, protocol, headers, timeout,
+/// compression, insecure, per signal and generic; the export interval). fix-monitor reads the
+/// ones it supports in [`load`] and passes every value to the exporter explicitly.
+pub const LIBRARY_ENV_PREFIXES: &[&str] = &["OTEL_EXPORTER_OTLP_", "OTEL_METRIC_EXPORT_"];
+
+/// Removes the [`LIBRARY_ENV_PREFIXES`] variables from the process environment, so that the
+/// exporter cannot act on one behind the configuration's back (it would, for instance, merge
+/// `OTEL_EXPORTER_OTLP_HEADERS` into every request): what `fix-monitor config` shows is all
+/// that takes effect. Returns the names removed. Call after [`load`] and before any thread is
+/// started (the binary does it first thing); the environment is process-global.
+pub fn withhold_library_env() -> Vec<String> {
+    let names: Vec<String> = std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter(|name| LIBRARY_ENV_PREFIXES.iter().any(|p| name.starts_with(p)))
+        .collect();
+    for name in &names {
+        std::env::remove_var(name);
+    }
+    names
 }
 
 /// Loads the configuration from the process environment (`FIX_MONITOR_*`, `DOWNSTREAM_*` and
@@ -444,12 +479,16 @@ fn assemble(
         FileState::Absent | FileState::Failed => None,
     };
     let figment = layers::build(file_dict.map(|d| (path, d)), env, args, &mut errors);
-    let context = resolve::Context {
+    let (raw, tree, failed) = raw::extract(&figment, &mut errors);
+    let origins = raw::origins(&figment, &tree);
+    let context = raw::Context {
         config_path: path,
         // A broken file may well have held the targets: saying "no targets" would mislead.
         file_failed,
+        origins: &origins,
+        failed: &failed,
     };
-    let (settings, origins) = resolve::resolve(&figment, &context, &mut errors);
+    let settings = raw::validate(raw, &context, &mut errors);
     if !errors.is_empty() {
         return Err(ConfigErrors::new(errors));
     }
@@ -457,9 +496,15 @@ fn assemble(
         FileState::Text(_) => ConfigFile::Read(path.to_path_buf()),
         FileState::Absent | FileState::Failed => ConfigFile::Absent(path.to_path_buf()),
     };
+    let resource_vars = env
+        .iter()
+        .filter(|(name, _)| layers::RESOURCE_VARS.contains(&name.as_str()))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
     Ok(Loaded {
         settings,
         config_file,
         origins,
+        resource_vars,
     })
 }

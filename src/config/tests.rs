@@ -284,9 +284,9 @@ fn unknown_keys_are_each_reported_with_their_file() {
         [
             "colour",
             "otel",
-            "targets[0].prot",
+            "otlp.tls.ca",
             "poll.intervall",
-            "otlp.tls.ca"
+            "targets[0].prot",
         ],
         "{e}"
     );
@@ -1047,6 +1047,10 @@ fn the_standard_otel_variables_are_a_layer_below_the_file() {
     let o = &loaded.settings.otlp;
     assert!(o.enabled);
     assert_eq!(o.url, "http://otel:4318/v1/metrics");
+    // The SDK reads OTEL_SERVICE_NAME itself: shown, not configured; INSECURE not at all.
+    let text = loaded.explain();
+    assert!(text.contains("# OTEL_SERVICE_NAME=\"x\""), "{text}");
+    assert!(!text.contains("INSECURE"), "{text}");
     assert_eq!(o.protocol, OtlpProtocol::HttpProtobuf);
     assert_eq!(o.timeout, Duration::from_millis(2500));
     assert_eq!(o.interval, Duration::from_secs(30));

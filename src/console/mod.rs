@@ -1,8 +1,8 @@
 //! The console: fix-monitor for a person at a terminal, as the original monitor was.
 //!
 //! - [`watch`]: the sidecar core (`app::start`, no HTTP endpoint) with a live view of it, and a
-//!   JSON report and the totals when Ctrl+C or SIGTERM ends it. The view only reads the shared
-//!   status and the sidecar's event feed: there is no second poll loop.
+//!   JSON report and the totals when Ctrl+C or SIGTERM ends it. The view only reads the published
+//!   state and the sidecar's event feed: there is no second poll loop.
 //! - [`Console`]: that view, on its own, for anything that runs a sidecar (`demo` uses it).
 //! - [`snapshot`]: one poll, printed; no runtime, no OpenTelemetry, no history.
 //! - [`view`]: the pure part: frames, event lines, summaries and totals as text.
@@ -24,7 +24,8 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::app::{self, RunError, Sidecar, StartOptions};
 use crate::config::Settings;
-use crate::status::{hms, Shared};
+use crate::session::hms;
+use crate::state::StateReader;
 use crate::tracker::{Event, Timestamp};
 
 pub use screen::Mode;
@@ -74,7 +75,7 @@ pub async fn watch(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ConsoleError> {
     let sidecar = app::start(settings, StartOptions { serve_http: false }).await?;
-    let shared = sidecar.shared().clone();
+    let state = sidecar.state().clone();
     let header = Header {
         title: "watch".into(),
         notes: Vec::new(),
@@ -89,17 +90,14 @@ pub async fn watch(
     sidecar.stop().await;
 
     let mut out = io::stdout().lock();
-    let frame = {
-        let m = shared.lock();
-        view::Frame::capture(&m, Timestamp::now())
-    };
+    let frame = view::Frame::capture(&state.get(), Timestamp::now());
     writeln!(
         out,
         "stopped watching after {} ({} polls)",
         hms(frame.up),
         frame.polls
     )?;
-    let written = write_report(&shared, &options.report);
+    let written = write_report(&state, &options.report);
     if let Ok(Some(path)) = &written {
         writeln!(out, "report written to {}", path.display())?;
     }
@@ -110,15 +108,15 @@ pub async fn watch(
     written.map(|_| ())
 }
 
-/// Writes the report for the state in `shared` where `to` says; returns where it went.
-pub fn write_report(shared: &Shared, to: &ReportTo) -> Result<Option<PathBuf>, ConsoleError> {
+/// Writes the report for the latest published state where `to` says; returns where it went.
+pub fn write_report(state: &StateReader, to: &ReportTo) -> Result<Option<PathBuf>, ConsoleError> {
     let now = Timestamp::now();
     let path = match to {
         ReportTo::Nowhere => return Ok(None),
         ReportTo::Default => report::default_path(now.wall),
         ReportTo::Path(p) => p.clone(),
     };
-    let report = report::Report::new(&shared.lock(), now);
+    let report = report::Report::new(&state.get(), now);
     report.write(&path).map_err(|source| ConsoleError::Report {
         path: path.clone(),
         source,
@@ -133,7 +131,7 @@ fn absolute(path: &Path) -> PathBuf {
 /// The live view of a running sidecar: redrawn in place on a terminal, else a line per event
 /// and a summary line every poll interval.
 pub struct Console {
-    shared: Shared,
+    state: StateReader,
     events: broadcast::Receiver<Event>,
     events_open: bool,
     notes: Option<mpsc::UnboundedReceiver<String>>,
@@ -171,10 +169,10 @@ impl Console {
             },
             Mode::Lines => Output::Lines(io::stdout()),
         };
-        let shared = sidecar.shared().clone();
-        let interval = shared.lock().interval;
+        let state = sidecar.state().clone();
+        let interval = state.get().meta.interval;
         let mut console = Console {
-            shared,
+            state,
             events: sidecar.subscribe(),
             events_open: true,
             notes,
@@ -257,11 +255,11 @@ impl Console {
     fn take_events(&mut self, batch: Vec<Result<Event, broadcast::error::RecvError>>) {
         self.announce_if_polled();
         let mut lines = Vec::new();
-        let m = self.shared.lock();
+        let m = self.state.get();
         for r in batch {
             match r {
                 Ok(Event::Opened(c)) if c.preexisting => {}
-                Ok(e) => lines.push(view::event_line(&e, m.tracker.targets())),
+                Ok(e) => lines.push(view::event_line(&e, &m.meta.targets)),
                 Err(broadcast::error::RecvError::Lagged(n)) => lines.push(view::stamped(
                     std::time::SystemTime::now(),
                     &format!("({n} events not shown: the console fell behind)"),
@@ -278,7 +276,7 @@ impl Console {
         if self.announced {
             return;
         }
-        let polled = self.shared.lock().health.last_success.is_some();
+        let polled = self.state.get().health.last_success.is_some();
         if polled {
             self.announced = true;
             let list = matches!(self.out, Output::Lines(_));
@@ -288,7 +286,7 @@ impl Console {
     }
 
     fn frame(&self) -> view::Frame {
-        view::Frame::capture(&self.shared.lock(), Timestamp::now())
+        view::Frame::capture(&self.state.get(), Timestamp::now())
     }
 
     fn push(&mut self, lines: Vec<String>) {

@@ -3,14 +3,15 @@
 //! It keeps the original's keys where they still mean the same: `timestamp`, `stats` (with
 //! `total_connections`, `current_connections`, `peak_connections`), `active_connections`,
 //! `recent_disconnected`; the one `downstream_server` became `targets`, each with its own
-//! counts. Connections are the same views `/connections` serves.
+//! counts. Sessions are the same JSON `/connections` serves.
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::status::{rfc3339, ClosedView, ConnectionView, Monitor, TargetView};
+use crate::session::{rfc3339, SessionJson};
+use crate::state::{State, TargetView};
 use crate::tracker::Timestamp;
 
 #[derive(Debug, Clone, Serialize)]
@@ -26,9 +27,9 @@ pub struct Report {
     pub targets: Vec<TargetView>,
     /// Over all targets.
     pub stats: Totals,
-    pub active_connections: Vec<ConnectionView>,
+    pub active_connections: Vec<SessionJson>,
     /// Oldest first, as the original listed them.
-    pub recent_disconnected: Vec<ClosedView>,
+    pub recent_disconnected: Vec<SessionJson>,
 }
 
 /// The original's `stats`, over all targets.
@@ -43,25 +44,25 @@ pub struct Totals {
 }
 
 impl Report {
-    pub fn new(m: &Monitor, now: Timestamp) -> Report {
+    pub fn new(m: &State, now: Timestamp) -> Report {
         let targets = m.targets();
         let stats = Totals {
             total_connections: targets.iter().map(|t| t.stats.opened).sum(),
             current_connections: targets.iter().map(|t| t.stats.active).sum(),
             closed_connections: targets.iter().map(|t| t.stats.closed).sum(),
-            peak_connections: m.tracker.peak(),
+            peak_connections: m.peak,
         };
         Report {
             timestamp: rfc3339(now.wall),
-            host: m.host.clone(),
-            source: m.source.as_str(),
-            poll_interval_seconds: m.interval.as_secs_f64(),
-            started: rfc3339(m.started.wall),
+            host: m.meta.host.clone(),
+            source: m.meta.source.as_str(),
+            poll_interval_seconds: m.meta.interval.as_secs_f64(),
+            started: rfc3339(m.meta.started.wall),
             polls: m.health.polls,
             targets,
             stats,
             active_connections: m.connections(now),
-            recent_disconnected: m.closed(),
+            recent_disconnected: m.closed_json(now),
         }
     }
 
@@ -86,9 +87,9 @@ pub fn default_path(now: SystemTime) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::{SocketEntry, SourceKind, TcpState};
-    use crate::status::Shared;
+    use crate::source::{SocketEntry, TcpState};
     use crate::target::{Target, Targets};
+    use std::net::SocketAddr;
     use std::time::Duration;
 
     #[test]
@@ -96,31 +97,25 @@ mod tests {
         let mk = |net: &str, port| Target::test(net, port, None);
         let targets = Targets::new(vec![mk("10.0.0.5/32", Some(9876)), mk("10.0.0.6/32", None)]);
         let t0 = Timestamp::now();
-        let shared = Shared::new(
-            targets,
-            SourceKind::Procfs,
-            Duration::from_secs(1),
-            "gw".into(),
-            t0,
-        );
         let sock = |port, remote: &str, id| SocketEntry {
             local: SocketAddr::from(([10, 0, 0, 1], port)),
             remote: remote.parse().unwrap(),
             state: TcpState::Established,
             id,
         };
-        use std::net::SocketAddr;
-        let mut m = shared.lock();
-        let mut ev = Vec::new();
         let (a, b, c) = (
             sock(5000, "10.0.0.5:9876", 1),
             sock(5001, "10.0.0.5:9876", 2),
             sock(5002, "10.0.0.6:1", 3),
         );
-        m.tracker.apply(t0, &[a, b], &mut ev);
-        m.tracker
-            .apply(t0.after(Duration::from_secs(2)), &[a, c], &mut ev);
-        m.remember_closed(&ev);
+        let m = crate::poller::tests::state_after(
+            targets,
+            t0,
+            &[
+                (Duration::ZERO, vec![a, b]),
+                (Duration::from_secs(2), vec![a, c]),
+            ],
+        );
         let r = Report::new(&m, t0.after(Duration::from_secs(3)));
         let v = serde_json::to_value(&r).unwrap();
         for key in [

@@ -8,9 +8,10 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::config::Settings;
+use crate::session::{rfc3339, target_names, Session, SessionJson};
 use crate::source::{self, SocketEntry, SourceError, SourceKind};
-use crate::status::{rfc3339, SocketView};
 use crate::target::{Target, Targets};
+use crate::tracker::Timestamp;
 
 /// How to print a snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -28,7 +29,8 @@ pub struct Snapshot {
     pub source: &'static str,
     pub targets: Vec<SnapshotTarget>,
     pub total: usize,
-    pub connections: Vec<SocketView>,
+    /// The same JSON as `/connections`, without the lifetimes a single look cannot know.
+    pub connections: Vec<SessionJson>,
 }
 
 /// A target and how many of its connections are established now.
@@ -46,8 +48,9 @@ pub fn take(settings: &Settings) -> Result<Snapshot, SourceError> {
     let mut source = source::open(settings.poll.source, &settings.targets)?;
     let mut sockets = Vec::new();
     source.poll(&mut sockets)?;
-    let host =
-        crate::instruments::host_name(&crate::instruments::resource(&crate::app::hostname()));
+    // The name the sidecar would report: `host.name` from OTEL_RESOURCE_ATTRIBUTES if set there,
+    // else the machine's hostname.
+    let host = crate::instruments::configured_host_name().unwrap_or_else(crate::app::hostname);
     Ok(Snapshot::new(
         &settings.targets,
         source.kind(),
@@ -72,6 +75,8 @@ impl Snapshot {
             .collect();
         found.sort_by_key(|(t, s)| (*t, s.local, s.remote));
         found.dedup_by_key(|(_, s)| (s.local, s.remote));
+        let names = target_names(targets);
+        let now = Timestamp::now();
         let mut counts = vec![0u64; targets.len()];
         for (t, _) in &found {
             counts[*t] += 1;
@@ -94,7 +99,7 @@ impl Snapshot {
             total: found.len(),
             connections: found
                 .iter()
-                .map(|(t, s)| connection(&targets.get(*t).name, s))
+                .map(|(t, s)| Session::seen(names[*t].clone(), s).json(now))
                 .collect(),
         }
     }
@@ -138,10 +143,6 @@ impl Snapshot {
         text.push('\n');
         text
     }
-}
-
-fn connection(target: &str, s: &SocketEntry) -> SocketView {
-    SocketView::new(target, s.local, s.remote, s.state)
 }
 
 fn cells(titles: &[&str]) -> Vec<String> {

@@ -1,7 +1,7 @@
 //! What a person reads, as plain text: a frame of the monitor's state laid out to fit a
 //! terminal, the one-line forms of events, the periodic summary and the final totals.
 //!
-//! Pure: a [`Frame`] is copied out of the [`Monitor`] under its lock (no I/O, no clock reading
+//! Pure: a [`Frame`] is taken from a published [`State`] (no I/O, no clock reading
 //! but the timestamp passed in), and every function here turns data into strings. `screen`
 //! decides where the strings go.
 
@@ -9,7 +9,8 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
-use crate::status::{hms, Monitor};
+use crate::session::{hms, Session};
+use crate::state::State;
 use crate::target::{Target, Targets};
 use crate::tracker::{Event, TargetStats, Timestamp};
 
@@ -51,7 +52,7 @@ impl TargetRow {
     }
 }
 
-/// One active or closed connection's line.
+/// One active or closed session's line: the table's presentation of a [`Session`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnRow {
     pub target: String,
@@ -63,6 +64,24 @@ pub struct ConnRow {
     pub at: SystemTime,
     /// Open before watching began: `duration` is a lower bound.
     pub preexisting: bool,
+}
+
+impl ConnRow {
+    /// A tracked session as of `now` (a session without a known life shows age zero).
+    pub fn of(s: &Session, now: Timestamp) -> ConnRow {
+        let (at, preexisting) = match s.life {
+            Some(l) => (l.ended.map_or(l.since.wall, |e| e.at.wall), l.preexisting),
+            None => (now.wall, false),
+        };
+        ConnRow {
+            target: s.target.to_string(),
+            local: s.local,
+            remote: s.remote,
+            duration: s.duration(now).unwrap_or_default(),
+            at,
+            preexisting,
+        }
+    }
 }
 
 /// The monitor's state at one moment, as the view shows it.
@@ -87,45 +106,16 @@ pub struct Frame {
 }
 
 impl Frame {
-    pub fn capture(m: &Monitor, now: Timestamp) -> Frame {
-        let targets = m.tracker.targets();
-        let mut active: Vec<(usize, ConnRow)> = m
-            .tracker
-            .active()
-            .map(|c| {
-                (
-                    c.target,
-                    ConnRow {
-                        target: targets.get(c.target).name.clone(),
-                        local: c.key.local,
-                        remote: c.key.remote,
-                        duration: c.age(now),
-                        at: c.since.wall,
-                        preexisting: c.preexisting,
-                    },
-                )
-            })
-            .collect();
-        active.sort_by(|(ta, a), (tb, b)| (ta, a.local, a.remote).cmp(&(tb, b.local, b.remote)));
-        let closed = m
-            .recent_closed
-            .iter()
-            .rev()
-            .map(|c| ConnRow {
-                target: targets.get(c.conn.target).name.clone(),
-                local: c.conn.key.local,
-                remote: c.conn.key.remote,
-                duration: c.duration,
-                at: c.at.wall,
-                preexisting: c.conn.preexisting,
-            })
-            .collect();
+    pub fn capture(m: &State, now: Timestamp) -> Frame {
+        let targets = &m.meta.targets;
+        let active = m.active.iter().map(|s| ConnRow::of(s, now)).collect();
+        let closed = m.closed.iter().rev().map(|s| ConnRow::of(s, now)).collect();
         Frame {
             now: now.wall,
-            host: m.host.clone(),
-            source: m.source.as_str(),
-            interval: m.interval,
-            up: now.mono.saturating_duration_since(m.started.mono),
+            host: m.meta.host.clone(),
+            source: m.meta.source.as_str(),
+            interval: m.meta.interval,
+            up: now.mono.saturating_duration_since(m.meta.started.mono),
             polls: m.health.polls,
             failing: (m.health.consecutive_failures > 0).then(|| {
                 (
@@ -135,11 +125,11 @@ impl Frame {
             }),
             targets: targets
                 .iter()
-                .zip(m.tracker.stats())
+                .zip(&m.stats)
                 .map(|(t, s)| TargetRow::new(t, *s))
                 .collect(),
-            peak: m.tracker.peak(),
-            active: active.into_iter().map(|(_, r)| r).collect(),
+            peak: m.peak,
+            active,
             closed,
         }
     }

@@ -13,28 +13,30 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 
-use crate::status::{ConnectionView, Shared};
+use crate::session::SessionJson;
+use crate::state::{StateReader, Status};
 use crate::tracker::Timestamp;
 
 #[derive(Clone)]
 struct AppState {
-    shared: Shared,
+    state: StateReader,
     registry: Option<prometheus::Registry>,
-    /// The last `/metrics` body and the poll count it was encoded at. Connection numbers only
-    /// change when a poll completes, so scrapes between two polls share one encoding: a scrape
-    /// storm costs a copy per scrape, not a collection. (The process and export-error series
-    /// are therefore up to one poll interval old.)
+    /// The last `/metrics` body and the state generation it was encoded at. Connection numbers
+    /// only change when a new state is published, so scrapes between two publications share one
+    /// encoding: a scrape storm costs a copy per scrape, not a collection. (The process and
+    /// export-error series are therefore up to one poll interval old.) The loop updates the
+    /// instruments before it publishes, so a body is never older than its generation.
     encoded: Arc<Mutex<Option<(u64, bytes::Bytes)>>>,
 }
 
-pub fn router(shared: Shared, registry: Option<prometheus::Registry>) -> Router {
+pub fn router(state: StateReader, registry: Option<prometheus::Registry>) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .route("/connections", get(connections))
         .with_state(AppState {
-            shared,
+            state,
             registry,
             encoded: Arc::default(),
         })
@@ -59,15 +61,15 @@ async fn metrics(State(s): State<AppState>) -> Response {
         )
             .into_response();
     };
-    let polls = s.shared.lock().health.polls;
+    let generation = s.state.get().generation;
     // Held while encoding, so that scrapers arriving together wait for one encoding.
     let mut cache = s.encoded.lock().unwrap_or_else(|e| e.into_inner());
     let body = match cache.as_ref() {
-        Some((at, body)) if *at == polls => body.clone(),
+        Some((at, body)) if *at == generation => body.clone(),
         _ => match super::prometheus::encode(&registry) {
             Ok(text) => {
                 let body = bytes::Bytes::from(text);
-                *cache = Some((polls, body.clone()));
+                *cache = Some((generation, body.clone()));
                 body
             }
             Err(e) => {
@@ -89,11 +91,10 @@ async fn metrics(State(s): State<AppState>) -> Response {
 }
 
 async fn health(State(s): State<AppState>) -> Response {
-    let view = s.shared.lock().health_view(Timestamp::now());
-    let code = if view.status == "healthy" {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+    let view = s.state.get().health_view(Timestamp::now());
+    let code = match view.status {
+        Status::Healthy => StatusCode::OK,
+        Status::Unhealthy => StatusCode::SERVICE_UNAVAILABLE,
     };
     (code, Json(view)).into_response()
 }
@@ -104,17 +105,17 @@ struct ConnectionsView {
     timestamp: String,
     targets: Vec<String>,
     total: usize,
-    connections: Vec<ConnectionView>,
+    connections: Vec<SessionJson>,
 }
 
 async fn connections(State(s): State<AppState>) -> Json<ConnectionsView> {
     let now = Timestamp::now();
-    let m = s.shared.lock();
+    let m = s.state.get();
     let connections = m.connections(now);
     Json(ConnectionsView {
-        hostname: m.host.clone(),
-        timestamp: crate::status::rfc3339(now.wall),
-        targets: m.tracker.targets().iter().map(|t| t.name.clone()).collect(),
+        hostname: m.meta.host.clone(),
+        timestamp: crate::session::rfc3339(now.wall),
+        targets: m.meta.targets.iter().map(|t| t.name.clone()).collect(),
         total: connections.len(),
         connections,
     })
@@ -122,7 +123,7 @@ async fn connections(State(s): State<AppState>) -> Json<ConnectionsView> {
 
 async fn index(State(s): State<AppState>) -> Html<String> {
     let now = Timestamp::now();
-    let m = s.shared.lock();
+    let m = s.state.get();
     let mut rows = String::new();
     for t in m.targets() {
         rows.push_str(&format!(
@@ -137,10 +138,10 @@ async fn index(State(s): State<AppState>) -> Html<String> {
     }
     Html(format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>fix-monitor on {host}</title></head>\n<body>\n<h1>fix-monitor</h1>\n<p>Host: {host}<br>Source: {source}<br>Status: {status}<br>Active connections: {active}</p>\n<table border=\"1\"><tr><th>target</th><th>address</th><th>active</th><th>opened</th><th>closed</th><th>peak</th></tr>\n{rows}</table>\n<ul><li><a href=\"/metrics\">/metrics</a></li><li><a href=\"/health\">/health</a></li><li><a href=\"/connections\">/connections</a></li></ul>\n</body></html>\n",
-        host = escape(&m.host),
-        source = m.source.as_str(),
-        status = if m.is_healthy(now) { "healthy" } else { "unhealthy" },
-        active = m.tracker.active_count(),
+        host = escape(&m.meta.host),
+        source = m.meta.source.as_str(),
+        status = m.status(now).as_str(),
+        active = m.active_count(),
     ))
 }
 

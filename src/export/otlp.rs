@@ -18,9 +18,13 @@
 //! # Why our own HTTP client
 //! The crate's default HTTP client is a blocking reqwest 0.13 client, whose runtime panics when
 //! dropped inside ours. `HttpClient` below runs reqwest's async client on our runtime instead, from
-//! the reader's thread, and sets the configured headers last. (The exporter merges
-//! `OTEL_EXPORTER_OTLP_HEADERS` over whatever it is given; fix-monitor's own layers must win, so
-//! the gRPC interceptor and the HTTP client re-set our headers on every request.)
+//! the reader's thread, and sets the configured headers.
+//!
+//! # One reader of the environment
+//! Every value the exporter needs is passed explicitly, from `config`. The library would still
+//! read some `OTEL_EXPORTER_OTLP_*` variables itself (headers, compression, insecure), so the
+//! binary withholds them once the configuration is loaded (`config::withhold_library_env`);
+//! a test below shows both that the library reads them and that it no longer can.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -432,5 +436,73 @@ mod tests {
         h.record(&fail(), t0 + Duration::from_secs(11));
         assert_eq!(h.failures.load(Ordering::Relaxed), 4);
         assert_eq!(h.lock().unwrap().failed, 1);
+    }
+
+    /// One export to a bare HTTP listener; returns the request's head (request line and
+    /// headers), lower-cased.
+    fn head_of_one_export(headers: &[(&str, &str)]) -> String {
+        use opentelemetry::metrics::MeterProvider as _;
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap() == 1 {
+                head.push(byte[0]);
+            }
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+            String::from_utf8_lossy(&head).to_ascii_lowercase()
+        });
+        let settings = OtlpSettings {
+            enabled: true,
+            endpoint: format!("http://{addr}"),
+            url: format!("http://{addr}/v1/metrics"),
+            protocol: OtlpProtocol::HttpProtobuf,
+            interval: Duration::from_secs(3600),
+            timeout: Duration::from_secs(5),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            temporality: OtlpTemporality::Cumulative,
+            tls: Default::default(),
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (reader, _otlp) = rt.block_on(async { reader(&settings) }).unwrap();
+        let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+            .with_reader(reader)
+            .build();
+        provider.meter("test").u64_counter("c").build().add(1, &[]);
+        let _ = provider.force_flush();
+        let head = server.join().unwrap();
+        let _ = provider.shutdown();
+        head
+    }
+
+    /// The library merges `OTEL_EXPORTER_OTLP_HEADERS` into every request by itself (the
+    /// control half shows it does); once config has withheld the library's variables
+    /// (`config::withhold_library_env`, which the binary calls after loading), only the
+    /// configured headers go out.
+    #[test]
+    fn the_exporter_cannot_read_the_environment_once_config_withholds_it() {
+        std::env::set_var("OTEL_EXPORTER_OTLP_HEADERS", "x-leak=1");
+        let head = head_of_one_export(&[("x-tenant", "cfg")]);
+        assert!(
+            head.contains("x-leak: 1"),
+            "control: the library reads it\n{head}"
+        );
+
+        let withheld = crate::config::withhold_library_env();
+        assert!(withheld.contains(&"OTEL_EXPORTER_OTLP_HEADERS".to_owned()));
+        let head = head_of_one_export(&[("x-tenant", "cfg")]);
+        assert!(head.starts_with("post /v1/metrics"), "{head}");
+        assert!(head.contains("x-tenant: cfg"), "{head}");
+        assert!(!head.contains("x-leak"), "{head}");
     }
 }

@@ -97,6 +97,46 @@ impl TcpState {
     }
 }
 
+/// Who ended a session, from the state it left ESTABLISHED for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClosedBy {
+    /// We sent FIN first (ESTABLISHED -> FIN_WAIT1).
+    Local,
+    /// The peer did (ESTABLISHED -> CLOSE_WAIT).
+    Remote,
+    /// Reset, from either side (ESTABLISHED -> CLOSE).
+    Reset,
+    /// Not known (what polling alone sees).
+    Unknown,
+}
+
+impl ClosedBy {
+    pub const ALL: [ClosedBy; 4] = [
+        ClosedBy::Local,
+        ClosedBy::Remote,
+        ClosedBy::Reset,
+        ClosedBy::Unknown,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ClosedBy::Local => "local",
+            ClosedBy::Remote => "remote",
+            ClosedBy::Reset => "reset",
+            ClosedBy::Unknown => "unknown",
+        }
+    }
+}
+
+/// The process that made a connection.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Process {
+    pub pid: u32,
+    /// The command (the calling thread's name, at most 15 bytes).
+    pub comm: String,
+}
+
 /// Which source to use; `Auto` tries netlink, then procfs, then netstat2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -166,6 +206,16 @@ pub trait Source: Send {
 /// Opens the source `kind` asks for. `Auto` takes the first that works, in the order netlink,
 /// procfs, netstat, and says in the log which one it took and why it passed over the others.
 pub fn open(kind: SourceKind, targets: &Targets) -> Result<Box<dyn Source>, SourceError> {
+    open_with(kind, targets, crate::config::defaults::RECONCILE_INTERVAL)
+}
+
+/// [`open`], with the eBPF source's time between two reconciling dumps.
+pub fn open_with(
+    kind: SourceKind,
+    targets: &Targets,
+    reconcile_interval: std::time::Duration,
+) -> Result<Box<dyn Source>, SourceError> {
+    let _ = reconcile_interval; // only the eBPF source (Linux) uses it
     match kind {
         #[cfg(target_os = "linux")]
         SourceKind::Netlink => Ok(Box::new(netlink::NetlinkSource::open(targets)?)),
@@ -178,7 +228,7 @@ pub fn open(kind: SourceKind, targets: &Targets) -> Result<Box<dyn Source>, Sour
         SourceKind::Netstat => Ok(Box::new(netstat::NetstatSource::new(targets))),
         #[cfg(target_os = "linux")]
         SourceKind::Ebpf => Ok(Box::new(
-            ebpf::EbpfSource::open(targets, ebpf::Options::default(), ebpf::RECONCILE_INTERVAL)
+            ebpf::EbpfSource::open(targets, ebpf::Options::default(), reconcile_interval)
                 .map_err(|e| SourceError::Ebpf(e.to_string()))?,
         )),
         #[cfg(not(target_os = "linux"))]
@@ -190,7 +240,7 @@ pub fn open(kind: SourceKind, targets: &Targets) -> Result<Box<dyn Source>, Sour
             {
                 let missing = ebpf::loader::missing_capabilities();
                 if missing.is_empty() {
-                    match open(SourceKind::Ebpf, targets) {
+                    match open_with(SourceKind::Ebpf, targets, reconcile_interval) {
                         Ok(s) => {
                             tracing::info!(source = "ebpf", "connection source selected: eBPF (CAP_BPF and CAP_PERFMON are granted)");
                             return Ok(s);

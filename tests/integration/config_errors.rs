@@ -149,3 +149,17 @@ fn config_command_shows_each_value_and_where_it_came_from() {
         );
     }
 }
+
+#[test]
+fn a_command_line_clap_rejects_exits_64_but_help_and_version_exit_0() {
+    let o = command().args(["run", "--no-such-flag"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--no-such-flag"), "{}", stderr(&o));
+    let o = command().args(["run", "--interval"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
+    for flag in ["--help", "--version"] {
+        let o = command().arg(flag).output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{flag}: {}", stderr(&o));
+        assert!(!o.stdout.is_empty(), "{flag}");
+    }
+}

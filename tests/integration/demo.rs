@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::console::{counts, Tmux};
 use crate::harness::*;
 
 const VENUES: [&str; 3] = ["venue-a", "venue-b", "venue-c"];
@@ -177,63 +176,4 @@ fn demo_runs_by_itself_serves_metrics_and_its_numbers_agree() {
         "{out}"
     );
     drop(held);
-}
-
-/// In a terminal: the same live view as `watch`, with the endpoint's URL; Ctrl+C ends it with
-/// every session closed and counted.
-#[test]
-fn demo_in_a_terminal_shows_the_view_and_ends_cleanly_at_ctrl_c() {
-    let dir = tempfile::tempdir().unwrap();
-    let tmux = Tmux::start(
-        &[
-            "demo",
-            "--listen",
-            "127.0.0.1:0",
-            "--interval",
-            "250ms",
-            "--duration",
-            "120",
-        ],
-        dir.path(),
-    );
-    let s = tmux.wait_for(
-        "sessions opening and closing",
-        Duration::from_secs(30),
-        |s| s.contains("] opened venue-") && s.contains("] closed venue-"),
-    );
-    assert!(
-        s.lines()
-            .next()
-            .unwrap()
-            .starts_with("fix-monitor demo | host "),
-        "{s}"
-    );
-    let url = s
-        .lines()
-        .find_map(|l| l.strip_prefix("metrics: http://"))
-        .and_then(|r| r.split("/metrics").next())
-        .unwrap_or_else(|| panic!("no URL:\n{s}"));
-    let addr: SocketAddr = url.parse().unwrap();
-    let (code, body) = http_get(addr, "/health");
-    assert_eq!(code, 200, "{body}");
-    for v in VENUES {
-        let c = counts(&s, v, "127.0.0.", 3).unwrap_or_else(|| panic!("{v}:\n{s}"));
-        assert_eq!(c.len(), 4, "{s}");
-    }
-    assert!(s.contains("ACTIVE CONNECTIONS ("), "{s}");
-    assert!(s.contains("RECENTLY CLOSED ("), "{s}");
-
-    tmux.send_keys("C-c");
-    let s = tmux.wait_for("the exit", Duration::from_secs(20), |s| s.contains("EXIT="));
-    assert!(s.contains("EXIT=0"), "{s}");
-    assert!(s.contains("demo ended on request"), "{s}");
-    assert!(
-        s.contains("fix-monitor counted every session the gateway opened and closed"),
-        "{s}"
-    );
-    for v in VENUES {
-        let c = counts(&s, v, "127.0.0.", 2).unwrap_or_else(|| panic!("{v}:\n{s}"));
-        assert_eq!(c[2], 0, "{v}: nothing left open\n{s}");
-        assert_eq!(c[0], c[1], "{v}: every open closed\n{s}");
-    }
 }

@@ -351,3 +351,21 @@ pub fn read_all(mut r: impl Read) -> String {
     r.read_to_string(&mut s).unwrap();
     s
 }
+
+/// The whitespace-separated cells of the first line that starts with `name` and mentions
+/// `addr`.
+pub fn row(screen: &str, name: &str, addr: &str) -> Option<Vec<String>> {
+    screen
+        .lines()
+        .find(|l| l.starts_with(&format!("{name} ")) && l.contains(addr))
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+}
+
+/// The counts of a target row: the cells from `skip` on, as numbers.
+pub fn counts(screen: &str, name: &str, addr: &str, skip: usize) -> Option<Vec<u64>> {
+    row(screen, name, addr)?
+        .iter()
+        .skip(skip)
+        .map(|c| c.parse().ok())
+        .collect()
+}

@@ -1,20 +1,17 @@
-//! Integration tests: the real `fix-monitor` binary against real TCP connections on loopback.
+//! First-tier integration tests: the real `fix-monitor` binary against real TCP connections on
+//! loopback, as a normal user with no extra tools (`cargo test`). Tests that need root, network
+//! namespaces or external tools are in the second tier, `tests/system/`.
 //!
 //! One test binary built from modules (ripgrep's layout). `harness` holds the shared pieces:
 //! running the binary, downstream listeners and clients whose numbers are the ground truth,
 //! and a parser for the Prometheus text format.
 
-mod backends;
 mod harness;
-mod netns;
 mod otlp_receiver;
 
 mod config_errors;
 mod console;
 mod demo;
 mod endpoints;
-mod fleet;
 mod otlp_grpc;
 mod otlp_http;
-mod poll_failure;
-mod prometheus_scrape;

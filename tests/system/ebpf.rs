@@ -521,3 +521,96 @@ fn the_source_seeds_follows_and_reconciles_after_an_overflow() {
         && t.process.as_ref().map(|p| p.pid) == Some(std::process::id())));
     drop(before);
 }
+
+/// The sidecar in eBPF mode: sessions far shorter than the poll interval are counted with
+/// their true lifetimes in the histogram, closes say who hung up in the log, and the
+/// connecting process is in `/connections` and the log.
+#[test]
+fn the_sidecar_in_ebpf_mode_counts_short_sessions_exactly() {
+    use crate::harness::{command, Downstream, Sidecar};
+
+    let ds = Downstream::listen("127.0.0.1:0");
+    let mut cmd = command();
+    cmd.env("FIX_MONITOR_POLL__SOURCE", "ebpf");
+    let port = ds.addr.port().to_string();
+    let sc = Sidecar::start_with(
+        cmd,
+        &[
+            "--ip",
+            "127.0.0.1",
+            "--target-port",
+            &port,
+            "--interval",
+            "1s",
+        ],
+    );
+    assert_eq!(sc.json("/health")["source"], "ebpf");
+    sc.wait_polls(1);
+
+    // Three sessions of 5, 20 and 50 ms inside one poll interval, from a named thread.
+    let truth: Vec<u64> = thread::Builder::new()
+        .name("fixm-gateway".into())
+        .spawn(move || {
+            [5u64, 20, 50]
+                .iter()
+                .map(|&ms| {
+                    let s = TcpStream::connect(ds.addr).unwrap();
+                    let t1 = ebpf::ktime_now_ns();
+                    thread::sleep(Duration::from_millis(ms));
+                    let t2 = ebpf::ktime_now_ns();
+                    drop(s);
+                    t2 - t1
+                })
+                .collect()
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    let held = thread::Builder::new()
+        .name("fixm-gateway".into())
+        .spawn(move || {
+            TcpStream::connect(SocketAddr::from((
+                [127, 0, 0, 1],
+                port.parse::<u16>().unwrap(),
+            )))
+            .unwrap()
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+
+    sc.wait_for("3 closes and 4 opens", Duration::from_secs(10), |sc| {
+        let m = sc.metrics();
+        m.count("fix_connections_closed_total", &[]) == 3.0
+            && m.count("fix_connections_total", &[]) == 4.0
+    });
+    let m = sc.metrics();
+    assert_eq!(m.count("fix_connection_duration_seconds_count", &[]), 3.0);
+    let sum = m.count("fix_connection_duration_seconds_sum", &[]);
+    let want: u64 = truth.iter().sum();
+    assert!(
+        (sum * 1e9 - want as f64).abs() < 3e6,
+        "histogram sum {sum} s, the sessions lasted {want} ns (within 1 ms each)"
+    );
+    // Every one of them is in a bucket below 0.1 s: no poll-interval rounding.
+    assert_eq!(
+        m.count("fix_connection_duration_seconds_bucket", &[("le", "0.1")]),
+        3.0
+    );
+
+    let conns = sc.json("/connections");
+    let c = &conns["connections"][0];
+    assert_eq!(c["local_port"], held.local_addr().unwrap().port());
+    assert_eq!(c["pid"], std::process::id());
+    assert_eq!(c["comm"], "fixm-gateway");
+
+    drop(held);
+    let (status, log) = sc.terminate();
+    assert!(status.success(), "{log}");
+    assert_eq!(
+        log.matches("by=\"local\"").count() + log.matches("by=local").count(),
+        3,
+        "{log}"
+    );
+    assert!(log.contains("comm=fixm-gateway"), "{log}");
+}

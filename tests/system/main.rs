@@ -8,7 +8,16 @@
 
 #[path = "../integration/harness.rs"]
 mod harness;
-#[path = "../integration/netns.rs"]
+#[path = "../integration/otlp_receiver.rs"]
+mod otlp_receiver;
+
+mod backends;
 mod netns;
 
 mod ebpf;
+mod fleet;
+mod otlp_http_vm;
+mod poll_failure;
+mod prometheus_scrape;
+mod promtool;
+mod terminal;

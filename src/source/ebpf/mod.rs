@@ -32,11 +32,12 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
-pub use source::{EbpfSource, SourceStats, RECONCILE_INTERVAL};
+pub use source::{EbpfSource, SourceStats};
 
 use program::{event, Counter, CONNECT_VALUE, COUNTERS};
 
 use crate::source::TcpState;
+pub use crate::source::{ClosedBy, Process};
 use crate::target::Targets;
 
 /// Why the eBPF source could not start.
@@ -87,46 +88,6 @@ impl Default for Options {
             ring_bytes: 256 * 1024,
         }
     }
-}
-
-/// Who ended a session, from the state it left ESTABLISHED for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ClosedBy {
-    /// We sent FIN first (ESTABLISHED -> FIN_WAIT1).
-    Local,
-    /// The peer did (ESTABLISHED -> CLOSE_WAIT).
-    Remote,
-    /// Reset, from either side (ESTABLISHED -> CLOSE).
-    Reset,
-    /// Not known (what polling alone sees).
-    Unknown,
-}
-
-impl ClosedBy {
-    pub const ALL: [ClosedBy; 4] = [
-        ClosedBy::Local,
-        ClosedBy::Remote,
-        ClosedBy::Reset,
-        ClosedBy::Unknown,
-    ];
-
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            ClosedBy::Local => "local",
-            ClosedBy::Remote => "remote",
-            ClosedBy::Reset => "reset",
-            ClosedBy::Unknown => "unknown",
-        }
-    }
-}
-
-/// The process that made a connection.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Process {
-    pub pid: u32,
-    /// The command (the calling thread's name, at most 15 bytes).
-    pub comm: String,
 }
 
 /// One state change of a watched socket.

@@ -21,9 +21,6 @@ use crate::source::netlink::NetlinkSource;
 use crate::source::{SocketEntry, Source, SourceError, SourceKind, TcpState};
 use crate::target::Targets;
 
-/// Default time between two reconciling dumps.
-pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(60);
-
 /// Counts of what the source did, for self-metrics and benchmarks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SourceStats {

@@ -1,0 +1,960 @@
+//! The configuration as typed serde structs, close to what the user wrote (ripgrep's
+//! "low-level args"), and their validation into [`Settings`] (the "high-level" side).
+//!
+//! # Adding a key
+//! One field on the raw struct of its section, its default in that struct's `Default`, and its
+//! check: either a `deserialize_with` naming one of the [`checks!`] below (add one there for a
+//! new kind of value), or a line in [`validate`] when it depends on other keys. Unknown keys,
+//! wrong types, every value's origin and `fix-monitor config` need nothing more.
+//!
+//! # Every problem at once
+//! serde stops at the first error. [`extract`] therefore deserializes the merged tree, and on
+//! an error records it (the error's path names the key, the tree holds the value and its
+//! figment tag, the tag leads to the origin), removes the offending key from the tree and tries
+//! again, until the tree deserializes. Leaf checks run inside deserialization, so a bad value
+//! reports like an unknown key: key, value, origin and what is allowed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::error::Kind;
+use figment::value::{Dict, Num, Value};
+use figment::{Figment, Provider};
+use ipnet::IpNet;
+use serde::de::{DeserializeOwned, Error as _, IntoDeserializer};
+use serde::{Deserialize, Deserializer};
+
+use super::error::{ConfigError, ErrorKind, Origin};
+use super::layers::{self, ENV_OTEL_METRICS_ENDPOINT, ENV_PREFIX};
+use super::{
+    defaults, LogFormat, LogSettings, OtlpProtocol, OtlpSettings, OtlpTemporality, PollSettings,
+    PrometheusSettings, Settings, TlsFiles,
+};
+use crate::source::SourceKind;
+use crate::target::{PortRange, Target, Targets};
+
+// ---- The tree: one struct per section, defaults beside the fields. ----
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct Raw {
+    /// `None` when no layer gives targets (an error, reported by `validate`).
+    targets: Option<Vec<RawTarget>>,
+    poll: RawPoll,
+    prometheus: RawPrometheus,
+    log: RawLog,
+    otlp: RawOtlp,
+}
+
+/// One `[[targets]]` table. Per-target keys are optional: `None` means "any" or "derived".
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    #[serde(default, deserialize_with = "some::name")]
+    name: Option<String>,
+    /// Required; `validate` reports it missing.
+    #[serde(default, deserialize_with = "some::address")]
+    address: Option<IpNet>,
+    #[serde(default, deserialize_with = "some::port")]
+    port: Option<u16>,
+    #[serde(default, deserialize_with = "some::port_range")]
+    local_ports: Option<PortRange>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawPoll {
+    #[serde(deserialize_with = "check::interval")]
+    interval: Duration,
+    #[serde(deserialize_with = "check::source")]
+    source: SourceKind,
+    #[serde(deserialize_with = "check::interval")]
+    reconcile_interval: Duration,
+}
+
+impl Default for RawPoll {
+    fn default() -> Self {
+        RawPoll {
+            interval: defaults::INTERVAL,
+            source: defaults::SOURCE,
+            reconcile_interval: defaults::RECONCILE_INTERVAL,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawPrometheus {
+    #[serde(deserialize_with = "check::boolean")]
+    enabled: bool,
+    #[serde(deserialize_with = "check::listen")]
+    listen: SocketAddr,
+}
+
+impl Default for RawPrometheus {
+    fn default() -> Self {
+        RawPrometheus {
+            enabled: defaults::PROMETHEUS_ENABLED,
+            listen: defaults::PROMETHEUS_LISTEN,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLog {
+    #[serde(deserialize_with = "check::log_format")]
+    format: LogFormat,
+    #[serde(deserialize_with = "check::log_level")]
+    level: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            format: defaults::LOG_FORMAT,
+            level: defaults::LOG_LEVEL.to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawOtlp {
+    #[serde(deserialize_with = "check::boolean")]
+    enabled: bool,
+    /// `None`: the protocol's default endpoint.
+    #[serde(deserialize_with = "some::text")]
+    endpoint: Option<String>,
+    #[serde(deserialize_with = "check::protocol")]
+    protocol: OtlpProtocol,
+    #[serde(deserialize_with = "check::interval")]
+    interval: Duration,
+    #[serde(deserialize_with = "check::interval")]
+    timeout: Duration,
+    #[serde(deserialize_with = "check::temporality")]
+    temporality: OtlpTemporality,
+    /// Names are lower-cased by `layers` before merging; values checked in `validate`.
+    headers: BTreeMap<String, String>,
+    tls: RawTls,
+}
+
+impl Default for RawOtlp {
+    fn default() -> Self {
+        RawOtlp {
+            enabled: defaults::OTLP_ENABLED,
+            endpoint: None,
+            protocol: defaults::OTLP_PROTOCOL,
+            interval: defaults::OTLP_INTERVAL,
+            timeout: defaults::OTLP_TIMEOUT,
+            temporality: defaults::OTLP_TEMPORALITY,
+            headers: BTreeMap::new(),
+            tls: RawTls::default(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTls {
+    #[serde(deserialize_with = "some::path")]
+    ca_file: Option<PathBuf>,
+    #[serde(deserialize_with = "some::path")]
+    cert_file: Option<PathBuf>,
+    #[serde(deserialize_with = "some::path")]
+    key_file: Option<PathBuf>,
+}
+
+// ---- Leaf checks: `check::NAME` for a field with a default, `some::NAME` for an optional one. --
+
+/// Each check takes the value as figment holds it (a variable or flag gives a string, so
+/// numbers and booleans are also read from text) and returns the typed value, or what is wrong
+/// and what is allowed.
+macro_rules! checks {
+    ($($name:ident -> $ty:ty = $parse:expr;)*) => {
+        #[allow(dead_code)]
+        mod check {
+            use super::*;
+            $(pub(super) fn $name<'de, D: Deserializer<'de>>(d: D) -> Result<$ty, D::Error> {
+                let value = <Value as Deserialize>::deserialize(d)?;
+                ($parse)(&value).map_err(D::Error::custom)
+            })*
+        }
+        #[allow(dead_code)]
+        mod some {
+            use super::*;
+            $(pub(super) fn $name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<$ty>, D::Error> {
+                super::check::$name(d).map(Some)
+            })*
+        }
+    };
+}
+
+checks! {
+    name -> String = parse_name;
+    text -> String = |v: &Value| string(v).map(str::to_owned).ok_or("expected a string");
+    address -> IpNet = parse_address;
+    port -> u16 = parse_port;
+    port_range -> PortRange = parse_range;
+    interval -> Duration = parse_interval;
+    boolean -> bool = parse_bool;
+    listen -> SocketAddr = parse_listen;
+    log_level -> String = parse_log_level;
+    path -> PathBuf = parse_path;
+    source -> SourceKind = |v: &Value| parse_enum(v, SourceKind::ALLOWED);
+    log_format -> LogFormat = |v: &Value| parse_enum(v, LogFormat::ALLOWED);
+    temporality -> OtlpTemporality = |v: &Value| parse_enum(v, OtlpTemporality::ALLOWED);
+    protocol -> OtlpProtocol = parse_protocol;
+}
+
+// ---- Extraction: every problem of the merged tree. ----
+
+/// Deserializes the merged tree, collecting every error (see the module docs). Returns the raw
+/// configuration, the tree it came from (for origins), and the keys that had errors.
+pub(crate) fn extract(
+    figment: &Figment,
+    errors: &mut Vec<ConfigError>,
+) -> (Raw, Dict, BTreeSet<String>) {
+    let mut tree = match figment.data() {
+        Ok(mut profiles) => profiles
+            .remove(&figment::Profile::Default)
+            .unwrap_or_default(),
+        Err(e) => {
+            errors.push(ConfigError::new(
+                ErrorKind::File,
+                "configuration",
+                e.to_string(),
+            ));
+            Dict::new()
+        }
+    };
+    let mut failed = BTreeSet::new();
+    loop {
+        // Values keep the tags they got in `figment`: figment tags only untagged values.
+        let error = match Figment::from(layers::Layer::merged(tree.clone())).extract::<Raw>() {
+            Ok(raw) => return (raw, tree, failed),
+            Err(e) => e,
+        };
+        let mut path = error.path.clone();
+        if let Kind::UnknownField(field, _) = &error.kind {
+            if path.last() != Some(field) {
+                path.push(field.clone());
+            }
+        }
+        let key = key_of(&path);
+        let value = find(&tree, &path).cloned();
+        let field = path.last().map(String::as_str).unwrap_or_default();
+        let origin = value
+            .as_ref()
+            .map(|v| layers::origin_of(figment, v.tag(), field));
+        let (kind, message) = match &error.kind {
+            Kind::UnknownField(field, expected) => (
+                ErrorKind::UnknownKey,
+                unknown_key(&path, field, expected, origin.as_ref()),
+            ),
+            Kind::MissingField(field) => (ErrorKind::MissingValue, format!("`{field}` is missing")),
+            Kind::Message(message) => (ErrorKind::InvalidValue, message.clone()),
+            other => (ErrorKind::InvalidValue, other.to_string()),
+        };
+        let mut problem = ConfigError::new(kind, &key, message);
+        problem.value = value.as_ref().map(render_short);
+        problem.origin = origin;
+        errors.push(problem);
+        failed.insert(key);
+        if !remove(&mut tree, &path) {
+            // Cannot happen (the error's path comes from this tree); never loop on it.
+            return (Raw::default(), tree, failed);
+        }
+    }
+}
+
+fn unknown_key(path: &[String], field: &str, expected: &[&str], origin: Option<&Origin>) -> String {
+    let section = match &path[..path.len() - 1] {
+        [] => "the top level".to_owned(),
+        [.., last] if last.parse::<usize>().is_ok() => "a target".to_owned(),
+        parent => format!("[{}]", parent.join(".")),
+    };
+    let mut message = format!("unknown key; {section} accepts: {}", expected.join(", "));
+    // `FIX_MONITOR_POLL_INTERVAL` (one underscore) is the likely slip.
+    if let (Some(Origin::Env(_)), 1) = (origin, path.len()) {
+        let hint = ["poll", "prometheus", "log", "otlp"]
+            .iter()
+            .find_map(|section| {
+                let rest = field.strip_prefix(section)?.strip_prefix('_')?;
+                Some(format!(
+                    "{ENV_PREFIX}{}__{}",
+                    section.to_ascii_uppercase(),
+                    rest.to_ascii_uppercase()
+                ))
+            });
+        if let Some(hint) = hint {
+            message.push_str(&format!(
+                " (sections nest with a double underscore: did you mean {hint}?)"
+            ));
+        }
+    }
+    message
+}
+
+/// `["targets", "0", "port"]` -> `targets[0].port`.
+fn key_of(path: &[String]) -> String {
+    let mut key = String::new();
+    for part in path {
+        if part.parse::<usize>().is_ok() {
+            key.push_str(&format!("[{part}]"));
+        } else {
+            if !key.is_empty() {
+                key.push('.');
+            }
+            key.push_str(part);
+        }
+    }
+    key
+}
+
+fn find<'a>(tree: &'a Dict, path: &[String]) -> Option<&'a Value> {
+    let (first, rest) = path.split_first()?;
+    let mut value = tree.get(first)?;
+    for part in rest {
+        value = match value {
+            Value::Dict(_, dict) => dict.get(part)?,
+            Value::Array(_, items) => items.get(part.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(value)
+}
+
+/// Removes the value at `path`. A list element is emptied rather than removed, so that the
+/// indices in later errors still name the right element.
+fn remove(tree: &mut Dict, path: &[String]) -> bool {
+    fn remove_in(value: &mut Value, path: &[String]) -> bool {
+        let Some((first, rest)) = path.split_first() else {
+            return false;
+        };
+        match value {
+            Value::Dict(_, dict) if rest.is_empty() => dict.remove(first).is_some(),
+            Value::Dict(_, dict) => dict.get_mut(first).is_some_and(|v| remove_in(v, rest)),
+            Value::Array(_, items) => {
+                match first.parse::<usize>().ok().and_then(|i| items.get_mut(i)) {
+                    Some(item) if rest.is_empty() => {
+                        *item = Value::from(Dict::new());
+                        true
+                    }
+                    Some(item) => remove_in(item, rest),
+                    None => false,
+                }
+            }
+            _ => false,
+        }
+    }
+    let mut root = Value::from(std::mem::take(tree));
+    let removed = remove_in(&mut root, path);
+    if let Value::Dict(_, dict) = root {
+        *tree = dict;
+    }
+    removed
+}
+
+/// Every key of the tree (tables, lists and values) with its origin.
+pub(crate) fn origins(figment: &Figment, tree: &Dict) -> BTreeMap<String, Origin> {
+    fn walk(
+        figment: &Figment,
+        key: String,
+        field: &str,
+        value: &Value,
+        out: &mut BTreeMap<String, Origin>,
+    ) {
+        match value {
+            Value::Dict(_, dict) => {
+                for (k, v) in dict {
+                    walk(figment, format!("{key}.{k}"), k, v, out);
+                }
+            }
+            Value::Array(_, items) => {
+                for (i, v) in items.iter().enumerate() {
+                    walk(figment, format!("{key}[{i}]"), field, v, out);
+                }
+            }
+            _ => {}
+        }
+        out.insert(key, layers::origin_of(figment, value.tag(), field));
+    }
+    let mut out = BTreeMap::new();
+    for (k, v) in tree {
+        walk(figment, k.clone(), k, v, &mut out);
+    }
+    out
+}
+
+// ---- Validation: what depends on more than one value. ----
+
+/// What validation needs beyond the raw values.
+pub(crate) struct Context<'a> {
+    /// The configuration file that was (or would have been) read, for the "no targets" hint.
+    pub config_path: &'a Path,
+    /// The file could not be read or parsed: it may have held the targets.
+    pub file_failed: bool,
+    /// Where each value came from ([`origins`]).
+    pub origins: &'a BTreeMap<String, Origin>,
+    /// Keys whose values were already reported ([`extract`]).
+    pub failed: &'a BTreeSet<String>,
+}
+
+impl Context<'_> {
+    fn origin(&self, key: &str) -> Origin {
+        self.origins.get(key).cloned().unwrap_or(Origin::Default)
+    }
+
+    fn error(&self, kind: ErrorKind, key: &str, value: String, message: String) -> ConfigError {
+        ConfigError::new(kind, key, message)
+            .value(value)
+            .origin(self.origin(key))
+    }
+}
+
+/// Turns the raw configuration into [`Settings`], reporting the problems that involve more
+/// than one value. The settings are used only if `errors` stayed empty.
+pub(crate) fn validate(raw: Raw, cx: &Context<'_>, errors: &mut Vec<ConfigError>) -> Settings {
+    let targets = targets(raw.targets, cx, errors);
+    let otlp = otlp(raw.otlp, cx, errors);
+    let prometheus = PrometheusSettings {
+        enabled: raw.prometheus.enabled,
+        listen: raw.prometheus.listen,
+    };
+    if !prometheus.enabled && !otlp.enabled && !cx.failed.contains("prometheus.enabled") {
+        let otlp_origin = match cx.origin("otlp.enabled") {
+            Origin::Default => "the default".to_owned(),
+            origin => format!("from {origin}"),
+        };
+        errors.push(cx.error(
+            ErrorKind::Conflict,
+            "prometheus.enabled",
+            "false".into(),
+            format!(
+                "nothing would be exported: the Prometheus endpoint is disabled and so is OTLP \
+                 push (otlp.enabled = false, {otlp_origin}); enable one of them, e.g. give \
+                 --otlp-endpoint URL"
+            ),
+        ));
+    }
+    Settings {
+        targets,
+        poll: PollSettings {
+            interval: raw.poll.interval,
+            source: raw.poll.source,
+            reconcile_interval: raw.poll.reconcile_interval,
+        },
+        prometheus,
+        log: LogSettings {
+            format: raw.log.format,
+            level: raw.log.level,
+        },
+        otlp,
+    }
+}
+
+fn targets(
+    raw: Option<Vec<RawTarget>>,
+    cx: &Context<'_>,
+    errors: &mut Vec<ConfigError>,
+) -> Targets {
+    let no_targets = || {
+        ConfigError::new(
+            ErrorKind::NoTargets,
+            "targets",
+            format!(
+                "no targets to watch; give one with --ip ADDR [--target-port PORT], with \
+                 DOWNSTREAM_IP (and DOWNSTREAM_PORT) in the environment, or as [[targets]] in \
+                 the config file ({}) or FIX_MONITOR_TARGETS",
+                cx.config_path.display()
+            ),
+        )
+    };
+    let items = match raw {
+        None if cx.file_failed || cx.failed.contains("targets") => Vec::new(),
+        None => {
+            errors.push(no_targets());
+            Vec::new()
+        }
+        Some(items) if items.is_empty() => {
+            errors.push(no_targets().value("[]").origin(cx.origin("targets")));
+            items
+        }
+        Some(items) => items,
+    };
+    let mut targets: Vec<Target> = Vec::new();
+    // Name -> index in the configuration of the first target with it.
+    let mut names: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, t) in items.into_iter().enumerate() {
+        let path = format!("targets[{i}]");
+        if cx.failed.iter().any(|k| k.starts_with(&path)) {
+            continue;
+        }
+        let Some(net) = t.address else {
+            errors.push(
+                ConfigError::new(
+                    ErrorKind::MissingValue,
+                    format!("{path}.address"),
+                    format!("missing; every target needs an address: {ALLOWED_ADDRESS}"),
+                )
+                .origin(cx.origin(&path)),
+            );
+            continue;
+        };
+        let name = t.name.unwrap_or_else(|| Target::default_name(&net, t.port));
+        let name_key = format!("{path}.name");
+        if let Some(&first) = names.get(&name) {
+            let derived = cx.origin(&name_key) == Origin::Default;
+            let message = format!(
+                "this name is already used by targets[{first}]; names must be unique, as they \
+                 label the metrics{}",
+                if derived {
+                    " (this one is the default name, from address and port: give one of the \
+                     two targets a `name`)"
+                } else {
+                    ""
+                }
+            );
+            let error = cx.error(ErrorKind::DuplicateName, &name_key, quote(&name), message);
+            errors.push(error);
+        } else {
+            names.insert(name.clone(), i);
+        }
+        targets.push(Target {
+            name,
+            net,
+            port: t.port,
+            local_ports: t.local_ports,
+        });
+    }
+    Targets::new(targets)
+}
+
+/// `[otlp]` as a whole: the endpoint against the protocol, the TLS files against the endpoint's
+/// scheme and the file system (only when push is on: a disabled exporter's inherited `OTEL_*`
+/// settings must not stop the sidecar).
+fn otlp(raw: RawOtlp, cx: &Context<'_>, errors: &mut Vec<ConfigError>) -> OtlpSettings {
+    let endpoint = raw.endpoint.unwrap_or_else(|| {
+        match raw.protocol {
+            OtlpProtocol::Grpc => defaults::OTLP_GRPC_ENDPOINT,
+            OtlpProtocol::HttpProtobuf => defaults::OTLP_HTTP_ENDPOINT,
+        }
+        .to_owned()
+    });
+    let endpoint_ok = match parse_endpoint(&endpoint, raw.protocol) {
+        Ok(()) => true,
+        Err(message) => {
+            let value = quote(&endpoint);
+            errors.push(cx.error(ErrorKind::InvalidValue, "otlp.endpoint", value, message));
+            false
+        }
+    };
+    let endpoint = endpoint.trim().to_owned();
+    // The signal-specific variable holds the whole URL; everything else a base URL.
+    let verbatim = cx.origin("otlp.endpoint") == Origin::Env(ENV_OTEL_METRICS_ENDPOINT.into());
+    let url = match raw.protocol {
+        OtlpProtocol::Grpc => endpoint.clone(),
+        OtlpProtocol::HttpProtobuf => http_export_url(&endpoint, verbatim),
+    };
+    for (name, value) in &raw.headers {
+        if let Err(message) = check_header(name, value) {
+            let key = format!("otlp.headers.{name}");
+            errors.push(cx.error(ErrorKind::InvalidValue, &key, quote(value), message));
+        }
+    }
+    let tls = TlsFiles {
+        ca_file: raw.tls.ca_file,
+        cert_file: raw.tls.cert_file,
+        key_file: raw.tls.key_file,
+    };
+    if raw.enabled {
+        check_tls(&tls, endpoint_ok.then_some(endpoint.as_str()), cx, errors);
+    }
+    OtlpSettings {
+        enabled: raw.enabled,
+        endpoint,
+        url,
+        protocol: raw.protocol,
+        interval: raw.interval,
+        timeout: raw.timeout,
+        headers: raw.headers,
+        temporality: raw.temporality,
+        tls,
+    }
+}
+
+/// The TLS files exist, come in the right combination, and have an https:// endpoint to be
+/// used with (`endpoint` is `None` when it was invalid, and reported already).
+fn check_tls(
+    tls: &TlsFiles,
+    endpoint: Option<&str>,
+    cx: &Context<'_>,
+    errors: &mut Vec<ConfigError>,
+) {
+    let files = [
+        ("ca_file", &tls.ca_file),
+        ("cert_file", &tls.cert_file),
+        ("key_file", &tls.key_file),
+    ];
+    for (field, path) in files {
+        let Some(path) = path else { continue };
+        if let Err(message) = readable_file(path) {
+            let key = format!("otlp.tls.{field}");
+            let value = quote(&path.display().to_string());
+            errors.push(cx.error(ErrorKind::InvalidValue, &key, value, message));
+        }
+    }
+    let unpaired = match (&tls.cert_file, &tls.key_file) {
+        (Some(path), None) => Some(("cert_file", path, "key_file")),
+        (None, Some(path)) => Some(("key_file", path, "cert_file")),
+        _ => None,
+    };
+    if let Some((field, path, other)) = unpaired {
+        let message =
+            format!("needs otlp.tls.{other} too: a client certificate goes with its private key");
+        let value = quote(&path.display().to_string());
+        errors.push(cx.error(
+            ErrorKind::Conflict,
+            &format!("otlp.tls.{field}"),
+            value,
+            message,
+        ));
+    }
+    let named: Vec<String> = files
+        .iter()
+        .filter(|(_, p)| p.is_some())
+        .map(|(f, _)| format!("otlp.tls.{f}"))
+        .collect();
+    let Some(endpoint) = endpoint else { return };
+    if !named.is_empty() && endpoint.to_ascii_lowercase().starts_with("http://") {
+        let message = format!(
+            "is plain http://, but TLS files are set ({}): use an https:// endpoint to talk \
+             TLS to the collector, or drop the TLS files",
+            named.join(", ")
+        );
+        errors.push(cx.error(
+            ErrorKind::Conflict,
+            "otlp.endpoint",
+            quote(endpoint),
+            message,
+        ));
+    }
+}
+
+// ---- Parsers: one value in, a typed value or "what is wrong; what is allowed" out. ----
+
+const ALLOWED_ADDRESS: &str =
+    "expected an IP address or CIDR block, such as \"10.0.0.5\", \"10.0.0.0/24\" or \"fd00::5\"";
+const ALLOWED_PORT: &str = "expected a port number from 1 to 65535";
+const ALLOWED_RANGE: &str =
+    "expected [start, end], two port numbers with 1 <= start <= end <= 65535";
+const ALLOWED_INTERVAL: &str = "expected a duration above zero and at most 24h: whole seconds \
+                                (5) or a humantime string (\"500ms\", \"2s\", \"1m 30s\")";
+const ALLOWED_LISTEN: &str = "expected IP:PORT, such as \"127.0.0.1:9464\", \"0.0.0.0:9464\" or \
+                              \"[::]:9464\" (host names are not resolved)";
+const ALLOWED_ENDPOINT: &str = "expected an http:// or https:// URL with a host, such as \
+                                \"http://127.0.0.1:4317\" (gRPC) or \"http://collector:4318\" \
+                                (http/protobuf; /v1/metrics is appended)";
+const ALLOWED_PEM: &str = "expected the path of a readable PEM file";
+const ALLOWED_LEVEL: &str =
+    "expected a tracing filter directive, such as \"info\", \"debug\" or \"warn,fix_monitor=debug\"";
+
+/// Any integer, whatever width figment stored it in, or a string of digits (variables and flags
+/// are text); `None` for anything else.
+fn integer(value: &Value) -> Option<i128> {
+    match value {
+        Value::Num(_, num) => match *num {
+            Num::F32(_) | Num::F64(_) => None,
+            num => num.to_i128().or_else(|| {
+                num.to_u128()
+                    .map(|v| i128::try_from(v).unwrap_or(i128::MAX))
+            }),
+        },
+        Value::String(_, s) => {
+            let s = s.trim();
+            let digits = s.strip_prefix('-').unwrap_or(s);
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            Some(s.parse().unwrap_or(i128::MAX))
+        }
+        _ => None,
+    }
+}
+
+fn string(value: &Value) -> Option<&str> {
+    match value {
+        Value::String(_, s) => Some(s),
+        _ => None,
+    }
+}
+
+fn parse_address(value: &Value) -> Result<IpNet, String> {
+    let text = string(value).ok_or(ALLOWED_ADDRESS)?.trim();
+    if text.contains('/') {
+        let net: IpNet = text.parse().map_err(|_| ALLOWED_ADDRESS.to_owned())?;
+        // 10.0.0.5/24 is either a typo for the block or for the host; make the user say which.
+        if net.trunc() != net {
+            return Err(format!(
+                "has host bits set: write \"{}\" for the block, or \"{}\" for the single address",
+                net.trunc(),
+                net.addr()
+            ));
+        }
+        return Ok(net);
+    }
+    let ip: IpAddr = text.parse().map_err(|_| ALLOWED_ADDRESS.to_owned())?;
+    if let IpAddr::V6(v6) = ip {
+        // Peers are compared in canonical form (IPv4-mapped -> IPv4), so a mapped target
+        // would never match anything.
+        if let Some(v4) = v6.to_ipv4_mapped() {
+            return Err(format!(
+                "is an IPv4-mapped IPv6 address: write \"{v4}\", which also matches dual-stack \
+                 sockets"
+            ));
+        }
+    }
+    Ok(IpNet::from(ip))
+}
+
+fn parse_port(value: &Value) -> Result<u16, String> {
+    match integer(value) {
+        Some(0) => Err(format!(
+            "0 is not a port; {ALLOWED_PORT} (leave `port` out to match any port)"
+        )),
+        Some(n) => u16::try_from(n).map_err(|_| format!("out of range; {ALLOWED_PORT}")),
+        None => Err(ALLOWED_PORT.to_owned()),
+    }
+}
+
+fn parse_range(value: &Value) -> Result<PortRange, String> {
+    let Value::Array(_, items) = value else {
+        return Err(ALLOWED_RANGE.to_owned());
+    };
+    let [start, end] = items.as_slice() else {
+        return Err(format!("has {} elements; {ALLOWED_RANGE}", items.len()));
+    };
+    let bound = |which: &str, v: &Value| {
+        parse_port(v)
+            .map_err(|_| format!("the {which} {} is not a port; {ALLOWED_RANGE}", render(v)))
+    };
+    let (start, end) = (bound("start", start)?, bound("end", end)?);
+    if start > end {
+        return Err(format!(
+            "is inverted: start {start} is above end {end}; {ALLOWED_RANGE}"
+        ));
+    }
+    Ok(PortRange { start, end })
+}
+
+fn parse_name(value: &Value) -> Result<String, String> {
+    match string(value) {
+        Some(name) if !name.trim().is_empty() => Ok(name.to_owned()),
+        _ => Err("expected a non-empty string (it labels the target's metrics)".to_owned()),
+    }
+}
+
+fn parse_interval(value: &Value) -> Result<Duration, String> {
+    let interval = match (integer(value), value) {
+        (Some(secs), _) => u64::try_from(secs)
+            .map(Duration::from_secs)
+            .map_err(|_| ALLOWED_INTERVAL.to_owned())?,
+        (None, Value::String(_, text)) => parse_duration(text)?,
+        _ => return Err(ALLOWED_INTERVAL.to_owned()),
+    };
+    if interval.is_zero() {
+        return Err(format!("must be above zero; {ALLOWED_INTERVAL}"));
+    }
+    if interval > defaults::MAX_INTERVAL {
+        return Err(format!("is too long; {ALLOWED_INTERVAL}"));
+    }
+    Ok(interval)
+}
+
+/// A duration as the original tools' flags took it: whole seconds (`5`), or a humantime string
+/// (`500ms`, `1m 30s`). The one duration parser of the crate (the demo's flags use it too).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text
+            .parse()
+            .map(Duration::from_secs)
+            .map_err(|_| format!("out of range; {ALLOWED_INTERVAL}"));
+    }
+    // humantime itself, not humantime-serde: its error says what is wrong ("unknown time unit").
+    humantime::parse_duration(text).map_err(|e| format!("{e}; {ALLOWED_INTERVAL}"))
+}
+
+fn parse_bool(value: &Value) -> Result<bool, String> {
+    match value {
+        Value::Bool(_, b) => Ok(*b),
+        Value::String(_, s) if s.trim().eq_ignore_ascii_case("true") => Ok(true),
+        Value::String(_, s) if s.trim().eq_ignore_ascii_case("false") => Ok(false),
+        _ => Err("expected true or false".to_owned()),
+    }
+}
+
+fn parse_listen(value: &Value) -> Result<SocketAddr, String> {
+    let text = string(value).ok_or(ALLOWED_LISTEN)?;
+    text.trim().parse().map_err(|_| ALLOWED_LISTEN.to_owned())
+}
+
+/// One of an enum's serde names, case-insensitively.
+fn parse_enum<T: DeserializeOwned>(value: &Value, allowed: &str) -> Result<T, String> {
+    string(value)
+        .map(|text| text.trim().to_ascii_lowercase())
+        .and_then(|text| {
+            T::deserialize(IntoDeserializer::<serde::de::value::Error>::into_deserializer(text))
+                .ok()
+        })
+        .ok_or_else(|| format!("expected one of: {allowed}"))
+}
+
+fn parse_protocol(value: &Value) -> Result<OtlpProtocol, String> {
+    if string(value).is_some_and(|t| t.trim().eq_ignore_ascii_case("http/json")) {
+        return Err(format!(
+            "OTLP/HTTP with JSON bodies is not supported; expected one of: {}",
+            OtlpProtocol::ALLOWED
+        ));
+    }
+    parse_enum(value, OtlpProtocol::ALLOWED)
+}
+
+/// An OTLP endpoint: an absolute http(s) URL with a host, without credentials, query or
+/// fragment; for gRPC without a path (the service defines it).
+fn parse_endpoint(text: &str, protocol: OtlpProtocol) -> Result<(), String> {
+    let url = url::Url::parse(text.trim())
+        .map_err(|e| format!("is not a URL ({e}); {ALLOWED_ENDPOINT}"))?;
+    match url.scheme() {
+        "http" | "https" => {}
+        other => return Err(format!("has the scheme {other}://; {ALLOWED_ENDPOINT}")),
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("has no host; {ALLOWED_ENDPOINT}"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(
+            "has credentials in it; send them as a header instead ([otlp] headers, e.g. \
+             { authorization = \"Basic ...\" })"
+                .to_owned(),
+        );
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("has a query or fragment; {ALLOWED_ENDPOINT}"));
+    }
+    if protocol == OtlpProtocol::Grpc && !matches!(url.path(), "" | "/") {
+        return Err(format!(
+            "has the path {}, which gRPC does not use (the service defines it); give \
+             scheme://host:port, or set protocol = \"http/protobuf\" for an HTTP endpoint",
+            url.path()
+        ));
+    }
+    Ok(())
+}
+
+/// Where OTLP/HTTP posts: a base URL with `/v1/metrics` appended, unless it already ends so;
+/// the signal-specific variable's URL as is.
+pub(crate) fn http_export_url(endpoint: &str, verbatim: bool) -> String {
+    let base = endpoint.trim_end_matches('/');
+    if verbatim || base.ends_with("/v1/metrics") {
+        endpoint.to_owned()
+    } else {
+        format!("{base}/v1/metrics")
+    }
+}
+
+/// A header, checked to be sendable as an HTTP header and as ASCII gRPC metadata.
+fn check_header(name: &str, value: &str) -> Result<(), String> {
+    if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        return Err(format!(
+            "`{name}` is not a valid header name (letters, digits and !#$%&'*+-.^_`|~ only)"
+        ));
+    }
+    if name.ends_with("-bin") {
+        return Err(format!(
+            "`{name}` would be binary gRPC metadata (the -bin suffix), which is not supported"
+        ));
+    }
+    if http::HeaderValue::from_str(value).is_err() {
+        return Err("is not a valid header value: printable ASCII only, no line breaks".to_owned());
+    }
+    Ok(())
+}
+
+fn parse_path(value: &Value) -> Result<PathBuf, String> {
+    match string(value).map(str::trim) {
+        Some(text) if !text.is_empty() => Ok(PathBuf::from(text)),
+        _ => Err(ALLOWED_PEM.to_owned()),
+    }
+}
+
+/// The one look at the file system outside the config file itself: a TLS file named in the
+/// configuration must be there now, not fail the first export an interval later.
+fn readable_file(path: &Path) -> Result<(), String> {
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("cannot be read: {e}; {ALLOWED_PEM}"))?;
+    match file.metadata() {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err(format!("is not a regular file; {ALLOWED_PEM}")),
+        Err(e) => Err(format!("cannot be read: {e}; {ALLOWED_PEM}")),
+    }
+}
+
+fn parse_log_level(value: &Value) -> Result<String, String> {
+    let text = string(value).ok_or(ALLOWED_LEVEL)?.trim();
+    if text.is_empty() {
+        return Err(ALLOWED_LEVEL.to_owned());
+    }
+    // The binary builds its filter from this string; checking here turns a typo into a usage
+    // error instead of a silent fallback.
+    tracing_subscriber::EnvFilter::builder()
+        .parse(text)
+        .map_err(|e| format!("{e}; {ALLOWED_LEVEL}"))?;
+    Ok(text.to_owned())
+}
+
+// ---- Rendering values in messages and in `explain`. ----
+
+/// A TOML basic string. JSON's string escapes are a subset of TOML's.
+pub(crate) fn quote(text: &str) -> String {
+    serde_json::to_string(text).expect("a string always serializes")
+}
+
+/// A value as TOML-like text.
+pub(crate) fn render(value: &Value) -> String {
+    match value {
+        Value::String(_, s) => quote(s),
+        Value::Char(_, c) => quote(&c.to_string()),
+        Value::Bool(_, b) => b.to_string(),
+        Value::Num(_, num) => match (integer(value), num.to_f64()) {
+            (Some(n), _) => n.to_string(),
+            (None, Some(f)) => f.to_string(),
+            (None, None) => format!("{num:?}"),
+        },
+        Value::Empty(..) => "none".to_owned(),
+        Value::Dict(_, dict) => {
+            let entries: Vec<String> = dict
+                .iter()
+                .map(|(k, v)| format!("{k} = {}", render(v)))
+                .collect();
+            format!("{{{}}}", entries.join(", "))
+        }
+        Value::Array(_, items) => {
+            let items: Vec<String> = items.iter().map(render).collect();
+            format!("[{}]", items.join(", "))
+        }
+    }
+}
+
+/// [`render`], cut short for error messages (an unknown table can be large).
+fn render_short(value: &Value) -> String {
+    const MAX: usize = 120;
+    let text = render(value);
+    match text.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text,
+    }
+}

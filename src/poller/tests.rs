@@ -1,0 +1,347 @@
+//! The loop's rules, driven by a scripted source and a manual clock: no root, no sockets.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::mpsc;
+
+use opentelemetry::metrics::MeterProvider;
+
+use super::*;
+use crate::source::{SocketEntry, SourceError, SourceKind, TcpState};
+use crate::state::{Meta, Publisher, StateReader};
+use crate::target::{Target, Targets};
+
+type Step = Result<Vec<SocketEntry>, String>;
+
+/// A source that plays a script, one step per poll, noting when (on the manual clock) each
+/// poll happened. When the script runs out it asks the loop to stop and repeats its last step.
+struct Script {
+    steps: VecDeque<Step>,
+    last: Step,
+    clock: ManualClock,
+    /// Polls taken, by clock time; a step may also move the clock (a slow poll).
+    polled_at: Arc<Mutex<Vec<Timestamp>>>,
+    slow: Option<(usize, Duration)>,
+    stop: Option<mpsc::Sender<Input>>,
+}
+
+impl Source for Script {
+    fn kind(&self) -> SourceKind {
+        SourceKind::Procfs
+    }
+
+    fn poll(&mut self, out: &mut Vec<SocketEntry>) -> Result<(), SourceError> {
+        let mut polled = self.polled_at.lock().unwrap();
+        polled.push(self.clock.now());
+        if let Some((n, d)) = self.slow {
+            if polled.len() == n {
+                self.clock.advance(d);
+            }
+        }
+        drop(polled);
+        let step = match self.steps.pop_front() {
+            Some(s) => s,
+            None => {
+                if let Some(stop) = &self.stop {
+                    let _ = stop.send(Input::Stop);
+                }
+                self.last.clone()
+            }
+        };
+        self.last = step.clone();
+        match step {
+            Ok(s) => {
+                out.clone_from(&s);
+                Ok(())
+            }
+            Err(detail) => Err(SourceError::Parse {
+                what: "script",
+                detail,
+            }),
+        }
+    }
+}
+
+fn sock(port: u16, id: u64) -> SocketEntry {
+    SocketEntry {
+        local: SocketAddr::from(([10, 0, 0, 1], port)),
+        remote: "10.0.0.5:9876".parse().unwrap(),
+        state: TcpState::Established,
+        id,
+    }
+}
+
+fn targets() -> Targets {
+    Targets::new(vec![Target::test("10.0.0.5/32", Some(9876), None)])
+}
+
+struct Rig {
+    poller: Poller,
+    clock: ManualClock,
+    state: StateReader,
+    polled_at: Arc<Mutex<Vec<Timestamp>>>,
+    registry: prometheus::Registry,
+    _provider: opentelemetry_sdk::metrics::SdkMeterProvider,
+}
+
+fn rig(
+    targets: Targets,
+    t0: Timestamp,
+    steps: Vec<Step>,
+    stop: Option<mpsc::Sender<Input>>,
+) -> Rig {
+    rig_with(targets, t0, steps, stop, None, |p| Box::new(p))
+}
+
+fn rig_with(
+    targets: Targets,
+    t0: Timestamp,
+    steps: Vec<Step>,
+    stop: Option<mpsc::Sender<Input>>,
+    slow: Option<(usize, Duration)>,
+    publish: impl FnOnce(Publisher) -> Box<dyn Publish>,
+) -> Rig {
+    let clock = ManualClock::new(t0);
+    let polled_at = Arc::default();
+    let source = Script {
+        steps: steps.into(),
+        last: Ok(Vec::new()),
+        clock: clock.clone(),
+        polled_at: Arc::clone(&polled_at),
+        slow,
+        stop,
+    };
+    let (exporter, registry) = crate::export::prometheus::reader("h").unwrap();
+    let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+        .with_reader(exporter)
+        .build();
+    let meter = provider.meter(crate::instruments::names::METER);
+    let instruments = Instruments::new(&meter, &targets, SourceKind::Procfs);
+    let initial = State::initial(Meta {
+        host: "h".into(),
+        source: SourceKind::Procfs,
+        interval: Duration::from_secs(1),
+        started: t0,
+        targets,
+    });
+    let (publisher, state) = Publisher::new(initial.clone());
+    let (events, _) = tokio::sync::broadcast::channel(16);
+    let poller = Poller::new(
+        Box::new(source),
+        instruments,
+        publish(publisher),
+        initial,
+        events,
+    );
+    Rig {
+        poller,
+        clock,
+        state,
+        polled_at,
+        registry,
+        _provider: provider,
+    }
+}
+
+/// The published state after one poll of each snapshot, each at `t0` plus its offset (for the
+/// console's tests).
+pub(crate) fn state_after(
+    targets: Targets,
+    t0: Timestamp,
+    polls: &[(Duration, Vec<SocketEntry>)],
+) -> State {
+    let steps = polls.iter().map(|(_, s)| Ok(s.clone())).collect();
+    let mut r = rig(targets, t0, steps, None);
+    let mut at = Duration::ZERO;
+    for (offset, _) in polls {
+        r.clock.advance(offset.saturating_sub(at));
+        at = *offset;
+        r.poller.tick(&r.clock);
+    }
+    (*r.state.get()).clone()
+}
+
+#[test]
+fn a_failed_poll_is_not_a_close() {
+    let (a, b) = (sock(5000, 1), sock(5001, 2));
+    let t0 = Timestamp::now();
+    let mut r = rig(
+        targets(),
+        t0,
+        vec![
+            Ok(vec![a, b]),
+            Err("netlink went away".into()),
+            Ok(vec![a, b]),
+        ],
+        None,
+    );
+    r.poller.tick(&r.clock);
+    let first = r.state.get();
+    assert_eq!((first.generation, first.active.len()), (1, 2));
+
+    r.clock.advance(Duration::from_secs(1));
+    r.poller.tick(&r.clock);
+    let failed = r.state.get();
+    assert_eq!(failed.generation, 2);
+    assert_eq!(
+        failed.active, first.active,
+        "a failed poll keeps the sessions"
+    );
+    assert_eq!(failed.stats[0].closed, 0);
+    assert_eq!(failed.health.consecutive_failures, 1);
+    assert_eq!(failed.health.last_success, Some(t0));
+    assert!(failed
+        .health
+        .last_error
+        .as_deref()
+        .unwrap()
+        .contains("netlink went away"));
+
+    r.clock.advance(Duration::from_secs(1));
+    r.poller.tick(&r.clock);
+    let back = r.state.get();
+    assert_eq!(back.health.consecutive_failures, 0);
+    assert_eq!(back.health.polls, 3);
+    assert_eq!((back.stats[0].opened, back.stats[0].closed), (2, 0));
+}
+
+#[test]
+fn closed_sessions_are_kept_newest_last_with_their_lifetimes() {
+    let t0 = Timestamp::now();
+    let steps = vec![
+        Ok(vec![sock(5000, 1), sock(5001, 2)]),
+        Ok(vec![sock(5001, 2)]),
+        Ok(vec![]),
+    ];
+    let mut r = rig(targets(), t0, steps, None);
+    for _ in 0..3 {
+        r.poller.tick(&r.clock);
+        r.clock.advance(Duration::from_secs(2));
+    }
+    let s = r.state.get();
+    let lived: Vec<_> = s
+        .closed
+        .iter()
+        .map(|c| (c.local.port(), c.life.unwrap().ended.unwrap().duration))
+        .collect();
+    assert_eq!(
+        lived,
+        [
+            (5000, Duration::from_secs(2)),
+            (5001, Duration::from_secs(4))
+        ]
+    );
+    assert!(s.active.is_empty());
+    assert_eq!(s.peak, 2);
+}
+
+/// A publisher that, at the moment a state is published, reads what `/metrics` would serve:
+/// it must already carry that state's numbers (the cached body is keyed on the generation).
+struct Checking {
+    inner: Publisher,
+    registry: Arc<Mutex<Option<prometheus::Registry>>>,
+    checked: Arc<Mutex<Vec<(u64, u64, u64)>>>,
+}
+
+impl Publish for Checking {
+    fn publish(&mut self, state: State) {
+        let registry = self.registry.lock().unwrap();
+        let text = crate::export::prometheus::encode(registry.as_ref().unwrap()).unwrap();
+        let value = |name: &str| -> u64 {
+            text.lines()
+                .find(|l| l.starts_with(&format!("{name}{{")))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("{name} missing from:\n{text}")) as u64
+        };
+        let scraped = (
+            value("fix_connections_active"),
+            value("fix_connections_total"),
+        );
+        assert_eq!(
+            scraped,
+            (state.stats[0].active, state.stats[0].opened),
+            "generation {} was published before the instruments had its values",
+            state.generation
+        );
+        self.checked
+            .lock()
+            .unwrap()
+            .push((state.generation, scraped.0, scraped.1));
+        self.inner.publish(state);
+    }
+}
+
+#[test]
+fn a_state_is_published_only_after_the_instruments_carry_it() {
+    let t0 = Timestamp::now();
+    let steps: Vec<Step> = (1..=4u16)
+        .map(|n| Ok((0..n).map(|i| sock(5000 + i, u64::from(i))).collect()))
+        .collect();
+    let registry = Arc::new(Mutex::new(None));
+    let checked = Arc::new(Mutex::new(Vec::new()));
+    let (reg, chk) = (registry.clone(), checked.clone());
+    let mut r = rig_with(targets(), t0, steps, None, None, move |inner| {
+        Box::new(Checking {
+            inner,
+            registry: reg,
+            checked: chk,
+        })
+    });
+    *registry.lock().unwrap() = Some(r.registry.clone());
+    for _ in 0..4 {
+        r.poller.tick(&r.clock);
+        r.clock.advance(Duration::from_secs(1));
+    }
+    assert_eq!(
+        *checked.lock().unwrap(),
+        [(1, 1, 1), (2, 2, 2), (3, 3, 3), (4, 4, 4)]
+    );
+}
+
+#[test]
+fn the_loop_keeps_its_rate_and_a_late_poll_restarts_the_schedule() {
+    let t0 = Timestamp::now();
+    let (tx, rx) = mpsc::channel();
+    let steps = (0..6).map(|_| Ok(vec![sock(5000, 1)])).collect();
+    // The third poll takes 2.5 s.
+    let r = rig_with(
+        targets(),
+        t0,
+        steps,
+        Some(tx),
+        Some((3, Duration::from_millis(2500))),
+        |p| Box::new(p),
+    );
+    run(r.poller, &r.clock, Duration::from_secs(1), rx);
+    let at: Vec<Duration> = r
+        .polled_at
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|t| t.mono - t0.mono)
+        .collect();
+    let ms = |v: &[u64]| {
+        v.iter()
+            .map(|&m| Duration::from_millis(m))
+            .collect::<Vec<_>>()
+    };
+    // 0, 1, 2 on schedule; the slow one ends at 4.5 s, so the next is one interval later, not
+    // at once to catch up; the seventh poll finds the script empty and stops the loop.
+    assert_eq!(at, ms(&[0, 1000, 2000, 5500, 6500, 7500, 8500]));
+    assert_eq!(r.state.get().health.polls, 7);
+}
+
+#[test]
+fn the_loop_stops_when_its_inputs_are_gone() {
+    let t0 = Timestamp::now();
+    let (tx, rx) = mpsc::channel::<Input>();
+    let r = rig(targets(), t0, vec![], None);
+    drop(tx);
+    run(r.poller, &r.clock, Duration::from_secs(1), rx);
+    assert_eq!(
+        r.state.get().generation,
+        0,
+        "no poll after the inputs closed"
+    );
+}

@@ -1,0 +1,246 @@
+//! What one TCP session to a target is, for every reader: the endpoints (`/connections`,
+//! `/health`), the console's table and its report, and `snapshot`.
+//!
+//! A [`Session`] is the one model; [`SessionJson`] and the console's rows are presentations of
+//! it. A single look (`snapshot`) has no history, so its sessions carry no [`Life`]; the
+//! tracker's sessions know when they were first seen, and closed ones when they ended.
+//! Per-session facts added later (TCP health, the FIX layer) belong here, once.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::source::{SocketEntry, TcpState};
+use crate::target::Targets;
+use crate::tracker::{Connection, Timestamp};
+
+/// One session: which target, which socket, and what is known of its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// The target's name (shared with every other session of the target).
+    pub target: Arc<str>,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub state: TcpState,
+    /// None for a single look, which cannot know when a session began.
+    pub life: Option<Life>,
+    /// The process that made the connection, where the source knows it (eBPF mode).
+    pub process: Option<crate::source::Process>,
+    /// Who hung up, for closed sessions where the source knows it (eBPF mode).
+    pub closed_by: Option<crate::source::ClosedBy>,
+}
+
+/// What the tracker knows of a session's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Life {
+    /// When it was first seen (precision: one poll interval).
+    pub since: Timestamp,
+    /// Already open when the monitor started: the real start is earlier.
+    pub preexisting: bool,
+    /// When it was seen gone, and how long it lasted; None while it is active.
+    pub ended: Option<Ended>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ended {
+    pub at: Timestamp,
+    pub duration: Duration,
+}
+
+impl Session {
+    /// A socket seen once, attributed to `target`.
+    pub fn seen(target: Arc<str>, s: &SocketEntry) -> Session {
+        Session {
+            target,
+            local: s.local,
+            remote: s.remote,
+            state: s.state,
+            life: None,
+            process: None,
+            closed_by: None,
+        }
+    }
+
+    /// A connection the tracker holds (`ended`: if it closed).
+    pub fn tracked(c: &Connection, names: &[Arc<str>], ended: Option<Ended>) -> Session {
+        Session {
+            target: names[c.target].clone(),
+            local: c.key.local,
+            remote: c.key.remote,
+            state: c.state,
+            life: Some(Life {
+                since: c.since,
+                preexisting: c.preexisting,
+                ended,
+            }),
+            process: None,
+            closed_by: None,
+        }
+    }
+
+    /// Active: its age at `now`. Closed: how long it lasted. None without a known life.
+    pub fn duration(&self, now: Timestamp) -> Option<Duration> {
+        let life = self.life?;
+        Some(match life.ended {
+            Some(e) => e.duration,
+            None => now.mono.saturating_duration_since(life.since.mono),
+        })
+    }
+
+    /// The JSON shape, as of `now`.
+    pub fn json(&self, now: Timestamp) -> SessionJson {
+        let life = self.life.map(|l| {
+            let d = self.duration(now).unwrap_or_default();
+            LifeJson {
+                start_time: rfc3339(l.since.wall),
+                duration_seconds: d.as_secs_f64(),
+                age: hms(d),
+                preexisting: l.preexisting,
+                end_time: l.ended.map(|e| rfc3339(e.at.wall)),
+                duration: l.ended.map(|e| hms(e.duration)),
+            }
+        });
+        SessionJson {
+            id: format!("{}-{}", self.local, self.remote),
+            target: self.target.to_string(),
+            local_addr: self.local.to_string(),
+            remote_addr: self.remote.to_string(),
+            local_port: self.local.port(),
+            remote_port: self.remote.port(),
+            state: self.state.as_str(),
+            life,
+            pid: self.process.as_ref().map(|p| p.pid),
+            comm: self.process.as_ref().map(|p| p.comm.clone()),
+            closed_by: self.closed_by.map(|b| b.as_str()),
+        }
+    }
+}
+
+/// The targets' names, shared by their sessions.
+pub fn target_names(targets: &Targets) -> Vec<Arc<str>> {
+    targets.iter().map(|t| Arc::from(t.name.as_str())).collect()
+}
+
+/// A session as JSON, with the keys of the original `/connections` (`id`, `local_addr`,
+/// `remote_addr`, `local_port`, `remote_port`, `duration_seconds`) and the target it belongs to.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionJson {
+    pub id: String,
+    pub target: String,
+    pub local_addr: String,
+    pub remote_addr: String,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub state: &'static str,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub life: Option<LifeJson>,
+    /// The process that made the connection (eBPF mode, outbound connections).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
+    /// Closed sessions in eBPF mode: `local`, `remote` or `reset`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub closed_by: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LifeJson {
+    /// When the session was first seen (RFC 3339, UTC).
+    pub start_time: String,
+    /// Active: seconds since `start_time`. Closed: how long it lasted.
+    pub duration_seconds: f64,
+    /// The same, as hh:mm:ss.
+    pub age: String,
+    /// Already open when the monitor started: the real start is earlier.
+    pub preexisting: bool,
+    /// Closed sessions: when it was seen gone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_time: Option<String>,
+    /// Closed sessions: how long it lasted, as hh:mm:ss.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
+}
+
+/// RFC 3339 in UTC, to the millisecond.
+pub fn rfc3339(t: SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(t)
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}
+
+/// hh:mm:ss, hours unbounded (a week-long session reads 168:00:00).
+pub fn hms(d: Duration) -> String {
+    let s = d.as_secs();
+    format!("{:02}:{:02}:{:02}", s / 3600, (s % 3600) / 60, s % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hms_counts_hours_past_a_day() {
+        assert_eq!(hms(Duration::from_secs(0)), "00:00:00");
+        assert_eq!(hms(Duration::from_secs(3661)), "01:01:01");
+        assert_eq!(hms(Duration::from_secs(7 * 86400)), "168:00:00");
+    }
+
+    #[test]
+    fn rfc3339_is_utc_with_millis() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        assert_eq!(rfc3339(t), "2023-11-14T22:13:20.123Z");
+    }
+
+    #[test]
+    fn one_session_three_lives_keep_the_original_keys() {
+        let t0 = Timestamp::now();
+        let mut s = Session {
+            target: "venue-a".into(),
+            local: "10.0.0.1:5000".parse().unwrap(),
+            remote: "10.0.0.5:9876".parse().unwrap(),
+            state: TcpState::Established,
+            life: None,
+            process: None,
+            closed_by: None,
+        };
+        let seen = serde_json::to_value(s.json(t0)).unwrap();
+        let keys =
+            |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+        assert_eq!(
+            keys(&seen),
+            [
+                "id",
+                "local_addr",
+                "local_port",
+                "remote_addr",
+                "remote_port",
+                "state",
+                "target"
+            ]
+        );
+        assert_eq!(seen["id"], "10.0.0.1:5000-10.0.0.5:9876");
+
+        s.life = Some(Life {
+            since: t0,
+            preexisting: false,
+            ended: None,
+        });
+        let active = serde_json::to_value(s.json(t0.after(Duration::from_secs(61)))).unwrap();
+        assert_eq!(active["duration_seconds"], 61.0);
+        assert_eq!(active["age"], "00:01:01");
+        assert!(active.get("end_time").is_none());
+
+        s.life.as_mut().unwrap().ended = Some(Ended {
+            at: t0.after(Duration::from_secs(2)),
+            duration: Duration::from_secs(2),
+        });
+        // A closed session's duration does not grow with the time it is read at.
+        let closed = serde_json::to_value(s.json(t0.after(Duration::from_secs(99)))).unwrap();
+        assert_eq!(closed["duration_seconds"], 2.0);
+        assert_eq!(closed["duration"], "00:00:02");
+        assert!(closed["end_time"].is_string());
+    }
+}

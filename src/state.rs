@@ -1,0 +1,240 @@
+//! What the sidecar knows, published: after each change the loop (the only writer) builds an
+//! immutable [`State`] and swaps it into a `tokio::sync::watch` channel; readers (HTTP
+//! endpoints, console, report, demo) take the latest with [`StateReader::get`], an `Arc` clone.
+//! No reader holds anything the loop waits for, and no one logs while holding a lock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::session::{rfc3339, Session, SessionJson};
+use crate::source::SourceKind;
+use crate::target::Targets;
+use crate::tracker::{TargetStats, Timestamp};
+
+/// How many closed sessions are kept for display (the original report kept 10).
+pub const RECENT_CLOSED: usize = 20;
+
+/// Polling is unhealthy once no poll has succeeded for this many intervals.
+pub const UNHEALTHY_AFTER_INTERVALS: u32 = 3;
+
+/// Facts fixed at start.
+#[derive(Debug, Clone)]
+pub struct Meta {
+    pub host: String,
+    pub source: SourceKind,
+    pub interval: Duration,
+    pub started: Timestamp,
+    pub targets: Targets,
+}
+
+/// The outcome of recent polls.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PollHealth {
+    pub last_success: Option<Timestamp>,
+    pub last_error: Option<String>,
+    pub consecutive_failures: u64,
+    pub polls: u64,
+}
+
+/// One published view of the sidecar: everything a reader may show, as of one change.
+#[derive(Debug, Clone)]
+pub struct State {
+    pub meta: Arc<Meta>,
+    /// Bumped at every publication, after the instruments carry this state's values: a
+    /// `/metrics` body encoded at generation N is never older than this state.
+    pub generation: u64,
+    /// Indexed by target id.
+    pub stats: Vec<TargetStats>,
+    /// Highest number active at once over all targets together.
+    pub peak: u64,
+    /// Active sessions by target (configuration order), then local and remote address.
+    pub active: Vec<Session>,
+    /// The most recently closed sessions, oldest first, at most [`RECENT_CLOSED`].
+    pub closed: Vec<Session>,
+    pub health: PollHealth,
+}
+
+/// Health as a type, not a string: `/health`'s status code and the index page read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Healthy,
+    Unhealthy,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Healthy => "healthy",
+            Status::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+impl State {
+    /// The state before the first poll.
+    pub fn initial(meta: Meta) -> State {
+        State {
+            stats: vec![TargetStats::default(); meta.targets.len()],
+            meta: Arc::new(meta),
+            generation: 0,
+            peak: 0,
+            active: Vec::new(),
+            closed: Vec::new(),
+            health: PollHealth::default(),
+        }
+    }
+
+    pub fn status(&self, now: Timestamp) -> Status {
+        let limit = self.meta.interval * UNHEALTHY_AFTER_INTERVALS;
+        let since = self.health.last_success.unwrap_or(self.meta.started);
+        if now.mono.saturating_duration_since(since.mono) <= limit {
+            Status::Healthy
+        } else {
+            Status::Unhealthy
+        }
+    }
+
+    pub fn active_count(&self) -> usize {
+        self.active.len()
+    }
+
+    pub fn connections(&self, now: Timestamp) -> Vec<SessionJson> {
+        self.active.iter().map(|s| s.json(now)).collect()
+    }
+
+    pub fn closed_json(&self, now: Timestamp) -> Vec<SessionJson> {
+        self.closed.iter().map(|s| s.json(now)).collect()
+    }
+
+    pub fn targets(&self) -> Vec<TargetView> {
+        self.meta
+            .targets
+            .iter()
+            .zip(&self.stats)
+            .map(|(t, s)| TargetView {
+                name: t.name.clone(),
+                address: t.net.to_string(),
+                port: t.port,
+                local_ports: t.local_ports.map(|r| r.to_string()),
+                stats: *s,
+            })
+            .collect()
+    }
+
+    pub fn health_view(&self, now: Timestamp) -> HealthView {
+        HealthView {
+            status: self.status(now),
+            timestamp: rfc3339(now.wall),
+            hostname: self.meta.host.clone(),
+            source: self.meta.source.as_str(),
+            poll_interval_seconds: self.meta.interval.as_secs_f64(),
+            active_connections: self.active_count(),
+            targets: self.targets(),
+            last_successful_poll: self.health.last_success.map(|t| rfc3339(t.wall)),
+            consecutive_failures: self.health.consecutive_failures,
+            last_error: self.health.last_error.clone(),
+            polls: self.health.polls,
+            started: rfc3339(self.meta.started.wall),
+        }
+    }
+}
+
+/// The readers' handle: cheap to clone, never blocks the loop.
+#[derive(Debug, Clone)]
+pub struct StateReader(watch::Receiver<Arc<State>>);
+
+impl StateReader {
+    /// The latest published state.
+    pub fn get(&self) -> Arc<State> {
+        self.0.borrow().clone()
+    }
+
+    /// Waits for the next publication (for the console); false once the loop is gone.
+    pub async fn changed(&mut self) -> bool {
+        self.0.changed().await.is_ok()
+    }
+}
+
+/// Where the loop hands each new state. [`Publisher`] is the real one; tests observe the
+/// moment of publication through their own.
+pub trait Publish: Send {
+    fn publish(&mut self, state: State);
+}
+
+impl Publish for Publisher {
+    fn publish(&mut self, state: State) {
+        Publisher::publish(self, state)
+    }
+}
+
+/// The writer's handle (the loop's).
+#[derive(Debug)]
+pub struct Publisher(watch::Sender<Arc<State>>);
+
+impl Publisher {
+    pub fn new(initial: State) -> (Publisher, StateReader) {
+        let (tx, rx) = watch::channel(Arc::new(initial));
+        (Publisher(tx), StateReader(rx))
+    }
+
+    /// Replaces the published state (no waiting for readers: a pointer swap).
+    pub fn publish(&self, state: State) {
+        self.0.send_replace(Arc::new(state));
+    }
+
+    pub fn reader(&self) -> StateReader {
+        StateReader(self.0.subscribe())
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetView {
+    pub name: String,
+    pub address: String,
+    pub port: Option<u16>,
+    pub local_ports: Option<String>,
+    #[serde(flatten)]
+    pub stats: TargetStats,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthView {
+    pub status: Status,
+    pub timestamp: String,
+    pub hostname: String,
+    pub source: &'static str,
+    pub poll_interval_seconds: f64,
+    pub active_connections: usize,
+    pub targets: Vec<TargetView>,
+    pub last_successful_poll: Option<String>,
+    pub consecutive_failures: u64,
+    pub last_error: Option<String>,
+    pub polls: u64,
+    pub started: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_turns_unhealthy_after_three_silent_intervals() {
+        let t0 = Timestamp::now();
+        let s = State::initial(Meta {
+            host: "h".into(),
+            source: SourceKind::Procfs,
+            interval: Duration::from_secs(1),
+            started: t0,
+            targets: Targets::default(),
+        });
+        assert_eq!(s.status(t0.after(Duration::from_secs(3))), Status::Healthy);
+        assert_eq!(
+            s.status(t0.after(Duration::from_millis(3001))),
+            Status::Unhealthy
+        );
+    }
+}
