@@ -210,7 +210,7 @@ def svg(results, path):
 
 
 def markdown(results, svg_name):
-    rows = ["| N unrelated | unrelated opens/s | netlink polling 1 s: sidecar CPU ms/s | eBPF: sidecar CPU ms/s "
+    rows = ["| N unrelated | TCP opens/s on the host (all) | netlink polling 1 s: sidecar CPU ms/s | eBPF: sidecar CPU ms/s "
             "| eBPF: program runs/s | eBPF: program CPU ms/s (in the kernel) | ns per run | counted (netlink, eBPF) |",
             "|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results:
