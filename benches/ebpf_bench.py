@@ -215,7 +215,7 @@ def markdown(results, svg_name):
             "|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results:
         rows.append(f'| {r["N"]:,} | {r["opens_per_s"]:,} | {r["netlink_cpu_ms_per_s"]} | {r["ebpf_cpu_ms_per_s"]} '
-                    f'| {r.get("prog_runs_per_s", "n/a")} | {r.get("prog_ms_per_s", "n/a")} | {r.get("prog_ns_per_run", "n/a")} '
+                    f'| {r.get("prog_runs_per_s", "n/a")} | {r.get("prog_ms_per_s", "n/a")} | {"n/a" if r.get("prog_ns_per_run") is None else r["prog_ns_per_run"]} '
                     f'| {int(r["counted"]["netlink"])}, {int(r["counted"]["ebpf"])} |')
     return "\n".join(rows) + f"\n\n![CPU per second against N]({svg_name})\n"
 
