@@ -73,6 +73,42 @@ def less(r):
     return f"{1 / r:.2f}× more"
 
 
+def tcpinfo_section(meta, rows):
+    """What session health costs: the tcp_info rows, as markdown lines (none without them)."""
+    tin = {r["N"]: r for r in rows if r["section"] == "tcpinfo"}
+    if not tin:
+        return []
+    poll = {(r["tool"], r["N"]): r for r in rows if r["section"] == "poll"}
+    M = meta["m"]
+    o = ["## Session health: what `tcp_info` costs\n",
+         f"One netlink poll of the sidecar's source for one target with M = {M} matching "
+         "sessions among N unrelated connections, with `INET_DIAG_INFO` in the request (the "
+         "sidecar's poll, since session health) and without (before), alternating, each after "
+         f"{meta.get('gap', 0):g} s idle (`fix-pollcost`, benches/pollcost/; CPU is the polling "
+         "thread's, kernel work included). Then the one-shot processes: `fix-monitor snapshot` "
+         "(which asks for `tcp_info`) against `ss -tin` with the same kernel filter (hyperfine, "
+         "CPU = user + system).\n",
+         "Times in ms (medians).\n",
+         "| N | poll CPU without | poll CPU with tcp_info | added | poll wall without / with | "
+         "`fix-monitor snapshot` CPU | `ss -tin` (same filter) CPU | snapshot vs ss |",
+         "|---|---|---|---|---|---|---|---|"]
+    for n in sorted(tin):
+        p = tin[n]["poll"]
+        a, b = p["without"], p["with_tcp_info"]
+        sn = poll.get(("snapshot-netlink-info", n), {}).get("cpu_s")
+        ssi = poll.get(("ss-info-filtered", n), {}).get("cpu_s")
+        added = (b["cpu_median_s"] - a["cpu_median_s"]) / a["cpu_median_s"] if a["cpu_median_s"] else None
+        o.append(f"| {kn(n)} | {ms(a['cpu_median_s'])} | {ms(b['cpu_median_s'])} | "
+                 f"{'–' if added is None else f'{added * 100:+.0f}%'} | "
+                 f"{ms(a['wall_median_s'])} / {ms(b['wall_median_s'])} | {ms(sn)} | {ms(ssi)} | "
+                 f"{less(ratio(ssi, sn))} |")
+    o.append("")
+    o.append("Sessions found per poll: " + ", ".join(
+        f"N = {kn(n)}: {tin[n]['poll']['with_tcp_info']['found']} (with), "
+        f"{tin[n]['poll']['without']['found']} (without)" for n in sorted(tin)) + ".\n")
+    return o
+
+
 def main():
     meta = json.load(open(sys.argv[1]))
     rows = [json.loads(line) for line in open(sys.argv[2]) if line.strip()]
@@ -82,6 +118,13 @@ def main():
     longrun = next((r for r in rows if r["section"] == "longrun"), None)
     wrk = next((r for r in rows if r["section"] == "wrk"), None)
     scr = next((r for r in rows if r["section"] == "scrapers"), None)
+    if meta.get("only") == "tcpinfo":
+        print("\n".join([f"# Benchmarks: session health only (BENCH_ONLY=tcpinfo)\n",
+                          f"{meta['date']}; {meta['nproc']} × {meta['cpu']}; kernel {meta['kernel']}; "
+                          f"fix-monitor {meta['git']}; load average {' '.join(meta['loadavg_start'])} at start, "
+                          f"{' '.join(meta.get('loadavg_end', ['?']))} at the end; {meta.get('elapsed_s', '?')} s.\n"]
+                         + tcpinfo_section(meta, rows)))
+        return
     M, NS = meta["m"], meta["ns"]
     SN = meta["sweep_n"]
 
@@ -476,6 +519,7 @@ def main():
       f"{meta['ports']}; up to {meta['runs']} hyperfine runs after {meta['warmup']} warm-ups; "
       f"{meta['py_runs']} Python calls after 1 warm-up; {meta['window']:g} s sidecar windows "
       f"(1 s interval); a {meta['duration']:g} s long run; a {meta['wrk_duration']:g} s wrk run.\n")
+    o.extend(tcpinfo_section(meta, rows))
     w("## Method and caveats\n")
     w("- **Load.** `fix-loadgen` (benches/loadgen/) opens the M matching connections "
       "127.0.0.1:20000+i → 127.0.0.2:7001 and the N unrelated ones 127.0.1.k:10000+i → "

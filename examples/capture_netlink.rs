@@ -43,6 +43,8 @@ mod capture {
             net,
             port,
             local_ports: local.map(|p| PortRange { start: p, end: p }),
+            heartbeat: None,
+            stale_after: None,
         }
     }
 

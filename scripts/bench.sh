@@ -16,6 +16,10 @@
 #   - the original Python exporter's collect_metrics(), as shipped and with its parse fixed
 # then the sidecar's RSS and CPU share over BENCH_DURATION seconds, /metrics latency under 50
 # concurrent scrapers (wrk) with the polling checked meanwhile, and the poll cost as M grows.
+# Last, what session health costs: a netlink poll with tcp_info against without, side by side
+# (fix-pollcost, benches/pollcost/), and `fix-monitor snapshot` against `ss -tin` with the same
+# filter, at M and N = BENCH_TCPINFO_NS ("0 10000 50000"). BENCH_ONLY=tcpinfo runs only that
+# part and writes its own report ($WORK/BENCHMARKS.tcpinfo.md).
 # Writes a markdown report (tables, commands, machine) and prints it.
 #
 # Knobs (environment): BENCH_QUICK=1, BENCH_NS ("0 10000 50000 100000"), BENCH_M (1000),
@@ -24,7 +28,7 @@
 # BENCH_PY_RUNS (5), BENCH_WINDOW (sidecar window per N, s: 10), BENCH_DURATION (long run, s:
 # 60), BENCH_WRK_DURATION (s: 10), BENCH_CHURN (matching connections reopened per second during
 # the long run: 0), BENCH_OUT (report path), FIX_MONITOR (use this binary, skip building it),
-# BENCH_NO_FETCH=1 (do not run scripts/fetch-tools.sh when a tool is missing), BENCH_NO_BUILD=1
+# BENCH_EVENTS=0 (skip the kernel-events section, scripts/bench-events.sh), BENCH_NO_FETCH=1 (do not run scripts/fetch-tools.sh when a tool is missing), BENCH_NO_BUILD=1
 # (use the release binaries already built), CARGO_TARGET_DIR (default: target/).
 set -euo pipefail
 
@@ -158,13 +162,17 @@ if [ "${BENCH_NO_BUILD:-0}" = 1 ]; then
 elif [ -n "${FIX_MONITOR:-}" ]; then
     log "building the load generator (CARGO_TARGET_DIR=$CARGO_TARGET_DIR); fix-monitor: $FIX_MONITOR"
     FM="$FIX_MONITOR"
-    cargo build --release --example fix-loadgen >&2
+    cargo build --release --example fix-loadgen --example fix-pollcost --example fix-storm >&2
 else
     log "building release binaries (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-    cargo build --release --bin fix-monitor --example fix-loadgen >&2
+    cargo build --release --bin fix-monitor --example fix-loadgen --example fix-pollcost --example fix-storm >&2
     FM="$CARGO_TARGET_DIR/release/fix-monitor"
 fi
 LOADGEN="$CARGO_TARGET_DIR/release/examples/fix-loadgen"
+POLLCOST="$CARGO_TARGET_DIR/release/examples/fix-pollcost"
+ONLY="${BENCH_ONLY:-}"
+TCPINFO_NS="${BENCH_TCPINFO_NS:-0 10000 50000}"
+[ "$QUICK" = 1 ] && TCPINFO_NS="${BENCH_TCPINFO_NS:-0 10000}"
 [ -x "$FM" ] || die "no fix-monitor binary at $FM"
 "$FM" snapshot --help >/dev/null 2>&1 || die "$FM has no 'snapshot' subcommand (one-shot poll); set FIX_MONITOR to a binary that has"
 
@@ -228,6 +236,7 @@ CMD_SNAP_PF="$FM snapshot --source procfs ${SNAP_ARGS[*]}"
 CMD_SS_F="ss -tn state established dst $TARGET_IP:$TARGET_PORT '$SS_FILTER'"
 CMD_SS_ALL="ss -tn"
 CMD_NE="curl -sf -o /dev/null http://$NODE_ADDR/metrics"
+CMD_SS_INFO="ss -tin state established dst $TARGET_IP:$TARGET_PORT '$SS_FILTER'"
 
 # record JSON : appends one line to the results
 record() { printf '%s\n' "$1" >>"$RESULTS"; }
@@ -324,6 +333,17 @@ print(json.dumps({"section": "poll", "tool": "py-" + r["variant"], "M": int(sys.
     done
 }
 
+# What tcp_info adds to a poll, in process and as one-shot processes against `ss -tin`.
+measure_tcpinfo() { # M N
+    local m="$1" n="$2" r
+    log "  tcp_info: netlink poll with and without, $RUNS rounds"
+    r=$("$POLLCOST" --target "$TARGET_IP:$TARGET_PORT" --min-port "$MIN_PORT" --max-port "$MAX_PORT" \
+        --rounds "$RUNS" --gap-ms "$(awk -v g="$GAP" 'BEGIN {print int(g * 1000)}')") || die "fix-pollcost failed"
+    record "{\"section\": \"tcpinfo\", \"M\": $m, \"N\": $n, \"poll\": $r}"
+    log "  tcp_info: one-shot fix-monitor snapshot (netlink, tcp_info) and ss -tin, same filter"
+    hf "$m" "$n" snapshot-netlink-info "$CMD_SNAP_NL" ss-info-filtered "$CMD_SS_INFO"
+}
+
 SIDECAR_PID=
 start_sidecar() { # SOURCE EXPECT NAME
     local src="$1" expect="$2" name="$3"
@@ -362,6 +382,8 @@ export B_META_FM="$FM" B_META_QUICK="$QUICK" B_META_NS="$NS" B_META_M="$M" B_MET
     B_META_TARGET_DIR="$CARGO_TARGET_DIR" \
     B_CMD_snapshot_netlink="$CMD_SNAP_NL" B_CMD_snapshot_procfs="$CMD_SNAP_PF" \
     B_CMD_ss_filtered="$CMD_SS_F" B_CMD_ss_all="$CMD_SS_ALL" B_CMD_node_exporter="$CMD_NE" \
+    B_CMD_ss_info_filtered="$CMD_SS_INFO" B_META_TCPINFO_NS="$TCPINFO_NS" B_META_ONLY="$ONLY" \
+    B_CMD_pollcost="$POLLCOST --target $TARGET_IP:$TARGET_PORT --min-port $MIN_PORT --max-port $MAX_PORT --rounds $RUNS --gap-ms MS" \
     B_CMD_sidecar="$FM run --source netlink|procfs ${SNAP_ARGS[*]} --interval 1s --listen $SIDECAR_ADDR" \
     B_CMD_node_exporter_server="prometheus-node-exporter --collector.disable-defaults --collector.tcpstat --web.listen-address=$NODE_ADDR" \
     B_CMD_loadgen="$LOADGEN --matching M --unrelated N --target $TARGET_IP:$TARGET_PORT --min-port $MIN_PORT --per-process $PER_PROCESS [--churn R]" \
@@ -387,6 +409,7 @@ json.dump({
     "git": sh(f"git -C '{root}' rev-parse --short HEAD") + (" + uncommitted changes" if dirty else ""),
     "fix_monitor": e["B_META_FM"], "quick": e["B_META_QUICK"] == "1",
     "ns": [int(x) for x in e["B_META_NS"].split()], "m": int(e["B_META_M"]),
+    "tcpinfo_ns": [int(x) for x in e["B_META_TCPINFO_NS"].split()], "only": e["B_META_ONLY"],
     "sweep_ms": [int(x) for x in e["B_META_SWEEP_MS"].split()], "sweep_n": int(e["B_META_SWEEP_N"]),
     "runs": int(e["B_META_RUNS"]), "warmup": int(e["B_META_WARMUP"]), "py_runs": int(e["B_META_PY_RUNS"]),
     "window": float(e["B_META_WINDOW"]), "duration": float(e["B_META_DURATION"]),
@@ -448,7 +471,9 @@ fi
 log "process start alone: fix-monitor --version, ss -V, python3 -c pass"
 hf 0 0 start-fix-monitor "$FM --version" start-ss "ss -V" start-python "$PY -c pass"
 
+[ -n "$ONLY" ] && [ "$ONLY" != tcpinfo ] && die "BENCH_ONLY=$ONLY: only 'tcpinfo' is known"
 # 1. Per-poll cost at M, for each N.
+[ "$ONLY" = tcpinfo ] && NS="" && SWEEP_MS=""
 for n in $NS; do
     log "M=$M N=$n"
     start_load "$M" "$n"
@@ -461,6 +486,7 @@ for n in $NS; do
 done
 
 # 2. The sidecar over BENCH_DURATION at M, SWEEP_N; then /metrics under wrk while it polls.
+if [ "$ONLY" != tcpinfo ]; then
 log "sidecar for ${DURATION}s at M=$M N=$SWEEP_N (churn ${CHURN}/s), then wrk -c $WRK_CONNS for ${WRK_DURATION}s"
 start_load "$M" "$SWEEP_N" "$CHURN"
 start_sidecar netlink "$M" "sidecar-longrun"
@@ -484,6 +510,7 @@ wait "$WPID" || die "sampling during the scrapers failed"
 record "{\"section\": \"scrapers\", \"M\": $M, \"N\": $SWEEP_N, \"scrapers\": $sc, \"window\": $(cat "$WORK/scrapers-window.json")}"
 stop_pid "$SIDECAR_PID"
 stop_load
+fi
 
 # 3. Poll cost as M grows, at N = SWEEP_N (the M = BENCH_M point is reused from step 1 when
 #    SWEEP_N was among the Ns).
@@ -501,7 +528,14 @@ for m in $SWEEP_MS; do
     stop_load
 done
 
-if [ "$EBPF" = 1 ]; then run_ebpf_section; fi
+# 4. What session health costs: tcp_info in the poll, and against `ss -tin`.
+for n in $TCPINFO_NS; do
+    log "tcp_info: M=$M N=$n"
+    start_load "$M" "$n"
+    measure_tcpinfo "$M" "$n"
+    stop_load
+done
+if [ "$EBPF" = 1 ] && [ "$ONLY" != tcpinfo ]; then run_ebpf_section; fi
 
 END=$(date +%s)
 "$PY" - "$META" "$(( END - START ))" <<'EOF'
@@ -511,8 +545,17 @@ m["elapsed_s"] = int(sys.argv[2])
 m["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
 json.dump(m, open(sys.argv[1], "w"), indent=1)
 EOF
+[ "$ONLY" = tcpinfo ] && OUT="${BENCH_OUT:-$WORK/BENCHMARKS.tcpinfo.md}"
 "$PY" "$ROOT/benches/report.py" "$META" "$RESULTS" >"$OUT.tmp"
+# Kernel close events (issue 9): the storm, CPU under unrelated closes, cost per event; its own
+# script, appended as a section (BENCH_EVENTS=0 leaves it out).
+if [ "${BENCH_EVENTS:-1}" = 1 ]; then
+    log "kernel close events (scripts/bench-events.sh)"
+    BENCH_NO_BUILD=1 FIX_MONITOR="$FM" FIX_STORM="$CARGO_TARGET_DIR/release/examples/fix-storm" BENCH_EVENTS_OUT="$WORK/events" \
+        bash "$ROOT/scripts/bench-events.sh" >/dev/null
+    { echo; cat "$WORK/events/results.md"; } >>"$OUT.tmp"
+fi
 mv "$OUT.tmp" "$OUT"
-if [ "$EBPF" = 1 ]; then splice_ebpf "$OUT"; fi
+if [ "$EBPF" = 1 ] && [ "$ONLY" != tcpinfo ]; then splice_ebpf "$OUT"; fi
 cat "$OUT"
 log "done in $(( END - START )) s; report: $OUT; raw results: $RESULTS"

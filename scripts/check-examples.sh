@@ -16,7 +16,11 @@
 #   - systemd/*.service: `systemd-analyze verify` (on a copy whose ExecStart points at the
 #     fix-monitor just built, since verify wants the binary to exist) and
 #     `systemd-analyze security --offline` exposure <= 2.0 (a missing systemd-analyze fails);
-#   - every config/**/*.toml loads: `fix-monitor config --config FILE` exits 0.
+#   - web-config.yml (and the ConfigMap's): `promtool check web-config` (the exporter toolkit's own
+#     check) with throwaway certificates (openssl) in place of the real ones;
+#   - every config/**/*.toml loads: `fix-monitor config --config FILE` exits 0, with
+#     /etc/fix-monitor/ standing for a temporary copy holding the example web configuration and
+#     those certificates (the web configuration is read and checked when the config loads).
 # Prints "N passed, N failed" last; exits 1 if anything failed.
 #
 # Environment:
@@ -195,7 +199,7 @@ for path in sorted(glob.glob(os.path.join(ex, "k8s", "*.y*ml"))):
                     p.append("volume %s refers to ConfigMap %r not in this file" % (v["name"], cm))
         for name, cm in cms.items():
             for key, text in (cm.get("data") or {}).items():
-                if key.endswith(".toml"):
+                if key.endswith(".toml") or key.endswith(".yml"):
                     out = os.path.join(tmp, "configmap-%s-%s" % (name, key))
                     with open(out, "w") as f:
                         f.write(text)
@@ -235,15 +239,60 @@ for unit in "$EX"/systemd/*.service; do
     fi
 done
 
-# ---- fix-monitor configurations -------------------------------------------------------------
+# ---- web configuration files (TLS, basic auth) ------------------------------------------------
+# A stand-in for /etc/fix-monitor: the example web configuration, and throwaway certificates
+# under the names it uses (one self-signed certificate serves as server certificate and client CA).
+etc="$tmp/etc/fix-monitor"
+mkdir -p "$etc/tls"
+cp "$EX/web-config.yml" "$etc/web-config.yml"
+if command -v openssl >/dev/null 2>&1 &&
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -subj /CN=localhost -addext subjectAltName=DNS:localhost \
+        -keyout "$etc/tls/server.key" -out "$etc/tls/server.crt" >"$tmp/openssl.log" 2>&1; then
+    cp "$etc/tls/server.crt" "$etc/tls/scrapers-ca.crt"
+    # The Kubernetes example's names (a kubernetes.io/tls Secret).
+    cp "$etc/tls/server.crt" "$etc/tls/tls.crt"
+    cp "$etc/tls/server.key" "$etc/tls/tls.key"
+else
+    bad "openssl could not make a test certificate (package openssl; scripts/fetch-tools.sh installs it)"
+    cat "$tmp/openssl.log" 2>/dev/null | indent
+fi
 shopt -s globstar nullglob
+for web in "$EX/web-config.yml" "$tmp"/configmap-*.yml; do
+    case "$web" in
+        "$tmp"/*) label="ConfigMap ${web#"$tmp"/configmap-}" ;;
+        *) label="${web#"$ROOT"/}" ;;
+    esac
+    cp "$web" "$etc/check.yml"
+    if ! command -v "$PROMTOOL" >/dev/null 2>&1; then
+        bad "promtool not found: $label not checked"
+    elif out="$("$PROMTOOL" check web-config "$etc/check.yml" 2>&1)"; then
+        ok "promtool check web-config $label"
+    else
+        bad "promtool check web-config $label"
+        printf '%s\n' "$out" | indent
+    fi
+done
+rm -f "$etc/check.yml"
+
+# ---- fix-monitor configurations -------------------------------------------------------------
 for cfg in "$ROOT"/config/**/*.toml "$tmp"/configmap-*.toml; do
     case "$cfg" in
         "$tmp"/*) label="ConfigMap ${cfg#"$tmp"/configmap-}" ;;
         *) label="${cfg#"$ROOT"/}" ;;
     esac
+    sed "s#/etc/fix-monitor/#$etc/#g" "$cfg" >"$tmp/config.toml"
+    # A ConfigMap's config goes with the web configuration beside it in that ConfigMap.
+    cp "$EX/web-config.yml" "$etc/web-config.yml"
+    case "$cfg" in
+        "$tmp"/configmap-*)
+            if [ -e "${cfg%-*.toml}-web-config.yml" ]; then
+                cp "${cfg%-*.toml}-web-config.yml" "$etc/web-config.yml"
+            fi
+            ;;
+    esac
     # A clean environment: only the file counts.
-    if out="$(env -i PATH="$PATH" "$fm" config --config "$cfg" 2>&1)"; then
+    if out="$(env -i PATH="$PATH" "$fm" config --config "$tmp/config.toml" 2>&1)"; then
         ok "fix-monitor config --config $label"
     else
         bad "fix-monitor config --config $label (exit $?)"

@@ -6,7 +6,8 @@
 # (a) Debian bookworm packages via the host's apt (apt-get update only when a
 #     package has no install candidate or the install fails on stale lists):
 #       prometheus promtool prometheus-node-exporter tmux wrk hyperfine
-#       iproute2 (ss) jq python3 curl
+#       iproute2 (ss) jq python3 curl nftables (nft)
+#       podman runc ca-certificates (the container image: scripts/image.sh, tests/system/container.rs)
 # (b) Debian trixie's victoria-metrics and prometheus (2.53) .debs, fetched with
 #     `apt-get download` through a PRIVATE apt state under .tools/apt/ that
 #     reuses the host's configured Debian mirror with the suite swapped for
@@ -60,8 +61,14 @@ declare -A PKG_CMD=(
     [python3-yaml]=python3
     [util-linux]=nsenter
     [systemd]=systemd-analyze
+    [podman]=podman
+    [runc]=runc
+    [ca-certificates]=update-ca-certificates
+    [nftables]=nft
+    [openssl]=openssl
 )
-HOST_PKGS=(prometheus prometheus-node-exporter tmux wrk hyperfine iproute2 jq python3 python3-yaml curl util-linux systemd)
+HOST_PKGS=(prometheus prometheus-node-exporter tmux wrk hyperfine iproute2 jq python3 python3-yaml curl util-linux systemd
+    podman runc ca-certificates nftables openssl)
 
 pkg_installed() {
     [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true)" = installed ]
@@ -315,6 +322,8 @@ ver() {
     ver jq                        jq --version
     ver python3                   /usr/bin/python3 --version
     ver curl                      curl --version
+    ver podman                    podman --version
+    ver runc                      runc --version
 } > "$TOOLS/versions.txt.tmp"
 mv "$TOOLS/versions.txt.tmp" "$TOOLS/versions.txt"
 

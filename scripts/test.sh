@@ -10,5 +10,7 @@ export PATH="$PWD/.tools/bin:$PATH"
 cargo fmt --all -- --check
 cargo clippy --all-targets --all-features --locked -- -D warnings
 cargo test --locked --all-targets --features system-tests
+# Two minutes of the soak on the test build (scripts/soak.sh runs ten on a release build).
+SOAK_SECONDS=120 SOAK_PROFILE=debug SOAK_CARGO_ARGS="--features system-tests" bash scripts/soak.sh
 bash scripts/check-dashboards.sh
 bash scripts/check-examples.sh

@@ -14,8 +14,10 @@ use std::time::Duration;
 use crate::config::Settings;
 use crate::export::{http, Telemetry};
 use crate::instruments::Instruments;
-use crate::poller::{Input, Poller, SystemClock};
+use crate::persist::{StateDir, Tag};
+use crate::poller::{Input, Persist, Poller, SystemClock};
 use crate::source;
+use crate::source::events::Mode;
 use crate::state::{Meta, Publisher, State, StateReader};
 use crate::tracker::{Event, Timestamp};
 
@@ -29,6 +31,8 @@ pub enum RunError {
     Telemetry(#[from] crate::export::TelemetryError),
     #[error("HTTP endpoint failed: {0}")]
     Serve(std::io::Error),
+    #[error("cannot use the state directory {path}: {error}")]
+    State { path: String, error: std::io::Error },
 }
 
 /// This host's name, as the metrics and endpoints report it.
@@ -58,6 +62,104 @@ pub struct Sidecar {
     )>,
     /// How long `stop` waits for the final export.
     flush_grace: Duration,
+    /// The kernel close-event reader, if events are in use: its stop flag and thread.
+    events_reader: Option<(
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+        std::thread::JoinHandle<()>,
+    )>,
+}
+
+/// The kernel close-event subscription, where the source and the kernel allow it.
+#[cfg(target_os = "linux")]
+type Subscription = source::destroy::DestroySubscriber;
+#[cfg(not(target_os = "linux"))]
+type Subscription = ();
+
+/// Subscribes to kernel close events for `targets` where the source is netlink; says why not
+/// otherwise. Never fails the start: polling alone still works (and says so).
+fn subscribe_events(
+    kind: source::SourceKind,
+    targets: &crate::target::Targets,
+) -> (Mode, Option<Subscription>) {
+    #[cfg(target_os = "linux")]
+    {
+        if kind == source::SourceKind::Ebpf {
+            let reason = "the ebpf source sees opens and closes on its own tracepoint (no \
+                          socket-destroy notifications)"
+                .to_string();
+            return (Mode::Polling { reason }, None);
+        }
+        if kind != source::SourceKind::Netlink {
+            let reason = format!("the {} source has no kernel close events", kind.as_str());
+            return (Mode::Polling { reason }, None);
+        }
+        match source::destroy::DestroySubscriber::open(targets) {
+            Ok(sub) => (Mode::KernelEvents, Some(sub)),
+            Err(e) => (
+                Mode::Polling {
+                    reason: format!("the kernel refused the socket-destroy subscription: {e}"),
+                },
+                None,
+            ),
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = targets;
+        let reason = format!(
+            "no kernel close events on this platform (the {} source)",
+            kind.as_str()
+        );
+        (Mode::Polling { reason }, None)
+    }
+}
+
+/// How a poll's missing sockets are confirmed: an exact `sock_diag` lookup (by cookie with
+/// netlink, by inode with procfs) where netlink works, none otherwise.
+fn confirmation(kind: source::SourceKind) -> Box<dyn crate::tracker::Confirm + Send> {
+    #[cfg(target_os = "linux")]
+    {
+        let by_inode = match kind {
+            source::SourceKind::Netlink => false,
+            source::SourceKind::Procfs => true,
+            _ => return Box::new(crate::tracker::Unconfirmed),
+        };
+        match source::confirm::Confirmer::open() {
+            Ok(c) => return Box::new(source::confirm::Lookup::new(c, by_inode)),
+            Err(e) => {
+                tracing::warn!(error = %e, "no exact socket lookups: a socket missing from one poll is closed unconfirmed")
+            }
+        }
+    }
+    let _ = kind;
+    Box::new(crate::tracker::Unconfirmed)
+}
+
+/// Opens the state directory and reads what a previous run left there (ignored, with a
+/// warning, when it is from another boot or host, or unreadable).
+fn open_state(
+    dir: &std::path::Path,
+    host: &str,
+) -> Result<(Persist, Vec<crate::persist::Record>), RunError> {
+    let fail = |error| RunError::State {
+        path: dir.display().to_string(),
+        error,
+    };
+    let tag = Tag::current(host).map_err(fail)?;
+    let state = StateDir::open(dir, tag).map_err(fail)?;
+    let loaded = match state.load() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(path = %state.path().display(), error = %e, "state file ignored: cannot read it");
+            Default::default()
+        }
+    };
+    if let Some(why) = &loaded.ignored {
+        tracing::warn!(path = %state.path().display(), "state file ignored: {why}");
+    } else if !loaded.sessions.is_empty() {
+        tracing::info!(path = %state.path().display(), sessions = loaded.sessions.len(), "state file read: sessions still open keep their start");
+    }
+    Ok((Persist::new(state), loaded.sessions))
 }
 
 /// How many events a slow subscriber may lag behind before it misses some.
@@ -67,6 +169,14 @@ const EVENT_BUFFER: usize = 4096;
 /// typically 10-30 s). With OTLP on, the export's own timeout plus a second, if longer: a
 /// slow collector still gets its full chance, a hung one is bounded.
 pub const FLUSH_GRACE: Duration = Duration::from_secs(5);
+
+/// Longest wait for the poll thread at shutdown. A poll takes milliseconds; one stuck in the
+/// kernel (a netlink receive that never completes) is left behind rather than holding up the
+/// exit.
+pub const POLL_STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// How long the endpoint's drain may take, with a second's slack for the task to return.
+const SERVER_STOP_GRACE: Duration = Duration::from_secs(3);
 
 /// Opens the source, binds the endpoint (if asked), and starts polling. Anything that cannot
 /// work fails here, before polling starts.
@@ -95,7 +205,13 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
     );
     let instruments = Instruments::new(&meter, &settings.targets, source.kind());
     crate::process::register(&meter);
+    let (mode, subscription) = subscribe_events(source.kind(), &settings.targets);
+    let persist = match &settings.state.dir {
+        Some(dir) => Some(open_state(dir, &host)?),
+        None => None,
+    };
     let initial = State::initial(Meta {
+        events: mode.clone(),
         host: host.clone(),
         source: source.kind(),
         interval: settings.poll.interval,
@@ -110,6 +226,17 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
         targets = %settings.targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", "),
         "fix-monitor started"
     );
+    match &mode {
+        Mode::KernelEvents => tracing::info!(
+            mode = mode.as_str(),
+            "kernel close events in use: every close exactly, sessions shorter than a poll included"
+        ),
+        Mode::Polling { reason } => tracing::warn!(
+            mode = mode.as_str(),
+            reason = %reason,
+            "polling only: closes are known to within one interval, sessions shorter than a poll are not seen"
+        ),
+    }
     if let Some(otlp) = &telemetry.otlp {
         tracing::info!(
             url = otlp.url(),
@@ -123,18 +250,36 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
     let server = match listener {
         Some(listener) => {
             let local = listener.local_addr().map_err(RunError::Listen)?;
+            let web = settings
+                .prometheus
+                .web
+                .as_ref()
+                .map(|w| w.config.clone())
+                .unwrap_or_default();
             tracing::info!(
-                "listening on http://{local} (/metrics{}, /health, /connections)",
+                "listening on {}://{local} (/metrics{}, /health{}; {})",
+                if web.tls.is_some() { "https" } else { "http" },
                 if settings.prometheus.enabled {
                     ""
                 } else {
                     " disabled"
-                }
+                },
+                if settings.prometheus.expose_connections {
+                    ", /connections"
+                } else {
+                    "; /connections turned off"
+                },
+                web.describe(),
             );
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             let task = tokio::spawn(http::serve(
                 listener,
-                http::router(state.clone(), telemetry.prometheus.clone()),
+                http::router(
+                    state.clone(),
+                    telemetry.prometheus.clone(),
+                    settings.prometheus.expose_connections,
+                ),
+                web,
                 async move {
                     let _ = rx.await;
                 },
@@ -147,19 +292,35 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
     let (events, _) = tokio::sync::broadcast::channel(EVENT_BUFFER);
     let (inputs, inputs_rx) = mpsc::channel::<Input>();
     let poller = {
-        let poller = Poller::new(
+        let confirm = confirmation(source.kind());
+        let mut poller = Poller::new(
             source,
             instruments,
             Box::new(publisher),
             initial,
             events.clone(),
-        );
+        )
+        .with_confirm(confirm);
+        if let Some((persist, restored)) = persist {
+            poller = poller.with_persist(persist, &restored);
+        }
         let interval = settings.poll.interval;
         std::thread::Builder::new()
             .name("fix-monitor-poll".into())
             .spawn(move || crate::poller::run(poller, &SystemClock, interval, inputs_rx))
             .expect("spawning the poll thread")
     };
+    #[cfg(target_os = "linux")]
+    let events_reader = subscription.map(|sub| {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let inputs = inputs.clone();
+        let reader = source::destroy::spawn_reader(sub, stop.clone(), move |batch| {
+            inputs.send(Input::Events(batch)).is_ok()
+        });
+        (stop, reader)
+    });
+    #[cfg(not(target_os = "linux"))]
+    let events_reader = subscription.map(|()| unreachable!("no subscription off Linux"));
     let flush_grace = if settings.otlp.enabled {
         FLUSH_GRACE.max(settings.otlp.timeout + Duration::from_secs(1))
     } else {
@@ -173,6 +334,7 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
         poller,
         server,
         flush_grace,
+        events_reader,
     })
 }
 
@@ -209,19 +371,51 @@ impl Sidecar {
         }
     }
 
-    /// The one shutdown path: stop polling, drain the endpoint, flush every exporter (the final
-    /// OTLP export included, bounded by the grace period).
+    /// The longest [`Sidecar::stop`] takes: the poll thread's grace, then the endpoint's drain
+    /// and the final export side by side.
+    pub fn stop_deadline(&self) -> Duration {
+        POLL_STOP_GRACE + SERVER_STOP_GRACE.max(self.flush_grace)
+    }
+
+    /// The one shutdown path: stop polling, then drain the endpoint and flush every exporter
+    /// (the final OTLP export included) side by side. Every wait is bounded: the whole takes at
+    /// most [`Sidecar::stop_deadline`].
     pub async fn stop(self) {
         tracing::info!("shutting down: stopping the poll loop");
-        let _ = self.inputs.send(Input::Stop);
-        let poller = self.poller;
-        let _ = tokio::task::spawn_blocking(move || poller.join()).await;
-        if let Some((_, tx, task)) = self.server {
-            let _ = tx.send(());
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+        if let Some((stop, reader)) = self.events_reader {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = tokio::task::spawn_blocking(move || reader.join()).await;
         }
-        tracing::info!("flushing metrics");
-        self.telemetry.shutdown(self.flush_grace).await;
+        let _ = self.inputs.send(Input::Stop);
+        // Joined on a thread of its own, not the runtime's blocking pool: a poll thread that
+        // never returns must not hold up the runtime's own shutdown either.
+        let (joined_tx, joined) = tokio::sync::oneshot::channel();
+        let poller = self.poller;
+        let _ = std::thread::Builder::new()
+            .name("fix-monitor-join".into())
+            .spawn(move || {
+                let _ = joined_tx.send(poller.join().is_ok());
+            });
+        if tokio::time::timeout(POLL_STOP_GRACE, joined).await.is_err() {
+            tracing::warn!(
+                grace = %humantime::format_duration(POLL_STOP_GRACE),
+                "the poll loop did not stop within its grace period (a poll blocked in the \
+                 kernel?); going on without it"
+            );
+        }
+        let server = async {
+            if let Some((_, tx, task)) = self.server {
+                let _ = tx.send(());
+                if tokio::time::timeout(SERVER_STOP_GRACE, task).await.is_err() {
+                    tracing::warn!("the endpoint did not stop within its grace period");
+                }
+            }
+        };
+        let flush = async {
+            tracing::info!("flushing metrics");
+            self.telemetry.shutdown(self.flush_grace).await;
+        };
+        tokio::join!(server, flush);
         for t in self.state.get().targets() {
             tracing::info!(
                 target_name = %t.name,

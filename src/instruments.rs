@@ -18,6 +18,7 @@ use opentelemetry::metrics::{Counter, Histogram, Meter};
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::Resource;
 
+use crate::health::{GroupHealth, HealthPoll};
 use crate::source::SourceKind;
 use crate::target::{TargetId, Targets};
 use crate::tracker::{Event, TargetStats, Tracker};
@@ -40,7 +41,43 @@ pub mod names {
     /// Exposed as `fix_monitor_export_errors_total`; only with OTLP push on (see
     /// `export::otlp`).
     pub const EXPORT_ERRORS: &str = "fix_monitor_export_errors";
+    /// Exposed as `fix_connections_short_lived_total`: sessions that opened and closed between
+    /// two polls, known from their kernel close event alone (also in opened and closed).
+    pub const SHORT_LIVED: &str = "fix_connections_short_lived";
+    /// Exposed as `fix_monitor_events_lost_total`: close events the kernel dropped (a full
+    /// buffer); each loss is reconciled by an immediate poll.
+    pub const EVENTS_LOST: &str = "fix_monitor_events_lost";
+    /// Exposed as `fix_monitor_false_closes_avoided_total`: sockets a poll missed that an exact
+    /// lookup found still ESTABLISHED (a close and a reconnect that would have been false).
+    pub const FALSE_CLOSES_AVOIDED: &str = "fix_monitor_false_closes_avoided";
+    /// Exposed as `fix_monitor_events_unattributed_total`: close events of aborted sockets no
+    /// poll saw whose incomplete 4-tuple fits more than one target, or a target's address with
+    /// a port that may not be its: not counted as sessions.
+    pub const EVENTS_UNATTRIBUTED: &str = "fix_monitor_events_unattributed";
     pub const METER: &str = "fix-monitor";
+    // Session health (netlink only; see `crate::health`).
+    pub const STALE: &str = "fix_connections_stale";
+    /// Exposed as `fix_connection_receive_silence_seconds`.
+    pub const SILENCE: &str = "fix_connection_receive_silence";
+    /// Exposed as `fix_connection_rtt_seconds`.
+    pub const RTT: &str = "fix_connection_rtt";
+    /// Exposed as `fix_connection_retransmits_total`.
+    pub const RETRANSMITS: &str = "fix_connection_retransmits";
+    /// Exposed as `fix_connection_send_queue_bytes`.
+    pub const SEND_QUEUE: &str = "fix_connection_send_queue";
+    /// Exposed as `fix_connection_received_bytes_total`.
+    pub const RECEIVED: &str = "fix_connection_received";
+    /// Exposed as `fix_connection_sent_bytes_total`.
+    pub const SENT: &str = "fix_connection_sent";
+    pub const STALE_BY_PORT: &str = "fix_connections_stale_by_port";
+    /// Exposed as `fix_connection_receive_silence_by_port_seconds`.
+    pub const SILENCE_BY_PORT: &str = "fix_connection_receive_silence_by_port";
+    /// Exposed as `fix_connection_rtt_by_port_seconds`.
+    pub const RTT_BY_PORT: &str = "fix_connection_rtt_by_port";
+    /// Exposed as `fix_connection_send_queue_by_port_bytes`.
+    pub const SEND_QUEUE_BY_PORT: &str = "fix_connection_send_queue_by_port";
+    /// Exposed as `fix_connection_retransmits_by_port_total`.
+    pub const RETRANSMITS_BY_PORT: &str = "fix_connection_retransmits_by_port";
 }
 
 /// Attribute keys.
@@ -61,6 +98,12 @@ pub const DURATION_BUCKETS: &[f64] = &[
     43200.0, 86400.0, 172800.0, 604800.0,
 ];
 
+/// RTT buckets in seconds: from co-located venues (10 µs) to intercontinental paths (1 s).
+pub const RTT_BUCKETS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0,
+];
+
 /// Poll duration buckets in seconds: a healthy netlink poll takes well under a millisecond.
 pub const POLL_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -73,6 +116,11 @@ pub struct GaugeValues {
     pub stats: Vec<TargetStats>,
     /// (target, local port) -> active connections, only for targets with `local_ports`.
     pub by_port: BTreeMap<(TargetId, u16), u64>,
+    /// Session health per target (empty without netlink: the series are left out).
+    pub health: Vec<GroupHealth>,
+    /// Session health per (target, local port), for targets with `local_ports`, capped at
+    /// [`BY_PORT_LIMIT`].
+    pub health_ports: BTreeMap<(TargetId, u16), GroupHealth>,
 }
 
 impl GaugeValues {
@@ -95,9 +143,35 @@ impl GaugeValues {
         let values = GaugeValues {
             stats: tracker.stats().to_vec(),
             by_port,
+            health: Vec::new(),
+            health_ports: BTreeMap::new(),
         };
         (values, capped)
     }
+
+    /// Adds one poll's session health. Returns whether the port cap cut series.
+    pub fn with_health(&mut self, poll: &HealthPoll) -> bool {
+        self.health = poll.targets.clone();
+        self.health_ports = poll
+            .ports
+            .iter()
+            .take(BY_PORT_LIMIT)
+            .map(|(k, g)| (*k, g.clone()))
+            .collect();
+        poll.ports.len() > BY_PORT_LIMIT
+    }
+}
+
+/// The session-health instruments that are not observed at collection (netlink only).
+struct HealthInstruments {
+    rtt: Histogram<f64>,
+    retransmits: Counter<u64>,
+    received: Counter<u64>,
+    sent: Counter<u64>,
+    retransmits_by_port: Counter<u64>,
+    /// The (target, port) series of `retransmits_by_port` so far, to keep within the cap.
+    ports: Mutex<std::collections::BTreeSet<(TargetId, u16)>>,
+    names: Arc<Vec<String>>,
 }
 
 /// The instruments of one sidecar.
@@ -107,8 +181,13 @@ pub struct Instruments {
     duration: Histogram<f64>,
     poll_duration: Histogram<f64>,
     poll_errors: Counter<u64>,
+    short_lived: Counter<u64>,
+    events_lost: Counter<u64>,
+    false_closes_avoided: Counter<u64>,
+    events_unattributed: Counter<u64>,
     target_attrs: Arc<Vec<[KeyValue; 1]>>,
     gauges: Arc<Mutex<GaugeValues>>,
+    health: Option<HealthInstruments>,
 }
 
 impl Instruments {
@@ -123,7 +202,7 @@ impl Instruments {
         );
         let gauges = Arc::new(Mutex::new(GaugeValues {
             stats: vec![TargetStats::default(); targets.len()],
-            by_port: BTreeMap::new(),
+            ..GaugeValues::default()
         }));
 
         let per_target = |pick: fn(&TargetStats) -> u64| {
@@ -148,6 +227,7 @@ impl Instruments {
             .build();
         let g = gauges.clone();
         let names: Arc<Vec<String>> = Arc::new(targets.iter().map(|t| t.name.clone()).collect());
+        let port_names = names.clone();
         meter
             .u64_observable_gauge(names::BY_PORT)
             .with_description(
@@ -194,13 +274,40 @@ impl Instruments {
                 .u64_counter(names::POLL_ERRORS)
                 .with_description("Polls of the connection source that failed")
                 .build(),
+            health: (source == SourceKind::Netlink)
+                .then(|| health_instruments(meter, &gauges, &target_attrs, &port_names)),
+            short_lived: meter
+                .u64_counter(names::SHORT_LIVED)
+                .with_description("Connections that opened and closed between two polls, known from their kernel close event (counted in opened and closed too; no duration)")
+                .build(),
+            events_lost: meter
+                .u64_counter(names::EVENTS_LOST)
+                .with_description("Kernel close events dropped by a full receive buffer; each loss triggers an immediate poll")
+                .build(),
+            false_closes_avoided: meter
+                .u64_counter(names::FALSE_CLOSES_AVOIDED)
+                .with_description("Connections missing from a poll that an exact kernel lookup found still established")
+                .build(),
+            events_unattributed: meter
+                .u64_counter(names::EVENTS_UNATTRIBUTED)
+                .with_description("Close events of aborted connections no poll saw that could not be attributed to one target without doubt")
+                .build(),
             target_attrs,
             gauges,
         };
         for a in instruments.target_attrs.iter() {
             instruments.opened.add(0, a);
             instruments.closed.add(0, a);
+            if let Some(h) = &instruments.health {
+                h.retransmits.add(0, a);
+                h.received.add(0, a);
+                h.sent.add(0, a);
+            }
+            instruments.short_lived.add(0, a);
         }
+        instruments.events_lost.add(0, &[]);
+        instruments.false_closes_avoided.add(0, &[]);
+        instruments.events_unattributed.add(0, &[]);
         instruments
             .poll_errors
             .add(0, &[KeyValue::new(attrs::SOURCE, source.as_str())]);
@@ -212,6 +319,12 @@ impl Instruments {
         for e in events {
             match e {
                 Event::Opened(c) => self.opened.add(1, &self.target_attrs[c.target]),
+                Event::ShortLived { conn, .. } => {
+                    let a = &self.target_attrs[conn.target];
+                    self.opened.add(1, a);
+                    self.closed.add(1, a);
+                    self.short_lived.add(1, a);
+                }
                 Event::Closed { conn, duration, .. } => {
                     let a = &self.target_attrs[conn.target];
                     self.closed.add(1, a);
@@ -232,9 +345,182 @@ impl Instruments {
         }
     }
 
+    /// Records one poll's session health: RTT samples and counter growth (a no-op without
+    /// netlink). Returns whether the port cap cut series.
+    pub fn record_health(&self, poll: &HealthPoll) -> bool {
+        let Some(h) = &self.health else { return false };
+        for (t, rtt) in &poll.rtt_samples {
+            h.rtt.record(rtt.as_secs_f64(), &self.target_attrs[*t]);
+        }
+        for (g, a) in poll.targets.iter().zip(self.target_attrs.iter()) {
+            h.retransmits.add(g.growth.retransmits, a);
+            h.received.add(g.growth.bytes_received, a);
+            h.sent.add(g.growth.bytes_sent, a);
+        }
+        let mut ports = h.ports.lock().unwrap_or_else(|e| e.into_inner());
+        let mut capped = false;
+        for (&(t, port), g) in &poll.ports {
+            if !ports.contains(&(t, port)) {
+                if ports.len() >= BY_PORT_LIMIT {
+                    capped = true;
+                    continue;
+                }
+                ports.insert((t, port));
+            }
+            let a = [
+                KeyValue::new(attrs::TARGET, h.names[t].clone()),
+                KeyValue::new(attrs::PORT, i64::from(port)),
+            ];
+            h.retransmits_by_port.add(g.growth.retransmits, &a);
+        }
+        capped
+    }
+
+    /// Counts kernel close events lost to a full buffer.
+    pub fn record_events_lost(&self, n: u64) {
+        self.events_lost.add(n, &[]);
+    }
+
+    /// Counts the tracker's self-checks since the last call: false closes avoided, close
+    /// events left unattributed.
+    pub fn record_checks(&self, false_closes_avoided: u64, unattributed: u64) {
+        if false_closes_avoided > 0 {
+            self.false_closes_avoided.add(false_closes_avoided, &[]);
+        }
+        if unattributed > 0 {
+            self.events_unattributed.add(unattributed, &[]);
+        }
+    }
+
     /// Replaces what the gauges report at the next collection.
     pub fn set_gauges(&self, values: GaugeValues) {
         *self.gauges.lock().unwrap_or_else(|e| e.into_inner()) = values;
+    }
+}
+
+/// Builds the session-health instruments: the gauges observe [`GaugeValues::health`] and
+/// [`GaugeValues::health_ports`] at collection; a value nobody measured is not observed.
+fn health_instruments(
+    meter: &Meter,
+    gauges: &Arc<Mutex<GaugeValues>>,
+    target_attrs: &Arc<Vec<[KeyValue; 1]>>,
+    names: &Arc<Vec<String>>,
+) -> HealthInstruments {
+    fn per_target<T: 'static>(
+        gauges: &Arc<Mutex<GaugeValues>>,
+        attrs: &Arc<Vec<[KeyValue; 1]>>,
+        pick: fn(&GroupHealth) -> Option<T>,
+    ) -> impl Fn(&dyn opentelemetry::metrics::AsyncInstrument<T>) + Send + Sync + 'static {
+        let (gauges, attrs) = (gauges.clone(), attrs.clone());
+        move |obs| {
+            let g = gauges.lock().unwrap_or_else(|e| e.into_inner());
+            for (h, a) in g.health.iter().zip(attrs.iter()) {
+                if let Some(v) = pick(h) {
+                    obs.observe(v, a);
+                }
+            }
+        }
+    }
+    fn per_port<T: 'static>(
+        gauges: &Arc<Mutex<GaugeValues>>,
+        names: &Arc<Vec<String>>,
+        pick: fn(&GroupHealth) -> Option<T>,
+    ) -> impl Fn(&dyn opentelemetry::metrics::AsyncInstrument<T>) + Send + Sync + 'static {
+        let (gauges, names) = (gauges.clone(), names.clone());
+        move |obs| {
+            let g = gauges.lock().unwrap_or_else(|e| e.into_inner());
+            for (&(t, port), h) in &g.health_ports {
+                if let Some(v) = pick(h) {
+                    obs.observe(
+                        v,
+                        &[
+                            KeyValue::new(attrs::TARGET, names[t].clone()),
+                            KeyValue::new(attrs::PORT, i64::from(port)),
+                        ],
+                    );
+                }
+            }
+        }
+    }
+    meter
+        .u64_observable_gauge(names::STALE)
+        .with_unit("{session}")
+        .with_description("Sessions that have received no data for longer than the target's stale_after (targets with heartbeat or stale_after only)")
+        .with_callback(per_target(gauges, target_attrs, |h| h.stale))
+        .build();
+    meter
+        .f64_observable_gauge(names::SILENCE)
+        .with_unit("s")
+        .with_description(
+            "The longest time since data was received among the target's active sessions",
+        )
+        .with_callback(per_target(gauges, target_attrs, |h| {
+            h.max_silence.map(|d| d.as_secs_f64())
+        }))
+        .build();
+    meter
+        .u64_observable_gauge(names::SEND_QUEUE)
+        .with_unit("By")
+        .with_description("The largest send queue (bytes written, not yet acknowledged) among the target's sessions")
+        .with_callback(per_target(gauges, target_attrs, |h| h.max_send_queue))
+        .build();
+    meter
+        .u64_observable_gauge(names::STALE_BY_PORT)
+        .with_unit("{session}")
+        .with_description(
+            "Stale sessions by local port (targets with local_ports and heartbeat or stale_after)",
+        )
+        .with_callback(per_port(gauges, names, |h| h.stale))
+        .build();
+    meter
+        .f64_observable_gauge(names::SILENCE_BY_PORT)
+        .with_unit("s")
+        .with_description("Time since data was received, by local port (targets with local_ports)")
+        .with_callback(per_port(gauges, names, |h| {
+            h.max_silence.map(|d| d.as_secs_f64())
+        }))
+        .build();
+    meter
+        .f64_observable_gauge(names::RTT_BY_PORT)
+        .with_unit("s")
+        .with_description("Smoothed RTT by local port, the highest if several sessions share it (targets with local_ports)")
+        .with_callback(per_port(gauges, names, |h| h.max_rtt.map(|d| d.as_secs_f64())))
+        .build();
+    meter
+        .u64_observable_gauge(names::SEND_QUEUE_BY_PORT)
+        .with_unit("By")
+        .with_description("Send queue by local port (targets with local_ports)")
+        .with_callback(per_port(gauges, names, |h| h.max_send_queue))
+        .build();
+    HealthInstruments {
+        rtt: meter
+            .f64_histogram(names::RTT)
+            .with_unit("s")
+            .with_description("Smoothed round-trip time of the target's sessions, one sample per session per poll")
+            .with_boundaries(RTT_BUCKETS.to_vec())
+            .build(),
+        retransmits: meter
+            .u64_counter(names::RETRANSMITS)
+            .with_unit("{segment}")
+            .with_description("TCP segments the target's sessions retransmitted")
+            .build(),
+        received: meter
+            .u64_counter(names::RECEIVED)
+            .with_unit("By")
+            .with_description("Data bytes received from the target")
+            .build(),
+        sent: meter
+            .u64_counter(names::SENT)
+            .with_unit("By")
+            .with_description("Data bytes sent to the target, retransmissions included")
+            .build(),
+        retransmits_by_port: meter
+            .u64_counter(names::RETRANSMITS_BY_PORT)
+            .with_unit("{segment}")
+            .with_description("Retransmitted segments by local port (targets with local_ports)")
+            .build(),
+        ports: Mutex::new(Default::default()),
+        names: names.clone(),
     }
 }
 

@@ -22,6 +22,8 @@
 //!   readers take the latest without ever waiting for the loop.
 //! - [`poller`]: the loop: a source, a clock and an input channel passed in; tick -> tracker ->
 //!   instruments -> published state -> logs. Tested with a manual clock and a scripted source.
+//! - [`persist`]: the state file (`[state] dir`): active sessions' starts, tagged with the boot
+//!   id, so that a restart keeps their lifetimes.
 //! - [`app`]: start (open the source, bind the endpoint, spawn the loop) and the one shutdown
 //!   path.
 //! - [`console`]: the sidecar for a person at a terminal: `watch` (a live view, a report at
@@ -33,7 +35,9 @@ pub mod config;
 pub mod console;
 pub mod demo;
 pub mod export;
+pub mod health;
 pub mod instruments;
+pub mod persist;
 pub mod poller;
 pub mod process;
 pub mod session;

@@ -118,7 +118,15 @@ fn main() -> ExitCode {
             let Some(runtime) = runtime(1) else {
                 return ExitCode::FAILURE;
             };
-            match runtime.block_on(fix_monitor::app::run(loaded.settings, shutdown_signal())) {
+            let shutdown = {
+                let _in_runtime = runtime.enter();
+                shutdown_signal()
+            };
+            let result = runtime.block_on(fix_monitor::app::run(loaded.settings, shutdown));
+            // `run` bounds every wait of its own; a blocking task it left behind must not hold
+            // the exit either (dropping a runtime waits for those without limit).
+            runtime.shutdown_timeout(Duration::from_millis(500));
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");
@@ -144,7 +152,11 @@ fn main() -> ExitCode {
             let Some(runtime) = runtime(1) else {
                 return ExitCode::FAILURE;
             };
-            let watched = console::watch(&loaded.settings, options, shutdown_signal());
+            let shutdown = {
+                let _in_runtime = runtime.enter();
+                shutdown_signal()
+            };
+            let watched = console::watch(&loaded.settings, options, shutdown);
             exit(runtime.block_on(watched))
         }
         Command::Snapshot(args) => {
@@ -177,7 +189,11 @@ fn main() -> ExitCode {
             let Some(runtime) = runtime(2) else {
                 return ExitCode::FAILURE;
             };
-            exit(runtime.block_on(demo::run(options, shutdown_signal())))
+            let shutdown = {
+                let _in_runtime = runtime.enter();
+                shutdown_signal()
+            };
+            exit(runtime.block_on(demo::run(options, shutdown)))
         }
         Command::Config(args) => match config::load(&args) {
             Ok(l) => {
@@ -275,24 +291,84 @@ fn init_tracing(log: &LogSettings) {
     }
 }
 
-/// Resolves on SIGINT (Ctrl+C) or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGINT (Ctrl+C) or SIGTERM. The handlers are installed when this is called
+/// (inside the runtime), not when the future is first polled: a signal that arrives while the
+/// sidecar is still starting is a request to stop, not death by the signal's default action.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+    let (mut int, mut term) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::interrupt()).ok(),
+            signal(SignalKind::terminate()).ok(),
+        )
     };
+    async move {
+        #[cfg(unix)]
+        let (ctrl_c, term) = (
+            async {
+                match int.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            },
+            async {
+                match term.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            },
+        );
+        #[cfg(not(unix))]
+        let (ctrl_c, term) = (
+            async {
+                let _ = tokio::signal::ctrl_c().await;
+            },
+            std::future::pending::<()>(),
+        );
+        tokio::select! {
+            _ = ctrl_c => tracing::info!("SIGINT received"),
+            _ = term => tracing::info!("SIGTERM received"),
+        }
+        after_first_signal();
+    }
+}
+
+fn after_first_signal() {
+    // From now on the shutdown runs with its deadlines; an operator who will not wait for
+    // them says so with a second SIGINT or SIGTERM, and the process exits at once, with the
+    // shell's code for death by that signal (130, 143).
+    tokio::spawn(async {
+        let code = second_signal().await;
+        tracing::warn!("second signal: exiting at once, without the final export");
+        eprintln!("fix-monitor: second signal: exiting at once, without the final export");
+        std::process::exit(code);
+    });
+}
+
+/// Waits for another SIGINT or SIGTERM; returns the exit code for it.
+async fn second_signal() -> i32 {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(mut int), Ok(mut term)) => tokio::select! {
+                _ = int.recv() => 130,
+                _ = term.recv() => 143,
+            },
+            _ => std::future::pending().await,
+        }
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("SIGINT received"),
-        _ = term => tracing::info!("SIGTERM received"),
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        130
     }
 }

@@ -8,20 +8,33 @@
 //! (a failed poll is not a close, the state is published only after the instruments, the rate
 //! is kept, a late poll does not cause a burst) are unit tests that need no root.
 //!
-//! Inputs other than the timer arrive on the same channel: today only [`Input::Stop`]; kernel
-//! socket-destroy events become one more variant handled by [`Poller::handle`], between ticks.
+//! Inputs other than the timer arrive on the same channel: [`Input::Stop`], and
+//! [`Input::Events`], socket transitions from an event-driven source (the kernel's
+//! socket-destroy notifications, read on a thread of their own by `source::destroy`), applied
+//! through [`Tracker::event`] as they come, between ticks. A batch that reports lost events is
+//! followed at once by a full poll, so that every session a poll had seen is closed exactly.
+//!
+//! A poll's missing sockets are confirmed before they are closed ([`Confirm`], an exact kernel
+//! lookup where the source allows it), and with a state directory the active sessions' starts
+//! are saved every [`SAVE_EVERY`] when something changed, and at the end.
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::health::{HealthBook, HealthEvent, HealthPoll};
 use crate::instruments::{GaugeValues, Instruments};
+use crate::persist::{MonoClock, Record, StateDir};
 use crate::session::{target_names, Ended, Session};
+use crate::source::events::EventBatch;
 use crate::source::Source;
 use crate::source::{ClosedBy, Process};
 use crate::state::{Publish, State, RECENT_CLOSED};
-use crate::tracker::{ConnKey, Event, Timestamp, Tracker};
+use crate::tracker::{Confirm, ConnKey, Event, Timestamp, Tracker, Unconfirmed};
 use std::collections::HashMap;
+
+/// How often, at most, the state file is rewritten (only when something changed).
+pub const SAVE_EVERY: Duration = Duration::from_secs(5);
 
 /// Time, as the loop sees it.
 pub trait Clock: Send {
@@ -45,9 +58,8 @@ pub enum Wait {
 pub enum Input {
     /// Stop after the current step.
     Stop,
-    // Issue 9 adds `Destroyed(..)`: a kernel socket-destroy notification with its timestamp,
-    // sent by the thread that reads the destroy multicast group, applied through
-    // `Tracker::close` by `Poller::handle` without waiting for the next tick.
+    /// Socket transitions from an event-driven source, with what it lost.
+    Events(EventBatch),
 }
 
 /// The real clock.
@@ -120,6 +132,34 @@ pub struct Poller {
     /// active one, and who hung up for this tick's closes.
     processes: HashMap<ConnKey, Process>,
     closed_by: HashMap<ConnKey, ClosedBy>,
+    /// Session health: staleness and counter growth (see `crate::health`).
+    health: HealthBook,
+    health_poll: HealthPoll,
+    /// Asks about sockets a poll no longer lists before they are closed.
+    confirm: Box<dyn Confirm + Send>,
+    /// The state file, if configured.
+    persist: Option<Persist>,
+    /// Inside an episode of lost events (one warning per episode).
+    losing: bool,
+    /// The tracker's self-check counts already recorded (false closes avoided, unattributed).
+    checks_seen: (u64, u64),
+}
+
+/// The state file and when it was last written.
+pub struct Persist {
+    pub dir: StateDir,
+    last: Option<Instant>,
+    dirty: bool,
+}
+
+impl Persist {
+    pub fn new(dir: StateDir) -> Persist {
+        Persist {
+            dir,
+            last: None,
+            dirty: true,
+        }
+    }
 }
 
 /// Whether the loop goes on after an input.
@@ -142,6 +182,11 @@ impl Poller {
         Poller {
             source,
             names: target_names(&targets),
+            health: HealthBook::new(
+                targets.clone(),
+                targets.iter().map(|t| t.stale_after).collect(),
+            ),
+            health_poll: HealthPoll::default(),
             tracker: Tracker::new(targets),
             instruments,
             publisher,
@@ -151,6 +196,70 @@ impl Poller {
             events: Vec::new(),
             processes: HashMap::new(),
             closed_by: HashMap::new(),
+            confirm: Box::new(Unconfirmed),
+            persist: None,
+            losing: false,
+            checks_seen: (0, 0),
+        }
+    }
+
+    /// Confirms missing sockets through `confirm` (an exact kernel lookup) before closing them.
+    pub fn with_confirm(mut self, confirm: Box<dyn Confirm + Send>) -> Poller {
+        self.confirm = confirm;
+        self
+    }
+
+    /// Keeps the active sessions' starts in `persist`, and restores those of `restored` (the
+    /// file as loaded at start) that the first poll still finds.
+    pub fn with_persist(mut self, persist: Persist, restored: &[Record]) -> Poller {
+        let clock = MonoClock::now();
+        let by_name: std::collections::HashMap<&str, usize> = self
+            .names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (&**n, i))
+            .collect();
+        self.tracker.restore(restored.iter().filter_map(|r| {
+            let target = *by_name.get(r.target.as_str())?;
+            let key = ConnKey {
+                local: r.local,
+                remote: r.remote,
+                id: r.id,
+            };
+            Some((key, target, r.since(&clock)))
+        }));
+        self.persist = Some(persist);
+        self
+    }
+
+    /// Writes the state file if it is due (or `now`), and something changed.
+    fn save(&mut self, force: bool) {
+        let Some(p) = self.persist.as_mut() else {
+            return;
+        };
+        let due = p.last.is_none_or(|t| t.elapsed() >= SAVE_EVERY);
+        if !(p.dirty && (due || force)) {
+            return;
+        }
+        let clock = MonoClock::now();
+        let records: Vec<Record> = self
+            .tracker
+            .active()
+            .map(|c| {
+                Record::new(
+                    c.key.id,
+                    c.key.local,
+                    c.key.remote,
+                    &self.names[c.target],
+                    c.since,
+                    &clock,
+                )
+            })
+            .collect();
+        p.last = Some(Instant::now());
+        p.dirty = false;
+        if let Err(e) = p.dir.save(&records) {
+            tracing::warn!(path = %p.dir.path().display(), error = %e, "cannot write the state file");
         }
     }
 
@@ -179,16 +288,19 @@ impl Poller {
                 // snapshot, which already reflects them and only corrects what they missed.
                 #[cfg(target_os = "linux")]
                 self.apply_transitions(clock);
-                self.tracker.apply(at, &self.sockets, &mut self.events);
+                self.tracker.apply_confirmed(
+                    at,
+                    &self.sockets,
+                    &mut self.events,
+                    &mut *self.confirm,
+                );
+                self.health
+                    .observe(at.mono, &self.sockets, &mut self.health_poll);
                 next.health.last_success = Some(at);
                 next.health.consecutive_failures = 0;
-                let (gauges, cut) = GaugeValues::from_tracker(&self.tracker);
-                capped = cut;
-                // The instruments first, then the state: a `/metrics` body cached under the
-                // new generation can only hold this poll's values or later ones.
-                self.instruments.record_events(&self.events);
-                self.instruments.set_gauges(gauges);
-                self.fill(&mut next);
+                // The health counters grow once per poll (RTT samples, retransmits, bytes).
+                capped = self.instruments.record_health(&self.health_poll);
+                capped |= self.record(&mut next);
             }
             Err(e) => {
                 next.health.consecutive_failures += 1;
@@ -219,22 +331,96 @@ impl Poller {
                 "fix_connections_by_port: too many local ports, some left out"
             );
         }
+        self.announce();
+    }
+
+    /// After the tracker changed: the instruments first, then the state (a `/metrics` body
+    /// cached under the new generation can only hold these values or later ones). Returns
+    /// whether the port cap cut series.
+    fn record(&mut self, next: &mut State) -> bool {
+        let (mut gauges, mut capped) = GaugeValues::from_tracker(&self.tracker);
+        if self.source.kind() == crate::source::SourceKind::Netlink {
+            // The health gauges as of the last poll (events between polls carry none).
+            capped |= gauges.with_health(&self.health_poll);
+        }
+        self.instruments.record_events(&self.events);
+        let checks = (
+            self.tracker.saved_false_closes(),
+            self.tracker.unattributed(),
+        );
+        self.instruments
+            .record_checks(checks.0 - self.checks_seen.0, checks.1 - self.checks_seen.1);
+        self.checks_seen = checks;
+        self.instruments.set_gauges(gauges);
+        self.fill(next);
+        if !self.events.is_empty() {
+            if let Some(p) = self.persist.as_mut() {
+                p.dirty = true;
+            }
+        }
+        capped
+    }
+
+    /// Logs and hands on this step's events (nothing held), and saves the state if due.
+    fn announce(&mut self) {
         log_events(&self.events, &self.names, &self.processes, &self.closed_by);
         for e in &self.events {
             if let Event::Closed { conn, .. } = e {
                 self.processes.remove(&conn.key);
             }
         }
+        // Stale/recovered lines once, after the poll that found them.
+        log_health(&self.health_poll.events, &self.names);
+        self.health_poll.events.clear();
         for e in self.events.drain(..) {
             // No subscriber is fine: nobody is watching.
             let _ = self.events_out.send(e);
         }
+        self.save(false);
     }
 
     /// Reacts to an input that is not the timer.
-    pub fn handle(&mut self, input: Input, _clock: &dyn Clock) -> Flow {
+    pub fn handle(&mut self, input: Input, clock: &dyn Clock) -> Flow {
         match input {
-            Input::Stop => Flow::Stop,
+            Input::Stop => {
+                self.finish();
+                Flow::Stop
+            }
+            Input::Events(batch) => {
+                self.events.clear();
+                for e in &batch.events {
+                    self.tracker.event(e, &mut self.events);
+                }
+                if batch.lost > 0 {
+                    self.instruments.record_events_lost(batch.lost);
+                }
+                if !self.events.is_empty() {
+                    let mut next = self.state.clone();
+                    self.record(&mut next);
+                    next.generation += 1;
+                    self.state = next.clone();
+                    self.publisher.publish(next);
+                }
+                self.announce();
+                if let Some(error) = &batch.error {
+                    tracing::warn!(%error, "reading kernel close events failed");
+                }
+                if batch.lost > 0 {
+                    if !self.losing {
+                        tracing::warn!(
+                            lost = batch.lost,
+                            "kernel close events lost (the receive buffer was full): \
+                             counted in fix_monitor_events_lost_total; polling at once to reconcile"
+                        );
+                        self.losing = true;
+                    }
+                    self.tick(clock);
+                } else if self.losing && !batch.events.is_empty() {
+                    tracing::info!("kernel close events flowing again");
+                    self.losing = false;
+                }
+                Flow::Continue
+            }
         }
     }
 
@@ -244,39 +430,55 @@ impl Poller {
     #[cfg(target_os = "linux")]
     fn apply_transitions(&mut self, clock: &dyn Clock) {
         use crate::source::ebpf::{self, Change};
-        use crate::source::{SocketEntry, TcpState};
+        use crate::tracker::{SocketEvent, SocketEventKind};
         let transitions = self.source.take_transitions();
         if transitions.is_empty() {
             return;
         }
         let (now, now_k) = (clock.now(), ebpf::ktime_now_ns());
         for t in transitions {
-            let at = ebpf::timestamp_of(t.ktime_ns, now, now_k);
-            let entry = SocketEntry {
+            let (kind, by) = match t.change() {
+                Some(Change::Opened) => (SocketEventKind::Opened, None),
+                Some(Change::Closed(by)) => (SocketEventKind::Closed, Some(by)),
+                None => continue,
+            };
+            // The same path as the kernel's destroy notifications (`Tracker::event`). This
+            // mode knows sockets by their 4-tuple only (id 0), whole, and every record left
+            // ESTABLISHED or entered it.
+            let event = SocketEvent {
+                at: ebpf::timestamp_of(t.ktime_ns, now, now_k),
+                kind,
+                id: 0,
                 local: t.local,
                 remote: t.remote,
-                state: TcpState::Established,
+                partial: false,
+                established: Some(true),
+                info: None,
+            };
+            let key = ConnKey {
+                local: t.local,
+                remote: t.remote,
                 id: 0,
             };
-            let key = ConnKey::from(&entry);
-            match t.change() {
-                Some(Change::Opened) => {
-                    if let Some(e) = self.tracker.open(at, &entry) {
-                        self.events.push(e);
-                    }
+            let before = self.events.len();
+            self.tracker.event(&event, &mut self.events);
+            match (by, self.events.get(before)) {
+                (None, Some(Event::Opened(_))) => {
                     if let Some(p) = t.process {
                         self.processes.insert(key, p);
                     }
                 }
-                Some(Change::Closed(by)) => {
-                    if let Some(e) = self.tracker.close(at, &key) {
-                        self.events.push(e);
-                        self.closed_by.insert(key, by);
-                    }
+                (Some(by), Some(Event::Closed { .. })) => {
+                    self.closed_by.insert(key, by);
                 }
-                None => {}
+                _ => {}
             }
         }
+    }
+
+    /// The end of the loop: the state file written one last time.
+    pub fn finish(&mut self) {
+        self.save(true);
     }
 
     /// The tracker's view of the sessions, into `next`.
@@ -289,13 +491,27 @@ impl Poller {
             .map(|c| {
                 let mut s = Session::tracked(c, &self.names, None);
                 s.process = self.processes.get(&c.key).cloned();
+                // This poll's health of the session, and whether it is stale. Sockets with
+                // health come from netlink, which hands them over sorted by cookie.
+                s.health = self
+                    .sockets
+                    .binary_search_by_key(&c.key.id, |e| e.id)
+                    .ok()
+                    .and_then(|i| self.sockets[i].health)
+                    .map(|h| {
+                        let judged = self.health.judges(c.target);
+                        (h, judged.then(|| self.health.is_stale(c.key.id)))
+                    });
                 (c.target, s)
             })
             .collect();
         active.sort_by(|(ta, a), (tb, b)| (ta, a.local, a.remote).cmp(&(tb, b.local, b.remote)));
         next.active = active.into_iter().map(|(_, s)| s).collect();
         for e in &self.events {
-            if let Event::Closed { conn, at, duration } = e {
+            if let Event::Closed {
+                conn, at, duration, ..
+            } = e
+            {
                 if next.closed.len() == RECENT_CLOSED {
                     next.closed.remove(0);
                 }
@@ -320,52 +536,84 @@ fn log_events(
 ) {
     for e in events {
         match e {
-            Event::Opened(c) => match processes.get(&c.key) {
-                Some(p) => tracing::info!(
+            Event::Opened(c) => {
+                let process = processes.get(&c.key);
+                tracing::info!(
                     target_name = %names[c.target],
                     local = %c.key.local,
                     remote = %c.key.remote,
                     preexisting = c.preexisting,
-                    pid = p.pid,
-                    comm = %p.comm,
+                    pid = process.map(|p| p.pid),
+                    comm = process.map(|p| p.comm.as_str()),
                     "connection opened"
-                ),
-                None => tracing::info!(
-                    target_name = %names[c.target],
-                    local = %c.key.local,
-                    remote = %c.key.remote,
-                    preexisting = c.preexisting,
-                    "connection opened"
-                ),
-            },
-            Event::Closed { conn, duration, .. } => {
-                let by = closed_by
-                    .get(&conn.key)
-                    .copied()
-                    .unwrap_or(ClosedBy::Unknown);
-                match processes.get(&conn.key) {
-                    Some(p) => tracing::info!(
-                        target_name = %names[conn.target],
-                        local = %conn.key.local,
-                        remote = %conn.key.remote,
-                        duration = %crate::session::hms(*duration),
-                        duration_seconds = duration.as_secs_f64(),
-                        by = by.as_str(),
-                        pid = p.pid,
-                        comm = %p.comm,
-                        "connection closed"
-                    ),
-                    None => tracing::info!(
-                        target_name = %names[conn.target],
-                        local = %conn.key.local,
-                        remote = %conn.key.remote,
-                        duration = %crate::session::hms(*duration),
-                        duration_seconds = duration.as_secs_f64(),
-                        by = by.as_str(),
-                        "connection closed"
-                    ),
-                }
+                )
             }
+            Event::Closed {
+                conn,
+                duration,
+                info,
+                ..
+            } => {
+                // Who hung up and the process: only where the source saw them (eBPF).
+                let by = closed_by.get(&conn.key).map(ClosedBy::as_str);
+                let process = processes.get(&conn.key);
+                tracing::info!(
+                    target_name = %names[conn.target],
+                    local = %conn.key.local,
+                    remote = %conn.key.remote,
+                    duration = %crate::session::hms(*duration),
+                    duration_seconds = duration.as_secs_f64(),
+                    bytes_acked = info.map(|i| i.bytes_acked),
+                    bytes_received = info.map(|i| i.bytes_received),
+                    retransmits = info.map(|i| i.retransmits),
+                    by,
+                    pid = process.map(|p| p.pid),
+                    comm = process.map(|p| p.comm.as_str()),
+                    "connection closed"
+                )
+            }
+            Event::ShortLived { conn, info, .. } => tracing::info!(
+                target_name = %names[conn.target],
+                local = %conn.key.local,
+                remote = %conn.key.remote,
+                bytes_acked = info.map(|i| i.bytes_acked),
+                bytes_received = info.map(|i| i.bytes_received),
+                retransmits = info.map(|i| i.retransmits),
+                "connection opened and closed between two polls (short-lived; lifetime under one interval)"
+            ),
+        }
+    }
+}
+
+fn log_health(events: &[HealthEvent], names: &[Arc<str>]) {
+    for e in events {
+        match e {
+            HealthEvent::Stale {
+                target,
+                local,
+                remote,
+                silence,
+            } => tracing::warn!(
+                target_name = %names[*target],
+                local = %local,
+                remote = %remote,
+                silence = %crate::session::hms(*silence),
+                silence_seconds = silence.as_secs_f64(),
+                "session stale: no data received"
+            ),
+            HealthEvent::Recovered {
+                target,
+                local,
+                remote,
+                silence,
+            } => tracing::info!(
+                target_name = %names[*target],
+                local = %local,
+                remote = %remote,
+                silence = %crate::session::hms(*silence),
+                silence_seconds = silence.as_secs_f64(),
+                "session recovered: data received again"
+            ),
         }
     }
 }
@@ -390,10 +638,15 @@ pub fn run(mut poller: Poller, clock: &dyn Clock, interval: Duration, inputs: Re
                     return;
                 }
             }
-            Wait::Closed => return,
+            Wait::Closed => {
+                poller.finish();
+                return;
+            }
         }
     }
 }
 
+#[cfg(all(test, target_os = "linux"))]
+mod events_tests;
 #[cfg(test)]
 pub(crate) mod tests;

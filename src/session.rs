@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::source::{SocketEntry, TcpState};
+use crate::source::{SocketEntry, TcpHealth, TcpState};
 use crate::target::Targets;
 use crate::tracker::{Connection, Timestamp};
 
@@ -30,6 +30,9 @@ pub struct Session {
     pub process: Option<crate::source::Process>,
     /// Who hung up, for closed sessions where the source knows it (eBPF mode).
     pub closed_by: Option<crate::source::ClosedBy>,
+    /// The kernel's `tcp_info` at the last poll (netlink only), and whether the session is
+    /// stale (`None`: its target judges no staleness).
+    pub health: Option<(TcpHealth, Option<bool>)>,
 }
 
 /// What the tracker knows of a session's life.
@@ -60,6 +63,7 @@ impl Session {
             life: None,
             process: None,
             closed_by: None,
+            health: s.health.map(|h| (h, None)),
         }
     }
 
@@ -77,6 +81,7 @@ impl Session {
             }),
             process: None,
             closed_by: None,
+            health: None,
         }
     }
 
@@ -114,6 +119,72 @@ impl Session {
             pid: self.process.as_ref().map(|p| p.pid),
             comm: self.process.as_ref().map(|p| p.comm.clone()),
             closed_by: self.closed_by.map(|b| b.as_str()),
+            health: self.health.map(|(h, stale)| HealthJson::new(&h, stale)),
+        }
+    }
+}
+
+/// A session's TCP health as JSON: seconds and bytes, every field the kernel gave, none it
+/// did not (see README, "Session health").
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthJson {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtt_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtt_var_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_rtt_seconds: Option<f64>,
+    pub retransmits: u32,
+    pub lost: u32,
+    pub send_queue_bytes: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unacked_bytes: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_sent_bytes: Option<u32>,
+    pub recv_queue_bytes: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_acked: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_received: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_sent: Option<u64>,
+    pub last_data_received_seconds: f64,
+    pub last_data_sent_seconds: f64,
+    pub last_ack_received_seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery_rate_bytes_per_second: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rwnd_limited_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sndbuf_limited_seconds: Option<f64>,
+}
+
+impl HealthJson {
+    pub fn new(h: &TcpHealth, stale: Option<bool>) -> HealthJson {
+        let us = |v: u64| v as f64 / 1e6;
+        let ms = |v: u32| f64::from(v) / 1e3;
+        HealthJson {
+            stale,
+            rtt_seconds: h.rtt().map(|d| d.as_secs_f64()),
+            rtt_var_seconds: h.rtt().map(|_| us(h.rtt_var_us.into())),
+            min_rtt_seconds: h.min_rtt_us.map(|v| us(v.into())),
+            retransmits: h.retransmits,
+            lost: h.lost,
+            send_queue_bytes: h.send_queue,
+            unacked_bytes: h.unacked_bytes(),
+            not_sent_bytes: h.not_sent,
+            recv_queue_bytes: h.recv_queue,
+            bytes_acked: h.bytes_acked,
+            bytes_received: h.bytes_received,
+            bytes_sent: h.bytes_sent,
+            last_data_received_seconds: ms(h.last_data_recv_ms),
+            last_data_sent_seconds: ms(h.last_data_sent_ms),
+            last_ack_received_seconds: ms(h.last_ack_recv_ms),
+            delivery_rate_bytes_per_second: h.delivery_rate,
+            rwnd_limited_seconds: h.rwnd_limited_us.map(us),
+            sndbuf_limited_seconds: h.sndbuf_limited_us.map(us),
         }
     }
 }
@@ -144,6 +215,9 @@ pub struct SessionJson {
     /// Closed sessions in eBPF mode: `local`, `remote` or `reset`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub closed_by: Option<&'static str>,
+    /// TCP health (netlink only; absent where the source cannot tell).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthJson>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -205,6 +279,7 @@ mod tests {
             life: None,
             process: None,
             closed_by: None,
+            health: None,
         };
         let seen = serde_json::to_value(s.json(t0)).unwrap();
         let keys =

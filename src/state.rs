@@ -10,6 +10,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::session::{rfc3339, Session, SessionJson};
+use crate::source::events::Mode;
 use crate::source::SourceKind;
 use crate::target::Targets;
 use crate::tracker::{TargetStats, Timestamp};
@@ -28,6 +29,8 @@ pub struct Meta {
     pub interval: Duration,
     pub started: Timestamp,
     pub targets: Targets,
+    /// How closes are learnt: kernel events and polls, or polls alone (and why).
+    pub events: Mode,
 }
 
 /// The outcome of recent polls.
@@ -131,6 +134,7 @@ impl State {
             timestamp: rfc3339(now.wall),
             hostname: self.meta.host.clone(),
             source: self.meta.source.as_str(),
+            events: self.meta.events.clone(),
             poll_interval_seconds: self.meta.interval.as_secs_f64(),
             active_connections: self.active_count(),
             targets: self.targets(),
@@ -139,6 +143,7 @@ impl State {
             last_error: self.health.last_error.clone(),
             polls: self.health.polls,
             started: rfc3339(self.meta.started.wall),
+            session_health: SessionHealthView::of(self.meta.source),
         }
     }
 }
@@ -207,6 +212,8 @@ pub struct HealthView {
     pub timestamp: String,
     pub hostname: String,
     pub source: &'static str,
+    /// `{"mode": "kernel_events"}`, or `{"mode": "polling", "reason": "..."}`.
+    pub events: Mode,
     pub poll_interval_seconds: f64,
     pub active_connections: usize,
     pub targets: Vec<TargetView>,
@@ -215,6 +222,40 @@ pub struct HealthView {
     pub last_error: Option<String>,
     pub polls: u64,
     pub started: String,
+    /// Whether per-session TCP health (tcp_info) is measured, and if not, why.
+    pub session_health: SessionHealthView,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionHealthView {
+    pub available: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+}
+
+impl SessionHealthView {
+    fn of(source: SourceKind) -> SessionHealthView {
+        let reason = match source {
+            SourceKind::Netlink => None,
+            SourceKind::Procfs => Some(
+                "the procfs source has no tcp_info: RTT, retransmits, queues and silence are \
+                 not measured and their series are left out",
+            ),
+            SourceKind::Ebpf => Some(
+                "the ebpf source keeps sessions from the kernel's state changes, without \
+                 tcp_info: RTT, retransmits, queues and silence are not measured and their \
+                 series are left out (use the netlink source for them)",
+            ),
+            SourceKind::Netstat | SourceKind::Auto => Some(
+                "the netstat source has no tcp_info: RTT, retransmits, queues and silence are \
+                 not measured and their series are left out",
+            ),
+        };
+        SessionHealthView {
+            available: reason.is_none(),
+            reason,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -230,6 +271,7 @@ mod tests {
             interval: Duration::from_secs(1),
             started: t0,
             targets: Targets::default(),
+            events: Mode::KernelEvents,
         });
         assert_eq!(s.status(t0.after(Duration::from_secs(3))), Status::Healthy);
         assert_eq!(

@@ -44,6 +44,13 @@ pub struct Target {
     pub port: Option<u16>,
     /// Local ports; `None` means any.
     pub local_ports: Option<PortRange>,
+    /// The FIX sessions' HeartBtInt (tag 108), as configured; `None`: not given.
+    #[serde(skip)]
+    pub heartbeat: Option<std::time::Duration>,
+    /// After how long without data received a session is stale: `stale_after` as configured,
+    /// else twice the heartbeat; `None`: staleness is not judged for this target.
+    #[serde(skip)]
+    pub stale_after: Option<std::time::Duration>,
 }
 
 impl Target {
@@ -91,6 +98,8 @@ impl Target {
             net,
             port,
             local_ports: local.map(|(start, end)| PortRange { start, end }),
+            heartbeat: None,
+            stale_after: None,
         }
     }
 }

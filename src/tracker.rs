@@ -12,16 +12,35 @@
 //! when tracking began have no known start: they are counted, but their lifetime is not put in
 //! the duration histogram (it would be a lower bound passed off as a measurement).
 //!
-//! Event-driven sources (kernel socket-destroy notifications, an eBPF tracepoint) can feed the
-//! same tracker through [`Tracker::open`] and [`Tracker::close`]; [`Tracker::apply`] is the
-//! snapshot-diffing path built on the same two steps.
+//! Event-driven sources (kernel socket-destroy notifications, an eBPF tracepoint) feed the same
+//! tracker through [`Tracker::event`]: a [`SocketEvent`] (opened or closed, with a timestamp, the
+//! socket's cookie, its 4-tuple and, for a close, what its final `tcp_info` said). Events and
+//! snapshots agree on identity through the cookie, and the rules that make a close count
+//! exactly once, at its earliest sign, are these (each is a unit test below):
+//! - a close event for a tracked socket closes it at the event's time, even when the event's
+//!   4-tuple is incomplete (found by cookie);
+//! - a socket closed by an event, or by a poll, is remembered: a later event for it is a
+//!   duplicate, and a snapshot taken before its close but applied after it cannot bring it back;
+//! - a close event for a socket no snapshot saw is a session shorter than a poll: one opened and
+//!   one closed, counted in [`TargetStats::short_lived`], with no duration (it is only known to
+//!   be under one interval); one that never reached ESTABLISHED is no session at all;
+//! - a socket missing from a snapshot is confirmed before it is closed (see [`Confirm`]): still
+//!   ESTABLISHED, it stays, and [`Tracker::saved_false_closes`] counts it;
+//! - procfs lists a socket not yet accepted with inode 0: the same 4-tuple seen later with its
+//!   real inode is the same connection, not a close and an open.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::source::{SocketEntry, TcpState};
 use crate::target::{TargetId, Targets};
+
+/// How many closed socket ids are remembered, to recognise a late or duplicate event and a
+/// stale snapshot. A close event can come long after the poll that saw the socket leave
+/// ESTABLISHED (a FIN_WAIT2 lasts up to a minute, a CLOSE_WAIT as long as the application keeps
+/// it); past this many closes in between, such an event would be taken for a short session.
+pub const CLOSED_MEMORY: usize = 65_536;
 
 /// A point in time, on both clocks: `mono` for durations (immune to clock steps), `wall` for
 /// what people read.
@@ -92,9 +111,90 @@ pub enum Event {
     Closed {
         conn: Connection,
         at: Timestamp,
-        /// From first seen to the first snapshot that no longer saw it.
+        /// From first seen to the close event, or to the first snapshot that no longer saw it.
         duration: Duration,
+        /// What the socket's final `tcp_info` said, when a close event carried it.
+        info: Option<TcpCounters>,
     },
+    /// A session no snapshot saw: opened and closed between two polls. Its lifetime is only
+    /// known to be under one interval, so it has none here.
+    ShortLived {
+        conn: Connection,
+        at: Timestamp,
+        info: Option<TcpCounters>,
+    },
+}
+
+/// Counters from a socket's final `tcp_info`, as a close event reports them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TcpCounters {
+    /// Sequence space sent and acknowledged (`tcpi_bytes_acked`: data, SYN and FIN).
+    pub bytes_acked: u64,
+    /// Sequence space received (`tcpi_bytes_received`: data and FIN).
+    pub bytes_received: u64,
+    /// Segments retransmitted (`tcpi_total_retrans`).
+    pub retransmits: u32,
+}
+
+/// A socket's transition, from an event-driven source (kernel socket-destroy notifications, an
+/// eBPF program).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketEvent {
+    pub at: Timestamp,
+    pub kind: SocketEventKind,
+    /// The kernel's socket cookie: what snapshots and events agree on.
+    pub id: u64,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// The 4-tuple is incomplete: the remote port (0 here) and perhaps the local address were
+    /// cleared before the event was sent (a socket our side aborted). Only the cookie, the
+    /// remote address and the local port can be relied on.
+    pub partial: bool,
+    /// Whether the socket ever reached ESTABLISHED, where the source can tell (`None`: it
+    /// cannot, and a close of an unknown socket counts as a session).
+    pub established: Option<bool>,
+    pub info: Option<TcpCounters>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketEventKind {
+    /// The socket reached ESTABLISHED.
+    Opened,
+    /// The socket is gone.
+    Closed,
+}
+
+/// What the kernel says about a socket that a snapshot no longer lists (the answer of an exact
+/// lookup, `source::confirm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    /// Still ESTABLISHED: the snapshot missed it.
+    Established,
+    /// Gone, or in another state: it has closed.
+    Closed,
+    /// The question could not be answered, or was not asked: closed, as the snapshot says,
+    /// but not for certain, so a later snapshot that lists it again reopens it.
+    Unknown,
+}
+
+/// Confirms sockets a snapshot no longer lists, before they are closed.
+pub trait Confirm {
+    fn confirm(&mut self, conn: &Connection) -> Presence;
+}
+
+/// No confirmation: a socket missing from a snapshot is closed (sources without exact lookups).
+pub struct Unconfirmed;
+
+impl Confirm for Unconfirmed {
+    fn confirm(&mut self, _conn: &Connection) -> Presence {
+        Presence::Unknown
+    }
+}
+
+impl<F: FnMut(&Connection) -> Presence> Confirm for F {
+    fn confirm(&mut self, conn: &Connection) -> Presence {
+        self(conn)
+    }
 }
 
 /// Counts for one target since tracking began.
@@ -103,6 +203,9 @@ pub struct TargetStats {
     pub active: u64,
     pub opened: u64,
     pub closed: u64,
+    /// Of `opened` and `closed`: sessions that opened and closed between two polls, known from
+    /// their close event alone.
+    pub short_lived: u64,
     /// Highest `active` at the end of any snapshot (or after any event-driven open).
     pub peak: u64,
 }
@@ -117,6 +220,19 @@ pub struct Tracker {
     peak: u64,
     generation: u64,
     closed_scratch: Vec<ConnKey>,
+    /// Active connections by socket id (ids other than 0), for events whose 4-tuple is
+    /// incomplete.
+    by_id: HashMap<u64, ConnKey>,
+    /// Ids of recently closed sockets (see [`CLOSED_MEMORY`]), oldest first in `closed_order`;
+    /// `true` where the close is certain (an event, a confirmed poll), so that no snapshot may
+    /// bring the socket back.
+    closed: HashMap<u64, bool>,
+    closed_order: VecDeque<u64>,
+    saved_false_closes: u64,
+    unattributed: u64,
+    /// Starts of sessions a previous run of the sidecar saw (from the state file), by key and
+    /// target; used by the first snapshot, then dropped.
+    restored: HashMap<ConnKey, (TargetId, Timestamp)>,
 }
 
 impl Tracker {
@@ -129,7 +245,38 @@ impl Tracker {
             peak: 0,
             generation: 0,
             closed_scratch: Vec::new(),
+            by_id: HashMap::new(),
+            closed: HashMap::new(),
+            closed_order: VecDeque::new(),
+            saved_false_closes: 0,
+            unattributed: 0,
+            restored: HashMap::new(),
         }
+    }
+
+    /// Sessions a previous run saw, with the target they belonged to and when they started.
+    /// The first snapshot gives those it still lists their recorded start instead of marking
+    /// them `preexisting`: their lifetime is known. A session whose target now classifies it
+    /// differently is not restored (the configuration changed under it).
+    pub fn restore(&mut self, sessions: impl IntoIterator<Item = (ConnKey, TargetId, Timestamp)>) {
+        if self.generation == 0 {
+            self.restored = sessions
+                .into_iter()
+                .map(|(k, t, at)| (k, (t, at)))
+                .collect();
+        }
+    }
+
+    /// Sockets a snapshot missed that an exact lookup found still ESTABLISHED: closes (and
+    /// reconnects) that would have been false.
+    pub fn saved_false_closes(&self) -> u64 {
+        self.saved_false_closes
+    }
+
+    /// Close events for sockets no snapshot saw whose incomplete 4-tuple could not be
+    /// attributed to one target without doubt; not counted as sessions.
+    pub fn unattributed(&self) -> u64 {
+        self.unattributed
     }
 
     pub fn targets(&self) -> &Targets {
@@ -155,21 +302,59 @@ impl Tracker {
 
     /// Takes a full snapshot of the matching ESTABLISHED sockets taken at `at`, and appends to
     /// `events` what changed since the previous one. The first snapshot's connections are
-    /// marked `preexisting`.
+    /// marked `preexisting`. Sockets it no longer lists are closed without confirmation (see
+    /// [`Tracker::apply_confirmed`]).
     pub fn apply(&mut self, at: Timestamp, sockets: &[SocketEntry], events: &mut Vec<Event>) {
+        self.apply_confirmed(at, sockets, events, &mut Unconfirmed)
+    }
+
+    /// [`Tracker::apply`], asking `confirm` about each socket the snapshot no longer lists
+    /// before closing it: one still ESTABLISHED is kept, with no event.
+    pub fn apply_confirmed(
+        &mut self,
+        at: Timestamp,
+        sockets: &[SocketEntry],
+        events: &mut Vec<Event>,
+        confirm: &mut dyn Confirm,
+    ) {
         let preexisting = self.generation == 0;
         self.generation += 1;
         let generation = self.generation;
         for s in sockets {
             let key = ConnKey::from(s);
-            match self.active.get_mut(&key) {
-                Some(c) => c.seen = generation,
-                None => {
-                    if let Some(c) = self.insert(key, s.state, at, preexisting) {
-                        events.push(Event::Opened(c));
+            if let Some(c) = self.active.get_mut(&key) {
+                c.seen = generation;
+                continue;
+            }
+            // Closed already (by an event this snapshot predates, or by a poll): a socket never
+            // comes back, its id is never reused.
+            if key.id != 0 {
+                match self.closed.get(&key.id).copied() {
+                    Some(true) => continue,
+                    // A poll closed it without certainty, and it is back: it was missed.
+                    Some(false) => {
+                        self.closed.remove(&key.id);
                     }
+                    None if self.rekey_accepted(key, generation) => continue,
+                    None => {}
                 }
             }
+            let (since, preexisting) = match self.restored.get(&key) {
+                Some(&(target, started))
+                    if preexisting
+                        && self.targets.classify(&key.local, &key.remote) == Some(target)
+                        && started.mono <= at.mono =>
+                {
+                    (started, false)
+                }
+                _ => (at, preexisting),
+            };
+            if let Some(c) = self.insert(key, s.state, since, preexisting) {
+                events.push(Event::Opened(c));
+            }
+        }
+        if generation == 1 {
+            self.restored = HashMap::new();
         }
         self.closed_scratch.clear();
         self.closed_scratch.extend(
@@ -180,7 +365,14 @@ impl Tracker {
         );
         let gone = std::mem::take(&mut self.closed_scratch);
         for key in &gone {
-            if let Some(e) = self.close(at, key) {
+            let presence = confirm.confirm(&self.active[key]);
+            if presence == Presence::Established {
+                self.saved_false_closes += 1;
+                self.active.get_mut(key).expect("listed above").seen = generation;
+                continue;
+            }
+            let certain = presence == Presence::Closed;
+            if let Some(e) = self.close_with(at, key, None, certain) {
                 events.push(e);
             }
         }
@@ -193,11 +385,27 @@ impl Tracker {
         self.peak = self.peak.max(self.active.len() as u64);
     }
 
+    /// procfs lists an inbound socket that is not yet accepted with inode 0; once accepted it
+    /// has its real inode. If `key`'s 4-tuple is tracked with id 0, it takes `key`'s id.
+    fn rekey_accepted(&mut self, key: ConnKey, generation: u64) -> bool {
+        let zero = ConnKey { id: 0, ..key };
+        let Some(mut conn) = self.active.remove(&zero) else {
+            return false;
+        };
+        conn.key = key;
+        conn.seen = generation;
+        self.by_id.insert(key.id, key);
+        self.active.insert(key, conn);
+        true
+    }
+
     /// Records a connection opened at `at` (the event-driven path). Returns the `Opened` event,
-    /// or `None` when it matches no target or is already tracked.
+    /// or `None` when it matches no target, is already tracked or was closed already.
     pub fn open(&mut self, at: Timestamp, socket: &SocketEntry) -> Option<Event> {
         let key = ConnKey::from(socket);
-        if self.active.contains_key(&key) {
+        if self.active.contains_key(&key)
+            || (key.id != 0 && self.closed.get(&key.id) == Some(&true))
+        {
             return None;
         }
         let conn = self.insert(key, socket.state, at, false)?;
@@ -210,12 +418,136 @@ impl Tracker {
     /// Records that a connection ended at `at`. Returns the `Closed` event, or `None` when it
     /// was not tracked; the tracker forgets it either way.
     pub fn close(&mut self, at: Timestamp, key: &ConnKey) -> Option<Event> {
+        self.close_with(at, key, None, true)
+    }
+
+    fn close_with(
+        &mut self,
+        at: Timestamp,
+        key: &ConnKey,
+        info: Option<TcpCounters>,
+        certain: bool,
+    ) -> Option<Event> {
         let conn = self.active.remove(key)?;
+        if key.id != 0 {
+            self.by_id.remove(&key.id);
+            self.remember_closed(key.id, certain);
+        }
         let s = &mut self.stats[conn.target];
         s.active -= 1;
         s.closed += 1;
         let duration = at.mono.saturating_duration_since(conn.since.mono);
-        Some(Event::Closed { conn, at, duration })
+        Some(Event::Closed {
+            conn,
+            at,
+            duration,
+            info,
+        })
+    }
+
+    fn remember_closed(&mut self, id: u64, certain: bool) {
+        if self.closed.insert(id, certain).is_none() {
+            self.closed_order.push_back(id);
+            while self.closed_order.len() > CLOSED_MEMORY {
+                if let Some(old) = self.closed_order.pop_front() {
+                    self.closed.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// Applies an event from an event-driven source (see the module docs for the rules), and
+    /// appends what it changed to `events`.
+    pub fn event(&mut self, e: &SocketEvent, events: &mut Vec<Event>) {
+        match e.kind {
+            SocketEventKind::Opened => {
+                if e.partial {
+                    return;
+                }
+                let socket = SocketEntry {
+                    local: e.local,
+                    remote: e.remote,
+                    state: TcpState::Established,
+                    id: e.id,
+                    health: None,
+                };
+                events.extend(self.open(e.at, &socket));
+            }
+            SocketEventKind::Closed => {
+                let key = self.by_id.get(&e.id).copied().or_else(|| {
+                    let key = ConnKey {
+                        local: e.local,
+                        remote: e.remote,
+                        id: e.id,
+                    };
+                    self.active.contains_key(&key).then_some(key)
+                });
+                if let Some(key) = key {
+                    events.extend(self.close_with(e.at, &key, e.info, true));
+                    return;
+                }
+                if e.id != 0 && self.closed.contains_key(&e.id) {
+                    // A duplicate, or the late event of a socket a poll closed: certain now.
+                    self.closed.insert(e.id, true);
+                    return;
+                }
+                if e.established == Some(false) {
+                    return; // an attempt that never connected
+                }
+                let target = if e.partial {
+                    self.unique_target(e)
+                } else {
+                    self.targets.classify(&e.local, &e.remote)
+                };
+                let Some(target) = target else {
+                    if e.partial
+                        && self
+                            .targets
+                            .iter()
+                            .any(|t| t.net.contains(&e.remote.ip().to_canonical()))
+                    {
+                        self.unattributed += 1;
+                    }
+                    return;
+                };
+                if e.id != 0 {
+                    self.remember_closed(e.id, true);
+                }
+                let s = &mut self.stats[target];
+                s.opened += 1;
+                s.closed += 1;
+                s.short_lived += 1;
+                let conn = Connection {
+                    key: ConnKey {
+                        local: e.local,
+                        remote: e.remote,
+                        id: e.id,
+                    },
+                    target,
+                    state: TcpState::Close,
+                    since: e.at,
+                    preexisting: false,
+                    seen: self.generation,
+                };
+                events.push(Event::ShortLived {
+                    conn,
+                    at: e.at,
+                    info: e.info,
+                });
+            }
+        }
+    }
+
+    /// The target of a socket known only by remote address and local port, if that settles it:
+    /// the first target that could match it for some remote port must match it for every one
+    /// (and so takes it, as `classify` would). Otherwise the remote port could have sent it
+    /// elsewhere, or nowhere.
+    fn unique_target(&self, e: &SocketEvent) -> Option<TargetId> {
+        let remote = e.remote.ip().to_canonical();
+        let (id, t) = self.targets.iter().enumerate().find(|(_, t)| {
+            t.net.contains(&remote) && t.local_ports.is_none_or(|r| r.contains(e.local.port()))
+        })?;
+        t.port.is_none().then_some(id)
     }
 
     fn insert(
@@ -235,6 +567,9 @@ impl Tracker {
             seen: self.generation,
         };
         self.active.insert(key, conn.clone());
+        if key.id != 0 {
+            self.by_id.insert(key.id, key);
+        }
         let s = &mut self.stats[target];
         s.active += 1;
         s.opened += 1;
@@ -258,6 +593,7 @@ mod tests {
             remote: remote.parse().unwrap(),
             state: TcpState::Established,
             id,
+            health: None,
         }
     }
 
@@ -267,6 +603,7 @@ mod tests {
             .map(|e| match e {
                 Event::Opened(c) => ("open", c.key.local.port()),
                 Event::Closed { conn, .. } => ("close", conn.key.local.port()),
+                Event::ShortLived { conn, .. } => ("short", conn.key.local.port()),
             })
             .collect()
     }
@@ -344,6 +681,7 @@ mod tests {
                 active: 1,
                 opened: 2,
                 closed: 1,
+                short_lived: 0,
                 peak: 1
             }
         );
@@ -366,6 +704,7 @@ mod tests {
                 active: 0,
                 opened: 2,
                 closed: 2,
+                short_lived: 0,
                 peak: 2
             }
         );
@@ -375,6 +714,7 @@ mod tests {
                 active: 1,
                 opened: 1,
                 closed: 0,
+                short_lived: 0,
                 peak: 1
             }
         );
@@ -419,8 +759,338 @@ mod tests {
                 active: 0,
                 opened: 1,
                 closed: 1,
+                short_lived: 0,
                 peak: 1
             }
         );
+    }
+
+    fn closed_event(at: Timestamp, s: &SocketEntry) -> SocketEvent {
+        SocketEvent {
+            at,
+            kind: SocketEventKind::Closed,
+            id: s.id,
+            local: s.local,
+            remote: s.remote,
+            partial: false,
+            established: Some(true),
+            info: None,
+        }
+    }
+
+    /// The event of a socket our side aborted: remote port and local address cleared.
+    fn aborted(at: Timestamp, s: &SocketEntry) -> SocketEvent {
+        SocketEvent {
+            local: SocketAddr::new([0, 0, 0, 0].into(), s.local.port()),
+            remote: SocketAddr::new(s.remote.ip(), 0),
+            partial: true,
+            established: None,
+            ..closed_event(at, s)
+        }
+    }
+
+    fn secs(t0: Timestamp, s: f64) -> Timestamp {
+        t0.after(Duration::from_secs_f64(s))
+    }
+
+    fn stats(active: u64, opened: u64, closed: u64, short_lived: u64, peak: u64) -> TargetStats {
+        TargetStats {
+            active,
+            opened,
+            closed,
+            short_lived,
+            peak,
+        }
+    }
+
+    #[test]
+    fn event_before_snapshot_a_stale_snapshot_does_not_bring_the_socket_back() {
+        let mut t = Tracker::new(targets());
+        let t0 = Timestamp::now();
+        let a = sock(5000, "10.0.0.1:9000", 11);
+        let mut ev = Vec::new();
+        t.apply(t0, &[], &mut ev);
+        t.apply(secs(t0, 1.0), &[a], &mut ev);
+        ev.clear();
+        t.event(&closed_event(secs(t0, 1.4), &a), &mut ev);
+        assert!(
+            matches!(&ev[..], [Event::Closed { duration, .. }] if *duration == Duration::from_millis(400)),
+            "closed at the event's time: {ev:?}"
+        );
+        // A snapshot taken at 1.3 s (before the close), applied now.
+        ev.clear();
+        t.apply(secs(t0, 1.3), &[a], &mut ev);
+        assert!(ev.is_empty(), "{ev:?}");
+        assert_eq!(t.active_count(), 0);
+        // And the next, which no longer lists it, closes nothing.
+        t.apply(secs(t0, 2.0), &[], &mut ev);
+        assert!(ev.is_empty(), "{ev:?}");
+        assert_eq!(t.stats()[0], stats(0, 1, 1, 0, 1));
+    }
+
+    #[test]
+    fn snapshot_before_event_the_late_event_is_not_a_second_close() {
+        let mut t = Tracker::new(targets());
+        let t0 = Timestamp::now();
+        let a = sock(5000, "10.0.0.1:9000", 12);
+        let mut ev = Vec::new();
+        t.apply(t0, &[], &mut ev);
+        t.apply(secs(t0, 1.0), &[a], &mut ev);
+        ev.clear();
+        // The poll no longer sees it (it sits in FIN_WAIT2): closed as of that poll.
+        t.apply_confirmed(secs(t0, 2.0), &[], &mut ev, &mut |_: &Connection| {
+            Presence::Closed
+        });
+        assert!(
+            matches!(&ev[..], [Event::Closed { duration, .. }] if *duration == Duration::from_secs(1))
+        );
+        // Its destroy event comes a minute later.
+        ev.clear();
+        t.event(&closed_event(secs(t0, 62.0), &a), &mut ev);
+        assert!(ev.is_empty(), "{ev:?}");
+        assert_eq!(t.stats()[0], stats(0, 1, 1, 0, 1));
+    }
+
+    #[test]
+    fn an_event_for_a_socket_no_snapshot_saw_is_a_short_session() {
+        let mut t = Tracker::new(targets());
+        let t0 = Timestamp::now();
+        let b = sock(5001, "10.0.0.1:9000", 13);
+        let mut ev = Vec::new();
+        t.apply(t0, &[], &mut ev);
+        t.event(&closed_event(secs(t0, 0.5), &b), &mut ev);
+        assert_eq!(kinds(&ev), vec![("short", 5001)]);
+        assert_eq!(t.stats()[0], stats(0, 1, 1, 1, 0));
+        // A snapshot taken before the close, applied after: still one session.
+        ev.clear();
+        t.apply(secs(t0, 0.4), &[b], &mut ev);
+        assert!(ev.is_empty(), "{ev:?}");
+        assert_eq!(t.stats()[0], stats(0, 1, 1, 1, 0));
+        // Not for a target: nothing. An attempt that never connected: nothing.
+        let unrelated = sock(5002, "10.0.0.9:9000", 14);
+        t.event(&closed_event(secs(t0, 0.6), &unrelated), &mut ev);
+        let refused = SocketEvent {
+            established: Some(false),
+            ..closed_event(secs(t0, 0.7), &sock(5003, "10.0.0.1:9000", 15))
+        };
+        t.event(&refused, &mut ev);
+        assert!(ev.is_empty(), "{ev:?}");
+        assert_eq!(t.stats()[0], stats(0, 1, 1, 1, 0));
+        assert_eq!(t.stats()[1], stats(0, 0, 0, 0, 0));
+    }
+
+    #[test]
+    fn duplicate_events_count_once() {
+        let mut t = Tracker::new(targets());
+        let t0 = Timestamp::now();
+        let a = sock(5000, "10.0.0.1:9000", 16);
+        let b = sock(5001, "10.0.0.2:1", 17);
+        let mut ev = Vec::new();
+        t.apply(t0, &[], &mut ev);
+        t.apply(secs(t0, 1.0), &[a], &mut ev);
+        ev.clear();
+        for _ in 0..3 {
+            t.event(&closed_event(secs(t0, 1.5), &a), &mut ev);
+            t.event(&closed_event(secs(t0, 1.5), &b), &mut ev);
+        }
+        assert_eq!(kinds(&ev), vec![("close", 5000), ("short", 5001)]);
+        assert_eq!(t.stats()[0], stats(0, 1, 1, 0, 1));
+        assert_eq!(t.stats()[1], stats(0, 1, 1, 1, 0));
+    }
+
+    #[test]
+    fn an_aborted_socket_is_found_by_cookie_or_attributed_only_without_doubt() {
+        let mut t = Tracker::new(targets());
+        let t0 = Timestamp::now();
+        let a = sock(5000, "10.0.0.1:9000", 18);
+        let mut ev = Vec::new();
+        t.apply(t0, &[], &mut ev);
+        t.apply(secs(t0, 1.0), &[a], &mut ev);
+        ev.clear();
+        // Tracked: its cookie finds it whatever the tuple says.
+        t.event(&aborted(secs(t0, 1.2), &a), &mut ev);
+        assert!(matches!(&ev[..], [Event::Closed { conn, .. }] if conn.key == ConnKey::from(&a)));
+        ev.clear();
+        // Unseen, to target 0 (10.0.0.1, port 9000): the port is gone, and any other port of
+        // 10.0.0.1 would match no target or another one: not counted.
+        t.event(
+            &aborted(secs(t0, 1.3), &sock(5001, "10.0.0.1:9000", 19)),
+            &mut ev,
+        );
+        assert!(ev.is_empty(), "{ev:?}");
+        assert_eq!(t.unattributed(), 1);
+        // Unseen, to target 1 (10.0.0.2, any port): no doubt.
+        t.event(
+            &aborted(secs(t0, 1.4), &sock(5002, "10.0.0.2:4321", 20)),
+            &mut ev,
+        );
+        assert_eq!(kinds(&ev), vec![("short", 5002)]);
+        assert_eq!(t.stats()[0], stats(0, 1, 1, 0, 1));
+        assert_eq!(t.stats()[1], stats(0, 1, 1, 1, 0));
+        // A partial event for an address no target has: neither counted nor unattributed.
+        ev.clear();
+        t.event(
+            &aborted(secs(t0, 1.5), &sock(5003, "10.9.9.9:1", 21)),
+            &mut ev,
+        );
+        assert!(ev.is_empty());
+        assert_eq!(t.unattributed(), 1);
+    }
+
+    #[test]
+    fn an_earlier_target_that_may_match_makes_an_aborted_socket_doubtful() {
+        let mk = |net: &str, port, local| Target::test(net, port, local);
+        // 10.0.0.2:9000 from local ports 5000-5010 first, then all of 10.0.0.0/24.
+        let targets = Targets::new(vec![
+            mk("10.0.0.2/32", Some(9000), Some((5000, 5010))),
+            mk("10.0.0.0/24", None, None),
+        ]);
+        let mut t = Tracker::new(targets);
+        let t0 = Timestamp::now();
+        let mut ev = Vec::new();
+        t.apply(t0, &[], &mut ev);
+        t.event(&aborted(t0, &sock(5005, "10.0.0.2:1", 30)), &mut ev);
+        assert!(
+            ev.is_empty(),
+            "local port in the first target's range: could be either"
+        );
+        t.event(&aborted(t0, &sock(6000, "10.0.0.2:1", 31)), &mut ev);
+        assert_eq!(
+            kinds(&ev),
+            vec![("short", 6000)],
+            "outside it: only the second"
+        );
+        assert_eq!(t.stats()[1].short_lived, 1);
+    }
+
+    #[test]
+    fn a_socket_a_snapshot_missed_but_still_established_is_kept() {
+        let mut t = Tracker::new(targets());
+        let t0 = Timestamp::now();
+        let a = sock(5000, "10.0.0.1:9000", 22);
+        let b = sock(5001, "10.0.0.1:9000", 23);
+        let mut ev = Vec::new();
+        t.apply(t0, &[], &mut ev);
+        t.apply(secs(t0, 1.0), &[a, b], &mut ev);
+        ev.clear();
+        let mut asked = Vec::new();
+        t.apply_confirmed(secs(t0, 2.0), &[], &mut ev, &mut |c: &Connection| {
+            asked.push(c.key.id);
+            if c.key.id == 22 {
+                Presence::Established
+            } else {
+                Presence::Closed
+            }
+        });
+        asked.sort();
+        assert_eq!(asked, [22, 23], "only the missing ones are asked about");
+        assert_eq!(kinds(&ev), vec![("close", 5001)]);
+        assert_eq!(t.saved_false_closes(), 1);
+        ev.clear();
+        t.apply_confirmed(secs(t0, 3.0), &[a], &mut ev, &mut |_: &Connection| {
+            panic!("nothing is missing")
+        });
+        assert!(ev.is_empty());
+        assert_eq!(t.stats()[0], stats(1, 2, 1, 0, 2));
+    }
+
+    #[test]
+    fn a_procfs_socket_listed_before_accept_keeps_its_session_when_its_inode_appears() {
+        let mut t = Tracker::new(targets());
+        let t0 = Timestamp::now();
+        let mut ev = Vec::new();
+        t.apply(t0, &[], &mut ev);
+        t.apply(secs(t0, 1.0), &[sock(5000, "10.0.0.1:9000", 0)], &mut ev);
+        assert_eq!(kinds(&ev), vec![("open", 5000)]);
+        ev.clear();
+        t.apply(secs(t0, 2.0), &[sock(5000, "10.0.0.1:9000", 4242)], &mut ev);
+        assert!(ev.is_empty(), "{ev:?}");
+        let c = t.active().next().unwrap();
+        assert_eq!((c.key.id, c.since), (4242, secs(t0, 1.0)));
+        t.apply(secs(t0, 5.0), &[], &mut ev);
+        assert!(
+            matches!(&ev[..], [Event::Closed { duration, .. }] if *duration == Duration::from_secs(4))
+        );
+        assert_eq!(t.stats()[0], stats(0, 1, 1, 0, 1));
+    }
+
+    #[test]
+    fn open_events_and_close_events_make_a_session_with_a_duration() {
+        let mut t = Tracker::new(targets());
+        let t0 = Timestamp::now();
+        let a = sock(5000, "10.0.0.1:9000", 40);
+        let mut ev = Vec::new();
+        t.apply(t0, &[], &mut ev);
+        let open = SocketEvent {
+            kind: SocketEventKind::Opened,
+            ..closed_event(secs(t0, 0.1), &a)
+        };
+        t.event(&open, &mut ev);
+        t.event(&open, &mut ev);
+        // A snapshot that lists it changes nothing.
+        t.apply(secs(t0, 0.5), &[a], &mut ev);
+        t.event(&closed_event(secs(t0, 0.3 + 0.5), &a), &mut ev);
+        assert_eq!(kinds(&ev), vec![("open", 5000), ("close", 5000)]);
+        assert!(
+            matches!(&ev[1], Event::Closed { duration, .. } if *duration == Duration::from_millis(700))
+        );
+        // An open event after its close (out of order) does not reopen it.
+        ev.clear();
+        t.event(&open, &mut ev);
+        assert!(ev.is_empty());
+    }
+
+    #[test]
+    fn the_memory_of_closed_sockets_is_bounded() {
+        let mut t = Tracker::new(targets());
+        let t0 = Timestamp::now();
+        let mut ev = Vec::new();
+        for id in 1..=(CLOSED_MEMORY as u64 + 1000) {
+            let s = sock((id % 60000) as u16, "10.0.0.2:1", id);
+            t.event(&closed_event(t0, &s), &mut ev);
+        }
+        assert_eq!(t.closed.len(), CLOSED_MEMORY);
+        assert_eq!(t.closed_order.len(), CLOSED_MEMORY);
+        assert_eq!(t.stats()[1].short_lived, CLOSED_MEMORY as u64 + 1000);
+    }
+
+    #[test]
+    fn restored_sessions_keep_their_start_and_get_a_duration() {
+        let mut t = Tracker::new(targets());
+        let t0 = Timestamp::now();
+        let a = sock(5000, "10.0.0.1:9000", 50);
+        let b = sock(5001, "10.0.0.1:9000", 51);
+        let moved = sock(5002, "10.0.0.2:1", 52);
+        t.restore([
+            (ConnKey::from(&a), 0, t0),
+            // Recorded under target 0, now target 1's: the config changed, not restored.
+            (ConnKey::from(&moved), 0, t0),
+            // Not listed by the first snapshot: gone while the sidecar was down; forgotten.
+            (ConnKey::from(&sock(5003, "10.0.0.1:9000", 53)), 0, t0),
+        ]);
+        let mut ev = Vec::new();
+        t.apply(secs(t0, 100.0), &[a, b, moved], &mut ev);
+        let opened: Vec<(u64, bool, Timestamp)> = ev
+            .iter()
+            .map(|e| match e {
+                Event::Opened(c) => (c.key.id, c.preexisting, c.since),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            opened.iter().find(|o| o.0 == 50),
+            Some(&(50, false, t0)),
+            "restored"
+        );
+        assert!(opened.iter().find(|o| o.0 == 51).unwrap().1);
+        assert!(opened.iter().find(|o| o.0 == 52).unwrap().1);
+        ev.clear();
+        t.apply(secs(t0, 130.0), &[b, moved], &mut ev);
+        assert!(
+            matches!(&ev[..], [Event::Closed { duration, conn, .. }] if *duration == Duration::from_secs(130) && !conn.preexisting)
+        );
+        // Restoring after the first snapshot does nothing.
+        t.restore([(ConnKey::from(&b), 0, t0)]);
+        assert!(t.restored.is_empty());
     }
 }

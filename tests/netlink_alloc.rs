@@ -57,6 +57,10 @@ fn steady_state_allocations(mut source: NetlinkSource, want: usize) -> usize {
     source.poll(&mut out).unwrap();
     let made = allocations() - before;
     assert_eq!(out.len(), want);
+    assert!(
+        out.iter().all(|e| e.health.is_some()),
+        "measured with tcp_info asked for"
+    );
     made
 }
 
@@ -82,6 +86,8 @@ fn a_steady_state_poll_allocates_nothing() {
         net,
         port: Some(at.port()),
         local_ports: None,
+        heartbeat: None,
+        stale_after: None,
     }]);
     // The mode `open` picks (one walk, on any kernel that serves it), and the fallback.
     let source = NetlinkSource::open(&targets).unwrap();

@@ -59,12 +59,26 @@ pub struct ConfigArgs {
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<String>,
 
+    /// The endpoint's web configuration file: TLS, client certificates, basic auth, extra
+    /// headers, in the Prometheus exporter toolkit's format (node_exporter's file works as is).
+    ///
+    /// Overrides FIX_MONITOR_PROMETHEUS__WEB_CONFIG and `[prometheus] web_config`.
+    #[arg(long = "web.config.file", value_name = "PATH")]
+    pub web_config_file: Option<String>,
+
     /// Where to read connections from: auto, netlink, procfs or netstat [default: auto].
     ///
     /// auto tries netlink, then procfs, then netstat. Overrides FIX_MONITOR_POLL__SOURCE and
     /// `[poll] source`.
     #[arg(long, value_name = "SOURCE")]
     pub source: Option<String>,
+
+    /// Keep the active sessions' start times in this directory, so that a restart keeps their
+    /// lifetimes (systemd: StateDirectory=; Kubernetes: an emptyDir) [default: none].
+    ///
+    /// Overrides FIX_MONITOR_STATE__DIR and `[state] dir`.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<String>,
 
     /// Log format on stderr: text or json [default: text].
     ///

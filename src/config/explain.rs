@@ -1,17 +1,20 @@
 //! `fix-monitor config`: the effective configuration as TOML, each value followed by where it
 //! came from. The output is itself a valid config file that loads to the same settings, so an
-//! operator can start a file from it.
+//! operator can start a file from it. It walks the settings serialized to a JSON tree (each
+//! check's `serialize` writes its value as the file takes it; sections come in key order),
+//! taking each value's origin from `Loaded::origin`: a new key needs nothing here.
 
 use std::fmt::Write;
 
-use super::raw::{self, quote};
+use serde_json::{Map, Value};
+
+use super::raw::{self, quote, RawTarget};
 use super::{ConfigFile, Loaded, Origin, OtlpProtocol};
 
 /// Comments start at this column at least, so that they line up in the common case.
 const COMMENT_COLUMN: usize = 34;
 
 pub(super) fn explain(loaded: &Loaded) -> String {
-    let s = &loaded.settings;
     let mut out = String::new();
     out.push_str("# fix-monitor effective configuration.\n");
     out.push_str(
@@ -34,111 +37,69 @@ pub(super) fn explain(loaded: &Loaded) -> String {
         );
     }
 
+    let mut tree = serde_json::to_value(&loaded.settings).expect("settings serialize");
+    let targets: Vec<RawTarget> = loaded.settings.targets.iter().map(Into::into).collect();
+    tree["targets"] = serde_json::to_value(targets).expect("targets serialize");
     let mut lines = Lines { loaded, out };
-    for (i, t) in s.targets.iter().enumerate() {
-        let key = |field: &str| format!("targets[{i}].{field}");
-        lines.header("[[targets]]");
-        lines.value("name", &quote(&t.name), &key("name"));
-        let single = t.net.prefix_len() == t.net.max_prefix_len();
-        let address = if single {
-            t.net.addr().to_string()
-        } else {
-            t.net.to_string()
-        };
-        lines.value("address", &quote(&address), &key("address"));
-        match t.port {
-            Some(port) => lines.value("port", &port.to_string(), &key("port")),
-            None => lines.absent("port", "any port", &key("port")),
-        }
-        match t.local_ports {
-            Some(r) => lines.value(
-                "local_ports",
-                &format!("[{}, {}]", r.start, r.end),
-                &key("local_ports"),
-            ),
-            None => lines.absent("local_ports", "any local port", &key("local_ports")),
-        }
+    if let Value::Object(top) = &tree {
+        lines.table("", "", top);
     }
+    lines.out
+}
 
-    lines.header("[poll]");
-    let interval = humantime::format_duration(s.poll.interval).to_string();
-    lines.value("interval", &quote(&interval), "poll.interval");
-    lines.value("source", &quote(s.poll.source.as_str()), "poll.source");
-    let reconcile = humantime::format_duration(s.poll.reconcile_interval).to_string();
-    lines.value(
-        "reconcile_interval",
-        &quote(&reconcile),
-        "poll.reconcile_interval",
-    );
+/// What an unset optional key means.
+fn absent_meaning(key: &str) -> &'static str {
+    const MEANINGS: &[(&str, &str)] = &[
+        (".port", "any port"),
+        (".local_ports", "any local port"),
+        (".ca_file", "the system's trust roots"),
+        (".cert_file", "no client certificate"),
+        (".key_file", "no client key"),
+        (".heartbeat", "none"),
+        (".stale_after", "no staleness judged (no heartbeat either)"),
+        ("state.dir", "no state kept across restarts"),
+        (".web_config", "plain HTTP, no auth"),
+    ];
+    MEANINGS
+        .iter()
+        .find(|(suffix, _)| key.ends_with(suffix))
+        .map_or("not set", |(_, meaning)| meaning)
+}
 
-    lines.header("[prometheus]");
-    lines.value(
-        "enabled",
-        &s.prometheus.enabled.to_string(),
-        "prometheus.enabled",
-    );
-    let listen = s.prometheus.listen.to_string();
-    lines.value("listen", &quote(&listen), "prometheus.listen");
+/// Tables whose keys the user names (quoted in the output, and values that look like
+/// credentials masked).
+const USER_KEYED: &[&str] = &["otlp.headers"];
 
-    lines.header("[log]");
-    lines.value("format", &quote(s.log.format.as_str()), "log.format");
-    lines.value("level", &quote(&s.log.level), "log.level");
-
-    let o = &s.otlp;
-    lines.header("[otlp]");
-    lines.value("enabled", &o.enabled.to_string(), "otlp.enabled");
-    lines.value("endpoint", &quote(&o.endpoint), "otlp.endpoint");
-    if o.url != o.endpoint {
-        let _ = writeln!(lines.out, "# (exports go to {})", o.url);
+/// A comment under a value, where the value alone would mislead.
+fn note(loaded: &Loaded, key: &str) -> Option<String> {
+    let o = &loaded.settings.otlp;
+    if key != "otlp.endpoint" {
+        None
+    } else if o.url != o.endpoint {
+        Some(format!("# (exports go to {})", o.url))
     } else if o.protocol == OtlpProtocol::HttpProtobuf
         && raw::http_export_url(&o.endpoint, false) != o.url
     {
         // Only the signal-specific variable gives a full URL; a file's endpoint is a base.
-        let _ = writeln!(
-            lines.out,
+        Some(
             "# (the full export URL, used as is; as a file's endpoint it would get /v1/metrics \
              appended)"
-        );
+                .to_owned(),
+        )
+    } else {
+        None
     }
-    lines.value("protocol", &quote(o.protocol.as_str()), "otlp.protocol");
-    let interval = humantime::format_duration(o.interval).to_string();
-    lines.value("interval", &quote(&interval), "otlp.interval");
-    let timeout = humantime::format_duration(o.timeout).to_string();
-    lines.value("timeout", &quote(&timeout), "otlp.timeout");
-    lines.value(
-        "temporality",
-        &quote(o.temporality.as_str()),
-        "otlp.temporality",
-    );
+}
 
-    lines.header("[otlp.headers]");
-    if o.headers.is_empty() {
-        lines.absent("headers", "none", "otlp.headers");
-    }
-    for (name, value) in &o.headers {
-        let key = format!("otlp.headers.{name}");
-        if is_secret(name) {
-            // `fix-monitor config` output ends up in tickets and chat; credentials must not.
-            lines.absent(&quote(name), "set, value not shown", &key);
-        } else {
-            lines.value(&quote(name), &quote(value), &key);
+/// TOML text of a leaf value (JSON's string escapes are a subset of TOML's).
+fn render(value: &Value) -> String {
+    match value {
+        Value::Array(items) => {
+            let items: Vec<String> = items.iter().map(render).collect();
+            format!("[{}]", items.join(", "))
         }
+        other => other.to_string(),
     }
-
-    lines.header("[otlp.tls]");
-    let tls = [
-        ("ca_file", &o.tls.ca_file, "the system's trust roots"),
-        ("cert_file", &o.tls.cert_file, "no client certificate"),
-        ("key_file", &o.tls.key_file, "no client key"),
-    ];
-    for (field, path, meaning) in tls {
-        let key = format!("otlp.tls.{field}");
-        match path {
-            Some(path) => lines.value(field, &quote(&path.display().to_string()), &key),
-            None => lines.absent(field, meaning, &key),
-        }
-    }
-    lines.out
 }
 
 /// Header names whose values are credentials.
@@ -154,8 +115,53 @@ struct Lines<'a> {
 }
 
 impl Lines<'_> {
-    fn header(&mut self, header: &str) {
-        let _ = write!(self.out, "\n{header}\n");
+    /// The leaves of a table, then its sub-tables, then its lists of tables. `key` names values
+    /// for their origins (`targets[0]`), `header` for TOML (`targets`).
+    fn table(&mut self, key: &str, header: &str, table: &Map<String, Value>) {
+        let join = |base: &str, name: &str| match base {
+            "" => name.to_owned(),
+            base => format!("{base}.{name}"),
+        };
+        let user_keyed = USER_KEYED.contains(&key);
+        if table.is_empty() {
+            let name = header.rsplit('.').next().unwrap_or_default();
+            self.absent(name, "none", key);
+        }
+        for (name, value) in table {
+            let key = join(key, name);
+            match value {
+                Value::Object(_) => continue,
+                Value::Array(items) if items.iter().any(Value::is_object) => continue,
+                Value::Null => self.absent(name, absent_meaning(&key), &key),
+                // `fix-monitor config` output ends up in tickets and chat; credentials must not.
+                _ if user_keyed && is_secret(name) => {
+                    self.absent(&quote(name), "set, value not shown", &key)
+                }
+                _ if user_keyed => self.value(&quote(name), &render(value), &key),
+                _ => self.value(name, &render(value), &key),
+            }
+            if let Some(note) = note(self.loaded, &key) {
+                let _ = writeln!(self.out, "{note}");
+            }
+        }
+        for (name, value) in table {
+            let (key, header) = (join(key, name), join(header, name));
+            match value {
+                Value::Object(sub) => {
+                    let _ = write!(self.out, "\n[{header}]\n");
+                    self.table(&key, &header, sub);
+                }
+                Value::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        if let Value::Object(sub) = item {
+                            let _ = write!(self.out, "\n[[{header}]]\n");
+                            self.table(&format!("{key}[{i}]"), &header, sub);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
     }
 
     fn value(&mut self, name: &str, value: &str, key: &str) {
@@ -174,6 +180,9 @@ impl Lines<'_> {
             // A target's name is derived from its address and port unless given.
             Some(Origin::Default) if key.ends_with(".name") => {
                 "default (from address and port)".to_owned()
+            }
+            Some(Origin::Default) | None if key.ends_with(".stale_after") => {
+                "default (twice the heartbeat)".to_owned()
             }
             Some(Origin::Default) | None => "default".to_owned(),
             Some(origin) => format!("from {origin}"),

@@ -527,7 +527,13 @@ fn flag_layers(args: &ConfigArgs, errors: &mut Vec<ConfigError>) -> Vec<Layer> {
     let settings = [
         ("--interval", &args.interval, ["poll", "interval"]),
         ("--source", &args.source, ["poll", "source"]),
+        ("--state-dir", &args.state_dir, ["state", "dir"]),
         ("--listen", &args.listen, ["prometheus", "listen"]),
+        (
+            "--web.config.file",
+            &args.web_config_file,
+            ["prometheus", "web_config"],
+        ),
         ("--log-format", &args.log_format, ["log", "format"]),
         ("--log-level", &args.log_level, ["log", "level"]),
         ("--otlp-endpoint", &args.otlp_endpoint, ["otlp", "endpoint"]),

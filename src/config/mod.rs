@@ -70,9 +70,10 @@
 //! - `args`: the flags as typed ([`ConfigArgs`], strings).
 //! - `layers`: turns the file text, the environment and the flags into figment providers whose
 //!   metadata records each value's [`Origin`]. I/O-free.
-//! - `resolve`: walks the merged tree against the schema, collecting *every* problem, into
-//!   [`Settings`] plus the origin of each value. Pure.
-//! - `explain`: renders [`Loaded::explain`].
+//! - `raw`: deserializes the merged tree into [`Settings`] (the section structs here are the
+//!   tree: a key is a field, its default and its check), collecting *every* problem, and
+//!   validates what spans keys. Pure.
+//! - `explain`: renders [`Loaded::explain`] from the serialized settings, generically.
 //!
 //! Only [`load`] touches the process environment and only [`load_from`] reads the file; the
 //! pure [`parse_toml_str`] / [`parse_reader`] take the file's content directly.
@@ -94,6 +95,8 @@ use std::time::Duration;
 pub use args::ConfigArgs;
 pub use error::{ConfigError, ConfigErrors, ErrorKind, Origin};
 pub use raw::parse_duration;
+
+use serde::{Deserialize, Serialize};
 
 use crate::source::SourceKind;
 use crate::target::Targets;
@@ -124,6 +127,9 @@ pub mod defaults {
     /// Loopback: exposing metrics beyond the host is a deliberate choice (`0.0.0.0:9464`).
     pub const PROMETHEUS_LISTEN: SocketAddr =
         SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9464));
+    /// `/connections` and the page's per-session details are served unless a site turns them
+    /// off (venue addresses can be sensitive).
+    pub const PROMETHEUS_EXPOSE_CONNECTIONS: bool = true;
     pub const LOG_FORMAT: LogFormat = LogFormat::Text;
     pub const LOG_LEVEL: &str = "info";
     /// The original monitor's `--min-port` default; used when only `--max-port` is given.
@@ -149,40 +155,140 @@ pub mod defaults {
     pub const OTLP_TEMPORALITY: OtlpTemporality = OtlpTemporality::Cumulative;
 }
 
-/// The validated configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settings {
-    /// What to watch; never empty, names unique.
-    pub targets: Targets,
+/// The configuration tree: what the file, the variables and the flags are deserialized into
+/// (`T` = the raw `[[targets]]` list) and, validated, what the sidecar runs on (`T` =
+/// [`Targets`]). A key is one field below with its default (the section's `Default`) and its
+/// check (`with = "raw::check::NAME"`, which also prints it in `fix-monitor config`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+#[serde(bound(deserialize = "T: Deserialize<'de> + Default"))]
+pub struct Settings<T = Targets> {
+    /// What to watch; once validated never empty, names unique.
+    pub targets: T,
     pub poll: PollSettings,
     pub prometheus: PrometheusSettings,
     pub log: LogSettings,
     pub otlp: OtlpSettings,
+    pub state: StateSettings,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateSettings {
+    /// Where the active sessions' starts are kept so that a restart keeps their lifetimes
+    /// (`persist`); checked writable at load. None: nothing is kept.
+    #[serde(with = "raw::some::state_dir")]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct PollSettings {
     /// Time between two polls of the connection source; > 0.
+    #[serde(with = "raw::check::interval")]
     pub interval: Duration,
     /// Which connection source to use.
+    #[serde(with = "raw::check::source")]
     pub source: SourceKind,
     /// eBPF source only: time between two reconciling full dumps; > 0.
+    #[serde(with = "raw::check::interval")]
     pub reconcile_interval: Duration,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PrometheusSettings {
-    /// Whether to serve the Prometheus pull endpoint.
-    pub enabled: bool,
-    /// Where to serve it. Port 0 is allowed (the OS picks a free port), which tests rely on.
-    pub listen: SocketAddr,
+impl Default for PollSettings {
+    fn default() -> Self {
+        PollSettings {
+            interval: defaults::INTERVAL,
+            source: defaults::SOURCE,
+            reconcile_interval: defaults::RECONCILE_INTERVAL,
+        }
+    }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrometheusSettings {
+    /// Whether to serve the Prometheus pull endpoint.
+    #[serde(with = "raw::check::boolean")]
+    pub enabled: bool,
+    /// Where to serve it. Port 0 is allowed (the OS picks a free port), which tests rely on.
+    #[serde(with = "raw::check::listen")]
+    pub listen: SocketAddr,
+    /// The exporter toolkit's web configuration file (TLS, client certificates, basic auth,
+    /// extra headers); `None`: plain HTTP, no auth. Read and checked in `raw::validate`.
+    #[serde(with = "raw::some::path")]
+    pub web_config: Option<PathBuf>,
+    /// Serve `/connections` and the sessions' (and venues') addresses on `/` and `/health`.
+    #[serde(with = "raw::check::boolean")]
+    pub expose_connections: bool,
+    /// What `web_config` says, filled in by `raw::validate`.
+    #[serde(skip)]
+    pub web: Option<WebConfigFile>,
+}
+
+/// The web configuration file and what it says, read and checked when the configuration loads.
+/// Two are equal when they name the same file.
+#[derive(Clone)]
+pub struct WebConfigFile {
+    pub path: PathBuf,
+    pub config: std::sync::Arc<crate::export::web_config::WebConfig>,
+}
+
+impl WebConfigFile {
+    pub fn new(path: PathBuf, config: crate::export::web_config::WebConfig) -> WebConfigFile {
+        WebConfigFile {
+            path,
+            config: std::sync::Arc::new(config),
+        }
+    }
+}
+
+impl PartialEq for WebConfigFile {
+    fn eq(&self, other: &Self) -> bool {
+        self.path == other.path
+    }
+}
+
+impl Eq for WebConfigFile {}
+
+impl std::fmt::Debug for WebConfigFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebConfigFile")
+            .field("path", &self.path)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl Default for PrometheusSettings {
+    fn default() -> Self {
+        PrometheusSettings {
+            enabled: defaults::PROMETHEUS_ENABLED,
+            listen: defaults::PROMETHEUS_LISTEN,
+            web_config: None,
+            expose_connections: defaults::PROMETHEUS_EXPOSE_CONNECTIONS,
+            web: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct LogSettings {
+    #[serde(with = "raw::check::log_format")]
     pub format: LogFormat,
     /// A tracing `EnvFilter` directive, already checked to parse.
+    #[serde(with = "raw::check::log_level")]
     pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            format: defaults::LOG_FORMAT,
+            level: defaults::LOG_LEVEL.to_owned(),
+        }
+    }
 }
 
 impl LogSettings {
@@ -201,39 +307,69 @@ impl LogSettings {
 
 /// OTLP push. Its `endpoint` and the export URL are both kept: the first is what was
 /// configured (and what `explain` prints), the second what the exporter posts to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct OtlpSettings {
     /// Whether to push.
+    #[serde(with = "raw::check::boolean")]
     pub enabled: bool,
     /// As configured: a base URL (`http://collector:4318`), or, from
-    /// `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`, the full URL.
+    /// `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`, the full URL. Unset: the protocol's default,
+    /// filled in by validation.
+    #[serde(with = "raw::check::text")]
     pub endpoint: String,
     /// Where the exporter sends: `endpoint` for gRPC; for HTTP the base URL with `/v1/metrics`
     /// appended (unless it already ends so, or came from the signal-specific variable).
+    #[serde(skip)]
     pub url: String,
+    #[serde(with = "raw::check::protocol")]
     pub protocol: OtlpProtocol,
     /// Time between two exports; > 0.
+    #[serde(with = "raw::check::interval")]
     pub interval: Duration,
     /// Deadline of one export, its retries included; > 0.
+    #[serde(with = "raw::check::interval")]
     pub timeout: Duration,
-    /// Sent with every export (gRPC metadata or HTTP headers). Names are lower case.
+    /// Sent with every export (gRPC metadata or HTTP headers). Names are lower case (`layers`
+    /// lower-cases them); values are checked in validation.
     pub headers: BTreeMap<String, String>,
+    #[serde(with = "raw::check::temporality")]
     pub temporality: OtlpTemporality,
     pub tls: TlsFiles,
 }
 
+impl Default for OtlpSettings {
+    fn default() -> Self {
+        OtlpSettings {
+            enabled: defaults::OTLP_ENABLED,
+            endpoint: String::new(),
+            url: String::new(),
+            protocol: defaults::OTLP_PROTOCOL,
+            interval: defaults::OTLP_INTERVAL,
+            timeout: defaults::OTLP_TIMEOUT,
+            headers: BTreeMap::new(),
+            temporality: defaults::OTLP_TEMPORALITY,
+            tls: TlsFiles::default(),
+        }
+    }
+}
+
 /// PEM files for a TLS collector. Each given file existed when the configuration was loaded;
 /// they are read when the exporter is built.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct TlsFiles {
     /// Trust these CAs (instead of the system's roots, which are used without it).
+    #[serde(with = "raw::some::path")]
     pub ca_file: Option<PathBuf>,
     /// Client certificate for mutual TLS; given together with `key_file`.
+    #[serde(with = "raw::some::path")]
     pub cert_file: Option<PathBuf>,
+    #[serde(with = "raw::some::path")]
     pub key_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub enum OtlpProtocol {
     /// OTLP/gRPC (port 4317 by convention).
     #[serde(rename = "grpc")]
@@ -255,7 +391,7 @@ impl OtlpProtocol {
 }
 
 /// How sums and histograms are reported (the OTLP temporality preference).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OtlpTemporality {
     /// Totals since start: what Prometheus-style backends expect, and what survives a lost
@@ -279,7 +415,7 @@ impl OtlpTemporality {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.

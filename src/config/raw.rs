@@ -1,10 +1,10 @@
-//! The configuration as typed serde structs, close to what the user wrote (ripgrep's
-//! "low-level args"), and their validation into [`Settings`] (the "high-level" side).
+//! Deserializing the merged layers into [`Settings`] (ripgrep's "low-level args": [`Raw`], with
+//! the `[[targets]]` list as given) and validating that into the settings the sidecar runs on.
 //!
 //! # Adding a key
-//! One field on the raw struct of its section, its default in that struct's `Default`, and its
-//! check: either a `deserialize_with` naming one of the [`checks!`] below (add one there for a
-//! new kind of value), or a line in [`validate`] when it depends on other keys. Unknown keys,
+//! One field on its section's struct in `config/mod.rs`, its default in that struct's
+//! `Default`, and its check: a `with` naming one of the [`checks!`] below (add one there for a
+//! new kind of value), plus a line in [`validate`] when it depends on other keys. Unknown keys,
 //! wrong types, every value's origin and `fix-monitor config` need nothing more.
 //!
 //! # Every problem at once
@@ -24,171 +24,88 @@ use figment::value::{Dict, Num, Value};
 use figment::{Figment, Provider};
 use ipnet::IpNet;
 use serde::de::{DeserializeOwned, Error as _, IntoDeserializer};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::error::{ConfigError, ErrorKind, Origin};
 use super::layers::{self, ENV_OTEL_METRICS_ENDPOINT, ENV_PREFIX};
-use super::{
-    defaults, LogFormat, LogSettings, OtlpProtocol, OtlpSettings, OtlpTemporality, PollSettings,
-    PrometheusSettings, Settings, TlsFiles,
-};
+use super::{defaults, LogFormat, OtlpProtocol, OtlpSettings, OtlpTemporality, Settings, TlsFiles};
 use crate::source::SourceKind;
 use crate::target::{PortRange, Target, Targets};
 
-// ---- The tree: one struct per section, defaults beside the fields. ----
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub(crate) struct Raw {
-    /// `None` when no layer gives targets (an error, reported by `validate`).
-    targets: Option<Vec<RawTarget>>,
-    poll: RawPoll,
-    prometheus: RawPrometheus,
-    log: RawLog,
-    otlp: RawOtlp,
-}
+/// The tree as deserialized: [`Settings`] with the targets not yet checked as a whole.
+pub(crate) type Raw = Settings<Option<Vec<RawTarget>>>;
 
 /// One `[[targets]]` table. Per-target keys are optional: `None` means "any" or "derived".
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTarget {
-    #[serde(default, deserialize_with = "some::name")]
+/// Also how `explain` prints a [`Target`]: as the table it could have been given as.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawTarget {
+    #[serde(with = "some::name")]
     name: Option<String>,
     /// Required; `validate` reports it missing.
-    #[serde(default, deserialize_with = "some::address")]
+    #[serde(with = "some::address")]
     address: Option<IpNet>,
-    #[serde(default, deserialize_with = "some::port")]
+    #[serde(with = "some::port")]
     port: Option<u16>,
-    #[serde(default, deserialize_with = "some::port_range")]
+    #[serde(with = "some::port_range")]
     local_ports: Option<PortRange>,
+    /// The sessions' FIX HeartBtInt; `stale_after` defaults to twice it.
+    #[serde(with = "some::interval")]
+    heartbeat: Option<Duration>,
+    /// Default: twice `heartbeat`; neither set: staleness is not judged.
+    #[serde(with = "some::interval")]
+    stale_after: Option<Duration>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawPoll {
-    #[serde(deserialize_with = "check::interval")]
-    interval: Duration,
-    #[serde(deserialize_with = "check::source")]
-    source: SourceKind,
-    #[serde(deserialize_with = "check::interval")]
-    reconcile_interval: Duration,
-}
-
-impl Default for RawPoll {
-    fn default() -> Self {
-        RawPoll {
-            interval: defaults::INTERVAL,
-            source: defaults::SOURCE,
-            reconcile_interval: defaults::RECONCILE_INTERVAL,
+impl From<&Target> for RawTarget {
+    fn from(t: &Target) -> Self {
+        RawTarget {
+            name: Some(t.name.clone()),
+            address: Some(t.net),
+            port: t.port,
+            local_ports: t.local_ports,
+            heartbeat: t.heartbeat,
+            stale_after: t.stale_after,
         }
     }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawPrometheus {
-    #[serde(deserialize_with = "check::boolean")]
-    enabled: bool,
-    #[serde(deserialize_with = "check::listen")]
-    listen: SocketAddr,
-}
-
-impl Default for RawPrometheus {
-    fn default() -> Self {
-        RawPrometheus {
-            enabled: defaults::PROMETHEUS_ENABLED,
-            listen: defaults::PROMETHEUS_LISTEN,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawLog {
-    #[serde(deserialize_with = "check::log_format")]
-    format: LogFormat,
-    #[serde(deserialize_with = "check::log_level")]
-    level: String,
-}
-
-impl Default for RawLog {
-    fn default() -> Self {
-        RawLog {
-            format: defaults::LOG_FORMAT,
-            level: defaults::LOG_LEVEL.to_owned(),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawOtlp {
-    #[serde(deserialize_with = "check::boolean")]
-    enabled: bool,
-    /// `None`: the protocol's default endpoint.
-    #[serde(deserialize_with = "some::text")]
-    endpoint: Option<String>,
-    #[serde(deserialize_with = "check::protocol")]
-    protocol: OtlpProtocol,
-    #[serde(deserialize_with = "check::interval")]
-    interval: Duration,
-    #[serde(deserialize_with = "check::interval")]
-    timeout: Duration,
-    #[serde(deserialize_with = "check::temporality")]
-    temporality: OtlpTemporality,
-    /// Names are lower-cased by `layers` before merging; values checked in `validate`.
-    headers: BTreeMap<String, String>,
-    tls: RawTls,
-}
-
-impl Default for RawOtlp {
-    fn default() -> Self {
-        RawOtlp {
-            enabled: defaults::OTLP_ENABLED,
-            endpoint: None,
-            protocol: defaults::OTLP_PROTOCOL,
-            interval: defaults::OTLP_INTERVAL,
-            timeout: defaults::OTLP_TIMEOUT,
-            temporality: defaults::OTLP_TEMPORALITY,
-            headers: BTreeMap::new(),
-            tls: RawTls::default(),
-        }
-    }
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawTls {
-    #[serde(deserialize_with = "some::path")]
-    ca_file: Option<PathBuf>,
-    #[serde(deserialize_with = "some::path")]
-    cert_file: Option<PathBuf>,
-    #[serde(deserialize_with = "some::path")]
-    key_file: Option<PathBuf>,
 }
 
 // ---- Leaf checks: `check::NAME` for a field with a default, `some::NAME` for an optional one. --
 
 /// Each check takes the value as figment holds it (a variable or flag gives a string, so
 /// numbers and booleans are also read from text) and returns the typed value, or what is wrong
-/// and what is allowed.
+/// and what is allowed. Each is a serde `with` module: its `serialize` writes the value as the
+/// file takes it ([`Show`]), for `fix-monitor config`.
 macro_rules! checks {
     ($($name:ident -> $ty:ty = $parse:expr;)*) => {
-        #[allow(dead_code)]
-        mod check {
-            use super::*;
-            $(pub(super) fn $name<'de, D: Deserializer<'de>>(d: D) -> Result<$ty, D::Error> {
-                let value = <Value as Deserialize>::deserialize(d)?;
-                ($parse)(&value).map_err(D::Error::custom)
-            })*
-        }
-        #[allow(dead_code)]
-        mod some {
-            use super::*;
-            $(pub(super) fn $name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<$ty>, D::Error> {
-                super::check::$name(d).map(Some)
-            })*
-        }
+        pub(crate) mod check {$(
+            #[allow(dead_code)]
+            pub(crate) mod $name {
+                use super::super::*;
+                pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<$ty, D::Error> {
+                    let value = <Value as Deserialize>::deserialize(d)?;
+                    ($parse)(&value).map_err(D::Error::custom)
+                }
+                pub(crate) fn serialize<S: Serializer>(v: &$ty, s: S) -> Result<S::Ok, S::Error> {
+                    v.show(s)
+                }
+            }
+        )*}
+        pub(crate) mod some {$(
+            #[allow(dead_code)]
+            pub(crate) mod $name {
+                use super::super::*;
+                pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<$ty>, D::Error> {
+                    super::super::check::$name::deserialize(d).map(Some)
+                }
+                pub(crate) fn serialize<S: Serializer>(v: &Option<$ty>, s: S) -> Result<S::Ok, S::Error> {
+                    match v {
+                        Some(v) => v.show(s),
+                        None => s.serialize_none(),
+                    }
+                }
+            }
+        )*}
     };
 }
 
@@ -203,10 +120,60 @@ checks! {
     listen -> SocketAddr = parse_listen;
     log_level -> String = parse_log_level;
     path -> PathBuf = parse_path;
+    state_dir -> PathBuf = parse_state_dir;
     source -> SourceKind = |v: &Value| parse_enum(v, SourceKind::ALLOWED);
     log_format -> LogFormat = |v: &Value| parse_enum(v, LogFormat::ALLOWED);
     temporality -> OtlpTemporality = |v: &Value| parse_enum(v, OtlpTemporality::ALLOWED);
     protocol -> OtlpProtocol = parse_protocol;
+}
+
+/// A checked value written back as the file takes it.
+pub(crate) trait Show {
+    fn show<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error>;
+}
+
+macro_rules! show_as_serde {
+    ($($ty:ty),*) => {$(
+        impl Show for $ty {
+            fn show<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                self.serialize(s)
+            }
+        }
+    )*};
+}
+show_as_serde!(
+    String,
+    u16,
+    bool,
+    PathBuf,
+    SocketAddr,
+    SourceKind,
+    LogFormat,
+    OtlpTemporality,
+    OtlpProtocol
+);
+
+impl Show for Duration {
+    fn show<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*self))
+    }
+}
+
+impl Show for IpNet {
+    /// A single address without its prefix length, as it was most likely written.
+    fn show<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.prefix_len() == self.max_prefix_len() {
+            s.collect_str(&self.addr())
+        } else {
+            s.collect_str(self)
+        }
+    }
+}
+
+impl Show for PortRange {
+    fn show<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        [self.start, self.end].serialize(s)
+    }
 }
 
 // ---- Extraction: every problem of the merged tree. ----
@@ -418,12 +385,19 @@ impl Context<'_> {
 /// Turns the raw configuration into [`Settings`], reporting the problems that involve more
 /// than one value. The settings are used only if `errors` stayed empty.
 pub(crate) fn validate(raw: Raw, cx: &Context<'_>, errors: &mut Vec<ConfigError>) -> Settings {
-    let targets = targets(raw.targets, cx, errors);
-    let otlp = otlp(raw.otlp, cx, errors);
-    let prometheus = PrometheusSettings {
-        enabled: raw.prometheus.enabled,
-        listen: raw.prometheus.listen,
-    };
+    let Settings {
+        targets: raw_targets,
+        poll,
+        mut prometheus,
+        log,
+        otlp,
+        state,
+    } = raw;
+    let otlp = self::otlp(otlp, cx, errors);
+    prometheus.web = prometheus
+        .web_config
+        .clone()
+        .and_then(|path| web_config(path, cx, errors));
     if !prometheus.enabled && !otlp.enabled && !cx.failed.contains("prometheus.enabled") {
         let otlp_origin = match cx.origin("otlp.enabled") {
             Origin::Default => "the default".to_owned(),
@@ -441,18 +415,36 @@ pub(crate) fn validate(raw: Raw, cx: &Context<'_>, errors: &mut Vec<ConfigError>
         ));
     }
     Settings {
-        targets,
-        poll: PollSettings {
-            interval: raw.poll.interval,
-            source: raw.poll.source,
-            reconcile_interval: raw.poll.reconcile_interval,
-        },
+        targets: targets(raw_targets, cx, errors),
+        poll,
         prometheus,
-        log: LogSettings {
-            format: raw.log.format,
-            level: raw.log.level,
-        },
+        log,
         otlp,
+        state,
+    }
+}
+
+/// Reads the web configuration file and every certificate and key it names; each problem is
+/// reported on `prometheus.web_config`, with the key inside the file in the message.
+fn web_config(
+    path: PathBuf,
+    cx: &Context<'_>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<super::WebConfigFile> {
+    match crate::export::web_config::load(&path) {
+        Ok(config) => Some(super::WebConfigFile::new(path, config)),
+        Err(problems) => {
+            let value = quote(&path.display().to_string());
+            for p in problems {
+                errors.push(cx.error(
+                    ErrorKind::InvalidValue,
+                    "prometheus.web_config",
+                    value.clone(),
+                    p.to_string(),
+                ));
+            }
+            None
+        }
     }
 }
 
@@ -528,6 +520,8 @@ fn targets(
             net,
             port: t.port,
             local_ports: t.local_ports,
+            heartbeat: t.heartbeat,
+            stale_after: t.stale_after.or(t.heartbeat.map(|h| h * 2)),
         });
     }
     Targets::new(targets)
@@ -536,14 +530,13 @@ fn targets(
 /// `[otlp]` as a whole: the endpoint against the protocol, the TLS files against the endpoint's
 /// scheme and the file system (only when push is on: a disabled exporter's inherited `OTEL_*`
 /// settings must not stop the sidecar).
-fn otlp(raw: RawOtlp, cx: &Context<'_>, errors: &mut Vec<ConfigError>) -> OtlpSettings {
-    let endpoint = raw.endpoint.unwrap_or_else(|| {
-        match raw.protocol {
-            OtlpProtocol::Grpc => defaults::OTLP_GRPC_ENDPOINT,
-            OtlpProtocol::HttpProtobuf => defaults::OTLP_HTTP_ENDPOINT,
-        }
-        .to_owned()
-    });
+fn otlp(mut raw: OtlpSettings, cx: &Context<'_>, errors: &mut Vec<ConfigError>) -> OtlpSettings {
+    let endpoint = match cx.origin("otlp.endpoint") {
+        Origin::Default if raw.protocol == OtlpProtocol::Grpc => defaults::OTLP_GRPC_ENDPOINT,
+        Origin::Default => defaults::OTLP_HTTP_ENDPOINT,
+        _ => &raw.endpoint,
+    }
+    .to_owned();
     let endpoint_ok = match parse_endpoint(&endpoint, raw.protocol) {
         Ok(()) => true,
         Err(message) => {
@@ -565,25 +558,17 @@ fn otlp(raw: RawOtlp, cx: &Context<'_>, errors: &mut Vec<ConfigError>) -> OtlpSe
             errors.push(cx.error(ErrorKind::InvalidValue, &key, quote(value), message));
         }
     }
-    let tls = TlsFiles {
-        ca_file: raw.tls.ca_file,
-        cert_file: raw.tls.cert_file,
-        key_file: raw.tls.key_file,
-    };
     if raw.enabled {
-        check_tls(&tls, endpoint_ok.then_some(endpoint.as_str()), cx, errors);
+        check_tls(
+            &raw.tls,
+            endpoint_ok.then_some(endpoint.as_str()),
+            cx,
+            errors,
+        );
     }
-    OtlpSettings {
-        enabled: raw.enabled,
-        endpoint,
-        url,
-        protocol: raw.protocol,
-        interval: raw.interval,
-        timeout: raw.timeout,
-        headers: raw.headers,
-        temporality: raw.temporality,
-        tls,
-    }
+    raw.url = url;
+    raw.endpoint = endpoint;
+    raw
 }
 
 /// The TLS files exist, come in the right combination, and have an https:// endpoint to be
@@ -889,6 +874,19 @@ fn parse_path(value: &Value) -> Result<PathBuf, String> {
         Some(text) if !text.is_empty() => Ok(PathBuf::from(text)),
         _ => Err(ALLOWED_PEM.to_owned()),
     }
+}
+
+/// A state directory must be writable now (it is created if missing), not fail the first save.
+fn parse_state_dir(value: &Value) -> Result<PathBuf, String> {
+    const ALLOWED: &str = "expected a directory fix-monitor can create files in (such as \
+                           systemd's StateDirectory, /var/lib/fix-monitor)";
+    let path = match string(value).map(str::trim) {
+        Some(text) if !text.is_empty() => PathBuf::from(text),
+        _ => return Err(ALLOWED.to_owned()),
+    };
+    crate::persist::StateDir::check_writable(&path)
+        .map_err(|e| format!("cannot be written: {e}; {ALLOWED}"))?;
+    Ok(path)
 }
 
 /// The one look at the file system outside the config file itself: a TLS file named in the

@@ -1341,3 +1341,60 @@ fn the_sdks_own_logs_are_off_unless_asked_for() {
 fn exit_usage_is_ex_usage() {
     assert_eq!(EXIT_USAGE, 64);
 }
+
+#[test]
+fn heartbeat_and_stale_after_per_target() {
+    let toml = r#"
+        [[targets]]
+        address = "10.0.0.1"
+        heartbeat = "30s"
+        [[targets]]
+        address = "10.0.0.2"
+        heartbeat = 30
+        stale_after = "45s"
+        [[targets]]
+        address = "10.0.0.3"
+        stale_after = "5s"
+        [[targets]]
+        address = "10.0.0.4"
+    "#;
+    let loaded = ok(parse_toml_str(toml, "c.toml"));
+    let t: Vec<_> = loaded
+        .settings
+        .targets
+        .iter()
+        .map(|t| (t.heartbeat, t.stale_after))
+        .collect();
+    let s = |n| Some(Duration::from_secs(n));
+    assert_eq!(
+        t,
+        [(s(30), s(60)), (s(30), s(45)), (None, s(5)), (None, None)],
+        "stale_after defaults to twice the heartbeat; neither: not judged"
+    );
+    let shown = loaded.explain();
+    assert!(shown.contains("heartbeat = \"30s\""), "{shown}");
+    assert!(shown.contains("stale_after = \"1m\""), "{shown}");
+    assert!(shown.contains("twice the heartbeat"), "{shown}");
+    assert!(
+        shown.contains("# stale_after: no staleness judged"),
+        "{shown}"
+    );
+    let again = ok(parse_toml_str(&shown, "explained.toml"));
+    assert_eq!(again.settings.targets, loaded.settings.targets);
+
+    let bad = r#"
+        [[targets]]
+        address = "10.0.0.1"
+        heartbeat = "0s"
+        [[targets]]
+        address = "10.0.0.2"
+        stale_after = "soon"
+    "#;
+    let e = errors(parse_toml_str(bad, "c.toml"));
+    assert_eq!(e.len(), 2, "{e}");
+    assert!(find(&e, "targets[0].heartbeat")
+        .message
+        .contains("above zero"));
+    let soon = find(&e, "targets[1].stale_after");
+    assert_eq!(soon.value.as_deref(), Some("\"soon\""));
+}

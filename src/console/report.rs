@@ -102,6 +102,7 @@ mod tests {
             remote: remote.parse().unwrap(),
             state: TcpState::Established,
             id,
+            health: None,
         };
         let (a, b, c) = (
             sock(5000, "10.0.0.5:9876", 1),

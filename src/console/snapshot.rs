@@ -31,6 +31,9 @@ pub struct Snapshot {
     pub total: usize,
     /// The same JSON as `/connections`, without the lifetimes a single look cannot know.
     pub connections: Vec<SessionJson>,
+    /// Each connection's health and staleness, for the table (the JSON has them inside).
+    #[serde(skip)]
+    pub health: Vec<Option<(crate::source::TcpHealth, Option<bool>)>>,
 }
 
 /// A target and how many of its connections are established now.
@@ -77,6 +80,20 @@ impl Snapshot {
         found.dedup_by_key(|(_, s)| (s.local, s.remote));
         let names = target_names(targets);
         let now = Timestamp::now();
+        // A single look can judge staleness too: the kernel says how long each was silent.
+        let sessions: Vec<Session> = found
+            .iter()
+            .map(|(t, s)| {
+                let mut session = Session::seen(names[*t].clone(), s);
+                if let Some((h, stale)) = &mut session.health {
+                    *stale = targets
+                        .get(*t)
+                        .stale_after
+                        .map(|after| h.receive_silence() > after);
+                }
+                session
+            })
+            .collect();
         let mut counts = vec![0u64; targets.len()];
         for (t, _) in &found {
             counts[*t] += 1;
@@ -97,25 +114,28 @@ impl Snapshot {
                 })
                 .collect(),
             total: found.len(),
-            connections: found
-                .iter()
-                .map(|(t, s)| Session::seen(names[*t].clone(), s).json(now))
-                .collect(),
+            connections: sessions.iter().map(|s| s.json(now)).collect(),
+            health: sessions.iter().map(|s| s.health).collect(),
         }
     }
 
     /// The connections, then the count per target and the total.
     pub fn table(&self, targets: &Targets) -> String {
-        let mut rows = vec![cells(&["TARGET", "LOCAL", "REMOTE", "STATE"])];
-        for c in &self.connections {
-            rows.push(vec![
+        let mut titles = vec!["TARGET", "LOCAL", "REMOTE", "STATE"];
+        titles.extend(super::view::HEALTH_TITLES);
+        let mut rows = vec![cells(&titles)];
+        for (c, h) in self.connections.iter().zip(&self.health) {
+            let mut row = vec![
                 c.target.clone(),
                 c.local_addr.clone(),
                 c.remote_addr.clone(),
                 c.state.to_owned(),
-            ]);
+            ];
+            row.extend(super::view::health_cells(h.as_ref()));
+            rows.push(row);
         }
-        let mut lines = super::view::table(&rows, &[]);
+        let mut lines =
+            super::view::table(&rows, &[false, false, false, false, true, true, true, true]);
         lines.push(String::new());
         let mut rows = vec![cells(&["TARGET", "ADDRESS", "LOCAL PORTS", "ACTIVE"])];
         for (t, s) in targets.iter().zip(&self.targets) {
@@ -168,12 +188,16 @@ mod tests {
                     start: 5000,
                     end: 5999,
                 }),
+                heartbeat: None,
+                stale_after: None,
             },
             Target {
                 name: "venue-b".into(),
                 net: net2,
                 port: None,
                 local_ports: None,
+                heartbeat: None,
+                stale_after: None,
             },
         ]);
         let s = |l: &str, r: &str| SocketEntry {
@@ -181,6 +205,7 @@ mod tests {
             remote: r.parse().unwrap(),
             state: TcpState::Established,
             id: 0,
+            health: None,
         };
         let sockets = [
             s("10.0.0.1:5002", "10.0.0.5:9876"),
@@ -204,10 +229,10 @@ mod tests {
         assert_eq!(snap.connections[0].local_addr, "10.0.0.1:5001");
         let table = snap.table(&targets);
         let expected = "\
-TARGET   LOCAL           REMOTE         STATE
-venue-a  10.0.0.1:5001   10.0.0.5:9876  ESTABLISHED
-venue-a  10.0.0.1:5002   10.0.0.5:9876  ESTABLISHED
-venue-b  10.0.0.1:40000  10.0.0.6:1234  ESTABLISHED
+TARGET   LOCAL           REMOTE         STATE        RTT  SILENCE  RETRANS  SEND-Q
+venue-a  10.0.0.1:5001   10.0.0.5:9876  ESTABLISHED    -        -        -       -
+venue-a  10.0.0.1:5002   10.0.0.5:9876  ESTABLISHED    -        -        -       -
+venue-b  10.0.0.1:40000  10.0.0.6:1234  ESTABLISHED    -        -        -       -
 
 TARGET   ADDRESS        LOCAL PORTS  ACTIVE
 venue-a  10.0.0.5:9876  5000-5999         2

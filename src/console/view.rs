@@ -64,6 +64,35 @@ pub struct ConnRow {
     pub at: SystemTime,
     /// Open before watching began: `duration` is a lower bound.
     pub preexisting: bool,
+    /// The session's TCP health and staleness (netlink only).
+    pub health: Option<(crate::source::TcpHealth, Option<bool>)>,
+}
+
+/// The health columns' titles, and one session's cells: smoothed RTT, time since data was
+/// received (`STALE` after it when the session is stale), retransmitted segments, send queue
+/// bytes; `-` where not measured.
+pub const HEALTH_TITLES: [&str; 4] = ["RTT", "SILENCE", "RETRANS", "SEND-Q"];
+
+pub fn health_cells(h: Option<&(crate::source::TcpHealth, Option<bool>)>) -> [String; 4] {
+    let Some((h, stale)) = h else {
+        return ["-".into(), "-".into(), "-".into(), "-".into()];
+    };
+    let rtt = match h.rtt() {
+        Some(d) if d < Duration::from_millis(1) => format!("{}us", d.as_micros()),
+        Some(d) => format!("{:.1}ms", d.as_secs_f64() * 1e3),
+        None => "-".into(),
+    };
+    let silence = format!(
+        "{:.1}s{}",
+        h.receive_silence().as_secs_f64(),
+        if *stale == Some(true) { " STALE" } else { "" }
+    );
+    [
+        rtt,
+        silence,
+        h.retransmits.to_string(),
+        h.send_queue.to_string(),
+    ]
 }
 
 impl ConnRow {
@@ -80,6 +109,7 @@ impl ConnRow {
             duration: s.duration(now).unwrap_or_default(),
             at,
             preexisting,
+            health: s.health,
         }
     }
 }
@@ -181,7 +211,18 @@ pub fn event_line(e: &Event, targets: &Targets) -> String {
                 c.key.remote
             ),
         ),
-        Event::Closed { conn, at, duration } => stamped(
+        Event::ShortLived { conn, at, .. } => stamped(
+            at.wall,
+            &format!(
+                "opened and closed between two polls {} {} -> {}",
+                targets.get(conn.target).name,
+                conn.key.local,
+                conn.key.remote
+            ),
+        ),
+        Event::Closed {
+            conn, at, duration, ..
+        } => stamped(
             at.wall,
             &format!(
                 "closed {} {} -> {} after {}{}",
@@ -353,16 +394,31 @@ pub fn render(
             ""
         }
     ));
-    let mut rows = vec![cells(["TARGET", "LOCAL", "REMOTE", "AGE", "SINCE"])];
+    let mut rows = vec![cells([
+        "TARGET",
+        "LOCAL",
+        "REMOTE",
+        "AGE",
+        "SINCE",
+        HEALTH_TITLES[0],
+        HEALTH_TITLES[1],
+        HEALTH_TITLES[2],
+        HEALTH_TITLES[3],
+    ])];
     let shown = if frame.active.len() > active_rows {
         active_rows.saturating_sub(1)
     } else {
         active_rows
     };
     for c in frame.active.iter().take(shown) {
-        rows.push(conn_cells(c));
+        let mut row = conn_cells(c);
+        row.extend(health_cells(c.health.as_ref()));
+        rows.push(row);
     }
-    let mut lines = table(&rows, &[false, false, false, true, false]);
+    let mut lines = table(
+        &rows,
+        &[false, false, false, true, false, true, true, true, true],
+    );
     if frame.active.is_empty() && active_rows > 0 {
         lines.push("(none)".to_owned());
     } else if frame.active.len() > shown && active_rows > 0 {
@@ -469,6 +525,31 @@ mod tests {
     use super::*;
     use crate::source::SourceKind;
 
+    #[test]
+    fn health_cells_show_rtt_silence_retransmits_and_send_queue_and_mark_stale() {
+        let h = crate::source::TcpHealth {
+            rtt_us: 52,
+            last_data_recv_ms: 2500,
+            retransmits: 3,
+            send_queue: 4096,
+            ..Default::default()
+        };
+        assert_eq!(
+            health_cells(Some(&(h, Some(true)))),
+            ["52us", "2.5s STALE", "3", "4096"]
+        );
+        let slow = crate::source::TcpHealth {
+            rtt_us: 12_345,
+            ..h
+        };
+        assert_eq!(
+            health_cells(Some(&(slow, Some(false))))[..2],
+            ["12.3ms", "2.5s"]
+        );
+        assert_eq!(health_cells(Some(&(h, None)))[1], "2.5s", "not judged");
+        assert_eq!(health_cells(None), ["-", "-", "-", "-"], "not measured");
+    }
+
     fn frame(active: usize, closed: usize) -> Frame {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let row = |i: usize, preexisting| ConnRow {
@@ -478,6 +559,7 @@ mod tests {
             duration: Duration::from_secs(3725),
             at: now,
             preexisting,
+            health: None,
         };
         Frame {
             now,
@@ -495,6 +577,7 @@ mod tests {
                     active: active as u64,
                     opened: (active + closed) as u64,
                     closed: closed as u64,
+                    short_lived: 0,
                     peak: 7,
                 },
             }],
@@ -565,6 +648,8 @@ mod tests {
             net,
             port: Some(9876),
             local_ports: None,
+            heartbeat: None,
+            stale_after: None,
         }]);
         let mut t = Tracker::new(targets.clone());
         let t0 = Timestamp::now();
@@ -573,6 +658,7 @@ mod tests {
             remote: "10.0.0.5:9876".parse().unwrap(),
             state: TcpState::Established,
             id: 1,
+            health: None,
         };
         let mut ev = Vec::new();
         t.apply(t0, &[], &mut ev);

@@ -1,6 +1,7 @@
 //! The HTTP endpoint: `/metrics` (Prometheus text format), `/health` (JSON; 503 when polling
 //! has failed for longer than a few intervals), `/connections` (JSON: each active connection),
-//! and `/` (a small page linking them). Handlers only read: none of them polls.
+//! and `/` (a small page linking them). Handlers only read: none of them polls. How it meets
+//! the network (TLS, auth, limits) is `server`'s business.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,6 +14,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 
+use super::server::Limits;
+use super::web_config::WebConfig;
 use crate::session::SessionJson;
 use crate::state::{StateReader, Status};
 use crate::tracker::Timestamp;
@@ -20,6 +23,9 @@ use crate::tracker::Timestamp;
 #[derive(Clone)]
 struct AppState {
     state: StateReader,
+    /// `prometheus.expose_connections`: with false, no session and no venue address is shown
+    /// anywhere (no `/connections`, no addresses on the page or in `/health`).
+    expose_connections: bool,
     registry: Option<prometheus::Registry>,
     /// The last `/metrics` body and the state generation it was encoded at. Connection numbers
     /// only change when a new state is published, so scrapes between two publications share one
@@ -29,28 +35,37 @@ struct AppState {
     encoded: Arc<Mutex<Option<(u64, bytes::Bytes)>>>,
 }
 
-pub fn router(state: StateReader, registry: Option<prometheus::Registry>) -> Router {
-    Router::new()
+pub fn router(
+    state: StateReader,
+    registry: Option<prometheus::Registry>,
+    expose_connections: bool,
+) -> Router {
+    let router = Router::new()
         .route("/", get(index))
         .route("/metrics", get(metrics))
-        .route("/health", get(health))
-        .route("/connections", get(connections))
-        .with_state(AppState {
-            state,
-            registry,
-            encoded: Arc::default(),
-        })
+        .route("/health", get(health));
+    let router = if expose_connections {
+        router.route("/connections", get(connections))
+    } else {
+        router.route("/connections", get(connections_off))
+    };
+    router.with_state(AppState {
+        state,
+        expose_connections,
+        registry,
+        encoded: Arc::default(),
+    })
 }
 
-/// Serves `router` on an already bound listener until `shutdown` resolves.
+/// Serves `router` on an already bound listener, with the web configuration's TLS, auth and
+/// headers and the endpoint's limits, until `shutdown` resolves (then drains, bounded).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
+    web: Arc<WebConfig>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    super::server::serve(listener, router, web, Limits::default(), shutdown).await
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
@@ -96,7 +111,27 @@ async fn health(State(s): State<AppState>) -> Response {
         Status::Healthy => StatusCode::OK,
         Status::Unhealthy => StatusCode::SERVICE_UNAVAILABLE,
     };
-    (code, Json(view)).into_response()
+    if s.expose_connections {
+        return (code, Json(view)).into_response();
+    }
+    // Names and counts only: the venues' addresses and ports stay in the config.
+    let mut json = serde_json::to_value(&view).unwrap_or_default();
+    if let Some(targets) = json.get_mut("targets").and_then(|t| t.as_array_mut()) {
+        for t in targets.iter_mut().filter_map(|t| t.as_object_mut()) {
+            for hidden in ["address", "port", "local_ports"] {
+                t.remove(hidden);
+            }
+        }
+    }
+    (code, Json(json)).into_response()
+}
+
+async fn connections_off() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        "/connections is turned off here (prometheus.expose_connections = false)\n",
+    )
+        .into_response()
 }
 
 #[derive(Serialize)]
@@ -125,19 +160,35 @@ async fn index(State(s): State<AppState>) -> Html<String> {
     let now = Timestamp::now();
     let m = s.state.get();
     let mut rows = String::new();
+    // Without expose_connections, the venues' addresses are left out.
+    let cell = |text: &str| {
+        if s.expose_connections {
+            format!("<td>{}</td>", escape(text))
+        } else {
+            String::new()
+        }
+    };
     for t in m.targets() {
         rows.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            "<tr><td>{}</td>{}<td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
             escape(&t.name),
-            escape(&t.address),
+            cell(&t.address),
             t.stats.active,
             t.stats.opened,
             t.stats.closed,
             t.stats.peak
         ));
     }
+    let (address_header, connections_link) = if s.expose_connections {
+        (
+            "<th>address</th>",
+            "<li><a href=\"/connections\">/connections</a></li>",
+        )
+    } else {
+        ("", "")
+    };
     Html(format!(
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>fix-monitor on {host}</title></head>\n<body>\n<h1>fix-monitor</h1>\n<p>Host: {host}<br>Source: {source}<br>Status: {status}<br>Active connections: {active}</p>\n<table border=\"1\"><tr><th>target</th><th>address</th><th>active</th><th>opened</th><th>closed</th><th>peak</th></tr>\n{rows}</table>\n<ul><li><a href=\"/metrics\">/metrics</a></li><li><a href=\"/health\">/health</a></li><li><a href=\"/connections\">/connections</a></li></ul>\n</body></html>\n",
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>fix-monitor on {host}</title></head>\n<body>\n<h1>fix-monitor</h1>\n<p>Host: {host}<br>Source: {source}<br>Status: {status}<br>Active connections: {active}</p>\n<table border=\"1\"><tr><th>target</th>{address_header}<th>active</th><th>opened</th><th>closed</th><th>peak</th></tr>\n{rows}</table>\n<ul><li><a href=\"/metrics\">/metrics</a></li><li><a href=\"/health\">/health</a></li>{connections_link}</ul>\n</body></html>\n",
         host = escape(&m.meta.host),
         source = m.meta.source.as_str(),
         status = m.status(now).as_str(),
@@ -161,11 +212,20 @@ pub fn escape(s: &str) -> String {
     out
 }
 
-/// Binds the endpoint's address, with an error that says which address failed and why.
+/// Binds the endpoint's address, with an error that says which address failed and why; where
+/// the reason is a missing capability, it names the capability.
 pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, std::io::Error> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        // `inet_bind` refuses a port below net.ipv4.ip_unprivileged_port_start (1024 unless
+        // lowered) with EACCES to a process without this capability, before anything else.
+        let hint = if e.kind() == std::io::ErrorKind::PermissionDenied && addr.port() < 1024 {
+            "; ports below 1024 need the CAP_NET_BIND_SERVICE capability \
+             (or a lower net.ipv4.ip_unprivileged_port_start): grant it, or listen on a higher port"
+        } else {
+            ""
+        };
+        std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}{hint}"))
+    })
 }
 
 #[cfg(test)]

@@ -12,6 +12,8 @@
 pub mod http;
 pub mod otlp;
 pub mod prometheus;
+pub mod server;
+pub mod web_config;
 
 use std::time::Duration;
 

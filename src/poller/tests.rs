@@ -68,6 +68,7 @@ fn sock(port: u16, id: u64) -> SocketEntry {
         remote: "10.0.0.5:9876".parse().unwrap(),
         state: TcpState::Established,
         id,
+        health: None,
     }
 }
 
@@ -75,11 +76,11 @@ fn targets() -> Targets {
     Targets::new(vec![Target::test("10.0.0.5/32", Some(9876), None)])
 }
 
-struct Rig {
-    poller: Poller,
-    clock: ManualClock,
-    state: StateReader,
-    polled_at: Arc<Mutex<Vec<Timestamp>>>,
+pub(crate) struct Rig {
+    pub(crate) poller: Poller,
+    pub(crate) clock: ManualClock,
+    pub(crate) state: StateReader,
+    pub(crate) polled_at: Arc<Mutex<Vec<Timestamp>>>,
     registry: prometheus::Registry,
     _provider: opentelemetry_sdk::metrics::SdkMeterProvider,
 }
@@ -123,6 +124,9 @@ fn rig_with(
         interval: Duration::from_secs(1),
         started: t0,
         targets,
+        events: crate::source::events::Mode::Polling {
+            reason: "a scripted source".into(),
+        },
     });
     let (publisher, state) = Publisher::new(initial.clone());
     let (events, _) = tokio::sync::broadcast::channel(16);
@@ -344,4 +348,14 @@ fn the_loop_stops_when_its_inputs_are_gone() {
         0,
         "no poll after the inputs closed"
     );
+}
+
+/// For the event tests: a socket of the scripted source's target.
+pub(crate) fn sock_for_events(port: u16, id: u64) -> SocketEntry {
+    sock(port, id)
+}
+
+/// For the event tests: a rig with the scripted source.
+pub(crate) fn rig_for_events(t0: Timestamp, steps: Vec<Step>) -> Rig {
+    rig(targets(), t0, steps, None)
 }

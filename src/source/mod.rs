@@ -20,12 +20,22 @@ use crate::target::Targets;
 #[cfg(target_os = "linux")]
 pub mod bytecode;
 #[cfg(target_os = "linux")]
+pub mod cbpf;
+#[cfg(target_os = "linux")]
+pub mod confirm;
+#[cfg(target_os = "linux")]
+pub mod destroy;
+#[cfg(target_os = "linux")]
 pub mod ebpf;
+pub mod events;
 #[cfg(target_os = "linux")]
 pub mod netlink;
 pub mod netstat;
 #[cfg(target_os = "linux")]
 pub mod procfs;
+pub mod tcp_info;
+
+pub use tcp_info::TcpHealth;
 
 /// One TCP socket as a source saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -37,6 +47,9 @@ pub struct SocketEntry {
     /// or the socket inode (procfs); 0 where the platform gives neither. A 4-tuple that is
     /// reused by a new socket therefore shows up as a new connection.
     pub id: u64,
+    /// The kernel's `tcp_info` for the socket: netlink only (procfs and netstat cannot tell;
+    /// `None` there, never zeros).
+    pub health: Option<TcpHealth>,
 }
 
 /// TCP states as Linux numbers them (`include/net/tcp_states.h`). Only `Established` counts as
@@ -205,6 +218,7 @@ pub trait Source: Send {
 
 /// Opens the source `kind` asks for. `Auto` takes the first that works, in the order netlink,
 /// procfs, netstat, and says in the log which one it took and why it passed over the others.
+/// `Auto` never takes eBPF (only `Ebpf` does): see README, "eBPF mode".
 pub fn open(kind: SourceKind, targets: &Targets) -> Result<Box<dyn Source>, SourceError> {
     open_with(kind, targets, crate::config::defaults::RECONCILE_INTERVAL)
 }
@@ -234,28 +248,6 @@ pub fn open_with(
         #[cfg(not(target_os = "linux"))]
         SourceKind::Ebpf => Err(SourceError::Unsupported("ebpf")),
         SourceKind::Auto => {
-            // eBPF where the capabilities allow it: exact and cheap. Without them, say why
-            // and poll.
-            #[cfg(target_os = "linux")]
-            {
-                let missing = ebpf::loader::missing_capabilities();
-                if missing.is_empty() {
-                    match open_with(SourceKind::Ebpf, targets, reconcile_interval) {
-                        Ok(s) => {
-                            tracing::info!(source = "ebpf", "connection source selected: eBPF (CAP_BPF and CAP_PERFMON are granted)");
-                            return Ok(s);
-                        }
-                        Err(e) => {
-                            tracing::warn!(source = "ebpf", error = %e, "eBPF source unavailable, falling back to polling");
-                        }
-                    }
-                } else {
-                    tracing::info!(
-                        missing = missing.join(" and "),
-                        "eBPF source not used (needs CAP_BPF and CAP_PERFMON); polling instead"
-                    );
-                }
-            }
             let mut last = None;
             for k in [SourceKind::Netlink, SourceKind::Procfs, SourceKind::Netstat] {
                 match open(k, targets).and_then(|mut s| {
@@ -263,6 +255,18 @@ pub fn open_with(
                     s.poll(&mut Vec::new()).map(|_| s)
                 }) {
                     Ok(s) => {
+                        // Never eBPF: it does not give the per-session TCP health nor the
+                        // kernel close events between reconciles, so choosing it silently
+                        // would know less. Say when it could be asked for.
+                        #[cfg(target_os = "linux")]
+                        if ebpf::loader::missing_capabilities().is_empty() {
+                            tracing::info!(
+                                source = k.as_str(),
+                                "connection source selected: {}; eBPF available with poll.source = \"ebpf\"",
+                                k.as_str()
+                            );
+                            return Ok(s);
+                        }
                         tracing::info!(source = k.as_str(), "connection source selected");
                         return Ok(s);
                     }

@@ -31,16 +31,25 @@
 //!   (legacy)        states u32, dbs u32                                             60 bytes
 //! inet_diag_msg     family u8, state u8, timer u8, retrans u8, sockid,
 //!                   expires, rqueue, wqueue, uid, inode (u32 each)                  72 bytes
+//!   then attributes nlattr: len u16, type u16, payload; each padded to 4 bytes
 //! inet_diag_sockid  sport be16, dport be16, src [u8; 16], dst [u8; 16], if u32,
 //!                   cookie [u32; 2] (low word first)                                48 bytes
 //! ```
+//!
+//! # TCP health
+//! A request's `ext` byte asks for extensions; with the `INET_DIAG_INFO` bit the kernel adds
+//! each socket's `struct tcp_info` as an attribute (for the sockets the filter passed only),
+//! which [`super::tcp_info`] reads into [`SocketEntry::health`]. The legacy request carries the
+//! byte too (`inet_diag_dump_compat` copies `idiag_ext`). It costs a `tcp_get_info` per
+//! matching socket and some 250 bytes more per record; [`NetlinkSource::set_tcp_info`] turns it
+//! off, for measurements.
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr as NetlinkAddr};
 
-use super::{bytecode, SocketEntry, Source, SourceError, SourceKind, TcpState};
+use super::{bytecode, SocketEntry, Source, SourceError, SourceKind, TcpHealth, TcpState};
 use crate::target::Targets;
 
 const NLMSG_HDR: usize = 16;
@@ -52,6 +61,12 @@ const NLM_F_DUMP: u16 = 0x300;
 const TCPDIAG_GETSOCK: u16 = 18;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const INET_DIAG_REQ_BYTECODE: u16 = 1;
+/// The reply attribute holding `struct tcp_info`, and its bit in a request's `ext` byte.
+const INET_DIAG_INFO: u16 = 2;
+const EXT_INFO: u8 = 1 << (INET_DIAG_INFO - 1);
+/// An attribute's type bits, without the nested and byte-order flags.
+const NLA_TYPE_MASK: u16 = 0x3fff;
+const NLA_HDR: usize = 4;
 const REQ_V1: usize = 60;
 const REQ_V2: usize = 56;
 const DIAG_MSG: usize = 72;
@@ -123,6 +138,8 @@ pub struct NetlinkSource {
     requests: Vec<(Family, Vec<u8>)>,
     /// The kernel filter; `None` when the targets need too long a program.
     program: Option<Vec<u8>>,
+    /// Whether polls ask for each socket's `tcp_info` (on unless turned off).
+    tcp_info: bool,
     buf: Vec<u8>,
     seq: u32,
     stats: PollStats,
@@ -157,7 +174,7 @@ impl NetlinkSource {
             );
             return Self::with_mode(targets, program, RECV_BUFFER, DumpMode::PerFamily);
         }
-        let probe = request(Family::Both, program.as_deref(), 0);
+        let probe = request(Family::Both, program.as_deref(), 0, 0);
         let mut source = Self::with_mode(targets, program, RECV_BUFFER, DumpMode::OneWalk)?;
         source.probe_one_walk(probe);
         Ok(source)
@@ -174,6 +191,18 @@ impl NetlinkSource {
         self.mode
     }
 
+    /// Whether polls ask the kernel for each matching socket's `tcp_info` (they do unless told
+    /// otherwise; without it every [`SocketEntry::health`] is `None`). For measuring its cost.
+    pub fn set_tcp_info(&mut self, on: bool) {
+        self.tcp_info = on;
+        self.set_mode(self.mode);
+    }
+
+    /// See [`NetlinkSource::set_tcp_info`].
+    pub fn tcp_info(&self) -> bool {
+        self.tcp_info
+    }
+
     fn with_mode(
         targets: &Targets,
         program: Option<Vec<u8>>,
@@ -186,6 +215,7 @@ impl NetlinkSource {
             mode,
             requests: Vec::new(),
             program,
+            tcp_info: true,
             buf: Vec::with_capacity(recv_buffer),
             seq: 0,
             stats: PollStats::default(),
@@ -207,9 +237,10 @@ impl NetlinkSource {
             .collect(),
         };
         self.mode = mode;
+        let ext = if self.tcp_info { EXT_INFO } else { 0 };
         self.requests = families
             .into_iter()
-            .map(|f| (f, request(f, self.program.as_deref(), ESTABLISHED)))
+            .map(|f| (f, request(f, self.program.as_deref(), ESTABLISHED, ext)))
             .collect();
     }
 
@@ -258,7 +289,8 @@ impl NetlinkSource {
         match self.requests.iter().position(|(f, _)| *f == family) {
             Some(i) => self.dump(i, on_datagram),
             None => {
-                let r = request(family, self.program.as_deref(), ESTABLISHED);
+                let ext = if self.tcp_info { EXT_INFO } else { 0 };
+                let r = request(family, self.program.as_deref(), ESTABLISHED, ext);
                 self.dump_extra(family, r, on_datagram)
             }
         }
@@ -351,7 +383,7 @@ fn dedup(out: &mut Vec<SocketEntry>) {
     out.dedup_by_key(|e| e.id);
 }
 
-fn open_socket() -> Result<Socket, SourceError> {
+pub(super) fn open_socket() -> Result<Socket, SourceError> {
     let socket = Socket::new(NETLINK_SOCK_DIAG)
         .map_err(SourceError::io("opening a NETLINK_SOCK_DIAG socket"))?;
     // Connected to the kernel, the socket takes datagrams from nobody else.
@@ -362,9 +394,10 @@ fn open_socket() -> Result<Socket, SourceError> {
 }
 
 /// A dump request for the TCP sockets of `family` in `states` (a bit per state), filtered by
-/// `program` if given: a `SOCK_DIAG_BY_FAMILY` one for a single family, a `TCPDIAG_GETSOCK` one
-/// for both. The sequence number (bytes 8..12) is filled in per dump.
-fn request(family: Family, program: Option<&[u8]>, states: u32) -> Vec<u8> {
+/// `program` if given, with the extensions `ext` asks for (a bit per attribute): a
+/// `SOCK_DIAG_BY_FAMILY` one for a single family, a `TCPDIAG_GETSOCK` one for both. The
+/// sequence number (bytes 8..12) is filled in per dump.
+fn request(family: Family, program: Option<&[u8]>, states: u32, ext: u8) -> Vec<u8> {
     let (kind, body) = match family {
         Family::Inet | Family::Inet6 => (SOCK_DIAG_BY_FAMILY, REQ_V2),
         Family::Both => (TCPDIAG_GETSOCK, REQ_V1),
@@ -378,14 +411,14 @@ fn request(family: Family, program: Option<&[u8]>, states: u32) -> Vec<u8> {
     r.extend_from_slice(&[0; 8]); // seq, pid
     match family {
         Family::Inet | Family::Inet6 => {
-            r.extend_from_slice(&[family.af(), libc::IPPROTO_TCP as u8, 0, 0]); // no extensions
+            r.extend_from_slice(&[family.af(), libc::IPPROTO_TCP as u8, ext, 0]);
             r.extend_from_slice(&states.to_ne_bytes());
             r.extend_from_slice(&[0; 48]); // inet_diag_sockid: zero ports match any
         }
         Family::Both => {
             // The message type says TCP. A dump reads neither the family (AF_UNSPEC anyway) nor
-            // the address lengths; no extensions.
-            r.extend_from_slice(&[family.af(), 0, 0, 0]);
+            // the address lengths.
+            r.extend_from_slice(&[family.af(), 0, 0, ext]);
             r.extend_from_slice(&[0; 48]); // inet_diag_sockid: zero ports match any
             r.extend_from_slice(&states.to_ne_bytes());
             r.extend_from_slice(&[0; 4]); // idiag_dbs, unused
@@ -430,7 +463,7 @@ fn exchange(
 /// Receives one datagram whole, growing `buf` when it is too small. A datagram read into too
 /// small a buffer loses its tail for good, so it is peeked first: `MSG_TRUNC` makes the peek
 /// return the real length (what libnl does too).
-fn recv_whole<'b>(socket: &Socket, buf: &'b mut Vec<u8>) -> io::Result<&'b [u8]> {
+pub(super) fn recv_whole<'b>(socket: &Socket, buf: &'b mut Vec<u8>) -> io::Result<&'b [u8]> {
     loop {
         buf.clear();
         let len = retry(|| socket.recv(buf, libc::MSG_PEEK | libc::MSG_TRUNC))?;
@@ -447,7 +480,7 @@ fn recv_whole<'b>(socket: &Socket, buf: &'b mut Vec<u8>) -> io::Result<&'b [u8]>
     }
 }
 
-fn retry<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+pub(super) fn retry<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
     loop {
         match f() {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -511,7 +544,10 @@ pub fn parse_dump(bytes: &[u8], out: &mut Vec<SocketEntry>) -> Result<DumpProgre
     Ok(DumpProgress::More)
 }
 
-fn parse_socket(m: &[u8]) -> Result<SocketEntry, SourceError> {
+/// Parses one socket record: the payload of a dump's socket message, or of the message
+/// `sock_diag` multicasts when a socket is destroyed (the same `inet_diag_msg`, whose
+/// `tcp_info` is then the connection's last), attributes included.
+pub fn parse_socket(m: &[u8]) -> Result<SocketEntry, SourceError> {
     if m.len() < DIAG_MSG {
         return Err(malformed(format!("inet_diag_msg of {} bytes", m.len())));
     }
@@ -526,11 +562,34 @@ fn parse_socket(m: &[u8]) -> Result<SocketEntry, SourceError> {
         f => return Err(malformed(format!("address family {f}"))),
     };
     let cookie = u64::from(u32_at(m, 44)) | u64::from(u32_at(m, 48)) << 32;
+    let (rqueue, wqueue) = (u32_at(m, 56), u32_at(m, 60));
+    let mut health = None;
+    let mut attrs = &m[DIAG_MSG..];
+    while !attrs.is_empty() {
+        if attrs.len() < NLA_HDR {
+            return Err(malformed(format!(
+                "{} bytes left, less than an attribute",
+                attrs.len()
+            )));
+        }
+        let len = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
+        if len < NLA_HDR || len > attrs.len() {
+            return Err(malformed(format!(
+                "attribute length {len} with {} bytes left",
+                attrs.len()
+            )));
+        }
+        if u16::from_ne_bytes([attrs[2], attrs[3]]) & NLA_TYPE_MASK == INET_DIAG_INFO {
+            health = TcpHealth::parse(&attrs[NLA_HDR..len], rqueue, wqueue);
+        }
+        attrs = &attrs[((len + 3) & !3).min(attrs.len())..];
+    }
     Ok(SocketEntry {
         local,
         remote,
         state: TcpState::from_linux(m[1]),
         id: cookie,
+        health,
     })
 }
 
@@ -583,6 +642,8 @@ mod tests {
             net,
             port,
             local_ports: local.map(|(start, end)| PortRange { start, end }),
+            heartbeat: None,
+            stale_after: None,
         }
     }
 
@@ -690,7 +751,7 @@ mod tests {
     #[test]
     fn requests_have_the_kernels_layouts() {
         let program = [1, 4, 8, 0];
-        let r = request(Family::Inet6, Some(&program), ESTABLISHED);
+        let r = request(Family::Inet6, Some(&program), ESTABLISHED, EXT_INFO);
         assert_eq!(r.len(), NLMSG_HDR + REQ_V2 + 8);
         assert_eq!(u32_at(&r, 0) as usize, r.len());
         assert_eq!(r[4..6], SOCK_DIAG_BY_FAMILY.to_ne_bytes());
@@ -698,7 +759,7 @@ mod tests {
         // inet_diag_req_v2: family, protocol, ext, pad, states, then the sockid.
         assert_eq!(
             r[16..20],
-            [libc::AF_INET6 as u8, libc::IPPROTO_TCP as u8, 0, 0]
+            [libc::AF_INET6 as u8, libc::IPPROTO_TCP as u8, EXT_INFO, 0]
         );
         assert_eq!(u32_at(&r, 20), 1 << 1);
         assert!(r[24..72].iter().all(|&b| b == 0));
@@ -706,13 +767,13 @@ mod tests {
         assert_eq!(r[74..76], INET_DIAG_REQ_BYTECODE.to_ne_bytes());
         assert_eq!(r[76..], program);
 
-        let r = request(Family::Both, Some(&program), ESTABLISHED);
+        let r = request(Family::Both, Some(&program), ESTABLISHED, EXT_INFO);
         assert_eq!(r.len(), NLMSG_HDR + REQ_V1 + 8);
         assert_eq!(u32_at(&r, 0) as usize, r.len());
         assert_eq!(r[4..6], TCPDIAG_GETSOCK.to_ne_bytes());
         assert_eq!(r[6..8], (NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
         // inet_diag_req: family, src_len, dst_len, ext, the sockid, states, dbs.
-        assert_eq!(r[16..20], [libc::AF_UNSPEC as u8, 0, 0, 0]);
+        assert_eq!(r[16..20], [libc::AF_UNSPEC as u8, 0, 0, EXT_INFO]);
         assert!(r[20..68].iter().all(|&b| b == 0));
         assert_eq!(u32_at(&r, 68), 1 << 1);
         assert_eq!(u32_at(&r, 72), 0);
@@ -721,9 +782,10 @@ mod tests {
         assert_eq!(r[80..], program);
 
         // The probe: no program, no states.
-        let r = request(Family::Both, None, 0);
+        let r = request(Family::Both, None, 0, 0);
         assert_eq!(r.len(), NLMSG_HDR + REQ_V1);
         assert_eq!(u32_at(&r, 68), 0);
+        assert_eq!(r[19], 0, "no extensions");
     }
 
     #[test]
@@ -812,6 +874,66 @@ mod tests {
             DumpProgress::More
         );
         assert_eq!(out.len(), 5);
+    }
+
+    /// A socket record: an IPv4 `inet_diag_msg` with queues (2, 3) and the attributes
+    /// `attrs` (type, payload), each padded as the kernel pads them.
+    fn record(attrs: &[(u16, &[u8])]) -> Vec<u8> {
+        let mut m = vec![0u8; DIAG_MSG];
+        m[0] = libc::AF_INET as u8;
+        m[1] = 1;
+        m[56..60].copy_from_slice(&2u32.to_ne_bytes());
+        m[60..64].copy_from_slice(&3u32.to_ne_bytes());
+        for (kind, payload) in attrs {
+            m.extend_from_slice(&((NLA_HDR + payload.len()) as u16).to_ne_bytes());
+            m.extend_from_slice(&kind.to_ne_bytes());
+            m.extend_from_slice(payload);
+            m.resize((m.len() + 3) & !3, 0);
+        }
+        m
+    }
+
+    #[test]
+    fn tcp_info_is_read_from_its_attribute_among_others() {
+        let mut info = vec![0u8; 248];
+        info[68..72].copy_from_slice(&250u32.to_ne_bytes()); // tcpi_rtt
+        info[100..104].copy_from_slice(&9u32.to_ne_bytes()); // tcpi_total_retrans
+                                                             // As the kernel lays them out: INET_DIAG_SHUTDOWN (8, one byte), the padding
+                                                             // attribute (14) that aligns the next payload to 8 bytes, INET_DIAG_INFO.
+        let m = record(&[(8, &[0]), (14, &[]), (INET_DIAG_INFO, &info)]);
+        let e = parse_socket(&m).unwrap();
+        let h = e.health.unwrap();
+        assert_eq!((h.rtt_us, h.retransmits), (250, 9));
+        assert_eq!((h.recv_queue, h.send_queue), (2, 3));
+        // Without the attribute, or with one too short to be a tcp_info: no health.
+        assert_eq!(parse_socket(&record(&[(8, &[0])])).unwrap().health, None);
+        let short = record(&[(INET_DIAG_INFO, &info[..100])]);
+        assert_eq!(parse_socket(&short).unwrap().health, None);
+        // The attribute type's flag bits do not hide it.
+        let flagged = record(&[(INET_DIAG_INFO | 0x8000, &info)]);
+        assert!(parse_socket(&flagged).unwrap().health.is_some());
+    }
+
+    #[test]
+    fn malformed_attributes_are_errors_not_panics() {
+        let good = record(&[(INET_DIAG_INFO, &[0u8; 248])]);
+        for bad_len in [0u16, 3, 253, 1000] {
+            let mut m = good.clone();
+            m[DIAG_MSG..DIAG_MSG + 2].copy_from_slice(&bad_len.to_ne_bytes());
+            assert!(
+                matches!(parse_socket(&m), Err(SourceError::Parse { .. })),
+                "attribute length {bad_len}"
+            );
+        }
+        for cut in DIAG_MSG + 1..DIAG_MSG + NLA_HDR {
+            assert!(matches!(
+                parse_socket(&good[..cut]),
+                Err(SourceError::Parse { .. })
+            ));
+        }
+        // A last attribute without its padding is fine.
+        let m = record(&[(8, &[0])]);
+        assert!(parse_socket(&m[..m.len() - 3]).is_ok());
     }
 
     // Live tests. Each uses its own 127.0.42.x addresses and ports from the kernel, and
@@ -996,9 +1118,37 @@ mod tests {
         assert_eq!(source.stats.dumps, walks);
     }
 
+    /// Lets this test process hold `fds` more open files than it does now. A normal user's
+    /// soft limit is often 1024 (the hard limit higher), and `many` holds thousands of sockets:
+    /// the soft limit is raised towards the hard one (at most 20,000); a hard limit too low for
+    /// the test fails it by name rather than with EMFILE half-way.
+    fn allow_open_files(fds: libc::rlim_t) {
+        let headroom: libc::rlim_t = 1024;
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit(2) writes into the struct we own.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+        let need = fds + headroom;
+        if lim.rlim_cur >= need {
+            return;
+        }
+        assert!(
+            lim.rlim_max >= need,
+            "this test holds {fds} sockets; RLIMIT_NOFILE's hard limit is {}",
+            lim.rlim_max
+        );
+        lim.rlim_cur = lim.rlim_max.min(20_000).max(need);
+        // SAFETY: setrlimit(2) reads the struct we own; raising the soft limit up to the hard
+        // one needs no privilege.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+    }
+
     /// `n` connections from 127.0.42.`from` to a listener on 127.0.42.`to`, and targets that
     /// match both ends of each: 2n sockets.
     fn many(n: usize, to: u8, from: u8) -> (Targets, Vec<(TcpStream, TcpStream)>, BTreeSet<Pair>) {
+        allow_open_files(2 * n as libc::rlim_t);
         let (l, at) = listen(&format!("127.0.42.{to}:0"));
         let conns: Vec<_> = (0..n)
             .map(|_| connect_with(&format!("127.0.42.{from}:0"), at, &l, true))
@@ -1056,12 +1206,13 @@ mod tests {
         ] {
             let mut source = NetlinkSource::open_in(&targets, mode).unwrap();
             let good = std::mem::take(&mut source.requests);
-            source.requests = vec![(family, request(family, Some(&MALFORMED), ESTABLISHED))];
+            source.requests = vec![(family, request(family, Some(&MALFORMED), ESTABLISHED, 0))];
             let mut out = vec![SocketEntry {
                 local: sa("1.1.1.1:1"),
                 remote: sa("1.1.1.1:1"),
                 state: TcpState::Established,
                 id: 1,
+                health: None,
             }];
             match source.poll(&mut out) {
                 Err(SourceError::Io { source, .. }) => {
@@ -1085,7 +1236,7 @@ mod tests {
                 .unwrap();
         // The probe `open` makes, answered with an error as by a kernel without the legacy
         // request.
-        source.probe_one_walk(request(Family::Both, Some(&MALFORMED), 0));
+        source.probe_one_walk(request(Family::Both, Some(&MALFORMED), 0, 0));
         assert_eq!(source.mode(), DumpMode::PerFamily);
         let families: Vec<Family> = source.requests.iter().map(|(f, _)| *f).collect();
         assert_eq!(families, [Family::Inet, Family::Inet6]);

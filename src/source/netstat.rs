@@ -74,6 +74,7 @@ impl Source for NetstatSource {
                     remote,
                     state: TcpState::Established,
                     id: socket_id(&info),
+                    health: None,
                 });
             }
         }
@@ -169,6 +170,7 @@ mod tests {
             remote: "10.0.0.2:2".parse().unwrap(),
             state: TcpState::Established,
             id: 1,
+            health: None,
         }];
         source.poll(&mut out).unwrap();
         assert!(out.is_empty());
@@ -181,6 +183,8 @@ mod tests {
             net,
             port: Some(port),
             local_ports: None,
+            heartbeat: None,
+            stale_after: None,
         }
     }
 

@@ -232,6 +232,7 @@ fn parse_row(line: &[u8]) -> Result<SocketEntry, SourceError> {
             .ok()
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| bad("bad inode"))?,
+        health: None,
     })
 }
 
@@ -369,6 +370,8 @@ mod tests {
             net,
             port,
             local_ports: local.map(|p| PortRange { start: p, end: p }),
+            heartbeat: None,
+            stale_after: None,
         }
     }
 
@@ -382,6 +385,7 @@ mod tests {
             remote: sa(remote),
             state: TcpState::Established,
             id,
+            health: None,
         }
     }
 
@@ -412,7 +416,8 @@ mod tests {
                 local: sa("127.0.0.3:9876"),
                 remote: sa("0.0.0.0:0"),
                 state: TcpState::Listen,
-                id: 13542
+                id: 13542,
+                health: None,
             }
         );
         // "5: 0100007F:9C41 0300007F:2694 01 ... 13546"
@@ -689,6 +694,7 @@ mod tests {
             remote: s.peer_addr().unwrap(),
             state: TcpState::Established,
             id: inode(s),
+            health: None,
         }
     }
 

@@ -1,5 +1,5 @@
-//! `watch` and `snapshot` as a person and a script use them: `watch` in a real terminal (tmux)
-//! and through a pipe, `snapshot` as a table and as JSON, all against connections the test
+//! `watch` and `snapshot` as a person and a script use them: `watch` through a pipe (the
+//! terminal view is in tests/system/terminal.rs), `snapshot` as a table and as JSON, all against connections the test
 //! opens and closes itself.
 
 use std::collections::BTreeSet;
@@ -46,6 +46,8 @@ struct Piped {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
     raw: Arc<Mutex<String>>,
+    /// The thread reading stdout: done once the child's stdout is closed.
+    reader: Option<thread::JoinHandle<()>>,
 }
 
 impl Piped {
@@ -60,16 +62,21 @@ impl Piped {
         let lines = Arc::new(Mutex::new(Vec::new()));
         let raw = Arc::new(Mutex::new(String::new()));
         let stdout = child.stdout.take().unwrap();
-        {
+        let reader = {
             let (lines, raw) = (lines.clone(), raw.clone());
             thread::spawn(move || {
                 for l in BufReader::new(stdout).lines().map_while(Result::ok) {
                     raw.lock().unwrap().push_str(&l);
                     lines.lock().unwrap().push(l);
                 }
-            });
+            })
+        };
+        Piped {
+            child,
+            lines,
+            raw,
+            reader: Some(reader),
         }
-        Piped { child, lines, raw }
     }
 
     fn text(&self) -> String {
@@ -95,7 +102,10 @@ impl Piped {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(st) = self.child.try_wait().unwrap() {
-                thread::sleep(Duration::from_millis(200));
+                // Its last lines: the reader ends when the closed pipe is drained.
+                if let Some(reader) = self.reader.take() {
+                    join_within("the end of the output", Duration::from_secs(5), reader);
+                }
                 return st;
             }
             assert!(Instant::now() < deadline, "no exit:\n{}", self.text());
@@ -117,10 +127,12 @@ impl Drop for Piped {
 fn watch_through_a_pipe_prints_lines_and_writes_the_report_in_the_current_directory() {
     let a = Downstream::listen("127.0.0.2:0");
     let b = Downstream::listen("127.0.0.3:0");
-    let cfg = two_targets(a.addr, b.addr, (23100, 23199));
+    let ports = PortRange::reserve(100);
+    let cfg = two_targets(a.addr, b.addr, (ports.first, ports.last));
     let dir = tempfile::tempdir().unwrap();
     let aa = a.addr.to_string();
-    let _pre = connect_from("127.0.0.1:23100", a.addr);
+    let (pre_local, c_local) = (ports.local(0), ports.local(1));
+    let _pre = connect_from(&pre_local, a.addr);
     let mut w = Piped::start(
         &[
             "watch",
@@ -133,20 +145,21 @@ fn watch_through_a_pipe_prints_lines_and_writes_the_report_in_the_current_direct
     );
     w.wait_for("the already open connection", |l| {
         l.iter()
-            .any(|l| l.ends_with(&format!("] already open venue-a 127.0.0.1:23100 -> {aa}")))
+            .any(|l| l.ends_with(&format!("] already open venue-a {pre_local} -> {aa}")))
     });
     let first = w.lines.lock().unwrap()[0].clone();
     assert!(first.contains("fix-monitor watch: host "), "{first}");
     assert!(first.contains(&format!("venue-a ({aa})")), "{first}");
 
-    let c = connect_from("127.0.0.1:23101", a.addr);
+    let c = connect_from(&c_local, a.addr);
     w.wait_for("the open", |l| {
         l.iter()
-            .any(|l| l.ends_with(&format!("] opened venue-a 127.0.0.1:23101 -> {aa}")))
+            .any(|l| l.ends_with(&format!("] opened venue-a {c_local} -> {aa}")))
     });
+    // A deliberate hold, not a wait: the session lives a known time, checked below.
     thread::sleep(Duration::from_millis(1200));
     drop(c);
-    let closed = format!("] closed venue-a 127.0.0.1:23101 -> {aa} after ");
+    let closed = format!("] closed venue-a {c_local} -> {aa} after ");
     w.wait_for("the close", |l| l.iter().any(|l| l.contains(&closed)));
     let text = w.text();
     let lasted = text
@@ -189,10 +202,7 @@ fn watch_through_a_pipe_prints_lines_and_writes_the_report_in_the_current_direct
     assert_eq!(r["stats"]["total_connections"], 2, "{r:#}");
     assert_eq!(r["stats"]["closed_connections"], 1, "{r:#}");
     assert_eq!(r["stats"]["peak_connections"], 2, "{r:#}");
-    assert_eq!(
-        r["recent_disconnected"][0]["local_addr"], "127.0.0.1:23101",
-        "{r:#}"
-    );
+    assert_eq!(r["recent_disconnected"][0]["local_addr"], c_local, "{r:#}");
     assert!(text.contains("total connections: 2"), "{text}");
     assert!(text.contains("peak connections: 2"), "{text}");
 }
@@ -201,7 +211,8 @@ fn watch_through_a_pipe_prints_lines_and_writes_the_report_in_the_current_direct
 fn watch_with_no_report_writes_none() {
     let a = Downstream::listen("127.0.0.2:0");
     let b = Downstream::listen("127.0.0.3:0");
-    let cfg = two_targets(a.addr, b.addr, (23150, 23199));
+    let ports = PortRange::reserve(50);
+    let cfg = two_targets(a.addr, b.addr, (ports.first, ports.last));
     let dir = tempfile::tempdir().unwrap();
     let mut w = Piped::start(
         &[
@@ -231,13 +242,15 @@ fn snapshot_prints_exactly_the_matching_connections() {
     let x = Downstream::listen("127.0.0.2:0");
     let y = Downstream::listen("[::1]:0");
     let unrelated = Downstream::listen("127.0.0.3:0");
+    // 100 local ports for venue-x's `local_ports`, and the one after them (outside it).
+    let ports = PortRange::reserve(101);
     let cfg = config_file(&format!(
         r#"
 [[targets]]
 name = "venue-x"
 address = "127.0.0.2"
 port = {}
-local_ports = [23200, 23299]
+local_ports = [{}, {}]
 
 [[targets]]
 name = "venue-y"
@@ -245,16 +258,18 @@ address = "::1"
 port = {}
 "#,
         x.addr.port(),
+        ports.port(0),
+        ports.port(99),
         y.addr.port()
     ));
     let held: Vec<(TcpStream, &str)> = vec![
-        (connect_from("127.0.0.1:23200", x.addr), "venue-x"),
-        (connect_from("127.0.0.1:23201", x.addr), "venue-x"),
+        (connect_from(&ports.local(0), x.addr), "venue-x"),
+        (connect_from(&ports.local(1), x.addr), "venue-x"),
         (connect_from("[::1]:0", y.addr), "venue-y"),
         (connect_from("[::1]:0", y.addr), "venue-y"),
     ];
-    let _outside_range = connect_from("127.0.0.1:23300", x.addr);
-    let _unrelated = connect_from("127.0.0.1:23202", unrelated.addr);
+    let _outside_range = connect_from(&ports.local(100), x.addr);
+    let _unrelated = connect_from(&ports.local(2), unrelated.addr);
     let expected: BTreeSet<(String, String, String, String)> = held
         .iter()
         .map(|(s, t)| {
@@ -277,12 +292,17 @@ port = {}
     let mut lines = conns.lines();
     assert_eq!(
         lines.next().unwrap().split_whitespace().collect::<Vec<_>>(),
-        ["TARGET", "LOCAL", "REMOTE", "STATE"]
+        ["TARGET", "LOCAL", "REMOTE", "STATE", "RTT", "SILENCE", "RETRANS", "SEND-Q"]
     );
     let listed: BTreeSet<(String, String, String, String)> = lines
         .map(|l| {
             let c: Vec<&str> = l.split_whitespace().collect();
-            assert_eq!(c.len(), 4, "{l}");
+            assert_eq!(c.len(), 8, "{l}");
+            // The health columns, from the kernel's tcp_info (netlink): an RTT, a silence,
+            // no retransmits and an empty send queue on these idle loopback sessions.
+            assert!(c[4].ends_with("us") || c[4].ends_with("ms"), "{l}");
+            assert!(c[5].ends_with('s'), "{l}");
+            assert_eq!((c[6], c[7]), ("0", "0"), "{l}");
             (c[0].into(), c[1].into(), c[2].into(), c[3].into())
         })
         .collect();
@@ -327,6 +347,9 @@ port = {}
     assert_eq!(listed, expected, "{v:#}");
     assert_eq!(v["targets"][0]["name"], "venue-x");
     assert_eq!(v["targets"][0]["active"], 2);
-    assert_eq!(v["targets"][0]["local_ports"], "23200-23299");
+    assert_eq!(
+        v["targets"][0]["local_ports"],
+        format!("{}-{}", ports.port(0), ports.port(99))
+    );
     assert_eq!(v["targets"][1]["active"], 2);
 }

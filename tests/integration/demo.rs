@@ -40,7 +40,8 @@ fn venue_counts(m: &Metrics) -> VenueCounts {
 /// scrape.
 #[test]
 fn demo_runs_by_itself_serves_metrics_and_its_numbers_agree() {
-    // Hold 9464 if it is free, so the demo must move on to the next port.
+    // Hold 9464 if it is free, so the demo must move on to the next port. (The one fixed port
+    // in the tests, on purpose: 9464 is the demo's documented default.)
     let held = std::net::TcpListener::bind("127.0.0.1:9464").ok();
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("demo.json");
@@ -52,15 +53,15 @@ fn demo_runs_by_itself_serves_metrics_and_its_numbers_agree() {
         .spawn()
         .unwrap();
     let lines: Arc<Mutex<Vec<String>>> = Arc::default();
-    {
+    let reader = {
         let lines = lines.clone();
         let stdout = child.stdout.take().unwrap();
         thread::spawn(move || {
             for l in BufReader::new(stdout).lines().map_while(Result::ok) {
                 lines.lock().unwrap().push(l);
             }
-        });
-    }
+        })
+    };
     let text = || lines.lock().unwrap().join("\n");
     let deadline = Instant::now() + Duration::from_secs(20);
     let url = loop {
@@ -99,7 +100,12 @@ fn demo_runs_by_itself_serves_metrics_and_its_numbers_agree() {
         }
         thread::sleep(Duration::from_millis(100));
     };
-    thread::sleep(Duration::from_millis(200));
+    // Its last lines: the reader ends when the closed pipe is drained.
+    join_within(
+        "the end of the demo's output",
+        Duration::from_secs(5),
+        reader,
+    );
     let out = text();
     assert!(status.success(), "{status:?}\n{out}");
     assert!(out.contains("demo ended as planned after 00:00:0"), "{out}");

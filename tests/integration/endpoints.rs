@@ -16,13 +16,15 @@ fn endpoints_report_the_connections_the_test_made() {
     let v4 = Downstream::listen("127.0.0.2:0");
     let v6 = Downstream::listen("[::1]:0");
     let unrelated = Downstream::listen("127.0.0.3:0");
+    // 100 local ports for venue-v4's `local_ports`, and the one after them (outside it).
+    let ports = PortRange::reserve(101);
     let cfg = config_file(&format!(
         r#"
 [[targets]]
 name = "venue-v4"
 address = "127.0.0.2"
 port = {p4}
-local_ports = [21000, 21099]
+local_ports = [{first}, {last}]
 
 [[targets]]
 name = "venue-v6"
@@ -30,18 +32,20 @@ address = "::1"
 port = {p6}
 "#,
         p4 = v4.addr.port(),
-        p6 = v6.addr.port()
+        p6 = v6.addr.port(),
+        first = ports.port(0),
+        last = ports.port(99),
     ));
 
     // Open before the sidecar starts: counted as opened, lifetimes unknown.
     let mut a = vec![
-        connect_from("127.0.0.1:21000", v4.addr),
-        connect_from("127.0.0.1:21001", v4.addr),
+        connect_from(&ports.local(0), v4.addr),
+        connect_from(&ports.local(1), v4.addr),
     ];
-    let _outside_range = connect_from("127.0.0.1:21100", v4.addr);
+    let _outside_range = connect_from(&ports.local(100), v4.addr);
     let _unrelated = [
         connect_from("127.0.0.1:0", unrelated.addr),
-        connect_from("127.0.0.1:21002", unrelated.addr),
+        connect_from(&ports.local(2), unrelated.addr),
     ];
     let mut b = vec![connect_from("[::1]:0", v6.addr)];
 
@@ -59,7 +63,7 @@ port = {p6}
 
     // Open more while watched, hold them a known time, then close them.
     let opened_at = Instant::now();
-    a.push(connect_from("127.0.0.1:21050", v4.addr));
+    a.push(connect_from(&ports.local(50), v4.addr));
     b.push(connect_from("[::1]:0", v6.addr));
     b.push(connect_from("[::1]:0", v6.addr));
     sc.wait_polls(2);
@@ -84,10 +88,7 @@ port = {p6}
         })
         .collect();
     locals.sort();
-    assert_eq!(
-        locals,
-        ["127.0.0.1:21000", "127.0.0.1:21001", "127.0.0.1:21050"]
-    );
+    assert_eq!(locals, [ports.local(0), ports.local(1), ports.local(50)]);
     let v6_locals: Vec<String> = b
         .iter()
         .map(|s| s.local_addr().unwrap().to_string())
@@ -98,12 +99,14 @@ port = {p6}
         }
     }
 
+    // A deliberate hold, not a wait: the sessions opened while watched must live a known time
+    // longer than 1 s (the histogram's le="1" bucket stays empty; the sum is compared below).
     std::thread::sleep(Duration::from_millis(1200));
     let held = opened_at.elapsed();
-    drop(a.pop()); // 21050, opened while watched
+    drop(a.pop()); // ports.local(50), opened while watched
     drop(b.pop()); // one v6, opened while watched
     let closed_at = Instant::now();
-    drop(a.remove(0)); // 21000, preexisting
+    drop(a.remove(0)); // ports.local(0), preexisting
     sc.wait_for("closes", Duration::from_secs(10), |s| {
         let m = s.metrics();
         m.count(CLOSED, &[("target", "venue-v4")]) == 2.0
@@ -155,14 +158,14 @@ port = {p6}
     assert_eq!(
         m.get(
             "fix_connections_by_port",
-            &[("target", "venue-v4"), ("port", "21001")]
+            &[("target", "venue-v4"), ("port", &ports.port(1).to_string())]
         ),
         Some(1.0)
     );
     assert_eq!(
         m.get(
             "fix_connections_by_port",
-            &[("target", "venue-v4"), ("port", "21000")]
+            &[("target", "venue-v4"), ("port", &ports.port(0).to_string())]
         ),
         None
     );
@@ -212,13 +215,7 @@ port = {p6}
     let health = sc.json("/health");
     assert_eq!(health["status"], "healthy");
     assert_eq!(health["active_connections"], 3);
-    // `auto`: eBPF where the capabilities allow it (root in CI), netlink otherwise.
-    let auto = if fix_monitor::source::ebpf::loader::missing_capabilities().is_empty() {
-        "ebpf"
-    } else {
-        "netlink"
-    };
-    assert_eq!(health["source"], auto);
+    assert_eq!(health["source"], "netlink");
     let (code, page) = sc.get("/");
     assert_eq!(code, 200);
     assert!(page.contains("venue-v4") && page.contains("/connections"));

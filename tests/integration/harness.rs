@@ -30,6 +30,8 @@ pub struct Sidecar {
     child: Child,
     pub addr: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
+    /// The thread reading stderr into `log`: done once the child's stderr is closed.
+    reader: Option<thread::JoinHandle<()>>,
 }
 
 impl Sidecar {
@@ -61,19 +63,21 @@ impl Sidecar {
             .expect("spawning fix-monitor");
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
-        {
+        let reader = {
             let log = log.clone();
             let stderr = child.stderr.take().unwrap();
             thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let rest = line.split("listening on http://").nth(1);
+                    if let Some(rest) = rest.or_else(|| line.split("listening on https://").nth(1))
+                    {
                         let addr = rest.split_whitespace().next().unwrap_or("").to_string();
                         let _ = tx.send(addr);
                     }
                     log.lock().unwrap().push(line);
                 }
-            });
-        }
+            })
+        };
         let addr = match rx.recv_timeout(Duration::from_secs(20)) {
             Ok(a) => a.parse().expect("listen address"),
             Err(_) => {
@@ -84,7 +88,12 @@ impl Sidecar {
                 );
             }
         };
-        Sidecar { child, addr, log }
+        Sidecar {
+            child,
+            addr,
+            log,
+            reader: Some(reader),
+        }
     }
 
     pub fn log(&self) -> String {
@@ -135,7 +144,14 @@ impl Sidecar {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Some(st) = self.child.try_wait().unwrap() {
-                thread::sleep(Duration::from_millis(100));
+                // Its last lines: the reader ends when the closed pipe is drained.
+                if let Some(reader) = self.reader.take() {
+                    join_within(
+                        "the end of the sidecar's log",
+                        Duration::from_secs(5),
+                        reader,
+                    );
+                }
                 return (st, self.log());
             }
             assert!(
@@ -156,6 +172,121 @@ impl Drop for Sidecar {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Waits (bounded) until `f` holds, checking every 50 ms; panics naming `what` otherwise.
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits (bounded) for `handle`'s thread to end (a reader thread reaching the end of a pipe),
+/// then joins it, passing on its panic.
+pub fn join_within<T>(what: &str, timeout: Duration, handle: thread::JoinHandle<T>) -> T {
+    wait_until(what, timeout, || handle.is_finished());
+    handle
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+/// A run of consecutive local ports on 127.0.0.1, free when chosen and held for one test, for
+/// the tests of `local_ports` filtering (which need ports they pick themselves, not port 0).
+///
+/// Chosen at run time below the kernel's ephemeral range (`ip_local_port_range`), so that
+/// neither port-0 binds nor outgoing connections land in it, and reserved while the value
+/// lives: every port has a socket bound to it with `SO_REUSEADDR` and not listening. That
+/// lets `connect_from` (also `SO_REUSEADDR`) use the ports, while any other test's `reserve`,
+/// whose probe bind has no `SO_REUSEADDR`, finds them taken and picks another run.
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+    _held: Vec<socket2::Socket>,
+}
+
+impl PortRange {
+    /// `len` free consecutive ports (bounded search; panics when none are found).
+    pub fn reserve(len: u16) -> PortRange {
+        use socket2::{Domain, Socket, Type};
+        assert!(len > 0);
+        let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+            .unwrap_or(32768);
+        let (low, high) = (10_000u32, ephemeral_low.saturating_sub(u32::from(len)));
+        assert!(
+            high > low,
+            "no room below the ephemeral port range ({ephemeral_low}) for {len} ports"
+        );
+        // A pseudo-random start (process id, clock, a counter), then the following runs.
+        static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let seed = std::process::id()
+            .wrapping_mul(2_654_435_761)
+            .wrapping_add(nanos)
+            .wrapping_add(
+                CALLS
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    .wrapping_mul(40_503),
+            );
+        let span = high - low;
+        let mut tried = Vec::new();
+        for attempt in 0..200u32 {
+            let first = low + (seed.wrapping_add(attempt.wrapping_mul(7_919))) % span;
+            let mut held = Vec::with_capacity(usize::from(len));
+            let free = (first..first + u32::from(len)).all(|p| {
+                let addr: SocketAddr = ([127, 0, 0, 1], p as u16).into();
+                // Free: a plain bind succeeds (no socket at all on it, not even TIME_WAIT or
+                // another test's reservation). Then held with SO_REUSEADDR.
+                // (std's TcpListener::bind sets SO_REUSEADDR, so the probe is a bare socket.)
+                let probe = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+                if probe.bind(&addr.into()).is_err() {
+                    return false;
+                }
+                drop(probe);
+                let hold = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+                hold.set_reuse_address(true).unwrap();
+                if hold.bind(&addr.into()).is_err() {
+                    return false;
+                }
+                held.push(hold);
+                true
+            });
+            if free {
+                return PortRange {
+                    first: first as u16,
+                    last: (first + u32::from(len) - 1) as u16,
+                    _held: held,
+                };
+            }
+            tried.push(first);
+        }
+        panic!("no {len} free consecutive ports below {ephemeral_low}; tried runs from {tried:?}");
+    }
+
+    /// The `i`th port of the run.
+    pub fn port(&self, i: u16) -> u16 {
+        assert!(
+            i <= self.last - self.first,
+            "port {i} of {}-{}",
+            self.first,
+            self.last
+        );
+        self.first + i
+    }
+
+    /// `127.0.0.1:PORT` for the `i`th port, for `connect_from`.
+    pub fn local(&self, i: u16) -> String {
+        format!("127.0.0.1:{}", self.port(i))
     }
 }
 

@@ -12,6 +12,17 @@ mod otlp_receiver;
 mod config_errors;
 mod console;
 mod demo;
+mod endpoint_security;
 mod endpoints;
+mod events;
 mod otlp_grpc;
 mod otlp_http;
+// Generated hostile input for the parsers and the filter compiler (Linux: netlink, procfs),
+// and for the config loader.
+mod config_properties;
+#[cfg(target_os = "linux")]
+mod properties;
+// The fuzzer's seeds and the crashes it found, replayed (fuzz/harness.rs).
+#[cfg(target_os = "linux")]
+mod fuzz_regressions;
+mod session_health;

@@ -43,13 +43,14 @@ fn grpc_push_carries_the_ground_truth_resource_and_headers() {
     let rx = Receiver::start();
     let a = Downstream::listen("127.0.0.50:0");
     let b = Downstream::listen("127.0.0.51:0");
+    let ports = PortRange::reserve(100);
     let cfg = config_file(&format!(
         r#"
 [[targets]]
 name = "venue-a"
 address = "127.0.0.50"
 port = {pa}
-local_ports = [22000, 22099]
+local_ports = [{first}, {last}]
 
 [[targets]]
 name = "venue-b"
@@ -64,10 +65,12 @@ headers = {{ "X-Tenant" = "desk-1" }}
         pa = a.addr.port(),
         pb = b.addr.port(),
         endpoint = rx.endpoint(),
+        first = ports.first,
+        last = ports.last,
     ));
     let mut held_a = vec![
-        connect_from("127.0.0.1:22000", a.addr),
-        connect_from("127.0.0.1:22001", a.addr),
+        connect_from(&ports.local(0), a.addr),
+        connect_from(&ports.local(1), a.addr),
     ];
     // The standard variable is a lower layer: the file's x-tenant wins, its other header stays.
     let mut cmd = command();
@@ -85,7 +88,7 @@ headers = {{ "X-Tenant" = "desk-1" }}
         pushed(r, "venue-a") == truth(2, 2, 0)
     });
 
-    held_a.push(connect_from("127.0.0.1:22002", a.addr));
+    held_a.push(connect_from(&ports.local(2), a.addr));
     let mut held_b: Vec<_> = (0..3)
         .map(|_| connect_from("127.0.0.1:0", b.addr))
         .collect();
@@ -174,9 +177,9 @@ headers = {{ "X-Tenant" = "desk-1" }}
     assert_eq!(
         by_port,
         [
-            ("22000".to_string(), 1.0),
-            ("22001".to_string(), 1.0),
-            ("22002".to_string(), 1.0)
+            (ports.port(0).to_string(), 1.0),
+            (ports.port(1).to_string(), 1.0),
+            (ports.port(2).to_string(), 1.0)
         ]
     );
     let errors = points

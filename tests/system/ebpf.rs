@@ -26,6 +26,8 @@ fn target(remote: SocketAddr, local_ports: Option<(u16, u16)>) -> Target {
         net,
         port: Some(remote.port()),
         local_ports: local_ports.map(|(start, end)| PortRange { start, end }),
+        heartbeat: None,
+        stale_after: None,
     }
 }
 
@@ -125,6 +127,8 @@ fn the_verifier_accepts_programs_for_many_kinds_of_targets() {
                 start: 5000,
                 end: 6000 + i,
             }),
+            heartbeat: None,
+            stale_after: None,
         });
     }
     let w = Watch::open(targets);
@@ -613,4 +617,41 @@ fn the_sidecar_in_ebpf_mode_counts_short_sessions_exactly() {
         "{log}"
     );
     assert!(log.contains("comm=fixm-gateway"), "{log}");
+}
+
+/// `auto` never takes eBPF, even with every capability (root here): it takes netlink, with the
+/// kernel close events and the session health eBPF mode lacks, and says eBPF can be asked for.
+#[test]
+fn auto_takes_netlink_and_says_ebpf_can_be_asked_for() {
+    use crate::harness::{command, Downstream, Sidecar};
+
+    assert!(
+        ebpf::loader::missing_capabilities().is_empty(),
+        "the system tier runs as root"
+    );
+    let ds = Downstream::listen("127.0.0.1:0");
+    let mut cmd = command();
+    cmd.env("FIX_MONITOR_POLL__SOURCE", "auto");
+    let port = ds.addr.port().to_string();
+    let sc = Sidecar::start_with(
+        cmd,
+        &[
+            "--ip",
+            "127.0.0.1",
+            "--target-port",
+            &port,
+            "--interval",
+            "1s",
+        ],
+    );
+    let health = sc.json("/health");
+    assert_eq!(health["source"], "netlink");
+    assert_eq!(health["events"]["mode"], "kernel_events");
+    let (status, log) = sc.terminate();
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("eBPF available with poll.source = \\\"ebpf\\\"")
+            || log.contains("eBPF available with poll.source = \"ebpf\""),
+        "{log}"
+    );
 }

@@ -498,7 +498,7 @@ port = {pb}
         }
     });
 
-    // The sessions: held ones, unrelated noise, and short ones that are closed after ~1 s.
+    // The sessions: held ones, unrelated noise, and short ones that are closed once seen.
     let mut short = Vec::new();
     for g in &mut gateways {
         let p = g.plan;
@@ -510,7 +510,7 @@ port = {pb}
         let noise = g.connect(p.noise, other.addr);
         g.held.extend(noise);
     }
-    // Let every sidecar see the short sessions (two polls), hold them, then close them.
+    // Let every sidecar see the short sessions, then close them.
     for g in &gateways {
         let addr = g.metrics_addr();
         let want: f64 = (0..2).map(|t| g.plan.opened(t)).sum();
@@ -530,7 +530,8 @@ port = {pb}
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-    std::thread::sleep(Duration::from_secs(1));
+    // No hold after that: nothing here checks the short sessions' lifetimes (only that each
+    // close is counted and observed once), so they close as soon as every sidecar saw them.
     drop(short);
 
     prom.wait_for(

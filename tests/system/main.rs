@@ -15,9 +15,19 @@ mod backends;
 mod netns;
 
 mod ebpf;
+mod endpoint_load;
 mod fleet;
 mod otlp_http_vm;
 mod poll_failure;
 mod prometheus_scrape;
 mod promtool;
+mod tcp_health;
 mod terminal;
+
+// The container image, built with podman and run unprivileged on the host network.
+mod container;
+// The sidecar as a throwaway user with no capabilities.
+mod least_privilege;
+// The kernel-filter compiler against the live kernel, property-tested.
+mod kernel_filter;
+mod web_config_interop;

@@ -58,6 +58,28 @@ fn wait_stored(prom: &Backend, what: &str, want: &BTreeMap<(String, String), f64
     });
 }
 
+/// Waits (bounded) until Prometheus has scraped job `fix-monitor` `n` more times: the time of
+/// its last `up` sample has moved on `n` times.
+fn wait_scrapes(prom: &Backend, n: usize) {
+    let last_scrape = |p: &Backend| p.value(&format!(r#"timestamp(up{{job="{JOB}"}})"#));
+    let start = last_scrape(prom);
+    let mut seen: Vec<f64> = Vec::new();
+    prom.wait_for(&format!("{n} more scrapes"), Duration::from_secs(20), |p| {
+        match last_scrape(p) {
+            Some(t) if Some(t) > start && !seen.contains(&t) => seen.push(t),
+            _ => {}
+        }
+        if seen.len() >= n {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} new scrapes after {start:?}: {seen:?}",
+                seen.len()
+            ))
+        }
+    });
+}
+
 fn by_label(rows: &[Sample], label: &str) -> BTreeMap<String, f64> {
     rows.iter()
         .map(|(l, v)| (l.get(label).cloned().unwrap_or_default(), *v))
@@ -139,7 +161,8 @@ port = {pb}
         ]),
     );
 
-    // Hold them a known time (> 1 s, so the le="1" bucket stays empty), then close some.
+    // Hold them a known time (> 1 s, so the le="1" bucket stays empty), then close some. A
+    // deliberate hold, not a wait for a condition.
     let hold = Duration::from_secs(2);
     std::thread::sleep(hold.saturating_sub(opened_at.elapsed()));
     let close_started = Instant::now();
@@ -346,7 +369,8 @@ fn dashboard_expressions_return_data_from_a_real_scrape() {
     let a = Downstream::listen("127.0.0.41:0");
     let b = Downstream::listen("127.0.0.42:0");
     // venue-a declares a local port range (all unprivileged ports), so that
-    // fix_connections_by_port has series for the port panels.
+    // fix_connections_by_port has series for the port panels, and a heartbeat, so that the
+    // session-health panels have stale counts (by target and by port).
     let cfg = config_file(&format!(
         r#"
 [[targets]]
@@ -354,6 +378,7 @@ name = "venue-a"
 address = "127.0.0.41"
 port = {pa}
 local_ports = [1024, 65535]
+heartbeat = "30s"
 
 [[targets]]
 name = "venue-b"
@@ -416,6 +441,7 @@ port = {pb}
     for (wave, (na, nb)) in [(2usize, 1usize), (2, 2)].into_iter().enumerate() {
         let before = closed(&prom);
         let short = [connect_n(na, &a), connect_n(nb, &b)];
+        // A deliberate hold: the short sessions live a known time (> 1 s) before they close.
         std::thread::sleep(Duration::from_millis(1200));
         drop(short);
         prom.wait_for(
@@ -435,7 +461,7 @@ port = {pb}
             },
         );
         // A few more scrapes so that each series has samples on both sides of the change.
-        std::thread::sleep(Duration::from_secs(3));
+        wait_scrapes(&prom, 3);
     }
 
     // Bounded retry: a rate() may need one more scrape.

@@ -36,6 +36,8 @@ impl Tmux {
             cmd.push(' ');
             cmd.push_str(&quote(a));
         }
+        // A deliberate hold: the shell outlives the command so that the pane (and EXIT=) stays
+        // readable; the tmux server, and the sleep with it, is killed on drop.
         cmd.push_str("; echo EXIT=$?; sleep 600");
         let mut tmux = Tmux { socket, path: None };
         let out = tmux
@@ -161,12 +163,14 @@ port = {}
 fn watch_in_a_terminal_shows_the_connections_and_ctrl_c_writes_the_report() {
     let a = Downstream::listen("127.0.0.2:0");
     let b = Downstream::listen("127.0.0.3:0");
-    let cfg = two_targets(a.addr, b.addr, (23000, 23099));
+    let ports = PortRange::reserve(100);
+    let cfg = two_targets(a.addr, b.addr, (ports.first, ports.last));
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("report.json");
     let (aa, ba) = (a.addr.to_string(), b.addr.to_string());
+    let (pre_local, a1_local, a2_local) = (ports.local(0), ports.local(1), ports.local(2));
 
-    let _pre = connect_from("127.0.0.1:23000", a.addr);
+    let _pre = connect_from(&pre_local, a.addr);
     let tmux = Tmux::start(
         &[
             "watch",
@@ -189,7 +193,7 @@ fn watch_in_a_terminal_shows_the_connections_and_ctrl_c_writes_the_report() {
         "{s}"
     );
     assert!(s.contains("ACTIVE CONNECTIONS (1)"), "{s}");
-    let pre_row = row(&s, "venue-a", "127.0.0.1:23000").expect(&s);
+    let pre_row = row(&s, "venue-a", &pre_local).expect(&s);
     assert_eq!(pre_row[2], aa, "{s}");
     assert!(
         pre_row[3].ends_with('*'),
@@ -197,23 +201,23 @@ fn watch_in_a_terminal_shows_the_connections_and_ctrl_c_writes_the_report() {
     );
     assert_eq!(counts(&s, "venue-b", &ba, 3), Some(vec![0, 0, 0, 0]), "{s}");
 
-    let a1 = connect_from("127.0.0.1:23001", a.addr);
+    let a1 = connect_from(&a1_local, a.addr);
     let held_from = Instant::now();
-    let _a2 = connect_from("127.0.0.1:23002", a.addr);
+    let _a2 = connect_from(&a2_local, a.addr);
     let b1 = connect_from("127.0.0.1:0", b.addr);
     let b1_local = b1.local_addr().unwrap().to_string();
     let s = tmux.wait_for("three opens", Duration::from_secs(20), |s| {
-        s.contains(&format!("] opened venue-a 127.0.0.1:23001 -> {aa}"))
-            && s.contains(&format!("] opened venue-a 127.0.0.1:23002 -> {aa}"))
+        s.contains(&format!("] opened venue-a {a1_local} -> {aa}"))
+            && s.contains(&format!("] opened venue-a {a2_local} -> {aa}"))
             && s.contains(&format!("] opened venue-b {b1_local} -> {ba}"))
             && counts(s, "venue-a", &aa, 3) == Some(vec![3, 3, 0, 3])
             && counts(s, "venue-b", &ba, 3) == Some(vec![1, 1, 0, 1])
     });
     assert!(s.contains("ACTIVE CONNECTIONS (4)"), "{s}");
-    for local in ["127.0.0.1:23001", "127.0.0.1:23002", &b1_local] {
+    for local in [&a1_local, &a2_local, &b1_local] {
         let r = row(
             &s,
-            if local == b1_local {
+            if *local == b1_local {
                 "venue-b"
             } else {
                 "venue-a"
@@ -224,17 +228,18 @@ fn watch_in_a_terminal_shows_the_connections_and_ctrl_c_writes_the_report() {
         assert!(is_hms(&r[3]), "age {:?}\n{s}", r[3]);
     }
 
+    // A deliberate hold, not a wait: a1 lives a known time, compared with the report below.
     thread::sleep(Duration::from_millis(1500));
     drop(a1);
     let held = held_from.elapsed();
     let s = tmux.wait_for("the close", Duration::from_secs(20), |s| {
         s.contains(&format!(
-            "] closed venue-a 127.0.0.1:23001 -> {aa} after 00:00:0"
+            "] closed venue-a {a1_local} -> {aa} after 00:00:0"
         )) && counts(s, "venue-a", &aa, 3) == Some(vec![2, 3, 1, 3])
     });
     assert!(s.contains("RECENTLY CLOSED (last 1 of 1)"), "{s}");
     let closed_section = s.split("RECENTLY CLOSED").nth(1).unwrap();
-    assert!(closed_section.contains("127.0.0.1:23001"), "{s}");
+    assert!(closed_section.contains(&a1_local), "{s}");
 
     tmux.send_keys("C-c");
     let s = tmux.wait_for("the exit", Duration::from_secs(20), |s| s.contains("EXIT="));
@@ -290,15 +295,15 @@ fn watch_in_a_terminal_shows_the_connections_and_ctrl_c_writes_the_report() {
         })
         .collect();
     let expected: BTreeSet<(String, String, bool)> = [
-        ("127.0.0.1:23000".to_owned(), aa.clone(), true),
-        ("127.0.0.1:23002".to_owned(), aa.clone(), false),
+        (pre_local.clone(), aa.clone(), true),
+        (a2_local.clone(), aa.clone(), false),
         (b1_local.clone(), ba.clone(), false),
     ]
     .into();
     assert_eq!(active, expected);
     let gone = r["recent_disconnected"].as_array().unwrap();
     assert_eq!(gone.len(), 1, "{r:#}");
-    assert_eq!(gone[0]["local_addr"], "127.0.0.1:23001");
+    assert_eq!(gone[0]["local_addr"], a1_local);
     assert_eq!(gone[0]["target"], "venue-a");
     let lasted = gone[0]["duration_seconds"].as_f64().unwrap();
     let held = held.as_secs_f64();

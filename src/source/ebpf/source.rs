@@ -155,6 +155,7 @@ impl Source for EbpfSource {
             remote,
             state: TcpState::Established,
             id: 0,
+            health: None,
         }));
         Ok(())
     }

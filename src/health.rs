@@ -1,0 +1,528 @@
+//! Session health over time: a pure state machine beside the tracker.
+//!
+//! Each poll's sockets go in (with the kernel's `tcp_info`, netlink only) and the time of the
+//! poll; out come, per target (and per local port for targets with `local_ports`), what the
+//! metrics report: sessions stale now, the longest silence, the fullest send queue, RTT samples,
+//! and the growth of the kernel's per-session counters (retransmits, bytes); plus an event when
+//! a session turns stale and when it recovers.
+//!
+//! # Stale
+//! A session is stale while no data has been received for longer than its target's
+//! `stale_after`; it recovers as soon as data arrives. Targets without one are not judged.
+//!
+//! # Counters: once, and nothing lost
+//! The kernel's counters are per socket and only grow. A session's growth is what its totals
+//! gained since the last poll; a session seen for the first time counts its totals from zero
+//! (it opened since the last poll, so all of it happened while monitored), except at the first
+//! poll, whose sessions predate the monitor: their totals so far are the baseline, not growth.
+//! A session that ends between two polls takes the growth since its last poll with it, unless
+//! its last `tcp_info` is handed in ([`HealthBook::closed`], from the kernel's destroy
+//! notification), which is then counted exactly once.
+//!
+//! Time is an input: the book never reads a clock.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::source::{SocketEntry, TcpHealth};
+use crate::target::{TargetId, Targets};
+
+/// Growth of the per-session counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Growth {
+    /// Segments retransmitted.
+    pub retransmits: u64,
+    /// Data bytes sent (retransmissions included, as the kernel counts them).
+    pub bytes_sent: u64,
+    /// Data bytes received.
+    pub bytes_received: u64,
+}
+
+impl Growth {
+    fn add(&mut self, o: Growth) {
+        self.retransmits += o.retransmits;
+        self.bytes_sent += o.bytes_sent;
+        self.bytes_received += o.bytes_received;
+    }
+
+    /// The counters' totals in `h` (a field the kernel does not give counts as 0 growth).
+    fn totals(h: &TcpHealth) -> Growth {
+        Growth {
+            retransmits: h.retransmits.into(),
+            bytes_sent: h.bytes_sent.unwrap_or(0),
+            bytes_received: h.bytes_received.unwrap_or(0),
+        }
+    }
+
+    /// What `now` gained over `before` (counters never shrink on one socket; saturating
+    /// anyway, so that a surprise is a zero, never a wrap).
+    fn since(now: Growth, before: Growth) -> Growth {
+        Growth {
+            retransmits: now.retransmits.saturating_sub(before.retransmits),
+            bytes_sent: now.bytes_sent.saturating_sub(before.bytes_sent),
+            bytes_received: now.bytes_received.saturating_sub(before.bytes_received),
+        }
+    }
+}
+
+/// What one poll says about a group of sessions (a target, or one local port of it).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct GroupHealth {
+    /// Active sessions with health (netlink): the rest are not measured.
+    pub measured: u64,
+    /// Sessions stale now; `None` where the target judges no staleness.
+    pub stale: Option<u64>,
+    /// The longest time since data was received, among the measured sessions.
+    pub max_silence: Option<Duration>,
+    /// The fullest send queue (bytes not yet acknowledged), among the measured sessions.
+    pub max_send_queue: Option<u64>,
+    /// The highest smoothed RTT among the measured sessions that have one.
+    pub max_rtt: Option<Duration>,
+    /// Counter growth since the previous poll, closed sessions' last values included.
+    pub growth: Growth,
+}
+
+impl GroupHealth {
+    fn add(&mut self, h: &TcpHealth, stale: Option<bool>, growth: Growth) {
+        self.measured += 1;
+        if let Some(s) = stale {
+            *self.stale.get_or_insert(0) += u64::from(s);
+        }
+        let silence = h.receive_silence();
+        self.max_silence = self.max_silence.max(Some(silence));
+        self.max_send_queue = self.max_send_queue.max(Some(h.send_queue.into()));
+        self.max_rtt = self.max_rtt.max(h.rtt());
+        self.growth.add(growth);
+    }
+}
+
+/// A session turning stale or recovering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthEvent {
+    /// No data received for longer than the target's `stale_after`.
+    Stale {
+        target: TargetId,
+        local: SocketAddr,
+        remote: SocketAddr,
+        /// Time since data was last received, now.
+        silence: Duration,
+    },
+    /// Data arrived again after the session was stale.
+    Recovered {
+        target: TargetId,
+        local: SocketAddr,
+        remote: SocketAddr,
+        /// How long the silence that ended lasted.
+        silence: Duration,
+    },
+}
+
+/// What [`HealthBook::observe`] reports for one poll. Reused across polls.
+#[derive(Debug, Default)]
+pub struct HealthPoll {
+    /// Per target, in [`TargetId`] order.
+    pub targets: Vec<GroupHealth>,
+    /// Per (target, local port), for targets with `local_ports` only.
+    pub ports: BTreeMap<(TargetId, u16), GroupHealth>,
+    /// One smoothed RTT per measured session that has one: (target, RTT).
+    pub rtt_samples: Vec<(TargetId, Duration)>,
+    pub events: Vec<HealthEvent>,
+}
+
+/// One session as the book remembers it.
+#[derive(Debug, Clone, Copy)]
+struct Session {
+    /// The totals already counted.
+    counted: Growth,
+    stale: bool,
+    /// When the current silence began (the poll's time less the kernel's silence).
+    silent_since: Instant,
+    seen: u64,
+}
+
+/// The health state machine. See the module docs.
+#[derive(Debug)]
+pub struct HealthBook {
+    targets: Targets,
+    /// Per target: after how much silence a session is stale; `None`: not judged.
+    stale_after: Vec<Option<Duration>>,
+    /// By socket id (the kernel's cookie).
+    sessions: HashMap<u64, Session>,
+    /// Growth of sessions that closed since the last poll, per target and (target, port).
+    closed: Vec<Growth>,
+    closed_ports: BTreeMap<(TargetId, u16), Growth>,
+    generation: u64,
+}
+
+impl HealthBook {
+    /// `stale_after[i]` is target `i`'s threshold (`None`: no staleness judged).
+    pub fn new(targets: Targets, stale_after: Vec<Option<Duration>>) -> HealthBook {
+        assert_eq!(targets.len(), stale_after.len(), "one threshold per target");
+        HealthBook {
+            closed: vec![Growth::default(); targets.len()],
+            targets,
+            stale_after,
+            sessions: HashMap::new(),
+            closed_ports: BTreeMap::new(),
+            generation: 0,
+        }
+    }
+
+    /// Whether sessions of `target` are judged stale at all.
+    pub fn judges(&self, target: TargetId) -> bool {
+        self.stale_after[target].is_some()
+    }
+
+    /// Sessions known now.
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    /// Whether the session with socket id `id` is stale now.
+    pub fn is_stale(&self, id: u64) -> bool {
+        self.sessions.get(&id).is_some_and(|s| s.stale)
+    }
+
+    /// Takes one poll's sockets (those without health are skipped: not measured) taken at
+    /// `at`, and writes what the metrics report into `out`.
+    pub fn observe(&mut self, at: Instant, sockets: &[SocketEntry], out: &mut HealthPoll) {
+        let first = self.generation == 0;
+        self.generation += 1;
+        let generation = self.generation;
+        out.targets.clear();
+        out.targets
+            .resize(self.targets.len(), GroupHealth::default());
+        for (i, g) in out.targets.iter_mut().enumerate() {
+            if self.stale_after[i].is_some() {
+                g.stale = Some(0);
+            }
+            g.growth = std::mem::take(&mut self.closed[i]);
+        }
+        out.ports.clear();
+        for (k, g) in std::mem::take(&mut self.closed_ports) {
+            out.ports.entry(k).or_default().growth.add(g);
+        }
+        out.rtt_samples.clear();
+        out.events.clear();
+
+        for s in sockets {
+            let Some(h) = s.health else { continue };
+            let Some(target) = self.targets.classify(&s.local, &s.remote) else {
+                continue;
+            };
+            let totals = Growth::totals(&h);
+            let silence = h.receive_silence();
+            let silent_since = at.checked_sub(silence).unwrap_or(at);
+            let threshold = self.stale_after[target];
+            let stale_now = threshold.map(|t| silence > t);
+            let (growth, event) = match self.sessions.get_mut(&s.id) {
+                Some(known) => {
+                    let growth = Growth::since(totals, known.counted);
+                    known.counted = totals;
+                    let was = known.stale;
+                    let event = match (was, stale_now) {
+                        (false, Some(true)) => Some(HealthEvent::Stale {
+                            target,
+                            local: s.local,
+                            remote: s.remote,
+                            silence,
+                        }),
+                        (true, Some(false)) => Some(HealthEvent::Recovered {
+                            target,
+                            local: s.local,
+                            remote: s.remote,
+                            // From the start of the silence that ended to the data that ended
+                            // it (which arrived `silence` ago).
+                            silence: silent_since.saturating_duration_since(known.silent_since),
+                        }),
+                        _ => None,
+                    };
+                    known.stale = stale_now.unwrap_or(false);
+                    known.silent_since = silent_since;
+                    known.seen = generation;
+                    (growth, event)
+                }
+                None => {
+                    // New since the last poll: everything counts. At the first poll: only
+                    // what comes next.
+                    let growth = if first { Growth::default() } else { totals };
+                    let stale = stale_now.unwrap_or(false);
+                    self.sessions.insert(
+                        s.id,
+                        Session {
+                            counted: totals,
+                            stale,
+                            silent_since,
+                            seen: generation,
+                        },
+                    );
+                    let event = stale.then_some(HealthEvent::Stale {
+                        target,
+                        local: s.local,
+                        remote: s.remote,
+                        silence,
+                    });
+                    (growth, event)
+                }
+            };
+            out.events.extend(event);
+            out.targets[target].add(&h, stale_now, growth);
+            if let Some(rtt) = h.rtt() {
+                out.rtt_samples.push((target, rtt));
+            }
+            if self.targets.get(target).local_ports.is_some() {
+                let g = out
+                    .ports
+                    .entry((target, s.local.port()))
+                    .or_insert_with(|| GroupHealth {
+                        stale: threshold.map(|_| 0),
+                        ..GroupHealth::default()
+                    });
+                g.add(&h, stale_now, growth);
+            }
+        }
+        // Sessions not seen this poll have ended: what they gained since their last poll is
+        // not known (unless `closed` had it), and they are forgotten.
+        self.sessions.retain(|_, s| s.seen == generation);
+    }
+
+    /// A session ended, with the kernel's last `tcp_info` for it (the socket-destroy
+    /// notification's): its growth since the last poll is counted at the next
+    /// [`HealthBook::observe`], and the session forgotten. A session the book never saw (it
+    /// opened and closed between two polls) counts all of its totals. Returns whether the
+    /// session was counted (false for a socket of no target, or without health).
+    pub fn closed(&mut self, socket: &SocketEntry) -> bool {
+        let Some(h) = socket.health else { return false };
+        let Some(target) = self.targets.classify(&socket.local, &socket.remote) else {
+            return false;
+        };
+        let totals = Growth::totals(&h);
+        let growth = match self.sessions.remove(&socket.id) {
+            Some(known) => Growth::since(totals, known.counted),
+            None if self.generation == 0 => Growth::default(),
+            None => totals,
+        };
+        self.closed[target].add(growth);
+        if self.targets.get(target).local_ports.is_some() {
+            self.closed_ports
+                .entry((target, socket.local.port()))
+                .or_default()
+                .add(growth);
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::TcpState;
+    use crate::target::{PortRange, Target};
+
+    fn targets() -> Targets {
+        let t = |net: &str, ports: Option<(u16, u16)>| {
+            let net = net.parse().unwrap();
+            Target {
+                name: Target::default_name(&net, None),
+                net,
+                port: None,
+                local_ports: ports.map(|(start, end)| PortRange { start, end }),
+                heartbeat: None,
+                stale_after: None,
+            }
+        };
+        Targets::new(vec![
+            t("10.0.0.1/32", None),
+            t("10.0.0.2/32", Some((5000, 5999))),
+            t("10.0.0.3/32", None),
+        ])
+    }
+
+    /// Target 0 and 1 stale after 2 s; target 2 not judged.
+    fn book() -> HealthBook {
+        let two = Some(Duration::from_secs(2));
+        HealthBook::new(targets(), vec![two, two, None])
+    }
+
+    fn health(silence_ms: u32, retrans: u32, sent: u64, received: u64) -> TcpHealth {
+        TcpHealth {
+            rtt_us: 100,
+            last_data_recv_ms: silence_ms,
+            retransmits: retrans,
+            bytes_sent: Some(sent),
+            bytes_received: Some(received),
+            send_queue: 10,
+            ..TcpHealth::default()
+        }
+    }
+
+    fn sock(remote: u8, port: u16, id: u64, h: Option<TcpHealth>) -> SocketEntry {
+        SocketEntry {
+            local: format!("192.168.0.1:{port}").parse().unwrap(),
+            remote: format!("10.0.0.{remote}:9876").parse().unwrap(),
+            state: TcpState::Established,
+            id,
+            health: h,
+        }
+    }
+
+    #[test]
+    fn a_silent_session_turns_stale_and_recovers_when_data_arrives() {
+        let mut b = book();
+        let mut out = HealthPoll::default();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // Quiet since 1.5 s before the first poll; the talking one hears something each poll.
+        let quiet = |ms: u32| sock(1, 5000, 1, Some(health(ms, 0, 0, 0)));
+        let talk = sock(1, 5001, 2, Some(health(100, 0, 0, 0)));
+        b.observe(at(0), &[quiet(1500), talk], &mut out);
+        assert_eq!(out.targets[0].stale, Some(0));
+        assert!(out.events.is_empty());
+        b.observe(at(500), &[quiet(2000), talk], &mut out);
+        assert_eq!(out.targets[0].stale, Some(0), "2 s is not longer than 2 s");
+        b.observe(at(1000), &[quiet(2500), talk], &mut out);
+        assert_eq!(out.targets[0].stale, Some(1));
+        assert_eq!(
+            out.targets[0].max_silence,
+            Some(Duration::from_millis(2500))
+        );
+        assert!(b.is_stale(1) && !b.is_stale(2));
+        let (local, remote) = (quiet(0).local, quiet(0).remote);
+        assert_eq!(
+            out.events,
+            [HealthEvent::Stale {
+                target: 0,
+                local,
+                remote,
+                silence: Duration::from_millis(2500)
+            }]
+        );
+        b.observe(at(1500), &[quiet(3000), talk], &mut out);
+        assert_eq!(out.targets[0].stale, Some(1));
+        assert!(out.events.is_empty(), "one event per turn");
+        // Data arrived 200 ms ago: the silence ran from t0 - 1.5 s to t0 + 1.8 s.
+        b.observe(at(2000), &[quiet(200), talk], &mut out);
+        assert_eq!(out.targets[0].stale, Some(0));
+        assert_eq!(
+            out.events,
+            [HealthEvent::Recovered {
+                target: 0,
+                local,
+                remote,
+                silence: Duration::from_millis(3300)
+            }]
+        );
+    }
+
+    #[test]
+    fn targets_without_a_threshold_are_not_judged_and_unmeasured_sockets_are_left_out() {
+        let mut b = book();
+        let mut out = HealthPoll::default();
+        let long = Some(health(60_000, 0, 0, 0));
+        b.observe(
+            Instant::now(),
+            &[sock(3, 1, 1, long), sock(1, 2, 2, None)],
+            &mut out,
+        );
+        assert_eq!(out.targets[2].stale, None, "not judged: no count at all");
+        assert_eq!(out.targets[2].measured, 1);
+        assert_eq!(out.targets[2].max_silence, Some(Duration::from_secs(60)));
+        assert!(out.events.is_empty());
+        // A socket without tcp_info (procfs) is not measured: no zeros for it.
+        assert_eq!(out.targets[0].measured, 0);
+        assert_eq!(out.targets[0].max_silence, None);
+        assert_eq!(out.targets[0].max_send_queue, None);
+        assert!(!b.judges(2) && b.judges(0));
+    }
+
+    #[test]
+    fn counters_count_growth_once_across_polls_and_closes() {
+        let mut b = book();
+        let mut out = HealthPoll::default();
+        let t0 = Instant::now();
+        let s = |id, r, tx, rx| sock(1, 5000 + id as u16, id, Some(health(0, r, tx, rx)));
+        // At the first poll, sessions predate the monitor: their totals are the baseline.
+        b.observe(t0, &[s(1, 5, 1000, 2000)], &mut out);
+        assert_eq!(out.targets[0].growth, Growth::default());
+        b.observe(t0, &[s(1, 7, 1500, 2100)], &mut out);
+        assert_eq!(
+            out.targets[0].growth,
+            Growth {
+                retransmits: 2,
+                bytes_sent: 500,
+                bytes_received: 100
+            }
+        );
+        // A session new since the last poll counts everything.
+        b.observe(t0, &[s(1, 7, 1500, 2100), s(2, 1, 300, 40)], &mut out);
+        assert_eq!(
+            out.targets[0].growth,
+            Growth {
+                retransmits: 1,
+                bytes_sent: 300,
+                bytes_received: 40
+            }
+        );
+        // Session 1 closes with its final values reported; session 3 opens and closes
+        // between two polls; a report for an unknown target is refused.
+        assert!(b.closed(&s(1, 9, 1800, 2100)));
+        assert!(b.closed(&s(3, 0, 50, 60)));
+        assert!(!b.closed(&sock(9, 1, 4, Some(health(0, 1, 1, 1)))));
+        assert!(!b.closed(&sock(1, 1, 5, None)));
+        b.observe(t0, &[s(2, 1, 300, 40)], &mut out);
+        assert_eq!(
+            out.targets[0].growth,
+            Growth {
+                retransmits: 2,
+                bytes_sent: 350,
+                bytes_received: 60
+            }
+        );
+        // Nothing counted twice: a quiet poll grows nothing.
+        b.observe(t0, &[s(2, 1, 300, 40)], &mut out);
+        assert_eq!(out.targets[0].growth, Growth::default());
+        // Gone without a final report: forgotten, its last growth unknown.
+        b.observe(t0, &[], &mut out);
+        assert!(b.is_empty());
+        assert_eq!(out.targets[0].growth, Growth::default());
+        // The sum of all growth is the sum of what the sessions did while watched:
+        // 1: 5 -> 9, 1000 -> 1800, 2000 -> 2100; 2: all; 3: all.
+    }
+
+    #[test]
+    fn per_port_health_only_for_targets_with_local_ports() {
+        let mut b = book();
+        let mut out = HealthPoll::default();
+        let t0 = Instant::now();
+        b.observe(
+            t0,
+            &[
+                sock(2, 5000, 1, Some(health(100, 0, 0, 0))),
+                sock(2, 5001, 2, Some(health(2500, 0, 0, 0))),
+                sock(1, 5002, 3, Some(health(2500, 0, 0, 0))),
+            ],
+            &mut out,
+        );
+        assert_eq!(out.ports.len(), 2);
+        assert_eq!(out.ports[&(1, 5000)].stale, Some(0));
+        assert_eq!(out.ports[&(1, 5001)].stale, Some(1));
+        assert_eq!(out.targets[1].stale, Some(1));
+        assert_eq!(out.targets[1].measured, 2);
+        assert_eq!(out.rtt_samples.len(), 3);
+        // A closed session's growth lands on its port too.
+        assert!(b.closed(&sock(2, 5000, 1, Some(health(0, 4, 0, 0)))));
+        b.observe(
+            t0,
+            &[sock(2, 5001, 2, Some(health(2600, 0, 0, 0)))],
+            &mut out,
+        );
+        assert_eq!(out.ports[&(1, 5000)].growth.retransmits, 4);
+        assert_eq!(out.ports[&(1, 5000)].measured, 0);
+        assert_eq!(out.targets[1].growth.retransmits, 4);
+    }
+}

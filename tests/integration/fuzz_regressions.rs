@@ -1,0 +1,47 @@
+//! Every input the fuzzer keeps, replayed on every `cargo test`: the seeds it starts from
+//! (`fuzz/seeds/TARGET/`) and the crashes it found (`tests/fixtures/fuzz/TARGET/`, each fixed,
+//! named after what it found). The checks are the fuzz targets' own (`fuzz/harness.rs`).
+
+use std::path::Path;
+
+#[allow(dead_code)] // not every harness function has saved cases on every platform
+#[path = "../../fuzz/harness.rs"]
+mod harness;
+
+/// Runs `check` on every file under `fuzz/seeds/target` and `tests/fixtures/fuzz/target`;
+/// returns how many there were.
+fn replay(target: &str, check: fn(&[u8])) -> usize {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut n = 0;
+    for dir in [
+        root.join("fuzz/seeds").join(target),
+        root.join("tests/fixtures/fuzz").join(target),
+    ] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap();
+            let result = std::panic::catch_unwind(|| check(&bytes));
+            assert!(result.is_ok(), "{} fails again", path.display());
+            n += 1;
+        }
+    }
+    n
+}
+
+#[test]
+fn netlink_dump_cases_pass() {
+    assert!(replay("netlink_dump", harness::netlink_dump) >= 3);
+}
+
+#[test]
+fn procfs_table_cases_pass() {
+    assert!(replay("procfs_table", harness::procfs_table) >= 2);
+}
+
+#[test]
+fn bytecode_cases_pass() {
+    assert!(replay("bytecode", harness::bytecode) >= 3);
+}

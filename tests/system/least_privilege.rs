@@ -1,0 +1,175 @@
+//! Least privilege, proved: the sidecar run as a throwaway non-root user with no capabilities
+//! at all (setpriv: new uid and gid, no supplementary groups, empty inheritable, ambient and
+//! bounding sets, no_new_privs). Netlink and procfs both answer it, its counts are right, and
+//! a feature that needs a capability (an endpoint on a port below 1024) fails at start naming
+//! the capability.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::harness::{connect_from, Downstream, Sidecar, BIN};
+
+/// A system user of a unique name, deleted when dropped.
+struct User {
+    name: String,
+    uid: u32,
+}
+
+impl User {
+    fn create() -> User {
+        let name = format!("fixlp{}", std::process::id());
+        let status = Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--home-dir",
+                "/nonexistent",
+                "--shell",
+                "/usr/sbin/nologin",
+                &name,
+            ])
+            .status()
+            .expect("useradd (passwd) is required");
+        assert!(status.success(), "useradd {name}");
+        let out = Command::new("id").args(["-u", &name]).output().unwrap();
+        let uid = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        assert_ne!(uid, 0);
+        User { name, uid }
+    }
+
+    /// `fix-monitor` as this user, with no capabilities, and a clean environment.
+    fn command(&self) -> Command {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid",
+            &self.name,
+            "--regid",
+            &self.name,
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--ambient-caps=-all",
+            "--bounding-set=-all",
+            "--no-new-privs",
+            "--",
+            BIN,
+        ]);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("FIX_MONITOR_")
+                || k.starts_with("DOWNSTREAM_")
+                || k.starts_with("OTEL_")
+            {
+                c.env_remove(k);
+            }
+        }
+        c.env("NO_COLOR", "1");
+        c
+    }
+}
+
+impl Drop for User {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.name).status();
+    }
+}
+
+/// The credentials line `key` of /proc/PID/status.
+fn status_field(pid: u32, key: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_else(|| panic!("{key} in /proc/{pid}/status"))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn unprivileged_sidecar_counts_right_with_netlink_and_procfs() {
+    let user = User::create();
+    let pid = std::process::id();
+    let ip = format!("127.0.{}.{}", 160 + pid % 90, 2 + pid / 90 % 250);
+    let downstream = Downstream::listen(&format!("{ip}:0"));
+    let port = downstream.addr.port().to_string();
+    for source in ["netlink", "procfs"] {
+        let mut held: Vec<_> = (0..2)
+            .map(|_| connect_from("127.0.0.1:0", downstream.addr))
+            .collect();
+        let sidecar = Sidecar::start_with(
+            user.command(),
+            &[
+                "--ip",
+                &ip,
+                "--target-port",
+                &port,
+                "--source",
+                source,
+                "--interval",
+                "200ms",
+            ],
+        );
+        // Who it runs as: the user, with nothing in any capability set.
+        let me = sidecar.pid();
+        let uid = user.uid.to_string();
+        assert!(
+            status_field(me, "Uid:")
+                .split_whitespace()
+                .all(|u| u == uid),
+            "{}",
+            status_field(me, "Uid:")
+        );
+        for set in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
+            assert_eq!(status_field(me, set), "0000000000000000", "{set}");
+        }
+        assert_eq!(status_field(me, "NoNewPrivs:"), "1");
+
+        let target = downstream.addr.to_string();
+        let counts = |s: &Sidecar| {
+            let m = s.metrics();
+            let l = [("target", target.as_str())];
+            (
+                m.count("fix_connections_total", &l),
+                m.count("fix_connections_closed_total", &l),
+                m.count("fix_connections_active", &l),
+            )
+        };
+        sidecar.wait_for("the two connections", Duration::from_secs(20), |s| {
+            counts(s) == (2.0, 0.0, 2.0)
+        });
+        held.push(connect_from("127.0.0.1:0", downstream.addr));
+        held.remove(0);
+        sidecar.wait_for("one opened, one closed", Duration::from_secs(20), |s| {
+            counts(s) == (3.0, 1.0, 2.0)
+        });
+        let health = sidecar.json("/health");
+        assert_eq!(health["source"], source, "{health}");
+        let (status, log) = sidecar.terminate();
+        assert!(status.success(), "{status}: {log}");
+    }
+}
+
+#[test]
+fn a_port_below_1024_names_the_capability_it_needs() {
+    let unprivileged_start: u16 =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+    assert!(
+        unprivileged_start > 1,
+        "this host lets anyone bind low ports: nothing to test"
+    );
+    let user = User::create();
+    // Any port below the limit: the kernel checks the capability before whether the port is
+    // in use.
+    let port = (unprivileged_start - 1).min(999);
+    let out = user
+        .command()
+        .args(["run", "--ip", "127.0.0.2", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("CAP_NET_BIND_SERVICE"), "{err}");
+}
