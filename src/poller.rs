@@ -544,7 +544,7 @@ fn log_events(
                     remote = %c.key.remote,
                     preexisting = c.preexisting,
                     pid = process.map(|p| p.pid),
-                    comm = process.map(|p| p.comm.as_str()),
+                    comm = process.map(|p| tracing::field::display(&p.comm)),
                     "connection opened"
                 )
             }
@@ -568,7 +568,7 @@ fn log_events(
                     retransmits = info.map(|i| i.retransmits),
                     by,
                     pid = process.map(|p| p.pid),
-                    comm = process.map(|p| p.comm.as_str()),
+                    comm = process.map(|p| tracing::field::display(&p.comm)),
                     "connection closed"
                 )
             }
