@@ -426,6 +426,47 @@ EOF
 ss_busy=$(ss -Htln "( sport = :${SIDECAR_ADDR##*:} or sport = :${NODE_ADDR##*:} or sport = :$TARGET_PORT )" | wc -l)
 [ "$ss_busy" -eq 0 ] || die "a port the benchmark needs is taken: $(ss -Htln "( sport = :${SIDECAR_ADDR##*:} or sport = :${NODE_ADDR##*:} or sport = :$TARGET_PORT )")"
 
+# E. eBPF mode against netlink polling (needs root): sidecar CPU per second against N, the eBPF
+#    program's own time in the kernel, and both under unrelated churn. On by default as root
+#    (BENCH_EBPF=0 leaves it out); BENCH_ONLY=ebpf runs only this part and splices its section
+#    into the existing report. Knobs: BENCH_EBPF_WINDOW (s: 20; quick 5), BENCH_EBPF_CHURN
+#    (unrelated opens/closes per second: 5000), BENCH_EBPF_SOURCE (the eBPF sidecar's
+#    poll.source: ebpf).
+EBPF="${BENCH_EBPF:-$([ "$(id -u)" = 0 ] && echo 1 || echo 0)}"
+EBPF_WINDOW="${BENCH_EBPF_WINDOW:-$([ "$QUICK" = 1 ] && echo 5 || echo 20)}"
+EBPF_CHURN="${BENCH_EBPF_CHURN:-5000}"
+EBPF_SOURCE="${BENCH_EBPF_SOURCE:-ebpf}"
+EBPF_SVG="$([ "$QUICK" = 1 ] && echo "$WORK" || echo "$ROOT/benches")/ebpf-cpu.svg"
+run_ebpf_section() {
+    log "eBPF against netlink polling: M=$M, N in $NS, ${EBPF_WINDOW}s windows; then ${EBPF_CHURN}/s unrelated churn at N=$SWEEP_N"
+    "$PY" "$ROOT/benches/ebpf_bench.py" --fm "$FM" --loadgen "$LOADGEN" --ns "$NS" --m "$M" \
+        --window "$EBPF_WINDOW" --churn "$EBPF_CHURN" --churn-n "$SWEEP_N" --ebpf-source "$EBPF_SOURCE" \
+        --workdir "$WORK" --json "$RESULTS" --svg "$EBPF_SVG" \
+        --svg-ref "$(realpath --relative-to="$(dirname "$OUT")" "$EBPF_SVG")" --md "$WORK/ebpf.md" ||
+        die "the eBPF benchmark failed (see $WORK)"
+}
+splice_ebpf() { # REPORT: puts $WORK/ebpf.md between the eBPF markers of REPORT (appended if absent)
+    "$PY" - "$1" "$WORK/ebpf.md" <<'EOF'
+import os, sys
+report, section = sys.argv[1], open(sys.argv[2]).read()
+start, end = "<!-- ebpf-bench:start -->", "<!-- ebpf-bench:end -->"
+text = open(report).read() if os.path.exists(report) else ""
+body = f"{start}\n{section}{end}"
+if start in text and end in text:
+    text = text[:text.index(start)] + body + text[text.index(end) + len(end):]
+else:
+    text = text.rstrip("\n") + "\n\n## eBPF mode against netlink polling\n\n" + body + "\n"
+open(report, "w").write(text)
+EOF
+}
+if [ "${BENCH_ONLY:-}" = ebpf ]; then
+    [ "$EBPF" = 1 ] || die "BENCH_ONLY=ebpf needs root"
+    run_ebpf_section
+    splice_ebpf "$OUT"
+    log "eBPF section written into $OUT"
+    exit 0
+fi
+
 # 0. What starting a process costs, without polling: the floor under every one-shot number.
 log "process start alone: fix-monitor --version, ss -V, python3 -c pass"
 hf 0 0 start-fix-monitor "$FM --version" start-ss "ss -V" start-python "$PY -c pass"
@@ -494,6 +535,7 @@ for n in $TCPINFO_NS; do
     measure_tcpinfo "$M" "$n"
     stop_load
 done
+if [ "$EBPF" = 1 ] && [ "$ONLY" != tcpinfo ]; then run_ebpf_section; fi
 
 END=$(date +%s)
 "$PY" - "$META" "$(( END - START ))" <<'EOF'
@@ -514,5 +556,6 @@ if [ "${BENCH_EVENTS:-1}" = 1 ]; then
     { echo; cat "$WORK/events/results.md"; } >>"$OUT.tmp"
 fi
 mv "$OUT.tmp" "$OUT"
+if [ "$EBPF" = 1 ] && [ "$ONLY" != tcpinfo ]; then splice_ebpf "$OUT"; fi
 cat "$OUT"
 log "done in $(( END - START )) s; report: $OUT; raw results: $RESULTS"

@@ -88,6 +88,12 @@ fn subscribe_events(
 ) -> (Mode, Option<Subscription>) {
     #[cfg(target_os = "linux")]
     {
+        if kind == source::SourceKind::Ebpf {
+            let reason = "the ebpf source sees opens and closes on its own tracepoint (no \
+                          socket-destroy notifications)"
+                .to_string();
+            return (Mode::Polling { reason }, None);
+        }
         if kind != source::SourceKind::Netlink {
             let reason = format!("the {} source has no kernel close events", kind.as_str());
             return (Mode::Polling { reason }, None);
@@ -182,7 +188,11 @@ const SERVER_STOP_GRACE: Duration = Duration::from_secs(3);
 pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar, RunError> {
     let resource = crate::instruments::resource(&hostname());
     let host = crate::instruments::host_name(&resource);
-    let source = source::open(settings.poll.source, &settings.targets)?;
+    let source = source::open_with(
+        settings.poll.source,
+        &settings.targets,
+        settings.poll.reconcile_interval,
+    )?;
     let listener = if options.serve_http {
         Some(
             http::bind(settings.prometheus.listen)

@@ -28,8 +28,10 @@ use crate::persist::{MonoClock, Record, StateDir};
 use crate::session::{target_names, Ended, Session};
 use crate::source::events::EventBatch;
 use crate::source::Source;
+use crate::source::{ClosedBy, Process};
 use crate::state::{Publish, State, RECENT_CLOSED};
 use crate::tracker::{Confirm, ConnKey, Event, Timestamp, Tracker, Unconfirmed};
+use std::collections::HashMap;
 
 /// How often, at most, the state file is rewritten (only when something changed).
 pub const SAVE_EVERY: Duration = Duration::from_secs(5);
@@ -126,6 +128,10 @@ pub struct Poller {
     events_out: tokio::sync::broadcast::Sender<Event>,
     sockets: Vec<crate::source::SocketEntry>,
     events: Vec<Event>,
+    /// What an event-seeing source (eBPF) told of the sessions: the process that made each
+    /// active one, and who hung up for this tick's closes.
+    processes: HashMap<ConnKey, Process>,
+    closed_by: HashMap<ConnKey, ClosedBy>,
     /// Session health: staleness and counter growth (see `crate::health`).
     health: HealthBook,
     health_poll: HealthPoll,
@@ -188,6 +194,8 @@ impl Poller {
             events_out,
             sockets: Vec::new(),
             events: Vec::new(),
+            processes: HashMap::new(),
+            closed_by: HashMap::new(),
             confirm: Box::new(Unconfirmed),
             persist: None,
             losing: false,
@@ -269,12 +277,17 @@ impl Poller {
             result.is_ok(),
         );
         self.events.clear();
+        self.closed_by.clear();
         let mut next = self.state.clone();
         next.health.polls += 1;
         let recovered_after = next.health.consecutive_failures;
         let mut capped = false;
         match &result {
             Ok(()) => {
+                // Exact opens and closes first (each at its kernel timestamp), then the
+                // snapshot, which already reflects them and only corrects what they missed.
+                #[cfg(target_os = "linux")]
+                self.apply_transitions(clock);
                 self.tracker.apply_confirmed(
                     at,
                     &self.sockets,
@@ -350,7 +363,12 @@ impl Poller {
 
     /// Logs and hands on this step's events (nothing held), and saves the state if due.
     fn announce(&mut self) {
-        log_events(&self.events, &self.names);
+        log_events(&self.events, &self.names, &self.processes, &self.closed_by);
+        for e in &self.events {
+            if let Event::Closed { conn, .. } = e {
+                self.processes.remove(&conn.key);
+            }
+        }
         // Stale/recovered lines once, after the poll that found them.
         log_health(&self.health_poll.events, &self.names);
         self.health_poll.events.clear();
@@ -406,6 +424,58 @@ impl Poller {
         }
     }
 
+    /// Applies the state changes an event-seeing source read since the last tick, in order,
+    /// each at the moment the kernel stamped it: sessions shorter than a poll get their real
+    /// lifetime, and closes say who hung up.
+    #[cfg(target_os = "linux")]
+    fn apply_transitions(&mut self, clock: &dyn Clock) {
+        use crate::source::ebpf::{self, Change};
+        use crate::tracker::{SocketEvent, SocketEventKind};
+        let transitions = self.source.take_transitions();
+        if transitions.is_empty() {
+            return;
+        }
+        let (now, now_k) = (clock.now(), ebpf::ktime_now_ns());
+        for t in transitions {
+            let (kind, by) = match t.change() {
+                Some(Change::Opened) => (SocketEventKind::Opened, None),
+                Some(Change::Closed(by)) => (SocketEventKind::Closed, Some(by)),
+                None => continue,
+            };
+            // The same path as the kernel's destroy notifications (`Tracker::event`). This
+            // mode knows sockets by their 4-tuple only (id 0), whole, and every record left
+            // ESTABLISHED or entered it.
+            let event = SocketEvent {
+                at: ebpf::timestamp_of(t.ktime_ns, now, now_k),
+                kind,
+                id: 0,
+                local: t.local,
+                remote: t.remote,
+                partial: false,
+                established: Some(true),
+                info: None,
+            };
+            let key = ConnKey {
+                local: t.local,
+                remote: t.remote,
+                id: 0,
+            };
+            let before = self.events.len();
+            self.tracker.event(&event, &mut self.events);
+            match (by, self.events.get(before)) {
+                (None, Some(Event::Opened(_))) => {
+                    if let Some(p) = t.process {
+                        self.processes.insert(key, p);
+                    }
+                }
+                (Some(by), Some(Event::Closed { .. })) => {
+                    self.closed_by.insert(key, by);
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// The end of the loop: the state file written one last time.
     pub fn finish(&mut self) {
         self.save(true);
@@ -420,6 +490,7 @@ impl Poller {
             .active()
             .map(|c| {
                 let mut s = Session::tracked(c, &self.names, None);
+                s.process = self.processes.get(&c.key).cloned();
                 // This poll's health of the session, and whether it is stale. Sockets with
                 // health come from netlink, which hands them over sorted by cookie.
                 s.health = self
@@ -448,39 +519,59 @@ impl Poller {
                     at: *at,
                     duration: *duration,
                 };
-                next.closed
-                    .push(Session::tracked(conn, &self.names, Some(ended)));
+                let mut s = Session::tracked(conn, &self.names, Some(ended));
+                s.process = self.processes.get(&conn.key).cloned();
+                s.closed_by = self.closed_by.get(&conn.key).copied();
+                next.closed.push(s);
             }
         }
     }
 }
 
-fn log_events(events: &[Event], names: &[Arc<str>]) {
+fn log_events(
+    events: &[Event],
+    names: &[Arc<str>],
+    processes: &HashMap<ConnKey, Process>,
+    closed_by: &HashMap<ConnKey, ClosedBy>,
+) {
     for e in events {
         match e {
-            Event::Opened(c) => tracing::info!(
-                target_name = %names[c.target],
-                local = %c.key.local,
-                remote = %c.key.remote,
-                preexisting = c.preexisting,
-                "connection opened"
-            ),
+            Event::Opened(c) => {
+                let process = processes.get(&c.key);
+                tracing::info!(
+                    target_name = %names[c.target],
+                    local = %c.key.local,
+                    remote = %c.key.remote,
+                    preexisting = c.preexisting,
+                    pid = process.map(|p| p.pid),
+                    comm = process.map(|p| tracing::field::display(&p.comm)),
+                    "connection opened"
+                )
+            }
             Event::Closed {
                 conn,
                 duration,
                 info,
                 ..
-            } => tracing::info!(
-                target_name = %names[conn.target],
-                local = %conn.key.local,
-                remote = %conn.key.remote,
-                duration = %crate::session::hms(*duration),
-                duration_seconds = duration.as_secs_f64(),
-                bytes_acked = info.map(|i| i.bytes_acked),
-                bytes_received = info.map(|i| i.bytes_received),
-                retransmits = info.map(|i| i.retransmits),
-                "connection closed"
-            ),
+            } => {
+                // Who hung up and the process: only where the source saw them (eBPF).
+                let by = closed_by.get(&conn.key).map(ClosedBy::as_str);
+                let process = processes.get(&conn.key);
+                tracing::info!(
+                    target_name = %names[conn.target],
+                    local = %conn.key.local,
+                    remote = %conn.key.remote,
+                    duration = %crate::session::hms(*duration),
+                    duration_seconds = duration.as_secs_f64(),
+                    bytes_acked = info.map(|i| i.bytes_acked),
+                    bytes_received = info.map(|i| i.bytes_received),
+                    retransmits = info.map(|i| i.retransmits),
+                    by,
+                    pid = process.map(|p| p.pid),
+                    comm = process.map(|p| tracing::field::display(&p.comm)),
+                    "connection closed"
+                )
+            }
             Event::ShortLived { conn, info, .. } => tracing::info!(
                 target_name = %names[conn.target],
                 local = %conn.key.local,

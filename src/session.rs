@@ -26,6 +26,10 @@ pub struct Session {
     pub state: TcpState,
     /// None for a single look, which cannot know when a session began.
     pub life: Option<Life>,
+    /// The process that made the connection, where the source knows it (eBPF mode).
+    pub process: Option<crate::source::Process>,
+    /// Who hung up, for closed sessions where the source knows it (eBPF mode).
+    pub closed_by: Option<crate::source::ClosedBy>,
     /// The kernel's `tcp_info` at the last poll (netlink only), and whether the session is
     /// stale (`None`: its target judges no staleness).
     pub health: Option<(TcpHealth, Option<bool>)>,
@@ -57,6 +61,8 @@ impl Session {
             remote: s.remote,
             state: s.state,
             life: None,
+            process: None,
+            closed_by: None,
             health: s.health.map(|h| (h, None)),
         }
     }
@@ -73,6 +79,8 @@ impl Session {
                 preexisting: c.preexisting,
                 ended,
             }),
+            process: None,
+            closed_by: None,
             health: None,
         }
     }
@@ -108,6 +116,9 @@ impl Session {
             remote_port: self.remote.port(),
             state: self.state.as_str(),
             life,
+            pid: self.process.as_ref().map(|p| p.pid),
+            comm: self.process.as_ref().map(|p| p.comm.clone()),
+            closed_by: self.closed_by.map(|b| b.as_str()),
             health: self.health.map(|(h, stale)| HealthJson::new(&h, stale)),
         }
     }
@@ -196,6 +207,14 @@ pub struct SessionJson {
     pub state: &'static str,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub life: Option<LifeJson>,
+    /// The process that made the connection (eBPF mode, outbound connections).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
+    /// Closed sessions in eBPF mode: `local`, `remote` or `reset`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub closed_by: Option<&'static str>,
     /// TCP health (netlink only; absent where the source cannot tell).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthJson>,
@@ -258,6 +277,8 @@ mod tests {
             remote: "10.0.0.5:9876".parse().unwrap(),
             state: TcpState::Established,
             life: None,
+            process: None,
+            closed_by: None,
             health: None,
         };
         let seen = serde_json::to_value(s.json(t0)).unwrap();

@@ -241,6 +241,11 @@ impl SessionHealthView {
                 "the procfs source has no tcp_info: RTT, retransmits, queues and silence are \
                  not measured and their series are left out",
             ),
+            SourceKind::Ebpf => Some(
+                "the ebpf source keeps sessions from the kernel's state changes, without \
+                 tcp_info: RTT, retransmits, queues and silence are not measured and their \
+                 series are left out (use the netlink source for them)",
+            ),
             SourceKind::Netstat | SourceKind::Auto => Some(
                 "the netstat source has no tcp_info: RTT, retransmits, queues and silence are \
                  not measured and their series are left out",

@@ -24,6 +24,8 @@ Usage: fix-loadgen [OPTIONS]
   --unrelated-ip IP      where the unrelated connections go [127.0.0.9]
   --per-process K        at most K connections per child process [18000]
   --churn R              close and reopen R matching connections per second [0]
+  --unrelated-churn R    close and reopen R unrelated connections per second, spread over
+                         the unrelated client processes [0]
   --ready-file PATH      also write the ground-truth JSON line here once everything is up
   --timeout SECS         give up if setting up takes longer [120]
 
@@ -445,6 +447,7 @@ fn parent(args: &[String]) -> Res<()> {
     let unrelated_ip: Ipv4Addr = parse(args, "--unrelated-ip", Ipv4Addr::new(127, 0, 0, 9))?;
     let per: usize = parse(args, "--per-process", 18000)?;
     let churn: f64 = parse(args, "--churn", 0.0)?;
+    let unrelated_churn: f64 = parse(args, "--unrelated-churn", 0.0)?;
     let timeout: f64 = parse(args, "--timeout", 120.0)?;
     let ready_file = opt(args, "--ready-file").map(String::from);
     let known = [
@@ -456,6 +459,7 @@ fn parent(args: &[String]) -> Res<()> {
         "--unrelated-ip",
         "--per-process",
         "--churn",
+        "--unrelated-churn",
         "--timeout",
         "--ready-file",
     ];
@@ -542,7 +546,7 @@ fn parent(args: &[String]) -> Res<()> {
             UNRELATED_LOCAL_PORT_BASE,
             n,
             to,
-            0.0,
+            unrelated_churn / chunks as f64,
         ));
     }
     let lready = wait_ready(&rx, &kids, &listeners, deadline)?;

@@ -120,6 +120,9 @@ pub mod defaults {
     /// sessions (the original tools used 5 s and 10 s).
     pub const INTERVAL: Duration = Duration::from_secs(1);
     pub const SOURCE: SourceKind = SourceKind::Auto;
+    /// The eBPF source's full dump: often enough that a missed transition cannot stay wrong
+    /// for long, rarely enough that its cost (a walk of the host's sockets) stays negligible.
+    pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(60);
     pub const PROMETHEUS_ENABLED: bool = true;
     /// Loopback: exposing metrics beyond the host is a deliberate choice (`0.0.0.0:9464`).
     pub const PROMETHEUS_LISTEN: SocketAddr =
@@ -227,6 +230,9 @@ pub struct PollSettings {
     /// Which connection source to use.
     #[serde(with = "raw::check::source")]
     pub source: SourceKind,
+    /// eBPF source only: time between two reconciling full dumps; > 0.
+    #[serde(with = "raw::check::interval")]
+    pub reconcile_interval: Duration,
 }
 
 impl Default for PollSettings {
@@ -234,6 +240,7 @@ impl Default for PollSettings {
         PollSettings {
             interval: defaults::INTERVAL,
             source: defaults::SOURCE,
+            reconcile_interval: defaults::RECONCILE_INTERVAL,
         }
     }
 }

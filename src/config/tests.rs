@@ -463,7 +463,7 @@ fn bad_listen_addresses_and_enum_values_are_reported() {
         [[targets]]
         address = "10.0.0.5"
         [poll]
-        source = "ebpf"
+        source = "kprobe"
         [prometheus]
         enabled = "yes"
         listen = "localhost:9464"
@@ -474,8 +474,10 @@ fn bad_listen_addresses_and_enum_values_are_reported() {
     let e = errors(parse_toml_str(toml, "c.toml"));
     assert_eq!(e.len(), 5, "{e}");
     let source = find(&e, "poll.source");
-    assert!(source.message.contains("auto, netlink, procfs, netstat"));
-    assert_eq!(source.value.as_deref(), Some("\"ebpf\""));
+    assert!(source
+        .message
+        .contains("auto, ebpf, netlink, procfs, netstat"));
+    assert_eq!(source.value.as_deref(), Some("\"kprobe\""));
     assert!(find(&e, "prometheus.enabled")
         .message
         .contains("true or false"));

@@ -25,6 +25,8 @@ pub mod cbpf;
 pub mod confirm;
 #[cfg(target_os = "linux")]
 pub mod destroy;
+#[cfg(target_os = "linux")]
+pub mod ebpf;
 pub mod events;
 #[cfg(target_os = "linux")]
 pub mod netlink;
@@ -108,6 +110,46 @@ impl TcpState {
     }
 }
 
+/// Who ended a session, from the state it left ESTABLISHED for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClosedBy {
+    /// We sent FIN first (ESTABLISHED -> FIN_WAIT1).
+    Local,
+    /// The peer did (ESTABLISHED -> CLOSE_WAIT).
+    Remote,
+    /// Reset, from either side (ESTABLISHED -> CLOSE).
+    Reset,
+    /// Not known (what polling alone sees).
+    Unknown,
+}
+
+impl ClosedBy {
+    pub const ALL: [ClosedBy; 4] = [
+        ClosedBy::Local,
+        ClosedBy::Remote,
+        ClosedBy::Reset,
+        ClosedBy::Unknown,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ClosedBy::Local => "local",
+            ClosedBy::Remote => "remote",
+            ClosedBy::Reset => "reset",
+            ClosedBy::Unknown => "unknown",
+        }
+    }
+}
+
+/// The process that made a connection.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Process {
+    pub pid: u32,
+    /// The command (the calling thread's name, at most 15 bytes).
+    pub comm: String,
+}
+
 /// Which source to use; `Auto` tries netlink, then procfs, then netstat2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -116,10 +158,12 @@ pub enum SourceKind {
     Netlink,
     Procfs,
     Netstat,
+    /// The `sock:inet_sock_set_state` tracepoint (`ebpf`), reconciled with netlink dumps.
+    Ebpf,
 }
 
 impl SourceKind {
-    pub const ALLOWED: &'static str = "auto, netlink, procfs, netstat";
+    pub const ALLOWED: &'static str = "auto, ebpf, netlink, procfs, netstat";
 
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -127,6 +171,7 @@ impl SourceKind {
             SourceKind::Netlink => "netlink",
             SourceKind::Procfs => "procfs",
             SourceKind::Netstat => "netstat",
+            SourceKind::Ebpf => "ebpf",
         }
     }
 }
@@ -141,6 +186,8 @@ pub enum SourceError {
     },
     #[error("malformed {what}: {detail}")]
     Parse { what: &'static str, detail: String },
+    #[error("{0}")]
+    Ebpf(String),
     #[error("the {0} source is not available on this platform")]
     Unsupported(&'static str),
 }
@@ -159,11 +206,30 @@ pub trait Source: Send {
     /// Replaces `out` with the ESTABLISHED sockets that match at least one target. `out` is
     /// reused across polls so that a steady state allocates nothing.
     fn poll(&mut self, out: &mut Vec<SocketEntry>) -> Result<(), SourceError>;
+
+    /// The exact state changes the source saw since the last call, in the order they
+    /// happened, for sources that see them (eBPF); polling sources see none. Read after
+    /// [`Source::poll`], whose snapshot already reflects them.
+    #[cfg(target_os = "linux")]
+    fn take_transitions(&mut self) -> Vec<ebpf::Transition> {
+        Vec::new()
+    }
 }
 
 /// Opens the source `kind` asks for. `Auto` takes the first that works, in the order netlink,
 /// procfs, netstat, and says in the log which one it took and why it passed over the others.
+/// `Auto` never takes eBPF (only `Ebpf` does): see README, "eBPF mode".
 pub fn open(kind: SourceKind, targets: &Targets) -> Result<Box<dyn Source>, SourceError> {
+    open_with(kind, targets, crate::config::defaults::RECONCILE_INTERVAL)
+}
+
+/// [`open`], with the eBPF source's time between two reconciling dumps.
+pub fn open_with(
+    kind: SourceKind,
+    targets: &Targets,
+    reconcile_interval: std::time::Duration,
+) -> Result<Box<dyn Source>, SourceError> {
+    let _ = reconcile_interval; // only the eBPF source (Linux) uses it
     match kind {
         #[cfg(target_os = "linux")]
         SourceKind::Netlink => Ok(Box::new(netlink::NetlinkSource::open(targets)?)),
@@ -174,6 +240,13 @@ pub fn open(kind: SourceKind, targets: &Targets) -> Result<Box<dyn Source>, Sour
         #[cfg(not(target_os = "linux"))]
         SourceKind::Procfs => Err(SourceError::Unsupported("procfs")),
         SourceKind::Netstat => Ok(Box::new(netstat::NetstatSource::new(targets))),
+        #[cfg(target_os = "linux")]
+        SourceKind::Ebpf => Ok(Box::new(
+            ebpf::EbpfSource::open(targets, ebpf::Options::default(), reconcile_interval)
+                .map_err(|e| SourceError::Ebpf(e.to_string()))?,
+        )),
+        #[cfg(not(target_os = "linux"))]
+        SourceKind::Ebpf => Err(SourceError::Unsupported("ebpf")),
         SourceKind::Auto => {
             let mut last = None;
             for k in [SourceKind::Netlink, SourceKind::Procfs, SourceKind::Netstat] {
@@ -182,6 +255,18 @@ pub fn open(kind: SourceKind, targets: &Targets) -> Result<Box<dyn Source>, Sour
                     s.poll(&mut Vec::new()).map(|_| s)
                 }) {
                     Ok(s) => {
+                        // Never eBPF: it does not give the per-session TCP health nor the
+                        // kernel close events between reconciles, so choosing it silently
+                        // would know less. Say when it could be asked for.
+                        #[cfg(target_os = "linux")]
+                        if ebpf::loader::missing_capabilities().is_empty() {
+                            tracing::info!(
+                                source = k.as_str(),
+                                "connection source selected: {}; eBPF available with poll.source = \"ebpf\"",
+                                k.as_str()
+                            );
+                            return Ok(s);
+                        }
                         tracing::info!(source = k.as_str(), "connection source selected");
                         return Ok(s);
                     }

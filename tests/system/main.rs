@@ -15,6 +15,7 @@ mod otlp_receiver;
 mod backends;
 mod netns;
 
+mod ebpf;
 mod endpoint_load;
 mod fleet;
 mod otlp_http_vm;

@@ -1,0 +1,657 @@
+//! The eBPF source on the real kernel: the verifier accepts the generated program, and what
+//! reaches user space is exactly the transitions of the sessions the test made, with true
+//! timestamps, who hung up, and the process that connected.
+//!
+//! Every test watches targets of its own (a listener bound to port 0), so other tests and other
+//! helpers' traffic on the machine cannot match; each opens its own program and maps, so the
+//! in-kernel counters are its own too.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use fix_monitor::source::ebpf::{
+    self, Change, ClosedBy, Counters, EbpfEvents, Options, Transition,
+};
+use fix_monitor::source::TcpState;
+use fix_monitor::target::{PortRange, Target, Targets};
+
+use crate::harness::connect_from;
+use crate::netns::NetNs;
+
+fn target(remote: SocketAddr, local_ports: Option<(u16, u16)>) -> Target {
+    let net = ipnet::IpNet::from(remote.ip());
+    Target {
+        name: Target::default_name(&net, Some(remote.port())),
+        net,
+        port: Some(remote.port()),
+        local_ports: local_ports.map(|(start, end)| PortRange { start, end }),
+        heartbeat: None,
+        stale_after: None,
+    }
+}
+
+struct Watch {
+    ev: EbpfEvents,
+    got: Vec<Transition>,
+    read: usize,
+}
+
+impl Watch {
+    fn open(targets: Vec<Target>) -> Watch {
+        Watch::open_with(targets, Options::default())
+    }
+
+    fn open_with(targets: Vec<Target>, opts: Options) -> Watch {
+        let ev = EbpfEvents::open(&Targets::new(targets), opts)
+            .unwrap_or_else(|e| panic!("loading the eBPF program: {e}"));
+        Watch {
+            ev,
+            got: Vec::new(),
+            read: 0,
+        }
+    }
+
+    /// Reads transitions until `done` holds for what was read (10 s at most).
+    fn until(&mut self, what: &str, done: impl Fn(&[Transition]) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done(&self.got) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; got {:#?}",
+                self.got
+            );
+            self.ev.wait(Duration::from_millis(100)).unwrap();
+            self.read += self.ev.drain(&mut self.got);
+        }
+    }
+
+    fn counters(&self) -> Counters {
+        self.ev.counters().unwrap()
+    }
+
+    /// The transitions of the socket whose local address is `local`.
+    fn of(&self, local: SocketAddr) -> Vec<&Transition> {
+        self.got.iter().filter(|t| t.local == local).collect()
+    }
+}
+
+/// Accepts one connection on `l` on a thread and hands it to `f`.
+fn serve(l: &TcpListener, f: impl FnOnce(TcpStream) + Send + 'static) -> thread::JoinHandle<()> {
+    let l = l.try_clone().unwrap();
+    thread::spawn(move || {
+        let (s, _) = l.accept().unwrap();
+        f(s)
+    })
+}
+
+/// Holds the server side until the client closes it.
+fn hold(mut s: TcpStream) {
+    use std::io::Read;
+    let _ = s.read(&mut [0u8; 1]);
+}
+
+fn set_linger_zero(s: &TcpStream) {
+    socket2::SockRef::from(s)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+}
+
+fn opened_and_closed(ts: &[&Transition]) -> Option<(Transition, Transition, ClosedBy)> {
+    let open = ts.iter().find(|t| t.change() == Some(Change::Opened))?;
+    let (close, by) = ts.iter().find_map(|t| match t.change() {
+        Some(Change::Closed(by)) => Some((t, by)),
+        _ => None,
+    })?;
+    Some(((*open).clone(), (*close).clone(), by))
+}
+
+#[test]
+fn the_verifier_accepts_programs_for_many_kinds_of_targets() {
+    let mut targets = Vec::new();
+    for i in 0..100u16 {
+        let net = [
+            "10.0.0.5/32",
+            "10.1.0.0/16",
+            "0.0.0.0/0",
+            "::1/128",
+            "2001:db8::/33",
+            "::/0",
+        ][usize::from(i) % 6];
+        let net: ipnet::IpNet = net.parse().unwrap();
+        targets.push(Target {
+            name: format!("t{i}"),
+            net,
+            port: (i % 3 != 0).then_some(1000 + i),
+            local_ports: (i % 2 == 0).then_some(PortRange {
+                start: 5000,
+                end: 6000 + i,
+            }),
+            heartbeat: None,
+            stale_after: None,
+        });
+    }
+    let w = Watch::open(targets);
+    assert!(w.ev.program_len() > 1000, "{}", w.ev.program_len());
+    // No targets at all is a valid program too (it passes nothing).
+    Watch::open(Vec::new());
+}
+
+#[test]
+fn sessions_of_5ms_50ms_and_2s_have_their_true_lifetimes() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let remote = l.local_addr().unwrap();
+    let mut w = Watch::open(vec![target(remote, None)]);
+    let before = w.counters();
+
+    let sessions: Vec<_> = [5u64, 50, 2000]
+        .into_iter()
+        .map(|ms| {
+            let server = serve(&l, hold);
+            thread::Builder::new()
+                .name("fixm-client".into())
+                .spawn(move || {
+                    let t0 = ebpf::ktime_now_ns();
+                    let s = TcpStream::connect(remote).unwrap();
+                    let t1 = ebpf::ktime_now_ns();
+                    let local = s.local_addr().unwrap();
+                    thread::sleep(Duration::from_millis(ms));
+                    let t2 = ebpf::ktime_now_ns();
+                    drop(s);
+                    let t3 = ebpf::ktime_now_ns();
+                    server.join().unwrap();
+                    (ms, local, [t0, t1, t2, t3])
+                })
+                .unwrap()
+        })
+        .collect();
+    let sessions: Vec<_> = sessions.into_iter().map(|h| h.join().unwrap()).collect();
+
+    w.until("an open and a close per session", |got| got.len() >= 6);
+    for (ms, local, [t0, t1, t2, t3]) in &sessions {
+        let ts = w.of(*local);
+        assert_eq!(ts.len(), 2, "{ms} ms session {local}: {ts:#?}");
+        let (open, close, by) = opened_and_closed(&ts).expect("an open and a close");
+        // The kernel's timestamps fall between the test's readings of the same clock.
+        assert!(
+            (*t0..=*t1).contains(&open.ktime_ns),
+            "{ms} ms: open {open:?} not in [{t0}, {t1}]"
+        );
+        assert!(
+            (*t2..=*t3).contains(&close.ktime_ns),
+            "{ms} ms: close {close:?} not in [{t2}, {t3}]"
+        );
+        let lifetime = close.ktime_ns - open.ktime_ns;
+        let seen = t2 - t1;
+        assert!(
+            lifetime.abs_diff(seen) < 1_000_000,
+            "{ms} ms: eBPF lifetime {lifetime} ns, test saw {seen} ns"
+        );
+        assert!(
+            lifetime >= ms * 1_000_000,
+            "{ms} ms: lifetime {lifetime} ns"
+        );
+        assert_eq!(by, ClosedBy::Local);
+        assert_eq!(
+            (open.old, open.new),
+            (TcpState::SynSent, TcpState::Established)
+        );
+        assert_eq!(
+            (close.old, close.new),
+            (TcpState::Established, TcpState::FinWait1)
+        );
+        assert_eq!(open.remote, remote);
+        assert_eq!(open.sock, close.sock, "one socket");
+        let p = open.process.as_ref().expect("the connecting process");
+        assert_eq!(p.pid, std::process::id());
+        assert_eq!(p.comm, "fixm-client");
+        assert_eq!(close.process, None, "closes carry no process");
+    }
+    let after = w.counters();
+    assert_eq!(after.emitted - before.emitted, 6);
+    assert_eq!(w.read, 6, "exactly what the kernel emitted crossed");
+    assert_eq!(after.lost, 0);
+}
+
+#[test]
+fn who_hung_up_fin_from_either_side_and_resets() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let remote = l.local_addr().unwrap();
+    let mut w = Watch::open(vec![target(remote, None)]);
+    let mut want = Vec::new();
+
+    // We send FIN first.
+    let server = serve(&l, hold);
+    let s = TcpStream::connect(remote).unwrap();
+    want.push((s.local_addr().unwrap(), ClosedBy::Local, TcpState::FinWait1));
+    drop(s);
+    server.join().unwrap();
+
+    // They send FIN first: our socket goes to CLOSE_WAIT.
+    let server = serve(&l, drop);
+    let s = TcpStream::connect(remote).unwrap();
+    let local = s.local_addr().unwrap();
+    want.push((local, ClosedBy::Remote, TcpState::CloseWait));
+    server.join().unwrap();
+    w.until("the remote FIN", |got| {
+        got.iter()
+            .any(|t| t.local == local && t.new == TcpState::CloseWait)
+    });
+    drop(s);
+
+    // They reset.
+    let server = serve(&l, |s| {
+        set_linger_zero(&s);
+        drop(s)
+    });
+    let s = TcpStream::connect(remote).unwrap();
+    let local = s.local_addr().unwrap();
+    want.push((local, ClosedBy::Reset, TcpState::Close));
+    server.join().unwrap();
+    w.until("the remote reset", |got| {
+        got.iter()
+            .any(|t| t.local == local && t.new == TcpState::Close)
+    });
+    drop(s);
+
+    // We reset (SO_LINGER 0).
+    let server = serve(&l, hold);
+    let s = TcpStream::connect(remote).unwrap();
+    want.push((s.local_addr().unwrap(), ClosedBy::Reset, TcpState::Close));
+    set_linger_zero(&s);
+    drop(s);
+    server.join().unwrap();
+
+    w.until("every close", |got| {
+        got.iter()
+            .filter(|t| matches!(t.change(), Some(Change::Closed(_))))
+            .count()
+            >= 4
+    });
+    for (local, by, state) in want {
+        let ts = w.of(local);
+        let (open, close, got_by) =
+            opened_and_closed(&ts).unwrap_or_else(|| panic!("{local}: {ts:#?}"));
+        assert_eq!(got_by, by, "{local}: {ts:#?}");
+        assert_eq!(close.new, state);
+        assert_eq!(
+            close.remote, remote,
+            "the whole 4-tuple survives even an abort"
+        );
+        assert!(open.ktime_ns <= close.ktime_ns);
+    }
+    // Only the open and the leaving of ESTABLISHED cross, nothing of what follows
+    // (LAST_ACK, CLOSE, TIME_WAIT...).
+    assert_eq!(w.got.len(), 8, "{:#?}", w.got);
+}
+
+#[test]
+fn ipv6_and_ipv4_mapped_sessions_match_their_targets() {
+    let l6 = TcpListener::bind("[::1]:0").unwrap();
+    let dual = TcpListener::bind("[::]:0").unwrap();
+    let dual_port = dual.local_addr().unwrap().port();
+    let mapped_remote: SocketAddr = format!("[::ffff:127.0.0.1]:{dual_port}").parse().unwrap();
+    // The IPv4 target catches the dual-stack socket's mapped peer, as classify does.
+    let v4_target: SocketAddr = format!("127.0.0.1:{dual_port}").parse().unwrap();
+    let mut w = Watch::open(vec![
+        target(l6.local_addr().unwrap(), None),
+        target(v4_target, None),
+    ]);
+
+    let server = serve(&l6, hold);
+    let s = TcpStream::connect(l6.local_addr().unwrap()).unwrap();
+    let local6 = s.local_addr().unwrap();
+    drop(s);
+    server.join().unwrap();
+    let server = serve(&dual, hold);
+    let s = TcpStream::connect(mapped_remote).unwrap(); // an AF_INET6 socket, IPv4 peer
+    let local_mapped = s.local_addr().unwrap();
+    drop(s);
+    server.join().unwrap();
+
+    w.until("both sessions", |got| got.len() >= 4);
+    let ts = w.of(local6);
+    assert_eq!(ts.len(), 2, "{ts:#?}");
+    assert_eq!(ts[0].remote, l6.local_addr().unwrap());
+    let ts = w.of(local_mapped);
+    assert_eq!(ts.len(), 2, "{:#?}", w.got);
+    assert_eq!(ts[0].remote, mapped_remote, "shown as the socket has it");
+    assert_eq!(w.got.len(), 4);
+}
+
+#[test]
+fn local_port_ranges_are_tested_in_the_kernel() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let remote = l.local_addr().unwrap();
+    // A free local port for the watched session, and the range around only it.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut w = Watch::open(vec![target(remote, Some((port, port)))]);
+    let before = w.counters();
+
+    let server = serve(&l, hold);
+    let other = TcpStream::connect(remote).unwrap(); // any other local port: not watched
+    let other_local = other.local_addr().unwrap();
+    drop(other);
+    server.join().unwrap();
+    let server = serve(&l, hold);
+    let s = connect_from(&format!("127.0.0.1:{port}"), remote);
+    drop(s);
+    server.join().unwrap();
+
+    w.until("the watched session", |got| got.len() >= 2);
+    assert!(w.of(other_local).is_empty());
+    assert!(w.got.iter().all(|t| t.local.port() == port), "{:#?}", w.got);
+    let after = w.counters();
+    assert_eq!(after.emitted - before.emitted, 2);
+    assert_eq!(w.read, 2);
+}
+
+#[test]
+fn sessions_in_another_network_namespace_are_not_seen() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let remote = l.local_addr().unwrap();
+    let mut w = Watch::open(vec![target(remote, None)]);
+    let before = w.counters();
+
+    // The same address and port, in a namespace of the test's own.
+    let ns = NetNs::create("ebpf");
+    ns.run(move || {
+        let l = TcpListener::bind(remote).unwrap();
+        let server = serve(&l, hold);
+        let s = TcpStream::connect(remote).unwrap();
+        thread::sleep(Duration::from_millis(5));
+        drop(s);
+        server.join().unwrap();
+    });
+    let mid = w.counters();
+    // Then one session here: once it has crossed, anything from the namespace would have too
+    // (the ring is in order).
+    let server = serve(&l, hold);
+    let s = TcpStream::connect(remote).unwrap();
+    let local = s.local_addr().unwrap();
+    drop(s);
+    server.join().unwrap();
+    w.until("the session in our namespace", |got| got.len() >= 2);
+
+    assert_eq!(w.got.len(), 2, "{:#?}", w.got);
+    assert!(w.got.iter().all(|t| t.local == local));
+    // The program did see the other namespace's connect, open and close, and dropped them.
+    assert_eq!(
+        mid.other_netns - before.other_netns,
+        3,
+        "{before:?} -> {mid:?}"
+    );
+    assert_eq!(mid.emitted, before.emitted);
+}
+
+#[test]
+fn unrelated_churn_does_not_cross_to_user_space() {
+    let watched = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut w = Watch::open(vec![target(watched.local_addr().unwrap(), None)]);
+    let before = w.counters();
+
+    let unrelated = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = unrelated.local_addr().unwrap();
+    const N: usize = 500;
+    let server = {
+        let l = unrelated.try_clone().unwrap();
+        thread::spawn(move || {
+            for _ in 0..N {
+                let (s, _) = l.accept().unwrap();
+                drop(s);
+            }
+        })
+    };
+    for _ in 0..N {
+        drop(TcpStream::connect(addr).unwrap());
+    }
+    server.join().unwrap();
+    let server = serve(&watched, hold);
+    drop(TcpStream::connect(watched.local_addr().unwrap()).unwrap());
+    server.join().unwrap();
+    w.until("the watched session", |got| got.len() >= 2);
+    // Give any stray record time to arrive: none may.
+    assert!(!w.ev.wait(Duration::from_millis(200)).unwrap());
+
+    let after = w.counters();
+    // The program saw the churn (several state changes per connection on each side)...
+    assert!(
+        after.seen - before.seen >= 4 * N as u64,
+        "{before:?} -> {after:?}"
+    );
+    // ...and passed exactly the watched session's open and close.
+    assert_eq!(after.emitted - before.emitted, 2);
+    assert_eq!(w.read, 2);
+    assert_eq!(w.got.len(), 2);
+}
+
+#[test]
+fn a_full_ring_counts_what_it_drops() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let remote = l.local_addr().unwrap();
+    // One page: room for 42 records of 96 bytes.
+    let mut w = Watch::open_with(vec![target(remote, None)], Options { ring_bytes: 4096 });
+    const N: u64 = 100;
+    let server = {
+        let l = l.try_clone().unwrap();
+        thread::spawn(move || {
+            for _ in 0..N {
+                let (s, _) = l.accept().unwrap();
+                hold(s);
+            }
+        })
+    };
+    for _ in 0..N {
+        drop(TcpStream::connect(remote).unwrap());
+    }
+    server.join().unwrap();
+    let c = w.counters();
+    assert_eq!(c.emitted + c.lost, 2 * N, "{c:?}");
+    assert!(c.lost > 0, "{c:?}");
+    w.read += w.ev.drain(&mut w.got);
+    assert_eq!(w.read as u64, c.emitted);
+}
+
+/// The eBPF source as the sidecar polls it: a session open before it started comes from the
+/// seeding dump, later ones from the ring; and after the ring overflowed, the reconciling dump
+/// leaves the set exact.
+#[test]
+fn the_source_seeds_follows_and_reconciles_after_an_overflow() {
+    use fix_monitor::source::ebpf::EbpfSource;
+    use fix_monitor::source::Source;
+    use std::collections::BTreeSet;
+
+    let downstream = crate::harness::Downstream::listen("127.0.0.1:0");
+    let remote = downstream.addr;
+    let before = TcpStream::connect(remote).unwrap();
+    let targets = Targets::new(vec![target(remote, None)]);
+    // One page of ring: 42 records; the burst below makes 200.
+    let mut src = EbpfSource::open(
+        &targets,
+        Options { ring_bytes: 4096 },
+        Duration::from_secs(3600),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let locals = |src: &mut EbpfSource| {
+        let mut out = Vec::new();
+        src.poll(&mut out).unwrap();
+        out.iter().map(|e| e.local).collect::<BTreeSet<_>>()
+    };
+    assert_eq!(
+        locals(&mut src),
+        BTreeSet::from([before.local_addr().unwrap()]),
+        "seeded by the dump"
+    );
+    assert_eq!(src.stats().reconciles, 1);
+
+    let mut clients: Vec<TcpStream> = (0..200)
+        .map(|_| TcpStream::connect(remote).unwrap())
+        .collect();
+    // Close half of them again, so that the lost records include closes as well as opens.
+    let closed: Vec<TcpStream> = clients.drain(..100).collect();
+    drop(closed);
+    let mut want: BTreeSet<SocketAddr> = clients.iter().map(|c| c.local_addr().unwrap()).collect();
+    want.insert(before.local_addr().unwrap());
+    assert_eq!(locals(&mut src), want, "exact after the reconcile");
+    let s = src.stats();
+    assert!(s.lost > 0 && s.overflows == 1 && s.reconciles == 2, "{s:?}");
+    let c = src.events().counters().unwrap();
+    assert_eq!(c.lost, s.lost);
+
+    // And it goes on from the ring once there is room again.
+    let extra = TcpStream::connect(remote).unwrap();
+    want.insert(extra.local_addr().unwrap());
+    assert_eq!(locals(&mut src), want);
+    let last = clients.pop().unwrap();
+    want.remove(&last.local_addr().unwrap());
+    drop(last);
+    // The close reaches the ring at once; read it (bounded).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if locals(&mut src) == want {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the close never arrived");
+        src.events().wait(Duration::from_millis(50)).unwrap();
+    }
+    assert_eq!(src.stats().reconciles, 2, "no reconcile needed");
+    let ts = src.take_transitions();
+    assert!(ts.iter().any(|t| t.local == extra.local_addr().unwrap()
+        && t.change() == Some(Change::Opened)
+        && t.process.as_ref().map(|p| p.pid) == Some(std::process::id())));
+    drop(before);
+}
+
+/// The sidecar in eBPF mode: sessions far shorter than the poll interval are counted with
+/// their true lifetimes in the histogram, closes say who hung up in the log, and the
+/// connecting process is in `/connections` and the log.
+#[test]
+fn the_sidecar_in_ebpf_mode_counts_short_sessions_exactly() {
+    use crate::harness::{command, Downstream, Sidecar};
+
+    let ds = Downstream::listen("127.0.0.1:0");
+    let mut cmd = command();
+    cmd.env("FIX_MONITOR_POLL__SOURCE", "ebpf");
+    let port = ds.addr.port().to_string();
+    let sc = Sidecar::start_with(
+        cmd,
+        &[
+            "--ip",
+            "127.0.0.1",
+            "--target-port",
+            &port,
+            "--interval",
+            "1s",
+        ],
+    );
+    assert_eq!(sc.json("/health")["source"], "ebpf");
+    sc.wait_polls(1);
+
+    // Three sessions of 5, 20 and 50 ms inside one poll interval, from a named thread.
+    let truth: Vec<u64> = thread::Builder::new()
+        .name("fixm-gateway".into())
+        .spawn(move || {
+            [5u64, 20, 50]
+                .iter()
+                .map(|&ms| {
+                    let s = TcpStream::connect(ds.addr).unwrap();
+                    let t1 = ebpf::ktime_now_ns();
+                    thread::sleep(Duration::from_millis(ms));
+                    let t2 = ebpf::ktime_now_ns();
+                    drop(s);
+                    t2 - t1
+                })
+                .collect()
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    let held = thread::Builder::new()
+        .name("fixm-gateway".into())
+        .spawn(move || {
+            TcpStream::connect(SocketAddr::from((
+                [127, 0, 0, 1],
+                port.parse::<u16>().unwrap(),
+            )))
+            .unwrap()
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+
+    sc.wait_for("3 closes and 4 opens", Duration::from_secs(10), |sc| {
+        let m = sc.metrics();
+        m.count("fix_connections_closed_total", &[]) == 3.0
+            && m.count("fix_connections_total", &[]) == 4.0
+    });
+    let m = sc.metrics();
+    assert_eq!(m.count("fix_connection_duration_seconds_count", &[]), 3.0);
+    let sum = m.count("fix_connection_duration_seconds_sum", &[]);
+    let want: u64 = truth.iter().sum();
+    assert!(
+        (sum * 1e9 - want as f64).abs() < 3e6,
+        "histogram sum {sum} s, the sessions lasted {want} ns (within 1 ms each)"
+    );
+    // Every one of them is in a bucket below 0.1 s: no poll-interval rounding.
+    assert_eq!(
+        m.count("fix_connection_duration_seconds_bucket", &[("le", "0.1")]),
+        3.0
+    );
+
+    let conns = sc.json("/connections");
+    let c = &conns["connections"][0];
+    assert_eq!(c["local_port"], held.local_addr().unwrap().port());
+    assert_eq!(c["pid"], std::process::id());
+    assert_eq!(c["comm"], "fixm-gateway");
+
+    drop(held);
+    let (status, log) = sc.terminate();
+    assert!(status.success(), "{log}");
+    assert_eq!(
+        log.matches("by=\"local\"").count() + log.matches("by=local").count(),
+        3,
+        "{log}"
+    );
+    assert!(log.contains("comm=fixm-gateway"), "{log}");
+}
+
+/// `auto` never takes eBPF, even with every capability (root here): it takes netlink, with the
+/// kernel close events and the session health eBPF mode lacks, and says eBPF can be asked for.
+#[test]
+fn auto_takes_netlink_and_says_ebpf_can_be_asked_for() {
+    use crate::harness::{command, Downstream, Sidecar};
+
+    assert!(
+        ebpf::loader::missing_capabilities().is_empty(),
+        "the system tier runs as root"
+    );
+    let ds = Downstream::listen("127.0.0.1:0");
+    let mut cmd = command();
+    cmd.env("FIX_MONITOR_POLL__SOURCE", "auto");
+    let port = ds.addr.port().to_string();
+    let sc = Sidecar::start_with(
+        cmd,
+        &[
+            "--ip",
+            "127.0.0.1",
+            "--target-port",
+            &port,
+            "--interval",
+            "1s",
+        ],
+    );
+    let health = sc.json("/health");
+    assert_eq!(health["source"], "netlink");
+    assert_eq!(health["events"]["mode"], "kernel_events");
+    let (status, log) = sc.terminate();
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("eBPF available with poll.source = \\\"ebpf\\\"")
+            || log.contains("eBPF available with poll.source = \"ebpf\""),
+        "{log}"
+    );
+}
