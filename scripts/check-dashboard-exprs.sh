@@ -58,6 +58,7 @@ BEGIN {
     nt = split("venue-a venue-b", targets, " ")
     nb = split("1 10 60 300 1800 3600 14400 86400 +Inf", les, " ")
     npb = split("0.001 0.005 0.01 0.05 0.1 0.5 1 +Inf", ples, " ")
+    nrb = split("0.00001 0.0001 0.001 0.01 0.1 1 +Inf", rles, " ")
     n = int((end - start) / step)
     for (h = 1; h <= nh; h++) for (g = 1; g <= nt; g++) {
         L = sprintf("job=\"fix-monitor\",instance=\"%s:9464\",host=\"%s\",target=\"%s\"", hosts[h], hosts[h], targets[g])
@@ -70,7 +71,21 @@ BEGIN {
         for (p = 0; p < 2; p++) {
             LP = L sprintf(",port=\"%d\"", 5001 + p + 10 * g)
             for (i = 0; i <= n; i++) emit("fix_connections_by_port", LP, down ? 0 : 1, start + i * step)
+            # session health by port: one silent session on venue-b of gw1
+            for (i = 0; i <= n; i++) emit("fix_connections_stale_by_port", LP, (h == 1 && g == 2 && p == 0) ? 1 : 0, start + i * step)
+            for (i = 0; i <= n; i++) emit("fix_connection_receive_silence_by_port_seconds", LP, (h == 1 && g == 2 && p == 0) ? 90 : 0.5, start + i * step)
         }
+        # session health per target (TCP health from tcp_info)
+        for (i = 0; i <= n; i++) emit("fix_connections_stale", L, (h == 1 && g == 2) ? 1 : 0, start + i * step)
+        for (i = 0; i <= n; i++) emit("fix_connection_receive_silence_seconds", L, (h == 1 && g == 2) ? 90 : 0.5, start + i * step)
+        for (i = 0; i <= n; i++) emit("fix_connection_send_queue_bytes", L, 1000 * (i % 5), start + i * step)
+        for (i = 0; i <= n; i++) emit("fix_connection_retransmits_total", L, int(i / 2), start + i * step)
+        for (b = 1; b <= nrb; b++) {
+            LB = L sprintf(",le=\"%s\"", rles[b])
+            for (i = 0; i <= n; i++) emit("fix_connection_rtt_seconds_bucket", LB, int(i * b / nrb), start + i * step)
+        }
+        for (i = 0; i <= n; i++) emit("fix_connection_rtt_seconds_count", L, i, start + i * step)
+        for (i = 0; i <= n; i++) emit("fix_connection_rtt_seconds_sum", L, i * 0.0002, start + i * step)
         # one close per minute; lifetimes spread over the buckets
         for (b = 1; b <= nb; b++) {
             LB = L sprintf(",le=\"%s\"", les[b])
