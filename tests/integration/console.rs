@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
@@ -12,29 +12,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::harness::*;
-
-fn two_targets(a: SocketAddr, b: SocketAddr, range: (u16, u16)) -> tempfile::NamedTempFile {
-    config_file(&format!(
-        r#"
-[[targets]]
-name = "venue-a"
-address = "{}"
-port = {}
-local_ports = [{}, {}]
-
-[[targets]]
-name = "venue-b"
-address = "{}"
-port = {}
-"#,
-        a.ip(),
-        a.port(),
-        range.0,
-        range.1,
-        b.ip(),
-        b.port()
-    ))
-}
 
 fn hms_secs(s: &str) -> u64 {
     let p: Vec<u64> = s.split(':').map(|x| x.parse().unwrap()).collect();

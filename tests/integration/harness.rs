@@ -500,3 +500,27 @@ pub fn counts(screen: &str, name: &str, addr: &str, skip: usize) -> Option<Vec<u
         .map(|c| c.parse().ok())
         .collect()
 }
+
+/// A config with two targets: venue-a (`a`, local ports `range`) and venue-b (`b`).
+pub fn two_targets(a: SocketAddr, b: SocketAddr, range: (u16, u16)) -> tempfile::NamedTempFile {
+    config_file(&format!(
+        r#"
+[[targets]]
+name = "venue-a"
+address = "{}"
+port = {}
+local_ports = [{}, {}]
+
+[[targets]]
+name = "venue-b"
+address = "{}"
+port = {}
+"#,
+        a.ip(),
+        a.port(),
+        range.0,
+        range.1,
+        b.ip(),
+        b.port()
+    ))
+}

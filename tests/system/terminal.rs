@@ -133,29 +133,6 @@ fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-fn two_targets(a: SocketAddr, b: SocketAddr, range: (u16, u16)) -> tempfile::NamedTempFile {
-    config_file(&format!(
-        r#"
-[[targets]]
-name = "venue-a"
-address = "{}"
-port = {}
-local_ports = [{}, {}]
-
-[[targets]]
-name = "venue-b"
-address = "{}"
-port = {}
-"#,
-        a.ip(),
-        a.port(),
-        range.0,
-        range.1,
-        b.ip(),
-        b.port()
-    ))
-}
-
 /// The live view in a real terminal: the connection already open, then opens and a close the
 /// test makes, with counts, addresses, ages and event lines; Ctrl+C writes the report (checked
 /// against what the test did) and prints the totals.
