@@ -388,8 +388,17 @@ impl Poller {
             }
             Input::Events(batch) => {
                 self.events.clear();
+                let mut final_counts = false;
                 for e in &batch.events {
                     self.tracker.event(e, &mut self.events);
+                    final_counts |= self.health_closed(e);
+                }
+                if final_counts {
+                    // The growth since each session's last poll, counted now (a poll may be
+                    // an hour away), once: the book forgets the session.
+                    let mut closed = HealthPoll::default();
+                    self.health.take_closed(&mut closed);
+                    self.instruments.record_health(&closed);
                 }
                 if batch.lost > 0 {
                     self.instruments.record_events_lost(batch.lost);
@@ -422,6 +431,19 @@ impl Poller {
                 Flow::Continue
             }
         }
+    }
+
+    /// Hands a close event's final counters (the destroy notification's `tcp_info`) to the
+    /// health book. Returns whether they were counted.
+    fn health_closed(&mut self, e: &crate::tracker::SocketEvent) -> bool {
+        use crate::tracker::SocketEventKind;
+        let Some(info) = e.info else { return false };
+        if e.kind != SocketEventKind::Closed || e.partial || e.established == Some(false) {
+            return false;
+        }
+        let totals =
+            crate::health::Growth::of(info.retransmits, info.bytes_sent, Some(info.bytes_received));
+        self.health.closed_with(e.id, e.local, e.remote, totals)
     }
 
     /// Applies the state changes an event-seeing source read since the last tick, in order,

@@ -59,6 +59,7 @@ mod tcpi {
     pub const SEGS_OUT: usize = 136;
     pub const SEGS_IN: usize = 140;
     pub const DELIVERED: usize = 192;
+    pub const BYTES_SENT: usize = 200;
 }
 
 /// What the final `tcp_info` says, where the kernel sent enough of it.
@@ -75,6 +76,8 @@ pub struct FinalInfo {
     pub segs_in: u32,
     /// Segments delivered to the peer, the SYN or SYN-ACK included (`tcpi_delivered`).
     pub delivered: u32,
+    /// Data bytes sent, retransmissions included (`tcpi_bytes_sent`, Linux 4.19+).
+    pub bytes_sent: Option<u64>,
 }
 
 impl FinalInfo {
@@ -102,6 +105,7 @@ impl FinalInfo {
             segs_out: u32_at(tcpi::SEGS_OUT)?,
             segs_in: u32_at(tcpi::SEGS_IN)?,
             delivered: u32_at(tcpi::DELIVERED)?,
+            bytes_sent: u64_at(tcpi::BYTES_SENT),
         })
     }
 }
@@ -136,6 +140,7 @@ impl Destroyed {
                 bytes_acked: i.bytes_acked,
                 bytes_received: i.bytes_received,
                 retransmits: i.total_retrans,
+                bytes_sent: i.bytes_sent,
             }),
         }
     }
