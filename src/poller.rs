@@ -135,6 +135,8 @@ pub struct Poller {
     /// Session health: staleness and counter growth (see `crate::health`).
     health: HealthBook,
     health_poll: HealthPoll,
+    /// Where stale/recovered transitions go besides the log (the console), if anywhere.
+    health_out: Option<tokio::sync::broadcast::Sender<HealthEvent>>,
     /// Asks about sockets a poll no longer lists before they are closed.
     confirm: Box<dyn Confirm + Send>,
     /// The state file, if configured.
@@ -187,6 +189,7 @@ impl Poller {
                 targets.iter().map(|t| t.stale_after).collect(),
             ),
             health_poll: HealthPoll::default(),
+            health_out: None,
             tracker: Tracker::new(targets),
             instruments,
             publisher,
@@ -206,6 +209,15 @@ impl Poller {
     /// Confirms missing sockets through `confirm` (an exact kernel lookup) before closing them.
     pub fn with_confirm(mut self, confirm: Box<dyn Confirm + Send>) -> Poller {
         self.confirm = confirm;
+        self
+    }
+
+    /// Hands every stale/recovered transition to `out` too (after the poll that found it).
+    pub fn with_health_events(
+        mut self,
+        out: tokio::sync::broadcast::Sender<HealthEvent>,
+    ) -> Poller {
+        self.health_out = Some(out);
         self
     }
 
@@ -371,7 +383,12 @@ impl Poller {
         }
         // Stale/recovered lines once, after the poll that found them.
         log_health(&self.health_poll.events, &self.names);
-        self.health_poll.events.clear();
+        for e in self.health_poll.events.drain(..) {
+            if let Some(out) = &self.health_out {
+                // No subscriber is fine: nobody is watching.
+                let _ = out.send(e);
+            }
+        }
         for e in self.events.drain(..) {
             // No subscriber is fine: nobody is watching.
             let _ = self.events_out.send(e);
