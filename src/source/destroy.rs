@@ -602,6 +602,8 @@ pub(crate) mod tests {
         let info = got[0].info.unwrap();
         // The kernel counts sequence space: the 5 bytes, our SYN and our FIN; the peer's FIN.
         assert_eq!((info.bytes_acked, info.bytes_received), (7, 1), "{info:?}");
+        // Bytes sent count data only: the 5 bytes.
+        assert_eq!(info.bytes_sent, Some(5), "{info:?}");
         assert!(info.was_established());
     }
 
@@ -649,7 +651,13 @@ pub(crate) mod tests {
         assert!(d.socket.local.ip().is_unspecified(), "{d:?}");
         assert_eq!(d.socket.state, TcpState::Close);
         // `tcp_disconnect` zeroes the counters too: an abort's final tcp_info says nothing.
-        assert_eq!(d.info, Some(FinalInfo::default()));
+        assert_eq!(
+            d.info,
+            Some(FinalInfo {
+                bytes_sent: Some(0),
+                ..FinalInfo::default()
+            })
+        );
     }
 
     #[test]
