@@ -343,7 +343,11 @@ impl Poller {
             // The health gauges as of the last poll (events between polls carry none).
             capped |= gauges.with_health(&self.health_poll);
         }
-        self.instruments.record_events(&self.events);
+        // Who hung up: what the source saw (eBPF), unknown otherwise.
+        let closed_by = &self.closed_by;
+        self.instruments.record_events(&self.events, |k| {
+            closed_by.get(k).copied().unwrap_or(ClosedBy::Unknown)
+        });
         let checks = (
             self.tracker.saved_false_closes(),
             self.tracker.unattributed(),

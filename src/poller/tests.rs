@@ -210,6 +210,32 @@ fn a_failed_poll_is_not_a_close() {
 }
 
 #[test]
+fn polling_closes_are_counted_by_unknown_and_no_other_by_series_exists() {
+    let t0 = Timestamp::now();
+    let steps = vec![Ok(vec![sock(5000, 1), sock(5001, 2)]), Ok(vec![])];
+    let mut r = rig(targets(), t0, steps, None);
+    let closed = |r: &Rig| -> Vec<String> {
+        crate::export::prometheus::encode(&r.registry)
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with("fix_connections_closed_total{"))
+            .map(|l| {
+                let by = l.split("by=\"").nth(1).unwrap().split('"').next().unwrap();
+                format!("{by} {}", l.rsplit(' ').next().unwrap())
+            })
+            .collect()
+    };
+    r.poller.tick(&r.clock);
+    // Before any close: the one series polling can fill, at 0 (no local/remote/reset zeros
+    // that would pass for measurements).
+    assert_eq!(closed(&r), ["unknown 0"]);
+    r.clock.advance(Duration::from_secs(1));
+    r.poller.tick(&r.clock);
+    assert_eq!(closed(&r), ["unknown 2"]);
+    assert!(r.state.get().closed.iter().all(|s| s.closed_by.is_none()));
+}
+
+#[test]
 fn closed_sessions_are_kept_newest_last_with_their_lifetimes() {
     let t0 = Timestamp::now();
     let steps = vec![

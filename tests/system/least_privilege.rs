@@ -128,7 +128,7 @@ fn unprivileged_sidecar_counts_right_with_netlink_and_procfs() {
             let l = [("target", target.as_str())];
             (
                 m.count("fix_connections_total", &l),
-                m.count("fix_connections_closed_total", &l),
+                m.sum("fix_connections_closed_total", &l),
                 m.count("fix_connections_active", &l),
             )
         };
