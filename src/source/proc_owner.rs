@@ -203,8 +203,12 @@ mod tests {
         }
     }
 
-    /// A fake `/proc`: pid -> (comm or none, fd links or none for a missing fd dir).
-    fn fake(procs: &[(&str, Option<&str>, Option<&[&str]>)]) -> tempfile::TempDir {
+    /// One entry of a fake `/proc`: its name, its comm (none: missing), its fd links (none: no
+    /// fd directory).
+    type FakeProc<'a> = (&'a str, Option<&'a str>, Option<&'a [&'a str]>);
+
+    /// A fake `/proc`.
+    fn fake(procs: &[FakeProc]) -> tempfile::TempDir {
         let root = tempfile::tempdir().unwrap();
         for (pid, comm, fds) in procs {
             let dir = root.path().join(pid);
