@@ -30,6 +30,11 @@ impl Source for Script {
         SourceKind::Procfs
     }
 
+    /// As procfs: the id is the inode.
+    fn inode(&self, id: u64) -> Option<u64> {
+        Some(id)
+    }
+
     fn poll(&mut self, out: &mut Vec<SocketEntry>) -> Result<(), SourceError> {
         let mut polled = self.polled_at.lock().unwrap();
         polled.push(self.clock.now());
@@ -384,4 +389,57 @@ pub(crate) fn sock_for_events(port: u16, id: u64) -> SocketEntry {
 /// For the event tests: a rig with the scripted source.
 pub(crate) fn rig_for_events(t0: Timestamp, steps: Vec<Step>) -> Rig {
     rig(targets(), t0, steps, None)
+}
+
+/// `poll.process_lookup` (a fake `/proc`): a walk only on a poll that found new sessions, the
+/// owner kept with the session while it lives and on its close, none for a socket no process
+/// holds.
+#[cfg(target_os = "linux")]
+#[test]
+fn process_lookup_walks_only_for_new_sessions_and_keeps_the_owner_until_the_close() {
+    let proc_root = tempfile::tempdir().unwrap();
+    let gw = proc_root.path().join("100");
+    std::fs::create_dir_all(gw.join("fd")).unwrap();
+    std::fs::write(gw.join("comm"), "fix-gateway\n").unwrap();
+    std::os::unix::fs::symlink("socket:[1]", gw.join("fd").join("7")).unwrap();
+    let t0 = Timestamp::now();
+    let (a, b) = (sock(5000, 1), sock(5001, 2));
+    let steps = vec![Ok(vec![a]), Ok(vec![a]), Ok(vec![a, b]), Ok(vec![])];
+    let mut r = rig(targets(), t0, steps, None);
+    r.poller = r.poller.with_process_lookup(proc_root.path());
+    let scans = |r: &Rig| r.state.get().health.process_lookup.clone().unwrap().scans;
+    let gateway = Some(crate::source::Process {
+        pid: 100,
+        comm: "fix-gateway".into(),
+    });
+
+    r.poller.tick(&r.clock);
+    let s = r.state.get();
+    assert_eq!(s.active[0].process, gateway);
+    assert_eq!(scans(&r), 1);
+    r.poller.tick(&r.clock);
+    assert_eq!(scans(&r), 1, "no new session, no walk");
+    r.poller.tick(&r.clock);
+    let s = r.state.get();
+    assert_eq!(scans(&r), 2);
+    assert_eq!(
+        s.active
+            .iter()
+            .map(|s| s.process.clone())
+            .collect::<Vec<_>>(),
+        [gateway.clone(), None],
+        "inode 2 is nobody's"
+    );
+    r.poller.tick(&r.clock);
+    let s = r.state.get();
+    assert_eq!(
+        s.closed
+            .iter()
+            .map(|s| s.process.clone())
+            .collect::<Vec<_>>(),
+        [gateway, None]
+    );
+    assert!(r.poller.processes.is_empty(), "forgotten with the session");
+    let health = s.health.process_lookup.clone().unwrap();
+    assert!(health.available && health.unreadable_processes == 0 && health.reason.is_none());
 }
