@@ -515,7 +515,9 @@ impl Poller {
                         self.processes.insert(key, p);
                     }
                 }
-                (Some(by), Some(Event::Closed { .. })) => {
+                // A close whose open no record or poll saw is short-lived: who hung up is
+                // known all the same.
+                (Some(by), Some(Event::Closed { .. } | Event::ShortLived { .. })) => {
                     self.closed_by.insert(key, by);
                 }
                 _ => {}

@@ -443,3 +443,117 @@ fn process_lookup_walks_only_for_new_sessions_and_keeps_the_owner_until_the_clos
     let health = s.health.process_lookup.clone().unwrap();
     assert!(health.available && health.unreadable_processes == 0 && health.reason.is_none());
 }
+
+/// A source that hands over scripted eBPF transitions once, with empty snapshots.
+#[cfg(target_os = "linux")]
+struct Transitions(Vec<crate::source::ebpf::Transition>);
+
+#[cfg(target_os = "linux")]
+impl Source for Transitions {
+    fn kind(&self) -> SourceKind {
+        SourceKind::Ebpf
+    }
+
+    fn poll(&mut self, out: &mut Vec<SocketEntry>) -> Result<(), SourceError> {
+        out.clear();
+        Ok(())
+    }
+
+    fn take_transitions(&mut self) -> Vec<crate::source::ebpf::Transition> {
+        std::mem::take(&mut self.0)
+    }
+}
+
+/// eBPF mode: each close is counted under who hung up, a close whose open nobody saw
+/// (short-lived) included, and the four `by` series exist from the start.
+#[cfg(target_os = "linux")]
+#[test]
+fn ebpf_closes_are_counted_by_who_hung_up_short_lived_ones_included() {
+    use crate::source::ebpf::{ktime_now_ns, Transition};
+    let t0 = Timestamp::now();
+    let k = ktime_now_ns();
+    let remote: SocketAddr = "10.0.0.5:9876".parse().unwrap();
+    let tr = |ms_ago: u64, port: u16, old, new| Transition {
+        ktime_ns: k - ms_ago * 1_000_000,
+        sock: u64::from(port),
+        cookie: 0,
+        local: SocketAddr::from(([10, 0, 0, 1], port)),
+        remote,
+        old,
+        new,
+        process: None,
+    };
+    use TcpState::*;
+    let script = vec![
+        tr(50, 5000, SynSent, Established),
+        tr(40, 5000, Established, FinWait1),
+        // No open for this one: short-lived.
+        tr(30, 5001, Established, CloseWait),
+        tr(20, 5002, SynSent, Established),
+        tr(10, 5002, Established, Close),
+    ];
+    let (exporter, registry) = crate::export::prometheus::reader("h").unwrap();
+    let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+        .with_reader(exporter)
+        .build();
+    let meter = provider.meter(crate::instruments::names::METER);
+    let closed = || -> Vec<String> {
+        crate::export::prometheus::encode(&registry)
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with("fix_connections_closed_total{"))
+            .map(|l| {
+                let by = l.split("by=\"").nth(1).unwrap().split('"').next().unwrap();
+                format!("{by} {}", l.rsplit(' ').next().unwrap())
+            })
+            .collect()
+    };
+    let instruments = Instruments::new(&meter, &targets(), SourceKind::Ebpf);
+    assert_eq!(
+        closed(),
+        ["local 0", "remote 0", "reset 0", "unknown 0"],
+        "all four from the start"
+    );
+    let initial = State::initial(Meta {
+        host: "h".into(),
+        source: SourceKind::Ebpf,
+        interval: Duration::from_secs(1),
+        started: t0,
+        targets: targets(),
+        events: crate::source::events::Mode::Polling {
+            reason: "a scripted source".into(),
+        },
+    });
+    let (publisher, state) = Publisher::new(initial.clone());
+    let (events, _) = tokio::sync::broadcast::channel(16);
+    let mut poller = Poller::new(
+        Box::new(Transitions(script)),
+        instruments,
+        Box::new(publisher),
+        initial,
+        events,
+    );
+    poller.tick(&ManualClock::new(t0));
+    assert_eq!(
+        closed(),
+        ["local 1", "remote 1", "reset 1", "unknown 0"],
+        "{:?}",
+        state.get().stats
+    );
+    let s = state.get();
+    assert_eq!(
+        (s.stats[0].opened, s.stats[0].closed, s.stats[0].short_lived),
+        (3, 3, 1)
+    );
+    let by: Vec<_> = s
+        .closed
+        .iter()
+        .map(|c| (c.local.port(), c.closed_by))
+        .collect();
+    use crate::source::ClosedBy;
+    // The short-lived one is not among the closed sessions with a lifetime.
+    assert_eq!(
+        by,
+        [(5000, Some(ClosedBy::Local)), (5002, Some(ClosedBy::Reset))]
+    );
+}
