@@ -432,13 +432,14 @@ fn process_lookup_walks_only_for_new_sessions_and_keeps_the_owner_until_the_clos
     );
     r.poller.tick(&r.clock);
     let s = r.state.get();
-    assert_eq!(
-        s.closed
-            .iter()
-            .map(|s| s.process.clone())
-            .collect::<Vec<_>>(),
-        [gateway, None]
-    );
+    // Both close in one poll, in no set order.
+    let mut closed: Vec<_> = s
+        .closed
+        .iter()
+        .map(|s| (s.local.port(), s.process.clone()))
+        .collect();
+    closed.sort_by_key(|(port, _)| *port);
+    assert_eq!(closed, [(5000, gateway), (5001, None)]);
     assert!(r.poller.processes.is_empty(), "forgotten with the session");
     let health = s.health.process_lookup.clone().unwrap();
     assert!(health.available && health.unreadable_processes == 0 && health.reason.is_none());
