@@ -742,6 +742,34 @@ mod tests {
         list.iter().map(|(l, r)| (sa(l), sa(r))).collect()
     }
 
+    /// `poll.process_lookup`'s inodes: one (cookie, inode) per socket message, in the order
+    /// parse_dump lists them, every inode distinct and none 0; nothing for other messages.
+    #[test]
+    fn socket_inodes_pair_each_record_cookie_with_its_inode() {
+        for name in ["small-inet.bin", "small-inet6.bin", "large-inet.bin"] {
+            let datagrams = fixture(name);
+            let entries = parse_all(&datagrams);
+            let mut inodes = Vec::new();
+            for d in &datagrams {
+                socket_inodes(d, &mut inodes);
+            }
+            let cookies: Vec<u64> = inodes.iter().map(|(c, _)| *c).collect();
+            assert_eq!(
+                cookies,
+                entries.iter().map(|e| e.id).collect::<Vec<_>>(),
+                "{name}"
+            );
+            let distinct: BTreeSet<u64> = inodes.iter().map(|(_, i)| *i).collect();
+            assert_eq!(distinct.len(), inodes.len(), "{name}");
+            assert!(!distinct.contains(&0), "{name}");
+        }
+        // A message cut short yields nothing, and no panic.
+        let d = &fixture("small-inet.bin")[0];
+        let mut inodes = Vec::new();
+        socket_inodes(&d[..NLMSG_HDR + 20], &mut inodes);
+        assert!(inodes.is_empty());
+    }
+
     // What examples/capture_netlink.rs opened when it captured the fixtures.
     #[test]
     fn small_fixture_holds_ipv4_ipv6_and_mapped_sockets() {
