@@ -217,7 +217,8 @@ impl Poller {
         let reason = match kind {
             SourceKind::Netlink | SourceKind::Procfs if cfg!(target_os = "linux") => None,
             SourceKind::Ebpf => Some(
-                "the ebpf source names the process that connected by itself;                  poll.process_lookup is not used",
+                "the ebpf source names the process that connected by itself; \
+                 poll.process_lookup is not used",
             ),
             _ => Some("poll.process_lookup needs the netlink or procfs source (Linux)"),
         };
@@ -558,13 +559,17 @@ impl Poller {
         health.unreadable_processes = unreadable;
         health.reason = (unreadable > 0).then(|| {
             format!(
-                "cannot read the open files of {unreadable} processes (/proc/PID/fd: permission                  denied): their sessions have no pid or command; reading every process's needs                  CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH (or root)"
+                "cannot read the open files of {unreadable} processes (/proc/PID/fd: permission \
+                 denied): their sessions have no pid or command; reading every process's needs \
+                 CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH (or root)"
             )
         });
         if first_short {
             tracing::warn!(
                 unreadable_processes = unreadable,
-                "process lookup: cannot read other processes' /proc/PID/fd (permission denied);                  the sessions they own show no pid or command; give the sidecar CAP_SYS_PTRACE                  and CAP_DAC_READ_SEARCH (or run it as root) to name them all"
+                "process lookup: cannot read other processes' /proc/PID/fd (permission denied); \
+                 the sessions they own show no pid or command; give the sidecar CAP_SYS_PTRACE \
+                 and CAP_DAC_READ_SEARCH (or run it as root) to name them all"
             );
         }
     }
