@@ -252,7 +252,9 @@ fn process_lookup_without_privilege_names_its_own_users_processes_and_says_what_
         );
         let reason = lookup["reason"].as_str().unwrap_or_default();
         assert!(
-            reason.contains("CAP_SYS_PTRACE") && reason.contains("CAP_DAC_READ_SEARCH"),
+            reason.contains("CAP_SYS_PTRACE")
+                && reason.contains("CAP_DAC_READ_SEARCH")
+                && !reason.contains("  "),
             "{source}: {health}"
         );
         let _ = client.kill();
