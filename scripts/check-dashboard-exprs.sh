@@ -67,7 +67,15 @@ BEGIN {
         for (i = 0; i <= n; i++) emit("fix_connections_active", L, down ? 0 : 2 + (i % 3 == 0), start + i * step)
         for (i = 0; i <= n; i++) emit("fix_connections_peak", L, 4, start + i * step)
         for (i = 0; i <= n; i++) emit("fix_connections_total", L, 10 + int(i / 4), start + i * step)
-        for (i = 0; i <= n; i++) emit("fix_connections_closed_total", L, 8 + int(i / 4), start + i * step)
+        # who hung up: gw1 runs in eBPF mode (local, remote, reset, unknown), gw2 polls (unknown)
+        if (h == 1) {
+            for (i = 0; i <= n; i++) emit("fix_connections_closed_total", L ",by=\"local\"", 4 + int(i / 8), start + i * step)
+            for (i = 0; i <= n; i++) emit("fix_connections_closed_total", L ",by=\"remote\"", 3 + int(i / 16), start + i * step)
+            for (i = 0; i <= n; i++) emit("fix_connections_closed_total", L ",by=\"reset\"", 1 + int(i / 16), start + i * step)
+            for (i = 0; i <= n; i++) emit("fix_connections_closed_total", L ",by=\"unknown\"", 0, start + i * step)
+        } else {
+            for (i = 0; i <= n; i++) emit("fix_connections_closed_total", L ",by=\"unknown\"", 8 + int(i / 4), start + i * step)
+        }
         for (p = 0; p < 2; p++) {
             LP = L sprintf(",port=\"%d\"", 5001 + p + 10 * g)
             for (i = 0; i <= n; i++) emit("fix_connections_by_port", LP, down ? 0 : 1, start + i * step)

@@ -26,7 +26,7 @@ fn venue_counts(m: &Metrics) -> VenueCounts {
                 v.to_string(),
                 (
                     m.count("fix_connections_total", &l),
-                    m.count("fix_connections_closed_total", &l),
+                    m.sum("fix_connections_closed_total", &l),
                     m.count("fix_connections_active", &l),
                 ),
             )

@@ -27,13 +27,15 @@ fn connect_n(n: usize, to: &Downstream) -> Vec<TcpStream> {
 }
 
 /// (metric, target) -> value, for the [`COMPARED`] metrics of job `fix-monitor`, as Prometheus
-/// has them now.
+/// has them now, summed over other labels (the closed counter's `by`).
 fn stored(prom: &Backend) -> BTreeMap<(String, String), f64> {
     let q = format!(r#"{{job="{JOB}", __name__=~"{}"}}"#, COMPARED.join("|"));
-    prom.query(&q)
-        .into_iter()
-        .map(|(l, v)| ((l["__name__"].clone(), l["target"].clone()), v))
-        .collect()
+    let mut out = BTreeMap::new();
+    for (l, v) in prom.query(&q) {
+        *out.entry((l["__name__"].clone(), l["target"].clone()))
+            .or_insert(0.0) += v;
+    }
+    out
 }
 
 fn expect(rows: &[(&str, &str, f64)]) -> BTreeMap<(String, String), f64> {
@@ -187,6 +189,17 @@ port = {pb}
     wait_stored(&prom, "the closes", &truth);
     // Exactly these series: nothing for the unrelated downstream.
     assert_eq!(stored(&prom), truth);
+    // Who hung up: polling knows only `unknown`, and no other `by` series exists.
+    let by = |t: &str| {
+        by_label(
+            &prom.query(&format!(
+                r#"fix_connections_closed_total{{job="{JOB}", target="{t}"}}"#
+            )),
+            "by",
+        )
+    };
+    assert_eq!(by("venue-a"), [("unknown".to_string(), 3.0)].into());
+    assert_eq!(by("venue-b"), [("unknown".to_string(), 3.0)].into());
 
     // The histogram's buckets and sum, as Prometheus stores them.
     let buckets = |le: &str| {
@@ -434,7 +447,9 @@ port = {pb}
     // histogram's series, the second makes their rate() non-zero, so quantiles are numbers.
     let closed = |p: &Backend| {
         by_label(
-            &p.query(&format!(r#"fix_connections_closed_total{{job="{JOB}"}}"#)),
+            &p.query(&format!(
+                r#"sum by (target) (fix_connections_closed_total{{job="{JOB}"}})"#
+            )),
             "target",
         )
     };
