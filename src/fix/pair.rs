@@ -25,7 +25,8 @@ pub struct VenueScript {
     pub ack_delay: (Duration, Duration),
     /// Refuse every Logon with a Logout carrying this text.
     pub refuse_logons: Option<String>,
-    /// Answer every n-th order with a BusinessMessageReject (naming the ClOrdID in tag 379).
+    /// Answer one order in n (at random) with a BusinessMessageReject (naming the ClOrdID in
+    /// tag 379).
     pub business_reject_every: Option<u64>,
     /// Leave `size` sequence numbers out after its `first`-th message, then every `every`.
     pub gap: Option<Gap>,
@@ -223,13 +224,22 @@ impl Link {
         }
         if self.in_flight.is_none() && now >= self.next_order {
             self.send_order()?;
+            // The venue reads it at once, so its delay runs from now (not from the next step).
+            if !silent {
+                self.venue_step(Instant::now(), false)?;
+            }
         }
         Ok(())
     }
 
     /// Logs out (the venue first, with `venue_reason`, or the gateway with `gw_reason`) and
-    /// closes both ends (the one that logged out first closes first); returns the truth.
-    pub fn log_out(mut self, venue_reason: Option<&str>, gw_reason: &str) -> io::Result<LinkTruth> {
+    /// closes both ends (the one that logged out first closes first); returns the truth (also
+    /// when the exchange failed, with what was done up to then).
+    pub fn log_out(
+        mut self,
+        venue_reason: Option<&str>,
+        gw_reason: &str,
+    ) -> (LinkTruth, io::Result<()>) {
         let r = self.log_out_inner(venue_reason, gw_reason);
         self.truth.sent = self.gw.sent.clone();
         self.truth.received = self.gw.received.clone();
@@ -241,7 +251,7 @@ impl Link {
             self.gw.close();
             self.venue.close();
         }
-        r.map(|()| truth)
+        (truth, r)
     }
 
     fn log_out_inner(&mut self, venue_reason: Option<&str>, gw_reason: &str) -> io::Result<()> {
@@ -376,11 +386,8 @@ impl Link {
                 self.venue_orders += 1;
                 let id = m.get_str(tag::CL_ORD_ID).unwrap_or_default().into_owned();
                 let mt = String::from_utf8_lossy(mt).into_owned();
-                if self
-                    .script
-                    .business_reject_every
-                    .is_some_and(|n| self.venue_orders % n == 0)
-                {
+                let reject = self.script.business_reject_every;
+                if reject.is_some_and(|n| self.rng.u64(..n.max(1)) == 0) {
                     let seq = m.get_str(tag::MSG_SEQ_NUM).unwrap_or_default().into_owned();
                     self.venue_send(
                         "j",
@@ -482,6 +489,8 @@ impl Link {
             "D"
         };
         let qty = (100 * self.rng.u32(1..=20)).to_string();
+        // Before the send: any observer's timestamp of it is later.
+        let sent = Instant::now();
         self.gw_send(
             mt,
             &[
@@ -494,7 +503,7 @@ impl Link {
                 (44, "101.25"),
             ],
         )?;
-        self.in_flight = Some((id, Instant::now()));
+        self.in_flight = Some((id, sent));
         Ok(())
     }
 
@@ -561,7 +570,8 @@ mod tests {
         }
         assert!(l.logged_on());
         let venue_orders = l.venue_orders;
-        let t = l.log_out(None, "end of day").unwrap();
+        let (t, r) = l.log_out(None, "end of day");
+        r.unwrap();
         assert_eq!(t.logons, 1);
         assert_eq!(t.logouts_us, 1);
         assert_eq!(t.last_logout_text.as_deref(), Some("end of day"));
@@ -586,7 +596,8 @@ mod tests {
             l.step(Instant::now(), false).unwrap();
             std::thread::sleep(ms(2));
         }
-        let t = l.log_out(None, "bye").unwrap();
+        let (t, r) = l.log_out(None, "bye");
+        r.unwrap();
         assert_eq!((t.logons, t.refused_logons, t.logouts_us), (0, 1, 0));
         assert_eq!(t.last_logout_text.as_deref(), Some("unknown CompID"));
 
@@ -606,7 +617,8 @@ mod tests {
         assert!(l.truth.test_requests_out >= before + 2, "{:?}", l.truth);
         step_for(&mut l, ms(200), false);
         assert!(l.test_req_out.is_none());
-        let t = l.log_out(Some("maintenance"), "").unwrap();
+        let (t, r) = l.log_out(Some("maintenance"), "");
+        r.unwrap();
         assert_eq!(t.logouts_them, 1);
         assert_eq!(t.last_logout_text.as_deref(), Some("maintenance"));
     }
