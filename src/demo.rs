@@ -77,7 +77,7 @@ fn script(venue: usize) -> VenueScript {
         1 => {
             s.ack_delay = (ms(10), ms(40));
             s.gap = Some(Gap {
-                first: 8,
+                first: 3,
                 every: 60,
                 size: 3,
             });
@@ -706,7 +706,7 @@ struct Session {
 enum Slot {
     /// Waiting to (re)connect at this time.
     Waiting(Instant),
-    Live(Session),
+    Live(Box<Session>),
 }
 
 /// A venue dropping every session, several rounds in a row.
@@ -842,7 +842,7 @@ impl Sim {
                     let next = match self.connect(i, venue, now) {
                         Ok(s) => {
                             self.venues[venue].opened += 1;
-                            Slot::Live(s)
+                            Slot::Live(Box::new(s))
                         }
                         Err(e) => {
                             tracing::debug!(error = %e, "demo: connect failed, retrying");
