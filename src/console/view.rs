@@ -159,6 +159,8 @@ pub struct Frame {
     pub active: Vec<ConnRow>,
     /// The most recently closed, newest first.
     pub closed: Vec<ConnRow>,
+    /// The FIX layer's state, for its panel (set by the console; `None`: no panel).
+    pub fix: Option<std::sync::Arc<crate::fix::monitor::FixState>>,
 }
 
 impl Frame {
@@ -187,6 +189,7 @@ impl Frame {
             peak: m.peak,
             active,
             closed,
+            fix: None,
         }
     }
 
@@ -393,6 +396,10 @@ pub fn render(
     }
     out.extend(table(&rows, &[false, false, false, true, true, true, true]));
     out.push(String::new());
+    out.extend(super::fix_panel::lines(
+        frame.fix.as_deref(),
+        (height / 4).max(3),
+    ));
 
     // The space left, after fixed lines: two section headers with column titles and a blank
     // line each (active, closed), the events title, and the footer.
@@ -632,6 +639,7 @@ mod tests {
             peak: 7,
             active: (0..active).map(|i| row(i, i == 0)).collect(),
             closed: (0..closed).map(|i| row(100 + i, false)).collect(),
+            fix: None,
         }
     }
 
