@@ -30,3 +30,6 @@ mod session_health;
 // Issue 10: the final tcp_info of kernel destroy notifications.
 #[cfg(target_os = "linux")]
 mod close_counters;
+// poll.process_lookup (Linux: /proc).
+#[cfg(target_os = "linux")]
+mod process_lookup;
