@@ -735,7 +735,8 @@ fn malformed(detail: String) -> SourceError {
 fn kernel_error(err: i32) -> SourceError {
     SourceError::Io {
         context: "sock_diag dump",
-        source: io::Error::from_raw_os_error(-err),
+        // Saturating: a hostile reply can say i32::MIN, whose negation overflows.
+        source: io::Error::from_raw_os_error(err.saturating_neg()),
     }
 }
 
