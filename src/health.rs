@@ -141,14 +141,22 @@ struct Session {
     seen: u64,
 }
 
+/// How the book tells sessions apart: socket id, local and remote address.
+type SessionKey = (u64, SocketAddr, SocketAddr);
+
+fn key_of(s: &SocketEntry) -> SessionKey {
+    (s.id, s.local, s.remote)
+}
+
 /// The health state machine. See the module docs.
 #[derive(Debug)]
 pub struct HealthBook {
     targets: Targets,
     /// Per target: after how much silence a session is stale; `None`: not judged.
     stale_after: Vec<Option<Duration>>,
-    /// By socket id (the kernel's cookie).
-    sessions: HashMap<u64, Session>,
+    /// By socket id (the kernel's cookie) and 4-tuple: the eBPF source knows its sockets by
+    /// 4-tuple only (id 0).
+    sessions: HashMap<SessionKey, Session>,
     /// Growth of sessions that closed since the last poll, per target and (target, port).
     closed: Vec<Growth>,
     closed_ports: BTreeMap<(TargetId, u16), Growth>,
@@ -183,9 +191,11 @@ impl HealthBook {
         self.sessions.is_empty()
     }
 
-    /// Whether the session with socket id `id` is stale now.
-    pub fn is_stale(&self, id: u64) -> bool {
-        self.sessions.get(&id).is_some_and(|s| s.stale)
+    /// Whether the session with socket id `id` and this 4-tuple is stale now.
+    pub fn is_stale(&self, id: u64, local: SocketAddr, remote: SocketAddr) -> bool {
+        self.sessions
+            .get(&(id, local, remote))
+            .is_some_and(|s| s.stale)
     }
 
     /// Takes one poll's sockets (those without health are skipped: not measured) taken at
@@ -220,7 +230,7 @@ impl HealthBook {
             let silent_since = at.checked_sub(silence).unwrap_or(at);
             let threshold = self.stale_after[target];
             let stale_now = threshold.map(|t| silence > t);
-            let (growth, event) = match self.sessions.get_mut(&s.id) {
+            let (growth, event) = match self.sessions.get_mut(&key_of(s)) {
                 Some(known) => {
                     let growth = Growth::since(totals, known.counted);
                     known.counted = totals;
@@ -253,7 +263,7 @@ impl HealthBook {
                     let growth = if first { Growth::default() } else { totals };
                     let stale = stale_now.unwrap_or(false);
                     self.sessions.insert(
-                        s.id,
+                        key_of(s),
                         Session {
                             counted: totals,
                             stale,
@@ -302,7 +312,7 @@ impl HealthBook {
             return false;
         };
         let totals = Growth::totals(&h);
-        let growth = match self.sessions.remove(&socket.id) {
+        let growth = match self.sessions.remove(&key_of(socket)) {
             Some(known) => Growth::since(totals, known.counted),
             None if self.generation == 0 => Growth::default(),
             None => totals,
@@ -372,6 +382,35 @@ mod tests {
     }
 
     #[test]
+    fn sessions_without_ids_are_told_apart_by_their_4_tuple() {
+        // The eBPF source lists every socket with id 0.
+        let mut b = book();
+        let mut out = HealthPoll::default();
+        let t0 = Instant::now();
+        let quiet = sock(1, 5000, 0, Some(health(2500, 0, 100, 0)));
+        let talk = sock(1, 5001, 0, Some(health(100, 0, 100, 0)));
+        b.observe(t0, &[quiet, talk], &mut out);
+        assert_eq!(b.len(), 2);
+        assert_eq!(out.targets[0].stale, Some(1));
+        assert!(b.is_stale(0, quiet.local, quiet.remote));
+        assert!(!b.is_stale(0, talk.local, talk.remote));
+        // Growth per session: 10 bytes more each, 20 in all.
+        let more = |s: SocketEntry| SocketEntry {
+            health: s.health.map(|h| TcpHealth {
+                bytes_sent: Some(110),
+                ..h
+            }),
+            ..s
+        };
+        b.observe(
+            t0 + Duration::from_secs(1),
+            &[more(quiet), more(talk)],
+            &mut out,
+        );
+        assert_eq!(out.targets[0].growth.bytes_sent, 20);
+    }
+
+    #[test]
     fn a_silent_session_turns_stale_and_recovers_when_data_arrives() {
         let mut b = book();
         let mut out = HealthPoll::default();
@@ -391,8 +430,8 @@ mod tests {
             out.targets[0].max_silence,
             Some(Duration::from_millis(2500))
         );
-        assert!(b.is_stale(1) && !b.is_stale(2));
         let (local, remote) = (quiet(0).local, quiet(0).remote);
+        assert!(b.is_stale(1, local, remote) && !b.is_stale(2, talk.local, talk.remote));
         assert_eq!(
             out.events,
             [HealthEvent::Stale {

@@ -48,7 +48,7 @@ pub struct SnapshotTarget {
 
 /// Opens the source, polls it once, and attributes what it saw.
 pub fn take(settings: &Settings) -> Result<Snapshot, SourceError> {
-    let mut source = source::open(settings.poll.source, &settings.targets)?;
+    let mut source = source::open_oneshot(settings.poll.source, &settings.targets)?;
     let mut sockets = Vec::new();
     source.poll(&mut sockets)?;
     // The name the sidecar would report: `host.name` from OTEL_RESOURCE_ATTRIBUTES if set there,
