@@ -339,7 +339,7 @@ impl Poller {
     /// whether the port cap cut series.
     fn record(&mut self, next: &mut State) -> bool {
         let (mut gauges, mut capped) = GaugeValues::from_tracker(&self.tracker);
-        if self.source.kind() == crate::source::SourceKind::Netlink {
+        if self.source.kind().has_session_health() {
             // The health gauges as of the last poll (events between polls carry none).
             capped |= gauges.with_health(&self.health_poll);
         }

@@ -176,6 +176,12 @@ impl SourceKind {
             SourceKind::Ebpf => "ebpf",
         }
     }
+
+    /// Whether the source gives each session's `tcp_info` ([`SocketEntry::health`]): netlink
+    /// in its dumps, eBPF by exact lookups; procfs and netstat cannot.
+    pub fn has_session_health(&self) -> bool {
+        matches!(self, SourceKind::Netlink | SourceKind::Ebpf)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
