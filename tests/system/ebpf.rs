@@ -700,9 +700,19 @@ fn auto_takes_ebpf_with_the_capabilities_and_says_so_with_session_health() {
         assert!(h["rtt_seconds"].as_f64().unwrap() > 0.0, "{h}");
     }
     let m = sc.metrics();
-    assert!(m.count("fix_connection_rtt_seconds_count", &[]) >= 2.0);
+    let target = format!("127.0.0.1:{port}");
+    let t = [("target", target.as_str())];
+    assert!(
+        m.count("fix_connection_rtt_seconds_count", &t) >= 2.0,
+        "{}",
+        m.text
+    );
     // Bytes count from the first poll that saw a session: the later session's all.
-    assert!(m.count("fix_connection_sent_bytes_total", &[]) >= 3000.0);
+    assert!(
+        m.count("fix_connection_sent_bytes_total", &t) >= 3000.0,
+        "{}",
+        m.text
+    );
     let (status, log) = sc.terminate();
     assert!(status.success(), "{log}");
     let line = log

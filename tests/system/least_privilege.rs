@@ -16,8 +16,9 @@ struct User {
 }
 
 impl User {
-    fn create() -> User {
-        let name = format!("fixlp{}", std::process::id());
+    /// `tag` tells apart the users of tests that run at the same time.
+    fn create(tag: &str) -> User {
+        let name = format!("fixlp{tag}{}", std::process::id());
         let status = Command::new("useradd")
             .args([
                 "--system",
@@ -85,7 +86,7 @@ fn status_field(pid: u32, key: &str) -> String {
 
 #[test]
 fn unprivileged_sidecar_counts_right_with_netlink_and_procfs() {
-    let user = User::create();
+    let user = User::create("");
     let pid = std::process::id();
     let ip = format!("127.0.{}.{}", 160 + pid % 90, 2 + pid / 90 % 250);
     let downstream = Downstream::listen(&format!("{ip}:0"));
@@ -151,7 +152,7 @@ fn unprivileged_sidecar_counts_right_with_netlink_and_procfs() {
 /// (with its session health), says why naming the capabilities, and starts normally.
 #[test]
 fn auto_without_capabilities_takes_netlink_and_names_what_ebpf_lacks() {
-    let user = User::create();
+    let user = User::create("a");
     let downstream = Downstream::listen("127.0.0.1:0");
     let port = downstream.addr.port().to_string();
     let _held = connect_from("127.0.0.1:0", downstream.addr);
@@ -204,7 +205,7 @@ fn a_port_below_1024_names_the_capability_it_needs() {
         unprivileged_start > 1,
         "this host lets anyone bind low ports: nothing to test"
     );
-    let user = User::create();
+    let user = User::create("b");
     // Any port below the limit: the kernel checks the capability before whether the port is
     // in use.
     let port = (unprivileged_start - 1).min(999);
