@@ -1,6 +1,6 @@
 //! Session health over time: a pure state machine beside the tracker.
 //!
-//! Each poll's sockets go in (with the kernel's `tcp_info`, netlink only) and the time of the
+//! Each poll's sockets go in (with the kernel's `tcp_info`: netlink and eBPF only) and the time of the
 //! poll; out come, per target (and per local port for targets with `local_ports`), what the
 //! metrics report: sessions stale now, the longest silence, the fullest send queue, RTT samples,
 //! and the growth of the kernel's per-session counters (retransmits, bytes); plus an event when
