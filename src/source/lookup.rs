@@ -178,6 +178,9 @@ impl HealthLookups {
                     })
                 }
             };
+            if n.count == 0 {
+                break;
+            }
             for (slot, len, truncated) in n.iter().take(n.count) {
                 let bytes = &self.slots[slot * SLOT..slot * SLOT + len.min(SLOT)];
                 let Some(seq) = seq_of(bytes) else { continue };
