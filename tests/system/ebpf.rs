@@ -137,11 +137,30 @@ fn the_verifier_accepts_programs_for_many_kinds_of_targets() {
     Watch::open(Vec::new());
 }
 
-/// How much later than the test's own reading a close transition may be stamped (see below).
-const CLOSE_SLACK_NS: u64 = 50_000_000;
+/// The accuracy the issue asks of a lifetime in eBPF mode.
+const LIFETIME_TOLERANCE_NS: u64 = 1_000_000;
 
+/// The session ends with `shutdown()`, not `close()`: `close()` only drops this process's
+/// reference to the socket, and while any other process holds one (a child that another test
+/// thread is forking and has not yet exec'd shares every descriptor) the socket stays open and
+/// ESTABLISHED; the kernel's transition then comes when that last reference goes, milliseconds
+/// later, and the eBPF stamp is right to say so. `shutdown()` sends the FIN at once, whoever
+/// else holds the socket, so the transition happens inside the call.
 #[test]
 fn sessions_of_5ms_50ms_and_2s_have_their_true_lifetimes() {
+    // A try whose own clock readings around a call are further apart than the tolerance (the
+    // test thread was preempted: the machine is busy) proves nothing either way and is retried;
+    // a kernel stamp outside the readings fails at once.
+    for attempt in 1..=8 {
+        match lifetimes_within(LIFETIME_TOLERANCE_NS) {
+            Ok(()) => return,
+            Err(noise) => eprintln!("attempt {attempt}: {noise}; retrying"),
+        }
+    }
+    panic!("the test's own clock readings were too far apart in every attempt (busy machine)");
+}
+
+fn lifetimes_within(tolerance: u64) -> Result<(), String> {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let remote = l.local_addr().unwrap();
     let mut w = Watch::open(vec![target(remote, None)]);
@@ -160,9 +179,10 @@ fn sessions_of_5ms_50ms_and_2s_have_their_true_lifetimes() {
                     let local = s.local_addr().unwrap();
                     thread::sleep(Duration::from_millis(ms));
                     let t2 = ebpf::ktime_now_ns();
-                    drop(s);
+                    s.shutdown(std::net::Shutdown::Both).unwrap();
                     let t3 = ebpf::ktime_now_ns();
                     server.join().unwrap();
+                    drop(s);
                     (ms, local, [t0, t1, t2, t3])
                 })
                 .unwrap()
@@ -171,6 +191,7 @@ fn sessions_of_5ms_50ms_and_2s_have_their_true_lifetimes() {
     let sessions: Vec<_> = sessions.into_iter().map(|h| h.join().unwrap()).collect();
 
     w.until("an open and a close per session", |got| got.len() >= 6);
+    let mut noise = Vec::new();
     for (ms, local, [t0, t1, t2, t3]) in &sessions {
         let ts = w.of(*local);
         assert_eq!(ts.len(), 2, "{ms} ms session {local}: {ts:#?}");
@@ -181,19 +202,22 @@ fn sessions_of_5ms_50ms_and_2s_have_their_true_lifetimes() {
             "{ms} ms: open {open:?} not in [{t0}, {t1}]"
         );
         assert!(
-            // Slack after close() returned: on this machine (6.18) the close transition's kernel
-            // timestamp came up to ~2.5 ms after the test's reading when idle and ~10 ms with the
-            // other system tests running; the cause is not understood (see README, eBPF mode: a
-            // 1 ms bound is not proven). Never before close() was called.
-            (*t2..=*t3 + CLOSE_SLACK_NS).contains(&close.ktime_ns),
+            (*t2..=*t3).contains(&close.ktime_ns),
             "{ms} ms: close {close:?} not in [{t2}, {t3}]"
         );
+        // So the true lifetime and the eBPF one both lie in [t2 - t1, t3 - t0]: when that window
+        // is narrower than the tolerance, the eBPF lifetime is within it of the truth.
         let lifetime = close.ktime_ns - open.ktime_ns;
-        let seen = t2 - t1;
         assert!(
-            lifetime.abs_diff(seen) < CLOSE_SLACK_NS,
-            "{ms} ms: eBPF lifetime {lifetime} ns, test saw {seen} ns"
+            (t2 - t1..=t3 - t0).contains(&lifetime),
+            "{ms} ms: eBPF lifetime {lifetime} ns outside [{}, {}]",
+            t2 - t1,
+            t3 - t0
         );
+        let window = (t3 - t0) - (t2 - t1);
+        if window >= tolerance {
+            noise.push(format!("{ms} ms session: readings {window} ns apart"));
+        }
         assert!(
             lifetime >= ms * 1_000_000,
             "{ms} ms: lifetime {lifetime} ns"
@@ -218,6 +242,11 @@ fn sessions_of_5ms_50ms_and_2s_have_their_true_lifetimes() {
     assert_eq!(after.emitted - before.emitted, 6);
     assert_eq!(w.read, 6, "exactly what the kernel emitted crossed");
     assert_eq!(after.lost, 0);
+    if noise.is_empty() {
+        Ok(())
+    } else {
+        Err(noise.join(", "))
+    }
 }
 
 #[test]
