@@ -728,17 +728,32 @@ fn auto_takes_ebpf_with_the_capabilities_and_says_so_with_session_health() {
         assert_eq!(h["retransmits"], 0, "{h}");
         assert!(h["rtt_seconds"].as_f64().unwrap() > 0.0, "{h}");
     }
-    let m = sc.metrics();
     let target = format!("127.0.0.1:{port}");
     let t = [("target", target.as_str())];
+    let m = sc.metrics();
     assert!(
         m.count("fix_connection_rtt_seconds_count", &t) >= 2.0,
         "{}",
         m.text
     );
-    // Bytes count from the first poll that saw a session: the later session's all.
-    assert!(
-        m.count("fix_connection_sent_bytes_total", &t) >= 3000.0,
+    // The counters grow by what the sessions send once the book knows them: 500 bytes more on
+    // each, exactly 1000 more in all.
+    let sent0 = m.count("fix_connection_sent_bytes_total", &t);
+    for (s, peer) in [
+        (&mut before, &mut before_peer),
+        (&mut after, &mut after_peer),
+    ] {
+        s.write_all(&[3u8; 500]).unwrap();
+        peer.read_exact(&mut [0u8; 500]).unwrap();
+    }
+    sc.wait_for("500 bytes more on each", Duration::from_secs(10), |sc| {
+        let c = sc.json("/connections");
+        sent(&c, bp) == Some(1500) && sent(&c, ap) == Some(3500)
+    });
+    let m = sc.metrics();
+    assert_eq!(
+        m.count("fix_connection_sent_bytes_total", &t) - sent0,
+        1000.0,
         "{}",
         m.text
     );
