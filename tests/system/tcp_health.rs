@@ -261,11 +261,12 @@ fn agree(who: &str, s: &Ss, a: &TcpHealth, b: &TcpHealth, idle: bool) {
     ] {
         between(&w(key), n(s.limited_ms(key)), ms(x), ms(y), 0.0);
     }
-    let mut times = vec![
-        ("lastsnd", a.last_data_sent_ms, b.last_data_sent_ms),
-        ("lastrcv", a.last_data_recv_ms, b.last_data_recv_ms),
-    ];
+    let mut times = vec![("lastrcv", a.last_data_recv_ms, b.last_data_recv_ms)];
     if idle {
+        // A blocked writer's times restart at any moment: zero-window probes reset lastack,
+        // and the peer's receive buffer growing lets a little data out, which resets lastsnd
+        // (seen: 76 ms before, `ss` 56, 68 after).
+        times.push(("lastsnd", a.last_data_sent_ms, b.last_data_sent_ms));
         times.push(("lastack", a.last_ack_recv_ms, b.last_ack_recv_ms));
     }
     for (key, x, y) in times {
