@@ -58,7 +58,7 @@ start_sidecar() {
 }
 stop_sidecar() { kill "$SIDECAR"; wait "$SIDECAR" 2>/dev/null || true; }
 metric() { # NAME TARGET
-    curl -s "http://$ADDR/metrics" | awk -v n="$1" -v t="target=\"$2\"" '$1 ~ "^"n"\\{" && index($1, t) {v=$2} END {print v+0}'
+    curl -s "http://$ADDR/metrics" | awk -v n="$1" -v t="target=\"$2\"" '$1 ~ "^"n"\\{" && index($1, t) {v+=$2} END {print v+0}'
 }
 
 {

@@ -28,7 +28,8 @@
 # BENCH_PY_RUNS (5), BENCH_WINDOW (sidecar window per N, s: 10), BENCH_DURATION (long run, s:
 # 60), BENCH_WRK_DURATION (s: 10), BENCH_CHURN (matching connections reopened per second during
 # the long run: 0), BENCH_OUT (report path), FIX_MONITOR (use this binary, skip building it),
-# BENCH_EVENTS=0 (skip the kernel-events section, scripts/bench-events.sh), BENCH_NO_FETCH=1 (do not run scripts/fetch-tools.sh when a tool is missing), BENCH_NO_BUILD=1
+# BENCH_EVENTS=0 (skip the kernel-events section, scripts/bench-events.sh), BENCH_ONLY=fix / BENCH_FIX=0
+# (only / no FIX section, see "F." below; FIX_FIXBENCH: use this fix-fixbench binary), BENCH_NO_FETCH=1 (do not run scripts/fetch-tools.sh when a tool is missing), BENCH_NO_BUILD=1
 # (use the release binaries already built), CARGO_TARGET_DIR (default: target/).
 set -euo pipefail
 
@@ -162,10 +163,10 @@ if [ "${BENCH_NO_BUILD:-0}" = 1 ]; then
 elif [ -n "${FIX_MONITOR:-}" ]; then
     log "building the load generator (CARGO_TARGET_DIR=$CARGO_TARGET_DIR); fix-monitor: $FIX_MONITOR"
     FM="$FIX_MONITOR"
-    cargo build --release --example fix-loadgen --example fix-pollcost --example fix-storm >&2
+    cargo build --release --example fix-loadgen --example fix-pollcost --example fix-storm --example fix-fixbench >&2
 else
     log "building release binaries (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-    cargo build --release --bin fix-monitor --example fix-loadgen --example fix-pollcost --example fix-storm >&2
+    cargo build --release --bin fix-monitor --example fix-loadgen --example fix-pollcost --example fix-storm --example fix-fixbench >&2
     FM="$CARGO_TARGET_DIR/release/fix-monitor"
 fi
 LOADGEN="$CARGO_TARGET_DIR/release/examples/fix-loadgen"
@@ -467,6 +468,79 @@ if [ "${BENCH_ONLY:-}" = ebpf ]; then
     exit 0
 fi
 
+# F. The FIX layer (issue 12), with fix-fixbench (benches/fix/): messages per second one core
+#    takes from bytes to the session tracker on the wire path and on the log path
+#    (BENCH_FIX_MESSAGES: 1000000; quick 100000), and, as root, the sidecar with
+#    `[fix] capture = true` while BENCH_FIX_RATE (5000) FIX messages per second flow through one
+#    loopback session for BENCH_FIX_SECONDS (30; quick 5): its CPU and the capture's drops
+#    (PACKET_STATISTICS). BENCH_ONLY=fix runs only this part and splices its section into the
+#    report; a full run adds it at the end (BENCH_FIX=0 leaves it out).
+FIXBENCH="${FIX_FIXBENCH:-$CARGO_TARGET_DIR/release/examples/fix-fixbench}"
+FIX_MESSAGES="${BENCH_FIX_MESSAGES:-$([ "$QUICK" = 1 ] && echo 100000 || echo 1000000)}"
+FIX_RATE="${BENCH_FIX_RATE:-5000}"
+FIX_SECONDS="${BENCH_FIX_SECONDS:-$([ "$QUICK" = 1 ] && echo 5 || echo 30)}"
+run_fix_section() {
+    [ -x "$FIXBENCH" ] || die "no fix-fixbench at $FIXBENCH (cargo build --release --example fix-fixbench)"
+    log "FIX: decode rate, wire and log paths, $FIX_MESSAGES messages"
+    "$FIXBENCH" decode --messages "$FIX_MESSAGES" >"$WORK/fix-decode.json" || die "fix-fixbench decode failed"
+    rm -f "$WORK/fix-drive.json"
+    if [ "$(id -u)" = 0 ]; then
+        log "FIX: the sidecar capturing ${FIX_RATE} messages/s for ${FIX_SECONDS}s"
+        "$FIXBENCH" drive --fm "$FM" --rate "$FIX_RATE" --seconds "$FIX_SECONDS" >"$WORK/fix-drive.json" ||
+            die "fix-fixbench drive failed"
+    else
+        log "FIX: not root, so no capture run (it needs CAP_NET_RAW)"
+    fi
+    "$PY" - "$WORK/fix-decode.json" "$WORK/fix-drive.json" "$FIXBENCH" "$FM" >"$WORK/fix.md" <<'EOF'
+import json, os, sys
+dec = json.load(open(sys.argv[1]))
+print("Messages per second one core takes from bytes to the FIX session tracker: an order flow")
+print("(NewOrderSingle out, ExecutionReport in, every order matched), one message per TCP")
+print("segment on the wire path (packets built in memory first; timed: parsing, reassembly,")
+print("decoding, tracking), one QuickFIX-style line per message on the log path (a file the")
+print("follower reads; timed: reading, splitting, timestamp, decoding, tracking).\n")
+print("| path | messages | bytes | seconds | messages/s |")
+print("|---|---:|---:|---:|---:|")
+print(f"| wire | {dec['messages']} | {dec['bytes']} | {dec['wire_seconds']:.3f} | {dec['wire_msgs_per_s']:.0f} |")
+print(f"| log | {dec['messages']} | {dec['bytes']} | {dec['log_seconds']:.3f} | {dec['log_msgs_per_s']:.0f} |")
+print()
+if os.path.exists(sys.argv[2]) and os.path.getsize(sys.argv[2]) > 0:
+    d = json.load(open(sys.argv[2]))
+    print("The sidecar (`run`, `[fix] capture = true`, poll every 1 s) while one loopback FIX session")
+    print("carries orders and their acknowledgements at the asked rate; CPU is the sidecar's")
+    print("utime+stime over the window (all threads: the TCP poll, the FIX thread, the endpoint);")
+    print("drops are the packet socket's `PACKET_STATISTICS` over the sidecar's life.\n")
+    print("| asked msgs/s | achieved msgs/s | seconds | messages sent | decoded | packets captured | capture drops | sidecar CPU s | CPU % of one core |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"| {d['rate']} | {d['achieved_msgs_per_s']:.0f} | {d['seconds']:.1f} | {d['messages_sent']} | {d['messages_decoded']} | {d['capture_packets']} | {d['capture_drops']} | {d['cpu_seconds']:.2f} | {d['cpu_percent']:.1f} |")
+else:
+    print("The capture run needs root (CAP_NET_RAW); it was not run.")
+print()
+print(f"Commands: `fix-fixbench decode --messages {dec['messages']}`; "
+      "`fix-fixbench drive --fm fix-monitor --rate R --seconds S` (root).")
+EOF
+}
+splice_fix() { # REPORT: puts $WORK/fix.md between the FIX markers of REPORT (appended if absent)
+    "$PY" - "$1" "$WORK/fix.md" <<'EOF'
+import os, sys
+report, section = sys.argv[1], open(sys.argv[2]).read()
+start, end = "<!-- fix-bench:start -->", "<!-- fix-bench:end -->"
+text = open(report).read() if os.path.exists(report) else ""
+body = f"{start}\n{section}{end}"
+if start in text and end in text:
+    text = text[:text.index(start)] + body + text[text.index(end) + len(end):]
+else:
+    text = text.rstrip("\n") + "\n\n## FIX sessions: decode rate and capture\n\n" + body + "\n"
+open(report, "w").write(text)
+EOF
+}
+if [ "${BENCH_ONLY:-}" = fix ]; then
+    run_fix_section
+    splice_fix "$OUT"
+    log "FIX section written into $OUT"
+    exit 0
+fi
+
 # 0. What starting a process costs, without polling: the floor under every one-shot number.
 log "process start alone: fix-monitor --version, ss -V, python3 -c pass"
 hf 0 0 start-fix-monitor "$FM --version" start-ss "ss -V" start-python "$PY -c pass"
@@ -536,6 +610,7 @@ for n in $TCPINFO_NS; do
     stop_load
 done
 if [ "$EBPF" = 1 ] && [ "$ONLY" != tcpinfo ]; then run_ebpf_section; fi
+if [ "${BENCH_FIX:-1}" = 1 ] && [ "$ONLY" != tcpinfo ]; then run_fix_section; fi
 
 END=$(date +%s)
 "$PY" - "$META" "$(( END - START ))" <<'EOF'
@@ -557,5 +632,6 @@ if [ "${BENCH_EVENTS:-1}" = 1 ]; then
 fi
 mv "$OUT.tmp" "$OUT"
 if [ "$EBPF" = 1 ] && [ "$ONLY" != tcpinfo ]; then splice_ebpf "$OUT"; fi
+if [ "${BENCH_FIX:-1}" = 1 ] && [ "$ONLY" != tcpinfo ]; then splice_fix "$OUT"; fi
 cat "$OUT"
 log "done in $(( END - START )) s; report: $OUT; raw results: $RESULTS"

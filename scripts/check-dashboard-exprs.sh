@@ -67,7 +67,15 @@ BEGIN {
         for (i = 0; i <= n; i++) emit("fix_connections_active", L, down ? 0 : 2 + (i % 3 == 0), start + i * step)
         for (i = 0; i <= n; i++) emit("fix_connections_peak", L, 4, start + i * step)
         for (i = 0; i <= n; i++) emit("fix_connections_total", L, 10 + int(i / 4), start + i * step)
-        for (i = 0; i <= n; i++) emit("fix_connections_closed_total", L, 8 + int(i / 4), start + i * step)
+        # who hung up: gw1 runs in eBPF mode (local, remote, reset, unknown), gw2 polls (unknown)
+        if (h == 1) {
+            for (i = 0; i <= n; i++) emit("fix_connections_closed_total", L ",by=\"local\"", 4 + int(i / 8), start + i * step)
+            for (i = 0; i <= n; i++) emit("fix_connections_closed_total", L ",by=\"remote\"", 3 + int(i / 16), start + i * step)
+            for (i = 0; i <= n; i++) emit("fix_connections_closed_total", L ",by=\"reset\"", 1 + int(i / 16), start + i * step)
+            for (i = 0; i <= n; i++) emit("fix_connections_closed_total", L ",by=\"unknown\"", 0, start + i * step)
+        } else {
+            for (i = 0; i <= n; i++) emit("fix_connections_closed_total", L ",by=\"unknown\"", 8 + int(i / 4), start + i * step)
+        }
         for (p = 0; p < 2; p++) {
             LP = L sprintf(",port=\"%d\"", 5001 + p + 10 * g)
             for (i = 0; i <= n; i++) emit("fix_connections_by_port", LP, down ? 0 : 1, start + i * step)
@@ -86,6 +94,26 @@ BEGIN {
         }
         for (i = 0; i <= n; i++) emit("fix_connection_rtt_seconds_count", L, i, start + i * step)
         for (i = 0; i <= n; i++) emit("fix_connection_rtt_seconds_sum", L, i * 0.0002, start + i * step)
+        # FIX sessions (the FIX row of the dashboard): one session per host and target,
+        # logged out where the target is down; gaps, rejects, unanswered orders
+        # now and then; order acks spread over the latency buckets
+        LS = L sprintf(",session=\"GW%d->VEN%d\"", h, g)
+        for (i = 0; i <= n; i++) emit("fix_session_logged_on", LS, down ? 0 : 1, start + i * step)
+        nm = split("Heartbeat NewOrderSingle ExecutionReport", mts, " ")
+        for (m = 1; m <= nm; m++) {
+            emit_dir = (mts[m] == "ExecutionReport") ? "in" : "out"
+            for (i = 0; i <= n; i++) emit("fix_messages_total", LS sprintf(",direction=\"%s\",msg_type=\"%s\"", emit_dir, mts[m]), i * m, start + i * step)
+        }
+        for (i = 0; i <= n; i++) emit("fix_session_sequence_gaps_total", LS ",direction=\"in\"", int(i / 40), start + i * step)
+        for (i = 0; i <= n; i++) emit("fix_session_rejects_total", LS ",direction=\"in\",kind=\"business\"", int(i / 20), start + i * step)
+        for (i = 0; i <= n; i++) emit("fix_orders_unanswered_total", LS, int(i / 60), start + i * step)
+        nab = split("0.0001 0.001 0.01 0.1 1 +Inf", ales, " ")
+        for (b = 1; b <= nab; b++) {
+            LB = LS sprintf(",request=\"new\",le=\"%s\"", ales[b])
+            for (i = 0; i <= n; i++) emit("fix_order_ack_latency_seconds_bucket", LB, int(i * 2 * b / nab), start + i * step)
+        }
+        for (i = 0; i <= n; i++) emit("fix_order_ack_latency_seconds_count", LS ",request=\"new\"", i * 2, start + i * step)
+        for (i = 0; i <= n; i++) emit("fix_order_ack_latency_seconds_sum", LS ",request=\"new\"", i * 0.004, start + i * step)
         # one close per minute; lifetimes spread over the buckets
         for (b = 1; b <= nb; b++) {
             LB = L sprintf(",le=\"%s\"", les[b])

@@ -326,6 +326,9 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
         if let Some((persist, restored)) = persist {
             poller = poller.with_persist(persist, &restored);
         }
+        if settings.poll.process_lookup {
+            poller = poller.with_process_lookup(std::path::Path::new("/proc"));
+        }
         let interval = settings.poll.interval;
         std::thread::Builder::new()
             .name("fix-monitor-poll".into())

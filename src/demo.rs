@@ -13,8 +13,18 @@
 //! polls, and the counts must agree exactly.
 //!
 //! The simulator is one plain thread that owns every socket, so stopping it closes them all.
+//!
+//! The sessions speak real FIX ([`crate::fix::pair`]): Logon with HeartBtInt 1 s, heartbeats,
+//! TestRequests, orders acknowledged after a venue's delay, now and then a
+//! BusinessMessageReject, a sequence gap answered by a ResendRequest, Logouts with a reason
+//! (the gateway's at the end of a session, the venue's in a storm), and a fourth venue that
+//! refuses every Logon. fix-monitor reads it off the wire when it may open a packet socket
+//! (`CAP_NET_RAW`), else from the gateway's message logs in a temp dir (`[[fix.logs]]`). One
+//! venue goes silent for a while (no heartbeats, no answers): its target has `heartbeat` set,
+//! so its sessions turn stale and recover. The FIX counts are checked against the simulator's at
+//! the end as well.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -27,6 +37,9 @@ use tokio::sync::mpsc;
 use crate::app::{self, RunError, Sidecar, StartOptions};
 use crate::config::{self, ConfigErrors, Settings};
 use crate::console::{self, view, Console, ConsoleError, Header, Mode, ReportTo};
+use crate::fix::monitor::{FixReader, FixState};
+use crate::fix::pair::{Gap, Link, LinkTruth, VenueScript};
+use crate::fix::sim::MessageLog;
 use crate::session::hms;
 use crate::tracker::Timestamp;
 
@@ -35,7 +48,74 @@ const VENUES: &[(&str, Ipv4Addr, u16, usize)] = &[
     ("venue-a", Ipv4Addr::new(127, 0, 0, 2), 9876, 6),
     ("venue-b", Ipv4Addr::new(127, 0, 0, 3), 9877, 4),
     ("venue-c", Ipv4Addr::new(127, 0, 0, 4), 9878, 3),
+    ("venue-d", Ipv4Addr::new(127, 0, 0, 5), 9879, 1),
 ];
+
+/// The FIX sessions' HeartBtInt; the targets that heartbeat get `heartbeat` = this.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// The venue that goes silent, when, and for how long (then again every 40-60 s).
+pub const SILENT_VENUE: usize = 2;
+pub const FIRST_SILENCE: Duration = Duration::from_secs(3);
+pub const SILENCE: Duration = Duration::from_secs(5);
+
+/// How each venue speaks FIX (by the index in [`VENUES`]).
+fn script(venue: usize) -> VenueScript {
+    let ms = Duration::from_millis;
+    let name = VENUES[venue].0;
+    let mut s = VenueScript {
+        comp_id: comp_id(venue),
+        ack_delay: (ms(1), ms(5)),
+        refuse_logons: None,
+        business_reject_every: None,
+        gap: None,
+    };
+    match venue {
+        // Fast, and rejects an order now and then.
+        0 => s.business_reject_every = Some(9),
+        // Slower, and leaves sequence gaps.
+        1 => {
+            s.ack_delay = (ms(10), ms(40));
+            s.gap = Some(Gap {
+                first: 3,
+                every: 60,
+                size: 3,
+            });
+        }
+        // Slow (and the one that goes silent).
+        2 => s.ack_delay = (ms(40), ms(150)),
+        // Refuses every Logon.
+        _ => s.refuse_logons = Some(format!("{name}: logon refused, unknown CompID")),
+    }
+    s
+}
+
+/// The venue's CompID (`VENUEA`...).
+fn comp_id(venue: usize) -> String {
+    format!("VENUE{}", (b'A' + venue as u8) as char)
+}
+
+/// The gateway's CompID on its `k`-th session (from 1) to `venue` (`GWA1`...): each session its
+/// own, as FIX sessions are.
+fn gw_comp_id(venue: usize, k: usize) -> String {
+    format!("GW{}{k}", (b'A' + venue as u8) as char)
+}
+
+/// Whether a venue's target gets `heartbeat` (the refusing venue holds no logged-on session, so
+/// silence on it means nothing).
+fn heartbeats(venue: usize) -> bool {
+    script(venue).refuse_logons.is_none()
+}
+
+/// Where fix-monitor reads the demo's FIX from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum FixSource {
+    /// Capture when this process may open a packet socket, else the log.
+    #[default]
+    Auto,
+    Capture,
+    Log,
+}
 
 /// The gateway's local ports for FIX sessions (the original monitor's default range).
 pub const LOCAL_PORTS: (u16, u16) = (5000, 5999);
@@ -57,6 +137,7 @@ pub struct DemoOptions {
     pub listen: Option<SocketAddr>,
     /// Write the `watch` report here at the end.
     pub report: Option<PathBuf>,
+    pub fix_source: FixSource,
     pub mode: Mode,
 }
 
@@ -64,6 +145,8 @@ pub struct DemoOptions {
 pub enum DemoError {
     #[error("cannot set up the simulated venues: {0}")]
     Venues(io::Error),
+    #[error("cannot create the simulated gateway's log directory: {0}")]
+    LogDir(io::Error),
     #[error("the demo's own configuration is invalid (a bug):\n{0}")]
     Config(ConfigErrors),
     #[error(transparent)]
@@ -73,11 +156,103 @@ pub enum DemoError {
 }
 
 /// What the simulated gateway did with one venue.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct VenueCounts {
     pub name: String,
     pub opened: u64,
     pub closed: u64,
+    /// Its FIX sessions, summed.
+    pub fix: LinkTruth,
+    /// When the venue was silent (from, to).
+    pub silences: Vec<(Instant, Instant)>,
+}
+
+/// One venue's FIX sessions, summed: what the simulator did or what fix-monitor saw, printed in
+/// one line so that the two compare at a glance (and the demo's test parses them).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FixTally {
+    pub logons: u64,
+    pub logouts_us: u64,
+    pub logouts_them: u64,
+    pub sent: BTreeMap<String, u64>,
+    pub received: BTreeMap<String, u64>,
+    pub gaps_in: u64,
+    pub gap_messages_in: u64,
+    pub resend_requests_out: u64,
+    pub test_requests_out: u64,
+    pub business_rejects_in: u64,
+    pub orders_answered: u64,
+    pub orders_rejected: u64,
+    pub last_logout_text: Option<String>,
+}
+
+impl FixTally {
+    fn of_truth(t: &LinkTruth) -> FixTally {
+        FixTally {
+            logons: t.logons,
+            logouts_us: t.logouts_us,
+            logouts_them: t.logouts_them,
+            sent: t.sent.clone(),
+            received: t.received.clone(),
+            gaps_in: t.gaps_in,
+            gap_messages_in: t.gap_messages_in,
+            resend_requests_out: t.resend_requests_out,
+            test_requests_out: t.test_requests_out,
+            business_rejects_in: t.business_rejects_in,
+            orders_answered: t.orders_answered,
+            orders_rejected: t.orders_rejected,
+            last_logout_text: None,
+        }
+    }
+
+    /// fix-monitor's sessions of `target`, summed.
+    fn of_state(state: &FixState, target: &str) -> FixTally {
+        let mut t = FixTally::default();
+        for s in state
+            .sessions
+            .iter()
+            .filter(|s| s.target.as_deref() == Some(target))
+        {
+            t.logons += s.logons;
+            t.logouts_us += s.logouts_us;
+            t.logouts_them += s.logouts_them;
+            for (k, v) in &s.outbound.by_type {
+                *t.sent.entry(k.clone()).or_default() += v;
+            }
+            for (k, v) in &s.inbound.by_type {
+                *t.received.entry(k.clone()).or_default() += v;
+            }
+            t.gaps_in += s.inbound.sequence_gaps;
+            t.gap_messages_in += s.inbound.sequence_gap_messages;
+            t.resend_requests_out += s.outbound.resend_requests;
+            t.test_requests_out += s.outbound.test_requests;
+            t.business_rejects_in += s.inbound.business_rejects;
+            t.orders_answered += s.orders_answered;
+            t.orders_rejected += s.orders_rejected;
+        }
+        t
+    }
+
+    /// `name k=v ...` (the counts that FIX desks look at; messages as totals).
+    pub fn line(&self, name: &str) -> String {
+        format!(
+            "{name} logons={} logouts_us={} logouts_them={} sent={} received={} gaps={} \
+             gap_messages={} resend_requests={} test_requests={} rejects={} answered={} \
+             rejected={}",
+            self.logons,
+            self.logouts_us,
+            self.logouts_them,
+            self.sent.values().sum::<u64>(),
+            self.received.values().sum::<u64>(),
+            self.gaps_in,
+            self.gap_messages_in,
+            self.resend_requests_out,
+            self.test_requests_out,
+            self.business_rejects_in,
+            self.orders_answered,
+            self.orders_rejected,
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,8 +268,31 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DemoError> {
     let venues = bind_venues().map_err(DemoError::Venues)?;
-    let settings = settings(&venues, options.interval)?;
+    let capture = match options.fix_source {
+        FixSource::Auto => capture_permitted(),
+        FixSource::Capture => true,
+        FixSource::Log => false,
+    };
+    // Without capture, the gateway writes its message logs here and fix-monitor follows them.
+    let log_dir = if capture {
+        None
+    } else {
+        let d = std::env::temp_dir().join(format!("fix-monitor-demo-{}", std::process::id()));
+        std::fs::create_dir_all(&d).map_err(DemoError::LogDir)?;
+        Some(LogDir(d))
+    };
+    let settings = settings(&venues, options.interval, log_dir.as_ref().map(|d| &d.0))?;
     let sidecar = start_sidecar(settings, options.listen).await?;
+    let fix = sidecar.fix();
+    let fix_source = match (&log_dir, &fix.get().capture_error) {
+        (Some(d), _) => format!(
+            "FIX: read from the gateway's message logs in {} ([[fix.logs]]; no privileges \
+             needed; with CAP_NET_RAW or as root the demo reads the wire instead)",
+            d.0.display()
+        ),
+        (None, None) => "FIX: read off the wire (a packet socket on loopback; CAP_NET_RAW)".into(),
+        (None, Some(e)) => format!("FIX: capture was asked for and failed: {e}"),
+    };
     let state = sidecar.state().clone();
     let url = format!(
         "http://{}",
@@ -127,6 +325,13 @@ pub async fn run(
                 LOCAL_PORTS.1,
                 venue_list.join(", ")
             ),
+            fix_source.clone(),
+            format!(
+                "{} refuses every logon; {} goes silent for {} now and then (stale, then recovers)",
+                VENUES[VENUES.len() - 1].0,
+                VENUES[SILENT_VENUE].0,
+                humantime::format_duration(SILENCE)
+            ),
         ],
         footer: match options.duration {
             Some(d) => format!("Ctrl+C ends the demo (it ends by itself after {})", hms(d)),
@@ -135,7 +340,12 @@ pub async fn run(
     };
     let (notes_tx, notes_rx) = mpsc::unbounded_channel();
     let mut console = Console::new(&sidecar, header, options.mode, Some(notes_rx));
-    let sim = Simulator::start(venues, options.interval, notes_tx);
+    let sim = Simulator::start(
+        venues,
+        options.interval,
+        notes_tx,
+        log_dir.as_ref().map(|d| d.0.clone()),
+    );
     let began = Instant::now();
 
     let mut shutdown = Box::pin(shutdown);
@@ -157,6 +367,11 @@ pub async fn run(
     // Let the sidecar see the last closes (two polls, and slack for a slow one).
     let deadline = Instant::now() + options.interval * 3 + Duration::from_secs(2);
     let seen = console.run_until(all_closed(&sidecar, deadline)).await;
+    // And the FIX layer has read the last messages (the log is read every 250 ms).
+    let fix_deadline = Instant::now() + Duration::from_secs(3);
+    let fix_agree = console
+        .run_until(fix_agrees(&fix, &counts, fix_deadline))
+        .await;
     if seen {
         console.note("fix-monitor has seen every session close");
         if ended_by == End::Duration {
@@ -218,9 +433,85 @@ pub async fn run(
         "fix-monitor's counts differ from the simulator's (was the machine too busy to poll on time?)"
             .into()
     });
+    out.push(fix_source);
+    let state = fix.get();
+    for c in &counts {
+        out.push(format!(
+            "simulated FIX: {}",
+            FixTally::of_truth(&c.fix).line(&c.name)
+        ));
+        out.push(format!(
+            "fix-monitor FIX: {}",
+            FixTally::of_state(&state, &c.name).line(&c.name)
+        ));
+        if c.fix.orders_answered > 0 {
+            out.push(format!(
+                "simulated FIX latency: {} answered={} venue_delay_sum={:.6} round_trip_sum={:.6}",
+                c.name,
+                c.fix.orders_answered,
+                c.fix.delay_sum.as_secs_f64(),
+                c.fix.round_trip_sum.as_secs_f64()
+            ));
+        }
+        if let Some(text) = &c.fix.last_logout_text {
+            out.push(format!("{}: last Logout text: {text}", c.name));
+        }
+        for (from, to) in &c.silences {
+            out.push(format!(
+                "simulated silence: {} from +{:.3}s to +{:.3}s",
+                c.name,
+                from.saturating_duration_since(began).as_secs_f64(),
+                to.saturating_duration_since(began).as_secs_f64()
+            ));
+        }
+    }
+    out.push(if fix_agree {
+        "fix-monitor's FIX counts equal the simulator's".into()
+    } else {
+        "fix-monitor's FIX counts differ from the simulator's".into()
+    });
+    drop(log_dir);
     println!("{}", out.join("\n"));
     report?;
     Ok(())
+}
+
+/// The demo's log directory, removed when dropped.
+struct LogDir(PathBuf);
+
+impl Drop for LogDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn capture_permitted() -> bool {
+    crate::fix::capture::permitted()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn capture_permitted() -> bool {
+    false
+}
+
+/// Resolves true once fix-monitor's FIX counts equal the simulator's for every venue, false at
+/// `deadline`.
+async fn fix_agrees(fix: &FixReader, counts: &[VenueCounts], deadline: Instant) -> bool {
+    loop {
+        let state = fix.get();
+        if counts
+            .iter()
+            .all(|c| FixTally::of_state(&state, &c.name) == FixTally::of_truth(&c.fix))
+        {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        // The FIX layer publishes every round; there is no change notification to wait on.
+        tokio::time::sleep(crate::fix::monitor::ROUND / 2).await;
+    }
 }
 
 async fn sleep_for(d: Option<Duration>) {
@@ -272,23 +563,47 @@ fn bind_venues() -> io::Result<Vec<Venue>> {
         .collect()
 }
 
-/// The sidecar's configuration: one target per venue, as an operator would write it.
-fn settings(venues: &[Venue], interval: Duration) -> Result<Settings, DemoError> {
+/// The sidecar's configuration: one target per venue, as an operator would write it; FIX from
+/// the wire, or from the gateway's logs in `log_dir`.
+fn settings(
+    venues: &[Venue],
+    interval: Duration,
+    log_dir: Option<&PathBuf>,
+) -> Result<Settings, DemoError> {
     let mut toml = String::new();
-    for v in venues {
+    let mut ours = Vec::new();
+    for (i, v) in venues.iter().enumerate() {
         toml.push_str(&format!(
-            "[[targets]]\nname = \"{}\"\naddress = \"{}\"\nport = {}\nlocal_ports = [{}, {}]\n\n",
+            "[[targets]]\nname = \"{}\"\naddress = \"{}\"\nport = {}\nlocal_ports = [{}, {}]\n\
+             comp_ids = [\"{}\"]\n",
             v.name,
             v.addr.ip(),
             v.addr.port(),
             LOCAL_PORTS.0,
-            LOCAL_PORTS.1
+            LOCAL_PORTS.1,
+            comp_id(i),
         ));
+        if heartbeats(i) {
+            toml.push_str(&format!(
+                "heartbeat = \"{}\"\n",
+                humantime::format_duration(HEARTBEAT)
+            ));
+        }
+        toml.push('\n');
+        ours.extend((1..=v.sessions).map(|k| format!("\"{}\"", gw_comp_id(i, k))));
     }
     toml.push_str(&format!(
-        "[poll]\ninterval = \"{}\"\n",
-        humantime::format_duration(interval)
+        "[poll]\ninterval = \"{}\"\n\n[fix]\nour_comp_ids = [{}]\n",
+        humantime::format_duration(interval),
+        ours.join(", ")
     ));
+    match log_dir {
+        Some(d) => toml.push_str(&format!(
+            "[[fix.logs]]\npath = \"{}\"\n",
+            d.join("*.messages.log").display()
+        )),
+        None => toml.push_str("capture = true\n"),
+    }
     config::parse_toml_str(&toml, "(demo)")
         .map(|l| l.settings)
         .map_err(DemoError::Config)
@@ -325,12 +640,18 @@ struct Simulator {
 }
 
 impl Simulator {
-    fn start(venues: Vec<Venue>, interval: Duration, notes: mpsc::UnboundedSender<String>) -> Self {
+    fn start(
+        venues: Vec<Venue>,
+        interval: Duration,
+        notes: mpsc::UnboundedSender<String>,
+        log_dir: Option<PathBuf>,
+    ) -> Self {
         let (stop, stopped) = std_mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("fix-monitor-demo".into())
             .spawn(move || {
                 let mut sim = Sim::new(venues, interval, notes, Instant::now());
+                sim.log_dir = log_dir;
                 let mut ending = false;
                 loop {
                     let now = Instant::now();
@@ -341,7 +662,11 @@ impl Simulator {
                     } else {
                         sim.tick(now);
                     }
-                    match stopped.recv_timeout(TICK) {
+                    // Wake for the next acknowledgement due, or a tick.
+                    let wait = sim.next_due().map_or(TICK, |d| {
+                        d.saturating_duration_since(Instant::now()).min(TICK)
+                    });
+                    match stopped.recv_timeout(wait) {
                         Err(std_mpsc::RecvTimeoutError::Timeout) => {}
                         _ => ending = true,
                     }
@@ -362,14 +687,17 @@ impl Simulator {
 
 struct VenueState {
     venue: Venue,
-    /// Accepted connections, by the gateway's address (the peer).
-    held: HashMap<SocketAddr, TcpStream>,
+    script: VenueScript,
     opened: u64,
     closed: u64,
+    /// Its FIX sessions' truth, added as each ends.
+    fix: LinkTruth,
+    silences: Vec<(Instant, Instant)>,
 }
 
 struct Session {
-    stream: TcpStream,
+    /// The FIX session over the connection, both ends.
+    link: Link,
     local: SocketAddr,
     since: Instant,
     until: Instant,
@@ -378,7 +706,7 @@ struct Session {
 enum Slot {
     /// Waiting to (re)connect at this time.
     Waiting(Instant),
-    Live(Session),
+    Live(Box<Session>),
 }
 
 /// A venue dropping every session, several rounds in a row.
@@ -399,6 +727,13 @@ struct Sim {
     next_storm: Instant,
     storm: Option<Storm>,
     notes: mpsc::UnboundedSender<String>,
+    /// The gateway's CompID per slot.
+    comp_ids: Vec<String>,
+    /// Where the gateway writes its message logs (when fix-monitor reads the logs).
+    log_dir: Option<PathBuf>,
+    next_silence: Instant,
+    /// The silent venue is silent since this time.
+    silent_since: Option<Instant>,
 }
 
 impl Sim {
@@ -411,20 +746,25 @@ impl Sim {
         let mut rng = fastrand::Rng::new();
         let min_life = interval * 2 + Duration::from_secs(1);
         let mut slots = Vec::new();
+        let mut comp_ids = Vec::new();
         for (i, v) in venues.iter().enumerate() {
-            for _ in 0..v.sessions {
+            for k in 0..v.sessions {
                 // The sessions log on over the first two seconds, not all at once.
                 slots.push((i, Slot::Waiting(now + ms(&mut rng, 0, 2000))));
+                comp_ids.push(gw_comp_id(i, k + 1));
             }
         }
         Sim {
             venues: venues
                 .into_iter()
-                .map(|venue| VenueState {
+                .enumerate()
+                .map(|(i, venue)| VenueState {
                     venue,
-                    held: HashMap::new(),
+                    script: script(i),
                     opened: 0,
                     closed: 0,
+                    fix: LinkTruth::default(),
+                    silences: Vec::new(),
                 })
                 .collect(),
             slots,
@@ -434,23 +774,75 @@ impl Sim {
             next_storm: now + (min_life * 2 + Duration::from_secs(2)).max(Duration::from_secs(5)),
             storm: None,
             notes,
+            comp_ids,
+            log_dir: None,
+            next_silence: now + FIRST_SILENCE,
+            silent_since: None,
+        }
+    }
+
+    fn silent(&self, venue: usize) -> bool {
+        venue == SILENT_VENUE && self.silent_since.is_some()
+    }
+
+    /// The earliest acknowledgement due on any session.
+    fn next_due(&self) -> Option<Instant> {
+        self.slots
+            .iter()
+            .filter_map(|(_, s)| match s {
+                Slot::Live(s) => s.link.next_due(),
+                Slot::Waiting(_) => None,
+            })
+            .min()
+    }
+
+    /// The silent venue: goes quiet at its time, answers again after [`SILENCE`].
+    fn silence(&mut self, now: Instant) {
+        let name = self.venues[SILENT_VENUE].venue.name;
+        match self.silent_since {
+            Some(since) if now >= since + SILENCE => {
+                self.silent_since = None;
+                self.venues[SILENT_VENUE].silences.push((since, now));
+                self.next_silence = now + ms(&mut self.rng, 40_000, 60_000);
+                let _ = self.notes.send(format!(
+                    "{name} answers again after {}: its sessions recover",
+                    humantime::format_duration(SILENCE)
+                ));
+            }
+            None if now >= self.next_silence => {
+                self.silent_since = Some(now);
+                let _ = self.notes.send(format!(
+                    "{name} goes silent for {} (no heartbeats, no answers): its sessions turn \
+                     stale after {} (stale_after, twice the heartbeat)",
+                    humantime::format_duration(SILENCE),
+                    humantime::format_duration(HEARTBEAT * 2)
+                ));
+            }
+            _ => {}
         }
     }
 
     fn tick(&mut self, now: Instant) {
-        for v in &mut self.venues {
-            while let Ok((stream, peer)) = v.venue.listener.accept() {
-                v.held.insert(peer, stream);
-            }
-        }
+        self.silence(now);
         for i in 0..self.slots.len() {
             let venue = self.slots[i].0;
+            let silent = self.silent(venue);
+            let broken = match &mut self.slots[i].1 {
+                Slot::Live(s) => s.link.step(now, silent).err(),
+                Slot::Waiting(_) => None,
+            };
+            if let Some(e) = broken {
+                tracing::debug!(error = %e, "demo: a FIX session broke");
+                self.end(i, false);
+                self.slots[i].1 = Slot::Waiting(now + Duration::from_secs(1));
+                continue;
+            }
             match &self.slots[i].1 {
                 Slot::Waiting(at) if *at <= now => {
-                    let next = match self.connect(venue, now) {
+                    let next = match self.connect(i, venue, now) {
                         Ok(s) => {
                             self.venues[venue].opened += 1;
-                            Slot::Live(s)
+                            Slot::Live(Box::new(s))
                         }
                         Err(e) => {
                             tracing::debug!(error = %e, "demo: connect failed, retrying");
@@ -459,10 +851,14 @@ impl Sim {
                     };
                     self.slots[i].1 = next;
                 }
-                Slot::Live(s) if s.until <= now => {
+                Slot::Live(s) if s.until <= now && !silent => {
                     // The gateway logs out: it closes first.
                     self.end(i, false);
-                    let pause = ms(&mut self.rng, 500, 3000);
+                    let pause = if self.venues[venue].script.refuse_logons.is_some() {
+                        ms(&mut self.rng, 2000, 4000)
+                    } else {
+                        ms(&mut self.rng, 500, 3000)
+                    };
                     self.slots[i].1 = Slot::Waiting(now + pause);
                 }
                 _ => {}
@@ -473,7 +869,11 @@ impl Sim {
 
     fn storms(&mut self, now: Instant) {
         if self.storm.is_none() && now >= self.next_storm {
-            let venue = self.rng.usize(..self.venues.len());
+            // A venue with sessions logged on (not the refusing one), not while silent.
+            let mut venue = self.rng.usize(..=SILENT_VENUE);
+            if self.silent(venue) {
+                venue = 0;
+            }
             let _ = self.notes.send(format!(
                 "{} drops every session, three times in a row: a reconnect storm",
                 self.venues[venue].venue.name
@@ -496,6 +896,7 @@ impl Sim {
         let over = storm.rounds_left == 0;
         for i in 0..self.slots.len() {
             let drop_it = self.slots[i].0 == venue
+                && !self.silent(venue)
                 && matches!(&self.slots[i].1, Slot::Live(s) if now - s.since >= self.min_life);
             if drop_it {
                 // The venue drops the session: it closes first; the gateway retries quickly.
@@ -514,8 +915,9 @@ impl Sim {
         }
     }
 
-    /// Connects a session to `venue` from a free local port in [`LOCAL_PORTS`].
-    fn connect(&mut self, venue: usize, now: Instant) -> io::Result<Session> {
+    /// Connects slot `slot`'s session to `venue` from a free local port in [`LOCAL_PORTS`],
+    /// takes the venue's end from its listener and sends the Logon.
+    fn connect(&mut self, slot: usize, venue: usize, now: Instant) -> io::Result<Session> {
         use socket2::{Domain, Socket, Type};
         let in_use: HashSet<u16> = self
             .slots
@@ -541,9 +943,27 @@ impl Sim {
                 .and_then(|_| socket.connect_timeout(&remote.into(), Duration::from_secs(1)));
             match attempt {
                 Ok(()) => {
-                    let life = ms(&mut self.rng, 3000, 20_000).max(self.min_life);
+                    let stream: TcpStream = socket.into();
+                    let accepted = self.accept(venue, local)?;
+                    let refusing = self.venues[venue].script.refuse_logons.is_some();
+                    let life = if refusing {
+                        self.min_life
+                    } else {
+                        ms(&mut self.rng, 3000, 20_000).max(self.min_life)
+                    };
+                    let gw = &self.comp_ids[slot];
+                    let script = self.venues[venue].script.clone();
+                    let log = match &self.log_dir {
+                        Some(d) => Some(MessageLog::create(
+                            &d.join(format!("{gw}-{}.messages.log", script.comp_id)),
+                            false,
+                        )?),
+                        None => None,
+                    };
+                    let pace = (Duration::from_millis(300), Duration::from_millis(1500));
+                    let link = Link::open(stream, accepted, gw, script, HEARTBEAT, pace, log)?;
                     return Ok(Session {
-                        stream: socket.into(),
+                        link,
                         local,
                         since: now,
                         until: now + life,
@@ -555,20 +975,40 @@ impl Sim {
         Err(last)
     }
 
-    /// Ends the live session in slot `i`; `venue_first`: the venue closes its side first.
+    /// The venue's end of the connection from `local` (it is in the listener's queue once
+    /// connect returns on loopback; others found there are not ours and are dropped).
+    fn accept(&mut self, venue: usize, local: SocketAddr) -> io::Result<TcpStream> {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            match self.venues[venue].venue.listener.accept() {
+                Ok((s, peer)) if peer == local => {
+                    s.set_nonblocking(false)?;
+                    return Ok(s);
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Ends the live session in slot `i` with a Logout; `venue_first`: the venue logs out (a
+    /// reason given) and closes its side first.
     fn end(&mut self, i: usize, venue_first: bool) {
         let venue = self.slots[i].0;
         let slot = std::mem::replace(&mut self.slots[i].1, Slot::Waiting(Instant::now()));
         if let Slot::Live(s) = slot {
             let v = &mut self.venues[venue];
-            let server = v.held.remove(&s.local);
-            if venue_first {
-                drop(server);
-                drop(s.stream);
-            } else {
-                drop(s.stream);
-                drop(server);
+            let reason = format!("{}: maintenance, reconnect later", v.venue.name);
+            let (truth, r) = s
+                .link
+                .log_out(venue_first.then_some(reason.as_str()), "end of session");
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "demo: a FIX logout failed");
             }
+            v.fix.add(&truth);
             v.closed += 1;
         }
     }
@@ -576,10 +1016,8 @@ impl Sim {
     /// Ending: opens nothing more, and logs out every session old enough. True once none is
     /// left.
     fn log_out(&mut self, now: Instant) -> bool {
-        for v in &mut self.venues {
-            while let Ok((stream, peer)) = v.venue.listener.accept() {
-                v.held.insert(peer, stream);
-            }
+        if let Some(since) = self.silent_since.take() {
+            self.venues[SILENT_VENUE].silences.push((since, now));
         }
         let mut left = false;
         for i in 0..self.slots.len() {
@@ -603,6 +1041,8 @@ impl Sim {
                 name: v.venue.name.to_owned(),
                 opened: v.opened,
                 closed: v.closed,
+                fix: v.fix,
+                silences: v.silences,
             })
             .collect()
     }
@@ -619,9 +1059,18 @@ mod tests {
     #[test]
     fn the_demo_configuration_is_valid() {
         let venues = bind_venues().unwrap();
-        let s = settings(&venues, Duration::from_millis(250)).unwrap();
+        let s = settings(&venues, Duration::from_millis(250), None).unwrap();
         assert_eq!(s.targets.len(), VENUES.len());
+        assert!(s.fix.capture && s.fix.logs.is_empty());
+        assert_eq!(s.fix.our_comp_ids.len(), 14);
+        assert_eq!(s.fix.target_comp_ids[1], vec!["VENUEB".to_string()]);
+        let dir = PathBuf::from("/tmp/x");
+        let l = settings(&venues, Duration::from_millis(250), Some(&dir)).unwrap();
+        assert!(!l.fix.capture);
+        assert_eq!(l.fix.log_paths(), vec!["/tmp/x/*.messages.log".to_string()]);
         assert_eq!(s.poll.interval, Duration::from_millis(250));
+        assert_eq!(s.targets.get(SILENT_VENUE).stale_after, Some(HEARTBEAT * 2));
+        assert_eq!(s.targets.get(VENUES.len() - 1).stale_after, None);
         for (t, v) in s.targets.iter().zip(&venues) {
             assert!(t.matches(&"127.0.0.1:5000".parse().unwrap(), &v.addr));
             assert!(!t.matches(&"127.0.0.1:6000".parse().unwrap(), &v.addr));

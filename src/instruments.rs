@@ -7,8 +7,9 @@
 //! Names are chosen so that the Prometheus exposition (which appends `_total` to counters and
 //! the unit to the name) yields exactly the original tool's names: `fix_connections_total`,
 //! `fix_connections_active`, ... Cardinality is bounded: the only attributes are the target
-//! name (from config) and, for `fix_connections_by_port`, local ports of targets that declare a
-//! `local_ports` range, capped at [`BY_PORT_LIMIT`] series.
+//! name (from config), who hung up (`by`, four values) on `fix_connections_closed_total`, and,
+//! for `fix_connections_by_port`, local ports of targets that declare a `local_ports` range,
+//! capped at [`BY_PORT_LIMIT`] series.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -19,16 +20,16 @@ use opentelemetry::KeyValue;
 use opentelemetry_sdk::Resource;
 
 use crate::health::{GroupHealth, HealthPoll};
-use crate::source::SourceKind;
+use crate::source::{ClosedBy, SourceKind};
 use crate::target::{TargetId, Targets};
-use crate::tracker::{Event, TargetStats, Tracker};
+use crate::tracker::{ConnKey, Event, TargetStats, Tracker};
 
 /// Instrument names (before the exporter's unit and `_total` suffixes).
 pub mod names {
     pub const ACTIVE: &str = "fix_connections_active";
     /// Exposed as `fix_connections_total`: connections opened (first seen).
     pub const OPENED: &str = "fix_connections";
-    /// Exposed as `fix_connections_closed_total`.
+    /// Exposed as `fix_connections_closed_total`, with the `by` attribute (who hung up).
     pub const CLOSED: &str = "fix_connections_closed";
     pub const PEAK: &str = "fix_connections_peak";
     /// Exposed as `fix_connection_duration_seconds`.
@@ -87,6 +88,9 @@ pub mod attrs {
     pub const SOURCE: &str = "source";
     /// Which exporter a self-metric is about (`otlp`).
     pub const EXPORTER: &str = "exporter";
+    /// Who hung up, on `fix_connections_closed_total`: `local`, `remote`, `reset`, `unknown`
+    /// ([`crate::source::ClosedBy`]).
+    pub const BY: &str = "by";
 }
 
 /// Most `fix_connections_by_port` series at once; ports past it are left out (and logged once).
@@ -186,6 +190,9 @@ pub struct Instruments {
     false_closes_avoided: Counter<u64>,
     events_unattributed: Counter<u64>,
     target_attrs: Arc<Vec<[KeyValue; 1]>>,
+    /// `target` and `by` for `closed`, per target, indexed by [`ClosedBy`] as in
+    /// [`ClosedBy::ALL`].
+    closed_attrs: Vec<[[KeyValue; 2]; 4]>,
     gauges: Arc<Mutex<GaugeValues>>,
     health: Option<HealthInstruments>,
 }
@@ -293,12 +300,33 @@ impl Instruments {
                 .u64_counter(names::EVENTS_UNATTRIBUTED)
                 .with_description("Close events of aborted connections no poll saw that could not be attributed to one target without doubt")
                 .build(),
+            closed_attrs: targets
+                .iter()
+                .map(|t| {
+                    ClosedBy::ALL.map(|by| {
+                        [
+                            KeyValue::new(attrs::TARGET, t.name.clone()),
+                            KeyValue::new(attrs::BY, by.as_str()),
+                        ]
+                    })
+                })
+                .collect(),
             target_attrs,
             gauges,
         };
+        // Only the `by` values this source can tell start at 0: polling alone never knows who
+        // hung up, and a `by="local"` series stuck at 0 there would pass for a measurement.
+        let known: &[ClosedBy] = match source {
+            SourceKind::Ebpf => &ClosedBy::ALL,
+            _ => &[ClosedBy::Unknown],
+        };
+        for by in known {
+            for a in &instruments.closed_attrs {
+                instruments.closed.add(0, &a[by_index(*by)]);
+            }
+        }
         for a in instruments.target_attrs.iter() {
             instruments.opened.add(0, a);
-            instruments.closed.add(0, a);
             if let Some(h) = &instruments.health {
                 h.retransmits.add(0, a);
                 h.received.add(0, a);
@@ -315,20 +343,23 @@ impl Instruments {
         instruments
     }
 
-    /// Counts what the tracker reported.
-    pub fn record_events(&self, events: &[Event]) {
+    /// Counts what the tracker reported; `by` says who hung up for each close (what the source
+    /// saw, [`ClosedBy::Unknown`] where it saw nothing).
+    pub fn record_events(&self, events: &[Event], by: impl Fn(&ConnKey) -> ClosedBy) {
         for e in events {
             match e {
                 Event::Opened(c) => self.opened.add(1, &self.target_attrs[c.target]),
                 Event::ShortLived { conn, .. } => {
                     let a = &self.target_attrs[conn.target];
                     self.opened.add(1, a);
-                    self.closed.add(1, a);
+                    self.closed
+                        .add(1, &self.closed_attrs[conn.target][by_index(by(&conn.key))]);
                     self.short_lived.add(1, a);
                 }
                 Event::Closed { conn, duration, .. } => {
                     let a = &self.target_attrs[conn.target];
-                    self.closed.add(1, a);
+                    self.closed
+                        .add(1, &self.closed_attrs[conn.target][by_index(by(&conn.key))]);
                     if !conn.preexisting {
                         self.duration.record(duration.as_secs_f64(), a);
                     }
@@ -396,6 +427,16 @@ impl Instruments {
     /// Replaces what the gauges report at the next collection.
     pub fn set_gauges(&self, values: GaugeValues) {
         *self.gauges.lock().unwrap_or_else(|e| e.into_inner()) = values;
+    }
+}
+
+/// Where `by` sits in [`ClosedBy::ALL`] (and in [`Instruments::closed_attrs`]).
+fn by_index(by: ClosedBy) -> usize {
+    match by {
+        ClosedBy::Local => 0,
+        ClosedBy::Remote => 1,
+        ClosedBy::Reset => 2,
+        ClosedBy::Unknown => 3,
     }
 }
 
@@ -563,4 +604,16 @@ pub fn resource(host: &str) -> Resource {
         .with_attributes(ours)
         .with_attributes(from_env.map(|(k, v)| KeyValue::new(k.clone(), v.clone())))
         .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn by_index_follows_closed_by_all() {
+        for (i, by) in ClosedBy::ALL.iter().enumerate() {
+            assert_eq!(by_index(*by), i, "{by:?}");
+        }
+    }
 }

@@ -92,6 +92,10 @@ struct DemoArgs {
     /// Also write the JSON report (as `watch` does) here at the end.
     #[arg(long, value_name = "PATH")]
     report: Option<PathBuf>,
+    /// How fix-monitor reads the simulated FIX: `capture` (the wire; needs CAP_NET_RAW), `log`
+    /// (the gateway's message log) or `auto` (capture when permitted, else the log).
+    #[arg(long, value_name = "SOURCE", default_value = "auto")]
+    fix_source: demo::FixSource,
 }
 
 fn main() -> ExitCode {
@@ -268,6 +272,7 @@ fn demo_options(args: DemoArgs) -> Result<DemoOptions, String> {
         interval: duration("--interval", args.interval)?.unwrap_or(config::defaults::INTERVAL),
         listen,
         report: args.report,
+        fix_source: args.fix_source,
         mode: Mode::detect(),
     })
 }

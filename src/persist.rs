@@ -235,9 +235,35 @@ impl StateDir {
         })
     }
 
+    /// Whether `dir` could hold the state file, without changing anything (for the
+    /// configuration's check, which also runs for `fix-monitor config`): an existing directory
+    /// must be writable and searchable, a missing one must have its nearest existing ancestor
+    /// so (it is created at start, by [`StateDir::open`]).
+    pub fn check_could_write(dir: &Path) -> io::Result<()> {
+        let mut at = dir;
+        loop {
+            match fs::metadata(at) {
+                Ok(meta) if meta.is_dir() => return access_write(at),
+                Ok(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::NotADirectory,
+                        format!("{} is not a directory", at.display()),
+                    ))
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    at = match at.parent() {
+                        Some(p) if !p.as_os_str().is_empty() => p,
+                        _ => Path::new("."),
+                    };
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Whether `dir` can hold the state file: created if missing, and a file written and
-    /// removed in it. For the configuration's check.
-    pub fn check_writable(dir: &Path) -> io::Result<()> {
+    /// removed in it.
+    fn check_writable(dir: &Path) -> io::Result<()> {
         fs::create_dir_all(dir)?;
         let probe = dir.join(format!(".write-test.{}", std::process::id()));
         fs::write(&probe, b"")?;
@@ -286,6 +312,30 @@ impl StateDir {
         }
         result
     }
+}
+
+/// `access(2)` for writing and searching: the process's own permissions, a read-only mount
+/// included, without creating anything.
+#[cfg(unix)]
+fn access_write(dir: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: a valid NUL-terminated path.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Elsewhere only the read-only attribute can be read without writing.
+#[cfg(not(unix))]
+fn access_write(dir: &Path) -> io::Result<()> {
+    if fs::metadata(dir)?.permissions().readonly() {
+        return Err(io::Error::new(io::ErrorKind::PermissionDenied, "read-only"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -390,6 +440,23 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_config_check_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("a/b/state");
+        StateDir::check_could_write(&missing).unwrap();
+        assert!(
+            !dir.path().join("a").exists(),
+            "the check created a directory"
+        );
+        StateDir::check_could_write(dir.path()).unwrap();
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+        let file = dir.path().join("file");
+        fs::write(&file, b"x").unwrap();
+        assert!(StateDir::check_could_write(&file).is_err());
+        assert!(StateDir::check_could_write(&file.join("state")).is_err());
     }
 
     #[test]

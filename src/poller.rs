@@ -143,6 +143,9 @@ pub struct Poller {
     losing: bool,
     /// The tracker's self-check counts already recorded (false closes avoided, unattributed).
     checks_seen: (u64, u64),
+    /// `poll.process_lookup`: names the process of each new session from `/proc/*/fd`.
+    #[cfg(target_os = "linux")]
+    owners: Option<crate::source::proc_owner::ProcOwners>,
 }
 
 /// The state file and when it was last written.
@@ -200,7 +203,46 @@ impl Poller {
             persist: None,
             losing: false,
             checks_seen: (0, 0),
+            #[cfg(target_os = "linux")]
+            owners: None,
         }
+    }
+
+    /// `poll.process_lookup`: names the process owning each new session (netlink and procfs
+    /// sources, from `/proc/*/fd` under `proc_root`); says in the log and in `/health` where it
+    /// cannot.
+    pub fn with_process_lookup(mut self, proc_root: &std::path::Path) -> Poller {
+        use crate::source::SourceKind;
+        let kind = self.source.kind();
+        let reason = match kind {
+            SourceKind::Netlink | SourceKind::Procfs if cfg!(target_os = "linux") => None,
+            SourceKind::Ebpf => Some(
+                "the ebpf source names the process that connected by itself; \
+                 poll.process_lookup is not used",
+            ),
+            _ => Some("poll.process_lookup needs the netlink or procfs source (Linux)"),
+        };
+        match reason {
+            None => {
+                #[cfg(target_os = "linux")]
+                {
+                    self.source.keep_inodes();
+                    self.owners = Some(crate::source::proc_owner::ProcOwners::at(proc_root));
+                }
+                tracing::info!(
+                    source = kind.as_str(),
+                    "process lookup on: each new session's pid and command from /proc/*/fd"
+                );
+            }
+            Some(reason) => tracing::warn!(source = kind.as_str(), reason, "process lookup off"),
+        }
+        let _ = proc_root;
+        self.state.health.process_lookup = Some(crate::state::ProcessLookupHealth {
+            available: reason.is_none(),
+            reason: reason.map(str::to_owned),
+            ..Default::default()
+        });
+        self
     }
 
     /// Confirms missing sockets through `confirm` (an exact kernel lookup) before closing them.
@@ -294,6 +336,8 @@ impl Poller {
                     &mut self.events,
                     &mut *self.confirm,
                 );
+                #[cfg(target_os = "linux")]
+                self.look_up_processes(&mut next);
                 self.health
                     .observe(at.mono, &self.sockets, &mut self.health_poll);
                 next.health.last_success = Some(at);
@@ -343,7 +387,11 @@ impl Poller {
             // The health gauges as of the last poll (events between polls carry none).
             capped |= gauges.with_health(&self.health_poll);
         }
-        self.instruments.record_events(&self.events);
+        // Who hung up: what the source saw (eBPF), unknown otherwise.
+        let closed_by = &self.closed_by;
+        self.instruments.record_events(&self.events, |k| {
+            closed_by.get(k).copied().unwrap_or(ClosedBy::Unknown)
+        });
         let checks = (
             self.tracker.saved_false_closes(),
             self.tracker.unattributed(),
@@ -468,11 +516,61 @@ impl Poller {
                         self.processes.insert(key, p);
                     }
                 }
-                (Some(by), Some(Event::Closed { .. })) => {
+                // A close whose open no record or poll saw is short-lived: who hung up is
+                // known all the same.
+                (Some(by), Some(Event::Closed { .. } | Event::ShortLived { .. })) => {
                     self.closed_by.insert(key, by);
                 }
                 _ => {}
             }
+        }
+    }
+
+    /// `poll.process_lookup`: the owners of this poll's new sessions, in one walk of
+    /// `/proc/*/fd` (none when nothing opened). Kept with the session until it closes.
+    #[cfg(target_os = "linux")]
+    fn look_up_processes(&mut self, next: &mut State) {
+        let Some(owners) = self.owners.as_mut() else {
+            return;
+        };
+        let mut wanted: HashMap<u64, ConnKey> = HashMap::new();
+        for e in &self.events {
+            if let Event::Opened(c) = e {
+                if let Some(inode) = self.source.inode(c.key.id) {
+                    wanted.insert(inode, c.key);
+                }
+            }
+        }
+        if wanted.is_empty() {
+            return;
+        }
+        let found = owners.find(&wanted.keys().copied().collect());
+        for (inode, p) in found {
+            self.processes.insert(wanted[&inode], p);
+        }
+        let unreadable = owners.last.unreadable;
+        // Said once in the log; `/health` says it as of the last walk.
+        let first_short = unreadable > 0 && !std::mem::replace(&mut owners.warned, true);
+        let health = next
+            .health
+            .process_lookup
+            .get_or_insert_with(Default::default);
+        health.scans = owners.scans;
+        health.unreadable_processes = unreadable;
+        health.reason = (unreadable > 0).then(|| {
+            format!(
+                "cannot read the open files of {unreadable} processes (/proc/PID/fd: permission \
+                 denied): their sessions have no pid or command; reading every process's needs \
+                 CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH (or root)"
+            )
+        });
+        if first_short {
+            tracing::warn!(
+                unreadable_processes = unreadable,
+                "process lookup: cannot read other processes' /proc/PID/fd (permission denied); \
+                 the sessions they own show no pid or command; give the sidecar CAP_SYS_PTRACE \
+                 and CAP_DAC_READ_SEARCH (or run it as root) to name them all"
+            );
         }
     }
 

@@ -40,6 +40,24 @@ pub struct PollHealth {
     pub last_error: Option<String>,
     pub consecutive_failures: u64,
     pub polls: u64,
+    /// `poll.process_lookup`, when it is on: how far it can see.
+    pub process_lookup: Option<ProcessLookupHealth>,
+}
+
+/// How the process lookup (`poll.process_lookup`) fares, for `/health`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ProcessLookupHealth {
+    /// Whether the source in use takes it (netlink, procfs); eBPF mode names processes by
+    /// itself, netstat cannot.
+    pub available: bool,
+    /// Walks of `/proc/*/fd` so far (one per poll that found new sessions, at most).
+    pub scans: u64,
+    /// Processes whose open files the last walk could not read (permission denied): their
+    /// sessions have no pid or command.
+    pub unreadable_processes: u64,
+    /// Why it is unavailable or sees less than everything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// One published view of the sidecar: everything a reader may show, as of one change.
@@ -144,6 +162,7 @@ impl State {
             polls: self.health.polls,
             started: rfc3339(self.meta.started.wall),
             session_health: SessionHealthView::of(self.meta.source),
+            process_lookup: self.health.process_lookup.clone(),
         }
     }
 }
@@ -224,6 +243,9 @@ pub struct HealthView {
     pub started: String,
     /// Whether per-session TCP health (tcp_info) is measured, and if not, why.
     pub session_health: SessionHealthView,
+    /// `poll.process_lookup`'s reach (absent when it is off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process_lookup: Option<ProcessLookupHealth>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -32,6 +32,7 @@
 //! [poll]
 //! interval = "1s"             # humantime string, or an integer number of seconds
 //! source = "auto"             # auto | netlink | procfs | netstat
+//! process_lookup = false      # netlink/procfs: pid and command of each session from /proc
 //! [prometheus]
 //! enabled = true
 //! listen = "127.0.0.1:9464"   # IP:PORT; fleets set 0.0.0.0:PORT
@@ -123,6 +124,9 @@ pub mod defaults {
     /// The eBPF source's full dump: often enough that a missed transition cannot stay wrong
     /// for long, rarely enough that its cost (a walk of the host's sockets) stays negligible.
     pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(60);
+    /// Off: walking every process's open files costs CPU that grows with the host, and reading
+    /// other users' needs privilege (see README, "Which process").
+    pub const PROCESS_LOOKUP: bool = false;
     pub const PROMETHEUS_ENABLED: bool = true;
     /// Loopback: exposing metrics beyond the host is a deliberate choice (`0.0.0.0:9464`).
     pub const PROMETHEUS_LISTEN: SocketAddr =
@@ -233,6 +237,10 @@ pub struct PollSettings {
     /// eBPF source only: time between two reconciling full dumps; > 0.
     #[serde(with = "raw::check::interval")]
     pub reconcile_interval: Duration,
+    /// netlink and procfs sources: name the process owning each new session (pid, command)
+    /// from the socket inodes in `/proc/*/fd` (eBPF mode names it by itself).
+    #[serde(with = "raw::check::boolean")]
+    pub process_lookup: bool,
 }
 
 impl Default for PollSettings {
@@ -241,6 +249,7 @@ impl Default for PollSettings {
             interval: defaults::INTERVAL,
             source: defaults::SOURCE,
             reconcile_interval: defaults::RECONCILE_INTERVAL,
+            process_lookup: defaults::PROCESS_LOOKUP,
         }
     }
 }

@@ -975,7 +975,8 @@ fn parse_path(value: &Value) -> Result<PathBuf, String> {
     }
 }
 
-/// A state directory must be writable now (it is created if missing), not fail the first save.
+/// A state directory must be writable now (or creatable: it is created at start), not fail the
+/// first save. Checking creates nothing.
 fn parse_state_dir(value: &Value) -> Result<PathBuf, String> {
     const ALLOWED: &str = "expected a directory fix-monitor can create files in (such as \
                            systemd's StateDirectory, /var/lib/fix-monitor)";
@@ -983,7 +984,7 @@ fn parse_state_dir(value: &Value) -> Result<PathBuf, String> {
         Some(text) if !text.is_empty() => PathBuf::from(text),
         _ => return Err(ALLOWED.to_owned()),
     };
-    crate::persist::StateDir::check_writable(&path)
+    crate::persist::StateDir::check_could_write(&path)
         .map_err(|e| format!("cannot be written: {e}; {ALLOWED}"))?;
     Ok(path)
 }

@@ -1398,3 +1398,32 @@ fn heartbeat_and_stale_after_per_target() {
     let soon = find(&e, "targets[1].stale_after");
     assert_eq!(soon.value.as_deref(), Some("\"soon\""));
 }
+
+#[test]
+fn process_lookup_is_off_by_default_and_set_from_file_or_variable_with_its_origin() {
+    let f = Fixture::new(Some(ONE_TARGET));
+    let default = ok(f.load(&[], &[]));
+    assert!(!default.settings.poll.process_lookup);
+    assert!(default
+        .explain()
+        .lines()
+        .any(|l| l.starts_with("process_lookup = false") && l.ends_with("# default")));
+    let file = "[[targets]]\naddress = \"10.0.0.5\"\n[poll]\nprocess_lookup = true\n";
+    assert!(
+        ok(parse_toml_str(file, "c.toml"))
+            .settings
+            .poll
+            .process_lookup
+    );
+    let from_env = ok(f.load(&[], &[("FIX_MONITOR_POLL__PROCESS_LOOKUP", "true")]));
+    assert!(from_env.settings.poll.process_lookup);
+    assert!(from_env
+        .explain()
+        .lines()
+        .any(|l| l.starts_with("process_lookup = true")
+            && l.ends_with("# from env FIX_MONITOR_POLL__PROCESS_LOOKUP")));
+    let e = errors(f.load(&[], &[("FIX_MONITOR_POLL__PROCESS_LOOKUP", "yes")]));
+    let error = find(&e, "poll.process_lookup");
+    assert_eq!(error.origin, env("FIX_MONITOR_POLL__PROCESS_LOOKUP"));
+    assert!(error.message.contains("expected true or false"), "{error}");
+}

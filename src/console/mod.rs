@@ -9,6 +9,7 @@
 //! - [`screen`]: a view redrawn in place on a terminal, or plain lines elsewhere.
 //! - [`report`]: the JSON report.
 
+pub mod fix_panel;
 pub mod report;
 pub mod screen;
 pub mod snapshot;
@@ -143,6 +144,8 @@ pub struct Console {
     /// events are not logged one by one: there may be hundreds, and they did not just open).
     announced: bool,
     interval: Duration,
+    /// The FIX layer's state, for the FIX sessions panel.
+    fix: crate::fix::monitor::FixReader,
 }
 
 enum Output {
@@ -181,6 +184,7 @@ impl Console {
             log: VecDeque::new(),
             announced: false,
             interval,
+            fix: sidecar.fix(),
         };
         if let Output::Lines(_) = console.out {
             let mut lines = vec![view::stamped(
@@ -286,7 +290,9 @@ impl Console {
     }
 
     fn frame(&self) -> view::Frame {
-        view::Frame::capture(&self.state.get(), Timestamp::now())
+        let mut f = view::Frame::capture(&self.state.get(), Timestamp::now());
+        f.fix = Some(self.fix.get());
+        f
     }
 
     fn push(&mut self, lines: Vec<String>) {

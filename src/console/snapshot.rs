@@ -50,7 +50,23 @@ pub struct SnapshotTarget {
 pub fn take(settings: &Settings) -> Result<Snapshot, SourceError> {
     let mut source = source::open_oneshot(settings.poll.source, &settings.targets)?;
     let mut sockets = Vec::new();
+    // `poll.process_lookup`: one walk of /proc/*/fd for the sockets found (netlink, procfs).
+    let lookup = settings.poll.process_lookup
+        && matches!(source.kind(), SourceKind::Netlink | SourceKind::Procfs);
+    if lookup {
+        source.keep_inodes();
+    }
     source.poll(&mut sockets)?;
+    #[cfg(target_os = "linux")]
+    let owners = if lookup {
+        let inodes = sockets.iter().filter_map(|s| source.inode(s.id)).collect();
+        source::proc_owner::ProcOwners::new().find(&inodes)
+    } else {
+        Default::default()
+    };
+    #[cfg(not(target_os = "linux"))]
+    let owners = std::collections::HashMap::<u64, source::Process>::new();
+    let process_of = |s: &SocketEntry| source.inode(s.id).and_then(|i| owners.get(&i).cloned());
     // The name the sidecar would report: `host.name` from OTEL_RESOURCE_ATTRIBUTES if set there,
     // else the machine's hostname.
     let host = crate::instruments::configured_host_name().unwrap_or_else(crate::app::hostname);
@@ -60,17 +76,20 @@ pub fn take(settings: &Settings) -> Result<Snapshot, SourceError> {
         host,
         SystemTime::now(),
         &sockets,
+        &process_of,
     ))
 }
 
 impl Snapshot {
-    /// Attributes `sockets` to `targets`: the pure part of [`take`].
+    /// Attributes `sockets` to `targets`, each with the process `process_of` names (if any):
+    /// the pure part of [`take`].
     pub fn new(
         targets: &Targets,
         source: SourceKind,
         hostname: String,
         at: SystemTime,
         sockets: &[SocketEntry],
+        process_of: &dyn Fn(&SocketEntry) -> Option<crate::source::Process>,
     ) -> Snapshot {
         let mut found: Vec<(usize, &SocketEntry)> = sockets
             .iter()
@@ -85,6 +104,7 @@ impl Snapshot {
             .iter()
             .map(|(t, s)| {
                 let mut session = Session::seen(names[*t].clone(), s);
+                session.process = process_of(s);
                 if let Some((h, stale)) = &mut session.health {
                     *stale = targets
                         .get(*t)
@@ -123,6 +143,7 @@ impl Snapshot {
     pub fn table(&self, targets: &Targets) -> String {
         let mut titles = vec!["TARGET", "LOCAL", "REMOTE", "STATE"];
         titles.extend(super::view::HEALTH_TITLES);
+        titles.extend(super::view::PROCESS_TITLES);
         let mut rows = vec![cells(&titles)];
         for (c, h) in self.connections.iter().zip(&self.health) {
             let mut row = vec![
@@ -132,10 +153,17 @@ impl Snapshot {
                 c.state.to_owned(),
             ];
             row.extend(super::view::health_cells(h.as_ref()));
+            // The process, where the source knows it (`-` otherwise).
+            row.push(c.pid.map_or_else(|| "-".into(), |p| p.to_string()));
+            row.push(c.comm.clone().unwrap_or_else(|| "-".into()));
             rows.push(row);
         }
-        let mut lines =
-            super::view::table(&rows, &[false, false, false, false, true, true, true, true]);
+        let mut lines = super::view::table(
+            &rows,
+            &[
+                false, false, false, false, true, true, true, true, true, false,
+            ],
+        );
         lines.push(String::new());
         let mut rows = vec![cells(&["TARGET", "ADDRESS", "LOCAL PORTS", "ACTIVE"])];
         for (t, s) in targets.iter().zip(&self.targets) {
@@ -220,6 +248,12 @@ mod tests {
             "gw".into(),
             SystemTime::UNIX_EPOCH,
             &sockets,
+            &|s| {
+                (s.local.port() == 5002).then(|| crate::source::Process {
+                    pid: 4242,
+                    comm: "fix-gateway".into(),
+                })
+            },
         );
         assert_eq!(snap.total, 3);
         assert_eq!(
@@ -229,10 +263,10 @@ mod tests {
         assert_eq!(snap.connections[0].local_addr, "10.0.0.1:5001");
         let table = snap.table(&targets);
         let expected = "\
-TARGET   LOCAL           REMOTE         STATE        RTT  SILENCE  RETRANS  SEND-Q
-venue-a  10.0.0.1:5001   10.0.0.5:9876  ESTABLISHED    -        -        -       -
-venue-a  10.0.0.1:5002   10.0.0.5:9876  ESTABLISHED    -        -        -       -
-venue-b  10.0.0.1:40000  10.0.0.6:1234  ESTABLISHED    -        -        -       -
+TARGET   LOCAL           REMOTE         STATE        RTT  SILENCE  RETRANS  SEND-Q   PID  COMMAND
+venue-a  10.0.0.1:5001   10.0.0.5:9876  ESTABLISHED    -        -        -       -     -  -
+venue-a  10.0.0.1:5002   10.0.0.5:9876  ESTABLISHED    -        -        -       -  4242  fix-gateway
+venue-b  10.0.0.1:40000  10.0.0.6:1234  ESTABLISHED    -        -        -       -     -  -
 
 TARGET   ADDRESS        LOCAL PORTS  ACTIVE
 venue-a  10.0.0.5:9876  5000-5999         2
@@ -243,6 +277,12 @@ total                                     3
         let v: serde_json::Value = serde_json::from_str(&snap.json()).unwrap();
         assert_eq!(v["total"], 3);
         assert_eq!(v["connections"][2]["target"], "venue-b");
+        assert_eq!(v["connections"][1]["pid"], 4242);
+        assert_eq!(v["connections"][1]["comm"], "fix-gateway");
+        assert!(
+            v["connections"][0].get("pid").is_none(),
+            "not known: left out"
+        );
         assert_eq!(v["targets"][0]["local_ports"], "5000-5999");
     }
 }

@@ -66,6 +66,30 @@ pub struct ConnRow {
     pub preexisting: bool,
     /// The session's TCP health and staleness (netlink only).
     pub health: Option<(crate::source::TcpHealth, Option<bool>)>,
+    /// The process that owns the session, where the source knows it (eBPF mode, or
+    /// `poll.process_lookup`).
+    pub process: Option<crate::source::Process>,
+    /// Closed sessions: who hung up, where the source saw it (eBPF mode).
+    pub closed_by: Option<crate::source::ClosedBy>,
+}
+
+/// The process columns' titles, and one session's cells; `-` where not known.
+pub const PROCESS_TITLES: [&str; 2] = ["PID", "COMMAND"];
+
+pub fn process_cells(p: Option<&crate::source::Process>) -> [String; 2] {
+    match p {
+        Some(p) => [p.pid.to_string(), p.comm.clone()],
+        None => ["-".into(), "-".into()],
+    }
+}
+
+/// Who hung up, as the closed table shows it: `-` where the source could not tell (polling),
+/// never a guess.
+pub fn closed_by_cell(by: Option<crate::source::ClosedBy>) -> String {
+    match by {
+        Some(crate::source::ClosedBy::Unknown) | None => "-".into(),
+        Some(by) => by.as_str().into(),
+    }
 }
 
 /// The health columns' titles, and one session's cells: smoothed RTT, time since data was
@@ -110,6 +134,8 @@ impl ConnRow {
             at,
             preexisting,
             health: s.health,
+            process: s.process.clone(),
+            closed_by: s.closed_by,
         }
     }
 }
@@ -133,6 +159,8 @@ pub struct Frame {
     pub active: Vec<ConnRow>,
     /// The most recently closed, newest first.
     pub closed: Vec<ConnRow>,
+    /// The FIX layer's state, for its panel (set by the console; `None`: no panel).
+    pub fix: Option<std::sync::Arc<crate::fix::monitor::FixState>>,
 }
 
 impl Frame {
@@ -161,6 +189,7 @@ impl Frame {
             peak: m.peak,
             active,
             closed,
+            fix: None,
         }
     }
 
@@ -367,6 +396,10 @@ pub fn render(
     }
     out.extend(table(&rows, &[false, false, false, true, true, true, true]));
     out.push(String::new());
+    out.extend(super::fix_panel::lines(
+        frame.fix.as_deref(),
+        (height / 4).max(3),
+    ));
 
     // The space left, after fixed lines: two section headers with column titles and a blank
     // line each (active, closed), the events title, and the footer.
@@ -404,6 +437,8 @@ pub fn render(
         HEALTH_TITLES[1],
         HEALTH_TITLES[2],
         HEALTH_TITLES[3],
+        PROCESS_TITLES[0],
+        PROCESS_TITLES[1],
     ])];
     let shown = if frame.active.len() > active_rows {
         active_rows.saturating_sub(1)
@@ -413,11 +448,14 @@ pub fn render(
     for c in frame.active.iter().take(shown) {
         let mut row = conn_cells(c);
         row.extend(health_cells(c.health.as_ref()));
+        row.extend(process_cells(c.process.as_ref()));
         rows.push(row);
     }
     let mut lines = table(
         &rows,
-        &[false, false, false, true, false, true, true, true, true],
+        &[
+            false, false, false, true, false, true, true, true, true, true, false,
+        ],
     );
     if frame.active.is_empty() && active_rows > 0 {
         lines.push("(none)".to_owned());
@@ -432,11 +470,26 @@ pub fn render(
         "RECENTLY CLOSED (last {} of {total_closed})",
         closed_rows.min(frame.closed.len())
     ));
-    let mut rows = vec![cells(["TARGET", "LOCAL", "REMOTE", "LASTED", "CLOSED AT"])];
+    let mut rows = vec![cells([
+        "TARGET",
+        "LOCAL",
+        "REMOTE",
+        "LASTED",
+        "CLOSED AT",
+        "BY",
+        PROCESS_TITLES[0],
+        PROCESS_TITLES[1],
+    ])];
     for c in frame.closed.iter().take(closed_rows) {
-        rows.push(conn_cells(c));
+        let mut row = conn_cells(c);
+        row.push(closed_by_cell(c.closed_by));
+        row.extend(process_cells(c.process.as_ref()));
+        rows.push(row);
     }
-    out.extend(table(&rows, &[false, false, false, true, false]));
+    out.extend(table(
+        &rows,
+        &[false, false, false, true, false, false, true, false],
+    ));
     out.push(String::new());
 
     out.push("EVENTS".to_owned());
@@ -560,6 +613,8 @@ mod tests {
             at: now,
             preexisting,
             health: None,
+            process: None,
+            closed_by: None,
         };
         Frame {
             now,
@@ -584,6 +639,7 @@ mod tests {
             peak: 7,
             active: (0..active).map(|i| row(i, i == 0)).collect(),
             closed: (0..closed).map(|i| row(100 + i, false)).collect(),
+            fix: None,
         }
     }
 
@@ -622,6 +678,45 @@ mod tests {
             assert!(text.contains(&format!("line {i}")), "{text}");
         }
         assert_eq!(lines[39], "Ctrl+C to stop");
+    }
+
+    #[test]
+    fn process_and_who_hung_up_show_where_known_and_a_dash_elsewhere() {
+        use crate::source::{ClosedBy, Process};
+        let mut f = frame(2, 3);
+        let gw = Process {
+            pid: 4242,
+            comm: "fix-gateway".into(),
+        };
+        f.active[1].process = Some(gw.clone());
+        f.closed[0].closed_by = Some(ClosedBy::Remote);
+        f.closed[0].process = Some(gw);
+        f.closed[1].closed_by = Some(ClosedBy::Unknown);
+        let lines = render(&f, &header(), &log(1), 200, 40);
+        let line = |port: &str| {
+            lines
+                .iter()
+                .find(|l| l.contains(&format!("10.0.0.1:{port} ")))
+                .unwrap_or_else(|| panic!("no {port} in:\n{}", lines.join("\n")))
+                .split_whitespace()
+                .collect::<Vec<_>>()
+        };
+        let active_title = lines.iter().find(|l| l.contains("AGE")).unwrap();
+        assert!(active_title.ends_with("PID  COMMAND"), "{active_title}");
+        assert_eq!(line("5001")[9..], ["4242", "fix-gateway"]);
+        assert_eq!(line("5000")[9..], ["-", "-"], "not known: a dash");
+        let closed_title = lines.iter().find(|l| l.contains("CLOSED AT")).unwrap();
+        assert!(
+            closed_title
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .ends_with(&["AT", "BY", "PID", "COMMAND"]),
+            "{closed_title}"
+        );
+        assert_eq!(line("5100")[5..], ["remote", "4242", "fix-gateway"]);
+        // Polling's `unknown` is shown as not known, like an absent value.
+        assert_eq!(line("5101")[5..], ["-", "-", "-"]);
+        assert_eq!(line("5102")[5..], ["-", "-", "-"]);
     }
 
     #[test]

@@ -63,6 +63,18 @@ pub fn loopback_index() -> u32 {
     }
 }
 
+/// Whether this process may open a packet socket (`CAP_NET_RAW`): one is opened and closed.
+pub fn permitted() -> bool {
+    // SAFETY: plain socket(2); the fd is owned at once and closed on drop.
+    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return false;
+    }
+    // SAFETY: `raw` is a new fd nobody else owns.
+    drop(unsafe { OwnedFd::from_raw_fd(raw) });
+    true
+}
+
 impl Capture {
     /// Open a socket for `targets`. `rcvbuf` is the receive buffer asked for (bytes); the
     /// kernel may cap it (`net.core.rmem_max`; `SO_RCVBUFFORCE` is tried first, which

@@ -50,6 +50,7 @@ pub mod tag {
     pub const ORIG_CL_ORD_ID: u32 = 41;
     pub const ORD_STATUS: u32 = 39;
     pub const EXEC_TYPE: u32 = 150;
+    pub const BUSINESS_REJECT_REF_ID: u32 = 379;
 }
 
 /// Data fields whose value may contain the separator, each after the field giving its length

@@ -11,12 +11,14 @@
 //! - [`reassembly`]: per-direction TCP stream reassembly for the wire source.
 //! - [`capture`]: the wire source (Linux `AF_PACKET` with a classic BPF filter).
 //! - [`sim`]: a small FIX engine that drives real sessions, for the tests and the demo.
+//! - [`pair`]: one session driven from both ends by one thread (the demo, the benchmarks).
 
 #[cfg(target_os = "linux")]
 pub mod capture;
 pub mod codec;
 pub mod filter;
 pub mod logs;
+pub mod pair;
 pub mod reassembly;
 pub mod sim;
 pub mod tracker;

@@ -64,7 +64,13 @@ pub struct FixSessionJson {
     pub outbound: DirectionJson,
     pub orders_answered: u64,
     pub orders_unanswered: u64,
+    /// Orders settled by a BusinessMessageReject naming them (tag 379).
+    pub orders_rejected: u64,
     pub orders_pending: usize,
+    /// Order-to-ack latency, seconds: the median of the last round trips (at most
+    /// `tracker::RECENT_LATENCIES`) and the last one; `None` before any.
+    pub ack_latency_p50_seconds: Option<f64>,
+    pub ack_latency_last_seconds: Option<f64>,
     /// `wire` (kernel timestamps) or `log` (the engine log's timestamps).
     pub timed_by: &'static str,
 }
@@ -189,11 +195,24 @@ pub fn sessions_json(
                 outbound: direction_json(s, Direction::Out, now),
                 orders_answered: s.orders_answered,
                 orders_unanswered: s.orders_unanswered,
+                orders_rejected: s.orders_rejected,
+                ack_latency_p50_seconds: median(s.recent_latencies.iter().copied()),
+                ack_latency_last_seconds: s.recent_latencies.back().map(|d| d.as_secs_f64()),
                 orders_pending: s.pending_orders(),
                 timed_by: if s.tcp.is_some() { "wire" } else { timed_by },
             }
         })
         .collect()
+}
+
+/// The median of some durations, seconds (the lower middle of an even count).
+fn median(d: impl Iterator<Item = Duration>) -> Option<f64> {
+    let mut v: Vec<Duration> = d.collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_unstable();
+    Some(v[(v.len() - 1) / 2].as_secs_f64())
 }
 
 impl FixMonitor {

@@ -184,6 +184,45 @@ impl Peer {
         }
     }
 
+    /// The messages the socket holds now, without waiting (the demo's one-thread simulator).
+    /// The stream ending is an error once everything before it was returned.
+    pub fn try_recv(&mut self) -> io::Result<Vec<Message>> {
+        let mut buf = [0u8; 16 * 1024];
+        let mut eof = false;
+        self.stream.set_nonblocking(true)?;
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => self.decoder.feed(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = self.stream.set_nonblocking(false);
+                    return Err(e);
+                }
+            }
+        }
+        self.stream.set_nonblocking(false)?;
+        let mut out = Vec::new();
+        while let Some(d) = self.decoder.next_message() {
+            if let Decoded::Message(m) = d {
+                if let Some(l) = &mut self.log {
+                    l.line(SystemTime::now(), m.as_bytes())?;
+                }
+                let mt = String::from_utf8_lossy(m.msg_type()).into_owned();
+                *self.received.entry(name(&mt)).or_default() += 1;
+                out.push(m);
+            }
+        }
+        if eof && out.is_empty() {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(out)
+    }
+
     /// Receive until a message of type `mt` (other messages are counted and dropped).
     pub fn expect(&mut self, mt: &str, timeout: Duration) -> io::Result<Message> {
         let deadline = Instant::now() + timeout;

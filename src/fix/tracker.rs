@@ -203,6 +203,13 @@ pub struct Session {
     pub by_type: BTreeMap<(Direction, String), u64>,
     pub orders_answered: u64,
     pub orders_unanswered: u64,
+    /// Orders settled by a BusinessMessageReject naming their ClOrdID (tag 379): answered, but
+    /// not with an ExecutionReport, so not timed.
+    pub orders_rejected: u64,
+    /// The last order round trips (at most [`RECENT_LATENCIES`]), oldest first: the console's
+    /// p50 and last.
+    #[serde(skip)]
+    pub recent_latencies: VecDeque<Duration>,
     #[serde(skip)]
     pending: HashMap<Vec<u8>, (Request, SystemTime)>,
     #[serde(skip)]
@@ -226,6 +233,8 @@ impl Session {
             by_type: BTreeMap::new(),
             orders_answered: 0,
             orders_unanswered: 0,
+            orders_rejected: 0,
+            recent_latencies: VecDeque::new(),
             pending: HashMap::new(),
             pending_order: VecDeque::new(),
         }
@@ -261,6 +270,9 @@ impl Session {
             .unwrap_or(0)
     }
 }
+
+/// How many recent order latencies a session keeps for the console.
+pub const RECENT_LATENCIES: usize = 64;
 
 /// Bounds on what the tracker keeps.
 #[derive(Debug, Clone, Copy)]
@@ -479,12 +491,23 @@ impl Tracker {
             if let Some(id) = msg.get(tag::CL_ORD_ID) {
                 if let Some((request, sent)) = s.pending.remove(id) {
                     s.orders_answered += 1;
+                    let latency = at.duration_since(sent).unwrap_or_default();
+                    if s.recent_latencies.len() == RECENT_LATENCIES {
+                        s.recent_latencies.pop_front();
+                    }
+                    s.recent_latencies.push_back(latency);
                     events.push(Event::OrderAnswered {
                         session: key.clone(),
                         target: s.target.clone(),
                         request,
-                        latency: at.duration_since(sent).unwrap_or_default(),
+                        latency,
                     });
+                }
+            }
+        } else if mt == b"j" && dir == Direction::In {
+            if let Some(id) = msg.get(tag::BUSINESS_REJECT_REF_ID) {
+                if s.pending.remove(id).is_some() {
+                    s.orders_rejected += 1;
                 }
             }
         }

@@ -30,6 +30,11 @@ impl Source for Script {
         SourceKind::Procfs
     }
 
+    /// As procfs: the id is the inode.
+    fn inode(&self, id: u64) -> Option<u64> {
+        Some(id)
+    }
+
     fn poll(&mut self, out: &mut Vec<SocketEntry>) -> Result<(), SourceError> {
         let mut polled = self.polled_at.lock().unwrap();
         polled.push(self.clock.now());
@@ -210,6 +215,32 @@ fn a_failed_poll_is_not_a_close() {
 }
 
 #[test]
+fn polling_closes_are_counted_by_unknown_and_no_other_by_series_exists() {
+    let t0 = Timestamp::now();
+    let steps = vec![Ok(vec![sock(5000, 1), sock(5001, 2)]), Ok(vec![])];
+    let mut r = rig(targets(), t0, steps, None);
+    let closed = |r: &Rig| -> Vec<String> {
+        crate::export::prometheus::encode(&r.registry)
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with("fix_connections_closed_total{"))
+            .map(|l| {
+                let by = l.split("by=\"").nth(1).unwrap().split('"').next().unwrap();
+                format!("{by} {}", l.rsplit(' ').next().unwrap())
+            })
+            .collect()
+    };
+    r.poller.tick(&r.clock);
+    // Before any close: the one series polling can fill, at 0 (no local/remote/reset zeros
+    // that would pass for measurements).
+    assert_eq!(closed(&r), ["unknown 0"]);
+    r.clock.advance(Duration::from_secs(1));
+    r.poller.tick(&r.clock);
+    assert_eq!(closed(&r), ["unknown 2"]);
+    assert!(r.state.get().closed.iter().all(|s| s.closed_by.is_none()));
+}
+
+#[test]
 fn closed_sessions_are_kept_newest_last_with_their_lifetimes() {
     let t0 = Timestamp::now();
     let steps = vec![
@@ -358,4 +389,172 @@ pub(crate) fn sock_for_events(port: u16, id: u64) -> SocketEntry {
 /// For the event tests: a rig with the scripted source.
 pub(crate) fn rig_for_events(t0: Timestamp, steps: Vec<Step>) -> Rig {
     rig(targets(), t0, steps, None)
+}
+
+/// `poll.process_lookup` (a fake `/proc`): a walk only on a poll that found new sessions, the
+/// owner kept with the session while it lives and on its close, none for a socket no process
+/// holds.
+#[cfg(target_os = "linux")]
+#[test]
+fn process_lookup_walks_only_for_new_sessions_and_keeps_the_owner_until_the_close() {
+    let proc_root = tempfile::tempdir().unwrap();
+    let gw = proc_root.path().join("100");
+    std::fs::create_dir_all(gw.join("fd")).unwrap();
+    std::fs::write(gw.join("comm"), "fix-gateway\n").unwrap();
+    std::os::unix::fs::symlink("socket:[1]", gw.join("fd").join("7")).unwrap();
+    let t0 = Timestamp::now();
+    let (a, b) = (sock(5000, 1), sock(5001, 2));
+    let steps = vec![Ok(vec![a]), Ok(vec![a]), Ok(vec![a, b]), Ok(vec![])];
+    let mut r = rig(targets(), t0, steps, None);
+    r.poller = r.poller.with_process_lookup(proc_root.path());
+    let scans = |r: &Rig| r.state.get().health.process_lookup.clone().unwrap().scans;
+    let gateway = Some(crate::source::Process {
+        pid: 100,
+        comm: "fix-gateway".into(),
+    });
+
+    r.poller.tick(&r.clock);
+    let s = r.state.get();
+    assert_eq!(s.active[0].process, gateway);
+    assert_eq!(scans(&r), 1);
+    r.poller.tick(&r.clock);
+    assert_eq!(scans(&r), 1, "no new session, no walk");
+    r.poller.tick(&r.clock);
+    let s = r.state.get();
+    assert_eq!(scans(&r), 2);
+    assert_eq!(
+        s.active
+            .iter()
+            .map(|s| s.process.clone())
+            .collect::<Vec<_>>(),
+        [gateway.clone(), None],
+        "inode 2 is nobody's"
+    );
+    r.poller.tick(&r.clock);
+    let s = r.state.get();
+    // Both close in one poll, in no set order.
+    let mut closed: Vec<_> = s
+        .closed
+        .iter()
+        .map(|s| (s.local.port(), s.process.clone()))
+        .collect();
+    closed.sort_by_key(|(port, _)| *port);
+    assert_eq!(closed, [(5000, gateway), (5001, None)]);
+    assert!(r.poller.processes.is_empty(), "forgotten with the session");
+    let health = s.health.process_lookup.clone().unwrap();
+    assert!(health.available && health.unreadable_processes == 0 && health.reason.is_none());
+}
+
+/// A source that hands over scripted eBPF transitions once, with empty snapshots.
+#[cfg(target_os = "linux")]
+struct Transitions(Vec<crate::source::ebpf::Transition>);
+
+#[cfg(target_os = "linux")]
+impl Source for Transitions {
+    fn kind(&self) -> SourceKind {
+        SourceKind::Ebpf
+    }
+
+    fn poll(&mut self, out: &mut Vec<SocketEntry>) -> Result<(), SourceError> {
+        out.clear();
+        Ok(())
+    }
+
+    fn take_transitions(&mut self) -> Vec<crate::source::ebpf::Transition> {
+        std::mem::take(&mut self.0)
+    }
+}
+
+/// eBPF mode: each close is counted under who hung up, a close whose open nobody saw
+/// (short-lived) included, and the four `by` series exist from the start.
+#[cfg(target_os = "linux")]
+#[test]
+fn ebpf_closes_are_counted_by_who_hung_up_short_lived_ones_included() {
+    use crate::source::ebpf::{ktime_now_ns, Transition};
+    let t0 = Timestamp::now();
+    let k = ktime_now_ns();
+    let remote: SocketAddr = "10.0.0.5:9876".parse().unwrap();
+    let tr = |ms_ago: u64, port: u16, old, new| Transition {
+        ktime_ns: k - ms_ago * 1_000_000,
+        sock: u64::from(port),
+        cookie: 0,
+        local: SocketAddr::from(([10, 0, 0, 1], port)),
+        remote,
+        old,
+        new,
+        process: None,
+    };
+    use TcpState::*;
+    let script = vec![
+        tr(50, 5000, SynSent, Established),
+        tr(40, 5000, Established, FinWait1),
+        // No open for this one: short-lived.
+        tr(30, 5001, Established, CloseWait),
+        tr(20, 5002, SynSent, Established),
+        tr(10, 5002, Established, Close),
+    ];
+    let (exporter, registry) = crate::export::prometheus::reader("h").unwrap();
+    let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+        .with_reader(exporter)
+        .build();
+    let meter = provider.meter(crate::instruments::names::METER);
+    let closed = || -> Vec<String> {
+        crate::export::prometheus::encode(&registry)
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with("fix_connections_closed_total{"))
+            .map(|l| {
+                let by = l.split("by=\"").nth(1).unwrap().split('"').next().unwrap();
+                format!("{by} {}", l.rsplit(' ').next().unwrap())
+            })
+            .collect()
+    };
+    let instruments = Instruments::new(&meter, &targets(), SourceKind::Ebpf);
+    assert_eq!(
+        closed(),
+        ["local 0", "remote 0", "reset 0", "unknown 0"],
+        "all four from the start"
+    );
+    let initial = State::initial(Meta {
+        host: "h".into(),
+        source: SourceKind::Ebpf,
+        interval: Duration::from_secs(1),
+        started: t0,
+        targets: targets(),
+        events: crate::source::events::Mode::Polling {
+            reason: "a scripted source".into(),
+        },
+    });
+    let (publisher, state) = Publisher::new(initial.clone());
+    let (events, _) = tokio::sync::broadcast::channel(16);
+    let mut poller = Poller::new(
+        Box::new(Transitions(script)),
+        instruments,
+        Box::new(publisher),
+        initial,
+        events,
+    );
+    poller.tick(&ManualClock::new(t0));
+    assert_eq!(
+        closed(),
+        ["local 1", "remote 1", "reset 1", "unknown 0"],
+        "{:?}",
+        state.get().stats
+    );
+    let s = state.get();
+    assert_eq!(
+        (s.stats[0].opened, s.stats[0].closed, s.stats[0].short_lived),
+        (3, 3, 1)
+    );
+    let by: Vec<_> = s
+        .closed
+        .iter()
+        .map(|c| (c.local.port(), c.closed_by))
+        .collect();
+    use crate::source::ClosedBy;
+    // The short-lived one is not among the closed sessions with a lifetime.
+    assert_eq!(
+        by,
+        [(5000, Some(ClosedBy::Local)), (5002, Some(ClosedBy::Reset))]
+    );
 }

@@ -34,6 +34,8 @@ pub mod lookup;
 pub mod netlink;
 pub mod netstat;
 #[cfg(target_os = "linux")]
+pub mod proc_owner;
+#[cfg(target_os = "linux")]
 pub mod procfs;
 pub mod tcp_info;
 
@@ -221,6 +223,16 @@ pub trait Source: Send {
     #[cfg(target_os = "linux")]
     fn take_transitions(&mut self) -> Vec<ebpf::Transition> {
         Vec::new()
+    }
+
+    /// Asks the source to keep each polled socket's inode, for [`Source::inode`]
+    /// (`poll.process_lookup`); sources that always know it, or never do, ignore it.
+    fn keep_inodes(&mut self) {}
+
+    /// The socket inode of the socket that `id` (a [`SocketEntry::id`]) names in the last
+    /// poll, where the source knows it: netlink after [`Source::keep_inodes`], procfs.
+    fn inode(&self, _id: u64) -> Option<u64> {
+        None
     }
 }
 

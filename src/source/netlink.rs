@@ -143,6 +143,9 @@ pub struct NetlinkSource {
     buf: Vec<u8>,
     seq: u32,
     stats: PollStats,
+    /// (cookie, socket inode) of the last poll's sockets, sorted, once `keep_inodes` asked for
+    /// them (`poll.process_lookup`); `None` otherwise.
+    inodes: Option<Vec<(u64, u64)>>,
 }
 
 /// What the last poll cost; the tests read it to see the filter and the multi-part reads work.
@@ -219,6 +222,7 @@ impl NetlinkSource {
             buf: Vec::with_capacity(recv_buffer),
             seq: 0,
             stats: PollStats::default(),
+            inodes: None,
         };
         source.set_mode(mode);
         Ok(source)
@@ -357,12 +361,28 @@ impl Source for NetlinkSource {
     fn poll(&mut self, out: &mut Vec<SocketEntry>) -> Result<(), SourceError> {
         out.clear();
         self.stats = PollStats::default();
+        let mut inodes = self.inodes.take();
+        if let Some(v) = &mut inodes {
+            v.clear();
+        }
         for i in 0..self.requests.len() {
-            if let Err(e) = self.dump(i, |datagram| parse_dump(datagram, out)) {
+            let result = self.dump(i, |datagram| {
+                if let Some(v) = &mut inodes {
+                    socket_inodes(datagram, v);
+                }
+                parse_dump(datagram, out)
+            });
+            if let Err(e) = result {
                 out.clear();
+                self.inodes = inodes.map(|_| Vec::new());
                 return Err(e);
             }
         }
+        if let Some(v) = &mut inodes {
+            v.sort_unstable();
+            v.dedup_by_key(|e| e.0);
+        }
+        self.inodes = inodes;
         self.stats.received = out.len();
         // The kernel filter already did this; the check costs little on the few sockets left
         // and keeps the answer exact if the filter could not be used.
@@ -372,6 +392,35 @@ impl Source for NetlinkSource {
         });
         dedup(out);
         Ok(())
+    }
+
+    fn keep_inodes(&mut self) {
+        self.inodes.get_or_insert_with(Vec::new);
+    }
+
+    fn inode(&self, id: u64) -> Option<u64> {
+        let v = self.inodes.as_ref()?;
+        let i = v.binary_search_by_key(&id, |e| e.0).ok()?;
+        Some(v[i].1).filter(|i| *i != 0)
+    }
+}
+
+/// Appends (cookie, `idiag_inode`) of each socket message of a dump datagram to `out`; what
+/// is malformed is left to [`parse_dump`] to report.
+fn socket_inodes(bytes: &[u8], out: &mut Vec<(u64, u64)>) {
+    let mut rest = bytes;
+    while rest.len() >= NLMSG_HDR {
+        let len = u32_at(rest, 0) as usize;
+        if len < NLMSG_HDR || len > rest.len() {
+            return;
+        }
+        let kind = u16::from_ne_bytes([rest[4], rest[5]]);
+        let m = &rest[NLMSG_HDR..len];
+        if matches!(kind, SOCK_DIAG_BY_FAMILY | TCPDIAG_GETSOCK) && m.len() >= DIAG_MSG {
+            let cookie = u64::from(u32_at(m, 44)) | u64::from(u32_at(m, 48)) << 32;
+            out.push((cookie, u64::from(u32_at(m, 68))));
+        }
+        rest = &rest[((len + 3) & !3).min(rest.len())..];
     }
 }
 
@@ -691,6 +740,34 @@ mod tests {
 
     fn set(list: &[(&str, &str)]) -> BTreeSet<Pair> {
         list.iter().map(|(l, r)| (sa(l), sa(r))).collect()
+    }
+
+    /// `poll.process_lookup`'s inodes: one (cookie, inode) per socket message, in the order
+    /// parse_dump lists them, every inode distinct and none 0; nothing for other messages.
+    #[test]
+    fn socket_inodes_pair_each_record_cookie_with_its_inode() {
+        for name in ["small-inet.bin", "small-inet6.bin", "large-inet.bin"] {
+            let datagrams = fixture(name);
+            let entries = parse_all(&datagrams);
+            let mut inodes = Vec::new();
+            for d in &datagrams {
+                socket_inodes(d, &mut inodes);
+            }
+            let cookies: Vec<u64> = inodes.iter().map(|(c, _)| *c).collect();
+            assert_eq!(
+                cookies,
+                entries.iter().map(|e| e.id).collect::<Vec<_>>(),
+                "{name}"
+            );
+            let distinct: BTreeSet<u64> = inodes.iter().map(|(_, i)| *i).collect();
+            assert_eq!(distinct.len(), inodes.len(), "{name}");
+            assert!(!distinct.contains(&0), "{name}");
+        }
+        // A message cut short yields nothing, and no panic.
+        let d = &fixture("small-inet.bin")[0];
+        let mut inodes = Vec::new();
+        socket_inodes(&d[..NLMSG_HDR + 20], &mut inodes);
+        assert!(inodes.is_empty());
     }
 
     // What examples/capture_netlink.rs opened when it captured the fixtures.

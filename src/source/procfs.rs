@@ -93,6 +93,11 @@ impl Source for ProcfsSource {
         SourceKind::Procfs
     }
 
+    /// The id is the inode here.
+    fn inode(&self, id: u64) -> Option<u64> {
+        Some(id).filter(|i| *i != 0)
+    }
+
     fn poll(&mut self, out: &mut Vec<SocketEntry>) -> Result<(), SourceError> {
         out.clear();
         for table in &self.tables {

@@ -269,12 +269,17 @@ port = {}
     let mut lines = conns.lines();
     assert_eq!(
         lines.next().unwrap().split_whitespace().collect::<Vec<_>>(),
-        ["TARGET", "LOCAL", "REMOTE", "STATE", "RTT", "SILENCE", "RETRANS", "SEND-Q"]
+        [
+            "TARGET", "LOCAL", "REMOTE", "STATE", "RTT", "SILENCE", "RETRANS", "SEND-Q", "PID",
+            "COMMAND"
+        ]
     );
     let listed: BTreeSet<(String, String, String, String)> = lines
         .map(|l| {
             let c: Vec<&str> = l.split_whitespace().collect();
-            assert_eq!(c.len(), 8, "{l}");
+            assert_eq!(c.len(), 10, "{l}");
+            // No process without poll.process_lookup: a dash, not a guess.
+            assert_eq!((c[8], c[9]), ("-", "-"), "{l}");
             // The health columns, from the kernel's tcp_info (netlink): an RTT, a silence,
             // no retransmits and an empty send queue on these idle loopback sessions.
             assert!(c[4].ends_with("us") || c[4].ends_with("ms"), "{l}");
@@ -329,4 +334,25 @@ port = {}
         format!("{}-{}", ports.port(0), ports.port(99))
     );
     assert_eq!(v["targets"][1]["active"], 2);
+
+    // With poll.process_lookup: this test process holds all four, so the table names it.
+    let out = command()
+        .args(["snapshot", "--config", cfg.path().to_str().unwrap()])
+        .env("FIX_MONITOR_POLL__PROCESS_LOOKUP", "true")
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{text}{}", read_all(&out.stderr[..]));
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", std::process::id())).unwrap();
+    let (conns, _) = text.split_once("\n\n").expect(&text);
+    let owners: Vec<(String, String)> = conns
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let c: Vec<&str> = l.split_whitespace().collect();
+            (c[8].to_string(), c[9].to_string())
+        })
+        .collect();
+    let me = (std::process::id().to_string(), comm.trim_end().to_string());
+    assert_eq!(owners, vec![me; 4], "{text}");
 }

@@ -1,6 +1,9 @@
 //! `fix-monitor demo`, as the README's first command: it starts by itself, says where its
 //! endpoint is, serves real numbers there, and ends by itself (or at Ctrl+C) with a summary in
 //! which fix-monitor's counts agree with the simulator's, the endpoint's and the report's.
+//! The simulated sessions speak FIX: `/sessions` and the FIX metrics are checked against the
+//! simulator's own counts (its summary lines), and the venue that goes silent turns stale on
+//! `/metrics` only while the simulator has it silent.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -12,7 +15,68 @@ use std::time::{Duration, Instant};
 
 use crate::harness::*;
 
-const VENUES: [&str; 3] = ["venue-a", "venue-b", "venue-c"];
+const VENUES: [&str; 4] = ["venue-a", "venue-b", "venue-c", "venue-d"];
+
+/// The venue the demo makes silent, and `stale_after` for it (twice its 1 s heartbeat).
+const SILENT: &str = "venue-c";
+const STALE_AFTER: Duration = Duration::from_secs(2);
+/// The last data before the silence came up to one heartbeat before it.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// The sum over every series of `name` whose labels include `labels`.
+fn sum(m: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
+    m.series
+        .iter()
+        .filter(|(n, l, _)| {
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(v))
+        })
+        .map(|(_, _, v)| v)
+        .sum()
+}
+
+/// `name k=v k=v ...` (the demo's FIX summary lines) as a map.
+fn tally(line: &str) -> (String, BTreeMap<String, u64>) {
+    let mut f = line.split_whitespace();
+    let name = f.next().unwrap().to_owned();
+    let kv = f
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap();
+            (k.to_owned(), v.parse().unwrap())
+        })
+        .collect();
+    (name, kv)
+}
+
+/// fix-monitor's `/sessions` summed for one target, in the summary lines' keys.
+fn sessions_tally(sessions: &serde_json::Value, target: &str) -> BTreeMap<String, u64> {
+    let mut t: BTreeMap<String, u64> = BTreeMap::new();
+    for s in sessions["sessions"].as_array().unwrap() {
+        if s["target"] != target {
+            continue;
+        }
+        let n = |v: &serde_json::Value| v.as_u64().unwrap();
+        for (k, v) in [
+            ("logons", n(&s["logons"])),
+            ("logouts_us", n(&s["logouts_us"])),
+            ("logouts_them", n(&s["logouts_them"])),
+            ("sent", n(&s["out"]["messages"])),
+            ("received", n(&s["in"]["messages"])),
+            ("gaps", n(&s["in"]["sequence_gaps"])),
+            ("gap_messages", n(&s["in"]["sequence_gap_messages"])),
+            ("resend_requests", n(&s["out"]["resend_requests"])),
+            ("test_requests", n(&s["out"]["test_requests"])),
+            ("rejects", n(&s["in"]["business_rejects"])),
+            ("answered", n(&s["orders_answered"])),
+            ("rejected", n(&s["orders_rejected"])),
+        ] {
+            *t.entry(k.into()).or_default() += v;
+        }
+    }
+    t
+}
 
 /// (opened, closed, active) per venue, from /metrics.
 type VenueCounts = BTreeMap<String, (f64, f64, f64)>;
@@ -26,7 +90,7 @@ fn venue_counts(m: &Metrics) -> VenueCounts {
                 v.to_string(),
                 (
                     m.count("fix_connections_total", &l),
-                    m.count("fix_connections_closed_total", &l),
+                    m.sum("fix_connections_closed_total", &l),
                     m.count("fix_connections_active", &l),
                 ),
             )
@@ -40,32 +104,66 @@ fn venue_counts(m: &Metrics) -> VenueCounts {
 /// scrape.
 #[test]
 fn demo_runs_by_itself_serves_metrics_and_its_numbers_agree() {
+    // As root (or with CAP_NET_RAW) the demo reads FIX off the wire, else from the logs.
+    run_demo(&[]);
+}
+
+/// The engine-log source whoever runs the test (what a normal user's demo uses).
+#[test]
+fn demo_reading_the_gateways_logs_agrees_too() {
+    let out = run_demo(&["--fix-source", "log"]);
+    assert!(
+        out.contains("FIX: read from the gateway's message logs"),
+        "{out}"
+    );
+}
+
+fn run_demo(extra: &[&str]) -> String {
     // Hold 9464 if it is free, so the demo must move on to the next port. (The one fixed port
     // in the tests, on purpose: 9464 is the demo's documented default.)
     let held = std::net::TcpListener::bind("127.0.0.1:9464").ok();
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("demo.json");
     let mut child = command()
-        .args(["demo", "--duration", "8", "--interval", "250ms", "--report"])
+        .args(["demo", "--duration", "10", "--interval", "250ms"])
+        .args(extra)
+        .arg("--report")
         .arg(&report)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let lines: Arc<Mutex<Vec<String>>> = Arc::default();
+    // Each line with the time it was read (the notes of the silence are printed as it happens).
+    let lines: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
     let reader = {
         let lines = lines.clone();
         let stdout = child.stdout.take().unwrap();
         thread::spawn(move || {
             for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-                lines.lock().unwrap().push(l);
+                lines.lock().unwrap().push((Instant::now(), l));
             }
         })
     };
-    let text = || lines.lock().unwrap().join("\n");
+    let text = || {
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, l)| l.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let when = |needle: &str| {
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(_, l)| l.contains(needle))
+            .map(|(t, _)| *t)
+    };
     let deadline = Instant::now() + Duration::from_secs(20);
     let url = loop {
-        if let Some(u) = lines.lock().unwrap().iter().find_map(|l| {
+        if let Some(u) = lines.lock().unwrap().iter().find_map(|(_, l)| {
             l.strip_prefix("metrics: http://")
                 .and_then(|r| r.split("/metrics").next())
                 .map(str::to_owned)
@@ -88,6 +186,10 @@ fn demo_runs_by_itself_serves_metrics_and_its_numbers_agree() {
     // Scrape until the endpoint goes away; note which scrapes came after the demo said every
     // close was seen.
     let mut scrapes: Vec<(bool, VenueCounts)> = Vec::new();
+    // (scraped at, stale sessions per venue); the last /metrics and /sessions after the end.
+    let mut stale: Vec<(Instant, BTreeMap<String, f64>)> = Vec::new();
+    let mut last_metrics: Option<Metrics> = None;
+    let mut last_sessions: Option<serde_json::Value> = None;
     let deadline = Instant::now() + Duration::from_secs(40);
     let status = loop {
         if let Some(st) = child.try_wait().unwrap() {
@@ -96,7 +198,27 @@ fn demo_runs_by_itself_serves_metrics_and_its_numbers_agree() {
         assert!(Instant::now() < deadline, "no exit:\n{}", text());
         let after_end = text().contains("fix-monitor has seen every session close");
         if let Ok((200, body)) = std::panic::catch_unwind(|| http_get(addr, "/metrics")) {
-            scrapes.push((after_end, venue_counts(&Metrics::parse(&body))));
+            let at = Instant::now();
+            let m = Metrics::parse(&body);
+            scrapes.push((after_end, venue_counts(&m)));
+            stale.push((
+                at,
+                VENUES
+                    .iter()
+                    .map(|v| {
+                        (
+                            v.to_string(),
+                            m.count("fix_connections_stale", &[("target", v)]),
+                        )
+                    })
+                    .collect(),
+            ));
+            if after_end {
+                if let Ok((200, s)) = std::panic::catch_unwind(|| http_get(addr, "/sessions")) {
+                    last_sessions = Some(serde_json::from_str(&s).unwrap());
+                    last_metrics = Some(m);
+                }
+            }
         }
         thread::sleep(Duration::from_millis(100));
     };
@@ -108,7 +230,7 @@ fn demo_runs_by_itself_serves_metrics_and_its_numbers_agree() {
     );
     let out = text();
     assert!(status.success(), "{status:?}\n{out}");
-    assert!(out.contains("demo ended as planned after 00:00:0"), "{out}");
+    assert!(out.contains("demo ended as planned after 00:00:1"), "{out}");
     assert!(
         out.contains("fix-monitor counted every session the gateway opened and closed"),
         "{out}"
@@ -181,5 +303,146 @@ fn demo_runs_by_itself_serves_metrics_and_its_numbers_agree() {
         out.contains(&format!("total connections: {opened_total}")),
         "{out}"
     );
+
+    // FIX: the simulator's counts (what the gateway sent, received and saw) against
+    // fix-monitor's /sessions and /metrics after the end.
+    assert!(
+        out.contains("FIX: read off the wire") || out.contains("FIX: read from the gateway's"),
+        "the demo says where it reads FIX from:\n{out}"
+    );
+    assert!(
+        out.contains("fix-monitor's FIX counts equal the simulator's"),
+        "{out}"
+    );
+    let sim_fix: BTreeMap<String, BTreeMap<String, u64>> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("simulated FIX: "))
+        .map(tally)
+        .collect();
+    let sessions = last_sessions.unwrap_or_else(|| panic!("no /sessions after the end:\n{out}"));
+    let metrics = last_metrics.unwrap();
+    for v in VENUES {
+        let truth = &sim_fix[v];
+        assert_eq!(
+            &sessions_tally(&sessions, v),
+            truth,
+            "{v}: /sessions against the simulator\n{out}"
+        );
+        let l = [("target", v)];
+        let m = |name: &str, extra: &[(&str, &str)]| {
+            let mut labels = l.to_vec();
+            labels.extend_from_slice(extra);
+            sum(&metrics, name, &labels) as u64
+        };
+        assert_eq!(m("fix_session_logons_total", &[]), truth["logons"], "{v}");
+        assert_eq!(
+            m("fix_session_logouts_total", &[("initiator", "us")]),
+            truth["logouts_us"]
+        );
+        assert_eq!(
+            m("fix_session_logouts_total", &[("initiator", "them")]),
+            truth["logouts_them"]
+        );
+        assert_eq!(
+            m("fix_messages_total", &[("direction", "out")]),
+            truth["sent"]
+        );
+        assert_eq!(
+            m("fix_messages_total", &[("direction", "in")]),
+            truth["received"]
+        );
+        assert_eq!(
+            m("fix_session_sequence_gaps_total", &[("direction", "in")]),
+            truth["gaps"]
+        );
+        assert_eq!(
+            m("fix_session_resend_requests_total", &[("direction", "out")]),
+            truth["resend_requests"]
+        );
+        assert_eq!(
+            m("fix_session_test_requests_total", &[("direction", "out")]),
+            truth["test_requests"]
+        );
+        assert_eq!(
+            m(
+                "fix_session_rejects_total",
+                &[("direction", "in"), ("kind", "business")]
+            ),
+            truth["rejects"]
+        );
+        assert_eq!(
+            m("fix_order_ack_latency_seconds_count", &[]),
+            truth["answered"],
+            "{v}: one latency per answered order"
+        );
+        assert_eq!(m("fix_session_logged_on", &[]), 0, "{v}: all logged out");
+        // Latency: between the venue's delays and the gateway's round trips (1 ms slack per
+        // order for the clocks' reading).
+        if let Some(lat) = out
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("simulated FIX latency: {v} ")))
+        {
+            let f: BTreeMap<&str, f64> = lat
+                .split_whitespace()
+                .map(|kv| {
+                    let (k, x) = kv.split_once('=').unwrap();
+                    (k, x.parse().unwrap())
+                })
+                .collect();
+            let got = sum(&metrics, "fix_order_ack_latency_seconds_sum", &l);
+            let slack = 0.001 * f["answered"];
+            assert!(
+                got >= f["venue_delay_sum"] - slack && got <= f["round_trip_sum"] + slack,
+                "{v}: latency sum {got} not within {f:?}"
+            );
+        }
+    }
+    // What the demo promises a new user: logons, orders answered, a gap asked to be resent,
+    // a reject now and then (venue-a; random, so not asserted), refused logons with a reason.
+    assert!(sim_fix["venue-a"]["logons"] > 0 && sim_fix["venue-a"]["answered"] > 0);
+    assert!(sim_fix["venue-b"]["gaps"] > 0 && sim_fix["venue-b"]["resend_requests"] > 0);
+    assert_eq!(sim_fix["venue-d"]["logons"], 0);
+    assert!(sim_fix["venue-d"]["received"] > 0, "venue-d's Logouts");
+    let refusal = sessions["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["target"] == "venue-d")
+        .unwrap()["last_logout_text"]
+        .clone();
+    assert_eq!(refusal, "venue-d: logon refused, unknown CompID");
+
+    // The silent venue: stale on /metrics only while the simulator had it silent (from its
+    // note plus stale_after, until its recovery note plus a poll and a scrape), and stale at
+    // some point; no other venue ever.
+    let silent_at = when(&format!("{SILENT} goes silent")).expect("the silence note");
+    let recovered_at = when(&format!("{SILENT} answers again")).expect("the recovery note");
+    assert!(
+        out.contains(&format!("simulated silence: {SILENT} from +")),
+        "{out}"
+    );
+    let slack = Duration::from_millis(400);
+    let stale_scrapes: Vec<&Instant> = stale
+        .iter()
+        .filter(|(_, s)| s[SILENT] > 0.0)
+        .map(|(t, _)| t)
+        .collect();
+    assert!(!stale_scrapes.is_empty(), "{SILENT} never stale:\n{out}");
+    for t in &stale_scrapes {
+        assert!(
+            **t + slack >= silent_at + STALE_AFTER - HEARTBEAT && **t <= recovered_at + slack * 2,
+            "{SILENT} stale at +{:?} outside the silence (+{:?}..+{:?})",
+            t.duration_since(silent_at),
+            STALE_AFTER,
+            recovered_at.duration_since(silent_at)
+        );
+    }
+    for (_, s) in &stale {
+        for v in ["venue-a", "venue-b", "venue-d"] {
+            assert_eq!(s[v], 0.0, "{v} is never silent");
+        }
+    }
+    assert_eq!(stale.last().unwrap().1[SILENT], 0.0, "recovered at the end");
     drop(held);
+    out
 }

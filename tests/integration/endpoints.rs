@@ -109,8 +109,8 @@ port = {p6}
     drop(a.remove(0)); // ports.local(0), preexisting
     sc.wait_for("closes", Duration::from_secs(10), |s| {
         let m = s.metrics();
-        m.count(CLOSED, &[("target", "venue-v4")]) == 2.0
-            && m.count(CLOSED, &[("target", "venue-v6")]) == 1.0
+        m.sum(CLOSED, &[("target", "venue-v4")]) == 2.0
+            && m.sum(CLOSED, &[("target", "venue-v6")]) == 1.0
     });
     let m = sc.metrics();
     assert_eq!(m.get(ACTIVE, &[("target", "venue-v4")]), Some(1.0));
@@ -311,9 +311,15 @@ fn each_source_reports_the_same_connections() {
         held.pop();
         sc.wait_for("1 closed", std::time::Duration::from_secs(10), |s| {
             let m = s.metrics();
-            m.get("fix_connections_closed_total", &[]) == Some(1.0)
+            m.sum("fix_connections_closed_total", &[]) == 1.0
                 && m.get("fix_connections_active", &[]) == Some(2.0)
         });
+        // Polling cannot tell who hung up: `unknown`, and no other `by` series.
+        assert_eq!(
+            sc.metrics().by("fix_connections_closed_total", &[], "by"),
+            [("unknown".to_string(), 1.0)].into(),
+            "{source}"
+        );
         assert_eq!(
             sc.metrics().get("fix_connections_total", &[]),
             Some(3.0),
@@ -359,7 +365,7 @@ fn json_logs_are_one_object_per_line() {
     });
     drop(c);
     sc.wait_for("close", Duration::from_secs(10), |s| {
-        s.metrics().get("fix_connections_closed_total", &[]) == Some(1.0)
+        s.metrics().sum("fix_connections_closed_total", &[]) == 1.0
     });
     let (st, log) = sc.terminate();
     assert!(st.success());

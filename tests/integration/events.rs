@@ -69,7 +69,8 @@ fn counts(s: &Sidecar, name: &str) -> (f64, f64, f64, f64, f64) {
     let t = [("target", name)];
     (
         m.get("fix_connections_total", &t).unwrap_or(-1.0),
-        m.get("fix_connections_closed_total", &t).unwrap_or(-1.0),
+        // Summed over `by` (who hung up).
+        m.sum("fix_connections_closed_total", &t),
         m.get("fix_connections_short_lived_total", &t)
             .unwrap_or(-1.0),
         // No histogram series until a first lifetime is recorded.
@@ -221,6 +222,17 @@ fn fin_rst_and_a_close_wait_left_open_are_each_counted_once() {
         (3.0, 3.0, 0.0, 3.0, 0.0),
         "{}",
         s.log()
+    );
+    // Netlink polling and destroy events cannot tell who hung up (FIN ours, RST, FIN theirs
+    // here): every close is `by="unknown"`, and no other `by` series is made up.
+    let by = s
+        .metrics()
+        .by("fix_connections_closed_total", &[("target", "venue")], "by");
+    assert_eq!(
+        by,
+        [("unknown".to_string(), 3.0)].into(),
+        "{}",
+        s.metrics().text
     );
     drop(rst_c);
     drop(wait_c);

@@ -361,6 +361,37 @@ impl Metrics {
     pub fn count(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.get(name, labels).unwrap_or(0.0)
     }
+
+    /// The sum of every series named `name` whose labels include `labels` (0 for none): a
+    /// total over the labels left out, such as `fix_connections_closed_total`'s `by`.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.matching(name, labels).map(|(_, v)| v).sum()
+    }
+
+    /// The series named `name` whose labels include `labels`, by the value of label `by`
+    /// (`fix_connections_closed_total` by who hung up).
+    pub fn by(&self, name: &str, labels: &[(&str, &str)], by: &str) -> BTreeMap<String, f64> {
+        let mut out = BTreeMap::new();
+        for (l, v) in self.matching(name, labels) {
+            let key = l.get(by).cloned().unwrap_or_default();
+            *out.entry(key).or_insert(0.0) += v;
+        }
+        out
+    }
+
+    fn matching<'a>(
+        &'a self,
+        name: &'a str,
+        labels: &'a [(&'a str, &'a str)],
+    ) -> impl Iterator<Item = (&'a BTreeMap<String, String>, f64)> + 'a {
+        self.series.iter().filter_map(move |(n, l, v)| {
+            (n == name
+                && labels
+                    .iter()
+                    .all(|(k, want)| l.get(*k).map(String::as_str) == Some(want)))
+            .then_some((l, *v))
+        })
+    }
 }
 
 fn parse_labels(s: &str) -> BTreeMap<String, String> {

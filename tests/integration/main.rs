@@ -27,3 +27,6 @@ mod properties;
 #[cfg(target_os = "linux")]
 mod fuzz_regressions;
 mod session_health;
+// poll.process_lookup (Linux: /proc).
+#[cfg(target_os = "linux")]
+mod process_lookup;

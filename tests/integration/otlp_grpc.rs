@@ -14,7 +14,11 @@ const WAIT: Duration = Duration::from_secs(15);
 /// `(active, opened, closed)` of `target` in the latest points the receiver got.
 fn pushed(rx: &Receiver, target: &str) -> (Option<f64>, Option<f64>, Option<f64>) {
     let v = |m: &str| rx.latest(m, target).map(|p| p.value);
-    (v(names::ACTIVE), v(names::OPENED), v(names::CLOSED))
+    // Polling: every close is `by="unknown"` (the only `by` series; checked below).
+    let closed = rx
+        .latest_with(names::CLOSED, &[("target", target), ("by", "unknown")])
+        .map(|p| p.value);
+    (v(names::ACTIVE), v(names::OPENED), closed)
 }
 
 /// The same three from a scrape of `/metrics`.
@@ -23,7 +27,10 @@ fn scraped(m: &Metrics, target: &str) -> (Option<f64>, Option<f64>, Option<f64>)
     (
         m.get("fix_connections_active", &l),
         m.get("fix_connections_total", &l),
-        m.get("fix_connections_closed_total", &l),
+        m.get(
+            "fix_connections_closed_total",
+            &[("target", target), ("by", "unknown")],
+        ),
     )
 }
 
@@ -148,6 +155,19 @@ headers = {{ "X-Tenant" = "desk-1" }}
         assert_eq!(find(names::OPENED, t).kind, cumulative_counter);
         assert_eq!(find(names::CLOSED, t).kind, cumulative_counter);
         assert_eq!(find(names::OPENED, t).attrs.len(), 1, "only `target`");
+        // Who hung up rides along as `by`; polling only ever knows `unknown`.
+        let closed: Vec<_> = points
+            .iter()
+            .filter(|p| p.metric == names::CLOSED && p.target() == Some(t))
+            .map(|p| p.attrs.clone())
+            .collect();
+        assert_eq!(
+            closed,
+            [std::collections::BTreeMap::from(
+                [("by", "unknown"), ("target", t)].map(|(k, v)| (k.to_string(), v.to_string()))
+            )],
+            "{t}"
+        );
     }
     assert_eq!(find(names::PEAK, "venue-b").value, 3.0);
     let duration = find(names::DURATION, "venue-b");

@@ -152,7 +152,7 @@ fn the_image_runs_unprivileged_on_the_host_network_and_counts_right() {
                 let l = [("target", target.as_str())];
                 let got = (
                     m.count("fix_connections_total", &l),
-                    m.count("fix_connections_closed_total", &l),
+                    m.sum("fix_connections_closed_total", &l),
                     m.count("fix_connections_active", &l),
                 );
                 if got == want {

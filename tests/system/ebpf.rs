@@ -621,10 +621,22 @@ fn the_sidecar_in_ebpf_mode_counts_short_sessions_exactly() {
 
     sc.wait_for("3 closes and 4 opens", Duration::from_secs(10), |sc| {
         let m = sc.metrics();
-        m.count("fix_connections_closed_total", &[]) == 3.0
+        m.sum("fix_connections_closed_total", &[]) == 3.0
             && m.count("fix_connections_total", &[]) == 4.0
     });
     let m = sc.metrics();
+    // We closed all three: `by="local"`, and the other values are there at 0.
+    assert_eq!(
+        m.by("fix_connections_closed_total", &[], "by"),
+        [
+            ("local", 3.0),
+            ("remote", 0.0),
+            ("reset", 0.0),
+            ("unknown", 0.0)
+        ]
+        .map(|(k, v)| (k.to_string(), v))
+        .into()
+    );
     assert_eq!(m.count("fix_connection_duration_seconds_count", &[]), 3.0);
     let sum = m.count("fix_connection_duration_seconds_sum", &[]);
     let want: u64 = truth.iter().sum();

@@ -178,3 +178,208 @@ fn fix_sessions_captured_on_loopback_match_the_simulator() {
     assert_eq!(opaque_conn.bytes_out, hello.len() as u64);
     drop(noise);
 }
+
+/// The sum over every series of `name` whose labels include `labels`.
+fn sum(m: &crate::harness::Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
+    m.series
+        .iter()
+        .filter(|(n, l, _)| {
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(v))
+        })
+        .map(|(_, _, v)| v)
+        .sum()
+}
+
+/// `[fix] capture = true` through the real binary (root): the simulator's sessions on loopback
+/// show on `/sessions` and `/metrics` with the simulator's counts, kernel-timed latencies
+/// between the venue's delay and the gateway's round trip, and no capture drop.
+#[test]
+fn the_binary_with_capture_on_reports_what_the_simulator_did() {
+    use crate::harness::*;
+    let ack_delay = Duration::from_millis(15);
+    // Their own loopback addresses, so that only these sessions match the targets.
+    let venue = Venue::start(
+        "127.0.0.45:0".parse().unwrap(),
+        VenueBehaviour {
+            ack_delay,
+            business_reject_every: Some(3),
+            gap_after: Some((5, 2)),
+            ..VenueBehaviour::default()
+        },
+    )
+    .unwrap();
+    let refusing = Venue::start(
+        "127.0.0.46:0".parse().unwrap(),
+        VenueBehaviour {
+            comp_id: "VENUE2".into(),
+            refuse_logons: Some("not authorised".into()),
+            ..VenueBehaviour::default()
+        },
+    )
+    .unwrap();
+    let cfg = config_file(&format!(
+        r#"
+[[targets]]
+name = "venue-a"
+address = "127.0.0.45"
+port = {pa}
+
+[[targets]]
+name = "venue-b"
+address = "127.0.0.46"
+port = {pb}
+
+[fix]
+capture = true
+"#,
+        pa = venue.addr.port(),
+        pb = refusing.addr.port()
+    ));
+    let sc = Sidecar::start(&[
+        "--config",
+        cfg.path().to_str().unwrap(),
+        "--interval",
+        "200ms",
+    ]);
+    let sessions = sc.json("/sessions");
+    assert_eq!(sessions["enabled"], true);
+    assert_eq!(sessions["capture"], true);
+    assert!(sessions["capture_error"].is_null(), "{sessions}");
+
+    let truth = scripted_session(venue.addr, 14, Some((refusing.addr, 2)), None).unwrap();
+    let venue_rec = venue.stop();
+    refusing.stop();
+    let mut sent = truth.sent.clone();
+    let mut received = truth.received.clone();
+    *sent.get_mut("Logon").unwrap() -= 2;
+    *received.get_mut("Logout").unwrap() -= 2;
+
+    let by_type = |v: &serde_json::Value| -> BTreeMap<String, u64> {
+        v.as_object()
+            .map(|o| {
+                o.iter()
+                    .map(|(k, n)| (k.clone(), n.as_u64().unwrap()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let find = |s: &serde_json::Value, label: &str| -> serde_json::Value {
+        s["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["session"] == label)
+            .cloned()
+            .unwrap_or(serde_json::Value::Null)
+    };
+    // The FIX layer publishes every 250 ms and /metrics is cached per poll: wait for both.
+    let mut last = serde_json::Value::Null;
+    sc.wait_for(
+        "every message on /sessions and /metrics",
+        Duration::from_secs(15),
+        |sc| {
+            let s = sc.json("/sessions");
+            let a = find(&s, "GW->VENUE");
+            last = s.clone();
+            let m = sc.metrics();
+            by_type(&a["out"]["by_type"]) == sent
+                && by_type(&a["in"]["by_type"]) == received
+                && sum(&m, "fix_messages_total", &[("target", "venue-a")])
+                    == (sent.values().sum::<u64>() + received.values().sum::<u64>()) as f64
+        },
+    );
+    let a = find(&last, "GW->VENUE");
+    assert_eq!(a["target"], "venue-a", "{last}");
+    assert_eq!(a["timed_by"], "wire");
+    assert_eq!(
+        a["tcp"]["local"].as_str().unwrap(),
+        truth.local.unwrap().to_string()
+    );
+    assert_eq!(a["logons"], 1);
+    assert_eq!(
+        (a["logouts_us"].as_u64(), a["logouts_them"].as_u64()),
+        (Some(1), Some(0))
+    );
+    assert_eq!(a["last_logout_text"], "end of day");
+    assert_eq!(a["logged_on"], false);
+    assert_eq!(a["heartbeat_interval_seconds"], 30);
+    assert_eq!(a["in"]["sequence_gaps"], 1);
+    assert_eq!(a["in"]["sequence_gap_messages"], venue_rec.gap_messages);
+    assert_eq!(a["out"]["resend_requests"], 1);
+    assert_eq!(
+        a["in"]["business_rejects"],
+        venue_rec.sent["BusinessMessageReject"]
+    );
+    assert_eq!(a["orders_answered"], truth.round_trips.len() as u64);
+    let b = find(&last, "GW->VENUE2");
+    assert_eq!(b["target"], "venue-b");
+    assert_eq!(b["logons"], 0);
+    assert_eq!(
+        by_type(&b["out"]["by_type"]),
+        BTreeMap::from([("Logon".into(), 2)])
+    );
+    assert_eq!(b["last_logout_text"], truth.refusal_text.as_str());
+    assert_eq!(last["stats"]["capture_drops"], 0);
+    assert!(last["stats"]["capture_packets"].as_u64().unwrap() > 0);
+
+    let m = sc.metrics();
+    let l = [("target", "venue-a"), ("session", "GW->VENUE")];
+    let n = truth.round_trips.len() as f64;
+    assert_eq!(sum(&m, "fix_order_ack_latency_seconds_count", &l), n);
+    let lat = sum(&m, "fix_order_ack_latency_seconds_sum", &l);
+    let rt: f64 = truth.round_trips.iter().map(|(_, d)| d.as_secs_f64()).sum();
+    assert!(
+        lat >= ack_delay.as_secs_f64() * n && lat <= rt,
+        "latency sum {lat} not within [{}, {rt}]",
+        ack_delay.as_secs_f64() * n
+    );
+    for (kind, count) in [("new", "new"), ("cancel", "cancel"), ("replace", "replace")] {
+        let want = truth.round_trips.iter().filter(|(k, _)| *k == kind).count() as f64;
+        let mut lk = l.to_vec();
+        lk.push(("request", count));
+        assert_eq!(
+            sum(&m, "fix_order_ack_latency_seconds_count", &lk),
+            want,
+            "{kind}"
+        );
+    }
+    for (t, v) in &sent {
+        assert_eq!(
+            sum(
+                &m,
+                "fix_messages_total",
+                &[("target", "venue-a"), ("direction", "out"), ("msg_type", t)]
+            ),
+            *v as f64,
+            "out {t}"
+        );
+    }
+    assert_eq!(sum(&m, "fix_session_logons_total", &l), 1.0);
+    assert_eq!(
+        sum(
+            &m,
+            "fix_session_logouts_total",
+            &[("target", "venue-a"), ("initiator", "us")]
+        ),
+        1.0
+    );
+    assert_eq!(sum(&m, "fix_session_logged_on", &l), 0.0);
+    assert_eq!(
+        sum(
+            &m,
+            "fix_session_sequence_gaps_total",
+            &[("target", "venue-a"), ("direction", "in")]
+        ),
+        1.0
+    );
+    assert_eq!(sum(&m, "fix_monitor_capture_drops_total", &[]), 0.0);
+    assert_eq!(
+        sum(&m, "fix_monitor_fix_messages_malformed_total", &[]),
+        0.0
+    );
+    let (status, log) = sc.terminate();
+    assert!(status.success(), "exit {status:?}\n{log}");
+}

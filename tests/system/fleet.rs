@@ -284,6 +284,20 @@ fn check_fleet(backend: &Backend, view: &View, gateways: &[Gateway]) -> Result<(
         }
     }
 
+    // Who hung up: the gateways poll, which never knows, so every close is `by="unknown"`.
+    let got = keyed(
+        q(format!(
+            "sum by (by) (fix_connections_closed_total{{{sel}}})"
+        ))?,
+        &["by"],
+    );
+    let want: BTreeMap<String, f64> = [("unknown".to_string(), total(Plan::closes, None))].into();
+    if got != want {
+        problems.push(format!(
+            "sum by (by) (fix_connections_closed_total): got {got:?}, want {want:?}"
+        ));
+    }
+
     // Hosts: exactly the three, each once.
     let hosts = keyed(
         q(format!(

@@ -16,9 +16,11 @@ struct User {
 }
 
 impl User {
-    /// `tag` tells apart the users of tests that run at the same time.
-    fn create(tag: &str) -> User {
-        let name = format!("fixlp{tag}{}", std::process::id());
+    fn create() -> User {
+        // Unique per test too: the tests of this module run in parallel threads.
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("fixlp{}x{n}", std::process::id());
         let status = Command::new("useradd")
             .args([
                 "--system",
@@ -86,7 +88,7 @@ fn status_field(pid: u32, key: &str) -> String {
 
 #[test]
 fn unprivileged_sidecar_counts_right_with_netlink_and_procfs() {
-    let user = User::create("");
+    let user = User::create();
     let pid = std::process::id();
     let ip = format!("127.0.{}.{}", 160 + pid % 90, 2 + pid / 90 % 250);
     let downstream = Downstream::listen(&format!("{ip}:0"));
@@ -129,7 +131,7 @@ fn unprivileged_sidecar_counts_right_with_netlink_and_procfs() {
             let l = [("target", target.as_str())];
             (
                 m.count("fix_connections_total", &l),
-                m.count("fix_connections_closed_total", &l),
+                m.sum("fix_connections_closed_total", &l),
                 m.count("fix_connections_active", &l),
             )
         };
@@ -152,7 +154,7 @@ fn unprivileged_sidecar_counts_right_with_netlink_and_procfs() {
 /// (with its session health), says why naming the capabilities, and starts normally.
 #[test]
 fn auto_without_capabilities_takes_netlink_and_names_what_ebpf_lacks() {
-    let user = User::create("a");
+    let user = User::create();
     let downstream = Downstream::listen("127.0.0.1:0");
     let port = downstream.addr.port().to_string();
     let _held = connect_from("127.0.0.1:0", downstream.addr);
@@ -205,7 +207,7 @@ fn a_port_below_1024_names_the_capability_it_needs() {
         unprivileged_start > 1,
         "this host lets anyone bind low ports: nothing to test"
     );
-    let user = User::create("b");
+    let user = User::create();
     // Any port below the limit: the kernel checks the capability before whether the port is
     // in use.
     let port = (unprivileged_start - 1).min(999);
@@ -218,4 +220,98 @@ fn a_port_below_1024_names_the_capability_it_needs() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("CAP_NET_BIND_SERVICE"), "{err}");
+}
+
+/// `poll.process_lookup` without privilege: a session of a process running as the sidecar's own
+/// user is named; the sessions this (root) test holds are not, and the sidecar says so once in
+/// its log and in `/health`, naming the capabilities, rather than knowing less in silence.
+#[test]
+fn process_lookup_without_privilege_names_its_own_users_processes_and_says_what_it_cannot() {
+    let user = User::create();
+    let pid = std::process::id();
+    let ip = format!("127.0.{}.{}", 160 + pid % 90, 2 + (pid / 90 + 7) % 250);
+    let downstream = Downstream::listen(&format!("{ip}:0"));
+    let port = downstream.addr.port().to_string();
+    for source in ["netlink", "procfs"] {
+        // Held by this test process (root): not readable by the sidecar's user.
+        let _root_held = connect_from("127.0.0.1:0", downstream.addr);
+        let mut sidecar_cmd = user.command();
+        sidecar_cmd.env("FIX_MONITOR_POLL__PROCESS_LOOKUP", "true");
+        let sidecar = Sidecar::start_with(
+            sidecar_cmd,
+            &[
+                "--ip",
+                &ip,
+                "--target-port",
+                &port,
+                "--source",
+                source,
+                "--interval",
+                "200ms",
+            ],
+        );
+        sidecar.wait_for("the root session", Duration::from_secs(20), |s| {
+            s.metrics().get("fix_connections_active", &[]) == Some(1.0)
+        });
+        // A client running as the sidecar's user: `sleep` holding a connection (fd 3).
+        let mut client = Command::new("setpriv")
+            .args([
+                "--reuid",
+                &user.name,
+                "--regid",
+                &user.name,
+                "--clear-groups",
+                "--",
+                "bash",
+                "-c",
+            ])
+            .arg(format!("exec 3<>/dev/tcp/{ip}/{port} && exec sleep 60"))
+            .spawn()
+            .expect("setpriv and bash");
+        sidecar.wait_for("the user's session", Duration::from_secs(20), |s| {
+            s.metrics().get("fix_connections_active", &[]) == Some(2.0)
+        });
+        let conns = sidecar.json("/connections");
+        let rows = conns["connections"].as_array().unwrap();
+        let named: Vec<_> = rows
+            .iter()
+            .filter(|r| r.get("pid").is_some())
+            .map(|r| {
+                (
+                    r["pid"].as_u64().unwrap(),
+                    r["comm"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            named,
+            [(u64::from(client.id()), "sleep".to_string())],
+            "{source}: {conns}"
+        );
+        let health = sidecar.json("/health");
+        let lookup = &health["process_lookup"];
+        assert_eq!(lookup["available"], true, "{source}: {health}");
+        assert!(
+            lookup["unreadable_processes"].as_u64().unwrap() > 0,
+            "{source}: {health}"
+        );
+        let reason = lookup["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.contains("CAP_SYS_PTRACE")
+                && reason.contains("CAP_DAC_READ_SEARCH")
+                && !reason.contains("  "),
+            "{source}: {health}"
+        );
+        let _ = client.kill();
+        let _ = client.wait();
+        let (status, log) = sidecar.terminate();
+        assert!(status.success(), "{source}: {log}");
+        // Two walks (the first poll's session, the user's), one warning.
+        assert_eq!(
+            log.matches("cannot read other processes' /proc/PID/fd")
+                .count(),
+            1,
+            "{source}: {log}"
+        );
+    }
 }

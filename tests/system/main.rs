@@ -15,6 +15,7 @@ mod otlp_receiver;
 mod backends;
 mod netns;
 
+mod closed_by;
 mod ebpf;
 mod endpoint_load;
 mod fleet;

@@ -10,13 +10,17 @@ use crate::harness::*;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// The pushed value of `metric` for `target`: `None` while VictoriaMetrics has no such series.
+/// The pushed value of `metric` for `target`, summed over its other labels (the closed
+/// counter's `by`): `None` while VictoriaMetrics has no such series.
 fn stored(vm: &Backend, metric: &str, target: &str) -> Option<f64> {
-    vm.value(&format!("{metric}{{target=\"{target}\"}}"))
+    vm.value(&format!("sum({metric}{{target=\"{target}\"}})"))
 }
 
+/// The same from a scrape: `None` without a series.
 fn scraped(m: &Metrics, metric: &str, target: &str) -> Option<f64> {
-    m.get(metric, &[("target", target)])
+    m.by(metric, &[("target", target)], "by")
+        .into_values()
+        .reduce(|a, b| a + b)
 }
 
 /// The series the test compares: per target, active / opened / closed, and the lifetime
@@ -118,6 +122,15 @@ interval = "300ms"
                 "{metric}{{target={t}}}"
             );
         }
+    }
+    // Who hung up travels as the `by` label: polling knows only `unknown`.
+    for t in ["venue-a", "venue-b"] {
+        let rows = vm.query(&format!(r#"fix_connections_closed_total{{target="{t}"}}"#));
+        let by: Vec<_> = rows
+            .iter()
+            .map(|(l, v)| (l.get("by").cloned(), *v))
+            .collect();
+        assert_eq!(by, [(Some("unknown".to_string()), 1.0)], "{t}: {rows:?}");
     }
     // The resource travels as labels; the sidecar reported no export errors.
     let rows = vm.query(r#"fix_connections_active{target="venue-a"}"#);

@@ -34,8 +34,8 @@ fn metrics_pass_promtool_check_metrics() {
     drop(closing);
     sc.wait_for("a close", Duration::from_secs(10), |s| {
         s.metrics()
-            .get("fix_connections_closed_total", &[("target", "venue-a")])
-            == Some(1.0)
+            .sum("fix_connections_closed_total", &[("target", "venue-a")])
+            == 1.0
     });
     let m = sc.metrics();
     assert!(

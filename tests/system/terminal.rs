@@ -335,12 +335,43 @@ fn demo_in_a_terminal_shows_the_view_and_ends_cleanly_at_ctrl_c() {
     assert!(s.contains("ACTIVE CONNECTIONS ("), "{s}");
     assert!(s.contains("RECENTLY CLOSED ("), "{s}");
 
+    // The FIX sessions panel: the demo's sessions log on with HeartBtInt 1 s, and an order
+    // answered shows its latency; each row's numbers are the panel's unit test's business, the
+    // totals are checked against the simulator at the end (below).
+    let s = tmux.wait_for(
+        "a logged-on FIX session with an answered order",
+        Duration::from_secs(30),
+        |s| {
+            s.contains("FIX SESSIONS (")
+                && s.lines().any(|l| {
+                    let c: Vec<&str> = l.split_whitespace().collect();
+                    // SESSION TARGET logged on HB SILENCE SEQ-IN SEQ-OUT GAPS REJECTS P50 ...
+                    c.len() >= 13
+                        && c[0].starts_with("GWA")
+                        && c[1] == "venue-a"
+                        && c[2..4] == ["logged", "on"]
+                        && c[4] == "1s"
+                        && c[10].ends_with('s')
+                        && c[10] != "-"
+                })
+        },
+    );
+    assert!(
+        s.lines()
+            .any(|l| l.starts_with("SESSION ") && l.contains("ACK P50")),
+        "{s}"
+    );
+
     tmux.send_keys("C-c");
     let s = tmux.wait_for("the exit", Duration::from_secs(20), |s| s.contains("EXIT="));
     assert!(s.contains("EXIT=0"), "{s}");
     assert!(s.contains("demo ended on request"), "{s}");
     assert!(
         s.contains("fix-monitor counted every session the gateway opened and closed"),
+        "{s}"
+    );
+    assert!(
+        s.contains("fix-monitor's FIX counts equal the simulator's"),
         "{s}"
     );
     for v in VENUES {

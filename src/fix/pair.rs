@@ -1,0 +1,625 @@
+//! One FIX session driven from both ends by one thread without blocking: the demo's simulated
+//! gateway (the initiator, whose side fix-monitor watches) and a venue (the acceptor), over a
+//! real TCP connection. The caller steps it with the time; it logs on, heartbeats, sends
+//! TestRequests when the venue is quiet, sends orders one at a time that the venue acknowledges
+//! after a delay (or rejects), asks for a resend when the venue leaves a sequence gap, and logs
+//! out with a reason. Everything the gateway did is kept in [`LinkTruth`], the ground truth the
+//! demo compares fix-monitor with.
+//!
+//! Why everything the venue sends reaches the gateway's counts before a close: the venue sends
+//! nothing after its Logout, and the gateway reads up to that Logout before it closes.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use super::codec::{tag, Message};
+use super::sim::{Counts, MessageLog, Peer};
+
+/// How a simulated venue behaves.
+#[derive(Debug, Clone)]
+pub struct VenueScript {
+    pub comp_id: String,
+    /// Each acknowledgement waits a delay drawn from this range.
+    pub ack_delay: (Duration, Duration),
+    /// Refuse every Logon with a Logout carrying this text.
+    pub refuse_logons: Option<String>,
+    /// Answer one order in n (at random) with a BusinessMessageReject (naming the ClOrdID in
+    /// tag 379).
+    pub business_reject_every: Option<u64>,
+    /// Leave `size` sequence numbers out after its `first`-th message, then every `every`.
+    pub gap: Option<Gap>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Gap {
+    pub first: u64,
+    pub every: u64,
+    pub size: u64,
+}
+
+/// What the gateway did on one or more sessions: the ground truth.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LinkTruth {
+    /// Messages the gateway sent and received, by MsgType name.
+    pub sent: Counts,
+    pub received: Counts,
+    pub logons: u64,
+    pub logouts_us: u64,
+    pub logouts_them: u64,
+    pub refused_logons: u64,
+    /// Sequence gaps the gateway saw coming in, and the messages missing in them.
+    pub gaps_in: u64,
+    pub gap_messages_in: u64,
+    pub resend_requests_out: u64,
+    pub test_requests_out: u64,
+    pub business_rejects_in: u64,
+    pub orders_answered: u64,
+    pub orders_rejected: u64,
+    /// Over the answered orders: the round trips the gateway measured (an upper bound for what
+    /// any observer in between can time) and the delays the venue waited (a lower bound).
+    pub round_trip_sum: Duration,
+    pub delay_sum: Duration,
+    pub last_logout_text: Option<String>,
+}
+
+impl LinkTruth {
+    pub fn add(&mut self, o: &LinkTruth) {
+        for (k, v) in &o.sent {
+            *self.sent.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &o.received {
+            *self.received.entry(k.clone()).or_default() += v;
+        }
+        self.logons += o.logons;
+        self.logouts_us += o.logouts_us;
+        self.logouts_them += o.logouts_them;
+        self.refused_logons += o.refused_logons;
+        self.gaps_in += o.gaps_in;
+        self.gap_messages_in += o.gap_messages_in;
+        self.resend_requests_out += o.resend_requests_out;
+        self.test_requests_out += o.test_requests_out;
+        self.business_rejects_in += o.business_rejects_in;
+        self.orders_answered += o.orders_answered;
+        self.orders_rejected += o.orders_rejected;
+        self.round_trip_sum += o.round_trip_sum;
+        self.delay_sum += o.delay_sum;
+        if o.last_logout_text.is_some() {
+            self.last_logout_text.clone_from(&o.last_logout_text);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GwState {
+    LogonSent,
+    LoggedOn,
+    Refused,
+}
+
+/// An acknowledgement the venue owes: (due, ClOrdID, MsgType of the order).
+type Due = (Instant, String, String);
+
+/// One FIX session, both ends.
+pub struct Link {
+    gw: Peer,
+    venue: Peer,
+    script: VenueScript,
+    heartbeat: Duration,
+    /// Time between two orders: drawn from this range after each answer.
+    order_pace: (Duration, Duration),
+    state: GwState,
+    venue_logged_on: bool,
+    last_gw_sent: Instant,
+    last_gw_recv: Instant,
+    last_venue_sent: Instant,
+    test_req_out: Option<Instant>,
+    test_req_id: u64,
+    /// The next inbound MsgSeqNum the gateway expects.
+    expect_in: u64,
+    next_order: Instant,
+    orders_sent: u64,
+    /// The order in flight: (ClOrdID, sent at).
+    in_flight: Option<(String, Instant)>,
+    due: Vec<Due>,
+    /// The venue's delay per ClOrdID, until the gateway reads the answer.
+    delays: HashMap<String, Duration>,
+    venue_orders: u64,
+    venue_sent: u64,
+    next_gap_at: Option<u64>,
+    truth: LinkTruth,
+    rng: fastrand::Rng,
+}
+
+fn draw(rng: &mut fastrand::Rng, (lo, hi): (Duration, Duration)) -> Duration {
+    let (lo, hi) = (
+        lo.as_micros() as u64,
+        hi.as_micros().max(lo.as_micros()) as u64,
+    );
+    Duration::from_micros(rng.u64(lo..=hi))
+}
+
+impl Link {
+    /// The gateway's end `gw` (CompID `gw_comp_id`) and the venue's accepted end; the gateway
+    /// sends its Logon (HeartBtInt `heartbeat`, ResetSeqNumFlag) at once.
+    pub fn open(
+        gw: TcpStream,
+        venue: TcpStream,
+        gw_comp_id: &str,
+        script: VenueScript,
+        heartbeat: Duration,
+        order_pace: (Duration, Duration),
+        log: Option<MessageLog>,
+    ) -> io::Result<Link> {
+        let now = Instant::now();
+        let mut gw = Peer::new(gw, "FIX.4.4", gw_comp_id, &script.comp_id);
+        if let Some(l) = log {
+            gw = gw.with_log(l);
+        }
+        let venue = Peer::new(venue, "FIX.4.4", &script.comp_id, gw_comp_id);
+        let mut rng = fastrand::Rng::new();
+        let next_order = now + draw(&mut rng, order_pace);
+        let mut link = Link {
+            gw,
+            venue,
+            next_gap_at: script.gap.map(|g| g.first),
+            script,
+            heartbeat,
+            order_pace,
+            state: GwState::LogonSent,
+            venue_logged_on: false,
+            last_gw_sent: now,
+            last_gw_recv: now,
+            last_venue_sent: now,
+            test_req_out: None,
+            test_req_id: 0,
+            expect_in: 1,
+            next_order,
+            orders_sent: 0,
+            in_flight: None,
+            due: Vec::new(),
+            delays: HashMap::new(),
+            venue_orders: 0,
+            venue_sent: 0,
+            truth: LinkTruth::default(),
+            rng,
+        };
+        let hb = heartbeat.as_secs().max(1).to_string();
+        link.gw_send("A", &[(98, "0"), (108, &hb), (141, "Y")])?;
+        Ok(link)
+    }
+
+    pub fn logged_on(&self) -> bool {
+        self.state == GwState::LoggedOn
+    }
+
+    /// The earliest time an acknowledgement is due (the caller wakes up then).
+    pub fn next_due(&self) -> Option<Instant> {
+        self.due.iter().map(|d| d.0).min()
+    }
+
+    /// One step at `now`. A `silent` venue neither reads nor sends (a hung engine); it catches
+    /// up when it is no longer silent.
+    pub fn step(&mut self, now: Instant, silent: bool) -> io::Result<()> {
+        if !silent {
+            self.venue_step(now, false)?;
+        }
+        for m in self.gw.try_recv()? {
+            self.gw_handle(&m)?;
+        }
+        if self.state != GwState::LoggedOn {
+            return Ok(());
+        }
+        let now = now.max(self.last_gw_recv);
+        if now.saturating_duration_since(self.last_gw_recv) >= self.heartbeat * 3 / 2
+            && self
+                .test_req_out
+                .is_none_or(|t| now.saturating_duration_since(t) >= self.heartbeat)
+        {
+            self.test_request(now)?;
+        }
+        if now.saturating_duration_since(self.last_gw_sent) >= self.heartbeat {
+            self.gw_send("0", &[])?;
+        }
+        if self.in_flight.is_none() && now >= self.next_order {
+            self.send_order()?;
+            // The venue reads it at once, so its delay runs from now (not from the next step).
+            if !silent {
+                self.venue_step(Instant::now(), false)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Logs out (the venue first, with `venue_reason`, or the gateway with `gw_reason`) and
+    /// closes both ends (the one that logged out first closes first); returns the truth (also
+    /// when the exchange failed, with what was done up to then).
+    pub fn log_out(
+        mut self,
+        venue_reason: Option<&str>,
+        gw_reason: &str,
+    ) -> (LinkTruth, io::Result<()>) {
+        let r = self.log_out_inner(venue_reason, gw_reason);
+        self.truth.sent = self.gw.sent.clone();
+        self.truth.received = self.gw.received.clone();
+        let truth = self.truth;
+        if venue_reason.is_some() {
+            self.venue.close();
+            self.gw.close();
+        } else {
+            self.gw.close();
+            self.venue.close();
+        }
+        (truth, r)
+    }
+
+    fn log_out_inner(&mut self, venue_reason: Option<&str>, gw_reason: &str) -> io::Result<()> {
+        // The venue answers what it owes first (a hung venue told to log out wakes up).
+        self.venue_step(Instant::now(), true)?;
+        for m in self.gw.try_recv()? {
+            self.gw_handle(&m)?;
+        }
+        if self.state != GwState::LoggedOn {
+            return Ok(());
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        match venue_reason {
+            Some(text) => {
+                self.venue_send("5", &[(58, text)])?;
+                self.gw_until_logout(deadline)?;
+                self.gw_send("5", &[])?;
+                self.truth.logouts_them += 1;
+                self.truth.last_logout_text = Some(text.to_string());
+            }
+            None => {
+                self.gw_send("5", &[(58, gw_reason)])?;
+                loop {
+                    let m = self.venue.recv(deadline)?.ok_or_else(timed_out)?;
+                    if m.msg_type() == b"5" {
+                        break;
+                    }
+                    self.venue_handle(&m, Instant::now())?;
+                }
+                self.venue_send("5", &[])?;
+                self.gw_until_logout(deadline)?;
+                self.truth.logouts_us += 1;
+                self.truth.last_logout_text = Some(gw_reason.to_string());
+            }
+        }
+        self.state = GwState::LogonSent;
+        Ok(())
+    }
+
+    fn gw_until_logout(&mut self, deadline: Instant) -> io::Result<()> {
+        loop {
+            let m = self.gw.recv(deadline)?.ok_or_else(timed_out)?;
+            self.last_gw_recv = Instant::now();
+            if m.msg_type() == b"5" {
+                return Ok(());
+            }
+            self.gw_handle(&m)?;
+        }
+    }
+
+    fn venue_step(&mut self, now: Instant, flush: bool) -> io::Result<()> {
+        for m in self.venue.try_recv()? {
+            self.venue_handle(&m, now)?;
+        }
+        let mut ready = Vec::new();
+        self.due.retain(|d| {
+            let go = flush || d.0 <= now;
+            if go {
+                ready.push(d.clone());
+            }
+            !go
+        });
+        ready.sort();
+        for (_, id, mt) in ready {
+            match mt.as_str() {
+                "F" => self.venue_send(
+                    "9",
+                    &[(11, &id), (41, "x"), (37, "NONE"), (39, "8"), (434, "1")],
+                )?,
+                "G" => self.venue_send(
+                    "8",
+                    &[
+                        (11, &id),
+                        (37, &id),
+                        (17, &format!("E{id}")),
+                        (150, "5"),
+                        (39, "5"),
+                    ],
+                )?,
+                _ => self.venue_send(
+                    "8",
+                    &[
+                        (11, &id),
+                        (37, &id),
+                        (17, &format!("E{id}")),
+                        (150, "0"),
+                        (39, "0"),
+                    ],
+                )?,
+            }
+        }
+        if self.venue_logged_on
+            && now.saturating_duration_since(self.last_venue_sent) >= self.heartbeat
+        {
+            self.venue_send("0", &[])?;
+        }
+        Ok(())
+    }
+
+    fn venue_handle(&mut self, m: &Message, now: Instant) -> io::Result<()> {
+        match m.msg_type() {
+            b"A" => match self.script.refuse_logons.clone() {
+                Some(text) => {
+                    self.venue_logged_on = false;
+                    self.venue_send("5", &[(58, &text)])?;
+                }
+                None => {
+                    self.venue_logged_on = true;
+                    let hb = m
+                        .get_str(tag::HEART_BT_INT)
+                        .unwrap_or_default()
+                        .into_owned();
+                    self.venue_send("A", &[(98, "0"), (108, &hb), (141, "Y")])?;
+                }
+            },
+            b"1" => {
+                let id = m.get_str(tag::TEST_REQ_ID).unwrap_or_default().into_owned();
+                self.venue_send("0", &[(112, &id)])?;
+            }
+            b"2" => {
+                let from = m
+                    .get_str(tag::BEGIN_SEQ_NO)
+                    .unwrap_or_default()
+                    .into_owned();
+                let new = self.venue.next_out.to_string();
+                self.venue_sent += 1;
+                self.last_venue_sent = Instant::now();
+                self.venue
+                    .send_with_seq("4", &from, &[(43, "Y"), (123, "Y"), (36, &new)])?;
+            }
+            mt @ (b"D" | b"F" | b"G") => {
+                self.venue_orders += 1;
+                let id = m.get_str(tag::CL_ORD_ID).unwrap_or_default().into_owned();
+                let mt = String::from_utf8_lossy(mt).into_owned();
+                let reject = self.script.business_reject_every;
+                if reject.is_some_and(|n| self.rng.u64(..n.max(1)) == 0) {
+                    let seq = m.get_str(tag::MSG_SEQ_NUM).unwrap_or_default().into_owned();
+                    self.venue_send(
+                        "j",
+                        &[
+                            (45, &seq),
+                            (372, &mt),
+                            (379, &id),
+                            (380, "0"),
+                            (58, "instrument halted"),
+                        ],
+                    )?;
+                } else {
+                    let delay = draw(&mut self.rng, self.script.ack_delay);
+                    self.delays.insert(id.clone(), delay);
+                    self.due.push((now + delay, id, mt));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn gw_handle(&mut self, m: &Message) -> io::Result<()> {
+        let now = Instant::now();
+        self.last_gw_recv = now;
+        let mt = m.msg_type();
+        let seq = m.get_u64(tag::MSG_SEQ_NUM).unwrap_or(0);
+        if mt == b"4" {
+            if let Some(new) = m.get_u64(tag::NEW_SEQ_NO) {
+                self.expect_in = self.expect_in.max(new);
+            }
+        } else if mt == b"A" && m.get_flag(tag::RESET_SEQ_NUM_FLAG) {
+            self.expect_in = seq + 1;
+        } else if seq > self.expect_in && !m.get_flag(tag::POSS_DUP_FLAG) {
+            self.truth.gaps_in += 1;
+            self.truth.gap_messages_in += seq - self.expect_in;
+            let from = self.expect_in.to_string();
+            self.expect_in = seq + 1;
+            self.truth.resend_requests_out += 1;
+            self.gw_send("2", &[(7, &from), (16, "0")])?;
+        } else if seq == self.expect_in {
+            self.expect_in += 1;
+        }
+        match mt {
+            b"A" if self.state == GwState::LogonSent => {
+                self.state = GwState::LoggedOn;
+                self.truth.logons += 1;
+                // Many engines confirm a new session with a TestRequest.
+                self.test_request(now)?;
+            }
+            b"5" if self.state == GwState::LogonSent => {
+                self.state = GwState::Refused;
+                self.truth.refused_logons += 1;
+                self.truth.last_logout_text = m.get_str(tag::TEXT).map(|t| t.into_owned());
+            }
+            b"0" if m.get(tag::TEST_REQ_ID).is_some() => self.test_req_out = None,
+            b"8" | b"9" => {
+                let id = m.get_str(tag::CL_ORD_ID).unwrap_or_default();
+                if self.in_flight.as_ref().is_some_and(|(i, _)| *i == id) {
+                    let (id, sent) = self.in_flight.take().expect("checked");
+                    self.truth.orders_answered += 1;
+                    self.truth.round_trip_sum += sent.elapsed();
+                    self.truth.delay_sum += self.delays.remove(&id).unwrap_or_default();
+                    self.next_order = now + draw(&mut self.rng, self.order_pace);
+                }
+            }
+            b"j" => {
+                self.truth.business_rejects_in += 1;
+                let id = m.get_str(tag::BUSINESS_REJECT_REF_ID).unwrap_or_default();
+                if self.in_flight.as_ref().is_some_and(|(i, _)| *i == id) {
+                    self.in_flight = None;
+                    self.truth.orders_rejected += 1;
+                    self.next_order = now + draw(&mut self.rng, self.order_pace);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn test_request(&mut self, now: Instant) -> io::Result<()> {
+        self.test_req_id += 1;
+        let id = format!("TEST{}", self.test_req_id);
+        self.gw_send("1", &[(112, &id)])?;
+        self.truth.test_requests_out += 1;
+        self.test_req_out = Some(now);
+        Ok(())
+    }
+
+    fn send_order(&mut self) -> io::Result<()> {
+        self.orders_sent += 1;
+        let n = self.orders_sent;
+        let id = format!("{}-{}-{n}", self.gw.sender, self.rng.u32(..));
+        let mt = if n % 7 == 0 {
+            "G"
+        } else if n % 5 == 0 {
+            "F"
+        } else {
+            "D"
+        };
+        let qty = (100 * self.rng.u32(1..=20)).to_string();
+        // Before the send: any observer's timestamp of it is later.
+        let sent = Instant::now();
+        self.gw_send(
+            mt,
+            &[
+                (11, &id),
+                (41, "prev"),
+                (55, "XYZ"),
+                (54, "1"),
+                (38, &qty),
+                (40, "2"),
+                (44, "101.25"),
+            ],
+        )?;
+        self.in_flight = Some((id, sent));
+        Ok(())
+    }
+
+    fn gw_send(&mut self, mt: &str, fields: &[(u32, &str)]) -> io::Result<()> {
+        self.last_gw_sent = Instant::now();
+        self.gw.send(mt, fields)
+    }
+
+    fn venue_send(&mut self, mt: &str, fields: &[(u32, &str)]) -> io::Result<()> {
+        if let (Some(at), Some(g), true) = (self.next_gap_at, self.script.gap, self.venue_logged_on)
+        {
+            if self.venue_sent >= at && mt != "5" {
+                self.venue.skip(g.size);
+                self.next_gap_at = Some(self.venue_sent + g.every);
+            }
+        }
+        self.venue_sent += 1;
+        self.last_venue_sent = Instant::now();
+        self.venue.send(mt, fields)
+    }
+}
+
+fn timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "no Logout within 2 s")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        (c, s)
+    }
+
+    fn script() -> VenueScript {
+        VenueScript {
+            comp_id: "VEN".into(),
+            ack_delay: (Duration::from_millis(1), Duration::from_millis(3)),
+            refuse_logons: None,
+            business_reject_every: Some(4),
+            gap: Some(Gap {
+                first: 5,
+                every: 10,
+                size: 2,
+            }),
+        }
+    }
+
+    /// The link alone, stepped fast: it logs on, orders are answered or rejected, gaps are
+    /// asked to be resent, and what the gateway counted equals what the venue did.
+    #[test]
+    fn a_link_logs_on_trades_gaps_and_logs_out() {
+        let (g, v) = pair();
+        let ms = Duration::from_millis;
+        let mut l = Link::open(g, v, "GW1", script(), ms(100), (ms(1), ms(2)), None).unwrap();
+        let end = Instant::now() + ms(1500);
+        while Instant::now() < end {
+            l.step(Instant::now(), false).unwrap();
+            std::thread::sleep(ms(1));
+        }
+        assert!(l.logged_on());
+        let venue_orders = l.venue_orders;
+        let (t, r) = l.log_out(None, "end of day");
+        r.unwrap();
+        assert_eq!(t.logons, 1);
+        assert_eq!(t.logouts_us, 1);
+        assert_eq!(t.last_logout_text.as_deref(), Some("end of day"));
+        assert!(t.orders_answered > 10, "{t:?}");
+        assert!(t.orders_rejected > 0, "{t:?}");
+        assert_eq!(t.orders_answered + t.orders_rejected, venue_orders);
+        assert_eq!(t.business_rejects_in, t.orders_rejected);
+        assert!(t.gaps_in > 0 && t.gap_messages_in == 2 * t.gaps_in, "{t:?}");
+        assert_eq!(t.resend_requests_out, t.gaps_in);
+        assert_eq!(t.received.get("SequenceReset"), Some(&t.gaps_in));
+        assert!(t.delay_sum >= ms(t.orders_answered) && t.round_trip_sum >= t.delay_sum);
+    }
+
+    #[test]
+    fn a_refusing_venue_and_a_silent_one() {
+        let ms = Duration::from_millis;
+        let (g, v) = pair();
+        let mut s = script();
+        s.refuse_logons = Some("unknown CompID".into());
+        let mut l = Link::open(g, v, "GW2", s, ms(100), (ms(1), ms(2)), None).unwrap();
+        for _ in 0..20 {
+            l.step(Instant::now(), false).unwrap();
+            std::thread::sleep(ms(2));
+        }
+        let (t, r) = l.log_out(None, "bye");
+        r.unwrap();
+        assert_eq!((t.logons, t.refused_logons, t.logouts_us), (0, 1, 0));
+        assert_eq!(t.last_logout_text.as_deref(), Some("unknown CompID"));
+
+        // Silent: the gateway's TestRequests go unanswered until the venue wakes up.
+        let (g, v) = pair();
+        let mut l = Link::open(g, v, "GW3", script(), ms(100), (ms(1), ms(2)), None).unwrap();
+        let step_for = |l: &mut Link, d: Duration, silent: bool| {
+            let end = Instant::now() + d;
+            while Instant::now() < end {
+                l.step(Instant::now(), silent).unwrap();
+                std::thread::sleep(ms(1));
+            }
+        };
+        step_for(&mut l, ms(200), false);
+        let before = l.truth.test_requests_out;
+        step_for(&mut l, ms(500), true);
+        assert!(l.truth.test_requests_out >= before + 2, "{:?}", l.truth);
+        step_for(&mut l, ms(200), false);
+        assert!(l.test_req_out.is_none());
+        let (t, r) = l.log_out(Some("maintenance"), "");
+        r.unwrap();
+        assert_eq!(t.logouts_them, 1);
+        assert_eq!(t.last_logout_text.as_deref(), Some("maintenance"));
+    }
+}
