@@ -109,9 +109,73 @@ def tcpinfo_section(meta, rows):
     return o
 
 
+# The level-2 sections this script writes (their headings start so; some carry numbers). Every
+# other section of an existing BENCHMARKS.md was written by another script (scripts/soak.sh's
+# "Soak", scripts/bench-events.sh's "Kernel close events", the eBPF splice) or by hand, and is
+# kept as it is: see `splice`.
+OWNED = ("Summary", "Targets", "Cost of one poll", "The sidecar over", "`/metrics` under",
+         "Findings", "History", "Exact commands", "Method and caveats",
+         "Session health: what `tcp_info` costs")
+
+
+def sections(text):
+    """Splits markdown into its preamble and its level-2 sections: [(heading or None, text)].
+    A `## ` line inside a fenced code block is not a heading."""
+    out = [(None, [])]
+    fenced = False
+    for line in text.splitlines(keepends=True):
+        if line.startswith("```"):
+            fenced = not fenced
+        if not fenced and line.startswith("## "):
+            out.append((line[3:].strip(), []))
+        out[-1][1].append(line)
+    return [(h, "".join(lines)) for h, lines in out]
+
+
+def splice(generated, old, owned=OWNED):
+    """`generated` followed by the sections of `old` that no heading prefix in `owned` claims,
+    in their order, unchanged."""
+    kept = [body for h, body in sections(old)
+            if h is not None and not any(h.startswith(p) for p in owned)]
+    text = generated.rstrip("\n") + "\n"
+    for body in kept:
+        text += "\n" + body.strip("\n") + "\n"
+    return text
+
+
 def main():
-    meta = json.load(open(sys.argv[1]))
-    rows = [json.loads(line) for line in open(sys.argv[2]) if line.strip()]
+    # report.py META RESULTS [--keep OLD.md [--owned PREFIX]...]: with --keep, the sections of
+    # OLD.md this script does not write (and no --owned prefix names: sections the caller
+    # appends itself) follow the new report.
+    args = sys.argv[1:]
+    keep, owned = None, list(OWNED)
+    rest = []
+    i = 0
+    while i < len(args):
+        if args[i] == "--keep":
+            keep = args[i + 1]
+            i += 2
+        elif args[i] == "--owned":
+            owned.append(args[i + 1])
+            i += 2
+        else:
+            rest.append(args[i])
+            i += 1
+    if keep is None:
+        return render(rest)
+    import contextlib
+    import io
+    import os
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        render(rest)
+    old = open(keep).read() if os.path.exists(keep) else ""
+    sys.stdout.write(splice(buf.getvalue(), old, tuple(owned)))
+
+
+def render(argv):
+    meta = json.load(open(argv[0]))
+    rows = [json.loads(line) for line in open(argv[1]) if line.strip()]
     poll = {(r["tool"], r["M"], r["N"]): r for r in rows if r["section"] == "poll"}
     once = {(r["tool"], r["M"], r["N"]): r for r in rows if r["section"] == "oneshot"}
     loads = {(r["M"], r["N"]): r for r in rows if r["section"] == "load"}

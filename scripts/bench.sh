@@ -621,7 +621,11 @@ m["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
 json.dump(m, open(sys.argv[1], "w"), indent=1)
 EOF
 [ "$ONLY" = tcpinfo ] && OUT="${BENCH_OUT:-$WORK/BENCHMARKS.tcpinfo.md}"
-"$PY" "$ROOT/benches/report.py" "$META" "$RESULTS" >"$OUT.tmp"
+# Sections of the existing report that report.py does not write (the soak's, by hand) are kept;
+# the events section is rewritten below when it runs.
+report_keep=(--keep "$OUT")
+[ "${BENCH_EVENTS:-1}" = 1 ] && report_keep+=(--owned "Kernel close events")
+"$PY" "$ROOT/benches/report.py" "$META" "$RESULTS" "${report_keep[@]}" >"$OUT.tmp"
 # Kernel close events (issue 9): the storm, CPU under unrelated closes, cost per event; its own
 # script, appended as a section (BENCH_EVENTS=0 leaves it out).
 if [ "${BENCH_EVENTS:-1}" = 1 ]; then

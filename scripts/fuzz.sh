@@ -33,7 +33,10 @@ if ! out="$(cargo afl config --build 2>&1)"; then
     grep -q "already built" <<<"$out" || { printf '%s\n' "$out" >&2; exit 1; }
 fi
 
-(cd fuzz && cargo afl build --release --locked)
+# The fuzz workspace resolves the crate's dependencies at the versions the crate's own lock file
+# pins (a lock file of its own went stale each time the crate gained a dependency), plus afl.
+cp Cargo.lock fuzz/Cargo.lock
+(cd fuzz && cargo afl build --release)
 
 # A shared CI-like machine: no CPU pinning, no frequency or core-pattern tuning (they need
 # root-wide changes; AFL++ only loses a little speed and crash detection stays).

@@ -12,5 +12,7 @@ cargo clippy --all-targets --all-features --locked -- -D warnings
 cargo test --locked --all-targets --features system-tests
 # Two minutes of the soak on the test build (scripts/soak.sh runs ten on a release build).
 SOAK_SECONDS=120 SOAK_PROFILE=debug SOAK_CARGO_ARGS="--features system-tests" bash scripts/soak.sh
+# report.py keeps BENCHMARKS.md's sections other scripts wrote (on the current file).
+python3 benches/test_report.py
 bash scripts/check-dashboards.sh
 bash scripts/check-examples.sh

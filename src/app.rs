@@ -52,6 +52,8 @@ pub struct Sidecar {
     state: StateReader,
     telemetry: Telemetry,
     events: tokio::sync::broadcast::Sender<Event>,
+    /// Sessions turning stale and recovering, as the poll loop finds them.
+    health_events: tokio::sync::broadcast::Sender<crate::health::HealthEvent>,
     /// The loop's inputs (today: stop; issue 9 adds kernel destroy events).
     inputs: mpsc::Sender<Input>,
     poller: std::thread::JoinHandle<()>,
@@ -312,6 +314,7 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
     };
 
     let (events, _) = tokio::sync::broadcast::channel(EVENT_BUFFER);
+    let (health_events, _) = tokio::sync::broadcast::channel(EVENT_BUFFER);
     let (inputs, inputs_rx) = mpsc::channel::<Input>();
     let poller = {
         let confirm = confirmation(source.kind());
@@ -322,7 +325,8 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
             initial,
             events.clone(),
         )
-        .with_confirm(confirm);
+        .with_confirm(confirm)
+        .with_health_events(health_events.clone());
         if let Some((persist, restored)) = persist {
             poller = poller.with_persist(persist, &restored);
         }
@@ -355,6 +359,7 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
         state,
         telemetry,
         events,
+        health_events,
         inputs,
         poller,
         server,
@@ -391,6 +396,11 @@ impl Sidecar {
     /// Opened and closed events as the poll loop produces them.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
         self.events.subscribe()
+    }
+
+    /// Sessions turning stale and recovering (targets with a heartbeat), after each poll.
+    pub fn subscribe_health(&self) -> tokio::sync::broadcast::Receiver<crate::health::HealthEvent> {
+        self.health_events.subscribe()
     }
 
     /// Resolves if the HTTP endpoint stops by itself (it failed); pending otherwise.

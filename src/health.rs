@@ -17,11 +17,15 @@
 //! poll, whose sessions predate the monitor: their totals so far are the baseline, not growth.
 //! A session that ends between two polls takes the growth since its last poll with it, unless
 //! its last `tcp_info` is handed in ([`HealthBook::closed`], from the kernel's destroy
-//! notification), which is then counted exactly once.
+//! notification), which is then counted exactly once: against what its last poll counted, also
+//! when a poll saw it leave ESTABLISHED first (such sessions are remembered, up to
+//! [`GONE_MEMORY`] of them, for their destroy notification to come). A notification for a
+//! session no longer remembered counts nothing: growth can be lost past that bound, never
+//! counted twice.
 //!
 //! Time is an input: the book never reads a clock.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -40,6 +44,15 @@ pub struct Growth {
 }
 
 impl Growth {
+    /// The totals of a final `tcp_info` (a field the kernel did not give counts as 0).
+    pub fn of(retransmits: u32, bytes_sent: Option<u64>, bytes_received: Option<u64>) -> Growth {
+        Growth {
+            retransmits: retransmits.into(),
+            bytes_sent: bytes_sent.unwrap_or(0),
+            bytes_received: bytes_received.unwrap_or(0),
+        }
+    }
+
     fn add(&mut self, o: Growth) {
         self.retransmits += o.retransmits;
         self.bytes_sent += o.bytes_sent;
@@ -148,6 +161,16 @@ fn key_of(s: &SocketEntry) -> SessionKey {
     (s.id, s.local, s.remote)
 }
 
+/// Sessions a poll saw leave (not listed any more) kept for their destroy notification.
+pub const GONE_MEMORY: usize = 65_536;
+
+/// A session a poll no longer lists: what was counted of it, until its destroy notification.
+#[derive(Debug, Clone, Copy)]
+struct Gone {
+    counted: Growth,
+    stale: bool,
+}
+
 /// The health state machine. See the module docs.
 #[derive(Debug)]
 pub struct HealthBook {
@@ -160,6 +183,9 @@ pub struct HealthBook {
     /// Growth of sessions that closed since the last poll, per target and (target, port).
     closed: Vec<Growth>,
     closed_ports: BTreeMap<(TargetId, u16), Growth>,
+    /// Sessions that left the polls (oldest first in `gone_order`), by socket id.
+    gone: HashMap<SessionKey, Gone>,
+    gone_order: VecDeque<SessionKey>,
     generation: u64,
 }
 
@@ -173,6 +199,8 @@ impl HealthBook {
             stale_after,
             sessions: HashMap::new(),
             closed_ports: BTreeMap::new(),
+            gone: HashMap::new(),
+            gone_order: VecDeque::new(),
             generation: 0,
         }
     }
@@ -257,6 +285,29 @@ impl HealthBook {
                     known.seen = generation;
                     (growth, event)
                 }
+                None if self.gone.contains_key(&key_of(s)) => {
+                    // Missing from a poll (a dump that skipped it) and listed again: counted
+                    // against what was counted before, never from zero.
+                    let g = self.gone.remove(&key_of(s)).expect("checked");
+                    let growth = Growth::since(totals, g.counted);
+                    let stale = stale_now.unwrap_or(false);
+                    self.sessions.insert(
+                        key_of(s),
+                        Session {
+                            counted: totals,
+                            stale,
+                            silent_since,
+                            seen: generation,
+                        },
+                    );
+                    let event = (stale && !g.stale).then_some(HealthEvent::Stale {
+                        target,
+                        local: s.local,
+                        remote: s.remote,
+                        silence,
+                    });
+                    (growth, event)
+                }
                 None => {
                     // New since the last poll: everything counts. At the first poll: only
                     // what comes next.
@@ -296,35 +347,103 @@ impl HealthBook {
                 g.add(&h, stale_now, growth);
             }
         }
-        // Sessions not seen this poll have ended: what they gained since their last poll is
-        // not known (unless `closed` had it), and they are forgotten.
-        self.sessions.retain(|_, s| s.seen == generation);
+        // Sessions not seen this poll have left ESTABLISHED (or ended): what they gain until
+        // their end is known only from their destroy notification (`closed`), so what was
+        // counted of them is kept until then, for a bounded number of them.
+        let gone = &mut self.gone;
+        let order = &mut self.gone_order;
+        self.sessions.retain(|&key, s| {
+            if s.seen == generation {
+                return true;
+            }
+            gone.insert(
+                key,
+                Gone {
+                    counted: s.counted,
+                    stale: s.stale,
+                },
+            );
+            order.push_back(key);
+            false
+        });
+        while self.gone.len() > GONE_MEMORY {
+            match self.gone_order.pop_front() {
+                Some(key) => {
+                    self.gone.remove(&key);
+                }
+                None => break,
+            }
+        }
+        // Ids taken out of `gone` (closed, or listed again) leave stale entries in the order.
+        if self.gone_order.len() > 2 * GONE_MEMORY.max(self.gone.len()) {
+            let gone = &self.gone;
+            self.gone_order.retain(|id| gone.contains_key(id));
+        }
+    }
+
+    /// Sessions that left the polls and whose destroy notification has not come (yet).
+    pub fn gone_len(&self) -> usize {
+        self.gone.len()
     }
 
     /// A session ended, with the kernel's last `tcp_info` for it (the socket-destroy
     /// notification's): its growth since the last poll is counted at the next
-    /// [`HealthBook::observe`], and the session forgotten. A session the book never saw (it
-    /// opened and closed between two polls) counts all of its totals. Returns whether the
-    /// session was counted (false for a socket of no target, or without health).
+    /// [`HealthBook::observe`] (or [`HealthBook::take_closed`]), and the session forgotten. A
+    /// session the book never saw (it opened and closed between two polls) counts all of its
+    /// totals. Returns whether the session was counted (false for a socket of no target, or
+    /// without health).
     pub fn closed(&mut self, socket: &SocketEntry) -> bool {
         let Some(h) = socket.health else { return false };
-        let Some(target) = self.targets.classify(&socket.local, &socket.remote) else {
+        self.closed_with(socket.id, socket.local, socket.remote, Growth::totals(&h))
+    }
+
+    /// [`HealthBook::closed`] with the final totals only (retransmits, bytes sent, bytes
+    /// received), as a destroy notification carries them.
+    pub fn closed_with(
+        &mut self,
+        id: u64,
+        local: SocketAddr,
+        remote: SocketAddr,
+        totals: Growth,
+    ) -> bool {
+        let Some(target) = self.targets.classify(&local, &remote) else {
             return false;
         };
-        let totals = Growth::totals(&h);
-        let growth = match self.sessions.remove(&key_of(socket)) {
+        let growth = match self.sessions.remove(&(id, local, remote)) {
             Some(known) => Growth::since(totals, known.counted),
-            None if self.generation == 0 => Growth::default(),
-            None => totals,
+            None => match self.gone.remove(&(id, local, remote)) {
+                Some(g) => Growth::since(totals, g.counted),
+                // Before the first poll: the baseline, as for the first poll's sessions.
+                None if self.generation == 0 => Growth::default(),
+                None => totals,
+            },
         };
         self.closed[target].add(growth);
         if self.targets.get(target).local_ports.is_some() {
             self.closed_ports
-                .entry((target, socket.local.port()))
+                .entry((target, local.port()))
                 .or_default()
                 .add(growth);
         }
         true
+    }
+
+    /// Hands over the growth of the sessions closed since the last poll (or the last call), so
+    /// that it reaches the counters now rather than at the next poll: `out` gets one entry per
+    /// target (growth only) and per (target, port) that grew, no RTT samples and no events.
+    pub fn take_closed(&mut self, out: &mut HealthPoll) {
+        out.targets.clear();
+        out.targets
+            .extend(self.closed.iter_mut().map(|g| GroupHealth {
+                growth: std::mem::take(g),
+                ..GroupHealth::default()
+            }));
+        out.ports.clear();
+        for (k, g) in std::mem::take(&mut self.closed_ports) {
+            out.ports.entry(k).or_default().growth = g;
+        }
+        out.rtt_samples.clear();
+        out.events.clear();
     }
 }
 
@@ -531,6 +650,39 @@ mod tests {
         assert_eq!(out.targets[0].growth, Growth::default());
         // The sum of all growth is the sum of what the sessions did while watched:
         // 1: 5 -> 9, 1000 -> 1800, 2000 -> 2100; 2: all; 3: all.
+    }
+
+    #[test]
+    fn a_close_seen_by_a_poll_then_by_its_destroy_notification_counts_once() {
+        let mut b = book();
+        let mut out = HealthPoll::default();
+        let t0 = Instant::now();
+        let s = |id, r, tx, rx| sock(1, 5000 + id as u16, id, Some(health(0, r, tx, rx)));
+        b.observe(t0, &[], &mut out);
+        b.observe(t0, &[s(1, 1, 100, 10), s(2, 0, 5, 5)], &mut out);
+        assert_eq!(out.targets[0].growth, Growth::of(1, Some(105), Some(15)));
+        // Session 1 leaves ESTABLISHED (a poll no longer lists it), then sends 50 more bytes
+        // and is destroyed: the notification counts what came after the last poll only.
+        b.observe(t0, &[s(2, 0, 5, 5)], &mut out);
+        assert_eq!(out.targets[0].growth, Growth::default());
+        assert_eq!(b.gone_len(), 1);
+        let (local, remote) = (s(1, 0, 0, 0).local, s(1, 0, 0, 0).remote);
+        assert!(b.closed_with(1, local, remote, Growth::of(2, Some(150), Some(10))));
+        assert_eq!(b.gone_len(), 0);
+        // Handed over at once, without waiting for a poll.
+        b.take_closed(&mut out);
+        assert_eq!(out.targets[0].growth, Growth::of(1, Some(50), Some(0)));
+        assert!(out.rtt_samples.is_empty());
+        b.take_closed(&mut out);
+        assert_eq!(out.targets[0].growth, Growth::default());
+        // The next poll has nothing more of it.
+        b.observe(t0, &[s(2, 0, 5, 5)], &mut out);
+        assert_eq!(out.targets[0].growth, Growth::default());
+        // A dump that skipped session 2 once: listed again, it is not new.
+        b.observe(t0, &[], &mut out);
+        b.observe(t0, &[s(2, 0, 8, 5)], &mut out);
+        assert_eq!(out.targets[0].growth, Growth::of(0, Some(3), Some(0)));
+        assert_eq!(b.gone_len(), 0);
     }
 
     #[test]

@@ -135,6 +135,8 @@ pub struct Poller {
     /// Session health: staleness and counter growth (see `crate::health`).
     health: HealthBook,
     health_poll: HealthPoll,
+    /// Where stale/recovered transitions go besides the log (the console), if anywhere.
+    health_out: Option<tokio::sync::broadcast::Sender<HealthEvent>>,
     /// Asks about sockets a poll no longer lists before they are closed.
     confirm: Box<dyn Confirm + Send>,
     /// The state file, if configured.
@@ -190,6 +192,7 @@ impl Poller {
                 targets.iter().map(|t| t.stale_after).collect(),
             ),
             health_poll: HealthPoll::default(),
+            health_out: None,
             tracker: Tracker::new(targets),
             instruments,
             publisher,
@@ -248,6 +251,15 @@ impl Poller {
     /// Confirms missing sockets through `confirm` (an exact kernel lookup) before closing them.
     pub fn with_confirm(mut self, confirm: Box<dyn Confirm + Send>) -> Poller {
         self.confirm = confirm;
+        self
+    }
+
+    /// Hands every stale/recovered transition to `out` too (after the poll that found it).
+    pub fn with_health_events(
+        mut self,
+        out: tokio::sync::broadcast::Sender<HealthEvent>,
+    ) -> Poller {
+        self.health_out = Some(out);
         self
     }
 
@@ -419,7 +431,12 @@ impl Poller {
         }
         // Stale/recovered lines once, after the poll that found them.
         log_health(&self.health_poll.events, &self.names);
-        self.health_poll.events.clear();
+        for e in self.health_poll.events.drain(..) {
+            if let Some(out) = &self.health_out {
+                // No subscriber is fine: nobody is watching.
+                let _ = out.send(e);
+            }
+        }
         for e in self.events.drain(..) {
             // No subscriber is fine: nobody is watching.
             let _ = self.events_out.send(e);
@@ -436,8 +453,17 @@ impl Poller {
             }
             Input::Events(batch) => {
                 self.events.clear();
+                let mut final_counts = false;
                 for e in &batch.events {
                     self.tracker.event(e, &mut self.events);
+                    final_counts |= self.health_closed(e);
+                }
+                if final_counts {
+                    // The growth since each session's last poll, counted now (a poll may be
+                    // an hour away), once: the book forgets the session.
+                    let mut closed = HealthPoll::default();
+                    self.health.take_closed(&mut closed);
+                    self.instruments.record_health(&closed);
                 }
                 if batch.lost > 0 {
                     self.instruments.record_events_lost(batch.lost);
@@ -470,6 +496,19 @@ impl Poller {
                 Flow::Continue
             }
         }
+    }
+
+    /// Hands a close event's final counters (the destroy notification's `tcp_info`) to the
+    /// health book. Returns whether they were counted.
+    fn health_closed(&mut self, e: &crate::tracker::SocketEvent) -> bool {
+        use crate::tracker::SocketEventKind;
+        let Some(info) = e.info else { return false };
+        if e.kind != SocketEventKind::Closed || e.partial || e.established == Some(false) {
+            return false;
+        }
+        let totals =
+            crate::health::Growth::of(info.retransmits, info.bytes_sent, Some(info.bytes_received));
+        self.health.closed_with(e.id, e.local, e.remote, totals)
     }
 
     /// Applies the state changes an event-seeing source read since the last tick, in order,

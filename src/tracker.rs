@@ -134,6 +134,8 @@ pub struct TcpCounters {
     pub bytes_received: u64,
     /// Segments retransmitted (`tcpi_total_retrans`).
     pub retransmits: u32,
+    /// Data bytes sent, retransmissions included (`tcpi_bytes_sent`; Linux 4.19+).
+    pub bytes_sent: Option<u64>,
 }
 
 /// A socket's transition, from an event-driven source (kernel socket-destroy notifications, an

@@ -25,6 +25,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::app::{self, RunError, Sidecar, StartOptions};
 use crate::config::Settings;
+use crate::health::HealthEvent;
 use crate::session::hms;
 use crate::state::StateReader;
 use crate::tracker::{Event, Timestamp};
@@ -135,6 +136,9 @@ pub struct Console {
     state: StateReader,
     events: broadcast::Receiver<Event>,
     events_open: bool,
+    /// Sessions turning stale and recovering: a line each, like the log's.
+    health: broadcast::Receiver<HealthEvent>,
+    health_open: bool,
     notes: Option<mpsc::UnboundedReceiver<String>>,
     header: Header,
     out: Output,
@@ -178,6 +182,8 @@ impl Console {
             state,
             events: sidecar.subscribe(),
             events_open: true,
+            health: sidecar.subscribe_health(),
+            health_open: true,
             notes,
             header,
             out,
@@ -233,6 +239,10 @@ impl Console {
                     self.take_events(batch);
                     self.redraw();
                 }
+                r = self.health.recv(), if self.health_open => {
+                    self.take_health(r);
+                    self.redraw();
+                }
                 Some(n) = recv_note(&mut self.notes) => {
                     self.note(&n);
                     self.redraw();
@@ -273,6 +283,21 @@ impl Console {
         }
         drop(m);
         self.push(lines);
+    }
+
+    fn take_health(&mut self, r: Result<HealthEvent, broadcast::error::RecvError>) {
+        let now = std::time::SystemTime::now();
+        let line = match r {
+            Ok(e) => health_line(&e, &self.state.get().meta.targets),
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                format!("({n} stale/recovered lines not shown: the console fell behind)")
+            }
+            Err(broadcast::error::RecvError::Closed) => {
+                self.health_open = false;
+                return;
+            }
+        };
+        self.push(vec![view::stamped(now, &line)]);
     }
 
     /// Once the first poll has succeeded, says how many connections were already open.
@@ -331,6 +356,34 @@ impl Console {
                 }
             }
         }
+    }
+}
+
+/// The console's line for a session turning stale or recovering (unstamped), like the log's:
+/// `stale venue-a 10.0.0.1:5001 -> 10.0.0.5:9876: nothing received for 2.413s`,
+/// `recovered venue-a 10.0.0.1:5001 -> 10.0.0.5:9876 after 5.102s of silence`.
+pub fn health_line(e: &HealthEvent, targets: &crate::target::Targets) -> String {
+    match e {
+        HealthEvent::Stale {
+            target,
+            local,
+            remote,
+            silence,
+        } => format!(
+            "stale {} {local} -> {remote}: nothing received for {:.3}s",
+            targets.get(*target).name,
+            silence.as_secs_f64()
+        ),
+        HealthEvent::Recovered {
+            target,
+            local,
+            remote,
+            silence,
+        } => format!(
+            "recovered {} {local} -> {remote} after {:.3}s of silence",
+            targets.get(*target).name,
+            silence.as_secs_f64()
+        ),
     }
 }
 

@@ -146,7 +146,7 @@ fn exchange(
         });
     }
     loop {
-        let datagram = netlink::recv_whole(socket, buf)
+        let datagram = netlink::recv_reply(socket, buf)
             .map_err(SourceError::io("reading a sock_diag lookup's answer"))?;
         match parse_answer(datagram, seq, id)? {
             Some(p) => return Ok(p),

@@ -59,6 +59,7 @@ mod tcpi {
     pub const SEGS_OUT: usize = 136;
     pub const SEGS_IN: usize = 140;
     pub const DELIVERED: usize = 192;
+    pub const BYTES_SENT: usize = 200;
 }
 
 /// What the final `tcp_info` says, where the kernel sent enough of it.
@@ -75,6 +76,8 @@ pub struct FinalInfo {
     pub segs_in: u32,
     /// Segments delivered to the peer, the SYN or SYN-ACK included (`tcpi_delivered`).
     pub delivered: u32,
+    /// Data bytes sent, retransmissions included (`tcpi_bytes_sent`, Linux 4.19+).
+    pub bytes_sent: Option<u64>,
 }
 
 impl FinalInfo {
@@ -102,6 +105,7 @@ impl FinalInfo {
             segs_out: u32_at(tcpi::SEGS_OUT)?,
             segs_in: u32_at(tcpi::SEGS_IN)?,
             delivered: u32_at(tcpi::DELIVERED)?,
+            bytes_sent: u64_at(tcpi::BYTES_SENT),
         })
     }
 }
@@ -136,6 +140,7 @@ impl Destroyed {
                 bytes_acked: i.bytes_acked,
                 bytes_received: i.bytes_received,
                 retransmits: i.total_retrans,
+                bytes_sent: i.bytes_sent,
             }),
         }
     }
@@ -597,6 +602,8 @@ pub(crate) mod tests {
         let info = got[0].info.unwrap();
         // The kernel counts sequence space: the 5 bytes, our SYN and our FIN; the peer's FIN.
         assert_eq!((info.bytes_acked, info.bytes_received), (7, 1), "{info:?}");
+        // Bytes sent count data only: the 5 bytes.
+        assert_eq!(info.bytes_sent, Some(5), "{info:?}");
         assert!(info.was_established());
     }
 
@@ -644,7 +651,13 @@ pub(crate) mod tests {
         assert!(d.socket.local.ip().is_unspecified(), "{d:?}");
         assert_eq!(d.socket.state, TcpState::Close);
         // `tcp_disconnect` zeroes the counters too: an abort's final tcp_info says nothing.
-        assert_eq!(d.info, Some(FinalInfo::default()));
+        assert_eq!(
+            d.info,
+            Some(FinalInfo {
+                bytes_sent: Some(0),
+                ..FinalInfo::default()
+            })
+        );
     }
 
     #[test]

@@ -79,6 +79,14 @@ const ESTABLISHED: u32 = 1 << 1;
 /// grows for it.
 const RECV_BUFFER: usize = 64 * 1024;
 
+/// How long one receive waits for the kernel's next datagram on the dump and lookup sockets
+/// (`SO_RCVTIMEO`). The kernel answers a dump within milliseconds, even of 50,000 sockets; a
+/// reply that does not come is a stuck kernel or a lost request, and must not hang the poll
+/// thread (nor its shutdown): the receive fails with [`io::ErrorKind::TimedOut`], the poll (or
+/// lookup) fails like any other, and the next one starts on a fresh socket, so a late reply is
+/// never read as the answer to a later request.
+pub const RECV_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The sockets one dump asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
@@ -143,6 +151,8 @@ pub struct NetlinkSource {
     buf: Vec<u8>,
     seq: u32,
     stats: PollStats,
+    /// See [`RECV_TIMEOUT`].
+    recv_timeout: std::time::Duration,
     /// (cookie, socket inode) of the last poll's sockets, sorted, once `keep_inodes` asked for
     /// them (`poll.process_lookup`); `None` otherwise.
     inodes: Option<Vec<(u64, u64)>>,
@@ -201,6 +211,16 @@ impl NetlinkSource {
         self.set_mode(self.mode);
     }
 
+    /// Bounds each receive of a dump's reply at `timeout` (default [`RECV_TIMEOUT`]).
+    pub fn set_recv_timeout(&mut self, timeout: std::time::Duration) -> Result<(), SourceError> {
+        self.recv_timeout = timeout;
+        if let Some(s) = &self.socket {
+            set_recv_timeout(s, timeout)
+                .map_err(SourceError::io("bounding the sock_diag socket's receives"))?;
+        }
+        Ok(())
+    }
+
     /// See [`NetlinkSource::set_tcp_info`].
     pub fn tcp_info(&self) -> bool {
         self.tcp_info
@@ -215,6 +235,7 @@ impl NetlinkSource {
         let mut source = NetlinkSource {
             targets: targets.clone(),
             socket: Some(open_socket()?),
+            recv_timeout: RECV_TIMEOUT,
             mode,
             requests: Vec::new(),
             program,
@@ -322,7 +343,14 @@ impl NetlinkSource {
     ) -> Result<(), SourceError> {
         let socket = match self.socket.take() {
             Some(s) => s,
-            None => open_socket()?,
+            None => {
+                let s = open_socket()?;
+                if self.recv_timeout != RECV_TIMEOUT {
+                    set_recv_timeout(&s, self.recv_timeout)
+                        .map_err(SourceError::io("bounding the sock_diag socket's receives"))?;
+                }
+                s
+            }
         };
         self.seq = self.seq.wrapping_add(1);
         self.stats.dumps += 1;
@@ -439,7 +467,48 @@ pub(super) fn open_socket() -> Result<Socket, SourceError> {
     socket
         .connect(&NetlinkAddr::new(0, 0))
         .map_err(SourceError::io("connecting the sock_diag socket"))?;
+    set_recv_timeout(&socket, RECV_TIMEOUT)
+        .map_err(SourceError::io("bounding the sock_diag socket's receives"))?;
     Ok(socket)
+}
+
+/// Sets `SO_RCVTIMEO`: a blocking receive on `socket` fails after `timeout` without data.
+pub(super) fn set_recv_timeout(socket: &Socket, timeout: std::time::Duration) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: a timeval for SO_RCVTIMEO, read by the kernel during the call.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// [`recv_whole`] on a blocking socket whose receives are bounded ([`RECV_TIMEOUT`]): a receive
+/// that timed out is [`io::ErrorKind::TimedOut`], saying so.
+pub(super) fn recv_reply<'b>(socket: &Socket, buf: &'b mut Vec<u8>) -> io::Result<&'b [u8]> {
+    recv_whole(socket, buf).map_err(|e| {
+        if e.kind() == io::ErrorKind::WouldBlock {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no reply from the kernel within the receive timeout (SO_RCVTIMEO)",
+            )
+        } else {
+            e
+        }
+    })
 }
 
 /// A dump request for the TCP sockets of `family` in `states` (a bit per state), filtered by
@@ -501,7 +570,7 @@ fn exchange(
     }
     loop {
         let datagram =
-            recv_whole(socket, buf).map_err(SourceError::io("reading a sock_diag reply"))?;
+            recv_reply(socket, buf).map_err(SourceError::io("reading a sock_diag reply"))?;
         stats.datagrams += 1;
         if on_datagram(datagram)? == DumpProgress::Done {
             return Ok(());
@@ -1352,6 +1421,75 @@ mod tests {
         let mut source = NetlinkSource::open(&targets).unwrap();
         assert_eq!(poll(&mut source), want);
         assert_eq!(source.stats.received, want.len());
+    }
+
+    /// A receive whose reply never comes is bounded: nothing is sent on a fresh socket, and
+    /// the receive fails as a timeout, not a hang.
+    #[test]
+    fn a_reply_that_never_comes_times_out() {
+        let socket = open_socket().unwrap();
+        set_recv_timeout(&socket, Duration::from_millis(300)).unwrap();
+        let mut buf = Vec::with_capacity(4096);
+        let started = Instant::now();
+        let e = recv_reply(&socket, &mut buf).unwrap_err();
+        let waited = started.elapsed();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert!(
+            waited >= Duration::from_millis(290) && waited < Duration::from_secs(3),
+            "{waited:?}"
+        );
+        // The default bound is set on every socket the source and the lookups open.
+        let fresh = open_socket().unwrap();
+        let mut tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        };
+        let mut len = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
+        // SAFETY: reads a timeval into `tv`.
+        let r = unsafe {
+            libc::getsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&fresh),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&mut tv as *mut libc::timeval).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(r, 0);
+        assert_eq!(tv.tv_sec as u64, RECV_TIMEOUT.as_secs());
+    }
+
+    /// A dump the kernel never answers (its request lacks `NLM_F_REQUEST`, which the kernel
+    /// ignores without a word) fails the poll after the timeout, and the next poll, on a fresh
+    /// socket, lists the sockets again.
+    #[test]
+    fn a_poll_whose_reply_never_comes_fails_in_time_and_the_next_one_works() {
+        let (l, at) = listen("127.0.42.31:0");
+        let (client, _server) = connect("127.0.0.1:0", at, &l);
+        let targets = Targets::new(vec![target("127.0.42.31/32", Some(at.port()), None)]);
+        let mut source = NetlinkSource::open(&targets).unwrap();
+        source.set_recv_timeout(Duration::from_millis(300)).unwrap();
+        let want: BTreeSet<Pair> = [ends(&client)].into();
+        assert_eq!(poll(&mut source), want);
+        for (_, r) in &mut source.requests {
+            r[6..8].copy_from_slice(&0u16.to_ne_bytes());
+        }
+        let mut out = Vec::new();
+        let started = Instant::now();
+        let e = source.poll(&mut out).unwrap_err();
+        let waited = started.elapsed();
+        assert!(
+            matches!(&e, SourceError::Io { source, .. } if source.kind() == io::ErrorKind::TimedOut),
+            "{e}"
+        );
+        assert!(e.to_string().contains("no reply from the kernel"), "{e}");
+        assert!(out.is_empty());
+        assert!(
+            waited >= Duration::from_millis(290) && waited < Duration::from_secs(3),
+            "{waited:?}"
+        );
+        source.set_mode(source.mode);
+        assert_eq!(poll(&mut source), want);
     }
 
     #[test]

@@ -356,3 +356,68 @@ port = {}
     let me = (std::process::id().to_string(), comm.trim_end().to_string());
     assert_eq!(owners, vec![me; 4], "{text}");
 }
+
+/// Through a pipe, issue 10's stale sessions: a line when a silent session turns stale (after
+/// twice the heartbeat) and one when it recovers, with its silence, as the log has them.
+#[test]
+fn watch_through_a_pipe_prints_a_line_when_a_session_turns_stale_and_when_it_recovers() {
+    use std::io::Write;
+    let l = std::net::TcpListener::bind("127.0.0.48:0").unwrap();
+    let at = l.local_addr().unwrap();
+    let cfg = config_file(&format!(
+        "[[targets]]\nname = \"venue-s\"\naddress = \"127.0.0.48\"\nport = {}\nheartbeat = \"1s\"\n",
+        at.port()
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let quiet = connect_from("127.0.0.1:0", at);
+    let quiet_since = Instant::now();
+    let (mut peer, _) = l.accept().unwrap();
+    let local = quiet.local_addr().unwrap();
+    let mut w = Piped::start(
+        &[
+            "watch",
+            "--config",
+            cfg.path().to_str().unwrap(),
+            "--interval",
+            "200ms",
+            "--source",
+            "netlink",
+            "--no-report",
+        ],
+        dir.path(),
+    );
+    let stale = format!("] stale venue-s {local} -> {at}: nothing received for ");
+    w.wait_for("the stale line", |l| l.iter().any(|l| l.contains(&stale)));
+    let text = w.text();
+    let silence: f64 = text
+        .lines()
+        .find_map(|l| l.split_once(&stale))
+        .and_then(|(_, s)| s.strip_suffix('s'))
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Stale strictly after 2 s of silence, and seen within a poll (plus slack for a busy host).
+    assert!(silence > 2.0 && silence < 3.5, "{text}");
+    assert!(!text.contains("] recovered venue-s"), "{text}");
+
+    peer.write_all(b"0").unwrap();
+    let truth = quiet_since.elapsed().as_secs_f64();
+    let recovered = format!("] recovered venue-s {local} -> {at} after ");
+    w.wait_for("the recovered line", |l| {
+        l.iter().any(|l| l.contains(&recovered))
+    });
+    let text = w.text();
+    let lasted: f64 = text
+        .lines()
+        .find_map(|l| l.split_once(&recovered))
+        .and_then(|(_, s)| s.strip_suffix("s of silence"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    // From the connect to the byte, by the kernel's clock (ms), judged at polls 200 ms apart.
+    assert!((lasted - truth).abs() <= 0.3, "{lasted} vs {truth}\n{text}");
+    assert_eq!(text.matches("] stale venue-s").count(), 1, "{text}");
+    assert_eq!(text.matches("] recovered venue-s").count(), 1, "{text}");
+    assert!(w.terminate().success(), "{}", w.text());
+    drop(quiet);
+}

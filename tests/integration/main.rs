@@ -27,6 +27,9 @@ mod properties;
 #[cfg(target_os = "linux")]
 mod fuzz_regressions;
 mod session_health;
+// Issue 10: the final tcp_info of kernel destroy notifications.
+#[cfg(target_os = "linux")]
+mod close_counters;
 // poll.process_lookup (Linux: /proc).
 #[cfg(target_os = "linux")]
 mod process_lookup;
