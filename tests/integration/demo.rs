@@ -23,20 +23,6 @@ const STALE_AFTER: Duration = Duration::from_secs(2);
 /// The last data before the silence came up to one heartbeat before it.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
-/// The sum over every series of `name` whose labels include `labels`.
-fn sum(m: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
-    m.series
-        .iter()
-        .filter(|(n, l, _)| {
-            n == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(v))
-        })
-        .map(|(_, _, v)| v)
-        .sum()
-}
-
 /// `name k=v k=v ...` (the demo's FIX summary lines) as a map.
 fn tally(line: &str) -> (String, BTreeMap<String, u64>) {
     let mut f = line.split_whitespace();
@@ -332,7 +318,7 @@ fn run_demo(extra: &[&str]) -> String {
         let m = |name: &str, extra: &[(&str, &str)]| {
             let mut labels = l.to_vec();
             labels.extend_from_slice(extra);
-            sum(&metrics, name, &labels) as u64
+            metrics.sum(name, &labels) as u64
         };
         assert_eq!(m("fix_session_logons_total", &[]), truth["logons"], "{v}");
         assert_eq!(
@@ -389,7 +375,7 @@ fn run_demo(extra: &[&str]) -> String {
                     (k, x.parse().unwrap())
                 })
                 .collect();
-            let got = sum(&metrics, "fix_order_ack_latency_seconds_sum", &l);
+            let got = metrics.sum("fix_order_ack_latency_seconds_sum", &l);
             let slack = 0.001 * f["answered"];
             assert!(
                 got >= f["venue_delay_sum"] - slack && got <= f["round_trip_sum"] + slack,

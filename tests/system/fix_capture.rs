@@ -179,20 +179,6 @@ fn fix_sessions_captured_on_loopback_match_the_simulator() {
     drop(noise);
 }
 
-/// The sum over every series of `name` whose labels include `labels`.
-fn sum(m: &crate::harness::Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
-    m.series
-        .iter()
-        .filter(|(n, l, _)| {
-            n == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(v))
-        })
-        .map(|(_, _, v)| v)
-        .sum()
-}
-
 /// `[fix] capture = true` through the real binary (root): the simulator's sessions on loopback
 /// show on `/sessions` and `/metrics` with the simulator's counts, kernel-timed latencies
 /// between the venue's delay and the gateway's round trip, and no capture drop.
@@ -287,7 +273,7 @@ capture = true
             let m = sc.metrics();
             by_type(&a["out"]["by_type"]) == sent
                 && by_type(&a["in"]["by_type"]) == received
-                && sum(&m, "fix_messages_total", &[("target", "venue-a")])
+                && m.sum("fix_messages_total", &[("target", "venue-a")])
                     == (sent.values().sum::<u64>() + received.values().sum::<u64>()) as f64
         },
     );
@@ -328,8 +314,8 @@ capture = true
     let m = sc.metrics();
     let l = [("target", "venue-a"), ("session", "GW->VENUE")];
     let n = truth.round_trips.len() as f64;
-    assert_eq!(sum(&m, "fix_order_ack_latency_seconds_count", &l), n);
-    let lat = sum(&m, "fix_order_ack_latency_seconds_sum", &l);
+    assert_eq!(m.sum("fix_order_ack_latency_seconds_count", &l), n);
+    let lat = m.sum("fix_order_ack_latency_seconds_sum", &l);
     let rt: f64 = truth.round_trips.iter().map(|(_, d)| d.as_secs_f64()).sum();
     assert!(
         lat >= ack_delay.as_secs_f64() * n && lat <= rt,
@@ -341,15 +327,14 @@ capture = true
         let mut lk = l.to_vec();
         lk.push(("request", count));
         assert_eq!(
-            sum(&m, "fix_order_ack_latency_seconds_count", &lk),
+            m.sum("fix_order_ack_latency_seconds_count", &lk),
             want,
             "{kind}"
         );
     }
     for (t, v) in &sent {
         assert_eq!(
-            sum(
-                &m,
+            m.sum(
                 "fix_messages_total",
                 &[("target", "venue-a"), ("direction", "out"), ("msg_type", t)]
             ),
@@ -357,29 +342,24 @@ capture = true
             "out {t}"
         );
     }
-    assert_eq!(sum(&m, "fix_session_logons_total", &l), 1.0);
+    assert_eq!(m.sum("fix_session_logons_total", &l), 1.0);
     assert_eq!(
-        sum(
-            &m,
+        m.sum(
             "fix_session_logouts_total",
             &[("target", "venue-a"), ("initiator", "us")]
         ),
         1.0
     );
-    assert_eq!(sum(&m, "fix_session_logged_on", &l), 0.0);
+    assert_eq!(m.sum("fix_session_logged_on", &l), 0.0);
     assert_eq!(
-        sum(
-            &m,
+        m.sum(
             "fix_session_sequence_gaps_total",
             &[("target", "venue-a"), ("direction", "in")]
         ),
         1.0
     );
-    assert_eq!(sum(&m, "fix_monitor_capture_drops_total", &[]), 0.0);
-    assert_eq!(
-        sum(&m, "fix_monitor_fix_messages_malformed_total", &[]),
-        0.0
-    );
+    assert_eq!(m.sum("fix_monitor_capture_drops_total", &[]), 0.0);
+    assert_eq!(m.sum("fix_monitor_fix_messages_malformed_total", &[]), 0.0);
     let (status, log) = sc.terminate();
     assert!(status.success(), "exit {status:?}\n{log}");
 }
