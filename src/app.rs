@@ -248,6 +248,12 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
             mode = mode.as_str(),
             "kernel close events in use: every close exactly, sessions shorter than a poll included"
         ),
+        // The eBPF source has exact opens and closes of its own (its tracepoint): nothing is lost.
+        Mode::Polling { reason } if source.kind() == source::SourceKind::Ebpf => tracing::info!(
+            mode = mode.as_str(),
+            reason = %reason,
+            "kernel close events not used: the eBPF tracepoint gives every open and close exactly"
+        ),
         Mode::Polling { reason } => tracing::warn!(
             mode = mode.as_str(),
             reason = %reason,

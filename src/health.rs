@@ -1,6 +1,6 @@
 //! Session health over time: a pure state machine beside the tracker.
 //!
-//! Each poll's sockets go in (with the kernel's `tcp_info`, netlink only) and the time of the
+//! Each poll's sockets go in (with the kernel's `tcp_info`: netlink and eBPF only) and the time of the
 //! poll; out come, per target (and per local port for targets with `local_ports`), what the
 //! metrics report: sessions stale now, the longest silence, the fullest send queue, RTT samples,
 //! and the growth of the kernel's per-session counters (retransmits, bytes); plus an event when
@@ -154,6 +154,13 @@ struct Session {
     seen: u64,
 }
 
+/// How the book tells sessions apart: socket id, local and remote address.
+type SessionKey = (u64, SocketAddr, SocketAddr);
+
+fn key_of(s: &SocketEntry) -> SessionKey {
+    (s.id, s.local, s.remote)
+}
+
 /// Sessions a poll saw leave (not listed any more) kept for their destroy notification.
 pub const GONE_MEMORY: usize = 65_536;
 
@@ -170,14 +177,15 @@ pub struct HealthBook {
     targets: Targets,
     /// Per target: after how much silence a session is stale; `None`: not judged.
     stale_after: Vec<Option<Duration>>,
-    /// By socket id (the kernel's cookie).
-    sessions: HashMap<u64, Session>,
+    /// By socket id (the kernel's cookie) and 4-tuple: the eBPF source knows its sockets by
+    /// 4-tuple only (id 0).
+    sessions: HashMap<SessionKey, Session>,
     /// Growth of sessions that closed since the last poll, per target and (target, port).
     closed: Vec<Growth>,
     closed_ports: BTreeMap<(TargetId, u16), Growth>,
     /// Sessions that left the polls (oldest first in `gone_order`), by socket id.
-    gone: HashMap<u64, Gone>,
-    gone_order: VecDeque<u64>,
+    gone: HashMap<SessionKey, Gone>,
+    gone_order: VecDeque<SessionKey>,
     generation: u64,
 }
 
@@ -211,9 +219,11 @@ impl HealthBook {
         self.sessions.is_empty()
     }
 
-    /// Whether the session with socket id `id` is stale now.
-    pub fn is_stale(&self, id: u64) -> bool {
-        self.sessions.get(&id).is_some_and(|s| s.stale)
+    /// Whether the session with socket id `id` and this 4-tuple is stale now.
+    pub fn is_stale(&self, id: u64, local: SocketAddr, remote: SocketAddr) -> bool {
+        self.sessions
+            .get(&(id, local, remote))
+            .is_some_and(|s| s.stale)
     }
 
     /// Takes one poll's sockets (those without health are skipped: not measured) taken at
@@ -248,7 +258,7 @@ impl HealthBook {
             let silent_since = at.checked_sub(silence).unwrap_or(at);
             let threshold = self.stale_after[target];
             let stale_now = threshold.map(|t| silence > t);
-            let (growth, event) = match self.sessions.get_mut(&s.id) {
+            let (growth, event) = match self.sessions.get_mut(&key_of(s)) {
                 Some(known) => {
                     let growth = Growth::since(totals, known.counted);
                     known.counted = totals;
@@ -275,14 +285,14 @@ impl HealthBook {
                     known.seen = generation;
                     (growth, event)
                 }
-                None if self.gone.contains_key(&s.id) => {
+                None if self.gone.contains_key(&key_of(s)) => {
                     // Missing from a poll (a dump that skipped it) and listed again: counted
                     // against what was counted before, never from zero.
-                    let g = self.gone.remove(&s.id).expect("checked");
+                    let g = self.gone.remove(&key_of(s)).expect("checked");
                     let growth = Growth::since(totals, g.counted);
                     let stale = stale_now.unwrap_or(false);
                     self.sessions.insert(
-                        s.id,
+                        key_of(s),
                         Session {
                             counted: totals,
                             stale,
@@ -304,7 +314,7 @@ impl HealthBook {
                     let growth = if first { Growth::default() } else { totals };
                     let stale = stale_now.unwrap_or(false);
                     self.sessions.insert(
-                        s.id,
+                        key_of(s),
                         Session {
                             counted: totals,
                             stale,
@@ -342,24 +352,24 @@ impl HealthBook {
         // counted of them is kept until then, for a bounded number of them.
         let gone = &mut self.gone;
         let order = &mut self.gone_order;
-        self.sessions.retain(|&id, s| {
+        self.sessions.retain(|&key, s| {
             if s.seen == generation {
                 return true;
             }
             gone.insert(
-                id,
+                key,
                 Gone {
                     counted: s.counted,
                     stale: s.stale,
                 },
             );
-            order.push_back(id);
+            order.push_back(key);
             false
         });
         while self.gone.len() > GONE_MEMORY {
             match self.gone_order.pop_front() {
-                Some(id) => {
-                    self.gone.remove(&id);
+                Some(key) => {
+                    self.gone.remove(&key);
                 }
                 None => break,
             }
@@ -399,9 +409,9 @@ impl HealthBook {
         let Some(target) = self.targets.classify(&local, &remote) else {
             return false;
         };
-        let growth = match self.sessions.remove(&id) {
+        let growth = match self.sessions.remove(&(id, local, remote)) {
             Some(known) => Growth::since(totals, known.counted),
-            None => match self.gone.remove(&id) {
+            None => match self.gone.remove(&(id, local, remote)) {
                 Some(g) => Growth::since(totals, g.counted),
                 // Before the first poll: the baseline, as for the first poll's sessions.
                 None if self.generation == 0 => Growth::default(),
@@ -491,6 +501,35 @@ mod tests {
     }
 
     #[test]
+    fn sessions_without_ids_are_told_apart_by_their_4_tuple() {
+        // The eBPF source lists every socket with id 0.
+        let mut b = book();
+        let mut out = HealthPoll::default();
+        let t0 = Instant::now();
+        let quiet = sock(1, 5000, 0, Some(health(2500, 0, 100, 0)));
+        let talk = sock(1, 5001, 0, Some(health(100, 0, 100, 0)));
+        b.observe(t0, &[quiet, talk], &mut out);
+        assert_eq!(b.len(), 2);
+        assert_eq!(out.targets[0].stale, Some(1));
+        assert!(b.is_stale(0, quiet.local, quiet.remote));
+        assert!(!b.is_stale(0, talk.local, talk.remote));
+        // Growth per session: 10 bytes more each, 20 in all.
+        let more = |s: SocketEntry| SocketEntry {
+            health: s.health.map(|h| TcpHealth {
+                bytes_sent: Some(110),
+                ..h
+            }),
+            ..s
+        };
+        b.observe(
+            t0 + Duration::from_secs(1),
+            &[more(quiet), more(talk)],
+            &mut out,
+        );
+        assert_eq!(out.targets[0].growth.bytes_sent, 20);
+    }
+
+    #[test]
     fn a_silent_session_turns_stale_and_recovers_when_data_arrives() {
         let mut b = book();
         let mut out = HealthPoll::default();
@@ -510,8 +549,8 @@ mod tests {
             out.targets[0].max_silence,
             Some(Duration::from_millis(2500))
         );
-        assert!(b.is_stale(1) && !b.is_stale(2));
         let (local, remote) = (quiet(0).local, quiet(0).remote);
+        assert!(b.is_stale(1, local, remote) && !b.is_stale(2, talk.local, talk.remote));
         assert_eq!(
             out.events,
             [HealthEvent::Stale {

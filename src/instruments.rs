@@ -281,7 +281,8 @@ impl Instruments {
                 .u64_counter(names::POLL_ERRORS)
                 .with_description("Polls of the connection source that failed")
                 .build(),
-            health: (source == SourceKind::Netlink)
+            health: source
+                .has_session_health()
                 .then(|| health_instruments(meter, &gauges, &target_attrs, &port_names)),
             short_lived: meter
                 .u64_counter(names::SHORT_LIVED)

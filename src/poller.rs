@@ -395,7 +395,7 @@ impl Poller {
     /// whether the port cap cut series.
     fn record(&mut self, next: &mut State) -> bool {
         let (mut gauges, mut capped) = GaugeValues::from_tracker(&self.tracker);
-        if self.source.kind() == crate::source::SourceKind::Netlink {
+        if self.source.kind().has_session_health() {
             // The health gauges as of the last poll (events between polls carry none).
             capped |= gauges.with_health(&self.health_poll);
         }
@@ -629,15 +629,17 @@ impl Poller {
                 let mut s = Session::tracked(c, &self.names, None);
                 s.process = self.processes.get(&c.key).cloned();
                 // This poll's health of the session, and whether it is stale. Sockets with
-                // health come from netlink, which hands them over sorted by cookie.
+                // health come sorted by (id, local, remote): netlink's by cookie, eBPF's (id 0)
+                // by 4-tuple.
+                let (id, local, remote) = (c.key.id, c.key.local, c.key.remote);
                 s.health = self
                     .sockets
-                    .binary_search_by_key(&c.key.id, |e| e.id)
+                    .binary_search_by_key(&(id, local, remote), |e| (e.id, e.local, e.remote))
                     .ok()
                     .and_then(|i| self.sockets[i].health)
                     .map(|h| {
                         let judged = self.health.judges(c.target);
-                        (h, judged.then(|| self.health.is_stale(c.key.id)))
+                        (h, judged.then(|| self.health.is_stale(id, local, remote)))
                     });
                 (c.target, s)
             })

@@ -258,15 +258,11 @@ pub struct SessionHealthView {
 impl SessionHealthView {
     fn of(source: SourceKind) -> SessionHealthView {
         let reason = match source {
-            SourceKind::Netlink => None,
+            // The ebpf source looks every session's tcp_info up by an exact sock_diag request.
+            SourceKind::Netlink | SourceKind::Ebpf => None,
             SourceKind::Procfs => Some(
                 "the procfs source has no tcp_info: RTT, retransmits, queues and silence are \
                  not measured and their series are left out",
-            ),
-            SourceKind::Ebpf => Some(
-                "the ebpf source keeps sessions from the kernel's state changes, without \
-                 tcp_info: RTT, retransmits, queues and silence are not measured and their \
-                 series are left out (use the netlink source for them)",
             ),
             SourceKind::Netstat | SourceKind::Auto => Some(
                 "the netstat source has no tcp_info: RTT, retransmits, queues and silence are \

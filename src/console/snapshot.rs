@@ -48,7 +48,7 @@ pub struct SnapshotTarget {
 
 /// Opens the source, polls it once, and attributes what it saw.
 pub fn take(settings: &Settings) -> Result<Snapshot, SourceError> {
-    let mut source = source::open(settings.poll.source, &settings.targets)?;
+    let mut source = source::open_oneshot(settings.poll.source, &settings.targets)?;
     let mut sockets = Vec::new();
     // `poll.process_lookup`: one walk of /proc/*/fd for the sockets found (netlink, procfs).
     let lookup = settings.poll.process_lookup

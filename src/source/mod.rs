@@ -29,6 +29,8 @@ pub mod destroy;
 pub mod ebpf;
 pub mod events;
 #[cfg(target_os = "linux")]
+pub mod lookup;
+#[cfg(target_os = "linux")]
 pub mod netlink;
 pub mod netstat;
 #[cfg(target_os = "linux")]
@@ -49,8 +51,8 @@ pub struct SocketEntry {
     /// or the socket inode (procfs); 0 where the platform gives neither. A 4-tuple that is
     /// reused by a new socket therefore shows up as a new connection.
     pub id: u64,
-    /// The kernel's `tcp_info` for the socket: netlink only (procfs and netstat cannot tell;
-    /// `None` there, never zeros).
+    /// The kernel's `tcp_info` for the socket: netlink (in its dump) and eBPF (by exact
+    /// lookups) only (procfs and netstat cannot tell; `None` there, never zeros).
     pub health: Option<TcpHealth>,
 }
 
@@ -152,7 +154,7 @@ pub struct Process {
     pub comm: String,
 }
 
-/// Which source to use; `Auto` tries netlink, then procfs, then netstat2.
+/// Which source to use; `Auto` tries eBPF, then netlink, then procfs, then netstat2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SourceKind {
@@ -175,6 +177,12 @@ impl SourceKind {
             SourceKind::Netstat => "netstat",
             SourceKind::Ebpf => "ebpf",
         }
+    }
+
+    /// Whether the source gives each session's `tcp_info` ([`SocketEntry::health`]): netlink
+    /// in its dumps, eBPF by exact lookups; procfs and netstat cannot.
+    pub fn has_session_health(&self) -> bool {
+        matches!(self, SourceKind::Netlink | SourceKind::Ebpf)
     }
 }
 
@@ -228,11 +236,22 @@ pub trait Source: Send {
     }
 }
 
-/// Opens the source `kind` asks for. `Auto` takes the first that works, in the order netlink,
-/// procfs, netstat, and says in the log which one it took and why it passed over the others.
-/// `Auto` never takes eBPF (only `Ebpf` does): see README, "eBPF mode".
+/// Opens the source `kind` asks for. `Auto` takes the first that works, in the order eBPF
+/// (where the program loads: root, or CAP_BPF and CAP_PERFMON), netlink, procfs, netstat, and
+/// says in the log which one it took and why it passed over the others (never an error while
+/// one works): see README, "eBPF mode".
 pub fn open(kind: SourceKind, targets: &Targets) -> Result<Box<dyn Source>, SourceError> {
     open_with(kind, targets, crate::config::defaults::RECONCILE_INTERVAL)
+}
+
+/// [`open`] for one poll (`fix-monitor snapshot`): `Auto` does not try eBPF there, since
+/// loading a program to take one dump would only add to its cost (the eBPF source's first
+/// poll is that same netlink dump).
+pub fn open_oneshot(kind: SourceKind, targets: &Targets) -> Result<Box<dyn Source>, SourceError> {
+    match kind {
+        SourceKind::Auto => open_auto(targets, false, crate::config::defaults::RECONCILE_INTERVAL),
+        k => open(k, targets),
+    }
 }
 
 /// [`open`], with the eBPF source's time between two reconciling dumps.
@@ -259,36 +278,62 @@ pub fn open_with(
         )),
         #[cfg(not(target_os = "linux"))]
         SourceKind::Ebpf => Err(SourceError::Unsupported("ebpf")),
-        SourceKind::Auto => {
-            let mut last = None;
-            for k in [SourceKind::Netlink, SourceKind::Procfs, SourceKind::Netstat] {
-                match open(k, targets).and_then(|mut s| {
-                    // A source that opens but cannot answer is no use: try one poll.
-                    s.poll(&mut Vec::new()).map(|_| s)
-                }) {
-                    Ok(s) => {
-                        // Never eBPF: it does not give the per-session TCP health nor the
-                        // kernel close events between reconciles, so choosing it silently
-                        // would know less. Say when it could be asked for.
-                        #[cfg(target_os = "linux")]
-                        if ebpf::loader::missing_capabilities().is_empty() {
-                            tracing::info!(
-                                source = k.as_str(),
-                                "connection source selected: {}; eBPF available with poll.source = \"ebpf\"",
-                                k.as_str()
-                            );
-                            return Ok(s);
-                        }
-                        tracing::info!(source = k.as_str(), "connection source selected");
-                        return Ok(s);
-                    }
-                    Err(e) => {
-                        tracing::warn!(source = k.as_str(), error = %e, "connection source unavailable, trying the next");
-                        last = Some(e);
-                    }
-                }
+        SourceKind::Auto => open_auto(targets, true, reconcile_interval),
+    }
+}
+
+/// `Auto`: eBPF first if `with_ebpf`, then netlink, procfs, netstat.
+fn open_auto(
+    targets: &Targets,
+    with_ebpf: bool,
+    reconcile_interval: std::time::Duration,
+) -> Result<Box<dyn Source>, SourceError> {
+    let mut last = None;
+    // Why the sources before the one taken were passed over, for its log line.
+    let mut passed_over: Vec<String> = Vec::new();
+    let order = [
+        SourceKind::Ebpf,
+        SourceKind::Netlink,
+        SourceKind::Procfs,
+        SourceKind::Netstat,
+    ];
+    for k in order {
+        if k == SourceKind::Ebpf && !(with_ebpf && cfg!(target_os = "linux")) {
+            continue;
+        }
+        match open_with(k, targets, reconcile_interval).and_then(|mut s| {
+            // A source that opens but cannot answer is no use: try one poll.
+            s.poll(&mut Vec::new()).map(|_| s)
+        }) {
+            Ok(s) => {
+                let reason = if k == SourceKind::Ebpf {
+                    "the eBPF program loaded (root, or CAP_BPF and CAP_PERFMON): exact opens \
+                     and closes from the kernel, session health by exact lookups"
+                        .to_string()
+                } else if passed_over.is_empty() {
+                    "the first that works".to_string()
+                } else {
+                    passed_over.join("; ")
+                };
+                tracing::info!(
+                    source = k.as_str(),
+                    %reason,
+                    "connection source selected: {}",
+                    k.as_str()
+                );
+                return Ok(s);
             }
-            Err(last.unwrap_or(SourceError::Unsupported("auto")))
+            Err(e) => {
+                if k == SourceKind::Ebpf {
+                    // Expected without the capabilities: not a warning.
+                    tracing::info!(source = k.as_str(), reason = %e, "eBPF source not used, trying netlink");
+                } else {
+                    tracing::warn!(source = k.as_str(), error = %e, "connection source unavailable, trying the next");
+                }
+                passed_over.push(format!("{} not used: {e}", k.as_str()));
+                last = Some(e);
+            }
         }
     }
+    Err(last.unwrap_or(SourceError::Unsupported("auto")))
 }

@@ -103,7 +103,7 @@ fn a_storm_of_sessions_shorter_than_a_poll_is_counted_exactly() {
     let other_port = TcpListener::bind("127.0.97.1:0").unwrap();
     let other_addr = TcpListener::bind("127.0.97.3:0").unwrap();
     let cfg = config_file(&format!(
-        "{}{}{}[poll]\ninterval = \"1s\"\n",
+        "{}{}{}[poll]\nsource = \"netlink\"\ninterval = \"1s\"\n",
         target("v4", &v4),
         target("v6", &v6),
         target("fast", &fast)
@@ -190,7 +190,7 @@ fn a_storm_of_sessions_shorter_than_a_poll_is_counted_exactly() {
 fn fin_rst_and_a_close_wait_left_open_are_each_counted_once() {
     let l = TcpListener::bind("127.0.97.4:0").unwrap();
     let cfg = config_file(&format!(
-        "{}[poll]\ninterval = \"1s\"\n",
+        "{}[poll]\nsource = \"netlink\"\ninterval = \"1s\"\n",
         target("venue", &l)
     ));
     let s = Sidecar::start(&["--config", cfg.path().to_str().unwrap()]);
@@ -250,7 +250,7 @@ fn a_restart_with_the_same_state_dir_keeps_lifetimes() {
     let l = TcpListener::bind("127.0.97.5:0").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cfg = config_file(&format!(
-        "{}[poll]\ninterval = \"1s\"\n",
+        "{}[poll]\nsource = \"netlink\"\ninterval = \"1s\"\n",
         target("venue", &l)
     ));
     let args = [
@@ -311,7 +311,7 @@ fn state_from_another_boot_or_a_corrupt_file_is_ignored_with_a_warning() {
     let l = TcpListener::bind("127.0.97.6:0").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cfg = config_file(&format!(
-        "{}[poll]\ninterval = \"1s\"\n",
+        "{}[poll]\nsource = \"netlink\"\ninterval = \"1s\"\n",
         target("venue", &l)
     ));
     let args = [

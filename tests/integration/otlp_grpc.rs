@@ -1,6 +1,8 @@
 //! OTLP/gRPC push against a real receiver (`otlp_receiver`): what fix-monitor actually sent,
 //! decoded, checked against the connections the test made and against its own `/metrics`;
-//! delta temporality; the final export on SIGTERM; a hung collector; an outage.
+//! delta temporality; the final export on SIGTERM; a hung collector; an outage. The sidecars
+//! are pinned to netlink: the closes they expect are `by = "unknown"`, what polling sees (in
+//! eBPF mode, which `auto` takes as root, a close says who hung up).
 
 use std::time::{Duration, Instant};
 
@@ -87,6 +89,8 @@ headers = {{ "X-Tenant" = "desk-1" }}
         &[
             "--config",
             cfg.path().to_str().unwrap(),
+            "--source",
+            "netlink",
             "--interval",
             "100ms",
         ],
@@ -243,7 +247,14 @@ fn delta_temporality_from_the_standard_variables_sends_changes_that_add_up() {
             "x-desk=fx%20options".to_string(),
         ),
     ];
-    let args = ["--ip", "127.0.0.52", "--interval", "100ms"];
+    let args = [
+        "--ip",
+        "127.0.0.52",
+        "--source",
+        "netlink",
+        "--interval",
+        "100ms",
+    ];
 
     // `fix-monitor config` says where each value came from.
     let mut cmd = command();
@@ -346,6 +357,8 @@ fn sigterm_delivers_the_final_values_despite_a_long_interval() {
     let sc = Sidecar::start(&[
         "--config",
         cfg.path().to_str().unwrap(),
+        "--source",
+        "netlink",
         "--interval",
         "100ms",
     ]);
@@ -384,7 +397,12 @@ fn a_hung_collector_does_not_hold_up_the_exit() {
          [otlp]\nendpoint = \"http://{}\"\ninterval = \"1h\"\ntimeout = \"1s\"\n",
         hung.addr
     ));
-    let sc = Sidecar::start(&["--config", cfg.path().to_str().unwrap()]);
+    let sc = Sidecar::start(&[
+        "--config",
+        cfg.path().to_str().unwrap(),
+        "--source",
+        "netlink",
+    ]);
     let _c = connect_from("127.0.0.1:0", d.addr);
     sc.wait_polls(1);
     let began = Instant::now();
@@ -418,6 +436,8 @@ fn an_outage_is_logged_once_counted_and_the_totals_are_right_after_recovery() {
     let sc = Sidecar::start(&[
         "--config",
         cfg.path().to_str().unwrap(),
+        "--source",
+        "netlink",
         "--interval",
         "100ms",
     ]);

@@ -85,7 +85,15 @@ fn process_lookup_names_this_test_as_the_owner_of_its_sessions() {
 #[test]
 fn process_lookup_is_off_by_default() {
     let d = Downstream::listen("127.0.4.20:0");
-    let sc = Sidecar::start(&["--ip", "127.0.4.20", "--interval", "100ms"]);
+    // Netlink: in eBPF mode the tracepoint names the connecting process without any lookup.
+    let sc = Sidecar::start(&[
+        "--ip",
+        "127.0.4.20",
+        "--source",
+        "netlink",
+        "--interval",
+        "100ms",
+    ]);
     let _c = connect_from("127.0.0.1:0", d.addr);
     sc.wait_for("1 active", Duration::from_secs(10), |s| {
         s.metrics().get("fix_connections_active", &[]) == Some(1.0)

@@ -1,7 +1,9 @@
 //! Session health through the real binary: a session whose venue sends a byte every 200 ms and
 //! one whose venue sends nothing, with `heartbeat = "1s"`: the silent one turns stale after
 //! 2 s (and only then), the other never; it recovers when data arrives; `/metrics`,
-//! `/connections` and the log say so, with silences within one poll interval of the truth.
+//! `/connections` and the log say so, with silences within one poll interval of the truth. Run
+//! with netlink (dumps with `tcp_info`) and with `auto`, which is the eBPF source (exact lookups)
+//! where the program may load (root, as CI runs this tier) and netlink otherwise.
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -24,17 +26,27 @@ fn session(conns: &serde_json::Value, local_port: u16) -> &serde_json::Value {
 
 #[test]
 fn a_silent_session_turns_stale_after_twice_the_heartbeat_and_recovers_when_data_arrives() {
-    let l = TcpListener::bind("127.0.0.46:0").unwrap();
+    stale_and_recovered("netlink", "127.0.0.46");
+}
+
+#[test]
+fn with_auto_a_silent_session_turns_stale_and_recovers_too() {
+    stale_and_recovered("auto", "127.0.0.47");
+}
+
+fn stale_and_recovered(source: &str, ip: &str) {
+    let l = TcpListener::bind(format!("{ip}:0")).unwrap();
     let at = l.local_addr().unwrap();
     let cfg = config_file(&format!(
         r#"
 [[targets]]
 name = "venue-h"
-address = "127.0.0.46"
+address = "{ip}"
 port = {}
 heartbeat = "1s"
 
 [poll]
+source = "{source}"
 interval = "200ms"
 "#,
         at.port()
@@ -64,6 +76,14 @@ interval = "200ms"
 
     let path = cfg.path().to_str().unwrap();
     let sc = Sidecar::start(&["--config", path]);
+    let want = if source == "auto" {
+        auto_source()
+    } else {
+        source
+    };
+    let health = sc.json("/health");
+    assert_eq!(health["source"], want, "{health}");
+    assert_eq!(health["session_health"]["available"], true, "{health}");
     let venue = [("target", "venue-h")];
     // Until the silent session turns stale: never before 2 s of silence, and never the other.
     let stale_seen = loop {

@@ -667,20 +667,25 @@ fn the_sidecar_in_ebpf_mode_counts_short_sessions_exactly() {
     assert!(log.contains("comm=fixm-gateway"), "{log}");
 }
 
-/// `auto` never takes eBPF, even with every capability (root here): it takes netlink, with the
-/// kernel close events and the session health eBPF mode lacks, and says eBPF can be asked for.
+/// `auto` with every capability (root here) takes eBPF and says why; the sessions then have
+/// their TCP health from exact lookups: /health says it is available, `/connections` and
+/// `/metrics` carry RTT and bytes that match what the test sent.
 #[test]
-fn auto_takes_netlink_and_says_ebpf_can_be_asked_for() {
-    use crate::harness::{command, Downstream, Sidecar};
+fn auto_takes_ebpf_with_the_capabilities_and_says_so_with_session_health() {
+    use crate::harness::{command, Sidecar};
+    use std::io::{Read, Write};
 
     assert!(
         ebpf::loader::missing_capabilities().is_empty(),
         "the system tier runs as root"
     );
-    let ds = Downstream::listen("127.0.0.1:0");
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    // One session before the start (seeded by the first dump), one after (from the ring).
+    let mut before = connect_from("127.0.0.1:0", l.local_addr().unwrap());
+    let (mut before_peer, _) = l.accept().unwrap();
     let mut cmd = command();
     cmd.env("FIX_MONITOR_POLL__SOURCE", "auto");
-    let port = ds.addr.port().to_string();
+    let port = l.local_addr().unwrap().port().to_string();
     let sc = Sidecar::start_with(
         cmd,
         &[
@@ -689,17 +694,89 @@ fn auto_takes_netlink_and_says_ebpf_can_be_asked_for() {
             "--target-port",
             &port,
             "--interval",
-            "1s",
+            "200ms",
         ],
     );
     let health = sc.json("/health");
-    assert_eq!(health["source"], "netlink");
-    assert_eq!(health["events"]["mode"], "kernel_events");
+    assert_eq!(health["source"], "ebpf", "{health}");
+    assert_eq!(health["session_health"]["available"], true, "{health}");
+    assert!(health["session_health"].get("reason").is_none(), "{health}");
+    let mut after = connect_from("127.0.0.1:0", l.local_addr().unwrap());
+    let (mut after_peer, _) = l.accept().unwrap();
+    // Bytes each way, a different number per session.
+    for (s, peer, n) in [
+        (&mut before, &mut before_peer, 1000usize),
+        (&mut after, &mut after_peer, 3000),
+    ] {
+        s.write_all(&vec![1u8; n]).unwrap();
+        peer.read_exact(&mut vec![0u8; n]).unwrap();
+        peer.write_all(&vec![2u8; n / 10]).unwrap();
+        s.read_exact(&mut vec![0u8; n / 10]).unwrap();
+    }
+    let sent = |c: &serde_json::Value, port: u16| {
+        c["connections"].as_array().and_then(|a| {
+            a.iter()
+                .find(|c| c["local_port"].as_u64() == Some(port.into()))
+                .and_then(|c| c["health"]["bytes_sent"].as_u64())
+        })
+    };
+    let (bp, ap) = (
+        before.local_addr().unwrap().port(),
+        after.local_addr().unwrap().port(),
+    );
+    sc.wait_for("both sessions' bytes", Duration::from_secs(10), |sc| {
+        let c = sc.json("/connections");
+        sent(&c, bp) == Some(1000) && sent(&c, ap) == Some(3000)
+    });
+    let c = sc.json("/connections");
+    for (port, n) in [(bp, 1000u64), (ap, 3000)] {
+        let h = &c["connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["local_port"].as_u64() == Some(port.into()))
+            .unwrap()["health"];
+        assert_eq!(h["bytes_received"], n / 10, "{h}");
+        assert_eq!(h["retransmits"], 0, "{h}");
+        assert!(h["rtt_seconds"].as_f64().unwrap() > 0.0, "{h}");
+    }
+    let target = format!("127.0.0.1:{port}");
+    let t = [("target", target.as_str())];
+    let m = sc.metrics();
+    assert!(
+        m.count("fix_connection_rtt_seconds_count", &t) >= 2.0,
+        "{}",
+        m.text
+    );
+    // The counters grow by what the sessions send once the book knows them: 500 bytes more on
+    // each, exactly 1000 more in all.
+    let sent0 = m.count("fix_connection_sent_bytes_total", &t);
+    for (s, peer) in [
+        (&mut before, &mut before_peer),
+        (&mut after, &mut after_peer),
+    ] {
+        s.write_all(&[3u8; 500]).unwrap();
+        peer.read_exact(&mut [0u8; 500]).unwrap();
+    }
+    sc.wait_for("500 bytes more on each", Duration::from_secs(10), |sc| {
+        let c = sc.json("/connections");
+        sent(&c, bp) == Some(1500) && sent(&c, ap) == Some(3500)
+    });
+    let m = sc.metrics();
+    assert_eq!(
+        m.count("fix_connection_sent_bytes_total", &t) - sent0,
+        1000.0,
+        "{}",
+        m.text
+    );
     let (status, log) = sc.terminate();
     assert!(status.success(), "{log}");
+    let line = log
+        .lines()
+        .find(|l| l.contains("connection source selected"))
+        .unwrap_or_else(|| panic!("no selection line: {log}"));
     assert!(
-        log.contains("eBPF available with poll.source = \\\"ebpf\\\"")
-            || log.contains("eBPF available with poll.source = \"ebpf\""),
-        "{log}"
+        line.contains("ebpf") && line.contains("eBPF program loaded"),
+        "{line}"
     );
 }

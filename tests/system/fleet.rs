@@ -457,6 +457,9 @@ port = {pb}
         let mut args = vec![
             "--config",
             cfg.path().to_str().unwrap(),
+            // Netlink: the closes expected are `by = "unknown"` (eBPF mode says who hung up).
+            "--source",
+            "netlink",
             "--interval",
             "200ms",
             "--listen",

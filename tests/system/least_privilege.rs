@@ -150,6 +150,51 @@ fn unprivileged_sidecar_counts_right_with_netlink_and_procfs() {
     }
 }
 
+/// `auto` without CAP_BPF and CAP_PERFMON: the eBPF program cannot load, so it takes netlink
+/// (with its session health), says why naming the capabilities, and starts normally.
+#[test]
+fn auto_without_capabilities_takes_netlink_and_names_what_ebpf_lacks() {
+    let user = User::create();
+    let downstream = Downstream::listen("127.0.0.1:0");
+    let port = downstream.addr.port().to_string();
+    let _held = connect_from("127.0.0.1:0", downstream.addr);
+    let sidecar = Sidecar::start_with(
+        user.command(),
+        &[
+            "--ip",
+            "127.0.0.1",
+            "--target-port",
+            &port,
+            "--source",
+            "auto",
+            "--interval",
+            "200ms",
+        ],
+    );
+    assert_eq!(status_field(sidecar.pid(), "CapEff:"), "0000000000000000");
+    let health = sidecar.json("/health");
+    assert_eq!(health["source"], "netlink", "{health}");
+    assert_eq!(health["session_health"]["available"], true, "{health}");
+    let (status, log) = sidecar.terminate();
+    assert!(status.success(), "{status}: {log}");
+    let not_used = log
+        .lines()
+        .find(|l| l.contains("eBPF source not used"))
+        .unwrap_or_else(|| panic!("no line on eBPF: {log}"));
+    assert!(
+        not_used.contains("CAP_BPF and CAP_PERFMON") && !not_used.contains("ERROR"),
+        "{not_used}"
+    );
+    let selected = log
+        .lines()
+        .find(|l| l.contains("connection source selected"))
+        .unwrap_or_else(|| panic!("no selection line: {log}"));
+    assert!(
+        selected.contains("netlink") && selected.contains("lacks CAP_BPF and CAP_PERFMON"),
+        "{selected}"
+    );
+}
+
 #[test]
 fn a_port_below_1024_names_the_capability_it_needs() {
     let unprivileged_start: u16 =

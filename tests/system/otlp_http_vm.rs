@@ -83,6 +83,9 @@ interval = "300ms"
     let sc = Sidecar::start(&[
         "--config",
         cfg.path().to_str().unwrap(),
+        // Netlink: the closes expected are `by = "unknown"` (eBPF mode says who hung up).
+        "--source",
+        "netlink",
         "--interval",
         "100ms",
     ]);
@@ -162,6 +165,9 @@ fn http_final_export_on_sigterm_reaches_victoria_metrics() {
         &[
             "--ip",
             "127.0.0.62",
+            // Netlink: the closes expected are `by = "unknown"` (eBPF mode says who hung up).
+            "--source",
+            "netlink",
             "--interval",
             "100ms",
             "--otlp-protocol",

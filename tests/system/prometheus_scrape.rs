@@ -118,6 +118,9 @@ port = {pb}
     let sc = Sidecar::start(&[
         "--config",
         cfg.path().to_str().unwrap(),
+        // Netlink: the closes expected are `by = "unknown"` (eBPF mode says who hung up).
+        "--source",
+        "netlink",
         "--interval",
         "200ms",
     ]);

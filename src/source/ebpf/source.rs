@@ -11,12 +11,21 @@
 //!
 //! Sockets are identified by their 4-tuple only (`SocketEntry::id` is 0): the tracepoint can
 //! read a socket's cookie but not create one, so most new sockets have none yet when they open.
+//!
+//! **Session health**: after the set is up to date, each poll looks every session up by an
+//! exact `sock_diag` request with `INET_DIAG_INFO` ([`crate::source::lookup`]), in batches, and
+//! hands its `tcp_info` over in [`SocketEntry::health`], as the netlink source's dump does. The
+//! lookups cost one kernel hash lookup per watched session (M), not a walk of the host's
+//! sockets (N). The first lookup learns the socket's cookie (the kernel makes one when it
+//! answers); later ones name it, so that a 4-tuple reused by another socket is not read as the
+//! same session.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::{ktime_now_ns, Change, EbpfError, EbpfEvents, Options, Transition};
+use crate::source::lookup::{Answer, HealthLookups, LookupStats, Wanted};
 use crate::source::netlink::NetlinkSource;
 use crate::source::{SocketEntry, Source, SourceError, SourceKind, TcpState};
 use crate::target::Targets;
@@ -37,7 +46,16 @@ pub struct SourceStats {
 pub struct EbpfSource {
     events: EbpfEvents,
     dump: NetlinkSource,
-    active: HashMap<(SocketAddr, SocketAddr), ()>,
+    /// The sessions, by 4-tuple (so that polls list them in order), with the socket's cookie
+    /// where known (0 otherwise).
+    active: BTreeMap<(SocketAddr, SocketAddr), u64>,
+    /// The per-session `tcp_info` lookups; `None` when turned off.
+    lookups: Option<HealthLookups>,
+    /// Reused per poll: what to look up, and the cookies the answers carried.
+    wanted: Vec<Wanted>,
+    learned: Vec<u64>,
+    /// Whether the last poll's lookups failed (to log the change, not every poll).
+    lookups_failing: bool,
     reconcile_every: Duration,
     next_reconcile: Option<Instant>,
     stats: SourceStats,
@@ -59,10 +77,18 @@ impl EbpfSource {
             source: std::io::Error::other(e.to_string()),
         })?;
         let events = EbpfEvents::open(targets, opts)?;
+        let lookups = HealthLookups::open().map_err(|e| EbpfError::Io {
+            what: "opening the netlink socket for session-health lookups",
+            source: std::io::Error::other(e.to_string()),
+        })?;
         Ok(EbpfSource {
             events,
             dump,
-            active: HashMap::new(),
+            active: BTreeMap::new(),
+            lookups: Some(lookups),
+            wanted: Vec::new(),
+            learned: Vec::new(),
+            lookups_failing: false,
             reconcile_every,
             next_reconcile: None,
             stats: SourceStats::default(),
@@ -80,6 +106,57 @@ impl EbpfSource {
         &self.events
     }
 
+    /// Whether polls look each session's `tcp_info` up (on unless turned off; off, every
+    /// [`SocketEntry::health`] is `None`). For measuring what the lookups cost.
+    pub fn set_session_health(&mut self, on: bool) -> Result<(), SourceError> {
+        match (on, self.lookups.is_some()) {
+            (true, false) => self.lookups = Some(HealthLookups::open()?),
+            (false, true) => self.lookups = None,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// What the health lookups did so far (`None` when they are off).
+    pub fn lookup_stats(&self) -> Option<LookupStats> {
+        self.lookups.as_ref().map(|l| l.stats())
+    }
+
+    /// Fills `out[i].health` for every session by exact lookups, and remembers the cookies the
+    /// answers carry. A failure of the lookup socket leaves the rest without health (logged
+    /// once); the poll itself stands.
+    fn look_up(&mut self, out: &mut [SocketEntry]) {
+        let Some(lookups) = self.lookups.as_mut() else {
+            return;
+        };
+        self.learned.clear();
+        self.learned.resize(self.wanted.len(), 0);
+        let learned = &mut self.learned;
+        let result = lookups.lookup(&self.wanted, |i, answer| {
+            if let Answer::Found { cookie, health, .. } = answer {
+                out[i].health = health;
+                learned[i] = cookie;
+            }
+            // Gone: it closed after the drain; its close is in the ring for the next poll.
+        });
+        for (known, &cookie) in self.active.values_mut().zip(&self.learned) {
+            if cookie != 0 {
+                *known = cookie;
+            }
+        }
+        match result {
+            Err(error) if !self.lookups_failing => {
+                self.lookups_failing = true;
+                tracing::warn!(%error, "session-health lookups failed; sessions without tcp_info this poll");
+            }
+            Ok(()) if self.lookups_failing => {
+                self.lookups_failing = false;
+                tracing::info!("session-health lookups work again");
+            }
+            _ => {}
+        }
+    }
+
     fn drain(&mut self, after_ns: u64) {
         self.read.clear();
         self.events.drain(&mut self.read);
@@ -88,7 +165,7 @@ impl EbpfSource {
             if t.ktime_ns >= after_ns {
                 match t.change() {
                     Some(Change::Opened) => {
-                        self.active.insert((t.local, t.remote), ());
+                        self.active.insert((t.local, t.remote), t.cookie);
                     }
                     Some(Change::Closed(_)) => {
                         self.active.remove(&(t.local, t.remote));
@@ -110,7 +187,7 @@ impl EbpfSource {
         self.dump.poll(&mut self.scratch)?;
         self.active.clear();
         self.active
-            .extend(self.scratch.iter().map(|s| ((s.local, s.remote), ())));
+            .extend(self.scratch.iter().map(|s| ((s.local, s.remote), s.id)));
         self.stats.reconciles += 1;
         // What the kernel stamped before the dump began is in the dump already.
         self.drain(start);
@@ -149,14 +226,24 @@ impl Source for EbpfSource {
             self.reconcile()?;
             self.next_reconcile = Some(now + self.reconcile_every);
         }
+        // In 4-tuple order (the map's): with every id 0, sorted as the poller looks them up.
         out.clear();
-        out.extend(self.active.keys().map(|&(local, remote)| SocketEntry {
-            local,
-            remote,
-            state: TcpState::Established,
-            id: 0,
-            health: None,
-        }));
+        self.wanted.clear();
+        for (&(local, remote), &cookie) in &self.active {
+            out.push(SocketEntry {
+                local,
+                remote,
+                state: TcpState::Established,
+                id: 0,
+                health: None,
+            });
+            self.wanted.push(Wanted {
+                local,
+                remote,
+                cookie,
+            });
+        }
+        self.look_up(out);
         Ok(())
     }
 }
