@@ -367,8 +367,9 @@ pub async fn run(
     // Let the sidecar see the last closes (two polls, and slack for a slow one).
     let deadline = Instant::now() + options.interval * 3 + Duration::from_secs(2);
     let seen = console.run_until(all_closed(&sidecar, deadline)).await;
-    // And the FIX layer has read the last messages (the log is read every 250 ms).
-    let fix_deadline = Instant::now() + Duration::from_secs(3);
+    // And the FIX layer has read the last messages (the log is read every 250 ms; on a busy
+    // host the reader can lag by seconds, and this returns as soon as the counts agree).
+    let fix_deadline = Instant::now() + Duration::from_secs(10);
     let fix_agree = console
         .run_until(fix_agrees(&fix, &counts, fix_deadline))
         .await;
