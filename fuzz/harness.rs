@@ -201,3 +201,59 @@ pub fn bytecode(data: &[u8]) {
         assert_eq!(got, want, "{local} -> {remote} with {targets:?}");
     }
 }
+
+/// FIX tag=value bytes: the streaming decoder fed in two pieces (split where the first byte
+/// says) and the whole-message parser, with both separators: messages or errors, never a
+/// panic, and the decoder never holds more than it was fed.
+pub fn fix_codec(data: &[u8]) {
+    use fix_monitor::fix::codec::{parse, Decoder};
+    let split = data.first().map_or(0, |b| usize::from(*b)).min(data.len());
+    for sep in [0x01u8, b'|'] {
+        let mut d = Decoder::new(sep);
+        d.feed(&data[..split]);
+        for _ in d.by_ref() {}
+        d.feed(&data[split..]);
+        for _ in d.by_ref() {}
+        assert!(d.buffered() <= data.len(), "{} buffered", d.buffered());
+        let _ = parse(data, sep);
+    }
+}
+
+/// A configuration file's text: a configuration or errors, never a panic; a configuration
+/// prints (`fix-monitor config`) to a text that loads back to the same settings, and errors
+/// say something.
+pub fn config_toml(data: &[u8]) {
+    use fix_monitor::config;
+    let text = String::from_utf8_lossy(data);
+    match config::parse_toml_str(&text, "fuzz.toml") {
+        Ok(loaded) => {
+            let printed = loaded.explain();
+            let again = config::parse_toml_str(&printed, "explained.toml")
+                .unwrap_or_else(|e| panic!("explain() does not load back: {e}\n{printed}"));
+            assert_eq!(again.settings, loaded.settings, "{printed}");
+        }
+        Err(errors) => assert!(!errors.to_string().trim().is_empty(), "an empty error"),
+    }
+}
+
+/// The OpenTelemetry header variables' values (`key=value,...`, percent-encoded), as the
+/// environment gives them: a configuration or errors, never a panic.
+pub fn otel_headers(data: &[u8]) {
+    use fix_monitor::config::{self, ConfigArgs};
+    let text = String::from_utf8_lossy(data).into_owned();
+    let (all, metrics) = text.split_once('\n').unwrap_or((&text, ""));
+    let mut env = std::collections::BTreeMap::new();
+    env.insert("DOWNSTREAM_IP".to_owned(), "10.0.0.5".to_owned());
+    env.insert("OTEL_EXPORTER_OTLP_HEADERS".to_owned(), all.to_owned());
+    if !metrics.is_empty() {
+        env.insert(
+            "OTEL_EXPORTER_OTLP_METRICS_HEADERS".to_owned(),
+            metrics.to_owned(),
+        );
+    }
+    let _ = config::load_from(
+        &ConfigArgs::default(),
+        env,
+        "/nonexistent/fix-monitor/config.toml",
+    );
+}

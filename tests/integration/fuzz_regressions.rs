@@ -45,3 +45,18 @@ fn procfs_table_cases_pass() {
 fn bytecode_cases_pass() {
     assert!(replay("bytecode", harness::bytecode) >= 3);
 }
+
+#[test]
+fn fix_codec_cases_pass() {
+    assert!(replay("fix_codec", harness::fix_codec) >= 3);
+}
+
+#[test]
+fn config_toml_cases_pass() {
+    assert!(replay("config_toml", harness::config_toml) >= 2);
+}
+
+#[test]
+fn otel_headers_cases_pass() {
+    assert!(replay("otel_headers", harness::otel_headers) >= 2);
+}
