@@ -10,19 +10,13 @@
 //! `ENOENT` if not. A socket in TIME_WAIT is found too (its cookie is the full socket's), with
 //! its state.
 
-use std::net::{IpAddr, SocketAddr};
-
 use netlink_sys::Socket;
 
 use super::{netlink, SocketEntry, SourceError, TcpState};
 
 const NLMSG_HDR: usize = 16;
 const NLMSG_ERROR: u16 = 2;
-const NLM_F_REQUEST: u16 = 0x01;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const REQ_V2: usize = 56;
-/// `INET_DIAG_NOCOOKIE`: any cookie.
-const NO_COOKIE: u64 = u64::MAX;
 /// `idiag_inode`'s offset in an `inet_diag_msg`.
 const INODE: usize = 68;
 
@@ -213,42 +207,20 @@ pub fn parse_answer(bytes: &[u8], seq: u32, id: Identity) -> Result<Option<Prese
 }
 
 /// The request for one socket: the family it was listed in, the 4-tuple as listed (local as
-/// source), the cookie or none.
+/// source), the cookie or none (the health lookups' request, without extensions).
 fn request(socket: &SocketEntry, id: Identity, seq: u32) -> Vec<u8> {
-    let len = NLMSG_HDR + REQ_V2;
-    let mut r = Vec::with_capacity(len);
-    r.extend_from_slice(&(len as u32).to_ne_bytes());
-    r.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    r.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
-    r.extend_from_slice(&seq.to_ne_bytes());
-    r.extend_from_slice(&0u32.to_ne_bytes());
-    let v6 = socket.local.is_ipv6() || socket.remote.is_ipv6();
-    let family = if v6 { libc::AF_INET6 } else { libc::AF_INET } as u8;
-    r.extend_from_slice(&[family, libc::IPPROTO_TCP as u8, 0, 0]);
-    r.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state: an exact lookup ignores them
-    r.extend_from_slice(&socket.local.port().to_be_bytes());
-    r.extend_from_slice(&socket.remote.port().to_be_bytes());
-    put_addr(&mut r, &socket.local, v6);
-    put_addr(&mut r, &socket.remote, v6);
-    r.extend_from_slice(&0u32.to_ne_bytes()); // any interface
-    let cookie = match id {
-        Identity::Cookie(c) => c,
-        Identity::Inode(_) => NO_COOKIE,
+    let wanted = crate::source::lookup::Wanted {
+        local: socket.local,
+        remote: socket.remote,
+        // 0: not known (the kernel never makes a cookie of 0).
+        cookie: match id {
+            Identity::Cookie(c) => c,
+            Identity::Inode(_) => 0,
+        },
     };
-    r.extend_from_slice(&(cookie as u32).to_ne_bytes());
-    r.extend_from_slice(&((cookie >> 32) as u32).to_ne_bytes());
-    debug_assert_eq!(r.len(), len);
+    let mut r = Vec::with_capacity(crate::source::lookup::REQUEST);
+    crate::source::lookup::put_request(&mut r, &wanted, seq, 0);
     r
-}
-
-fn put_addr(r: &mut Vec<u8>, a: &SocketAddr, v6: bool) {
-    let mut bytes = [0u8; 16];
-    match (a.ip(), v6) {
-        (IpAddr::V4(ip), false) => bytes[..4].copy_from_slice(&ip.octets()),
-        (IpAddr::V4(ip), true) => bytes = ip.to_ipv6_mapped().octets(),
-        (IpAddr::V6(ip), _) => bytes = ip.octets(),
-    }
-    r.extend_from_slice(&bytes);
 }
 
 #[cfg(test)]
@@ -289,7 +261,8 @@ mod tests {
             None,
         )
         .unwrap();
-        s.bind(&from.parse::<SocketAddr>().unwrap().into()).unwrap();
+        s.bind(&from.parse::<std::net::SocketAddr>().unwrap().into())
+            .unwrap();
         s.connect(&l.local_addr().unwrap().into()).unwrap();
         let (server, _) = l.accept().unwrap();
         (l, s.into(), server)

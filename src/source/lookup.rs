@@ -29,7 +29,7 @@ const NLM_F_REQUEST: u16 = 0x01;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const REQ_V2: usize = 56;
 /// One request: header and `inet_diag_req_v2`.
-const REQUEST: usize = NLMSG_HDR + REQ_V2;
+pub const REQUEST: usize = NLMSG_HDR + REQ_V2;
 /// `INET_DIAG_NOCOOKIE`: any cookie.
 pub const NO_COOKIE: u64 = u64::MAX;
 /// The `ext` bit asking for `INET_DIAG_INFO` (attribute 2).
