@@ -179,6 +179,8 @@ impl Peer {
                 {
                     return Ok(None)
                 }
+                // A signal (a test harness's child exiting, say): read again, until the deadline.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
