@@ -230,6 +230,19 @@ fn the_binary_with_capture_on_across_a_veth_link_reports_what_the_simulator_did(
     });
 }
 
+/// TCP segments the kernel retransmitted in `ns` (`RetransSegs`, counted per namespace).
+fn retransmitted_by_kernel(ns: &NetNs) -> u64 {
+    let snmp = ns.run(|| std::fs::read_to_string("/proc/thread-self/net/snmp").unwrap());
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next().unwrap(), tcp.next().unwrap());
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RetransSegs")
+        .map(|(_, v)| v.parse().unwrap())
+        .unwrap()
+}
+
 /// The check both placements share: a scripted session against a venue that delays, rejects
 /// and skips sequence numbers, and refused logons against a second venue; every count on
 /// `/sessions` and `/metrics` is the simulator's.
@@ -335,6 +348,7 @@ capture = true
             .cloned()
             .unwrap_or(serde_json::Value::Null)
     };
+    let refused_logons = BTreeMap::from([("Logon".to_string(), 2)]);
     // The FIX layer publishes every 250 ms and /metrics is cached per poll: wait for both.
     let mut last = serde_json::Value::Null;
     sc.wait_for(
@@ -347,6 +361,7 @@ capture = true
             let m = metrics();
             by_type(&a["out"]["by_type"]) == sent
                 && by_type(&a["in"]["by_type"]) == received
+                && by_type(&find(&s, "GW->VENUE2")["out"]["by_type"]) == refused_logons
                 && m.sum("fix_messages_total", &[("target", "venue-a")])
                     == (sent.values().sum::<u64>() + received.values().sum::<u64>()) as f64
         },
@@ -377,10 +392,7 @@ capture = true
     let b = find(&last, "GW->VENUE2");
     assert_eq!(b["target"], "venue-b");
     assert_eq!(b["logons"], 0);
-    assert_eq!(
-        by_type(&b["out"]["by_type"]),
-        BTreeMap::from([("Logon".into(), 2)])
-    );
+    assert_eq!(by_type(&b["out"]["by_type"]), refused_logons);
     assert_eq!(b["last_logout_text"], truth.refusal_text.as_str());
     assert_eq!(last["stats"]["capture_drops"], 0);
     // Every message of both sessions decoded once, and nothing else let through: a packet
@@ -393,7 +405,14 @@ capture = true
     );
     assert_eq!(st["wire"]["malformed"], 0, "{st}");
     assert_eq!(st["wire"]["unmatched"], 0, "{st}");
-    assert_eq!(st["streams"]["retransmitted_segments"], 0, "{st}");
+    // A second copy of a packet would count as a retransmitted segment. Only where the
+    // namespaces are the test's own can the kernel's count of real retransmissions (a tail loss
+    // probe on a loaded machine) bound it; loopback's counters are the whole host's.
+    if let (Some(v), Some(g)) = (at.venue_ns, at.gateway_ns) {
+        let kernel = retransmitted_by_kernel(v) + retransmitted_by_kernel(g);
+        let seen = st["streams"]["retransmitted_segments"].as_u64().unwrap();
+        assert!(seen <= kernel, "{seen} > {kernel} the kernel sent: {st}");
+    }
     assert_eq!(st["streams"]["gaps"], 0, "{st}");
     assert!(last["stats"]["capture_packets"].as_u64().unwrap() > 0);
 
