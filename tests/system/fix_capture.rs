@@ -1,10 +1,12 @@
 //! The FIX wire source on the real kernel (needs root, for `CAP_NET_RAW`): a packet socket with
 //! the targets' BPF program watches real FIX sessions between the simulator's gateway and
-//! venues on loopback; every count is checked against what the simulator did, and the kernel's
-//! filter is checked to let nothing else through and to drop loopback's second copy.
+//! venues on loopback, and (the real binary) across a veth link between two network namespaces;
+//! every count is checked against what the simulator did, and the kernel's filter is checked to
+//! let nothing else through and to drop loopback's second copy.
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,6 +17,8 @@ use fix_monitor::fix::sim::{scripted_session, Venue, VenueBehaviour};
 use fix_monitor::fix::tracker::{Direction, Event, Limits, Tracker};
 use fix_monitor::fix::wire::{Content, Wire};
 use fix_monitor::target::{Target, Targets};
+
+use crate::netns::{Lan, NetNs};
 
 struct Watch {
     wire: Wire,
@@ -179,63 +183,146 @@ fn fix_sessions_captured_on_loopback_match_the_simulator() {
     drop(noise);
 }
 
+/// Where the pieces of [`binary_with_capture_matches_the_simulator`] run: the venues in
+/// `venue_ns` at `venue_ips` (the two targets), the gateway and the sidecar in `gateway_ns`
+/// (`None`: the test's own namespace).
+struct Placement<'a> {
+    venue_ns: Option<&'a NetNs>,
+    venue_ips: [IpAddr; 2],
+    gateway_ns: Option<&'a NetNs>,
+}
+
+/// Runs `f` in `ns`, or here when `ns` is `None`.
+fn within<T: Send>(ns: Option<&NetNs>, f: impl FnOnce() -> T + Send) -> T {
+    match ns {
+        Some(ns) => ns.run(f),
+        None => f(),
+    }
+}
+
 /// `[fix] capture = true` through the real binary (root): the simulator's sessions on loopback
 /// show on `/sessions` and `/metrics` with the simulator's counts, kernel-timed latencies
 /// between the venue's delay and the gateway's round trip, and no capture drop.
 #[test]
 fn the_binary_with_capture_on_reports_what_the_simulator_did() {
+    // Their own loopback addresses, so that only these sessions match the targets.
+    binary_with_capture_matches_the_simulator(Placement {
+        venue_ns: None,
+        venue_ips: ["127.0.0.45".parse().unwrap(), "127.0.0.46".parse().unwrap()],
+        gateway_ns: None,
+    });
+}
+
+/// The same across a real link: the venues listen in one namespace, the gateway connects from
+/// another over a veth pair (into a bridge in the venues' namespace), and the sidecar captures
+/// in the gateway's namespace, where each packet passes once (on `eth0`, not twice as on `lo`).
+#[test]
+fn the_binary_with_capture_on_across_a_veth_link_reports_what_the_simulator_did() {
+    let venues = NetNs::create("fixvenue");
+    let gateway = NetNs::create("fixgw");
+    let mut lan = Lan::new(&venues, [10, 212, 12], 1);
+    lan.attach(&gateway, 2);
+    let venue_ip = IpAddr::V4(lan.addr(1));
+    binary_with_capture_matches_the_simulator(Placement {
+        venue_ns: Some(&venues),
+        venue_ips: [venue_ip, venue_ip],
+        gateway_ns: Some(&gateway),
+    });
+}
+
+/// TCP segments the kernel retransmitted in `ns` (`RetransSegs`, counted per namespace).
+fn retransmitted_by_kernel(ns: &NetNs) -> u64 {
+    let snmp = ns.run(|| std::fs::read_to_string("/proc/thread-self/net/snmp").unwrap());
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next().unwrap(), tcp.next().unwrap());
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RetransSegs")
+        .map(|(_, v)| v.parse().unwrap())
+        .unwrap()
+}
+
+/// The check both placements share: a scripted session against a venue that delays, rejects
+/// and skips sequence numbers, and refused logons against a second venue; every count on
+/// `/sessions` and `/metrics` is the simulator's.
+fn binary_with_capture_matches_the_simulator(at: Placement) {
     use crate::harness::*;
     let ack_delay = Duration::from_millis(15);
-    // Their own loopback addresses, so that only these sessions match the targets.
-    let venue = Venue::start(
-        "127.0.0.45:0".parse().unwrap(),
-        VenueBehaviour {
-            ack_delay,
-            business_reject_every: Some(3),
-            gap_after: Some((5, 2)),
-            ..VenueBehaviour::default()
-        },
-    )
-    .unwrap();
-    let refusing = Venue::start(
-        "127.0.0.46:0".parse().unwrap(),
-        VenueBehaviour {
-            comp_id: "VENUE2".into(),
-            refuse_logons: Some("not authorised".into()),
-            ..VenueBehaviour::default()
-        },
-    )
-    .unwrap();
+    let (venue, refusing) = within(at.venue_ns, || {
+        let venue = Venue::start(
+            SocketAddr::new(at.venue_ips[0], 0),
+            VenueBehaviour {
+                ack_delay,
+                business_reject_every: Some(3),
+                gap_after: Some((5, 2)),
+                ..VenueBehaviour::default()
+            },
+        )
+        .unwrap();
+        let refusing = Venue::start(
+            SocketAddr::new(at.venue_ips[1], 0),
+            VenueBehaviour {
+                comp_id: "VENUE2".into(),
+                refuse_logons: Some("not authorised".into()),
+                ..VenueBehaviour::default()
+            },
+        )
+        .unwrap();
+        (venue, refusing)
+    });
     let cfg = config_file(&format!(
         r#"
 [[targets]]
 name = "venue-a"
-address = "127.0.0.45"
+address = "{ia}"
 port = {pa}
 
 [[targets]]
 name = "venue-b"
-address = "127.0.0.46"
+address = "{ib}"
 port = {pb}
 
 [fix]
 capture = true
 "#,
+        ia = at.venue_ips[0],
+        ib = at.venue_ips[1],
         pa = venue.addr.port(),
         pb = refusing.addr.port()
     ));
-    let sc = Sidecar::start(&[
+    let args = [
         "--config",
         cfg.path().to_str().unwrap(),
         "--interval",
         "200ms",
-    ]);
-    let sessions = sc.json("/sessions");
+    ];
+    let sc = match at.gateway_ns {
+        None => Sidecar::start(&args),
+        Some(ns) => {
+            // `ip netns exec NS fix-monitor`, with `harness::command`'s clean environment.
+            let mut cmd = ns.command(BIN);
+            for (k, v) in command().get_envs() {
+                match v {
+                    Some(v) => cmd.env(k, v),
+                    None => cmd.env_remove(k),
+                };
+            }
+            Sidecar::start_with(cmd, &args)
+        }
+    };
+    // The endpoint listens on loopback in the sidecar's namespace: ask from there.
+    let json = |path: &str| within(at.gateway_ns, || sc.json(path));
+    let metrics = || within(at.gateway_ns, || sc.metrics());
+    let sessions = json("/sessions");
     assert_eq!(sessions["enabled"], true);
     assert_eq!(sessions["capture"], true);
     assert!(sessions["capture_error"].is_null(), "{sessions}");
 
-    let truth = scripted_session(venue.addr, 14, Some((refusing.addr, 2)), None).unwrap();
+    let truth = within(at.gateway_ns, || {
+        scripted_session(venue.addr, 14, Some((refusing.addr, 2)), None)
+    })
+    .unwrap();
     let venue_rec = venue.stop();
     refusing.stop();
     let mut sent = truth.sent.clone();
@@ -261,18 +348,20 @@ capture = true
             .cloned()
             .unwrap_or(serde_json::Value::Null)
     };
+    let refused_logons = BTreeMap::from([("Logon".to_string(), 2)]);
     // The FIX layer publishes every 250 ms and /metrics is cached per poll: wait for both.
     let mut last = serde_json::Value::Null;
     sc.wait_for(
         "every message on /sessions and /metrics",
         Duration::from_secs(15),
-        |sc| {
-            let s = sc.json("/sessions");
+        |_| {
+            let s = json("/sessions");
             let a = find(&s, "GW->VENUE");
             last = s.clone();
-            let m = sc.metrics();
+            let m = metrics();
             by_type(&a["out"]["by_type"]) == sent
                 && by_type(&a["in"]["by_type"]) == received
+                && by_type(&find(&s, "GW->VENUE2")["out"]["by_type"]) == refused_logons
                 && m.sum("fix_messages_total", &[("target", "venue-a")])
                     == (sent.values().sum::<u64>() + received.values().sum::<u64>()) as f64
         },
@@ -303,15 +392,31 @@ capture = true
     let b = find(&last, "GW->VENUE2");
     assert_eq!(b["target"], "venue-b");
     assert_eq!(b["logons"], 0);
-    assert_eq!(
-        by_type(&b["out"]["by_type"]),
-        BTreeMap::from([("Logon".into(), 2)])
-    );
+    assert_eq!(by_type(&b["out"]["by_type"]), refused_logons);
     assert_eq!(b["last_logout_text"], truth.refusal_text.as_str());
     assert_eq!(last["stats"]["capture_drops"], 0);
+    // Every message of both sessions decoded once, and nothing else let through: a packet
+    // seen twice (loopback's second copy, or a veth's) would count as a retransmission.
+    let st = &last["stats"];
+    assert_eq!(
+        st["wire"]["messages"],
+        truth.sent.values().sum::<u64>() + truth.received.values().sum::<u64>(),
+        "{st}"
+    );
+    assert_eq!(st["wire"]["malformed"], 0, "{st}");
+    assert_eq!(st["wire"]["unmatched"], 0, "{st}");
+    // A second copy of a packet would count as a retransmitted segment. Only where the
+    // namespaces are the test's own can the kernel's count of real retransmissions (a tail loss
+    // probe on a loaded machine) bound it; loopback's counters are the whole host's.
+    if let (Some(v), Some(g)) = (at.venue_ns, at.gateway_ns) {
+        let kernel = retransmitted_by_kernel(v) + retransmitted_by_kernel(g);
+        let seen = st["streams"]["retransmitted_segments"].as_u64().unwrap();
+        assert!(seen <= kernel, "{seen} > {kernel} the kernel sent: {st}");
+    }
+    assert_eq!(st["streams"]["gaps"], 0, "{st}");
     assert!(last["stats"]["capture_packets"].as_u64().unwrap() > 0);
 
-    let m = sc.metrics();
+    let m = metrics();
     let l = [("target", "venue-a"), ("session", "GW->VENUE")];
     let n = truth.round_trips.len() as f64;
     assert_eq!(m.sum("fix_order_ack_latency_seconds_count", &l), n);
