@@ -326,7 +326,8 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
             events.clone(),
         )
         .with_confirm(confirm)
-        .with_health_events(health_events.clone());
+        .with_health_events(health_events.clone())
+        .with_destroy_notifications(subscription.is_some());
         if let Some((persist, restored)) = persist {
             poller = poller.with_persist(persist, &restored);
         }

@@ -186,6 +186,10 @@ pub struct HealthBook {
     /// Sessions that left the polls (oldest first in `gone_order`), by socket id.
     gone: HashMap<SessionKey, Gone>,
     gone_order: VecDeque<SessionKey>,
+    /// Whether destroy notifications will come to settle the `gone` sessions; without them
+    /// (eBPF, procfs, netstat, events refused) nothing would ever take those entries out, so
+    /// none are kept.
+    keep_gone: bool,
     generation: u64,
 }
 
@@ -201,6 +205,7 @@ impl HealthBook {
             closed_ports: BTreeMap::new(),
             gone: HashMap::new(),
             gone_order: VecDeque::new(),
+            keep_gone: true,
             generation: 0,
         }
     }
@@ -352,9 +357,13 @@ impl HealthBook {
         // counted of them is kept until then, for a bounded number of them.
         let gone = &mut self.gone;
         let order = &mut self.gone_order;
+        let keep_gone = self.keep_gone;
         self.sessions.retain(|&key, s| {
             if s.seen == generation {
                 return true;
+            }
+            if !keep_gone {
+                return false;
             }
             gone.insert(
                 key,
@@ -378,6 +387,16 @@ impl HealthBook {
         if self.gone_order.len() > 2 * GONE_MEMORY.max(self.gone.len()) {
             let gone = &self.gone;
             self.gone_order.retain(|id| gone.contains_key(id));
+        }
+    }
+
+    /// Whether destroy notifications follow the sessions that leave the polls (the default):
+    /// only then is what was counted of them kept, to count their last growth once.
+    pub fn expect_destroy_notifications(&mut self, yes: bool) {
+        self.keep_gone = yes;
+        if !yes {
+            self.gone.clear();
+            self.gone_order.clear();
         }
     }
 
@@ -683,6 +702,30 @@ mod tests {
         b.observe(t0, &[s(2, 0, 8, 5)], &mut out);
         assert_eq!(out.targets[0].growth, Growth::of(0, Some(3), Some(0)));
         assert_eq!(b.gone_len(), 0);
+    }
+
+    #[test]
+    fn without_destroy_notifications_sessions_that_leave_are_not_kept() {
+        let mut b = book();
+        b.expect_destroy_notifications(false);
+        let t0 = Instant::now();
+        let mut out = HealthPoll::default();
+        b.observe(
+            t0,
+            &[sock(1, 5001, 11, Some(health(0, 0, 10, 10)))],
+            &mut out,
+        );
+        b.observe(t0 + Duration::from_secs(1), &[], &mut out);
+        assert_eq!(b.gone_len(), 0, "nothing will ever settle it");
+        assert!(b.is_empty());
+        let mut b = book();
+        b.observe(
+            t0,
+            &[sock(1, 5001, 11, Some(health(0, 0, 10, 10)))],
+            &mut out,
+        );
+        b.observe(t0 + Duration::from_secs(1), &[], &mut out);
+        assert_eq!(b.gone_len(), 1, "kept for its destroy notification");
     }
 
     #[test]

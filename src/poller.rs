@@ -249,6 +249,13 @@ impl Poller {
     }
 
     /// Confirms missing sockets through `confirm` (an exact kernel lookup) before closing them.
+    /// Whether kernel destroy notifications (`Input::Events`) will follow closes (default yes):
+    /// without them the health book keeps nothing of sessions that left the polls.
+    pub fn with_destroy_notifications(mut self, yes: bool) -> Poller {
+        self.health.expect_destroy_notifications(yes);
+        self
+    }
+
     pub fn with_confirm(mut self, confirm: Box<dyn Confirm + Send>) -> Poller {
         self.confirm = confirm;
         self
