@@ -446,20 +446,22 @@ run_ebpf_section() {
         --svg-ref "$(realpath --relative-to="$(dirname "$OUT")" "$EBPF_SVG")" --md "$WORK/ebpf.md" ||
         die "the eBPF benchmark failed (see $WORK)"
 }
-splice_ebpf() { # REPORT: puts $WORK/ebpf.md between the eBPF markers of REPORT (appended if absent)
-    "$PY" - "$1" "$WORK/ebpf.md" <<'EOF'
+splice() { # REPORT NAME HEADING: puts $WORK/NAME.md between the NAME-bench markers of REPORT
+    # (a section under HEADING appended if they are absent)
+    "$PY" - "$1" "$WORK/$2.md" "$2" "$3" <<'EOF'
 import os, sys
-report, section = sys.argv[1], open(sys.argv[2]).read()
-start, end = "<!-- ebpf-bench:start -->", "<!-- ebpf-bench:end -->"
+report, section, name, heading = sys.argv[1], open(sys.argv[2]).read(), sys.argv[3], sys.argv[4]
+start, end = f"<!-- {name}-bench:start -->", f"<!-- {name}-bench:end -->"
 text = open(report).read() if os.path.exists(report) else ""
 body = f"{start}\n{section}{end}"
 if start in text and end in text:
     text = text[:text.index(start)] + body + text[text.index(end) + len(end):]
 else:
-    text = text.rstrip("\n") + "\n\n## eBPF mode against netlink polling\n\n" + body + "\n"
+    text = text.rstrip("\n") + f"\n\n## {heading}\n\n" + body + "\n"
 open(report, "w").write(text)
 EOF
 }
+splice_ebpf() { splice "$1" ebpf "eBPF mode against netlink polling"; }
 if [ "${BENCH_ONLY:-}" = ebpf ]; then
     [ "$EBPF" = 1 ] || die "BENCH_ONLY=ebpf needs root"
     run_ebpf_section
@@ -520,20 +522,7 @@ print(f"Commands: `fix-fixbench decode --messages {dec['messages']}`; "
       "`fix-fixbench drive --fm fix-monitor --rate R --seconds S` (root).")
 EOF
 }
-splice_fix() { # REPORT: puts $WORK/fix.md between the FIX markers of REPORT (appended if absent)
-    "$PY" - "$1" "$WORK/fix.md" <<'EOF'
-import os, sys
-report, section = sys.argv[1], open(sys.argv[2]).read()
-start, end = "<!-- fix-bench:start -->", "<!-- fix-bench:end -->"
-text = open(report).read() if os.path.exists(report) else ""
-body = f"{start}\n{section}{end}"
-if start in text and end in text:
-    text = text[:text.index(start)] + body + text[text.index(end) + len(end):]
-else:
-    text = text.rstrip("\n") + "\n\n## FIX sessions: decode rate and capture\n\n" + body + "\n"
-open(report, "w").write(text)
-EOF
-}
+splice_fix() { splice "$1" fix "FIX sessions: decode rate and capture"; }
 if [ "${BENCH_ONLY:-}" = fix ]; then
     run_fix_section
     splice_fix "$OUT"
