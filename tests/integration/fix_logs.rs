@@ -11,25 +11,12 @@ use fix_monitor::fix::tracker::{Direction, Event, Limits, Origin, Tracker};
 
 fn run(pipe: bool) {
     let ack_delay = Duration::from_millis(25);
-    let venue = Venue::start(
-        "127.0.0.1:0".parse().unwrap(),
-        VenueBehaviour {
-            ack_delay,
-            business_reject_every: Some(4),
-            gap_after: Some((6, 2)),
-            ..VenueBehaviour::default()
-        },
-    )
-    .unwrap();
-    let refusing = Venue::start(
-        "127.0.0.1:0".parse().unwrap(),
-        VenueBehaviour {
-            comp_id: "VENUE2".into(),
-            refuse_logons: Some("not authorised".into()),
-            ..VenueBehaviour::default()
-        },
-    )
-    .unwrap();
+    let (venue, refusing) = crate::harness::fix_venues(
+        [std::net::Ipv4Addr::LOCALHOST.into(); 2],
+        ack_delay,
+        4,
+        (6, 2),
+    );
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("FIX.4.4-GW-VENUE.messages.log");
     // An older line already there is not read: the follower starts at the end.

@@ -565,3 +565,35 @@ pub fn auto_source() -> &'static str {
         "netlink"
     }
 }
+
+/// The two simulated venues the FIX tests drive: one that acks after `ack_delay`, rejects every
+/// `reject_every`-th order and skips sequence numbers (`gap`: after which message, how many),
+/// and one (`VENUE2`) that refuses every logon.
+pub fn fix_venues(
+    ips: [std::net::IpAddr; 2],
+    ack_delay: Duration,
+    reject_every: u64,
+    gap: (u64, u64),
+) -> (fix_monitor::fix::sim::Venue, fix_monitor::fix::sim::Venue) {
+    use fix_monitor::fix::sim::{Venue, VenueBehaviour};
+    let venue = Venue::start(
+        SocketAddr::new(ips[0], 0),
+        VenueBehaviour {
+            ack_delay,
+            business_reject_every: Some(reject_every),
+            gap_after: Some(gap),
+            ..VenueBehaviour::default()
+        },
+    )
+    .unwrap();
+    let refusing = Venue::start(
+        SocketAddr::new(ips[1], 0),
+        VenueBehaviour {
+            comp_id: "VENUE2".into(),
+            refuse_logons: Some("not authorised".into()),
+            ..VenueBehaviour::default()
+        },
+    )
+    .unwrap();
+    (venue, refusing)
+}

@@ -6,14 +6,14 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fix_monitor::fix::capture::Capture;
 use fix_monitor::fix::reassembly::Limits as StreamLimits;
-use fix_monitor::fix::sim::{scripted_session, Venue, VenueBehaviour};
+use fix_monitor::fix::sim::scripted_session;
 use fix_monitor::fix::tracker::{Direction, Event, Limits, Tracker};
 use fix_monitor::fix::wire::{Content, Wire};
 use fix_monitor::target::{Target, Targets};
@@ -40,25 +40,12 @@ fn target(name: &str, addr: std::net::SocketAddr) -> Target {
 #[test]
 fn fix_sessions_captured_on_loopback_match_the_simulator() {
     let ack_delay = Duration::from_millis(20);
-    let venue = Venue::start(
-        "127.0.0.1:0".parse().unwrap(),
-        VenueBehaviour {
-            ack_delay,
-            business_reject_every: Some(4),
-            gap_after: Some((6, 3)),
-            ..VenueBehaviour::default()
-        },
-    )
-    .unwrap();
-    let refusing = Venue::start(
-        "127.0.0.1:0".parse().unwrap(),
-        VenueBehaviour {
-            comp_id: "VENUE2".into(),
-            refuse_logons: Some("not authorised".into()),
-            ..VenueBehaviour::default()
-        },
-    )
-    .unwrap();
+    let (venue, refusing) = crate::harness::fix_venues(
+        [std::net::Ipv4Addr::LOCALHOST.into(); 2],
+        ack_delay,
+        4,
+        (6, 3),
+    );
     // A third target that carries no FIX (encrypted, as far as we can tell).
     let opaque = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let targets = Targets::new(vec![
@@ -250,26 +237,7 @@ fn binary_with_capture_matches_the_simulator(at: Placement) {
     use crate::harness::*;
     let ack_delay = Duration::from_millis(15);
     let (venue, refusing) = within(at.venue_ns, || {
-        let venue = Venue::start(
-            SocketAddr::new(at.venue_ips[0], 0),
-            VenueBehaviour {
-                ack_delay,
-                business_reject_every: Some(3),
-                gap_after: Some((5, 2)),
-                ..VenueBehaviour::default()
-            },
-        )
-        .unwrap();
-        let refusing = Venue::start(
-            SocketAddr::new(at.venue_ips[1], 0),
-            VenueBehaviour {
-                comp_id: "VENUE2".into(),
-                refuse_logons: Some("not authorised".into()),
-                ..VenueBehaviour::default()
-            },
-        )
-        .unwrap();
-        (venue, refusing)
+        fix_venues(at.venue_ips, ack_delay, 3, (5, 2))
     });
     let cfg = config_file(&format!(
         r#"
