@@ -123,7 +123,7 @@ pub struct Poller {
     instruments: Instruments,
     publisher: Box<dyn Publish>,
     /// The last published state, the base of the next.
-    state: State,
+    state: Arc<State>,
     names: Vec<Arc<str>>,
     events_out: tokio::sync::broadcast::Sender<Event>,
     sockets: Vec<crate::source::SocketEntry>,
@@ -196,7 +196,7 @@ impl Poller {
             tracker: Tracker::new(targets),
             instruments,
             publisher,
-            state: initial,
+            state: Arc::new(initial),
             events_out,
             sockets: Vec::new(),
             events: Vec::new(),
@@ -240,11 +240,12 @@ impl Poller {
             Some(reason) => tracing::warn!(source = kind.as_str(), reason, "process lookup off"),
         }
         let _ = proc_root;
-        self.state.health.process_lookup = Some(crate::state::ProcessLookupHealth {
-            available: reason.is_none(),
-            reason: reason.map(str::to_owned),
-            ..Default::default()
-        });
+        Arc::make_mut(&mut self.state).health.process_lookup =
+            Some(crate::state::ProcessLookupHealth {
+                available: reason.is_none(),
+                reason: reason.map(str::to_owned),
+                ..Default::default()
+            });
         self
     }
 
@@ -339,7 +340,7 @@ impl Poller {
         );
         self.events.clear();
         self.closed_by.clear();
-        let mut next = self.state.clone();
+        let mut next = State::clone(&self.state);
         next.health.polls += 1;
         let recovered_after = next.health.consecutive_failures;
         let mut capped = false;
@@ -371,8 +372,9 @@ impl Poller {
             }
         }
         next.generation += 1;
-        self.state = next.clone();
-        self.publisher.publish(next);
+        // One copy per change: the loop keeps the published state itself.
+        self.state = Arc::new(next);
+        self.publisher.publish(Arc::clone(&self.state));
 
         // Logs and subscribers last, with nothing held.
         match &result {
@@ -476,11 +478,11 @@ impl Poller {
                     self.instruments.record_events_lost(batch.lost);
                 }
                 if !self.events.is_empty() {
-                    let mut next = self.state.clone();
+                    let mut next = State::clone(&self.state);
                     self.record(&mut next);
                     next.generation += 1;
-                    self.state = next.clone();
-                    self.publisher.publish(next);
+                    self.state = Arc::new(next);
+                    self.publisher.publish(Arc::clone(&self.state));
                 }
                 self.announce();
                 if let Some(error) = &batch.error {

@@ -186,11 +186,11 @@ impl StateReader {
 /// Where the loop hands each new state. [`Publisher`] is the real one; tests observe the
 /// moment of publication through their own.
 pub trait Publish: Send {
-    fn publish(&mut self, state: State);
+    fn publish(&mut self, state: Arc<State>);
 }
 
 impl Publish for Publisher {
-    fn publish(&mut self, state: State) {
+    fn publish(&mut self, state: Arc<State>) {
         Publisher::publish(self, state)
     }
 }
@@ -206,8 +206,8 @@ impl Publisher {
     }
 
     /// Replaces the published state (no waiting for readers: a pointer swap).
-    pub fn publish(&self, state: State) {
-        self.0.send_replace(Arc::new(state));
+    pub fn publish(&self, state: Arc<State>) {
+        self.0.send_replace(state);
     }
 
     pub fn reader(&self) -> StateReader {

@@ -279,7 +279,7 @@ struct Checking {
 }
 
 impl Publish for Checking {
-    fn publish(&mut self, state: State) {
+    fn publish(&mut self, state: Arc<State>) {
         let registry = self.registry.lock().unwrap();
         let text = crate::export::prometheus::encode(registry.as_ref().unwrap()).unwrap();
         let value = |name: &str| -> u64 {
