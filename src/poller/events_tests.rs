@@ -59,12 +59,6 @@ fn live_an_overflow_is_counted_and_the_totals_stay_exact() {
     let sub = destroy::DestroySubscriber::with_buffer(&targets, 0).unwrap();
     let (tx, rx) = mpsc::channel();
     let stop = Arc::new(AtomicBool::new(false));
-    let reader = {
-        let tx = tx.clone();
-        destroy::spawn_reader(sub, stop.clone(), move |b| {
-            tx.send(Input::Events(b)).is_ok()
-        })
-    };
     let looping = std::thread::spawn(move || run(poller, &SystemClock, Duration::from_secs(1), rx));
 
     let n = 300;
@@ -82,8 +76,17 @@ fn live_an_overflow_is_counted_and_the_totals_stay_exact() {
         }
     };
     wait("every session seen by a poll", &|s| s.stats[0].active == n);
-    // A burst of closes: far more notifications than the buffer holds.
+    // A burst of closes: far more notifications than the buffer holds. The reader starts
+    // only after it, so the overflow does not depend on how fast this machine reads (a fast
+    // reader on a quiet machine kept up with 300 closes and nothing was lost).
     drop(conns);
+    std::thread::sleep(Duration::from_millis(300));
+    let reader = {
+        let tx = tx.clone();
+        destroy::spawn_reader(sub, stop.clone(), move |b| {
+            tx.send(Input::Events(b)).is_ok()
+        })
+    };
     wait("every session closed", &|s| s.stats[0].closed >= n);
     // Nothing more comes later (no double count): two more polls.
     let polls = state.get().health.polls;
