@@ -430,11 +430,14 @@ ss_busy=$(ss -Htln "( sport = :${SIDECAR_ADDR##*:} or sport = :${NODE_ADDR##*:} 
 # E. eBPF mode against netlink polling (needs root): sidecar CPU per second against N, the eBPF
 #    program's own time in the kernel, and both under unrelated churn. On by default as root
 #    (BENCH_EBPF=0 leaves it out); BENCH_ONLY=ebpf runs only this part and splices its section
-#    into the existing report. Knobs: BENCH_EBPF_WINDOW (s: 20; quick 5), BENCH_EBPF_CHURN
-#    (unrelated opens/closes per second: 5000), BENCH_EBPF_SOURCE (the eBPF sidecar's
-#    poll.source: ebpf).
+#    into the existing report. Three sidecars side by side: netlink, eBPF with the defaults
+#    (tcp_info lookups every poll), eBPF with poll.health_interval = BENCH_EBPF_HEALTH (10s).
+#    Knobs: BENCH_EBPF_WINDOW (s: 60, one poll.reconcile_interval, so that each window holds
+#    one reconciling dump; quick 5), BENCH_EBPF_CHURN (unrelated opens/closes per second:
+#    5000), BENCH_EBPF_SOURCE (the eBPF sidecars' poll.source: ebpf).
 EBPF="${BENCH_EBPF:-$([ "$(id -u)" = 0 ] && echo 1 || echo 0)}"
-EBPF_WINDOW="${BENCH_EBPF_WINDOW:-$([ "$QUICK" = 1 ] && echo 5 || echo 20)}"
+EBPF_WINDOW="${BENCH_EBPF_WINDOW:-$([ "$QUICK" = 1 ] && echo 5 || echo 60)}"
+EBPF_HEALTH="${BENCH_EBPF_HEALTH:-10s}"
 EBPF_CHURN="${BENCH_EBPF_CHURN:-5000}"
 EBPF_SOURCE="${BENCH_EBPF_SOURCE:-ebpf}"
 EBPF_SVG="$([ "$QUICK" = 1 ] && echo "$WORK" || echo "$ROOT/benches")/ebpf-cpu.svg"
@@ -442,7 +445,7 @@ run_ebpf_section() {
     log "eBPF against netlink polling: M=$M, N in $NS, ${EBPF_WINDOW}s windows; then ${EBPF_CHURN}/s unrelated churn at N=$SWEEP_N"
     "$PY" "$ROOT/benches/ebpf_bench.py" --fm "$FM" --loadgen "$LOADGEN" --ns "$NS" --m "$M" \
         --window "$EBPF_WINDOW" --churn "$EBPF_CHURN" --churn-n "$SWEEP_N" --ebpf-source "$EBPF_SOURCE" \
-        --workdir "$WORK" --json "$RESULTS" --svg "$EBPF_SVG" \
+        --health-interval "$EBPF_HEALTH" --workdir "$WORK" --json "$RESULTS" --svg "$EBPF_SVG" \
         --svg-ref "$(realpath --relative-to="$(dirname "$OUT")" "$EBPF_SVG")" --md "$WORK/ebpf.md" ||
         die "the eBPF benchmark failed (see $WORK)"
 }

@@ -91,10 +91,8 @@ fn subscribe_events(
     #[cfg(target_os = "linux")]
     {
         if kind == source::SourceKind::Ebpf {
-            let reason = "the ebpf source sees opens and closes on its own tracepoint (no \
-                          socket-destroy notifications)"
-                .to_string();
-            return (Mode::Polling { reason }, None);
+            // Its own tracepoint: no socket-destroy notifications needed.
+            return (Mode::Tracepoint, None);
         }
         if kind != source::SourceKind::Netlink {
             let reason = format!("the {} source has no kernel close events", kind.as_str());
@@ -118,6 +116,39 @@ fn subscribe_events(
             kind.as_str()
         );
         (Mode::Polling { reason }, None)
+    }
+}
+
+/// `poll.health_interval` in the log: what it does with this source, and what it delays.
+fn say_health_interval(settings: &Settings, kind: source::SourceKind) {
+    let Some(every) = settings.poll.health_interval else {
+        return;
+    };
+    let shown = humantime::format_duration(every).to_string();
+    if kind != source::SourceKind::Ebpf {
+        tracing::info!(
+            health_interval = %shown,
+            source = kind.as_str(),
+            "poll.health_interval is not used: only the ebpf source looks tcp_info up apart \
+             from its polls (netlink reads it in every dump; procfs and netstat have none)"
+        );
+        return;
+    }
+    tracing::info!(
+        health_interval = %shown,
+        "session health: every session's tcp_info looked up once per health interval; the \
+         health gauges, RTT samples and staleness are as of the last lookup"
+    );
+    for t in settings.targets.iter() {
+        if let Some(stale_after) = t.stale_after.filter(|s| every > *s) {
+            tracing::warn!(
+                target = %t.name,
+                health_interval = %shown,
+                stale_after = %humantime::format_duration(stale_after),
+                "poll.health_interval is longer than the target's stale_after: a stale session \
+                 is seen up to one health interval late"
+            );
+        }
     }
 }
 
@@ -190,11 +221,13 @@ const SERVER_STOP_GRACE: Duration = Duration::from_secs(3);
 pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar, RunError> {
     let resource = crate::instruments::resource(&hostname());
     let host = crate::instruments::host_name(&resource);
-    let source = source::open_with(
+    let mut source = source::open_with(
         settings.poll.source,
         &settings.targets,
         settings.poll.reconcile_interval,
     )?;
+    source.set_health_interval(settings.poll.health_interval);
+    say_health_interval(settings, source.kind());
     let listener = if options.serve_http {
         Some(
             http::bind(settings.prometheus.listen)
@@ -248,11 +281,11 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
             mode = mode.as_str(),
             "kernel close events in use: every close exactly, sessions shorter than a poll included"
         ),
-        // The eBPF source has exact opens and closes of its own (its tracepoint): nothing is lost.
-        Mode::Polling { reason } if source.kind() == source::SourceKind::Ebpf => tracing::info!(
+        Mode::Tracepoint => tracing::info!(
             mode = mode.as_str(),
-            reason = %reason,
-            "kernel close events not used: the eBPF tracepoint gives every open and close exactly"
+            reconcile_interval = %humantime::format_duration(settings.poll.reconcile_interval),
+            "eBPF tracepoint in use: every open and close exactly, with who hung up and the \
+             process; full dumps only to reconcile"
         ),
         Mode::Polling { reason } => tracing::warn!(
             mode = mode.as_str(),

@@ -344,7 +344,14 @@ impl Poller {
         next.health.polls += 1;
         let recovered_after = next.health.consecutive_failures;
         let mut capped = false;
+        let news = self.source.news();
         match &result {
+            Ok(()) if !news.sessions_changed && !news.health_fresh => {
+                // Nothing new (an eBPF poll without transitions or lookups): the sessions,
+                // their health and every instrument stand as they were; only the poll counts.
+                next.health.last_success = Some(at);
+                next.health.consecutive_failures = 0;
+            }
             Ok(()) => {
                 // Exact opens and closes first (each at its kernel timestamp), then the
                 // snapshot, which already reflects them and only corrects what they missed.
@@ -358,12 +365,15 @@ impl Poller {
                 );
                 #[cfg(target_os = "linux")]
                 self.look_up_processes(&mut next);
-                self.health
-                    .observe(at.mono, &self.sockets, &mut self.health_poll);
+                if news.health_fresh {
+                    self.health
+                        .observe(at.mono, &self.sockets, &mut self.health_poll);
+                    // The health counters grow once per lookup (RTT samples, retransmits,
+                    // bytes): health handed on from an earlier poll is not a new sample.
+                    capped = self.instruments.record_health(&self.health_poll);
+                }
                 next.health.last_success = Some(at);
                 next.health.consecutive_failures = 0;
-                // The health counters grow once per poll (RTT samples, retransmits, bytes).
-                capped = self.instruments.record_health(&self.health_poll);
                 capped |= self.record(&mut next);
             }
             Err(e) => {
@@ -654,7 +664,7 @@ impl Poller {
             })
             .collect();
         active.sort_by(|(ta, a), (tb, b)| (ta, a.local, a.remote).cmp(&(tb, b.local, b.remote)));
-        next.active = active.into_iter().map(|(_, s)| s).collect();
+        next.active = Arc::new(active.into_iter().map(|(_, s)| s).collect());
         for e in &self.events {
             if let Event::Closed {
                 conn, at, duration, ..

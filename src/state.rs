@@ -71,8 +71,9 @@ pub struct State {
     pub stats: Vec<TargetStats>,
     /// Highest number active at once over all targets together.
     pub peak: u64,
-    /// Active sessions by target (configuration order), then local and remote address.
-    pub active: Vec<Session>,
+    /// Active sessions by target (configuration order), then local and remote address. Shared
+    /// between states that have the same sessions (a poll that changed nothing copies no list).
+    pub active: Arc<Vec<Session>>,
     /// The most recently closed sessions, oldest first, at most [`RECENT_CLOSED`].
     pub closed: Vec<Session>,
     pub health: PollHealth,
@@ -103,7 +104,7 @@ impl State {
             meta: Arc::new(meta),
             generation: 0,
             peak: 0,
-            active: Vec::new(),
+            active: Arc::default(),
             closed: Vec::new(),
             health: PollHealth::default(),
         }

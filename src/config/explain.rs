@@ -61,6 +61,7 @@ fn absent_meaning(key: &str) -> &'static str {
         (".heartbeat", "none"),
         (".stale_after", "no staleness judged (no heartbeat either)"),
         ("state.dir", "no state kept across restarts"),
+        ("poll.health_interval", "every poll"),
         (".web_config", "plain HTTP, no auth"),
     ];
     MEANINGS

@@ -241,6 +241,10 @@ pub struct PollSettings {
     /// from the socket inodes in `/proc/*/fd` (eBPF mode names it by itself).
     #[serde(with = "raw::check::boolean")]
     pub process_lookup: bool,
+    /// eBPF source only: time between two `tcp_info` lookups of every session (session
+    /// health); not set: every poll. The netlink source reads it in every poll's dump.
+    #[serde(with = "raw::some::interval")]
+    pub health_interval: Option<Duration>,
 }
 
 impl Default for PollSettings {
@@ -250,6 +254,7 @@ impl Default for PollSettings {
             source: defaults::SOURCE,
             reconcile_interval: defaults::RECONCILE_INTERVAL,
             process_lookup: defaults::PROCESS_LOOKUP,
+            health_interval: None,
         }
     }
 }

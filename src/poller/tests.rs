@@ -7,7 +7,7 @@ use std::sync::mpsc;
 use opentelemetry::metrics::MeterProvider;
 
 use super::*;
-use crate::source::{SocketEntry, SourceError, SourceKind, TcpState};
+use crate::source::{PollNews, SocketEntry, SourceError, SourceKind, TcpState};
 use crate::state::{Meta, Publisher, StateReader};
 use crate::target::{Target, Targets};
 
@@ -23,6 +23,9 @@ struct Script {
     polled_at: Arc<Mutex<Vec<Timestamp>>>,
     slow: Option<(usize, Duration)>,
     stop: Option<mpsc::Sender<Input>>,
+    /// What each poll says it brought (everything once the list runs out).
+    news: Arc<Mutex<VecDeque<PollNews>>>,
+    last_news: PollNews,
 }
 
 impl Source for Script {
@@ -35,7 +38,17 @@ impl Source for Script {
         Some(id)
     }
 
+    fn news(&self) -> PollNews {
+        self.last_news
+    }
+
     fn poll(&mut self, out: &mut Vec<SocketEntry>) -> Result<(), SourceError> {
+        self.last_news = self
+            .news
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or(PollNews::EVERYTHING);
         let mut polled = self.polled_at.lock().unwrap();
         polled.push(self.clock.now());
         if let Some((n, d)) = self.slow {
@@ -86,6 +99,7 @@ pub(crate) struct Rig {
     pub(crate) clock: ManualClock,
     pub(crate) state: StateReader,
     pub(crate) polled_at: Arc<Mutex<Vec<Timestamp>>>,
+    pub(crate) news: Arc<Mutex<VecDeque<PollNews>>>,
     registry: prometheus::Registry,
     _provider: opentelemetry_sdk::metrics::SdkMeterProvider,
 }
@@ -109,6 +123,7 @@ fn rig_with(
 ) -> Rig {
     let clock = ManualClock::new(t0);
     let polled_at = Arc::default();
+    let news = Arc::default();
     let source = Script {
         steps: steps.into(),
         last: Ok(Vec::new()),
@@ -116,6 +131,8 @@ fn rig_with(
         polled_at: Arc::clone(&polled_at),
         slow,
         stop,
+        news: Arc::clone(&news),
+        last_news: PollNews::EVERYTHING,
     };
     let (exporter, registry) = crate::export::prometheus::reader("h").unwrap();
     let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
@@ -147,6 +164,7 @@ fn rig_with(
         clock,
         state,
         polled_at,
+        news,
         registry,
         _provider: provider,
     }
@@ -557,4 +575,43 @@ fn ebpf_closes_are_counted_by_who_hung_up_short_lived_ones_included() {
         by,
         [(5000, Some(ClosedBy::Local)), (5002, Some(ClosedBy::Reset))]
     );
+}
+
+/// A source that says a poll brought nothing new (eBPF between lookups, no transitions) costs
+/// the loop no work: the published sessions are the same list, not a copy, and only the poll
+/// is counted; the next poll with news is applied in full.
+#[test]
+fn a_poll_that_brought_nothing_new_reuses_the_published_sessions() {
+    let (a, b) = (sock(5000, 1), sock(5001, 2));
+    let t0 = Timestamp::now();
+    let mut r = rig(
+        targets(),
+        t0,
+        vec![Ok(vec![a]), Ok(vec![a]), Ok(vec![a, b])],
+        None,
+    );
+    let quiet = PollNews {
+        sessions_changed: false,
+        health_fresh: false,
+    };
+    r.news.lock().unwrap().extend([PollNews::EVERYTHING, quiet]);
+    r.poller.tick(&r.clock);
+    let first = r.state.get();
+    assert_eq!(first.active.len(), 1);
+    r.clock.advance(Duration::from_secs(1));
+    r.poller.tick(&r.clock);
+    let quiet_state = r.state.get();
+    assert!(
+        Arc::ptr_eq(&first.active, &quiet_state.active),
+        "not copied"
+    );
+    assert_eq!(quiet_state.health.polls, 2);
+    assert_eq!(
+        quiet_state.health.last_success,
+        Some(t0.after(Duration::from_secs(1)))
+    );
+    r.clock.advance(Duration::from_secs(1));
+    r.poller.tick(&r.clock);
+    let s = r.state.get();
+    assert_eq!((s.active.len(), s.stats[0].opened), (2, 2));
 }

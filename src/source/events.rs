@@ -23,6 +23,9 @@ pub enum Mode {
     /// Kernel socket-destroy notifications and polls together: every close exactly, sessions
     /// shorter than a poll included.
     KernelEvents,
+    /// The eBPF source's tracepoint: every open and close as it happens, with its kernel
+    /// timestamp and who hung up; polls only reconcile and read health.
+    Tracepoint,
     /// Polls only: closes are known to within one interval, sessions shorter than a poll are
     /// not seen. `reason` says why events are not in use.
     Polling { reason: String },
@@ -32,6 +35,7 @@ impl Mode {
     pub fn as_str(&self) -> &'static str {
         match self {
             Mode::KernelEvents => "kernel-events",
+            Mode::Tracepoint => "tracepoint",
             Mode::Polling { .. } => "polling",
         }
     }

@@ -56,6 +56,23 @@ pub struct SocketEntry {
     pub health: Option<TcpHealth>,
 }
 
+/// What a poll brought, for the loop to skip what did not change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PollNews {
+    /// The set of sessions may differ from the last poll's (or transitions were read).
+    pub sessions_changed: bool,
+    /// [`SocketEntry::health`] was read in this poll (not handed on from an earlier one): its
+    /// counters and RTT are new samples.
+    pub health_fresh: bool,
+}
+
+impl PollNews {
+    pub const EVERYTHING: PollNews = PollNews {
+        sessions_changed: true,
+        health_fresh: true,
+    };
+}
+
 /// TCP states as Linux numbers them (`include/net/tcp_states.h`). Only `Established` counts as
 /// an active connection; sources ask for nothing else, the others exist to name what they see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -224,6 +241,17 @@ pub trait Source: Send {
     fn take_transitions(&mut self) -> Vec<ebpf::Transition> {
         Vec::new()
     }
+
+    /// What the last successful poll brought. Polling sources read everything every time;
+    /// the eBPF source can tell when nothing changed, and the loop then skips the work.
+    fn news(&self) -> PollNews {
+        PollNews::EVERYTHING
+    }
+
+    /// `poll.health_interval`: sources that read `tcp_info` apart from the poll (eBPF) look
+    /// every session up at most this often and hand the last answers on in between (`None`:
+    /// every poll). Sources that read it with the poll (netlink) ignore it.
+    fn set_health_interval(&mut self, _every: Option<std::time::Duration>) {}
 
     /// Asks the source to keep each polled socket's inode, for [`Source::inode`]
     /// (`poll.process_lookup`); sources that always know it, or never do, ignore it.

@@ -699,6 +699,7 @@ fn auto_takes_ebpf_with_the_capabilities_and_says_so_with_session_health() {
     );
     let health = sc.json("/health");
     assert_eq!(health["source"], "ebpf", "{health}");
+    assert_eq!(health["events"]["mode"], "tracepoint", "{health}");
     assert_eq!(health["session_health"]["available"], true, "{health}");
     assert!(health["session_health"].get("reason").is_none(), "{health}");
     let mut after = connect_from("127.0.0.1:0", l.local_addr().unwrap());
@@ -779,4 +780,171 @@ fn auto_takes_ebpf_with_the_capabilities_and_says_so_with_session_health() {
         line.contains("ebpf") && line.contains("eBPF program loaded"),
         "{line}"
     );
+}
+
+/// `poll.health_interval` in the source: the first poll looks every session up, the polls
+/// before the interval is up hand the same answers on without a request and say nothing is
+/// new, a session opened in between has no health until the next lookup, and turning the
+/// interval off looks everything up again.
+#[test]
+fn the_health_interval_hands_the_last_answers_on_between_lookups() {
+    use fix_monitor::source::ebpf::EbpfSource;
+    use fix_monitor::source::{PollNews, SocketEntry, Source};
+
+    let downstream = crate::harness::Downstream::listen("127.0.0.1:0");
+    let remote = downstream.addr;
+    let first = TcpStream::connect(remote).unwrap();
+    let targets = Targets::new(vec![target(remote, None)]);
+    let mut src = EbpfSource::open(&targets, Options::default(), Duration::from_secs(3600))
+        .unwrap_or_else(|e| panic!("{e}"));
+    src.set_health_interval(Some(Duration::from_secs(3600)));
+    let mut out: Vec<SocketEntry> = Vec::new();
+    let requests = |src: &EbpfSource| src.lookup_stats().unwrap().requests;
+
+    src.poll(&mut out).unwrap();
+    assert_eq!(
+        src.news(),
+        PollNews::EVERYTHING,
+        "the first poll: dump and lookups"
+    );
+    assert_eq!(out.len(), 1);
+    let looked_up = out[0].health.expect("the first poll looks the session up");
+    assert_eq!(requests(&src), 1);
+
+    for _ in 0..3 {
+        src.poll(&mut out).unwrap();
+        let quiet = PollNews {
+            sessions_changed: false,
+            health_fresh: false,
+        };
+        assert_eq!(src.news(), quiet);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].health, Some(looked_up), "handed on unchanged");
+        assert_eq!(requests(&src), 1, "no lookup before the interval is up");
+    }
+
+    let second = TcpStream::connect(remote).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        src.poll(&mut out).unwrap();
+        if out.len() == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second session from the ring"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        src.news(),
+        PollNews {
+            sessions_changed: true,
+            health_fresh: false
+        }
+    );
+    let of = |out: &[SocketEntry], s: &TcpStream| {
+        out.iter()
+            .find(|e| e.local == s.local_addr().unwrap())
+            .unwrap()
+            .health
+    };
+    assert_eq!(of(&out, &first), Some(looked_up));
+    assert_eq!(
+        of(&out, &second),
+        None,
+        "not looked up yet: no health, not zeros"
+    );
+    assert_eq!(requests(&src), 1);
+
+    src.set_health_interval(None);
+    src.poll(&mut out).unwrap();
+    assert!(src.news().health_fresh);
+    assert_eq!(requests(&src), 3);
+    assert!(of(&out, &first).is_some() && of(&out, &second).is_some());
+    src.poll(&mut out).unwrap();
+    assert_eq!(requests(&src), 5, "every poll again");
+}
+
+/// The sidecar with `poll.health_interval` longer than the test: after the first lookup, many
+/// polls take no new RTT sample (one per session, not one per poll) and `/connections` still
+/// shows each session's health as of that lookup.
+#[test]
+fn the_sidecar_samples_health_once_per_health_interval() {
+    use crate::harness::{command, Sidecar};
+
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let _a = connect_from("127.0.0.1:0", l.local_addr().unwrap());
+    let _b = connect_from("127.0.0.1:0", l.local_addr().unwrap());
+    let mut cmd = command();
+    cmd.env("FIX_MONITOR_POLL__SOURCE", "ebpf")
+        .env("FIX_MONITOR_POLL__HEALTH_INTERVAL", "1h");
+    let port = l.local_addr().unwrap().port().to_string();
+    let sc = Sidecar::start_with(
+        cmd,
+        &[
+            "--ip",
+            "127.0.0.1",
+            "--target-port",
+            &port,
+            "--interval",
+            "100ms",
+        ],
+    );
+    let polls = sc.json("/health")["polls"].as_u64().unwrap();
+    sc.wait_for("ten more polls", Duration::from_secs(10), |sc| {
+        sc.json("/health")["polls"].as_u64().unwrap() >= polls + 10
+    });
+    let target = format!("127.0.0.1:{port}");
+    let m = sc.metrics();
+    assert_eq!(
+        m.count(
+            "fix_connection_rtt_seconds_count",
+            &[("target", target.as_str())]
+        ),
+        2.0,
+        "{}",
+        m.text
+    );
+    // A session opened in between changes the sessions but brings no lookup: still no new
+    // samples, and the newcomer shows no health (unknown, not zeros) until the next lookup.
+    let c = connect_from("127.0.0.1:0", l.local_addr().unwrap());
+    let c_port = c.local_addr().unwrap().port();
+    sc.wait_for("the third session", Duration::from_secs(10), |sc| {
+        sc.json("/connections")["connections"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 3
+    });
+    let polls = sc.json("/health")["polls"].as_u64().unwrap();
+    sc.wait_for("five more polls", Duration::from_secs(10), |sc| {
+        sc.json("/health")["polls"].as_u64().unwrap() >= polls + 5
+    });
+    let m = sc.metrics();
+    assert_eq!(
+        m.count(
+            "fix_connection_rtt_seconds_count",
+            &[("target", target.as_str())]
+        ),
+        2.0,
+        "{}",
+        m.text
+    );
+    let got = sc.json("/connections");
+    let conns = got["connections"].as_array().unwrap();
+    assert_eq!(conns.len(), 3, "{got}");
+    for conn in conns {
+        if conn["local_port"].as_u64() == Some(c_port.into()) {
+            assert!(conn["health"].is_null(), "{got}");
+        } else {
+            assert!(
+                conn["health"]["rtt_seconds"].as_f64().unwrap() > 0.0,
+                "{got}"
+            );
+        }
+    }
+    let (status, log) = sc.terminate();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("once per health interval"), "{log}");
 }

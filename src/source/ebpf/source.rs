@@ -19,6 +19,11 @@
 //! sockets (N). The first lookup learns the socket's cookie (the kernel makes one when it
 //! answers); later ones name it, so that a 4-tuple reused by another socket is not read as the
 //! same session.
+//!
+//! With `poll.health_interval` the lookups happen at most that often; the polls in between
+//! hand each session's last answer on (a session opened since has none yet), and say so in
+//! [`PollNews`]: the loop then takes no new health samples, and when no transition was read
+//! either, it skips the poll's work altogether. A quiet poll then costs a ring-buffer check.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -27,7 +32,7 @@ use std::time::{Duration, Instant};
 use super::{ktime_now_ns, Change, EbpfError, EbpfEvents, Options, Transition};
 use crate::source::lookup::{Answer, HealthLookups, LookupStats, Wanted};
 use crate::source::netlink::NetlinkSource;
-use crate::source::{SocketEntry, Source, SourceError, SourceKind, TcpState};
+use crate::source::{PollNews, SocketEntry, Source, SourceError, SourceKind, TcpHealth, TcpState};
 use crate::target::Targets;
 
 /// Counts of what the source did, for self-metrics and benchmarks.
@@ -43,12 +48,20 @@ pub struct SourceStats {
     pub transitions: u64,
 }
 
+/// What the source knows of a session between polls.
+#[derive(Debug, Clone, Copy, Default)]
+struct Known {
+    /// The socket's cookie where known (0 otherwise).
+    cookie: u64,
+    /// Its `tcp_info` as of the last lookup (or dump).
+    health: Option<TcpHealth>,
+}
+
 pub struct EbpfSource {
     events: EbpfEvents,
     dump: NetlinkSource,
-    /// The sessions, by 4-tuple (so that polls list them in order), with the socket's cookie
-    /// where known (0 otherwise).
-    active: BTreeMap<(SocketAddr, SocketAddr), u64>,
+    /// The sessions, by 4-tuple (so that polls list them in order).
+    active: BTreeMap<(SocketAddr, SocketAddr), Known>,
     /// The per-session `tcp_info` lookups; `None` when turned off.
     lookups: Option<HealthLookups>,
     /// Reused per poll: what to look up, and the cookies the answers carried.
@@ -56,6 +69,14 @@ pub struct EbpfSource {
     learned: Vec<u64>,
     /// Whether the last poll's lookups failed (to log the change, not every poll).
     lookups_failing: bool,
+    /// `poll.health_interval` (`None`: every poll), and when the next lookups are due.
+    health_every: Option<Duration>,
+    next_health: Option<Instant>,
+    news: PollNews,
+    /// The last list handed out (valid once a poll succeeded): a poll that changed nothing
+    /// copies it instead of building it again.
+    listed: Vec<SocketEntry>,
+    listed_valid: bool,
     reconcile_every: Duration,
     next_reconcile: Option<Instant>,
     stats: SourceStats,
@@ -89,6 +110,11 @@ impl EbpfSource {
             wanted: Vec::new(),
             learned: Vec::new(),
             lookups_failing: false,
+            health_every: None,
+            next_health: None,
+            news: PollNews::EVERYTHING,
+            listed: Vec::new(),
+            listed_valid: false,
             reconcile_every,
             next_reconcile: None,
             stats: SourceStats::default(),
@@ -139,10 +165,12 @@ impl EbpfSource {
             }
             // Gone: it closed after the drain; its close is in the ring for the next poll.
         });
-        for (known, &cookie) in self.active.values_mut().zip(&self.learned) {
+        for ((known, entry), &cookie) in self.active.values_mut().zip(out.iter()).zip(&self.learned)
+        {
             if cookie != 0 {
-                *known = cookie;
+                known.cookie = cookie;
             }
+            known.health = entry.health;
         }
         match result {
             Err(error) if !self.lookups_failing => {
@@ -165,7 +193,11 @@ impl EbpfSource {
             if t.ktime_ns >= after_ns {
                 match t.change() {
                     Some(Change::Opened) => {
-                        self.active.insert((t.local, t.remote), t.cookie);
+                        let known = Known {
+                            cookie: t.cookie,
+                            health: None,
+                        };
+                        self.active.insert((t.local, t.remote), known);
                     }
                     Some(Change::Closed(_)) => {
                         self.active.remove(&(t.local, t.remote));
@@ -186,8 +218,13 @@ impl EbpfSource {
         let start = ktime_now_ns();
         self.dump.poll(&mut self.scratch)?;
         self.active.clear();
-        self.active
-            .extend(self.scratch.iter().map(|s| ((s.local, s.remote), s.id)));
+        self.active.extend(self.scratch.iter().map(|s| {
+            let known = Known {
+                cookie: s.id,
+                health: s.health,
+            };
+            ((s.local, s.remote), known)
+        }));
         self.stats.reconciles += 1;
         // What the kernel stamped before the dump began is in the dump already.
         self.drain(start);
@@ -205,7 +242,21 @@ impl Source for EbpfSource {
         std::mem::take(&mut self.pending)
     }
 
+    fn news(&self) -> PollNews {
+        self.news
+    }
+
+    fn set_health_interval(&mut self, every: Option<Duration>) {
+        self.health_every = every;
+        self.next_health = None;
+    }
+
     fn poll(&mut self, out: &mut Vec<SocketEntry>) -> Result<(), SourceError> {
+        // Until this poll has worked, the loop must assume anything changed.
+        self.news = PollNews::EVERYTHING;
+        // Nor is the last list valid if this poll fails half-way (the set may have moved).
+        let listed_valid = std::mem::replace(&mut self.listed_valid, false);
+        let (transitions, reconciles) = (self.stats.transitions, self.stats.reconciles);
         self.drain(0);
         let lost = self
             .events
@@ -226,24 +277,55 @@ impl Source for EbpfSource {
             self.reconcile()?;
             self.next_reconcile = Some(now + self.reconcile_every);
         }
+        // Due a tenth early, so that polls on their own schedule do not push each lookup
+        // one poll later than asked.
+        let health_due = self.lookups.is_some()
+            && match self.health_every {
+                None => true,
+                Some(every) if self.next_health.is_some_and(|t| now + every / 10 < t) => false,
+                Some(every) => {
+                    self.next_health = Some(now + every);
+                    true
+                }
+            };
+        let sessions_changed =
+            self.stats.transitions != transitions || self.stats.reconciles != reconciles;
+        if !sessions_changed && !health_due && listed_valid {
+            out.clone_from(&self.listed);
+            self.listed_valid = true;
+            self.news = PollNews {
+                sessions_changed,
+                health_fresh: false,
+            };
+            return Ok(());
+        }
         // In 4-tuple order (the map's): with every id 0, sorted as the poller looks them up.
         out.clear();
         self.wanted.clear();
-        for (&(local, remote), &cookie) in &self.active {
+        for (&(local, remote), known) in &self.active {
             out.push(SocketEntry {
                 local,
                 remote,
                 state: TcpState::Established,
                 id: 0,
-                health: None,
+                // Handed on from the last lookup unless this poll looks it up again.
+                health: if health_due { None } else { known.health },
             });
             self.wanted.push(Wanted {
                 local,
                 remote,
-                cookie,
+                cookie: known.cookie,
             });
         }
-        self.look_up(out);
+        if health_due {
+            self.look_up(out);
+        }
+        self.listed.clone_from(out);
+        self.listed_valid = true;
+        self.news = PollNews {
+            sessions_changed,
+            health_fresh: health_due,
+        };
         Ok(())
     }
 }
