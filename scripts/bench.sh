@@ -29,7 +29,8 @@
 # 60), BENCH_WRK_DURATION (s: 10), BENCH_CHURN (matching connections reopened per second during
 # the long run: 0), BENCH_OUT (report path), FIX_MONITOR (use this binary, skip building it),
 # BENCH_EVENTS=0 (skip the kernel-events section, scripts/bench-events.sh), BENCH_ONLY=fix / BENCH_FIX=0
-# (only / no FIX section, see "F." below; FIX_FIXBENCH: use this fix-fixbench binary), BENCH_NO_FETCH=1 (do not run scripts/fetch-tools.sh when a tool is missing), BENCH_NO_BUILD=1
+# (only / no FIX section, see "F." below; FIX_FIXBENCH: use this fix-fixbench binary),
+# BENCH_ONLY=proccost / BENCH_PROC=0 (only / no process-lookup section, see "G." below), BENCH_NO_FETCH=1 (do not run scripts/fetch-tools.sh when a tool is missing), BENCH_NO_BUILD=1
 # (use the release binaries already built), CARGO_TARGET_DIR (default: target/).
 set -euo pipefail
 
@@ -163,10 +164,10 @@ if [ "${BENCH_NO_BUILD:-0}" = 1 ]; then
 elif [ -n "${FIX_MONITOR:-}" ]; then
     log "building the load generator (CARGO_TARGET_DIR=$CARGO_TARGET_DIR); fix-monitor: $FIX_MONITOR"
     FM="$FIX_MONITOR"
-    cargo build --release --example fix-loadgen --example fix-pollcost --example fix-storm --example fix-fixbench >&2
+    cargo build --release --example fix-loadgen --example fix-pollcost --example fix-storm --example fix-fixbench --example fix-proccost >&2
 else
     log "building release binaries (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-    cargo build --release --bin fix-monitor --example fix-loadgen --example fix-pollcost --example fix-storm --example fix-fixbench >&2
+    cargo build --release --bin fix-monitor --example fix-loadgen --example fix-pollcost --example fix-storm --example fix-fixbench --example fix-proccost >&2
     FM="$CARGO_TARGET_DIR/release/fix-monitor"
 fi
 LOADGEN="$CARGO_TARGET_DIR/release/examples/fix-loadgen"
@@ -434,10 +435,13 @@ ss_busy=$(ss -Htln "( sport = :${SIDECAR_ADDR##*:} or sport = :${NODE_ADDR##*:} 
 #    (tcp_info lookups every poll), eBPF with poll.health_interval = BENCH_EBPF_HEALTH (10s).
 #    Knobs: BENCH_EBPF_WINDOW (s: 60, one poll.reconcile_interval, so that each window holds
 #    one reconciling dump; quick 5), BENCH_EBPF_CHURN (unrelated opens/closes per second:
-#    5000), BENCH_EBPF_SOURCE (the eBPF sidecars' poll.source: ebpf).
+#    5000), BENCH_EBPF_SOURCE (the eBPF sidecars' poll.source: ebpf). Then one eBPF sidecar
+#    alone with lookups and reconciles spread out (health_interval 60s, reconcile_interval 5m)
+#    over a 5-minute window at N = BENCH_EBPF_LEAN_N (100000; 0 leaves it out; quick 0).
 EBPF="${BENCH_EBPF:-$([ "$(id -u)" = 0 ] && echo 1 || echo 0)}"
 EBPF_WINDOW="${BENCH_EBPF_WINDOW:-$([ "$QUICK" = 1 ] && echo 5 || echo 60)}"
 EBPF_HEALTH="${BENCH_EBPF_HEALTH:-10s}"
+EBPF_LEAN_N="${BENCH_EBPF_LEAN_N:-$([ "$QUICK" = 1 ] && echo 0 || echo 100000)}"
 EBPF_CHURN="${BENCH_EBPF_CHURN:-5000}"
 EBPF_SOURCE="${BENCH_EBPF_SOURCE:-ebpf}"
 EBPF_SVG="$([ "$QUICK" = 1 ] && echo "$WORK" || echo "$ROOT/benches")/ebpf-cpu.svg"
@@ -445,7 +449,7 @@ run_ebpf_section() {
     log "eBPF against netlink polling: M=$M, N in $NS, ${EBPF_WINDOW}s windows; then ${EBPF_CHURN}/s unrelated churn at N=$SWEEP_N"
     "$PY" "$ROOT/benches/ebpf_bench.py" --fm "$FM" --loadgen "$LOADGEN" --ns "$NS" --m "$M" \
         --window "$EBPF_WINDOW" --churn "$EBPF_CHURN" --churn-n "$SWEEP_N" --ebpf-source "$EBPF_SOURCE" \
-        --health-interval "$EBPF_HEALTH" --workdir "$WORK" --json "$RESULTS" --svg "$EBPF_SVG" \
+        --health-interval "$EBPF_HEALTH" --lean-n "$EBPF_LEAN_N" --workdir "$WORK" --json "$RESULTS" --svg "$EBPF_SVG" \
         --svg-ref "$(realpath --relative-to="$(dirname "$OUT")" "$EBPF_SVG")" --md "$WORK/ebpf.md" ||
         die "the eBPF benchmark failed (see $WORK)"
 }
@@ -533,6 +537,44 @@ if [ "${BENCH_ONLY:-}" = fix ]; then
     exit 0
 fi
 
+# G. poll.process_lookup (issue 13), with fix-proccost (benches/proccost/): what one full walk
+#    of /proc/*/fd costs as the host's open sockets grow (BENCH_PROC_SOCKETS: 0,1000,10000,
+#    18000; quick 0,1000), side by side with `ss -tnp`, which walks the same links to name
+#    processes. BENCH_ONLY=proccost runs only this part and splices its section into the report;
+#    a full run adds it (BENCH_PROC=0 leaves it out).
+PROCCOST="${FIX_PROCCOST:-$CARGO_TARGET_DIR/release/examples/fix-proccost}"
+PROC_SOCKETS="${BENCH_PROC_SOCKETS:-$([ "$QUICK" = 1 ] && echo 0,1000 || echo 0,1000,10000,18000)}"
+run_proccost_section() {
+    [ -x "$PROCCOST" ] || die "no fix-proccost at $PROCCOST (cargo build --release --example fix-proccost)"
+    log "process lookup: one walk of /proc/*/fd at $PROC_SOCKETS held sockets, against ss -tnp"
+    "$PROCCOST" --sockets "$PROC_SOCKETS" --rounds 5 >"$WORK/proccost.json" || die "fix-proccost failed"
+    "$PY" - "$WORK/proccost.json" "$(id -u)" >"$WORK/proccost.md" <<'EOF'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+print("One walk of `/proc/*/fd` that finds nothing (every link read: the most one lookup can cost;")
+print("a lookup ends as soon as it has found its sessions' owners), in the sidecar's own code")
+print("(`ProcOwners::find`), while `fix-proccost` holds N more loopback sockets; CPU of the calling")
+print("thread, kernel included, median and best of 5. Beside it, `ss -tnp` with a filter that")
+print("matches nothing, minus the same `ss -tn`: `ss`'s own walk of the same links (median of 5).")
+print(f"Run as {'root (every process readable)' if sys.argv[2] == '0' else 'a normal user (other users processes unreadable)'}.\n")
+print("| sockets held | fd links read | processes | walk CPU ms (median) | walk CPU ms (best) | walk wall ms (median) | µs per link | `ss -tnp` minus `ss -tn`, CPU ms |")
+print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+for r in rows:
+    ss = "n/a" if r.get("ss_p_cpu_median_s") is None else f'{(r["ss_p_cpu_median_s"] - r["ss_cpu_median_s"]) * 1e3:.1f}'
+    per = r["cpu_median_s"] * 1e6 / r["links"] if r["links"] else 0
+    print(f'| {r["sockets"]:,} | {r["links"]:,} | {r["processes"]:,} | {r["cpu_median_s"]*1e3:.1f} | {r["cpu_min_s"]*1e3:.1f} | {r["wall_median_s"]*1e3:.1f} | {per:.2f} | {ss} |')
+print()
+print("Command: `fix-proccost --sockets 0,1000,10000,18000 --rounds 5` (release build).")
+EOF
+}
+splice_proccost() { splice "$1" proccost "Process lookup: one walk of /proc/*/fd"; }
+if [ "${BENCH_ONLY:-}" = proccost ]; then
+    run_proccost_section
+    splice_proccost "$OUT"
+    log "process-lookup section written into $OUT"
+    exit 0
+fi
+
 # 0. What starting a process costs, without polling: the floor under every one-shot number.
 log "process start alone: fix-monitor --version, ss -V, python3 -c pass"
 hf 0 0 start-fix-monitor "$FM --version" start-ss "ss -V" start-python "$PY -c pass"
@@ -603,6 +645,7 @@ for n in $TCPINFO_NS; do
 done
 if [ "$EBPF" = 1 ] && [ "$ONLY" != tcpinfo ]; then run_ebpf_section; fi
 if [ "${BENCH_FIX:-1}" = 1 ] && [ "$ONLY" != tcpinfo ]; then run_fix_section; fi
+if [ "${BENCH_PROC:-1}" = 1 ] && [ "$ONLY" != tcpinfo ]; then run_proccost_section; fi
 
 END=$(date +%s)
 "$PY" - "$META" "$(( END - START ))" <<'EOF'
@@ -629,5 +672,6 @@ fi
 mv "$OUT.tmp" "$OUT"
 if [ "$EBPF" = 1 ] && [ "$ONLY" != tcpinfo ]; then splice_ebpf "$OUT"; fi
 if [ "${BENCH_FIX:-1}" = 1 ] && [ "$ONLY" != tcpinfo ]; then splice_fix "$OUT"; fi
+if [ "${BENCH_PROC:-1}" = 1 ] && [ "$ONLY" != tcpinfo ]; then splice_proccost "$OUT"; fi
 cat "$OUT"
 log "done in $(( END - START )) s; report: $OUT; raw results: $RESULTS"

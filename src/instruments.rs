@@ -48,6 +48,9 @@ pub mod names {
     /// Exposed as `fix_monitor_events_lost_total`: close events the kernel dropped (a full
     /// buffer); each loss is reconciled by an immediate poll.
     pub const EVENTS_LOST: &str = "fix_monitor_events_lost";
+    /// Exposed as `fix_monitor_reconciles_total`: full dumps the eBPF source took to reconcile
+    /// its view (at start, every `poll.reconcile_interval`, after a loss).
+    pub const RECONCILES: &str = "fix_monitor_reconciles";
     /// Exposed as `fix_monitor_false_closes_avoided_total`: sockets a poll missed that an exact
     /// lookup found still ESTABLISHED (a close and a reconnect that would have been false).
     pub const FALSE_CLOSES_AVOIDED: &str = "fix_monitor_false_closes_avoided";
@@ -187,6 +190,8 @@ pub struct Instruments {
     poll_errors: Counter<u64>,
     short_lived: Counter<u64>,
     events_lost: Counter<u64>,
+    /// eBPF source only.
+    reconciles: Option<Counter<u64>>,
     false_closes_avoided: Counter<u64>,
     events_unattributed: Counter<u64>,
     target_attrs: Arc<Vec<[KeyValue; 1]>>,
@@ -290,8 +295,14 @@ impl Instruments {
                 .build(),
             events_lost: meter
                 .u64_counter(names::EVENTS_LOST)
-                .with_description("Kernel close events dropped by a full receive buffer; each loss triggers an immediate poll")
+                .with_description("Kernel close events (netlink) or state-change records (eBPF ring buffer) dropped by a full buffer; each loss triggers an immediate poll (netlink) or a reconciling dump (eBPF)")
                 .build(),
+            reconciles: (source == SourceKind::Ebpf).then(|| {
+                meter
+                    .u64_counter(names::RECONCILES)
+                    .with_description("Full sock_diag dumps the eBPF source took to reconcile its view: at start, every poll.reconcile_interval, and after a loss")
+                    .build()
+            }),
             false_closes_avoided: meter
                 .u64_counter(names::FALSE_CLOSES_AVOIDED)
                 .with_description("Connections missing from a poll that an exact kernel lookup found still established")
@@ -335,6 +346,7 @@ impl Instruments {
             instruments.short_lived.add(0, a);
         }
         instruments.events_lost.add(0, &[]);
+        instruments.record_reconciles(0);
         instruments.false_closes_avoided.add(0, &[]);
         instruments.events_unattributed.add(0, &[]);
         instruments
@@ -411,6 +423,13 @@ impl Instruments {
     /// Counts kernel close events lost to a full buffer.
     pub fn record_events_lost(&self, n: u64) {
         self.events_lost.add(n, &[]);
+    }
+
+    /// Counts the eBPF source's reconciling dumps (nothing for other sources).
+    pub fn record_reconciles(&self, n: u64) {
+        if let Some(c) = &self.reconciles {
+            c.add(n, &[]);
+        }
     }
 
     /// Counts the tracker's self-checks since the last call: false closes avoided, close

@@ -9,6 +9,12 @@
 //! for the readlinks). Other processes' open files count too: the baseline is the host's own
 //! (see `links` at N = 0).
 //!
+//! Side by side, what an operator would run instead: `ss -tnp`, which finds each socket's
+//! process the same way (it reads every `/proc/PID/fd` link once per run). For each N it times
+//! `--rounds` runs of `ss -Htnp` and of `ss -Htn` with a filter that matches no socket, so
+//! that the difference is `ss`'s walk alone (CPU from `getrusage(RUSAGE_CHILDREN)`). `--no-ss`
+//! leaves it out.
+//!
 //! ```text
 //! fix-proccost --sockets 0,1000,10000 --rounds 5
 //! ```
@@ -31,6 +37,33 @@ mod imp {
         let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
         assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
         Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    }
+
+    fn children_cpu() -> Duration {
+        // SAFETY: an all-zero rusage is valid for getrusage to fill.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid pointer to an rusage.
+        let rc = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+        assert_eq!(rc, 0, "getrusage(RUSAGE_CHILDREN)");
+        let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+        tv(ru.ru_utime) + tv(ru.ru_stime)
+    }
+
+    /// Median CPU seconds of `rounds` runs of `ss ARGS` (each waited for).
+    fn ss_cpu(args: &[&str], rounds: usize) -> anyhow::Result<f64> {
+        let mut cpu = Vec::new();
+        for _ in 0..rounds {
+            let c0 = children_cpu();
+            let out = std::process::Command::new("ss")
+                .args(args)
+                .output()
+                .context("running ss (iproute2)")?;
+            if !out.status.success() {
+                bail!("ss {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            cpu.push((children_cpu() - c0).as_secs_f64());
+        }
+        Ok(median(&mut cpu))
     }
 
     fn median(v: &mut [f64]) -> f64 {
@@ -58,7 +91,7 @@ mod imp {
     }
 
     pub fn main() -> anyhow::Result<()> {
-        let (mut counts, mut rounds) = (vec![0usize, 1000, 10000], 5usize);
+        let (mut counts, mut rounds, mut with_ss) = (vec![0usize, 1000, 10000], 5usize, true);
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
             let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
@@ -70,6 +103,7 @@ mod imp {
                         .collect::<Result<_, _>>()?
                 }
                 "--rounds" => rounds = value()?.parse()?,
+                "--no-ss" => with_ss = false,
                 other => bail!("unknown argument {other}"),
             }
         }
@@ -106,9 +140,21 @@ mod imp {
                 wall.push((w1 - w0).as_secs_f64());
                 cpu.push((c1 - c0).as_secs_f64());
             }
+            // A filter no socket matches: the output is empty either way.
+            let none = "dst 127.0.0.254:1";
+            let (ss_p, ss_plain) = if with_ss {
+                (
+                    Some(ss_cpu(&["-Htnp", none], rounds)?),
+                    Some(ss_cpu(&["-Htn", none], rounds)?),
+                )
+            } else {
+                (None, None)
+            };
             println!(
                 "{}",
                 serde_json::json!({
+                    "ss_p_cpu_median_s": ss_p,
+                    "ss_cpu_median_s": ss_plain,
                     "sockets": n,
                     "rounds": rounds,
                     "links": owners.last.links,

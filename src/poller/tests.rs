@@ -26,6 +26,8 @@ struct Script {
     /// What each poll says it brought (everything once the list runs out).
     news: Arc<Mutex<VecDeque<PollNews>>>,
     last_news: PollNews,
+    /// What the source says it counted (as the eBPF source's ring losses and dumps).
+    counts: Arc<Mutex<crate::source::EventCounts>>,
 }
 
 impl Source for Script {
@@ -40,6 +42,10 @@ impl Source for Script {
 
     fn news(&self) -> PollNews {
         self.last_news
+    }
+
+    fn event_counts(&self) -> crate::source::EventCounts {
+        *self.counts.lock().unwrap()
     }
 
     fn poll(&mut self, out: &mut Vec<SocketEntry>) -> Result<(), SourceError> {
@@ -100,6 +106,7 @@ pub(crate) struct Rig {
     pub(crate) state: StateReader,
     pub(crate) polled_at: Arc<Mutex<Vec<Timestamp>>>,
     pub(crate) news: Arc<Mutex<VecDeque<PollNews>>>,
+    pub(crate) counts: Arc<Mutex<crate::source::EventCounts>>,
     registry: prometheus::Registry,
     _provider: opentelemetry_sdk::metrics::SdkMeterProvider,
 }
@@ -124,6 +131,7 @@ fn rig_with(
     let clock = ManualClock::new(t0);
     let polled_at = Arc::default();
     let news = Arc::default();
+    let counts = Arc::default();
     let source = Script {
         steps: steps.into(),
         last: Ok(Vec::new()),
@@ -133,6 +141,7 @@ fn rig_with(
         stop,
         news: Arc::clone(&news),
         last_news: PollNews::EVERYTHING,
+        counts: Arc::clone(&counts),
     };
     let (exporter, registry) = crate::export::prometheus::reader("h").unwrap();
     let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
@@ -165,6 +174,7 @@ fn rig_with(
         state,
         polled_at,
         news,
+        counts,
         registry,
         _provider: provider,
     }
@@ -614,4 +624,41 @@ fn a_poll_that_brought_nothing_new_reuses_the_published_sessions() {
     r.poller.tick(&r.clock);
     let s = r.state.get();
     assert_eq!((s.active.len(), s.stats[0].opened), (2, 2));
+}
+
+/// The source's own totals (the eBPF ring's losses) reach `fix_monitor_events_lost_total` as
+/// growth, once each, failed polls included; the reconcile counter exists for eBPF only.
+#[test]
+fn the_sources_lost_records_are_counted_once() {
+    let t0 = Timestamp::now();
+    let a = sock(5000, 1);
+    let mut r = rig(
+        targets(),
+        t0,
+        vec![Ok(vec![a]), Err("down".into()), Ok(vec![a])],
+        None,
+    );
+    let metric = |r: &Rig, name: &str| -> Option<f64> {
+        crate::export::prometheus::encode(&r.registry)
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+    };
+    *r.counts.lock().unwrap() = crate::source::EventCounts {
+        lost: 3,
+        reconciles: 2,
+    };
+    r.poller.tick(&r.clock);
+    assert_eq!(metric(&r, "fix_monitor_events_lost_total"), Some(3.0));
+    r.counts.lock().unwrap().lost = 5;
+    r.poller.tick(&r.clock);
+    assert_eq!(metric(&r, "fix_monitor_events_lost_total"), Some(5.0));
+    r.poller.tick(&r.clock);
+    assert_eq!(
+        metric(&r, "fix_monitor_events_lost_total"),
+        Some(5.0),
+        "once"
+    );
+    assert_eq!(metric(&r, "fix_monitor_reconciles_total"), None, "procfs");
 }

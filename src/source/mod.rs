@@ -73,6 +73,15 @@ impl PollNews {
     };
 }
 
+/// Totals an event-seeing source keeps (see [`Source::event_counts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventCounts {
+    /// Records the kernel dropped before the source read them (a full ring buffer).
+    pub lost: u64,
+    /// Full dumps taken to reconcile (the first included).
+    pub reconciles: u64,
+}
+
 /// TCP states as Linux numbers them (`include/net/tcp_states.h`). Only `Established` counts as
 /// an active connection; sources ask for nothing else, the others exist to name what they see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -246,6 +255,12 @@ pub trait Source: Send {
     /// the eBPF source can tell when nothing changed, and the loop then skips the work.
     fn news(&self) -> PollNews {
         PollNews::EVERYTHING
+    }
+
+    /// What an event-seeing source (eBPF) counted so far: transitions its ring buffer dropped,
+    /// and full dumps it took to reconcile. Polling sources count none.
+    fn event_counts(&self) -> EventCounts {
+        EventCounts::default()
     }
 
     /// `poll.health_interval`: sources that read `tcp_info` apart from the poll (eBPF) look

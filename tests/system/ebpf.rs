@@ -931,6 +931,19 @@ fn the_sidecar_samples_health_once_per_health_interval() {
         "{}",
         m.text
     );
+    // The start's seeding dump, and nothing dropped.
+    assert_eq!(
+        m.get("fix_monitor_reconciles_total", &[]),
+        Some(1.0),
+        "{}",
+        m.text
+    );
+    assert_eq!(
+        m.get("fix_monitor_events_lost_total", &[]),
+        Some(0.0),
+        "{}",
+        m.text
+    );
     let got = sc.json("/connections");
     let conns = got["connections"].as_array().unwrap();
     assert_eq!(conns.len(), 3, "{got}");

@@ -32,7 +32,9 @@ use std::time::{Duration, Instant};
 use super::{ktime_now_ns, Change, EbpfError, EbpfEvents, Options, Transition};
 use crate::source::lookup::{Answer, HealthLookups, LookupStats, Wanted};
 use crate::source::netlink::NetlinkSource;
-use crate::source::{PollNews, SocketEntry, Source, SourceError, SourceKind, TcpHealth, TcpState};
+use crate::source::{
+    EventCounts, PollNews, SocketEntry, Source, SourceError, SourceKind, TcpHealth, TcpState,
+};
 use crate::target::Targets;
 
 /// Counts of what the source did, for self-metrics and benchmarks.
@@ -240,6 +242,13 @@ impl Source for EbpfSource {
     /// Exact times, who hung up, the process.
     fn take_transitions(&mut self) -> Vec<Transition> {
         std::mem::take(&mut self.pending)
+    }
+
+    fn event_counts(&self) -> EventCounts {
+        EventCounts {
+            lost: self.stats.lost,
+            reconciles: self.stats.reconciles,
+        }
     }
 
     fn news(&self) -> PollNews {
