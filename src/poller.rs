@@ -369,7 +369,9 @@ impl Poller {
                 // Exact opens and closes first (each at its kernel timestamp), then the
                 // snapshot, which already reflects them and only corrects what they missed.
                 #[cfg(target_os = "linux")]
-                self.apply_transitions(clock);
+                let final_counts = self.apply_transitions(clock);
+                #[cfg(not(target_os = "linux"))]
+                let final_counts = false;
                 self.tracker.apply_confirmed(
                     at,
                     &self.sockets,
@@ -384,6 +386,12 @@ impl Poller {
                     // The health counters grow once per lookup (RTT samples, retransmits,
                     // bytes): health handed on from an earlier poll is not a new sample.
                     capped = self.instruments.record_health(&self.health_poll);
+                } else if final_counts {
+                    // No lookup this poll: the closed sessions' last growth (from their final
+                    // counters) is counted now all the same, once.
+                    let mut closed = HealthPoll::default();
+                    self.health.take_closed(&mut closed);
+                    capped = self.instruments.record_health(&closed);
                 }
                 next.health.last_success = Some(at);
                 next.health.consecutive_failures = 0;
@@ -545,15 +553,18 @@ impl Poller {
 
     /// Applies the state changes an event-seeing source read since the last tick, in order,
     /// each at the moment the kernel stamped it: sessions shorter than a poll get their real
-    /// lifetime, and closes say who hung up.
+    /// lifetime, and closes say who hung up. A close's counters (read by the program as the
+    /// state changed) go to the health book as the session's final ones. Returns whether any
+    /// did.
     #[cfg(target_os = "linux")]
-    fn apply_transitions(&mut self, clock: &dyn Clock) {
+    fn apply_transitions(&mut self, clock: &dyn Clock) -> bool {
         use crate::source::ebpf::{self, Change};
         use crate::tracker::{SocketEvent, SocketEventKind};
         let transitions = self.source.take_transitions();
         if transitions.is_empty() {
-            return;
+            return false;
         }
+        let mut final_counts = false;
         let (now, now_k) = (clock.now(), ebpf::ktime_now_ns());
         for t in transitions {
             let (kind, by) = match t.change() {
@@ -591,10 +602,18 @@ impl Poller {
                 // known all the same.
                 (Some(by), Some(Event::Closed { .. } | Event::ShortLived { .. })) => {
                     self.closed_by.insert(key, by);
+                    let c = t.counters;
+                    let totals = crate::health::Growth::of(
+                        c.retransmits,
+                        Some(c.bytes_sent),
+                        Some(c.bytes_received),
+                    );
+                    final_counts |= self.health.closed_with(0, t.local, t.remote, totals);
                 }
                 _ => {}
             }
         }
+        final_counts
     }
 
     /// `poll.process_lookup`: the owners of this poll's new sessions, in one walk of

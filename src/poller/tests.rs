@@ -511,6 +511,7 @@ fn ebpf_closes_are_counted_by_who_hung_up_short_lived_ones_included() {
         old,
         new,
         process: None,
+        counters: Default::default(),
     };
     use TcpState::*;
     let script = vec![

@@ -469,7 +469,7 @@ fn unrelated_churn_does_not_cross_to_user_space() {
 fn a_full_ring_counts_what_it_drops() {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let remote = l.local_addr().unwrap();
-    // One page: room for 42 records of 96 bytes.
+    // One page: room for 34 records of 120 bytes.
     let mut w = Watch::open_with(vec![target(remote, None)], Options { ring_bytes: 4096 });
     const N: u64 = 100;
     let server = {
@@ -505,7 +505,7 @@ fn the_source_seeds_follows_and_reconciles_after_an_overflow() {
     let remote = downstream.addr;
     let before = TcpStream::connect(remote).unwrap();
     let targets = Targets::new(vec![target(remote, None)]);
-    // One page of ring: 42 records; the burst below makes 200.
+    // One page of ring: 34 records; the burst below makes 200.
     let mut src = EbpfSource::open(
         &targets,
         Options { ring_bytes: 4096 },
@@ -960,4 +960,81 @@ fn the_sidecar_samples_health_once_per_health_interval() {
     let (status, log) = sc.terminate();
     assert!(status.success(), "{log}");
     assert!(log.contains("once per health interval"), "{log}");
+}
+
+/// The counters a close carries (read by the program from the socket as its state changed):
+/// a session opened and closed between two lookups, which no lookup ever saw, still adds its
+/// bytes exactly to the byte counters, under both ways of hanging up.
+#[test]
+fn a_close_carries_the_sessions_final_bytes_to_the_counters() {
+    use crate::harness::{command, Sidecar};
+    use std::io::{Read, Write};
+
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut cmd = command();
+    cmd.env("FIX_MONITOR_POLL__SOURCE", "ebpf")
+        .env("FIX_MONITOR_POLL__HEALTH_INTERVAL", "1h");
+    let port = l.local_addr().unwrap().port().to_string();
+    let sc = Sidecar::start_with(
+        cmd,
+        &[
+            "--ip",
+            "127.0.0.1",
+            "--target-port",
+            &port,
+            "--interval",
+            "100ms",
+        ],
+    );
+    // After the first poll (whose lookups set the baseline of the sessions open at start).
+    sc.wait_for("two polls", Duration::from_secs(10), |sc| {
+        sc.json("/health")["polls"].as_u64().unwrap() >= 2
+    });
+    let target = format!("127.0.0.1:{port}");
+    let t = [("target", target.as_str())];
+    // (bytes we send, bytes they send); the first ends with our FIN, the second with theirs.
+    let sessions = [(1234usize, 567usize, true), (4321, 765, false)];
+    for (i, &(out, back, we_close)) in sessions.iter().enumerate() {
+        let mut c = connect_from("127.0.0.1:0", l.local_addr().unwrap());
+        let (mut peer, _) = l.accept().unwrap();
+        c.write_all(&vec![1u8; out]).unwrap();
+        peer.read_exact(&mut vec![0u8; out]).unwrap();
+        peer.write_all(&vec![2u8; back]).unwrap();
+        c.read_exact(&mut vec![0u8; back]).unwrap();
+        if we_close {
+            c.shutdown(std::net::Shutdown::Both).unwrap();
+        } else {
+            peer.shutdown(std::net::Shutdown::Both).unwrap();
+        }
+        let want = i as f64 + 1.0;
+        sc.wait_for("the close", Duration::from_secs(10), |sc| {
+            sc.metrics().sum("fix_connections_closed_total", &t) == want
+        });
+        drop((c, peer));
+    }
+    let m = sc.metrics();
+    let sent: usize = sessions.iter().map(|s| s.0).sum();
+    let received: usize = sessions.iter().map(|s| s.1).sum();
+    assert_eq!(
+        m.count("fix_connection_sent_bytes_total", &t),
+        sent as f64,
+        "{}",
+        m.text
+    );
+    // Their FIN is in the kernel's received count when they hung up first (one byte).
+    assert_eq!(
+        m.count("fix_connection_received_bytes_total", &t),
+        (received + 1) as f64,
+        "{}",
+        m.text
+    );
+    // No lookup ever saw them: the growth came from the closes alone.
+    assert_eq!(
+        m.count("fix_connection_rtt_seconds_count", &t),
+        0.0,
+        "{}",
+        m.text
+    );
+    let (status, log) = sc.terminate();
+    assert!(status.success(), "{log}");
 }

@@ -79,7 +79,13 @@ pub mod event {
     /// 16 bytes; an IPv4 socket's addresses are in IPv4-mapped form.
     pub const SADDR: usize = 56;
     pub const DADDR: usize = 72;
-    pub const LEN: usize = 88;
+    /// The socket's counters at the transition (`struct tcp_sock`, what `tcp_info` reports as
+    /// `tcpi_bytes_sent`, `tcpi_bytes_received`, `tcpi_total_retrans`); 0 where unreadable.
+    /// `TOTAL_RETRANS` is a u32 in the low half of its 8 bytes.
+    pub const BYTES_SENT: usize = 88;
+    pub const BYTES_RECEIVED: usize = 96;
+    pub const TOTAL_RETRANS: usize = 104;
+    pub const LEN: usize = 112;
 }
 
 /// Value of the connect map: `pid_tgid` then `comm`.
@@ -104,6 +110,10 @@ pub struct Layout {
     pub sk_cookie: i32,
     /// Offset of `net_cookie` in `struct net`.
     pub net_cookie: i32,
+    /// Offsets of `bytes_sent`, `bytes_received` and `total_retrans` in `struct tcp_sock`.
+    pub tp_bytes_sent: i32,
+    pub tp_bytes_received: i32,
+    pub tp_total_retrans: i32,
 }
 
 /// The file descriptors of the maps the program uses.
@@ -253,6 +263,18 @@ fn emit(a: &mut Asm, l: &Layout, maps: Maps) {
     a.add_imm(R1, ev(event::COOKIE).into());
     a.mov_imm(R2, 8);
     a.call(helper::PROBE_READ_KERNEL); // zeroes the slot on failure
+    for (from, to) in [
+        (l.tp_bytes_sent, event::BYTES_SENT),
+        (l.tp_bytes_received, event::BYTES_RECEIVED),
+        (l.tp_total_retrans, event::TOTAL_RETRANS),
+    ] {
+        a.ldx(DW, R3, R6, l.skaddr);
+        a.add_imm(R3, from);
+        a.mov(R1, R10);
+        a.add_imm(R1, ev(to).into());
+        a.mov_imm(R2, 8);
+        a.call(helper::PROBE_READ_KERNEL);
+    }
     a.st_imm(DW, R10, ev(event::PID_TGID), 0);
     a.st_imm(DW, R10, ev(event::COMM), 0);
     a.st_imm(DW, R10, ev(event::COMM + 8), 0);
@@ -411,6 +433,9 @@ mod tests {
         sk_net: 48,
         sk_cookie: 88,
         net_cookie: 120,
+        tp_bytes_sent: 1600,
+        tp_bytes_received: 1608,
+        tp_total_retrans: 1700,
     };
     const MAPS: Maps = Maps {
         ring: 10,
@@ -446,6 +471,10 @@ mod tests {
             let mut kernel = HashMap::new();
             kernel.insert(SK + FORMAT.sk_net as u64, net);
             kernel.insert(SK + FORMAT.sk_cookie as u64, 77);
+            kernel.insert(SK + FORMAT.tp_bytes_sent as u64, 5000);
+            kernel.insert(SK + FORMAT.tp_bytes_received as u64, 700);
+            // total_retrans (u32) and what follows it in the same 8 bytes.
+            kernel.insert(SK + FORMAT.tp_total_retrans as u64, 0xdead_0000_0003);
             kernel.insert(NET_OURS + FORMAT.net_cookie as u64, OUR_NETNS);
             kernel.insert(NET_OTHER + FORMAT.net_cookie as u64, OUR_NETNS + 1);
             Vm {
@@ -839,6 +868,15 @@ mod tests {
         assert_eq!(vm.ring.len(), 1);
         assert!(vm.connects.is_empty(), "forgotten once used");
         let t = super::super::Transition::parse(&vm.ring[0]).unwrap();
+        // The socket's counters as the state changed, total_retrans from the low 4 bytes.
+        assert_eq!(
+            t.counters,
+            super::super::SocketCounters {
+                bytes_sent: 5000,
+                bytes_received: 700,
+                retransmits: 3
+            }
+        );
         assert_eq!(t.local, "10.1.1.1:5000".parse().unwrap());
         assert_eq!(t.remote, r);
         assert_eq!(t.cookie, 77);

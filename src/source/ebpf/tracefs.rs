@@ -146,6 +146,9 @@ pub fn parse_format(text: &str) -> Result<Layout, TracefsError> {
         sk_net: 0,
         sk_cookie: 0,
         net_cookie: 0,
+        tp_bytes_sent: 0,
+        tp_bytes_received: 0,
+        tp_total_retrans: 0,
     })
 }
 
