@@ -866,31 +866,34 @@ fn the_health_interval_hands_the_last_answers_on_between_lookups() {
     assert_eq!(requests(&src), 5, "every poll again");
 }
 
+/// The real binary in eBPF mode on `l`'s port, polling every 100 ms, with `poll.health_interval`
+/// longer than any test: one round of lookups at the first poll, none after. Returns it and the
+/// port.
+fn sidecar_with_lookups_once_an_hour(l: &TcpListener) -> (crate::harness::Sidecar, String) {
+    let mut cmd = crate::harness::command();
+    cmd.env("FIX_MONITOR_POLL__SOURCE", "ebpf")
+        .env("FIX_MONITOR_POLL__HEALTH_INTERVAL", "1h");
+    let port = l.local_addr().unwrap().port().to_string();
+    let args = [
+        "--ip",
+        "127.0.0.1",
+        "--target-port",
+        &port,
+        "--interval",
+        "100ms",
+    ];
+    (crate::harness::Sidecar::start_with(cmd, &args), port)
+}
+
 /// The sidecar with `poll.health_interval` longer than the test: after the first lookup, many
 /// polls take no new RTT sample (one per session, not one per poll) and `/connections` still
 /// shows each session's health as of that lookup.
 #[test]
 fn the_sidecar_samples_health_once_per_health_interval() {
-    use crate::harness::{command, Sidecar};
-
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let _a = connect_from("127.0.0.1:0", l.local_addr().unwrap());
     let _b = connect_from("127.0.0.1:0", l.local_addr().unwrap());
-    let mut cmd = command();
-    cmd.env("FIX_MONITOR_POLL__SOURCE", "ebpf")
-        .env("FIX_MONITOR_POLL__HEALTH_INTERVAL", "1h");
-    let port = l.local_addr().unwrap().port().to_string();
-    let sc = Sidecar::start_with(
-        cmd,
-        &[
-            "--ip",
-            "127.0.0.1",
-            "--target-port",
-            &port,
-            "--interval",
-            "100ms",
-        ],
-    );
+    let (sc, port) = sidecar_with_lookups_once_an_hour(&l);
     let polls = sc.json("/health")["polls"].as_u64().unwrap();
     sc.wait_for("ten more polls", Duration::from_secs(10), |sc| {
         sc.json("/health")["polls"].as_u64().unwrap() >= polls + 10
@@ -967,25 +970,10 @@ fn the_sidecar_samples_health_once_per_health_interval() {
 /// bytes exactly to the byte counters, under both ways of hanging up.
 #[test]
 fn a_close_carries_the_sessions_final_bytes_to_the_counters() {
-    use crate::harness::{command, Sidecar};
     use std::io::{Read, Write};
 
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let mut cmd = command();
-    cmd.env("FIX_MONITOR_POLL__SOURCE", "ebpf")
-        .env("FIX_MONITOR_POLL__HEALTH_INTERVAL", "1h");
-    let port = l.local_addr().unwrap().port().to_string();
-    let sc = Sidecar::start_with(
-        cmd,
-        &[
-            "--ip",
-            "127.0.0.1",
-            "--target-port",
-            &port,
-            "--interval",
-            "100ms",
-        ],
-    );
+    let (sc, port) = sidecar_with_lookups_once_an_hour(&l);
     // After the first poll (whose lookups set the baseline of the sessions open at start).
     sc.wait_for("two polls", Duration::from_secs(10), |sc| {
         sc.json("/health")["polls"].as_u64().unwrap() >= 2
