@@ -350,14 +350,13 @@ impl Poller {
         let news = self.source.news();
         // The source's own losses and reconciling dumps (eBPF), as counter growth.
         let counts = self.source.event_counts();
-        self.instruments
-            .record_events_lost(counts.lost.saturating_sub(self.counts_seen.lost));
-        self.instruments.record_reconciles(
-            counts
-                .reconciles
-                .saturating_sub(self.counts_seen.reconciles),
-        );
-        self.counts_seen = counts;
+        if counts != self.counts_seen {
+            let seen = std::mem::replace(&mut self.counts_seen, counts);
+            self.instruments
+                .record_events_lost(counts.lost.saturating_sub(seen.lost));
+            self.instruments
+                .record_reconciles(counts.reconciles.saturating_sub(seen.reconciles));
+        }
         match &result {
             Ok(()) if !news.sessions_changed && !news.health_fresh => {
                 // Nothing new (an eBPF poll without transitions or lookups): the sessions,
