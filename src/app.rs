@@ -40,6 +40,40 @@ pub fn hostname() -> String {
     gethostname::gethostname().to_string_lossy().into_owned()
 }
 
+/// The FIX layer's view of the TCP layer: the published state's active sessions, as the
+/// wire's table keys them (IPv4-mapped addresses made plain, as packets carry them).
+struct ActiveLinks {
+    state: StateReader,
+    generation: Option<u64>,
+}
+
+impl crate::fix::monitor::LiveSessions for ActiveLinks {
+    fn changed(&mut self) -> Option<std::collections::HashSet<crate::fix::tracker::TcpLink>> {
+        let st = self.state.get();
+        if self.generation == Some(st.generation) {
+            return None;
+        }
+        self.generation = Some(st.generation);
+        let plain =
+            |a: std::net::SocketAddr| std::net::SocketAddr::new(a.ip().to_canonical(), a.port());
+        Some(
+            st.active
+                .iter()
+                .map(|s| crate::fix::tracker::TcpLink {
+                    local: plain(s.local),
+                    remote: plain(s.remote),
+                })
+                .collect(),
+        )
+    }
+}
+
+/// How long a capture entry that the TCP layer never listed may stay without a segment: three
+/// polls (a new session is listed at the next poll), and at least 10 s.
+fn fix_idle_bound(interval: Duration) -> Duration {
+    (interval * 3).max(Duration::from_secs(10))
+}
+
 /// Options for [`start`] that are not configuration: how the sidecar is embedded.
 #[derive(Debug, Clone, Default)]
 pub struct StartOptions {
@@ -250,16 +284,6 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
         Some(dir) => Some(open_state(dir, &host)?),
         None => None,
     };
-    let fix = settings.fix.enabled().then(|| {
-        let monitor =
-            crate::fix::monitor::FixMonitor::start(&settings.fix, &settings.targets, &meter);
-        let instruments = crate::fix::metrics::FixInstruments::new(&meter, monitor.reader());
-        (monitor, instruments)
-    });
-    let fix_reader = fix
-        .as_ref()
-        .map(|(m, _)| m.reader())
-        .unwrap_or_else(crate::fix::monitor::FixReader::disabled);
     let initial = State::initial(Meta {
         events: mode.clone(),
         host: host.clone(),
@@ -269,6 +293,27 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
         targets: settings.targets.clone(),
     });
     let (publisher, state) = Publisher::new(initial.clone());
+    let fix = settings.fix.enabled().then(|| {
+        let tcp = crate::fix::monitor::TcpView {
+            sessions: Box::new(ActiveLinks {
+                state: state.clone(),
+                generation: None,
+            }),
+            idle: fix_idle_bound(settings.poll.interval),
+        };
+        let monitor = crate::fix::monitor::FixMonitor::start(
+            &settings.fix,
+            &settings.targets,
+            &meter,
+            Some(tcp),
+        );
+        let instruments = crate::fix::metrics::FixInstruments::new(&meter, monitor.reader());
+        (monitor, instruments)
+    });
+    let fix_reader = fix
+        .as_ref()
+        .map(|(m, _)| m.reader())
+        .unwrap_or_else(crate::fix::monitor::FixReader::disabled);
     tracing::info!(
         host = %host,
         source = source.kind().as_str(),

@@ -29,8 +29,12 @@ use std::time::{Duration, SystemTime};
 use super::codec::{self, tag, Malformed, Message, SOH};
 use super::tracker::Direction;
 
-/// The longest line kept; a longer one is dropped (counted as malformed).
+/// The longest line kept; a longer one is dropped (counted as malformed and `lines_too_long`).
 pub const MAX_LINE: usize = 1 << 20;
+
+/// Files followed at once (each holds an open file); matching files beyond it are not followed
+/// (`files_not_followed`) until a followed one goes.
+pub const MAX_FILES: usize = 256;
 
 /// One message read from a log.
 #[derive(Debug, Clone)]
@@ -154,6 +158,22 @@ pub struct LogStats {
     pub rotations: u64,
     pub truncations: u64,
     pub read_errors: u64,
+    /// Lines longer than [`MAX_LINE`], dropped.
+    pub lines_too_long: u64,
+    /// Followed files that left their path (deleted, or moved away with nothing new in their
+    /// place): read to their end, then closed, so a deleted log's space is given back.
+    pub files_released: u64,
+    /// Matching files not followed at the last poll because [`MAX_FILES`] were (a gauge).
+    pub files_not_followed: u64,
+}
+
+impl LogStats {
+    /// A line longer than [`MAX_LINE`] was dropped.
+    fn too_long(&mut self) {
+        self.lines += 1;
+        self.malformed += 1;
+        self.lines_too_long += 1;
+    }
 }
 
 struct Followed {
@@ -213,10 +233,17 @@ impl LogFollower {
                 seen.insert(path.clone());
             }
         }
-        // Files already followed: drain rotated ones, notice truncation.
+        // Files already followed: drain rotated ones, notice truncation, let go of the ones
+        // that left their path.
+        let mut left = Vec::new();
         for (path, f) in self.files.iter_mut() {
-            let Ok(meta) = std::fs::metadata(path) else {
-                continue;
+            let meta = match std::fs::metadata(path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    left.push(path.clone());
+                    continue;
+                }
+                Err(_) => continue,
             };
             let ino = (meta.dev(), meta.ino());
             if ino != f.ino {
@@ -244,13 +271,27 @@ impl LogFollower {
                 f.dropping = false;
             }
         }
+        for path in left {
+            if let Some(f) = self.files.remove(&path) {
+                self.stats.files_released += 1;
+                self.draining.push(f);
+            }
+        }
         for mut old in std::mem::take(&mut self.draining) {
             read_new(&mut old, &self.ours, now, &mut self.stats, &mut out);
             // A partial last line in a rotated-away file will never be finished.
         }
-        // New files: from the end at the first poll, from the start later.
+        // New files: from the end at the first poll, from the start later; at most
+        // MAX_FILES, in path order so that which ones wait is stable.
+        let mut seen: Vec<PathBuf> = seen.into_iter().collect();
+        seen.sort();
+        let mut not_followed = 0;
         for path in seen {
             if self.files.contains_key(&path) {
+                continue;
+            }
+            if self.files.len() >= MAX_FILES {
+                not_followed += 1;
                 continue;
             }
             let Ok(file) = File::open(&path) else {
@@ -273,6 +314,7 @@ impl LogFollower {
                 },
             );
         }
+        self.stats.files_not_followed = not_followed;
         for f in self.files.values_mut() {
             read_new(f, &self.ours, now, &mut self.stats, &mut out);
         }
@@ -328,7 +370,10 @@ fn read_new(
                 f.dropping = false;
                 continue;
             }
-            if f.partial.is_empty() {
+            if f.partial.len() + piece.len() > MAX_LINE {
+                f.partial.clear();
+                stats.too_long();
+            } else if f.partial.is_empty() {
                 line(piece, ours, now, stats, out);
             } else {
                 f.partial.extend_from_slice(piece);
@@ -341,8 +386,7 @@ fn read_new(
             if f.partial.len() > MAX_LINE {
                 f.partial.clear();
                 f.dropping = true;
-                stats.lines += 1;
-                stats.malformed += 1;
+                stats.too_long();
             }
         }
     }
@@ -527,6 +571,77 @@ mod tests {
         assert_eq!(seqs(&f.poll(now)), [8]);
         assert_eq!(f.stats.messages, 6);
         assert_eq!(f.stats.malformed, 1);
+    }
+
+    /// Open files of this process that point at `path`'s file (deleted or not).
+    fn open_fds_to(path: &Path) -> usize {
+        let name = path.display().to_string();
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                std::fs::read_link(e.path())
+                    .map(|l| l.display().to_string().starts_with(&name))
+                    .unwrap_or(false)
+            })
+            .count()
+    }
+
+    #[test]
+    fn a_deleted_log_is_read_to_its_end_then_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let pattern = dir.path().join("*.log");
+        let mut f = LogFollower::new(vec![pattern.display().to_string()], ["GW".to_string()]);
+        let now = SystemTime::UNIX_EPOCH;
+        assert!(f.poll(now).is_empty());
+        // A log per day: yesterday's gets its last lines and is deleted, today's begins.
+        let day1 = dir.path().join("day1.log");
+        append(&day1, &[line_of(1, SOH)], true);
+        assert_eq!(seqs(&f.poll(now)), [1]);
+        append(&day1, &[line_of(2, SOH)], true);
+        std::fs::remove_file(&day1).unwrap();
+        let day2 = dir.path().join("day2.log");
+        append(&day2, &[line_of(3, SOH)], true);
+        assert_eq!(seqs(&f.poll(now)), [2, 3]);
+        assert_eq!(f.paths(), std::slice::from_ref(&day2));
+        assert_eq!(f.stats.files_released, 1);
+        // Its descriptor is closed: the disk space goes back.
+        assert_eq!(open_fds_to(&day1), 0);
+        assert_eq!(open_fds_to(&day2), 1);
+    }
+
+    #[test]
+    fn matching_files_beyond_the_bound_wait_and_overlong_lines_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let pattern = dir.path().join("*.log");
+        let mut f = LogFollower::new(vec![pattern.display().to_string()], ["GW".to_string()]);
+        let now = SystemTime::UNIX_EPOCH;
+        assert!(f.poll(now).is_empty());
+        for i in 0..MAX_FILES + 5 {
+            append(
+                &dir.path().join(format!("{i:04}.log")),
+                &[line_of(1, SOH)],
+                true,
+            );
+        }
+        assert_eq!(f.poll(now).len(), MAX_FILES);
+        assert_eq!(
+            (f.paths().len(), f.stats.files_not_followed),
+            (MAX_FILES, 5)
+        );
+        // One goes: one of the waiting files takes its place, from its start.
+        std::fs::remove_file(dir.path().join("0000.log")).unwrap();
+        assert_eq!(f.poll(now).len(), 1);
+        assert_eq!(
+            (f.paths().len(), f.stats.files_not_followed),
+            (MAX_FILES, 4)
+        );
+        // A line over MAX_LINE is dropped and counted; the next line is read.
+        let big = dir.path().join("0001.log");
+        let long = vec![b'x'; MAX_LINE + 10];
+        append(&big, &[long, line_of(9, SOH)], true);
+        assert_eq!(seqs(&f.poll(now)), [9]);
+        assert_eq!(f.stats.lines_too_long, 1);
     }
 
     proptest::proptest! {

@@ -11,6 +11,7 @@ use opentelemetry::metrics::{Meter, ObservableCounter, ObservableGauge};
 use opentelemetry::KeyValue;
 
 use super::monitor::{DirectionJson, FixReader, FixSessionJson};
+use super::wire::EndReason;
 
 /// Instrument names (Prometheus adds `_total` to counters and `_seconds` to the unit `s`).
 pub mod names {
@@ -30,6 +31,11 @@ pub mod names {
     pub const MALFORMED: &str = "fix_monitor_fix_messages_malformed";
     pub const BYTES_SKIPPED: &str = "fix_monitor_fix_bytes_skipped";
     pub const CAPTURE_DROPS: &str = "fix_monitor_capture_drops";
+    pub const CAPTURE_CONNECTIONS: &str = "fix_monitor_capture_connections";
+    pub const CAPTURE_NOT_FOLLOWED: &str = "fix_monitor_capture_connections_not_followed";
+    pub const CAPTURE_ENDED: &str = "fix_monitor_capture_connections_ended";
+    pub const LIMIT_HITS: &str = "fix_monitor_fix_limit_hits";
+    pub const LOG_FILES: &str = "fix_monitor_fix_log_files";
 }
 
 /// Attribute keys.
@@ -42,6 +48,9 @@ pub mod attrs {
     pub const KIND: &str = "kind";
     pub const REQUEST: &str = "request";
     pub const SOURCE: &str = "source";
+    pub const REASON: &str = "reason";
+    pub const LIMIT: &str = "limit";
+    pub const STATE: &str = "state";
 }
 
 /// Keeps the observable instruments registered.
@@ -236,9 +245,107 @@ impl FixInstruments {
                     .unwrap_or_default()
             },
         ));
+        Self::table_instruments(meter, &reader, &mut gauges, &mut counters);
         FixInstruments {
             _gauges: gauges,
             _counters: counters,
         }
+    }
+
+    /// The FIX layer's own tables: the capture's connections (followed now, not followed
+    /// because the table was full, ended by why), the other bounds hit, the log files.
+    fn table_instruments(
+        meter: &Meter,
+        reader: &FixReader,
+        gauges: &mut Vec<ObservableGauge<f64>>,
+        counters: &mut Vec<ObservableCounter<u64>>,
+    ) {
+        let r = reader.clone();
+        gauges.push(
+            meter
+                .f64_observable_gauge(names::CAPTURE_CONNECTIONS)
+                .with_description("TCP connections the wire capture follows now")
+                .with_callback(move |obs| {
+                    let s = r.get();
+                    if s.capture {
+                        obs.observe(s.stats.connections_followed as f64, &[]);
+                    }
+                })
+                .build(),
+        );
+        let r = reader.clone();
+        gauges.push(
+            meter
+                .f64_observable_gauge(names::LOG_FILES)
+                .with_description("Engine-log files followed now, and matching files waiting")
+                .with_callback(move |obs| {
+                    let s = r.get();
+                    if !s.logs.is_empty() {
+                        let files = [
+                            (s.log_files.len() as u64, "followed"),
+                            (s.stats.logs.files_not_followed, "not_followed"),
+                        ];
+                        for (n, state) in files {
+                            obs.observe(n as f64, &[KeyValue::new(attrs::STATE, state)]);
+                        }
+                    }
+                })
+                .build(),
+        );
+        let counter =
+            |name: &'static str,
+             desc: &'static str,
+             key: Option<&'static str>,
+             f: fn(&super::monitor::FixState) -> Vec<(u64, &'static str)>| {
+                let r = reader.clone();
+                meter
+                    .u64_observable_counter(name)
+                    .with_description(desc)
+                    .with_callback(move |obs| {
+                        for (v, a) in f(&r.get()) {
+                            let attrs: Vec<KeyValue> =
+                                key.map(|k| KeyValue::new(k, a)).into_iter().collect();
+                            obs.observe(v, &attrs);
+                        }
+                    })
+                    .build()
+            };
+        counters.push(counter(
+            names::CAPTURE_NOT_FOLLOWED,
+            "Connections the wire capture did not follow because its table was full",
+            None,
+            |s| match s.capture {
+                true => vec![(s.stats.wire.not_followed, "")],
+                false => Vec::new(),
+            },
+        ));
+        counters.push(counter(
+            names::CAPTURE_ENDED,
+            "Connections that left the wire capture's table, by why (fin, reset, tcp_closed: \
+             the TCP layer saw it end, idle: never seen by the TCP layer)",
+            Some(attrs::REASON),
+            |s| match s.capture {
+                true => EndReason::ALL
+                    .iter()
+                    .map(|r| (s.stats.wire.ended.get(*r), r.as_str()))
+                    .collect(),
+                false => Vec::new(),
+            },
+        ));
+        counters.push(counter(
+            names::LIMIT_HITS,
+            "Items a bound of the FIX layer turned away: messages of sessions over the session \
+             cap, messages folded into msg_type other, orders given up over the pending cap, \
+             log lines too long",
+            Some(attrs::LIMIT),
+            |s| {
+                vec![
+                    (s.stats.sessions_over_cap, "sessions"),
+                    (s.stats.msg_types_folded, "msg_types"),
+                    (s.stats.orders_over_cap, "pending_orders"),
+                    (s.stats.logs.lines_too_long, "log_line"),
+                ]
+            },
+        ));
     }
 }

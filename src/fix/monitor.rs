@@ -4,7 +4,7 @@
 //! without waiting for the thread. Order round trips are recorded in the latency histogram as
 //! they happen. Started only when `[fix]` asks for it: with it off nothing here runs.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -86,6 +86,27 @@ pub struct SelfStats {
     pub capture_packets: Option<u64>,
     pub unkeyed_messages: u64,
     pub sessions_over_cap: u64,
+    /// Connections in the wire's table now (at most `wire::MAX_CONNECTIONS`).
+    pub connections_followed: usize,
+    /// Connections not followed because the table was full, remembered now.
+    pub connections_refused: usize,
+    /// Messages counted under `other` (a session's MsgType bound).
+    pub msg_types_folded: u64,
+    /// Orders given up because of a session's pending-order bound.
+    pub orders_over_cap: u64,
+}
+
+/// The TCP layer's sessions, as the wire's table needs them ([`Wire::reconcile`]).
+pub trait LiveSessions: Send + 'static {
+    /// The links the TCP layer lists ESTABLISHED now, when they changed since the last call.
+    fn changed(&mut self) -> Option<HashSet<TcpLink>>;
+}
+
+/// How the FIX layer agrees with the TCP layer on which connections exist.
+pub struct TcpView {
+    pub sessions: Box<dyn LiveSessions>,
+    /// How long an entry the TCP layer never listed may stay without a segment.
+    pub idle: Duration,
 }
 
 /// One published view of the FIX layer.
@@ -218,7 +239,14 @@ fn median(d: impl Iterator<Item = Duration>) -> Option<f64> {
 impl FixMonitor {
     /// Start the FIX layer. Capture that cannot open (no `CAP_NET_RAW`) is reported in the
     /// state and the log, and the log source still runs.
-    pub fn start(settings: &FixSettings, targets: &Targets, meter: &Meter) -> FixMonitor {
+    /// `tcp`, when given, keeps the wire's table to the sessions that exist ([`TcpView`]);
+    /// without it entries end only at a FIN both ways or an RST.
+    pub fn start(
+        settings: &FixSettings,
+        targets: &Targets,
+        meter: &Meter,
+        tcp: Option<TcpView>,
+    ) -> FixMonitor {
         let latency = meter
             .f64_histogram(super::metrics::names::ORDER_ACK_LATENCY)
             .with_unit("s")
@@ -262,6 +290,9 @@ impl FixMonitor {
             latency,
             capture_error,
             tx,
+            tcp,
+            live: HashSet::new(),
+            warned: HashSet::new(),
         };
         let s = stop.clone();
         let thread = std::thread::Builder::new()
@@ -306,6 +337,11 @@ struct Worker {
     latency: Histogram<f64>,
     capture_error: Option<String>,
     tx: watch::Sender<Arc<FixState>>,
+    tcp: Option<TcpView>,
+    /// The TCP layer's live sessions, as last read.
+    live: HashSet<TcpLink>,
+    /// The bounds already said to be hit (each is logged once).
+    warned: HashSet<&'static str>,
 }
 
 impl Worker {
@@ -342,6 +378,13 @@ impl Worker {
                     }
                 }
                 events.extend(self.wire.tick(now, &mut self.tracker));
+                if let Some(tcp) = &mut self.tcp {
+                    if let Some(live) = tcp.sessions.changed() {
+                        self.live = live;
+                    }
+                    self.wire
+                        .reconcile(&self.live, now, tcp.idle, &mut self.tracker);
+                }
                 self.tracker.expire(now);
                 let kernel = capture.as_mut().and_then(|c| c.kernel_stats().ok());
                 self.publish(now, kernel);
@@ -365,6 +408,16 @@ impl Worker {
                     ]
                 });
                 self.latency.record(latency.as_secs_f64(), attrs);
+            }
+        }
+    }
+
+    /// Say, once each, that a bound of the FIX layer was reached: what it costs is counted
+    /// from then on (see `metrics`).
+    fn warn_bounds(&mut self, s: &SelfStats) {
+        for (hit, name, what) in bound_hits(s) {
+            if hit && self.warned.insert(name) {
+                tracing::warn!(bound = name, "FIX layer: {what}");
             }
         }
     }
@@ -407,8 +460,55 @@ impl Worker {
                 capture_packets: kernel.map(|k| k.packets),
                 unkeyed_messages: self.tracker.unkeyed,
                 sessions_over_cap: self.tracker.over_cap,
+                connections_followed: self.wire.followed(),
+                connections_refused: self.wire.refused(),
+                msg_types_folded: self.tracker.msg_types_folded,
+                orders_over_cap: self.tracker.orders_over_cap,
             },
         };
+        self.warn_bounds(&state.stats);
         let _ = self.tx.send(Arc::new(state));
     }
+}
+
+/// Each bound of the FIX layer: whether it was hit, its name (the `limit` attribute of
+/// `fix_monitor_fix_limit_hits`) and what hitting it means.
+pub fn bound_hits(s: &SelfStats) -> [(bool, &'static str, &'static str); 6] {
+    [
+        (
+            s.wire.not_followed > 0,
+            "connections",
+            "the capture's connection table is full (wire::MAX_CONNECTIONS): new connections \
+             are not followed (fix_monitor_capture_connections_not_followed_total)",
+        ),
+        (
+            s.sessions_over_cap > 0,
+            "sessions",
+            "the FIX session table is full: messages of new FIX sessions are counted, not \
+             tracked (fix_monitor_fix_limit_hits_total{limit=\"sessions\"})",
+        ),
+        (
+            s.msg_types_folded > 0,
+            "msg_types",
+            "a FIX session has the most MsgTypes kept one way: further types are counted \
+             under msg_type=\"other\"",
+        ),
+        (
+            s.orders_over_cap > 0,
+            "pending_orders",
+            "a FIX session has the most orders awaiting an answer: the oldest are given up \
+             as unanswered",
+        ),
+        (
+            s.logs.lines_too_long > 0,
+            "log_line",
+            "an engine-log line longer than the longest kept (1 MiB) was dropped",
+        ),
+        (
+            s.logs.files_not_followed > 0,
+            "log_files",
+            "the log patterns match more files than are followed at once (logs::MAX_FILES): \
+             the rest wait until a followed file goes",
+        ),
+    ]
 }

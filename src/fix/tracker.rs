@@ -316,8 +316,16 @@ pub struct Tracker {
     sessions: BTreeMap<SessionKey, Session>,
     /// Messages without SenderCompID and TargetCompID.
     pub unkeyed: u64,
-    /// Messages of sessions beyond the cap.
+    /// Messages of sessions beyond the cap ([`Limits::max_sessions`]). A FIX session is kept
+    /// for the life of the process: its identity outlives TCP sessions and days, and its
+    /// counters are cumulative.
     pub over_cap: u64,
+    /// Messages counted under `other` because their session had
+    /// [`Limits::max_msg_types`] types that way already.
+    pub msg_types_folded: u64,
+    /// Orders given up because their session had [`Limits::max_pending_orders`] pending
+    /// (also in the session's `orders_unanswered`).
+    pub orders_over_cap: u64,
 }
 
 impl Tracker {
@@ -385,6 +393,7 @@ impl Tracker {
         {
             (dir, name)
         } else {
+            self.msg_types_folded += 1;
             (dir, "other".to_string())
         };
         *s.by_type.entry(k).or_default() += 1;
@@ -483,6 +492,7 @@ impl Tracker {
                         };
                         if s.pending.remove(&old).is_some() {
                             s.orders_unanswered += 1;
+                            self.orders_over_cap += 1;
                         }
                     }
                 }
@@ -752,6 +762,7 @@ mod tests {
         }
         assert_eq!(sim.s().pending_orders(), 10);
         assert_eq!(sim.s().orders_unanswered, 15);
+        assert_eq!(sim.t.orders_over_cap, 15);
         // The newest are kept.
         sim.send(In, "8", &[(11, "o24")]);
         sim.send(In, "8", &[(11, "o0")]);
@@ -779,6 +790,7 @@ mod tests {
         assert_eq!(s.count(Out, "Heartbeat"), 2);
         assert_eq!(s.count(Out, "U1"), 2);
         assert_eq!(s.count(Out, "other"), 2);
+        assert_eq!(t.msg_types_folded, 2);
         let m = parse(&write("FIX.4.4", &[(35, b"0")], SOH), SOH).unwrap();
         t.observe(&m, Out, at(0), &Origin::default());
         assert_eq!(t.unkeyed, 1);

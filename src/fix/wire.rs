@@ -8,11 +8,21 @@
 //! shows bytes flowing and no FIX, which is reported as such (the engine's log is the way to
 //! see it). A FIN both ways, or an RST, ends the connection and logs its FIX sessions out.
 //!
-//! Connections are bounded ([`MAX_CONNECTIONS`]); closed ones are forgotten.
+//! # The connections table
+//! Only a segment that can start or carry a stream (a SYN, or payload) creates an entry: the
+//! last ACK after both FINs, a retransmitted FIN or a keep-alive of a link not followed create
+//! nothing (they are counted as `stray`). An entry ends, and is counted by why
+//! ([`EndReason`]), at a FIN both ways, at an RST, or in [`Wire::reconcile`], which the running
+//! FIX layer calls every round with the TCP layer's live sessions: an entry the TCP layer saw
+//! ESTABLISHED and no longer lists is closed (its FIN or RST was missed, say because capture
+//! fell behind), and an entry the TCP layer never listed that has been idle longer than a bound
+//! is dropped. Connections are bounded ([`MAX_CONNECTIONS`]); a connection seen while the table
+//! is full is not followed, and counted once (`not_followed`, remembered in a second table of
+//! the same bound and the same ending rules) until it ends or there is room again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use super::codec::{Decoded, Decoder, SOH};
 use super::reassembly::{Chunk, Limits, Stream, StreamStats};
@@ -21,6 +31,10 @@ use crate::target::{TargetId, Targets};
 
 /// Connections followed at once; packets of more are counted and dropped.
 pub const MAX_CONNECTIONS: usize = 4096;
+
+/// How long after its last segment an entry the TCP layer saw and no longer lists is closed:
+/// the segments of its end may still be on their way through the capture.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Bytes seen one way with no FIX message before a connection is said to carry none.
 pub const NO_FIX_AFTER: u64 = 4096;
@@ -116,6 +130,68 @@ impl Content {
     }
 }
 
+/// Why a followed connection left the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// A FIN each way was seen.
+    Fin,
+    /// An RST was seen.
+    Reset,
+    /// The TCP layer saw the session ESTABLISHED and no longer lists it: its end was not seen
+    /// on the wire (capture fell behind, or the end was lost).
+    TcpClosed,
+    /// Idle longer than the bound and never listed by the TCP layer.
+    Idle,
+}
+
+impl EndReason {
+    pub const ALL: [EndReason; 4] = [
+        EndReason::Fin,
+        EndReason::Reset,
+        EndReason::TcpClosed,
+        EndReason::Idle,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Fin => "fin",
+            EndReason::Reset => "reset",
+            EndReason::TcpClosed => "tcp_closed",
+            EndReason::Idle => "idle",
+        }
+    }
+}
+
+/// Connections that left the table, by [`EndReason`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Ended {
+    pub fin: u64,
+    pub reset: u64,
+    pub tcp_closed: u64,
+    pub idle: u64,
+}
+
+impl Ended {
+    pub fn get(&self, r: EndReason) -> u64 {
+        match r {
+            EndReason::Fin => self.fin,
+            EndReason::Reset => self.reset,
+            EndReason::TcpClosed => self.tcp_closed,
+            EndReason::Idle => self.idle,
+        }
+    }
+
+    fn add(&mut self, r: EndReason) {
+        match r {
+            EndReason::Fin => self.fin += 1,
+            EndReason::Reset => self.reset += 1,
+            EndReason::TcpClosed => self.tcp_closed += 1,
+            EndReason::Idle => self.idle += 1,
+        }
+    }
+}
+
 /// Counts of the wire source.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct WireStats {
@@ -125,7 +201,15 @@ pub struct WireStats {
     pub unmatched: u64,
     /// Packets that are not TCP over IPv4/IPv6 or are truncated.
     pub unparsed: u64,
+    /// Packets of connections not followed because the table was full.
     pub over_cap: u64,
+    /// Connections not followed because the table was full (each counted once).
+    pub not_followed: u64,
+    /// Segments of a link not followed that cannot start one (no SYN, no payload): the last
+    /// ACK after a close, a retransmitted FIN, a keep-alive.
+    pub stray: u64,
+    /// Connections that left the table, by why.
+    pub ended: Ended,
     pub messages: u64,
     pub malformed: u64,
     pub bytes_skipped: u64,
@@ -144,6 +228,38 @@ struct Conn {
     content: Content,
     /// A FIN was seen this way; both ways closes the connection.
     fin: [bool; 2],
+    seen: Seen,
+}
+
+/// What decides when an entry is let go without a FIN or RST ([`Wire::reconcile`]).
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    /// The kernel receive time of its last segment.
+    last: SystemTime,
+    /// The TCP layer has listed the session ESTABLISHED.
+    by_tcp: bool,
+}
+
+impl Seen {
+    fn new(at: SystemTime) -> Seen {
+        Seen {
+            last: at,
+            by_tcp: false,
+        }
+    }
+
+    /// Whether to let the entry go, and why, given the TCP layer's view.
+    fn expired(&mut self, live: bool, now: SystemTime, idle: Duration) -> Option<EndReason> {
+        let quiet = now.duration_since(self.last).unwrap_or_default();
+        if live {
+            self.by_tcp = true;
+            None
+        } else if self.by_tcp {
+            (quiet >= CLOSE_GRACE).then_some(EndReason::TcpClosed)
+        } else {
+            (quiet >= idle).then_some(EndReason::Idle)
+        }
+    }
 }
 
 /// A connection as reported (`/sessions`, the console).
@@ -163,6 +279,8 @@ pub struct Wire {
     targets: Targets,
     limits: Limits,
     conns: HashMap<TcpLink, Conn>,
+    /// Connections not followed because the table was full, at most [`MAX_CONNECTIONS`].
+    refused: HashMap<TcpLink, Seen>,
     pub stats: WireStats,
 }
 
@@ -179,6 +297,7 @@ impl Wire {
             targets,
             limits,
             conns: HashMap::new(),
+            refused: HashMap::new(),
             stats: WireStats::default(),
         }
     }
@@ -224,14 +343,23 @@ impl Wire {
             return events;
         };
         if seg.flags & RST != 0 {
-            self.close(link, tracker);
+            self.refused.remove(&link);
+            self.close(link, EndReason::Reset, tracker);
             return events;
         }
         if !self.conns.contains_key(&link) {
-            if self.conns.len() >= MAX_CONNECTIONS {
-                self.stats.over_cap += 1;
+            if seg.flags & SYN == 0 && seg.payload.is_empty() {
+                self.stats.stray += 1;
+                if let Some(r) = self.refused.get_mut(&link) {
+                    r.last = at;
+                }
                 return events;
             }
+            if self.conns.len() >= MAX_CONNECTIONS {
+                self.refuse(link, at);
+                return events;
+            }
+            self.refused.remove(&link);
             let limits = self.limits;
             self.conns.insert(
                 link,
@@ -243,10 +371,12 @@ impl Wire {
                     messages: 0,
                     content: Content::Unknown,
                     fin: [false; 2],
+                    seen: Seen::new(at),
                 },
             );
         }
         let conn = self.conns.get_mut(&link).expect("inserted above");
+        conn.seen.last = conn.seen.last.max(at);
         let mut chunks = Vec::new();
         conn.streams[idx(dir)].push(seg.seq, seg.flags & SYN != 0, seg.payload, at, &mut chunks);
         let origin = Origin {
@@ -266,7 +396,7 @@ impl Wire {
         if seg.flags & FIN != 0 {
             conn.fin[idx(dir)] = true;
             if conn.fin == [true; 2] {
-                self.close(link, tracker);
+                self.close(link, EndReason::Fin, tracker);
             }
         }
         events
@@ -301,13 +431,63 @@ impl Wire {
         events
     }
 
-    fn close(&mut self, link: TcpLink, tracker: &mut Tracker) {
+    /// A link seen while the table is full: counted once, remembered while there is room in
+    /// the second table (beyond that only its packets are counted).
+    fn refuse(&mut self, link: TcpLink, at: SystemTime) {
+        self.stats.over_cap += 1;
+        if let Some(r) = self.refused.get_mut(&link) {
+            r.last = at;
+            return;
+        }
+        if self.refused.len() < MAX_CONNECTIONS {
+            self.refused.insert(link, Seen::new(at));
+            self.stats.not_followed += 1;
+        }
+    }
+
+    /// Agree with the TCP layer: `live` holds the sessions of the targets it lists ESTABLISHED
+    /// now (as `TcpLink`s, IPv4-mapped addresses made plain). An entry it saw and no longer
+    /// lists is closed [`CLOSE_GRACE`] after its last segment; one it never listed is dropped
+    /// after `idle` without a segment. Returns how many entries ended.
+    pub fn reconcile(
+        &mut self,
+        live: &HashSet<TcpLink>,
+        now: SystemTime,
+        idle: Duration,
+        tracker: &mut Tracker,
+    ) -> usize {
+        let mut gone = Vec::new();
+        for (link, c) in self.conns.iter_mut() {
+            if let Some(why) = c.seen.expired(live.contains(link), now, idle) {
+                gone.push((*link, why));
+            }
+        }
+        self.refused
+            .retain(|link, seen| seen.expired(live.contains(link), now, idle).is_none());
+        for (link, why) in &gone {
+            self.close(*link, *why, tracker);
+        }
+        gone.len()
+    }
+
+    fn close(&mut self, link: TcpLink, why: EndReason, tracker: &mut Tracker) {
         if let Some(c) = self.conns.remove(&link) {
             for s in &c.streams {
                 add_stream_stats(&mut self.stats.streams, &s.stats);
             }
+            self.stats.ended.add(why);
             tracker.tcp_closed(link);
         }
+    }
+
+    /// How many connections are followed now.
+    pub fn followed(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// How many connections not followed (the table was full) are remembered now.
+    pub fn refused(&self) -> usize {
+        self.refused.len()
     }
 
     /// The connections followed now.
@@ -546,6 +726,167 @@ pub(crate) mod tests {
         assert_eq!(w.stats.unmatched, 1);
         assert_eq!(w.stats.unparsed, 1);
         assert_eq!(tr.sessions().count(), 0);
+    }
+
+    const ACK: u8 = 0;
+
+    /// A whole TCP session on the wire, as a clean close leaves it: SYN, SYN-ACK, a Logon
+    /// each way, FIN each way, then the last ACK.
+    fn clean_session(w: &mut Wire, tr: &mut Tracker, gw: SocketAddr, at: SystemTime) {
+        let venue: SocketAddr = "10.0.0.2:9878".parse().unwrap();
+        let out = fixmsg("GW", "V", "A", 1, &[(108, b"30")]);
+        let inb = fixmsg("V", "GW", "A", 1, &[(108, b"30")]);
+        w.packet(&ipv4_tcp(gw, venue, 99, SYN, b""), at, tr);
+        w.packet(&ipv4_tcp(venue, gw, 499, SYN, b""), at, tr);
+        w.packet(&ipv4_tcp(gw, venue, 100, ACK, &out), at, tr);
+        w.packet(&ipv4_tcp(venue, gw, 500, ACK, &inb), at, tr);
+        w.packet(
+            &ipv4_tcp(gw, venue, 100 + out.len() as u32, FIN, b""),
+            at,
+            tr,
+        );
+        w.packet(
+            &ipv4_tcp(venue, gw, 500 + inb.len() as u32, FIN, b""),
+            at,
+            tr,
+        );
+        // The last ACK, after both FINs: it must not bring the connection back.
+        w.packet(
+            &ipv4_tcp(gw, venue, 101 + out.len() as u32, ACK, b""),
+            at,
+            tr,
+        );
+    }
+
+    #[test]
+    fn clean_closes_leave_no_ghost_connections() {
+        // Issue 17: the last ACK of every clean close made a new entry that nothing removed.
+        let mut w = Wire::new(targets(), Limits::default());
+        let mut tr = Tracker::new(TrackerLimits::default());
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        for port in 0..6000u16 {
+            let gw = SocketAddr::from(([10, 0, 0, 1], 20000 + port));
+            clean_session(&mut w, &mut tr, gw, t);
+        }
+        assert_eq!(w.followed(), 0);
+        assert_eq!(w.stats.ended.fin, 6000);
+        assert_eq!(w.stats.stray, 6000);
+        assert_eq!((w.stats.over_cap, w.stats.not_followed), (0, 0));
+        assert_eq!(tr.by_label("GW->V").unwrap().logons, 6000);
+        // A session opened afterwards is followed and decoded.
+        let before = w.stats.messages;
+        clean_session(&mut w, &mut tr, "10.0.0.1:40000".parse().unwrap(), t);
+        assert_eq!(w.stats.messages, before + 2);
+    }
+
+    #[test]
+    fn bare_segments_of_a_link_not_followed_create_nothing() {
+        let gw: SocketAddr = "10.0.0.1:40000".parse().unwrap();
+        let venue: SocketAddr = "10.0.0.2:9878".parse().unwrap();
+        let mut w = Wire::new(targets(), Limits::default());
+        let mut tr = Tracker::new(TrackerLimits::default());
+        let t = SystemTime::UNIX_EPOCH;
+        // A keep-alive, a retransmitted FIN, a bare ACK, an RST: nothing to follow.
+        w.packet(&ipv4_tcp(gw, venue, 7, ACK, b""), t, &mut tr);
+        w.packet(&ipv4_tcp(venue, gw, 9, FIN, b""), t, &mut tr);
+        w.packet(&ipv4_tcp(venue, gw, 9, ACK, b""), t, &mut tr);
+        w.packet(&ipv4_tcp(venue, gw, 9, RST, b""), t, &mut tr);
+        assert_eq!(w.followed(), 0);
+        assert_eq!(w.stats.stray, 3);
+        assert_eq!(w.stats.ended, Ended::default());
+        // Payload (capture started mid-session) or a SYN does start one.
+        w.packet(&ipv4_tcp(venue, gw, 9, ACK, b"x"), t, &mut tr);
+        assert_eq!(w.followed(), 1);
+        w.packet(&ipv4_tcp(venue, gw, 10, RST, b""), t, &mut tr);
+        assert_eq!((w.followed(), w.stats.ended.reset), (0, 1));
+    }
+
+    #[test]
+    fn reconcile_ends_what_the_tcp_layer_saw_close_and_drops_idle_strangers() {
+        let venue: SocketAddr = "10.0.0.2:9878".parse().unwrap();
+        let (a, b, c) = (
+            SocketAddr::from(([10, 0, 0, 1], 40001)),
+            SocketAddr::from(([10, 0, 0, 1], 40002)),
+            SocketAddr::from(([10, 0, 0, 1], 40003)),
+        );
+        let link = |local| TcpLink {
+            local,
+            remote: venue,
+        };
+        let mut w = Wire::new(targets(), Limits::default());
+        let mut tr = Tracker::new(TrackerLimits::default());
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let s = |n: u64| t0 + Duration::from_secs(n);
+        let idle = Duration::from_secs(10);
+        // a: logged on, listed by the TCP layer; its FINs are never seen (capture behind).
+        let logon_out = fixmsg("GW", "V", "A", 1, &[(108, b"30")]);
+        let logon_in = fixmsg("V", "GW", "A", 1, &[(108, b"30")]);
+        w.packet(&ipv4_tcp(a, venue, 1, ACK, &logon_out), s(0), &mut tr);
+        w.packet(&ipv4_tcp(venue, a, 1, ACK, &logon_in), s(0), &mut tr);
+        // b: listed, and stays. c: never listed (a stranger, or newer than the last poll).
+        w.packet(&ipv4_tcp(b, venue, 1, SYN, b""), s(0), &mut tr);
+        w.packet(&ipv4_tcp(c, venue, 1, SYN, b""), s(0), &mut tr);
+        let both: HashSet<_> = [link(a), link(b)].into();
+        assert_eq!(w.reconcile(&both, s(0), idle, &mut tr), 0);
+        assert!(tr.by_label("GW->V").unwrap().logged_on());
+        // a leaves the TCP layer's list: ended once its grace after the last segment is over.
+        let only_b: HashSet<_> = [link(b)].into();
+        w.packet(&ipv4_tcp(a, venue, 1, ACK, b"late"), s(5), &mut tr);
+        assert_eq!(w.reconcile(&only_b, s(5), idle, &mut tr), 0);
+        assert_eq!(w.reconcile(&only_b, s(6), idle, &mut tr), 1);
+        assert_eq!(w.stats.ended.tcp_closed, 1);
+        let sess = tr.by_label("GW->V").unwrap();
+        assert!(!sess.logged_on());
+        assert_eq!(sess.disconnects, 1);
+        // c: idle for less than the bound stays, then goes; b, listed, stays however idle.
+        assert_eq!(w.reconcile(&only_b, s(9), idle, &mut tr), 0);
+        assert_eq!(w.reconcile(&only_b, s(10), idle, &mut tr), 1);
+        assert_eq!(w.stats.ended.idle, 1);
+        assert_eq!(w.reconcile(&only_b, s(10_000), idle, &mut tr), 0);
+        let left: Vec<_> = w.connections().iter().map(|c| c.local).collect();
+        assert_eq!(left, vec![b]);
+    }
+
+    #[test]
+    fn a_full_table_counts_each_connection_not_followed_once_and_takes_it_when_room_frees() {
+        let venue: SocketAddr = "10.0.0.2:9878".parse().unwrap();
+        let gw = |i: usize| SocketAddr::from(([10, 0, 0, 1], 10000 + i as u16));
+        let mut w = Wire::new(targets(), Limits::default());
+        let mut tr = Tracker::new(TrackerLimits::default());
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        for i in 0..MAX_CONNECTIONS {
+            w.packet(&ipv4_tcp(gw(i), venue, 1, SYN, b""), t, &mut tr);
+        }
+        assert_eq!(w.followed(), MAX_CONNECTIONS);
+        // Three more connections, five segments each: three not followed, 15 packets.
+        for i in MAX_CONNECTIONS..MAX_CONNECTIONS + 3 {
+            w.packet(&ipv4_tcp(gw(i), venue, 1, SYN, b""), t, &mut tr);
+            for n in 0..4u32 {
+                w.packet(&ipv4_tcp(gw(i), venue, 2 + n, ACK, b"x"), t, &mut tr);
+            }
+        }
+        assert_eq!((w.stats.not_followed, w.stats.over_cap), (3, 15));
+        assert_eq!(w.refused(), 3);
+        // One followed connection resets: the next data of a waiting one is followed.
+        w.packet(&ipv4_tcp(gw(0), venue, 2, RST, b""), t, &mut tr);
+        let hb = fixmsg("GW", "V", "0", 7, &[]);
+        w.packet(
+            &ipv4_tcp(gw(MAX_CONNECTIONS), venue, 6, ACK, &hb),
+            t,
+            &mut tr,
+        );
+        assert_eq!((w.followed(), w.refused()), (MAX_CONNECTIONS, 2));
+        assert_eq!(w.stats.messages, 1);
+        // The waiting ones end as followed ones do: by the TCP layer's view, or idle.
+        let live: HashSet<TcpLink> = HashSet::new();
+        w.reconcile(
+            &live,
+            t + Duration::from_secs(60),
+            Duration::from_secs(10),
+            &mut tr,
+        );
+        assert_eq!((w.followed(), w.refused()), (0, 0));
+        assert_eq!(w.stats.not_followed, 3);
     }
 
     proptest::proptest! {
