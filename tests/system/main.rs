@@ -7,6 +7,7 @@
 //! are the first tier's harness, included by path.
 
 mod fix_capture;
+mod fix_capture_table;
 #[path = "../integration/harness.rs"]
 mod harness;
 #[path = "../integration/otlp_receiver.rs"]
