@@ -13,14 +13,19 @@
 //! - VictoriaMetrics going down for 20 s of every minute;
 //! - 4 scrapers, each fetching `/metrics`, `/health` and `/connections` in turn, 10 times a
 //!   second between them;
-//! - a sampler: the sidecar's RSS and open files every 5 s.
+//! - the FIX layer, with wire capture on (needs CAP_NET_RAW: run as root): a simulated FIX
+//!   venue (`venue-f`) and a gateway that logs on, sends orders, logs out and closes, over and
+//!   over (`fix_load.rs`);
+//! - a sampler: the sidecar's RSS and open files, and the capture's table, every 5 s.
 //!
 //! At the end the churn stops with every session of `venue-a` closed and `venue-b` up with its 5
 //! sessions; then the sidecar's counts must equal the ground truth counted here (opened,
 //! closed, active, closed lifetimes, poll errors 0), VictoriaMetrics must get the same totals
 //! by OTLP, RSS and open files must be flat after the warm-up (least-squares slopes reported;
 //! fails past 1 MiB/min of RSS or 1 file/min), the log must hold exactly one line per open and
-//! close and few others, and SIGTERM must end the sidecar cleanly. The report is JSON
+//! close and few others, the FIX layer's counts must equal the FIX gateway's and its capture
+//! table must hold exactly the connections still open (every other one ended once), and
+//! SIGTERM must end the sidecar cleanly. The report is JSON
 //! (`--out DIR`/summary.json) and text on stdout; the exit code is 0 only if every check held.
 
 use std::collections::VecDeque;
@@ -34,6 +39,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, SockAddr, Socket, Type};
+
+#[path = "fix_load.rs"]
+mod fix_load;
 
 const POLL_INTERVAL: &str = "500ms";
 const FLAP_SESSIONS: u64 = 5;
@@ -89,16 +97,13 @@ fn parse_opts() -> Opts {
     }
 }
 
-/// The soak's own loopback addresses, 127.X.Y.{1,2,3}, from the process id, so that tests and
-/// other soaks running at the same time never share a target.
-fn addresses() -> (Ipv4Addr, Ipv4Addr, Ipv4Addr) {
+/// The soak's own loopback addresses, 127.X.Y.{1,2,3,4} (gateway, venue-a, venue-b, venue-f),
+/// from the process id, so that tests and other soaks running at the same time never share a
+/// target.
+fn addresses() -> [Ipv4Addr; 4] {
     let pid = std::process::id();
     let (x, y) = (200 + (pid % 50) as u8, ((pid / 50) % 256) as u8);
-    (
-        Ipv4Addr::new(127, x, y, 1),
-        Ipv4Addr::new(127, x, y, 2),
-        Ipv4Addr::new(127, x, y, 3),
-    )
+    [1, 2, 3, 4].map(|h| Ipv4Addr::new(127, x, y, h))
 }
 
 /// A client session from `from` (any port) to `to`; its close resets (SO_LINGER 0).
@@ -469,7 +474,7 @@ fn main() {
     let o = parse_opts();
     std::fs::create_dir_all(&o.out).unwrap();
     let mut failures: Vec<String> = Vec::new();
-    let (gw, a_ip, b_ip) = addresses();
+    let [gw, a_ip, b_ip, f_ip] = addresses();
 
     // The venues.
     let a_listener = listen(SocketAddr::from((a_ip, 0))).expect("venue-a listener");
@@ -503,6 +508,13 @@ port = {ap}
 name = "venue-b"
 address = "{b_ip}"
 port = {bp}
+
+[[targets]]
+name = "venue-f"
+address = "{f_ip}"
+
+[fix]
+capture = true
 
 [poll]
 interval = "{POLL_INTERVAL}"
@@ -602,6 +614,8 @@ timeout = "1s"
     let flaps = Arc::new(AtomicU64::new(0));
     let scrapes = Arc::new(ScrapeStats::default());
     let churner = churn(gw, a, o.rate, o.lifetime, stop.clone(), truth_a.clone());
+    let fix = fix_load::start(f_ip, stop.clone());
+    let mut fix_followed_max = 0;
     let flapper = flap(
         gw,
         b,
@@ -632,6 +646,9 @@ timeout = "1s"
             if let Some((rss, fds)) = sample(pid) {
                 samples.push((t.as_secs_f64(), rss, fds));
             }
+            if let Some(seen) = fix_seen(endpoint) {
+                fix_followed_max = fix_followed_max.max(seen.followed);
+            }
             next_sample += SAMPLE_EVERY;
         }
         if let Ok(Some(status)) = sidecar.try_wait() {
@@ -645,6 +662,7 @@ timeout = "1s"
     // Quiesce: churn stops (all venue-a sessions closed), venue-b stays up with its sessions.
     stop.store(true, SeqCst);
     churner.join().unwrap();
+    let fix_truth = fix.thread.join().unwrap();
     for s in scrapers {
         s.join().unwrap();
     }
@@ -743,6 +761,30 @@ timeout = "1s"
     }
     let export_errors = metric(&body, "fix_monitor_export_errors_total", "");
 
+    // The FIX layer: its counts are the gateway's; the capture's table holds what is still
+    // open (venue-b's sessions), every other connection of every target having ended once
+    // (exact when the capture dropped no packet); it stayed bounded meanwhile.
+    let fix_tcp = metric(&body, "fix_connections_total", "venue-f");
+    if fix_tcp != fix_truth.sessions as f64 {
+        failures.push(format!(
+            "venue-f: {fix_tcp} TCP sessions opened on /metrics, {} FIX sessions made",
+            fix_truth.sessions
+        ));
+    }
+    let connections_made = truth_a.opened.load(SeqCst)
+        + truth_a.failed.load(SeqCst)
+        + truth_b.opened.load(SeqCst)
+        + truth_b.failed.load(SeqCst)
+        + fix_truth.sessions;
+    let fix_seen = check_fix(
+        endpoint,
+        fix_truth,
+        truth_b.active(),
+        connections_made,
+        &mut failures,
+    );
+    drop(fix.venue);
+
     // Growth after the warm-up.
     let warm: Vec<&Sample> = samples
         .iter()
@@ -804,8 +846,8 @@ timeout = "1s"
         let l = log_lines.lock().unwrap();
         (l.0, l.1, l.2.clone())
     };
-    let all_opened = (ta.0 + tb.0) as u64;
-    let all_closed_at_stop = (ta.1 + tb.1) as u64;
+    let all_opened = (ta.0 + tb.0) as u64 + fix_truth.sessions;
+    let all_closed_at_stop = (ta.1 + tb.1) as u64 + fix_truth.sessions;
     if opened_lines != all_opened {
         failures.push(format!(
             "{opened_lines} 'connection opened' lines for {all_opened} opens"
@@ -841,6 +883,9 @@ timeout = "1s"
         "venue_b": { "opened": tb.0, "closed": tb.1, "active": tb.2, "flaps": flaps.load(SeqCst),
                      "refused_retries": truth_b.failed.load(SeqCst), "metrics": [gb.0, gb.1, gb.2] },
         "victoria_metrics": { "outages": outages, "venue_a_total": vm_a, "export_errors": export_errors },
+        "fix": { "sessions": fix_truth.sessions, "sent": fix_truth.sent, "received": fix_truth.received,
+                 "failed": fix_truth.failed, "seen": fix_seen, "connections_made": connections_made,
+                 "table_max": fix_followed_max },
         "scrapes": { "ok": scrapes.ok.load(SeqCst), "failed": scrapes.failed.load(SeqCst),
                      "max_ms": scrapes.max_ms.load(SeqCst) },
         "polls": polls,
@@ -862,11 +907,13 @@ timeout = "1s"
         "fix-soak: {:.0} s; venue-a opened {} closed {} (metrics {:?}); venue-b opened {} closed {} active {} over {} flaps (metrics {:?}); \
          VictoriaMetrics down {} times, has {:?}; {} scrapes ok, {} failed, slowest {} ms; {} polls; \
          RSS {:.0} -> {:.0} KiB after warm-up (max {:.0}), slope {:.1} KiB/min; open files {}-{}, slope {:.2}/min; \
-         log: {} opened, {} closed, {} other lines ({} warnings)",
+         log: {} opened, {} closed, {} other lines ({} warnings); \
+         FIX: {} sessions, {} messages sent, {} received, capture table at most {}",
         soaked.as_secs_f64(), ta.0, ta.1, ga, tb.0, tb.1, tb.2, flaps.load(SeqCst), gb,
         outages, vm_a, scrapes.ok.load(SeqCst), scrapes.failed.load(SeqCst), scrapes.max_ms.load(SeqCst), polls,
         rss_first, rss_last, rss_max, rss_slope, fd_min, fd_max, fd_slope,
-        opened_lines, closed_lines, others.len(), warnings
+        opened_lines, closed_lines, others.len(), warnings,
+        fix_truth.sessions, fix_truth.sent, fix_truth.received, fix_followed_max
     );
     if failures.is_empty() {
         println!("fix-soak: PASS");
@@ -885,4 +932,70 @@ fn free_port_on(ip: Ipv4Addr) -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// The FIX layer's view now, from `/sessions`.
+fn fix_seen(endpoint: SocketAddr) -> Option<fix_load::FixSeen> {
+    let (_, body) = http_get(endpoint, "/sessions").ok()?;
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    Some(fix_load::FixSeen::parse(&v))
+}
+
+/// Waits (bounded) for the FIX layer to agree with the gateway, then checks it: logons and
+/// messages each way, one FIX session, the capture table holding only the `open` sessions and
+/// every other connection ended once, none refused for room. Returns what it saw.
+fn check_fix(
+    endpoint: SocketAddr,
+    truth: fix_load::FixTruth,
+    open: u64,
+    made: u64,
+    failures: &mut Vec<String>,
+) -> fix_load::FixSeen {
+    let agrees = |s: &fix_load::FixSeen| {
+        (s.logons, s.sent, s.received) == (truth.sessions, truth.sent, truth.received)
+            && s.followed == open
+            && (s.capture_drops > 0 || s.ended + s.followed == made)
+    };
+    let mut seen = fix_load::FixSeen::default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Some(s) = fix_seen(endpoint) {
+            seen = s;
+            if agrees(&s) {
+                break;
+            }
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+    if truth.sessions == 0 || truth.failed > 0 {
+        failures.push(format!(
+            "FIX gateway: {truth:?} (sessions made, none failed)"
+        ));
+    }
+    if (seen.logons, seen.sent, seen.received) != (truth.sessions, truth.sent, truth.received) {
+        failures.push(format!(
+            "FIX: (logons, sent, received) = {:?} on /sessions, the gateway's {:?}",
+            (seen.logons, seen.sent, seen.received),
+            (truth.sessions, truth.sent, truth.received)
+        ));
+    }
+    if seen.sessions != 1 {
+        failures.push(format!("FIX: {} sessions tracked, 1 made", seen.sessions));
+    }
+    if seen.followed != open {
+        failures.push(format!(
+            "FIX capture: {} connections in the table, {open} open",
+            seen.followed
+        ));
+    }
+    if seen.not_followed != 0 {
+        failures.push(format!("FIX capture: {} not followed", seen.not_followed));
+    }
+    if seen.capture_drops == 0 && seen.ended + seen.followed != made {
+        failures.push(format!(
+            "FIX capture: {} ended + {} followed, {made} connections made",
+            seen.ended, seen.followed
+        ));
+    }
+    seen
 }
