@@ -134,6 +134,17 @@ BEGIN {
         for (i = 0; i <= n; i++) emit("fix_monitor_poll_duration_seconds_sum", L, i * 0.03, start + i * step)
         LI = L sprintf(",host_name=\"%s\",service_name=\"fix-monitor\",service_version=\"0.0.0-test\",service_instance_id=\"id-%s\"", hosts[h], hosts[h])
         for (i = 0; i <= n; i++) emit("target_info", LI, 1, start + i * step)
+        # the FIX layer own tables: the capture connections, by how they ended; the gw2
+        # table fills up for a while; a few messages folded into msg_type other
+        LH = L sprintf(",host=\"%s\"", hosts[h])
+        for (i = 0; i <= n; i++) emit("fix_monitor_capture_connections", LH, 4 + (i % 3), start + i * step)
+        for (i = 0; i <= n; i++) emit("fix_monitor_capture_connections_not_followed_total", LH, (h == 2) ? int(i / 30) : 0, start + i * step)
+        nr = split("fin reset tcp_closed idle", reasons, " ")
+        for (r = 1; r <= nr; r++) for (i = 0; i <= n; i++) emit("fix_monitor_capture_connections_ended_total", LH sprintf(",reason=\"%s\"", reasons[r]), int(i / (4 * r)), start + i * step)
+        nl = split("sessions msg_types pending_orders log_line", limits, " ")
+        for (l = 1; l <= nl; l++) for (i = 0; i <= n; i++) emit("fix_monitor_fix_limit_hits_total", LH sprintf(",limit=\"%s\"", limits[l]), (l == 2) ? int(i / 10) : 0, start + i * step)
+        for (i = 0; i <= n; i++) emit("fix_monitor_fix_log_files", LH ",state=\"followed\"", 2, start + i * step)
+        for (i = 0; i <= n; i++) emit("fix_monitor_fix_log_files", LH ",state=\"not_followed\"", 0, start + i * step)
     }
     print "# EOF"
 }' > "$tmp/data.om"
