@@ -34,11 +34,14 @@ impl Sink {
                 match l.accept() {
                     Ok((mut c, _)) => {
                         c.set_nonblocking(false).unwrap();
-                        std::thread::spawn(move || {
-                            let _ = c.set_read_timeout(Some(Duration::from_secs(60)));
-                            let mut buf = [0u8; 65536];
-                            while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
-                        });
+                        std::thread::Builder::new()
+                            .stack_size(64 * 1024)
+                            .spawn(move || {
+                                let _ = c.set_read_timeout(Some(Duration::from_secs(120)));
+                                let mut buf = [0u8; 4096];
+                                while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
+                            })
+                            .unwrap();
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(1)),
                 }
@@ -135,6 +138,30 @@ impl Table {
     }
 }
 
+/// A sidecar watching `sink` (and `venue`, when given) with capture on, polling every 200 ms.
+fn sidecar(sink: SocketAddr, venue: Option<SocketAddr>) -> (Sidecar, tempfile::NamedTempFile) {
+    let mut text = format!(
+        "[[targets]]\nname = \"sink\"\naddress = \"127.0.0.1\"\nport = {}\n",
+        sink.port()
+    );
+    if let Some(v) = venue {
+        text += &format!(
+            "[[targets]]\nname = \"venue\"\naddress = \"127.0.0.1\"\nport = {}\n",
+            v.port()
+        );
+    }
+    text += "[fix]\ncapture = true\n";
+    let cfg = config_file(&text);
+    let sc = Sidecar::start(&[
+        "--config",
+        cfg.path().to_str().unwrap(),
+        "--interval",
+        "200ms",
+    ]);
+    assert_eq!(sc.json("/sessions")["capture"], true);
+    (sc, cfg)
+}
+
 fn wait_ended(sc: &Sidecar, total: u64) -> Table {
     let mut last = Table::default();
     sc.wait_for(
@@ -161,31 +188,7 @@ fn thousands_of_closes_leave_the_capture_table_empty_and_fix_still_decoded() {
         1000,
         (1000, 1),
     );
-    let cfg = config_file(&format!(
-        r#"
-[[targets]]
-name = "sink"
-address = "127.0.0.1"
-port = {ps}
-
-[[targets]]
-name = "venue"
-address = "127.0.0.1"
-port = {pv}
-
-[fix]
-capture = true
-"#,
-        ps = sink.addr.port(),
-        pv = venue.addr.port()
-    ));
-    let sc = Sidecar::start(&[
-        "--config",
-        cfg.path().to_str().unwrap(),
-        "--interval",
-        "200ms",
-    ]);
-    assert_eq!(sc.json("/sessions")["capture"], true);
+    let (sc, _cfg) = sidecar(sink.addr, Some(venue.addr));
 
     // 5,000 clean closes: each ends by its FINs; the last ACKs open nothing.
     sessions(sink.addr, 5000, End::Clean);
@@ -284,4 +287,57 @@ capture = true
     );
     assert!(!sc.log().contains("table is full"), "{}", sc.log());
     drop(venue);
+}
+
+#[test]
+fn a_full_capture_table_is_counted_warned_once_and_empties() {
+    let sink = Sink::start();
+    let (sc, _cfg) = sidecar(sink.addr, None);
+    // 4,100 sessions held open: 4,096 followed, 4 not, each counted once however many
+    // segments it sends.
+    let n = fix_monitor::fix::wire::MAX_CONNECTIONS + 4;
+    let mut conns: Vec<TcpStream> = (0..n)
+        .map(|_| TcpStream::connect(sink.addr).unwrap())
+        .collect();
+    for c in conns.iter_mut().rev().take(4) {
+        for _ in 0..3 {
+            c.write_all(b"8=FIX.4.4\x01").unwrap();
+        }
+    }
+    let mut last = Table::default();
+    sc.wait_for(
+        "a full table and 4 connections not followed",
+        Duration::from_secs(60),
+        |sc| {
+            last = Table::read(sc);
+            last.followed == n as u64 - 4 && last.not_followed == 4
+        },
+    );
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(Table::read(&sc).not_followed, 4, "{last:?}");
+    let m = sc.metrics();
+    assert_eq!(
+        m.get("fix_monitor_capture_connections", &[]),
+        Some((n - 4) as f64)
+    );
+    assert_eq!(
+        m.get("fix_monitor_capture_connections_not_followed_total", &[]),
+        Some(4.0)
+    );
+    // Every session closes cleanly: the table empties; what was not followed stays counted.
+    for c in conns.drain(..) {
+        c.shutdown(Shutdown::Write).unwrap();
+        let mut c = c;
+        let mut rest = Vec::new();
+        c.read_to_end(&mut rest).unwrap();
+    }
+    let t = wait_ended(&sc, n as u64 - 4);
+    assert_eq!(t.not_followed, 4, "{t:?}");
+    // Said once in the log, naming the bound.
+    let warned = sc
+        .log()
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("table is full"))
+        .count();
+    assert_eq!(warned, 1, "{}", sc.log());
 }
