@@ -16,6 +16,8 @@ mod endpoint_security;
 mod endpoints;
 mod events;
 mod fix_logs;
+// The man page and completions generated from the CLI definitions.
+mod generate;
 mod otlp_grpc;
 mod otlp_http;
 // Generated hostile input for the parsers and the filter compiler (Linux: netlink, procfs),
@@ -30,6 +32,9 @@ mod session_health;
 // Issue 10: the final tcp_info of kernel destroy notifications.
 #[cfg(target_os = "linux")]
 mod close_counters;
+// A closed stdout ends a command quietly (a pipe made with libc).
+#[cfg(target_os = "linux")]
+mod closed_stdout;
 // poll.process_lookup (Linux: /proc).
 #[cfg(target_os = "linux")]
 mod process_lookup;
