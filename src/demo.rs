@@ -26,7 +26,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
-use std::io;
+use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::mpsc as std_mpsc;
@@ -472,7 +472,9 @@ pub async fn run(
         "fix-monitor's FIX counts differ from the simulator's".into()
     });
     drop(log_dir);
-    println!("{}", out.join("\n"));
+    // A reader that went away (`demo | head`) misses the summary; the demo still ends well.
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{}", out.join("\n")).and_then(|()| stdout.flush());
     report?;
     Ok(())
 }
