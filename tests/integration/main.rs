@@ -18,6 +18,8 @@ mod events;
 mod fix_logs;
 // The man page and completions generated from the CLI definitions.
 mod generate;
+// The metric tables of README.md and dashboards/README.md against the code's names.
+mod metric_docs;
 mod otlp_grpc;
 mod otlp_http;
 // Generated hostile input for the parsers and the filter compiler (Linux: netlink, procfs),
