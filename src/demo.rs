@@ -349,10 +349,13 @@ pub async fn run(
     let began = Instant::now();
 
     let mut shutdown = Box::pin(shutdown);
+    // A reader that went away (`demo | head`) ends the demo as Ctrl+C does.
+    let closed = console.output_closed();
     let ended_by = console
         .run_until(async {
             tokio::select! {
                 _ = &mut shutdown => End::Signal,
+                () = closed.notified() => End::Signal,
                 _ = sleep_for(options.duration) => End::Duration,
             }
         })

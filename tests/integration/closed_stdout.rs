@@ -58,7 +58,18 @@ fn snapshot_config_and_generate_end_quietly_when_stdout_is_closed() {
 }
 
 #[test]
-fn watch_stops_when_its_reader_goes_away() {
+fn watch_and_demo_stop_when_their_reader_goes_away() {
     // Piped, `watch` prints a start line at once: its failure ends watching as Ctrl+C would.
     assert_quiet_success(&["watch", "--ip", "127.0.0.1", "--no-report"]);
+    // The demo winds down as after Ctrl+C (its sessions log out and close), long before the
+    // 10 minutes it was asked to run.
+    assert_quiet_success(&[
+        "demo",
+        "--duration",
+        "600",
+        "--listen",
+        "127.0.0.1:0",
+        "--fix-source",
+        "log",
+    ]);
 }
