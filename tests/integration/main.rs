@@ -31,6 +31,8 @@ mod properties;
 #[cfg(target_os = "linux")]
 mod fuzz_regressions;
 mod session_health;
+// What one target, port and sidecar add to /metrics (dashboards/README.md, sizing).
+mod series_budget;
 // Issue 10: the final tcp_info of kernel destroy notifications.
 #[cfg(target_os = "linux")]
 mod close_counters;
