@@ -134,7 +134,7 @@ pct() { python3 -c "print(f'{$1 / ($SECONDS_EACH * 1000) * 100:.2f}%')"; }
 {
     echo "| idle | 0 | ${IDLE_MS} ms | $(pct "$IDLE_MS") | 0 |"
     echo "| 2,000 unrelated closes/s (another address; the kernel filter drops them) | $UNREL_MADE | ${UNREL_MS} ms | $(pct "$UNREL_MS") | 0 |"
-    echo "| 500 matching sessions/s, each a short-lived session (aborted by the client: its remote port is cleared, so it is counted only because the target has no port; see README) | $MATCH_MADE | ${MATCH_MS} ms | $(pct "$MATCH_MS") | opened $APPLIED, short-lived $SHORT, unattributed ${UNATTR:-0} |"
+    echo "| 500 matching sessions/s, each a short-lived session (aborted by the client: its remote port is cleared, so it is counted only because the target has no port; see dashboards/README.md) | $MATCH_MADE | ${MATCH_MS} ms | $(pct "$MATCH_MS") | opened $APPLIED, short-lived $SHORT, unattributed ${UNATTR:-0} |"
     echo
     python3 -c "
 idle, match, made = $IDLE_MS, $MATCH_MS, $MATCH_MADE

@@ -26,7 +26,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
-use std::io;
+use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::mpsc as std_mpsc;
@@ -349,10 +349,13 @@ pub async fn run(
     let began = Instant::now();
 
     let mut shutdown = Box::pin(shutdown);
+    // A reader that went away (`demo | head`) ends the demo as Ctrl+C does.
+    let closed = console.output_closed();
     let ended_by = console
         .run_until(async {
             tokio::select! {
                 _ = &mut shutdown => End::Signal,
+                () = closed.notified() => End::Signal,
                 _ = sleep_for(options.duration) => End::Duration,
             }
         })
@@ -472,7 +475,9 @@ pub async fn run(
         "fix-monitor's FIX counts differ from the simulator's".into()
     });
     drop(log_dir);
-    println!("{}", out.join("\n"));
+    // A reader that went away (`demo | head`) misses the summary; the demo still ends well.
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{}", out.join("\n")).and_then(|()| stdout.flush());
     report?;
     Ok(())
 }

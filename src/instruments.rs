@@ -82,6 +82,37 @@ pub mod names {
     pub const SEND_QUEUE_BY_PORT: &str = "fix_connection_send_queue_by_port";
     /// Exposed as `fix_connection_retransmits_by_port_total`.
     pub const RETRANSMITS_BY_PORT: &str = "fix_connection_retransmits_by_port";
+
+    /// Every metric name above (not [`METER`]). The docs' metric tables are checked against
+    /// it (tests/integration/metric_docs.rs), which also finds a name missing here.
+    pub const ALL: &[&str] = &[
+        ACTIVE,
+        OPENED,
+        CLOSED,
+        PEAK,
+        DURATION,
+        BY_PORT,
+        POLL_DURATION,
+        POLL_ERRORS,
+        EXPORT_ERRORS,
+        SHORT_LIVED,
+        EVENTS_LOST,
+        RECONCILES,
+        FALSE_CLOSES_AVOIDED,
+        EVENTS_UNATTRIBUTED,
+        STALE,
+        SILENCE,
+        RTT,
+        RETRANSMITS,
+        SEND_QUEUE,
+        RECEIVED,
+        SENT,
+        STALE_BY_PORT,
+        SILENCE_BY_PORT,
+        RTT_BY_PORT,
+        SEND_QUEUE_BY_PORT,
+        RETRANSMITS_BY_PORT,
+    ];
 }
 
 /// Attribute keys.

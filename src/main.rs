@@ -2,11 +2,12 @@
 //! and hands over to the library. Exit codes: 0 on a clean stop, 64 (EX_USAGE) for a bad
 //! configuration, 1 when the sidecar cannot start or fails.
 
+use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use fix_monitor::config::{self, ConfigArgs, LogFormat, LogSettings, Origin};
 use fix_monitor::console::{self, snapshot, Mode, ReportTo, WatchOptions};
 use fix_monitor::demo::{self, DemoOptions};
@@ -53,6 +54,23 @@ enum Command {
     Demo(DemoArgs),
     /// Print the effective configuration, and where each value came from, then exit.
     Config(ConfigArgs),
+    /// Print the man page or shell completions, generated from these very flag definitions.
+    #[command(subcommand)]
+    Generate(Generate),
+}
+
+#[derive(Subcommand)]
+enum Generate {
+    /// The man page (roff): every command with its flags. `fix-monitor generate man >
+    /// /usr/local/share/man/man1/fix-monitor.1`
+    Man,
+    /// Completions for a shell. `fix-monitor generate completions bash >
+    /// /etc/bash_completion.d/fix-monitor`
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Args)]
@@ -161,7 +179,13 @@ fn main() -> ExitCode {
                 shutdown_signal()
             };
             let watched = console::watch(&loaded.settings, options, shutdown);
-            exit(runtime.block_on(watched))
+            match runtime.block_on(watched) {
+                // The reader went away: the end of watching, not a failure.
+                Err(console::ConsoleError::Output(e)) if e.kind() == io::ErrorKind::BrokenPipe => {
+                    ExitCode::SUCCESS
+                }
+                r => exit(r),
+            }
         }
         Command::Snapshot(args) => {
             let loaded = match load(&args.config) {
@@ -175,8 +199,7 @@ fn main() -> ExitCode {
                         snapshot::Format::Table => s.table(&loaded.settings.targets),
                         snapshot::Format::Json => s.json(),
                     };
-                    print!("{text}");
-                    ExitCode::SUCCESS
+                    emit(|out| out.write_all(text.as_bytes()))
                 }
                 Err(e) => exit::<()>(Err(e)),
             }
@@ -200,13 +223,71 @@ fn main() -> ExitCode {
             exit(runtime.block_on(demo::run(options, shutdown)))
         }
         Command::Config(args) => match config::load(&args) {
-            Ok(l) => {
-                print!("{}", l.explain());
-                ExitCode::SUCCESS
-            }
+            Ok(l) => emit(|out| out.write_all(l.explain().as_bytes())),
             Err(e) => usage_error(e),
         },
+        Command::Generate(Generate::Man) => emit(man_page),
+        Command::Generate(Generate::Completions { shell }) => {
+            // Into memory first: clap_complete panics on a failed write (a closed stdout).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "fix-monitor", &mut script);
+            emit(|out| out.write_all(&script))
+        }
     }
+}
+
+/// Writes a command's output to stdout. A reader that went away (`| head`) ends the command
+/// quietly, as it ends `ss` or `cat`: exit 0, nothing on stderr. (`print!` would panic.)
+fn emit(write: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> ExitCode {
+    let mut out = io::stdout().lock();
+    match write(&mut out).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fix-monitor: cannot write the output: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One man page for the whole tool: clap_mangen's page for `fix-monitor`, then a section per
+/// command (`FIX-MONITOR RUN`, ...) holding that command's synopsis, description and flags,
+/// their own sections demoted to subsections. (clap_mangen alone would point at a page per
+/// command, which one printed page cannot hold.)
+fn man_page(out: &mut dyn Write) -> io::Result<()> {
+    let mut cli = Cli::command();
+    cli.build();
+    let top = clap_mangen::Man::new(cli.clone());
+    top.render_title(out)?;
+    top.render_name_section(out)?;
+    top.render_synopsis_section(out)?;
+    top.render_description_section(out)?;
+    top.render_options_section(out)?;
+    man_commands(&cli, out)?;
+    top.render_version_section(out)
+}
+
+fn man_commands(parent: &clap::Command, out: &mut dyn Write) -> io::Result<()> {
+    for cmd in parent.get_subcommands().filter(|c| !c.is_hide_set()) {
+        if cmd.get_name() == "help" {
+            continue;
+        }
+        let name = cmd.get_bin_name().unwrap_or(cmd.get_name());
+        writeln!(out, ".SH \"{}\"", name.to_uppercase())?;
+        let man = clap_mangen::Man::new(cmd.clone());
+        let mut page = Vec::new();
+        man.render_synopsis_section(&mut page)?;
+        man.render_description_section(&mut page)?;
+        man.render_options_section(&mut page)?;
+        for line in String::from_utf8_lossy(&page).lines() {
+            match line.strip_prefix(".SH ") {
+                Some(heading) => writeln!(out, ".SS {heading}")?,
+                None => writeln!(out, "{line}")?,
+            }
+        }
+        man_commands(cmd, out)?;
+    }
+    Ok(())
 }
 
 /// The configuration, after which the exporter libraries' own variables are withheld from

@@ -6,6 +6,15 @@
 
 use opentelemetry::metrics::Meter;
 
+/// Instrument names (OpenTelemetry's; the Prometheus exporter writes `_` for `.` and adds the
+/// unit and `_total`).
+pub mod names {
+    pub const MEMORY: &str = "process.memory.usage";
+    pub const CPU_TIME: &str = "process.cpu.time";
+    /// Every name above (the docs' metric tables are checked against these lists).
+    pub const ALL: &[&str] = &[MEMORY, CPU_TIME];
+}
+
 /// Registers the process instruments on `meter`. Linux only; elsewhere a no-op.
 pub fn register(meter: &Meter) {
     #[cfg(target_os = "linux")]
@@ -19,11 +28,13 @@ mod linux {
     use opentelemetry::metrics::Meter;
     use opentelemetry::KeyValue;
 
+    use super::names;
+
     pub fn register(meter: &Meter) {
         let page = procfs::page_size();
         let ticks = procfs::ticks_per_second() as f64;
         meter
-            .u64_observable_gauge("process.memory.usage")
+            .u64_observable_gauge(names::MEMORY)
             .with_unit("By")
             .with_description("Resident memory of the fix-monitor process")
             .with_callback(move |obs| {
@@ -33,7 +44,7 @@ mod linux {
             })
             .build();
         meter
-            .f64_observable_counter("process.cpu.time")
+            .f64_observable_counter(names::CPU_TIME)
             .with_unit("s")
             .with_description("CPU time used by the fix-monitor process")
             .with_callback(move |obs| {

@@ -125,7 +125,7 @@ impl Session {
 }
 
 /// A session's TCP health as JSON: seconds and bytes, every field the kernel gave, none it
-/// did not (see README, "Session health").
+/// did not (see dashboards/README.md, "Session health").
 #[derive(Debug, Clone, Serialize)]
 pub struct HealthJson {
     #[serde(skip_serializing_if = "Option::is_none")]

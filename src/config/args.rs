@@ -66,10 +66,10 @@ pub struct ConfigArgs {
     #[arg(long = "web.config.file", value_name = "PATH")]
     pub web_config_file: Option<String>,
 
-    /// Where to read connections from: auto, netlink, procfs or netstat [default: auto].
+    /// Where to read connections from: auto, ebpf, netlink, procfs or netstat [default: auto].
     ///
-    /// auto tries netlink, then procfs, then netstat. Overrides FIX_MONITOR_POLL__SOURCE and
-    /// `[poll] source`.
+    /// auto tries ebpf (where its program loads: root, or CAP_BPF and CAP_PERFMON), then
+    /// netlink, procfs and netstat. Overrides FIX_MONITOR_POLL__SOURCE and `[poll] source`.
     #[arg(long, value_name = "SOURCE")]
     pub source: Option<String>,
 

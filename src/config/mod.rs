@@ -125,7 +125,7 @@ pub mod defaults {
     /// for long, rarely enough that its cost (a walk of the host's sockets) stays negligible.
     pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(60);
     /// Off: walking every process's open files costs CPU that grows with the host, and reading
-    /// other users' needs privilege (see README, "Which process").
+    /// other users' needs privilege (see config/README.md, "Which process").
     pub const PROCESS_LOOKUP: bool = false;
     pub const PROMETHEUS_ENABLED: bool = true;
     /// Loopback: exposing metrics beyond the host is a deliberate choice (`0.0.0.0:9464`).

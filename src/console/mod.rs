@@ -19,9 +19,10 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, Notify};
 
 use crate::app::{self, RunError, Sidecar, StartOptions};
 use crate::config::Settings;
@@ -87,7 +88,16 @@ pub async fn watch(
         },
     };
     let mut console = Console::new(&sidecar, header, options.mode, None);
-    console.run_until(shutdown).await;
+    // A reader that went away (`watch | head`) ends watching as Ctrl+C does, as it ends `ss`.
+    let closed = console.output_closed();
+    console
+        .run_until(async {
+            tokio::select! {
+                () = shutdown => {}
+                () = closed.notified() => {}
+            }
+        })
+        .await;
     console.close();
     sidecar.stop().await;
 
@@ -150,6 +160,8 @@ pub struct Console {
     interval: Duration,
     /// The FIX layer's state, for the FIX sessions panel.
     fix: crate::fix::monitor::FixReader,
+    /// Told once stdout's reader has gone away (lines mode): see [`Console::output_closed`].
+    closed: Arc<Notify>,
 }
 
 enum Output {
@@ -191,6 +203,7 @@ impl Console {
             announced: false,
             interval,
             fix: sidecar.fix(),
+            closed: Arc::new(Notify::new()),
         };
         if let Output::Lines(_) = console.out {
             let mut lines = vec![view::stamped(
@@ -201,6 +214,12 @@ impl Console {
             console.print(&lines);
         }
         console
+    }
+
+    /// Resolves (through `notified()`) once a write found stdout's reader gone, in lines mode. The
+    /// view itself goes on; whoever runs it decides whether that ends it.
+    pub fn output_closed(&self) -> Arc<Notify> {
+        Arc::clone(&self.closed)
     }
 
     /// Adds a line to the event log, stamped with the time now.
@@ -337,11 +356,14 @@ impl Console {
     fn print(&mut self, lines: &[String]) {
         if let Output::Lines(out) = &mut self.out {
             let mut out = out.lock();
-            for l in lines {
-                // A closed pipe ends nothing: the sidecar keeps running until told to stop.
-                let _ = writeln!(out, "{l}");
+            let written = lines
+                .iter()
+                .try_for_each(|l| writeln!(out, "{l}"))
+                .and_then(|()| out.flush());
+            // A closed pipe stops nothing here; `watch` ends on it (see `output_closed`).
+            if matches!(&written, Err(e) if e.kind() == io::ErrorKind::BrokenPipe) {
+                self.closed.notify_one();
             }
-            let _ = out.flush();
         }
     }
 

@@ -47,8 +47,8 @@ use tower::ServiceExt;
 
 use super::web_config::{RateLimit, WebConfig};
 
-/// The endpoint's limits. [`Limits::default`] is what the sidecar runs with (README,
-/// "Exposing the endpoint"); tests shorten the timeouts.
+/// The endpoint's limits. [`Limits::default`] is what the sidecar runs with (examples/README.md,
+/// "Limits"); tests shorten the timeouts.
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Most connections open at once (see the module comment for what happens at the cap).

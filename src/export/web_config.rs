@@ -70,7 +70,7 @@ struct RawHttp {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRateLimit {
-    interval: Option<serde_yaml_ng::Value>,
+    interval: Option<serde_norway::Value>,
     burst: Option<i64>,
 }
 
@@ -234,7 +234,7 @@ pub fn parse(text: &str, dir: &Path) -> Result<WebConfig, Vec<Problem>> {
     let raw: RawFile = if text.trim().is_empty() {
         RawFile::default()
     } else {
-        serde_yaml_ng::from_str::<Option<RawFile>>(text)
+        serde_norway::from_str::<Option<RawFile>>(text)
             .map_err(|e| {
                 vec![problem(
                     "",
@@ -357,9 +357,9 @@ fn headers(
 
 fn rate_limit(raw: RawRateLimit, problems: &mut Vec<Problem>) -> Option<RateLimit> {
     let interval = match raw.interval {
-        None | Some(serde_yaml_ng::Value::Null) => Duration::ZERO,
+        None | Some(serde_norway::Value::Null) => Duration::ZERO,
         // A bare number is nanoseconds, as Go decodes a time.Duration.
-        Some(serde_yaml_ng::Value::Number(n)) => match n.as_u64() {
+        Some(serde_norway::Value::Number(n)) => match n.as_u64() {
             Some(ns) => Duration::from_nanos(ns),
             None => {
                 problems.push(problem(
@@ -370,7 +370,7 @@ fn rate_limit(raw: RawRateLimit, problems: &mut Vec<Problem>) -> Option<RateLimi
                 return None;
             }
         },
-        Some(serde_yaml_ng::Value::String(s)) => match parse_go_duration(&s) {
+        Some(serde_norway::Value::String(s)) => match parse_go_duration(&s) {
             Some(d) => d,
             None => {
                 problems.push(problem(

@@ -5,7 +5,7 @@
 //!
 //! Ground truth is what the test itself wrote and read. `tcpi_bytes_sent` counts data only
 //! (a FIN is no data); `tcpi_bytes_received` counts sequence space, so a FIN the session
-//! received counts one byte in the final value (README says so).
+//! received counts one byte in the final value (dashboards/README.md says so).
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};

@@ -16,6 +16,10 @@ mod endpoint_security;
 mod endpoints;
 mod events;
 mod fix_logs;
+// The man page and completions generated from the CLI definitions.
+mod generate;
+// The metric tables of README.md and dashboards/README.md against the code's names.
+mod metric_docs;
 mod otlp_grpc;
 mod otlp_http;
 // Generated hostile input for the parsers and the filter compiler (Linux: netlink, procfs),
@@ -27,9 +31,14 @@ mod properties;
 #[cfg(target_os = "linux")]
 mod fuzz_regressions;
 mod session_health;
+// What one target, port and sidecar add to /metrics (dashboards/README.md, sizing).
+mod series_budget;
 // Issue 10: the final tcp_info of kernel destroy notifications.
 #[cfg(target_os = "linux")]
 mod close_counters;
+// A closed stdout ends a command quietly (a pipe made with libc).
+#[cfg(target_os = "linux")]
+mod closed_stdout;
 // poll.process_lookup (Linux: /proc).
 #[cfg(target_os = "linux")]
 mod process_lookup;
