@@ -36,6 +36,31 @@ pub mod names {
     pub const CAPTURE_ENDED: &str = "fix_monitor_capture_connections_ended";
     pub const LIMIT_HITS: &str = "fix_monitor_fix_limit_hits";
     pub const LOG_FILES: &str = "fix_monitor_fix_log_files";
+
+    /// Every name above (the docs' metric tables are checked against it).
+    pub const ALL: &[&str] = &[
+        LOGGED_ON,
+        LOGONS,
+        LOGOUTS,
+        MESSAGES,
+        HEARTBEAT_INTERVAL,
+        INBOUND_SILENCE,
+        SEQUENCE_GAPS,
+        RESEND_REQUESTS,
+        TEST_REQUESTS,
+        REJECTS,
+        ORDER_ACK_LATENCY,
+        ORDERS_UNANSWERED,
+        DECODED,
+        MALFORMED,
+        BYTES_SKIPPED,
+        CAPTURE_DROPS,
+        CAPTURE_CONNECTIONS,
+        CAPTURE_NOT_FOLLOWED,
+        CAPTURE_ENDED,
+        LIMIT_HITS,
+        LOG_FILES,
+    ];
 }
 
 /// Attribute keys.

@@ -2,8 +2,8 @@
 //! code defines is in both, and neither names one the code lacks (node_exporter diffs its
 //! `/metrics` against a golden file for the same reason: a list kept by hand drifts).
 //!
-//! The code's names: `instruments::names::ALL`, `process::names::ALL`, and the `names` module of
-//! `src/fix/metrics.rs`, read from its source. Every `"fix_..."` string in `src/` must be one of
+//! The code's names: `instruments::names::ALL`, `process::names::ALL` and
+//! `fix::metrics::names::ALL`. Every `"fix_..."` string in `src/` must be one of
 //! them, so a name defined anywhere else (or left out of an `ALL`) fails here too.
 //!
 //! A metric table is a Markdown table whose first header cell is `metric`; the metrics of a row
@@ -22,31 +22,12 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// The `pub const X: &str = "...";` values of the `pub mod names { ... }` block of `source`.
-fn names_module(source: &str) -> Vec<String> {
-    let start = source
-        .find("pub mod names {")
-        .expect("a `pub mod names` block");
-    let block = &source[start..];
-    let block = &block[..block.find("\n}").expect("the end of `mod names`")];
-    block
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("pub const "))
-        .filter(|l| l.contains(": &str = \""))
-        .filter_map(|l| l.split('"').nth(1))
-        .map(str::to_owned)
-        .collect()
-}
-
 /// The metric names the code defines, as the docs spell them before any suffix: `.` as `_`.
 fn code_names() -> BTreeSet<String> {
-    let fix = names_module(&read(&root().join("src/fix/metrics.rs")));
-    assert!(fix.len() >= 10, "the FIX layer's names: {fix:?}");
     fix_monitor::instruments::names::ALL
         .iter()
         .chain(fix_monitor::process::names::ALL)
-        .map(|n| n.to_string())
-        .chain(fix)
+        .chain(fix_monitor::fix::metrics::names::ALL)
         .map(|n| n.replace('.', "_"))
         .collect()
 }
