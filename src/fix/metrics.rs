@@ -10,7 +10,7 @@
 use opentelemetry::metrics::{Meter, ObservableCounter, ObservableGauge};
 use opentelemetry::KeyValue;
 
-use super::monitor::{DirectionJson, FixReader, FixSessionJson};
+use super::monitor::{DirectionJson, FixReader, FixSessionJson, FixState};
 use super::wire::EndReason;
 
 /// Instrument names (Prometheus adds `_total` to counters and `_seconds` to the unit `s`).
@@ -100,8 +100,6 @@ fn with(
     v
 }
 
-type PerSession = fn(&FixSessionJson) -> Vec<(u64, Vec<KeyValue>)>;
-
 fn per_direction(s: &FixSessionJson, f: fn(&DirectionJson) -> u64) -> Vec<(u64, Vec<KeyValue>)> {
     vec![
         (f(&s.inbound), with(base(s), attrs::DIRECTION, "in")),
@@ -109,107 +107,178 @@ fn per_direction(s: &FixSessionJson, f: fn(&DirectionJson) -> u64) -> Vec<(u64, 
     ]
 }
 
-impl FixInstruments {
-    pub fn new(meter: &Meter, reader: FixReader) -> FixInstruments {
-        let mut gauges = Vec::new();
-        let mut counters = Vec::new();
-        let gauge = |name: &'static str,
-                     unit: Option<&'static str>,
-                     desc: &'static str,
-                     f: fn(&FixSessionJson) -> Option<f64>| {
-            let r = reader.clone();
-            let b = meter.f64_observable_gauge(name).with_description(desc);
-            let b = match unit {
-                Some(u) => b.with_unit(u),
-                None => b,
-            };
-            b.with_callback(move |obs| {
-                for s in &r.get().sessions {
-                    if let Some(v) = f(s) {
-                        obs.observe(v, &base(s));
-                    }
+/// The values one callback observes: a number and its attributes each.
+type Points<T> = Vec<(T, Vec<KeyValue>)>;
+
+/// Registers observable instruments that read the latest [`FixState`] and keeps them.
+struct Registrar<'a> {
+    meter: &'a Meter,
+    reader: FixReader,
+    gauges: Vec<ObservableGauge<f64>>,
+    counters: Vec<ObservableCounter<u64>>,
+}
+
+impl Registrar<'_> {
+    fn gauge(
+        &mut self,
+        name: &'static str,
+        unit: Option<&'static str>,
+        desc: &'static str,
+        f: fn(&FixState) -> Points<f64>,
+    ) {
+        let r = self.reader.clone();
+        let b = self.meter.f64_observable_gauge(name).with_description(desc);
+        let b = match unit {
+            Some(u) => b.with_unit(u),
+            None => b,
+        };
+        let g = b
+            .with_callback(move |obs| {
+                for (v, a) in f(&r.get()) {
+                    obs.observe(v, &a);
                 }
             })
-            .build()
+            .build();
+        self.gauges.push(g);
+    }
+
+    fn counter(&mut self, name: &'static str, desc: &'static str, f: fn(&FixState) -> Points<u64>) {
+        let r = self.reader.clone();
+        let c = self
+            .meter
+            .u64_observable_counter(name)
+            .with_description(desc)
+            .with_callback(move |obs| {
+                for (v, a) in f(&r.get()) {
+                    obs.observe(v, &a);
+                }
+            })
+            .build();
+        self.counters.push(c);
+    }
+}
+
+/// Every session's points of a per-session function.
+fn each_session<T>(s: &FixState, f: impl Fn(&FixSessionJson) -> Points<T>) -> Points<T> {
+    s.sessions.iter().flat_map(f).collect()
+}
+
+/// Points of the layer's own counts with one attribute (`key` = the label given).
+fn labelled<T>(
+    key: &'static str,
+    points: impl IntoIterator<Item = (T, &'static str)>,
+) -> Points<T> {
+    points
+        .into_iter()
+        .map(|(v, l)| (v, vec![KeyValue::new(key, l)]))
+        .collect()
+}
+
+impl FixInstruments {
+    pub fn new(meter: &Meter, reader: FixReader) -> FixInstruments {
+        let mut r = Registrar {
+            meter,
+            reader,
+            gauges: Vec::new(),
+            counters: Vec::new(),
         };
-        gauges.push(gauge(
-            names::LOGGED_ON,
-            None,
-            "1 while the FIX session is logged on",
-            |s| Some(if s.logged_on { 1.0 } else { 0.0 }),
-        ));
-        gauges.push(gauge(
-            names::HEARTBEAT_INTERVAL,
-            Some("s"),
-            "HeartBtInt from the last Logon",
-            |s| s.heartbeat_interval_seconds.map(|h| h as f64),
-        ));
-        gauges.push(gauge(
-            names::INBOUND_SILENCE,
-            Some("s"),
-            "Time since the last message received on the session",
-            |s| s.inbound.silence_seconds,
-        ));
-        let counter = |name: &'static str, desc: &'static str, f: PerSession| {
-            let r = reader.clone();
-            meter
-                .u64_observable_counter(name)
-                .with_description(desc)
-                .with_callback(move |obs| {
-                    for s in &r.get().sessions {
-                        for (v, a) in f(s) {
-                            obs.observe(v, &a);
-                        }
-                    }
-                })
-                .build()
-        };
-        counters.push(counter(names::LOGONS, "Logons answered", |s| {
-            vec![(s.logons, base(s))]
-        }));
-        counters.push(counter(
-            names::LOGOUTS,
-            "Logouts, by who sent the first Logout",
-            |s| {
+        session_gauges(&mut r);
+        session_counters(&mut r);
+        layer_counters(&mut r);
+        table_instruments(&mut r);
+        FixInstruments {
+            _gauges: r.gauges,
+            _counters: r.counters,
+        }
+    }
+}
+
+/// Per-session gauges: logged on, HeartBtInt, inbound silence.
+fn session_gauges(r: &mut Registrar) {
+    r.gauge(
+        names::LOGGED_ON,
+        None,
+        "1 while the FIX session is logged on",
+        |st| each_session(st, |s| vec![(if s.logged_on { 1.0 } else { 0.0 }, base(s))]),
+    );
+    r.gauge(
+        names::HEARTBEAT_INTERVAL,
+        Some("s"),
+        "HeartBtInt from the last Logon",
+        |st| {
+            each_session(st, |s| {
+                s.heartbeat_interval_seconds
+                    .map(|h| (h as f64, base(s)))
+                    .into_iter()
+                    .collect()
+            })
+        },
+    );
+    r.gauge(
+        names::INBOUND_SILENCE,
+        Some("s"),
+        "Time since the last message received on the session",
+        |st| {
+            each_session(st, |s| {
+                s.inbound
+                    .silence_seconds
+                    .map(|v| (v, base(s)))
+                    .into_iter()
+                    .collect()
+            })
+        },
+    );
+}
+
+/// Per-session counters: logons, logouts, messages by type, sequence events, rejects, orders.
+fn session_counters(r: &mut Registrar) {
+    r.counter(names::LOGONS, "Logons answered", |st| {
+        each_session(st, |s| vec![(s.logons, base(s))])
+    });
+    r.counter(
+        names::LOGOUTS,
+        "Logouts, by who sent the first Logout",
+        |st| {
+            each_session(st, |s| {
                 vec![
                     (s.logouts_us, with(base(s), attrs::INITIATOR, "us")),
                     (s.logouts_them, with(base(s), attrs::INITIATOR, "them")),
                 ]
-            },
-        ));
-        counters.push(counter(
-            names::MESSAGES,
-            "FIX messages by direction and MsgType",
-            |s| {
+            })
+        },
+    );
+    r.counter(
+        names::MESSAGES,
+        "FIX messages by direction and MsgType",
+        |st| {
+            each_session(st, |s| {
                 let mut v = Vec::new();
                 for (dir, d) in [("in", &s.inbound), ("out", &s.outbound)] {
                     for (t, n) in &d.by_type {
-                        let a = with(
-                            with(base(s), attrs::DIRECTION, dir),
-                            attrs::MSG_TYPE,
-                            t.clone(),
-                        );
-                        v.push((*n, a));
+                        let a = with(base(s), attrs::DIRECTION, dir);
+                        v.push((*n, with(a, attrs::MSG_TYPE, t.clone())));
                     }
                 }
                 v
-            },
-        ));
-        counters.push(counter(
-            names::SEQUENCE_GAPS,
-            "MsgSeqNum gaps (not PossDup, not GapFill)",
-            |s| per_direction(s, |d| d.sequence_gaps),
-        ));
-        counters.push(counter(names::RESEND_REQUESTS, "ResendRequests", |s| {
-            per_direction(s, |d| d.resend_requests)
-        }));
-        counters.push(counter(names::TEST_REQUESTS, "TestRequests", |s| {
-            per_direction(s, |d| d.test_requests)
-        }));
-        counters.push(counter(
-            names::REJECTS,
-            "Session (35=3) and business (35=j) rejects",
-            |s| {
+            })
+        },
+    );
+    r.counter(
+        names::SEQUENCE_GAPS,
+        "MsgSeqNum gaps (not PossDup, not GapFill)",
+        |st| each_session(st, |s| per_direction(s, |d| d.sequence_gaps)),
+    );
+    r.counter(names::RESEND_REQUESTS, "ResendRequests", |st| {
+        each_session(st, |s| per_direction(s, |d| d.resend_requests))
+    });
+    r.counter(names::TEST_REQUESTS, "TestRequests", |st| {
+        each_session(st, |s| per_direction(s, |d| d.test_requests))
+    });
+    r.counter(
+        names::REJECTS,
+        "Session (35=3) and business (35=j) rejects",
+        |st| {
+            each_session(st, |s| {
                 let mut v = Vec::new();
                 for (dir, d) in [("in", &s.inbound), ("out", &s.outbound)] {
                     let a = with(base(s), attrs::DIRECTION, dir);
@@ -217,160 +286,110 @@ impl FixInstruments {
                     v.push((d.business_rejects, with(a, attrs::KIND, "business")));
                 }
                 v
-            },
-        ));
-        counters.push(counter(
-            names::ORDERS_UNANSWERED,
-            "Orders given up unanswered (expired or over the pending cap)",
-            |s| vec![(s.orders_unanswered, base(s))],
-        ));
-        let selfc =
-            |name: &'static str,
-             desc: &'static str,
-             f: fn(&super::monitor::FixState) -> Vec<(u64, &'static str)>| {
-                let r = reader.clone();
-                meter
-                    .u64_observable_counter(name)
-                    .with_description(desc)
-                    .with_callback(move |obs| {
-                        for (v, src) in f(&r.get()) {
-                            obs.observe(v, &[KeyValue::new(attrs::SOURCE, src)]);
-                        }
-                    })
-                    .build()
-            };
-        counters.push(selfc(names::DECODED, "FIX messages decoded", |s| {
-            vec![
+            })
+        },
+    );
+    r.counter(
+        names::ORDERS_UNANSWERED,
+        "Orders given up unanswered (expired or over the pending cap)",
+        |st| each_session(st, |s| vec![(s.orders_unanswered, base(s))]),
+    );
+}
+
+/// The layer's own decoding and capture counts, by source.
+fn layer_counters(r: &mut Registrar) {
+    r.counter(names::DECODED, "FIX messages decoded", |s| {
+        labelled(
+            attrs::SOURCE,
+            [
                 (s.stats.wire.messages, "wire"),
                 (s.stats.logs.messages, "log"),
-            ]
-        }));
-        counters.push(selfc(
-            names::MALFORMED,
-            "Malformed FIX messages skipped",
-            |s| {
-                vec![
-                    (s.stats.wire.malformed, "wire"),
-                    (s.stats.logs.malformed, "log"),
-                ]
-            },
-        ));
-        counters.push(selfc(
-            names::BYTES_SKIPPED,
-            "Bytes skipped on the wire (lost in gaps, or before the next 8=FIX)",
-            |s| vec![(s.stats.wire.bytes_skipped, "wire")],
-        ));
-        counters.push(selfc(
-            names::CAPTURE_DROPS,
-            "Packets the kernel dropped before the capture read them",
-            |s| {
-                s.stats
-                    .capture_drops
-                    .map(|d| vec![(d, "wire")])
-                    .unwrap_or_default()
-            },
-        ));
-        Self::table_instruments(meter, &reader, &mut gauges, &mut counters);
-        FixInstruments {
-            _gauges: gauges,
-            _counters: counters,
-        }
-    }
+            ],
+        )
+    });
+    r.counter(names::MALFORMED, "Malformed FIX messages skipped", |s| {
+        labelled(
+            attrs::SOURCE,
+            [
+                (s.stats.wire.malformed, "wire"),
+                (s.stats.logs.malformed, "log"),
+            ],
+        )
+    });
+    r.counter(
+        names::BYTES_SKIPPED,
+        "Bytes skipped on the wire (lost in gaps, or before the next 8=FIX)",
+        |s| labelled(attrs::SOURCE, [(s.stats.wire.bytes_skipped, "wire")]),
+    );
+    r.counter(
+        names::CAPTURE_DROPS,
+        "Packets the kernel dropped before the capture read them",
+        |s| labelled(attrs::SOURCE, s.stats.capture_drops.map(|d| (d, "wire"))),
+    );
+}
 
-    /// The FIX layer's own tables: the capture's connections (followed now, not followed
-    /// because the table was full, ended by why), the other bounds hit, the log files.
-    fn table_instruments(
-        meter: &Meter,
-        reader: &FixReader,
-        gauges: &mut Vec<ObservableGauge<f64>>,
-        counters: &mut Vec<ObservableCounter<u64>>,
-    ) {
-        let r = reader.clone();
-        gauges.push(
-            meter
-                .f64_observable_gauge(names::CAPTURE_CONNECTIONS)
-                .with_description("TCP connections the wire capture follows now")
-                .with_callback(move |obs| {
-                    let s = r.get();
-                    if s.capture {
-                        obs.observe(s.stats.connections_followed as f64, &[]);
-                    }
-                })
-                .build(),
-        );
-        let r = reader.clone();
-        gauges.push(
-            meter
-                .f64_observable_gauge(names::LOG_FILES)
-                .with_description("Engine-log files followed now, and matching files waiting")
-                .with_callback(move |obs| {
-                    let s = r.get();
-                    if !s.logs.is_empty() {
-                        let files = [
-                            (s.log_files.len() as u64, "followed"),
-                            (s.stats.logs.files_not_followed, "not_followed"),
-                        ];
-                        for (n, state) in files {
-                            obs.observe(n as f64, &[KeyValue::new(attrs::STATE, state)]);
-                        }
-                    }
-                })
-                .build(),
-        );
-        let counter =
-            |name: &'static str,
-             desc: &'static str,
-             key: Option<&'static str>,
-             f: fn(&super::monitor::FixState) -> Vec<(u64, &'static str)>| {
-                let r = reader.clone();
-                meter
-                    .u64_observable_counter(name)
-                    .with_description(desc)
-                    .with_callback(move |obs| {
-                        for (v, a) in f(&r.get()) {
-                            let attrs: Vec<KeyValue> =
-                                key.map(|k| KeyValue::new(k, a)).into_iter().collect();
-                            obs.observe(v, &attrs);
-                        }
-                    })
-                    .build()
-            };
-        counters.push(counter(
-            names::CAPTURE_NOT_FOLLOWED,
-            "Connections the wire capture did not follow because its table was full",
-            None,
-            |s| match s.capture {
-                true => vec![(s.stats.wire.not_followed, "")],
-                false => Vec::new(),
-            },
-        ));
-        counters.push(counter(
-            names::CAPTURE_ENDED,
-            "Connections that left the wire capture's table, by why (fin, reset, tcp_closed: \
-             the TCP layer saw it end, idle: never seen by the TCP layer)",
-            Some(attrs::REASON),
-            |s| match s.capture {
-                true => EndReason::ALL
-                    .iter()
-                    .map(|r| (s.stats.wire.ended.get(*r), r.as_str()))
-                    .collect(),
-                false => Vec::new(),
-            },
-        ));
-        counters.push(counter(
-            names::LIMIT_HITS,
-            "Items a bound of the FIX layer turned away: messages of sessions over the session \
-             cap, messages folded into msg_type other, orders given up over the pending cap, \
-             log lines too long",
-            Some(attrs::LIMIT),
-            |s| {
-                vec![
+/// The FIX layer's own tables: the capture's connections (followed now, not followed because
+/// the table was full, ended by why), the other bounds hit, the log files.
+fn table_instruments(r: &mut Registrar) {
+    r.gauge(
+        names::CAPTURE_CONNECTIONS,
+        None,
+        "TCP connections the wire capture follows now",
+        |s| match s.capture {
+            true => vec![(s.stats.connections_followed as f64, Vec::new())],
+            false => Vec::new(),
+        },
+    );
+    r.gauge(
+        names::LOG_FILES,
+        None,
+        "Engine-log files followed now, and matching files waiting",
+        |s| match s.logs.is_empty() {
+            true => Vec::new(),
+            false => labelled(
+                attrs::STATE,
+                [
+                    (s.log_files.len() as f64, "followed"),
+                    (s.stats.logs.files_not_followed as f64, "not_followed"),
+                ],
+            ),
+        },
+    );
+    r.counter(
+        names::CAPTURE_NOT_FOLLOWED,
+        "Connections the wire capture did not follow because its table was full",
+        |s| match s.capture {
+            true => vec![(s.stats.wire.not_followed, Vec::new())],
+            false => Vec::new(),
+        },
+    );
+    r.counter(
+        names::CAPTURE_ENDED,
+        "Connections that left the wire capture's table, by why (fin, reset, tcp_closed: the \
+         TCP layer saw it end, idle: never seen by the TCP layer)",
+        |s| match s.capture {
+            true => labelled(
+                attrs::REASON,
+                EndReason::ALL.map(|r| (s.stats.wire.ended.get(r), r.as_str())),
+            ),
+            false => Vec::new(),
+        },
+    );
+    r.counter(
+        names::LIMIT_HITS,
+        "Items a bound of the FIX layer turned away: messages of sessions over the session cap, \
+         messages folded into msg_type other, orders given up over the pending cap, log lines \
+         too long",
+        |s| {
+            labelled(
+                attrs::LIMIT,
+                [
                     (s.stats.sessions_over_cap, "sessions"),
                     (s.stats.msg_types_folded, "msg_types"),
                     (s.stats.orders_over_cap, "pending_orders"),
                     (s.stats.logs.lines_too_long, "log_line"),
-                ]
-            },
-        ));
-    }
+                ],
+            )
+        },
+    );
 }

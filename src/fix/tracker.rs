@@ -271,6 +271,174 @@ impl Session {
     }
 }
 
+/// What one message did to a session's orders.
+#[derive(Debug, Default)]
+struct OrderOutcome {
+    /// An order answered by this message: its request and round trip.
+    answered: Option<(Request, Duration)>,
+    /// Orders given up because the pending cap was reached.
+    given_up: u64,
+}
+
+impl Session {
+    /// Count a message by type; false when it was counted under `other` (the session had
+    /// `max_types` types that way already).
+    fn count_type(&mut self, mt: &[u8], dir: Direction, max_types: usize) -> bool {
+        let name = msg_type_name(mt)
+            .map(str::to_string)
+            .unwrap_or_else(|| String::from_utf8_lossy(mt).into_owned());
+        let known = self.by_type.contains_key(&(dir, name.clone()));
+        let fits = known || self.by_type.keys().filter(|(d, _)| *d == dir).count() < max_types;
+        let key = if fits { name } else { "other".to_string() };
+        *self.by_type.entry((dir, key)).or_default() += 1;
+        fits
+    }
+
+    /// Logon and Logout: the session's state, its logons and logouts, HeartBtInt.
+    fn session_level(&mut self, msg: &Message, dir: Direction) {
+        let who = match dir {
+            Direction::Out => Initiator::Us,
+            Direction::In => Initiator::Them,
+        };
+        match msg.msg_type() {
+            b"A" => {
+                if msg.get_flag(tag::RESET_SEQ_NUM_FLAG) {
+                    for d in &mut self.dirs {
+                        d.next_seq = None;
+                    }
+                }
+                if let Some(hb) = msg.get_u64(tag::HEART_BT_INT) {
+                    self.heartbeat_interval = Some(hb);
+                }
+                self.state = match self.state {
+                    LogonState::LogonSent { by } if by != who => {
+                        self.logons += 1;
+                        LogonState::LoggedOn
+                    }
+                    LogonState::LoggedOn => LogonState::LoggedOn,
+                    _ => LogonState::LogonSent { by: who },
+                };
+            }
+            b"5" => {
+                if let Some(t) = msg.get_str(tag::TEXT) {
+                    self.last_logout_text = Some(t.into_owned());
+                }
+                self.state = match self.state {
+                    LogonState::LoggedOn => LogonState::LogoutSent { by: who },
+                    LogonState::LogoutSent { by } if by != who => {
+                        match by {
+                            Initiator::Us => self.logouts_us += 1,
+                            Initiator::Them => self.logouts_them += 1,
+                        }
+                        LogonState::LoggedOut
+                    }
+                    // A Logout answering a Logon: the logon was refused.
+                    LogonState::LogonSent { .. } => LogonState::LoggedOut,
+                    other => other,
+                };
+            }
+            _ => {}
+        }
+    }
+
+    /// Orders: one we send waits for its answer; an answer settles it (timed), a
+    /// BusinessMessageReject naming it settles it (not timed).
+    fn orders(
+        &mut self,
+        msg: &Message,
+        dir: Direction,
+        at: SystemTime,
+        max_pending: usize,
+    ) -> OrderOutcome {
+        let mut out = OrderOutcome::default();
+        let mt = msg.msg_type();
+        if let Some(req) = Request::from_msg_type(mt) {
+            if let (Direction::Out, Some(id)) = (dir, msg.get(tag::CL_ORD_ID)) {
+                if self.pending.insert(id.to_vec(), (req, at)).is_none() {
+                    self.pending_order.push_back((id.to_vec(), at));
+                }
+                while self.pending.len() > max_pending {
+                    let Some((old, _)) = self.pending_order.pop_front() else {
+                        break;
+                    };
+                    if self.pending.remove(&old).is_some() {
+                        self.orders_unanswered += 1;
+                        out.given_up += 1;
+                    }
+                }
+            }
+        } else if (mt == b"8" || mt == b"9") && dir == Direction::In {
+            if let Some((request, sent)) = msg
+                .get(tag::CL_ORD_ID)
+                .and_then(|id| self.pending.remove(id))
+            {
+                self.orders_answered += 1;
+                let latency = at.duration_since(sent).unwrap_or_default();
+                if self.recent_latencies.len() == RECENT_LATENCIES {
+                    self.recent_latencies.pop_front();
+                }
+                self.recent_latencies.push_back(latency);
+                out.answered = Some((request, latency));
+            }
+        } else if mt == b"j" && dir == Direction::In {
+            let id = msg.get(tag::BUSINESS_REJECT_REF_ID);
+            if id.is_some_and(|id| self.pending.remove(id).is_some()) {
+                self.orders_rejected += 1;
+            }
+        }
+        // Keep the FIFO from growing with answered orders.
+        if self.pending_order.len() > 2 * self.pending.len() + 64 {
+            let pending = &self.pending;
+            self.pending_order
+                .retain(|(id, _)| pending.contains_key(id));
+        }
+        out
+    }
+}
+
+impl DirectionCounts {
+    /// One message this way: counts by kind, and sequence numbers (see the module doc).
+    fn observe(&mut self, msg: &Message, at: SystemTime) {
+        let mt = msg.msg_type();
+        self.messages += 1;
+        self.last_seen = Some(at);
+        match mt {
+            b"1" => self.test_requests += 1,
+            b"2" => self.resend_requests += 1,
+            b"3" => self.session_rejects += 1,
+            b"j" => self.business_rejects += 1,
+            _ => {}
+        }
+        let seq = msg.get_u64(tag::MSG_SEQ_NUM);
+        let poss_dup = msg.get_flag(tag::POSS_DUP_FLAG);
+        if mt == b"4" {
+            self.sequence_resets += 1;
+            // A GapFill (part of a resend) never moves the expected number back; a Reset sets it.
+            if let Some(new) = msg.get_u64(tag::NEW_SEQ_NO) {
+                self.next_seq = if msg.get_flag(tag::GAP_FILL_FLAG) {
+                    Some(self.next_seq.map_or(new, |n| n.max(new)))
+                } else {
+                    Some(new)
+                };
+            }
+        } else if let Some(seq) = seq {
+            match self.next_seq {
+                Some(expect) if seq > expect && !poss_dup => {
+                    self.sequence_gaps += 1;
+                    self.sequence_gap_messages += seq - expect;
+                    self.next_seq = Some(seq + 1);
+                }
+                Some(expect) if seq < expect => {
+                    if !poss_dup {
+                        self.seq_too_low += 1;
+                    }
+                }
+                _ => self.next_seq = Some(seq.saturating_add(1)),
+            }
+        }
+    }
+}
+
 /// How many recent order latencies a session keeps for the console.
 pub const RECENT_LATENCIES: usize = 64;
 
@@ -377,154 +545,20 @@ impl Tracker {
         if origin.tcp.is_some() {
             s.tcp = origin.tcp;
         }
-        let mt = msg.msg_type();
-        let who = match dir {
-            Direction::Out => Initiator::Us,
-            Direction::In => Initiator::Them,
-        };
-
-        // Counts by type.
-        let name = msg_type_name(mt)
-            .map(str::to_string)
-            .unwrap_or_else(|| String::from_utf8_lossy(mt).into_owned());
-        let types_one_way = s.by_type.keys().filter(|(d, _)| *d == dir).count();
-        let k = if s.by_type.contains_key(&(dir, name.clone()))
-            || types_one_way < limits.max_msg_types
-        {
-            (dir, name)
-        } else {
+        if !s.count_type(msg.msg_type(), dir, limits.max_msg_types) {
             self.msg_types_folded += 1;
-            (dir, "other".to_string())
-        };
-        *s.by_type.entry(k).or_default() += 1;
-
-        // Session-level messages.
-        match mt {
-            b"A" => {
-                if msg.get_flag(tag::RESET_SEQ_NUM_FLAG) {
-                    for d in &mut s.dirs {
-                        d.next_seq = None;
-                    }
-                }
-                if let Some(hb) = msg.get_u64(tag::HEART_BT_INT) {
-                    s.heartbeat_interval = Some(hb);
-                }
-                s.state = match s.state {
-                    LogonState::LogonSent { by } if by != who => {
-                        s.logons += 1;
-                        LogonState::LoggedOn
-                    }
-                    LogonState::LoggedOn => LogonState::LoggedOn,
-                    _ => LogonState::LogonSent { by: who },
-                };
-            }
-            b"5" => {
-                if let Some(t) = msg.get_str(tag::TEXT) {
-                    s.last_logout_text = Some(t.into_owned());
-                }
-                s.state = match s.state {
-                    LogonState::LoggedOn => LogonState::LogoutSent { by: who },
-                    LogonState::LogoutSent { by } if by != who => {
-                        match by {
-                            Initiator::Us => s.logouts_us += 1,
-                            Initiator::Them => s.logouts_them += 1,
-                        }
-                        LogonState::LoggedOut
-                    }
-                    // A Logout answering a Logon: the logon was refused.
-                    LogonState::LogonSent { .. } => LogonState::LoggedOut,
-                    other => other,
-                };
-            }
-            _ => {}
         }
-
-        let d = &mut s.dirs[dir.idx()];
-        d.messages += 1;
-        d.last_seen = Some(at);
-        match mt {
-            b"1" => d.test_requests += 1,
-            b"2" => d.resend_requests += 1,
-            b"3" => d.session_rejects += 1,
-            b"j" => d.business_rejects += 1,
-            _ => {}
-        }
-
-        // Sequence numbers.
-        let seq = msg.get_u64(tag::MSG_SEQ_NUM);
-        let poss_dup = msg.get_flag(tag::POSS_DUP_FLAG);
-        if mt == b"4" {
-            d.sequence_resets += 1;
-            // A GapFill (part of a resend) never moves the expected number back; a Reset sets it.
-            if let Some(new) = msg.get_u64(tag::NEW_SEQ_NO) {
-                d.next_seq = if msg.get_flag(tag::GAP_FILL_FLAG) {
-                    Some(d.next_seq.map_or(new, |n| n.max(new)))
-                } else {
-                    Some(new)
-                };
-            }
-        } else if let Some(seq) = seq {
-            match d.next_seq {
-                Some(expect) if seq > expect && !poss_dup => {
-                    d.sequence_gaps += 1;
-                    d.sequence_gap_messages += seq - expect;
-                    d.next_seq = Some(seq + 1);
-                }
-                Some(expect) if seq < expect => {
-                    if !poss_dup {
-                        d.seq_too_low += 1;
-                    }
-                }
-                _ => d.next_seq = Some(seq.saturating_add(1)),
-            }
-        }
-
-        // Orders.
-        if let Some(req) = Request::from_msg_type(mt) {
-            if dir == Direction::Out {
-                if let Some(id) = msg.get(tag::CL_ORD_ID) {
-                    if s.pending.insert(id.to_vec(), (req, at)).is_none() {
-                        s.pending_order.push_back((id.to_vec(), at));
-                    }
-                    while s.pending.len() > limits.max_pending_orders {
-                        let Some((old, _)) = s.pending_order.pop_front() else {
-                            break;
-                        };
-                        if s.pending.remove(&old).is_some() {
-                            s.orders_unanswered += 1;
-                            self.orders_over_cap += 1;
-                        }
-                    }
-                }
-            }
-        } else if (mt == b"8" || mt == b"9") && dir == Direction::In {
-            if let Some(id) = msg.get(tag::CL_ORD_ID) {
-                if let Some((request, sent)) = s.pending.remove(id) {
-                    s.orders_answered += 1;
-                    let latency = at.duration_since(sent).unwrap_or_default();
-                    if s.recent_latencies.len() == RECENT_LATENCIES {
-                        s.recent_latencies.pop_front();
-                    }
-                    s.recent_latencies.push_back(latency);
-                    events.push(Event::OrderAnswered {
-                        session: key.clone(),
-                        target: s.target.clone(),
-                        request,
-                        latency,
-                    });
-                }
-            }
-        } else if mt == b"j" && dir == Direction::In {
-            if let Some(id) = msg.get(tag::BUSINESS_REJECT_REF_ID) {
-                if s.pending.remove(id).is_some() {
-                    s.orders_rejected += 1;
-                }
-            }
-        }
-        // Keep the FIFO from growing with answered orders.
-        if s.pending_order.len() > 2 * s.pending.len() + 64 {
-            let pending = &s.pending;
-            s.pending_order.retain(|(id, _)| pending.contains_key(id));
+        s.session_level(msg, dir);
+        s.dirs[dir.idx()].observe(msg, at);
+        let orders = s.orders(msg, dir, at, limits.max_pending_orders);
+        self.orders_over_cap += orders.given_up;
+        if let Some((request, latency)) = orders.answered {
+            events.push(Event::OrderAnswered {
+                session: key,
+                target: s.target.clone(),
+                request,
+                latency,
+            });
         }
         events
     }
