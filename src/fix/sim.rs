@@ -358,134 +358,162 @@ fn accept_loop(
     }
 }
 
+/// One connection at a simulated venue: the peer, the venue's behaviour and what it owes.
+struct VenueSession<'a> {
+    p: Peer,
+    b: &'a VenueBehaviour,
+    orders: u64,
+    sent_total: u64,
+    gapped: bool,
+    /// Orders waiting for their ack: (due, ClOrdID, MsgType).
+    due: Vec<(Instant, String, String)>,
+}
+
+/// Whether a session goes on after a message.
+enum Next {
+    Continue,
+    End,
+}
+
+impl VenueSession<'_> {
+    /// When to look again: the next ack due, at most 20 ms away.
+    fn wake_at(&self) -> Instant {
+        let tick = Instant::now() + Duration::from_millis(20);
+        self.due.iter().map(|d| d.0).min().unwrap_or(tick).min(tick)
+    }
+
+    /// Send the acks that are due; a broken stream is reported by the next read.
+    fn send_due_acks(&mut self) {
+        let now = Instant::now();
+        let (ready, later): (Vec<_>, Vec<_>) = self.due.drain(..).partition(|d| d.0 <= now);
+        self.due = later;
+        for (_, id, mt) in ready {
+            let r = if mt == "F" {
+                self.p
+                    .send("9", &[(11, &id), (39, "8"), (434, "1"), (102, "1")])
+            } else {
+                let exec = format!("E{id}");
+                self.p
+                    .send("8", &[(11, &id), (17, &exec), (150, "0"), (39, "0")])
+            };
+            if r.is_err() {
+                break;
+            }
+            self.sent_total += 1;
+        }
+    }
+
+    /// Leave sequence numbers out once, after the configured number of messages.
+    fn maybe_gap(&mut self, record: &Mutex<VenueRecord>) {
+        if let (Some((after, n)), false) = (self.b.gap_after, self.gapped) {
+            if self.sent_total >= after {
+                self.p.skip(n);
+                self.gapped = true;
+                record.lock().expect("venue record").gap_messages += n;
+            }
+        }
+    }
+
+    /// Answer one message as the venue would.
+    fn answer(&mut self, m: &Message) -> io::Result<Next> {
+        if self.p.target.is_empty() {
+            let sender = m.get_str(tag::SENDER_COMP_ID).unwrap_or_default();
+            self.p.target = sender.into_owned();
+        }
+        let field = |t: u32| m.get_str(t).unwrap_or_default().into_owned();
+        let mt = String::from_utf8_lossy(m.msg_type()).into_owned();
+        match mt.as_str() {
+            "A" => {
+                if let Some(text) = &self.b.refuse_logons {
+                    let _ = self.p.send("5", &[(58, text)]);
+                    return Ok(Next::End);
+                }
+                self.sent_total += 1;
+                let hb = field(tag::HEART_BT_INT);
+                self.p.send("A", &[(98, "0"), (108, &hb)])?;
+            }
+            "1" => {
+                self.sent_total += 1;
+                self.p.send("0", &[(112, &field(tag::TEST_REQ_ID))])?;
+            }
+            "2" => {
+                let new = self.p.next_out.to_string();
+                self.sent_total += 1;
+                let fields = [(43, "Y"), (123, "Y"), (36, new.as_str())];
+                self.p
+                    .send_with_seq("4", &field(tag::BEGIN_SEQ_NO), &fields)?;
+            }
+            "5" => {
+                let _ = self.p.send("5", &[]);
+                return Ok(Next::End);
+            }
+            "D" | "F" | "G" => {
+                self.orders += 1;
+                let id = field(tag::CL_ORD_ID);
+                if self
+                    .b
+                    .business_reject_every
+                    .is_some_and(|n| self.orders % n == 0)
+                {
+                    self.sent_total += 1;
+                    let seq = field(tag::MSG_SEQ_NUM);
+                    let fields = [
+                        (45, seq.as_str()),
+                        (372, &mt),
+                        (380, "4"),
+                        (58, "simulated reject"),
+                    ];
+                    self.p.send("j", &fields)?;
+                } else {
+                    self.due.push((Instant::now() + self.b.ack_delay, id, mt));
+                }
+            }
+            _ => {}
+        }
+        Ok(Next::Continue)
+    }
+}
+
 fn serve(
     s: TcpStream,
     b: &VenueBehaviour,
     stop: &AtomicBool,
     record: &Mutex<VenueRecord>,
 ) -> io::Result<()> {
-    let mut p = Peer::new(s, &b.begin_string, &b.comp_id, "");
-    let mut orders = 0u64;
-    let mut sent_total = 0u64;
-    let mut gapped = false;
-    // Orders waiting for their ack: (due, ClOrdID, MsgType).
-    let mut due: Vec<(Instant, String, String)> = Vec::new();
+    let mut v = VenueSession {
+        p: Peer::new(s, &b.begin_string, &b.comp_id, ""),
+        b,
+        orders: 0,
+        sent_total: 0,
+        gapped: false,
+        due: Vec::new(),
+    };
     let result = loop {
         if stop.load(Ordering::SeqCst) {
             break Ok(());
         }
-        let wait = due
-            .iter()
-            .map(|(t, _, _)| *t)
-            .min()
-            .unwrap_or_else(|| Instant::now() + Duration::from_millis(20))
-            .min(Instant::now() + Duration::from_millis(20));
-        let m = match p.recv(wait) {
+        let m = match v.p.recv(v.wake_at()) {
             Ok(m) => m,
             Err(e) => break Err(e),
         };
-        let now = Instant::now();
-        let mut ready: Vec<_> = Vec::new();
-        due.retain(|d| {
-            if d.0 <= now {
-                ready.push(d.clone());
-                false
-            } else {
-                true
-            }
-        });
-        for (_, id, mt) in ready {
-            let r = if mt == "F" {
-                p.send("9", &[(11, &id), (39, "8"), (434, "1"), (102, "1")])
-            } else {
-                p.send(
-                    "8",
-                    &[(11, &id), (17, &format!("E{id}")), (150, "0"), (39, "0")],
-                )
-            };
-            if r.is_err() {
-                break; // the next read reports the broken stream
-            }
-            sent_total += 1;
-        }
-        if let (Some((after, n)), false) = (b.gap_after, gapped) {
-            if sent_total >= after {
-                p.skip(n);
-                gapped = true;
-                record.lock().expect("venue record").gap_messages += n;
-            }
-        }
+        v.send_due_acks();
+        v.maybe_gap(record);
         let Some(m) = m else { continue };
-        if p.target.is_empty() {
-            p.target = m
-                .get_str(tag::SENDER_COMP_ID)
-                .unwrap_or_default()
-                .into_owned();
-        }
-        let mt = String::from_utf8_lossy(m.msg_type()).into_owned();
-        let r = match mt.as_str() {
-            "A" => match &b.refuse_logons {
-                Some(text) => {
-                    let _ = p.send("5", &[(58, text)]);
-                    break Ok(());
-                }
-                None => {
-                    let hb = m
-                        .get_str(tag::HEART_BT_INT)
-                        .unwrap_or_default()
-                        .into_owned();
-                    sent_total += 1;
-                    p.send("A", &[(98, "0"), (108, &hb)])
-                }
-            },
-            "1" => {
-                let id = m.get_str(tag::TEST_REQ_ID).unwrap_or_default().into_owned();
-                sent_total += 1;
-                p.send("0", &[(112, &id)])
-            }
-            "2" => {
-                let new = p.next_out.to_string();
-                let from = m
-                    .get_str(tag::BEGIN_SEQ_NO)
-                    .unwrap_or_default()
-                    .into_owned();
-                sent_total += 1;
-                p.send_with_seq("4", &from, &[(43, "Y"), (123, "Y"), (36, &new)])
-            }
-            "5" => {
-                let _ = p.send("5", &[]);
-                break Ok(());
-            }
-            "D" | "F" | "G" => {
-                orders += 1;
-                let id = m.get_str(tag::CL_ORD_ID).unwrap_or_default().into_owned();
-                if b.business_reject_every.is_some_and(|n| orders % n == 0) {
-                    let seq = m.get_str(tag::MSG_SEQ_NUM).unwrap_or_default().into_owned();
-                    sent_total += 1;
-                    p.send(
-                        "j",
-                        &[(45, &seq), (372, &mt), (380, "4"), (58, "simulated reject")],
-                    )
-                } else {
-                    due.push((Instant::now() + b.ack_delay, id, mt));
-                    Ok(())
-                }
-            }
-            _ => Ok(()),
-        };
-        if let Err(e) = r {
-            break Err(e);
+        match v.answer(&m) {
+            Ok(Next::Continue) => {}
+            Ok(Next::End) => break Ok(()),
+            Err(e) => break Err(e),
         }
     };
     let mut rec = record.lock().expect("venue record");
-    for (k, v) in &p.sent {
-        *rec.sent.entry(k.clone()).or_default() += v;
+    for (k, n) in &v.p.sent {
+        *rec.sent.entry(k.clone()).or_default() += n;
     }
-    for (k, v) in &p.received {
-        *rec.received.entry(k.clone()).or_default() += v;
+    for (k, n) in &v.p.received {
+        *rec.received.entry(k.clone()).or_default() += n;
     }
     drop(rec);
-    p.close();
+    v.p.close();
     result
 }
 
