@@ -18,18 +18,6 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-fn assert_usage_error(o: &Output, needles: &[&str]) {
-    let err = stderr(o);
-    assert_eq!(o.status.code(), Some(64), "exit code; stderr:\n{err}");
-    for n in needles {
-        assert!(err.contains(n), "stderr lacks {n:?}:\n{err}");
-    }
-    assert!(
-        !err.contains("listening on"),
-        "started despite a bad config:\n{err}"
-    );
-}
-
 #[test]
 fn bad_file_values_are_all_reported_with_key_value_file_and_what_is_allowed() {
     let f = config_file(

@@ -160,18 +160,6 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     c.output().expect("running fix-monitor")
 }
 
-fn assert_usage_error(o: &std::process::Output, needles: &[&str]) {
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(64), "exit code; stderr:\n{err}");
-    for n in needles {
-        assert!(err.contains(n), "stderr lacks {n:?}:\n{err}");
-    }
-    assert!(
-        !err.contains("listening on"),
-        "started despite a bad config:\n{err}"
-    );
-}
-
 #[test]
 fn a_bad_web_config_file_is_a_configuration_error_naming_key_value_and_source() {
     let dir = tempfile::tempdir().unwrap();
@@ -315,17 +303,10 @@ fn wait_listening(addr: std::net::SocketAddr) {
     }
 }
 
-fn free_port() -> std::net::SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 #[test]
 fn a_silent_collector_and_stalled_peers_do_not_hold_up_the_exit() {
     let (collector, _t) = silent_collector();
-    let addr = free_port();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     let mut child = spawn(&[
         "--ip",
         "127.0.0.9",
@@ -357,7 +338,7 @@ fn a_silent_collector_and_stalled_peers_do_not_hold_up_the_exit() {
 #[test]
 fn a_second_signal_exits_at_once() {
     let (collector, _t) = silent_collector();
-    let addr = free_port();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     let mut child = spawn(&[
         "--ip",
         "127.0.0.9",

@@ -2,12 +2,12 @@
 //! loopback, as a normal user with no extra tools (`cargo test`). Tests that need root, network
 //! namespaces or external tools are in the second tier, `tests/system/`.
 //!
-//! One test binary built from modules (ripgrep's layout). `harness` holds the shared pieces:
-//! running the binary, downstream listeners and clients whose numbers are the ground truth,
-//! and a parser for the Prometheus text format.
+//! One test binary built from modules (ripgrep's layout). The shared pieces (running the
+//! binary, downstream listeners and clients whose numbers are the ground truth, a parser for
+//! the Prometheus text format, a real OTLP receiver) are the test-support crate's, which the
+//! second tier uses too (`tests/support`).
 
-mod harness;
-mod otlp_receiver;
+use fix_monitor_test_support::{harness, otlp_receiver};
 
 mod config_errors;
 mod console;

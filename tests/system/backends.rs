@@ -26,7 +26,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -405,13 +405,7 @@ pub fn scrape_config(job: &str, targets: &[SocketAddr]) -> String {
     )
 }
 
-/// A port free on loopback now (in the calling thread's network namespace).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("binding an ephemeral port")
-        .port()
-}
+pub use crate::harness::free_port;
 
 /// `$ENV` if set, else `name` (looked up on PATH when run).
 pub fn tool(env: &str, name: &str) -> PathBuf {

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use crate::harness::{connect_from, http_get, Downstream, Metrics, BIN};
+use crate::harness::{bin, connect_from, free_port, http_get, Downstream, Metrics};
 
 fn podman(args: &[&str]) -> Output {
     Command::new("podman")
@@ -55,14 +55,6 @@ const RUN: [&str; 7] = [
     "nproc=4096:4096",
 ];
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn the_image_runs_unprivileged_on_the_host_network_and_counts_right() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -76,7 +68,7 @@ fn the_image_runs_unprivileged_on_the_host_network_and_counts_right() {
         .arg(root.join("scripts/image.sh"))
         .arg("--stage-only")
         .arg(&cleanup.dir)
-        .arg(BIN)
+        .arg(bin())
         .status()
         .unwrap();
     assert!(stage.success(), "staging the image's root file system");

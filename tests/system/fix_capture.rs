@@ -269,7 +269,7 @@ capture = true
         None => Sidecar::start(&args),
         Some(ns) => {
             // `ip netns exec NS fix-monitor`, with `harness::command`'s clean environment.
-            let mut cmd = ns.command(BIN);
+            let mut cmd = ns.command(bin());
             for (k, v) in command().get_envs() {
                 match v {
                     Some(v) => cmd.env(k, v),

@@ -27,7 +27,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::backends::{die_with_parent, scrape_config, Backend, Sample};
-use crate::harness::{config_file, connect_from, http_get, Downstream, Sidecar, BIN};
+use crate::harness::{bin, config_file, connect_from, http_get, Downstream, Sidecar};
 use crate::netns::{Lan, NetNs};
 
 const LAN: [u8; 3] = [10, 200, 0];
@@ -144,7 +144,7 @@ fn sidecar_command(ns: &NetNs, plan: &Plan) -> Command {
         "-c",
         r#"hostname "$0" && exec "$@""#,
         uts,
-        BIN,
+        bin(),
     ]);
     for (k, _) in std::env::vars() {
         if k.starts_with("FIX_MONITOR_") || k.starts_with("DOWNSTREAM_") || k.starts_with("OTEL_") {

@@ -7,7 +7,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::harness::{connect_from, Downstream, Sidecar, BIN};
+use crate::harness::{bin, connect_from, Downstream, Sidecar};
 
 /// A system user of a unique name, deleted when dropped.
 struct User {
@@ -54,7 +54,7 @@ impl User {
             "--bounding-set=-all",
             "--no-new-privs",
             "--",
-            BIN,
+            bin(),
         ]);
         for (k, _) in std::env::vars() {
             if k.starts_with("FIX_MONITOR_")

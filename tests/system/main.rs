@@ -3,15 +3,12 @@
 //! Built only with `--features system-tests`, which `scripts/test.sh` (CI) always enables; a
 //! missing tool fails the test, it is never skipped.
 //!
-//! The shared pieces (running the binary, ground-truth connections, the Prometheus text parser)
-//! are the first tier's harness, included by path.
+//! The shared pieces (running the binary, ground-truth connections, the Prometheus text parser,
+//! the OTLP receiver) are the test-support crate's (`tests/support`), as in the first tier.
 
 mod fix_capture;
 mod fix_capture_table;
-#[path = "../integration/harness.rs"]
-mod harness;
-#[path = "../integration/otlp_receiver.rs"]
-mod otlp_receiver;
+use fix_monitor_test_support::harness;
 
 mod backends;
 mod netns;

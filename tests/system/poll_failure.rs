@@ -27,7 +27,7 @@ fn a_failing_source_is_counted_reported_and_recovers_without_false_closes() {
         connect_from("127.0.0.1:0", d.addr),
     ];
     let mut cmd = Command::new("unshare");
-    cmd.args(["-m", "--propagation", "private", BIN]);
+    cmd.args(["-m", "--propagation", "private", bin()]);
     for (k, _) in std::env::vars() {
         if k.starts_with("FIX_MONITOR_") || k.starts_with("DOWNSTREAM_") || k.starts_with("OTEL_") {
             cmd.env_remove(k);

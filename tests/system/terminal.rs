@@ -31,7 +31,7 @@ impl Tmux {
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         );
-        let mut cmd = format!("env -i PATH=\"$PATH\" TERM=xterm-256color {}", quote(BIN));
+        let mut cmd = format!("env -i PATH=\"$PATH\" TERM=xterm-256color {}", quote(bin()));
         for a in args {
             cmd.push(' ');
             cmd.push_str(&quote(a));

@@ -1,21 +1,64 @@
 //! Running the real binary, and the connections that are the tests' ground truth.
 
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_fix-monitor");
+/// The `fix-monitor` binary that cargo built for the test run: beside the test executable's
+/// `deps/` folder (`target/<profile>/fix-monitor`), as cargo lays out a test build.
+/// As `&str` (the path is made of cargo's target folder names: UTF-8, as cargo needs).
+pub fn bin() -> &'static str {
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("the test executable's path");
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("a test executable under target/<profile>/deps");
+        let bin = dir.join(format!("fix-monitor{}", std::env::consts::EXE_SUFFIX));
+        assert!(
+            bin.exists(),
+            "{} is missing: the integration tests build it (cargo test --tests)",
+            bin.display()
+        );
+        bin.into_os_string()
+            .into_string()
+            .expect("a UTF-8 target folder")
+    })
+}
+
+/// A free loopback port (bound, then released: a test binds it again at once).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A command line refused before anything started: exit 64 (EX_USAGE), stderr naming each of
+/// `needles`, and no sign of a start.
+pub fn assert_usage_error(o: &std::process::Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(64), "exit code; stderr:\n{err}");
+    for n in needles {
+        assert!(err.contains(n), "stderr lacks {n:?}:\n{err}");
+    }
+    assert!(
+        !err.contains("listening on"),
+        "started despite a bad config:\n{err}"
+    );
+}
 
 /// A command for the binary with a clean environment: no FIX_MONITOR_* or DOWNSTREAM_*
 /// variables leak in from the developer's shell, and no OTEL_* either.
 pub fn command() -> Command {
-    let mut c = Command::new(BIN);
+    let mut c = Command::new(bin());
     for (k, _) in std::env::vars() {
         if k.starts_with("FIX_MONITOR_") || k.starts_with("DOWNSTREAM_") || k.starts_with("OTEL_") {
             c.env_remove(k);

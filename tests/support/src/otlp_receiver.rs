@@ -18,8 +18,6 @@
 //! It can also answer with an error instead of accepting ([`Receiver::refuse`]). [`Pki`] makes a
 //! CA, a server certificate for `localhost`/127.0.0.1 and a client certificate for TLS tests.
 
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
