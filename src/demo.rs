@@ -28,7 +28,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,7 @@ use crate::fix::monitor::{FixReader, FixState};
 use crate::fix::pair::{Gap, Link, LinkTruth, VenueScript};
 use crate::fix::sim::MessageLog;
 use crate::session::hms;
+use crate::state::StateReader;
 use crate::tracker::Timestamp;
 
 /// The venues: name, address, preferred port, sessions the gateway keeps to it.
@@ -268,76 +270,25 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DemoError> {
     let venues = bind_venues().map_err(DemoError::Venues)?;
-    let capture = match options.fix_source {
-        FixSource::Auto => capture_permitted(),
-        FixSource::Capture => true,
-        FixSource::Log => false,
-    };
     // Without capture, the gateway writes its message logs here and fix-monitor follows them.
-    let log_dir = if capture {
+    let log_dir = if capture_wanted(options.fix_source) {
         None
     } else {
-        let d = std::env::temp_dir().join(format!("fix-monitor-demo-{}", std::process::id()));
-        std::fs::create_dir_all(&d).map_err(DemoError::LogDir)?;
-        Some(LogDir(d))
+        Some(LogDir::create()?)
     };
     let settings = settings(&venues, options.interval, log_dir.as_ref().map(|d| &d.0))?;
     let sidecar = start_sidecar(settings, options.listen).await?;
     let fix = sidecar.fix();
-    let fix_source = match (&log_dir, &fix.get().capture_error) {
-        (Some(d), _) => format!(
-            "FIX: read from the gateway's message logs in {} ([[fix.logs]]; no privileges \
-             needed; with CAP_NET_RAW or as root the demo reads the wire instead)",
-            d.0.display()
-        ),
-        (None, None) => "FIX: read off the wire (a packet socket on loopback; CAP_NET_RAW)".into(),
-        (None, Some(e)) => format!("FIX: capture was asked for and failed: {e}"),
-    };
+    let fix_source = fix_source_line(log_dir.as_ref(), fix.get().capture_error.as_deref());
     let state = sidecar.state().clone();
     let url = format!(
         "http://{}",
         sidecar.local_addr().expect("the demo serves HTTP")
     );
     // The gateway starts once the sidecar has looked: every session is then a real open.
-    let first_poll = Instant::now() + Duration::from_secs(5);
-    {
-        let mut changes = state.clone();
-        while state.get().health.polls == 0 {
-            match tokio::time::timeout_at(first_poll.into(), changes.changed()).await {
-                Ok(true) => {}
-                _ => break,
-            }
-        }
-    }
+    first_poll(&state, Instant::now() + Duration::from_secs(5)).await;
 
-    let sessions: usize = venues.iter().map(|v| v.sessions).sum();
-    let venue_list: Vec<String> = venues
-        .iter()
-        .map(|v| format!("{} {}", v.name, v.addr))
-        .collect();
-    let header = Header {
-        title: "demo".into(),
-        notes: vec![
-            format!("metrics: {url}/metrics   (also {url}/health, {url}/connections, {url}/)"),
-            format!(
-                "simulated gateway: {sessions} FIX sessions from 127.0.0.1:{}-{} to {}",
-                LOCAL_PORTS.0,
-                LOCAL_PORTS.1,
-                venue_list.join(", ")
-            ),
-            fix_source.clone(),
-            format!(
-                "{} refuses every logon; {} goes silent for {} now and then (stale, then recovers)",
-                VENUES[VENUES.len() - 1].0,
-                VENUES[SILENT_VENUE].0,
-                humantime::format_duration(SILENCE)
-            ),
-        ],
-        footer: match options.duration {
-            Some(d) => format!("Ctrl+C ends the demo (it ends by itself after {})", hms(d)),
-            None => "Ctrl+C ends the demo".into(),
-        },
-    };
+    let header = header(&venues, &url, &fix_source, options.duration);
     let (notes_tx, notes_rx) = mpsc::unbounded_channel();
     let mut console = Console::new(&sidecar, header, options.mode, Some(notes_rx));
     let sim = Simulator::start(
@@ -347,52 +298,16 @@ pub async fn run(
         log_dir.as_ref().map(|d| d.0.clone()),
     );
     let began = Instant::now();
-
     let mut shutdown = Box::pin(shutdown);
-    // A reader that went away (`demo | head`) ends the demo as Ctrl+C does.
-    let closed = console.output_closed();
-    let ended_by = console
-        .run_until(async {
-            tokio::select! {
-                _ = &mut shutdown => End::Signal,
-                () = closed.notified() => End::Signal,
-                _ = sleep_for(options.duration) => End::Duration,
-            }
-        })
-        .await;
+    let ended_by = show_until_the_end(&mut console, &mut shutdown, options.duration).await;
     let ran = began.elapsed();
 
-    console.note("ending: the gateway logs out of every session");
-    let counts = console
-        .run_until(tokio::task::spawn_blocking(move || sim.stop()))
-        .await
-        .expect("the simulator thread panicked");
-    // Let the sidecar see the last closes (two polls, and slack for a slow one).
-    let deadline = Instant::now() + options.interval * 3 + Duration::from_secs(2);
-    let seen = console.run_until(all_closed(&sidecar, deadline)).await;
-    // And the FIX layer has read the last messages (the log is read every 250 ms; on a busy
-    // host the reader can lag by seconds, and this returns as soon as the counts agree).
-    let fix_deadline = Instant::now() + Duration::from_secs(10);
-    let fix_agree = console
-        .run_until(fix_agrees(&fix, &counts, fix_deadline))
-        .await;
-    if seen {
+    let ending = end_sessions(&mut console, &sidecar, &fix, sim, options.interval).await;
+    if ending.all_seen_closed {
         console.note("fix-monitor has seen every session close");
         if ended_by == End::Duration {
             // A scraper gets one last look at the final counts before the endpoint goes.
-            let linger = (options.interval * 2).max(Duration::from_secs(1));
-            console.note(&format!(
-                "the endpoint stays up {} more",
-                humantime::format_duration(linger)
-            ));
-            console
-                .run_until(async {
-                    tokio::select! {
-                        _ = &mut shutdown => {}
-                        _ = tokio::time::sleep(linger) => {}
-                    }
-                })
-                .await;
+            linger(&mut console, &mut shutdown, options.interval).await;
         }
     } else {
         console.note("fix-monitor still shows sessions open; stopping anyway");
@@ -401,53 +316,248 @@ pub async fn run(
     sidecar.stop().await;
 
     let frame = view::Frame::capture(&state.get(), Timestamp::now());
-    let mut out = Vec::new();
-    out.push(format!(
-        "demo ended {} after {}",
-        match ended_by {
-            End::Signal => "on request",
-            End::Duration => "as planned",
-        },
-        hms(ran)
-    ));
     let report = match &options.report {
         Some(p) => console::write_report(&state, &ReportTo::Path(p.clone())),
         None => Ok(None),
     };
-    if let Ok(Some(path)) = &report {
-        out.push(format!("report written to {}", path.display()));
+    let summary = Summary {
+        ended_by,
+        ran,
+        began,
+        url: &url,
+        fix_source: &fix_source,
+        ending: &ending,
+    };
+    let report_path = report.as_ref().ok().and_then(|p| p.as_deref());
+    let out = summary.lines(&frame, &fix.get(), report_path);
+    drop(log_dir);
+    // A reader that went away (`demo | head`) misses the summary; the demo still ends well.
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{}", out.join("\n")).and_then(|()| stdout.flush());
+    report?;
+    Ok(())
+}
+
+/// Whether fix-monitor is to read the demo's FIX off the wire (else from the gateway's logs).
+fn capture_wanted(source: FixSource) -> bool {
+    match source {
+        FixSource::Auto => capture_permitted(),
+        FixSource::Capture => true,
+        FixSource::Log => false,
     }
-    out.push(format!("fix-monitor served its metrics at {url}/metrics"));
-    out.extend(view::totals_lines(&frame));
-    out.push(format!(
-        "simulated gateway sessions: {}",
-        counts
-            .iter()
-            .map(|c| format!("{} opened={} closed={}", c.name, c.opened, c.closed))
-            .collect::<Vec<_>>()
-            .join("; ")
-    ));
-    let agree = counts
+}
+
+/// Where fix-monitor reads the demo's FIX from, as the view and the summary say it.
+fn fix_source_line(log_dir: Option<&LogDir>, capture_error: Option<&str>) -> String {
+    match (log_dir, capture_error) {
+        (Some(d), _) => format!(
+            "FIX: read from the gateway's message logs in {} ([[fix.logs]]; no privileges \
+             needed; with CAP_NET_RAW or as root the demo reads the wire instead)",
+            d.0.display()
+        ),
+        (None, None) => "FIX: read off the wire (a packet socket on loopback; CAP_NET_RAW)".into(),
+        (None, Some(e)) => format!("FIX: capture was asked for and failed: {e}"),
+    }
+}
+
+/// Resolves once the sidecar has polled, or at `deadline`.
+async fn first_poll(state: &StateReader, deadline: Instant) {
+    let mut changes = state.clone();
+    while state.get().health.polls == 0 {
+        match tokio::time::timeout_at(deadline.into(), changes.changed()).await {
+            Ok(true) => {}
+            _ => break,
+        }
+    }
+}
+
+/// The live view's header: the endpoint, the simulated gateway, where FIX is read from, and
+/// what the venues do.
+fn header(venues: &[Venue], url: &str, fix_source: &str, duration: Option<Duration>) -> Header {
+    let sessions: usize = venues.iter().map(|v| v.sessions).sum();
+    let venue_list: Vec<String> = venues
         .iter()
-        .zip(&frame.targets)
-        .all(|(c, t)| c.name == t.name && c.opened == t.stats.opened && c.closed == t.stats.closed);
-    out.push(if agree {
-        "fix-monitor counted every session the gateway opened and closed".into()
-    } else {
-        "fix-monitor's counts differ from the simulator's (was the machine too busy to poll on time?)"
-            .into()
-    });
-    out.push(fix_source);
-    let state = fix.get();
-    for c in &counts {
+        .map(|v| format!("{} {}", v.name, v.addr))
+        .collect();
+    Header {
+        title: "demo".into(),
+        notes: vec![
+            format!("metrics: {url}/metrics   (also {url}/health, {url}/connections, {url}/)"),
+            format!(
+                "simulated gateway: {sessions} FIX sessions from 127.0.0.1:{}-{} to {}",
+                LOCAL_PORTS.0,
+                LOCAL_PORTS.1,
+                venue_list.join(", ")
+            ),
+            fix_source.to_owned(),
+            format!(
+                "{} refuses every logon; {} goes silent for {} now and then (stale, then recovers)",
+                VENUES[VENUES.len() - 1].0,
+                VENUES[SILENT_VENUE].0,
+                humantime::format_duration(SILENCE)
+            ),
+        ],
+        footer: match duration {
+            Some(d) => format!("Ctrl+C ends the demo (it ends by itself after {})", hms(d)),
+            None => "Ctrl+C ends the demo".into(),
+        },
+    }
+}
+
+/// Shows the sidecar until `shutdown` resolves, the reader goes away or `duration` is up.
+async fn show_until_the_end(
+    console: &mut Console,
+    shutdown: &mut Pin<Box<impl Future<Output = ()>>>,
+    duration: Option<Duration>,
+) -> End {
+    // A reader that went away (`demo | head`) ends the demo as Ctrl+C does.
+    let closed = console.output_closed();
+    console
+        .run_until(async {
+            tokio::select! {
+                _ = shutdown => End::Signal,
+                () = closed.notified() => End::Signal,
+                _ = sleep_for(duration) => End::Duration,
+            }
+        })
+        .await
+}
+
+/// What the simulator did, and whether fix-monitor saw all of it, once every session ended.
+struct Ending {
+    counts: Vec<VenueCounts>,
+    /// fix-monitor shows no session open any more.
+    all_seen_closed: bool,
+    /// fix-monitor's FIX counts equal the simulator's.
+    fix_agree: bool,
+}
+
+/// Has the gateway log out of every session, then waits (within limits) for fix-monitor to see
+/// the closes and to read the last FIX messages.
+async fn end_sessions(
+    console: &mut Console,
+    sidecar: &Sidecar,
+    fix: &FixReader,
+    sim: Simulator,
+    interval: Duration,
+) -> Ending {
+    console.note("ending: the gateway logs out of every session");
+    let counts = console
+        .run_until(tokio::task::spawn_blocking(move || sim.stop()))
+        .await
+        .expect("the simulator thread panicked");
+    // Let the sidecar see the last closes (two polls, and slack for a slow one).
+    let deadline = Instant::now() + interval * 3 + Duration::from_secs(2);
+    let all_seen_closed = console.run_until(all_closed(sidecar, deadline)).await;
+    // And the FIX layer has read the last messages (the log is read every 250 ms; on a busy
+    // host the reader can lag by seconds, and this returns as soon as the counts agree).
+    let fix_deadline = Instant::now() + Duration::from_secs(10);
+    let fix_agree = console
+        .run_until(fix_agrees(fix, &counts, fix_deadline))
+        .await;
+    Ending {
+        counts,
+        all_seen_closed,
+        fix_agree,
+    }
+}
+
+/// Keeps the endpoint up a little longer (unless `shutdown` resolves first).
+async fn linger(
+    console: &mut Console,
+    shutdown: &mut Pin<Box<impl Future<Output = ()>>>,
+    interval: Duration,
+) {
+    let linger = (interval * 2).max(Duration::from_secs(1));
+    console.note(&format!(
+        "the endpoint stays up {} more",
+        humantime::format_duration(linger)
+    ));
+    console
+        .run_until(async {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = tokio::time::sleep(linger) => {}
+            }
+        })
+        .await;
+}
+
+/// What the demo prints at its end: how it ended, and what the simulator and fix-monitor
+/// counted, side by side.
+struct Summary<'a> {
+    ended_by: End,
+    ran: Duration,
+    /// When the simulated gateway started (silences are told relative to it).
+    began: Instant,
+    url: &'a str,
+    fix_source: &'a str,
+    ending: &'a Ending,
+}
+
+impl Summary<'_> {
+    /// The summary's lines, from fix-monitor's last `frame` and FIX state; `report`: where the
+    /// report was written.
+    fn lines(&self, frame: &view::Frame, fix: &FixState, report: Option<&Path>) -> Vec<String> {
+        let counts = &self.ending.counts;
+        let mut out = Vec::new();
         out.push(format!(
-            "simulated FIX: {}",
-            FixTally::of_truth(&c.fix).line(&c.name)
+            "demo ended {} after {}",
+            match self.ended_by {
+                End::Signal => "on request",
+                End::Duration => "as planned",
+            },
+            hms(self.ran)
         ));
+        if let Some(path) = report {
+            out.push(format!("report written to {}", path.display()));
+        }
         out.push(format!(
-            "fix-monitor FIX: {}",
-            FixTally::of_state(&state, &c.name).line(&c.name)
+            "fix-monitor served its metrics at {}/metrics",
+            self.url
         ));
+        out.extend(view::totals_lines(frame));
+        out.push(format!(
+            "simulated gateway sessions: {}",
+            counts
+                .iter()
+                .map(|c| format!("{} opened={} closed={}", c.name, c.opened, c.closed))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+        let agree = counts.iter().zip(&frame.targets).all(|(c, t)| {
+            c.name == t.name && c.opened == t.stats.opened && c.closed == t.stats.closed
+        });
+        out.push(if agree {
+            "fix-monitor counted every session the gateway opened and closed".into()
+        } else {
+            "fix-monitor's counts differ from the simulator's (was the machine too busy to poll on time?)"
+                .into()
+        });
+        out.push(self.fix_source.to_owned());
+        for c in counts {
+            out.extend(self.venue_fix_lines(c, fix));
+        }
+        out.push(if self.ending.fix_agree {
+            "fix-monitor's FIX counts equal the simulator's".into()
+        } else {
+            "fix-monitor's FIX counts differ from the simulator's".into()
+        });
+        out
+    }
+
+    /// One venue's FIX, as the simulator did it and as fix-monitor saw it.
+    fn venue_fix_lines(&self, c: &VenueCounts, fix: &FixState) -> Vec<String> {
+        let mut out = vec![
+            format!(
+                "simulated FIX: {}",
+                FixTally::of_truth(&c.fix).line(&c.name)
+            ),
+            format!(
+                "fix-monitor FIX: {}",
+                FixTally::of_state(fix, &c.name).line(&c.name)
+            ),
+        ];
         if c.fix.orders_answered > 0 {
             out.push(format!(
                 "simulated FIX latency: {} answered={} venue_delay_sum={:.6} round_trip_sum={:.6}",
@@ -464,26 +574,24 @@ pub async fn run(
             out.push(format!(
                 "simulated silence: {} from +{:.3}s to +{:.3}s",
                 c.name,
-                from.saturating_duration_since(began).as_secs_f64(),
-                to.saturating_duration_since(began).as_secs_f64()
+                from.saturating_duration_since(self.began).as_secs_f64(),
+                to.saturating_duration_since(self.began).as_secs_f64()
             ));
         }
+        out
     }
-    out.push(if fix_agree {
-        "fix-monitor's FIX counts equal the simulator's".into()
-    } else {
-        "fix-monitor's FIX counts differ from the simulator's".into()
-    });
-    drop(log_dir);
-    // A reader that went away (`demo | head`) misses the summary; the demo still ends well.
-    let mut stdout = std::io::stdout().lock();
-    let _ = writeln!(stdout, "{}", out.join("\n")).and_then(|()| stdout.flush());
-    report?;
-    Ok(())
 }
 
 /// The demo's log directory, removed when dropped.
 struct LogDir(PathBuf);
+
+impl LogDir {
+    fn create() -> Result<LogDir, DemoError> {
+        let d = std::env::temp_dir().join(format!("fix-monitor-demo-{}", std::process::id()));
+        std::fs::create_dir_all(&d).map_err(DemoError::LogDir)?;
+        Ok(LogDir(d))
+    }
+}
 
 impl Drop for LogDir {
     fn drop(&mut self) {

@@ -143,6 +143,28 @@ pub struct HealthPoll {
     pub events: Vec<HealthEvent>,
 }
 
+impl HealthPoll {
+    /// Adds one measured session to its target's group, and to its local port's where the
+    /// target has `local_ports`.
+    fn add(&mut self, r: &Reading, h: &TcpHealth, growth: Growth, per_port: bool) {
+        self.targets[r.target].add(h, r.stale_now, growth);
+        if let Some(rtt) = h.rtt() {
+            self.rtt_samples.push((r.target, rtt));
+        }
+        if per_port {
+            let g = self
+                .ports
+                .entry((r.target, r.local().port()))
+                .or_insert_with(|| GroupHealth {
+                    // A judged target's port counts its stale sessions from 0.
+                    stale: r.stale_now.map(|_| 0),
+                    ..GroupHealth::default()
+                });
+            g.add(h, r.stale_now, growth);
+        }
+    }
+}
+
 /// One session as the book remembers it.
 #[derive(Debug, Clone, Copy)]
 struct Session {
@@ -157,8 +179,85 @@ struct Session {
 /// How the book tells sessions apart: socket id, local and remote address.
 type SessionKey = (u64, SocketAddr, SocketAddr);
 
-fn key_of(s: &SocketEntry) -> SessionKey {
-    (s.id, s.local, s.remote)
+/// One measured session as a poll reads it.
+struct Reading {
+    key: SessionKey,
+    target: TargetId,
+    /// The kernel's counters' totals now.
+    totals: Growth,
+    /// Time since data was last received.
+    silence: Duration,
+    /// When the current silence began (the poll's time less the kernel's silence).
+    silent_since: Instant,
+    /// Whether the session is stale now; `None` where its target judges no staleness.
+    stale_now: Option<bool>,
+}
+
+impl Reading {
+    fn new(
+        at: Instant,
+        s: &SocketEntry,
+        target: TargetId,
+        h: &TcpHealth,
+        stale_after: Option<Duration>,
+    ) -> Reading {
+        let silence = h.receive_silence();
+        Reading {
+            key: (s.id, s.local, s.remote),
+            target,
+            totals: Growth::totals(h),
+            silence,
+            silent_since: at.checked_sub(silence).unwrap_or(at),
+            stale_now: stale_after.map(|t| silence > t),
+        }
+    }
+
+    fn local(&self) -> SocketAddr {
+        self.key.1
+    }
+
+    fn remote(&self) -> SocketAddr {
+        self.key.2
+    }
+
+    fn stale_event(&self) -> HealthEvent {
+        HealthEvent::Stale {
+            target: self.target,
+            local: self.local(),
+            remote: self.remote(),
+            silence: self.silence,
+        }
+    }
+
+    /// The session recovers from the silence that began at `since`.
+    fn recovered_event(&self, since: Instant) -> HealthEvent {
+        HealthEvent::Recovered {
+            target: self.target,
+            local: self.local(),
+            remote: self.remote(),
+            // From the start of the silence that ended to the data that ended it (which
+            // arrived `silence` ago).
+            silence: self.silent_since.saturating_duration_since(since),
+        }
+    }
+}
+
+impl Session {
+    /// A known session read again at poll `generation`: what it grew since last counted, and
+    /// whether it turned stale or recovered.
+    fn update(&mut self, r: &Reading, generation: u64) -> (Growth, Option<HealthEvent>) {
+        let growth = Growth::since(r.totals, self.counted);
+        let event = match (self.stale, r.stale_now) {
+            (false, Some(true)) => Some(r.stale_event()),
+            (true, Some(false)) => Some(r.recovered_event(self.silent_since)),
+            _ => None,
+        };
+        self.counted = r.totals;
+        self.stale = r.stale_now.unwrap_or(false);
+        self.silent_since = r.silent_since;
+        self.seen = generation;
+        (growth, event)
+    }
 }
 
 /// Sessions a poll saw leave (not listed any more) kept for their destroy notification.
@@ -236,125 +335,61 @@ impl HealthBook {
     pub fn observe(&mut self, at: Instant, sockets: &[SocketEntry], out: &mut HealthPoll) {
         let first = self.generation == 0;
         self.generation += 1;
-        let generation = self.generation;
-        out.targets.clear();
-        out.targets
-            .resize(self.targets.len(), GroupHealth::default());
+        // The poll starts from the growth of the sessions closed since the last one.
+        self.take_closed(out);
         for (i, g) in out.targets.iter_mut().enumerate() {
-            if self.stale_after[i].is_some() {
+            if self.judges(i) {
                 g.stale = Some(0);
             }
-            g.growth = std::mem::take(&mut self.closed[i]);
         }
-        out.ports.clear();
-        for (k, g) in std::mem::take(&mut self.closed_ports) {
-            out.ports.entry(k).or_default().growth.add(g);
-        }
-        out.rtt_samples.clear();
-        out.events.clear();
-
         for s in sockets {
             let Some(h) = s.health else { continue };
             let Some(target) = self.targets.classify(&s.local, &s.remote) else {
                 continue;
             };
-            let totals = Growth::totals(&h);
-            let silence = h.receive_silence();
-            let silent_since = at.checked_sub(silence).unwrap_or(at);
-            let threshold = self.stale_after[target];
-            let stale_now = threshold.map(|t| silence > t);
-            let (growth, event) = match self.sessions.get_mut(&key_of(s)) {
-                Some(known) => {
-                    let growth = Growth::since(totals, known.counted);
-                    known.counted = totals;
-                    let was = known.stale;
-                    let event = match (was, stale_now) {
-                        (false, Some(true)) => Some(HealthEvent::Stale {
-                            target,
-                            local: s.local,
-                            remote: s.remote,
-                            silence,
-                        }),
-                        (true, Some(false)) => Some(HealthEvent::Recovered {
-                            target,
-                            local: s.local,
-                            remote: s.remote,
-                            // From the start of the silence that ended to the data that ended
-                            // it (which arrived `silence` ago).
-                            silence: silent_since.saturating_duration_since(known.silent_since),
-                        }),
-                        _ => None,
-                    };
-                    known.stale = stale_now.unwrap_or(false);
-                    known.silent_since = silent_since;
-                    known.seen = generation;
-                    (growth, event)
-                }
-                None if self.gone.contains_key(&key_of(s)) => {
-                    // Missing from a poll (a dump that skipped it) and listed again: counted
-                    // against what was counted before, never from zero.
-                    let g = self.gone.remove(&key_of(s)).expect("checked");
-                    let growth = Growth::since(totals, g.counted);
-                    let stale = stale_now.unwrap_or(false);
-                    self.sessions.insert(
-                        key_of(s),
-                        Session {
-                            counted: totals,
-                            stale,
-                            silent_since,
-                            seen: generation,
-                        },
-                    );
-                    let event = (stale && !g.stale).then_some(HealthEvent::Stale {
-                        target,
-                        local: s.local,
-                        remote: s.remote,
-                        silence,
-                    });
-                    (growth, event)
-                }
-                None => {
-                    // New since the last poll: everything counts. At the first poll: only
-                    // what comes next.
-                    let growth = if first { Growth::default() } else { totals };
-                    let stale = stale_now.unwrap_or(false);
-                    self.sessions.insert(
-                        key_of(s),
-                        Session {
-                            counted: totals,
-                            stale,
-                            silent_since,
-                            seen: generation,
-                        },
-                    );
-                    let event = stale.then_some(HealthEvent::Stale {
-                        target,
-                        local: s.local,
-                        remote: s.remote,
-                        silence,
-                    });
-                    (growth, event)
-                }
-            };
+            let reading = Reading::new(at, s, target, &h, self.stale_after[target]);
+            let (growth, event) = self.update(&reading, first);
             out.events.extend(event);
-            out.targets[target].add(&h, stale_now, growth);
-            if let Some(rtt) = h.rtt() {
-                out.rtt_samples.push((target, rtt));
-            }
-            if self.targets.get(target).local_ports.is_some() {
-                let g = out
-                    .ports
-                    .entry((target, s.local.port()))
-                    .or_insert_with(|| GroupHealth {
-                        stale: threshold.map(|_| 0),
-                        ..GroupHealth::default()
-                    });
-                g.add(&h, stale_now, growth);
-            }
+            let per_port = self.targets.get(target).local_ports.is_some();
+            out.add(&reading, &h, growth, per_port);
         }
-        // Sessions not seen this poll have left ESTABLISHED (or ended): what they gain until
-        // their end is known only from their destroy notification (`closed`), so what was
-        // counted of them is kept until then, for a bounded number of them.
+        self.leave_unseen();
+    }
+
+    /// Brings the session `r` reads up to date; returns what it grew since it was last counted,
+    /// and whether it turned stale or recovered.
+    fn update(&mut self, r: &Reading, first: bool) -> (Growth, Option<HealthEvent>) {
+        let generation = self.generation;
+        if let Some(known) = self.sessions.get_mut(&r.key) {
+            return known.update(r, generation);
+        }
+        let (growth, was_stale) = match self.gone.remove(&r.key) {
+            // Missing from a poll (a dump that skipped it) and listed again: counted against
+            // what was counted before, never from zero.
+            Some(g) => (Growth::since(r.totals, g.counted), g.stale),
+            // New since the last poll: everything counts. At the first poll: only what comes
+            // next.
+            None if first => (Growth::default(), false),
+            None => (r.totals, false),
+        };
+        let stale = r.stale_now.unwrap_or(false);
+        self.sessions.insert(
+            r.key,
+            Session {
+                counted: r.totals,
+                stale,
+                silent_since: r.silent_since,
+                seen: generation,
+            },
+        );
+        (growth, (stale && !was_stale).then(|| r.stale_event()))
+    }
+
+    /// Sessions not seen this poll have left ESTABLISHED (or ended): what they gain until
+    /// their end is known only from their destroy notification (`closed`), so what was
+    /// counted of them is kept until then, for a bounded number of them.
+    fn leave_unseen(&mut self) {
+        let generation = self.generation;
         let gone = &mut self.gone;
         let order = &mut self.gone_order;
         let keep_gone = self.keep_gone;

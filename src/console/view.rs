@@ -356,8 +356,27 @@ pub fn render(
     width: usize,
     height: usize,
 ) -> Vec<String> {
-    let mut out = Vec::new();
-    out.push(format!(
+    let mut out = title_lines(frame, header);
+    out.extend(targets_table(frame));
+    out.push(String::new());
+    out.extend(super::fix_panel::lines(
+        frame.fix.as_deref(),
+        (height / 4).max(3),
+    ));
+    let rows = Rows::fit(frame, log.len(), height.saturating_sub(out.len()));
+    out.extend(active_section(frame, rows.active));
+    out.push(String::new());
+    out.extend(closed_section(frame, rows.closed));
+    out.push(String::new());
+    out.push("EVENTS".to_owned());
+    let skip = log.len().saturating_sub(rows.events);
+    out.extend(log.iter().skip(skip).cloned());
+    fit_screen(out, &header.footer, width, height)
+}
+
+/// The title line, the header's notes, and a warning while polls fail.
+fn title_lines(frame: &Frame, header: &Header) -> Vec<String> {
+    let mut out = vec![format!(
         "fix-monitor {} | host {} | source {} | every {} | {} | up {}",
         header.title,
         frame.host,
@@ -365,7 +384,7 @@ pub fn render(
         humantime::format_duration(frame.interval),
         date_time(frame.now),
         hms(frame.up)
-    ));
+    )];
     out.extend(header.notes.iter().cloned());
     if let Some((n, e)) = &frame.failing {
         out.push(format!(
@@ -373,7 +392,11 @@ pub fn render(
         ));
     }
     out.push(String::new());
+    out
+}
 
+/// One line per target with its counts.
+fn targets_table(frame: &Frame) -> Vec<String> {
     let mut rows = vec![cells([
         "TARGET",
         "ADDRESS",
@@ -394,31 +417,48 @@ pub fn render(
             t.stats.peak.to_string(),
         ]);
     }
-    out.extend(table(&rows, &[false, false, false, true, true, true, true]));
-    out.push(String::new());
-    out.extend(super::fix_panel::lines(
-        frame.fix.as_deref(),
-        (height / 4).max(3),
-    ));
+    table(&rows, &[false, false, false, true, true, true, true])
+}
 
-    // The space left, after fixed lines: two section headers with column titles and a blank
-    // line each (active, closed), the events title, and the footer.
-    let avail = height.saturating_sub(out.len() + 3 + 3 + 1 + 1);
-    let events_min = log.len().min((avail / 3).max(3)).min(avail);
-    let closed_rows = frame
-        .closed
-        .len()
-        .min(CLOSED_SHOWN)
-        .min(avail.saturating_sub(events_min) / 3);
-    let active_rows = frame
-        .active
-        .len()
-        .max(1)
-        .min(avail.saturating_sub(events_min + closed_rows));
-    let event_rows = avail.saturating_sub(active_rows + closed_rows);
+/// How many rows each of the shrinking sections gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Rows {
+    active: usize,
+    closed: usize,
+    events: usize,
+}
 
+impl Rows {
+    /// Shares `left` lines (what the screen has after the fixed sections above) between the
+    /// active and closed tables and the event log of `log_len` lines.
+    fn fit(frame: &Frame, log_len: usize, left: usize) -> Rows {
+        // The space left, after fixed lines: two section headers with column titles and a
+        // blank line each (active, closed), the events title, and the footer.
+        let avail = left.saturating_sub(3 + 3 + 1 + 1);
+        let events_min = log_len.min((avail / 3).max(3)).min(avail);
+        let closed = frame
+            .closed
+            .len()
+            .min(CLOSED_SHOWN)
+            .min(avail.saturating_sub(events_min) / 3);
+        let active = frame
+            .active
+            .len()
+            .max(1)
+            .min(avail.saturating_sub(events_min + closed));
+        Rows {
+            active,
+            closed,
+            events: avail.saturating_sub(active + closed),
+        }
+    }
+}
+
+/// The active connections in at most `rows` lines (one of them says how many more there are
+/// when not all fit), under their title and column titles.
+fn active_section(frame: &Frame, rows: usize) -> Vec<String> {
     let any_preexisting = frame.active.iter().any(|c| c.preexisting);
-    out.push(format!(
+    let mut out = vec![format!(
         "ACTIVE CONNECTIONS ({}){}",
         frame.active.len(),
         if any_preexisting {
@@ -426,8 +466,8 @@ pub fn render(
         } else {
             ""
         }
-    ));
-    let mut rows = vec![cells([
+    )];
+    let mut table_rows = vec![cells([
         "TARGET",
         "LOCAL",
         "REMOTE",
@@ -440,37 +480,39 @@ pub fn render(
         PROCESS_TITLES[0],
         PROCESS_TITLES[1],
     ])];
-    let shown = if frame.active.len() > active_rows {
-        active_rows.saturating_sub(1)
+    let shown = if frame.active.len() > rows {
+        rows.saturating_sub(1)
     } else {
-        active_rows
+        rows
     };
     for c in frame.active.iter().take(shown) {
         let mut row = conn_cells(c);
         row.extend(health_cells(c.health.as_ref()));
         row.extend(process_cells(c.process.as_ref()));
-        rows.push(row);
+        table_rows.push(row);
     }
-    let mut lines = table(
-        &rows,
+    out.extend(table(
+        &table_rows,
         &[
             false, false, false, true, false, true, true, true, true, true, false,
         ],
-    );
-    if frame.active.is_empty() && active_rows > 0 {
-        lines.push("(none)".to_owned());
-    } else if frame.active.len() > shown && active_rows > 0 {
-        lines.push(format!("... and {} more", frame.active.len() - shown));
-    }
-    out.extend(lines);
-    out.push(String::new());
-
-    let total_closed: u64 = frame.targets.iter().map(|t| t.stats.closed).sum();
-    out.push(format!(
-        "RECENTLY CLOSED (last {} of {total_closed})",
-        closed_rows.min(frame.closed.len())
     ));
-    let mut rows = vec![cells([
+    if frame.active.is_empty() && rows > 0 {
+        out.push("(none)".to_owned());
+    } else if frame.active.len() > shown && rows > 0 {
+        out.push(format!("... and {} more", frame.active.len() - shown));
+    }
+    out
+}
+
+/// The most recently closed connections, at most `rows`, under their title and column titles.
+fn closed_section(frame: &Frame, rows: usize) -> Vec<String> {
+    let total_closed: u64 = frame.targets.iter().map(|t| t.stats.closed).sum();
+    let mut out = vec![format!(
+        "RECENTLY CLOSED (last {} of {total_closed})",
+        rows.min(frame.closed.len())
+    )];
+    let mut table_rows = vec![cells([
         "TARGET",
         "LOCAL",
         "REMOTE",
@@ -480,28 +522,27 @@ pub fn render(
         PROCESS_TITLES[0],
         PROCESS_TITLES[1],
     ])];
-    for c in frame.closed.iter().take(closed_rows) {
+    for c in frame.closed.iter().take(rows) {
         let mut row = conn_cells(c);
         row.push(closed_by_cell(c.closed_by));
         row.extend(process_cells(c.process.as_ref()));
-        rows.push(row);
+        table_rows.push(row);
     }
     out.extend(table(
-        &rows,
+        &table_rows,
         &[false, false, false, true, false, false, true, false],
     ));
-    out.push(String::new());
+    out
+}
 
-    out.push("EVENTS".to_owned());
-    let skip = log.len().saturating_sub(event_rows);
-    out.extend(log.iter().skip(skip).cloned());
-    // The footer sits on the last line.
+/// Cuts or pads `out` to `height` lines of at most `width` characters, the footer on the last.
+fn fit_screen(mut out: Vec<String>, footer: &str, width: usize, height: usize) -> Vec<String> {
     let body = height.saturating_sub(1);
     out.truncate(body);
     while out.len() < body {
         out.push(String::new());
     }
-    out.push(header.footer.clone());
+    out.push(footer.to_owned());
     out.truncate(height);
     for l in &mut out {
         truncate(l, width);

@@ -587,8 +587,26 @@ fn shown(raw: &RawTls, key: &str) -> String {
     format!("{:?}", v.as_deref().unwrap_or(""))
 }
 
+/// Whether a value is given (an empty string counts as not given, as in the toolkit).
+fn set(v: &Option<String>) -> bool {
+    v.as_deref().is_some_and(|s| !s.is_empty())
+}
+
+/// The full name of a `tls_server_config` key.
+fn tls_key(k: &str) -> String {
+    format!("tls_server_config.{k}")
+}
+
+/// A problem with the PEM read for `key` (a full key, as [`pem_source`] returns it).
+fn pem_problem(raw: &RawTls, key: &str, message: impl Into<String>) -> Problem {
+    problem(
+        key,
+        shown(raw, key.trim_start_matches("tls_server_config.")),
+        message,
+    )
+}
+
 fn tls(raw: RawTls, dir: &Path, problems: &mut Vec<Problem>) -> Option<Tls> {
-    let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
     // The toolkit's test for "TLS is configured"; the other keys alone leave plain HTTP.
     let enabled = set(&raw.cert)
         || set(&raw.key)
@@ -601,106 +619,177 @@ fn tls(raw: RawTls, dir: &Path, problems: &mut Vec<Problem>) -> Option<Tls> {
         return None;
     }
     let before = problems.len();
-    let p = |k: &str| format!("tls_server_config.{k}");
+    let (chain, private_key) = server_identity(&raw, dir, problems);
+    let client_auth = client_auth(&raw, problems);
+    let roots = client_roots(&raw, dir, client_auth, problems);
+    let versions = versions(&raw, problems);
+    let mut provider = rustls::crypto::ring::default_provider();
+    cipher_suites(&raw, &versions, &mut provider, problems);
+    curves(&raw, &mut provider, problems);
+    let allowed_sans = allowed_sans(&raw, client_auth, problems);
+    if problems.len() > before {
+        return None;
+    }
+    let (chain, private_key) = (chain?, private_key?);
+    let provider = Arc::new(provider);
+    let built =
+        client_verifier(client_auth, roots, allowed_sans, &provider, &raw).and_then(|verifier| {
+            server_config(provider, &versions, verifier, chain, private_key, &raw)
+        });
+    match built {
+        Ok(mut config) => {
+            config.ignore_client_order = raw.prefer_server_cipher_suites.unwrap_or(true);
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Some(Tls {
+                config: Arc::new(config),
+                client_auth,
+            })
+        }
+        Err(p) => {
+            problems.push(p);
+            None
+        }
+    }
+}
 
+/// The server's certificate chain (`cert` or `cert_file`) and its private key (`key` or
+/// `key_file`), which TLS needs.
+fn server_identity(
+    raw: &RawTls,
+    dir: &Path,
+    problems: &mut Vec<Problem>,
+) -> (
+    Option<Vec<CertificateDer<'static>>>,
+    Option<PrivateKeyDer<'static>>,
+) {
     let cert = pem_source(
         dir,
         &raw.cert,
         &raw.cert_file,
-        &p("cert"),
-        &p("cert_file"),
+        &tls_key("cert"),
+        &tls_key("cert_file"),
         problems,
     );
     let key = pem_source(
         dir,
         &raw.key,
         &raw.key_file,
-        &p("key"),
-        &p("key_file"),
+        &tls_key("key"),
+        &tls_key("key_file"),
         problems,
     );
     if !set(&raw.cert) && !set(&raw.cert_file) {
         problems.push(problem(
-            &p("cert_file"),
+            &tls_key("cert_file"),
             "",
             "is missing: TLS is configured (a key, a client CA or a client auth type is set), so a server certificate is needed (cert_file, or cert inline)",
         ));
     }
     if !set(&raw.key) && !set(&raw.key_file) {
         problems.push(problem(
-            &p("key_file"),
+            &tls_key("key_file"),
             "",
             "is missing: TLS is configured, so the server certificate's private key is needed (key_file, or key inline)",
         ));
     }
-    let chain = cert.and_then(|(key, bytes)| {
-        let chain: Result<Vec<CertificateDer<'static>>, _> =
-            CertificateDer::pem_slice_iter(&bytes).collect();
-        match chain {
-            Ok(c) if !c.is_empty() => Some(c),
-            Ok(_) => {
-                problems.push(problem(
-                    &key,
-                    shown(&raw, key.trim_start_matches("tls_server_config.")),
-                    "contains no PEM certificate (-----BEGIN CERTIFICATE-----)",
-                ));
-                None
-            }
-            Err(e) => {
-                problems.push(problem(
-                    &key,
-                    shown(&raw, key.trim_start_matches("tls_server_config.")),
-                    format!("is not a valid PEM certificate chain: {e}"),
-                ));
-                None
-            }
+    let chain = cert.and_then(|(key, bytes)| cert_chain(raw, &key, &bytes, problems));
+    let private_key = key.and_then(|(key, bytes)| private_key(raw, &key, &bytes, problems));
+    (chain, private_key)
+}
+
+/// The certificate chain in `bytes`, read for `key`.
+fn cert_chain(
+    raw: &RawTls,
+    key: &str,
+    bytes: &[u8],
+    problems: &mut Vec<Problem>,
+) -> Option<Vec<CertificateDer<'static>>> {
+    let chain: Result<Vec<CertificateDer<'static>>, _> =
+        CertificateDer::pem_slice_iter(bytes).collect();
+    match chain {
+        Ok(c) if !c.is_empty() => Some(c),
+        Ok(_) => {
+            problems.push(pem_problem(
+                raw,
+                key,
+                "contains no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            ));
+            None
         }
-    });
-    let private_key = key.and_then(|(key, bytes)| match PrivateKeyDer::from_pem_slice(&bytes) {
+        Err(e) => {
+            problems.push(pem_problem(
+                raw,
+                key,
+                format!("is not a valid PEM certificate chain: {e}"),
+            ));
+            None
+        }
+    }
+}
+
+/// The private key in `bytes`, read for `key`.
+fn private_key(
+    raw: &RawTls,
+    key: &str,
+    bytes: &[u8],
+    problems: &mut Vec<Problem>,
+) -> Option<PrivateKeyDer<'static>> {
+    match PrivateKeyDer::from_pem_slice(bytes) {
         Ok(k) => Some(k),
         Err(e) => {
-            problems.push(problem(
-                &key,
-                shown(&raw, key.trim_start_matches("tls_server_config.")),
+            problems.push(pem_problem(
+                raw,
+                key,
                 format!("contains no usable PEM private key (PKCS#8, PKCS#1 or SEC1): {e}"),
             ));
             None
         }
-    });
+    }
+}
 
-    let client_auth = match raw.client_auth_type.as_deref() {
-        None => ClientAuth::NoClientCert,
-        Some(s) => match ClientAuth::parse(s) {
-            Some(a) => a,
-            None => {
-                problems.push(problem(
-                    &p("client_auth_type"),
-                    format!("{s:?}"),
-                    "expected NoClientCert, RequestClientCert, RequireAnyClientCert, VerifyClientCertIfGiven or RequireAndVerifyClientCert",
-                ));
-                ClientAuth::NoClientCert
-            }
-        },
+/// `client_auth_type` (none: no client certificates).
+fn client_auth(raw: &RawTls, problems: &mut Vec<Problem>) -> ClientAuth {
+    let Some(s) = raw.client_auth_type.as_deref() else {
+        return ClientAuth::NoClientCert;
     };
+    ClientAuth::parse(s).unwrap_or_else(|| {
+        problems.push(problem(
+            &tls_key("client_auth_type"),
+            format!("{s:?}"),
+            "expected NoClientCert, RequestClientCert, RequireAnyClientCert, VerifyClientCertIfGiven or RequireAndVerifyClientCert",
+        ));
+        ClientAuth::NoClientCert
+    })
+}
+
+/// The CAs client certificates are verified against (`client_ca` or `client_ca_file`), checked
+/// to fit `client_auth`: a CA without a policy that verifies, or such a policy without a CA,
+/// is a problem.
+fn client_roots(
+    raw: &RawTls,
+    dir: &Path,
+    client_auth: ClientAuth,
+    problems: &mut Vec<Problem>,
+) -> Option<Arc<rustls::RootCertStore>> {
     let ca = pem_source(
         dir,
         &raw.client_ca,
         &raw.client_ca_file,
-        &p("client_ca"),
-        &p("client_ca_file"),
+        &tls_key("client_ca"),
+        &tls_key("client_ca_file"),
         problems,
     );
     let has_ca = set(&raw.client_ca) || set(&raw.client_ca_file);
     if has_ca && client_auth == ClientAuth::NoClientCert {
         problems.push(problem(
-            &p("client_auth_type"),
+            &tls_key("client_auth_type"),
             format!("{:?}", raw.client_auth_type.as_deref().unwrap_or("")),
             "a client CA is configured without a client auth policy; set client_auth_type to RequireAndVerifyClientCert (or VerifyClientCertIfGiven)",
         ));
     }
     if client_auth.verifies() && !has_ca {
         problems.push(problem(
-            &p("client_ca_file"),
+            &tls_key("client_ca_file"),
             "",
             format!(
                 "is missing: client_auth_type {} verifies client certificates, which needs the CA that issued them (client_ca_file, or client_ca inline)",
@@ -708,48 +797,51 @@ fn tls(raw: RawTls, dir: &Path, problems: &mut Vec<Problem>) -> Option<Tls> {
             ),
         ));
     }
-    let roots = ca.and_then(|(key, bytes)| {
-        let mut roots = rustls::RootCertStore::empty();
-        let mut n = 0;
-        for c in CertificateDer::pem_slice_iter(&bytes) {
-            match c
-                .map_err(|e| e.to_string())
-                .and_then(|c| roots.add(c).map_err(|e| e.to_string()))
-            {
-                Ok(()) => n += 1,
-                Err(e) => {
-                    problems.push(problem(
-                        &key,
-                        shown(&raw, key.trim_start_matches("tls_server_config.")),
-                        format!("holds a certificate that cannot be used as a CA: {e}"),
-                    ));
-                    return None;
-                }
+    let (key, bytes) = ca?;
+    let mut roots = rustls::RootCertStore::empty();
+    let mut n = 0;
+    for c in CertificateDer::pem_slice_iter(&bytes) {
+        match c
+            .map_err(|e| e.to_string())
+            .and_then(|c| roots.add(c).map_err(|e| e.to_string()))
+        {
+            Ok(()) => n += 1,
+            Err(e) => {
+                problems.push(pem_problem(
+                    raw,
+                    &key,
+                    format!("holds a certificate that cannot be used as a CA: {e}"),
+                ));
+                return None;
             }
         }
-        if n == 0 {
-            problems.push(problem(
-                &key,
-                shown(&raw, key.trim_start_matches("tls_server_config.")),
-                "contains no PEM certificate",
-            ));
-            return None;
-        }
-        Some(Arc::new(roots))
-    });
+    }
+    if n == 0 {
+        problems.push(pem_problem(raw, &key, "contains no PEM certificate"));
+        return None;
+    }
+    Some(Arc::new(roots))
+}
 
-    let min = version(&p("min_version"), &raw.min_version, problems).unwrap_or(Version::Tls12);
-    let max = version(&p("max_version"), &raw.max_version, problems).unwrap_or(Version::Tls13);
+/// The protocol versions `min_version` and `max_version` allow, of those rustls speaks.
+fn versions(
+    raw: &RawTls,
+    problems: &mut Vec<Problem>,
+) -> Vec<&'static rustls::SupportedProtocolVersion> {
+    let min =
+        version(&tls_key("min_version"), &raw.min_version, problems).unwrap_or(Version::Tls12);
+    let max =
+        version(&tls_key("max_version"), &raw.max_version, problems).unwrap_or(Version::Tls13);
     if max < Version::Tls12 {
         problems.push(problem(
-            &p("max_version"),
+            &tls_key("max_version"),
             format!("{:?}", raw.max_version.as_deref().unwrap_or("")),
             "this server's TLS library (rustls) speaks TLS 1.2 and 1.3 only; expected TLS12 or TLS13",
         ));
     }
     if min > max {
         problems.push(problem(
-            &p("min_version"),
+            &tls_key("min_version"),
             format!("{:?}", raw.min_version.as_deref().unwrap_or("")),
             format!(
                 "is above max_version {:?}",
@@ -764,59 +856,87 @@ fn tls(raw: RawTls, dir: &Path, problems: &mut Vec<Problem>) -> Option<Tls> {
     if max >= Version::Tls13 {
         versions.push(&rustls::version::TLS13);
     }
+    versions
+}
 
-    let mut provider = rustls::crypto::ring::default_provider();
-    if let Some(names) = raw.cipher_suites.as_ref().filter(|n| !n.is_empty()) {
-        let mut tls12 = Vec::new();
-        for name in names {
-            if let Some(s) = tls12_suite(name) {
-                tls12.push(s);
-            } else if TLS13_SUITES.contains(&name.as_str()) {
-                // ignored, as Go does
-            } else if GO_ONLY_SUITES.contains(&name.as_str()) {
-                problems.push(problem(
-                    &p("cipher_suites"),
-                    format!("{name:?}"),
-                    format!("this suite is not implemented by this server's TLS library (rustls: no CBC modes, no RSA key exchange); supported: {SUPPORTED_SUITES}"),
-                ));
-            } else {
-                problems.push(problem(
-                    &p("cipher_suites"),
-                    format!("{name:?}"),
-                    format!("unknown cipher suite; supported: {SUPPORTED_SUITES}"),
-                ));
-            }
-        }
-        if tls12.is_empty() && versions.contains(&&rustls::version::TLS12) {
+/// Narrows `provider`'s TLS 1.2 suites to `cipher_suites` where the list is given (the TLS 1.3
+/// suites stay: they are not configurable).
+fn cipher_suites(
+    raw: &RawTls,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    provider: &mut CryptoProvider,
+    problems: &mut Vec<Problem>,
+) {
+    let Some(names) = raw.cipher_suites.as_ref().filter(|n| !n.is_empty()) else {
+        return;
+    };
+    let key = tls_key("cipher_suites");
+    let mut tls12 = Vec::new();
+    for name in names {
+        if let Some(s) = tls12_suite(name) {
+            tls12.push(s);
+        } else if TLS13_SUITES.contains(&name.as_str()) {
+            // ignored, as Go does
+        } else if GO_ONLY_SUITES.contains(&name.as_str()) {
             problems.push(problem(
-                &p("cipher_suites"),
-                format!("{names:?}"),
-                "leaves no TLS 1.2 suite while TLS 1.2 is allowed; list at least one TLS 1.2 suite, or set min_version: TLS13",
+                &key,
+                format!("{name:?}"),
+                format!("this suite is not implemented by this server's TLS library (rustls: no CBC modes, no RSA key exchange); supported: {SUPPORTED_SUITES}"),
+            ));
+        } else {
+            problems.push(problem(
+                &key,
+                format!("{name:?}"),
+                format!("unknown cipher suite; supported: {SUPPORTED_SUITES}"),
             ));
         }
-        let mut suites: Vec<SupportedCipherSuite> = provider
-            .cipher_suites
-            .iter()
-            .copied()
-            .filter(|s| s.version() == &rustls::version::TLS13)
-            .collect();
-        suites.extend(tls12);
-        provider.cipher_suites = suites;
     }
-    if let Some(names) = raw.curve_preferences.as_ref().filter(|n| !n.is_empty()) {
-        let mut groups = Vec::new();
-        for name in names {
-            match curve(name) {
-                Ok(g) => groups.push(g),
-                Err(e) => problems.push(problem(&p("curve_preferences"), format!("{name:?}"), e)),
-            }
+    if tls12.is_empty() && versions.contains(&&rustls::version::TLS12) {
+        problems.push(problem(
+            &key,
+            format!("{names:?}"),
+            "leaves no TLS 1.2 suite while TLS 1.2 is allowed; list at least one TLS 1.2 suite, or set min_version: TLS13",
+        ));
+    }
+    let mut suites: Vec<SupportedCipherSuite> = provider
+        .cipher_suites
+        .iter()
+        .copied()
+        .filter(|s| s.version() == &rustls::version::TLS13)
+        .collect();
+    suites.extend(tls12);
+    provider.cipher_suites = suites;
+}
+
+/// Sets `provider`'s key exchange groups to `curve_preferences` where the list is given.
+fn curves(raw: &RawTls, provider: &mut CryptoProvider, problems: &mut Vec<Problem>) {
+    let Some(names) = raw.curve_preferences.as_ref().filter(|n| !n.is_empty()) else {
+        return;
+    };
+    let mut groups = Vec::new();
+    for name in names {
+        match curve(name) {
+            Ok(g) => groups.push(g),
+            Err(e) => problems.push(problem(
+                &tls_key("curve_preferences"),
+                format!("{name:?}"),
+                e,
+            )),
         }
-        provider.kx_groups = groups;
     }
+    provider.kx_groups = groups;
+}
+
+/// `client_allowed_sans`, which only means something where clients present certificates.
+fn allowed_sans(
+    raw: &RawTls,
+    client_auth: ClientAuth,
+    problems: &mut Vec<Problem>,
+) -> Option<Vec<String>> {
     let allowed_sans = raw.client_allowed_sans.clone().filter(|s| !s.is_empty());
     if allowed_sans.is_some() && client_auth == ClientAuth::NoClientCert {
         problems.push(problem(
-            &p("client_allowed_sans"),
+            &tls_key("client_allowed_sans"),
             format!(
                 "{:?}",
                 raw.client_allowed_sans.as_deref().unwrap_or_default()
@@ -824,12 +944,18 @@ fn tls(raw: RawTls, dir: &Path, problems: &mut Vec<Problem>) -> Option<Tls> {
             "needs client certificates; set client_auth_type to RequireAndVerifyClientCert",
         ));
     }
+    allowed_sans
+}
 
-    if problems.len() > before {
-        return None;
-    }
-    let (chain, private_key) = (chain?, private_key?);
-    let provider = Arc::new(provider);
+/// What checks the client certificates `client_auth` asks for (`None`: none are asked for),
+/// wrapped to require one of `allowed_sans` where given.
+fn client_verifier(
+    client_auth: ClientAuth,
+    roots: Option<Arc<rustls::RootCertStore>>,
+    allowed_sans: Option<Vec<String>>,
+    provider: &Arc<CryptoProvider>,
+    raw: &RawTls,
+) -> Result<Option<Arc<dyn ClientCertVerifier>>, Problem> {
     let verifier: Option<Arc<dyn ClientCertVerifier>> = match client_auth {
         ClientAuth::NoClientCert => None,
         ClientAuth::RequestClientCert | ClientAuth::RequireAnyClientCert => {
@@ -846,67 +972,56 @@ fn tls(raw: RawTls, dir: &Path, problems: &mut Vec<Problem>) -> Option<Tls> {
             if client_auth == ClientAuth::VerifyClientCertIfGiven {
                 builder = builder.allow_unauthenticated();
             }
-            match builder.build() {
-                Ok(v) => Some(v),
-                Err(e) => {
-                    problems.push(problem(
-                        &p("client_ca_file"),
-                        shown(&raw, "client_ca_file"),
-                        format!("cannot verify clients with it: {e}"),
-                    ));
-                    return None;
-                }
-            }
+            let verifier = builder.build().map_err(|e| {
+                problem(
+                    &tls_key("client_ca_file"),
+                    shown(raw, "client_ca_file"),
+                    format!("cannot verify clients with it: {e}"),
+                )
+            })?;
+            Some(verifier)
         }
     };
-    let verifier = match (verifier, allowed_sans) {
+    Ok(match (verifier, allowed_sans) {
         (Some(inner), Some(allowed)) => Some(Arc::new(AllowedSans { inner, allowed }) as _),
         (v, _) => v,
-    };
-    let builder = match rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&versions)
-    {
-        Ok(b) => b,
-        Err(e) => {
-            problems.push(problem(
-                &p("cipher_suites"),
+    })
+}
+
+/// The rustls server configuration: `versions`, the client `verifier`, the certificate
+/// `chain` and its `private_key`.
+fn server_config(
+    provider: Arc<CryptoProvider>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
+    chain: Vec<CertificateDer<'static>>,
+    private_key: PrivateKeyDer<'static>,
+    raw: &RawTls,
+) -> Result<rustls::ServerConfig, Problem> {
+    let builder = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .map_err(|e| {
+            problem(
+                &tls_key("cipher_suites"),
                 format!("{:?}", raw.cipher_suites.as_deref().unwrap_or_default()),
                 format!("no usable TLS configuration: {e}"),
-            ));
-            return None;
-        }
-    };
+            )
+        })?;
     let builder = match verifier {
         Some(v) => builder.with_client_cert_verifier(v),
         None => builder.with_no_client_auth(),
     };
-    let mut config = match builder.with_single_cert(chain, private_key) {
-        Ok(c) => c,
-        Err(e) => {
-            problems.push(problem(
-                &p(if set(&raw.key_file) {
-                    "key_file"
-                } else {
-                    "key"
-                }),
-                shown(
-                    &raw,
-                    if set(&raw.key_file) {
-                        "key_file"
-                    } else {
-                        "key"
-                    },
-                ),
-                format!("does not fit the certificate: {e}"),
-            ));
-            return None;
-        }
-    };
-    config.ignore_client_order = raw.prefer_server_cipher_suites.unwrap_or(true);
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Some(Tls {
-        config: Arc::new(config),
-        client_auth,
+    builder.with_single_cert(chain, private_key).map_err(|e| {
+        let key = if set(&raw.key_file) {
+            "key_file"
+        } else {
+            "key"
+        };
+        problem(
+            &tls_key(key),
+            shown(raw, key),
+            format!("does not fit the certificate: {e}"),
+        )
     })
 }
 
