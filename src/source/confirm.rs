@@ -237,8 +237,9 @@ mod tests {
     }
 
     fn inode(s: &impl AsRawFd) -> u64 {
-        // SAFETY: fstat into a zeroed stat.
+        // SAFETY: a zeroed `stat` is a valid value (integers only), filled by fstat below.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat into a live `stat`, on a descriptor the caller keeps open.
         assert_eq!(unsafe { libc::fstat(s.as_raw_fd(), &mut st) }, 0);
         st.st_ino
     }

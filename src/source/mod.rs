@@ -13,8 +13,6 @@
 //!
 //! Each source is split into I/O (fetching bytes) and pure parsing, tested on fixtures.
 
-use std::net::SocketAddr;
-
 use crate::target::Targets;
 
 #[cfg(target_os = "linux")]
@@ -39,22 +37,7 @@ pub mod proc_owner;
 pub mod procfs;
 pub mod tcp_info;
 
-pub use tcp_info::TcpHealth;
-
-/// One TCP socket as a source saw it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SocketEntry {
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
-    pub state: TcpState,
-    /// What tells two sockets with the same 4-tuple apart: the kernel's socket cookie (netlink)
-    /// or the socket inode (procfs); 0 where the platform gives neither. A 4-tuple that is
-    /// reused by a new socket therefore shows up as a new connection.
-    pub id: u64,
-    /// The kernel's `tcp_info` for the socket: netlink (in its dump) and eBPF (by exact
-    /// lookups) only (procfs and netstat cannot tell; `None` there, never zeros).
-    pub health: Option<TcpHealth>,
-}
+pub use fix_monitor_core::{ClosedBy, Process, SocketEntry, TcpHealth, TcpState};
 
 /// What a poll brought, for the loop to skip what did not change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,104 +63,6 @@ pub struct EventCounts {
     pub lost: u64,
     /// Full dumps taken to reconcile (the first included).
     pub reconciles: u64,
-}
-
-/// TCP states as Linux numbers them (`include/net/tcp_states.h`). Only `Established` counts as
-/// an active connection; sources ask for nothing else, the others exist to name what they see.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum TcpState {
-    Established,
-    SynSent,
-    SynRecv,
-    FinWait1,
-    FinWait2,
-    TimeWait,
-    Close,
-    CloseWait,
-    LastAck,
-    Listen,
-    Closing,
-    NewSynRecv,
-    Unknown,
-}
-
-impl TcpState {
-    pub fn from_linux(n: u8) -> TcpState {
-        match n {
-            1 => TcpState::Established,
-            2 => TcpState::SynSent,
-            3 => TcpState::SynRecv,
-            4 => TcpState::FinWait1,
-            5 => TcpState::FinWait2,
-            6 => TcpState::TimeWait,
-            7 => TcpState::Close,
-            8 => TcpState::CloseWait,
-            9 => TcpState::LastAck,
-            10 => TcpState::Listen,
-            11 => TcpState::Closing,
-            12 => TcpState::NewSynRecv,
-            _ => TcpState::Unknown,
-        }
-    }
-
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            TcpState::Established => "ESTABLISHED",
-            TcpState::SynSent => "SYN_SENT",
-            TcpState::SynRecv => "SYN_RECV",
-            TcpState::FinWait1 => "FIN_WAIT1",
-            TcpState::FinWait2 => "FIN_WAIT2",
-            TcpState::TimeWait => "TIME_WAIT",
-            TcpState::Close => "CLOSE",
-            TcpState::CloseWait => "CLOSE_WAIT",
-            TcpState::LastAck => "LAST_ACK",
-            TcpState::Listen => "LISTEN",
-            TcpState::Closing => "CLOSING",
-            TcpState::NewSynRecv => "NEW_SYN_RECV",
-            TcpState::Unknown => "UNKNOWN",
-        }
-    }
-}
-
-/// Who ended a session, from the state it left ESTABLISHED for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ClosedBy {
-    /// We sent FIN first (ESTABLISHED -> FIN_WAIT1).
-    Local,
-    /// The peer did (ESTABLISHED -> CLOSE_WAIT).
-    Remote,
-    /// Reset, from either side (ESTABLISHED -> CLOSE).
-    Reset,
-    /// Not known (what polling alone sees).
-    Unknown,
-}
-
-impl ClosedBy {
-    pub const ALL: [ClosedBy; 4] = [
-        ClosedBy::Local,
-        ClosedBy::Remote,
-        ClosedBy::Reset,
-        ClosedBy::Unknown,
-    ];
-
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            ClosedBy::Local => "local",
-            ClosedBy::Remote => "remote",
-            ClosedBy::Reset => "reset",
-            ClosedBy::Unknown => "unknown",
-        }
-    }
-}
-
-/// The process that made a connection.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Process {
-    pub pid: u32,
-    /// The command (the calling thread's name, at most 15 bytes).
-    pub comm: String,
 }
 
 /// Which source to use; `Auto` tries eBPF, then netlink, then procfs, then netstat2.

@@ -49,7 +49,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr as NetlinkAddr};
 
-use super::{bytecode, SocketEntry, Source, SourceError, SourceKind, TcpHealth, TcpState};
+use super::{bytecode, tcp_info, SocketEntry, Source, SourceError, SourceKind, TcpState};
 use crate::target::Targets;
 
 const NLMSG_HDR: usize = 16;
@@ -698,7 +698,7 @@ pub fn parse_socket(m: &[u8]) -> Result<SocketEntry, SourceError> {
             )));
         }
         if u16::from_ne_bytes([attrs[2], attrs[3]]) & NLA_TYPE_MASK == INET_DIAG_INFO {
-            health = TcpHealth::parse(&attrs[NLA_HDR..len], rqueue, wqueue);
+            health = tcp_info::parse(&attrs[NLA_HDR..len], rqueue, wqueue);
         }
         attrs = &attrs[((len + 3) & !3).min(attrs.len())..];
     }
