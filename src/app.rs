@@ -173,6 +173,21 @@ fn confirmation(kind: source::SourceKind) -> Box<dyn crate::tracker::Confirm + S
     Box::new(crate::tracker::Unconfirmed)
 }
 
+/// The tracker's confirmation through the kernel's exact lookups: the glue between the two
+/// layers, here where they are put together.
+#[cfg(target_os = "linux")]
+impl crate::tracker::Confirm for source::confirm::Lookup {
+    fn confirm(&mut self, conn: &crate::tracker::Connection) -> crate::tracker::Presence {
+        use crate::tracker::Presence;
+        let k = &conn.key;
+        match self.still_established(k.local, k.remote, k.id) {
+            Some(true) => Presence::Established,
+            Some(false) => Presence::Closed,
+            None => Presence::Unknown,
+        }
+    }
+}
+
 /// Opens the state directory and reads what a previous run left there (ignored, with a
 /// warning, when it is from another boot or host, or unreadable).
 fn open_state(

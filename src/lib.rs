@@ -46,7 +46,20 @@ pub mod persist;
 pub mod poller;
 pub mod process;
 pub mod session;
-pub mod source;
+/// The sources live in their own crate, [`fix_monitor_kernel`]; this facade keeps the
+/// `fix_monitor::source::...` paths (the tests, the fuzz harness) and adds [`source::open`],
+/// which takes its defaults from the configuration.
+pub mod source {
+    pub use fix_monitor_kernel::*;
+
+    /// [`open_with`] with the configuration's default reconcile interval.
+    pub fn open(
+        kind: SourceKind,
+        targets: &fix_monitor_core::Targets,
+    ) -> Result<Box<dyn Source>, SourceError> {
+        open_with(kind, targets, crate::config::defaults::RECONCILE_INTERVAL)
+    }
+}
 pub mod state;
 /// Targets live on the ground floor; re-exported here so that `crate::target` paths (the FIX
 /// layer) keep compiling.

@@ -13,7 +13,7 @@
 //! read a socket's cookie but not create one, so most new sockets have none yet when they open.
 //!
 //! **Session health**: after the set is up to date, each poll looks every session up by an
-//! exact `sock_diag` request with `INET_DIAG_INFO` ([`crate::source::lookup`]), in batches, and
+//! exact `sock_diag` request with `INET_DIAG_INFO` ([`crate::lookup`]), in batches, and
 //! hands its `tcp_info` over in [`SocketEntry::health`], as the netlink source's dump does. The
 //! lookups cost one kernel hash lookup per watched session (M), not a walk of the host's
 //! sockets (N). The first lookup learns the socket's cookie (the kernel makes one when it
@@ -30,12 +30,12 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::{ktime_now_ns, Change, EbpfError, EbpfEvents, Options, Transition};
-use crate::source::lookup::{Answer, HealthLookups, LookupStats, Wanted};
-use crate::source::netlink::NetlinkSource;
-use crate::source::{
+use crate::lookup::{Answer, HealthLookups, LookupStats, Wanted};
+use crate::netlink::NetlinkSource;
+use crate::{
     EventCounts, PollNews, SocketEntry, Source, SourceError, SourceKind, TcpHealth, TcpState,
 };
-use crate::target::Targets;
+use fix_monitor_core::target::Targets;
 
 /// Counts of what the source did, for self-metrics and benchmarks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

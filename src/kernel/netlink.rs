@@ -50,7 +50,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr as NetlinkAddr};
 
 use super::{bytecode, tcp_info, SocketEntry, Source, SourceError, SourceKind, TcpState};
-use crate::target::Targets;
+use fix_monitor_core::target::Targets;
 
 const NLMSG_HDR: usize = 16;
 const NLMSG_NOOP: u16 = 1;
@@ -743,7 +743,7 @@ fn kernel_error(err: i32) -> SourceError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::target::{PortRange, Target};
+    use fix_monitor_core::target::{PortRange, Target};
     use std::collections::BTreeSet;
     use std::net::{TcpListener, TcpStream};
     use std::time::{Duration, Instant};
@@ -769,7 +769,7 @@ mod tests {
     /// The datagrams of a fixture file (each behind its length, `u32` little-endian).
     fn fixture(name: &str) -> Vec<Vec<u8>> {
         let path = format!(
-            "{}/tests/fixtures/netlink/{name}",
+            "{}/../../tests/fixtures/netlink/{name}",
             env!("CARGO_MANIFEST_DIR")
         );
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));

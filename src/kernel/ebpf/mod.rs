@@ -36,9 +36,9 @@ pub use source::{EbpfSource, SourceStats};
 
 use program::{event, Counter, CONNECT_VALUE, COUNTERS};
 
-use crate::source::TcpState;
-pub use crate::source::{ClosedBy, Process};
-use crate::target::Targets;
+use crate::TcpState;
+pub use crate::{ClosedBy, Process};
+use fix_monitor_core::target::Targets;
 
 /// Why the eBPF source could not start.
 #[derive(Debug, thiserror::Error)]
@@ -355,11 +355,11 @@ pub fn ktime_now_ns() -> u64 {
 /// of `bpf_ktime_get_ns`, so the kernel's stamp maps to an `Instant` exactly.
 pub fn timestamp_of(
     ktime_ns: u64,
-    now: crate::tracker::Timestamp,
+    now: fix_monitor_core::Timestamp,
     now_ktime_ns: u64,
-) -> crate::tracker::Timestamp {
+) -> fix_monitor_core::Timestamp {
     let ago = Duration::from_nanos(now_ktime_ns.saturating_sub(ktime_ns));
-    crate::tracker::Timestamp {
+    fix_monitor_core::Timestamp {
         mono: now.mono.checked_sub(ago).unwrap_or(now.mono),
         wall: now.wall.checked_sub(ago).unwrap_or(now.wall),
     }

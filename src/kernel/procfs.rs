@@ -29,7 +29,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::path::{Path, PathBuf};
 
 use super::{SocketEntry, Source, SourceError, SourceKind, TcpState};
-use crate::target::Targets;
+use fix_monitor_core::target::Targets;
 
 /// Where procfs is mounted unless told otherwise.
 pub const DEFAULT_ROOT: &str = "/proc";
@@ -296,13 +296,13 @@ fn read_error(path: &Path, e: io::Error) -> SourceError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::target::{PortRange, Target};
+    use fix_monitor_core::target::{PortRange, Target};
     use ipnet::IpNet;
     use std::collections::BTreeSet;
     use std::net::{TcpListener, TcpStream};
     use std::time::{Duration, Instant};
 
-    const FIXTURE_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/proc");
+    const FIXTURE_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/proc");
 
     fn fixture(name: &str) -> Vec<u8> {
         std::fs::read(format!("{FIXTURE_ROOT}/net/{name}")).unwrap()

@@ -34,7 +34,8 @@ use std::os::fd::{AsRawFd, RawFd};
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr as NetlinkAddr};
 
 use super::{cbpf, netlink, SocketEntry, SourceError};
-use crate::target::Targets;
+use fix_monitor_core::target::Targets;
+use fix_monitor_core::{SocketEvent, Timestamp};
 
 /// `SKNLGRP_INET_TCP_DESTROY` and `SKNLGRP_INET6_TCP_DESTROY` (`include/uapi/linux/sock_diag.h`).
 const GROUP_INET_TCP_DESTROY: u32 = 1;
@@ -124,8 +125,8 @@ pub struct Destroyed {
 
 impl Destroyed {
     /// The tracker's view of this notification, received at `at`.
-    pub fn to_event(&self, at: crate::tracker::Timestamp) -> crate::tracker::SocketEvent {
-        use crate::tracker::{SocketEvent, SocketEventKind, TcpCounters};
+    pub fn to_event(&self, at: Timestamp) -> SocketEvent {
+        use fix_monitor_core::{SocketEventKind, TcpCounters};
         // An abort zeroes the counters with the tuple (`tcp_disconnect`): they say nothing then.
         let info = self.info.filter(|_| !self.partial);
         SocketEvent {
@@ -363,7 +364,7 @@ pub fn spawn_reader(
                 }
                 raw.clear();
                 let result = sub.drain(&mut raw);
-                let at = crate::tracker::Timestamp::now();
+                let at = Timestamp::now();
                 let mut batch = Batch {
                     events: raw.iter().map(|d| d.to_event(at)).collect(),
                     ..Batch::default()
@@ -477,8 +478,8 @@ pub(crate) mod tests {
     //! (and other processes' connections) cannot reach their filters.
 
     use super::*;
-    use crate::source::TcpState;
-    use crate::target::Target;
+    use crate::TcpState;
+    use fix_monitor_core::target::Target;
     use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
     use std::time::{Duration, Instant};
 
@@ -818,7 +819,7 @@ pub(crate) mod tests {
         assert_eq!(batch.events.len(), 1, "{batch:?}");
         let e = batch.events[0];
         assert_eq!((e.id, e.partial, e.established), (c, false, Some(true)));
-        assert_eq!(e.kind, crate::tracker::SocketEventKind::Closed);
+        assert_eq!(e.kind, fix_monitor_core::SocketEventKind::Closed);
         stop.store(true, Ordering::Relaxed);
         reader.join().unwrap();
     }

@@ -24,7 +24,7 @@ use std::net::{IpAddr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv6Net};
 
-use crate::target::{Target, Targets};
+use fix_monitor_core::target::{Target, Targets};
 
 pub mod mirror;
 

@@ -246,9 +246,9 @@ mod live {
     use std::time::{Duration, Instant};
 
     use super::TcpHealth;
-    use crate::source::netlink::NetlinkSource;
-    use crate::source::{SocketEntry, Source};
-    use crate::target::{Target, Targets};
+    use crate::netlink::NetlinkSource;
+    use crate::{SocketEntry, Source};
+    use fix_monitor_core::target::{Target, Targets};
 
     /// A listener on 127.0.44.`to` and a target matching every socket of 127.0.44.`from` and
     /// of the listener (both ends of its connections).

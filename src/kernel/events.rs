@@ -2,7 +2,7 @@
 //! later) hands the loop: socket transitions as they happen, between polls. Polls remain the
 //! reference; events make closes exact and early, and show sessions no poll saw.
 
-use crate::tracker::SocketEvent;
+use fix_monitor_core::SocketEvent;
 
 /// One wake-up's worth of events.
 #[derive(Debug, Default, Clone)]

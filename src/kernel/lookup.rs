@@ -357,7 +357,7 @@ mod tests {
     use std::os::fd::AsRawFd;
 
     fn cookie(s: &impl AsRawFd) -> u64 {
-        crate::source::destroy::tests::cookie(s)
+        crate::destroy::tests::cookie(s)
     }
 
     fn want(s: &TcpStream, cookie: u64) -> Wanted {

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use netstat2::{AddressFamilyFlags, ProtocolFlags, ProtocolSocketInfo, SocketInfo};
 
 use super::{SocketEntry, Source, SourceError, SourceKind, TcpState};
-use crate::target::Targets;
+use fix_monitor_core::target::Targets;
 
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 use netstat2::iterate_sockets_info as iterate_sockets;
@@ -133,7 +133,7 @@ fn io_error(e: netstat2::error::Error) -> SourceError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::target::Target;
+    use fix_monitor_core::target::Target;
     use ipnet::IpNet;
     use std::net::{TcpListener, TcpStream};
     use std::time::{Duration, Instant};
