@@ -712,6 +712,8 @@ mod tests {
             partial: false,
             established: Some(true),
             info: None,
+            closed_by: None,
+            process: None,
         }
     }
 

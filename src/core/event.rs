@@ -1,14 +1,16 @@
-//! A socket's transition, as an event-seeing source hands it to the loop.
+//! A socket's transition, as an event-seeing source hands it to the loop: every source, eBPF
+//! included, speaks this one vocabulary, so the loop knows no source's internals.
 
 use std::net::SocketAddr;
 
-use crate::Timestamp;
+use crate::{ClosedBy, Process, Timestamp};
 
 /// Counters from a socket's final `tcp_info`, as a close event reports them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TcpCounters {
-    /// Sequence space sent and acknowledged (`tcpi_bytes_acked`: data, SYN and FIN).
-    pub bytes_acked: u64,
+    /// Sequence space sent and acknowledged (`tcpi_bytes_acked`: data, SYN and FIN), where
+    /// the source reads it (the destroy notification does; the eBPF program does not).
+    pub bytes_acked: Option<u64>,
     /// Sequence space received (`tcpi_bytes_received`: data and FIN).
     pub bytes_received: u64,
     /// Segments retransmitted (`tcpi_total_retrans`).
@@ -19,7 +21,7 @@ pub struct TcpCounters {
 
 /// A socket's transition, from an event-driven source (kernel socket-destroy notifications, an
 /// eBPF program).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SocketEvent {
     /// When it happened (or, where the source cannot tell, when it was read).
     pub at: Timestamp,
@@ -40,6 +42,11 @@ pub struct SocketEvent {
     pub established: Option<bool>,
     /// The socket's final counters, when a close event carried them.
     pub info: Option<TcpCounters>,
+    /// Who hung up, on a close, where the source saw the state the socket left ESTABLISHED
+    /// for (`None`: it cannot tell).
+    pub closed_by: Option<ClosedBy>,
+    /// The process that made the connection, on an open, where the source saw it.
+    pub process: Option<Process>,
 }
 
 /// What happened to the socket.

@@ -138,11 +138,14 @@ impl Destroyed {
             partial: self.partial,
             established: info.map(|i| i.was_established()),
             info: info.map(|i| TcpCounters {
-                bytes_acked: i.bytes_acked,
+                bytes_acked: Some(i.bytes_acked),
                 bytes_received: i.bytes_received,
                 retransmits: i.total_retrans,
                 bytes_sent: i.bytes_sent,
             }),
+            // A destroy notification says neither who closed nor who connected.
+            closed_by: None,
+            process: None,
         }
     }
 }
@@ -817,7 +820,7 @@ pub(crate) mod tests {
         drop(server);
         let batch = rx.recv_timeout(Duration::from_secs(5)).unwrap();
         assert_eq!(batch.events.len(), 1, "{batch:?}");
-        let e = batch.events[0];
+        let e = &batch.events[0];
         assert_eq!((e.id, e.partial, e.established), (c, false, Some(true)));
         assert_eq!(e.kind, fix_monitor_core::SocketEventKind::Closed);
         stop.store(true, Ordering::Relaxed);

@@ -17,6 +17,7 @@
 #![allow(missing_docs)]
 
 use fix_monitor_core::target::Targets;
+use fix_monitor_core::{SocketEvent, Timestamp};
 
 #[cfg(target_os = "linux")]
 pub mod bytecode;
@@ -131,13 +132,11 @@ pub trait Source: Send {
     /// reused across polls so that a steady state allocates nothing.
     fn poll(&mut self, out: &mut Vec<SocketEntry>) -> Result<(), SourceError>;
 
-    /// The exact state changes the source saw since the last call, in the order they
-    /// happened, for sources that see them (eBPF); polling sources see none. Read after
-    /// [`Source::poll`], whose snapshot already reflects them.
-    #[cfg(target_os = "linux")]
-    fn take_transitions(&mut self) -> Vec<ebpf::Transition> {
-        Vec::new()
-    }
+    /// Appends to `out` the opens and closes the source saw since the last call, in the order
+    /// they happened, for sources that see them (eBPF); polling sources see none. Read after
+    /// [`Source::poll`], whose snapshot already reflects them. `now` is the loop's clock as it
+    /// calls: the source stamps each event on it (the loop's clock is the one time base).
+    fn take_events(&mut self, _now: Timestamp, _out: &mut Vec<SocketEvent>) {}
 
     /// What the last successful poll brought. Polling sources read everything every time;
     /// the eBPF source can tell when nothing changed, and the loop then skips the work.

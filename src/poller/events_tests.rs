@@ -133,6 +133,8 @@ fn a_batch_with_losses_is_followed_by_a_poll_at_once() {
         partial: false,
         established: Some(true),
         info: None,
+        closed_by: None,
+        process: None,
     };
     let batch = EventBatch {
         events: vec![late],

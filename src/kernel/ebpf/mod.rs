@@ -127,6 +127,45 @@ pub enum Change {
 }
 
 impl Transition {
+    /// The event this transition is for the loop (`None`: not a session's open or close),
+    /// stamped on the sidecar's clocks ([`timestamp_of`]). This mode knows sockets by their
+    /// 4-tuple only (id 0), whole, and every record left ESTABLISHED or entered it; a close
+    /// carries the counters the program read as the state changed.
+    pub fn to_event(
+        &self,
+        now: fix_monitor_core::Timestamp,
+        now_ktime_ns: u64,
+    ) -> Option<fix_monitor_core::SocketEvent> {
+        use fix_monitor_core::{SocketEventKind, TcpCounters};
+        let (kind, closed_by) = match self.change()? {
+            Change::Opened => (SocketEventKind::Opened, None),
+            Change::Closed(by) => (SocketEventKind::Closed, Some(by)),
+        };
+        let c = self.counters;
+        Some(fix_monitor_core::SocketEvent {
+            at: timestamp_of(self.ktime_ns, now, now_ktime_ns),
+            kind,
+            id: 0,
+            local: self.local,
+            remote: self.remote,
+            partial: false,
+            established: Some(true),
+            info: closed_by.map(|_| TcpCounters {
+                bytes_acked: None,
+                bytes_received: c.bytes_received,
+                retransmits: c.retransmits,
+                bytes_sent: Some(c.bytes_sent),
+            }),
+            closed_by,
+            process: if closed_by.is_none() {
+                self.process.clone()
+            } else {
+                None
+            },
+        })
+    }
+
+    /// What the transition means for a session, from the states it left and entered.
     pub fn change(&self) -> Option<Change> {
         match (self.old, self.new) {
             (_, TcpState::Established) => Some(Change::Opened),
@@ -362,5 +401,75 @@ pub fn timestamp_of(
     fix_monitor_core::Timestamp {
         mono: now.mono.checked_sub(ago).unwrap_or(now.mono),
         wall: now.wall.checked_sub(ago).unwrap_or(now.wall),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fix_monitor_core::{SocketEventKind, Timestamp};
+
+    fn transition(old: TcpState, new: TcpState) -> Transition {
+        Transition {
+            ktime_ns: 1_000_000_000,
+            sock: 1,
+            cookie: 0,
+            local: "10.0.0.1:5000".parse().unwrap(),
+            remote: "10.0.0.5:9876".parse().unwrap(),
+            old,
+            new,
+            process: Some(Process {
+                pid: 7,
+                comm: "gw".into(),
+            }),
+            counters: SocketCounters {
+                bytes_sent: 10,
+                bytes_received: 20,
+                retransmits: 3,
+            },
+        }
+    }
+
+    /// What the loop gets from each transition: the kernel's stamp on the loop's clock, who
+    /// hung up from the state left for, the process on opens, the counters on closes.
+    #[test]
+    fn transitions_become_the_loops_events() {
+        use TcpState::*;
+        let now = Timestamp::now();
+        // The loop's now is 250 ms after the transition, on the kernel's clock.
+        let now_k = 1_250_000_000;
+        let open = transition(SynSent, Established)
+            .to_event(now, now_k)
+            .unwrap();
+        assert_eq!(open.kind, SocketEventKind::Opened);
+        assert_eq!(now.mono - open.at.mono, Duration::from_millis(250));
+        assert_eq!(
+            (open.id, open.partial, open.established),
+            (0, false, Some(true))
+        );
+        assert_eq!(open.process.as_ref().map(|p| p.pid), Some(7));
+        assert_eq!((open.closed_by, open.info), (None, None));
+        for (new, by) in [
+            (FinWait1, ClosedBy::Local),
+            (CloseWait, ClosedBy::Remote),
+            (Close, ClosedBy::Reset),
+            (LastAck, ClosedBy::Unknown),
+        ] {
+            let close = transition(Established, new).to_event(now, now_k).unwrap();
+            assert_eq!(close.kind, SocketEventKind::Closed);
+            assert_eq!(close.closed_by, Some(by));
+            assert_eq!(close.process, None);
+            let info = close.info.unwrap();
+            assert_eq!(
+                (
+                    info.bytes_sent,
+                    info.bytes_received,
+                    info.retransmits,
+                    info.bytes_acked
+                ),
+                (Some(10), 20, 3, None)
+            );
+        }
+        assert_eq!(transition(FinWait1, FinWait2).to_event(now, now_k), None);
     }
 }

@@ -32,6 +32,8 @@ use std::time::{Duration, Instant};
 use super::{ktime_now_ns, Change, EbpfError, EbpfEvents, Options, Transition};
 use crate::lookup::{Answer, HealthLookups, LookupStats, Wanted};
 use crate::netlink::NetlinkSource;
+use fix_monitor_core::{SocketEvent, Timestamp};
+
 use crate::{
     EventCounts, PollNews, SocketEntry, Source, SourceError, SourceKind, TcpHealth, TcpState,
 };
@@ -89,6 +91,12 @@ pub struct EbpfSource {
 }
 
 impl EbpfSource {
+    /// Every transition read since the last call (or [`Source::take_events`]), in order, as
+    /// the program reported them.
+    pub fn take_transitions(&mut self) -> Vec<Transition> {
+        std::mem::take(&mut self.pending)
+    }
+
     pub fn open(
         targets: &Targets,
         opts: Options,
@@ -239,9 +247,17 @@ impl Source for EbpfSource {
         SourceKind::Ebpf
     }
 
-    /// Exact times, who hung up, the process.
-    fn take_transitions(&mut self) -> Vec<Transition> {
-        std::mem::take(&mut self.pending)
+    /// Exact times, who hung up, the process, the final counters.
+    fn take_events(&mut self, now: Timestamp, out: &mut Vec<SocketEvent>) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let now_k = ktime_now_ns();
+        out.extend(
+            self.pending
+                .drain(..)
+                .filter_map(|t| t.to_event(now, now_k)),
+        );
     }
 
     fn event_counts(&self) -> EventCounts {
