@@ -223,15 +223,16 @@ impl Poller {
     /// sources, from `/proc/*/fd` under `proc_root`); says in the log and in `/health` where it
     /// cannot.
     pub fn with_process_lookup(mut self, proc_root: &std::path::Path) -> Poller {
-        use crate::source::SourceKind;
+        use crate::source::ProcessFeed;
         let kind = self.source.kind();
-        let reason = match kind {
-            SourceKind::Netlink | SourceKind::Procfs if cfg!(target_os = "linux") => None,
-            SourceKind::Ebpf => Some(
-                "the ebpf source names the process that connected by itself; \
+        let reason = match self.source.capabilities().process {
+            ProcessFeed::ByInode if cfg!(target_os = "linux") => None,
+            ProcessFeed::FromEvents => Some(format!(
+                "the {} source names the process that connected by itself; \
                  poll.process_lookup is not used",
-            ),
-            _ => Some("poll.process_lookup needs the netlink or procfs source (Linux)"),
+                kind.as_str()
+            )),
+            _ => Some("poll.process_lookup needs the netlink or procfs source (Linux)".to_owned()),
         };
         match reason {
             None => {
@@ -245,13 +246,15 @@ impl Poller {
                     "process lookup on: each new session's pid and command from /proc/*/fd"
                 );
             }
-            Some(reason) => tracing::warn!(source = kind.as_str(), reason, "process lookup off"),
+            Some(ref reason) => {
+                tracing::warn!(source = kind.as_str(), reason, "process lookup off")
+            }
         }
         let _ = proc_root;
         Arc::make_mut(&mut self.state).health.process_lookup =
             Some(crate::state::ProcessLookupHealth {
                 available: reason.is_none(),
-                reason: reason.map(str::to_owned),
+                reason,
                 ..Default::default()
             });
         self
@@ -436,7 +439,7 @@ impl Poller {
     /// whether the port cap cut series.
     fn record(&mut self, next: &mut State) -> bool {
         let (mut gauges, mut capped) = GaugeValues::from_tracker(&self.tracker);
-        if self.source.kind().has_session_health() {
+        if self.source.capabilities().health.available() {
             // The health gauges as of the last poll (events between polls carry none).
             capped |= gauges.with_health(&self.health_poll);
         }

@@ -56,7 +56,7 @@ pub fn take(settings: &Settings) -> Result<Snapshot, SourceError> {
     let mut sockets = Vec::new();
     // `poll.process_lookup`: one walk of /proc/*/fd for the sockets found (netlink, procfs).
     let lookup = settings.poll.process_lookup
-        && matches!(source.kind(), SourceKind::Netlink | SourceKind::Procfs);
+        && source.capabilities().process == source::ProcessFeed::ByInode;
     if lookup {
         source.keep_inodes();
     }

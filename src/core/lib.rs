@@ -22,13 +22,17 @@
 //! - [`Timestamp`]: a point in time on the monotonic and the wall clock; the layers above never
 //!   read a clock themselves, they are handed timestamps.
 //! - [`TcpHealth`]: the fields of a socket's `tcp_info` that fix-monitor keeps.
+//! - [`Capabilities`]: what a source can do (events, health, process, who hung up, how a
+//!   miss is confirmed), which the layers above ask instead of which source runs.
 
+mod capabilities;
 mod event;
 mod health;
 mod socket;
 pub mod target;
 mod time;
 
+pub use capabilities::{Capabilities, Confirmation, EventFeed, HealthFeed, ProcessFeed};
 pub use event::{SocketEvent, SocketEventKind, TcpCounters};
 pub use health::TcpHealth;
 pub use socket::{ClosedBy, Process, SocketEntry, TcpState};

@@ -17,7 +17,9 @@
 #![allow(missing_docs)]
 
 use fix_monitor_core::target::Targets;
-use fix_monitor_core::{SocketEvent, Timestamp};
+pub use fix_monitor_core::{
+    Capabilities, Confirmation, EventFeed, HealthFeed, ProcessFeed, SocketEvent, Timestamp,
+};
 
 #[cfg(target_os = "linux")]
 pub mod bytecode;
@@ -93,12 +95,6 @@ impl SourceKind {
             SourceKind::Ebpf => "ebpf",
         }
     }
-
-    /// Whether the source gives each session's `tcp_info` ([`SocketEntry::health`]): netlink
-    /// in its dumps, eBPF by exact lookups; procfs and netstat cannot.
-    pub fn has_session_health(&self) -> bool {
-        matches!(self, SourceKind::Netlink | SourceKind::Ebpf)
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,8 +121,12 @@ impl SourceError {
 
 /// A way to list this host's matching ESTABLISHED TCP sockets.
 pub trait Source: Send {
-    /// The kind actually in use (never `Auto`).
+    /// The kind actually in use (never `Auto`): a name, for display and logs. What the source
+    /// can do is [`Source::capabilities`]; the layers above ask that, not the kind.
     fn kind(&self) -> SourceKind;
+
+    /// What this source can do.
+    fn capabilities(&self) -> Capabilities;
 
     /// Replaces `out` with the ESTABLISHED sockets that match at least one target. `out` is
     /// reused across polls so that a steady state allocates nothing.

@@ -44,6 +44,7 @@
 //! matching socket and some 250 bytes more per record; [`NetlinkSource::set_tcp_info`] turns it
 //! off, for measurements.
 
+use fix_monitor_core::{Capabilities, Confirmation, EventFeed, HealthFeed, ProcessFeed};
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
@@ -169,6 +170,17 @@ struct PollStats {
 }
 
 impl NetlinkSource {
+    /// Health in every dump; process by inode (after `keep_inodes`); misses confirmed by
+    /// cookie; the kernel's destroy notifications pair with it.
+    pub const CAPABILITIES: Capabilities = Capabilities {
+        events: EventFeed::DestroyNotifications,
+        health: HealthFeed::InPoll,
+        process: ProcessFeed::ByInode,
+        closed_by: false,
+        confirm: Confirmation::ByCookie,
+        reconciles: false,
+    };
+
     /// Opens the netlink socket, compiles the targets into the kernel filter and settles how
     /// polls dump ([`DumpMode`]): where the targets need both families, a probe finds out
     /// whether the kernel serves the one-walk request. Fails where `AF_NETLINK` is unavailable.
@@ -384,6 +396,10 @@ fn compile(targets: &Targets) -> Option<Vec<u8>> {
 impl Source for NetlinkSource {
     fn kind(&self) -> SourceKind {
         SourceKind::Netlink
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        NetlinkSource::CAPABILITIES
     }
 
     fn poll(&mut self, out: &mut Vec<SocketEntry>) -> Result<(), SourceError> {

@@ -12,6 +12,7 @@
 //!   process this one may inspect, so it sees only those processes' sockets (run as the
 //!   gateway's user or as root), and a socket shared by several processes once per process.
 
+use fix_monitor_core::Capabilities;
 use std::net::SocketAddr;
 
 use netstat2::{AddressFamilyFlags, ProtocolFlags, ProtocolSocketInfo, SocketInfo};
@@ -33,6 +34,9 @@ pub struct NetstatSource {
 }
 
 impl NetstatSource {
+    /// Snapshots only.
+    pub const CAPABILITIES: Capabilities = Capabilities::SNAPSHOTS_ONLY;
+
     pub fn new(targets: &Targets) -> Self {
         let mut families = AddressFamilyFlags::empty();
         if targets.wants_ipv4() {
@@ -51,6 +55,10 @@ impl NetstatSource {
 impl Source for NetstatSource {
     fn kind(&self) -> SourceKind {
         SourceKind::Netstat
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        NetstatSource::CAPABILITIES
     }
 
     fn poll(&mut self, out: &mut Vec<SocketEntry>) -> Result<(), SourceError> {

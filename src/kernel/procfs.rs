@@ -23,6 +23,7 @@
 //! order), printed as a host-order number, so the words' bytes come back with `to_ne_bytes`;
 //! IPv6 is four such words. Ports are printed after `ntohs`, so they are plain hex numbers.
 
+use fix_monitor_core::{Capabilities, Confirmation, EventFeed, HealthFeed, ProcessFeed};
 use std::fs::File;
 use std::io::{self, Read};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -53,6 +54,16 @@ struct Table {
 }
 
 impl ProcfsSource {
+    /// No health and no events; process and confirmation by inode (the id it lists).
+    pub const CAPABILITIES: Capabilities = Capabilities {
+        events: EventFeed::None,
+        health: HealthFeed::None,
+        process: ProcessFeed::ByInode,
+        closed_by: false,
+        confirm: Confirmation::ByInode,
+        reconciles: false,
+    };
+
     /// Reads the tables under `/proc`.
     pub fn new(targets: &Targets) -> Result<Self, SourceError> {
         Self::with_root(targets, DEFAULT_ROOT)
@@ -91,6 +102,10 @@ impl ProcfsSource {
 impl Source for ProcfsSource {
     fn kind(&self) -> SourceKind {
         SourceKind::Procfs
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        ProcfsSource::CAPABILITIES
     }
 
     /// The id is the inode here.

@@ -35,6 +35,10 @@ impl Source for Script {
         SourceKind::Procfs
     }
 
+    fn capabilities(&self) -> crate::source::Capabilities {
+        crate::source::procfs::ProcfsSource::CAPABILITIES
+    }
+
     /// As procfs: the id is the inode.
     fn inode(&self, id: u64) -> Option<u64> {
         Some(id)
@@ -148,10 +152,16 @@ fn rig_with(
         .with_reader(exporter)
         .build();
     let meter = provider.meter(crate::instruments::names::METER);
-    let instruments = Instruments::new(&meter, &targets, SourceKind::Procfs);
+    let instruments = Instruments::new(
+        &meter,
+        &targets,
+        SourceKind::Procfs,
+        crate::source::procfs::ProcfsSource::CAPABILITIES,
+    );
     let initial = State::initial(Meta {
         host: "h".into(),
         source: SourceKind::Procfs,
+        capabilities: crate::source::procfs::ProcfsSource::CAPABILITIES,
         interval: Duration::from_secs(1),
         started: t0,
         targets,
@@ -482,6 +492,10 @@ impl Source for Transitions {
         SourceKind::Ebpf
     }
 
+    fn capabilities(&self) -> crate::source::Capabilities {
+        crate::source::ebpf::EbpfSource::CAPABILITIES
+    }
+
     fn poll(&mut self, out: &mut Vec<SocketEntry>) -> Result<(), SourceError> {
         out.clear();
         Ok(())
@@ -540,7 +554,12 @@ fn ebpf_closes_are_counted_by_who_hung_up_short_lived_ones_included() {
             })
             .collect()
     };
-    let instruments = Instruments::new(&meter, &targets(), SourceKind::Ebpf);
+    let instruments = Instruments::new(
+        &meter,
+        &targets(),
+        SourceKind::Ebpf,
+        crate::source::ebpf::EbpfSource::CAPABILITIES,
+    );
     assert_eq!(
         closed(),
         ["local 0", "remote 0", "reset 0", "unknown 0"],
@@ -549,6 +568,7 @@ fn ebpf_closes_are_counted_by_who_hung_up_short_lived_ones_included() {
     let initial = State::initial(Meta {
         host: "h".into(),
         source: SourceKind::Ebpf,
+        capabilities: crate::source::ebpf::EbpfSource::CAPABILITIES,
         interval: Duration::from_secs(1),
         started: t0,
         targets: targets(),

@@ -25,6 +25,7 @@
 //! [`PollNews`]: the loop then takes no new health samples, and when no transition was read
 //! either, it skips the poll's work altogether. A quiet poll then costs a ring-buffer check.
 
+use fix_monitor_core::{Capabilities, Confirmation, EventFeed, HealthFeed, ProcessFeed};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -91,6 +92,18 @@ pub struct EbpfSource {
 }
 
 impl EbpfSource {
+    /// Its own events (exact opens and closes, who hung up, the process), health by
+    /// lookups, and reconciling dumps; sockets are known by 4-tuple (id 0), so misses are not
+    /// confirmed.
+    pub const CAPABILITIES: Capabilities = Capabilities {
+        events: EventFeed::FromSource,
+        health: HealthFeed::ByLookup,
+        process: ProcessFeed::FromEvents,
+        closed_by: true,
+        confirm: Confirmation::None,
+        reconciles: true,
+    };
+
     /// Every transition read since the last call (or [`Source::take_events`]), in order, as
     /// the program reported them.
     pub fn take_transitions(&mut self) -> Vec<Transition> {
@@ -245,6 +258,10 @@ impl EbpfSource {
 impl Source for EbpfSource {
     fn kind(&self) -> SourceKind {
         SourceKind::Ebpf
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        EbpfSource::CAPABILITIES
     }
 
     /// Exact times, who hung up, the process, the final counters.
