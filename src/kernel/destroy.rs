@@ -356,7 +356,10 @@ pub fn spawn_reader(
                     Ok(true) => {}
                     Err(e) => {
                         if !deliver(Batch {
-                            error: Some(format!("waiting for socket-destroy notifications: {e}")),
+                            error: Some(SourceError::Io {
+                                context: "waiting for socket-destroy notifications",
+                                source: e,
+                            }),
                             ..Batch::default()
                         }) {
                             return;
@@ -374,7 +377,7 @@ pub fn spawn_reader(
                 };
                 match result {
                     Ok(d) => batch.lost = d.lost,
-                    Err(e) => batch.error = Some(e.to_string()),
+                    Err(e) => batch.error = Some(e),
                 }
                 if (!batch.events.is_empty() || batch.lost > 0 || batch.error.is_some())
                     && !deliver(batch)

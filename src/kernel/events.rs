@@ -4,8 +4,10 @@
 
 use fix_monitor_core::SocketEvent;
 
+use crate::SourceError;
+
 /// One wake-up's worth of events.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct EventBatch {
     /// The transitions read, stamped with the time they were read.
     pub events: Vec<SocketEvent>,
@@ -13,7 +15,7 @@ pub struct EventBatch {
     /// and reconciles at once with a full poll.
     pub lost: u64,
     /// A read that failed (the source goes on).
-    pub error: Option<String>,
+    pub error: Option<SourceError>,
 }
 
 /// Which way the sidecar learns of closes; `/health` and the start-up log say which.

@@ -97,18 +97,31 @@ impl SourceKind {
     }
 }
 
+/// Why a source could not be opened or polled.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
+    /// A system call failed; `context` says what it was doing.
     #[error("{context}: {source}")]
     Io {
+        /// What was being done ("sending a sock_diag lookup").
         context: &'static str,
+        /// The system's error.
         #[source]
         source: std::io::Error,
     },
+    /// The kernel's answer did not parse.
     #[error("malformed {what}: {detail}")]
-    Parse { what: &'static str, detail: String },
-    #[error("{0}")]
-    Ebpf(String),
+    Parse {
+        /// What was being read.
+        what: &'static str,
+        /// What was wrong with it.
+        detail: String,
+    },
+    /// The eBPF source could not start (its program, maps or capabilities).
+    #[cfg(target_os = "linux")]
+    #[error(transparent)]
+    Ebpf(#[from] ebpf::EbpfError),
+    /// The source does not exist on this platform.
     #[error("the {0} source is not available on this platform")]
     Unsupported(&'static str),
 }
@@ -202,10 +215,11 @@ pub fn open_with(
         SourceKind::Procfs => Err(SourceError::Unsupported("procfs")),
         SourceKind::Netstat => Ok(Box::new(netstat::NetstatSource::new(targets))),
         #[cfg(target_os = "linux")]
-        SourceKind::Ebpf => Ok(Box::new(
-            ebpf::EbpfSource::open(targets, ebpf::Options::default(), reconcile_interval)
-                .map_err(|e| SourceError::Ebpf(e.to_string()))?,
-        )),
+        SourceKind::Ebpf => Ok(Box::new(ebpf::EbpfSource::open(
+            targets,
+            ebpf::Options::default(),
+            reconcile_interval,
+        )?)),
         #[cfg(not(target_os = "linux"))]
         SourceKind::Ebpf => Err(SourceError::Unsupported("ebpf")),
         SourceKind::Auto => open_auto(targets, true, reconcile_interval),
