@@ -2,16 +2,24 @@
 //! and reports them through the OpenTelemetry metrics SDK.
 //!
 //! # Layout
-//! Data flows one way: `source` -> `tracker` -> `instruments` -> `export`.
+//! Data flows one way: `source` -> `tracker` -> `instruments` -> `export`. The workspace's
+//! crates hold the first step of it, so that a wrong-way import does not compile:
+//! `fix-monitor-core` (`src/core`: the vocabulary every layer shares: sockets, events,
+//! timestamps, health fields, targets, capabilities) <- `fix-monitor-kernel` (`src/kernel`: the
+//! sources) <- this crate (the sidecar). `cargo tree -p fix-monitor-kernel` lists no
+//! `fix-monitor`.
 //! - [`config`]: every setting, layered with figment (defaults < file < environment < flags),
 //!   validated once into [`config::Settings`]. It is the one reader of the environment, but for
 //!   `TERM` (the console's dumb-terminal check) and `OTEL_SERVICE_NAME` /
 //!   `OTEL_RESOURCE_ATTRIBUTES` (the SDK's resource detectors, `instruments::resource`); the
 //!   exporter libraries' own `OTEL_EXPORTER_OTLP_*` variables are withheld from them after
 //!   loading ([`config::withhold_library_env`]). `RUST_LOG` is not read.
-//! - [`target`]: what a downstream target is and which target a socket belongs to.
+//! - [`target`]: what a downstream target is and which target a socket belongs to
+//!   (re-exported from `fix-monitor-core`).
 //! - [`source`]: plain snapshots of matching ESTABLISHED sockets (netlink `sock_diag` with a
-//!   kernel-side filter; `/proc/net/tcp*`; netstat2 elsewhere).
+//!   kernel-side filter; `/proc/net/tcp*`; netstat2 elsewhere), kernel events and eBPF: the
+//!   `fix-monitor-kernel` crate, re-exported with the openers that take the configuration's
+//!   defaults.
 //! - [`tracker`]: a pure state machine; snapshots with timestamps in, opened/closed events out.
 //! - [`instruments`]: the OpenTelemetry instruments, fed by tracker events and state.
 //! - [`export`]: the meter provider's readers (Prometheus pull, OTLP push) and the HTTP

@@ -52,6 +52,7 @@ pub struct Confirmer {
 }
 
 impl Confirmer {
+    /// A confirmer; its netlink socket is opened on the first lookup (and again after one fails).
     pub fn open() -> Result<Self, SourceError> {
         Ok(Confirmer {
             socket: Some(netlink::open_socket()?),
@@ -89,6 +90,7 @@ pub struct Lookup {
 }
 
 impl Lookup {
+    /// Lookups by inode if `by_inode` (procfs's ids), by cookie otherwise (netlink's).
     pub fn new(confirmer: Confirmer, by_inode: bool) -> Lookup {
         Lookup {
             confirmer,

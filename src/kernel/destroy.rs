@@ -9,7 +9,7 @@
 //! `NETLINK_SOCK_DIAG` family is created with `NL_CFG_F_NONROOT_RECV`.
 //!
 //! Every TCP socket of the network namespace is announced. A classic BPF filter compiled from
-//! the targets ([`super::cbpf`]) is attached before the groups are joined, so the kernel drops
+//! the targets (`cbpf`) is attached before the groups are joined, so the kernel drops
 //! the others before they are queued.
 //!
 //! What a notification can and cannot say:
@@ -73,7 +73,9 @@ pub struct FinalInfo {
     pub bytes_received: u64,
     /// Segments retransmitted over the connection's life (`tcpi_total_retrans`).
     pub total_retrans: u32,
+    /// Segments sent (`tcpi_segs_out`).
     pub segs_out: u32,
+    /// Segments received (`tcpi_segs_in`).
     pub segs_in: u32,
     /// Segments delivered to the peer, the SYN or SYN-ACK included (`tcpi_delivered`).
     pub delivered: u32,

@@ -30,10 +30,14 @@ pub enum Mode {
     Tracepoint,
     /// Polls only: closes are known to within one interval, sessions shorter than a poll are
     /// not seen. `reason` says why events are not in use.
-    Polling { reason: String },
+    Polling {
+        /// Why events are not in use.
+        reason: String,
+    },
 }
 
 impl Mode {
+    /// The mode's name, as `/health` and the log say it.
     pub fn as_str(&self) -> &'static str {
         match self {
             Mode::KernelEvents => "kernel-events",

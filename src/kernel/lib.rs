@@ -1,20 +1,41 @@
-//! Where socket snapshots come from.
+//! fix-monitor's sources: the kernel's view of this host's TCP sockets, and nothing of what
+//! is done with it.
+//!
+//! It depends on `fix-monitor-core` only (the shared vocabulary: [`SocketEntry`],
+//! [`SocketEvent`], [`Capabilities`], targets); the sidecar (`fix-monitor`: loop, tracker,
+//! instruments, export) sits above it and cannot be imported from here.
 //!
 //! A [`Source`] answers one question per poll: which ESTABLISHED TCP sockets on this host match
-//! at least one configured target right now? It knows nothing of what happens to the answer
-//! (that is the tracker's job). Implementations:
-//! - `netlink`: Linux `sock_diag` (`inet_diag`) dumps, filtered in the kernel by bytecode that
-//!   `bytecode` compiles from the targets. The fast path, and the default where it works.
-//! - `procfs`: `/proc/net/tcp` and `/proc/net/tcp6`, matched in user space. The fallback when
+//! at least one configured target right now? Sources that see more (opens and closes as they
+//! happen, who hung up, the process) hand it over in the same vocabulary
+//! ([`Source::take_events`]), and every source says what it can do
+//! ([`Source::capabilities`]): the layers above ask that, never which source runs.
+//!
+//! # Public API
+//! - [`Source`], [`open_with`] and [`open_oneshot`] (by [`SourceKind`], `Auto` taking the first
+//!   that works), [`SourceError`], [`PollNews`], [`EventCounts`].
+//! - [`netlink`]: `sock_diag` (`inet_diag`) dumps, filtered in the kernel by the bytecode that
+//!   [`bytecode`] compiles from the targets (with [`bytecode::mirror`], the kernel's audit and
+//!   interpreter in user space, for tests). The fast path, and the default where it works.
+//! - [`procfs`]: `/proc/net/tcp` and `/proc/net/tcp6`, matched in user space. The fallback when
 //!   netlink is unavailable (some sandboxes forbid it). Parsed by hand into reused buffers (the
 //!   procfs crate allocates per row and rejects a whole table on a state number it does not
 //!   know, such as newer kernels' TCP_BOUND_INACTIVE); the crate is the tests' reference parser.
-//! - `netstat`: the netstat2 crate, for macOS and Windows, where the original tool also ran.
+//! - the netstat source: the netstat2 crate, for macOS and Windows, where the original tool
+//!   also ran (opened through [`open_with`]).
+//! - [`ebpf`]: the `sock:inet_sock_set_state` tracepoint, a program generated here, loaded and
+//!   read through a ring buffer: exact opens and closes, who hung up, the process.
+//! - [`destroy`]: the kernel's socket-destroy notifications (a netlink subscription with a
+//!   classic-BPF filter), read on a thread of their own into [`events::EventBatch`]es.
+//! - [`confirm`]: exact `sock_diag` lookups of a socket a poll no longer lists.
+//! - [`proc_owner`]: the process owning a socket inode, from `/proc/*/fd`.
+//! - [`events`]: what an event reader hands the loop, and the sidecar's [`events::Mode`].
 //!
-//! Each source is split into I/O (fetching bytes) and pure parsing, tested on fixtures.
-
-// Documenting the public API (the workspace's `missing_docs`) is the next step.
-#![allow(missing_docs)]
+//! Private: the `tcp_info` reader (its value is core's [`TcpHealth`]), the batched health
+//! lookups, the classic-BPF toolkit, and the eBPF program's assembler, BTF and tracefs readers.
+//!
+//! Each source is split into I/O (fetching bytes) and pure parsing, tested on fixtures
+//! (`tests/fixtures` at the top of the repository).
 
 use fix_monitor_core::target::Targets;
 pub use fix_monitor_core::{
@@ -24,7 +45,7 @@ pub use fix_monitor_core::{
 #[cfg(target_os = "linux")]
 pub mod bytecode;
 #[cfg(target_os = "linux")]
-pub mod cbpf;
+mod cbpf;
 #[cfg(target_os = "linux")]
 pub mod confirm;
 #[cfg(target_os = "linux")]
@@ -33,15 +54,15 @@ pub mod destroy;
 pub mod ebpf;
 pub mod events;
 #[cfg(target_os = "linux")]
-pub mod lookup;
+mod lookup;
 #[cfg(target_os = "linux")]
 pub mod netlink;
-pub mod netstat;
+mod netstat;
 #[cfg(target_os = "linux")]
 pub mod proc_owner;
 #[cfg(target_os = "linux")]
 pub mod procfs;
-pub mod tcp_info;
+mod tcp_info;
 
 pub use fix_monitor_core::{ClosedBy, Process, SocketEntry, TcpHealth, TcpState};
 
@@ -56,6 +77,7 @@ pub struct PollNews {
 }
 
 impl PollNews {
+    /// Everything may have changed: what a polling source always says.
     pub const EVERYTHING: PollNews = PollNews {
         sessions_changed: true,
         health_fresh: true,
@@ -75,17 +97,23 @@ pub struct EventCounts {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SourceKind {
+    /// The first that works, in the order eBPF, netlink, procfs, netstat.
     Auto,
+    /// Linux `sock_diag` dumps, filtered in the kernel.
     Netlink,
+    /// `/proc/net/tcp` and `/proc/net/tcp6`.
     Procfs,
+    /// The netstat2 crate (macOS, Windows).
     Netstat,
     /// The `sock:inet_sock_set_state` tracepoint (`ebpf`), reconciled with netlink dumps.
     Ebpf,
 }
 
 impl SourceKind {
+    /// The values the configuration takes, for its error messages.
     pub const ALLOWED: &'static str = "auto, ebpf, netlink, procfs, netstat";
 
+    /// The name as the configuration and the metrics write it.
     pub fn as_str(&self) -> &'static str {
         match self {
             SourceKind::Auto => "auto",
@@ -127,6 +155,7 @@ pub enum SourceError {
 }
 
 impl SourceError {
+    /// Wraps an I/O error with what was being done (for `map_err`).
     pub fn io(context: &'static str) -> impl FnOnce(std::io::Error) -> SourceError {
         move |source| SourceError::Io { context, source }
     }

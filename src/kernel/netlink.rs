@@ -39,7 +39,7 @@
 //! # TCP health
 //! A request's `ext` byte asks for extensions; with the `INET_DIAG_INFO` bit the kernel adds
 //! each socket's `struct tcp_info` as an attribute (for the sockets the filter passed only),
-//! which [`super::tcp_info`] reads into [`SocketEntry::health`]. The legacy request carries the
+//! which `tcp_info` reads into [`SocketEntry::health`]. The legacy request carries the
 //! byte too (`inet_diag_dump_compat` copies `idiag_ext`). It costs a `tcp_get_info` per
 //! matching socket and some 250 bytes more per record; [`NetlinkSource::set_tcp_info`] turns it
 //! off, for measurements.
@@ -119,6 +119,7 @@ pub enum DumpMode {
 }
 
 impl DumpMode {
+    /// The mode's name, for logs and benchmarks.
     pub fn as_str(self) -> &'static str {
         match self {
             DumpMode::OneWalk => "one-walk",

@@ -12,6 +12,7 @@ const BC_NOP: u8 = 0;
 
 /// What the kernel knows of a socket when it runs the filter (`struct inet_diag_entry`).
 pub struct Entry {
+    /// `AF_INET` or `AF_INET6`, as the remote address is.
     pub family: u8,
     /// Remote address; an IPv4 address takes the first 4 bytes.
     pub daddr: [u8; 16],
@@ -22,6 +23,7 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// What the kernel would know of a socket from `local` to `remote`.
     pub fn new(local: &SocketAddr, remote: &SocketAddr) -> Entry {
         let mut daddr = [0; 16];
         let family = match remote.ip() {

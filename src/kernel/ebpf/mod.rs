@@ -3,29 +3,29 @@
 //!
 //! Polling makes the kernel walk every socket of the host on every poll; this instead hooks
 //! the `sock:inet_sock_set_state` tracepoint with a program generated here
-//! ([`program`], no compiler at build time) that keeps only the sockets of the targets and of
+//! (`program`, no compiler at build time) that keeps only the sockets of the targets and of
 //! this network namespace **in the kernel**, and hands the few transitions that matter to user
-//! space through a ring buffer ([`ringbuf`]). The cost therefore follows the targets' traffic,
+//! space through a ring buffer (`ringbuf`). The cost therefore follows the targets' traffic,
 //! not the size of the host.
 //!
-//! - [`tracefs`]: the tracepoint's id and record layout, read at load time;
-//! - [`btf`]: offsets of `struct sock` and `struct net` members, from the kernel's BTF;
-//! - [`asm`] and [`program`]: the program;
+//! - `tracefs`: the tracepoint's id and record layout, read at load time;
+//! - `btf`: offsets of `struct sock` and `struct net` members, from the kernel's BTF;
+//! - `asm` and `program`: the program;
 //! - [`loader`]: `bpf(2)` and `perf_event_open(2)`;
-//! - [`ringbuf`]: the mmap'ed consumer;
+//! - `ringbuf`: the mmap'ed consumer;
 //! - `source`: [`EbpfSource`], the set of matching sockets kept from the transitions and
 //!   reconciled with full dumps.
 //!
 //! Needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN); without them [`EbpfEvents::open`] fails
 //! with [`EbpfError::Capabilities`], which names them.
 
-pub mod asm;
-pub mod btf;
+mod asm;
+mod btf;
 pub mod loader;
-pub mod program;
-pub mod ringbuf;
+mod program;
+mod ringbuf;
 mod source;
-pub mod tracefs;
+mod tracefs;
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -43,19 +43,27 @@ use fix_monitor_core::target::Targets;
 /// Why the eBPF source could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum EbpfError {
+    /// The process lacks these capabilities.
     #[error("the eBPF source needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN, or root); this process lacks {}", .0.join(" and "))]
     Capabilities(Vec<&'static str>),
+    /// The tracepoint's id or record layout could not be read.
     #[error(transparent)]
     Tracefs(#[from] tracefs::TracefsError),
+    /// The kernel's BTF could not be read, or lacks a member the program reads.
     #[error("reading /sys/kernel/btf/vmlinux: {0}")]
     Btf(#[from] btf::BtfError),
+    /// The targets do not fit in one program.
     #[error(transparent)]
     TooManyTargets(#[from] program::TooManyTargets),
+    /// The verifier refused the program.
     #[error("the kernel refused the eBPF program: {0}")]
     Load(#[from] loader::LoadError),
+    /// A system call failed.
     #[error("{what}: {source}")]
     Io {
+        /// What was being done.
         what: &'static str,
+        /// The system's error.
         #[source]
         source: io::Error,
     },
@@ -100,9 +108,13 @@ pub struct Transition {
     /// The socket cookie, where something has asked for it (0 otherwise: reading it in the
     /// program does not create one).
     pub cookie: u64,
+    /// The local address and port.
     pub local: SocketAddr,
+    /// The peer's address and port.
     pub remote: SocketAddr,
+    /// The state the socket left.
     pub old: TcpState,
+    /// The state it entered.
     pub new: TcpState,
     /// Who connected, on opens of outbound connections.
     pub process: Option<Process>,
@@ -114,15 +126,20 @@ pub struct Transition {
 /// A socket's `tcp_info` counters, read by the program from `struct tcp_sock`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SocketCounters {
+    /// Data bytes sent, retransmissions included (`bytes_sent`).
     pub bytes_sent: u64,
+    /// Data bytes received (`bytes_received`).
     pub bytes_received: u64,
+    /// Segments retransmitted (`total_retrans`).
     pub retransmits: u32,
 }
 
 /// What a transition means for a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
+    /// The session reached ESTABLISHED.
     Opened,
+    /// The session left ESTABLISHED, and who hung up.
     Closed(ClosedBy),
 }
 
@@ -220,13 +237,18 @@ impl Transition {
     }
 }
 
-/// The in-kernel counters, summed over CPUs (see [`Counter`]).
+/// The in-kernel counters, summed over CPUs (see `program::Counter`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
+    /// Every hit of the tracepoint (all sockets, all namespaces, all protocols).
     pub seen: u64,
+    /// Transitions into or out of ESTABLISHED that matched a target, in any namespace.
     pub matched: u64,
+    /// Matching sockets (or connects) of other network namespaces, dropped.
     pub other_netns: u64,
+    /// Records written to the ring buffer.
     pub emitted: u64,
+    /// Records dropped because the ring buffer was full.
     pub lost: u64,
 }
 

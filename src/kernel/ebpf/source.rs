@@ -62,6 +62,8 @@ struct Known {
     health: Option<TcpHealth>,
 }
 
+/// The eBPF source: the matching sockets kept from the tracepoint's transitions (see the
+/// module docs).
 pub struct EbpfSource {
     events: EbpfEvents,
     dump: NetlinkSource,
@@ -110,6 +112,8 @@ impl EbpfSource {
         std::mem::take(&mut self.pending)
     }
 
+    /// Loads the program for `targets` and seeds the set with a first dump; `reconcile_every`
+    /// is the time between two reconciling dumps.
     pub fn open(
         targets: &Targets,
         opts: Options,
@@ -147,10 +151,12 @@ impl EbpfSource {
         })
     }
 
+    /// What the source did so far.
     pub fn stats(&self) -> SourceStats {
         self.stats
     }
 
+    /// The loaded program and its ring buffer.
     pub fn events(&self) -> &EbpfEvents {
         &self.events
     }
