@@ -16,6 +16,8 @@ mod endpoint_security;
 mod endpoints;
 mod events;
 mod fix_logs;
+// Issue 18: the workspace's crates depend only on the layers below them.
+mod layers;
 mod otlp_grpc;
 mod otlp_http;
 // Generated hostile input for the parsers and the filter compiler (Linux: netlink, procfs),
