@@ -16,3 +16,4 @@ SOAK_SECONDS=120 SOAK_PROFILE=debug SOAK_CARGO_ARGS="--features system-tests" ba
 python3 benches/test_report.py
 bash scripts/check-dashboards.sh
 bash scripts/check-examples.sh
+bash scripts/check-layers.sh

@@ -116,21 +116,24 @@ type Subscription = source::destroy::DestroySubscriber;
 #[cfg(not(target_os = "linux"))]
 type Subscription = ();
 
-/// Subscribes to kernel close events for `targets` where the source is netlink; says why not
-/// otherwise. Never fails the start: polling alone still works (and says so).
+/// Subscribes to kernel close events for `targets` where the source pairs with them (its
+/// capabilities say so); says why not otherwise. Never fails the start: polling alone still
+/// works (and says so).
 fn subscribe_events(
     kind: source::SourceKind,
+    caps: source::Capabilities,
     targets: &crate::target::Targets,
 ) -> (Mode, Option<Subscription>) {
     #[cfg(target_os = "linux")]
     {
-        if kind == source::SourceKind::Ebpf {
-            // Its own tracepoint: no socket-destroy notifications needed.
-            return (Mode::Tracepoint, None);
-        }
-        if kind != source::SourceKind::Netlink {
-            let reason = format!("the {} source has no kernel close events", kind.as_str());
-            return (Mode::Polling { reason }, None);
+        match caps.events {
+            // Its own events (the eBPF tracepoint): no socket-destroy notifications needed.
+            source::EventFeed::FromSource => return (Mode::Tracepoint, None),
+            source::EventFeed::None => {
+                let reason = format!("the {} source has no kernel close events", kind.as_str());
+                return (Mode::Polling { reason }, None);
+            }
+            source::EventFeed::DestroyNotifications => {}
         }
         match source::destroy::DestroySubscriber::open(targets) {
             Ok(sub) => (Mode::KernelEvents, Some(sub)),
@@ -144,7 +147,7 @@ fn subscribe_events(
     }
     #[cfg(not(target_os = "linux"))]
     {
-        let _ = targets;
+        let _ = (targets, caps);
         let reason = format!(
             "no kernel close events on this platform (the {} source)",
             kind.as_str()
@@ -154,12 +157,12 @@ fn subscribe_events(
 }
 
 /// `poll.health_interval` in the log: what it does with this source, and what it delays.
-fn say_health_interval(settings: &Settings, kind: source::SourceKind) {
+fn say_health_interval(settings: &Settings, kind: source::SourceKind, caps: source::Capabilities) {
     let Some(every) = settings.poll.health_interval else {
         return;
     };
     let shown = humantime::format_duration(every).to_string();
-    if kind != source::SourceKind::Ebpf {
+    if caps.health != source::HealthFeed::ByLookup {
         tracing::info!(
             health_interval = %shown,
             source = kind.as_str(),
@@ -186,15 +189,15 @@ fn say_health_interval(settings: &Settings, kind: source::SourceKind) {
     }
 }
 
-/// How a poll's missing sockets are confirmed: an exact `sock_diag` lookup (by cookie with
-/// netlink, by inode with procfs) where netlink works, none otherwise.
-fn confirmation(kind: source::SourceKind) -> Box<dyn crate::tracker::Confirm + Send> {
+/// How a poll's missing sockets are confirmed: an exact `sock_diag` lookup (by cookie or by
+/// inode, as the source's capabilities say) where netlink works, none otherwise.
+fn confirmation(confirm: source::Confirmation) -> Box<dyn crate::tracker::Confirm + Send> {
     #[cfg(target_os = "linux")]
     {
-        let by_inode = match kind {
-            source::SourceKind::Netlink => false,
-            source::SourceKind::Procfs => true,
-            _ => return Box::new(crate::tracker::Unconfirmed),
+        let by_inode = match confirm {
+            source::Confirmation::ByCookie => false,
+            source::Confirmation::ByInode => true,
+            source::Confirmation::None => return Box::new(crate::tracker::Unconfirmed),
         };
         match source::confirm::Confirmer::open() {
             Ok(c) => return Box::new(source::confirm::Lookup::new(c, by_inode)),
@@ -203,8 +206,23 @@ fn confirmation(kind: source::SourceKind) -> Box<dyn crate::tracker::Confirm + S
             }
         }
     }
-    let _ = kind;
+    let _ = confirm;
     Box::new(crate::tracker::Unconfirmed)
+}
+
+/// The tracker's confirmation through the kernel's exact lookups: the glue between the two
+/// layers, here where they are put together.
+#[cfg(target_os = "linux")]
+impl crate::tracker::Confirm for source::confirm::Lookup {
+    fn confirm(&mut self, conn: &crate::tracker::Connection) -> crate::tracker::Presence {
+        use crate::tracker::Presence;
+        let k = &conn.key;
+        match self.still_established(k.local, k.remote, k.id) {
+            Some(true) => Presence::Established,
+            Some(false) => Presence::Closed,
+            None => Presence::Unknown,
+        }
+    }
 }
 
 /// Opens the state directory and reads what a previous run left there (ignored, with a
@@ -261,7 +279,7 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
         settings.poll.reconcile_interval,
     )?;
     source.set_health_interval(settings.poll.health_interval);
-    say_health_interval(settings, source.kind());
+    say_health_interval(settings, source.kind(), source.capabilities());
     let listener = if options.serve_http {
         Some(
             http::bind(settings.prometheus.listen)
@@ -277,9 +295,15 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
         &telemetry.provider,
         crate::instruments::names::METER,
     );
-    let instruments = Instruments::new(&meter, &settings.targets, source.kind());
+    let instruments = Instruments::new(
+        &meter,
+        &settings.targets,
+        source.kind(),
+        source.capabilities(),
+    );
     crate::process::register(&meter);
-    let (mode, subscription) = subscribe_events(source.kind(), &settings.targets);
+    let (mode, subscription) =
+        subscribe_events(source.kind(), source.capabilities(), &settings.targets);
     let persist = match &settings.state.dir {
         Some(dir) => Some(open_state(dir, &host)?),
         None => None,
@@ -288,6 +312,7 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
         events: mode.clone(),
         host: host.clone(),
         source: source.kind(),
+        capabilities: source.capabilities(),
         interval: settings.poll.interval,
         started: Timestamp::now(),
         targets: settings.targets.clone(),
@@ -395,7 +420,7 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
     let (health_events, _) = tokio::sync::broadcast::channel(EVENT_BUFFER);
     let (inputs, inputs_rx) = mpsc::channel::<Input>();
     let poller = {
-        let confirm = confirmation(source.kind());
+        let confirm = confirmation(source.capabilities().confirm);
         let mut poller = Poller::new(
             source,
             instruments,

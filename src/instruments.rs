@@ -20,7 +20,7 @@ use opentelemetry::KeyValue;
 use opentelemetry_sdk::Resource;
 
 use crate::health::{GroupHealth, HealthPoll};
-use crate::source::{ClosedBy, SourceKind};
+use crate::source::{Capabilities, ClosedBy, SourceKind};
 use crate::target::{TargetId, Targets};
 use crate::tracker::{ConnKey, Event, TargetStats, Tracker};
 
@@ -236,7 +236,13 @@ pub struct Instruments {
 impl Instruments {
     /// Creates the instruments. Counters start at 0 for every target (and the error counter
     /// for `source`), so that `rate()` and alert rules see a series before the first event.
-    pub fn new(meter: &Meter, targets: &Targets, source: SourceKind) -> Instruments {
+    /// Which instruments exist follows what the source can do (`caps`).
+    pub fn new(
+        meter: &Meter,
+        targets: &Targets,
+        source: SourceKind,
+        caps: Capabilities,
+    ) -> Instruments {
         let target_attrs: Arc<Vec<[KeyValue; 1]>> = Arc::new(
             targets
                 .iter()
@@ -317,8 +323,9 @@ impl Instruments {
                 .u64_counter(names::POLL_ERRORS)
                 .with_description("Polls of the connection source that failed")
                 .build(),
-            health: source
-                .has_session_health()
+            health: caps
+                .health
+                .available()
                 .then(|| health_instruments(meter, &gauges, &target_attrs, &port_names)),
             short_lived: meter
                 .u64_counter(names::SHORT_LIVED)
@@ -328,7 +335,7 @@ impl Instruments {
                 .u64_counter(names::EVENTS_LOST)
                 .with_description("Kernel close events (netlink) or state-change records (eBPF ring buffer) dropped by a full buffer; each loss triggers an immediate poll (netlink) or a reconciling dump (eBPF)")
                 .build(),
-            reconciles: (source == SourceKind::Ebpf).then(|| {
+            reconciles: caps.reconciles.then(|| {
                 meter
                     .u64_counter(names::RECONCILES)
                     .with_description("Full sock_diag dumps the eBPF source took to reconcile its view: at start, every poll.reconcile_interval, and after a loss")
@@ -358,9 +365,10 @@ impl Instruments {
         };
         // Only the `by` values this source can tell start at 0: polling alone never knows who
         // hung up, and a `by="local"` series stuck at 0 there would pass for a measurement.
-        let known: &[ClosedBy] = match source {
-            SourceKind::Ebpf => &ClosedBy::ALL,
-            _ => &[ClosedBy::Unknown],
+        let known: &[ClosedBy] = if caps.closed_by {
+            &ClosedBy::ALL
+        } else {
+            &[ClosedBy::Unknown]
         };
         for by in known {
             for a in &instruments.closed_attrs {

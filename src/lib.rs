@@ -2,16 +2,24 @@
 //! and reports them through the OpenTelemetry metrics SDK.
 //!
 //! # Layout
-//! Data flows one way: `source` -> `tracker` -> `instruments` -> `export`.
+//! Data flows one way: `source` -> `tracker` -> `instruments` -> `export`. The workspace's
+//! crates hold the first step of it, so that a wrong-way import does not compile:
+//! `fix-monitor-core` (`src/core`: the vocabulary every layer shares: sockets, events,
+//! timestamps, health fields, targets, capabilities) <- `fix-monitor-kernel` (`src/kernel`: the
+//! sources) <- this crate (the sidecar). `cargo tree -p fix-monitor-kernel` lists no
+//! `fix-monitor`.
 //! - [`config`]: every setting, layered with figment (defaults < file < environment < flags),
 //!   validated once into [`config::Settings`]. It is the one reader of the environment, but for
 //!   `TERM` (the console's dumb-terminal check) and `OTEL_SERVICE_NAME` /
 //!   `OTEL_RESOURCE_ATTRIBUTES` (the SDK's resource detectors, `instruments::resource`); the
 //!   exporter libraries' own `OTEL_EXPORTER_OTLP_*` variables are withheld from them after
 //!   loading ([`config::withhold_library_env`]). `RUST_LOG` is not read.
-//! - [`target`]: what a downstream target is and which target a socket belongs to.
+//! - [`target`]: what a downstream target is and which target a socket belongs to
+//!   (re-exported from `fix-monitor-core`).
 //! - [`source`]: plain snapshots of matching ESTABLISHED sockets (netlink `sock_diag` with a
-//!   kernel-side filter; `/proc/net/tcp*`; netstat2 elsewhere).
+//!   kernel-side filter; `/proc/net/tcp*`; netstat2 elsewhere), kernel events and eBPF: the
+//!   `fix-monitor-kernel` crate, re-exported with the openers that take the configuration's
+//!   defaults.
 //! - [`tracker`]: a pure state machine; snapshots with timestamps in, opened/closed events out.
 //! - [`instruments`]: the OpenTelemetry instruments, fed by tracker events and state.
 //! - [`export`]: the meter provider's readers (Prometheus pull, OTLP push) and the HTTP
@@ -30,6 +38,10 @@
 //!   Ctrl+C) and `snapshot` (one poll, printed).
 //! - [`demo`]: a simulated gateway and venues on loopback, watched by the real sidecar.
 
+// `missing_docs` (a workspace lint) is for the library crates below the sidecar; this crate is
+// the sidecar, not an API for others.
+#![allow(missing_docs)]
+
 pub mod app;
 pub mod config;
 pub mod console;
@@ -42,7 +54,22 @@ pub mod persist;
 pub mod poller;
 pub mod process;
 pub mod session;
-pub mod source;
+/// The sources live in their own crate, [`fix_monitor_kernel`]; this facade keeps the
+/// `fix_monitor::source::...` paths (the tests, the fuzz harness) and adds [`source::open`],
+/// which takes its defaults from the configuration.
+pub mod source {
+    pub use fix_monitor_kernel::*;
+
+    /// [`open_with`] with the configuration's default reconcile interval.
+    pub fn open(
+        kind: SourceKind,
+        targets: &fix_monitor_core::Targets,
+    ) -> Result<Box<dyn Source>, SourceError> {
+        open_with(kind, targets, crate::config::defaults::RECONCILE_INTERVAL)
+    }
+}
 pub mod state;
-pub mod target;
+/// Targets live on the ground floor; re-exported here so that `crate::target` paths (the FIX
+/// layer) keep compiling.
+pub use fix_monitor_core::target;
 pub mod tracker;

@@ -30,7 +30,9 @@ use crate::source::events::EventBatch;
 use crate::source::Source;
 use crate::source::{ClosedBy, Process};
 use crate::state::{Publish, State, RECENT_CLOSED};
-use crate::tracker::{Confirm, ConnKey, Event, Timestamp, Tracker, Unconfirmed};
+use crate::tracker::{
+    Confirm, ConnKey, Event, SocketEvent, SocketEventKind, Timestamp, Tracker, Unconfirmed,
+};
 use std::collections::HashMap;
 
 /// How often, at most, the state file is rewritten (only when something changed).
@@ -128,6 +130,8 @@ pub struct Poller {
     events_out: tokio::sync::broadcast::Sender<Event>,
     sockets: Vec<crate::source::SocketEntry>,
     events: Vec<Event>,
+    /// Reused per tick: the events the source saw since the last one.
+    source_events: Vec<SocketEvent>,
     /// What an event-seeing source (eBPF) told of the sessions: the process that made each
     /// active one, and who hung up for this tick's closes.
     processes: HashMap<ConnKey, Process>,
@@ -202,6 +206,7 @@ impl Poller {
             events_out,
             sockets: Vec::new(),
             events: Vec::new(),
+            source_events: Vec::new(),
             processes: HashMap::new(),
             closed_by: HashMap::new(),
             confirm: Box::new(Unconfirmed),
@@ -218,15 +223,16 @@ impl Poller {
     /// sources, from `/proc/*/fd` under `proc_root`); says in the log and in `/health` where it
     /// cannot.
     pub fn with_process_lookup(mut self, proc_root: &std::path::Path) -> Poller {
-        use crate::source::SourceKind;
+        use crate::source::ProcessFeed;
         let kind = self.source.kind();
-        let reason = match kind {
-            SourceKind::Netlink | SourceKind::Procfs if cfg!(target_os = "linux") => None,
-            SourceKind::Ebpf => Some(
-                "the ebpf source names the process that connected by itself; \
+        let reason = match self.source.capabilities().process {
+            ProcessFeed::ByInode if cfg!(target_os = "linux") => None,
+            ProcessFeed::FromEvents => Some(format!(
+                "the {} source names the process that connected by itself; \
                  poll.process_lookup is not used",
-            ),
-            _ => Some("poll.process_lookup needs the netlink or procfs source (Linux)"),
+                kind.as_str()
+            )),
+            _ => Some("poll.process_lookup needs the netlink or procfs source (Linux)".to_owned()),
         };
         match reason {
             None => {
@@ -240,13 +246,15 @@ impl Poller {
                     "process lookup on: each new session's pid and command from /proc/*/fd"
                 );
             }
-            Some(reason) => tracing::warn!(source = kind.as_str(), reason, "process lookup off"),
+            Some(ref reason) => {
+                tracing::warn!(source = kind.as_str(), reason, "process lookup off")
+            }
         }
         let _ = proc_root;
         Arc::make_mut(&mut self.state).health.process_lookup =
             Some(crate::state::ProcessLookupHealth {
                 available: reason.is_none(),
-                reason: reason.map(str::to_owned),
+                reason,
                 ..Default::default()
             });
         self
@@ -367,10 +375,7 @@ impl Poller {
             Ok(()) => {
                 // Exact opens and closes first (each at its kernel timestamp), then the
                 // snapshot, which already reflects them and only corrects what they missed.
-                #[cfg(target_os = "linux")]
-                let final_counts = self.apply_transitions(clock);
-                #[cfg(not(target_os = "linux"))]
-                let final_counts = false;
+                let final_counts = self.apply_source_events(clock);
                 self.tracker.apply_confirmed(
                     at,
                     &self.sockets,
@@ -434,7 +439,7 @@ impl Poller {
     /// whether the port cap cut series.
     fn record(&mut self, next: &mut State) -> bool {
         let (mut gauges, mut capped) = GaugeValues::from_tracker(&self.tracker);
-        if self.source.kind().has_session_health() {
+        if self.source.capabilities().health.available() {
             // The health gauges as of the last poll (events between polls carry none).
             capped |= gauges.with_health(&self.health_poll);
         }
@@ -494,8 +499,7 @@ impl Poller {
                 self.events.clear();
                 let mut final_counts = false;
                 for e in &batch.events {
-                    self.tracker.event(e, &mut self.events);
-                    final_counts |= self.health_closed(e);
+                    final_counts |= self.apply_event(e);
                 }
                 if final_counts {
                     // The growth since each session's last poll, counted now (a poll may be
@@ -537,10 +541,34 @@ impl Poller {
         }
     }
 
-    /// Hands a close event's final counters (the destroy notification's `tcp_info`) to the
-    /// health book. Returns whether they were counted.
-    fn health_closed(&mut self, e: &crate::tracker::SocketEvent) -> bool {
-        use crate::tracker::SocketEventKind;
+    /// Applies one socket event (from the source's poll or from an event reader) through
+    /// [`Tracker::event`], and keeps what it says beyond the tracker's view: the process that
+    /// made a session it opened, and who hung up on one it closed (where the source saw them).
+    /// A close's final counters go to the health book as the session's last ones. Returns
+    /// whether they were counted.
+    fn apply_event(&mut self, e: &SocketEvent) -> bool {
+        let before = self.events.len();
+        self.tracker.event(e, &mut self.events);
+        let key = ConnKey {
+            local: e.local,
+            remote: e.remote,
+            id: e.id,
+        };
+        match (e.kind, self.events.get(before)) {
+            (SocketEventKind::Opened, Some(Event::Opened(_))) => {
+                if let Some(p) = &e.process {
+                    self.processes.insert(key, p.clone());
+                }
+            }
+            // A close whose open no event or poll saw is short-lived: who hung up is known
+            // all the same.
+            (SocketEventKind::Closed, Some(Event::Closed { .. } | Event::ShortLived { .. })) => {
+                if let Some(by) = e.closed_by {
+                    self.closed_by.insert(key, by);
+                }
+            }
+            _ => {}
+        }
         let Some(info) = e.info else { return false };
         if e.kind != SocketEventKind::Closed || e.partial || e.established == Some(false) {
             return false;
@@ -550,68 +578,19 @@ impl Poller {
         self.health.closed_with(e.id, e.local, e.remote, totals)
     }
 
-    /// Applies the state changes an event-seeing source read since the last tick, in order,
-    /// each at the moment the kernel stamped it: sessions shorter than a poll get their real
-    /// lifetime, and closes say who hung up. A close's counters (read by the program as the
-    /// state changed) go to the health book as the session's final ones. Returns whether any
-    /// did.
-    #[cfg(target_os = "linux")]
-    fn apply_transitions(&mut self, clock: &dyn Clock) -> bool {
-        use crate::source::ebpf::{self, Change};
-        use crate::tracker::{SocketEvent, SocketEventKind};
-        let transitions = self.source.take_transitions();
-        if transitions.is_empty() {
-            return false;
-        }
+    /// Applies the opens and closes the source saw since the last tick (an event-seeing
+    /// source), in order, each at the moment it happened: sessions shorter than a poll get
+    /// their real lifetime, and closes say who hung up. Returns whether any close's final
+    /// counters were counted.
+    fn apply_source_events(&mut self, clock: &dyn Clock) -> bool {
+        let mut seen = std::mem::take(&mut self.source_events);
+        seen.clear();
+        self.source.take_events(clock.now(), &mut seen);
         let mut final_counts = false;
-        let (now, now_k) = (clock.now(), ebpf::ktime_now_ns());
-        for t in transitions {
-            let (kind, by) = match t.change() {
-                Some(Change::Opened) => (SocketEventKind::Opened, None),
-                Some(Change::Closed(by)) => (SocketEventKind::Closed, Some(by)),
-                None => continue,
-            };
-            // The same path as the kernel's destroy notifications (`Tracker::event`). This
-            // mode knows sockets by their 4-tuple only (id 0), whole, and every record left
-            // ESTABLISHED or entered it.
-            let event = SocketEvent {
-                at: ebpf::timestamp_of(t.ktime_ns, now, now_k),
-                kind,
-                id: 0,
-                local: t.local,
-                remote: t.remote,
-                partial: false,
-                established: Some(true),
-                info: None,
-            };
-            let key = ConnKey {
-                local: t.local,
-                remote: t.remote,
-                id: 0,
-            };
-            let before = self.events.len();
-            self.tracker.event(&event, &mut self.events);
-            match (by, self.events.get(before)) {
-                (None, Some(Event::Opened(_))) => {
-                    if let Some(p) = t.process {
-                        self.processes.insert(key, p);
-                    }
-                }
-                // A close whose open no record or poll saw is short-lived: who hung up is
-                // known all the same.
-                (Some(by), Some(Event::Closed { .. } | Event::ShortLived { .. })) => {
-                    self.closed_by.insert(key, by);
-                    let c = t.counters;
-                    let totals = crate::health::Growth::of(
-                        c.retransmits,
-                        Some(c.bytes_sent),
-                        Some(c.bytes_received),
-                    );
-                    final_counts |= self.health.closed_with(0, t.local, t.remote, totals);
-                }
-                _ => {}
-            }
+        for e in &seen {
+            final_counts |= self.apply_event(e);
         }
+        self.source_events = seen;
         final_counts
     }
 
@@ -758,7 +737,7 @@ fn log_events(
                     remote = %conn.key.remote,
                     duration = %crate::session::hms(*duration),
                     duration_seconds = duration.as_secs_f64(),
-                    bytes_acked = info.map(|i| i.bytes_acked),
+                    bytes_acked = info.and_then(|i| i.bytes_acked),
                     bytes_received = info.map(|i| i.bytes_received),
                     retransmits = info.map(|i| i.retransmits),
                     by,
@@ -771,7 +750,7 @@ fn log_events(
                 target_name = %names[conn.target],
                 local = %conn.key.local,
                 remote = %conn.key.remote,
-                bytes_acked = info.map(|i| i.bytes_acked),
+                bytes_acked = info.and_then(|i| i.bytes_acked),
                 bytes_received = info.map(|i| i.bytes_received),
                 retransmits = info.map(|i| i.retransmits),
                 "connection opened and closed between two polls (short-lived; lifetime under one interval)"

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use crate::session::{rfc3339, Session, SessionJson};
 use crate::source::events::Mode;
-use crate::source::SourceKind;
+use crate::source::{Capabilities, SourceKind};
 use crate::target::Targets;
 use crate::tracker::{TargetStats, Timestamp};
 
@@ -26,6 +26,8 @@ pub const UNHEALTHY_AFTER_INTERVALS: u32 = 3;
 pub struct Meta {
     pub host: String,
     pub source: SourceKind,
+    /// What the source can do (what `/health` says it measures).
+    pub capabilities: Capabilities,
     pub interval: Duration,
     pub started: Timestamp,
     pub targets: Targets,
@@ -162,7 +164,7 @@ impl State {
             last_error: self.health.last_error.clone(),
             polls: self.health.polls,
             started: rfc3339(self.meta.started.wall),
-            session_health: SessionHealthView::of(self.meta.source),
+            session_health: SessionHealthView::of(self.meta.source, self.meta.capabilities),
             process_lookup: self.health.process_lookup.clone(),
         }
     }
@@ -253,23 +255,18 @@ pub struct HealthView {
 pub struct SessionHealthView {
     pub available: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<&'static str>,
+    pub reason: Option<String>,
 }
 
 impl SessionHealthView {
-    fn of(source: SourceKind) -> SessionHealthView {
-        let reason = match source {
-            // The ebpf source looks every session's tcp_info up by an exact sock_diag request.
-            SourceKind::Netlink | SourceKind::Ebpf => None,
-            SourceKind::Procfs => Some(
-                "the procfs source has no tcp_info: RTT, retransmits, queues and silence are \
+    fn of(source: SourceKind, caps: Capabilities) -> SessionHealthView {
+        let reason = (!caps.health.available()).then(|| {
+            format!(
+                "the {} source has no tcp_info: RTT, retransmits, queues and silence are \
                  not measured and their series are left out",
-            ),
-            SourceKind::Netstat | SourceKind::Auto => Some(
-                "the netstat source has no tcp_info: RTT, retransmits, queues and silence are \
-                 not measured and their series are left out",
-            ),
-        };
+                source.as_str()
+            )
+        });
         SessionHealthView {
             available: reason.is_none(),
             reason,
@@ -287,6 +284,7 @@ mod tests {
         let s = State::initial(Meta {
             host: "h".into(),
             source: SourceKind::Procfs,
+            capabilities: crate::source::procfs::ProcfsSource::CAPABILITIES,
             interval: Duration::from_secs(1),
             started: t0,
             targets: Targets::default(),

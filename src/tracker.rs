@@ -31,41 +31,17 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
-use crate::source::{SocketEntry, TcpState};
 use crate::target::{TargetId, Targets};
+use fix_monitor_core::{SocketEntry, TcpState};
+pub use fix_monitor_core::{SocketEvent, SocketEventKind, TcpCounters, Timestamp};
 
 /// How many closed socket ids are remembered, to recognise a late or duplicate event and a
 /// stale snapshot. A close event can come long after the poll that saw the socket leave
 /// ESTABLISHED (a FIN_WAIT2 lasts up to a minute, a CLOSE_WAIT as long as the application keeps
 /// it); past this many closes in between, such an event would be taken for a short session.
 pub const CLOSED_MEMORY: usize = 65_536;
-
-/// A point in time, on both clocks: `mono` for durations (immune to clock steps), `wall` for
-/// what people read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timestamp {
-    pub mono: Instant,
-    pub wall: SystemTime,
-}
-
-impl Timestamp {
-    pub fn now() -> Timestamp {
-        Timestamp {
-            mono: Instant::now(),
-            wall: SystemTime::now(),
-        }
-    }
-
-    /// This timestamp moved forward by `d` on both clocks (for tests and simulations).
-    pub fn after(&self, d: Duration) -> Timestamp {
-        Timestamp {
-            mono: self.mono + d,
-            wall: self.wall + d,
-        }
-    }
-}
 
 /// What identifies one connection across polls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -123,47 +99,6 @@ pub enum Event {
         at: Timestamp,
         info: Option<TcpCounters>,
     },
-}
-
-/// Counters from a socket's final `tcp_info`, as a close event reports them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TcpCounters {
-    /// Sequence space sent and acknowledged (`tcpi_bytes_acked`: data, SYN and FIN).
-    pub bytes_acked: u64,
-    /// Sequence space received (`tcpi_bytes_received`: data and FIN).
-    pub bytes_received: u64,
-    /// Segments retransmitted (`tcpi_total_retrans`).
-    pub retransmits: u32,
-    /// Data bytes sent, retransmissions included (`tcpi_bytes_sent`; Linux 4.19+).
-    pub bytes_sent: Option<u64>,
-}
-
-/// A socket's transition, from an event-driven source (kernel socket-destroy notifications, an
-/// eBPF program).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SocketEvent {
-    pub at: Timestamp,
-    pub kind: SocketEventKind,
-    /// The kernel's socket cookie: what snapshots and events agree on.
-    pub id: u64,
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
-    /// The 4-tuple is incomplete: the remote port (0 here) and perhaps the local address were
-    /// cleared before the event was sent (a socket our side aborted). Only the cookie, the
-    /// remote address and the local port can be relied on.
-    pub partial: bool,
-    /// Whether the socket ever reached ESTABLISHED, where the source can tell (`None`: it
-    /// cannot, and a close of an unknown socket counts as a session).
-    pub established: Option<bool>,
-    pub info: Option<TcpCounters>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SocketEventKind {
-    /// The socket reached ESTABLISHED.
-    Opened,
-    /// The socket is gone.
-    Closed,
 }
 
 /// What the kernel says about a socket that a snapshot no longer lists (the answer of an exact
@@ -777,6 +712,8 @@ mod tests {
             partial: false,
             established: Some(true),
             info: None,
+            closed_by: None,
+            process: None,
         }
     }
 

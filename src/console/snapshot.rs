@@ -48,11 +48,15 @@ pub struct SnapshotTarget {
 
 /// Opens the source, polls it once, and attributes what it saw.
 pub fn take(settings: &Settings) -> Result<Snapshot, SourceError> {
-    let mut source = source::open_oneshot(settings.poll.source, &settings.targets)?;
+    let mut source = source::open_oneshot(
+        settings.poll.source,
+        &settings.targets,
+        settings.poll.reconcile_interval,
+    )?;
     let mut sockets = Vec::new();
     // `poll.process_lookup`: one walk of /proc/*/fd for the sockets found (netlink, procfs).
     let lookup = settings.poll.process_lookup
-        && matches!(source.kind(), SourceKind::Netlink | SourceKind::Procfs);
+        && source.capabilities().process == source::ProcessFeed::ByInode;
     if lookup {
         source.keep_inodes();
     }

@@ -34,10 +34,16 @@ fn live_an_overflow_is_counted_and_the_totals_stay_exact() {
         .with_reader(exporter)
         .build();
     let meter = provider.meter(crate::instruments::names::METER);
-    let instruments = Instruments::new(&meter, &targets, SourceKind::Netlink);
+    let instruments = Instruments::new(
+        &meter,
+        &targets,
+        SourceKind::Netlink,
+        NetlinkSource::CAPABILITIES,
+    );
     let initial = State::initial(Meta {
         host: "h".into(),
         source: SourceKind::Netlink,
+        capabilities: NetlinkSource::CAPABILITIES,
         interval: Duration::from_secs(1),
         started: Timestamp::now(),
         targets: targets.clone(),
@@ -133,6 +139,8 @@ fn a_batch_with_losses_is_followed_by_a_poll_at_once() {
         partial: false,
         established: Some(true),
         info: None,
+        closed_by: None,
+        process: None,
     };
     let batch = EventBatch {
         events: vec![late],

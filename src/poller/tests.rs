@@ -35,6 +35,10 @@ impl Source for Script {
         SourceKind::Procfs
     }
 
+    fn capabilities(&self) -> crate::source::Capabilities {
+        crate::source::procfs::ProcfsSource::CAPABILITIES
+    }
+
     /// As procfs: the id is the inode.
     fn inode(&self, id: u64) -> Option<u64> {
         Some(id)
@@ -148,10 +152,16 @@ fn rig_with(
         .with_reader(exporter)
         .build();
     let meter = provider.meter(crate::instruments::names::METER);
-    let instruments = Instruments::new(&meter, &targets, SourceKind::Procfs);
+    let instruments = Instruments::new(
+        &meter,
+        &targets,
+        SourceKind::Procfs,
+        crate::source::procfs::ProcfsSource::CAPABILITIES,
+    );
     let initial = State::initial(Meta {
         host: "h".into(),
         source: SourceKind::Procfs,
+        capabilities: crate::source::procfs::ProcfsSource::CAPABILITIES,
         interval: Duration::from_secs(1),
         started: t0,
         targets,
@@ -473,14 +483,17 @@ fn process_lookup_walks_only_for_new_sessions_and_keeps_the_owner_until_the_clos
     assert!(health.available && health.unreadable_processes == 0 && health.reason.is_none());
 }
 
-/// A source that hands over scripted eBPF transitions once, with empty snapshots.
-#[cfg(target_os = "linux")]
-struct Transitions(Vec<crate::source::ebpf::Transition>);
+/// A source that hands over scripted events once (as the eBPF source reads them from its
+/// tracepoint), with empty snapshots.
+struct Transitions(Vec<crate::tracker::SocketEvent>);
 
-#[cfg(target_os = "linux")]
 impl Source for Transitions {
     fn kind(&self) -> SourceKind {
         SourceKind::Ebpf
+    }
+
+    fn capabilities(&self) -> crate::source::Capabilities {
+        crate::source::ebpf::EbpfSource::CAPABILITIES
     }
 
     fn poll(&mut self, out: &mut Vec<SocketEntry>) -> Result<(), SourceError> {
@@ -488,39 +501,42 @@ impl Source for Transitions {
         Ok(())
     }
 
-    fn take_transitions(&mut self) -> Vec<crate::source::ebpf::Transition> {
-        std::mem::take(&mut self.0)
+    fn take_events(&mut self, _now: Timestamp, out: &mut Vec<crate::tracker::SocketEvent>) {
+        out.append(&mut self.0);
     }
 }
 
 /// eBPF mode: each close is counted under who hung up, a close whose open nobody saw
 /// (short-lived) included, and the four `by` series exist from the start.
-#[cfg(target_os = "linux")]
 #[test]
 fn ebpf_closes_are_counted_by_who_hung_up_short_lived_ones_included() {
-    use crate::source::ebpf::{ktime_now_ns, Transition};
+    use crate::source::ClosedBy::*;
+    use crate::tracker::SocketEventKind::{Closed, Opened};
     let t0 = Timestamp::now();
-    let k = ktime_now_ns();
     let remote: SocketAddr = "10.0.0.5:9876".parse().unwrap();
-    let tr = |ms_ago: u64, port: u16, old, new| Transition {
-        ktime_ns: k - ms_ago * 1_000_000,
-        sock: u64::from(port),
-        cookie: 0,
+    // What the eBPF source makes of its transitions (`Transition::to_event`).
+    let tr = |ms_ago: u64, port: u16, kind, by| crate::tracker::SocketEvent {
+        at: Timestamp {
+            mono: t0.mono - Duration::from_millis(ms_ago),
+            wall: t0.wall - Duration::from_millis(ms_ago),
+        },
+        kind,
+        id: 0,
         local: SocketAddr::from(([10, 0, 0, 1], port)),
         remote,
-        old,
-        new,
+        partial: false,
+        established: Some(true),
+        info: None,
+        closed_by: by,
         process: None,
-        counters: Default::default(),
     };
-    use TcpState::*;
     let script = vec![
-        tr(50, 5000, SynSent, Established),
-        tr(40, 5000, Established, FinWait1),
+        tr(50, 5000, Opened, None),
+        tr(40, 5000, Closed, Some(Local)),
         // No open for this one: short-lived.
-        tr(30, 5001, Established, CloseWait),
-        tr(20, 5002, SynSent, Established),
-        tr(10, 5002, Established, Close),
+        tr(30, 5001, Closed, Some(Remote)),
+        tr(20, 5002, Opened, None),
+        tr(10, 5002, Closed, Some(Reset)),
     ];
     let (exporter, registry) = crate::export::prometheus::reader("h").unwrap();
     let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
@@ -538,7 +554,12 @@ fn ebpf_closes_are_counted_by_who_hung_up_short_lived_ones_included() {
             })
             .collect()
     };
-    let instruments = Instruments::new(&meter, &targets(), SourceKind::Ebpf);
+    let instruments = Instruments::new(
+        &meter,
+        &targets(),
+        SourceKind::Ebpf,
+        crate::source::ebpf::EbpfSource::CAPABILITIES,
+    );
     assert_eq!(
         closed(),
         ["local 0", "remote 0", "reset 0", "unknown 0"],
@@ -547,6 +568,7 @@ fn ebpf_closes_are_counted_by_who_hung_up_short_lived_ones_included() {
     let initial = State::initial(Meta {
         host: "h".into(),
         source: SourceKind::Ebpf,
+        capabilities: crate::source::ebpf::EbpfSource::CAPABILITIES,
         interval: Duration::from_secs(1),
         started: t0,
         targets: targets(),

@@ -18,6 +18,8 @@ mod events;
 mod fix_logs;
 // The man page and completions generated from the CLI definitions.
 mod generate;
+// Issue 18: the workspace's crates depend only on the layers below them.
+mod layers;
 // The metric tables of README.md and dashboards/README.md against the code's names.
 mod metric_docs;
 mod otlp_grpc;

@@ -389,7 +389,8 @@ fn dashboard_expressions_return_data_from_a_real_scrape() {
     // session-health panels have stale counts (by target and by port).
     // The FIX row: the sidecar follows the message log of a simulated gateway whose sessions
     // (orders acked, rejects, a sequence gap) run against a simulated venue; venue-a's
-    // comp_ids link them to it.
+    // comp_ids link them to it. Capture is on too (the test runs as root), so that the capture's
+    // table has series for its panels (it sees the targets' connections, which carry no FIX).
     let fix_logs = tempfile::tempdir().unwrap();
     let fix_venue = fix_monitor::fix::sim::Venue::start(
         "127.0.0.1:0".parse().unwrap(),
@@ -423,6 +424,7 @@ port = {pb}
 
 [fix]
 our_comp_ids = ["GW"]
+capture = true
 [[fix.logs]]
 path = "{logs}/*.messages.log"
 "#,

@@ -473,6 +473,8 @@ pub struct Pki {
 }
 
 impl Pki {
+    // Making a CA and two certificates is work, not a default value.
+    #[allow(clippy::new_without_default)]
     pub fn new() -> Pki {
         use rcgen::{
             BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,

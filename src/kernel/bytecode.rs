@@ -24,7 +24,7 @@ use std::net::{IpAddr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv6Net};
 
-use crate::target::{Target, Targets};
+use fix_monitor_core::target::{Target, Targets};
 
 pub mod mirror;
 
@@ -52,6 +52,7 @@ pub const MAX_LEN: usize = (u16::MAX as usize - 4) & !3;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the kernel filter for these targets would take {len} bytes, more than the {MAX_LEN} a request can carry")]
 pub struct ProgramTooLong {
+    /// The program's length, in bytes.
     pub len: usize,
 }
 

@@ -15,8 +15,11 @@ const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_PROG_LOAD: libc::c_long = 5;
 
+/// `BPF_MAP_TYPE_PERCPU_ARRAY`.
 pub const MAP_PERCPU_ARRAY: u32 = 6;
+/// `BPF_MAP_TYPE_LRU_HASH`.
 pub const MAP_LRU_HASH: u32 = 9;
+/// `BPF_MAP_TYPE_RINGBUF`.
 pub const MAP_RINGBUF: u32 = 27;
 const PROG_TYPE_TRACEPOINT: u32 = 5;
 
@@ -67,7 +70,9 @@ fn pair(a: u32, b: u32) -> u64 {
 /// A BPF map.
 #[derive(Debug)]
 pub struct Map {
+    /// The map's descriptor.
     pub fd: OwnedFd,
+    /// Size of one value, in bytes.
     pub value_size: usize,
 }
 
@@ -95,6 +100,7 @@ impl Map {
         })
     }
 
+    /// The descriptor, as a program's `ld_imm64` map reference takes it.
     pub fn raw(&self) -> i32 {
         self.fd.as_raw_fd()
     }
@@ -124,8 +130,10 @@ fn from_bytes(b: &[u8]) -> Vec<u64> {
 #[derive(Debug, thiserror::Error)]
 #[error("BPF_PROG_LOAD: {error}{}", if log.is_empty() { String::new() } else { format!("; the verifier said:\n{log}") })]
 pub struct LoadError {
+    /// What `bpf(BPF_PROG_LOAD)` returned.
     #[source]
     pub error: io::Error,
+    /// The verifier's log (empty when it said nothing).
     pub log: String,
 }
 

@@ -26,7 +26,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use super::asm::*;
-use crate::target::{Target, Targets};
+use fix_monitor_core::target::{Target, Targets};
 
 /// Helper function ids (`enum bpf_func_id`, include/uapi/linux/bpf.h).
 mod helper {
@@ -882,8 +882,8 @@ mod tests {
         assert_eq!(t.cookie, 77);
         assert_eq!(t.sock, SK);
         assert_eq!(t.ktime_ns, 1_000);
-        assert_eq!(t.old, crate::source::TcpState::SynSent);
-        assert_eq!(t.new, crate::source::TcpState::Established);
+        assert_eq!(t.old, crate::TcpState::SynSent);
+        assert_eq!(t.new, crate::TcpState::Established);
         let p = t.process.unwrap();
         assert_eq!((p.pid, p.comm.as_str()), (42, "gwfx"));
     }

@@ -13,7 +13,7 @@
 //! read a socket's cookie but not create one, so most new sockets have none yet when they open.
 //!
 //! **Session health**: after the set is up to date, each poll looks every session up by an
-//! exact `sock_diag` request with `INET_DIAG_INFO` ([`crate::source::lookup`]), in batches, and
+//! exact `sock_diag` request with `INET_DIAG_INFO` ([`crate::lookup`]), in batches, and
 //! hands its `tcp_info` over in [`SocketEntry::health`], as the netlink source's dump does. The
 //! lookups cost one kernel hash lookup per watched session (M), not a walk of the host's
 //! sockets (N). The first lookup learns the socket's cookie (the kernel makes one when it
@@ -25,17 +25,20 @@
 //! [`PollNews`]: the loop then takes no new health samples, and when no transition was read
 //! either, it skips the poll's work altogether. A quiet poll then costs a ring-buffer check.
 
+use fix_monitor_core::{Capabilities, Confirmation, EventFeed, HealthFeed, ProcessFeed};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::{ktime_now_ns, Change, EbpfError, EbpfEvents, Options, Transition};
-use crate::source::lookup::{Answer, HealthLookups, LookupStats, Wanted};
-use crate::source::netlink::NetlinkSource;
-use crate::source::{
+use crate::lookup::{Answer, HealthLookups, LookupStats, Wanted};
+use crate::netlink::NetlinkSource;
+use fix_monitor_core::{SocketEvent, Timestamp};
+
+use crate::{
     EventCounts, PollNews, SocketEntry, Source, SourceError, SourceKind, TcpHealth, TcpState,
 };
-use crate::target::Targets;
+use fix_monitor_core::target::Targets;
 
 /// Counts of what the source did, for self-metrics and benchmarks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -59,6 +62,8 @@ struct Known {
     health: Option<TcpHealth>,
 }
 
+/// The eBPF source: the matching sockets kept from the tracepoint's transitions (see the
+/// module docs).
 pub struct EbpfSource {
     events: EbpfEvents,
     dump: NetlinkSource,
@@ -89,6 +94,26 @@ pub struct EbpfSource {
 }
 
 impl EbpfSource {
+    /// Its own events (exact opens and closes, who hung up, the process), health by
+    /// lookups, and reconciling dumps; sockets are known by 4-tuple (id 0), so misses are not
+    /// confirmed.
+    pub const CAPABILITIES: Capabilities = Capabilities {
+        events: EventFeed::FromSource,
+        health: HealthFeed::ByLookup,
+        process: ProcessFeed::FromEvents,
+        closed_by: true,
+        confirm: Confirmation::None,
+        reconciles: true,
+    };
+
+    /// Every transition read since the last call (or [`Source::take_events`]), in order, as
+    /// the program reported them.
+    pub fn take_transitions(&mut self) -> Vec<Transition> {
+        std::mem::take(&mut self.pending)
+    }
+
+    /// Loads the program for `targets` and seeds the set with a first dump; `reconcile_every`
+    /// is the time between two reconciling dumps.
     pub fn open(
         targets: &Targets,
         opts: Options,
@@ -126,10 +151,12 @@ impl EbpfSource {
         })
     }
 
+    /// What the source did so far.
     pub fn stats(&self) -> SourceStats {
         self.stats
     }
 
+    /// The loaded program and its ring buffer.
     pub fn events(&self) -> &EbpfEvents {
         &self.events
     }
@@ -239,9 +266,21 @@ impl Source for EbpfSource {
         SourceKind::Ebpf
     }
 
-    /// Exact times, who hung up, the process.
-    fn take_transitions(&mut self) -> Vec<Transition> {
-        std::mem::take(&mut self.pending)
+    fn capabilities(&self) -> Capabilities {
+        EbpfSource::CAPABILITIES
+    }
+
+    /// Exact times, who hung up, the process, the final counters.
+    fn take_events(&mut self, now: Timestamp, out: &mut Vec<SocketEvent>) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let now_k = ktime_now_ns();
+        out.extend(
+            self.pending
+                .drain(..)
+                .filter_map(|t| t.to_event(now, now_k)),
+        );
     }
 
     fn event_counts(&self) -> EventCounts {

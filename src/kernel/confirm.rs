@@ -52,6 +52,7 @@ pub struct Confirmer {
 }
 
 impl Confirmer {
+    /// A confirmer; its netlink socket is opened on the first lookup (and again after one fails).
     pub fn open() -> Result<Self, SourceError> {
         Ok(Confirmer {
             socket: Some(netlink::open_socket()?),
@@ -78,9 +79,9 @@ impl Confirmer {
     }
 }
 
-/// The tracker's confirmation ([`crate::tracker::Confirm`]) through exact lookups, by cookie
-/// (the netlink source) or by inode (procfs). A lookup that fails is `Unknown`: the socket is
-/// closed as the snapshot says, but may come back.
+/// Confirmation of a socket a poll no longer lists, through exact lookups, by cookie (the
+/// netlink source) or by inode (procfs); the sidecar's tracker asks it
+/// ([`Lookup::still_established`]).
 pub struct Lookup {
     confirmer: Confirmer,
     by_inode: bool,
@@ -89,6 +90,7 @@ pub struct Lookup {
 }
 
 impl Lookup {
+    /// Lookups by inode if `by_inode` (procfs's ids), by cookie otherwise (netlink's).
     pub fn new(confirmer: Confirmer, by_inode: bool) -> Lookup {
         Lookup {
             confirmer,
@@ -98,27 +100,34 @@ impl Lookup {
     }
 }
 
-impl crate::tracker::Confirm for Lookup {
-    fn confirm(&mut self, conn: &crate::tracker::Connection) -> crate::tracker::Presence {
-        use crate::tracker::Presence as P;
+impl Lookup {
+    /// Whether the socket `local` -> `remote` that `id` names (a [`SocketEntry::id`]) is still
+    /// ESTABLISHED: `Some(false)` when it is gone or in another state, `None` when the lookup
+    /// failed (counted in [`Lookup::errors`]): closed as the snapshot says, but not for certain.
+    pub fn still_established(
+        &mut self,
+        local: std::net::SocketAddr,
+        remote: std::net::SocketAddr,
+        id: u64,
+    ) -> Option<bool> {
         let entry = SocketEntry {
-            local: conn.key.local,
-            remote: conn.key.remote,
+            local,
+            remote,
             state: TcpState::Established,
-            id: conn.key.id,
+            id,
             health: None,
         };
         let id = if self.by_inode {
-            Identity::Inode(conn.key.id)
+            Identity::Inode(id)
         } else {
-            Identity::Cookie(conn.key.id)
+            Identity::Cookie(id)
         };
         match self.confirmer.confirm(&entry, id) {
-            Ok(Presence::Established) => P::Established,
-            Ok(Presence::Elsewhere(_) | Presence::Gone) => P::Closed,
+            Ok(Presence::Established) => Some(true),
+            Ok(Presence::Elsewhere(_) | Presence::Gone) => Some(false),
             Err(_) => {
                 self.errors += 1;
-                P::Unknown
+                None
             }
         }
     }
@@ -209,7 +218,7 @@ pub fn parse_answer(bytes: &[u8], seq: u32, id: Identity) -> Result<Option<Prese
 /// The request for one socket: the family it was listed in, the 4-tuple as listed (local as
 /// source), the cookie or none (the health lookups' request, without extensions).
 fn request(socket: &SocketEntry, id: Identity, seq: u32) -> Vec<u8> {
-    let wanted = crate::source::lookup::Wanted {
+    let wanted = crate::lookup::Wanted {
         local: socket.local,
         remote: socket.remote,
         // 0: not known (the kernel never makes a cookie of 0).
@@ -218,8 +227,8 @@ fn request(socket: &SocketEntry, id: Identity, seq: u32) -> Vec<u8> {
             Identity::Inode(_) => 0,
         },
     };
-    let mut r = Vec::with_capacity(crate::source::lookup::REQUEST);
-    crate::source::lookup::put_request(&mut r, &wanted, seq, 0);
+    let mut r = Vec::with_capacity(crate::lookup::REQUEST);
+    crate::lookup::put_request(&mut r, &wanted, seq, 0);
     r
 }
 
@@ -233,12 +242,13 @@ mod tests {
     use std::time::{Duration, Instant};
 
     fn cookie(s: &impl AsRawFd) -> u64 {
-        crate::source::destroy::tests::cookie(s)
+        crate::destroy::tests::cookie(s)
     }
 
     fn inode(s: &impl AsRawFd) -> u64 {
-        // SAFETY: fstat into a zeroed stat.
+        // SAFETY: a zeroed `stat` is a valid value (integers only), filled by fstat below.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat into a live `stat`, on a descriptor the caller keeps open.
         assert_eq!(unsafe { libc::fstat(s.as_raw_fd(), &mut st) }, 0);
         st.st_ino
     }

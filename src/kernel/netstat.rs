@@ -12,12 +12,13 @@
 //!   process this one may inspect, so it sees only those processes' sockets (run as the
 //!   gateway's user or as root), and a socket shared by several processes once per process.
 
+use fix_monitor_core::Capabilities;
 use std::net::SocketAddr;
 
 use netstat2::{AddressFamilyFlags, ProtocolFlags, ProtocolSocketInfo, SocketInfo};
 
 use super::{SocketEntry, Source, SourceError, SourceKind, TcpState};
-use crate::target::Targets;
+use fix_monitor_core::target::Targets;
 
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 use netstat2::iterate_sockets_info as iterate_sockets;
@@ -33,6 +34,9 @@ pub struct NetstatSource {
 }
 
 impl NetstatSource {
+    /// Snapshots only.
+    pub const CAPABILITIES: Capabilities = Capabilities::SNAPSHOTS_ONLY;
+
     pub fn new(targets: &Targets) -> Self {
         let mut families = AddressFamilyFlags::empty();
         if targets.wants_ipv4() {
@@ -51,6 +55,10 @@ impl NetstatSource {
 impl Source for NetstatSource {
     fn kind(&self) -> SourceKind {
         SourceKind::Netstat
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        NetstatSource::CAPABILITIES
     }
 
     fn poll(&mut self, out: &mut Vec<SocketEntry>) -> Result<(), SourceError> {
@@ -133,7 +141,7 @@ fn io_error(e: netstat2::error::Error) -> SourceError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::target::Target;
+    use fix_monitor_core::target::Target;
     use ipnet::IpNet;
     use std::net::{TcpListener, TcpStream};
     use std::time::{Duration, Instant};

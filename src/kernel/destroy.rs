@@ -9,7 +9,7 @@
 //! `NETLINK_SOCK_DIAG` family is created with `NL_CFG_F_NONROOT_RECV`.
 //!
 //! Every TCP socket of the network namespace is announced. A classic BPF filter compiled from
-//! the targets ([`super::cbpf`]) is attached before the groups are joined, so the kernel drops
+//! the targets (`cbpf`) is attached before the groups are joined, so the kernel drops
 //! the others before they are queued.
 //!
 //! What a notification can and cannot say:
@@ -34,7 +34,8 @@ use std::os::fd::{AsRawFd, RawFd};
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr as NetlinkAddr};
 
 use super::{cbpf, netlink, SocketEntry, SourceError};
-use crate::target::Targets;
+use fix_monitor_core::target::Targets;
+use fix_monitor_core::{SocketEvent, Timestamp};
 
 /// `SKNLGRP_INET_TCP_DESTROY` and `SKNLGRP_INET6_TCP_DESTROY` (`include/uapi/linux/sock_diag.h`).
 const GROUP_INET_TCP_DESTROY: u32 = 1;
@@ -72,7 +73,9 @@ pub struct FinalInfo {
     pub bytes_received: u64,
     /// Segments retransmitted over the connection's life (`tcpi_total_retrans`).
     pub total_retrans: u32,
+    /// Segments sent (`tcpi_segs_out`).
     pub segs_out: u32,
+    /// Segments received (`tcpi_segs_in`).
     pub segs_in: u32,
     /// Segments delivered to the peer, the SYN or SYN-ACK included (`tcpi_delivered`).
     pub delivered: u32,
@@ -124,8 +127,8 @@ pub struct Destroyed {
 
 impl Destroyed {
     /// The tracker's view of this notification, received at `at`.
-    pub fn to_event(&self, at: crate::tracker::Timestamp) -> crate::tracker::SocketEvent {
-        use crate::tracker::{SocketEvent, SocketEventKind, TcpCounters};
+    pub fn to_event(&self, at: Timestamp) -> SocketEvent {
+        use fix_monitor_core::{SocketEventKind, TcpCounters};
         // An abort zeroes the counters with the tuple (`tcp_disconnect`): they say nothing then.
         let info = self.info.filter(|_| !self.partial);
         SocketEvent {
@@ -137,11 +140,14 @@ impl Destroyed {
             partial: self.partial,
             established: info.map(|i| i.was_established()),
             info: info.map(|i| TcpCounters {
-                bytes_acked: i.bytes_acked,
+                bytes_acked: Some(i.bytes_acked),
                 bytes_received: i.bytes_received,
                 retransmits: i.total_retrans,
                 bytes_sent: i.bytes_sent,
             }),
+            // A destroy notification says neither who closed nor who connected.
+            closed_by: None,
+            process: None,
         }
     }
 }
@@ -352,7 +358,10 @@ pub fn spawn_reader(
                     Ok(true) => {}
                     Err(e) => {
                         if !deliver(Batch {
-                            error: Some(format!("waiting for socket-destroy notifications: {e}")),
+                            error: Some(SourceError::Io {
+                                context: "waiting for socket-destroy notifications",
+                                source: e,
+                            }),
                             ..Batch::default()
                         }) {
                             return;
@@ -363,14 +372,14 @@ pub fn spawn_reader(
                 }
                 raw.clear();
                 let result = sub.drain(&mut raw);
-                let at = crate::tracker::Timestamp::now();
+                let at = Timestamp::now();
                 let mut batch = Batch {
                     events: raw.iter().map(|d| d.to_event(at)).collect(),
                     ..Batch::default()
                 };
                 match result {
                     Ok(d) => batch.lost = d.lost,
-                    Err(e) => batch.error = Some(e.to_string()),
+                    Err(e) => batch.error = Some(e),
                 }
                 if (!batch.events.is_empty() || batch.lost > 0 || batch.error.is_some())
                     && !deliver(batch)
@@ -477,8 +486,8 @@ pub(crate) mod tests {
     //! (and other processes' connections) cannot reach their filters.
 
     use super::*;
-    use crate::source::TcpState;
-    use crate::target::Target;
+    use crate::TcpState;
+    use fix_monitor_core::target::Target;
     use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
     use std::time::{Duration, Instant};
 
@@ -816,9 +825,9 @@ pub(crate) mod tests {
         drop(server);
         let batch = rx.recv_timeout(Duration::from_secs(5)).unwrap();
         assert_eq!(batch.events.len(), 1, "{batch:?}");
-        let e = batch.events[0];
+        let e = &batch.events[0];
         assert_eq!((e.id, e.partial, e.established), (c, false, Some(true)));
-        assert_eq!(e.kind, crate::tracker::SocketEventKind::Closed);
+        assert_eq!(e.kind, fix_monitor_core::SocketEventKind::Closed);
         stop.store(true, Ordering::Relaxed);
         reader.join().unwrap();
     }

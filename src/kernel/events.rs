@@ -2,10 +2,12 @@
 //! later) hands the loop: socket transitions as they happen, between polls. Polls remain the
 //! reference; events make closes exact and early, and show sessions no poll saw.
 
-use crate::tracker::SocketEvent;
+use fix_monitor_core::SocketEvent;
+
+use crate::SourceError;
 
 /// One wake-up's worth of events.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct EventBatch {
     /// The transitions read, stamped with the time they were read.
     pub events: Vec<SocketEvent>,
@@ -13,7 +15,7 @@ pub struct EventBatch {
     /// and reconciles at once with a full poll.
     pub lost: u64,
     /// A read that failed (the source goes on).
-    pub error: Option<String>,
+    pub error: Option<SourceError>,
 }
 
 /// Which way the sidecar learns of closes; `/health` and the start-up log say which.
@@ -28,10 +30,14 @@ pub enum Mode {
     Tracepoint,
     /// Polls only: closes are known to within one interval, sessions shorter than a poll are
     /// not seen. `reason` says why events are not in use.
-    Polling { reason: String },
+    Polling {
+        /// Why events are not in use.
+        reason: String,
+    },
 }
 
 impl Mode {
+    /// The mode's name, as `/health` and the log say it.
     pub fn as_str(&self) -> &'static str {
         match self {
             Mode::KernelEvents => "kernel-events",

@@ -23,13 +23,14 @@
 //! order), printed as a host-order number, so the words' bytes come back with `to_ne_bytes`;
 //! IPv6 is four such words. Ports are printed after `ntohs`, so they are plain hex numbers.
 
+use fix_monitor_core::{Capabilities, Confirmation, EventFeed, HealthFeed, ProcessFeed};
 use std::fs::File;
 use std::io::{self, Read};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::path::{Path, PathBuf};
 
 use super::{SocketEntry, Source, SourceError, SourceKind, TcpState};
-use crate::target::Targets;
+use fix_monitor_core::target::Targets;
 
 /// Where procfs is mounted unless told otherwise.
 pub const DEFAULT_ROOT: &str = "/proc";
@@ -53,6 +54,16 @@ struct Table {
 }
 
 impl ProcfsSource {
+    /// No health and no events; process and confirmation by inode (the id it lists).
+    pub const CAPABILITIES: Capabilities = Capabilities {
+        events: EventFeed::None,
+        health: HealthFeed::None,
+        process: ProcessFeed::ByInode,
+        closed_by: false,
+        confirm: Confirmation::ByInode,
+        reconciles: false,
+    };
+
     /// Reads the tables under `/proc`.
     pub fn new(targets: &Targets) -> Result<Self, SourceError> {
         Self::with_root(targets, DEFAULT_ROOT)
@@ -91,6 +102,10 @@ impl ProcfsSource {
 impl Source for ProcfsSource {
     fn kind(&self) -> SourceKind {
         SourceKind::Procfs
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        ProcfsSource::CAPABILITIES
     }
 
     /// The id is the inode here.
@@ -296,13 +311,13 @@ fn read_error(path: &Path, e: io::Error) -> SourceError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::target::{PortRange, Target};
+    use fix_monitor_core::target::{PortRange, Target};
     use ipnet::IpNet;
     use std::collections::BTreeSet;
     use std::net::{TcpListener, TcpStream};
     use std::time::{Duration, Instant};
 
-    const FIXTURE_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/proc");
+    const FIXTURE_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/proc");
 
     fn fixture(name: &str) -> Vec<u8> {
         std::fs::read(format!("{FIXTURE_ROOT}/net/{name}")).unwrap()

@@ -36,55 +36,7 @@
 //! The send and receive queues come with every socket in `inet_diag_msg` (`idiag_wqueue`:
 //! `write_seq - snd_una`, what `ss` shows as Send-Q; `idiag_rqueue`: `rcv_nxt - copied_seq`).
 
-use std::time::Duration;
-
-/// The fields of one `tcp_info` that fix-monitor keeps, in the kernel's units (integers, so
-/// that the type stays `Copy`, `Eq` and small inside every [`super::SocketEntry`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct TcpHealth {
-    /// Smoothed round-trip time, µs; 0 until the kernel has a sample.
-    pub rtt_us: u32,
-    /// Its mean deviation, µs.
-    pub rtt_var_us: u32,
-    /// The lowest RTT seen (over the kernel's window), µs: the path's floor, against which a
-    /// high `rtt_us` means queueing. Linux 4.6+, and only after a sample.
-    pub min_rtt_us: Option<u32>,
-    /// Segments retransmitted over the connection's life (`tcpi_total_retrans`).
-    pub retransmits: u32,
-    /// Segments the kernel currently counts as lost (a level, not a total).
-    pub lost: u32,
-    /// Bytes written by the application and not yet acknowledged by the peer, sent or not:
-    /// the send queue (`ss`'s Send-Q).
-    pub send_queue: u32,
-    /// Of `send_queue`, the bytes not yet sent (Linux 4.6+). A peer that stops reading closes
-    /// its window and this part grows.
-    pub not_sent: Option<u32>,
-    /// Bytes received and not yet read by the application (`ss`'s Recv-Q).
-    pub recv_queue: u32,
-    /// Bytes the peer acknowledged (Linux 4.1+; on the connecting side the SYN counts one).
-    pub bytes_acked: Option<u64>,
-    /// Data bytes received (Linux 4.1+).
-    pub bytes_received: Option<u64>,
-    /// Data bytes sent, retransmissions included (Linux 4.19+).
-    pub bytes_sent: Option<u64>,
-    /// Of `bytes_sent`, the bytes sent again (Linux 4.19+).
-    pub bytes_retrans: Option<u64>,
-    /// Segments the peer reported receiving twice (D-SACK, Linux 4.19+): retransmissions that
-    /// were not needed, such as a tail-loss probe sent while the ACK was only late.
-    pub dsack_dups: Option<u32>,
-    /// Time since data last arrived, ms (from the connection's start if none ever did).
-    pub last_data_recv_ms: u32,
-    /// Time since data was last sent, ms.
-    pub last_data_sent_ms: u32,
-    /// Time since an ACK last arrived, ms.
-    pub last_ack_recv_ms: u32,
-    /// The kernel's latest delivery-rate sample, bytes per second (Linux 4.9+).
-    pub delivery_rate: Option<u64>,
-    /// Time the connection spent limited by the peer's receive window, µs (Linux 4.10+).
-    pub rwnd_limited_us: Option<u64>,
-    /// Time it spent limited by our send buffer, µs (Linux 4.10+).
-    pub sndbuf_limited_us: Option<u64>,
-}
+pub use fix_monitor_core::TcpHealth;
 
 /// The shortest `tcp_info` read: Linux 2.6's, up to `tcpi_total_retrans`.
 pub const MIN_LEN: usize = 104;
@@ -107,69 +59,52 @@ const BYTES_SENT: usize = 200;
 const BYTES_RETRANS: usize = 208;
 const DSACK_DUPS: usize = 216;
 
-impl TcpHealth {
-    /// Reads the `INET_DIAG_INFO` attribute's payload `info` (a `struct tcp_info` of the
-    /// sending kernel's length, in host byte order) with the queues of the same
-    /// `inet_diag_msg`. `None` when `info` is shorter than the oldest layout: no health rather
-    /// than a guess.
-    pub fn parse(info: &[u8], recv_queue: u32, send_queue: u32) -> Option<TcpHealth> {
-        if info.len() < MIN_LEN {
-            return None;
-        }
-        let u32_at = |at: usize| -> Option<u32> {
-            info.get(at..at + 4)
-                .map(|b| u32::from_ne_bytes(b.try_into().unwrap()))
-        };
-        let u64_at = |at: usize| -> Option<u64> {
-            info.get(at..at + 8)
-                .map(|b| u64::from_ne_bytes(b.try_into().unwrap()))
-        };
-        // Present in every layout read (checked above).
-        let base = |at: usize| u32_at(at).unwrap_or_default();
-        Some(TcpHealth {
-            rtt_us: base(RTT),
-            rtt_var_us: base(RTTVAR),
-            // `tcp_min_rtt` is ~0U until the first sample.
-            min_rtt_us: u32_at(MIN_RTT).filter(|&v| v != u32::MAX),
-            retransmits: base(TOTAL_RETRANS),
-            lost: base(LOST),
-            send_queue,
-            not_sent: u32_at(NOTSENT_BYTES),
-            recv_queue,
-            bytes_acked: u64_at(BYTES_ACKED),
-            bytes_received: u64_at(BYTES_RECEIVED),
-            bytes_sent: u64_at(BYTES_SENT),
-            bytes_retrans: u64_at(BYTES_RETRANS),
-            dsack_dups: u32_at(DSACK_DUPS),
-            last_data_recv_ms: base(LAST_DATA_RECV),
-            last_data_sent_ms: base(LAST_DATA_SENT),
-            last_ack_recv_ms: base(LAST_ACK_RECV),
-            delivery_rate: u64_at(DELIVERY_RATE),
-            rwnd_limited_us: u64_at(RWND_LIMITED),
-            sndbuf_limited_us: u64_at(SNDBUF_LIMITED),
-        })
+/// Reads the `INET_DIAG_INFO` attribute's payload `info` (a `struct tcp_info` of the
+/// sending kernel's length, in host byte order) with the queues of the same
+/// `inet_diag_msg`. `None` when `info` is shorter than the oldest layout: no health rather
+/// than a guess.
+pub fn parse(info: &[u8], recv_queue: u32, send_queue: u32) -> Option<TcpHealth> {
+    if info.len() < MIN_LEN {
+        return None;
     }
-
-    /// The smoothed RTT, or `None` before the first sample.
-    pub fn rtt(&self) -> Option<Duration> {
-        (self.rtt_us != 0).then(|| Duration::from_micros(self.rtt_us.into()))
-    }
-
-    /// Time since data was last received.
-    pub fn receive_silence(&self) -> Duration {
-        Duration::from_millis(self.last_data_recv_ms.into())
-    }
-
-    /// Bytes sent and not yet acknowledged: the send queue less its unsent part, where the
-    /// kernel tells that part.
-    pub fn unacked_bytes(&self) -> Option<u32> {
-        self.not_sent.map(|n| self.send_queue.saturating_sub(n))
-    }
+    let u32_at = |at: usize| -> Option<u32> {
+        info.get(at..at + 4)
+            .map(|b| u32::from_ne_bytes(b.try_into().unwrap()))
+    };
+    let u64_at = |at: usize| -> Option<u64> {
+        info.get(at..at + 8)
+            .map(|b| u64::from_ne_bytes(b.try_into().unwrap()))
+    };
+    // Present in every layout read (checked above).
+    let base = |at: usize| u32_at(at).unwrap_or_default();
+    Some(TcpHealth {
+        rtt_us: base(RTT),
+        rtt_var_us: base(RTTVAR),
+        // `tcp_min_rtt` is ~0U until the first sample.
+        min_rtt_us: u32_at(MIN_RTT).filter(|&v| v != u32::MAX),
+        retransmits: base(TOTAL_RETRANS),
+        lost: base(LOST),
+        send_queue,
+        not_sent: u32_at(NOTSENT_BYTES),
+        recv_queue,
+        bytes_acked: u64_at(BYTES_ACKED),
+        bytes_received: u64_at(BYTES_RECEIVED),
+        bytes_sent: u64_at(BYTES_SENT),
+        bytes_retrans: u64_at(BYTES_RETRANS),
+        dsack_dups: u32_at(DSACK_DUPS),
+        last_data_recv_ms: base(LAST_DATA_RECV),
+        last_data_sent_ms: base(LAST_DATA_SENT),
+        last_ack_recv_ms: base(LAST_ACK_RECV),
+        delivery_rate: u64_at(DELIVERY_RATE),
+        rwnd_limited_us: u64_at(RWND_LIMITED),
+        sndbuf_limited_us: u64_at(SNDBUF_LIMITED),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     /// A `tcp_info` of `len` bytes whose every u32 slot holds its own offset, and every u64
     /// slot at the offsets read holds offset << 32 | offset (so a field read at the wrong
@@ -203,7 +138,7 @@ mod tests {
     #[test]
     fn every_field_is_read_at_its_offset() {
         // Linux 6.18's length; the tail it has beyond what is read is ignored.
-        let h = TcpHealth::parse(&numbered(280), 7, 9).unwrap();
+        let h = parse(&numbered(280), 7, 9).unwrap();
         assert_eq!(
             h,
             TcpHealth {
@@ -234,7 +169,7 @@ mod tests {
     fn older_kernels_lack_the_newer_fields_and_say_so() {
         // Each historical length, with the fields it must have and lack.
         let known = |len: usize| {
-            let h = TcpHealth::parse(&numbered(len), 0, 0).unwrap();
+            let h = parse(&numbered(len), 0, 0).unwrap();
             [
                 h.bytes_acked.is_some() && h.bytes_received.is_some(),
                 h.not_sent.is_some() && h.min_rtt_us.is_some(),
@@ -252,24 +187,24 @@ mod tests {
         assert_eq!(known(200), [true, true, true, true, false], "4.18");
         assert_eq!(known(224), [true; 5], "4.19");
         // The 2.6 fields are there at every length.
-        let h = TcpHealth::parse(&numbered(104), 1, 2).unwrap();
+        let h = parse(&numbered(104), 1, 2).unwrap();
         assert_eq!(
             (h.rtt_us, h.retransmits, h.last_data_recv_ms),
             (68, 100, 52)
         );
         // A length that ends inside a field leaves that field out.
-        let h = TcpHealth::parse(&numbered(BYTES_SENT + 7), 0, 0).unwrap();
+        let h = parse(&numbered(BYTES_SENT + 7), 0, 0).unwrap();
         assert_eq!(h.bytes_sent, None);
         assert!(h.sndbuf_limited_us.is_some());
     }
 
     #[test]
     fn too_short_is_no_health_and_hostile_bytes_never_panic() {
-        assert_eq!(TcpHealth::parse(&[], 0, 0), None);
-        assert_eq!(TcpHealth::parse(&numbered(MIN_LEN - 4), 0, 0), None);
+        assert_eq!(parse(&[], 0, 0), None);
+        assert_eq!(parse(&numbered(MIN_LEN - 4), 0, 0), None);
         for len in 0..400 {
             let b = vec![0xff; len];
-            let _ = TcpHealth::parse(&b, u32::MAX, u32::MAX);
+            let _ = parse(&b, u32::MAX, u32::MAX);
         }
     }
 
@@ -278,11 +213,11 @@ mod tests {
         let mut b = numbered(248);
         b[RTT..RTT + 4].copy_from_slice(&0u32.to_ne_bytes());
         b[MIN_RTT..MIN_RTT + 4].copy_from_slice(&u32::MAX.to_ne_bytes());
-        let h = TcpHealth::parse(&b, 0, 0).unwrap();
+        let h = parse(&b, 0, 0).unwrap();
         assert_eq!(h.rtt(), None);
         assert_eq!(h.min_rtt_us, None);
         b[RTT..RTT + 4].copy_from_slice(&250u32.to_ne_bytes());
-        let h = TcpHealth::parse(&b, 0, 0).unwrap();
+        let h = parse(&b, 0, 0).unwrap();
         assert_eq!(h.rtt(), Some(Duration::from_micros(250)));
     }
 
@@ -290,12 +225,12 @@ mod tests {
     fn unacked_is_the_send_queue_less_its_unsent_part() {
         let mut b = numbered(248);
         b[NOTSENT_BYTES..NOTSENT_BYTES + 4].copy_from_slice(&1000u32.to_ne_bytes());
-        let h = TcpHealth::parse(&b, 0, 1500).unwrap();
+        let h = parse(&b, 0, 1500).unwrap();
         assert_eq!(h.unacked_bytes(), Some(500));
         // The two are read at slightly different moments of a busy socket: never below zero.
-        let h = TcpHealth::parse(&b, 0, 900).unwrap();
+        let h = parse(&b, 0, 900).unwrap();
         assert_eq!(h.unacked_bytes(), Some(0));
-        let h = TcpHealth::parse(&numbered(136), 0, 1500).unwrap();
+        let h = parse(&numbered(136), 0, 1500).unwrap();
         assert_eq!(h.unacked_bytes(), None, "unknown before 4.6");
     }
 }
@@ -311,9 +246,9 @@ mod live {
     use std::time::{Duration, Instant};
 
     use super::TcpHealth;
-    use crate::source::netlink::NetlinkSource;
-    use crate::source::{SocketEntry, Source};
-    use crate::target::{Target, Targets};
+    use crate::netlink::NetlinkSource;
+    use crate::{SocketEntry, Source};
+    use fix_monitor_core::target::{Target, Targets};
 
     /// A listener on 127.0.44.`to` and a target matching every socket of 127.0.44.`from` and
     /// of the listener (both ends of its connections).

@@ -1,26 +1,51 @@
-//! Where socket snapshots come from.
+//! fix-monitor's sources: the kernel's view of this host's TCP sockets, and nothing of what
+//! is done with it.
+//!
+//! It depends on `fix-monitor-core` only (the shared vocabulary: [`SocketEntry`],
+//! [`SocketEvent`], [`Capabilities`], targets); the sidecar (`fix-monitor`: loop, tracker,
+//! instruments, export) sits above it and cannot be imported from here.
 //!
 //! A [`Source`] answers one question per poll: which ESTABLISHED TCP sockets on this host match
-//! at least one configured target right now? It knows nothing of what happens to the answer
-//! (that is the tracker's job). Implementations:
-//! - `netlink`: Linux `sock_diag` (`inet_diag`) dumps, filtered in the kernel by bytecode that
-//!   `bytecode` compiles from the targets. The fast path, and the default where it works.
-//! - `procfs`: `/proc/net/tcp` and `/proc/net/tcp6`, matched in user space. The fallback when
+//! at least one configured target right now? Sources that see more (opens and closes as they
+//! happen, who hung up, the process) hand it over in the same vocabulary
+//! ([`Source::take_events`]), and every source says what it can do
+//! ([`Source::capabilities`]): the layers above ask that, never which source runs.
+//!
+//! # Public API
+//! - [`Source`], [`open_with`] and [`open_oneshot`] (by [`SourceKind`], `Auto` taking the first
+//!   that works), [`SourceError`], [`PollNews`], [`EventCounts`].
+//! - [`netlink`]: `sock_diag` (`inet_diag`) dumps, filtered in the kernel by the bytecode that
+//!   [`bytecode`] compiles from the targets (with [`bytecode::mirror`], the kernel's audit and
+//!   interpreter in user space, for tests). The fast path, and the default where it works.
+//! - [`procfs`]: `/proc/net/tcp` and `/proc/net/tcp6`, matched in user space. The fallback when
 //!   netlink is unavailable (some sandboxes forbid it). Parsed by hand into reused buffers (the
 //!   procfs crate allocates per row and rejects a whole table on a state number it does not
 //!   know, such as newer kernels' TCP_BOUND_INACTIVE); the crate is the tests' reference parser.
-//! - `netstat`: the netstat2 crate, for macOS and Windows, where the original tool also ran.
+//! - the netstat source: the netstat2 crate, for macOS and Windows, where the original tool
+//!   also ran (opened through [`open_with`]).
+//! - [`ebpf`]: the `sock:inet_sock_set_state` tracepoint, a program generated here, loaded and
+//!   read through a ring buffer: exact opens and closes, who hung up, the process.
+//! - [`destroy`]: the kernel's socket-destroy notifications (a netlink subscription with a
+//!   classic-BPF filter), read on a thread of their own into [`events::EventBatch`]es.
+//! - [`confirm`]: exact `sock_diag` lookups of a socket a poll no longer lists.
+//! - [`proc_owner`]: the process owning a socket inode, from `/proc/*/fd`.
+//! - [`events`]: what an event reader hands the loop, and the sidecar's [`events::Mode`].
 //!
-//! Each source is split into I/O (fetching bytes) and pure parsing, tested on fixtures.
+//! Private: the `tcp_info` reader (its value is core's [`TcpHealth`]), the batched health
+//! lookups, the classic-BPF toolkit, and the eBPF program's assembler, BTF and tracefs readers.
+//!
+//! Each source is split into I/O (fetching bytes) and pure parsing, tested on fixtures
+//! (`tests/fixtures` at the top of the repository).
 
-use std::net::SocketAddr;
-
-use crate::target::Targets;
+use fix_monitor_core::target::Targets;
+pub use fix_monitor_core::{
+    Capabilities, Confirmation, EventFeed, HealthFeed, ProcessFeed, SocketEvent, Timestamp,
+};
 
 #[cfg(target_os = "linux")]
 pub mod bytecode;
 #[cfg(target_os = "linux")]
-pub mod cbpf;
+mod cbpf;
 #[cfg(target_os = "linux")]
 pub mod confirm;
 #[cfg(target_os = "linux")]
@@ -29,32 +54,17 @@ pub mod destroy;
 pub mod ebpf;
 pub mod events;
 #[cfg(target_os = "linux")]
-pub mod lookup;
+mod lookup;
 #[cfg(target_os = "linux")]
 pub mod netlink;
-pub mod netstat;
+mod netstat;
 #[cfg(target_os = "linux")]
 pub mod proc_owner;
 #[cfg(target_os = "linux")]
 pub mod procfs;
-pub mod tcp_info;
+mod tcp_info;
 
-pub use tcp_info::TcpHealth;
-
-/// One TCP socket as a source saw it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SocketEntry {
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
-    pub state: TcpState,
-    /// What tells two sockets with the same 4-tuple apart: the kernel's socket cookie (netlink)
-    /// or the socket inode (procfs); 0 where the platform gives neither. A 4-tuple that is
-    /// reused by a new socket therefore shows up as a new connection.
-    pub id: u64,
-    /// The kernel's `tcp_info` for the socket: netlink (in its dump) and eBPF (by exact
-    /// lookups) only (procfs and netstat cannot tell; `None` there, never zeros).
-    pub health: Option<TcpHealth>,
-}
+pub use fix_monitor_core::{ClosedBy, Process, SocketEntry, TcpHealth, TcpState};
 
 /// What a poll brought, for the loop to skip what did not change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +77,7 @@ pub struct PollNews {
 }
 
 impl PollNews {
+    /// Everything may have changed: what a polling source always says.
     pub const EVERYTHING: PollNews = PollNews {
         sessions_changed: true,
         health_fresh: true,
@@ -82,119 +93,27 @@ pub struct EventCounts {
     pub reconciles: u64,
 }
 
-/// TCP states as Linux numbers them (`include/net/tcp_states.h`). Only `Established` counts as
-/// an active connection; sources ask for nothing else, the others exist to name what they see.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum TcpState {
-    Established,
-    SynSent,
-    SynRecv,
-    FinWait1,
-    FinWait2,
-    TimeWait,
-    Close,
-    CloseWait,
-    LastAck,
-    Listen,
-    Closing,
-    NewSynRecv,
-    Unknown,
-}
-
-impl TcpState {
-    pub fn from_linux(n: u8) -> TcpState {
-        match n {
-            1 => TcpState::Established,
-            2 => TcpState::SynSent,
-            3 => TcpState::SynRecv,
-            4 => TcpState::FinWait1,
-            5 => TcpState::FinWait2,
-            6 => TcpState::TimeWait,
-            7 => TcpState::Close,
-            8 => TcpState::CloseWait,
-            9 => TcpState::LastAck,
-            10 => TcpState::Listen,
-            11 => TcpState::Closing,
-            12 => TcpState::NewSynRecv,
-            _ => TcpState::Unknown,
-        }
-    }
-
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            TcpState::Established => "ESTABLISHED",
-            TcpState::SynSent => "SYN_SENT",
-            TcpState::SynRecv => "SYN_RECV",
-            TcpState::FinWait1 => "FIN_WAIT1",
-            TcpState::FinWait2 => "FIN_WAIT2",
-            TcpState::TimeWait => "TIME_WAIT",
-            TcpState::Close => "CLOSE",
-            TcpState::CloseWait => "CLOSE_WAIT",
-            TcpState::LastAck => "LAST_ACK",
-            TcpState::Listen => "LISTEN",
-            TcpState::Closing => "CLOSING",
-            TcpState::NewSynRecv => "NEW_SYN_RECV",
-            TcpState::Unknown => "UNKNOWN",
-        }
-    }
-}
-
-/// Who ended a session, from the state it left ESTABLISHED for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ClosedBy {
-    /// We sent FIN first (ESTABLISHED -> FIN_WAIT1).
-    Local,
-    /// The peer did (ESTABLISHED -> CLOSE_WAIT).
-    Remote,
-    /// Reset, from either side (ESTABLISHED -> CLOSE).
-    Reset,
-    /// Not known (what polling alone sees).
-    Unknown,
-}
-
-impl ClosedBy {
-    pub const ALL: [ClosedBy; 4] = [
-        ClosedBy::Local,
-        ClosedBy::Remote,
-        ClosedBy::Reset,
-        ClosedBy::Unknown,
-    ];
-
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            ClosedBy::Local => "local",
-            ClosedBy::Remote => "remote",
-            ClosedBy::Reset => "reset",
-            ClosedBy::Unknown => "unknown",
-        }
-    }
-}
-
-/// The process that made a connection.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Process {
-    pub pid: u32,
-    /// The command (the calling thread's name, at most 15 bytes).
-    pub comm: String,
-}
-
 /// Which source to use; `Auto` tries eBPF, then netlink, then procfs, then netstat2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SourceKind {
+    /// The first that works, in the order eBPF, netlink, procfs, netstat.
     Auto,
+    /// Linux `sock_diag` dumps, filtered in the kernel.
     Netlink,
+    /// `/proc/net/tcp` and `/proc/net/tcp6`.
     Procfs,
+    /// The netstat2 crate (macOS, Windows).
     Netstat,
     /// The `sock:inet_sock_set_state` tracepoint (`ebpf`), reconciled with netlink dumps.
     Ebpf,
 }
 
 impl SourceKind {
+    /// The values the configuration takes, for its error messages.
     pub const ALLOWED: &'static str = "auto, ebpf, netlink, procfs, netstat";
 
+    /// The name as the configuration and the metrics write it.
     pub fn as_str(&self) -> &'static str {
         match self {
             SourceKind::Auto => "auto",
@@ -204,31 +123,39 @@ impl SourceKind {
             SourceKind::Ebpf => "ebpf",
         }
     }
-
-    /// Whether the source gives each session's `tcp_info` ([`SocketEntry::health`]): netlink
-    /// in its dumps, eBPF by exact lookups; procfs and netstat cannot.
-    pub fn has_session_health(&self) -> bool {
-        matches!(self, SourceKind::Netlink | SourceKind::Ebpf)
-    }
 }
 
+/// Why a source could not be opened or polled.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
+    /// A system call failed; `context` says what it was doing.
     #[error("{context}: {source}")]
     Io {
+        /// What was being done ("sending a sock_diag lookup").
         context: &'static str,
+        /// The system's error.
         #[source]
         source: std::io::Error,
     },
+    /// The kernel's answer did not parse.
     #[error("malformed {what}: {detail}")]
-    Parse { what: &'static str, detail: String },
-    #[error("{0}")]
-    Ebpf(String),
+    Parse {
+        /// What was being read.
+        what: &'static str,
+        /// What was wrong with it.
+        detail: String,
+    },
+    /// The eBPF source could not start (its program, maps or capabilities).
+    #[cfg(target_os = "linux")]
+    #[error(transparent)]
+    Ebpf(#[from] ebpf::EbpfError),
+    /// The source does not exist on this platform.
     #[error("the {0} source is not available on this platform")]
     Unsupported(&'static str),
 }
 
 impl SourceError {
+    /// Wraps an I/O error with what was being done (for `map_err`).
     pub fn io(context: &'static str) -> impl FnOnce(std::io::Error) -> SourceError {
         move |source| SourceError::Io { context, source }
     }
@@ -236,20 +163,22 @@ impl SourceError {
 
 /// A way to list this host's matching ESTABLISHED TCP sockets.
 pub trait Source: Send {
-    /// The kind actually in use (never `Auto`).
+    /// The kind actually in use (never `Auto`): a name, for display and logs. What the source
+    /// can do is [`Source::capabilities`]; the layers above ask that, not the kind.
     fn kind(&self) -> SourceKind;
+
+    /// What this source can do.
+    fn capabilities(&self) -> Capabilities;
 
     /// Replaces `out` with the ESTABLISHED sockets that match at least one target. `out` is
     /// reused across polls so that a steady state allocates nothing.
     fn poll(&mut self, out: &mut Vec<SocketEntry>) -> Result<(), SourceError>;
 
-    /// The exact state changes the source saw since the last call, in the order they
-    /// happened, for sources that see them (eBPF); polling sources see none. Read after
-    /// [`Source::poll`], whose snapshot already reflects them.
-    #[cfg(target_os = "linux")]
-    fn take_transitions(&mut self) -> Vec<ebpf::Transition> {
-        Vec::new()
-    }
+    /// Appends to `out` the opens and closes the source saw since the last call, in the order
+    /// they happened, for sources that see them (eBPF); polling sources see none. Read after
+    /// [`Source::poll`], whose snapshot already reflects them. `now` is the loop's clock as it
+    /// calls: the source stamps each event on it (the loop's clock is the one time base).
+    fn take_events(&mut self, _now: Timestamp, _out: &mut Vec<SocketEvent>) {}
 
     /// What the last successful poll brought. Polling sources read everything every time;
     /// the eBPF source can tell when nothing changed, and the loop then skips the work.
@@ -279,25 +208,25 @@ pub trait Source: Send {
     }
 }
 
-/// Opens the source `kind` asks for. `Auto` takes the first that works, in the order eBPF
-/// (where the program loads: root, or CAP_BPF and CAP_PERFMON), netlink, procfs, netstat, and
-/// says in the log which one it took and why it passed over the others (never an error while
-/// one works): see README, "eBPF mode".
-pub fn open(kind: SourceKind, targets: &Targets) -> Result<Box<dyn Source>, SourceError> {
-    open_with(kind, targets, crate::config::defaults::RECONCILE_INTERVAL)
-}
-
-/// [`open`] for one poll (`fix-monitor snapshot`): `Auto` does not try eBPF there, since
+/// [`open_with`] for one poll (`fix-monitor snapshot`): `Auto` does not try eBPF there, since
 /// loading a program to take one dump would only add to its cost (the eBPF source's first
 /// poll is that same netlink dump).
-pub fn open_oneshot(kind: SourceKind, targets: &Targets) -> Result<Box<dyn Source>, SourceError> {
+pub fn open_oneshot(
+    kind: SourceKind,
+    targets: &Targets,
+    reconcile_interval: std::time::Duration,
+) -> Result<Box<dyn Source>, SourceError> {
     match kind {
-        SourceKind::Auto => open_auto(targets, false, crate::config::defaults::RECONCILE_INTERVAL),
-        k => open(k, targets),
+        SourceKind::Auto => open_auto(targets, false, reconcile_interval),
+        k => open_with(k, targets, reconcile_interval),
     }
 }
 
-/// [`open`], with the eBPF source's time between two reconciling dumps.
+/// Opens the source `kind` asks for. `Auto` takes the first that works, in the order eBPF
+/// (where the program loads: root, or CAP_BPF and CAP_PERFMON), netlink, procfs, netstat, and
+/// says in the log which one it took and why it passed over the others (never an error while
+/// one works): see README, "eBPF mode". `reconcile_interval` is the eBPF source's time between
+/// two reconciling dumps.
 pub fn open_with(
     kind: SourceKind,
     targets: &Targets,
@@ -315,10 +244,11 @@ pub fn open_with(
         SourceKind::Procfs => Err(SourceError::Unsupported("procfs")),
         SourceKind::Netstat => Ok(Box::new(netstat::NetstatSource::new(targets))),
         #[cfg(target_os = "linux")]
-        SourceKind::Ebpf => Ok(Box::new(
-            ebpf::EbpfSource::open(targets, ebpf::Options::default(), reconcile_interval)
-                .map_err(|e| SourceError::Ebpf(e.to_string()))?,
-        )),
+        SourceKind::Ebpf => Ok(Box::new(ebpf::EbpfSource::open(
+            targets,
+            ebpf::Options::default(),
+            reconcile_interval,
+        )?)),
         #[cfg(not(target_os = "linux"))]
         SourceKind::Ebpf => Err(SourceError::Unsupported("ebpf")),
         SourceKind::Auto => open_auto(targets, true, reconcile_interval),

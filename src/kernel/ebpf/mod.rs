@@ -3,29 +3,29 @@
 //!
 //! Polling makes the kernel walk every socket of the host on every poll; this instead hooks
 //! the `sock:inet_sock_set_state` tracepoint with a program generated here
-//! ([`program`], no compiler at build time) that keeps only the sockets of the targets and of
+//! (`program`, no compiler at build time) that keeps only the sockets of the targets and of
 //! this network namespace **in the kernel**, and hands the few transitions that matter to user
-//! space through a ring buffer ([`ringbuf`]). The cost therefore follows the targets' traffic,
+//! space through a ring buffer (`ringbuf`). The cost therefore follows the targets' traffic,
 //! not the size of the host.
 //!
-//! - [`tracefs`]: the tracepoint's id and record layout, read at load time;
-//! - [`btf`]: offsets of `struct sock` and `struct net` members, from the kernel's BTF;
-//! - [`asm`] and [`program`]: the program;
+//! - `tracefs`: the tracepoint's id and record layout, read at load time;
+//! - `btf`: offsets of `struct sock` and `struct net` members, from the kernel's BTF;
+//! - `asm` and `program`: the program;
 //! - [`loader`]: `bpf(2)` and `perf_event_open(2)`;
-//! - [`ringbuf`]: the mmap'ed consumer;
+//! - `ringbuf`: the mmap'ed consumer;
 //! - `source`: [`EbpfSource`], the set of matching sockets kept from the transitions and
 //!   reconciled with full dumps.
 //!
 //! Needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN); without them [`EbpfEvents::open`] fails
 //! with [`EbpfError::Capabilities`], which names them.
 
-pub mod asm;
-pub mod btf;
+mod asm;
+mod btf;
 pub mod loader;
-pub mod program;
-pub mod ringbuf;
+mod program;
+mod ringbuf;
 mod source;
-pub mod tracefs;
+mod tracefs;
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -36,26 +36,34 @@ pub use source::{EbpfSource, SourceStats};
 
 use program::{event, Counter, CONNECT_VALUE, COUNTERS};
 
-use crate::source::TcpState;
-pub use crate::source::{ClosedBy, Process};
-use crate::target::Targets;
+use crate::TcpState;
+pub use crate::{ClosedBy, Process};
+use fix_monitor_core::target::Targets;
 
 /// Why the eBPF source could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum EbpfError {
+    /// The process lacks these capabilities.
     #[error("the eBPF source needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN, or root); this process lacks {}", .0.join(" and "))]
     Capabilities(Vec<&'static str>),
+    /// The tracepoint's id or record layout could not be read.
     #[error(transparent)]
     Tracefs(#[from] tracefs::TracefsError),
+    /// The kernel's BTF could not be read, or lacks a member the program reads.
     #[error("reading /sys/kernel/btf/vmlinux: {0}")]
     Btf(#[from] btf::BtfError),
+    /// The targets do not fit in one program.
     #[error(transparent)]
     TooManyTargets(#[from] program::TooManyTargets),
+    /// The verifier refused the program.
     #[error("the kernel refused the eBPF program: {0}")]
     Load(#[from] loader::LoadError),
+    /// A system call failed.
     #[error("{what}: {source}")]
     Io {
+        /// What was being done.
         what: &'static str,
+        /// The system's error.
         #[source]
         source: io::Error,
     },
@@ -100,9 +108,13 @@ pub struct Transition {
     /// The socket cookie, where something has asked for it (0 otherwise: reading it in the
     /// program does not create one).
     pub cookie: u64,
+    /// The local address and port.
     pub local: SocketAddr,
+    /// The peer's address and port.
     pub remote: SocketAddr,
+    /// The state the socket left.
     pub old: TcpState,
+    /// The state it entered.
     pub new: TcpState,
     /// Who connected, on opens of outbound connections.
     pub process: Option<Process>,
@@ -114,19 +126,63 @@ pub struct Transition {
 /// A socket's `tcp_info` counters, read by the program from `struct tcp_sock`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SocketCounters {
+    /// Data bytes sent, retransmissions included (`bytes_sent`).
     pub bytes_sent: u64,
+    /// Data bytes received (`bytes_received`).
     pub bytes_received: u64,
+    /// Segments retransmitted (`total_retrans`).
     pub retransmits: u32,
 }
 
 /// What a transition means for a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
+    /// The session reached ESTABLISHED.
     Opened,
+    /// The session left ESTABLISHED, and who hung up.
     Closed(ClosedBy),
 }
 
 impl Transition {
+    /// The event this transition is for the loop (`None`: not a session's open or close),
+    /// stamped on the sidecar's clocks ([`timestamp_of`]). This mode knows sockets by their
+    /// 4-tuple only (id 0), whole, and every record left ESTABLISHED or entered it; a close
+    /// carries the counters the program read as the state changed.
+    pub fn to_event(
+        &self,
+        now: fix_monitor_core::Timestamp,
+        now_ktime_ns: u64,
+    ) -> Option<fix_monitor_core::SocketEvent> {
+        use fix_monitor_core::{SocketEventKind, TcpCounters};
+        let (kind, closed_by) = match self.change()? {
+            Change::Opened => (SocketEventKind::Opened, None),
+            Change::Closed(by) => (SocketEventKind::Closed, Some(by)),
+        };
+        let c = self.counters;
+        Some(fix_monitor_core::SocketEvent {
+            at: timestamp_of(self.ktime_ns, now, now_ktime_ns),
+            kind,
+            id: 0,
+            local: self.local,
+            remote: self.remote,
+            partial: false,
+            established: Some(true),
+            info: closed_by.map(|_| TcpCounters {
+                bytes_acked: None,
+                bytes_received: c.bytes_received,
+                retransmits: c.retransmits,
+                bytes_sent: Some(c.bytes_sent),
+            }),
+            closed_by,
+            process: if closed_by.is_none() {
+                self.process.clone()
+            } else {
+                None
+            },
+        })
+    }
+
+    /// What the transition means for a session, from the states it left and entered.
     pub fn change(&self) -> Option<Change> {
         match (self.old, self.new) {
             (_, TcpState::Established) => Some(Change::Opened),
@@ -181,13 +237,18 @@ impl Transition {
     }
 }
 
-/// The in-kernel counters, summed over CPUs (see [`Counter`]).
+/// The in-kernel counters, summed over CPUs (see `program::Counter`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
+    /// Every hit of the tracepoint (all sockets, all namespaces, all protocols).
     pub seen: u64,
+    /// Transitions into or out of ESTABLISHED that matched a target, in any namespace.
     pub matched: u64,
+    /// Matching sockets (or connects) of other network namespaces, dropped.
     pub other_netns: u64,
+    /// Records written to the ring buffer.
     pub emitted: u64,
+    /// Records dropped because the ring buffer was full.
     pub lost: u64,
 }
 
@@ -355,12 +416,82 @@ pub fn ktime_now_ns() -> u64 {
 /// of `bpf_ktime_get_ns`, so the kernel's stamp maps to an `Instant` exactly.
 pub fn timestamp_of(
     ktime_ns: u64,
-    now: crate::tracker::Timestamp,
+    now: fix_monitor_core::Timestamp,
     now_ktime_ns: u64,
-) -> crate::tracker::Timestamp {
+) -> fix_monitor_core::Timestamp {
     let ago = Duration::from_nanos(now_ktime_ns.saturating_sub(ktime_ns));
-    crate::tracker::Timestamp {
+    fix_monitor_core::Timestamp {
         mono: now.mono.checked_sub(ago).unwrap_or(now.mono),
         wall: now.wall.checked_sub(ago).unwrap_or(now.wall),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fix_monitor_core::{SocketEventKind, Timestamp};
+
+    fn transition(old: TcpState, new: TcpState) -> Transition {
+        Transition {
+            ktime_ns: 1_000_000_000,
+            sock: 1,
+            cookie: 0,
+            local: "10.0.0.1:5000".parse().unwrap(),
+            remote: "10.0.0.5:9876".parse().unwrap(),
+            old,
+            new,
+            process: Some(Process {
+                pid: 7,
+                comm: "gw".into(),
+            }),
+            counters: SocketCounters {
+                bytes_sent: 10,
+                bytes_received: 20,
+                retransmits: 3,
+            },
+        }
+    }
+
+    /// What the loop gets from each transition: the kernel's stamp on the loop's clock, who
+    /// hung up from the state left for, the process on opens, the counters on closes.
+    #[test]
+    fn transitions_become_the_loops_events() {
+        use TcpState::*;
+        let now = Timestamp::now();
+        // The loop's now is 250 ms after the transition, on the kernel's clock.
+        let now_k = 1_250_000_000;
+        let open = transition(SynSent, Established)
+            .to_event(now, now_k)
+            .unwrap();
+        assert_eq!(open.kind, SocketEventKind::Opened);
+        assert_eq!(now.mono - open.at.mono, Duration::from_millis(250));
+        assert_eq!(
+            (open.id, open.partial, open.established),
+            (0, false, Some(true))
+        );
+        assert_eq!(open.process.as_ref().map(|p| p.pid), Some(7));
+        assert_eq!((open.closed_by, open.info), (None, None));
+        for (new, by) in [
+            (FinWait1, ClosedBy::Local),
+            (CloseWait, ClosedBy::Remote),
+            (Close, ClosedBy::Reset),
+            (LastAck, ClosedBy::Unknown),
+        ] {
+            let close = transition(Established, new).to_event(now, now_k).unwrap();
+            assert_eq!(close.kind, SocketEventKind::Closed);
+            assert_eq!(close.closed_by, Some(by));
+            assert_eq!(close.process, None);
+            let info = close.info.unwrap();
+            assert_eq!(
+                (
+                    info.bytes_sent,
+                    info.bytes_received,
+                    info.retransmits,
+                    info.bytes_acked
+                ),
+                (Some(10), 20, 3, None)
+            );
+        }
+        assert_eq!(transition(FinWait1, FinWait2).to_event(now, now_k), None);
     }
 }

@@ -33,7 +33,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::target::{Target, Targets};
+use fix_monitor_core::target::{Target, Targets};
 
 // Instruction classes and modes, from include/uapi/linux/filter.h and bpf_common.h.
 const BPF_LD: u16 = 0x00;

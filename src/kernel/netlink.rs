@@ -39,18 +39,19 @@
 //! # TCP health
 //! A request's `ext` byte asks for extensions; with the `INET_DIAG_INFO` bit the kernel adds
 //! each socket's `struct tcp_info` as an attribute (for the sockets the filter passed only),
-//! which [`super::tcp_info`] reads into [`SocketEntry::health`]. The legacy request carries the
+//! which `tcp_info` reads into [`SocketEntry::health`]. The legacy request carries the
 //! byte too (`inet_diag_dump_compat` copies `idiag_ext`). It costs a `tcp_get_info` per
 //! matching socket and some 250 bytes more per record; [`NetlinkSource::set_tcp_info`] turns it
 //! off, for measurements.
 
+use fix_monitor_core::{Capabilities, Confirmation, EventFeed, HealthFeed, ProcessFeed};
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr as NetlinkAddr};
 
-use super::{bytecode, SocketEntry, Source, SourceError, SourceKind, TcpHealth, TcpState};
-use crate::target::Targets;
+use super::{bytecode, tcp_info, SocketEntry, Source, SourceError, SourceKind, TcpState};
+use fix_monitor_core::target::Targets;
 
 const NLMSG_HDR: usize = 16;
 const NLMSG_NOOP: u16 = 1;
@@ -118,6 +119,7 @@ pub enum DumpMode {
 }
 
 impl DumpMode {
+    /// The mode's name, for logs and benchmarks.
     pub fn as_str(self) -> &'static str {
         match self {
             DumpMode::OneWalk => "one-walk",
@@ -169,6 +171,17 @@ struct PollStats {
 }
 
 impl NetlinkSource {
+    /// Health in every dump; process by inode (after `keep_inodes`); misses confirmed by
+    /// cookie; the kernel's destroy notifications pair with it.
+    pub const CAPABILITIES: Capabilities = Capabilities {
+        events: EventFeed::DestroyNotifications,
+        health: HealthFeed::InPoll,
+        process: ProcessFeed::ByInode,
+        closed_by: false,
+        confirm: Confirmation::ByCookie,
+        reconciles: false,
+    };
+
     /// Opens the netlink socket, compiles the targets into the kernel filter and settles how
     /// polls dump ([`DumpMode`]): where the targets need both families, a probe finds out
     /// whether the kernel serves the one-walk request. Fails where `AF_NETLINK` is unavailable.
@@ -384,6 +397,10 @@ fn compile(targets: &Targets) -> Option<Vec<u8>> {
 impl Source for NetlinkSource {
     fn kind(&self) -> SourceKind {
         SourceKind::Netlink
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        NetlinkSource::CAPABILITIES
     }
 
     fn poll(&mut self, out: &mut Vec<SocketEntry>) -> Result<(), SourceError> {
@@ -698,7 +715,7 @@ pub fn parse_socket(m: &[u8]) -> Result<SocketEntry, SourceError> {
             )));
         }
         if u16::from_ne_bytes([attrs[2], attrs[3]]) & NLA_TYPE_MASK == INET_DIAG_INFO {
-            health = TcpHealth::parse(&attrs[NLA_HDR..len], rqueue, wqueue);
+            health = tcp_info::parse(&attrs[NLA_HDR..len], rqueue, wqueue);
         }
         attrs = &attrs[((len + 3) & !3).min(attrs.len())..];
     }
@@ -743,7 +760,7 @@ fn kernel_error(err: i32) -> SourceError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::target::{PortRange, Target};
+    use fix_monitor_core::target::{PortRange, Target};
     use std::collections::BTreeSet;
     use std::net::{TcpListener, TcpStream};
     use std::time::{Duration, Instant};
@@ -769,7 +786,7 @@ mod tests {
     /// The datagrams of a fixture file (each behind its length, `u32` little-endian).
     fn fixture(name: &str) -> Vec<Vec<u8>> {
         let path = format!(
-            "{}/tests/fixtures/netlink/{name}",
+            "{}/../../tests/fixtures/netlink/{name}",
             env!("CARGO_MANIFEST_DIR")
         );
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));

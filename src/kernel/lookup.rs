@@ -223,6 +223,7 @@ impl Received {
 fn recv_many(socket: &Socket, slots: &mut [u8]) -> std::io::Result<Received> {
     // SAFETY: zeroed iovec/mmsghdr are valid "empty" values; they are filled below.
     let mut iov: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
     let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
     for (i, (v, m)) in iov.iter_mut().zip(msgs.iter_mut()).enumerate() {
         v.iov_base = slots[i * SLOT..].as_mut_ptr().cast();
@@ -356,7 +357,7 @@ mod tests {
     use std::os::fd::AsRawFd;
 
     fn cookie(s: &impl AsRawFd) -> u64 {
-        crate::source::destroy::tests::cookie(s)
+        crate::destroy::tests::cookie(s)
     }
 
     fn want(s: &TcpStream, cookie: u64) -> Wanted {

@@ -2,9 +2,9 @@
 //!
 //! Every source reports sockets; this module decides, in user space, which configured target a
 //! socket is attributed to. The netlink source also compiles the same rules into a kernel filter
-//! (`source::bytecode`), so that unrelated sockets never reach user space; the user-space check
+//! (`fix_monitor_kernel::bytecode`), so that unrelated sockets never reach user space; the user-space check
 //! then only attributes the few matching sockets to their target. Both must agree: the tests in
-//! `source::bytecode` run the same cases through both.
+//! `fix_monitor_kernel::bytecode` run the same cases through both.
 
 use std::net::SocketAddr;
 
@@ -16,11 +16,14 @@ pub type TargetId = usize;
 /// An inclusive range of TCP ports, `start <= end` (validated by the config module).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct PortRange {
+    /// The first port.
     pub start: u16,
+    /// The last port (included).
     pub end: u16,
 }
 
 impl PortRange {
+    /// Whether `port` lies in the range.
     pub fn contains(&self, port: u16) -> bool {
         self.start <= port && port <= self.end
     }
@@ -87,11 +90,12 @@ impl Target {
     }
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "test-support"))]
 impl Target {
     /// A target with its default name, for tests: `Target::test("10.0.0.0/24", Some(9876),
-    /// Some((5000, 6000)))`.
-    pub(crate) fn test(net: &str, port: Option<u16>, local: Option<(u16, u16)>) -> Target {
+    /// Some((5000, 6000)))` (feature `test-support`).
+    #[doc(hidden)]
+    pub fn test(net: &str, port: Option<u16>, local: Option<(u16, u16)>) -> Target {
         let net: IpNet = net.parse().unwrap();
         Target {
             name: Target::default_name(&net, port),
@@ -110,26 +114,32 @@ impl Target {
 pub struct Targets(Vec<Target>);
 
 impl Targets {
+    /// The targets, in the configured order.
     pub fn new(targets: Vec<Target>) -> Self {
         Targets(targets)
     }
 
+    /// The first target a connection from `local` to `remote` belongs to, if any.
     pub fn classify(&self, local: &SocketAddr, remote: &SocketAddr) -> Option<TargetId> {
         self.0.iter().position(|t| t.matches(local, remote))
     }
 
+    /// The target `id` names (panics on an id that is not one).
     pub fn get(&self, id: TargetId) -> &Target {
         &self.0[id]
     }
 
+    /// The targets, in order.
     pub fn iter(&self) -> std::slice::Iter<'_, Target> {
         self.0.iter()
     }
 
+    /// How many targets there are.
     pub fn len(&self) -> usize {
         self.0.len()
     }
 
+    /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

@@ -12,6 +12,7 @@ const BC_NOP: u8 = 0;
 
 /// What the kernel knows of a socket when it runs the filter (`struct inet_diag_entry`).
 pub struct Entry {
+    /// `AF_INET` or `AF_INET6`, as the remote address is.
     pub family: u8,
     /// Remote address; an IPv4 address takes the first 4 bytes.
     pub daddr: [u8; 16],
@@ -22,6 +23,7 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// What the kernel would know of a socket from `local` to `remote`.
     pub fn new(local: &SocketAddr, remote: &SocketAddr) -> Entry {
         let mut daddr = [0; 16];
         let family = match remote.ip() {
@@ -116,11 +118,74 @@ fn valid_cc(bc: &[u8], cc: isize) -> bool {
     false
 }
 
+/// What [`audit`] refuses, with the offset of the op at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuditError {
+    /// The program is shorter than one op.
+    #[error("shorter than one op")]
+    TooShort,
+    /// A host condition's header runs past the end.
+    #[error("hostcond at {at} runs past the end")]
+    HostcondPastEnd {
+        /// Offset of the op.
+        at: usize,
+    },
+    /// A host condition names an address family the kernel does not take.
+    #[error("family {family} at {at}")]
+    Family {
+        /// The family given.
+        family: u8,
+        /// Offset of the op.
+        at: usize,
+    },
+    /// A host condition's address or prefix does not fit.
+    #[error("bad hostcond at {at}")]
+    BadHostcond {
+        /// Offset of the op.
+        at: usize,
+    },
+    /// An op the kernel does not know (or `compile` never emits).
+    #[error("unknown op {code} at {at}")]
+    UnknownOp {
+        /// The op's code.
+        code: u8,
+        /// Offset of the op.
+        at: usize,
+    },
+    /// A `no` jump that is too short, too long or not a multiple of 4.
+    #[error("no = {no} at {at}")]
+    No {
+        /// The jump.
+        no: isize,
+        /// Offset of the op.
+        at: usize,
+    },
+    /// A `no` jump that lands between two ops.
+    #[error("no = {no} at {at} lands between ops")]
+    NoBetweenOps {
+        /// The jump.
+        no: isize,
+        /// Offset of the op.
+        at: usize,
+    },
+    /// A `yes` jump that is too short, too long or not a multiple of 4.
+    #[error("yes = {yes} at {at}")]
+    Yes {
+        /// The jump.
+        yes: isize,
+        /// Offset of the op.
+        at: usize,
+    },
+    /// The chain of `yes` jumps runs past the end.
+    #[error("the yes chain overruns the end")]
+    Overrun,
+}
+
 /// `inet_diag_bc_audit`, for the ops `compile` emits: what the kernel checks before it
 /// runs a program (it answers EINVAL otherwise).
-pub fn audit(bc: &[u8]) -> Result<(), String> {
+pub fn audit(bc: &[u8]) -> Result<(), AuditError> {
     if bc.len() < OP {
-        return Err("shorter than one op".into());
+        return Err(AuditError::TooShort);
     }
     let (mut at, mut len) = (0usize, bc.len() as isize);
     while len > 0 {
@@ -128,36 +193,36 @@ pub fn audit(bc: &[u8]) -> Result<(), String> {
         let operand = match code {
             BC_D_COND => {
                 if (len as usize) < OP + HOSTCOND {
-                    return Err(format!("hostcond at {at} runs past the end"));
+                    return Err(AuditError::HostcondPastEnd { at });
                 }
                 let (family, prefix) = (bc[at + OP], bc[at + OP + 1]);
                 let addr_len = match family {
                     0 => 0,
                     AF_INET => 4,
                     AF_INET6 => 16,
-                    f => return Err(format!("family {f} at {at}")),
+                    family => return Err(AuditError::Family { family, at }),
                 };
                 if (len as usize) < OP + HOSTCOND + addr_len || prefix > 8 * addr_len as u8 {
-                    return Err(format!("bad hostcond at {at}"));
+                    return Err(AuditError::BadHostcond { at });
                 }
                 HOSTCOND + addr_len
             }
             BC_S_GE | BC_S_LE => OP,
             BC_JMP | BC_NOP => 0,
-            c => return Err(format!("unknown op {c} at {at}")),
+            code => return Err(AuditError::UnknownOp { code, at }),
         };
         let min_len = (OP + operand) as isize;
         let (yes, no) = (isize::from(bc[at + 1]), no(bc, at) as isize);
         if code != BC_NOP {
             if no < min_len || no > len + 4 || no & 3 != 0 {
-                return Err(format!("no = {no} at {at}"));
+                return Err(AuditError::No { no, at });
             }
             if no < len && !valid_cc(bc, len - no) {
-                return Err(format!("no = {no} at {at} lands between ops"));
+                return Err(AuditError::NoBetweenOps { no, at });
             }
         }
         if yes < min_len || yes > len + 4 || yes & 3 != 0 {
-            return Err(format!("yes = {yes} at {at}"));
+            return Err(AuditError::Yes { yes, at });
         }
         at += yes as usize;
         len -= yes;
@@ -165,6 +230,6 @@ pub fn audit(bc: &[u8]) -> Result<(), String> {
     if len == 0 {
         Ok(())
     } else {
-        Err("the yes chain overruns the end".into())
+        Err(AuditError::Overrun)
     }
 }
