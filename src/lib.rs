@@ -24,6 +24,8 @@
 //!   instruments -> published state -> logs. Tested with a manual clock and a scripted source.
 //! - [`persist`]: the state file (`[state] dir`): active sessions' starts, tagged with the boot
 //!   id, so that a restart keeps their lifetimes.
+//! - [`startup`]: the I/O the configuration names (the web config file, the state dir, TLS
+//!   files), read and checked before start, its problems reported like the configuration's.
 //! - [`app`]: start (open the source, bind the endpoint, spawn the loop) and the one shutdown
 //!   path.
 //! - [`console`]: the sidecar for a person at a terminal: `watch` (a live view, a report at
@@ -43,6 +45,7 @@ pub mod poller;
 pub mod process;
 pub mod session;
 pub mod source;
+pub mod startup;
 pub mod state;
 pub mod target;
 pub mod tracker;

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use fix_monitor::config::{self, ConfigArgs, LogFormat, LogSettings, Origin};
 use fix_monitor::console::{self, snapshot, Mode, ReportTo, WatchOptions};
 use fix_monitor::demo::{self, DemoOptions};
+use fix_monitor::startup::{prepare, Resources};
 
 #[derive(Parser)]
 #[command(
@@ -114,7 +115,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run(args) => {
-            let loaded = match load(&args) {
+            let (loaded, resources) = match load(&args) {
                 Ok(l) => l,
                 Err(e) => return usage_error(e),
             };
@@ -126,7 +127,8 @@ fn main() -> ExitCode {
                 let _in_runtime = runtime.enter();
                 shutdown_signal()
             };
-            let result = runtime.block_on(fix_monitor::app::run(loaded.settings, shutdown));
+            let result =
+                runtime.block_on(fix_monitor::app::run(loaded.settings, resources, shutdown));
             // `run` bounds every wait of its own; a blocking task it left behind must not hold
             // the exit either (dropping a runtime waits for those without limit).
             runtime.shutdown_timeout(Duration::from_millis(500));
@@ -140,7 +142,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Watch(args) => {
-            let loaded = match load(&args.config) {
+            let (loaded, _) = match load(&args.config) {
                 Ok(l) => l,
                 Err(e) => return usage_error(e),
             };
@@ -164,7 +166,7 @@ fn main() -> ExitCode {
             exit(runtime.block_on(watched))
         }
         Command::Snapshot(args) => {
-            let loaded = match load(&args.config) {
+            let (loaded, _) = match load(&args.config) {
                 Ok(l) => l,
                 Err(e) => return usage_error(e),
             };
@@ -199,7 +201,7 @@ fn main() -> ExitCode {
             };
             exit(runtime.block_on(demo::run(options, shutdown)))
         }
-        Command::Config(args) => match config::load(&args) {
+        Command::Config(args) => match config::load(&args).and_then(|l| prepare(&l).map(|_| l)) {
             Ok(l) => {
                 print!("{}", l.explain());
                 ExitCode::SUCCESS
@@ -209,12 +211,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// The configuration, after which the exporter libraries' own variables are withheld from
-/// them (see [`config::withhold_library_env`]); still single-threaded here.
-fn load(args: &ConfigArgs) -> Result<config::Loaded, config::ConfigErrors> {
+/// The configuration and what the start-up step read for it, after which the exporter
+/// libraries' own variables are withheld from them (see [`config::withhold_library_env`]);
+/// still single-threaded here.
+fn load(args: &ConfigArgs) -> Result<(config::Loaded, Resources), config::ConfigErrors> {
     let loaded = config::load(args)?;
+    let resources = prepare(&loaded)?;
     config::withhold_library_env();
-    Ok(loaded)
+    Ok((loaded, resources))
 }
 
 fn runtime(workers: usize) -> Option<tokio::runtime::Runtime> {

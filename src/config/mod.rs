@@ -220,7 +220,7 @@ impl FixSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct StateSettings {
     /// Where the active sessions' starts are kept so that a restart keeps their lifetimes
-    /// (`persist`); checked writable at load. None: nothing is kept.
+    /// (`persist`); checked writable by `startup::prepare`. None: nothing is kept.
     #[serde(with = "raw::some::state_dir")]
     pub dir: Option<PathBuf>,
 }
@@ -269,49 +269,12 @@ pub struct PrometheusSettings {
     #[serde(with = "raw::check::listen")]
     pub listen: SocketAddr,
     /// The exporter toolkit's web configuration file (TLS, client certificates, basic auth,
-    /// extra headers); `None`: plain HTTP, no auth. Read and checked in `raw::validate`.
+    /// extra headers); `None`: plain HTTP, no auth. Read and checked by `startup::prepare`.
     #[serde(with = "raw::some::path")]
     pub web_config: Option<PathBuf>,
     /// Serve `/connections` and the sessions' (and venues') addresses on `/` and `/health`.
     #[serde(with = "raw::check::boolean")]
     pub expose_connections: bool,
-    /// What `web_config` says, filled in by `raw::validate`.
-    #[serde(skip)]
-    pub web: Option<WebConfigFile>,
-}
-
-/// The web configuration file and what it says, read and checked when the configuration loads.
-/// Two are equal when they name the same file.
-#[derive(Clone)]
-pub struct WebConfigFile {
-    pub path: PathBuf,
-    pub config: std::sync::Arc<crate::export::web_config::WebConfig>,
-}
-
-impl WebConfigFile {
-    pub fn new(path: PathBuf, config: crate::export::web_config::WebConfig) -> WebConfigFile {
-        WebConfigFile {
-            path,
-            config: std::sync::Arc::new(config),
-        }
-    }
-}
-
-impl PartialEq for WebConfigFile {
-    fn eq(&self, other: &Self) -> bool {
-        self.path == other.path
-    }
-}
-
-impl Eq for WebConfigFile {}
-
-impl std::fmt::Debug for WebConfigFile {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WebConfigFile")
-            .field("path", &self.path)
-            .field("config", &self.config)
-            .finish()
-    }
 }
 
 impl Default for PrometheusSettings {
@@ -321,7 +284,6 @@ impl Default for PrometheusSettings {
             listen: defaults::PROMETHEUS_LISTEN,
             web_config: None,
             expose_connections: defaults::PROMETHEUS_EXPOSE_CONNECTIONS,
-            web: None,
         }
     }
 }
@@ -408,8 +370,8 @@ impl Default for OtlpSettings {
     }
 }
 
-/// PEM files for a TLS collector. Each given file existed when the configuration was loaded;
-/// they are read when the exporter is built.
+/// PEM files for a TLS collector, checked readable by `startup::prepare` when push is on; they
+/// are read when the exporter is built.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsFiles {

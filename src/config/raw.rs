@@ -406,17 +406,13 @@ pub(crate) fn validate(raw: Raw, cx: &Context<'_>, errors: &mut Vec<ConfigError>
     let Settings {
         targets: raw_targets,
         poll,
-        mut prometheus,
+        prometheus,
         log,
         otlp,
         state,
         fix,
     } = raw;
     let otlp = self::otlp(otlp, cx, errors);
-    prometheus.web = prometheus
-        .web_config
-        .clone()
-        .and_then(|path| web_config(path, cx, errors));
     if !prometheus.enabled && !otlp.enabled && !cx.failed.contains("prometheus.enabled") {
         let otlp_origin = match cx.origin("otlp.enabled") {
             Origin::Default => "the default".to_owned(),
@@ -484,30 +480,6 @@ fn fix(
     }
     fix.target_comp_ids = target_comp_ids;
     fix
-}
-
-/// Reads the web configuration file and every certificate and key it names; each problem is
-/// reported on `prometheus.web_config`, with the key inside the file in the message.
-fn web_config(
-    path: PathBuf,
-    cx: &Context<'_>,
-    errors: &mut Vec<ConfigError>,
-) -> Option<super::WebConfigFile> {
-    match crate::export::web_config::load(&path) {
-        Ok(config) => Some(super::WebConfigFile::new(path, config)),
-        Err(problems) => {
-            let value = quote(&path.display().to_string());
-            for p in problems {
-                errors.push(cx.error(
-                    ErrorKind::InvalidValue,
-                    "prometheus.web_config",
-                    value.clone(),
-                    p.to_string(),
-                ));
-            }
-            None
-        }
-    }
 }
 
 fn targets(
@@ -648,14 +620,6 @@ fn check_tls(
         ("cert_file", &tls.cert_file),
         ("key_file", &tls.key_file),
     ];
-    for (field, path) in files {
-        let Some(path) = path else { continue };
-        if let Err(message) = readable_file(path) {
-            let key = format!("otlp.tls.{field}");
-            let value = quote(&path.display().to_string());
-            errors.push(cx.error(ErrorKind::InvalidValue, &key, value, message));
-        }
-    }
     let unpaired = match (&tls.cert_file, &tls.key_file) {
         (Some(path), None) => Some(("cert_file", path, "key_file")),
         (None, Some(path)) => Some(("key_file", path, "cert_file")),
@@ -975,29 +939,13 @@ fn parse_path(value: &Value) -> Result<PathBuf, String> {
     }
 }
 
-/// A state directory must be writable now (or creatable: it is created at start), not fail the
-/// first save. Checking creates nothing.
+/// A state directory's path (`startup::prepare` checks that it could be written).
 fn parse_state_dir(value: &Value) -> Result<PathBuf, String> {
     const ALLOWED: &str = "expected a directory fix-monitor can create files in (such as \
                            systemd's StateDirectory, /var/lib/fix-monitor)";
-    let path = match string(value).map(str::trim) {
-        Some(text) if !text.is_empty() => PathBuf::from(text),
-        _ => return Err(ALLOWED.to_owned()),
-    };
-    crate::persist::StateDir::check_could_write(&path)
-        .map_err(|e| format!("cannot be written: {e}; {ALLOWED}"))?;
-    Ok(path)
-}
-
-/// The one look at the file system outside the config file itself: a TLS file named in the
-/// configuration must be there now, not fail the first export an interval later.
-fn readable_file(path: &Path) -> Result<(), String> {
-    let file =
-        std::fs::File::open(path).map_err(|e| format!("cannot be read: {e}; {ALLOWED_PEM}"))?;
-    match file.metadata() {
-        Ok(m) if m.is_file() => Ok(()),
-        Ok(_) => Err(format!("is not a regular file; {ALLOWED_PEM}")),
-        Err(e) => Err(format!("cannot be read: {e}; {ALLOWED_PEM}")),
+    match string(value).map(str::trim) {
+        Some(text) if !text.is_empty() => Ok(PathBuf::from(text)),
+        _ => Err(ALLOWED.to_owned()),
     }
 }
 
