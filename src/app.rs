@@ -343,9 +343,9 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
     if let Some(otlp) = &telemetry.otlp {
         tracing::info!(
             url = otlp.url(),
-            protocol = settings.otlp.protocol.as_str(),
+            protocol = settings.otlp.protocol.to_string(),
             interval = %humantime::format_duration(settings.otlp.interval),
-            temporality = settings.otlp.temporality.as_str(),
+            temporality = settings.otlp.temporality.to_string(),
             "pushing metrics over OTLP"
         );
     }

@@ -98,6 +98,7 @@ pub use error::{ConfigError, ConfigErrors, ErrorKind, Origin};
 pub use raw::parse_duration;
 
 use serde::{Deserialize, Serialize};
+use strum::{Display, VariantNames};
 
 use crate::source::SourceKind;
 use crate::target::Targets;
@@ -385,30 +386,22 @@ pub struct TlsFiles {
     pub key_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Display, VariantNames)]
 pub enum OtlpProtocol {
     /// OTLP/gRPC (port 4317 by convention).
     #[serde(rename = "grpc")]
+    #[strum(serialize = "grpc")]
     Grpc,
     /// OTLP/HTTP with protobuf bodies (port 4318 by convention).
     #[serde(rename = "http/protobuf")]
+    #[strum(serialize = "http/protobuf")]
     HttpProtobuf,
 }
 
-impl OtlpProtocol {
-    pub const ALLOWED: &'static str = "grpc, http/protobuf";
-
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            OtlpProtocol::Grpc => "grpc",
-            OtlpProtocol::HttpProtobuf => "http/protobuf",
-        }
-    }
-}
-
 /// How sums and histograms are reported (the OTLP temporality preference).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Display, VariantNames)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum OtlpTemporality {
     /// Totals since start: what Prometheus-style backends expect, and what survives a lost
     /// export (the next one carries the total).
@@ -419,36 +412,14 @@ pub enum OtlpTemporality {
     LowMemory,
 }
 
-impl OtlpTemporality {
-    pub const ALLOWED: &'static str = "cumulative, delta, lowmemory";
-
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            OtlpTemporality::Cumulative => "cumulative",
-            OtlpTemporality::Delta => "delta",
-            OtlpTemporality::LowMemory => "lowmemory",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Display, VariantNames)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
     Text,
     /// One JSON object per line, for log collectors.
     Json,
-}
-
-impl LogFormat {
-    pub const ALLOWED: &'static str = "text, json";
-
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            LogFormat::Text => "text",
-            LogFormat::Json => "json",
-        }
-    }
 }
 
 /// Which configuration file took part.

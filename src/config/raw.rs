@@ -25,6 +25,7 @@ use figment::{Figment, Provider};
 use ipnet::IpNet;
 use serde::de::{DeserializeOwned, Error as _, IntoDeserializer};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use strum::VariantNames;
 
 use super::error::{ConfigError, ErrorKind, Origin};
 use super::layers::{self, ENV_OTEL_METRICS_ENDPOINT, ENV_PREFIX};
@@ -137,8 +138,8 @@ checks! {
     path -> PathBuf = parse_path;
     state_dir -> PathBuf = parse_state_dir;
     source -> SourceKind = |v: &Value| parse_enum(v, SourceKind::ALLOWED);
-    log_format -> LogFormat = |v: &Value| parse_enum(v, LogFormat::ALLOWED);
-    temporality -> OtlpTemporality = |v: &Value| parse_enum(v, OtlpTemporality::ALLOWED);
+    log_format -> LogFormat = |v: &Value| parse_enum(v, &LogFormat::VARIANTS.join(", "));
+    temporality -> OtlpTemporality = |v: &Value| parse_enum(v, &OtlpTemporality::VARIANTS.join(", "));
     protocol -> OtlpProtocol = parse_protocol;
     comp_ids -> Vec<String> = parse_comp_ids;
     glob -> String = parse_glob;
@@ -830,10 +831,10 @@ fn parse_protocol(value: &Value) -> Result<OtlpProtocol, String> {
     if string(value).is_some_and(|t| t.trim().eq_ignore_ascii_case("http/json")) {
         return Err(format!(
             "OTLP/HTTP with JSON bodies is not supported; expected one of: {}",
-            OtlpProtocol::ALLOWED
+            OtlpProtocol::VARIANTS.join(", ")
         ));
     }
-    parse_enum(value, OtlpProtocol::ALLOWED)
+    parse_enum(value, &OtlpProtocol::VARIANTS.join(", "))
 }
 
 /// An OTLP endpoint: an absolute http(s) URL with a host, without credentials, query or
