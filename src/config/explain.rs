@@ -40,7 +40,7 @@ pub(super) fn explain(loaded: &Loaded) -> String {
     let mut tree = serde_json::to_value(&loaded.settings).expect("settings serialize");
     let comp_ids = &loaded.settings.fix.target_comp_ids;
     let targets: Vec<RawTarget> = (loaded.settings.targets.iter().enumerate())
-        .map(|(i, t)| RawTarget::from(t).with_comp_ids(comp_ids.get(i)))
+        .map(|(i, t)| RawTarget::new(t, comp_ids.get(i)))
         .collect();
     tree["targets"] = serde_json::to_value(targets).expect("targets serialize");
     let mut lines = Lines { loaded, out };

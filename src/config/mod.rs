@@ -202,7 +202,7 @@ pub struct FixSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct FixLog {
     /// A file or glob pattern.
-    #[serde(with = "raw::some::glob")]
+    #[serde(with = "raw::check::glob")]
     pub path: Option<String>,
 }
 
@@ -222,7 +222,7 @@ impl FixSettings {
 pub struct StateSettings {
     /// Where the active sessions' starts are kept so that a restart keeps their lifetimes
     /// (`persist`); checked writable by `startup::prepare`. None: nothing is kept.
-    #[serde(with = "raw::some::state_dir")]
+    #[serde(with = "raw::check::state_dir")]
     pub dir: Option<PathBuf>,
 }
 
@@ -244,7 +244,7 @@ pub struct PollSettings {
     pub process_lookup: bool,
     /// eBPF source only: time between two `tcp_info` lookups of every session (session
     /// health); not set: every poll. The netlink source reads it in every poll's dump.
-    #[serde(with = "raw::some::interval")]
+    #[serde(with = "raw::check::interval")]
     pub health_interval: Option<Duration>,
 }
 
@@ -271,7 +271,7 @@ pub struct PrometheusSettings {
     pub listen: SocketAddr,
     /// The exporter toolkit's web configuration file (TLS, client certificates, basic auth,
     /// extra headers); `None`: plain HTTP, no auth. Read and checked by `startup::prepare`.
-    #[serde(with = "raw::some::path")]
+    #[serde(with = "raw::check::path")]
     pub web_config: Option<PathBuf>,
     /// Serve `/connections` and the sessions' (and venues') addresses on `/` and `/health`.
     #[serde(with = "raw::check::boolean")]
@@ -377,12 +377,12 @@ impl Default for OtlpSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct TlsFiles {
     /// Trust these CAs (instead of the system's roots, which are used without it).
-    #[serde(with = "raw::some::path")]
+    #[serde(with = "raw::check::path")]
     pub ca_file: Option<PathBuf>,
     /// Client certificate for mutual TLS; given together with `key_file`.
-    #[serde(with = "raw::some::path")]
+    #[serde(with = "raw::check::path")]
     pub cert_file: Option<PathBuf>,
-    #[serde(with = "raw::some::path")]
+    #[serde(with = "raw::check::path")]
     pub key_file: Option<PathBuf>,
 }
 
@@ -604,14 +604,15 @@ fn assemble(
     let figment = layers::build(file_dict.map(|d| (path, d)), env, args, &mut errors);
     let (raw, tree, failed) = raw::extract(&figment, &mut errors);
     let origins = raw::origins(&figment, &tree);
-    let context = raw::Context {
+    let mut context = raw::Context {
         config_path: path,
         // A broken file may well have held the targets: saying "no targets" would mislead.
         file_failed,
         origins: &origins,
         failed: &failed,
+        errors: &mut errors,
     };
-    let settings = raw::validate(raw, &context, &mut errors);
+    let settings = raw::validate(raw, &mut context);
     if !errors.is_empty() {
         return Err(ConfigErrors::new(errors));
     }
