@@ -33,7 +33,7 @@ const ENV_LEGACY_PORT: &str = "DOWNSTREAM_PORT";
 pub(crate) const ENV_OTEL_METRICS_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT";
 /// Read by the SDK's resource detectors, not by the configuration; kept only so that
 /// `fix-monitor config` can show them.
-pub(crate) const RESOURCE_VARS: &[&str] = &["OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES"];
+pub(crate) const RESOURCE_VARS: &[&str] = &["OTEL_RESOURCE_ATTRIBUTES", "OTEL_SERVICE_NAME"];
 
 /// How a standard OpenTelemetry variable's text becomes a value of our schema.
 #[derive(Clone, Copy, PartialEq)]

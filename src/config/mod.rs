@@ -110,33 +110,17 @@ pub const EXIT_USAGE: i32 = 64;
 /// The configuration file read when neither `--config` nor `FIX_MONITOR_CONFIG` names one.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/fix-monitor/config.toml";
 
-/// The built-in defaults: the lowest layer, and what `explain()` marks `# default`.
+/// The built-in defaults that other code names too, or that need a word of why; the lowest layer
+/// is each section's `Default` (what `explain()` marks `# default`), which uses these.
 pub mod defaults {
-    use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
     use std::time::Duration;
-
-    use super::{LogFormat, OtlpProtocol, OtlpTemporality};
-    use crate::source::SourceKind;
 
     /// Netlink with a kernel-side filter makes a poll cheap, so poll often enough to see short
     /// sessions (the original tools used 5 s and 10 s).
     pub const INTERVAL: Duration = Duration::from_secs(1);
-    pub const SOURCE: SourceKind = SourceKind::Auto;
     /// The eBPF source's full dump: often enough that a missed transition cannot stay wrong
     /// for long, rarely enough that its cost (a walk of the host's sockets) stays negligible.
     pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(60);
-    /// Off: walking every process's open files costs CPU that grows with the host, and reading
-    /// other users' needs privilege (see README, "Which process").
-    pub const PROCESS_LOOKUP: bool = false;
-    pub const PROMETHEUS_ENABLED: bool = true;
-    /// Loopback: exposing metrics beyond the host is a deliberate choice (`0.0.0.0:9464`).
-    pub const PROMETHEUS_LISTEN: SocketAddr =
-        SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9464));
-    /// `/connections` and the page's per-session details are served unless a site turns them
-    /// off (venue addresses can be sensitive).
-    pub const PROMETHEUS_EXPOSE_CONNECTIONS: bool = true;
-    pub const LOG_FORMAT: LogFormat = LogFormat::Text;
-    pub const LOG_LEVEL: &str = "info";
     /// The original monitor's `--min-port` default; used when only `--max-port` is given.
     pub const MIN_PORT: u16 = 5000;
     /// The original monitor's `--max-port` default; used when only `--min-port` is given.
@@ -144,9 +128,6 @@ pub mod defaults {
     /// Longest accepted poll interval. Far beyond any useful value, and keeps timer arithmetic
     /// (`Instant + interval`) away from overflow.
     pub const MAX_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
-    /// Push is opt-in: a sidecar must not start sending data somewhere by surprise.
-    pub const OTLP_ENABLED: bool = false;
-    pub const OTLP_PROTOCOL: OtlpProtocol = OtlpProtocol::Grpc;
     /// The OTLP specification's defaults, by protocol.
     pub const OTLP_GRPC_ENDPOINT: &str = "http://localhost:4317";
     pub const OTLP_HTTP_ENDPOINT: &str = "http://localhost:4318";
@@ -156,8 +137,6 @@ pub mod defaults {
     /// One export, retries included. The shutdown waits this plus a second (at least 5 s) for
     /// the final export.
     pub const OTLP_TIMEOUT: Duration = Duration::from_secs(5);
-    /// What Prometheus-style backends expect; `delta` is for backends that want it.
-    pub const OTLP_TEMPORALITY: OtlpTemporality = OtlpTemporality::Cumulative;
 }
 
 /// The configuration tree: what the file, the variables and the flags are deserialized into
@@ -252,9 +231,11 @@ impl Default for PollSettings {
     fn default() -> Self {
         PollSettings {
             interval: defaults::INTERVAL,
-            source: defaults::SOURCE,
+            source: SourceKind::Auto,
             reconcile_interval: defaults::RECONCILE_INTERVAL,
-            process_lookup: defaults::PROCESS_LOOKUP,
+            // Off: walking every process's open files costs CPU that grows with the host, and
+            // reading other users' needs privilege (see README, "Which process").
+            process_lookup: false,
             health_interval: None,
         }
     }
@@ -281,10 +262,13 @@ pub struct PrometheusSettings {
 impl Default for PrometheusSettings {
     fn default() -> Self {
         PrometheusSettings {
-            enabled: defaults::PROMETHEUS_ENABLED,
-            listen: defaults::PROMETHEUS_LISTEN,
+            enabled: true,
+            // Loopback: exposing metrics beyond the host is a deliberate choice (0.0.0.0:9464).
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             web_config: None,
-            expose_connections: defaults::PROMETHEUS_EXPOSE_CONNECTIONS,
+            // `/connections` and the page's per-session details are served unless a site
+            // turns them off (venue addresses can be sensitive).
+            expose_connections: true,
         }
     }
 }
@@ -302,8 +286,8 @@ pub struct LogSettings {
 impl Default for LogSettings {
     fn default() -> Self {
         LogSettings {
-            format: defaults::LOG_FORMAT,
-            level: defaults::LOG_LEVEL.to_owned(),
+            format: LogFormat::Text,
+            level: "info".to_owned(),
         }
     }
 }
@@ -358,14 +342,16 @@ pub struct OtlpSettings {
 impl Default for OtlpSettings {
     fn default() -> Self {
         OtlpSettings {
-            enabled: defaults::OTLP_ENABLED,
+            // Push is opt-in: a sidecar must not start sending data somewhere by surprise.
+            enabled: false,
             endpoint: String::new(),
             url: String::new(),
-            protocol: defaults::OTLP_PROTOCOL,
+            protocol: OtlpProtocol::Grpc,
             interval: defaults::OTLP_INTERVAL,
             timeout: defaults::OTLP_TIMEOUT,
             headers: BTreeMap::new(),
-            temporality: defaults::OTLP_TEMPORALITY,
+            // What Prometheus-style backends expect; `delta` is for backends that want it.
+            temporality: OtlpTemporality::Cumulative,
             tls: TlsFiles::default(),
         }
     }
@@ -510,103 +496,83 @@ where
         .map(|(k, v)| (k.into(), v.into()))
         .filter(|(k, v)| layers::is_ours(k) && !v.is_empty())
         .collect();
-    let mut errors = Vec::new();
 
     // A file somebody named must exist; the default one is optional, so that a sidecar can be
     // configured by flags or environment alone.
     let (path, named_by) = match (&args.config, env.get(layers::ENV_CONFIG)) {
         (Some(path), _) => (path.clone(), Some(Origin::Flag("--config".into()))),
-        (None, Some(path)) => (
-            PathBuf::from(path),
-            Some(Origin::Env(layers::ENV_CONFIG.into())),
-        ),
+        (None, Some(path)) => (path.into(), Some(Origin::Env(layers::ENV_CONFIG.into()))),
         (None, None) => (default_path.as_ref().to_path_buf(), None),
     };
-    let file = match std::fs::read_to_string(&path) {
-        Ok(text) => FileState::Text(text),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && named_by.is_none() => {
-            FileState::Absent
-        }
+    let mut errors = Vec::new();
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && named_by.is_none() => Ok(None),
         Err(e) => {
-            let mut error = ConfigError::new(
-                ErrorKind::File,
-                path.display().to_string(),
-                format!("cannot read the config file: {e}"),
-            );
-            error.origin = named_by;
-            errors.push(error);
-            FileState::Failed
+            let error = file_error(&path, format!("cannot read the config file: {e}"));
+            errors.push(ConfigError {
+                origin: named_by,
+                ..error
+            });
+            Err(())
         }
     };
-    assemble(args, &env, &path, file, errors)
+    assemble(args, &env, &path, text, errors)
 }
 
 /// Parses and validates a configuration file's content alone (defaults below it, no
 /// environment, no flags). `path` is only used to name the file in errors and origins.
 pub fn parse_toml_str(text: &str, path: impl AsRef<Path>) -> Result<Loaded, ConfigErrors> {
-    let file = FileState::Text(text.to_owned());
+    let (args, env) = (ConfigArgs::default(), BTreeMap::new());
     assemble(
-        &ConfigArgs::default(),
-        &BTreeMap::new(),
+        &args,
+        &env,
         path.as_ref(),
-        file,
+        Ok(Some(text.to_owned())),
         Vec::new(),
     )
 }
 
 /// [`parse_toml_str`] on the bytes of a reader.
 pub fn parse_reader(mut reader: impl Read, path: impl AsRef<Path>) -> Result<Loaded, ConfigErrors> {
-    let path = path.as_ref();
-    let mut text = String::new();
+    let (path, mut text) = (path.as_ref(), String::new());
     match reader.read_to_string(&mut text) {
         Ok(_) => parse_toml_str(&text, path),
-        Err(e) => Err(ConfigErrors::new(vec![ConfigError::new(
-            ErrorKind::File,
-            path.display().to_string(),
-            format!("cannot read the config file: {e}"),
-        )])),
+        Err(e) => {
+            let error = file_error(path, format!("cannot read the config file: {e}"));
+            Err(ConfigErrors::new(vec![error]))
+        }
     }
 }
 
-/// What became of the configuration file before parsing.
-enum FileState {
-    Text(String),
-    /// The default file does not exist.
-    Absent,
-    /// It could not be read; the error is already recorded.
-    Failed,
+fn file_error(path: &Path, message: String) -> ConfigError {
+    ConfigError::new(ErrorKind::File, path.display().to_string(), message)
 }
 
-/// The pure core: file content, environment and flags in; settings or every problem out.
+/// The pure core: file content, environment and flags in; settings or every problem out. The
+/// file's `text` is `Ok(None)` when the default file does not exist, `Err` when it could not be
+/// read (and that is in `errors` already).
 fn assemble(
     args: &ConfigArgs,
     env: &BTreeMap<String, String>,
     path: &Path,
-    file: FileState,
+    text: Result<Option<String>, ()>,
     mut errors: Vec<ConfigError>,
 ) -> Result<Loaded, ConfigErrors> {
-    let mut file_failed = matches!(file, FileState::Failed);
-    let file_dict = match &file {
-        FileState::Text(text) => match layers::parse_toml(text) {
-            Ok(dict) => Some(dict),
-            Err(message) => {
-                errors.push(ConfigError::new(
-                    ErrorKind::File,
-                    path.display().to_string(),
-                    format!("not valid TOML: {message}"),
-                ));
-                file_failed = true;
-                None
-            }
-        },
-        FileState::Absent | FileState::Failed => None,
+    let dict = match &text {
+        Ok(Some(text)) => Some(layers::parse_toml(text).map_err(|message| {
+            errors.push(file_error(path, format!("not valid TOML: {message}")))
+        })),
+        _ => None,
     };
-    let figment = layers::build(file_dict.map(|d| (path, d)), env, args, &mut errors);
+    // A broken file may well have held the targets: saying "no targets" would mislead.
+    let file_failed = text.is_err() || matches!(dict, Some(Err(())));
+    let file = dict.and_then(Result::ok).map(|dict| (path, dict));
+    let figment = layers::build(file, env, args, &mut errors);
     let (raw, tree, failed) = raw::extract(&figment, &mut errors);
     let origins = raw::origins(&figment, &tree);
     let mut context = raw::Context {
         config_path: path,
-        // A broken file may well have held the targets: saying "no targets" would mislead.
         file_failed,
         origins: &origins,
         failed: &failed,
@@ -616,15 +582,13 @@ fn assemble(
     if !errors.is_empty() {
         return Err(ConfigErrors::new(errors));
     }
-    let config_file = match file {
-        FileState::Text(_) => ConfigFile::Read(path.to_path_buf()),
-        FileState::Absent | FileState::Failed => ConfigFile::Absent(path.to_path_buf()),
+    let config_file = match text {
+        Ok(Some(_)) => ConfigFile::Read(path.to_path_buf()),
+        _ => ConfigFile::Absent(path.to_path_buf()),
     };
-    let resource_vars = env
-        .iter()
-        .filter(|(name, _)| layers::RESOURCE_VARS.contains(&name.as_str()))
-        .map(|(name, value)| (name.clone(), value.clone()))
-        .collect();
+    let resource_vars = layers::RESOURCE_VARS.iter();
+    let resource_vars = resource_vars.filter_map(|&n| Some((n.to_owned(), env.get(n)?.clone())));
+    let resource_vars = resource_vars.collect();
     Ok(Loaded {
         settings,
         config_file,
