@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::config::{ConfigError, ConfigErrors, ErrorKind, Loaded, Origin};
+use crate::config::{ALLOWED_PEM, ALLOWED_STATE_DIR};
 use crate::export::web_config::{self, WebConfig};
 
 /// What the start-up step read, for [`crate::app::run`].
@@ -20,10 +21,6 @@ pub struct Resources {
     /// and no auth.
     pub web: Arc<WebConfig>,
 }
-
-const ALLOWED_PEM: &str = "expected the path of a readable PEM file";
-const ALLOWED_STATE_DIR: &str = "expected a directory fix-monitor can create files in (such as \
-                                 systemd's StateDirectory, /var/lib/fix-monitor)";
 
 /// Reads and checks what `loaded` names on the file system; every problem at once.
 pub fn prepare(loaded: &Loaded) -> Result<Resources, ConfigErrors> {

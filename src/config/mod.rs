@@ -96,6 +96,7 @@ use std::time::Duration;
 pub use args::ConfigArgs;
 pub use error::{ConfigError, ConfigErrors, ErrorKind, Origin};
 pub use raw::parse_duration;
+pub(crate) use raw::{ALLOWED_PEM, ALLOWED_STATE_DIR};
 
 use serde::{Deserialize, Serialize};
 use strum::{Display, VariantNames};

@@ -118,8 +118,8 @@ checks! {
     boolean -> bool = parse_bool;
     listen -> SocketAddr = parse_listen;
     log_level -> String = parse_log_level;
-    path -> PathBuf = parse_path;
-    state_dir -> PathBuf = parse_state_dir;
+    path -> PathBuf = |v| text(v, ALLOWED_PEM).map(PathBuf::from);
+    state_dir -> PathBuf = |v| text(v, ALLOWED_STATE_DIR).map(PathBuf::from);
     source -> SourceKind = |v: &Value| parse_enum(v, SourceKind::ALLOWED);
     log_format -> LogFormat = |v: &Value| parse_enum(v, &LogFormat::VARIANTS.join(", "));
     temporality -> OtlpTemporality = |v| parse_enum(v, &OtlpTemporality::VARIANTS.join(", "));
@@ -580,7 +580,10 @@ const ALLOWED_LISTEN: &str = "expected IP:PORT, such as \"127.0.0.1:9464\", \"0.
 const ALLOWED_ENDPOINT: &str = "expected an http:// or https:// URL with a host, such as \
                                 \"http://127.0.0.1:4317\" (gRPC) or \"http://collector:4318\" \
                                 (http/protobuf; /v1/metrics is appended)";
-const ALLOWED_PEM: &str = "expected the path of a readable PEM file";
+pub(crate) const ALLOWED_PEM: &str = "expected the path of a readable PEM file";
+pub(crate) const ALLOWED_STATE_DIR: &str =
+    "expected a directory fix-monitor can create files in (such as \
+                                 systemd's StateDirectory, /var/lib/fix-monitor)";
 const ALLOWED_LEVEL: &str =
     "expected a tracing filter directive, such as \"info\", \"debug\" or \"warn,fix_monitor=debug\"";
 
@@ -608,14 +611,17 @@ fn integer(value: &Value) -> Option<i128> {
 }
 
 fn string(value: &Value) -> Option<&str> {
-    match value {
-        Value::String(_, s) => Some(s),
-        _ => None,
-    }
+    value.as_str()
+}
+
+/// A string, trimmed and not empty; else what is `allowed`.
+fn text<'a>(value: &'a Value, allowed: &str) -> Result<&'a str, String> {
+    let text = string(value).map(str::trim).filter(|t| !t.is_empty());
+    text.ok_or_else(|| allowed.to_owned())
 }
 
 fn parse_address(value: &Value) -> Result<IpNet, String> {
-    let text = string(value).ok_or(ALLOWED_ADDRESS)?.trim();
+    let text = text(value, ALLOWED_ADDRESS)?;
     if text.contains('/') {
         let net: IpNet = text.parse().map_err(|_| ALLOWED_ADDRESS.to_owned())?;
         // 10.0.0.5/24 is either a typo for the block or for the host; make the user say which.
@@ -720,8 +726,9 @@ fn parse_bool(value: &Value) -> Result<bool, String> {
 }
 
 fn parse_listen(value: &Value) -> Result<SocketAddr, String> {
-    let text = string(value).ok_or(ALLOWED_LISTEN)?;
-    text.trim().parse().map_err(|_| ALLOWED_LISTEN.to_owned())
+    text(value, ALLOWED_LISTEN)?
+        .parse()
+        .map_err(|_| ALLOWED_LISTEN.to_owned())
 }
 
 /// One of an enum's serde names, case-insensitively.
@@ -833,36 +840,14 @@ fn parse_comp_ids(value: &Value) -> Result<Vec<String>, String> {
 fn parse_glob(value: &Value) -> Result<String, String> {
     const ALLOWED: &str = "expected a file path or glob pattern, e.g. \
          \"/var/log/quickfix/*.messages.log\"";
-    match string(value).map(str::trim) {
-        Some(text) if !text.is_empty() => glob::Pattern::new(text)
-            .map(|_| text.to_owned())
-            .map_err(|e| format!("is not a valid glob ({e}); {ALLOWED}")),
-        _ => Err(ALLOWED.to_owned()),
-    }
-}
-
-fn parse_path(value: &Value) -> Result<PathBuf, String> {
-    match string(value).map(str::trim) {
-        Some(text) if !text.is_empty() => Ok(PathBuf::from(text)),
-        _ => Err(ALLOWED_PEM.to_owned()),
-    }
-}
-
-/// A state directory's path (`startup::prepare` checks that it could be written).
-fn parse_state_dir(value: &Value) -> Result<PathBuf, String> {
-    const ALLOWED: &str = "expected a directory fix-monitor can create files in (such as \
-                           systemd's StateDirectory, /var/lib/fix-monitor)";
-    match string(value).map(str::trim) {
-        Some(text) if !text.is_empty() => Ok(PathBuf::from(text)),
-        _ => Err(ALLOWED.to_owned()),
-    }
+    let text = text(value, ALLOWED)?;
+    let pattern =
+        glob::Pattern::new(text).map_err(|e| format!("is not a valid glob ({e}); {ALLOWED}"));
+    pattern.map(|_| text.to_owned())
 }
 
 fn parse_log_level(value: &Value) -> Result<String, String> {
-    let text = string(value).ok_or(ALLOWED_LEVEL)?.trim();
-    if text.is_empty() {
-        return Err(ALLOWED_LEVEL.to_owned());
-    }
+    let text = text(value, ALLOWED_LEVEL)?;
     // The binary builds its filter from this string; checking here turns a typo into a usage
     // error instead of a silent fallback.
     tracing_subscriber::EnvFilter::builder()
@@ -891,16 +876,13 @@ pub(crate) fn render(value: &Value) -> String {
         },
         Value::Empty(..) => "none".to_owned(),
         Value::Dict(_, dict) => {
-            let entries: Vec<String> = dict
-                .iter()
-                .map(|(k, v)| format!("{k} = {}", render(v)))
-                .collect();
-            format!("{{{}}}", entries.join(", "))
+            let entries = dict.iter().map(|(k, v)| format!("{k} = {}", render(v)));
+            format!("{{{}}}", entries.collect::<Vec<_>>().join(", "))
         }
-        Value::Array(_, items) => {
-            let items: Vec<String> = items.iter().map(render).collect();
-            format!("[{}]", items.join(", "))
-        }
+        Value::Array(_, items) => format!(
+            "[{}]",
+            items.iter().map(render).collect::<Vec<_>>().join(", ")
+        ),
     }
 }
 
