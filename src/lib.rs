@@ -8,7 +8,7 @@
 //!   `TERM` (the console's dumb-terminal check) and `OTEL_SERVICE_NAME` /
 //!   `OTEL_RESOURCE_ATTRIBUTES` (the SDK's resource detectors, `instruments::resource`); the
 //!   exporter libraries' own `OTEL_EXPORTER_OTLP_*` variables are withheld from them after
-//!   loading ([`config::withhold_library_env`]). `RUST_LOG` is not read.
+//!   loading ([`startup::withhold_library_env`]). `RUST_LOG` is not read.
 //! - [`target`]: what a downstream target is and which target a socket belongs to.
 //! - [`source`]: plain snapshots of matching ESTABLISHED sockets (netlink `sock_diag` with a
 //!   kernel-side filter; `/proc/net/tcp*`; netstat2 elsewhere).

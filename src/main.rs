@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use fix_monitor::config::{self, ConfigArgs, LogFormat, LogSettings, Origin};
 use fix_monitor::console::{self, snapshot, Mode, ReportTo, WatchOptions};
 use fix_monitor::demo::{self, DemoOptions};
-use fix_monitor::startup::{prepare, Resources};
+use fix_monitor::startup::{self, prepare, Resources};
 
 #[derive(Parser)]
 #[command(
@@ -212,12 +212,12 @@ fn main() -> ExitCode {
 }
 
 /// The configuration and what the start-up step read for it, after which the exporter
-/// libraries' own variables are withheld from them (see [`config::withhold_library_env`]);
+/// libraries' own variables are withheld from them (see [`startup::withhold_library_env`]);
 /// still single-threaded here.
 fn load(args: &ConfigArgs) -> Result<(config::Loaded, Resources), config::ConfigErrors> {
     let loaded = config::load(args)?;
     let resources = prepare(&loaded)?;
-    config::withhold_library_env();
+    startup::withhold_library_env();
     Ok((loaded, resources))
 }
 

@@ -444,28 +444,6 @@ impl Loaded {
     }
 }
 
-/// The prefixes of the variables that opentelemetry-otlp and the SDK's `PeriodicReader` read by
-/// themselves when an exporter is built (0.33: endpoint, protocol, headers, timeout,
-/// compression, insecure, per signal and generic; the export interval). fix-monitor reads the
-/// ones it supports in [`load`] and passes every value to the exporter explicitly.
-pub const LIBRARY_ENV_PREFIXES: &[&str] = &["OTEL_EXPORTER_OTLP_", "OTEL_METRIC_EXPORT_"];
-
-/// Removes the [`LIBRARY_ENV_PREFIXES`] variables from the process environment, so that the
-/// exporter cannot act on one behind the configuration's back (it would, for instance, merge
-/// `OTEL_EXPORTER_OTLP_HEADERS` into every request): what `fix-monitor config` shows is all
-/// that takes effect. Returns the names removed. Call after [`load`] and before any thread is
-/// started (the binary does it first thing); the environment is process-global.
-pub fn withhold_library_env() -> Vec<String> {
-    let names: Vec<String> = std::env::vars_os()
-        .filter_map(|(name, _)| name.into_string().ok())
-        .filter(|name| LIBRARY_ENV_PREFIXES.iter().any(|p| name.starts_with(p)))
-        .collect();
-    for name in &names {
-        std::env::remove_var(name);
-    }
-    names
-}
-
 /// Loads the configuration from the process environment (`FIX_MONITOR_*`, `DOWNSTREAM_*` and
 /// the standard `OTEL_*` variables listed above), `--config` or the default file, and the
 /// flags.
