@@ -1,41 +1,57 @@
-//! Every setting of fix-monitor, in one place: defaults, the config file, the environment and the
-//! command line, layered with figment and validated once into [`Settings`]. Nothing else in the
-//! crate reads files or environment variables for configuration.
+//! Every setting of fix-monitor, in one place: defaults, the standard OpenTelemetry variables,
+//! the config file, fix-monitor's own environment variables and the command line, layered with
+//! figment and validated once into [`Settings`]. Configuration is data: this module parses and
+//! checks values and does no other I/O than reading the config file (and, in [`load`], the
+//! process environment). What the values name on the file system (the web config file, the
+//! state directory, TLS files) is read and checked by the start-up step,
+//! [`crate::startup::prepare`], whose problems read the same way.
 //!
 //! # Layers, lowest to highest
-//! 1. Built-in defaults ([`defaults`]).
-//! 2. The standard OpenTelemetry variables for OTLP (`OTEL_EXPORTER_OTLP_ENDPOINT`, ...; see
-//!    below), so that an operator's own settings beat what a platform injects everywhere.
+//! 1. Built-in defaults: each section's `Default` (and [`defaults`]).
+//! 2. The standard OpenTelemetry variables for OTLP (see below), so that an operator's own
+//!    settings beat what a platform injects everywhere.
 //! 3. The TOML file: `--config PATH`, else `FIX_MONITOR_CONFIG`, else
 //!    [`DEFAULT_CONFIG_PATH`]. Only the default path may be absent.
 //! 4. The environment: `FIX_MONITOR_` + the key path in upper case, sections joined by `__`
 //!    (`FIX_MONITOR_POLL__INTERVAL=5s`, `FIX_MONITOR_PROMETHEUS__LISTEN=0.0.0.0:9464`,
-//!    `FIX_MONITOR_TARGETS='[{address="10.0.0.5", port=9876}]'`). Values are parsed like
-//!    figment's `Env` (numbers, booleans, `[..]` arrays, `{k=v}` tables, else strings); an empty
-//!    variable counts as unset; an unknown `FIX_MONITOR_*` variable is an error. The original
-//!    exporter's `DOWNSTREAM_IP` (with optional `DOWNSTREAM_PORT`) defines one target.
-//! 5. Command-line flags ([`ConfigArgs`]); `--ip` (alias `--target-ip`) defines one target.
+//!    `FIX_MONITOR_TARGETS='[{address="10.0.0.5", port=9876}]'`). A `[..]` or `{..}` value is
+//!    parsed as figment does; anything else is text that the key's check reads (so `5` is
+//!    five seconds to an interval). An empty variable counts as unset; an unknown
+//!    `FIX_MONITOR_*` variable is an error. The original exporter's `DOWNSTREAM_IP` (with
+//!    optional `DOWNSTREAM_PORT`) defines one target.
+//! 5. Command-line flags ([`ConfigArgs`]); `--ip` (alias `--target-ip`) defines one target,
+//!    narrowed by `--target-port` and the original monitor's `--min-port`/`--max-port`. The
+//!    originals' `--port` and `--log-file` are rejected with their replacements.
 //!
 //! Tables merge key by key, but a list replaces the list below it: `FIX_MONITOR_TARGETS`,
 //! `DOWNSTREAM_IP` and `--ip` each *replace* the file's `[[targets]]` rather than add to them,
 //! so that the one target the original tools were given is exactly what gets watched.
 //! `DOWNSTREAM_IP` together with `FIX_MONITOR_TARGETS` is an error (two environment settings
-//! that each claim the target list); `--ip` beats both.
+//! that each claim the target list); `--ip` beats both. Every value keeps its origin (the
+//! default, the file's path, the variable or the flag): errors name it, and so does
+//! `fix-monitor config` ([`Loaded::explain`]), whose output is itself a valid config file.
 //!
 //! # File schema
 //! ```toml
 //! [[targets]]                 # one table per downstream; at least one target is required
-//! name = "venue-a"            # optional; default "ADDRESS:PORT" (or "ADDRESS")
+//! name = "venue-a"            # optional; default "ADDRESS:PORT" (or "ADDRESS"); unique
 //! address = "10.0.0.5"        # IP address or CIDR block ("10.0.0.0/24")
 //! port = 9876                 # optional remote port; default any
 //! local_ports = [5000, 6000]  # optional inclusive local port range; default any
+//! heartbeat = "30s"           # optional FIX HeartBtInt of its sessions
+//! stale_after = "60s"         # optional; default twice heartbeat; neither: not judged
+//! comp_ids = ["VENUE"]        # optional: the FIX log sessions that belong to it
 //! [poll]
 //! interval = "1s"             # humantime string, or an integer number of seconds
-//! source = "auto"             # auto | netlink | procfs | netstat
+//! source = "auto"             # auto | ebpf | netlink | procfs | netstat
+//! reconcile_interval = "60s"  # eBPF: time between two reconciling full dumps
 //! process_lookup = false      # netlink/procfs: pid and command of each session from /proc
+//! health_interval = "5s"      # eBPF: time between tcp_info lookups; default every poll
 //! [prometheus]
 //! enabled = true
 //! listen = "127.0.0.1:9464"   # IP:PORT; fleets set 0.0.0.0:PORT
+//! web_config = "/etc/fix-monitor/web.yml"  # exporter-toolkit file: TLS, basic auth, headers
+//! expose_connections = true   # /connections and per-session addresses
 //! [log]
 //! format = "text"             # text | json
 //! level = "info"              # a tracing EnvFilter directive
@@ -51,6 +67,13 @@
 //! ca_file = "/etc/fix-monitor/ca.pem"
 //! cert_file = "/etc/fix-monitor/client.pem"
 //! key_file = "/etc/fix-monitor/client.key"
+//! [state]
+//! dir = "/var/lib/fix-monitor"  # keeps active sessions' starts across restarts; default none
+//! [fix]                       # the FIX session layer; off unless capture or a log is given
+//! capture = false             # read FIX off the wire (CAP_NET_RAW)
+//! our_comp_ids = ["GW"]       # the gateway's CompIDs; needed with [[fix.logs]]
+//! [[fix.logs]]
+//! path = "/var/log/quickfix/*.messages.log"  # a file or glob pattern
 //! ```
 //!
 //! # The standard OpenTelemetry variables
@@ -61,20 +84,24 @@
 //! `OTEL_METRIC_EXPORT_INTERVAL` (milliseconds) and
 //! `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`. `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` is
 //! the full URL (used as is); the generic one is a base URL. Their values carry their variable's
-//! name as origin, so `fix-monitor config` shows which layer won.
+//! name as origin. The exporter libraries never see these variables themselves
+//! ([`crate::startup::withhold_library_env`]).
 //!
 //! An endpoint turns push on at its layer unless that layer sets `enabled` itself:
-//! `--otlp-endpoint URL` always does (there is no flag to set `enabled`), and so does
-//! `OTEL_EXPORTER_OTLP_ENDPOINT`, which a file's `enabled = false` still overrides.
+//! `--otlp-endpoint URL` always does (there is no flag to set `enabled`), and so do
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` (which a file's `enabled = false` still overrides), a file's
+//! `[otlp] endpoint` and `FIX_MONITOR_OTLP__ENDPOINT`.
 //!
 //! # Shape (after ripgrep's low/high args)
 //! - `args`: the flags as typed ([`ConfigArgs`], strings).
-//! - `layers`: turns the file text, the environment and the flags into figment providers whose
-//!   metadata records each value's [`Origin`]. I/O-free.
+//! - `layers`: turns the file text, the environment and the flags into figment providers, one
+//!   per variable or flag, whose figment metadata records each value's [`Origin`]. I/O-free.
 //! - `raw`: deserializes the merged tree into [`Settings`] (the section structs here are the
 //!   tree: a key is a field, its default and its check), collecting *every* problem, and
 //!   validates what spans keys. Pure.
 //! - `explain`: renders [`Loaded::explain`] from the serialized settings, generically.
+//! - `error`: [`ConfigError`] (key, value, origin, what is wrong and what is allowed) and
+//!   [`ConfigErrors`], all of them, one per line; the binary exits with [`EXIT_USAGE`].
 //!
 //! Only [`load`] touches the process environment and only [`load_from`] reads the file; the
 //! pure [`parse_toml_str`] / [`parse_reader`] take the file's content directly.
