@@ -18,9 +18,10 @@ use figment::util::nest;
 use figment::value::{Dict, Map, Tag, Value};
 use figment::{Figment, Metadata, Profile, Provider, Source};
 
-use super::error::{ConfigError, ErrorKind, Origin};
+use super::defaults::{MAX_PORT, MIN_PORT};
+use super::error::{ConfigError, ErrorKind::*, Origin};
 use super::raw::quote;
-use super::{defaults, ConfigArgs};
+use super::ConfigArgs;
 
 pub(crate) const ENV_PREFIX: &str = "FIX_MONITOR_";
 /// Names the config file; read by `load_from`, not a key of the schema.
@@ -161,6 +162,13 @@ impl Layer {
     }
 }
 
+/// `{ otlp = { enabled = value } }` for `"otlp.enabled"`.
+fn table(key: &str, value: Value) -> Dict {
+    nest(key, value)
+        .into_dict()
+        .expect("a nested key is a table")
+}
+
 /// A variable's or flag's text as a value: a `[..]` list or `{..}` table is parsed (figment's
 /// syntax, as `FIX_MONITOR_TARGETS` uses), anything else stays text, which the key's check
 /// reads (so `5` is a number of seconds to `poll.interval` and a string to `log.level`).
@@ -235,9 +243,7 @@ fn endpoint_implies_enabled(group: &mut Vec<Layer>) {
     }
     if let Some(layer) = group.iter().rev().find(|l| l.sets("otlp.endpoint")) {
         let metadata = layer.metadata.clone();
-        let dict = nest("otlp.enabled", true.into())
-            .into_dict()
-            .expect("a table");
+        let dict = table("otlp.enabled", true.into());
         group.push(Layer { metadata, dict });
     }
 }
@@ -262,7 +268,7 @@ fn lowercase_headers(layer: &mut Layer, errors: &mut Vec<ConfigError>) {
             "names the same header as another entry (header names are case-insensitive: \
              `{lower}`); keep one"
         );
-        let error = ConfigError::new(ErrorKind::Conflict, format!("otlp.headers.{name}"), message);
+        let error = ConfigError::new(Conflict, format!("otlp.headers.{name}"), message);
         let value = super::raw::render(&value);
         errors.push(error.value(value).origin(origin.clone()));
     }
@@ -283,7 +289,7 @@ fn otel_layers(env: &BTreeMap<String, String>, errors: &mut Vec<ConfigError>) ->
             (OtelValue::Headers, _) => match parse_otel_headers(raw) {
                 Ok(dict) => Value::from(dict),
                 Err(message) => {
-                    let error = ConfigError::new(ErrorKind::InvalidValue, key, message);
+                    let error = ConfigError::new(InvalidValue, key, message);
                     errors.push(error.value(quote(raw)).origin(Origin::Env(name)));
                     continue;
                 }
@@ -338,21 +344,17 @@ fn env_layers(env: &BTreeMap<String, String>, errors: &mut Vec<ConfigError>) -> 
         };
         let keys: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
         if keys.iter().any(String::is_empty) {
-            error(ErrorKind::UnknownKey, name, NOT_A_VARIABLE, raw);
+            error(UnknownKey, name, NOT_A_VARIABLE, raw);
             continue;
         }
-        layers.push(Layer::single(
-            ENV_LAYER,
-            name,
-            &keys.join("."),
-            parse_value(raw),
-        ));
+        let value = parse_value(raw);
+        layers.push(Layer::single(ENV_LAYER, name, &keys.join("."), value));
     }
 
     let get = |name| env.get(name).filter(|v| !v.is_empty());
     match (get(ENV_LEGACY_IP), get(ENV_LEGACY_PORT)) {
         (Some(ip), _) if get(ENV_TARGETS).is_some() => {
-            error(ErrorKind::Conflict, ENV_LEGACY_IP, LEGACY_BOTH, ip)
+            error(Conflict, ENV_LEGACY_IP, LEGACY_BOTH, ip)
         }
         (Some(ip), port) => {
             let mut target = vec![("address", ENV_LEGACY_IP.into(), Value::from(ip.clone()))];
@@ -361,12 +363,7 @@ fn env_layers(env: &BTreeMap<String, String>, errors: &mut Vec<ConfigError>) -> 
             }
             layers.push(Layer::target(ENV_LAYER, target));
         }
-        (None, Some(port)) => error(
-            ErrorKind::Conflict,
-            ENV_LEGACY_PORT,
-            LEGACY_PORT_ALONE,
-            port,
-        ),
+        (None, Some(port)) => error(Conflict, ENV_LEGACY_PORT, LEGACY_PORT_ALONE, port),
         (None, None) => {}
     }
     layers
@@ -387,11 +384,9 @@ fn flag_layers(args: &ConfigArgs, errors: &mut Vec<ConfigError>) -> Vec<Layer> {
     ];
     for (flag, value, message) in rejected {
         if let Some(value) = value {
-            let error = ConfigError::new(ErrorKind::RejectedFlag, flag, message);
-            errors.push(ConfigError {
-                value: value.clone(),
-                ..error
-            });
+            let mut error = ConfigError::new(RejectedFlag, flag, message);
+            error.value = value.clone();
+            errors.push(error);
         }
     }
 
@@ -410,20 +405,17 @@ fn flag_layers(args: &ConfigArgs, errors: &mut Vec<ConfigError>) -> Vec<Layer> {
                 "narrows the target that --ip defines, and there is no --ip: give --ip ADDR \
                  too, or set `{key}` in the config file's [[targets]]"
             );
-            errors.push(ConfigError::new(ErrorKind::Conflict, flag, message).value(value));
+            errors.push(ConfigError::new(Conflict, flag, message).value(value));
         }
     }
 
+    let web_config = &args.web_config_file;
     let settings = [
         ("--interval", &args.interval, "poll.interval"),
         ("--source", &args.source, "poll.source"),
         ("--state-dir", &args.state_dir, "state.dir"),
         ("--listen", &args.listen, "prometheus.listen"),
-        (
-            "--web.config.file",
-            &args.web_config_file,
-            "prometheus.web_config",
-        ),
+        ("--web.config.file", web_config, "prometheus.web_config"),
         ("--log-format", &args.log_format, "log.format"),
         ("--log-level", &args.log_level, "log.level"),
         ("--otlp-endpoint", &args.otlp_endpoint, "otlp.endpoint"),
@@ -449,21 +441,12 @@ fn ip_target(ip: &str, args: &ConfigArgs) -> Vec<(&'static str, String, Value)> 
     let label = match (min, max) {
         (None, None) => return target,
         (Some(_), Some(_)) => "--min-port and --max-port".to_owned(),
-        (Some(_), None) => format!(
-            "--min-port, with --max-port defaulting to {}",
-            defaults::MAX_PORT
-        ),
-        (None, Some(_)) => format!(
-            "--max-port, with --min-port defaulting to {}",
-            defaults::MIN_PORT
-        ),
+        (Some(_), None) => format!("--min-port, with --max-port defaulting to {MAX_PORT}"),
+        (None, Some(_)) => format!("--max-port, with --min-port defaulting to {MIN_PORT}"),
     };
     let bound =
         |raw: &Option<String>, default: u16| raw.as_deref().map_or(default.into(), port_value);
-    let range = vec![
-        bound(min, defaults::MIN_PORT),
-        bound(max, defaults::MAX_PORT),
-    ];
+    let range = vec![bound(min, MIN_PORT), bound(max, MAX_PORT)];
     target.push(("local_ports", label, Value::from(range)));
     target
 }
