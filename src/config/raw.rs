@@ -27,11 +27,8 @@ use serde::de::{DeserializeOwned, Error as _, IntoDeserializer};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use strum::VariantNames;
 
-use super::error::{
-    ConfigError,
-    ErrorKind::{self, *},
-    Origin,
-};
+use super::error::ErrorKind::{self, *};
+use super::error::{ConfigError, Origin};
 use super::layers::{self, ENV_OTEL_METRICS_ENDPOINT, ENV_PREFIX};
 use super::{defaults, FixSettings, LogFormat, OtlpProtocol, OtlpSettings, OtlpTemporality};
 use super::{Settings, TlsFiles};
@@ -142,16 +139,9 @@ macro_rules! show_as_serde {
         }
     )*};
 }
-show_as_serde!(
-    String,
-    Vec<String>,
-    u16,
-    bool,
-    PathBuf,
-    SocketAddr,
-    SourceKind
-);
-show_as_serde!(LogFormat, OtlpTemporality, OtlpProtocol);
+show_as_serde!(String, Vec<String>, u16, bool, PathBuf);
+show_as_serde!(SocketAddr, SourceKind, LogFormat);
+show_as_serde!(OtlpTemporality, OtlpProtocol);
 
 impl<T: Show> Show for Option<T> {
     fn show<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
