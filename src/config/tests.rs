@@ -1025,6 +1025,19 @@ fn otlp_is_off_by_default_and_an_endpoint_turns_it_on() {
     assert!(ok(f.load(&[], &[ours])).settings.otlp.enabled);
     let off = ("FIX_MONITOR_OTLP__ENABLED", "false");
     assert!(!ok(f.load(&[], &[ours, off])).settings.otlp.enabled);
+    // An endpoint in the FIX_MONITOR_OTLP table counts as one, as in the file's [otlp] table.
+    let table = ("FIX_MONITOR_OTLP", "{endpoint=\"http://t:4317\"}");
+    let loaded = ok(f.load(&[], &[table]));
+    assert!(loaded.settings.otlp.enabled);
+    assert_eq!(
+        loaded.origin("otlp.enabled"),
+        env("FIX_MONITOR_OTLP").as_ref()
+    );
+    let table_off = (
+        "FIX_MONITOR_OTLP",
+        "{endpoint=\"http://t:4317\", enabled=false}",
+    );
+    assert!(!ok(f.load(&[], &[table_off])).settings.otlp.enabled);
     // The flag beats everything.
     let loaded = ok(g.load(&["--otlp-endpoint", "http://f:4317"], &[ours, off]));
     assert!(loaded.settings.otlp.enabled);
