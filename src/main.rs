@@ -201,8 +201,8 @@ fn main() -> ExitCode {
             };
             exit(runtime.block_on(demo::run(options, shutdown)))
         }
-        Command::Config(args) => match config::load(&args).and_then(|l| prepare(&l).map(|_| l)) {
-            Ok(l) => {
+        Command::Config(args) => match config::load_checked(&args, prepare) {
+            Ok((l, _)) => {
                 print!("{}", l.explain());
                 ExitCode::SUCCESS
             }
@@ -211,12 +211,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// The configuration and what the start-up step read for it, after which the exporter
-/// libraries' own variables are withheld from them (see [`startup::withhold_library_env`]);
-/// still single-threaded here.
+/// The configuration and what the start-up step read for it (their problems reported
+/// together), after which the exporter libraries' own variables are withheld from them (see
+/// [`startup::withhold_library_env`]); still single-threaded here.
 fn load(args: &ConfigArgs) -> Result<(config::Loaded, Resources), config::ConfigErrors> {
-    let loaded = config::load(args)?;
-    let resources = prepare(&loaded)?;
+    let (loaded, resources) = config::load_checked(args, prepare)?;
     startup::withhold_library_env();
     Ok((loaded, resources))
 }

@@ -4,8 +4,8 @@
 //! read, so that none of them fails the first scrape, save or export instead.
 //!
 //! Its problems read like the configuration's (key, value, origin, what is allowed, one line
-//! each) and the binary exits with EX_USAGE on them, as on any bad configuration. They are
-//! looked for once the configuration itself is valid.
+//! each) and come in the same list: the binary loads with
+//! `config::load_checked(args, startup::prepare)`, and exits with EX_USAGE on any of them.
 //!
 //! It also withholds the exporter libraries' own variables from them
 //! ([`withhold_library_env`]), so that only what the configuration says takes effect.
@@ -131,6 +131,25 @@ mod tests {
     fn nothing_named_nothing_read() {
         let r = prepare_toml("[[targets]]\naddress = \"10.0.0.5\"\n").unwrap();
         assert!(r.web.tls.is_none() && r.web.users.is_empty());
+    }
+
+    #[test]
+    fn its_problems_come_in_one_list_with_the_configurations() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"").unwrap();
+        let args = crate::config::ConfigArgs {
+            ip: Some("10.0.0.5".into()),
+            interval: Some("0".into()),
+            state_dir: Some(file.join("state").display().to_string()),
+            ..Default::default()
+        };
+        let env: [(&str, &str); 0] = [];
+        let parts = crate::config::gather(&args, env, dir.path().join("absent.toml"));
+        let e = crate::config::checked(parts, prepare).unwrap_err();
+        let keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["poll.interval", "state.dir"], "{e}");
+        assert_eq!(e[1].origin, Some(Origin::Flag("--state-dir".into())));
     }
 
     #[test]

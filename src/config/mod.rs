@@ -475,13 +475,35 @@ impl Loaded {
 /// the standard `OTEL_*` variables listed above), `--config` or the default file, and the
 /// flags.
 pub fn load(args: &ConfigArgs) -> Result<Loaded, ConfigErrors> {
+    load_checked(args, |_| Ok(())).map(|(loaded, ())| loaded)
+}
+
+/// [`load`], then `check` on what loaded, even where some values were bad (those keep their
+/// defaults), so that its problems are reported together with the configuration's. The binary
+/// passes the start-up step, [`crate::startup::prepare`], whose I/O stays out of this module.
+pub fn load_checked<T>(
+    args: &ConfigArgs,
+    check: impl FnOnce(&Loaded) -> Result<T, ConfigErrors>,
+) -> Result<(Loaded, T), ConfigErrors> {
     // Only our variables are taken; a non-UTF-8 value becomes a string with U+FFFD in it, which
     // validation then rejects while naming the variable.
     let env = std::env::vars_os().filter_map(|(name, value)| {
         let name = name.into_string().ok()?;
         layers::is_ours(&name).then(|| (name, value.to_string_lossy().into_owned()))
     });
-    load_from(args, env, DEFAULT_CONFIG_PATH)
+    checked(gather(args, env, DEFAULT_CONFIG_PATH), check)
+}
+
+/// Runs `check` on the loaded settings and adds its problems to the configuration's.
+pub(crate) fn checked<T>(
+    (loaded, mut errors): (Loaded, Vec<ConfigError>),
+    check: impl FnOnce(&Loaded) -> Result<T, ConfigErrors>,
+) -> Result<(Loaded, T), ConfigErrors> {
+    let checked = check(&loaded).map_err(|e| errors.extend(e.iter().cloned()));
+    match checked {
+        Ok(t) if errors.is_empty() => Ok((loaded, t)),
+        _ => Err(ConfigErrors::new(errors)),
+    }
 }
 
 /// [`load`] with the environment and the default file path given, for tests and embedding.
@@ -492,6 +514,20 @@ pub fn load_from<I, K, V>(
     env: I,
     default_path: impl AsRef<Path>,
 ) -> Result<Loaded, ConfigErrors>
+where
+    I: IntoIterator<Item = (K, V)>,
+    K: Into<String>,
+    V: Into<String>,
+{
+    finish(gather(args, env, default_path))
+}
+
+/// [`load_from`], with the settings kept next to the problems.
+pub(crate) fn gather<I, K, V>(
+    args: &ConfigArgs,
+    env: I,
+    default_path: impl AsRef<Path>,
+) -> (Loaded, Vec<ConfigError>)
 where
     I: IntoIterator<Item = (K, V)>,
     K: Into<String>,
@@ -530,13 +566,20 @@ where
 /// environment, no flags). `path` is only used to name the file in errors and origins.
 pub fn parse_toml_str(text: &str, path: impl AsRef<Path>) -> Result<Loaded, ConfigErrors> {
     let (args, env) = (ConfigArgs::default(), BTreeMap::new());
-    assemble(
+    finish(assemble(
         &args,
         &env,
         path.as_ref(),
         Ok(Some(text.to_owned())),
         Vec::new(),
-    )
+    ))
+}
+
+fn finish((loaded, errors): (Loaded, Vec<ConfigError>)) -> Result<Loaded, ConfigErrors> {
+    match errors.is_empty() {
+        true => Ok(loaded),
+        false => Err(ConfigErrors::new(errors)),
+    }
 }
 
 /// [`parse_toml_str`] on the bytes of a reader.
@@ -555,7 +598,8 @@ fn file_error(path: &Path, message: String) -> ConfigError {
     ConfigError::new(ErrorKind::File, path.display().to_string(), message)
 }
 
-/// The pure core: file content, environment and flags in; settings or every problem out. The
+/// The pure core: file content, environment and flags in; settings (with defaults where values
+/// were bad) and every problem out. The
 /// file's `text` is `Ok(None)` when the default file does not exist, `Err` when it could not be
 /// read (and that is in `errors` already).
 fn assemble(
@@ -564,7 +608,7 @@ fn assemble(
     path: &Path,
     text: Result<Option<String>, ()>,
     mut errors: Vec<ConfigError>,
-) -> Result<Loaded, ConfigErrors> {
+) -> (Loaded, Vec<ConfigError>) {
     let dict = match &text {
         Ok(Some(text)) => Some(layers::parse_toml(text).map_err(|message| {
             errors.push(file_error(path, format!("not valid TOML: {message}")))
@@ -585,9 +629,6 @@ fn assemble(
         errors: &mut errors,
     };
     let settings = raw::validate(raw, &mut context);
-    if !errors.is_empty() {
-        return Err(ConfigErrors::new(errors));
-    }
     let config_file = match text {
         Ok(Some(_)) => ConfigFile::Read(path.to_path_buf()),
         _ => ConfigFile::Absent(path.to_path_buf()),
@@ -595,10 +636,11 @@ fn assemble(
     let resource_vars = layers::RESOURCE_VARS.iter();
     let resource_vars = resource_vars.filter_map(|&n| Some((n.to_owned(), env.get(n)?.clone())));
     let resource_vars = resource_vars.collect();
-    Ok(Loaded {
+    let loaded = Loaded {
         settings,
         config_file,
         origins,
         resource_vars,
-    })
+    };
+    (loaded, errors)
 }
