@@ -347,8 +347,10 @@ fn env_layers(env: &BTreeMap<String, String>, errors: &mut Vec<ConfigError>) -> 
             error(UnknownKey, name, NOT_A_VARIABLE, raw);
             continue;
         }
-        let value = parse_value(raw);
-        layers.push(Layer::single(ENV_LAYER, name, &keys.join("."), value));
+        // Nested by hand, not by figment's dotted keys: a header name may hold a dot.
+        let nested = |value, key: &String| Value::from(Dict::from([(key.clone(), value)]));
+        let value = keys.iter().rev().fold(parse_value(raw), nested);
+        layers.push(Layer::labelled(ENV_LAYER, vec![("", name.clone())], value));
     }
 
     let get = |name| env.get(name).filter(|v| !v.is_empty());

@@ -821,6 +821,16 @@ fn env_tables_merge_key_by_key_with_the_file() {
 }
 
 #[test]
+fn a_variables_key_path_splits_at_double_underscores_only() {
+    let f = Fixture::new(Some(ONE_TARGET));
+    let var = ("FIX_MONITOR_OTLP__HEADERS__X.TENANT", "desk-1");
+    let loaded = ok(f.load(&[], &[var]));
+    let headers = &loaded.settings.otlp.headers;
+    assert_eq!(headers.get("x.tenant").map(String::as_str), Some("desk-1"));
+    assert_eq!(loaded.origin("otlp.headers.x.tenant"), env(var.0).as_ref());
+}
+
+#[test]
 fn env_strings_are_taken_whole_and_empty_variables_are_unset() {
     let f = Fixture::new(Some(ONE_TARGET));
     let loaded = ok(f.load(
