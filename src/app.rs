@@ -79,6 +79,8 @@ fn fix_idle_bound(interval: Duration) -> Duration {
 pub struct StartOptions {
     /// Serve the HTTP endpoint (`run` and `demo` do; the console view alone does not).
     pub serve_http: bool,
+    /// What the start-up step read ([`crate::startup::prepare`]): the endpoint's web config.
+    pub resources: crate::startup::Resources,
 }
 
 /// A started sidecar: polling, and serving if asked to. Stop it with [`Sidecar::stop`].
@@ -366,9 +368,9 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
     if let Some(otlp) = &telemetry.otlp {
         tracing::info!(
             url = otlp.url(),
-            protocol = settings.otlp.protocol.as_str(),
+            protocol = settings.otlp.protocol.to_string(),
             interval = %humantime::format_duration(settings.otlp.interval),
-            temporality = settings.otlp.temporality.as_str(),
+            temporality = settings.otlp.temporality.to_string(),
             "pushing metrics over OTLP"
         );
     }
@@ -376,12 +378,7 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
     let server = match listener {
         Some(listener) => {
             let local = listener.local_addr().map_err(RunError::Listen)?;
-            let web = settings
-                .prometheus
-                .web
-                .as_ref()
-                .map(|w| w.config.clone())
-                .unwrap_or_default();
+            let web = options.resources.web.clone();
             tracing::info!(
                 "listening on {}://{local} (/metrics{}, /health{}, /sessions; {})",
                 if web.tls.is_some() { "https" } else { "http" },
@@ -592,9 +589,14 @@ impl Sidecar {
 /// Runs the sidecar with its endpoint until `shutdown` resolves.
 pub async fn run(
     settings: Settings,
+    resources: crate::startup::Resources,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    let mut sidecar = start(&settings, StartOptions { serve_http: true }).await?;
+    let options = StartOptions {
+        serve_http: true,
+        resources,
+    };
+    let mut sidecar = start(&settings, options).await?;
     let failed = tokio::select! {
         _ = shutdown => None,
         e = sidecar.failed() => Some(e),

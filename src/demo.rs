@@ -738,7 +738,15 @@ async fn start_sidecar(
     let last = candidates.len() - 1;
     for (i, addr) in candidates.into_iter().enumerate() {
         settings.prometheus.listen = addr;
-        match app::start(&settings, StartOptions { serve_http: true }).await {
+        match app::start(
+            &settings,
+            StartOptions {
+                serve_http: true,
+                ..Default::default()
+            },
+        )
+        .await
+        {
             Ok(s) => return Ok(s),
             Err(RunError::Listen(e)) if e.kind() == io::ErrorKind::AddrInUse && i < last => {}
             Err(e) => return Err(e.into()),

@@ -13,7 +13,7 @@
 //!   `TERM` (the console's dumb-terminal check) and `OTEL_SERVICE_NAME` /
 //!   `OTEL_RESOURCE_ATTRIBUTES` (the SDK's resource detectors, `instruments::resource`); the
 //!   exporter libraries' own `OTEL_EXPORTER_OTLP_*` variables are withheld from them after
-//!   loading ([`config::withhold_library_env`]). `RUST_LOG` is not read.
+//!   loading ([`startup::withhold_library_env`]). `RUST_LOG` is not read.
 //! - [`target`]: what a downstream target is and which target a socket belongs to
 //!   (re-exported from `fix-monitor-core`).
 //! - [`source`]: plain snapshots of matching ESTABLISHED sockets (netlink `sock_diag` with a
@@ -32,6 +32,8 @@
 //!   instruments -> published state -> logs. Tested with a manual clock and a scripted source.
 //! - [`persist`]: the state file (`[state] dir`): active sessions' starts, tagged with the boot
 //!   id, so that a restart keeps their lifetimes.
+//! - [`startup`]: the I/O the configuration names (the web config file, the state dir, TLS
+//!   files), read and checked before start, its problems reported like the configuration's.
 //! - [`app`]: start (open the source, bind the endpoint, spawn the loop) and the one shutdown
 //!   path.
 //! - [`console`]: the sidecar for a person at a terminal: `watch` (a live view, a report at
@@ -68,6 +70,7 @@ pub mod source {
         open_with(kind, targets, crate::config::defaults::RECONCILE_INTERVAL)
     }
 }
+pub mod startup;
 pub mod state;
 /// Targets live on the ground floor; re-exported here so that `crate::target` paths (the FIX
 /// layer) keep compiling.

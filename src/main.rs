@@ -11,6 +11,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use fix_monitor::config::{self, ConfigArgs, LogFormat, LogSettings, Origin};
 use fix_monitor::console::{self, snapshot, Mode, ReportTo, WatchOptions};
 use fix_monitor::demo::{self, DemoOptions};
+use fix_monitor::startup::{self, prepare, Resources};
 
 #[derive(Parser)]
 #[command(
@@ -132,7 +133,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run(args) => {
-            let loaded = match load(&args) {
+            let (loaded, resources) = match load(&args) {
                 Ok(l) => l,
                 Err(e) => return usage_error(e),
             };
@@ -144,7 +145,8 @@ fn main() -> ExitCode {
                 let _in_runtime = runtime.enter();
                 shutdown_signal()
             };
-            let result = runtime.block_on(fix_monitor::app::run(loaded.settings, shutdown));
+            let result =
+                runtime.block_on(fix_monitor::app::run(loaded.settings, resources, shutdown));
             // `run` bounds every wait of its own; a blocking task it left behind must not hold
             // the exit either (dropping a runtime waits for those without limit).
             runtime.shutdown_timeout(Duration::from_millis(500));
@@ -158,7 +160,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Watch(args) => {
-            let loaded = match load(&args.config) {
+            let (loaded, _) = match load(&args.config) {
                 Ok(l) => l,
                 Err(e) => return usage_error(e),
             };
@@ -188,7 +190,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Snapshot(args) => {
-            let loaded = match load(&args.config) {
+            let (loaded, _) = match load(&args.config) {
                 Ok(l) => l,
                 Err(e) => return usage_error(e),
             };
@@ -222,8 +224,8 @@ fn main() -> ExitCode {
             };
             exit(runtime.block_on(demo::run(options, shutdown)))
         }
-        Command::Config(args) => match config::load(&args) {
-            Ok(l) => emit(|out| out.write_all(l.explain().as_bytes())),
+        Command::Config(args) => match config::load_checked(&args, prepare) {
+            Ok((l, _)) => emit(|out| out.write_all(l.explain().as_bytes())),
             Err(e) => usage_error(e),
         },
         Command::Generate(Generate::Man) => emit(man_page),
@@ -290,12 +292,13 @@ fn man_commands(parent: &clap::Command, out: &mut dyn Write) -> io::Result<()> {
     Ok(())
 }
 
-/// The configuration, after which the exporter libraries' own variables are withheld from
-/// them (see [`config::withhold_library_env`]); still single-threaded here.
-fn load(args: &ConfigArgs) -> Result<config::Loaded, config::ConfigErrors> {
-    let loaded = config::load(args)?;
-    config::withhold_library_env();
-    Ok(loaded)
+/// The configuration and what the start-up step read for it (their problems reported
+/// together), after which the exporter libraries' own variables are withheld from them (see
+/// [`startup::withhold_library_env`]); still single-threaded here.
+fn load(args: &ConfigArgs) -> Result<(config::Loaded, Resources), config::ConfigErrors> {
+    let (loaded, resources) = config::load_checked(args, prepare)?;
+    startup::withhold_library_env();
+    Ok((loaded, resources))
 }
 
 fn runtime(workers: usize) -> Option<tokio::runtime::Runtime> {

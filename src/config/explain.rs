@@ -21,26 +21,20 @@ pub(super) fn explain(loaded: &Loaded) -> String {
         "# Layers, lowest first: default < OTEL_* variables < config file < FIX_MONITOR_* and \
          DOWNSTREAM_* variables < flags; each value's comment says which one set it.\n",
     );
-    match &loaded.config_file {
-        ConfigFile::Read(path) => {
-            let _ = writeln!(out, "# Config file: {}", path.display());
-        }
-        ConfigFile::Absent(path) => {
-            let _ = writeln!(out, "# Config file: {} (absent, skipped)", path.display());
-        }
-    }
+    let (path, absent) = match &loaded.config_file {
+        ConfigFile::Read(path) => (path, ""),
+        ConfigFile::Absent(path) => (path, " (absent, skipped)"),
+    };
+    let _ = writeln!(out, "# Config file: {}{absent}", path.display());
     for (name, value) in &loaded.resource_vars {
-        let _ = writeln!(
-            out,
-            "# {name}={} (the SDK reads it: the resource)",
-            quote(value)
-        );
+        let value = quote(value);
+        let _ = writeln!(out, "# {name}={value} (the SDK reads it: the resource)");
     }
 
     let mut tree = serde_json::to_value(&loaded.settings).expect("settings serialize");
     let comp_ids = &loaded.settings.fix.target_comp_ids;
     let targets: Vec<RawTarget> = (loaded.settings.targets.iter().enumerate())
-        .map(|(i, t)| RawTarget::from(t).with_comp_ids(comp_ids.get(i)))
+        .map(|(i, t)| RawTarget::new(t, comp_ids.get(i)))
         .collect();
     tree["targets"] = serde_json::to_value(targets).expect("targets serialize");
     let mut lines = Lines { loaded, out };
@@ -77,31 +71,25 @@ const USER_KEYED: &[&str] = &["otlp.headers"];
 /// A comment under a value, where the value alone would mislead.
 fn note(loaded: &Loaded, key: &str) -> Option<String> {
     let o = &loaded.settings.otlp;
-    if key != "otlp.endpoint" {
-        None
-    } else if o.url != o.endpoint {
-        Some(format!("# (exports go to {})", o.url))
-    } else if o.protocol == OtlpProtocol::HttpProtobuf
-        && raw::http_export_url(&o.endpoint, false) != o.url
-    {
+    let http = o.protocol == OtlpProtocol::HttpProtobuf;
+    match key == "otlp.endpoint" {
+        true if o.url != o.endpoint => Some(format!("# (exports go to {})", o.url)),
         // Only the signal-specific variable gives a full URL; a file's endpoint is a base.
-        Some(
-            "# (the full export URL, used as is; as a file's endpoint it would get /v1/metrics \
-             appended)"
-                .to_owned(),
-        )
-    } else {
-        None
+        true if http && raw::http_export_url(&o.endpoint, false) != o.url => Some(FULL_URL.into()),
+        _ => None,
     }
 }
+
+const FULL_URL: &str =
+    "# (the full export URL, used as is; as a file's endpoint it would get /v1/metrics appended)";
 
 /// TOML text of a leaf value (JSON's string escapes are a subset of TOML's).
 fn render(value: &Value) -> String {
     match value {
-        Value::Array(items) => {
-            let items: Vec<String> = items.iter().map(render).collect();
-            format!("[{}]", items.join(", "))
-        }
+        Value::Array(items) => format!(
+            "[{}]",
+            items.iter().map(render).collect::<Vec<_>>().join(", ")
+        ),
         other => other.to_string(),
     }
 }
@@ -129,21 +117,24 @@ impl Lines<'_> {
         let user_keyed = USER_KEYED.contains(&key);
         if table.is_empty() {
             let name = header.rsplit('.').next().unwrap_or_default();
-            self.absent(name, "none", key);
+            self.line(format!("# {name}: none"), key);
         }
         for (name, value) in table {
             let key = join(key, name);
-            match value {
+            let shown = if user_keyed {
+                quote(name)
+            } else {
+                name.clone()
+            };
+            let line = match value {
                 Value::Object(_) => continue,
                 Value::Array(items) if items.iter().any(Value::is_object) => continue,
-                Value::Null => self.absent(name, absent_meaning(&key), &key),
+                Value::Null => format!("# {name}: {}", absent_meaning(&key)),
                 // `fix-monitor config` output ends up in tickets and chat; credentials must not.
-                _ if user_keyed && is_secret(name) => {
-                    self.absent(&quote(name), "set, value not shown", &key)
-                }
-                _ if user_keyed => self.value(&quote(name), &render(value), &key),
-                _ => self.value(name, &render(value), &key),
-            }
+                _ if user_keyed && is_secret(name) => format!("# {shown}: set, value not shown"),
+                _ => format!("{shown} = {}", render(value)),
+            };
+            self.line(line, &key);
             if let Some(note) = note(self.loaded, &key) {
                 let _ = writeln!(self.out, "{note}");
             }
@@ -168,27 +159,17 @@ impl Lines<'_> {
         }
     }
 
-    fn value(&mut self, name: &str, value: &str, key: &str) {
-        let line = format!("{name} = {value}");
-        self.commented(&line, key);
-    }
-
-    /// A key that is not set; TOML has no "none", so the line is a comment.
-    fn absent(&mut self, name: &str, meaning: &str, key: &str) {
-        let line = format!("# {name}: {meaning}");
-        self.commented(&line, key);
-    }
-
-    fn commented(&mut self, line: &str, key: &str) {
+    /// A line with its value's origin in a comment; TOML has no "none", so an unset key's line
+    /// is a comment itself.
+    fn line(&mut self, line: String, key: &str) {
         let from = match self.loaded.origin(key) {
-            // A target's name is derived from its address and port unless given.
-            Some(Origin::Default) if key.ends_with(".name") => {
-                "default (from address and port)".to_owned()
+            Some(Origin::Default) | None => match key {
+                // A target's name is derived from its address and port unless given.
+                k if k.ends_with(".name") => "default (from address and port)",
+                k if k.ends_with(".stale_after") => "default (twice the heartbeat)",
+                _ => "default",
             }
-            Some(Origin::Default) | None if key.ends_with(".stale_after") => {
-                "default (twice the heartbeat)".to_owned()
-            }
-            Some(Origin::Default) | None => "default".to_owned(),
+            .to_owned(),
             Some(origin) => format!("from {origin}"),
         };
         let _ = writeln!(self.out, "{line:<COMMENT_COLUMN$} # {from}");

@@ -1,33 +1,43 @@
 //! From raw inputs (file text, environment variables, flags) to one figment, without I/O.
 //!
-//! Every variable and every flag becomes its own figment provider. Figment tags each value with
-//! the provider it came from, so after merging, the tag of any value (even one deep inside a
-//! `FIX_MONITOR_TARGETS` list) leads back to the exact variable or flag; [`origin_of`] turns
-//! that into an [`Origin`].
+//! Every variable and every flag becomes its own figment provider, whose [`Metadata`] names it
+//! (through figment's interpolater). Figment tags each value with the provider it came from, so
+//! after merging, the tag of any value (even one deep inside a `FIX_MONITOR_TARGETS` list)
+//! leads back to the exact variable or flag; [`origin_of`] turns that into an [`Origin`].
+//! (figment's own `Env` provider reads the process environment and tags all its values alike;
+//! `load_from` takes the environment as data, and an error must name the one variable.)
 //!
-//! Lowest first: the standard `OTEL_*` variables ([`OTEL_VARS`]), the file, the `FIX_MONITOR_*`
+//! Lowest first: the standard `OTEL_*` variables ([`otel_vars`]), the file, the `FIX_MONITOR_*`
 //! and legacy variables, the flags.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use figment::providers::{Format, Toml};
+use figment::util::nest;
 use figment::value::{Dict, Map, Tag, Value};
 use figment::{Figment, Metadata, Profile, Provider, Source};
 
-use super::error::{ConfigError, ErrorKind, Origin};
-use super::{defaults, ConfigArgs};
+use super::defaults::{MAX_PORT, MIN_PORT};
+use super::error::{ConfigError, ErrorKind::*, Origin};
+use super::raw::quote;
+use super::ConfigArgs;
 
 pub(crate) const ENV_PREFIX: &str = "FIX_MONITOR_";
 /// Names the config file; read by `load_from`, not a key of the schema.
 pub(crate) const ENV_CONFIG: &str = "FIX_MONITOR_CONFIG";
-pub(crate) const ENV_TARGETS: &str = "FIX_MONITOR_TARGETS";
+const ENV_TARGETS: &str = "FIX_MONITOR_TARGETS";
 /// The original exporter's variables.
-pub(crate) const ENV_LEGACY_IP: &str = "DOWNSTREAM_IP";
-pub(crate) const ENV_LEGACY_PORT: &str = "DOWNSTREAM_PORT";
+const ENV_LEGACY_IP: &str = "DOWNSTREAM_IP";
+const ENV_LEGACY_PORT: &str = "DOWNSTREAM_PORT";
+/// The signal-specific endpoint is the full URL, used as is (`raw::otlp` looks for this origin).
+pub(crate) const ENV_OTEL_METRICS_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT";
+/// Read by the SDK's resource detectors, not by the configuration; kept only so that
+/// `fix-monitor config` can show them.
+pub(crate) const RESOURCE_VARS: &[&str] = &["OTEL_RESOURCE_ATTRIBUTES", "OTEL_SERVICE_NAME"];
 
 /// How a standard OpenTelemetry variable's text becomes a value of our schema.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq)]
 enum OtelValue {
     /// Taken whole, as a string.
     Text,
@@ -41,58 +51,47 @@ enum OtelValue {
 /// The standard variables fix-monitor honours, below its own layers, and the key each sets.
 /// In this order: a signal-specific `OTEL_EXPORTER_OTLP_METRICS_*` comes after, and so beats,
 /// its generic `OTEL_EXPORTER_OTLP_*`.
-#[rustfmt::skip]
-const OTEL_VARS: &[(&str, &[&str], OtelValue)] = &[
-    ("OTEL_EXPORTER_OTLP_ENDPOINT", &["otlp", "endpoint"], OtelValue::Text),
-    (ENV_OTEL_METRICS_ENDPOINT, &["otlp", "endpoint"], OtelValue::Text),
-    ("OTEL_EXPORTER_OTLP_PROTOCOL", &["otlp", "protocol"], OtelValue::Text),
-    ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", &["otlp", "protocol"], OtelValue::Text),
-    ("OTEL_EXPORTER_OTLP_HEADERS", &["otlp", "headers"], OtelValue::Headers),
-    ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", &["otlp", "headers"], OtelValue::Headers),
-    ("OTEL_EXPORTER_OTLP_TIMEOUT", &["otlp", "timeout"], OtelValue::Millis),
-    ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", &["otlp", "timeout"], OtelValue::Millis),
-    ("OTEL_EXPORTER_OTLP_CERTIFICATE", &["otlp", "tls", "ca_file"], OtelValue::Text),
-    ("OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE", &["otlp", "tls", "ca_file"], OtelValue::Text),
-    ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", &["otlp", "tls", "cert_file"], OtelValue::Text),
-    ("OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE", &["otlp", "tls", "cert_file"], OtelValue::Text),
-    ("OTEL_EXPORTER_OTLP_CLIENT_KEY", &["otlp", "tls", "key_file"], OtelValue::Text),
-    ("OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY", &["otlp", "tls", "key_file"], OtelValue::Text),
-    ("OTEL_METRIC_EXPORT_INTERVAL", &["otlp", "interval"], OtelValue::Millis),
-    ("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", &["otlp", "temporality"], OtelValue::Text),
-];
-
-/// The signal-specific endpoint is the full URL, used as is (`resolve` looks for this origin).
-pub(crate) const ENV_OTEL_METRICS_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT";
-/// The variables among [`OTEL_VARS`] that give an endpoint, and so turn push on.
-const OTEL_ENDPOINT_VARS: &[&str] = &["OTEL_EXPORTER_OTLP_ENDPOINT", ENV_OTEL_METRICS_ENDPOINT];
-const ENV_OTLP: &str = "FIX_MONITOR_OTLP";
-const ENV_OTLP_ENABLED: &str = "FIX_MONITOR_OTLP__ENABLED";
-const ENV_OTLP_ENDPOINT: &str = "FIX_MONITOR_OTLP__ENDPOINT";
+fn otel_vars() -> impl Iterator<Item = (String, &'static str, OtelValue)> {
+    use OtelValue::*;
+    let both = [
+        ("ENDPOINT", "otlp.endpoint", Text),
+        ("PROTOCOL", "otlp.protocol", Text),
+        ("HEADERS", "otlp.headers", Headers),
+        ("TIMEOUT", "otlp.timeout", Millis),
+        ("CERTIFICATE", "otlp.tls.ca_file", Text),
+        ("CLIENT_CERTIFICATE", "otlp.tls.cert_file", Text),
+        ("CLIENT_KEY", "otlp.tls.key_file", Text),
+    ];
+    let one = [
+        ("OTEL_METRIC_EXPORT_INTERVAL", "otlp.interval", Millis),
+        (
+            "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+            "otlp.temporality",
+            Text,
+        ),
+    ];
+    let both = both.into_iter().flat_map(|(name, key, kind)| {
+        ["", "METRICS_"].map(|signal| (format!("OTEL_EXPORTER_OTLP_{signal}{name}"), key, kind))
+    });
+    both.chain(one.map(|(name, key, kind)| (name.to_owned(), key, kind)))
+}
 
 // Provider names; `origin_of` maps them back to `Origin` variants.
 const ENV_LAYER: &str = "environment variable";
 const FLAG_LAYER: &str = "command-line flag";
-const FILE_LAYER: &str = "config file";
 
 /// Is this an environment variable the configuration reads?
 pub(crate) fn is_ours(name: &str) -> bool {
     name.starts_with(ENV_PREFIX)
-        || name == ENV_LEGACY_IP
-        || name == ENV_LEGACY_PORT
-        || OTEL_VARS.iter().any(|(var, _, _)| *var == name)
+        || [ENV_LEGACY_IP, ENV_LEGACY_PORT].contains(&name)
         || RESOURCE_VARS.contains(&name)
+        || otel_vars().any(|(var, _, _)| var == name)
 }
-
-/// Read by the SDK's resource detectors, not by the configuration; kept only so that
-/// `fix-monitor config` can show them.
-pub(crate) const RESOURCE_VARS: &[&str] = &["OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES"];
 
 /// Parses TOML text into a (still untyped) tree.
 pub(crate) fn parse_toml(text: &str) -> Result<Dict, String> {
-    Toml::string(text)
-        .data()
-        .map(|mut profiles| profiles.remove(&Profile::Default).unwrap_or_default())
-        .map_err(|e| e.to_string())
+    let data = Toml::string(text).data().map_err(|e| e.to_string())?;
+    Ok(data.into_values().next().unwrap_or_default())
 }
 
 /// One provider's worth of values, and the metadata figment tags them with.
@@ -115,70 +114,68 @@ impl Layer {
     /// The merged tree again, for `raw::extract`: its values keep the tags of the providers
     /// they came from (figment tags only untagged values).
     pub(crate) fn merged(dict: Dict) -> Layer {
-        Layer {
-            metadata: Metadata::named("merged configuration"),
-            dict,
-        }
+        let metadata = Metadata::named("merged configuration");
+        Layer { metadata, dict }
     }
 
-    fn file(path: &Path, dict: Dict) -> Layer {
-        Layer {
-            metadata: Metadata::from(FILE_LAYER, Source::File(path.to_path_buf())),
-            dict,
-        }
+    /// `value` at the dotted `key`, from the variable or flag `label`.
+    fn single(layer: &'static str, label: &str, key: &str, value: Value) -> Layer {
+        Layer::labelled(layer, vec![("", label.to_owned())], nest(key, value))
     }
 
-    /// A layer whose every value has the same origin label (a variable or flag name).
-    fn single(layer: &'static str, label: &str, keys: &[&str], value: Value) -> Layer {
-        let label = label.to_owned();
-        Layer {
-            metadata: Metadata::named(layer)
-                .interpolater(move |_: &Profile, _: &[&str]| label.clone()),
-            dict: nest(keys, value),
-        }
-    }
-
-    /// A layer defining the one target of the original tools, built from several variables or
-    /// flags; `labels` names the one behind each field (the last key of a value's path).
-    fn target(layer: &'static str, target: Dict, labels: BTreeMap<&'static str, String>) -> Layer {
-        let fallback = labels.get("address").cloned().unwrap_or_default();
+    /// A layer whose values come from several variables or flags: `labels` names the one
+    /// behind each field (the last key of a value's path), the first one the rest.
+    fn labelled(layer: &'static str, labels: Vec<(&'static str, String)>, value: Value) -> Layer {
         let interpolate = move |_: &Profile, keys: &[&str]| {
-            keys.last()
-                .and_then(|k| labels.get(k))
-                .cloned()
-                .unwrap_or_else(|| fallback.clone())
+            let field = keys.last().copied().unwrap_or_default();
+            let label = labels.iter().find(|(f, _)| *f == field);
+            label.unwrap_or(&labels[0]).1.clone()
         };
-        Layer {
-            metadata: Metadata::named(layer).interpolater(interpolate),
-            dict: nest(&["targets"], Value::from(vec![Value::from(target)])),
-        }
+        let metadata = Metadata::named(layer).interpolater(interpolate);
+        let dict = value.into_dict().expect("a nested key is a table");
+        Layer { metadata, dict }
+    }
+
+    /// The one target of the original tools, each field from its own variable or flag.
+    fn target(layer: &'static str, fields: Vec<(&'static str, String, Value)>) -> Layer {
+        let labels = fields
+            .iter()
+            .map(|(f, label, _)| (*f, label.clone()))
+            .collect();
+        let target: Dict = fields
+            .into_iter()
+            .map(|(f, _, v)| (f.to_owned(), v))
+            .collect();
+        Layer::labelled(
+            layer,
+            labels,
+            nest("targets", vec![Value::from(target)].into()),
+        )
+    }
+
+    fn sets(&self, key: &str) -> bool {
+        Value::from(self.dict.clone()).find_ref(key).is_some()
+    }
+
+    fn origin(&self, field: &str) -> Origin {
+        origin(&self.metadata, field)
     }
 }
 
-/// `["poll", "interval"], v` -> `{ poll = { interval = v } }`.
-fn nest<K: AsRef<str>>(keys: &[K], value: Value) -> Dict {
-    let (last, outer) = keys.split_last().expect("a key path is never empty");
-    let mut dict = Dict::new();
-    dict.insert(last.as_ref().to_owned(), value);
-    for key in outer.iter().rev() {
-        let mut parent = Dict::new();
-        parent.insert(key.as_ref().to_owned(), Value::from(dict));
-        dict = parent;
-    }
-    dict
+/// `{ otlp = { enabled = value } }` for `"otlp.enabled"`.
+fn table(key: &str, value: Value) -> Dict {
+    nest(key, value)
+        .into_dict()
+        .expect("a nested key is a table")
 }
 
 /// A variable's or flag's text as a value: a `[..]` list or `{..}` table is parsed (figment's
 /// syntax, as `FIX_MONITOR_TARGETS` uses), anything else stays text, which the key's check
 /// reads (so `5` is a number of seconds to `poll.interval` and a string to `log.level`).
 fn parse_value(raw: &str) -> Value {
-    if raw.trim_start().starts_with(['[', '{']) {
-        match raw.parse::<Value>() {
-            Ok(value) => value,
-            Err(never) => match never {},
-        }
-    } else {
-        Value::from(raw.to_owned())
+    match raw.trim_start().starts_with(['[', '{']) {
+        true => raw.parse().unwrap_or_else(|never| match never {}),
+        false => Value::from(raw.to_owned()),
     }
 }
 
@@ -187,131 +184,118 @@ fn parse_value(raw: &str) -> Value {
 fn port_value(raw: &str) -> Value {
     raw.trim()
         .parse::<i64>()
-        .map(Value::from)
-        .unwrap_or_else(|_| Value::from(raw.to_owned()))
+        .map_or_else(|_| Value::from(raw.to_owned()), Value::from)
 }
 
 /// Where the value with `tag` came from; `field` is the last key of its path (legacy target
 /// layers name a different variable or flag per field).
 pub(crate) fn origin_of(figment: &Figment, tag: Tag, field: &str) -> Origin {
-    let Some(metadata) = figment.get_metadata(tag) else {
-        return Origin::Default;
-    };
-    if let Some(Source::File(path)) = &metadata.source {
-        return Origin::File(path.clone());
-    }
-    let label = metadata.interpolate(&Profile::Default, &[field]);
-    match &*metadata.name {
-        ENV_LAYER => Origin::Env(label),
-        FLAG_LAYER => Origin::Flag(label),
+    figment
+        .get_metadata(tag)
+        .map_or(Origin::Default, |m| origin(m, field))
+}
+
+fn origin(metadata: &Metadata, field: &str) -> Origin {
+    let label = || metadata.interpolate(&Profile::Default, &[field]);
+    match (&metadata.source, &*metadata.name) {
+        (Some(Source::File(path)), _) => Origin::File(path.clone()),
+        (_, ENV_LAYER) => Origin::Env(label()),
+        (_, FLAG_LAYER) => Origin::Flag(label()),
         _ => Origin::Default,
     }
 }
 
-/// Merges file, environment and flags, in that order, into one figment. Problems that are
-/// visible before merging (malformed variable names, flags that need `--ip`, rejected flags)
-/// go to `errors`.
+/// Merges the standard variables, file, environment and flags, in that order, into one
+/// figment. Problems that are visible before merging (malformed variable names, flags that need
+/// `--ip`, rejected flags) go to `errors`.
 pub(crate) fn build(
     file: Option<(&Path, Dict)>,
     env: &BTreeMap<String, String>,
     args: &ConfigArgs,
     errors: &mut Vec<ConfigError>,
 ) -> Figment {
+    let file = file.map(|(path, dict)| {
+        let metadata = Metadata::from("config file", Source::File(path.to_path_buf()));
+        vec![Layer { metadata, dict }]
+    });
+    let groups = [
+        otel_layers(env, errors),
+        file.unwrap_or_default(),
+        env_layers(env, errors),
+        flag_layers(args, errors),
+    ];
     let mut figment = Figment::new();
-    for layer in otel_layers(env, errors) {
-        figment = figment.merge(layer);
-    }
-    if let Some((path, mut dict)) = file {
-        imply_otlp_enabled(&mut dict);
-        lowercase_headers(&mut dict, Origin::File(path.to_path_buf()), errors);
-        figment = figment.merge(Layer::file(path, dict));
-    }
-    for layer in env_layers(env, errors) {
-        figment = figment.merge(layer);
-    }
-    for layer in flag_layers(args, errors) {
-        figment = figment.merge(layer);
+    for mut group in groups {
+        endpoint_implies_enabled(&mut group);
+        for mut layer in group {
+            lowercase_headers(&mut layer, errors);
+            figment = figment.merge(layer);
+        }
     }
     figment
 }
 
-/// A file's `[otlp] endpoint` without `enabled` beside it means "push there".
-fn imply_otlp_enabled(dict: &mut Dict) {
-    if let Some(Value::Dict(_, otlp)) = dict.get_mut("otlp") {
-        if otlp.contains_key("endpoint") && !otlp.contains_key("enabled") {
-            otlp.insert("enabled".into(), Value::from(true));
-        }
+/// An OTLP endpoint means "push there", unless the same layer (the file, the environment, the
+/// flags: there is no flag for `enabled`) also says whether to push.
+fn endpoint_implies_enabled(group: &mut Vec<Layer>) {
+    if group.iter().any(|l| l.sets("otlp.enabled")) {
+        return;
+    }
+    if let Some(layer) = group.iter().rev().find(|l| l.sets("otlp.endpoint")) {
+        let metadata = layer.metadata.clone();
+        let dict = table("otlp.enabled", true.into());
+        group.push(Layer { metadata, dict });
     }
 }
 
 /// Header names are case-insensitive: lower-cased in every layer before merging, so that a
 /// higher layer's `x-tenant` replaces a lower one's `X-Tenant` rather than adding a second.
-fn lowercase_headers(dict: &mut Dict, origin: Origin, errors: &mut Vec<ConfigError>) {
-    let Some(Value::Dict(_, otlp)) = dict.get_mut("otlp") else {
+fn lowercase_headers(layer: &mut Layer, errors: &mut Vec<ConfigError>) {
+    let origin = layer.origin("headers");
+    let Some(Value::Dict(_, otlp)) = layer.dict.get_mut("otlp") else {
         return;
     };
     let Some(Value::Dict(_, headers)) = otlp.get_mut("headers") else {
         return;
     };
-    let mut lowered = Dict::new();
     for (name, value) in std::mem::take(headers) {
         let lower = name.to_ascii_lowercase();
-        if lowered.contains_key(&lower) {
-            errors.push(
-                ConfigError::new(
-                    ErrorKind::Conflict,
-                    format!("otlp.headers.{name}"),
-                    format!(
-                        "names the same header as another entry (header names are \
-                         case-insensitive: `{lower}`); keep one"
-                    ),
-                )
-                .value(super::raw::render(&value))
-                .origin(origin.clone()),
-            );
+        if let std::collections::btree_map::Entry::Vacant(entry) = headers.entry(lower.clone()) {
+            entry.insert(value);
             continue;
         }
-        lowered.insert(lower, value);
+        let message = format!(
+            "names the same header as another entry (header names are case-insensitive: \
+             `{lower}`); keep one"
+        );
+        let error = ConfigError::new(Conflict, format!("otlp.headers.{name}"), message);
+        let value = super::raw::render(&value);
+        errors.push(error.value(value).origin(origin.clone()));
     }
-    *headers = lowered;
 }
 
-/// The standard OpenTelemetry variables, one layer each, in [`OTEL_VARS`] order.
+/// The standard OpenTelemetry variables, one layer each, in [`otel_vars`] order.
 fn otel_layers(env: &BTreeMap<String, String>, errors: &mut Vec<ConfigError>) -> Vec<Layer> {
     let mut layers = Vec::new();
-    for &(name, keys, kind) in OTEL_VARS {
-        let Some(raw) = env.get(name).map(|v| v.trim()).filter(|v| !v.is_empty()) else {
+    for (name, key, kind) in otel_vars() {
+        let Some(raw) = env.get(&name).map(|v| v.trim()).filter(|v| !v.is_empty()) else {
             continue;
         };
-        let value = match kind {
-            OtelValue::Text => Value::from(raw.to_owned()),
-            OtelValue::Millis => match raw.parse::<u64>() {
-                Ok(ms) => Value::from(format!("{ms}ms")),
-                // Not what the specification allows, but "5s" is clear enough: let the
-                // duration parser judge it, naming this variable if it fails.
-                Err(_) => Value::from(raw.to_owned()),
-            },
-            OtelValue::Headers => match parse_otel_headers(raw) {
+        let value = match (kind, raw.parse::<u64>()) {
+            (OtelValue::Millis, Ok(ms)) => Value::from(format!("{ms}ms")),
+            // Not what the specification allows, but "5s" is clear enough: let the duration
+            // parser judge it, naming this variable if it fails.
+            (OtelValue::Text | OtelValue::Millis, _) => Value::from(raw.to_owned()),
+            (OtelValue::Headers, _) => match parse_otel_headers(raw) {
                 Ok(dict) => Value::from(dict),
                 Err(message) => {
-                    errors.push(
-                        ConfigError::new(ErrorKind::InvalidValue, keys.join("."), message)
-                            .value(super::raw::quote(raw))
-                            .origin(Origin::Env(name.to_owned())),
-                    );
+                    let error = ConfigError::new(InvalidValue, key, message);
+                    errors.push(error.value(quote(raw)).origin(Origin::Env(name)));
                     continue;
                 }
             },
         };
-        layers.push(Layer::single(ENV_LAYER, name, keys, value));
-        if OTEL_ENDPOINT_VARS.contains(&name) {
-            layers.push(Layer::single(
-                ENV_LAYER,
-                name,
-                &["otlp", "enabled"],
-                Value::from(true),
-            ));
-        }
+        layers.push(Layer::single(ENV_LAYER, &name, key, value));
     }
     layers
 }
@@ -338,221 +322,133 @@ pub(crate) fn parse_otel_headers(raw: &str) -> Result<Dict, String> {
     Ok(dict)
 }
 
+const NOT_A_VARIABLE: &str = "not a configuration variable: after FIX_MONITOR_ comes a key path \
+     whose parts are joined by a double underscore, e.g. FIX_MONITOR_POLL__INTERVAL";
+const LEGACY_BOTH: &str = "both DOWNSTREAM_IP and FIX_MONITOR_TARGETS define the targets; set \
+     only one (DOWNSTREAM_IP, with DOWNSTREAM_PORT, defines a single target)";
+const LEGACY_PORT_ALONE: &str = "is the port of the target that DOWNSTREAM_IP defines, and \
+     DOWNSTREAM_IP is not set; set it too, or give the targets another way \
+     (--ip, FIX_MONITOR_TARGETS, [[targets]] in the config file)";
+
 fn env_layers(env: &BTreeMap<String, String>, errors: &mut Vec<ConfigError>) -> Vec<Layer> {
     let mut layers = Vec::new();
+    let mut error = |kind, name: &str, message, value: &str| {
+        let error = ConfigError::new(kind, name, message).value(quote(value));
+        errors.push(error.origin(Origin::Env(name.to_owned())));
+    };
     // Sorted by name, so `FIX_MONITOR_POLL` comes before (and is refined by)
     // `FIX_MONITOR_POLL__INTERVAL`.
-    for (name, raw) in env {
+    for (name, raw) in env.iter().filter(|(name, _)| *name != ENV_CONFIG) {
         let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
             continue;
         };
-        if name == ENV_CONFIG || raw.is_empty() {
-            continue;
-        }
         let keys: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
         if keys.iter().any(String::is_empty) {
-            errors.push(
-                ConfigError::new(
-                    ErrorKind::UnknownKey,
-                    name.clone(),
-                    "not a configuration variable: after FIX_MONITOR_ comes a key path whose \
-                     parts are joined by a double underscore, e.g. FIX_MONITOR_POLL__INTERVAL",
-                )
-                .value(super::raw::quote(raw))
-                .origin(Origin::Env(name.clone())),
-            );
+            error(UnknownKey, name, NOT_A_VARIABLE, raw);
             continue;
         }
-        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-        let mut layer = Layer::single(ENV_LAYER, name, &keys, parse_value(raw));
-        lowercase_headers(&mut layer.dict, Origin::Env(name.clone()), errors);
-        layers.push(layer);
+        // Nested by hand, not by figment's dotted keys: a header name may hold a dot.
+        let nested = |value, key: &String| Value::from(Dict::from([(key.clone(), value)]));
+        let value = keys.iter().rev().fold(parse_value(raw), nested);
+        layers.push(Layer::labelled(ENV_LAYER, vec![("", name.clone())], value));
     }
 
-    // An endpoint in the environment means "push there", unless the environment also says
-    // whether to push.
-    let given = |name: &str| env.get(name).is_some_and(|v| !v.is_empty());
-    if given(ENV_OTLP_ENDPOINT) && !given(ENV_OTLP_ENABLED) && !given(ENV_OTLP) {
-        layers.push(Layer::single(
-            ENV_LAYER,
-            ENV_OTLP_ENDPOINT,
-            &["otlp", "enabled"],
-            Value::from(true),
-        ));
-    }
-
-    let ip = env.get(ENV_LEGACY_IP).filter(|v| !v.is_empty());
-    let port = env.get(ENV_LEGACY_PORT).filter(|v| !v.is_empty());
-    match (ip, port) {
-        (Some(ip), _) if env.get(ENV_TARGETS).is_some_and(|v| !v.is_empty()) => {
-            errors.push(
-                ConfigError::new(
-                    ErrorKind::Conflict,
-                    ENV_LEGACY_IP,
-                    "both DOWNSTREAM_IP and FIX_MONITOR_TARGETS define the targets; set only one \
-                     (DOWNSTREAM_IP, with DOWNSTREAM_PORT, defines a single target)",
-                )
-                .value(super::raw::quote(ip))
-                .origin(Origin::Env(ENV_LEGACY_IP.into())),
-            );
+    let get = |name| env.get(name).filter(|v| !v.is_empty());
+    match (get(ENV_LEGACY_IP), get(ENV_LEGACY_PORT)) {
+        (Some(ip), _) if get(ENV_TARGETS).is_some() => {
+            error(Conflict, ENV_LEGACY_IP, LEGACY_BOTH, ip)
         }
         (Some(ip), port) => {
-            let mut target = Dict::new();
-            let mut labels = BTreeMap::new();
-            target.insert("address".into(), Value::from(ip.clone()));
-            labels.insert("address", ENV_LEGACY_IP.to_owned());
+            let mut target = vec![("address", ENV_LEGACY_IP.into(), Value::from(ip.clone()))];
             if let Some(port) = port {
-                target.insert("port".into(), port_value(port));
-                labels.insert("port", ENV_LEGACY_PORT.to_owned());
+                target.push(("port", ENV_LEGACY_PORT.into(), port_value(port)));
             }
-            layers.push(Layer::target(ENV_LAYER, target, labels));
+            layers.push(Layer::target(ENV_LAYER, target));
         }
-        (None, Some(port)) => errors.push(
-            ConfigError::new(
-                ErrorKind::Conflict,
-                ENV_LEGACY_PORT,
-                "is the port of the target that DOWNSTREAM_IP defines, and DOWNSTREAM_IP is \
-                 not set; set it too, or give the targets another way \
-                 (--ip, FIX_MONITOR_TARGETS, [[targets]] in the config file)",
-            )
-            .value(super::raw::quote(port))
-            .origin(Origin::Env(ENV_LEGACY_PORT.into())),
-        ),
+        (None, Some(port)) => error(Conflict, ENV_LEGACY_PORT, LEGACY_PORT_ALONE, port),
         (None, None) => {}
     }
     layers
 }
 
+const REJECTED_PORT: &str = "not accepted, because the original tools used it for two different \
+     ports: use --target-port PORT for the downstream's port, or --listen 127.0.0.1:PORT for \
+     the HTTP (Prometheus) endpoint";
+const REJECTED_LOG_FILE: &str = "not supported: fix-monitor logs to stderr only; redirect stderr \
+     (2>>FILE) or let the service manager collect it, and pick the format with --log-format \
+     text|json";
+
 fn flag_layers(args: &ConfigArgs, errors: &mut Vec<ConfigError>) -> Vec<Layer> {
-    let mut layers = Vec::new();
-
     // The originals' flags that would silently mean something else here.
-    if let Some(value) = &args.rejected_port {
-        let mut error = ConfigError::new(
-            ErrorKind::RejectedFlag,
-            "--port",
-            "not accepted, because the original tools used it for two different ports: use \
-             --target-port PORT for the downstream's port, or --listen 127.0.0.1:PORT for the \
-             HTTP (Prometheus) endpoint",
-        );
-        error.value = value.clone();
-        errors.push(error);
-    }
-    if let Some(value) = &args.rejected_log_file {
-        let mut error = ConfigError::new(
-            ErrorKind::RejectedFlag,
-            "--log-file",
-            "not supported: fix-monitor logs to stderr only; redirect stderr (2>>FILE) or let \
-             the service manager collect it, and pick the format with --log-format text|json",
-        );
-        error.value = value.clone();
-        errors.push(error);
-    }
-
-    match &args.ip {
-        Some(ip) => {
-            let mut target = Dict::new();
-            let mut labels = BTreeMap::new();
-            target.insert("address".into(), Value::from(ip.clone()));
-            labels.insert("address", "--ip".to_owned());
-            if let Some(port) = &args.target_port {
-                target.insert("port".into(), port_value(port));
-                labels.insert("port", "--target-port".to_owned());
-            }
-            // The original monitor always had both bounds (5000 and 6000 by default); here a
-            // range exists only if asked for, and a missing bound takes the original default.
-            let (label, min, max) = match (&args.min_port, &args.max_port) {
-                (None, None) => (None, None, None),
-                (Some(min), Some(max)) => (
-                    Some("--min-port and --max-port".to_owned()),
-                    Some(min),
-                    Some(max),
-                ),
-                (Some(min), None) => (
-                    Some(format!(
-                        "--min-port, with --max-port defaulting to {}",
-                        defaults::MAX_PORT
-                    )),
-                    Some(min),
-                    None,
-                ),
-                (None, Some(max)) => (
-                    Some(format!(
-                        "--max-port, with --min-port defaulting to {}",
-                        defaults::MIN_PORT
-                    )),
-                    None,
-                    Some(max),
-                ),
-            };
-            if let Some(label) = label {
-                let bound = |raw: Option<&String>, default: u16| match raw {
-                    Some(raw) => port_value(raw),
-                    None => Value::from(default),
-                };
-                let range = vec![
-                    bound(min, defaults::MIN_PORT),
-                    bound(max, defaults::MAX_PORT),
-                ];
-                target.insert("local_ports".into(), Value::from(range));
-                labels.insert("local_ports", label);
-            }
-            layers.push(Layer::target(FLAG_LAYER, target, labels));
-        }
-        None => {
-            let narrowing = [
-                ("--target-port", &args.target_port, "port"),
-                ("--min-port", &args.min_port, "local_ports"),
-                ("--max-port", &args.max_port, "local_ports"),
-            ];
-            for (flag, value, key) in narrowing {
-                if let Some(value) = value {
-                    errors.push(
-                        ConfigError::new(
-                            ErrorKind::Conflict,
-                            flag,
-                            format!(
-                                "narrows the target that --ip defines, and there is no --ip: \
-                                 give --ip ADDR too, or set `{key}` in the config file's \
-                                 [[targets]]"
-                            ),
-                        )
-                        .value(value.clone()),
-                    );
-                }
-            }
-        }
-    }
-
-    let settings = [
-        ("--interval", &args.interval, ["poll", "interval"]),
-        ("--source", &args.source, ["poll", "source"]),
-        ("--state-dir", &args.state_dir, ["state", "dir"]),
-        ("--listen", &args.listen, ["prometheus", "listen"]),
-        (
-            "--web.config.file",
-            &args.web_config_file,
-            ["prometheus", "web_config"],
-        ),
-        ("--log-format", &args.log_format, ["log", "format"]),
-        ("--log-level", &args.log_level, ["log", "level"]),
-        ("--otlp-endpoint", &args.otlp_endpoint, ["otlp", "endpoint"]),
-        ("--otlp-protocol", &args.otlp_protocol, ["otlp", "protocol"]),
+    let rejected = [
+        ("--port", &args.rejected_port, REJECTED_PORT),
+        ("--log-file", &args.rejected_log_file, REJECTED_LOG_FILE),
     ];
-    for (flag, raw, keys) in settings {
-        if let Some(raw) = raw {
-            layers.push(Layer::single(FLAG_LAYER, flag, &keys, parse_value(raw)));
+    for (flag, value, message) in rejected {
+        if let Some(value) = value {
+            let mut error = ConfigError::new(RejectedFlag, flag, message);
+            error.value = value.clone();
+            errors.push(error);
         }
     }
-    // There is no flag for `enabled`: giving the endpoint is how to turn push on from the
-    // command line.
-    if args.otlp_endpoint.is_some() {
-        layers.push(Layer::single(
-            FLAG_LAYER,
-            "--otlp-endpoint",
-            &["otlp", "enabled"],
-            Value::from(true),
-        ));
+
+    let mut layers = Vec::new();
+    if let Some(ip) = &args.ip {
+        layers.push(Layer::target(FLAG_LAYER, ip_target(ip, args)));
+    } else {
+        let narrowing = [
+            ("--target-port", &args.target_port, "port"),
+            ("--min-port", &args.min_port, "local_ports"),
+            ("--max-port", &args.max_port, "local_ports"),
+        ];
+        for (flag, value, key) in narrowing {
+            let Some(value) = value else { continue };
+            let message = format!(
+                "narrows the target that --ip defines, and there is no --ip: give --ip ADDR \
+                 too, or set `{key}` in the config file's [[targets]]"
+            );
+            errors.push(ConfigError::new(Conflict, flag, message).value(value));
+        }
+    }
+
+    let web_config = &args.web_config_file;
+    let settings = [
+        ("--interval", &args.interval, "poll.interval"),
+        ("--source", &args.source, "poll.source"),
+        ("--state-dir", &args.state_dir, "state.dir"),
+        ("--listen", &args.listen, "prometheus.listen"),
+        ("--web.config.file", web_config, "prometheus.web_config"),
+        ("--log-format", &args.log_format, "log.format"),
+        ("--log-level", &args.log_level, "log.level"),
+        ("--otlp-endpoint", &args.otlp_endpoint, "otlp.endpoint"),
+        ("--otlp-protocol", &args.otlp_protocol, "otlp.protocol"),
+    ];
+    for (flag, raw, key) in settings {
+        if let Some(raw) = raw {
+            layers.push(Layer::single(FLAG_LAYER, flag, key, parse_value(raw)));
+        }
     }
     layers
+}
+
+/// The target `--ip` defines, narrowed by `--target-port`, `--min-port` and `--max-port`.
+fn ip_target(ip: &str, args: &ConfigArgs) -> Vec<(&'static str, String, Value)> {
+    let mut target = vec![("address", "--ip".to_owned(), Value::from(ip.to_owned()))];
+    if let Some(port) = &args.target_port {
+        target.push(("port", "--target-port".to_owned(), port_value(port)));
+    }
+    // The original monitor always had both bounds (5000 and 6000 by default); here a range
+    // exists only if asked for, and a missing bound takes the original default.
+    let (min, max) = (&args.min_port, &args.max_port);
+    let label = match (min, max) {
+        (None, None) => return target,
+        (Some(_), Some(_)) => "--min-port and --max-port".to_owned(),
+        (Some(_), None) => format!("--min-port, with --max-port defaulting to {MAX_PORT}"),
+        (None, Some(_)) => format!("--max-port, with --min-port defaulting to {MIN_PORT}"),
+    };
+    let bound =
+        |raw: &Option<String>, default: u16| raw.as_deref().map_or(default.into(), port_value);
+    let range = vec![bound(min, MIN_PORT), bound(max, MAX_PORT)];
+    target.push(("local_ports", label, Value::from(range)));
+    target
 }

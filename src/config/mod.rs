@@ -1,41 +1,57 @@
-//! Every setting of fix-monitor, in one place: defaults, the config file, the environment and the
-//! command line, layered with figment and validated once into [`Settings`]. Nothing else in the
-//! crate reads files or environment variables for configuration.
+//! Every setting of fix-monitor, in one place: defaults, the standard OpenTelemetry variables,
+//! the config file, fix-monitor's own environment variables and the command line, layered with
+//! figment and validated once into [`Settings`]. Configuration is data: this module parses and
+//! checks values and does no other I/O than reading the config file (and, in [`load`], the
+//! process environment). What the values name on the file system (the web config file, the
+//! state directory, TLS files) is read and checked by the start-up step,
+//! [`crate::startup::prepare`], whose problems read the same way.
 //!
 //! # Layers, lowest to highest
-//! 1. Built-in defaults ([`defaults`]).
-//! 2. The standard OpenTelemetry variables for OTLP (`OTEL_EXPORTER_OTLP_ENDPOINT`, ...; see
-//!    below), so that an operator's own settings beat what a platform injects everywhere.
+//! 1. Built-in defaults: each section's `Default` (and [`defaults`]).
+//! 2. The standard OpenTelemetry variables for OTLP (see below), so that an operator's own
+//!    settings beat what a platform injects everywhere.
 //! 3. The TOML file: `--config PATH`, else `FIX_MONITOR_CONFIG`, else
 //!    [`DEFAULT_CONFIG_PATH`]. Only the default path may be absent.
 //! 4. The environment: `FIX_MONITOR_` + the key path in upper case, sections joined by `__`
 //!    (`FIX_MONITOR_POLL__INTERVAL=5s`, `FIX_MONITOR_PROMETHEUS__LISTEN=0.0.0.0:9464`,
-//!    `FIX_MONITOR_TARGETS='[{address="10.0.0.5", port=9876}]'`). Values are parsed like
-//!    figment's `Env` (numbers, booleans, `[..]` arrays, `{k=v}` tables, else strings); an empty
-//!    variable counts as unset; an unknown `FIX_MONITOR_*` variable is an error. The original
-//!    exporter's `DOWNSTREAM_IP` (with optional `DOWNSTREAM_PORT`) defines one target.
-//! 5. Command-line flags ([`ConfigArgs`]); `--ip` (alias `--target-ip`) defines one target.
+//!    `FIX_MONITOR_TARGETS='[{address="10.0.0.5", port=9876}]'`). A `[..]` or `{..}` value is
+//!    parsed as figment does; anything else is text that the key's check reads (so `5` is
+//!    five seconds to an interval). An empty variable counts as unset; an unknown
+//!    `FIX_MONITOR_*` variable is an error. The original exporter's `DOWNSTREAM_IP` (with
+//!    optional `DOWNSTREAM_PORT`) defines one target.
+//! 5. Command-line flags ([`ConfigArgs`]); `--ip` (alias `--target-ip`) defines one target,
+//!    narrowed by `--target-port` and the original monitor's `--min-port`/`--max-port`. The
+//!    originals' `--port` and `--log-file` are rejected with their replacements.
 //!
 //! Tables merge key by key, but a list replaces the list below it: `FIX_MONITOR_TARGETS`,
 //! `DOWNSTREAM_IP` and `--ip` each *replace* the file's `[[targets]]` rather than add to them,
 //! so that the one target the original tools were given is exactly what gets watched.
 //! `DOWNSTREAM_IP` together with `FIX_MONITOR_TARGETS` is an error (two environment settings
-//! that each claim the target list); `--ip` beats both.
+//! that each claim the target list); `--ip` beats both. Every value keeps its origin (the
+//! default, the file's path, the variable or the flag): errors name it, and so does
+//! `fix-monitor config` ([`Loaded::explain`]), whose output is itself a valid config file.
 //!
 //! # File schema
 //! ```toml
 //! [[targets]]                 # one table per downstream; at least one target is required
-//! name = "venue-a"            # optional; default "ADDRESS:PORT" (or "ADDRESS")
+//! name = "venue-a"            # optional; default "ADDRESS:PORT" (or "ADDRESS"); unique
 //! address = "10.0.0.5"        # IP address or CIDR block ("10.0.0.0/24")
 //! port = 9876                 # optional remote port; default any
 //! local_ports = [5000, 6000]  # optional inclusive local port range; default any
+//! heartbeat = "30s"           # optional FIX HeartBtInt of its sessions
+//! stale_after = "60s"         # optional; default twice heartbeat; neither: not judged
+//! comp_ids = ["VENUE"]        # optional: the FIX log sessions that belong to it
 //! [poll]
 //! interval = "1s"             # humantime string, or an integer number of seconds
-//! source = "auto"             # auto | netlink | procfs | netstat
+//! source = "auto"             # auto | ebpf | netlink | procfs | netstat
+//! reconcile_interval = "60s"  # eBPF: time between two reconciling full dumps
 //! process_lookup = false      # netlink/procfs: pid and command of each session from /proc
+//! health_interval = "5s"      # eBPF: time between tcp_info lookups; default every poll
 //! [prometheus]
 //! enabled = true
 //! listen = "127.0.0.1:9464"   # IP:PORT; fleets set 0.0.0.0:PORT
+//! web_config = "/etc/fix-monitor/web.yml"  # exporter-toolkit file: TLS, basic auth, headers
+//! expose_connections = true   # /connections and per-session addresses
 //! [log]
 //! format = "text"             # text | json
 //! level = "info"              # a tracing EnvFilter directive
@@ -51,6 +67,13 @@
 //! ca_file = "/etc/fix-monitor/ca.pem"
 //! cert_file = "/etc/fix-monitor/client.pem"
 //! key_file = "/etc/fix-monitor/client.key"
+//! [state]
+//! dir = "/var/lib/fix-monitor"  # keeps active sessions' starts across restarts; default none
+//! [fix]                       # the FIX session layer; off unless capture or a log is given
+//! capture = false             # read FIX off the wire (CAP_NET_RAW)
+//! our_comp_ids = ["GW"]       # the gateway's CompIDs; needed with [[fix.logs]]
+//! [[fix.logs]]
+//! path = "/var/log/quickfix/*.messages.log"  # a file or glob pattern
 //! ```
 //!
 //! # The standard OpenTelemetry variables
@@ -61,20 +84,24 @@
 //! `OTEL_METRIC_EXPORT_INTERVAL` (milliseconds) and
 //! `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`. `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` is
 //! the full URL (used as is); the generic one is a base URL. Their values carry their variable's
-//! name as origin, so `fix-monitor config` shows which layer won.
+//! name as origin. The exporter libraries never see these variables themselves
+//! ([`crate::startup::withhold_library_env`]).
 //!
 //! An endpoint turns push on at its layer unless that layer sets `enabled` itself:
-//! `--otlp-endpoint URL` always does (there is no flag to set `enabled`), and so does
-//! `OTEL_EXPORTER_OTLP_ENDPOINT`, which a file's `enabled = false` still overrides.
+//! `--otlp-endpoint URL` always does (there is no flag to set `enabled`), and so do
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` (which a file's `enabled = false` still overrides), a file's
+//! `[otlp] endpoint` and `FIX_MONITOR_OTLP__ENDPOINT`.
 //!
 //! # Shape (after ripgrep's low/high args)
 //! - `args`: the flags as typed ([`ConfigArgs`], strings).
-//! - `layers`: turns the file text, the environment and the flags into figment providers whose
-//!   metadata records each value's [`Origin`]. I/O-free.
+//! - `layers`: turns the file text, the environment and the flags into figment providers, one
+//!   per variable or flag, whose figment metadata records each value's [`Origin`]. I/O-free.
 //! - `raw`: deserializes the merged tree into [`Settings`] (the section structs here are the
 //!   tree: a key is a field, its default and its check), collecting *every* problem, and
 //!   validates what spans keys. Pure.
 //! - `explain`: renders [`Loaded::explain`] from the serialized settings, generically.
+//! - `error`: [`ConfigError`] (key, value, origin, what is wrong and what is allowed) and
+//!   [`ConfigErrors`], all of them, one per line; the binary exits with [`EXIT_USAGE`].
 //!
 //! Only [`load`] touches the process environment and only [`load_from`] reads the file; the
 //! pure [`parse_toml_str`] / [`parse_reader`] take the file's content directly.
@@ -96,8 +123,10 @@ use std::time::Duration;
 pub use args::ConfigArgs;
 pub use error::{ConfigError, ConfigErrors, ErrorKind, Origin};
 pub use raw::parse_duration;
+pub(crate) use raw::{ALLOWED_PEM, ALLOWED_STATE_DIR};
 
 use serde::{Deserialize, Serialize};
+use strum::{Display, VariantNames};
 
 use crate::source::SourceKind;
 use crate::target::Targets;
@@ -109,33 +138,17 @@ pub const EXIT_USAGE: i32 = 64;
 /// The configuration file read when neither `--config` nor `FIX_MONITOR_CONFIG` names one.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/fix-monitor/config.toml";
 
-/// The built-in defaults: the lowest layer, and what `explain()` marks `# default`.
+/// The built-in defaults that other code names too, or that need a word of why; the lowest layer
+/// is each section's `Default` (what `explain()` marks `# default`), which uses these.
 pub mod defaults {
-    use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
     use std::time::Duration;
-
-    use super::{LogFormat, OtlpProtocol, OtlpTemporality};
-    use crate::source::SourceKind;
 
     /// Netlink with a kernel-side filter makes a poll cheap, so poll often enough to see short
     /// sessions (the original tools used 5 s and 10 s).
     pub const INTERVAL: Duration = Duration::from_secs(1);
-    pub const SOURCE: SourceKind = SourceKind::Auto;
     /// The eBPF source's full dump: often enough that a missed transition cannot stay wrong
     /// for long, rarely enough that its cost (a walk of the host's sockets) stays negligible.
     pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(60);
-    /// Off: walking every process's open files costs CPU that grows with the host, and reading
-    /// other users' needs privilege (see config/README.md, "Which process").
-    pub const PROCESS_LOOKUP: bool = false;
-    pub const PROMETHEUS_ENABLED: bool = true;
-    /// Loopback: exposing metrics beyond the host is a deliberate choice (`0.0.0.0:9464`).
-    pub const PROMETHEUS_LISTEN: SocketAddr =
-        SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9464));
-    /// `/connections` and the page's per-session details are served unless a site turns them
-    /// off (venue addresses can be sensitive).
-    pub const PROMETHEUS_EXPOSE_CONNECTIONS: bool = true;
-    pub const LOG_FORMAT: LogFormat = LogFormat::Text;
-    pub const LOG_LEVEL: &str = "info";
     /// The original monitor's `--min-port` default; used when only `--max-port` is given.
     pub const MIN_PORT: u16 = 5000;
     /// The original monitor's `--max-port` default; used when only `--min-port` is given.
@@ -143,9 +156,6 @@ pub mod defaults {
     /// Longest accepted poll interval. Far beyond any useful value, and keeps timer arithmetic
     /// (`Instant + interval`) away from overflow.
     pub const MAX_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
-    /// Push is opt-in: a sidecar must not start sending data somewhere by surprise.
-    pub const OTLP_ENABLED: bool = false;
-    pub const OTLP_PROTOCOL: OtlpProtocol = OtlpProtocol::Grpc;
     /// The OTLP specification's defaults, by protocol.
     pub const OTLP_GRPC_ENDPOINT: &str = "http://localhost:4317";
     pub const OTLP_HTTP_ENDPOINT: &str = "http://localhost:4318";
@@ -155,8 +165,6 @@ pub mod defaults {
     /// One export, retries included. The shutdown waits this plus a second (at least 5 s) for
     /// the final export.
     pub const OTLP_TIMEOUT: Duration = Duration::from_secs(5);
-    /// What Prometheus-style backends expect; `delta` is for backends that want it.
-    pub const OTLP_TEMPORALITY: OtlpTemporality = OtlpTemporality::Cumulative;
 }
 
 /// The configuration tree: what the file, the variables and the flags are deserialized into
@@ -201,7 +209,7 @@ pub struct FixSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct FixLog {
     /// A file or glob pattern.
-    #[serde(with = "raw::some::glob")]
+    #[serde(with = "raw::check::glob")]
     pub path: Option<String>,
 }
 
@@ -220,8 +228,8 @@ impl FixSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct StateSettings {
     /// Where the active sessions' starts are kept so that a restart keeps their lifetimes
-    /// (`persist`); checked writable at load. None: nothing is kept.
-    #[serde(with = "raw::some::state_dir")]
+    /// (`persist`); checked writable by `startup::prepare`. None: nothing is kept.
+    #[serde(with = "raw::check::state_dir")]
     pub dir: Option<PathBuf>,
 }
 
@@ -243,7 +251,7 @@ pub struct PollSettings {
     pub process_lookup: bool,
     /// eBPF source only: time between two `tcp_info` lookups of every session (session
     /// health); not set: every poll. The netlink source reads it in every poll's dump.
-    #[serde(with = "raw::some::interval")]
+    #[serde(with = "raw::check::interval")]
     pub health_interval: Option<Duration>,
 }
 
@@ -251,9 +259,11 @@ impl Default for PollSettings {
     fn default() -> Self {
         PollSettings {
             interval: defaults::INTERVAL,
-            source: defaults::SOURCE,
+            source: SourceKind::Auto,
             reconcile_interval: defaults::RECONCILE_INTERVAL,
-            process_lookup: defaults::PROCESS_LOOKUP,
+            // Off: walking every process's open files costs CPU that grows with the host, and
+            // reading other users' needs privilege (see README, "Which process").
+            process_lookup: false,
             health_interval: None,
         }
     }
@@ -269,59 +279,24 @@ pub struct PrometheusSettings {
     #[serde(with = "raw::check::listen")]
     pub listen: SocketAddr,
     /// The exporter toolkit's web configuration file (TLS, client certificates, basic auth,
-    /// extra headers); `None`: plain HTTP, no auth. Read and checked in `raw::validate`.
-    #[serde(with = "raw::some::path")]
+    /// extra headers); `None`: plain HTTP, no auth. Read and checked by `startup::prepare`.
+    #[serde(with = "raw::check::path")]
     pub web_config: Option<PathBuf>,
     /// Serve `/connections` and the sessions' (and venues') addresses on `/` and `/health`.
     #[serde(with = "raw::check::boolean")]
     pub expose_connections: bool,
-    /// What `web_config` says, filled in by `raw::validate`.
-    #[serde(skip)]
-    pub web: Option<WebConfigFile>,
-}
-
-/// The web configuration file and what it says, read and checked when the configuration loads.
-/// Two are equal when they name the same file.
-#[derive(Clone)]
-pub struct WebConfigFile {
-    pub path: PathBuf,
-    pub config: std::sync::Arc<crate::export::web_config::WebConfig>,
-}
-
-impl WebConfigFile {
-    pub fn new(path: PathBuf, config: crate::export::web_config::WebConfig) -> WebConfigFile {
-        WebConfigFile {
-            path,
-            config: std::sync::Arc::new(config),
-        }
-    }
-}
-
-impl PartialEq for WebConfigFile {
-    fn eq(&self, other: &Self) -> bool {
-        self.path == other.path
-    }
-}
-
-impl Eq for WebConfigFile {}
-
-impl std::fmt::Debug for WebConfigFile {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WebConfigFile")
-            .field("path", &self.path)
-            .field("config", &self.config)
-            .finish()
-    }
 }
 
 impl Default for PrometheusSettings {
     fn default() -> Self {
         PrometheusSettings {
-            enabled: defaults::PROMETHEUS_ENABLED,
-            listen: defaults::PROMETHEUS_LISTEN,
+            enabled: true,
+            // Loopback: exposing metrics beyond the host is a deliberate choice (0.0.0.0:9464).
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             web_config: None,
-            expose_connections: defaults::PROMETHEUS_EXPOSE_CONNECTIONS,
-            web: None,
+            // `/connections` and the page's per-session details are served unless a site
+            // turns them off (venue addresses can be sensitive).
+            expose_connections: true,
         }
     }
 }
@@ -339,8 +314,8 @@ pub struct LogSettings {
 impl Default for LogSettings {
     fn default() -> Self {
         LogSettings {
-            format: defaults::LOG_FORMAT,
-            level: defaults::LOG_LEVEL.to_owned(),
+            format: LogFormat::Text,
+            level: "info".to_owned(),
         }
     }
 }
@@ -395,58 +370,52 @@ pub struct OtlpSettings {
 impl Default for OtlpSettings {
     fn default() -> Self {
         OtlpSettings {
-            enabled: defaults::OTLP_ENABLED,
+            // Push is opt-in: a sidecar must not start sending data somewhere by surprise.
+            enabled: false,
             endpoint: String::new(),
             url: String::new(),
-            protocol: defaults::OTLP_PROTOCOL,
+            protocol: OtlpProtocol::Grpc,
             interval: defaults::OTLP_INTERVAL,
             timeout: defaults::OTLP_TIMEOUT,
             headers: BTreeMap::new(),
-            temporality: defaults::OTLP_TEMPORALITY,
+            // What Prometheus-style backends expect; `delta` is for backends that want it.
+            temporality: OtlpTemporality::Cumulative,
             tls: TlsFiles::default(),
         }
     }
 }
 
-/// PEM files for a TLS collector. Each given file existed when the configuration was loaded;
-/// they are read when the exporter is built.
+/// PEM files for a TLS collector, checked readable by `startup::prepare` when push is on; they
+/// are read when the exporter is built.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsFiles {
     /// Trust these CAs (instead of the system's roots, which are used without it).
-    #[serde(with = "raw::some::path")]
+    #[serde(with = "raw::check::path")]
     pub ca_file: Option<PathBuf>,
     /// Client certificate for mutual TLS; given together with `key_file`.
-    #[serde(with = "raw::some::path")]
+    #[serde(with = "raw::check::path")]
     pub cert_file: Option<PathBuf>,
-    #[serde(with = "raw::some::path")]
+    #[serde(with = "raw::check::path")]
     pub key_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Display, VariantNames)]
 pub enum OtlpProtocol {
     /// OTLP/gRPC (port 4317 by convention).
     #[serde(rename = "grpc")]
+    #[strum(serialize = "grpc")]
     Grpc,
     /// OTLP/HTTP with protobuf bodies (port 4318 by convention).
     #[serde(rename = "http/protobuf")]
+    #[strum(serialize = "http/protobuf")]
     HttpProtobuf,
 }
 
-impl OtlpProtocol {
-    pub const ALLOWED: &'static str = "grpc, http/protobuf";
-
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            OtlpProtocol::Grpc => "grpc",
-            OtlpProtocol::HttpProtobuf => "http/protobuf",
-        }
-    }
-}
-
 /// How sums and histograms are reported (the OTLP temporality preference).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Display, VariantNames)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum OtlpTemporality {
     /// Totals since start: what Prometheus-style backends expect, and what survives a lost
     /// export (the next one carries the total).
@@ -457,36 +426,14 @@ pub enum OtlpTemporality {
     LowMemory,
 }
 
-impl OtlpTemporality {
-    pub const ALLOWED: &'static str = "cumulative, delta, lowmemory";
-
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            OtlpTemporality::Cumulative => "cumulative",
-            OtlpTemporality::Delta => "delta",
-            OtlpTemporality::LowMemory => "lowmemory",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Display, VariantNames)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
     Text,
     /// One JSON object per line, for log collectors.
     Json,
-}
-
-impl LogFormat {
-    pub const ALLOWED: &'static str = "text, json";
-
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            LogFormat::Text => "text",
-            LogFormat::Json => "json",
-        }
-    }
 }
 
 /// Which configuration file took part.
@@ -524,39 +471,39 @@ impl Loaded {
     }
 }
 
-/// The prefixes of the variables that opentelemetry-otlp and the SDK's `PeriodicReader` read by
-/// themselves when an exporter is built (0.33: endpoint, protocol, headers, timeout,
-/// compression, insecure, per signal and generic; the export interval). fix-monitor reads the
-/// ones it supports in [`load`] and passes every value to the exporter explicitly.
-pub const LIBRARY_ENV_PREFIXES: &[&str] = &["OTEL_EXPORTER_OTLP_", "OTEL_METRIC_EXPORT_"];
-
-/// Removes the [`LIBRARY_ENV_PREFIXES`] variables from the process environment, so that the
-/// exporter cannot act on one behind the configuration's back (it would, for instance, merge
-/// `OTEL_EXPORTER_OTLP_HEADERS` into every request): what `fix-monitor config` shows is all
-/// that takes effect. Returns the names removed. Call after [`load`] and before any thread is
-/// started (the binary does it first thing); the environment is process-global.
-pub fn withhold_library_env() -> Vec<String> {
-    let names: Vec<String> = std::env::vars_os()
-        .filter_map(|(name, _)| name.into_string().ok())
-        .filter(|name| LIBRARY_ENV_PREFIXES.iter().any(|p| name.starts_with(p)))
-        .collect();
-    for name in &names {
-        std::env::remove_var(name);
-    }
-    names
-}
-
 /// Loads the configuration from the process environment (`FIX_MONITOR_*`, `DOWNSTREAM_*` and
 /// the standard `OTEL_*` variables listed above), `--config` or the default file, and the
 /// flags.
 pub fn load(args: &ConfigArgs) -> Result<Loaded, ConfigErrors> {
+    load_checked(args, |_| Ok(())).map(|(loaded, ())| loaded)
+}
+
+/// [`load`], then `check` on what loaded, even where some values were bad (those keep their
+/// defaults), so that its problems are reported together with the configuration's. The binary
+/// passes the start-up step, [`crate::startup::prepare`], whose I/O stays out of this module.
+pub fn load_checked<T>(
+    args: &ConfigArgs,
+    check: impl FnOnce(&Loaded) -> Result<T, ConfigErrors>,
+) -> Result<(Loaded, T), ConfigErrors> {
     // Only our variables are taken; a non-UTF-8 value becomes a string with U+FFFD in it, which
     // validation then rejects while naming the variable.
     let env = std::env::vars_os().filter_map(|(name, value)| {
         let name = name.into_string().ok()?;
         layers::is_ours(&name).then(|| (name, value.to_string_lossy().into_owned()))
     });
-    load_from(args, env, DEFAULT_CONFIG_PATH)
+    checked(gather(args, env, DEFAULT_CONFIG_PATH), check)
+}
+
+/// Runs `check` on the loaded settings and adds its problems to the configuration's.
+pub(crate) fn checked<T>(
+    (loaded, mut errors): (Loaded, Vec<ConfigError>),
+    check: impl FnOnce(&Loaded) -> Result<T, ConfigErrors>,
+) -> Result<(Loaded, T), ConfigErrors> {
+    let checked = check(&loaded).map_err(|e| errors.extend(e.iter().cloned()));
+    match checked {
+        Ok(t) if errors.is_empty() => Ok((loaded, t)),
+        _ => Err(ConfigErrors::new(errors)),
+    }
 }
 
 /// [`load`] with the environment and the default file path given, for tests and embedding.
@@ -572,129 +519,128 @@ where
     K: Into<String>,
     V: Into<String>,
 {
+    finish(gather(args, env, default_path))
+}
+
+/// [`load_from`], with the settings kept next to the problems.
+pub(crate) fn gather<I, K, V>(
+    args: &ConfigArgs,
+    env: I,
+    default_path: impl AsRef<Path>,
+) -> (Loaded, Vec<ConfigError>)
+where
+    I: IntoIterator<Item = (K, V)>,
+    K: Into<String>,
+    V: Into<String>,
+{
     let env: BTreeMap<String, String> = env
         .into_iter()
         .map(|(k, v)| (k.into(), v.into()))
         .filter(|(k, v)| layers::is_ours(k) && !v.is_empty())
         .collect();
-    let mut errors = Vec::new();
 
     // A file somebody named must exist; the default one is optional, so that a sidecar can be
     // configured by flags or environment alone.
     let (path, named_by) = match (&args.config, env.get(layers::ENV_CONFIG)) {
         (Some(path), _) => (path.clone(), Some(Origin::Flag("--config".into()))),
-        (None, Some(path)) => (
-            PathBuf::from(path),
-            Some(Origin::Env(layers::ENV_CONFIG.into())),
-        ),
+        (None, Some(path)) => (path.into(), Some(Origin::Env(layers::ENV_CONFIG.into()))),
         (None, None) => (default_path.as_ref().to_path_buf(), None),
     };
-    let file = match std::fs::read_to_string(&path) {
-        Ok(text) => FileState::Text(text),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && named_by.is_none() => {
-            FileState::Absent
-        }
+    let mut errors = Vec::new();
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && named_by.is_none() => Ok(None),
         Err(e) => {
-            let mut error = ConfigError::new(
-                ErrorKind::File,
-                path.display().to_string(),
-                format!("cannot read the config file: {e}"),
-            );
-            error.origin = named_by;
-            errors.push(error);
-            FileState::Failed
+            let error = file_error(&path, format!("cannot read the config file: {e}"));
+            errors.push(ConfigError {
+                origin: named_by,
+                ..error
+            });
+            Err(())
         }
     };
-    assemble(args, &env, &path, file, errors)
+    assemble(args, &env, &path, text, errors)
 }
 
 /// Parses and validates a configuration file's content alone (defaults below it, no
 /// environment, no flags). `path` is only used to name the file in errors and origins.
 pub fn parse_toml_str(text: &str, path: impl AsRef<Path>) -> Result<Loaded, ConfigErrors> {
-    let file = FileState::Text(text.to_owned());
-    assemble(
-        &ConfigArgs::default(),
-        &BTreeMap::new(),
+    let (args, env) = (ConfigArgs::default(), BTreeMap::new());
+    finish(assemble(
+        &args,
+        &env,
         path.as_ref(),
-        file,
+        Ok(Some(text.to_owned())),
         Vec::new(),
-    )
+    ))
+}
+
+fn finish((loaded, errors): (Loaded, Vec<ConfigError>)) -> Result<Loaded, ConfigErrors> {
+    match errors.is_empty() {
+        true => Ok(loaded),
+        false => Err(ConfigErrors::new(errors)),
+    }
 }
 
 /// [`parse_toml_str`] on the bytes of a reader.
 pub fn parse_reader(mut reader: impl Read, path: impl AsRef<Path>) -> Result<Loaded, ConfigErrors> {
-    let path = path.as_ref();
-    let mut text = String::new();
+    let (path, mut text) = (path.as_ref(), String::new());
     match reader.read_to_string(&mut text) {
         Ok(_) => parse_toml_str(&text, path),
-        Err(e) => Err(ConfigErrors::new(vec![ConfigError::new(
-            ErrorKind::File,
-            path.display().to_string(),
-            format!("cannot read the config file: {e}"),
-        )])),
+        Err(e) => {
+            let error = file_error(path, format!("cannot read the config file: {e}"));
+            Err(ConfigErrors::new(vec![error]))
+        }
     }
 }
 
-/// What became of the configuration file before parsing.
-enum FileState {
-    Text(String),
-    /// The default file does not exist.
-    Absent,
-    /// It could not be read; the error is already recorded.
-    Failed,
+fn file_error(path: &Path, message: String) -> ConfigError {
+    ConfigError::new(ErrorKind::File, path.display().to_string(), message)
 }
 
-/// The pure core: file content, environment and flags in; settings or every problem out.
+/// The pure core: file content, environment and flags in; settings (with defaults where values
+/// were bad) and every problem out. The
+/// file's `text` is `Ok(None)` when the default file does not exist, `Err` when it could not be
+/// read (and that is in `errors` already).
 fn assemble(
     args: &ConfigArgs,
     env: &BTreeMap<String, String>,
     path: &Path,
-    file: FileState,
+    text: Result<Option<String>, ()>,
     mut errors: Vec<ConfigError>,
-) -> Result<Loaded, ConfigErrors> {
-    let mut file_failed = matches!(file, FileState::Failed);
-    let file_dict = match &file {
-        FileState::Text(text) => match layers::parse_toml(text) {
-            Ok(dict) => Some(dict),
-            Err(message) => {
-                errors.push(ConfigError::new(
-                    ErrorKind::File,
-                    path.display().to_string(),
-                    format!("not valid TOML: {message}"),
-                ));
-                file_failed = true;
-                None
-            }
-        },
-        FileState::Absent | FileState::Failed => None,
+) -> (Loaded, Vec<ConfigError>) {
+    let dict = match &text {
+        Ok(Some(text)) => Some(layers::parse_toml(text).map_err(|message| {
+            errors.push(file_error(path, format!("not valid TOML: {message}")))
+        })),
+        _ => None,
     };
-    let figment = layers::build(file_dict.map(|d| (path, d)), env, args, &mut errors);
+    // A broken file may well have held the targets: saying "no targets" would mislead.
+    let file_failed = text.is_err() || matches!(dict, Some(Err(())));
+    let file = dict.and_then(Result::ok).map(|dict| (path, dict));
+    let figment = layers::build(file, env, args, &mut errors);
     let (raw, tree, failed) = raw::extract(&figment, &mut errors);
     let origins = raw::origins(&figment, &tree);
-    let context = raw::Context {
+    let mut context = raw::Context {
         config_path: path,
-        // A broken file may well have held the targets: saying "no targets" would mislead.
         file_failed,
         origins: &origins,
         failed: &failed,
+        errors: &mut errors,
     };
-    let settings = raw::validate(raw, &context, &mut errors);
-    if !errors.is_empty() {
-        return Err(ConfigErrors::new(errors));
-    }
-    let config_file = match file {
-        FileState::Text(_) => ConfigFile::Read(path.to_path_buf()),
-        FileState::Absent | FileState::Failed => ConfigFile::Absent(path.to_path_buf()),
+    let settings = raw::validate(raw, &mut context);
+    let config_file = match text {
+        Ok(Some(_)) => ConfigFile::Read(path.to_path_buf()),
+        _ => ConfigFile::Absent(path.to_path_buf()),
     };
-    let resource_vars = env
-        .iter()
-        .filter(|(name, _)| layers::RESOURCE_VARS.contains(&name.as_str()))
-        .map(|(name, value)| (name.clone(), value.clone()))
-        .collect();
-    Ok(Loaded {
+    let resource_vars = layers::RESOURCE_VARS.iter();
+    let resource_vars = resource_vars.filter_map(|&n| Some((n.to_owned(), env.get(n)?.clone())));
+    let resource_vars = resource_vars.collect();
+    let loaded = Loaded {
         settings,
         config_file,
         origins,
         resource_vars,
-    })
+    };
+    (loaded, errors)
 }

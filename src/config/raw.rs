@@ -25,13 +25,13 @@ use figment::{Figment, Provider};
 use ipnet::IpNet;
 use serde::de::{DeserializeOwned, Error as _, IntoDeserializer};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use strum::VariantNames;
 
-use super::error::{ConfigError, ErrorKind, Origin};
+use super::error::ErrorKind::{self, *};
+use super::error::{ConfigError, Origin};
 use super::layers::{self, ENV_OTEL_METRICS_ENDPOINT, ENV_PREFIX};
-use super::{
-    defaults, FixSettings, LogFormat, OtlpProtocol, OtlpSettings, OtlpTemporality, Settings,
-    TlsFiles,
-};
+use super::{defaults, FixSettings, LogFormat, OtlpProtocol, OtlpSettings, OtlpTemporality};
+use super::{Settings, TlsFiles};
 use crate::source::SourceKind;
 use crate::target::{PortRange, Target, Targets};
 
@@ -43,49 +43,45 @@ pub(crate) type Raw = Settings<Option<Vec<RawTarget>>>;
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawTarget {
-    #[serde(with = "some::name")]
+    #[serde(with = "check::name")]
     name: Option<String>,
     /// Required; `validate` reports it missing.
-    #[serde(with = "some::address")]
+    #[serde(with = "check::address")]
     address: Option<IpNet>,
-    #[serde(with = "some::port")]
+    #[serde(with = "check::port")]
     port: Option<u16>,
-    #[serde(with = "some::port_range")]
+    #[serde(with = "check::port_range")]
     local_ports: Option<PortRange>,
     /// The sessions' FIX HeartBtInt; `stale_after` defaults to twice it.
-    #[serde(with = "some::interval")]
+    #[serde(with = "check::interval")]
     heartbeat: Option<Duration>,
     /// Default: twice `heartbeat`; neither set: staleness is not judged.
-    #[serde(with = "some::interval")]
+    #[serde(with = "check::interval")]
     stale_after: Option<Duration>,
     /// The FIX layer's link from log sessions to this target: their CompIDs.
     #[serde(with = "check::comp_ids")]
     comp_ids: Vec<String>,
 }
 
-impl From<&Target> for RawTarget {
-    fn from(t: &Target) -> Self {
+impl RawTarget {
+    /// The target as configured, with the CompIDs `[fix]` keeps for it.
+    pub(super) fn new(t: &Target, comp_ids: Option<&Vec<String>>) -> Self {
+        let comp_ids = comp_ids.cloned().unwrap_or_default();
+        let (port, local_ports, heartbeat) = (t.port, t.local_ports, t.heartbeat);
+        let (name, address, stale_after) = (Some(t.name.clone()), Some(t.net), t.stale_after);
         RawTarget {
-            name: Some(t.name.clone()),
-            address: Some(t.net),
-            port: t.port,
-            local_ports: t.local_ports,
-            heartbeat: t.heartbeat,
-            stale_after: t.stale_after,
-            comp_ids: Vec::new(),
+            name,
+            address,
+            port,
+            local_ports,
+            heartbeat,
+            stale_after,
+            comp_ids,
         }
     }
 }
 
-impl RawTarget {
-    /// The target as configured, with the CompIDs `[fix]` keeps for it.
-    pub(super) fn with_comp_ids(mut self, comp_ids: Option<&Vec<String>>) -> Self {
-        self.comp_ids = comp_ids.cloned().unwrap_or_default();
-        self
-    }
-}
-
-// ---- Leaf checks: `check::NAME` for a field with a default, `some::NAME` for an optional one. --
+// ---- Leaf checks: `check::NAME`, for a field of its type or an `Option` of it. ----
 
 /// Each check takes the value as figment holds it (a variable or flag gives a string, so
 /// numbers and booleans are also read from text) and returns the typed value, or what is wrong
@@ -94,30 +90,15 @@ impl RawTarget {
 macro_rules! checks {
     ($($name:ident -> $ty:ty = $parse:expr;)*) => {
         pub(crate) mod check {$(
-            #[allow(dead_code)]
             pub(crate) mod $name {
                 use super::super::*;
-                pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<$ty, D::Error> {
+                pub(crate) fn deserialize<'de, D, T>(d: D) -> Result<T, D::Error>
+                where D: Deserializer<'de>, T: From<$ty> {
                     let value = <Value as Deserialize>::deserialize(d)?;
-                    ($parse)(&value).map_err(D::Error::custom)
+                    ($parse)(&value).map(T::from).map_err(D::Error::custom)
                 }
-                pub(crate) fn serialize<S: Serializer>(v: &$ty, s: S) -> Result<S::Ok, S::Error> {
+                pub(crate) fn serialize<S: Serializer, T: Show>(v: &T, s: S) -> Result<S::Ok, S::Error> {
                     v.show(s)
-                }
-            }
-        )*}
-        pub(crate) mod some {$(
-            #[allow(dead_code)]
-            pub(crate) mod $name {
-                use super::super::*;
-                pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<$ty>, D::Error> {
-                    super::super::check::$name::deserialize(d).map(Some)
-                }
-                pub(crate) fn serialize<S: Serializer>(v: &Option<$ty>, s: S) -> Result<S::Ok, S::Error> {
-                    match v {
-                        Some(v) => v.show(s),
-                        None => s.serialize_none(),
-                    }
                 }
             }
         )*}
@@ -134,11 +115,11 @@ checks! {
     boolean -> bool = parse_bool;
     listen -> SocketAddr = parse_listen;
     log_level -> String = parse_log_level;
-    path -> PathBuf = parse_path;
-    state_dir -> PathBuf = parse_state_dir;
+    path -> PathBuf = |v| text(v, ALLOWED_PEM).map(PathBuf::from);
+    state_dir -> PathBuf = |v| text(v, ALLOWED_STATE_DIR).map(PathBuf::from);
     source -> SourceKind = |v: &Value| parse_enum(v, SourceKind::ALLOWED);
-    log_format -> LogFormat = |v: &Value| parse_enum(v, LogFormat::ALLOWED);
-    temporality -> OtlpTemporality = |v: &Value| parse_enum(v, OtlpTemporality::ALLOWED);
+    log_format -> LogFormat = |v: &Value| parse_enum(v, &LogFormat::VARIANTS.join(", "));
+    temporality -> OtlpTemporality = |v| parse_enum(v, &OtlpTemporality::VARIANTS.join(", "));
     protocol -> OtlpProtocol = parse_protocol;
     comp_ids -> Vec<String> = parse_comp_ids;
     glob -> String = parse_glob;
@@ -158,18 +139,18 @@ macro_rules! show_as_serde {
         }
     )*};
 }
-show_as_serde!(
-    String,
-    Vec<String>,
-    u16,
-    bool,
-    PathBuf,
-    SocketAddr,
-    SourceKind,
-    LogFormat,
-    OtlpTemporality,
-    OtlpProtocol
-);
+show_as_serde!(String, Vec<String>, u16, bool, PathBuf);
+show_as_serde!(SocketAddr, SourceKind, LogFormat);
+show_as_serde!(OtlpTemporality, OtlpProtocol);
+
+impl<T: Show> Show for Option<T> {
+    fn show<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Some(v) => v.show(s),
+            None => s.serialize_none(),
+        }
+    }
+}
 
 impl Show for Duration {
     fn show<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -180,10 +161,9 @@ impl Show for Duration {
 impl Show for IpNet {
     /// A single address without its prefix length, as it was most likely written.
     fn show<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if self.prefix_len() == self.max_prefix_len() {
-            s.collect_str(&self.addr())
-        } else {
-            s.collect_str(self)
+        match self.prefix_len() == self.max_prefix_len() {
+            true => s.collect_str(&self.addr()),
+            false => s.collect_str(self),
         }
     }
 }
@@ -203,15 +183,9 @@ pub(crate) fn extract(
     errors: &mut Vec<ConfigError>,
 ) -> (Raw, Dict, BTreeSet<String>) {
     let mut tree = match figment.data() {
-        Ok(mut profiles) => profiles
-            .remove(&figment::Profile::Default)
-            .unwrap_or_default(),
+        Ok(profiles) => profiles.into_values().next().unwrap_or_default(),
         Err(e) => {
-            errors.push(ConfigError::new(
-                ErrorKind::File,
-                "configuration",
-                e.to_string(),
-            ));
+            errors.push(ConfigError::new(File, "configuration", e.to_string()));
             Dict::new()
         }
     };
@@ -229,24 +203,26 @@ pub(crate) fn extract(
             }
         }
         let key = key_of(&path);
-        let value = find(&tree, &path).cloned();
+        let value = at(&mut tree, &path).map(|v| v.clone());
         let field = path.last().map(String::as_str).unwrap_or_default();
         let origin = value
             .as_ref()
             .map(|v| layers::origin_of(figment, v.tag(), field));
         let (kind, message) = match &error.kind {
-            Kind::UnknownField(field, expected) => (
-                ErrorKind::UnknownKey,
-                unknown_key(&path, field, expected, origin.as_ref()),
-            ),
-            Kind::MissingField(field) => (ErrorKind::MissingValue, format!("`{field}` is missing")),
-            Kind::Message(message) => (ErrorKind::InvalidValue, message.clone()),
-            other => (ErrorKind::InvalidValue, other.to_string()),
+            Kind::UnknownField(field, expected) => {
+                let message = unknown_key(&path, field, expected, origin.as_ref());
+                (UnknownKey, message)
+            }
+            Kind::MissingField(field) => (MissingValue, format!("`{field}` is missing")),
+            Kind::Message(message) => (InvalidValue, message.clone()),
+            other => (InvalidValue, other.to_string()),
         };
-        let mut problem = ConfigError::new(kind, &key, message);
-        problem.value = value.as_ref().map(render_short);
-        problem.origin = origin;
-        errors.push(problem);
+        let value = value.as_ref().map(render_short);
+        errors.push(ConfigError {
+            value,
+            origin,
+            ..ConfigError::new(kind, &key, message)
+        });
         failed.insert(key);
         if !remove(&mut tree, &path) {
             // Cannot happen (the error's path comes from this tree); never loop on it.
@@ -268,16 +244,12 @@ fn unknown_key(path: &[String], field: &str, expected: &[&str], origin: Option<&
             .iter()
             .find_map(|section| {
                 let rest = field.strip_prefix(section)?.strip_prefix('_')?;
-                Some(format!(
-                    "{ENV_PREFIX}{}__{}",
-                    section.to_ascii_uppercase(),
-                    rest.to_ascii_uppercase()
-                ))
+                let (section, rest) = (section.to_ascii_uppercase(), rest.to_ascii_uppercase());
+                Some(format!("{ENV_PREFIX}{section}__{rest}"))
             });
         if let Some(hint) = hint {
-            message.push_str(&format!(
-                " (sections nest with a double underscore: did you mean {hint}?)"
-            ));
+            let hint = format!(" (sections nest with a double underscore: did you mean {hint}?)");
+            message.push_str(&hint);
         }
     }
     message
@@ -287,83 +259,63 @@ fn unknown_key(path: &[String], field: &str, expected: &[&str], origin: Option<&
 fn key_of(path: &[String]) -> String {
     let mut key = String::new();
     for part in path {
-        if part.parse::<usize>().is_ok() {
-            key.push_str(&format!("[{part}]"));
-        } else {
-            if !key.is_empty() {
-                key.push('.');
-            }
-            key.push_str(part);
+        match part.parse::<usize>() {
+            Ok(_) => key.push_str(&format!("[{part}]")),
+            Err(_) if key.is_empty() => key.push_str(part),
+            Err(_) => key.push_str(&format!(".{part}")),
         }
     }
     key
 }
 
-fn find<'a>(tree: &'a Dict, path: &[String]) -> Option<&'a Value> {
+/// The value at `path` (table keys and list indices).
+fn at<'a>(tree: &'a mut Dict, path: &[String]) -> Option<&'a mut Value> {
     let (first, rest) = path.split_first()?;
-    let mut value = tree.get(first)?;
-    for part in rest {
-        value = match value {
-            Value::Dict(_, dict) => dict.get(part)?,
-            Value::Array(_, items) => items.get(part.parse::<usize>().ok()?)?,
-            _ => return None,
-        };
-    }
-    Some(value)
+    rest.iter()
+        .try_fold(tree.get_mut(first)?, |value, part| match value {
+            Value::Dict(_, dict) => dict.get_mut(part),
+            Value::Array(_, items) => items.get_mut(part.parse::<usize>().ok()?),
+            _ => None,
+        })
 }
 
 /// Removes the value at `path`. A list element is emptied rather than removed, so that the
 /// indices in later errors still name the right element.
 fn remove(tree: &mut Dict, path: &[String]) -> bool {
-    fn remove_in(value: &mut Value, path: &[String]) -> bool {
-        let Some((first, rest)) = path.split_first() else {
-            return false;
-        };
-        match value {
-            Value::Dict(_, dict) if rest.is_empty() => dict.remove(first).is_some(),
-            Value::Dict(_, dict) => dict.get_mut(first).is_some_and(|v| remove_in(v, rest)),
-            Value::Array(_, items) => {
-                match first.parse::<usize>().ok().and_then(|i| items.get_mut(i)) {
-                    Some(item) if rest.is_empty() => {
-                        *item = Value::from(Dict::new());
-                        true
-                    }
-                    Some(item) => remove_in(item, rest),
-                    None => false,
-                }
-            }
+    match path.split_last() {
+        Some((last, [])) => tree.remove(last).is_some(),
+        Some((last, parent)) => match at(tree, parent) {
+            Some(Value::Dict(_, dict)) => dict.remove(last).is_some(),
+            Some(Value::Array(_, items)) => last
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| items.get_mut(i))
+                .map(|item| *item = Value::from(Dict::new()))
+                .is_some(),
             _ => false,
-        }
+        },
+        None => false,
     }
-    let mut root = Value::from(std::mem::take(tree));
-    let removed = remove_in(&mut root, path);
-    if let Value::Dict(_, dict) = root {
-        *tree = dict;
-    }
-    removed
 }
 
 /// Every key of the tree (tables, lists and values) with its origin.
 pub(crate) fn origins(figment: &Figment, tree: &Dict) -> BTreeMap<String, Origin> {
-    fn walk(
-        figment: &Figment,
-        key: String,
-        field: &str,
-        value: &Value,
-        out: &mut BTreeMap<String, Origin>,
-    ) {
-        match value {
-            Value::Dict(_, dict) => {
-                for (k, v) in dict {
-                    walk(figment, format!("{key}.{k}"), k, v, out);
-                }
-            }
+    fn walk(figment: &Figment, key: String, field: &str, value: &Value, out: &mut Origins) {
+        let children: Vec<(String, &str, &Value)> = match value {
+            Value::Dict(_, dict) => dict
+                .iter()
+                .map(|(k, v)| (format!("{key}.{k}"), &**k, v))
+                .collect(),
             Value::Array(_, items) => {
-                for (i, v) in items.iter().enumerate() {
-                    walk(figment, format!("{key}[{i}]"), field, v, out);
-                }
+                let items = items.iter().enumerate();
+                items
+                    .map(|(i, v)| (format!("{key}[{i}]"), field, v))
+                    .collect()
             }
-            _ => {}
+            _ => Vec::new(),
+        };
+        for (key, field, value) in children {
+            walk(figment, key, field, value, out);
         }
         out.insert(key, layers::origin_of(figment, value.tag(), field));
     }
@@ -374,18 +326,21 @@ pub(crate) fn origins(figment: &Figment, tree: &Dict) -> BTreeMap<String, Origin
     out
 }
 
+type Origins = BTreeMap<String, Origin>;
+
 // ---- Validation: what depends on more than one value. ----
 
-/// What validation needs beyond the raw values.
+/// What validation needs beyond the raw values, and the problems it finds.
 pub(crate) struct Context<'a> {
     /// The configuration file that was (or would have been) read, for the "no targets" hint.
     pub config_path: &'a Path,
     /// The file could not be read or parsed: it may have held the targets.
     pub file_failed: bool,
     /// Where each value came from ([`origins`]).
-    pub origins: &'a BTreeMap<String, Origin>,
+    pub origins: &'a Origins,
     /// Keys whose values were already reported ([`extract`]).
     pub failed: &'a BTreeSet<String>,
+    pub errors: &'a mut Vec<ConfigError>,
 }
 
 impl Context<'_> {
@@ -393,47 +348,39 @@ impl Context<'_> {
         self.origins.get(key).cloned().unwrap_or(Origin::Default)
     }
 
-    fn error(&self, kind: ErrorKind, key: &str, value: String, message: String) -> ConfigError {
-        ConfigError::new(kind, key, message)
-            .value(value)
-            .origin(self.origin(key))
+    /// A problem with the value at `key` (shown as `value`), from where `key` came from.
+    fn report(&mut self, kind: ErrorKind, key: &str, value: String, message: impl Into<String>) {
+        let error = ConfigError::new(kind, key, message).value(value);
+        self.errors.push(error.origin(self.origin(key)));
+    }
+
+    /// `key` is missing from the table at `table`, which came from somewhere.
+    fn missing(&mut self, key: String, table: &str, message: String) {
+        let origin = self.origin(table);
+        self.errors
+            .push(ConfigError::new(MissingValue, key, message).origin(origin));
     }
 }
 
 /// Turns the raw configuration into [`Settings`], reporting the problems that involve more
-/// than one value. The settings are used only if `errors` stayed empty.
-pub(crate) fn validate(raw: Raw, cx: &Context<'_>, errors: &mut Vec<ConfigError>) -> Settings {
-    let Settings {
-        targets: raw_targets,
-        poll,
-        mut prometheus,
-        log,
-        otlp,
-        state,
-        fix,
-    } = raw;
-    let otlp = self::otlp(otlp, cx, errors);
-    prometheus.web = prometheus
-        .web_config
-        .clone()
-        .and_then(|path| web_config(path, cx, errors));
-    if !prometheus.enabled && !otlp.enabled && !cx.failed.contains("prometheus.enabled") {
+/// than one value. The settings are used only if no problem was reported.
+pub(crate) fn validate(raw: Raw, cx: &mut Context<'_>) -> Settings {
+    let otlp = self::otlp(raw.otlp, cx);
+    if !raw.prometheus.enabled && !otlp.enabled && !cx.failed.contains("prometheus.enabled") {
         let otlp_origin = match cx.origin("otlp.enabled") {
             Origin::Default => "the default".to_owned(),
             origin => format!("from {origin}"),
         };
-        errors.push(cx.error(
-            ErrorKind::Conflict,
-            "prometheus.enabled",
-            "false".into(),
-            format!(
-                "nothing would be exported: the Prometheus endpoint is disabled and so is OTLP \
-                 push (otlp.enabled = false, {otlp_origin}); enable one of them, e.g. give \
-                 --otlp-endpoint URL"
-            ),
-        ));
+        let message = format!(
+            "nothing would be exported: the Prometheus endpoint is disabled and so is OTLP push \
+             (otlp.enabled = false, {otlp_origin}); enable one of them, e.g. give \
+             --otlp-endpoint URL"
+        );
+        cx.report(Conflict, "prometheus.enabled", "false".into(), message);
     }
-    let (targets, target_comp_ids) = targets(raw_targets, cx, errors);
+    let (targets, target_comp_ids) = targets(raw.targets, cx);
+    let fix = self::fix(raw.fix, target_comp_ids, cx);
+    let (poll, prometheus, log, state) = (raw.poll, raw.prometheus, raw.log, raw.state);
     Settings {
         targets,
         poll,
@@ -441,106 +388,54 @@ pub(crate) fn validate(raw: Raw, cx: &Context<'_>, errors: &mut Vec<ConfigError>
         log,
         otlp,
         state,
-        fix: self::fix(fix, target_comp_ids, cx, errors),
+        fix,
     }
 }
 
 /// `[fix]` as a whole: every log needs a path, and the log source needs our CompIDs to tell
 /// which side sent a message.
-fn fix(
-    mut fix: FixSettings,
-    target_comp_ids: Vec<Vec<String>>,
-    cx: &Context<'_>,
-    errors: &mut Vec<ConfigError>,
-) -> FixSettings {
+fn fix(mut fix: FixSettings, target_comp_ids: Vec<Vec<String>>, cx: &mut Context) -> FixSettings {
     for (i, l) in fix.logs.iter().enumerate() {
         let key = format!("fix.logs[{i}].path");
         if l.path.is_none() && !cx.failed.contains(&key) {
-            errors.push(
-                ConfigError::new(
-                    ErrorKind::MissingValue,
-                    key,
-                    "missing; every [[fix.logs]] needs a path (a file or glob pattern)".to_owned(),
-                )
-                .origin(cx.origin(&format!("fix.logs[{i}]"))),
-            );
+            let message = "missing; every [[fix.logs]] needs a path (a file or glob pattern)";
+            cx.missing(key, &format!("fix.logs[{i}]"), message.to_owned());
         }
     }
     fix.logs.retain(|l| l.path.is_some());
-    if !fix.logs.is_empty()
-        && fix.our_comp_ids.is_empty()
-        && !cx.failed.contains("fix.our_comp_ids")
-    {
-        errors.push(
-            cx.error(
-                ErrorKind::Conflict,
-                "fix.our_comp_ids",
-                "[]".into(),
-                "the log source ([[fix.logs]]) needs our CompIDs to tell which side sent each \
-             message: give the gateway's SenderCompIDs, e.g. our_comp_ids = [\"GW\"]"
-                    .to_owned(),
-            ),
-        );
+    let failed = cx.failed.contains("fix.our_comp_ids");
+    if !fix.logs.is_empty() && fix.our_comp_ids.is_empty() && !failed {
+        let message = "the log source ([[fix.logs]]) needs our CompIDs to tell which side sent \
+                       each message: give the gateway's SenderCompIDs, e.g. our_comp_ids = \
+                       [\"GW\"]";
+        cx.report(Conflict, "fix.our_comp_ids", "[]".into(), message);
     }
     fix.target_comp_ids = target_comp_ids;
     fix
 }
 
-/// Reads the web configuration file and every certificate and key it names; each problem is
-/// reported on `prometheus.web_config`, with the key inside the file in the message.
-fn web_config(
-    path: PathBuf,
-    cx: &Context<'_>,
-    errors: &mut Vec<ConfigError>,
-) -> Option<super::WebConfigFile> {
-    match crate::export::web_config::load(&path) {
-        Ok(config) => Some(super::WebConfigFile::new(path, config)),
-        Err(problems) => {
-            let value = quote(&path.display().to_string());
-            for p in problems {
-                errors.push(cx.error(
-                    ErrorKind::InvalidValue,
-                    "prometheus.web_config",
-                    value.clone(),
-                    p.to_string(),
-                ));
-            }
-            None
-        }
-    }
-}
-
-fn targets(
-    raw: Option<Vec<RawTarget>>,
-    cx: &Context<'_>,
-    errors: &mut Vec<ConfigError>,
-) -> (Targets, Vec<Vec<String>>) {
-    let no_targets = || {
-        ConfigError::new(
-            ErrorKind::NoTargets,
-            "targets",
-            format!(
-                "no targets to watch; give one with --ip ADDR [--target-port PORT], with \
-                 DOWNSTREAM_IP (and DOWNSTREAM_PORT) in the environment, or as [[targets]] in \
-                 the config file ({}) or FIX_MONITOR_TARGETS",
-                cx.config_path.display()
-            ),
-        )
-    };
+fn targets(raw: Option<Vec<RawTarget>>, cx: &mut Context) -> (Targets, Vec<Vec<String>>) {
+    let no_targets = format!(
+        "no targets to watch; give one with --ip ADDR [--target-port PORT], with DOWNSTREAM_IP \
+         (and DOWNSTREAM_PORT) in the environment, or as [[targets]] in the config file ({}) or \
+         FIX_MONITOR_TARGETS",
+        cx.config_path.display()
+    );
     let items = match raw {
         None if cx.file_failed || cx.failed.contains("targets") => Vec::new(),
         None => {
-            errors.push(no_targets());
+            cx.errors
+                .push(ConfigError::new(NoTargets, "targets", no_targets));
             Vec::new()
         }
-        Some(items) if items.is_empty() => {
-            errors.push(no_targets().value("[]").origin(cx.origin("targets")));
+        Some(items) => {
+            if items.is_empty() {
+                cx.report(NoTargets, "targets", "[]".into(), no_targets);
+            }
             items
         }
-        Some(items) => items,
     };
-    let mut targets: Vec<Target> = Vec::new();
-    let mut comp_ids = Vec::new();
+    let (mut targets, mut comp_ids) = (Vec::new(), Vec::new());
     // Name -> index in the configuration of the first target with it.
     let mut names: BTreeMap<String, usize> = BTreeMap::new();
     for (i, t) in items.into_iter().enumerate() {
@@ -549,42 +444,37 @@ fn targets(
             continue;
         }
         let Some(net) = t.address else {
-            errors.push(
-                ConfigError::new(
-                    ErrorKind::MissingValue,
-                    format!("{path}.address"),
-                    format!("missing; every target needs an address: {ALLOWED_ADDRESS}"),
-                )
-                .origin(cx.origin(&path)),
-            );
+            let message = format!("missing; every target needs an address: {ALLOWED_ADDRESS}");
+            cx.missing(format!("{path}.address"), &path, message);
             continue;
         };
         let name = t.name.unwrap_or_else(|| Target::default_name(&net, t.port));
         let name_key = format!("{path}.name");
         if let Some(&first) = names.get(&name) {
-            let derived = cx.origin(&name_key) == Origin::Default;
+            let derived = match cx.origin(&name_key) {
+                Origin::Default => {
+                    " (this one is the default name, from address and port: \
+                                    give one of the two targets a `name`)"
+                }
+                _ => "",
+            };
             let message = format!(
                 "this name is already used by targets[{first}]; names must be unique, as they \
-                 label the metrics{}",
-                if derived {
-                    " (this one is the default name, from address and port: give one of the \
-                     two targets a `name`)"
-                } else {
-                    ""
-                }
+                 label the metrics{derived}"
             );
-            let error = cx.error(ErrorKind::DuplicateName, &name_key, quote(&name), message);
-            errors.push(error);
+            cx.report(DuplicateName, &name_key, quote(&name), message);
         } else {
             names.insert(name.clone(), i);
         }
+        let (port, local_ports, heartbeat) = (t.port, t.local_ports, t.heartbeat);
+        let stale_after = t.stale_after.or(t.heartbeat.map(|h| h * 2));
         targets.push(Target {
             name,
             net,
-            port: t.port,
-            local_ports: t.local_ports,
-            heartbeat: t.heartbeat,
-            stale_after: t.stale_after.or(t.heartbeat.map(|h| h * 2)),
+            port,
+            local_ports,
+            heartbeat,
+            stale_after,
         });
         comp_ids.push(t.comp_ids);
     }
@@ -592,70 +482,49 @@ fn targets(
 }
 
 /// `[otlp]` as a whole: the endpoint against the protocol, the TLS files against the endpoint's
-/// scheme and the file system (only when push is on: a disabled exporter's inherited `OTEL_*`
-/// settings must not stop the sidecar).
-fn otlp(mut raw: OtlpSettings, cx: &Context<'_>, errors: &mut Vec<ConfigError>) -> OtlpSettings {
-    let endpoint = match cx.origin("otlp.endpoint") {
+/// scheme (only when push is on: a disabled exporter's inherited `OTEL_*` settings must not
+/// stop the sidecar).
+fn otlp(mut raw: OtlpSettings, cx: &mut Context<'_>) -> OtlpSettings {
+    let origin = cx.origin("otlp.endpoint");
+    let endpoint = match origin {
         Origin::Default if raw.protocol == OtlpProtocol::Grpc => defaults::OTLP_GRPC_ENDPOINT,
         Origin::Default => defaults::OTLP_HTTP_ENDPOINT,
         _ => &raw.endpoint,
     }
     .to_owned();
-    let endpoint_ok = match parse_endpoint(&endpoint, raw.protocol) {
-        Ok(()) => true,
-        Err(message) => {
-            let value = quote(&endpoint);
-            errors.push(cx.error(ErrorKind::InvalidValue, "otlp.endpoint", value, message));
-            false
-        }
-    };
-    let endpoint = endpoint.trim().to_owned();
+    let endpoint_error = parse_endpoint(&endpoint, raw.protocol).err();
+    if let Some(message) = &endpoint_error {
+        cx.report(InvalidValue, "otlp.endpoint", quote(&endpoint), message);
+    }
+    raw.endpoint = endpoint.trim().to_owned();
     // The signal-specific variable holds the whole URL; everything else a base URL.
-    let verbatim = cx.origin("otlp.endpoint") == Origin::Env(ENV_OTEL_METRICS_ENDPOINT.into());
-    let url = match raw.protocol {
-        OtlpProtocol::Grpc => endpoint.clone(),
-        OtlpProtocol::HttpProtobuf => http_export_url(&endpoint, verbatim),
+    let verbatim = origin == Origin::Env(ENV_OTEL_METRICS_ENDPOINT.into());
+    raw.url = match raw.protocol {
+        OtlpProtocol::Grpc => raw.endpoint.clone(),
+        OtlpProtocol::HttpProtobuf => http_export_url(&raw.endpoint, verbatim),
     };
     for (name, value) in &raw.headers {
         if let Err(message) = check_header(name, value) {
-            let key = format!("otlp.headers.{name}");
-            errors.push(cx.error(ErrorKind::InvalidValue, &key, quote(value), message));
+            cx.report(
+                InvalidValue,
+                &format!("otlp.headers.{name}"),
+                quote(value),
+                message,
+            );
         }
     }
     if raw.enabled {
-        check_tls(
-            &raw.tls,
-            endpoint_ok.then_some(endpoint.as_str()),
-            cx,
-            errors,
-        );
+        let endpoint = endpoint_error.is_none().then_some(raw.endpoint.as_str());
+        check_tls(&raw.tls, endpoint, cx);
     }
-    raw.url = url;
-    raw.endpoint = endpoint;
     raw
 }
 
-/// The TLS files exist, come in the right combination, and have an https:// endpoint to be
-/// used with (`endpoint` is `None` when it was invalid, and reported already).
-fn check_tls(
-    tls: &TlsFiles,
-    endpoint: Option<&str>,
-    cx: &Context<'_>,
-    errors: &mut Vec<ConfigError>,
-) {
-    let files = [
-        ("ca_file", &tls.ca_file),
-        ("cert_file", &tls.cert_file),
-        ("key_file", &tls.key_file),
-    ];
-    for (field, path) in files {
-        let Some(path) = path else { continue };
-        if let Err(message) = readable_file(path) {
-            let key = format!("otlp.tls.{field}");
-            let value = quote(&path.display().to_string());
-            errors.push(cx.error(ErrorKind::InvalidValue, &key, value, message));
-        }
-    }
+/// The TLS files come in the right combination and have an https:// endpoint to be used with
+/// (`endpoint` is `None` when it was invalid, and reported already). That they can be read is
+/// the start-up step's to check.
+fn check_tls(tls: &TlsFiles, endpoint: Option<&str>, cx: &mut Context) {
+    let show = |path: &PathBuf| quote(&path.display().to_string());
     let unpaired = match (&tls.cert_file, &tls.key_file) {
         (Some(path), None) => Some(("cert_file", path, "key_file")),
         (None, Some(path)) => Some(("key_file", path, "cert_file")),
@@ -664,14 +533,13 @@ fn check_tls(
     if let Some((field, path, other)) = unpaired {
         let message =
             format!("needs otlp.tls.{other} too: a client certificate goes with its private key");
-        let value = quote(&path.display().to_string());
-        errors.push(cx.error(
-            ErrorKind::Conflict,
-            &format!("otlp.tls.{field}"),
-            value,
-            message,
-        ));
+        cx.report(Conflict, &format!("otlp.tls.{field}"), show(path), message);
     }
+    let files = [
+        ("ca_file", &tls.ca_file),
+        ("cert_file", &tls.cert_file),
+        ("key_file", &tls.key_file),
+    ];
     let named: Vec<String> = files
         .iter()
         .filter(|(_, p)| p.is_some())
@@ -684,12 +552,7 @@ fn check_tls(
              TLS to the collector, or drop the TLS files",
             named.join(", ")
         );
-        errors.push(cx.error(
-            ErrorKind::Conflict,
-            "otlp.endpoint",
-            quote(endpoint),
-            message,
-        ));
+        cx.report(Conflict, "otlp.endpoint", quote(endpoint), message);
     }
 }
 
@@ -707,7 +570,10 @@ const ALLOWED_LISTEN: &str = "expected IP:PORT, such as \"127.0.0.1:9464\", \"0.
 const ALLOWED_ENDPOINT: &str = "expected an http:// or https:// URL with a host, such as \
                                 \"http://127.0.0.1:4317\" (gRPC) or \"http://collector:4318\" \
                                 (http/protobuf; /v1/metrics is appended)";
-const ALLOWED_PEM: &str = "expected the path of a readable PEM file";
+pub(crate) const ALLOWED_PEM: &str = "expected the path of a readable PEM file";
+pub(crate) const ALLOWED_STATE_DIR: &str =
+    "expected a directory fix-monitor can create files in (such as \
+                                 systemd's StateDirectory, /var/lib/fix-monitor)";
 const ALLOWED_LEVEL: &str =
     "expected a tracing filter directive, such as \"info\", \"debug\" or \"warn,fix_monitor=debug\"";
 
@@ -735,14 +601,17 @@ fn integer(value: &Value) -> Option<i128> {
 }
 
 fn string(value: &Value) -> Option<&str> {
-    match value {
-        Value::String(_, s) => Some(s),
-        _ => None,
-    }
+    value.as_str()
+}
+
+/// A string, trimmed and not empty; else what is `allowed`.
+fn text<'a>(value: &'a Value, allowed: &str) -> Result<&'a str, String> {
+    let text = string(value).map(str::trim).filter(|t| !t.is_empty());
+    text.ok_or_else(|| allowed.to_owned())
 }
 
 fn parse_address(value: &Value) -> Result<IpNet, String> {
-    let text = string(value).ok_or(ALLOWED_ADDRESS)?.trim();
+    let text = text(value, ALLOWED_ADDRESS)?;
     if text.contains('/') {
         let net: IpNet = text.parse().map_err(|_| ALLOWED_ADDRESS.to_owned())?;
         // 10.0.0.5/24 is either a typo for the block or for the host; make the user say which.
@@ -847,8 +716,9 @@ fn parse_bool(value: &Value) -> Result<bool, String> {
 }
 
 fn parse_listen(value: &Value) -> Result<SocketAddr, String> {
-    let text = string(value).ok_or(ALLOWED_LISTEN)?;
-    text.trim().parse().map_err(|_| ALLOWED_LISTEN.to_owned())
+    text(value, ALLOWED_LISTEN)?
+        .parse()
+        .map_err(|_| ALLOWED_LISTEN.to_owned())
 }
 
 /// One of an enum's serde names, case-insensitively.
@@ -866,10 +736,10 @@ fn parse_protocol(value: &Value) -> Result<OtlpProtocol, String> {
     if string(value).is_some_and(|t| t.trim().eq_ignore_ascii_case("http/json")) {
         return Err(format!(
             "OTLP/HTTP with JSON bodies is not supported; expected one of: {}",
-            OtlpProtocol::ALLOWED
+            OtlpProtocol::VARIANTS.join(", ")
         ));
     }
-    parse_enum(value, OtlpProtocol::ALLOWED)
+    parse_enum(value, &OtlpProtocol::VARIANTS.join(", "))
 }
 
 /// An OTLP endpoint: an absolute http(s) URL with a host, without credentials, query or
@@ -960,52 +830,14 @@ fn parse_comp_ids(value: &Value) -> Result<Vec<String>, String> {
 fn parse_glob(value: &Value) -> Result<String, String> {
     const ALLOWED: &str = "expected a file path or glob pattern, e.g. \
          \"/var/log/quickfix/*.messages.log\"";
-    match string(value).map(str::trim) {
-        Some(text) if !text.is_empty() => glob::Pattern::new(text)
-            .map(|_| text.to_owned())
-            .map_err(|e| format!("is not a valid glob ({e}); {ALLOWED}")),
-        _ => Err(ALLOWED.to_owned()),
-    }
-}
-
-fn parse_path(value: &Value) -> Result<PathBuf, String> {
-    match string(value).map(str::trim) {
-        Some(text) if !text.is_empty() => Ok(PathBuf::from(text)),
-        _ => Err(ALLOWED_PEM.to_owned()),
-    }
-}
-
-/// A state directory must be writable now (or creatable: it is created at start), not fail the
-/// first save. Checking creates nothing.
-fn parse_state_dir(value: &Value) -> Result<PathBuf, String> {
-    const ALLOWED: &str = "expected a directory fix-monitor can create files in (such as \
-                           systemd's StateDirectory, /var/lib/fix-monitor)";
-    let path = match string(value).map(str::trim) {
-        Some(text) if !text.is_empty() => PathBuf::from(text),
-        _ => return Err(ALLOWED.to_owned()),
-    };
-    crate::persist::StateDir::check_could_write(&path)
-        .map_err(|e| format!("cannot be written: {e}; {ALLOWED}"))?;
-    Ok(path)
-}
-
-/// The one look at the file system outside the config file itself: a TLS file named in the
-/// configuration must be there now, not fail the first export an interval later.
-fn readable_file(path: &Path) -> Result<(), String> {
-    let file =
-        std::fs::File::open(path).map_err(|e| format!("cannot be read: {e}; {ALLOWED_PEM}"))?;
-    match file.metadata() {
-        Ok(m) if m.is_file() => Ok(()),
-        Ok(_) => Err(format!("is not a regular file; {ALLOWED_PEM}")),
-        Err(e) => Err(format!("cannot be read: {e}; {ALLOWED_PEM}")),
-    }
+    let text = text(value, ALLOWED)?;
+    let pattern =
+        glob::Pattern::new(text).map_err(|e| format!("is not a valid glob ({e}); {ALLOWED}"));
+    pattern.map(|_| text.to_owned())
 }
 
 fn parse_log_level(value: &Value) -> Result<String, String> {
-    let text = string(value).ok_or(ALLOWED_LEVEL)?.trim();
-    if text.is_empty() {
-        return Err(ALLOWED_LEVEL.to_owned());
-    }
+    let text = text(value, ALLOWED_LEVEL)?;
     // The binary builds its filter from this string; checking here turns a typo into a usage
     // error instead of a silent fallback.
     tracing_subscriber::EnvFilter::builder()
@@ -1034,16 +866,13 @@ pub(crate) fn render(value: &Value) -> String {
         },
         Value::Empty(..) => "none".to_owned(),
         Value::Dict(_, dict) => {
-            let entries: Vec<String> = dict
-                .iter()
-                .map(|(k, v)| format!("{k} = {}", render(v)))
-                .collect();
-            format!("{{{}}}", entries.join(", "))
+            let entries = dict.iter().map(|(k, v)| format!("{k} = {}", render(v)));
+            format!("{{{}}}", entries.collect::<Vec<_>>().join(", "))
         }
-        Value::Array(_, items) => {
-            let items: Vec<String> = items.iter().map(render).collect();
-            format!("[{}]", items.join(", "))
-        }
+        Value::Array(_, items) => format!(
+            "[{}]",
+            items.iter().map(render).collect::<Vec<_>>().join(", ")
+        ),
     }
 }
 

@@ -77,7 +77,14 @@ pub async fn watch(
     options: WatchOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ConsoleError> {
-    let sidecar = app::start(settings, StartOptions { serve_http: false }).await?;
+    let sidecar = app::start(
+        settings,
+        StartOptions {
+            serve_http: false,
+            ..Default::default()
+        },
+    )
+    .await?;
     let state = sidecar.state().clone();
     let header = Header {
         title: "watch".into(),

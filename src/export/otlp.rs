@@ -23,7 +23,7 @@
 //! # One reader of the environment
 //! Every value the exporter needs is passed explicitly, from `config`. The library would still
 //! read some `OTEL_EXPORTER_OTLP_*` variables itself (headers, compression, insecure), so the
-//! binary withholds them once the configuration is loaded (`config::withhold_library_env`);
+//! binary withholds them once the configuration is loaded (`startup::withhold_library_env`);
 //! a test below shows both that the library reads them and that it no longer can.
 
 use std::collections::BTreeMap;
@@ -487,7 +487,7 @@ mod tests {
 
     /// The library merges `OTEL_EXPORTER_OTLP_HEADERS` into every request by itself (the
     /// control half shows it does); once config has withheld the library's variables
-    /// (`config::withhold_library_env`, which the binary calls after loading), only the
+    /// (`startup::withhold_library_env`, which the binary calls after loading), only the
     /// configured headers go out.
     #[test]
     fn the_exporter_cannot_read_the_environment_once_config_withholds_it() {
@@ -498,7 +498,7 @@ mod tests {
             "control: the library reads it\n{head}"
         );
 
-        let withheld = crate::config::withhold_library_env();
+        let withheld = crate::startup::withhold_library_env();
         assert!(withheld.contains(&"OTEL_EXPORTER_OTLP_HEADERS".to_owned()));
         let head = head_of_one_export(&[("x-tenant", "cfg")]);
         assert!(head.starts_with("post /v1/metrics"), "{head}");
