@@ -1,4 +1,4 @@
-//! Captures the `sock_diag` dumps that `src/source/netlink.rs` tests parse, from loopback
+//! Captures the `sock_diag` dumps that `src/kernel/netlink.rs` tests parse, from loopback
 //! connections this program opens, and prints what the dumps must contain. Run it as
 //! `cargo run --example capture_netlink -- tests/fixtures/netlink`, then copy the printed
 //! values into the fixture tests.
