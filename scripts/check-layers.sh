@@ -21,5 +21,10 @@ if [ "$kernel" != "fix-monitor-core" ]; then
     echo "fix-monitor-kernel must depend on fix-monitor-core alone; it reaches: $kernel" >&2
     fail=1
 fi
-[ "$fail" = 0 ] && echo "layers: core <- kernel <- fix-monitor"
+protocol=$(reach fix-monitor-protocol)
+if [ "$protocol" != "fix-monitor-core" ]; then
+    echo "fix-monitor-protocol must depend on fix-monitor-core alone; it reaches: $protocol" >&2
+    fail=1
+fi
+[ "$fail" = 0 ] && echo "layers: core <- kernel, protocol <- fix-monitor"
 exit "$fail"

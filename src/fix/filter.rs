@@ -276,7 +276,7 @@ pub fn run(prog: &[Insn], pkt: &[u8], pkttype: u32, ifindex: u32, protocol: u32)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fix::wire::tests::ipv4_tcp;
+    use crate::fix::sim::ipv4_tcp;
     use crate::target::Target;
 
     fn targets() -> Targets {

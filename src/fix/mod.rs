@@ -1,28 +1,23 @@
-//! The FIX session layer (opt-in): FIX messages read off the wire or from the engine's log,
-//! tracked per FIX session.
+//! The FIX session layer (opt-in), as the sidecar runs it: FIX messages read off the wire or
+//! from the engine's log, tracked per FIX session, reported.
 //!
 //! # Layout
-//! Data flows one way, as in the TCP layer: a source yields messages with a direction and a
-//! timestamp, the tracker (pure, time as an input) keeps the per-session state and counts.
-//! - [`codec`]: the tag=value codec (framing, BodyLength and CheckSum checks, writer).
-//! - [`tracker`]: the FIX session state machine, keyed by (BeginString, SenderCompID,
-//!   TargetCompID).
-//! - [`logs`]: the engine-log source (QuickFIX/J, QuickFIX, QuickFIX/n message logs).
-//! - [`reassembly`]: per-direction TCP stream reassembly for the wire source.
-//! - [`capture`]: the wire source (Linux `AF_PACKET` with a classic BPF filter).
-//! - [`sim`]: a small FIX engine that drives real sessions, for the tests and the demo.
-//! - [`pair`]: one session driven from both ends by one thread (the demo, the benchmarks).
+//! The protocol itself (codec, session tracker, engine logs, reassembly, the wire's connection
+//! table, the simulator) is the `fix-monitor-protocol` crate, re-exported here. What is the
+//! sidecar's:
+//! - [`capture`]: the wire source's I/O (Linux `AF_PACKET`) and [`filter`], its classic BPF
+//!   program compiled from the targets.
+//! - [`monitor`]: the FIX layer running: one thread owns the sources and the tracker, keeps
+//!   the wire's table in step with the TCP layer's sessions, publishes a [`monitor::FixState`].
+//! - [`metrics`]: its OpenTelemetry instruments; [`http`]: `/sessions`.
 
 #[cfg(target_os = "linux")]
 pub mod capture;
-pub mod codec;
 pub mod filter;
-pub mod logs;
-pub mod pair;
-pub mod reassembly;
-pub mod sim;
-pub mod tracker;
-pub mod wire;
+
+// The protocol layer is its own crate (`fix-monitor-protocol`); its modules keep their
+// `fix_monitor::fix::...` paths.
+pub use fix_monitor_protocol::{codec, logs, pair, reassembly, sim, tracker, wire};
 
 #[cfg(test)]
 mod config_tests;

@@ -1,5 +1,6 @@
 //! The workspace's layering (issue 18): each crate may depend only on the crates below it,
-//! `fix-monitor-core` <- `fix-monitor-kernel` <- `fix-monitor` <- `fix-monitor-test-support`,
+//! `fix-monitor-core` <- `fix-monitor-kernel`, `fix-monitor-protocol` <- `fix-monitor` <-
+//! `fix-monitor-test-support` (kernel and protocol each on core alone, checked apart),
 //! so data flows one way and a wrong-way import does not compile. The one exception: the
 //! sidecar's tests use the test-support crate (a dev-dependency), which drives the sidecar. A dependency that points up, or a new member nobody
 //! placed in the order, fails here, read from `cargo metadata` (the manifests, no build).
@@ -7,9 +8,10 @@
 use std::process::Command;
 
 /// Bottom first: a crate may use only those before it.
-const LAYERS: [&str; 4] = [
+const LAYERS: [&str; 5] = [
     "fix-monitor-core",
     "fix-monitor-kernel",
+    "fix-monitor-protocol",
     "fix-monitor",
     "fix-monitor-test-support",
 ];

@@ -26,8 +26,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use super::codec::{self, tag, Malformed, Message, SOH};
-use super::tracker::Direction;
+use crate::codec::{self, tag, Malformed, Message, SOH};
+use crate::tracker::Direction;
 
 /// The longest line kept; a longer one is dropped (counted as malformed and `lines_too_long`).
 pub const MAX_LINE: usize = 1 << 20;
@@ -422,7 +422,7 @@ pub fn valid_pattern(p: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fix::codec::write;
+    use crate::codec::write;
     use std::io::Write;
 
     fn ours() -> HashSet<String> {

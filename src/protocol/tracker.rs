@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
-use super::codec::{msg_type_name, tag, Message};
+use crate::codec::{msg_type_name, tag, Message};
 
 /// Which way a message went, from the gateway's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -599,7 +599,7 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fix::codec::{parse, write, SOH};
+    use crate::codec::{parse, write, SOH};
 
     const T0: Duration = Duration::from_secs(1_800_000_000);
 

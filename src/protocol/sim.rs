@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::codec::{msg_type_name, tag, write, Decoded, Decoder, Message, SOH};
+use crate::codec::{msg_type_name, tag, write, Decoded, Decoder, Message, SOH};
 
 /// Messages by MsgType name (or raw value).
 pub type Counts = BTreeMap<String, u64>;
@@ -246,6 +246,25 @@ impl Peer {
     pub fn close(self) {
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
     }
+}
+
+/// An IPv4 TCP packet from `src` to `dst` (ACK set, checksums left zero: the wire source does
+/// not check them, as the kernel already did), for tests of what reads packets.
+pub fn ipv4_tcp(src: SocketAddr, dst: SocketAddr, seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let (std::net::IpAddr::V4(s), std::net::IpAddr::V4(d)) = (src.ip(), dst.ip()) else {
+        panic!("v4 only")
+    };
+    let total = 20 + 20 + payload.len();
+    let mut p = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 6, 0, 0];
+    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    p.extend(s.octets());
+    p.extend(d.octets());
+    p.extend(src.port().to_be_bytes());
+    p.extend(dst.port().to_be_bytes());
+    p.extend(seq.to_be_bytes());
+    p.extend([0, 0, 0, 0, 0x50, flags | 0x10, 0xff, 0xff, 0, 0, 0, 0]);
+    p.extend(payload);
+    p
 }
 
 /// How a simulated venue behaves.

@@ -14,8 +14,8 @@ use std::io;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use super::codec::{tag, Message};
-use super::sim::{Counts, MessageLog, Peer};
+use crate::codec::{tag, Message};
+use crate::sim::{Counts, MessageLog, Peer};
 
 /// How a simulated venue behaves.
 #[derive(Debug, Clone)]

@@ -24,10 +24,10 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, SystemTime};
 
-use super::codec::{Decoded, Decoder, SOH};
-use super::reassembly::{Chunk, Limits, Stream, StreamStats};
-use super::tracker::{Direction, Event, Origin, TcpLink, Tracker};
-use crate::target::{TargetId, Targets};
+use crate::codec::{Decoded, Decoder, SOH};
+use crate::reassembly::{Chunk, Limits, Stream, StreamStats};
+use crate::tracker::{Direction, Event, Origin, TcpLink, Tracker};
+use fix_monitor_core::target::{TargetId, Targets};
 
 /// Connections followed at once; packets of more are counted and dropped.
 pub const MAX_CONNECTIONS: usize = 4096;
@@ -39,9 +39,12 @@ pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Bytes seen one way with no FIX message before a connection is said to carry none.
 pub const NO_FIX_AFTER: u64 = 4096;
 
-const FIN: u8 = 0x01;
-const SYN: u8 = 0x02;
-const RST: u8 = 0x04;
+/// TCP flags.
+pub const FIN: u8 = 0x01;
+/// TCP flags.
+pub const SYN: u8 = 0x02;
+/// TCP flags.
+pub const RST: u8 = 0x04;
 
 /// A TCP segment's fields that matter here, borrowed from the packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -581,37 +584,13 @@ fn is_tls(b: &[u8]) -> bool {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use crate::fix::codec::write;
-    use crate::fix::tracker::Limits as TrackerLimits;
-    use crate::target::Target;
+    use crate::codec::write;
+    use crate::sim::ipv4_tcp;
+    use crate::tracker::Limits as TrackerLimits;
+    use fix_monitor_core::Target;
     use std::time::Duration;
-
-    /// An IPv4 TCP packet (checksums left zero: the parser does not check them, as the kernel
-    /// already did).
-    pub(crate) fn ipv4_tcp(
-        src: SocketAddr,
-        dst: SocketAddr,
-        seq: u32,
-        flags: u8,
-        payload: &[u8],
-    ) -> Vec<u8> {
-        let (IpAddr::V4(s), IpAddr::V4(d)) = (src.ip(), dst.ip()) else {
-            panic!("v4 only")
-        };
-        let total = 20 + 20 + payload.len();
-        let mut p = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 6, 0, 0];
-        p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-        p.extend(s.octets());
-        p.extend(d.octets());
-        p.extend(src.port().to_be_bytes());
-        p.extend(dst.port().to_be_bytes());
-        p.extend(seq.to_be_bytes());
-        p.extend([0, 0, 0, 0, 0x50, flags | 0x10, 0xff, 0xff, 0, 0, 0, 0]);
-        p.extend(payload);
-        p
-    }
 
     fn targets() -> Targets {
         Targets::new(vec![Target {
