@@ -3,11 +3,14 @@
 //!
 //! # Layout
 //! Data flows one way: `source` -> `tracker` -> `instruments` -> `export`. The workspace's
-//! crates hold the first step of it, so that a wrong-way import does not compile:
+//! crates hold its lower floors, so that a wrong-way import does not compile:
 //! `fix-monitor-core` (`src/core`: the vocabulary every layer shares: sockets, events,
 //! timestamps, health fields, targets, capabilities) <- `fix-monitor-kernel` (`src/kernel`: the
-//! sources) <- this crate (the sidecar). `cargo tree -p fix-monitor-kernel` lists no
-//! `fix-monitor`.
+//! sources) and `fix-monitor-protocol` (`src/protocol`: the FIX codec, session tracker, engine
+//! logs, reassembly, the wire's table, the simulator) <- this crate (the sidecar) <-
+//! `fix-monitor-test-support` (`tests/support`: what both test tiers share).
+//! `scripts/check-layers.sh` shows it with `cargo tree`; `tests/integration/layers.rs` fails on a
+//! dependency that points up. `cargo doc --workspace --no-deps --open` is the module map.
 //! - [`config`]: every setting, layered with figment (defaults < file < environment < flags),
 //!   validated once into [`config::Settings`]. It is the one reader of the environment, but for
 //!   `TERM` (the console's dumb-terminal check) and `OTEL_SERVICE_NAME` /
@@ -38,6 +41,8 @@
 //!   path.
 //! - [`console`]: the sidecar for a person at a terminal: `watch` (a live view, a report at
 //!   Ctrl+C) and `snapshot` (one poll, printed).
+//! - [`fix`]: the FIX layer as the sidecar runs it (capture, the running layer, its metrics,
+//!   `/sessions`), the protocol crate's modules re-exported.
 //! - [`demo`]: a simulated gateway and venues on loopback, watched by the real sidecar.
 
 // `missing_docs` (a workspace lint) is for the library crates below the sidecar; this crate is

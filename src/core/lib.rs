@@ -4,9 +4,12 @@
 //!
 //! ```text
 //! fix-monitor-core      (this crate: types only, no I/O, nothing of the project)
-//!   ^
-//! fix-monitor-kernel    (the sources: sock_diag, destroy events, procfs, netstat, eBPF)
-//!   ^
+//!   ^                         ^
+//! fix-monitor-kernel    fix-monitor-protocol
+//!   (the sources: sock_diag,    (FIX: codec, session tracker, engine logs,
+//!   destroy events, procfs,     reassembly, the wire's table, simulator)
+//!   netstat, eBPF)
+//!   ^                         ^
 //! fix-monitor           (the sidecar: config, loop, tracker, health, instruments, export)
 //! ```
 //!
