@@ -1,0 +1,541 @@
+//! fix-monitor's eBPF programs and their loader (issue 19).
+//!
+//! # Layout
+//! - `bpf/fix_monitor.bpf.c`: the kernel programs in restricted C with CO-RE (libbpf
+//!   conventions): a BTF tracepoint on `sock:inet_sock_set_state` that gives a watched socket
+//!   socket-local storage and writes its state changes to a ring buffer; `tcp:tcp_receive_reset`,
+//!   `tcp:tcp_send_reset` (with the kernel's reset reason) and `tcp:tcp_retransmit_skb` that
+//!   update that storage; an iterator over the storage (`iter/bpf_sk_storage_map`) that writes
+//!   each watched session's health from `tcp_sock`; and a TCP iterator (`iter/tcp`) that adopts
+//!   sessions that existed before the load. `bpf/fix_monitor.h` holds the shared records.
+//! - `bpf/fix_monitor.bpf.o`: the compiled object, committed so `cargo build` needs no clang;
+//!   `build-bpf.sh` rebuilds it and `build-bpf.sh --check` fails when it differs from its source.
+//! - [`types`]: the shared records mirrored in Rust; [`targets`]: a target list as LPM-trie
+//!   entries and port rules (pure); [`model`]: state changes and health as Rust values (pure);
+//!   this file: [`Monitor`], which loads, attaches and reads; [`error`]: what can go wrong,
+//!   naming the missing capability or kernel feature.
+//!
+//! # Why libbpf-rs and not aya
+//! Both are maintained and build on stable Rust. The programs are C with CO-RE, so the loader
+//! must be the reference implementation of libbpf's object conventions: CO-RE relocations of
+//! every kind (including bitfields), `__kconfig` externs (`CONFIG_HZ`, needed to turn the
+//! kernel's jiffies into milliseconds as `tcp_get_info()` does), `.bss` globals, `tp_btf`
+//! programs, and iterators attached to a map. libbpf-rs is libbpf itself (vendored by
+//! `libbpf-sys` and built with the C compiler `cc` finds, with libelf and zlib; the `static`
+//! feature links those statically), and its `Program::attach_iter(map_fd)` attaches
+//! `iter/bpf_sk_storage_map` to the storage map, `libbpf_rs::Iter` reads an iterator,
+//! `RingBufferBuilder` reads the ring buffer, and `MapCore::update` writes the LPM trie. aya's
+//! `Iter` program (0.13) attaches without a map, so the storage-map iterator would need our own
+//! `bpf_link_create`, and its support for libbpf's kconfig externs and `.bss` in C objects is
+//! narrower. Nothing here parses BTF, tracefs or ring-buffer memory by hand, and nothing mounts
+//! a file system: `tp_btf` programs attach by BTF id, without tracefs.
+//!
+//! # Cost
+//! A state change costs one storage lookup for every TCP socket on the host, and the LPM
+//! lookup only when a socket connects or becomes ESTABLISHED without storage. The health pass
+//! walks the storage map, so it costs per watched session, whatever else the host holds.
+
+pub mod error;
+pub mod model;
+pub mod targets;
+mod types;
+
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use libbpf_rs::{
+    Link, MapCore, MapFlags, MapHandle, Object, ObjectBuilder, RingBuffer, RingBufferBuilder,
+};
+
+pub use error::{Error, Feature, FEATURES};
+pub use model::{Closer, Counters, Health, StateChange};
+pub use targets::{TargetError, TargetSpec};
+
+use model::{CloseJoiner, Record};
+use types::{Pod, RawEvent, RawHealth, Settings, TargetKey, MAX_RULES};
+
+/// The compiled programs (see `build-bpf.sh`).
+pub const OBJECT: &[u8] = include_bytes!("../bpf/fix_monitor.bpf.o");
+
+/// How long a close event waits for a RST the kernel sends right after it (same system call).
+const CLOSE_HOLD_NS: u64 = 5_000_000;
+
+/// What to load with.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The network namespace whose sockets are watched, by cookie; `None`: the caller's own.
+    /// `Some(0)` watches every namespace.
+    pub netns_cookie: Option<u64>,
+}
+
+/// The kernel programs' own counters, summed over CPUs (`enum counter` in the header).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    pub seen: u64,
+    pub matched: u64,
+    pub other_netns: u64,
+    pub emitted: u64,
+    pub lost: u64,
+    pub no_storage: u64,
+}
+
+/// One health pass: every watched, established session, and how many storage entries the
+/// pass walked (sessions closing but not yet freed included).
+#[derive(Debug, Clone, Default)]
+pub struct HealthPass {
+    pub sessions: Vec<Health>,
+    pub storage_entries: u64,
+}
+
+/// How the health pass walks the watched sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthWalk {
+    /// The iterator over the socket-local storage map: cost per watched session only.
+    StorageMap,
+    /// The kernel refused map-element iterators (`why`: libbpf's line), so the pass walks every
+    /// TCP socket of the namespace with `iter/tcp` and reports those with storage: one storage
+    /// lookup per unrelated socket.
+    TcpSockets { why: String },
+}
+
+/// The maps user space reads or writes, as owned handles.
+struct Maps {
+    targets: MapHandle,
+    rules: MapHandle,
+    settings: MapHandle,
+    counters: MapHandle,
+    bss: MapHandle,
+}
+
+/// The loaded and attached programs.
+///
+/// Field order is drop order: the ring buffer and links go before the object.
+pub struct Monitor {
+    ring: RingBuffer<'static>,
+    queue: Arc<Mutex<Vec<Record>>>,
+    joiner: CloseJoiner,
+    health_link: Link,
+    adopt_link: Link,
+    _tracing_links: Vec<Link>,
+    maps: Maps,
+    health_walk: HealthWalk,
+    /// Which half of the rules array the current targets use.
+    rules_half: u32,
+    installed: Vec<TargetKey>,
+    buf: Vec<u8>,
+    _object: Object,
+}
+
+/// libbpf's log of the load in progress, to name the verifier's complaint in the error.
+static LOAD_LOG: Mutex<String> = Mutex::new(String::new());
+
+fn capture_log(_level: libbpf_rs::PrintLevel, msg: String) {
+    if let Ok(mut log) = LOAD_LOG.lock() {
+        if log.len() < 64 * 1024 {
+            log.push_str(&msg);
+        }
+    }
+}
+
+fn take_log() -> String {
+    LOAD_LOG
+        .lock()
+        .map(|mut l| std::mem::take(&mut *l))
+        .unwrap_or_default()
+}
+
+fn find_map(obj: &Object, name: &'static str) -> Result<MapHandle, Error> {
+    let map = obj
+        .maps()
+        .find(|m| {
+            m.name()
+                .to_str()
+                .is_some_and(|n| n == name || (name.starts_with('.') && n.ends_with(name)))
+        })
+        .ok_or(Error::ObjectMismatch { kind: "map", name })?;
+    MapHandle::try_from(&map).map_err(|e| Error::Io {
+        action: "duplicating a map descriptor",
+        source: error::io_of(e),
+    })
+}
+
+/// The cookie of the caller's network namespace (`SO_NETNS_COOKIE`, Linux 5.14).
+fn own_netns_cookie() -> Result<u64, Error> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|source| Error::Io {
+        action: "opening a socket to read the netns cookie",
+        source,
+    })?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: the fd is a live socket owned by `sock`, and `cookie`/`len` are valid for writes
+    // of the size passed.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        let source = std::io::Error::last_os_error();
+        return Err(Error::Io {
+            action: "reading SO_NETNS_COOKIE (Linux 5.14)",
+            source,
+        });
+    }
+    Ok(cookie)
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for clock_gettime to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl Monitor {
+    /// Checks the kernel's features, loads and attaches the programs. No targets are set:
+    /// nothing is watched until [`Monitor::set_targets`].
+    pub fn load(options: &Options) -> Result<Self, Error> {
+        let btf =
+            libbpf_rs::btf::Btf::from_vmlinux().map_err(|e| Error::NoKernelBtf(e.to_string()))?;
+        if let Some(missing) = error::missing_feature(|name| {
+            btf.type_by_name::<libbpf_rs::btf::BtfType<'_>>(name)
+                .is_some()
+        }) {
+            return Err(missing);
+        }
+        drop(btf);
+
+        let (object, health_walk) = match load_object(HealthWalk::StorageMap) {
+            Ok(object) => (object, HealthWalk::StorageMap),
+            Err((_, log)) if log.contains("prog 'dump_health': failed to load") => {
+                let first = log
+                    .lines()
+                    .find(|l| l.contains("dump_health"))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string();
+                let walk = HealthWalk::TcpSockets { why: first };
+                let object = load_object(walk.clone()).map_err(|(e, _)| e)?;
+                (object, walk)
+            }
+            Err((e, _)) => return Err(e),
+        };
+
+        let kconfig = find_map(&object, ".kconfig")?;
+        let hz = kconfig
+            .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+            .ok()
+            .flatten()
+            .and_then(|v| {
+                v.get(..4)
+                    .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+            })
+            .unwrap_or(0);
+        if hz == 0 {
+            return Err(Error::UnknownHz);
+        }
+
+        let maps = Maps {
+            targets: find_map(&object, "targets")?,
+            rules: find_map(&object, "rules")?,
+            settings: find_map(&object, "settings")?,
+            counters: find_map(&object, "counters")?,
+            bss: find_map(&object, ".bss")?,
+        };
+        let netns_cookie = match options.netns_cookie {
+            Some(cookie) => cookie,
+            None => own_netns_cookie()?,
+        };
+        let settings = Settings { netns_cookie };
+        maps.settings
+            .update(&0u32.to_ne_bytes(), settings.bytes(), MapFlags::ANY)
+            .map_err(|e| Error::Io {
+                action: "writing the settings map",
+                source: error::io_of(e),
+            })?;
+
+        let sessions = find_map(&object, "sessions")?;
+        let mut tracing_links = Vec::new();
+        let mut health_link = None;
+        let mut adopt_link = None;
+        for prog in object.progs_mut() {
+            if !prog.autoload() {
+                continue;
+            }
+            let name = prog.name().to_str().unwrap_or_default();
+            let (label, link) = match name {
+                "on_state" => ("on_state (tp_btf/inet_sock_set_state)", prog.attach()),
+                "on_receive_reset" => {
+                    ("on_receive_reset (tp_btf/tcp_receive_reset)", prog.attach())
+                }
+                "on_send_reset" => ("on_send_reset (tp_btf/tcp_send_reset)", prog.attach()),
+                "on_retransmit" => ("on_retransmit (tp_btf/tcp_retransmit_skb)", prog.attach()),
+                "dump_health" => (
+                    "dump_health (iter/bpf_sk_storage_map)",
+                    prog.attach_iter(sessions.as_fd()),
+                ),
+                "dump_health_tcp" => ("dump_health_tcp (iter/tcp)", prog.attach()),
+                "adopt" => ("adopt (iter/tcp)", prog.attach()),
+                _ => continue,
+            };
+            let link = link.map_err(|e| {
+                error::refused_or(label, e, |source| Error::Attach {
+                    program: static_label(label),
+                    source,
+                })
+            })?;
+            match name {
+                "dump_health" | "dump_health_tcp" => health_link = Some(link),
+                "adopt" => adopt_link = Some(link),
+                _ => tracing_links.push(link),
+            }
+        }
+        let health_link = health_link.ok_or(Error::ObjectMismatch {
+            kind: "program",
+            name: "dump_health",
+        })?;
+        let adopt_link = adopt_link.ok_or(Error::ObjectMismatch {
+            kind: "program",
+            name: "adopt",
+        })?;
+
+        let queue: Arc<Mutex<Vec<Record>>> = Arc::default();
+        let sink = Arc::clone(&queue);
+        let events = find_map(&object, "events")?;
+        let mut builder = RingBufferBuilder::new();
+        builder
+            .add(&events, move |data: &[u8]| {
+                if let Some(record) = RawEvent::read(data).as_ref().and_then(Record::from_raw) {
+                    if let Ok(mut q) = sink.lock() {
+                        q.push(record);
+                    }
+                }
+                0
+            })
+            .map_err(|e| Error::Io {
+                action: "adding the ring buffer",
+                source: error::io_of(e),
+            })?;
+        let ring = builder.build().map_err(|e| Error::Io {
+            action: "opening the ring buffer",
+            source: error::io_of(e),
+        })?;
+
+        Ok(Self {
+            ring,
+            queue,
+            joiner: CloseJoiner::default(),
+            health_link,
+            adopt_link,
+            _tracing_links: tracing_links,
+            maps,
+            health_walk,
+            rules_half: 1,
+            installed: Vec::new(),
+            buf: Vec::with_capacity(64 * 1024),
+            _object: object,
+        })
+    }
+
+    /// Replaces the target list without reloading: the new rules go into the half of the rules
+    /// array not in use, then the trie entries are pointed at them, then entries no longer
+    /// wanted are removed. A lookup meanwhile sees an old or a new block, each whole. Sockets
+    /// already watched stay watched.
+    pub fn set_targets(&mut self, targets: &[TargetSpec]) -> Result<(), Error> {
+        let compiled = targets::compile(targets)?;
+        let half = 1 - self.rules_half;
+        let base = half * (MAX_RULES as u32 / 2);
+        let io = |action| {
+            move |e| Error::Io {
+                action,
+                source: error::io_of(e),
+            }
+        };
+        let layout = compiled.layout(base);
+        let mut index = base;
+        for (_, rules) in &compiled.blocks {
+            for rule in rules {
+                self.maps
+                    .rules
+                    .update(&index.to_ne_bytes(), rule.bytes(), MapFlags::ANY)
+                    .map_err(io("writing a port rule"))?;
+                index += 1;
+            }
+        }
+        for (key, value) in &layout {
+            self.maps
+                .targets
+                .update(key.bytes(), value.bytes(), MapFlags::ANY)
+                .map_err(io("writing a target block"))?;
+        }
+        let wanted: Vec<TargetKey> = layout.iter().map(|(k, _)| *k).collect();
+        for stale in self.installed.iter().filter(|k| !wanted.contains(k)) {
+            self.maps
+                .targets
+                .delete(stale.bytes())
+                .map_err(io("removing a target block"))?;
+        }
+        self.installed = wanted;
+        self.rules_half = half;
+        Ok(())
+    }
+
+    /// Finds the sessions that were ESTABLISHED before the load (or before their target was
+    /// set) with the TCP iterator, gives them storage, and returns their socket cookies. Only
+    /// sockets of the calling thread's network namespace are walked.
+    pub fn scan_existing(&mut self) -> Result<Vec<u64>, Error> {
+        read_iter(&self.adopt_link, &mut self.buf)?;
+        Ok(self
+            .buf
+            .chunks_exact(8)
+            .map(|c| u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect())
+    }
+
+    /// How [`Monitor::health`] walks the sessions on this kernel.
+    pub fn health_walk(&self) -> &HealthWalk {
+        &self.health_walk
+    }
+
+    /// Every watched, established session's health, in one iterator pass (see [`HealthWalk`]).
+    pub fn health(&mut self) -> Result<HealthPass, Error> {
+        read_iter(&self.health_link, &mut self.buf)?;
+        let size = std::mem::size_of::<RawHealth>();
+        let sessions = self
+            .buf
+            .chunks_exact(size)
+            .filter_map(RawHealth::read)
+            .map(|raw| Health::from_raw(&raw))
+            .collect();
+        let storage_entries = self
+            .maps
+            .bss
+            .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+            .map_err(|e| Error::Io {
+                action: "reading .bss",
+                source: error::io_of(e),
+            })?
+            .and_then(|v| {
+                v.get(..8)
+                    .map(|b| u64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+            })
+            .unwrap_or(0);
+        Ok(HealthPass {
+            sessions,
+            storage_entries,
+        })
+    }
+
+    /// State changes of watched sessions, waiting up to `timeout` for the first. A close is
+    /// released a few milliseconds after it happened, so that a RST the kernel sends right
+    /// after it is part of it.
+    pub fn poll_events(&mut self, timeout: Duration) -> Result<Vec<StateChange>, Error> {
+        self.ring.poll(timeout).map_err(|e| Error::Io {
+            action: "polling the ring buffer",
+            source: error::io_of(e),
+        })?;
+        let records = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
+        for record in records {
+            self.joiner.push(record);
+        }
+        Ok(self.joiner.release(monotonic_ns(), CLOSE_HOLD_NS))
+    }
+
+    /// The programs' counters, summed over CPUs.
+    pub fn counters(&self) -> Result<KernelCounters, Error> {
+        let mut sums = [0u64; 6];
+        for (i, sum) in sums.iter_mut().enumerate() {
+            let per_cpu = self
+                .maps
+                .counters
+                .lookup_percpu(&(i as u32).to_ne_bytes(), MapFlags::ANY)
+                .map_err(|e| Error::Io {
+                    action: "reading the counters",
+                    source: error::io_of(e),
+                })?
+                .unwrap_or_default();
+            *sum = per_cpu
+                .iter()
+                .filter_map(|v| v.get(..8))
+                .map(|b| u64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+                .sum();
+        }
+        let [seen, matched, other_netns, emitted, lost, no_storage] = sums;
+        Ok(KernelCounters {
+            seen,
+            matched,
+            other_netns,
+            emitted,
+            lost,
+            no_storage,
+        })
+    }
+}
+
+/// Opens and loads the object with the health iterator `walk` asks for; on failure, the error
+/// and libbpf's log.
+fn load_object(walk: HealthWalk) -> Result<Object, (Error, String)> {
+    let mut open = ObjectBuilder::default().open_memory(OBJECT).map_err(|e| {
+        (
+            Error::Load(format!("opening the object: {e:#}")),
+            String::new(),
+        )
+    })?;
+    for mut prog in open.progs_mut() {
+        match prog.name().to_str() {
+            Some("dump_health") => prog.set_autoload(walk == HealthWalk::StorageMap),
+            Some("dump_health_tcp") => prog.set_autoload(walk != HealthWalk::StorageMap),
+            _ => {}
+        }
+    }
+    take_log();
+    let previous = libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Warn, capture_log)));
+    let loaded = open.load();
+    libbpf_rs::set_print(previous);
+    loaded.map_err(|e| {
+        let log = take_log();
+        let err = error::refused_or("loading the programs", e, |err| {
+            Error::Load(format!("{err}\n{log}"))
+        });
+        (err, log)
+    })
+}
+
+fn static_label(label: &str) -> &'static str {
+    [
+        "on_state (tp_btf/inet_sock_set_state)",
+        "on_receive_reset (tp_btf/tcp_receive_reset)",
+        "on_send_reset (tp_btf/tcp_send_reset)",
+        "on_retransmit (tp_btf/tcp_retransmit_skb)",
+        "dump_health (iter/bpf_sk_storage_map)",
+        "dump_health_tcp (iter/tcp)",
+        "adopt (iter/tcp)",
+    ]
+    .into_iter()
+    .find(|l| *l == label)
+    .unwrap_or("a program")
+}
+
+/// Runs an iterator once: a new iterator fd from the link, read to its end into `buf`.
+fn read_iter(link: &Link, buf: &mut Vec<u8>) -> Result<(), Error> {
+    buf.clear();
+    let mut iter = libbpf_rs::Iter::new(link).map_err(|e| Error::Io {
+        action: "creating an iterator",
+        source: error::io_of(e),
+    })?;
+    iter.read_to_end(buf).map_err(|source| Error::Io {
+        action: "reading an iterator",
+        source,
+    })?;
+    Ok(())
+}
