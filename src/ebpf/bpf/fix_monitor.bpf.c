@@ -45,9 +45,6 @@ char LICENSE[] SEC("license") = "GPL";
 /* Read from /proc/config.gz or /boot/config-* by libbpf at load; 0 when neither exists. */
 extern unsigned int CONFIG_HZ __kconfig __weak;
 
-/* Storage entries the last health pass walked, closing sockets included (user space reads it
- * from .bss after the pass): shows that closed sessions' storage is freed. */
-__u64 storage_entries = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -80,7 +77,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 256 * 1024);
+	__uint(max_entries, 1024 * 1024);
 } events SEC(".maps");
 
 struct {
@@ -357,8 +354,7 @@ static __always_inline __u64 jiffies_to_us(__u64 j)
 
 /*
  * One watched session's health as tcp_get_info() computes it (net/ipv4/tcp.c), read straight
- * from tcp_sock, written to the iterator's seq file. Counts every storage entry it is given
- * (closing sessions included) in storage_entries.
+ * from tcp_sock, written to the iterator's seq file for every storage entry it is given.
  */
 static __always_inline void write_health(struct seq_file *seq, struct sock *sk, struct session *s)
 {
@@ -368,9 +364,6 @@ static __always_inline void write_health(struct seq_file *seq, struct sock *sk, 
 	__u32 now, type, i;
 	__u64 chrono[4] = {};
 
-	storage_entries++;
-	if (!s->established_ns || s->closed)
-		return;
 	tp = bpf_skc_to_tcp_sock(sk);
 	if (!tp)
 		return;
@@ -411,6 +404,7 @@ static __always_inline void write_health(struct seq_file *seq, struct sock *sk, 
 	h.family = id.family;
 	h.state = BPF_CORE_READ(sk, __sk_common.skc_state);
 	h.adopted = s->adopted;
+	h.closed = s->closed || !s->established_ns;
 	__builtin_memcpy(h.saddr, id.saddr, 16);
 	__builtin_memcpy(h.daddr, id.daddr, 16);
 	bpf_seq_write(seq, &h, sizeof(h));
@@ -423,8 +417,6 @@ static __always_inline void write_health(struct seq_file *seq, struct sock *sk, 
 SEC("iter/bpf_sk_storage_map")
 int dump_health(struct bpf_iter__bpf_sk_storage_map *ctx)
 {
-	if (ctx->meta->seq_num == 0)
-		storage_entries = 0;
 	if (!ctx->sk || !ctx->value)
 		return 0;
 	write_health(ctx->meta->seq, ctx->sk, ctx->value);
@@ -443,8 +435,6 @@ int dump_health_tcp(struct bpf_iter__tcp *ctx)
 	struct tcp_sock *tp;
 	struct session *s;
 
-	if (ctx->meta->seq_num == 0)
-		storage_entries = 0;
 	if (!skc)
 		return 0;
 	tp = bpf_skc_to_tcp_sock(skc);

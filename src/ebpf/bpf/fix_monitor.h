@@ -80,7 +80,12 @@ struct session {
 	char comm[16];
 };
 
-/* One watched session's health, straight from tcp_sock, as tcp_get_info() computes it. */
+/*
+ * One storage entry's health, straight from tcp_sock, as tcp_get_info() computes it. Written
+ * for every entry (a session not yet established or already closed included), so the count of
+ * records is the count of storage entries: a seq_file iterator may run the program twice for
+ * one object when its output overflows a read, so the program itself cannot count.
+ */
 struct health {
 	__u64 sock_cookie;
 	__u64 established_ns;
@@ -108,7 +113,8 @@ struct health {
 	__u8 family;
 	__u8 state;
 	__u8 adopted;
-	__u8 _pad[5];
+	__u8 closed; /* storage of a closing socket, not yet freed: not a session */
+	__u8 _pad[4];
 	__u8 saddr[16];
 	__u8 daddr[16];
 };

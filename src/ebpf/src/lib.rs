@@ -19,14 +19,14 @@
 //! Both are maintained and build on stable Rust. The programs are C with CO-RE, so the loader
 //! must be the reference implementation of libbpf's object conventions: CO-RE relocations of
 //! every kind (including bitfields), `__kconfig` externs (`CONFIG_HZ`, needed to turn the
-//! kernel's jiffies into milliseconds as `tcp_get_info()` does), `.bss` globals, `tp_btf`
+//! kernel's jiffies into milliseconds as `tcp_get_info()` does), `tp_btf`
 //! programs, and iterators attached to a map. libbpf-rs is libbpf itself (vendored by
 //! `libbpf-sys` and built with the C compiler `cc` finds, with libelf and zlib; the `static`
 //! feature links those statically), and its `Program::attach_iter(map_fd)` attaches
 //! `iter/bpf_sk_storage_map` to the storage map, `libbpf_rs::Iter` reads an iterator,
 //! `RingBufferBuilder` reads the ring buffer, and `MapCore::update` writes the LPM trie. aya's
 //! `Iter` program (0.13) attaches without a map, so the storage-map iterator would need our own
-//! `bpf_link_create`, and its support for libbpf's kconfig externs and `.bss` in C objects is
+//! `bpf_link_create`, and its support for libbpf's kconfig externs in C objects is
 //! narrower. Nothing here parses BTF, tracefs or ring-buffer memory by hand, and nothing mounts
 //! a file system: `tp_btf` programs attach by BTF id, without tracefs.
 //!
@@ -106,7 +106,6 @@ struct Maps {
     rules: MapHandle,
     settings: MapHandle,
     counters: MapHandle,
-    bss: MapHandle,
 }
 
 /// The loaded and attached programs.
@@ -130,6 +129,8 @@ pub struct Monitor {
 
 /// libbpf's log of the load in progress, to name the verifier's complaint in the error.
 static LOAD_LOG: Mutex<String> = Mutex::new(String::new());
+/// libbpf's print callback is process-wide: one load at a time, so each reads its own log.
+static LOAD_LOCK: Mutex<()> = Mutex::new(());
 
 fn capture_log(_level: libbpf_rs::PrintLevel, msg: String) {
     if let Ok(mut log) = LOAD_LOG.lock() {
@@ -250,7 +251,6 @@ impl Monitor {
             rules: find_map(&object, "rules")?,
             settings: find_map(&object, "settings")?,
             counters: find_map(&object, "counters")?,
-            bss: find_map(&object, ".bss")?,
         };
         let netns_cookie = match options.netns_cookie {
             Some(cookie) => cookie,
@@ -411,25 +411,17 @@ impl Monitor {
     pub fn health(&mut self) -> Result<HealthPass, Error> {
         read_iter(&self.health_link, &mut self.buf)?;
         let size = std::mem::size_of::<RawHealth>();
-        let sessions = self
+        let records: Vec<RawHealth> = self
             .buf
             .chunks_exact(size)
             .filter_map(RawHealth::read)
-            .map(|raw| Health::from_raw(&raw))
             .collect();
-        let storage_entries = self
-            .maps
-            .bss
-            .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
-            .map_err(|e| Error::Io {
-                action: "reading .bss",
-                source: error::io_of(e),
-            })?
-            .and_then(|v| {
-                v.get(..8)
-                    .map(|b| u64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
-            })
-            .unwrap_or(0);
+        let storage_entries = records.len() as u64;
+        let sessions = records
+            .iter()
+            .filter(|raw| raw.closed == 0)
+            .map(Health::from_raw)
+            .collect();
         Ok(HealthPass {
             sessions,
             storage_entries,
@@ -498,6 +490,7 @@ fn load_object(walk: HealthWalk) -> Result<Object, (Error, String)> {
             _ => {}
         }
     }
+    let _one_at_a_time = LOAD_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     take_log();
     let previous = libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Warn, capture_log)));
     let loaded = open.load();

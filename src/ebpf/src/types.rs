@@ -66,7 +66,8 @@ pub(crate) struct RawHealth {
     pub family: u8,
     pub state: u8,
     pub adopted: u8,
-    pub _pad: [u8; 5],
+    pub closed: u8,
+    pub _pad: [u8; 4],
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
 }

@@ -1,0 +1,209 @@
+//! Every health field against `ss -tin` for the same sockets: an idle session, a slow reader
+//! (our receive queue grows), and a slow venue (it stops reading: a zero window, unsent bytes,
+//! time limited by the receiver's window).
+//!
+//! Tolerance: the pass and `ss` cannot read at the same instant, so `ss` runs between two
+//! passes and each value must lie between the two (fields that only grow with time, like the
+//! time since the last data or the window-limited time, do grow between them). The slack is
+//! one jiffy (4 ms at HZ=250) plus `ss`'s rounding to whole milliseconds (and to 1 µs for the
+//! RTT, printed in ms with three decimals).
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use fix_monitor_ebpf::Health;
+
+use super::support::*;
+
+fn between(what: &str, ss: f64, a: f64, b: f64, slack: f64) {
+    let (lo, hi) = (a.min(b) - slack, a.max(b) + slack);
+    assert!(
+        lo <= ss && ss <= hi,
+        "{what}: ss says {ss}, the eBPF passes {a} and {b} (slack {slack})"
+    );
+}
+
+fn compare(h1: &Health, h2: &Health, ss: &SsInfo) {
+    let jiffy_ms = 4.0 + 1.0;
+    let ms = |us: u64| us as f64 / 1000.0;
+    let (rtt, rttvar) = ss.fields["rtt"].split_once('/').expect("rtt:a/b");
+    between(
+        "rtt (ms)",
+        rtt.parse().unwrap(),
+        h1.srtt_us as f64 / 1000.0,
+        h2.srtt_us as f64 / 1000.0,
+        0.001,
+    );
+    between(
+        "rttvar (ms)",
+        rttvar.parse().unwrap(),
+        h1.rttvar_us as f64 / 1000.0,
+        h2.rttvar_us as f64 / 1000.0,
+        0.001,
+    );
+    let total_retrans = ss
+        .fields
+        .get("retrans")
+        .map(|v| v.split('/').nth(1).unwrap().parse().unwrap())
+        .unwrap_or(0.0);
+    between(
+        "total retrans",
+        total_retrans,
+        h1.total_retrans as f64,
+        h2.total_retrans as f64,
+        0.0,
+    );
+    between(
+        "bytes_sent",
+        ss.num("bytes_sent"),
+        h1.bytes_sent as f64,
+        h2.bytes_sent as f64,
+        0.0,
+    );
+    between(
+        "bytes_acked",
+        ss.num("bytes_acked"),
+        h1.bytes_acked as f64,
+        h2.bytes_acked as f64,
+        0.0,
+    );
+    between(
+        "bytes_received",
+        ss.num("bytes_received"),
+        h1.bytes_received as f64,
+        h2.bytes_received as f64,
+        0.0,
+    );
+    between(
+        "unacked",
+        ss.num("unacked"),
+        h1.unacked as f64,
+        h2.unacked as f64,
+        0.0,
+    );
+    between(
+        "notsent",
+        ss.num("notsent"),
+        h1.notsent_bytes as f64,
+        h2.notsent_bytes as f64,
+        0.0,
+    );
+    between(
+        "Recv-Q",
+        ss.recv_q as f64,
+        h1.rcv_queue as f64,
+        h2.rcv_queue as f64,
+        0.0,
+    );
+    between(
+        "lastrcv (ms)",
+        ss.num("lastrcv"),
+        h1.last_data_recv_ms as f64,
+        h2.last_data_recv_ms as f64,
+        jiffy_ms,
+    );
+    between(
+        "lastsnd (ms)",
+        ss.num("lastsnd"),
+        h1.last_data_sent_ms as f64,
+        h2.last_data_sent_ms as f64,
+        jiffy_ms,
+    );
+    between(
+        "busy (ms)",
+        ss.num("busy"),
+        ms(h1.busy_us),
+        ms(h2.busy_us),
+        jiffy_ms,
+    );
+    between(
+        "rwnd_limited (ms)",
+        ss.num("rwnd_limited"),
+        ms(h1.rwnd_limited_us),
+        ms(h2.rwnd_limited_us),
+        jiffy_ms,
+    );
+    between(
+        "sndbuf_limited (ms)",
+        ss.num("sndbuf_limited"),
+        ms(h1.sndbuf_limited_us),
+        ms(h2.sndbuf_limited_us),
+        jiffy_ms,
+    );
+    between(
+        "cwnd",
+        ss.num("cwnd"),
+        h1.snd_cwnd as f64,
+        h2.snd_cwnd as f64,
+        0.0,
+    );
+    between(
+        "snd_wnd",
+        ss.num("snd_wnd"),
+        h1.snd_wnd as f64,
+        h2.snd_wnd as f64,
+        0.0,
+    );
+}
+
+#[test]
+fn every_health_field_matches_ss_for_idle_slow_reader_and_zero_window_sessions() {
+    let venue = Venue::start();
+    let mut m = load();
+    m.set_targets(&[target(venue.port)]).unwrap();
+    let mut sessions = venue.open(3);
+
+    // idle: a small exchange both ways, read on both sides
+    let (ours, theirs) = &mut sessions[0];
+    ours.write_all(b"8=FIX.4.4|35=A|").unwrap();
+    theirs.read_exact(&mut [0u8; 15]).unwrap();
+    theirs.write_all(b"8=FIX.4.4|35=A|108=30|").unwrap();
+    ours.read_exact(&mut [0u8; 22]).unwrap();
+    // slow reader: the venue sends 200 KB we never read
+    write_some(&mut sessions[1].1, 200 * 1024);
+    // slow venue: we send until its window closes and our buffer holds unsent bytes
+    write_some(&mut sessions[2].0, 64 * 1024 * 1024);
+
+    let locals: Vec<_> = sessions
+        .iter()
+        .map(|(ours, _)| ours.local_addr().unwrap())
+        .collect();
+    // settled: the slow venue's window has closed (a probe is pending, nothing in flight)
+    wait_for("the zero window", Duration::from_secs(10), || {
+        let pass = m.health().unwrap();
+        pass.sessions
+            .iter()
+            .find(|h| h.local == locals[2] && h.snd_wnd == 0 && h.unacked == 0)
+            .map(|_| ())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+
+    let h1 = m.health().unwrap().sessions;
+    let ss = ss(venue.port);
+    let h2 = m.health().unwrap().sessions;
+    for (i, local) in locals.iter().enumerate() {
+        let find = |pass: &[Health]| {
+            pass.iter()
+                .find(|h| h.local == *local)
+                .cloned()
+                .expect("watched")
+        };
+        let (a, b) = (find(&h1), find(&h2));
+        let info = ss
+            .get(local)
+            .unwrap_or_else(|| panic!("ss has no line for {local}"));
+        eprintln!("session {i}: {a:?}\nss: {info:?}");
+        compare(&a, &b, info);
+    }
+    let slow_reader = h1.iter().find(|h| h.local == locals[1]).unwrap();
+    assert!(
+        slow_reader.rcv_queue > 100_000,
+        "the slow reader's queue: {slow_reader:?}"
+    );
+    let slow_venue = h1.iter().find(|h| h.local == locals[2]).unwrap();
+    assert!(
+        slow_venue.notsent_bytes > 0 && slow_venue.rwnd_limited_us > 0,
+        "the slow venue: {slow_venue:?}"
+    );
+    assert_eq!(h1.len(), 3, "only the target's sessions are watched");
+}
