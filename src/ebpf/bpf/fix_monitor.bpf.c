@@ -45,6 +45,13 @@ char LICENSE[] SEC("license") = "GPL";
 /* Read from /proc/config.gz or /boot/config-* by libbpf at load; 0 when neither exists. */
 extern unsigned int CONFIG_HZ __kconfig __weak;
 
+/*
+ * Unused globals that put the records written through the ring buffer and the iterators into
+ * the object's BTF, where the crate's tests compare them with their Rust mirrors.
+ */
+struct event *btf_event __attribute__((unused));
+struct health *btf_health __attribute__((unused));
+
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);

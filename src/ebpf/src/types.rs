@@ -146,3 +146,122 @@ unsafe impl Pod for TargetKey {}
 unsafe impl Pod for NetRules {}
 unsafe impl Pod for PortRule {}
 unsafe impl Pod for Settings {}
+
+#[cfg(test)]
+mod tests {
+    use std::mem::{offset_of, size_of};
+
+    use libbpf_rs::btf::types::{MemberAttr, Struct};
+    use libbpf_rs::btf::{Btf, HasSize};
+
+    use super::*;
+
+    /// The size of the C struct `name` in the committed object's BTF, and each of `fields` with
+    /// its byte offset there.
+    fn c_layout(name: &str, fields: &[&str]) -> (usize, Vec<usize>) {
+        let btf = Btf::from_raw("fix_monitor", crate::OBJECT)
+            .expect("object BTF")
+            .expect("BTF");
+        let st: Struct<'_> = btf
+            .type_by_name(name)
+            .unwrap_or_else(|| panic!("struct {name} in BTF"));
+        let offsets = fields
+            .iter()
+            .map(|field| {
+                let member = st
+                    .iter()
+                    .find(|m| m.name.and_then(|n| n.to_str()) == Some(field))
+                    .unwrap_or_else(|| panic!("{name}.{field} in BTF"));
+                match member.attr {
+                    MemberAttr::Normal { offset } => offset as usize / 8,
+                    MemberAttr::BitField { .. } => panic!("{name}.{field} is a bitfield"),
+                }
+            })
+            .collect();
+        (st.size(), offsets)
+    }
+
+    macro_rules! same_layout {
+        ($rust:ty, $c:literal, [$($field:ident),* $(,)?]) => {{
+            let (size, offsets) = c_layout($c, &[$(stringify!($field)),*]);
+            assert_eq!(size, size_of::<$rust>(), "size of struct {}", $c);
+            assert_eq!(offsets, vec![$(offset_of!($rust, $field)),*], "offsets of struct {}", $c);
+        }};
+    }
+
+    /// One place for each fact: the header is the source, and this fails when the Rust
+    /// mirror drifts from what the committed object was built with.
+    #[test]
+    fn rust_records_match_the_objects_btf() {
+        same_layout!(
+            RawEvent,
+            "event",
+            [
+                ts_ns,
+                sock_cookie,
+                netns_cookie,
+                bytes_acked,
+                bytes_received,
+                bytes_sent,
+                pid,
+                target,
+                total_retrans,
+                retrans_events,
+                rst_reason,
+                sk_err,
+                srtt_us,
+                sport,
+                dport,
+                kind,
+                oldstate,
+                newstate,
+                family,
+                closer,
+                rst,
+                adopted,
+                comm,
+                saddr,
+                daddr,
+            ]
+        );
+        same_layout!(
+            RawHealth,
+            "health",
+            [
+                sock_cookie,
+                established_ns,
+                bytes_acked,
+                bytes_received,
+                bytes_sent,
+                busy_us,
+                rwnd_limited_us,
+                sndbuf_limited_us,
+                srtt_us,
+                rttvar_us,
+                total_retrans,
+                retrans_events,
+                unacked,
+                notsent_bytes,
+                rcv_queue,
+                last_data_recv_ms,
+                last_data_sent_ms,
+                snd_cwnd,
+                snd_wnd,
+                target,
+                pid,
+                sport,
+                dport,
+                family,
+                state,
+                adopted,
+                closed,
+                saddr,
+                daddr,
+            ]
+        );
+        same_layout!(TargetKey, "target_key", [prefixlen, addr]);
+        same_layout!(NetRules, "net_rules", [first, count]);
+        same_layout!(PortRule, "port_rule", [rport, lport_lo, lport_hi, target]);
+        same_layout!(Settings, "settings", [netns_cookie]);
+    }
+}
