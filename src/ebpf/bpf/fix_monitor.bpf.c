@@ -88,6 +88,19 @@ struct {
 } events SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct live);
+} live SEC(".maps");
+
+/* The health pass's output when it walks the live table: 184 bytes a session, 16 MiB. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 16 * 1024 * 1024);
+} health_out SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, CNT_MAX);
 	__type(key, __u32);
@@ -266,6 +279,21 @@ static __always_inline struct session *session_for(struct sock *sk, bool create)
 	return s;
 }
 
+/* Enters a watched, established socket in the live table. */
+static __always_inline void live_put(struct sock *sk, struct session *s)
+{
+	struct live l = {
+		.sk = (__u64)sk,
+		.established_ns = s->established_ns,
+		.pid = s->pid,
+		.target = s->target,
+		.retrans_events = s->retrans_events,
+		.adopted = s->adopted,
+	};
+
+	bpf_map_update_elem(&live, &s->sock_cookie, &l, BPF_ANY);
+}
+
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(on_state, struct sock *sk, int oldstate, int newstate)
 {
@@ -286,6 +314,7 @@ int BPF_PROG(on_state, struct sock *sk, int oldstate, int newstate)
 		return 0;
 	case TCP_ESTABLISHED:
 		s->established_ns = bpf_ktime_get_ns();
+		live_put(sk, s);
 		break;
 	case TCP_FIN_WAIT1:
 		if (oldstate == TCP_ESTABLISHED && !s->closer)
@@ -297,6 +326,7 @@ int BPF_PROG(on_state, struct sock *sk, int oldstate, int newstate)
 		break;
 	case TCP_CLOSE:
 		s->closed = 1;
+		bpf_map_delete_elem(&live, &s->sock_cookie);
 		if (!s->closer && BPF_CORE_READ(sk, sk_err))
 			s->closer = CLOSER_ERROR;
 		break;
@@ -348,9 +378,14 @@ SEC("tp_btf/tcp_retransmit_skb")
 int BPF_PROG(on_retransmit, struct sock *sk)
 {
 	struct session *s = session_for(sk, false);
+	struct live *l;
 
-	if (s)
-		__sync_fetch_and_add(&s->retrans_events, 1);
+	if (!s)
+		return 0;
+	__sync_fetch_and_add(&s->retrans_events, 1);
+	l = bpf_map_lookup_elem(&live, &s->sock_cookie);
+	if (l)
+		__sync_fetch_and_add(&l->retrans_events, 1);
 	return 0;
 }
 
@@ -360,83 +395,135 @@ static __always_inline __u64 jiffies_to_us(__u64 j)
 }
 
 /*
- * One watched session's health as tcp_get_info() computes it (net/ipv4/tcp.c), read straight
- * from tcp_sock, written to the iterator's seq file for every storage entry it is given.
+ * A socket's health as tcp_get_info() computes it (net/ipv4/tcp.c), read from tcp_sock with
+ * CO-RE probe reads, so the same code serves a trusted pointer (the iterator) and an address
+ * from the live table. `now` is tcp_jiffies32.
  */
-static __always_inline void write_health(struct seq_file *seq, struct sock *sk, struct session *s)
+static __always_inline void fill_health(struct health *h, struct tcp_sock *tp, __u32 now)
 {
-	struct health h = {};
-	struct ident id = {};
-	struct tcp_sock *tp;
-	__u32 now, type, i;
+	struct sock *sk = (struct sock *)tp;
+	__u32 type, i, write_seq, snd_nxt, rcv_nxt, copied_seq;
 	__u64 chrono[4] = {};
+	struct ident id = {};
 
-	tp = bpf_skc_to_tcp_sock(sk);
-	if (!tp)
-		return;
 	read_ident(sk, &id);
-	now = (__u32)bpf_jiffies64();
-
-	h.sock_cookie = s->sock_cookie;
-	h.established_ns = s->established_ns;
-	h.bytes_acked = tp->bytes_acked;
-	h.bytes_received = tp->bytes_received;
-	h.bytes_sent = tp->bytes_sent;
+	h->bytes_acked = BPF_CORE_READ(tp, bytes_acked);
+	h->bytes_received = BPF_CORE_READ(tp, bytes_received);
+	h->bytes_sent = BPF_CORE_READ(tp, bytes_sent);
 	/* tcp_get_info_chrono_stats() */
 	type = BPF_CORE_READ_BITFIELD_PROBED(tp, chrono_type);
 	for (i = TCP_CHRONO_BUSY; i <= TCP_CHRONO_SNDBUF_LIMITED; i++) {
-		chrono[i] = tp->chrono_stat[i - 1];
+		chrono[i] = BPF_CORE_READ(tp, chrono_stat[i - 1]);
 		if (i == type)
-			chrono[i] += now - tp->chrono_start;
+			chrono[i] += now - BPF_CORE_READ(tp, chrono_start);
 		chrono[i] = jiffies_to_us(chrono[i]);
 	}
-	h.busy_us = chrono[1] + chrono[2] + chrono[3];
-	h.rwnd_limited_us = chrono[TCP_CHRONO_RWND_LIMITED];
-	h.sndbuf_limited_us = chrono[TCP_CHRONO_SNDBUF_LIMITED];
-	h.srtt_us = tp->srtt_us >> 3;
-	h.rttvar_us = tp->mdev_us >> 2;
-	h.total_retrans = tp->total_retrans;
-	h.retrans_events = s->retrans_events;
-	h.unacked = tp->packets_out;
-	h.notsent_bytes = (__s32)(tp->write_seq - tp->snd_nxt) > 0 ? tp->write_seq - tp->snd_nxt : 0;
-	h.rcv_queue = (__s32)(tp->rcv_nxt - tp->copied_seq) > 0 ? tp->rcv_nxt - tp->copied_seq : 0;
-	h.last_data_recv_ms = jiffies_to_us(now - tp->inet_conn.icsk_ack.lrcvtime) / 1000;
-	h.last_data_sent_ms = jiffies_to_us(now - tp->lsndtime) / 1000;
-	h.snd_cwnd = tp->snd_cwnd;
-	h.snd_wnd = tp->snd_wnd;
-	h.target = s->target;
-	h.pid = s->pid;
-	h.sport = id.sport;
-	h.dport = id.dport;
-	h.family = id.family;
-	h.state = BPF_CORE_READ(sk, __sk_common.skc_state);
-	h.adopted = s->adopted;
-	h.closed = s->closed || !s->established_ns;
-	__builtin_memcpy(h.saddr, id.saddr, 16);
-	__builtin_memcpy(h.daddr, id.daddr, 16);
-	bpf_seq_write(seq, &h, sizeof(h));
+	h->busy_us = chrono[1] + chrono[2] + chrono[3];
+	h->rwnd_limited_us = chrono[TCP_CHRONO_RWND_LIMITED];
+	h->sndbuf_limited_us = chrono[TCP_CHRONO_SNDBUF_LIMITED];
+	h->srtt_us = BPF_CORE_READ(tp, srtt_us) >> 3;
+	h->rttvar_us = BPF_CORE_READ(tp, mdev_us) >> 2;
+	h->total_retrans = BPF_CORE_READ(tp, total_retrans);
+	h->unacked = BPF_CORE_READ(tp, packets_out);
+	write_seq = BPF_CORE_READ(tp, write_seq);
+	snd_nxt = BPF_CORE_READ(tp, snd_nxt);
+	h->notsent_bytes = (__s32)(write_seq - snd_nxt) > 0 ? write_seq - snd_nxt : 0;
+	rcv_nxt = BPF_CORE_READ(tp, rcv_nxt);
+	copied_seq = BPF_CORE_READ(tp, copied_seq);
+	h->rcv_queue = (__s32)(rcv_nxt - copied_seq) > 0 ? rcv_nxt - copied_seq : 0;
+	h->last_data_recv_ms = jiffies_to_us(now - BPF_CORE_READ(tp, inet_conn.icsk_ack.lrcvtime)) / 1000;
+	h->last_data_sent_ms = jiffies_to_us(now - BPF_CORE_READ(tp, lsndtime)) / 1000;
+	h->snd_cwnd = BPF_CORE_READ(tp, snd_cwnd);
+	h->snd_wnd = BPF_CORE_READ(tp, snd_wnd);
+	h->sport = id.sport;
+	h->dport = id.dport;
+	h->family = id.family;
+	h->state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	__builtin_memcpy(h->saddr, id.saddr, 16);
+	__builtin_memcpy(h->daddr, id.daddr, 16);
 }
 
 /*
  * The health pass, at O(watched sessions): walks the storage map only, so its cost does not
- * depend on the host's other sockets.
+ * depend on the host's other sockets. One record per storage entry, closing ones included
+ * (flagged), so user space can count the entries: the program cannot, since seq_file runs it
+ * again for an object whose output overflowed a read.
  */
 SEC("iter/bpf_sk_storage_map")
 int dump_health(struct bpf_iter__bpf_sk_storage_map *ctx)
 {
-	if (!ctx->sk || !ctx->value)
+	struct session *s = ctx->value;
+	struct health h = {};
+	struct tcp_sock *tp;
+
+	if (!ctx->sk || !s)
 		return 0;
-	write_health(ctx->meta->seq, ctx->sk, ctx->value);
+	tp = bpf_skc_to_tcp_sock(ctx->sk);
+	if (!tp)
+		return 0;
+	fill_health(&h, tp, (__u32)bpf_jiffies64());
+	h.sock_cookie = s->sock_cookie;
+	h.established_ns = s->established_ns;
+	h.retrans_events = s->retrans_events;
+	h.target = s->target;
+	h.pid = s->pid;
+	h.adopted = s->adopted;
+	h.closed = s->closed || !s->established_ns;
+	bpf_seq_write(ctx->meta->seq, &h, sizeof(h));
+	return 0;
+}
+
+struct pass {
+	__u32 now;
+	__u32 dropped;
+};
+
+static long live_health(struct bpf_map *map, __u64 *cookie, struct live *l, struct pass *p)
+{
+	struct tcp_sock *tp = (struct tcp_sock *)l->sk;
+	struct health *h;
+
+	/* The socket at that address must still be this session (else it is gone or reused). */
+	if (BPF_CORE_READ((struct sock *)tp, __sk_common.skc_cookie.counter) != *cookie)
+		return 0;
+	h = bpf_ringbuf_reserve(&health_out, sizeof(*h), 0);
+	if (!h) {
+		p->dropped++;
+		return 0;
+	}
+	__builtin_memset(h, 0, sizeof(*h));
+	fill_health(h, tp, p->now);
+	h->sock_cookie = *cookie;
+	h->established_ns = l->established_ns;
+	h->retrans_events = l->retrans_events;
+	h->target = l->target;
+	h->pid = l->pid;
+	h->adopted = l->adopted;
+	bpf_ringbuf_submit(h, BPF_RB_NO_WAKEUP);
 	return 0;
 }
 
 /*
  * The same pass for kernels that refuse map-element iterators (seen: EPERM at load on a
- * 6.18 sandbox kernel): walks every TCP socket of the namespace and reports those with
- * storage. One storage lookup per unrelated socket, so its cost grows with the host.
+ * 6.18 sandbox kernel): run on demand with BPF_PROG_TEST_RUN, it walks the live table and
+ * writes each session's health to `health_out`. Returns the records the full ring dropped.
+ */
+SEC("raw_tp")
+int live_pass(void *ctx)
+{
+	struct pass p = { .now = (__u32)bpf_jiffies64() };
+
+	bpf_for_each_map_elem(&live, live_health, &p, 0);
+	return p.dropped;
+}
+
+/*
+ * Sockets of the namespace that have storage (8 bytes each: the cookie), closing ones
+ * included: how the tests see that closing frees the storage where the storage-map iterator
+ * is refused. Walks every TCP socket: a diagnostic, not a poll.
  */
 SEC("iter/tcp")
-int dump_health_tcp(struct bpf_iter__tcp *ctx)
+int storage_census(struct bpf_iter__tcp *ctx)
 {
 	struct sock_common *skc = ctx->sk_common;
 	struct tcp_sock *tp;
@@ -448,9 +535,8 @@ int dump_health_tcp(struct bpf_iter__tcp *ctx)
 	if (!tp)
 		return 0;
 	s = bpf_sk_storage_get(&sessions, tp, 0, 0);
-	if (!s)
-		return 0;
-	write_health(ctx->meta->seq, (struct sock *)tp, s);
+	if (s)
+		bpf_seq_write(ctx->meta->seq, &s->sock_cookie, sizeof(s->sock_cookie));
 	return 0;
 }
 
@@ -482,6 +568,7 @@ int adopt(struct bpf_iter__tcp *ctx)
 		/* When it was established is unknown: the time it was found stands in. */
 		s->established_ns = bpf_ktime_get_ns();
 		s->adopted = 1;
+		live_put(sk, s);
 	}
 	bpf_seq_write(ctx->meta->seq, &s->sock_cookie, sizeof(s->sock_cookie));
 	return 0;

@@ -119,6 +119,23 @@ struct health {
 	__u8 daddr[16];
 };
 
+/*
+ * A watched, established socket in the live table (hash by socket cookie), for kernels that
+ * refuse the storage-map iterator: the health pass walks this table instead. `sk` is only
+ * ever read with bpf_probe_read_kernel(), and a record is written only when the socket at
+ * that address still has the entry's cookie; the entry is removed at the change to CLOSE,
+ * which comes before the socket is freed.
+ */
+struct live {
+	__u64 sk;
+	__u64 established_ns;
+	__u32 pid;
+	__u32 target;
+	__u32 retrans_events;
+	__u8 adopted;
+	__u8 _pad[3];
+};
+
 /* The LPM key: an IPv6 address (IPv4 as ::ffff:a.b.c.d, prefix + 96). */
 struct target_key {
 	__u32 prefixlen;

@@ -72,6 +72,8 @@ pub enum Error {
     },
     #[error(transparent)]
     Targets(#[from] crate::targets::TargetError),
+    #[error("the health ring buffer was full: {0} sessions' records were dropped")]
+    HealthRingFull(u32),
     #[error("{action}: {source}")]
     Io {
         action: &'static str,

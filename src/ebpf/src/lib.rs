@@ -81,23 +81,15 @@ pub struct KernelCounters {
     pub no_storage: u64,
 }
 
-/// One health pass: every watched, established session, and how many storage entries the
-/// pass walked (sessions closing but not yet freed included).
-#[derive(Debug, Clone, Default)]
-pub struct HealthPass {
-    pub sessions: Vec<Health>,
-    pub storage_entries: u64,
-}
-
 /// How the health pass walks the watched sessions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HealthWalk {
     /// The iterator over the socket-local storage map: cost per watched session only.
     StorageMap,
-    /// The kernel refused map-element iterators (`why`: libbpf's line), so the pass walks every
-    /// TCP socket of the namespace with `iter/tcp` and reports those with storage: one storage
-    /// lookup per unrelated socket.
-    TcpSockets { why: String },
+    /// The kernel refused map-element iterators (`why`: libbpf's line), so the pass runs
+    /// `live_pass` (BPF_PROG_TEST_RUN), which walks the live table of watched, established
+    /// sockets and reads each `tcp_sock` with probe reads: also per watched session only.
+    LiveTable { why: String },
 }
 
 /// The maps user space reads or writes, as owned handles.
@@ -115,8 +107,13 @@ pub struct Monitor {
     ring: RingBuffer<'static>,
     queue: Arc<Mutex<Vec<Record>>>,
     joiner: CloseJoiner,
-    health_link: Link,
+    /// The storage-map iterator, where the kernel takes it.
+    health_link: Option<Link>,
+    /// `live_pass`'s output ring and what its reader collected.
+    health_ring: RingBuffer<'static>,
+    health_records: Arc<Mutex<Vec<RawHealth>>>,
     adopt_link: Link,
+    census_link: Link,
     _tracing_links: Vec<Link>,
     maps: Maps,
     health_walk: HealthWalk,
@@ -225,7 +222,7 @@ impl Monitor {
                     .unwrap_or_default()
                     .trim()
                     .to_string();
-                let walk = HealthWalk::TcpSockets { why: first };
+                let walk = HealthWalk::LiveTable { why: first };
                 let object = load_object(walk.clone()).map_err(|(e, _)| e)?;
                 (object, walk)
             }
@@ -268,6 +265,7 @@ impl Monitor {
         let mut tracing_links = Vec::new();
         let mut health_link = None;
         let mut adopt_link = None;
+        let mut census_link = None;
         for prog in object.progs_mut() {
             if !prog.autoload() {
                 continue;
@@ -284,7 +282,7 @@ impl Monitor {
                     "dump_health (iter/bpf_sk_storage_map)",
                     prog.attach_iter(sessions.as_fd()),
                 ),
-                "dump_health_tcp" => ("dump_health_tcp (iter/tcp)", prog.attach()),
+                "storage_census" => ("storage_census (iter/tcp)", prog.attach()),
                 "adopt" => ("adopt (iter/tcp)", prog.attach()),
                 _ => continue,
             };
@@ -295,18 +293,19 @@ impl Monitor {
                 })
             })?;
             match name {
-                "dump_health" | "dump_health_tcp" => health_link = Some(link),
+                "dump_health" => health_link = Some(link),
                 "adopt" => adopt_link = Some(link),
+                "storage_census" => census_link = Some(link),
                 _ => tracing_links.push(link),
             }
         }
-        let health_link = health_link.ok_or(Error::ObjectMismatch {
-            kind: "program",
-            name: "dump_health",
-        })?;
         let adopt_link = adopt_link.ok_or(Error::ObjectMismatch {
             kind: "program",
             name: "adopt",
+        })?;
+        let census_link = census_link.ok_or(Error::ObjectMismatch {
+            kind: "program",
+            name: "storage_census",
         })?;
 
         let queue: Arc<Mutex<Vec<Record>>> = Arc::default();
@@ -331,12 +330,35 @@ impl Monitor {
             source: error::io_of(e),
         })?;
 
+        let health_records: Arc<Mutex<Vec<RawHealth>>> = Arc::default();
+        let sink = Arc::clone(&health_records);
+        let health_out = find_map(&object, "health_out")?;
+        let mut builder = RingBufferBuilder::new();
+        builder
+            .add(&health_out, move |data: &[u8]| {
+                if let (Some(raw), Ok(mut records)) = (RawHealth::read(data), sink.lock()) {
+                    records.push(raw);
+                }
+                0
+            })
+            .map_err(|e| Error::Io {
+                action: "adding the health ring buffer",
+                source: error::io_of(e),
+            })?;
+        let health_ring = builder.build().map_err(|e| Error::Io {
+            action: "opening the health ring buffer",
+            source: error::io_of(e),
+        })?;
+
         Ok(Self {
             ring,
             queue,
             joiner: CloseJoiner::default(),
             health_link,
+            health_ring,
+            health_records,
             adopt_link,
+            census_link,
             _tracing_links: tracing_links,
             maps,
             health_walk,
@@ -407,25 +429,73 @@ impl Monitor {
         &self.health_walk
     }
 
-    /// Every watched, established session's health, in one iterator pass (see [`HealthWalk`]).
-    pub fn health(&mut self) -> Result<HealthPass, Error> {
-        read_iter(&self.health_link, &mut self.buf)?;
-        let size = std::mem::size_of::<RawHealth>();
-        let records: Vec<RawHealth> = self
-            .buf
-            .chunks_exact(size)
-            .filter_map(RawHealth::read)
-            .collect();
-        let storage_entries = records.len() as u64;
-        let sessions = records
+    /// Every watched, established session's health, in one pass over the watched sessions
+    /// (see [`HealthWalk`]).
+    pub fn health(&mut self) -> Result<Vec<Health>, Error> {
+        let records = match &self.health_link {
+            Some(link) => self.storage_records(link)?,
+            None => self.live_records()?,
+        };
+        Ok(records
             .iter()
             .filter(|raw| raw.closed == 0)
             .map(Health::from_raw)
-            .collect();
-        Ok(HealthPass {
-            sessions,
-            storage_entries,
-        })
+            .collect())
+    }
+
+    /// How many sockets hold this monitor's storage, closing ones not yet freed included. With
+    /// the storage-map iterator this costs a health pass; otherwise it walks every TCP socket
+    /// of the namespace (a diagnostic, not for every poll).
+    pub fn storage_entries(&mut self) -> Result<u64, Error> {
+        match &self.health_link {
+            Some(link) => Ok(self.storage_records(link)?.len() as u64),
+            None => {
+                read_iter(&self.census_link, &mut self.buf)?;
+                Ok((self.buf.len() / 8) as u64)
+            }
+        }
+    }
+
+    /// One record per storage entry, from the storage-map iterator.
+    fn storage_records(&self, link: &Link) -> Result<Vec<RawHealth>, Error> {
+        let mut buf = Vec::with_capacity(64 * 1024);
+        read_iter(link, &mut buf)?;
+        Ok(buf
+            .chunks_exact(std::mem::size_of::<RawHealth>())
+            .filter_map(RawHealth::read)
+            .collect())
+    }
+
+    /// One record per live session: `live_pass` run once, its ring read to the end.
+    fn live_records(&mut self) -> Result<Vec<RawHealth>, Error> {
+        let prog = self
+            ._object
+            .progs_mut()
+            .find(|p| p.name() == "live_pass")
+            .ok_or(Error::ObjectMismatch {
+                kind: "program",
+                name: "live_pass",
+            })?;
+        let out = prog
+            .test_run(libbpf_rs::ProgramInput::default())
+            .map_err(|e| Error::Io {
+                action: "running live_pass (BPF_PROG_TEST_RUN)",
+                source: error::io_of(e),
+            })?;
+        self.health_ring.consume().map_err(|e| Error::Io {
+            action: "reading the health ring buffer",
+            source: error::io_of(e),
+        })?;
+        let records = std::mem::take(
+            &mut *self
+                .health_records
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        if out.return_value != 0 {
+            return Err(Error::HealthRingFull(out.return_value));
+        }
+        Ok(records)
     }
 
     /// State changes of watched sessions, waiting up to `timeout` for the first. A close is
@@ -484,10 +554,8 @@ fn load_object(walk: HealthWalk) -> Result<Object, (Error, String)> {
         )
     })?;
     for mut prog in open.progs_mut() {
-        match prog.name().to_str() {
-            Some("dump_health") => prog.set_autoload(walk == HealthWalk::StorageMap),
-            Some("dump_health_tcp") => prog.set_autoload(walk != HealthWalk::StorageMap),
-            _ => {}
+        if prog.name() == "dump_health" {
+            prog.set_autoload(walk == HealthWalk::StorageMap);
         }
     }
     let _one_at_a_time = LOAD_LOCK.lock().unwrap_or_else(|p| p.into_inner());
@@ -511,7 +579,7 @@ fn static_label(label: &str) -> &'static str {
         "on_send_reset (tp_btf/tcp_send_reset)",
         "on_retransmit (tp_btf/tcp_retransmit_skb)",
         "dump_health (iter/bpf_sk_storage_map)",
-        "dump_health_tcp (iter/tcp)",
+        "storage_census (iter/tcp)",
         "adopt (iter/tcp)",
     ]
     .into_iter()

@@ -171,16 +171,15 @@ fn every_health_field_matches_ss_for_idle_slow_reader_and_zero_window_sessions()
     // settled: the slow venue's window has closed (a probe is pending, nothing in flight)
     wait_for("the zero window", Duration::from_secs(10), || {
         let pass = m.health().unwrap();
-        pass.sessions
-            .iter()
+        pass.iter()
             .find(|h| h.local == locals[2] && h.snd_wnd == 0 && h.unacked == 0)
             .map(|_| ())
     });
     std::thread::sleep(Duration::from_millis(300));
 
-    let h1 = m.health().unwrap().sessions;
+    let h1 = m.health().unwrap();
     let ss = ss(venue.port);
-    let h2 = m.health().unwrap().sessions;
+    let h2 = m.health().unwrap();
     for (i, local) in locals.iter().enumerate() {
         let find = |pass: &[Health]| {
             pass.iter()

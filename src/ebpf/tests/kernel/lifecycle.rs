@@ -16,7 +16,7 @@ fn sessions_opened_before_and_after_load_are_watched_with_health() {
     let mut m = load();
     m.set_targets(&[target(venue.port)]).unwrap();
     assert!(
-        m.health().unwrap().sessions.is_empty(),
+        m.health().unwrap().is_empty(),
         "nothing watched before the scan"
     );
 
@@ -48,10 +48,9 @@ fn sessions_opened_before_and_after_load_are_watched_with_health() {
     }
 
     let pass = m.health().unwrap();
-    assert_eq!(pass.sessions.len(), 5);
+    assert_eq!(pass.len(), 5);
     for (ours, _) in before.iter().chain(&after) {
         let h = pass
-            .sessions
             .iter()
             .find(|h| h.sock_cookie == cookie(ours))
             .expect("health for each session");
@@ -59,7 +58,7 @@ fn sessions_opened_before_and_after_load_are_watched_with_health() {
         assert_eq!(h.state, tcp_state::ESTABLISHED);
         assert!(h.srtt_us > 0, "an RTT sample from the handshake: {h:?}");
     }
-    assert_eq!(pass.sessions.iter().filter(|h| h.adopted).count(), 3);
+    assert_eq!(pass.iter().filter(|h| h.adopted).count(), 3);
 }
 
 #[test]
@@ -76,7 +75,6 @@ fn a_reset_we_send_reaches_the_close_event_with_its_reason() {
     wait_for("the data to arrive", Duration::from_secs(5), || {
         m.health()
             .unwrap()
-            .sessions
             .iter()
             .find(|h| h.sock_cookie == id && h.rcv_queue == 6)
             .map(|_| ())
@@ -166,7 +164,6 @@ fn targets_change_without_reloading() {
         let mut ports: Vec<u16> = m
             .health()
             .unwrap()
-            .sessions
             .iter()
             .map(|h| h.remote.port())
             .collect();

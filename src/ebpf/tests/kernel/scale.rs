@@ -32,11 +32,12 @@ fn a_thousand_watched_among_ten_thousand_unrelated_sockets_and_storage_is_freed(
         let started = Instant::now();
         let pass = m.health().unwrap();
         let took = started.elapsed();
-        let got: HashSet<u64> = pass.sessions.iter().map(|h| h.sock_cookie).collect();
-        assert_eq!(got.len(), pass.sessions.len(), "each session once");
+        let got: HashSet<u64> = pass.iter().map(|h| h.sock_cookie).collect();
+        assert_eq!(got.len(), pass.len(), "each session once");
         assert_eq!(got, expected, "round {round}: exactly the watched sessions");
         assert_eq!(
-            pass.storage_entries, WATCHED as u64,
+            m.storage_entries().unwrap(),
+            WATCHED as u64,
             "round {round}: storage for the watched only"
         );
         eprintln!(
@@ -54,7 +55,7 @@ fn a_thousand_watched_among_ten_thousand_unrelated_sockets_and_storage_is_freed(
         wait_for(
             "the storage of closed sessions to be freed",
             Duration::from_secs(20),
-            || (m.health().unwrap().storage_entries == 0).then_some(()),
+            || (m.storage_entries().unwrap() == 0).then_some(()),
         );
     }
     let counters = m.counters().unwrap();
