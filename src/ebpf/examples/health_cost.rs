@@ -18,13 +18,19 @@ const WATCHED: usize = 1_000;
 const UNRELATED_CONNECTIONS: usize = 5_000;
 const PASSES: u32 = 200;
 
-fn thread_cpu() -> Duration {
+/// The calling thread's (user, system) CPU time.
+fn thread_cpu_split() -> (Duration, Duration) {
     // SAFETY: an all-zero rusage is a valid value for getrusage to fill.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: RUSAGE_THREAD with a valid pointer to a rusage.
     unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
+    (tv(usage.ru_utime), tv(usage.ru_stime))
+}
+
+fn thread_cpu() -> Duration {
+    let (user, system) = thread_cpu_split();
+    user + system
 }
 
 /// A listener accepting in the background; connections are kept open while the process runs.
@@ -46,12 +52,20 @@ fn open(port: u16, n: usize) -> Vec<TcpStream> {
 
 fn measure(m: &mut Monitor, label: &str) -> Duration {
     m.health().unwrap(); // warm
-    let (cpu0, wall0) = (thread_cpu(), Instant::now());
+    let (split0, wall0) = (thread_cpu_split(), Instant::now());
+    let cpu0 = split0.0 + split0.1;
     let mut seen = 0;
     for _ in 0..PASSES {
         seen = m.health().unwrap().len();
     }
-    let per_pass = (thread_cpu() - cpu0) / PASSES;
+    let split1 = thread_cpu_split();
+    let wall = wall0.elapsed() / PASSES;
+    let per_pass = (split1.0 + split1.1 - cpu0) / PASSES;
+    println!(
+        "  (user {:?}, system {:?} per pass)",
+        (split1.0 - split0.0) / PASSES,
+        (split1.1 - split0.1) / PASSES
+    );
     let cpu1 = thread_cpu();
     for _ in 0..PASSES {
         m.scan_existing().unwrap();
@@ -62,7 +76,7 @@ fn measure(m: &mut Monitor, label: &str) -> Duration {
     );
     println!(
         "{label}: {seen} watched, {per_pass:?} CPU per pass ({:?} wall), {:.3} ms CPU per second at one pass a second",
-        wall0.elapsed() / PASSES,
+        wall,
         per_pass.as_secs_f64() * 1000.0
     );
     per_pass
