@@ -101,7 +101,8 @@ pub(crate) fn io_of(e: libbpf_rs::Error) -> io::Error {
 
 /// Does the process hold CAP_BPF (39) or CAP_SYS_ADMIN (21) in its effective set?
 fn bpf_capable() -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    // Capabilities are per thread: the calling thread's, not the process's first thread's.
+    let status = std::fs::read_to_string("/proc/thread-self/status").unwrap_or_default();
     let eff = status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))

@@ -5,6 +5,7 @@
 mod kernel {
     pub mod support;
 
+    mod errors;
     mod health;
     mod lifecycle;
     mod scale;
