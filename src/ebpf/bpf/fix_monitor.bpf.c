@@ -306,7 +306,8 @@ static __always_inline void live_put(struct sock *sk, struct session *s)
 		.adopted = s->adopted,
 	};
 
-	bpf_map_update_elem(&live, &s->sock_cookie, &l, BPF_ANY);
+	if (bpf_map_update_elem(&live, &s->sock_cookie, &l, BPF_ANY))
+		count(CNT_LIVE_FULL);
 }
 
 SEC("tp_btf/inet_sock_set_state")

@@ -168,7 +168,8 @@ enum counter {
 	CNT_EMITTED = 3,     /* ring-buffer records written */
 	CNT_LOST = 4,        /* records the full ring had no room for */
 	CNT_NO_STORAGE = 5,  /* storage could not be created (memory) */
-	CNT_MAX = 6,
+	CNT_LIVE_FULL = 6,   /* the live table was full: a session without health there */
+	CNT_MAX = 7,
 };
 
 #endif

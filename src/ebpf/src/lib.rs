@@ -5,35 +5,47 @@
 //!   conventions): a BTF tracepoint on `sock:inet_sock_set_state` that gives a watched socket
 //!   socket-local storage and writes its state changes to a ring buffer; `tcp:tcp_receive_reset`,
 //!   `tcp:tcp_send_reset` (with the kernel's reset reason) and `tcp:tcp_retransmit_skb` that
-//!   update that storage; an iterator over the storage (`iter/bpf_sk_storage_map`) that writes
-//!   each watched session's health from `tcp_sock`; and a TCP iterator (`iter/tcp`) that adopts
+//!   update that storage; the health pass (below); and a TCP iterator (`iter/tcp`) that adopts
 //!   sessions that existed before the load. `bpf/fix_monitor.h` holds the shared records.
 //! - `bpf/fix_monitor.bpf.o`: the compiled object, committed so `cargo build` needs no clang;
 //!   `build-bpf.sh` rebuilds it and `build-bpf.sh --check` fails when it differs from its source.
-//! - [`types`]: the shared records mirrored in Rust; [`targets`]: a target list as LPM-trie
-//!   entries and port rules (pure); [`model`]: state changes and health as Rust values (pure);
-//!   this file: [`Monitor`], which loads, attaches and reads; [`error`]: what can go wrong,
-//!   naming the missing capability or kernel feature.
+//! - `types`: the shared records mirrored in Rust (checked against the object's BTF);
+//!   [`targets`]: a target list as LPM-trie entries and port rules (pure); [`model`]: state
+//!   changes and health as Rust values (pure); this file: [`Monitor`], which loads, attaches
+//!   and reads; [`error`]: what can go wrong, naming the missing capability or kernel feature.
+//!
+//! # The health pass
+//! Where the kernel takes it, an iterator over the socket-local storage map
+//! (`iter/bpf_sk_storage_map`) writes each watched session's health from `tcp_sock`. Some
+//! kernels refuse map-element iterators at load (EPERM, seen on the 6.18 sandbox kernel these
+//! tests run on, for `bpf_map_elem`, `sockmap` and `bpf_sk_storage_map` alike, while `tcp`,
+//! `task` and `bpf_map` iterators load); then the pass runs `live_pass` once with
+//! BPF_PROG_TEST_RUN, which walks a hash of watched, established sockets kept by the state
+//! tracepoint and reads each `tcp_sock` through `bpf_rdonly_cast` (fault-safe loads), checking
+//! the socket cookie so that a freed or reused socket is never reported. [`HealthWalk`] says
+//! which one a [`Monitor`] uses, and why.
 //!
 //! # Why libbpf-rs and not aya
 //! Both are maintained and build on stable Rust. The programs are C with CO-RE, so the loader
 //! must be the reference implementation of libbpf's object conventions: CO-RE relocations of
-//! every kind (including bitfields), `__kconfig` externs (`CONFIG_HZ`, needed to turn the
-//! kernel's jiffies into milliseconds as `tcp_get_info()` does), `tp_btf`
-//! programs, and iterators attached to a map. libbpf-rs is libbpf itself (vendored by
-//! `libbpf-sys` and built with the C compiler `cc` finds, with libelf and zlib; the `static`
-//! feature links those statically), and its `Program::attach_iter(map_fd)` attaches
-//! `iter/bpf_sk_storage_map` to the storage map, `libbpf_rs::Iter` reads an iterator,
-//! `RingBufferBuilder` reads the ring buffer, and `MapCore::update` writes the LPM trie. aya's
-//! `Iter` program (0.13) attaches without a map, so the storage-map iterator would need our own
-//! `bpf_link_create`, and its support for libbpf's kconfig externs in C objects is
-//! narrower. Nothing here parses BTF, tracefs or ring-buffer memory by hand, and nothing mounts
-//! a file system: `tp_btf` programs attach by BTF id, without tracefs.
+//! every kind (including bitfields and kernel type ids), `__kconfig` externs (`CONFIG_HZ`,
+//! needed to turn the kernel's jiffies into milliseconds as `tcp_get_info()` does), kfunc
+//! externs (`bpf_rdonly_cast`), `tp_btf` programs, and iterators attached to a map. libbpf-rs
+//! is libbpf itself (vendored by `libbpf-sys` and built with the C compiler `cc` finds, with
+//! libelf and zlib; the `static` feature links those statically): `Program::attach_iter(map_fd)`
+//! attaches `iter/bpf_sk_storage_map` to the storage map, `libbpf_rs::Iter` reads an iterator,
+//! `Program::test_run` runs the fallback pass, `RingBufferBuilder` reads the ring buffers, and
+//! `MapCore::update` writes the LPM trie. aya's `Iter` program (0.13) attaches without a map,
+//! so the storage-map iterator would need our own `bpf_link_create`, and its support for
+//! libbpf's kconfig and kfunc externs in C objects is narrower. Nothing here parses BTF, tracefs
+//! or ring-buffer memory by hand, and nothing mounts a file system: `tp_btf` programs attach by
+//! BTF id, without tracefs.
 //!
 //! # Cost
 //! A state change costs one storage lookup for every TCP socket on the host, and the LPM
 //! lookup only when a socket connects or becomes ESTABLISHED without storage. The health pass
-//! walks the storage map, so it costs per watched session, whatever else the host holds.
+//! costs per watched session (plus, on the fallback, a walk of the live table's 16,384 hash
+//! buckets), whatever else the host holds; `examples/health_cost.rs` measures it.
 
 pub mod error;
 pub mod model;
@@ -79,6 +91,8 @@ pub struct KernelCounters {
     pub emitted: u64,
     pub lost: u64,
     pub no_storage: u64,
+    /// Sessions the live table (16,384 entries) had no room for: no health on the fallback.
+    pub live_full: u64,
 }
 
 /// How the health pass walks the watched sessions.
@@ -515,7 +529,7 @@ impl Monitor {
 
     /// The programs' counters, summed over CPUs.
     pub fn counters(&self) -> Result<KernelCounters, Error> {
-        let mut sums = [0u64; 6];
+        let mut sums = [0u64; 7];
         for (i, sum) in sums.iter_mut().enumerate() {
             let per_cpu = self
                 .maps
@@ -532,7 +546,7 @@ impl Monitor {
                 .map(|b| u64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
                 .sum();
         }
-        let [seen, matched, other_netns, emitted, lost, no_storage] = sums;
+        let [seen, matched, other_netns, emitted, lost, no_storage, live_full] = sums;
         Ok(KernelCounters {
             seen,
             matched,
@@ -540,6 +554,7 @@ impl Monitor {
             emitted,
             lost,
             no_storage,
+            live_full,
         })
     }
 }
