@@ -196,3 +196,84 @@ fn targets_change_without_reloading() {
     );
     drop(first);
 }
+
+/// Drops what reaches `port` on input while it lives (nftables), so our segments leave and
+/// are retransmitted, and never arrive.
+struct InputDrop(String);
+
+impl InputDrop {
+    fn new(port: u16) -> Self {
+        let table = format!("fm_ebpf_drop_{port}");
+        let rules = format!(
+            "table inet {table} {{ chain input {{ type filter hook input priority 0; tcp dport {port} drop; }}; }}"
+        );
+        let status = std::process::Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write as _;
+                child.stdin.take().unwrap().write_all(rules.as_bytes())?;
+                child.wait()
+            })
+            .expect("running nft (nftables) failed: it is required");
+        assert!(status.success(), "nft -f: {rules}");
+        Self(table)
+    }
+}
+
+impl Drop for InputDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("nft")
+            .args(["delete", "table", "inet", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn a_retransmission_timeout_reaches_the_close_event_with_its_retransmits() {
+    let venue = Venue::start();
+    let mut m = load();
+    m.set_targets(&[target(venue.port)]).unwrap();
+    let (mut ours, _theirs) = venue.open(1).pop().unwrap();
+    let id = cookie(&ours);
+    set_user_timeout(&ours, Duration::from_millis(1500));
+    let _drop = InputDrop::new(venue.port);
+    ours.write_all(b"8=FIX.4.4|35=0|").unwrap();
+    let events = events_until(&mut m, "the close", |e| {
+        e.iter().any(|c| c.new_state == tcp_state::CLOSE)
+    });
+    let close = events
+        .iter()
+        .find(|c| c.new_state == tcp_state::CLOSE)
+        .unwrap();
+    assert_eq!(close.sock_cookie, id);
+    assert_eq!(close.sk_err, libc::ETIMEDOUT, "{close:?}");
+    assert_eq!(close.closer, Closer::Error);
+    assert!(
+        !close.reset_received && close.reset_sent_reason.is_none(),
+        "{close:?}"
+    );
+    assert!(close.counters.total_retrans > 0, "{close:?}");
+    assert_eq!(
+        close.counters.retrans_events, close.counters.total_retrans,
+        "each retransmission counted as it happened (one segment each)"
+    );
+}
+
+/// TCP_USER_TIMEOUT: how long sent data may stay unacknowledged before the kernel gives up.
+fn set_user_timeout(stream: &std::net::TcpStream, timeout: Duration) {
+    use std::os::fd::AsRawFd;
+    let ms = timeout.as_millis() as libc::c_uint;
+    // SAFETY: a live socket fd and a valid c_uint of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            (&ms as *const libc::c_uint).cast(),
+            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+}
