@@ -166,13 +166,22 @@ static __always_inline void read_ident(const struct sock *sk, struct ident *id)
 /* The target the socket's peer and ports match (first rule in configuration order). */
 static __always_inline bool match_target(const struct ident *id, __u32 *target)
 {
-	struct target_key key = { .prefixlen = 128 };
+	const __u32 *words = (const __u32 *)id->daddr;
+	struct target_key key = {};
 	struct net_rules *nr;
 	__u32 i;
 
 	if (id->family != AF_INET && id->family != AF_INET6)
 		return false;
-	__builtin_memcpy(key.addr, id->daddr, 16);
+	if (words[0] == 0 && words[1] == 0 && words[2] == bpf_htonl(0xffff)) {
+		key.prefixlen = 8 + 32;
+		key.family = 4;
+		__builtin_memcpy(key.addr, id->daddr + 12, 4);
+	} else {
+		key.prefixlen = 8 + 128;
+		key.family = 6;
+		__builtin_memcpy(key.addr, id->daddr, 16);
+	}
 	nr = bpf_map_lookup_elem(&targets, &key);
 	if (!nr)
 		return false;

@@ -136,10 +136,16 @@ struct live {
 	__u8 _pad[3];
 };
 
-/* The LPM key: an IPv6 address (IPv4 as ::ffff:a.b.c.d, prefix + 96). */
+/*
+ * The LPM key: the family (4 or 6) then the address (IPv4 in its first 4 bytes), the prefix
+ * counting the family byte. An IPv4-mapped IPv6 peer (::ffff:a.b.c.d) is looked up as IPv4,
+ * so it meets the IPv4 targets and never an IPv6 block, as the sidecar classifies it.
+ */
 struct target_key {
 	__u32 prefixlen;
+	__u8 family;
 	__u8 addr[16];
+	__u8 _pad[3];
 };
 
 /* Where the port rules of one address block are in the rules array. */

@@ -71,14 +71,19 @@ impl Compiled {
     }
 }
 
-/// An address block as a trie key: IPv6, IPv4 as `::ffff:a.b.c.d` with the prefix plus 96,
-/// host bits cleared.
+/// An address block as a trie key: the family byte (4 or 6), then the address with its host
+/// bits cleared; the prefix counts the family byte.
 fn key_of(index: usize, t: &TargetSpec) -> Result<TargetKey, TargetError> {
-    let (addr, prefixlen) = match t.addr {
+    let mut addr = [0u8; 16];
+    let (family, bits) = match t.addr {
         IpAddr::V4(a) if t.prefix_len <= 32 => {
-            (a.to_ipv6_mapped().octets(), 96 + t.prefix_len as u32)
+            addr[..4].copy_from_slice(&a.octets());
+            (4, t.prefix_len as u32)
         }
-        IpAddr::V6(a) if t.prefix_len <= 128 => (a.octets(), t.prefix_len as u32),
+        IpAddr::V6(a) if t.prefix_len <= 128 => {
+            addr = a.octets();
+            (6, t.prefix_len as u32)
+        }
         _ => {
             return Err(TargetError::Prefix {
                 index,
@@ -87,24 +92,24 @@ fn key_of(index: usize, t: &TargetSpec) -> Result<TargetKey, TargetError> {
             })
         }
     };
-    let mut masked = [0u8; 16];
-    for (i, byte) in addr.iter().enumerate() {
-        let bits = (prefixlen as i64 - 8 * i as i64).clamp(0, 8) as u32;
-        let mask = if bits == 0 { 0 } else { 0xffu8 << (8 - bits) };
-        masked[i] = byte & mask;
+    for (i, byte) in addr.iter_mut().enumerate() {
+        let keep = (bits as i64 - 8 * i as i64).clamp(0, 8) as u32;
+        *byte &= if keep == 0 { 0 } else { 0xffu8 << (8 - keep) };
     }
     Ok(TargetKey {
-        prefixlen,
-        addr: masked,
+        prefixlen: 8 + bits,
+        family,
+        addr,
+        _pad: [0; 3],
     })
 }
 
-/// Does block `outer` contain block `inner`?
+/// Does block `outer` contain block `inner`? (Same family, and the outer prefix's bits agree.)
 fn contains(outer: &TargetKey, inner: &TargetKey) -> bool {
-    if outer.prefixlen > inner.prefixlen {
+    if outer.family != inner.family || outer.prefixlen > inner.prefixlen {
         return false;
     }
-    (0..outer.prefixlen as usize).all(|bit| {
+    (0..(outer.prefixlen - 8) as usize).all(|bit| {
         let mask = 0x80u8 >> (bit % 8);
         outer.addr[bit / 8] & mask == inner.addr[bit / 8] & mask
     })
@@ -170,13 +175,25 @@ mod tests {
     }
 
     #[test]
-    fn ipv4_blocks_are_mapped_and_masked() {
-        let c = compile(&[spec("10.1.2.3", 24, Some(9878))]).unwrap();
-        let (key, rules) = &c.blocks[0];
-        assert_eq!(key.prefixlen, 120);
-        assert_eq!(IpAddr::from(key.addr).to_string(), "::ffff:10.1.2.0");
+    fn blocks_carry_their_family_and_are_masked() {
+        let c = compile(&[spec("10.1.2.3", 24, Some(9878)), spec("::1", 64, None)]).unwrap();
+        let (v4, rules) = &c.blocks[0];
+        assert_eq!((v4.family, v4.prefixlen), (4, 8 + 24));
+        assert_eq!(&v4.addr[..4], &[10, 1, 2, 0]);
         assert_eq!(rules[0].rport, 9878);
         assert_eq!((rules[0].lport_lo, rules[0].lport_hi), (0, u16::MAX));
+        let (v6, _) = &c.blocks[1];
+        assert_eq!((v6.family, v6.prefixlen), (6, 8 + 64));
+        assert_eq!(v6.addr, [0; 16], "host bits cleared");
+    }
+
+    /// An IPv6 block never contains an IPv4 one, even ::/0 (IPv4-mapped peers meet only IPv4
+    /// targets, as `Targets::classify` decides).
+    #[test]
+    fn ipv6_blocks_do_not_cover_ipv4_targets() {
+        let c = compile(&[spec("::", 0, Some(1)), spec("10.0.0.1", 32, Some(2))]).unwrap();
+        let v4 = c.blocks.iter().find(|(k, _)| k.family == 4).unwrap();
+        assert_eq!(v4.1.iter().map(|r| r.target).collect::<Vec<_>>(), vec![1]);
     }
 
     /// A longer block's entry carries the rules of the shorter blocks that contain it, in
@@ -194,9 +211,9 @@ mod tests {
             .iter()
             .map(|(k, r)| (k.prefixlen, r.iter().map(|r| r.target).collect()))
             .collect();
-        assert!(by_len.contains(&(104, vec![0])));
-        assert!(by_len.contains(&(112, vec![0, 1])));
-        assert!(by_len.contains(&(128, vec![2])));
+        assert!(by_len.contains(&(8 + 8, vec![0])));
+        assert!(by_len.contains(&(8 + 16, vec![0, 1])));
+        assert!(by_len.contains(&(8 + 32, vec![2])));
         let layout = c.layout(4096);
         assert_eq!(layout.iter().map(|(_, v)| v.count).sum::<u32>(), 4);
         assert_eq!(layout[0].1.first, 4096);

@@ -77,7 +77,9 @@ pub(crate) struct RawHealth {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct TargetKey {
     pub prefixlen: u32,
+    pub family: u8,
     pub addr: [u8; 16],
+    pub _pad: [u8; 3],
 }
 
 /// LPM-trie value (`struct net_rules`).
@@ -259,7 +261,7 @@ mod tests {
                 daddr,
             ]
         );
-        same_layout!(TargetKey, "target_key", [prefixlen, addr]);
+        same_layout!(TargetKey, "target_key", [prefixlen, family, addr]);
         same_layout!(NetRules, "net_rules", [first, count]);
         same_layout!(PortRule, "port_rule", [rport, lport_lo, lport_hi, target]);
         same_layout!(Settings, "settings", [netns_cookie]);

@@ -277,3 +277,49 @@ fn set_user_timeout(stream: &std::net::TcpStream, timeout: Duration) {
     };
     assert_eq!(rc, 0);
 }
+
+#[test]
+fn ipv6_sessions_are_watched_by_an_ipv6_block() {
+    let venue = Venue::start_on("::1");
+    let v4_venue = Venue::start();
+    let mut m = load();
+    let block = fix_monitor_ebpf::TargetSpec {
+        addr: "::".parse().unwrap(),
+        prefix_len: 64,
+        port: None,
+        local_ports: None,
+    };
+    m.set_targets(&[block]).unwrap();
+    let sessions = venue.open(2);
+    let _not_v4 = v4_venue.open(1);
+    let pass = m.health().unwrap();
+    // both ends of each session are in ::/64 (::1 to ::1), and no IPv4 one is
+    assert_eq!(pass.len(), 4, "{pass:#?}");
+    for (ours, theirs) in &sessions {
+        for end in [ours, theirs] {
+            let h = pass
+                .iter()
+                .find(|h| h.sock_cookie == cookie(end))
+                .expect("watched");
+            assert_eq!(h.local, end.local_addr().unwrap());
+            assert_eq!(h.remote, end.peer_addr().unwrap());
+        }
+    }
+}
+
+#[test]
+fn an_ipv4_mapped_peer_of_a_dual_stack_socket_meets_the_ipv4_target() {
+    let venue = Venue::start();
+    let mut m = load();
+    m.set_targets(&[target(venue.port)]).unwrap();
+    let mapped: std::net::SocketAddr = format!("[::ffff:127.0.0.1]:{}", venue.port)
+        .parse()
+        .unwrap();
+    let ours = std::net::TcpStream::connect(mapped).expect("connect over IPv6 to a mapped address");
+    let pass = m.health().unwrap();
+    let h = pass
+        .iter()
+        .find(|h| h.sock_cookie == cookie(&ours))
+        .expect("watched");
+    assert_eq!(h.remote, mapped, "the socket's own (IPv6) view of its peer");
+}

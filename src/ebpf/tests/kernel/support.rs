@@ -30,13 +30,20 @@ pub fn target(port: u16) -> TargetSpec {
 /// A loopback listener whose accepted streams are handed over on a channel.
 pub struct Venue {
     pub port: u16,
+    pub addr: SocketAddr,
     accepted: mpsc::Receiver<TcpStream>,
 }
 
 impl Venue {
     pub fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().unwrap().port();
+        Self::start_on("127.0.0.1")
+    }
+
+    /// A venue on another loopback address (e.g. "::1").
+    pub fn start_on(ip: &str) -> Self {
+        let listener = TcpListener::bind((ip, 0)).expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let port = addr.port();
         let (tx, accepted) = mpsc::channel();
         thread::spawn(move || {
             for stream in listener.incoming() {
@@ -46,14 +53,18 @@ impl Venue {
                 }
             }
         });
-        Self { port, accepted }
+        Self {
+            port,
+            addr,
+            accepted,
+        }
     }
 
     /// Opens `n` sessions; returns (our end, the venue's end) pairs.
     pub fn open(&self, n: usize) -> Vec<(TcpStream, TcpStream)> {
         (0..n)
             .map(|_| {
-                let ours = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+                let ours = TcpStream::connect(self.addr).expect("connect");
                 let theirs = self
                     .accepted
                     .recv_timeout(Duration::from_secs(10))
