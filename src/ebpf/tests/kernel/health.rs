@@ -1,6 +1,7 @@
 //! Every health field against `ss -tin` for the same sockets: an idle session, a slow reader
-//! (our receive queue grows), and a slow venue (it stops reading: a zero window, unsent bytes,
-//! time limited by the receiver's window).
+//! (our receive queue grows), a slow venue (it stops reading: a zero window, unsent bytes,
+//! time limited by the receiver's window), and a lossy one (nftables drops what we send:
+//! unacknowledged segments, retransmissions).
 //!
 //! Tolerance: the pass and `ss` cannot read at the same instant, so `ss` runs between two
 //! passes and each value must lie between the two (fields that only grow with time, like the
@@ -147,11 +148,17 @@ fn compare(h1: &Health, h2: &Health, ss: &SsInfo) {
 }
 
 #[test]
-fn every_health_field_matches_ss_for_idle_slow_reader_and_zero_window_sessions() {
-    let venue = Venue::start();
+fn every_health_field_matches_ss_for_idle_slow_reader_zero_window_and_lossy_sessions() {
+    let (venue, lossy_venue) = (Venue::start(), Venue::start());
     let mut m = load();
-    m.set_targets(&[target(venue.port)]).unwrap();
+    m.set_targets(&[target(venue.port), target(lossy_venue.port)])
+        .unwrap();
     let mut sessions = venue.open(3);
+    // lossy: everything we send the lossy venue is dropped on its way in (nftables), so our
+    // segments wait unacknowledged and are retransmitted with a growing timeout
+    sessions.extend(lossy_venue.open(1));
+    let _drop = InputDrop::new(lossy_venue.port);
+    write_some(&mut sessions[3].0, 4 * 1024 * 1024);
 
     // idle: a small exchange both ways, read on both sides
     let (ours, theirs) = &mut sessions[0];
@@ -175,10 +182,22 @@ fn every_health_field_matches_ss_for_idle_slow_reader_and_zero_window_sessions()
             .find(|h| h.local == locals[2] && h.snd_wnd == 0 && h.unacked == 0)
             .map(|_| ())
     });
+    wait_for(
+        "two retransmissions on the lossy session",
+        Duration::from_secs(10),
+        || {
+            let pass = m.health().unwrap();
+            pass.iter()
+                .find(|h| h.local == locals[3] && h.total_retrans >= 2)
+                .map(|_| ())
+        },
+    );
     std::thread::sleep(Duration::from_millis(300));
 
     let h1 = m.health().unwrap();
-    let ss = ss(venue.port);
+    let mut ss_lines = ss(venue.port);
+    ss_lines.extend(ss(lossy_venue.port));
+    let ss = ss_lines;
     let h2 = m.health().unwrap();
     for (i, local) in locals.iter().enumerate() {
         let find = |pass: &[Health]| {
@@ -204,5 +223,10 @@ fn every_health_field_matches_ss_for_idle_slow_reader_and_zero_window_sessions()
         slow_venue.notsent_bytes > 0 && slow_venue.rwnd_limited_us > 0,
         "the slow venue: {slow_venue:?}"
     );
-    assert_eq!(h1.len(), 3, "only the target's sessions are watched");
+    let lossy = h1.iter().find(|h| h.local == locals[3]).unwrap();
+    assert!(
+        lossy.unacked > 0 && lossy.total_retrans >= 2,
+        "the lossy session: {lossy:?}"
+    );
+    assert_eq!(h1.len(), 4, "only the targets' sessions are watched");
 }

@@ -197,39 +197,6 @@ fn targets_change_without_reloading() {
     drop(first);
 }
 
-/// Drops what reaches `port` on input while it lives (nftables), so our segments leave and
-/// are retransmitted, and never arrive.
-struct InputDrop(String);
-
-impl InputDrop {
-    fn new(port: u16) -> Self {
-        let table = format!("fm_ebpf_drop_{port}");
-        let rules = format!(
-            "table inet {table} {{ chain input {{ type filter hook input priority 0; tcp dport {port} drop; }}; }}"
-        );
-        let status = std::process::Command::new("nft")
-            .args(["-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .and_then(|mut child| {
-                use std::io::Write as _;
-                child.stdin.take().unwrap().write_all(rules.as_bytes())?;
-                child.wait()
-            })
-            .expect("running nft (nftables) failed: it is required");
-        assert!(status.success(), "nft -f: {rules}");
-        Self(table)
-    }
-}
-
-impl Drop for InputDrop {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("nft")
-            .args(["delete", "table", "inet", &self.0])
-            .status();
-    }
-}
-
 #[test]
 fn a_retransmission_timeout_reaches_the_close_event_with_its_retransmits() {
     let venue = Venue::start();

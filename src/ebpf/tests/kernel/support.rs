@@ -248,3 +248,36 @@ pub fn parse_ss(text: &str) -> HashMap<SocketAddr, SsInfo> {
     }
     out
 }
+
+/// Drops what reaches `port` on input while it lives (nftables), so our segments leave and
+/// are retransmitted, and never arrive.
+pub struct InputDrop(String);
+
+impl InputDrop {
+    pub fn new(port: u16) -> Self {
+        let table = format!("fm_ebpf_drop_{port}");
+        let rules = format!(
+            "table inet {table} {{ chain input {{ type filter hook input priority 0; tcp dport {port} drop; }}; }}"
+        );
+        let status = std::process::Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write as _;
+                child.stdin.take().unwrap().write_all(rules.as_bytes())?;
+                child.wait()
+            })
+            .expect("running nft (nftables) failed: it is required");
+        assert!(status.success(), "nft -f: {rules}");
+        Self(table)
+    }
+}
+
+impl Drop for InputDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("nft")
+            .args(["delete", "table", "inet", &self.0])
+            .status();
+    }
+}
