@@ -112,6 +112,7 @@ struct Maps {
     rules: MapHandle,
     settings: MapHandle,
     counters: MapHandle,
+    live: MapHandle,
 }
 
 /// The loaded and attached programs.
@@ -262,6 +263,7 @@ impl Monitor {
             rules: find_map(&object, "rules")?,
             settings: find_map(&object, "settings")?,
             counters: find_map(&object, "counters")?,
+            live: find_map(&object, "live")?,
         };
         let netns_cookie = match options.netns_cookie {
             Some(cookie) => cookie,
@@ -468,6 +470,12 @@ impl Monitor {
                 Ok((self.buf.len() / 8) as u64)
             }
         }
+    }
+
+    /// Entries of the live table (watched, established sessions; the fallback pass walks it).
+    /// One system call per entry: a diagnostic, not for every poll.
+    pub fn live_entries(&self) -> u64 {
+        self.maps.live.keys().count() as u64
     }
 
     /// One record per storage entry, from the storage-map iterator.

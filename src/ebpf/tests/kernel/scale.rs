@@ -36,6 +36,11 @@ fn a_thousand_watched_among_ten_thousand_unrelated_sockets_and_storage_is_freed(
         assert_eq!(got.len(), pass.len(), "each session once");
         assert_eq!(got, expected, "round {round}: exactly the watched sessions");
         assert_eq!(
+            m.live_entries(),
+            WATCHED as u64,
+            "round {round}: the live table"
+        );
+        assert_eq!(
             m.storage_entries().unwrap(),
             WATCHED as u64,
             "round {round}: storage for the watched only"
@@ -56,6 +61,11 @@ fn a_thousand_watched_among_ten_thousand_unrelated_sockets_and_storage_is_freed(
             "the storage of closed sessions to be freed",
             Duration::from_secs(20),
             || (m.storage_entries().unwrap() == 0).then_some(()),
+        );
+        assert_eq!(
+            m.live_entries(),
+            0,
+            "round {round}: the live table emptied at the closes"
         );
     }
     let counters = m.counters().unwrap();
