@@ -8,7 +8,9 @@
  * block's rules (array `rules`). A watched socket gets socket-local storage (`sessions`) when
  * it connects or becomes ESTABLISHED; sockets that were already ESTABLISHED at start get it
  * from the TCP iterator `adopt`. Only sockets with storage cost anything afterwards: the
- * health iterator `dump_health` walks the storage map, not the host's sockets.
+ * health iterator `dump_health` walks the storage map, not the host's sockets. Where the kernel
+ * refuses map-element iterators, `live_pass` (run with BPF_PROG_TEST_RUN) walks `live`, a
+ * hash of the watched, established sockets that the state tracepoint and `adopt` keep.
  *
  * The kernel frees the storage with the socket (bpf_sk_storage_free() in __sk_destruct()).
  *
