@@ -5,7 +5,8 @@
 //!
 //! Tolerance: the pass and `ss` cannot read at the same instant, so `ss` runs between two
 //! passes and each value must lie between the two (fields that only grow with time, like the
-//! time since the last data or the window-limited time, do grow between them). The slack is
+//! window-limited time, do grow between them); the times since the last data sent or received
+//! may also start again from 0 when a retransmission or a window probe goes out in between. The slack is
 //! one jiffy (4 ms at HZ=250) plus `ss`'s rounding to whole milliseconds (and to 1 µs for the
 //! RTT, printed in ms with three decimals).
 
@@ -24,7 +25,18 @@ fn between(what: &str, ss: f64, a: f64, b: f64, slack: f64) {
     );
 }
 
-fn compare(h1: &Health, h2: &Health, ss: &SsInfo) {
+/// A time since the last data: it grows by the time between the passes, unless data moved
+/// in between (a retransmission, a window probe), which starts it again from 0.
+fn age(what: &str, ss: f64, a: f64, b: f64, elapsed_ms: f64, slack: f64) {
+    let grew = a - slack <= ss && ss <= a + elapsed_ms + slack;
+    let restarted = b < a && ss <= b + slack;
+    assert!(
+        grew || restarted,
+        "{what}: ss says {ss}, the eBPF passes {a} and {b}, {elapsed_ms} ms apart (slack {slack})"
+    );
+}
+
+fn compare(h1: &Health, h2: &Health, ss: &SsInfo, elapsed_ms: f64) {
     let jiffy_ms = 4.0 + 1.0;
     let ms = |us: u64| us as f64 / 1000.0;
     let (rtt, rttvar) = ss.fields["rtt"].split_once('/').expect("rtt:a/b");
@@ -96,18 +108,20 @@ fn compare(h1: &Health, h2: &Health, ss: &SsInfo) {
         h2.rcv_queue as f64,
         0.0,
     );
-    between(
+    age(
         "lastrcv (ms)",
         ss.num("lastrcv"),
         h1.last_data_recv_ms as f64,
         h2.last_data_recv_ms as f64,
+        elapsed_ms,
         jiffy_ms,
     );
-    between(
+    age(
         "lastsnd (ms)",
         ss.num("lastsnd"),
         h1.last_data_sent_ms as f64,
         h2.last_data_sent_ms as f64,
+        elapsed_ms,
         jiffy_ms,
     );
     between(
@@ -194,11 +208,13 @@ fn every_health_field_matches_ss_for_idle_slow_reader_zero_window_and_lossy_sess
     );
     std::thread::sleep(Duration::from_millis(300));
 
+    let started = std::time::Instant::now();
     let h1 = m.health().unwrap();
     let mut ss_lines = ss(venue.port);
     ss_lines.extend(ss(lossy_venue.port));
     let ss = ss_lines;
     let h2 = m.health().unwrap();
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     for (i, local) in locals.iter().enumerate() {
         let find = |pass: &[Health]| {
             pass.iter()
@@ -211,7 +227,7 @@ fn every_health_field_matches_ss_for_idle_slow_reader_zero_window_and_lossy_sess
             .get(local)
             .unwrap_or_else(|| panic!("ss has no line for {local}"));
         eprintln!("session {i}: {a:?}\nss: {info:?}");
-        compare(&a, &b, info);
+        compare(&a, &b, info, elapsed_ms);
     }
     let slow_reader = h1.iter().find(|h| h.local == locals[1]).unwrap();
     assert!(
