@@ -401,18 +401,37 @@ int BPF_PROG(on_send_reset, struct sock *sk, struct sk_buff *skb, enum sk_rst_re
 	return 0;
 }
 
-SEC("tp_btf/tcp_retransmit_skb")
-int BPF_PROG(on_retransmit, struct sock *sk)
+static __always_inline void count_retransmit(struct sock *sk)
 {
 	struct session *s = session_for(sk, false);
 	struct live *l;
 
 	if (!s)
-		return 0;
+		return;
 	__sync_fetch_and_add(&s->retrans_events, 1);
 	l = bpf_map_lookup_elem(&live, &s->sock_cookie);
 	if (l)
 		__sync_fetch_and_add(&l->retrans_events, 1);
+}
+
+/*
+ * Kernels whose tracepoint carries the result (6.12+): only a retransmission that went out
+ * counts (not -EBUSY while the first copy is still in the host's queue, which total_retrans
+ * skips too; a transmit that fails after total_retrans was raised is in total_retrans only).
+ * The loader picks this program or the next by the tracepoint's prototype in the kernel's BTF.
+ */
+SEC("tp_btf/tcp_retransmit_skb")
+int BPF_PROG(on_retransmit, struct sock *sk, struct sk_buff *skb, int err)
+{
+	if (!err)
+		count_retransmit(sk);
+	return 0;
+}
+
+SEC("tp_btf/tcp_retransmit_skb")
+int BPF_PROG(on_retransmit_any, struct sock *sk)
+{
+	count_retransmit(sk);
 	return 0;
 }
 

