@@ -1,0 +1,621 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * fix-monitor's kernel programs (CO-RE, libbpf conventions). Built by ../build-bpf.sh into
+ * fix_monitor.bpf.o, which is committed; the loader is ../src/lib.rs.
+ *
+ * Which socket is watched: a TCP socket of the configured network namespace whose remote
+ * address falls in a target block (LPM trie `targets`) and whose ports match one of that
+ * block's rules (array `rules`). A watched socket gets socket-local storage (`sessions`) when
+ * it connects or becomes ESTABLISHED; sockets that were already ESTABLISHED at start get it
+ * from the TCP iterator `adopt`. Only sockets with storage cost anything afterwards: the
+ * health iterator `dump_health` walks the storage map, not the host's sockets. Where the kernel
+ * refuses map-element iterators, `live_pass` (run with BPF_PROG_TEST_RUN) walks `live`, a
+ * hash of the watched, established sockets that the state tracepoint and `adopt` keep.
+ *
+ * The kernel frees the storage with the socket (bpf_sk_storage_free() in __sk_destruct()).
+ *
+ * GPL: bpf_skc_to_tcp_sock(), bpf_sk_storage_get() from tracing and the iterators' seq
+ * helpers are GPL-only.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include "fix_monitor.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+
+/* include/net/tcp_states.h */
+#define TCP_ESTABLISHED 1
+#define TCP_SYN_SENT 2
+#define TCP_FIN_WAIT1 4
+#define TCP_CLOSE 7
+#define TCP_CLOSE_WAIT 8
+
+/* enum tcp_chrono (include/net/tcp.h) */
+#define TCP_CHRONO_BUSY 1
+#define TCP_CHRONO_RWND_LIMITED 2
+#define TCP_CHRONO_SNDBUF_LIMITED 3
+
+#define BPF_SK_STORAGE_GET_F_CREATE 1
+
+/*
+ * A read-only view of kernel memory as a BTF type (kernel 6.2): loads through it are probe
+ * loads the JIT makes fault-safe, far cheaper than one bpf_probe_read_kernel() per field.
+ */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
+
+/* Read from /proc/config.gz or /boot/config-* by libbpf at load; 0 when neither exists. */
+extern unsigned int CONFIG_HZ __kconfig __weak;
+
+/*
+ * Unused globals that put the records written through the ring buffer and the iterators into
+ * the object's BTF, where the crate's tests compare them with their Rust mirrors.
+ */
+struct event *btf_event __attribute__((unused));
+struct health *btf_health __attribute__((unused));
+
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 65536);
+	__type(key, struct target_key);
+	__type(value, struct net_rules);
+} targets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_RULES);
+	__type(key, __u32);
+	__type(value, struct port_rule);
+} rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct settings);
+} settings SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct session);
+} sessions SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1024 * 1024);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct live);
+} live SEC(".maps");
+
+/*
+ * The health pass's output when it walks the live table: 192 bytes a session with the ring's
+ * header, so 2 MiB hold one pass of 10,900 sessions. Its pages are mapped into the sidecar
+ * (they count in its RSS), so it is no larger.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 2 * 1024 * 1024);
+} health_out SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CNT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+static __always_inline void count(__u32 which)
+{
+	__u64 *c = bpf_map_lookup_elem(&counters, &which);
+
+	if (c)
+		*c += 1;
+}
+
+/* The addresses and ports of a socket, IPv4 in IPv4-mapped form. */
+struct ident {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u16 sport;
+	__u16 dport;
+	__u8 family;
+};
+
+static __always_inline void v4_mapped(__u8 *out, __be32 addr)
+{
+	__builtin_memset(out, 0, 10);
+	out[10] = 0xff;
+	out[11] = 0xff;
+	__builtin_memcpy(out + 12, &addr, 4);
+}
+
+static __always_inline void read_ident(const struct sock *sk, struct ident *id)
+{
+	const struct sock_common *c = &sk->__sk_common;
+	__u32 *saddr = (__u32 *)id->saddr, *daddr = (__u32 *)id->daddr;
+	int i;
+
+	/* Direct loads: `sk` is a BTF pointer (trusted, or a read-only cast). */
+	id->family = c->skc_family;
+	id->sport = c->skc_num;
+	id->dport = bpf_ntohs(c->skc_dport);
+	if (id->family == AF_INET) {
+		v4_mapped(id->saddr, c->skc_rcv_saddr);
+		v4_mapped(id->daddr, c->skc_daddr);
+	} else {
+		for (i = 0; i < 4; i++) {
+			saddr[i] = c->skc_v6_rcv_saddr.in6_u.u6_addr32[i];
+			daddr[i] = c->skc_v6_daddr.in6_u.u6_addr32[i];
+		}
+	}
+}
+
+/* The target the socket's peer and ports match (first rule in configuration order). */
+static __always_inline bool match_target(const struct ident *id, __u32 *target)
+{
+	const __u32 *words = (const __u32 *)id->daddr;
+	struct target_key key = {};
+	struct net_rules *nr;
+	__u32 i;
+
+	if (id->family != AF_INET && id->family != AF_INET6)
+		return false;
+	if (words[0] == 0 && words[1] == 0 && words[2] == bpf_htonl(0xffff)) {
+		key.prefixlen = 8 + 32;
+		key.family = 4;
+		__builtin_memcpy(key.addr, id->daddr + 12, 4);
+	} else {
+		key.prefixlen = 8 + 128;
+		key.family = 6;
+		__builtin_memcpy(key.addr, id->daddr, 16);
+	}
+	nr = bpf_map_lookup_elem(&targets, &key);
+	if (!nr)
+		return false;
+	for (i = 0; i < MAX_RULES_PER_NET; i++) {
+		__u32 idx = nr->first + i;
+		struct port_rule *r;
+
+		if (i >= nr->count)
+			break;
+		r = bpf_map_lookup_elem(&rules, &idx);
+		if (!r)
+			break;
+		if (r->rport && r->rport != id->dport)
+			continue;
+		if (id->sport < r->lport_lo || id->sport > r->lport_hi)
+			continue;
+		*target = r->target;
+		return true;
+	}
+	return false;
+}
+
+static __always_inline __u64 netns_of(const struct sock *sk)
+{
+	return BPF_CORE_READ(sk, __sk_common.skc_net.net, net_cookie);
+}
+
+static __always_inline bool netns_wanted(__u64 netns)
+{
+	__u32 zero = 0;
+	struct settings *cfg = bpf_map_lookup_elem(&settings, &zero);
+
+	return cfg && (cfg->netns_cookie == 0 || cfg->netns_cookie == netns);
+}
+
+static __always_inline void fill_counters(struct event *e, struct sock *sk)
+{
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+
+	if (!tp)
+		return;
+	e->bytes_acked = tp->bytes_acked;
+	e->bytes_received = tp->bytes_received;
+	e->bytes_sent = tp->bytes_sent;
+	e->total_retrans = tp->total_retrans;
+	e->srtt_us = tp->srtt_us >> 3;
+}
+
+static __always_inline void emit(struct sock *sk, struct session *s, __u8 kind, int oldstate,
+				 int newstate)
+{
+	struct ident id = {};
+	struct event *e;
+
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(CNT_LOST);
+		return;
+	}
+	read_ident(sk, &id);
+	e->ts_ns = bpf_ktime_get_ns();
+	e->sock_cookie = s->sock_cookie;
+	e->netns_cookie = netns_of(sk);
+	e->bytes_acked = 0;
+	e->bytes_received = 0;
+	e->bytes_sent = 0;
+	e->total_retrans = 0;
+	e->srtt_us = 0;
+	fill_counters(e, sk);
+	e->pid = s->pid;
+	e->target = s->target;
+	e->retrans_events = s->retrans_events;
+	e->rst_reason = s->rst_reason;
+	e->sk_err = BPF_CORE_READ(sk, sk_err);
+	e->sport = id.sport;
+	e->dport = id.dport;
+	e->kind = kind;
+	e->oldstate = oldstate;
+	e->newstate = newstate;
+	e->family = id.family;
+	e->closer = s->closer;
+	e->rst = s->rst;
+	e->adopted = s->adopted;
+	e->_pad = 0;
+	__builtin_memcpy(e->comm, s->comm, sizeof(e->comm));
+	__builtin_memcpy(e->saddr, id.saddr, 16);
+	__builtin_memcpy(e->daddr, id.daddr, 16);
+	bpf_ringbuf_submit(e, 0);
+	count(CNT_EMITTED);
+}
+
+/*
+ * Storage for a socket that matches a target in a wanted namespace, or NULL. `create` is
+ * false on the changes that never start a watch.
+ */
+static __always_inline struct session *session_for(struct sock *sk, bool create)
+{
+	struct session *s = bpf_sk_storage_get(&sessions, sk, 0, 0);
+	struct ident id = {};
+	__u32 target;
+
+	if (s || !create)
+		return s;
+	read_ident(sk, &id);
+	if (!match_target(&id, &target))
+		return NULL;
+	if (!netns_wanted(netns_of(sk))) {
+		count(CNT_OTHER_NETNS);
+		return NULL;
+	}
+	s = bpf_sk_storage_get(&sessions, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!s) {
+		count(CNT_NO_STORAGE);
+		return NULL;
+	}
+	count(CNT_MATCHED);
+	s->sock_cookie = bpf_get_socket_cookie(sk);
+	s->target = target;
+	return s;
+}
+
+/* Enters a watched, established socket in the live table. */
+static __always_inline void live_put(struct sock *sk, struct session *s)
+{
+	struct live l = {
+		.sk = (__u64)sk,
+		.established_ns = s->established_ns,
+		.pid = s->pid,
+		.target = s->target,
+		.retrans_events = s->retrans_events,
+		.adopted = s->adopted,
+	};
+
+	if (bpf_map_update_elem(&live, &s->sock_cookie, &l, BPF_ANY))
+		count(CNT_LIVE_FULL);
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(on_state, struct sock *sk, int oldstate, int newstate)
+{
+	struct session *s;
+
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	count(CNT_SEEN);
+	s = session_for(sk, newstate == TCP_SYN_SENT || newstate == TCP_ESTABLISHED);
+	if (!s)
+		return 0;
+
+	switch (newstate) {
+	case TCP_SYN_SENT:
+		/* connect() runs in the calling process; later changes run in softirq. */
+		s->pid = bpf_get_current_pid_tgid() >> 32;
+		bpf_get_current_comm(s->comm, sizeof(s->comm));
+		return 0;
+	case TCP_ESTABLISHED:
+		s->established_ns = bpf_ktime_get_ns();
+		live_put(sk, s);
+		break;
+	case TCP_FIN_WAIT1:
+		if (oldstate == TCP_ESTABLISHED && !s->closer)
+			s->closer = CLOSER_LOCAL;
+		break;
+	case TCP_CLOSE_WAIT:
+		if (!s->closer)
+			s->closer = CLOSER_REMOTE;
+		break;
+	case TCP_CLOSE:
+		s->closed = 1;
+		bpf_map_delete_elem(&live, &s->sock_cookie);
+		if (!s->closer && BPF_CORE_READ(sk, sk_err))
+			s->closer = CLOSER_ERROR;
+		break;
+	default:
+		return 0;
+	}
+	emit(sk, s, EV_STATE, oldstate, newstate);
+	return 0;
+}
+
+SEC("tp_btf/tcp_receive_reset")
+int BPF_PROG(on_receive_reset, struct sock *sk)
+{
+	struct session *s = session_for(sk, false);
+
+	if (!s)
+		return 0;
+	s->rst |= RST_RECEIVED;
+	if (!s->closer)
+		s->closer = CLOSER_REMOTE_RESET;
+	return 0;
+}
+
+/*
+ * The kernel sends a RST after it moved the socket to CLOSE (tcp_disconnect(), __tcp_close()
+ * with unread data), so the close event is often out already: then a second record carries
+ * the reason, and user space joins the two by socket cookie.
+ */
+SEC("tp_btf/tcp_send_reset")
+int BPF_PROG(on_send_reset, struct sock *sk, struct sk_buff *skb, enum sk_rst_reason reason)
+{
+	struct session *s;
+
+	if (!sk)
+		return 0;
+	s = session_for(sk, false);
+	if (!s)
+		return 0;
+	s->rst |= RST_SENT;
+	s->rst_reason = reason;
+	if (!s->closer || s->closer == CLOSER_ERROR)
+		s->closer = CLOSER_LOCAL_RESET;
+	if (s->closed)
+		emit(sk, s, EV_RESET_SENT, TCP_CLOSE, TCP_CLOSE);
+	return 0;
+}
+
+static __always_inline void count_retransmit(struct sock *sk)
+{
+	struct session *s = session_for(sk, false);
+	struct live *l;
+
+	if (!s)
+		return;
+	__sync_fetch_and_add(&s->retrans_events, 1);
+	l = bpf_map_lookup_elem(&live, &s->sock_cookie);
+	if (l)
+		__sync_fetch_and_add(&l->retrans_events, 1);
+}
+
+/*
+ * Kernels whose tracepoint carries the result (6.12+): only a retransmission that went out
+ * counts (not -EBUSY while the first copy is still in the host's queue, which total_retrans
+ * skips too; a transmit that fails after total_retrans was raised is in total_retrans only).
+ * The loader picks this program or the next by the tracepoint's prototype in the kernel's BTF.
+ */
+SEC("tp_btf/tcp_retransmit_skb")
+int BPF_PROG(on_retransmit, struct sock *sk, struct sk_buff *skb, int err)
+{
+	if (!err)
+		count_retransmit(sk);
+	return 0;
+}
+
+SEC("tp_btf/tcp_retransmit_skb")
+int BPF_PROG(on_retransmit_any, struct sock *sk)
+{
+	count_retransmit(sk);
+	return 0;
+}
+
+static __always_inline __u64 jiffies_to_us(__u64 j)
+{
+	return CONFIG_HZ ? j * 1000000 / CONFIG_HZ : 0;
+}
+
+/*
+ * A socket's health as tcp_get_info() computes it (net/ipv4/tcp.c), read from tcp_sock with
+ * direct CO-RE loads: `tp` is the iterator's trusted pointer or a read-only cast of an address
+ * from the live table. `now` is tcp_jiffies32.
+ */
+static __always_inline void fill_health(struct health *h, struct tcp_sock *tp, __u32 now)
+{
+	struct sock *sk = (struct sock *)tp;
+	__u32 type, i, write_seq, snd_nxt, rcv_nxt, copied_seq;
+	__u64 chrono[4] = {};
+	struct ident id = {};
+
+	read_ident(sk, &id);
+	h->bytes_acked = tp->bytes_acked;
+	h->bytes_received = tp->bytes_received;
+	h->bytes_sent = tp->bytes_sent;
+	/* tcp_get_info_chrono_stats() */
+	type = BPF_CORE_READ_BITFIELD_PROBED(tp, chrono_type);
+	for (i = TCP_CHRONO_BUSY; i <= TCP_CHRONO_SNDBUF_LIMITED; i++) {
+		chrono[i] = tp->chrono_stat[i - 1];
+		if (i == type)
+			chrono[i] += now - tp->chrono_start;
+		chrono[i] = jiffies_to_us(chrono[i]);
+	}
+	h->busy_us = chrono[1] + chrono[2] + chrono[3];
+	h->rwnd_limited_us = chrono[TCP_CHRONO_RWND_LIMITED];
+	h->sndbuf_limited_us = chrono[TCP_CHRONO_SNDBUF_LIMITED];
+	h->srtt_us = tp->srtt_us >> 3;
+	h->rttvar_us = tp->mdev_us >> 2;
+	h->total_retrans = tp->total_retrans;
+	h->unacked = tp->packets_out;
+	write_seq = tp->write_seq;
+	snd_nxt = tp->snd_nxt;
+	h->notsent_bytes = (__s32)(write_seq - snd_nxt) > 0 ? write_seq - snd_nxt : 0;
+	rcv_nxt = tp->rcv_nxt;
+	copied_seq = tp->copied_seq;
+	h->rcv_queue = (__s32)(rcv_nxt - copied_seq) > 0 ? rcv_nxt - copied_seq : 0;
+	h->last_data_recv_ms = jiffies_to_us(now - tp->inet_conn.icsk_ack.lrcvtime) / 1000;
+	h->last_data_sent_ms = jiffies_to_us(now - tp->lsndtime) / 1000;
+	h->snd_cwnd = tp->snd_cwnd;
+	h->snd_wnd = tp->snd_wnd;
+	h->sport = id.sport;
+	h->dport = id.dport;
+	h->family = id.family;
+	h->state = sk->__sk_common.skc_state;
+	__builtin_memcpy(h->saddr, id.saddr, 16);
+	__builtin_memcpy(h->daddr, id.daddr, 16);
+}
+
+/*
+ * The health pass, at O(watched sessions): walks the storage map only, so its cost does not
+ * depend on the host's other sockets. One record per storage entry, closing ones included
+ * (flagged), so user space can count the entries: the program cannot, since seq_file runs it
+ * again for an object whose output overflowed a read.
+ */
+SEC("iter/bpf_sk_storage_map")
+int dump_health(struct bpf_iter__bpf_sk_storage_map *ctx)
+{
+	struct session *s = ctx->value;
+	struct health h = {};
+	struct tcp_sock *tp;
+
+	if (!ctx->sk || !s)
+		return 0;
+	tp = bpf_skc_to_tcp_sock(ctx->sk);
+	if (!tp)
+		return 0;
+	fill_health(&h, tp, (__u32)bpf_jiffies64());
+	h.sock_cookie = s->sock_cookie;
+	h.established_ns = s->established_ns;
+	h.retrans_events = s->retrans_events;
+	h.target = s->target;
+	h.pid = s->pid;
+	h.adopted = s->adopted;
+	h.closed = s->closed || !s->established_ns;
+	bpf_seq_write(ctx->meta->seq, &h, sizeof(h));
+	return 0;
+}
+
+struct pass {
+	__u32 now;
+	__u32 dropped;
+};
+
+static long live_health(struct bpf_map *map, __u64 *cookie, struct live *l, struct pass *p)
+{
+	struct tcp_sock *tp = bpf_rdonly_cast((void *)l->sk, bpf_core_type_id_kernel(struct tcp_sock));
+	struct health *h;
+
+	/* The socket at that address must still be this session (else it is gone or reused). */
+	if (tp->inet_conn.icsk_inet.sk.__sk_common.skc_cookie.counter != *cookie)
+		return 0;
+	h = bpf_ringbuf_reserve(&health_out, sizeof(*h), 0);
+	if (!h) {
+		p->dropped++;
+		return 0;
+	}
+	__builtin_memset(h, 0, sizeof(*h));
+	fill_health(h, tp, p->now);
+	h->sock_cookie = *cookie;
+	h->established_ns = l->established_ns;
+	h->retrans_events = l->retrans_events;
+	h->target = l->target;
+	h->pid = l->pid;
+	h->adopted = l->adopted;
+	bpf_ringbuf_submit(h, BPF_RB_NO_WAKEUP);
+	return 0;
+}
+
+/*
+ * The same pass for kernels that refuse map-element iterators (seen: EPERM at load on a
+ * 6.18 sandbox kernel): run on demand with BPF_PROG_TEST_RUN, it walks the live table and
+ * writes each session's health to `health_out`. Returns the records the full ring dropped.
+ */
+SEC("raw_tp")
+int live_pass(void *ctx)
+{
+	struct pass p = { .now = (__u32)bpf_jiffies64() };
+
+	bpf_for_each_map_elem(&live, live_health, &p, 0);
+	return p.dropped;
+}
+
+/*
+ * Sockets of the namespace that have storage (8 bytes each: the cookie), closing ones
+ * included: how the tests see that closing frees the storage where the storage-map iterator
+ * is refused. Walks every TCP socket: a diagnostic, not a poll.
+ */
+SEC("iter/tcp")
+int storage_census(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	struct tcp_sock *tp;
+	struct session *s;
+
+	if (!skc)
+		return 0;
+	tp = bpf_skc_to_tcp_sock(skc);
+	if (!tp)
+		return 0;
+	s = bpf_sk_storage_get(&sessions, tp, 0, 0);
+	if (s)
+		bpf_seq_write(ctx->meta->seq, &s->sock_cookie, sizeof(s->sock_cookie));
+	return 0;
+}
+
+/*
+ * The sessions that existed before the programs were loaded: every ESTABLISHED TCP socket of
+ * the iterating process's namespace that matches a target gets storage, and its cookie is
+ * written out (8 bytes per adopted socket).
+ */
+SEC("iter/tcp")
+int adopt(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	struct session *s;
+	struct tcp_sock *tp;
+	struct sock *sk;
+
+	if (!skc)
+		return 0;
+	tp = bpf_skc_to_tcp_sock(skc);
+	if (!tp)
+		return 0;
+	sk = (struct sock *)tp;
+	if (sk->__sk_common.skc_state != TCP_ESTABLISHED)
+		return 0;
+	s = session_for(sk, true);
+	if (!s)
+		return 0;
+	if (!s->established_ns) {
+		/* When it was established is unknown: the time it was found stands in. */
+		s->established_ns = bpf_ktime_get_ns();
+		s->adopted = 1;
+		live_put(sk, s);
+	}
+	bpf_seq_write(ctx->meta->seq, &s->sock_cookie, sizeof(s->sock_cookie));
+	return 0;
+}

@@ -1,0 +1,668 @@
+//! fix-monitor's eBPF programs and their loader (issue 19).
+//!
+//! # Layout
+//! - `bpf/fix_monitor.bpf.c`: the kernel programs in restricted C with CO-RE (libbpf
+//!   conventions): a BTF tracepoint on `sock:inet_sock_set_state` that gives a watched socket
+//!   socket-local storage and writes its state changes to a ring buffer; `tcp:tcp_receive_reset`,
+//!   `tcp:tcp_send_reset` (with the kernel's reset reason) and `tcp:tcp_retransmit_skb` that
+//!   update that storage; the health pass (below); and a TCP iterator (`iter/tcp`) that adopts
+//!   sessions that existed before the load. `bpf/fix_monitor.h` holds the shared records.
+//! - `bpf/fix_monitor.bpf.o`: the compiled object, committed so `cargo build` needs no clang;
+//!   `build-bpf.sh` rebuilds it and `build-bpf.sh --check` fails when it differs from its source.
+//! - `types`: the shared records mirrored in Rust (checked against the object's BTF);
+//!   [`targets`]: a target list as LPM-trie entries and port rules (pure); [`model`]: state
+//!   changes and health as Rust values (pure); this file: [`Monitor`], which loads, attaches
+//!   and reads; [`error`]: what can go wrong, naming the missing capability or kernel feature.
+//!
+//! # The health pass
+//! Where the kernel takes it, an iterator over the socket-local storage map
+//! (`iter/bpf_sk_storage_map`) writes each watched session's health from `tcp_sock`. Some
+//! kernels refuse map-element iterators at load (EPERM, seen on the 6.18 sandbox kernel these
+//! tests run on, for `bpf_map_elem`, `sockmap` and `bpf_sk_storage_map` alike, while `tcp`,
+//! `task` and `bpf_map` iterators load); then the pass runs `live_pass` once with
+//! BPF_PROG_TEST_RUN, which walks a hash of watched, established sockets kept by the state
+//! tracepoint and reads each `tcp_sock` through `bpf_rdonly_cast` (fault-safe loads), checking
+//! the socket cookie so that a freed or reused socket is never reported. [`HealthWalk`] says
+//! which one a [`Monitor`] uses, and why.
+//!
+//! # Why libbpf-rs and not aya
+//! Both are maintained and build on stable Rust. The programs are C with CO-RE, so the loader
+//! must be the reference implementation of libbpf's object conventions: CO-RE relocations of
+//! every kind (including bitfields and kernel type ids), `__kconfig` externs (`CONFIG_HZ`,
+//! needed to turn the kernel's jiffies into milliseconds as `tcp_get_info()` does), kfunc
+//! externs (`bpf_rdonly_cast`), `tp_btf` programs, and iterators attached to a map. libbpf-rs
+//! is libbpf itself (vendored by `libbpf-sys` and built with the C compiler `cc` finds, with
+//! libelf and zlib; the `static` feature links those statically): `Program::attach_iter(map_fd)`
+//! attaches `iter/bpf_sk_storage_map` to the storage map, `libbpf_rs::Iter` reads an iterator,
+//! `Program::test_run` runs the fallback pass, `RingBufferBuilder` reads the ring buffers, and
+//! `MapCore::update` writes the LPM trie. aya's `Iter` program (0.13) attaches without a map,
+//! so the storage-map iterator would need our own `bpf_link_create`, and its support for
+//! libbpf's kconfig and kfunc externs in C objects is narrower. Nothing here parses BTF, tracefs
+//! or ring-buffer memory by hand, and nothing mounts a file system: `tp_btf` programs attach by
+//! BTF id, without tracefs.
+//!
+//! # Cost
+//! A state change costs one storage lookup for every TCP socket on the host, and the LPM
+//! lookup only when a socket connects or becomes ESTABLISHED without storage. The health pass
+//! costs per watched session (plus, on the fallback, a walk of the live table's 16,384 hash
+//! buckets), whatever else the host holds; `examples/health_cost.rs` measures it.
+
+pub mod error;
+pub mod model;
+pub mod targets;
+mod types;
+
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use libbpf_rs::{
+    Link, MapCore, MapFlags, MapHandle, Object, ObjectBuilder, RingBuffer, RingBufferBuilder,
+};
+
+pub use error::{Error, Feature, FEATURES};
+pub use model::{Closer, Counters, Health, StateChange};
+pub use targets::{TargetError, TargetSpec};
+
+use model::{CloseJoiner, Record};
+use types::{Pod, RawEvent, RawHealth, Settings, TargetKey, MAX_RULES};
+
+/// The compiled programs (see `build-bpf.sh`).
+pub const OBJECT: &[u8] = include_bytes!("../bpf/fix_monitor.bpf.o");
+
+/// How long a close event waits for a RST the kernel sends right after it (same system call).
+const CLOSE_HOLD_NS: u64 = 5_000_000;
+
+/// What to load with.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The network namespace whose sockets are watched, by cookie; `None`: the caller's own.
+    /// `Some(0)` watches every namespace.
+    pub netns_cookie: Option<u64>,
+}
+
+/// The kernel programs' own counters, summed over CPUs (`enum counter` in the header).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    pub seen: u64,
+    pub matched: u64,
+    pub other_netns: u64,
+    pub emitted: u64,
+    pub lost: u64,
+    pub no_storage: u64,
+    /// Sessions the live table (16,384 entries) had no room for: no health on the fallback.
+    pub live_full: u64,
+    /// Runs the kernel skipped because the same program was already running on that CPU
+    /// (`bpf_prog_info.recursion_misses`, summed over the tracing programs): a state change, a
+    /// reset or a retransmission may then be missing from the events or the counts.
+    pub recursion_misses: u64,
+}
+
+/// How the health pass walks the watched sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthWalk {
+    /// The iterator over the socket-local storage map: cost per watched session only.
+    StorageMap,
+    /// The kernel refused map-element iterators (`why`: libbpf's line), so the pass runs
+    /// `live_pass` (BPF_PROG_TEST_RUN), which walks the live table of watched, established
+    /// sockets and reads each `tcp_sock` with probe reads: also per watched session only.
+    LiveTable { why: String },
+}
+
+/// The maps user space reads or writes, as owned handles.
+struct Maps {
+    targets: MapHandle,
+    rules: MapHandle,
+    settings: MapHandle,
+    counters: MapHandle,
+    live: MapHandle,
+}
+
+/// The loaded and attached programs.
+///
+/// Field order is drop order: the ring buffer and links go before the object.
+pub struct Monitor {
+    ring: RingBuffer<'static>,
+    queue: Arc<Mutex<Vec<Record>>>,
+    joiner: CloseJoiner,
+    /// The storage-map iterator, where the kernel takes it.
+    health_link: Option<Link>,
+    /// `live_pass`'s output ring and what its reader collected.
+    health_ring: RingBuffer<'static>,
+    health_records: Arc<Mutex<Vec<RawHealth>>>,
+    adopt_link: Link,
+    census_link: Link,
+    _tracing_links: Vec<Link>,
+    maps: Maps,
+    health_walk: HealthWalk,
+    /// Which half of the rules array the current targets use.
+    rules_half: u32,
+    installed: Vec<TargetKey>,
+    buf: Vec<u8>,
+    _object: Object,
+}
+
+/// libbpf's log of the load in progress, to name the verifier's complaint in the error.
+static LOAD_LOG: Mutex<String> = Mutex::new(String::new());
+/// libbpf's print callback is process-wide: one load at a time, so each reads its own log.
+static LOAD_LOCK: Mutex<()> = Mutex::new(());
+
+fn capture_log(_level: libbpf_rs::PrintLevel, msg: String) {
+    if let Ok(mut log) = LOAD_LOG.lock() {
+        if log.len() < 64 * 1024 {
+            log.push_str(&msg);
+        }
+    }
+}
+
+fn take_log() -> String {
+    LOAD_LOG
+        .lock()
+        .map(|mut l| std::mem::take(&mut *l))
+        .unwrap_or_default()
+}
+
+fn find_map(obj: &Object, name: &'static str) -> Result<MapHandle, Error> {
+    let map = obj
+        .maps()
+        .find(|m| {
+            m.name()
+                .to_str()
+                .is_some_and(|n| n == name || (name.starts_with('.') && n.ends_with(name)))
+        })
+        .ok_or(Error::ObjectMismatch { kind: "map", name })?;
+    MapHandle::try_from(&map).map_err(|e| Error::Io {
+        action: "duplicating a map descriptor",
+        source: error::io_of(e),
+    })
+}
+
+/// The cookie of the caller's network namespace (`SO_NETNS_COOKIE`, Linux 5.14).
+fn own_netns_cookie() -> Result<u64, Error> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|source| Error::Io {
+        action: "opening a socket to read the netns cookie",
+        source,
+    })?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: the fd is a live socket owned by `sock`, and `cookie`/`len` are valid for writes
+    // of the size passed.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        let source = std::io::Error::last_os_error();
+        return Err(Error::Io {
+            action: "reading SO_NETNS_COOKIE (Linux 5.14)",
+            source,
+        });
+    }
+    Ok(cookie)
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for clock_gettime to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl Monitor {
+    /// Checks the kernel's features, loads and attaches the programs. No targets are set:
+    /// nothing is watched until [`Monitor::set_targets`].
+    pub fn load(options: &Options) -> Result<Self, Error> {
+        let btf =
+            libbpf_rs::btf::Btf::from_vmlinux().map_err(|e| Error::NoKernelBtf(e.to_string()))?;
+        if let Some(missing) = error::missing_feature(|name| {
+            btf.type_by_name::<libbpf_rs::btf::BtfType<'_>>(name)
+                .is_some()
+        }) {
+            return Err(missing);
+        }
+        let retransmit_err = retransmit_has_err(&btf);
+        drop(btf);
+
+        let (object, health_walk) = match load_object(HealthWalk::StorageMap, retransmit_err) {
+            Ok(object) => (object, HealthWalk::StorageMap),
+            Err((_, log)) if log.contains("prog 'dump_health': failed to load") => {
+                let first = log
+                    .lines()
+                    .find(|l| l.contains("dump_health"))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string();
+                let walk = HealthWalk::LiveTable { why: first };
+                let object = load_object(walk.clone(), retransmit_err).map_err(|(e, _)| e)?;
+                (object, walk)
+            }
+            Err((e, _)) => return Err(e),
+        };
+
+        let kconfig = find_map(&object, ".kconfig")?;
+        let hz = kconfig
+            .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+            .ok()
+            .flatten()
+            .and_then(|v| {
+                v.get(..4)
+                    .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+            })
+            .unwrap_or(0);
+        if hz == 0 {
+            return Err(Error::UnknownHz);
+        }
+
+        let maps = Maps {
+            targets: find_map(&object, "targets")?,
+            rules: find_map(&object, "rules")?,
+            settings: find_map(&object, "settings")?,
+            counters: find_map(&object, "counters")?,
+            live: find_map(&object, "live")?,
+        };
+        let netns_cookie = match options.netns_cookie {
+            Some(cookie) => cookie,
+            None => own_netns_cookie()?,
+        };
+        let settings = Settings { netns_cookie };
+        maps.settings
+            .update(&0u32.to_ne_bytes(), settings.bytes(), MapFlags::ANY)
+            .map_err(|e| Error::Io {
+                action: "writing the settings map",
+                source: error::io_of(e),
+            })?;
+
+        let sessions = find_map(&object, "sessions")?;
+        let mut tracing_links = Vec::new();
+        let mut health_link = None;
+        let mut adopt_link = None;
+        let mut census_link = None;
+        for prog in object.progs_mut() {
+            if !prog.autoload() {
+                continue;
+            }
+            let name = prog.name().to_str().unwrap_or_default();
+            let (label, link) = match name {
+                "on_state" => ("on_state (tp_btf/inet_sock_set_state)", prog.attach()),
+                "on_receive_reset" => {
+                    ("on_receive_reset (tp_btf/tcp_receive_reset)", prog.attach())
+                }
+                "on_send_reset" => ("on_send_reset (tp_btf/tcp_send_reset)", prog.attach()),
+                "on_retransmit" | "on_retransmit_any" => {
+                    ("on_retransmit (tp_btf/tcp_retransmit_skb)", prog.attach())
+                }
+                "dump_health" => (
+                    "dump_health (iter/bpf_sk_storage_map)",
+                    prog.attach_iter(sessions.as_fd()),
+                ),
+                "storage_census" => ("storage_census (iter/tcp)", prog.attach()),
+                "adopt" => ("adopt (iter/tcp)", prog.attach()),
+                _ => continue,
+            };
+            let link = link.map_err(|e| {
+                error::refused_or(label, e, |source| Error::Attach {
+                    program: static_label(label),
+                    source,
+                })
+            })?;
+            match name {
+                "dump_health" => health_link = Some(link),
+                "adopt" => adopt_link = Some(link),
+                "storage_census" => census_link = Some(link),
+                _ => tracing_links.push(link),
+            }
+        }
+        let adopt_link = adopt_link.ok_or(Error::ObjectMismatch {
+            kind: "program",
+            name: "adopt",
+        })?;
+        let census_link = census_link.ok_or(Error::ObjectMismatch {
+            kind: "program",
+            name: "storage_census",
+        })?;
+
+        let queue: Arc<Mutex<Vec<Record>>> = Arc::default();
+        let sink = Arc::clone(&queue);
+        let events = find_map(&object, "events")?;
+        let mut builder = RingBufferBuilder::new();
+        builder
+            .add(&events, move |data: &[u8]| {
+                if let Some(record) = RawEvent::read(data).as_ref().and_then(Record::from_raw) {
+                    if let Ok(mut q) = sink.lock() {
+                        q.push(record);
+                    }
+                }
+                0
+            })
+            .map_err(|e| Error::Io {
+                action: "adding the ring buffer",
+                source: error::io_of(e),
+            })?;
+        let ring = builder.build().map_err(|e| Error::Io {
+            action: "opening the ring buffer",
+            source: error::io_of(e),
+        })?;
+
+        let health_records: Arc<Mutex<Vec<RawHealth>>> = Arc::default();
+        let sink = Arc::clone(&health_records);
+        let health_out = find_map(&object, "health_out")?;
+        let mut builder = RingBufferBuilder::new();
+        builder
+            .add(&health_out, move |data: &[u8]| {
+                if let (Some(raw), Ok(mut records)) = (RawHealth::read(data), sink.lock()) {
+                    records.push(raw);
+                }
+                0
+            })
+            .map_err(|e| Error::Io {
+                action: "adding the health ring buffer",
+                source: error::io_of(e),
+            })?;
+        let health_ring = builder.build().map_err(|e| Error::Io {
+            action: "opening the health ring buffer",
+            source: error::io_of(e),
+        })?;
+
+        Ok(Self {
+            ring,
+            queue,
+            joiner: CloseJoiner::default(),
+            health_link,
+            health_ring,
+            health_records,
+            adopt_link,
+            census_link,
+            _tracing_links: tracing_links,
+            maps,
+            health_walk,
+            rules_half: 1,
+            installed: Vec::new(),
+            buf: Vec::with_capacity(64 * 1024),
+            _object: object,
+        })
+    }
+
+    /// Replaces the target list without reloading: the new rules go into the half of the rules
+    /// array not in use, then the trie entries are pointed at them, then entries no longer
+    /// wanted are removed. A lookup meanwhile sees an old or a new block, each whole. Sockets
+    /// already watched stay watched.
+    pub fn set_targets(&mut self, targets: &[TargetSpec]) -> Result<(), Error> {
+        let compiled = targets::compile(targets)?;
+        let half = 1 - self.rules_half;
+        let base = half * (MAX_RULES as u32 / 2);
+        let io = |action| {
+            move |e| Error::Io {
+                action,
+                source: error::io_of(e),
+            }
+        };
+        let layout = compiled.layout(base);
+        let mut index = base;
+        for (_, rules) in &compiled.blocks {
+            for rule in rules {
+                self.maps
+                    .rules
+                    .update(&index.to_ne_bytes(), rule.bytes(), MapFlags::ANY)
+                    .map_err(io("writing a port rule"))?;
+                index += 1;
+            }
+        }
+        for (key, value) in &layout {
+            self.maps
+                .targets
+                .update(key.bytes(), value.bytes(), MapFlags::ANY)
+                .map_err(io("writing a target block"))?;
+        }
+        let wanted: Vec<TargetKey> = layout.iter().map(|(k, _)| *k).collect();
+        for stale in self.installed.iter().filter(|k| !wanted.contains(k)) {
+            self.maps
+                .targets
+                .delete(stale.bytes())
+                .map_err(io("removing a target block"))?;
+        }
+        self.installed = wanted;
+        self.rules_half = half;
+        Ok(())
+    }
+
+    /// Finds the sessions that were ESTABLISHED before the load (or before their target was
+    /// set) with the TCP iterator, gives them storage, and returns their socket cookies. Only
+    /// sockets of the calling thread's network namespace are walked.
+    pub fn scan_existing(&mut self) -> Result<Vec<u64>, Error> {
+        read_iter(&self.adopt_link, &mut self.buf)?;
+        Ok(self
+            .buf
+            .chunks_exact(8)
+            .map(|c| u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect())
+    }
+
+    /// How [`Monitor::health`] walks the sessions on this kernel.
+    pub fn health_walk(&self) -> &HealthWalk {
+        &self.health_walk
+    }
+
+    /// Every watched, established session's health, in one pass over the watched sessions
+    /// (see [`HealthWalk`]).
+    pub fn health(&mut self) -> Result<Vec<Health>, Error> {
+        let records = match &self.health_link {
+            Some(link) => self.storage_records(link)?,
+            None => self.live_records()?,
+        };
+        Ok(records
+            .iter()
+            .filter(|raw| raw.closed == 0)
+            .map(Health::from_raw)
+            .collect())
+    }
+
+    /// How many sockets hold this monitor's storage, closing ones not yet freed included. With
+    /// the storage-map iterator this costs a health pass; otherwise it walks every TCP socket
+    /// of the namespace (a diagnostic, not for every poll).
+    pub fn storage_entries(&mut self) -> Result<u64, Error> {
+        match &self.health_link {
+            Some(link) => Ok(self.storage_records(link)?.len() as u64),
+            None => {
+                read_iter(&self.census_link, &mut self.buf)?;
+                Ok((self.buf.len() / 8) as u64)
+            }
+        }
+    }
+
+    /// Entries of the live table (watched, established sessions; the fallback pass walks it).
+    /// One system call per entry: a diagnostic, not for every poll.
+    pub fn live_entries(&self) -> u64 {
+        self.maps.live.keys().count() as u64
+    }
+
+    /// One record per storage entry, from the storage-map iterator.
+    fn storage_records(&self, link: &Link) -> Result<Vec<RawHealth>, Error> {
+        let mut buf = Vec::with_capacity(64 * 1024);
+        read_iter(link, &mut buf)?;
+        Ok(buf
+            .chunks_exact(std::mem::size_of::<RawHealth>())
+            .filter_map(RawHealth::read)
+            .collect())
+    }
+
+    /// One record per live session: `live_pass` run once, its ring read to the end.
+    fn live_records(&mut self) -> Result<Vec<RawHealth>, Error> {
+        let prog = self
+            ._object
+            .progs_mut()
+            .find(|p| p.name() == "live_pass")
+            .ok_or(Error::ObjectMismatch {
+                kind: "program",
+                name: "live_pass",
+            })?;
+        let out = prog
+            .test_run(libbpf_rs::ProgramInput::default())
+            .map_err(|e| Error::Io {
+                action: "running live_pass (BPF_PROG_TEST_RUN)",
+                source: error::io_of(e),
+            })?;
+        self.health_ring.consume().map_err(|e| Error::Io {
+            action: "reading the health ring buffer",
+            source: error::io_of(e),
+        })?;
+        let records = std::mem::take(
+            &mut *self
+                .health_records
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        if out.return_value != 0 {
+            return Err(Error::HealthRingFull(out.return_value));
+        }
+        Ok(records)
+    }
+
+    /// State changes of watched sessions, waiting up to `timeout` for the first. A close is
+    /// released a few milliseconds after it happened, so that a RST the kernel sends right
+    /// after it is part of it.
+    pub fn poll_events(&mut self, timeout: Duration) -> Result<Vec<StateChange>, Error> {
+        self.ring.poll(timeout).map_err(|e| Error::Io {
+            action: "polling the ring buffer",
+            source: error::io_of(e),
+        })?;
+        let records = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
+        for record in records {
+            self.joiner.push(record);
+        }
+        Ok(self.joiner.release(monotonic_ns(), CLOSE_HOLD_NS))
+    }
+
+    /// The programs' counters, summed over CPUs.
+    pub fn counters(&self) -> Result<KernelCounters, Error> {
+        let mut sums = [0u64; 7];
+        for (i, sum) in sums.iter_mut().enumerate() {
+            let per_cpu = self
+                .maps
+                .counters
+                .lookup_percpu(&(i as u32).to_ne_bytes(), MapFlags::ANY)
+                .map_err(|e| Error::Io {
+                    action: "reading the counters",
+                    source: error::io_of(e),
+                })?
+                .unwrap_or_default();
+            *sum = per_cpu
+                .iter()
+                .filter_map(|v| v.get(..8))
+                .map(|b| u64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+                .sum();
+        }
+        let [seen, matched, other_netns, emitted, lost, no_storage, live_full] = sums;
+        let recursion_misses = self
+            ._object
+            .progs()
+            .filter(|p| p.autoload())
+            .map(|p| recursion_misses(p.as_fd()))
+            .sum();
+        Ok(KernelCounters {
+            seen,
+            matched,
+            other_netns,
+            emitted,
+            lost,
+            no_storage,
+            live_full,
+            recursion_misses,
+        })
+    }
+}
+
+/// Does the kernel's `tcp:tcp_retransmit_skb` carry the result (`int err`, 6.12+)? Read from
+/// the prototype of `btf_trace_tcp_retransmit_skb` (context, sk, skb, err).
+fn retransmit_has_err(btf: &libbpf_rs::btf::Btf<'_>) -> bool {
+    btf.type_by_name::<libbpf_rs::btf::BtfType<'_>>("btf_trace_tcp_retransmit_skb")
+        .and_then(|typedef| typedef.skip_mods_and_typedefs().next_type())
+        .and_then(|proto| libbpf_rs::btf::types::FuncProto::try_from(proto).ok())
+        .is_some_and(|proto| proto.len() >= 4)
+}
+
+/// Opens and loads the object with the health iterator `walk` asks for and the retransmit
+/// program the kernel's tracepoint fits; on failure, the error and libbpf's log.
+fn load_object(walk: HealthWalk, retransmit_err: bool) -> Result<Object, (Error, String)> {
+    let mut open = ObjectBuilder::default().open_memory(OBJECT).map_err(|e| {
+        (
+            Error::Load(format!("opening the object: {e:#}")),
+            String::new(),
+        )
+    })?;
+    for mut prog in open.progs_mut() {
+        if prog.name() == "dump_health" {
+            prog.set_autoload(walk == HealthWalk::StorageMap);
+        } else if prog.name() == "on_retransmit" {
+            prog.set_autoload(retransmit_err);
+        } else if prog.name() == "on_retransmit_any" {
+            prog.set_autoload(!retransmit_err);
+        }
+    }
+    let _one_at_a_time = LOAD_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    take_log();
+    let previous = libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Warn, capture_log)));
+    let loaded = open.load();
+    libbpf_rs::set_print(previous);
+    loaded.map_err(|e| {
+        let log = take_log();
+        let err = error::refused_or("loading the programs", e, |err| {
+            Error::Load(format!("{err}\n{log}"))
+        });
+        (err, log)
+    })
+}
+
+fn static_label(label: &str) -> &'static str {
+    [
+        "on_state (tp_btf/inet_sock_set_state)",
+        "on_receive_reset (tp_btf/tcp_receive_reset)",
+        "on_send_reset (tp_btf/tcp_send_reset)",
+        "on_retransmit (tp_btf/tcp_retransmit_skb)",
+        "dump_health (iter/bpf_sk_storage_map)",
+        "storage_census (iter/tcp)",
+        "adopt (iter/tcp)",
+    ]
+    .into_iter()
+    .find(|l| *l == label)
+    .unwrap_or("a program")
+}
+
+/// A program's `recursion_misses` (Linux 5.12), 0 when the kernel does not say.
+fn recursion_misses(prog: std::os::fd::BorrowedFd<'_>) -> u64 {
+    let mut info = libbpf_rs::libbpf_sys::bpf_prog_info::default();
+    let mut len = std::mem::size_of_val(&info) as u32;
+    // SAFETY: a live program fd, and `info`/`len` describe a writable bpf_prog_info of that
+    // size (the kernel writes at most `len` bytes and no pointers are set in it).
+    let rc = unsafe {
+        libbpf_rs::libbpf_sys::bpf_prog_get_info_by_fd(prog.as_raw_fd(), &mut info, &mut len)
+    };
+    if rc == 0 {
+        info.recursion_misses
+    } else {
+        0
+    }
+}
+
+/// Runs an iterator once: a new iterator fd from the link, read to its end into `buf`.
+fn read_iter(link: &Link, buf: &mut Vec<u8>) -> Result<(), Error> {
+    buf.clear();
+    let mut iter = libbpf_rs::Iter::new(link).map_err(|e| Error::Io {
+        action: "creating an iterator",
+        source: error::io_of(e),
+    })?;
+    iter.read_to_end(buf).map_err(|source| Error::Io {
+        action: "reading an iterator",
+        source,
+    })?;
+    Ok(())
+}

@@ -1,0 +1,319 @@
+//! What the programs report, in Rust terms: state changes of watched sessions and their
+//! health. Built from the raw records of `types`; no I/O here.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+
+use crate::types::{RawEvent, RawHealth};
+
+/// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
+pub mod tcp_state {
+    pub const ESTABLISHED: u8 = 1;
+    pub const SYN_SENT: u8 = 2;
+    pub const FIN_WAIT1: u8 = 4;
+    pub const CLOSE: u8 = 7;
+    pub const CLOSE_WAIT: u8 = 8;
+}
+
+/// Who ended a session, as far as the kernel shows it (`enum closer` in the header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closer {
+    Unknown,
+    /// We sent the first FIN.
+    Local,
+    /// The peer sent the first FIN.
+    Remote,
+    /// We sent a RST.
+    LocalReset,
+    /// The peer sent a RST.
+    RemoteReset,
+    /// Closed on a socket error without a RST (e.g. a retransmission timeout).
+    Error,
+}
+
+impl Closer {
+    fn from_raw(raw: u8) -> Self {
+        match raw {
+            1 => Self::Local,
+            2 => Self::Remote,
+            3 => Self::LocalReset,
+            4 => Self::RemoteReset,
+            5 => Self::Error,
+            _ => Self::Unknown,
+        }
+    }
+}
+
+/// The counters of a session at the change (final counters on a close).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub bytes_acked: u64,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    /// `tcp_sock.total_retrans`.
+    pub total_retrans: u32,
+    /// Retransmissions counted by `tcp:tcp_retransmit_skb` while watched.
+    pub retrans_events: u32,
+    pub srtt_us: u32,
+}
+
+/// A state change of a watched session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateChange {
+    /// `bpf_ktime_get_ns()`, i.e. CLOCK_MONOTONIC.
+    pub ts_ns: u64,
+    /// The kernel's socket cookie: one session's identity across events and health records.
+    pub sock_cookie: u64,
+    pub netns_cookie: u64,
+    pub old_state: u8,
+    pub new_state: u8,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// Index of the target in the list last given to `set_targets`.
+    pub target: u32,
+    /// The process that called `connect()`, when the kernel saw it.
+    pub pid: Option<u32>,
+    pub comm: String,
+    /// Found by the initial scan rather than seen connecting.
+    pub adopted: bool,
+    pub closer: Closer,
+    /// `sk_err` at the change (ECONNRESET, ETIMEDOUT, ...), 0 for none.
+    pub sk_err: i32,
+    pub reset_received: bool,
+    /// The `enum sk_rst_reason` of the RST we sent, when we sent one.
+    pub reset_sent_reason: Option<u32>,
+    pub counters: Counters,
+}
+
+/// One raw ring-buffer record, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Record {
+    State(StateChange),
+    /// A RST sent after the close event went out (the kernel closes, then resets).
+    ResetSent {
+        sock_cookie: u64,
+        reason: u32,
+        closer: Closer,
+    },
+}
+
+fn addr(family: u8, raw: [u8; 16], port: u16) -> SocketAddr {
+    let v6 = Ipv6Addr::from(raw);
+    let ip = match (family, v6.to_ipv4_mapped()) {
+        (2, Some(v4)) => IpAddr::V4(v4),
+        _ => IpAddr::V6(v6),
+    };
+    SocketAddr::new(ip, port)
+}
+
+fn comm(raw: &[u8; 16]) -> String {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+const RST_RECEIVED: u8 = 1;
+const RST_SENT: u8 = 2;
+
+impl Record {
+    pub(crate) fn from_raw(e: &RawEvent) -> Option<Self> {
+        match e.kind {
+            1 => Some(Self::State(StateChange {
+                ts_ns: e.ts_ns,
+                sock_cookie: e.sock_cookie,
+                netns_cookie: e.netns_cookie,
+                old_state: e.oldstate,
+                new_state: e.newstate,
+                local: addr(e.family, e.saddr, e.sport),
+                remote: addr(e.family, e.daddr, e.dport),
+                target: e.target,
+                pid: (e.pid != 0).then_some(e.pid),
+                comm: comm(&e.comm),
+                adopted: e.adopted != 0,
+                closer: Closer::from_raw(e.closer),
+                sk_err: e.sk_err,
+                reset_received: e.rst & RST_RECEIVED != 0,
+                reset_sent_reason: (e.rst & RST_SENT != 0).then_some(e.rst_reason),
+                counters: Counters {
+                    bytes_acked: e.bytes_acked,
+                    bytes_received: e.bytes_received,
+                    bytes_sent: e.bytes_sent,
+                    total_retrans: e.total_retrans,
+                    retrans_events: e.retrans_events,
+                    srtt_us: e.srtt_us,
+                },
+            })),
+            2 => Some(Self::ResetSent {
+                sock_cookie: e.sock_cookie,
+                reason: e.rst_reason,
+                closer: Closer::from_raw(e.closer),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Joins a RST sent after a close to that close event.
+///
+/// The kernel moves a socket to CLOSE before it sends the RST (`tcp_disconnect()`,
+/// `__tcp_close()` with unread data), both in the same system call, so a close event is held
+/// for `hold_ns` of kernel time before it is released, and a reset record arriving meanwhile is
+/// folded into it. Time is an input: `release` takes the current CLOCK_MONOTONIC time.
+#[derive(Debug, Default)]
+pub(crate) struct CloseJoiner {
+    ready: Vec<StateChange>,
+    held: Vec<StateChange>,
+}
+
+impl CloseJoiner {
+    pub fn push(&mut self, record: Record) {
+        match record {
+            Record::State(change) if change.new_state == tcp_state::CLOSE => self.held.push(change),
+            Record::State(change) => self.ready.push(change),
+            Record::ResetSent {
+                sock_cookie,
+                reason,
+                closer,
+            } => {
+                if let Some(close) = self.held.iter_mut().find(|c| c.sock_cookie == sock_cookie) {
+                    close.reset_sent_reason = Some(reason);
+                    close.closer = closer;
+                }
+            }
+        }
+    }
+
+    /// Everything ready, and the closes held for at least `hold_ns`, in arrival order of kind.
+    pub fn release(&mut self, now_ns: u64, hold_ns: u64) -> Vec<StateChange> {
+        let mut out = std::mem::take(&mut self.ready);
+        let (due, keep): (Vec<_>, Vec<_>) = self
+            .held
+            .drain(..)
+            .partition(|c| now_ns.saturating_sub(c.ts_ns) >= hold_ns);
+        self.held = keep;
+        out.extend(due);
+        out.sort_by_key(|c| c.ts_ns);
+        out
+    }
+}
+
+/// One watched session's health, as `tcp_get_info()` would report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    pub sock_cookie: u64,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub target: u32,
+    pub pid: Option<u32>,
+    pub adopted: bool,
+    pub state: u8,
+    /// CLOCK_MONOTONIC when it became ESTABLISHED (when it was found, if adopted).
+    pub established_ns: u64,
+    /// Smoothed RTT and its mean deviation (ss: `rtt:srtt/rttvar`).
+    pub srtt_us: u32,
+    pub rttvar_us: u32,
+    pub total_retrans: u32,
+    pub retrans_events: u32,
+    pub bytes_acked: u64,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    /// Segments sent and not acknowledged (`packets_out`, ss: `unacked`).
+    pub unacked: u32,
+    /// Bytes written and not yet sent (ss: `notsent`).
+    pub notsent_bytes: u32,
+    /// Bytes received and not yet read (ss: Recv-Q).
+    pub rcv_queue: u32,
+    pub last_data_recv_ms: u32,
+    pub last_data_sent_ms: u32,
+    /// Time busy sending, and limited by the peer's window or our send buffer (chrono stats).
+    pub busy_us: u64,
+    pub rwnd_limited_us: u64,
+    pub sndbuf_limited_us: u64,
+    pub snd_cwnd: u32,
+    pub snd_wnd: u32,
+}
+
+impl Health {
+    pub(crate) fn from_raw(h: &RawHealth) -> Self {
+        Self {
+            sock_cookie: h.sock_cookie,
+            local: addr(h.family, h.saddr, h.sport),
+            remote: addr(h.family, h.daddr, h.dport),
+            target: h.target,
+            pid: (h.pid != 0).then_some(h.pid),
+            adopted: h.adopted != 0,
+            state: h.state,
+            established_ns: h.established_ns,
+            srtt_us: h.srtt_us,
+            rttvar_us: h.rttvar_us,
+            total_retrans: h.total_retrans,
+            retrans_events: h.retrans_events,
+            bytes_acked: h.bytes_acked,
+            bytes_received: h.bytes_received,
+            bytes_sent: h.bytes_sent,
+            unacked: h.unacked,
+            notsent_bytes: h.notsent_bytes,
+            rcv_queue: h.rcv_queue,
+            last_data_recv_ms: h.last_data_recv_ms,
+            last_data_sent_ms: h.last_data_sent_ms,
+            busy_us: h.busy_us,
+            rwnd_limited_us: h.rwnd_limited_us,
+            sndbuf_limited_us: h.sndbuf_limited_us,
+            snd_cwnd: h.snd_cwnd,
+            snd_wnd: h.snd_wnd,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(cookie: u64, ts_ns: u64) -> StateChange {
+        let any: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        StateChange {
+            ts_ns,
+            sock_cookie: cookie,
+            netns_cookie: 1,
+            old_state: tcp_state::ESTABLISHED,
+            new_state: tcp_state::CLOSE,
+            local: any,
+            remote: any,
+            target: 0,
+            pid: None,
+            comm: String::new(),
+            adopted: false,
+            closer: Closer::Unknown,
+            sk_err: 0,
+            reset_received: false,
+            reset_sent_reason: None,
+            counters: Counters::default(),
+        }
+    }
+
+    #[test]
+    fn a_reset_sent_after_the_close_joins_it() {
+        let mut j = CloseJoiner::default();
+        j.push(Record::State(close(7, 1_000)));
+        j.push(Record::State(close(8, 1_000)));
+        j.push(Record::ResetSent {
+            sock_cookie: 7,
+            reason: 12,
+            closer: Closer::LocalReset,
+        });
+        assert!(
+            j.release(1_500, 1_000).is_empty(),
+            "held until hold_ns passed"
+        );
+        let out = j.release(2_000, 1_000);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].reset_sent_reason, Some(12));
+        assert_eq!(out[0].closer, Closer::LocalReset);
+        assert_eq!(out[1].reset_sent_reason, None);
+    }
+
+    #[test]
+    fn ipv4_addresses_come_back_as_ipv4() {
+        let raw: [u8; 16] = Ipv6Addr::from([0, 0, 0, 0, 0, 0xffff, 0x7f00, 1]).octets();
+        assert_eq!(addr(2, raw, 80).to_string(), "127.0.0.1:80");
+        assert_eq!(addr(10, raw, 80).to_string(), "[::ffff:127.0.0.1]:80");
+    }
+}

@@ -1,0 +1,75 @@
+//! 1,000 watched sessions among 10,000 unrelated sockets (5,000 loopback connections to a
+//! port that is not a target, on the same address, so the port rules do the rejecting): the
+//! pass returns exactly the 1,000, and closing them frees their storage, round after round.
+//!
+//! Everything lives in this process: 2,000 + 10,000 descriptors, under the 20,000 limit.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use super::support::*;
+
+const WATCHED: usize = 1_000;
+const UNRELATED_CONNECTIONS: usize = 5_000;
+const ROUNDS: usize = 3;
+
+#[test]
+fn a_thousand_watched_among_ten_thousand_unrelated_sockets_and_storage_is_freed() {
+    let (venue, other) = (Venue::start(), Venue::start());
+    let mut m = load();
+    m.set_targets(&[target(venue.port)]).unwrap();
+    let _unrelated = other.open(UNRELATED_CONNECTIONS);
+
+    for round in 0..ROUNDS {
+        let sessions = venue.open(WATCHED);
+        let opened = events_until(&mut m, "the ESTABLISHED events", |e| e.len() >= WATCHED);
+        assert_eq!(
+            opened.len(),
+            WATCHED,
+            "round {round}: one event per new session"
+        );
+        let expected: HashSet<u64> = sessions.iter().map(|(ours, _)| cookie(ours)).collect();
+        let started = Instant::now();
+        let pass = m.health().unwrap();
+        let took = started.elapsed();
+        let got: HashSet<u64> = pass.iter().map(|h| h.sock_cookie).collect();
+        assert_eq!(got.len(), pass.len(), "each session once");
+        assert_eq!(got, expected, "round {round}: exactly the watched sessions");
+        assert_eq!(
+            m.live_entries(),
+            WATCHED as u64,
+            "round {round}: the live table"
+        );
+        assert_eq!(
+            m.storage_entries().unwrap(),
+            WATCHED as u64,
+            "round {round}: storage for the watched only"
+        );
+        eprintln!(
+            "round {round}: one pass over {WATCHED} watched sessions took {took:?} ({:?})",
+            m.health_walk()
+        );
+
+        drop(sessions);
+        events_until(&mut m, "the close events", |e| {
+            e.iter()
+                .filter(|c| c.new_state == fix_monitor_ebpf::model::tcp_state::CLOSE)
+                .count()
+                == WATCHED
+        });
+        wait_for(
+            "the storage of closed sessions to be freed",
+            Duration::from_secs(20),
+            || (m.storage_entries().unwrap() == 0).then_some(()),
+        );
+        assert_eq!(
+            m.live_entries(),
+            0,
+            "round {round}: the live table emptied at the closes"
+        );
+    }
+    let counters = m.counters().unwrap();
+    assert_eq!(counters.matched, (WATCHED * ROUNDS) as u64, "{counters:?}");
+    assert_eq!(counters.lost, 0);
+    assert_eq!(counters.no_storage, 0);
+}
