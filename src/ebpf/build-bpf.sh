@@ -2,16 +2,18 @@
 # Regenerate bpf/fix_monitor.bpf.o (committed, so `cargo build` needs no clang) from
 # bpf/fix_monitor.bpf.c, or check that the committed object is what the source builds to.
 #
-#   src/ebpf/build-bpf.sh           # rebuild the object and its inputs stamp
-#   src/ebpf/build-bpf.sh --check   # rebuild twice in a temporary folder; fail if either
-#                                   # build differs from the other or from the committed object
+#   src/ebpf/build-bpf.sh             # rebuild the object and its inputs stamp
+#   src/ebpf/build-bpf.sh --check     # rebuild twice in a temporary folder; fail if either
+#                                     # build differs from the other or from the committed object
+#   src/ebpf/build-bpf.sh --vmlinux   # regenerate bpf/vmlinux.h from this kernel's BTF, then
+#                                     # rebuild
 #
-# vmlinux.h (2.8 MB) is not committed: it is generated here from the kernel's BTF
-# (VMLINUX_BTF, default /sys/kernel/btf/vmlinux) with bpftool. The object's own BTF carries
-# the kernel types the programs use, so the object depends on the BTF it was built against:
-# bpf/fix_monitor.bpf.o.inputs records the tool versions and the BTF's sha256, and --check
-# says so plainly when this machine's BTF is not the recorded one (point VMLINUX_BTF at a
-# copy of that BTF to check elsewhere).
+# bpf/vmlinux.h (the kernel's types as C, 2.8 MB, made with bpftool from VMLINUX_BTF, default
+# /sys/kernel/btf/vmlinux) is committed, as libbpf-tools commit theirs: the object's own BTF
+# carries the kernel types the programs use, so the object depends on the vmlinux.h it was
+# built against, and with it committed a machine with another kernel builds the same object
+# (CO-RE relocates it at load). bpf/fix_monitor.bpf.o.inputs records the tool versions and the
+# sources' sha256 (vmlinux.h's too); --check says so plainly when they differ.
 #
 # Reproducible: the compile runs in a fixed folder on relative paths, debug paths are mapped
 # (-fdebug-prefix-map), and llvm-strip drops DWARF (the .BTF and .BTF.ext sections the loader
@@ -25,26 +27,30 @@ STAMP="$OBJ.inputs"
 VMLINUX_BTF="${VMLINUX_BTF:-/sys/kernel/btf/vmlinux}"
 
 die() { printf 'build-bpf: %s\n' "$*" >&2; exit 1; }
-for tool in clang llvm-strip bpftool sha256sum; do
+for tool in clang llvm-strip sha256sum; do
     command -v "$tool" >/dev/null || die "missing $tool (apt-get install -y clang llvm libbpf-dev bpftool)"
 done
 [ -f /usr/include/bpf/bpf_helpers.h ] || die "missing libbpf headers (apt-get install -y libbpf-dev)"
-[ -r "$VMLINUX_BTF" ] || die "no kernel BTF at $VMLINUX_BTF"
+
+if [ "${1:-}" = "--vmlinux" ]; then
+    command -v bpftool >/dev/null || die "missing bpftool (apt-get install -y bpftool)"
+    [ -r "$VMLINUX_BTF" ] || die "no kernel BTF at $VMLINUX_BTF"
+    bpftool btf dump file "$VMLINUX_BTF" format c >"$BPF/vmlinux.h"
+    echo "build-bpf: wrote $BPF/vmlinux.h from $VMLINUX_BTF"
+    shift
+fi
 
 inputs() {
     printf 'clang %s\n' "$(clang --version | head -1)"
-    printf 'bpftool %s\n' "$(bpftool version | head -1)"
     printf 'libbpf-dev %s\n' "$(dpkg-query -W -f='${Version}' libbpf-dev 2>/dev/null || echo unknown)"
-    printf 'vmlinux-btf %s\n' "$(sha256sum <"$VMLINUX_BTF" | cut -d' ' -f1)"
-    (cd "$BPF" && sha256sum fix_monitor.bpf.c fix_monitor.h)
+    (cd "$BPF" && sha256sum fix_monitor.bpf.c fix_monitor.h vmlinux.h)
 }
 
 # build OUT_DIR: compile the object into OUT_DIR/fix_monitor.bpf.o
 build() {
     local out="$1" work
     work="$(mktemp -d)"
-    bpftool btf dump file "$VMLINUX_BTF" format c >"$work/vmlinux.h"
-    cp "$BPF/fix_monitor.bpf.c" "$BPF/fix_monitor.h" "$work/"
+    cp "$BPF/fix_monitor.bpf.c" "$BPF/fix_monitor.h" "$BPF/vmlinux.h" "$work/"
     (cd "$work" && clang -target bpf -O2 -g -D__TARGET_ARCH_x86 -I. \
         -fdebug-prefix-map="$work"=. -fno-ident \
         -c fix_monitor.bpf.c -o fix_monitor.bpf.o &&
