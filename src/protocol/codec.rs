@@ -27,29 +27,53 @@ pub const MAX_BODY_LEN: usize = 1 << 20;
 
 /// Tags the codec and the tracker read.
 pub mod tag {
+    /// BeginString: the protocol version (`FIX.4.4`, `FIXT.1.1`), the first field.
     pub const BEGIN_STRING: u32 = 8;
+    /// BodyLength: bytes from after this field up to the CheckSum field, the second field.
     pub const BODY_LENGTH: u32 = 9;
+    /// CheckSum: the byte sum modulo 256 as three digits, the last field.
     pub const CHECK_SUM: u32 = 10;
+    /// ClOrdID: the client's order ID.
     pub const CL_ORD_ID: u32 = 11;
+    /// BeginSeqNo: the first sequence number a ResendRequest asks for.
     pub const BEGIN_SEQ_NO: u32 = 7;
+    /// EndSeqNo: the last sequence number a ResendRequest asks for (0: no limit).
     pub const END_SEQ_NO: u32 = 16;
+    /// MsgSeqNum: the message's sequence number.
     pub const MSG_SEQ_NUM: u32 = 34;
+    /// MsgType: the message's type, the third field.
     pub const MSG_TYPE: u32 = 35;
+    /// NewSeqNo: the next sequence number a SequenceReset sets.
     pub const NEW_SEQ_NO: u32 = 36;
+    /// PossDupFlag: `Y` on a message sent again (a resend).
     pub const POSS_DUP_FLAG: u32 = 43;
+    /// RefSeqNum: the MsgSeqNum a Reject refers to.
     pub const REF_SEQ_NUM: u32 = 45;
+    /// SenderCompID: the sender's CompID.
     pub const SENDER_COMP_ID: u32 = 49;
+    /// SendingTime: when the message was sent (UTC).
     pub const SENDING_TIME: u32 = 52;
+    /// TargetCompID: the receiver's CompID.
     pub const TARGET_COMP_ID: u32 = 56;
+    /// Text: free text (a Logout's or a Reject's reason).
     pub const TEXT: u32 = 58;
+    /// HeartBtInt: the heartbeat interval a Logon sets, in seconds.
     pub const HEART_BT_INT: u32 = 108;
+    /// TestReqID: the identifier a TestRequest asks the Heartbeat to echo.
     pub const TEST_REQ_ID: u32 = 112;
+    /// GapFillFlag: `Y` on a SequenceReset that fills a gap in a resend.
     pub const GAP_FILL_FLAG: u32 = 123;
+    /// ResetSeqNumFlag: `Y` on a Logon that resets both sequence numbers to 1.
     pub const RESET_SEQ_NUM_FLAG: u32 = 141;
+    /// DefaultApplVerID: the application version of a FIXT.1.1 session (Logon).
     pub const DEFAULT_APPL_VER_ID: u32 = 1137;
+    /// OrigClOrdID: the ClOrdID of the order a cancel or replace refers to.
     pub const ORIG_CL_ORD_ID: u32 = 41;
+    /// OrdStatus: the order's status in an ExecutionReport.
     pub const ORD_STATUS: u32 = 39;
+    /// ExecType: what an ExecutionReport reports.
     pub const EXEC_TYPE: u32 = 150;
+    /// BusinessRejectRefID: the ID (here the ClOrdID) a BusinessMessageReject refers to.
     pub const BUSINESS_REJECT_REF_ID: u32 = 379;
 }
 
@@ -113,10 +137,12 @@ impl Message {
         self.get(tag) == Some(b"Y")
     }
 
+    /// The BeginString (tag 8); empty if absent.
     pub fn begin_string(&self) -> &[u8] {
         self.get(tag::BEGIN_STRING).unwrap_or_default()
     }
 
+    /// The MsgType (tag 35); empty if absent.
     pub fn msg_type(&self) -> &[u8] {
         self.get(tag::MSG_TYPE).unwrap_or_default()
     }
@@ -165,6 +191,7 @@ pub enum Malformed {
 }
 
 impl Malformed {
+    /// The reason's short name as reported: `body_length`, `trailer`, `checksum` or `field`.
     pub fn as_str(&self) -> &'static str {
         match self {
             Malformed::BadBodyLength => "body_length",
@@ -178,14 +205,18 @@ impl Malformed {
 /// What the decoder yields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decoded {
+    /// A well-formed message.
     Message(Message),
+    /// A message rejected, and why; decoding goes on after it.
     Malformed(Malformed),
 }
 
 /// Counts kept by a [`Decoder`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DecoderStats {
+    /// Well-formed messages yielded.
     pub messages: u64,
+    /// Malformed messages skipped.
     pub malformed: u64,
     /// Bytes dropped while looking for the start of a message (`8=FIX`), including the bytes of
     /// malformed messages.
@@ -199,6 +230,7 @@ pub struct Decoder {
     buf: Vec<u8>,
     /// Start of the unread part of `buf` (compacted lazily).
     pos: usize,
+    /// What it has decoded and skipped so far.
     pub stats: DecoderStats,
 }
 

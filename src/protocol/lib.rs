@@ -18,9 +18,6 @@
 //! The packet socket that feeds [`wire`] and its classic BPF filter are the sidecar's
 //! (`fix_monitor::fix::capture`); the FIX layer running, its metrics and `/sessions` too.
 
-// Being documented item by item (issue 18): until then the lint is off for this crate.
-#![allow(missing_docs)]
-
 pub mod codec;
 pub mod logs;
 pub mod pair;

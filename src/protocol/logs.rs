@@ -39,10 +39,13 @@ pub const MAX_FILES: usize = 256;
 /// One message read from a log.
 #[derive(Debug, Clone)]
 pub struct LogRecord {
+    /// The message.
     pub msg: Message,
+    /// Which way it went, from the gateway's side (by its CompIDs against ours).
     pub dir: Direction,
     /// The log's timestamp, or the time the line was read when it has none.
     pub at: SystemTime,
+    /// Whether `at` is the log's timestamp (rather than the time the line was read).
     pub timed_by_log: bool,
 }
 
@@ -51,6 +54,7 @@ pub struct LogRecord {
 pub enum LineError {
     /// No `8=FIX` in the line (an engine's event line, a blank line): not counted as malformed.
     NoMessage,
+    /// A message is there but malformed.
     Malformed(Malformed),
     /// Neither CompID is one of ours.
     NotOurs,
@@ -148,15 +152,21 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// Counts kept by a [`LogFollower`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct LogStats {
+    /// Lines read.
     pub lines: u64,
+    /// Messages parsed.
     pub messages: u64,
+    /// Lines holding a malformed message (over-long lines included).
     pub malformed: u64,
     /// Messages whose CompIDs are not ours.
     pub not_ours: u64,
     /// Messages timed when read, their line having no timestamp.
     pub untimed: u64,
+    /// Files rotated away (their path now names another file).
     pub rotations: u64,
+    /// Files truncated in place (read again from their start).
     pub truncations: u64,
+    /// Errors reading or opening a file.
     pub read_errors: u64,
     /// Lines longer than [`MAX_LINE`], dropped.
     pub lines_too_long: u64,
@@ -196,10 +206,13 @@ pub struct LogFollower {
     /// Rotated-away files still being read to their end.
     draining: Vec<Followed>,
     started: bool,
+    /// What it has read so far.
     pub stats: LogStats,
 }
 
 impl LogFollower {
+    /// A follower of the files `patterns` (globs) match, the messages of sessions whose CompID on
+    /// either side is one of `our_comp_ids`. It reads nothing until polled.
     pub fn new(patterns: Vec<String>, our_comp_ids: impl IntoIterator<Item = String>) -> Self {
         LogFollower {
             patterns,

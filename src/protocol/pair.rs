@@ -20,6 +20,7 @@ use crate::sim::{Counts, MessageLog, Peer};
 /// How a simulated venue behaves.
 #[derive(Debug, Clone)]
 pub struct VenueScript {
+    /// The venue's CompID.
     pub comp_id: String,
     /// Each acknowledgement waits a delay drawn from this range.
     pub ack_delay: (Duration, Duration),
@@ -33,9 +34,13 @@ pub struct VenueScript {
 }
 
 #[derive(Debug, Clone, Copy)]
+/// Sequence numbers a simulated venue leaves out ([`VenueScript::gap`]).
 pub struct Gap {
+    /// Messages the venue sends before the first gap.
     pub first: u64,
+    /// Messages between one gap and the next.
     pub every: u64,
+    /// Sequence numbers left out each time.
     pub size: u64,
 }
 
@@ -44,27 +49,41 @@ pub struct Gap {
 pub struct LinkTruth {
     /// Messages the gateway sent and received, by MsgType name.
     pub sent: Counts,
+    /// Messages the gateway received, by MsgType name.
     pub received: Counts,
+    /// Logons completed.
     pub logons: u64,
+    /// Logouts the gateway started.
     pub logouts_us: u64,
+    /// Logouts the venue started.
     pub logouts_them: u64,
+    /// Logons the venue refused (answered with a Logout).
     pub refused_logons: u64,
     /// Sequence gaps the gateway saw coming in, and the messages missing in them.
     pub gaps_in: u64,
+    /// Messages missing in [`gaps_in`](Self::gaps_in).
     pub gap_messages_in: u64,
+    /// ResendRequests the gateway sent.
     pub resend_requests_out: u64,
+    /// TestRequests the gateway sent.
     pub test_requests_out: u64,
+    /// BusinessMessageRejects the gateway received.
     pub business_rejects_in: u64,
+    /// Orders answered with an ExecutionReport.
     pub orders_answered: u64,
+    /// Orders answered with a BusinessMessageReject.
     pub orders_rejected: u64,
     /// Over the answered orders: the round trips the gateway measured (an upper bound for what
     /// any observer in between can time) and the delays the venue waited (a lower bound).
     pub round_trip_sum: Duration,
+    /// See [`round_trip_sum`](Self::round_trip_sum).
     pub delay_sum: Duration,
+    /// The Text (tag 58) of the last Logout either way (a refusal's included).
     pub last_logout_text: Option<String>,
 }
 
 impl LinkTruth {
+    /// Add `o`'s counts to these (several sessions' truths summed).
     pub fn add(&mut self, o: &LinkTruth) {
         for (k, v) in &o.sent {
             *self.sent.entry(k.clone()).or_default() += v;
@@ -190,6 +209,7 @@ impl Link {
         Ok(link)
     }
 
+    /// Whether the session is logged on (the Logon was answered, no Logout yet).
     pub fn logged_on(&self) -> bool {
         self.state == GwState::LoggedOn
     }

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 /// What comes out of a stream, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Chunk {
+    /// Bytes in order, next after the previous chunk.
     Data(Vec<u8>),
     /// This many bytes were never seen.
     Gap(u64),
@@ -20,19 +21,24 @@ pub enum Chunk {
 /// Counts for one stream.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct StreamStats {
+    /// Payload bytes delivered in order.
     pub bytes: u64,
     /// Segments wholly seen before (retransmissions, or loopback's second copy).
     pub retransmitted_segments: u64,
     /// Bytes of segments that overlapped what was already delivered.
     pub overlap_bytes: u64,
+    /// Segments that came beyond a hole (held until it fills or becomes a gap).
     pub out_of_order_segments: u64,
+    /// Holes jumped over ([`Chunk::Gap`]).
     pub gaps: u64,
+    /// Bytes lost in those holes.
     pub gap_bytes: u64,
 }
 
 /// Bounds on what a stream holds while waiting for a hole to fill.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// Payload bytes held beyond a hole at most; beyond it the hole is a gap.
     pub max_held_bytes: usize,
     /// A hole not filled for this long is a gap.
     pub hold: Duration,
@@ -56,6 +62,7 @@ pub struct Stream {
     /// Segments beyond a hole: (seq, bytes, when first held).
     held: Vec<(u32, Vec<u8>, SystemTime)>,
     held_bytes: usize,
+    /// What the stream has seen so far.
     pub stats: StreamStats,
 }
 
@@ -64,6 +71,7 @@ fn offset(seq: u32, from: u32) -> i64 {
 }
 
 impl Stream {
+    /// An empty stream; its first segment sets the next expected sequence number.
     pub fn new(limits: Limits) -> Stream {
         Stream {
             limits,

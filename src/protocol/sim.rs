@@ -43,6 +43,7 @@ pub struct MessageLog {
 }
 
 impl MessageLog {
+    /// Append to the file at `path` (created if missing); `pipe` writes `|` for SOH.
     pub fn create(path: &PathBuf, pipe: bool) -> io::Result<MessageLog> {
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -68,16 +69,22 @@ pub struct Peer {
     stream: TcpStream,
     decoder: Decoder,
     begin: String,
+    /// Our SenderCompID (tag 49).
     pub sender: String,
+    /// Our TargetCompID (tag 56): the other side's CompID.
     pub target: String,
     /// The next MsgSeqNum to send.
     pub next_out: u64,
+    /// Messages sent, by MsgType name.
     pub sent: Counts,
+    /// Messages received, by MsgType name.
     pub received: Counts,
     log: Option<MessageLog>,
 }
 
 impl Peer {
+    /// A peer over `stream` (Nagle off) sending `begin` as BeginString, `sender` and `target`
+    /// as its CompIDs; the first MsgSeqNum it sends is 1.
     pub fn new(stream: TcpStream, begin: &str, sender: &str, target: &str) -> Peer {
         let _ = stream.set_nodelay(true);
         Peer {
@@ -105,7 +112,8 @@ impl Peer {
         self
     }
 
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+    /// The local address of its TCP stream.
+    fn local_addr(&self) -> io::Result<SocketAddr> {
         self.stream.local_addr()
     }
 
@@ -270,7 +278,9 @@ pub fn ipv4_tcp(src: SocketAddr, dst: SocketAddr, seq: u32, flags: u8, payload: 
 /// How a simulated venue behaves.
 #[derive(Debug, Clone)]
 pub struct VenueBehaviour {
+    /// The venue's CompID.
     pub comp_id: String,
+    /// The BeginString it sends (`FIX.4.4` by default).
     pub begin_string: String,
     /// How long an order waits before its ExecutionReport.
     pub ack_delay: Duration,
@@ -298,8 +308,11 @@ impl Default for VenueBehaviour {
 /// What a venue did, over all its connections.
 #[derive(Debug, Clone, Default)]
 pub struct VenueRecord {
+    /// Messages it sent, by MsgType name.
     pub sent: Counts,
+    /// Messages it received, by MsgType name.
     pub received: Counts,
+    /// TCP connections it accepted.
     pub connections: u64,
     /// Sequence numbers it left out.
     pub gap_messages: u64,
@@ -307,6 +320,7 @@ pub struct VenueRecord {
 
 /// A venue accepting sessions on a loopback port, one thread per connection.
 pub struct Venue {
+    /// The loopback address it listens on.
     pub addr: SocketAddr,
     stop: Arc<AtomicBool>,
     record: Arc<Mutex<VenueRecord>>,
@@ -539,15 +553,20 @@ fn serve(
 /// What a scripted gateway session did: the ground truth the tests compare with.
 #[derive(Debug, Clone, Default)]
 pub struct Truth {
+    /// The gateway's local address, once connected.
     pub local: Option<SocketAddr>,
+    /// Messages the gateway sent, by MsgType name.
     pub sent: Counts,
+    /// Messages the gateway received, by MsgType name.
     pub received: Counts,
     /// Each order's request kind and the round trip the gateway measured around it (an upper
     /// bound for any timestamp taken between the send and the receive).
     pub round_trips: Vec<(&'static str, Duration)>,
+    /// The Text (tag 58) of the Logout the gateway sent to end the session.
     pub logout_text: String,
     /// Logons refused by the second venue.
     pub refused_logons: u64,
+    /// The Text (tag 58) of the Logout that refused the last logon.
     pub refusal_text: String,
 }
 

@@ -38,6 +38,7 @@ pub enum Direction {
 }
 
 impl Direction {
+    /// The direction's name as reported: `in` or `out`.
     pub fn as_str(&self) -> &'static str {
         match self {
             Direction::In => "in",
@@ -56,11 +57,14 @@ impl Direction {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Initiator {
+    /// We sent the first Logout.
     Us,
+    /// The other side sent the first Logout.
     Them,
 }
 
 impl Initiator {
+    /// The initiator's name as reported: `us` or `them`.
     pub fn as_str(&self) -> &'static str {
         match self {
             Initiator::Us => "us",
@@ -73,12 +77,16 @@ impl Initiator {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Request {
+    /// NewOrderSingle (35=D).
     New,
+    /// OrderCancelRequest (35=F).
     Cancel,
+    /// OrderCancelReplaceRequest (35=G).
     Replace,
 }
 
 impl Request {
+    /// The request's name as reported: `new`, `cancel` or `replace`.
     pub fn as_str(&self) -> &'static str {
         match self {
             Request::New => "new",
@@ -99,8 +107,11 @@ impl Request {
 /// A FIX session's identity, from our side.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub struct SessionKey {
+    /// BeginString (tag 8).
     pub begin_string: String,
+    /// Our CompID: SenderCompID (tag 49) of what we send.
     pub ours: String,
+    /// Their CompID: TargetCompID (tag 56) of what we send.
     pub theirs: String,
 }
 
@@ -129,7 +140,9 @@ impl SessionKey {
 /// The TCP session a FIX session was seen on (the wire source always knows it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct TcpLink {
+    /// The gateway's address.
     pub local: SocketAddr,
+    /// The other side's address.
     pub remote: SocketAddr,
 }
 
@@ -138,6 +151,7 @@ pub struct TcpLink {
 pub struct Origin {
     /// The target's name, when the source attributed the message to one.
     pub target: Option<String>,
+    /// The TCP session, when the source knows it.
     pub tcp: Option<TcpLink>,
 }
 
@@ -149,11 +163,14 @@ pub enum LogonState {
     LoggedOut,
     /// One side sent a Logon, the other has not answered yet.
     LogonSent {
+        /// Who sent it.
         by: Initiator,
     },
+    /// Both Logons seen.
     LoggedOn,
     /// A Logout was sent, the answer is awaited.
     LogoutSent {
+        /// Who sent it.
         by: Initiator,
     },
 }
@@ -161,6 +178,7 @@ pub enum LogonState {
 /// Counts for one direction of a session.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DirectionCounts {
+    /// Messages seen this way.
     pub messages: u64,
     /// Gaps seen (each jump counts once).
     pub sequence_gaps: u64,
@@ -168,8 +186,11 @@ pub struct DirectionCounts {
     pub sequence_gap_messages: u64,
     /// MsgSeqNum below the expected one, not a PossDup.
     pub seq_too_low: u64,
+    /// TestRequests (35=1).
     pub test_requests: u64,
+    /// ResendRequests (35=2).
     pub resend_requests: u64,
+    /// SequenceResets (35=4), gap fills included.
     pub sequence_resets: u64,
     /// Reject (35=3).
     pub session_rejects: u64,
@@ -185,15 +206,23 @@ pub struct DirectionCounts {
 /// One FIX session's state.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Session {
+    /// The session's identity.
     pub key: SessionKey,
+    /// The target it was last attributed to.
     pub target: Option<String>,
+    /// The TCP session it was last seen on.
     pub tcp: Option<TcpLink>,
+    /// Where the logon state machine is.
     pub state: LogonState,
+    /// Logons completed (a Logon answered by a Logon).
     pub logons: u64,
+    /// Sessions ended by a Logout we sent first.
     pub logouts_us: u64,
+    /// Sessions ended by a Logout they sent first.
     pub logouts_them: u64,
     /// Logouts without a Logout message: the TCP session closed while logged on.
     pub disconnects: u64,
+    /// The Text (tag 58) of the last Logout seen either way.
     pub last_logout_text: Option<String>,
     /// HeartBtInt from the last Logon, seconds.
     pub heartbeat_interval: Option<u64>,
@@ -201,7 +230,11 @@ pub struct Session {
     pub dirs: [DirectionCounts; 2],
     /// Messages by (direction, MsgType name), bounded by [`Limits::max_msg_types`].
     pub by_type: BTreeMap<(Direction, String), u64>,
+    /// Orders we sent answered by an ExecutionReport or an OrderCancelReject (35=8 or 9, by
+    /// ClOrdID): their round trips are timed.
     pub orders_answered: u64,
+    /// Orders given up: unanswered past [`Limits::order_expiry`], or over
+    /// [`Limits::max_pending_orders`].
     pub orders_unanswered: u64,
     /// Orders settled by a BusinessMessageReject naming their ClOrdID (tag 379): answered, but
     /// not with an ExecutionReport, so not timed.
@@ -240,10 +273,12 @@ impl Session {
         }
     }
 
+    /// The counts of direction `d`.
     pub fn dir(&self, d: Direction) -> &DirectionCounts {
         &self.dirs[d.idx()]
     }
 
+    /// Whether the session is logged on (a Logout sent but not answered still counts).
     pub fn logged_on(&self) -> bool {
         matches!(
             self.state,
@@ -445,6 +480,7 @@ pub const RECENT_LATENCIES: usize = 64;
 /// Bounds on what the tracker keeps.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// FIX sessions kept; messages of more are counted in [`Tracker::over_cap`].
     pub max_sessions: usize,
     /// Distinct MsgTypes kept per session; more are counted under `other`.
     pub max_msg_types: usize,
@@ -470,9 +506,14 @@ impl Default for Limits {
 pub enum Event {
     /// An order we sent was answered.
     OrderAnswered {
+        /// The session it belongs to.
         session: SessionKey,
+        /// The target the session is attributed to.
         target: Option<String>,
+        /// What kind of order it was.
         request: Request,
+        /// From our order to its answer (ExecutionReport or OrderCancelReject), by the times the
+        /// two messages were seen at.
         latency: Duration,
     },
 }
@@ -497,6 +538,7 @@ pub struct Tracker {
 }
 
 impl Tracker {
+    /// An empty tracker bounded by `limits`.
     pub fn new(limits: Limits) -> Tracker {
         Tracker {
             limits,
@@ -504,10 +546,12 @@ impl Tracker {
         }
     }
 
+    /// Every session, in key order.
     pub fn sessions(&self) -> impl Iterator<Item = &Session> {
         self.sessions.values()
     }
 
+    /// The session with `key`, if seen.
     pub fn session(&self, key: &SessionKey) -> Option<&Session> {
         self.sessions.get(key)
     }

@@ -48,18 +48,23 @@ pub const RST: u8 = 0x04;
 
 /// A TCP segment's fields that matter here, borrowed from the packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Segment<'a> {
-    pub src: SocketAddr,
-    pub dst: SocketAddr,
-    pub seq: u32,
-    pub flags: u8,
-    pub payload: &'a [u8],
+struct Segment<'a> {
+    /// Source address and port.
+    src: SocketAddr,
+    /// Destination address and port.
+    dst: SocketAddr,
+    /// The TCP sequence number.
+    seq: u32,
+    /// The TCP flags byte ([`FIN`], [`SYN`], [`RST`], ...).
+    flags: u8,
+    /// The TCP payload.
+    payload: &'a [u8],
 }
 
 /// Parse an IPv4 or IPv6 packet carrying TCP; `None` for anything else (or truncated).
 /// IPv6 extension headers are not followed; IPv4 fragments are not reassembled (FIX gateways
 /// do not fragment: TCP segments fit the MTU).
-pub fn parse_packet(p: &[u8]) -> Option<Segment<'_>> {
+fn parse_packet(p: &[u8]) -> Option<Segment<'_>> {
     let version = p.first()? >> 4;
     let (src, dst, l4) = match version {
         4 => {
@@ -115,6 +120,7 @@ pub fn parse_packet(p: &[u8]) -> Option<Segment<'_>> {
 pub enum Content {
     /// Not enough bytes yet to say.
     Unknown,
+    /// FIX messages found.
     Fix,
     /// A TLS handshake was seen: encrypted, FIX cannot be read on the wire.
     Tls,
@@ -123,6 +129,7 @@ pub enum Content {
 }
 
 impl Content {
+    /// How the content is shown (`/sessions`, the console).
     pub fn as_str(&self) -> &'static str {
         match self {
             Content::Unknown => "unknown",
@@ -149,6 +156,7 @@ pub enum EndReason {
 }
 
 impl EndReason {
+    /// Every reason, in a fixed order (to report each one's count).
     pub const ALL: [EndReason; 4] = [
         EndReason::Fin,
         EndReason::Reset,
@@ -156,6 +164,7 @@ impl EndReason {
         EndReason::Idle,
     ];
 
+    /// The reason's name as reported: `fin`, `reset`, `tcp_closed` or `idle`.
     pub fn as_str(self) -> &'static str {
         match self {
             EndReason::Fin => "fin",
@@ -169,13 +178,18 @@ impl EndReason {
 /// Connections that left the table, by [`EndReason`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Ended {
+    /// Ended by a FIN each way ([`EndReason::Fin`]).
     pub fin: u64,
+    /// Ended by an RST ([`EndReason::Reset`]).
     pub reset: u64,
+    /// Let go once the TCP layer no longer listed them ([`EndReason::TcpClosed`]).
     pub tcp_closed: u64,
+    /// Let go when idle ([`EndReason::Idle`]).
     pub idle: u64,
 }
 
 impl Ended {
+    /// The count for reason `r`.
     pub fn get(&self, r: EndReason) -> u64 {
         match r {
             EndReason::Fin => self.fin,
@@ -198,6 +212,7 @@ impl Ended {
 /// Counts of the wire source.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct WireStats {
+    /// Packets received.
     pub packets: u64,
     /// Packets that parsed but belong to no target (the kernel filter is wider than the
     /// user-space rules, e.g. for local ports).
@@ -213,8 +228,11 @@ pub struct WireStats {
     pub stray: u64,
     /// Connections that left the table, by why.
     pub ended: Ended,
+    /// FIX messages decoded.
     pub messages: u64,
+    /// Malformed FIX messages skipped.
     pub malformed: u64,
+    /// Bytes skipped by the decoders looking for `8=FIX` (malformed messages included).
     pub bytes_skipped: u64,
     /// Both directions of every connection, summed (closed connections included).
     pub streams: StreamStats,
@@ -268,12 +286,19 @@ impl Seen {
 /// A connection as reported (`/sessions`, the console).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ConnView {
+    /// The target's name.
     pub target: String,
+    /// The gateway's address.
     pub local: SocketAddr,
+    /// The other side's address.
     pub remote: SocketAddr,
+    /// TCP payload bytes received by the gateway.
     pub bytes_in: u64,
+    /// TCP payload bytes sent by the gateway.
     pub bytes_out: u64,
+    /// FIX messages decoded, both ways.
     pub messages: u64,
+    /// What the connection carries.
     pub content: Content,
 }
 
@@ -284,6 +309,7 @@ pub struct Wire {
     conns: HashMap<TcpLink, Conn>,
     /// Connections not followed because the table was full, at most [`MAX_CONNECTIONS`].
     refused: HashMap<TcpLink, Seen>,
+    /// What it has seen so far.
     pub stats: WireStats,
 }
 
@@ -295,6 +321,7 @@ fn idx(d: Direction) -> usize {
 }
 
 impl Wire {
+    /// An empty table for the connections of `targets`, each stream bounded by `limits`.
     pub fn new(targets: Targets, limits: Limits) -> Wire {
         Wire {
             targets,
@@ -305,6 +332,7 @@ impl Wire {
         }
     }
 
+    /// The targets whose connections it follows.
     pub fn targets(&self) -> &Targets {
         &self.targets
     }
@@ -320,7 +348,7 @@ impl Wire {
     }
 
     /// One TCP segment seen at `at`.
-    pub fn segment(&mut self, seg: &Segment, at: SystemTime, tracker: &mut Tracker) -> Vec<Event> {
+    fn segment(&mut self, seg: &Segment, at: SystemTime, tracker: &mut Tracker) -> Vec<Event> {
         let mut events = Vec::new();
         // The gateway is the local side: outbound if src is local.
         let (link, dir, target) = if let Some(t) = self.targets.classify(&seg.src, &seg.dst) {
