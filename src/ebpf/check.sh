@@ -4,6 +4,8 @@
 # the tests (unit and real-kernel; the kernel tests need root and fail, never skip, without it).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
+# Its build goes under the repository's target/, not into src/.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/../../target/ebpf}"
 
 bash build-bpf.sh --check
 cargo fmt -- --check

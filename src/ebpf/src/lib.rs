@@ -93,7 +93,7 @@ pub struct KernelCounters {
     pub no_storage: u64,
     /// Sessions the live table (16,384 entries) had no room for: no health on the fallback.
     pub live_full: u64,
-    /// Runs the kernel skipped because the same program was already running on that CPU
+    /// Runs the kernel left out because the same program was already running on that CPU
     /// (`bpf_prog_info.recursion_misses`, summed over the tracing programs): a state change, a
     /// reset or a retransmission may then be missing from the events or the counts.
     pub recursion_misses: u64,
@@ -178,6 +178,139 @@ fn find_map(obj: &Object, name: &'static str) -> Result<MapHandle, Error> {
     })
 }
 
+/// Checks the kernel's features and loads the object: with the storage-map iterator for the
+/// health pass where the kernel takes it, else with the live-table walk (and why).
+fn open_object() -> Result<(Object, HealthWalk), Error> {
+    let btf = libbpf_rs::btf::Btf::from_vmlinux().map_err(|e| Error::NoKernelBtf(e.to_string()))?;
+    if let Some(missing) = error::missing_feature(|name| {
+        btf.type_by_name::<libbpf_rs::btf::BtfType<'_>>(name)
+            .is_some()
+    }) {
+        return Err(missing);
+    }
+    let retransmit_err = retransmit_has_err(&btf);
+    drop(btf);
+    match load_object(HealthWalk::StorageMap, retransmit_err) {
+        Ok(object) => Ok((object, HealthWalk::StorageMap)),
+        Err((_, log)) if log.contains("prog 'dump_health': failed to load") => {
+            let first = log
+                .lines()
+                .find(|l| l.contains("dump_health"))
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            let walk = HealthWalk::LiveTable { why: first };
+            let object = load_object(walk.clone(), retransmit_err).map_err(|(e, _)| e)?;
+            Ok((object, walk))
+        }
+        Err((e, _)) => Err(e),
+    }
+}
+
+/// The kernel's `CONFIG_HZ`, as libbpf filled `.kconfig` (0 when it could not).
+fn kernel_hz(object: &Object) -> u32 {
+    let Ok(kconfig) = find_map(object, ".kconfig") else {
+        return 0;
+    };
+    kconfig
+        .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+        .ok()
+        .flatten()
+        .and_then(|v| {
+            v.get(..4)
+                .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+        })
+        .unwrap_or(0)
+}
+
+/// A ring buffer of the object's map `name`, each record handed to `read`; `actions` name the
+/// two steps (adding, opening) in an error.
+fn ring_buffer(
+    object: &Object,
+    name: &'static str,
+    actions: [&'static str; 2],
+    mut read: impl FnMut(&[u8]) + 'static,
+) -> Result<RingBuffer<'static>, Error> {
+    let map = find_map(object, name)?;
+    let mut builder = RingBufferBuilder::new();
+    builder
+        .add(&map, move |data: &[u8]| {
+            read(data);
+            0
+        })
+        .map_err(|e| Error::Io {
+            action: actions[0],
+            source: error::io_of(e),
+        })?;
+    builder.build().map_err(|e| Error::Io {
+        action: actions[1],
+        source: error::io_of(e),
+    })
+}
+
+/// The attached programs: the tracing ones kept alive, the iterators run on demand.
+struct Links {
+    tracing: Vec<Link>,
+    health: Option<Link>,
+    adopt: Link,
+    census: Link,
+}
+
+impl Links {
+    /// Attaches every program the object loaded, each named in the error when the kernel
+    /// refuses it.
+    fn attach(object: &Object) -> Result<Links, Error> {
+        let sessions = find_map(object, "sessions")?;
+        let mut tracing = Vec::new();
+        let (mut health, mut adopt, mut census) = (None, None, None);
+        for prog in object.progs_mut() {
+            if !prog.autoload() {
+                continue;
+            }
+            let name = prog.name().to_str().unwrap_or_default();
+            let (label, link) = match name {
+                "on_state" => ("on_state (tp_btf/inet_sock_set_state)", prog.attach()),
+                "on_receive_reset" => {
+                    ("on_receive_reset (tp_btf/tcp_receive_reset)", prog.attach())
+                }
+                "on_send_reset" => ("on_send_reset (tp_btf/tcp_send_reset)", prog.attach()),
+                "on_retransmit" | "on_retransmit_any" => {
+                    ("on_retransmit (tp_btf/tcp_retransmit_skb)", prog.attach())
+                }
+                "dump_health" => (
+                    "dump_health (iter/bpf_sk_storage_map)",
+                    prog.attach_iter(sessions.as_fd()),
+                ),
+                "storage_census" => ("storage_census (iter/tcp)", prog.attach()),
+                "adopt" => ("adopt (iter/tcp)", prog.attach()),
+                _ => continue,
+            };
+            let link = link.map_err(|e| {
+                error::refused_or(label, e, |source| Error::Attach {
+                    program: static_label(label),
+                    source,
+                })
+            })?;
+            match name {
+                "dump_health" => health = Some(link),
+                "adopt" => adopt = Some(link),
+                "storage_census" => census = Some(link),
+                _ => tracing.push(link),
+            }
+        }
+        let missing = |name| Error::ObjectMismatch {
+            kind: "program",
+            name,
+        };
+        Ok(Links {
+            tracing,
+            health,
+            adopt: adopt.ok_or(missing("adopt"))?,
+            census: census.ok_or(missing("storage_census"))?,
+        })
+    }
+}
+
 /// The cookie of the caller's network namespace (`SO_NETNS_COOKIE`, Linux 5.14).
 fn own_netns_cookie() -> Result<u64, Error> {
     const SO_NETNS_COOKIE: libc::c_int = 71;
@@ -222,47 +355,10 @@ impl Monitor {
     /// Checks the kernel's features, loads and attaches the programs. No targets are set:
     /// nothing is watched until [`Monitor::set_targets`].
     pub fn load(options: &Options) -> Result<Self, Error> {
-        let btf =
-            libbpf_rs::btf::Btf::from_vmlinux().map_err(|e| Error::NoKernelBtf(e.to_string()))?;
-        if let Some(missing) = error::missing_feature(|name| {
-            btf.type_by_name::<libbpf_rs::btf::BtfType<'_>>(name)
-                .is_some()
-        }) {
-            return Err(missing);
-        }
-        let retransmit_err = retransmit_has_err(&btf);
-        drop(btf);
-
-        let (object, health_walk) = match load_object(HealthWalk::StorageMap, retransmit_err) {
-            Ok(object) => (object, HealthWalk::StorageMap),
-            Err((_, log)) if log.contains("prog 'dump_health': failed to load") => {
-                let first = log
-                    .lines()
-                    .find(|l| l.contains("dump_health"))
-                    .unwrap_or_default()
-                    .trim()
-                    .to_string();
-                let walk = HealthWalk::LiveTable { why: first };
-                let object = load_object(walk.clone(), retransmit_err).map_err(|(e, _)| e)?;
-                (object, walk)
-            }
-            Err((e, _)) => return Err(e),
-        };
-
-        let kconfig = find_map(&object, ".kconfig")?;
-        let hz = kconfig
-            .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
-            .ok()
-            .flatten()
-            .and_then(|v| {
-                v.get(..4)
-                    .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-            })
-            .unwrap_or(0);
-        if hz == 0 {
+        let (object, health_walk) = open_object()?;
+        if kernel_hz(&object) == 0 {
             return Err(Error::UnknownHz);
         }
-
         let maps = Maps {
             targets: find_map(&object, "targets")?,
             rules: find_map(&object, "rules")?,
@@ -281,108 +377,38 @@ impl Monitor {
                 action: "writing the settings map",
                 source: error::io_of(e),
             })?;
-
-        let sessions = find_map(&object, "sessions")?;
-        let mut tracing_links = Vec::new();
-        let mut health_link = None;
-        let mut adopt_link = None;
-        let mut census_link = None;
-        for prog in object.progs_mut() {
-            if !prog.autoload() {
-                continue;
-            }
-            let name = prog.name().to_str().unwrap_or_default();
-            let (label, link) = match name {
-                "on_state" => ("on_state (tp_btf/inet_sock_set_state)", prog.attach()),
-                "on_receive_reset" => {
-                    ("on_receive_reset (tp_btf/tcp_receive_reset)", prog.attach())
-                }
-                "on_send_reset" => ("on_send_reset (tp_btf/tcp_send_reset)", prog.attach()),
-                "on_retransmit" | "on_retransmit_any" => {
-                    ("on_retransmit (tp_btf/tcp_retransmit_skb)", prog.attach())
-                }
-                "dump_health" => (
-                    "dump_health (iter/bpf_sk_storage_map)",
-                    prog.attach_iter(sessions.as_fd()),
-                ),
-                "storage_census" => ("storage_census (iter/tcp)", prog.attach()),
-                "adopt" => ("adopt (iter/tcp)", prog.attach()),
-                _ => continue,
-            };
-            let link = link.map_err(|e| {
-                error::refused_or(label, e, |source| Error::Attach {
-                    program: static_label(label),
-                    source,
-                })
-            })?;
-            match name {
-                "dump_health" => health_link = Some(link),
-                "adopt" => adopt_link = Some(link),
-                "storage_census" => census_link = Some(link),
-                _ => tracing_links.push(link),
-            }
-        }
-        let adopt_link = adopt_link.ok_or(Error::ObjectMismatch {
-            kind: "program",
-            name: "adopt",
-        })?;
-        let census_link = census_link.ok_or(Error::ObjectMismatch {
-            kind: "program",
-            name: "storage_census",
-        })?;
-
+        let links = Links::attach(&object)?;
         let queue: Arc<Mutex<Vec<Record>>> = Arc::default();
         let sink = Arc::clone(&queue);
-        let events = find_map(&object, "events")?;
-        let mut builder = RingBufferBuilder::new();
-        builder
-            .add(&events, move |data: &[u8]| {
-                if let Some(record) = RawEvent::read(data).as_ref().and_then(Record::from_raw) {
-                    if let Ok(mut q) = sink.lock() {
-                        q.push(record);
-                    }
+        let actions = ["adding the ring buffer", "opening the ring buffer"];
+        let ring = ring_buffer(&object, "events", actions, move |data| {
+            if let Some(record) = RawEvent::read(data).as_ref().and_then(Record::from_raw) {
+                if let Ok(mut q) = sink.lock() {
+                    q.push(record);
                 }
-                0
-            })
-            .map_err(|e| Error::Io {
-                action: "adding the ring buffer",
-                source: error::io_of(e),
-            })?;
-        let ring = builder.build().map_err(|e| Error::Io {
-            action: "opening the ring buffer",
-            source: error::io_of(e),
+            }
         })?;
-
         let health_records: Arc<Mutex<Vec<RawHealth>>> = Arc::default();
         let sink = Arc::clone(&health_records);
-        let health_out = find_map(&object, "health_out")?;
-        let mut builder = RingBufferBuilder::new();
-        builder
-            .add(&health_out, move |data: &[u8]| {
-                if let (Some(raw), Ok(mut records)) = (RawHealth::read(data), sink.lock()) {
-                    records.push(raw);
-                }
-                0
-            })
-            .map_err(|e| Error::Io {
-                action: "adding the health ring buffer",
-                source: error::io_of(e),
-            })?;
-        let health_ring = builder.build().map_err(|e| Error::Io {
-            action: "opening the health ring buffer",
-            source: error::io_of(e),
+        let actions = [
+            "adding the health ring buffer",
+            "opening the health ring buffer",
+        ];
+        let health_ring = ring_buffer(&object, "health_out", actions, move |data| {
+            if let (Some(raw), Ok(mut records)) = (RawHealth::read(data), sink.lock()) {
+                records.push(raw);
+            }
         })?;
-
         Ok(Self {
             ring,
             queue,
             joiner: CloseJoiner::default(),
-            health_link,
+            health_link: links.health,
             health_ring,
             health_records,
-            adopt_link,
-            census_link,
-            _tracing_links: tracing_links,
+            adopt_link: links.adopt,
+            census_link: links.census,
+            _tracing_links: links.tracing,
             maps,
             health_walk,
             rules_half: 1,

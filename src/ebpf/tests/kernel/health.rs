@@ -37,129 +37,100 @@ fn age(what: &str, ss: f64, a: f64, b: f64, elapsed_ms: f64, slack: f64) {
     );
 }
 
+/// Every field `ss -tin` shows against the two passes around it: a table of (name, what ss
+/// says, the field in each pass, slack), then the two "time since" fields, which may restart.
 fn compare(h1: &Health, h2: &Health, ss: &SsInfo, elapsed_ms: f64) {
     let jiffy_ms = 4.0 + 1.0;
-    let ms = |us: u64| us as f64 / 1000.0;
     let (rtt, rttvar) = ss.fields["rtt"].split_once('/').expect("rtt:a/b");
-    between(
-        "rtt (ms)",
-        rtt.parse().unwrap(),
-        h1.srtt_us as f64 / 1000.0,
-        h2.srtt_us as f64 / 1000.0,
-        0.001,
-    );
-    between(
-        "rttvar (ms)",
-        rttvar.parse().unwrap(),
-        h1.rttvar_us as f64 / 1000.0,
-        h2.rttvar_us as f64 / 1000.0,
-        0.001,
-    );
     let total_retrans = ss
         .fields
         .get("retrans")
         .map(|v| v.split('/').nth(1).unwrap().parse().unwrap())
         .unwrap_or(0.0);
-    between(
-        "total retrans",
-        total_retrans,
-        h1.total_retrans as f64,
-        h2.total_retrans as f64,
-        0.0,
-    );
-    between(
-        "bytes_sent",
-        ss.num("bytes_sent"),
-        h1.bytes_sent as f64,
-        h2.bytes_sent as f64,
-        0.0,
-    );
-    between(
-        "bytes_acked",
-        ss.num("bytes_acked"),
-        h1.bytes_acked as f64,
-        h2.bytes_acked as f64,
-        0.0,
-    );
-    between(
-        "bytes_received",
-        ss.num("bytes_received"),
-        h1.bytes_received as f64,
-        h2.bytes_received as f64,
-        0.0,
-    );
-    between(
-        "unacked",
-        ss.num("unacked"),
-        h1.unacked as f64,
-        h2.unacked as f64,
-        0.0,
-    );
-    between(
-        "notsent",
-        ss.num("notsent"),
-        h1.notsent_bytes as f64,
-        h2.notsent_bytes as f64,
-        0.0,
-    );
-    between(
-        "Recv-Q",
-        ss.recv_q as f64,
-        h1.rcv_queue as f64,
-        h2.rcv_queue as f64,
-        0.0,
-    );
-    age(
-        "lastrcv (ms)",
-        ss.num("lastrcv"),
-        h1.last_data_recv_ms as f64,
-        h2.last_data_recv_ms as f64,
-        elapsed_ms,
-        jiffy_ms,
-    );
-    age(
-        "lastsnd (ms)",
-        ss.num("lastsnd"),
-        h1.last_data_sent_ms as f64,
-        h2.last_data_sent_ms as f64,
-        elapsed_ms,
-        jiffy_ms,
-    );
-    between(
-        "busy (ms)",
-        ss.num("busy"),
-        ms(h1.busy_us),
-        ms(h2.busy_us),
-        jiffy_ms,
-    );
-    between(
-        "rwnd_limited (ms)",
-        ss.num("rwnd_limited"),
-        ms(h1.rwnd_limited_us),
-        ms(h2.rwnd_limited_us),
-        jiffy_ms,
-    );
-    between(
-        "sndbuf_limited (ms)",
-        ss.num("sndbuf_limited"),
-        ms(h1.sndbuf_limited_us),
-        ms(h2.sndbuf_limited_us),
-        jiffy_ms,
-    );
-    between(
-        "cwnd",
-        ss.num("cwnd"),
-        h1.snd_cwnd as f64,
-        h2.snd_cwnd as f64,
-        0.0,
-    );
-    between(
-        "snd_wnd",
-        ss.num("snd_wnd"),
-        h1.snd_wnd as f64,
-        h2.snd_wnd as f64,
-        0.0,
-    );
+    type Field = fn(&Health) -> f64;
+    let rows: [(&str, f64, Field, f64); 14] = [
+        (
+            "rtt (ms)",
+            rtt.parse().unwrap(),
+            |h| h.srtt_us as f64 / 1000.0,
+            0.001,
+        ),
+        (
+            "rttvar (ms)",
+            rttvar.parse().unwrap(),
+            |h| h.rttvar_us as f64 / 1000.0,
+            0.001,
+        ),
+        (
+            "total retrans",
+            total_retrans,
+            |h| h.total_retrans as f64,
+            0.0,
+        ),
+        (
+            "bytes_sent",
+            ss.num("bytes_sent"),
+            |h| h.bytes_sent as f64,
+            0.0,
+        ),
+        (
+            "bytes_acked",
+            ss.num("bytes_acked"),
+            |h| h.bytes_acked as f64,
+            0.0,
+        ),
+        (
+            "bytes_received",
+            ss.num("bytes_received"),
+            |h| h.bytes_received as f64,
+            0.0,
+        ),
+        ("unacked", ss.num("unacked"), |h| h.unacked as f64, 0.0),
+        (
+            "notsent",
+            ss.num("notsent"),
+            |h| h.notsent_bytes as f64,
+            0.0,
+        ),
+        ("Recv-Q", ss.recv_q as f64, |h| h.rcv_queue as f64, 0.0),
+        (
+            "busy (ms)",
+            ss.num("busy"),
+            |h| h.busy_us as f64 / 1000.0,
+            jiffy_ms,
+        ),
+        (
+            "rwnd_limited (ms)",
+            ss.num("rwnd_limited"),
+            |h| h.rwnd_limited_us as f64 / 1000.0,
+            jiffy_ms,
+        ),
+        (
+            "sndbuf_limited (ms)",
+            ss.num("sndbuf_limited"),
+            |h| h.sndbuf_limited_us as f64 / 1000.0,
+            jiffy_ms,
+        ),
+        ("cwnd", ss.num("cwnd"), |h| h.snd_cwnd as f64, 0.0),
+        ("snd_wnd", ss.num("snd_wnd"), |h| h.snd_wnd as f64, 0.0),
+    ];
+    for (what, said, field, slack) in rows {
+        between(what, said, field(h1), field(h2), slack);
+    }
+    let ages: [(&str, &str, Field); 2] = [
+        ("lastrcv (ms)", "lastrcv", |h| h.last_data_recv_ms as f64),
+        ("lastsnd (ms)", "lastsnd", |h| h.last_data_sent_ms as f64),
+    ];
+    for (what, key, field) in ages {
+        age(
+            what,
+            ss.num(key),
+            field(h1),
+            field(h2),
+            elapsed_ms,
+            jiffy_ms,
+        );
+    }
 }
 
 #[test]
