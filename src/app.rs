@@ -444,9 +444,12 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
     let events_reader = subscription.map(|sub| {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let inputs = inputs.clone();
-        let reader = source::destroy::spawn_reader(sub, stop.clone(), move |batch| {
-            inputs.send(Input::Events(batch)).is_ok()
-        });
+        let stopped = stop.clone();
+        let reader = source::destroy::spawn_reader(
+            sub,
+            move || stopped.load(std::sync::atomic::Ordering::Relaxed),
+            move |batch| inputs.send(Input::Events(batch)).is_ok(),
+        );
         (stop, reader)
     });
     #[cfg(not(target_os = "linux"))]
