@@ -21,6 +21,8 @@ use crate::source::events::Mode;
 use crate::state::{Meta, Publisher, State, StateReader};
 use crate::tracker::{Event, Timestamp};
 
+use tokio_util::sync::{CancellationToken, DropGuard};
+
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("cannot open the connection source: {0}")]
@@ -84,32 +86,233 @@ pub struct StartOptions {
 }
 
 /// A started sidecar: polling, and serving if asked to. Stop it with [`Sidecar::stop`].
+///
+/// Every task stops on one cancellation token, `cancel`, or a child of it: a part that must
+/// stop before another has a child token of its own, cancelled first (the kernel events reader
+/// before the poll loop it feeds, the poll loop and the FIX layer before the final flush).
 pub struct Sidecar {
     state: StateReader,
     telemetry: Telemetry,
     events: tokio::sync::broadcast::Sender<Event>,
     /// Sessions turning stale and recovering, as the poll loop finds them.
     health_events: tokio::sync::broadcast::Sender<crate::health::HealthEvent>,
-    /// The loop's inputs (today: stop; issue 9 adds kernel destroy events).
+    /// The loop's inputs (kernel destroy events; its stop, from its token).
     inputs: mpsc::Sender<Input>,
-    poller: std::thread::JoinHandle<()>,
-    server: Option<(
-        std::net::SocketAddr,
-        tokio::sync::oneshot::Sender<()>,
-        tokio::task::JoinHandle<std::io::Result<()>>,
-    )>,
+    /// The sidecar's token, cancelled when this guard drops: last in [`Sidecar::stop`], or
+    /// with a sidecar dropped unstopped (every task stops then too). The endpoint stops on it;
+    /// every other part's token is a child of it.
+    cancel: DropGuard,
+    poll_loop: PollLoop,
+    server: Option<Server>,
     /// How long `stop` waits for the final export.
     flush_grace: Duration,
-    /// The kernel close-event reader, if events are in use: its stop flag and thread.
-    events_reader: Option<(
-        std::sync::Arc<std::sync::atomic::AtomicBool>,
-        std::thread::JoinHandle<()>,
-    )>,
+    /// The kernel close-event reader, if events are in use.
+    events_reader: Option<EventsReader>,
     /// The FIX session layer, when `[fix]` turns it on.
-    fix: Option<(
-        crate::fix::monitor::FixMonitor,
-        crate::fix::metrics::FixInstruments,
-    )>,
+    fix: Option<FixLayer>,
+}
+
+/// The poll loop's thread, and the token it stops on.
+struct PollLoop {
+    /// A child of the sidecar's token: the loop stops (and saves its state) before the final
+    /// flush, so that the flush exports its last counts.
+    stop: CancellationToken,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl PollLoop {
+    /// Runs `poller` on a thread of its own (a poll is a few blocking syscalls; it must not
+    /// wait behind HTTP work, nor HTTP work behind it). The thread sleeps on its input channel,
+    /// so the token reaches it there, as [`Input::Stop`].
+    fn spawn(
+        poller: Poller,
+        interval: Duration,
+        inputs: (mpsc::Sender<Input>, mpsc::Receiver<Input>),
+        stop: CancellationToken,
+    ) -> PollLoop {
+        let (tx, rx) = inputs;
+        let stopped = stop.clone();
+        tokio::spawn(async move {
+            stopped.cancelled().await;
+            let _ = tx.send(Input::Stop);
+        });
+        let thread = std::thread::Builder::new()
+            .name("fix-monitor-poll".into())
+            .spawn(move || crate::poller::run(poller, &SystemClock, interval, rx))
+            .expect("spawning the poll thread");
+        PollLoop { stop, thread }
+    }
+
+    /// Cancels the loop's token and waits for the thread, at most [`POLL_STOP_GRACE`].
+    async fn stop(self) {
+        self.stop.cancel();
+        // Joined on a thread of its own, not the runtime's blocking pool: a poll thread that
+        // never returns must not hold up the runtime's own shutdown either.
+        let (joined_tx, joined) = tokio::sync::oneshot::channel();
+        let thread = self.thread;
+        let _ = std::thread::Builder::new()
+            .name("fix-monitor-join".into())
+            .spawn(move || {
+                let _ = joined_tx.send(thread.join().is_ok());
+            });
+        if tokio::time::timeout(POLL_STOP_GRACE, joined).await.is_err() {
+            tracing::warn!(
+                grace = %humantime::format_duration(POLL_STOP_GRACE),
+                "the poll loop did not stop within its grace period (a poll blocked in the \
+                 kernel?); going on without it"
+            );
+        }
+    }
+}
+
+/// The HTTP endpoint's task, and where it listens. It drains when the sidecar's own token is
+/// cancelled: the last part to stop, so that it answers while the rest shuts down.
+struct Server {
+    local: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    /// Serves `router` on `listener` until `stop` is cancelled.
+    fn spawn(
+        listener: tokio::net::TcpListener,
+        router: axum::Router,
+        settings: &Settings,
+        web: std::sync::Arc<crate::export::web_config::WebConfig>,
+        stop: CancellationToken,
+    ) -> Result<Server, RunError> {
+        let local = listener.local_addr().map_err(RunError::Listen)?;
+        tracing::info!(
+            "listening on {}://{local} (/metrics{}, /health{}, /sessions; {})",
+            if web.tls.is_some() { "https" } else { "http" },
+            if settings.prometheus.enabled {
+                ""
+            } else {
+                " disabled"
+            },
+            if settings.prometheus.expose_connections {
+                ", /connections"
+            } else {
+                "; /connections turned off"
+            },
+            web.describe(),
+        );
+        let task = tokio::spawn(http::serve(listener, router, web, stop.cancelled_owned()));
+        Ok(Server { local, task })
+    }
+
+    /// Waits for the drain (started by the token), at most [`SERVER_STOP_GRACE`].
+    async fn drained(self) {
+        if tokio::time::timeout(SERVER_STOP_GRACE, self.task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the endpoint did not stop within its grace period");
+        }
+    }
+}
+
+/// The kernel close-event reader's thread, and the token it stops on.
+struct EventsReader {
+    /// A child of the poll loop's token, cancelled first: the loop handles every batch the
+    /// reader sent before the loop itself stops.
+    stop: CancellationToken,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl EventsReader {
+    /// Reads `sub` on a thread of its own, sending each batch to the poll loop's `inputs`.
+    #[cfg(target_os = "linux")]
+    fn spawn(sub: Subscription, inputs: mpsc::Sender<Input>, stop: CancellationToken) -> Self {
+        let stopped = stop.clone();
+        let thread = source::destroy::spawn_reader(
+            sub,
+            move || stopped.is_cancelled(),
+            move |batch| inputs.send(Input::Events(batch)).is_ok(),
+        );
+        EventsReader { stop, thread }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn spawn(_: Subscription, _: mpsc::Sender<Input>, _: CancellationToken) -> Self {
+        unreachable!("no subscription off Linux")
+    }
+
+    /// Cancels the reader's token and waits for its thread (it looks every 200 ms).
+    async fn stop(self) {
+        self.stop.cancel();
+        let thread = self.thread;
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
+}
+
+/// The FIX session layer: its published state, its instruments (kept here so that they stay
+/// registered), and the task that stops its threads when its token is cancelled. `FixMonitor`
+/// stops on a flag of its own (`FixMonitor::stop`); that task is the bridge from the token.
+struct FixLayer {
+    reader: crate::fix::monitor::FixReader,
+    _instruments: crate::fix::metrics::FixInstruments,
+    /// A child of the sidecar's token, cancelled with the poll loop's, before the flush.
+    stop: CancellationToken,
+    stopped: tokio::task::JoinHandle<()>,
+}
+
+impl FixLayer {
+    /// Starts the FIX layer, which reads the TCP layer's sessions off `state`.
+    fn start(
+        settings: &Settings,
+        meter: &opentelemetry::metrics::Meter,
+        state: &StateReader,
+        stop: CancellationToken,
+    ) -> FixLayer {
+        let tcp = crate::fix::monitor::TcpView {
+            sessions: Box::new(ActiveLinks {
+                state: state.clone(),
+                generation: None,
+            }),
+            idle: fix_idle_bound(settings.poll.interval),
+        };
+        let monitor = crate::fix::monitor::FixMonitor::start(
+            &settings.fix,
+            &settings.targets,
+            meter,
+            Some(tcp),
+        );
+        let reader = monitor.reader();
+        let instruments = crate::fix::metrics::FixInstruments::new(meter, monitor.reader());
+        let token = stop.clone();
+        let stopped = tokio::spawn(async move {
+            token.cancelled().await;
+            // The FIX threads stop at their next read timeout.
+            let _ = tokio::task::spawn_blocking(move || monitor.stop()).await;
+        });
+        FixLayer {
+            reader,
+            _instruments: instruments,
+            stop,
+            stopped,
+        }
+    }
+
+    /// Cancels the layer's token and waits for its threads, at most [`POLL_STOP_GRACE`]
+    /// (bounded like the poll loop).
+    async fn stop(self) {
+        self.stop.cancel();
+        if tokio::time::timeout(POLL_STOP_GRACE, self.stopped)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the FIX layer did not stop within its grace period; going on without it"
+            );
+        }
+    }
+}
+
+/// The FIX layer's published state, or a disabled one without it.
+fn fix_reader(fix: Option<&FixLayer>) -> crate::fix::monitor::FixReader {
+    fix.map(|f| f.reader.clone())
+        .unwrap_or_else(crate::fix::monitor::FixReader::disabled)
 }
 
 /// The kernel close-event subscription, where the source and the kernel allow it.
@@ -275,13 +478,7 @@ const SERVER_STOP_GRACE: Duration = Duration::from_secs(3);
 pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar, RunError> {
     let resource = crate::instruments::resource(&hostname());
     let host = crate::instruments::host_name(&resource);
-    let mut source = source::open_with(
-        settings.poll.source,
-        &settings.targets,
-        settings.poll.reconcile_interval,
-    )?;
-    source.set_health_interval(settings.poll.health_interval);
-    say_health_interval(settings, source.kind(), source.capabilities());
+    let source = open_source(settings)?;
     let listener = if options.serve_http {
         Some(
             http::bind(settings.prometheus.listen)
@@ -310,45 +507,147 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
         Some(dir) => Some(open_state(dir, &host)?),
         None => None,
     };
-    let initial = State::initial(Meta {
+    let initial = initial_state(settings, &host, source.as_ref(), &mode);
+    let (publisher, state) = Publisher::new(initial.clone());
+    let cancel = CancellationToken::new();
+    let fix = settings
+        .fix
+        .enabled()
+        .then(|| FixLayer::start(settings, &meter, &state, cancel.child_token()));
+    say_started(settings, &host, source.kind(), &mode, &telemetry);
+
+    let server = match listener {
+        Some(listener) => Some(serve(
+            listener,
+            settings,
+            &options,
+            &state,
+            &telemetry,
+            fix.as_ref(),
+            cancel.clone(),
+        )?),
+        None => None,
+    };
+
+    let (events, _) = tokio::sync::broadcast::channel(EVENT_BUFFER);
+    let (health_events, _) = tokio::sync::broadcast::channel(EVENT_BUFFER);
+    let (inputs, inputs_rx) = mpsc::channel::<Input>();
+    let confirm = confirmation(source.capabilities().confirm);
+    let mut poller = Poller::new(
+        source,
+        instruments,
+        Box::new(publisher),
+        initial,
+        events.clone(),
+    )
+    .with_confirm(confirm)
+    .with_health_events(health_events.clone())
+    .with_destroy_notifications(subscription.is_some());
+    if let Some((persist, restored)) = persist {
+        poller = poller.with_persist(persist, &restored);
+    }
+    if settings.poll.process_lookup {
+        poller = poller.with_process_lookup(std::path::Path::new("/proc"));
+    }
+    let poll_loop = PollLoop::spawn(
+        poller,
+        settings.poll.interval,
+        (inputs.clone(), inputs_rx),
+        cancel.child_token(),
+    );
+    let events_reader = subscription
+        .map(|sub| EventsReader::spawn(sub, inputs.clone(), poll_loop.stop.child_token()));
+    Ok(Sidecar {
+        state,
+        telemetry,
+        events,
+        health_events,
+        inputs,
+        cancel: cancel.drop_guard(),
+        poll_loop,
+        server,
+        flush_grace: flush_grace(settings),
+        events_reader,
+        fix,
+    })
+}
+
+/// The state published before the first poll: what runs, and how.
+fn initial_state(
+    settings: &Settings,
+    host: &str,
+    source: &dyn source::Source,
+    mode: &Mode,
+) -> State {
+    State::initial(Meta {
         events: mode.clone(),
-        host: host.clone(),
+        host: host.to_string(),
         source: source.kind(),
         capabilities: source.capabilities(),
         interval: settings.poll.interval,
         started: Timestamp::now(),
         targets: settings.targets.clone(),
-    });
-    let (publisher, state) = Publisher::new(initial.clone());
-    let fix = settings.fix.enabled().then(|| {
-        let tcp = crate::fix::monitor::TcpView {
-            sessions: Box::new(ActiveLinks {
-                state: state.clone(),
-                generation: None,
-            }),
-            idle: fix_idle_bound(settings.poll.interval),
-        };
-        let monitor = crate::fix::monitor::FixMonitor::start(
-            &settings.fix,
-            &settings.targets,
-            &meter,
-            Some(tcp),
-        );
-        let instruments = crate::fix::metrics::FixInstruments::new(&meter, monitor.reader());
-        (monitor, instruments)
-    });
-    let fix_reader = fix
-        .as_ref()
-        .map(|(m, _)| m.reader())
-        .unwrap_or_else(crate::fix::monitor::FixReader::disabled);
+    })
+}
+
+/// Starts the endpoint on `listener`: the sidecar's routes and the FIX layer's, until `stop`.
+fn serve(
+    listener: tokio::net::TcpListener,
+    settings: &Settings,
+    options: &StartOptions,
+    state: &StateReader,
+    telemetry: &Telemetry,
+    fix: Option<&FixLayer>,
+    stop: CancellationToken,
+) -> Result<Server, RunError> {
+    let router = http::router(
+        state.clone(),
+        telemetry.prometheus.clone(),
+        settings.prometheus.expose_connections,
+    )
+    .merge(crate::fix::http::routes(fix_reader(fix)));
+    let web = options.resources.web.clone();
+    Server::spawn(listener, router, settings, web, stop)
+}
+
+/// Opens the connection source, with the health interval it is to keep.
+fn open_source(settings: &Settings) -> Result<Box<dyn source::Source>, RunError> {
+    let mut source = source::open_with(
+        settings.poll.source,
+        &settings.targets,
+        settings.poll.reconcile_interval,
+    )?;
+    source.set_health_interval(settings.poll.health_interval);
+    say_health_interval(settings, source.kind(), source.capabilities());
+    Ok(source)
+}
+
+/// How long the final export may take: [`FLUSH_GRACE`], or with OTLP on the export's own
+/// timeout plus a second, if longer.
+fn flush_grace(settings: &Settings) -> Duration {
+    if settings.otlp.enabled {
+        FLUSH_GRACE.max(settings.otlp.timeout + Duration::from_secs(1))
+    } else {
+        FLUSH_GRACE
+    }
+}
+
+/// The start in the log: what is watched, how closes are known, where metrics are pushed.
+fn say_started(
+    settings: &Settings,
+    host: &str,
+    kind: source::SourceKind,
+    mode: &Mode,
+    telemetry: &Telemetry,
+) {
     tracing::info!(
         host = %host,
-        source = source.kind().as_str(),
+        source = kind.as_str(),
         interval = %humantime::format_duration(settings.poll.interval),
         targets = %settings.targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", "),
         "fix-monitor started"
     );
-    match &mode {
+    match mode {
         Mode::KernelEvents => tracing::info!(
             mode = mode.as_str(),
             "kernel close events in use: every close exactly, sessions shorter than a poll included"
@@ -374,100 +673,6 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
             "pushing metrics over OTLP"
         );
     }
-
-    let server = match listener {
-        Some(listener) => {
-            let local = listener.local_addr().map_err(RunError::Listen)?;
-            let web = options.resources.web.clone();
-            tracing::info!(
-                "listening on {}://{local} (/metrics{}, /health{}, /sessions; {})",
-                if web.tls.is_some() { "https" } else { "http" },
-                if settings.prometheus.enabled {
-                    ""
-                } else {
-                    " disabled"
-                },
-                if settings.prometheus.expose_connections {
-                    ", /connections"
-                } else {
-                    "; /connections turned off"
-                },
-                web.describe(),
-            );
-            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            let task = tokio::spawn(http::serve(
-                listener,
-                http::router(
-                    state.clone(),
-                    telemetry.prometheus.clone(),
-                    settings.prometheus.expose_connections,
-                )
-                .merge(crate::fix::http::routes(fix_reader.clone())),
-                web,
-                async move {
-                    let _ = rx.await;
-                },
-            ));
-            Some((local, tx, task))
-        }
-        None => None,
-    };
-
-    let (events, _) = tokio::sync::broadcast::channel(EVENT_BUFFER);
-    let (health_events, _) = tokio::sync::broadcast::channel(EVENT_BUFFER);
-    let (inputs, inputs_rx) = mpsc::channel::<Input>();
-    let poller = {
-        let confirm = confirmation(source.capabilities().confirm);
-        let mut poller = Poller::new(
-            source,
-            instruments,
-            Box::new(publisher),
-            initial,
-            events.clone(),
-        )
-        .with_confirm(confirm)
-        .with_health_events(health_events.clone())
-        .with_destroy_notifications(subscription.is_some());
-        if let Some((persist, restored)) = persist {
-            poller = poller.with_persist(persist, &restored);
-        }
-        if settings.poll.process_lookup {
-            poller = poller.with_process_lookup(std::path::Path::new("/proc"));
-        }
-        let interval = settings.poll.interval;
-        std::thread::Builder::new()
-            .name("fix-monitor-poll".into())
-            .spawn(move || crate::poller::run(poller, &SystemClock, interval, inputs_rx))
-            .expect("spawning the poll thread")
-    };
-    #[cfg(target_os = "linux")]
-    let events_reader = subscription.map(|sub| {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let inputs = inputs.clone();
-        let reader = source::destroy::spawn_reader(sub, stop.clone(), move |batch| {
-            inputs.send(Input::Events(batch)).is_ok()
-        });
-        (stop, reader)
-    });
-    #[cfg(not(target_os = "linux"))]
-    let events_reader = subscription.map(|()| unreachable!("no subscription off Linux"));
-    let flush_grace = if settings.otlp.enabled {
-        FLUSH_GRACE.max(settings.otlp.timeout + Duration::from_secs(1))
-    } else {
-        FLUSH_GRACE
-    };
-    Ok(Sidecar {
-        state,
-        telemetry,
-        events,
-        health_events,
-        inputs,
-        poller,
-        server,
-        flush_grace,
-        events_reader,
-        fix,
-    })
 }
 
 impl Sidecar {
@@ -483,15 +688,12 @@ impl Sidecar {
 
     /// The FIX layer's published state (`enabled: false` when it is off).
     pub fn fix(&self) -> crate::fix::monitor::FixReader {
-        self.fix
-            .as_ref()
-            .map(|(m, _)| m.reader())
-            .unwrap_or_else(crate::fix::monitor::FixReader::disabled)
+        fix_reader(self.fix.as_ref())
     }
 
     /// Where the HTTP endpoint listens, if it was asked for.
     pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
-        self.server.as_ref().map(|s| s.0)
+        self.server.as_ref().map(|s| s.local)
     }
 
     /// Opened and closed events as the poll loop produces them.
@@ -507,7 +709,7 @@ impl Sidecar {
     /// Resolves if the HTTP endpoint stops by itself (it failed); pending otherwise.
     pub async fn failed(&mut self) -> RunError {
         match self.server.as_mut() {
-            Some((_, _, task)) => match task.await {
+            Some(server) => match (&mut server.task).await {
                 Ok(Err(e)) => RunError::Serve(e),
                 Ok(Ok(())) => RunError::Serve(std::io::Error::other("stopped unexpectedly")),
                 Err(e) => RunError::Serve(std::io::Error::other(e.to_string())),
@@ -516,58 +718,33 @@ impl Sidecar {
         }
     }
 
-    /// The longest [`Sidecar::stop`] takes: the poll thread's grace, then the endpoint's drain
-    /// and the final export side by side.
+    /// The longest [`Sidecar::stop`] takes: the poll thread's grace (the FIX layer's runs
+    /// beside it), then the endpoint's drain and the final export side by side.
     pub fn stop_deadline(&self) -> Duration {
         POLL_STOP_GRACE + SERVER_STOP_GRACE.max(self.flush_grace)
     }
 
-    /// The one shutdown path: stop polling, then drain the endpoint and flush every exporter
-    /// (the final OTLP export included) side by side. Every wait is bounded: the whole takes at
-    /// most [`Sidecar::stop_deadline`].
+    /// The one shutdown path: stop the event reader, then polling and the FIX layer, then drain
+    /// the endpoint and flush every exporter (the final OTLP export included) side by side.
+    /// Each step cancels its parts' tokens; every wait is bounded: the whole takes at most
+    /// [`Sidecar::stop_deadline`] (and the reader's 200 ms wake).
     pub async fn stop(self) {
         tracing::info!("shutting down: stopping the poll loop");
-        if let Some((stop, reader)) = self.events_reader {
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            let _ = tokio::task::spawn_blocking(move || reader.join()).await;
+        if let Some(reader) = self.events_reader {
+            reader.stop().await;
         }
-        let _ = self.inputs.send(Input::Stop);
-        // Joined on a thread of its own, not the runtime's blocking pool: a poll thread that
-        // never returns must not hold up the runtime's own shutdown either.
-        let (joined_tx, joined) = tokio::sync::oneshot::channel();
-        let poller = self.poller;
-        let _ = std::thread::Builder::new()
-            .name("fix-monitor-join".into())
-            .spawn(move || {
-                let _ = joined_tx.send(poller.join().is_ok());
-            });
-        if tokio::time::timeout(POLL_STOP_GRACE, joined).await.is_err() {
-            tracing::warn!(
-                grace = %humantime::format_duration(POLL_STOP_GRACE),
-                "the poll loop did not stop within its grace period (a poll blocked in the \
-                 kernel?); going on without it"
-            );
-        }
-        let server = async {
-            if let Some((_, tx, task)) = self.server {
-                let _ = tx.send(());
-                if tokio::time::timeout(SERVER_STOP_GRACE, task).await.is_err() {
-                    tracing::warn!("the endpoint did not stop within its grace period");
-                }
+        let fix = async {
+            if let Some(fix) = self.fix {
+                fix.stop().await;
             }
         };
-        if let Some((monitor, _)) = self.fix {
-            // The FIX threads stop at their next read timeout; bounded like the poll loop.
-            let stopping = tokio::task::spawn_blocking(move || monitor.stop());
-            if tokio::time::timeout(POLL_STOP_GRACE, stopping)
-                .await
-                .is_err()
-            {
-                tracing::warn!(
-                    "the FIX layer did not stop within its grace period; going on without it"
-                );
+        tokio::join!(self.poll_loop.stop(), fix);
+        drop(self.cancel);
+        let server = async {
+            if let Some(server) = self.server {
+                server.drained().await;
             }
-        }
+        };
         let flush = async {
             tracing::info!("flushing metrics");
             self.telemetry.shutdown(self.flush_grace).await;

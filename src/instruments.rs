@@ -254,47 +254,8 @@ impl Instruments {
             ..GaugeValues::default()
         }));
 
-        let per_target = |pick: fn(&TargetStats) -> u64| {
-            let gauges = gauges.clone();
-            let attrs = target_attrs.clone();
-            move |obs: &dyn opentelemetry::metrics::AsyncInstrument<u64>| {
-                let g = gauges.lock().unwrap_or_else(|e| e.into_inner());
-                for (s, a) in g.stats.iter().zip(attrs.iter()) {
-                    obs.observe(pick(s), a);
-                }
-            }
-        };
-        meter
-            .u64_observable_gauge(names::ACTIVE)
-            .with_description("Established connections to the target now")
-            .with_callback(per_target(|s| s.active))
-            .build();
-        meter
-            .u64_observable_gauge(names::PEAK)
-            .with_description("Highest number of active connections to the target since start")
-            .with_callback(per_target(|s| s.peak))
-            .build();
-        let g = gauges.clone();
         let names: Arc<Vec<String>> = Arc::new(targets.iter().map(|t| t.name.clone()).collect());
-        let port_names = names.clone();
-        meter
-            .u64_observable_gauge(names::BY_PORT)
-            .with_description(
-                "Active connections by local port (targets with a local_ports range only)",
-            )
-            .with_callback(move |obs| {
-                let g = g.lock().unwrap_or_else(|e| e.into_inner());
-                for (&(t, port), &n) in &g.by_port {
-                    obs.observe(
-                        n,
-                        &[
-                            KeyValue::new(attrs::TARGET, names[t].clone()),
-                            KeyValue::new(attrs::PORT, i64::from(port)),
-                        ],
-                    );
-                }
-            })
-            .build();
+        connection_gauges(meter, &gauges, &target_attrs, &names);
 
         let instruments = Instruments {
             opened: meter
@@ -326,7 +287,7 @@ impl Instruments {
             health: caps
                 .health
                 .available()
-                .then(|| health_instruments(meter, &gauges, &target_attrs, &port_names)),
+                .then(|| health_instruments(meter, &gauges, &target_attrs, &names)),
             short_lived: meter
                 .u64_counter(names::SHORT_LIVED)
                 .with_description("Connections that opened and closed between two polls, known from their kernel close event (counted in opened and closed too; no duration)")
@@ -363,6 +324,12 @@ impl Instruments {
             target_attrs,
             gauges,
         };
+        instruments.start_at_zero(source, caps);
+        instruments
+    }
+
+    /// Adds 0 to every counter series a dashboard may look for before the first event.
+    fn start_at_zero(&self, source: SourceKind, caps: Capabilities) {
         // Only the `by` values this source can tell start at 0: polling alone never knows who
         // hung up, and a `by="local"` series stuck at 0 there would pass for a measurement.
         let known: &[ClosedBy] = if caps.closed_by {
@@ -371,27 +338,25 @@ impl Instruments {
             &[ClosedBy::Unknown]
         };
         for by in known {
-            for a in &instruments.closed_attrs {
-                instruments.closed.add(0, &a[by_index(*by)]);
+            for a in &self.closed_attrs {
+                self.closed.add(0, &a[by_index(*by)]);
             }
         }
-        for a in instruments.target_attrs.iter() {
-            instruments.opened.add(0, a);
-            if let Some(h) = &instruments.health {
+        for a in self.target_attrs.iter() {
+            self.opened.add(0, a);
+            if let Some(h) = &self.health {
                 h.retransmits.add(0, a);
                 h.received.add(0, a);
                 h.sent.add(0, a);
             }
-            instruments.short_lived.add(0, a);
+            self.short_lived.add(0, a);
         }
-        instruments.events_lost.add(0, &[]);
-        instruments.record_reconciles(0);
-        instruments.false_closes_avoided.add(0, &[]);
-        instruments.events_unattributed.add(0, &[]);
-        instruments
-            .poll_errors
+        self.events_lost.add(0, &[]);
+        self.record_reconciles(0);
+        self.false_closes_avoided.add(0, &[]);
+        self.events_unattributed.add(0, &[]);
+        self.poll_errors
             .add(0, &[KeyValue::new(attrs::SOURCE, source.as_str())]);
-        instruments
     }
 
     /// Counts what the tracker reported; `by` says who hung up for each close (what the source
@@ -496,6 +461,56 @@ fn by_index(by: ClosedBy) -> usize {
         ClosedBy::Reset => 2,
         ClosedBy::Unknown => 3,
     }
+}
+
+/// Registers the gauges of established connections: per target (active, peak) and per local
+/// port; they observe [`GaugeValues::stats`] and [`GaugeValues::by_port`] at collection.
+fn connection_gauges(
+    meter: &Meter,
+    gauges: &Arc<Mutex<GaugeValues>>,
+    target_attrs: &Arc<Vec<[KeyValue; 1]>>,
+    names: &Arc<Vec<String>>,
+) {
+    let per_target = |pick: fn(&TargetStats) -> u64| {
+        let gauges = gauges.clone();
+        let attrs = target_attrs.clone();
+        move |obs: &dyn opentelemetry::metrics::AsyncInstrument<u64>| {
+            let g = gauges.lock().unwrap_or_else(|e| e.into_inner());
+            for (s, a) in g.stats.iter().zip(attrs.iter()) {
+                obs.observe(pick(s), a);
+            }
+        }
+    };
+    meter
+        .u64_observable_gauge(names::ACTIVE)
+        .with_description("Established connections to the target now")
+        .with_callback(per_target(|s| s.active))
+        .build();
+    meter
+        .u64_observable_gauge(names::PEAK)
+        .with_description("Highest number of active connections to the target since start")
+        .with_callback(per_target(|s| s.peak))
+        .build();
+    let g = gauges.clone();
+    let names = names.clone();
+    meter
+        .u64_observable_gauge(names::BY_PORT)
+        .with_description(
+            "Active connections by local port (targets with a local_ports range only)",
+        )
+        .with_callback(move |obs| {
+            let g = g.lock().unwrap_or_else(|e| e.into_inner());
+            for (&(t, port), &n) in &g.by_port {
+                obs.observe(
+                    n,
+                    &[
+                        KeyValue::new(attrs::TARGET, names[t].clone()),
+                        KeyValue::new(attrs::PORT, i64::from(port)),
+                    ],
+                );
+            }
+        })
+        .build();
 }
 
 /// Builds the session-health instruments: the gauges observe [`GaugeValues::health`] and

@@ -132,98 +132,10 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Run(args) => {
-            let (loaded, resources) = match load(&args) {
-                Ok(l) => l,
-                Err(e) => return usage_error(e),
-            };
-            init_tracing(&loaded.settings.log);
-            let Some(runtime) = runtime(1) else {
-                return ExitCode::FAILURE;
-            };
-            let shutdown = {
-                let _in_runtime = runtime.enter();
-                shutdown_signal()
-            };
-            let result =
-                runtime.block_on(fix_monitor::app::run(loaded.settings, resources, shutdown));
-            // `run` bounds every wait of its own; a blocking task it left behind must not hold
-            // the exit either (dropping a runtime waits for those without limit).
-            runtime.shutdown_timeout(Duration::from_millis(500));
-            match result {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e}");
-                    eprintln!("fix-monitor: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::Watch(args) => {
-            let (loaded, _) = match load(&args.config) {
-                Ok(l) => l,
-                Err(e) => return usage_error(e),
-            };
-            init_tracing(&quiet_unless_asked(&loaded));
-            let options = WatchOptions {
-                report: match (args.report, args.no_report) {
-                    (_, true) => ReportTo::Nowhere,
-                    (Some(p), false) => ReportTo::Path(p),
-                    (None, false) => ReportTo::Default,
-                },
-                mode: Mode::detect(),
-            };
-            let Some(runtime) = runtime(1) else {
-                return ExitCode::FAILURE;
-            };
-            let shutdown = {
-                let _in_runtime = runtime.enter();
-                shutdown_signal()
-            };
-            let watched = console::watch(&loaded.settings, options, shutdown);
-            match runtime.block_on(watched) {
-                // The reader went away: the end of watching, not a failure.
-                Err(console::ConsoleError::Output(e)) if e.kind() == io::ErrorKind::BrokenPipe => {
-                    ExitCode::SUCCESS
-                }
-                r => exit(r),
-            }
-        }
-        Command::Snapshot(args) => {
-            let (loaded, _) = match load(&args.config) {
-                Ok(l) => l,
-                Err(e) => return usage_error(e),
-            };
-            init_tracing(&quiet_unless_asked(&loaded));
-            match snapshot::take(&loaded.settings) {
-                Ok(s) => {
-                    let text = match args.format {
-                        snapshot::Format::Table => s.table(&loaded.settings.targets),
-                        snapshot::Format::Json => s.json(),
-                    };
-                    emit(|out| out.write_all(text.as_bytes()))
-                }
-                Err(e) => exit::<()>(Err(e)),
-            }
-        }
-        Command::Demo(args) => {
-            let options = match demo_options(args) {
-                Ok(o) => o,
-                Err(e) => return usage_error(e),
-            };
-            init_tracing(&LogSettings {
-                format: LogFormat::Text,
-                level: "warn".into(),
-            });
-            let Some(runtime) = runtime(2) else {
-                return ExitCode::FAILURE;
-            };
-            let shutdown = {
-                let _in_runtime = runtime.enter();
-                shutdown_signal()
-            };
-            exit(runtime.block_on(demo::run(options, shutdown)))
-        }
+        Command::Run(args) => run_sidecar(&args),
+        Command::Watch(args) => watch(args),
+        Command::Snapshot(args) => take_snapshot(&args),
+        Command::Demo(args) => run_demo(args),
         Command::Config(args) => match config::load_checked(&args, prepare) {
             Ok((l, _)) => emit(|out| out.write_all(l.explain().as_bytes())),
             Err(e) => usage_error(e),
@@ -236,6 +148,93 @@ fn main() -> ExitCode {
             emit(|out| out.write_all(&script))
         }
     }
+}
+
+/// `fix-monitor run`: the sidecar with its endpoint, until SIGINT or SIGTERM.
+fn run_sidecar(args: &ConfigArgs) -> ExitCode {
+    let (loaded, resources) = match load(args) {
+        Ok(l) => l,
+        Err(e) => return usage_error(e),
+    };
+    init_tracing(&loaded.settings.log);
+    let Some((runtime, shutdown)) = runtime_with_shutdown(1) else {
+        return ExitCode::FAILURE;
+    };
+    let result = runtime.block_on(fix_monitor::app::run(loaded.settings, resources, shutdown));
+    // `run` bounds every wait of its own; a blocking task it left behind must not hold
+    // the exit either (dropping a runtime waits for those without limit).
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("fix-monitor: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `fix-monitor watch`: the live console view, then the report.
+fn watch(args: WatchArgs) -> ExitCode {
+    let (loaded, _) = match load(&args.config) {
+        Ok(l) => l,
+        Err(e) => return usage_error(e),
+    };
+    init_tracing(&quiet_unless_asked(&loaded));
+    let options = WatchOptions {
+        report: match (args.report, args.no_report) {
+            (_, true) => ReportTo::Nowhere,
+            (Some(p), false) => ReportTo::Path(p),
+            (None, false) => ReportTo::Default,
+        },
+        mode: Mode::detect(),
+    };
+    let Some((runtime, shutdown)) = runtime_with_shutdown(1) else {
+        return ExitCode::FAILURE;
+    };
+    let watched = console::watch(&loaded.settings, options, shutdown);
+    match runtime.block_on(watched) {
+        // The reader went away: the end of watching, not a failure.
+        Err(console::ConsoleError::Output(e)) if e.kind() == io::ErrorKind::BrokenPipe => {
+            ExitCode::SUCCESS
+        }
+        r => exit(r),
+    }
+}
+
+/// `fix-monitor snapshot`: the matching connections once.
+fn take_snapshot(args: &SnapshotArgs) -> ExitCode {
+    let (loaded, _) = match load(&args.config) {
+        Ok(l) => l,
+        Err(e) => return usage_error(e),
+    };
+    init_tracing(&quiet_unless_asked(&loaded));
+    match snapshot::take(&loaded.settings) {
+        Ok(s) => {
+            let text = match args.format {
+                snapshot::Format::Table => s.table(&loaded.settings.targets),
+                snapshot::Format::Json => s.json(),
+            };
+            emit(|out| out.write_all(text.as_bytes()))
+        }
+        Err(e) => exit::<()>(Err(e)),
+    }
+}
+
+/// `fix-monitor demo`: the self-contained demo on loopback.
+fn run_demo(args: DemoArgs) -> ExitCode {
+    let options = match demo_options(args) {
+        Ok(o) => o,
+        Err(e) => return usage_error(e),
+    };
+    init_tracing(&LogSettings {
+        format: LogFormat::Text,
+        level: "warn".into(),
+    });
+    let Some((runtime, shutdown)) = runtime_with_shutdown(2) else {
+        return ExitCode::FAILURE;
+    };
+    exit(runtime.block_on(demo::run(options, shutdown)))
 }
 
 /// Writes a command's output to stdout. A reader that went away (`| head`) ends the command
@@ -299,6 +298,21 @@ fn load(args: &ConfigArgs) -> Result<(config::Loaded, Resources), config::Config
     let (loaded, resources) = config::load_checked(args, prepare)?;
     startup::withhold_library_env();
     Ok((loaded, resources))
+}
+
+/// A runtime with `workers` threads, and the shutdown signal, its handlers installed in it.
+fn runtime_with_shutdown(
+    workers: usize,
+) -> Option<(
+    tokio::runtime::Runtime,
+    impl std::future::Future<Output = ()> + Send + 'static,
+)> {
+    let runtime = runtime(workers)?;
+    let shutdown = {
+        let _in_runtime = runtime.enter();
+        shutdown_signal()
+    };
+    Some((runtime, shutdown))
 }
 
 fn runtime(workers: usize) -> Option<tokio::runtime::Runtime> {

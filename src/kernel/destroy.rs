@@ -337,22 +337,23 @@ impl AsRawFd for DestroySubscriber {
 
 pub use super::events::EventBatch as Batch;
 
-/// How long the reader waits for a notification before it looks at its stop flag.
+/// How long the reader waits for a notification before it asks whether to stop.
 const READER_WAKE: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Runs `sub` on a thread of its own: it sleeps in `poll(2)` until notifications are queued,
-/// reads them all, and hands them to `deliver`, until `stop` is set or `deliver` returns false
-/// (its receiver is gone).
+/// reads them all, and hands them to `deliver`, until `stopped` says so (asked at least every
+/// [`READER_WAKE`]) or `deliver` returns false (its receiver is gone). `stopped` is the
+/// caller's own stop signal (the sidecar's cancellation token), so that this crate needs none.
 pub fn spawn_reader(
     mut sub: DestroySubscriber,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stopped: impl Fn() -> bool + Send + 'static,
     mut deliver: impl FnMut(Batch) -> bool + Send + 'static,
 ) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
         .name("fix-monitor-events".into())
         .spawn(move || {
             let mut raw = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            while !stopped() {
                 match wait_readable(sub.as_raw_fd(), READER_WAKE) {
                     Ok(false) => continue,
                     Ok(true) => {}
@@ -818,7 +819,12 @@ pub(crate) mod tests {
         let sub = DestroySubscriber::open(&ts).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
-        let reader = spawn_reader(sub, stop.clone(), move |b| tx.send(b).is_ok());
+        let stopped = stop.clone();
+        let reader = spawn_reader(
+            sub,
+            move || stopped.load(Ordering::Relaxed),
+            move |b| tx.send(b).is_ok(),
+        );
         let (client, server) = connect("127.0.93.15:0", &l, false);
         let c = cookie(&client);
         drop(client);

@@ -89,9 +89,12 @@ fn live_an_overflow_is_counted_and_the_totals_stay_exact() {
     std::thread::sleep(Duration::from_millis(300));
     let reader = {
         let tx = tx.clone();
-        destroy::spawn_reader(sub, stop.clone(), move |b| {
-            tx.send(Input::Events(b)).is_ok()
-        })
+        let stopped = stop.clone();
+        destroy::spawn_reader(
+            sub,
+            move || stopped.load(Ordering::Relaxed),
+            move |b| tx.send(Input::Events(b)).is_ok(),
+        )
     };
     wait("every session closed", &|s| s.stats[0].closed >= n);
     // Nothing more comes later (no double count): two more polls.
