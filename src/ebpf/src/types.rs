@@ -161,7 +161,7 @@ mod tests {
     /// The size of the C struct `name` in the committed object's BTF, and each of `fields` with
     /// its byte offset there.
     fn c_layout(name: &str, fields: &[&str]) -> (usize, Vec<usize>) {
-        let btf = Btf::from_raw("fix_monitor", crate::OBJECT)
+        let btf = Btf::from_raw("fix_monitor.bpf.o", crate::OBJECT)
             .expect("object BTF")
             .expect("BTF");
         let st: Struct<'_> = btf
