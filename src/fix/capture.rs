@@ -8,10 +8,12 @@
 //! are summed here).
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, SystemTime};
 
-use super::filter::{compile, Insn};
+use fix_monitor_kernel::cbpf::{self, Insn};
+
+use super::filter::compile;
 use crate::target::Targets;
 
 /// Counts read from the kernel.
@@ -80,8 +82,10 @@ impl Capture {
     /// kernel may cap it (`net.core.rmem_max`; `SO_RCVBUFFORCE` is tried first, which
     /// `CAP_NET_ADMIN` allows).
     pub fn open(targets: &Targets, rcvbuf: usize) -> io::Result<Capture> {
-        let prog = compile(targets, loopback_index())
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let prog = compile(targets, loopback_index()).map_err(|e| {
+            let what = format!("the packet filter for {} targets: {e}", targets.len());
+            io::Error::new(io::ErrorKind::InvalidInput, what)
+        })?;
         Self::open_with(&prog, rcvbuf)
     }
 
@@ -97,20 +101,7 @@ impl Capture {
         })?;
         // SAFETY: `raw` is a new fd nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let filter: Vec<libc::sock_filter> = prog
-            .iter()
-            .map(|i| libc::sock_filter {
-                code: i.code,
-                jt: i.jt,
-                jf: i.jf,
-                k: i.k,
-            })
-            .collect();
-        let fprog = libc::sock_fprog {
-            len: filter.len() as u16,
-            filter: filter.as_ptr() as *mut _,
-        };
-        setsockopt(&fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &fprog)?;
+        cbpf::attach(fd.as_fd(), prog)?;
         let one: libc::c_int = 1;
         setsockopt(&fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, &one)?;
         let size = rcvbuf.min(i32::MAX as usize) as libc::c_int;

@@ -1,5 +1,7 @@
 //! The classic BPF program that the wire source attaches to its packet socket, compiled from
-//! the targets, so that only the watched sessions' segments reach user space.
+//! the targets, so that only the watched sessions' segments reach user space. Written with the
+//! kernel crate's classic-BPF toolkit ([`fix_monitor_kernel::cbpf`]), which the socket-destroy
+//! filter uses too.
 //!
 //! The socket is `AF_PACKET`/`SOCK_DGRAM`, so the program sees each packet from its network
 //! header (`packet_rcv` in net/packet/af_packet.c pulls the link-layer header off before
@@ -17,34 +19,14 @@
 
 use ipnet::IpNet;
 
+use fix_monitor_kernel::cbpf::{
+    self, Asm, Insn, To, BPF_B, BPF_H, BPF_JEQ, BPF_JSET, BPF_W, SKF_AD_IFINDEX, SKF_AD_OFF,
+    SKF_AD_PKTTYPE, SKF_AD_PROTOCOL,
+};
+
 use crate::target::Targets;
 
-/// One classic BPF instruction (`struct sock_filter`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Insn {
-    pub code: u16,
-    pub jt: u8,
-    pub jf: u8,
-    pub k: u32,
-}
-
-// Opcodes (linux/filter.h, linux/bpf_common.h).
-pub const LD_W_ABS: u16 = 0x20;
-pub const LD_H_ABS: u16 = 0x28;
-pub const LD_B_ABS: u16 = 0x30;
-pub const LD_H_IND: u16 = 0x48;
-pub const LDX_B_MSH: u16 = 0xb1;
-pub const ALU_AND_K: u16 = 0x54;
-pub const JMP_JA: u16 = 0x05;
-pub const JMP_JEQ_K: u16 = 0x15;
-pub const JMP_JSET_K: u16 = 0x45;
-pub const RET_K: u16 = 0x06;
-
-/// Ancillary data offsets (`SKF_AD_OFF + ...`).
-pub const SKF_AD_OFF: u32 = (-0x1000i32) as u32;
-pub const SKF_AD_PROTOCOL: u32 = 0;
-pub const SKF_AD_PKTTYPE: u32 = 4;
-pub const SKF_AD_IFINDEX: u32 = 8;
+/// `skb->pkt_type` of a packet this host sends (include/uapi/linux/if_packet.h).
 pub const PACKET_OUTGOING: u32 = 4;
 
 /// What an accepted packet keeps: all of it (the largest GSO/GRO packet is 64 KiB; more
@@ -54,110 +36,30 @@ pub const ACCEPT: u32 = 262_144;
 const ETH_P_IP: u32 = 0x0800;
 const ETH_P_IPV6: u32 = 0x86dd;
 
-struct Asm {
-    code: Vec<Insn>,
-    /// (instruction, label) for conditional false-branch fixups.
-    jf_fix: Vec<(usize, usize)>,
-    /// (instruction, label) for `ja` fixups.
-    ja_fix: Vec<(usize, usize)>,
-    labels: Vec<Option<usize>>,
-}
-
-impl Asm {
-    fn new() -> Asm {
-        Asm {
-            code: Vec::new(),
-            jf_fix: Vec::new(),
-            ja_fix: Vec::new(),
-            labels: Vec::new(),
-        }
-    }
-    fn op(&mut self, code: u16, k: u32) {
-        self.code.push(Insn {
-            code,
-            jt: 0,
-            jf: 0,
-            k,
-        });
-    }
-    fn label(&mut self) -> usize {
-        self.labels.push(None);
-        self.labels.len() - 1
-    }
-    fn here(&mut self, l: usize) {
-        self.labels[l] = Some(self.code.len());
-    }
-    /// `if A == k` fall through, else go to `l`.
-    fn jeq_else(&mut self, k: u32, l: usize) {
-        self.jf_fix.push((self.code.len(), l));
-        self.op(JMP_JEQ_K, k);
-    }
-    /// `if A == k` fall through, else `ret 0`.
-    fn require(&mut self, k: u32) {
-        self.code.push(Insn {
-            code: JMP_JEQ_K,
-            jt: 1,
-            jf: 0,
-            k,
-        });
-        self.op(RET_K, 0);
-    }
-    /// `if A == k` fall through, else go to `l` however far (through a `ja`).
-    fn jeq_else_far(&mut self, k: u32, l: usize) {
-        self.code.push(Insn {
-            code: JMP_JEQ_K,
-            jt: 1,
-            jf: 0,
-            k,
-        });
-        self.ja_fix.push((self.code.len(), l));
-        self.op(JMP_JA, 0);
-    }
-    fn finish(mut self) -> Result<Vec<Insn>, String> {
-        for (at, l) in self.ja_fix {
-            let to = self.labels[l].ok_or("unplaced label")?;
-            self.code[at].k = (to - at - 1) as u32;
-        }
-        for (at, l) in self.jf_fix {
-            let to = self.labels[l].ok_or("unplaced label")?;
-            let off = to - at - 1;
-            self.code[at].jf = u8::try_from(off).map_err(|_| "jump too long".to_string())?;
-        }
-        Ok(self.code)
-    }
-}
-
-/// The program for `targets`; `lo_ifindex` is the loopback interface's index.
-pub fn compile(targets: &Targets, lo_ifindex: u32) -> Result<Vec<Insn>, String> {
+/// The program for `targets`; `lo_ifindex` is the loopback interface's index. An error when it
+/// would be longer than the kernel takes (several hundred targets).
+pub fn compile(targets: &Targets, lo_ifindex: u32) -> Result<Vec<Insn>, cbpf::Error> {
     let mut a = Asm::new();
     // Drop loopback's outgoing copy.
     let proto = a.label();
-    a.op(LD_W_ABS, SKF_AD_OFF + SKF_AD_PKTTYPE);
-    a.jeq_else(PACKET_OUTGOING, proto);
-    a.op(LD_W_ABS, SKF_AD_OFF + SKF_AD_IFINDEX);
-    a.code.push(Insn {
-        code: JMP_JEQ_K,
-        jt: 0,
-        jf: 1,
-        k: lo_ifindex,
-    });
-    a.op(RET_K, 0);
-    a.here(proto);
-    a.op(LD_W_ABS, SKF_AD_OFF + SKF_AD_PROTOCOL);
-    let not_v4 = a.label();
-    a.jeq_else_far(ETH_P_IP, not_v4);
+    a.load(BPF_W, SKF_AD_OFF + SKF_AD_PKTTYPE);
+    a.jeq(PACKET_OUTGOING, To::Next, proto);
+    a.load(BPF_W, SKF_AD_OFF + SKF_AD_IFINDEX);
+    a.jeq(lo_ifindex, To::Next, proto);
+    a.ret(0);
+    a.place(proto);
+    a.load(BPF_W, SKF_AD_OFF + SKF_AD_PROTOCOL);
+    let (v4, not_v4) = (a.label(), a.label());
+    // The IPv6 part is far: a conditional jump over `ja`.
+    a.jeq(ETH_P_IP, v4, To::Next);
+    a.ja(not_v4);
+    a.place(v4);
     // IPv4
-    a.op(LD_B_ABS, 9);
-    a.require(6);
-    a.op(LD_H_ABS, 6);
-    a.code.push(Insn {
-        code: JMP_JSET_K,
-        jt: 0,
-        jf: 1,
-        k: 0x3fff,
-    });
-    a.op(RET_K, 0);
-    a.op(LDX_B_MSH, 0);
+    a.load(BPF_B, 9);
+    drop_unless(&mut a, BPF_JEQ, 6);
+    a.load(BPF_H, 6);
+    drop_if(&mut a, BPF_JSET, 0x3fff);
+    a.load_x_header_len(0);
     for t in targets.iter() {
         let IpNet::V4(net) = t.net else { continue };
         let mask = u32::from(net.netmask());
@@ -165,22 +67,22 @@ pub fn compile(targets: &Targets, lo_ifindex: u32) -> Result<Vec<Insn>, String> 
         let inbound = a.label();
         let next = a.label();
         for (addr_off, port_off, miss) in [(16, 2, inbound), (12, 0, next)] {
-            a.op(LD_W_ABS, addr_off);
-            a.op(ALU_AND_K, mask);
-            a.jeq_else(addr & mask, miss);
+            a.load(BPF_W, addr_off);
+            a.and(mask);
+            a.jeq(addr & mask, To::Next, miss);
             if let Some(p) = t.port {
-                a.op(LD_H_IND, port_off);
-                a.jeq_else(u32::from(p), miss);
+                a.load_indirect(BPF_H, port_off);
+                a.jeq(u32::from(p), To::Next, miss);
             }
-            a.op(RET_K, ACCEPT);
-            a.here(miss);
+            a.ret(ACCEPT);
+            a.place(miss);
         }
     }
-    a.op(RET_K, 0);
-    a.here(not_v4);
-    a.require(ETH_P_IPV6);
-    a.op(LD_B_ABS, 6);
-    a.require(6);
+    a.ret(0);
+    a.place(not_v4);
+    drop_unless(&mut a, BPF_JEQ, ETH_P_IPV6);
+    a.load(BPF_B, 6);
+    drop_unless(&mut a, BPF_JEQ, 6);
     for t in targets.iter() {
         let IpNet::V6(net) = t.net else { continue };
         let mask = net.netmask().octets();
@@ -194,83 +96,38 @@ pub fn compile(targets: &Targets, lo_ifindex: u32) -> Result<Vec<Insn>, String> 
                     continue;
                 }
                 let v = u32::from_be_bytes(addr[w * 4..w * 4 + 4].try_into().expect("4 bytes"));
-                a.op(LD_W_ABS, addr_off + 4 * w as u32);
+                a.load(BPF_W, addr_off + 4 * w as u32);
                 if m != u32::MAX {
-                    a.op(ALU_AND_K, m);
+                    a.and(m);
                 }
-                a.jeq_else(v & m, miss);
+                a.jeq(v & m, To::Next, miss);
             }
             if let Some(p) = t.port {
-                a.op(LD_H_ABS, port_off);
-                a.jeq_else(u32::from(p), miss);
+                a.load(BPF_H, port_off);
+                a.jeq(u32::from(p), To::Next, miss);
             }
-            a.op(RET_K, ACCEPT);
-            a.here(miss);
+            a.ret(ACCEPT);
+            a.place(miss);
         }
     }
-    a.op(RET_K, 0);
-    let code = a.finish()?;
-    if code.len() > 4096 {
-        return Err(format!(
-            "{} targets need {} BPF instructions, more than the kernel's 4096",
-            targets.len(),
-            code.len()
-        ));
-    }
-    Ok(code)
+    a.ret(0);
+    a.finish()
 }
 
-/// A classic BPF interpreter for the instructions [`compile`] emits, following the kernel's
-/// semantics (a load beyond the packet returns 0 from the program). The tests run programs
-/// through it; the system tests run them in the kernel.
-pub fn run(prog: &[Insn], pkt: &[u8], pkttype: u32, ifindex: u32, protocol: u32) -> u32 {
-    let (mut a, mut x) = (0u32, 0u32);
-    let mut pc = 0usize;
-    let load = |off: u32, n: usize| -> Option<u32> {
-        if off >= SKF_AD_OFF {
-            return match off - SKF_AD_OFF {
-                SKF_AD_PROTOCOL => Some(protocol),
-                SKF_AD_PKTTYPE => Some(pkttype),
-                SKF_AD_IFINDEX => Some(ifindex),
-                _ => None,
-            };
-        }
-        let off = off as usize;
-        let b = pkt.get(off..off.checked_add(n)?)?;
-        Some(b.iter().fold(0u32, |v, c| (v << 8) | u32::from(*c)))
-    };
-    while let Some(i) = prog.get(pc) {
-        pc += 1;
-        match i.code {
-            LD_W_ABS => match load(i.k, 4) {
-                Some(v) => a = v,
-                None => return 0,
-            },
-            LD_H_ABS => match load(i.k, 2) {
-                Some(v) => a = v,
-                None => return 0,
-            },
-            LD_B_ABS => match load(i.k, 1) {
-                Some(v) => a = v,
-                None => return 0,
-            },
-            LD_H_IND => match load(x.wrapping_add(i.k), 2) {
-                Some(v) => a = v,
-                None => return 0,
-            },
-            LDX_B_MSH => match load(i.k, 1) {
-                Some(v) => x = 4 * (v & 0xf),
-                None => return 0,
-            },
-            ALU_AND_K => a &= i.k,
-            JMP_JA => pc += i.k as usize,
-            JMP_JEQ_K => pc += usize::from(if a == i.k { i.jt } else { i.jf }),
-            JMP_JSET_K => pc += usize::from(if a & i.k != 0 { i.jt } else { i.jf }),
-            RET_K => return i.k,
-            _ => return 0,
-        }
-    }
-    0
+/// Goes on when A compares to `k` by `cmp`, else drops the packet (an inline `ret 0`).
+fn drop_unless(a: &mut Asm, cmp: u16, k: u32) {
+    let ok = a.label();
+    a.jump(cmp, k, ok, To::Next);
+    a.ret(0);
+    a.place(ok);
+}
+
+/// Drops the packet when A compares to `k` by `cmp`, else goes on.
+fn drop_if(a: &mut Asm, cmp: u16, k: u32) {
+    let ok = a.label();
+    a.jump(cmp, k, To::Next, ok);
+    a.ret(0);
+    a.place(ok);
 }
 
 #[cfg(test)]
@@ -278,6 +135,16 @@ mod tests {
     use super::*;
     use crate::fix::sim::ipv4_tcp;
     use crate::target::Target;
+
+    /// Runs `prog` as the kernel would on a packet of this type, interface and protocol.
+    fn run(prog: &[Insn], pkt: &[u8], pkttype: u32, ifindex: u32, protocol: u32) -> u32 {
+        let ancillary = cbpf::Ancillary {
+            protocol,
+            pkttype,
+            ifindex,
+        };
+        cbpf::run(prog, pkt, ancillary)
+    }
 
     fn targets() -> Targets {
         Targets::new(vec![
@@ -405,6 +272,9 @@ mod tests {
             b"",
         );
         assert_eq!(run(&prog, &p, 0, 2, 0x0800), ACCEPT);
-        assert!(compile(&many(1000), 1).unwrap_err().contains("4096"));
+        assert!(matches!(
+            compile(&many(1000), 1),
+            Err(cbpf::Error::TooLong { .. })
+        ));
     }
 }

@@ -9,8 +9,8 @@
 //! `NETLINK_SOCK_DIAG` family is created with `NL_CFG_F_NONROOT_RECV`.
 //!
 //! Every TCP socket of the network namespace is announced. A classic BPF filter compiled from
-//! the targets (`cbpf`) is attached before the groups are joined, so the kernel drops
-//! the others before they are queued.
+//! the targets (`destroy_filter`, written with the [`cbpf`] toolkit) is attached before the
+//! groups are joined, so the kernel drops the others before they are queued.
 //!
 //! What a notification can and cannot say:
 //! - it comes when the socket is freed, which may be long after it left ESTABLISHED (a
@@ -29,11 +29,11 @@
 //! and reconcile with a full poll.
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr as NetlinkAddr};
 
-use super::{cbpf, netlink, SocketEntry, SourceError};
+use super::{cbpf, destroy_filter, netlink, SocketEntry, SourceError};
 use fix_monitor_core::target::Targets;
 use fix_monitor_core::{SocketEvent, Timestamp};
 
@@ -237,14 +237,14 @@ impl DestroySubscriber {
         socket
             .bind(&NetlinkAddr::new(0, 0))
             .map_err(SourceError::io("binding the sock_diag event socket"))?;
-        let filtered = match cbpf::compile(targets) {
+        let filtered = match destroy_filter::compile(targets) {
             Ok(program) => {
-                attach_filter(socket.as_raw_fd(), &program)
+                cbpf::attach(socket.as_fd(), &program)
                     .map_err(SourceError::io("attaching the destroy-event filter"))?;
                 true
             }
             Err(e) => {
-                tracing::warn!(error = %e, "every TCP close of the host reaches the sidecar, which checks them");
+                tracing::warn!(error = %e, "no destroy-event filter: every TCP close of the host reaches the sidecar, which checks them");
                 false
             }
         };
@@ -297,7 +297,11 @@ impl DestroySubscriber {
                     drained.received += 1;
                     if let Some(d) = parse(datagram)? {
                         if self.filtered
-                            || cbpf::accepts(&self.targets, &d.socket.local, &d.socket.remote)
+                            || destroy_filter::accepts(
+                                &self.targets,
+                                &d.socket.local,
+                                &d.socket.remote,
+                            )
                         {
                             out.push(d);
                         }
@@ -412,29 +416,6 @@ fn wait_readable(fd: RawFd, timeout: std::time::Duration) -> io::Result<bool> {
 /// Receives one datagram whole (peeked first, as the dump reader does).
 fn recv<'b>(socket: &Socket, buf: &'b mut Vec<u8>) -> io::Result<&'b [u8]> {
     netlink::recv_whole(socket, buf)
-}
-
-fn attach_filter(fd: RawFd, program: &[cbpf::Insn]) -> io::Result<()> {
-    let prog = libc::sock_fprog {
-        len: program.len() as u16,
-        filter: program.as_ptr() as *mut libc::sock_filter,
-    };
-    // SAFETY: `prog` points at `program`, whose `Insn` has the layout of `struct sock_filter`;
-    // the kernel copies the program before the call returns.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
-            (&prog as *const libc::sock_fprog).cast(),
-            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 /// Asks for `size` bytes of receive buffer: beyond `rmem_max` where the process may

@@ -27,12 +27,15 @@
 //!   read through a ring buffer: exact opens and closes, who hung up, the process.
 //! - [`destroy`]: the kernel's socket-destroy notifications (a netlink subscription with a
 //!   classic-BPF filter), read on a thread of their own into [`events::EventBatch`]es.
+//! - [`cbpf`]: classic BPF (instruction, opcodes, an assembler with labels, an interpreter for
+//!   tests, attaching to a socket): the toolkit of the destroy filter and of the sidecar's
+//!   packet-capture filter.
 //! - [`confirm`]: exact `sock_diag` lookups of a socket a poll no longer lists.
 //! - [`proc_owner`]: the process owning a socket inode, from `/proc/*/fd`.
 //! - [`events`]: what an event reader hands the loop, and the sidecar's [`events::Mode`].
 //!
 //! Private: the `tcp_info` reader (its value is core's [`TcpHealth`]), the batched health
-//! lookups, the classic-BPF toolkit, and the eBPF program's assembler, BTF and tracefs readers.
+//! lookups, the destroy filter's compiler, and the eBPF program's assembler, BTF and tracefs readers.
 //!
 //! Each source is split into I/O (fetching bytes) and pure parsing, tested on fixtures
 //! (`tests/fixtures` at the top of the repository).
@@ -44,12 +47,13 @@ pub use fix_monitor_core::{
 
 #[cfg(target_os = "linux")]
 pub mod bytecode;
-#[cfg(target_os = "linux")]
-mod cbpf;
+pub mod cbpf;
 #[cfg(target_os = "linux")]
 pub mod confirm;
 #[cfg(target_os = "linux")]
 pub mod destroy;
+#[cfg(target_os = "linux")]
+mod destroy_filter;
 #[cfg(target_os = "linux")]
 pub mod ebpf;
 pub mod events;
