@@ -13,7 +13,7 @@
 //!   (`PACKET_STATISTICS`, from `/sessions`), and the messages it decoded against those sent.
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -99,22 +99,10 @@ fn message(i: u64) -> Vec<u8> {
     }
 }
 
-/// An IPv4 TCP packet with `payload` (checksums zero: the kernel checked them already).
+/// An IPv4 TCP packet with `payload`, PSH and ACK set (the simulator's packet builder).
 fn ipv4_tcp(src: SocketAddr, dst: SocketAddr, seq: u32, payload: &[u8]) -> Vec<u8> {
-    let (IpAddr::V4(s), IpAddr::V4(d)) = (src.ip(), dst.ip()) else {
-        unreachable!("v4")
-    };
-    let total = 40 + payload.len();
-    let mut p = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 6, 0, 0];
-    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-    p.extend(s.octets());
-    p.extend(d.octets());
-    p.extend(src.port().to_be_bytes());
-    p.extend(dst.port().to_be_bytes());
-    p.extend(seq.to_be_bytes());
-    p.extend([0, 0, 0, 0, 0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0]);
-    p.extend(payload);
-    p
+    const PSH: u8 = 0x08;
+    fix_monitor::fix::sim::ipv4_tcp(src, dst, seq, PSH, payload)
 }
 
 fn decode(n: u64) {
