@@ -66,6 +66,10 @@ declare -A PKG_CMD=(
     [ca-certificates]=update-ca-certificates
     [nftables]=nft
     [openssl]=openssl
+    [clang]=clang
+    [llvm]=llvm-strip
+    [bpftool]=bpftool
+    [pkg-config]=pkg-config
 )
 HOST_PKGS=(prometheus prometheus-node-exporter tmux wrk hyperfine iproute2 jq python3 python3-yaml curl util-linux systemd
     podman runc ca-certificates nftables openssl)
@@ -125,8 +129,8 @@ done
 
 for p in "${HOST_PKGS[@]}"; do
     pkg_installed "$p" || die "package $p is not installed after apt-get install"
-    c="${PKG_CMD[$p]}"
-    command -v "$c" >/dev/null || die "package $p installed but command '$c' not on PATH"
+    c="${PKG_CMD[$p]:-}"  # libraries (libbpf-dev, libelf-dev, zlib1g-dev) have no command
+    [ -z "$c" ] || command -v "$c" >/dev/null || die "package $p installed but command '$c' not on PATH"
 done
 command -v promtool >/dev/null || die "promtool missing (package prometheus)"
 
