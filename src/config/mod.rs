@@ -519,7 +519,7 @@ where
     K: Into<String>,
     V: Into<String>,
 {
-    finish(gather(args, env, default_path))
+    checked(gather(args, env, default_path), |_| Ok(())).map(|(loaded, ())| loaded)
 }
 
 /// [`load_from`], with the settings kept next to the problems.
@@ -565,21 +565,9 @@ where
 /// Parses and validates a configuration file's content alone (defaults below it, no
 /// environment, no flags). `path` is only used to name the file in errors and origins.
 pub fn parse_toml_str(text: &str, path: impl AsRef<Path>) -> Result<Loaded, ConfigErrors> {
-    let (args, env) = (ConfigArgs::default(), BTreeMap::new());
-    finish(assemble(
-        &args,
-        &env,
-        path.as_ref(),
-        Ok(Some(text.to_owned())),
-        Vec::new(),
-    ))
-}
-
-fn finish((loaded, errors): (Loaded, Vec<ConfigError>)) -> Result<Loaded, ConfigErrors> {
-    match errors.is_empty() {
-        true => Ok(loaded),
-        false => Err(ConfigErrors::new(errors)),
-    }
+    let (args, env, text) = (ConfigArgs::default(), BTreeMap::new(), text.to_owned());
+    let parts = assemble(&args, &env, path.as_ref(), Ok(Some(text)), Vec::new());
+    checked(parts, |_| Ok(())).map(|(loaded, ())| loaded)
 }
 
 /// [`parse_toml_str`] on the bytes of a reader.

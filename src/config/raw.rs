@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::error::Kind;
-use figment::value::{Dict, Num, Value};
+use figment::value::{Dict, Value};
 use figment::{Figment, Provider};
 use ipnet::IpNet;
 use serde::de::{DeserializeOwned, Error as _, IntoDeserializer};
@@ -107,7 +107,7 @@ macro_rules! checks {
 
 checks! {
     name -> String = parse_name;
-    text -> String = |v: &Value| string(v).map(str::to_owned).ok_or("expected a string");
+    text -> String = |v: &Value| v.as_str().map(str::to_owned).ok_or("expected a string");
     address -> IpNet = parse_address;
     port -> u16 = parse_port;
     port_range -> PortRange = parse_range;
@@ -191,8 +191,8 @@ pub(crate) fn extract(
     };
     let mut failed = BTreeSet::new();
     loop {
-        // Values keep the tags they got in `figment`: figment tags only untagged values.
-        let error = match Figment::from(layers::Layer::merged(tree.clone())).extract::<Raw>() {
+        // Values keep the tags they got in `figment`, which lead to their origins.
+        let error = match Value::from(tree.clone()).deserialize::<Raw>() {
             Ok(raw) => return (raw, tree, failed),
             Err(e) => e,
         };
@@ -580,33 +580,25 @@ const ALLOWED_LEVEL: &str =
 /// Any integer, whatever width figment stored it in, or a string of digits (variables and flags
 /// are text); `None` for anything else.
 fn integer(value: &Value) -> Option<i128> {
-    match value {
-        Value::Num(_, num) => match *num {
-            Num::F32(_) | Num::F64(_) => None,
-            num => num.to_i128().or_else(|| {
-                num.to_u128()
-                    .map(|v| i128::try_from(v).unwrap_or(i128::MAX))
-            }),
-        },
-        Value::String(_, s) => {
-            let s = s.trim();
-            let digits = s.strip_prefix('-').unwrap_or(s);
-            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            Some(s.parse().unwrap_or(i128::MAX))
-        }
-        _ => None,
+    let Value::String(_, s) = value else {
+        let unsigned = || {
+            value
+                .to_u128()
+                .map(|v| i128::try_from(v).unwrap_or(i128::MAX))
+        };
+        return value.to_i128().or_else(unsigned);
+    };
+    let s = s.trim();
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
     }
-}
-
-fn string(value: &Value) -> Option<&str> {
-    value.as_str()
+    Some(s.parse().unwrap_or(i128::MAX))
 }
 
 /// A string, trimmed and not empty; else what is `allowed`.
 fn text<'a>(value: &'a Value, allowed: &str) -> Result<&'a str, String> {
-    let text = string(value).map(str::trim).filter(|t| !t.is_empty());
+    let text = value.as_str().map(str::trim).filter(|t| !t.is_empty());
     text.ok_or_else(|| allowed.to_owned())
 }
 
@@ -669,7 +661,7 @@ fn parse_range(value: &Value) -> Result<PortRange, String> {
 }
 
 fn parse_name(value: &Value) -> Result<String, String> {
-    match string(value) {
+    match value.as_str() {
         Some(name) if !name.trim().is_empty() => Ok(name.to_owned()),
         _ => Err("expected a non-empty string (it labels the target's metrics)".to_owned()),
     }
@@ -723,7 +715,8 @@ fn parse_listen(value: &Value) -> Result<SocketAddr, String> {
 
 /// One of an enum's serde names, case-insensitively.
 fn parse_enum<T: DeserializeOwned>(value: &Value, allowed: &str) -> Result<T, String> {
-    string(value)
+    value
+        .as_str()
         .map(|text| text.trim().to_ascii_lowercase())
         .and_then(|text| {
             T::deserialize(IntoDeserializer::<serde::de::value::Error>::into_deserializer(text))
@@ -733,7 +726,10 @@ fn parse_enum<T: DeserializeOwned>(value: &Value, allowed: &str) -> Result<T, St
 }
 
 fn parse_protocol(value: &Value) -> Result<OtlpProtocol, String> {
-    if string(value).is_some_and(|t| t.trim().eq_ignore_ascii_case("http/json")) {
+    if value
+        .as_str()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("http/json"))
+    {
         return Err(format!(
             "OTLP/HTTP with JSON bodies is not supported; expected one of: {}",
             OtlpProtocol::VARIANTS.join(", ")
@@ -811,7 +807,7 @@ fn parse_comp_ids(value: &Value) -> Result<Vec<String>, String> {
         Value::String(_, s) => s.split(',').map(|x| x.trim().to_owned()).collect(),
         Value::Array(_, a) => a
             .iter()
-            .map(|v| string(v).map(str::to_owned).ok_or(ALLOWED_COMP_IDS))
+            .map(|v| v.as_str().map(str::to_owned).ok_or(ALLOWED_COMP_IDS))
             .collect::<Result<_, _>>()?,
         _ => return Err(ALLOWED_COMP_IDS.to_owned()),
     };
