@@ -66,17 +66,14 @@ pub(crate) struct RawTarget {
 impl RawTarget {
     /// The target as configured, with the CompIDs `[fix]` keeps for it.
     pub(super) fn new(t: &Target, comp_ids: Option<&Vec<String>>) -> Self {
-        let comp_ids = comp_ids.cloned().unwrap_or_default();
-        let (port, local_ports, heartbeat) = (t.port, t.local_ports, t.heartbeat);
-        let (name, address, stale_after) = (Some(t.name.clone()), Some(t.net), t.stale_after);
         RawTarget {
-            name,
-            address,
-            port,
-            local_ports,
-            heartbeat,
-            stale_after,
-            comp_ids,
+            name: Some(t.name.clone()),
+            address: Some(t.net),
+            port: t.port,
+            local_ports: t.local_ports,
+            heartbeat: t.heartbeat,
+            stale_after: t.stale_after,
+            comp_ids: comp_ids.cloned().unwrap_or_default(),
         }
     }
 }
@@ -182,13 +179,9 @@ pub(crate) fn extract(
     figment: &Figment,
     errors: &mut Vec<ConfigError>,
 ) -> (Raw, Dict, BTreeSet<String>) {
-    let mut tree = match figment.data() {
-        Ok(profiles) => profiles.into_values().next().unwrap_or_default(),
-        Err(e) => {
-            errors.push(ConfigError::new(File, "configuration", e.to_string()));
-            Dict::new()
-        }
-    };
+    // Every layer's `data` is infallible (`layers::Layer`), and so is merging them.
+    let profiles = figment.data().expect("the layers always give their data");
+    let mut tree = profiles.into_values().next().unwrap_or_default();
     let mut failed = BTreeSet::new();
     loop {
         // Values keep the tags they got in `figment`, which lead to their origins.
@@ -379,16 +372,14 @@ pub(crate) fn validate(raw: Raw, cx: &mut Context<'_>) -> Settings {
         cx.report(Conflict, "prometheus.enabled", "false".into(), message);
     }
     let (targets, target_comp_ids) = targets(raw.targets, cx);
-    let fix = self::fix(raw.fix, target_comp_ids, cx);
-    let (poll, prometheus, log, state) = (raw.poll, raw.prometheus, raw.log, raw.state);
     Settings {
         targets,
-        poll,
-        prometheus,
-        log,
+        fix: self::fix(raw.fix, target_comp_ids, cx),
         otlp,
-        state,
-        fix,
+        poll: raw.poll,
+        prometheus: raw.prometheus,
+        log: raw.log,
+        state: raw.state,
     }
 }
 
@@ -450,11 +441,12 @@ fn targets(raw: Option<Vec<RawTarget>>, cx: &mut Context) -> (Targets, Vec<Vec<S
         };
         let name = t.name.unwrap_or_else(|| Target::default_name(&net, t.port));
         let name_key = format!("{path}.name");
-        if let Some(&first) = names.get(&name) {
+        let first = *names.entry(name.clone()).or_insert(i);
+        if first != i {
             let derived = match cx.origin(&name_key) {
                 Origin::Default => {
-                    " (this one is the default name, from address and port: \
-                                    give one of the two targets a `name`)"
+                    " (this one is the default name, from address and port: give one of the two \
+                     targets a `name`)"
                 }
                 _ => "",
             };
@@ -463,18 +455,14 @@ fn targets(raw: Option<Vec<RawTarget>>, cx: &mut Context) -> (Targets, Vec<Vec<S
                  label the metrics{derived}"
             );
             cx.report(DuplicateName, &name_key, quote(&name), message);
-        } else {
-            names.insert(name.clone(), i);
         }
-        let (port, local_ports, heartbeat) = (t.port, t.local_ports, t.heartbeat);
-        let stale_after = t.stale_after.or(t.heartbeat.map(|h| h * 2));
         targets.push(Target {
             name,
             net,
-            port,
-            local_ports,
-            heartbeat,
-            stale_after,
+            port: t.port,
+            local_ports: t.local_ports,
+            heartbeat: t.heartbeat,
+            stale_after: t.stale_after.or(t.heartbeat.map(|h| h * 2)),
         });
         comp_ids.push(t.comp_ids);
     }
