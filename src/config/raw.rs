@@ -528,17 +528,15 @@ fn check_tls(tls: &TlsFiles, endpoint: Option<&str>, cx: &mut Context) {
         ("cert_file", &tls.cert_file),
         ("key_file", &tls.key_file),
     ];
-    let named: Vec<String> = files
-        .iter()
-        .filter(|(_, p)| p.is_some())
+    let named: Vec<String> = (files.iter().filter(|(_, p)| p.is_some()))
         .map(|(f, _)| format!("otlp.tls.{f}"))
         .collect();
     let Some(endpoint) = endpoint else { return };
     if !named.is_empty() && endpoint.to_ascii_lowercase().starts_with("http://") {
+        let named = named.join(", ");
         let message = format!(
-            "is plain http://, but TLS files are set ({}): use an https:// endpoint to talk \
-             TLS to the collector, or drop the TLS files",
-            named.join(", ")
+            "is plain http://, but TLS files are set ({named}): use an https:// endpoint to talk \
+             TLS to the collector, or drop the TLS files"
         );
         cx.report(Conflict, "otlp.endpoint", quote(endpoint), message);
     }
