@@ -131,19 +131,12 @@ impl Layer {
 
     /// The one target of the original tools, each field from its own variable or flag.
     fn target(layer: &'static str, fields: Vec<(&'static str, String, Value)>) -> Layer {
-        let labels = fields
-            .iter()
-            .map(|(f, label, _)| (*f, label.clone()))
-            .collect();
-        let target: Dict = fields
+        let fields = fields
             .into_iter()
-            .map(|(f, _, v)| (f.to_owned(), v))
-            .collect();
-        Layer::labelled(
-            layer,
-            labels,
-            nest("targets", vec![Value::from(target)].into()),
-        )
+            .map(|(f, label, v)| ((f, label), (f.to_owned(), v)));
+        let (labels, target): (_, Dict) = fields.unzip();
+        let targets = Value::from(vec![Value::from(target)]);
+        Layer::labelled(layer, labels, nest("targets", targets))
     }
 
     fn sets(&self, key: &str) -> bool {
@@ -337,9 +330,9 @@ fn env_layers(env: &BTreeMap<String, String>, errors: &mut Vec<ConfigError>) -> 
         layers.push(Layer::labelled(ENV_LAYER, vec![("", name.clone())], value));
     }
 
-    let get = |name| env.get(name).filter(|v| !v.is_empty());
-    match (get(ENV_LEGACY_IP), get(ENV_LEGACY_PORT)) {
-        (Some(ip), _) if get(ENV_TARGETS).is_some() => {
+    // `env` holds no empty values (an empty variable counts as unset).
+    match (env.get(ENV_LEGACY_IP), env.get(ENV_LEGACY_PORT)) {
+        (Some(ip), _) if env.contains_key(ENV_TARGETS) => {
             error(Conflict, ENV_LEGACY_IP, LEGACY_BOTH, ip)
         }
         (Some(ip), port) => {
