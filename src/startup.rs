@@ -145,8 +145,8 @@ mod tests {
             ..Default::default()
         };
         let env: [(&str, &str); 0] = [];
-        let parts = crate::config::gather(&args, env, dir.path().join("absent.toml"));
-        let e = crate::config::checked(parts, prepare).unwrap_err();
+        let path = dir.path().join("absent.toml");
+        let e = crate::config::load_from_checked(&args, env, path, prepare).unwrap_err();
         let keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(keys, ["poll.interval", "state.dir"], "{e}");
         assert_eq!(e[1].origin, Some(Origin::Flag("--state-dir".into())));

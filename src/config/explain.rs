@@ -1,14 +1,14 @@
 //! `fix-monitor config`: the effective configuration as TOML, each value followed by where it
 //! came from. The output is itself a valid config file that loads to the same settings, so an
-//! operator can start a file from it. It walks the settings serialized to a JSON tree (each
+//! operator can start a file from it. It walks the settings serialized to a figment tree (each
 //! check's `serialize` writes its value as the file takes it; sections come in key order),
 //! taking each value's origin from `Loaded::origin`: a new key needs nothing here.
 
 use std::fmt::Write;
 
-use serde_json::{Map, Value};
+use figment::value::{Dict, Value};
 
-use super::raw::{self, quote, RawTarget};
+use super::raw::{self, quote, render, RawTarget};
 use super::{ConfigFile, Loaded, Origin, OtlpProtocol};
 
 /// Comments start at this column at least, so that they line up in the common case.
@@ -31,16 +31,17 @@ pub(super) fn explain(loaded: &Loaded) -> String {
         let _ = writeln!(out, "# {name}={value} (the SDK reads it: the resource)");
     }
 
-    let mut tree = serde_json::to_value(&loaded.settings).expect("settings serialize");
+    let Ok(Value::Dict(_, mut top)) = Value::serialize(&loaded.settings) else {
+        unreachable!("settings serialize to a table")
+    };
     let comp_ids = &loaded.settings.fix.target_comp_ids;
     let targets: Vec<RawTarget> = (loaded.settings.targets.iter().enumerate())
         .map(|(i, t)| RawTarget::new(t, comp_ids.get(i)))
         .collect();
-    tree["targets"] = serde_json::to_value(targets).expect("targets serialize");
+    let targets = Value::serialize(targets).expect("targets serialize");
+    top.insert("targets".to_owned(), targets);
     let mut lines = Lines { loaded, out };
-    if let Value::Object(top) = &tree {
-        lines.table("", "", top);
-    }
+    lines.table("", "", &top);
     lines.out
 }
 
@@ -83,17 +84,6 @@ fn note(loaded: &Loaded, key: &str) -> Option<String> {
 const FULL_URL: &str =
     "# (the full export URL, used as is; as a file's endpoint it would get /v1/metrics appended)";
 
-/// TOML text of a leaf value (JSON's string escapes are a subset of TOML's).
-fn render(value: &Value) -> String {
-    match value {
-        Value::Array(items) => format!(
-            "[{}]",
-            items.iter().map(render).collect::<Vec<_>>().join(", ")
-        ),
-        other => other.to_string(),
-    }
-}
-
 /// Header names whose values are credentials.
 fn is_secret(name: &str) -> bool {
     const WORDS: &[&str] = &["auth", "key", "token", "secret", "password", "cookie"];
@@ -109,7 +99,7 @@ struct Lines<'a> {
 impl Lines<'_> {
     /// The leaves of a table, then its sub-tables, then its lists of tables. `key` names values
     /// for their origins (`targets[0]`), `header` for TOML (`targets`).
-    fn table(&mut self, key: &str, header: &str, table: &Map<String, Value>) {
+    fn table(&mut self, key: &str, header: &str, table: &Dict) {
         let join = |base: &str, name: &str| match base {
             "" => name.to_owned(),
             base => format!("{base}.{name}"),
@@ -127,9 +117,9 @@ impl Lines<'_> {
                 name.clone()
             };
             let line = match value {
-                Value::Object(_) => continue,
-                Value::Array(items) if items.iter().any(Value::is_object) => continue,
-                Value::Null => format!("# {name}: {}", absent_meaning(&key)),
+                Value::Dict(..) => continue,
+                Value::Array(_, items) if items.iter().any(|v| v.as_dict().is_some()) => continue,
+                Value::Empty(..) => format!("# {name}: {}", absent_meaning(&key)),
                 // `fix-monitor config` output ends up in tickets and chat; credentials must not.
                 _ if user_keyed && is_secret(name) => format!("# {shown}: set, value not shown"),
                 _ => format!("{shown} = {}", render(value)),
@@ -142,13 +132,13 @@ impl Lines<'_> {
         for (name, value) in table {
             let (key, header) = (join(key, name), join(header, name));
             match value {
-                Value::Object(sub) => {
+                Value::Dict(_, sub) => {
                     let _ = write!(self.out, "\n[{header}]\n");
                     self.table(&key, &header, sub);
                 }
-                Value::Array(items) => {
+                Value::Array(_, items) => {
                     for (i, item) in items.iter().enumerate() {
-                        if let Value::Object(sub) = item {
+                        if let Value::Dict(_, sub) = item {
                             let _ = write!(self.out, "\n[[{header}]]\n");
                             self.table(&format!("{key}[{i}]"), &header, sub);
                         }

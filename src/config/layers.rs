@@ -111,13 +111,6 @@ impl Provider for Layer {
 }
 
 impl Layer {
-    /// The merged tree again, for `raw::extract`: its values keep the tags of the providers
-    /// they came from (figment tags only untagged values).
-    pub(crate) fn merged(dict: Dict) -> Layer {
-        let metadata = Metadata::named("merged configuration");
-        Layer { metadata, dict }
-    }
-
     /// `value` at the dotted `key`, from the variable or flag `label`.
     fn single(layer: &'static str, label: &str, key: &str, value: Value) -> Layer {
         Layer::labelled(layer, vec![("", label.to_owned())], nest(key, value))
@@ -138,35 +131,17 @@ impl Layer {
 
     /// The one target of the original tools, each field from its own variable or flag.
     fn target(layer: &'static str, fields: Vec<(&'static str, String, Value)>) -> Layer {
-        let labels = fields
-            .iter()
-            .map(|(f, label, _)| (*f, label.clone()))
-            .collect();
-        let target: Dict = fields
+        let fields = fields
             .into_iter()
-            .map(|(f, _, v)| (f.to_owned(), v))
-            .collect();
-        Layer::labelled(
-            layer,
-            labels,
-            nest("targets", vec![Value::from(target)].into()),
-        )
+            .map(|(f, label, v)| ((f, label), (f.to_owned(), v)));
+        let (labels, target): (_, Dict) = fields.unzip();
+        let targets = Value::from(vec![Value::from(target)]);
+        Layer::labelled(layer, labels, nest("targets", targets))
     }
 
     fn sets(&self, key: &str) -> bool {
         Value::from(self.dict.clone()).find_ref(key).is_some()
     }
-
-    fn origin(&self, field: &str) -> Origin {
-        origin(&self.metadata, field)
-    }
-}
-
-/// `{ otlp = { enabled = value } }` for `"otlp.enabled"`.
-fn table(key: &str, value: Value) -> Dict {
-    nest(key, value)
-        .into_dict()
-        .expect("a nested key is a table")
 }
 
 /// A variable's or flag's text as a value: a `[..]` list or `{..}` table is parsed (figment's
@@ -243,7 +218,9 @@ fn endpoint_implies_enabled(group: &mut Vec<Layer>) {
     }
     if let Some(layer) = group.iter().rev().find(|l| l.sets("otlp.endpoint")) {
         let metadata = layer.metadata.clone();
-        let dict = table("otlp.enabled", true.into());
+        let dict = nest("otlp.enabled", true.into())
+            .into_dict()
+            .expect("a table");
         group.push(Layer { metadata, dict });
     }
 }
@@ -251,7 +228,7 @@ fn endpoint_implies_enabled(group: &mut Vec<Layer>) {
 /// Header names are case-insensitive: lower-cased in every layer before merging, so that a
 /// higher layer's `x-tenant` replaces a lower one's `X-Tenant` rather than adding a second.
 fn lowercase_headers(layer: &mut Layer, errors: &mut Vec<ConfigError>) {
-    let origin = layer.origin("headers");
+    let origin = origin(&layer.metadata, "headers");
     let Some(Value::Dict(_, otlp)) = layer.dict.get_mut("otlp") else {
         return;
     };
@@ -353,9 +330,9 @@ fn env_layers(env: &BTreeMap<String, String>, errors: &mut Vec<ConfigError>) -> 
         layers.push(Layer::labelled(ENV_LAYER, vec![("", name.clone())], value));
     }
 
-    let get = |name| env.get(name).filter(|v| !v.is_empty());
-    match (get(ENV_LEGACY_IP), get(ENV_LEGACY_PORT)) {
-        (Some(ip), _) if get(ENV_TARGETS).is_some() => {
+    // `env` holds no empty values (an empty variable counts as unset).
+    match (env.get(ENV_LEGACY_IP), env.get(ENV_LEGACY_PORT)) {
+        (Some(ip), _) if env.contains_key(ENV_TARGETS) => {
             error(Conflict, ENV_LEGACY_IP, LEGACY_BOTH, ip)
         }
         (Some(ip), port) => {

@@ -485,25 +485,15 @@ pub fn load_checked<T>(
     args: &ConfigArgs,
     check: impl FnOnce(&Loaded) -> Result<T, ConfigErrors>,
 ) -> Result<(Loaded, T), ConfigErrors> {
-    // Only our variables are taken; a non-UTF-8 value becomes a string with U+FFFD in it, which
-    // validation then rejects while naming the variable.
+    // A non-UTF-8 value becomes a string with U+FFFD in it, which validation then rejects
+    // while naming the variable.
     let env = std::env::vars_os().filter_map(|(name, value)| {
-        let name = name.into_string().ok()?;
-        layers::is_ours(&name).then(|| (name, value.to_string_lossy().into_owned()))
+        Some((
+            name.into_string().ok()?,
+            value.to_string_lossy().into_owned(),
+        ))
     });
-    checked(gather(args, env, DEFAULT_CONFIG_PATH), check)
-}
-
-/// Runs `check` on the loaded settings and adds its problems to the configuration's.
-pub(crate) fn checked<T>(
-    (loaded, mut errors): (Loaded, Vec<ConfigError>),
-    check: impl FnOnce(&Loaded) -> Result<T, ConfigErrors>,
-) -> Result<(Loaded, T), ConfigErrors> {
-    let checked = check(&loaded).map_err(|e| errors.extend(e.iter().cloned()));
-    match checked {
-        Ok(t) if errors.is_empty() => Ok((loaded, t)),
-        _ => Err(ConfigErrors::new(errors)),
-    }
+    load_from_checked(args, env, DEFAULT_CONFIG_PATH, check)
 }
 
 /// [`load`] with the environment and the default file path given, for tests and embedding.
@@ -519,15 +509,16 @@ where
     K: Into<String>,
     V: Into<String>,
 {
-    finish(gather(args, env, default_path))
+    load_from_checked(args, env, default_path, |_| Ok(())).map(|(loaded, ())| loaded)
 }
 
-/// [`load_from`], with the settings kept next to the problems.
-pub(crate) fn gather<I, K, V>(
+/// [`load_from`], then `check`, as [`load_checked`].
+pub(crate) fn load_from_checked<I, K, V, T>(
     args: &ConfigArgs,
     env: I,
     default_path: impl AsRef<Path>,
-) -> (Loaded, Vec<ConfigError>)
+    check: impl FnOnce(&Loaded) -> Result<T, ConfigErrors>,
+) -> Result<(Loaded, T), ConfigErrors>
 where
     I: IntoIterator<Item = (K, V)>,
     K: Into<String>,
@@ -546,52 +537,35 @@ where
         (None, Some(path)) => (path.into(), Some(Origin::Env(layers::ENV_CONFIG.into()))),
         (None, None) => (default_path.as_ref().to_path_buf(), None),
     };
-    let mut errors = Vec::new();
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => Ok(Some(text)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && named_by.is_none() => Ok(None),
-        Err(e) => {
-            let error = file_error(&path, format!("cannot read the config file: {e}"));
-            errors.push(ConfigError {
-                origin: named_by,
-                ..error
-            });
-            Err(())
-        }
+        Err(e) => Err(ConfigError {
+            origin: named_by,
+            ..file_error(&path, format!("cannot read the config file: {e}"))
+        }),
     };
-    assemble(args, &env, &path, text, errors)
+    assemble(args, &env, &path, text, check)
 }
 
 /// Parses and validates a configuration file's content alone (defaults below it, no
 /// environment, no flags). `path` is only used to name the file in errors and origins.
 pub fn parse_toml_str(text: &str, path: impl AsRef<Path>) -> Result<Loaded, ConfigErrors> {
-    let (args, env) = (ConfigArgs::default(), BTreeMap::new());
-    finish(assemble(
-        &args,
-        &env,
-        path.as_ref(),
-        Ok(Some(text.to_owned())),
-        Vec::new(),
-    ))
-}
-
-fn finish((loaded, errors): (Loaded, Vec<ConfigError>)) -> Result<Loaded, ConfigErrors> {
-    match errors.is_empty() {
-        true => Ok(loaded),
-        false => Err(ConfigErrors::new(errors)),
-    }
+    parse_reader(text.as_bytes(), path)
 }
 
 /// [`parse_toml_str`] on the bytes of a reader.
 pub fn parse_reader(mut reader: impl Read, path: impl AsRef<Path>) -> Result<Loaded, ConfigErrors> {
     let (path, mut text) = (path.as_ref(), String::new());
-    match reader.read_to_string(&mut text) {
-        Ok(_) => parse_toml_str(&text, path),
-        Err(e) => {
-            let error = file_error(path, format!("cannot read the config file: {e}"));
-            Err(ConfigErrors::new(vec![error]))
-        }
-    }
+    let text = match reader.read_to_string(&mut text) {
+        Ok(_) => Ok(Some(text)),
+        Err(e) => Err(file_error(
+            path,
+            format!("cannot read the config file: {e}"),
+        )),
+    };
+    let (args, env) = (ConfigArgs::default(), BTreeMap::new());
+    assemble(&args, &env, path, text, |_| Ok(())).map(|(loaded, ())| loaded)
 }
 
 fn file_error(path: &Path, message: String) -> ConfigError {
@@ -599,24 +573,31 @@ fn file_error(path: &Path, message: String) -> ConfigError {
 }
 
 /// The pure core: file content, environment and flags in; settings (with defaults where values
-/// were bad) and every problem out. The
-/// file's `text` is `Ok(None)` when the default file does not exist, `Err` when it could not be
-/// read (and that is in `errors` already).
-fn assemble(
+/// were bad) checked by `check`, or every problem of both out. The file's `text` is `Ok(None)`
+/// when the default file does not exist, `Err` when it could not be read.
+fn assemble<T>(
     args: &ConfigArgs,
     env: &BTreeMap<String, String>,
     path: &Path,
-    text: Result<Option<String>, ()>,
-    mut errors: Vec<ConfigError>,
-) -> (Loaded, Vec<ConfigError>) {
-    let dict = match &text {
-        Ok(Some(text)) => Some(layers::parse_toml(text).map_err(|message| {
-            errors.push(file_error(path, format!("not valid TOML: {message}")))
-        })),
-        _ => None,
+    text: Result<Option<String>, ConfigError>,
+    check: impl FnOnce(&Loaded) -> Result<T, ConfigErrors>,
+) -> Result<(Loaded, T), ConfigErrors> {
+    let mut errors = Vec::new();
+    let (dict, config_file) = match text {
+        Ok(Some(text)) => {
+            let dict = layers::parse_toml(&text).map_err(|message| {
+                errors.push(file_error(path, format!("not valid TOML: {message}")))
+            });
+            (Some(dict), ConfigFile::Read(path.to_path_buf()))
+        }
+        Ok(None) => (None, ConfigFile::Absent(path.to_path_buf())),
+        Err(error) => {
+            errors.push(error);
+            (Some(Err(())), ConfigFile::Absent(path.to_path_buf()))
+        }
     };
     // A broken file may well have held the targets: saying "no targets" would mislead.
-    let file_failed = text.is_err() || matches!(dict, Some(Err(())));
+    let file_failed = matches!(dict, Some(Err(())));
     let file = dict.and_then(Result::ok).map(|dict| (path, dict));
     let figment = layers::build(file, env, args, &mut errors);
     let (raw, tree, failed) = raw::extract(&figment, &mut errors);
@@ -629,10 +610,6 @@ fn assemble(
         errors: &mut errors,
     };
     let settings = raw::validate(raw, &mut context);
-    let config_file = match text {
-        Ok(Some(_)) => ConfigFile::Read(path.to_path_buf()),
-        _ => ConfigFile::Absent(path.to_path_buf()),
-    };
     let resource_vars = layers::RESOURCE_VARS.iter();
     let resource_vars = resource_vars.filter_map(|&n| Some((n.to_owned(), env.get(n)?.clone())));
     let resource_vars = resource_vars.collect();
@@ -642,5 +619,9 @@ fn assemble(
         origins,
         resource_vars,
     };
-    (loaded, errors)
+    let checked = check(&loaded).map_err(|e| errors.extend(e.iter().cloned()));
+    match checked {
+        Ok(t) if errors.is_empty() => Ok((loaded, t)),
+        _ => Err(ConfigErrors::new(errors)),
+    }
 }

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::error::Kind;
-use figment::value::{Dict, Num, Value};
+use figment::value::{Dict, Value};
 use figment::{Figment, Provider};
 use ipnet::IpNet;
 use serde::de::{DeserializeOwned, Error as _, IntoDeserializer};
@@ -66,17 +66,14 @@ pub(crate) struct RawTarget {
 impl RawTarget {
     /// The target as configured, with the CompIDs `[fix]` keeps for it.
     pub(super) fn new(t: &Target, comp_ids: Option<&Vec<String>>) -> Self {
-        let comp_ids = comp_ids.cloned().unwrap_or_default();
-        let (port, local_ports, heartbeat) = (t.port, t.local_ports, t.heartbeat);
-        let (name, address, stale_after) = (Some(t.name.clone()), Some(t.net), t.stale_after);
         RawTarget {
-            name,
-            address,
-            port,
-            local_ports,
-            heartbeat,
-            stale_after,
-            comp_ids,
+            name: Some(t.name.clone()),
+            address: Some(t.net),
+            port: t.port,
+            local_ports: t.local_ports,
+            heartbeat: t.heartbeat,
+            stale_after: t.stale_after,
+            comp_ids: comp_ids.cloned().unwrap_or_default(),
         }
     }
 }
@@ -107,7 +104,7 @@ macro_rules! checks {
 
 checks! {
     name -> String = parse_name;
-    text -> String = |v: &Value| string(v).map(str::to_owned).ok_or("expected a string");
+    text -> String = |v: &Value| v.as_str().map(str::to_owned).ok_or("expected a string");
     address -> IpNet = parse_address;
     port -> u16 = parse_port;
     port_range -> PortRange = parse_range;
@@ -182,17 +179,13 @@ pub(crate) fn extract(
     figment: &Figment,
     errors: &mut Vec<ConfigError>,
 ) -> (Raw, Dict, BTreeSet<String>) {
-    let mut tree = match figment.data() {
-        Ok(profiles) => profiles.into_values().next().unwrap_or_default(),
-        Err(e) => {
-            errors.push(ConfigError::new(File, "configuration", e.to_string()));
-            Dict::new()
-        }
-    };
+    // Every layer's `data` is infallible (`layers::Layer`), and so is merging them.
+    let profiles = figment.data().expect("the layers always give their data");
+    let mut tree = profiles.into_values().next().unwrap_or_default();
     let mut failed = BTreeSet::new();
     loop {
-        // Values keep the tags they got in `figment`: figment tags only untagged values.
-        let error = match Figment::from(layers::Layer::merged(tree.clone())).extract::<Raw>() {
+        // Values keep the tags they got in `figment`, which lead to their origins.
+        let error = match Value::from(tree.clone()).deserialize::<Raw>() {
             Ok(raw) => return (raw, tree, failed),
             Err(e) => e,
         };
@@ -379,16 +372,14 @@ pub(crate) fn validate(raw: Raw, cx: &mut Context<'_>) -> Settings {
         cx.report(Conflict, "prometheus.enabled", "false".into(), message);
     }
     let (targets, target_comp_ids) = targets(raw.targets, cx);
-    let fix = self::fix(raw.fix, target_comp_ids, cx);
-    let (poll, prometheus, log, state) = (raw.poll, raw.prometheus, raw.log, raw.state);
     Settings {
         targets,
-        poll,
-        prometheus,
-        log,
+        fix: self::fix(raw.fix, target_comp_ids, cx),
         otlp,
-        state,
-        fix,
+        poll: raw.poll,
+        prometheus: raw.prometheus,
+        log: raw.log,
+        state: raw.state,
     }
 }
 
@@ -450,11 +441,12 @@ fn targets(raw: Option<Vec<RawTarget>>, cx: &mut Context) -> (Targets, Vec<Vec<S
         };
         let name = t.name.unwrap_or_else(|| Target::default_name(&net, t.port));
         let name_key = format!("{path}.name");
-        if let Some(&first) = names.get(&name) {
+        let first = *names.entry(name.clone()).or_insert(i);
+        if first != i {
             let derived = match cx.origin(&name_key) {
                 Origin::Default => {
-                    " (this one is the default name, from address and port: \
-                                    give one of the two targets a `name`)"
+                    " (this one is the default name, from address and port: give one of the two \
+                     targets a `name`)"
                 }
                 _ => "",
             };
@@ -463,18 +455,14 @@ fn targets(raw: Option<Vec<RawTarget>>, cx: &mut Context) -> (Targets, Vec<Vec<S
                  label the metrics{derived}"
             );
             cx.report(DuplicateName, &name_key, quote(&name), message);
-        } else {
-            names.insert(name.clone(), i);
         }
-        let (port, local_ports, heartbeat) = (t.port, t.local_ports, t.heartbeat);
-        let stale_after = t.stale_after.or(t.heartbeat.map(|h| h * 2));
         targets.push(Target {
             name,
             net,
-            port,
-            local_ports,
-            heartbeat,
-            stale_after,
+            port: t.port,
+            local_ports: t.local_ports,
+            heartbeat: t.heartbeat,
+            stale_after: t.stale_after.or(t.heartbeat.map(|h| h * 2)),
         });
         comp_ids.push(t.comp_ids);
     }
@@ -540,17 +528,15 @@ fn check_tls(tls: &TlsFiles, endpoint: Option<&str>, cx: &mut Context) {
         ("cert_file", &tls.cert_file),
         ("key_file", &tls.key_file),
     ];
-    let named: Vec<String> = files
-        .iter()
-        .filter(|(_, p)| p.is_some())
+    let named: Vec<String> = (files.iter().filter(|(_, p)| p.is_some()))
         .map(|(f, _)| format!("otlp.tls.{f}"))
         .collect();
     let Some(endpoint) = endpoint else { return };
     if !named.is_empty() && endpoint.to_ascii_lowercase().starts_with("http://") {
+        let named = named.join(", ");
         let message = format!(
-            "is plain http://, but TLS files are set ({}): use an https:// endpoint to talk \
-             TLS to the collector, or drop the TLS files",
-            named.join(", ")
+            "is plain http://, but TLS files are set ({named}): use an https:// endpoint to talk \
+             TLS to the collector, or drop the TLS files"
         );
         cx.report(Conflict, "otlp.endpoint", quote(endpoint), message);
     }
@@ -580,33 +566,25 @@ const ALLOWED_LEVEL: &str =
 /// Any integer, whatever width figment stored it in, or a string of digits (variables and flags
 /// are text); `None` for anything else.
 fn integer(value: &Value) -> Option<i128> {
-    match value {
-        Value::Num(_, num) => match *num {
-            Num::F32(_) | Num::F64(_) => None,
-            num => num.to_i128().or_else(|| {
-                num.to_u128()
-                    .map(|v| i128::try_from(v).unwrap_or(i128::MAX))
-            }),
-        },
-        Value::String(_, s) => {
-            let s = s.trim();
-            let digits = s.strip_prefix('-').unwrap_or(s);
-            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            Some(s.parse().unwrap_or(i128::MAX))
-        }
-        _ => None,
+    let Value::String(_, s) = value else {
+        let unsigned = || {
+            value
+                .to_u128()
+                .map(|v| i128::try_from(v).unwrap_or(i128::MAX))
+        };
+        return value.to_i128().or_else(unsigned);
+    };
+    let s = s.trim();
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
     }
-}
-
-fn string(value: &Value) -> Option<&str> {
-    value.as_str()
+    Some(s.parse().unwrap_or(i128::MAX))
 }
 
 /// A string, trimmed and not empty; else what is `allowed`.
 fn text<'a>(value: &'a Value, allowed: &str) -> Result<&'a str, String> {
-    let text = string(value).map(str::trim).filter(|t| !t.is_empty());
+    let text = value.as_str().map(str::trim).filter(|t| !t.is_empty());
     text.ok_or_else(|| allowed.to_owned())
 }
 
@@ -669,7 +647,7 @@ fn parse_range(value: &Value) -> Result<PortRange, String> {
 }
 
 fn parse_name(value: &Value) -> Result<String, String> {
-    match string(value) {
+    match value.as_str() {
         Some(name) if !name.trim().is_empty() => Ok(name.to_owned()),
         _ => Err("expected a non-empty string (it labels the target's metrics)".to_owned()),
     }
@@ -723,7 +701,8 @@ fn parse_listen(value: &Value) -> Result<SocketAddr, String> {
 
 /// One of an enum's serde names, case-insensitively.
 fn parse_enum<T: DeserializeOwned>(value: &Value, allowed: &str) -> Result<T, String> {
-    string(value)
+    value
+        .as_str()
         .map(|text| text.trim().to_ascii_lowercase())
         .and_then(|text| {
             T::deserialize(IntoDeserializer::<serde::de::value::Error>::into_deserializer(text))
@@ -733,7 +712,10 @@ fn parse_enum<T: DeserializeOwned>(value: &Value, allowed: &str) -> Result<T, St
 }
 
 fn parse_protocol(value: &Value) -> Result<OtlpProtocol, String> {
-    if string(value).is_some_and(|t| t.trim().eq_ignore_ascii_case("http/json")) {
+    if value
+        .as_str()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("http/json"))
+    {
         return Err(format!(
             "OTLP/HTTP with JSON bodies is not supported; expected one of: {}",
             OtlpProtocol::VARIANTS.join(", ")
@@ -811,7 +793,7 @@ fn parse_comp_ids(value: &Value) -> Result<Vec<String>, String> {
         Value::String(_, s) => s.split(',').map(|x| x.trim().to_owned()).collect(),
         Value::Array(_, a) => a
             .iter()
-            .map(|v| string(v).map(str::to_owned).ok_or(ALLOWED_COMP_IDS))
+            .map(|v| v.as_str().map(str::to_owned).ok_or(ALLOWED_COMP_IDS))
             .collect::<Result<_, _>>()?,
         _ => return Err(ALLOWED_COMP_IDS.to_owned()),
     };
