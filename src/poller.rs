@@ -586,6 +586,11 @@ impl Poller {
         let mut seen = std::mem::take(&mut self.source_events);
         seen.clear();
         self.source.take_events(clock.now(), &mut seen);
+        // In the order they happened by the kernel's clock: records from different CPUs can
+        // reach the ring buffer out of that order (an open stamped after a close read before
+        // it), which would count both at once and lift the peak above the truth. Stable, so
+        // records with one timestamp keep their order.
+        seen.sort_by_key(|e| e.at.mono);
         let mut final_counts = false;
         for e in &seen {
             final_counts |= self.apply_event(e);

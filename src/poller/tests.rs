@@ -685,3 +685,67 @@ fn the_sources_lost_records_are_counted_once() {
     );
     assert_eq!(metric(&r, "fix_monitor_reconciles_total"), None, "procfs");
 }
+
+/// eBPF mode: records from different CPUs can reach the ring buffer out of kernel-time order.
+/// A close read after an open that happened later must still be applied first, or both
+/// sessions count at once and the peak exceeds what was ever open (the soak saw 152 for 151).
+#[test]
+fn ebpf_events_apply_in_kernel_time_order_so_the_peak_is_true() {
+    use crate::tracker::SocketEventKind::{Closed, Opened};
+    let t0 = Timestamp::now();
+    let remote: SocketAddr = "10.0.0.5:9876".parse().unwrap();
+    let tr = |ms_ago: u64, port: u16, kind| crate::tracker::SocketEvent {
+        at: Timestamp {
+            mono: t0.mono - Duration::from_millis(ms_ago),
+            wall: t0.wall - Duration::from_millis(ms_ago),
+        },
+        kind,
+        id: 0,
+        local: SocketAddr::from(([10, 0, 0, 1], port)),
+        remote,
+        partial: false,
+        established: Some(true),
+        info: None,
+        closed_by: None,
+        process: None,
+    };
+    // 5000 opens; it closes at -30 ms and 5001 opens at -20 ms, but the ring hands the open
+    // over first; 5001 closes at -10 ms (the scripted snapshots are empty).
+    let script = vec![
+        tr(50, 5000, Opened),
+        tr(20, 5001, Opened),
+        tr(30, 5000, Closed),
+        tr(10, 5001, Closed),
+    ];
+    let meter = opentelemetry::global::meter("test");
+    let instruments = Instruments::new(
+        &meter,
+        &targets(),
+        SourceKind::Ebpf,
+        crate::source::ebpf::EbpfSource::CAPABILITIES,
+    );
+    let initial = State::initial(Meta {
+        host: "h".into(),
+        source: SourceKind::Ebpf,
+        capabilities: crate::source::ebpf::EbpfSource::CAPABILITIES,
+        interval: Duration::from_secs(1),
+        started: t0,
+        targets: targets(),
+        events: crate::source::events::Mode::Polling {
+            reason: "a scripted source".into(),
+        },
+    });
+    let (publisher, state) = Publisher::new(initial.clone());
+    let (events, _) = tokio::sync::broadcast::channel(16);
+    let mut poller = Poller::new(
+        Box::new(Transitions(script)),
+        instruments,
+        Box::new(publisher),
+        initial,
+        events,
+    );
+    poller.tick(&ManualClock::new(t0));
+    let s = state.get();
+    assert_eq!((s.stats[0].opened, s.stats[0].closed), (2, 2));
+    assert_eq!((s.stats[0].peak, s.peak), (1, 1), "never two open at once");
+}
