@@ -506,16 +506,16 @@ impl Source for Transitions {
     }
 }
 
-/// eBPF mode: each close is counted under who hung up, a close whose open nobody saw
-/// (short-lived) included, and the four `by` series exist from the start.
-#[test]
-fn ebpf_closes_are_counted_by_who_hung_up_short_lived_ones_included() {
-    use crate::source::ClosedBy::*;
-    use crate::tracker::SocketEventKind::{Closed, Opened};
-    let t0 = Timestamp::now();
-    let remote: SocketAddr = "10.0.0.5:9876".parse().unwrap();
-    // What the eBPF source makes of its transitions (`Transition::to_event`).
-    let tr = |ms_ago: u64, port: u16, kind, by| crate::tracker::SocketEvent {
+/// What the eBPF source makes of a transition `ms_ago` before `t0` (`Transition::to_event`):
+/// 10.0.0.1:`port` to the target 10.0.0.5:9876.
+fn transition(
+    t0: Timestamp,
+    ms_ago: u64,
+    port: u16,
+    kind: crate::tracker::SocketEventKind,
+    closed_by: Option<crate::source::ClosedBy>,
+) -> crate::tracker::SocketEvent {
+    crate::tracker::SocketEvent {
         at: Timestamp {
             mono: t0.mono - Duration::from_millis(ms_ago),
             wall: t0.wall - Duration::from_millis(ms_ago),
@@ -523,13 +523,52 @@ fn ebpf_closes_are_counted_by_who_hung_up_short_lived_ones_included() {
         kind,
         id: 0,
         local: SocketAddr::from(([10, 0, 0, 1], port)),
-        remote,
+        remote: "10.0.0.5:9876".parse().unwrap(),
         partial: false,
         established: Some(true),
         info: None,
-        closed_by: by,
+        closed_by,
         process: None,
-    };
+    }
+}
+
+/// A loop in eBPF mode over `script` (handed over at the first tick), and its state.
+fn transitions_poller(
+    t0: Timestamp,
+    script: Vec<crate::tracker::SocketEvent>,
+    instruments: Instruments,
+) -> (Poller, StateReader) {
+    let initial = State::initial(Meta {
+        host: "h".into(),
+        source: SourceKind::Ebpf,
+        capabilities: crate::source::ebpf::EbpfSource::CAPABILITIES,
+        interval: Duration::from_secs(1),
+        started: t0,
+        targets: targets(),
+        events: crate::source::events::Mode::Polling {
+            reason: "a scripted source".into(),
+        },
+    });
+    let (publisher, state) = Publisher::new(initial.clone());
+    let (events, _) = tokio::sync::broadcast::channel(16);
+    let poller = Poller::new(
+        Box::new(Transitions(script)),
+        instruments,
+        Box::new(publisher),
+        initial,
+        events,
+    );
+    (poller, state)
+}
+
+/// eBPF mode: each close is counted under who hung up, a close whose open nobody saw
+/// (short-lived) included, and the four `by` series exist from the start.
+#[test]
+fn ebpf_closes_are_counted_by_who_hung_up_short_lived_ones_included() {
+    use crate::source::ClosedBy::*;
+    use crate::tracker::SocketEventKind::{Closed, Opened};
+    let t0 = Timestamp::now();
+    let tr = |ms_ago, port, kind, by| transition(t0, ms_ago, port, kind, by);
     let script = vec![
         tr(50, 5000, Opened, None),
         tr(40, 5000, Closed, Some(Local)),
@@ -565,26 +604,7 @@ fn ebpf_closes_are_counted_by_who_hung_up_short_lived_ones_included() {
         ["local 0", "remote 0", "reset 0", "unknown 0"],
         "all four from the start"
     );
-    let initial = State::initial(Meta {
-        host: "h".into(),
-        source: SourceKind::Ebpf,
-        capabilities: crate::source::ebpf::EbpfSource::CAPABILITIES,
-        interval: Duration::from_secs(1),
-        started: t0,
-        targets: targets(),
-        events: crate::source::events::Mode::Polling {
-            reason: "a scripted source".into(),
-        },
-    });
-    let (publisher, state) = Publisher::new(initial.clone());
-    let (events, _) = tokio::sync::broadcast::channel(16);
-    let mut poller = Poller::new(
-        Box::new(Transitions(script)),
-        instruments,
-        Box::new(publisher),
-        initial,
-        events,
-    );
+    let (mut poller, state) = transitions_poller(t0, script, instruments);
     poller.tick(&ManualClock::new(t0));
     assert_eq!(
         closed(),
@@ -693,22 +713,7 @@ fn the_sources_lost_records_are_counted_once() {
 fn ebpf_events_apply_in_kernel_time_order_so_the_peak_is_true() {
     use crate::tracker::SocketEventKind::{Closed, Opened};
     let t0 = Timestamp::now();
-    let remote: SocketAddr = "10.0.0.5:9876".parse().unwrap();
-    let tr = |ms_ago: u64, port: u16, kind| crate::tracker::SocketEvent {
-        at: Timestamp {
-            mono: t0.mono - Duration::from_millis(ms_ago),
-            wall: t0.wall - Duration::from_millis(ms_ago),
-        },
-        kind,
-        id: 0,
-        local: SocketAddr::from(([10, 0, 0, 1], port)),
-        remote,
-        partial: false,
-        established: Some(true),
-        info: None,
-        closed_by: None,
-        process: None,
-    };
+    let tr = |ms_ago, port, kind| transition(t0, ms_ago, port, kind, None);
     // 5000 opens; it closes at -30 ms and 5001 opens at -20 ms, but the ring hands the open
     // over first; 5001 closes at -10 ms (the scripted snapshots are empty).
     let script = vec![
@@ -724,26 +729,7 @@ fn ebpf_events_apply_in_kernel_time_order_so_the_peak_is_true() {
         SourceKind::Ebpf,
         crate::source::ebpf::EbpfSource::CAPABILITIES,
     );
-    let initial = State::initial(Meta {
-        host: "h".into(),
-        source: SourceKind::Ebpf,
-        capabilities: crate::source::ebpf::EbpfSource::CAPABILITIES,
-        interval: Duration::from_secs(1),
-        started: t0,
-        targets: targets(),
-        events: crate::source::events::Mode::Polling {
-            reason: "a scripted source".into(),
-        },
-    });
-    let (publisher, state) = Publisher::new(initial.clone());
-    let (events, _) = tokio::sync::broadcast::channel(16);
-    let mut poller = Poller::new(
-        Box::new(Transitions(script)),
-        instruments,
-        Box::new(publisher),
-        initial,
-        events,
-    );
+    let (mut poller, state) = transitions_poller(t0, script, instruments);
     poller.tick(&ManualClock::new(t0));
     let s = state.get();
     assert_eq!((s.stats[0].opened, s.stats[0].closed), (2, 2));
