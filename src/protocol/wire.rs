@@ -300,6 +300,9 @@ pub struct ConnView {
     pub messages: u64,
     /// What the connection carries.
     pub content: Content,
+    /// The TCP layer has listed the session as established (when it stops listing it, the
+    /// entry ends as `tcp_closed`; an entry never listed ends as `idle` once quiet).
+    pub listed: bool,
 }
 
 /// Every followed connection of the watched targets.
@@ -534,6 +537,7 @@ impl Wire {
                 bytes_out: c.bytes[1],
                 messages: c.messages,
                 content: c.content,
+                listed: c.seen.by_tcp,
             })
             .collect();
         v.sort_by_key(|c| (c.target.clone(), c.local, c.remote));

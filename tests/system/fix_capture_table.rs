@@ -225,6 +225,22 @@ fn thousands_of_closes_leave_the_capture_table_empty_and_fix_still_decoded() {
                 && m.get("fix_connections_active", &[("target", "sink")]) == Some(1000.0)
         },
     );
+    // The FIX thread reads the TCP layer's list once a round (250 ms): stopping the sidecar
+    // before it has marked them listed would make them strangers, ended as idle.
+    sc.wait_for(
+        "the capture's 1,000 entries marked as listed by the TCP layer",
+        Duration::from_secs(30),
+        |sc| {
+            let s = sc.json("/sessions");
+            let listed = s["connections"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{s}"))
+                .iter()
+                .filter(|c| c["target"] == "sink" && c["listed"] == true)
+                .count();
+            listed == 1000
+        },
+    );
     let before = Table::read(&sc);
     // SAFETY: plain kill(2) on our own child's pid.
     unsafe { libc::kill(sc.pid() as i32, libc::SIGSTOP) };
@@ -245,6 +261,10 @@ fn thousands_of_closes_leave_the_capture_table_empty_and_fix_still_decoded() {
     assert!(
         t.tcp_closed > before.tcp_closed,
         "ends the capture missed are learnt from the TCP layer: {t:?}"
+    );
+    assert_eq!(
+        t.idle, before.idle,
+        "an entry the TCP layer had listed is never ended as idle: {t:?}"
     );
     assert_eq!(t.not_followed, 0, "{t:?}");
 
