@@ -103,8 +103,8 @@ struct {
 } live SEC(".maps");
 
 /*
- * The health pass's output when it walks the live table: 192 bytes a session with the ring's
- * header, so 2 MiB hold one pass of 10,900 sessions. Its pages are mapped into the sidecar
+ * The health pass's output when it walks the live table: 200 bytes a session with the ring's
+ * header, so 2 MiB hold one pass of 10,485 sessions. Its pages are mapped into the sidecar
  * (they count in its RSS), so it is no larger.
  */
 struct {
@@ -441,6 +441,24 @@ static __always_inline __u64 jiffies_to_us(__u64 j)
 }
 
 /*
+ * tcp_compute_delivery_rate(): the latest rate sample, bytes/s, 0 before the first. The rate
+ * fields are Linux 4.9; a kernel without them (CO-RE says so at load) reports 0.
+ */
+static __always_inline __u64 delivery_rate(struct tcp_sock *tp)
+{
+	__u32 delivered, interval_us;
+
+	if (!bpf_core_field_exists(tp->rate_delivered) ||
+	    !bpf_core_field_exists(tp->rate_interval_us))
+		return 0;
+	delivered = tp->rate_delivered;
+	interval_us = tp->rate_interval_us;
+	if (!delivered || !interval_us)
+		return 0;
+	return (__u64)delivered * tp->mss_cache * 1000000 / interval_us;
+}
+
+/*
  * A socket's health as tcp_get_info() computes it (net/ipv4/tcp.c), read from tcp_sock with
  * direct CO-RE loads: `tp` is the iterator's trusted pointer or a read-only cast of an address
  * from the live table. `now` is tcp_jiffies32.
@@ -467,18 +485,30 @@ static __always_inline void fill_health(struct health *h, struct tcp_sock *tp, _
 	h->busy_us = chrono[1] + chrono[2] + chrono[3];
 	h->rwnd_limited_us = chrono[TCP_CHRONO_RWND_LIMITED];
 	h->sndbuf_limited_us = chrono[TCP_CHRONO_SNDBUF_LIMITED];
+	/* Linux 4.19; 0 on a kernel without them */
+	if (bpf_core_field_exists(tp->bytes_retrans))
+		h->bytes_retrans = tp->bytes_retrans;
+	if (bpf_core_field_exists(tp->dsack_dups))
+		h->dsack_dups = tp->dsack_dups;
+	h->delivery_rate = delivery_rate(tp);
 	h->srtt_us = tp->srtt_us >> 3;
 	h->rttvar_us = tp->mdev_us >> 2;
+	/* tcp_min_rtt(): minmax_get(&tp->rtt_min), ~0U until the first sample */
+	h->min_rtt_us = tp->rtt_min.s[0].v;
 	h->total_retrans = tp->total_retrans;
+	h->lost = tp->lost_out;
 	h->unacked = tp->packets_out;
 	write_seq = tp->write_seq;
 	snd_nxt = tp->snd_nxt;
+	/* tcp_diag_get_info()'s idiag_wqueue, ss's Send-Q (sent or not, not yet acknowledged) */
+	h->send_queue_bytes = write_seq - tp->snd_una;
 	h->notsent_bytes = (__s32)(write_seq - snd_nxt) > 0 ? write_seq - snd_nxt : 0;
 	rcv_nxt = tp->rcv_nxt;
 	copied_seq = tp->copied_seq;
 	h->rcv_queue = (__s32)(rcv_nxt - copied_seq) > 0 ? rcv_nxt - copied_seq : 0;
 	h->last_data_recv_ms = jiffies_to_us(now - tp->inet_conn.icsk_ack.lrcvtime) / 1000;
 	h->last_data_sent_ms = jiffies_to_us(now - tp->lsndtime) / 1000;
+	h->last_ack_recv_ms = jiffies_to_us(now - tp->rcv_tstamp) / 1000;
 	h->snd_cwnd = tp->snd_cwnd;
 	h->snd_wnd = tp->snd_wnd;
 	h->sport = id.sport;

@@ -92,18 +92,25 @@ struct health {
 	__u64 bytes_acked;
 	__u64 bytes_received;
 	__u64 bytes_sent;
+	__u64 bytes_retrans; /* of bytes_sent, the bytes sent again */
 	__u64 busy_us;
 	__u64 rwnd_limited_us;
 	__u64 sndbuf_limited_us;
-	__u32 srtt_us;   /* srtt_us >> 3 */
-	__u32 rttvar_us; /* mdev_us >> 2 */
+	__u64 delivery_rate; /* bytes/s, tcp_compute_delivery_rate(): 0 before a sample */
+	__u32 srtt_us;       /* srtt_us >> 3 */
+	__u32 rttvar_us;     /* mdev_us >> 2 */
+	__u32 min_rtt_us;    /* tcp_min_rtt(): ~0U before the first sample */
 	__u32 total_retrans;
 	__u32 retrans_events;
-	__u32 unacked;       /* packets_out */
-	__u32 notsent_bytes; /* write_seq - snd_nxt */
-	__u32 rcv_queue;     /* rcv_nxt - copied_seq */
+	__u32 lost;       /* lost_out */
+	__u32 dsack_dups; /* segments the peer reported twice (D-SACK) */
+	__u32 unacked;    /* packets_out */
+	__u32 send_queue_bytes; /* write_seq - snd_una (ss: Send-Q) */
+	__u32 notsent_bytes;    /* write_seq - snd_nxt */
+	__u32 rcv_queue;        /* rcv_nxt - copied_seq */
 	__u32 last_data_recv_ms;
 	__u32 last_data_sent_ms;
+	__u32 last_ack_recv_ms; /* now - rcv_tstamp */
 	__u32 snd_cwnd;
 	__u32 snd_wnd;
 	__u32 target;
@@ -114,7 +121,6 @@ struct health {
 	__u8 state;
 	__u8 adopted;
 	__u8 closed; /* storage of a closing socket, not yet freed: not a session */
-	__u8 _pad[4];
 	__u8 saddr[16];
 	__u8 daddr[16];
 };

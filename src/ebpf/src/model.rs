@@ -210,19 +210,37 @@ pub struct Health {
     /// Smoothed RTT and its mean deviation (ss: `rtt:srtt/rttvar`).
     pub srtt_us: u32,
     pub rttvar_us: u32,
+    /// The lowest RTT over the kernel's window (`tcp_min_rtt()`, ss: `minrtt`), µs; `None`
+    /// before the first sample (the kernel's ~0U).
+    pub min_rtt_us: Option<u32>,
     pub total_retrans: u32,
     pub retrans_events: u32,
+    /// Segments the kernel currently counts as lost (`lost_out`, ss: `lost`): a level, not a
+    /// total.
+    pub lost: u32,
     pub bytes_acked: u64,
     pub bytes_received: u64,
     pub bytes_sent: u64,
+    /// Of `bytes_sent`, the bytes sent again (ss: `bytes_retrans`).
+    pub bytes_retrans: u64,
+    /// Segments the peer reported receiving twice (D-SACK, ss: `dsack_dups`).
+    pub dsack_dups: u32,
     /// Segments sent and not acknowledged (`packets_out`, ss: `unacked`).
     pub unacked: u32,
-    /// Bytes written and not yet sent (ss: `notsent`).
+    /// Bytes written and not yet acknowledged, sent or not (`write_seq - snd_una`, ss: Send-Q).
+    pub send_queue_bytes: u32,
+    /// Of those, the bytes not yet sent (ss: `notsent`).
     pub notsent_bytes: u32,
     /// Bytes received and not yet read (ss: Recv-Q).
     pub rcv_queue: u32,
+    /// Milliseconds since data last arrived, since data was last sent, and since an ACK last
+    /// arrived (ss: `lastrcv`, `lastsnd`, `lastack`), in whole jiffies.
     pub last_data_recv_ms: u32,
     pub last_data_sent_ms: u32,
+    pub last_ack_recv_ms: u32,
+    /// The latest delivery-rate sample, bytes per second (`tcp_compute_delivery_rate()`; ss
+    /// prints it in bits per second); 0 before the first sample, as `tcp_info` says.
+    pub delivery_rate: u64,
     /// Time busy sending, and limited by the peer's window or our send buffer (chrono stats).
     pub busy_us: u64,
     pub rwnd_limited_us: u64,
@@ -244,16 +262,23 @@ impl Health {
             established_ns: h.established_ns,
             srtt_us: h.srtt_us,
             rttvar_us: h.rttvar_us,
+            min_rtt_us: (h.min_rtt_us != u32::MAX).then_some(h.min_rtt_us),
             total_retrans: h.total_retrans,
             retrans_events: h.retrans_events,
+            lost: h.lost,
             bytes_acked: h.bytes_acked,
             bytes_received: h.bytes_received,
             bytes_sent: h.bytes_sent,
+            bytes_retrans: h.bytes_retrans,
+            dsack_dups: h.dsack_dups,
             unacked: h.unacked,
+            send_queue_bytes: h.send_queue_bytes,
             notsent_bytes: h.notsent_bytes,
             rcv_queue: h.rcv_queue,
             last_data_recv_ms: h.last_data_recv_ms,
             last_data_sent_ms: h.last_data_sent_ms,
+            last_ack_recv_ms: h.last_ack_recv_ms,
+            delivery_rate: h.delivery_rate,
             busy_us: h.busy_us,
             rwnd_limited_us: h.rwnd_limited_us,
             sndbuf_limited_us: h.sndbuf_limited_us,
@@ -308,6 +333,35 @@ mod tests {
         assert_eq!(out[0].reset_sent_reason, Some(12));
         assert_eq!(out[0].closer, Closer::LocalReset);
         assert_eq!(out[1].reset_sent_reason, None);
+    }
+
+    #[test]
+    fn no_min_rtt_sample_is_none_and_the_new_fields_come_through() {
+        let mut raw = RawHealth {
+            min_rtt_us: u32::MAX,
+            lost: 3,
+            dsack_dups: 4,
+            send_queue_bytes: 5,
+            last_ack_recv_ms: 6,
+            bytes_retrans: 7,
+            delivery_rate: 8,
+            ..RawHealth::default()
+        };
+        let h = Health::from_raw(&raw);
+        assert_eq!(h.min_rtt_us, None);
+        assert_eq!(
+            (
+                h.lost,
+                h.dsack_dups,
+                h.send_queue_bytes,
+                h.last_ack_recv_ms,
+                h.bytes_retrans,
+                h.delivery_rate
+            ),
+            (3, 4, 5, 6, 7, 8)
+        );
+        raw.min_rtt_us = 11;
+        assert_eq!(Health::from_raw(&raw).min_rtt_us, Some(11));
     }
 
     #[test]
