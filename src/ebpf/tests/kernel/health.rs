@@ -1,14 +1,20 @@
 //! Every health field against `ss -tin` for the same sockets: an idle session, a slow reader
 //! (our receive queue grows), a slow venue (it stops reading: a zero window, unsent bytes,
-//! time limited by the receiver's window), and a lossy one (nftables drops what we send:
-//! unacknowledged segments, retransmissions).
+//! time limited by the receiver's window), a lossy one (nftables drops what we send:
+//! unacknowledged segments counted lost, retransmissions and their bytes), and one whose ACKs
+//! were late (nftables drops the venue's ACKs until we have retransmitted: the venue receives
+//! the data twice and says so with a D-SACK).
 //!
 //! Tolerance: the pass and `ss` cannot read at the same instant, so `ss` runs between two
-//! passes and each value must lie between the two (fields that only grow with time, like the
-//! window-limited time, do grow between them); the times since the last data sent or received
-//! may also start again from 0 when a retransmission or a window probe goes out in between. The slack is
-//! one jiffy (4 ms at HZ=250) plus `ss`'s rounding to whole milliseconds (and to 1 µs for the
-//! RTT, printed in ms with three decimals).
+//! passes and each value must lie between the two, with no slack for counters and queues
+//! (lost, bytes retransmitted, D-SACK duplicates, Send-Q and Recv-Q must equal `ss` exactly
+//! when they did not move between the passes, as on the idle, slow-reader and zero-window
+//! sessions); fields that only grow with time, like the window-limited time, do grow between
+//! them; the times since the last data sent or received or the last ACK may also start again
+//! from 0 when a retransmission, a window probe or its ACK goes by in between. The slack is one
+//! jiffy (4 ms at HZ=250) plus `ss`'s rounding to whole milliseconds (and to 1 µs for the RTTs,
+//! printed in ms with three decimals); none for the delivery rate, which `ss` prints in whole
+//! bits per second (8 times ours).
 
 use std::io::{Read, Write};
 use std::time::Duration;
@@ -48,7 +54,7 @@ fn compare(h1: &Health, h2: &Health, ss: &SsInfo, elapsed_ms: f64) {
         .map(|v| v.split('/').nth(1).unwrap().parse().unwrap())
         .unwrap_or(0.0);
     type Field = fn(&Health) -> f64;
-    let rows: [(&str, f64, Field, f64); 14] = [
+    let rows: [(&str, f64, Field, f64); 20] = [
         (
             "rtt (ms)",
             rtt.parse().unwrap(),
@@ -62,9 +68,34 @@ fn compare(h1: &Health, h2: &Health, ss: &SsInfo, elapsed_ms: f64) {
             0.001,
         ),
         (
+            "minrtt (ms)",
+            ss.num("minrtt"),
+            |h| h.min_rtt_us.expect("a min RTT sample") as f64 / 1000.0,
+            0.001,
+        ),
+        (
             "total retrans",
             total_retrans,
             |h| h.total_retrans as f64,
+            0.0,
+        ),
+        ("lost", ss.num("lost"), |h| h.lost as f64, 0.0),
+        (
+            "bytes_retrans",
+            ss.num("bytes_retrans"),
+            |h| h.bytes_retrans as f64,
+            0.0,
+        ),
+        (
+            "dsack_dups",
+            ss.num("dsack_dups"),
+            |h| h.dsack_dups as f64,
+            0.0,
+        ),
+        (
+            "delivery_rate (bytes/s)",
+            ss.num("delivery_rate") / 8.0,
+            |h| h.delivery_rate as f64,
             0.0,
         ),
         (
@@ -94,6 +125,12 @@ fn compare(h1: &Health, h2: &Health, ss: &SsInfo, elapsed_ms: f64) {
         ),
         ("Recv-Q", ss.recv_q as f64, |h| h.rcv_queue as f64, 0.0),
         (
+            "Send-Q",
+            ss.send_q as f64,
+            |h| h.send_queue_bytes as f64,
+            0.0,
+        ),
+        (
             "busy (ms)",
             ss.num("busy"),
             |h| h.busy_us as f64 / 1000.0,
@@ -117,9 +154,10 @@ fn compare(h1: &Health, h2: &Health, ss: &SsInfo, elapsed_ms: f64) {
     for (what, said, field, slack) in rows {
         between(what, said, field(h1), field(h2), slack);
     }
-    let ages: [(&str, &str, Field); 2] = [
+    let ages: [(&str, &str, Field); 3] = [
         ("lastrcv (ms)", "lastrcv", |h| h.last_data_recv_ms as f64),
         ("lastsnd (ms)", "lastsnd", |h| h.last_data_sent_ms as f64),
+        ("lastack (ms)", "lastack", |h| h.last_ack_recv_ms as f64),
     ];
     for (what, key, field) in ages {
         age(
@@ -134,7 +172,7 @@ fn compare(h1: &Health, h2: &Health, ss: &SsInfo, elapsed_ms: f64) {
 }
 
 #[test]
-fn every_health_field_matches_ss_for_idle_slow_reader_zero_window_and_lossy_sessions() {
+fn every_health_field_matches_ss_for_idle_slow_reader_zero_window_lossy_and_late_ack_sessions() {
     let (venue, lossy_venue) = (Venue::start(), Venue::start());
     let mut m = load();
     m.set_targets(&[target(venue.port), target(lossy_venue.port)])
@@ -156,6 +194,34 @@ fn every_health_field_matches_ss_for_idle_slow_reader_zero_window_and_lossy_sess
     write_some(&mut sessions[1].1, 200 * 1024);
     // slow venue: we send until its window closes and our buffer holds unsent bytes
     write_some(&mut sessions[2].0, 64 * 1024 * 1024);
+    // late ACKs: the venue's ACKs are dropped until we have retransmitted; the venue then gets
+    // the data twice and the ACK that finally arrives carries a D-SACK
+    sessions.extend(venue.open(1));
+    let late = sessions[4].0.local_addr().unwrap();
+    let ack_drop = InputDrop::segments(venue.port, late.port());
+    sessions[4].0.write_all(b"8=FIX.4.4|35=0|").unwrap();
+    sessions[4].1.read_exact(&mut [0u8; 15]).unwrap();
+    wait_for(
+        "a retransmission of the late-ACK session",
+        Duration::from_secs(10),
+        || {
+            let pass = m.health().unwrap();
+            pass.iter()
+                .find(|h| h.local == late && h.total_retrans >= 1)
+                .map(|_| ())
+        },
+    );
+    drop(ack_drop);
+    wait_for(
+        "the late-ACK session's D-SACK",
+        Duration::from_secs(10),
+        || {
+            let pass = m.health().unwrap();
+            pass.iter()
+                .find(|h| h.local == late && h.dsack_dups >= 1 && h.unacked == 0)
+                .map(|_| ())
+        },
+    );
 
     let locals: Vec<_> = sessions
         .iter()
@@ -201,6 +267,15 @@ fn every_health_field_matches_ss_for_idle_slow_reader_zero_window_and_lossy_sess
         eprintln!("session {i}: {a:?}\nss: {info:?}");
         compare(&a, &b, info, elapsed_ms);
     }
+    for h in &h1 {
+        let min_rtt = h.min_rtt_us.unwrap();
+        assert!(min_rtt > 0 && min_rtt <= h.srtt_us + 1, "min RTT: {h:?}");
+    }
+    let idle = h1.iter().find(|h| h.local == locals[0]).unwrap();
+    assert!(
+        idle.send_queue_bytes == 0 && idle.delivery_rate > 0 && idle.last_ack_recv_ms > 0,
+        "the idle session: {idle:?}"
+    );
     let slow_reader = h1.iter().find(|h| h.local == locals[1]).unwrap();
     assert!(
         slow_reader.rcv_queue > 100_000,
@@ -208,13 +283,24 @@ fn every_health_field_matches_ss_for_idle_slow_reader_zero_window_and_lossy_sess
     );
     let slow_venue = h1.iter().find(|h| h.local == locals[2]).unwrap();
     assert!(
-        slow_venue.notsent_bytes > 0 && slow_venue.rwnd_limited_us > 0,
+        slow_venue.notsent_bytes > 0
+            && slow_venue.send_queue_bytes >= slow_venue.notsent_bytes
+            && slow_venue.rwnd_limited_us > 0,
         "the slow venue: {slow_venue:?}"
     );
     let lossy = h1.iter().find(|h| h.local == locals[3]).unwrap();
     assert!(
-        lossy.unacked > 0 && lossy.total_retrans >= 2,
+        lossy.unacked > 0
+            && lossy.total_retrans >= 2
+            && lossy.lost > 0
+            && lossy.bytes_retrans > 0
+            && lossy.send_queue_bytes > 0,
         "the lossy session: {lossy:?}"
     );
-    assert_eq!(h1.len(), 4, "only the targets' sessions are watched");
+    let late_acks = h1.iter().find(|h| h.local == locals[4]).unwrap();
+    assert!(
+        late_acks.dsack_dups >= 1 && late_acks.bytes_retrans > 0 && late_acks.send_queue_bytes == 0,
+        "the late-ACK session: {late_acks:?}"
+    );
+    assert_eq!(h1.len(), 5, "only the targets' sessions are watched");
 }

@@ -161,10 +161,12 @@ pub fn write_some(stream: &mut TcpStream, bytes: usize) {
     stream.set_nonblocking(false).unwrap();
 }
 
-/// One socket's line of `ss -tinH`: the Recv-Q column and every `key:value` field.
+/// One socket's line of `ss -tinH`: the Recv-Q and Send-Q columns and every `key:value` field
+/// (and `send`, `pacing_rate`, `delivery_rate`, whose value follows a space).
 #[derive(Debug, Default)]
 pub struct SsInfo {
     pub recv_q: u64,
+    pub send_q: u64,
     pub fields: HashMap<String, String>,
 }
 
@@ -237,6 +239,7 @@ pub fn parse_ss(text: &str) -> HashMap<SocketAddr, SsInfo> {
                     local,
                     SsInfo {
                         recv_q: cols[0].parse().unwrap_or(0),
+                        send_q: cols[1].parse().unwrap_or(0),
                         fields: HashMap::new(),
                     },
                 ));
@@ -255,9 +258,24 @@ pub struct InputDrop(String);
 
 impl InputDrop {
     pub fn new(port: u16) -> Self {
-        let table = format!("fm_ebpf_drop_{port}");
+        Self::matching(
+            &format!("fm_ebpf_drop_{port}"),
+            &format!("tcp dport {port}"),
+        )
+    }
+
+    /// Drops what the loopback socket on port `from` sends to the one on port `to` (e.g. a
+    /// venue's ACKs to us), so the sender's data arrives and its acknowledgements do not.
+    pub fn segments(from: u16, to: u16) -> Self {
+        Self::matching(
+            &format!("fm_ebpf_drop_{from}_{to}"),
+            &format!("tcp sport {from} tcp dport {to}"),
+        )
+    }
+
+    fn matching(table: &str, rule: &str) -> Self {
         let rules = format!(
-            "table inet {table} {{ chain input {{ type filter hook input priority 0; tcp dport {port} drop; }}; }}"
+            "table inet {table} {{ chain input {{ type filter hook input priority 0; {rule} drop; }}; }}"
         );
         let status = std::process::Command::new("nft")
             .args(["-f", "-"])
@@ -270,7 +288,7 @@ impl InputDrop {
             })
             .expect("running nft (nftables) failed: it is required");
         assert!(status.success(), "nft -f: {rules}");
-        Self(table)
+        Self(table.to_string())
     }
 }
 
