@@ -10,7 +10,7 @@ export PATH="$PWD/.tools/bin:$PATH"
 cargo fmt --all -- --check
 cargo clippy --all-targets --all-features --locked -- -D warnings
 cargo test --locked --all-targets --features system-tests
-bash src/ebpf/check.sh  # the eBPF crate (own workspace until it joins): object vs source, lint, real-kernel tests
+bash src/ebpf/check.sh  # the eBPF programs: object vs source, real-kernel tests
 # Two minutes of the soak on the test build (scripts/soak.sh runs ten on a release build).
 SOAK_SECONDS=120 SOAK_PROFILE=debug SOAK_CARGO_ARGS="--features system-tests" bash scripts/soak.sh
 # report.py keeps BENCHMARKS.md's sections other scripts wrote (on the current file).

@@ -670,8 +670,8 @@ impl Poller {
                 let mut s = Session::tracked(c, &self.names, None);
                 s.process = self.processes.get(&c.key).cloned();
                 // This poll's health of the session, and whether it is stale. Sockets with
-                // health come sorted by (id, local, remote): netlink's by cookie, eBPF's (id 0)
-                // by 4-tuple.
+                // health come sorted by (id, local, remote): the cookie first, then the 4-tuple
+                // (sources without cookies give id 0).
                 let (id, local, remote) = (c.key.id, c.key.local, c.key.remote);
                 s.health = self
                     .sockets

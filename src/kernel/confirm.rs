@@ -215,20 +215,43 @@ pub fn parse_answer(bytes: &[u8], seq: u32, id: Identity) -> Result<Option<Prese
     }
 }
 
-/// The request for one socket: the family it was listed in, the 4-tuple as listed (local as
-/// source), the cookie or none (the health lookups' request, without extensions).
+/// The request for one socket: header and `inet_diag_req_v2` for the family it was listed in
+/// (IPv6 if either address is), the 4-tuple as listed (local as source), the cookie or none
+/// (`INET_DIAG_NOCOOKIE`), no extensions.
 fn request(socket: &SocketEntry, id: Identity, seq: u32) -> Vec<u8> {
-    let wanted = crate::lookup::Wanted {
-        local: socket.local,
-        remote: socket.remote,
-        // 0: not known (the kernel never makes a cookie of 0).
-        cookie: match id {
-            Identity::Cookie(c) => c,
-            Identity::Inode(_) => 0,
-        },
+    const NLM_F_REQUEST: u16 = 0x01;
+    const REQUEST: usize = NLMSG_HDR + 56;
+    let cookie = match id {
+        Identity::Cookie(c) if c != 0 => c,
+        _ => u64::MAX,
     };
-    let mut r = Vec::with_capacity(crate::lookup::REQUEST);
-    crate::lookup::put_request(&mut r, &wanted, seq, 0);
+    let v6 = socket.local.is_ipv6() || socket.remote.is_ipv6();
+    let family = if v6 { libc::AF_INET6 } else { libc::AF_INET } as u8;
+    let mut r = Vec::with_capacity(REQUEST);
+    r.extend_from_slice(&(REQUEST as u32).to_ne_bytes());
+    r.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    r.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    r.extend_from_slice(&seq.to_ne_bytes());
+    r.extend_from_slice(&0u32.to_ne_bytes());
+    r.extend_from_slice(&[family, libc::IPPROTO_TCP as u8, 0, 0]);
+    r.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state: an exact lookup ignores them
+    r.extend_from_slice(&socket.local.port().to_be_bytes());
+    r.extend_from_slice(&socket.remote.port().to_be_bytes());
+    for a in [socket.local, socket.remote] {
+        let bytes = match (a.ip(), v6) {
+            (std::net::IpAddr::V4(ip), false) => {
+                let mut b = [0u8; 16];
+                b[..4].copy_from_slice(&ip.octets());
+                b
+            }
+            (std::net::IpAddr::V4(ip), true) => ip.to_ipv6_mapped().octets(),
+            (std::net::IpAddr::V6(ip), _) => ip.octets(),
+        };
+        r.extend_from_slice(&bytes);
+    }
+    r.extend_from_slice(&0u32.to_ne_bytes()); // any interface
+    r.extend_from_slice(&(cookie as u32).to_ne_bytes());
+    r.extend_from_slice(&((cookie >> 32) as u32).to_ne_bytes());
     r
 }
 

@@ -23,8 +23,9 @@
 //!   know, such as newer kernels' TCP_BOUND_INACTIVE); the crate is the tests' reference parser.
 //! - the netstat source: the netstat2 crate, for macOS and Windows, where the original tool
 //!   also ran (opened through [`open_with`]).
-//! - [`ebpf`]: the `sock:inet_sock_set_state` tracepoint, a program generated here, loaded and
-//!   read through a ring buffer: exact opens and closes, who hung up, the process.
+//! - [`ebpf`]: the programs of `fix-monitor-ebpf` (C with CO-RE, loaded by libbpf-rs): exact
+//!   opens and closes from the kernel's state changes, who hung up, the process, and each
+//!   watched session's health read in the kernel.
 //! - [`destroy`]: the kernel's socket-destroy notifications (a netlink subscription with a
 //!   classic-BPF filter), read on a thread of their own into [`events::EventBatch`]es.
 //! - [`cbpf`]: classic BPF (instruction, opcodes, an assembler with labels, an interpreter for
@@ -34,8 +35,8 @@
 //! - [`proc_owner`]: the process owning a socket inode, from `/proc/*/fd`.
 //! - [`events`]: what an event reader hands the loop, and the sidecar's [`events::Mode`].
 //!
-//! Private: the `tcp_info` reader (its value is core's [`TcpHealth`]), the batched health
-//! lookups, the destroy filter's compiler, and the eBPF program's assembler, BTF and tracefs readers.
+//! Private: the `tcp_info` reader (its value is core's [`TcpHealth`]) and the destroy filter's
+//! compiler.
 //!
 //! Each source is split into I/O (fetching bytes) and pure parsing, tested on fixtures
 //! (`tests/fixtures` at the top of the repository).
@@ -57,8 +58,6 @@ mod destroy_filter;
 #[cfg(target_os = "linux")]
 pub mod ebpf;
 pub mod events;
-#[cfg(target_os = "linux")]
-mod lookup;
 #[cfg(target_os = "linux")]
 pub mod netlink;
 mod netstat;
@@ -149,10 +148,14 @@ pub enum SourceError {
         /// What was wrong with it.
         detail: String,
     },
-    /// The eBPF source could not start (its program, maps or capabilities).
+    /// The eBPF source could not start or read its programs (a capability, a kernel feature,
+    /// the verifier), named in the message.
     #[cfg(target_os = "linux")]
     #[error(transparent)]
-    Ebpf(#[from] ebpf::EbpfError),
+    Ebpf(#[from] fix_monitor_ebpf::Error),
+    /// The process lacks the capabilities the eBPF programs need (checked before loading).
+    #[error("the eBPF source needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN, or root); this process lacks {}", .0.join(" and "))]
+    EbpfCapabilities(Vec<&'static str>),
     /// The source does not exist on this platform.
     #[error("the {0} source is not available on this platform")]
     Unsupported(&'static str),
@@ -250,7 +253,6 @@ pub fn open_with(
         #[cfg(target_os = "linux")]
         SourceKind::Ebpf => Ok(Box::new(ebpf::EbpfSource::open(
             targets,
-            ebpf::Options::default(),
             reconcile_interval,
         )?)),
         #[cfg(not(target_os = "linux"))]
@@ -284,8 +286,8 @@ fn open_auto(
         }) {
             Ok(s) => {
                 let reason = if k == SourceKind::Ebpf {
-                    "the eBPF program loaded (root, or CAP_BPF and CAP_PERFMON): exact opens \
-                     and closes from the kernel, session health by exact lookups"
+                    "the eBPF programs loaded (root, or CAP_BPF and CAP_PERFMON): exact opens \
+                     and closes from the kernel, session health read in the kernel"
                         .to_string()
                 } else if passed_over.is_empty() {
                     "the first that works".to_string()

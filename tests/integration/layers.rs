@@ -1,6 +1,7 @@
 //! The workspace's layering (issue 18): each crate may depend only on the crates below it,
-//! `fix-monitor-core` <- `fix-monitor-kernel`, `fix-monitor-protocol` <- `fix-monitor` <-
-//! `fix-monitor-test-support` (kernel and protocol each on core alone, checked apart),
+//! `fix-monitor-ebpf`, `fix-monitor-core` <- `fix-monitor-kernel`, `fix-monitor-protocol` <-
+//! `fix-monitor` <- `fix-monitor-test-support` (the eBPF programs' crate and core on no crate
+//! of the project, kernel on those two, protocol on core alone: checked apart),
 //! so data flows one way and a wrong-way import does not compile. The one exception: the
 //! sidecar's tests use the test-support crate (a dev-dependency), which drives the sidecar. A dependency that points up, or a new member nobody
 //! placed in the order, fails here, read from `cargo metadata` (the manifests, no build).
@@ -8,7 +9,8 @@
 use std::process::Command;
 
 /// Bottom first: a crate may use only those before it.
-const LAYERS: [&str; 5] = [
+const LAYERS: [&str; 6] = [
+    "fix-monitor-ebpf",
     "fix-monitor-core",
     "fix-monitor-kernel",
     "fix-monitor-protocol",

@@ -181,15 +181,23 @@ impl CloseJoiner {
         }
     }
 
-    /// Everything ready, and the closes held for at least `hold_ns`, in arrival order of kind.
+    /// The closes held for at least `hold_ns` and every change before the oldest close still
+    /// held, in kernel-time order: a change is never released before an earlier one, so a
+    /// reader that applies each release in order sees the changes in the order they happened
+    /// (an open after a held close would otherwise count both sessions at once).
     pub fn release(&mut self, now_ns: u64, hold_ns: u64) -> Vec<StateChange> {
-        let mut out = std::mem::take(&mut self.ready);
-        let (due, keep): (Vec<_>, Vec<_>) = self
+        let (mut out, keep): (Vec<_>, Vec<_>) = self
             .held
             .drain(..)
             .partition(|c| now_ns.saturating_sub(c.ts_ns) >= hold_ns);
         self.held = keep;
-        out.extend(due);
+        let oldest_held = self.held.iter().map(|c| c.ts_ns).min();
+        let (ready, later): (Vec<_>, Vec<_>) = self
+            .ready
+            .drain(..)
+            .partition(|c| oldest_held.is_none_or(|t| c.ts_ns < t));
+        self.ready = later;
+        out.extend(ready);
         out.sort_by_key(|c| c.ts_ns);
         out
     }
@@ -362,6 +370,30 @@ mod tests {
         );
         raw.min_rtt_us = 11;
         assert_eq!(Health::from_raw(&raw).min_rtt_us, Some(11));
+    }
+
+    #[test]
+    fn nothing_is_released_before_an_earlier_close_still_held() {
+        let mut j = CloseJoiner::default();
+        let open = |cookie, ts_ns| StateChange {
+            old_state: tcp_state::SYN_SENT,
+            new_state: tcp_state::ESTABLISHED,
+            ..close(cookie, ts_ns)
+        };
+        j.push(Record::State(open(1, 900)));
+        j.push(Record::State(close(2, 1_000)));
+        j.push(Record::State(open(3, 1_100)));
+        let first = j.release(1_200, 1_000);
+        assert_eq!(
+            first.iter().map(|c| c.sock_cookie).collect::<Vec<_>>(),
+            [1],
+            "the open after the held close waits for it"
+        );
+        let rest = j.release(2_000, 1_000);
+        assert_eq!(
+            rest.iter().map(|c| c.sock_cookie).collect::<Vec<_>>(),
+            [2, 3]
+        );
     }
 
     #[test]

@@ -1,44 +1,44 @@
 //! The eBPF source as a [`Source`]: the set of matching ESTABLISHED sockets, kept up to date
-//! from the tracepoint's transitions instead of a walk of the host's sockets on every poll.
+//! from the programs' state changes instead of a walk of the host's sockets on every poll, and
+//! each session's health from one pass over the watched sessions in the kernel.
 //!
-//! A poll drains the ring buffer and applies each open and close to the set; it costs what the
+//! A poll reads the ring buffer and applies each open and close to the set; it costs what the
 //! targets' own traffic costs, whatever the number of other sockets on the host. A full
 //! `sock_diag` dump (the netlink source, with its kernel filter) seeds the set at start and
 //! reconciles it every `reconcile_interval` and after any record the ring buffer dropped, so
-//! that a missed transition cannot stay wrong for long. A dump replaces the set; transitions
-//! read after it are applied only if the kernel stamped them after the dump began (the ring is
+//! that a missed change cannot stay wrong for long. A dump replaces the set; changes read
+//! after it are applied only if the kernel stamped them after the dump began (the ring is
 //! read in order), so a close that raced the dump is neither lost nor applied twice.
 //!
-//! Sockets are identified by their 4-tuple only (`SocketEntry::id` is 0): the tracepoint can
-//! read a socket's cookie but not create one, so most new sockets have none yet when they open.
+//! Sessions are known by their socket cookie (the program reads it when it starts watching a
+//! socket; the dump carries the same cookie), so a 4-tuple reused by a new socket is a new
+//! session.
 //!
-//! **Session health**: after the set is up to date, each poll looks every session up by an
-//! exact `sock_diag` request with `INET_DIAG_INFO` ([`crate::lookup`]), in batches, and
-//! hands its `tcp_info` over in [`SocketEntry::health`], as the netlink source's dump does. The
-//! lookups cost one kernel hash lookup per watched session (M), not a walk of the host's
-//! sockets (N). The first lookup learns the socket's cookie (the kernel makes one when it
-//! answers); later ones name it, so that a 4-tuple reused by another socket is not read as the
-//! same session.
+//! **Session health**: the programs give every watched socket storage; the health pass
+//! (`fix_monitor_ebpf::Monitor::health`) reads each watched, established session's `tcp_sock`
+//! in the kernel and returns one record per session, the same values `tcp_info` has. Its cost
+//! grows with the watched sessions only. Sessions that existed before the load are adopted
+//! once at start by a TCP iterator. A session the pass does not return (it opened after the
+//! pass, or the kernel could not give it storage) has no health this poll, never zeros.
 //!
-//! With `poll.health_interval` the lookups happen at most that often; the polls in between
-//! hand each session's last answer on (a session opened since has none yet), and say so in
-//! [`PollNews`]: the loop then takes no new health samples, and when no transition was read
+//! With `poll.health_interval` the pass runs at most that often; the polls in between hand
+//! each session's last record on (a session opened since has none yet), and say so in
+//! [`PollNews`]: the loop then takes no new health samples, and when no change was read
 //! either, it skips the poll's work altogether. A quiet poll then costs a ring-buffer check.
 
 use fix_monitor_core::{Capabilities, Confirmation, EventFeed, HealthFeed, ProcessFeed};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::{ktime_now_ns, Change, EbpfError, EbpfEvents, Options, Transition};
-use crate::lookup::{Answer, HealthLookups, LookupStats, Wanted};
+use super::{change, ktime_now_ns, to_event, to_health, Change, HealthWalk, StateChange};
 use crate::netlink::NetlinkSource;
-use fix_monitor_core::{SocketEvent, Timestamp};
-
 use crate::{
-    EventCounts, PollNews, SocketEntry, Source, SourceError, SourceKind, TcpHealth, TcpState,
+    EventCounts, PollNews, SocketEntry, SocketEvent, Source, SourceError, SourceKind, TcpHealth,
+    TcpState, Timestamp,
 };
 use fix_monitor_core::target::Targets;
+use fix_monitor_ebpf::{Monitor, TargetSpec};
 
 /// Counts of what the source did, for self-metrics and benchmarks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -49,34 +49,36 @@ pub struct SourceStats {
     pub overflows: u64,
     /// Records the ring buffer dropped, in all.
     pub lost: u64,
-    /// Transitions read from the ring buffer.
-    pub transitions: u64,
+    /// State changes read from the ring buffer.
+    pub changes: u64,
+    /// Health passes run.
+    pub health_passes: u64,
 }
 
 /// What the source knows of a session between polls.
 #[derive(Debug, Clone, Copy, Default)]
 struct Known {
-    /// The socket's cookie where known (0 otherwise).
+    /// The socket's cookie.
     cookie: u64,
-    /// Its `tcp_info` as of the last lookup (or dump).
+    /// Its health as of the last pass (or dump).
     health: Option<TcpHealth>,
 }
 
-/// The eBPF source: the matching sockets kept from the tracepoint's transitions (see the
-/// module docs).
+/// The eBPF source (see the module docs).
 pub struct EbpfSource {
-    events: EbpfEvents,
+    monitor: Monitor,
     dump: NetlinkSource,
     /// The sessions, by 4-tuple (so that polls list them in order).
     active: BTreeMap<(SocketAddr, SocketAddr), Known>,
-    /// The per-session `tcp_info` lookups; `None` when turned off.
-    lookups: Option<HealthLookups>,
-    /// Reused per poll: what to look up, and the cookies the answers carried.
-    wanted: Vec<Wanted>,
-    learned: Vec<u64>,
-    /// Whether the last poll's lookups failed (to log the change, not every poll).
-    lookups_failing: bool,
-    /// `poll.health_interval` (`None`: every poll), and when the next lookups are due.
+    /// The same sessions' 4-tuples by cookie: the kernel has released a socket's local port by
+    /// the time it reports a reset or the last close, so a close's record may carry port 0;
+    /// the close is matched by its cookie and reported with the 4-tuple the session had.
+    tuples: HashMap<u64, (SocketAddr, SocketAddr)>,
+    /// Whether polls run the health pass (on unless turned off, for measuring its cost).
+    health_on: bool,
+    /// Whether the last pass failed (to log the change, not every poll).
+    health_failing: bool,
+    /// `poll.health_interval` (`None`: every poll), and when the next pass is due.
     health_every: Option<Duration>,
     next_health: Option<Instant>,
     news: PollNews,
@@ -87,16 +89,29 @@ pub struct EbpfSource {
     reconcile_every: Duration,
     next_reconcile: Option<Instant>,
     stats: SourceStats,
-    read: Vec<Transition>,
     scratch: Vec<SocketEntry>,
-    /// Every transition read since the last `take_transitions`, in order.
-    pending: Vec<Transition>,
+    /// Every state change read since the last `take_events`, in order.
+    pending: Vec<StateChange>,
+}
+
+/// The targets as the kernel filter takes them, in configuration order (the index is the
+/// target id the programs report).
+fn specs(targets: &Targets) -> Vec<TargetSpec> {
+    targets
+        .iter()
+        .map(|t| TargetSpec {
+            addr: t.net.addr(),
+            prefix_len: t.net.prefix_len(),
+            port: t.port,
+            local_ports: t.local_ports.map(|r| (r.start, r.end)),
+        })
+        .collect()
 }
 
 impl EbpfSource {
-    /// Its own events (exact opens and closes, who hung up, the process), health by
-    /// lookups, and reconciling dumps; sockets are known by 4-tuple (id 0), so misses are not
-    /// confirmed.
+    /// Its own events (exact opens and closes, who hung up, the process), health from the
+    /// in-kernel pass, and reconciling dumps; sessions are known by cookie, and the events are
+    /// exact, so a miss needs no confirmation.
     pub const CAPABILITIES: Capabilities = Capabilities {
         events: EventFeed::FromSource,
         health: HealthFeed::ByLookup,
@@ -106,37 +121,27 @@ impl EbpfSource {
         reconciles: true,
     };
 
-    /// Every transition read since the last call (or [`Source::take_events`]), in order, as
-    /// the program reported them.
-    pub fn take_transitions(&mut self) -> Vec<Transition> {
-        std::mem::take(&mut self.pending)
-    }
-
-    /// Loads the program for `targets` and seeds the set with a first dump; `reconcile_every`
-    /// is the time between two reconciling dumps.
-    pub fn open(
-        targets: &Targets,
-        opts: Options,
-        reconcile_every: Duration,
-    ) -> Result<EbpfSource, EbpfError> {
+    /// Loads the programs for `targets` in this thread's network namespace, adopts the
+    /// sessions that already exist, and opens the netlink socket of the reconciling dumps;
+    /// `reconcile_every` is the time between two of them. The error names the missing
+    /// capability or kernel feature.
+    pub fn open(targets: &Targets, reconcile_every: Duration) -> Result<EbpfSource, SourceError> {
+        let missing = super::missing_capabilities();
+        if !missing.is_empty() {
+            return Err(SourceError::EbpfCapabilities(missing));
+        }
         // The dump socket first: if netlink is refused there is nothing to reconcile with.
-        let dump = NetlinkSource::open(targets).map_err(|e| EbpfError::Io {
-            what: "opening the netlink source for reconciling dumps",
-            source: std::io::Error::other(e.to_string()),
-        })?;
-        let events = EbpfEvents::open(targets, opts)?;
-        let lookups = HealthLookups::open().map_err(|e| EbpfError::Io {
-            what: "opening the netlink socket for session-health lookups",
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        let dump = NetlinkSource::open(targets)?;
+        let mut monitor = Monitor::load(&fix_monitor_ebpf::Options::default())?;
+        monitor.set_targets(&specs(targets))?;
+        monitor.scan_existing()?;
         Ok(EbpfSource {
-            events,
+            monitor,
             dump,
             active: BTreeMap::new(),
-            lookups: Some(lookups),
-            wanted: Vec::new(),
-            learned: Vec::new(),
-            lookups_failing: false,
+            tuples: HashMap::new(),
+            health_on: true,
+            health_failing: false,
             health_every: None,
             next_health: None,
             news: PollNews::EVERYTHING,
@@ -145,7 +150,6 @@ impl EbpfSource {
             reconcile_every,
             next_reconcile: None,
             stats: SourceStats::default(),
-            read: Vec::new(),
             scratch: Vec::new(),
             pending: Vec::new(),
         })
@@ -156,91 +160,106 @@ impl EbpfSource {
         self.stats
     }
 
-    /// The loaded program and its ring buffer.
-    pub fn events(&self) -> &EbpfEvents {
-        &self.events
+    /// How the health pass walks the sessions on this kernel, and why.
+    pub fn health_walk(&self) -> &HealthWalk {
+        self.monitor.health_walk()
     }
 
-    /// Whether polls look each session's `tcp_info` up (on unless turned off; off, every
-    /// [`SocketEntry::health`] is `None`). For measuring what the lookups cost.
-    pub fn set_session_health(&mut self, on: bool) -> Result<(), SourceError> {
-        match (on, self.lookups.is_some()) {
-            (true, false) => self.lookups = Some(HealthLookups::open()?),
-            (false, true) => self.lookups = None,
-            _ => {}
-        }
-        Ok(())
+    /// The loaded programs (their counters, storage and live-table sizes).
+    pub fn monitor(&mut self) -> &mut Monitor {
+        &mut self.monitor
     }
 
-    /// What the health lookups did so far (`None` when they are off).
-    pub fn lookup_stats(&self) -> Option<LookupStats> {
-        self.lookups.as_ref().map(|l| l.stats())
+    /// Whether polls run the health pass (on unless turned off; off, every
+    /// [`SocketEntry::health`] is `None`). For measuring what the pass costs.
+    pub fn set_session_health(&mut self, on: bool) {
+        self.health_on = on;
     }
 
-    /// Fills `out[i].health` for every session by exact lookups, and remembers the cookies the
-    /// answers carry. A failure of the lookup socket leaves the rest without health (logged
-    /// once); the poll itself stands.
-    fn look_up(&mut self, out: &mut [SocketEntry]) {
-        let Some(lookups) = self.lookups.as_mut() else {
-            return;
-        };
-        self.learned.clear();
-        self.learned.resize(self.wanted.len(), 0);
-        let learned = &mut self.learned;
-        let result = lookups.lookup(&self.wanted, |i, answer| {
-            if let Answer::Found { cookie, health, .. } = answer {
-                out[i].health = health;
-                learned[i] = cookie;
+    /// Every state change read since the last call (or [`Source::take_events`]), in order, as
+    /// the programs reported them.
+    pub fn take_changes(&mut self) -> Vec<StateChange> {
+        std::mem::take(&mut self.pending)
+    }
+
+    /// Fills `out[i].health` for every session the pass returns (matched by cookie). A failed
+    /// pass leaves every session without health this poll (logged once); the poll stands.
+    fn read_health(&mut self, out: &mut [SocketEntry]) {
+        let pass = self.monitor.health();
+        self.stats.health_passes += 1;
+        match pass {
+            Ok(records) => {
+                if self.health_failing {
+                    self.health_failing = false;
+                    tracing::info!("the eBPF health pass works again");
+                }
+                let by_cookie: HashMap<u64, TcpHealth> = records
+                    .iter()
+                    .map(|h| (h.sock_cookie, to_health(h)))
+                    .collect();
+                for (known, entry) in self.active.values_mut().zip(out.iter_mut()) {
+                    entry.health = by_cookie.get(&known.cookie).copied();
+                    known.health = entry.health;
+                }
             }
-            // Gone: it closed after the drain; its close is in the ring for the next poll.
-        });
-        for ((known, entry), &cookie) in self.active.values_mut().zip(out.iter()).zip(&self.learned)
-        {
-            if cookie != 0 {
-                known.cookie = cookie;
+            Err(error) => {
+                for known in self.active.values_mut() {
+                    known.health = None;
+                }
+                if !self.health_failing {
+                    self.health_failing = true;
+                    tracing::warn!(%error, "the eBPF health pass failed; sessions without health this poll");
+                }
             }
-            known.health = entry.health;
-        }
-        match result {
-            Err(error) if !self.lookups_failing => {
-                self.lookups_failing = true;
-                tracing::warn!(%error, "session-health lookups failed; sessions without tcp_info this poll");
-            }
-            Ok(()) if self.lookups_failing => {
-                self.lookups_failing = false;
-                tracing::info!("session-health lookups work again");
-            }
-            _ => {}
         }
     }
 
-    fn drain(&mut self, after_ns: u64) {
-        self.read.clear();
-        self.events.drain(&mut self.read);
-        self.stats.transitions += self.read.len() as u64;
-        for t in self.read.drain(..) {
-            if t.ktime_ns >= after_ns {
-                match t.change() {
+    /// Reads the ring buffer and applies every change the kernel stamped at or after
+    /// `after_ns` to the set; every change read is kept for the events.
+    fn drain(&mut self, after_ns: u64) -> Result<(), SourceError> {
+        let read = self.monitor.poll_events(Duration::ZERO)?;
+        self.stats.changes += read.len() as u64;
+        for mut c in read {
+            let what = change(&c);
+            if matches!(what, Some(Change::Closed(_))) {
+                if let Some(&(local, remote)) = self.tuples.get(&c.sock_cookie) {
+                    (c.local, c.remote) = (local, remote);
+                }
+            }
+            if c.ts_ns >= after_ns {
+                let key = (c.local, c.remote);
+                match what {
                     Some(Change::Opened) => {
                         let known = Known {
-                            cookie: t.cookie,
+                            cookie: c.sock_cookie,
                             health: None,
                         };
-                        self.active.insert((t.local, t.remote), known);
+                        self.active.insert(key, known);
+                        self.tuples.insert(c.sock_cookie, key);
                     }
                     Some(Change::Closed(_)) => {
-                        self.active.remove(&(t.local, t.remote));
+                        self.tuples.remove(&c.sock_cookie);
+                        // Only the socket that opened: a reused 4-tuple's older close does
+                        // not end the new session.
+                        if self
+                            .active
+                            .get(&key)
+                            .is_some_and(|k| k.cookie == c.sock_cookie)
+                        {
+                            self.active.remove(&key);
+                        }
                     }
                     None => {}
                 }
             }
-            self.pending.push(t);
+            self.pending.push(c);
         }
         // Nobody may be taking them (a plain poll loop): keep a bounded backlog.
         if self.pending.len() > 100_000 {
             let excess = self.pending.len() - 100_000;
             self.pending.drain(..excess);
         }
+        Ok(())
     }
 
     fn reconcile(&mut self) -> Result<(), SourceError> {
@@ -254,10 +273,12 @@ impl EbpfSource {
             };
             ((s.local, s.remote), known)
         }));
+        self.tuples.clear();
+        self.tuples
+            .extend(self.active.iter().map(|(&key, k)| (k.cookie, key)));
         self.stats.reconciles += 1;
         // What the kernel stamped before the dump began is in the dump already.
-        self.drain(start);
-        Ok(())
+        self.drain(start)
     }
 }
 
@@ -279,7 +300,7 @@ impl Source for EbpfSource {
         out.extend(
             self.pending
                 .drain(..)
-                .filter_map(|t| t.to_event(now, now_k)),
+                .filter_map(|c| to_event(&c, now, now_k)),
         );
     }
 
@@ -304,18 +325,14 @@ impl Source for EbpfSource {
         self.news = PollNews::EVERYTHING;
         // Nor is the last list valid if this poll fails half-way (the set may have moved).
         let listed_valid = std::mem::replace(&mut self.listed_valid, false);
-        let (transitions, reconciles) = (self.stats.transitions, self.stats.reconciles);
-        self.drain(0);
-        let lost = self
-            .events
-            .counters()
-            .map_err(SourceError::io("reading the eBPF program's counters"))?
-            .lost;
+        let (changes, reconciles) = (self.stats.changes, self.stats.reconciles);
+        self.drain(0)?;
+        let lost = self.monitor.counters()?.lost;
         let overflowed = lost > self.stats.lost;
         if overflowed {
             tracing::warn!(
                 dropped = lost - self.stats.lost,
-                "the eBPF ring buffer was full and dropped transitions; reconciling with a full dump"
+                "the eBPF ring buffer was full and dropped state changes; reconciling with a full dump"
             );
             self.stats.overflows += 1;
             self.stats.lost = lost;
@@ -325,9 +342,9 @@ impl Source for EbpfSource {
             self.reconcile()?;
             self.next_reconcile = Some(now + self.reconcile_every);
         }
-        // Due a tenth early, so that polls on their own schedule do not push each lookup
-        // one poll later than asked.
-        let health_due = self.lookups.is_some()
+        // Due a tenth early, so that polls on their own schedule do not push each pass one
+        // poll later than asked.
+        let health_due = self.health_on
             && match self.health_every {
                 None => true,
                 Some(every) if self.next_health.is_some_and(|t| now + every / 10 < t) => false,
@@ -336,8 +353,7 @@ impl Source for EbpfSource {
                     true
                 }
             };
-        let sessions_changed =
-            self.stats.transitions != transitions || self.stats.reconciles != reconciles;
+        let sessions_changed = self.stats.changes != changes || self.stats.reconciles != reconciles;
         if !sessions_changed && !health_due && listed_valid {
             out.clone_from(&self.listed);
             self.listed_valid = true;
@@ -347,27 +363,23 @@ impl Source for EbpfSource {
             };
             return Ok(());
         }
-        // In 4-tuple order (the map's): with every id 0, sorted as the poller looks them up.
+        // In 4-tuple order (the map's), as `read_health` pairs them.
         out.clear();
-        self.wanted.clear();
         for (&(local, remote), known) in &self.active {
             out.push(SocketEntry {
                 local,
                 remote,
                 state: TcpState::Established,
-                id: 0,
-                // Handed on from the last lookup unless this poll looks it up again.
+                id: known.cookie,
+                // Handed on from the last pass unless this poll runs one.
                 health: if health_due { None } else { known.health },
-            });
-            self.wanted.push(Wanted {
-                local,
-                remote,
-                cookie: known.cookie,
             });
         }
         if health_due {
-            self.look_up(out);
+            self.read_health(out);
         }
+        // The loop finds a session's socket by (id, local, remote), as netlink's come.
+        out.sort_unstable_by_key(|e| (e.id, e.local, e.remote));
         self.listed.clone_from(out);
         self.listed_valid = true;
         self.news = PollNews {

@@ -602,7 +602,7 @@ port = {}
 /// The source `auto` takes in this process's circumstances: eBPF where the program may load
 /// (root, or CAP_BPF and CAP_PERFMON), netlink otherwise (config/README.md, "eBPF mode").
 pub fn auto_source() -> &'static str {
-    if fix_monitor::source::ebpf::loader::missing_capabilities().is_empty() {
+    if fix_monitor::source::ebpf::missing_capabilities().is_empty() {
         "ebpf"
     } else {
         "netlink"
