@@ -50,33 +50,60 @@ pub const FEATURES: &[Feature] = &[
 /// Why the programs could not be loaded or used.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The kernel refused `action` and the calling thread holds neither CAP_BPF nor
+    /// CAP_SYS_ADMIN in its effective set.
     #[error("eBPF needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN, or root): {action} was refused: {source}")]
-    Permission { action: String, source: io::Error },
-    #[error("the kernel has no BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF=y), which CO-RE programs need: {0}")]
-    NoKernelBtf(String),
-    #[error("the kernel lacks {} (Linux {} or later; no BTF type `{}`)", .0.what, .0.since, .0.btf_type)]
-    MissingFeature(Feature),
-    #[error("the kernel's CONFIG_HZ is unknown (neither /proc/config.gz nor /boot/config-$(uname -r) is readable): health times need it")]
-    UnknownHz,
-    #[error("the kernel rejected the programs (verifier or load): {0}")]
-    Load(String),
-    #[error("attaching {program} failed: {source}")]
-    Attach {
-        program: &'static str,
+    Permission {
+        /// What was refused, e.g. "loading the programs" or a program's attach label.
+        action: String,
+        /// The error libbpf returned (EPERM or EACCES).
         source: io::Error,
     },
+    /// `/sys/kernel/btf/vmlinux` could not be read; the text is libbpf's error.
+    #[error("the kernel has no BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF=y), which CO-RE programs need: {0}")]
+    NoKernelBtf(String),
+    /// The kernel's BTF lacks the type that shows a feature the programs need (the first of
+    /// [`FEATURES`] missing).
+    #[error("the kernel lacks {} (Linux {} or later; no BTF type `{}`)", .0.what, .0.since, .0.btf_type)]
+    MissingFeature(Feature),
+    /// libbpf could not fill the `CONFIG_HZ` kconfig extern (it read neither config file), and
+    /// the health times are converted from jiffies with it.
+    #[error("the kernel's CONFIG_HZ is unknown (neither /proc/config.gz nor /boot/config-$(uname -r) is readable): health times need it")]
+    UnknownHz,
+    /// Opening or loading the object failed for a reason other than a permission: the text
+    /// is libbpf's error and, for a load, its log (the verifier's complaint, if any).
+    #[error("the kernel rejected the programs (verifier or load): {0}")]
+    Load(String),
+    /// The kernel refused to attach a loaded program (with CAP_BPF or CAP_SYS_ADMIN held).
+    #[error("attaching {program} failed: {source}")]
+    Attach {
+        /// The program and its attach point, e.g. "on_state (tp_btf/inet_sock_set_state)".
+        program: &'static str,
+        /// The error libbpf returned.
+        source: io::Error,
+    },
+    /// The embedded object lacks a map or program this crate uses by name.
     #[error("the object has no {kind} `{name}`: it does not match this crate")]
     ObjectMismatch {
+        /// "map" or "program".
         kind: &'static str,
+        /// The name looked for.
         name: &'static str,
     },
+    /// The target list cannot be put in the kernel maps.
     #[error(transparent)]
     Targets(#[from] crate::targets::TargetError),
+    /// The fallback health pass (`live_pass`) found its 2 MiB output ring full: the count is
+    /// the sessions whose records it dropped (the program's return value).
     #[error("the health ring buffer was full: {0} sessions' records were dropped")]
     HealthRingFull(u32),
+    /// A system call or libbpf call on a loaded object failed (a map read or write, a ring
+    /// buffer, an iterator, BPF_PROG_TEST_RUN, the netns cookie).
     #[error("{action}: {source}")]
     Io {
+        /// What was being done, e.g. "writing a port rule".
         action: &'static str,
+        /// The error, with its errno where libbpf gave one.
         source: io::Error,
     },
 }

@@ -85,11 +85,26 @@ pub struct Options {
 /// The kernel programs' own counters, summed over CPUs (`enum counter` in the header).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct KernelCounters {
+    /// TCP state changes seen by `on_state` (`CNT_SEEN`): every TCP socket of the host, in
+    /// every network namespace, watched or not.
     pub seen: u64,
+    /// Sockets that began to be watched (`CNT_MATCHED`): storage created for a socket that
+    /// matched a target in a wanted namespace, whether at connect, at ESTABLISHED or by the
+    /// initial scan.
     pub matched: u64,
+    /// Sockets that matched a target but belong to a network namespace not watched, so were
+    /// dropped (`CNT_OTHER_NETNS`); counted at each change that could start a watch, so one
+    /// socket may count more than once.
     pub other_netns: u64,
+    /// Records written to the event ring buffer (`CNT_EMITTED`): state changes and
+    /// reset-after-close records.
     pub emitted: u64,
+    /// Event records dropped because the 1 MiB ring buffer was full (`CNT_LOST`): state
+    /// changes [`Monitor::poll_events`] will never return.
     pub lost: u64,
+    /// Sockets that matched but could not get storage (`CNT_NO_STORAGE`,
+    /// `bpf_sk_storage_get()` failed, normally for lack of memory): not watched; like
+    /// `other_netns`, one socket may count more than once.
     pub no_storage: u64,
     /// Sessions the live table (16,384 entries) had no room for: no health on the fallback.
     pub live_full: u64,
@@ -107,7 +122,11 @@ pub enum HealthWalk {
     /// The kernel refused map-element iterators (`why`: libbpf's line), so the pass runs
     /// `live_pass` (BPF_PROG_TEST_RUN), which walks the live table of watched, established
     /// sockets and reads each `tcp_sock` with probe reads: also per watched session only.
-    LiveTable { why: String },
+    LiveTable {
+        /// libbpf's log line for the refused `dump_health` program (the first line that
+        /// names it), trimmed.
+        why: String,
+    },
 }
 
 /// The maps user space reads or writes, as owned handles.

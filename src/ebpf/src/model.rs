@@ -7,16 +7,26 @@ use crate::types::{RawEvent, RawHealth};
 
 /// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
 pub mod tcp_state {
+    /// `TCP_ESTABLISHED`: the handshake is done; a watched session starts here.
     pub const ESTABLISHED: u8 = 1;
+    /// `TCP_SYN_SENT`: `connect()` sent the SYN. The programs record the connecting process
+    /// here but emit no event for it.
     pub const SYN_SENT: u8 = 2;
+    /// `TCP_FIN_WAIT1`: we sent a FIN; from ESTABLISHED it means we closed first.
     pub const FIN_WAIT1: u8 = 4;
+    /// `TCP_CLOSE`: the socket is closed (a close event; also the state of a socket that never
+    /// connected).
     pub const CLOSE: u8 = 7;
+    /// `TCP_CLOSE_WAIT`: the peer's FIN arrived; from ESTABLISHED it means the peer closed
+    /// first.
     pub const CLOSE_WAIT: u8 = 8;
 }
 
 /// Who ended a session, as far as the kernel shows it (`enum closer` in the header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Closer {
+    /// Not known (`CLOSER_UNKNOWN`): no FIN, RST or socket error seen yet (always so on the
+    /// change to ESTABLISHED), or a close without any of them.
     Unknown,
     /// We sent the first FIN.
     Local,
@@ -46,13 +56,25 @@ impl Closer {
 /// The counters of a session at the change (final counters on a close).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
+    /// Bytes of ours the peer acknowledged (`tcp_sock.bytes_acked`: the sum of the advances of
+    /// `snd_una`, RFC 4898 tcpEStatsAppHCThruOctetsAcked; ss: `bytes_acked`).
     pub bytes_acked: u64,
+    /// Bytes received in sequence (`tcp_sock.bytes_received`: the sum of the advances of
+    /// `rcv_nxt`, RFC 4898 tcpEStatsAppHCThruOctetsReceived; ss: `bytes_received`).
     pub bytes_received: u64,
+    /// Data bytes sent, retransmissions included (`tcp_sock.bytes_sent`, RFC 4898
+    /// tcpEStatsPerfHCDataOctetsOut; ss: `bytes_sent`).
     pub bytes_sent: u64,
-    /// `tcp_sock.total_retrans`.
+    /// Segments retransmitted over the connection's life (`tcp_sock.total_retrans`, the
+    /// kernel's count, which includes a retransmission whose transmit then failed; ss: the
+    /// total in `retrans:cur/total`).
     pub total_retrans: u32,
-    /// Retransmissions counted by `tcp:tcp_retransmit_skb` while watched.
+    /// Retransmissions counted by `tcp:tcp_retransmit_skb` while watched, one per
+    /// retransmitted skb (which may carry several segments); on kernels whose tracepoint
+    /// carries the result (6.12+), only those that went out.
     pub retrans_events: u32,
+    /// Smoothed RTT at the change, µs (`tcp_sock.srtt_us >> 3`; the kernel keeps it times 8;
+    /// ss: the first number of `rtt:`); 0 before the first RTT sample.
     pub srtt_us: u32,
 }
 
@@ -63,24 +85,42 @@ pub struct StateChange {
     pub ts_ns: u64,
     /// The kernel's socket cookie: one session's identity across events and health records.
     pub sock_cookie: u64,
+    /// Cookie of the socket's network namespace (`sk->__sk_common.skc_net.net->net_cookie`,
+    /// the value `SO_NETNS_COOKIE` returns in that namespace).
     pub netns_cookie: u64,
+    /// The state before the change, numbered as in [`tcp_state`] (the tracepoint's
+    /// `oldstate`).
     pub old_state: u8,
+    /// The state after the change: [`tcp_state::ESTABLISHED`], [`tcp_state::FIN_WAIT1`],
+    /// [`tcp_state::CLOSE_WAIT`] or [`tcp_state::CLOSE`], the only changes reported.
     pub new_state: u8,
+    /// Our address and port (`skc_rcv_saddr`/`skc_v6_rcv_saddr` and `skc_num`). An IPv4
+    /// socket's address is IPv4; an IPv6 socket's stays IPv6, IPv4-mapped included.
     pub local: SocketAddr,
+    /// The peer's address and port (`skc_daddr`/`skc_v6_daddr` and `skc_dport`), as `local`.
     pub remote: SocketAddr,
-    /// Index of the target in the list last given to `set_targets`.
+    /// Index of the target in the list last given to `set_targets` when the socket began to
+    /// be watched (the first target, in list order, whose block and ports match it).
     pub target: u32,
-    /// The process that called `connect()`, when the kernel saw it.
+    /// The process that called `connect()` (its thread-group id, as the initial PID namespace
+    /// numbers it, from `bpf_get_current_pid_tgid()` at the change to SYN_SENT); `None` for a
+    /// session not seen connecting (accepted or adopted).
     pub pid: Option<u32>,
+    /// The name of the thread that called `connect()` (`task_struct.comm` from
+    /// `bpf_get_current_comm()`, at most 15 bytes, non-UTF-8 bytes replaced); empty when
+    /// `pid` is `None`.
     pub comm: String,
     /// Found by the initial scan rather than seen connecting.
     pub adopted: bool,
+    /// Who ended the session, as far as the kernel showed it up to this change.
     pub closer: Closer,
     /// `sk_err` at the change (ECONNRESET, ETIMEDOUT, ...), 0 for none.
     pub sk_err: i32,
+    /// A RST was received on the socket (`tcp:tcp_receive_reset`) while it was watched.
     pub reset_received: bool,
     /// The `enum sk_rst_reason` of the RST we sent, when we sent one.
     pub reset_sent_reason: Option<u32>,
+    /// The session's counters at the change (final counters on a close).
     pub counters: Counters,
 }
 
@@ -206,32 +246,59 @@ impl CloseJoiner {
 /// One watched session's health, as `tcp_get_info()` would report it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Health {
+    /// The kernel's socket cookie, as in [`StateChange::sock_cookie`].
     pub sock_cookie: u64,
+    /// Our address and port, as in [`StateChange::local`].
     pub local: SocketAddr,
+    /// The peer's address and port, as in [`StateChange::remote`].
     pub remote: SocketAddr,
+    /// The target index, as in [`StateChange::target`].
     pub target: u32,
+    /// The process that called `connect()`, as in [`StateChange::pid`].
     pub pid: Option<u32>,
+    /// Found by the initial scan rather than seen connecting.
     pub adopted: bool,
+    /// The socket's state at the pass (`sk_state`, numbered as in [`tcp_state`]):
+    /// ESTABLISHED, or a later state before CLOSE (FIN_WAIT1, CLOSE_WAIT, ...) while the
+    /// session is closing.
     pub state: u8,
-    /// CLOCK_MONOTONIC when it became ESTABLISHED (when it was found, if adopted).
+    /// CLOCK_MONOTONIC (`bpf_ktime_get_ns()`), ns, when it became ESTABLISHED (when it was
+    /// found, if adopted).
     pub established_ns: u64,
-    /// Smoothed RTT and its mean deviation (ss: `rtt:srtt/rttvar`).
+    /// Smoothed RTT, µs (`tcp_sock.srtt_us >> 3`; `tcpi_rtt`; ss: the first number of
+    /// `rtt:srtt/rttvar`).
     pub srtt_us: u32,
+    /// Mean deviation of the RTT, µs (`tcp_sock.mdev_us >> 2`; `tcpi_rttvar`; ss: the second
+    /// number of `rtt:srtt/rttvar`).
     pub rttvar_us: u32,
     /// The lowest RTT over the kernel's window (`tcp_min_rtt()`, ss: `minrtt`), µs; `None`
     /// before the first sample (the kernel's ~0U).
     pub min_rtt_us: Option<u32>,
+    /// Segments retransmitted over the connection's life (`tcp_sock.total_retrans`;
+    /// `tcpi_total_retrans`), as in [`Counters::total_retrans`].
     pub total_retrans: u32,
+    /// Retransmissions counted by `tcp:tcp_retransmit_skb` while watched, as in
+    /// [`Counters::retrans_events`].
     pub retrans_events: u32,
     /// Segments the kernel currently counts as lost (`lost_out`, ss: `lost`): a level, not a
     /// total.
     pub lost: u32,
+    /// Bytes of ours the peer acknowledged (`tcp_sock.bytes_acked`), as in
+    /// [`Counters::bytes_acked`].
     pub bytes_acked: u64,
+    /// Bytes received in sequence (`tcp_sock.bytes_received`), as in
+    /// [`Counters::bytes_received`].
     pub bytes_received: u64,
+    /// Data bytes sent, retransmissions included (`tcp_sock.bytes_sent`), as in
+    /// [`Counters::bytes_sent`].
     pub bytes_sent: u64,
-    /// Of `bytes_sent`, the bytes sent again (ss: `bytes_retrans`).
+    /// Of `bytes_sent`, the bytes sent again (`tcp_sock.bytes_retrans`, RFC 4898
+    /// tcpEStatsPerfOctetsRetrans; ss: `bytes_retrans`); 0 on a kernel without the field
+    /// (before 4.19).
     pub bytes_retrans: u64,
-    /// Segments the peer reported receiving twice (D-SACK, ss: `dsack_dups`).
+    /// Segments the peer reported receiving twice (`tcp_sock.dsack_dups`: each D-SACK block's
+    /// length in MSS, rounded up; ss: `dsack_dups`); 0 on a kernel without the field (before
+    /// 4.19).
     pub dsack_dups: u32,
     /// Segments sent and not acknowledged (`packets_out`, ss: `unacked`).
     pub unacked: u32,
@@ -239,21 +306,37 @@ pub struct Health {
     pub send_queue_bytes: u32,
     /// Of those, the bytes not yet sent (ss: `notsent`).
     pub notsent_bytes: u32,
-    /// Bytes received and not yet read (ss: Recv-Q).
+    /// Bytes received and not yet read (`rcv_nxt - copied_seq`, 0 if negative, as
+    /// `tcp_diag_get_info()`'s `idiag_rqueue`; ss: Recv-Q).
     pub rcv_queue: u32,
-    /// Milliseconds since data last arrived, since data was last sent, and since an ACK last
-    /// arrived (ss: `lastrcv`, `lastsnd`, `lastack`), in whole jiffies.
+    /// Milliseconds since data last arrived (`now - icsk_ack.lrcvtime`; `tcpi_last_data_recv`;
+    /// ss: `lastrcv`). Like the two below, measured in jiffies and converted with the kernel's
+    /// `CONFIG_HZ`, so its resolution is one jiffy (1 ms at HZ=1000, 4 ms at 250, 10 ms at 100).
     pub last_data_recv_ms: u32,
+    /// Milliseconds since data was last sent (`now - tcp_sock.lsndtime`;
+    /// `tcpi_last_data_sent`; ss: `lastsnd`), in whole jiffies.
     pub last_data_sent_ms: u32,
+    /// Milliseconds since an ACK last arrived (`now - tcp_sock.rcv_tstamp`;
+    /// `tcpi_last_ack_recv`; ss: `lastack`), in whole jiffies.
     pub last_ack_recv_ms: u32,
     /// The latest delivery-rate sample, bytes per second (`tcp_compute_delivery_rate()`; ss
     /// prints it in bits per second); 0 before the first sample, as `tcp_info` says.
     pub delivery_rate: u64,
-    /// Time busy sending, and limited by the peer's window or our send buffer (chrono stats).
+    /// Time the connection has spent with data to send, µs: the sum of the three chrono
+    /// stats (`tcp_sock.chrono_stat[]` plus the running period, as
+    /// `tcp_get_info_chrono_stats()`), so it includes the two limited times below
+    /// (`tcpi_busy_time`; ss: `busy`). Counted in jiffies, so in steps of one jiffy.
     pub busy_us: u64,
+    /// Of `busy_us`, the time limited by the peer's receive window, µs (the
+    /// `TCP_CHRONO_RWND_LIMITED` stat; `tcpi_rwnd_limited`; ss: `rwnd_limited`).
     pub rwnd_limited_us: u64,
+    /// Of `busy_us`, the time limited by our send buffer, µs (the
+    /// `TCP_CHRONO_SNDBUF_LIMITED` stat; `tcpi_sndbuf_limited`; ss: `sndbuf_limited`).
     pub sndbuf_limited_us: u64,
+    /// Congestion window, segments (`tcp_sock.snd_cwnd`; `tcpi_snd_cwnd`; ss: `cwnd`).
     pub snd_cwnd: u32,
+    /// The peer's advertised receive window, bytes, scale applied (`tcp_sock.snd_wnd`;
+    /// `tcpi_snd_wnd`; ss: `snd_wnd`).
     pub snd_wnd: u32,
 }
 

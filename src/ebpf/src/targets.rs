@@ -18,6 +18,7 @@ use crate::types::{NetRules, PortRule, TargetKey, MAX_RULES, MAX_RULES_PER_NET};
 pub struct TargetSpec {
     /// Remote address block: its address (host bits are ignored) and prefix length.
     pub addr: IpAddr,
+    /// The block's prefix length in bits: at most 32 for IPv4, 128 for IPv6.
     pub prefix_len: u8,
     /// Remote port; `None`: any.
     pub port: Option<u16>,
@@ -28,16 +29,38 @@ pub struct TargetSpec {
 /// Why a target list cannot be put in the maps.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TargetError {
+    /// A prefix longer than its address family allows.
     #[error("target {index}: prefix length {prefix_len} is too long for {addr}")]
     Prefix {
+        /// The target's index in the list.
         index: usize,
+        /// Its address.
         addr: IpAddr,
+        /// Its prefix length, over 32 (IPv4) or 128 (IPv6).
         prefix_len: u8,
     },
+    /// A local port range whose low end is above its high end.
     #[error("target {index}: local port range {lo}-{hi} is empty")]
-    LocalPorts { index: usize, lo: u16, hi: u16 },
+    LocalPorts {
+        /// The target's index in the list.
+        index: usize,
+        /// The range's low end.
+        lo: u16,
+        /// The range's high end, below `lo`.
+        hi: u16,
+    },
+    /// More targets cover one address block than one trie entry's rules can hold
+    /// (`MAX_RULES_PER_NET`, 64).
     #[error("{count} targets cover the address block of target {index}; the kernel filter takes at most {MAX_RULES_PER_NET} per block")]
-    TooManyPerBlock { index: usize, count: usize },
+    TooManyPerBlock {
+        /// The first target (in list order) whose block this is.
+        index: usize,
+        /// The targets whose blocks contain it, each one port rule.
+        count: usize,
+    },
+    /// The port rules of all blocks do not fit in one half of the rules array (`MAX_RULES /
+    /// 2`, 4,096); the count is the rules needed. A rule is repeated in every block nested in
+    /// its target's block.
     #[error("the targets need {0} port rules; the kernel filter holds at most {half}", half = MAX_RULES / 2)]
     TooManyRules(usize),
 }

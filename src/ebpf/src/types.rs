@@ -147,12 +147,28 @@ pub(crate) unsafe trait Pod: Copy + Sized {
     }
 }
 
-// SAFETY: all five are #[repr(C)] structs of integers and integer arrays with explicit padding.
+// Each impl below meets the trait's contract the same way: the struct is `#[repr(C)]`, its
+// fields are only integers (`u8` to `u64`, `i32`) and `[u8; N]` arrays, so every bit pattern
+// is a valid value (`read`), and its padding is explicit `_pad` fields, so none of its bytes
+// is uninitialized (`bytes`): `records_have_no_implicit_padding` checks that the fields tile
+// the struct, and `rust_records_match_the_objects_btf` that size and offsets equal the C
+// struct's in the object's BTF.
+
+// SAFETY: `#[repr(C)]`; u64, u32, i32 and u8 fields and three `[u8; 16]`; 136 bytes, the
+// one-byte `_pad` explicit, no implicit padding (both tests above).
 unsafe impl Pod for RawEvent {}
+// SAFETY: `#[repr(C)]`; u64, u32, u16 and u8 fields and two `[u8; 16]`; 192 bytes with no
+// padding at all (both tests above).
 unsafe impl Pod for RawHealth {}
+// SAFETY: `#[repr(C)]`; a u32, a u8, `[u8; 16]` and the explicit `_pad: [u8; 3]` that fills
+// the struct to its 4-byte alignment (24 bytes); no implicit padding (both tests above).
 unsafe impl Pod for TargetKey {}
+// SAFETY: `#[repr(C)]`; two u32, 8 bytes, no padding (both tests above).
 unsafe impl Pod for NetRules {}
+// SAFETY: `#[repr(C)]`; four u16 (one the explicit `_pad`) then a u32 at offset 8, 12
+// bytes, no implicit padding (both tests above).
 unsafe impl Pod for PortRule {}
+// SAFETY: `#[repr(C)]`; a single u64, 8 bytes, no padding (both tests above).
 unsafe impl Pod for Settings {}
 
 #[cfg(test)]
@@ -195,6 +211,123 @@ mod tests {
             assert_eq!(size, size_of::<$rust>(), "size of struct {}", $c);
             assert_eq!(offsets, vec![$(offset_of!($rust, $field)),*], "offsets of struct {}", $c);
         }};
+    }
+
+    /// The size of a field's type, the field named by a projection (`|r: &T| &r.field`).
+    fn field_size<T, F>(_field: fn(&T) -> &F) -> usize {
+        size_of::<F>()
+    }
+
+    /// Fails when `$t` has implicit padding: listed in declaration order, `_pad` fields
+    /// included, each field must start where the previous one ended (the first at 0), and the
+    /// last end at the struct's size. `Pod::bytes` relies on this.
+    macro_rules! no_implicit_padding {
+        ($t:ty, [$($field:ident),* $(,)?]) => {{
+            let mut end = 0;
+            $(
+                assert_eq!(
+                    offset_of!($t, $field),
+                    end,
+                    "padding before {}.{}",
+                    stringify!($t),
+                    stringify!($field)
+                );
+                end += field_size(|r: &$t| &r.$field);
+            )*
+            assert_eq!(size_of::<$t>(), end, "padding at the end of {}", stringify!($t));
+        }};
+    }
+
+    #[test]
+    fn records_have_no_implicit_padding() {
+        no_implicit_padding!(
+            RawEvent,
+            [
+                ts_ns,
+                sock_cookie,
+                netns_cookie,
+                bytes_acked,
+                bytes_received,
+                bytes_sent,
+                pid,
+                target,
+                total_retrans,
+                retrans_events,
+                rst_reason,
+                sk_err,
+                srtt_us,
+                sport,
+                dport,
+                kind,
+                oldstate,
+                newstate,
+                family,
+                closer,
+                rst,
+                adopted,
+                _pad,
+                comm,
+                saddr,
+                daddr,
+            ]
+        );
+        no_implicit_padding!(
+            RawHealth,
+            [
+                sock_cookie,
+                established_ns,
+                bytes_acked,
+                bytes_received,
+                bytes_sent,
+                bytes_retrans,
+                busy_us,
+                rwnd_limited_us,
+                sndbuf_limited_us,
+                delivery_rate,
+                srtt_us,
+                rttvar_us,
+                min_rtt_us,
+                total_retrans,
+                retrans_events,
+                lost,
+                dsack_dups,
+                unacked,
+                send_queue_bytes,
+                notsent_bytes,
+                rcv_queue,
+                last_data_recv_ms,
+                last_data_sent_ms,
+                last_ack_recv_ms,
+                snd_cwnd,
+                snd_wnd,
+                target,
+                pid,
+                sport,
+                dport,
+                family,
+                state,
+                adopted,
+                closed,
+                saddr,
+                daddr,
+            ]
+        );
+        no_implicit_padding!(TargetKey, [prefixlen, family, addr, _pad]);
+        no_implicit_padding!(NetRules, [first, count]);
+        no_implicit_padding!(PortRule, [rport, lport_lo, lport_hi, _pad, target]);
+        no_implicit_padding!(Settings, [netns_cookie]);
+        assert_eq!(
+            [
+                size_of::<RawEvent>(),
+                size_of::<RawHealth>(),
+                size_of::<TargetKey>(),
+                size_of::<NetRules>(),
+                size_of::<PortRule>(),
+                size_of::<Settings>(),
+            ],
+            [136, 192, 24, 8, 12, 8],
+            "the sizes the SAFETY comments state"
+        );
     }
 
     /// One place for each fact: the header is the source, and this fails when the Rust
