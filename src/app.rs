@@ -583,6 +583,7 @@ fn initial_state(
         events: mode.clone(),
         host: host.to_string(),
         source: source.kind(),
+        source_reason: source.why_chosen(),
         capabilities: source.capabilities(),
         interval: settings.poll.interval,
         started: Timestamp::now(),
@@ -618,6 +619,15 @@ fn open_source(settings: &Settings) -> Result<Box<dyn source::Source>, RunError>
         settings.poll.reconcile_interval,
     )?;
     source.set_health_interval(settings.poll.health_interval);
+    if settings.poll.source != source::SourceKind::Auto {
+        // `auto` said it when it chose.
+        tracing::info!(
+            source = source.kind().as_str(),
+            reason = source.why_chosen().unwrap_or_default(),
+            "connection source selected: {}",
+            source.kind().as_str()
+        );
+    }
     say_health_interval(settings, source.kind(), source.capabilities());
     Ok(source)
 }

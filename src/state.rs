@@ -26,6 +26,8 @@ pub const UNHEALTHY_AFTER_INTERVALS: u32 = 3;
 pub struct Meta {
     pub host: String,
     pub source: SourceKind,
+    /// Why that source runs (configured, or what `auto` passed over), and how it works here.
+    pub source_reason: Option<String>,
     /// What the source can do (what `/health` says it measures).
     pub capabilities: Capabilities,
     pub interval: Duration,
@@ -155,6 +157,7 @@ impl State {
             timestamp: rfc3339(now.wall),
             hostname: self.meta.host.clone(),
             source: self.meta.source.as_str(),
+            source_reason: self.meta.source_reason.clone(),
             events: self.meta.events.clone(),
             poll_interval_seconds: self.meta.interval.as_secs_f64(),
             active_connections: self.active_count(),
@@ -234,6 +237,10 @@ pub struct HealthView {
     pub timestamp: String,
     pub hostname: String,
     pub source: &'static str,
+    /// Why that source runs: configured, or what `auto` passed over and why; for eBPF mode,
+    /// how its health pass walks the sessions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_reason: Option<String>,
     /// `{"mode": "kernel_events"}`, or `{"mode": "polling", "reason": "..."}`.
     pub events: Mode,
     pub poll_interval_seconds: f64,
@@ -284,6 +291,7 @@ mod tests {
         let s = State::initial(Meta {
             host: "h".into(),
             source: SourceKind::Procfs,
+            source_reason: None,
             capabilities: crate::source::procfs::ProcfsSource::CAPABILITIES,
             interval: Duration::from_secs(1),
             started: t0,

@@ -213,6 +213,70 @@ pub trait Source: Send {
     fn inode(&self, _id: u64) -> Option<u64> {
         None
     }
+
+    /// Why this source runs: configured, or what `auto` passed over and why; for the eBPF
+    /// source also how its health pass walks the sessions. `/health` and the log say it.
+    fn why_chosen(&self) -> Option<String> {
+        None
+    }
+
+    /// What the source can say about how it works here beyond its kind (the eBPF source: its
+    /// health pass), for [`Source::why_chosen`].
+    fn detail(&self) -> Option<String> {
+        None
+    }
+}
+
+/// A source as [`open_with`] hands it out: the source itself, and why it was chosen.
+struct Chosen {
+    inner: Box<dyn Source>,
+    why: String,
+}
+
+impl Chosen {
+    fn boxed(inner: Box<dyn Source>, why: String) -> Box<dyn Source> {
+        let why = match inner.detail() {
+            Some(detail) => format!("{why}; {detail}"),
+            None => why,
+        };
+        Box::new(Chosen { inner, why })
+    }
+}
+
+impl Source for Chosen {
+    fn kind(&self) -> SourceKind {
+        self.inner.kind()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    fn poll(&mut self, out: &mut Vec<SocketEntry>) -> Result<(), SourceError> {
+        self.inner.poll(out)
+    }
+    fn take_events(&mut self, now: Timestamp, out: &mut Vec<SocketEvent>) {
+        self.inner.take_events(now, out)
+    }
+    fn news(&self) -> PollNews {
+        self.inner.news()
+    }
+    fn event_counts(&self) -> EventCounts {
+        self.inner.event_counts()
+    }
+    fn set_health_interval(&mut self, every: Option<std::time::Duration>) {
+        self.inner.set_health_interval(every)
+    }
+    fn keep_inodes(&mut self) {
+        self.inner.keep_inodes()
+    }
+    fn inode(&self, id: u64) -> Option<u64> {
+        self.inner.inode(id)
+    }
+    fn why_chosen(&self) -> Option<String> {
+        Some(self.why.clone())
+    }
+    fn detail(&self) -> Option<String> {
+        self.inner.detail()
+    }
 }
 
 /// [`open_with`] for one poll (`fix-monitor snapshot`): `Auto` does not try eBPF there, since
@@ -235,6 +299,21 @@ pub fn open_oneshot(
 /// one works): see README, "eBPF mode". `reconcile_interval` is the eBPF source's time between
 /// two reconciling dumps.
 pub fn open_with(
+    kind: SourceKind,
+    targets: &Targets,
+    reconcile_interval: std::time::Duration,
+) -> Result<Box<dyn Source>, SourceError> {
+    match kind {
+        SourceKind::Auto => open_auto(targets, true, reconcile_interval),
+        k => Ok(Chosen::boxed(
+            open_kind(k, targets, reconcile_interval)?,
+            format!("configured (poll.source = \"{}\")", k.as_str()),
+        )),
+    }
+}
+
+/// One source by its kind, unwrapped (`Auto` resolved by [`open_auto`]).
+fn open_kind(
     kind: SourceKind,
     targets: &Targets,
     reconcile_interval: std::time::Duration,
@@ -280,7 +359,7 @@ fn open_auto(
         if k == SourceKind::Ebpf && !(with_ebpf && cfg!(target_os = "linux")) {
             continue;
         }
-        match open_with(k, targets, reconcile_interval).and_then(|mut s| {
+        match open_kind(k, targets, reconcile_interval).and_then(|mut s| {
             // A source that opens but cannot answer is no use: try one poll.
             s.poll(&mut Vec::new()).map(|_| s)
         }) {
@@ -294,9 +373,10 @@ fn open_auto(
                 } else {
                     passed_over.join("; ")
                 };
+                let s = Chosen::boxed(s, format!("auto: {reason}"));
                 tracing::info!(
                     source = k.as_str(),
-                    %reason,
+                    reason = s.why_chosen().unwrap_or_default(),
                     "connection source selected: {}",
                     k.as_str()
                 );

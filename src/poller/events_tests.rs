@@ -41,6 +41,7 @@ fn live_an_overflow_is_counted_and_the_totals_stay_exact() {
         NetlinkSource::CAPABILITIES,
     );
     let initial = State::initial(Meta {
+        source_reason: None,
         host: "h".into(),
         source: SourceKind::Netlink,
         capabilities: NetlinkSource::CAPABILITIES,

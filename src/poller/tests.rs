@@ -159,6 +159,7 @@ fn rig_with(
         crate::source::procfs::ProcfsSource::CAPABILITIES,
     );
     let initial = State::initial(Meta {
+        source_reason: None,
         host: "h".into(),
         source: SourceKind::Procfs,
         capabilities: crate::source::procfs::ProcfsSource::CAPABILITIES,
@@ -539,6 +540,7 @@ fn transitions_poller(
     instruments: Instruments,
 ) -> (Poller, StateReader) {
     let initial = State::initial(Meta {
+        source_reason: None,
         host: "h".into(),
         source: SourceKind::Ebpf,
         capabilities: crate::source::ebpf::EbpfSource::CAPABILITIES,

@@ -174,6 +174,13 @@ fn auto_without_capabilities_takes_netlink_and_names_what_ebpf_lacks() {
     assert_eq!(status_field(sidecar.pid(), "CapEff:"), "0000000000000000");
     let health = sidecar.json("/health");
     assert_eq!(health["source"], "netlink", "{health}");
+    assert!(
+        health["source_reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("auto: ebpf not used: ")
+                && r.contains("lacks CAP_BPF and CAP_PERFMON")),
+        "{health}"
+    );
     assert_eq!(health["session_health"]["available"], true, "{health}");
     let (status, log) = sidecar.terminate();
     assert!(status.success(), "{status}: {log}");

@@ -320,6 +320,19 @@ impl Source for EbpfSource {
         self.next_health = None;
     }
 
+    fn detail(&self) -> Option<String> {
+        Some(match self.monitor.health_walk() {
+            HealthWalk::StorageMap => "health pass: the socket-storage iterator \
+                (iter/bpf_sk_storage_map), one record per watched session"
+                .to_string(),
+            HealthWalk::LiveTable { why } => format!(
+                "health pass: the table of watched sessions, run with BPF_PROG_TEST_RUN, one \
+                 record per watched session (this kernel refused the socket-storage iterator: \
+                 {why})"
+            ),
+        })
+    }
+
     fn poll(&mut self, out: &mut Vec<SocketEntry>) -> Result<(), SourceError> {
         // Until this poll has worked, the loop must assume anything changed.
         self.news = PollNews::EVERYTHING;
