@@ -83,9 +83,9 @@ impl RawTarget {
 /// Each check takes the value as figment holds it (a variable or flag gives a string, so
 /// numbers and booleans are also read from text) and returns the typed value, or what is wrong
 /// and what is allowed. Each is a serde `with` module: its `serialize` writes the value as the
-/// file takes it ([`Show`]), for `fix-monitor config`.
+/// file takes it (as it is, or through the function after the parser), for `fix-monitor config`.
 macro_rules! checks {
-    ($($name:ident -> $ty:ty = $parse:expr;)*) => {
+    ($($name:ident -> $ty:ty = $parse:expr $(, $show:expr)?;)*) => {
         pub(crate) mod check {$(
             pub(crate) mod $name {
                 use super::super::*;
@@ -94,21 +94,33 @@ macro_rules! checks {
                     let value = <Value as Deserialize>::deserialize(d)?;
                     ($parse)(&value).map(T::from).map_err(D::Error::custom)
                 }
-                pub(crate) fn serialize<S: Serializer, T: Show>(v: &T, s: S) -> Result<S::Ok, S::Error> {
-                    v.show(s)
+                pub(crate) fn serialize<S, T>(v: &T, s: S) -> Result<S::Ok, S::Error>
+                where S: Serializer, T: Clone + Into<Option<$ty>> {
+                    let v: Option<$ty> = v.clone().into();
+                    v.as_ref().map(shown!($($show)?)).serialize(s)
                 }
             }
         )*}
     };
 }
 
+macro_rules! shown {
+    () => {
+        Clone::clone
+    };
+    ($show:expr) => {
+        $show
+    };
+}
+
 checks! {
     name -> String = parse_name;
     text -> String = |v: &Value| v.as_str().map(str::to_owned).ok_or("expected a string");
-    address -> IpNet = parse_address;
+    address -> IpNet = parse_address, show_net;
     port -> u16 = parse_port;
-    port_range -> PortRange = parse_range;
-    interval -> Duration = parse_interval;
+    port_range -> PortRange = parse_range, |r: &PortRange| [r.start, r.end];
+    interval -> Duration = parse_interval,
+        |d: &Duration| humantime::format_duration(*d).to_string();
     boolean -> bool = parse_bool;
     listen -> SocketAddr = parse_listen;
     log_level -> String = parse_log_level;
@@ -122,52 +134,11 @@ checks! {
     glob -> String = parse_glob;
 }
 
-/// A checked value written back as the file takes it.
-pub(crate) trait Show {
-    fn show<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error>;
-}
-
-macro_rules! show_as_serde {
-    ($($ty:ty),*) => {$(
-        impl Show for $ty {
-            fn show<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                self.serialize(s)
-            }
-        }
-    )*};
-}
-show_as_serde!(String, Vec<String>, u16, bool, PathBuf);
-show_as_serde!(SocketAddr, SourceKind, LogFormat);
-show_as_serde!(OtlpTemporality, OtlpProtocol);
-
-impl<T: Show> Show for Option<T> {
-    fn show<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Some(v) => v.show(s),
-            None => s.serialize_none(),
-        }
-    }
-}
-
-impl Show for Duration {
-    fn show<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_duration(*self))
-    }
-}
-
-impl Show for IpNet {
-    /// A single address without its prefix length, as it was most likely written.
-    fn show<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self.prefix_len() == self.max_prefix_len() {
-            true => s.collect_str(&self.addr()),
-            false => s.collect_str(self),
-        }
-    }
-}
-
-impl Show for PortRange {
-    fn show<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        [self.start, self.end].serialize(s)
+/// A single address without its prefix length, as it was most likely written.
+fn show_net(net: &IpNet) -> String {
+    match net.prefix_len() == net.max_prefix_len() {
+        true => net.addr().to_string(),
+        false => net.to_string(),
     }
 }
 
