@@ -265,21 +265,18 @@ fn remove(tree: &mut Dict, path: &[String]) -> bool {
 /// Every key of the tree (tables, lists and values) with its origin.
 pub(crate) fn origins(figment: &Figment, tree: &Dict) -> BTreeMap<String, Origin> {
     fn walk(figment: &Figment, key: String, field: &str, value: &Value, out: &mut Origins) {
-        let children: Vec<(String, &str, &Value)> = match value {
-            Value::Dict(_, dict) => dict
-                .iter()
-                .map(|(k, v)| (format!("{key}.{k}"), &**k, v))
-                .collect(),
-            Value::Array(_, items) => {
-                let items = items.iter().enumerate();
-                items
-                    .map(|(i, v)| (format!("{key}[{i}]"), field, v))
-                    .collect()
+        match value {
+            Value::Dict(_, dict) => {
+                for (k, v) in dict {
+                    walk(figment, format!("{key}.{k}"), k, v, out);
+                }
             }
-            _ => Vec::new(),
-        };
-        for (key, field, value) in children {
-            walk(figment, key, field, value, out);
+            Value::Array(_, items) => {
+                for (i, v) in items.iter().enumerate() {
+                    walk(figment, format!("{key}[{i}]"), field, v, out);
+                }
+            }
+            _ => {}
         }
         out.insert(key, layers::origin_of(figment, value.tag(), field));
     }
@@ -383,24 +380,18 @@ fn targets(raw: Option<Vec<RawTarget>>, cx: &mut Context) -> (Targets, Vec<Vec<S
          FIX_MONITOR_TARGETS",
         cx.config_path.display()
     );
-    let items = match raw {
-        None if cx.file_failed || cx.failed.contains("targets") => Vec::new(),
-        None => {
-            cx.errors
-                .push(ConfigError::new(NoTargets, "targets", no_targets));
-            Vec::new()
-        }
-        Some(items) => {
-            if items.is_empty() {
-                cx.report(NoTargets, "targets", "[]".into(), no_targets);
-            }
-            items
-        }
-    };
+    match &raw {
+        Some(items) if items.is_empty() => cx.report(NoTargets, "targets", "[]".into(), no_targets),
+        Some(_) => {}
+        None if cx.file_failed || cx.failed.contains("targets") => {}
+        None => cx
+            .errors
+            .push(ConfigError::new(NoTargets, "targets", no_targets)),
+    }
     let (mut targets, mut comp_ids) = (Vec::new(), Vec::new());
     // Name -> index in the configuration of the first target with it.
     let mut names: BTreeMap<String, usize> = BTreeMap::new();
-    for (i, t) in items.into_iter().enumerate() {
+    for (i, t) in raw.into_iter().flatten().enumerate() {
         let path = format!("targets[{i}]");
         if cx.failed.iter().any(|k| k.starts_with(&path)) {
             continue;
@@ -683,16 +674,13 @@ fn parse_enum<T: DeserializeOwned>(value: &Value, allowed: &str) -> Result<T, St
 }
 
 fn parse_protocol(value: &Value) -> Result<OtlpProtocol, String> {
-    if value
+    let json = value
         .as_str()
-        .is_some_and(|t| t.trim().eq_ignore_ascii_case("http/json"))
-    {
-        return Err(format!(
-            "OTLP/HTTP with JSON bodies is not supported; expected one of: {}",
-            OtlpProtocol::VARIANTS.join(", ")
-        ));
-    }
-    parse_enum(value, &OtlpProtocol::VARIANTS.join(", "))
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("http/json"));
+    parse_enum(value, &OtlpProtocol::VARIANTS.join(", ")).map_err(|e| match json {
+        true => format!("OTLP/HTTP with JSON bodies is not supported; {e}"),
+        false => e,
+    })
 }
 
 /// An OTLP endpoint: an absolute http(s) URL with a host, without credentials, query or
