@@ -250,11 +250,8 @@ fn remove(tree: &mut Dict, path: &[String]) -> bool {
         Some((last, [])) => tree.remove(last).is_some(),
         Some((last, parent)) => match at(tree, parent) {
             Some(Value::Dict(_, dict)) => dict.remove(last).is_some(),
-            Some(Value::Array(_, items)) => last
-                .parse::<usize>()
-                .ok()
-                .and_then(|i| items.get_mut(i))
-                .map(|item| *item = Value::from(Dict::new()))
+            Some(Value::Array(..)) => at(tree, path)
+                .map(|item| *item = Dict::new().into())
                 .is_some(),
             _ => false,
         },
