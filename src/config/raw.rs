@@ -104,6 +104,7 @@ macro_rules! checks {
     };
 }
 
+/// A check's `show` function: the one given, else the value as it is.
 macro_rules! shown {
     () => {
         Clone::clone
