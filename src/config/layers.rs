@@ -36,44 +36,30 @@ pub(crate) const ENV_OTEL_METRICS_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_METRICS_E
 /// `fix-monitor config` can show them.
 pub(crate) const RESOURCE_VARS: &[&str] = &["OTEL_RESOURCE_ATTRIBUTES", "OTEL_SERVICE_NAME"];
 
-/// How a standard OpenTelemetry variable's text becomes a value of our schema.
-#[derive(Clone, Copy, PartialEq)]
-enum OtelValue {
-    /// Taken whole, as a string.
-    Text,
-    /// Integer milliseconds (`5000`), as the specification has it; kept as `"5000ms"` so that
-    /// our duration parser (where a bare integer means seconds) reads it right.
-    Millis,
-    /// `key=value,key=value` with percent-encoded values (the W3C baggage format).
-    Headers,
-}
-
 /// The standard variables fix-monitor honours, below its own layers, and the key each sets.
 /// In this order: a signal-specific `OTEL_EXPORTER_OTLP_METRICS_*` comes after, and so beats,
-/// its generic `OTEL_EXPORTER_OTLP_*`.
-fn otel_vars() -> impl Iterator<Item = (String, &'static str, OtelValue)> {
-    use OtelValue::*;
+/// its generic `OTEL_EXPORTER_OTLP_*`. How a value is read depends on its key ([`otel_layers`]).
+fn otel_vars() -> impl Iterator<Item = (String, &'static str)> {
     let both = [
-        ("ENDPOINT", "otlp.endpoint", Text),
-        ("PROTOCOL", "otlp.protocol", Text),
-        ("HEADERS", "otlp.headers", Headers),
-        ("TIMEOUT", "otlp.timeout", Millis),
-        ("CERTIFICATE", "otlp.tls.ca_file", Text),
-        ("CLIENT_CERTIFICATE", "otlp.tls.cert_file", Text),
-        ("CLIENT_KEY", "otlp.tls.key_file", Text),
+        ("ENDPOINT", "otlp.endpoint"),
+        ("PROTOCOL", "otlp.protocol"),
+        ("HEADERS", "otlp.headers"),
+        ("TIMEOUT", "otlp.timeout"),
+        ("CERTIFICATE", "otlp.tls.ca_file"),
+        ("CLIENT_CERTIFICATE", "otlp.tls.cert_file"),
+        ("CLIENT_KEY", "otlp.tls.key_file"),
     ];
     let one = [
-        ("OTEL_METRIC_EXPORT_INTERVAL", "otlp.interval", Millis),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "otlp.interval"),
         (
             "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
             "otlp.temporality",
-            Text,
         ),
     ];
-    let both = both.into_iter().flat_map(|(name, key, kind)| {
-        ["", "METRICS_"].map(|signal| (format!("OTEL_EXPORTER_OTLP_{signal}{name}"), key, kind))
+    let both = both.into_iter().flat_map(|(name, key)| {
+        ["", "METRICS_"].map(|signal| (format!("OTEL_EXPORTER_OTLP_{signal}{name}"), key))
     });
-    both.chain(one.map(|(name, key, kind)| (name.to_owned(), key, kind)))
+    both.chain(one.map(|(name, key)| (name.to_owned(), key)))
 }
 
 // Provider names; `origin_of` maps them back to `Origin` variants.
@@ -85,7 +71,7 @@ pub(crate) fn is_ours(name: &str) -> bool {
     name.starts_with(ENV_PREFIX)
         || [ENV_LEGACY_IP, ENV_LEGACY_PORT].contains(&name)
         || RESOURCE_VARS.contains(&name)
-        || otel_vars().any(|(var, _, _)| var == name)
+        || otel_vars().any(|(var, _)| var == name)
 }
 
 /// Parses TOML text into a (still untyped) tree.
@@ -254,16 +240,16 @@ fn lowercase_headers(layer: &mut Layer, errors: &mut Vec<ConfigError>) {
 /// The standard OpenTelemetry variables, one layer each, in [`otel_vars`] order.
 fn otel_layers(env: &BTreeMap<String, String>, errors: &mut Vec<ConfigError>) -> Vec<Layer> {
     let mut layers = Vec::new();
-    for (name, key, kind) in otel_vars() {
+    for (name, key) in otel_vars() {
         let Some(raw) = env.get(&name).map(|v| v.trim()).filter(|v| !v.is_empty()) else {
             continue;
         };
-        let value = match (kind, raw.parse::<u64>()) {
-            (OtelValue::Millis, Ok(ms)) => Value::from(format!("{ms}ms")),
-            // Not what the specification allows, but "5s" is clear enough: let the duration
-            // parser judge it, naming this variable if it fails.
-            (OtelValue::Text | OtelValue::Millis, _) => Value::from(raw.to_owned()),
-            (OtelValue::Headers, _) => match parse_otel_headers(raw) {
+        let value = match (key, raw.parse::<u64>()) {
+            // Durations are integer milliseconds, as the specification has it; kept as "5000ms"
+            // so that our duration parser (where a bare integer means seconds) reads them right.
+            ("otlp.timeout" | "otlp.interval", Ok(ms)) => Value::from(format!("{ms}ms")),
+            // `key=value,key=value` with percent-encoded values (the W3C baggage format).
+            ("otlp.headers", _) => match parse_otel_headers(raw) {
                 Ok(dict) => Value::from(dict),
                 Err(message) => {
                     let error = ConfigError::new(InvalidValue, key, message);
@@ -271,6 +257,9 @@ fn otel_layers(env: &BTreeMap<String, String>, errors: &mut Vec<ConfigError>) ->
                     continue;
                 }
             },
+            // Taken whole, as a string. A duration such as "5s" is not what the specification
+            // allows, but clear enough: the duration parser judges it, naming this variable.
+            _ => Value::from(raw.to_owned()),
         };
         layers.push(Layer::single(ENV_LAYER, &name, key, value));
     }

@@ -542,7 +542,7 @@ where
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && named_by.is_none() => Ok(None),
         Err(e) => Err(ConfigError {
             origin: named_by,
-            ..file_error(&path, format!("cannot read the config file: {e}"))
+            ..read_error(&path, e)
         }),
     };
     assemble(args, &env, &path, text, check)
@@ -557,19 +557,18 @@ pub fn parse_toml_str(text: &str, path: impl AsRef<Path>) -> Result<Loaded, Conf
 /// [`parse_toml_str`] on the bytes of a reader.
 pub fn parse_reader(mut reader: impl Read, path: impl AsRef<Path>) -> Result<Loaded, ConfigErrors> {
     let (path, mut text) = (path.as_ref(), String::new());
-    let text = match reader.read_to_string(&mut text) {
-        Ok(_) => Ok(Some(text)),
-        Err(e) => Err(file_error(
-            path,
-            format!("cannot read the config file: {e}"),
-        )),
-    };
+    let read = reader.read_to_string(&mut text);
+    let text = read.map(|_| Some(text)).map_err(|e| read_error(path, e));
     let (args, env) = (ConfigArgs::default(), BTreeMap::new());
     assemble(&args, &env, path, text, |_| Ok(())).map(|(loaded, ())| loaded)
 }
 
 fn file_error(path: &Path, message: String) -> ConfigError {
     ConfigError::new(ErrorKind::File, path.display().to_string(), message)
+}
+
+fn read_error(path: &Path, error: std::io::Error) -> ConfigError {
+    file_error(path, format!("cannot read the config file: {error}"))
 }
 
 /// The pure core: file content, environment and flags in; settings (with defaults where values
@@ -582,23 +581,20 @@ fn assemble<T>(
     text: Result<Option<String>, ConfigError>,
     check: impl FnOnce(&Loaded) -> Result<T, ConfigErrors>,
 ) -> Result<(Loaded, T), ConfigErrors> {
-    let mut errors = Vec::new();
-    let (dict, config_file) = match text {
-        Ok(Some(text)) => {
-            let dict = layers::parse_toml(&text).map_err(|message| {
-                errors.push(file_error(path, format!("not valid TOML: {message}")))
-            });
-            (Some(dict), ConfigFile::Read(path.to_path_buf()))
-        }
-        Ok(None) => (None, ConfigFile::Absent(path.to_path_buf())),
-        Err(error) => {
-            errors.push(error);
-            (Some(Err(())), ConfigFile::Absent(path.to_path_buf()))
-        }
+    let config_file = match &text {
+        Ok(Some(_)) => ConfigFile::Read(path.to_path_buf()),
+        _ => ConfigFile::Absent(path.to_path_buf()),
+    };
+    let parse = |text: String| {
+        let dict = layers::parse_toml(&text);
+        dict.map_err(|message| file_error(path, format!("not valid TOML: {message}")))
+    };
+    let (file, mut errors) = match text.and_then(|text| text.map(parse).transpose()) {
+        Ok(dict) => (dict.map(|dict| (path, dict)), Vec::new()),
+        Err(error) => (None, vec![error]),
     };
     // A broken file may well have held the targets: saying "no targets" would mislead.
-    let file_failed = matches!(dict, Some(Err(())));
-    let file = dict.and_then(Result::ok).map(|dict| (path, dict));
+    let file_failed = !errors.is_empty();
     let figment = layers::build(file, env, args, &mut errors);
     let (raw, tree, failed) = raw::extract(&figment, &mut errors);
     let origins = raw::origins(&figment, &tree);

@@ -83,9 +83,9 @@ impl RawTarget {
 /// Each check takes the value as figment holds it (a variable or flag gives a string, so
 /// numbers and booleans are also read from text) and returns the typed value, or what is wrong
 /// and what is allowed. Each is a serde `with` module: its `serialize` writes the value as the
-/// file takes it ([`Show`]), for `fix-monitor config`.
+/// file takes it (as it is, or through the function after the parser), for `fix-monitor config`.
 macro_rules! checks {
-    ($($name:ident -> $ty:ty = $parse:expr;)*) => {
+    ($($name:ident -> $ty:ty = $parse:expr $(, $show:expr)?;)*) => {
         pub(crate) mod check {$(
             pub(crate) mod $name {
                 use super::super::*;
@@ -94,21 +94,34 @@ macro_rules! checks {
                     let value = <Value as Deserialize>::deserialize(d)?;
                     ($parse)(&value).map(T::from).map_err(D::Error::custom)
                 }
-                pub(crate) fn serialize<S: Serializer, T: Show>(v: &T, s: S) -> Result<S::Ok, S::Error> {
-                    v.show(s)
+                pub(crate) fn serialize<S, T>(v: &T, s: S) -> Result<S::Ok, S::Error>
+                where S: Serializer, T: Clone + Into<Option<$ty>> {
+                    let v: Option<$ty> = v.clone().into();
+                    v.as_ref().map(shown!($($show)?)).serialize(s)
                 }
             }
         )*}
     };
 }
 
+/// A check's `show` function: the one given, else the value as it is.
+macro_rules! shown {
+    () => {
+        Clone::clone
+    };
+    ($show:expr) => {
+        $show
+    };
+}
+
 checks! {
     name -> String = parse_name;
     text -> String = |v: &Value| v.as_str().map(str::to_owned).ok_or("expected a string");
-    address -> IpNet = parse_address;
+    address -> IpNet = parse_address, show_net;
     port -> u16 = parse_port;
-    port_range -> PortRange = parse_range;
-    interval -> Duration = parse_interval;
+    port_range -> PortRange = parse_range, |r: &PortRange| [r.start, r.end];
+    interval -> Duration = parse_interval,
+        |d: &Duration| humantime::format_duration(*d).to_string();
     boolean -> bool = parse_bool;
     listen -> SocketAddr = parse_listen;
     log_level -> String = parse_log_level;
@@ -122,52 +135,11 @@ checks! {
     glob -> String = parse_glob;
 }
 
-/// A checked value written back as the file takes it.
-pub(crate) trait Show {
-    fn show<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error>;
-}
-
-macro_rules! show_as_serde {
-    ($($ty:ty),*) => {$(
-        impl Show for $ty {
-            fn show<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                self.serialize(s)
-            }
-        }
-    )*};
-}
-show_as_serde!(String, Vec<String>, u16, bool, PathBuf);
-show_as_serde!(SocketAddr, SourceKind, LogFormat);
-show_as_serde!(OtlpTemporality, OtlpProtocol);
-
-impl<T: Show> Show for Option<T> {
-    fn show<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Some(v) => v.show(s),
-            None => s.serialize_none(),
-        }
-    }
-}
-
-impl Show for Duration {
-    fn show<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_duration(*self))
-    }
-}
-
-impl Show for IpNet {
-    /// A single address without its prefix length, as it was most likely written.
-    fn show<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self.prefix_len() == self.max_prefix_len() {
-            true => s.collect_str(&self.addr()),
-            false => s.collect_str(self),
-        }
-    }
-}
-
-impl Show for PortRange {
-    fn show<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        [self.start, self.end].serialize(s)
+/// A single address without its prefix length, as it was most likely written.
+fn show_net(net: &IpNet) -> String {
+    match net.prefix_len() == net.max_prefix_len() {
+        true => net.addr().to_string(),
+        false => net.to_string(),
     }
 }
 
@@ -279,11 +251,8 @@ fn remove(tree: &mut Dict, path: &[String]) -> bool {
         Some((last, [])) => tree.remove(last).is_some(),
         Some((last, parent)) => match at(tree, parent) {
             Some(Value::Dict(_, dict)) => dict.remove(last).is_some(),
-            Some(Value::Array(_, items)) => last
-                .parse::<usize>()
-                .ok()
-                .and_then(|i| items.get_mut(i))
-                .map(|item| *item = Value::from(Dict::new()))
+            Some(Value::Array(..)) => at(tree, path)
+                .map(|item| *item = Dict::new().into())
                 .is_some(),
             _ => false,
         },
@@ -294,21 +263,18 @@ fn remove(tree: &mut Dict, path: &[String]) -> bool {
 /// Every key of the tree (tables, lists and values) with its origin.
 pub(crate) fn origins(figment: &Figment, tree: &Dict) -> BTreeMap<String, Origin> {
     fn walk(figment: &Figment, key: String, field: &str, value: &Value, out: &mut Origins) {
-        let children: Vec<(String, &str, &Value)> = match value {
-            Value::Dict(_, dict) => dict
-                .iter()
-                .map(|(k, v)| (format!("{key}.{k}"), &**k, v))
-                .collect(),
-            Value::Array(_, items) => {
-                let items = items.iter().enumerate();
-                items
-                    .map(|(i, v)| (format!("{key}[{i}]"), field, v))
-                    .collect()
+        match value {
+            Value::Dict(_, dict) => {
+                for (k, v) in dict {
+                    walk(figment, format!("{key}.{k}"), k, v, out);
+                }
             }
-            _ => Vec::new(),
-        };
-        for (key, field, value) in children {
-            walk(figment, key, field, value, out);
+            Value::Array(_, items) => {
+                for (i, v) in items.iter().enumerate() {
+                    walk(figment, format!("{key}[{i}]"), field, v, out);
+                }
+            }
+            _ => {}
         }
         out.insert(key, layers::origin_of(figment, value.tag(), field));
     }
@@ -412,24 +378,18 @@ fn targets(raw: Option<Vec<RawTarget>>, cx: &mut Context) -> (Targets, Vec<Vec<S
          FIX_MONITOR_TARGETS",
         cx.config_path.display()
     );
-    let items = match raw {
-        None if cx.file_failed || cx.failed.contains("targets") => Vec::new(),
-        None => {
-            cx.errors
-                .push(ConfigError::new(NoTargets, "targets", no_targets));
-            Vec::new()
-        }
-        Some(items) => {
-            if items.is_empty() {
-                cx.report(NoTargets, "targets", "[]".into(), no_targets);
-            }
-            items
-        }
-    };
+    match &raw {
+        Some(items) if items.is_empty() => cx.report(NoTargets, "targets", "[]".into(), no_targets),
+        Some(_) => {}
+        None if cx.file_failed || cx.failed.contains("targets") => {}
+        None => cx
+            .errors
+            .push(ConfigError::new(NoTargets, "targets", no_targets)),
+    }
     let (mut targets, mut comp_ids) = (Vec::new(), Vec::new());
     // Name -> index in the configuration of the first target with it.
     let mut names: BTreeMap<String, usize> = BTreeMap::new();
-    for (i, t) in items.into_iter().enumerate() {
+    for (i, t) in raw.into_iter().flatten().enumerate() {
         let path = format!("targets[{i}]");
         if cx.failed.iter().any(|k| k.starts_with(&path)) {
             continue;
@@ -712,16 +672,13 @@ fn parse_enum<T: DeserializeOwned>(value: &Value, allowed: &str) -> Result<T, St
 }
 
 fn parse_protocol(value: &Value) -> Result<OtlpProtocol, String> {
-    if value
+    let json = value
         .as_str()
-        .is_some_and(|t| t.trim().eq_ignore_ascii_case("http/json"))
-    {
-        return Err(format!(
-            "OTLP/HTTP with JSON bodies is not supported; expected one of: {}",
-            OtlpProtocol::VARIANTS.join(", ")
-        ));
-    }
-    parse_enum(value, &OtlpProtocol::VARIANTS.join(", "))
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("http/json"));
+    parse_enum(value, &OtlpProtocol::VARIANTS.join(", ")).map_err(|e| match json {
+        true => format!("OTLP/HTTP with JSON bodies is not supported; {e}"),
+        false => e,
+    })
 }
 
 /// An OTLP endpoint: an absolute http(s) URL with a host, without credentials, query or
