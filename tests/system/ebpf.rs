@@ -467,7 +467,8 @@ fn unrelated_churn_does_not_cross_to_user_space() {
 
 /// The eBPF source as the sidecar polls it: a session open before it started comes from the
 /// seeding dump (with health from the pass: the start adopted it), later ones from the ring;
-/// and after the ring overflowed, the reconciling dump leaves the set exact.
+/// and after the ring overflowed, the reconcile from the programs' table of watched sessions
+/// (no dump) leaves the set exact.
 #[test]
 fn the_source_seeds_follows_and_reconciles_after_an_overflow() {
     let downstream = crate::harness::Downstream::listen("127.0.0.1:0");
@@ -501,6 +502,10 @@ fn the_source_seeds_follows_and_reconciles_after_an_overflow() {
     assert_eq!(locals(&mut src), want, "exact after the reconcile");
     let s = src.stats();
     assert!(s.lost > 0 && s.overflows == 1 && s.reconciles == 2, "{s:?}");
+    assert_eq!(
+        s.dump_reconciles, 1,
+        "only the start dumps; the overflow is reconciled from the programs' table: {s:?}"
+    );
     let c = src.monitor().counters().unwrap();
     assert_eq!(c.lost, s.lost);
     src.take_changes();

@@ -4,11 +4,15 @@
 //!
 //! A poll reads the ring buffer and applies each open and close to the set; it costs what the
 //! targets' own traffic costs, whatever the number of other sockets on the host. A full
-//! `sock_diag` dump (the netlink source, with its kernel filter) seeds the set at start and
-//! reconciles it every `reconcile_interval` and after any record the ring buffer dropped, so
-//! that a missed change cannot stay wrong for long. A dump replaces the set; changes read
-//! after it are applied only if the kernel stamped them after the dump began (the ring is
-//! read in order), so a close that raced the dump is neither lost nor applied twice.
+//! `sock_diag` dump (the netlink source, with its kernel filter) seeds the set at start. Every
+//! `reconcile_interval`, and after any record the ring buffer dropped, the set is reconciled
+//! with the programs' own table of watched, established sessions (the health pass, which
+//! returns every one of them with its state): a missed change cannot stay wrong for long, and
+//! the reconcile costs per watched session, not per socket of the host. Only when the kernel
+//! counted a session it had no room for (its live table or socket storage full) does a
+//! reconcile take a full dump again. A reconcile replaces the set; changes read after it are
+//! applied only if the kernel stamped them after it began (the ring is read in order), so a
+//! close that raced it is neither lost nor applied twice.
 //!
 //! Sessions are known by their socket cookie (the program reads it when it starts watching a
 //! socket; the dump carries the same cookie), so a 4-tuple reused by a new socket is a new
@@ -38,13 +42,17 @@ use crate::{
     TcpState, Timestamp,
 };
 use fix_monitor_core::target::Targets;
+use fix_monitor_ebpf::model::tcp_state::ESTABLISHED;
 use fix_monitor_ebpf::{Monitor, TargetSpec};
 
 /// Counts of what the source did, for self-metrics and benchmarks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SourceStats {
-    /// Full dumps taken (the first included).
+    /// Reconciles of the set, by either way (the first, a dump, included).
     pub reconciles: u64,
+    /// Of those, full netlink dumps: the first, and any taken because the kernel's tables of
+    /// watched sessions had run out of room (the others read the programs' own table).
+    pub dump_reconciles: u64,
     /// Times the ring buffer was found to have dropped records.
     pub overflows: u64,
     /// Records the ring buffer dropped, in all.
@@ -88,6 +96,9 @@ pub struct EbpfSource {
     listed_valid: bool,
     reconcile_every: Duration,
     next_reconcile: Option<Instant>,
+    /// The programs' `live_full` + `no_storage` at the last poll: when they grow, a session
+    /// may be missing from the live table and a reconcile takes a full dump instead.
+    kernel_full: u64,
     stats: SourceStats,
     scratch: Vec<SocketEntry>,
     /// Every state change read since the last `take_events`, in order.
@@ -149,6 +160,7 @@ impl EbpfSource {
             listed_valid: false,
             reconcile_every,
             next_reconcile: None,
+            kernel_full: 0,
             stats: SourceStats::default(),
             scratch: Vec::new(),
             pending: Vec::new(),
@@ -262,23 +274,44 @@ impl EbpfSource {
         Ok(())
     }
 
-    fn reconcile(&mut self) -> Result<(), SourceError> {
+    /// Replaces the set with a full dump (the start, or the kernel's tables ran out of room).
+    fn reconcile_by_dump(&mut self) -> Result<(), SourceError> {
         let start = ktime_now_ns();
-        self.dump.poll(&mut self.scratch)?;
-        self.active.clear();
-        self.active.extend(self.scratch.iter().map(|s| {
-            let known = Known {
-                cookie: s.id,
-                health: s.health,
-            };
-            ((s.local, s.remote), known)
-        }));
-        self.tuples.clear();
-        self.tuples
-            .extend(self.active.iter().map(|(&key, k)| (k.cookie, key)));
-        self.stats.reconciles += 1;
+        let mut listed = std::mem::take(&mut self.scratch);
+        self.dump.poll(&mut listed)?;
+        self.replace_set(listed.iter().map(|s| (s.local, s.remote, s.id, s.health)));
+        self.scratch = listed;
+        self.stats.dump_reconciles += 1;
         // What the kernel stamped before the dump began is in the dump already.
         self.drain(start)
+    }
+
+    /// Replaces the set with the health pass's sessions (each watched one, with its state),
+    /// and hands their health on: one pass per watched session, whatever else the host holds.
+    fn reconcile_by_pass(&mut self) -> Result<(), SourceError> {
+        let start = ktime_now_ns();
+        let records = self.monitor.health()?;
+        self.stats.health_passes += 1;
+        let sessions = records
+            .iter()
+            .filter(|h| h.state == ESTABLISHED)
+            .map(|h| (h.local, h.remote, h.sock_cookie, Some(to_health(h))));
+        self.replace_set(sessions);
+        self.drain(start)
+    }
+
+    fn replace_set(
+        &mut self,
+        sessions: impl Iterator<Item = (SocketAddr, SocketAddr, u64, Option<TcpHealth>)>,
+    ) {
+        self.active.clear();
+        self.tuples.clear();
+        for (local, remote, cookie, health) in sessions {
+            self.active
+                .insert((local, remote), Known { cookie, health });
+            self.tuples.insert(cookie, (local, remote));
+        }
+        self.stats.reconciles += 1;
     }
 }
 
@@ -340,24 +373,44 @@ impl Source for EbpfSource {
         let listed_valid = std::mem::replace(&mut self.listed_valid, false);
         let (changes, reconciles) = (self.stats.changes, self.stats.reconciles);
         self.drain(0)?;
-        let lost = self.monitor.counters()?.lost;
-        let overflowed = lost > self.stats.lost;
+        let counters = self.monitor.counters()?;
+        let overflowed = counters.lost > self.stats.lost;
         if overflowed {
             tracing::warn!(
-                dropped = lost - self.stats.lost,
-                "the eBPF ring buffer was full and dropped state changes; reconciling with a full dump"
+                dropped = counters.lost - self.stats.lost,
+                "the eBPF ring buffer was full and dropped state changes; reconciling with the \
+                 programs' table of watched sessions"
             );
             self.stats.overflows += 1;
-            self.stats.lost = lost;
+            self.stats.lost = counters.lost;
+        }
+        let full = counters.live_full + counters.no_storage;
+        let tables_full = full > self.kernel_full;
+        if tables_full {
+            tracing::warn!(
+                live_full = counters.live_full,
+                no_storage = counters.no_storage,
+                "the eBPF programs had no room for some sessions; reconciling with a full dump"
+            );
+            self.kernel_full = full;
         }
         let now = Instant::now();
-        if overflowed || self.next_reconcile.is_none_or(|t| now >= t) {
-            self.reconcile()?;
+        let mut passed = false;
+        if overflowed || tables_full || self.next_reconcile.is_none_or(|t| now >= t) {
+            if self.stats.reconciles == 0 || tables_full {
+                self.reconcile_by_dump()?;
+            } else if let Err(error) = self.reconcile_by_pass() {
+                tracing::warn!(%error, "the eBPF health pass failed; reconciling with a full dump");
+                self.reconcile_by_dump()?;
+            } else {
+                passed = true;
+            }
             self.next_reconcile = Some(now + self.reconcile_every);
         }
         // Due a tenth early, so that polls on their own schedule do not push each pass one
         // poll later than asked.
-        let health_due = self.health_on
+        let health_due = !passed
+            && self.health_on
             && match self.health_every {
                 None => true,
                 Some(every) if self.next_health.is_some_and(|t| now + every / 10 < t) => false,
@@ -367,7 +420,7 @@ impl Source for EbpfSource {
                 }
             };
         let sessions_changed = self.stats.changes != changes || self.stats.reconciles != reconciles;
-        if !sessions_changed && !health_due && listed_valid {
+        if !sessions_changed && !health_due && !passed && listed_valid {
             out.clone_from(&self.listed);
             self.listed_valid = true;
             self.news = PollNews {
@@ -384,7 +437,8 @@ impl Source for EbpfSource {
                 remote,
                 state: TcpState::Established,
                 id: known.cookie,
-                // Handed on from the last pass unless this poll runs one.
+                // Handed on from the last pass (or the reconcile's, this poll) unless this
+                // poll runs one.
                 health: if health_due { None } else { known.health },
             });
         }
@@ -397,7 +451,7 @@ impl Source for EbpfSource {
         self.listed_valid = true;
         self.news = PollNews {
             sessions_changed,
-            health_fresh: health_due,
+            health_fresh: health_due || passed,
         };
         Ok(())
     }
