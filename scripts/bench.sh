@@ -428,28 +428,29 @@ EOF
 ss_busy=$(ss -Htln "( sport = :${SIDECAR_ADDR##*:} or sport = :${NODE_ADDR##*:} or sport = :$TARGET_PORT )" | wc -l)
 [ "$ss_busy" -eq 0 ] || die "a port the benchmark needs is taken: $(ss -Htln "( sport = :${SIDECAR_ADDR##*:} or sport = :${NODE_ADDR##*:} or sport = :$TARGET_PORT )")"
 
-# E. eBPF mode against netlink polling (needs root): sidecar CPU per second against N, the eBPF
-#    program's own time in the kernel, and both under unrelated churn. On by default as root
-#    (BENCH_EBPF=0 leaves it out); BENCH_ONLY=ebpf runs only this part and splices its section
-#    into the existing report. Three sidecars side by side: netlink, eBPF with the defaults
-#    (tcp_info lookups every poll), eBPF with poll.health_interval = BENCH_EBPF_HEALTH (10s).
-#    Knobs: BENCH_EBPF_WINDOW (s: 60, one poll.reconcile_interval, so that each window holds
-#    one reconciling dump; quick 5), BENCH_EBPF_CHURN (unrelated opens/closes per second:
-#    5000), BENCH_EBPF_SOURCE (the eBPF sidecars' poll.source: ebpf). Then one eBPF sidecar
-#    alone with lookups and reconciles spread out (health_interval 60s, reconcile_interval 5m)
-#    over a 5-minute window at N = BENCH_EBPF_LEAN_N (100000; 0 leaves it out; quick 0).
+# E. eBPF mode against netlink polling and `ss -tin` (needs root): CPU per second and RSS at
+#    M watched sessions among N unrelated connections, the eBPF programs' own time in the
+#    kernel, and the same under unrelated churn. On by default as root (BENCH_EBPF=0 leaves it
+#    out); BENCH_ONLY=ebpf runs only this part and splices its section into the existing report.
+#    Side by side on the same load: a netlink sidecar and an eBPF sidecar, both with the
+#    defaults, and `ss -tin` with the same filter once a second.
+#    Knobs: BENCH_EBPF_MS (M values: "1000 10000"; quick: $M), BENCH_EBPF_NS (N values:
+#    "0 10000 100000"; quick: $NS), BENCH_EBPF_WINDOW (s: 60, one poll.reconcile_interval, so
+#    that each window holds one periodic reconcile; quick 5), BENCH_EBPF_CHURN (unrelated
+#    opens/closes per second at N = $SWEEP_N, M = the first M: 5000; 0 leaves it out),
+#    BENCH_EBPF_SOURCE (the eBPF sidecar's poll.source: ebpf).
 EBPF="${BENCH_EBPF:-$([ "$(id -u)" = 0 ] && echo 1 || echo 0)}"
 EBPF_WINDOW="${BENCH_EBPF_WINDOW:-$([ "$QUICK" = 1 ] && echo 5 || echo 60)}"
-EBPF_HEALTH="${BENCH_EBPF_HEALTH:-10s}"
-EBPF_LEAN_N="${BENCH_EBPF_LEAN_N:-$([ "$QUICK" = 1 ] && echo 0 || echo 100000)}"
+EBPF_MS="${BENCH_EBPF_MS:-$([ "$QUICK" = 1 ] && echo "$M" || echo "1000 10000")}"
+EBPF_NS="${BENCH_EBPF_NS:-$([ "$QUICK" = 1 ] && echo "$NS" || echo "0 10000 100000")}"
 EBPF_CHURN="${BENCH_EBPF_CHURN:-5000}"
 EBPF_SOURCE="${BENCH_EBPF_SOURCE:-ebpf}"
 EBPF_SVG="$([ "$QUICK" = 1 ] && echo "$WORK" || echo "$ROOT/benches")/ebpf-cpu.svg"
 run_ebpf_section() {
-    log "eBPF against netlink polling: M=$M, N in $NS, ${EBPF_WINDOW}s windows; then ${EBPF_CHURN}/s unrelated churn at N=$SWEEP_N"
-    "$PY" "$ROOT/benches/ebpf_bench.py" --fm "$FM" --loadgen "$LOADGEN" --ns "$NS" --m "$M" \
+    log "eBPF against netlink polling and ss: M in $EBPF_MS, N in $EBPF_NS, ${EBPF_WINDOW}s windows; then ${EBPF_CHURN}/s unrelated churn at N=$SWEEP_N"
+    "$PY" "$ROOT/benches/ebpf_bench.py" --fm "$FM" --loadgen "$LOADGEN" --ns "$EBPF_NS" --ms "$EBPF_MS" \
         --window "$EBPF_WINDOW" --churn "$EBPF_CHURN" --churn-n "$SWEEP_N" --ebpf-source "$EBPF_SOURCE" \
-        --health-interval "$EBPF_HEALTH" --lean-n "$EBPF_LEAN_N" --workdir "$WORK" --json "$RESULTS" --svg "$EBPF_SVG" \
+        --workdir "$WORK" --json "$RESULTS" --svg "$EBPF_SVG" \
         --svg-ref "$(realpath --relative-to="$(dirname "$OUT")" "$EBPF_SVG")" --md "$WORK/ebpf.md" ||
         die "the eBPF benchmark failed (see $WORK)"
 }

@@ -371,7 +371,7 @@ fn say_health_interval(settings: &Settings, kind: source::SourceKind, caps: sour
         tracing::info!(
             health_interval = %shown,
             source = kind.as_str(),
-            "poll.health_interval is not used: only the ebpf source looks tcp_info up apart \
+            "poll.health_interval is not used: only the ebpf source reads session health apart \
              from its polls (netlink reads it in every dump; procfs and netstat have none)"
         );
         return;

@@ -48,8 +48,9 @@ pub mod names {
     /// Exposed as `fix_monitor_events_lost_total`: close events the kernel dropped (a full
     /// buffer); each loss is reconciled by an immediate poll.
     pub const EVENTS_LOST: &str = "fix_monitor_events_lost";
-    /// Exposed as `fix_monitor_reconciles_total`: full dumps the eBPF source took to reconcile
-    /// its view (at start, every `poll.reconcile_interval`, after a loss).
+    /// Exposed as `fix_monitor_reconciles_total`: times the eBPF source reconciled its view (a
+    /// full dump at start, then from its programs' table every `poll.reconcile_interval` and
+    /// after a loss).
     pub const RECONCILES: &str = "fix_monitor_reconciles";
     /// Exposed as `fix_monitor_false_closes_avoided_total`: sockets a poll missed that an exact
     /// lookup found still ESTABLISHED (a close and a reconnect that would have been false).
@@ -294,12 +295,12 @@ impl Instruments {
                 .build(),
             events_lost: meter
                 .u64_counter(names::EVENTS_LOST)
-                .with_description("Kernel close events (netlink) or state-change records (eBPF ring buffer) dropped by a full buffer; each loss triggers an immediate poll (netlink) or a reconciling dump (eBPF)")
+                .with_description("Kernel close events (netlink) or state-change records (eBPF ring buffer) dropped by a full buffer; each loss triggers an immediate poll (netlink) or a reconcile (eBPF)")
                 .build(),
             reconciles: caps.reconciles.then(|| {
                 meter
                     .u64_counter(names::RECONCILES)
-                    .with_description("Full sock_diag dumps the eBPF source took to reconcile its view: at start, every poll.reconcile_interval, and after a loss")
+                    .with_description("Reconciles of the eBPF source's view: a full sock_diag dump at start, then from its programs' table of watched sessions every poll.reconcile_interval and after a loss (a dump again if that table was full)")
                     .build()
             }),
             false_closes_avoided: meter
@@ -429,7 +430,7 @@ impl Instruments {
         self.events_lost.add(n, &[]);
     }
 
-    /// Counts the eBPF source's reconciling dumps (nothing for other sources).
+    /// Counts the eBPF source's reconciles (nothing for other sources).
     pub fn record_reconciles(&self, n: u64) {
         if let Some(c) = &self.reconciles {
             c.add(n, &[]);

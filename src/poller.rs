@@ -356,7 +356,7 @@ impl Poller {
         let recovered_after = next.health.consecutive_failures;
         let mut capped = false;
         let news = self.source.news();
-        // The source's own losses and reconciling dumps (eBPF), as counter growth.
+        // The source's own losses and reconciles (eBPF), as counter growth.
         let counts = self.source.event_counts();
         if counts != self.counts_seen {
             let seen = std::mem::replace(&mut self.counts_seen, counts);

@@ -297,7 +297,7 @@ pub fn open_oneshot(
 /// (where the program loads: root, or CAP_BPF and CAP_PERFMON), netlink, procfs, netstat, and
 /// says in the log which one it took and why it passed over the others (never an error while
 /// one works): see README, "eBPF mode". `reconcile_interval` is the eBPF source's time between
-/// two reconciling dumps.
+/// two reconciles.
 pub fn open_with(
     kind: SourceKind,
     targets: &Targets,

@@ -121,7 +121,7 @@ fn specs(targets: &Targets) -> Vec<TargetSpec> {
 
 impl EbpfSource {
     /// Its own events (exact opens and closes, who hung up, the process), health from the
-    /// in-kernel pass, and reconciling dumps; sessions are known by cookie, and the events are
+    /// in-kernel pass, and reconciles; sessions are known by cookie, and the events are
     /// exact, so a miss needs no confirmation.
     pub const CAPABILITIES: Capabilities = Capabilities {
         events: EventFeed::FromSource,
@@ -133,7 +133,7 @@ impl EbpfSource {
     };
 
     /// Loads the programs for `targets` in this thread's network namespace, adopts the
-    /// sessions that already exist, and opens the netlink socket of the reconciling dumps;
+    /// sessions that already exist, and opens the netlink socket of the seeding dump;
     /// `reconcile_every` is the time between two of them. The error names the missing
     /// capability or kernel feature.
     pub fn open(targets: &Targets, reconcile_every: Duration) -> Result<EbpfSource, SourceError> {
