@@ -136,6 +136,8 @@ pub struct Poller {
     /// active one, and who hung up for this tick's closes.
     processes: HashMap<ConnKey, Process>,
     closed_by: HashMap<ConnKey, ClosedBy>,
+    /// Why the kernel ended each session closed this poll, where the source said (eBPF).
+    causes: HashMap<ConnKey, String>,
     /// Session health: staleness and counter growth (see `crate::health`).
     health: HealthBook,
     health_poll: HealthPoll,
@@ -209,6 +211,7 @@ impl Poller {
             source_events: Vec::new(),
             processes: HashMap::new(),
             closed_by: HashMap::new(),
+            causes: HashMap::new(),
             confirm: Box::new(Unconfirmed),
             persist: None,
             losing: false,
@@ -351,6 +354,7 @@ impl Poller {
         );
         self.events.clear();
         self.closed_by.clear();
+        self.causes.clear();
         let mut next = State::clone(&self.state);
         next.health.polls += 1;
         let recovered_after = next.health.consecutive_failures;
@@ -467,7 +471,12 @@ impl Poller {
 
     /// Logs and hands on this step's events (nothing held), and saves the state if due.
     fn announce(&mut self) {
-        log_events(&self.events, &self.names, &self.processes, &self.closed_by);
+        log_events(
+            &self.events,
+            &self.names,
+            &self.processes,
+            (&self.closed_by, &self.causes),
+        );
         for e in &self.events {
             if let Event::Closed { conn, .. } = e {
                 self.processes.remove(&conn.key);
@@ -565,6 +574,9 @@ impl Poller {
             (SocketEventKind::Closed, Some(Event::Closed { .. } | Event::ShortLived { .. })) => {
                 if let Some(by) = e.closed_by {
                     self.closed_by.insert(key, by);
+                }
+                if let Some(cause) = &e.cause {
+                    self.causes.insert(key, cause.clone());
                 }
             }
             _ => {}
@@ -701,6 +713,7 @@ impl Poller {
                 let mut s = Session::tracked(conn, &self.names, Some(ended));
                 s.process = self.processes.get(&conn.key).cloned();
                 s.closed_by = self.closed_by.get(&conn.key).copied();
+                s.cause = self.causes.get(&conn.key).cloned();
                 next.closed.push(s);
             }
         }
@@ -711,7 +724,7 @@ fn log_events(
     events: &[Event],
     names: &[Arc<str>],
     processes: &HashMap<ConnKey, Process>,
-    closed_by: &HashMap<ConnKey, ClosedBy>,
+    (closed_by, causes): (&HashMap<ConnKey, ClosedBy>, &HashMap<ConnKey, String>),
 ) {
     for e in events {
         match e {
@@ -735,6 +748,7 @@ fn log_events(
             } => {
                 // Who hung up and the process: only where the source saw them (eBPF).
                 let by = closed_by.get(&conn.key).map(ClosedBy::as_str);
+                let cause = causes.get(&conn.key).map(tracing::field::display);
                 let process = processes.get(&conn.key);
                 tracing::info!(
                     target_name = %names[conn.target],
@@ -746,6 +760,7 @@ fn log_events(
                     bytes_received = info.map(|i| i.bytes_received),
                     retransmits = info.map(|i| i.retransmits),
                     by,
+                    cause,
                     pid = process.map(|p| p.pid),
                     comm = process.map(|p| tracing::field::display(&p.comm)),
                     "connection closed"

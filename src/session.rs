@@ -30,6 +30,9 @@ pub struct Session {
     pub process: Option<crate::source::Process>,
     /// Who hung up, for closed sessions where the source knows it (eBPF mode).
     pub closed_by: Option<crate::source::ClosedBy>,
+    /// Why the kernel ended it, for closed sessions where the source says (eBPF mode: a RST
+    /// and its reason, the socket error).
+    pub cause: Option<String>,
     /// The kernel's `tcp_info` at the last poll (netlink only), and whether the session is
     /// stale (`None`: its target judges no staleness).
     pub health: Option<(TcpHealth, Option<bool>)>,
@@ -63,6 +66,7 @@ impl Session {
             life: None,
             process: None,
             closed_by: None,
+            cause: None,
             health: s.health.map(|h| (h, None)),
         }
     }
@@ -81,6 +85,7 @@ impl Session {
             }),
             process: None,
             closed_by: None,
+            cause: None,
             health: None,
         }
     }
@@ -119,6 +124,7 @@ impl Session {
             pid: self.process.as_ref().map(|p| p.pid),
             comm: self.process.as_ref().map(|p| p.comm.clone()),
             closed_by: self.closed_by.map(|b| b.as_str()),
+            cause: self.cause.clone(),
             health: self.health.map(|(h, stale)| HealthJson::new(&h, stale)),
         }
     }
@@ -215,6 +221,10 @@ pub struct SessionJson {
     /// Closed sessions in eBPF mode: `local`, `remote` or `reset`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub closed_by: Option<&'static str>,
+    /// Closed sessions in eBPF mode, when the kernel ended it: `reset sent (REASON)`, `reset
+    /// received`, `socket error: ...`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
     /// TCP health (netlink only; absent where the source cannot tell).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthJson>,
@@ -279,6 +289,7 @@ mod tests {
             life: None,
             process: None,
             closed_by: None,
+            cause: None,
             health: None,
         };
         let seen = serde_json::to_value(s.json(t0)).unwrap();

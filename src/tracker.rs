@@ -714,6 +714,7 @@ mod tests {
             info: None,
             closed_by: None,
             process: None,
+            cause: None,
         }
     }
 

@@ -47,6 +47,10 @@ pub struct SocketEvent {
     pub closed_by: Option<ClosedBy>,
     /// The process that made the connection, on an open, where the source saw it.
     pub process: Option<Process>,
+    /// Why the kernel ended it, on a close, where the source can tell (eBPF mode: the reason
+    /// of a RST we sent, a RST received, the socket error such as a retransmission timeout),
+    /// in words (`None`: nothing beyond who hung up).
+    pub cause: Option<String>,
 }
 
 /// What happened to the socket.

@@ -148,6 +148,7 @@ impl Destroyed {
             // A destroy notification says neither who closed nor who connected.
             closed_by: None,
             process: None,
+            cause: None,
         }
     }
 }

@@ -145,6 +145,7 @@ fn a_batch_with_losses_is_followed_by_a_poll_at_once() {
         info: None,
         closed_by: None,
         process: None,
+        cause: None,
     };
     let batch = EventBatch {
         events: vec![late],

@@ -530,6 +530,7 @@ fn transition(
         info: None,
         closed_by,
         process: None,
+        cause: None,
     }
 }
 

@@ -109,4 +109,30 @@ fn fin_ours_fin_theirs_and_resets_are_counted_by_who_hung_up() {
             log.matches(&format!("by=\"{by}\"")).count() + log.matches(&format!("by={by}")).count();
         assert_eq!(lines, n, "{by}: {log}");
     }
+    // Why the kernel ended the two reset sessions, in their close lines: the RST received (and
+    // the socket error it set), the RST we sent by the kernel's name of its reason; nothing for
+    // the FINs.
+    let closes: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("connection closed"))
+        .collect();
+    assert_eq!(closes.len(), 4, "{log}");
+    let causes: Vec<&str> = closes
+        .iter()
+        .filter_map(|l| l.split_once("cause=").map(|(_, c)| c))
+        .collect();
+    assert_eq!(causes.len(), 2, "{log}");
+    assert!(
+        causes[0].starts_with("reset received; socket error: Connection reset by peer"),
+        "{log}"
+    );
+    let sent = causes[1]
+        .strip_prefix("reset sent (")
+        .and_then(|c| c.split_once(')'))
+        .map(|(name, _)| name)
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        !sent.is_empty() && sent.chars().all(|c| c.is_ascii_uppercase() || c == '_'),
+        "the kernel's name of the reason: {log}"
+    );
 }

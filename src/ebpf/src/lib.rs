@@ -626,6 +626,26 @@ impl Monitor {
     }
 }
 
+/// The running kernel's names of its reset reasons (`enum sk_rst_reason`, read from its BTF,
+/// since the values differ between releases), without the `SK_RST_REASON_` prefix, by value.
+/// Empty where the kernel has no such enum or no BTF.
+pub fn reset_reason_names() -> Vec<(u32, String)> {
+    let Ok(btf) = libbpf_rs::btf::Btf::from_vmlinux() else {
+        return Vec::new();
+    };
+    let Some(reasons) = btf.type_by_name::<libbpf_rs::btf::types::Enum<'_>>("sk_rst_reason") else {
+        return Vec::new();
+    };
+    reasons
+        .iter()
+        .filter_map(|m| {
+            let name = m.name?.to_str()?;
+            let short = name.strip_prefix("SK_RST_REASON_").unwrap_or(name);
+            Some((u32::try_from(m.value).ok()?, short.to_string()))
+        })
+        .collect()
+}
+
 /// Does the kernel's `tcp:tcp_retransmit_skb` carry the result (`int err`, 6.12+)? Read from
 /// the prototype of `btf_trace_tcp_retransmit_skb` (context, sk, skb, err).
 fn retransmit_has_err(btf: &libbpf_rs::btf::Btf<'_>) -> bool {

@@ -86,7 +86,12 @@ pub fn change(c: &StateChange) -> Option<Change> {
 /// sidecar's clocks ([`timestamp_of`]). Sessions are known by their socket cookie; a close
 /// carries the counters the program read as the state changed, an open the process that
 /// connected (where the kernel saw the connect).
-pub fn to_event(c: &StateChange, now: Timestamp, now_ktime_ns: u64) -> Option<SocketEvent> {
+pub fn to_event(
+    c: &StateChange,
+    now: Timestamp,
+    now_ktime_ns: u64,
+    reasons: &[(u32, String)],
+) -> Option<SocketEvent> {
     let (kind, closed_by) = match change(c)? {
         Change::Opened => (SocketEventKind::Opened, None),
         Change::Closed(by) => (SocketEventKind::Closed, Some(by)),
@@ -115,7 +120,30 @@ pub fn to_event(c: &StateChange, now: Timestamp, now_ktime_ns: u64) -> Option<So
             }),
             _ => None,
         },
+        cause: closed_by.and_then(|_| cause(c, reasons)),
     })
+}
+
+/// Why the kernel ended the session `c` closes, in words, where it says: the reason of a RST we
+/// sent (its `enum sk_rst_reason` name from `reasons`, [`fix_monitor_ebpf::reset_reason_names`]),
+/// a RST received, the socket error at the close (a retransmission or keep-alive timeout is
+/// `Connection timed out`). `None` for a plain FIN either way.
+pub fn cause(c: &StateChange, reasons: &[(u32, String)]) -> Option<String> {
+    let mut parts = Vec::new();
+    if let Some(r) = c.reset_sent_reason {
+        match reasons.iter().find(|(v, _)| *v == r) {
+            Some((_, name)) => parts.push(format!("reset sent ({name})")),
+            None => parts.push(format!("reset sent (reason {r})")),
+        }
+    }
+    if c.reset_received {
+        parts.push("reset received".to_string());
+    }
+    if c.sk_err != 0 {
+        let err = std::io::Error::from_raw_os_error(c.sk_err);
+        parts.push(format!("socket error: {err}"));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 /// One health record as core's [`TcpHealth`]: the values `tcp_get_info()` would report, read by
@@ -209,7 +237,7 @@ mod tests {
         let now = Timestamp::now();
         // The loop's now is 250 ms after the change, on the kernel's clock.
         let now_k = 1_250_000_000;
-        let open = to_event(&state_change(SYN_SENT, ESTABLISHED), now, now_k).unwrap();
+        let open = to_event(&state_change(SYN_SENT, ESTABLISHED), now, now_k, &[]).unwrap();
         assert_eq!(open.kind, SocketEventKind::Opened);
         assert_eq!(now.mono - open.at.mono, Duration::from_millis(250));
         assert_eq!(
@@ -224,7 +252,7 @@ mod tests {
             (CLOSE, ClosedBy::Reset),
             (LAST_ACK, ClosedBy::Unknown),
         ] {
-            let close = to_event(&state_change(ESTABLISHED, new), now, now_k).unwrap();
+            let close = to_event(&state_change(ESTABLISHED, new), now, now_k, &[]).unwrap();
             assert_eq!(close.kind, SocketEventKind::Closed);
             assert_eq!(close.closed_by, Some(by));
             assert_eq!(close.process, None);
@@ -239,10 +267,46 @@ mod tests {
                 (Some(10), 20, 3, Some(11))
             );
         }
-        assert_eq!(to_event(&state_change(FIN_WAIT1, CLOSE), now, now_k), None);
+        assert_eq!(
+            to_event(&state_change(FIN_WAIT1, CLOSE), now, now_k, &[]),
+            None
+        );
         // A close whose local port the kernel had released, not matched to its open.
         let mut lost_port = state_change(ESTABLISHED, CLOSE);
         lost_port.local.set_port(0);
-        assert!(to_event(&lost_port, now, now_k).unwrap().partial);
+        assert!(to_event(&lost_port, now, now_k, &[]).unwrap().partial);
+    }
+
+    /// The cause of a close, in words: a RST we sent by its kernel name, one received, the
+    /// socket error; nothing for a FIN.
+    #[test]
+    fn a_close_says_why_the_kernel_ended_it() {
+        let reasons = [(11, "TCP_ABORT_ON_CLOSE".to_string())];
+        let now = Timestamp::now();
+        let of = |c: &StateChange| to_event(c, now, 2_000_000_000, &reasons).unwrap().cause;
+        let mut c = state_change(ESTABLISHED, CLOSE);
+        assert_eq!(of(&c), None);
+        c.reset_sent_reason = Some(11);
+        assert_eq!(of(&c).as_deref(), Some("reset sent (TCP_ABORT_ON_CLOSE)"));
+        c.reset_sent_reason = Some(99);
+        assert_eq!(of(&c).as_deref(), Some("reset sent (reason 99)"));
+        let mut c = state_change(ESTABLISHED, CLOSE);
+        c.reset_received = true;
+        c.sk_err = libc::ECONNRESET;
+        let cause = of(&c).unwrap();
+        assert!(
+            cause.starts_with("reset received; socket error: Connection reset by peer"),
+            "{cause}"
+        );
+        let mut c = state_change(ESTABLISHED, CLOSE);
+        c.sk_err = libc::ETIMEDOUT;
+        assert!(of(&c).unwrap().contains("Connection timed out"));
+        // An open says nothing.
+        let mut o = state_change(SYN_SENT, ESTABLISHED);
+        o.sk_err = libc::ETIMEDOUT;
+        assert_eq!(
+            to_event(&o, now, 2_000_000_000, &reasons).unwrap().cause,
+            None
+        );
     }
 }

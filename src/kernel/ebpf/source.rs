@@ -103,6 +103,8 @@ pub struct EbpfSource {
     scratch: Vec<SocketEntry>,
     /// Every state change read since the last `take_events`, in order.
     pending: Vec<StateChange>,
+    /// The kernel's reset-reason names, for the close events' causes.
+    reasons: Vec<(u32, String)>,
 }
 
 /// The targets as the kernel filter takes them, in configuration order (the index is the
@@ -164,6 +166,7 @@ impl EbpfSource {
             stats: SourceStats::default(),
             scratch: Vec::new(),
             pending: Vec::new(),
+            reasons: fix_monitor_ebpf::reset_reason_names(),
         })
     }
 
@@ -333,7 +336,7 @@ impl Source for EbpfSource {
         out.extend(
             self.pending
                 .drain(..)
-                .filter_map(|c| to_event(&c, now, now_k)),
+                .filter_map(|c| to_event(&c, now, now_k, &self.reasons)),
         );
     }
 

@@ -79,3 +79,19 @@ fn sockets_of_other_namespaces_are_not_watched() {
     // counted at each change that could start a watch: connect() and ESTABLISHED
     assert_eq!(elsewhere.counters().unwrap().other_netns, 4);
 }
+
+/// The kernel's reset-reason names come from its BTF: this 6.18 kernel has the enum, with the
+/// reasons the close events carry (a close with unread data: TCP_ABORT_ON_CLOSE).
+#[test]
+fn reset_reasons_are_named_from_the_kernels_btf() {
+    let names = fix_monitor_ebpf::reset_reason_names();
+    assert!(names.len() > 10, "{names:?}");
+    assert!(names.iter().any(|(_, n)| n == "NOT_SPECIFIED"), "{names:?}");
+    assert!(
+        names.iter().any(|(_, n)| n == "TCP_ABORT_ON_CLOSE"),
+        "{names:?}"
+    );
+    let mut values: Vec<u32> = names.iter().map(|(v, _)| *v).collect();
+    values.dedup();
+    assert_eq!(values.len(), names.len(), "one name per value: {names:?}");
+}
