@@ -44,9 +44,9 @@
 //! [poll]
 //! interval = "1s"             # humantime string, or an integer number of seconds
 //! source = "auto"             # auto | ebpf | netlink | procfs | netstat
-//! reconcile_interval = "60s"  # eBPF: time between two reconciling full dumps
+//! reconcile_interval = "60s"  # eBPF: time between two reconciles of its view
 //! process_lookup = false      # netlink/procfs: pid and command of each session from /proc
-//! health_interval = "5s"      # eBPF: time between tcp_info lookups; default every poll
+//! health_interval = "5s"      # eBPF: time between health passes; default every poll
 //! [prometheus]
 //! enabled = true
 //! listen = "127.0.0.1:9464"   # IP:PORT; fleets set 0.0.0.0:PORT
@@ -146,8 +146,9 @@ pub mod defaults {
     /// Netlink with a kernel-side filter makes a poll cheap, so poll often enough to see short
     /// sessions (the original tools used 5 s and 10 s).
     pub const INTERVAL: Duration = Duration::from_secs(1);
-    /// The eBPF source's full dump: often enough that a missed transition cannot stay wrong
-    /// for long, rarely enough that its cost (a walk of the host's sockets) stays negligible.
+    /// The eBPF source's reconcile: often enough that a missed transition cannot stay wrong
+    /// for long, rarely enough that its cost (one pass over the watched sessions) stays
+    /// negligible.
     pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(60);
     /// The original monitor's `--min-port` default; used when only `--max-port` is given.
     pub const MIN_PORT: u16 = 5000;
@@ -242,15 +243,16 @@ pub struct PollSettings {
     /// Which connection source to use.
     #[serde(with = "raw::check::source")]
     pub source: SourceKind,
-    /// eBPF source only: time between two reconciling full dumps; > 0.
+    /// eBPF source only: time between two reconciles of its view (from its programs' table of
+    /// watched sessions; a full dump at start); > 0.
     #[serde(with = "raw::check::interval")]
     pub reconcile_interval: Duration,
     /// netlink and procfs sources: name the process owning each new session (pid, command)
     /// from the socket inodes in `/proc/*/fd` (eBPF mode names it by itself).
     #[serde(with = "raw::check::boolean")]
     pub process_lookup: bool,
-    /// eBPF source only: time between two `tcp_info` lookups of every session (session
-    /// health); not set: every poll. The netlink source reads it in every poll's dump.
+    /// eBPF source only: time between two in-kernel health passes over every watched session
+    /// (session health); not set: every poll. The netlink source reads it in every poll's dump.
     #[serde(with = "raw::check::interval")]
     pub health_interval: Option<Duration>,
 }

@@ -17,8 +17,8 @@ pub struct SocketEntry {
     /// or the socket inode (procfs); 0 where the platform gives neither. A 4-tuple that is
     /// reused by a new socket therefore shows up as a new connection.
     pub id: u64,
-    /// The kernel's `tcp_info` for the socket: netlink (in its dump) and eBPF (by exact
-    /// lookups) only (procfs and netstat cannot tell; `None` there, never zeros).
+    /// The kernel's `tcp_info` for the socket: netlink (in its dump) and eBPF (its in-kernel
+    /// health pass) only (procfs and netstat cannot tell; `None` there, never zeros).
     pub health: Option<TcpHealth>,
 }
 

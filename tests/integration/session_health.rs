@@ -2,7 +2,7 @@
 //! one whose venue sends nothing, with `heartbeat = "1s"`: the silent one turns stale after
 //! 2 s (and only then), the other never; it recovers when data arrives; `/metrics`,
 //! `/connections` and the log say so, with silences within one poll interval of the truth. Run
-//! with netlink (dumps with `tcp_info`) and with `auto`, which is the eBPF source (exact lookups)
+//! with netlink (dumps with `tcp_info`) and with `auto`, which is the eBPF source (its in-kernel health pass)
 //! where the program may load (root, as CI runs this tier) and netlink otherwise.
 
 use std::io::Write;

@@ -1,5 +1,5 @@
 //! TCP health on the real kernel, against the kernel's own tools: what the netlink source (from
-//! its dumps) and the eBPF source (from exact lookups) read from `tcp_info` agrees with `ss -tin`
+//! its dumps) and the eBPF source (from its in-kernel health pass) read from `tcp_info` agrees with `ss -tin`
 //! for the same sockets at the same moment, and packets dropped by an nftables rule show as
 //! retransmits (none without it). Needs `ss` (iproute2), `nft` (nftables) and root for the rule
 //! and the eBPF program; each test runs once per source.
