@@ -15,7 +15,11 @@
 #     [trusted=yes]), and unpacked with `dpkg -x` under .tools/. The host's apt
 #     configuration, lists and dpkg database are never touched by this part.
 #
+# (c) cargo-deb (crates.io, `cargo install --locked`, version pinned in scripts/package-deb.sh)
+#     into .tools/cargo-deb/.
+#
 # Results:
+#   .tools/bin/cargo-deb            -> .tools/cargo-deb/bin/cargo-deb
 #   .tools/bin/victoria-metrics     -> .tools/victoria-metrics/usr/bin/victoria-metrics
 #   .tools/bin/prometheus-trixie    -> .tools/prometheus-trixie/usr/bin/prometheus
 #   .tools/bin/promtool-trixie      -> .tools/prometheus-trixie/usr/bin/promtool
@@ -296,6 +300,14 @@ ln -sfn ../prometheus-trixie/usr/bin/prometheus "$BIN/prometheus-trixie"
 ln -sfn ../prometheus-trixie/usr/bin/promtool "$BIN/promtool-trixie"
 
 # ---------------------------------------------------------------------------
+# (c) cargo-deb, for the Debian package (scripts/package-deb.sh, scripts/check-package.sh):
+#     `cargo install --locked` of the version package-deb.sh pins, into .tools/cargo-deb/;
+#     a no-op when that version is there.
+# ---------------------------------------------------------------------------
+bash "$ROOT/scripts/package-deb.sh" --install-cargo-deb
+ln -sfn ../cargo-deb/bin/cargo-deb "$BIN/cargo-deb"
+
+# ---------------------------------------------------------------------------
 # Verify everything runs; summary
 # ---------------------------------------------------------------------------
 first_line() { "$@" 2>&1 | sed -n '1p'; }
@@ -329,11 +341,12 @@ ver() {
     ver curl                      curl --version
     ver podman                    podman --version
     ver runc                      runc --version
+    ver cargo-deb                 "$BIN/cargo-deb" --version
 } > "$TOOLS/versions.txt.tmp"
 mv "$TOOLS/versions.txt.tmp" "$TOOLS/versions.txt"
 
 # wrk -v always exits 1; make sure it at least printed its banner.
 grep -q '^wrk .*wrk ' "$TOOLS/versions.txt" || die "wrk did not print a version"
 
-echo "fix-monitor tools (.tools/bin: victoria-metrics, prometheus-trixie, promtool-trixie):"
+echo "fix-monitor tools (.tools/bin: victoria-metrics, prometheus-trixie, promtool-trixie, cargo-deb):"
 cat "$TOOLS/versions.txt"
