@@ -15,16 +15,16 @@
 #     man-db), `systemd-analyze security --offline` rates it <= 2.0 like the example, it runs as
 #     User=fix-monitor with empty capability sets; each drop-in the docs give for more
 #     (examples/systemd/fix-monitor.service.d, shipped in /usr/share/doc/fix-monitor/examples/)
-#     verifies on top of it;
+#     verifies on top of it, and rates <= 2.0 too;
 #   - as the package's user (runuser, no capabilities): `fix-monitor config` exits 0 and prints
 #     the installed configuration; the unit's own ExecStartPre= command line passes with the
 #     state directory StateDirectory= would make; the unit's ExecStart= command line serves
 #     /health (on a free port instead of 9464) with the netlink source, and stops on SIGTERM
 #     with status 0; with exactly CAP_BPF and CAP_PERFMON (what ebpf.conf grants; setpriv)
 #     `--source ebpf` serves /health with the eBPF source, and without them it refuses;
-#   - the man page (`man -w`, its .TH line), the bash completion (sourced, and it completes
-#     `fix-monitor ge` to `generate`), the zsh and fish completions (parsed by zsh -n / fish -n
-#     where those shells exist, else their headers);
+#   - the man page (`man -w`, its .TH line), the bash and fish completions (loaded by their
+#     shells from where the package put them, they complete `fix-monitor ge` to `generate`),
+#     the zsh completion (its #compdef line, and zsh -n parses it);
 #   - a reinstall keeps an edited conffile and the user; `dpkg --remove` keeps the conffile;
 #   - `dpkg --purge` leaves nothing: no file dpkg listed, no user or group, no /etc/fix-monitor,
 #     no /var/lib/fix-monitor, and no path under /etc /usr /var/lib /var/cache /var/log /opt
@@ -57,29 +57,53 @@ check() {
 }
 
 [ "$(id -u)" = 0 ] || die "must run as root (dpkg -i, adduser)"
-for c in dpkg dpkg-deb dpkg-query systemd-analyze runuser setpriv getent curl python3; do
+for c in dpkg dpkg-deb dpkg-query systemd-analyze runuser setpriv getent curl python3 man zsh fish; do
     command -v "$c" >/dev/null || die "$c not found (scripts/fetch-tools.sh installs the tools)"
 done
+
+# dpkg, waiting (up to 2 minutes) while another dpkg or apt holds its lock: another job on the
+# machine, or our own dpkg -i still finishing when a signal runs the exit trap.
+dpkg_wait() {
+    local out
+    for _ in $(seq 60); do
+        if out="$(dpkg "$@" 2>&1)"; then
+            printf '%s\n' "$out"
+            return 0
+        fi
+        case "$out" in
+            *lock*) sleep 2 ;;
+            *) printf '%s\n' "$out"; return 1 ;;
+        esac
+    done
+    printf '%s\n' "$out"
+    return 1
+}
 
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/fix-check-package.XXXXXX")"
 server_pid=""
 # The package is known to dpkg (installed, or removed with its conffiles left).
 known() { dpkg-query -W -f='${db:Status-Status}' "$PKG" 2>/dev/null | grep -qv '^not-installed$'; }
+# The script's own stderr, for the exit trap: a signal can run it inside a redirected command.
+exec 3>&2
 cleanup() {
     [ -z "$server_pid" ] || kill "$server_pid" 2>/dev/null
     if known; then
-        echo "check-package: purging $PKG (exit trap)" >&2
-        dpkg --purge "$PKG" >/dev/null 2>&1 || echo "check-package: dpkg --purge $PKG FAILED" >&2
+        echo "check-package: purging $PKG (exit trap)" >&3
+        dpkg_wait --purge "$PKG" >/dev/null 2>&1 || echo "check-package: dpkg --purge $PKG FAILED" >&3
     fi
     rm -rf "$tmp"
 }
 trap cleanup EXIT
+# A signal ends the run through the exit trap, once the command under way has finished (a dpkg
+# run is never cut off halfway).
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # A package left by an earlier run that was killed is purged first; a user fix-monitor that
 # no package made is someone's: the purge would delete it, so stop.
 if known; then
     echo "check-package: $PKG is already known to dpkg (a killed earlier run?); purging it first" >&2
-    dpkg --purge "$PKG" >/dev/null || die "dpkg --purge $PKG (the leftover) failed"
+    dpkg_wait --purge "$PKG" >/dev/null || die "dpkg --purge $PKG (the leftover) failed"
 fi
 if getent passwd "$PKG" >/dev/null || getent group "$PKG" >/dev/null; then
     die "a user or group $PKG exists and no package made it; this check would delete it on purge"
@@ -109,7 +133,7 @@ check "conffiles: /etc/fix-monitor/config.toml" \
     sh -c 'dpkg-deb --ctrl-tarfile "$1" | tar -xO ./conffiles | grep -qx /etc/fix-monitor/config.toml' _ "$deb"
 
 # ---- install ------------------------------------------------------------------------------
-dpkg -i "$deb" > "$tmp/install.log" 2>&1 || { cat "$tmp/install.log" >&2; die "dpkg -i failed"; }
+dpkg_wait -i "$deb" > "$tmp/install.log" 2>&1 || { cat "$tmp/install.log" >&2; die "dpkg -i failed"; }
 check "dpkg -i: status installed" sh -c '[ "$(dpkg-query -W -f="\${db:Status-Status}" fix-monitor)" = installed ]'
 dpkg -L "$PKG" > "$tmp/files.txt"
 
@@ -173,12 +197,13 @@ dropdir=/etc/systemd/system/fix-monitor.service.d
 for conf in /usr/share/doc/fix-monitor/examples/*.conf; do
     name="$(basename "$conf")"
     install -D -m 0644 "$conf" "$dropdir/$name"
+    # verify reads the drop-ins (an unknown key in one is reported); security rates the result.
     if out="$(systemd-analyze verify "$UNIT" 2>&1)" && [ -z "$out" ] \
-        && systemd-analyze cat-config "$UNIT" >/dev/null 2>&1; then
-        ok "systemd-analyze verify with drop-in $name ($(systemd-analyze security --offline=yes "$UNIT" 2>&1 | grep -o 'exposure level.*' | head -n1))"
+        && sec="$(systemd-analyze security --offline=yes --threshold=20 "$UNIT" 2>&1)"; then
+        ok "systemd-analyze verify and security with drop-in $name: $(printf '%s\n' "$sec" | grep -o 'exposure level.*' | head -n1)"
     else
-        bad "systemd-analyze verify with drop-in $name"
-        printf '%s\n' "$out" | indent
+        bad "systemd-analyze verify or security (<= 2.0) with drop-in $name"
+        printf '%s\n' "$out" "${sec:-}" | grep -v '✓' | tail -n 20 | indent
     fi
     rm -f "$dropdir/$name"
 done
@@ -268,9 +293,7 @@ else
 fi
 
 # ---- man page and completions -------------------------------------------------------------
-if command -v man >/dev/null; then
-    check "man -w fix-monitor" sh -c '[ "$(man -w fix-monitor)" = /usr/share/man/man1/fix-monitor.1.gz ]'
-fi
+check "man -w fix-monitor" sh -c '[ "$(man -w fix-monitor)" = /usr/share/man/man1/fix-monitor.1.gz ]'
 check "man page: zcat | head has .TH fix-monitor" \
     sh -c 'zcat /usr/share/man/man1/fix-monitor.1.gz | head -n 5 | grep -q "^\.TH fix-monitor"'
 check "bash completion: sourced, completes 'fix-monitor ge' to generate" bash -c '
@@ -280,29 +303,23 @@ check "bash completion: sourced, completes 'fix-monitor ge' to generate" bash -c
     COMP_WORDS=(fix-monitor ge); COMP_CWORD=1; COMP_LINE="fix-monitor ge"; COMP_POINT=${#COMP_LINE}
     "$fn" fix-monitor ge fix-monitor
     printf "%s\n" "${COMPREPLY[@]}" | grep -qx generate'
-if command -v zsh >/dev/null; then
-    check "zsh completion: zsh -n" zsh -n /usr/share/zsh/vendor-completions/_fix-monitor
-else
-    check "zsh completion: #compdef fix-monitor (no zsh here to parse it)" \
-        sh -c 'head -n1 /usr/share/zsh/vendor-completions/_fix-monitor | grep -qx "#compdef fix-monitor"'
-fi
-if command -v fish >/dev/null; then
-    check "fish completion: fish -n" fish -n /usr/share/fish/vendor_completions.d/fix-monitor.fish
-else
-    check "fish completion: complete -c fix-monitor lines (no fish here to parse it)" \
-        grep -q '^complete -c fix-monitor ' /usr/share/fish/vendor_completions.d/fix-monitor.fish
-fi
+check "zsh completion: #compdef fix-monitor, zsh -n parses it" \
+    sh -c 'head -n1 /usr/share/zsh/vendor-completions/_fix-monitor | grep -qx "#compdef fix-monitor" \
+        && zsh -n /usr/share/zsh/vendor-completions/_fix-monitor'
+check "fish completion: fish -n parses it, fish (autoloading it) completes 'fix-monitor ge' to generate" \
+    sh -c 'fish -n /usr/share/fish/vendor_completions.d/fix-monitor.fish \
+        && HOME="$1" fish -c "complete -C \"fix-monitor ge\"" | cut -f1 | grep -qx generate' _ "$tmp"
 
 # ---- reinstall, remove --------------------------------------------------------------------
 echo '# edited by check-package.sh' >> /etc/fix-monitor/config.toml
-if dpkg -i "$deb" > "$tmp/reinstall.log" 2>&1 && grep -q 'edited by check-package' /etc/fix-monitor/config.toml \
+if dpkg_wait -i "$deb" > "$tmp/reinstall.log" 2>&1 && grep -q 'edited by check-package' /etc/fix-monitor/config.toml \
     && [ "$(getent passwd "$PKG" | cut -d: -f3)" = "$uid" ]; then
     ok "reinstall: the edited conffile and the user are kept"
 else
     bad "reinstall"
     tail -n 20 "$tmp/reinstall.log" | indent
 fi
-if dpkg --remove "$PKG" > "$tmp/remove.log" 2>&1 && [ ! -e /usr/bin/fix-monitor ] \
+if dpkg_wait --remove "$PKG" > "$tmp/remove.log" 2>&1 && [ ! -e /usr/bin/fix-monitor ] \
     && grep -q 'edited by check-package' /etc/fix-monitor/config.toml \
     && [ "$(dpkg-query -W -f='${db:Status-Status}' "$PKG")" = config-files ]; then
     ok "dpkg --remove: binary gone, conffile kept (status config-files)"
@@ -312,7 +329,7 @@ else
 fi
 
 # ---- purge --------------------------------------------------------------------------------
-if dpkg --purge "$PKG" > "$tmp/purge.log" 2>&1; then
+if dpkg_wait --purge "$PKG" > "$tmp/purge.log" 2>&1; then
     ok "dpkg --purge"
 else
     bad "dpkg --purge"
