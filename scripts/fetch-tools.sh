@@ -8,7 +8,8 @@
 #       prometheus promtool prometheus-node-exporter tmux wrk hyperfine
 #       iproute2 (ss) jq python3 curl nftables (nft)
 #       podman runc ca-certificates (the container image: scripts/image.sh, tests/system/container.rs)
-#       man-db zsh fish (the Debian package's check: scripts/check-package.sh)
+#       man-db zsh fish debootstrap (the Debian package's checks: scripts/check-package.sh,
+#       scripts/check-package-root.sh)
 # (b) Debian trixie's victoria-metrics and prometheus (2.53) .debs, fetched with
 #     `apt-get download` through a PRIVATE apt state under .tools/apt/ that
 #     reuses the host's configured Debian mirror with the suite swapped for
@@ -78,6 +79,7 @@ declare -A PKG_CMD=(
     [man-db]=man
     [zsh]=zsh
     [fish]=fish
+    [debootstrap]=debootstrap
 )
 HOST_PKGS=(prometheus prometheus-node-exporter tmux wrk hyperfine iproute2 jq python3 python3-yaml curl util-linux systemd
     podman runc ca-certificates nftables openssl)
@@ -85,6 +87,7 @@ HOST_PKGS+=(clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev pkg-config)  # s
 # scripts/check-package.sh: man -w and systemd-analyze verify's Documentation=man: check; the
 # packaged zsh and fish completions parsed (and fish's used) by their shells.
 HOST_PKGS+=(man-db zsh fish)
+HOST_PKGS+=(debootstrap)  # scripts/check-package-root.sh: the package in a minimal Debian root
 
 pkg_installed() {
     [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true)" = installed ]
