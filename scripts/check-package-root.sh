@@ -20,6 +20,8 @@
 #
 # Environment: DEB (default: scripts/package-deb.sh builds it), MIRROR (default: the Debian
 # mirror of the host's apt sources, else deb.debian.org), SUITE (default bookworm).
+# SC2016: dpkg-query's ${field} formats are meant for dpkg-query.
+# shellcheck disable=SC2016
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

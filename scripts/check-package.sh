@@ -38,6 +38,8 @@
 # as the unit's user instead, without the unit's sandbox).
 #
 # Environment: DEB=path/to/fix-monitor_*.deb skips the build (default: scripts/package-deb.sh).
+# SC2016: the `sh -c '...'` checks expand their own "$1" on purpose. SC2015: ok() returns 0.
+# shellcheck disable=SC2016,SC2015
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -258,6 +260,7 @@ check "the state directory was written as fix-monitor" \
 # with exactly CAP_BPF and CAP_PERFMON (bounding, inheritable and ambient sets; setpriv, as
 # AmbientCapabilities= does), `--source ebpf` loads its programs and serves /health with
 # source ebpf; with neither it refuses, naming them. Without systemd's sandbox.
+# shellcheck disable=SC2054 # setpriv's capability lists are comma-separated
 caps=(--reuid "$PKG" --regid "$PKG" --clear-groups --inh-caps -all,+bpf,+perfmon
     --ambient-caps -all,+bpf,+perfmon --bounding-set -all,+bpf,+perfmon)
 setpriv "${caps[@]}" fix-monitor run --config /etc/fix-monitor/config.toml --source ebpf \
