@@ -8,6 +8,8 @@
 #       prometheus promtool prometheus-node-exporter tmux wrk hyperfine
 #       iproute2 (ss) jq python3 curl nftables (nft)
 #       podman runc ca-certificates (the container image: scripts/image.sh, tests/system/container.rs)
+#       man-db zsh fish debootstrap (the Debian package's checks: scripts/check-package.sh,
+#       scripts/check-package-root.sh)
 # (b) Debian trixie's victoria-metrics and prometheus (2.53) .debs, fetched with
 #     `apt-get download` through a PRIVATE apt state under .tools/apt/ that
 #     reuses the host's configured Debian mirror with the suite swapped for
@@ -15,7 +17,11 @@
 #     [trusted=yes]), and unpacked with `dpkg -x` under .tools/. The host's apt
 #     configuration, lists and dpkg database are never touched by this part.
 #
+# (c) cargo-deb (crates.io, `cargo install --locked`, version pinned in scripts/package-deb.sh)
+#     into .tools/cargo-deb/.
+#
 # Results:
+#   .tools/bin/cargo-deb            -> .tools/cargo-deb/bin/cargo-deb
 #   .tools/bin/victoria-metrics     -> .tools/victoria-metrics/usr/bin/victoria-metrics
 #   .tools/bin/prometheus-trixie    -> .tools/prometheus-trixie/usr/bin/prometheus
 #   .tools/bin/promtool-trixie      -> .tools/prometheus-trixie/usr/bin/promtool
@@ -70,10 +76,18 @@ declare -A PKG_CMD=(
     [llvm]=llvm-strip
     [bpftool]=bpftool
     [pkg-config]=pkg-config
+    [man-db]=man
+    [zsh]=zsh
+    [fish]=fish
+    [debootstrap]=debootstrap
 )
 HOST_PKGS=(prometheus prometheus-node-exporter tmux wrk hyperfine iproute2 jq python3 python3-yaml curl util-linux systemd
     podman runc ca-certificates nftables openssl)
 HOST_PKGS+=(clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev pkg-config)  # src/ebpf: build-bpf.sh --check, libbpf-sys
+# scripts/check-package.sh: man -w and systemd-analyze verify's Documentation=man: check; the
+# packaged zsh and fish completions parsed (and fish's used) by their shells.
+HOST_PKGS+=(man-db zsh fish)
+HOST_PKGS+=(debootstrap)  # scripts/check-package-root.sh: the package in a minimal Debian root
 
 pkg_installed() {
     [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true)" = installed ]
@@ -296,6 +310,14 @@ ln -sfn ../prometheus-trixie/usr/bin/prometheus "$BIN/prometheus-trixie"
 ln -sfn ../prometheus-trixie/usr/bin/promtool "$BIN/promtool-trixie"
 
 # ---------------------------------------------------------------------------
+# (c) cargo-deb, for the Debian package (scripts/package-deb.sh, scripts/check-package.sh):
+#     `cargo install --locked` of the version package-deb.sh pins, into .tools/cargo-deb/;
+#     a no-op when that version is there.
+# ---------------------------------------------------------------------------
+bash "$ROOT/scripts/package-deb.sh" --install-cargo-deb
+ln -sfn ../cargo-deb/bin/cargo-deb "$BIN/cargo-deb"
+
+# ---------------------------------------------------------------------------
 # Verify everything runs; summary
 # ---------------------------------------------------------------------------
 first_line() { "$@" 2>&1 | sed -n '1p'; }
@@ -329,11 +351,12 @@ ver() {
     ver curl                      curl --version
     ver podman                    podman --version
     ver runc                      runc --version
+    ver cargo-deb                 "$BIN/cargo-deb" --version
 } > "$TOOLS/versions.txt.tmp"
 mv "$TOOLS/versions.txt.tmp" "$TOOLS/versions.txt"
 
 # wrk -v always exits 1; make sure it at least printed its banner.
 grep -q '^wrk .*wrk ' "$TOOLS/versions.txt" || die "wrk did not print a version"
 
-echo "fix-monitor tools (.tools/bin: victoria-metrics, prometheus-trixie, promtool-trixie):"
+echo "fix-monitor tools (.tools/bin: victoria-metrics, prometheus-trixie, promtool-trixie, cargo-deb):"
 cat "$TOOLS/versions.txt"

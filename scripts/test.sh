@@ -17,4 +17,8 @@ SOAK_SECONDS=120 SOAK_PROFILE=debug SOAK_CARGO_ARGS="--features system-tests" ba
 python3 benches/test_report.py
 bash scripts/check-dashboards.sh
 bash scripts/check-examples.sh
+# The Debian package: build (release), install on this machine, check, purge; then the same
+# .deb in a minimal Debian root (debootstrap, about 40 s).
+bash scripts/check-package.sh
+bash scripts/check-package-root.sh
 bash scripts/check-layers.sh
