@@ -15,7 +15,7 @@
 #   - `dpkg --purge` leaves no path named *fix-monitor* and no user or group in the root (the
 #     shadow backups /etc/passwd- and /etc/group- excepted, see examples/README.md).
 # scripts/test.sh runs it after check-package.sh (reusing its .deb: package-deb.sh finds the
-# release build and cargo-deb in place); it downloads about 60 MB from the Debian mirror and
+# build and cargo-deb in place); it downloads about 60 MB from the Debian mirror and
 # took 38 s on the 2-core machine.
 #
 # Environment: DEB (default: scripts/package-deb.sh builds it), MIRROR (default: the Debian

@@ -19,7 +19,9 @@
 # then `cargo deb --no-build` (cargo-deb strips the binary it packages) and print the .deb's
 # path as the last line of stdout.
 #
-# Environment: CARGO_DEB_VERSION (default below).
+# Environment: CARGO_DEB_VERSION (default below); PACKAGE_PROFILE (release | debug: package the
+# test build instead, as CI's check does to save a release build; cargo-deb strips it all the
+# same, but it is unoptimized: not for use).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -51,12 +53,18 @@ if [ "${1:-}" = --install-cargo-deb ]; then
 fi
 [ $# -eq 0 ] || die "unknown argument: $1 (see the header of this script)"
 
-log "cargo build --release --locked --bin fix-monitor"
-cargo build --release --locked --bin fix-monitor
+profile="${PACKAGE_PROFILE:-release}"
+case "$profile" in
+    release) build=(--release) cargo_profile=release dir=release ;;
+    debug) build=() cargo_profile=dev dir=debug ;;
+    *) die "PACKAGE_PROFILE must be release or debug" ;;
+esac
+log "cargo build ${build[*]} --locked --bin fix-monitor"
+cargo build "${build[@]}" --locked --bin fix-monitor
 target_dir="$(cargo metadata --format-version 1 --no-deps \
     | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
-bin="$target_dir/release/fix-monitor"
-[ -x "$bin" ] || die "no release binary at $bin"
+bin="$target_dir/$dir/fix-monitor"
+[ -x "$bin" ] || die "no $profile binary at $bin"
 
 # Generated assets. Cargo.toml names them under target/package/ (relative to the package root,
 # whatever CARGO_TARGET_DIR says), so they are written there.
@@ -113,7 +121,7 @@ changed="$(diff <(sed -n '/^\[Unit\]$/,$p' "$example") <(sed -n '/^\[Unit\]$/,$p
 [ "$changed" = 9 ] || die "packaged unit differs from the example in $changed lines, expected 9"
 
 log "cargo deb --no-build"
-deb="$(PATH="$TOOL_ROOT/bin:$PATH" cargo deb --no-build --output "$out/" | tail -n1)"
+deb="$(PATH="$TOOL_ROOT/bin:$PATH" cargo deb --no-build --profile "$cargo_profile" --output "$out/" | tail -n1)"
 [ -f "$deb" ] || die "cargo deb printed no .deb path (got: $deb)"
 log "built $deb ($(du -h "$deb" | cut -f1))"
 printf '%s\n' "$deb"
