@@ -34,11 +34,8 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 EX="$ROOT/examples"
 PROMTOOL="${PROMTOOL:-promtool}"
-pass=0
-fail=0
-ok() { printf 'ok    %s\n' "$*"; pass=$((pass + 1)); }
-bad() { printf 'FAIL  %s\n' "$*"; fail=$((fail + 1)); }
-indent() { sed 's/^/      /'; }
+# shellcheck source=scripts/checks-lib.sh
+source "$ROOT/scripts/checks-lib.sh"
 
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/fix-check-examples.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT

@@ -26,12 +26,9 @@ set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SUITE="${SUITE:-bookworm}"
-pass=0
-fail=0
-ok() { printf 'ok    %s\n' "$*"; pass=$((pass + 1)); }
-bad() { printf 'FAIL  %s\n' "$*"; fail=$((fail + 1)); }
-indent() { sed 's/^/      /'; }
-die() { printf 'check-package-root: ERROR: %s\n' "$*" >&2; printf '%d passed, %d failed\n' "$pass" "$((fail + 1))"; exit 1; }
+CHECK_NAME=check-package-root
+# shellcheck source=scripts/checks-lib.sh
+source "$ROOT/scripts/checks-lib.sh"
 
 [ "$(id -u)" = 0 ] || die "must run as root (debootstrap, chroot)"
 command -v debootstrap >/dev/null || die "debootstrap not found (apt-get install debootstrap)"

@@ -45,12 +45,9 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PKG=fix-monitor
 UNIT=/lib/systemd/system/fix-monitor.service
-pass=0
-fail=0
-ok() { printf 'ok    %s\n' "$*"; pass=$((pass + 1)); }
-bad() { printf 'FAIL  %s\n' "$*"; fail=$((fail + 1)); }
-indent() { sed 's/^/      /'; }
-die() { printf 'check-package: ERROR: %s\n' "$*" >&2; printf '%d passed, %d failed\n' "$pass" "$((fail + 1))"; exit 1; }
+CHECK_NAME=check-package
+# shellcheck source=scripts/checks-lib.sh
+source "$ROOT/scripts/checks-lib.sh"
 # check DESCRIPTION COMMAND...: ok when COMMAND exits 0, else FAIL with its output.
 check() {
     local what="$1" out
@@ -227,6 +224,43 @@ fi
 install -d -o "$PKG" -g "$PKG" -m 0700 /var/lib/fix-monitor
 pre="$(sed -n 's/^ExecStartPre=//p' "$UNIT")"
 start="$(sed -n 's/^ExecStart=//p' "$UNIT")"
+# The URL a sidecar started in the background says it listens on in LOG, waiting up to TRIES
+# tenths of a second while PID lives; empty if it never says.
+listen_url() {
+    local log="$1" pid="$2" tries="$3" u=""
+    for _ in $(seq "$tries"); do
+        u="$(sed -n 's|.*listening on \(http://[0-9.]*:[0-9]*\).*|\1|p' "$log" | head -n1)"
+        [ -n "$u" ] && break
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    printf '%s' "$u"
+}
+
+# Whether URL's /health says the source is WANT; leaves the body in $health.
+health_source_is() {
+    local url="$1" want="$2"
+    health=""
+    [ -n "$url" ] && health="$(curl -fsS --max-time 5 "$url/health")" \
+        && printf '%s' "$health" \
+        | python3 -c 'import json, sys; sys.exit(json.load(sys.stdin)["source"] != sys.argv[1])' "$want"
+}
+
+# SIGTERM to the sidecar in $server_pid (WHAT, its log LOG): it must exit 0.
+stop_server() {
+    local what="$1" log="$2" rc
+    kill -TERM "$server_pid" 2>/dev/null
+    wait "$server_pid"
+    rc=$?
+    server_pid=""
+    if [ "$rc" = 0 ]; then
+        ok "SIGTERM: $what exited 0"
+    else
+        bad "SIGTERM: $what exited $rc"
+        tail -n 5 "$log" | indent
+    fi
+}
+
 # shellcheck disable=SC2086 # the unit's command line, split on spaces as systemd does here
 check "ExecStartPre= as fix-monitor: $pre" runuser -u "$PKG" -- $pre
 # shellcheck disable=SC2086
@@ -234,25 +268,14 @@ check "ExecStartPre= as fix-monitor: $pre" runuser -u "$PKG" -- $pre
 # fix-monitor (it forwards SIGTERM, then dies of it itself, 143), and its status is what is checked.
 setpriv --reuid "$PKG" --regid "$PKG" --clear-groups $start --listen 127.0.0.1:0 > "$tmp/run.log" 2>&1 &
 server_pid=$!
-url=""
-for _ in $(seq 100); do
-    url="$(sed -n 's|.*listening on \(http://[0-9.]*:[0-9]*\).*|\1|p' "$tmp/run.log" | head -n1)"
-    [ -n "$url" ] && break
-    kill -0 "$server_pid" 2>/dev/null || break
-    sleep 0.1
-done
-if [ -n "$url" ] && health="$(curl -fsS --max-time 5 "$url/health")" \
-    && printf '%s' "$health" | python3 -c 'import json, sys; h = json.load(sys.stdin); sys.exit(h["source"] != "netlink")'; then
+url="$(listen_url "$tmp/run.log" "$server_pid" 100)"
+if health_source_is "$url" netlink; then
     ok "ExecStart= as fix-monitor (--listen 127.0.0.1:0): /health at $url says source netlink"
 else
     bad "ExecStart= as fix-monitor: no /health with source netlink (url '$url')"
     { printf '%s\n' "${health:-}"; tail -n 20 "$tmp/run.log"; } | indent
 fi
-kill -TERM "$server_pid" 2>/dev/null
-wait "$server_pid"
-rc=$?
-server_pid=""
-[ "$rc" = 0 ] && ok "SIGTERM: fix-monitor run exited 0" || { bad "SIGTERM: fix-monitor run exited $rc"; tail -n 5 "$tmp/run.log" | indent; }
+stop_server "fix-monitor run" "$tmp/run.log"
 check "the state directory was written as fix-monitor" \
     sh -c '[ "$(stat -c %U /var/lib/fix-monitor)" = fix-monitor ] && [ -n "$(ls -A /var/lib/fix-monitor)" ]'
 
@@ -266,25 +289,14 @@ caps=(--reuid "$PKG" --regid "$PKG" --clear-groups --inh-caps -all,+bpf,+perfmon
 setpriv "${caps[@]}" fix-monitor run --config /etc/fix-monitor/config.toml --source ebpf \
     --listen 127.0.0.1:0 > "$tmp/ebpf.log" 2>&1 &
 server_pid=$!
-url=""
-for _ in $(seq 150); do
-    url="$(sed -n 's|.*listening on \(http://[0-9.]*:[0-9]*\).*|\1|p' "$tmp/ebpf.log" | head -n1)"
-    [ -n "$url" ] && break
-    kill -0 "$server_pid" 2>/dev/null || break
-    sleep 0.1
-done
-if [ -n "$url" ] && health="$(curl -fsS --max-time 5 "$url/health")" \
-    && printf '%s' "$health" | python3 -c 'import json, sys; h = json.load(sys.stdin); sys.exit(h["source"] != "ebpf")'; then
+url="$(listen_url "$tmp/ebpf.log" "$server_pid" 150)"
+if health_source_is "$url" ebpf; then
     ok "as fix-monitor with only CAP_BPF and CAP_PERFMON: --source ebpf serves /health with source ebpf"
 else
     bad "as fix-monitor with only CAP_BPF and CAP_PERFMON: --source ebpf (url '$url')"
     { printf '%s\n' "${health:-}"; tail -n 20 "$tmp/ebpf.log"; } | indent
 fi
-kill -TERM "$server_pid" 2>/dev/null
-wait "$server_pid"
-rc=$?
-server_pid=""
-[ "$rc" = 0 ] && ok "SIGTERM: the eBPF sidecar exited 0" || { bad "SIGTERM: the eBPF sidecar exited $rc"; tail -n 5 "$tmp/ebpf.log" | indent; }
+stop_server "the eBPF sidecar" "$tmp/ebpf.log"
 if out="$(timeout 30 runuser -u "$PKG" -- fix-monitor run --config /etc/fix-monitor/config.toml --source ebpf \
     --listen 127.0.0.1:0 2>&1)"; then
     bad "as fix-monitor without capabilities, --source ebpf should refuse to start"

@@ -238,11 +238,10 @@ mod tests {
         }};
     }
 
-    #[test]
-    fn records_have_no_implicit_padding() {
-        no_implicit_padding!(
-            RawEvent,
-            [
+    /// `RawEvent`'s fields in declaration order, for both checks below (`$m!($pre [fields])`).
+    macro_rules! event_fields {
+        ($m:ident!($($pre:tt)*)) => {
+            $m!($($pre)* [
                 ts_ns,
                 sock_cookie,
                 netns_cookie,
@@ -269,11 +268,14 @@ mod tests {
                 comm,
                 saddr,
                 daddr,
-            ]
-        );
-        no_implicit_padding!(
-            RawHealth,
-            [
+            ])
+        };
+    }
+
+    /// `RawHealth`'s fields in declaration order, for both checks below.
+    macro_rules! health_fields {
+        ($m:ident!($($pre:tt)*)) => {
+            $m!($($pre)* [
                 sock_cookie,
                 established_ns,
                 bytes_acked,
@@ -310,8 +312,14 @@ mod tests {
                 closed,
                 saddr,
                 daddr,
-            ]
-        );
+            ])
+        };
+    }
+
+    #[test]
+    fn records_have_no_implicit_padding() {
+        event_fields!(no_implicit_padding!(RawEvent,));
+        health_fields!(no_implicit_padding!(RawHealth,));
         no_implicit_padding!(TargetKey, [prefixlen, family, addr, _pad]);
         no_implicit_padding!(NetRules, [first, count]);
         no_implicit_padding!(PortRule, [rport, lport_lo, lport_hi, _pad, target]);
@@ -334,79 +342,8 @@ mod tests {
     /// mirror drifts from what the committed object was built with.
     #[test]
     fn rust_records_match_the_objects_btf() {
-        same_layout!(
-            RawEvent,
-            "event",
-            [
-                ts_ns,
-                sock_cookie,
-                netns_cookie,
-                bytes_acked,
-                bytes_received,
-                bytes_sent,
-                pid,
-                target,
-                total_retrans,
-                retrans_events,
-                rst_reason,
-                sk_err,
-                srtt_us,
-                sport,
-                dport,
-                kind,
-                oldstate,
-                newstate,
-                family,
-                closer,
-                rst,
-                adopted,
-                comm,
-                saddr,
-                daddr,
-            ]
-        );
-        same_layout!(
-            RawHealth,
-            "health",
-            [
-                sock_cookie,
-                established_ns,
-                bytes_acked,
-                bytes_received,
-                bytes_sent,
-                bytes_retrans,
-                busy_us,
-                rwnd_limited_us,
-                sndbuf_limited_us,
-                delivery_rate,
-                srtt_us,
-                rttvar_us,
-                min_rtt_us,
-                total_retrans,
-                retrans_events,
-                lost,
-                dsack_dups,
-                unacked,
-                send_queue_bytes,
-                notsent_bytes,
-                rcv_queue,
-                last_data_recv_ms,
-                last_data_sent_ms,
-                last_ack_recv_ms,
-                snd_cwnd,
-                snd_wnd,
-                target,
-                pid,
-                sport,
-                dport,
-                family,
-                state,
-                adopted,
-                closed,
-                saddr,
-                daddr,
-            ]
-        );
+        event_fields!(same_layout!(RawEvent, "event",));
+        health_fields!(same_layout!(RawHealth, "health",));
         same_layout!(TargetKey, "target_key", [prefixlen, family, addr]);
         same_layout!(NetRules, "net_rules", [first, count]);
         same_layout!(PortRule, "port_rule", [rport, lport_lo, lport_hi, target]);
