@@ -107,6 +107,10 @@ BEGIN {
         for (i = 0; i <= n; i++) emit("fix_session_sequence_gaps_total", LS ",direction=\"in\"", int(i / 40), start + i * step)
         for (i = 0; i <= n; i++) emit("fix_session_rejects_total", LS ",direction=\"in\",kind=\"business\"", int(i / 20), start + i * step)
         for (i = 0; i <= n; i++) emit("fix_orders_unanswered_total", LS, int(i / 60), start + i * step)
+        # refused logons now and then, attempts climbing toward a threshold of 5
+        for (i = 0; i <= n; i++) emit("fix_session_logons_refused_total", LS, int(i / 50), start + i * step)
+        for (i = 0; i <= n; i++) emit("fix_session_logon_attempts_in_window", LS, i % 5, start + i * step)
+        for (i = 0; i <= n; i++) emit("fix_target_logon_lockout_attempts", L, 5, start + i * step)
         nab = split("0.0001 0.001 0.01 0.1 1 +Inf", ales, " ")
         for (b = 1; b <= nab; b++) {
             LB = LS sprintf(",request=\"new\",le=\"%s\"", ales[b])

@@ -35,8 +35,9 @@ pub(super) fn explain(loaded: &Loaded) -> String {
         unreachable!("settings serialize to a table")
     };
     let comp_ids = &loaded.settings.fix.target_comp_ids;
+    let lockouts = &loaded.settings.fix.target_logon_lockout;
     let targets: Vec<RawTarget> = (loaded.settings.targets.iter().enumerate())
-        .map(|(i, t)| RawTarget::new(t, comp_ids.get(i)))
+        .map(|(i, t)| RawTarget::new(t, comp_ids.get(i), lockouts.get(i).copied().flatten()))
         .collect();
     let targets = Value::serialize(targets).expect("targets serialize");
     top.insert("targets".to_owned(), targets);
@@ -55,6 +56,10 @@ fn absent_meaning(key: &str) -> &'static str {
         (".key_file", "no client key"),
         (".heartbeat", "none"),
         (".stale_after", "no staleness judged (no heartbeat either)"),
+        (
+            ".logon_lockout",
+            "no lockout threshold (logon attempts counted over 60s)",
+        ),
         ("state.dir", "no state kept across restarts"),
         ("poll.health_interval", "every poll"),
         (".web_config", "plain HTTP, no auth"),

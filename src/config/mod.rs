@@ -41,6 +41,7 @@
 //! heartbeat = "30s"           # optional FIX HeartBtInt of its sessions
 //! stale_after = "60s"         # optional; default twice heartbeat; neither: not judged
 //! comp_ids = ["VENUE"]        # optional: the FIX log sessions that belong to it
+//! logon_lockout = { attempts = 5, within = "60s" }  # optional: the venue's logon lockout
 //! [poll]
 //! interval = "1s"             # humantime string, or an integer number of seconds
 //! source = "auto"             # auto | ebpf | netlink | procfs | netstat
@@ -203,6 +204,26 @@ pub struct FixSettings {
     /// from the targets by `raw::validate`).
     #[serde(skip)]
     pub target_comp_ids: Vec<Vec<String>>,
+    /// `targets[i].logon_lockout`, by target id (filled from the targets by `raw::validate`).
+    #[serde(skip)]
+    pub target_logon_lockout: Vec<Option<LogonLockout>>,
+}
+
+/// `targets[].logon_lockout`: the venue locks a FIX session out after `attempts` logons within
+/// `within` (CME: 5 invalid logons within 60 s). The FIX layer counts our logon attempts in that
+/// window and exports the threshold, so an alert can fire at the attempt before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogonLockout {
+    /// Logon attempts within `within` that lock the session out; 2 to
+    /// `tracker::MAX_LOGON_ATTEMPTS`.
+    pub attempts: u32,
+    /// The sliding window; above zero, at most 24h.
+    pub within: Duration,
+}
+
+impl LogonLockout {
+    /// The window logon attempts are counted over for a target without `logon_lockout`.
+    pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
 }
 
 /// One `[[fix.logs]]` table.

@@ -30,7 +30,8 @@ use strum::VariantNames;
 use super::error::ErrorKind::{self, *};
 use super::error::{ConfigError, Origin};
 use super::layers::{self, ENV_OTEL_METRICS_ENDPOINT, ENV_PREFIX};
-use super::{defaults, FixSettings, LogFormat, OtlpProtocol, OtlpSettings, OtlpTemporality};
+use super::OtlpTemporality;
+use super::{defaults, FixSettings, LogFormat, LogonLockout, OtlpProtocol, OtlpSettings};
 use super::{Settings, TlsFiles};
 use crate::source::SourceKind;
 use crate::target::{PortRange, Target, Targets};
@@ -61,11 +62,18 @@ pub(crate) struct RawTarget {
     /// The FIX layer's link from log sessions to this target: their CompIDs.
     #[serde(with = "check::comp_ids")]
     comp_ids: Vec<String>,
+    /// The venue's lockout after too many logons: `{ attempts = 5, within = "60s" }`.
+    #[serde(with = "check::logon_lockout")]
+    logon_lockout: Option<LogonLockout>,
 }
 
 impl RawTarget {
-    /// The target as configured, with the CompIDs `[fix]` keeps for it.
-    pub(super) fn new(t: &Target, comp_ids: Option<&Vec<String>>) -> Self {
+    /// The target as configured, with the CompIDs and logon lockout `[fix]` keeps for it.
+    pub(super) fn new(
+        t: &Target,
+        comp_ids: Option<&Vec<String>>,
+        logon_lockout: Option<LogonLockout>,
+    ) -> Self {
         RawTarget {
             name: Some(t.name.clone()),
             address: Some(t.net),
@@ -74,6 +82,7 @@ impl RawTarget {
             heartbeat: t.heartbeat,
             stale_after: t.stale_after,
             comp_ids: comp_ids.cloned().unwrap_or_default(),
+            logon_lockout,
         }
     }
 }
@@ -133,6 +142,17 @@ checks! {
     protocol -> OtlpProtocol = parse_protocol;
     comp_ids -> Vec<String> = parse_comp_ids;
     glob -> String = parse_glob;
+    logon_lockout -> LogonLockout = parse_logon_lockout, |l: &LogonLockout| ShownLockout {
+        attempts: l.attempts,
+        within: humantime::format_duration(l.within).to_string(),
+    };
+}
+
+/// A logon lockout as the file takes it (`fix-monitor config`).
+#[derive(Serialize)]
+struct ShownLockout {
+    attempts: u32,
+    within: String,
 }
 
 /// A single address without its prefix length, as it was most likely written.
@@ -337,10 +357,10 @@ pub(crate) fn validate(raw: Raw, cx: &mut Context<'_>) -> Settings {
         );
         cx.report(Conflict, "prometheus.enabled", "false".into(), message);
     }
-    let (targets, target_comp_ids) = targets(raw.targets, cx);
+    let (targets, per_target) = targets(raw.targets, cx);
     Settings {
         targets,
-        fix: self::fix(raw.fix, target_comp_ids, cx),
+        fix: self::fix(raw.fix, per_target, cx),
         otlp,
         poll: raw.poll,
         prometheus: raw.prometheus,
@@ -351,7 +371,7 @@ pub(crate) fn validate(raw: Raw, cx: &mut Context<'_>) -> Settings {
 
 /// `[fix]` as a whole: every log needs a path, and the log source needs our CompIDs to tell
 /// which side sent a message.
-fn fix(mut fix: FixSettings, target_comp_ids: Vec<Vec<String>>, cx: &mut Context) -> FixSettings {
+fn fix(mut fix: FixSettings, per_target: PerTarget, cx: &mut Context) -> FixSettings {
     for (i, l) in fix.logs.iter().enumerate() {
         let key = format!("fix.logs[{i}].path");
         if l.path.is_none() && !cx.failed.contains(&key) {
@@ -367,11 +387,14 @@ fn fix(mut fix: FixSettings, target_comp_ids: Vec<Vec<String>>, cx: &mut Context
                        [\"GW\"]";
         cx.report(Conflict, "fix.our_comp_ids", "[]".into(), message);
     }
-    fix.target_comp_ids = target_comp_ids;
+    (fix.target_comp_ids, fix.target_logon_lockout) = per_target;
     fix
 }
 
-fn targets(raw: Option<Vec<RawTarget>>, cx: &mut Context) -> (Targets, Vec<Vec<String>>) {
+/// What `[fix]` keeps of each target, by target id: its CompIDs and its logon lockout.
+type PerTarget = (Vec<Vec<String>>, Vec<Option<LogonLockout>>);
+
+fn targets(raw: Option<Vec<RawTarget>>, cx: &mut Context) -> (Targets, PerTarget) {
     let no_targets = format!(
         "no targets to watch; give one with --ip ADDR [--target-port PORT], with DOWNSTREAM_IP \
          (and DOWNSTREAM_PORT) in the environment, or as [[targets]] in the config file ({}) or \
@@ -386,7 +409,7 @@ fn targets(raw: Option<Vec<RawTarget>>, cx: &mut Context) -> (Targets, Vec<Vec<S
             .errors
             .push(ConfigError::new(NoTargets, "targets", no_targets)),
     }
-    let (mut targets, mut comp_ids) = (Vec::new(), Vec::new());
+    let (mut targets, mut comp_ids, mut lockouts) = (Vec::new(), Vec::new(), Vec::new());
     // Name -> index in the configuration of the first target with it.
     let mut names: BTreeMap<String, usize> = BTreeMap::new();
     for (i, t) in raw.into_iter().flatten().enumerate() {
@@ -425,8 +448,9 @@ fn targets(raw: Option<Vec<RawTarget>>, cx: &mut Context) -> (Targets, Vec<Vec<S
             stale_after: t.stale_after.or(t.heartbeat.map(|h| h * 2)),
         });
         comp_ids.push(t.comp_ids);
+        lockouts.push(t.logon_lockout);
     }
-    (Targets::new(targets), comp_ids)
+    (Targets::new(targets), (comp_ids, lockouts))
 }
 
 /// `[otlp]` as a whole: the endpoint against the protocol, the TLS files against the endpoint's
@@ -764,6 +788,46 @@ fn parse_comp_ids(value: &Value) -> Result<Vec<String>, String> {
         }
     }
     Ok(items)
+}
+
+const ALLOWED_LOCKOUT: &str = "expected a table { attempts = N, within = DURATION }, such as \
+     { attempts = 5, within = \"60s\" }: the venue locks the session out after `attempts` logons \
+     (2 to 64) within `within` (above zero, at most 24h)";
+
+fn parse_logon_lockout(value: &Value) -> Result<LogonLockout, String> {
+    let max = crate::fix::tracker::MAX_LOGON_ATTEMPTS as i128;
+    let Value::Dict(_, dict) = value else {
+        return Err(ALLOWED_LOCKOUT.to_owned());
+    };
+    if let Some(key) = dict
+        .keys()
+        .find(|k| !matches!(k.as_str(), "attempts" | "within"))
+    {
+        return Err(format!("has an unknown key `{key}`; {ALLOWED_LOCKOUT}"));
+    }
+    let (Some(attempts), Some(within)) = (dict.get("attempts"), dict.get("within")) else {
+        return Err(format!(
+            "needs both `attempts` and `within`; {ALLOWED_LOCKOUT}"
+        ));
+    };
+    let attempts = integer(attempts)
+        .filter(|n| (2..=max).contains(n))
+        .ok_or_else(|| {
+            format!(
+                "attempts = {} is not from 2 to {max}; {ALLOWED_LOCKOUT}",
+                render(attempts)
+            )
+        })?;
+    let within = parse_interval(within).map_err(|_| {
+        format!(
+            "within = {} is not a duration above zero and at most 24h; {ALLOWED_LOCKOUT}",
+            render(within)
+        )
+    })?;
+    Ok(LogonLockout {
+        attempts: attempts as u32,
+        within,
+    })
 }
 
 fn parse_glob(value: &Value) -> Result<String, String> {

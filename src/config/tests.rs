@@ -1448,3 +1448,78 @@ fn process_lookup_is_off_by_default_and_set_from_file_or_variable_with_its_origi
     assert_eq!(error.origin, env("FIX_MONITOR_POLL__PROCESS_LOOKUP"));
     assert!(error.message.contains("expected true or false"), "{error}");
 }
+
+#[test]
+fn logon_lockout_per_target() {
+    let toml = r#"
+        [[targets]]
+        name = "cme"
+        address = "10.0.0.1"
+        logon_lockout = { attempts = 5, within = "60s" }
+        [[targets]]
+        address = "10.0.0.2"
+    "#;
+    let loaded = ok(parse_toml_str(toml, "c.toml"));
+    let minute = Duration::from_secs(60);
+    assert_eq!(
+        loaded.settings.fix.target_logon_lockout,
+        [
+            Some(crate::config::LogonLockout {
+                attempts: 5,
+                within: minute
+            }),
+            None
+        ]
+    );
+    let shown = loaded.explain();
+    assert!(shown.contains("[targets.logon_lockout]"), "{shown}");
+    assert!(shown.contains("attempts = 5"), "{shown}");
+    assert!(shown.contains("within = \"1m\""), "{shown}");
+    assert!(
+        shown.contains("# logon_lockout: no lockout threshold"),
+        "{shown}"
+    );
+    // What `config` prints loads back to the same lockouts.
+    let again = ok(parse_toml_str(&shown, "explained.toml"));
+    assert_eq!(again.settings.fix, loaded.settings.fix);
+
+    let bad = r#"
+        [[targets]]
+        address = "10.0.0.1"
+        logon_lockout = { attempts = 1, within = "60s" }
+        [[targets]]
+        address = "10.0.0.2"
+        logon_lockout = { attempts = 5, within = "0s" }
+        [[targets]]
+        address = "10.0.0.3"
+        logon_lockout = { attempts = 5 }
+        [[targets]]
+        address = "10.0.0.4"
+        logon_lockout = 5
+    "#;
+    let e = errors(parse_toml_str(bad, "c.toml"));
+    assert_eq!(e.len(), 4, "{e}");
+    let one = find(&e, "targets[0].logon_lockout");
+    assert_eq!(one.origin, file(Path::new("c.toml")));
+    assert_eq!(
+        one.value.as_deref(),
+        Some("{attempts = 1, within = \"60s\"}")
+    );
+    assert!(
+        one.message.contains("attempts = 1 is not from 2 to 64"),
+        "{one}"
+    );
+    assert!(
+        one.message.contains("within = \"60s\""),
+        "says what is allowed: {one}"
+    );
+    let zero = find(&e, "targets[1].logon_lockout");
+    assert!(
+        zero.message.contains("within = \"0s\" is not a duration"),
+        "{zero}"
+    );
+    let half = find(&e, "targets[2].logon_lockout");
+    assert!(half.message.contains("needs both"), "{half}");
+    let number = find(&e, "targets[3].logon_lockout");
+    assert!(number.message.starts_with("expected a table"), "{number}");
+}

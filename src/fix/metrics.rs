@@ -2,7 +2,8 @@
 //! published [`FixState`] (a collection only reads numbers), except the order latency histogram,
 //! which the FIX thread records as round trips complete (see `monitor`).
 //!
-//! Attributes are bounded: `target` (configured names), `session` (`SENDER->TARGET`, only
+//! Attributes are bounded: `target` (configured names; the only attribute of
+//! `fix_target_logon_lockout_attempts`, one series per target with a `logon_lockout`), `session` (`SENDER->TARGET`, only
 //! sessions seen on watched connections or in configured logs, capped by the tracker's
 //! `max_sessions`), `direction`, `initiator`, `kind`, `request` (fixed sets) and `msg_type`
 //! (standard names, capped per session by the tracker's `max_msg_types`).
@@ -18,6 +19,9 @@ pub mod names {
     pub const LOGGED_ON: &str = "fix_session_logged_on";
     pub const LOGONS: &str = "fix_session_logons";
     pub const LOGOUTS: &str = "fix_session_logouts";
+    pub const LOGONS_REFUSED: &str = "fix_session_logons_refused";
+    pub const LOGON_ATTEMPTS_IN_WINDOW: &str = "fix_session_logon_attempts_in_window";
+    pub const LOGON_LOCKOUT_ATTEMPTS: &str = "fix_target_logon_lockout_attempts";
     pub const MESSAGES: &str = "fix_messages";
     pub const HEARTBEAT_INTERVAL: &str = "fix_session_heartbeat_interval";
     pub const INBOUND_SILENCE: &str = "fix_session_inbound_silence";
@@ -42,6 +46,9 @@ pub mod names {
         LOGGED_ON,
         LOGONS,
         LOGOUTS,
+        LOGONS_REFUSED,
+        LOGON_ATTEMPTS_IN_WINDOW,
+        LOGON_LOCKOUT_ATTEMPTS,
         MESSAGES,
         HEARTBEAT_INTERVAL,
         INBOUND_SILENCE,
@@ -193,8 +200,29 @@ impl FixInstruments {
     }
 }
 
-/// Per-session gauges: logged on, HeartBtInt, inbound silence.
+/// Per-session gauges: logged on, HeartBtInt, inbound silence, logon attempts in the window;
+/// and the targets' lockout thresholds.
 fn session_gauges(r: &mut Registrar) {
+    r.gauge(
+        names::LOGON_ATTEMPTS_IN_WINDOW,
+        None,
+        "Logons we sent on the FIX session within its target's logon_lockout window (60s \
+         without one)",
+        |st| each_session(st, |s| vec![(s.logon_attempts_in_window as f64, base(s))]),
+    );
+    r.gauge(
+        names::LOGON_LOCKOUT_ATTEMPTS,
+        None,
+        "The target's logon_lockout.attempts: logons within its window that lock a session out",
+        |st| {
+            (st.logon_lockouts.iter())
+                .map(|l| {
+                    let target = vec![KeyValue::new(attrs::TARGET, l.target.clone())];
+                    (f64::from(l.attempts), target)
+                })
+                .collect()
+        },
+    );
     r.gauge(
         names::LOGGED_ON,
         None,
@@ -235,6 +263,11 @@ fn session_counters(r: &mut Registrar) {
     r.counter(names::LOGONS, "Logons answered", |st| {
         each_session(st, |s| vec![(s.logons, base(s))])
     });
+    r.counter(
+        names::LOGONS_REFUSED,
+        "Logons we sent answered by a Logout (refused; neither logons nor logouts)",
+        |st| each_session(st, |s| vec![(s.logons_refused, base(s))]),
+    );
     r.counter(
         names::LOGOUTS,
         "Logouts, by who sent the first Logout",

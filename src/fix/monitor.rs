@@ -18,7 +18,7 @@ use super::logs::{LogFollower, LogStats};
 use super::reassembly::{Limits as StreamLimits, StreamStats};
 use super::tracker::{Direction, Event, Limits, LogonState, Origin, Session, TcpLink, Tracker};
 use super::wire::{ConnView, Wire, WireStats};
-use crate::config::FixSettings;
+use crate::config::{FixSettings, LogonLockout};
 use crate::target::Targets;
 
 /// How often the state is published, logs are read and holes and orders expire.
@@ -57,6 +57,15 @@ pub struct FixSessionJson {
     pub logouts_them: u64,
     pub disconnects: u64,
     pub last_logout_text: Option<String>,
+    /// Logons we sent answered by a Logout (neither logons nor logouts).
+    pub logons_refused: u64,
+    /// The last refusal's Logout: its Text (tag 58) and when it was seen (RFC 3339, UTC).
+    pub last_refusal_text: Option<String>,
+    pub last_refusal_at: Option<String>,
+    /// Logons we sent within the target's lockout window (`logon_lockout.within`, else
+    /// 60 s) up to publication, and that window.
+    pub logon_attempts_in_window: usize,
+    pub logon_window_seconds: f64,
     pub heartbeat_interval_seconds: Option<u64>,
     #[serde(rename = "in")]
     pub inbound: DirectionJson,
@@ -73,6 +82,28 @@ pub struct FixSessionJson {
     pub ack_latency_last_seconds: Option<f64>,
     /// `wire` (kernel timestamps) or `log` (the engine log's timestamps).
     pub timed_by: &'static str,
+}
+
+/// A target's `logon_lockout`, as `/sessions` and the metrics report it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LockoutJson {
+    pub target: String,
+    pub attempts: u32,
+    pub within_seconds: f64,
+}
+
+/// The targets' lockouts, for the targets that have one.
+pub fn lockouts_json(targets: &Targets, lockouts: &[Option<LogonLockout>]) -> Vec<LockoutJson> {
+    (lockouts.iter().enumerate())
+        .filter(|&(i, _)| i < targets.len())
+        .filter_map(|(i, l)| {
+            l.map(|l| LockoutJson {
+                target: targets.get(i).name.clone(),
+                attempts: l.attempts,
+                within_seconds: l.within.as_secs_f64(),
+            })
+        })
+        .collect()
 }
 
 /// Counts about the FIX layer itself.
@@ -120,6 +151,8 @@ pub struct FixState {
     /// The files the log patterns match and that are followed now.
     pub log_files: Vec<String>,
     pub sessions: Vec<FixSessionJson>,
+    /// The targets with a `logon_lockout`: the thresholds the sessions' attempts are held to.
+    pub logon_lockouts: Vec<LockoutJson>,
     /// TCP connections of the targets seen on the wire, with what they carry.
     pub connections: Vec<ConnView>,
     pub stats: SelfStats,
@@ -181,11 +214,13 @@ fn direction_json(s: &Session, d: Direction, now: SystemTime) -> DirectionJson {
 }
 
 /// The reported view of the tracker's sessions; a session without a target is linked to one
-/// by its counterparty's CompID (`targets[].comp_ids`).
+/// by its counterparty's CompID (`targets[].comp_ids`). Logon attempts are counted over the
+/// window of its target's `logon_lockout` (`lockouts`, by target id), else 60 s.
 pub fn sessions_json(
     tracker: &Tracker,
     targets: &Targets,
     comp_ids: &[Vec<String>],
+    lockouts: &[Option<LogonLockout>],
     timed_by: &'static str,
     now: SystemTime,
 ) -> Vec<FixSessionJson> {
@@ -199,6 +234,12 @@ pub fn sessions_json(
                     .filter(|&i| i < targets.len())
                     .map(|i| targets.get(i).name.clone())
             });
+            let window = target
+                .as_ref()
+                .and_then(|name| (0..targets.len()).find(|&i| &targets.get(i).name == name))
+                .and_then(|i| lockouts.get(i).copied().flatten())
+                .map_or(LogonLockout::DEFAULT_WINDOW, |l| l.within);
+            let refusal = s.last_refusal.as_ref();
             FixSessionJson {
                 session: s.key.label(),
                 begin_string: s.key.begin_string.clone(),
@@ -211,6 +252,12 @@ pub fn sessions_json(
                 logouts_them: s.logouts_them,
                 disconnects: s.disconnects,
                 last_logout_text: s.last_logout_text.clone(),
+                logons_refused: s.logons_refused,
+                last_refusal_text: refusal.and_then(|r| r.text.clone()),
+                last_refusal_at: refusal
+                    .map(|r| humantime::format_rfc3339_millis(r.at).to_string()),
+                logon_attempts_in_window: s.logon_attempts_within(now, window),
+                logon_window_seconds: window.as_secs_f64(),
                 heartbeat_interval_seconds: s.heartbeat_interval,
                 inbound: direction_json(s, Direction::In, now),
                 outbound: direction_json(s, Direction::Out, now),
@@ -276,6 +323,7 @@ impl FixMonitor {
             capture: settings.capture,
             capture_error: capture_error.clone(),
             logs: settings.log_paths(),
+            logon_lockouts: lockouts_json(targets, &settings.target_logon_lockout),
             ..FixState::default()
         };
         let (tx, rx) = watch::channel(Arc::new(initial));
@@ -448,9 +496,11 @@ impl Worker {
                 &self.tracker,
                 &self.targets,
                 &self.settings.target_comp_ids,
+                &self.settings.target_logon_lockout,
                 timed_by,
                 now,
             ),
+            logon_lockouts: lockouts_json(&self.targets, &self.settings.target_logon_lockout),
             connections: self.wire.connections(),
             stats: SelfStats {
                 wire: self.wire.stats,

@@ -224,6 +224,15 @@ pub struct Session {
     pub disconnects: u64,
     /// The Text (tag 58) of the last Logout seen either way.
     pub last_logout_text: Option<String>,
+    /// Logons we sent answered by a Logout from the other side (a refused logon: neither a
+    /// logon nor a logout).
+    pub logons_refused: u64,
+    /// The last refusal: when its Logout was seen, and its Text (tag 58), if any.
+    pub last_refusal: Option<Refusal>,
+    /// When the last Logons we sent to open the session were seen (at most
+    /// [`MAX_LOGON_ATTEMPTS`], oldest first): a Logon we answer is not an attempt.
+    #[serde(skip)]
+    pub logon_attempts: VecDeque<SystemTime>,
     /// HeartBtInt from the last Logon, seconds.
     pub heartbeat_interval: Option<u64>,
     /// [in, out]
@@ -261,6 +270,9 @@ impl Session {
             logouts_them: 0,
             disconnects: 0,
             last_logout_text: None,
+            logons_refused: 0,
+            last_refusal: None,
+            logon_attempts: VecDeque::new(),
             heartbeat_interval: None,
             dirs: Default::default(),
             by_type: BTreeMap::new(),
@@ -284,6 +296,15 @@ impl Session {
             self.state,
             LogonState::LoggedOn | LogonState::LogoutSent { .. }
         )
+    }
+
+    /// Logons we sent seen in the `window` up to `now` (counted back to at most
+    /// [`MAX_LOGON_ATTEMPTS`]); one seen exactly `window` before `now` has slid out.
+    pub fn logon_attempts_within(&self, now: SystemTime, window: Duration) -> usize {
+        self.logon_attempts
+            .iter()
+            .filter(|&&t| now.duration_since(t).unwrap_or_default() < window)
+            .count()
     }
 
     /// Orders awaiting an answer.
@@ -329,8 +350,9 @@ impl Session {
         fits
     }
 
-    /// Logon and Logout: the session's state, its logons and logouts, HeartBtInt.
-    fn session_level(&mut self, msg: &Message, dir: Direction) {
+    /// Logon and Logout: the session's state, its logons, logouts, refused logons and logon
+    /// attempts, HeartBtInt.
+    fn session_level(&mut self, msg: &Message, dir: Direction, at: SystemTime) {
         let who = match dir {
             Direction::Out => Initiator::Us,
             Direction::In => Initiator::Them,
@@ -351,7 +373,15 @@ impl Session {
                         LogonState::LoggedOn
                     }
                     LogonState::LoggedOn => LogonState::LoggedOn,
-                    _ => LogonState::LogonSent { by: who },
+                    _ => {
+                        if who == Initiator::Us {
+                            if self.logon_attempts.len() == MAX_LOGON_ATTEMPTS {
+                                self.logon_attempts.pop_front();
+                            }
+                            self.logon_attempts.push_back(at);
+                        }
+                        LogonState::LogonSent { by: who }
+                    }
                 };
             }
             b"5" => {
@@ -367,8 +397,18 @@ impl Session {
                         }
                         LogonState::LoggedOut
                     }
-                    // A Logout answering a Logon: the logon was refused.
-                    LogonState::LogonSent { .. } => LogonState::LoggedOut,
+                    // A Logout answering a Logon: the logon was refused. Counted when it refuses
+                    // ours (a Logout we send after our own Logon is giving up, not a refusal).
+                    LogonState::LogonSent { by } => {
+                        if by == Initiator::Us && who == Initiator::Them {
+                            self.logons_refused += 1;
+                            self.last_refusal = Some(Refusal {
+                                at,
+                                text: msg.get_str(tag::TEXT).map(|t| t.into_owned()),
+                            });
+                        }
+                        LogonState::LoggedOut
+                    }
                     other => other,
                 };
             }
@@ -476,6 +516,19 @@ impl DirectionCounts {
 
 /// How many recent order latencies a session keeps for the console.
 pub const RECENT_LATENCIES: usize = 64;
+
+/// How many of its last logon attempts a session keeps the times of: the most a lockout
+/// threshold (`targets[].logon_lockout.attempts`) may be.
+pub const MAX_LOGON_ATTEMPTS: usize = 64;
+
+/// A refused logon: the Logout that answered our Logon.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Refusal {
+    /// When the Logout was seen.
+    pub at: SystemTime,
+    /// Its Text (tag 58), if it had one.
+    pub text: Option<String>,
+}
 
 /// Bounds on what the tracker keeps.
 #[derive(Debug, Clone, Copy)]
@@ -592,7 +645,7 @@ impl Tracker {
         if !s.count_type(msg.msg_type(), dir, limits.max_msg_types) {
             self.msg_types_folded += 1;
         }
-        s.session_level(msg, dir);
+        s.session_level(msg, dir, at);
         s.dirs[dir.idx()].observe(msg, at);
         let orders = s.orders(msg, dir, at, limits.max_pending_orders);
         self.orders_over_cap += orders.given_up;
@@ -750,6 +803,81 @@ mod tests {
         assert_eq!(s.count(Out, "Logon"), 3);
         assert_eq!(s.last_logout_text.as_deref(), Some("unknown CompID"));
         assert_eq!((s.logouts_us, s.logouts_them), (0, 0));
+        assert_eq!(s.logons_refused, 3);
+        assert_eq!(s.logon_attempts.len(), 3);
+        // The sixth message: the third refusal.
+        let refusal = s.last_refusal.as_ref().unwrap();
+        assert_eq!(
+            (refusal.at, refusal.text.as_deref()),
+            (at(6), Some("unknown CompID"))
+        );
+    }
+
+    #[test]
+    fn refusals_are_counted_exactly() {
+        let mut sim = Sim::new();
+        // Refused twice, the second time without a Text.
+        sim.send(Out, "A", &[]);
+        sim.send(In, "5", &[(58, "Invalid password")]);
+        sim.send(Out, "A", &[]);
+        sim.send(In, "5", &[]);
+        assert_eq!(sim.s().logons_refused, 2);
+        assert_eq!(sim.s().last_refusal.as_ref().unwrap().text, None);
+        // We give up on our own Logon: not a refusal.
+        sim.send(Out, "A", &[]);
+        sim.send(Out, "5", &[]);
+        // They log on to us and we refuse them: not a refusal of ours.
+        sim.send(In, "A", &[]);
+        sim.send(Out, "5", &[(58, "go away")]);
+        // Accepted, then an ordinary logout: not a refusal.
+        sim.send(Out, "A", &[]);
+        sim.send(In, "A", &[]);
+        sim.send(In, "5", &[]);
+        sim.send(Out, "5", &[]);
+        let s = sim.s();
+        assert_eq!(s.logons_refused, 2);
+        assert_eq!(s.logons, 1);
+        assert_eq!(s.logouts_them, 1);
+        // Our Logons that opened a session: 4 (our answer to theirs was not one).
+        assert_eq!(s.logon_attempts.len(), 4);
+        assert_eq!(s.last_refusal.as_ref().unwrap().at, at(4));
+    }
+
+    #[test]
+    fn logon_attempts_slide_out_of_the_window() {
+        let mut sim = Sim::new();
+        let minute = Duration::from_secs(60);
+        // Attempts at 1, 3, 5 ms, then one 30 s later (the Sim's clock is one ms a message).
+        for _ in 0..3 {
+            sim.send(Out, "A", &[]);
+            sim.send(In, "5", &[(58, "Invalid password")]);
+        }
+        sim.now = 30_000;
+        sim.send(Out, "A", &[]); // at 30_001
+        let s = sim.s();
+        assert_eq!(s.logon_attempts_within(at(30_001), minute), 4);
+        // 60 s after the first attempt it has slid out; the others stay.
+        assert_eq!(s.logon_attempts_within(at(60_000), minute), 4);
+        assert_eq!(s.logon_attempts_within(at(60_001), minute), 3);
+        assert_eq!(s.logon_attempts_within(at(60_005), minute), 1);
+        assert_eq!(s.logon_attempts_within(at(90_001), minute), 0);
+        // A shorter window.
+        assert_eq!(
+            s.logon_attempts_within(at(30_001), Duration::from_secs(10)),
+            1
+        );
+        // Kept bounded: only the last MAX_LOGON_ATTEMPTS times.
+        for _ in 0..(MAX_LOGON_ATTEMPTS + 10) {
+            sim.send(In, "5", &[]);
+            sim.send(Out, "A", &[]);
+        }
+        let s = sim.s();
+        assert_eq!(s.logon_attempts.len(), MAX_LOGON_ATTEMPTS);
+        assert_eq!(s.logons_refused, 3 + MAX_LOGON_ATTEMPTS as u64 + 10);
+        assert_eq!(
+            s.logon_attempts_within(at(sim.now), minute),
+            MAX_LOGON_ATTEMPTS
+        );
     }
 
     #[test]

@@ -151,3 +151,25 @@ fn a_command_line_clap_rejects_exits_64_but_help_and_version_exit_0() {
         assert!(!o.stdout.is_empty(), "{flag}");
     }
 }
+
+#[test]
+fn bad_logon_lockout_names_key_value_file_and_what_is_allowed() {
+    let f = config_file(
+        r#"
+[[targets]]
+address = "10.0.0.1"
+logon_lockout = { attempts = 100, within = "60s" }
+"#,
+    );
+    let path = f.path().to_str().unwrap();
+    let o = run(&["--config", path, "--listen", "127.0.0.1:0"], &[]);
+    assert_usage_error(
+        &o,
+        &[
+            "targets[0].logon_lockout",
+            "attempts = 100",
+            "from 2 to 64",
+            path,
+        ],
+    );
+}

@@ -362,6 +362,8 @@ capture = true
     assert_eq!(b["logons"], 0);
     assert_eq!(by_type(&b["out"]["by_type"]), refused_logons);
     assert_eq!(b["last_logout_text"], truth.refusal_text.as_str());
+    assert_eq!(b["logons_refused"], truth.refused_logons);
+    assert_eq!(b["last_refusal_text"], truth.refusal_text.as_str());
     assert_eq!(last["stats"]["capture_drops"], 0);
     // Every message of both sessions decoded once, and nothing else let through: a packet
     // seen twice (loopback's second copy, or a veth's) would count as a retransmission.
@@ -416,6 +418,12 @@ capture = true
         );
     }
     assert_eq!(m.sum("fix_session_logons_total", &l), 1.0);
+    let b = [("target", "venue-b"), ("session", "GW->VENUE2")];
+    assert_eq!(
+        m.sum("fix_session_logons_refused_total", &b),
+        truth.refused_logons as f64
+    );
+    assert_eq!(m.sum("fix_session_logons_refused_total", &l), 0.0);
     assert_eq!(
         m.sum(
             "fix_session_logouts_total",

@@ -8,6 +8,7 @@
 
 mod fix_capture;
 mod fix_capture_table;
+mod fix_logon_refused;
 use fix_monitor_test_support::harness;
 
 mod backends;

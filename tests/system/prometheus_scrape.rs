@@ -416,6 +416,7 @@ port = {pa}
 local_ports = [1024, 65535]
 heartbeat = "30s"
 comp_ids = ["VENUE"]
+logon_lockout = {{ attempts = 5, within = "60s" }}
 
 [[targets]]
 name = "venue-b"
