@@ -299,3 +299,65 @@ impl Drop for InputDrop {
             .status();
     }
 }
+
+/// Loopback connections held by child processes (python3), `per_child` each, so that the host
+/// holds many more sockets than one process may open (each connection is two sockets: 20,000
+/// descriptors per process at most here). Each child listens on a port of its own (none a
+/// target), connects `per_child` clients to itself, accepts them, says so, and holds them
+/// until its stdin closes (when the returned handles drop).
+pub struct Unrelated(Vec<std::process::Child>);
+
+const HOLD_CONNECTIONS: &str = r#"
+import resource, socket, sys
+n = int(sys.argv[1])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 2 * n + 64), hard))
+l = socket.socket()
+l.bind(("127.0.0.1", 0))
+l.listen(4096)
+held = []
+for _ in range(n):
+    c = socket.create_connection(l.getsockname())
+    s, _ = l.accept()
+    held += [c, s]
+print(len(held), flush=True)
+sys.stdin.read()
+"#;
+
+impl Unrelated {
+    pub fn hold(children: usize, per_child: usize) -> Unrelated {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let mut held = Vec::new();
+        for _ in 0..children {
+            let mut child = Command::new("python3")
+                .args(["-c", HOLD_CONNECTIONS, &per_child.to_string()])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("python3 is required (scripts/fetch-tools.sh installs it)");
+            let mut line = String::new();
+            std::io::BufReader::new(child.stdout.as_mut().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            assert_eq!(
+                line.trim().parse::<usize>().ok(),
+                Some(2 * per_child),
+                "a child holding {per_child} connections said {line:?}"
+            );
+            held.push(child);
+        }
+        Unrelated(held)
+    }
+}
+
+impl Drop for Unrelated {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            drop(child.stdin.take());
+        }
+        for child in &mut self.0 {
+            let _ = child.wait();
+        }
+    }
+}
