@@ -47,14 +47,166 @@ fn age(what: &str, ss: f64, a: f64, b: f64, elapsed_ms: f64, slack: f64) {
 /// says, the field in each pass, slack), then the two "time since" fields, which may restart.
 fn compare(h1: &Health, h2: &Health, ss: &SsInfo, elapsed_ms: f64) {
     let jiffy_ms = 4.0 + 1.0;
-    let (rtt, rttvar) = ss.fields["rtt"].split_once('/').expect("rtt:a/b");
     let total_retrans = ss
         .fields
         .get("retrans")
         .map(|v| v.split('/').nth(1).unwrap().parse().unwrap())
         .unwrap_or(0.0);
-    type Field = fn(&Health) -> f64;
-    let rows: [(&str, f64, Field, f64); 20] = [
+    for (what, said, field, slack) in rtt_and_counters(ss, total_retrans)
+        .into_iter()
+        .chain(queues_and_windows(ss, jiffy_ms))
+    {
+        between(what, said, field(h1), field(h2), slack);
+    }
+    let ages: [(&str, &str, Field); 3] = [
+        ("lastrcv (ms)", "lastrcv", |h| h.last_data_recv_ms as f64),
+        ("lastsnd (ms)", "lastsnd", |h| h.last_data_sent_ms as f64),
+        ("lastack (ms)", "lastack", |h| h.last_ack_recv_ms as f64),
+    ];
+    for (what, key, field) in ages {
+        age(
+            what,
+            ss.num(key),
+            field(h1),
+            field(h2),
+            elapsed_ms,
+            jiffy_ms,
+        );
+    }
+}
+
+#[test]
+fn every_health_field_matches_ss_for_idle_slow_reader_zero_window_lossy_and_late_ack_sessions() {
+    let (venue, lossy_venue) = (Venue::start(), Venue::start());
+    let mut m = load();
+    m.set_targets(&[target(venue.port), target(lossy_venue.port)])
+        .unwrap();
+    let mut sessions = venue.open(3);
+    // lossy: everything we send the lossy venue is dropped on its way in (nftables), so our
+    // segments wait unacknowledged and are retransmitted with a growing timeout
+    sessions.extend(lossy_venue.open(1));
+    let _drop = InputDrop::new(lossy_venue.port);
+    write_some(&mut sessions[3].0, 4 * 1024 * 1024);
+
+    // idle: a small exchange both ways, read on both sides
+    let (ours, theirs) = &mut sessions[0];
+    ours.write_all(b"8=FIX.4.4|35=A|").unwrap();
+    theirs.read_exact(&mut [0u8; 15]).unwrap();
+    theirs.write_all(b"8=FIX.4.4|35=A|108=30|").unwrap();
+    ours.read_exact(&mut [0u8; 22]).unwrap();
+    // slow reader: the venue sends 200 KB we never read
+    write_some(&mut sessions[1].1, 200 * 1024);
+    // slow venue: we send until its window closes and our buffer holds unsent bytes
+    write_some(&mut sessions[2].0, 64 * 1024 * 1024);
+    // late ACKs: the venue's ACKs are dropped until we have retransmitted; the venue then gets
+    // the data twice and the ACK that finally arrives carries a D-SACK
+    sessions.extend(venue.open(1));
+    let late = sessions[4].0.local_addr().unwrap();
+    let ack_drop = InputDrop::segments(venue.port, late.port());
+    sessions[4].0.write_all(b"8=FIX.4.4|35=0|").unwrap();
+    sessions[4].1.read_exact(&mut [0u8; 15]).unwrap();
+    until_pass(&mut m, "a retransmission of the late-ACK session", |h| {
+        h.local == late && h.total_retrans >= 1
+    });
+    drop(ack_drop);
+    until_pass(&mut m, "the late-ACK session's D-SACK", |h| {
+        h.local == late && h.dsack_dups >= 1 && h.unacked == 0
+    });
+
+    let locals: Vec<_> = sessions
+        .iter()
+        .map(|(ours, _)| ours.local_addr().unwrap())
+        .collect();
+    // settled: the slow venue's window has closed (a probe is pending, nothing in flight)
+    until_pass(&mut m, "the zero window", |h| {
+        h.local == locals[2] && h.snd_wnd == 0 && h.unacked == 0
+    });
+    until_pass(&mut m, "two retransmissions on the lossy session", |h| {
+        h.local == locals[3] && h.total_retrans >= 2
+    });
+    std::thread::sleep(Duration::from_millis(300));
+
+    let started = std::time::Instant::now();
+    let h1 = m.health().unwrap();
+    let mut ss_lines = ss(venue.port);
+    ss_lines.extend(ss(lossy_venue.port));
+    let ss = ss_lines;
+    let h2 = m.health().unwrap();
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    for (i, local) in locals.iter().enumerate() {
+        let find = |pass: &[Health]| {
+            pass.iter()
+                .find(|h| h.local == *local)
+                .cloned()
+                .expect("watched")
+        };
+        let (a, b) = (find(&h1), find(&h2));
+        let info = ss
+            .get(local)
+            .unwrap_or_else(|| panic!("ss has no line for {local}"));
+        eprintln!("session {i}: {a:?}\nss: {info:?}");
+        compare(&a, &b, info, elapsed_ms);
+    }
+    each_session_shows_its_condition(&h1, &locals);
+    assert_eq!(h1.len(), 5, "only the targets' sessions are watched");
+}
+
+/// Each session's condition shows in its own fields, beyond agreeing with `ss`: every field is
+/// seen non-zero somewhere.
+fn each_session_shows_its_condition(h1: &[Health], locals: &[std::net::SocketAddr]) {
+    for h in h1 {
+        let min_rtt = h.min_rtt_us.unwrap();
+        assert!(min_rtt > 0 && min_rtt <= h.srtt_us + 1, "min RTT: {h:?}");
+    }
+    let idle = h1.iter().find(|h| h.local == locals[0]).unwrap();
+    assert!(
+        idle.send_queue_bytes == 0 && idle.delivery_rate > 0 && idle.last_ack_recv_ms > 0,
+        "the idle session: {idle:?}"
+    );
+    let slow_reader = h1.iter().find(|h| h.local == locals[1]).unwrap();
+    assert!(
+        slow_reader.rcv_queue > 100_000,
+        "the slow reader's queue: {slow_reader:?}"
+    );
+    let slow_venue = h1.iter().find(|h| h.local == locals[2]).unwrap();
+    assert!(
+        slow_venue.notsent_bytes > 0
+            && slow_venue.send_queue_bytes >= slow_venue.notsent_bytes
+            && slow_venue.rwnd_limited_us > 0,
+        "the slow venue: {slow_venue:?}"
+    );
+    let lossy = h1.iter().find(|h| h.local == locals[3]).unwrap();
+    assert!(
+        lossy.unacked > 0
+            && lossy.total_retrans >= 2
+            && lossy.lost > 0
+            && lossy.bytes_retrans > 0
+            && lossy.send_queue_bytes > 0,
+        "the lossy session: {lossy:?}"
+    );
+    let late_acks = h1.iter().find(|h| h.local == locals[4]).unwrap();
+    assert!(
+        late_acks.dsack_dups >= 1 && late_acks.bytes_retrans > 0 && late_acks.send_queue_bytes == 0,
+        "the late-ACK session: {late_acks:?}"
+    );
+}
+
+/// Runs health passes until one has a session for which `done` holds (10 s at most).
+fn until_pass(m: &mut fix_monitor_ebpf::Monitor, what: &str, done: impl Fn(&Health) -> bool) {
+    wait_for(what, Duration::from_secs(10), || {
+        m.health().unwrap().iter().find(|h| done(h)).map(|_| ())
+    });
+}
+
+/// A field of `Health` as a number, and a row of the comparison: its name, what `ss` says, the
+/// field, and the slack allowed.
+type Field = fn(&Health) -> f64;
+type Row = (&'static str, f64, Field, f64);
+
+/// RTTs, retransmissions and byte counters: exact, or to `ss`'s printed precision.
+fn rtt_and_counters(ss: &SsInfo, total_retrans: f64) -> [Row; 12] {
+    let (rtt, rttvar) = ss.fields["rtt"].split_once('/').expect("rtt:a/b");
+    let rows: [Row; 12] = [
         (
             "rtt (ms)",
             rtt.parse().unwrap(),
@@ -117,6 +269,13 @@ fn compare(h1: &Health, h2: &Health, ss: &SsInfo, elapsed_ms: f64) {
             0.0,
         ),
         ("unacked", ss.num("unacked"), |h| h.unacked as f64, 0.0),
+    ];
+    rows
+}
+
+/// Queues, time limited, and windows (the times in ms, to within a jiffy).
+fn queues_and_windows(ss: &SsInfo, jiffy_ms: f64) -> [Row; 8] {
+    let rows: [Row; 8] = [
         (
             "notsent",
             ss.num("notsent"),
@@ -151,156 +310,5 @@ fn compare(h1: &Health, h2: &Health, ss: &SsInfo, elapsed_ms: f64) {
         ("cwnd", ss.num("cwnd"), |h| h.snd_cwnd as f64, 0.0),
         ("snd_wnd", ss.num("snd_wnd"), |h| h.snd_wnd as f64, 0.0),
     ];
-    for (what, said, field, slack) in rows {
-        between(what, said, field(h1), field(h2), slack);
-    }
-    let ages: [(&str, &str, Field); 3] = [
-        ("lastrcv (ms)", "lastrcv", |h| h.last_data_recv_ms as f64),
-        ("lastsnd (ms)", "lastsnd", |h| h.last_data_sent_ms as f64),
-        ("lastack (ms)", "lastack", |h| h.last_ack_recv_ms as f64),
-    ];
-    for (what, key, field) in ages {
-        age(
-            what,
-            ss.num(key),
-            field(h1),
-            field(h2),
-            elapsed_ms,
-            jiffy_ms,
-        );
-    }
-}
-
-#[test]
-fn every_health_field_matches_ss_for_idle_slow_reader_zero_window_lossy_and_late_ack_sessions() {
-    let (venue, lossy_venue) = (Venue::start(), Venue::start());
-    let mut m = load();
-    m.set_targets(&[target(venue.port), target(lossy_venue.port)])
-        .unwrap();
-    let mut sessions = venue.open(3);
-    // lossy: everything we send the lossy venue is dropped on its way in (nftables), so our
-    // segments wait unacknowledged and are retransmitted with a growing timeout
-    sessions.extend(lossy_venue.open(1));
-    let _drop = InputDrop::new(lossy_venue.port);
-    write_some(&mut sessions[3].0, 4 * 1024 * 1024);
-
-    // idle: a small exchange both ways, read on both sides
-    let (ours, theirs) = &mut sessions[0];
-    ours.write_all(b"8=FIX.4.4|35=A|").unwrap();
-    theirs.read_exact(&mut [0u8; 15]).unwrap();
-    theirs.write_all(b"8=FIX.4.4|35=A|108=30|").unwrap();
-    ours.read_exact(&mut [0u8; 22]).unwrap();
-    // slow reader: the venue sends 200 KB we never read
-    write_some(&mut sessions[1].1, 200 * 1024);
-    // slow venue: we send until its window closes and our buffer holds unsent bytes
-    write_some(&mut sessions[2].0, 64 * 1024 * 1024);
-    // late ACKs: the venue's ACKs are dropped until we have retransmitted; the venue then gets
-    // the data twice and the ACK that finally arrives carries a D-SACK
-    sessions.extend(venue.open(1));
-    let late = sessions[4].0.local_addr().unwrap();
-    let ack_drop = InputDrop::segments(venue.port, late.port());
-    sessions[4].0.write_all(b"8=FIX.4.4|35=0|").unwrap();
-    sessions[4].1.read_exact(&mut [0u8; 15]).unwrap();
-    wait_for(
-        "a retransmission of the late-ACK session",
-        Duration::from_secs(10),
-        || {
-            let pass = m.health().unwrap();
-            pass.iter()
-                .find(|h| h.local == late && h.total_retrans >= 1)
-                .map(|_| ())
-        },
-    );
-    drop(ack_drop);
-    wait_for(
-        "the late-ACK session's D-SACK",
-        Duration::from_secs(10),
-        || {
-            let pass = m.health().unwrap();
-            pass.iter()
-                .find(|h| h.local == late && h.dsack_dups >= 1 && h.unacked == 0)
-                .map(|_| ())
-        },
-    );
-
-    let locals: Vec<_> = sessions
-        .iter()
-        .map(|(ours, _)| ours.local_addr().unwrap())
-        .collect();
-    // settled: the slow venue's window has closed (a probe is pending, nothing in flight)
-    wait_for("the zero window", Duration::from_secs(10), || {
-        let pass = m.health().unwrap();
-        pass.iter()
-            .find(|h| h.local == locals[2] && h.snd_wnd == 0 && h.unacked == 0)
-            .map(|_| ())
-    });
-    wait_for(
-        "two retransmissions on the lossy session",
-        Duration::from_secs(10),
-        || {
-            let pass = m.health().unwrap();
-            pass.iter()
-                .find(|h| h.local == locals[3] && h.total_retrans >= 2)
-                .map(|_| ())
-        },
-    );
-    std::thread::sleep(Duration::from_millis(300));
-
-    let started = std::time::Instant::now();
-    let h1 = m.health().unwrap();
-    let mut ss_lines = ss(venue.port);
-    ss_lines.extend(ss(lossy_venue.port));
-    let ss = ss_lines;
-    let h2 = m.health().unwrap();
-    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-    for (i, local) in locals.iter().enumerate() {
-        let find = |pass: &[Health]| {
-            pass.iter()
-                .find(|h| h.local == *local)
-                .cloned()
-                .expect("watched")
-        };
-        let (a, b) = (find(&h1), find(&h2));
-        let info = ss
-            .get(local)
-            .unwrap_or_else(|| panic!("ss has no line for {local}"));
-        eprintln!("session {i}: {a:?}\nss: {info:?}");
-        compare(&a, &b, info, elapsed_ms);
-    }
-    for h in &h1 {
-        let min_rtt = h.min_rtt_us.unwrap();
-        assert!(min_rtt > 0 && min_rtt <= h.srtt_us + 1, "min RTT: {h:?}");
-    }
-    let idle = h1.iter().find(|h| h.local == locals[0]).unwrap();
-    assert!(
-        idle.send_queue_bytes == 0 && idle.delivery_rate > 0 && idle.last_ack_recv_ms > 0,
-        "the idle session: {idle:?}"
-    );
-    let slow_reader = h1.iter().find(|h| h.local == locals[1]).unwrap();
-    assert!(
-        slow_reader.rcv_queue > 100_000,
-        "the slow reader's queue: {slow_reader:?}"
-    );
-    let slow_venue = h1.iter().find(|h| h.local == locals[2]).unwrap();
-    assert!(
-        slow_venue.notsent_bytes > 0
-            && slow_venue.send_queue_bytes >= slow_venue.notsent_bytes
-            && slow_venue.rwnd_limited_us > 0,
-        "the slow venue: {slow_venue:?}"
-    );
-    let lossy = h1.iter().find(|h| h.local == locals[3]).unwrap();
-    assert!(
-        lossy.unacked > 0
-            && lossy.total_retrans >= 2
-            && lossy.lost > 0
-            && lossy.bytes_retrans > 0
-            && lossy.send_queue_bytes > 0,
-        "the lossy session: {lossy:?}"
-    );
-    let late_acks = h1.iter().find(|h| h.local == locals[4]).unwrap();
-    assert!(
-        late_acks.dsack_dups >= 1 && late_acks.bytes_retrans > 0 && late_acks.send_queue_bytes == 0,
-        "the late-ACK session: {late_acks:?}"
-    );
-    assert_eq!(h1.len(), 5, "only the targets' sessions are watched");
+    rows
 }
