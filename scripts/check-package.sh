@@ -261,21 +261,31 @@ stop_server() {
     fi
 }
 
+# serves_source WHAT WANT LOG TRIES COMMAND...: starts COMMAND (a sidecar on 127.0.0.1:0) in the
+# background with its output in LOG; it must say where it listens within TRIES tenths of a
+# second, serve /health with source WANT, and exit 0 on SIGTERM.
+serves_source() {
+    local what="$1" want="$2" log="$3" tries="$4" url
+    shift 4
+    "$@" > "$log" 2>&1 &
+    server_pid=$!
+    url="$(listen_url "$log" "$server_pid" "$tries")"
+    if health_source_is "$url" "$want"; then
+        ok "$what: /health at $url says source $want"
+    else
+        bad "$what: no /health with source $want (url '$url')"
+        { printf '%s\n' "${health:-}"; tail -n 20 "$log"; } | indent
+    fi
+    stop_server "$what" "$log"
+}
+
 # shellcheck disable=SC2086 # the unit's command line, split on spaces as systemd does here
 check "ExecStartPre= as fix-monitor: $pre" runuser -u "$PKG" -- $pre
 # shellcheck disable=SC2086
 # setpriv, not runuser, in the background: runuser would stand between the signal and
 # fix-monitor (it forwards SIGTERM, then dies of it itself, 143), and its status is what is checked.
-setpriv --reuid "$PKG" --regid "$PKG" --clear-groups $start --listen 127.0.0.1:0 > "$tmp/run.log" 2>&1 &
-server_pid=$!
-url="$(listen_url "$tmp/run.log" "$server_pid" 100)"
-if health_source_is "$url" netlink; then
-    ok "ExecStart= as fix-monitor (--listen 127.0.0.1:0): /health at $url says source netlink"
-else
-    bad "ExecStart= as fix-monitor: no /health with source netlink (url '$url')"
-    { printf '%s\n' "${health:-}"; tail -n 20 "$tmp/run.log"; } | indent
-fi
-stop_server "fix-monitor run" "$tmp/run.log"
+serves_source "ExecStart= as fix-monitor (--listen 127.0.0.1:0)" netlink "$tmp/run.log" 100 \
+    setpriv --reuid "$PKG" --regid "$PKG" --clear-groups $start --listen 127.0.0.1:0
 check "the state directory was written as fix-monitor" \
     sh -c '[ "$(stat -c %U /var/lib/fix-monitor)" = fix-monitor ] && [ -n "$(ls -A /var/lib/fix-monitor)" ]'
 
@@ -286,17 +296,9 @@ check "the state directory was written as fix-monitor" \
 # shellcheck disable=SC2054 # setpriv's capability lists are comma-separated
 caps=(--reuid "$PKG" --regid "$PKG" --clear-groups --inh-caps -all,+bpf,+perfmon
     --ambient-caps -all,+bpf,+perfmon --bounding-set -all,+bpf,+perfmon)
-setpriv "${caps[@]}" fix-monitor run --config /etc/fix-monitor/config.toml --source ebpf \
-    --listen 127.0.0.1:0 > "$tmp/ebpf.log" 2>&1 &
-server_pid=$!
-url="$(listen_url "$tmp/ebpf.log" "$server_pid" 150)"
-if health_source_is "$url" ebpf; then
-    ok "as fix-monitor with only CAP_BPF and CAP_PERFMON: --source ebpf serves /health with source ebpf"
-else
-    bad "as fix-monitor with only CAP_BPF and CAP_PERFMON: --source ebpf (url '$url')"
-    { printf '%s\n' "${health:-}"; tail -n 20 "$tmp/ebpf.log"; } | indent
-fi
-stop_server "the eBPF sidecar" "$tmp/ebpf.log"
+serves_source "as fix-monitor with only CAP_BPF and CAP_PERFMON, --source ebpf" ebpf "$tmp/ebpf.log" 150 \
+    setpriv "${caps[@]}" fix-monitor run --config /etc/fix-monitor/config.toml --source ebpf \
+    --listen 127.0.0.1:0
 if out="$(timeout 30 runuser -u "$PKG" -- fix-monitor run --config /etc/fix-monitor/config.toml --source ebpf \
     --listen 127.0.0.1:0 2>&1)"; then
     bad "as fix-monitor without capabilities, --source ebpf should refuse to start"

@@ -169,6 +169,9 @@ impl SourceError {
 }
 
 /// A way to list this host's matching ESTABLISHED TCP sockets.
+///
+/// Every source [`open_with`] hands out is wrapped in `Chosen` (which adds why it was chosen):
+/// a method added here must be forwarded there too, or the wrapper's default answers instead.
 pub trait Source: Send {
     /// The kind actually in use (never `Auto`): a name, for display and logs. What the source
     /// can do is [`Source::capabilities`]; the layers above ask that, not the kind.

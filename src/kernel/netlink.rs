@@ -760,7 +760,7 @@ fn kernel_error(err: i32) -> SourceError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fix_monitor_core::target::{PortRange, Target};
+    use fix_monitor_core::target::Target;
     use std::collections::BTreeSet;
     use std::net::{TcpListener, TcpStream};
     use std::time::{Duration, Instant};
@@ -769,18 +769,6 @@ mod tests {
 
     fn sa(s: &str) -> SocketAddr {
         s.parse().unwrap()
-    }
-
-    fn target(net: &str, port: Option<u16>, local: Option<(u16, u16)>) -> Target {
-        let net = net.parse().unwrap();
-        Target {
-            name: Target::default_name(&net, port),
-            net,
-            port,
-            local_ports: local.map(|(start, end)| PortRange { start, end }),
-            heartbeat: None,
-            stale_after: None,
-        }
     }
 
     /// The datagrams of a fixture file (each behind its length, `u32` little-endian).
@@ -1209,10 +1197,10 @@ mod tests {
         );
 
         let targets = Targets::new(vec![
-            target("127.0.0.2/32", Some(a.port()), Some((ports[0], ports[1]))),
-            target("::1/128", Some(b.port()), None),
-            target(&format!("{}/32", ip(1)), None, None),
-            target(&format!("{}/32", ip(2)), Some(c.port()), None),
+            Target::test("127.0.0.2/32", Some(a.port()), Some((ports[0], ports[1]))),
+            Target::test("::1/128", Some(b.port()), None),
+            Target::test(&format!("{}/32", ip(1)), None, None),
+            Target::test(&format!("{}/32", ip(2)), Some(c.port()), None),
         ]);
         let mut source = match mode {
             DumpMode::OneWalk => NetlinkSource::open(&targets).unwrap(),
@@ -1318,8 +1306,8 @@ mod tests {
             .map(|_| connect_with(&format!("127.0.42.{from}:0"), at, &l, true))
             .collect();
         let targets = Targets::new(vec![
-            target(&format!("127.0.42.{to}/32"), Some(at.port()), None),
-            target(&format!("127.0.42.{from}/32"), None, None),
+            Target::test(&format!("127.0.42.{to}/32"), Some(at.port()), None),
+            Target::test(&format!("127.0.42.{from}/32"), None, None),
         ]);
         let want = conns.iter().flat_map(|(c, s)| [ends(c), ends(s)]).collect();
         (targets, conns, want)
@@ -1417,7 +1405,7 @@ mod tests {
     fn ipv6_targets_alone_take_one_per_family_dump_without_a_probe() {
         let (l, at) = listen("[::1]:0");
         let (client, _server) = connect("[::1]:0", at, &l);
-        let targets = Targets::new(vec![target("::1/128", Some(at.port()), None)]);
+        let targets = Targets::new(vec![Target::test("::1/128", Some(at.port()), None)]);
         let mut source = NetlinkSource::open(&targets).unwrap();
         assert_eq!(source.mode(), DumpMode::PerFamily);
         assert_eq!(source.stats.dumps, 0, "no probe");
@@ -1430,7 +1418,7 @@ mod tests {
         let (targets, _conns, want) = many(1, 40, 41);
         // Fill the program with IPv6 targets that match nothing here (80 bytes each), and put
         // the real ones last.
-        let filler = target("::/0", Some(1), Some((1, 2)));
+        let filler = Target::test("::/0", Some(1), Some((1, 2)));
         let mut all = vec![filler; bytecode::MAX_LEN / 80 - 1];
         all.extend(targets.iter().cloned());
         let targets = Targets::new(all);
@@ -1484,7 +1472,7 @@ mod tests {
     fn a_poll_whose_reply_never_comes_fails_in_time_and_the_next_one_works() {
         let (l, at) = listen("127.0.42.31:0");
         let (client, _server) = connect("127.0.0.1:0", at, &l);
-        let targets = Targets::new(vec![target("127.0.42.31/32", Some(at.port()), None)]);
+        let targets = Targets::new(vec![Target::test("127.0.42.31/32", Some(at.port()), None)]);
         let mut source = NetlinkSource::open(&targets).unwrap();
         source.set_recv_timeout(Duration::from_millis(300)).unwrap();
         let want: BTreeSet<Pair> = [ends(&client)].into();

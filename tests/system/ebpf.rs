@@ -26,16 +26,10 @@ const FIN_WAIT1: u8 = 4;
 const CLOSE: u8 = 7;
 const CLOSE_WAIT: u8 = 8;
 
+/// The target of exactly `remote` (address and port), with local ports if given.
 fn target(remote: SocketAddr, local_ports: Option<(u16, u16)>) -> Target {
-    let net = ipnet::IpNet::from(remote.ip());
-    Target {
-        name: Target::default_name(&net, Some(remote.port())),
-        net,
-        port: Some(remote.port()),
-        local_ports: local_ports.map(|(start, end)| PortRange { start, end }),
-        heartbeat: None,
-        stale_after: None,
-    }
+    let net = ipnet::IpNet::from(remote.ip()).to_string();
+    Target::test(&net, Some(remote.port()), local_ports)
 }
 
 /// The source for `targets`, reconciling only at its first poll.

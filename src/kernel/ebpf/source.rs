@@ -105,6 +105,8 @@ pub struct EbpfSource {
     pending: Vec<StateChange>,
     /// The kernel's reset-reason names, for the close events' causes.
     reasons: Vec<(u32, String)>,
+    /// Reused per pass: each record's health by socket cookie.
+    by_cookie: HashMap<u64, TcpHealth>,
 }
 
 /// The targets as the kernel filter takes them, in configuration order (the index is the
@@ -176,6 +178,7 @@ impl EbpfSource {
             scratch: Vec::new(),
             pending: Vec::new(),
             reasons,
+            by_cookie: HashMap::new(),
         })
     }
 
@@ -217,12 +220,11 @@ impl EbpfSource {
                     self.health_failing = false;
                     tracing::info!("the eBPF health pass works again");
                 }
-                let by_cookie: HashMap<u64, TcpHealth> = records
-                    .iter()
-                    .map(|h| (h.sock_cookie, to_health(h)))
-                    .collect();
+                self.by_cookie.clear();
+                self.by_cookie
+                    .extend(records.iter().map(|h| (h.sock_cookie, to_health(h))));
                 for (known, entry) in self.active.values_mut().zip(out.iter_mut()) {
-                    entry.health = by_cookie.get(&known.cookie).copied();
+                    entry.health = self.by_cookie.get(&known.cookie).copied();
                     known.health = entry.health;
                 }
             }
