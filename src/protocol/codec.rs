@@ -75,6 +75,8 @@ pub mod tag {
     pub const EXEC_TYPE: u32 = 150;
     /// BusinessRejectRefID: the ID (here the ClOrdID) a BusinessMessageReject refers to.
     pub const BUSINESS_REJECT_REF_ID: u32 = 379;
+    /// RefTagID: the tag a Reject (35=3) is about.
+    pub const REF_TAG_ID: u32 = 371;
 }
 
 /// Data fields whose value may contain the separator, each after the field giving its length

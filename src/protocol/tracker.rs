@@ -235,6 +235,8 @@ pub struct Session {
     pub logon_attempts: VecDeque<SystemTime>,
     /// HeartBtInt from the last Logon, seconds.
     pub heartbeat_interval: Option<u64>,
+    /// What it showed on its current TCP session (see [`LinkEvidence`]).
+    pub evidence: LinkEvidence,
     /// [in, out]
     pub dirs: [DirectionCounts; 2],
     /// Messages by (direction, MsgType name), bounded by [`Limits::max_msg_types`].
@@ -274,6 +276,7 @@ impl Session {
             last_refusal: None,
             logon_attempts: VecDeque::new(),
             heartbeat_interval: None,
+            evidence: LinkEvidence::default(),
             dirs: Default::default(),
             by_type: BTreeMap::new(),
             orders_answered: 0,
@@ -370,6 +373,8 @@ impl Session {
                 self.state = match self.state {
                     LogonState::LogonSent { by } if by != who => {
                         self.logons += 1;
+                        self.evidence.logged_on = true;
+                        self.evidence.refused = None;
                         LogonState::LoggedOn
                     }
                     LogonState::LoggedOn => LogonState::LoggedOn,
@@ -402,15 +407,69 @@ impl Session {
                     LogonState::LogonSent { by } => {
                         if by == Initiator::Us && who == Initiator::Them {
                             self.logons_refused += 1;
-                            self.last_refusal = Some(Refusal {
+                            let refusal = Refusal {
                                 at,
                                 text: msg.get_str(tag::TEXT).map(|t| t.into_owned()),
-                            });
+                            };
+                            self.evidence.refused = Some(refusal.clone());
+                            self.last_refusal = Some(refusal);
                         }
                         LogonState::LoggedOut
                     }
                     other => other,
                 };
+            }
+            _ => {}
+        }
+    }
+
+    /// The evidence of the current TCP session ([`LinkEvidence`]), before the message changes
+    /// the session's state: `new_link` when it travelled on another TCP session than the last.
+    fn gather(&mut self, msg: &Message, dir: Direction, at: SystemTime, new_link: bool) {
+        let who = match dir {
+            Direction::Out => Initiator::Us,
+            Direction::In => Initiator::Them,
+        };
+        let mt = msg.msg_type();
+        let relogon = mt == b"A" && self.state == LogonState::LoggedOut && self.tcp.is_none();
+        if new_link || relogon {
+            self.evidence = LinkEvidence::default();
+        }
+        let e = &mut self.evidence;
+        e.last_seen[dir.idx()] = Some(at);
+        let text = || msg.get_str(tag::TEXT).map(|t| t.into_owned());
+        match mt {
+            b"5" => {
+                let text = text();
+                if let Some(t) = text.as_deref().filter(|t| cites_sequence(t)) {
+                    e.sequence_complaint = Some(t.to_string());
+                }
+                if e.logout.is_none() {
+                    e.logout = Some(LogoutSeen { by: who, text, at });
+                }
+            }
+            b"3" => {
+                let cites_34 = msg.get_u64(tag::REF_TAG_ID) == Some(u64::from(tag::MSG_SEQ_NUM));
+                let text = text();
+                if cites_34 || text.as_deref().is_some_and(cites_sequence) {
+                    e.sequence_complaint =
+                        Some(text.unwrap_or_else(|| "Reject of MsgSeqNum (371=34)".into()));
+                }
+            }
+            b"1" => {
+                e.test_request_open = Some(OpenTestRequest {
+                    by: who,
+                    at,
+                    id: msg.get_str(tag::TEST_REQ_ID).map(|t| t.into_owned()),
+                });
+            }
+            b"0" => {
+                let answers = |o: &OpenTestRequest| {
+                    o.by != who && o.id.as_deref() == msg.get_str(tag::TEST_REQ_ID).as_deref()
+                };
+                if e.test_request_open.as_ref().is_some_and(answers) {
+                    e.test_request_open = None;
+                }
             }
             _ => {}
         }
@@ -530,6 +589,92 @@ pub struct Refusal {
     pub text: Option<String>,
 }
 
+/// What a FIX session showed on its current TCP session: the evidence an end's cause is judged
+/// on (the sidecar's `ends` module). It starts afresh when the session is seen on another TCP
+/// session, or, where the source knows no TCP session (engine logs), at a Logon while logged
+/// out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LinkEvidence {
+    /// A logon completed (a Logon answered by a Logon).
+    pub logged_on: bool,
+    /// The first Logout: who sent it, its Text, when.
+    pub logout: Option<LogoutSeen>,
+    /// Our Logon answered by a Logout, and no logon completed after it.
+    pub refused: Option<Refusal>,
+    /// A TestRequest not answered by a Heartbeat carrying its TestReqID (tag 112). An answer
+    /// clears it.
+    pub test_request_open: Option<OpenTestRequest>,
+    /// The last message citing sequence numbers: a Reject (35=3) of tag 34 (RefTagID 371=34)
+    /// or a Logout whose Text speaks of sequence numbers; its Text (or a description).
+    pub sequence_complaint: Option<String>,
+    /// The last message seen each way, [in, out].
+    pub last_seen: [Option<SystemTime>; 2],
+}
+
+/// A TestRequest awaiting its Heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OpenTestRequest {
+    /// Who sent it.
+    pub by: Initiator,
+    /// When it was seen.
+    pub at: SystemTime,
+    /// Its TestReqID (tag 112), which the Heartbeat answering it echoes.
+    pub id: Option<String>,
+}
+
+/// A Logout, as evidence.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LogoutSeen {
+    /// Who sent the first Logout.
+    pub by: Initiator,
+    /// Its Text (tag 58), if any.
+    pub text: Option<String>,
+    /// When it was seen.
+    pub at: SystemTime,
+}
+
+/// How a TCP session ended as the packets showed it (the wire source), from the gateway's side.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TcpEndSeen {
+    /// Who sent the first FIN, if one was seen.
+    pub first_fin: Option<Direction>,
+    /// Who sent an RST, if one was seen.
+    pub reset_from: Option<Direction>,
+}
+
+/// One TCP session a FIX session was seen on ended: what the FIX layer can say about it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LinkEnd {
+    /// The TCP session.
+    pub link: TcpLink,
+    /// When its end was seen (the FIN, the RST, or when the TCP layer stopped listing it).
+    pub at: SystemTime,
+    /// What the packets showed of its end (nothing when the TCP layer ended it).
+    pub seen: TcpEndSeen,
+    /// The FIX session last seen on it, with its evidence, if any.
+    pub fix: Option<FixEnd>,
+}
+
+/// A FIX session's part in a TCP session's end.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FixEnd {
+    /// The session.
+    pub session: SessionKey,
+    /// What it showed on the TCP session.
+    pub evidence: LinkEvidence,
+    /// HeartBtInt from its last Logon, seconds.
+    pub heartbeat_interval: Option<u64>,
+}
+
+/// Whether a Text (tag 58) speaks of sequence numbers ("MsgSeqNum too low, expecting 12",
+/// "Sequence number gap"): the words engines use.
+pub fn cites_sequence(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    ["msgseqnum", "seqnum", "seq num", "sequence", "seqno"]
+        .iter()
+        .any(|w| t.contains(w))
+}
+
 /// Bounds on what the tracker keeps.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -569,6 +714,8 @@ pub enum Event {
         /// two messages were seen at.
         latency: Duration,
     },
+    /// A TCP session the wire source followed ended.
+    LinkEnded(LinkEnd),
 }
 
 /// Every FIX session seen.
@@ -639,6 +786,7 @@ impl Tracker {
         if origin.target.is_some() {
             s.target.clone_from(&origin.target);
         }
+        s.gather(msg, dir, at, origin.tcp.is_some() && origin.tcp != s.tcp);
         if origin.tcp.is_some() {
             s.tcp = origin.tcp;
         }
@@ -660,16 +808,34 @@ impl Tracker {
         events
     }
 
-    /// The TCP session a FIX session ran on closed (the wire source sees FIN or RST): a session
-    /// still logged on is logged out without a Logout.
-    pub fn tcp_closed(&mut self, tcp: TcpLink) {
+    /// The TCP session `tcp` closed at `at` (the wire source saw FIN or RST, or the TCP layer
+    /// stopped listing it): a session still logged on is logged out without a Logout. Returns
+    /// the end, with the FIX session last seen on it and its evidence.
+    pub fn tcp_closed(&mut self, tcp: TcpLink, at: SystemTime, seen: TcpEndSeen) -> LinkEnd {
+        let mut fix: Option<(SystemTime, FixEnd)> = None;
         for s in self.sessions.values_mut() {
             if s.tcp == Some(tcp) {
                 if s.logged_on() {
                     s.disconnects += 1;
                 }
                 s.state = LogonState::LoggedOut;
+                let last = s.evidence.last_seen.iter().flatten().max().copied();
+                let last = last.unwrap_or(SystemTime::UNIX_EPOCH);
+                if fix.as_ref().is_none_or(|(t, _)| last > *t) {
+                    let end = FixEnd {
+                        session: s.key.clone(),
+                        evidence: s.evidence.clone(),
+                        heartbeat_interval: s.heartbeat_interval,
+                    };
+                    fix = Some((last, end));
+                }
             }
+        }
+        LinkEnd {
+            link: tcp,
+            at,
+            seen,
+            fix: fix.map(|(_, f)| f),
         }
     }
 
@@ -939,11 +1105,12 @@ mod tests {
         let lat: Vec<_> = sim
             .events
             .iter()
-            .map(
-                |Event::OrderAnswered {
-                     request, latency, ..
-                 }| (*request, latency.as_millis()),
-            )
+            .filter_map(|e| match e {
+                Event::OrderAnswered {
+                    request, latency, ..
+                } => Some((*request, latency.as_millis())),
+                Event::LinkEnded(_) => None,
+            })
             .collect();
         assert_eq!(
             lat,
@@ -1002,6 +1169,148 @@ mod tests {
         assert_eq!(t.unkeyed, 1);
     }
 
+    fn link(port: u16) -> TcpLink {
+        TcpLink {
+            local: format!("127.0.0.1:{port}").parse().unwrap(),
+            remote: "127.0.0.1:9878".parse().unwrap(),
+        }
+    }
+
+    /// Messages on one TCP session, then its end: the evidence of the FIX session on it.
+    fn ended_after(on: TcpLink, msgs: &[(Direction, &str, &[(u32, &str)])]) -> LinkEnd {
+        let mut t = Tracker::new(Limits::default());
+        let o = Origin {
+            target: None,
+            tcp: Some(on),
+        };
+        let mut seq = [1, 1];
+        for (i, (dir, mt, extra)) in msgs.iter().enumerate() {
+            let (from, to) = match dir {
+                Out => ("GW", "VENUE"),
+                In => ("VENUE", "GW"),
+            };
+            seq[dir.idx()] += 1;
+            let m = msg(from, to, mt, seq[dir.idx()] - 1, extra);
+            t.observe(&m, *dir, at(i as u64), &o);
+        }
+        t.tcp_closed(on, at(100), TcpEndSeen::default())
+    }
+
+    #[test]
+    fn evidence_of_a_logout_names_who_sent_it_first_and_its_text() {
+        let end = ended_after(
+            link(1),
+            &[
+                (Out, "A", &[(108, "30")]),
+                (In, "A", &[]),
+                (In, "5", &[(58, "End of day")]),
+                (Out, "5", &[(58, "bye")]),
+            ],
+        );
+        let fix = end.fix.unwrap();
+        let e = &fix.evidence;
+        assert!(e.logged_on);
+        let logout = e.logout.as_ref().unwrap();
+        assert_eq!(logout.by, Initiator::Them);
+        assert_eq!(logout.text.as_deref(), Some("End of day"));
+        assert_eq!(e.refused, None);
+        assert_eq!(e.sequence_complaint, None);
+        assert_eq!(fix.heartbeat_interval, Some(30));
+        assert_eq!(end.at, at(100));
+    }
+
+    #[test]
+    fn evidence_of_a_refused_logon_and_of_sequence_complaints() {
+        let refused = ended_after(link(1), &[(Out, "A", &[]), (In, "5", &[(58, "Bad pw")])]);
+        let e = refused.fix.unwrap().evidence;
+        assert!(!e.logged_on);
+        assert_eq!(e.refused.unwrap().text.as_deref(), Some("Bad pw"));
+
+        // A Logout citing MsgSeqNum, a Reject of tag 34: both complain of sequence numbers.
+        let text = "MsgSeqNum too low, expecting 12 but received 7";
+        let logout = ended_after(
+            link(1),
+            &[(Out, "A", &[]), (In, "A", &[]), (In, "5", &[(58, text)])],
+        );
+        assert_eq!(
+            logout.fix.unwrap().evidence.sequence_complaint.as_deref(),
+            Some(text)
+        );
+        let reject = ended_after(
+            link(1),
+            &[(Out, "A", &[]), (In, "A", &[]), (In, "3", &[(371, "34")])],
+        );
+        assert!(reject.fix.unwrap().evidence.sequence_complaint.is_some());
+        // A Reject of another tag, a Logout with other words: no complaint.
+        let other = ended_after(
+            link(1),
+            &[
+                (Out, "A", &[]),
+                (In, "A", &[]),
+                (In, "3", &[(371, "55")]),
+                (In, "5", &[(58, "Closing for the day")]),
+            ],
+        );
+        assert_eq!(other.fix.unwrap().evidence.sequence_complaint, None);
+    }
+
+    #[test]
+    fn a_test_request_stays_open_until_a_heartbeat_echoes_its_id() {
+        let open = ended_after(
+            link(1),
+            &[
+                (Out, "A", &[]),
+                (In, "A", &[]),
+                (Out, "1", &[(112, "T1")]),
+                (In, "0", &[(112, "OTHER")]),
+                (In, "0", &[]),
+            ],
+        );
+        let o = open.fix.unwrap().evidence.test_request_open.unwrap();
+        assert_eq!((o.by, o.id.as_deref()), (Initiator::Us, Some("T1")));
+        let answered = ended_after(
+            link(1),
+            &[
+                (Out, "A", &[]),
+                (In, "A", &[]),
+                (Out, "1", &[(112, "T1")]),
+                (In, "0", &[(112, "T1")]),
+            ],
+        );
+        assert_eq!(answered.fix.unwrap().evidence.test_request_open, None);
+        // Their TestRequest we never answered is open too, on their side.
+        let theirs = ended_after(
+            link(1),
+            &[(Out, "A", &[]), (In, "A", &[]), (In, "1", &[(112, "X")])],
+        );
+        let o = theirs.fix.unwrap().evidence.test_request_open.unwrap();
+        assert_eq!(o.by, Initiator::Them);
+    }
+
+    #[test]
+    fn evidence_starts_afresh_on_a_new_tcp_session() {
+        let mut t = Tracker::new(Limits::default());
+        let on = |l| Origin {
+            target: None,
+            tcp: Some(l),
+        };
+        t.observe(&msg("GW", "VENUE", "A", 1, &[]), Out, at(1), &on(link(1)));
+        t.observe(&msg("VENUE", "GW", "5", 1, &[]), In, at(2), &on(link(1)));
+        let first = t.tcp_closed(link(1), at(3), TcpEndSeen::default());
+        assert!(first.fix.unwrap().evidence.refused.is_some());
+        t.observe(&msg("GW", "VENUE", "A", 2, &[]), Out, at(4), &on(link(2)));
+        t.observe(&msg("VENUE", "GW", "A", 2, &[]), In, at(5), &on(link(2)));
+        let second = t.tcp_closed(link(2), at(6), TcpEndSeen::default());
+        let e = second.fix.unwrap().evidence;
+        assert!(e.logged_on);
+        assert_eq!((e.refused, e.logout), (None, None));
+        // A link no FIX session was seen on ends with no FIX part.
+        assert_eq!(
+            t.tcp_closed(link(3), at(7), TcpEndSeen::default()).fix,
+            None
+        );
+    }
+
     #[test]
     fn tcp_close_logs_out_without_a_logout() {
         let mut sim = Sim::new();
@@ -1018,7 +1327,8 @@ mod tests {
         sim.t
             .observe(&msg("VENUE", "GW", "A", 1, &[]), In, at(2), &o);
         assert!(sim.s().logged_on());
-        sim.t.tcp_closed(link);
+        sim.t
+            .tcp_closed(link, SystemTime::UNIX_EPOCH, TcpEndSeen::default());
         assert!(!sim.s().logged_on());
         assert_eq!(sim.s().disconnects, 1);
         assert_eq!(sim.s().logouts_us + sim.s().logouts_them, 0);

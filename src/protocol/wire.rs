@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::codec::{Decoded, Decoder, SOH};
 use crate::reassembly::{Chunk, Limits, Stream, StreamStats};
-use crate::tracker::{Direction, Event, Origin, TcpLink, Tracker};
+use crate::tracker::{Direction, Event, Origin, TcpEndSeen, TcpLink, Tracker};
 use fix_monitor_core::target::{TargetId, Targets};
 
 /// Connections followed at once; packets of more are counted and dropped.
@@ -249,6 +249,8 @@ struct Conn {
     content: Content,
     /// A FIN was seen this way; both ways closes the connection.
     fin: [bool; 2],
+    /// Who sent the first FIN.
+    first_fin: Option<Direction>,
     seen: Seen,
 }
 
@@ -378,7 +380,11 @@ impl Wire {
         };
         if seg.flags & RST != 0 {
             self.refused.remove(&link);
-            self.close(link, EndReason::Reset, tracker);
+            let seen = TcpEndSeen {
+                first_fin: self.conns.get(&link).and_then(|c| c.first_fin),
+                reset_from: Some(dir),
+            };
+            events.extend(self.close(link, EndReason::Reset, at, seen, tracker));
             return events;
         }
         if !self.conns.contains_key(&link) {
@@ -405,6 +411,7 @@ impl Wire {
                     messages: 0,
                     content: Content::Unknown,
                     fin: [false; 2],
+                    first_fin: None,
                     seen: Seen::new(at),
                 },
             );
@@ -429,8 +436,13 @@ impl Wire {
         );
         if seg.flags & FIN != 0 {
             conn.fin[idx(dir)] = true;
+            conn.first_fin = conn.first_fin.or(Some(dir));
             if conn.fin == [true; 2] {
-                self.close(link, EndReason::Fin, tracker);
+                let seen = TcpEndSeen {
+                    first_fin: conn.first_fin,
+                    reset_from: None,
+                };
+                events.extend(self.close(link, EndReason::Fin, at, seen, tracker));
             }
         }
         events
@@ -482,14 +494,14 @@ impl Wire {
     /// Agree with the TCP layer: `live` holds the sessions of the targets it lists ESTABLISHED
     /// now (as `TcpLink`s, IPv4-mapped addresses made plain). An entry it saw and no longer
     /// lists is closed [`CLOSE_GRACE`] after its last segment; one it never listed is dropped
-    /// after `idle` without a segment. Returns how many entries ended.
+    /// after `idle` without a segment. Returns the ends ([`Event::LinkEnded`]).
     pub fn reconcile(
         &mut self,
         live: &HashSet<TcpLink>,
         now: SystemTime,
         idle: Duration,
         tracker: &mut Tracker,
-    ) -> usize {
+    ) -> Vec<Event> {
         let mut gone = Vec::new();
         for (link, c) in self.conns.iter_mut() {
             if let Some(why) = c.seen.expired(live.contains(link), now, idle) {
@@ -498,20 +510,33 @@ impl Wire {
         }
         self.refused
             .retain(|link, seen| seen.expired(live.contains(link), now, idle).is_none());
-        for (link, why) in &gone {
-            self.close(*link, *why, tracker);
+        let mut events = Vec::new();
+        for (link, why) in gone {
+            let first_fin = self.conns.get(&link).and_then(|c| c.first_fin);
+            let seen = TcpEndSeen {
+                first_fin,
+                reset_from: None,
+            };
+            events.extend(self.close(link, why, now, seen, tracker));
         }
-        gone.len()
+        events
     }
 
-    fn close(&mut self, link: TcpLink, why: EndReason, tracker: &mut Tracker) {
-        if let Some(c) = self.conns.remove(&link) {
-            for s in &c.streams {
-                add_stream_stats(&mut self.stats.streams, &s.stats);
-            }
-            self.stats.ended.add(why);
-            tracker.tcp_closed(link);
+    /// End a followed connection: its FIX sessions are told, and the end is returned.
+    fn close(
+        &mut self,
+        link: TcpLink,
+        why: EndReason,
+        at: SystemTime,
+        seen: TcpEndSeen,
+        tracker: &mut Tracker,
+    ) -> Option<Event> {
+        let c = self.conns.remove(&link)?;
+        for s in &c.streams {
+            add_stream_stats(&mut self.stats.streams, &s.stats);
         }
+        self.stats.ended.add(why);
+        Some(Event::LinkEnded(tracker.tcp_closed(link, at, seen)))
     }
 
     /// How many connections are followed now.
@@ -704,9 +729,39 @@ mod tests {
         );
         assert_eq!(w.connections().len(), 1);
         let end = seq2 + (hb2.len() + hb3.len()) as u32;
-        w.packet(&ipv4_tcp(venue, gw, end, FIN, b""), ms(701), &mut tr);
+        let events = w.packet(&ipv4_tcp(venue, gw, end, FIN, b""), ms(701), &mut tr);
         assert!(w.connections().is_empty());
         assert!(!tr.by_label("GW->V").unwrap().logged_on());
+        // The end, as the FIX layer reports it: we sent the first FIN, at the second's time.
+        let [Event::LinkEnded(e)] = &events[..] else {
+            panic!("one end expected: {events:?}")
+        };
+        assert_eq!((e.link.local, e.link.remote, e.at), (gw, venue, ms(701)));
+        assert_eq!(e.seen.first_fin, Some(Direction::Out));
+        assert_eq!(e.seen.reset_from, None);
+        assert_eq!(e.fix.as_ref().unwrap().session.label(), "GW->V");
+    }
+
+    #[test]
+    fn a_reset_names_the_side_that_sent_it() {
+        let gw: SocketAddr = "10.0.0.1:40002".parse().unwrap();
+        let venue: SocketAddr = "10.0.0.2:9878".parse().unwrap();
+        let mut w = Wire::new(targets(), Limits::default());
+        let mut tr = Tracker::new(TrackerLimits::default());
+        let ms = |n: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(n);
+        w.packet(&ipv4_tcp(gw, venue, 99, SYN, b""), ms(0), &mut tr);
+        w.packet(&ipv4_tcp(venue, gw, 500, FIN, b""), ms(1), &mut tr);
+        let events = w.packet(&ipv4_tcp(venue, gw, 501, RST, b""), ms(2), &mut tr);
+        let [Event::LinkEnded(e)] = &events[..] else {
+            panic!("one end expected: {events:?}")
+        };
+        assert_eq!(e.seen.reset_from, Some(Direction::In));
+        assert_eq!(e.seen.first_fin, Some(Direction::In));
+        assert_eq!(e.fix, None);
+        // A reset of a link no longer followed ends nothing.
+        assert!(w
+            .packet(&ipv4_tcp(gw, venue, 100, RST, b""), ms(3), &mut tr)
+            .is_empty());
     }
 
     #[test]
@@ -838,22 +893,22 @@ mod tests {
         w.packet(&ipv4_tcp(b, venue, 1, SYN, b""), s(0), &mut tr);
         w.packet(&ipv4_tcp(c, venue, 1, SYN, b""), s(0), &mut tr);
         let both: HashSet<_> = [link(a), link(b)].into();
-        assert_eq!(w.reconcile(&both, s(0), idle, &mut tr), 0);
+        assert_eq!(w.reconcile(&both, s(0), idle, &mut tr).len(), 0);
         assert!(tr.by_label("GW->V").unwrap().logged_on());
         // a leaves the TCP layer's list: ended once its grace after the last segment is over.
         let only_b: HashSet<_> = [link(b)].into();
         w.packet(&ipv4_tcp(a, venue, 1, ACK, b"late"), s(5), &mut tr);
-        assert_eq!(w.reconcile(&only_b, s(5), idle, &mut tr), 0);
-        assert_eq!(w.reconcile(&only_b, s(6), idle, &mut tr), 1);
+        assert_eq!(w.reconcile(&only_b, s(5), idle, &mut tr).len(), 0);
+        assert_eq!(w.reconcile(&only_b, s(6), idle, &mut tr).len(), 1);
         assert_eq!(w.stats.ended.tcp_closed, 1);
         let sess = tr.by_label("GW->V").unwrap();
         assert!(!sess.logged_on());
         assert_eq!(sess.disconnects, 1);
         // c: idle for less than the bound stays, then goes; b, listed, stays however idle.
-        assert_eq!(w.reconcile(&only_b, s(9), idle, &mut tr), 0);
-        assert_eq!(w.reconcile(&only_b, s(10), idle, &mut tr), 1);
+        assert_eq!(w.reconcile(&only_b, s(9), idle, &mut tr).len(), 0);
+        assert_eq!(w.reconcile(&only_b, s(10), idle, &mut tr).len(), 1);
         assert_eq!(w.stats.ended.idle, 1);
-        assert_eq!(w.reconcile(&only_b, s(10_000), idle, &mut tr), 0);
+        assert_eq!(w.reconcile(&only_b, s(10_000), idle, &mut tr).len(), 0);
         let left: Vec<_> = w.connections().iter().map(|c| c.local).collect();
         assert_eq!(left, vec![b]);
     }
