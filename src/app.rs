@@ -47,6 +47,8 @@ pub fn hostname() -> String {
 struct ActiveLinks {
     state: StateReader,
     generation: Option<u64>,
+    /// The poll loop's inputs: the FIX layer's accounts of ends go there.
+    inputs: mpsc::Sender<Input>,
 }
 
 impl crate::fix::monitor::LiveSessions for ActiveLinks {
@@ -67,6 +69,11 @@ impl crate::fix::monitor::LiveSessions for ActiveLinks {
                 })
                 .collect(),
         )
+    }
+
+    fn ended(&mut self, end: crate::fix::tracker::LinkEnd) {
+        // The loop gone (shutting down): the end is judged without it.
+        let _ = self.inputs.send(Input::FixEnded(end));
     }
 }
 
@@ -263,12 +270,14 @@ impl FixLayer {
         settings: &Settings,
         meter: &opentelemetry::metrics::Meter,
         state: &StateReader,
+        inputs: mpsc::Sender<Input>,
         stop: CancellationToken,
     ) -> FixLayer {
         let tcp = crate::fix::monitor::TcpView {
             sessions: Box::new(ActiveLinks {
                 state: state.clone(),
                 generation: None,
+                inputs,
             }),
             idle: fix_idle_bound(settings.poll.interval),
         };
@@ -510,10 +519,16 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
     let initial = initial_state(settings, &host, source.as_ref(), &mode);
     let (publisher, state) = Publisher::new(initial.clone());
     let cancel = CancellationToken::new();
-    let fix = settings
-        .fix
-        .enabled()
-        .then(|| FixLayer::start(settings, &meter, &state, cancel.child_token()));
+    let (inputs, inputs_rx) = mpsc::channel::<Input>();
+    let fix = settings.fix.enabled().then(|| {
+        FixLayer::start(
+            settings,
+            &meter,
+            &state,
+            inputs.clone(),
+            cancel.child_token(),
+        )
+    });
     say_started(settings, &host, source.kind(), &mode, &telemetry);
 
     let server = match listener {
@@ -531,8 +546,16 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
 
     let (events, _) = tokio::sync::broadcast::channel(EVENT_BUFFER);
     let (health_events, _) = tokio::sync::broadcast::channel(EVENT_BUFFER);
-    let (inputs, inputs_rx) = mpsc::channel::<Input>();
     let confirm = confirmation(source.capabilities().confirm);
+    let caps = source.capabilities();
+    let process_known =
+        settings.poll.process_lookup || caps.process == crate::source::ProcessFeed::FromEvents;
+    instruments.start_ends_at_zero(&crate::ends::possible(
+        fix.is_some(),
+        caps.closed_by,
+        process_known,
+        false,
+    ));
     let mut poller = Poller::new(
         source,
         instruments,
@@ -542,7 +565,8 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
     )
     .with_confirm(confirm)
     .with_health_events(health_events.clone())
-    .with_destroy_notifications(subscription.is_some());
+    .with_destroy_notifications(subscription.is_some())
+    .with_ends(fix.is_some(), Box::new(crate::ends::Unscheduled));
     if let Some((persist, restored)) = persist {
         poller = poller.with_persist(persist, &restored);
     }

@@ -19,6 +19,7 @@ use opentelemetry::metrics::{Counter, Histogram, Meter};
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::Resource;
 
+use crate::ends::Cause;
 use crate::health::{GroupHealth, HealthPoll};
 use crate::source::{Capabilities, ClosedBy, SourceKind};
 use crate::target::{TargetId, Targets};
@@ -59,6 +60,9 @@ pub mod names {
     /// poll saw whose incomplete 4-tuple fits more than one target, or a target's address with
     /// a port that may not be its: not counted as sessions.
     pub const EVENTS_UNATTRIBUTED: &str = "fix_monitor_events_unattributed";
+    /// Exposed as `fix_session_ends_total`: sessions that ended, by why (`cause`, see
+    /// `crate::ends::Cause`), judged from the TCP layer, the FIX layer and the schedule.
+    pub const ENDS: &str = "fix_session_ends";
     pub const METER: &str = "fix-monitor";
     // Session health (netlink only; see `crate::health`).
     pub const STALE: &str = "fix_connections_stale";
@@ -101,6 +105,7 @@ pub mod names {
         RECONCILES,
         FALSE_CLOSES_AVOIDED,
         EVENTS_UNATTRIBUTED,
+        ENDS,
         STALE,
         SILENCE,
         RTT,
@@ -126,6 +131,8 @@ pub mod attrs {
     /// Who hung up, on `fix_connections_closed_total`: `local`, `remote`, `reset`, `unknown`
     /// ([`crate::source::ClosedBy`]).
     pub const BY: &str = "by";
+    /// Why a session ended, on `fix_session_ends_total` ([`crate::ends::Cause`]).
+    pub const CAUSE: &str = "cause";
 }
 
 /// Most `fix_connections_by_port` series at once; ports past it are left out (and logged once).
@@ -226,6 +233,7 @@ pub struct Instruments {
     reconciles: Option<Counter<u64>>,
     false_closes_avoided: Counter<u64>,
     events_unattributed: Counter<u64>,
+    ends: Counter<u64>,
     target_attrs: Arc<Vec<[KeyValue; 1]>>,
     /// `target` and `by` for `closed`, per target, indexed by [`ClosedBy`] as in
     /// [`ClosedBy::ALL`].
@@ -311,6 +319,10 @@ impl Instruments {
                 .u64_counter(names::EVENTS_UNATTRIBUTED)
                 .with_description("Close events of aborted connections no poll saw that could not be attributed to one target without doubt")
                 .build(),
+            ends: meter
+                .u64_counter(names::ENDS)
+                .with_description("Sessions that ended, by why (cause): judged from who hung up, the kernel's reason, the FIX layer's account (Logout, refused Logon, unanswered TestRequest, sequence complaint) and the target's schedule")
+                .build(),
             closed_attrs: targets
                 .iter()
                 .map(|t| {
@@ -383,6 +395,29 @@ impl Instruments {
                 }
             }
         }
+    }
+
+    /// One session of `target` ended, for `cause`.
+    pub fn record_end(&self, target: TargetId, cause: Cause) {
+        self.ends.add(1, &self.end_attrs(target, cause));
+    }
+
+    /// Adds 0 to the `fix_session_ends_total` series of `causes`, for every target: the causes
+    /// this sidecar can tell (`crate::ends::possible`), so that no series stuck at 0 passes for
+    /// a measurement of what it cannot see.
+    pub fn start_ends_at_zero(&self, causes: &[Cause]) {
+        for target in 0..self.target_attrs.len() {
+            for &cause in causes {
+                self.ends.add(0, &self.end_attrs(target, cause));
+            }
+        }
+    }
+
+    fn end_attrs(&self, target: TargetId, cause: Cause) -> [KeyValue; 2] {
+        [
+            self.target_attrs[target][0].clone(),
+            KeyValue::new(attrs::CAUSE, cause.as_str()),
+        ]
     }
 
     /// Records one poll's cost, and its failure if it failed.

@@ -24,6 +24,8 @@
 //!   `fix-monitor-kernel` crate, re-exported with the openers that take the configuration's
 //!   defaults.
 //! - [`tracker`]: a pure state machine; snapshots with timestamps in, opened/closed events out.
+//! - [`ends`]: why each session ended: the TCP layer's end, the FIX layer's account of it and
+//!   the target's schedule joined into one cause.
 //! - [`instruments`]: the OpenTelemetry instruments, fed by tracker events and state.
 //! - [`export`]: the meter provider's readers (Prometheus pull, OTLP push) and the HTTP
 //!   endpoints.
@@ -53,6 +55,7 @@ pub mod app;
 pub mod config;
 pub mod console;
 pub mod demo;
+pub mod ends;
 pub mod export;
 pub mod fix;
 pub mod health;

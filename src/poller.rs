@@ -22,13 +22,14 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::ends::{Context as EndContext, Ends, TcpEnd, Unscheduled};
 use crate::health::{HealthBook, HealthEvent, HealthPoll};
 use crate::instruments::{GaugeValues, Instruments};
 use crate::persist::{MonoClock, Record, StateDir};
 use crate::session::{target_names, Ended, Session};
 use crate::source::events::EventBatch;
 use crate::source::Source;
-use crate::source::{ClosedBy, Process};
+use crate::source::{ClosedBy, KernelCause, Process};
 use crate::state::{Publish, State, RECENT_CLOSED};
 use crate::tracker::{
     Confirm, ConnKey, Event, SocketEvent, SocketEventKind, Timestamp, Tracker, Unconfirmed,
@@ -62,6 +63,9 @@ pub enum Input {
     Stop,
     /// Socket transitions from an event-driven source, with what it lost.
     Events(EventBatch),
+    /// The FIX layer's account of a TCP session's end (its Logout, who sent the FIN or RST),
+    /// for the end's cause.
+    FixEnded(crate::fix::tracker::LinkEnd),
 }
 
 /// The real clock.
@@ -137,7 +141,7 @@ pub struct Poller {
     processes: HashMap<ConnKey, Process>,
     closed_by: HashMap<ConnKey, ClosedBy>,
     /// Why the kernel ended each session closed this poll, where the source said (eBPF).
-    causes: HashMap<ConnKey, String>,
+    causes: HashMap<ConnKey, KernelCause>,
     /// Session health: staleness and counter growth (see `crate::health`).
     health: HealthBook,
     health_poll: HealthPoll,
@@ -156,6 +160,10 @@ pub struct Poller {
     /// `poll.process_lookup`: names the process of each new session from `/proc/*/fd`.
     #[cfg(target_os = "linux")]
     owners: Option<crate::source::proc_owner::ProcOwners>,
+    /// Ends waiting for their cause (see `crate::ends`), and what the judge asks beyond the
+    /// two layers (schedules, processes).
+    ends: Ends,
+    end_context: Box<dyn EndContext + Send>,
 }
 
 /// The state file and when it was last written.
@@ -219,7 +227,18 @@ impl Poller {
             counts_seen: Default::default(),
             #[cfg(target_os = "linux")]
             owners: None,
+            ends: Ends::new(false),
+            end_context: Box::new(Unscheduled),
         }
+    }
+
+    /// Ends wait for the FIX layer's account of them ([`Input::FixEnded`]) before their cause
+    /// is judged (at most [`crate::ends::SETTLE`]); `context` answers the rest (schedules,
+    /// processes).
+    pub fn with_ends(mut self, fix_accounts: bool, context: Box<dyn EndContext + Send>) -> Poller {
+        self.ends = Ends::new(fix_accounts);
+        self.end_context = context;
+        self
     }
 
     /// `poll.process_lookup`: names the process owning each new session (netlink and procfs
@@ -436,6 +455,59 @@ impl Poller {
             );
         }
         self.announce();
+        self.settle_ends(clock.now().mono, false);
+    }
+
+    /// Judges the ends whose evidence is in (all of them when `all`), counts them by cause,
+    /// writes the cause into the published closed session, and logs it.
+    fn settle_ends(&mut self, now: Instant, all: bool) {
+        let judged = self.ends.settle(now, all, &*self.end_context);
+        if judged.is_empty() {
+            return;
+        }
+        let mut next = State::clone(&self.state);
+        for j in &judged {
+            self.instruments.record_end(j.end.target, j.verdict.cause);
+            let same =
+                |s: &Session| s.local == j.end.local && s.remote == j.end.remote && s.end.is_none();
+            if let Some(s) = next.closed.iter_mut().rev().find(|s| same(s)) {
+                s.end = Some(j.verdict.clone());
+            }
+        }
+        next.generation += 1;
+        self.state = Arc::new(next);
+        self.publisher.publish(Arc::clone(&self.state));
+        for j in &judged {
+            tracing::info!(
+                target_name = %self.names[j.end.target],
+                local = %j.end.local,
+                remote = %j.end.remote,
+                cause = j.verdict.cause.as_str(),
+                evidence = %j.verdict.evidence,
+                "session ended"
+            );
+        }
+    }
+
+    /// The ends of this step's closes, handed to the judge with what the source said of them.
+    fn queue_ends(&mut self) {
+        for e in &self.events {
+            let (conn, at) = match e {
+                Event::Closed { conn, at, .. } | Event::ShortLived { conn, at, .. } => (conn, at),
+                Event::Opened(_) => continue,
+            };
+            let end = TcpEnd {
+                target: conn.target,
+                local: conn.key.local,
+                remote: conn.key.remote,
+                id: conn.key.id,
+                at: *at,
+                closed_by: self.closed_by.get(&conn.key).copied(),
+                kernel: self.causes.get(&conn.key).cloned(),
+                process: self.processes.get(&conn.key).cloned(),
+            };
+            self.ends.tcp(end, at.mono);
+        }
     }
 
     /// After the tracker changed: the instruments first, then the state (a `/metrics` body
@@ -477,6 +549,7 @@ impl Poller {
             &self.processes,
             (&self.closed_by, &self.causes),
         );
+        self.queue_ends();
         for e in &self.events {
             if let Event::Closed { conn, .. } = e {
                 self.processes.remove(&conn.key);
@@ -504,6 +577,11 @@ impl Poller {
                 self.finish();
                 Flow::Stop
             }
+            Input::FixEnded(end) => {
+                self.ends.fix(end, clock.now().mono);
+                self.settle_ends(clock.now().mono, false);
+                Flow::Continue
+            }
             Input::Events(batch) => {
                 self.events.clear();
                 let mut final_counts = false;
@@ -528,6 +606,7 @@ impl Poller {
                     self.publisher.publish(Arc::clone(&self.state));
                 }
                 self.announce();
+                self.settle_ends(clock.now().mono, false);
                 if let Some(error) = &batch.error {
                     tracing::warn!(%error, "reading kernel close events failed");
                 }
@@ -659,8 +738,9 @@ impl Poller {
         }
     }
 
-    /// The end of the loop: the state file written one last time.
+    /// The end of the loop: every end waiting is judged, the state file written one last time.
     pub fn finish(&mut self) {
+        self.settle_ends(Instant::now(), true);
         self.save(true);
     }
 
@@ -713,7 +793,7 @@ impl Poller {
                 let mut s = Session::tracked(conn, &self.names, Some(ended));
                 s.process = self.processes.get(&conn.key).cloned();
                 s.closed_by = self.closed_by.get(&conn.key).copied();
-                s.cause = self.causes.get(&conn.key).cloned();
+                s.kernel_cause = self.causes.get(&conn.key).cloned();
                 next.closed.push(s);
             }
         }
@@ -724,7 +804,7 @@ fn log_events(
     events: &[Event],
     names: &[Arc<str>],
     processes: &HashMap<ConnKey, Process>,
-    (closed_by, causes): (&HashMap<ConnKey, ClosedBy>, &HashMap<ConnKey, String>),
+    (closed_by, causes): (&HashMap<ConnKey, ClosedBy>, &HashMap<ConnKey, KernelCause>),
 ) {
     for e in events {
         match e {
@@ -748,7 +828,7 @@ fn log_events(
             } => {
                 // Who hung up and the process: only where the source saw them (eBPF).
                 let by = closed_by.get(&conn.key).map(ClosedBy::as_str);
-                let cause = causes.get(&conn.key).map(tracing::field::display);
+                let kernel_cause = causes.get(&conn.key).map(tracing::field::display);
                 let process = processes.get(&conn.key);
                 tracing::info!(
                     target_name = %names[conn.target],
@@ -760,7 +840,7 @@ fn log_events(
                     bytes_received = info.map(|i| i.bytes_received),
                     retransmits = info.map(|i| i.retransmits),
                     by,
-                    cause,
+                    kernel_cause,
                     pid = process.map(|p| p.pid),
                     comm = process.map(|p| tracing::field::display(&p.comm)),
                     "connection closed"

@@ -32,7 +32,9 @@ pub struct Session {
     pub closed_by: Option<crate::source::ClosedBy>,
     /// Why the kernel ended it, for closed sessions where the source says (eBPF mode: a RST
     /// and its reason, the socket error).
-    pub cause: Option<String>,
+    pub kernel_cause: Option<crate::source::KernelCause>,
+    /// Why it ended (closed sessions, once judged: `crate::ends`).
+    pub end: Option<crate::ends::Verdict>,
     /// The kernel's `tcp_info` at the last poll (netlink only), and whether the session is
     /// stale (`None`: its target judges no staleness).
     pub health: Option<(TcpHealth, Option<bool>)>,
@@ -66,7 +68,8 @@ impl Session {
             life: None,
             process: None,
             closed_by: None,
-            cause: None,
+            kernel_cause: None,
+            end: None,
             health: s.health.map(|h| (h, None)),
         }
     }
@@ -85,7 +88,8 @@ impl Session {
             }),
             process: None,
             closed_by: None,
-            cause: None,
+            kernel_cause: None,
+            end: None,
             health: None,
         }
     }
@@ -124,7 +128,9 @@ impl Session {
             pid: self.process.as_ref().map(|p| p.pid),
             comm: self.process.as_ref().map(|p| p.comm.clone()),
             closed_by: self.closed_by.map(|b| b.as_str()),
-            cause: self.cause.clone(),
+            kernel_cause: self.kernel_cause.as_ref().map(|k| k.to_string()),
+            end_cause: self.end.as_ref().map(|v| v.cause.as_str()),
+            end_evidence: self.end.as_ref().map(|v| v.evidence.clone()),
             health: self.health.map(|(h, stale)| HealthJson::new(&h, stale)),
         }
     }
@@ -224,7 +230,13 @@ pub struct SessionJson {
     /// Closed sessions in eBPF mode, when the kernel ended it: `reset sent (REASON)`, `reset
     /// received`, `socket error: ...`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cause: Option<String>,
+    pub kernel_cause: Option<String>,
+    /// Closed sessions: why it ended (`crate::ends::Cause`), once judged (at most a few
+    /// seconds after the close, when the FIX layer runs), and the evidence, in words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_cause: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_evidence: Option<String>,
     /// TCP health (netlink only; absent where the source cannot tell).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthJson>,
@@ -289,7 +301,8 @@ mod tests {
             life: None,
             process: None,
             closed_by: None,
-            cause: None,
+            kernel_cause: None,
+            end: None,
             health: None,
         };
         let seen = serde_json::to_value(s.json(t0)).unwrap();

@@ -48,9 +48,53 @@ pub struct SocketEvent {
     /// The process that made the connection, on an open, where the source saw it.
     pub process: Option<Process>,
     /// Why the kernel ended it, on a close, where the source can tell (eBPF mode: the reason
-    /// of a RST we sent, a RST received, the socket error such as a retransmission timeout),
-    /// in words (`None`: nothing beyond who hung up).
-    pub cause: Option<String>,
+    /// of a RST we sent, a RST received, the socket error such as a retransmission timeout;
+    /// `None`: nothing beyond who hung up).
+    pub cause: Option<KernelCause>,
+}
+
+/// Why the kernel ended a socket, as far as it says: a RST we sent (and the kernel's reason for
+/// it), a RST received, the socket's error at the close. Shown in words (`Display`): `reset sent
+/// (TCP_ABORT_ON_CLOSE)`, `reset received; socket error: Connection reset by peer`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KernelCause {
+    /// We sent a RST: the kernel's reason, by its `enum sk_rst_reason` name (or `reason N`).
+    pub reset_sent: Option<String>,
+    /// A RST was received.
+    pub reset_received: bool,
+    /// The socket's error at the close (`errno`: `ETIMEDOUT` for a retransmission or keep-alive
+    /// timeout, `ECONNRESET` for a reset).
+    pub socket_error: Option<i32>,
+}
+
+impl KernelCause {
+    /// Whether the socket timed out (`ETIMEDOUT`: retransmissions, keep-alives or
+    /// `TCP_USER_TIMEOUT` gave up).
+    pub fn timed_out(&self) -> bool {
+        self.socket_error == Some(ETIMEDOUT)
+    }
+}
+
+/// `ETIMEDOUT` on Linux.
+const ETIMEDOUT: i32 = 110;
+
+impl std::fmt::Display for KernelCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut sep = "";
+        if let Some(r) = &self.reset_sent {
+            write!(f, "reset sent ({r})")?;
+            sep = "; ";
+        }
+        if self.reset_received {
+            write!(f, "{sep}reset received")?;
+            sep = "; ";
+        }
+        if let Some(e) = self.socket_error {
+            let err = std::io::Error::from_raw_os_error(e);
+            write!(f, "{sep}socket error: {err}")?;
+        }
+        Ok(())
+    }
 }
 
 /// What happened to the socket.

@@ -36,7 +36,7 @@ pub mod target;
 mod time;
 
 pub use capabilities::{Capabilities, Confirmation, EventFeed, HealthFeed, ProcessFeed};
-pub use event::{SocketEvent, SocketEventKind, TcpCounters};
+pub use event::{KernelCause, SocketEvent, SocketEventKind, TcpCounters};
 pub use health::TcpHealth;
 pub use socket::{ClosedBy, Process, SocketEntry, TcpState};
 pub use target::{PortRange, Target, TargetId, Targets};

@@ -16,7 +16,9 @@ use tokio::sync::watch;
 
 use super::logs::{LogFollower, LogStats};
 use super::reassembly::{Limits as StreamLimits, StreamStats};
-use super::tracker::{Direction, Event, Limits, LogonState, Origin, Session, TcpLink, Tracker};
+use super::tracker::{
+    Direction, Event, Limits, LinkEnd, LogonState, Origin, Session, TcpLink, Tracker,
+};
 use super::wire::{ConnView, Wire, WireStats};
 use crate::config::{FixSettings, LogonLockout};
 use crate::target::Targets;
@@ -131,6 +133,9 @@ pub struct SelfStats {
 pub trait LiveSessions: Send + 'static {
     /// The links the TCP layer lists ESTABLISHED now, when they changed since the last call.
     fn changed(&mut self) -> Option<HashSet<TcpLink>>;
+    /// A link the wire followed ended: the FIX layer's account of it, for the end's cause
+    /// (`crate::ends`).
+    fn ended(&mut self, end: LinkEnd);
 }
 
 /// How the FIX layer agrees with the TCP layer on which connections exist.
@@ -430,20 +435,32 @@ impl Worker {
                     if let Some(live) = tcp.sessions.changed() {
                         self.live = live;
                     }
-                    self.wire
-                        .reconcile(&self.live, now, tcp.idle, &mut self.tracker);
+                    events.extend(self.wire.reconcile(
+                        &self.live,
+                        now,
+                        tcp.idle,
+                        &mut self.tracker,
+                    ));
                 }
                 self.tracker.expire(now);
                 let kernel = capture.as_mut().and_then(|c| c.kernel_stats().ok());
                 self.publish(now, kernel);
             }
             for e in events {
-                let Event::OrderAnswered {
-                    session,
-                    target,
-                    request,
-                    latency,
-                } = e;
+                let (session, target, request, latency) = match e {
+                    Event::OrderAnswered {
+                        session,
+                        target,
+                        request,
+                        latency,
+                    } => (session, target, request, latency),
+                    Event::LinkEnded(end) => {
+                        if let Some(tcp) = &mut self.tcp {
+                            tcp.sessions.ended(end);
+                        }
+                        continue;
+                    }
+                };
                 let target = target
                     .or_else(|| self.target_of(&session.theirs))
                     .unwrap_or_default();

@@ -67,7 +67,7 @@ pub mod proc_owner;
 pub mod procfs;
 mod tcp_info;
 
-pub use fix_monitor_core::{ClosedBy, Process, SocketEntry, TcpHealth, TcpState};
+pub use fix_monitor_core::{ClosedBy, KernelCause, Process, SocketEntry, TcpHealth, TcpState};
 
 /// What a poll brought, for the loop to skip what did not change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

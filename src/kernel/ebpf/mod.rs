@@ -26,7 +26,7 @@ pub use fix_monitor_ebpf::{
 pub use source::{EbpfSource, SourceStats};
 
 use crate::{ClosedBy, Process, SocketEvent, TcpHealth};
-use fix_monitor_core::{SocketEventKind, TcpCounters, Timestamp};
+use fix_monitor_core::{KernelCause, SocketEventKind, TcpCounters, Timestamp};
 use fix_monitor_ebpf::model::tcp_state::{CLOSE, CLOSE_WAIT, ESTABLISHED, FIN_WAIT1};
 
 /// Capabilities the eBPF source needs that this process lacks (from `CapEff` in
@@ -128,22 +128,19 @@ pub fn to_event(
 /// sent (its `enum sk_rst_reason` name from `reasons`, [`fix_monitor_ebpf::reset_reason_names`]),
 /// a RST received, the socket error at the close (a retransmission or keep-alive timeout is
 /// `Connection timed out`). `None` for a plain FIN either way.
-pub fn cause(c: &StateChange, reasons: &[(u32, String)]) -> Option<String> {
-    let mut parts = Vec::new();
-    if let Some(r) = c.reset_sent_reason {
-        match reasons.iter().find(|(v, _)| *v == r) {
-            Some((_, name)) => parts.push(format!("reset sent ({name})")),
-            None => parts.push(format!("reset sent (reason {r})")),
-        }
-    }
-    if c.reset_received {
-        parts.push("reset received".to_string());
-    }
-    if c.sk_err != 0 {
-        let err = std::io::Error::from_raw_os_error(c.sk_err);
-        parts.push(format!("socket error: {err}"));
-    }
-    (!parts.is_empty()).then(|| parts.join("; "))
+pub fn cause(c: &StateChange, reasons: &[(u32, String)]) -> Option<KernelCause> {
+    let reset_sent = c
+        .reset_sent_reason
+        .map(|r| match reasons.iter().find(|(v, _)| *v == r) {
+            Some((_, name)) => name.clone(),
+            None => format!("reason {r}"),
+        });
+    let k = KernelCause {
+        reset_sent,
+        reset_received: c.reset_received,
+        socket_error: (c.sk_err != 0).then_some(c.sk_err),
+    };
+    (k != KernelCause::default()).then_some(k)
 }
 
 /// One health record as core's [`TcpHealth`]: the values `tcp_get_info()` would report, read by
@@ -283,7 +280,9 @@ mod tests {
     fn a_close_says_why_the_kernel_ended_it() {
         let reasons = [(11, "TCP_ABORT_ON_CLOSE".to_string())];
         let now = Timestamp::now();
-        let of = |c: &StateChange| to_event(c, now, 2_000_000_000, &reasons).unwrap().cause;
+        let of = |c: &StateChange| {
+            (to_event(c, now, 2_000_000_000, &reasons).unwrap().cause).map(|k| k.to_string())
+        };
         let mut c = state_change(ESTABLISHED, CLOSE);
         assert_eq!(of(&c), None);
         c.reset_sent_reason = Some(11);
@@ -301,6 +300,8 @@ mod tests {
         let mut c = state_change(ESTABLISHED, CLOSE);
         c.sk_err = libc::ETIMEDOUT;
         assert!(of(&c).unwrap().contains("Connection timed out"));
+        let timed_out = to_event(&c, now, 2_000_000_000, &reasons).unwrap().cause;
+        assert!(timed_out.unwrap().timed_out());
         // An open says nothing.
         let mut o = state_change(SYN_SENT, ESTABLISHED);
         o.sk_err = libc::ETIMEDOUT;
