@@ -529,6 +529,16 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
             cancel.child_token(),
         )
     });
+    // Before the endpoint serves: no scrape sees the ends' zeros missing.
+    let caps = source.capabilities();
+    let process_known =
+        settings.poll.process_lookup || caps.process == crate::source::ProcessFeed::FromEvents;
+    instruments.start_ends_at_zero(&crate::ends::possible(
+        fix.is_some(),
+        caps.closed_by,
+        process_known,
+        false,
+    ));
     say_started(settings, &host, source.kind(), &mode, &telemetry);
 
     let server = match listener {
@@ -547,15 +557,6 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
     let (events, _) = tokio::sync::broadcast::channel(EVENT_BUFFER);
     let (health_events, _) = tokio::sync::broadcast::channel(EVENT_BUFFER);
     let confirm = confirmation(source.capabilities().confirm);
-    let caps = source.capabilities();
-    let process_known =
-        settings.poll.process_lookup || caps.process == crate::source::ProcessFeed::FromEvents;
-    instruments.start_ends_at_zero(&crate::ends::possible(
-        fix.is_some(),
-        caps.closed_by,
-        process_known,
-        false,
-    ));
     let mut poller = Poller::new(
         source,
         instruments,

@@ -334,19 +334,21 @@ impl Context for Unscheduled {
     }
 }
 
-/// Whether `p` had exited, by `proc`: no such pid, another command under it (the pid was
-/// reused), or a zombie (`Z`) or dead (`X`) task.
+/// Whether `p` had exited, by `proc`: no such pid, or a zombie (`Z`) or dead (`X`) task. Its
+/// command is not compared: the one a source saw is the connecting thread's, which may differ
+/// from the process's and may have ended while the process lives. A pid reused within the
+/// seconds before the judgement would pass for the process (pids wrap at `pid_max`, 4 million
+/// on 64-bit systems).
 pub fn exited_in_proc(proc: &std::path::Path, p: &Process) -> bool {
     let Ok(stat) = std::fs::read_to_string(proc.join(p.pid.to_string()).join("stat")) else {
         return true;
     };
     // pid (comm) state ...: comm may hold spaces and parentheses, so split at the last ')'.
-    let Some((head, tail)) = stat.rsplit_once(')') else {
+    let Some((_, tail)) = stat.rsplit_once(')') else {
         return true;
     };
-    let comm = head.split_once('(').map(|(_, c)| c).unwrap_or_default();
     let state = tail.split_whitespace().next().unwrap_or("X");
-    comm != p.comm || matches!(state, "Z" | "X" | "x")
+    matches!(state, "Z" | "X" | "x")
 }
 
 /// Ends waiting to be judged, and the FIX layer's accounts waiting for their ends.

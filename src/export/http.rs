@@ -141,6 +141,9 @@ struct ConnectionsView {
     targets: Vec<String>,
     total: usize,
     connections: Vec<SessionJson>,
+    /// The most recently closed sessions (oldest first, at most `state::RECENT_CLOSED`), each
+    /// with why it ended once judged (`end_cause`, `end_evidence`).
+    closed: Vec<SessionJson>,
 }
 
 async fn connections(State(s): State<AppState>) -> Json<ConnectionsView> {
@@ -153,6 +156,7 @@ async fn connections(State(s): State<AppState>) -> Json<ConnectionsView> {
         targets: m.meta.targets.iter().map(|t| t.name.clone()).collect(),
         total: connections.len(),
         connections,
+        closed: m.closed_json(now),
     })
 }
 

@@ -250,6 +250,11 @@ impl Peer {
         }
     }
 
+    /// The TCP stream (its addresses, its socket options).
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
     /// Close the TCP connection.
     pub fn close(self) {
         let _ = self.stream.shutdown(std::net::Shutdown::Both);

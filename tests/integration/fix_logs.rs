@@ -47,10 +47,12 @@ fn run(pipe: bool) {
             read += 1;
             assert!(r.timed_by_log);
             for e in tracker.observe(&r.msg, r.dir, r.at, &Origin::default()) {
-                let Event::OrderAnswered {
+                if let Event::OrderAnswered {
                     request, latency, ..
-                } = e;
-                latencies.push((request.as_str(), latency));
+                } = e
+                {
+                    latencies.push((request.as_str(), latency));
+                }
             }
         }
         std::thread::sleep(Duration::from_millis(10));

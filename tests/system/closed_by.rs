@@ -119,7 +119,7 @@ fn fin_ours_fin_theirs_and_resets_are_counted_by_who_hung_up() {
     assert_eq!(closes.len(), 4, "{log}");
     let causes: Vec<&str> = closes
         .iter()
-        .filter_map(|l| l.split_once("cause=").map(|(_, c)| c))
+        .filter_map(|l| l.split_once("kernel_cause=").map(|(_, c)| c))
         .collect();
     assert_eq!(causes.len(), 2, "{log}");
     assert!(

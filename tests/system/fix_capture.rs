@@ -71,10 +71,12 @@ fn fix_sessions_captured_on_loopback_match_the_simulator() {
                     latencies,
                 } = &mut *g;
                 for e in wire.packet(p, at, tracker) {
-                    let Event::OrderAnswered {
+                    if let Event::OrderAnswered {
                         request, latency, ..
-                    } = e;
-                    latencies.push((request.as_str(), latency));
+                    } = e
+                    {
+                        latencies.push((request.as_str(), latency));
+                    }
                 }
             })
             .unwrap();

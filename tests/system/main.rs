@@ -6,6 +6,7 @@
 //! The shared pieces (running the binary, ground-truth connections, the Prometheus text parser,
 //! the OTLP receiver) are the test-support crate's (`tests/support`), as in the first tier.
 
+mod end_causes;
 mod fix_capture;
 mod fix_capture_table;
 mod fix_logon_refused;
