@@ -171,10 +171,7 @@ capture = true
         got.insert(port, s["end_cause"].as_str().unwrap().to_string());
         assert!(s["end_evidence"].is_string(), "{s}");
     }
-    let want: BTreeMap<u16, String> = expected
-        .iter()
-        .map(|(p, c)| (*p, c.to_string()))
-        .collect();
+    let want: BTreeMap<u16, String> = expected.iter().map(|(p, c)| (*p, c.to_string())).collect();
     assert_eq!(got, want, "{last}");
 
     // The counter: exactly one per cause, the sum equal to the closes.
@@ -230,7 +227,11 @@ fn without_the_fix_layer_every_end_is_counted() {
     ]);
     let m = sc.metrics();
     let l = [("target", "plain"), ("cause", "logout_by_us")];
-    assert_eq!(m.get("fix_session_ends_total", &l), None, "no FIX layer: no FIX causes");
+    assert_eq!(
+        m.get("fix_session_ends_total", &l),
+        None,
+        "no FIX layer: no FIX causes"
+    );
     for _ in 0..3 {
         let c = TcpStream::connect(addr).unwrap();
         let (s, _) = listener.accept().unwrap();
@@ -239,7 +240,9 @@ fn without_the_fix_layer_every_end_is_counted() {
         drop(s);
     }
     sc.wait_for("three ends counted", Duration::from_secs(15), |s| {
-        s.metrics().sum("fix_session_ends_total", &[("target", "plain")]) == 3.0
+        s.metrics()
+            .sum("fix_session_ends_total", &[("target", "plain")])
+            == 3.0
     });
     let m = sc.metrics();
     let total = m.sum("fix_session_ends_total", &[("target", "plain")]);
@@ -249,4 +252,76 @@ fn without_the_fix_layer_every_end_is_counted() {
     assert_eq!(m.get("fix_session_ends_total", &l), Some(3.0));
     let (status, _) = sc.terminate();
     assert!(status.success());
+}
+
+/// In eBPF mode the TCP layer knows the connecting process and the kernel's reason: a gateway
+/// killed with its session open ends as `process_exited`; a session whose packets stop being
+/// acknowledged (an nftables drop) ends as `network_timeout` when the kernel gives up
+/// (`TCP_USER_TIMEOUT`, `ETIMEDOUT`).
+#[test]
+fn a_killed_gateway_and_a_dead_network_get_their_causes() {
+    let listener = TcpListener::bind("127.0.0.56:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cfg = config_file(&format!(
+        "[[targets]]\nname = \"tcp-only\"\naddress = \"127.0.0.56\"\nport = {}\n",
+        addr.port()
+    ));
+    let sc = Sidecar::start(&[
+        "--config",
+        cfg.path().to_str().unwrap(),
+        "--interval",
+        "200ms",
+        "--source",
+        "ebpf",
+    ]);
+    let active = |s: &Sidecar| s.json("/connections")["total"].as_u64().unwrap();
+
+    // A gateway process (bash holding the connection, then exec'ing sleep in the same pid).
+    let script = format!("exec 3<>/dev/tcp/127.0.0.56/{}; exec sleep 60", addr.port());
+    let mut gateway = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .spawn()
+        .unwrap();
+    let (_venue_side, _) = listener.accept().unwrap();
+    sc.wait_for("the gateway's session", Duration::from_secs(10), |s| {
+        active(s) == 1
+    });
+    gateway.kill().unwrap();
+    gateway.wait().unwrap();
+
+    // A session the network stops answering.
+    let gw = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    gw.set_tcp_user_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    gw.connect(&addr.into()).unwrap();
+    let mut gw: TcpStream = gw.into();
+    let (_venue_side2, _) = listener.accept().unwrap();
+    let timeout_port = gw.local_addr().unwrap().port();
+    sc.wait_for("the second session", Duration::from_secs(10), |s| {
+        active(s) == 1
+    });
+    let drop_all = crate::nft::NftTable::drop_all(addr.port());
+    std::io::Write::write_all(&mut gw, b"8=FIX.4.4\x01").unwrap();
+    sc.wait_for("both ends judged", Duration::from_secs(30), |s| {
+        let m = s.metrics();
+        m.sum("fix_session_ends_total", &[("target", "tcp-only")]) == 2.0
+    });
+    assert!(drop_all.dropped().0 > 0, "the rule dropped nothing");
+    drop(drop_all);
+    let m = sc.metrics();
+    for cause in ["process_exited", "network_timeout"] {
+        let l = [("target", "tcp-only"), ("cause", cause)];
+        assert_eq!(m.get("fix_session_ends_total", &l), Some(1.0), "{cause}");
+    }
+    let c = sc.json("/connections");
+    let timed_out = c["closed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["local_port"] == timeout_port)
+        .cloned()
+        .unwrap();
+    assert_eq!(timed_out["end_cause"], "network_timeout", "{c}");
+    let (status, log) = sc.terminate();
+    assert!(status.success(), "{log}");
 }

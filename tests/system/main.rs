@@ -14,6 +14,7 @@ use fix_monitor_test_support::harness;
 
 mod backends;
 mod netns;
+mod nft;
 
 mod closed_by;
 mod ebpf;

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use fix_monitor::source::{SocketEntry, Source, SourceKind, TcpHealth};
@@ -358,67 +358,6 @@ fn tcp_info_agrees_with_ss_for_the_same_sockets_at_the_same_moment() {
     }
 }
 
-/// An nftables table of this process's own, deleted when dropped.
-struct NftTable {
-    name: String,
-}
-
-impl NftTable {
-    /// Drops one packet in ten arriving for TCP port `port` (the input hook: a drop on output is
-    /// a failed local send, which TCP sends again as new data, not as a retransmission), and
-    /// counts what it dropped.
-    fn drop_one_in_ten(port: u16) -> NftTable {
-        let name = format!("fixmon_tcpinfo_{}", std::process::id());
-        let script = format!(
-            "table inet {name} {{\n\
-               chain input {{\n\
-                 type filter hook input priority -10; policy accept;\n\
-                 tcp dport {port} numgen random mod 10 == 0 counter drop\n\
-               }}\n\
-             }}\n"
-        );
-        nft(&["-f", "-"], Some(&script));
-        NftTable { name }
-    }
-
-    /// Packets and bytes (headers included) the rule dropped.
-    fn dropped(&self) -> (u64, u64) {
-        let listing = nft(&["list", "table", "inet", &self.name], None);
-        let at = listing.find("counter packets ").expect(&listing);
-        // "counter packets 9 bytes 491122 drop"
-        let w: Vec<&str> = listing[at..].split_whitespace().collect();
-        assert_eq!((w[1], w[3]), ("packets", "bytes"), "{listing}");
-        (w[2].parse().unwrap(), w[4].parse().unwrap())
-    }
-}
-
-impl Drop for NftTable {
-    fn drop(&mut self) {
-        let _ = Command::new("nft")
-            .args(["delete", "table", "inet", &self.name])
-            .status();
-    }
-}
-
-fn nft(args: &[&str], stdin: Option<&str>) -> String {
-    let mut child = Command::new("nft")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("nft (nftables) is required: scripts/fetch-tools.sh installs it");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.unwrap_or("").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "nft {args:?}: {out:?}");
-    String::from_utf8(out.stdout).unwrap()
-}
-
 /// Sends `n` bytes over a fresh connection from `from` to `l` while a thread reads them all;
 /// returns the client's health once everything is acknowledged.
 fn transfer(source: &mut dyn Source, from: &str, l: &TcpListener, n: usize) -> TcpHealth {
@@ -472,7 +411,7 @@ fn packets_dropped_on_the_way_in_are_retransmits_and_none_without() {
             "each byte sent once, and the needless copies: {h:?}"
         );
 
-        let table = NftTable::drop_one_in_ten(lossy.local_addr().unwrap().port());
+        let table = crate::nft::NftTable::drop_one_in_ten(lossy.local_addr().unwrap().port());
         let h = transfer(source, client_ip, &lossy, N);
         let (dropped, dropped_bytes) = table.dropped();
         drop(table);
