@@ -17,6 +17,7 @@ use crate::instruments::Instruments;
 use crate::persist::{StateDir, Tag};
 use crate::poller::{Input, Persist, Poller, SystemClock};
 use crate::source;
+use crate::session_events::SessionEvents;
 use crate::source::events::Mode;
 use crate::state::{Meta, Publisher, State, StateReader};
 use crate::tracker::{Event, Timestamp};
@@ -529,6 +530,8 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
         None => None,
     };
 
+    let session_events =
+        SessionEvents::new(settings.log.format, telemetry.session_logger());
     let (events, _) = tokio::sync::broadcast::channel(EVENT_BUFFER);
     let (health_events, _) = tokio::sync::broadcast::channel(EVENT_BUFFER);
     let (inputs, inputs_rx) = mpsc::channel::<Input>();
@@ -541,6 +544,7 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
         events.clone(),
     )
     .with_confirm(confirm)
+    .with_session_events(session_events)
     .with_health_events(health_events.clone())
     .with_destroy_notifications(subscription.is_some());
     if let Some((persist, restored)) = persist {
@@ -681,6 +685,12 @@ fn say_started(
             interval = %humantime::format_duration(settings.otlp.interval),
             temporality = settings.otlp.temporality.to_string(),
             "pushing metrics over OTLP"
+        );
+    }
+    if let Some((_, logs)) = &telemetry.logs {
+        tracing::info!(
+            url = logs.url(),
+            "pushing session events over OTLP as log records ([otlp] logs = false turns it off)"
         );
     }
 }

@@ -26,6 +26,7 @@ use crate::health::{HealthBook, HealthEvent, HealthPoll};
 use crate::instruments::{GaugeValues, Instruments};
 use crate::persist::{MonoClock, Record, StateDir};
 use crate::session::{target_names, Ended, Session};
+use crate::session_events::{self as se, Close, SessionEvents};
 use crate::source::events::EventBatch;
 use crate::source::Source;
 use crate::source::{ClosedBy, Process};
@@ -141,6 +142,8 @@ pub struct Poller {
     /// Session health: staleness and counter growth (see `crate::health`).
     health: HealthBook,
     health_poll: HealthPoll,
+    /// Where each event goes as a session event (an OTel log record, a JSON line).
+    session_events: SessionEvents,
     /// Where stale/recovered transitions go besides the log (the console), if anywhere.
     health_out: Option<tokio::sync::broadcast::Sender<HealthEvent>>,
     /// Asks about sockets a poll no longer lists before they are closed.
@@ -201,6 +204,7 @@ impl Poller {
             ),
             health_poll: HealthPoll::default(),
             health_out: None,
+            session_events: SessionEvents::default(),
             tracker: Tracker::new(targets),
             instruments,
             publisher,
@@ -282,6 +286,12 @@ impl Poller {
         out: tokio::sync::broadcast::Sender<HealthEvent>,
     ) -> Poller {
         self.health_out = Some(out);
+        self
+    }
+
+    /// Hands every opened, closed, stale and recovered event to `sink` (`session_events`).
+    pub fn with_session_events(mut self, sink: SessionEvents) -> Poller {
+        self.session_events = sink;
         self
     }
 
@@ -476,6 +486,7 @@ impl Poller {
             &self.names,
             &self.processes,
             (&self.closed_by, &self.causes),
+            &self.session_events,
         );
         for e in &self.events {
             if let Event::Closed { conn, .. } = e {
@@ -483,7 +494,7 @@ impl Poller {
             }
         }
         // Stale/recovered lines once, after the poll that found them.
-        log_health(&self.health_poll.events, &self.names);
+        log_health(&self.health_poll.events, &self.names, &self.session_events);
         for e in self.health_poll.events.drain(..) {
             if let Some(out) = &self.health_out {
                 // No subscriber is fine: nobody is watching.
@@ -720,16 +731,22 @@ impl Poller {
     }
 }
 
+/// Each event as a session event (`session_events`), and, in text format, as the human line.
 fn log_events(
     events: &[Event],
     names: &[Arc<str>],
     processes: &HashMap<ConnKey, Process>,
     (closed_by, causes): (&HashMap<ConnKey, ClosedBy>, &HashMap<ConnKey, String>),
+    sink: &SessionEvents,
 ) {
     for e in events {
         match e {
             Event::Opened(c) => {
                 let process = processes.get(&c.key);
+                sink.emit(&se::opened(c, &names[c.target], process));
+                if sink.json() {
+                    continue;
+                }
                 tracing::info!(
                     target_name = %names[c.target],
                     local = %c.key.local,
@@ -742,14 +759,24 @@ fn log_events(
             }
             Event::Closed {
                 conn,
+                at,
                 duration,
                 info,
-                ..
             } => {
                 // Who hung up and the process: only where the source saw them (eBPF).
-                let by = closed_by.get(&conn.key).map(ClosedBy::as_str);
-                let cause = causes.get(&conn.key).map(tracing::field::display);
-                let process = processes.get(&conn.key);
+                let close = Close {
+                    at: Some(at.wall),
+                    duration: Some(*duration),
+                    info: info.as_ref(),
+                    by: closed_by.get(&conn.key).copied(),
+                    kernel_cause: causes.get(&conn.key).map(String::as_str),
+                    process: processes.get(&conn.key),
+                };
+                sink.emit(&se::closed(conn, &names[conn.target], close));
+                if sink.json() {
+                    continue;
+                }
+                let process = close.process;
                 tracing::info!(
                     target_name = %names[conn.target],
                     local = %conn.key.local,
@@ -759,28 +786,48 @@ fn log_events(
                     bytes_acked = info.and_then(|i| i.bytes_acked),
                     bytes_received = info.map(|i| i.bytes_received),
                     retransmits = info.map(|i| i.retransmits),
-                    by,
-                    cause,
+                    by = close.by.as_ref().map(ClosedBy::as_str),
+                    cause = close.kernel_cause,
                     pid = process.map(|p| p.pid),
                     comm = process.map(|p| tracing::field::display(&p.comm)),
                     "connection closed"
                 )
             }
-            Event::ShortLived { conn, info, .. } => tracing::info!(
-                target_name = %names[conn.target],
-                local = %conn.key.local,
-                remote = %conn.key.remote,
-                bytes_acked = info.and_then(|i| i.bytes_acked),
-                bytes_received = info.map(|i| i.bytes_received),
-                retransmits = info.map(|i| i.retransmits),
-                "connection opened and closed between two polls (short-lived; lifetime under one interval)"
-            ),
+            Event::ShortLived { conn, at, info } => {
+                let close = Close {
+                    info: info.as_ref(),
+                    by: closed_by.get(&conn.key).copied(),
+                    kernel_cause: causes.get(&conn.key).map(String::as_str),
+                    process: processes.get(&conn.key),
+                    ..Close::default()
+                };
+                for event in se::short_lived(conn, &names[conn.target], at.wall, close) {
+                    sink.emit(&event);
+                }
+                if sink.json() {
+                    continue;
+                }
+                tracing::info!(
+                    target_name = %names[conn.target],
+                    local = %conn.key.local,
+                    remote = %conn.key.remote,
+                    bytes_acked = info.and_then(|i| i.bytes_acked),
+                    bytes_received = info.map(|i| i.bytes_received),
+                    retransmits = info.map(|i| i.retransmits),
+                    "connection opened and closed between two polls (short-lived; lifetime under one interval)"
+                )
+            }
         }
     }
 }
 
-fn log_health(events: &[HealthEvent], names: &[Arc<str>]) {
+/// Stale and recovered transitions, as session events and (text format) lines.
+fn log_health(events: &[HealthEvent], names: &[Arc<str>], sink: &SessionEvents) {
     for e in events {
+        sink.emit(&se::health(e, names));
+        if sink.json() {
+            continue;
+        }
         match e {
             HealthEvent::Stale {
                 target,
