@@ -40,7 +40,7 @@ impl LogExporter for Recorder {
 
 fn connection() -> crate::tracker::Connection {
     let mut tracker = crate::tracker::Tracker::new(crate::target::Targets::new(vec![
-        crate::target::Target::test("10.0.0.5", None, None),
+        crate::target::Target::test("10.0.0.5/32", None, None),
     ]));
     let key = ConnKey {
         local: "10.0.0.1:5001".parse().unwrap(),
