@@ -16,8 +16,8 @@ use crate::export::{http, Telemetry};
 use crate::instruments::Instruments;
 use crate::persist::{StateDir, Tag};
 use crate::poller::{Input, Persist, Poller, SystemClock};
-use crate::source;
 use crate::session_events::SessionEvents;
+use crate::source;
 use crate::source::events::Mode;
 use crate::state::{Meta, Publisher, State, StateReader};
 use crate::tracker::{Event, Timestamp};
@@ -530,8 +530,7 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
         None => None,
     };
 
-    let session_events =
-        SessionEvents::new(settings.log.format, telemetry.session_logger());
+    let session_events = SessionEvents::new(settings.log.format, telemetry.session_logger());
     let (events, _) = tokio::sync::broadcast::channel(EVENT_BUFFER);
     let (health_events, _) = tokio::sync::broadcast::channel(EVENT_BUFFER);
     let (inputs, inputs_rx) = mpsc::channel::<Input>();

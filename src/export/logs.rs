@@ -201,8 +201,8 @@ impl Shared {
             let n = backlog.len().min(BATCH);
             let refs: Vec<(&SdkLogRecord, &InstrumentationScope)> =
                 backlog.iter().take(n).map(|(r, s)| (r, s)).collect();
-            let result = opentelemetry_sdk::logs::LogExporter::export(inner, LogBatch::new(&refs))
-                .await;
+            let result =
+                opentelemetry_sdk::logs::LogExporter::export(inner, LogBatch::new(&refs)).await;
             self.health.record(&result, Instant::now());
             result?;
             backlog.drain(..n);
@@ -311,7 +311,10 @@ mod tests {
         let http = OtlpProtocol::HttpProtobuf;
         for (metrics, logs) in [
             ("http://c:4318/v1/metrics", "http://c:4318/v1/logs"),
-            ("http://c:4318/otlp/v1/metrics", "http://c:4318/otlp/v1/logs"),
+            (
+                "http://c:4318/otlp/v1/metrics",
+                "http://c:4318/otlp/v1/logs",
+            ),
             ("http://vm:8428/custom/", "http://vm:8428/custom/v1/logs"),
         ] {
             assert_eq!(logs_url(&settings(http, metrics)), logs);

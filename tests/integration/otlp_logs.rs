@@ -24,14 +24,23 @@ fn config(ip: &str, endpoint: &str, extra: &str) -> tempfile::NamedTempFile {
 
 fn start(cfg: &tempfile::NamedTempFile, more: &[&str]) -> Sidecar {
     let path = cfg.path().to_str().unwrap();
-    let mut args = vec!["--config", path, "--source", "netlink", "--interval", "100ms"];
+    let mut args = vec![
+        "--config",
+        path,
+        "--source",
+        "netlink",
+        "--interval",
+        "100ms",
+    ];
     args.extend_from_slice(more);
     Sidecar::start(&args)
 }
 
 /// `n` connections to `d`, made once the sidecar has polled (so none is preexisting).
 fn connect(d: &Downstream, n: usize) -> Vec<TcpStream> {
-    (0..n).map(|_| connect_from("127.0.0.1:0", d.addr)).collect()
+    (0..n)
+        .map(|_| connect_from("127.0.0.1:0", d.addr))
+        .collect()
 }
 
 fn local_ports(held: &[TcpStream]) -> BTreeSet<String> {
@@ -49,7 +58,11 @@ fn assert_records(rx: &Receiver, name: &str, ports: &BTreeSet<String>, d: &Downs
         .map(|r| r.attr("network.local.port").unwrap_or("?").to_owned())
         .collect();
     assert_eq!(seen.len(), ports.len(), "{name}: {records:#?}");
-    assert_eq!(&seen.iter().cloned().collect::<BTreeSet<_>>(), ports, "{name}");
+    assert_eq!(
+        &seen.iter().cloned().collect::<BTreeSet<_>>(),
+        ports,
+        "{name}"
+    );
     let peer_port = d.addr.port().to_string();
     for r in &records {
         assert_eq!(r.attr("fix.target"), Some("venue"), "{r:?}");
@@ -86,7 +99,10 @@ fn grpc_log_records_match_the_sessions_one_by_one() {
     assert_records(&rx, CLOSED, &ports, &d);
     for r in rx.events(OPENED) {
         assert_eq!(r.attr("fix.session.preexisting"), Some("false"));
-        assert_eq!((r.severity_text.as_str(), r.body.as_str()), ("INFO", "connection opened"));
+        assert_eq!(
+            (r.severity_text.as_str(), r.body.as_str()),
+            ("INFO", "connection opened")
+        );
         assert_eq!(r.transport, "grpc");
     }
     for r in rx.events(CLOSED) {
@@ -194,8 +210,10 @@ fn records_made_while_the_collector_is_down_arrive_when_it_comes_up() {
     let gone_port = BTreeSet::from([gone.local_addr().unwrap().port().to_string()]);
     drop(gone);
     let errors = |s: &Sidecar| {
-        s.metrics()
-            .count("fix_monitor_export_errors_total", &[("exporter", "otlp_logs")])
+        s.metrics().count(
+            "fix_monitor_export_errors_total",
+            &[("exporter", "otlp_logs")],
+        )
     };
     sc.wait_for("failed log exports", WAIT, |s| errors(s) >= 2.0);
 
@@ -209,7 +227,10 @@ fn records_made_while_the_collector_is_down_arrive_when_it_comes_up() {
     assert_records(&rx, OPENED, &ports, &d);
     assert_records(&rx, CLOSED, &gone_port, &d);
     let m = sc.metrics();
-    assert_eq!(m.get("fix_monitor_log_records_dropped_total", &[]), Some(0.0));
+    assert_eq!(
+        m.get("fix_monitor_log_records_dropped_total", &[]),
+        Some(0.0)
+    );
     let (status, log) = sc.terminate();
     assert!(status.success(), "{log}");
     assert_eq!(log.matches("OTLP log export failed;").count(), 1, "{log}");

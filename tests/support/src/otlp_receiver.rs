@@ -28,17 +28,17 @@ use std::time::{Duration, Instant};
 
 use prost::Message;
 
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
-    MetricsService, MetricsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-};
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
     LogsService, LogsServiceServer,
 };
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
@@ -212,7 +212,11 @@ pub fn records(transport: &'static str, request: &ExportLogsServiceRequest) -> V
             .map(|r| attrs(&r.attributes))
             .unwrap_or_default();
         for sl in &rl.scope_logs {
-            let scope = sl.scope.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+            let scope = sl
+                .scope
+                .as_ref()
+                .map(|s| s.name.clone())
+                .unwrap_or_default();
             for r in &sl.log_records {
                 let body = match r.body.as_ref().and_then(|b| b.value.as_ref()) {
                     Some(any_value::Value::StringValue(s)) => s.clone(),
@@ -449,7 +453,10 @@ impl Receiver {
                 "/v1/metrics",
                 axum::routing::post(http_export).with_state(service.clone()),
             )
-            .route("/v1/logs", axum::routing::post(http_logs).with_state(service));
+            .route(
+                "/v1/logs",
+                axum::routing::post(http_logs).with_state(service),
+            );
         let mut server = tonic::transport::Server::builder().accept_http1(true);
         if let Some(tls) = tls {
             server = server.tls_config(tls).expect("receiver TLS config");
