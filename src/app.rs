@@ -264,6 +264,7 @@ impl FixLayer {
         settings: &Settings,
         meter: &opentelemetry::metrics::Meter,
         state: &StateReader,
+        events: SessionEvents,
         stop: CancellationToken,
     ) -> FixLayer {
         let tcp = crate::fix::monitor::TcpView {
@@ -278,6 +279,7 @@ impl FixLayer {
             &settings.targets,
             meter,
             Some(tcp),
+            events,
         );
         let reader = monitor.reader();
         let instruments = crate::fix::metrics::FixInstruments::new(meter, monitor.reader());
@@ -511,10 +513,11 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
     let initial = initial_state(settings, &host, source.as_ref(), &mode);
     let (publisher, state) = Publisher::new(initial.clone());
     let cancel = CancellationToken::new();
-    let fix = settings
-        .fix
-        .enabled()
-        .then(|| FixLayer::start(settings, &meter, &state, cancel.child_token()));
+    let session_events = SessionEvents::new(settings.log.format, telemetry.session_logger());
+    let fix = settings.fix.enabled().then(|| {
+        let events = session_events.clone();
+        FixLayer::start(settings, &meter, &state, events, cancel.child_token())
+    });
     say_started(settings, &host, source.kind(), &mode, &telemetry);
 
     let server = match listener {

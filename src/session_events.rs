@@ -15,10 +15,11 @@
 //!   close's end cause goes there as [`attrs::END_CAUSE`].
 //! - The FIX layer: `fix.session.logon`, `.logon_refused`, `.logout`, `.sequence_gap`,
 //!   `.reject`. The FIX tracker (`fix-monitor-protocol`, `tracker.rs`) is pure and sits below
-//!   this crate, so it cannot call this; its events reach the sidecar's FIX layer
-//!   (`fix::monitor`), which is handed a clone of [`SessionEvents`] and builds them with
-//!   [`SessionEvent::fix`] (the target, the peer and local ports, the comp ids, then the
-//!   event's own attributes).
+//!   this crate, so it cannot call this; the sidecar's FIX layer (`fix::monitor`'s worker) is
+//!   handed a clone of [`SessionEvents`] and builds them with [`SessionEvent::fix`] (the
+//!   target, the peer and local ports, the comp ids, then the event's own attributes). Today
+//!   `fix::events` derives them from the growth of each FIX session's counters per round; a
+//!   tracker `Event` for each can replace that there, calling the same function.
 //!
 //! # Why the Logs API and not the tracing bridge
 //! `opentelemetry-appender-tracing` would turn every `tracing` event of the process into a log
@@ -115,6 +116,8 @@ pub mod attrs {
     pub const LOGOUT_INITIATOR: &str = "fix.logout.initiator";
     /// Messages missing in a gap (the FIX layer's count grew by this much).
     pub const GAPS: &str = "fix.sequence_gap.count";
+    /// Which way the messages went: `in` (to us) or `out` (from us).
+    pub const DIRECTION: &str = "fix.direction";
     /// `session` (MsgType 3) or `business` (MsgType j).
     pub const REJECT_KIND: &str = "fix.reject.kind";
     pub const REJECTS: &str = "fix.reject.count";

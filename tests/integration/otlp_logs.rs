@@ -272,3 +272,68 @@ fn sigterm_delivers_the_records_of_the_last_events() {
     assert_eq!(rx.events(CLOSED).len(), 1, "{:#?}", rx.records());
     drop((held, d));
 }
+
+/// The FIX layer's events, against the simulator's ground truth: a session read from the
+/// gateway's engine log logs on, meets one sequence gap and logs out ("end of day"); the
+/// receiver gets one `fix.session.logon`, one `fix.session.sequence_gap` with the venue's gap
+/// size, one `fix.session.logout` initiated by us with its text, each with the comp ids.
+#[test]
+fn fix_logon_gap_and_logout_from_the_simulator_arrive_as_records() {
+    use fix_monitor::fix::sim::{scripted_session, Venue, VenueBehaviour};
+    let rx = Receiver::start();
+    let venue = Venue::start(
+        "127.0.0.1:0".parse().unwrap(),
+        VenueBehaviour {
+            ack_delay: Duration::from_millis(5),
+            gap_after: Some((4, 1)),
+            ..VenueBehaviour::default()
+        },
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("gw.messages.log");
+    std::fs::write(&log, b"").unwrap();
+    let cfg = config_file(&format!(
+        "[[targets]]\nname = \"venue\"\naddress = \"127.0.0.1\"\nport = {port}\n\
+         comp_ids = [\"VENUE\"]\n[poll]\ninterval = \"200ms\"\n\
+         [fix]\nour_comp_ids = [\"GW\"]\n[[fix.logs]]\npath = \"{glob}\"\n\
+         [otlp]\nendpoint = \"{endpoint}\"\ninterval = \"300ms\"\n",
+        port = venue.addr.port(),
+        glob = dir.path().join("*.messages.log").display(),
+        endpoint = rx.endpoint(),
+    ));
+    let sc = Sidecar::start(&["--config", cfg.path().to_str().unwrap()]);
+    let file = log.display().to_string();
+    sc.wait_for("the log followed", WAIT, |s| {
+        s.json("/sessions")["log_files"][0] == file.as_str()
+    });
+    scripted_session(venue.addr, 6, None, Some((log, false))).unwrap();
+    let truth = venue.stop();
+    rx.wait_for("the logout", WAIT, |r| {
+        !r.events("fix.session.logout").is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let one = |name: &str| {
+        let records = rx.events(name);
+        assert_eq!(records.len(), 1, "{name}: {:#?}", rx.records());
+        let r = records.into_iter().next().unwrap();
+        assert_eq!(r.attr("fix.target"), Some("venue"), "{r:?}");
+        assert_eq!(r.attr("fix.sender_comp_id"), Some("GW"), "{r:?}");
+        assert_eq!(r.attr("fix.target_comp_id"), Some("VENUE"), "{r:?}");
+        r
+    };
+    one("fix.session.logon");
+    let gap = one("fix.session.sequence_gap");
+    assert_eq!(gap.attr("fix.direction"), Some("in"));
+    assert_eq!(
+        gap.attr("fix.sequence_gap.count"),
+        Some(truth.gap_messages.to_string().as_str())
+    );
+    assert_eq!(gap.severity_text, "WARN");
+    let logout = one("fix.session.logout");
+    assert_eq!(logout.attr("fix.logout.initiator"), Some("us"));
+    assert_eq!(logout.attr("fix.logout.text"), Some("end of day"));
+    assert!(rx.events("fix.session.logon_refused").is_empty());
+    let (status, log) = sc.terminate();
+    assert!(status.success(), "{log}");
+}
