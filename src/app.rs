@@ -16,6 +16,7 @@ use crate::export::{http, Telemetry};
 use crate::instruments::Instruments;
 use crate::persist::{StateDir, Tag};
 use crate::poller::{Input, Persist, Poller, SystemClock};
+use crate::session_events::SessionEvents;
 use crate::source;
 use crate::source::events::Mode;
 use crate::state::{Meta, Publisher, State, StateReader};
@@ -271,6 +272,7 @@ impl FixLayer {
         meter: &opentelemetry::metrics::Meter,
         state: &StateReader,
         inputs: mpsc::Sender<Input>,
+        events: SessionEvents,
         stop: CancellationToken,
     ) -> FixLayer {
         let tcp = crate::fix::monitor::TcpView {
@@ -286,6 +288,7 @@ impl FixLayer {
             &settings.targets,
             meter,
             Some(tcp),
+            events,
         );
         let reader = monitor.reader();
         let instruments = crate::fix::metrics::FixInstruments::new(meter, monitor.reader());
@@ -520,12 +523,16 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
     let (publisher, state) = Publisher::new(initial.clone());
     let cancel = CancellationToken::new();
     let (inputs, inputs_rx) = mpsc::channel::<Input>();
+    let session_events = SessionEvents::new(settings.log.format, telemetry.session_logger());
     let fix = settings.fix.enabled().then(|| {
+        let events = session_events.clone();
+        let inputs = inputs.clone();
         FixLayer::start(
             settings,
             &meter,
             &state,
-            inputs.clone(),
+            inputs,
+            events,
             cancel.child_token(),
         )
     });
@@ -565,6 +572,7 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
         events.clone(),
     )
     .with_confirm(confirm)
+    .with_session_events(session_events)
     .with_health_events(health_events.clone())
     .with_destroy_notifications(subscription.is_some())
     .with_ends(fix.is_some(), Box::new(crate::ends::Unscheduled));
@@ -706,6 +714,12 @@ fn say_started(
             interval = %humantime::format_duration(settings.otlp.interval),
             temporality = settings.otlp.temporality.to_string(),
             "pushing metrics over OTLP"
+        );
+    }
+    if let Some((_, logs)) = &telemetry.logs {
+        tracing::info!(
+            url = logs.url(),
+            "pushing session events over OTLP as log records ([otlp] logs = false turns it off)"
         );
     }
 }

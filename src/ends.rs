@@ -113,6 +113,10 @@ pub struct TcpEnd {
     pub kernel: Option<KernelCause>,
     /// The process that made the connection, where known.
     pub process: Option<Process>,
+    /// Its lifetime (`None`: opened and closed between two polls, no lifetime known).
+    pub duration: Option<Duration>,
+    /// Its final counters, where a close event carried them.
+    pub info: Option<crate::tracker::TcpCounters>,
 }
 
 impl TcpEnd {

@@ -43,6 +43,8 @@ pub mod names {
     /// Exposed as `fix_monitor_export_errors_total`; only with OTLP push on (see
     /// `export::otlp`).
     pub const EXPORT_ERRORS: &str = "fix_monitor_export_errors";
+    /// Session event log records given up on (`export::logs`).
+    pub const LOG_RECORDS_DROPPED: &str = "fix_monitor_log_records_dropped";
     /// Exposed as `fix_connections_short_lived_total`: sessions that opened and closed between
     /// two polls, known from their kernel close event alone (also in opened and closed).
     pub const SHORT_LIVED: &str = "fix_connections_short_lived";
@@ -100,6 +102,7 @@ pub mod names {
         POLL_DURATION,
         POLL_ERRORS,
         EXPORT_ERRORS,
+        LOG_RECORDS_DROPPED,
         SHORT_LIVED,
         EVENTS_LOST,
         RECONCILES,

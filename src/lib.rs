@@ -64,6 +64,7 @@ pub mod persist;
 pub mod poller;
 pub mod process;
 pub mod session;
+pub mod session_events;
 /// The sources live in their own crate, [`fix_monitor_kernel`]; this facade keeps the
 /// `fix_monitor::source::...` paths (the tests, the fuzz harness) and adds [`source::open`],
 /// which takes its defaults from the configuration.

@@ -27,6 +27,7 @@ use crate::health::{HealthBook, HealthEvent, HealthPoll};
 use crate::instruments::{GaugeValues, Instruments};
 use crate::persist::{MonoClock, Record, StateDir};
 use crate::session::{target_names, Ended, Session};
+use crate::session_events::{self as se, Close, SessionEvents};
 use crate::source::events::EventBatch;
 use crate::source::Source;
 use crate::source::{ClosedBy, KernelCause, Process};
@@ -145,6 +146,8 @@ pub struct Poller {
     /// Session health: staleness and counter growth (see `crate::health`).
     health: HealthBook,
     health_poll: HealthPoll,
+    /// Where each event goes as a session event (an OTel log record, a JSON line).
+    session_events: SessionEvents,
     /// Where stale/recovered transitions go besides the log (the console), if anywhere.
     health_out: Option<tokio::sync::broadcast::Sender<HealthEvent>>,
     /// Asks about sockets a poll no longer lists before they are closed.
@@ -209,6 +212,7 @@ impl Poller {
             ),
             health_poll: HealthPoll::default(),
             health_out: None,
+            session_events: SessionEvents::default(),
             tracker: Tracker::new(targets),
             instruments,
             publisher,
@@ -301,6 +305,12 @@ impl Poller {
         out: tokio::sync::broadcast::Sender<HealthEvent>,
     ) -> Poller {
         self.health_out = Some(out);
+        self
+    }
+
+    /// Hands every opened, closed, stale and recovered event to `sink` (`session_events`).
+    pub fn with_session_events(mut self, sink: SessionEvents) -> Poller {
+        self.session_events = sink;
         self
     }
 
@@ -478,6 +488,7 @@ impl Poller {
         self.state = Arc::new(next);
         self.publisher.publish(Arc::clone(&self.state));
         for j in &judged {
+            self.emit_closed(j);
             tracing::info!(
                 target_name = %self.names[j.end.target],
                 local = %j.end.local,
@@ -489,11 +500,40 @@ impl Poller {
         }
     }
 
+    /// `fix.session.closed` (and, for a session no poll saw, its `fix.session.opened`), with
+    /// why it ended.
+    fn emit_closed(&self, j: &crate::ends::Judged) {
+        let e = &j.end;
+        let close = Close {
+            at: Some(e.at.wall),
+            duration: e.duration,
+            info: e.info.as_ref(),
+            by: e.closed_by,
+            kernel_cause: e.kernel.as_ref(),
+            process: e.process.as_ref(),
+            end: Some(&j.verdict),
+        };
+        let (addrs, target) = ((e.local, e.remote), &self.names[e.target]);
+        if e.duration.is_some() {
+            self.session_events.emit(&se::closed(addrs, target, close));
+        } else {
+            for event in se::short_lived(addrs, target, e.at.wall, close) {
+                self.session_events.emit(&event);
+            }
+        }
+    }
+
     /// The ends of this step's closes, handed to the judge with what the source said of them.
     fn queue_ends(&mut self) {
         for e in &self.events {
-            let (conn, at) = match e {
-                Event::Closed { conn, at, .. } | Event::ShortLived { conn, at, .. } => (conn, at),
+            let (conn, at, duration, info) = match e {
+                Event::Closed {
+                    conn,
+                    at,
+                    duration,
+                    info,
+                } => (conn, at, Some(*duration), info),
+                Event::ShortLived { conn, at, info } => (conn, at, None, info),
                 Event::Opened(_) => continue,
             };
             let end = TcpEnd {
@@ -505,6 +545,8 @@ impl Poller {
                 closed_by: self.closed_by.get(&conn.key).copied(),
                 kernel: self.causes.get(&conn.key).cloned(),
                 process: self.processes.get(&conn.key).cloned(),
+                duration,
+                info: *info,
             };
             self.ends.tcp(end, at.mono);
         }
@@ -548,6 +590,7 @@ impl Poller {
             &self.names,
             &self.processes,
             (&self.closed_by, &self.causes),
+            &self.session_events,
         );
         self.queue_ends();
         for e in &self.events {
@@ -556,7 +599,7 @@ impl Poller {
             }
         }
         // Stale/recovered lines once, after the poll that found them.
-        log_health(&self.health_poll.events, &self.names);
+        log_health(&self.health_poll.events, &self.names, &self.session_events);
         for e in self.health_poll.events.drain(..) {
             if let Some(out) = &self.health_out {
                 // No subscriber is fine: nobody is watching.
@@ -800,16 +843,22 @@ impl Poller {
     }
 }
 
+/// Each event as a session event (`session_events`), and, in text format, as the human line.
 fn log_events(
     events: &[Event],
     names: &[Arc<str>],
     processes: &HashMap<ConnKey, Process>,
     (closed_by, causes): (&HashMap<ConnKey, ClosedBy>, &HashMap<ConnKey, KernelCause>),
+    sink: &SessionEvents,
 ) {
     for e in events {
         match e {
             Event::Opened(c) => {
                 let process = processes.get(&c.key);
+                sink.emit(&se::opened(c, &names[c.target], process));
+                if sink.json() {
+                    continue;
+                }
                 tracing::info!(
                     target_name = %names[c.target],
                     local = %c.key.local,
@@ -820,6 +869,9 @@ fn log_events(
                     "connection opened"
                 )
             }
+            // A close's session event (`fix.session.closed`, with its cause) is emitted when
+            // the end is judged (`Poller::settle_ends`); here only the text line.
+            _ if sink.json() => {}
             Event::Closed {
                 conn,
                 duration,
@@ -859,8 +911,13 @@ fn log_events(
     }
 }
 
-fn log_health(events: &[HealthEvent], names: &[Arc<str>]) {
+/// Stale and recovered transitions, as session events and (text format) lines.
+fn log_health(events: &[HealthEvent], names: &[Arc<str>], sink: &SessionEvents) {
     for e in events {
+        sink.emit(&se::health(e, names));
+        if sink.json() {
+            continue;
+        }
         match e {
             HealthEvent::Stale {
                 target,

@@ -63,6 +63,7 @@
 //! interval = "10s"            # export interval
 //! timeout = "5s"              # one export, retries included
 //! temporality = "cumulative"  # cumulative | delta | lowmemory
+//! logs = true                 # session events as OTLP log records (false: metrics only)
 //! headers = { "x-tenant" = "desk-1" }
 //! [otlp.tls]                  # PEM files; the endpoint must be https://
 //! ca_file = "/etc/fix-monitor/ca.pem"
@@ -387,6 +388,9 @@ pub struct OtlpSettings {
     pub headers: BTreeMap<String, String>,
     #[serde(with = "raw::check::temporality")]
     pub temporality: OtlpTemporality,
+    /// Session events as OTLP log records beside the metrics (`session_events`).
+    #[serde(with = "raw::check::boolean")]
+    pub logs: bool,
     pub tls: TlsFiles,
 }
 
@@ -403,6 +407,7 @@ impl Default for OtlpSettings {
             headers: BTreeMap::new(),
             // What Prometheus-style backends expect; `delta` is for backends that want it.
             temporality: OtlpTemporality::Cumulative,
+            logs: true,
             tls: TlsFiles::default(),
         }
     }

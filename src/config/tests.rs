@@ -1523,3 +1523,26 @@ fn logon_lockout_per_target() {
     let number = find(&e, "targets[3].logon_lockout");
     assert!(number.message.starts_with("expected a table"), "{number}");
 }
+
+/// `[otlp] logs`: on by default, off from the file or `FIX_MONITOR_OTLP__LOGS`, and a bad value
+/// is reported with its key like any boolean.
+#[test]
+fn otlp_logs_is_on_by_default_and_turned_off_by_file_or_variable() {
+    let base = "[[targets]]\naddress = \"10.0.0.5\"\n[otlp]\nendpoint = \"http://c:4317\"\n";
+    assert!(ok(parse_toml_str(base, "c.toml")).settings.otlp.logs);
+    let off = format!("{base}logs = false\n");
+    assert!(!ok(parse_toml_str(&off, "c.toml")).settings.otlp.logs);
+    let f = Fixture::new(Some(base));
+    let loaded = ok(f.load(&[], &[("FIX_MONITOR_OTLP__LOGS", "false")]));
+    assert!(!loaded.settings.otlp.logs);
+    assert_eq!(
+        loaded.origin("otlp.logs"),
+        env("FIX_MONITOR_OTLP__LOGS").as_ref()
+    );
+    let bad = format!("{base}logs = \"sometimes\"\n");
+    let e = errors(parse_toml_str(&bad, "c.toml"));
+    assert_eq!(
+        find(&e, "otlp.logs").value.as_deref(),
+        Some("\"sometimes\"")
+    );
+}

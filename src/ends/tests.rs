@@ -23,6 +23,8 @@ fn tcp_end() -> TcpEnd {
         closed_by: None,
         kernel: None,
         process: None,
+        duration: Some(Duration::from_secs(5)),
+        info: None,
     }
 }
 

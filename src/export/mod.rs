@@ -4,12 +4,15 @@
 //!   encoded on `/metrics`.
 //! - `otlp`: the push side: an OTLP exporter (gRPC or HTTP/protobuf) on a periodic reader, with
 //!   outage reporting.
+//! - `logs`: session events (`session_events`) as OTLP log records, beside the metrics
+//!   (`[otlp] logs`), with a retry backlog.
 //! - `http`: the endpoint itself: `/metrics`, `/health`, `/connections` and `/`.
 //!
 //! Both exporters are readers of one meter provider, so a scrape and a push see the same
 //! instruments; each reader keeps its own aggregation (its own temporality).
 
 pub mod http;
+pub mod logs;
 pub mod otlp;
 pub mod prometheus;
 pub mod server;
@@ -18,6 +21,7 @@ pub mod web_config;
 use std::time::Duration;
 
 use opentelemetry::metrics::MeterProvider;
+use opentelemetry_sdk::logs::SdkLoggerProvider;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 
 use crate::config::OtlpSettings;
@@ -39,6 +43,8 @@ pub struct Telemetry {
     pub prometheus: Option<::prometheus::Registry>,
     /// Present when OTLP push is enabled.
     pub otlp: Option<otlp::Otlp>,
+    /// Present when OTLP push and `[otlp] logs` are on: session events' logger provider.
+    pub logs: Option<(SdkLoggerProvider, logs::OtlpLogs)>,
 }
 
 impl Telemetry {
@@ -50,7 +56,7 @@ impl Telemetry {
         prometheus_enabled: bool,
         otlp_settings: &OtlpSettings,
     ) -> Result<Telemetry, TelemetryError> {
-        let mut builder = SdkMeterProvider::builder().with_resource(resource);
+        let mut builder = SdkMeterProvider::builder().with_resource(resource.clone());
         let mut registry = None;
         if prometheus_enabled {
             let (reader, r) = prometheus::reader(host)?;
@@ -63,36 +69,61 @@ impl Telemetry {
             builder = builder.with_reader(reader);
             otlp = Some(handle);
         }
+        let logs = match otlp_settings.enabled && otlp_settings.logs {
+            true => Some(logs::provider(otlp_settings, resource)?),
+            false => None,
+        };
         let provider = builder.build();
         if let Some(otlp) = &otlp {
-            otlp.register(&provider.meter(crate::instruments::names::METER));
+            let meter = provider.meter(crate::instruments::names::METER);
+            otlp.register(&meter, logs.as_ref().map(|(_, l)| l));
         }
         Ok(Telemetry {
             provider,
             prometheus: registry,
             otlp,
+            logs,
         })
     }
 
-    /// The final export: force-flushes every reader, so that the last values reach the
-    /// collector even with a long export interval, then shuts the provider down. Waits at most
-    /// `grace`: the flush runs on its own thread, and a collector that hangs is left behind
-    /// (with a warning) rather than holding up the exit.
+    /// The logger session events go to (`session_events`), when OTLP logs are on.
+    pub fn session_logger(&self) -> Option<opentelemetry_sdk::logs::SdkLogger> {
+        use opentelemetry::logs::LoggerProvider as _;
+        let (provider, _) = self.logs.as_ref()?;
+        Some(provider.logger(crate::session_events::SCOPE))
+    }
+
+    /// The final export: force-flushes every reader (and the session events' logger
+    /// provider), so that the last values and records reach the collector even with a long
+    /// export interval, then shuts the providers down. Waits at most `grace`: each flush runs
+    /// on its own thread, and a collector that hangs is left behind (with a warning) rather
+    /// than holding up the exit.
     pub async fn shutdown(&self, grace: Duration) {
         let provider = self.provider.clone();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let spawned = std::thread::Builder::new()
-            .name("fix-monitor-flush".into())
-            .spawn(move || {
-                let flushed = provider.force_flush();
-                let shut = provider.shutdown();
-                let _ = tx.send((flushed, shut));
-            });
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "cannot start the final flush; exiting without it");
-            return;
+        let metrics = flush_on_thread("fix-monitor-flush", move || {
+            (provider.force_flush(), provider.shutdown())
+        });
+        let logs = self.logs.as_ref().map(|(provider, _)| {
+            let provider = provider.clone();
+            flush_on_thread("fix-monitor-flush-logs", move || {
+                (provider.force_flush(), provider.shutdown())
+            })
+        });
+        let logs = async {
+            match logs {
+                Some(rx) => Some(tokio::time::timeout(grace, rx).await),
+                None => None,
+            }
+        };
+        let (metrics, logs) = tokio::join!(tokio::time::timeout(grace, metrics), logs);
+        self.report_metrics_flush(metrics, grace);
+        if let (Some(result), Some((_, handle))) = (logs, &self.logs) {
+            report_logs_flush(handle, result, grace);
         }
-        match tokio::time::timeout(grace, rx).await {
+    }
+
+    fn report_metrics_flush(&self, result: Flushed, grace: Duration) {
+        match result {
             Ok(Ok((flushed, shut))) => {
                 match (&self.otlp, flushed) {
                     (Some(otlp), Ok(())) => {
@@ -117,5 +148,53 @@ impl Telemetry {
                 "the final export did not finish within the grace period; exiting without it"
             ),
         }
+    }
+}
+
+/// What a flush thread sends back (the flush's result, the shutdown's), or why nothing came.
+type Flushed = Result<
+    Result<(OTelSdkResult, OTelSdkResult), tokio::sync::oneshot::error::RecvError>,
+    tokio::time::error::Elapsed,
+>;
+type OTelSdkResult = opentelemetry_sdk::error::OTelSdkResult;
+
+/// Runs `flush` on a thread of its own; the receiver gets its results. A thread that cannot
+/// start drops the sender: the receiver then says so.
+fn flush_on_thread(
+    name: &str,
+    flush: impl FnOnce() -> (OTelSdkResult, OTelSdkResult) + Send + 'static,
+) -> tokio::sync::oneshot::Receiver<(OTelSdkResult, OTelSdkResult)> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let _ = tx.send(flush());
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the final flush; exiting without it");
+    }
+    rx
+}
+
+fn report_logs_flush(logs: &logs::OtlpLogs, result: Flushed, grace: Duration) {
+    match result {
+        // The processor's last export, then the backlog's last try (in the shutdown).
+        Ok(Ok((Ok(()), Ok(())))) => tracing::info!(
+            url = logs.url(),
+            delivered = logs.delivered(),
+            "final OTLP log export delivered"
+        ),
+        Ok(Ok((flushed, shut))) => tracing::warn!(
+            url = logs.url(),
+            error = %flushed.and(shut).unwrap_err(),
+            dropped = logs.dropped(),
+            "final OTLP log export failed: the session events not yet delivered are lost \
+             (counted in fix_monitor_log_records_dropped_total)"
+        ),
+        Ok(Err(_)) => tracing::warn!("the final log flush ended without a result"),
+        Err(_) => tracing::warn!(
+            grace = %humantime::format_duration(grace),
+            "the final log export did not finish within the grace period; exiting without it"
+        ),
     }
 }

@@ -93,21 +93,42 @@ impl Otlp {
     }
 
     /// Registers `fix_monitor_export_errors{exporter="otlp"}` (Prometheus:
-    /// `fix_monitor_export_errors_total`), read at each collection.
-    pub fn register(&self, meter: &Meter) {
+    /// `fix_monitor_export_errors_total`), read at each collection; with `logs`, the log
+    /// exporter's failures too (`exporter="otlp_logs"`) and
+    /// `fix_monitor_log_records_dropped`.
+    pub fn register(&self, meter: &Meter, logs: Option<&super::logs::OtlpLogs>) {
         let health = self.health.clone();
+        let logs = logs.cloned();
+        let dropped = logs.clone();
         meter
             .u64_observable_counter(names::EXPORT_ERRORS)
             .with_description(
-                "Metric exports that failed (after the exporter's own retries), by exporter",
+                "Exports that failed (after the exporter's own retries), by exporter: otlp \
+                 (metrics), otlp_logs (session events)",
             )
             .with_callback(move |obs| {
                 obs.observe(
                     health.failures.load(Ordering::Relaxed),
                     &[KeyValue::new(attrs::EXPORTER, EXPORTER)],
-                )
+                );
+                if let Some(logs) = &logs {
+                    obs.observe(
+                        logs.failed_exports(),
+                        &[KeyValue::new(attrs::EXPORTER, super::logs::EXPORTER)],
+                    );
+                }
             })
             .build();
+        if let Some(logs) = dropped {
+            meter
+                .u64_observable_counter(names::LOG_RECORDS_DROPPED)
+                .with_description(
+                    "Session event log records given up on: the retry backlog was full, or they \
+                     were still undelivered at exit",
+                )
+                .with_callback(move |obs| obs.observe(logs.dropped(), &[]))
+                .build();
+        }
     }
 }
 
@@ -115,11 +136,7 @@ impl Otlp {
 /// tokio runtime: the gRPC channel and the HTTP client run their I/O on it.
 pub fn reader(settings: &OtlpSettings) -> Result<(PeriodicReader<Watched>, Otlp), OtlpError> {
     let exporter = exporter(settings)?;
-    let health = Arc::new(ExportHealth {
-        url: settings.url.clone(),
-        failures: AtomicU64::new(0),
-        outage: Mutex::new(None),
-    });
+    let health = Arc::new(ExportHealth::new(Signal::Metrics, &settings.url));
     let watched = Watched {
         inner: exporter,
         health: health.clone(),
@@ -180,7 +197,7 @@ fn exporter(s: &OtlpSettings) -> Result<MetricExporter, OtlpError> {
 
 /// The configured headers as ASCII gRPC metadata (validated by the config already; an entry
 /// that still does not convert is skipped rather than failing the start).
-fn grpc_metadata(
+pub(super) fn grpc_metadata(
     headers: &BTreeMap<String, String>,
 ) -> Vec<(
     tonic::metadata::MetadataKey<tonic::metadata::Ascii>,
@@ -192,7 +209,7 @@ fn grpc_metadata(
         .collect()
 }
 
-fn read_pem(what: &'static str, path: &Path) -> Result<Vec<u8>, OtlpError> {
+pub(super) fn read_pem(what: &'static str, path: &Path) -> Result<Vec<u8>, OtlpError> {
     std::fs::read(path).map_err(|source| OtlpError::ReadTls {
         what,
         path: path.to_path_buf(),
@@ -201,7 +218,7 @@ fn read_pem(what: &'static str, path: &Path) -> Result<Vec<u8>, OtlpError> {
 }
 
 /// The configured CA, else the system's roots; and the client identity, if configured.
-fn grpc_tls(
+pub(super) fn grpc_tls(
     s: &OtlpSettings,
 ) -> Result<opentelemetry_otlp::tonic_types::transport::ClientTlsConfig, OtlpError> {
     use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig, Identity};
@@ -222,14 +239,14 @@ fn grpc_tls(
 /// OTLP/HTTP through reqwest's async client on our runtime. The exporter calls it from the
 /// periodic reader's thread, which has no runtime: each request is spawned onto ours.
 #[derive(Debug)]
-struct HttpClient {
+pub(super) struct HttpClient {
     client: reqwest::Client,
     headers: http::HeaderMap,
     runtime: tokio::runtime::Handle,
 }
 
 impl HttpClient {
-    fn new(s: &OtlpSettings) -> Result<HttpClient, OtlpError> {
+    pub(super) fn new(s: &OtlpSettings) -> Result<HttpClient, OtlpError> {
         let tls_error = |message: String| OtlpError::Tls {
             url: s.url.clone(),
             message,
@@ -312,11 +329,20 @@ impl opentelemetry_http::HttpClient for HttpClient {
     }
 }
 
+/// Which OTLP signal an exporter carries: its outage lines say which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Signal {
+    Metrics,
+    /// Session events (`export::logs`).
+    Logs,
+}
+
 /// Outage state shared by the exporter decorator and the [`Otlp`] handle.
 #[derive(Debug)]
-struct ExportHealth {
-    url: String,
-    failures: AtomicU64,
+pub(super) struct ExportHealth {
+    signal: Signal,
+    pub(super) url: String,
+    pub(super) failures: AtomicU64,
     /// Present while exports fail: since when, and how many failed.
     outage: Mutex<Option<Outage>>,
 }
@@ -328,33 +354,57 @@ struct Outage {
 }
 
 impl ExportHealth {
+    pub(super) fn new(signal: Signal, url: &str) -> ExportHealth {
+        ExportHealth {
+            signal,
+            url: url.to_owned(),
+            failures: AtomicU64::new(0),
+            outage: Mutex::new(None),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Outage>> {
         self.outage.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// One warning when an outage starts, one note when it ends; every failure counted.
-    fn record(&self, result: &OTelSdkResult, now: Instant) {
+    pub(super) fn record(&self, result: &OTelSdkResult, now: Instant) {
         let mut outage = self.lock();
         match (result, outage.as_mut()) {
             (Ok(()), None) => {}
             (Ok(()), Some(o)) => {
-                tracing::info!(
-                    url = %self.url,
-                    outage = %humantime::format_duration(round_to_ms(now - o.since)),
-                    failed_exports = o.failed,
-                    "OTLP export recovered"
-                );
+                let took = humantime::format_duration(round_to_ms(now - o.since));
+                match self.signal {
+                    Signal::Metrics => tracing::info!(
+                        url = %self.url, outage = %took, failed_exports = o.failed,
+                        "OTLP export recovered"
+                    ),
+                    Signal::Logs => tracing::info!(
+                        url = %self.url, outage = %took, failed_exports = o.failed,
+                        "OTLP log export recovered: the records kept meanwhile are delivered"
+                    ),
+                }
                 *outage = None;
             }
             (Err(e), None) => {
                 self.failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    url = %self.url,
-                    error = %e,
-                    "OTLP export failed; polling goes on and every export interval tries again \
-                     (further failures are only counted, in fix_monitor_export_errors_total, \
-                     until one succeeds)"
-                );
+                match self.signal {
+                    Signal::Metrics => tracing::warn!(
+                        url = %self.url,
+                        error = %e,
+                        "OTLP export failed; polling goes on and every export interval tries again \
+                         (further failures are only counted, in fix_monitor_export_errors_total, \
+                         until one succeeds)"
+                    ),
+                    Signal::Logs => tracing::warn!(
+                        url = %self.url,
+                        error = %e,
+                        "OTLP log export failed; the session events are kept (a bounded backlog) \
+                         and sent again every export interval (further failures are only counted, \
+                         in fix_monitor_export_errors_total{{exporter=\"otlp_logs\"}}, until one \
+                         succeeds)"
+                    ),
+                }
                 *outage = Some(Outage {
                     since: now,
                     failed: 1,
@@ -363,7 +413,7 @@ impl ExportHealth {
             (Err(e), Some(o)) => {
                 self.failures.fetch_add(1, Ordering::Relaxed);
                 o.failed += 1;
-                tracing::debug!(url = %self.url, error = %e, failed_exports = o.failed, "OTLP export failed again");
+                tracing::debug!(url = %self.url, signal = ?self.signal, error = %e, failed_exports = o.failed, "OTLP export failed again");
             }
         }
     }
@@ -406,11 +456,7 @@ mod tests {
     use super::*;
 
     fn health() -> ExportHealth {
-        ExportHealth {
-            url: "http://c:4317".into(),
-            failures: AtomicU64::new(0),
-            outage: Mutex::new(None),
-        }
+        ExportHealth::new(Signal::Metrics, "http://c:4317")
     }
 
     fn fail() -> OTelSdkResult {
@@ -467,6 +513,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             temporality: OtlpTemporality::Cumulative,
+            logs: false,
             tls: Default::default(),
         };
         let rt = tokio::runtime::Builder::new_multi_thread()

@@ -10,6 +10,8 @@
 //! - [`monitor`]: the FIX layer running: one thread owns the sources and the tracker, keeps
 //!   the wire's table in step with the TCP layer's sessions, publishes a [`monitor::FixState`].
 //! - [`metrics`]: its OpenTelemetry instruments; [`http`]: `/sessions`.
+//! - [`events`]: its session events (logons, logouts, gaps, rejects), from the counters'
+//!   growth per round.
 
 #[cfg(target_os = "linux")]
 pub mod capture;
@@ -21,6 +23,7 @@ pub use fix_monitor_protocol::{codec, logs, pair, reassembly, sim, tracker, wire
 
 #[cfg(test)]
 mod config_tests;
+pub mod events;
 pub mod http;
 pub mod metrics;
 pub mod monitor;

@@ -298,6 +298,7 @@ impl FixMonitor {
         targets: &Targets,
         meter: &Meter,
         tcp: Option<TcpView>,
+        events: crate::session_events::SessionEvents,
     ) -> FixMonitor {
         let latency = meter
             .f64_histogram(super::metrics::names::ORDER_ACK_LATENCY)
@@ -346,6 +347,8 @@ impl FixMonitor {
             tcp,
             live: HashSet::new(),
             warned: HashSet::new(),
+            events,
+            announcer: super::events::Announcer::default(),
         };
         let s = stop.clone();
         let thread = std::thread::Builder::new()
@@ -395,6 +398,9 @@ struct Worker {
     live: HashSet<TcpLink>,
     /// The bounds already said to be hit (each is logged once).
     warned: HashSet<&'static str>,
+    /// Where logons, logouts, gaps and rejects go as session events (`fix::events`).
+    events: crate::session_events::SessionEvents,
+    announcer: super::events::Announcer,
 }
 
 impl Worker {
@@ -534,6 +540,7 @@ impl Worker {
             },
         };
         self.warn_bounds(&state.stats);
+        self.announcer.round(&state.sessions, now, &self.events);
         let _ = self.tx.send(Arc::new(state));
     }
 }

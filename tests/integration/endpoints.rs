@@ -346,7 +346,8 @@ fn index_page_escapes_target_names() {
     );
 }
 
-/// `--log-format json`: every log line is a JSON object, and opens/closes are among them.
+/// `--log-format json`: every log line is a JSON object, and opens/closes are among them, as
+/// session events (`event.name` and the OTel-style attributes, `session_events`).
 #[test]
 fn json_logs_are_one_object_per_line() {
     let d = Downstream::listen("127.0.2.9:0");
@@ -377,11 +378,14 @@ fn json_logs_are_one_object_per_line() {
         .iter()
         .find(|l| l["message"] == "connection opened")
         .expect("open line");
-    assert_eq!(opened["remote"], d.addr.to_string());
-    assert_eq!(opened["target_name"], "127.0.2.9");
+    assert_eq!(opened["event.name"], "fix.session.opened");
+    assert_eq!(opened["network.peer.address"], d.addr.ip().to_string());
+    assert_eq!(opened["network.peer.port"], d.addr.port());
+    assert_eq!(opened["fix.target"], "127.0.2.9");
     let closed = lines
         .iter()
         .find(|l| l["message"] == "connection closed")
         .expect("close line");
-    assert!(closed["duration_seconds"].as_f64().unwrap() > 0.0);
+    assert_eq!(closed["event.name"], "fix.session.closed");
+    assert!(closed["fix.session.duration"].as_f64().unwrap() > 0.0);
 }

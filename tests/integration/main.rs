@@ -24,6 +24,8 @@ mod layers;
 mod metric_docs;
 mod otlp_grpc;
 mod otlp_http;
+// Session events as OTLP log records.
+mod otlp_logs;
 // Generated hostile input for the parsers and the filter compiler (Linux: netlink, procfs),
 // and for the config loader.
 mod config_properties;

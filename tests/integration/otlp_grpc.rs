@@ -206,12 +206,16 @@ headers = {{ "X-Tenant" = "desk-1" }}
             (ports.port(2).to_string(), 1.0)
         ]
     );
-    let errors = points
+    // One series per exporter: the metrics' and (`[otlp] logs`, on by default) the logs'.
+    let errors: std::collections::BTreeMap<_, _> = points
         .iter()
-        .find(|p| p.metric == names::EXPORT_ERRORS)
-        .expect("the export error counter");
-    assert_eq!(errors.attrs["exporter"], "otlp");
-    assert_eq!(errors.value, 0.0);
+        .filter(|p| p.metric == names::EXPORT_ERRORS)
+        .map(|p| (p.attrs["exporter"].as_str(), p.value))
+        .collect();
+    assert_eq!(
+        errors,
+        std::collections::BTreeMap::from([("otlp", 0.0), ("otlp_logs", 0.0)])
+    );
     assert_eq!(
         m.get("fix_monitor_export_errors_total", &[("exporter", "otlp")]),
         Some(0.0)

@@ -1,8 +1,10 @@
-//! A real OTLP metrics receiver for tests: the collector's `MetricsService`, generated from the
-//! OTLP protos (`opentelemetry-proto`), served by tonic on loopback, and on the same port the
-//! OTLP/HTTP route `POST /v1/metrics` (protobuf), optionally over TLS with client certificates.
-//! It records every `ExportMetricsServiceRequest` exactly as decoded, with the request's
-//! metadata or headers, and flattens them into [`Point`]s for assertions.
+//! A real OTLP metrics and logs receiver for tests: the collector's `MetricsService` and
+//! `LogsService`, generated from the OTLP protos (`opentelemetry-proto`), served by tonic on
+//! loopback, and on the same port the OTLP/HTTP routes `POST /v1/metrics` and `POST /v1/logs`
+//! (protobuf), optionally over TLS with client certificates. It records every
+//! `ExportMetricsServiceRequest` exactly as decoded, with the request's metadata or headers,
+//! and flattens them into [`Point`]s for assertions; log exports likewise, into [`Record`]s
+//! ([`Receiver::records`]).
 //!
 //! ```ignore
 //! let rx = Receiver::start();                        // a free loopback port
@@ -26,6 +28,12 @@ use std::time::{Duration, Instant};
 
 use prost::Message;
 
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
+    LogsService, LogsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
 };
@@ -176,9 +184,67 @@ pub fn attrs(kvs: &[KeyValue]) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// One log record as received, flattened with its export.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// `grpc` or `http`.
+    pub transport: &'static str,
+    pub event_name: String,
+    pub severity_text: String,
+    pub body: String,
+    pub attrs: BTreeMap<String, String>,
+    pub resource: BTreeMap<String, String>,
+    pub scope: String,
+    pub time_unix_nano: u64,
+}
+
+impl Record {
+    pub fn attr(&self, key: &str) -> Option<&str> {
+        self.attrs.get(key).map(String::as_str)
+    }
+}
+
+/// Every record of one logs export.
+pub fn records(transport: &'static str, request: &ExportLogsServiceRequest) -> Vec<Record> {
+    let mut out = Vec::new();
+    for rl in &request.resource_logs {
+        let resource = (rl.resource.as_ref())
+            .map(|r| attrs(&r.attributes))
+            .unwrap_or_default();
+        for sl in &rl.scope_logs {
+            let scope = sl
+                .scope
+                .as_ref()
+                .map(|s| s.name.clone())
+                .unwrap_or_default();
+            for r in &sl.log_records {
+                let body = match r.body.as_ref().and_then(|b| b.value.as_ref()) {
+                    Some(any_value::Value::StringValue(s)) => s.clone(),
+                    other => format!("{other:?}"),
+                };
+                out.push(Record {
+                    transport,
+                    event_name: r.event_name.clone(),
+                    severity_text: r.severity_text.clone(),
+                    body,
+                    attrs: attrs(&r.attributes),
+                    resource: resource.clone(),
+                    scope: scope.clone(),
+                    time_unix_nano: r.time_unix_nano,
+                });
+            }
+        }
+    }
+    out
+}
+
 #[derive(Default)]
 struct State {
     received: Vec<Received>,
+    /// Log records, in order of arrival.
+    records: Vec<Record>,
+    /// Log exports received (accepted).
+    log_exports: usize,
     /// Answer every export with this status instead of accepting it.
     refuse: Option<tonic::Code>,
 }
@@ -207,6 +273,62 @@ impl Service {
             request,
         });
         Ok(())
+    }
+}
+
+impl Service {
+    /// Records a logs export, or says which code to refuse it with.
+    fn take_logs(
+        &self,
+        transport: &'static str,
+        request: ExportLogsServiceRequest,
+    ) -> Result<(), tonic::Code> {
+        let mut state = self.state.lock().unwrap();
+        if let Some(code) = state.refuse {
+            return Err(code);
+        }
+        state.log_exports += 1;
+        state.records.extend(records(transport, &request));
+        Ok(())
+    }
+}
+
+/// OTLP/HTTP logs: `POST /v1/logs`, as [`http_export`] does for metrics.
+async fn http_logs(
+    axum::extract::State(service): axum::extract::State<Service>,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::http::{header, StatusCode};
+    use axum::response::IntoResponse;
+    let request = match ExportLogsServiceRequest::decode(body) {
+        Ok(r) => r,
+        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    match service.take_logs("http", request) {
+        Ok(()) => (
+            [(header::CONTENT_TYPE, "application/x-protobuf")],
+            ExportLogsServiceResponse {
+                partial_success: None,
+            }
+            .encode_to_vec(),
+        )
+            .into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "refused by the test").into_response(),
+    }
+}
+
+#[tonic::async_trait]
+impl LogsService for Service {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportLogsServiceRequest>,
+    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        match self.take_logs("grpc", request.into_inner()) {
+            Ok(()) => Ok(tonic::Response::new(ExportLogsServiceResponse {
+                partial_success: None,
+            })),
+            Err(code) => Err(tonic::Status::new(code, "refused by the test")),
+        }
     }
 }
 
@@ -325,10 +447,15 @@ impl Receiver {
         };
         // gRPC and OTLP/HTTP on one port: the gRPC service's router, plus the HTTP route.
         let router = tonic::service::Routes::new(MetricsServiceServer::new(service.clone()))
+            .add_service(LogsServiceServer::new(service.clone()))
             .into_axum_router()
             .route(
                 "/v1/metrics",
-                axum::routing::post(http_export).with_state(service),
+                axum::routing::post(http_export).with_state(service.clone()),
+            )
+            .route(
+                "/v1/logs",
+                axum::routing::post(http_logs).with_state(service),
             );
         let mut server = tonic::transport::Server::builder().accept_http1(true);
         if let Some(tls) = tls {
@@ -368,6 +495,12 @@ impl Receiver {
         std::mem::take(&mut self.state.lock().unwrap().received)
     }
 
+    /// Stops serving, closes every connection, and returns the log records received.
+    pub fn stop_logs(mut self) -> Vec<Record> {
+        self.halt();
+        std::mem::take(&mut self.state.lock().unwrap().records)
+    }
+
     fn halt(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -390,6 +523,24 @@ impl Receiver {
 
     pub fn count(&self) -> usize {
         self.state.lock().unwrap().received.len()
+    }
+
+    /// Every log record received so far, in order of arrival.
+    pub fn records(&self) -> Vec<Record> {
+        self.state.lock().unwrap().records.clone()
+    }
+
+    /// The log records of event `name`.
+    pub fn events(&self, name: &str) -> Vec<Record> {
+        self.records()
+            .into_iter()
+            .filter(|r| r.event_name == name)
+            .collect()
+    }
+
+    /// Logs exports accepted so far.
+    pub fn log_exports(&self) -> usize {
+        self.state.lock().unwrap().log_exports
     }
 
     /// Every point received so far, in order of arrival.
