@@ -588,6 +588,7 @@ fn initial_state(
         interval: settings.poll.interval,
         started: Timestamp::now(),
         targets: settings.targets.clone(),
+        schedules: settings.target_schedules.clone(),
     })
 }
 

@@ -192,6 +192,7 @@ impl Poller {
         events_out: tokio::sync::broadcast::Sender<Event>,
     ) -> Poller {
         let targets = initial.meta.targets.clone();
+        instruments.set_expected_up(&initial.meta.schedules, initial.meta.started.wall);
         Poller {
             source,
             names: target_names(&targets),
@@ -347,6 +348,9 @@ impl Poller {
         let began = clock.now();
         let result = self.source.poll(&mut self.sockets);
         let at = clock.now();
+        // Every tick, the poll failed or not: the window is a matter of the clock alone.
+        self.instruments
+            .set_expected_up(&self.state.meta.schedules, at.wall);
         self.instruments.record_poll(
             kind,
             at.mono.saturating_duration_since(began.mono),
