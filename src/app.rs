@@ -74,7 +74,7 @@ impl crate::fix::monitor::LiveSessions for ActiveLinks {
 
     fn ended(&mut self, end: crate::fix::tracker::LinkEnd) {
         // The loop gone (shutting down): the end is judged without it.
-        let _ = self.inputs.send(Input::FixEnded(end));
+        let _ = self.inputs.send(Input::FixEnded(Box::new(end)));
     }
 }
 
@@ -544,7 +544,7 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
         fix.is_some(),
         caps.closed_by,
         process_known,
-        false,
+        settings.target_schedules.iter().any(Option::is_some),
     ));
     say_started(settings, &host, source.kind(), &mode, &telemetry);
 
@@ -575,7 +575,13 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
     .with_session_events(session_events)
     .with_health_events(health_events.clone())
     .with_destroy_notifications(subscription.is_some())
-    .with_ends(fix.is_some(), Box::new(crate::ends::Unscheduled));
+    .with_ends(
+        fix.is_some(),
+        Box::new(crate::ends::Scheduled {
+            schedules: settings.target_schedules.clone(),
+            grace: settings.schedule_grace,
+        }),
+    );
     if let Some((persist, restored)) = persist {
         poller = poller.with_persist(persist, &restored);
     }
@@ -621,6 +627,7 @@ fn initial_state(
         interval: settings.poll.interval,
         started: Timestamp::now(),
         targets: settings.targets.clone(),
+        schedules: settings.target_schedules.clone(),
     })
 }
 

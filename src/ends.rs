@@ -325,6 +325,25 @@ pub trait Context {
     fn exited(&self, p: &Process) -> bool;
 }
 
+/// The targets' schedules (by target id) and their grace; processes looked up in `/proc`.
+#[derive(Debug, Clone, Default)]
+pub struct Scheduled {
+    /// `settings.target_schedules`.
+    pub schedules: Vec<Option<std::sync::Arc<crate::schedule::Schedule>>>,
+    /// `settings.schedule_grace`.
+    pub grace: Duration,
+}
+
+impl Context for Scheduled {
+    fn planned(&self, target: usize, at: SystemTime) -> Option<bool> {
+        let s = self.schedules.get(target)?.as_ref()?;
+        Some(s.planned_end(at, self.grace))
+    }
+    fn exited(&self, p: &Process) -> bool {
+        exited_in_proc(std::path::Path::new("/proc"), p)
+    }
+}
+
 /// No schedules; processes looked up in `/proc`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Unscheduled;

@@ -12,8 +12,9 @@
 //! capped at [`BY_PORT_LIMIT`] series.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use opentelemetry::metrics::{Counter, Histogram, Meter};
 use opentelemetry::KeyValue;
@@ -21,6 +22,7 @@ use opentelemetry_sdk::Resource;
 
 use crate::ends::Cause;
 use crate::health::{GroupHealth, HealthPoll};
+use crate::schedule::Schedule;
 use crate::source::{Capabilities, ClosedBy, SourceKind};
 use crate::target::{TargetId, Targets};
 use crate::tracker::{ConnKey, Event, TargetStats, Tracker};
@@ -89,6 +91,9 @@ pub mod names {
     pub const SEND_QUEUE_BY_PORT: &str = "fix_connection_send_queue_by_port";
     /// Exposed as `fix_connection_retransmits_by_port_total`.
     pub const RETRANSMITS_BY_PORT: &str = "fix_connection_retransmits_by_port";
+    /// 1 while the target's schedule expects its sessions up, 0 outside its window; 1 for a
+    /// target without a schedule (`crate::schedule`).
+    pub const EXPECTED_UP: &str = "fix_target_expected_up";
 
     /// Every metric name above (not [`METER`]). The docs' metric tables are checked against
     /// it (tests/integration/metric_docs.rs), which also finds a name missing here.
@@ -121,6 +126,7 @@ pub mod names {
         RTT_BY_PORT,
         SEND_QUEUE_BY_PORT,
         RETRANSMITS_BY_PORT,
+        EXPECTED_UP,
     ];
 }
 
@@ -243,6 +249,9 @@ pub struct Instruments {
     closed_attrs: Vec<[[KeyValue; 2]; 4]>,
     gauges: Arc<Mutex<GaugeValues>>,
     health: Option<HealthInstruments>,
+    /// By target id: inside its schedule's window (always for a target without one); observed
+    /// at collection, set by the loop from its clock.
+    expected_up: Arc<Vec<AtomicBool>>,
 }
 
 impl Instruments {
@@ -268,6 +277,9 @@ impl Instruments {
 
         let names: Arc<Vec<String>> = Arc::new(targets.iter().map(|t| t.name.clone()).collect());
         connection_gauges(meter, &gauges, &target_attrs, &names);
+        let expected_up: Arc<Vec<AtomicBool>> =
+            Arc::new(targets.iter().map(|_| AtomicBool::new(true)).collect());
+        expected_up_gauge(meter, &expected_up, &target_attrs);
 
         let instruments = Instruments {
             opened: meter
@@ -339,6 +351,7 @@ impl Instruments {
                 .collect(),
             target_attrs,
             gauges,
+            expected_up,
         };
         instruments.start_at_zero(source, caps);
         instruments
@@ -490,6 +503,36 @@ impl Instruments {
     pub fn set_gauges(&self, values: GaugeValues) {
         *self.gauges.lock().unwrap_or_else(|e| e.into_inner()) = values;
     }
+
+    /// Sets `fix_target_expected_up` of every target at `at` from its schedule (by target id;
+    /// a target without one, or past the end of `schedules`, is always expected up).
+    pub fn set_expected_up(&self, schedules: &[Option<Arc<Schedule>>], at: SystemTime) {
+        for (i, up) in self.expected_up.iter().enumerate() {
+            let schedule = schedules.get(i).and_then(Option::as_ref);
+            up.store(
+                schedule.is_none_or(|s| s.expected_up(at)),
+                Ordering::Relaxed,
+            );
+        }
+    }
+}
+
+/// Registers `fix_target_expected_up`: one series for every target, always.
+fn expected_up_gauge(
+    meter: &Meter,
+    expected_up: &Arc<Vec<AtomicBool>>,
+    target_attrs: &Arc<Vec<[KeyValue; 1]>>,
+) {
+    let (up, attrs) = (expected_up.clone(), target_attrs.clone());
+    meter
+        .u64_observable_gauge(names::EXPECTED_UP)
+        .with_description("1 while the target's schedule expects its sessions up, 0 outside its window (1 for a target without a schedule)")
+        .with_callback(move |obs| {
+            for (u, a) in up.iter().zip(attrs.iter()) {
+                obs.observe(u64::from(u.load(Ordering::Relaxed)), a);
+            }
+        })
+        .build();
 }
 
 /// Where `by` sits in [`ClosedBy::ALL`] (and in [`Instruments::closed_attrs`]).

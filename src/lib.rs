@@ -37,6 +37,8 @@
 //!   instruments -> published state -> logs. Tested with a manual clock and a scripted source.
 //! - [`persist`]: the state file (`[state] dir`): active sessions' starts, tagged with the boot
 //!   id, so that a restart keeps their lifetimes.
+//! - [`schedule`]: session schedules (daily, overnight and weekly windows in a time zone, with
+//!   holidays): whether a target is expected up at an instant, and whether an end was planned.
 //! - [`startup`]: the I/O the configuration names (the web config file, the state dir, TLS
 //!   files), read and checked before start, its problems reported like the configuration's.
 //! - [`app`]: start (open the source, bind the endpoint, spawn the loop) and the one shutdown
@@ -63,6 +65,7 @@ pub mod instruments;
 pub mod persist;
 pub mod poller;
 pub mod process;
+pub mod schedule;
 pub mod session;
 pub mod session_events;
 /// The sources live in their own crate, [`fix_monitor_kernel`]; this facade keeps the

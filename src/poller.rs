@@ -66,7 +66,7 @@ pub enum Input {
     Events(EventBatch),
     /// The FIX layer's account of a TCP session's end (its Logout, who sent the FIN or RST),
     /// for the end's cause.
-    FixEnded(crate::fix::tracker::LinkEnd),
+    FixEnded(Box<crate::fix::tracker::LinkEnd>),
 }
 
 /// The real clock.
@@ -203,6 +203,7 @@ impl Poller {
         events_out: tokio::sync::broadcast::Sender<Event>,
     ) -> Poller {
         let targets = initial.meta.targets.clone();
+        instruments.set_expected_up(&initial.meta.schedules, initial.meta.started.wall);
         Poller {
             source,
             names: target_names(&targets),
@@ -376,6 +377,9 @@ impl Poller {
         let began = clock.now();
         let result = self.source.poll(&mut self.sockets);
         let at = clock.now();
+        // Every tick, the poll failed or not: the window is a matter of the clock alone.
+        self.instruments
+            .set_expected_up(&self.state.meta.schedules, at.wall);
         self.instruments.record_poll(
             kind,
             at.mono.saturating_duration_since(began.mono),
@@ -621,7 +625,7 @@ impl Poller {
                 Flow::Stop
             }
             Input::FixEnded(end) => {
-                self.ends.fix(end, clock.now().mono);
+                self.ends.fix(*end, clock.now().mono);
                 self.settle_ends(clock.now().mono, false);
                 Flow::Continue
             }

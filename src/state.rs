@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::schedule::Schedule;
 use crate::session::{rfc3339, Session, SessionJson};
 use crate::source::events::Mode;
 use crate::source::{Capabilities, SourceKind};
@@ -35,6 +36,8 @@ pub struct Meta {
     pub targets: Targets,
     /// How closes are learnt: kernel events and polls, or polls alone (and why).
     pub events: Mode,
+    /// `targets[i].schedule`, by target id (empty or `None`: always expected up).
+    pub schedules: Vec<Option<Arc<Schedule>>>,
 }
 
 /// The outcome of recent polls.
@@ -169,8 +172,38 @@ impl State {
             started: rfc3339(self.meta.started.wall),
             session_health: SessionHealthView::of(self.meta.source, self.meta.capabilities),
             process_lookup: self.health.process_lookup.clone(),
+            schedules: self.schedules_view(now),
         }
     }
+
+    /// Each scheduled target's window at `now` (targets without a schedule are left out).
+    pub fn schedules_view(&self, now: Timestamp) -> Vec<ScheduleView> {
+        let targets = self.meta.targets.iter().zip(&self.meta.schedules);
+        targets
+            .filter_map(|(t, s)| {
+                let s = s.as_ref()?;
+                Some(ScheduleView {
+                    target: t.name.clone(),
+                    schedule: s.name().to_owned(),
+                    timezone: s.timezone(),
+                    expected_up: s.expected_up(now.wall),
+                    next_change: rfc3339(s.next_change(now.wall)),
+                })
+            })
+            .collect()
+    }
+}
+
+/// A scheduled target's window as `/health` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScheduleView {
+    pub target: String,
+    pub schedule: String,
+    pub timezone: &'static str,
+    /// Inside the window now (`fix_target_expected_up`).
+    pub expected_up: bool,
+    /// When the window ends (inside) or next opens (outside), RFC 3339 UTC.
+    pub next_change: String,
 }
 
 /// The readers' handle: cheap to clone, never blocks the loop.
@@ -256,6 +289,9 @@ pub struct HealthView {
     /// `poll.process_lookup`'s reach (absent when it is off).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub process_lookup: Option<ProcessLookupHealth>,
+    /// The scheduled targets' windows now (absent when no target has a schedule).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub schedules: Vec<ScheduleView>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -297,6 +333,7 @@ mod tests {
             started: t0,
             targets: Targets::default(),
             events: Mode::KernelEvents,
+            schedules: Vec::new(),
         });
         assert_eq!(s.status(t0.after(Duration::from_secs(3))), Status::Healthy);
         assert_eq!(

@@ -36,8 +36,18 @@ pub(super) fn explain(loaded: &Loaded) -> String {
     };
     let comp_ids = &loaded.settings.fix.target_comp_ids;
     let lockouts = &loaded.settings.fix.target_logon_lockout;
+    let schedules = &loaded.settings.target_schedules;
     let targets: Vec<RawTarget> = (loaded.settings.targets.iter().enumerate())
-        .map(|(i, t)| RawTarget::new(t, comp_ids.get(i), lockouts.get(i).copied().flatten()))
+        .map(|(i, t)| {
+            let schedule = schedules.get(i).cloned().flatten();
+            let schedule = schedule.map(|s| s.name().to_owned());
+            RawTarget::new(
+                t,
+                comp_ids.get(i),
+                lockouts.get(i).copied().flatten(),
+                schedule,
+            )
+        })
         .collect();
     let targets = Value::serialize(targets).expect("targets serialize");
     top.insert("targets".to_owned(), targets);
@@ -60,6 +70,9 @@ fn absent_meaning(key: &str) -> &'static str {
             ".logon_lockout",
             "no lockout threshold (logon attempts counted over 60s)",
         ),
+        (".schedule", "always expected up"),
+        (".timezone", "UTC"),
+        (".days", "every day"),
         ("state.dir", "no state kept across restarts"),
         ("poll.health_interval", "every poll"),
         (".web_config", "plain HTTP, no auth"),

@@ -33,6 +33,7 @@
 //!
 //! # File schema
 //! ```toml
+//! schedule_grace = "5m"       # an end this close to its window's end is planned
 //! [[targets]]                 # one table per downstream; at least one target is required
 //! name = "venue-a"            # optional; default "ADDRESS:PORT" (or "ADDRESS"); unique
 //! address = "10.0.0.5"        # IP address or CIDR block ("10.0.0.0/24")
@@ -42,6 +43,14 @@
 //! stale_after = "60s"         # optional; default twice heartbeat; neither: not judged
 //! comp_ids = ["VENUE"]        # optional: the FIX log sessions that belong to it
 //! logon_lockout = { attempts = 5, within = "60s" }  # optional: the venue's logon lockout
+//! schedule = "ldn-daily"      # optional: a [[schedules]] name; none: always expected up
+//! [[schedules]]               # planned session windows (see `crate::schedule`)
+//! name = "ldn-daily"
+//! timezone = "Europe/London"  # IANA name; default UTC
+//! start = "07:00"             # HH:MM[:SS] daily, or "Sun 17:00" weekly (end likewise)
+//! end = "17:30"
+//! days = ["Mon", "Tue", "Wed", "Thu", "Fri"]  # daily only: the days it opens; default all
+//! holidays = ["2026-12-25"]   # local dates it does not open
 //! [poll]
 //! interval = "1s"             # humantime string, or an integer number of seconds
 //! source = "auto"             # auto | ebpf | netlink | procfs | netstat
@@ -120,6 +129,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use args::ConfigArgs;
@@ -130,6 +140,7 @@ pub(crate) use raw::{ALLOWED_PEM, ALLOWED_STATE_DIR};
 use serde::{Deserialize, Serialize};
 use strum::{Display, VariantNames};
 
+use crate::schedule::{Schedule, ScheduleConfig};
 use crate::source::SourceKind;
 use crate::target::Targets;
 
@@ -174,7 +185,7 @@ pub mod defaults {
 /// (`T` = the raw `[[targets]]` list) and, validated, what the sidecar runs on (`T` =
 /// [`Targets`]). A key is one field below with its default (the section's `Default`) and its
 /// check (`with = "raw::check::NAME"`, which also prints it in `fix-monitor config`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 #[serde(bound(deserialize = "T: Deserialize<'de> + Default"))]
 pub struct Settings<T = Targets> {
@@ -186,6 +197,34 @@ pub struct Settings<T = Targets> {
     pub otlp: OtlpSettings,
     pub state: StateSettings,
     pub fix: FixSettings,
+    /// `[[schedules]]`: the targets' planned session windows, as written (checked by
+    /// [`crate::schedule`]; `targets[].schedule` names one).
+    pub schedules: Vec<ScheduleConfig>,
+    /// An end in the last `schedule_grace` of its target's window, or outside it, is planned
+    /// ([`Schedule::planned_end`]); one for all schedules.
+    #[serde(with = "raw::check::grace")]
+    pub schedule_grace: Duration,
+    /// `targets[i].schedule`, resolved, by target id (filled by `raw::validate`); `None`: the
+    /// target is always expected up.
+    #[serde(skip)]
+    pub target_schedules: Vec<Option<Arc<Schedule>>>,
+}
+
+impl<T: Default> Default for Settings<T> {
+    fn default() -> Self {
+        Settings {
+            targets: T::default(),
+            poll: PollSettings::default(),
+            prometheus: PrometheusSettings::default(),
+            log: LogSettings::default(),
+            otlp: OtlpSettings::default(),
+            state: StateSettings::default(),
+            fix: FixSettings::default(),
+            schedules: Vec::new(),
+            schedule_grace: crate::schedule::DEFAULT_GRACE,
+            target_schedules: Vec::new(),
+        }
+    }
 }
 
 /// `[fix]`: the FIX session layer (opt-in: off unless `capture` or a log is given).

@@ -17,6 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use figment::error::Kind;
@@ -33,6 +34,7 @@ use super::layers::{self, ENV_OTEL_METRICS_ENDPOINT, ENV_PREFIX};
 use super::OtlpTemporality;
 use super::{defaults, FixSettings, LogFormat, LogonLockout, OtlpProtocol, OtlpSettings};
 use super::{Settings, TlsFiles};
+use crate::schedule::{Schedule, ScheduleConfig};
 use crate::source::SourceKind;
 use crate::target::{PortRange, Target, Targets};
 
@@ -65,6 +67,9 @@ pub(crate) struct RawTarget {
     /// The venue's lockout after too many logons: `{ attempts = 5, within = "60s" }`.
     #[serde(with = "check::logon_lockout")]
     logon_lockout: Option<LogonLockout>,
+    /// A `[[schedules]]` name: when its sessions are planned to be up.
+    #[serde(with = "check::name")]
+    schedule: Option<String>,
 }
 
 impl RawTarget {
@@ -73,6 +78,7 @@ impl RawTarget {
         t: &Target,
         comp_ids: Option<&Vec<String>>,
         logon_lockout: Option<LogonLockout>,
+        schedule: Option<String>,
     ) -> Self {
         RawTarget {
             name: Some(t.name.clone()),
@@ -83,6 +89,7 @@ impl RawTarget {
             stale_after: t.stale_after,
             comp_ids: comp_ids.cloned().unwrap_or_default(),
             logon_lockout,
+            schedule,
         }
     }
 }
@@ -142,6 +149,7 @@ checks! {
     protocol -> OtlpProtocol = parse_protocol;
     comp_ids -> Vec<String> = parse_comp_ids;
     glob -> String = parse_glob;
+    grace -> Duration = parse_grace, |d: &Duration| humantime::format_duration(*d).to_string();
     logon_lockout -> LogonLockout = parse_logon_lockout, |l: &LogonLockout| ShownLockout {
         attempts: l.attempts,
         within: humantime::format_duration(l.within).to_string(),
@@ -357,16 +365,46 @@ pub(crate) fn validate(raw: Raw, cx: &mut Context<'_>) -> Settings {
         );
         cx.report(Conflict, "prometheus.enabled", "false".into(), message);
     }
-    let (targets, per_target) = targets(raw.targets, cx);
+    let (targets, (comp_ids, lockouts, schedules)) = targets(raw.targets, cx);
+    let target_schedules = self::schedules(&raw.schedules, &schedules, cx);
     Settings {
         targets,
-        fix: self::fix(raw.fix, per_target, cx),
+        fix: self::fix(raw.fix, (comp_ids, lockouts), cx),
         otlp,
         poll: raw.poll,
         prometheus: raw.prometheus,
         log: raw.log,
         state: raw.state,
+        schedules: raw.schedules,
+        schedule_grace: raw.schedule_grace,
+        target_schedules,
     }
+}
+
+/// `[[schedules]]` and the targets' `schedule`: checked by `crate::schedule`, reported here
+/// with their origins.
+fn schedules(
+    raw: &[ScheduleConfig],
+    names: &[(usize, Option<String>)],
+    cx: &mut Context,
+) -> Vec<Option<Arc<Schedule>>> {
+    let failed = |i: usize| {
+        let table = format!("schedules[{i}]");
+        cx.failed.iter().any(|k| k.starts_with(&table))
+    };
+    let (by_name, mut problems) = crate::schedule::build(raw, failed);
+    let (resolved, unknown) = crate::schedule::for_targets(names, &by_name);
+    problems.extend(unknown);
+    for p in problems {
+        match p.value {
+            Some(value) => cx.report(p.kind, &p.key, value, p.message),
+            None => {
+                let table = p.key.rsplit_once('.').map_or("", |(t, _)| t).to_owned();
+                cx.missing(p.key, &table, p.message);
+            }
+        }
+    }
+    resolved
 }
 
 /// `[fix]` as a whole: every log needs a path, and the log source needs our CompIDs to tell
@@ -394,7 +432,14 @@ fn fix(mut fix: FixSettings, per_target: PerTarget, cx: &mut Context) -> FixSett
 /// What `[fix]` keeps of each target, by target id: its CompIDs and its logon lockout.
 type PerTarget = (Vec<Vec<String>>, Vec<Option<LogonLockout>>);
 
-fn targets(raw: Option<Vec<RawTarget>>, cx: &mut Context) -> (Targets, PerTarget) {
+/// [`PerTarget`], and each target's index in the configuration with the schedule it names.
+type PerTargetAll = (
+    Vec<Vec<String>>,
+    Vec<Option<LogonLockout>>,
+    Vec<(usize, Option<String>)>,
+);
+
+fn targets(raw: Option<Vec<RawTarget>>, cx: &mut Context) -> (Targets, PerTargetAll) {
     let no_targets = format!(
         "no targets to watch; give one with --ip ADDR [--target-port PORT], with DOWNSTREAM_IP \
          (and DOWNSTREAM_PORT) in the environment, or as [[targets]] in the config file ({}) or \
@@ -410,6 +455,7 @@ fn targets(raw: Option<Vec<RawTarget>>, cx: &mut Context) -> (Targets, PerTarget
             .push(ConfigError::new(NoTargets, "targets", no_targets)),
     }
     let (mut targets, mut comp_ids, mut lockouts) = (Vec::new(), Vec::new(), Vec::new());
+    let mut schedules = Vec::new();
     // Name -> index in the configuration of the first target with it.
     let mut names: BTreeMap<String, usize> = BTreeMap::new();
     for (i, t) in raw.into_iter().flatten().enumerate() {
@@ -449,8 +495,9 @@ fn targets(raw: Option<Vec<RawTarget>>, cx: &mut Context) -> (Targets, PerTarget
         });
         comp_ids.push(t.comp_ids);
         lockouts.push(t.logon_lockout);
+        schedules.push((i, t.schedule));
     }
-    (Targets::new(targets), (comp_ids, lockouts))
+    (Targets::new(targets), (comp_ids, lockouts, schedules))
 }
 
 /// `[otlp]` as a whole: the endpoint against the protocol, the TLS files against the endpoint's
@@ -828,6 +875,21 @@ fn parse_logon_lockout(value: &Value) -> Result<LogonLockout, String> {
         attempts: attempts as u32,
         within,
     })
+}
+
+/// `schedule_grace`: like an interval, but zero is allowed (only ends outside a window are
+/// planned).
+fn parse_grace(value: &Value) -> Result<Duration, String> {
+    const ALLOWED: &str = "expected a duration from 0 to 24h: whole seconds (300) or a \
+                           humantime string (\"5m\", \"90s\")";
+    let grace = match (integer(value), value) {
+        (Some(secs), _) => u64::try_from(secs).map(Duration::from_secs).ok(),
+        (None, Value::String(_, text)) => humantime::parse_duration(text.trim()).ok(),
+        _ => None,
+    };
+    grace
+        .filter(|g| *g <= defaults::MAX_INTERVAL)
+        .ok_or_else(|| ALLOWED.to_owned())
 }
 
 fn parse_glob(value: &Value) -> Result<String, String> {

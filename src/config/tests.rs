@@ -1546,3 +1546,120 @@ fn otlp_logs_is_on_by_default_and_turned_off_by_file_or_variable() {
         Some("\"sometimes\"")
     );
 }
+
+#[test]
+fn schedules_per_target_and_the_grace() {
+    let toml = r#"
+        schedule_grace = "2m"
+        [[targets]]
+        name = "venue-a"
+        address = "10.0.0.1"
+        schedule = "ldn-daily"
+        [[targets]]
+        address = "10.0.0.2"
+        [[schedules]]
+        name = "ldn-daily"
+        timezone = "Europe/London"
+        start = "07:00"
+        end = "17:30:00"
+        days = ["Mon", "Tue", "Wed", "Thu", "Fri"]
+        holidays = ["2026-12-25"]
+        [[schedules]]
+        name = "fx"
+        start = "Sun 17:00"
+        end = "Fri 17:00"
+    "#;
+    let loaded = ok(parse_toml_str(toml, "c.toml"));
+    let s = &loaded.settings;
+    assert_eq!(s.schedule_grace, Duration::from_secs(120));
+    let names: Vec<Option<&str>> = (s.target_schedules.iter())
+        .map(|t| t.as_deref().map(crate::schedule::Schedule::name))
+        .collect();
+    assert_eq!(names, [Some("ldn-daily"), None]);
+    assert_eq!(
+        s.target_schedules[0].as_ref().unwrap().timezone(),
+        "Europe/London"
+    );
+    let shown = loaded.explain();
+    assert!(shown.contains("schedule = \"ldn-daily\""), "{shown}");
+    assert!(shown.contains("# schedule: always expected up"), "{shown}");
+    assert!(shown.contains("[[schedules]]"), "{shown}");
+    assert!(shown.contains("# timezone: UTC"), "{shown}");
+    assert!(shown.contains("schedule_grace = \"2m\""), "{shown}");
+    // What `config` prints loads back to the same schedules.
+    let again = ok(parse_toml_str(&shown, "explained.toml"));
+    assert_eq!(again.settings.target_schedules, s.target_schedules);
+    assert_eq!(again.settings.schedules, s.schedules);
+    // The default grace, and zero allowed.
+    let plain = "[[targets]]\naddress = \"10.0.0.1\"\n";
+    let five = Duration::from_secs(300);
+    assert_eq!(
+        ok(parse_toml_str(plain, "c.toml")).settings.schedule_grace,
+        five
+    );
+    let zero = format!("schedule_grace = 0\n{plain}");
+    assert!(ok(parse_toml_str(&zero, "c.toml"))
+        .settings
+        .schedule_grace
+        .is_zero());
+}
+
+#[test]
+fn schedule_errors_all_at_once_with_key_value_and_origin() {
+    let bad = r#"
+        schedule_grace = "soon"
+        [[targets]]
+        address = "10.0.0.1"
+        schedule = "nyc"
+        [[targets]]
+        address = "10.0.0.2"
+        schedule = "broken"
+        [[schedules]]
+        name = "broken"
+        timezone = "Europe/Londn"
+        start = "07:00"
+        end = "07:00"
+        days = ["Mon", "Funday"]
+        [[schedules]]
+        name = "broken"
+        start = "07:00"
+        end = "08:00"
+        [[schedules]]
+        name = "typed"
+        start = 7
+        end = "08:00"
+    "#;
+    let e = errors(parse_toml_str(bad, "c.toml"));
+    let keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
+    for key in [
+        "schedule_grace",
+        "schedules[0].timezone",
+        "schedules[0].end",
+        "schedules[0].days[1]",
+        "schedules[1].name",
+        "schedules[2].start",
+        "targets[0].schedule",
+    ] {
+        let error = find(&e, key);
+        assert_eq!(error.origin, file(Path::new("c.toml")), "{error}");
+    }
+    assert_eq!(e.len(), 7, "{keys:?}\n{e}");
+    let tz = find(&e, "schedules[0].timezone");
+    assert_eq!(tz.value.as_deref(), Some("\"Europe/Londn\""));
+    assert!(tz.message.contains("IANA"), "{tz}");
+    assert_eq!(find(&e, "schedules[1].name").kind, ErrorKind::DuplicateName);
+    let unknown = find(&e, "targets[0].schedule");
+    assert!(unknown.message.contains("broken, typed"), "{unknown}");
+    // From the environment, the variable is the origin.
+    let f = Fixture::new(None);
+    let env_schedules = r#"[{name = "x", timezone = "Nowhere", start = "07:00", end = "08:00"}]"#;
+    let e = errors(f.load(
+        &[],
+        &[
+            ("FIX_MONITOR_SCHEDULES", env_schedules),
+            ("DOWNSTREAM_IP", "10.0.0.1"),
+        ],
+    ));
+    let tz = find(&e, "schedules[0].timezone");
+    assert_eq!(tz.origin, env("FIX_MONITOR_SCHEDULES"));
+}

@@ -462,7 +462,7 @@ impl Worker {
                     } => (session, target, request, latency),
                     Event::LinkEnded(end) => {
                         if let Some(tcp) = &mut self.tcp {
-                            tcp.sessions.ended(end);
+                            tcp.sessions.ended(*end);
                         }
                         continue;
                     }

@@ -49,6 +49,7 @@ fn live_an_overflow_is_counted_and_the_totals_stay_exact() {
         started: Timestamp::now(),
         targets: targets.clone(),
         events: Mode::KernelEvents,
+        schedules: Vec::new(),
     });
     let (publisher, state) = Publisher::new(initial.clone());
     let (events, _) = tokio::sync::broadcast::channel(16);

@@ -169,6 +169,7 @@ fn rig_with(
         events: crate::source::events::Mode::Polling {
             reason: "a scripted source".into(),
         },
+        schedules: Vec::new(),
     });
     let (publisher, state) = Publisher::new(initial.clone());
     let (events, _) = tokio::sync::broadcast::channel(16);
@@ -551,6 +552,7 @@ fn transitions_poller(
         events: crate::source::events::Mode::Polling {
             reason: "a scripted source".into(),
         },
+        schedules: Vec::new(),
     });
     let (publisher, state) = Publisher::new(initial.clone());
     let (events, _) = tokio::sync::broadcast::channel(16);
@@ -737,4 +739,57 @@ fn ebpf_events_apply_in_kernel_time_order_so_the_peak_is_true() {
     let s = state.get();
     assert_eq!((s.stats[0].opened, s.stats[0].closed), (2, 2));
     assert_eq!((s.stats[0].peak, s.peak), (1, 1), "never two open at once");
+}
+
+#[test]
+fn expected_up_follows_the_clock_on_every_tick_failed_polls_too() {
+    // Two targets: one with a window 07:00-17:30 UTC, one without a schedule (always 1).
+    let targets = Targets::new(vec![
+        Target::test("10.0.0.5/32", Some(9876), None),
+        Target::test("10.0.0.6/32", Some(9876), None),
+    ]);
+    let config = crate::schedule::ScheduleConfig {
+        name: Some("day".into()),
+        start: Some("07:00".into()),
+        end: Some("17:30".into()),
+        ..Default::default()
+    };
+    let schedule = Arc::new(crate::schedule::Schedule::from_config(&config, 0).unwrap());
+    // 17:29:00 UTC on 10 June 2026, on a manual clock.
+    let wall = std::time::UNIX_EPOCH + Duration::from_secs(1_781_112_540);
+    let t0 = Timestamp {
+        mono: Instant::now(),
+        wall,
+    };
+    let steps = vec![Ok(vec![]), Err("gone".into()), Ok(vec![])];
+    let mut r = rig(targets, t0, steps, None);
+    let meta = &mut Arc::make_mut(&mut r.poller.state).meta;
+    Arc::make_mut(meta).schedules = vec![Some(schedule), None];
+    let up = |r: &Rig| -> Vec<String> {
+        crate::export::prometheus::encode(&r.registry)
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with("fix_target_expected_up{"))
+            .map(|l| {
+                let t = l
+                    .split("target=\"")
+                    .nth(1)
+                    .unwrap()
+                    .split('"')
+                    .next()
+                    .unwrap();
+                format!("{t} {}", l.rsplit(' ').next().unwrap())
+            })
+            .collect()
+    };
+    r.poller.tick(&r.clock);
+    assert_eq!(up(&r), ["10.0.0.5:9876 1", "10.0.0.6:9876 1"]);
+    // 17:30:30: the window has ended; the poll fails, the gauge moves all the same.
+    r.clock.advance(Duration::from_secs(90));
+    r.poller.tick(&r.clock);
+    assert_eq!(up(&r), ["10.0.0.5:9876 0", "10.0.0.6:9876 1"]);
+    let health = r.state.get().health_view(r.clock.now());
+    assert_eq!(health.schedules.len(), 1);
+    assert!(!health.schedules[0].expected_up);
+    assert_eq!(health.schedules[0].next_change, "2026-06-11T07:00:00.000Z");
 }

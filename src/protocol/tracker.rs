@@ -715,7 +715,7 @@ pub enum Event {
         latency: Duration,
     },
     /// A TCP session the wire source followed ended.
-    LinkEnded(LinkEnd),
+    LinkEnded(Box<LinkEnd>),
 }
 
 /// Every FIX session seen.
@@ -1177,7 +1177,10 @@ mod tests {
     }
 
     /// Messages on one TCP session, then its end: the evidence of the FIX session on it.
-    fn ended_after(on: TcpLink, msgs: &[(Direction, &str, &[(u32, &str)])]) -> LinkEnd {
+    /// A message of a test script: its direction, MsgType and fields.
+    type Scripted<'a> = (Direction, &'a str, &'a [(u32, &'a str)]);
+
+    fn ended_after(on: TcpLink, msgs: &[Scripted]) -> LinkEnd {
         let mut t = Tracker::new(Limits::default());
         let o = Origin {
             target: None,

@@ -536,7 +536,9 @@ impl Wire {
             add_stream_stats(&mut self.stats.streams, &s.stats);
         }
         self.stats.ended.add(why);
-        Some(Event::LinkEnded(tracker.tcp_closed(link, at, seen)))
+        Some(Event::LinkEnded(Box::new(
+            tracker.tcp_closed(link, at, seen),
+        )))
     }
 
     /// How many connections are followed now.

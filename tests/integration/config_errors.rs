@@ -173,3 +173,99 @@ logon_lockout = { attempts = 100, within = "60s" }
         ],
     );
 }
+
+#[test]
+fn bad_schedules_are_all_reported_with_key_value_source_and_what_is_allowed() {
+    let f = config_file(
+        r#"
+[[targets]]
+address = "10.0.0.1"
+schedule = "nyc"
+
+[[schedules]]
+name = "ldn"
+timezone = "Europe/Londn"
+start = "7am"
+end = "17:30"
+days = ["Mon", "Funday"]
+
+[[schedules]]
+name = "ldn"
+start = "Sun 17:00"
+end = "Sun 17:00"
+"#,
+    );
+    let path = f.path().to_str().unwrap();
+    let o = run(&["--config", path, "--listen", "127.0.0.1:0"], &[]);
+    assert_usage_error(
+        &o,
+        &[
+            "schedules[0].timezone = \"Europe/Londn\"",
+            "IANA time zone",
+            "schedules[0].start = \"7am\"",
+            "HH:MM",
+            "schedules[0].days[1] = \"Funday\"",
+            "Mon, Tue",
+            "schedules[1].name = \"ldn\"",
+            "already used by schedules[0]",
+            "targets[0].schedule = \"nyc\"",
+            "the schedules are: ldn",
+            path,
+        ],
+    );
+    // An end equal to its start, from the environment: the variable is the source.
+    let o = run(
+        &["--ip", "10.0.0.1"],
+        &[(
+            "FIX_MONITOR_SCHEDULES",
+            r#"[{name = "fx", start = "Sun 17:00", end = "Sun 17:00"}]"#,
+        )],
+    );
+    assert_usage_error(
+        &o,
+        &[
+            "schedules[0].end",
+            "FIX_MONITOR_SCHEDULES",
+            "different from its start",
+        ],
+    );
+}
+
+#[test]
+fn config_command_shows_each_targets_schedule() {
+    let f = config_file(
+        r#"
+[[targets]]
+name = "venue-a"
+address = "10.0.0.1"
+schedule = "ldn"
+[[targets]]
+name = "venue-b"
+address = "10.0.0.2"
+[[schedules]]
+name = "ldn"
+timezone = "Europe/London"
+start = "07:00"
+end = "17:30"
+"#,
+    );
+    let path = f.path().to_str().unwrap();
+    let o = command()
+        .args(["config", "--config", path])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for needle in [
+        "schedule = \"ldn\"",
+        "# schedule: always expected up",
+        "[[schedules]]",
+        "timezone = \"Europe/London\"",
+        "schedule_grace = \"5m\"",
+    ] {
+        assert!(
+            out.contains(needle),
+            "config output lacks {needle:?}:\n{out}"
+        );
+    }
+}

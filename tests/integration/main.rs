@@ -34,6 +34,7 @@ mod properties;
 // The fuzzer's seeds and the crashes it found, replayed (fuzz/harness.rs).
 #[cfg(target_os = "linux")]
 mod fuzz_regressions;
+mod schedules;
 mod session_health;
 // What one target, port and sidecar add to /metrics (dashboards/README.md, sizing).
 mod series_budget;
