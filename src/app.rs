@@ -50,6 +50,10 @@ struct ActiveLinks {
     generation: Option<u64>,
     /// The poll loop's inputs: the FIX layer's accounts of ends go there.
     inputs: mpsc::Sender<Input>,
+    /// The TCP layer's events, for its closes.
+    events: tokio::sync::broadcast::Receiver<crate::tracker::Event>,
+    /// Events missed because the FIX thread fell behind (said once).
+    lagged: bool,
 }
 
 impl crate::fix::monitor::LiveSessions for ActiveLinks {
@@ -70,6 +74,37 @@ impl crate::fix::monitor::LiveSessions for ActiveLinks {
                 })
                 .collect(),
         )
+    }
+
+    fn closed(&mut self) -> Vec<(crate::fix::tracker::TcpLink, std::time::SystemTime)> {
+        use tokio::sync::broadcast::error::TryRecvError;
+        let mut out = Vec::new();
+        loop {
+            let (conn, at) = match self.events.try_recv() {
+                Ok(crate::tracker::Event::Closed { conn, at, .. })
+                | Ok(crate::tracker::Event::ShortLived { conn, at, .. }) => (conn, at),
+                Ok(crate::tracker::Event::Opened(_)) => continue,
+                Err(TryRecvError::Lagged(n)) => {
+                    if !std::mem::replace(&mut self.lagged, true) {
+                        tracing::warn!(
+                            missed = n,
+                            "FIX layer: fell behind the TCP layer's closes; the ends it missed \
+                             are judged without the engine logs' evidence"
+                        );
+                    }
+                    continue;
+                }
+                Err(TryRecvError::Empty | TryRecvError::Closed) => return out,
+            };
+            let plain = |a: std::net::SocketAddr| {
+                std::net::SocketAddr::new(a.ip().to_canonical(), a.port())
+            };
+            let link = crate::fix::tracker::TcpLink {
+                local: plain(conn.key.local),
+                remote: plain(conn.key.remote),
+            };
+            out.push((link, at.wall));
+        }
     }
 
     fn ended(&mut self, end: crate::fix::tracker::LinkEnd) {
@@ -271,7 +306,7 @@ impl FixLayer {
         settings: &Settings,
         meter: &opentelemetry::metrics::Meter,
         state: &StateReader,
-        inputs: mpsc::Sender<Input>,
+        (inputs, closes): (mpsc::Sender<Input>, tokio::sync::broadcast::Receiver<Event>),
         events: SessionEvents,
         stop: CancellationToken,
     ) -> FixLayer {
@@ -280,6 +315,8 @@ impl FixLayer {
                 state: state.clone(),
                 generation: None,
                 inputs,
+                events: closes,
+                lagged: false,
             }),
             idle: fix_idle_bound(settings.poll.interval),
         };
@@ -524,15 +561,16 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
     let cancel = CancellationToken::new();
     let (inputs, inputs_rx) = mpsc::channel::<Input>();
     let session_events = SessionEvents::new(settings.log.format, telemetry.session_logger());
+    let (events, _) = tokio::sync::broadcast::channel(EVENT_BUFFER);
     let fix = settings.fix.enabled().then(|| {
-        let events = session_events.clone();
-        let inputs = inputs.clone();
+        let session_events = session_events.clone();
+        let tcp = (inputs.clone(), events.subscribe());
         FixLayer::start(
             settings,
             &meter,
             &state,
-            inputs,
-            events,
+            tcp,
+            session_events,
             cancel.child_token(),
         )
     });
@@ -561,7 +599,6 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
         None => None,
     };
 
-    let (events, _) = tokio::sync::broadcast::channel(EVENT_BUFFER);
     let (health_events, _) = tokio::sync::broadcast::channel(EVENT_BUFFER);
     let confirm = confirmation(source.capabilities().confirm);
     let mut poller = Poller::new(

@@ -133,9 +133,10 @@ pub struct SelfStats {
 pub trait LiveSessions: Send + 'static {
     /// The links the TCP layer lists ESTABLISHED now, when they changed since the last call.
     fn changed(&mut self) -> Option<HashSet<TcpLink>>;
-    /// A link the wire followed ended: the FIX layer's account of it, for the end's cause
-    /// (`crate::ends`).
+    /// A link ended: the FIX layer's account of it, for the end's cause (`crate::ends`).
     fn ended(&mut self, end: LinkEnd);
+    /// The sessions the TCP layer saw end since the last call, and when each ended.
+    fn closed(&mut self) -> Vec<(TcpLink, SystemTime)>;
 }
 
 /// How the FIX layer agrees with the TCP layer on which connections exist.
@@ -441,6 +442,13 @@ impl Worker {
                     if let Some(live) = tcp.sessions.changed() {
                         self.live = live;
                     }
+                    // The engine logs' sessions (their lines up to now read above), before
+                    // the wire lets its links go.
+                    let closed = tcp.sessions.closed();
+                    let ends = self.log_ends(&closed);
+                    events.extend(ends.into_iter().map(|e| Event::LinkEnded(Box::new(e))));
+                }
+                if let Some(tcp) = &self.tcp {
                     events.extend(self.wire.reconcile(
                         &self.live,
                         now,
@@ -491,6 +499,34 @@ impl Worker {
                 tracing::warn!(bound = name, "FIX layer: {what}");
             }
         }
+    }
+
+    /// The ends of TCP sessions the wire did not follow, for the engine logs' sessions: a link
+    /// of a target that exactly one log-read session belongs to gets that session's evidence;
+    /// with several, which one ran on it is not known, and the end gets none.
+    fn log_ends(&self, closed: &[(TcpLink, SystemTime)]) -> Vec<LinkEnd> {
+        if self.follower.is_none() {
+            return Vec::new();
+        }
+        let mut ends = Vec::new();
+        for (link, at) in closed.iter().filter(|(l, _)| !self.wire.follows(l)) {
+            let Some(t) = self.targets.classify(&link.local, &link.remote) else {
+                continue;
+            };
+            let name = &self.targets.get(t).name;
+            let candidates: Vec<_> = (self.tracker.sessions())
+                .filter(|s| s.tcp.is_none())
+                .filter(|s| {
+                    let target = s.target.clone().or_else(|| self.target_of(&s.key.theirs));
+                    target.as_ref() == Some(name)
+                })
+                .map(|s| s.key.clone())
+                .collect();
+            if let [key] = &candidates[..] {
+                ends.extend(self.tracker.log_link_closed(key, *link, *at));
+            }
+        }
+        ends
     }
 
     fn target_of(&self, theirs: &str) -> Option<String> {

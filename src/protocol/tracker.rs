@@ -237,6 +237,8 @@ pub struct Session {
     pub heartbeat_interval: Option<u64>,
     /// What it showed on its current TCP session (see [`LinkEvidence`]).
     pub evidence: LinkEvidence,
+    /// What it showed on the one before, for an end told after the next began (engine logs).
+    pub previous_evidence: Option<LinkEvidence>,
     /// [in, out]
     pub dirs: [DirectionCounts; 2],
     /// Messages by (direction, MsgType name), bounded by [`Limits::max_msg_types`].
@@ -277,6 +279,7 @@ impl Session {
             logon_attempts: VecDeque::new(),
             heartbeat_interval: None,
             evidence: LinkEvidence::default(),
+            previous_evidence: None,
             dirs: Default::default(),
             by_type: BTreeMap::new(),
             orders_answered: 0,
@@ -433,9 +436,10 @@ impl Session {
         let mt = msg.msg_type();
         let relogon = mt == b"A" && self.state == LogonState::LoggedOut && self.tcp.is_none();
         if new_link || relogon {
-            self.evidence = LinkEvidence::default();
+            self.previous_evidence = Some(std::mem::take(&mut self.evidence));
         }
         let e = &mut self.evidence;
+        e.since.get_or_insert(at);
         e.last_seen[dir.idx()] = Some(at);
         let text = || msg.get_str(tag::TEXT).map(|t| t.into_owned());
         match mt {
@@ -609,6 +613,8 @@ pub struct LinkEvidence {
     pub sequence_complaint: Option<String>,
     /// The last message seen each way, [in, out].
     pub last_seen: [Option<SystemTime>; 2],
+    /// When it started: the first message on the TCP session, or the Logon that restarted it.
+    pub since: Option<SystemTime>,
 }
 
 /// A TestRequest awaiting its Heartbeat.
@@ -837,6 +843,36 @@ impl Tracker {
             seen,
             fix: fix.map(|(_, f)| f),
         }
+    }
+
+    /// A TCP session ended at `at` that the source cannot see the FIX session of (engine logs
+    /// carry no TCP session): when `key` is the one session that can have run on it, the
+    /// evidence it had at `at` is the end's account (the previous evidence when a Logon after
+    /// `at` already started the next). Its state and counts are left as the log says them.
+    /// `None` for a session not seen.
+    pub fn log_link_closed(
+        &self,
+        key: &SessionKey,
+        link: TcpLink,
+        at: SystemTime,
+    ) -> Option<LinkEnd> {
+        let s = self.sessions.get(key)?;
+        let current = &s.evidence;
+        let evidence = match (&s.previous_evidence, current.since) {
+            (Some(previous), Some(since)) if since > at => previous.clone(),
+            _ => current.clone(),
+        };
+        let fix = FixEnd {
+            session: s.key.clone(),
+            evidence,
+            heartbeat_interval: s.heartbeat_interval,
+        };
+        Some(LinkEnd {
+            link,
+            at,
+            seen: TcpEndSeen::default(),
+            fix: Some(fix),
+        })
     }
 
     /// Give up orders pending longer than the expiry, at `now`; returns how many.
@@ -1312,6 +1348,39 @@ mod tests {
             t.tcp_closed(link(3), at(7), TcpEndSeen::default()).fix,
             None
         );
+    }
+
+    #[test]
+    fn an_engine_log_end_takes_the_evidence_it_had_at_the_close() {
+        let mut t = Tracker::new(Limits::default());
+        let none = Origin::default();
+        t.observe(&msg("GW", "VENUE", "A", 1, &[]), Out, at(1), &none);
+        t.observe(
+            &msg("VENUE", "GW", "5", 1, &[(58, "Bad pw")]),
+            In,
+            at(2),
+            &none,
+        );
+        let key = t.by_label("GW->VENUE").unwrap().key.clone();
+        // The next attempt's Logon was read before the TCP layer told of the first close (at 3).
+        t.observe(&msg("GW", "VENUE", "A", 2, &[]), Out, at(4), &none);
+        let end = t.log_link_closed(&key, link(1), at(3)).unwrap();
+        let e = end.fix.unwrap().evidence;
+        assert_eq!(e.refused.unwrap().text.as_deref(), Some("Bad pw"));
+        // An end after the new attempt began gets the new attempt's evidence.
+        let later = t.log_link_closed(&key, link(2), at(5)).unwrap();
+        let e = later.fix.unwrap().evidence;
+        assert_eq!((e.refused, e.since), (None, Some(at(4))));
+        assert!(t
+            .log_link_closed(
+                &SessionKey {
+                    ours: "X".into(),
+                    ..key
+                },
+                link(3),
+                at(5)
+            )
+            .is_none());
     }
 
     #[test]

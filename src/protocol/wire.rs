@@ -541,6 +541,11 @@ impl Wire {
         )))
     }
 
+    /// Whether the connection `link` is followed now.
+    pub fn follows(&self, link: &TcpLink) -> bool {
+        self.conns.contains_key(link)
+    }
+
     /// How many connections are followed now.
     pub fn followed(&self) -> usize {
         self.conns.len()

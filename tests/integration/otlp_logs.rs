@@ -334,6 +334,22 @@ fn fix_logon_gap_and_logout_from_the_simulator_arrive_as_records() {
     assert_eq!(logout.attr("fix.logout.initiator"), Some("us"));
     assert_eq!(logout.attr("fix.logout.text"), Some("end of day"));
     assert!(rx.events("fix.session.logon_refused").is_empty());
+    // The close, with why it ended: the engine log's one session of the target is joined to
+    // the TCP session the TCP layer saw end.
+    rx.wait_for("the close", WAIT, |r| {
+        !r.events("fix.session.closed").is_empty()
+    });
+    let closed = rx.events("fix.session.closed");
+    assert_eq!(closed.len(), 1, "{closed:#?}");
+    assert_eq!(
+        closed[0].attr("fix.end.cause"),
+        Some("logout_by_us"),
+        "{closed:#?}"
+    );
+    let evidence = closed[0].attr("fix.end.evidence").unwrap_or_default();
+    assert!(evidence.contains("end of day"), "{evidence}");
+    let l = [("target", "venue"), ("cause", "logout_by_us")];
+    assert_eq!(sc.metrics().get("fix_session_ends_total", &l), Some(1.0));
     let (status, log) = sc.terminate();
     assert!(status.success(), "{log}");
 }
