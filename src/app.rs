@@ -683,7 +683,7 @@ fn serve(
         telemetry.prometheus.clone(),
         settings.prometheus.expose_connections,
     )
-    .merge(crate::fix::http::routes(fix_reader(fix)));
+    .merge(crate::fix::http::routes(fix_reader(fix), state.clone()));
     let web = options.resources.web.clone();
     Server::spawn(listener, router, settings, web, stop)
 }

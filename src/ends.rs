@@ -315,6 +315,22 @@ pub struct Judged {
     pub end: TcpEnd,
     /// Its cause.
     pub verdict: Verdict,
+    /// The FIX session the FIX layer's account named, if any.
+    pub session: Option<crate::fix::tracker::SessionKey>,
+}
+
+/// A FIX session's last end, as `/sessions` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LastEnd {
+    /// The cause's name.
+    pub cause: &'static str,
+    /// The evidence, in words.
+    pub evidence: String,
+    /// When it ended (RFC 3339, UTC).
+    pub at: String,
+    /// The same, to keep the latest of ends judged out of order.
+    #[serde(skip)]
+    pub ended: std::time::Instant,
 }
 
 /// What the judge asks beyond the two layers: the schedules, and whether a process lives.
@@ -441,10 +457,17 @@ impl Ends {
                 process_exited: end.process.as_ref().is_some_and(|p| ctx.exited(p)),
             };
             let verdict = judge(&evidence);
-            out.push(Judged { end, verdict });
+            let session = account.and_then(|a| a.fix).map(|f| f.session);
+            out.push(Judged {
+                end,
+                verdict,
+                session,
+            });
         }
         self.accounts
             .retain(|_, (_, t)| now.saturating_duration_since(*t) < KEEP);
+        // In the order they happened (the last end of a FIX session is the last one).
+        out.sort_by_key(|j| j.end.at.mono);
         out
     }
 }

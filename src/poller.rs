@@ -487,6 +487,18 @@ impl Poller {
             if let Some(s) = next.closed.iter_mut().rev().find(|s| same(s)) {
                 s.end = Some(j.verdict.clone());
             }
+            if let Some(key) = &j.session {
+                let last = crate::ends::LastEnd {
+                    cause: j.verdict.cause.as_str(),
+                    evidence: j.verdict.evidence.clone(),
+                    at: crate::session::rfc3339(j.end.at.wall),
+                    ended: j.end.at.mono,
+                };
+                let ends = Arc::make_mut(&mut next.fix_ends);
+                if ends.get(&key.label()).is_none_or(|e| e.ended <= last.ended) {
+                    ends.insert(key.label(), last);
+                }
+            }
         }
         next.generation += 1;
         self.state = Arc::new(next);

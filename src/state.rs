@@ -83,6 +83,10 @@ pub struct State {
     pub active: Arc<Vec<Session>>,
     /// The most recently closed sessions, oldest first, at most [`RECENT_CLOSED`].
     pub closed: Vec<Session>,
+    /// The last end of each FIX session the FIX layer gave an account of, by its label
+    /// (`SENDER->TARGET`): `/sessions` shows it beside the session. Bounded by the FIX
+    /// layer's session cap.
+    pub fix_ends: Arc<std::collections::BTreeMap<String, crate::ends::LastEnd>>,
     pub health: PollHealth,
 }
 
@@ -113,6 +117,7 @@ impl State {
             peak: 0,
             active: Arc::default(),
             closed: Vec::new(),
+            fix_ends: Arc::default(),
             health: PollHealth::default(),
         }
     }

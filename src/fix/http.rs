@@ -7,13 +7,20 @@ use axum::routing::get;
 use axum::{Json, Router};
 
 use super::monitor::{FixReader, FixState};
+use crate::state::StateReader;
 
-pub fn routes(reader: FixReader) -> Router {
+pub fn routes(reader: FixReader, tcp: StateReader) -> Router {
     Router::new()
         .route("/sessions", get(sessions))
-        .with_state(reader)
+        .with_state((reader, tcp))
 }
 
-async fn sessions(State(r): State<FixReader>) -> Json<FixState> {
-    Json((*r.get()).clone())
+/// The FIX layer's state, each session with its last end as the TCP layer judged it.
+async fn sessions(State((r, tcp)): State<(FixReader, StateReader)>) -> Json<FixState> {
+    let mut state = (*r.get()).clone();
+    let ends = tcp.get().fix_ends.clone();
+    for s in &mut state.sessions {
+        s.last_end = ends.get(&s.session).cloned();
+    }
+    Json(state)
 }

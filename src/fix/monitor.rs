@@ -84,6 +84,10 @@ pub struct FixSessionJson {
     pub ack_latency_last_seconds: Option<f64>,
     /// `wire` (kernel timestamps) or `log` (the engine log's timestamps).
     pub timed_by: &'static str,
+    /// Its last TCP session's end and why (`crate::ends`), filled by `/sessions` from the TCP
+    /// layer's state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_end: Option<crate::ends::LastEnd>,
 }
 
 /// A target's `logon_lockout`, as `/sessions` and the metrics report it.
@@ -274,6 +278,7 @@ pub fn sessions_json(
                 ack_latency_last_seconds: s.recent_latencies.back().map(|d| d.as_secs_f64()),
                 orders_pending: s.pending_orders(),
                 timed_by: if s.tcp.is_some() { "wire" } else { timed_by },
+                last_end: None,
             }
         })
         .collect()

@@ -200,6 +200,20 @@ capture = true
     let refused = expected.iter().find(|e| *e.1 == "logon_refused").unwrap();
     let ev = by_port(*refused.0)["end_evidence"].to_string();
     assert!(ev.contains("Invalid password"), "{ev}");
+    // /sessions: the FIX session's last end is the last one made (we closed without a Logout).
+    let s = sc.json("/sessions");
+    let gw = s["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["session"] == "GW->VENUE")
+        .cloned()
+        .unwrap();
+    assert_eq!(gw["last_end"]["cause"], "closed_without_logout", "{gw}");
+    assert!(
+        gw["last_end"]["at"].as_str().unwrap().ends_with('Z'),
+        "{gw}"
+    );
     let (status, log) = sc.terminate();
     assert!(status.success(), "exit {status:?}\n{log}");
     let lines = log.lines().filter(|l| l.contains("session ended")).count();
