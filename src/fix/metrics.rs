@@ -40,6 +40,11 @@ pub mod names {
     pub const CAPTURE_ENDED: &str = "fix_monitor_capture_connections_ended";
     pub const LIMIT_HITS: &str = "fix_monitor_fix_limit_hits";
     pub const LOG_FILES: &str = "fix_monitor_fix_log_files";
+    pub const SEQUENCE_EVENTS: &str = "fix_session_sequence_events";
+    pub const EXECUTION_REPORTS: &str = "fix_execution_reports";
+    pub const ORDER_REJECTS: &str = "fix_order_rejects";
+    pub const CANCEL_REJECTS: &str = "fix_cancel_rejects";
+    pub const ORDER_FILL_LATENCY: &str = "fix_order_fill_latency";
 
     /// Every name above (the docs' metric tables are checked against it).
     pub const ALL: &[&str] = &[
@@ -67,6 +72,11 @@ pub mod names {
         CAPTURE_ENDED,
         LIMIT_HITS,
         LOG_FILES,
+        SEQUENCE_EVENTS,
+        EXECUTION_REPORTS,
+        ORDER_REJECTS,
+        CANCEL_REJECTS,
+        ORDER_FILL_LATENCY,
     ];
 }
 
@@ -83,6 +93,7 @@ pub mod attrs {
     pub const REASON: &str = "reason";
     pub const LIMIT: &str = "limit";
     pub const STATE: &str = "state";
+    pub const EXEC_TYPE: &str = "exec_type";
 }
 
 /// Keeps the observable instruments registered.
@@ -191,6 +202,7 @@ impl FixInstruments {
         };
         session_gauges(&mut r);
         session_counters(&mut r);
+        outcome_counters(&mut r);
         layer_counters(&mut r);
         table_instruments(&mut r);
         FixInstruments {
@@ -198,6 +210,66 @@ impl FixInstruments {
             _counters: r.counters,
         }
     }
+}
+
+/// Sequence events per session, and our orders' outcomes per target (summed over its
+/// sessions: no session, order or symbol attributes).
+fn outcome_counters(r: &mut Registrar) {
+    r.counter(
+        names::SEQUENCE_EVENTS,
+        "Sequence-number events by direction and kind: reset_at_logon (141=Y), reset \
+         (SequenceReset), gap_fill, too_low (not PossDup), poss_dup, poss_resend, resend_storm",
+        |st| {
+            each_session(st, |s| {
+                let mut v = Vec::new();
+                for (dir, kinds) in &s.sequence.events {
+                    for (kind, n) in kinds {
+                        let a = with(base(s), attrs::DIRECTION, *dir);
+                        v.push((*n, with(a, attrs::KIND, *kind)));
+                    }
+                }
+                v
+            })
+        },
+    );
+    r.counter(
+        names::EXECUTION_REPORTS,
+        "ExecutionReports received, by ExecType (FIX dictionary names; a 4.4 Trade is a \
+         partial_fill or fill by OrdStatus)",
+        |st| per_target(st, attrs::EXEC_TYPE, |o| &o.exec_reports),
+    );
+    r.counter(
+        names::ORDER_REJECTS,
+        "Orders rejected (ExecType 8), by OrdRejReason (none: without one; other: a value \
+         outside the dictionary)",
+        |st| per_target(st, attrs::REASON, |o| &o.order_rejects),
+    );
+    r.counter(
+        names::CANCEL_REJECTS,
+        "OrderCancelRejects received, by CxlRejReason",
+        |st| per_target(st, attrs::REASON, |o| &o.cancel_rejects),
+    );
+}
+
+/// A per-session count map summed per target, with the map's key as `key`.
+fn per_target(
+    st: &FixState,
+    key: &'static str,
+    f: fn(&super::forensics::Outcomes) -> &std::collections::BTreeMap<&'static str, u64>,
+) -> Points<u64> {
+    let mut sums: std::collections::BTreeMap<(String, &'static str), u64> = Default::default();
+    for s in &st.sessions {
+        let target = s.target.clone().unwrap_or_default();
+        for (name, n) in f(&s.outcomes) {
+            *sums.entry((target.clone(), name)).or_default() += n;
+        }
+    }
+    (sums.into_iter())
+        .map(|((t, name), n)| {
+            let a = vec![KeyValue::new(attrs::TARGET, t), KeyValue::new(key, name)];
+            (n, a)
+        })
+        .collect()
 }
 
 /// Per-session gauges: logged on, HeartBtInt, inbound silence, logon attempts in the window;

@@ -14,6 +14,7 @@ use opentelemetry::KeyValue;
 use serde::Serialize;
 use tokio::sync::watch;
 
+use super::forensics::{Outcomes, SeqKind, Sequence};
 use super::logs::{LogFollower, LogStats};
 use super::reassembly::{Limits as StreamLimits, StreamStats};
 use super::tracker::{
@@ -84,10 +85,89 @@ pub struct FixSessionJson {
     pub ack_latency_last_seconds: Option<f64>,
     /// `wire` (kernel timestamps) or `log` (the engine log's timestamps).
     pub timed_by: &'static str,
+    /// Sequence-number events by direction and kind, the last ones, resend requests.
+    pub sequence: SequenceJson,
+    /// What our orders came to: ExecutionReports by ExecType, rejects by reason.
+    pub outcomes: Outcomes,
     /// Its last TCP session's end and why (`crate::ends`), filled by `/sessions` from the TCP
     /// layer's state.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_end: Option<crate::ends::LastEnd>,
+}
+
+/// A session's sequence forensics, as `/sessions` and the metrics report them.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SequenceJson {
+    /// Counts by direction (`in`, `out`) and kind (`reset_at_logon`, `reset`, `gap_fill`,
+    /// `too_low`, `poss_dup`, `poss_resend`, `resend_storm`), every kind present.
+    pub events: BTreeMap<&'static str, BTreeMap<&'static str, u64>>,
+    /// The last events, oldest first, with their numbers.
+    pub recent: Vec<SeqEventJson>,
+    /// The last ResendRequest each way that was asked, answered or not.
+    pub resend_requests: Vec<ResendJson>,
+    /// ResendRequests never answered before the next one or the end of the TCP session.
+    pub resend_requests_unanswered: u64,
+}
+
+/// One sequence event.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SeqEventJson {
+    pub kind: &'static str,
+    pub direction: &'static str,
+    pub seq: Option<u64>,
+    /// The number expected (too low), the NewSeqNo (reset, gap fill), or the messages
+    /// replayed (a storm).
+    pub other: Option<u64>,
+    pub at: String,
+}
+
+/// A ResendRequest.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ResendJson {
+    /// `out`: we asked; `in`: they did.
+    pub asked: &'static str,
+    pub begin: u64,
+    /// 0: up to the latest.
+    pub end: u64,
+    pub at: String,
+    pub answered: bool,
+    pub replayed: u64,
+}
+
+impl SequenceJson {
+    fn of(q: &Sequence) -> SequenceJson {
+        let rfc = |t| humantime::format_rfc3339_millis(t).to_string();
+        let events = [Direction::In, Direction::Out]
+            .into_iter()
+            .map(|d| {
+                let kinds = SeqKind::ALL.iter().map(|&k| (k.as_str(), q.count(d, k)));
+                (d.as_str(), kinds.collect())
+            })
+            .collect();
+        SequenceJson {
+            events,
+            recent: (q.recent.iter())
+                .map(|e| SeqEventJson {
+                    kind: e.kind.as_str(),
+                    direction: e.direction.as_str(),
+                    seq: e.seq,
+                    other: e.other,
+                    at: rfc(e.at),
+                })
+                .collect(),
+            resend_requests: (q.resend.iter().flatten())
+                .map(|r| ResendJson {
+                    asked: r.asked_by.as_str(),
+                    begin: r.begin,
+                    end: r.end,
+                    at: rfc(r.at),
+                    answered: r.answered,
+                    replayed: r.replayed,
+                })
+                .collect(),
+            resend_requests_unanswered: q.resends_unanswered,
+        }
+    }
 }
 
 /// A target's `logon_lockout`, as `/sessions` and the metrics report it.
@@ -192,6 +272,12 @@ pub struct FixMonitor {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Order-to-first-fill buckets, seconds: 100 µs to an hour (a resting order fills late).
+pub const FILL_BUCKETS: &[f64] = &[
+    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+    3600.0,
+];
+
 /// Order latency buckets, seconds: 10 µs to 10 s.
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
@@ -278,6 +364,8 @@ pub fn sessions_json(
                 ack_latency_last_seconds: s.recent_latencies.back().map(|d| d.as_secs_f64()),
                 orders_pending: s.pending_orders(),
                 timed_by: if s.tcp.is_some() { "wire" } else { timed_by },
+                sequence: SequenceJson::of(&s.sequence),
+                outcomes: s.outcomes.clone(),
                 last_end: None,
             }
         })
@@ -311,6 +399,15 @@ impl FixMonitor {
             .with_unit("s")
             .with_description("Time from an order we sent to the first answer carrying its ClOrdID")
             .with_boundaries(LATENCY_BUCKETS.to_vec())
+            .build();
+        let fill_latency = meter
+            .f64_histogram(super::metrics::names::ORDER_FILL_LATENCY)
+            .with_unit("s")
+            .with_description(
+                "Time from a NewOrderSingle we sent to the first ExecutionReport that fills it \
+                 (partially or fully; a replace keeps the order's time), per target",
+            )
+            .with_boundaries(FILL_BUCKETS.to_vec())
             .build();
         let mut capture_error = None;
         #[cfg(target_os = "linux")]
@@ -348,6 +445,7 @@ impl FixMonitor {
             follower: (!settings.logs.is_empty())
                 .then(|| LogFollower::new(settings.log_paths(), settings.our_comp_ids.clone())),
             latency,
+            fill_latency,
             capture_error,
             tx,
             tcp,
@@ -390,6 +488,9 @@ impl Drop for FixMonitor {
     }
 }
 
+/// The order latency histogram's attributes, by (target, session, request).
+type AttrsCache = HashMap<(String, String, &'static str), Vec<KeyValue>>;
+
 struct Worker {
     settings: FixSettings,
     targets: Targets,
@@ -397,6 +498,7 @@ struct Worker {
     tracker: Tracker,
     follower: Option<LogFollower>,
     latency: Histogram<f64>,
+    fill_latency: Histogram<f64>,
     capture_error: Option<String>,
     tx: watch::Sender<Arc<FixState>>,
     tcp: Option<TcpView>,
@@ -413,8 +515,7 @@ impl Worker {
     #[cfg(target_os = "linux")]
     fn run(&mut self, mut capture: Option<super::capture::Capture>, stop: &AtomicBool) {
         let mut last_round = Instant::now() - ROUND;
-        let mut attrs_cache: HashMap<(String, String, &'static str), Vec<KeyValue>> =
-            HashMap::new();
+        let mut attrs_cache = AttrsCache::new();
         while !stop.load(Ordering::SeqCst) {
             let mut events = Vec::new();
             match &mut capture {
@@ -466,34 +567,50 @@ impl Worker {
                 self.publish(now, kernel);
             }
             for e in events {
-                let (session, target, request, latency) = match e {
-                    Event::OrderAnswered {
-                        session,
-                        target,
-                        request,
-                        latency,
-                    } => (session, target, request, latency),
-                    Event::LinkEnded(end) => {
-                        if let Some(tcp) = &mut self.tcp {
-                            tcp.sessions.ended(*end);
-                        }
-                        continue;
-                    }
-                };
-                let target = target
-                    .or_else(|| self.target_of(&session.theirs))
-                    .unwrap_or_default();
-                let key = (target, session.label(), request.as_str());
-                let attrs = attrs_cache.entry(key.clone()).or_insert_with(|| {
-                    vec![
-                        KeyValue::new(super::metrics::attrs::TARGET, key.0.clone()),
-                        KeyValue::new(super::metrics::attrs::SESSION, key.1.clone()),
-                        KeyValue::new(super::metrics::attrs::REQUEST, key.2),
-                    ]
-                });
-                self.latency.record(latency.as_secs_f64(), attrs);
+                self.handle(e, &mut attrs_cache);
             }
         }
+    }
+
+    /// One tracker event: a round trip or a first fill timed, a link's end handed on.
+    fn handle(&mut self, e: Event, attrs_cache: &mut AttrsCache) {
+        let (session, target, request, latency) = match e {
+            Event::OrderAnswered {
+                session,
+                target,
+                request,
+                latency,
+            } => (session, target, Some(request), latency),
+            Event::OrderFilled {
+                session,
+                target,
+                latency,
+            } => (session, target, None, latency),
+            Event::LinkEnded(end) => {
+                if let Some(tcp) = &mut self.tcp {
+                    tcp.sessions.ended(*end);
+                }
+                return;
+            }
+        };
+        let target = target
+            .or_else(|| self.target_of(&session.theirs))
+            .unwrap_or_default();
+        let Some(request) = request else {
+            // First fills are per target only (bounded, as the issue of order outcomes asks).
+            let attrs = [KeyValue::new(super::metrics::attrs::TARGET, target)];
+            self.fill_latency.record(latency.as_secs_f64(), &attrs);
+            return;
+        };
+        let key = (target, session.label(), request.as_str());
+        let attrs = attrs_cache.entry(key.clone()).or_insert_with(|| {
+            vec![
+                KeyValue::new(super::metrics::attrs::TARGET, key.0.clone()),
+                KeyValue::new(super::metrics::attrs::SESSION, key.1.clone()),
+                KeyValue::new(super::metrics::attrs::REQUEST, key.2),
+            ]
+        });
+        self.latency.record(latency.as_secs_f64(), attrs);
     }
 
     /// Say, once each, that a bound of the FIX layer was reached: what it costs is counted

@@ -77,6 +77,12 @@ pub mod tag {
     pub const BUSINESS_REJECT_REF_ID: u32 = 379;
     /// RefTagID: the tag a Reject (35=3) is about.
     pub const REF_TAG_ID: u32 = 371;
+    /// PossResend: the message may have been sent before under another MsgSeqNum.
+    pub const POSS_RESEND: u32 = 97;
+    /// CxlRejReason: why an OrderCancelReject (35=9) refused.
+    pub const CXL_REJ_REASON: u32 = 102;
+    /// OrdRejReason: why an ExecutionReport (ExecType 8) rejected an order.
+    pub const ORD_REJ_REASON: u32 = 103;
 }
 
 /// Data fields whose value may contain the separator, each after the field giving its length

@@ -7,6 +7,8 @@
 //! - [`codec`]: the tag=value codec (framing, BodyLength and CheckSum checks, a writer).
 //! - [`tracker`]: the FIX session state machine, keyed by (BeginString, our CompID, their
 //!   CompID): logons, logouts, sequence numbers, orders and their round trips.
+//! - [`forensics`]: sequence-number events classified, resend requests answered or open, and
+//!   our orders' outcomes (ExecutionReports by ExecType, rejects by reason).
 //! - [`logs`]: the engine-log source (QuickFIX/J, QuickFIX, QuickFIX/n message logs): a pure
 //!   line parser and a follower of glob-matched files across rotation and truncation.
 //! - [`reassembly`]: per-direction TCP stream reassembly for the wire source.
@@ -19,6 +21,7 @@
 //! (`fix_monitor::fix::capture`); the FIX layer running, its metrics and `/sessions` too.
 
 pub mod codec;
+pub mod forensics;
 pub mod logs;
 pub mod pair;
 pub mod reassembly;

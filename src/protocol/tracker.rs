@@ -26,6 +26,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use crate::codec::{msg_type_name, tag, Message};
+use crate::forensics::{Outcomes, Sequence};
 
 /// Which way a message went, from the gateway's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -252,6 +253,16 @@ pub struct Session {
     /// Orders settled by a BusinessMessageReject naming their ClOrdID (tag 379): answered, but
     /// not with an ExecutionReport, so not timed.
     pub orders_rejected: u64,
+    /// Sequence-number events, resend requests ([`Sequence`]).
+    pub sequence: Sequence,
+    /// What our orders came to ([`Outcomes`]).
+    pub outcomes: Outcomes,
+    /// Orders we sent awaiting their first fill, by ClOrdID (a replace carries its order's
+    /// time over to the new ClOrdID), oldest first; at most [`Limits::max_pending_orders`].
+    #[serde(skip)]
+    awaiting_fill: HashMap<Vec<u8>, SystemTime>,
+    #[serde(skip)]
+    fill_order: VecDeque<Vec<u8>>,
     /// The last order round trips (at most [`RECENT_LATENCIES`]), oldest first: the console's
     /// p50 and last.
     #[serde(skip)]
@@ -285,6 +296,10 @@ impl Session {
             orders_answered: 0,
             orders_unanswered: 0,
             orders_rejected: 0,
+            sequence: Sequence::default(),
+            outcomes: Outcomes::default(),
+            awaiting_fill: HashMap::new(),
+            fill_order: VecDeque::new(),
             recent_latencies: VecDeque::new(),
             pending: HashMap::new(),
             pending_order: VecDeque::new(),
@@ -476,6 +491,52 @@ impl Session {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Our orders' outcomes and first fills: a NewOrderSingle we send waits for its first fill
+    /// (a replace moves its wait to the new ClOrdID); an ExecutionReport or OrderCancelReject
+    /// received is counted by type and reason. Returns the order-to-first-fill time of a fill.
+    fn fills(
+        &mut self,
+        msg: &Message,
+        dir: Direction,
+        at: SystemTime,
+        max_pending: usize,
+    ) -> Option<Duration> {
+        let id = msg.get(tag::CL_ORD_ID);
+        match (dir, msg.msg_type(), id) {
+            (Direction::Out, b"D", Some(id)) => self.await_fill(id.to_vec(), at, max_pending),
+            (Direction::Out, b"G", Some(id)) => {
+                let orig = msg.get(tag::ORIG_CL_ORD_ID);
+                if let Some(sent) = orig.and_then(|o| self.awaiting_fill.remove(o)) {
+                    self.await_fill(id.to_vec(), sent, max_pending);
+                }
+            }
+            (Direction::In, _, _) => {
+                if self.outcomes.observe(msg) {
+                    let sent = self.awaiting_fill.remove(id?)?;
+                    return Some(at.duration_since(sent).unwrap_or_default());
+                }
+            }
+            _ => {}
+        }
+        None
+    }
+
+    fn await_fill(&mut self, id: Vec<u8>, at: SystemTime, max_pending: usize) {
+        if self.awaiting_fill.insert(id.clone(), at).is_none() {
+            self.fill_order.push_back(id);
+        }
+        while self.awaiting_fill.len() > max_pending {
+            let Some(old) = self.fill_order.pop_front() else {
+                break;
+            };
+            self.awaiting_fill.remove(&old);
+        }
+        if self.fill_order.len() > 2 * self.awaiting_fill.len() + 64 {
+            let waiting = &self.awaiting_fill;
+            self.fill_order.retain(|id| waiting.contains_key(id));
         }
     }
 
@@ -722,6 +783,15 @@ pub enum Event {
     },
     /// A TCP session the wire source followed ended.
     LinkEnded(Box<LinkEnd>),
+    /// An order we sent got its first fill (partial or full).
+    OrderFilled {
+        /// The session it belongs to.
+        session: SessionKey,
+        /// The target the session is attributed to.
+        target: Option<String>,
+        /// From our NewOrderSingle to the first ExecutionReport that fills it.
+        latency: Duration,
+    },
 }
 
 /// Every FIX session seen.
@@ -800,7 +870,16 @@ impl Tracker {
             self.msg_types_folded += 1;
         }
         s.session_level(msg, dir, at);
+        let expected = s.dirs[dir.idx()].next_seq;
+        s.sequence.observe(msg, dir, at, expected);
         s.dirs[dir.idx()].observe(msg, at);
+        if let Some(latency) = s.fills(msg, dir, at, limits.max_pending_orders) {
+            events.push(Event::OrderFilled {
+                session: key.clone(),
+                target: s.target.clone(),
+                latency,
+            });
+        }
         let orders = s.orders(msg, dir, at, limits.max_pending_orders);
         self.orders_over_cap += orders.given_up;
         if let Some((request, latency)) = orders.answered {
@@ -825,6 +904,7 @@ impl Tracker {
                     s.disconnects += 1;
                 }
                 s.state = LogonState::LoggedOut;
+                s.sequence.link_ended();
                 let last = s.evidence.last_seen.iter().flatten().max().copied();
                 let last = last.unwrap_or(SystemTime::UNIX_EPOCH);
                 if fix.as_ref().is_none_or(|(t, _)| last > *t) {
@@ -1145,7 +1225,7 @@ mod tests {
                 Event::OrderAnswered {
                     request, latency, ..
                 } => Some((*request, latency.as_millis())),
-                Event::LinkEnded(_) => None,
+                Event::LinkEnded(_) | Event::OrderFilled { .. } => None,
             })
             .collect();
         assert_eq!(

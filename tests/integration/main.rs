@@ -16,6 +16,7 @@ mod endpoint_security;
 mod endpoints;
 mod events;
 mod fix_logs;
+mod fix_outcomes;
 // The man page and completions generated from the CLI definitions.
 mod generate;
 // Issue 18: the workspace's crates depend only on the layers below them.
