@@ -83,6 +83,16 @@ BEGIN {
             for (i = 0; i <= n; i++) emit("fix_connections_stale_by_port", LP, (h == 1 && g == 2 && p == 0) ? 1 : 0, start + i * step)
             for (i = 0; i <= n; i++) emit("fix_connection_receive_silence_by_port_seconds", LP, (h == 1 && g == 2 && p == 0) ? 90 : 0.5, start + i * step)
         }
+        # why sessions ended: gw1 knows every cause (FIX layer on), a few of them grow; gw2
+        # polls without the FIX layer (unknown only). The schedule: venue-a closes for the
+        # last 30 minutes of the window; venue-b on gw2 (down) is expected down throughout
+        if (h == 1) {
+            nc = split("scheduled_logout logout_by_us logout_by_them heartbeat_timeout reset_by_them unknown logon_refused sequence_error process_exited network_timeout reset_by_us closed_without_logout", causes, " ")
+            for (c = 1; c <= nc; c++) for (i = 0; i <= n; i++) emit("fix_session_ends_total", L sprintf(",cause=\"%s\"", causes[c]), (c <= 6) ? int(i / (6 * c)) : 0, start + i * step)
+        } else {
+            for (i = 0; i <= n; i++) emit("fix_session_ends_total", L ",cause=\"unknown\"", 8 + int(i / 4), start + i * step)
+        }
+        for (i = 0; i <= n; i++) emit("fix_target_expected_up", L, down ? 0 : ((g == 1 && i > n - 120) ? 0 : 1), start + i * step)
         # session health per target (TCP health from tcp_info)
         for (i = 0; i <= n; i++) emit("fix_connections_stale", L, (h == 1 && g == 2) ? 1 : 0, start + i * step)
         for (i = 0; i <= n; i++) emit("fix_connection_receive_silence_seconds", L, (h == 1 && g == 2) ? 90 : 0.5, start + i * step)

@@ -482,6 +482,7 @@ impl Poller {
         let mut next = State::clone(&self.state);
         for j in &judged {
             self.instruments.record_end(j.end.target, j.verdict.cause);
+            next.ends[j.end.target].add(j.verdict.cause);
             let same =
                 |s: &Session| s.local == j.end.local && s.remote == j.end.remote && s.end.is_none();
             if let Some(s) = next.closed.iter_mut().rev().find(|s| same(s)) {

@@ -3,12 +3,14 @@
 //! endpoints, console, report, demo) take the latest with [`StateReader::get`], an `Arc` clone.
 //! No reader holds anything the loop waits for, and no one logs while holding a lock.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::ends::Cause;
 use crate::schedule::Schedule;
 use crate::session::{rfc3339, Session, SessionJson};
 use crate::source::events::Mode;
@@ -87,7 +89,31 @@ pub struct State {
     /// (`SENDER->TARGET`): `/sessions` shows it beside the session. Bounded by the FIX
     /// layer's session cap.
     pub fix_ends: Arc<std::collections::BTreeMap<String, crate::ends::LastEnd>>,
+    /// Ends judged so far by cause, indexed by target id: what `fix_session_ends_total` counts,
+    /// for readers that outlive the closed list (the console's report).
+    pub ends: Vec<EndCounts>,
     pub health: PollHealth,
+}
+
+/// One target's ends judged so far, by cause.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndCounts(BTreeMap<Cause, u64>);
+
+impl EndCounts {
+    pub fn add(&mut self, cause: Cause) {
+        *self.0.entry(cause).or_default() += 1;
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.values().sum()
+    }
+
+    /// The causes seen, most ends first (ties in the order of [`Cause`]).
+    pub fn by_count(&self) -> Vec<(Cause, u64)> {
+        let mut v: Vec<(Cause, u64)> = self.0.iter().map(|(c, n)| (*c, *n)).collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v
+    }
 }
 
 /// Health as a type, not a string: `/health`'s status code and the index page read it.
@@ -112,6 +138,7 @@ impl State {
     pub fn initial(meta: Meta) -> State {
         State {
             stats: vec![TargetStats::default(); meta.targets.len()],
+            ends: vec![EndCounts::default(); meta.targets.len()],
             meta: Arc::new(meta),
             generation: 0,
             peak: 0,

@@ -18,17 +18,18 @@ pub mod view;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{self, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{broadcast, mpsc, Notify};
 
 use crate::app::{self, RunError, Sidecar, StartOptions};
 use crate::config::Settings;
 use crate::health::HealthEvent;
-use crate::session::hms;
-use crate::state::StateReader;
+use crate::session::{hms, Session};
+use crate::state::{State, StateReader};
 use crate::tracker::{Event, Timestamp};
 
 pub use screen::Mode;
@@ -169,6 +170,34 @@ pub struct Console {
     fix: crate::fix::monitor::FixReader,
     /// Told once stdout's reader has gone away (lines mode): see [`Console::output_closed`].
     closed: Arc<Notify>,
+    /// Closes whose line went out before their end was judged (the FIX layer's account is
+    /// waited for): each gets an `ended` line with its cause once the state has it.
+    awaiting_cause: Vec<CloseKey>,
+    /// The published state can still change (the loop runs).
+    state_open: bool,
+}
+
+/// A closed session as both its close event and the published closed list name it.
+type CloseKey = (SocketAddr, SocketAddr, SystemTime);
+
+fn event_close_key(e: &Event) -> Option<CloseKey> {
+    match e {
+        Event::Closed { conn, at, .. } => Some((conn.key.local, conn.key.remote, at.wall)),
+        _ => None,
+    }
+}
+
+fn session_close_key(s: &Session) -> Option<CloseKey> {
+    let ended = s.life?.ended?;
+    Some((s.local, s.remote, ended.at.wall))
+}
+
+/// The closed session `k` names, in the published list (the newest of that name).
+fn closed_session(m: &State, k: CloseKey) -> Option<&Session> {
+    m.closed
+        .iter()
+        .rev()
+        .find(|s| session_close_key(s) == Some(k))
 }
 
 enum Output {
@@ -211,6 +240,8 @@ impl Console {
             interval,
             fix: sidecar.fix(),
             closed: Arc::new(Notify::new()),
+            awaiting_cause: Vec::new(),
+            state_open: true,
         };
         if let Output::Lines(_) = console.out {
             let mut lines = vec![view::stamped(
@@ -265,6 +296,13 @@ impl Console {
                     self.take_events(batch);
                     self.redraw();
                 }
+                // After the events (biased): a close's line is out before its `ended` line.
+                open = self.state.changed(), if self.state_open && !self.awaiting_cause.is_empty() => {
+                    self.state_open = open;
+                    if self.take_causes() {
+                        self.redraw();
+                    }
+                }
                 r = self.health.recv(), if self.health_open => {
                     self.take_health(r);
                     self.redraw();
@@ -299,7 +337,14 @@ impl Console {
         for r in batch {
             match r {
                 Ok(Event::Opened(c)) if c.preexisting => {}
-                Ok(e) => lines.push(view::event_line(&e, &m.meta.targets)),
+                Ok(e) => {
+                    let key = event_close_key(&e);
+                    let end = key.and_then(|k| closed_session(&m, k)?.end.as_ref());
+                    if let (Some(k), None) = (key, end) {
+                        self.awaiting_cause.push(k);
+                    }
+                    lines.push(view::event_line(&e, &m.meta.targets, end));
+                }
                 Err(broadcast::error::RecvError::Lagged(n)) => lines.push(view::stamped(
                     std::time::SystemTime::now(),
                     &format!("({n} events not shown: the console fell behind)"),
@@ -309,6 +354,27 @@ impl Console {
         }
         drop(m);
         self.push(lines);
+    }
+
+    /// An `ended` line for each awaited close whose end the state now has; whether any.
+    fn take_causes(&mut self) -> bool {
+        let m = self.state.get();
+        let now = Timestamp::now();
+        let mut lines = Vec::new();
+        self.awaiting_cause
+            .retain(|k| match closed_session(&m, *k).map(|s| (s, &s.end)) {
+                Some((s, Some(v))) => {
+                    lines.push(view::ended_line(&view::ConnRow::of(s, now), v));
+                    false
+                }
+                Some((_, None)) => true,
+                // Out of the closed list (a storm of closes): counted in the report, not shown.
+                None => false,
+            });
+        drop(m);
+        let any = !lines.is_empty();
+        self.push(lines);
+        any
     }
 
     fn take_health(&mut self, r: Result<HealthEvent, broadcast::error::RecvError>) {

@@ -3,8 +3,10 @@
 //! It keeps the original's keys where they still mean the same: `timestamp`, `stats` (with
 //! `total_connections`, `current_connections`, `peak_connections`), `active_connections`,
 //! `recent_disconnected`; the one `downstream_server` became `targets`, each with its own
-//! counts. Sessions are the same JSON `/connections` serves.
+//! counts. Sessions are the same JSON `/connections` serves. `ends_by_cause` is new: per
+//! target, the ends judged while watching, by cause (what `fix_session_ends_total` counted).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -30,6 +32,17 @@ pub struct Report {
     pub active_connections: Vec<SessionJson>,
     /// Oldest first, as the original listed them.
     pub recent_disconnected: Vec<SessionJson>,
+    /// Per target (configuration order), its ends by cause.
+    pub ends_by_cause: Vec<TargetEnds>,
+}
+
+/// One target's ends judged while watching.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TargetEnds {
+    pub target: String,
+    pub total: u64,
+    /// Cause name -> ends; only the causes seen.
+    pub causes: BTreeMap<&'static str, u64>,
 }
 
 /// The original's `stats`, over all targets.
@@ -63,6 +76,17 @@ impl Report {
             stats,
             active_connections: m.connections(now),
             recent_disconnected: m.closed_json(now),
+            ends_by_cause: m
+                .meta
+                .targets
+                .iter()
+                .zip(&m.ends)
+                .map(|(t, e)| TargetEnds {
+                    target: t.name.clone(),
+                    total: e.total(),
+                    causes: e.by_count().iter().map(|(c, n)| (c.as_str(), *n)).collect(),
+                })
+                .collect(),
         }
     }
 
@@ -139,6 +163,17 @@ mod tests {
         assert_eq!(v["recent_disconnected"][0]["local_addr"], "10.0.0.1:5001");
         assert_eq!(v["recent_disconnected"][0]["duration_seconds"], 2.0);
         assert_eq!(v["active_connections"].as_array().unwrap().len(), 2);
+        // The close was judged at once (no FIX layer to wait for); polling alone has no
+        // evidence of why, and the report counts it as /metrics does.
+        assert_eq!(v["recent_disconnected"][0]["end_cause"], "unknown");
+        let name = |i: usize| v["targets"][i]["name"].clone();
+        assert_eq!(
+            v["ends_by_cause"],
+            serde_json::json!([
+                {"target": name(0), "total": 1, "causes": {"unknown": 1}},
+                {"target": name(1), "total": 0, "causes": {}},
+            ])
+        );
     }
 
     #[test]

@@ -9,8 +9,9 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
+use crate::ends::Verdict;
 use crate::session::{hms, Session};
-use crate::state::State;
+use crate::state::{EndCounts, State};
 use crate::target::{Target, Targets};
 use crate::tracker::{Event, TargetStats, Timestamp};
 
@@ -37,10 +38,12 @@ pub struct TargetRow {
     /// `START-END`, or `any`.
     pub local_ports: String,
     pub stats: TargetStats,
+    /// Its ends judged so far, by cause.
+    pub ends: EndCounts,
 }
 
 impl TargetRow {
-    fn new(t: &Target, stats: TargetStats) -> TargetRow {
+    fn new(t: &Target, stats: TargetStats, ends: EndCounts) -> TargetRow {
         TargetRow {
             name: t.name.clone(),
             address: Target::default_name(&t.net, t.port),
@@ -48,6 +51,7 @@ impl TargetRow {
                 .local_ports
                 .map_or_else(|| "any".to_owned(), |r| r.to_string()),
             stats,
+            ends,
         }
     }
 }
@@ -71,6 +75,9 @@ pub struct ConnRow {
     pub process: Option<crate::source::Process>,
     /// Closed sessions: who hung up, where the source saw it (eBPF mode).
     pub closed_by: Option<crate::source::ClosedBy>,
+    /// Closed sessions: why it ended, once judged (a moment after the close with the FIX
+    /// layer on, which is waited for).
+    pub end: Option<Verdict>,
 }
 
 /// The process columns' titles, and one session's cells; `-` where not known.
@@ -90,6 +97,37 @@ pub fn closed_by_cell(by: Option<crate::source::ClosedBy>) -> String {
         Some(crate::source::ClosedBy::Unknown) | None => "-".into(),
         Some(by) => by.as_str().into(),
     }
+}
+
+/// Why a closed session ended, as the closed table shows it: the cause's name, `-` until it is
+/// judged (`unknown` once judged without evidence).
+pub fn cause_cell(end: Option<&Verdict>) -> String {
+    end.map_or_else(|| "-".into(), |v| v.cause.as_str().into())
+}
+
+/// What an event line adds once the end is judged: `, cause logout_by_them (Logout from them
+/// first "End of day"; FIN from them first)`.
+pub fn cause_suffix(v: &Verdict) -> String {
+    if v.evidence.is_empty() {
+        format!(", cause {}", v.cause.as_str())
+    } else {
+        format!(", cause {} ({})", v.cause.as_str(), v.evidence)
+    }
+}
+
+/// The line for an end judged after its close line was written:
+/// `ended venue-a 10.0.0.1:5001 -> 10.0.0.5:9876, cause heartbeat_timeout (...)`.
+pub fn ended_line(c: &ConnRow, v: &Verdict) -> String {
+    stamped(
+        c.at,
+        &format!(
+            "ended {} {} -> {}{}",
+            c.target,
+            c.local,
+            c.remote,
+            cause_suffix(v)
+        ),
+    )
 }
 
 /// The health columns' titles, and one session's cells: smoothed RTT, time since data was
@@ -136,6 +174,7 @@ impl ConnRow {
             health: s.health,
             process: s.process.clone(),
             closed_by: s.closed_by,
+            end: s.end.clone(),
         }
     }
 }
@@ -184,7 +223,8 @@ impl Frame {
             targets: targets
                 .iter()
                 .zip(&m.stats)
-                .map(|(t, s)| TargetRow::new(t, *s))
+                .zip(&m.ends)
+                .map(|((t, s), e)| TargetRow::new(t, *s, e.clone()))
                 .collect(),
             peak: m.peak,
             active,
@@ -228,8 +268,9 @@ pub fn stamped(at: SystemTime, text: &str) -> String {
 }
 
 /// The log line for an event: `[12:00:01] opened venue-a 10.0.0.1:5001 -> 10.0.0.5:9876`,
-/// `[12:00:09] closed venue-a 10.0.0.1:5001 -> 10.0.0.5:9876 after 00:00:08`.
-pub fn event_line(e: &Event, targets: &Targets) -> String {
+/// `[12:00:09] closed venue-a 10.0.0.1:5001 -> 10.0.0.5:9876 after 00:00:08`, and after that
+/// [`cause_suffix`] when `end`, the close's verdict, is already known.
+pub fn event_line(e: &Event, targets: &Targets, end: Option<&Verdict>) -> String {
     match e {
         Event::Opened(c) => stamped(
             c.since.wall,
@@ -254,12 +295,13 @@ pub fn event_line(e: &Event, targets: &Targets) -> String {
         } => stamped(
             at.wall,
             &format!(
-                "closed {} {} -> {} after {}{}",
+                "closed {} {} -> {} after {}{}{}",
                 targets.get(conn.target).name,
                 conn.key.local,
                 conn.key.remote,
                 if conn.preexisting { "at least " } else { "" },
-                hms(*duration)
+                hms(*duration),
+                end.map(cause_suffix).unwrap_or_default()
             ),
         ),
     }
@@ -344,6 +386,32 @@ pub fn totals_lines(frame: &Frame) -> Vec<String> {
     let total = frame.totals();
     out.push(format!("total connections: {}", total.opened));
     out.push(format!("peak connections: {}", total.peak));
+    out.extend(ends_lines(frame));
+    out
+}
+
+/// The ends judged per target, by cause, most first: `venue-a  5  logout_by_them 3, unknown 2`.
+pub fn ends_lines(frame: &Frame) -> Vec<String> {
+    let mut rows = vec![cells(["TARGET", "ENDED", "BY CAUSE"])];
+    for t in &frame.targets {
+        let causes: Vec<String> = t
+            .ends
+            .by_count()
+            .iter()
+            .map(|(c, n)| format!("{} {n}", c.as_str()))
+            .collect();
+        rows.push(vec![
+            t.name.clone(),
+            t.ends.total().to_string(),
+            if causes.is_empty() {
+                "-".to_owned()
+            } else {
+                causes.join(", ")
+            },
+        ]);
+    }
+    let mut out = vec![String::new(), "SESSION ENDS BY CAUSE".to_owned()];
+    out.extend(table(&rows, &[false, true, false]));
     out
 }
 
@@ -519,18 +587,20 @@ fn closed_section(frame: &Frame, rows: usize) -> Vec<String> {
         "LASTED",
         "CLOSED AT",
         "BY",
+        "CAUSE",
         PROCESS_TITLES[0],
         PROCESS_TITLES[1],
     ])];
     for c in frame.closed.iter().take(rows) {
         let mut row = conn_cells(c);
         row.push(closed_by_cell(c.closed_by));
+        row.push(cause_cell(c.end.as_ref()));
         row.extend(process_cells(c.process.as_ref()));
         table_rows.push(row);
     }
     out.extend(table(
         &table_rows,
-        &[false, false, false, true, false, false, true, false],
+        &[false, false, false, true, false, false, false, true, false],
     ));
     out
 }
@@ -656,6 +726,7 @@ mod tests {
             health: None,
             process: None,
             closed_by: None,
+            end: None,
         };
         Frame {
             now,
@@ -676,6 +747,7 @@ mod tests {
                     short_lived: 0,
                     peak: 7,
                 },
+                ends: EndCounts::default(),
             }],
             peak: 7,
             active: (0..active).map(|i| row(i, i == 0)).collect(),
@@ -721,10 +793,18 @@ mod tests {
         assert_eq!(lines[39], "Ctrl+C to stop");
     }
 
+    fn verdict(cause: crate::ends::Cause, evidence: &str) -> Verdict {
+        Verdict {
+            cause,
+            evidence: evidence.into(),
+        }
+    }
+
     #[test]
-    fn process_and_who_hung_up_show_where_known_and_a_dash_elsewhere() {
+    fn process_who_hung_up_and_cause_show_where_known_and_a_dash_elsewhere() {
+        use crate::ends::Cause;
         use crate::source::{ClosedBy, Process};
-        let mut f = frame(2, 3);
+        let mut f = frame(2, 4);
         let gw = Process {
             pid: 4242,
             comm: "fix-gateway".into(),
@@ -732,7 +812,9 @@ mod tests {
         f.active[1].process = Some(gw.clone());
         f.closed[0].closed_by = Some(ClosedBy::Remote);
         f.closed[0].process = Some(gw);
+        f.closed[0].end = Some(verdict(Cause::LogoutByThem, "Logout from them first"));
         f.closed[1].closed_by = Some(ClosedBy::Unknown);
+        f.closed[3].end = Some(verdict(Cause::Unknown, "FIN, side not known"));
         let lines = render(&f, &header(), &log(1), 200, 40);
         let line = |port: &str| {
             lines
@@ -751,13 +833,19 @@ mod tests {
             closed_title
                 .split_whitespace()
                 .collect::<Vec<_>>()
-                .ends_with(&["AT", "BY", "PID", "COMMAND"]),
+                .ends_with(&["AT", "BY", "CAUSE", "PID", "COMMAND"]),
             "{closed_title}"
         );
-        assert_eq!(line("5100")[5..], ["remote", "4242", "fix-gateway"]);
-        // Polling's `unknown` is shown as not known, like an absent value.
-        assert_eq!(line("5101")[5..], ["-", "-", "-"]);
-        assert_eq!(line("5102")[5..], ["-", "-", "-"]);
+        assert_eq!(
+            line("5100")[5..],
+            ["remote", "logout_by_them", "4242", "fix-gateway"]
+        );
+        // Polling's `unknown` is shown as not known, like an absent value; so is a cause not
+        // judged yet.
+        assert_eq!(line("5101")[5..], ["-", "-", "-", "-"]);
+        assert_eq!(line("5102")[5..], ["-", "-", "-", "-"]);
+        // Judged without evidence: said, not hidden behind the dash of "not judged yet".
+        assert_eq!(line("5103")[5..], ["-", "unknown", "-", "-"]);
     }
 
     #[test]
@@ -800,13 +888,41 @@ mod tests {
         t.apply(t0, &[], &mut ev);
         t.apply(t0.after(Duration::from_secs(1)), &[s], &mut ev);
         t.apply(t0.after(Duration::from_secs(13)), &[], &mut ev);
-        let lines: Vec<String> = ev.iter().map(|e| event_line(e, &targets)).collect();
+        let lines: Vec<String> = ev.iter().map(|e| event_line(e, &targets, None)).collect();
         assert!(lines[0].ends_with("] opened venue-a 10.0.0.1:5001 -> 10.0.0.5:9876"));
         assert!(
             lines[1].ends_with("] closed venue-a 10.0.0.1:5001 -> 10.0.0.5:9876 after 00:00:12")
         );
         assert_eq!(lines[0].as_bytes()[0], b'[');
         assert_eq!(&lines[0][3..4], ":");
+
+        // A close judged by the time its line is written says why; one judged later gets a
+        // line of its own.
+        let v = verdict(
+            crate::ends::Cause::LogoutByThem,
+            "Logout from them first \"End of day\"; FIN from them first",
+        );
+        let with_cause = event_line(&ev[1], &targets, Some(&v));
+        assert!(
+            with_cause.ends_with(
+                "] closed venue-a 10.0.0.1:5001 -> 10.0.0.5:9876 after 00:00:12, cause \
+                 logout_by_them (Logout from them first \"End of day\"; FIN from them first)"
+            ),
+            "{with_cause}"
+        );
+        assert_eq!(
+            event_line(&ev[0], &targets, Some(&v)),
+            lines[0],
+            "an open has no cause"
+        );
+        let row = frame(0, 1).closed.remove(0);
+        let ended = ended_line(&row, &verdict(crate::ends::Cause::HeartbeatTimeout, ""));
+        assert!(
+            ended.ends_with(
+                "] ended venue-a 10.0.0.1:5100 -> 10.0.0.5:9876, cause heartbeat_timeout"
+            ),
+            "{ended}"
+        );
     }
 
     #[test]
@@ -822,5 +938,38 @@ mod tests {
         assert_eq!(t[1], "venue-a  10.0.0.5:9876       5       3       2     7");
         assert_eq!(t[2], "total connections: 5");
         assert_eq!(t[3], "peak connections: 7");
+        assert_eq!(
+            t[4..],
+            [
+                "",
+                "SESSION ENDS BY CAUSE",
+                "TARGET   ENDED  BY CAUSE",
+                "venue-a      0  -",
+            ]
+        );
+    }
+
+    #[test]
+    fn ends_by_cause_most_first() {
+        use crate::ends::Cause;
+        let mut f = frame(0, 0);
+        let ends = &mut f.targets[0].ends;
+        for c in [
+            Cause::Unknown,
+            Cause::LogoutByThem,
+            Cause::HeartbeatTimeout,
+            Cause::LogoutByThem,
+            Cause::Unknown,
+            Cause::LogoutByThem,
+        ] {
+            ends.add(c);
+        }
+        assert_eq!(
+            ends_lines(&f)[2..],
+            [
+                "TARGET   ENDED  BY CAUSE",
+                "venue-a      6  logout_by_them 3, unknown 2, heartbeat_timeout 1",
+            ]
+        );
     }
 }

@@ -513,11 +513,9 @@ impl Session {
                     self.await_fill(id.to_vec(), sent, max_pending);
                 }
             }
-            (Direction::In, _, _) => {
-                if self.outcomes.observe(msg) {
-                    let sent = self.awaiting_fill.remove(id?)?;
-                    return Some(at.duration_since(sent).unwrap_or_default());
-                }
+            (Direction::In, _, _) if self.outcomes.observe(msg) => {
+                let sent = self.awaiting_fill.remove(id?)?;
+                return Some(at.duration_since(sent).unwrap_or_default());
             }
             _ => {}
         }

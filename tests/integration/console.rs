@@ -142,7 +142,8 @@ fn watch_through_a_pipe_prints_lines_and_writes_the_report_in_the_current_direct
     let lasted = text
         .lines()
         .find_map(|l| l.split_once(&closed))
-        .map(|(_, hms)| hms_secs(hms))
+        // The lifetime, then the cause where it was judged already (`, cause unknown (...)`).
+        .map(|(_, rest)| hms_secs(rest.split(',').next().unwrap()))
         .unwrap();
     // Held 1.2 s after it was seen; accurate to a poll interval, slack for a busy machine.
     assert!((1..=4).contains(&lasted), "{text}");

@@ -18,6 +18,8 @@ const COMPARED: &[&str] = &[
     "fix_connections_closed_total",
     "fix_connections_peak",
     "fix_connection_duration_seconds_count",
+    "fix_session_ends_total",
+    "fix_target_expected_up",
 ];
 
 fn connect_n(n: usize, to: &Downstream) -> Vec<TcpStream> {
@@ -27,7 +29,7 @@ fn connect_n(n: usize, to: &Downstream) -> Vec<TcpStream> {
 }
 
 /// (metric, target) -> value, for the [`COMPARED`] metrics of job `fix-monitor`, as Prometheus
-/// has them now, summed over other labels (the closed counter's `by`).
+/// has them now, summed over other labels (the closed counter's `by`, the ends' `cause`).
 fn stored(prom: &Backend) -> BTreeMap<(String, String), f64> {
     let q = format!(r#"{{job="{JOB}", __name__=~"{}"}}"#, COMPARED.join("|"));
     let mut out = BTreeMap::new();
@@ -89,8 +91,8 @@ fn by_label(rows: &[Sample], label: &str) -> BTreeMap<String, f64> {
 }
 
 /// Prometheus (job "fix-monitor", 1 s scrapes) against known loopback connections: active,
-/// opened, closed, peak and lifetime histogram per target, `up`, the `host`/`instance` labels,
-/// and agreement with the sidecar's own /metrics.
+/// opened, closed, peak, lifetime histogram, ends by cause and the schedule gauge per target,
+/// `up`, the `host`/`instance` labels, and agreement with the sidecar's own /metrics.
 #[test]
 fn prometheus_stores_the_connections_the_test_made() {
     let started = Instant::now();
@@ -145,6 +147,10 @@ port = {pb}
             ("fix_connections_total", "venue-b", 0.0),
             ("fix_connections_closed_total", "venue-a", 0.0),
             ("fix_connections_closed_total", "venue-b", 0.0),
+            ("fix_session_ends_total", "venue-a", 0.0),
+            ("fix_session_ends_total", "venue-b", 0.0),
+            ("fix_target_expected_up", "venue-a", 1.0),
+            ("fix_target_expected_up", "venue-b", 1.0),
         ]),
     );
 
@@ -188,6 +194,11 @@ port = {pb}
         ("fix_connections_peak", "venue-b", 4.0),
         ("fix_connection_duration_seconds_count", "venue-a", 2.0),
         ("fix_connection_duration_seconds_count", "venue-b", 3.0),
+        // Every end judged (no FIX layer: at once), and no schedule: always expected up.
+        ("fix_session_ends_total", "venue-a", 3.0),
+        ("fix_session_ends_total", "venue-b", 3.0),
+        ("fix_target_expected_up", "venue-a", 1.0),
+        ("fix_target_expected_up", "venue-b", 1.0),
     ]);
     wait_stored(&prom, "the closes", &truth);
     // Exactly these series: nothing for the unrelated downstream.
@@ -203,6 +214,18 @@ port = {pb}
     };
     assert_eq!(by("venue-a"), [("unknown".to_string(), 3.0)].into());
     assert_eq!(by("venue-b"), [("unknown".to_string(), 3.0)].into());
+    // Why they ended: netlink polling without the FIX layer, the process or a schedule can
+    // tell no cause, so `unknown` is the only series.
+    let causes = |t: &str| {
+        by_label(
+            &prom.query(&format!(
+                r#"fix_session_ends_total{{job="{JOB}", target="{t}"}}"#
+            )),
+            "cause",
+        )
+    };
+    assert_eq!(causes("venue-a"), [("unknown".to_string(), 3.0)].into());
+    assert_eq!(causes("venue-b"), [("unknown".to_string(), 3.0)].into());
 
     // The histogram's buckets and sum, as Prometheus stores them.
     let buckets = |le: &str| {

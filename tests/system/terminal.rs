@@ -217,6 +217,14 @@ fn watch_in_a_terminal_shows_the_connections_and_ctrl_c_writes_the_report() {
     assert!(s.contains("RECENTLY CLOSED (last 1 of 1)"), "{s}");
     let closed_section = s.split("RECENTLY CLOSED").nth(1).unwrap();
     assert!(closed_section.contains(&a1_local), "{s}");
+    // Why it ended: judged at once (no FIX layer), with no evidence under polling.
+    let s = tmux.wait_for("the close's cause", Duration::from_secs(20), |s| {
+        s.split("RECENTLY CLOSED")
+            .nth(1)
+            .and_then(|c| c.lines().find(|l| l.contains(&a1_local)))
+            .is_some_and(|l| l.split_whitespace().nth(6) == Some("unknown"))
+    });
+    assert!(s.contains(" CAUSE "), "{s}");
 
     tmux.send_keys("C-c");
     let s = tmux.wait_for("the exit", Duration::from_secs(20), |s| s.contains("EXIT="));
@@ -228,6 +236,13 @@ fn watch_in_a_terminal_shows_the_connections_and_ctrl_c_writes_the_report() {
     assert_eq!(counts(&s, "venue-a", &aa, 2), Some(vec![3, 1, 2, 3]), "{s}");
     assert_eq!(counts(&s, "venue-b", &ba, 2), Some(vec![1, 0, 1, 1]), "{s}");
     assert!(s.contains("total connections: 4"), "{s}");
+    assert!(s.contains("SESSION ENDS BY CAUSE"), "{s}");
+    let ends = |words: &[&str]| {
+        s.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == words)
+    };
+    assert!(ends(&["venue-a", "1", "unknown", "1"]), "{s}");
+    assert!(ends(&["venue-b", "0", "-"]), "{s}");
     assert!(s.contains("peak connections: 4"), "{s}");
 
     let r: serde_json::Value =
@@ -259,6 +274,14 @@ fn watch_in_a_terminal_shows_the_connections_and_ctrl_c_writes_the_report() {
         "{r:#}"
     );
     assert_eq!((&t[1]["opened"], &t[1]["active"]), (&1.into(), &1.into()));
+    assert_eq!(
+        r["ends_by_cause"],
+        serde_json::json!([
+            {"target": "venue-a", "total": 1, "causes": {"unknown": 1}},
+            {"target": "venue-b", "total": 0, "causes": {}},
+        ]),
+        "{r:#}"
+    );
     let active: BTreeSet<(String, String, bool)> = r["active_connections"]
         .as_array()
         .unwrap()
