@@ -36,6 +36,7 @@ pub(super) fn explain(loaded: &Loaded) -> String {
     };
     let comp_ids = &loaded.settings.fix.target_comp_ids;
     let lockouts = &loaded.settings.fix.target_logon_lockout;
+    let limits = &loaded.settings.fix.target_message_limit;
     let schedules = &loaded.settings.target_schedules;
     let targets: Vec<RawTarget> = (loaded.settings.targets.iter().enumerate())
         .map(|(i, t)| {
@@ -44,7 +45,10 @@ pub(super) fn explain(loaded: &Loaded) -> String {
             RawTarget::new(
                 t,
                 comp_ids.get(i),
-                lockouts.get(i).copied().flatten(),
+                (
+                    lockouts.get(i).copied().flatten(),
+                    limits.get(i).copied().flatten(),
+                ),
                 schedule,
             )
         })
@@ -71,6 +75,10 @@ fn absent_meaning(key: &str) -> &'static str {
             "no lockout threshold (logon attempts counted over 60s)",
         ),
         (".schedule", "always expected up"),
+        (
+            ".message_limit",
+            "no throttle (peaks reported, no utilization)",
+        ),
         (".timezone", "UTC"),
         (".days", "every day"),
         ("state.dir", "no state kept across restarts"),

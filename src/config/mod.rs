@@ -247,6 +247,20 @@ pub struct FixSettings {
     /// `targets[i].logon_lockout`, by target id (filled from the targets by `raw::validate`).
     #[serde(skip)]
     pub target_logon_lockout: Vec<Option<LogonLockout>>,
+    /// `targets[i].message_limit`, by target id (filled from the targets by `raw::validate`).
+    #[serde(skip)]
+    pub target_message_limit: Vec<Option<MessageLimit>>,
+}
+
+/// `targets[].message_limit`: the venue's throttle, `count` messages per `per` (one of the
+/// measured windows: 1ms, 10ms, 100ms, 1s). The FIX layer reports our peak in that window
+/// against it (`fix_session_throttle_utilization_ratio`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageLimit {
+    /// Messages allowed per `per`; at least 1.
+    pub count: u32,
+    /// The throttle's window: index into `bursts::WINDOWS`.
+    pub window: usize,
 }
 
 /// `targets[].logon_lockout`: the venue locks a FIX session out after `attempts` logons within

@@ -32,7 +32,9 @@ use super::error::ErrorKind::{self, *};
 use super::error::{ConfigError, Origin};
 use super::layers::{self, ENV_OTEL_METRICS_ENDPOINT, ENV_PREFIX};
 use super::OtlpTemporality;
-use super::{defaults, FixSettings, LogFormat, LogonLockout, OtlpProtocol, OtlpSettings};
+use super::{
+    defaults, FixSettings, LogFormat, LogonLockout, MessageLimit, OtlpProtocol, OtlpSettings,
+};
 use super::{Settings, TlsFiles};
 use crate::schedule::{Schedule, ScheduleConfig};
 use crate::source::SourceKind;
@@ -67,6 +69,9 @@ pub(crate) struct RawTarget {
     /// The venue's lockout after too many logons: `{ attempts = 5, within = "60s" }`.
     #[serde(with = "check::logon_lockout")]
     logon_lockout: Option<LogonLockout>,
+    /// The venue's throttle: `{ count = 50, per = "1s" }`.
+    #[serde(with = "check::message_limit")]
+    message_limit: Option<MessageLimit>,
     /// A `[[schedules]]` name: when its sessions are planned to be up.
     #[serde(with = "check::name")]
     schedule: Option<String>,
@@ -77,7 +82,7 @@ impl RawTarget {
     pub(super) fn new(
         t: &Target,
         comp_ids: Option<&Vec<String>>,
-        logon_lockout: Option<LogonLockout>,
+        (logon_lockout, message_limit): (Option<LogonLockout>, Option<MessageLimit>),
         schedule: Option<String>,
     ) -> Self {
         RawTarget {
@@ -89,6 +94,7 @@ impl RawTarget {
             stale_after: t.stale_after,
             comp_ids: comp_ids.cloned().unwrap_or_default(),
             logon_lockout,
+            message_limit,
             schedule,
         }
     }
@@ -154,6 +160,17 @@ checks! {
         attempts: l.attempts,
         within: humantime::format_duration(l.within).to_string(),
     };
+    message_limit -> MessageLimit = parse_message_limit, |l: &MessageLimit| ShownLimit {
+        count: l.count,
+        per: crate::fix::bursts::WINDOW_NAMES[l.window],
+    };
+}
+
+/// A message limit as the file takes it.
+#[derive(Serialize)]
+struct ShownLimit {
+    count: u32,
+    per: &'static str,
 }
 
 /// A logon lockout as the file takes it (`fix-monitor config`).
@@ -365,11 +382,11 @@ pub(crate) fn validate(raw: Raw, cx: &mut Context<'_>) -> Settings {
         );
         cx.report(Conflict, "prometheus.enabled", "false".into(), message);
     }
-    let (targets, (comp_ids, lockouts, schedules)) = targets(raw.targets, cx);
+    let (targets, (comp_ids, lockouts, limits, schedules)) = targets(raw.targets, cx);
     let target_schedules = self::schedules(&raw.schedules, &schedules, cx);
     Settings {
         targets,
-        fix: self::fix(raw.fix, (comp_ids, lockouts), cx),
+        fix: self::fix(raw.fix, (comp_ids, lockouts, limits), cx),
         otlp,
         poll: raw.poll,
         prometheus: raw.prometheus,
@@ -425,17 +442,27 @@ fn fix(mut fix: FixSettings, per_target: PerTarget, cx: &mut Context) -> FixSett
                        [\"GW\"]";
         cx.report(Conflict, "fix.our_comp_ids", "[]".into(), message);
     }
-    (fix.target_comp_ids, fix.target_logon_lockout) = per_target;
+    (
+        fix.target_comp_ids,
+        fix.target_logon_lockout,
+        fix.target_message_limit,
+    ) = per_target;
     fix
 }
 
-/// What `[fix]` keeps of each target, by target id: its CompIDs and its logon lockout.
-type PerTarget = (Vec<Vec<String>>, Vec<Option<LogonLockout>>);
+/// What `[fix]` keeps of each target, by target id: its CompIDs, logon lockout and message
+/// limit.
+type PerTarget = (
+    Vec<Vec<String>>,
+    Vec<Option<LogonLockout>>,
+    Vec<Option<MessageLimit>>,
+);
 
 /// [`PerTarget`], and each target's index in the configuration with the schedule it names.
 type PerTargetAll = (
     Vec<Vec<String>>,
     Vec<Option<LogonLockout>>,
+    Vec<Option<MessageLimit>>,
     Vec<(usize, Option<String>)>,
 );
 
@@ -455,7 +482,7 @@ fn targets(raw: Option<Vec<RawTarget>>, cx: &mut Context) -> (Targets, PerTarget
             .push(ConfigError::new(NoTargets, "targets", no_targets)),
     }
     let (mut targets, mut comp_ids, mut lockouts) = (Vec::new(), Vec::new(), Vec::new());
-    let mut schedules = Vec::new();
+    let (mut limits, mut schedules) = (Vec::new(), Vec::new());
     // Name -> index in the configuration of the first target with it.
     let mut names: BTreeMap<String, usize> = BTreeMap::new();
     for (i, t) in raw.into_iter().flatten().enumerate() {
@@ -495,9 +522,13 @@ fn targets(raw: Option<Vec<RawTarget>>, cx: &mut Context) -> (Targets, PerTarget
         });
         comp_ids.push(t.comp_ids);
         lockouts.push(t.logon_lockout);
+        limits.push(t.message_limit);
         schedules.push((i, t.schedule));
     }
-    (Targets::new(targets), (comp_ids, lockouts, schedules))
+    (
+        Targets::new(targets),
+        (comp_ids, lockouts, limits, schedules),
+    )
 }
 
 /// `[otlp]` as a whole: the endpoint against the protocol, the TLS files against the endpoint's
@@ -874,6 +905,38 @@ fn parse_logon_lockout(value: &Value) -> Result<LogonLockout, String> {
     Ok(LogonLockout {
         attempts: attempts as u32,
         within,
+    })
+}
+
+const ALLOWED_LIMIT: &str = "expected a table { count = N, per = WINDOW }, such as { count = \
+     50, per = \"1s\" }: the venue's throttle, `count` messages (1 to 1000000) per `per`, one of \
+     the windows the FIX layer measures: \"1ms\", \"10ms\", \"100ms\", \"1s\"";
+
+fn parse_message_limit(value: &Value) -> Result<MessageLimit, String> {
+    let Value::Dict(_, dict) = value else {
+        return Err(ALLOWED_LIMIT.to_owned());
+    };
+    if let Some(key) = dict.keys().find(|k| !matches!(k.as_str(), "count" | "per")) {
+        return Err(format!("has an unknown key `{key}`; {ALLOWED_LIMIT}"));
+    }
+    let (Some(count), Some(per)) = (dict.get("count"), dict.get("per")) else {
+        return Err(format!("needs both `count` and `per`; {ALLOWED_LIMIT}"));
+    };
+    let count = integer(count)
+        .filter(|n| (1..=1_000_000).contains(n))
+        .ok_or_else(|| format!("count = {} is out of range; {ALLOWED_LIMIT}", render(count)))?;
+    let names = crate::fix::bursts::WINDOW_NAMES;
+    let window = (per.as_str())
+        .and_then(|p| names.iter().position(|n| *n == p))
+        .ok_or_else(|| {
+            format!(
+                "per = {} is not a measured window; {ALLOWED_LIMIT}",
+                render(per)
+            )
+        })?;
+    Ok(MessageLimit {
+        count: count as u32,
+        window,
     })
 }
 

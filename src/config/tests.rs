@@ -1524,6 +1524,65 @@ fn logon_lockout_per_target() {
     assert!(number.message.starts_with("expected a table"), "{number}");
 }
 
+/// `targets[].message_limit`: a count per measured window, shown by `config` and loaded back;
+/// a count out of range, a window not measured, a missing key: each an error with its key.
+#[test]
+fn message_limit_per_target() {
+    let toml = r#"
+        [[targets]]
+        name = "lse"
+        address = "10.0.0.1"
+        message_limit = { count = 50, per = "1s" }
+        [[targets]]
+        address = "10.0.0.2"
+    "#;
+    let loaded = ok(parse_toml_str(toml, "c.toml"));
+    let limit = crate::config::MessageLimit {
+        count: 50,
+        window: 3,
+    };
+    assert_eq!(
+        loaded.settings.fix.target_message_limit,
+        [Some(limit), None]
+    );
+    let shown = loaded.explain();
+    assert!(shown.contains("[targets.message_limit]"), "{shown}");
+    assert!(shown.contains("per = \"1s\""), "{shown}");
+    assert!(shown.contains("# message_limit: no throttle"), "{shown}");
+    let again = ok(parse_toml_str(&shown, "explained.toml"));
+    assert_eq!(again.settings.fix, loaded.settings.fix);
+
+    let bad = r#"
+        [[targets]]
+        address = "10.0.0.1"
+        message_limit = { count = 0, per = "1s" }
+        [[targets]]
+        address = "10.0.0.2"
+        message_limit = { count = 50, per = "2s" }
+        [[targets]]
+        address = "10.0.0.3"
+        message_limit = { count = 50 }
+    "#;
+    let e = errors(parse_toml_str(bad, "c.toml"));
+    assert_eq!(e.len(), 3, "{e}");
+    let zero = find(&e, "targets[0].message_limit");
+    assert_eq!(zero.origin, file(Path::new("c.toml")));
+    assert!(zero.message.contains("count = 0 is out of range"), "{zero}");
+    assert!(
+        zero.message.contains("\"100ms\""),
+        "says what is allowed: {zero}"
+    );
+    let window = find(&e, "targets[1].message_limit");
+    assert!(
+        window
+            .message
+            .contains("per = \"2s\" is not a measured window"),
+        "{window}"
+    );
+    let half = find(&e, "targets[2].message_limit");
+    assert!(half.message.contains("needs both"), "{half}");
+}
+
 /// `[otlp] logs`: on by default, off from the file or `FIX_MONITOR_OTLP__LOGS`, and a bad value
 /// is reported with its key like any boolean.
 #[test]

@@ -201,7 +201,7 @@ mod tests {
             &[(35, "j"), (34, "6"), (379, "o3")],
         );
         let now = t0 + Duration::from_millis(2031);
-        let s = sessions_json(&tr, &Targets::default(), &[], &[], "log", now);
+        let s = sessions_json(&tr, &Targets::default(), &[], (&[], &[]), "log", now);
         let r = row(&s[0]);
         assert_eq!(
             r,
@@ -232,7 +232,7 @@ mod tests {
         let state = FixState {
             enabled: true,
             logs: vec!["/x/*.log".into()],
-            sessions: sessions_json(&tr, &Targets::default(), &[], &[], "log", now),
+            sessions: sessions_json(&tr, &Targets::default(), &[], (&[], &[]), "log", now),
             ..FixState::default()
         };
         let l = lines(Some(&state), 10);

@@ -45,6 +45,9 @@ pub mod names {
     pub const ORDER_REJECTS: &str = "fix_order_rejects";
     pub const CANCEL_REJECTS: &str = "fix_cancel_rejects";
     pub const ORDER_FILL_LATENCY: &str = "fix_order_fill_latency";
+    pub const PEAK_MESSAGES: &str = "fix_session_peak_messages";
+    pub const THROTTLE_UTILIZATION: &str = "fix_session_throttle_utilization_ratio";
+    pub const THROTTLE_REJECTS: &str = "fix_session_throttle_rejects";
 
     /// Every name above (the docs' metric tables are checked against it).
     pub const ALL: &[&str] = &[
@@ -77,6 +80,9 @@ pub mod names {
         ORDER_REJECTS,
         CANCEL_REJECTS,
         ORDER_FILL_LATENCY,
+        PEAK_MESSAGES,
+        THROTTLE_UTILIZATION,
+        THROTTLE_REJECTS,
     ];
 }
 
@@ -94,6 +100,7 @@ pub mod attrs {
     pub const LIMIT: &str = "limit";
     pub const STATE: &str = "state";
     pub const EXEC_TYPE: &str = "exec_type";
+    pub const WINDOW: &str = "window";
 }
 
 /// Keeps the observable instruments registered.
@@ -203,6 +210,7 @@ impl FixInstruments {
         session_gauges(&mut r);
         session_counters(&mut r);
         outcome_counters(&mut r);
+        burst_instruments(&mut r);
         layer_counters(&mut r);
         table_instruments(&mut r);
         FixInstruments {
@@ -248,6 +256,46 @@ fn outcome_counters(r: &mut Registrar) {
         names::CANCEL_REJECTS,
         "OrderCancelRejects received, by CxlRejReason",
         |st| per_target(st, attrs::REASON, |o| &o.cancel_rejects),
+    );
+}
+
+/// Bursts: peaks per window each way, the throttle's utilization, throttle rejects.
+fn burst_instruments(r: &mut Registrar) {
+    r.gauge(
+        names::PEAK_MESSAGES,
+        None,
+        "The most messages in any window of 1ms, 10ms, 100ms or 1s (window) over the last \
+         minute, by direction",
+        |st| {
+            each_session(st, |s| {
+                let mut v = Vec::new();
+                for (dir, windows) in &s.bursts.peaks {
+                    for (w, n) in windows {
+                        let a = with(base(s), attrs::DIRECTION, *dir);
+                        v.push((*n as f64, with(a, attrs::WINDOW, *w)));
+                    }
+                }
+                v
+            })
+        },
+    );
+    r.gauge(
+        names::THROTTLE_UTILIZATION,
+        None,
+        "Our outbound peak in the target's message_limit window over the last minute, divided \
+         by its count (1: at the venue's throttle); sessions of targets with a message_limit",
+        |st| {
+            each_session(st, |s| {
+                let u = s.bursts.throttle_utilization;
+                u.map(|u| (u, base(s))).into_iter().collect()
+            })
+        },
+    );
+    r.counter(
+        names::THROTTLE_REJECTS,
+        "Rejects received that say the venue throttled us (BusinessRejectReason 8-10, or a \
+         reject whose Text speaks of a throttle)",
+        |st| each_session(st, |s| vec![(s.bursts.throttle_rejects, base(s))]),
     );
 }
 

@@ -19,7 +19,9 @@ pub mod filter;
 
 // The protocol layer is its own crate (`fix-monitor-protocol`); its modules keep their
 // `fix_monitor::fix::...` paths.
-pub use fix_monitor_protocol::{codec, forensics, logs, pair, reassembly, sim, tracker, wire};
+pub use fix_monitor_protocol::{
+    bursts, codec, forensics, logs, pair, reassembly, sim, tracker, wire,
+};
 
 #[cfg(test)]
 mod config_tests;

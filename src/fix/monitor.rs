@@ -21,7 +21,7 @@ use super::tracker::{
     Direction, Event, Limits, LinkEnd, LogonState, Origin, Session, TcpLink, Tracker,
 };
 use super::wire::{ConnView, Wire, WireStats};
-use crate::config::{FixSettings, LogonLockout};
+use crate::config::{FixSettings, LogonLockout, MessageLimit};
 use crate::target::Targets;
 
 /// How often the state is published, logs are read and holes and orders expire.
@@ -87,6 +87,8 @@ pub struct FixSessionJson {
     pub timed_by: &'static str,
     /// Sequence-number events by direction and kind, the last ones, resend requests.
     pub sequence: SequenceJson,
+    /// Peak messages per window each way over the last minute, against the throttle.
+    pub bursts: BurstsJson,
     /// What our orders came to: ExecutionReports by ExecType, rejects by reason.
     pub outcomes: Outcomes,
     /// Its last TCP session's end and why (`crate::ends`), filled by `/sessions` from the TCP
@@ -107,6 +109,35 @@ pub struct SequenceJson {
     pub resend_requests: Vec<ResendJson>,
     /// ResendRequests never answered before the next one or the end of the TCP session.
     pub resend_requests_unanswered: u64,
+}
+
+/// A session's bursts, as `/sessions` and the metrics report them.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct BurstsJson {
+    /// The most messages in any window of each size (`1ms`, `10ms`, `100ms`, `1s`) over the
+    /// last minute, by direction (`in`, `out`).
+    pub peaks: BTreeMap<&'static str, BTreeMap<&'static str, u64>>,
+    /// The target's `message_limit`, if any: our outbound peak in its window over its count.
+    pub throttle_utilization: Option<f64>,
+    /// Rejects received that say the venue throttled us.
+    pub throttle_rejects: u64,
+}
+
+impl BurstsJson {
+    fn of(s: &Session, limit: Option<MessageLimit>, now: SystemTime) -> BurstsJson {
+        let names = super::bursts::WINDOW_NAMES;
+        let peaks_of = |d: Direction| s.bursts[usize::from(d == Direction::Out)].peaks(now);
+        let peaks = [Direction::In, Direction::Out]
+            .into_iter()
+            .map(|d| (d.as_str(), names.into_iter().zip(peaks_of(d)).collect()))
+            .collect();
+        BurstsJson {
+            peaks,
+            throttle_utilization: limit
+                .map(|l| peaks_of(Direction::Out)[l.window] as f64 / f64::from(l.count)),
+            throttle_rejects: s.throttle_rejects,
+        }
+    }
 }
 
 /// One sequence event.
@@ -311,12 +342,13 @@ fn direction_json(s: &Session, d: Direction, now: SystemTime) -> DirectionJson {
 
 /// The reported view of the tracker's sessions; a session without a target is linked to one
 /// by its counterparty's CompID (`targets[].comp_ids`). Logon attempts are counted over the
-/// window of its target's `logon_lockout` (`lockouts`, by target id), else 60 s.
+/// window of its target's `logon_lockout` (`lockouts`, by target id), else 60 s; its
+/// outbound peak is held to its target's `message_limit` (`limits`).
 pub fn sessions_json(
     tracker: &Tracker,
     targets: &Targets,
     comp_ids: &[Vec<String>],
-    lockouts: &[Option<LogonLockout>],
+    (lockouts, limits): (&[Option<LogonLockout>], &[Option<MessageLimit>]),
     timed_by: &'static str,
     now: SystemTime,
 ) -> Vec<FixSessionJson> {
@@ -330,11 +362,12 @@ pub fn sessions_json(
                     .filter(|&i| i < targets.len())
                     .map(|i| targets.get(i).name.clone())
             });
-            let window = target
-                .as_ref()
-                .and_then(|name| (0..targets.len()).find(|&i| &targets.get(i).name == name))
+            let id = (target.as_ref())
+                .and_then(|name| (0..targets.len()).find(|&i| &targets.get(i).name == name));
+            let window = id
                 .and_then(|i| lockouts.get(i).copied().flatten())
                 .map_or(LogonLockout::DEFAULT_WINDOW, |l| l.within);
+            let limit = id.and_then(|i| limits.get(i).copied().flatten());
             let refusal = s.last_refusal.as_ref();
             FixSessionJson {
                 session: s.key.label(),
@@ -365,6 +398,7 @@ pub fn sessions_json(
                 orders_pending: s.pending_orders(),
                 timed_by: if s.tcp.is_some() { "wire" } else { timed_by },
                 sequence: SequenceJson::of(&s.sequence),
+                bursts: BurstsJson::of(s, limit, now),
                 outcomes: s.outcomes.clone(),
                 last_end: None,
             }
@@ -677,7 +711,10 @@ impl Worker {
                 &self.tracker,
                 &self.targets,
                 &self.settings.target_comp_ids,
-                &self.settings.target_logon_lockout,
+                (
+                    &self.settings.target_logon_lockout,
+                    &self.settings.target_message_limit,
+                ),
                 timed_by,
                 now,
             ),

@@ -77,6 +77,8 @@ pub mod tag {
     pub const BUSINESS_REJECT_REF_ID: u32 = 379;
     /// RefTagID: the tag a Reject (35=3) is about.
     pub const REF_TAG_ID: u32 = 371;
+    /// BusinessRejectReason: why a BusinessMessageReject (35=j) refused (8-10: throttled).
+    pub const BUSINESS_REJECT_REASON: u32 = 380;
     /// PossResend: the message may have been sent before under another MsgSeqNum.
     pub const POSS_RESEND: u32 = 97;
     /// CxlRejReason: why an OrderCancelReject (35=9) refused.

@@ -7,6 +7,8 @@
 //! - [`codec`]: the tag=value codec (framing, BodyLength and CheckSum checks, a writer).
 //! - [`tracker`]: the FIX session state machine, keyed by (BeginString, our CompID, their
 //!   CompID): logons, logouts, sequence numbers, orders and their round trips.
+//! - [`bursts`]: the most messages in any 1 ms, 10 ms, 100 ms and 1 s over the last minute,
+//!   per direction (what a venue's throttle sees), and which rejects say "throttled".
 //! - [`forensics`]: sequence-number events classified, resend requests answered or open, and
 //!   our orders' outcomes (ExecutionReports by ExecType, rejects by reason).
 //! - [`logs`]: the engine-log source (QuickFIX/J, QuickFIX, QuickFIX/n message logs): a pure
@@ -20,6 +22,7 @@
 //! The packet socket that feeds [`wire`] and its classic BPF filter are the sidecar's
 //! (`fix_monitor::fix::capture`); the FIX layer running, its metrics and `/sessions` too.
 
+pub mod bursts;
 pub mod codec;
 pub mod forensics;
 pub mod logs;

@@ -25,6 +25,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
+use crate::bursts::{is_throttle_reject, Bursts};
 use crate::codec::{msg_type_name, tag, Message};
 use crate::forensics::{Outcomes, Sequence};
 
@@ -255,6 +256,11 @@ pub struct Session {
     pub orders_rejected: u64,
     /// Sequence-number events, resend requests ([`Sequence`]).
     pub sequence: Sequence,
+    /// Bursts each way, [in, out] ([`Bursts`]).
+    #[serde(skip)]
+    pub bursts: [Bursts; 2],
+    /// Rejects received that say the venue throttled us ([`is_throttle_reject`]).
+    pub throttle_rejects: u64,
     /// What our orders came to ([`Outcomes`]).
     pub outcomes: Outcomes,
     /// Orders we sent awaiting their first fill, by ClOrdID (a replace carries its order's
@@ -297,6 +303,8 @@ impl Session {
             orders_unanswered: 0,
             orders_rejected: 0,
             sequence: Sequence::default(),
+            bursts: Default::default(),
+            throttle_rejects: 0,
             outcomes: Outcomes::default(),
             awaiting_fill: HashMap::new(),
             fill_order: VecDeque::new(),
@@ -870,6 +878,10 @@ impl Tracker {
         s.session_level(msg, dir, at);
         let expected = s.dirs[dir.idx()].next_seq;
         s.sequence.observe(msg, dir, at, expected);
+        s.bursts[dir.idx()].message(at);
+        if dir == Direction::In && is_throttle_reject(msg) {
+            s.throttle_rejects += 1;
+        }
         s.dirs[dir.idx()].observe(msg, at);
         if let Some(latency) = s.fills(msg, dir, at, limits.max_pending_orders) {
             events.push(Event::OrderFilled {

@@ -20,8 +20,24 @@ struct Log {
 }
 
 impl Log {
+    /// The next message one way, `us` microseconds after t0.
+    fn msg_at(&mut self, out: bool, mt: &str, us: u64, extra: &[(u32, &str)]) {
+        self.write(out, mt, None, Duration::from_micros(us), extra);
+    }
+
     /// `out`: we send it. `seq`: its MsgSeqNum, else the next one. `ms`: its time after t0.
     fn msg(&mut self, out: bool, mt: &str, seq: Option<u64>, ms: u64, extra: &[(u32, &str)]) {
+        self.write(out, mt, seq, Duration::from_millis(ms), extra);
+    }
+
+    fn write(
+        &mut self,
+        out: bool,
+        mt: &str,
+        seq: Option<u64>,
+        after: Duration,
+        extra: &[(u32, &str)],
+    ) {
         let (from, to) = if out {
             ("GW", "VENUE")
         } else {
@@ -38,7 +54,7 @@ impl Log {
             (34, n.as_bytes()),
         ];
         fields.extend(extra.iter().map(|(t, v)| (*t, v.as_bytes())));
-        let at = self.t0 + Duration::from_millis(ms);
+        let at = self.t0 + after;
         let mut line = format!("{} : ", utc_timestamp(at)).into_bytes();
         line.extend(write("FIX.4.4", &fields, SOH));
         line.push(b'\n');
@@ -54,7 +70,8 @@ fn sequence_events_and_order_outcomes_are_classified_and_counted() {
     std::fs::write(&path, b"").unwrap();
     let cfg = config_file(&format!(
         "[[targets]]\nname = \"venue\"\naddress = \"127.0.0.1\"\nport = 1\n\
-         comp_ids = [\"VENUE\"]\n[poll]\ninterval = \"200ms\"\n\
+         comp_ids = [\"VENUE\"]\nmessage_limit = {{ count = 20, per = \"10ms\" }}\n\
+         [poll]\ninterval = \"200ms\"\n\
          [fix]\nour_comp_ids = [\"GW\"]\n[[fix.logs]]\npath = \"{}\"\n",
         dir.path().join("*.messages.log").display()
     ));
@@ -96,6 +113,18 @@ fn sequence_events_and_order_outcomes_are_classified_and_counted() {
     log.msg(false, "0", Some(7), 503, &[(43, "Y"), (97, "Y")]);
     // A number too low, not a PossDup.
     log.msg(false, "0", Some(3), 600, &[]);
+    // A burst of 30 orders 100 µs apart (2.9 ms), then a reject saying we were throttled.
+    for i in 0..30u64 {
+        let id = format!("b{i}");
+        log.msg_at(true, "D", 700_000 + i * 100, &[(11, &id)]);
+    }
+    log.msg(
+        false,
+        "j",
+        Some(25),
+        800,
+        &[(380, "8"), (58, "Throttle limit exceeded")],
+    );
     log.file.flush().unwrap();
 
     let series = |m: &crate::harness::Metrics, name: &str, l: &[(&str, &str)]| m.get(name, l);
@@ -153,6 +182,29 @@ fn sequence_events_and_order_outcomes_are_classified_and_counted() {
     ] {
         assert_eq!(seq(dir, kind), Some(n), "{dir} {kind}");
     }
+    // Bursts: exact peaks per window, the throttle's utilization, the reject.
+    let peak = |dir: &str, window: &str| {
+        let l = [
+            venue,
+            ("session", "GW->VENUE"),
+            ("direction", dir),
+            ("window", window),
+        ];
+        series(&m, "fix_session_peak_messages", &l)
+    };
+    let out: Vec<_> = ["1ms", "10ms", "100ms", "1s"]
+        .map(|w| peak("out", w))
+        .into();
+    assert_eq!(out, [Some(10.0), Some(30.0), Some(30.0), Some(35.0)]);
+    let l = [venue, ("session", "GW->VENUE")];
+    assert_eq!(
+        series(&m, "fix_session_throttle_utilization_ratio", &l),
+        Some(1.5)
+    );
+    assert_eq!(
+        series(&m, "fix_session_throttle_rejects_total", &l),
+        Some(1.0)
+    );
     let j = sc.json("/sessions");
     let q = &j["sessions"][0]["sequence"];
     let resend = &q["resend_requests"][0];
