@@ -245,6 +245,9 @@ pub struct VenueCounts {
     pub fix: LinkTruth,
     /// Its sessions' ends by the cause fix-monitor is to give each.
     pub ends: BTreeMap<Cause, u64>,
+    /// Logons on a FIX session whose last TCP session the venue reset: an engine log shows no
+    /// disconnect, so a reader of it sees a Logon while logged on (a reset within the session).
+    pub logons_after_reset: u64,
     /// When the venue was silent (from, to).
     pub silences: Vec<(Instant, Instant)>,
 }
@@ -266,6 +269,19 @@ pub struct FixTally {
     pub orders_answered: u64,
     pub orders_rejected: u64,
     pub last_logout_text: Option<String>,
+}
+
+impl VenueCounts {
+    /// Its FIX sessions, summed, as fix-monitor can count them: all, except, from the engine
+    /// logs of a target with several FIX sessions, a logon after a reset (no TCP close tells
+    /// the log reader that the session before it ended).
+    fn tally(&self, knows: Knows) -> FixTally {
+        let mut t = FixTally::of_truth(&self.fix);
+        if knows == Knows::Logs && !knows.exact(self) {
+            t.logons -= self.logons_after_reset;
+        }
+        t
+    }
 }
 
 impl FixTally {
@@ -367,11 +383,7 @@ pub async fn run(
     let sidecar = start_sidecar(settings, options.listen).await?;
     let fix = sidecar.fix();
     let fix_source = fix_source_line(log_dir.as_ref(), fix.get().capture_error.as_deref());
-    let knows = match (&log_dir, fix.get().capture_error.is_some()) {
-        (Some(_), _) => Knows::Logs,
-        (None, false) => Knows::Wire,
-        (None, true) => Knows::Tcp,
-    };
+    let knows = Knows::of(log_dir.is_some(), fix.get().capture_error.is_some());
     let state = sidecar.state().clone();
     let url = format!(
         "http://{}",
@@ -399,7 +411,7 @@ pub async fn run(
     let ended_by = show_until_the_end(&mut console, &mut shutdown, options.duration).await;
     let ran = began.elapsed();
 
-    let ending = end_sessions(&mut console, &sidecar, &fix, sim, options.interval).await;
+    let ending = end_sessions(&mut console, &sidecar, sim, options.interval, knows).await;
     if ending.all_seen_closed {
         console.note("fix-monitor has seen every session close");
         if ended_by == End::Duration {
@@ -427,6 +439,7 @@ pub async fn run(
         url: &url,
         fix_source: &fix_source,
         ending: &ending,
+        knows,
         ends: &ends,
         schedules: &schedules,
         day: &day,
@@ -564,10 +577,11 @@ struct Ending {
 async fn end_sessions(
     console: &mut Console,
     sidecar: &Sidecar,
-    fix: &FixReader,
     sim: Simulator,
     interval: Duration,
+    knows: Knows,
 ) -> Ending {
+    let fix = &sidecar.fix();
     console.note("ending: the gateway logs out of every session");
     let counts = console
         .run_until(tokio::task::spawn_blocking(move || sim.stop()))
@@ -580,7 +594,7 @@ async fn end_sessions(
     // host the reader can lag by seconds, and this returns as soon as the counts agree).
     let fix_deadline = Instant::now() + Duration::from_secs(10);
     let fix_agree = console
-        .run_until(fix_agrees(fix, &counts, fix_deadline))
+        .run_until(fix_agrees(fix, &counts, knows, fix_deadline))
         .await;
     // And it has judged every end: each waits for the FIX layer's account of it at most
     // `ends::SETTLE`.
@@ -698,6 +712,15 @@ enum Knows {
 }
 
 impl Knows {
+    /// From where the demo reads FIX: the engine logs, else the wire unless capture failed.
+    fn of(logs: bool, capture_failed: bool) -> Knows {
+        match (logs, capture_failed) {
+            (true, _) => Knows::Logs,
+            (false, false) => Knows::Wire,
+            (false, true) => Knows::Tcp,
+        }
+    }
+
     /// Whether every cause of `c`'s ends can be known.
     fn exact(self, c: &VenueCounts) -> bool {
         match self {
@@ -808,6 +831,7 @@ struct Summary<'a> {
     url: &'a str,
     fix_source: &'a str,
     ending: &'a Ending,
+    knows: Knows,
     ends: &'a EndsCheck,
     /// The scheduled targets' windows at the end.
     schedules: &'a [crate::state::ScheduleView],
@@ -897,10 +921,7 @@ impl Summary<'_> {
     /// One venue's FIX, as the simulator did it and as fix-monitor saw it.
     fn venue_fix_lines(&self, c: &VenueCounts, fix: &FixState) -> Vec<String> {
         let mut out = vec![
-            format!(
-                "simulated FIX: {}",
-                FixTally::of_truth(&c.fix).line(&c.name)
-            ),
+            format!("simulated FIX: {}", c.tally(self.knows).line(&c.name)),
             format!(
                 "fix-monitor FIX: {}",
                 FixTally::of_state(fix, &c.name).line(&c.name)
@@ -913,6 +934,14 @@ impl Summary<'_> {
                 c.fix.orders_answered,
                 c.fix.delay_sum.as_secs_f64(),
                 c.fix.round_trip_sum.as_secs_f64()
+            ));
+        }
+        let unseen = c.fix.logons - c.tally(self.knows).logons;
+        if unseen > 0 {
+            out.push(format!(
+                "{}: {unseen} logons after a reset are not counted above: the engine log shows \
+                 no disconnect, so their Logon reads as a reset within the session",
+                c.name
             ));
         }
         if let Some(text) = &c.fix.last_logout_text {
@@ -959,12 +988,17 @@ fn capture_permitted() -> bool {
 
 /// Resolves true once fix-monitor's FIX counts equal the simulator's for every venue, false at
 /// `deadline`.
-async fn fix_agrees(fix: &FixReader, counts: &[VenueCounts], deadline: Instant) -> bool {
+async fn fix_agrees(
+    fix: &FixReader,
+    counts: &[VenueCounts],
+    knows: Knows,
+    deadline: Instant,
+) -> bool {
     loop {
         let state = fix.get();
         if counts
             .iter()
-            .all(|c| FixTally::of_state(&state, &c.name) == FixTally::of_truth(&c.fix))
+            .all(|c| FixTally::of_state(&state, &c.name) == c.tally(knows))
         {
             return true;
         }
@@ -1187,6 +1221,8 @@ struct VenueState {
     fix: LinkTruth,
     /// Its sessions' ends, by the cause fix-monitor is to give each.
     ends: BTreeMap<Cause, u64>,
+    /// See [`VenueCounts::logons_after_reset`].
+    logons_after_reset: u64,
     silences: Vec<(Instant, Instant)>,
 }
 
@@ -1271,6 +1307,8 @@ struct Sim {
     hold: (Instant, Instant),
     /// The slot whose gateway stops answering the venue's TestRequests ([`DEAF_VENUE`]'s first).
     deaf_slot: usize,
+    /// Per slot: its FIX session's last TCP session was reset, and no logon followed yet.
+    after_reset: Vec<bool>,
     /// When the demo stops, if known: no reset so late that its session could not reconnect
     /// and log out at the end (read from engine logs, a reset session would stay logged on).
     stop_at: Option<Instant>,
@@ -1307,6 +1345,7 @@ impl Sim {
                     closed: 0,
                     fix: LinkTruth::default(),
                     ends: BTreeMap::new(),
+                    logons_after_reset: 0,
                     silences: Vec::new(),
                 })
                 .collect(),
@@ -1314,6 +1353,7 @@ impl Sim {
                 .iter()
                 .position(|(v, _)| *v == DEAF_VENUE)
                 .unwrap_or(0),
+            after_reset: vec![false; slots.len()],
             slots,
             rng,
             min_life,
@@ -1341,8 +1381,8 @@ impl Sim {
     /// Whether a session of `venue` may end at `now`: not while the venue is silent, nor in
     /// the scheduled venue's hold.
     fn may_end(&self, venue: usize, now: Instant) -> bool {
-        !self.silent(venue)
-            && !(venue == SCHEDULED_VENUE && now >= self.hold.0 && now < self.hold.1)
+        let held = venue == SCHEDULED_VENUE && (self.hold.0..self.hold.1).contains(&now);
+        !self.silent(venue) && !held
     }
 
     /// Whether an end of `venue`'s at `at` is planned by its schedule.
@@ -1656,6 +1696,10 @@ impl Sim {
         let at = now.max(Instant::now());
         let cause = cause_of(&truth, self.planned(venue, at));
         let v = &mut self.venues[venue];
+        if self.after_reset[i] {
+            v.logons_after_reset += truth.logons;
+        }
+        self.after_reset[i] = how == How::Reset || (self.after_reset[i] && truth.logons == 0);
         v.fix.add(&truth);
         *v.ends.entry(cause).or_default() += 1;
         v.closed += 1;
@@ -1697,6 +1741,7 @@ impl Sim {
                 closed: v.closed,
                 fix: v.fix,
                 ends: v.ends,
+                logons_after_reset: v.logons_after_reset,
                 silences: v.silences,
             })
             .collect()
