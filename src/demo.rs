@@ -1,6 +1,6 @@
 //! `fix-monitor demo`: the whole thing on loopback, with nothing to set up.
 //!
-//! Three simulated venues listen on 127.0.0.2-4 (or on 127.0.0.1 where only that exists); a
+//! Four simulated venues listen on 127.0.0.2-5 (or on 127.0.0.1 where only that exists); a
 //! simulated gateway keeps a few FIX sessions to each, bound to local ports from 5000-5999 as
 //! the original monitor's default range. A session connects, stays a while (seconds), logs out
 //! and reconnects after a pause; now and then a venue drops every session at once, several
@@ -23,6 +23,25 @@
 //! venue goes silent for a while (no heartbeats, no answers): its target has `heartbeat` set,
 //! so its sessions turn stale and recover. The FIX counts are checked against the simulator's at
 //! the end as well.
+//!
+//! Each way a session ends has its cause (`crate::ends`), and the simulator counts its ends by
+//! the cause fix-monitor is to give them: the gateway's Logout `logout_by_us`, a venue's in a
+//! storm `logout_by_them`, a refusal `logon_refused`, and three scenarios. venue-b has a daily
+//! schedule (UTC) that opened ten minutes before the start and ends [`DAY_LENGTH`] after it
+//! (halfway through with `--duration`), with a `schedule_grace` of [`SCHEDULE_GRACE`]: at its
+//! end the venue logs every session out ("End of day") and takes no more, so
+//! `fix_target_expected_up` drops to 0 and every end from the grace on is `scheduled_logout`.
+//! (fix-monitor times an end by the poll that saw it, so none of venue-b's sessions ends near
+//! the start of the grace, where it could be judged on either side.) venue-a's first session
+//! gets a gateway that leaves the venue's TestRequest unanswered, and [`RESET_AFTER`] later the
+//! venue resets it (SO_LINGER 0): `heartbeat_timeout`. venue-d has a `logon_lockout` that its
+//! refused logons approach within about 20 s. Sessions open at the end are logged out by the
+//! gateway (`logout_by_us`, or `scheduled_logout` past venue-b's grace). The demo reads
+//! `fix_session_ends_total` off its own endpoint and compares it with these counts: exactly for
+//! every target when it reads the wire; from engine logs only for a target with one FIX session
+//! (venue-d), since the others' closes cannot be told apart, whose ends must still all be
+//! counted and whose `scheduled_logout` (which needs no FIX evidence) must be exact. A mismatch
+//! fails the demo.
 
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
