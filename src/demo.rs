@@ -86,8 +86,10 @@ pub const SILENCE: Duration = Duration::from_secs(5);
 pub const SCHEDULED_VENUE: usize = 1;
 pub const SCHEDULE_GRACE: Duration = Duration::from_secs(5);
 /// Its window ends this long after the demo starts (rounded up to a whole second); with
-/// `--duration`, halfway through instead, so that every run shows the end of the day.
+/// `--duration`, halfway through instead, so that every run shows the end of the day (at most
+/// [`LONGEST_DAY`] in: a daily window is shorter than a day).
 pub const DAY_LENGTH: Duration = Duration::from_secs(45);
+pub const LONGEST_DAY: Duration = Duration::from_secs(12 * 3600);
 
 /// The venue whose first session has a gateway that stops answering TestRequests: each time
 /// that session's life is up, the venue sends one, and [`RESET_AFTER`] later it resets the
@@ -391,7 +393,9 @@ pub async fn run(
     } else {
         Some(LogDir::create()?)
     };
-    let length = options.duration.map_or(DAY_LENGTH, |d| d / 2);
+    let length = options
+        .duration
+        .map_or(DAY_LENGTH, |d| (d / 2).min(LONGEST_DAY));
     let day = Day::ending_after(length, SystemTime::now(), Instant::now());
     let settings = settings(
         &venues,

@@ -40,9 +40,11 @@ fn sim_ends(out: &str) -> BTreeMap<String, BTreeMap<String, u64>> {
         .filter_map(|l| l.strip_prefix("simulated ends: "))
         .map(|l| {
             let (name, rest) = l.split_once(' ').unwrap();
-            let ends = (rest != "none")
-                .then(|| tally(&format!("{name} {rest}")).1)
-                .unwrap_or_default();
+            let ends = if rest == "none" {
+                BTreeMap::new()
+            } else {
+                tally(&format!("{name} {rest}")).1
+            };
             (name.to_owned(), ends)
         })
         .collect()
