@@ -1,6 +1,6 @@
 //! `fix-monitor demo`: the whole thing on loopback, with nothing to set up.
 //!
-//! Three simulated venues listen on 127.0.0.2-4 (or on 127.0.0.1 where only that exists); a
+//! Four simulated venues listen on 127.0.0.2-5 (or on 127.0.0.1 where only that exists); a
 //! simulated gateway keeps a few FIX sessions to each, bound to local ports from 5000-5999 as
 //! the original monitor's default range. A session connects, stays a while (seconds), logs out
 //! and reconnects after a pause; now and then a venue drops every session at once, several
@@ -23,6 +23,25 @@
 //! venue goes silent for a while (no heartbeats, no answers): its target has `heartbeat` set,
 //! so its sessions turn stale and recover. The FIX counts are checked against the simulator's at
 //! the end as well.
+//!
+//! Each way a session ends has its cause (`crate::ends`), and the simulator counts its ends by
+//! the cause fix-monitor is to give them: the gateway's Logout `logout_by_us`, a venue's in a
+//! storm `logout_by_them`, a refusal `logon_refused`, and three scenarios. venue-b has a daily
+//! schedule (UTC) that opened ten minutes before the start and ends [`DAY_LENGTH`] after it
+//! (halfway through with `--duration`), with a `schedule_grace` of [`SCHEDULE_GRACE`]: at its
+//! end the venue logs every session out ("End of day") and takes no more, so
+//! `fix_target_expected_up` drops to 0 and every end from the grace on is `scheduled_logout`.
+//! (fix-monitor times an end by the poll that saw it, so none of venue-b's sessions ends near
+//! the start of the grace, where it could be judged on either side.) venue-a's first session
+//! gets a gateway that leaves the venue's TestRequest unanswered, and [`RESET_AFTER`] later the
+//! venue resets it (SO_LINGER 0): `heartbeat_timeout`. venue-d has a `logon_lockout` that its
+//! refused logons approach within about 20 s. Sessions open at the end are logged out by the
+//! gateway (`logout_by_us`, or `scheduled_logout` past venue-b's grace). The demo reads
+//! `fix_session_ends_total` off its own endpoint and compares it with these counts: exactly for
+//! every target when it reads the wire; from engine logs only for a target with one FIX session
+//! (venue-d), since the others' closes cannot be told apart, whose ends must still all be
+//! counted and whose `scheduled_logout` (which needs no FIX evidence) must be exact. A mismatch
+//! fails the demo.
 
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
@@ -31,13 +50,14 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::mpsc as std_mpsc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 
 use crate::app::{self, RunError, Sidecar, StartOptions};
 use crate::config::{self, ConfigErrors, Settings};
 use crate::console::{self, view, Console, ConsoleError, Header, Mode, ReportTo};
+use crate::ends::Cause;
 use crate::fix::monitor::{FixReader, FixState};
 use crate::fix::pair::{Gap, Link, LinkTruth, VenueScript};
 use crate::fix::sim::MessageLog;
@@ -60,6 +80,28 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 pub const SILENT_VENUE: usize = 2;
 pub const FIRST_SILENCE: Duration = Duration::from_secs(3);
 pub const SILENCE: Duration = Duration::from_secs(5);
+
+/// The venue on a schedule whose window ends during the demo (its day ends: it logs every
+/// session out with "End of day" and stays closed), and the demo's `schedule_grace`.
+pub const SCHEDULED_VENUE: usize = 1;
+pub const SCHEDULE_GRACE: Duration = Duration::from_secs(5);
+/// Its window ends this long after the demo starts (rounded up to a whole second); with
+/// `--duration`, halfway through instead, so that every run shows the end of the day (at most
+/// [`LONGEST_DAY`] in: a daily window is shorter than a day).
+pub const DAY_LENGTH: Duration = Duration::from_secs(45);
+pub const LONGEST_DAY: Duration = Duration::from_secs(12 * 3600);
+
+/// The venue whose first session has a gateway that stops answering TestRequests: each time
+/// that session's life is up, the venue sends one, and [`RESET_AFTER`] later it resets the
+/// connection (an end judged `heartbeat_timeout`).
+pub const DEAF_VENUE: usize = 0;
+pub const RESET_AFTER: Duration = Duration::from_secs(2);
+
+/// The refusing venue's `logon_lockout`: it locks a session out at this many logons within
+/// [`LOCKOUT_WITHIN`], so FixLogonLockoutRisk warns from the attempt before (the demo's
+/// refused logons come every 3-7 s, so that attempt comes within about 20 s).
+pub const LOCKOUT_ATTEMPTS: u32 = 4;
+pub const LOCKOUT_WITHIN: Duration = Duration::from_secs(60);
 
 /// How each venue speaks FIX (by the index in [`VENUES`]).
 fn script(venue: usize) -> VenueScript {
@@ -109,6 +151,59 @@ fn heartbeats(venue: usize) -> bool {
     script(venue).refuse_logons.is_none()
 }
 
+/// The scheduled venue's trading day: a daily window (UTC) that opened ten minutes before the
+/// demo started and ends during it.
+#[derive(Debug, Clone, Copy)]
+pub struct Day {
+    start: SystemTime,
+    /// The window's end, on the wall clock (a whole second, as `HH:MM:SS` says it) and on the
+    /// simulator's clock.
+    end_wall: SystemTime,
+    end: Instant,
+}
+
+impl Day {
+    /// A day that ends `length` after `now` (wall clock and monotonic, read together), rounded
+    /// up to a whole second.
+    fn ending_after(length: Duration, now_wall: SystemTime, now: Instant) -> Day {
+        let since_epoch = now_wall
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let end_secs = (since_epoch + length).as_secs() + 1;
+        let end_wall = SystemTime::UNIX_EPOCH + Duration::from_secs(end_secs);
+        let ahead = end_wall.duration_since(now_wall).unwrap_or_default();
+        Day {
+            start: now_wall - Duration::from_secs(600),
+            end_wall,
+            end: now + ahead,
+        }
+    }
+
+    /// When the window's last `schedule_grace` begins: an end from then on is planned.
+    fn grace_from(&self) -> Instant {
+        self.end.checked_sub(SCHEDULE_GRACE).unwrap_or(self.end)
+    }
+
+    /// The schedule, as an operator would write it.
+    fn toml(&self) -> String {
+        format!(
+            "[[schedules]]\nname = \"demo-day\"\ntimezone = \"UTC\"\nstart = \"{}\"\nend = \"{}\"\n\n",
+            utc_hms(self.start),
+            utc_hms(self.end_wall)
+        )
+    }
+}
+
+/// `HH:MM:SS` in UTC.
+fn utc_hms(t: SystemTime) -> String {
+    let s = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+        % 86_400;
+    format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
 /// Where fix-monitor reads the demo's FIX from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum FixSource {
@@ -155,16 +250,25 @@ pub enum DemoError {
     Start(#[from] RunError),
     #[error(transparent)]
     Console(#[from] ConsoleError),
+    #[error("fix-monitor's end causes differ from the simulator's (the summary shows both)")]
+    EndsDiffer,
 }
 
 /// What the simulated gateway did with one venue.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct VenueCounts {
     pub name: String,
+    /// The FIX sessions the gateway keeps to it.
+    pub sessions: usize,
     pub opened: u64,
     pub closed: u64,
     /// Its FIX sessions, summed.
     pub fix: LinkTruth,
+    /// Its sessions' ends by the cause fix-monitor is to give each.
+    pub ends: BTreeMap<Cause, u64>,
+    /// Logons on a FIX session whose last TCP session the venue reset: an engine log shows no
+    /// disconnect, so a reader of it sees a Logon while logged on (a reset within the session).
+    pub logons_after_reset: u64,
     /// When the venue was silent (from, to).
     pub silences: Vec<(Instant, Instant)>,
 }
@@ -186,6 +290,19 @@ pub struct FixTally {
     pub orders_answered: u64,
     pub orders_rejected: u64,
     pub last_logout_text: Option<String>,
+}
+
+impl VenueCounts {
+    /// Its FIX sessions, summed, as fix-monitor can count them: all, except, from the engine
+    /// logs of a target with several FIX sessions, a logon after a reset (no TCP close tells
+    /// the log reader that the session before it ended).
+    fn tally(&self, knows: Knows) -> FixTally {
+        let mut t = FixTally::of_truth(&self.fix);
+        if knows == Knows::Logs && !knows.exact(self) {
+            t.logons -= self.logons_after_reset;
+        }
+        t
+    }
 }
 
 impl FixTally {
@@ -276,10 +393,20 @@ pub async fn run(
     } else {
         Some(LogDir::create()?)
     };
-    let settings = settings(&venues, options.interval, log_dir.as_ref().map(|d| &d.0))?;
+    let length = options
+        .duration
+        .map_or(DAY_LENGTH, |d| (d / 2).min(LONGEST_DAY));
+    let day = Day::ending_after(length, SystemTime::now(), Instant::now());
+    let settings = settings(
+        &venues,
+        options.interval,
+        log_dir.as_ref().map(|d| &d.0),
+        &day,
+    )?;
     let sidecar = start_sidecar(settings, options.listen).await?;
     let fix = sidecar.fix();
     let fix_source = fix_source_line(log_dir.as_ref(), fix.get().capture_error.as_deref());
+    let knows = Knows::of(log_dir.is_some(), fix.get().capture_error.is_some());
     let state = sidecar.state().clone();
     let url = format!(
         "http://{}",
@@ -288,21 +415,26 @@ pub async fn run(
     // The gateway starts once the sidecar has looked: every session is then a real open.
     first_poll(&state, Instant::now() + Duration::from_secs(5)).await;
 
-    let header = header(&venues, &url, &fix_source, options.duration);
+    let header = header(&venues, &url, &fix_source, options.duration, &day);
     let (notes_tx, notes_rx) = mpsc::unbounded_channel();
     let mut console = Console::new(&sidecar, header, options.mode, Some(notes_rx));
+    let began = Instant::now();
+    let plan = Plan {
+        interval: options.interval,
+        day,
+        stop_at: options.duration.map(|d| began + d),
+    };
     let sim = Simulator::start(
         venues,
-        options.interval,
+        plan,
         notes_tx,
         log_dir.as_ref().map(|d| d.0.clone()),
     );
-    let began = Instant::now();
     let mut shutdown = Box::pin(shutdown);
     let ended_by = show_until_the_end(&mut console, &mut shutdown, options.duration).await;
     let ran = began.elapsed();
 
-    let ending = end_sessions(&mut console, &sidecar, &fix, sim, options.interval).await;
+    let ending = end_sessions(&mut console, &sidecar, sim, options.interval, knows).await;
     if ending.all_seen_closed {
         console.note("fix-monitor has seen every session close");
         if ended_by == End::Duration {
@@ -315,7 +447,10 @@ pub async fn run(
     console.close();
     sidecar.stop().await;
 
-    let frame = view::Frame::capture(&state.get(), Timestamp::now());
+    let now = Timestamp::now();
+    let frame = view::Frame::capture(&state.get(), now);
+    let schedules = state.get().schedules_view(now);
+    let ends = check_ends(&ending.counts, ending.ends.as_ref(), knows);
     let report = match &options.report {
         Some(p) => console::write_report(&state, &ReportTo::Path(p.clone())),
         None => Ok(None),
@@ -327,6 +462,10 @@ pub async fn run(
         url: &url,
         fix_source: &fix_source,
         ending: &ending,
+        knows,
+        ends: &ends,
+        schedules: &schedules,
+        day: &day,
     };
     let report_path = report.as_ref().ok().and_then(|p| p.as_deref());
     let out = summary.lines(&frame, &fix.get(), report_path);
@@ -335,6 +474,9 @@ pub async fn run(
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "{}", out.join("\n")).and_then(|()| stdout.flush());
     report?;
+    if !ends.agree {
+        return Err(DemoError::EndsDiffer);
+    }
     Ok(())
 }
 
@@ -373,7 +515,13 @@ async fn first_poll(state: &StateReader, deadline: Instant) {
 
 /// The live view's header: the endpoint, the simulated gateway, where FIX is read from, and
 /// what the venues do.
-fn header(venues: &[Venue], url: &str, fix_source: &str, duration: Option<Duration>) -> Header {
+fn header(
+    venues: &[Venue],
+    url: &str,
+    fix_source: &str,
+    duration: Option<Duration>,
+    day: &Day,
+) -> Header {
     let sessions: usize = venues.iter().map(|v| v.sessions).sum();
     let venue_list: Vec<String> = venues
         .iter()
@@ -391,10 +539,22 @@ fn header(venues: &[Venue], url: &str, fix_source: &str, duration: Option<Durati
             ),
             fix_source.to_owned(),
             format!(
-                "{} refuses every logon; {} goes silent for {} now and then (stale, then recovers)",
+                "{} refuses every logon (logon_lockout {LOCKOUT_ATTEMPTS} in {}: the warning \
+                 from logon {}); {} goes silent for {} now and then (stale, then recovers)",
                 VENUES[VENUES.len() - 1].0,
+                humantime::format_duration(LOCKOUT_WITHIN),
+                LOCKOUT_ATTEMPTS - 1,
                 VENUES[SILENT_VENUE].0,
                 humantime::format_duration(SILENCE)
+            ),
+            format!(
+                "{}'s day ends at {} UTC (schedule_grace {}): \"End of day\", then closed; \
+                 {} resets {} when its TestRequest goes unanswered",
+                VENUES[SCHEDULED_VENUE].0,
+                utc_hms(day.end_wall),
+                humantime::format_duration(SCHEDULE_GRACE),
+                VENUES[DEAF_VENUE].0,
+                gw_comp_id(DEAF_VENUE, 1)
             ),
         ],
         footer: match duration {
@@ -430,6 +590,9 @@ struct Ending {
     all_seen_closed: bool,
     /// fix-monitor's FIX counts equal the simulator's.
     fix_agree: bool,
+    /// fix-monitor's `fix_session_ends_total` once it had judged every end (or at a
+    /// deadline); `None`: its endpoint could not be read.
+    ends: Option<SeenEnds>,
 }
 
 /// Has the gateway log out of every session, then waits (within limits) for fix-monitor to see
@@ -437,10 +600,11 @@ struct Ending {
 async fn end_sessions(
     console: &mut Console,
     sidecar: &Sidecar,
-    fix: &FixReader,
     sim: Simulator,
     interval: Duration,
+    knows: Knows,
 ) -> Ending {
+    let fix = &sidecar.fix();
     console.note("ending: the gateway logs out of every session");
     let counts = console
         .run_until(tokio::task::spawn_blocking(move || sim.stop()))
@@ -453,12 +617,209 @@ async fn end_sessions(
     // host the reader can lag by seconds, and this returns as soon as the counts agree).
     let fix_deadline = Instant::now() + Duration::from_secs(10);
     let fix_agree = console
-        .run_until(fix_agrees(fix, &counts, fix_deadline))
+        .run_until(fix_agrees(fix, &counts, knows, fix_deadline))
+        .await;
+    // And it has judged every end: each waits for the FIX layer's account of it at most
+    // `ends::SETTLE`.
+    let ends_deadline = Instant::now() + crate::ends::SETTLE + Duration::from_secs(5);
+    let addr = sidecar.local_addr().expect("the demo serves HTTP");
+    let ends = console
+        .run_until(ends_settled(addr, &counts, ends_deadline))
         .await;
     Ending {
         counts,
         all_seen_closed,
         fix_agree,
+        ends,
+    }
+}
+
+/// fix-monitor's `fix_session_ends_total` above 0: by target, by cause.
+type SeenEnds = BTreeMap<String, BTreeMap<String, u64>>;
+
+/// The `fix_session_ends_total` series of a Prometheus text page. (The demo's target and cause
+/// names hold no quote, so a label's value ends at the next one.)
+fn parse_ends(page: &str) -> SeenEnds {
+    let mut out = SeenEnds::new();
+    for line in page.lines() {
+        let Some(rest) = line.strip_prefix("fix_session_ends_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once('}') else {
+            continue;
+        };
+        let value = value
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok());
+        let (mut target, mut cause) = (None, None);
+        let mut rest = labels;
+        while let Some((key, tail)) = rest.split_once("=\"") {
+            let end = tail.find('"').unwrap_or(tail.len());
+            match key.trim_start_matches(',').trim() {
+                "target" => target = Some(&tail[..end]),
+                "cause" => cause = Some(&tail[..end]),
+                _ => {}
+            }
+            rest = tail.get(end + 1..).unwrap_or_default();
+        }
+        if let (Some(t), Some(c), Some(v)) = (target, cause, value) {
+            if v > 0.0 {
+                *out.entry(t.to_owned())
+                    .or_default()
+                    .entry(c.to_owned())
+                    .or_default() += v as u64;
+            }
+        }
+    }
+    out
+}
+
+/// fix-monitor's own `/metrics`, read as a scraper would.
+async fn scrape_ends(addr: SocketAddr) -> io::Result<SeenEnds> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let get = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: fix-monitor\r\n\r\n")
+            .await?;
+        let mut bytes = Vec::new();
+        stream.read_to_end(&mut bytes).await?;
+        Ok::<_, io::Error>(bytes)
+    };
+    let bytes = tokio::time::timeout(Duration::from_secs(5), get)
+        .await
+        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+    let text = String::from_utf8_lossy(&bytes);
+    match text.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.") && head.contains(" 200 ") => {
+            Ok(parse_ends(body))
+        }
+        _ => Err(io::Error::other("no metrics page")),
+    }
+}
+
+/// fix-monitor's ends once it has judged as many as the simulator closed for every venue, or
+/// the last read at `deadline`.
+async fn ends_settled(
+    addr: SocketAddr,
+    counts: &[VenueCounts],
+    deadline: Instant,
+) -> Option<SeenEnds> {
+    let mut last = None;
+    loop {
+        if let Ok(seen) = scrape_ends(addr).await {
+            let judged = |c: &VenueCounts| seen.get(&c.name).map_or(0, |e| e.values().sum());
+            if counts.iter().all(|c| judged(c) >= c.closed) {
+                return Some(seen);
+            }
+            last = Some(seen);
+        }
+        if Instant::now() >= deadline {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// What fix-monitor can know of why the demo's sessions ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Knows {
+    /// It reads the wire: every TCP session's FIX account, so every cause.
+    Wire,
+    /// It reads the engine logs: a FIX account only for a target with one FIX session; the
+    /// others' ends are judged on TCP evidence (the schedule's included).
+    Logs,
+    /// No FIX layer: TCP evidence alone.
+    Tcp,
+}
+
+impl Knows {
+    /// From where the demo reads FIX: the engine logs, else the wire unless capture failed.
+    fn of(logs: bool, capture_failed: bool) -> Knows {
+        match (logs, capture_failed) {
+            (true, _) => Knows::Logs,
+            (false, false) => Knows::Wire,
+            (false, true) => Knows::Tcp,
+        }
+    }
+
+    /// Whether every cause of `c`'s ends can be known.
+    fn exact(self, c: &VenueCounts) -> bool {
+        match self {
+            Knows::Wire => true,
+            Knows::Logs => c.sessions == 1,
+            Knows::Tcp => false,
+        }
+    }
+}
+
+/// The ends' causes, the simulator's against fix-monitor's, and whether they agree.
+struct EndsCheck {
+    lines: Vec<String>,
+    agree: bool,
+}
+
+/// Compares the ends exactly where fix-monitor can know their causes, and elsewhere their
+/// number and the schedule's (`scheduled_logout` needs no FIX evidence).
+fn check_ends(counts: &[VenueCounts], seen: Option<&SeenEnds>, knows: Knows) -> EndsCheck {
+    let empty = BTreeMap::new();
+    let line = |name: &str, ends: &BTreeMap<String, u64>| {
+        let parts: Vec<String> = ends.iter().map(|(c, n)| format!("{c}={n}")).collect();
+        format!(
+            "{name} {}",
+            if parts.is_empty() {
+                "none".into()
+            } else {
+                parts.join(" ")
+            }
+        )
+    };
+    let mut lines = Vec::new();
+    let mut differ = Vec::new();
+    for c in counts {
+        let truth: BTreeMap<String, u64> = (c.ends.iter())
+            .map(|(k, n)| (k.as_str().to_owned(), *n))
+            .collect();
+        let got = seen.and_then(|s| s.get(&c.name)).unwrap_or(&empty);
+        lines.push(format!("simulated ends: {}", line(&c.name, &truth)));
+        lines.push(format!("fix-monitor ends: {}", line(&c.name, got)));
+        let scheduled = |e: &BTreeMap<String, u64>| e.get("scheduled_logout").copied();
+        let ok = if knows.exact(c) {
+            *got == truth
+        } else {
+            got.values().sum::<u64>() == c.closed && scheduled(got) == scheduled(&truth)
+        };
+        if !ok || seen.is_none() {
+            differ.push(c.name.as_str());
+        }
+    }
+    let exact: Vec<&str> = counts
+        .iter()
+        .filter(|c| knows.exact(c))
+        .map(|c| c.name.as_str())
+        .collect();
+    lines.push(if !differ.is_empty() {
+        format!(
+            "fix-monitor's end causes differ from the simulator's: {}",
+            differ.join(", ")
+        )
+    } else if exact.len() == counts.len() {
+        "fix-monitor's end causes equal the simulator's".into()
+    } else {
+        let exactly = if exact.is_empty() {
+            "none".into()
+        } else {
+            exact.join(", ")
+        };
+        format!(
+            "fix-monitor's end causes agree with the simulator's as far as it can know them: \
+             exactly for {exactly}; for the others every end counted and scheduled_logout exact"
+        )
+    });
+    EndsCheck {
+        lines,
+        agree: differ.is_empty(),
     }
 }
 
@@ -493,6 +854,11 @@ struct Summary<'a> {
     url: &'a str,
     fix_source: &'a str,
     ending: &'a Ending,
+    knows: Knows,
+    ends: &'a EndsCheck,
+    /// The scheduled targets' windows at the end.
+    schedules: &'a [crate::state::ScheduleView],
+    day: &'a Day,
 }
 
 impl Summary<'_> {
@@ -543,16 +909,42 @@ impl Summary<'_> {
         } else {
             "fix-monitor's FIX counts differ from the simulator's".into()
         });
+        out.extend(self.scenario_lines(fix));
+        out.extend(self.ends.lines.iter().cloned());
+        out
+    }
+
+    /// The scheduled venue's day and the refusing venue's logon attempts, as fix-monitor shows
+    /// them at the end.
+    fn scenario_lines(&self, fix: &FixState) -> Vec<String> {
+        let mut out: Vec<String> = (self.schedules.iter())
+            .map(|s| {
+                format!(
+                    "{}: its window ends at {} UTC; fix_target_expected_up {} at the end",
+                    s.target,
+                    utc_hms(self.day.end_wall),
+                    u8::from(s.expected_up)
+                )
+            })
+            .collect();
+        let refusing = VENUES[VENUES.len() - 1].0;
+        let sessions = (fix.sessions.iter()).filter(|s| s.target.as_deref() == Some(refusing));
+        let (refused, attempts) = sessions.fold((0, 0), |(r, a), s| {
+            (r + s.logons_refused, a.max(s.logon_attempts_in_window))
+        });
+        out.push(format!(
+            "{refusing}: {refused} logons refused, {attempts} within {} at the end \
+             (logon_lockout {LOCKOUT_ATTEMPTS}: the warning from {})",
+            humantime::format_duration(LOCKOUT_WITHIN),
+            LOCKOUT_ATTEMPTS - 1
+        ));
         out
     }
 
     /// One venue's FIX, as the simulator did it and as fix-monitor saw it.
     fn venue_fix_lines(&self, c: &VenueCounts, fix: &FixState) -> Vec<String> {
         let mut out = vec![
-            format!(
-                "simulated FIX: {}",
-                FixTally::of_truth(&c.fix).line(&c.name)
-            ),
+            format!("simulated FIX: {}", c.tally(self.knows).line(&c.name)),
             format!(
                 "fix-monitor FIX: {}",
                 FixTally::of_state(fix, &c.name).line(&c.name)
@@ -565,6 +957,14 @@ impl Summary<'_> {
                 c.fix.orders_answered,
                 c.fix.delay_sum.as_secs_f64(),
                 c.fix.round_trip_sum.as_secs_f64()
+            ));
+        }
+        let unseen = c.fix.logons - c.tally(self.knows).logons;
+        if unseen > 0 {
+            out.push(format!(
+                "{}: {unseen} logons after a reset are not counted above: the engine log shows \
+                 no disconnect, so their Logon reads as a reset within the session",
+                c.name
             ));
         }
         if let Some(text) = &c.fix.last_logout_text {
@@ -611,12 +1011,17 @@ fn capture_permitted() -> bool {
 
 /// Resolves true once fix-monitor's FIX counts equal the simulator's for every venue, false at
 /// `deadline`.
-async fn fix_agrees(fix: &FixReader, counts: &[VenueCounts], deadline: Instant) -> bool {
+async fn fix_agrees(
+    fix: &FixReader,
+    counts: &[VenueCounts],
+    knows: Knows,
+    deadline: Instant,
+) -> bool {
     loop {
         let state = fix.get();
         if counts
             .iter()
-            .all(|c| FixTally::of_state(&state, &c.name) == FixTally::of_truth(&c.fix))
+            .all(|c| FixTally::of_state(&state, &c.name) == c.tally(knows))
         {
             return true;
         }
@@ -683,8 +1088,13 @@ fn settings(
     venues: &[Venue],
     interval: Duration,
     log_dir: Option<&PathBuf>,
+    day: &Day,
 ) -> Result<Settings, DemoError> {
-    let mut toml = String::new();
+    let mut toml = format!(
+        "schedule_grace = \"{}\"\n\n{}",
+        humantime::format_duration(SCHEDULE_GRACE),
+        day.toml()
+    );
     let mut ours = Vec::new();
     for (i, v) in venues.iter().enumerate() {
         toml.push_str(&format!(
@@ -702,6 +1112,14 @@ fn settings(
                 "heartbeat = \"{}\"\n",
                 humantime::format_duration(HEARTBEAT)
             ));
+        } else {
+            toml.push_str(&format!(
+                "logon_lockout = {{ attempts = {LOCKOUT_ATTEMPTS}, within = \"{}\" }}\n",
+                humantime::format_duration(LOCKOUT_WITHIN)
+            ));
+        }
+        if i == SCHEDULED_VENUE {
+            toml.push_str("schedule = \"demo-day\"\n");
         }
         toml.push('\n');
         ours.extend((1..=v.sessions).map(|k| format!("\"{}\"", gw_comp_id(i, k))));
@@ -764,7 +1182,7 @@ struct Simulator {
 impl Simulator {
     fn start(
         venues: Vec<Venue>,
-        interval: Duration,
+        plan: Plan,
         notes: mpsc::UnboundedSender<String>,
         log_dir: Option<PathBuf>,
     ) -> Self {
@@ -772,7 +1190,7 @@ impl Simulator {
         let thread = std::thread::Builder::new()
             .name("fix-monitor-demo".into())
             .spawn(move || {
-                let mut sim = Sim::new(venues, interval, notes, Instant::now());
+                let mut sim = Sim::new(venues, &plan, notes, Instant::now());
                 sim.log_dir = log_dir;
                 let mut ending = false;
                 loop {
@@ -800,11 +1218,21 @@ impl Simulator {
 
     /// Logs every session out and closes the venues, then returns what was done. A session
     /// younger than its minimum life is kept until then (at most two poll intervals and a
-    /// second), so that fix-monitor has seen it open.
+    /// second), so that fix-monitor has seen it open; one of the scheduled venue's whose end
+    /// would fall at the edge of its window's last `schedule_grace` a few seconds more.
     fn stop(self) -> Vec<VenueCounts> {
         drop(self.stop);
         self.thread.join().expect("the simulator thread panicked")
     }
+}
+
+/// What the simulator is to do beyond its venues: the sidecar's poll interval, the scheduled
+/// venue's day, and when the demo is to stop (if it knows).
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    interval: Duration,
+    day: Day,
+    stop_at: Option<Instant>,
 }
 
 struct VenueState {
@@ -814,6 +1242,10 @@ struct VenueState {
     closed: u64,
     /// Its FIX sessions' truth, added as each ends.
     fix: LinkTruth,
+    /// Its sessions' ends, by the cause fix-monitor is to give each.
+    ends: BTreeMap<Cause, u64>,
+    /// See [`VenueCounts::logons_after_reset`].
+    logons_after_reset: u64,
     silences: Vec<(Instant, Instant)>,
 }
 
@@ -823,12 +1255,45 @@ struct Session {
     local: SocketAddr,
     since: Instant,
     until: Instant,
+    /// The venue resets it then (its TestRequest left unanswered).
+    reset_at: Option<Instant>,
 }
 
 enum Slot {
     /// Waiting to (re)connect at this time.
     Waiting(Instant),
     Live(Box<Session>),
+    /// The scheduled venue's day is over: no more sessions to it.
+    Closed,
+}
+
+/// How a session ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum How {
+    /// The gateway logs out (and closes first).
+    Gateway,
+    /// The venue logs out in a storm.
+    Storm,
+    /// The venue logs out at the end of its day.
+    EndOfDay,
+    /// The venue resets the connection.
+    Reset,
+}
+
+/// What a slot does on a tick.
+enum Turn {
+    Wait,
+    /// Its venue's day is over: no more sessions.
+    Close,
+    Connect,
+    /// Its venue logs out at the end of the day.
+    EndOfDay,
+    /// Its venue resets it (the TestRequest went unanswered).
+    Reset,
+    /// Its venue sends the TestRequest that the gateway will leave unanswered.
+    Ask,
+    /// Its life is up: the gateway logs out.
+    LogOut,
 }
 
 /// A venue dropping every session, several rounds in a row.
@@ -853,20 +1318,34 @@ struct Sim {
     comp_ids: Vec<String>,
     /// Where the gateway writes its message logs (when fix-monitor reads the logs).
     log_dir: Option<PathBuf>,
+    /// The silent venue goes silent next at this time.
     next_silence: Instant,
     /// The silent venue is silent since this time.
     silent_since: Option<Instant>,
+    /// The scheduled venue's day, and the span around the start of its last
+    /// `schedule_grace` in which none of its sessions ends: fix-monitor times an end by the
+    /// poll that saw it (up to a poll interval and a late poll after it), so an end there could
+    /// be judged on either side.
+    day: Day,
+    hold: (Instant, Instant),
+    /// The slot whose gateway stops answering the venue's TestRequests ([`DEAF_VENUE`]'s first).
+    deaf_slot: usize,
+    /// Per slot: its FIX session's last TCP session was reset, and no logon followed yet.
+    after_reset: Vec<bool>,
+    /// When the demo stops, if known: no reset so late that its session could not reconnect
+    /// and log out at the end (read from engine logs, a reset session would stay logged on).
+    stop_at: Option<Instant>,
 }
 
 impl Sim {
     fn new(
         venues: Vec<Venue>,
-        interval: Duration,
+        plan: &Plan,
         notes: mpsc::UnboundedSender<String>,
         now: Instant,
     ) -> Sim {
         let mut rng = fastrand::Rng::new();
-        let min_life = interval * 2 + Duration::from_secs(1);
+        let min_life = plan.interval * 2 + Duration::from_secs(1);
         let mut slots = Vec::new();
         let mut comp_ids = Vec::new();
         for (i, v) in venues.iter().enumerate() {
@@ -876,6 +1355,8 @@ impl Sim {
                 comp_ids.push(gw_comp_id(i, k + 1));
             }
         }
+        let margin = min_life + plan.interval + Duration::from_secs(2);
+        let grace_from = plan.day.grace_from();
         Sim {
             venues: venues
                 .into_iter()
@@ -886,9 +1367,16 @@ impl Sim {
                     opened: 0,
                     closed: 0,
                     fix: LinkTruth::default(),
+                    ends: BTreeMap::new(),
+                    logons_after_reset: 0,
                     silences: Vec::new(),
                 })
                 .collect(),
+            deaf_slot: slots
+                .iter()
+                .position(|(v, _)| *v == DEAF_VENUE)
+                .unwrap_or(0),
+            after_reset: vec![false; slots.len()],
             slots,
             rng,
             min_life,
@@ -900,11 +1388,34 @@ impl Sim {
             log_dir: None,
             next_silence: now + FIRST_SILENCE,
             silent_since: None,
+            day: plan.day,
+            hold: (
+                grace_from.checked_sub(margin).unwrap_or(grace_from),
+                grace_from + Duration::from_millis(500),
+            ),
+            stop_at: plan.stop_at,
         }
     }
 
     fn silent(&self, venue: usize) -> bool {
         venue == SILENT_VENUE && self.silent_since.is_some()
+    }
+
+    /// Whether a session of `venue` may end at `now`: not while the venue is silent, nor in
+    /// the scheduled venue's hold.
+    fn may_end(&self, venue: usize, now: Instant) -> bool {
+        let held = venue == SCHEDULED_VENUE && (self.hold.0..self.hold.1).contains(&now);
+        !self.silent(venue) && !held
+    }
+
+    /// Whether an end of `venue`'s at `at` is planned by its schedule.
+    fn planned(&self, venue: usize, at: Instant) -> bool {
+        venue == SCHEDULED_VENUE && at >= self.day.grace_from()
+    }
+
+    /// Whether `venue`'s day is over at `now`.
+    fn day_over(&self, venue: usize, now: Instant) -> bool {
+        venue == SCHEDULED_VENUE && now >= self.day.end
     }
 
     /// The earliest acknowledgement due on any session.
@@ -913,7 +1424,7 @@ impl Sim {
             .iter()
             .filter_map(|(_, s)| match s {
                 Slot::Live(s) => s.link.next_due(),
-                Slot::Waiting(_) => None,
+                Slot::Waiting(_) | Slot::Closed => None,
             })
             .min()
     }
@@ -946,54 +1457,108 @@ impl Sim {
 
     fn tick(&mut self, now: Instant) {
         self.silence(now);
+        if self.day_over(SCHEDULED_VENUE, now) && self.day_open() {
+            let _ = self.notes.send(format!(
+                "{}: its schedule's window ends ({} UTC): it logs every session out with \
+                 \"End of day\" and stays closed",
+                self.venues[SCHEDULED_VENUE].venue.name,
+                utc_hms(self.day.end_wall)
+            ));
+        }
         for i in 0..self.slots.len() {
             let venue = self.slots[i].0;
             let silent = self.silent(venue);
             let broken = match &mut self.slots[i].1 {
                 Slot::Live(s) => s.link.step(now, silent).err(),
-                Slot::Waiting(_) => None,
+                Slot::Waiting(_) | Slot::Closed => None,
             };
             if let Some(e) = broken {
                 tracing::debug!(error = %e, "demo: a FIX session broke");
-                self.end(i, false);
+                self.end(i, How::Gateway, now);
                 self.slots[i].1 = Slot::Waiting(now + Duration::from_secs(1));
                 continue;
             }
-            match &self.slots[i].1 {
-                Slot::Waiting(at) if *at <= now => {
-                    let next = match self.connect(i, venue, now) {
-                        Ok(s) => {
-                            self.venues[venue].opened += 1;
-                            Slot::Live(Box::new(s))
-                        }
-                        Err(e) => {
-                            tracing::debug!(error = %e, "demo: connect failed, retrying");
-                            Slot::Waiting(now + Duration::from_secs(1))
-                        }
-                    };
-                    self.slots[i].1 = next;
-                }
-                Slot::Live(s) if s.until <= now && !silent => {
-                    // The gateway logs out: it closes first.
-                    self.end(i, false);
-                    let pause = if self.venues[venue].script.refuse_logons.is_some() {
-                        ms(&mut self.rng, 2000, 4000)
-                    } else {
-                        ms(&mut self.rng, 500, 3000)
-                    };
-                    self.slots[i].1 = Slot::Waiting(now + pause);
-                }
-                _ => {}
-            }
+            self.tick_slot(i, venue, now);
         }
         self.storms(now);
     }
 
+    /// Whether the scheduled venue's day has not been closed yet (its slots not all
+    /// [`Slot::Closed`]).
+    fn day_open(&self) -> bool {
+        (self.slots.iter()).any(|(v, s)| *v == SCHEDULED_VENUE && !matches!(s, Slot::Closed))
+    }
+
+    /// One slot's turn: connect when it is time (not to a venue whose day is over), end its
+    /// session when its life or its venue's day is up.
+    fn tick_slot(&mut self, i: usize, venue: usize, now: Instant) {
+        let day_over = self.day_over(venue, now);
+        let late = (self.stop_at).is_some_and(|t| now + RESET_AFTER + Duration::from_secs(2) >= t);
+        let turn = match &self.slots[i].1 {
+            Slot::Waiting(_) if day_over => Turn::Close,
+            Slot::Waiting(at) if *at <= now => Turn::Connect,
+            Slot::Live(s) if day_over && now - s.since >= self.min_life => Turn::EndOfDay,
+            Slot::Live(s) if s.reset_at.is_some_and(|t| t <= now) => Turn::Reset,
+            Slot::Live(s) if s.until <= now && s.reset_at.is_none() && self.may_end(venue, now) => {
+                if i == self.deaf_slot && !late {
+                    Turn::Ask
+                } else {
+                    Turn::LogOut
+                }
+            }
+            _ => Turn::Wait,
+        };
+        match turn {
+            Turn::Wait => {}
+            Turn::Close => self.slots[i].1 = Slot::Closed,
+            Turn::Connect => {
+                self.slots[i].1 = match self.connect(i, venue, now) {
+                    Ok(s) => {
+                        self.venues[venue].opened += 1;
+                        Slot::Live(Box::new(s))
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "demo: connect failed, retrying");
+                        Slot::Waiting(now + Duration::from_secs(1))
+                    }
+                };
+            }
+            Turn::EndOfDay => {
+                self.end(i, How::EndOfDay, now);
+                self.slots[i].1 = Slot::Closed;
+            }
+            Turn::Reset => {
+                self.end(i, How::Reset, now);
+                self.slots[i].1 = Slot::Waiting(now + ms(&mut self.rng, 500, 1000));
+            }
+            Turn::Ask => {
+                // The venue asks; the gateway will not answer.
+                if let Slot::Live(s) = &mut self.slots[i].1 {
+                    match s.link.venue_test_request_unanswered() {
+                        Ok(()) => s.reset_at = Some(now + RESET_AFTER),
+                        Err(e) => tracing::debug!(error = %e, "demo: a TestRequest failed"),
+                    }
+                }
+            }
+            Turn::LogOut => {
+                // The gateway logs out: it closes first.
+                self.end(i, How::Gateway, now);
+                let pause = if self.venues[venue].script.refuse_logons.is_some() {
+                    ms(&mut self.rng, 2000, 4000)
+                } else {
+                    ms(&mut self.rng, 500, 3000)
+                };
+                self.slots[i].1 = Slot::Waiting(now + pause);
+            }
+        }
+    }
+
     fn storms(&mut self, now: Instant) {
         if self.storm.is_none() && now >= self.next_storm {
-            // A venue with sessions logged on (not the refusing one), not while silent.
+            // A venue with sessions logged on (not the refusing one), not while silent, not
+            // after its day.
             let mut venue = self.rng.usize(..=SILENT_VENUE);
-            if self.silent(venue) {
+            if self.silent(venue) || self.day_over(venue, now) {
                 venue = 0;
             }
             let _ = self.notes.send(format!(
@@ -1017,12 +1582,15 @@ impl Sim {
         storm.next_round = now + self.min_life + Duration::from_millis(1500);
         let over = storm.rounds_left == 0;
         for i in 0..self.slots.len() {
+            // Not the deaf session: its venue resets it instead.
             let drop_it = self.slots[i].0 == venue
-                && !self.silent(venue)
+                && i != self.deaf_slot
+                && self.may_end(venue, now)
+                && !self.day_over(venue, now)
                 && matches!(&self.slots[i].1, Slot::Live(s) if now - s.since >= self.min_life);
             if drop_it {
                 // The venue drops the session: it closes first; the gateway retries quickly.
-                self.end(i, true);
+                self.end(i, How::Storm, now);
                 let pause = ms(&mut self.rng, 200, 800);
                 self.slots[i].1 = Slot::Waiting(now + pause);
             }
@@ -1046,7 +1614,7 @@ impl Sim {
             .iter()
             .filter_map(|(_, s)| match s {
                 Slot::Live(s) => Some(s.local.port()),
-                Slot::Waiting(_) => None,
+                Slot::Waiting(_) | Slot::Closed => None,
             })
             .collect();
         let remote = self.venues[venue].venue.addr;
@@ -1070,6 +1638,9 @@ impl Sim {
                     let refusing = self.venues[venue].script.refuse_logons.is_some();
                     let life = if refusing {
                         self.min_life
+                    } else if slot == self.deaf_slot {
+                        // Short, so that a short demo shows its reset.
+                        ms(&mut self.rng, 3000, 6000).max(self.min_life)
                     } else {
                         ms(&mut self.rng, 3000, 20_000).max(self.min_life)
                     };
@@ -1089,6 +1660,7 @@ impl Sim {
                         local,
                         since: now,
                         until: now + life,
+                        reset_at: None,
                     });
                 }
                 Err(e) => last = e,
@@ -1116,37 +1688,62 @@ impl Sim {
         }
     }
 
-    /// Ends the live session in slot `i` with a Logout; `venue_first`: the venue logs out (a
-    /// reason given) and closes its side first.
-    fn end(&mut self, i: usize, venue_first: bool) {
+    /// Ends the live session in slot `i` at `now` (or later, when the work took time), as
+    /// `how` says, and counts it with the cause fix-monitor is to give it.
+    fn end(&mut self, i: usize, how: How, now: Instant) {
         let venue = self.slots[i].0;
-        let slot = std::mem::replace(&mut self.slots[i].1, Slot::Waiting(Instant::now()));
-        if let Slot::Live(s) = slot {
-            let v = &mut self.venues[venue];
-            let reason = format!("{}: maintenance, reconnect later", v.venue.name);
-            let (truth, r) = s
-                .link
-                .log_out(venue_first.then_some(reason.as_str()), "end of session");
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "demo: a FIX logout failed");
+        let slot = std::mem::replace(&mut self.slots[i].1, Slot::Waiting(now));
+        let Slot::Live(s) = slot else {
+            return;
+        };
+        let name = self.venues[venue].venue.name;
+        let (truth, r) = match how {
+            How::Gateway => s.link.log_out(None, "end of session"),
+            How::Storm => {
+                let reason = format!("{name}: maintenance, reconnect later");
+                s.link.log_out(Some(&reason), "")
             }
-            v.fix.add(&truth);
-            v.closed += 1;
+            How::EndOfDay => s.link.log_out(Some("End of day"), ""),
+            How::Reset => {
+                let _ = self.notes.send(format!(
+                    "{name} resets {} after {} without an answer to its TestRequest",
+                    self.comp_ids[i],
+                    humantime::format_duration(RESET_AFTER)
+                ));
+                s.link.venue_resets()
+            }
+        };
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "demo: a FIX session's end failed");
         }
+        let at = now.max(Instant::now());
+        let cause = cause_of(&truth, self.planned(venue, at));
+        let v = &mut self.venues[venue];
+        if self.after_reset[i] {
+            v.logons_after_reset += truth.logons;
+        }
+        self.after_reset[i] = how == How::Reset || (self.after_reset[i] && truth.logons == 0);
+        v.fix.add(&truth);
+        *v.ends.entry(cause).or_default() += 1;
+        v.closed += 1;
     }
 
-    /// Ending: opens nothing more, and logs out every session old enough. True once none is
-    /// left.
+    /// Ending: opens nothing more, and logs out every session old enough (and not in the
+    /// scheduled venue's hold). True once none is left.
     fn log_out(&mut self, now: Instant) -> bool {
         if let Some(since) = self.silent_since.take() {
             self.venues[SILENT_VENUE].silences.push((since, now));
         }
         let mut left = false;
         for i in 0..self.slots.len() {
+            let venue = self.slots[i].0;
+            let may_end = self.may_end(venue, now);
             match &self.slots[i].1 {
-                Slot::Live(s) if now - s.since >= self.min_life => self.end(i, false),
+                Slot::Live(s) if now - s.since >= self.min_life && may_end => {
+                    self.end(i, How::Gateway, now)
+                }
                 Slot::Live(_) => left = true,
-                Slot::Waiting(_) => {}
+                Slot::Waiting(_) | Slot::Closed => {}
             }
         }
         !left
@@ -1154,19 +1751,44 @@ impl Sim {
 
     /// Closes every session and listener; returns what was done.
     fn close_all(mut self) -> Vec<VenueCounts> {
+        let now = Instant::now();
         for i in 0..self.slots.len() {
-            self.end(i, false);
+            self.end(i, How::Gateway, now);
         }
         self.venues
             .into_iter()
             .map(|v| VenueCounts {
                 name: v.venue.name.to_owned(),
+                sessions: v.venue.sessions,
                 opened: v.opened,
                 closed: v.closed,
                 fix: v.fix,
+                ends: v.ends,
+                logons_after_reset: v.logons_after_reset,
                 silences: v.silences,
             })
             .collect()
+    }
+}
+
+/// The cause fix-monitor is to give a session that ended as `t` says (one session's truth),
+/// `planned` or not by its schedule: the judge's rules (`crate::ends::judge`), in its order,
+/// on what the simulator knows it did.
+fn cause_of(t: &LinkTruth, planned: bool) -> Cause {
+    if t.refused_logons > 0 && t.logons == 0 {
+        Cause::LogonRefused
+    } else if planned {
+        Cause::ScheduledLogout
+    } else if t.test_requests_unanswered > 0 {
+        Cause::HeartbeatTimeout
+    } else if t.logouts_them > 0 {
+        Cause::LogoutByThem
+    } else if t.logouts_us > 0 {
+        Cause::LogoutByUs
+    } else if t.resets_by_venue > 0 {
+        Cause::ResetByThem
+    } else {
+        Cause::ClosedWithoutLogout
     }
 }
 
@@ -1181,13 +1803,14 @@ mod tests {
     #[test]
     fn the_demo_configuration_is_valid() {
         let venues = bind_venues().unwrap();
-        let s = settings(&venues, Duration::from_millis(250), None).unwrap();
+        let day = Day::ending_after(DAY_LENGTH, SystemTime::now(), Instant::now());
+        let s = settings(&venues, Duration::from_millis(250), None, &day).unwrap();
         assert_eq!(s.targets.len(), VENUES.len());
         assert!(s.fix.capture && s.fix.logs.is_empty());
         assert_eq!(s.fix.our_comp_ids.len(), 14);
         assert_eq!(s.fix.target_comp_ids[1], vec!["VENUEB".to_string()]);
         let dir = PathBuf::from("/tmp/x");
-        let l = settings(&venues, Duration::from_millis(250), Some(&dir)).unwrap();
+        let l = settings(&venues, Duration::from_millis(250), Some(&dir), &day).unwrap();
         assert!(!l.fix.capture);
         assert_eq!(l.fix.log_paths(), vec!["/tmp/x/*.messages.log".to_string()]);
         assert_eq!(s.poll.interval, Duration::from_millis(250));
@@ -1197,6 +1820,131 @@ mod tests {
             assert!(t.matches(&"127.0.0.1:5000".parse().unwrap(), &v.addr));
             assert!(!t.matches(&"127.0.0.1:6000".parse().unwrap(), &v.addr));
         }
+        // The scheduled venue's window: up now, down from its end (a whole second) on.
+        assert_eq!(s.schedule_grace, SCHEDULE_GRACE);
+        let sched = s.target_schedules[SCHEDULED_VENUE].as_ref().unwrap();
+        assert!(s.target_schedules.iter().filter(|s| s.is_some()).count() == 1);
+        assert!(sched.expected_up(SystemTime::now()));
+        assert!(sched.expected_up(day.end_wall - Duration::from_secs(1)));
+        assert!(!sched.expected_up(day.end_wall));
+        assert!(!sched.expected_up(day.end_wall + Duration::from_secs(3600)));
+        assert!(sched.planned_end(day.end_wall - SCHEDULE_GRACE, SCHEDULE_GRACE));
+        assert!(!sched.planned_end(day.end_wall - SCHEDULE_GRACE * 2, SCHEDULE_GRACE));
+        let lockout = s.fix.target_logon_lockout[VENUES.len() - 1].unwrap();
+        assert_eq!(
+            (lockout.attempts as u32, lockout.within),
+            (LOCKOUT_ATTEMPTS, LOCKOUT_WITHIN)
+        );
+        assert!(s.fix.target_logon_lockout[0].is_none());
+    }
+
+    /// A day ends on a whole second, `length` or up to a second more after now, and its
+    /// times read as UTC wall-clock times.
+    #[test]
+    fn a_day_and_its_times() {
+        let now_wall = SystemTime::UNIX_EPOCH + Duration::from_millis(86_400_000 * 3 + 3_599_250);
+        let now = Instant::now();
+        let d = Day::ending_after(Duration::from_secs(45), now_wall, now);
+        assert_eq!(utc_hms(now_wall), "00:59:59");
+        assert_eq!(utc_hms(d.end_wall), "01:00:45");
+        assert_eq!(d.end - now, Duration::from_millis(45_750));
+        assert_eq!(utc_hms(d.start), "00:49:59");
+        assert_eq!(d.grace_from(), d.end - SCHEDULE_GRACE);
+        assert!(d
+            .toml()
+            .contains("start = \"00:49:59\"\nend = \"01:00:45\""));
+    }
+
+    /// The judge's rules on the simulator's truth, in the judge's order.
+    #[test]
+    fn the_simulators_causes() {
+        let t = |f: fn(&mut LinkTruth)| {
+            let mut t = LinkTruth::default();
+            f(&mut t);
+            t
+        };
+        let refused = t(|t| t.refused_logons = 1);
+        assert_eq!(cause_of(&refused, true), Cause::LogonRefused);
+        let us = t(|t| {
+            t.logons = 1;
+            t.logouts_us = 1
+        });
+        assert_eq!(cause_of(&us, false), Cause::LogoutByUs);
+        assert_eq!(cause_of(&us, true), Cause::ScheduledLogout);
+        let them = t(|t| {
+            t.logons = 1;
+            t.logouts_them = 1
+        });
+        assert_eq!(cause_of(&them, false), Cause::LogoutByThem);
+        let deaf = t(|t| {
+            t.logons = 1;
+            t.logouts_us = 1;
+            t.test_requests_unanswered = 1
+        });
+        assert_eq!(cause_of(&deaf, false), Cause::HeartbeatTimeout);
+        let reset = t(|t| {
+            t.logons = 1;
+            t.resets_by_venue = 1;
+            t.test_requests_unanswered = 1
+        });
+        assert_eq!(cause_of(&reset, false), Cause::HeartbeatTimeout);
+        assert_eq!(
+            cause_of(&t(|t| t.logons = 1), false),
+            Cause::ClosedWithoutLogout
+        );
+    }
+
+    #[test]
+    fn ends_read_off_a_metrics_page_and_compared() {
+        let page = "# HELP fix_session_ends_total Sessions that ended\n\
+            # TYPE fix_session_ends_total counter\n\
+            fix_session_ends_total{cause=\"logout_by_us\",target=\"venue-a\",otel_scope_name=\"x\"} 3\n\
+            fix_session_ends_total{target=\"venue-a\",cause=\"heartbeat_timeout\"} 1\n\
+            fix_session_ends_total{cause=\"unknown\",target=\"venue-a\"} 0\n\
+            fix_session_ends_total{cause=\"unknown\",target=\"venue-b\"} 2 1700000000000\n\
+            fix_session_ends_totally{cause=\"unknown\",target=\"venue-b\"} 9\n";
+        let seen = parse_ends(page);
+        let m = |kv: &[(&str, u64)]| -> BTreeMap<String, u64> {
+            kv.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+        };
+        assert_eq!(
+            seen["venue-a"],
+            m(&[("logout_by_us", 3), ("heartbeat_timeout", 1)])
+        );
+        assert_eq!(seen["venue-b"], m(&[("unknown", 2)]));
+
+        let venue = |name: &str, sessions, ends: &[(Cause, u64)]| VenueCounts {
+            name: name.into(),
+            sessions,
+            closed: ends.iter().map(|e| e.1).sum(),
+            ends: ends.iter().copied().collect(),
+            ..Default::default()
+        };
+        let a = venue(
+            "venue-a",
+            6,
+            &[(Cause::LogoutByUs, 3), (Cause::HeartbeatTimeout, 1)],
+        );
+        let b = venue("venue-b", 4, &[(Cause::LogoutByThem, 2)]);
+        let counts = [a, b];
+        // The wire: exact for every target; venue-b's causes differ.
+        let wire = check_ends(&counts, Some(&seen), Knows::Wire);
+        assert!(!wire.agree);
+        assert_eq!(
+            wire.lines.last().unwrap(),
+            "fix-monitor's end causes differ from the simulator's: venue-b"
+        );
+        assert!(wire
+            .lines
+            .contains(&"simulated ends: venue-a heartbeat_timeout=1 logout_by_us=3".to_string()));
+        // The logs: several sessions each, so only counted; they agree.
+        let logs = check_ends(&counts, Some(&seen), Knows::Logs);
+        assert!(logs.agree, "{:?}", logs.lines);
+        assert!(logs.lines.last().unwrap().contains("exactly for none"));
+        // An end not judged, or no page at all.
+        let short = [venue("venue-b", 4, &[(Cause::LogoutByThem, 3)])];
+        assert!(!check_ends(&short, Some(&seen), Knows::Logs).agree);
+        assert!(!check_ends(&counts, None, Knows::Logs).agree);
     }
 
     /// The simulator alone, at a fast pace: sessions open, close, and storms happen; the counts
@@ -1206,7 +1954,12 @@ mod tests {
         let venues = bind_venues().unwrap();
         let (tx, mut rx) = mpsc::unbounded_channel();
         let t0 = Instant::now();
-        let mut sim = Sim::new(venues, Duration::from_millis(10), tx, t0);
+        let plan = Plan {
+            interval: Duration::from_millis(10),
+            day: Day::ending_after(Duration::from_secs(20), SystemTime::now(), t0),
+            stop_at: None,
+        };
+        let mut sim = Sim::new(venues, &plan, tx, t0);
         // Simulated time: 60 s in 50 ms steps (sockets are real, lifetimes are not waited).
         let mut now = t0;
         while now < t0 + Duration::from_secs(60) {
@@ -1223,6 +1976,24 @@ mod tests {
         let closed: u64 = counts.iter().map(|c| c.closed).sum();
         assert!(opened > 13 * 2, "{counts:?}");
         assert_eq!(opened, closed, "close_all closes the {live} live ones too");
+        // Every end has its cause; each scenario's shows.
+        for c in &counts {
+            assert_eq!(c.ends.values().sum::<u64>(), c.closed, "{c:?}");
+        }
+        let ends = |v: usize, cause| counts[v].ends.get(&cause).copied().unwrap_or(0);
+        assert!(
+            ends(SCHEDULED_VENUE, Cause::ScheduledLogout) > 0,
+            "{counts:?}"
+        );
+        assert!(ends(DEAF_VENUE, Cause::HeartbeatTimeout) > 0, "{counts:?}");
+        assert_eq!(
+            ends(VENUES.len() - 1, Cause::LogonRefused),
+            counts[VENUES.len() - 1].closed
+        );
+        assert_eq!(
+            counts[DEAF_VENUE].fix.resets_by_venue,
+            ends(DEAF_VENUE, Cause::HeartbeatTimeout)
+        );
         let mut notes = Vec::new();
         while let Ok(n) = rx.try_recv() {
             notes.push(n);

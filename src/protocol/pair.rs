@@ -80,6 +80,11 @@ pub struct LinkTruth {
     pub delay_sum: Duration,
     /// The Text (tag 58) of the last Logout either way (a refusal's included).
     pub last_logout_text: Option<String>,
+    /// TestRequests of the venue's that the gateway left unanswered (the scripted fault,
+    /// [`Link::venue_test_request_unanswered`]), counted when the session ends.
+    pub test_requests_unanswered: u64,
+    /// Sessions the venue reset (closed with an RST, [`Link::venue_resets`]).
+    pub resets_by_venue: u64,
 }
 
 impl LinkTruth {
@@ -104,6 +109,8 @@ impl LinkTruth {
         self.orders_rejected += o.orders_rejected;
         self.round_trip_sum += o.round_trip_sum;
         self.delay_sum += o.delay_sum;
+        self.test_requests_unanswered += o.test_requests_unanswered;
+        self.resets_by_venue += o.resets_by_venue;
         if o.last_logout_text.is_some() {
             self.last_logout_text.clone_from(&o.last_logout_text);
         }
@@ -135,6 +142,10 @@ pub struct Link {
     last_venue_sent: Instant,
     test_req_out: Option<Instant>,
     test_req_id: u64,
+    /// The venue's TestRequest waiting for the gateway's Heartbeat (its TestReqID).
+    venue_test_req: Option<String>,
+    /// The scripted fault: the gateway has stopped answering the venue's TestRequests.
+    deaf: bool,
     /// The next inbound MsgSeqNum the gateway expects.
     expect_in: u64,
     next_order: Instant,
@@ -193,6 +204,8 @@ impl Link {
             last_venue_sent: now,
             test_req_out: None,
             test_req_id: 0,
+            venue_test_req: None,
+            deaf: false,
             expect_in: 1,
             next_order,
             orders_sent: 0,
@@ -212,6 +225,51 @@ impl Link {
     /// Whether the session is logged on (the Logon was answered, no Logout yet).
     pub fn logged_on(&self) -> bool {
         self.state == GwState::LoggedOn
+    }
+
+    /// Whether the venue refused the gateway's Logon.
+    pub fn refused(&self) -> bool {
+        self.state == GwState::Refused
+    }
+
+    /// The scripted fault: the venue sends a TestRequest, and the gateway, which has stopped
+    /// answering TestRequests on this session, leaves it unanswered (it goes on sending its
+    /// heartbeats and orders, none echoing the TestReqID).
+    pub fn venue_test_request_unanswered(&mut self) -> io::Result<()> {
+        self.deaf = true;
+        let id = format!("VTEST{}", self.venue_sent + 1);
+        self.venue_send("1", &[(112, &id)])?;
+        self.venue_test_req = Some(id);
+        Ok(())
+    }
+
+    /// Whether a TestRequest of the venue's waits for its answer.
+    pub fn test_request_unanswered(&self) -> bool {
+        self.venue_test_req.is_some()
+    }
+
+    /// The venue resets the connection (closes it with SO_LINGER 0: an RST, no Logout) after
+    /// the gateway read everything it sent, so that the truth counts all that was on the
+    /// wire; returns the truth, as [`log_out`](Self::log_out) does.
+    pub fn venue_resets(mut self) -> (LinkTruth, io::Result<()>) {
+        let read = self
+            .gw
+            .try_recv()
+            .and_then(|ms| ms.iter().try_for_each(|m| self.gw_handle(m)));
+        self.truth.sent = self.gw.sent.clone();
+        self.truth.received = self.gw.received.clone();
+        self.truth.resets_by_venue += 1;
+        self.count_unanswered();
+        let truth = self.truth;
+        let reset = self.venue.reset();
+        self.gw.close();
+        (truth, read.and(reset))
+    }
+
+    fn count_unanswered(&mut self) {
+        if self.venue_test_req.is_some() {
+            self.truth.test_requests_unanswered += 1;
+        }
     }
 
     /// The earliest time an acknowledgement is due (the caller wakes up then).
@@ -263,6 +321,7 @@ impl Link {
         let r = self.log_out_inner(venue_reason, gw_reason);
         self.truth.sent = self.gw.sent.clone();
         self.truth.received = self.gw.received.clone();
+        self.count_unanswered();
         let truth = self.truth;
         if venue_reason.is_some() {
             self.venue.close();
@@ -464,6 +523,13 @@ impl Link {
                 self.truth.last_logout_text = m.get_str(tag::TEXT).map(|t| t.into_owned());
             }
             b"0" if m.get(tag::TEST_REQ_ID).is_some() => self.test_req_out = None,
+            b"1" if !self.deaf => {
+                let id = m.get_str(tag::TEST_REQ_ID).unwrap_or_default().into_owned();
+                self.gw_send("0", &[(112, &id)])?;
+                if self.venue_test_req.as_deref() == Some(id.as_str()) {
+                    self.venue_test_req = None;
+                }
+            }
             b"8" | b"9" => {
                 let id = m.get_str(tag::CL_ORD_ID).unwrap_or_default();
                 if self.in_flight.as_ref().is_some_and(|(i, _)| *i == id) {
@@ -641,5 +707,40 @@ mod tests {
         r.unwrap();
         assert_eq!(t.logouts_them, 1);
         assert_eq!(t.last_logout_text.as_deref(), Some("maintenance"));
+    }
+
+    /// The scripted fault: the venue's TestRequest is left unanswered (the gateway goes on
+    /// heartbeating), then the venue resets the connection; the gateway read the TestRequest,
+    /// and its end of the connection sees the reset.
+    #[test]
+    fn an_unanswered_test_request_then_a_reset() {
+        let ms = Duration::from_millis;
+        let (g, v) = pair();
+        let watch = g.try_clone().unwrap();
+        let mut l = Link::open(g, v, "GW4", script(), ms(100), (ms(1), ms(2)), None).unwrap();
+        let step_for = |l: &mut Link, d: Duration| {
+            let end = Instant::now() + d;
+            while Instant::now() < end {
+                l.step(Instant::now(), false).unwrap();
+                std::thread::sleep(ms(1));
+            }
+        };
+        step_for(&mut l, ms(100));
+        assert!(!l.test_request_unanswered() && !l.refused());
+        l.venue_test_request_unanswered().unwrap();
+        step_for(&mut l, ms(300));
+        assert!(l.test_request_unanswered());
+        let (t, r) = l.venue_resets();
+        r.unwrap();
+        assert_eq!((t.test_requests_unanswered, t.resets_by_venue), (1, 1));
+        assert_eq!(t.received.get("TestRequest"), Some(&1));
+        assert_eq!((t.logouts_us, t.logouts_them), (0, 0));
+        // The gateway's socket (closed by the link, read through a clone of it) was reset.
+        let mut buf = [0u8; 64];
+        let got = std::io::Read::read(&mut &watch, &mut buf);
+        assert!(
+            matches!(&got, Err(e) if e.kind() == io::ErrorKind::ConnectionReset),
+            "{got:?}"
+        );
     }
 }

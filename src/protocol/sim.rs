@@ -259,6 +259,12 @@ impl Peer {
     pub fn close(self) {
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
     }
+
+    /// Reset the TCP connection: close it with SO_LINGER 0, so that the kernel sends an RST
+    /// instead of a FIN.
+    pub fn reset(self) -> io::Result<()> {
+        socket2::SockRef::from(&self.stream).set_linger(Some(Duration::ZERO))
+    }
 }
 
 /// An IPv4 TCP packet from `src` to `dst` (ACK set, checksums left zero: the wire source does

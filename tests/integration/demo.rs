@@ -3,7 +3,11 @@
 //! which fix-monitor's counts agree with the simulator's, the endpoint's and the report's.
 //! The simulated sessions speak FIX: `/sessions` and the FIX metrics are checked against the
 //! simulator's own counts (its summary lines), and the venue that goes silent turns stale on
-//! `/metrics` only while the simulator has it silent.
+//! `/metrics` only while the simulator has it silent. Its scenarios end sessions in ways
+//! that each have their cause: `fix_session_ends_total` by target and cause is checked against
+//! the simulator's ends (exactly where fix-monitor can know them), venue-b's schedule window
+//! ends halfway through (`fix_target_expected_up` 1, then 0), and venue-d's logon attempts reach
+//! the one before its `logon_lockout`.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -22,6 +26,83 @@ const SILENT: &str = "venue-c";
 const STALE_AFTER: Duration = Duration::from_secs(2);
 /// The last data before the silence came up to one heartbeat before it.
 const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// The venue whose day ends halfway through the demo; the refusing venue and its lockout
+/// threshold; the venue that resets a session whose TestRequest went unanswered.
+const SCHEDULED: &str = "venue-b";
+const REFUSING: &str = "venue-d";
+const LOCKOUT_ATTEMPTS: f64 = 4.0;
+const DEAF: &str = "venue-a";
+
+/// The demo's `simulated ends:` lines: by venue, by cause.
+fn sim_ends(out: &str) -> BTreeMap<String, BTreeMap<String, u64>> {
+    out.lines()
+        .filter_map(|l| l.strip_prefix("simulated ends: "))
+        .map(|l| {
+            let (name, rest) = l.split_once(' ').unwrap();
+            let ends = if rest == "none" {
+                BTreeMap::new()
+            } else {
+                tally(&format!("{name} {rest}")).1
+            };
+            (name.to_owned(), ends)
+        })
+        .collect()
+}
+
+/// fix-monitor's ends on `/metrics` against the simulator's: exactly by cause for every target
+/// when it reads the wire, else for the target with one FIX session (venue-d); the others'
+/// ends all counted and their `scheduled_logout` exact. The scenarios show in the truth.
+fn check_ends(out: &str, metrics: &Metrics, sim: &BTreeMap<String, (u64, u64)>, logs: bool) {
+    let truth = sim_ends(out);
+    for v in VENUES {
+        let got: BTreeMap<String, u64> = metrics
+            .by("fix_session_ends_total", &[("target", v)], "cause")
+            .into_iter()
+            .filter(|(_, n)| *n > 0.0)
+            .map(|(c, n)| (c, n as u64))
+            .collect();
+        let want = &truth[v];
+        assert_eq!(want.values().sum::<u64>(), sim[v].1, "{v}: a cause per end");
+        if !logs || v == REFUSING {
+            assert_eq!(&got, want, "{v}: ends by cause\n{out}");
+        } else {
+            assert_eq!(got.values().sum::<u64>(), sim[v].1, "{v}: every end\n{out}");
+            assert_eq!(
+                got.get("scheduled_logout"),
+                want.get("scheduled_logout"),
+                "{v}: scheduled ends\n{out}"
+            );
+        }
+    }
+    let n = |v: &str, cause: &str| truth[v].get(cause).copied().unwrap_or(0);
+    assert!(n(SCHEDULED, "scheduled_logout") > 0, "{out}");
+    assert!(n(DEAF, "heartbeat_timeout") > 0, "{out}");
+    assert_eq!(n(REFUSING, "logon_refused"), sim[REFUSING].1, "{out}");
+    let verdict = if logs {
+        "fix-monitor's end causes agree with the simulator's as far as it can know them: \
+         exactly for venue-d;"
+    } else {
+        "fix-monitor's end causes equal the simulator's"
+    };
+    assert!(out.contains(verdict), "{out}");
+    // The end of the day: venue-b's sessions all ended, expected down at the end.
+    assert_eq!(
+        metrics.count("fix_target_expected_up", &[("target", SCHEDULED)]),
+        0.0
+    );
+    for v in ["venue-a", "venue-c", "venue-d"] {
+        assert_eq!(
+            metrics.count("fix_target_expected_up", &[("target", v)]),
+            1.0
+        );
+    }
+    assert!(
+        out.contains("venue-b: its window ends at ")
+            && out.contains("fix_target_expected_up 0 at the end"),
+        "{out}"
+    );
+}
 
 /// `name k=v k=v ...` (the demo's FIX summary lines) as a map.
 fn tally(line: &str) -> (String, BTreeMap<String, u64>) {
@@ -111,7 +192,7 @@ fn run_demo(extra: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("demo.json");
     let mut child = command()
-        .args(["demo", "--duration", "10", "--interval", "250ms"])
+        .args(["demo", "--duration", "20", "--interval", "250ms"])
         .args(extra)
         .arg("--report")
         .arg(&report)
@@ -176,7 +257,10 @@ fn run_demo(extra: &[&str]) -> String {
     let mut stale: Vec<(Instant, BTreeMap<String, f64>)> = Vec::new();
     let mut last_metrics: Option<Metrics> = None;
     let mut last_sessions: Option<serde_json::Value> = None;
-    let deadline = Instant::now() + Duration::from_secs(40);
+    // venue-b's fix_target_expected_up, and venue-d's most logon attempts in its window.
+    let mut expected_up: Vec<f64> = Vec::new();
+    let mut attempts: f64 = 0.0;
+    let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Some(st) = child.try_wait().unwrap() {
             break st;
@@ -187,6 +271,12 @@ fn run_demo(extra: &[&str]) -> String {
             let at = Instant::now();
             let m = Metrics::parse(&body);
             scrapes.push((after_end, venue_counts(&m)));
+            expected_up.push(m.count("fix_target_expected_up", &[("target", SCHEDULED)]));
+            let window = m.sum(
+                "fix_session_logon_attempts_in_window",
+                &[("target", REFUSING)],
+            );
+            attempts = attempts.max(window);
             stale.push((
                 at,
                 VENUES
@@ -216,7 +306,7 @@ fn run_demo(extra: &[&str]) -> String {
     );
     let out = text();
     assert!(status.success(), "{status:?}\n{out}");
-    assert!(out.contains("demo ended as planned after 00:00:1"), "{out}");
+    assert!(out.contains("demo ended as planned after 00:00:2"), "{out}");
     assert!(
         out.contains("fix-monitor counted every session the gateway opened and closed"),
         "{out}"
@@ -397,6 +487,20 @@ fn run_demo(extra: &[&str]) -> String {
         .unwrap()["last_logout_text"]
         .clone();
     assert_eq!(refusal, "venue-d: logon refused, unknown CompID");
+
+    // Why the sessions ended; venue-b's window: up, then down for good; venue-d's attempts
+    // reached the one before its lockout.
+    check_ends(&out, &metrics, &sim, extra.contains(&"log"));
+    assert_eq!(expected_up.first(), Some(&1.0), "{expected_up:?}");
+    assert!(
+        expected_up.windows(2).all(|w| w[0] >= w[1]),
+        "{expected_up:?}"
+    );
+    assert_eq!(
+        metrics.count("fix_target_logon_lockout_attempts", &[("target", REFUSING)]),
+        LOCKOUT_ATTEMPTS
+    );
+    assert!(attempts >= LOCKOUT_ATTEMPTS - 1.0, "{attempts}\n{out}");
 
     // The silent venue: stale on /metrics only while the simulator had it silent (from its
     // note plus stale_after, until its recovery note plus a poll and a scrape), and stale at
