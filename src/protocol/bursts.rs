@@ -31,11 +31,14 @@ pub const SLOTS: usize = 60;
 /// the 1 s window saturates at this (a million messages a second on one session).
 pub const MAX_TIMES: usize = 1 << 20;
 
+/// The windows in nanoseconds.
+const WINDOW_NS: [u64; 4] = [1_000_000, 10_000_000, 100_000_000, 1_000_000_000];
+
 /// One direction's bursts.
 #[derive(Debug, Clone)]
 pub struct Bursts {
-    /// Times of the messages of the last second, oldest first.
-    times: VecDeque<SystemTime>,
+    /// Times of the messages of the last second (nanoseconds since the epoch), oldest first.
+    times: VecDeque<u64>,
     /// Per window: how many of `times` (from the front) are older than the window ending at
     /// the last message.
     before: [usize; 4],
@@ -53,16 +56,20 @@ impl Default for Bursts {
     }
 }
 
+fn nanos_of(t: SystemTime) -> u64 {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    d.as_secs() * 1_000_000_000 + u64::from(d.subsec_nanos())
+}
+
 fn second_of(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
+    nanos_of(t) / 1_000_000_000
 }
 
 impl Bursts {
     /// One message at `at`. Times that go back (a log's lines out of order) count as `at` =
     /// the last time, so a window never holds a message twice nor loses one.
     pub fn message(&mut self, at: SystemTime) {
+        let at = nanos_of(at);
         let at = self.times.back().map_or(at, |&last| at.max(last));
         self.times.push_back(at);
         if self.times.len() > MAX_TIMES {
@@ -72,14 +79,9 @@ impl Bursts {
             }
         }
         let mut counts = [0u64; 4];
-        for (i, w) in WINDOWS.iter().enumerate() {
+        for (i, w) in WINDOW_NS.iter().enumerate() {
             // A message exactly `w` before `at` is outside the window (at - w, at].
-            while self.before[i] < self.times.len()
-                && at
-                    .duration_since(self.times[self.before[i]])
-                    .unwrap_or_default()
-                    >= *w
-            {
+            while self.before[i] < self.times.len() && at - self.times[self.before[i]] >= *w {
                 self.before[i] += 1;
             }
             counts[i] = (self.times.len() - self.before[i]) as u64;
@@ -92,7 +94,7 @@ impl Bursts {
                 *b -= gone;
             }
         }
-        let sec = second_of(at);
+        let sec = at / 1_000_000_000;
         match self.slots.back_mut() {
             Some((s, peaks)) if *s == sec => {
                 for (p, c) in peaks.iter_mut().zip(counts) {
