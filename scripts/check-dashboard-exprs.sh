@@ -128,6 +128,34 @@ BEGIN {
         }
         for (i = 0; i <= n; i++) emit("fix_order_ack_latency_seconds_count", LS ",request=\"new\"", i * 2, start + i * step)
         for (i = 0; i <= n; i++) emit("fix_order_ack_latency_seconds_sum", LS ",request=\"new\"", i * 0.004, start + i * step)
+        # the FIX traffic row: peaks per window each way, the throttle (venue-a has a
+        # message_limit; its utilization climbs to 100%), throttle rejects now and then,
+        # every sequence kind (a few growing), order outcomes per target (a reason series
+        # born late, as they are), fills spread over the latency buckets
+        nw = split("1ms 10ms 100ms 1s", wins, " ")
+        for (d = 1; d <= 2; d++) for (w = 1; w <= nw; w++) {
+            LW = LS sprintf(",direction=\"%s\",window=\"%s\"", (d == 1) ? "in" : "out", wins[w])
+            for (i = 0; i <= n; i++) emit("fix_session_peak_messages", LW, (1 + i % 4) * 10 ^ (w - 1) * d, start + i * step)
+        }
+        if (g == 1) for (i = 0; i <= n; i++) emit("fix_session_throttle_utilization_ratio", LS, 0.3 + 0.1 * (i % 8), start + i * step)
+        for (i = 0; i <= n; i++) emit("fix_session_throttle_rejects_total", LS, int(i / 45), start + i * step)
+        nk = split("reset_at_logon reset gap_fill too_low poss_dup poss_resend resend_storm", kinds, " ")
+        for (d = 1; d <= 2; d++) for (k = 1; k <= nk; k++) {
+            LK = LS sprintf(",direction=\"%s\",kind=\"%s\"", (d == 1) ? "in" : "out", kinds[k])
+            for (i = 0; i <= n; i++) emit("fix_session_sequence_events_total", LK, (k == 3 || k == 5) ? int(i / (k * d)) : int(i / 200), start + i * step)
+        }
+        ne = split("new partial_fill fill canceled replaced rejected", ets, " ")
+        for (e = 1; e <= ne; e++) for (i = 0; i <= n; i++) emit("fix_execution_reports_total", L sprintf(",exec_type=\"%s\"", ets[e]), int(i * 6 / e), start + i * step)
+        for (i = 0; i <= n; i++) emit("fix_order_rejects_total", L ",reason=\"unknown_symbol\"", int(i / 6), start + i * step)
+        for (i = n - 60; i <= n; i++) emit("fix_order_rejects_total", L ",reason=\"exchange_closed\"", 3 + int((i - n + 60) / 10), start + i * step)
+        for (i = 0; i <= n; i++) emit("fix_cancel_rejects_total", L ",reason=\"too_late_to_cancel\"", int(i / 12), start + i * step)
+        nfb = split("0.0001 0.001 0.01 0.1 1 10 60 600 3600 +Inf", fles, " ")
+        for (b = 1; b <= nfb; b++) {
+            LB = L sprintf(",le=\"%s\"", fles[b])
+            for (i = 0; i <= n; i++) emit("fix_order_fill_latency_seconds_bucket", LB, int(i * 3 * b / nfb), start + i * step)
+        }
+        for (i = 0; i <= n; i++) emit("fix_order_fill_latency_seconds_count", L, i * 3, start + i * step)
+        for (i = 0; i <= n; i++) emit("fix_order_fill_latency_seconds_sum", L, i * 1.5, start + i * step)
         # one close per minute; lifetimes spread over the buckets
         for (b = 1; b <= nb; b++) {
             LB = L sprintf(",le=\"%s\"", les[b])
