@@ -121,15 +121,55 @@ pub struct Message {
     raw: Vec<u8>,
     /// (tag, start, end) of each field's value in `raw`, in message order.
     fields: Vec<(u32, u32, u32)>,
+    /// Where the first field of each of [`HOT_TAGS`] is in `fields` (plus one; 0: absent),
+    /// found while parsing: the tags the tracker asks every message for, mostly absent, are
+    /// answered without a scan.
+    hot: [u16; HOT_TAGS.len()],
+}
+
+/// The tags looked up on every message ([`Message::get`] answers them from an index).
+const HOT_TAGS: [u32; 10] = [
+    tag::MSG_SEQ_NUM,
+    tag::POSS_DUP_FLAG,
+    tag::POSS_RESEND,
+    tag::GAP_FILL_FLAG,
+    tag::NEW_SEQ_NO,
+    tag::RESET_SEQ_NUM_FLAG,
+    tag::CL_ORD_ID,
+    tag::EXEC_TYPE,
+    tag::TEXT,
+    tag::TEST_REQ_ID,
+];
+
+/// The slot of `tag` in [`HOT_TAGS`].
+fn hot_slot(tag: u32) -> Option<usize> {
+    match tag {
+        tag::MSG_SEQ_NUM => Some(0),
+        tag::POSS_DUP_FLAG => Some(1),
+        tag::POSS_RESEND => Some(2),
+        tag::GAP_FILL_FLAG => Some(3),
+        tag::NEW_SEQ_NO => Some(4),
+        tag::RESET_SEQ_NUM_FLAG => Some(5),
+        tag::CL_ORD_ID => Some(6),
+        tag::EXEC_TYPE => Some(7),
+        tag::TEXT => Some(8),
+        tag::TEST_REQ_ID => Some(9),
+        _ => None,
+    }
 }
 
 impl Message {
     /// The first value of `tag`, if present.
     pub fn get(&self, tag: u32) -> Option<&[u8]> {
-        self.fields
-            .iter()
-            .find(|(t, _, _)| *t == tag)
-            .map(|&(_, s, e)| &self.raw[s as usize..e as usize])
+        let at = |i: usize| {
+            let (_, s, e) = self.fields[i];
+            &self.raw[s as usize..e as usize]
+        };
+        match hot_slot(tag).map(|h| self.hot[h]) {
+            Some(0) => None,
+            Some(u16::MAX) | None => (self.fields.iter().position(|(t, _, _)| *t == tag)).map(at),
+            Some(n) => Some(at(usize::from(n) - 1)),
+        }
     }
 
     /// The first value of `tag` as text (lossy: FIX values are ASCII in practice).
@@ -180,7 +220,7 @@ impl fmt::Debug for Message {
     }
 }
 
-fn parse_u64(v: &[u8]) -> Option<u64> {
+pub(crate) fn parse_u64(v: &[u8]) -> Option<u64> {
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -435,6 +475,7 @@ pub fn checksum(bytes: &[u8], sep: u8) -> u32 {
 /// Split a framed message into fields.
 fn parse_fields(b: &[u8], sep: u8) -> Result<Message, Malformed> {
     let mut fields = Vec::with_capacity(32);
+    let mut hot = [0u16; HOT_TAGS.len()];
     let mut i = 0;
     let mut data_len: Option<(u32, usize)> = None;
     while i < b.len() {
@@ -459,6 +500,13 @@ fn parse_fields(b: &[u8], sep: u8) -> Result<Message, Malformed> {
             let len = parse_u64(&b[vstart..vend]).ok_or(Malformed::BadField)?;
             data_len = Some((dtag, len.min(MAX_BODY_LEN as u64) as usize));
         }
+        if let Some(h) = hot_slot(tag) {
+            // Beyond u16::MAX - 1 fields (a 1 MiB body of tiny fields) the index says "scan".
+            if hot[h] == 0 {
+                let n = u16::try_from(fields.len() + 1).unwrap_or(u16::MAX);
+                hot[h] = n;
+            }
+        }
         fields.push((tag, vstart as u32, vend as u32));
         i = vend + 1;
     }
@@ -469,6 +517,7 @@ fn parse_fields(b: &[u8], sep: u8) -> Result<Message, Malformed> {
     Ok(Message {
         raw: b.to_vec(),
         fields,
+        hot,
     })
 }
 
@@ -669,6 +718,33 @@ mod tests {
             ],
             SOH,
         )
+    }
+
+    #[test]
+    fn get_answers_indexed_and_other_tags_alike_first_of_each() {
+        let m = parse(
+            &write(
+                "FIX.4.4",
+                &[
+                    (35, b"8"),
+                    (34, b"7"),
+                    (58, b"a"),
+                    (58, b"b"),
+                    (55, b"X"),
+                    (34, b"9"),
+                ],
+                SOH,
+            ),
+            SOH,
+        )
+        .unwrap();
+        for t in [34, 58, 55, 43, 97, 999] {
+            let scanned = m.fields().find(|(tag, _)| *tag == t).map(|(_, v)| v);
+            assert_eq!(m.get(t), scanned, "tag {t}");
+        }
+        assert_eq!(m.get(58), Some(&b"a"[..]));
+        assert_eq!(m.get_u64(34), Some(7));
+        assert_eq!(m.get(43), None);
     }
 
     #[test]

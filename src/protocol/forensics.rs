@@ -102,6 +102,37 @@ pub struct ResendRequest {
     pub replayed: u64,
 }
 
+/// The fields sequence numbers are judged on, read once per message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SeqFields {
+    /// MsgSeqNum (34).
+    pub seq: Option<u64>,
+    /// PossDupFlag (43) = Y.
+    pub poss_dup: bool,
+    /// PossResend (97) = Y.
+    pub poss_resend: bool,
+    /// GapFillFlag (123) = Y.
+    pub gap_fill: bool,
+    /// NewSeqNo (36).
+    pub new_seq: Option<u64>,
+    /// ResetSeqNumFlag (141) = Y.
+    pub reset: bool,
+}
+
+impl SeqFields {
+    /// The fields of `msg` (the first of each tag; the codec answers these tags from an index).
+    pub fn of(msg: &Message) -> SeqFields {
+        SeqFields {
+            seq: msg.get_u64(tag::MSG_SEQ_NUM),
+            poss_dup: msg.get_flag(tag::POSS_DUP_FLAG),
+            poss_resend: msg.get_flag(tag::POSS_RESEND),
+            gap_fill: msg.get_flag(tag::GAP_FILL_FLAG),
+            new_seq: msg.get_u64(tag::NEW_SEQ_NO),
+            reset: msg.get_flag(tag::RESET_SEQ_NUM_FLAG),
+        }
+    }
+}
+
 /// A session's sequence forensics.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Sequence {
@@ -134,11 +165,11 @@ impl Sequence {
     pub fn observe(
         &mut self,
         msg: &Message,
-        dir: Direction,
-        at: SystemTime,
+        (dir, at): (Direction, SystemTime),
+        f: &SeqFields,
         expected: Option<u64>,
     ) {
-        let seq = msg.get_u64(tag::MSG_SEQ_NUM);
+        let seq = f.seq;
         let ev = |kind, other| SeqEvent {
             kind,
             direction: dir,
@@ -147,9 +178,9 @@ impl Sequence {
             at,
         };
         let mt = msg.msg_type();
-        let poss_dup = msg.get_flag(tag::POSS_DUP_FLAG);
-        let gap_fill = mt == b"4" && msg.get_flag(tag::GAP_FILL_FLAG);
-        if mt == b"A" && msg.get_flag(tag::RESET_SEQ_NUM_FLAG) {
+        let poss_dup = f.poss_dup;
+        let gap_fill = mt == b"4" && f.gap_fill;
+        if mt == b"A" && f.reset {
             self.push(ev(SeqKind::ResetAtLogon, None));
         }
         if mt == b"4" {
@@ -158,7 +189,7 @@ impl Sequence {
             } else {
                 SeqKind::Reset
             };
-            self.push(ev(kind, msg.get_u64(tag::NEW_SEQ_NO)));
+            self.push(ev(kind, f.new_seq));
         }
         if poss_dup {
             self.push(ev(SeqKind::PossDup, None));
@@ -167,7 +198,7 @@ impl Sequence {
                 self.push(ev(SeqKind::TooLow, Some(e)));
             }
         }
-        if msg.get_flag(tag::POSS_RESEND) {
+        if f.poss_resend {
             self.push(ev(SeqKind::PossResend, None));
         }
         if mt == b"2" {

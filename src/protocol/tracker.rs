@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::bursts::{is_throttle_reject, Bursts};
 use crate::codec::{msg_type_name, tag, Message};
-use crate::forensics::{Outcomes, Sequence};
+use crate::forensics::{Outcomes, SeqFields, Sequence};
 
 /// Which way a message went, from the gateway's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -605,7 +605,7 @@ impl Session {
 
 impl DirectionCounts {
     /// One message this way: counts by kind, and sequence numbers (see the module doc).
-    fn observe(&mut self, msg: &Message, at: SystemTime) {
+    fn observe(&mut self, msg: &Message, at: SystemTime, f: &SeqFields) {
         let mt = msg.msg_type();
         self.messages += 1;
         self.last_seen = Some(at);
@@ -616,13 +616,12 @@ impl DirectionCounts {
             b"j" => self.business_rejects += 1,
             _ => {}
         }
-        let seq = msg.get_u64(tag::MSG_SEQ_NUM);
-        let poss_dup = msg.get_flag(tag::POSS_DUP_FLAG);
+        let (seq, poss_dup) = (f.seq, f.poss_dup);
         if mt == b"4" {
             self.sequence_resets += 1;
             // A GapFill (part of a resend) never moves the expected number back; a Reset sets it.
-            if let Some(new) = msg.get_u64(tag::NEW_SEQ_NO) {
-                self.next_seq = if msg.get_flag(tag::GAP_FILL_FLAG) {
+            if let Some(new) = f.new_seq {
+                self.next_seq = if f.gap_fill {
                     Some(self.next_seq.map_or(new, |n| n.max(new)))
                 } else {
                     Some(new)
@@ -887,12 +886,13 @@ impl Tracker {
         }
         s.session_level(msg, dir, at);
         let expected = s.dirs[dir.idx()].next_seq;
-        s.sequence.observe(msg, dir, at, expected);
+        let f = SeqFields::of(msg);
+        s.sequence.observe(msg, (dir, at), &f, expected);
         s.bursts[dir.idx()].message(at);
         if dir == Direction::In && is_throttle_reject(msg) {
             s.throttle_rejects += 1;
         }
-        s.dirs[dir.idx()].observe(msg, at);
+        s.dirs[dir.idx()].observe(msg, at, &f);
         if let Some(latency) = s.fills(msg, dir, at, limits.max_pending_orders) {
             events.push(Event::OrderFilled {
                 session: key.clone(),

@@ -157,3 +157,35 @@ fn order_outcomes_by_exec_type_and_reason_and_the_first_fill() {
         .collect();
     assert_eq!(fills, [2, 2]);
 }
+
+#[test]
+fn the_sequence_fields_are_read_in_one_pass_first_of_each() {
+    let m = parse(
+        &write(
+            "FIX.4.4",
+            &[
+                (35, b"4"),
+                (34, b"12"),
+                (43, b"Y"),
+                (123, b"Y"),
+                (36, b"20"),
+                (34, b"99"),
+                (43, b"N"),
+            ],
+            SOH,
+        ),
+        SOH,
+    )
+    .unwrap();
+    let f = SeqFields::of(&m);
+    let want = SeqFields {
+        seq: Some(12),
+        poss_dup: true,
+        poss_resend: false,
+        gap_fill: true,
+        new_seq: Some(20),
+        reset: false,
+    };
+    assert_eq!(f, want);
+    assert_eq!(f.seq, m.get_u64(34));
+}
