@@ -27,8 +27,8 @@ pub const WINDOW_NAMES: [&str; 4] = ["1ms", "10ms", "100ms", "1s"];
 /// Seconds of peaks kept: the peak reported is the highest of the last minute.
 pub const SLOTS: usize = 60;
 
-/// Most message times kept (the last second's): beyond it the oldest are let go, so a count in
-/// the 1 s window saturates at this (a million messages a second on one session).
+/// Most runs of one time kept (the last second's): beyond it the oldest are let go, so a count
+/// in the 1 s window misses the oldest (a million distinct times a second on one session).
 pub const MAX_TIMES: usize = 1 << 20;
 
 /// The windows in nanoseconds.
@@ -37,11 +37,14 @@ const WINDOW_NS: [u64; 4] = [1_000_000, 10_000_000, 100_000_000, 1_000_000_000];
 /// One direction's bursts.
 #[derive(Debug, Clone)]
 pub struct Bursts {
-    /// Times of the messages of the last second (nanoseconds since the epoch), oldest first.
-    times: VecDeque<u64>,
-    /// Per window: how many of `times` (from the front) are older than the window ending at
-    /// the last message.
-    before: [usize; 4],
+    /// The last second's messages as runs of one time (nanoseconds since the epoch) and how
+    /// many messages had it, oldest first: a batch read at one instant is one entry.
+    runs: VecDeque<(u64, u64)>,
+    /// Messages in `runs`.
+    total: u64,
+    /// Per window: how many runs (from the front) are older than the window ending at the last
+    /// message, and how many messages they hold.
+    before: [(usize, u64); 4],
     /// Per second slot: (the second since the epoch, the peak of each window in it).
     slots: VecDeque<(u64, [u64; 4])>,
 }
@@ -49,8 +52,9 @@ pub struct Bursts {
 impl Default for Bursts {
     fn default() -> Self {
         Bursts {
-            times: VecDeque::new(),
-            before: [0; 4],
+            runs: VecDeque::new(),
+            total: 0,
+            before: [(0, 0); 4],
             slots: VecDeque::with_capacity(SLOTS),
         }
     }
@@ -70,28 +74,43 @@ impl Bursts {
     /// the last time, so a window never holds a message twice nor loses one.
     pub fn message(&mut self, at: SystemTime) {
         let at = nanos_of(at);
-        let at = self.times.back().map_or(at, |&last| at.max(last));
-        self.times.push_back(at);
-        if self.times.len() > MAX_TIMES {
-            self.times.pop_front();
-            for b in &mut self.before {
-                *b = b.saturating_sub(1);
+        match self.runs.back_mut() {
+            Some((last, n)) if at <= *last => *n += 1,
+            _ => {
+                self.runs.push_back((at, 1));
+                if self.runs.len() > MAX_TIMES {
+                    // The oldest run goes; windows that still counted it forget it.
+                    let (_, n) = self.runs.pop_front().unwrap_or_default();
+                    self.total -= n;
+                    for (runs, msgs) in &mut self.before {
+                        if *runs > 0 {
+                            *runs -= 1;
+                            *msgs -= n;
+                        }
+                    }
+                }
             }
         }
+        self.total += 1;
+        let at = self.runs.back().map_or(at, |r| r.0);
         let mut counts = [0u64; 4];
         for (i, w) in WINDOW_NS.iter().enumerate() {
             // A message exactly `w` before `at` is outside the window (at - w, at].
-            while self.before[i] < self.times.len() && at - self.times[self.before[i]] >= *w {
-                self.before[i] += 1;
+            let (runs, msgs) = &mut self.before[i];
+            while *runs < self.runs.len() && at - self.runs[*runs].0 >= *w {
+                *msgs += self.runs[*runs].1;
+                *runs += 1;
             }
-            counts[i] = (self.times.len() - self.before[i]) as u64;
+            counts[i] = self.total - *msgs;
         }
         // What the largest window no longer needs goes.
-        let gone = self.before[3];
+        let (gone, gone_msgs) = self.before[3];
         if gone > 0 {
-            self.times.drain(..gone);
-            for b in &mut self.before {
-                *b -= gone;
+            self.runs.drain(..gone);
+            self.total -= gone_msgs;
+            for (runs, msgs) in &mut self.before {
+                *runs -= gone;
+                *msgs -= gone_msgs;
             }
         }
         let sec = at / 1_000_000_000;
@@ -177,6 +196,21 @@ mod tests {
         assert_eq!(b.peaks(at(1_000))[0], 1);
         b.message(at(1_999));
         assert_eq!(b.peaks(at(1_999))[0], 2);
+    }
+
+    #[test]
+    fn a_batch_at_one_instant_is_one_run_and_counts_whole() {
+        let mut b = Bursts::default();
+        for _ in 0..1000 {
+            b.message(at(5));
+        }
+        assert_eq!(b.runs.len(), 1);
+        assert_eq!(b.peaks(at(5)), [1000; 4]);
+        // 2 ms later one more: the 1 ms window holds it alone, the 10 ms one all.
+        b.message(at(2_005));
+        assert_eq!(b.runs.len(), 2);
+        let p = b.peaks(at(2_005));
+        assert_eq!(p, [1000, 1001, 1001, 1001]);
     }
 
     #[test]
