@@ -522,6 +522,45 @@ pub const POLL_STOP_GRACE: Duration = Duration::from_secs(2);
 /// How long the endpoint's drain may take, with a second's slack for the task to return.
 const SERVER_STOP_GRACE: Duration = Duration::from_secs(3);
 
+/// The `fix_session_ends_total` series of the causes this sidecar can tell, at 0.
+fn ends_at_zero(
+    instruments: &Instruments,
+    settings: &Settings,
+    caps: crate::source::Capabilities,
+    fix_on: bool,
+) {
+    let process_known =
+        settings.poll.process_lookup || caps.process == crate::source::ProcessFeed::FromEvents;
+    instruments.start_ends_at_zero(&crate::ends::possible(
+        fix_on,
+        caps.closed_by,
+        process_known,
+        settings.target_schedules.iter().any(Option::is_some),
+    ));
+}
+
+/// The poll loop's parts the settings ask for: the judge of ends (with the schedules), the
+/// state file, the process lookup.
+fn with_settings(
+    mut poller: Poller,
+    settings: &Settings,
+    persist: Option<(Persist, Vec<crate::persist::Record>)>,
+    fix_on: bool,
+) -> Poller {
+    let ends = crate::ends::Scheduled {
+        schedules: settings.target_schedules.clone(),
+        grace: settings.schedule_grace,
+    };
+    poller = poller.with_ends(fix_on, Box::new(ends));
+    if let Some((persist, restored)) = persist {
+        poller = poller.with_persist(persist, &restored);
+    }
+    if settings.poll.process_lookup {
+        poller = poller.with_process_lookup(std::path::Path::new("/proc"));
+    }
+    poller
+}
+
 /// Opens the source, binds the endpoint (if asked), and starts polling. Anything that cannot
 /// work fails here, before polling starts.
 pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar, RunError> {
@@ -575,15 +614,7 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
         )
     });
     // Before the endpoint serves: no scrape sees the ends' zeros missing.
-    let caps = source.capabilities();
-    let process_known =
-        settings.poll.process_lookup || caps.process == crate::source::ProcessFeed::FromEvents;
-    instruments.start_ends_at_zero(&crate::ends::possible(
-        fix.is_some(),
-        caps.closed_by,
-        process_known,
-        settings.target_schedules.iter().any(Option::is_some),
-    ));
+    ends_at_zero(&instruments, settings, source.capabilities(), fix.is_some());
     say_started(settings, &host, source.kind(), &mode, &telemetry);
 
     let server = match listener {
@@ -611,20 +642,8 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
     .with_confirm(confirm)
     .with_session_events(session_events)
     .with_health_events(health_events.clone())
-    .with_destroy_notifications(subscription.is_some())
-    .with_ends(
-        fix.is_some(),
-        Box::new(crate::ends::Scheduled {
-            schedules: settings.target_schedules.clone(),
-            grace: settings.schedule_grace,
-        }),
-    );
-    if let Some((persist, restored)) = persist {
-        poller = poller.with_persist(persist, &restored);
-    }
-    if settings.poll.process_lookup {
-        poller = poller.with_process_lookup(std::path::Path::new("/proc"));
-    }
+    .with_destroy_notifications(subscription.is_some());
+    poller = with_settings(poller, settings, persist, fix.is_some());
     let poll_loop = PollLoop::spawn(
         poller,
         settings.poll.interval,

@@ -19,7 +19,7 @@
 //! # Holidays
 //! Local dates (`"2026-12-25"`). A daily window does not open on a holiday (one that opened the
 //! evening before still runs to its end). A weekly window is closed for the whole local day of a
-//! holiday (00:00 to 24:00), since skipping its opening would drop a whole week.
+//! holiday (00:00 to 24:00), since not opening it would drop a whole week.
 //!
 //! # Daylight saving time
 //! Times are wall-clock times in `timezone`, so a window's length in real time follows the
