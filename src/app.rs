@@ -43,6 +43,9 @@ pub fn hostname() -> String {
     gethostname::gethostname().to_string_lossy().into_owned()
 }
 
+/// The TCP layer's events, as a subscriber reads them.
+type TcpEvents = tokio::sync::broadcast::Receiver<Event>;
+
 /// The FIX layer's view of the TCP layer: the published state's active sessions, as the
 /// wire's table keys them (IPv4-mapped addresses made plain, as packets carry them).
 struct ActiveLinks {
@@ -301,15 +304,17 @@ struct FixLayer {
 }
 
 impl FixLayer {
-    /// Starts the FIX layer, which reads the TCP layer's sessions off `state`.
+    /// Starts the FIX layer, which reads the TCP layer's sessions off `state`, hears its closes
+    /// and hands the poll loop (`inputs`) its account of each end; it stops with a child of
+    /// `cancel`.
     fn start(
         settings: &Settings,
         meter: &opentelemetry::metrics::Meter,
-        state: &StateReader,
-        (inputs, closes): (mpsc::Sender<Input>, tokio::sync::broadcast::Receiver<Event>),
+        (state, inputs, closes): (&StateReader, mpsc::Sender<Input>, TcpEvents),
         events: SessionEvents,
-        stop: CancellationToken,
+        cancel: CancellationToken,
     ) -> FixLayer {
+        let stop = cancel.child_token();
         let tcp = crate::fix::monitor::TcpView {
             sessions: Box::new(ActiveLinks {
                 state: state.clone(),
@@ -601,18 +606,11 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
     let (inputs, inputs_rx) = mpsc::channel::<Input>();
     let session_events = SessionEvents::new(settings.log.format, telemetry.session_logger());
     let (events, _) = tokio::sync::broadcast::channel(EVENT_BUFFER);
-    let fix = settings.fix.enabled().then(|| {
-        let session_events = session_events.clone();
-        let tcp = (inputs.clone(), events.subscribe());
-        FixLayer::start(
-            settings,
-            &meter,
-            &state,
-            tcp,
-            session_events,
-            cancel.child_token(),
-        )
-    });
+    let (health_events, _) = tokio::sync::broadcast::channel(EVENT_BUFFER);
+    let tcp = (&state, inputs.clone(), events.subscribe());
+    let (fix_events, fix_cancel) = (session_events.clone(), cancel.clone());
+    let fix = (settings.fix.enabled())
+        .then(|| FixLayer::start(settings, &meter, tcp, fix_events, fix_cancel));
     // Before the endpoint serves: no scrape sees the ends' zeros missing.
     ends_at_zero(&instruments, settings, source.capabilities(), fix.is_some());
     say_started(settings, &host, source.kind(), &mode, &telemetry);
@@ -630,7 +628,6 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
         None => None,
     };
 
-    let (health_events, _) = tokio::sync::broadcast::channel(EVENT_BUFFER);
     let confirm = confirmation(source.capabilities().confirm);
     let mut poller = Poller::new(
         source,
