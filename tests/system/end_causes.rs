@@ -43,6 +43,17 @@ fn reset(p: Peer) {
     drop(p);
 }
 
+/// A Logout from `first` (with `text`), answered by `second`; `first` closes first.
+fn logout_and_close(mut first: Peer, mut second: Peer, text: &str) {
+    let wait = Duration::from_secs(5);
+    first.send("5", &[(58, text)]).unwrap();
+    second.expect("5", wait).unwrap();
+    second.send("5", &[]).unwrap();
+    first.expect("5", wait).unwrap();
+    first.close();
+    second.close();
+}
+
 /// One session per way of ending; returns the gateway's local port of each, with the cause
 /// expected.
 fn end_sessions(listener: &TcpListener) -> BTreeMap<u16, &'static str> {
@@ -50,24 +61,13 @@ fn end_sessions(listener: &TcpListener) -> BTreeMap<u16, &'static str> {
     let mut expected = BTreeMap::new();
 
     // The venue ends the day with a Logout; the gateway answers; the venue closes.
-    let (mut gw, mut venue) = pair(listener, true);
+    let (gw, venue) = pair(listener, true);
     expected.insert(local_port(&gw), "logout_by_them");
-    venue.send("5", &[(58, "End of day")]).unwrap();
-    gw.expect("5", wait).unwrap();
-    gw.send("5", &[]).unwrap();
-    venue.expect("5", wait).unwrap();
-    venue.close();
-    gw.close();
-
+    logout_and_close(venue, gw, "End of day");
     // We log out first.
-    let (mut gw, mut venue) = pair(listener, true);
+    let (gw, venue) = pair(listener, true);
     expected.insert(local_port(&gw), "logout_by_us");
-    gw.send("5", &[(58, "bye")]).unwrap();
-    venue.expect("5", wait).unwrap();
-    venue.send("5", &[]).unwrap();
-    gw.expect("5", wait).unwrap();
-    gw.close();
-    venue.close();
+    logout_and_close(gw, venue, "bye");
 
     // Our Logon refused.
     let (mut gw, mut venue) = pair(listener, false);
