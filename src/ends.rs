@@ -45,7 +45,9 @@ pub enum Cause {
     /// A Logout or a Reject cited sequence numbers (`MsgSeqNum too low`, RefTagID 34).
     SequenceError,
     /// A TestRequest was left unanswered, or nothing came from them for two heartbeat
-    /// intervals while logged on, and no Logout was exchanged.
+    /// intervals while logged on, and no Logout was exchanged; or, without a Logout, the TCP
+    /// layer had judged the session stale at its last poll (no data for its target's
+    /// `stale_after`).
     HeartbeatTimeout,
     /// We sent the first Logout.
     LogoutByUs,
@@ -117,6 +119,9 @@ pub struct TcpEnd {
     pub duration: Option<Duration>,
     /// Its final counters, where a close event carried them.
     pub info: Option<crate::tracker::TcpCounters>,
+    /// At the last poll that saw it: the time since data was last received, and whether its
+    /// target judged it stale (no data for `stale_after`); `None` without a health sample.
+    pub silence: Option<(Duration, bool)>,
 }
 
 impl TcpEnd {
@@ -267,6 +272,14 @@ pub fn judge(e: &Evidence) -> Verdict {
         return verdict(Cause::SequenceError, format!("\"{text}\"; {tcp}"));
     }
     if let Some(words) = e.fix.and_then(|f| heartbeat_words(f, e.tcp)) {
+        return verdict(Cause::HeartbeatTimeout, format!("{words}; {tcp}"));
+    }
+    let logout = fix.and_then(|f| f.evidence.logout.as_ref());
+    if let (Some((silence, true)), None) = (e.tcp.silence, logout) {
+        let words = format!(
+            "stale at the last poll: no data received for {:.1} s",
+            silence.as_secs_f64()
+        );
         return verdict(Cause::HeartbeatTimeout, format!("{words}; {tcp}"));
     }
     if let Some(l) = fix.and_then(|f| f.evidence.logout.as_ref()) {

@@ -167,6 +167,8 @@ pub struct Poller {
     /// two layers (schedules, processes).
     ends: Ends,
     end_context: Box<dyn EndContext + Send>,
+    /// The active sessions as published before this step: a closed session's last health.
+    ended_from: Arc<Vec<Session>>,
 }
 
 /// The state file and when it was last written.
@@ -234,6 +236,7 @@ impl Poller {
             owners: None,
             ends: Ends::new(false),
             end_context: Box::new(Unscheduled),
+            ended_from: Arc::default(),
         }
     }
 
@@ -374,6 +377,7 @@ impl Poller {
     /// were: a failed poll is not a close.
     pub fn tick(&mut self, clock: &dyn Clock) {
         let kind = self.source.kind();
+        self.ended_from = Arc::clone(&self.state.active);
         let began = clock.now();
         let result = self.source.poll(&mut self.sockets);
         let at = clock.now();
@@ -540,6 +544,19 @@ impl Poller {
         }
     }
 
+    /// A closed session's silence at the last poll that saw it (its `tcp_info`'s time since
+    /// data was received) and whether it was stale then, from the state published before.
+    fn last_silence(&self, c: &crate::tracker::Connection) -> Option<(Duration, bool)> {
+        let key = (c.target, c.key.local, c.key.remote);
+        let before = &self.ended_from;
+        let i = before
+            .binary_search_by_key(&key, |s| (target_id(&self.names, s), s.local, s.remote))
+            .ok()?;
+        let (h, stale) = before[i].health?;
+        let silence = Duration::from_millis(h.last_data_recv_ms.into());
+        Some((silence, stale == Some(true)))
+    }
+
     /// The ends of this step's closes, handed to the judge with what the source said of them.
     fn queue_ends(&mut self) {
         for e in &self.events {
@@ -564,6 +581,7 @@ impl Poller {
                 process: self.processes.get(&conn.key).cloned(),
                 duration,
                 info: *info,
+                silence: self.last_silence(conn),
             };
             self.ends.tcp(end, at.mono);
         }
@@ -644,6 +662,7 @@ impl Poller {
             }
             Input::Events(batch) => {
                 self.events.clear();
+                self.ended_from = Arc::clone(&self.state.active);
                 let mut final_counts = false;
                 for e in &batch.events {
                     final_counts |= self.apply_event(e);
@@ -964,6 +983,13 @@ fn log_health(events: &[HealthEvent], names: &[Arc<str>], sink: &SessionEvents) 
             ),
         }
     }
+}
+
+/// A published session's target id (its name is one of `names`, shared).
+fn target_id(names: &[Arc<str>], s: &Session) -> usize {
+    (names.iter())
+        .position(|n| Arc::ptr_eq(n, &s.target) || **n == *s.target)
+        .unwrap_or(usize::MAX)
 }
 
 /// Runs `poller` until [`Input::Stop`] or until every input sender is gone: a poll at once,

@@ -25,6 +25,7 @@ fn tcp_end() -> TcpEnd {
         process: None,
         duration: Some(Duration::from_secs(5)),
         info: None,
+        silence: None,
     }
 }
 
@@ -189,6 +190,33 @@ fn silence_over_two_heartbeat_intervals_is_a_heartbeat_timeout() {
     late.at = t(130);
     let v = cause_of(&tcp, Some(&late), None, false);
     assert_eq!(v.cause, Cause::ClosedWithoutLogout);
+}
+
+#[test]
+fn a_session_stale_at_its_last_poll_ended_by_a_heartbeat_timeout() {
+    let mut tcp = tcp_end();
+    tcp.closed_by = Some(ClosedBy::Remote);
+    tcp.silence = Some((Duration::from_millis(61_500), true));
+    let v = cause_of(&tcp, None, None, false);
+    assert_eq!(v.cause, Cause::HeartbeatTimeout);
+    assert_eq!(
+        v.evidence,
+        "stale at the last poll: no data received for 61.5 s; FIN from them first"
+    );
+    // Not stale (or not judged): no heartbeat timeout from TCP alone.
+    tcp.silence = Some((Duration::from_millis(61_500), false));
+    assert_eq!(cause_of(&tcp, None, None, false).cause, Cause::Unknown);
+    // A Logout says why first.
+    tcp.silence = Some((Duration::from_secs(90), true));
+    let bye = LinkEvidence {
+        logout: logout(Initiator::Them, "End of day"),
+        ..logged_on()
+    };
+    let fix = account(Some(bye), FIN_IN);
+    assert_eq!(
+        cause_of(&tcp, Some(&fix), None, false).cause,
+        Cause::LogoutByThem
+    );
 }
 
 #[test]

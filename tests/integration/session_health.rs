@@ -181,7 +181,25 @@ interval = "200ms"
             .any(|l| l.contains("session stale") && l.contains(&format!(":{talk_port}"))),
         "{log}"
     );
-    drop((talk, quiet));
+    // Why each ended: the talking one (its venue hung up, never stale) for no known reason; the
+    // quiet one, left to turn stale again, by a heartbeat timeout judged from its silence.
+    drop(talk);
+    sc.wait_for("stale again", Duration::from_secs(10), |s| {
+        s.metrics().get("fix_connections_stale", &venue) == Some(1.0)
+    });
+    drop((quiet, quiet_peer));
+    let ends = |s: &Sidecar, cause: &str| {
+        let l = [("target", "venue-h"), ("cause", cause)];
+        s.metrics().get("fix_session_ends_total", &l)
+    };
+    sc.wait_for("both ends judged", Duration::from_secs(10), |s| {
+        ends(s, "heartbeat_timeout") == Some(1.0) && ends(s, "unknown") == Some(1.0)
+    });
+    let m = sc.metrics();
+    assert_eq!(
+        m.sum("fix_session_ends_total", &[("target", "venue-h")]),
+        2.0
+    );
 }
 
 /// With procfs as the source, no health is measured: `/health` says so and no health series
