@@ -301,6 +301,11 @@ pub struct VenueBehaviour {
     pub business_reject_every: Option<u64>,
     /// Leave this many sequence numbers out after this many messages sent (a gap).
     pub gap_after: Option<(u64, u64)>,
+    /// Fill every n-th order (an ExecutionReport with ExecType F, OrdStatus 2, after its ack).
+    pub fill_every: Option<u64>,
+    /// Reject every n-th order (ExecType 8, OrdRejReason 3: order exceeds limit) instead of
+    /// acknowledging it.
+    pub order_reject_every: Option<u64>,
 }
 
 impl Default for VenueBehaviour {
@@ -312,6 +317,8 @@ impl Default for VenueBehaviour {
             refuse_logons: None,
             business_reject_every: None,
             gap_after: None,
+            fill_every: None,
+            order_reject_every: None,
         }
     }
 }
@@ -432,18 +439,31 @@ impl VenueSession<'_> {
         let (ready, later): (Vec<_>, Vec<_>) = self.due.drain(..).partition(|d| d.0 <= now);
         self.due = later;
         for (_, id, mt) in ready {
-            let r = if mt == "F" {
-                self.p
-                    .send("9", &[(11, &id), (39, "8"), (434, "1"), (102, "1")])
-            } else {
-                let exec = format!("E{id}");
-                self.p
-                    .send("8", &[(11, &id), (17, &exec), (150, "0"), (39, "0")])
+            let exec = format!("E{id}");
+            let r = match mt.as_str() {
+                "F" => self
+                    .p
+                    .send("9", &[(11, &id), (39, "8"), (434, "1"), (102, "1")]),
+                "reject" => self.p.send(
+                    "8",
+                    &[(11, &id), (17, &exec), (150, "8"), (39, "8"), (103, "3")],
+                ),
+                _ => self
+                    .p
+                    .send("8", &[(11, &id), (17, &exec), (150, "0"), (39, "0")]),
             };
             if r.is_err() {
                 break;
             }
             self.sent_total += 1;
+            if mt == "fill" {
+                let fill = format!("F{id}");
+                let fields = [(11, id.as_str()), (17, &fill), (150, "F"), (39, "2")];
+                if self.p.send("8", &fields).is_err() {
+                    break;
+                }
+                self.sent_total += 1;
+            }
         }
     }
 
@@ -509,7 +529,17 @@ impl VenueSession<'_> {
                     ];
                     self.p.send("j", &fields)?;
                 } else {
-                    self.due.push((Instant::now() + self.b.ack_delay, id, mt));
+                    let every =
+                        |n: Option<u64>| n.is_some_and(|n| mt == "D" && self.orders % n == 0);
+                    let outcome = if every(self.b.order_reject_every) {
+                        "reject".to_string()
+                    } else if every(self.b.fill_every) {
+                        "fill".to_string()
+                    } else {
+                        mt
+                    };
+                    self.due
+                        .push((Instant::now() + self.b.ack_delay, id, outcome));
                 }
             }
             _ => {}

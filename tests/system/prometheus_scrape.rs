@@ -421,6 +421,10 @@ fn dashboard_expressions_return_data_from_a_real_scrape() {
             ack_delay: Duration::from_millis(2),
             business_reject_every: Some(4),
             gap_after: Some((5, 2)),
+            // Orders 1-8: 4 and 8 business-rejected, 5 a cancel, 7 a replace, 3 and 6 rejected,
+            // 2 filled.
+            fill_every: Some(2),
+            order_reject_every: Some(3),
             ..Default::default()
         },
     )
@@ -440,6 +444,7 @@ local_ports = [1024, 65535]
 heartbeat = "30s"
 comp_ids = ["VENUE"]
 logon_lockout = {{ attempts = 5, within = "60s" }}
+message_limit = {{ count = 50, per = "1s" }}
 
 [[targets]]
 name = "venue-b"
@@ -488,7 +493,8 @@ path = "{logs}/*.messages.log"
     for o in &fresh {
         let histogram = o.expr.contains("fix_connection_duration_seconds");
         // One FIX session so far: its latencies' rate may still be 0 (NaN quantiles).
-        if o.expr.contains("fix_order_ack_latency") && o.verdict() == "NaN" {
+        let latency = ["fix_order_ack_latency", "fix_order_fill_latency"];
+        if latency.iter().any(|l| o.expr.contains(l)) && o.verdict() == "NaN" {
             continue;
         }
         let want = if histogram { "EMPTY" } else { "ok" };
