@@ -528,6 +528,8 @@ endpoint = "http://{vm}/opentelemetry"
 protocol = "http/protobuf"
 interval = "2s"
 timeout = "1s"
+# VictoriaMetrics takes OTLP metrics, not logs: the session events stay in the log.
+logs = false
 "#,
             ap = a.port(),
             bp = b.port(),
@@ -555,7 +557,7 @@ timeout = "1s"
         .expect("starting fix-monitor");
     let pid = sidecar.id();
     let (tx, rx) = mpsc::channel();
-    let log_lines = Arc::new(Mutex::new((0u64, 0u64, Vec::<String>::new())));
+    let log_lines = Arc::new(Mutex::new((0u64, 0u64, Vec::<String>::new(), 0u64)));
     {
         let stderr = sidecar.stderr.take().unwrap();
         let mut file = std::fs::File::create(&log_path).unwrap();
@@ -571,6 +573,8 @@ timeout = "1s"
                     l.0 += 1;
                 } else if line.contains("connection closed") {
                     l.1 += 1;
+                } else if line.contains("session ended") {
+                    l.3 += 1;
                 } else {
                     l.2.push(line);
                 }
@@ -842,10 +846,16 @@ timeout = "1s"
     drop(vm);
 
     // The log: one line per open and close, and little else.
-    let (opened_lines, closed_lines, others) = {
+    let (opened_lines, closed_lines, others, ended_lines) = {
         let l = log_lines.lock().unwrap();
-        (l.0, l.1, l.2.clone())
+        (l.0, l.1, l.2.clone(), l.3)
     };
+    // Every close is judged once ("session ended"), short-lived ones too (logged as opened).
+    if ended_lines < closed_lines || ended_lines > opened_lines {
+        failures.push(format!(
+            "{ended_lines} 'session ended' lines for {closed_lines} closes, {opened_lines} opens"
+        ));
+    }
     let all_opened = (ta.0 + tb.0) as u64 + fix_truth.sessions;
     let all_closed_at_stop = (ta.1 + tb.1) as u64 + fix_truth.sessions;
     if opened_lines != all_opened {
@@ -907,12 +917,12 @@ timeout = "1s"
         "fix-soak: {:.0} s; venue-a opened {} closed {} (metrics {:?}); venue-b opened {} closed {} active {} over {} flaps (metrics {:?}); \
          VictoriaMetrics down {} times, has {:?}; {} scrapes ok, {} failed, slowest {} ms; {} polls; \
          RSS {:.0} -> {:.0} KiB after warm-up (max {:.0}), slope {:.1} KiB/min; open files {}-{}, slope {:.2}/min; \
-         log: {} opened, {} closed, {} other lines ({} warnings); \
+         log: {} opened, {} closed, {} ended, {} other lines ({} warnings); \
          FIX: {} sessions, {} messages sent, {} received, capture table at most {}",
         soaked.as_secs_f64(), ta.0, ta.1, ga, tb.0, tb.1, tb.2, flaps.load(SeqCst), gb,
         outages, vm_a, scrapes.ok.load(SeqCst), scrapes.failed.load(SeqCst), scrapes.max_ms.load(SeqCst), polls,
         rss_first, rss_last, rss_max, rss_slope, fd_min, fd_max, fd_slope,
-        opened_lines, closed_lines, others.len(), warnings,
+        opened_lines, closed_lines, ended_lines, others.len(), warnings,
         fix_truth.sessions, fix_truth.sent, fix_truth.received, fix_followed_max
     );
     if failures.is_empty() {
