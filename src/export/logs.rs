@@ -44,11 +44,12 @@ use crate::config::{OtlpProtocol, OtlpSettings};
 /// The value of the `exporter` attribute on the export error counter.
 pub const EXPORTER: &str = "otlp_logs";
 
-/// Records kept across failed exports.
-pub const BACKLOG: usize = 4096;
+/// Records kept across failed exports: about 1 KiB each, so a collector that never takes
+/// them (a metrics-only backend) costs at most about 1 MiB.
+pub const BACKLOG: usize = 1024;
 
 /// The batch processor's queue: records between an event and the next export.
-pub const QUEUE: usize = 2048;
+pub const QUEUE: usize = 1024;
 
 /// Records per export (the processor's batches, and the backlog's chunks).
 const BATCH: usize = 512;
