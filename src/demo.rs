@@ -1493,7 +1493,9 @@ impl Sim {
     /// session when its life or its venue's day is up.
     fn tick_slot(&mut self, i: usize, venue: usize, now: Instant) {
         let day_over = self.day_over(venue, now);
-        let late = (self.stop_at).is_some_and(|t| now + RESET_AFTER + Duration::from_secs(2) >= t);
+        // No reset so late that the gateway's reconnect and its Logon might not be seen before
+        // the end (a loaded machine reads the engine logs late): a margin of 8 s.
+        let late = (self.stop_at).is_some_and(|t| now + RESET_AFTER + Duration::from_secs(8) >= t);
         let turn = match &self.slots[i].1 {
             Slot::Waiting(_) if day_over => Turn::Close,
             Slot::Waiting(at) if *at <= now => Turn::Connect,
