@@ -449,6 +449,10 @@ impl Ends {
     /// `all`, at shutdown), at `now`.
     pub fn settle(&mut self, now: Instant, all: bool, ctx: &dyn Context) -> Vec<Judged> {
         let mut out = Vec::new();
+        // Every poll comes here: nothing waiting, nothing to do.
+        if self.pending.is_empty() && self.accounts.is_empty() {
+            return out;
+        }
         let mut i = 0;
         while i < self.pending.len() {
             let (end, seen) = &self.pending[i];

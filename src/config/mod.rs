@@ -259,7 +259,7 @@ pub struct FixSettings {
 pub struct MessageLimit {
     /// Messages allowed per `per`; at least 1.
     pub count: u32,
-    /// The throttle's window: index into `bursts::WINDOWS`.
+    /// The throttle's window: index into `bursts::WINDOW_NAMES`.
     pub window: usize,
 }
 

@@ -11,15 +11,7 @@
 //! twice is harmless), whichever reader and however often it reads.
 
 use std::collections::VecDeque;
-use std::time::{Duration, SystemTime};
-
-/// The windows, smallest first.
-pub const WINDOWS: [Duration; 4] = [
-    Duration::from_millis(1),
-    Duration::from_millis(10),
-    Duration::from_millis(100),
-    Duration::from_secs(1),
-];
+use std::time::SystemTime;
 
 /// The windows' names, as the `window` attribute says them.
 pub const WINDOW_NAMES: [&str; 4] = ["1ms", "10ms", "100ms", "1s"];
@@ -31,7 +23,7 @@ pub const SLOTS: usize = 60;
 /// in the 1 s window misses the oldest (a million distinct times a second on one session).
 pub const MAX_TIMES: usize = 1 << 20;
 
-/// The windows in nanoseconds.
+/// The windows in nanoseconds, smallest first.
 const WINDOW_NS: [u64; 4] = [1_000_000, 10_000_000, 100_000_000, 1_000_000_000];
 
 /// One direction's bursts.
@@ -171,6 +163,7 @@ pub fn is_throttle_reject(msg: &crate::codec::Message) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn at(us: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000) + Duration::from_micros(us)

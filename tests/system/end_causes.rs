@@ -221,24 +221,25 @@ capture = true
     assert!(log.contains("cause=\"sequence_error\""), "{log}");
 }
 
+/// A venue listening on `ip` and a sidecar watching it as target `name` with `source`, no FIX
+/// layer, polling every 200 ms (the config file is kept while the sidecar runs).
+fn tcp_only(name: &str, ip: &str, source: &str) -> (TcpListener, tempfile::NamedTempFile, Sidecar) {
+    let listener = TcpListener::bind(format!("{ip}:0")).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let cfg = config_file(&format!(
+        "[[targets]]\nname = \"{name}\"\naddress = \"{ip}\"\nport = {port}\n"
+    ));
+    let path = cfg.path().to_str().unwrap().to_owned();
+    let sc = Sidecar::start(&["--config", &path, "--interval", "200ms", "--source", source]);
+    (listener, cfg, sc)
+}
+
 /// Without the FIX layer, a close says what the TCP layer knows: ends are still counted, one
 /// each, as `unknown` when nothing says why (netlink polling sees no side).
 #[test]
 fn without_the_fix_layer_every_end_is_counted() {
-    let listener = TcpListener::bind("127.0.0.54:0").unwrap();
+    let (listener, _cfg, sc) = tcp_only("plain", "127.0.0.54", "netlink");
     let addr: SocketAddr = listener.local_addr().unwrap();
-    let cfg = config_file(&format!(
-        "[[targets]]\nname = \"plain\"\naddress = \"127.0.0.54\"\nport = {}\n",
-        addr.port()
-    ));
-    let sc = Sidecar::start(&[
-        "--config",
-        cfg.path().to_str().unwrap(),
-        "--interval",
-        "200ms",
-        "--source",
-        "netlink",
-    ]);
     let m = sc.metrics();
     let l = [("target", "plain"), ("cause", "logout_by_us")];
     assert_eq!(
@@ -274,20 +275,8 @@ fn without_the_fix_layer_every_end_is_counted() {
 /// (`TCP_USER_TIMEOUT`, `ETIMEDOUT`).
 #[test]
 fn a_killed_gateway_and_a_dead_network_get_their_causes() {
-    let listener = TcpListener::bind("127.0.0.56:0").unwrap();
+    let (listener, _cfg, sc) = tcp_only("tcp-only", "127.0.0.56", "ebpf");
     let addr = listener.local_addr().unwrap();
-    let cfg = config_file(&format!(
-        "[[targets]]\nname = \"tcp-only\"\naddress = \"127.0.0.56\"\nport = {}\n",
-        addr.port()
-    ));
-    let sc = Sidecar::start(&[
-        "--config",
-        cfg.path().to_str().unwrap(),
-        "--interval",
-        "200ms",
-        "--source",
-        "ebpf",
-    ]);
     let active = |s: &Sidecar| s.json("/connections")["total"].as_u64().unwrap();
 
     // A gateway process (bash holding the connection, then exec'ing sleep in the same pid).
