@@ -358,6 +358,37 @@ fn tcp_info_agrees_with_ss_for_the_same_sockets_at_the_same_moment() {
     }
 }
 
+/// Packets the kernel dropped on its own so far: every CPU's backlog queue (the way loopback
+/// delivers) and TCP's receive-side drops. The TCP counters are this namespace's.
+fn kernel_drops() -> u64 {
+    let softnet: u64 = std::fs::read_to_string("/proc/net/softnet_stat")
+        .unwrap()
+        .lines()
+        .map(|l| u64::from_str_radix(l.split_whitespace().nth(1).unwrap(), 16).unwrap())
+        .sum();
+    let netstat = std::fs::read_to_string("/proc/net/netstat").unwrap();
+    let mut tcp = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (tcp.next().unwrap(), tcp.next().unwrap());
+    let drops: u64 = names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .filter(|(name, _)| {
+            [
+                "RcvPruned",
+                "OfoPruned",
+                "TCPBacklogDrop",
+                "PFMemallocDrop",
+                "TCPOFODrop",
+                "TCPZeroWindowDrop",
+                "TCPRcvQDrop",
+            ]
+            .contains(name)
+        })
+        .map(|(_, v)| v.parse::<u64>().unwrap())
+        .sum();
+    softnet + drops
+}
+
 /// Sends `n` bytes over a fresh connection from `from` to `l` while a thread reads them all;
 /// returns the client's health once everything is acknowledged.
 fn transfer(source: &mut dyn Source, from: &str, l: &TcpListener, n: usize) -> TcpHealth {
@@ -392,19 +423,28 @@ fn packets_dropped_on_the_way_in_are_retransmits_and_none_without() {
         // segment whose ACK is only late (a tail-loss probe fires after two RTTs, some 50 µs on
         // loopback): the receiver then gets it twice and says so (D-SACK). Every retransmit must
         // be such a needless one.
+        // "Without loss" is what the kernel says: on a busy host loopback itself drops packets
+        // (a CPU's backlog queue past `netdev_max_backlog`, a receive queue over its budget),
+        // and a segment lost that way is resent for real, with no D-SACK. Such a run checks the
+        // byte accounting only.
+        let drops_before = kernel_drops();
         let h = transfer(source, client_ip, &clean, N);
+        let kernel_dropped = kernel_drops() - drops_before;
         eprintln!(
-            "{}: no loss: {} segments retransmitted, {:?} of them needlessly",
+            "{}: no rule: {} segments retransmitted, {:?} of them needlessly; \
+             the kernel dropped {kernel_dropped} packets meanwhile",
             kind.as_str(),
             h.retransmits,
             h.dsack_dups
         );
         assert_eq!(h.lost, 0, "{h:?}");
-        assert_eq!(
-            Some(h.retransmits),
-            h.dsack_dups,
-            "no loss: every retransmit was a duplicate: {h:?}"
-        );
+        if kernel_dropped == 0 {
+            assert_eq!(
+                Some(h.retransmits),
+                h.dsack_dups,
+                "no loss: every retransmit was a duplicate: {h:?}"
+            );
+        }
         assert_eq!(
             h.bytes_sent,
             Some(N as u64 + h.bytes_retrans.unwrap()),
