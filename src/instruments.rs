@@ -94,6 +94,9 @@ pub mod names {
     /// 1 while the target's schedule expects its sessions up, 0 outside its window; 1 for a
     /// target without a schedule (`crate::schedule`).
     pub const EXPECTED_UP: &str = "fix_target_expected_up";
+    /// Counter: writes of the state file (`[state] dir`) that failed (a full or read-only
+    /// disk); each is retried at the next save.
+    pub const STATE_WRITE_ERRORS: &str = "fix_monitor_state_write_errors";
 
     /// Every metric name above (not [`METER`]). The docs' metric tables are checked against
     /// it (tests/integration/metric_docs.rs), which also finds a name missing here.
@@ -127,6 +130,7 @@ pub mod names {
         SEND_QUEUE_BY_PORT,
         RETRANSMITS_BY_PORT,
         EXPECTED_UP,
+        STATE_WRITE_ERRORS,
     ];
 }
 
@@ -243,6 +247,7 @@ pub struct Instruments {
     false_closes_avoided: Counter<u64>,
     events_unattributed: Counter<u64>,
     ends: Counter<u64>,
+    state_write_errors: Counter<u64>,
     target_attrs: Arc<Vec<[KeyValue; 1]>>,
     /// `target` and `by` for `closed`, per target, indexed by [`ClosedBy`] as in
     /// [`ClosedBy::ALL`].
@@ -334,6 +339,10 @@ impl Instruments {
                 .u64_counter(names::EVENTS_UNATTRIBUTED)
                 .with_description("Close events of aborted connections no poll saw that could not be attributed to one target without doubt")
                 .build(),
+            state_write_errors: meter
+                .u64_counter(names::STATE_WRITE_ERRORS)
+                .with_description("Writes of the state file that failed (the state directory full or read-only); the sessions' starts stay in memory and the write is retried at the next save")
+                .build(),
             ends: meter
                 .u64_counter(names::ENDS)
                 .with_description("Sessions that ended, by why (cause): judged from who hung up, the kernel's reason, the FIX layer's account (Logout, refused Logon, unanswered TestRequest, sequence complaint) and the target's schedule")
@@ -414,6 +423,11 @@ impl Instruments {
     }
 
     /// One session of `target` ended, for `cause`.
+    /// One write of the state file failed (`n` = 1), or its series starts at 0 (`n` = 0).
+    pub fn record_state_write_errors(&self, n: u64) {
+        self.state_write_errors.add(n, &[]);
+    }
+
     pub fn record_end(&self, target: TargetId, cause: Cause) {
         self.ends.add(1, &self.end_attrs(target, cause));
     }

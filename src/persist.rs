@@ -227,8 +227,17 @@ pub struct Loaded {
 impl StateDir {
     /// Opens `dir` (creating it if missing) and proves it writable by writing and removing a
     /// file in it: a state dir that cannot be written must fail the start, not the first save.
+    /// Temporary files an earlier process left (killed while writing) are removed.
     pub fn open(dir: &Path, tag: Tag) -> io::Result<StateDir> {
         Self::check_writable(dir)?;
+        let prefix = format!(".{FILE_NAME}.tmp.");
+        for entry in fs::read_dir(dir)?.flatten() {
+            let name = entry.file_name();
+            if name.to_string_lossy().starts_with(&prefix) {
+                tracing::info!(path = %entry.path().display(), "removing a state file an earlier run left half-written");
+                let _ = fs::remove_file(entry.path());
+            }
+        }
         Ok(StateDir {
             dir: dir.to_owned(),
             tag,
@@ -490,6 +499,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(state.load().unwrap().sessions, records[..1]);
+        // The next start removes it.
+        let state = StateDir::open(&dir.path().join("nested"), tag()).unwrap();
+        let names: Vec<_> = fs::read_dir(dir.path().join("nested"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, [FILE_NAME], "the half-written file removed at open");
         // A corrupt file is reported, not fatal.
         fs::write(state.path(), b"garbage").unwrap();
         let loaded = state.load().unwrap();

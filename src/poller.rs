@@ -176,6 +176,8 @@ pub struct Persist {
     pub dir: StateDir,
     last: Option<Instant>,
     dirty: bool,
+    /// Writes failed in a row (one warning per episode, and a line when it ends).
+    failing: u64,
 }
 
 impl Persist {
@@ -184,6 +186,7 @@ impl Persist {
             dir,
             last: None,
             dirty: true,
+            failing: 0,
         }
     }
 }
@@ -338,6 +341,7 @@ impl Poller {
             Some((key, target, r.since(&clock)))
         }));
         self.persist = Some(persist);
+        self.instruments.record_state_write_errors(0);
         self
     }
 
@@ -351,9 +355,12 @@ impl Poller {
             return;
         }
         let clock = MonoClock::now();
+        // A session open before the first start has no known start: it is not written, and
+        // the next start counts it as already open again (never a made-up lifetime).
         let records: Vec<Record> = self
             .tracker
             .active()
+            .filter(|c| !c.preexisting)
             .map(|c| {
                 Record::new(
                     c.key.id,
@@ -366,9 +373,34 @@ impl Poller {
             })
             .collect();
         p.last = Some(Instant::now());
-        p.dirty = false;
-        if let Err(e) = p.dir.save(&records) {
-            tracing::warn!(path = %p.dir.path().display(), error = %e, "cannot write the state file");
+        match p.dir.save(&records) {
+            Ok(()) => {
+                p.dirty = false;
+                if p.failing > 0 {
+                    tracing::info!(
+                        path = %p.dir.path().display(),
+                        failed = p.failing,
+                        sessions = records.len(),
+                        "the state file is written again"
+                    );
+                }
+                p.failing = 0;
+            }
+            Err(e) => {
+                // Still dirty: the next save tries again with what is known then.
+                self.instruments.record_state_write_errors(1);
+                if p.failing == 0 {
+                    tracing::warn!(
+                        path = %p.dir.path().display(),
+                        error = %e,
+                        retry_every = %humantime::format_duration(SAVE_EVERY),
+                        "cannot write the state file (the state directory full or read-only?); \
+                         the sessions' starts are kept in memory and the write is retried; a \
+                         restart before it succeeds counts the active sessions as already open"
+                    );
+                }
+                p.failing += 1;
+            }
         }
     }
 

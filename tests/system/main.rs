@@ -22,6 +22,8 @@ mod endpoint_load;
 mod fleet;
 mod otlp_http_vm;
 mod poll_failure;
+// A full or read-only state dir, a kill -9 mid-write.
+mod faults;
 mod prometheus_scrape;
 mod promtool;
 mod tcp_health;
