@@ -88,6 +88,7 @@ HOST_PKGS+=(clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev pkg-config)  # s
 # packaged zsh and fish completions parsed (and fish's used) by their shells.
 HOST_PKGS+=(man-db zsh fish)
 HOST_PKGS+=(debootstrap)  # scripts/check-package-root.sh: the package in a minimal Debian root
+HOST_PKGS+=(faketime)  # tests/system/faults.rs: the wall clock stepped under the real binary
 
 pkg_installed() {
     [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true)" = installed ]

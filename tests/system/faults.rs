@@ -1,8 +1,10 @@
 //! Faults a host really has, made for real: a state directory that fills up or turns read-only
-//! mid-run (a small tmpfs the test mounts and fills, then remounts read-only), and a `kill -9`
-//! that lands while the state file is being written. Each is logged once per episode, counted,
-//! and loses nothing that can be kept: the sessions' starts stay in memory and reach the file
-//! when it can be written again; a half-written file never replaces a whole one.
+//! mid-run (a small tmpfs the test mounts and fills, then remounts read-only), a `kill -9`
+//! that lands while the state file is being written, and the wall clock stepped an hour forward
+//! and back under the running binary (libfaketime, the monotonic clock left alone). Each is
+//! logged once per episode, counted, and loses nothing that can be kept: the sessions' starts
+//! stay in memory and reach the file when it can be written again; a half-written file never
+//! replaces a whole one; ages and lifetimes follow the monotonic clock.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -243,4 +245,83 @@ fn a_kill_9_while_the_state_file_is_written_leaves_the_last_whole_one() {
     let (status, log) = sc.terminate();
     assert!(status.success(), "{log}");
     drop(held);
+}
+
+/// Debian's `faketime`: a preloaded library that moves what the process reads as the wall
+/// clock (here from a file it re-reads on every call), and leaves the monotonic clock alone.
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+/// Every session's age in `/connections`, seconds.
+fn ages(sc: &Sidecar) -> Vec<f64> {
+    let c = sc.json("/connections");
+    c["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["duration_seconds"].as_f64().unwrap())
+        .collect()
+}
+
+#[test]
+fn the_wall_clock_stepped_forward_and_back_leaves_ages_and_lifetimes_right() {
+    assert!(
+        Path::new(LIBFAKETIME).exists(),
+        "{LIBFAKETIME} is required (Debian's faketime; scripts/fetch-tools.sh installs it)"
+    );
+    for (source, ip) in [("netlink", "127.0.0.74"), ("ebpf", "127.0.0.75")] {
+        let spec = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(spec.path(), "+0").unwrap();
+        let mut cmd = command();
+        cmd.env("LD_PRELOAD", LIBFAKETIME)
+            .env("FAKETIME_TIMESTAMP_FILE", spec.path())
+            .env("FAKETIME_NO_CACHE", "1")
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        let sc = Sidecar::start_with(
+            cmd,
+            &["--ip", ip, "--source", source, "--interval", "200ms"],
+        );
+        sc.wait_polls(1);
+        let l = std::net::TcpListener::bind(format!("{ip}:0")).unwrap();
+        let opened = Instant::now();
+        let conns: Vec<_> = (0..3)
+            .map(|_| {
+                let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+                (c, l.accept().unwrap().0)
+            })
+            .collect();
+        sc.wait_for("3 active", Duration::from_secs(10), |s| ages(s).len() == 3);
+        // An hour forward, then two back: the ages follow the real time throughout.
+        for step in ["+3600", "-3600"] {
+            std::fs::write(spec.path(), step).unwrap();
+            std::thread::sleep(Duration::from_millis(1500));
+            let truth = opened.elapsed().as_secs_f64();
+            for age in ages(&sc) {
+                assert!(
+                    (age - truth).abs() < 0.5,
+                    "{source}, wall clock {step} s: age {age}, truly {truth}"
+                );
+            }
+            let h = sc.json("/health");
+            assert_eq!(h["status"], "healthy", "{source}, {step}: {h:#}");
+        }
+        let truth = opened.elapsed().as_secs_f64();
+        drop(conns);
+        let t = [("target", ip)];
+        sc.wait_for("3 closed", Duration::from_secs(10), |s| {
+            s.metrics().sum("fix_connections_closed_total", &t) == 3.0
+        });
+        let m = sc.metrics();
+        assert_eq!(
+            m.get("fix_connection_duration_seconds_count", &t),
+            Some(3.0)
+        );
+        let sum = m.get("fix_connection_duration_seconds_sum", &t).unwrap();
+        assert!(
+            (sum - 3.0 * truth).abs() < 3.0 * 0.5,
+            "{source}: lifetimes sum {sum}, truly 3 x {truth}"
+        );
+        let (status, log) = sc.terminate();
+        assert!(status.success(), "{log}");
+        assert!(!log.contains("panicked"), "{log}");
+    }
 }
