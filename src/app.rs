@@ -594,6 +594,9 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
         source.capabilities(),
     );
     crate::process::register(&meter);
+    if options.serve_http {
+        crate::export::server::register(&meter);
+    }
     let (mode, subscription) =
         subscribe_events(source.kind(), source.capabilities(), &settings.targets);
     let persist = match &settings.state.dir {

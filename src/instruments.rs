@@ -97,6 +97,8 @@ pub mod names {
     /// Counter: writes of the state file (`[state] dir`) that failed (a full or read-only
     /// disk); each is retried at the next save.
     pub const STATE_WRITE_ERRORS: &str = "fix_monitor_state_write_errors";
+    /// Counter: connections the HTTP endpoint failed to accept (`crate::export::server`).
+    pub const ENDPOINT_ACCEPT_ERRORS: &str = "fix_monitor_endpoint_accept_errors";
 
     /// Every metric name above (not [`METER`]). The docs' metric tables are checked against
     /// it (tests/integration/metric_docs.rs), which also finds a name missing here.
@@ -131,6 +133,7 @@ pub mod names {
         RETRANSMITS_BY_PORT,
         EXPECTED_UP,
         STATE_WRITE_ERRORS,
+        ENDPOINT_ACCEPT_ERRORS,
     ];
 }
 

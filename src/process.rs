@@ -1,8 +1,10 @@
 //! The sidecar's own footprint, for the operators who must trust it to cost nothing: resident
-//! memory and CPU time, read from `/proc/self/stat` by the procfs crate when a collection asks
-//! (a scrape or an export), never on the poll path. Named after the OpenTelemetry semantic
-//! conventions (`process.memory.usage`, `process.cpu.time`); on Prometheus they read
-//! `process_memory_usage_bytes` and `process_cpu_time_seconds_total{cpu_mode}`.
+//! memory, CPU time and open files, read from `/proc/self` by the procfs crate when a collection
+//! asks (a scrape or an export), never on the poll path. Named after the OpenTelemetry semantic
+//! conventions (`process.memory.usage`, `process.cpu.time`, `process.open_file_descriptor.count`,
+//! and beside it the limit); on Prometheus they read `process_memory_usage_bytes`,
+//! `process_cpu_time_seconds_total{cpu_mode}`, `process_open_file_descriptor_count` and
+//! `process_open_file_descriptor_limit`.
 
 use opentelemetry::metrics::Meter;
 
@@ -11,8 +13,12 @@ use opentelemetry::metrics::Meter;
 pub mod names {
     pub const MEMORY: &str = "process.memory.usage";
     pub const CPU_TIME: &str = "process.cpu.time";
+    pub const OPEN_FDS: &str = "process.open_file_descriptor.count";
+    /// Not a semantic convention: the soft `RLIMIT_NOFILE`, beside the count, so that an alert
+    /// can see the limit coming.
+    pub const MAX_FDS: &str = "process.open_file_descriptor.limit";
     /// Every name above (the docs' metric tables are checked against these lists).
-    pub const ALL: &[&str] = &[MEMORY, CPU_TIME];
+    pub const ALL: &[&str] = &[MEMORY, CPU_TIME, OPEN_FDS, MAX_FDS];
 }
 
 /// Registers the process instruments on `meter`. Linux only; elsewhere a no-op.
@@ -60,5 +66,36 @@ mod linux {
                 }
             })
             .build();
+        meter
+            .u64_observable_gauge(names::OPEN_FDS)
+            .with_description("File descriptors the fix-monitor process holds open")
+            .with_callback(move |obs| {
+                if let Ok(n) = procfs::process::Process::myself().and_then(|p| p.fd_count()) {
+                    obs.observe(n as u64, &[]);
+                }
+            })
+            .build();
+        meter
+            .u64_observable_gauge(names::MAX_FDS)
+            .with_description(
+                "The most file descriptors the fix-monitor process may hold (its soft RLIMIT_NOFILE)",
+            )
+            .with_callback(move |obs| {
+                if let Some(n) = open_files_limit() {
+                    obs.observe(n, &[]);
+                }
+            })
+            .build();
+    }
+
+    /// The soft `RLIMIT_NOFILE`; `None` when unlimited.
+    fn open_files_limit() -> Option<u64> {
+        let mut l = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes the struct it is given.
+        let r = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) };
+        (r == 0 && l.rlim_cur != libc::RLIM_INFINITY).then_some(l.rlim_cur)
     }
 }

@@ -82,6 +82,22 @@ impl Default for Limits {
     }
 }
 
+/// Connections the endpoint failed to accept (out of file descriptors, or the like), over every
+/// server of the process: `fix_monitor_endpoint_accept_errors_total`.
+static ACCEPT_ERRORS: AtomicU64 = AtomicU64::new(0);
+
+/// Registers `fix_monitor_endpoint_accept_errors` on `meter` (observed at collection).
+pub fn register(meter: &opentelemetry::metrics::Meter) {
+    meter
+        .u64_observable_counter(crate::instruments::names::ENDPOINT_ACCEPT_ERRORS)
+        .with_description(
+            "Connections the HTTP endpoint failed to accept (out of file descriptors, or the \
+             like); it backs off 50 ms and goes on, connections already open are unaffected",
+        )
+        .with_callback(|obs| obs.observe(ACCEPT_ERRORS.load(Ordering::Relaxed), &[]))
+        .build();
+}
+
 /// hyper's read buffer: a request head must fit in it, so it is the head limit's size (hyper's
 /// minimum is 8 KiB plus room for pipelined bytes).
 const READ_BUFFER: usize = 16 * 1024;
@@ -118,6 +134,7 @@ pub async fn serve(
                     // Out of file descriptors, or the like: say so (not once per attempt), back
                     // off a little, and go on; connections already open are unaffected.
                     accept_errors += 1;
+                    ACCEPT_ERRORS.fetch_add(1, Ordering::Relaxed);
                     if accept_errors == 1 || accept_errors % 1000 == 0 {
                         tracing::warn!(error = %e, errors = accept_errors, "endpoint: accepting a connection failed");
                     }

@@ -1,7 +1,8 @@
 //! Faults a host really has, made for real: a state directory that fills up or turns read-only
 //! mid-run (a small tmpfs the test mounts and fills, then remounts read-only), a `kill -9`
-//! that lands while the state file is being written, and the wall clock stepped an hour forward
-//! and back under the running binary (libfaketime, the monotonic clock left alone). Each is
+//! that lands while the state file is being written, the wall clock stepped an hour forward
+//! and back under the running binary (libfaketime, the monotonic clock left alone), and the
+//! process's file-descriptor limit reached (`prlimit`, idle clients holding the endpoint). Each is
 //! logged once per episode, counted, and loses nothing that can be kept: the sessions' starts
 //! stay in memory and reach the file when it can be written again; a half-written file never
 //! replaces a whole one; ages and lifetimes follow the monotonic clock.
@@ -324,4 +325,112 @@ fn the_wall_clock_stepped_forward_and_back_leaves_ages_and_lifetimes_right() {
         assert!(status.success(), "{log}");
         assert!(!log.contains("panicked"), "{log}");
     }
+}
+
+/// Sends `GET path` on a connection the endpoint already accepted; the body of the answer.
+fn ask(stream: &mut std::net::TcpStream, path: &str) -> String {
+    use std::io::{Read, Write};
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default()
+}
+
+#[test]
+fn at_its_file_descriptor_limit_it_says_so_counts_and_loses_no_session() {
+    const LIMIT: u64 = 64;
+    let d = Downstream::listen("127.0.0.76:0");
+    // `prlimit` execs the sidecar with the limit: the child's pid is the sidecar's.
+    let mut cmd = Command::new("prlimit");
+    cmd.arg(format!("--nofile={LIMIT}:{LIMIT}")).arg(bin());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("FIX_MONITOR_") || k.starts_with("DOWNSTREAM_") || k.starts_with("OTEL_") {
+            cmd.env_remove(k);
+        }
+    }
+    let sc = Sidecar::start_with(
+        cmd,
+        &[
+            "--ip",
+            "127.0.0.76",
+            "--source",
+            "procfs",
+            "--interval",
+            "200ms",
+        ],
+    );
+    sc.wait_polls(1);
+    let _held: Vec<_> = (0..3)
+        .map(|_| connect_from("127.0.0.1:0", d.addr))
+        .collect();
+    let t = [("target", "127.0.0.76")];
+    sc.wait_for("3 active", Duration::from_secs(10), |s| {
+        s.metrics().get("fix_connections_active", &t) == Some(3.0)
+    });
+    let m = sc.metrics();
+    assert_eq!(
+        m.get("process_open_file_descriptor_limit", &[]),
+        Some(LIMIT as f64)
+    );
+    let open = m.get("process_open_file_descriptor_count", &[]).unwrap();
+    assert!(open > 0.0 && open < LIMIT as f64, "{open}");
+
+    // Twice the limit in idle connections to the endpoint: each one it accepts costs it a
+    // file, until none is left for the endpoint nor for the poll's /proc/net/tcp.
+    let mut clients: Vec<_> = (0..2 * LIMIT)
+        .map(|_| std::net::TcpStream::connect(sc.addr).unwrap())
+        .collect();
+    // Asked on a connection accepted before the limit (the first ones are).
+    let mut health = serde_json::Value::Null;
+    for client in clients.iter_mut().take(5) {
+        std::thread::sleep(Duration::from_millis(600));
+        health = serde_json::from_str(&ask(client, "/health")).unwrap();
+        if health["status"] == "unhealthy" {
+            break;
+        }
+    }
+    assert_eq!(health["status"], "unhealthy", "{health:#}");
+    assert!(
+        health["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("Too many open files"),
+        "{health:#}"
+    );
+    // Room again: everything recovers by itself, and no session was lost or counted closed.
+    clients.clear();
+    sc.wait_for("healthy again", Duration::from_secs(20), |s| {
+        s.json("/health")["status"] == "healthy"
+    });
+    let m = sc.metrics();
+    assert_eq!(m.get("fix_connections_active", &t), Some(3.0));
+    assert_eq!(m.sum("fix_connections_closed_total", &t), 0.0);
+    assert!(
+        m.get("fix_monitor_poll_errors_total", &[("source", "procfs")])
+            .unwrap()
+            >= 1.0
+    );
+    assert!(
+        m.get("fix_monitor_endpoint_accept_errors_total", &[])
+            .unwrap()
+            >= 1.0
+    );
+    let log = sc.log();
+    assert!(
+        log.contains("endpoint: accepting a connection failed"),
+        "{log}"
+    );
+    assert!(log.contains("Too many open files"), "{log}");
+    let (status, log) = sc.terminate();
+    assert!(status.success(), "{log}");
 }
