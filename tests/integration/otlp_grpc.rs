@@ -586,3 +586,61 @@ fn grpc_over_tls_with_a_client_certificate() {
     assert_eq!(log.matches("OTLP export failed;").count(), 1, "{log}");
     drop(d);
 }
+
+/// The collector's certificate expired: every handshake fails, which is an outage like any
+/// other (one warning that says why, counted) while polling goes on; the collector back with a
+/// renewed certificate on the same port gets the right totals at once.
+#[test]
+fn an_expired_collector_certificate_is_an_outage_until_it_is_renewed() {
+    let pki = Pki::new();
+    let (expired, expired_key) = pki.expired_server();
+    let rx = Receiver::start_tls_on("127.0.0.1:0".parse().unwrap(), &pki, &expired, &expired_key);
+    let d = Downstream::listen("127.0.0.57:0");
+    let mut held = vec![connect_from("127.0.0.1:0", d.addr)];
+    let cfg = config_file(&format!(
+        "[[targets]]\nname = \"venue\"\naddress = \"127.0.0.57\"\n\
+         [otlp]\nendpoint = \"{}\"\ninterval = \"200ms\"\ntimeout = \"1s\"\n\
+         [otlp.tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        rx.tls_endpoint(),
+        pki.ca.display(),
+        pki.client_cert.display(),
+        pki.client_key.display()
+    ));
+    let sc = Sidecar::start(&[
+        "--config",
+        cfg.path().to_str().unwrap(),
+        "--source",
+        "netlink",
+        "--interval",
+        "100ms",
+    ]);
+    let errors = |s: &Sidecar| {
+        s.metrics()
+            .count("fix_monitor_export_errors_total", &[("exporter", "otlp")])
+    };
+    held.push(connect_from("127.0.0.1:0", d.addr));
+    sc.wait_for("refused handshakes, polling on", WAIT, |s| {
+        errors(s) >= 2.0 && scraped(&s.metrics(), "venue") == truth(2, 2, 0)
+    });
+    assert_eq!(rx.count(), 0, "nothing gets through an expired certificate");
+    let log = sc.log();
+    assert_eq!(log.matches("OTLP export failed;").count(), 1, "{log}");
+    assert!(
+        log.to_lowercase().contains("expired"),
+        "the warning says why:\n{log}"
+    );
+
+    // Renewed: the same CA, a valid certificate, the same port.
+    let addr = rx.addr;
+    drop(rx.stop());
+    let rx = Receiver::start_tls_on(addr, &pki, &pki.server_cert, &pki.server_key);
+    rx.wait_for("the totals after the renewal", WAIT, |r| {
+        pushed(r, "venue") == truth(2, 2, 0)
+    });
+    sc.wait_for("the recovery note", WAIT, |s| {
+        s.log().contains("OTLP export recovered")
+    });
+    let (status, log) = sc.terminate();
+    assert!(status.success(), "{log}");
+    drop((held, d));
+}

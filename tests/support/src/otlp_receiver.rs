@@ -411,15 +411,24 @@ impl Receiver {
     /// On a free loopback port, over TLS with `pki`'s server certificate, requiring a client
     /// certificate signed by its CA.
     pub fn start_tls(pki: &Pki) -> Receiver {
+        let any = "127.0.0.1:0".parse().unwrap();
+        Receiver::start_tls_on(any, pki, &pki.server_cert, &pki.server_key)
+    }
+
+    /// [`Receiver::start_tls`] on `addr`, presenting the certificate and key in `cert` and
+    /// `key` (e.g. [`Pki::expired_server`]'s).
+    pub fn start_tls_on(
+        addr: SocketAddr,
+        pki: &Pki,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> Receiver {
         use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-        let read = |p: &PathBuf| std::fs::read(p).unwrap();
+        let read = |p: &std::path::Path| std::fs::read(p).unwrap();
         let tls = ServerTlsConfig::new()
-            .identity(Identity::from_pem(
-                read(&pki.server_cert),
-                read(&pki.server_key),
-            ))
+            .identity(Identity::from_pem(read(cert), read(key)))
             .client_ca_root(Certificate::from_pem(read(&pki.ca)));
-        Receiver::serve("127.0.0.1:0".parse().unwrap(), Some(tls))
+        Receiver::serve(addr, Some(tls))
     }
 
     fn serve(addr: SocketAddr, tls: Option<tonic::transport::ServerTlsConfig>) -> Receiver {
@@ -620,7 +629,33 @@ pub struct Pki {
     pub server_key: PathBuf,
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
-    _dir: tempfile::TempDir,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    dir: tempfile::TempDir,
+}
+
+/// A leaf certificate for `names` signed by `issuer`, valid for decades (rcgen's default) or,
+/// `expired`, over 2020-2021 only: its PEM and its key's.
+fn leaf(
+    issuer: &rcgen::Issuer<'static, rcgen::KeyPair>,
+    names: Vec<String>,
+    usage: rcgen::ExtendedKeyUsagePurpose,
+    expired: bool,
+) -> (String, String) {
+    use rcgen::{CertificateParams, DnType, KeyPair, KeyUsagePurpose};
+    let mut params = CertificateParams::new(names).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "fix-monitor test");
+    params.use_authority_key_identifier_extension = true;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![usage];
+    if expired {
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 12, 31);
+    }
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
 }
 
 impl Pki {
@@ -651,31 +686,44 @@ impl Pki {
         let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
         let issuer = Issuer::new(ca, ca_key);
 
-        let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose| {
-            let mut params = CertificateParams::new(names).unwrap();
-            params
-                .distinguished_name
-                .push(DnType::CommonName, "fix-monitor test");
-            params.use_authority_key_identifier_extension = true;
-            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-            params.extended_key_usages = vec![usage];
-            let key = KeyPair::generate().unwrap();
-            let cert = params.signed_by(&key, &issuer).unwrap();
-            (cert.pem(), key.serialize_pem())
-        };
         let (server_cert, server_key) = leaf(
+            &issuer,
             vec!["localhost".into(), "127.0.0.1".into()],
             ExtendedKeyUsagePurpose::ServerAuth,
+            false,
         );
-        let (client_cert, client_key) =
-            leaf(vec!["client".into()], ExtendedKeyUsagePurpose::ClientAuth);
+        let (client_cert, client_key) = leaf(
+            &issuer,
+            vec!["client".into()],
+            ExtendedKeyUsagePurpose::ClientAuth,
+            false,
+        );
         Pki {
             ca: write("ca.pem", ca_pem),
             server_cert: write("server.pem", server_cert),
             server_key: write("server.key", server_key),
             client_cert: write("client.pem", client_cert),
             client_key: write("client.key", client_key),
-            _dir: dir,
+            issuer,
+            dir,
         }
+    }
+
+    /// A server certificate of this CA for `localhost` and 127.0.0.1 that expired at the end of
+    /// 2021: its certificate and key files.
+    pub fn expired_server(&self) -> (PathBuf, PathBuf) {
+        let (cert, key) = leaf(
+            &self.issuer,
+            vec!["localhost".into(), "127.0.0.1".into()],
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            true,
+        );
+        let (c, k) = (
+            self.dir.path().join("expired.pem"),
+            self.dir.path().join("expired.key"),
+        );
+        std::fs::write(&c, cert).unwrap();
+        std::fs::write(&k, key).unwrap();
+        (c, k)
     }
 }
