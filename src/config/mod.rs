@@ -250,6 +250,10 @@ pub struct FixSettings {
     /// `targets[i].message_limit`, by target id (filled from the targets by `raw::validate`).
     #[serde(skip)]
     pub target_message_limit: Vec<Option<MessageLimit>>,
+    /// `targets[i].tls_tunnel`, by target id: the local tunnel whose plaintext leg carries the
+    /// target's FIX sessions (filled from the targets by `raw::validate`).
+    #[serde(skip)]
+    pub target_tls_tunnel: Vec<Option<std::net::SocketAddr>>,
 }
 
 /// `targets[].message_limit`: the venue's throttle, `count` messages per `per` (one of the
