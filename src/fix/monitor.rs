@@ -95,6 +95,10 @@ pub struct FixSessionJson {
     /// layer's state.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_end: Option<crate::ends::LastEnd>,
+    /// Read on a tunnel's plaintext leg (`targets[].tls_tunnel`): the tunnel, and the outer
+    /// session it was joined to (then `tcp` names that one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<super::tunnels::TunnelJson>,
 }
 
 /// A session's sequence forensics, as `/sessions` and the metrics report them.
@@ -401,6 +405,7 @@ pub fn sessions_json(
                 bursts: BurstsJson::of(s, limit, now),
                 outcomes: s.outcomes.clone(),
                 last_end: None,
+                tunnel: None,
             }
         })
         .collect()
@@ -444,9 +449,11 @@ impl FixMonitor {
             .with_boundaries(FILL_BUCKETS.to_vec())
             .build();
         let mut capture_error = None;
+        let tunnels = super::tunnels::tunnels(&settings.target_tls_tunnel);
         #[cfg(target_os = "linux")]
         let capture = if settings.capture {
-            match super::capture::Capture::open(targets, 8 << 20) {
+            let filtered = super::tunnels::capture_targets(targets, &tunnels);
+            match super::capture::Capture::open(&filtered, 8 << 20) {
                 Ok(c) => Some(c),
                 Err(e) => {
                     let msg = format!(
@@ -474,7 +481,8 @@ impl FixMonitor {
         let mut worker = Worker {
             settings: settings.clone(),
             targets: targets.clone(),
-            wire: Wire::new(targets.clone(), StreamLimits::default()),
+            joiner: (!tunnels.is_empty()).then(super::tunnels::Joiner::new),
+            wire: Wire::new(targets.clone(), StreamLimits::default()).with_tunnels(tunnels),
             tracker: Tracker::new(Limits::default()),
             follower: (!settings.logs.is_empty())
                 .then(|| LogFollower::new(settings.log_paths(), settings.our_comp_ids.clone())),
@@ -529,6 +537,8 @@ struct Worker {
     settings: FixSettings,
     targets: Targets,
     wire: Wire,
+    /// Joins tunnels' plaintext legs to their outer sessions (`None`: no tunnel configured).
+    joiner: Option<super::tunnels::Joiner>,
     tracker: Tracker,
     follower: Option<LogFollower>,
     latency: Histogram<f64>,
@@ -578,6 +588,9 @@ impl Worker {
                     }
                 }
                 events.extend(self.wire.tick(now, &mut self.tracker));
+                if let Some(j) = &mut self.joiner {
+                    j.round(&mut self.wire, now);
+                }
                 if let Some(tcp) = &mut self.tcp {
                     if let Some(live) = tcp.sessions.changed() {
                         self.live = live;
@@ -697,7 +710,7 @@ impl Worker {
     #[cfg(target_os = "linux")]
     fn publish(&mut self, now: SystemTime, kernel: Option<super::capture::CaptureStats>) {
         let timed_by = "log";
-        let state = FixState {
+        let mut state = FixState {
             enabled: true,
             capture: self.settings.capture,
             capture_error: self.capture_error.clone(),
@@ -734,6 +747,9 @@ impl Worker {
                 orders_over_cap: self.tracker.orders_over_cap,
             },
         };
+        if let Some(j) = &mut self.joiner {
+            j.annotate(&mut state.sessions);
+        }
         self.warn_bounds(&state.stats);
         self.announcer.round(&state.sessions, now, &self.events);
         let _ = self.tx.send(Arc::new(state));
