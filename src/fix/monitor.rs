@@ -565,8 +565,13 @@ impl Worker {
             match &mut capture {
                 Some(c) => {
                     let (wire, tracker) = (&mut self.wire, &mut self.tracker);
+                    let joiner = &mut self.joiner;
                     if let Err(e) = c.recv_batch(ROUND / 5, 4096, |p, at| {
                         events.extend(wire.packet(p, at, tracker));
+                        // A tunnel's new connection: joined while its sockets are open.
+                        if let (Some(j), true) = (joiner.as_mut(), wire.take_tunnel_news()) {
+                            j.round(wire, SystemTime::now(), true);
+                        }
                     }) {
                         tracing::warn!("FIX capture: {e}");
                         std::thread::sleep(ROUND / 5);
@@ -589,7 +594,7 @@ impl Worker {
                 }
                 events.extend(self.wire.tick(now, &mut self.tracker));
                 if let Some(j) = &mut self.joiner {
-                    j.round(&mut self.wire, now);
+                    j.round(&mut self.wire, now, false);
                 }
                 if let Some(tcp) = &mut self.tcp {
                     if let Some(live) = tcp.sessions.changed() {

@@ -7,9 +7,13 @@
 //! The owners come the way `poll.process_lookup` finds them: the sockets' inodes from
 //! `/proc/net/tcp` and `/proc/net/tcp6` (the tunnel's accepted socket is the leg seen from the
 //! other end: local the tunnel's address, remote the gateway's), then one walk of
-//! `/proc/PID/fd` ([`ProcOwners`]) for all of them. A walk happens only in a round with a leg
-//! to join, at most once a second per leg and for [`TRY_FOR`] after the leg appeared: a leg
-//! still pending or ambiguous by then keeps that standing. Without the privilege to read the
+//! `/proc/PID/fd` ([`ProcOwners`]) for all of them. A walk happens only when there is a leg
+//! to join: at once when a leg or a session of its target appears (right after its first
+//! segment is read, while the tunnel's sockets are open: a session may last less than a
+//! round), else at most once a second per leg, and for [`TRY_FOR`] after the leg appeared; a
+//! leg still pending or ambiguous by then keeps that standing. A leg that ends before it was
+//! joined (its tunnel's sockets gone before any walk) keeps its own link: its end's FIX
+//! account names the plaintext leg, and the outer session's end is judged without it. Without the privilege to read the
 //! tunnel's fds (`CAP_SYS_PTRACE`, `CAP_DAC_READ_SEARCH`, or the tunnel running as our user)
 //! the owners are unknown and the join falls back to timing alone.
 
@@ -76,9 +80,10 @@ impl Joiner {
         }
     }
 
-    /// One round of the FIX layer: tries the legs due (see the module docs) and records
-    /// their standing in `wire`.
-    pub fn round(&mut self, wire: &mut Wire, now: SystemTime) {
+    /// Tries the legs due and records their standing in `wire`: every leg not joined yet when
+    /// `news` (a leg or a session of its target just appeared: [`Wire::take_tunnel_news`]),
+    /// else those not tried for [`RETRY_EVERY`] (see the module docs).
+    pub fn round(&mut self, wire: &mut Wire, now: SystemTime, news: bool) {
         let legs = wire.tunnel_legs();
         let open: HashSet<TcpLink> = legs.iter().map(|l| l.link).collect();
         self.tried.retain(|l, _| open.contains(l));
@@ -86,7 +91,7 @@ impl Joiner {
         let due: Vec<&Leg> = (legs.iter())
             .filter(|l| !matches!(l.join, TunnelJoin::Joined { .. }) && young(l))
             .filter(|l| {
-                (self.tried.get(&l.link))
+                news || (self.tried.get(&l.link))
                     .is_none_or(|t| now.duration_since(*t).unwrap_or_default() >= RETRY_EVERY)
             })
             .collect();

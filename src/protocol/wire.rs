@@ -363,6 +363,8 @@ pub struct Wire {
     refused: HashMap<TcpLink, Seen>,
     /// Local TLS tunnels: their plaintext legs are their targets' ([`Wire::with_tunnels`]).
     tunnels: Vec<Tunnel>,
+    /// A leg, or a session of a target with a tunnel, was added since [`Wire::take_tunnel_news`].
+    tunnel_news: bool,
     /// What it has seen so far.
     pub stats: WireStats,
 }
@@ -383,6 +385,7 @@ impl Wire {
             conns: HashMap::new(),
             refused: HashMap::new(),
             tunnels: Vec::new(),
+            tunnel_news: false,
             stats: WireStats::default(),
         }
     }
@@ -473,6 +476,7 @@ impl Wire {
                 return events;
             }
             self.refused.remove(&link);
+            self.tunnel_news |= leg || self.tunnels.iter().any(|t| t.target == target);
             let limits = self.limits;
             self.conns.insert(
                 link,
@@ -628,6 +632,13 @@ impl Wire {
             Role::Leg(_) | Role::Direct => {}
         }
         Some(Event::LinkEnded(Box::new(end)))
+    }
+
+    /// Whether a plaintext leg, or a session of a target with a tunnel, was added since the
+    /// last call: the moment to join them, while the tunnel's sockets are still open (a
+    /// session may last less than a round).
+    pub fn take_tunnel_news(&mut self) -> bool {
+        std::mem::take(&mut self.tunnel_news)
     }
 
     /// The tunnels' plaintext legs followed now, in no particular order.

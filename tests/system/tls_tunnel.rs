@@ -1,0 +1,269 @@
+//! Sessions behind a local TLS tunnel, with a real stunnel (Debian's `stunnel4`, root for
+//! `CAP_NET_RAW`): the simulator's gateway speaks plaintext FIX to a stunnel client on loopback
+//! (`targets[].tls_tunnel`), which holds a verified TLS session to a venue-side stunnel server
+//! (the target), which forwards to the simulator's venue. The real binary captures the
+//! plaintext leg and must attribute its FIX session to the target, join it to the outer TLS
+//! session the TCP layer watches (the tunnel process owns both sockets), report the
+//! simulator's exact counts, and judge the outer session's end from the FIX account.
+//!
+//! ```text
+//! gateway --plaintext--> 127.0.0.63:P3 stunnel client --TLS--> 127.0.0.62:P2 stunnel server
+//!                        (tls_tunnel)                          (the target)  --> venue 127.0.0.61
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fix_monitor::fix::sim::{scripted_session, Peer};
+use serde_json::Value;
+
+use crate::harness::*;
+
+const VENUE_IP: &str = "127.0.0.61";
+const TLS_IP: &str = "127.0.0.62";
+const TUNNEL_IP: &str = "127.0.0.63";
+
+/// A running `stunnel4`, killed (by its own handle) when dropped.
+struct Stunnel {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Stunnel {
+    /// Starts `stunnel4` in the foreground with `service` (one `[service]` section) and waits
+    /// until it says its configuration is loaded (it listens from then on).
+    fn start(dir: &Path, name: &str, service: &str) -> Stunnel {
+        let conf = dir.join(format!("{name}.conf"));
+        let log = dir.join(format!("{name}.log"));
+        let text = format!("foreground = yes\npid =\ndebug = notice\n[{name}]\n{service}");
+        std::fs::write(&conf, text).unwrap();
+        let mut cmd = Command::new("stunnel4");
+        cmd.arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        // SAFETY: prctl(2) is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .expect("running stunnel4 (scripts/fetch-tools.sh installs it)");
+        let s = Stunnel { child, log };
+        wait_until(
+            &format!("stunnel {name} configured"),
+            Duration::from_secs(10),
+            || s.log().contains("Configuration successful"),
+        );
+        s
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Stunnel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A self-signed certificate for `venue.test` and its key, written as PEM under `dir`.
+fn certificate(dir: &Path) -> (String, String) {
+    use rcgen::{CertificateParams, KeyPair};
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["venue.test".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (c, k) = (dir.join("venue.pem"), dir.join("venue.key"));
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_owned();
+    (s(&c), s(&k))
+}
+
+/// A port free on `ip` now.
+fn free_on(ip: &str) -> u16 {
+    let l = TcpListener::bind(format!("{ip}:0")).unwrap();
+    l.local_addr().unwrap().port()
+}
+
+fn by_type(v: &Value) -> BTreeMap<String, u64> {
+    (v.as_object().into_iter().flatten())
+        .map(|(k, n)| (k.clone(), n.as_u64().unwrap()))
+        .collect()
+}
+
+fn session<'a>(s: &'a Value, label: &str) -> &'a Value {
+    (s["sessions"].as_array().into_iter().flatten())
+        .find(|x| x["session"] == label)
+        .unwrap_or(&Value::Null)
+}
+
+/// `ip:port` of a JSON `TcpLink` side.
+fn addr(v: &Value) -> SocketAddr {
+    v.as_str().unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_session_behind_stunnel_is_its_targets_and_joined_to_the_outer_tls_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = certificate(dir.path());
+    let (venue, refusing) = fix_venues(
+        [VENUE_IP.parse().unwrap(); 2],
+        Duration::from_millis(5),
+        3,
+        (5, 2),
+    );
+    refusing.stop();
+    let (tls_port, tunnel_port) = (free_on(TLS_IP), free_on(TUNNEL_IP));
+    let tls: SocketAddr = format!("{TLS_IP}:{tls_port}").parse().unwrap();
+    let tunnel: SocketAddr = format!("{TUNNEL_IP}:{tunnel_port}").parse().unwrap();
+    let _server = Stunnel::start(
+        dir.path(),
+        "venue-side",
+        &format!(
+            "accept = {tls}\nconnect = {}\ncert = {cert}\nkey = {key}\n",
+            venue.addr
+        ),
+    );
+    let client = Stunnel::start(
+        dir.path(),
+        "gateway-side",
+        &format!(
+            "client = yes\naccept = {tunnel}\nconnect = {tls}\nverifyPeer = yes\n\
+             CAfile = {cert}\ncheckHost = venue.test\n"
+        ),
+    );
+    let cfg = config_file(&format!(
+        "[[targets]]\nname = \"venue-tls\"\naddress = \"{TLS_IP}\"\nport = {tls_port}\n\
+         tls_tunnel = \"{tunnel}\"\n\n[fix]\ncapture = true\n"
+    ));
+    let sc = Sidecar::start(&[
+        "--config",
+        cfg.path().to_str().unwrap(),
+        "--interval",
+        "200ms",
+    ]);
+    assert!(sc.json("/sessions")["capture_error"].is_null());
+
+    // A scripted session through the tunnel: every count on /sessions and /metrics is the
+    // simulator's, the session is the target's and its `tcp` is the outer TLS session.
+    let truth = scripted_session(tunnel, 9, None, None).unwrap();
+    let total: u64 = truth.sent.values().sum::<u64>() + truth.received.values().sum::<u64>();
+    let mut last = Value::Null;
+    sc.wait_for(
+        "the tunnelled session's counts",
+        Duration::from_secs(15),
+        |s| {
+            last = s.json("/sessions");
+            let a = session(&last, "GW->VENUE");
+            by_type(&a["out"]["by_type"]) == truth.sent
+                && by_type(&a["in"]["by_type"]) == truth.received
+                && a["tunnel"]["join"] == "joined"
+                && s.metrics()
+                    .sum("fix_messages_total", &[("target", "venue-tls")])
+                    == total as f64
+        },
+    );
+    let a = session(&last, "GW->VENUE");
+    assert_eq!(a["target"], "venue-tls", "{last}");
+    assert_eq!(a["timed_by"], "wire");
+    assert_eq!(
+        (a["logons"].as_u64(), a["logouts_us"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(a["orders_answered"], truth.round_trips.len() as u64);
+    let t = &a["tunnel"];
+    assert_eq!(addr(&t["address"]), tunnel, "{a}");
+    assert_eq!(addr(&t["plaintext"]["local"]), truth.local.unwrap(), "{a}");
+    assert_eq!(addr(&t["plaintext"]["remote"]), tunnel);
+    assert_eq!(t["basis"], "process", "one session per tunnel: {t}");
+    assert_eq!(t["process"]["pid"], client.child.id(), "{t}");
+    assert_eq!(t["outer"], a["tcp"], "{a}");
+    assert_eq!(
+        addr(&a["tcp"]["remote"]),
+        tls,
+        "the outer session's venue: {a}"
+    );
+    let first_outer = addr(&a["tcp"]["local"]);
+    let st = &last["stats"]["wire"];
+    assert_eq!(st["messages"], total, "{st}");
+    assert_eq!(
+        (st["malformed"].as_u64(), st["unmatched"].as_u64()),
+        (Some(0), Some(0))
+    );
+    let m = sc.metrics();
+    let l = [("target", "venue-tls"), ("session", "GW->VENUE")];
+    assert_eq!(m.sum("fix_session_logons_total", &l), 1.0);
+    let n = truth.round_trips.len() as f64;
+    assert_eq!(m.sum("fix_order_ack_latency_seconds_count", &l), n);
+
+    // A second session held open: the TCP layer's outer session names it on /connections,
+    // and /sessions names that outer session.
+    let mut gw = Peer::connect(tunnel, "FIX.4.4", "GW", "VENUE").unwrap();
+    let wait = Duration::from_secs(10);
+    gw.send("A", &[(98, "0"), (108, "30")]).unwrap();
+    gw.expect("A", wait).unwrap();
+    gw.send("0", &[]).unwrap();
+    let plaintext = gw.stream().local_addr().unwrap();
+    let mut outer = None;
+    sc.wait_for("/connections naming the FIX session", wait, |s| {
+        let c = s.json("/connections");
+        outer = (c["connections"].as_array().into_iter().flatten())
+            .find(|x| x["fix"]["session"] == "GW->VENUE")
+            .cloned();
+        let a = session(&s.json("/sessions"), "GW->VENUE").clone();
+        outer.is_some()
+            && a["logged_on"] == true
+            && addr(&a["tunnel"]["plaintext"]["local"]) == plaintext
+    });
+    let outer = outer.unwrap();
+    assert_eq!(outer["target"], "venue-tls", "{outer}");
+    assert_eq!(addr(&outer["fix"]["tunnel"]), tunnel, "{outer}");
+    assert_eq!(outer["remote_addr"].as_str().unwrap(), tls.to_string());
+    let second_outer: SocketAddr = outer["local_addr"].as_str().unwrap().parse().unwrap();
+    let a = session(&sc.json("/sessions"), "GW->VENUE").clone();
+    assert_eq!(addr(&a["tcp"]["local"]), second_outer, "{a}");
+    assert_ne!(second_outer, first_outer);
+    gw.send("5", &[(58, "bye")]).unwrap();
+    gw.expect("5", wait).unwrap();
+    gw.close();
+
+    // Both outer sessions ended with our Logout: the plaintext leg's account judged them.
+    let mut closed = Value::Null;
+    sc.wait_for("both outer sessions judged", Duration::from_secs(30), |s| {
+        closed = s.json("/connections")["closed"].clone();
+        let judged = (closed.as_array().into_iter().flatten())
+            .filter(|x| x["end_cause"].is_string())
+            .count();
+        judged == 2
+    });
+    let causes: BTreeMap<u16, String> = (closed.as_array().into_iter().flatten())
+        .map(|x| {
+            let port = x["local_port"].as_u64().unwrap() as u16;
+            (port, x["end_cause"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    let want = BTreeMap::from([
+        (first_outer.port(), "logout_by_us".to_owned()),
+        (second_outer.port(), "logout_by_us".to_owned()),
+    ]);
+    assert_eq!(causes, want, "{closed}");
+    let m = sc.metrics();
+    let ends = [("target", "venue-tls"), ("cause", "logout_by_us")];
+    assert_eq!(m.get("fix_session_ends_total", &ends), Some(2.0));
+    let venue_rec = venue.stop();
+    assert_eq!(venue_rec.connections, 2);
+    let (status, log) = sc.terminate();
+    assert!(status.success(), "exit {status:?}\n{log}");
+}
