@@ -114,8 +114,22 @@ fn addr(v: &Value) -> SocketAddr {
     v.as_str().unwrap().parse().unwrap()
 }
 
-#[test]
-fn a_session_behind_stunnel_is_its_targets_and_joined_to_the_outer_tls_session() {
+/// The pieces of [`a_session_behind_stunnel_is_its_targets_and_joined_to_the_outer_tls_session`]
+/// running: both stunnels, the venue behind them and the sidecar.
+struct Setup {
+    venue: fix_monitor::fix::sim::Venue,
+    /// The stunnel client: the tunnel the gateway talks plaintext to.
+    client: Stunnel,
+    _server: Stunnel,
+    tunnel: SocketAddr,
+    /// The venue-side stunnel server's TLS address: the target.
+    tls: SocketAddr,
+    sc: Sidecar,
+    _cfg: tempfile::NamedTempFile,
+    _dir: tempfile::TempDir,
+}
+
+fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = certificate(dir.path());
     let (venue, refusing) = fix_venues(
@@ -128,7 +142,7 @@ fn a_session_behind_stunnel_is_its_targets_and_joined_to_the_outer_tls_session()
     let (tls_port, tunnel_port) = (free_on(TLS_IP), free_on(TUNNEL_IP));
     let tls: SocketAddr = format!("{TLS_IP}:{tls_port}").parse().unwrap();
     let tunnel: SocketAddr = format!("{TUNNEL_IP}:{tunnel_port}").parse().unwrap();
-    let _server = Stunnel::start(
+    let server = Stunnel::start(
         dir.path(),
         "venue-side",
         &format!(
@@ -155,26 +169,76 @@ fn a_session_behind_stunnel_is_its_targets_and_joined_to_the_outer_tls_session()
         "200ms",
     ]);
     assert!(sc.json("/sessions")["capture_error"].is_null());
+    Setup {
+        venue,
+        client,
+        _server: server,
+        tunnel,
+        tls,
+        sc,
+        _cfg: cfg,
+        _dir: dir,
+    }
+}
 
-    // A scripted session through the tunnel: every count on /sessions and /metrics is the
-    // simulator's, the session is the target's and its `tcp` is the outer TLS session.
-    let truth = scripted_session(tunnel, 9, None, None).unwrap();
-    let total: u64 = truth.sent.values().sum::<u64>() + truth.received.values().sum::<u64>();
-    let mut last = Value::Null;
-    sc.wait_for(
-        "the tunnelled session's counts",
-        Duration::from_secs(15),
-        |s| {
-            last = s.json("/sessions");
-            let a = session(&last, "GW->VENUE");
-            by_type(&a["out"]["by_type"]) == truth.sent
-                && by_type(&a["in"]["by_type"]) == truth.received
-                && a["tunnel"]["join"] == "joined"
-                && s.metrics()
-                    .sum("fix_messages_total", &[("target", "venue-tls")])
-                    == total as f64
+#[test]
+fn a_session_behind_stunnel_is_its_targets_and_joined_to_the_outer_tls_session() {
+    let s = setup();
+    let first = scripted_through_the_tunnel(&s);
+    let second = held_open_through_the_tunnel(&s);
+    assert_ne!(first, second);
+    // Both outer sessions ended with our Logout: the plaintext leg's account judged them.
+    let mut closed = Value::Null;
+    s.sc.wait_for(
+        "both outer sessions judged",
+        Duration::from_secs(30),
+        |sc| {
+            closed = sc.json("/connections")["closed"].clone();
+            let judged = (closed.as_array().into_iter().flatten())
+                .filter(|x| x["end_cause"].is_string())
+                .count();
+            judged == 2
         },
     );
+    let causes: BTreeMap<u16, String> = (closed.as_array().into_iter().flatten())
+        .map(|x| {
+            let port = x["local_port"].as_u64().unwrap() as u16;
+            (port, x["end_cause"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    let want = BTreeMap::from([
+        (first.port(), "logout_by_us".to_owned()),
+        (second.port(), "logout_by_us".to_owned()),
+    ]);
+    assert_eq!(causes, want, "{closed}");
+    let m = s.sc.metrics();
+    let ends = [("target", "venue-tls"), ("cause", "logout_by_us")];
+    assert_eq!(m.get("fix_session_ends_total", &ends), Some(2.0));
+    let Setup { venue, sc, .. } = s;
+    assert_eq!(venue.stop().connections, 2);
+    let (status, log) = sc.terminate();
+    assert!(status.success(), "exit {status:?}\n{log}");
+}
+
+/// A scripted session through the tunnel: every count on /sessions and /metrics is the
+/// simulator's, the session is the target's and its `tcp` is the outer TLS session, joined by
+/// the tunnel process (the stunnel client). Returns the outer session's local address.
+fn scripted_through_the_tunnel(s: &Setup) -> SocketAddr {
+    let truth = scripted_session(s.tunnel, 9, None, None).unwrap();
+    let total: u64 = truth.sent.values().sum::<u64>() + truth.received.values().sum::<u64>();
+    let mut last = Value::Null;
+    let what = "the tunnelled session's counts";
+    s.sc.wait_for(what, Duration::from_secs(15), |sc| {
+        last = sc.json("/sessions");
+        let a = session(&last, "GW->VENUE");
+        by_type(&a["out"]["by_type"]) == truth.sent
+            && by_type(&a["in"]["by_type"]) == truth.received
+            && a["tunnel"]["join"] == "joined"
+            && sc
+                .metrics()
+                .sum("fix_messages_total", &[("target", "venue-tls")])
+                == total as f64
+    });
     let a = session(&last, "GW->VENUE");
     assert_eq!(a["target"], "venue-tls", "{last}");
     assert_eq!(a["timed_by"], "wire");
@@ -184,86 +248,61 @@ fn a_session_behind_stunnel_is_its_targets_and_joined_to_the_outer_tls_session()
     );
     assert_eq!(a["orders_answered"], truth.round_trips.len() as u64);
     let t = &a["tunnel"];
-    assert_eq!(addr(&t["address"]), tunnel, "{a}");
+    assert_eq!(addr(&t["address"]), s.tunnel, "{a}");
     assert_eq!(addr(&t["plaintext"]["local"]), truth.local.unwrap(), "{a}");
-    assert_eq!(addr(&t["plaintext"]["remote"]), tunnel);
+    assert_eq!(addr(&t["plaintext"]["remote"]), s.tunnel);
     assert_eq!(t["basis"], "process", "one session per tunnel: {t}");
-    assert_eq!(t["process"]["pid"], client.child.id(), "{t}");
+    assert_eq!(t["process"]["pid"], s.client.child.id(), "{t}");
     assert_eq!(t["outer"], a["tcp"], "{a}");
     assert_eq!(
         addr(&a["tcp"]["remote"]),
-        tls,
+        s.tls,
         "the outer session's venue: {a}"
     );
-    let first_outer = addr(&a["tcp"]["local"]);
     let st = &last["stats"]["wire"];
     assert_eq!(st["messages"], total, "{st}");
     assert_eq!(
         (st["malformed"].as_u64(), st["unmatched"].as_u64()),
         (Some(0), Some(0))
     );
-    let m = sc.metrics();
+    let m = s.sc.metrics();
     let l = [("target", "venue-tls"), ("session", "GW->VENUE")];
     assert_eq!(m.sum("fix_session_logons_total", &l), 1.0);
     let n = truth.round_trips.len() as f64;
     assert_eq!(m.sum("fix_order_ack_latency_seconds_count", &l), n);
+    addr(&a["tcp"]["local"])
+}
 
-    // A second session held open: the TCP layer's outer session names it on /connections,
-    // and /sessions names that outer session.
-    let mut gw = Peer::connect(tunnel, "FIX.4.4", "GW", "VENUE").unwrap();
+/// A second session held open: the TCP layer's outer session names it on /connections, and
+/// /sessions names that outer session; then our Logout ends it. Returns the outer session's
+/// local address.
+fn held_open_through_the_tunnel(s: &Setup) -> SocketAddr {
+    let mut gw = Peer::connect(s.tunnel, "FIX.4.4", "GW", "VENUE").unwrap();
     let wait = Duration::from_secs(10);
     gw.send("A", &[(98, "0"), (108, "30")]).unwrap();
     gw.expect("A", wait).unwrap();
     gw.send("0", &[]).unwrap();
     let plaintext = gw.stream().local_addr().unwrap();
     let mut outer = None;
-    sc.wait_for("/connections naming the FIX session", wait, |s| {
-        let c = s.json("/connections");
+    s.sc.wait_for("/connections naming the FIX session", wait, |sc| {
+        let c = sc.json("/connections");
         outer = (c["connections"].as_array().into_iter().flatten())
             .find(|x| x["fix"]["session"] == "GW->VENUE")
             .cloned();
-        let a = session(&s.json("/sessions"), "GW->VENUE").clone();
+        let a = session(&sc.json("/sessions"), "GW->VENUE").clone();
         outer.is_some()
             && a["logged_on"] == true
             && addr(&a["tunnel"]["plaintext"]["local"]) == plaintext
     });
     let outer = outer.unwrap();
     assert_eq!(outer["target"], "venue-tls", "{outer}");
-    assert_eq!(addr(&outer["fix"]["tunnel"]), tunnel, "{outer}");
-    assert_eq!(outer["remote_addr"].as_str().unwrap(), tls.to_string());
-    let second_outer: SocketAddr = outer["local_addr"].as_str().unwrap().parse().unwrap();
-    let a = session(&sc.json("/sessions"), "GW->VENUE").clone();
-    assert_eq!(addr(&a["tcp"]["local"]), second_outer, "{a}");
-    assert_ne!(second_outer, first_outer);
+    assert_eq!(addr(&outer["fix"]["tunnel"]), s.tunnel, "{outer}");
+    assert_eq!(outer["remote_addr"].as_str().unwrap(), s.tls.to_string());
+    let local: SocketAddr = outer["local_addr"].as_str().unwrap().parse().unwrap();
+    let a = session(&s.sc.json("/sessions"), "GW->VENUE").clone();
+    assert_eq!(addr(&a["tcp"]["local"]), local, "{a}");
     gw.send("5", &[(58, "bye")]).unwrap();
     gw.expect("5", wait).unwrap();
     gw.close();
-
-    // Both outer sessions ended with our Logout: the plaintext leg's account judged them.
-    let mut closed = Value::Null;
-    sc.wait_for("both outer sessions judged", Duration::from_secs(30), |s| {
-        closed = s.json("/connections")["closed"].clone();
-        let judged = (closed.as_array().into_iter().flatten())
-            .filter(|x| x["end_cause"].is_string())
-            .count();
-        judged == 2
-    });
-    let causes: BTreeMap<u16, String> = (closed.as_array().into_iter().flatten())
-        .map(|x| {
-            let port = x["local_port"].as_u64().unwrap() as u16;
-            (port, x["end_cause"].as_str().unwrap().to_owned())
-        })
-        .collect();
-    let want = BTreeMap::from([
-        (first_outer.port(), "logout_by_us".to_owned()),
-        (second_outer.port(), "logout_by_us".to_owned()),
-    ]);
-    assert_eq!(causes, want, "{closed}");
-    let m = sc.metrics();
-    let ends = [("target", "venue-tls"), ("cause", "logout_by_us")];
-    assert_eq!(m.get("fix_session_ends_total", &ends), Some(2.0));
-    let venue_rec = venue.stop();
-    assert_eq!(venue_rec.connections, 2);
-    let (status, log) = sc.terminate();
-    assert!(status.success(), "exit {status:?}\n{log}");
+    local
 }
