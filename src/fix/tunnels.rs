@@ -13,7 +13,12 @@
 //! round), else at most once a second per leg, and for [`TRY_FOR`] after the leg appeared; a
 //! leg still pending or ambiguous by then keeps that standing. A leg that ends before it was
 //! joined (its tunnel's sockets gone before any walk) keeps its own link: its end's FIX
-//! account names the plaintext leg, and the outer session's end is judged without it. Without the privilege to read the
+//! account names the plaintext leg, and the outer session's end is judged without it.
+//!
+//! A joined leg lives as long as the TCP layer lists its outer session. One not joined (pending
+//! or ambiguous) lives while the host lists it ESTABLISHED (the tables are read at most once a
+//! second while such a leg exists): the TCP layer does not watch it, and the idle bound for
+//! sessions it never listed is shorter than a FIX heartbeat interval. Without the privilege to read the
 //! tunnel's fds (`CAP_SYS_PTRACE`, `CAP_DAC_READ_SEARCH`, or the tunnel running as our user)
 //! the owners are unknown and the join falls back to timing alone.
 
@@ -29,7 +34,7 @@ use super::monitor::FixSessionJson;
 use super::tracker::TcpLink;
 use super::tunnel::{decide, Side, Tunnel, TunnelJoin};
 use super::wire::{Leg, Wire};
-use crate::source::Process;
+use crate::source::{Process, TcpState};
 use crate::target::{Target, Targets};
 
 /// How long after a leg appeared a join is still tried.
@@ -52,6 +57,16 @@ pub struct TunnelJson {
     pub join: TunnelJoin,
 }
 
+/// The host's TCP sockets as `/proc/net/tcp` and `tcp6` list them, IPv4-mapped addresses made
+/// plain; rows that do not parse are left out (the join then knows no owner).
+#[derive(Debug, Default)]
+struct Sockets {
+    /// Inode by (local, remote), for the sockets a file refers to.
+    inodes: HashMap<(SocketAddr, SocketAddr), u64>,
+    /// The ESTABLISHED ones.
+    established: HashSet<(SocketAddr, SocketAddr)>,
+}
+
 /// The joins of the running FIX layer.
 pub struct Joiner {
     /// The `/proc` root (a fake tree in tests).
@@ -61,6 +76,8 @@ pub struct Joiner {
     tried: HashMap<TcpLink, SystemTime>,
     /// What is known of each leg, kept while a FIX session names it.
     known: HashMap<TcpLink, TunnelJson>,
+    /// When the socket tables were last read.
+    last_read: Option<SystemTime>,
 }
 
 impl Joiner {
@@ -77,6 +94,7 @@ impl Joiner {
             root,
             tried: HashMap::new(),
             known: HashMap::new(),
+            last_read: None,
         }
     }
 
@@ -88,19 +106,37 @@ impl Joiner {
         let open: HashSet<TcpLink> = legs.iter().map(|l| l.link).collect();
         self.tried.retain(|l, _| open.contains(l));
         let young = |l: &Leg| now.duration_since(l.first_seen).unwrap_or_default() < TRY_FOR;
+        let joined = |l: &Leg| matches!(l.join, TunnelJoin::Joined { .. });
         let due: Vec<&Leg> = (legs.iter())
-            .filter(|l| !matches!(l.join, TunnelJoin::Joined { .. }) && young(l))
+            .filter(|l| !joined(l) && young(l))
             .filter(|l| {
                 news || (self.tried.get(&l.link))
                     .is_none_or(|t| now.duration_since(*t).unwrap_or_default() >= RETRY_EVERY)
             })
             .collect();
-        if !due.is_empty() {
+        // The sockets are read for a join, and at most once a second while a leg is not
+        // joined: such a leg lives while the host lists it ESTABLISHED.
+        let unjoined = legs.iter().any(|l| !joined(l));
+        let since = |t: &SystemTime| now.duration_since(*t).unwrap_or_default();
+        let read = !due.is_empty()
+            || (unjoined && self.last_read.is_none_or(|t| since(&t) >= RETRY_EVERY));
+        let sockets = read.then(|| self.sockets()).flatten();
+        if read {
+            self.last_read = Some(now);
+        }
+        if let (false, Some(sockets)) = (due.is_empty(), &sockets) {
             let targets: BTreeSet<usize> = due.iter().map(|l| l.target).collect();
             for l in &due {
                 self.tried.insert(l.link, now);
             }
-            self.join(wire, &legs, &targets);
+            self.join(wire, &legs, &targets, sockets);
+        }
+        if let Some(sockets) = &sockets {
+            let established = |l: &&Leg| {
+                let key = (plain(l.link.local), plain(l.link.remote));
+                sockets.established.contains(&key)
+            };
+            wire.set_open_legs(legs.iter().filter(established).map(|l| l.link).collect());
         }
         for l in wire.tunnel_legs() {
             let entry = self.known.entry(l.link).or_insert_with(|| TunnelJson {
@@ -114,10 +150,15 @@ impl Joiner {
     }
 
     /// Joins the unjoined legs of `targets`, with their owners looked up in one walk.
-    fn join(&mut self, wire: &mut Wire, legs: &[Leg], targets: &BTreeSet<usize>) {
-        let inodes = self.inodes();
+    fn join(
+        &mut self,
+        wire: &mut Wire,
+        legs: &[Leg],
+        targets: &BTreeSet<usize>,
+        sockets: &Sockets,
+    ) {
         let inode = |local: SocketAddr, remote: SocketAddr| {
-            inodes.get(&(plain(local), plain(remote))).copied()
+            sockets.inodes.get(&(plain(local), plain(remote))).copied()
         };
         let mut plans = Vec::new();
         for &t in targets {
@@ -166,21 +207,26 @@ impl Joiner {
         }
     }
 
-    /// Every TCP socket's inode by (local, remote), IPv4-mapped addresses made plain; what
-    /// cannot be read is left out (the join then knows no owner).
-    fn inodes(&self) -> HashMap<(SocketAddr, SocketAddr), u64> {
-        let mut out = HashMap::new();
+    /// The host's TCP sockets (`None` when neither table can be read).
+    fn sockets(&self) -> Option<Sockets> {
+        let mut out = Sockets::default();
+        let mut read = false;
         for table in ["net/tcp", "net/tcp6"] {
             let Ok(text) = std::fs::read(self.root.join(table)) else {
                 continue;
             };
+            read = true;
             for row in fix_monitor_kernel::procfs::rows(&text).flatten() {
+                let key = (plain(row.local), plain(row.remote));
                 if row.id != 0 {
-                    out.insert((plain(row.local), plain(row.remote)), row.id);
+                    out.inodes.insert(key, row.id);
+                }
+                if row.state == TcpState::Established {
+                    out.established.insert(key);
                 }
             }
         }
-        out
+        read.then_some(out)
     }
 
     /// Names the tunnel of each FIX session read on a leg, and for a joined one, the outer
@@ -240,4 +286,142 @@ fn side(link: TcpLink, opened: Option<SystemTime>) -> Side {
 
 fn plain(a: SocketAddr) -> SocketAddr {
     SocketAddr::new(a.ip().to_canonical(), a.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+    use std::path::Path;
+
+    use super::*;
+    use crate::fix::reassembly::Limits as StreamLimits;
+    use crate::fix::sim::ipv4_tcp;
+    use crate::fix::tracker::{Limits, Tracker};
+    use crate::fix::tunnel::JoinBasis;
+    use crate::fix::wire::SYN;
+
+    /// A `/proc/net/tcp` row: `local` and `remote` as the kernel writes them (little-endian
+    /// IPv4 on x86), ESTABLISHED, with `inode`.
+    fn row(local: &str, remote: &str, inode: u64) -> String {
+        format!(
+            "   0: {local} {remote} 01 00000000:00000000 00:00000000 00000000     0        0 \
+             {inode} 1 0000000000000000 20 4 30 10 -1\n"
+        )
+    }
+
+    fn process(root: &Path, pid: u32, comm: &str, inodes: &[u64]) {
+        let fd = root.join(pid.to_string()).join("fd");
+        std::fs::create_dir_all(&fd).unwrap();
+        std::fs::write(root.join(pid.to_string()).join("comm"), format!("{comm}\n")).unwrap();
+        for (i, inode) in inodes.iter().enumerate() {
+            symlink(format!("socket:[{inode}]"), fd.join(i.to_string())).unwrap();
+        }
+    }
+
+    /// On a fake `/proc`: the tunnel process (77) owns the accepted end of the leg and the
+    /// outer session; the gateway (88) its end of the leg. The leg is joined by the process,
+    /// and the FIX session read on it names the outer session, the tunnel and its process.
+    #[test]
+    fn a_leg_is_joined_by_the_process_owning_both_sockets() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("net")).unwrap();
+        let gw: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let tunnel: SocketAddr = "127.0.0.2:7001".parse().unwrap();
+        let (stunnel, venue): (SocketAddr, SocketAddr) = (
+            "10.0.0.1:50000".parse().unwrap(),
+            "10.0.0.2:9878".parse().unwrap(),
+        );
+        let header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when \
+                      retrnsmt   uid  timeout inode\n";
+        let table = [
+            header.to_owned(),
+            row("0200007F:1B59", "0100007F:9C40", 111), // the tunnel's accepted socket
+            row("0100000A:C350", "0200000A:2696", 222), // the tunnel's outer session
+            row("0100007F:9C40", "0200007F:1B59", 333), // the gateway's end
+        ]
+        .concat();
+        std::fs::write(root.path().join("net/tcp"), table).unwrap();
+        process(root.path(), 77, "stunnel4", &[111, 222]);
+        process(root.path(), 88, "gateway", &[333]);
+
+        let targets = Targets::new(vec![Target {
+            name: "venue".into(),
+            net: "10.0.0.2/32".parse().unwrap(),
+            port: Some(9878),
+            local_ports: None,
+            heartbeat: None,
+            stale_after: None,
+        }]);
+        let tunnels = tunnels(&[Some(tunnel)]);
+        let mut wire = Wire::new(targets.clone(), StreamLimits::default()).with_tunnels(tunnels);
+        let mut tracker = Tracker::new(Limits::default());
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        wire.packet(&ipv4_tcp(gw, tunnel, 0, SYN, b""), t0, &mut tracker);
+        let logon = crate::fix::codec::write(
+            "FIX.4.4",
+            &[
+                (35, b"A"),
+                (49, b"GW"),
+                (56, b"V"),
+                (34, b"1"),
+                (108, b"30"),
+            ],
+            crate::fix::codec::SOH,
+        );
+        wire.packet(&ipv4_tcp(gw, tunnel, 1, 0, &logon), t0, &mut tracker);
+        let mut joiner = Joiner::at(root.path());
+        let news = wire.take_tunnel_news();
+        assert!(news, "a new leg");
+        joiner.round(&mut wire, t0, news);
+        assert_eq!(
+            wire.tunnel_legs()[0].join,
+            TunnelJoin::Pending,
+            "no outer yet"
+        );
+        wire.packet(&ipv4_tcp(stunnel, venue, 0, SYN, b""), t0, &mut tracker);
+        assert!(wire.take_tunnel_news());
+        joiner.round(&mut wire, t0, true);
+        let outer = TcpLink {
+            local: stunnel,
+            remote: venue,
+        };
+        let joined = TunnelJoin::Joined {
+            outer,
+            basis: JoinBasis::Process,
+        };
+        assert_eq!(wire.tunnel_legs()[0].join, joined);
+
+        let no: &[Option<crate::config::LogonLockout>] = &[];
+        let none: &[Option<crate::config::MessageLimit>] = &[];
+        let lists = (no, none);
+        let mut sessions =
+            super::super::monitor::sessions_json(&tracker, &targets, &[], lists, "log", t0);
+        joiner.annotate(&mut sessions);
+        let s = &sessions[0];
+        assert_eq!((s.target.as_deref(), s.tcp), (Some("venue"), Some(outer)));
+        let t = s.tunnel.as_ref().unwrap();
+        assert_eq!((t.address, t.join), (tunnel, joined));
+        assert_eq!(t.plaintext.local, gw);
+        let p = t.process.as_ref().unwrap();
+        assert_eq!((p.pid, p.comm.as_str()), (77, "stunnel4"));
+    }
+
+    /// The filter's targets: the targets, then one per tunnel (its address and port).
+    #[test]
+    fn capture_lets_each_tunnels_address_through() {
+        let targets = Targets::new(vec![Target {
+            name: "venue".into(),
+            net: "10.0.0.2/32".parse().unwrap(),
+            port: Some(443),
+            local_ports: None,
+            heartbeat: None,
+            stale_after: None,
+        }]);
+        let tunnel: SocketAddr = "127.0.0.1:7001".parse().unwrap();
+        let all = capture_targets(&targets, &tunnels(&[Some(tunnel)]));
+        let gw: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all.classify(&gw, &tunnel), Some(1));
+        assert_eq!(all.get(1).name, "venue (tunnel)");
+    }
 }

@@ -27,7 +27,8 @@
 //! TLS. Once a leg is joined to its outer session ([`Wire::set_join`], decided by
 //! [`crate::tunnel::decide`]), the leg lives as long as the TCP layer lists the outer session,
 //! and its end is reported as the outer session's (the FIX account of that end); the outer
-//! session's own end, which carries no FIX, is not reported apart.
+//! session's own end, which carries no FIX, is not reported apart. A leg not joined lives while
+//! the host lists it ESTABLISHED ([`Wire::set_open_legs`]), else until idle.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -365,6 +366,9 @@ pub struct Wire {
     tunnels: Vec<Tunnel>,
     /// A leg, or a session of a target with a tunnel, was added since [`Wire::take_tunnel_news`].
     tunnel_news: bool,
+    /// The legs not joined that the host lists ESTABLISHED ([`Wire::set_open_legs`]); `None`
+    /// until told.
+    open_legs: Option<HashSet<TcpLink>>,
     /// What it has seen so far.
     pub stats: WireStats,
 }
@@ -386,6 +390,7 @@ impl Wire {
             refused: HashMap::new(),
             tunnels: Vec::new(),
             tunnel_news: false,
+            open_legs: None,
             stats: WireStats::default(),
         }
     }
@@ -585,10 +590,12 @@ impl Wire {
         tracker: &mut Tracker,
     ) -> Vec<Event> {
         let mut gone = Vec::new();
+        let open_legs = self.open_legs.as_ref();
         for (link, c) in self.conns.iter_mut() {
-            // A joined leg lives as long as its outer session.
+            // A joined leg lives as long as its outer session, another while the host lists it.
             let listed = match c.tunnel {
                 Role::Leg(TunnelJoin::Joined { outer, .. }) => live.contains(&outer),
+                Role::Leg(_) => open_legs.is_some_and(|o| o.contains(link)),
                 _ => live.contains(link),
             };
             if let Some(why) = c.seen.expired(listed, now, idle) {
@@ -639,6 +646,13 @@ impl Wire {
     /// session may last less than a round).
     pub fn take_tunnel_news(&mut self) -> bool {
         std::mem::take(&mut self.tunnel_news)
+    }
+
+    /// The legs not joined that the host lists ESTABLISHED now (its socket table, read by the
+    /// caller): they live while listed, and end [`CLOSE_GRACE`] after their last segment once
+    /// no longer listed, as the TCP layer's sessions do; a leg never listed ends when idle.
+    pub fn set_open_legs(&mut self, open: HashSet<TcpLink>) {
+        self.open_legs = Some(open);
     }
 
     /// The tunnels' plaintext legs followed now, in no particular order.
@@ -1167,6 +1181,42 @@ mod tests {
             Some("GW->V".into())
         );
         assert_eq!(w.followed(), 0);
+    }
+
+    /// A leg not joined (pending, ambiguous) is not the TCP layer's: it lives while the host
+    /// lists it ESTABLISHED, however quiet (a FIX heartbeat is longer than the idle bound), and
+    /// ends once no longer listed, with its FIX account under its own addresses.
+    #[test]
+    fn an_unjoined_leg_lives_while_the_host_lists_it() {
+        use crate::tunnel::Tunnel;
+        let tunnel: SocketAddr = "127.0.0.2:7001".parse().unwrap();
+        let gw: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let leg = TcpLink {
+            local: gw,
+            remote: tunnel,
+        };
+        let mut w = Wire::new(targets(), Limits::default()).with_tunnels(vec![Tunnel {
+            address: tunnel,
+            target: 0,
+        }]);
+        let mut tr = Tracker::new(TrackerLimits::default());
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let s = |n: u64| t0 + Duration::from_secs(n);
+        let logon = fixmsg("GW", "V", "A", 1, &[(108, b"30")]);
+        w.packet(&ipv4_tcp(gw, tunnel, 1, ACK, &logon), s(0), &mut tr);
+        assert!(w.take_tunnel_news());
+        assert!(!w.take_tunnel_news(), "told once");
+        let (idle, none) = (Duration::from_secs(10), HashSet::new());
+        w.set_open_legs([leg].into());
+        assert!(w.reconcile(&none, s(25), idle, &mut tr).is_empty());
+        assert_eq!(w.followed(), 1, "quiet for 25 s, still listed by the host");
+        w.set_open_legs(HashSet::new());
+        let ends = w.reconcile(&none, s(26), idle, &mut tr);
+        let [Event::LinkEnded(e)] = &ends[..] else {
+            panic!("{ends:?}")
+        };
+        assert_eq!(e.link, leg);
+        assert_eq!(w.stats.ended.tcp_closed, 1);
     }
 
     #[test]
