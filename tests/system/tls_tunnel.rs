@@ -114,8 +114,8 @@ fn addr(v: &Value) -> SocketAddr {
     v.as_str().unwrap().parse().unwrap()
 }
 
-/// The pieces of [`a_session_behind_stunnel_is_its_targets_and_joined_to_the_outer_tls_session`]
-/// running: both stunnels, the venue behind them and the sidecar.
+/// The pieces of the tests below running: both stunnels, the venue behind them and the
+/// sidecar.
 struct Setup {
     venue: fix_monitor::fix::sim::Venue,
     /// The stunnel client: the tunnel the gateway talks plaintext to.
@@ -251,8 +251,13 @@ fn scripted_through_the_tunnel(s: &Setup) -> SocketAddr {
     assert_eq!(addr(&t["address"]), s.tunnel, "{a}");
     assert_eq!(addr(&t["plaintext"]["local"]), truth.local.unwrap(), "{a}");
     assert_eq!(addr(&t["plaintext"]["remote"]), s.tunnel);
-    assert_eq!(t["basis"], "process", "one session per tunnel: {t}");
-    assert_eq!(t["process"]["pid"], s.client.child.id(), "{t}");
+    // The session lasts about 100 ms: a FIX layer that falls that far behind (a loaded
+    // machine) finds the tunnel's sockets closed and joins by timing alone, saying so.
+    match t["basis"].as_str() {
+        Some("process") => assert_eq!(t["process"]["pid"], s.client.child.id(), "{t}"),
+        Some("timing") => assert!(t["process"].is_null(), "{t}"),
+        _ => panic!("one session per tunnel: {t}"),
+    }
     assert_eq!(t["outer"], a["tcp"], "{a}");
     assert_eq!(
         addr(&a["tcp"]["remote"]),
@@ -301,8 +306,93 @@ fn held_open_through_the_tunnel(s: &Setup) -> SocketAddr {
     let local: SocketAddr = outer["local_addr"].as_str().unwrap().parse().unwrap();
     let a = session(&s.sc.json("/sessions"), "GW->VENUE").clone();
     assert_eq!(addr(&a["tcp"]["local"]), local, "{a}");
+    assert_eq!(a["tunnel"]["basis"], "process", "{a}");
+    assert_eq!(a["tunnel"]["process"]["pid"], s.client.child.id(), "{a}");
     gw.send("5", &[(58, "bye")]).unwrap();
     gw.expect("5", wait).unwrap();
     gw.close();
     local
+}
+
+/// Two FIX sessions through one tunnel at once (say order entry and drop copy): each is joined
+/// to its own outer session. The ground truth is the traffic: the session that sends ten times
+/// more must be on the outer session the kernel counts more bytes acknowledged on.
+#[test]
+fn two_sessions_through_one_tunnel_are_each_joined_to_their_own_outer_session() {
+    let s = setup();
+    let wait = Duration::from_secs(10);
+    let mut peers = Vec::new();
+    for (sender, heartbeats) in [("GW-A", 40), ("GW-B", 4)] {
+        let mut p = Peer::connect(s.tunnel, "FIX.4.4", sender, "VENUE").unwrap();
+        p.send("A", &[(98, "0"), (108, "30")]).unwrap();
+        p.expect("A", wait).unwrap();
+        peers.push((format!("{sender}->VENUE"), p, heartbeats));
+    }
+    for (_, p, heartbeats) in &mut peers {
+        for _ in 0..*heartbeats {
+            p.send("0", &[]).unwrap();
+        }
+    }
+    let mut last = Value::Null;
+    s.sc.wait_for("both sessions' counts, joined", wait, |sc| {
+        last = sc.json("/sessions");
+        peers.iter().all(|(label, p, _)| {
+            let a = session(&last, label);
+            by_type(&a["out"]["by_type"]) == p.sent && a["tunnel"]["join"] == "joined"
+        })
+    });
+    let mut outers = BTreeMap::new();
+    for (label, p, _) in &peers {
+        let a = session(&last, label);
+        let t = &a["tunnel"];
+        assert_eq!(a["target"], "venue-tls", "{a}");
+        assert_eq!(
+            addr(&t["plaintext"]["local"]),
+            p.stream().local_addr().unwrap()
+        );
+        assert_eq!(t["process"]["pid"], s.client.child.id(), "{t}");
+        // Joined one after the other: each the only one of the process not joined yet.
+        assert_eq!(t["basis"], "process", "{t}");
+        assert_eq!(t["outer"], a["tcp"], "{a}");
+        assert_eq!(addr(&a["tcp"]["remote"]), s.tls, "{a}");
+        outers.insert(
+            label.clone(),
+            a["tcp"]["local"].as_str().unwrap().to_owned(),
+        );
+    }
+    assert_ne!(outers["GW-A->VENUE"], outers["GW-B->VENUE"], "{last}");
+    // On /connections each outer session names its own FIX session, and the one that carried
+    // GW-A's ten-fold traffic has the more bytes acknowledged.
+    let mut acked = BTreeMap::new();
+    s.sc.wait_for("/connections naming both, with their bytes", wait, |sc| {
+        let c = sc.json("/connections");
+        acked.clear();
+        for x in c["connections"].as_array().into_iter().flatten() {
+            if let (Some(f), Some(b)) = (
+                x["fix"]["session"].as_str(),
+                x["health"]["bytes_acked"].as_u64(),
+            ) {
+                let local = x["local_addr"].as_str().unwrap_or_default().to_owned();
+                acked.insert(f.to_owned(), (local, b));
+            }
+        }
+        acked.len() == 2
+    });
+    for (label, local) in &outers {
+        assert_eq!(&acked[label].0, local, "{acked:?}");
+    }
+    let (a, b) = (acked["GW-A->VENUE"].1, acked["GW-B->VENUE"].1);
+    assert!(
+        a > b + 1000,
+        "GW-A's outer session acked {a} bytes, GW-B's {b}"
+    );
+    for (_, mut p, _) in peers {
+        p.send("5", &[]).unwrap();
+        p.expect("5", wait).unwrap();
+        p.close();
+    }
+    let Setup { venue, sc, .. } = s;
+    assert_eq!(venue.stop().connections, 2);
+    let (status, log) = sc.terminate();
+    assert!(status.success(), "exit {status:?}\n{log}");
 }
