@@ -34,6 +34,7 @@ use super::layers::{self, ENV_OTEL_METRICS_ENDPOINT, ENV_PREFIX};
 use super::OtlpTemporality;
 use super::{
     defaults, FixSettings, LogFormat, LogonLockout, MessageLimit, OtlpProtocol, OtlpSettings,
+    TlsTunnel,
 };
 use super::{Settings, TlsFiles};
 use crate::schedule::{Schedule, ScheduleConfig};
@@ -74,7 +75,7 @@ pub(crate) struct RawTarget {
     message_limit: Option<MessageLimit>,
     /// The local TLS tunnel the gateway talks plaintext to: `"127.0.0.1:7001"`.
     #[serde(with = "check::tls_tunnel")]
-    tls_tunnel: Option<SocketAddr>,
+    tls_tunnel: Option<TlsTunnel>,
     /// A `[[schedules]]` name: when its sessions are planned to be up.
     #[serde(with = "check::name")]
     schedule: Option<String>,
@@ -86,7 +87,7 @@ impl RawTarget {
         t: &Target,
         comp_ids: Option<&Vec<String>>,
         (logon_lockout, message_limit): (Option<LogonLockout>, Option<MessageLimit>),
-        (tls_tunnel, schedule): (Option<SocketAddr>, Option<String>),
+        (tls_tunnel, schedule): (Option<TlsTunnel>, Option<String>),
     ) -> Self {
         RawTarget {
             name: Some(t.name.clone()),
@@ -168,7 +169,7 @@ checks! {
         count: l.count,
         per: crate::fix::bursts::WINDOW_NAMES[l.window],
     };
-    tls_tunnel -> SocketAddr = parse_tls_tunnel, |a: &SocketAddr| a.to_string();
+    tls_tunnel -> TlsTunnel = parse_tls_tunnel, |t: &TlsTunnel| t.to_string();
 }
 
 /// A message limit as the file takes it.
@@ -464,7 +465,7 @@ type PerTarget = (
     Vec<Vec<String>>,
     Vec<Option<LogonLockout>>,
     Vec<Option<MessageLimit>>,
-    Vec<Option<SocketAddr>>,
+    Vec<Option<TlsTunnel>>,
 );
 
 /// [`PerTarget`], and each target's index in the configuration with the schedule it names.
@@ -472,7 +473,7 @@ type PerTargetAll = (
     Vec<Vec<String>>,
     Vec<Option<LogonLockout>>,
     Vec<Option<MessageLimit>>,
-    Vec<Option<SocketAddr>>,
+    Vec<Option<TlsTunnel>>,
     Vec<(usize, Option<String>)>,
 );
 
@@ -482,17 +483,23 @@ type PerTargetAll = (
 /// index in the configuration.
 fn tls_tunnels(
     targets: &Targets,
-    (tunnels, indices): (&[Option<SocketAddr>], &[usize]),
+    (tunnels, indices): (&[Option<TlsTunnel>], &[usize]),
     capture: bool,
     cx: &mut Context,
 ) {
     let mut first: BTreeMap<SocketAddr, usize> = BTreeMap::new();
     for (&i, tunnel) in indices.iter().zip(tunnels) {
-        let Some(addr) = tunnel else { continue };
+        let Some(tunnel) = tunnel else { continue };
         let key = format!("targets[{i}].tls_tunnel");
-        let value = quote(&addr.to_string());
-        let claimed = (targets.iter())
-            .find(|t| t.net.contains(&addr.ip()) && t.port.is_none_or(|p| p == addr.port()));
+        let value = quote(&tunnel.to_string());
+        let addr = match tunnel {
+            TlsTunnel::At(addr) => Some(*addr),
+            TlsTunnel::Auto => None,
+        };
+        let claimed = addr.and_then(|addr| {
+            (targets.iter())
+                .find(|t| t.net.contains(&addr.ip()) && t.port.is_none_or(|p| p == addr.port()))
+        });
         let message = if !capture && !cx.failed.contains("fix.capture") {
             Some(
                 "the plaintext leg to a tunnel is read off the wire: it needs [fix] capture = true"
@@ -500,12 +507,14 @@ fn tls_tunnels(
             )
         } else if let Some(t) = claimed {
             Some(format!(
-                "the tunnel's address is inside target `{}` ({}): its plaintext leg would be taken for that target's own session; give the address the gateway connects to, outside every target",
+                "the tunnel's address is inside target `{}` ({}): its plaintext leg would be \
+                 taken for that target's own session; give the address the gateway connects \
+                 to, outside every target",
                 t.name, t.net
             ))
         } else {
-            match *first.entry(*addr).or_insert(i) {
-                j if j != i => Some(format!(
+            match addr.map(|a| *first.entry(a).or_insert(i)) {
+                Some(j) if j != i => Some(format!(
                     "targets[{j}] names the same tunnel; a tunnel serves one target"
                 )),
                 _ => None,
@@ -993,14 +1002,18 @@ fn parse_message_limit(value: &Value) -> Result<MessageLimit, String> {
 }
 
 const ALLOWED_TUNNEL: &str = "expected the local TLS tunnel's plaintext address as IP:PORT, \
-     such as \"127.0.0.1:7001\" or \"[::1]:7001\": a loopback address (the gateway's plaintext \
-     leg is read on loopback) and a port from 1 to 65535";
+     such as \"127.0.0.1:7001\" or \"[::1]:7001\" (a loopback address: the gateway's plaintext \
+     leg is read on loopback; a port from 1 to 65535), or \"auto\" (found at run time: the \
+     loopback listener of the stunnel process owning the target's sessions)";
 
 /// `targets[].tls_tunnel`: the address the gateway connects to in plaintext (the tunnel's
-/// accepting socket), on loopback.
-fn parse_tls_tunnel(value: &Value) -> Result<SocketAddr, String> {
-    let addr: SocketAddr = text(value, ALLOWED_TUNNEL)?
-        .trim()
+/// accepting socket), on loopback, or `"auto"`.
+fn parse_tls_tunnel(value: &Value) -> Result<TlsTunnel, String> {
+    let text = text(value, ALLOWED_TUNNEL)?.trim();
+    if text.eq_ignore_ascii_case("auto") {
+        return Ok(TlsTunnel::Auto);
+    }
+    let addr: SocketAddr = text
         .parse()
         .map_err(|_| format!("not IP:PORT; {ALLOWED_TUNNEL}"))?;
     if !addr.ip().to_canonical().is_loopback() {
@@ -1014,7 +1027,10 @@ fn parse_tls_tunnel(value: &Value) -> Result<SocketAddr, String> {
             "port 0 is not a port the tunnel listens on; {ALLOWED_TUNNEL}"
         ));
     }
-    Ok(SocketAddr::new(addr.ip().to_canonical(), addr.port()))
+    Ok(TlsTunnel::At(SocketAddr::new(
+        addr.ip().to_canonical(),
+        addr.port(),
+    )))
 }
 
 /// `schedule_grace`: like an interval, but zero is allowed (only ends outside a window are

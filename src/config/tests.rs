@@ -1597,13 +1597,21 @@ fn tls_tunnel_per_target() {
         port = 9000
         tls_tunnel = "127.0.0.1:7001"
         [[targets]]
+        address = "10.0.0.3"
+        tls_tunnel = "auto"
+        [[targets]]
         address = "10.0.0.2"
     "#;
     let loaded = ok(parse_toml_str(toml, "c.toml"));
-    let tunnel: std::net::SocketAddr = "127.0.0.1:7001".parse().unwrap();
-    assert_eq!(loaded.settings.fix.target_tls_tunnel, [Some(tunnel), None]);
+    let tunnel = crate::config::TlsTunnel::At("127.0.0.1:7001".parse().unwrap());
+    let auto = crate::config::TlsTunnel::Auto;
+    assert_eq!(
+        loaded.settings.fix.target_tls_tunnel,
+        [Some(tunnel), Some(auto), None]
+    );
     let shown = loaded.explain();
     assert!(shown.contains("tls_tunnel = \"127.0.0.1:7001\""), "{shown}");
+    assert!(shown.contains("tls_tunnel = \"auto\""), "{shown}");
     assert!(shown.contains("# tls_tunnel: no tunnel"), "{shown}");
     let again = ok(parse_toml_str(&shown, "explained.toml"));
     assert_eq!(again.settings.fix, loaded.settings.fix);

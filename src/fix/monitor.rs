@@ -450,6 +450,7 @@ impl FixMonitor {
             .build();
         let mut capture_error = None;
         let tunnels = super::tunnels::tunnels(&settings.target_tls_tunnel);
+        let auto = super::tunnels::auto_targets(&settings.target_tls_tunnel);
         #[cfg(target_os = "linux")]
         let capture = if settings.capture {
             let filtered = super::tunnels::capture_targets(targets, &tunnels);
@@ -481,8 +482,11 @@ impl FixMonitor {
         let mut worker = Worker {
             settings: settings.clone(),
             targets: targets.clone(),
-            joiner: (!tunnels.is_empty()).then(super::tunnels::Joiner::new),
-            wire: Wire::new(targets.clone(), StreamLimits::default()).with_tunnels(tunnels),
+            joiner: (!tunnels.is_empty() || !auto.is_empty())
+                .then(|| super::tunnels::Joiner::new().with_auto(auto.clone())),
+            wire: Wire::new(targets.clone(), StreamLimits::default())
+                .with_tunnels(tunnels)
+                .watch_for_tunnels(&auto),
             tracker: Tracker::new(Limits::default()),
             follower: (!settings.logs.is_empty())
                 .then(|| LogFollower::new(settings.log_paths(), settings.our_comp_ids.clone())),
@@ -565,16 +569,19 @@ impl Worker {
             match &mut capture {
                 Some(c) => {
                     let (wire, tracker) = (&mut self.wire, &mut self.tracker);
-                    let joiner = &mut self.joiner;
+                    let (joiner, mut found) = (&mut self.joiner, false);
                     if let Err(e) = c.recv_batch(ROUND / 5, 4096, |p, at| {
                         events.extend(wire.packet(p, at, tracker));
                         // A tunnel's new connection: joined while its sockets are open.
                         if let (Some(j), true) = (joiner.as_mut(), wire.take_tunnel_news()) {
-                            j.round(wire, SystemTime::now(), true);
+                            found |= j.round(wire, SystemTime::now(), true);
                         }
                     }) {
                         tracing::warn!("FIX capture: {e}");
                         std::thread::sleep(ROUND / 5);
+                    }
+                    if found {
+                        self.refilter(c);
                     }
                 }
                 None => std::thread::sleep(ROUND / 5),
@@ -593,8 +600,10 @@ impl Worker {
                     }
                 }
                 events.extend(self.wire.tick(now, &mut self.tracker));
-                if let Some(j) = &mut self.joiner {
-                    j.round(&mut self.wire, now, false);
+                let found =
+                    (self.joiner.as_mut()).is_some_and(|j| j.round(&mut self.wire, now, false));
+                if let (true, Some(c)) = (found, capture.as_mut()) {
+                    self.refilter(c);
                 }
                 if let Some(tcp) = &mut self.tcp {
                     if let Some(live) = tcp.sessions.changed() {
@@ -621,6 +630,15 @@ impl Worker {
             for e in events {
                 self.handle(e, &mut attrs_cache);
             }
+        }
+    }
+
+    /// Lets the legs of every tunnel, found ones too, through the packet filter.
+    #[cfg(target_os = "linux")]
+    fn refilter(&self, capture: &mut super::capture::Capture) {
+        let targets = super::tunnels::capture_targets(&self.targets, self.wire.tunnels());
+        if let Err(e) = capture.set_filter(&targets) {
+            tracing::warn!("FIX capture: a tunnel was found, but not its filter: {e}");
         }
     }
 

@@ -34,6 +34,7 @@ use super::monitor::FixSessionJson;
 use super::tracker::TcpLink;
 use super::tunnel::{decide, Side, Tunnel, TunnelJoin};
 use super::wire::{Leg, Wire};
+use crate::config::TlsTunnel;
 use crate::source::{Process, TcpState};
 use crate::target::{Target, Targets};
 
@@ -42,6 +43,15 @@ pub const TRY_FOR: Duration = Duration::from_secs(30);
 
 /// How often a leg not joined is tried again.
 pub const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// How often the sessions of `tls_tunnel = "auto"` targets are looked at without news (a
+/// session whose socket was not readable when it appeared).
+pub const DISCOVER_EVERY: Duration = Duration::from_secs(5);
+
+/// The programs (`/proc/PID/comm`) taken for a TLS tunnel by `tls_tunnel = "auto"`: Debian's
+/// stunnel4 and stunnel as built from source. An engine that holds TLS itself may listen on
+/// loopback too (an admin port): that must not be taken for a tunnel.
+pub const TUNNEL_PROGRAMS: &[&str] = &["stunnel4", "stunnel", "stunnel3"];
 
 /// A FIX session's tunnel, in `/sessions`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -65,6 +75,9 @@ struct Sockets {
     inodes: HashMap<(SocketAddr, SocketAddr), u64>,
     /// The ESTABLISHED ones.
     established: HashSet<(SocketAddr, SocketAddr)>,
+    /// Listening sockets a loopback client reaches (bound to loopback, or to every address,
+    /// then as `127.0.0.1:PORT`), with their inodes.
+    listening: Vec<(SocketAddr, u64)>,
 }
 
 /// The joins of the running FIX layer.
@@ -78,6 +91,14 @@ pub struct Joiner {
     known: HashMap<TcpLink, TunnelJson>,
     /// When the socket tables were last read.
     last_read: Option<SystemTime>,
+    /// The targets with `tls_tunnel = "auto"`, by id.
+    auto: Vec<usize>,
+    /// Their sessions whose owner was looked at (the socket inodes), and when discovery last
+    /// ran.
+    examined: HashSet<u64>,
+    last_discovery: Option<SystemTime>,
+    /// (target, pid) of tunnels with several listeners, said once.
+    warned: HashSet<(usize, u32)>,
 }
 
 impl Joiner {
@@ -95,13 +116,94 @@ impl Joiner {
             tried: HashMap::new(),
             known: HashMap::new(),
             last_read: None,
+            auto: Vec::new(),
+            examined: HashSet::new(),
+            last_discovery: None,
+            warned: HashSet::new(),
         }
+    }
+
+    /// Finds the tunnels of these targets (`tls_tunnel = "auto"`) at run time.
+    pub fn with_auto(mut self, targets: Vec<usize>) -> Joiner {
+        self.auto = targets;
+        self
+    }
+
+    /// One round: finds the tunnels of `auto` targets when due (at `news`, else every
+    /// [`DISCOVER_EVERY`]), then joins the legs due ([`Joiner::join_round`]). Returns whether a
+    /// tunnel was found: the packet filter must then let its legs through.
+    pub fn round(&mut self, wire: &mut Wire, now: SystemTime, news: bool) -> bool {
+        let since = |t: SystemTime| now.duration_since(t).unwrap_or_default();
+        let due = news
+            || self
+                .last_discovery
+                .is_none_or(|t| since(t) >= DISCOVER_EVERY);
+        let mut found = false;
+        if !self.auto.is_empty() && due {
+            self.last_discovery = Some(now);
+            if let Some(sockets) = self.sockets() {
+                found = self.discover(wire, &sockets);
+            }
+        }
+        self.join_round(wire, now, news || found);
+        found
+    }
+
+    /// Looks at the sessions of `auto` targets not looked at yet (nothing to read otherwise):
+    /// a session owned by a tunnel program ([`TUNNEL_PROGRAMS`]) with exactly one loopback
+    /// listener makes that listener its target's tunnel. Several listeners (one stunnel
+    /// serving several venues) say nothing of which is this target's: said once, not guessed.
+    fn discover(&mut self, wire: &mut Wire, sockets: &Sockets) -> bool {
+        let mut outers = Vec::new();
+        for &t in &self.auto {
+            for o in wire.outer_candidates(t) {
+                let key = (plain(o.link.local), plain(o.link.remote));
+                if let Some(&inode) = sockets.inodes.get(&key) {
+                    outers.push((t, inode));
+                }
+            }
+        }
+        let present: HashSet<u64> = outers.iter().map(|o| o.1).collect();
+        self.examined.retain(|i| present.contains(i));
+        outers.retain(|o| self.examined.insert(o.1));
+        if outers.is_empty() {
+            return false;
+        }
+        let listeners = sockets.listening.iter().map(|l| l.1);
+        let wanted: HashSet<u64> = outers.iter().map(|o| o.1).chain(listeners).collect();
+        let owners = self.owners.find(&wanted);
+        let mut found = false;
+        for (target, inode) in outers {
+            let Some(p) = owners.get(&inode) else {
+                continue;
+            };
+            if !TUNNEL_PROGRAMS.contains(&p.comm.as_str()) {
+                continue;
+            }
+            let listens: Vec<SocketAddr> = (sockets.listening.iter())
+                .filter(|(_, i)| owners.get(i).is_some_and(|q| q.pid == p.pid))
+                .map(|(a, _)| *a)
+                .collect();
+            match listens[..] {
+                [address] => found |= add_found(wire, Tunnel { address, target }, p),
+                _ if self.warned.insert((target, p.pid)) => tracing::warn!(
+                    target_name = %wire.targets().get(target).name,
+                    pid = p.pid,
+                    listeners = listens.len(),
+                    "tls_tunnel = \"auto\": the tunnel process owning a session of the \
+                     target has not exactly one loopback listener; name the tunnel \
+                     (targets[].tls_tunnel = \"IP:PORT\")"
+                ),
+                _ => {}
+            }
+        }
+        found
     }
 
     /// Tries the legs due and records their standing in `wire`: every leg not joined yet when
     /// `news` (a leg or a session of its target just appeared: [`Wire::take_tunnel_news`]),
     /// else those not tried for [`RETRY_EVERY`] (see the module docs).
-    pub fn round(&mut self, wire: &mut Wire, now: SystemTime, news: bool) {
+    fn join_round(&mut self, wire: &mut Wire, now: SystemTime, news: bool) {
         let legs = wire.tunnel_legs();
         let open: HashSet<TcpLink> = legs.iter().map(|l| l.link).collect();
         self.tried.retain(|l, _| open.contains(l));
@@ -224,6 +326,16 @@ impl Joiner {
                 if row.state == TcpState::Established {
                     out.established.insert(key);
                 }
+                if row.state == TcpState::Listen && row.id != 0 {
+                    let ip = row.local.ip().to_canonical();
+                    let port = row.local.port();
+                    if ip.is_loopback() {
+                        out.listening.push((SocketAddr::new(ip, port), row.id));
+                    } else if ip.is_unspecified() {
+                        out.listening
+                            .push((SocketAddr::from(([127, 0, 0, 1], port)), row.id));
+                    }
+                }
             }
         }
         read.then_some(out)
@@ -255,10 +367,24 @@ impl Default for Joiner {
     }
 }
 
-/// The tunnels of `[fix]`'s `target_tls_tunnel` (by target id).
-pub fn tunnels(by_target: &[Option<SocketAddr>]) -> Vec<Tunnel> {
+/// The tunnels of `[fix]`'s `target_tls_tunnel` (by target id) given as addresses.
+pub fn tunnels(by_target: &[Option<TlsTunnel>]) -> Vec<Tunnel> {
     (by_target.iter().enumerate())
-        .filter_map(|(target, a)| a.map(|address| Tunnel { address, target }))
+        .filter_map(|(target, t)| match t {
+            Some(TlsTunnel::At(address)) => Some(Tunnel {
+                address: *address,
+                target,
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The targets of `[fix]`'s `target_tls_tunnel` whose tunnel is to be found (`"auto"`).
+pub fn auto_targets(by_target: &[Option<TlsTunnel>]) -> Vec<usize> {
+    (by_target.iter().enumerate())
+        .filter(|(_, t)| **t == Some(TlsTunnel::Auto))
+        .map(|(target, _)| target)
         .collect()
 }
 
@@ -274,6 +400,22 @@ pub fn capture_targets(targets: &Targets, tunnels: &[Tunnel]) -> Targets {
         stale_after: None,
     });
     Targets::new(targets.iter().cloned().chain(legs).collect())
+}
+
+/// Follows a tunnel found at run time, and says so (once: a tunnel already followed is not
+/// added again).
+fn add_found(wire: &mut Wire, tunnel: Tunnel, p: &Process) -> bool {
+    let added = wire.add_tunnel(tunnel);
+    if added {
+        tracing::info!(
+            target_name = %wire.targets().get(tunnel.target).name,
+            address = %tunnel.address,
+            pid = p.pid,
+            comm = %p.comm,
+            "TLS tunnel found: its plaintext leg is read from now on"
+        );
+    }
+    added
 }
 
 fn side(link: TcpLink, opened: Option<SystemTime>) -> Side {
@@ -303,8 +445,13 @@ mod tests {
     /// A `/proc/net/tcp` row: `local` and `remote` as the kernel writes them (little-endian
     /// IPv4 on x86), ESTABLISHED, with `inode`.
     fn row(local: &str, remote: &str, inode: u64) -> String {
+        row_in("01", local, remote, inode)
+    }
+
+    /// A row in `state` (hex: 01 ESTABLISHED, 0A LISTEN).
+    fn row_in(state: &str, local: &str, remote: &str, inode: u64) -> String {
         format!(
-            "   0: {local} {remote} 01 00000000:00000000 00:00000000 00000000     0        0 \
+            "   0: {local} {remote} {state} 00000000:00000000 00:00000000 00000000     0        0 \
              {inode} 1 0000000000000000 20 4 30 10 -1\n"
         )
     }
@@ -352,7 +499,7 @@ mod tests {
             heartbeat: None,
             stale_after: None,
         }]);
-        let tunnels = tunnels(&[Some(tunnel)]);
+        let tunnels = tunnels(&[Some(TlsTunnel::At(tunnel))]);
         let mut wire = Wire::new(targets.clone(), StreamLimits::default()).with_tunnels(tunnels);
         let mut tracker = Tracker::new(Limits::default());
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
@@ -406,6 +553,54 @@ mod tests {
         assert_eq!((p.pid, p.comm.as_str()), (77, "stunnel4"));
     }
 
+    /// `tls_tunnel = "auto"` on a fake `/proc`: a session of the target owned by a stunnel
+    /// with one loopback listener makes that listener the target's tunnel; the same owned by
+    /// another program (an engine holding TLS itself, with an admin port) does not.
+    #[test]
+    fn an_auto_tunnel_is_the_one_loopback_listener_of_the_stunnel_owning_a_session() {
+        for (comm, found) in [("stunnel4", true), ("gateway", false)] {
+            let root = tempfile::tempdir().unwrap();
+            std::fs::create_dir_all(root.path().join("net")).unwrap();
+            let table = [
+                row_in("0A", "0200007F:1B59", "00000000:0000", 444), // 127.0.0.2:7001
+                row_in("0A", "0100000A:0016", "00000000:0000", 555), // 10.0.0.1:22
+                row("0100000A:C350", "0200000A:2696", 222),          // the session
+            ]
+            .concat();
+            std::fs::write(root.path().join("net/tcp"), table).unwrap();
+            process(root.path(), 77, comm, &[222, 444, 555]);
+            let targets = Targets::new(vec![Target {
+                name: "venue".into(),
+                net: "10.0.0.2/32".parse().unwrap(),
+                port: Some(9878),
+                local_ports: None,
+                heartbeat: None,
+                stale_after: None,
+            }]);
+            let mut wire = Wire::new(targets, StreamLimits::default()).watch_for_tunnels(&[0]);
+            let mut tracker = Tracker::new(Limits::default());
+            let (stunnel, venue): (SocketAddr, SocketAddr) = (
+                "10.0.0.1:50000".parse().unwrap(),
+                "10.0.0.2:9878".parse().unwrap(),
+            );
+            let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+            wire.packet(&ipv4_tcp(stunnel, venue, 0, SYN, b""), t0, &mut tracker);
+            assert!(wire.take_tunnel_news());
+            let mut joiner = Joiner::at(root.path()).with_auto(vec![0]);
+            assert_eq!(joiner.round(&mut wire, t0, true), found, "{comm}");
+            let want = match found {
+                true => vec![Tunnel {
+                    address: "127.0.0.2:7001".parse().unwrap(),
+                    target: 0,
+                }],
+                false => vec![],
+            };
+            assert_eq!(wire.tunnels(), want, "{comm}");
+            // Looked at once: the next round reads nothing new and finds nothing more.
+            assert!(!joiner.round(&mut wire, t0, true));
+        }
+    }
+
     /// The filter's targets: the targets, then one per tunnel (its address and port).
     #[test]
     fn capture_lets_each_tunnels_address_through() {
@@ -418,7 +613,7 @@ mod tests {
             stale_after: None,
         }]);
         let tunnel: SocketAddr = "127.0.0.1:7001".parse().unwrap();
-        let all = capture_targets(&targets, &tunnels(&[Some(tunnel)]));
+        let all = capture_targets(&targets, &tunnels(&[Some(TlsTunnel::At(tunnel))]));
         let gw: SocketAddr = "127.0.0.1:40000".parse().unwrap();
         assert_eq!(all.len(), 2);
         assert_eq!(all.classify(&gw, &tunnel), Some(1));

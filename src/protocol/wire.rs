@@ -364,6 +364,9 @@ pub struct Wire {
     refused: HashMap<TcpLink, Seen>,
     /// Local TLS tunnels: their plaintext legs are their targets' ([`Wire::with_tunnels`]).
     tunnels: Vec<Tunnel>,
+    /// Targets whose new sessions are news ([`Wire::take_tunnel_news`]): those with a tunnel,
+    /// or one to be found ([`Wire::watch_for_tunnels`]).
+    tunnel_targets: HashSet<TargetId>,
     /// A leg, or a session of a target with a tunnel, was added since [`Wire::take_tunnel_news`].
     tunnel_news: bool,
     /// The legs not joined that the host lists ESTABLISHED ([`Wire::set_open_legs`]); `None`
@@ -389,6 +392,7 @@ impl Wire {
             conns: HashMap::new(),
             refused: HashMap::new(),
             tunnels: Vec::new(),
+            tunnel_targets: HashSet::new(),
             tunnel_news: false,
             open_legs: None,
             stats: WireStats::default(),
@@ -397,8 +401,36 @@ impl Wire {
 
     /// Follows the plaintext legs to these tunnels as their targets' sessions.
     pub fn with_tunnels(mut self, tunnels: Vec<Tunnel>) -> Wire {
+        self.tunnel_targets.extend(tunnels.iter().map(|t| t.target));
         self.tunnels = tunnels;
         self
+    }
+
+    /// Counts the new sessions of `targets` as news ([`Wire::take_tunnel_news`]): their tunnels
+    /// are to be found.
+    pub fn watch_for_tunnels(mut self, targets: &[TargetId]) -> Wire {
+        self.tunnel_targets.extend(targets);
+        self
+    }
+
+    /// Follows the plaintext legs to one more tunnel from now on. `false` (and nothing done)
+    /// when a tunnel already listens there, or when the address is inside a target's network
+    /// and port (its legs would be taken for that target's own sessions).
+    pub fn add_tunnel(&mut self, tunnel: Tunnel) -> bool {
+        let a = tunnel.address;
+        let inside = (self.targets.iter())
+            .any(|t| t.net.contains(&a.ip()) && t.port.is_none_or(|p| p == a.port()));
+        if inside || self.tunnel_at(&a).is_some() || tunnel.target >= self.targets.len() {
+            return false;
+        }
+        self.tunnel_targets.insert(tunnel.target);
+        self.tunnels.push(tunnel);
+        true
+    }
+
+    /// The tunnels whose legs it follows.
+    pub fn tunnels(&self) -> &[Tunnel] {
+        &self.tunnels
     }
 
     /// The target whose tunnel listens at `addr`.
@@ -481,7 +513,7 @@ impl Wire {
                 return events;
             }
             self.refused.remove(&link);
-            self.tunnel_news |= leg || self.tunnels.iter().any(|t| t.target == target);
+            self.tunnel_news |= leg || self.tunnel_targets.contains(&target);
             let limits = self.limits;
             self.conns.insert(
                 link,

@@ -129,7 +129,8 @@ struct Setup {
     _dir: tempfile::TempDir,
 }
 
-fn setup() -> Setup {
+/// `auto`: the config says `tls_tunnel = "auto"` rather than the tunnel's address.
+fn setup(auto: bool) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = certificate(dir.path());
     let (venue, refusing) = fix_venues(
@@ -158,9 +159,13 @@ fn setup() -> Setup {
              CAfile = {cert}\ncheckHost = venue.test\n"
         ),
     );
+    let key = match auto {
+        true => "auto".to_owned(),
+        false => tunnel.to_string(),
+    };
     let cfg = config_file(&format!(
         "[[targets]]\nname = \"venue-tls\"\naddress = \"{TLS_IP}\"\nport = {tls_port}\n\
-         tls_tunnel = \"{tunnel}\"\n\n[fix]\ncapture = true\n"
+         tls_tunnel = \"{key}\"\n\n[fix]\ncapture = true\n"
     ));
     let sc = Sidecar::start(&[
         "--config",
@@ -183,7 +188,7 @@ fn setup() -> Setup {
 
 #[test]
 fn a_session_behind_stunnel_is_its_targets_and_joined_to_the_outer_tls_session() {
-    let s = setup();
+    let s = setup(false);
     let first = scripted_through_the_tunnel(&s);
     let second = held_open_through_the_tunnel(&s);
     assert_ne!(first, second);
@@ -319,7 +324,7 @@ fn held_open_through_the_tunnel(s: &Setup) -> SocketAddr {
 /// more must be on the outer session the kernel counts more bytes acknowledged on.
 #[test]
 fn two_sessions_through_one_tunnel_are_each_joined_to_their_own_outer_session() {
-    let s = setup();
+    let s = setup(false);
     let wait = Duration::from_secs(10);
     let mut peers = Vec::new();
     for (sender, heartbeats) in [("GW-A", 40), ("GW-B", 4)] {
@@ -391,6 +396,80 @@ fn two_sessions_through_one_tunnel_are_each_joined_to_their_own_outer_session() 
         p.expect("5", wait).unwrap();
         p.close();
     }
+    let Setup { venue, sc, .. } = s;
+    assert_eq!(venue.stop().connections, 2);
+    let (status, log) = sc.terminate();
+    assert!(status.success(), "exit {status:?}\n{log}");
+}
+
+/// `tls_tunnel = "auto"`: the first session through the tunnel shows it (its TLS session is
+/// owned by a stunnel with one loopback listener), and its plaintext leg is read from then on:
+/// what that session says after the discovery is counted exactly, and a second session from
+/// its first byte, every count the simulator's.
+#[test]
+fn an_auto_tunnel_is_found_from_the_stunnel_owning_the_targets_session() {
+    let s = setup(true);
+    let wait = Duration::from_secs(10);
+    let mut gw = Peer::connect(s.tunnel, "FIX.4.4", "GW", "VENUE").unwrap();
+    gw.send("A", &[(98, "0"), (108, "30")]).unwrap();
+    gw.expect("A", wait).unwrap();
+    s.sc.wait_for("the tunnel found", wait, |sc| {
+        sc.log().contains("TLS tunnel found")
+    });
+    let log = s.sc.log();
+    assert!(log.contains(&format!("address={}", s.tunnel)), "{log}");
+    assert!(
+        log.contains(&format!("pid={}", s.client.child.id())),
+        "{log}"
+    );
+    for i in 0..5 {
+        gw.send("1", &[(112, &format!("probe{i}"))]).unwrap();
+        gw.expect("0", wait).unwrap();
+    }
+    let mut last = Value::Null;
+    s.sc.wait_for("the probes after the discovery", wait, |sc| {
+        last = sc.json("/sessions");
+        let a = session(&last, "GW->VENUE");
+        a["out"]["by_type"]["TestRequest"] == 5
+            && a["in"]["by_type"]["Heartbeat"] == 5
+            && a["tunnel"]["join"] == "joined"
+    });
+    let a = session(&last, "GW->VENUE");
+    assert_eq!(a["target"], "venue-tls", "{a}");
+    assert_eq!(a["tunnel"]["basis"], "process", "{a}");
+    assert_eq!(a["tunnel"]["process"]["pid"], s.client.child.id(), "{a}");
+    assert_eq!(addr(&a["tunnel"]["address"]), s.tunnel, "{a}");
+    assert_eq!(addr(&a["tcp"]["remote"]), s.tls, "{a}");
+    gw.send("5", &[]).unwrap();
+    gw.expect("5", wait).unwrap();
+    gw.close();
+    s.sc.wait_for("the first session's Logouts", wait, |sc| {
+        last = sc.json("/sessions");
+        let a = session(&last, "GW->VENUE");
+        a["out"]["by_type"]["Logout"] == 1 && a["in"]["by_type"]["Logout"] == 1
+    });
+    let before = session(&last, "GW->VENUE").clone();
+
+    let truth = scripted_session(s.tunnel, 5, None, None).unwrap();
+    let plus = |dir: &str, truth: &BTreeMap<String, u64>| {
+        let mut want = by_type(&before[dir]["by_type"]);
+        for (t, n) in truth {
+            *want.entry(t.clone()).or_default() += n;
+        }
+        want
+    };
+    let (out, inb) = (plus("out", &truth.sent), plus("in", &truth.received));
+    s.sc.wait_for("the second session, every message", wait, |sc| {
+        last = sc.json("/sessions");
+        let a = session(&last, "GW->VENUE");
+        by_type(&a["out"]["by_type"]) == out && by_type(&a["in"]["by_type"]) == inb
+    });
+    let a = session(&last, "GW->VENUE");
+    assert_eq!(
+        addr(&a["tunnel"]["plaintext"]["local"]),
+        truth.local.unwrap(),
+        "{a}"
+    );
     let Setup { venue, sc, .. } = s;
     assert_eq!(venue.stop().connections, 2);
     let (status, log) = sc.terminate();
