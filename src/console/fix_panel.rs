@@ -146,7 +146,7 @@ mod tests {
                 panic!("written message reads back")
             };
             let origin = Origin {
-                target: Some("venue-a".into()),
+                target: Some("venue-a"),
                 tcp: None,
             };
             tr.observe(&m, dir, t0 + Duration::from_millis(ms), &origin);

@@ -323,12 +323,7 @@ fn direction_json(s: &Session, d: Direction, now: SystemTime) -> DirectionJson {
     let c = s.dir(d);
     DirectionJson {
         messages: c.messages,
-        by_type: s
-            .by_type
-            .iter()
-            .filter(|((dd, _), _)| *dd == d)
-            .map(|((_, t), n)| (t.clone(), *n))
-            .collect(),
+        by_type: s.by_type[d.idx()].clone(),
         sequence_gaps: c.sequence_gaps,
         sequence_gap_messages: c.sequence_gap_messages,
         seq_too_low: c.seq_too_low,
@@ -591,12 +586,13 @@ impl Worker {
                 let now = SystemTime::now();
                 if let Some(f) = &mut self.follower {
                     for r in f.poll(now) {
-                        events.extend(self.tracker.observe(
+                        self.tracker.observe_into(
                             &r.msg,
                             r.dir,
                             r.at,
                             &Origin::default(),
-                        ));
+                            &mut events,
+                        );
                     }
                 }
                 events.extend(self.wire.tick(now, &mut self.tracker));

@@ -7,13 +7,15 @@
 //! Pure: segments and times in, in-order bytes and gaps out. Sequence numbers wrap (RFC 9293
 //! arithmetic modulo 2^32): every comparison is an offset from the next expected byte.
 
+use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
 
 /// What comes out of a stream, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Chunk {
-    /// Bytes in order, next after the previous chunk.
-    Data(Vec<u8>),
+pub enum Chunk<'a> {
+    /// Bytes in order, next after the previous chunk: the pushed segment's own bytes when it
+    /// came in order (no copy), else bytes the stream held.
+    Data(Cow<'a, [u8]>),
     /// This many bytes were never seen.
     Gap(u64),
 }
@@ -81,13 +83,13 @@ impl Stream {
 
     /// One segment: its sequence number, whether it is a SYN (which takes one number), its
     /// payload, and when it was seen.
-    pub fn push(
+    pub fn push<'a>(
         &mut self,
         seq: u32,
         syn: bool,
-        payload: &[u8],
+        payload: &'a [u8],
         at: SystemTime,
-        out: &mut Vec<Chunk>,
+        out: &mut Vec<Chunk<'a>>,
     ) {
         let seq = if syn { seq.wrapping_add(1) } else { seq };
         let next = *self.next.get_or_insert(seq);
@@ -117,12 +119,12 @@ impl Stream {
         }
         let trim = (-off) as usize;
         self.stats.overlap_bytes += trim as u64;
-        self.deliver(&payload[trim..], out);
+        self.deliver(Cow::Borrowed(&payload[trim..]), out);
         self.drain_held(out);
     }
 
     /// Declare a gap for a hole older than the hold time, at `now`.
-    pub fn tick(&mut self, now: SystemTime, out: &mut Vec<Chunk>) {
+    pub fn tick(&mut self, now: SystemTime, out: &mut Vec<Chunk<'_>>) {
         let oldest = self.held.iter().map(|(_, _, t)| *t).min();
         if let Some(t) = oldest {
             if now.duration_since(t).unwrap_or_default() >= self.limits.hold {
@@ -136,7 +138,7 @@ impl Stream {
         self.held_bytes
     }
 
-    fn deliver(&mut self, bytes: &[u8], out: &mut Vec<Chunk>) {
+    fn deliver<'a>(&mut self, bytes: Cow<'a, [u8]>, out: &mut Vec<Chunk<'a>>) {
         if bytes.is_empty() {
             return;
         }
@@ -144,19 +146,19 @@ impl Stream {
         let next = self.next.expect("set by push");
         self.next = Some(next.wrapping_add(bytes.len() as u32));
         match out.last_mut() {
-            Some(Chunk::Data(d)) => d.extend_from_slice(bytes),
-            _ => out.push(Chunk::Data(bytes.to_vec())),
+            Some(Chunk::Data(d)) => d.to_mut().extend_from_slice(&bytes),
+            _ => out.push(Chunk::Data(bytes)),
         }
     }
 
     /// Deliver held segments that now start at or before the next byte.
-    fn drain_held(&mut self, out: &mut Vec<Chunk>) {
+    fn drain_held(&mut self, out: &mut Vec<Chunk<'_>>) {
         loop {
             let Some(next) = self.next else { return };
             let Some(i) = self.held.iter().position(|(s, _, _)| offset(*s, next) <= 0) else {
                 return;
             };
-            let (seq, bytes, _) = self.held.swap_remove(i);
+            let (seq, mut bytes, _) = self.held.swap_remove(i);
             self.held_bytes -= bytes.len();
             let off = offset(seq, next);
             let end = off + bytes.len() as i64;
@@ -166,12 +168,13 @@ impl Stream {
             }
             let trim = (-off) as usize;
             self.stats.overlap_bytes += trim as u64;
-            self.deliver(&bytes[trim..], out);
+            bytes.drain(..trim);
+            self.deliver(Cow::Owned(bytes), out);
         }
     }
 
     /// Jump over the hole to the first held segment.
-    fn skip_hole(&mut self, out: &mut Vec<Chunk>) {
+    fn skip_hole(&mut self, out: &mut Vec<Chunk<'_>>) {
         let Some(next) = self.next else { return };
         let Some(first) = self.held.iter().map(|(s, _, _)| offset(*s, next)).min() else {
             return;
@@ -198,7 +201,7 @@ mod tests {
     fn data(out: &[Chunk]) -> Vec<u8> {
         out.iter()
             .flat_map(|c| match c {
-                Chunk::Data(d) => d.clone(),
+                Chunk::Data(d) => d.to_vec(),
                 Chunk::Gap(_) => vec![],
             })
             .collect()
@@ -229,14 +232,14 @@ mod tests {
         s.push(100, false, b"abc", t(0), &mut out);
         s.push(110, false, b"xyz", t(10), &mut out); // 7 bytes lost
         s.tick(t(509), &mut out);
-        assert_eq!(out, [Chunk::Data(b"abc".to_vec())]);
+        assert_eq!(out, [Chunk::Data(b"abc".to_vec().into())]);
         s.tick(t(510), &mut out);
         assert_eq!(
             out,
             [
-                Chunk::Data(b"abc".to_vec()),
+                Chunk::Data(b"abc".to_vec().into()),
                 Chunk::Gap(7),
-                Chunk::Data(b"xyz".to_vec())
+                Chunk::Data(b"xyz".to_vec().into())
             ]
         );
         assert_eq!((s.stats.gaps, s.stats.gap_bytes), (1, 7));

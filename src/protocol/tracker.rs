@@ -21,7 +21,7 @@
 //! same ClOrdID. Pending orders are bounded per session by a cap (the oldest is given up) and an
 //! expiry ([`Tracker::expire`]); both are counted as unanswered.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
@@ -47,7 +47,9 @@ impl Direction {
             Direction::Out => "out",
         }
     }
-    fn idx(self) -> usize {
+
+    /// Its index in a session's per-direction arrays: in 0, out 1.
+    pub fn idx(self) -> usize {
         match self {
             Direction::In => 0,
             Direction::Out => 1,
@@ -137,7 +139,38 @@ impl SessionKey {
             theirs: theirs.into_owned(),
         })
     }
+
+    /// Whether this is the key of the raw fields `[BeginString, ours, theirs]` ([`raw_key`]).
+    fn is(&self, raw: [&[u8]; 3]) -> bool {
+        raw == [
+            self.begin_string.as_bytes(),
+            self.ours.as_bytes(),
+            self.theirs.as_bytes(),
+        ]
+    }
 }
+
+/// A message's session fields as they are, `[BeginString, ours, theirs]`, and their hash: how
+/// the tracker finds a known session without building its key. `None` without both CompIDs.
+fn raw_key(msg: &Message, dir: Direction) -> Option<([&[u8]; 3], u64)> {
+    use std::hash::{BuildHasher, Hasher};
+    let sender = msg.get(tag::SENDER_COMP_ID)?;
+    let target = msg.get(tag::TARGET_COMP_ID)?;
+    let (ours, theirs) = match dir {
+        Direction::Out => (sender, target),
+        Direction::In => (target, sender),
+    };
+    let raw = [msg.begin_string(), ours, theirs];
+    let mut h = rustc_hash::FxBuildHasher.build_hasher();
+    for part in raw {
+        h.write(part);
+        h.write_u8(SOH_BYTE);
+    }
+    Some((raw, h.finish()))
+}
+
+/// A separator between the key's parts in [`raw_key`]'s hash (never inside a FIX value).
+const SOH_BYTE: u8 = 0x01;
 
 /// The TCP session a FIX session was seen on (the wire source always knows it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -149,10 +182,10 @@ pub struct TcpLink {
 }
 
 /// Where a message was seen.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Origin {
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Origin<'a> {
     /// The target's name, when the source attributed the message to one.
-    pub target: Option<String>,
+    pub target: Option<&'a str>,
     /// The TCP session, when the source knows it.
     pub tcp: Option<TcpLink>,
 }
@@ -210,6 +243,9 @@ pub struct DirectionCounts {
 pub struct Session {
     /// The session's identity.
     pub key: SessionKey,
+    /// The same, as events carry it (no copy of its strings per event).
+    #[serde(skip)]
+    shared_key: std::sync::Arc<SessionKey>,
     /// The target it was last attributed to.
     pub target: Option<String>,
     /// The TCP session it was last seen on.
@@ -243,8 +279,8 @@ pub struct Session {
     pub previous_evidence: Option<LinkEvidence>,
     /// [in, out]
     pub dirs: [DirectionCounts; 2],
-    /// Messages by (direction, MsgType name), bounded by [`Limits::max_msg_types`].
-    pub by_type: BTreeMap<(Direction, String), u64>,
+    /// Messages by MsgType name, [in, out], each bounded by [`Limits::max_msg_types`].
+    pub by_type: [BTreeMap<String, u64>; 2],
     /// Orders we sent answered by an ExecutionReport or an OrderCancelReject (35=8 or 9, by
     /// ClOrdID): their round trips are timed.
     pub orders_answered: u64,
@@ -273,15 +309,17 @@ pub struct Session {
     /// p50 and last.
     #[serde(skip)]
     pub recent_latencies: VecDeque<Duration>,
+    /// Orders awaiting their answer, by the hash of their ClOrdID ([`id_hash`]), oldest first.
     #[serde(skip)]
-    pending: HashMap<Vec<u8>, (Request, SystemTime)>,
+    pending: rustc_hash::FxHashMap<u64, (Request, SystemTime)>,
     #[serde(skip)]
-    pending_order: VecDeque<(Vec<u8>, SystemTime)>,
+    pending_order: VecDeque<u64>,
 }
 
 impl Session {
     fn new(key: SessionKey) -> Session {
         Session {
+            shared_key: std::sync::Arc::new(key.clone()),
             key,
             target: None,
             tcp: None,
@@ -298,7 +336,7 @@ impl Session {
             evidence: LinkEvidence::default(),
             previous_evidence: None,
             dirs: Default::default(),
-            by_type: BTreeMap::new(),
+            by_type: Default::default(),
             orders_answered: 0,
             orders_unanswered: 0,
             orders_rejected: 0,
@@ -309,7 +347,7 @@ impl Session {
             awaiting_fill: Default::default(),
             fill_order: VecDeque::new(),
             recent_latencies: VecDeque::new(),
-            pending: HashMap::new(),
+            pending: Default::default(),
             pending_order: VecDeque::new(),
         }
     }
@@ -349,10 +387,7 @@ impl Session {
 
     /// Messages of one type one way (`msg_type` is the name, or the raw value).
     pub fn count(&self, d: Direction, msg_type: &str) -> u64 {
-        self.by_type
-            .get(&(d, msg_type.to_string()))
-            .copied()
-            .unwrap_or(0)
+        self.by_type[d.idx()].get(msg_type).copied().unwrap_or(0)
     }
 }
 
@@ -369,13 +404,23 @@ impl Session {
     /// Count a message by type; false when it was counted under `other` (the session had
     /// `max_types` types that way already).
     fn count_type(&mut self, mt: &[u8], dir: Direction, max_types: usize) -> bool {
-        let name = msg_type_name(mt)
-            .map(str::to_string)
-            .unwrap_or_else(|| String::from_utf8_lossy(mt).into_owned());
-        let known = self.by_type.contains_key(&(dir, name.clone()));
-        let fits = known || self.by_type.keys().filter(|(d, _)| *d == dir).count() < max_types;
-        let key = if fits { name } else { "other".to_string() };
-        *self.by_type.entry((dir, key)).or_default() += 1;
+        let types = &mut self.by_type[dir.idx()];
+        let raw;
+        let name = match msg_type_name(mt) {
+            Some(name) => name,
+            None => {
+                raw = String::from_utf8_lossy(mt);
+                &*raw
+            }
+        };
+        // The common case, a type counted before: no allocation.
+        if let Some(n) = types.get_mut(name) {
+            *n += 1;
+            return true;
+        }
+        let fits = types.len() < max_types;
+        let key = if fits { name } else { "other" };
+        *types.entry(key.to_string()).or_default() += 1;
         fits
     }
 
@@ -561,11 +606,12 @@ impl Session {
         let mt = msg.msg_type();
         if let Some(req) = Request::from_msg_type(mt) {
             if let (Direction::Out, Some(id)) = (dir, msg.get(tag::CL_ORD_ID)) {
-                if self.pending.insert(id.to_vec(), (req, at)).is_none() {
-                    self.pending_order.push_back((id.to_vec(), at));
+                let id = id_hash(id);
+                if self.pending.insert(id, (req, at)).is_none() {
+                    self.pending_order.push_back(id);
                 }
                 while self.pending.len() > max_pending {
-                    let Some((old, _)) = self.pending_order.pop_front() else {
+                    let Some(old) = self.pending_order.pop_front() else {
                         break;
                     };
                     if self.pending.remove(&old).is_some() {
@@ -577,7 +623,7 @@ impl Session {
         } else if (mt == b"8" || mt == b"9") && dir == Direction::In {
             if let Some((request, sent)) = msg
                 .get(tag::CL_ORD_ID)
-                .and_then(|id| self.pending.remove(id))
+                .and_then(|id| self.pending.remove(&id_hash(id)))
             {
                 self.orders_answered += 1;
                 let latency = at.duration_since(sent).unwrap_or_default();
@@ -589,15 +635,14 @@ impl Session {
             }
         } else if mt == b"j" && dir == Direction::In {
             let id = msg.get(tag::BUSINESS_REJECT_REF_ID);
-            if id.is_some_and(|id| self.pending.remove(id).is_some()) {
+            if id.is_some_and(|id| self.pending.remove(&id_hash(id)).is_some()) {
                 self.orders_rejected += 1;
             }
         }
         // Keep the FIFO from growing with answered orders.
         if self.pending_order.len() > 2 * self.pending.len() + 64 {
             let pending = &self.pending;
-            self.pending_order
-                .retain(|(id, _)| pending.contains_key(id));
+            self.pending_order.retain(|id| pending.contains_key(id));
         }
         out
     }
@@ -787,7 +832,7 @@ pub enum Event {
     /// An order we sent was answered.
     OrderAnswered {
         /// The session it belongs to.
-        session: SessionKey,
+        session: std::sync::Arc<SessionKey>,
         /// The target the session is attributed to.
         target: Option<String>,
         /// What kind of order it was.
@@ -801,7 +846,7 @@ pub enum Event {
     /// An order we sent got its first fill (partial or full).
     OrderFilled {
         /// The session it belongs to.
-        session: SessionKey,
+        session: std::sync::Arc<SessionKey>,
         /// The target the session is attributed to.
         target: Option<String>,
         /// From our NewOrderSingle to the first ExecutionReport that fills it.
@@ -814,6 +859,8 @@ pub enum Event {
 pub struct Tracker {
     limits: Limits,
     sessions: BTreeMap<SessionKey, Session>,
+    /// The sessions' keys by the hash of their raw fields ([`raw_key`]), checked on use.
+    keys: rustc_hash::FxHashMap<u64, std::sync::Arc<SessionKey>>,
     /// Messages without SenderCompID and TargetCompID.
     pub unkeyed: u64,
     /// Messages of sessions beyond the cap ([`Limits::max_sessions`]). A FIX session is kept
@@ -861,21 +908,26 @@ impl Tracker {
         origin: &Origin,
     ) -> Vec<Event> {
         let mut events = Vec::new();
-        let Some(key) = SessionKey::of(msg, dir) else {
-            self.unkeyed += 1;
-            return events;
+        self.observe_into(msg, dir, at, origin, &mut events);
+        events
+    }
+
+    /// [`Tracker::observe`], its events added to `events` (no vector of its own per message).
+    pub fn observe_into(
+        &mut self,
+        msg: &Message,
+        dir: Direction,
+        at: SystemTime,
+        origin: &Origin,
+        events: &mut Vec<Event>,
+    ) {
+        let Some(key) = self.key_of(msg, dir) else {
+            return;
         };
-        if !self.sessions.contains_key(&key) {
-            if self.sessions.len() >= self.limits.max_sessions {
-                self.over_cap += 1;
-                return events;
-            }
-            self.sessions.insert(key.clone(), Session::new(key.clone()));
-        }
         let limits = self.limits;
-        let s = self.sessions.get_mut(&key).expect("inserted above");
-        if origin.target.is_some() {
-            s.target.clone_from(&origin.target);
+        let s = self.sessions.get_mut(&*key).expect("found or inserted");
+        if let Some(t) = origin.target.filter(|t| s.target.as_deref() != Some(*t)) {
+            s.target = Some(t.to_string());
         }
         s.gather(msg, dir, at, origin.tcp.is_some() && origin.tcp != s.tcp);
         if origin.tcp.is_some() {
@@ -910,7 +962,36 @@ impl Tracker {
                 latency,
             });
         }
-        events
+    }
+
+    /// The key of the session `msg` going `dir` belongs to, the session added if new; `None`
+    /// (counted) without both CompIDs or beyond the sessions' cap.
+    fn key_of(&mut self, msg: &Message, dir: Direction) -> Option<std::sync::Arc<SessionKey>> {
+        let Some((raw, hash)) = raw_key(msg, dir) else {
+            self.unkeyed += 1;
+            return None;
+        };
+        if let Some(k) = self.keys.get(&hash).filter(|k| k.is(raw)) {
+            return Some(k.clone());
+        }
+        let key = SessionKey::of(msg, dir).expect("both CompIDs are there");
+        let shared = match self.sessions.get(&key) {
+            Some(s) => s.shared_key.clone(),
+            None if self.sessions.len() >= self.limits.max_sessions => {
+                self.over_cap += 1;
+                return None;
+            }
+            None => {
+                let s = Session::new(key.clone());
+                let shared = s.shared_key.clone();
+                self.sessions.insert(key, s);
+                shared
+            }
+        };
+        // One entry per hash: a key whose raw bytes are not its text (invalid UTF-8) or a
+        // colliding one takes this path each time, and stays correct.
+        self.keys.insert(hash, shared.clone());
+        Some(shared)
     }
 
     /// The TCP session `tcp` closed at `at` (the wire source saw FIN or RST, or the TCP layer
@@ -988,7 +1069,7 @@ impl Tracker {
             n += gone;
             if gone > 0 {
                 let pending = &s.pending;
-                s.pending_order.retain(|(id, _)| pending.contains_key(id));
+                s.pending_order.retain(|id| pending.contains_key(id));
             }
         }
         n
@@ -1045,7 +1126,7 @@ mod tests {
             let m = msg(from, to, mt, seq, extra);
             self.now += 1;
             let origin = Origin {
-                target: Some("venue".into()),
+                target: Some("venue"),
                 tcp: None,
             };
             self.events
@@ -1057,6 +1138,50 @@ mod tests {
     }
 
     use Direction::{In, Out};
+
+    #[test]
+    fn sessions_are_found_by_their_fields_whatever_the_key_cache_holds() {
+        let mut t = Tracker::new(Limits::default());
+        let o = Origin::default();
+        let a = msg("GW", "VENUE", "0", 1, &[]);
+        let b = msg("GW", "OTHER", "0", 1, &[]);
+        t.observe(&a, Out, at(1), &o);
+        t.observe(&b, Out, at(2), &o);
+        // A hash that collides: A's hash now names B's key. A's messages still go to A.
+        let (_, hash_a) = raw_key(&a, Out).unwrap();
+        let key_b = t
+            .keys
+            .values()
+            .find(|k| k.theirs == "OTHER")
+            .unwrap()
+            .clone();
+        t.keys.insert(hash_a, key_b);
+        t.observe(&a, Out, at(3), &o);
+        t.observe(&msg("VENUE", "GW", "0", 1, &[]), In, at(4), &o);
+        // Not UTF-8: the key's text is not its bytes, so the cache never matches; still one
+        // session.
+        let odd = parse(
+            &write("FIX.4.4", &[(35, b"0"), (49, b"GW"), (56, b"V\xffN")], SOH),
+            SOH,
+        )
+        .unwrap();
+        for i in 0..3 {
+            t.observe(&odd, Out, at(5 + i), &o);
+        }
+        let count = |label: &str| {
+            let s = t.by_label(label).unwrap();
+            (s.dir(Out).messages, s.dir(In).messages)
+        };
+        assert_eq!(count("GW->VENUE"), (2, 1));
+        assert_eq!(count("GW->OTHER"), (1, 0));
+        assert_eq!(count("GW->V\u{fffd}N"), (3, 0));
+        assert_eq!(t.sessions().count(), 3);
+        assert!(
+            t.keys.len() <= 3,
+            "one cache entry per hash: {}",
+            t.keys.len()
+        );
+    }
 
     #[test]
     fn logon_heartbeat_logout_by_them() {

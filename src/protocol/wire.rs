@@ -359,7 +359,7 @@ pub struct Leg {
 pub struct Wire {
     targets: Targets,
     limits: Limits,
-    conns: HashMap<TcpLink, Conn>,
+    conns: rustc_hash::FxHashMap<TcpLink, Conn>,
     /// Connections not followed because the table was full, at most [`MAX_CONNECTIONS`].
     refused: HashMap<TcpLink, Seen>,
     /// Local TLS tunnels: their plaintext legs are their targets' ([`Wire::with_tunnels`]).
@@ -389,7 +389,7 @@ impl Wire {
         Wire {
             targets,
             limits,
-            conns: HashMap::new(),
+            conns: Default::default(),
             refused: HashMap::new(),
             tunnels: Vec::new(),
             tunnel_targets: HashSet::new(),
@@ -540,7 +540,7 @@ impl Wire {
         let mut chunks = Vec::new();
         conn.streams[idx(dir)].push(seg.seq, seg.flags & SYN != 0, seg.payload, at, &mut chunks);
         let origin = Origin {
-            target: Some(self.targets.get(conn.target).name.clone()),
+            target: Some(self.targets.get(conn.target).name.as_str()),
             tcp: Some(link),
         };
         feed(
@@ -578,7 +578,7 @@ impl Wire {
                     continue;
                 }
                 let origin = Origin {
-                    target: Some(self.targets.get(conn.target).name.clone()),
+                    target: Some(self.targets.get(conn.target).name.as_str()),
                     tcp: Some(*link),
                 };
                 feed(
@@ -799,7 +799,7 @@ fn add_stream_stats(to: &mut StreamStats, s: &StreamStats) {
 fn feed(
     conn: &mut Conn,
     dir: Direction,
-    chunks: Vec<Chunk>,
+    chunks: Vec<Chunk<'_>>,
     at: SystemTime,
     origin: &Origin,
     tracker: &mut Tracker,
@@ -825,7 +825,7 @@ fn feed(
                     if let Decoded::Message(m) = x {
                         conn.messages += 1;
                         conn.content = Content::Fix;
-                        events.extend(tracker.observe(&m, dir, at, origin));
+                        tracker.observe_into(&m, dir, at, origin, events);
                     }
                 }
             }

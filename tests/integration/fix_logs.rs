@@ -61,13 +61,7 @@ fn run(pipe: bool) {
     assert_eq!(follower.stats.malformed, 0);
 
     let s = tracker.by_label("GW->VENUE").unwrap();
-    let by_dir = |d: Direction| -> BTreeMap<String, u64> {
-        s.by_type
-            .iter()
-            .filter(|((dd, _), _)| *dd == d)
-            .map(|((_, t), n)| (t.clone(), *n))
-            .collect()
-    };
+    let by_dir = |d: Direction| -> BTreeMap<String, u64> { s.by_type[d.idx()].clone() };
     let mut sent = truth.sent.clone();
     let mut received = truth.received.clone();
     // The refused logons were with VENUE2: another session.
