@@ -18,9 +18,14 @@
 //! A joined leg lives as long as the TCP layer lists its outer session. One not joined (pending
 //! or ambiguous) lives while the host lists it ESTABLISHED (the tables are read at most once a
 //! second while such a leg exists): the TCP layer does not watch it, and the idle bound for
-//! sessions it never listed is shorter than a FIX heartbeat interval. Without the privilege to read the
-//! tunnel's fds (`CAP_SYS_PTRACE`, `CAP_DAC_READ_SEARCH`, or the tunnel running as our user)
-//! the owners are unknown and the join falls back to timing alone.
+//! sessions it never listed is shorter than a FIX heartbeat interval. Without the privilege to
+//! read the tunnel's fds (`CAP_SYS_PTRACE`, `CAP_DAC_READ_SEARCH`, or the tunnel running as our
+//! user) the owners are unknown and the join falls back to timing alone.
+//!
+//! `tls_tunnel = "auto"` ([`Joiner::with_auto`]): each session of such a target is looked at
+//! once, the same way; a stunnel ([`TUNNEL_PROGRAMS`]) owning it with exactly one loopback
+//! listener makes that listener the target's tunnel, followed from then on (the caller widens
+//! the packet filter).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
