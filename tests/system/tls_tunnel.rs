@@ -129,8 +129,19 @@ struct Setup {
     _dir: tempfile::TempDir,
 }
 
-/// `auto`: the config says `tls_tunnel = "auto"` rather than the tunnel's address.
-fn setup(auto: bool) -> Setup {
+/// How the sidecar is run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// As root, the tunnel named by its address.
+    Named,
+    /// As root, `tls_tunnel = "auto"`.
+    Auto,
+    /// As `nobody` with `CAP_NET_RAW` alone (capture, but no reading root's `/proc/PID/fd`),
+    /// the tunnel named.
+    Unprivileged,
+}
+
+fn setup(mode: Mode) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = certificate(dir.path());
     let (venue, refusing) = fix_venues(
@@ -159,20 +170,43 @@ fn setup(auto: bool) -> Setup {
              CAfile = {cert}\ncheckHost = venue.test\n"
         ),
     );
-    let key = match auto {
-        true => "auto".to_owned(),
-        false => tunnel.to_string(),
+    let key = match mode {
+        Mode::Auto => "auto".to_owned(),
+        Mode::Named | Mode::Unprivileged => tunnel.to_string(),
     };
     let cfg = config_file(&format!(
         "[[targets]]\nname = \"venue-tls\"\naddress = \"{TLS_IP}\"\nport = {tls_port}\n\
          tls_tunnel = \"{key}\"\n\n[fix]\ncapture = true\n"
     ));
-    let sc = Sidecar::start(&[
+    let args = [
         "--config",
         cfg.path().to_str().unwrap(),
         "--interval",
         "200ms",
-    ]);
+    ];
+    let sc = match mode {
+        Mode::Named | Mode::Auto => Sidecar::start(&args),
+        Mode::Unprivileged => {
+            use std::os::unix::fs::PermissionsExt;
+            let readable = std::fs::Permissions::from_mode(0o644);
+            std::fs::set_permissions(cfg.path(), readable).unwrap();
+            let mut cmd = Command::new("setpriv");
+            cmd.args(["--reuid", "nobody", "--regid", "nogroup", "--clear-groups"])
+                .args([
+                    "--inh-caps=+net_raw",
+                    "--ambient-caps=+net_raw",
+                    "--",
+                    bin(),
+                ]);
+            for (k, v) in command().get_envs() {
+                match v {
+                    Some(v) => cmd.env(k, v),
+                    None => cmd.env_remove(k),
+                };
+            }
+            Sidecar::start_with(cmd, &args)
+        }
+    };
     assert!(sc.json("/sessions")["capture_error"].is_null());
     Setup {
         venue,
@@ -188,7 +222,7 @@ fn setup(auto: bool) -> Setup {
 
 #[test]
 fn a_session_behind_stunnel_is_its_targets_and_joined_to_the_outer_tls_session() {
-    let s = setup(false);
+    let s = setup(Mode::Named);
     let first = scripted_through_the_tunnel(&s);
     let second = held_open_through_the_tunnel(&s);
     assert_ne!(first, second);
@@ -324,7 +358,7 @@ fn held_open_through_the_tunnel(s: &Setup) -> SocketAddr {
 /// more must be on the outer session the kernel counts more bytes acknowledged on.
 #[test]
 fn two_sessions_through_one_tunnel_are_each_joined_to_their_own_outer_session() {
-    let s = setup(false);
+    let s = setup(Mode::Named);
     let wait = Duration::from_secs(10);
     let mut peers = Vec::new();
     for (sender, heartbeats) in [("GW-A", 40), ("GW-B", 4)] {
@@ -408,7 +442,7 @@ fn two_sessions_through_one_tunnel_are_each_joined_to_their_own_outer_session() 
 /// its first byte, every count the simulator's.
 #[test]
 fn an_auto_tunnel_is_found_from_the_stunnel_owning_the_targets_session() {
-    let s = setup(true);
+    let s = setup(Mode::Auto);
     let wait = Duration::from_secs(10);
     let mut gw = Peer::connect(s.tunnel, "FIX.4.4", "GW", "VENUE").unwrap();
     gw.send("A", &[(98, "0"), (108, "30")]).unwrap();
@@ -472,6 +506,53 @@ fn an_auto_tunnel_is_found_from_the_stunnel_owning_the_targets_session() {
     );
     let Setup { venue, sc, .. } = s;
     assert_eq!(venue.stop().connections, 2);
+    let (status, log) = sc.terminate();
+    assert!(status.success(), "exit {status:?}\n{log}");
+}
+
+/// Without the privilege to read the tunnel's `/proc/PID/fd` (the sidecar as `nobody` with
+/// `CAP_NET_RAW` alone, stunnel as root): no owner is known, the join is by timing alone and
+/// says so, and the outer session's end is still judged from the FIX account.
+#[test]
+fn without_the_tunnels_fds_the_join_is_by_timing_and_says_so() {
+    let s = setup(Mode::Unprivileged);
+    let wait = Duration::from_secs(10);
+    let mut gw = Peer::connect(s.tunnel, "FIX.4.4", "GW", "VENUE").unwrap();
+    gw.send("A", &[(98, "0"), (108, "30")]).unwrap();
+    gw.expect("A", wait).unwrap();
+    let mut last = Value::Null;
+    s.sc.wait_for("the session joined", wait, |sc| {
+        last = sc.json("/sessions");
+        let a = session(&last, "GW->VENUE");
+        a["logged_on"] == true && a["tunnel"]["join"] == "joined"
+    });
+    let a = session(&last, "GW->VENUE");
+    assert_eq!(a["target"], "venue-tls", "{a}");
+    assert_eq!(a["tunnel"]["basis"], "timing", "{a}");
+    assert!(a["tunnel"]["process"].is_null(), "{a}");
+    assert_eq!(addr(&a["tcp"]["remote"]), s.tls, "{a}");
+    let outer = addr(&a["tcp"]["local"]);
+    let logon = BTreeMap::from([("Logon".to_owned(), 1)]);
+    assert_eq!(by_type(&a["out"]["by_type"]), logon, "{a}");
+    assert_eq!(by_type(&a["in"]["by_type"]), logon, "{a}");
+    gw.send("5", &[(58, "bye")]).unwrap();
+    gw.expect("5", wait).unwrap();
+    gw.close();
+    // Judged from the FIX account (it may have opened and closed between two polls: the
+    // counter and the log say it either way).
+    let ends = [("target", "venue-tls"), ("cause", "logout_by_us")];
+    s.sc.wait_for("the outer session judged", Duration::from_secs(30), |sc| {
+        sc.metrics().get("fix_session_ends_total", &ends) == Some(1.0)
+    });
+    let line = format!("session ended target_name=venue-tls local={outer}");
+    let log = s.sc.log();
+    let ended = log.lines().find(|l| l.contains(&line));
+    assert!(
+        ended.is_some_and(|l| l.contains("cause=\"logout_by_us\"")),
+        "{log}"
+    );
+    let Setup { venue, sc, .. } = s;
+    venue.stop();
     let (status, log) = sc.terminate();
     assert!(status.success(), "exit {status:?}\n{log}");
 }
