@@ -10,6 +10,7 @@
 #       podman runc ca-certificates (the container image: scripts/image.sh, tests/system/container.rs)
 #       man-db zsh fish debootstrap (the Debian package's checks: scripts/check-package.sh,
 #       scripts/check-package-root.sh)
+#       stunnel4 (a real TLS tunnel between gateway and venue: tests/system/tls_tunnel.rs)
 # (b) Debian trixie's victoria-metrics and prometheus (2.53) .debs, fetched with
 #     `apt-get download` through a PRIVATE apt state under .tools/apt/ that
 #     reuses the host's configured Debian mirror with the suite swapped for
@@ -67,6 +68,7 @@ declare -A PKG_CMD=(
     [python3-yaml]=python3
     [util-linux]=nsenter
     [systemd]=systemd-analyze
+    [stunnel4]=stunnel4
     [podman]=podman
     [runc]=runc
     [ca-certificates]=update-ca-certificates
@@ -89,6 +91,7 @@ HOST_PKGS+=(clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev pkg-config)  # s
 HOST_PKGS+=(man-db zsh fish)
 HOST_PKGS+=(debootstrap)  # scripts/check-package-root.sh: the package in a minimal Debian root
 HOST_PKGS+=(faketime)  # tests/system/faults.rs: the wall clock stepped under the real binary
+HOST_PKGS+=(stunnel4)  # tests/system/tls_tunnel.rs: a real stunnel between gateway and venue
 
 pkg_installed() {
     [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true)" = installed ]

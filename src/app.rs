@@ -701,6 +701,7 @@ fn serve(
         state.clone(),
         telemetry.prometheus.clone(),
         settings.prometheus.expose_connections,
+        fix_reader(fix),
     )
     .merge(crate::fix::http::routes(fix_reader(fix), state.clone()));
     let web = options.resources.web.clone();

@@ -132,6 +132,7 @@ impl Session {
             end_cause: self.end.as_ref().map(|v| v.cause.as_str()),
             end_evidence: self.end.as_ref().map(|v| v.evidence.clone()),
             health: self.health.map(|(h, stale)| HealthJson::new(&h, stale)),
+            fix: None,
         }
     }
 }
@@ -240,6 +241,20 @@ pub struct SessionJson {
     /// TCP health (netlink only; absent where the source cannot tell).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthJson>,
+    /// The FIX session the FIX layer last saw on it (`/sessions`), filled by `/connections`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<FixLinkJson>,
+}
+
+/// A TCP session's FIX session, as `/connections` names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FixLinkJson {
+    /// The FIX session (`SENDER->TARGET` as we send), as `/sessions` names it.
+    pub session: String,
+    /// Read on a local TLS tunnel's plaintext leg and joined to this session: the tunnel's
+    /// address (`targets[].tls_tunnel`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -37,6 +37,7 @@ pub(super) fn explain(loaded: &Loaded) -> String {
     let comp_ids = &loaded.settings.fix.target_comp_ids;
     let lockouts = &loaded.settings.fix.target_logon_lockout;
     let limits = &loaded.settings.fix.target_message_limit;
+    let tunnels = &loaded.settings.fix.target_tls_tunnel;
     let schedules = &loaded.settings.target_schedules;
     let targets: Vec<RawTarget> = (loaded.settings.targets.iter().enumerate())
         .map(|(i, t)| {
@@ -49,7 +50,7 @@ pub(super) fn explain(loaded: &Loaded) -> String {
                     lockouts.get(i).copied().flatten(),
                     limits.get(i).copied().flatten(),
                 ),
-                schedule,
+                (tunnels.get(i).copied().flatten(), schedule),
             )
         })
         .collect();
@@ -78,6 +79,10 @@ fn absent_meaning(key: &str) -> &'static str {
         (
             ".message_limit",
             "no throttle (peaks reported, no utilization)",
+        ),
+        (
+            ".tls_tunnel",
+            "no tunnel (FIX is read on the target's own sessions)",
         ),
         (".timezone", "UTC"),
         (".days", "every day"),

@@ -250,6 +250,30 @@ pub struct FixSettings {
     /// `targets[i].message_limit`, by target id (filled from the targets by `raw::validate`).
     #[serde(skip)]
     pub target_message_limit: Vec<Option<MessageLimit>>,
+    /// `targets[i].tls_tunnel`, by target id: the local tunnel whose plaintext leg carries the
+    /// target's FIX sessions (filled from the targets by `raw::validate`).
+    #[serde(skip)]
+    pub target_tls_tunnel: Vec<Option<TlsTunnel>>,
+}
+
+/// `targets[].tls_tunnel`: the gateway reaches the target through a local TLS tunnel, and
+/// speaks plaintext FIX to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsTunnel {
+    /// The address the gateway connects to (the tunnel's accepting socket), on loopback.
+    At(std::net::SocketAddr),
+    /// `"auto"`: found at run time, as the one loopback listener of the stunnel process that
+    /// owns the target's sessions (`fix::tunnels`).
+    Auto,
+}
+
+impl std::fmt::Display for TlsTunnel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TlsTunnel::At(a) => a.fmt(f),
+            TlsTunnel::Auto => f.write_str("auto"),
+        }
+    }
 }
 
 /// `targets[].message_limit`: the venue's throttle, `count` messages per `per` (one of the

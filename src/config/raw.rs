@@ -34,6 +34,7 @@ use super::layers::{self, ENV_OTEL_METRICS_ENDPOINT, ENV_PREFIX};
 use super::OtlpTemporality;
 use super::{
     defaults, FixSettings, LogFormat, LogonLockout, MessageLimit, OtlpProtocol, OtlpSettings,
+    TlsTunnel,
 };
 use super::{Settings, TlsFiles};
 use crate::schedule::{Schedule, ScheduleConfig};
@@ -72,6 +73,9 @@ pub(crate) struct RawTarget {
     /// The venue's throttle: `{ count = 50, per = "1s" }`.
     #[serde(with = "check::message_limit")]
     message_limit: Option<MessageLimit>,
+    /// The local TLS tunnel the gateway talks plaintext to: `"127.0.0.1:7001"`.
+    #[serde(with = "check::tls_tunnel")]
+    tls_tunnel: Option<TlsTunnel>,
     /// A `[[schedules]]` name: when its sessions are planned to be up.
     #[serde(with = "check::name")]
     schedule: Option<String>,
@@ -83,7 +87,7 @@ impl RawTarget {
         t: &Target,
         comp_ids: Option<&Vec<String>>,
         (logon_lockout, message_limit): (Option<LogonLockout>, Option<MessageLimit>),
-        schedule: Option<String>,
+        (tls_tunnel, schedule): (Option<TlsTunnel>, Option<String>),
     ) -> Self {
         RawTarget {
             name: Some(t.name.clone()),
@@ -95,6 +99,7 @@ impl RawTarget {
             comp_ids: comp_ids.cloned().unwrap_or_default(),
             logon_lockout,
             message_limit,
+            tls_tunnel,
             schedule,
         }
     }
@@ -164,6 +169,7 @@ checks! {
         count: l.count,
         per: crate::fix::bursts::WINDOW_NAMES[l.window],
     };
+    tls_tunnel -> TlsTunnel = parse_tls_tunnel, |t: &TlsTunnel| t.to_string();
 }
 
 /// A message limit as the file takes it.
@@ -382,11 +388,13 @@ pub(crate) fn validate(raw: Raw, cx: &mut Context<'_>) -> Settings {
         );
         cx.report(Conflict, "prometheus.enabled", "false".into(), message);
     }
-    let (targets, (comp_ids, lockouts, limits, schedules)) = targets(raw.targets, cx);
+    let (targets, (comp_ids, lockouts, limits, tunnels, schedules)) = targets(raw.targets, cx);
     let target_schedules = self::schedules(&raw.schedules, &schedules, cx);
+    let indices: Vec<usize> = schedules.iter().map(|(i, _)| *i).collect();
+    tls_tunnels(&targets, (&tunnels, &indices), raw.fix.capture, cx);
     Settings {
         targets,
-        fix: self::fix(raw.fix, (comp_ids, lockouts, limits), cx),
+        fix: self::fix(raw.fix, (comp_ids, lockouts, limits, tunnels), cx),
         otlp,
         poll: raw.poll,
         prometheus: raw.prometheus,
@@ -446,16 +454,18 @@ fn fix(mut fix: FixSettings, per_target: PerTarget, cx: &mut Context) -> FixSett
         fix.target_comp_ids,
         fix.target_logon_lockout,
         fix.target_message_limit,
+        fix.target_tls_tunnel,
     ) = per_target;
     fix
 }
 
-/// What `[fix]` keeps of each target, by target id: its CompIDs, logon lockout and message
-/// limit.
+/// What `[fix]` keeps of each target, by target id: its CompIDs, logon lockout, message
+/// limit and TLS tunnel.
 type PerTarget = (
     Vec<Vec<String>>,
     Vec<Option<LogonLockout>>,
     Vec<Option<MessageLimit>>,
+    Vec<Option<TlsTunnel>>,
 );
 
 /// [`PerTarget`], and each target's index in the configuration with the schedule it names.
@@ -463,8 +473,58 @@ type PerTargetAll = (
     Vec<Vec<String>>,
     Vec<Option<LogonLockout>>,
     Vec<Option<MessageLimit>>,
+    Vec<Option<TlsTunnel>>,
     Vec<(usize, Option<String>)>,
 );
+
+/// `targets[].tls_tunnel` as a whole: a tunnel is read only off the wire (`fix.capture`), is
+/// no target's own session (its plaintext leg would be taken for the target's), and serves one
+/// target (its FIX sessions are that target's). `tunnels` by target id, with each target's
+/// index in the configuration.
+fn tls_tunnels(
+    targets: &Targets,
+    (tunnels, indices): (&[Option<TlsTunnel>], &[usize]),
+    capture: bool,
+    cx: &mut Context,
+) {
+    let mut first: BTreeMap<SocketAddr, usize> = BTreeMap::new();
+    for (&i, tunnel) in indices.iter().zip(tunnels) {
+        let Some(tunnel) = tunnel else { continue };
+        let key = format!("targets[{i}].tls_tunnel");
+        let value = quote(&tunnel.to_string());
+        let addr = match tunnel {
+            TlsTunnel::At(addr) => Some(*addr),
+            TlsTunnel::Auto => None,
+        };
+        let claimed = addr.and_then(|addr| {
+            (targets.iter())
+                .find(|t| t.net.contains(&addr.ip()) && t.port.is_none_or(|p| p == addr.port()))
+        });
+        let message = if !capture && !cx.failed.contains("fix.capture") {
+            Some(
+                "the plaintext leg to a tunnel is read off the wire: it needs [fix] capture = true"
+                    .to_owned(),
+            )
+        } else if let Some(t) = claimed {
+            Some(format!(
+                "the tunnel's address is inside target `{}` ({}): its plaintext leg would be \
+                 taken for that target's own session; give the address the gateway connects \
+                 to, outside every target",
+                t.name, t.net
+            ))
+        } else {
+            match addr.map(|a| *first.entry(a).or_insert(i)) {
+                Some(j) if j != i => Some(format!(
+                    "targets[{j}] names the same tunnel; a tunnel serves one target"
+                )),
+                _ => None,
+            }
+        };
+        if let Some(message) = message {
+            cx.report(Conflict, &key, value, message);
+        }
+    }
+}
 
 fn targets(raw: Option<Vec<RawTarget>>, cx: &mut Context) -> (Targets, PerTargetAll) {
     let no_targets = format!(
@@ -482,7 +542,7 @@ fn targets(raw: Option<Vec<RawTarget>>, cx: &mut Context) -> (Targets, PerTarget
             .push(ConfigError::new(NoTargets, "targets", no_targets)),
     }
     let (mut targets, mut comp_ids, mut lockouts) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut limits, mut schedules) = (Vec::new(), Vec::new());
+    let (mut limits, mut tunnels, mut schedules) = (Vec::new(), Vec::new(), Vec::new());
     // Name -> index in the configuration of the first target with it.
     let mut names: BTreeMap<String, usize> = BTreeMap::new();
     for (i, t) in raw.into_iter().flatten().enumerate() {
@@ -523,11 +583,12 @@ fn targets(raw: Option<Vec<RawTarget>>, cx: &mut Context) -> (Targets, PerTarget
         comp_ids.push(t.comp_ids);
         lockouts.push(t.logon_lockout);
         limits.push(t.message_limit);
+        tunnels.push(t.tls_tunnel);
         schedules.push((i, t.schedule));
     }
     (
         Targets::new(targets),
-        (comp_ids, lockouts, limits, schedules),
+        (comp_ids, lockouts, limits, tunnels, schedules),
     )
 }
 
@@ -938,6 +999,38 @@ fn parse_message_limit(value: &Value) -> Result<MessageLimit, String> {
         count: count as u32,
         window,
     })
+}
+
+const ALLOWED_TUNNEL: &str = "expected the local TLS tunnel's plaintext address as IP:PORT, \
+     such as \"127.0.0.1:7001\" or \"[::1]:7001\" (a loopback address: the gateway's plaintext \
+     leg is read on loopback; a port from 1 to 65535), or \"auto\" (found at run time: the \
+     loopback listener of the stunnel process owning the target's sessions)";
+
+/// `targets[].tls_tunnel`: the address the gateway connects to in plaintext (the tunnel's
+/// accepting socket), on loopback, or `"auto"`.
+fn parse_tls_tunnel(value: &Value) -> Result<TlsTunnel, String> {
+    let text = text(value, ALLOWED_TUNNEL)?.trim();
+    if text.eq_ignore_ascii_case("auto") {
+        return Ok(TlsTunnel::Auto);
+    }
+    let addr: SocketAddr = text
+        .parse()
+        .map_err(|_| format!("not IP:PORT; {ALLOWED_TUNNEL}"))?;
+    if !addr.ip().to_canonical().is_loopback() {
+        return Err(format!(
+            "{} is not a loopback address; {ALLOWED_TUNNEL}",
+            addr.ip()
+        ));
+    }
+    if addr.port() == 0 {
+        return Err(format!(
+            "port 0 is not a port the tunnel listens on; {ALLOWED_TUNNEL}"
+        ));
+    }
+    Ok(TlsTunnel::At(SocketAddr::new(
+        addr.ip().to_canonical(),
+        addr.port(),
+    )))
 }
 
 /// `schedule_grace`: like an interval, but zero is allowed (only ends outside a window are

@@ -1583,6 +1583,119 @@ fn message_limit_per_target() {
     assert!(half.message.contains("needs both"), "{half}");
 }
 
+/// `targets[].tls_tunnel`: a loopback IP:PORT, shown by `config` and loaded back; a value that
+/// is no address, not loopback or port 0, a tunnel inside a target, one named twice, or one
+/// without capture: each an error with its key, value and origin.
+#[test]
+fn tls_tunnel_per_target() {
+    let toml = r#"
+        [fix]
+        capture = true
+        [[targets]]
+        name = "lse"
+        address = "10.0.0.1"
+        port = 9000
+        tls_tunnel = "127.0.0.1:7001"
+        [[targets]]
+        address = "10.0.0.3"
+        tls_tunnel = "auto"
+        [[targets]]
+        address = "10.0.0.2"
+    "#;
+    let loaded = ok(parse_toml_str(toml, "c.toml"));
+    let tunnel = crate::config::TlsTunnel::At("127.0.0.1:7001".parse().unwrap());
+    let auto = crate::config::TlsTunnel::Auto;
+    assert_eq!(
+        loaded.settings.fix.target_tls_tunnel,
+        [Some(tunnel), Some(auto), None]
+    );
+    let shown = loaded.explain();
+    assert!(shown.contains("tls_tunnel = \"127.0.0.1:7001\""), "{shown}");
+    assert!(shown.contains("tls_tunnel = \"auto\""), "{shown}");
+    assert!(shown.contains("# tls_tunnel: no tunnel"), "{shown}");
+    let again = ok(parse_toml_str(&shown, "explained.toml"));
+    assert_eq!(again.settings.fix, loaded.settings.fix);
+
+    let bad = r#"
+        [fix]
+        capture = true
+        [[targets]]
+        address = "10.0.0.1"
+        tls_tunnel = "127.0.0.1"
+        [[targets]]
+        address = "10.0.0.2"
+        tls_tunnel = "10.9.9.9:7001"
+        [[targets]]
+        address = "10.0.0.3"
+        tls_tunnel = "127.0.0.1:0"
+        [[targets]]
+        address = "127.0.0.0/8"
+        [[targets]]
+        address = "10.0.0.5"
+        tls_tunnel = "127.0.0.1:7001"
+        [[targets]]
+        address = "10.0.0.6"
+        tls_tunnel = 7001
+    "#;
+    let e = errors(parse_toml_str(bad, "c.toml"));
+    assert_eq!(e.len(), 5, "{e}");
+    let no_port = find(&e, "targets[0].tls_tunnel");
+    assert_eq!(no_port.origin, file(Path::new("c.toml")));
+    assert_eq!(no_port.value.as_deref(), Some("\"127.0.0.1\""));
+    assert!(no_port.message.starts_with("not IP:PORT"), "{no_port}");
+    assert!(
+        no_port.message.contains("127.0.0.1:7001"),
+        "says what is allowed: {no_port}"
+    );
+    let remote = find(&e, "targets[1].tls_tunnel");
+    assert!(
+        remote
+            .message
+            .contains("10.9.9.9 is not a loopback address"),
+        "{remote}"
+    );
+    let zero = find(&e, "targets[2].tls_tunnel");
+    assert!(zero.message.contains("port 0"), "{zero}");
+    let inside = find(&e, "targets[4].tls_tunnel");
+    assert_eq!(inside.kind, ErrorKind::Conflict);
+    assert!(
+        inside.message.contains("inside target `127.0.0.0/8`"),
+        "{inside}"
+    );
+    let number = find(&e, "targets[5].tls_tunnel");
+    assert!(
+        number.message.starts_with("expected the local TLS tunnel"),
+        "{number}"
+    );
+
+    let twice = r#"
+        [fix]
+        capture = true
+        [[targets]]
+        address = "10.0.0.1"
+        tls_tunnel = "127.0.0.1:7001"
+        [[targets]]
+        address = "10.0.0.2"
+        tls_tunnel = "127.0.0.1:7001"
+    "#;
+    let e = errors(parse_toml_str(twice, "c.toml"));
+    assert_eq!(e.len(), 1, "{e}");
+    let second = find(&e, "targets[1].tls_tunnel");
+    assert!(
+        second.message.contains("targets[0] names the same tunnel"),
+        "{second}"
+    );
+
+    let no_capture = "[[targets]]\naddress = \"10.0.0.1\"\ntls_tunnel = \"127.0.0.1:7001\"\n";
+    let e = errors(parse_toml_str(no_capture, "c.toml"));
+    assert_eq!(e.len(), 1, "{e}");
+    let lone = find(&e, "targets[0].tls_tunnel");
+    assert!(
+        lone.message.contains("needs [fix] capture = true"),
+        "{lone}"
+    );
+}
+
 /// `[otlp] logs`: on by default, off from the file or `FIX_MONITOR_OTLP__LOGS`, and a bad value
 /// is reported with its key like any boolean.
 #[test]

@@ -16,7 +16,8 @@ use serde::Serialize;
 
 use super::server::Limits;
 use super::web_config::WebConfig;
-use crate::session::SessionJson;
+use crate::fix::monitor::FixReader;
+use crate::session::{FixLinkJson, SessionJson};
 use crate::state::{StateReader, Status};
 use crate::tracker::Timestamp;
 
@@ -33,12 +34,15 @@ struct AppState {
     /// export-error series are therefore up to one poll interval old.) The loop updates the
     /// instruments before it publishes, so a body is never older than its generation.
     encoded: Arc<Mutex<Option<(u64, bytes::Bytes)>>>,
+    /// The FIX layer's state: `/connections` names each session's FIX session.
+    fix: FixReader,
 }
 
 pub fn router(
     state: StateReader,
     registry: Option<prometheus::Registry>,
     expose_connections: bool,
+    fix: FixReader,
 ) -> Router {
     let router = Router::new()
         .route("/", get(index))
@@ -54,6 +58,7 @@ pub fn router(
         expose_connections,
         registry,
         encoded: Arc::default(),
+        fix,
     })
 }
 
@@ -149,7 +154,8 @@ struct ConnectionsView {
 async fn connections(State(s): State<AppState>) -> Json<ConnectionsView> {
     let now = Timestamp::now();
     let m = s.state.get();
-    let connections = m.connections(now);
+    let mut connections = m.connections(now);
+    name_fix_sessions(&mut connections, &s.fix);
     Json(ConnectionsView {
         hostname: m.meta.host.clone(),
         timestamp: crate::session::rfc3339(now.wall),
@@ -158,6 +164,34 @@ async fn connections(State(s): State<AppState>) -> Json<ConnectionsView> {
         connections,
         closed: m.closed_json(now),
     })
+}
+
+/// Names on each TCP session the FIX session last seen on it: read on it, or on a tunnel's
+/// plaintext leg joined to it (`/sessions` then gives that session's `tcp` as this one).
+fn name_fix_sessions(connections: &mut [SessionJson], fix: &FixReader) {
+    let state = fix.get();
+    if state.sessions.is_empty() {
+        return;
+    }
+    let plain = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+    let mut by_link = std::collections::HashMap::new();
+    for f in &state.sessions {
+        if let Some(l) = f.tcp {
+            let tunnel = f.tunnel.as_ref().map(|t| t.address);
+            by_link
+                .entry((plain(l.local), plain(l.remote)))
+                .or_insert(FixLinkJson {
+                    session: f.session.clone(),
+                    tunnel,
+                });
+        }
+    }
+    for c in connections {
+        let (Ok(local), Ok(remote)) = (c.local_addr.parse(), c.remote_addr.parse()) else {
+            continue;
+        };
+        c.fix = by_link.get(&(plain(local), plain(remote))).cloned();
+    }
 }
 
 async fn index(State(s): State<AppState>) -> Html<String> {

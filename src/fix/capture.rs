@@ -89,6 +89,16 @@ impl Capture {
         Self::open_with(&prog, rcvbuf)
     }
 
+    /// Replace the filter with the program for `targets` (a tunnel found at run time): the
+    /// kernel swaps it at once (`sk_attach_filter`); packets already queued stay.
+    pub fn set_filter(&mut self, targets: &Targets) -> io::Result<()> {
+        let prog = compile(targets, loopback_index()).map_err(|e| {
+            let what = format!("the packet filter for {} targets: {e}", targets.len());
+            io::Error::new(io::ErrorKind::InvalidInput, what)
+        })?;
+        cbpf::attach(self.fd.as_fd(), &prog)
+    }
+
     /// Open a socket with a given program (the tests check the kernel accepts ours).
     pub fn open_with(prog: &[Insn], rcvbuf: usize) -> io::Result<Capture> {
         // SAFETY: plain socket(2); the fd is owned at once.

@@ -10,6 +10,8 @@
 //! - [`monitor`]: the FIX layer running: one thread owns the sources and the tracker, keeps
 //!   the wire's table in step with the TCP layer's sessions, publishes a [`monitor::FixState`].
 //! - [`metrics`]: its OpenTelemetry instruments; [`http`]: `/sessions`.
+//! - [`tunnels`]: sessions behind a local TLS tunnel: the plaintext leg joined to its outer
+//!   session by the tunnel process's sockets and their timing.
 //! - [`events`]: its session events (logons, logouts, gaps, rejects), from the counters'
 //!   growth per round.
 
@@ -20,7 +22,7 @@ pub mod filter;
 // The protocol layer is its own crate (`fix-monitor-protocol`); its modules keep their
 // `fix_monitor::fix::...` paths.
 pub use fix_monitor_protocol::{
-    bursts, codec, forensics, logs, pair, reassembly, sim, tracker, wire,
+    bursts, codec, forensics, logs, pair, reassembly, sim, tracker, tunnel, wire,
 };
 
 #[cfg(test)]
@@ -29,3 +31,4 @@ pub mod events;
 pub mod http;
 pub mod metrics;
 pub mod monitor;
+pub mod tunnels;

@@ -95,6 +95,10 @@ pub struct FixSessionJson {
     /// layer's state.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_end: Option<crate::ends::LastEnd>,
+    /// Read on a tunnel's plaintext leg (`targets[].tls_tunnel`): the tunnel, and the outer
+    /// session it was joined to (then `tcp` names that one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<super::tunnels::TunnelJson>,
 }
 
 /// A session's sequence forensics, as `/sessions` and the metrics report them.
@@ -396,6 +400,7 @@ pub fn sessions_json(
                 bursts: BurstsJson::of(s, limit, now),
                 outcomes: s.outcomes.clone(),
                 last_end: None,
+                tunnel: None,
             }
         })
         .collect()
@@ -439,9 +444,12 @@ impl FixMonitor {
             .with_boundaries(FILL_BUCKETS.to_vec())
             .build();
         let mut capture_error = None;
+        let tunnels = super::tunnels::tunnels(&settings.target_tls_tunnel);
+        let auto = super::tunnels::auto_targets(&settings.target_tls_tunnel);
         #[cfg(target_os = "linux")]
         let capture = if settings.capture {
-            match super::capture::Capture::open(targets, 8 << 20) {
+            let filtered = super::tunnels::capture_targets(targets, &tunnels);
+            match super::capture::Capture::open(&filtered, 8 << 20) {
                 Ok(c) => Some(c),
                 Err(e) => {
                     let msg = format!(
@@ -469,7 +477,11 @@ impl FixMonitor {
         let mut worker = Worker {
             settings: settings.clone(),
             targets: targets.clone(),
-            wire: Wire::new(targets.clone(), StreamLimits::default()),
+            joiner: (!tunnels.is_empty() || !auto.is_empty())
+                .then(|| super::tunnels::Joiner::new().with_auto(auto.clone())),
+            wire: Wire::new(targets.clone(), StreamLimits::default())
+                .with_tunnels(tunnels)
+                .watch_for_tunnels(&auto),
             tracker: Tracker::new(Limits::default()),
             follower: (!settings.logs.is_empty())
                 .then(|| LogFollower::new(settings.log_paths(), settings.our_comp_ids.clone())),
@@ -524,6 +536,8 @@ struct Worker {
     settings: FixSettings,
     targets: Targets,
     wire: Wire,
+    /// Joins tunnels' plaintext legs to their outer sessions (`None`: no tunnel configured).
+    joiner: Option<super::tunnels::Joiner>,
     tracker: Tracker,
     follower: Option<LogFollower>,
     latency: Histogram<f64>,
@@ -550,11 +564,19 @@ impl Worker {
             match &mut capture {
                 Some(c) => {
                     let (wire, tracker) = (&mut self.wire, &mut self.tracker);
+                    let (joiner, mut found) = (&mut self.joiner, false);
                     if let Err(e) = c.recv_batch(ROUND / 5, 4096, |p, at| {
                         events.extend(wire.packet(p, at, tracker));
+                        // A tunnel's new connection: joined while its sockets are open.
+                        if let (Some(j), true) = (joiner.as_mut(), wire.take_tunnel_news()) {
+                            found |= j.round(wire, SystemTime::now(), true);
+                        }
                     }) {
                         tracing::warn!("FIX capture: {e}");
                         std::thread::sleep(ROUND / 5);
+                    }
+                    if found {
+                        self.refilter(c);
                     }
                 }
                 None => std::thread::sleep(ROUND / 5),
@@ -574,6 +596,11 @@ impl Worker {
                     }
                 }
                 events.extend(self.wire.tick(now, &mut self.tracker));
+                let found =
+                    (self.joiner.as_mut()).is_some_and(|j| j.round(&mut self.wire, now, false));
+                if let (true, Some(c)) = (found, capture.as_mut()) {
+                    self.refilter(c);
+                }
                 if let Some(tcp) = &mut self.tcp {
                     if let Some(live) = tcp.sessions.changed() {
                         self.live = live;
@@ -599,6 +626,15 @@ impl Worker {
             for e in events {
                 self.handle(e, &mut attrs_cache);
             }
+        }
+    }
+
+    /// Lets the legs of every tunnel, found ones too, through the packet filter.
+    #[cfg(target_os = "linux")]
+    fn refilter(&self, capture: &mut super::capture::Capture) {
+        let targets = super::tunnels::capture_targets(&self.targets, self.wire.tunnels());
+        if let Err(e) = capture.set_filter(&targets) {
+            tracing::warn!("FIX capture: a tunnel was found, but not its filter: {e}");
         }
     }
 
@@ -693,7 +729,7 @@ impl Worker {
     #[cfg(target_os = "linux")]
     fn publish(&mut self, now: SystemTime, kernel: Option<super::capture::CaptureStats>) {
         let timed_by = "log";
-        let state = FixState {
+        let mut state = FixState {
             enabled: true,
             capture: self.settings.capture,
             capture_error: self.capture_error.clone(),
@@ -730,6 +766,9 @@ impl Worker {
                 orders_over_cap: self.tracker.orders_over_cap,
             },
         };
+        if let Some(j) = &mut self.joiner {
+            j.annotate(&mut state.sessions);
+        }
         self.warn_bounds(&state.stats);
         self.announcer.round(&state.sessions, now, &self.events);
         let _ = self.tx.send(Arc::new(state));

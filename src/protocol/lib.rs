@@ -16,6 +16,8 @@
 //! - [`reassembly`]: per-direction TCP stream reassembly for the wire source.
 //! - [`wire`]: from packets to FIX messages: the wire source's connection table (bounded,
 //!   kept in step with the TCP layer's sessions), reassembly, decoding, the tracker.
+//! - [`tunnel`]: sessions behind a local TLS tunnel: which outer TCP session carries a
+//!   plaintext leg the wire reads (by the tunnel process and timing).
 //! - [`sim`]: a small FIX engine that drives real sessions on loopback, for the tests and the
 //!   demo; [`pair`]: one session driven from both ends by one thread (the demo, benchmarks).
 //!
@@ -30,4 +32,5 @@ pub mod pair;
 pub mod reassembly;
 pub mod sim;
 pub mod tracker;
+pub mod tunnel;
 pub mod wire;

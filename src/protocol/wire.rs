@@ -19,6 +19,16 @@
 //! is dropped. Connections are bounded ([`MAX_CONNECTIONS`]); a connection seen while the table
 //! is full is not followed, and counted once (`not_followed`, remembered in a second table of
 //! the same bound and the same ending rules) until it ends or there is room again.
+//!
+//! # Local TLS tunnels
+//! A target may name a tunnel ([`Wire::with_tunnels`]): the plaintext leg from the gateway to
+//! the tunnel's address is followed as that target's (its FIX sessions carry the target's
+//! name), while the tunnel's outer session to the venue, which the TCP layer lists, carries
+//! TLS. Once a leg is joined to its outer session ([`Wire::set_join`], decided by
+//! [`crate::tunnel::decide`]), the leg lives as long as the TCP layer lists the outer session,
+//! and its end is reported as the outer session's (the FIX account of that end); the outer
+//! session's own end, which carries no FIX, is not reported apart. A leg not joined lives while
+//! the host lists it ESTABLISHED ([`Wire::set_open_legs`]), else until idle.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -27,6 +37,7 @@ use std::time::{Duration, SystemTime};
 use crate::codec::{Decoded, Decoder, SOH};
 use crate::reassembly::{Chunk, Limits, Stream, StreamStats};
 use crate::tracker::{Direction, Event, Origin, TcpEndSeen, TcpLink, Tracker};
+use crate::tunnel::{Side, Tunnel, TunnelJoin};
 use fix_monitor_core::target::{TargetId, Targets};
 
 /// Connections followed at once; packets of more are counted and dropped.
@@ -252,11 +263,28 @@ struct Conn {
     /// Who sent the first FIN.
     first_fin: Option<Direction>,
     seen: Seen,
+    /// The kernel time of its first SYN, when seen (the tunnel join's timing).
+    opened: Option<SystemTime>,
+    /// Its part in a tunnel: a plaintext leg's standing, or the leg an outer session carries.
+    tunnel: Role,
+}
+
+/// A connection's part in a local TLS tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// A target's own session, carrying no leg.
+    Direct,
+    /// A target's session that a plaintext leg was joined to.
+    Outer(TcpLink),
+    /// A plaintext leg to a tunnel.
+    Leg(TunnelJoin),
 }
 
 /// What decides when an entry is let go without a FIN or RST ([`Wire::reconcile`]).
 #[derive(Debug, Clone, Copy)]
 struct Seen {
+    /// The kernel receive time of its first segment.
+    first: SystemTime,
     /// The kernel receive time of its last segment.
     last: SystemTime,
     /// The TCP layer has listed the session ESTABLISHED.
@@ -266,6 +294,7 @@ struct Seen {
 impl Seen {
     fn new(at: SystemTime) -> Seen {
         Seen {
+            first: at,
             last: at,
             by_tcp: false,
         }
@@ -303,8 +332,27 @@ pub struct ConnView {
     /// What the connection carries.
     pub content: Content,
     /// The TCP layer has listed the session as established (when it stops listing it, the
-    /// entry ends as `tcp_closed`; an entry never listed ends as `idle` once quiet).
+    /// entry ends as `tcp_closed`; an entry never listed ends as `idle` once quiet). For a
+    /// tunnel's plaintext leg: its outer session is listed.
     pub listed: bool,
+    /// A plaintext leg to a tunnel (`targets[].tls_tunnel`): its outer session, or why none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<TunnelJoin>,
+}
+
+/// A tunnel's plaintext leg as the join needs it ([`Wire::tunnel_legs`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leg {
+    /// The leg (local: the gateway's end; remote: the tunnel's address).
+    pub link: TcpLink,
+    /// The target of the tunnel.
+    pub target: TargetId,
+    /// The kernel time of its SYN, when seen.
+    pub opened: Option<SystemTime>,
+    /// The kernel time of its first segment seen.
+    pub first_seen: SystemTime,
+    /// Its standing now.
+    pub join: TunnelJoin,
 }
 
 /// Every followed connection of the watched targets.
@@ -314,6 +362,16 @@ pub struct Wire {
     conns: rustc_hash::FxHashMap<TcpLink, Conn>,
     /// Connections not followed because the table was full, at most [`MAX_CONNECTIONS`].
     refused: HashMap<TcpLink, Seen>,
+    /// Local TLS tunnels: their plaintext legs are their targets' ([`Wire::with_tunnels`]).
+    tunnels: Vec<Tunnel>,
+    /// Targets whose new sessions are news ([`Wire::take_tunnel_news`]): those with a tunnel,
+    /// or one to be found ([`Wire::watch_for_tunnels`]).
+    tunnel_targets: HashSet<TargetId>,
+    /// A leg, or a session of a target with a tunnel, was added since [`Wire::take_tunnel_news`].
+    tunnel_news: bool,
+    /// The legs not joined that the host lists ESTABLISHED ([`Wire::set_open_legs`]); `None`
+    /// until told.
+    open_legs: Option<HashSet<TcpLink>>,
     /// What it has seen so far.
     pub stats: WireStats,
 }
@@ -333,7 +391,80 @@ impl Wire {
             limits,
             conns: Default::default(),
             refused: HashMap::new(),
+            tunnels: Vec::new(),
+            tunnel_targets: HashSet::new(),
+            tunnel_news: false,
+            open_legs: None,
             stats: WireStats::default(),
+        }
+    }
+
+    /// Follows the plaintext legs to these tunnels as their targets' sessions.
+    pub fn with_tunnels(mut self, tunnels: Vec<Tunnel>) -> Wire {
+        self.tunnel_targets.extend(tunnels.iter().map(|t| t.target));
+        self.tunnels = tunnels;
+        self
+    }
+
+    /// Counts the new sessions of `targets` as news ([`Wire::take_tunnel_news`]): their tunnels
+    /// are to be found.
+    pub fn watch_for_tunnels(mut self, targets: &[TargetId]) -> Wire {
+        self.tunnel_targets.extend(targets);
+        self
+    }
+
+    /// Follows the plaintext legs to one more tunnel from now on. `false` (and nothing done)
+    /// when a tunnel already listens there, or when the address is inside a target's network
+    /// and port (its legs would be taken for that target's own sessions).
+    pub fn add_tunnel(&mut self, tunnel: Tunnel) -> bool {
+        let a = tunnel.address;
+        let inside = (self.targets.iter())
+            .any(|t| t.net.contains(&a.ip()) && t.port.is_none_or(|p| p == a.port()));
+        if inside || self.tunnel_at(&a).is_some() || tunnel.target >= self.targets.len() {
+            return false;
+        }
+        self.tunnel_targets.insert(tunnel.target);
+        self.tunnels.push(tunnel);
+        true
+    }
+
+    /// The tunnels whose legs it follows.
+    pub fn tunnels(&self) -> &[Tunnel] {
+        &self.tunnels
+    }
+
+    /// The target whose tunnel listens at `addr`.
+    fn tunnel_at(&self, addr: &SocketAddr) -> Option<TargetId> {
+        let plain = SocketAddr::new(addr.ip().to_canonical(), addr.port());
+        (self.tunnels.iter())
+            .find(|t| t.address == plain)
+            .map(|t| t.target)
+    }
+
+    /// Which target and direction a segment belongs to, and its link (the gateway's end
+    /// local). A tunnel's address is looked at first: its legs are no target's own sessions.
+    fn classify(&self, seg: &Segment) -> Option<(TcpLink, Direction, TargetId, bool)> {
+        let out = TcpLink {
+            local: seg.src,
+            remote: seg.dst,
+        };
+        let inbound = TcpLink {
+            local: seg.dst,
+            remote: seg.src,
+        };
+        if !self.tunnels.is_empty() {
+            if let Some(t) = self.tunnel_at(&seg.dst) {
+                return Some((out, Direction::Out, t, true));
+            }
+            if let Some(t) = self.tunnel_at(&seg.src) {
+                return Some((inbound, Direction::In, t, true));
+            }
+        }
+        if let Some(t) = self.targets.classify(&seg.src, &seg.dst) {
+            Some((out, Direction::Out, t, false))
+        } else {
+            let t = self.targets.classify(&seg.dst, &seg.src)?;
+            Some((inbound, Direction::In, t, false))
         }
     }
 
@@ -356,25 +487,7 @@ impl Wire {
     fn segment(&mut self, seg: &Segment, at: SystemTime, tracker: &mut Tracker) -> Vec<Event> {
         let mut events = Vec::new();
         // The gateway is the local side: outbound if src is local.
-        let (link, dir, target) = if let Some(t) = self.targets.classify(&seg.src, &seg.dst) {
-            (
-                TcpLink {
-                    local: seg.src,
-                    remote: seg.dst,
-                },
-                Direction::Out,
-                t,
-            )
-        } else if let Some(t) = self.targets.classify(&seg.dst, &seg.src) {
-            (
-                TcpLink {
-                    local: seg.dst,
-                    remote: seg.src,
-                },
-                Direction::In,
-                t,
-            )
-        } else {
+        let Some((link, dir, target, leg)) = self.classify(seg) else {
             self.stats.unmatched += 1;
             return events;
         };
@@ -400,6 +513,7 @@ impl Wire {
                 return events;
             }
             self.refused.remove(&link);
+            self.tunnel_news |= leg || self.tunnel_targets.contains(&target);
             let limits = self.limits;
             self.conns.insert(
                 link,
@@ -413,6 +527,11 @@ impl Wire {
                     fin: [false; 2],
                     first_fin: None,
                     seen: Seen::new(at),
+                    opened: (seg.flags & SYN != 0).then_some(at),
+                    tunnel: match leg {
+                        true => Role::Leg(TunnelJoin::Pending),
+                        false => Role::Direct,
+                    },
                 },
             );
         }
@@ -503,8 +622,15 @@ impl Wire {
         tracker: &mut Tracker,
     ) -> Vec<Event> {
         let mut gone = Vec::new();
+        let open_legs = self.open_legs.as_ref();
         for (link, c) in self.conns.iter_mut() {
-            if let Some(why) = c.seen.expired(live.contains(link), now, idle) {
+            // A joined leg lives as long as its outer session, another while the host lists it.
+            let listed = match c.tunnel {
+                Role::Leg(TunnelJoin::Joined { outer, .. }) => live.contains(&outer),
+                Role::Leg(_) => open_legs.is_some_and(|o| o.contains(link)),
+                _ => live.contains(link),
+            };
+            if let Some(why) = c.seen.expired(listed, now, idle) {
                 gone.push((*link, why));
             }
         }
@@ -536,9 +662,77 @@ impl Wire {
             add_stream_stats(&mut self.stats.streams, &s.stats);
         }
         self.stats.ended.add(why);
-        Some(Event::LinkEnded(Box::new(
-            tracker.tcp_closed(link, at, seen),
-        )))
+        let mut end = tracker.tcp_closed(link, at, seen);
+        match c.tunnel {
+            // Its leg's account stands for it.
+            Role::Outer(_) => return None,
+            // The FIX account of the outer session's end.
+            Role::Leg(TunnelJoin::Joined { outer, .. }) => end.link = outer,
+            Role::Leg(_) | Role::Direct => {}
+        }
+        Some(Event::LinkEnded(Box::new(end)))
+    }
+
+    /// Whether a plaintext leg, or a session of a target with a tunnel, was added since the
+    /// last call: the moment to join them, while the tunnel's sockets are still open (a
+    /// session may last less than a round).
+    pub fn take_tunnel_news(&mut self) -> bool {
+        std::mem::take(&mut self.tunnel_news)
+    }
+
+    /// The legs not joined that the host lists ESTABLISHED now (its socket table, read by the
+    /// caller): they live while listed, and end [`CLOSE_GRACE`] after their last segment once
+    /// no longer listed, as the TCP layer's sessions do; a leg never listed ends when idle.
+    pub fn set_open_legs(&mut self, open: HashSet<TcpLink>) {
+        self.open_legs = Some(open);
+    }
+
+    /// The tunnels' plaintext legs followed now, in no particular order.
+    pub fn tunnel_legs(&self) -> Vec<Leg> {
+        (self.conns.iter())
+            .filter_map(|(link, c)| match c.tunnel {
+                Role::Leg(join) => Some(Leg {
+                    link: *link,
+                    target: c.target,
+                    opened: c.opened,
+                    first_seen: c.seen.first,
+                    join,
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The sessions of `target` a leg may be joined to: its own sessions (no tunnel's leg),
+    /// carrying no FIX, that no leg was joined to. `pid` is left unknown.
+    pub fn outer_candidates(&self, target: TargetId) -> Vec<Side> {
+        (self.conns.iter())
+            .filter(|(_, c)| c.target == target && c.tunnel == Role::Direct)
+            .filter(|(_, c)| c.content != Content::Fix)
+            .map(|(link, c)| Side {
+                link: *link,
+                opened: c.opened,
+                pid: None,
+            })
+            .collect()
+    }
+
+    /// Records a leg's standing; a join claims its outer session (which must be followed and
+    /// unclaimed: otherwise nothing changes and `false` is returned).
+    pub fn set_join(&mut self, leg: &TcpLink, join: TunnelJoin) -> bool {
+        if !matches!(self.conns.get(leg).map(|c| c.tunnel), Some(Role::Leg(_))) {
+            return false;
+        }
+        if let TunnelJoin::Joined { outer, .. } = join {
+            match self.conns.get_mut(&outer) {
+                Some(o) if o.tunnel == Role::Direct => o.tunnel = Role::Outer(*leg),
+                _ => return false,
+            }
+        }
+        if let Some(c) = self.conns.get_mut(leg) {
+            c.tunnel = Role::Leg(join);
+        }
+        true
     }
 
     /// Whether the connection `link` is followed now.
@@ -570,6 +764,10 @@ impl Wire {
                 messages: c.messages,
                 content: c.content,
                 listed: c.seen.by_tcp,
+                tunnel: match c.tunnel {
+                    Role::Leg(join) => Some(join),
+                    _ => None,
+                },
             })
             .collect();
         v.sort_by_key(|c| (c.target.clone(), c.local, c.remote));
@@ -918,6 +1116,139 @@ mod tests {
         assert_eq!(w.reconcile(&only_b, s(10_000), idle, &mut tr).len(), 0);
         let left: Vec<_> = w.connections().iter().map(|c| c.local).collect();
         assert_eq!(left, vec![b]);
+    }
+
+    /// A tunnel's plaintext leg (gateway -> 127.0.0.2:7001) is its target's: its FIX session
+    /// carries the target's name; the outer TLS session is a join candidate until claimed;
+    /// the joined leg lives while the TCP layer lists the outer session, and its end is
+    /// reported once, as the outer session's, with the FIX account; the outer's own end is not.
+    #[test]
+    fn a_tunnels_plaintext_leg_is_its_targets_and_ends_as_its_outer_session() {
+        use crate::tunnel::{JoinBasis, Tunnel};
+        let tunnel: SocketAddr = "127.0.0.2:7001".parse().unwrap();
+        let gw: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let (stunnel, venue): (SocketAddr, SocketAddr) = (
+            "10.0.0.1:50000".parse().unwrap(),
+            "10.0.0.2:9878".parse().unwrap(),
+        );
+        let leg = TcpLink {
+            local: gw,
+            remote: tunnel,
+        };
+        let outer = TcpLink {
+            local: stunnel,
+            remote: venue,
+        };
+        let mut w = Wire::new(targets(), Limits::default()).with_tunnels(vec![Tunnel {
+            address: tunnel,
+            target: 0,
+        }]);
+        let mut tr = Tracker::new(TrackerLimits::default());
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        w.packet(&ipv4_tcp(gw, tunnel, 0, SYN, b""), ms(0), &mut tr);
+        w.packet(&ipv4_tcp(stunnel, venue, 0, SYN, b""), ms(2), &mut tr);
+        let tls = [0x16, 0x03, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5];
+        w.packet(&ipv4_tcp(stunnel, venue, 1, ACK, &tls), ms(3), &mut tr);
+        let logon_out = fixmsg("GW", "V", "A", 1, &[(108, b"30")]);
+        let logon_in = fixmsg("V", "GW", "A", 1, &[(108, b"30")]);
+        w.packet(&ipv4_tcp(gw, tunnel, 1, ACK, &logon_out), ms(4), &mut tr);
+        w.packet(&ipv4_tcp(tunnel, gw, 1, ACK, &logon_in), ms(20), &mut tr);
+        let s = tr.by_label("GW->V").unwrap();
+        assert!(s.logged_on());
+        assert_eq!((s.target.as_deref(), s.tcp), (Some("venue"), Some(leg)));
+        let legs = w.tunnel_legs();
+        assert_eq!(legs.len(), 1);
+        assert_eq!(
+            (legs[0].link, legs[0].opened, legs[0].join),
+            (leg, Some(ms(0)), TunnelJoin::Pending)
+        );
+        let cands = w.outer_candidates(0);
+        assert_eq!(
+            (cands.len(), cands[0].link, cands[0].opened),
+            (1, outer, Some(ms(2)))
+        );
+        let join = TunnelJoin::Joined {
+            outer,
+            basis: JoinBasis::Process,
+        };
+        assert!(!w.set_join(&outer, join), "only a leg takes a join");
+        assert!(w.set_join(&leg, join));
+        assert!(w.outer_candidates(0).is_empty(), "claimed");
+        let views = w.connections();
+        let leg_view = views.iter().find(|c| c.remote == tunnel).unwrap();
+        assert_eq!(
+            (leg_view.tunnel, leg_view.target.as_str()),
+            (Some(join), "venue")
+        );
+        // Listed while the outer session is; the outer's end (a FIN each way) says nothing.
+        let idle = Duration::from_secs(10);
+        let live: HashSet<_> = [outer].into();
+        assert!(w.reconcile(&live, ms(60_000), idle, &mut tr).is_empty());
+        assert!(w.connections().iter().all(|c| c.listed));
+        assert!(w
+            .packet(
+                &ipv4_tcp(venue, stunnel, 9, FIN | ACK, b""),
+                ms(60_001),
+                &mut tr
+            )
+            .is_empty());
+        assert!(w
+            .packet(
+                &ipv4_tcp(stunnel, venue, 99, FIN | ACK, b""),
+                ms(60_002),
+                &mut tr
+            )
+            .is_empty());
+        // The leg goes once the outer session is gone from the list (and it has been quiet
+        // for the grace): one end, the outer's.
+        let none = HashSet::new();
+        let ends = w.reconcile(&none, ms(61_100), idle, &mut tr);
+        let [Event::LinkEnded(e)] = &ends[..] else {
+            panic!("{ends:?}")
+        };
+        assert_eq!(e.link, outer);
+        assert_eq!(
+            e.fix.as_ref().map(|f| f.session.label()),
+            Some("GW->V".into())
+        );
+        assert_eq!(w.followed(), 0);
+    }
+
+    /// A leg not joined (pending, ambiguous) is not the TCP layer's: it lives while the host
+    /// lists it ESTABLISHED, however quiet (a FIX heartbeat is longer than the idle bound), and
+    /// ends once no longer listed, with its FIX account under its own addresses.
+    #[test]
+    fn an_unjoined_leg_lives_while_the_host_lists_it() {
+        use crate::tunnel::Tunnel;
+        let tunnel: SocketAddr = "127.0.0.2:7001".parse().unwrap();
+        let gw: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let leg = TcpLink {
+            local: gw,
+            remote: tunnel,
+        };
+        let mut w = Wire::new(targets(), Limits::default()).with_tunnels(vec![Tunnel {
+            address: tunnel,
+            target: 0,
+        }]);
+        let mut tr = Tracker::new(TrackerLimits::default());
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let s = |n: u64| t0 + Duration::from_secs(n);
+        let logon = fixmsg("GW", "V", "A", 1, &[(108, b"30")]);
+        w.packet(&ipv4_tcp(gw, tunnel, 1, ACK, &logon), s(0), &mut tr);
+        assert!(w.take_tunnel_news());
+        assert!(!w.take_tunnel_news(), "told once");
+        let (idle, none) = (Duration::from_secs(10), HashSet::new());
+        w.set_open_legs([leg].into());
+        assert!(w.reconcile(&none, s(25), idle, &mut tr).is_empty());
+        assert_eq!(w.followed(), 1, "quiet for 25 s, still listed by the host");
+        w.set_open_legs(HashSet::new());
+        let ends = w.reconcile(&none, s(26), idle, &mut tr);
+        let [Event::LinkEnded(e)] = &ends[..] else {
+            panic!("{ends:?}")
+        };
+        assert_eq!(e.link, leg);
+        assert_eq!(w.stats.ended.tcp_closed, 1);
     }
 
     #[test]

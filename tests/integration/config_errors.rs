@@ -174,6 +174,38 @@ logon_lockout = { attempts = 100, within = "60s" }
     );
 }
 
+/// `targets[].tls_tunnel` that is not a loopback IP:PORT: named with its value, its file and
+/// what is allowed, exit 64 (the binary, not only the parser).
+#[test]
+fn bad_tls_tunnel_names_key_value_file_and_what_is_allowed() {
+    let f = config_file(
+        r#"
+[fix]
+capture = true
+[[targets]]
+address = "10.0.0.1"
+tls_tunnel = "venue.example:7001"
+[[targets]]
+address = "10.0.0.2"
+tls_tunnel = "10.0.0.9:7001"
+"#,
+    );
+    let path = f.path().to_str().unwrap();
+    let o = run(&["--config", path, "--listen", "127.0.0.1:0"], &[]);
+    assert_usage_error(
+        &o,
+        &[
+            "targets[0].tls_tunnel",
+            "venue.example:7001",
+            "not IP:PORT",
+            "targets[1].tls_tunnel",
+            "10.0.0.9 is not a loopback address",
+            "such as \"127.0.0.1:7001\"",
+            path,
+        ],
+    );
+}
+
 #[test]
 fn bad_schedules_are_all_reported_with_key_value_source_and_what_is_allowed() {
     let f = config_file(

@@ -10,6 +10,7 @@ mod end_causes;
 mod fix_capture;
 mod fix_capture_table;
 mod fix_logon_refused;
+mod tls_tunnel;
 use fix_monitor_test_support::harness;
 
 mod backends;
