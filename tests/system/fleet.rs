@@ -613,3 +613,253 @@ port = {pb}
         started.elapsed().as_secs_f64()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// A FLEET OF FIFTY (FLEET_SIZE overrides; scripts/fleet.sh runs it and prints the cost). The
+// same pieces at fleet scale: generated gateways with known sessions, Prometheus configured from
+// the fleet example (examples/prometheus.yml, its file_sd_configs pointed at a targets file the
+// test writes, as a deployment tool would), and every sidecar pushing OTLP to one
+// VictoriaMetrics. Then what the fleet costs the back end, measured.
+
+/// How many sidecars: `FLEET_SIZE`, else 50 (at most 200: LAN hosts 20..=219).
+fn fleet_size() -> usize {
+    let n = std::env::var("FLEET_SIZE")
+        .ok()
+        .map(|s| s.parse().expect("FLEET_SIZE is a number"))
+        .unwrap_or(50);
+    assert!((1..=200).contains(&n), "FLEET_SIZE must be 1 to 200");
+    n
+}
+
+/// Gateway `i`'s plan: a spread of held, closed and unrelated sessions, some targets idle.
+fn generated_plan(i: usize) -> Plan {
+    Plan {
+        host: Box::leak(format!("fleet-{:03}", i + 1).into_boxed_str()),
+        lan_host: 20 + i as u8,
+        naming: HostName::Uts,
+        held: [i % 4, (i * 3) % 5],
+        closed: [i % 3, (i / 2) % 2],
+        noise: i % 2,
+    }
+}
+
+/// examples/prometheus.yml made a test's: every second, no static sites, its file_sd_configs
+/// reading `targets_glob`, no self-scrape (this Prometheus listens elsewhere).
+fn fleet_prometheus_config(targets_glob: &str) -> String {
+    use serde_norway::Value;
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/prometheus.yml");
+    let mut cfg: Value = serde_norway::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    for key in ["scrape_interval", "scrape_timeout", "evaluation_interval"] {
+        cfg["global"][key] = Value::from("1s");
+    }
+    let Value::Sequence(jobs) = &mut cfg["scrape_configs"] else {
+        panic!("examples/prometheus.yml: no scrape_configs");
+    };
+    jobs.retain(|j| j["job_name"] == Value::from(JOB));
+    let job = &mut jobs[0];
+    job["scrape_interval"] = Value::from("1s");
+    job.as_mapping_mut().unwrap().remove("static_configs");
+    job["file_sd_configs"][0]["files"] = Value::Sequence(vec![Value::from(targets_glob)]);
+    job["file_sd_configs"][0]["refresh_interval"] = Value::from("5s");
+    serde_norway::to_string(&cfg).unwrap()
+}
+
+/// The sum of the samples of `name` in a Prometheus text body (any labels).
+fn text_sum(body: &str, name: &str) -> f64 {
+    body.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with('{') || r.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// What the fleet costs the back ends over `window`: Prometheus scraping every second, and
+/// VictoriaMetrics taking every sidecar's push every second.
+fn fleet_cost(prom: &Backend, vm: &Backend, n: usize, window: Duration) -> String {
+    let scraped = prom
+        .value(&format!("sum(scrape_samples_scraped{{job=\"{JOB}\"}})"))
+        .unwrap();
+    let (lo, hi) = (
+        prom.value(&format!("min(scrape_samples_scraped{{job=\"{JOB}\"}})"))
+            .unwrap(),
+        prom.value(&format!("max(scrape_samples_scraped{{job=\"{JOB}\"}})"))
+            .unwrap(),
+    );
+    let vm_counts = || {
+        let (_, body) = vm.request("GET", "/metrics", None).unwrap();
+        (
+            text_sum(&body, "vm_rows_inserted_total{type=\"opentelemetry\"}"),
+            text_sum(&body, "vm_tcplistener_read_bytes_total"),
+        )
+    };
+    let (rows0, bytes0) = vm_counts();
+    let started = Instant::now();
+    std::thread::sleep(window);
+    let (rows1, bytes1) = vm_counts();
+    let secs = started.elapsed().as_secs_f64();
+    let rows_per_s = (rows1 - rows0) / secs;
+    let rss = |b: &Backend| {
+        let (_, body) = b.request("GET", "/metrics", None).unwrap();
+        text_sum(&body, "process_resident_memory_bytes") / (1 << 20) as f64
+    };
+    format!(
+        "fleet of {n}: {:.0} series per sidecar ({lo:.0} to {hi:.0}); Prometheus: {scraped:.0} \
+         samples per 1 s scrape round ({:.0} samples/s), {:.0} MiB resident; VictoriaMetrics \
+         (OTLP/HTTP, every 1 s): {rows_per_s:.0} samples/s, {:.0} bytes per sample pushed \
+         (HTTP included, over {secs:.0} s), {:.0} MiB resident",
+        scraped / n as f64,
+        scraped,
+        rss(prom),
+        (bytes1 - bytes0) / (rows1 - rows0).max(1.0),
+        rss(vm),
+    )
+}
+
+#[test]
+fn fleet_of_fifty_sidecars_adds_up_in_prometheus_and_victoria_metrics() {
+    let started = Instant::now();
+    let n = fleet_size();
+    let plans: Vec<Plan> = (0..n).map(generated_plan).collect();
+    let ds = NetNs::create("ds");
+    let mut lan = Lan::new(&ds, LAN, DS_HOST);
+    let ds_ip = lan.addr(DS_HOST);
+    let (venue_a, venue_b, other) = ds.run(|| {
+        (
+            Downstream::listen(&format!("{ds_ip}:0")),
+            Downstream::listen(&format!("{ds_ip}:0")),
+            Downstream::listen(&format!("{ds_ip}:0")),
+        )
+    });
+    let venues = [venue_a.addr, venue_b.addr];
+    let cfg = config_file(&format!(
+        "[[targets]]\nname = \"venue-a\"\naddress = \"{ds_ip}\"\nport = {}\n\n\
+         [[targets]]\nname = \"venue-b\"\naddress = \"{ds_ip}\"\nport = {}\n",
+        venues[0].port(),
+        venues[1].port()
+    ));
+    let vm = otlp_sink(&ds).unwrap();
+    let mut gateways = Vec::new();
+    for plan in &plans {
+        let ns = NetNs::create(&format!("f{}", plan.lan_host));
+        let ip = lan.attach(&ns, plan.lan_host);
+        let listen = format!("0.0.0.0:{METRICS_PORT}");
+        let mut args: Vec<String> = [
+            "--config",
+            cfg.path().to_str().unwrap(),
+            "--source",
+            "netlink",
+            "--interval",
+            "500ms",
+            "--listen",
+            &listen,
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(otlp_args(Some(&vm), ds_ip));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut cmd = sidecar_command(&ns, plan);
+        cmd.envs(otlp_env(Some(&vm)));
+        let sidecar = Sidecar::start_with(cmd, &args);
+        gateways.push(Gateway {
+            plan: *plan,
+            ip,
+            held: Vec::new(),
+            sidecar,
+            ns,
+        });
+    }
+
+    // Prometheus from the fleet example, finding the sidecars through a targets file.
+    let sd = tempfile::tempdir().unwrap();
+    let listed: Vec<String> = gateways
+        .iter()
+        .map(|g| g.metrics_addr().to_string())
+        .collect();
+    let sd_file =
+        serde_json::json!([{"targets": listed, "labels": {"site": "fleet", "env": "test"}}]);
+    std::fs::write(sd.path().join("fleet.json"), sd_file.to_string()).unwrap();
+    let glob = sd.path().join("*.json").display().to_string();
+    let prom = Backend::prometheus(Some(&ds), &fleet_prometheus_config(&glob));
+    prom.wait_for("every sidecar up", Duration::from_secs(60), |p| {
+        let up = p.try_query(&format!(r#"sum by (site, env) (up{{job="{JOB}"}})"#))?;
+        match up.as_slice() {
+            [(l, v)] if *v == n as f64 && l["site"] == "fleet" && l["env"] == "test" => Ok(()),
+            _ => Err(format!("up: {up:?}")),
+        }
+    });
+
+    // The sessions, as in the fleet of three.
+    let mut short = Vec::new();
+    for g in &mut gateways {
+        let p = g.plan;
+        for (t, venue) in venues.iter().enumerate() {
+            let held = g.connect(p.held[t], *venue);
+            g.held.extend(held);
+            short.extend(g.connect(p.closed[t], *venue));
+        }
+        let noise = g.connect(p.noise, other.addr);
+        g.held.extend(noise);
+    }
+    for g in &gateways {
+        let want: f64 = (0..2).map(|t| g.plan.opened(t)).sum();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, body) = g.get("/health");
+            let h: serde_json::Value = serde_json::from_str(&body).unwrap();
+            if h["active_connections"].as_f64() == Some(want) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{}: {body}", g.plan.host);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    drop(short);
+
+    prom.wait_for(
+        "the fleet's numbers in Prometheus",
+        Duration::from_secs(60),
+        |p| check_fleet(p, &PROMETHEUS_VIEW, &gateways),
+    );
+    vm.wait_for(
+        "the fleet's numbers in VictoriaMetrics",
+        Duration::from_secs(60),
+        |v| {
+            v.force_flush();
+            check_fleet(v, &VICTORIA_METRICS_VIEW, &gateways)
+        },
+    );
+    // No series lost or doubled: the same series count per sidecar in both back ends.
+    let per_host = |b: &Backend, host: &str, sel: &str| {
+        keyed(
+            b.query(&format!(
+                "count by ({host}) ({{__name__=~\"fix_connections.*\", {sel}}})"
+            )),
+            &[host],
+        )
+    };
+    let scraped = per_host(&prom, "host", PROMETHEUS_VIEW.selector);
+    let pushed = per_host(&vm, "host_name", VICTORIA_METRICS_VIEW.selector);
+    assert_eq!(scraped.len(), n, "{scraped:?}");
+    assert_eq!(scraped, pushed, "series per host, scraped vs pushed");
+
+    let cost = fleet_cost(&prom, &vm, n, Duration::from_secs(20));
+    println!("{cost}");
+
+    for g in gateways {
+        let Gateway {
+            sidecar, held, ns, ..
+        } = g;
+        drop(sidecar);
+        drop(held);
+        drop(ns);
+    }
+    drop((prom, vm));
+    drop((venue_a, venue_b, other));
+    drop(ds);
+    println!(
+        "fleet_of_fifty_sidecars_adds_up_in_prometheus_and_victoria_metrics ({n}): {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+}
