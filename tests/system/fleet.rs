@@ -655,7 +655,7 @@ fn fleet_prometheus_config(targets_glob: &str) -> String {
     let Value::Sequence(jobs) = &mut cfg["scrape_configs"] else {
         panic!("examples/prometheus.yml: no scrape_configs");
     };
-    jobs.retain(|j| j["job_name"] == Value::from(JOB));
+    jobs.retain(|j| j["job_name"] == JOB);
     let job = &mut jobs[0];
     job["scrape_interval"] = Value::from("1s");
     job.as_mapping_mut().unwrap().remove("static_configs");
