@@ -113,6 +113,7 @@ fn script(venue: usize) -> VenueScript {
         refuse_logons: None,
         business_reject_every: None,
         gap: None,
+        clock_offset_ns: 0,
     };
     match venue {
         // Fast, and rejects an order now and then.

@@ -31,6 +31,9 @@ pub struct VenueScript {
     pub business_reject_every: Option<u64>,
     /// Leave `size` sequence numbers out after its `first`-th message, then every `every`.
     pub gap: Option<Gap>,
+    /// Its clock's offset from ours, nanoseconds (positive: ahead), in the SendingTime it
+    /// writes.
+    pub clock_offset_ns: i64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -187,7 +190,8 @@ impl Link {
         if let Some(l) = log {
             gw = gw.with_log(l);
         }
-        let venue = Peer::new(venue, "FIX.4.4", &script.comp_id, gw_comp_id);
+        let venue = Peer::new(venue, "FIX.4.4", &script.comp_id, gw_comp_id)
+            .with_clock_offset(script.clock_offset_ns);
         let mut rng = fastrand::Rng::new();
         let next_order = now + draw(&mut rng, order_pace);
         let mut link = Link {
@@ -639,6 +643,7 @@ mod tests {
                 every: 10,
                 size: 2,
             }),
+            clock_offset_ns: 0,
         }
     }
 
