@@ -822,6 +822,8 @@ pub enum Event {
         direction: Direction,
         /// SendingTime minus the time seen, nanoseconds.
         skew_ns: i64,
+        /// When the message was seen.
+        at: SystemTime,
         /// The TCP session it travelled on, when the source knows it (the wire).
         tcp: Option<TcpLink>,
     },
@@ -913,6 +915,7 @@ impl Tracker {
                 target: s.target.clone(),
                 direction: dir,
                 skew_ns,
+                at,
                 tcp: s.tcp,
             });
         }
@@ -1140,13 +1143,14 @@ mod tests {
             target,
             direction: In,
             skew_ns: 250_000_000,
+            at: seen,
             tcp: Some(l),
         }] = &ev[..]
         else {
             panic!("{ev:?}");
         };
         assert_eq!(session.label(), "GW->VENUE");
-        assert_eq!((target.as_deref(), *l), (Some("venue"), link));
+        assert_eq!((target.as_deref(), *l, *seen), (Some("venue"), link, at(0)));
         // 99 ms later: not sampled; 100 ms later: sampled.
         let m = inbound("20270115-08:00:00.349");
         assert!(t.observe(&m, In, at(99), &origin).is_empty());
