@@ -34,6 +34,12 @@ pub struct VenueScript {
     /// Its clock's offset from ours, nanoseconds (positive: ahead), in the SendingTime it
     /// writes.
     pub clock_offset_ns: i64,
+    /// Reject every n-th NewOrderSingle it receives (an ExecutionReport with ExecType 8 and
+    /// OrdRejReason 3, order exceeds limit) instead of acknowledging it.
+    pub order_reject_every: Option<u64>,
+    /// Fill every n-th NewOrderSingle it receives (not rejected): after its ack, an
+    /// ExecutionReport with ExecType F and OrdStatus 2.
+    pub fill_every: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -88,6 +94,11 @@ pub struct LinkTruth {
     pub test_requests_unanswered: u64,
     /// Sessions the venue reset (closed with an RST, [`Link::venue_resets`]).
     pub resets_by_venue: u64,
+    /// ExecutionReports received that reject an order (ExecType 8; all OrdRejReason 3).
+    pub order_rejects_in: u64,
+    /// ExecutionReports received that fill an order (ExecType F, OrdStatus 2), each the first
+    /// and only fill of a NewOrderSingle.
+    pub fills_in: u64,
 }
 
 impl LinkTruth {
@@ -114,6 +125,8 @@ impl LinkTruth {
         self.delay_sum += o.delay_sum;
         self.test_requests_unanswered += o.test_requests_unanswered;
         self.resets_by_venue += o.resets_by_venue;
+        self.order_rejects_in += o.order_rejects_in;
+        self.fills_in += o.fills_in;
         if o.last_logout_text.is_some() {
             self.last_logout_text.clone_from(&o.last_logout_text);
         }
@@ -159,6 +172,8 @@ pub struct Link {
     /// The venue's delay per ClOrdID, until the gateway reads the answer.
     delays: HashMap<String, Duration>,
     venue_orders: u64,
+    /// NewOrderSingles the venue received (the n of `order_reject_every` and `fill_every`).
+    venue_new_orders: u64,
     venue_sent: u64,
     next_gap_at: Option<u64>,
     truth: LinkTruth,
@@ -217,6 +232,7 @@ impl Link {
             due: Vec::new(),
             delays: HashMap::new(),
             venue_orders: 0,
+            venue_new_orders: 0,
             venue_sent: 0,
             truth: LinkTruth::default(),
             rng,
@@ -398,12 +414,41 @@ impl Link {
             !go
         });
         ready.sort();
-        for (_, id, mt) in ready {
+        for (due, id, mt) in ready {
+            // Flushed early (a logout): the venue waited less than its drawn delay, and the
+            // truth's lower bound on the round trip must say so.
+            if let Some(d) = self.delays.get_mut(&id) {
+                *d = d.saturating_sub(due.saturating_duration_since(Instant::now()));
+            }
             match mt.as_str() {
                 "F" => self.venue_send(
                     "9",
                     &[(11, &id), (41, "x"), (37, "NONE"), (39, "8"), (434, "1")],
                 )?,
+                "reject" => self.venue_send(
+                    "8",
+                    &[
+                        (11, &id),
+                        (37, "NONE"),
+                        (17, &format!("E{id}")),
+                        (150, "8"),
+                        (39, "8"),
+                        (103, "3"),
+                    ],
+                )?,
+                "fill" => {
+                    self.venue_ack(&id)?;
+                    self.venue_send(
+                        "8",
+                        &[
+                            (11, &id),
+                            (37, &id),
+                            (17, &format!("F{id}")),
+                            (150, "F"),
+                            (39, "2"),
+                        ],
+                    )?;
+                }
                 "G" => self.venue_send(
                     "8",
                     &[
@@ -414,16 +459,7 @@ impl Link {
                         (39, "5"),
                     ],
                 )?,
-                _ => self.venue_send(
-                    "8",
-                    &[
-                        (11, &id),
-                        (37, &id),
-                        (17, &format!("E{id}")),
-                        (150, "0"),
-                        (39, "0"),
-                    ],
-                )?,
+                _ => self.venue_ack(&id)?,
             }
         }
         if self.venue_logged_on
@@ -432,6 +468,30 @@ impl Link {
             self.venue_send("0", &[])?;
         }
         Ok(())
+    }
+
+    /// The venue acknowledges order `id` (ExecType 0, OrdStatus 0).
+    fn venue_ack(&mut self, id: &str) -> io::Result<()> {
+        let exec = format!("E{id}");
+        let fields = [(11, id), (37, id), (17, &exec), (150, "0"), (39, "0")];
+        self.venue_send("8", &fields)
+    }
+
+    /// What the venue does with an order of type `mt` (not business-rejected): `reject` or
+    /// `fill` for the n-th NewOrderSingle its script names, else its type (acknowledged).
+    fn venue_outcome(&mut self, mt: String) -> String {
+        if mt != "D" {
+            return mt;
+        }
+        self.venue_new_orders += 1;
+        let every = |n: Option<u64>| n.is_some_and(|n| self.venue_new_orders % n.max(1) == 0);
+        if every(self.script.order_reject_every) {
+            "reject".into()
+        } else if every(self.script.fill_every) {
+            "fill".into()
+        } else {
+            mt
+        }
     }
 
     fn venue_handle(&mut self, m: &Message, now: Instant) -> io::Result<()> {
@@ -485,7 +545,8 @@ impl Link {
                 } else {
                     let delay = draw(&mut self.rng, self.script.ack_delay);
                     self.delays.insert(id.clone(), delay);
-                    self.due.push((now + delay, id, mt));
+                    let outcome = self.venue_outcome(mt);
+                    self.due.push((now + delay, id, outcome));
                 }
             }
             _ => {}
@@ -535,6 +596,11 @@ impl Link {
                 }
             }
             b"8" | b"9" => {
+                match (mt, m.get(tag::EXEC_TYPE)) {
+                    (b"8", Some(b"8")) => self.truth.order_rejects_in += 1,
+                    (b"8", Some(b"F")) => self.truth.fills_in += 1,
+                    _ => {}
+                }
                 let id = m.get_str(tag::CL_ORD_ID).unwrap_or_default();
                 if self.in_flight.as_ref().is_some_and(|(i, _)| *i == id) {
                     let (id, sent) = self.in_flight.take().expect("checked");
@@ -644,6 +710,8 @@ mod tests {
                 size: 2,
             }),
             clock_offset_ns: 0,
+            order_reject_every: Some(3),
+            fill_every: Some(2),
         }
     }
 
@@ -660,9 +728,16 @@ mod tests {
             std::thread::sleep(ms(1));
         }
         assert!(l.logged_on());
-        let venue_orders = l.venue_orders;
+        // The venue reads every order sent and answers what it owes: its counts are final.
+        l.venue_step(Instant::now(), true).unwrap();
+        let (venue_orders, new_orders) = (l.venue_orders, l.venue_new_orders);
         let (t, r) = l.log_out(None, "end of day");
         r.unwrap();
+        // Of the venue's NewOrderSingles every third was rejected, every second of the rest
+        // filled; the gateway received each answer.
+        assert_eq!(t.order_rejects_in, new_orders / 3, "{t:?}");
+        assert_eq!(t.fills_in, new_orders / 2 - new_orders / 6, "{t:?}");
+        assert!(t.order_rejects_in > 0 && t.fills_in > 0, "{t:?}");
         assert_eq!(t.logons, 1);
         assert_eq!(t.logouts_us, 1);
         assert_eq!(t.last_logout_text.as_deref(), Some("end of day"));
