@@ -24,6 +24,14 @@
 //! so its sessions turn stale and recover. The FIX counts are checked against the simulator's at
 //! the end as well.
 //!
+//! Issue 21's analytics have venues to show them on: venue-c's clock is 250 ms ahead of ours
+//! (`fix_clock_skew_seconds{direction="in"}`; the summary prints the offset and the latest
+//! samples), venue-a rejects every sixth NewOrderSingle for its limit and fills every third of
+//! the others (`fix_order_rejects_total`, `fix_execution_reports_total`, fill latency), and has
+//! a `message_limit` that the gateway's outbound peaks approach (its utilization is shown, not
+//! checked: the simulator cannot know the kernel's timestamps, so its own 1 s peak may differ
+//! by a message at a window's edge); venue-b's sequence gaps are answered by gap fills.
+//!
 //! Each way a session ends has its cause (`crate::ends`), and the simulator counts its ends by
 //! the cause fix-monitor is to give them: the gateway's Logout `logout_by_us`, a venue's in a
 //! storm `logout_by_them`, a refusal `logon_refused`, and three scenarios. venue-b has a daily
