@@ -104,6 +104,40 @@ fn check_ends(out: &str, metrics: &Metrics, sim: &BTreeMap<String, (u64, u64)>, 
     );
 }
 
+/// Issue 21's order outcomes of venue `v` on `/metrics` against the simulator's `truth`: its
+/// rejects (all for the order's limit) and fills, each fill the first of a NewOrderSingle, so
+/// timed once.
+fn check_outcomes(v: &str, truth: &BTreeMap<String, u64>, metrics: &Metrics) {
+    let m = |name: &str, extra: &[(&str, &str)]| {
+        let mut labels = vec![("target", v)];
+        labels.extend_from_slice(extra);
+        metrics.sum(name, &labels) as u64
+    };
+    assert_eq!(
+        m(
+            "fix_order_rejects_total",
+            &[("reason", "order_exceeds_limit")]
+        ),
+        truth["order_rejects"],
+        "{v}"
+    );
+    assert_eq!(
+        m("fix_execution_reports_total", &[("exec_type", "rejected")]),
+        truth["order_rejects"],
+        "{v}"
+    );
+    assert_eq!(
+        m("fix_execution_reports_total", &[("exec_type", "fill")]),
+        truth["fills"],
+        "{v}"
+    );
+    assert_eq!(
+        m("fix_order_fill_latency_seconds_count", &[]),
+        truth["fills"],
+        "{v}"
+    );
+}
+
 /// The skewed venue's inbound samples against the simulator's offset θ: every one in the
 /// bucket holding θ (θ = +250 ms: (0.1, 0.3]), and the other venues' (their clocks are ours)
 /// none beyond +100 ms nor below -100 ms. A wire sample lies in [θ - 1 ms - one-way delay +
@@ -510,31 +544,7 @@ fn run_demo(extra: &[&str]) -> String {
             "{v}: one latency per answered order"
         );
         assert_eq!(m("fix_session_logged_on", &[]), 0, "{v}: all logged out");
-        // Issue 21's order outcomes: the venue's rejects (all for the order's limit) and fills,
-        // each fill the first of a NewOrderSingle, so timed once.
-        assert_eq!(
-            m(
-                "fix_order_rejects_total",
-                &[("reason", "order_exceeds_limit")]
-            ),
-            truth["order_rejects"],
-            "{v}"
-        );
-        assert_eq!(
-            m("fix_execution_reports_total", &[("exec_type", "rejected")]),
-            truth["order_rejects"],
-            "{v}"
-        );
-        assert_eq!(
-            m("fix_execution_reports_total", &[("exec_type", "fill")]),
-            truth["fills"],
-            "{v}"
-        );
-        assert_eq!(
-            m("fix_order_fill_latency_seconds_count", &[]),
-            truth["fills"],
-            "{v}"
-        );
+        check_outcomes(v, truth, &metrics);
         // Latency: between the venue's delays and the gateway's round trips (1 ms slack per
         // order for the clocks' reading).
         if let Some(lat) = out

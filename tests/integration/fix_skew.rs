@@ -123,9 +123,17 @@ fn venue_clock_offsets_read_from_engine_logs_land_in_their_buckets() {
             })
         })
     });
-    let m = sidecar.metrics();
+    check_metrics(&sidecar.metrics(), n, offset);
+    check_sessions(&sidecar.json("/sessions"), n_ahead, offset);
+    let (status, _) = sidecar.terminate();
+    assert!(status.success());
+}
+
+/// `/metrics`: `n` samples each way per target, inbound in the offset's bucket with a sum
+/// within its bound, outbound within (-1 ms, 0].
+fn check_metrics(m: &Metrics, n: f64, offset: f64) {
     for (target, sign) in [("ahead", 1.0), ("behind", -1.0)] {
-        let b = buckets(&m, target, "in");
+        let b = buckets(m, target, "in");
         let theta = sign * offset;
         // Every inbound sample in [θ - 51 ms, θ]: for +250 ms the bucket (0.1, 0.3], for
         // -250 ms the bucket (-0.3, -0.1].
@@ -145,19 +153,22 @@ fn venue_clock_offsets_read_from_engine_logs_land_in_their_buckets() {
             n * theta
         );
         // Outbound: our engine's SendingTime (ms) against its own log line: (-1 ms, 0].
-        let b = buckets(&m, target, "out");
+        let b = buckets(m, target, "out");
         assert_eq!(at_most(&b, -0.001), 0.0, "{target}: {b:?}");
         assert_eq!(at_most(&b, 0.0), n, "{target}: {b:?}");
     }
+}
 
-    let j = sidecar.json("/sessions");
+/// `/sessions`: `n` samples each way per session, none unusable, the latest inbound one within
+/// the offset's bound and uncorrected (a log sample), the latest outbound within (-1 ms, 0].
+fn check_sessions(j: &serde_json::Value, n: u64, offset: f64) {
     for (label, sign) in [("GW->AHEAD", 1.0), ("GW->BEHIND", -1.0)] {
         let s = (j["sessions"].as_array().unwrap().iter())
             .find(|s| s["session"] == label)
             .unwrap_or_else(|| panic!("{label}: {j}"));
         let k = &s["clock_skew"];
-        assert_eq!(k["samples"]["in"], n_ahead, "{k}");
-        assert_eq!(k["samples"]["out"], n_ahead, "{k}");
+        assert_eq!(k["samples"]["in"], n, "{k}");
+        assert_eq!(k["samples"]["out"], n, "{k}");
         assert_eq!(k["unusable_sending_times"]["in"], 0, "{k}");
         assert_eq!(k["not_recorded_without_rtt"], 0, "{k}");
         // A log sample is recorded as read: no RTT correction.
@@ -170,6 +181,4 @@ fn venue_clock_offsets_read_from_engine_logs_land_in_their_buckets() {
         let out = k["out"]["seconds"].as_f64().unwrap();
         assert!(out > -0.001 && out <= 0.0, "{label}: {out}");
     }
-    let (status, _) = sidecar.terminate();
-    assert!(status.success());
 }

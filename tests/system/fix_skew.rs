@@ -11,6 +11,7 @@
 //! in [θ - 1 ms - 20 ms - d + srtt/2, θ + srtt/2]: within the RTT bound of the offset. Every
 //! message is paced 300 ms from the last (one sample per 100 ms), so each is sampled.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -96,12 +97,6 @@ capture = true
     ahead.stop();
     behind.stop();
 
-    let session = |j: &serde_json::Value, label: &str| {
-        (j["sessions"].as_array().unwrap().iter())
-            .find(|s| s["session"] == label)
-            .cloned()
-            .unwrap_or(serde_json::Value::Null)
-    };
     sc.wait_for("every sample on /sessions", Duration::from_secs(10), |s| {
         let j = s.json("/sessions");
         ["GW->AHEAD", "GW->BEHIND"].iter().all(|l| {
@@ -109,10 +104,27 @@ capture = true
             k["in"] == n && k["out"] == n
         })
     });
-    let j = sc.json("/sessions");
-    let mut recorded = std::collections::BTreeMap::new();
+    let recorded = check_sessions(&sc.json("/sessions"), n, offset);
+    sc.wait_for("the histogram", Duration::from_secs(10), |s| {
+        let m = s.metrics();
+        recorded.iter().all(|(t, r)| {
+            m.get(
+                "fix_clock_skew_seconds_count",
+                &[("target", t), ("direction", "in")],
+            ) == Some(*r as f64)
+        })
+    });
+    check_histogram(&sc.metrics(), n, &recorded);
+    let (status, log) = sc.terminate();
+    assert!(status.success(), "exit {status:?}\n{log}");
+}
+
+/// `/sessions`: each session's latest samples within the RTT bound of its venue's offset, and
+/// the inbound samples recorded (all but those before the RTT was known) by target.
+fn check_sessions(j: &serde_json::Value, n: u64, offset: f64) -> BTreeMap<&'static str, u64> {
+    let mut recorded = BTreeMap::new();
     for (label, target, sign) in [("GW->AHEAD", "ahead", 1.0), ("GW->BEHIND", "behind", -1.0)] {
-        let s = session(&j, label);
+        let s = session(j, label);
         assert_eq!(s["timed_by"], "wire", "{s}");
         let k = &s["clock_skew"];
         let theta = sign * offset;
@@ -136,19 +148,23 @@ capture = true
         // Outbound: our SendingTime (ms, from the clock read before the write) against the
         // kernel's timestamp of the packet leaving: (-1 ms - scheduling, 0].
         let out = k["out"]["seconds"].as_f64().unwrap();
-        assert!(out <= 1e-9 && out >= -0.001 - SLACK, "{label}: out {out}");
+        assert!((-0.001 - SLACK..=1e-9).contains(&out), "{label}: out {out}");
         assert!(k["out"]["rtt_correction_seconds"].is_null(), "{k}");
     }
-    sc.wait_for("the histogram", Duration::from_secs(10), |s| {
-        let m = s.metrics();
-        recorded.iter().all(|(t, r)| {
-            m.get(
-                "fix_clock_skew_seconds_count",
-                &[("target", t), ("direction", "in")],
-            ) == Some(*r as f64)
-        })
-    });
-    let m = sc.metrics();
+    recorded
+}
+
+/// The session labelled `label` in a `/sessions` answer (null if absent).
+fn session(j: &serde_json::Value, label: &str) -> serde_json::Value {
+    (j["sessions"].as_array().unwrap().iter())
+        .find(|s| s["session"] == label)
+        .cloned()
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// `/metrics`: every recorded inbound sample in the bucket of its venue's offset, every
+/// outbound one counted.
+fn check_histogram(m: &crate::harness::Metrics, n: u64, recorded: &BTreeMap<&str, u64>) {
     for (target, sign) in [("ahead", 1.0), ("behind", -1.0)] {
         let b = m.by(
             "fix_clock_skew_seconds_bucket",
@@ -170,6 +186,4 @@ capture = true
         );
         assert_eq!(out, Some(n as f64), "{target}");
     }
-    let (status, log) = sc.terminate();
-    assert!(status.success(), "exit {status:?}\n{log}");
 }
