@@ -26,8 +26,8 @@
 //!
 //! Issue 21's analytics have venues to show them on: venue-c's clock is 250 ms ahead of ours
 //! (`fix_clock_skew_seconds{direction="in"}`; the summary prints the offset and the latest
-//! samples), venue-a rejects every sixth NewOrderSingle for its limit and fills every third of
-//! the others (`fix_order_rejects_total`, `fix_execution_reports_total`, fill latency), and has
+//! samples), venue-a rejects every third NewOrderSingle of a session for its limit and fills
+//! every second of the others (`fix_order_rejects_total`, `fix_execution_reports_total`, fill latency), and has
 //! a `message_limit` that the gateway's outbound peaks approach (its utilization is shown, not
 //! checked: the simulator cannot know the kernel's timestamps, so its own 1 s peak may differ
 //! by a message at a window's edge); venue-b's sequence gaps are answered by gap fills.
@@ -120,8 +120,8 @@ pub const CLOCK_OFFSET_NS: i64 = 250_000_000;
 /// order exceeds limit), every m-th of the others filled; and whose `message_limit` the
 /// gateway's outbound peaks approach.
 pub const OUTCOMES_VENUE: usize = 0;
-pub const ORDER_REJECT_EVERY: u64 = 6;
-pub const FILL_EVERY: u64 = 3;
+pub const ORDER_REJECT_EVERY: u64 = 3;
+pub const FILL_EVERY: u64 = 2;
 pub const MESSAGE_LIMIT: &str = "{ count = 5, per = \"1s\" }";
 
 /// How each venue speaks FIX (by the index in [`VENUES`]).
@@ -140,7 +140,7 @@ fn script(venue: usize) -> VenueScript {
     };
     match venue {
         // Fast, rejects an order now and then (a BusinessMessageReject, at random, and every
-        // sixth NewOrderSingle for its limit), and fills every third of the others.
+        // third NewOrderSingle of a session for its limit), and fills every second of the others.
         0 => {
             s.business_reject_every = Some(9);
             s.order_reject_every = Some(ORDER_REJECT_EVERY);
@@ -589,8 +589,9 @@ fn header(
                 humantime::format_duration(SILENCE)
             ),
             format!(
-                "{} rejects every {ORDER_REJECT_EVERY}th order, fills every {FILL_EVERY}th of \
-                 the rest (message_limit {MESSAGE_LIMIT}); {}'s clock is {:+} ms off ours",
+                "{} rejects one NewOrderSingle in {ORDER_REJECT_EVERY} per session, fills one \
+                 in {FILL_EVERY} of the rest (message_limit {MESSAGE_LIMIT}); {}'s clock is \
+                 {:+} ms off ours",
                 VENUES[OUTCOMES_VENUE].0,
                 VENUES[SKEWED_VENUE].0,
                 CLOCK_OFFSET_NS / 1_000_000
