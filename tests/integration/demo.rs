@@ -104,9 +104,9 @@ fn check_ends(out: &str, metrics: &Metrics, sim: &BTreeMap<String, (u64, u64)>, 
     );
 }
 
-/// Issue 21's order outcomes of venue `v` on `/metrics` against the simulator's `truth`: its
-/// rejects (all for the order's limit) and fills, each fill the first of a NewOrderSingle, so
-/// timed once.
+/// Issue 21's order outcomes and sequence events of venue `v` on `/metrics` against the
+/// simulator's `truth`: its rejects (all for the order's limit) and fills, each fill the first
+/// of a NewOrderSingle, so timed once; its gap fills.
 fn check_outcomes(v: &str, truth: &BTreeMap<String, u64>, metrics: &Metrics) {
     let m = |name: &str, extra: &[(&str, &str)]| {
         let mut labels = vec![("target", v)];
@@ -136,6 +136,18 @@ fn check_outcomes(v: &str, truth: &BTreeMap<String, u64>, metrics: &Metrics) {
         truth["fills"],
         "{v}"
     );
+    // Sequence events: the venue answers each of the gateway's ResendRequests with one
+    // SequenceReset-GapFill carrying PossDupFlag, and sends no other PossDup.
+    for kind in ["gap_fill", "poss_dup"] {
+        assert_eq!(
+            m(
+                "fix_session_sequence_events_total",
+                &[("direction", "in"), ("kind", kind)]
+            ),
+            truth["resend_requests"],
+            "{v}: {kind}"
+        );
+    }
 }
 
 /// The skewed venue's inbound samples against the simulator's offset θ: every one in the
