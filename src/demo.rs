@@ -960,6 +960,7 @@ impl Summary<'_> {
         });
         out.extend(self.scenario_lines(fix));
         out.extend(clock_skew_lines(fix));
+        out.push(throttle_line(fix));
         out.extend(self.ends.lines.iter().cloned());
         out
     }
@@ -1054,6 +1055,23 @@ fn clock_skew_lines(fix: &FixState) -> Vec<String> {
         latest.join(" ")
     ));
     out
+}
+
+/// The highest throttle utilization of the outcomes venue's sessions at the end (their
+/// outbound peak over the last minute in its `message_limit` window, over its count).
+fn throttle_line(fix: &FixState) -> String {
+    let venue = VENUES[OUTCOMES_VENUE].0;
+    let peak = (fix.sessions.iter())
+        .filter(|s| s.target.as_deref() == Some(venue))
+        .filter_map(|s| s.bursts.throttle_utilization)
+        .fold(None, |m: Option<f64>, u| Some(m.map_or(u, |m| m.max(u))));
+    match peak {
+        Some(u) => format!(
+            "fix-monitor throttle: {venue} utilization={u:.2} of message_limit {MESSAGE_LIMIT} \
+             (its highest session, last minute)"
+        ),
+        None => format!("fix-monitor throttle: {venue} no session seen"),
+    }
 }
 
 /// The demo's log directory, removed when dropped.
