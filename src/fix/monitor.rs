@@ -369,8 +369,8 @@ pub const FILL_BUCKETS: &[f64] = &[
 /// Clock-skew buckets, seconds, signed (their clock ahead of ours: positive): 10 µs to 10 s
 /// each side of zero in steps of about half a decade (1, 3, 10...). The finest, ±10 µs and
 /// ±30 µs, are below what a millisecond SendingTime can resolve but not below a microsecond
-/// one; ±100 µs is MiFID II RTS 25's bound for trading firms, ±1 ms its bound for venues and
-/// for voice trading; beyond ±10 s a clock is simply wrong.
+/// one; ±100 µs is MiFID II RTS 25's bound for high-frequency trading's clocks, ±1 ms for other
+/// algorithmic trading's; beyond ±10 s a clock is simply wrong.
 pub const SKEW_BUCKETS: &[f64] = &[
     -10.0, -3.0, -1.0, -0.3, -0.1, -0.03, -0.01, -0.003, -0.001, -0.0003, -0.0001, -0.00003,
     -0.00001, 0.0, 0.00001, 0.00003, 0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0,
