@@ -324,6 +324,9 @@ pub struct FixTally {
     /// ExecutionReports that rejected an order (ExecType 8), and that filled one.
     pub order_rejects_in: u64,
     pub fills_in: u64,
+    /// SequenceReset-GapFills and PossDup messages received (sequence events).
+    pub gap_fills_in: u64,
+    pub poss_dups_in: u64,
     pub last_logout_text: Option<String>,
 }
 
@@ -357,6 +360,8 @@ impl FixTally {
             orders_rejected: t.orders_rejected,
             order_rejects_in: t.order_rejects_in,
             fills_in: t.fills_in,
+            gap_fills_in: t.gap_fills_in,
+            poss_dups_in: t.poss_dups_in,
             last_logout_text: None,
         }
     }
@@ -387,6 +392,10 @@ impl FixTally {
             t.orders_rejected += s.orders_rejected;
             t.order_rejects_in += s.outcomes.order_rejects.values().sum::<u64>();
             t.fills_in += s.outcomes.exec_reports.get("fill").copied().unwrap_or(0);
+            let inbound = s.sequence.events.get("in");
+            let kind = |k| inbound.and_then(|e| e.get(k)).copied().unwrap_or(0);
+            t.gap_fills_in += kind("gap_fill");
+            t.poss_dups_in += kind("poss_dup");
         }
         t
     }
@@ -396,7 +405,7 @@ impl FixTally {
         format!(
             "{name} logons={} logouts_us={} logouts_them={} sent={} received={} gaps={} \
              gap_messages={} resend_requests={} test_requests={} rejects={} answered={} \
-             rejected={} order_rejects={} fills={}",
+             rejected={} order_rejects={} fills={} gap_fills={} poss_dups={}",
             self.logons,
             self.logouts_us,
             self.logouts_them,
@@ -411,6 +420,8 @@ impl FixTally {
             self.orders_rejected,
             self.order_rejects_in,
             self.fills_in,
+            self.gap_fills_in,
+            self.poss_dups_in,
         )
     }
 }

@@ -99,6 +99,11 @@ pub struct LinkTruth {
     /// ExecutionReports received that fill an order (ExecType F, OrdStatus 2), each the first
     /// and only fill of a NewOrderSingle.
     pub fills_in: u64,
+    /// SequenceReset-GapFills received (the venue's answers to ResendRequests: one asked just
+    /// before the venue's Logout goes unanswered), and messages received with PossDupFlag.
+    pub gap_fills_in: u64,
+    /// See [`gap_fills_in`](Self::gap_fills_in).
+    pub poss_dups_in: u64,
 }
 
 impl LinkTruth {
@@ -127,6 +132,8 @@ impl LinkTruth {
         self.resets_by_venue += o.resets_by_venue;
         self.order_rejects_in += o.order_rejects_in;
         self.fills_in += o.fills_in;
+        self.gap_fills_in += o.gap_fills_in;
+        self.poss_dups_in += o.poss_dups_in;
         if o.last_logout_text.is_some() {
             self.last_logout_text.clone_from(&o.last_logout_text);
         }
@@ -559,6 +566,12 @@ impl Link {
         self.last_gw_recv = now;
         let mt = m.msg_type();
         let seq = m.get_u64(tag::MSG_SEQ_NUM).unwrap_or(0);
+        if mt == b"4" && m.get_flag(tag::GAP_FILL_FLAG) {
+            self.truth.gap_fills_in += 1;
+        }
+        if m.get_flag(tag::POSS_DUP_FLAG) {
+            self.truth.poss_dups_in += 1;
+        }
         if mt == b"4" {
             if let Some(new) = m.get_u64(tag::NEW_SEQ_NO) {
                 self.expect_in = self.expect_in.max(new);
@@ -748,6 +761,7 @@ mod tests {
         assert!(t.gaps_in > 0 && t.gap_messages_in == 2 * t.gaps_in, "{t:?}");
         assert_eq!(t.resend_requests_out, t.gaps_in);
         assert_eq!(t.received.get("SequenceReset"), Some(&t.gaps_in));
+        assert_eq!((t.gap_fills_in, t.poss_dups_in), (t.gaps_in, t.gaps_in));
         assert!(t.delay_sum >= ms(t.orders_answered) && t.round_trip_sum >= t.delay_sum);
     }
 
