@@ -156,6 +156,17 @@ BEGIN {
         }
         for (i = 0; i <= n; i++) emit("fix_order_fill_latency_seconds_count", L, i * 3, start + i * step)
         for (i = 0; i <= n; i++) emit("fix_order_fill_latency_seconds_sum", L, i * 1.5, start + i * step)
+        # clock skew, signed buckets, both directions: 10 samples a step around +250 ms (in)
+        # and just below 0 (out)
+        nkb = split("-1 -0.1 -0.001 0 0.001 0.1 0.3 1 +Inf", kles, " ")
+        for (b = 1; b <= nkb; b++) {
+            LB = L sprintf(",direction=\"in\",le=\"%s\"", kles[b])
+            for (i = 0; i <= n; i++) emit("fix_clock_skew_seconds_bucket", LB, (b >= 7) ? i * 10 : 0, start + i * step)
+            LB = L sprintf(",direction=\"out\",le=\"%s\"", kles[b])
+            for (i = 0; i <= n; i++) emit("fix_clock_skew_seconds_bucket", LB, (b >= 3) ? i * 10 : 0, start + i * step)
+        }
+        for (i = 0; i <= n; i++) emit("fix_clock_skew_seconds_count", L ",direction=\"in\"", i * 10, start + i * step)
+        for (i = 0; i <= n; i++) emit("fix_clock_skew_seconds_count", L ",direction=\"out\"", i * 10, start + i * step)
         # one close per minute; lifetimes spread over the buckets
         for (b = 1; b <= nb; b++) {
             LB = L sprintf(",le=\"%s\"", les[b])

@@ -60,7 +60,7 @@ struct ActiveLinks {
 }
 
 impl crate::fix::monitor::LiveSessions for ActiveLinks {
-    fn changed(&mut self) -> Option<std::collections::HashSet<crate::fix::tracker::TcpLink>> {
+    fn changed(&mut self) -> Option<crate::fix::monitor::LiveLinks> {
         let st = self.state.get();
         if self.generation == Some(st.generation) {
             return None;
@@ -71,9 +71,13 @@ impl crate::fix::monitor::LiveSessions for ActiveLinks {
         Some(
             st.active
                 .iter()
-                .map(|s| crate::fix::tracker::TcpLink {
-                    local: plain(s.local),
-                    remote: plain(s.remote),
+                .map(|s| {
+                    let link = crate::fix::tracker::TcpLink {
+                        local: plain(s.local),
+                        remote: plain(s.remote),
+                    };
+                    // The smoothed RTT of the last poll's tcp_info (netlink), if it had one.
+                    (link, s.health.as_ref().and_then(|(h, _)| h.rtt()))
                 })
                 .collect(),
         )

@@ -24,6 +24,14 @@
 //! so its sessions turn stale and recover. The FIX counts are checked against the simulator's at
 //! the end as well.
 //!
+//! Issue 21's analytics have venues to show them on: venue-c's clock is 250 ms ahead of ours
+//! (`fix_clock_skew_seconds{direction="in"}`; the summary prints the offset and the latest
+//! samples), venue-a rejects every third NewOrderSingle of a session for its limit and fills
+//! every second of the others (`fix_order_rejects_total`, `fix_execution_reports_total`, fill latency), and has
+//! a `message_limit` that the gateway's outbound peaks approach (its utilization is shown, not
+//! checked: the simulator cannot know the kernel's timestamps, so its own 1 s peak may differ
+//! by a message at a window's edge); venue-b's sequence gaps are answered by gap fills.
+//!
 //! Each way a session ends has its cause (`crate::ends`), and the simulator counts its ends by
 //! the cause fix-monitor is to give them: the gateway's Logout `logout_by_us`, a venue's in a
 //! storm `logout_by_them`, a refusal `logon_refused`, and three scenarios. venue-b has a daily
@@ -103,6 +111,19 @@ pub const RESET_AFTER: Duration = Duration::from_secs(2);
 pub const LOCKOUT_ATTEMPTS: u32 = 4;
 pub const LOCKOUT_WITHIN: Duration = Duration::from_secs(60);
 
+/// The venue whose clock is off ours, and by how much (nanoseconds, positive: ahead), in the
+/// SendingTime it writes: `fix_clock_skew_seconds{direction="in"}` shows it.
+pub const SKEWED_VENUE: usize = 2;
+pub const CLOCK_OFFSET_NS: i64 = 250_000_000;
+
+/// The venue whose orders have outcomes: every n-th NewOrderSingle rejected (OrdRejReason 3,
+/// order exceeds limit), every m-th of the others filled; and whose `message_limit` the
+/// gateway's outbound peaks approach.
+pub const OUTCOMES_VENUE: usize = 0;
+pub const ORDER_REJECT_EVERY: u64 = 3;
+pub const FILL_EVERY: u64 = 2;
+pub const MESSAGE_LIMIT: &str = "{ count = 5, per = \"1s\" }";
+
 /// How each venue speaks FIX (by the index in [`VENUES`]).
 fn script(venue: usize) -> VenueScript {
     let ms = Duration::from_millis;
@@ -113,10 +134,18 @@ fn script(venue: usize) -> VenueScript {
         refuse_logons: None,
         business_reject_every: None,
         gap: None,
+        clock_offset_ns: 0,
+        order_reject_every: None,
+        fill_every: None,
     };
     match venue {
-        // Fast, and rejects an order now and then.
-        0 => s.business_reject_every = Some(9),
+        // Fast, rejects an order now and then (a BusinessMessageReject, at random, and every
+        // third NewOrderSingle of a session for its limit), and fills every second of the others.
+        0 => {
+            s.business_reject_every = Some(9);
+            s.order_reject_every = Some(ORDER_REJECT_EVERY);
+            s.fill_every = Some(FILL_EVERY);
+        }
         // Slower, and leaves sequence gaps.
         1 => {
             s.ack_delay = (ms(10), ms(40));
@@ -126,8 +155,11 @@ fn script(venue: usize) -> VenueScript {
                 size: 3,
             });
         }
-        // Slow (and the one that goes silent).
-        2 => s.ack_delay = (ms(40), ms(150)),
+        // Slow (and the one that goes silent), and its clock is 250 ms ahead.
+        2 => {
+            s.ack_delay = (ms(40), ms(150));
+            s.clock_offset_ns = CLOCK_OFFSET_NS;
+        }
         // Refuses every Logon.
         _ => s.refuse_logons = Some(format!("{name}: logon refused, unknown CompID")),
     }
@@ -289,6 +321,12 @@ pub struct FixTally {
     pub business_rejects_in: u64,
     pub orders_answered: u64,
     pub orders_rejected: u64,
+    /// ExecutionReports that rejected an order (ExecType 8), and that filled one.
+    pub order_rejects_in: u64,
+    pub fills_in: u64,
+    /// SequenceReset-GapFills and PossDup messages received (sequence events).
+    pub gap_fills_in: u64,
+    pub poss_dups_in: u64,
     pub last_logout_text: Option<String>,
 }
 
@@ -320,6 +358,10 @@ impl FixTally {
             business_rejects_in: t.business_rejects_in,
             orders_answered: t.orders_answered,
             orders_rejected: t.orders_rejected,
+            order_rejects_in: t.order_rejects_in,
+            fills_in: t.fills_in,
+            gap_fills_in: t.gap_fills_in,
+            poss_dups_in: t.poss_dups_in,
             last_logout_text: None,
         }
     }
@@ -348,6 +390,12 @@ impl FixTally {
             t.business_rejects_in += s.inbound.business_rejects;
             t.orders_answered += s.orders_answered;
             t.orders_rejected += s.orders_rejected;
+            t.order_rejects_in += s.outcomes.order_rejects.values().sum::<u64>();
+            t.fills_in += s.outcomes.exec_reports.get("fill").copied().unwrap_or(0);
+            let inbound = s.sequence.events.get("in");
+            let kind = |k| inbound.and_then(|e| e.get(k)).copied().unwrap_or(0);
+            t.gap_fills_in += kind("gap_fill");
+            t.poss_dups_in += kind("poss_dup");
         }
         t
     }
@@ -357,7 +405,7 @@ impl FixTally {
         format!(
             "{name} logons={} logouts_us={} logouts_them={} sent={} received={} gaps={} \
              gap_messages={} resend_requests={} test_requests={} rejects={} answered={} \
-             rejected={}",
+             rejected={} order_rejects={} fills={} gap_fills={} poss_dups={}",
             self.logons,
             self.logouts_us,
             self.logouts_them,
@@ -370,6 +418,10 @@ impl FixTally {
             self.business_rejects_in,
             self.orders_answered,
             self.orders_rejected,
+            self.order_rejects_in,
+            self.fills_in,
+            self.gap_fills_in,
+            self.poss_dups_in,
         )
     }
 }
@@ -546,6 +598,14 @@ fn header(
                 LOCKOUT_ATTEMPTS - 1,
                 VENUES[SILENT_VENUE].0,
                 humantime::format_duration(SILENCE)
+            ),
+            format!(
+                "{} rejects one NewOrderSingle in {ORDER_REJECT_EVERY} per session, fills one \
+                 in {FILL_EVERY} of the rest (message_limit {MESSAGE_LIMIT}); {}'s clock is \
+                 {:+} ms off ours",
+                VENUES[OUTCOMES_VENUE].0,
+                VENUES[SKEWED_VENUE].0,
+                CLOCK_OFFSET_NS / 1_000_000
             ),
             format!(
                 "{}'s day ends at {} UTC (schedule_grace {}): \"End of day\", then closed; \
@@ -910,6 +970,8 @@ impl Summary<'_> {
             "fix-monitor's FIX counts differ from the simulator's".into()
         });
         out.extend(self.scenario_lines(fix));
+        out.extend(clock_skew_lines(fix));
+        out.push(throttle_line(fix));
         out.extend(self.ends.lines.iter().cloned());
         out
     }
@@ -979,6 +1041,47 @@ impl Summary<'_> {
             ));
         }
         out
+    }
+}
+
+/// The skewed venue's clock offset as the simulator set it, and the latest skew fix-monitor
+/// sampled on each of its sessions (inbound: what `fix_clock_skew_seconds` recorded, `-` when
+/// not recorded for want of an RTT; the latest outbound sample of any venue).
+fn clock_skew_lines(fix: &FixState) -> Vec<String> {
+    let venue = VENUES[SKEWED_VENUE].0;
+    let mut out = vec![format!(
+        "simulated clock offset: {venue} {:+.6}",
+        CLOCK_OFFSET_NS as f64 / 1e9
+    )];
+    let sessions = (fix.sessions.iter()).filter(|s| s.target.as_deref() == Some(venue));
+    let (mut samples, mut latest) = (0, Vec::new());
+    for s in sessions {
+        samples += s.clock_skew.samples.get("in").copied().unwrap_or(0);
+        if let Some(k) = &s.clock_skew.inbound {
+            latest.push(k.seconds.map_or("-".into(), |v| format!("{v:+.6}")));
+        }
+    }
+    out.push(format!(
+        "fix-monitor clock skew: {venue} in samples={samples} latest per session: {}",
+        latest.join(" ")
+    ));
+    out
+}
+
+/// The highest throttle utilization of the outcomes venue's sessions at the end (their
+/// outbound peak over the last minute in its `message_limit` window, over its count).
+fn throttle_line(fix: &FixState) -> String {
+    let venue = VENUES[OUTCOMES_VENUE].0;
+    let peak = (fix.sessions.iter())
+        .filter(|s| s.target.as_deref() == Some(venue))
+        .filter_map(|s| s.bursts.throttle_utilization)
+        .fold(None, |m: Option<f64>, u| Some(m.map_or(u, |m| m.max(u))));
+    match peak {
+        Some(u) => format!(
+            "fix-monitor throttle: {venue} utilization={u:.2} of message_limit {MESSAGE_LIMIT} \
+             (its highest session, last minute)"
+        ),
+        None => format!("fix-monitor throttle: {venue} no session seen"),
     }
 }
 
@@ -1120,6 +1223,9 @@ fn settings(
         }
         if i == SCHEDULED_VENUE {
             toml.push_str("schedule = \"demo-day\"\n");
+        }
+        if i == OUTCOMES_VENUE {
+            toml.push_str(&format!("message_limit = {MESSAGE_LIMIT}\n"));
         }
         toml.push('\n');
         ours.extend((1..=v.sessions).map(|k| format!("\"{}\"", gw_comp_id(i, k))));

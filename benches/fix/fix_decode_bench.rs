@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use fix_monitor::fix::codec::{write, SOH};
 use fix_monitor::fix::logs::LogFollower;
 use fix_monitor::fix::reassembly::Limits as StreamLimits;
-use fix_monitor::fix::tracker::{Limits, Origin, Tracker};
+use fix_monitor::fix::tracker::{Event, Limits, Origin, Tracker};
 use fix_monitor::fix::wire::Wire;
 use fix_monitor::target::{Target, Targets};
 
@@ -140,8 +140,15 @@ fn decode(n: u64) {
     let at = SystemTime::now();
     let t = Instant::now();
     let mut answered = 0usize;
+    // Order round trips only: a clock-skew sample is an event too (here one each way, as
+    // every packet has one time).
+    let is_answer = |e: &Event| matches!(e, Event::OrderAnswered { .. });
     for p in &packets {
-        answered += wire.packet(p, at, &mut tracker).len();
+        answered += wire
+            .packet(p, at, &mut tracker)
+            .iter()
+            .filter(|e| is_answer(e))
+            .count();
     }
     let wire_secs = t.elapsed().as_secs_f64();
     let wire_msgs = wire.stats.messages;
@@ -172,9 +179,11 @@ fn decode(n: u64) {
     while read < n && Instant::now() < deadline {
         for r in follower.poll(SystemTime::now()) {
             read += 1;
-            answered += tracker
+            answered += (tracker
                 .observe(&r.msg, r.dir, r.at, &Origin::default())
-                .len();
+                .iter())
+            .filter(|e| is_answer(e))
+            .count();
         }
     }
     let log_secs = t.elapsed().as_secs_f64();

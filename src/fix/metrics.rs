@@ -48,6 +48,7 @@ pub mod names {
     pub const PEAK_MESSAGES: &str = "fix_session_peak_messages";
     pub const THROTTLE_UTILIZATION: &str = "fix_session_throttle_utilization_ratio";
     pub const THROTTLE_REJECTS: &str = "fix_session_throttle_rejects";
+    pub const CLOCK_SKEW: &str = "fix_clock_skew";
 
     /// Every name above (the docs' metric tables are checked against it).
     pub const ALL: &[&str] = &[
@@ -83,6 +84,7 @@ pub mod names {
         PEAK_MESSAGES,
         THROTTLE_UTILIZATION,
         THROTTLE_REJECTS,
+        CLOCK_SKEW,
     ];
 }
 

@@ -22,7 +22,7 @@ pub mod filter;
 // The protocol layer is its own crate (`fix-monitor-protocol`); its modules keep their
 // `fix_monitor::fix::...` paths.
 pub use fix_monitor_protocol::{
-    bursts, codec, forensics, logs, pair, reassembly, sim, tracker, tunnel, wire,
+    bursts, codec, forensics, logs, pair, reassembly, sim, skew, tracker, tunnel, wire,
 };
 
 #[cfg(test)]

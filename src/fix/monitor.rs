@@ -91,6 +91,8 @@ pub struct FixSessionJson {
     pub bursts: BurstsJson,
     /// What our orders came to: ExecutionReports by ExecType, rejects by reason.
     pub outcomes: Outcomes,
+    /// Clock skew each way: the latest sample and how many were taken.
+    pub clock_skew: ClockSkewJson,
     /// Its last TCP session's end and why (`crate::ends`), filled by `/sessions` from the TCP
     /// layer's state.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -142,6 +144,56 @@ impl BurstsJson {
             throttle_rejects: s.throttle_rejects,
         }
     }
+}
+
+/// A session's clock skew ([`super::skew`]), as `/sessions` reports it. The latest samples are
+/// filled in by the FIX thread, which knows the links' RTT.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ClockSkewJson {
+    /// The latest inbound sample: their SendingTime against our receive time.
+    #[serde(rename = "in")]
+    pub inbound: Option<SkewJson>,
+    /// The latest outbound sample: our engine's SendingTime against our kernel's send time.
+    #[serde(rename = "out")]
+    pub outbound: Option<SkewJson>,
+    /// Samples taken each way (at most one per 100 ms), by direction.
+    pub samples: BTreeMap<&'static str, u64>,
+    /// Sampled messages whose SendingTime was missing or malformed, by direction.
+    pub unusable_sending_times: BTreeMap<&'static str, u64>,
+    /// Inbound wire samples left out of `fix_clock_skew_seconds` because the TCP layer knew no
+    /// smoothed RTT for their link (yet: it lists a new session at its next poll).
+    pub not_recorded_without_rtt: u64,
+}
+
+impl ClockSkewJson {
+    fn of(s: &Session) -> ClockSkewJson {
+        let by_dir = |f: fn(&super::skew::SkewSampler) -> u64| {
+            [Direction::In, Direction::Out]
+                .into_iter()
+                .map(|d| (d.as_str(), f(&s.skew[usize::from(d == Direction::Out)])))
+                .collect()
+        };
+        ClockSkewJson {
+            samples: by_dir(|k| k.samples),
+            unusable_sending_times: by_dir(|k| k.unusable),
+            ..ClockSkewJson::default()
+        }
+    }
+}
+
+/// One clock-skew sample.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SkewJson {
+    /// What `fix_clock_skew_seconds` recorded: `raw_seconds` plus the RTT correction; `None`
+    /// when it was not recorded (an inbound wire sample with no RTT known).
+    pub seconds: Option<f64>,
+    /// SendingTime minus the time the message was seen (kernel or log timestamp).
+    pub raw_seconds: f64,
+    /// Half the link's smoothed RTT, added to an inbound wire sample; `None` for log samples,
+    /// outbound ones, and inbound wire samples with no RTT known.
+    pub rtt_correction_seconds: Option<f64>,
+    /// When the message was seen (RFC 3339, UTC).
+    pub at: String,
 }
 
 /// One sequence event.
@@ -248,10 +300,15 @@ pub struct SelfStats {
     pub orders_over_cap: u64,
 }
 
-/// The TCP layer's sessions, as the wire's table needs them ([`Wire::reconcile`]).
+/// The links the TCP layer lists ESTABLISHED, each with its smoothed RTT when the health
+/// source measured one (netlink's `tcp_info`, at the last poll).
+pub type LiveLinks = HashMap<TcpLink, Option<Duration>>;
+
+/// The TCP layer's sessions, as the wire's table needs them ([`Wire::reconcile`]) and as the
+/// clock-skew correction needs their RTT.
 pub trait LiveSessions: Send + 'static {
     /// The links the TCP layer lists ESTABLISHED now, when they changed since the last call.
-    fn changed(&mut self) -> Option<HashSet<TcpLink>>;
+    fn changed(&mut self) -> Option<LiveLinks>;
     /// A link ended: the FIX layer's account of it, for the end's cause (`crate::ends`).
     fn ended(&mut self, end: LinkEnd);
     /// The sessions the TCP layer saw end since the last call, and when each ended.
@@ -311,6 +368,17 @@ pub struct FixMonitor {
 pub const FILL_BUCKETS: &[f64] = &[
     0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
     3600.0,
+];
+
+/// Clock-skew buckets, seconds, signed (their clock ahead of ours: positive): 10 µs to 10 s
+/// each side of zero in steps of about half a decade (1, 3, 10...). The finest, ±10 µs and
+/// ±30 µs, are below what a millisecond SendingTime can resolve but not below a microsecond
+/// one; ±100 µs is MiFID II RTS 25's bound for high-frequency trading's clocks, ±1 ms for other
+/// algorithmic trading's; beyond ±10 s a clock is simply wrong.
+pub const SKEW_BUCKETS: &[f64] = &[
+    -10.0, -3.0, -1.0, -0.3, -0.1, -0.03, -0.01, -0.003, -0.001, -0.0003, -0.0001, -0.00003,
+    -0.00001, 0.0, 0.00001, 0.00003, 0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0,
+    10.0,
 ];
 
 /// Order latency buckets, seconds: 10 µs to 10 s.
@@ -399,6 +467,7 @@ pub fn sessions_json(
                 sequence: SequenceJson::of(&s.sequence),
                 bursts: BurstsJson::of(s, limit, now),
                 outcomes: s.outcomes.clone(),
+                clock_skew: ClockSkewJson::of(s),
                 last_end: None,
                 tunnel: None,
             }
@@ -442,6 +511,17 @@ impl FixMonitor {
                  (partially or fully; a replace keeps the order's time), per target",
             )
             .with_boundaries(FILL_BUCKETS.to_vec())
+            .build();
+        let skew = meter
+            .f64_histogram(super::metrics::names::CLOCK_SKEW)
+            .with_unit("s")
+            .with_description(
+                "Clock skew per target, sampled at most every 100 ms per session and direction: \
+                 in, the venue's SendingTime minus our receive time (kernel timestamp plus half \
+                 the link's smoothed RTT; the engine log's timestamp, uncorrected, for logs); \
+                 out, our engine's SendingTime minus our kernel's send time (log time for logs)",
+            )
+            .with_boundaries(SKEW_BUCKETS.to_vec())
             .build();
         let mut capture_error = None;
         let tunnels = super::tunnels::tunnels(&settings.target_tls_tunnel);
@@ -487,6 +567,9 @@ impl FixMonitor {
                 .then(|| LogFollower::new(settings.log_paths(), settings.our_comp_ids.clone())),
             latency,
             fill_latency,
+            skew,
+            latest_skew: HashMap::new(),
+            srtt: HashMap::new(),
             capture_error,
             tx,
             tcp,
@@ -542,6 +625,13 @@ struct Worker {
     follower: Option<LogFollower>,
     latency: Histogram<f64>,
     fill_latency: Histogram<f64>,
+    /// `fix_clock_skew_seconds`, recorded as samples come.
+    skew: Histogram<f64>,
+    /// Each session's latest skew samples and what was left out (by its label; bounded by the
+    /// tracker's sessions).
+    latest_skew: HashMap<String, ClockSkewJson>,
+    /// The smoothed RTT of each live link the TCP layer measured one for, as last read.
+    srtt: HashMap<TcpLink, Duration>,
     capture_error: Option<String>,
     tx: watch::Sender<Arc<FixState>>,
     tcp: Option<TcpView>,
@@ -603,7 +693,10 @@ impl Worker {
                 }
                 if let Some(tcp) = &mut self.tcp {
                     if let Some(live) = tcp.sessions.changed() {
-                        self.live = live;
+                        self.live = live.keys().copied().collect();
+                        self.srtt = (live.into_iter())
+                            .filter_map(|(link, rtt)| Some((link, rtt?)))
+                            .collect();
                     }
                     // The engine logs' sessions (their lines up to now read above), before
                     // the wire lets its links go.
@@ -658,6 +751,18 @@ impl Worker {
                 }
                 return;
             }
+            Event::ClockSkew {
+                session,
+                target,
+                direction,
+                skew_ns,
+                at,
+                tcp,
+            } => {
+                let target = target.or_else(|| self.target_of(&session.theirs));
+                self.clock_skew(&session, target, direction, (skew_ns, at), tcp);
+                return;
+            }
         };
         let target = target
             .or_else(|| self.target_of(&session.theirs))
@@ -677,6 +782,53 @@ impl Worker {
             ]
         });
         self.latency.record(latency.as_secs_f64(), attrs);
+    }
+
+    /// One clock-skew sample (`skew_ns` seen `at`): an inbound one seen on the wire gets half
+    /// its link's smoothed RTT added (the one-way delay, assuming a symmetric path) and is
+    /// recorded only when that RTT is known; an inbound log sample is recorded as the log
+    /// timed it (no RTT correction: the engine stamped its line after the network and its
+    /// own reading); an outbound one as it is (both times are ours).
+    fn clock_skew(
+        &mut self,
+        session: &super::tracker::SessionKey,
+        target: Option<String>,
+        direction: Direction,
+        (skew_ns, at): (i64, SystemTime),
+        tcp: Option<TcpLink>,
+    ) {
+        let raw = skew_ns as f64 / 1e9;
+        let correction = match (direction, tcp) {
+            (Direction::In, Some(link)) => {
+                Some(self.srtt.get(&link).map(|r| r.as_secs_f64() / 2.0))
+            }
+            _ => None,
+        };
+        let seconds = match correction {
+            Some(Some(c)) => Some(raw + c),
+            Some(None) => None,
+            None => Some(raw),
+        };
+        let latest = self.latest_skew.entry(session.label()).or_default();
+        if let Some(v) = seconds {
+            let attrs = [
+                KeyValue::new(super::metrics::attrs::TARGET, target.unwrap_or_default()),
+                KeyValue::new(super::metrics::attrs::DIRECTION, direction.as_str()),
+            ];
+            self.skew.record(v, &attrs);
+        } else {
+            latest.not_recorded_without_rtt += 1;
+        }
+        let sample = SkewJson {
+            seconds,
+            raw_seconds: raw,
+            rtt_correction_seconds: correction.flatten(),
+            at: humantime::format_rfc3339_micros(at).to_string(),
+        };
+        match direction {
+            Direction::In => latest.inbound = Some(sample),
+            Direction::Out => latest.outbound = Some(sample),
+        }
     }
 
     /// Say, once each, that a bound of the FIX layer was reached: what it costs is counted
@@ -768,6 +920,13 @@ impl Worker {
         };
         if let Some(j) = &mut self.joiner {
             j.annotate(&mut state.sessions);
+        }
+        for s in &mut state.sessions {
+            if let Some(l) = self.latest_skew.get(&s.session) {
+                s.clock_skew.inbound.clone_from(&l.inbound);
+                s.clock_skew.outbound.clone_from(&l.outbound);
+                s.clock_skew.not_recorded_without_rtt = l.not_recorded_without_rtt;
+            }
         }
         self.warn_bounds(&state.stats);
         self.announcer.round(&state.sessions, now, &self.events);

@@ -11,6 +11,8 @@
 //!   per direction (what a venue's throttle sees), and which rejects say "throttled".
 //! - [`forensics`]: sequence-number events classified, resend requests answered or open, and
 //!   our orders' outcomes (ExecutionReports by ExecType, rejects by reason).
+//! - [`skew`]: clock skew sampled per session and direction: SendingTime (tag 52) against the
+//!   time a message was seen (at most one sample per 100 ms), and the UTCTimestamp parser.
 //! - [`logs`]: the engine-log source (QuickFIX/J, QuickFIX, QuickFIX/n message logs): a pure
 //!   line parser and a follower of glob-matched files across rotation and truncation.
 //! - [`reassembly`]: per-direction TCP stream reassembly for the wire source.
@@ -31,6 +33,7 @@ pub mod logs;
 pub mod pair;
 pub mod reassembly;
 pub mod sim;
+pub mod skew;
 pub mod tracker;
 pub mod tunnel;
 pub mod wire;

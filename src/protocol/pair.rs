@@ -31,6 +31,15 @@ pub struct VenueScript {
     pub business_reject_every: Option<u64>,
     /// Leave `size` sequence numbers out after its `first`-th message, then every `every`.
     pub gap: Option<Gap>,
+    /// Its clock's offset from ours, nanoseconds (positive: ahead), in the SendingTime it
+    /// writes.
+    pub clock_offset_ns: i64,
+    /// Reject every n-th NewOrderSingle it receives (an ExecutionReport with ExecType 8 and
+    /// OrdRejReason 3, order exceeds limit) instead of acknowledging it.
+    pub order_reject_every: Option<u64>,
+    /// Fill every n-th NewOrderSingle it receives (not rejected): after its ack, an
+    /// ExecutionReport with ExecType F and OrdStatus 2.
+    pub fill_every: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -85,6 +94,16 @@ pub struct LinkTruth {
     pub test_requests_unanswered: u64,
     /// Sessions the venue reset (closed with an RST, [`Link::venue_resets`]).
     pub resets_by_venue: u64,
+    /// ExecutionReports received that reject an order (ExecType 8; all OrdRejReason 3).
+    pub order_rejects_in: u64,
+    /// ExecutionReports received that fill an order (ExecType F, OrdStatus 2), each the first
+    /// and only fill of a NewOrderSingle.
+    pub fills_in: u64,
+    /// SequenceReset-GapFills received (the venue's answers to ResendRequests: one asked just
+    /// before the venue's Logout goes unanswered), and messages received with PossDupFlag.
+    pub gap_fills_in: u64,
+    /// See [`gap_fills_in`](Self::gap_fills_in).
+    pub poss_dups_in: u64,
 }
 
 impl LinkTruth {
@@ -111,6 +130,10 @@ impl LinkTruth {
         self.delay_sum += o.delay_sum;
         self.test_requests_unanswered += o.test_requests_unanswered;
         self.resets_by_venue += o.resets_by_venue;
+        self.order_rejects_in += o.order_rejects_in;
+        self.fills_in += o.fills_in;
+        self.gap_fills_in += o.gap_fills_in;
+        self.poss_dups_in += o.poss_dups_in;
         if o.last_logout_text.is_some() {
             self.last_logout_text.clone_from(&o.last_logout_text);
         }
@@ -156,6 +179,8 @@ pub struct Link {
     /// The venue's delay per ClOrdID, until the gateway reads the answer.
     delays: HashMap<String, Duration>,
     venue_orders: u64,
+    /// NewOrderSingles the venue received (the n of `order_reject_every` and `fill_every`).
+    venue_new_orders: u64,
     venue_sent: u64,
     next_gap_at: Option<u64>,
     truth: LinkTruth,
@@ -187,7 +212,8 @@ impl Link {
         if let Some(l) = log {
             gw = gw.with_log(l);
         }
-        let venue = Peer::new(venue, "FIX.4.4", &script.comp_id, gw_comp_id);
+        let venue = Peer::new(venue, "FIX.4.4", &script.comp_id, gw_comp_id)
+            .with_clock_offset(script.clock_offset_ns);
         let mut rng = fastrand::Rng::new();
         let next_order = now + draw(&mut rng, order_pace);
         let mut link = Link {
@@ -213,6 +239,7 @@ impl Link {
             due: Vec::new(),
             delays: HashMap::new(),
             venue_orders: 0,
+            venue_new_orders: 0,
             venue_sent: 0,
             truth: LinkTruth::default(),
             rng,
@@ -394,12 +421,41 @@ impl Link {
             !go
         });
         ready.sort();
-        for (_, id, mt) in ready {
+        for (due, id, mt) in ready {
+            // Flushed early (a logout): the venue waited less than its drawn delay, and the
+            // truth's lower bound on the round trip must say so.
+            if let Some(d) = self.delays.get_mut(&id) {
+                *d = d.saturating_sub(due.saturating_duration_since(Instant::now()));
+            }
             match mt.as_str() {
                 "F" => self.venue_send(
                     "9",
                     &[(11, &id), (41, "x"), (37, "NONE"), (39, "8"), (434, "1")],
                 )?,
+                "reject" => self.venue_send(
+                    "8",
+                    &[
+                        (11, &id),
+                        (37, "NONE"),
+                        (17, &format!("E{id}")),
+                        (150, "8"),
+                        (39, "8"),
+                        (103, "3"),
+                    ],
+                )?,
+                "fill" => {
+                    self.venue_ack(&id)?;
+                    self.venue_send(
+                        "8",
+                        &[
+                            (11, &id),
+                            (37, &id),
+                            (17, &format!("F{id}")),
+                            (150, "F"),
+                            (39, "2"),
+                        ],
+                    )?;
+                }
                 "G" => self.venue_send(
                     "8",
                     &[
@@ -410,16 +466,7 @@ impl Link {
                         (39, "5"),
                     ],
                 )?,
-                _ => self.venue_send(
-                    "8",
-                    &[
-                        (11, &id),
-                        (37, &id),
-                        (17, &format!("E{id}")),
-                        (150, "0"),
-                        (39, "0"),
-                    ],
-                )?,
+                _ => self.venue_ack(&id)?,
             }
         }
         if self.venue_logged_on
@@ -428,6 +475,30 @@ impl Link {
             self.venue_send("0", &[])?;
         }
         Ok(())
+    }
+
+    /// The venue acknowledges order `id` (ExecType 0, OrdStatus 0).
+    fn venue_ack(&mut self, id: &str) -> io::Result<()> {
+        let exec = format!("E{id}");
+        let fields = [(11, id), (37, id), (17, &exec), (150, "0"), (39, "0")];
+        self.venue_send("8", &fields)
+    }
+
+    /// What the venue does with an order of type `mt` (not business-rejected): `reject` or
+    /// `fill` for the n-th NewOrderSingle its script names, else its type (acknowledged).
+    fn venue_outcome(&mut self, mt: String) -> String {
+        if mt != "D" {
+            return mt;
+        }
+        self.venue_new_orders += 1;
+        let every = |n: Option<u64>| n.is_some_and(|n| self.venue_new_orders % n.max(1) == 0);
+        if every(self.script.order_reject_every) {
+            "reject".into()
+        } else if every(self.script.fill_every) {
+            "fill".into()
+        } else {
+            mt
+        }
     }
 
     fn venue_handle(&mut self, m: &Message, now: Instant) -> io::Result<()> {
@@ -481,7 +552,8 @@ impl Link {
                 } else {
                     let delay = draw(&mut self.rng, self.script.ack_delay);
                     self.delays.insert(id.clone(), delay);
-                    self.due.push((now + delay, id, mt));
+                    let outcome = self.venue_outcome(mt);
+                    self.due.push((now + delay, id, outcome));
                 }
             }
             _ => {}
@@ -494,6 +566,12 @@ impl Link {
         self.last_gw_recv = now;
         let mt = m.msg_type();
         let seq = m.get_u64(tag::MSG_SEQ_NUM).unwrap_or(0);
+        if mt == b"4" && m.get_flag(tag::GAP_FILL_FLAG) {
+            self.truth.gap_fills_in += 1;
+        }
+        if m.get_flag(tag::POSS_DUP_FLAG) {
+            self.truth.poss_dups_in += 1;
+        }
         if mt == b"4" {
             if let Some(new) = m.get_u64(tag::NEW_SEQ_NO) {
                 self.expect_in = self.expect_in.max(new);
@@ -531,6 +609,11 @@ impl Link {
                 }
             }
             b"8" | b"9" => {
+                match (mt, m.get(tag::EXEC_TYPE)) {
+                    (b"8", Some(b"8")) => self.truth.order_rejects_in += 1,
+                    (b"8", Some(b"F")) => self.truth.fills_in += 1,
+                    _ => {}
+                }
                 let id = m.get_str(tag::CL_ORD_ID).unwrap_or_default();
                 if self.in_flight.as_ref().is_some_and(|(i, _)| *i == id) {
                     let (id, sent) = self.in_flight.take().expect("checked");
@@ -639,6 +722,9 @@ mod tests {
                 every: 10,
                 size: 2,
             }),
+            clock_offset_ns: 0,
+            order_reject_every: Some(3),
+            fill_every: Some(2),
         }
     }
 
@@ -655,9 +741,16 @@ mod tests {
             std::thread::sleep(ms(1));
         }
         assert!(l.logged_on());
-        let venue_orders = l.venue_orders;
+        // The venue reads every order sent and answers what it owes: its counts are final.
+        l.venue_step(Instant::now(), true).unwrap();
+        let (venue_orders, new_orders) = (l.venue_orders, l.venue_new_orders);
         let (t, r) = l.log_out(None, "end of day");
         r.unwrap();
+        // Of the venue's NewOrderSingles every third was rejected, every second of the rest
+        // filled; the gateway received each answer.
+        assert_eq!(t.order_rejects_in, new_orders / 3, "{t:?}");
+        assert_eq!(t.fills_in, new_orders / 2 - new_orders / 6, "{t:?}");
+        assert!(t.order_rejects_in > 0 && t.fills_in > 0, "{t:?}");
         assert_eq!(t.logons, 1);
         assert_eq!(t.logouts_us, 1);
         assert_eq!(t.last_logout_text.as_deref(), Some("end of day"));
@@ -668,6 +761,7 @@ mod tests {
         assert!(t.gaps_in > 0 && t.gap_messages_in == 2 * t.gaps_in, "{t:?}");
         assert_eq!(t.resend_requests_out, t.gaps_in);
         assert_eq!(t.received.get("SequenceReset"), Some(&t.gaps_in));
+        assert_eq!((t.gap_fills_in, t.poss_dups_in), (t.gaps_in, t.gaps_in));
         assert!(t.delay_sum >= ms(t.orders_answered) && t.round_trip_sum >= t.delay_sum);
     }
 

@@ -36,6 +36,16 @@ pub fn utc_timestamp(t: SystemTime) -> String {
     dt.format("%Y%m%d-%H:%M:%S%.9f").to_string()
 }
 
+/// `t` moved by `ns` nanoseconds (back when negative).
+pub fn offset_by(t: SystemTime, ns: i64) -> SystemTime {
+    let d = Duration::from_nanos(ns.unsigned_abs());
+    if ns >= 0 {
+        t + d
+    } else {
+        t - d
+    }
+}
+
 /// A message log in QuickFIX's format (`TIMESTAMP : MESSAGE`), with SOH or `|` separators.
 pub struct MessageLog {
     file: std::fs::File,
@@ -80,6 +90,9 @@ pub struct Peer {
     /// Messages received, by MsgType name.
     pub received: Counts,
     log: Option<MessageLog>,
+    /// How far its clock is off ours, nanoseconds (positive: ahead): added to the SendingTime
+    /// it writes (not to its log's timestamps, which are the gateway's clock in the tests).
+    clock_offset_ns: i64,
 }
 
 impl Peer {
@@ -97,6 +110,7 @@ impl Peer {
             sent: Counts::new(),
             received: Counts::new(),
             log: None,
+            clock_offset_ns: 0,
         }
     }
 
@@ -109,6 +123,12 @@ impl Peer {
     /// Write every message sent and received to `log`.
     pub fn with_log(mut self, log: MessageLog) -> Peer {
         self.log = Some(log);
+        self
+    }
+
+    /// Stamp SendingTime with a clock `ns` nanoseconds ahead of ours (behind when negative).
+    pub fn with_clock_offset(mut self, ns: i64) -> Peer {
+        self.clock_offset_ns = ns;
         self
     }
 
@@ -128,7 +148,7 @@ impl Peer {
     /// moving the next number.
     pub fn send_with_seq(&mut self, mt: &str, seq: &str, fields: &[(u32, &str)]) -> io::Result<()> {
         let now = SystemTime::now();
-        let ts = utc_timestamp(now);
+        let ts = utc_timestamp(offset_by(now, self.clock_offset_ns));
         let mut f: Vec<(u32, &[u8])> = vec![
             (tag::MSG_TYPE, mt.as_bytes()),
             (tag::SENDER_COMP_ID, self.sender.as_bytes()),
@@ -306,6 +326,9 @@ pub struct VenueBehaviour {
     /// Reject every n-th order (ExecType 8, OrdRejReason 3: order exceeds limit) instead of
     /// acknowledging it.
     pub order_reject_every: Option<u64>,
+    /// Its clock's offset from ours, nanoseconds (positive: ahead), in the SendingTime it
+    /// writes: the ground truth of the clock-skew measurement.
+    pub clock_offset_ns: i64,
 }
 
 impl Default for VenueBehaviour {
@@ -319,6 +342,7 @@ impl Default for VenueBehaviour {
             gap_after: None,
             fill_every: None,
             order_reject_every: None,
+            clock_offset_ns: 0,
         }
     }
 }
@@ -555,7 +579,7 @@ fn serve(
     record: &Mutex<VenueRecord>,
 ) -> io::Result<()> {
     let mut v = VenueSession {
-        p: Peer::new(s, &b.begin_string, &b.comp_id, ""),
+        p: Peer::new(s, &b.begin_string, &b.comp_id, "").with_clock_offset(b.clock_offset_ns),
         b,
         orders: 0,
         sent_total: 0,
@@ -708,6 +732,37 @@ pub fn scripted_session(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A venue 250 ms ahead stamps SendingTime 250 ms ahead (to the millisecond, truncated),
+    /// one 250 ms behind as far behind: bounded by the clock read before the send and after
+    /// the answer.
+    #[test]
+    fn a_venue_clock_offset_shows_in_its_sending_time() {
+        for offset_ms in [250i64, -250] {
+            let v = Venue::start(
+                "127.0.0.1:0".parse().unwrap(),
+                VenueBehaviour {
+                    clock_offset_ns: offset_ms * 1_000_000,
+                    ..VenueBehaviour::default()
+                },
+            )
+            .unwrap();
+            let mut gw = Peer::connect(v.addr, "FIX.4.4", "GW", "VENUE").unwrap();
+            let before = crate::skew::nanos_of(SystemTime::now()) as i64;
+            gw.send("A", &[(98, "0"), (108, "30")]).unwrap();
+            let logon = gw.expect("A", Duration::from_secs(5)).unwrap();
+            let after = crate::skew::nanos_of(SystemTime::now()) as i64;
+            let st = crate::skew::parse_utc_timestamp(logon.get(52).unwrap()).unwrap();
+            let shift = offset_ms * 1_000_000;
+            assert!(
+                st >= before + shift - 1_000_000 && st <= after + shift,
+                "{offset_ms}"
+            );
+            gw.send("5", &[]).unwrap();
+            gw.expect("5", Duration::from_secs(5)).unwrap();
+            v.stop();
+        }
+    }
 
     #[test]
     fn a_session_against_the_venue() {

@@ -28,6 +28,7 @@ use std::time::{Duration, SystemTime};
 use crate::bursts::{is_throttle_reject, Bursts};
 use crate::codec::{msg_type_name, tag, Message};
 use crate::forensics::{Outcomes, SeqFields, Sequence};
+use crate::skew::SkewSampler;
 
 /// Which way a message went, from the gateway's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -299,6 +300,8 @@ pub struct Session {
     pub throttle_rejects: u64,
     /// What our orders came to ([`Outcomes`]).
     pub outcomes: Outcomes,
+    /// Clock skew sampled each way, [in, out] ([`SkewSampler`]).
+    pub skew: [SkewSampler; 2],
     /// Orders we sent awaiting their first fill, by ClOrdID (a replace carries its order's
     /// time over to the new ClOrdID), oldest first; at most [`Limits::max_pending_orders`].
     #[serde(skip)]
@@ -344,6 +347,7 @@ impl Session {
             bursts: Default::default(),
             throttle_rejects: 0,
             outcomes: Outcomes::default(),
+            skew: Default::default(),
             awaiting_fill: Default::default(),
             fill_order: VecDeque::new(),
             recent_latencies: VecDeque::new(),
@@ -852,6 +856,22 @@ pub enum Event {
         /// From our NewOrderSingle to the first ExecutionReport that fills it.
         latency: Duration,
     },
+    /// A clock-skew sample ([`crate::skew`]): the message's SendingTime minus the time it was
+    /// seen, uncorrected (the FIX thread knows the link's RTT, the tracker does not).
+    ClockSkew {
+        /// The session it belongs to.
+        session: std::sync::Arc<SessionKey>,
+        /// The target the session is attributed to.
+        target: Option<String>,
+        /// Which way the message went.
+        direction: Direction,
+        /// SendingTime minus the time seen, nanoseconds.
+        skew_ns: i64,
+        /// When the message was seen.
+        at: SystemTime,
+        /// The TCP session it travelled on, when the source knows it (the wire).
+        tcp: Option<TcpLink>,
+    },
 }
 
 /// Every FIX session seen.
@@ -941,6 +961,16 @@ impl Tracker {
         let f = SeqFields::of(msg);
         s.sequence.observe(msg, (dir, at), &f, expected);
         s.bursts[dir.idx()].message(at);
+        if let Some(skew_ns) = s.skew[dir.idx()].offer(msg, at) {
+            events.push(Event::ClockSkew {
+                session: key.clone(),
+                target: s.target.clone(),
+                direction: dir,
+                skew_ns,
+                at,
+                tcp: s.tcp,
+            });
+        }
         if dir == Direction::In && is_throttle_reject(msg) {
             s.throttle_rejects += 1;
         }
@@ -1217,6 +1247,61 @@ mod tests {
         );
     }
 
+    /// Skew samples: SendingTime minus the time seen, at most one per 100 ms each way, carried
+    /// with the session, its target and the TCP session.
+    #[test]
+    fn clock_skew_samples_each_way() {
+        let mut t = Tracker::new(Limits::default());
+        let link = TcpLink {
+            local: "127.0.0.1:5001".parse().unwrap(),
+            remote: "127.0.0.2:9876".parse().unwrap(),
+        };
+        let origin = Origin {
+            target: Some("venue".into()),
+            tcp: Some(link),
+        };
+        // at(0) is 2027-01-15 08:00:00 UTC.
+        let inbound = |ts: &str| msg("VENUE", "GW", "0", 1, &[(52, ts)]);
+        let ev = t.observe(&inbound("20270115-08:00:00.250"), In, at(0), &origin);
+        let [Event::ClockSkew {
+            session,
+            target,
+            direction: In,
+            skew_ns: 250_000_000,
+            at: seen,
+            tcp: Some(l),
+        }] = &ev[..]
+        else {
+            panic!("{ev:?}");
+        };
+        assert_eq!(session.label(), "GW->VENUE");
+        assert_eq!((target.as_deref(), *l, *seen), (Some("venue"), link, at(0)));
+        // 99 ms later: not sampled; 100 ms later: sampled.
+        let m = inbound("20270115-08:00:00.349");
+        assert!(t.observe(&m, In, at(99), &origin).is_empty());
+        let ev = t.observe(&m, In, at(100), &origin);
+        assert!(matches!(
+            ev[..],
+            [Event::ClockSkew {
+                skew_ns: 249_000_000,
+                ..
+            }]
+        ));
+        // Outbound on its own clock: stamped 08:00:00.100, seen leaving at .103.
+        let out = msg("GW", "VENUE", "0", 1, &[(52, "20270115-08:00:00.100")]);
+        let ev = t.observe(&out, Out, at(103), &origin);
+        assert!(matches!(
+            ev[..],
+            [Event::ClockSkew {
+                direction: Out,
+                skew_ns: -3_000_000,
+                ..
+            }]
+        ));
+        let s = t.by_label("GW->VENUE").unwrap();
+        assert_eq!((s.skew[0].samples, s.skew[1].samples), (2, 1));
+    }
+
     #[test]
     fn refused_logon_is_not_a_logon() {
         let mut sim = Sim::new();
@@ -1370,7 +1455,7 @@ mod tests {
                 Event::OrderAnswered {
                     request, latency, ..
                 } => Some((*request, latency.as_millis())),
-                Event::LinkEnded(_) | Event::OrderFilled { .. } => None,
+                Event::LinkEnded(_) | Event::OrderFilled { .. } | Event::ClockSkew { .. } => None,
             })
             .collect();
         assert_eq!(

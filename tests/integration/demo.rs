@@ -104,6 +104,121 @@ fn check_ends(out: &str, metrics: &Metrics, sim: &BTreeMap<String, (u64, u64)>, 
     );
 }
 
+/// Issue 21's order outcomes and sequence events of venue `v` on `/metrics` against the
+/// simulator's `truth`: its rejects (all for the order's limit) and fills, each fill the first
+/// of a NewOrderSingle, so timed once; its gap fills.
+fn check_outcomes(v: &str, truth: &BTreeMap<String, u64>, metrics: &Metrics) {
+    let m = |name: &str, extra: &[(&str, &str)]| {
+        let mut labels = vec![("target", v)];
+        labels.extend_from_slice(extra);
+        metrics.sum(name, &labels) as u64
+    };
+    assert_eq!(
+        m(
+            "fix_order_rejects_total",
+            &[("reason", "order_exceeds_limit")]
+        ),
+        truth["order_rejects"],
+        "{v}"
+    );
+    assert_eq!(
+        m("fix_execution_reports_total", &[("exec_type", "rejected")]),
+        truth["order_rejects"],
+        "{v}"
+    );
+    assert_eq!(
+        m("fix_execution_reports_total", &[("exec_type", "fill")]),
+        truth["fills"],
+        "{v}"
+    );
+    assert_eq!(
+        m("fix_order_fill_latency_seconds_count", &[]),
+        truth["fills"],
+        "{v}"
+    );
+    // Sequence events: the gap fills and PossDups the gateway received (the venue answers a
+    // ResendRequest with one SequenceReset-GapFill carrying PossDupFlag, and sends no other
+    // PossDup; one asked just before the venue's Logout goes unanswered).
+    for (kind, key) in [("gap_fill", "gap_fills"), ("poss_dup", "poss_dups")] {
+        assert_eq!(
+            m(
+                "fix_session_sequence_events_total",
+                &[("direction", "in"), ("kind", kind)]
+            ),
+            truth[key],
+            "{v}: {kind}"
+        );
+    }
+    assert!(truth["gap_fills"] <= truth["resend_requests"], "{v}");
+}
+
+/// venue-a's message_limit (5 a second) on the summary and `/metrics`: its sessions' outbound
+/// peak is not known to the simulator (the kernel's or the log's times decide a window's edge),
+/// but every session sends at least a message a second (heartbeats), so it is at least 1 in 5.
+fn check_throttle(out: &str, metrics: &Metrics) {
+    let u: f64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("fix-monitor throttle: venue-a utilization="))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|u| u.parse().ok())
+        .unwrap_or_else(|| panic!("no throttle line:\n{out}"));
+    assert!(u >= 0.2, "{u}\n{out}");
+    let util = metrics.by(
+        "fix_session_throttle_utilization_ratio",
+        &[("target", "venue-a")],
+        "session",
+    );
+    assert!(!util.is_empty(), "{out}");
+}
+
+/// The skewed venue's inbound samples against the simulator's offset θ: every one in the
+/// bucket holding θ (θ = +250 ms: (0.1, 0.3]), and the other venues' (their clocks are ours)
+/// none beyond +100 ms nor below -100 ms. A wire sample lies in [θ - 1 ms - one-way delay +
+/// srtt/2, θ + srtt/2] (a millisecond SendingTime, truncated); a log sample in [θ - 1 ms -
+/// the time until the gateway logged it, θ]: the one thread that runs the whole simulator can
+/// take a while to read on a loaded machine, so from logs the others' lower bound is -300 ms.
+fn check_clock_skew(out: &str, metrics: &Metrics, logs: bool) {
+    let (venue, theta) = out
+        .lines()
+        .find_map(|l| l.strip_prefix("simulated clock offset: "))
+        .and_then(|l| l.split_once(' '))
+        .map(|(v, t)| (v.to_owned(), t.parse::<f64>().unwrap()))
+        .unwrap_or_else(|| panic!("no clock offset line:\n{out}"));
+    assert_eq!(theta, 0.25, "{out}");
+    let in_bucket = |v: &str, (lo, hi): (f64, f64)| {
+        let b = metrics.by(
+            "fix_clock_skew_seconds_bucket",
+            &[("target", v), ("direction", "in")],
+            "le",
+        );
+        let at_most = |le: f64| {
+            (b.iter())
+                .find(|(k, _)| k.parse::<f64>().ok() == Some(le))
+                .map_or(0.0, |(_, n)| *n)
+        };
+        let count = metrics.sum(
+            "fix_clock_skew_seconds_count",
+            &[("target", v), ("direction", "in")],
+        );
+        (count, at_most(lo), at_most(hi))
+    };
+    let (count, below, within) = in_bucket(&venue, (0.1, 0.3));
+    assert!(count > 0.0, "{venue}: no skew sample\n{out}");
+    assert_eq!((below, within), (0.0, count), "{venue}: θ = {theta}\n{out}");
+    let lowest = if logs { -0.3 } else { -0.1 };
+    for v in VENUES.iter().filter(|v| **v != venue) {
+        let (count, below, within) = in_bucket(v, (lowest, 0.1));
+        // The refusing venue's only inbound messages are its Logouts, on TCP sessions too
+        // short for a poll to measure their RTT: from the wire none may be recorded.
+        assert!(count > 0.0 || *v == REFUSING, "{v}: no skew sample\n{out}");
+        assert_eq!(
+            (below, within),
+            (0.0, count),
+            "{v}: its clock is ours\n{out}"
+        );
+    }
+}
+
 /// `name k=v k=v ...` (the demo's FIX summary lines) as a map.
 fn tally(line: &str) -> (String, BTreeMap<String, u64>) {
     let mut f = line.split_whitespace();
@@ -138,6 +253,18 @@ fn sessions_tally(sessions: &serde_json::Value, target: &str) -> BTreeMap<String
             ("rejects", n(&s["in"]["business_rejects"])),
             ("answered", n(&s["orders_answered"])),
             ("rejected", n(&s["orders_rejected"])),
+            (
+                "order_rejects",
+                (s["outcomes"]["order_rejects"].as_object().unwrap().values())
+                    .map(n)
+                    .sum(),
+            ),
+            (
+                "fills",
+                s["outcomes"]["exec_reports"]["fill"].as_u64().unwrap_or(0),
+            ),
+            ("gap_fills", n(&s["sequence"]["events"]["in"]["gap_fill"])),
+            ("poss_dups", n(&s["sequence"]["events"]["in"]["poss_dup"])),
         ] {
             *t.entry(k.into()).or_default() += v;
         }
@@ -452,6 +579,7 @@ fn run_demo(extra: &[&str]) -> String {
             "{v}: one latency per answered order"
         );
         assert_eq!(m("fix_session_logged_on", &[]), 0, "{v}: all logged out");
+        check_outcomes(v, truth, &metrics);
         // Latency: between the venue's delays and the gateway's round trips (1 ms slack per
         // order for the clocks' reading).
         if let Some(lat) = out
@@ -477,6 +605,9 @@ fn run_demo(extra: &[&str]) -> String {
     // a reject now and then (venue-a; random, so not asserted), refused logons with a reason.
     assert!(sim_fix["venue-a"]["logons"] > 0 && sim_fix["venue-a"]["answered"] > 0);
     assert!(sim_fix["venue-b"]["gaps"] > 0 && sim_fix["venue-b"]["resend_requests"] > 0);
+    assert!(sim_fix["venue-a"]["order_rejects"] > 0 && sim_fix["venue-a"]["fills"] > 0);
+    check_clock_skew(&out, &metrics, extra.contains(&"log"));
+    check_throttle(&out, &metrics);
     assert_eq!(sim_fix["venue-d"]["logons"], 0);
     assert!(sim_fix["venue-d"]["received"] > 0, "venue-d's Logouts");
     let refusal = sessions["sessions"]

@@ -17,6 +17,8 @@ mod endpoints;
 mod events;
 mod fix_logs;
 mod fix_outcomes;
+// Issue 21: clock skew per counterparty, from engine logs.
+mod fix_skew;
 // The man page and completions generated from the CLI definitions.
 mod generate;
 // Issue 18: the workspace's crates depend only on the layers below them.

@@ -11,6 +11,8 @@ mod fix_capture;
 mod fix_capture_table;
 mod fix_logon_refused;
 mod tls_tunnel;
+// Issue 21: clock skew per counterparty, from the wire.
+mod fix_skew;
 use fix_monitor_test_support::harness;
 
 mod backends;
