@@ -262,6 +262,14 @@ pub struct Instruments {
     expected_up: Arc<Vec<AtomicBool>>,
 }
 
+/// A `u64` counter named `name`.
+fn counter(meter: &Meter, name: &'static str, description: &'static str) -> Counter<u64> {
+    meter
+        .u64_counter(name)
+        .with_description(description)
+        .build()
+}
+
 impl Instruments {
     /// Creates the instruments. Counters start at 0 for every target (and the error counter
     /// for `source`), so that `rate()` and alert rules see a series before the first event.
@@ -290,14 +298,8 @@ impl Instruments {
         expected_up_gauge(meter, &expected_up, &target_attrs);
 
         let instruments = Instruments {
-            opened: meter
-                .u64_counter(names::OPENED)
-                .with_description("Connections opened (first seen) since start")
-                .build(),
-            closed: meter
-                .u64_counter(names::CLOSED)
-                .with_description("Connections that ended since start")
-                .build(),
+            opened: counter(meter, names::OPENED, "Connections opened (first seen) since start"),
+            closed: counter(meter, names::CLOSED, "Connections that ended since start"),
             duration: meter
                 .f64_histogram(names::DURATION)
                 .with_unit("s")
@@ -312,44 +314,20 @@ impl Instruments {
                 .with_description("Time one poll of the connection source took")
                 .with_boundaries(POLL_BUCKETS.to_vec())
                 .build(),
-            poll_errors: meter
-                .u64_counter(names::POLL_ERRORS)
-                .with_description("Polls of the connection source that failed")
-                .build(),
+            poll_errors: counter(meter, names::POLL_ERRORS, "Polls of the connection source that failed"),
             health: caps
                 .health
                 .available()
                 .then(|| health_instruments(meter, &gauges, &target_attrs, &names)),
-            short_lived: meter
-                .u64_counter(names::SHORT_LIVED)
-                .with_description("Connections that opened and closed between two polls, known from their kernel close event (counted in opened and closed too; no duration)")
-                .build(),
-            events_lost: meter
-                .u64_counter(names::EVENTS_LOST)
-                .with_description("Kernel close events (netlink) or state-change records (eBPF ring buffer) dropped by a full buffer; each loss triggers an immediate poll (netlink) or a reconcile (eBPF)")
-                .build(),
-            reconciles: caps.reconciles.then(|| {
-                meter
-                    .u64_counter(names::RECONCILES)
-                    .with_description("Reconciles of the eBPF source's view: a full sock_diag dump at start, then from its programs' table of watched sessions every poll.reconcile_interval and after a loss (a dump again if that table was full)")
-                    .build()
-            }),
-            false_closes_avoided: meter
-                .u64_counter(names::FALSE_CLOSES_AVOIDED)
-                .with_description("Connections missing from a poll that an exact kernel lookup found still established")
-                .build(),
-            events_unattributed: meter
-                .u64_counter(names::EVENTS_UNATTRIBUTED)
-                .with_description("Close events of aborted connections no poll saw that could not be attributed to one target without doubt")
-                .build(),
-            state_write_errors: meter
-                .u64_counter(names::STATE_WRITE_ERRORS)
-                .with_description("Writes of the state file that failed (the state directory full or read-only); the sessions' starts stay in memory and the write is retried at the next save")
-                .build(),
-            ends: meter
-                .u64_counter(names::ENDS)
-                .with_description("Sessions that ended, by why (cause): judged from who hung up, the kernel's reason, the FIX layer's account (Logout, refused Logon, unanswered TestRequest, sequence complaint) and the target's schedule")
-                .build(),
+            short_lived: counter(meter, names::SHORT_LIVED, "Connections that opened and closed between two polls, known from their kernel close event (counted in opened and closed too; no duration)"),
+            events_lost: counter(meter, names::EVENTS_LOST, "Kernel close events (netlink) or state-change records (eBPF ring buffer) dropped by a full buffer; each loss triggers an immediate poll (netlink) or a reconcile (eBPF)"),
+            reconciles: caps
+                .reconciles
+                .then(|| counter(meter, names::RECONCILES, "Reconciles of the eBPF source's view: a full sock_diag dump at start, then from its programs' table of watched sessions every poll.reconcile_interval and after a loss (a dump again if that table was full)")),
+            false_closes_avoided: counter(meter, names::FALSE_CLOSES_AVOIDED, "Connections missing from a poll that an exact kernel lookup found still established"),
+            events_unattributed: counter(meter, names::EVENTS_UNATTRIBUTED, "Close events of aborted connections no poll saw that could not be attributed to one target without doubt"),
+            state_write_errors: counter(meter, names::STATE_WRITE_ERRORS, "Writes of the state file that failed (the state directory full or read-only); the sessions' starts stay in memory and the write is retried at the next save"),
+            ends: counter(meter, names::ENDS, "Sessions that ended, by why (cause): judged from who hung up, the kernel's reason, the FIX layer's account (Logout, refused Logon, unanswered TestRequest, sequence complaint) and the target's schedule"),
             closed_attrs: targets
                 .iter()
                 .map(|t| {

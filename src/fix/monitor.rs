@@ -357,6 +357,21 @@ impl FixReader {
     }
 }
 
+/// A histogram of seconds with `buckets`.
+fn seconds(
+    meter: &Meter,
+    name: &'static str,
+    description: &'static str,
+    buckets: &[f64],
+) -> opentelemetry::metrics::Histogram<f64> {
+    meter
+        .f64_histogram(name)
+        .with_unit("s")
+        .with_description(description)
+        .with_boundaries(buckets.to_vec())
+        .build()
+}
+
 /// The running FIX layer.
 pub struct FixMonitor {
     reader: FixReader,
@@ -497,32 +512,29 @@ impl FixMonitor {
         tcp: Option<TcpView>,
         events: crate::session_events::SessionEvents,
     ) -> FixMonitor {
-        let latency = meter
-            .f64_histogram(super::metrics::names::ORDER_ACK_LATENCY)
-            .with_unit("s")
-            .with_description("Time from an order we sent to the first answer carrying its ClOrdID")
-            .with_boundaries(LATENCY_BUCKETS.to_vec())
-            .build();
-        let fill_latency = meter
-            .f64_histogram(super::metrics::names::ORDER_FILL_LATENCY)
-            .with_unit("s")
-            .with_description(
-                "Time from a NewOrderSingle we sent to the first ExecutionReport that fills it \
-                 (partially or fully; a replace keeps the order's time), per target",
-            )
-            .with_boundaries(FILL_BUCKETS.to_vec())
-            .build();
-        let skew = meter
-            .f64_histogram(super::metrics::names::CLOCK_SKEW)
-            .with_unit("s")
-            .with_description(
-                "Clock skew per target, sampled at most every 100 ms per session and direction: \
-                 in, the venue's SendingTime minus our receive time (kernel timestamp plus half \
-                 the link's smoothed RTT; the engine log's timestamp, uncorrected, for logs); \
-                 out, our engine's SendingTime minus our kernel's send time (log time for logs)",
-            )
-            .with_boundaries(SKEW_BUCKETS.to_vec())
-            .build();
+        use super::metrics::names;
+        let latency = seconds(
+            meter,
+            names::ORDER_ACK_LATENCY,
+            "Time from an order we sent to the first answer carrying its ClOrdID",
+            LATENCY_BUCKETS,
+        );
+        let fill_latency = seconds(
+            meter,
+            names::ORDER_FILL_LATENCY,
+            "Time from a NewOrderSingle we sent to the first ExecutionReport that fills it \
+             (partially or fully; a replace keeps the order's time), per target",
+            FILL_BUCKETS,
+        );
+        let skew = seconds(
+            meter,
+            names::CLOCK_SKEW,
+            "Clock skew per target, sampled at most every 100 ms per session and direction: \
+             in, the venue's SendingTime minus our receive time (kernel timestamp plus half \
+             the link's smoothed RTT; the engine log's timestamp, uncorrected, for logs); \
+             out, our engine's SendingTime minus our kernel's send time (log time for logs)",
+            SKEW_BUCKETS,
+        );
         let mut capture_error = None;
         let tunnels = super::tunnels::tunnels(&settings.target_tls_tunnel);
         let auto = super::tunnels::auto_targets(&settings.target_tls_tunnel);
