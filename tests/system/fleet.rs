@@ -23,6 +23,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -413,6 +414,123 @@ fn otlp_env(sink: Option<&Backend>) -> Vec<(&'static str, &'static str)> {
     }
 }
 
+/// The downstream side: venue-a, venue-b and an unrelated service on the downstream address,
+/// and the config every gateway's sidecar reads (the two venues as targets).
+struct Downstreams {
+    venues: [SocketAddr; 2],
+    other: SocketAddr,
+    cfg: tempfile::NamedTempFile,
+    _listeners: [Downstream; 3],
+}
+
+impl Downstreams {
+    fn listen(ds: &NetNs, ds_ip: Ipv4Addr) -> Downstreams {
+        let listeners: [Downstream; 3] =
+            ds.run(|| std::array::from_fn(|_| Downstream::listen(&format!("{ds_ip}:0"))));
+        let venues = [listeners[0].addr, listeners[1].addr];
+        let cfg = config_file(&format!(
+            "[[targets]]\nname = \"venue-a\"\naddress = \"{ds_ip}\"\nport = {}\n\n\
+             [[targets]]\nname = \"venue-b\"\naddress = \"{ds_ip}\"\nport = {}\n",
+            venues[0].port(),
+            venues[1].port()
+        ));
+        Downstreams {
+            venues,
+            other: listeners[2].addr,
+            cfg,
+            _listeners: listeners,
+        }
+    }
+}
+
+/// A gateway namespace for `plan` on `lan`, with its sidecar (netlink every `interval`,
+/// listening on the LAN, pushing to `sink` if any).
+fn start_gateway(
+    lan: &mut Lan<'_>,
+    plan: &Plan,
+    cfg: &Path,
+    sink: Option<&Backend>,
+    interval: &str,
+) -> Gateway {
+    let ns = NetNs::create(&format!("gw{}", plan.lan_host));
+    let ip = lan.attach(&ns, plan.lan_host);
+    let ds_ip = lan.addr(DS_HOST);
+    let listen = format!("0.0.0.0:{METRICS_PORT}");
+    let mut args: Vec<String> = [
+        "--config",
+        cfg.to_str().unwrap(),
+        // Netlink: the closes expected are `by = "unknown"` (eBPF mode says who hung up).
+        "--source",
+        "netlink",
+        "--interval",
+        interval,
+        "--listen",
+        &listen,
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(otlp_args(sink, ds_ip));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cmd = sidecar_command(&ns, plan);
+    cmd.envs(otlp_env(sink));
+    let sidecar = Sidecar::start_with(cmd, &args);
+    Gateway {
+        plan: *plan,
+        ip,
+        held: Vec::new(),
+        sidecar,
+        ns,
+    }
+}
+
+/// Every gateway opens its plan's sessions: held ones and unrelated noise stay with it, the
+/// short ones are closed once every sidecar has seen them (nothing checks their lifetimes,
+/// only that each close is counted and observed once).
+fn open_sessions(gateways: &mut [Gateway], d: &Downstreams) {
+    let mut short = Vec::new();
+    for g in gateways.iter_mut() {
+        let p = g.plan;
+        for (t, venue) in d.venues.iter().enumerate() {
+            let held = g.connect(p.held[t], *venue);
+            g.held.extend(held);
+            short.extend(g.connect(p.closed[t], *venue));
+        }
+        let noise = g.connect(p.noise, d.other);
+        g.held.extend(noise);
+    }
+    for g in gateways.iter() {
+        let want: f64 = (0..2).map(|t| g.plan.opened(t)).sum();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, body) = g.get("/health");
+            let h: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let active = h["active_connections"].as_f64().unwrap_or(-1.0);
+            if active == want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: /health says {active} active, want {want}: {body}",
+                g.plan.host
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    drop(short);
+}
+
+/// Orderly teardown, sidecars first (Drop would do the same on a panic).
+fn tear_down(gateways: Vec<Gateway>) {
+    for g in gateways {
+        let Gateway {
+            sidecar, held, ns, ..
+        } = g;
+        drop(sidecar);
+        drop(held);
+        drop(ns);
+    }
+}
+
 /// Three gateways in their own namespaces, one downstream + Prometheus namespace: per-host
 /// values under distinct `host` labels, and fleet-wide sums.
 #[test]
@@ -421,66 +539,23 @@ fn fleet_of_three_gateways_scraped_by_one_prometheus() {
     let ds = NetNs::create("ds");
     let mut lan = Lan::new(&ds, LAN, DS_HOST);
     let ds_ip = lan.addr(DS_HOST);
-
     // The venues and an unrelated service, all on the downstream address.
-    let (venue_a, venue_b, other) = ds.run(|| {
-        (
-            Downstream::listen(&format!("{ds_ip}:0")),
-            Downstream::listen(&format!("{ds_ip}:0")),
-            Downstream::listen(&format!("{ds_ip}:0")),
-        )
-    });
-    let venues = [venue_a.addr, venue_b.addr];
-    let cfg = config_file(&format!(
-        r#"
-[[targets]]
-name = "venue-a"
-address = "{ds_ip}"
-port = {pa}
-
-[[targets]]
-name = "venue-b"
-address = "{ds_ip}"
-port = {pb}
-"#,
-        pa = venues[0].port(),
-        pb = venues[1].port()
-    ));
+    let downstream = Downstreams::listen(&ds, ds_ip);
     let otlp = otlp_sink(&ds);
 
     // Gateways: namespace, LAN address, and a sidecar with its own hostname.
-    let mut gateways = Vec::new();
-    for (i, plan) in PLANS.iter().enumerate() {
-        let ns = NetNs::create(&format!("gw{}", i + 1));
-        let ip = lan.attach(&ns, plan.lan_host);
-        let listen = format!("0.0.0.0:{METRICS_PORT}");
-        let mut args = vec![
-            "--config",
-            cfg.path().to_str().unwrap(),
-            // Netlink: the closes expected are `by = "unknown"` (eBPF mode says who hung up).
-            "--source",
-            "netlink",
-            "--interval",
-            "200ms",
-            "--listen",
-            &listen,
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect::<Vec<_>>();
-        args.extend(otlp_args(otlp.as_ref(), ds_ip));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut cmd = sidecar_command(&ns, plan);
-        cmd.envs(otlp_env(otlp.as_ref()));
-        let sidecar = Sidecar::start_with(cmd, &args);
-        gateways.push(Gateway {
-            plan: *plan,
-            ip,
-            held: Vec::new(),
-            sidecar,
-            ns,
-        });
-    }
+    let mut gateways: Vec<Gateway> = PLANS
+        .iter()
+        .map(|plan| {
+            start_gateway(
+                &mut lan,
+                plan,
+                downstream.cfg.path(),
+                otlp.as_ref(),
+                "200ms",
+            )
+        })
+        .collect();
 
     // Each sidecar names its own host, and is reachable over the LAN from the downstream side.
     for g in &gateways {
@@ -516,40 +591,7 @@ port = {pb}
     });
 
     // The sessions: held ones, unrelated noise, and short ones that are closed once seen.
-    let mut short = Vec::new();
-    for g in &mut gateways {
-        let p = g.plan;
-        for (t, venue) in venues.iter().enumerate() {
-            let held = g.connect(p.held[t], *venue);
-            g.held.extend(held);
-            short.extend(g.connect(p.closed[t], *venue));
-        }
-        let noise = g.connect(p.noise, other.addr);
-        g.held.extend(noise);
-    }
-    // Let every sidecar see the short sessions, then close them.
-    for g in &gateways {
-        let addr = g.metrics_addr();
-        let want: f64 = (0..2).map(|t| g.plan.opened(t)).sum();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let (_, body) = g.ns.run(|| http_get(addr, "/health"));
-            let h: serde_json::Value = serde_json::from_str(&body).unwrap();
-            let active = h["active_connections"].as_f64().unwrap_or(-1.0);
-            if active == want {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: /health says {active} active, want {want}: {body}",
-                g.plan.host
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-    // No hold after that: nothing here checks the short sessions' lifetimes (only that each
-    // close is counted and observed once), so they close as soon as every sidecar saw them.
-    drop(short);
+    open_sessions(&mut gateways, &downstream);
 
     prom.wait_for(
         "the fleet's numbers in Prometheus",
@@ -595,18 +637,10 @@ port = {pb}
         );
     }
 
-    // Orderly teardown, sidecars first (Drop would do the same on a panic).
-    for g in gateways {
-        let Gateway {
-            sidecar, held, ns, ..
-        } = g;
-        drop(sidecar);
-        drop(held);
-        drop(ns);
-    }
+    tear_down(gateways);
     drop(prom);
     drop(otlp);
-    drop((venue_a, venue_b, other));
+    drop(downstream);
     drop(ds);
     println!(
         "fleet_of_three_gateways_scraped_by_one_prometheus: {:.1}s",
@@ -724,52 +758,12 @@ fn fleet_of_fifty_sidecars_adds_up_in_prometheus_and_victoria_metrics() {
     let plans: Vec<Plan> = (0..n).map(generated_plan).collect();
     let ds = NetNs::create("ds");
     let mut lan = Lan::new(&ds, LAN, DS_HOST);
-    let ds_ip = lan.addr(DS_HOST);
-    let (venue_a, venue_b, other) = ds.run(|| {
-        (
-            Downstream::listen(&format!("{ds_ip}:0")),
-            Downstream::listen(&format!("{ds_ip}:0")),
-            Downstream::listen(&format!("{ds_ip}:0")),
-        )
-    });
-    let venues = [venue_a.addr, venue_b.addr];
-    let cfg = config_file(&format!(
-        "[[targets]]\nname = \"venue-a\"\naddress = \"{ds_ip}\"\nport = {}\n\n\
-         [[targets]]\nname = \"venue-b\"\naddress = \"{ds_ip}\"\nport = {}\n",
-        venues[0].port(),
-        venues[1].port()
-    ));
+    let downstream = Downstreams::listen(&ds, lan.addr(DS_HOST));
     let vm = otlp_sink(&ds).unwrap();
-    let mut gateways = Vec::new();
-    for plan in &plans {
-        let ns = NetNs::create(&format!("f{}", plan.lan_host));
-        let ip = lan.attach(&ns, plan.lan_host);
-        let listen = format!("0.0.0.0:{METRICS_PORT}");
-        let mut args: Vec<String> = [
-            "--config",
-            cfg.path().to_str().unwrap(),
-            "--source",
-            "netlink",
-            "--interval",
-            "500ms",
-            "--listen",
-            &listen,
-        ]
-        .map(String::from)
-        .to_vec();
-        args.extend(otlp_args(Some(&vm), ds_ip));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut cmd = sidecar_command(&ns, plan);
-        cmd.envs(otlp_env(Some(&vm)));
-        let sidecar = Sidecar::start_with(cmd, &args);
-        gateways.push(Gateway {
-            plan: *plan,
-            ip,
-            held: Vec::new(),
-            sidecar,
-            ns,
-        });
-    }
+    let mut gateways: Vec<Gateway> = plans
+        .iter()
+        .map(|plan| start_gateway(&mut lan, plan, downstream.cfg.path(), Some(&vm), "500ms"))
+        .collect();
 
     // Prometheus from the fleet example, finding the sidecars through a targets file.
     let sd = tempfile::tempdir().unwrap();
@@ -791,31 +785,7 @@ fn fleet_of_fifty_sidecars_adds_up_in_prometheus_and_victoria_metrics() {
     });
 
     // The sessions, as in the fleet of three.
-    let mut short = Vec::new();
-    for g in &mut gateways {
-        let p = g.plan;
-        for (t, venue) in venues.iter().enumerate() {
-            let held = g.connect(p.held[t], *venue);
-            g.held.extend(held);
-            short.extend(g.connect(p.closed[t], *venue));
-        }
-        let noise = g.connect(p.noise, other.addr);
-        g.held.extend(noise);
-    }
-    for g in &gateways {
-        let want: f64 = (0..2).map(|t| g.plan.opened(t)).sum();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let (_, body) = g.get("/health");
-            let h: serde_json::Value = serde_json::from_str(&body).unwrap();
-            if h["active_connections"].as_f64() == Some(want) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{}: {body}", g.plan.host);
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-    drop(short);
+    open_sessions(&mut gateways, &downstream);
 
     prom.wait_for(
         "the fleet's numbers in Prometheus",
@@ -847,16 +817,9 @@ fn fleet_of_fifty_sidecars_adds_up_in_prometheus_and_victoria_metrics() {
     let cost = fleet_cost(&prom, &vm, n, Duration::from_secs(20));
     println!("{cost}");
 
-    for g in gateways {
-        let Gateway {
-            sidecar, held, ns, ..
-        } = g;
-        drop(sidecar);
-        drop(held);
-        drop(ns);
-    }
+    tear_down(gateways);
     drop((prom, vm));
-    drop((venue_a, venue_b, other));
+    drop(downstream);
     drop(ds);
     println!(
         "fleet_of_fifty_sidecars_adds_up_in_prometheus_and_victoria_metrics ({n}): {:.1}s",
