@@ -6,6 +6,7 @@
 //! a property the parser promises (the same properties as `tests/integration/properties.rs`).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, UNIX_EPOCH};
 
 use fix_monitor::source::bytecode::{self, mirror};
 use fix_monitor::source::netlink::parse_dump;
@@ -256,4 +257,35 @@ pub fn otel_headers(data: &[u8]) {
         env,
         "/nonexistent/fix-monitor/config.toml",
     );
+}
+
+/// A socket-destroy notification (the `sock_diag` destroy multicast groups' message): a
+/// socket, nothing, or an error, never a panic; a socket's final counters are its own.
+pub fn destroy_message(data: &[u8]) {
+    let _ = fix_monitor::source::destroy::parse(data);
+}
+
+/// One line of an engine's message log (QuickFIX/J, QuickFIX, QuickFIX/n): a message or why
+/// not, never a panic; a message is timed by the line's own timestamp or, without one, by the
+/// time it was read.
+pub fn fix_log_line(data: &[u8]) {
+    use fix_monitor::fix::logs::{parse_line, parse_timestamp};
+    let ours: std::collections::HashSet<String> = ["GW".to_string()].into();
+    let read_at = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    if let Ok(r) = parse_line(data, &ours, read_at) {
+        if !r.timed_by_log {
+            assert_eq!(r.at, read_at);
+        }
+    }
+    let _ = parse_timestamp(data);
+}
+
+/// The endpoint's web configuration file (node_exporter's format): a configuration or
+/// problems that say something, never a panic. Files it names are looked for where none are.
+pub fn web_config_yaml(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let dir = std::path::Path::new("/nonexistent/fix-monitor");
+    if let Err(problems) = fix_monitor::export::web_config::parse(&text, dir) {
+        assert!(!problems.is_empty(), "refused without a reason");
+    }
 }

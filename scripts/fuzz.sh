@@ -16,7 +16,7 @@ ROOT="$PWD"
 
 AFL_VERSION=0.18.2
 secs="${FUZZ_SECONDS:-300}"
-all_targets=(netlink_dump procfs_table bytecode fix_codec config_toml otel_headers)
+all_targets=(netlink_dump procfs_table bytecode fix_codec config_toml otel_headers destroy_message fix_log_line web_config_yaml)
 targets=("$@")
 [ "${#targets[@]}" -gt 0 ] || targets=("${all_targets[@]}")
 

@@ -60,3 +60,18 @@ fn config_toml_cases_pass() {
 fn otel_headers_cases_pass() {
     assert!(replay("otel_headers", harness::otel_headers) >= 2);
 }
+
+#[test]
+fn destroy_message_cases_pass() {
+    assert!(replay("destroy_message", harness::destroy_message) >= 3);
+}
+
+#[test]
+fn fix_log_line_cases_pass() {
+    assert!(replay("fix_log_line", harness::fix_log_line) >= 4);
+}
+
+#[test]
+fn web_config_yaml_cases_pass() {
+    assert!(replay("web_config_yaml", harness::web_config_yaml) >= 3);
+}
