@@ -22,27 +22,27 @@ fn utc_time_in(hours: i64) -> String {
 #[test]
 fn expected_up_is_1_inside_the_window_0_outside_and_1_without_a_schedule() {
     // A venue for each scheduled target: a session that ends outside its window was planned.
-    let venue_open = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
-    let venue_closed = std::net::TcpListener::bind("127.0.0.3:0").unwrap();
+    let venue_open = std::net::TcpListener::bind("127.0.121.2:0").unwrap();
+    let venue_closed = std::net::TcpListener::bind("127.0.121.3:0").unwrap();
     let cfg = config_file(&format!(
         r#"
 schedule_grace = "1m"
 
 [[targets]]
 name = "open-now"
-address = "127.0.0.2"
+address = "127.0.121.2"
 port = {port_open}
 schedule = "around-now"
 
 [[targets]]
 name = "closed-now"
-address = "127.0.0.3"
+address = "127.0.121.3"
 port = {port_closed}
 schedule = "later"
 
 [[targets]]
 name = "always"
-address = "127.0.0.4"
+address = "127.0.121.4"
 
 [[schedules]]
 name = "around-now"
