@@ -1,10 +1,10 @@
 //! The sidecar's own footprint, for the operators who must trust it to cost nothing: resident
 //! memory, CPU time and open files, read from `/proc/self` by the procfs crate when a collection
-//! asks (a scrape or an export), never on the poll path. Named after the OpenTelemetry semantic
-//! conventions (`process.memory.usage`, `process.cpu.time`, `process.open_file_descriptor.count`,
-//! and beside it the limit); on Prometheus they read `process_memory_usage_bytes`,
-//! `process_cpu_time_seconds_total{cpu_mode}`, `process_open_file_descriptor_count` and
-//! `process_open_file_descriptor_limit`.
+//! asks (a scrape or an export), never on the poll path. Memory and CPU are named after the
+//! OpenTelemetry semantic conventions (`process.memory.usage`, `process.cpu.time`), open files
+//! as Prometheus's client libraries name them (`process.open_fds`, `process.max_fds`: see
+//! [`names::OPEN_FDS`]); on Prometheus they read `process_memory_usage_bytes`,
+//! `process_cpu_time_seconds_total{cpu_mode}`, `process_open_fds` and `process_max_fds`.
 
 use opentelemetry::metrics::Meter;
 
@@ -13,10 +13,13 @@ use opentelemetry::metrics::Meter;
 pub mod names {
     pub const MEMORY: &str = "process.memory.usage";
     pub const CPU_TIME: &str = "process.cpu.time";
-    pub const OPEN_FDS: &str = "process.open_file_descriptor.count";
-    /// Not a semantic convention: the soft `RLIMIT_NOFILE`, beside the count, so that an alert
-    /// can see the limit coming.
-    pub const MAX_FDS: &str = "process.open_file_descriptor.limit";
+    /// Open files and their limit, under the names Prometheus's client libraries give them
+    /// (`process_open_fds`, `process_max_fds`): the semantic convention's
+    /// `process.open_file_descriptor.count` would read `..._count` on Prometheus, a suffix
+    /// reserved for histograms and summaries, and has no limit beside it.
+    pub const OPEN_FDS: &str = "process.open_fds";
+    /// The soft `RLIMIT_NOFILE`.
+    pub const MAX_FDS: &str = "process.max_fds";
     /// Every name above (the docs' metric tables are checked against these lists).
     pub const ALL: &[&str] = &[MEMORY, CPU_TIME, OPEN_FDS, MAX_FDS];
 }

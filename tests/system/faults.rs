@@ -378,11 +378,8 @@ fn at_its_file_descriptor_limit_it_says_so_counts_and_loses_no_session() {
         s.metrics().get("fix_connections_active", &t) == Some(3.0)
     });
     let m = sc.metrics();
-    assert_eq!(
-        m.get("process_open_file_descriptor_limit", &[]),
-        Some(LIMIT as f64)
-    );
-    let open = m.get("process_open_file_descriptor_count", &[]).unwrap();
+    assert_eq!(m.get("process_max_fds", &[]), Some(LIMIT as f64));
+    let open = m.get("process_open_fds", &[]).unwrap();
     assert!(open > 0.0 && open < LIMIT as f64, "{open}");
 
     // Twice the limit in idle connections to the endpoint: each one it accepts costs it a

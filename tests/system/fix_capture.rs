@@ -54,6 +54,7 @@ fn fix_sessions_captured_on_loopback_match_the_simulator() {
         target("opaque", opaque.local_addr().unwrap()),
     ]);
     let mut cap = Capture::open(&targets, 8 << 20).expect("a packet socket (run as root)");
+    let retransmitted_before = retransmitted_here();
     let watch = Arc::new(Mutex::new(Watch {
         wire: Wire::new(targets, StreamLimits::default()),
         tracker: Tracker::new(Limits::default()),
@@ -116,9 +117,13 @@ fn fix_sessions_captured_on_loopback_match_the_simulator() {
     assert_eq!(g.wire.stats.unmatched, 0);
     assert_eq!(g.wire.stats.unparsed, 0);
     let st = g.wire.stream_stats();
-    assert_eq!(
-        st.retransmitted_segments, 0,
-        "loopback's second copy got through"
+    // Loopback's second copy of each packet never gets through the filter; a segment the
+    // kernel really resent (a busy host drops on loopback too) is seen twice, and is counted.
+    let resent = retransmitted_here() - retransmitted_before;
+    assert!(
+        st.retransmitted_segments <= resent,
+        "loopback's second copy got through: {} segments seen twice, {resent} resent",
+        st.retransmitted_segments
     );
     assert_eq!(st.gaps, 0);
     assert_eq!(kstats.drops, 0);
@@ -215,7 +220,15 @@ fn the_binary_with_capture_on_across_a_veth_link_reports_what_the_simulator_did(
 
 /// TCP segments the kernel retransmitted in `ns` (`RetransSegs`, counted per namespace).
 fn retransmitted_by_kernel(ns: &NetNs) -> u64 {
-    let snmp = ns.run(|| std::fs::read_to_string("/proc/thread-self/net/snmp").unwrap());
+    retransmits_in(&ns.run(|| std::fs::read_to_string("/proc/thread-self/net/snmp").unwrap()))
+}
+
+/// The same in the test's own namespace (every test's traffic in it: an upper bound).
+fn retransmitted_here() -> u64 {
+    retransmits_in(&std::fs::read_to_string("/proc/net/snmp").unwrap())
+}
+
+fn retransmits_in(snmp: &str) -> u64 {
     let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
     let (names, values) = (tcp.next().unwrap(), tcp.next().unwrap());
     names

@@ -492,8 +492,13 @@ path = "{logs}/*.messages.log"
     println!("fresh sidecar, nothing closed yet:\n{}", render(&fresh));
     for o in &fresh {
         let histogram = o.expr.contains("fix_connection_duration_seconds");
-        // One FIX session so far: its latencies' rate may still be 0 (NaN quantiles).
-        let latency = ["fix_order_ack_latency", "fix_order_fill_latency"];
+        // One FIX session so far: its latencies' and clock samples' rates may still be 0
+        // (NaN quantiles).
+        let latency = [
+            "fix_order_ack_latency",
+            "fix_order_fill_latency",
+            "fix_clock_skew_seconds",
+        ];
         if latency.iter().any(|l| o.expr.contains(l)) && o.verdict() == "NaN" {
             continue;
         }

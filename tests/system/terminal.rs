@@ -89,6 +89,17 @@ impl Tmux {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Everything the terminal printed, its scrollback included (a long final report scrolls
+    /// its first lines off the screen).
+    pub fn history(&self) -> String {
+        let out = self
+            .command()
+            .args(["capture-pane", "-p", "-S", "-", "-t", "main"])
+            .output()
+            .expect("tmux capture-pane");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     pub fn send_keys(&self, keys: &str) {
         let st = self
             .command()
@@ -386,7 +397,8 @@ fn demo_in_a_terminal_shows_the_view_and_ends_cleanly_at_ctrl_c() {
     );
 
     tmux.send_keys("C-c");
-    let s = tmux.wait_for("the exit", Duration::from_secs(20), |s| s.contains("EXIT="));
+    tmux.wait_for("the exit", Duration::from_secs(20), |s| s.contains("EXIT="));
+    let s = tmux.history();
     assert!(s.contains("EXIT=0"), "{s}");
     assert!(s.contains("demo ended on request"), "{s}");
     assert!(
