@@ -1257,7 +1257,7 @@ mod tests {
             remote: "127.0.0.2:9876".parse().unwrap(),
         };
         let origin = Origin {
-            target: Some("venue".into()),
+            target: Some("venue"),
             tcp: Some(link),
         };
         // at(0) is 2027-01-15 08:00:00 UTC.
