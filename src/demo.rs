@@ -133,7 +133,7 @@ fn script(venue: usize) -> VenueScript {
         ack_delay: (ms(1), ms(5)),
         refuse_logons: None,
         business_reject_every: None,
-        gap: None,
+        gaps: Vec::new(),
         clock_offset_ns: 0,
         order_reject_every: None,
         fill_every: None,
@@ -149,10 +149,11 @@ fn script(venue: usize) -> VenueScript {
         // Slower, and leaves sequence gaps.
         1 => {
             s.ack_delay = (ms(10), ms(40));
-            s.gap = Some(Gap {
+            s.gaps.push(Gap {
                 first: 3,
                 every: 60,
                 size: 3,
+                replay: false,
             });
         }
         // Slow (and the one that goes silent), and its clock is 250 ms ahead.
