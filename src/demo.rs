@@ -480,7 +480,7 @@ pub async fn run(
         sidecar.local_addr().expect("the demo serves HTTP")
     );
     // The gateway starts once the sidecar has looked: every session is then a real open.
-    first_poll(&state, Instant::now() + Duration::from_secs(5)).await;
+    first_poll(&state, &fix, Instant::now() + Duration::from_secs(5)).await;
 
     let header = header(&venues, &url, &fix_source, options.duration, &day);
     let (notes_tx, notes_rx) = mpsc::unbounded_channel();
@@ -569,8 +569,11 @@ fn fix_source_line(log_dir: Option<&LogDir>, capture_error: Option<&str>) -> Str
     }
 }
 
-/// Resolves once the sidecar has polled, or at `deadline`.
-async fn first_poll(state: &StateReader, deadline: Instant) {
+/// Resolves once the sidecar has polled and its FIX layer has read its sources once, or at
+/// `deadline`. The FIX layer's first round comes about 50 ms after the first poll, and the log
+/// follower's first read starts at the end of the files there: a session logged on before it
+/// lost its Logon line (one logon, one message) in a log-mode run.
+async fn first_poll(state: &StateReader, fix: &FixReader, deadline: Instant) {
     let mut changes = state.clone();
     while state.get().health.polls == 0 {
         match tokio::time::timeout_at(deadline.into(), changes.changed()).await {
@@ -578,6 +581,7 @@ async fn first_poll(state: &StateReader, deadline: Instant) {
             _ => break,
         }
     }
+    fix.first_round(deadline).await;
 }
 
 /// The live view's header: the endpoint, the simulated gateway, where FIX is read from, and
