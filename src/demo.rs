@@ -30,7 +30,11 @@
 //! every second of the others (`fix_order_rejects_total`, `fix_execution_reports_total`, fill latency), and has
 //! a `message_limit` that the gateway's outbound peaks approach (its utilization is shown, not
 //! checked: the simulator cannot know the kernel's timestamps, so its own 1 s peak may differ
-//! by a message at a window's edge); venue-b's sequence gaps are answered by gap fills.
+//! by a message at a window's edge); venue-b's sequence gaps are answered by gap fills, except
+//! once, on its first session: right after the Logon it leaves [`REPLAYED_GAP`] numbers out and
+//! replays each when asked (News with PossDupFlag and OrigSendingTime), a resend storm
+//! (`fix_session_sequence_events_total{kind="resend_storm"}`, checked against the storms the
+//! simulated gateway saw).
 //!
 //! Each way a session ends has its cause (`crate::ends`), and the simulator counts its ends by
 //! the cause fix-monitor is to give them: the gateway's Logout `logout_by_us`, a venue's in a
@@ -124,6 +128,11 @@ pub const ORDER_REJECT_EVERY: u64 = 3;
 pub const FILL_EVERY: u64 = 2;
 pub const MESSAGE_LIMIT: &str = "{ count = 5, per = \"1s\" }";
 
+/// The venue whose first session replays a gap of [`REPLAYED_GAP`] numbers (left out right
+/// after its Logon) when the gateway asks: a resend storm (100 replayed or more), once a run.
+pub const REPLAY_VENUE: usize = 1;
+pub const REPLAYED_GAP: u64 = 120;
+
 /// How each venue speaks FIX (by the index in [`VENUES`]).
 fn script(venue: usize) -> VenueScript {
     let ms = Duration::from_millis;
@@ -133,7 +142,7 @@ fn script(venue: usize) -> VenueScript {
         ack_delay: (ms(1), ms(5)),
         refuse_logons: None,
         business_reject_every: None,
-        gap: None,
+        gaps: Vec::new(),
         clock_offset_ns: 0,
         order_reject_every: None,
         fill_every: None,
@@ -149,10 +158,11 @@ fn script(venue: usize) -> VenueScript {
         // Slower, and leaves sequence gaps.
         1 => {
             s.ack_delay = (ms(10), ms(40));
-            s.gap = Some(Gap {
+            s.gaps.push(Gap {
                 first: 3,
                 every: 60,
                 size: 3,
+                replay: false,
             });
         }
         // Slow (and the one that goes silent), and its clock is 250 ms ahead.
@@ -327,6 +337,8 @@ pub struct FixTally {
     /// SequenceReset-GapFills and PossDup messages received (sequence events).
     pub gap_fills_in: u64,
     pub poss_dups_in: u64,
+    /// Resend storms: ResendRequests answered with 100 replayed messages or more.
+    pub resend_storms_in: u64,
     pub last_logout_text: Option<String>,
 }
 
@@ -362,6 +374,7 @@ impl FixTally {
             fills_in: t.fills_in,
             gap_fills_in: t.gap_fills_in,
             poss_dups_in: t.poss_dups_in,
+            resend_storms_in: t.resend_storms_in,
             last_logout_text: None,
         }
     }
@@ -396,6 +409,7 @@ impl FixTally {
             let kind = |k| inbound.and_then(|e| e.get(k)).copied().unwrap_or(0);
             t.gap_fills_in += kind("gap_fill");
             t.poss_dups_in += kind("poss_dup");
+            t.resend_storms_in += kind("resend_storm");
         }
         t
     }
@@ -405,7 +419,7 @@ impl FixTally {
         format!(
             "{name} logons={} logouts_us={} logouts_them={} sent={} received={} gaps={} \
              gap_messages={} resend_requests={} test_requests={} rejects={} answered={} \
-             rejected={} order_rejects={} fills={} gap_fills={} poss_dups={}",
+             rejected={} order_rejects={} fills={} gap_fills={} poss_dups={} resend_storms={}",
             self.logons,
             self.logouts_us,
             self.logouts_them,
@@ -422,6 +436,7 @@ impl FixTally {
             self.fills_in,
             self.gap_fills_in,
             self.poss_dups_in,
+            self.resend_storms_in,
         )
     }
 }
@@ -465,7 +480,7 @@ pub async fn run(
         sidecar.local_addr().expect("the demo serves HTTP")
     );
     // The gateway starts once the sidecar has looked: every session is then a real open.
-    first_poll(&state, Instant::now() + Duration::from_secs(5)).await;
+    first_poll(&state, &fix, Instant::now() + Duration::from_secs(5)).await;
 
     let header = header(&venues, &url, &fix_source, options.duration, &day);
     let (notes_tx, notes_rx) = mpsc::unbounded_channel();
@@ -554,8 +569,11 @@ fn fix_source_line(log_dir: Option<&LogDir>, capture_error: Option<&str>) -> Str
     }
 }
 
-/// Resolves once the sidecar has polled, or at `deadline`.
-async fn first_poll(state: &StateReader, deadline: Instant) {
+/// Resolves once the sidecar has polled and its FIX layer has read its sources once, or at
+/// `deadline`. The FIX layer's first round comes about 50 ms after the first poll, and the log
+/// follower's first read starts at the end of the files there: a session logged on before it
+/// lost its Logon line (one logon, one message) in a log-mode run.
+async fn first_poll(state: &StateReader, fix: &FixReader, deadline: Instant) {
     let mut changes = state.clone();
     while state.get().health.polls == 0 {
         match tokio::time::timeout_at(deadline.into(), changes.changed()).await {
@@ -563,6 +581,7 @@ async fn first_poll(state: &StateReader, deadline: Instant) {
             _ => break,
         }
     }
+    fix.first_round(deadline).await;
 }
 
 /// The live view's header: the endpoint, the simulated gateway, where FIX is read from, and
@@ -1441,6 +1460,8 @@ struct Sim {
     /// When the demo stops, if known: no reset so late that its session could not reconnect
     /// and log out at the end (read from engine logs, a reset session would stay logged on).
     stop_at: Option<Instant>,
+    /// [`REPLAY_VENUE`]'s replayed gap is still to come (on its next session).
+    replay_due: bool,
 }
 
 impl Sim {
@@ -1500,6 +1521,7 @@ impl Sim {
                 grace_from + Duration::from_millis(500),
             ),
             stop_at: plan.stop_at,
+            replay_due: true,
         }
     }
 
@@ -1752,8 +1774,8 @@ impl Sim {
                     } else {
                         ms(&mut self.rng, 3000, 20_000).max(self.min_life)
                     };
+                    let script = self.session_script(slot, venue);
                     let gw = &self.comp_ids[slot];
-                    let script = self.venues[venue].script.clone();
                     let log = match &self.log_dir {
                         Some(d) => Some(MessageLog::create(
                             &d.join(format!("{gw}-{}.messages.log", script.comp_id)),
@@ -1775,6 +1797,27 @@ impl Sim {
             }
         }
         Err(last)
+    }
+
+    /// The script of `venue`'s session in `slot`: the venue's, and on [`REPLAY_VENUE`]'s first
+    /// session a gap of [`REPLAYED_GAP`] numbers right after its Logon, replayed when asked.
+    fn session_script(&mut self, slot: usize, venue: usize) -> VenueScript {
+        let mut script = self.venues[venue].script.clone();
+        if venue == REPLAY_VENUE && self.replay_due {
+            self.replay_due = false;
+            script.gaps.push(Gap {
+                first: 1,
+                every: u64::MAX,
+                size: REPLAYED_GAP,
+                replay: true,
+            });
+            let _ = self.notes.send(format!(
+                "{}: {} misses {REPLAYED_GAP} sequence numbers after its Logon; the venue \
+                 replays them (PossDupFlag=Y): a resend storm",
+                self.venues[venue].venue.name, self.comp_ids[slot]
+            ));
+        }
+        script
     }
 
     /// The venue's end of the connection from `local` (it is in the listener's queue once
@@ -2111,6 +2154,31 @@ mod tests {
         }
         assert!(
             notes.iter().any(|n| n.contains("reconnect storm")),
+            "{notes:?}"
+        );
+        // One resend storm, on the replay venue's first session: every number it left out
+        // replayed once (a News with PossDupFlag), no other News.
+        let replay = &counts[REPLAY_VENUE].fix;
+        assert_eq!(replay.resend_storms_in, 1, "{replay:?}");
+        assert_eq!(replay.received.get("News"), Some(&REPLAYED_GAP));
+        assert_eq!(replay.poss_dups_in, REPLAYED_GAP + replay.gap_fills_in);
+        for (v, c) in counts
+            .iter()
+            .enumerate()
+            .filter(|(v, _)| *v != REPLAY_VENUE)
+        {
+            assert_eq!(
+                (c.fix.resend_storms_in, c.fix.received.get("News")),
+                (0, None),
+                "{v}"
+            );
+        }
+        assert_eq!(
+            notes
+                .iter()
+                .filter(|n| n.contains("a resend storm"))
+                .count(),
+            1,
             "{notes:?}"
         );
     }

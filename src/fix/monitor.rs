@@ -349,6 +349,15 @@ impl FixReader {
         self.0.borrow().clone()
     }
 
+    /// Resolves once the FIX layer has published a round since it started, or at `deadline`;
+    /// at once when the layer is off. Its sources have then been read once: a log follower's
+    /// first read starts at the end of the files there, so lines written before it are never
+    /// read.
+    pub async fn first_round(&self, deadline: Instant) {
+        let mut rx = self.0.clone();
+        let _ = tokio::time::timeout_at(deadline.into(), rx.changed()).await;
+    }
+
     /// A reader of a state that never changes (the FIX layer off).
     pub fn disabled() -> FixReader {
         // A receiver still reads the last value after its sender is gone.
@@ -986,4 +995,38 @@ pub fn bound_hits(s: &SelfStats) -> [(bool, &'static str, &'static str); 6] {
              the rest wait until a followed file goes",
         ),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `first_round` waits for a published round (not the initial state), and not at all
+    /// when the layer is off or a round was published before it was asked.
+    #[tokio::test]
+    async fn first_round_waits_for_a_published_round() {
+        let (tx, rx) = watch::channel(Arc::new(FixState::default()));
+        let reader = FixReader(rx);
+        let t0 = Instant::now();
+        reader.first_round(t0 + Duration::from_millis(200)).await;
+        assert!(t0.elapsed() >= Duration::from_millis(200), "no round yet");
+        let publisher = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            tx.send(Arc::new(FixState::default())).unwrap();
+            tx
+        });
+        let t1 = Instant::now();
+        reader.first_round(t1 + Duration::from_secs(10)).await;
+        assert!(t1.elapsed() < Duration::from_secs(5), "the round came");
+        let _tx = publisher.join().unwrap();
+        let t2 = Instant::now();
+        reader.first_round(t2 + Duration::from_secs(10)).await;
+        FixReader::disabled()
+            .first_round(t2 + Duration::from_secs(10))
+            .await;
+        assert!(
+            t2.elapsed() < Duration::from_secs(5),
+            "already published; off"
+        );
+    }
 }

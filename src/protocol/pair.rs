@@ -12,10 +12,11 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::codec::{tag, Message};
-use crate::sim::{Counts, MessageLog, Peer};
+use crate::forensics::RESEND_STORM;
+use crate::sim::{offset_by, utc_timestamp, Counts, MessageLog, Peer};
 
 /// How a simulated venue behaves.
 #[derive(Debug, Clone)]
@@ -29,8 +30,9 @@ pub struct VenueScript {
     /// Answer one order in n (at random) with a BusinessMessageReject (naming the ClOrdID in
     /// tag 379).
     pub business_reject_every: Option<u64>,
-    /// Leave `size` sequence numbers out after its `first`-th message, then every `every`.
-    pub gap: Option<Gap>,
+    /// Sequence numbers it leaves out ([`Gap`]): each pattern its own, at most one gap before
+    /// any one message (so that each gap is asked for and answered on its own).
+    pub gaps: Vec<Gap>,
     /// Its clock's offset from ours, nanoseconds (positive: ahead), in the SendingTime it
     /// writes.
     pub clock_offset_ns: i64,
@@ -43,14 +45,35 @@ pub struct VenueScript {
 }
 
 #[derive(Debug, Clone, Copy)]
-/// Sequence numbers a simulated venue leaves out ([`VenueScript::gap`]).
+/// Sequence numbers a simulated venue leaves out ([`VenueScript::gaps`]): `size` of them after
+/// its `first`-th message, then every `every` messages.
+///
+/// The gateway asks for them with a ResendRequest (from the first missing, EndSeqNo 0). A gap
+/// not `replay`ed is answered with one SequenceReset-GapFill (PossDupFlag=Y) up to the venue's
+/// next number; a `replay`ed one by resending each number left out, as a venue replays its
+/// application messages: a News (35=B) with PossDupFlag=Y and OrigSendingTime (tag 122, when
+/// the number was left out), nothing after them (the gateway has the venue's later messages).
+/// News, so that the replay adds no order outcome. [`RESEND_STORM`] numbers or more replayed
+/// for one request make a resend storm.
 pub struct Gap {
     /// Messages the venue sends before the first gap.
     pub first: u64,
-    /// Messages between one gap and the next.
+    /// Messages between one gap and the next (`u64::MAX`: once).
     pub every: u64,
     /// Sequence numbers left out each time.
     pub size: u64,
+    /// Answer the ResendRequest by replaying them, not with a gap fill.
+    pub replay: bool,
+}
+
+/// Numbers a venue left out, for its answer to the ResendRequest.
+#[derive(Debug, Clone, Copy)]
+struct LeftOut {
+    from: u64,
+    size: u64,
+    replay: bool,
+    /// When (the replays' OrigSendingTime).
+    at: SystemTime,
 }
 
 /// What the gateway did on one or more sessions: the ground truth.
@@ -104,6 +127,10 @@ pub struct LinkTruth {
     pub gap_fills_in: u64,
     /// See [`gap_fills_in`](Self::gap_fills_in).
     pub poss_dups_in: u64,
+    /// ResendRequests of the gateway's answered with [`RESEND_STORM`] or more replayed
+    /// messages (PossDups and GapFills received after it, before its next one): resend storms,
+    /// counted when the replay reaches that many.
+    pub resend_storms_in: u64,
 }
 
 impl LinkTruth {
@@ -134,6 +161,7 @@ impl LinkTruth {
         self.fills_in += o.fills_in;
         self.gap_fills_in += o.gap_fills_in;
         self.poss_dups_in += o.poss_dups_in;
+        self.resend_storms_in += o.resend_storms_in;
         if o.last_logout_text.is_some() {
             self.last_logout_text.clone_from(&o.last_logout_text);
         }
@@ -182,7 +210,12 @@ pub struct Link {
     /// NewOrderSingles the venue received (the n of `order_reject_every` and `fill_every`).
     venue_new_orders: u64,
     venue_sent: u64,
-    next_gap_at: Option<u64>,
+    /// Per gap pattern ([`VenueScript::gaps`]), the message count at which it leaves numbers
+    /// out next.
+    next_gap_at: Vec<u64>,
+    left_out: Vec<LeftOut>,
+    /// Messages replayed to the gateway since its last ResendRequest (none before one).
+    replayed_in: Option<u64>,
     truth: LinkTruth,
     rng: fastrand::Rng,
 }
@@ -219,7 +252,9 @@ impl Link {
         let mut link = Link {
             gw,
             venue,
-            next_gap_at: script.gap.map(|g| g.first),
+            next_gap_at: script.gaps.iter().map(|g| g.first).collect(),
+            left_out: Vec::new(),
+            replayed_in: None,
             script,
             heartbeat,
             order_pace,
@@ -521,17 +556,7 @@ impl Link {
                 let id = m.get_str(tag::TEST_REQ_ID).unwrap_or_default().into_owned();
                 self.venue_send("0", &[(112, &id)])?;
             }
-            b"2" => {
-                let from = m
-                    .get_str(tag::BEGIN_SEQ_NO)
-                    .unwrap_or_default()
-                    .into_owned();
-                let new = self.venue.next_out.to_string();
-                self.venue_sent += 1;
-                self.last_venue_sent = Instant::now();
-                self.venue
-                    .send_with_seq("4", &from, &[(43, "Y"), (123, "Y"), (36, &new)])?;
-            }
+            b"2" => self.venue_resend(m.get_u64(tag::BEGIN_SEQ_NO).unwrap_or(0))?,
             mt @ (b"D" | b"F" | b"G") => {
                 self.venue_orders += 1;
                 let id = m.get_str(tag::CL_ORD_ID).unwrap_or_default().into_owned();
@@ -561,17 +586,57 @@ impl Link {
         Ok(())
     }
 
+    /// The venue answers a ResendRequest from `from`: the numbers it left out there replayed
+    /// when that gap is replayed ([`Gap::replay`]), else one SequenceReset-GapFill up to its
+    /// next number.
+    fn venue_resend(&mut self, from: u64) -> io::Result<()> {
+        self.left_out.retain(|g| g.from + g.size > from);
+        let replay = (self.left_out.iter()).find(|g| g.replay && g.from <= from);
+        let Some(&g) = replay else {
+            let new = self.venue.next_out.to_string();
+            self.venue_sent += 1;
+            self.last_venue_sent = Instant::now();
+            let fields: [(u32, &str); 3] = [(43, "Y"), (123, "Y"), (36, &new)];
+            return self.venue.send_with_seq("4", &from.to_string(), &fields);
+        };
+        let orig = utc_timestamp(offset_by(g.at, self.script.clock_offset_ns));
+        for seq in from..g.from + g.size {
+            let headline = format!("Market notice {seq}");
+            let fields: [(u32, &str); 5] = [
+                (43, "Y"),
+                (122, &orig[..21]),
+                (148, &headline),
+                (33, "1"),
+                (58, "replayed on request"),
+            ];
+            self.venue_sent += 1;
+            self.last_venue_sent = Instant::now();
+            self.venue.send_with_seq("B", &seq.to_string(), &fields)?;
+        }
+        Ok(())
+    }
+
+    /// The gateway counts a message received: a gap fill, a PossDup, and the replay since its
+    /// last ResendRequest.
+    fn gw_count_replay(&mut self, m: &Message) {
+        let gap_fill = m.msg_type() == b"4" && m.get_flag(tag::GAP_FILL_FLAG);
+        let poss_dup = m.get_flag(tag::POSS_DUP_FLAG);
+        self.truth.gap_fills_in += u64::from(gap_fill);
+        self.truth.poss_dups_in += u64::from(poss_dup);
+        if let (true, Some(n)) = (gap_fill || poss_dup, self.replayed_in.as_mut()) {
+            *n += 1;
+            if *n == RESEND_STORM {
+                self.truth.resend_storms_in += 1;
+            }
+        }
+    }
+
     fn gw_handle(&mut self, m: &Message) -> io::Result<()> {
         let now = Instant::now();
         self.last_gw_recv = now;
         let mt = m.msg_type();
         let seq = m.get_u64(tag::MSG_SEQ_NUM).unwrap_or(0);
-        if mt == b"4" && m.get_flag(tag::GAP_FILL_FLAG) {
-            self.truth.gap_fills_in += 1;
-        }
-        if m.get_flag(tag::POSS_DUP_FLAG) {
-            self.truth.poss_dups_in += 1;
-        }
+        self.gw_count_replay(m);
         if mt == b"4" {
             if let Some(new) = m.get_u64(tag::NEW_SEQ_NO) {
                 self.expect_in = self.expect_in.max(new);
@@ -584,6 +649,7 @@ impl Link {
             let from = self.expect_in.to_string();
             self.expect_in = seq + 1;
             self.truth.resend_requests_out += 1;
+            self.replayed_in = Some(0);
             self.gw_send("2", &[(7, &from), (16, "0")])?;
         } else if seq == self.expect_in {
             self.expect_in += 1;
@@ -682,16 +748,29 @@ impl Link {
     }
 
     fn venue_send(&mut self, mt: &str, fields: &[(u32, &str)]) -> io::Result<()> {
-        if let (Some(at), Some(g), true) = (self.next_gap_at, self.script.gap, self.venue_logged_on)
-        {
-            if self.venue_sent >= at && mt != "5" {
-                self.venue.skip(g.size);
-                self.next_gap_at = Some(self.venue_sent + g.every);
-            }
+        if self.venue_logged_on && mt != "5" {
+            self.venue_leave_out();
         }
         self.venue_sent += 1;
         self.last_venue_sent = Instant::now();
         self.venue.send(mt, fields)
+    }
+
+    /// The first gap pattern due leaves its numbers out before the venue's next message.
+    fn venue_leave_out(&mut self) {
+        let sent = self.venue_sent;
+        let Some(i) = self.next_gap_at.iter().position(|at| sent >= *at) else {
+            return;
+        };
+        let g = self.script.gaps[i];
+        self.left_out.push(LeftOut {
+            from: self.venue.next_out,
+            size: g.size,
+            replay: g.replay,
+            at: SystemTime::now(),
+        });
+        self.venue.skip(g.size);
+        self.next_gap_at[i] = sent.saturating_add(g.every);
     }
 }
 
@@ -717,11 +796,12 @@ mod tests {
             ack_delay: (Duration::from_millis(1), Duration::from_millis(3)),
             refuse_logons: None,
             business_reject_every: Some(4),
-            gap: Some(Gap {
+            gaps: vec![Gap {
                 first: 5,
                 every: 10,
                 size: 2,
-            }),
+                replay: false,
+            }],
             clock_offset_ns: 0,
             order_reject_every: Some(3),
             fill_every: Some(2),
@@ -763,6 +843,66 @@ mod tests {
         assert_eq!(t.received.get("SequenceReset"), Some(&t.gaps_in));
         assert_eq!((t.gap_fills_in, t.poss_dups_in), (t.gaps_in, t.gaps_in));
         assert!(t.delay_sum >= ms(t.orders_answered) && t.round_trip_sum >= t.delay_sum);
+    }
+
+    /// Gaps answered by replay: one of [`RESEND_STORM`] numbers (a storm), one of one fewer
+    /// (not one), and the script's gap fills between them. Every number replayed arrives once,
+    /// as a News with PossDupFlag and an OrigSendingTime no later than its SendingTime (read in
+    /// the gateway's message log).
+    #[test]
+    fn replayed_gaps_and_one_resend_storm() {
+        let ms = Duration::from_millis;
+        let (g, v) = pair();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gw.log");
+        let log = MessageLog::create(&path, true).unwrap();
+        let mut s = script();
+        let once = |first, size| Gap {
+            first,
+            every: u64::MAX,
+            size,
+            replay: true,
+        };
+        s.gaps
+            .extend([once(1, RESEND_STORM), once(3, RESEND_STORM - 1)]);
+        let mut l = Link::open(g, v, "GW5", s, ms(100), (ms(1), ms(2)), Some(log)).unwrap();
+        let end = Instant::now() + ms(800);
+        while Instant::now() < end {
+            l.step(Instant::now(), false).unwrap();
+            std::thread::sleep(ms(1));
+        }
+        let (t, r) = l.log_out(None, "end of day");
+        r.unwrap();
+        let replayed = 2 * RESEND_STORM - 1;
+        assert_eq!(t.received.get("News"), Some(&replayed), "{t:?}");
+        assert_eq!(t.resend_storms_in, 1, "{t:?}");
+        // The script's own gaps, each answered by one gap fill (a PossDup too).
+        let fills = t.gap_fills_in;
+        assert!(fills > 0, "{t:?}");
+        assert_eq!(t.received.get("SequenceReset"), Some(&fills));
+        assert_eq!(t.gaps_in, 2 + fills, "{t:?}");
+        assert_eq!(t.resend_requests_out, t.gaps_in);
+        assert_eq!(t.gap_messages_in, replayed + 2 * fills, "{t:?}");
+        assert_eq!(t.poss_dups_in, replayed + fills, "{t:?}");
+
+        let text = std::fs::read_to_string(&path).unwrap();
+        let field = |line: &str, t: &str| {
+            let f = line
+                .split('|')
+                .find_map(|f| f.strip_prefix(&format!("{t}=")));
+            f.unwrap_or_else(|| panic!("no {t} in {line}")).to_owned()
+        };
+        let news: Vec<&str> = text.lines().filter(|l| l.contains("|35=B|")).collect();
+        let mut seqs = std::collections::BTreeSet::new();
+        for n in &news {
+            assert_eq!(field(n, "43"), "Y", "{n}");
+            assert!(field(n, "122") <= field(n, "52"), "{n}");
+            seqs.insert(field(n, "34").parse::<u64>().unwrap());
+        }
+        assert_eq!((news.len() as u64, seqs.len() as u64), (replayed, replayed));
+        // The first gap: right after the venue's Logon (MsgSeqNum 1).
+        assert_eq!(seqs.first(), Some(&2));
+        assert_eq!(seqs.range(2..2 + RESEND_STORM).count() as u64, RESEND_STORM);
     }
 
     #[test]

@@ -106,7 +106,7 @@ fn check_ends(out: &str, metrics: &Metrics, sim: &BTreeMap<String, (u64, u64)>, 
 
 /// Issue 21's order outcomes and sequence events of venue `v` on `/metrics` against the
 /// simulator's `truth`: its rejects (all for the order's limit) and fills, each fill the first
-/// of a NewOrderSingle, so timed once; its gap fills.
+/// of a NewOrderSingle, so timed once; its gap fills, PossDups and resend storms.
 fn check_outcomes(v: &str, truth: &BTreeMap<String, u64>, metrics: &Metrics) {
     let m = |name: &str, extra: &[(&str, &str)]| {
         let mut labels = vec![("target", v)];
@@ -137,9 +137,14 @@ fn check_outcomes(v: &str, truth: &BTreeMap<String, u64>, metrics: &Metrics) {
         "{v}"
     );
     // Sequence events: the gap fills and PossDups the gateway received (the venue answers a
-    // ResendRequest with one SequenceReset-GapFill carrying PossDupFlag, and sends no other
-    // PossDup; one asked just before the venue's Logout goes unanswered).
-    for (kind, key) in [("gap_fill", "gap_fills"), ("poss_dup", "poss_dups")] {
+    // ResendRequest with one SequenceReset-GapFill carrying PossDupFlag, or once, on venue-b,
+    // by replaying each number as a News with PossDupFlag, and sends no other PossDup; one
+    // asked just before the venue's Logout goes unanswered), and the resend storms it saw.
+    for (kind, key) in [
+        ("gap_fill", "gap_fills"),
+        ("poss_dup", "poss_dups"),
+        ("resend_storm", "resend_storms"),
+    ] {
         assert_eq!(
             m(
                 "fix_session_sequence_events_total",
@@ -150,6 +155,9 @@ fn check_outcomes(v: &str, truth: &BTreeMap<String, u64>, metrics: &Metrics) {
         );
     }
     assert!(truth["gap_fills"] <= truth["resend_requests"], "{v}");
+    // One resend storm in the run: venue-b's first session has 120 numbers replayed.
+    let storms = u64::from(v == "venue-b");
+    assert_eq!(truth["resend_storms"], storms, "{v}: resend storms");
 }
 
 /// venue-a's message_limit (5 a second) on the summary and `/metrics`: its sessions' outbound
@@ -265,6 +273,10 @@ fn sessions_tally(sessions: &serde_json::Value, target: &str) -> BTreeMap<String
             ),
             ("gap_fills", n(&s["sequence"]["events"]["in"]["gap_fill"])),
             ("poss_dups", n(&s["sequence"]["events"]["in"]["poss_dup"])),
+            (
+                "resend_storms",
+                n(&s["sequence"]["events"]["in"]["resend_storm"]),
+            ),
         ] {
             *t.entry(k.into()).or_default() += v;
         }
