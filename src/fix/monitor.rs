@@ -743,12 +743,16 @@ impl Worker {
         }
     }
 
-    /// Lets the legs of every tunnel, found ones too, through the packet filter.
+    /// Lets the legs of every tunnel, found ones too, through the packet filter, then says
+    /// which were found.
     #[cfg(target_os = "linux")]
-    fn refilter(&self, capture: &mut super::capture::Capture) {
+    fn refilter(&mut self, capture: &mut super::capture::Capture) {
         let targets = super::tunnels::capture_targets(&self.targets, self.wire.tunnels());
         if let Err(e) = capture.set_filter(&targets) {
             tracing::warn!("FIX capture: a tunnel was found, but not its filter: {e}");
+        }
+        if let Some(j) = &mut self.joiner {
+            j.announce(&self.targets);
         }
     }
 

@@ -104,6 +104,9 @@ pub struct Joiner {
     last_discovery: Option<SystemTime>,
     /// (target, pid) of tunnels with several listeners, said once.
     warned: HashSet<(usize, u32)>,
+    /// Tunnels found and not yet announced: said once the packet filter lets their legs
+    /// through ([`Joiner::announce`]), not before.
+    unannounced: Vec<(Tunnel, Process)>,
 }
 
 impl Joiner {
@@ -125,6 +128,7 @@ impl Joiner {
             examined: HashSet::new(),
             last_discovery: None,
             warned: HashSet::new(),
+            unannounced: Vec::new(),
         }
     }
 
@@ -190,7 +194,13 @@ impl Joiner {
                 .map(|(a, _)| *a)
                 .collect();
             match listens[..] {
-                [address] => found |= add_found(wire, Tunnel { address, target }, p),
+                [address] => {
+                    let tunnel = Tunnel { address, target };
+                    if wire.add_tunnel(tunnel) {
+                        self.unannounced.push((tunnel, p.clone()));
+                        found = true;
+                    }
+                }
                 _ if self.warned.insert((target, p.pid)) => tracing::warn!(
                     target_name = %wire.targets().get(target).name,
                     pid = p.pid,
@@ -407,20 +417,21 @@ pub fn capture_targets(targets: &Targets, tunnels: &[Tunnel]) -> Targets {
     Targets::new(targets.iter().cloned().chain(legs).collect())
 }
 
-/// Follows a tunnel found at run time, and says so (once: a tunnel already followed is not
-/// added again).
-fn add_found(wire: &mut Wire, tunnel: Tunnel, p: &Process) -> bool {
-    let added = wire.add_tunnel(tunnel);
-    if added {
-        tracing::info!(
-            target_name = %wire.targets().get(tunnel.target).name,
-            address = %tunnel.address,
-            pid = p.pid,
-            comm = %p.comm,
-            "TLS tunnel found: its plaintext leg is read from now on"
-        );
+impl Joiner {
+    /// Says which tunnels were found since the last call (each once: a tunnel already
+    /// followed is not added again). Called once the packet filter lets their legs through,
+    /// so that "read from now on" is true when it is said.
+    pub fn announce(&mut self, targets: &Targets) {
+        for (tunnel, p) in self.unannounced.drain(..) {
+            tracing::info!(
+                target_name = %targets.get(tunnel.target).name,
+                address = %tunnel.address,
+                pid = p.pid,
+                comm = %p.comm,
+                "TLS tunnel found: its plaintext leg is read from now on"
+            );
+        }
     }
-    added
 }
 
 fn side(link: TcpLink, opened: Option<SystemTime>) -> Side {

@@ -468,6 +468,8 @@ fn an_auto_tunnel_is_found_from_the_stunnel_owning_the_targets_session() {
     s.sc.wait_for("the probes after the discovery", wait, |sc| {
         last = sc.json("/sessions");
         let a = session(&last, "GW->VENUE");
+        // Shown only if the wait fails (the test harness keeps a passing test's output).
+        eprintln!("{a}");
         a["out"]["by_type"]["TestRequest"] == 5
             && a["in"]["by_type"]["Heartbeat"] == 5
             && a["tunnel"]["join"] == "joined"
