@@ -228,8 +228,51 @@ pub fn load(path: &Path) -> Result<WebConfig, Vec<Problem>> {
     parse(&text, dir)
 }
 
+/// How deep the file's `{...}` and `[...]` may nest. A web configuration's deepest value is
+/// three levels down; the YAML parser's time grows with the square of a flow collection's depth
+/// (a 300 KB file of `{` after a key took five minutes, found by fuzzing), so deeper text is
+/// refused before it is parsed.
+const MAX_FLOW_DEPTH: usize = 32;
+
+/// Whether `text` nests flow collections deeper than [`MAX_FLOW_DEPTH`] (brackets inside quotes
+/// and comments do not count).
+fn nests_too_deep(text: &str) -> bool {
+    let mut depth = 0usize;
+    let mut quote = None;
+    let mut comment = false;
+    for c in text.chars() {
+        match (quote, c) {
+            (_, '\n') => comment = false,
+            _ if comment => {}
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '#') => comment = true,
+            (None, '{' | '[') => {
+                depth += 1;
+                if depth > MAX_FLOW_DEPTH {
+                    return true;
+                }
+            }
+            (None, '}' | ']') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Validates the file's text; `dir` is where relative file names point.
 pub fn parse(text: &str, dir: &Path) -> Result<WebConfig, Vec<Problem>> {
+    if nests_too_deep(text) {
+        return Err(vec![problem(
+            "",
+            "",
+            format!(
+                "not a valid web configuration: brackets nested more than {MAX_FLOW_DEPTH} \
+                 deep"
+            ),
+        )]);
+    }
     // An empty file is a valid one (the toolkit's too): no TLS, no auth.
     let raw: RawFile = if text.trim().is_empty() {
         RawFile::default()

@@ -454,3 +454,31 @@ fn every_problem_is_reported_at_once() {
     );
     assert_eq!(p.len(), 6, "{p:?}");
 }
+
+#[test]
+fn brackets_nested_past_any_web_configuration_are_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // 300 KB of `{` after a key: the YAML parser alone took five minutes over it.
+    for text in [
+        format!("basic_auth_users: {}", "{".repeat(300_000)),
+        format!("{{{}", "[".repeat(300_000)),
+    ] {
+        let started = std::time::Instant::now();
+        let p = problems(dir.path(), &text);
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("nested more than 32 deep"), "{p:?}");
+    }
+    // What a real file nests, and brackets in quotes and comments, pass the check.
+    let quoted = format!(
+        "# {}\nhttp_server_config:\n  headers:\n    Content-Security-Policy: \"{}\"\n",
+        "[".repeat(100),
+        "{".repeat(100)
+    );
+    assert!(
+        parse_in(dir.path(), &quoted).is_ok(),
+        "{:?}",
+        problems(dir.path(), &quoted)
+    );
+    assert!(!nests_too_deep("a: {b: [1, {c: [2]}]}"));
+}
