@@ -234,27 +234,20 @@ pub fn load(path: &Path) -> Result<WebConfig, Vec<Problem>> {
 /// refused before it is parsed.
 const MAX_FLOW_DEPTH: usize = 32;
 
-/// Whether `text` nests flow collections deeper than [`MAX_FLOW_DEPTH`] (brackets inside quotes
-/// and comments do not count).
+/// Whether `text` nests flow collections deeper than [`MAX_FLOW_DEPTH`]. Every bracket counts,
+/// in quotes and comments too: telling those apart is the parser's job (a `"` inside a plain
+/// scalar opens nothing), and no web configuration has 32 unclosed brackets in a value.
 fn nests_too_deep(text: &str) -> bool {
     let mut depth = 0usize;
-    let mut quote = None;
-    let mut comment = false;
-    for c in text.chars() {
-        match (quote, c) {
-            (_, '\n') => comment = false,
-            _ if comment => {}
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), _) => {}
-            (None, '"' | '\'') => quote = Some(c),
-            (None, '#') => comment = true,
-            (None, '{' | '[') => {
+    for b in text.bytes() {
+        match b {
+            b'{' | b'[' => {
                 depth += 1;
                 if depth > MAX_FLOW_DEPTH {
                     return true;
                 }
             }
-            (None, '}' | ']') => depth = depth.saturating_sub(1),
+            b'}' | b']' => depth = depth.saturating_sub(1),
             _ => {}
         }
     }
