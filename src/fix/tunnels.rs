@@ -472,6 +472,18 @@ mod tests {
         )
     }
 
+    /// The one target of these tests: a venue at 10.0.0.2:9878.
+    fn venue_target() -> Targets {
+        Targets::new(vec![Target {
+            name: "venue".into(),
+            net: "10.0.0.2/32".parse().unwrap(),
+            port: Some(9878),
+            local_ports: None,
+            heartbeat: None,
+            stale_after: None,
+        }])
+    }
+
     fn process(root: &Path, pid: u32, comm: &str, inodes: &[u64]) {
         let fd = root.join(pid.to_string()).join("fd");
         std::fs::create_dir_all(&fd).unwrap();
@@ -507,14 +519,7 @@ mod tests {
         process(root.path(), 77, "stunnel4", &[111, 222]);
         process(root.path(), 88, "gateway", &[333]);
 
-        let targets = Targets::new(vec![Target {
-            name: "venue".into(),
-            net: "10.0.0.2/32".parse().unwrap(),
-            port: Some(9878),
-            local_ports: None,
-            heartbeat: None,
-            stale_after: None,
-        }]);
+        let targets = venue_target();
         let tunnels = tunnels(&[Some(TlsTunnel::At(tunnel))]);
         let mut wire = Wire::new(targets.clone(), StreamLimits::default()).with_tunnels(tunnels);
         let mut tracker = Tracker::new(Limits::default());
@@ -585,14 +590,7 @@ mod tests {
             .concat();
             std::fs::write(root.path().join("net/tcp"), table).unwrap();
             process(root.path(), 77, comm, &[222, 444, 555]);
-            let targets = Targets::new(vec![Target {
-                name: "venue".into(),
-                net: "10.0.0.2/32".parse().unwrap(),
-                port: Some(9878),
-                local_ports: None,
-                heartbeat: None,
-                stale_after: None,
-            }]);
+            let targets = venue_target();
             let mut wire = Wire::new(targets, StreamLimits::default()).watch_for_tunnels(&[0]);
             let mut tracker = Tracker::new(Limits::default());
             let (stunnel, venue): (SocketAddr, SocketAddr) = (
