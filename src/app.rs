@@ -133,6 +133,8 @@ pub struct StartOptions {
     pub serve_http: bool,
     /// What the start-up step read ([`crate::startup::prepare`]): the endpoint's web config.
     pub resources: crate::startup::Resources,
+    /// Where `POST /-/reload` asks for a reload (served when `prometheus.reload_endpoint`).
+    pub reload_requests: Option<tokio::sync::mpsc::Sender<crate::reload::Request>>,
 }
 
 /// A started sidecar: polling, and serving if asked to. Stop it with [`Sidecar::stop`].
@@ -160,6 +162,20 @@ pub struct Sidecar {
     events_reader: Option<EventsReader>,
     /// The FIX session layer, when `[fix]` turns it on.
     fix: Option<FixLayer>,
+    /// What a reload changes beyond the parts above.
+    running: Running,
+}
+
+/// The running configuration, and the handles a reload goes through.
+struct Running {
+    settings: Settings,
+    /// The source that runs (what `auto` chose).
+    kind: source::SourceKind,
+    /// How closes are known (a reload re-subscribes to the kernel's close events).
+    mode: Mode,
+    /// The endpoint's web config: each new connection takes the latest.
+    web: tokio::sync::watch::Sender<std::sync::Arc<crate::export::web_config::WebConfig>>,
+    status: crate::reload::Status,
 }
 
 /// The poll loop's thread, and the token it stops on.
@@ -228,13 +244,18 @@ impl Server {
         listener: tokio::net::TcpListener,
         router: axum::Router,
         settings: &Settings,
-        web: std::sync::Arc<crate::export::web_config::WebConfig>,
+        web: tokio::sync::watch::Receiver<std::sync::Arc<crate::export::web_config::WebConfig>>,
         stop: CancellationToken,
     ) -> Result<Server, RunError> {
+        let current = web.borrow().clone();
         let local = listener.local_addr().map_err(RunError::Listen)?;
         tracing::info!(
             "listening on {}://{local} (/metrics{}, /health{}, /sessions; {})",
-            if web.tls.is_some() { "https" } else { "http" },
+            if current.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
             if settings.prometheus.enabled {
                 ""
             } else {
@@ -245,9 +266,14 @@ impl Server {
             } else {
                 "; /connections turned off"
             },
-            web.describe(),
+            current.describe(),
         );
-        let task = tokio::spawn(http::serve(listener, router, web, stop.cancelled_owned()));
+        let task = tokio::spawn(http::serve_reloadable(
+            listener,
+            router,
+            web,
+            stop.cancelled_owned(),
+        ));
         Ok(Server { local, task })
     }
 
@@ -301,6 +327,7 @@ impl EventsReader {
 /// stops on a flag of its own (`FixMonitor::stop`); that task is the bridge from the token.
 struct FixLayer {
     reader: crate::fix::monitor::FixReader,
+    reloads: crate::fix::monitor::FixReloads,
     _instruments: crate::fix::metrics::FixInstruments,
     /// A child of the sidecar's token, cancelled with the poll loop's, before the flush.
     stop: CancellationToken,
@@ -337,6 +364,7 @@ impl FixLayer {
             events,
         );
         let reader = monitor.reader();
+        let reloads = monitor.reloads();
         let instruments = crate::fix::metrics::FixInstruments::new(meter, monitor.reader());
         let token = stop.clone();
         let stopped = tokio::spawn(async move {
@@ -346,6 +374,7 @@ impl FixLayer {
         });
         FixLayer {
             reader,
+            reloads,
             _instruments: instruments,
             stop,
             stopped,
@@ -528,12 +557,16 @@ pub const FLUSH_GRACE: Duration = Duration::from_secs(5);
 /// exit.
 pub const POLL_STOP_GRACE: Duration = Duration::from_secs(2);
 
+/// Longest wait for the poll loop to take a reload's targets (it handles its inputs between
+/// polls, which take milliseconds).
+const RELOAD_GRACE: Duration = Duration::from_secs(10);
+
 /// How long the endpoint's drain may take, with a second's slack for the task to return.
 const SERVER_STOP_GRACE: Duration = Duration::from_secs(3);
 
 /// The `fix_session_ends_total` series of the causes this sidecar can tell, at 0.
 fn ends_at_zero(
-    instruments: &Instruments,
+    instruments: &mut Instruments,
     settings: &Settings,
     caps: crate::source::Capabilities,
     fix_on: bool,
@@ -591,13 +624,14 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
         &telemetry.provider,
         crate::instruments::names::METER,
     );
-    let instruments = Instruments::new(
+    let mut instruments = Instruments::new(
         &meter,
         &settings.targets,
         source.kind(),
         source.capabilities(),
     );
     crate::process::register(&meter);
+    let status = crate::reload::Status::register(&meter);
     if options.serve_http {
         crate::export::server::register(&meter);
     }
@@ -607,7 +641,7 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
         Some(dir) => Some(open_state(dir, &host)?),
         None => None,
     };
-    let initial = initial_state(settings, &host, source.as_ref(), &mode);
+    let initial = initial_state(settings, &host, source.as_ref(), &mode.clone());
     let (publisher, state) = Publisher::new(initial.clone());
     let cancel = CancellationToken::new();
     let (inputs, inputs_rx) = mpsc::channel::<Input>();
@@ -619,23 +653,29 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
     let fix = (settings.fix.enabled())
         .then(|| FixLayer::start(settings, &meter, tcp, fix_events, fix_cancel));
     // Before the endpoint serves: no scrape sees the ends' zeros missing.
-    ends_at_zero(&instruments, settings, source.capabilities(), fix.is_some());
+    ends_at_zero(
+        &mut instruments,
+        settings,
+        source.capabilities(),
+        fix.is_some(),
+    );
     say_started(settings, &host, source.kind(), &mode, &telemetry);
 
+    let (web, web_rx) = tokio::sync::watch::channel(options.resources.web.clone());
     let server = match listener {
         Some(listener) => Some(serve(
             listener,
             settings,
             &options,
-            &state,
-            &telemetry,
-            fix.as_ref(),
+            (&state, &telemetry, fix.as_ref()),
+            web_rx,
             cancel.clone(),
         )?),
         None => None,
     };
 
     let confirm = confirmation(source.capabilities().confirm);
+    let poll_kind = source.kind();
     let mut poller = Poller::new(
         source,
         instruments,
@@ -656,6 +696,13 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
     );
     let events_reader = subscription
         .map(|sub| EventsReader::spawn(sub, inputs.clone(), poll_loop.stop.child_token()));
+    let running = Running {
+        settings: settings.clone(),
+        kind: poll_kind,
+        mode,
+        web,
+        status,
+    };
     Ok(Sidecar {
         state,
         telemetry,
@@ -668,6 +715,7 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
         flush_grace: flush_grace(settings),
         events_reader,
         fix,
+        running,
     })
 }
 
@@ -696,19 +744,23 @@ fn serve(
     listener: tokio::net::TcpListener,
     settings: &Settings,
     options: &StartOptions,
-    state: &StateReader,
-    telemetry: &Telemetry,
-    fix: Option<&FixLayer>,
+    (state, telemetry, fix): (&StateReader, &Telemetry, Option<&FixLayer>),
+    web: tokio::sync::watch::Receiver<std::sync::Arc<crate::export::web_config::WebConfig>>,
     stop: CancellationToken,
 ) -> Result<Server, RunError> {
-    let router = http::router(
+    let mut router = http::router(
         state.clone(),
         telemetry.prometheus.clone(),
         settings.prometheus.expose_connections,
         fix_reader(fix),
     )
     .merge(crate::fix::http::routes(fix_reader(fix), state.clone()));
-    let web = options.resources.web.clone();
+    if let (true, Some(requests)) = (
+        settings.prometheus.reload_endpoint,
+        options.reload_requests.clone(),
+    ) {
+        router = router.merge(http::reload_route(requests));
+    }
     Server::spawn(listener, router, settings, web, stop)
 }
 
@@ -792,7 +844,146 @@ fn say_started(
     }
 }
 
+/// SIGHUP, as a stream of signals (none where it cannot be had).
+#[cfg(unix)]
+struct Hangups(Option<tokio::signal::unix::Signal>);
+#[cfg(not(unix))]
+struct Hangups(Option<std::convert::Infallible>);
+
+impl Hangups {
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some(s) = self.0.as_mut() {
+            s.recv().await;
+            return;
+        }
+        std::future::pending().await
+    }
+}
+
+#[cfg(not(unix))]
+fn hangup_signal() -> Hangups {
+    Hangups(None)
+}
+
+#[cfg(unix)]
+fn hangup_signal() -> Hangups {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::hangup()) {
+        Ok(s) => Hangups(Some(s)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot handle SIGHUP: reload by signal is off");
+            Hangups(None)
+        }
+    }
+}
+
 impl Sidecar {
+    /// Re-reads the configuration through `reloader` and applies it, or refuses it whole
+    /// ([`crate::reload`]): the outcome is logged, kept for the reload gauges, and returned.
+    pub async fn reload(&mut self, reloader: &crate::reload::Reloader) -> Result<String, String> {
+        let outcome = self.try_reload(reloader).await;
+        match &outcome {
+            Ok(what) => {
+                self.running.status.succeeded();
+                tracing::info!("{what}");
+            }
+            Err(why) => {
+                self.running.status.failed();
+                tracing::error!(
+                    "configuration reload refused, the running configuration stays: {why}"
+                );
+            }
+        }
+        outcome
+    }
+
+    async fn try_reload(&mut self, reloader: &crate::reload::Reloader) -> Result<String, String> {
+        let (new, resources) =
+            (reloader.load)().map_err(|e| format!("invalid configuration:\n{e}"))?;
+        let restart = crate::reload::restart_only(&self.running.settings, &new);
+        if !restart.is_empty() {
+            return Err(format!(
+                "only a restart applies a change of {} (restart fix-monitor, or put them back)",
+                restart.join(", ")
+            ));
+        }
+        // What can fail first, while the running parts are untouched.
+        let kind = self.running.kind;
+        let mut source = source::open_with(kind, &new.targets, new.poll.reconcile_interval)
+            .map_err(|e| {
+                format!(
+                    "cannot open the {} source for the new targets: {e}",
+                    kind.as_str()
+                )
+            })?;
+        source.set_health_interval(new.poll.health_interval);
+        let subscription = self.resubscribe(&new.targets)?;
+        if let Some(reader) = self.events_reader.take() {
+            reader.stop().await;
+        }
+        let (done, answer) = mpsc::channel();
+        let ends = crate::ends::Scheduled {
+            schedules: new.target_schedules.clone(),
+            grace: new.schedule_grace,
+        };
+        let reconfigure = crate::poller::Reconfigure {
+            source,
+            targets: new.targets.clone(),
+            schedules: new.target_schedules.clone(),
+            ends: Box::new(ends),
+            done,
+        };
+        (self.inputs.send(Input::Reconfigure(Box::new(reconfigure))))
+            .map_err(|_| "the poll loop has stopped".to_owned())?;
+        let dropped = tokio::task::spawn_blocking(move || answer.recv_timeout(RELOAD_GRACE))
+            .await
+            .ok()
+            .and_then(Result::ok);
+        if let Some(sub) = subscription {
+            let stop = self.poll_loop.stop.child_token();
+            self.events_reader = Some(EventsReader::spawn(sub, self.inputs.clone(), stop));
+        }
+        if let Some(fix) = &self.fix {
+            fix.reloads
+                .reconfigure(new.fix.clone(), new.targets.clone());
+        }
+        self.running.web.send_replace(resources.web.clone());
+        if let Err(e) = (reloader.log_level)(&new.log) {
+            tracing::warn!(level = %new.log.level, error = %e, "the new log level could not be applied");
+        }
+        let Some(dropped) = dropped else {
+            return Err("the poll loop did not take the new targets in time".to_owned());
+        };
+        let what = crate::reload::describe(&self.running.settings, &new, dropped);
+        self.running.settings = new;
+        Ok(what)
+    }
+
+    /// A new subscription to the kernel's close events for `targets`, where the sidecar has
+    /// one (its filter holds the targets).
+    fn resubscribe(
+        &self,
+        targets: &crate::target::Targets,
+    ) -> Result<Option<Subscription>, String> {
+        if !matches!(self.running.mode, Mode::KernelEvents) {
+            return Ok(None);
+        }
+        #[cfg(target_os = "linux")]
+        {
+            (source::destroy::DestroySubscriber::open(targets).map(Some)).map_err(|e| {
+                format!(
+                    "the kernel refused the socket-destroy subscription for the new targets: {e}"
+                )
+            })
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = targets;
+            Ok(None)
+        }
+    }
+
     /// The published state the endpoints read: sessions, counts, recent closes, poll health.
     pub fn state(&self) -> &StateReader {
         &self.state
@@ -880,20 +1071,46 @@ impl Sidecar {
     }
 }
 
-/// Runs the sidecar with its endpoint until `shutdown` resolves.
+/// Runs the sidecar with its endpoint until `shutdown` resolves. With a `reloader`, SIGHUP
+/// (and `POST /-/reload` where turned on) reloads the configuration ([`crate::reload`]).
 pub async fn run(
     settings: Settings,
     resources: crate::startup::Resources,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    reloader: Option<crate::reload::Reloader>,
 ) -> Result<(), RunError> {
+    // Before the start: a SIGHUP while starting asks for a reload, it does not end the process
+    // (the signal's default action).
+    let mut hangups = hangup_signal();
+    let (requests, mut asked) = tokio::sync::mpsc::channel::<crate::reload::Request>(4);
     let options = StartOptions {
         serve_http: true,
         resources,
+        reload_requests: Some(requests),
     };
     let mut sidecar = start(&settings, options).await?;
-    let failed = tokio::select! {
-        _ = shutdown => None,
-        e = sidecar.failed() => Some(e),
+    tokio::pin!(shutdown);
+    let failed = loop {
+        let reply = tokio::select! {
+            _ = &mut shutdown => break None,
+            e = sidecar.failed() => break Some(e),
+            _ = hangups.recv() => {
+                tracing::info!("SIGHUP received: reloading the configuration");
+                None
+            }
+            Some(reply) = asked.recv() => {
+                tracing::info!("POST /-/reload: reloading the configuration");
+                Some(reply)
+            }
+        };
+        let outcome = match &reloader {
+            Some(r) => sidecar.reload(r).await,
+            None => Err("this sidecar was started without a way to reload".to_owned()),
+        };
+        if let Some(reply) = reply {
+            // The asker gone (timed out): the log has the outcome.
+            let _ = reply.send(outcome);
+        }
     };
     sidecar.stop().await;
     match failed {

@@ -30,7 +30,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::source::{SocketEntry, TcpHealth};
-use crate::target::{TargetId, Targets};
+use crate::target::{Remap, TargetId, Targets};
 
 /// Growth of the per-session counters.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -290,6 +290,10 @@ pub struct HealthBook {
     /// none are kept.
     keep_gone: bool,
     generation: u64,
+    /// After a reload, until the next poll: by target id, whether the reload added or widened
+    /// it; a session of such a target the book does not know yet counts only what comes next,
+    /// as at the first poll (it was open before). Empty otherwise.
+    widened: Vec<bool>,
 }
 
 impl HealthBook {
@@ -306,7 +310,39 @@ impl HealthBook {
             gone_order: VecDeque::new(),
             keep_gone: true,
             generation: 0,
+            widened: Vec::new(),
         }
+    }
+
+    /// The targets reloaded (`remap` maps the current ones onto `targets` by name, with the
+    /// new thresholds): what sessions closed since the last poll grew goes to the same target
+    /// under its new id (nowhere for a removed one); sessions no target holds any more are
+    /// forgotten, the others keep what was counted of them, whichever target holds them now.
+    pub fn retarget(
+        &mut self,
+        targets: Targets,
+        stale_after: Vec<Option<Duration>>,
+        remap: &Remap,
+    ) {
+        assert_eq!(targets.len(), stale_after.len(), "one threshold per target");
+        let mut closed = vec![Growth::default(); targets.len()];
+        for (old, g) in self.closed.iter().enumerate() {
+            if let Some(new) = remap.old_to_new[old] {
+                closed[new] = *g;
+            }
+        }
+        let ports = std::mem::take(&mut self.closed_ports).into_iter();
+        self.closed_ports = ports
+            .filter_map(|((old, port), g)| Some(((remap.old_to_new[old]?, port), g)))
+            .collect();
+        let held = |&(_, local, remote): &SessionKey| targets.classify(&local, &remote).is_some();
+        self.sessions.retain(|k, _| held(k));
+        self.gone.retain(|k, _| held(k));
+        self.gone_order.retain(|k| held(k));
+        self.closed = closed;
+        self.targets = targets;
+        self.stale_after = stale_after;
+        self.widened = remap.widened.clone();
     }
 
     /// Whether sessions of `target` are judged stale at all.
@@ -334,6 +370,7 @@ impl HealthBook {
     /// `at`, and writes what the metrics report into `out`.
     pub fn observe(&mut self, at: Instant, sockets: &[SocketEntry], out: &mut HealthPoll) {
         let first = self.generation == 0;
+        let widened = std::mem::take(&mut self.widened);
         self.generation += 1;
         // The poll starts from the growth of the sessions closed since the last one.
         self.take_closed(out);
@@ -348,7 +385,8 @@ impl HealthBook {
                 continue;
             };
             let reading = Reading::new(at, s, target, &h, self.stale_after[target]);
-            let (growth, event) = self.update(&reading, first);
+            let baseline = first || widened.get(target).copied().unwrap_or(false);
+            let (growth, event) = self.update(&reading, baseline);
             out.events.extend(event);
             let per_port = self.targets.get(target).local_ports.is_some();
             out.add(&reading, &h, growth, per_port);

@@ -12,7 +12,6 @@
 //! capped at [`BY_PORT_LIMIT`] series.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -24,7 +23,7 @@ use crate::ends::Cause;
 use crate::health::{GroupHealth, HealthPoll};
 use crate::schedule::Schedule;
 use crate::source::{Capabilities, ClosedBy, SourceKind};
-use crate::target::{TargetId, Targets};
+use crate::target::{Remap, TargetId, Targets};
 use crate::tracker::{ConnKey, Event, TargetStats, Tracker};
 
 /// Instrument names (before the exporter's unit and `_total` suffixes).
@@ -233,7 +232,57 @@ struct HealthInstruments {
     retransmits_by_port: Counter<u64>,
     /// The (target, port) series of `retransmits_by_port` so far, to keep within the cap.
     ports: Mutex<std::collections::BTreeSet<(TargetId, u16)>>,
+}
+
+/// What the observable instruments read at collection: the values the loop set, and the
+/// targets' labels. Registered once for the provider's life (the SDK keeps a callback as long
+/// as the provider), so a reload swaps what is in here rather than registering again.
+#[derive(Debug, Default)]
+struct Observed {
+    values: GaugeValues,
+    /// `target` attributes, by target id.
+    attrs: Arc<Vec<[KeyValue; 1]>>,
+    /// Target names, by target id.
     names: Arc<Vec<String>>,
+    /// By target id: inside its schedule's window (always for a target without one); set by
+    /// the loop from its clock.
+    expected_up: Vec<bool>,
+}
+
+impl Observed {
+    fn of(targets: &Targets) -> Observed {
+        Observed {
+            values: GaugeValues {
+                stats: vec![TargetStats::default(); targets.len()],
+                ..GaugeValues::default()
+            },
+            attrs: Arc::new(target_attrs(targets)),
+            names: Arc::new(targets.iter().map(|t| t.name.clone()).collect()),
+            expected_up: vec![true; targets.len()],
+        }
+    }
+}
+
+/// The `target` attribute of each target, by id.
+fn target_attrs(targets: &Targets) -> Vec<[KeyValue; 1]> {
+    (targets.iter())
+        .map(|t| [KeyValue::new(attrs::TARGET, t.name.clone())])
+        .collect()
+}
+
+/// `target` and `by` for `fix_connections_closed_total`, per target, indexed by [`ClosedBy`]
+/// as in [`ClosedBy::ALL`].
+fn closed_attrs(targets: &Targets) -> Vec<[[KeyValue; 2]; 4]> {
+    (targets.iter())
+        .map(|t| {
+            ClosedBy::ALL.map(|by| {
+                [
+                    KeyValue::new(attrs::TARGET, t.name.clone()),
+                    KeyValue::new(attrs::BY, by.as_str()),
+                ]
+            })
+        })
+        .collect()
 }
 
 /// The instruments of one sidecar.
@@ -255,11 +304,12 @@ pub struct Instruments {
     /// `target` and `by` for `closed`, per target, indexed by [`ClosedBy`] as in
     /// [`ClosedBy::ALL`].
     closed_attrs: Vec<[[KeyValue; 2]; 4]>,
-    gauges: Arc<Mutex<GaugeValues>>,
+    observed: Arc<Mutex<Observed>>,
     health: Option<HealthInstruments>,
-    /// By target id: inside its schedule's window (always for a target without one); observed
-    /// at collection, set by the loop from its clock.
-    expected_up: Arc<Vec<AtomicBool>>,
+    /// What the counters started at 0 for ([`Instruments::start_at_zero`]), and the causes of
+    /// [`Instruments::start_ends_at_zero`]: again for a reload's new targets.
+    zero: (SourceKind, Capabilities),
+    end_causes: Vec<Cause>,
 }
 
 /// A `u64` counter named `name`.
@@ -280,22 +330,9 @@ impl Instruments {
         source: SourceKind,
         caps: Capabilities,
     ) -> Instruments {
-        let target_attrs: Arc<Vec<[KeyValue; 1]>> = Arc::new(
-            targets
-                .iter()
-                .map(|t| [KeyValue::new(attrs::TARGET, t.name.clone())])
-                .collect(),
-        );
-        let gauges = Arc::new(Mutex::new(GaugeValues {
-            stats: vec![TargetStats::default(); targets.len()],
-            ..GaugeValues::default()
-        }));
-
-        let names: Arc<Vec<String>> = Arc::new(targets.iter().map(|t| t.name.clone()).collect());
-        connection_gauges(meter, &gauges, &target_attrs, &names);
-        let expected_up: Arc<Vec<AtomicBool>> =
-            Arc::new(targets.iter().map(|_| AtomicBool::new(true)).collect());
-        expected_up_gauge(meter, &expected_up, &target_attrs);
+        let observed = Arc::new(Mutex::new(Observed::of(targets)));
+        connection_gauges(meter, &observed);
+        expected_up_gauge(meter, &observed);
 
         let instruments = Instruments {
             opened: counter(meter, names::OPENED, "Connections opened (first seen) since start"),
@@ -318,7 +355,7 @@ impl Instruments {
             health: caps
                 .health
                 .available()
-                .then(|| health_instruments(meter, &gauges, &target_attrs, &names)),
+                .then(|| health_instruments(meter, &observed)),
             short_lived: counter(meter, names::SHORT_LIVED, "Connections that opened and closed between two polls, known from their kernel close event (counted in opened and closed too; no duration)"),
             events_lost: counter(meter, names::EVENTS_LOST, "Kernel close events (netlink) or state-change records (eBPF ring buffer) dropped by a full buffer; each loss triggers an immediate poll (netlink) or a reconcile (eBPF)"),
             reconciles: caps
@@ -328,20 +365,11 @@ impl Instruments {
             events_unattributed: counter(meter, names::EVENTS_UNATTRIBUTED, "Close events of aborted connections no poll saw that could not be attributed to one target without doubt"),
             state_write_errors: counter(meter, names::STATE_WRITE_ERRORS, "Writes of the state file that failed (the state directory full or read-only); the sessions' starts stay in memory and the write is retried at the next save"),
             ends: counter(meter, names::ENDS, "Sessions that ended, by why (cause): judged from who hung up, the kernel's reason, the FIX layer's account (Logout, refused Logon, unanswered TestRequest, sequence complaint) and the target's schedule"),
-            closed_attrs: targets
-                .iter()
-                .map(|t| {
-                    ClosedBy::ALL.map(|by| {
-                        [
-                            KeyValue::new(attrs::TARGET, t.name.clone()),
-                            KeyValue::new(attrs::BY, by.as_str()),
-                        ]
-                    })
-                })
-                .collect(),
-            target_attrs,
-            gauges,
-            expected_up,
+            closed_attrs: closed_attrs(targets),
+            target_attrs: Arc::new(target_attrs(targets)),
+            observed,
+            zero: (source, caps),
+            end_causes: Vec::new(),
         };
         instruments.start_at_zero(source, caps);
         instruments
@@ -416,7 +444,8 @@ impl Instruments {
     /// Adds 0 to the `fix_session_ends_total` series of `causes`, for every target: the causes
     /// this sidecar can tell (`crate::ends::possible`), so that no series stuck at 0 passes for
     /// a measurement of what it cannot see.
-    pub fn start_ends_at_zero(&self, causes: &[Cause]) {
+    pub fn start_ends_at_zero(&mut self, causes: &[Cause]) {
+        self.end_causes = causes.to_vec();
         for target in 0..self.target_attrs.len() {
             for &cause in causes {
                 self.ends.add(0, &self.end_attrs(target, cause));
@@ -463,7 +492,7 @@ impl Instruments {
                 ports.insert((t, port));
             }
             let a = [
-                KeyValue::new(attrs::TARGET, h.names[t].clone()),
+                self.target_attrs[t][0].clone(),
                 KeyValue::new(attrs::PORT, i64::from(port)),
             ];
             h.retransmits_by_port.add(g.growth.retransmits, &a);
@@ -496,35 +525,58 @@ impl Instruments {
 
     /// Replaces what the gauges report at the next collection.
     pub fn set_gauges(&self, values: GaugeValues) {
-        *self.gauges.lock().unwrap_or_else(|e| e.into_inner()) = values;
+        self.observed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values = values;
+    }
+
+    /// The targets reloaded (`remap` maps the current ones onto `targets` by name). The
+    /// instruments stay registered; a target that stays keeps its series (the SDK keeps a
+    /// counter's values by attributes), a new one gets its counters at 0, a removed one's
+    /// gauges are no longer observed (its counters keep their last values until a restart:
+    /// the SDK does not forget a cumulative series).
+    pub fn retarget(&mut self, targets: &Targets, remap: &Remap) {
+        self.target_attrs = Arc::new(target_attrs(targets));
+        self.closed_attrs = closed_attrs(targets);
+        let fresh = Observed::of(targets);
+        *self.observed.lock().unwrap_or_else(|e| e.into_inner()) = Observed {
+            attrs: self.target_attrs.clone(),
+            ..fresh
+        };
+        if let Some(h) = &self.health {
+            let mut ports = h.ports.lock().unwrap_or_else(|e| e.into_inner());
+            *ports = (ports.iter())
+                .filter_map(|&(old, port)| Some((remap.old_to_new[old]?, port)))
+                .collect();
+        }
+        let (source, caps) = self.zero;
+        self.start_at_zero(source, caps);
+        let causes = std::mem::take(&mut self.end_causes);
+        self.start_ends_at_zero(&causes);
     }
 
     /// Sets `fix_target_expected_up` of every target at `at` from its schedule (by target id;
     /// a target without one, or past the end of `schedules`, is always expected up).
     pub fn set_expected_up(&self, schedules: &[Option<Arc<Schedule>>], at: SystemTime) {
-        for (i, up) in self.expected_up.iter().enumerate() {
+        let mut o = self.observed.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, up) in o.expected_up.iter_mut().enumerate() {
             let schedule = schedules.get(i).and_then(Option::as_ref);
-            up.store(
-                schedule.is_none_or(|s| s.expected_up(at)),
-                Ordering::Relaxed,
-            );
+            *up = schedule.is_none_or(|s| s.expected_up(at));
         }
     }
 }
 
 /// Registers `fix_target_expected_up`: one series for every target, always.
-fn expected_up_gauge(
-    meter: &Meter,
-    expected_up: &Arc<Vec<AtomicBool>>,
-    target_attrs: &Arc<Vec<[KeyValue; 1]>>,
-) {
-    let (up, attrs) = (expected_up.clone(), target_attrs.clone());
+fn expected_up_gauge(meter: &Meter, observed: &Arc<Mutex<Observed>>) {
+    let observed = observed.clone();
     meter
         .u64_observable_gauge(names::EXPECTED_UP)
         .with_description("1 while the target's schedule expects its sessions up, 0 outside its window (1 for a target without a schedule)")
         .with_callback(move |obs| {
-            for (u, a) in up.iter().zip(attrs.iter()) {
-                obs.observe(u64::from(u.load(Ordering::Relaxed)), a);
+            let o = observed.lock().unwrap_or_else(|e| e.into_inner());
+            for (u, a) in o.expected_up.iter().zip(o.attrs.iter()) {
+                obs.observe(u64::from(*u), a);
             }
         })
         .build();
@@ -542,18 +594,12 @@ fn by_index(by: ClosedBy) -> usize {
 
 /// Registers the gauges of established connections: per target (active, peak) and per local
 /// port; they observe [`GaugeValues::stats`] and [`GaugeValues::by_port`] at collection.
-fn connection_gauges(
-    meter: &Meter,
-    gauges: &Arc<Mutex<GaugeValues>>,
-    target_attrs: &Arc<Vec<[KeyValue; 1]>>,
-    names: &Arc<Vec<String>>,
-) {
+fn connection_gauges(meter: &Meter, observed: &Arc<Mutex<Observed>>) {
     let per_target = |pick: fn(&TargetStats) -> u64| {
-        let gauges = gauges.clone();
-        let attrs = target_attrs.clone();
+        let observed = observed.clone();
         move |obs: &dyn opentelemetry::metrics::AsyncInstrument<u64>| {
-            let g = gauges.lock().unwrap_or_else(|e| e.into_inner());
-            for (s, a) in g.stats.iter().zip(attrs.iter()) {
+            let g = observed.lock().unwrap_or_else(|e| e.into_inner());
+            for (s, a) in g.values.stats.iter().zip(g.attrs.iter()) {
                 obs.observe(pick(s), a);
             }
         }
@@ -568,8 +614,7 @@ fn connection_gauges(
         .with_description("Highest number of active connections to the target since start")
         .with_callback(per_target(|s| s.peak))
         .build();
-    let g = gauges.clone();
-    let names = names.clone();
+    let g = observed.clone();
     meter
         .u64_observable_gauge(names::BY_PORT)
         .with_description(
@@ -577,11 +622,11 @@ fn connection_gauges(
         )
         .with_callback(move |obs| {
             let g = g.lock().unwrap_or_else(|e| e.into_inner());
-            for (&(t, port), &n) in &g.by_port {
+            for (&(t, port), &n) in &g.values.by_port {
                 obs.observe(
                     n,
                     &[
-                        KeyValue::new(attrs::TARGET, names[t].clone()),
+                        KeyValue::new(attrs::TARGET, g.names[t].clone()),
                         KeyValue::new(attrs::PORT, i64::from(port)),
                     ],
                 );
@@ -592,21 +637,15 @@ fn connection_gauges(
 
 /// Builds the session-health instruments: the gauges observe [`GaugeValues::health`] and
 /// [`GaugeValues::health_ports`] at collection; a value nobody measured is not observed.
-fn health_instruments(
-    meter: &Meter,
-    gauges: &Arc<Mutex<GaugeValues>>,
-    target_attrs: &Arc<Vec<[KeyValue; 1]>>,
-    names: &Arc<Vec<String>>,
-) -> HealthInstruments {
+fn health_instruments(meter: &Meter, observed: &Arc<Mutex<Observed>>) -> HealthInstruments {
     fn per_target<T: 'static>(
-        gauges: &Arc<Mutex<GaugeValues>>,
-        attrs: &Arc<Vec<[KeyValue; 1]>>,
+        observed: &Arc<Mutex<Observed>>,
         pick: fn(&GroupHealth) -> Option<T>,
     ) -> impl Fn(&dyn opentelemetry::metrics::AsyncInstrument<T>) + Send + Sync + 'static {
-        let (gauges, attrs) = (gauges.clone(), attrs.clone());
+        let observed = observed.clone();
         move |obs| {
-            let g = gauges.lock().unwrap_or_else(|e| e.into_inner());
-            for (h, a) in g.health.iter().zip(attrs.iter()) {
+            let g = observed.lock().unwrap_or_else(|e| e.into_inner());
+            for (h, a) in g.values.health.iter().zip(g.attrs.iter()) {
                 if let Some(v) = pick(h) {
                     obs.observe(v, a);
                 }
@@ -614,19 +653,18 @@ fn health_instruments(
         }
     }
     fn per_port<T: 'static>(
-        gauges: &Arc<Mutex<GaugeValues>>,
-        names: &Arc<Vec<String>>,
+        observed: &Arc<Mutex<Observed>>,
         pick: fn(&GroupHealth) -> Option<T>,
     ) -> impl Fn(&dyn opentelemetry::metrics::AsyncInstrument<T>) + Send + Sync + 'static {
-        let (gauges, names) = (gauges.clone(), names.clone());
+        let observed = observed.clone();
         move |obs| {
-            let g = gauges.lock().unwrap_or_else(|e| e.into_inner());
-            for (&(t, port), h) in &g.health_ports {
+            let g = observed.lock().unwrap_or_else(|e| e.into_inner());
+            for (&(t, port), h) in &g.values.health_ports {
                 if let Some(v) = pick(h) {
                     obs.observe(
                         v,
                         &[
-                            KeyValue::new(attrs::TARGET, names[t].clone()),
+                            KeyValue::new(attrs::TARGET, g.names[t].clone()),
                             KeyValue::new(attrs::PORT, i64::from(port)),
                         ],
                     );
@@ -638,7 +676,7 @@ fn health_instruments(
         .u64_observable_gauge(names::STALE)
         .with_unit("{session}")
         .with_description("Sessions that have received no data for longer than the target's stale_after (targets with heartbeat or stale_after only)")
-        .with_callback(per_target(gauges, target_attrs, |h| h.stale))
+        .with_callback(per_target(observed, |h| h.stale))
         .build();
     meter
         .f64_observable_gauge(names::SILENCE)
@@ -646,7 +684,7 @@ fn health_instruments(
         .with_description(
             "The longest time since data was received among the target's active sessions",
         )
-        .with_callback(per_target(gauges, target_attrs, |h| {
+        .with_callback(per_target(observed, |h| {
             h.max_silence.map(|d| d.as_secs_f64())
         }))
         .build();
@@ -654,7 +692,7 @@ fn health_instruments(
         .u64_observable_gauge(names::SEND_QUEUE)
         .with_unit("By")
         .with_description("The largest send queue (bytes written, not yet acknowledged) among the target's sessions")
-        .with_callback(per_target(gauges, target_attrs, |h| h.max_send_queue))
+        .with_callback(per_target(observed, |h| h.max_send_queue))
         .build();
     meter
         .u64_observable_gauge(names::STALE_BY_PORT)
@@ -662,13 +700,13 @@ fn health_instruments(
         .with_description(
             "Stale sessions by local port (targets with local_ports and heartbeat or stale_after)",
         )
-        .with_callback(per_port(gauges, names, |h| h.stale))
+        .with_callback(per_port(observed, |h| h.stale))
         .build();
     meter
         .f64_observable_gauge(names::SILENCE_BY_PORT)
         .with_unit("s")
         .with_description("Time since data was received, by local port (targets with local_ports)")
-        .with_callback(per_port(gauges, names, |h| {
+        .with_callback(per_port(observed, |h| {
             h.max_silence.map(|d| d.as_secs_f64())
         }))
         .build();
@@ -676,13 +714,13 @@ fn health_instruments(
         .f64_observable_gauge(names::RTT_BY_PORT)
         .with_unit("s")
         .with_description("Smoothed RTT by local port, the highest if several sessions share it (targets with local_ports)")
-        .with_callback(per_port(gauges, names, |h| h.max_rtt.map(|d| d.as_secs_f64())))
+        .with_callback(per_port(observed, |h| h.max_rtt.map(|d| d.as_secs_f64())))
         .build();
     meter
         .u64_observable_gauge(names::SEND_QUEUE_BY_PORT)
         .with_unit("By")
         .with_description("Send queue by local port (targets with local_ports)")
-        .with_callback(per_port(gauges, names, |h| h.max_send_queue))
+        .with_callback(per_port(observed, |h| h.max_send_queue))
         .build();
     HealthInstruments {
         rtt: meter
@@ -712,7 +750,6 @@ fn health_instruments(
             .with_description("Retransmitted segments by local port (targets with local_ports)")
             .build(),
         ports: Mutex::new(Default::default()),
-        names: names.clone(),
     }
 }
 

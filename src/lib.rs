@@ -41,6 +41,8 @@
 //!   holidays): whether a target is expected up at an instant, and whether an end was planned.
 //! - [`startup`]: the I/O the configuration names (the web config file, the state dir, TLS
 //!   files), read and checked before start, its problems reported like the configuration's.
+//! - [`reload`]: the configuration re-read on SIGHUP (or `POST /-/reload`): what a reload may
+//!   change, what only a restart applies, and how the last one went.
 //! - [`app`]: start (open the source, bind the endpoint, spawn the loop) and the one shutdown
 //!   path.
 //! - [`console`]: the sidecar for a person at a terminal: `watch` (a live view, a report at
@@ -65,6 +67,7 @@ pub mod instruments;
 pub mod persist;
 pub mod poller;
 pub mod process;
+pub mod reload;
 pub mod schedule;
 pub mod session;
 pub mod session_events;

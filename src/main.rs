@@ -152,15 +152,18 @@ fn main() -> ExitCode {
 
 /// `fix-monitor run`: the sidecar with its endpoint, until SIGINT or SIGTERM.
 fn run_sidecar(args: &ConfigArgs) -> ExitCode {
-    let (loaded, resources) = match load(args) {
+    let (loaded, resources) = match config::load_checked(args, prepare) {
         Ok(l) => l,
         Err(e) => return usage_error(e),
     };
-    init_tracing(&loaded.settings.log);
+    let withheld = startup::withhold_library_env();
+    let log_filter = init_tracing(&loaded.settings.log);
     let Some((runtime, shutdown)) = runtime_with_shutdown(1) else {
         return ExitCode::FAILURE;
     };
-    let result = runtime.block_on(fix_monitor::app::run(loaded.settings, resources, shutdown));
+    let reloader = reloader(args.clone(), withheld, log_filter);
+    let run = fix_monitor::app::run(loaded.settings, resources, shutdown, Some(reloader));
+    let result = runtime.block_on(run);
     // `run` bounds every wait of its own; a blocking task it left behind must not hold
     // the exit either (dropping a runtime waits for those without limit).
     runtime.shutdown_timeout(Duration::from_millis(500));
@@ -180,7 +183,7 @@ fn watch(args: WatchArgs) -> ExitCode {
         Ok(l) => l,
         Err(e) => return usage_error(e),
     };
-    init_tracing(&quiet_unless_asked(&loaded));
+    let _ = init_tracing(&quiet_unless_asked(&loaded));
     let options = WatchOptions {
         report: match (args.report, args.no_report) {
             (_, true) => ReportTo::Nowhere,
@@ -208,7 +211,7 @@ fn take_snapshot(args: &SnapshotArgs) -> ExitCode {
         Ok(l) => l,
         Err(e) => return usage_error(e),
     };
-    init_tracing(&quiet_unless_asked(&loaded));
+    let _ = init_tracing(&quiet_unless_asked(&loaded));
     match snapshot::take(&loaded.settings) {
         Ok(s) => {
             let text = match args.format {
@@ -227,7 +230,7 @@ fn run_demo(args: DemoArgs) -> ExitCode {
         Ok(o) => o,
         Err(e) => return usage_error(e),
     };
-    init_tracing(&LogSettings {
+    let _ = init_tracing(&LogSettings {
         format: LogFormat::Text,
         level: "warn".into(),
     });
@@ -380,7 +383,11 @@ fn usage_error(e: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(config::EXIT_USAGE as u8)
 }
 
-fn init_tracing(log: &LogSettings) {
+/// Sets the running subscriber's filter (a reload's `log.level`).
+type LogFilter = fix_monitor::reload::SetLogLevel;
+
+/// Starts logging to stderr; returns what changes its level later.
+fn init_tracing(log: &LogSettings) -> LogFilter {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_new(log.filter_directive()).unwrap_or_else(|_| EnvFilter::new("info"));
@@ -388,9 +395,38 @@ fn init_tracing(log: &LogSettings) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let parse =
+        |log: &LogSettings| EnvFilter::try_new(log.filter_directive()).map_err(|e| e.to_string());
     match log.format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Json => {
+            let builder = builder.json().flatten_event(true).with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            Box::new(move |log| handle.reload(parse(log)?).map_err(|e| e.to_string()))
+        }
+        LogFormat::Text => {
+            let builder = builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            Box::new(move |log| handle.reload(parse(log)?).map_err(|e| e.to_string()))
+        }
+    }
+}
+
+/// How `run` reloads: the configuration read as at start (the same flags, the environment with
+/// the variables withheld from the exporter libraries put back, the file again, the start-up
+/// step's files), and the log level set on the running subscriber.
+fn reloader(
+    args: ConfigArgs,
+    withheld: Vec<(String, String)>,
+    log_level: LogFilter,
+) -> fix_monitor::reload::Reloader {
+    fix_monitor::reload::Reloader {
+        load: Box::new(move || {
+            let (loaded, resources) = config::load_checked_with(&args, &withheld, prepare)?;
+            Ok((loaded.settings, resources))
+        }),
+        log_level,
     }
 }
 

@@ -31,7 +31,7 @@ use crate::session_events::{self as se, Close, SessionEvents};
 use crate::source::events::EventBatch;
 use crate::source::Source;
 use crate::source::{ClosedBy, KernelCause, Process};
-use crate::state::{Publish, State, RECENT_CLOSED};
+use crate::state::{EndCounts, Meta, Publish, State, RECENT_CLOSED};
 use crate::tracker::{
     Confirm, ConnKey, Event, SocketEvent, SocketEventKind, Timestamp, Tracker, Unconfirmed,
 };
@@ -67,6 +67,31 @@ pub enum Input {
     /// The FIX layer's account of a TCP session's end (its Logout, who sent the FIN or RST),
     /// for the end's cause.
     FixEnded(Box<crate::fix::tracker::LinkEnd>),
+    /// A reloaded configuration: new targets, their source and schedules ([`Reconfigure`]).
+    Reconfigure(Box<Reconfigure>),
+}
+
+/// What a reload changes in the loop. The caller opens the new source (its kernel filter and
+/// programs hold the targets) before it is handed over, so that one that cannot open leaves
+/// the running one alone.
+pub struct Reconfigure {
+    pub source: Box<dyn Source>,
+    pub targets: crate::target::Targets,
+    /// By target id of `targets`.
+    pub schedules: Vec<Option<Arc<crate::schedule::Schedule>>>,
+    /// Answers what the judge of ends asks beyond the two layers (the new schedules).
+    pub ends: Box<dyn EndContext + Send>,
+    /// Told, once the loop runs on the new targets, how many sessions are no longer watched.
+    pub done: std::sync::mpsc::Sender<usize>,
+}
+
+impl std::fmt::Debug for Reconfigure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reconfigure")
+            .field("source", &self.source.kind())
+            .field("targets", &self.targets)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The real clock.
@@ -692,6 +717,14 @@ impl Poller {
                 self.settle_ends(clock.now().mono, false);
                 Flow::Continue
             }
+            Input::Reconfigure(r) => {
+                let Reconfigure { done, .. } = &*r;
+                let done = done.clone();
+                let dropped = self.reconfigure(*r, clock);
+                // The reloader gone (it gave up waiting): nothing to tell.
+                let _ = done.send(dropped);
+                Flow::Continue
+            }
             Input::Events(batch) => {
                 self.events.clear();
                 self.ended_from = Arc::clone(&self.state.active);
@@ -847,6 +880,59 @@ impl Poller {
                  and CAP_DAC_READ_SEARCH (or run it as root) to name them all"
             );
         }
+    }
+
+    /// Runs on `r`'s targets and source from now on (see [`Tracker::retarget`]): the ends
+    /// waiting are judged first, under the targets they happened to; a target that stays keeps
+    /// its sessions (with their starts), counts and series. Returns how many sessions are no
+    /// longer watched.
+    pub fn reconfigure(&mut self, r: Reconfigure, clock: &dyn Clock) -> usize {
+        let now = clock.now();
+        self.settle_ends(now.mono, true);
+        let remap = self.tracker.targets().remap(&r.targets);
+        self.events.clear();
+        self.ended_from = Arc::clone(&self.state.active);
+        let dropped = self
+            .tracker
+            .retarget(r.targets.clone(), &remap, &mut self.events);
+        let stale_after = r.targets.iter().map(|t| t.stale_after).collect();
+        self.health.retarget(r.targets.clone(), stale_after, &remap);
+        self.instruments.retarget(&r.targets, &remap);
+        let tracker = &self.tracker;
+        self.processes
+            .retain(|k, _| tracker.active().any(|c| c.key == *k));
+        self.source = r.source;
+        #[cfg(target_os = "linux")]
+        if self.owners.is_some() {
+            self.source.keep_inodes();
+        }
+        self.counts_seen = Default::default();
+        self.sockets.clear();
+        self.names = target_names(&r.targets);
+        self.end_context = r.ends;
+        self.instruments.set_expected_up(&r.schedules, now.wall);
+        let mut next = State::clone(&self.state);
+        let mut meta = Meta::clone(&next.meta);
+        meta.targets = r.targets;
+        meta.schedules = r.schedules;
+        next.meta = Arc::new(meta);
+        let mut ends = vec![Default::default(); next.meta.targets.len()];
+        for (old, counts) in next.ends.iter().enumerate() {
+            if let Some(new) = remap.old_to_new.get(old).copied().flatten() {
+                ends[new] = EndCounts::clone(counts);
+            }
+        }
+        next.ends = ends;
+        self.record(&mut next);
+        next.generation += 1;
+        self.state = Arc::new(next);
+        self.publisher.publish(Arc::clone(&self.state));
+        if let Some(p) = self.persist.as_mut() {
+            p.dirty = true;
+        }
+        self.announce();
+        self.save(true);
+        dropped
     }
 
     /// The end of the loop: every end waiting is judged, the state file written one last time.

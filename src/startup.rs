@@ -92,17 +92,21 @@ pub const LIBRARY_ENV_PREFIXES: &[&str] = &["OTEL_EXPORTER_OTLP_", "OTEL_METRIC_
 /// Removes the [`LIBRARY_ENV_PREFIXES`] variables from the process environment, so that the
 /// exporter cannot act on one behind the configuration's back (it would, for instance, merge
 /// `OTEL_EXPORTER_OTLP_HEADERS` into every request): what `fix-monitor config` shows is all
-/// that takes effect. Returns the names removed. Call after [`crate::config::load`] and before any thread is
+/// that takes effect. Returns the variables removed (a reload reads them again, as the start
+/// did: `config::load_checked_with`). Call after [`crate::config::load`] and before any thread is
 /// started (the binary does it first thing); the environment is process-global.
-pub fn withhold_library_env() -> Vec<String> {
-    let names: Vec<String> = std::env::vars_os()
-        .filter_map(|(name, _)| name.into_string().ok())
-        .filter(|name| LIBRARY_ENV_PREFIXES.iter().any(|p| name.starts_with(p)))
+pub fn withhold_library_env() -> Vec<(String, String)> {
+    let vars: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(name, value)| {
+            let value = value.to_string_lossy().into_owned();
+            Some((name.into_string().ok()?, value))
+        })
+        .filter(|(name, _)| LIBRARY_ENV_PREFIXES.iter().any(|p| name.starts_with(p)))
         .collect();
-    for name in &names {
+    for (name, _) in &vars {
         std::env::remove_var(name);
     }
-    names
+    vars
 }
 
 /// A TLS file named in the configuration must be there now, not fail the first export an

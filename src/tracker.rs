@@ -33,7 +33,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::target::{TargetId, Targets};
+use crate::target::{Remap, TargetId, Targets};
 use fix_monitor_core::{SocketEntry, TcpState};
 pub use fix_monitor_core::{SocketEvent, SocketEventKind, TcpCounters, Timestamp};
 
@@ -170,6 +170,9 @@ pub struct Tracker {
     /// Starts of sessions a previous run of the sidecar saw (from the state file), by key and
     /// target; used by the first snapshot, then dropped.
     restored: HashMap<ConnKey, (TargetId, Timestamp)>,
+    /// After a reload, until the next snapshot: by target id, whether the reload added or
+    /// widened it (its unknown sockets then are preexisting). Empty otherwise.
+    widened: Vec<bool>,
 }
 
 impl Tracker {
@@ -188,7 +191,60 @@ impl Tracker {
             saved_false_closes: 0,
             unattributed: 0,
             restored: HashMap::new(),
+            widened: Vec::new(),
         }
+    }
+
+    /// The targets reloaded: `remap` maps the current ones onto `targets` by name. A session
+    /// the same target still holds keeps its start and counts; one that now belongs to another
+    /// target moves there as a session of unknown start (an `Opened` event in `events`, as a
+    /// session open at start); one no target holds any more is no longer watched: dropped,
+    /// without a close (it did not end). The counts of targets that stay are kept, new targets
+    /// start at 0. Until the next snapshot, the sockets of added or widened targets that it
+    /// lists are taken as open before the reload. Returns how many sessions were dropped.
+    pub fn retarget(&mut self, targets: Targets, remap: &Remap, events: &mut Vec<Event>) -> usize {
+        let mut stats = vec![TargetStats::default(); targets.len()];
+        for (old, new) in remap.old_to_new.iter().enumerate() {
+            if let Some(new) = *new {
+                stats[new] = TargetStats {
+                    active: 0,
+                    ..self.stats[old]
+                };
+            }
+        }
+        let (mut dropped, mut moved) = (Vec::new(), Vec::new());
+        for c in self.active.values_mut() {
+            let (local, remote) = (&c.key.local, &c.key.remote);
+            match remap.keep(c.target, &targets, local, remote) {
+                Some(new) => c.target = new,
+                None if targets.classify(local, remote).is_some() => moved.push(c.key),
+                None => dropped.push(c.key),
+            }
+        }
+        for key in &dropped {
+            self.active.remove(key);
+            if key.id != 0 {
+                self.by_id.remove(&key.id);
+                // Its close event, if one comes, is not a session of any target.
+                self.remember_closed(key.id, true);
+            }
+        }
+        self.targets = targets;
+        self.stats = stats;
+        for key in &moved {
+            let old = self.active.remove(key).expect("listed above");
+            let since = old.since;
+            events.extend(self.insert(*key, old.state, since, true).map(Event::Opened));
+        }
+        self.stats.iter_mut().for_each(|s| s.active = 0);
+        for c in self.active.values() {
+            self.stats[c.target].active += 1;
+        }
+        for s in &mut self.stats {
+            s.peak = s.peak.max(s.active);
+        }
+        self.widened = remap.widened.clone();
+        dropped.len()
     }
 
     /// Sessions a previous run saw, with the target they belonged to and when they started.
@@ -254,7 +310,8 @@ impl Tracker {
         events: &mut Vec<Event>,
         confirm: &mut dyn Confirm,
     ) {
-        let preexisting = self.generation == 0;
+        let first = self.generation == 0;
+        let widened = std::mem::take(&mut self.widened);
         self.generation += 1;
         let generation = self.generation;
         for s in sockets {
@@ -276,9 +333,15 @@ impl Tracker {
                     None => {}
                 }
             }
+            // At start, and for a target a reload added or widened: its sessions' starts are
+            // not known.
+            let preexisting = first
+                || (!widened.is_empty()
+                    && (self.targets.classify(&key.local, &key.remote))
+                        .is_some_and(|t| widened[t]));
             let (since, preexisting) = match self.restored.get(&key) {
                 Some(&(target, started))
-                    if preexisting
+                    if first
                         && self.targets.classify(&key.local, &key.remote) == Some(target)
                         && started.mono <= at.mono =>
                 {
@@ -1032,5 +1095,66 @@ mod tests {
         // Restoring after the first snapshot does nothing.
         t.restore([(ConnKey::from(&b), 0, t0)]);
         assert!(t.restored.is_empty());
+    }
+
+    #[test]
+    fn a_reload_keeps_sessions_of_targets_that_stay_and_drops_the_others_without_a_close() {
+        let named = |name: &str, net: &str, port| Target {
+            name: name.into(),
+            ..Target::test(net, port, None)
+        };
+        let a = named("a", "10.0.0.1/32", Some(9000));
+        let mut t = Tracker::new(Targets::new(vec![
+            a.clone(),
+            named("b", "10.0.0.2/32", None),
+        ]));
+        let t0 = Timestamp::now();
+        let mut ev = Vec::new();
+        t.apply(t0, &[], &mut ev);
+        let before = [
+            sock(5000, "10.0.0.1:9000", 1),
+            sock(5001, "10.0.0.2:9000", 2),
+            sock(5002, "10.0.0.3:9000", 3),
+        ];
+        t.apply(t0.after(Duration::from_secs(1)), &before, &mut ev);
+        assert_eq!(kinds(&ev), [("open", 5000), ("open", 5001)]);
+        // Reloaded: b removed, c added in front (its session was there already), a stays.
+        let new = Targets::new(vec![named("c", "10.0.0.3/32", None), a]);
+        let remap = t.targets().remap(&new);
+        ev.clear();
+        assert_eq!(t.retarget(new, &remap, &mut ev), 1, "b's session dropped");
+        assert!(ev.is_empty(), "no close, no open: {ev:?}");
+        let a_stats = t.stats()[1];
+        assert_eq!((a_stats.active, a_stats.opened, a_stats.closed), (1, 1, 0));
+        assert_eq!(t.stats()[0], TargetStats::default());
+        // The next snapshot: c's session is one of unknown start, a's new one a real open, b's
+        // is nobody's.
+        let mut after = before.to_vec();
+        after.push(sock(5003, "10.0.0.1:9000", 4));
+        t.apply(t0.after(Duration::from_secs(2)), &after, &mut ev);
+        let opened: Vec<_> = (ev.iter())
+            .map(|e| match e {
+                Event::Opened(c) => (c.key.local.port(), c.target, c.preexisting),
+                e => panic!("{e:?}"),
+            })
+            .collect();
+        assert_eq!(opened, [(5002, 0, true), (5003, 1, false)]);
+        // A later snapshot opens c's sessions as real ones again.
+        ev.clear();
+        after.push(sock(5004, "10.0.0.3:9000", 5));
+        t.apply(t0.after(Duration::from_secs(3)), &after, &mut ev);
+        assert!(matches!(&ev[..], [Event::Opened(c)] if !c.preexisting && c.target == 0));
+        // a's first session keeps its start across the reload.
+        ev.clear();
+        t.apply(t0.after(Duration::from_secs(11)), &after[1..], &mut ev);
+        assert!(
+            matches!(&ev[..], [Event::Closed { conn, duration, .. }] if conn.target == 1 && *duration == Duration::from_secs(10)),
+            "{ev:?}"
+        );
+        // b's dropped session closing is no session of anyone.
+        ev.clear();
+        let gone = closed_event(t0, &sock(5001, "10.0.0.2:9000", 2));
+        t.event(&gone, &mut ev);
+        assert!(ev.is_empty(), "{ev:?}");
     }
 }

@@ -62,6 +62,7 @@
 //! listen = "127.0.0.1:9464"   # IP:PORT; fleets set 0.0.0.0:PORT
 //! web_config = "/etc/fix-monitor/web.yml"  # exporter-toolkit file: TLS, basic auth, headers
 //! expose_connections = true   # /connections and per-session addresses
+//! reload_endpoint = false     # serve POST /-/reload (re-reads the config, as SIGHUP does)
 //! [log]
 //! format = "text"             # text | json
 //! level = "info"              # a tracing EnvFilter directive
@@ -386,6 +387,10 @@ pub struct PrometheusSettings {
     /// Serve `/connections` and the sessions' (and venues') addresses on `/` and `/health`.
     #[serde(with = "raw::check::boolean")]
     pub expose_connections: bool,
+    /// Serve `POST /-/reload` (re-read the configuration, as SIGHUP does), behind the web
+    /// config's auth; off unless asked for, as Prometheus's `--web.enable-lifecycle`.
+    #[serde(with = "raw::check::boolean")]
+    pub reload_endpoint: bool,
 }
 
 impl Default for PrometheusSettings {
@@ -398,6 +403,7 @@ impl Default for PrometheusSettings {
             // `/connections` and the page's per-session details are served unless a site
             // turns them off (venue addresses can be sensitive).
             expose_connections: true,
+            reload_endpoint: false,
         }
     }
 }
@@ -590,6 +596,17 @@ pub fn load_checked<T>(
     args: &ConfigArgs,
     check: impl FnOnce(&Loaded) -> Result<T, ConfigErrors>,
 ) -> Result<(Loaded, T), ConfigErrors> {
+    load_checked_with(args, &[], check)
+}
+
+/// [`load_checked`] with `withheld` variables added to the process environment: a reload passes
+/// those the start withheld from the exporter libraries (`startup::withhold_library_env`), so
+/// that it reads what the start read.
+pub fn load_checked_with<T>(
+    args: &ConfigArgs,
+    withheld: &[(String, String)],
+    check: impl FnOnce(&Loaded) -> Result<T, ConfigErrors>,
+) -> Result<(Loaded, T), ConfigErrors> {
     // A non-UTF-8 value becomes a string with U+FFFD in it, which validation then rejects
     // while naming the variable.
     let env = std::env::vars_os().filter_map(|(name, value)| {
@@ -598,6 +615,7 @@ pub fn load_checked<T>(
             value.to_string_lossy().into_owned(),
         ))
     });
+    let env = env.chain(withheld.iter().cloned());
     load_from_checked(args, env, DEFAULT_CONFIG_PATH, check)
 }
 

@@ -39,5 +39,5 @@ pub use capabilities::{Capabilities, Confirmation, EventFeed, HealthFeed, Proces
 pub use event::{KernelCause, SocketEvent, SocketEventKind, TcpCounters};
 pub use health::TcpHealth;
 pub use socket::{ClosedBy, Process, SocketEntry, TcpState};
-pub use target::{PortRange, Target, TargetId, Targets};
+pub use target::{PortRange, Remap, Target, TargetId, Targets};
 pub use time::Timestamp;

@@ -156,6 +156,52 @@ impl Targets {
     }
 }
 
+/// How a running sidecar's targets map onto a reloaded list: by name. A target whose name stays
+/// keeps its counts; its sessions stay where the new definition still gives them to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remap {
+    /// By old id: the same target's new id, `None` where it was removed.
+    pub old_to_new: Vec<Option<TargetId>>,
+    /// By new id: added, or its definition changed (address, ports): the sessions it holds now
+    /// were not all watched as its own before.
+    pub widened: Vec<bool>,
+}
+
+impl Remap {
+    /// The session of `old` target between `local` and `remote`, under the new `targets`: its
+    /// new id where the same target (by name) still holds it; `None` where it was removed or
+    /// the session now belongs elsewhere (or nowhere).
+    pub fn keep(
+        &self,
+        old: TargetId,
+        targets: &Targets,
+        local: &SocketAddr,
+        remote: &SocketAddr,
+    ) -> Option<TargetId> {
+        let new = (self.old_to_new.get(old).copied()).flatten()?;
+        (targets.classify(local, remote) == Some(new)).then_some(new)
+    }
+}
+
+impl Targets {
+    /// How these targets map onto `new` ([`Remap`]).
+    pub fn remap(&self, new: &Targets) -> Remap {
+        let old_to_new = (self.0.iter())
+            .map(|t| new.0.iter().position(|n| n.name == t.name))
+            .collect();
+        let widened = (new.0.iter())
+            .map(|n| {
+                let old = self.0.iter().find(|t| t.name == n.name);
+                old.is_none_or(|t| (t.net, t.port, t.local_ports) != (n.net, n.port, n.local_ports))
+            })
+            .collect();
+        Remap {
+            old_to_new,
+            widened,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,5 +274,32 @@ mod tests {
             Target::default_name(&"::1/128".parse().unwrap(), Some(9)),
             "[::1]:9"
         );
+    }
+
+    #[test]
+    fn a_reloaded_list_maps_by_name() {
+        let named = |name: &str, net: &str, port: Option<u16>| Target {
+            name: name.into(),
+            ..t(net, port, None)
+        };
+        let old = Targets::new(vec![
+            named("a", "10.0.0.1/32", Some(9000)),
+            named("b", "10.0.0.2/32", Some(9000)),
+            named("c", "10.0.0.3/32", Some(9000)),
+        ]);
+        let new = Targets::new(vec![
+            named("d", "10.0.0.4/32", None),
+            named("c", "10.0.0.3/32", Some(9001)),
+            named("a", "10.0.0.1/32", Some(9000)),
+        ]);
+        let r = old.remap(&new);
+        assert_eq!(r.old_to_new, [Some(2), None, Some(1)]);
+        assert_eq!(r.widened, [true, true, false]);
+        let local = sa("192.168.0.1:40000");
+        assert_eq!(r.keep(0, &new, &local, &sa("10.0.0.1:9000")), Some(2));
+        assert_eq!(r.keep(1, &new, &local, &sa("10.0.0.2:9000")), None);
+        // c moved to port 9001: its session on 9000 is not c's any more.
+        assert_eq!(r.keep(2, &new, &local, &sa("10.0.0.3:9000")), None);
+        assert_eq!(r.keep(2, &new, &local, &sa("10.0.0.3:9001")), Some(1));
     }
 }

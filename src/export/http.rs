@@ -73,6 +73,49 @@ pub async fn serve(
     super::server::serve(listener, router, web, Limits::default(), shutdown).await
 }
 
+/// [`serve`] with a web configuration a reload may replace (see
+/// [`super::server::serve_reloadable`]).
+pub async fn serve_reloadable(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    web: tokio::sync::watch::Receiver<Arc<WebConfig>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    super::server::serve_reloadable(listener, router, web, Limits::default(), shutdown).await
+}
+
+/// `POST /-/reload` (and `PUT`, as Prometheus): re-reads the configuration as SIGHUP does and
+/// answers with the outcome: 200 and what changed, or 500 and why it was refused (the running
+/// configuration stays). Only routed where `prometheus.reload_endpoint` turns it on.
+pub fn reload_route(requests: tokio::sync::mpsc::Sender<crate::reload::Request>) -> Router {
+    Router::new()
+        .route("/-/reload", axum::routing::post(reload).put(reload))
+        .with_state(requests)
+}
+
+async fn reload(
+    State(requests): State<tokio::sync::mpsc::Sender<crate::reload::Request>>,
+) -> Response {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if requests.send(tx).await.is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    match tokio::time::timeout(std::time::Duration::from_secs(30), rx).await {
+        Ok(Ok(Ok(what))) => (StatusCode::OK, format!("{what}\n")).into_response(),
+        Ok(Ok(Err(why))) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("failed to reload the configuration: {why}\n"),
+        )
+            .into_response(),
+        Ok(Err(_)) => (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the reload did not finish within 30 s\n",
+        )
+            .into_response(),
+    }
+}
+
 async fn metrics(State(s): State<AppState>) -> Response {
     let Some(registry) = s.registry else {
         return (

@@ -112,11 +112,25 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let tls = web
-        .tls
-        .as_ref()
-        .map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone()));
-    let guard = Arc::new(Guard::new(router, &web, &limits));
+    let (_keep, web) = tokio::sync::watch::channel(web);
+    serve_reloadable(listener, router, web, limits, shutdown).await
+}
+
+/// [`serve`] with a web configuration that a reload may replace: a connection accepted after
+/// the change gets the new one (certificates, users, headers, rate limit); connections open
+/// already keep the one they started with.
+pub async fn serve_reloadable(
+    listener: TcpListener,
+    router: Router,
+    mut web: tokio::sync::watch::Receiver<Arc<WebConfig>>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let acceptor =
+        |w: &WebConfig| (w.tls.as_ref()).map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone()));
+    let current = web.borrow_and_update().clone();
+    let mut tls = acceptor(&current);
+    let mut guard = Arc::new(Guard::new(router.clone(), &current, &limits));
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let registry = Arc::new(Registry::default());
     let closing = CancellationToken::new();
@@ -154,6 +168,11 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
+        if web.has_changed().unwrap_or(false) {
+            let w = web.borrow_and_update().clone();
+            tls = acceptor(&w);
+            guard = Arc::new(Guard::new(router.clone(), &w, &limits));
+        }
         let (id, slot) = registry.add();
         let conn = Connection {
             id,

@@ -384,6 +384,8 @@ fn seconds(
 /// The running FIX layer.
 pub struct FixMonitor {
     reader: FixReader,
+    /// Reloaded settings and targets, for the thread's next round ([`FixMonitor::reloads`]).
+    reload: std::sync::mpsc::Sender<(FixSettings, Targets)>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -575,6 +577,7 @@ impl FixMonitor {
         };
         let (tx, rx) = watch::channel(Arc::new(initial));
         let stop = Arc::new(AtomicBool::new(false));
+        let (reload, reloads) = std::sync::mpsc::channel();
         let mut worker = Worker {
             settings: settings.clone(),
             targets: targets.clone(),
@@ -598,6 +601,7 @@ impl FixMonitor {
             warned: HashSet::new(),
             events,
             announcer: super::events::Announcer::default(),
+            reloads,
         };
         let s = stop.clone();
         let thread = std::thread::Builder::new()
@@ -609,6 +613,7 @@ impl FixMonitor {
             .expect("spawning the FIX thread");
         FixMonitor {
             reader: FixReader(rx),
+            reload,
             stop,
             thread: Some(thread),
         }
@@ -618,12 +623,32 @@ impl FixMonitor {
         self.reader.clone()
     }
 
+    /// Where reloaded settings go ([`FixReloads`]).
+    pub fn reloads(&self) -> FixReloads {
+        FixReloads(self.reload.clone())
+    }
+
     /// Stop the thread and wait for it (at most one round).
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Hands a running FIX layer reloaded settings.
+#[derive(Clone)]
+pub struct FixReloads(std::sync::mpsc::Sender<(FixSettings, Targets)>);
+
+impl FixReloads {
+    /// Runs on reloaded settings and targets from the thread's next round: its sessions, their
+    /// counts and every stream it follows stay (a stream of a target that stays goes on where
+    /// it was); see `Worker::reconfigure`. Whether capture is on, and the tunnels, are not
+    /// changed by a reload (the caller refuses such a change).
+    pub fn reconfigure(&self, settings: FixSettings, targets: Targets) {
+        // The thread gone (stopping): nothing to change.
+        let _ = self.0.send((settings, targets));
     }
 }
 
@@ -663,6 +688,8 @@ struct Worker {
     /// Where logons, logouts, gaps and rejects go as session events (`fix::events`).
     events: crate::session_events::SessionEvents,
     announcer: super::events::Announcer,
+    /// Reloaded settings and targets ([`FixReloads::reconfigure`]).
+    reloads: std::sync::mpsc::Receiver<(FixSettings, Targets)>,
 }
 
 impl Worker {
@@ -695,6 +722,12 @@ impl Worker {
             if last_round.elapsed() >= ROUND {
                 last_round = Instant::now();
                 let now = SystemTime::now();
+                while let Ok((settings, targets)) = self.reloads.try_recv() {
+                    self.reconfigure(settings, targets, now, &mut events);
+                    if let Some(c) = capture.as_mut() {
+                        self.refilter(c);
+                    }
+                }
                 if let Some(f) = &mut self.follower {
                     for r in f.poll(now) {
                         self.tracker.observe_into(
@@ -741,6 +774,40 @@ impl Worker {
                 self.handle(e, &mut attrs_cache);
             }
         }
+    }
+
+    /// Runs on reloaded `settings` and `targets`: the wire's streams of targets that stay go
+    /// on (remapped by name), the others are let go; the engine logs are read to now under the
+    /// old settings, then followed anew (from their ends) if their paths or our CompIDs
+    /// changed. The tracker and its sessions stay as they are.
+    fn reconfigure(
+        &mut self,
+        settings: FixSettings,
+        targets: Targets,
+        now: SystemTime,
+        events: &mut Vec<Event>,
+    ) {
+        let remap = self.targets.remap(&targets);
+        let logs_changed = (settings.log_paths(), &settings.our_comp_ids)
+            != (self.settings.log_paths(), &self.settings.our_comp_ids);
+        if let (true, Some(f)) = (logs_changed, &mut self.follower) {
+            for r in f.poll(now) {
+                let origin = Origin::default();
+                self.tracker
+                    .observe_into(&r.msg, r.dir, r.at, &origin, events);
+            }
+        }
+        if logs_changed {
+            self.follower = (!settings.logs.is_empty())
+                .then(|| LogFollower::new(settings.log_paths(), settings.our_comp_ids.clone()));
+        }
+        self.wire.retarget(targets.clone(), &remap);
+        self.settings = settings;
+        self.targets = targets;
+        tracing::info!(
+            logs = self.settings.logs.len(),
+            "FIX layer: running on the reloaded configuration"
+        );
     }
 
     /// Lets the legs of every tunnel, found ones too, through the packet filter, then says

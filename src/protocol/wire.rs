@@ -399,6 +399,46 @@ impl Wire {
         }
     }
 
+    /// The targets reloaded (`remap` maps the current ones onto `targets` by name): a
+    /// followed connection the same target still holds goes on (its streams, its decoders and
+    /// their partial messages kept, so that no message is lost or counted twice); the others
+    /// are let go, as is a tunnel whose target was removed.
+    pub fn retarget(&mut self, targets: Targets, remap: &fix_monitor_core::target::Remap) {
+        self.targets = targets;
+        let targets = &self.targets;
+        let tunnels = &self.tunnels;
+        self.conns.retain(|link, c| {
+            let leg = tunnels
+                .iter()
+                .any(|t| t.target == c.target && t.address == link.remote);
+            let new = if leg {
+                // A tunnel's leg is its target's by the tunnel, not by its address.
+                remap.old_to_new.get(c.target).copied().flatten()
+            } else {
+                remap.keep(c.target, targets, &link.local, &link.remote)
+            };
+            match new {
+                Some(t) => {
+                    c.target = t;
+                    true
+                }
+                None => false,
+            }
+        });
+        self.tunnels.retain_mut(
+            |t| match remap.old_to_new.get(t.target).copied().flatten() {
+                Some(new) => {
+                    t.target = new;
+                    true
+                }
+                None => false,
+            },
+        );
+        self.tunnel_targets = (self.tunnel_targets.iter())
+            .filter_map(|&t| remap.old_to_new.get(t).copied().flatten())
+            .collect();
+    }
+
     /// Follows the plaintext legs to these tunnels as their targets' sessions.
     pub fn with_tunnels(mut self, tunnels: Vec<Tunnel>) -> Wire {
         self.tunnel_targets.extend(tunnels.iter().map(|t| t.target));

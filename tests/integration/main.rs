@@ -37,6 +37,8 @@ mod properties;
 // The fuzzer's seeds and the crashes it found, replayed (fuzz/harness.rs).
 #[cfg(target_os = "linux")]
 mod fuzz_regressions;
+// Issue 22: the configuration reloaded without a restart.
+mod reload;
 mod schedules;
 mod session_health;
 // What one target, port and sidecar add to /metrics (dashboards/README.md, sizing).

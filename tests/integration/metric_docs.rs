@@ -28,6 +28,7 @@ fn code_names() -> BTreeSet<String> {
         .iter()
         .chain(fix_monitor::process::names::ALL)
         .chain(fix_monitor::fix::metrics::names::ALL)
+        .chain(fix_monitor::reload::names::ALL)
         .map(|n| n.replace('.', "_"))
         .collect()
 }

@@ -1,0 +1,305 @@
+//! Issue 22: reloading the configuration without a restart, with the real binary on loopback.
+//! SIGHUP (and `POST /-/reload` where turned on) re-reads the file: targets added, removed and
+//! kept; counts of kept targets go on, sessions keep their start; a bad file or a change only a
+//! restart applies is refused whole and the running configuration stays; the web config's users
+//! change for new connections.
+
+use std::net::TcpStream;
+use std::time::Duration;
+
+use crate::harness::*;
+
+const OK: &str = "fix_monitor_config_last_reload_successful";
+const AT: &str = "fix_monitor_config_last_reload_success_timestamp_seconds";
+
+fn target(name: &str, venue: &Downstream) -> String {
+    format!(
+        "[[targets]]\nname = \"{name}\"\naddress = \"{}\"\nport = {}\n",
+        venue.addr.ip(),
+        venue.addr.port()
+    )
+}
+
+fn hangup(sc: &Sidecar) {
+    // SAFETY: kill(2) on the child's pid, which this test owns.
+    assert_eq!(unsafe { libc::kill(sc.pid() as i32, libc::SIGHUP) }, 0);
+}
+
+/// Sends SIGHUP and waits for the `n`th outcome in the log (applied or refused).
+fn reload_by_signal(sc: &Sidecar, n: usize) {
+    hangup(sc);
+    sc.wait_for("the reload's outcome", Duration::from_secs(20), |sc| {
+        let log = sc.log();
+        log.matches("configuration reloaded").count()
+            + log.matches("configuration reload refused").count()
+            >= n
+    });
+}
+
+/// The `start_time` of each active session of `target`, by local port.
+fn starts(sc: &Sidecar, target: &str) -> Vec<(u64, String, bool)> {
+    let conns = sc.json("/connections");
+    let mut v: Vec<_> = (conns["connections"].as_array().unwrap().iter())
+        .filter(|c| c["target"] == target)
+        .map(|c| {
+            (
+                c["local_port"].as_u64().unwrap(),
+                c["start_time"].as_str().unwrap().to_owned(),
+                c["preexisting"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn wait_counts(sc: &Sidecar, target: &str, (active, opened, closed): (f64, f64, f64)) {
+    sc.wait_for(
+        &format!("{target}: active {active}, opened {opened}, closed {closed}"),
+        Duration::from_secs(20),
+        |sc| {
+            let m = sc.metrics();
+            let l = [("target", target)];
+            m.get("fix_connections_active", &l) == Some(active)
+                && m.get("fix_connections_total", &l) == Some(opened)
+                && m.sum("fix_connections_closed_total", &l) == closed
+        },
+    );
+}
+
+/// The auto source: eBPF as root, netlink otherwise.
+#[test]
+fn a_reload_changes_targets_without_losing_a_count() {
+    reload_keeps_counts("auto", 2);
+}
+
+/// Netlink: the kernel's close events (as root) are subscribed to again for the new targets.
+#[test]
+fn a_reload_changes_targets_without_losing_a_count_netlink() {
+    reload_keeps_counts("netlink", 12);
+}
+
+/// The scenario, with `source`, its venues on 127.0.`net`.0/24.
+fn reload_keeps_counts(source: &str, net: u8) {
+    let (a, b, c) = (
+        Downstream::listen(&format!("127.0.{net}.2:0")),
+        Downstream::listen(&format!("127.0.{net}.3:0")),
+        Downstream::listen(&format!("127.0.{net}.4:0")),
+    );
+    let first = format!("{}{}", target("a", &a), target("b", &b));
+    let cfg = config_file(&first);
+    let path = cfg.path().to_str().unwrap().to_owned();
+    let args = ["--config", &path, "--interval", "100ms", "--source", source];
+    let sc = Sidecar::start(&args);
+    sc.wait_polls(1);
+    assert_eq!(sc.metrics().get(OK, &[]), Some(1.0));
+    let started_at = sc.metrics().get(AT, &[]).expect("the success timestamp");
+
+    let mut held_a: Vec<TcpStream> = (0..3)
+        .map(|_| connect_from("127.0.0.1:0", a.addr))
+        .collect();
+    let _held_b: Vec<TcpStream> = (0..2)
+        .map(|_| connect_from("127.0.0.1:0", b.addr))
+        .collect();
+    let _held_c = connect_from("127.0.0.1:0", c.addr);
+    wait_counts(&sc, "a", (3.0, 3.0, 0.0));
+    drop(held_a.remove(0));
+    wait_counts(&sc, "a", (2.0, 3.0, 1.0));
+    wait_counts(&sc, "b", (2.0, 2.0, 0.0));
+    let a_before = starts(&sc, "a");
+    assert_eq!(a_before.len(), 2);
+    std::thread::sleep(Duration::from_millis(1100));
+
+    // b removed, c added in front of a; a unchanged.
+    std::fs::write(&path, format!("{}{}", target("c", &c), target("a", &a))).unwrap();
+    reload_by_signal(&sc, 1);
+    let log = sc.log();
+    assert!(
+        log.contains("targets added: c; removed: b; changed: none; sessions no longer watched: 2"),
+        "{log}"
+    );
+    wait_counts(&sc, "c", (1.0, 1.0, 0.0));
+    let m = sc.metrics();
+    assert_eq!(m.get(OK, &[]), Some(1.0));
+    assert!(
+        m.get(AT, &[]).unwrap() > started_at,
+        "the success time moved"
+    );
+    assert_eq!(
+        m.get("fix_connections_active", &[("target", "a")]),
+        Some(2.0)
+    );
+    assert_eq!(
+        m.get("fix_connections_total", &[("target", "a")]),
+        Some(3.0)
+    );
+    assert_eq!(
+        m.get("fix_connections_active", &[("target", "b")]),
+        None,
+        "b is not watched"
+    );
+    // a's sessions kept their start; c's was open before the reload: its start is unknown.
+    assert_eq!(starts(&sc, "a"), a_before);
+    assert!(
+        starts(&sc, "c").iter().all(|s| s.2),
+        "{:?}",
+        starts(&sc, "c")
+    );
+
+    // Counting goes on from where it was: one more opened, one of the first closed, whose
+    // lifetime runs from before the reload.
+    held_a.push(connect_from("127.0.0.1:0", a.addr));
+    wait_counts(&sc, "a", (3.0, 4.0, 1.0));
+    drop(held_a.remove(0));
+    wait_counts(&sc, "a", (2.0, 4.0, 2.0));
+    let m = sc.metrics();
+    let lifetimes = m.get("fix_connection_duration_seconds_count", &[("target", "a")]);
+    assert_eq!(lifetimes, Some(2.0));
+    let sum = m
+        .get("fix_connection_duration_seconds_sum", &[("target", "a")])
+        .unwrap();
+    assert!(
+        sum >= 1.1,
+        "the kept session's lifetime spans the reload: {sum}"
+    );
+
+    // A bad file is refused whole, naming the key; the running configuration stays.
+    let bad = format!(
+        "{}[[targets]]\nname = \"d\"\naddress = \"a venue\"\n",
+        target("a", &a)
+    );
+    std::fs::write(&path, bad).unwrap();
+    reload_by_signal(&sc, 2);
+    assert!(
+        sc.log().contains("targets[1].address = \"a venue\""),
+        "{}",
+        sc.log()
+    );
+    sc.wait_for("the refusal in /metrics", Duration::from_secs(20), |sc| {
+        sc.metrics().get(OK, &[]) == Some(0.0)
+    });
+    assert_eq!(
+        sc.metrics()
+            .get("fix_connections_active", &[("target", "c")]),
+        Some(1.0)
+    );
+    // So is a change only a restart applies.
+    let json = format!("{}[log]\nformat = \"json\"\n", target("a", &a));
+    std::fs::write(&path, json).unwrap();
+    reload_by_signal(&sc, 3);
+    assert!(
+        sc.log()
+            .contains("only a restart applies a change of log.format"),
+        "{}",
+        sc.log()
+    );
+    held_a.push(connect_from("127.0.0.1:0", a.addr));
+    wait_counts(&sc, "a", (3.0, 5.0, 2.0));
+    wait_counts(&sc, "c", (1.0, 1.0, 0.0));
+    assert_eq!(sc.metrics().get(OK, &[]), Some(0.0));
+
+    let (status, log) = sc.terminate();
+    assert!(status.success(), "{log}");
+}
+
+fn web_config(dir: &std::path::Path, user: &str) -> std::path::PathBuf {
+    let path = dir.join("web.yml");
+    // Cost 4, so that the test is quick.
+    let hash = bcrypt::hash_with_salt("pw", 4, *b"fix-monitor-salt")
+        .unwrap()
+        .format_for_version(bcrypt::Version::TwoY);
+    std::fs::write(&path, format!("basic_auth_users:\n  {user}: '{hash}'\n")).unwrap();
+    path
+}
+
+#[test]
+fn post_reload_is_off_by_default_and_behind_the_endpoints_auth() {
+    let venue = Downstream::listen("127.0.123.5:0");
+    let dir = tempfile::tempdir().unwrap();
+    let web = web_config(dir.path(), "alice");
+    let cfg_path = dir.path().join("config.toml");
+    let config = |extra: &str| {
+        format!(
+            "{}{extra}[prometheus]\nreload_endpoint = true\nweb_config = {:?}\n",
+            target("venue", &venue),
+            web
+        )
+    };
+    std::fs::write(&cfg_path, config("")).unwrap();
+    let c = reqwest::blocking::Client::new();
+
+    // Off by default.
+    let off = Sidecar::start(&["--ip", "127.0.123.6"]);
+    let url = format!("http://{}/-/reload", off.addr);
+    let status = c.post(&url).send().unwrap().status();
+    assert_eq!(status, 404, "no reload route unless asked for");
+    drop(off);
+
+    let sc = Sidecar::start(&["--config", cfg_path.to_str().unwrap()]);
+    let url = format!("http://{}/-/reload", sc.addr);
+    assert_eq!(
+        c.post(&url).send().unwrap().status(),
+        401,
+        "behind the auth"
+    );
+    let as_alice = |req: reqwest::blocking::RequestBuilder| req.basic_auth("alice", Some("pw"));
+    assert_eq!(as_alice(c.get(&url)).send().unwrap().status(), 405);
+
+    // A second target and a new user: both apply, the new user for new connections.
+    let other = Downstream::listen("127.0.123.7:0");
+    std::fs::write(&cfg_path, config(&target("other", &other))).unwrap();
+    web_config(dir.path(), "bob");
+    let r = as_alice(c.post(&url)).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().unwrap().contains("targets added: other"));
+    let health = format!("http://{}/health", sc.addr);
+    let fresh = || {
+        reqwest::blocking::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap()
+    };
+    let status = fresh()
+        .get(&health)
+        .basic_auth("alice", Some("pw"))
+        .send()
+        .unwrap()
+        .status();
+    assert_eq!(status, 401, "alice is gone from the web config");
+    let bob = fresh().get(&health).basic_auth("bob", Some("pw"));
+    assert_eq!(bob.send().unwrap().status(), 200);
+    let _s = connect_from("127.0.0.1:0", other.addr);
+    sc.wait_for("other's session", Duration::from_secs(20), |sc| {
+        let m = Metrics::parse(&sc_metrics_as(sc, "bob"));
+        m.get("fix_connections_active", &[("target", "other")]) == Some(1.0)
+    });
+
+    // A refused reload answers 500 with why.
+    std::fs::write(&cfg_path, "[[targets]]\naddress = \"not an address\"\n").unwrap();
+    let r = fresh()
+        .post(&url)
+        .basic_auth("bob", Some("pw"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 500);
+    let body = r.text().unwrap();
+    assert!(body.contains("targets[0].address"), "{body}");
+    sc.wait_for("the refusal in /metrics", Duration::from_secs(20), |sc| {
+        Metrics::parse(&sc_metrics_as(sc, "bob")).get(OK, &[]) == Some(0.0)
+    });
+}
+
+/// `/metrics` with basic auth as `user` (password `pw`).
+fn sc_metrics_as(sc: &Sidecar, user: &str) -> String {
+    let url = format!("http://{}/metrics", sc.addr);
+    let c = reqwest::blocking::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    c.get(url)
+        .basic_auth(user, Some("pw"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap()
+}
