@@ -16,7 +16,11 @@
 //! - the FIX layer, with wire capture on (needs CAP_NET_RAW: run as root): a simulated FIX
 //!   venue (`venue-f`) and a gateway that logs on, sends orders, logs out and closes, over and
 //!   over (`fix_load.rs`);
-//! - a sampler: the sidecar's RSS and open files, and the capture's table, every 5 s.
+//! - a sampler: the sidecar's RSS and open files, and the capture's table, every 5 s;
+//! - reloads (`--reload-every SECS`): the config file rewritten, a target that no session goes
+//!   to (`venue-idle`) added and removed in turn and the log level changed, then SIGHUP; each
+//!   must apply (one "configuration reloaded" line each, none refused, the reload gauge at 1)
+//!   while every count of the targets that stay goes on exact.
 //!
 //! At the end the churn stops with every session of `venue-a` closed and `venue-b` up with its 5
 //! sessions; then the sidecar's counts must equal the ground truth counted here (opened,
@@ -65,12 +69,15 @@ struct Opts {
     rate: u32,
     lifetime: Duration,
     out: PathBuf,
+    /// Time between two reloads (`None`: none).
+    reload_every: Option<Duration>,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: fix-soak --bin FIX_MONITOR --vm VICTORIA_METRICS --out DIR \
-         [--duration SECS (600)] [--warmup SECS (duration/5)] [--rate N (50)] [--lifetime SECS (3)]"
+         [--duration SECS (600)] [--warmup SECS (duration/5)] [--rate N (50)] [--lifetime SECS (3)] \
+         [--reload-every SECS (0: none)]"
     );
     std::process::exit(2)
 }
@@ -94,6 +101,7 @@ fn parse_opts() -> Opts {
         rate: secs("--rate", 50) as u32,
         lifetime: Duration::from_secs(secs("--lifetime", 3)),
         out: get("--out").unwrap_or_else(|| usage()).into(),
+        reload_every: Some(Duration::from_secs(secs("--reload-every", 0))).filter(|d| !d.is_zero()),
     }
 }
 
@@ -496,10 +504,8 @@ fn main() {
 
     // The sidecar.
     let config = o.out.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[[targets]]
+    let text = format!(
+        r#"[[targets]]
 name = "venue-a"
 address = "{a_ip}"
 port = {ap}
@@ -531,12 +537,20 @@ timeout = "1s"
 # VictoriaMetrics takes OTLP metrics, not logs: the session events stay in the log.
 logs = false
 "#,
-            ap = a.port(),
-            bp = b.port(),
-            vm = vm.addr,
+        ap = a.port(),
+        bp = b.port(),
+        vm = vm.addr,
+    );
+    std::fs::write(&config, &text).unwrap();
+    // What each reload writes in turn: a target no session goes to, added and removed again
+    // (a documentation address: nothing connects there), and the log level.
+    let reloaded = [
+        format!(
+            "{text}\n[[targets]]\nname = \"venue-idle\"\naddress = \"192.0.2.1\"\nport = 1\n\n\
+             [log]\nlevel = \"info,fix_monitor_kernel=warn\"\n"
         ),
-    )
-    .unwrap();
+        text.clone(),
+    ];
     let log_path = o.out.join("fix-monitor.log");
     let mut cmd = Command::new(&o.bin);
     for (k, _) in std::env::vars() {
@@ -635,9 +649,18 @@ logs = false
     // The main loop: samples, and the collector's outages.
     let mut samples: Vec<Sample> = Vec::new();
     let mut outages = 0;
+    let mut reloads = 0u64;
     let mut next_sample = Duration::ZERO;
     while start.elapsed() < o.duration {
         let t = start.elapsed();
+        if let Some(every) = o.reload_every {
+            if t.as_secs() / every.as_secs().max(1) > reloads {
+                std::fs::write(&config, &reloaded[reloads as usize % 2]).unwrap();
+                // SAFETY: kill(2) on our own child.
+                unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+                reloads += 1;
+            }
+        }
         let in_period = Duration::from_secs(t.as_secs() % OUTAGE_PERIOD.as_secs());
         let should_be_down = in_period >= OUTAGE_START && in_period < OUTAGE_START + OUTAGE_LEN;
         if should_be_down && vm.child.is_some() {
@@ -874,7 +897,24 @@ logs = false
         .iter()
         .filter(|l| l.contains("WARN") || l.contains("ERROR"))
         .count();
-    let other_limit = 30 + 4 * outages;
+    // Each reload: the signal, the outcome and the FIX layer's line.
+    let reload_lines = |what: &str| others.iter().filter(|l| l.contains(what)).count() as u64;
+    let (applied, refused) = (
+        reload_lines("configuration reloaded"),
+        reload_lines("configuration reload refused"),
+    );
+    if applied != reloads || refused != 0 {
+        failures.push(format!(
+            "{reloads} reloads asked for: {applied} applied, {refused} refused"
+        ));
+    }
+    let reload_ok = metric(&body, "fix_monitor_config_last_reload_successful", "");
+    if reload_ok != 1.0 {
+        failures.push(format!(
+            "fix_monitor_config_last_reload_successful is {reload_ok}"
+        ));
+    }
+    let other_limit = 30 + 4 * outages + 3 * reloads as usize;
     if others.len() > other_limit {
         failures.push(format!(
             "{} log lines besides opens and closes (limit {other_limit}); first: {:?}",
@@ -892,6 +932,7 @@ logs = false
                      "metrics": [ga.0, ga.1, ga.2], "peak": peak_a },
         "venue_b": { "opened": tb.0, "closed": tb.1, "active": tb.2, "flaps": flaps.load(SeqCst),
                      "refused_retries": truth_b.failed.load(SeqCst), "metrics": [gb.0, gb.1, gb.2] },
+        "reloads": reloads,
         "victoria_metrics": { "outages": outages, "venue_a_total": vm_a, "export_errors": export_errors },
         "fix": { "sessions": fix_truth.sessions, "sent": fix_truth.sent, "received": fix_truth.received,
                  "failed": fix_truth.failed, "seen": fix_seen, "connections_made": connections_made,
@@ -917,12 +958,12 @@ logs = false
         "fix-soak: {:.0} s; venue-a opened {} closed {} (metrics {:?}); venue-b opened {} closed {} active {} over {} flaps (metrics {:?}); \
          VictoriaMetrics down {} times, has {:?}; {} scrapes ok, {} failed, slowest {} ms; {} polls; \
          RSS {:.0} -> {:.0} KiB after warm-up (max {:.0}), slope {:.1} KiB/min; open files {}-{}, slope {:.2}/min; \
-         log: {} opened, {} closed, {} ended, {} other lines ({} warnings); \
+         log: {} opened, {} closed, {} ended, {} other lines ({} warnings); {} reloads applied; \
          FIX: {} sessions, {} messages sent, {} received, capture table at most {}",
         soaked.as_secs_f64(), ta.0, ta.1, ga, tb.0, tb.1, tb.2, flaps.load(SeqCst), gb,
         outages, vm_a, scrapes.ok.load(SeqCst), scrapes.failed.load(SeqCst), scrapes.max_ms.load(SeqCst), polls,
         rss_first, rss_last, rss_max, rss_slope, fd_min, fd_max, fd_slope,
-        opened_lines, closed_lines, ended_lines, others.len(), warnings,
+        opened_lines, closed_lines, ended_lines, others.len(), warnings, reloads,
         fix_truth.sessions, fix_truth.sent, fix_truth.received, fix_followed_max
     );
     if failures.is_empty() {
