@@ -798,8 +798,13 @@ impl Worker {
             }
         }
         if logs_changed {
-            self.follower = (!settings.logs.is_empty())
-                .then(|| LogFollower::new(settings.log_paths(), settings.our_comp_ids.clone()));
+            // Its counts go on: they are the counters' values.
+            let stats = self.follower.as_ref().map(|f| f.stats);
+            self.follower = (!settings.logs.is_empty()).then(|| {
+                let mut f = LogFollower::new(settings.log_paths(), settings.our_comp_ids.clone());
+                f.stats = stats.unwrap_or_default();
+                f
+            });
         }
         self.wire.retarget(targets.clone(), &remap);
         self.settings = settings;

@@ -303,3 +303,86 @@ fn sc_metrics_as(sc: &Sidecar, user: &str) -> String {
         .text()
         .unwrap()
 }
+
+/// The FIX layer across a reload: a log path added; the session's counts go on from where they
+/// were (the layer's tracker is kept), and the new file is followed.
+#[test]
+fn a_reload_keeps_the_fix_layers_counts_and_follows_a_new_log() {
+    use fix_monitor::fix::sim::{scripted_session, Venue, VenueBehaviour};
+    let venue = || {
+        let behaviour = VenueBehaviour {
+            ack_delay: Duration::from_millis(5),
+            ..VenueBehaviour::default()
+        };
+        Venue::start("127.0.0.1:0".parse().unwrap(), behaviour).unwrap()
+    };
+    let (first_venue, second_venue) = (venue(), venue());
+    let dir = tempfile::tempdir().unwrap();
+    let (first_log, second_log) = (dir.path().join("a.log"), dir.path().join("b.log"));
+    std::fs::write(&first_log, b"").unwrap();
+    std::fs::write(&second_log, b"").unwrap();
+    let config = |logs: &[&std::path::Path]| {
+        let mut text = String::new();
+        for (name, v) in [("first", &first_venue), ("second", &second_venue)] {
+            text += &format!(
+                "[[targets]]\nname = \"{name}\"\naddress = \"127.0.0.1\"\nport = {}\n\
+                 comp_ids = [\"VENUE\"]\n",
+                v.addr.port()
+            );
+        }
+        text += "[poll]\ninterval = \"200ms\"\n[fix]\nour_comp_ids = [\"GW\"]\n";
+        for l in logs {
+            text += &format!("[[fix.logs]]\npath = {:?}\n", l.display().to_string());
+        }
+        text
+    };
+    let cfg = config_file(&config(&[&first_log]));
+    let path = cfg.path().to_str().unwrap().to_owned();
+    let sc = Sidecar::start(&["--config", &path]);
+    let messages = |sc: &Sidecar| sc.json("/sessions")["stats"]["logs"]["messages"].as_u64();
+    sc.wait_for("the log followed", Duration::from_secs(10), |s| {
+        s.json("/sessions")["log_files"][0] == first_log.display().to_string().as_str()
+    });
+    let one =
+        scripted_session(first_venue.addr, 4, None, Some((first_log.clone(), false))).unwrap();
+    let logged = |t: &fix_monitor::fix::sim::Truth| -> u64 {
+        t.sent.values().sum::<u64>() + t.received.values().sum::<u64>()
+    };
+    sc.wait_for(
+        "the first session's messages",
+        Duration::from_secs(10),
+        |s| messages(s) == Some(logged(&one)),
+    );
+
+    std::fs::write(&path, config(&[&first_log, &second_log])).unwrap();
+    reload_by_signal(&sc, 1);
+    assert!(sc.log().contains("configuration reloaded"), "{}", sc.log());
+    sc.wait_for("both logs followed", Duration::from_secs(10), |s| {
+        s.json("/sessions")["log_files"].as_array().map(Vec::len) == Some(2)
+    });
+    let two = scripted_session(
+        second_venue.addr,
+        6,
+        None,
+        Some((second_log.clone(), false)),
+    )
+    .unwrap();
+    sc.wait_for("both sessions' messages", Duration::from_secs(10), |s| {
+        messages(s) == Some(logged(&one) + logged(&two))
+    });
+    let j = sc.json("/sessions");
+    let s = &j["sessions"][0];
+    assert_eq!(s["session"], "GW->VENUE", "{j:#}");
+    assert_eq!(s["logons"], 2, "one before the reload, one after: {j:#}");
+    let orders = one.sent["NewOrderSingle"] + two.sent["NewOrderSingle"];
+    assert_eq!(s["out"]["by_type"]["NewOrderSingle"], orders);
+    let labels = [
+        ("session", "GW->VENUE"),
+        ("direction", "out"),
+        ("msg_type", "NewOrderSingle"),
+    ];
+    sc.wait_for("the FIX metrics", Duration::from_secs(10), |s| {
+        s.metrics().sum("fix_messages_total", &labels) == orders as f64
+    });
+    drop((first_venue.stop(), second_venue.stop()));
+}
