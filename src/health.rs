@@ -832,4 +832,35 @@ mod tests {
         assert_eq!(out.ports[&(1, 5000)].measured, 0);
         assert_eq!(out.targets[1].growth.retransmits, 4);
     }
+
+    #[test]
+    fn a_reload_counts_an_added_targets_open_sessions_from_now_and_keeps_the_others() {
+        let mut b = book();
+        let mut out = HealthPoll::default();
+        let t0 = Instant::now();
+        let kept = |sent| sock(1, 5000, 1, Some(health(100, 0, sent, 0)));
+        b.observe(t0, &[], &mut out);
+        b.observe(t0 + Duration::from_secs(1), &[kept(100)], &mut out);
+        assert_eq!(
+            out.targets[0].growth.bytes_sent, 100,
+            "new since the last poll"
+        );
+        // Reloaded: 10.0.0.1 stays (now id 1), 10.0.0.4 is added (id 0) with a session that
+        // sent 5,000 bytes before anyone watched it.
+        let mut added = Target::test("10.0.0.4/32", None, None);
+        added.name = "added".into();
+        let new = Targets::new(vec![added, targets().get(0).clone()]);
+        let remap = b.targets.remap(&new);
+        b.retarget(new, vec![None, None], &remap);
+        let old = sock(4, 5001, 2, Some(health(100, 0, 5_000, 0)));
+        b.observe(t0 + Duration::from_secs(2), &[kept(150), old], &mut out);
+        assert_eq!(
+            out.targets[1].growth.bytes_sent, 50,
+            "the kept session goes on"
+        );
+        assert_eq!(out.targets[0].growth.bytes_sent, 0, "counted from now");
+        let more = sock(4, 5001, 2, Some(health(100, 0, 5_070, 0)));
+        b.observe(t0 + Duration::from_secs(3), &[kept(150), more], &mut out);
+        assert_eq!(out.targets[0].growth.bytes_sent, 70);
+    }
 }
