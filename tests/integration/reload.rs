@@ -138,6 +138,23 @@ fn reload_keeps_counts(source: &str, net: u8) {
         None,
         "b is not watched"
     );
+    assert_eq!(m.get("fix_connections_peak", &[("target", "a")]), Some(3.0));
+    // /health's totals go on too, and list the new targets in their order.
+    let health = sc.json("/health");
+    let totals: Vec<_> = (health["targets"].as_array().unwrap().iter())
+        .map(|t| {
+            (
+                t["name"].as_str().unwrap().to_owned(),
+                t["opened"].as_u64(),
+                t["closed"].as_u64(),
+            )
+        })
+        .collect();
+    let want = [
+        ("c".to_owned(), Some(1), Some(0)),
+        ("a".to_owned(), Some(3), Some(1)),
+    ];
+    assert_eq!(totals, want, "{health:#}");
     // a's sessions kept their start; c's was open before the reload: its start is unknown.
     assert_eq!(starts(&sc, "a"), a_before);
     assert!(
