@@ -74,6 +74,15 @@ impl MessageLog {
     }
 }
 
+/// How the other side answered a Logon ([`Peer::log_on`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogonAnswer {
+    /// With a Logon: the session is logged on.
+    Accepted,
+    /// With a Logout, whose Text (tag 58, empty without one) is kept: the logon was refused.
+    Refused(String),
+}
+
 /// One side of a FIX session over a TCP stream.
 pub struct Peer {
     stream: TcpStream,
@@ -268,6 +277,37 @@ impl Peer {
                 }
             }
         }
+    }
+
+    /// Log on as an initiator: a Logon (EncryptMethod 0, HeartBtInt 30), then wait up to
+    /// `timeout` for the answer: a Logon (accepted) or a Logout (refused, as a venue refuses a
+    /// bad logon before it closes). Other messages are counted and dropped.
+    pub fn log_on(&mut self, timeout: Duration) -> io::Result<LogonAnswer> {
+        self.send("A", &[(98, "0"), (108, "30")])?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.recv(deadline)? {
+                Some(m) if m.msg_type() == b"A" => return Ok(LogonAnswer::Accepted),
+                Some(m) if m.msg_type() == b"5" => {
+                    let text = m.get_str(tag::TEXT).unwrap_or_default().into_owned();
+                    return Ok(LogonAnswer::Refused(text));
+                }
+                Some(_) => {}
+                None => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no answer to the Logon within {timeout:?}"),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Log out first: a Logout with `text` (tag 58), then wait up to `timeout` for the other
+    /// side's Logout. The connection stays open ([`close`](Self::close) it).
+    pub fn log_out(&mut self, text: &str, timeout: Duration) -> io::Result<()> {
+        self.send("5", &[(58, text)])?;
+        self.expect("5", timeout).map(drop)
     }
 
     /// The TCP stream (its addresses, its socket options).
@@ -702,8 +742,7 @@ pub fn scripted_session(
         }
     }
     truth.logout_text = "end of day".into();
-    gw.send("5", &[(58, &truth.logout_text)])?;
-    gw.expect("5", t)?;
+    gw.log_out(&truth.logout_text, t)?;
     truth.sent = gw.sent.clone();
     truth.received = gw.received.clone();
     gw.close();
@@ -713,9 +752,10 @@ pub fn scripted_session(
             if let Some((path, pipe)) = &log {
                 p = p.with_log(MessageLog::create(path, *pipe)?);
             }
-            p.send("A", &[(98, "0"), (108, "30")])?;
-            let m = p.expect("5", t)?;
-            truth.refusal_text = m.get_str(58).unwrap_or_default().into_owned();
+            let LogonAnswer::Refused(text) = p.log_on(t)? else {
+                return Err(io::Error::other("the refusing venue accepted a Logon"));
+            };
+            truth.refusal_text = text;
             truth.refused_logons += 1;
             for (k, v) in &p.sent {
                 *truth.sent.entry(k.clone()).or_default() += v;
@@ -762,6 +802,31 @@ mod tests {
             gw.expect("5", Duration::from_secs(5)).unwrap();
             v.stop();
         }
+    }
+
+    /// A Logon is answered by a Logon, or refused by a Logout whose Text is kept; a Logout
+    /// is answered.
+    #[test]
+    fn a_logon_accepted_and_one_refused() {
+        let t = Duration::from_secs(5);
+        let open = Venue::start("127.0.0.1:0".parse().unwrap(), VenueBehaviour::default()).unwrap();
+        let refusing = VenueBehaviour {
+            refuse_logons: Some("Invalid password".into()),
+            ..VenueBehaviour::default()
+        };
+        let refusing = Venue::start("127.0.0.1:0".parse().unwrap(), refusing).unwrap();
+        let mut gw = Peer::connect(open.addr, "FIX.4.4", "GW", "VENUE").unwrap();
+        assert_eq!(gw.log_on(t).unwrap(), LogonAnswer::Accepted);
+        gw.log_out("end of day", t).unwrap();
+        gw.close();
+        let mut gw = Peer::connect(refusing.addr, "FIX.4.4", "GW", "VENUE").unwrap();
+        let refused = LogonAnswer::Refused("Invalid password".into());
+        assert_eq!(gw.log_on(t).unwrap(), refused);
+        gw.close();
+        let (open, refusing) = (open.stop(), refusing.stop());
+        assert_eq!(open.sent.get("Logout"), Some(&1));
+        assert_eq!(refusing.sent.get("Logon"), None);
+        assert_eq!(refusing.sent.get("Logout"), Some(&1));
     }
 
     #[test]

@@ -276,8 +276,13 @@ pub struct Session {
     pub heartbeat_interval: Option<u64>,
     /// What it showed on its current TCP session (see [`LinkEvidence`]).
     pub evidence: LinkEvidence,
-    /// What it showed on the one before, for an end told after the next began (engine logs).
+    /// What it showed on the one before, for an end told after the next began (engine logs,
+    /// and the wire when the end of the one before is seen after the next's first message).
     pub previous_evidence: Option<LinkEvidence>,
+    /// The TCP session before [`tcp`](Self::tcp), while its end is not told: the one
+    /// [`previous_evidence`](Self::previous_evidence) was shown on (wire).
+    #[serde(skip)]
+    previous_tcp: Option<TcpLink>,
     /// [in, out]
     pub dirs: [DirectionCounts; 2],
     /// Messages by MsgType name, [in, out], each bounded by [`Limits::max_msg_types`].
@@ -340,6 +345,7 @@ impl Session {
             heartbeat_interval: None,
             evidence: LinkEvidence::default(),
             previous_evidence: None,
+            previous_tcp: None,
             dirs: Default::default(),
             by_type: Default::default(),
             orders_answered: 0,
@@ -511,6 +517,7 @@ impl Session {
         let relogon = mt == b"A" && self.state == LogonState::LoggedOut && self.tcp.is_none();
         if new_link || relogon {
             self.previous_evidence = Some(std::mem::take(&mut self.evidence));
+            self.previous_tcp = self.tcp;
         }
         let e = &mut self.evidence;
         e.since.get_or_insert(at);
@@ -1028,26 +1035,37 @@ impl Tracker {
 
     /// The TCP session `tcp` closed at `at` (the wire source saw FIN or RST, or the TCP layer
     /// stopped listing it): a session still logged on is logged out without a Logout. Returns
-    /// the end, with the FIX session last seen on it and its evidence.
+    /// the end, with the FIX session last seen on it and its evidence. A session that has
+    /// already moved on to its next TCP session (a gateway that retries its logon at once,
+    /// before the venue's FIN) gives the evidence it had on this one, and stays as it is.
     pub fn tcp_closed(&mut self, tcp: TcpLink, at: SystemTime, seen: TcpEndSeen) -> LinkEnd {
         let mut fix: Option<(SystemTime, FixEnd)> = None;
         for s in self.sessions.values_mut() {
-            if s.tcp == Some(tcp) {
+            let evidence = if s.tcp == Some(tcp) {
                 if s.logged_on() {
                     s.disconnects += 1;
                 }
                 s.state = LogonState::LoggedOut;
                 s.sequence.link_ended();
-                let last = s.evidence.last_seen.iter().flatten().max().copied();
-                let last = last.unwrap_or(SystemTime::UNIX_EPOCH);
-                if fix.as_ref().is_none_or(|(t, _)| last > *t) {
-                    let end = FixEnd {
-                        session: s.key.clone(),
-                        evidence: s.evidence.clone(),
-                        heartbeat_interval: s.heartbeat_interval,
-                    };
-                    fix = Some((last, end));
+                &s.evidence
+            } else if s.previous_tcp == Some(tcp) {
+                s.previous_tcp = None;
+                match &s.previous_evidence {
+                    Some(e) => e,
+                    None => continue,
                 }
+            } else {
+                continue;
+            };
+            let last = evidence.last_seen.iter().flatten().max().copied();
+            let last = last.unwrap_or(SystemTime::UNIX_EPOCH);
+            if fix.as_ref().is_none_or(|(t, _)| last > *t) {
+                let end = FixEnd {
+                    session: s.key.clone(),
+                    evidence: evidence.clone(),
+                    heartbeat_interval: s.heartbeat_interval,
+                };
+                fix = Some((last, end));
             }
         }
         LinkEnd {
@@ -1568,6 +1586,46 @@ mod tests {
         assert_eq!(e.sequence_complaint, None);
         assert_eq!(fix.heartbeat_interval, Some(30));
         assert_eq!(end.at, at(100));
+    }
+
+    /// A gateway retries its logon on a new TCP session before the venue's FIN ended the
+    /// refused one: each end still carries its own refusal, and the retry's session is left
+    /// as it is by the first one's end.
+    #[test]
+    fn an_end_told_after_the_next_session_began_keeps_its_evidence() {
+        let mut t = Tracker::new(Limits::default());
+        let on = |l: TcpLink| Origin {
+            target: None,
+            tcp: Some(l),
+        };
+        t.observe(&msg("GW", "VENUE", "A", 1, &[]), Out, at(1), &on(link(1)));
+        let refusal = [(58, "Invalid password")];
+        t.observe(
+            &msg("VENUE", "GW", "5", 1, &refusal),
+            In,
+            at(2),
+            &on(link(1)),
+        );
+        t.observe(&msg("GW", "VENUE", "A", 1, &[]), Out, at(3), &on(link(2)));
+        t.observe(&msg("VENUE", "GW", "A", 1, &[]), In, at(4), &on(link(2)));
+        let first = t.tcp_closed(link(1), at(5), TcpEndSeen::default());
+        let e = first.fix.unwrap().evidence;
+        assert_eq!(e.refused.unwrap().text.as_deref(), Some("Invalid password"));
+        assert!(!e.logged_on);
+        // The retry was accepted and is still logged on; its end is its own.
+        let s = t.by_label("GW->VENUE").unwrap();
+        assert_eq!(
+            (s.state, s.logons, s.logons_refused),
+            (LogonState::LoggedOn, 1, 1)
+        );
+        let second = t.tcp_closed(link(2), at(6), TcpEndSeen::default());
+        let e = second.fix.unwrap().evidence;
+        assert!(e.logged_on && e.refused.is_none());
+        // Told once: the first session's end again finds nothing.
+        assert_eq!(
+            t.tcp_closed(link(1), at(7), TcpEndSeen::default()).fix,
+            None
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use fix_monitor::fix::sim::{Peer, Venue, VenueBehaviour};
+use fix_monitor::fix::sim::{LogonAnswer, Peer, Venue, VenueBehaviour};
 
 use crate::harness::*;
 
@@ -60,9 +60,8 @@ capture = true
     let l = [("target", "refusing"), ("session", "GW->VENUE2")];
     for n in 1..=3u64 {
         let mut p = Peer::connect(venue.addr, "FIX.4.4", "GW", "VENUE2").unwrap();
-        p.send("A", &[(98, "0"), (108, "30")]).unwrap();
-        let m = p.expect("5", Duration::from_secs(5)).unwrap();
-        assert_eq!(m.get_str(58).as_deref(), Some("Invalid password"));
+        let answer = p.log_on(Duration::from_secs(5)).unwrap();
+        assert_eq!(answer, LogonAnswer::Refused("Invalid password".into()));
         p.close();
         let mut last = None;
         sc.wait_for(

@@ -1,17 +1,30 @@
 //! A fleet: three FIX gateways, each in its own network namespace with its own fix-monitor and
-//! its own hostname, connected over a bridge to one downstream namespace that holds the venue
-//! listeners and one Prometheus scraping all three sidecars. Each gateway opens (and closes) a
-//! different, known number of sessions; Prometheus must have each host's numbers under its own
-//! `host` label, and the fleet-wide sums.
+//! its own hostname, connected over a bridge to one downstream namespace that holds the venues
+//! and one Prometheus scraping all three sidecars. Each gateway is a simulated FIX engine (the
+//! FIX simulator's initiator, `fix::sim::Peer`, driven by the test from inside its namespace):
+//! it logs on a different, known number of FIX sessions at venue-a and venue-b, keeps some
+//! logged on, logs the others out (it sends the first Logout) and closes them, and retries its
+//! logon at venue-c, which refuses every one (a Logout, "Invalid password", then it closes, as a
+//! venue refusing a logon does). The venues are the simulator's acceptors (`fix::sim::Venue`,
+//! threads of the test in the downstream namespace). Every sidecar reads FIX off the wire
+//! (`[fix] capture = true`: root in its namespace). Prometheus must have each host's numbers,
+//! the TCP layer's and the FIX layer's (logons, refused logons, logouts, why each session
+//! ended), under its own `host` label, and the fleet-wide sums; the venues' own counts of
+//! logons and refusals must be the plan's too.
 //!
 //! ```text
 //!   ns gw1 (hostname gw-1)      ns gw2 (hostname gw-2)      ns gw3 (uts "container-7f3a",
 //!   10.200.0.11 fix-monitor     10.200.0.12 fix-monitor      OTEL host.name=gw-3) 10.200.0.13
 //!        |  :9464                    |  :9464                    |  :9464
 //!        +---------- veth ------- br0 10.200.0.1 ------ veth ----+
-//!                          ns ds: venue-a, venue-b, other listeners; Prometheus
+//!          ns ds: venue-a, venue-b (accept), venue-c (refuses), another listener; Prometheus
 //! ```
 //! 10.200.0.0/24 exists only inside these namespaces, which the test creates and deletes.
+//!
+//! A refused logon's TCP session lives about a millisecond, shorter than a poll: whether a poll
+//! listed it decides whether it is short-lived or has a lifetime (and the target's peak), so at
+//! venue-c only their sum is checked (each close is one or the other); every other number is
+//! checked exactly.
 //!
 //! Sidecars are started as an operator would: `ip netns exec NS unshare --uts sh -c 'hostname
 //! NAME && exec fix-monitor run --config FILE --listen 0.0.0.0:9464 ...'`. The `host` label
@@ -21,11 +34,13 @@
 //! OTLP: see the "OTLP WIRE-IN" section below: the same three sidecars are to push into one
 //! VictoriaMetrics, and the same checks then run against it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+use fix_monitor::fix::sim::{Counts, LogonAnswer, Peer, Venue, VenueBehaviour, VenueRecord};
 
 use crate::backends::{die_with_parent, scrape_config, Backend, Sample};
 use crate::harness::{bin, config_file, connect_from, http_get, Downstream, Sidecar};
@@ -35,7 +50,18 @@ const LAN: [u8; 3] = [10, 200, 0];
 const DS_HOST: u8 = 1;
 const METRICS_PORT: u16 = 9464;
 const JOB: &str = "fix-monitor";
-const TARGETS: [&str; 2] = ["venue-a", "venue-b"];
+/// The targets: two venues that accept every logon, and venue-c, which refuses every one.
+const TARGETS: [&str; 3] = ["venue-a", "venue-b", "venue-c"];
+/// The venues' CompIDs, in the order of [`TARGETS`].
+const VENUE_COMP_IDS: [&str; 3] = ["VENUE-A", "VENUE-B", "VENUE-C"];
+/// How many of [`TARGETS`] accept logons (the first ones).
+const ACCEPTING: usize = 2;
+/// The refusing venue's index in [`TARGETS`].
+const REFUSING: usize = 2;
+/// The Text of venue-c's Logout refusing a logon.
+const REFUSAL: &str = "Invalid password";
+/// How long a gateway waits for a venue's answer.
+const FIX_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How a gateway gets its host name.
 #[derive(Clone, Copy)]
@@ -52,23 +78,57 @@ struct Plan {
     host: &'static str,
     lan_host: u8,
     naming: HostName,
-    /// Sessions per target that stay open.
-    held: [usize; 2],
-    /// Sessions per target that are opened while watched and then closed.
-    closed: [usize; 2],
+    /// FIX sessions per accepting venue that log on and stay.
+    held: [usize; ACCEPTING],
+    /// FIX sessions per accepting venue that log on while watched, then log out (we first)
+    /// and close.
+    closed: [usize; ACCEPTING],
+    /// Logons venue-c refuses: one TCP session each (the same CompIDs retrying), which the
+    /// venue closes after its Logout.
+    refused: usize,
     /// Connections to the unrelated listener (never counted).
     noise: usize,
 }
 
 impl Plan {
+    /// TCP sessions open at the end (venue-c's all ended with their refusal).
     fn active(&self, t: usize) -> f64 {
-        self.held[t] as f64
+        match t {
+            REFUSING => 0.0,
+            _ => self.held[t] as f64,
+        }
     }
     fn opened(&self, t: usize) -> f64 {
-        (self.held[t] + self.closed[t]) as f64
+        match t {
+            REFUSING => self.refused as f64,
+            _ => (self.held[t] + self.closed[t]) as f64,
+        }
     }
     fn closes(&self, t: usize) -> f64 {
-        self.closed[t] as f64
+        match t {
+            REFUSING => self.refused as f64,
+            _ => self.closed[t] as f64,
+        }
+    }
+    /// Logons completed: every session at an accepting venue logs on once.
+    fn logons(&self, t: usize) -> f64 {
+        match t {
+            REFUSING => 0.0,
+            _ => self.opened(t),
+        }
+    }
+    fn refusals(&self, t: usize) -> f64 {
+        match t {
+            REFUSING => self.refused as f64,
+            _ => 0.0,
+        }
+    }
+    /// Logouts we sent first: one per closed session.
+    fn logouts(&self, t: usize) -> f64 {
+        match t {
+            REFUSING => 0.0,
+            _ => self.closes(t),
+        }
     }
 }
 
@@ -79,6 +139,7 @@ const PLANS: [Plan; 3] = [
         naming: HostName::Uts,
         held: [2, 1],
         closed: [1, 0],
+        refused: 2,
         noise: 1,
     },
     Plan {
@@ -87,6 +148,7 @@ const PLANS: [Plan; 3] = [
         naming: HostName::Uts,
         held: [4, 0],
         closed: [0, 0],
+        refused: 0,
         noise: 2,
     },
     Plan {
@@ -97,6 +159,7 @@ const PLANS: [Plan; 3] = [
         },
         held: [1, 3],
         closed: [0, 2],
+        refused: 1,
         noise: 0,
     },
 ];
@@ -105,6 +168,9 @@ const PLANS: [Plan; 3] = [
 struct Gateway {
     plan: Plan,
     ip: Ipv4Addr,
+    /// Its FIX sessions that stay logged on.
+    sessions: Vec<Peer>,
+    /// Its connections to the unrelated listener.
     held: Vec<TcpStream>,
     sidecar: Sidecar,
     // Last: the namespace goes after the sidecar and the sockets in it.
@@ -127,6 +193,57 @@ impl Gateway {
         let local = format!("{}:0", self.ip);
         self.ns
             .run(|| (0..n).map(|_| connect_from(&local, to)).collect())
+    }
+
+    /// Its SenderCompID for session `k` with venue `t` (`FLEET-001-A1`): a CompID of its own
+    /// for each session, as a gateway has with a venue.
+    fn comp_id(&self, t: usize, k: usize) -> String {
+        let venue = char::from(b'A' + t as u8);
+        format!("{}-{venue}{k}", self.plan.host.to_uppercase())
+    }
+
+    /// `n` FIX sessions with accepting venue `t` at `to`, numbered from `first`, each logged
+    /// on.
+    fn log_on(&self, t: usize, first: usize, n: usize, to: SocketAddr) -> Vec<Peer> {
+        let streams = self.connect(n, to);
+        (streams.into_iter().enumerate())
+            .map(|(k, s)| {
+                let me = self.comp_id(t, first + k);
+                let mut p = Peer::new(s, "FIX.4.4", &me, VENUE_COMP_IDS[t]);
+                let answer = p.log_on(FIX_TIMEOUT);
+                assert!(
+                    matches!(answer, Ok(LogonAnswer::Accepted)),
+                    "{me}: {answer:?}"
+                );
+                p
+            })
+            .collect()
+    }
+
+    /// Its logons to the refusing venue at `to`, one TCP session each, every one refused.
+    fn refused_logons(&self, to: SocketAddr) {
+        let me = self.comp_id(REFUSING, 1);
+        for _ in 0..self.plan.refused {
+            let s = self.connect(1, to).pop().unwrap();
+            let mut p = Peer::new(s, "FIX.4.4", &me, VENUE_COMP_IDS[REFUSING]);
+            let answer = p.log_on(FIX_TIMEOUT);
+            assert!(
+                matches!(&answer, Ok(LogonAnswer::Refused(t)) if t == REFUSAL),
+                "{me}: {answer:?}"
+            );
+            p.close();
+        }
+    }
+
+    /// Its sidecar follows FIX on the wire: the capture opened (root in its namespace).
+    fn assert_capturing(&self) {
+        let (code, body) = self.get("/sessions");
+        let s: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            code == 200 && s["capture"] == true && s["capture_error"].is_null(),
+            "{}: {body}",
+            self.plan.host
+        );
     }
 }
 
@@ -181,9 +298,6 @@ const PROMETHEUS_VIEW: View = View {
     scraped: true,
 };
 
-/// One count per gateway and target, derived from a [`Plan`].
-type PerTarget = fn(&Plan, usize) -> f64;
-
 /// `sum by (LABELS) (EXPR)` rows keyed by those labels' values, joined with `/`.
 fn keyed(rows: Vec<Sample>, labels: &[&str]) -> BTreeMap<String, f64> {
     rows.into_iter()
@@ -197,93 +311,239 @@ fn keyed(rows: Vec<Sample>, labels: &[&str]) -> BTreeMap<String, f64> {
         .collect()
 }
 
-/// The per-host and fleet-wide numbers that `plans` imply, as `metric -> key -> value`, with
-/// keys `host/target` (and `*` for fleet sums).
-fn expected(plans: &[Plan]) -> BTreeMap<&'static str, BTreeMap<String, f64>> {
-    let mut out: BTreeMap<&'static str, BTreeMap<String, f64>> = BTreeMap::new();
-    let metrics: [(&'static str, PerTarget); 5] = [
-        ("fix_connections_active", Plan::active),
-        ("fix_connections_total", Plan::opened),
-        ("fix_connections_closed_total", Plan::closes),
-        ("fix_connections_peak", Plan::opened),
-        ("fix_connection_duration_seconds_count", Plan::closes),
-    ];
-    for (metric, f) in metrics {
-        let m = out.entry(metric).or_default();
-        for p in plans {
-            for (t, name) in TARGETS.iter().enumerate() {
-                m.insert(format!("{}/{name}", p.host), f(p, t));
+/// One number per host and target in a back end, against the ground truth: the sum of
+/// `series` (picked by the view's selector and `labels`), and what a [`Plan`] says it is at a
+/// target (`None`: not checked there).
+struct Count {
+    series: &'static [&'static str],
+    /// More label matchers, `""` for none.
+    labels: &'static str,
+    want: fn(&Plan, usize) -> Option<f64>,
+    /// Also checked over the fleet: `sum()` and `sum by (target)`.
+    fleet: bool,
+}
+
+impl Count {
+    fn name(&self) -> String {
+        let labels = match self.labels {
+            "" => String::new(),
+            l => format!("{{{l}}}"),
+        };
+        format!("{}{labels}", self.series.join(" + "))
+    }
+}
+
+/// Whether a series may be absent where its value is 0: a histogram's before its first
+/// observation, and the FIX sessions' (they exist for the sessions seen). The TCP layer's
+/// counts and `fix_session_ends_total` start at 0 for every target.
+fn may_be_absent(series: &str) -> bool {
+    series.ends_with("_count")
+        || (series.starts_with("fix_session_") && series != "fix_session_ends_total")
+}
+
+/// At the accepting venues only. At venue-c the peak, the lifetime histogram's count and the
+/// short-lived count depend on whether a poll listed a refused session (it lives about a
+/// millisecond): only the sum of the last two is exact there.
+fn accepting(t: usize, v: f64) -> Option<f64> {
+    (t != REFUSING).then_some(v)
+}
+
+/// What the fleet must show, per host and target: the TCP layer's counts, and the FIX layer's.
+const COUNTS: &[Count] = &[
+    Count {
+        series: &["fix_connections_active"],
+        labels: "",
+        want: |p, t| Some(p.active(t)),
+        fleet: true,
+    },
+    Count {
+        series: &["fix_connections_total"],
+        labels: "",
+        want: |p, t| Some(p.opened(t)),
+        fleet: true,
+    },
+    Count {
+        series: &["fix_connections_closed_total"],
+        labels: "",
+        want: |p, t| Some(p.closes(t)),
+        fleet: true,
+    },
+    Count {
+        series: &["fix_connections_peak"],
+        labels: "",
+        want: |p, t| accepting(t, p.opened(t)),
+        fleet: false,
+    },
+    Count {
+        series: &["fix_connection_duration_seconds_count"],
+        labels: "",
+        want: |p, t| accepting(t, p.closes(t)),
+        fleet: false,
+    },
+    Count {
+        series: &["fix_connections_short_lived_total"],
+        labels: "",
+        want: |_, t| accepting(t, 0.0),
+        fleet: false,
+    },
+    // Every close is either short-lived or has a lifetime.
+    Count {
+        series: &[
+            "fix_connections_short_lived_total",
+            "fix_connection_duration_seconds_count",
+        ],
+        labels: "",
+        want: |p, t| Some(p.closes(t)),
+        fleet: false,
+    },
+    // The FIX layer: logons, refusals, logouts, and why each session ended.
+    Count {
+        series: &["fix_session_logons_total"],
+        labels: "",
+        want: |p, t| Some(p.logons(t)),
+        fleet: true,
+    },
+    Count {
+        series: &["fix_session_logons_refused_total"],
+        labels: "",
+        want: |p, t| Some(p.refusals(t)),
+        fleet: true,
+    },
+    Count {
+        series: &["fix_session_logged_on"],
+        labels: "",
+        want: |p, t| Some(p.active(t)),
+        fleet: false,
+    },
+    Count {
+        series: &["fix_session_logouts_total"],
+        labels: r#"initiator="us""#,
+        want: |p, t| Some(p.logouts(t)),
+        fleet: false,
+    },
+    Count {
+        series: &["fix_session_logouts_total"],
+        labels: r#"initiator="them""#,
+        want: |_, _| Some(0.0),
+        fleet: false,
+    },
+    Count {
+        series: &["fix_session_ends_total"],
+        labels: r#"cause="logon_refused""#,
+        want: |p, t| Some(p.refusals(t)),
+        fleet: true,
+    },
+    Count {
+        series: &["fix_session_ends_total"],
+        labels: r#"cause="logout_by_us""#,
+        want: |p, t| Some(p.logouts(t)),
+        fleet: true,
+    },
+    // One cause per end: no other cause counted anything.
+    Count {
+        series: &["fix_session_ends_total"],
+        labels: "",
+        want: |p, t| Some(p.closes(t)),
+        fleet: true,
+    },
+];
+
+/// `sum by (BY) (...)` of each of `c`'s series through `view`, keyed by BY's values and summed;
+/// a series that may be absent counts 0 for each key of `want` it lacks.
+fn observed(
+    backend: &Backend,
+    view: &View,
+    c: &Count,
+    by: &[&str],
+    want: &BTreeMap<String, f64>,
+) -> Result<BTreeMap<String, f64>, String> {
+    let sel = match c.labels {
+        "" => view.selector.to_string(),
+        l => format!("{}, {l}", view.selector),
+    };
+    let mut sum = BTreeMap::new();
+    for s in c.series {
+        let rows = backend.try_query(&format!("sum by ({}) ({s}{{{sel}}})", by.join(", ")))?;
+        let mut part = keyed(rows, by);
+        if may_be_absent(s) {
+            for k in want.keys() {
+                part.entry(k.clone()).or_insert(0.0);
+            }
+        }
+        for (k, v) in part {
+            *sum.entry(k).or_insert(0.0) += v;
+        }
+    }
+    Ok(sum)
+}
+
+/// `c` per host and target, and for a fleet count also per target and over the whole fleet.
+fn check_count(
+    backend: &Backend,
+    view: &View,
+    plans: &[Plan],
+    c: &Count,
+    problems: &mut Vec<String>,
+) -> Result<(), String> {
+    let name = c.name();
+    let (mut want, mut unchecked) = (BTreeMap::new(), BTreeSet::new());
+    let mut by_target: BTreeMap<String, f64> = BTreeMap::new();
+    for p in plans {
+        for (t, target) in TARGETS.iter().enumerate() {
+            let key = format!("{}/{target}", p.host);
+            match (c.want)(p, t) {
+                Some(v) => {
+                    want.insert(key, v);
+                    *by_target.entry(target.to_string()).or_insert(0.0) += v;
+                }
+                None => {
+                    unchecked.insert(key);
+                }
             }
         }
     }
-    out
+    let mut got = observed(backend, view, c, &[view.host_label, "target"], &want)?;
+    got.retain(|k, _| !unchecked.contains(k));
+    if got != want {
+        problems.push(format!(
+            "{name} by host/target: got {got:?}\n    want {want:?}"
+        ));
+    }
+    if !c.fleet {
+        return Ok(());
+    }
+    let got = observed(backend, view, c, &["target"], &by_target)?;
+    if got != by_target {
+        problems.push(format!(
+            "sum by (target) ({name}): got {got:?}, want {by_target:?}"
+        ));
+    }
+    let all: BTreeMap<String, f64> = [(String::new(), by_target.values().sum())].into();
+    let got = observed(backend, view, c, &[], &all)?;
+    if got != all {
+        problems.push(format!("sum({name}): got {got:?}, want {all:?}"));
+    }
+    Ok(())
 }
 
-/// Compares everything the fleet should show in `backend` through `view`: per host and target,
-/// fleet-wide sums, host-to-instance mapping (scraped backends), and the dashboard's "targets
-/// without a connection". Returns `Err(diff)` instead of panicking, for bounded waits.
+/// Compares everything the fleet should show in `backend` through `view`: [`COUNTS`] per host
+/// and target and over the fleet, who hung up, the hosts, the host-to-instance mapping
+/// (scraped backends), and the dashboard's "targets without a connection". Returns
+/// `Err(diff)` instead of panicking, for bounded waits.
 fn check_fleet(backend: &Backend, view: &View, gateways: &[Gateway]) -> Result<(), String> {
     let plans: Vec<Plan> = gateways.iter().map(|g| g.plan).collect();
     let sel = view.selector;
     let host = view.host_label;
     let q = |promql: String| backend.try_query(&promql);
     let mut problems = Vec::new();
-
-    // Per host and target. Histogram counts only exist once something closed: missing = 0.
-    for (metric, want) in expected(&plans) {
-        let rows = q(format!("sum by ({host}, target) ({metric}{{{sel}}})"))?;
-        let mut got = keyed(rows, &[host, "target"]);
-        if metric.ends_with("_count") {
-            for k in want.keys() {
-                got.entry(k.clone()).or_insert(0.0);
-            }
-        }
-        if got != want {
-            problems.push(format!(
-                "{metric} by host/target: got {got:?}\n    want {want:?}"
-            ));
-        }
+    for c in COUNTS {
+        check_count(backend, view, &plans, c, &mut problems)?;
     }
-
-    // Fleet-wide: sum() over all hosts, and by target.
-    let total = |f: PerTarget, t: Option<usize>| -> f64 {
-        plans
-            .iter()
-            .flat_map(|p| {
-                (0..2)
-                    .filter(move |i| t.is_none_or(|t| t == *i))
-                    .map(move |i| f(p, i))
-            })
-            .sum()
+    let every = |f: fn(&Plan, usize) -> f64| -> Vec<f64> {
+        (plans.iter())
+            .flat_map(|p| (0..TARGETS.len()).map(move |t| f(p, t)))
+            .collect()
     };
-    for (metric, f) in [
-        (
-            "fix_connections_active",
-            Plan::active as fn(&Plan, usize) -> f64,
-        ),
-        ("fix_connections_total", Plan::opened),
-        ("fix_connections_closed_total", Plan::closes),
-    ] {
-        let got = q(format!("sum({metric}{{{sel}}})"))?;
-        let want = total(f, None);
-        if got.len() != 1 || got[0].1 != want {
-            problems.push(format!("sum({metric}): got {got:?}, want {want}"));
-        }
-        let got = keyed(
-            q(format!("sum by (target) ({metric}{{{sel}}})"))?,
-            &["target"],
-        );
-        let want: BTreeMap<String, f64> = TARGETS
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.to_string(), total(f, Some(i))))
-            .collect();
-        if got != want {
-            problems.push(format!(
-                "sum by (target) ({metric}): got {got:?}, want {want:?}"
-            ));
-        }
-    }
 
     // Who hung up: the gateways poll, which never knows, so every close is `by="unknown"`.
     let got = keyed(
@@ -292,34 +552,32 @@ fn check_fleet(backend: &Backend, view: &View, gateways: &[Gateway]) -> Result<(
         ))?,
         &["by"],
     );
-    let want: BTreeMap<String, f64> = [("unknown".to_string(), total(Plan::closes, None))].into();
+    let closes: f64 = every(Plan::closes).iter().sum();
+    let want: BTreeMap<String, f64> = [("unknown".to_string(), closes)].into();
     if got != want {
         problems.push(format!(
             "sum by (by) (fix_connections_closed_total): got {got:?}, want {want:?}"
         ));
     }
 
-    // Hosts: exactly the three, each once.
+    // Hosts: each once, with a series per target.
     let hosts = keyed(
         q(format!(
             "count by ({host}) (fix_connections_active{{{sel}}})"
         ))?,
         &[host],
     );
-    let want_hosts: BTreeMap<String, f64> =
-        plans.iter().map(|p| (p.host.to_string(), 2.0)).collect();
+    let want_hosts: BTreeMap<String, f64> = (plans.iter())
+        .map(|p| (p.host.to_string(), TARGETS.len() as f64))
+        .collect();
     if hosts != want_hosts {
         problems.push(format!(
             "series per host: got {hosts:?}, want {want_hosts:?}"
         ));
     }
 
-    // The dashboard's "Targets without a connection": gw-2 has no venue-b session.
-    let idle_want = plans
-        .iter()
-        .flat_map(|p| p.held.iter())
-        .filter(|n| **n == 0)
-        .count() as f64;
+    // The dashboard's "Targets without a connection" (venue-c's everywhere).
+    let idle_want = every(Plan::active).iter().filter(|n| **n == 0.0).count() as f64;
     let idle = q(format!(
         "count(max by ({host}, target) (fix_connections_active{{{sel}}}) == 0) or vector(0)"
     ))?;
@@ -328,38 +586,49 @@ fn check_fleet(backend: &Backend, view: &View, gateways: &[Gateway]) -> Result<(
             "targets without a connection: got {idle:?}, want {idle_want}"
         ));
     }
-
     if view.scraped {
-        // Every sidecar scraped, and each instance (gateway address) carries its own host.
-        let up = keyed(q(format!("up{{{sel}}}"))?, &["instance"]);
-        let want_up: BTreeMap<String, f64> = gateways
-            .iter()
-            .map(|g| (g.metrics_addr().to_string(), 1.0))
-            .collect();
-        if up != want_up {
-            problems.push(format!("up: got {up:?}, want {want_up:?}"));
-        }
-        let owner = keyed(
-            q(format!(
-                "max by (instance, {host}) (fix_connections_peak{{{sel}}})"
-            ))?,
-            &["instance", host],
-        );
-        let mut want_owner = BTreeMap::new();
-        for g in gateways {
-            let peak = (0..2).map(|t| g.plan.opened(t)).fold(0.0, f64::max);
-            want_owner.insert(format!("{}/{}", g.metrics_addr(), g.plan.host), peak);
-        }
-        if owner != want_owner {
-            problems.push(format!("instance/host: got {owner:?}, want {want_owner:?}"));
-        }
+        check_instances(backend, view, gateways, &mut problems)?;
     }
-
     if problems.is_empty() {
         Ok(())
     } else {
         Err(format!("[{}]\n  {}", view.name, problems.join("\n  ")))
     }
+}
+
+/// A scraped back end: every sidecar up, and each instance (gateway address) carries its own
+/// host (the accepting venues' peak: venue-c's is not exact, see [`accepting`]).
+fn check_instances(
+    backend: &Backend,
+    view: &View,
+    gateways: &[Gateway],
+    problems: &mut Vec<String>,
+) -> Result<(), String> {
+    let (sel, host) = (view.selector, view.host_label);
+    let up = keyed(backend.try_query(&format!("up{{{sel}}}"))?, &["instance"]);
+    let want_up: BTreeMap<String, f64> = gateways
+        .iter()
+        .map(|g| (g.metrics_addr().to_string(), 1.0))
+        .collect();
+    if up != want_up {
+        problems.push(format!("up: got {up:?}, want {want_up:?}"));
+    }
+    let refusing = TARGETS[REFUSING];
+    let owner = keyed(
+        backend.try_query(&format!(
+            "max by (instance, {host}) (fix_connections_peak{{{sel}, target!=\"{refusing}\"}})"
+        ))?,
+        &["instance", host],
+    );
+    let mut want_owner = BTreeMap::new();
+    for g in gateways {
+        let peak = (0..ACCEPTING).map(|t| g.plan.opened(t)).fold(0.0, f64::max);
+        want_owner.insert(format!("{}/{}", g.metrics_addr(), g.plan.host), peak);
+    }
+    if owner != want_owner {
+        problems.push(format!("instance/host: got {owner:?}, want {want_owner:?}"));
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -414,31 +683,78 @@ fn otlp_env(sink: Option<&Backend>) -> Vec<(&'static str, &'static str)> {
     }
 }
 
-/// The downstream side: venue-a, venue-b and an unrelated service on the downstream address,
-/// and the config every gateway's sidecar reads (the two venues as targets).
+/// The downstream side: venue-a, venue-b and venue-c (simulated FIX venues, threads of the test
+/// in the downstream namespace; venue-c refuses every logon) and an unrelated service on the
+/// downstream address, and the config every gateway's sidecar reads (the three venues as
+/// targets, FIX read off the wire).
 struct Downstreams {
-    venues: [SocketAddr; 2],
+    venues: [SocketAddr; 3],
     other: SocketAddr,
     cfg: tempfile::NamedTempFile,
-    _listeners: [Downstream; 3],
+    fix_venues: [Venue; 3],
+    _other: Downstream,
 }
 
 impl Downstreams {
     fn listen(ds: &NetNs, ds_ip: Ipv4Addr) -> Downstreams {
-        let listeners: [Downstream; 3] =
-            ds.run(|| std::array::from_fn(|_| Downstream::listen(&format!("{ds_ip}:0"))));
-        let venues = [listeners[0].addr, listeners[1].addr];
-        let cfg = config_file(&format!(
-            "[[targets]]\nname = \"venue-a\"\naddress = \"{ds_ip}\"\nport = {}\n\n\
-             [[targets]]\nname = \"venue-b\"\naddress = \"{ds_ip}\"\nport = {}\n",
-            venues[0].port(),
-            venues[1].port()
-        ));
+        let fix_venues: [Venue; 3] = ds.run(|| {
+            std::array::from_fn(|t| {
+                let b = VenueBehaviour {
+                    comp_id: VENUE_COMP_IDS[t].into(),
+                    refuse_logons: (t == REFUSING).then(|| REFUSAL.to_string()),
+                    ..VenueBehaviour::default()
+                };
+                Venue::start(SocketAddr::new(IpAddr::V4(ds_ip), 0), b).unwrap()
+            })
+        });
+        let other = ds.run(|| Downstream::listen(&format!("{ds_ip}:0")));
+        let venues = fix_venues.each_ref().map(|v| v.addr);
+        let mut cfg = String::new();
+        for (name, addr) in TARGETS.iter().zip(venues) {
+            let port = addr.port();
+            cfg += &format!(
+                "[[targets]]\nname = \"{name}\"\naddress = \"{ds_ip}\"\nport = {port}\n\n"
+            );
+        }
+        cfg += "[fix]\ncapture = true\n";
         Downstreams {
             venues,
-            other: listeners[2].addr,
-            cfg,
-            _listeners: listeners,
+            other: other.addr,
+            cfg: config_file(&cfg),
+            fix_venues,
+            _other: other,
+        }
+    }
+
+    /// Stops the venues, once the gateways are gone, and checks what they did against the
+    /// plans: each accepting venue answered every logon and logout, venue-c refused every logon
+    /// and accepted none.
+    fn stop(self, plans: &[Plan]) {
+        let records: Vec<VenueRecord> = self.fix_venues.into_iter().map(Venue::stop).collect();
+        for (t, r) in records.iter().enumerate() {
+            let total =
+                |f: fn(&Plan, usize) -> f64| plans.iter().map(|p| f(p, t)).sum::<f64>() as u64;
+            let n = |c: &Counts, k: &str| c.get(k).copied().unwrap_or(0);
+            let got = (
+                r.connections,
+                n(&r.received, "Logon"),
+                n(&r.sent, "Logon"),
+                n(&r.received, "Logout"),
+                n(&r.sent, "Logout"),
+            );
+            let logouts = total(Plan::logouts);
+            let want = (
+                total(Plan::opened),
+                total(Plan::opened),
+                total(Plan::logons),
+                logouts,
+                logouts + total(Plan::refusals),
+            );
+            assert_eq!(
+                got, want,
+                "{}: (connections, Logons in, out, Logouts in, out)",
+                TARGETS[t]
+            );
         }
     }
 }
@@ -477,29 +793,31 @@ fn start_gateway(
     Gateway {
         plan: *plan,
         ip,
+        sessions: Vec::new(),
         held: Vec::new(),
         sidecar,
         ns,
     }
 }
 
-/// Every gateway opens its plan's sessions: held ones and unrelated noise stay with it, the
-/// short ones are closed once every sidecar has seen them (nothing checks their lifetimes,
-/// only that each close is counted and observed once).
+/// Every gateway opens its plan's sessions: FIX sessions logged on at the accepting venues, the
+/// held ones and unrelated noise staying with it; once every sidecar has seen them, the short
+/// ones log out (we first) and close, and then each gateway makes its refused logons at
+/// venue-c (nothing checks lifetimes, only that each close is counted and judged once).
 fn open_sessions(gateways: &mut [Gateway], d: &Downstreams) {
     let mut short = Vec::new();
     for g in gateways.iter_mut() {
         let p = g.plan;
-        for (t, venue) in d.venues.iter().enumerate() {
-            let held = g.connect(p.held[t], *venue);
-            g.held.extend(held);
-            short.extend(g.connect(p.closed[t], *venue));
+        for (t, venue) in d.venues.iter().take(ACCEPTING).enumerate() {
+            let held = g.log_on(t, 1, p.held[t], *venue);
+            g.sessions.extend(held);
+            short.extend(g.log_on(t, 1 + p.held[t], p.closed[t], *venue));
         }
         let noise = g.connect(p.noise, d.other);
         g.held.extend(noise);
     }
     for g in gateways.iter() {
-        let want: f64 = (0..2).map(|t| g.plan.opened(t)).sum();
+        let want: f64 = (0..ACCEPTING).map(|t| g.plan.opened(t)).sum();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let (_, body) = g.get("/health");
@@ -516,19 +834,58 @@ fn open_sessions(gateways: &mut [Gateway], d: &Downstreams) {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-    drop(short);
+    for mut s in short {
+        let logout = s.log_out("end of day", FIX_TIMEOUT);
+        assert!(logout.is_ok(), "{}: {logout:?}", s.sender);
+        s.close();
+    }
+    for g in gateways.iter() {
+        g.refused_logons(d.venues[REFUSING]);
+    }
 }
 
 /// Orderly teardown, sidecars first (Drop would do the same on a panic).
 fn tear_down(gateways: Vec<Gateway>) {
     for g in gateways {
         let Gateway {
-            sidecar, held, ns, ..
+            sidecar,
+            sessions,
+            held,
+            ns,
+            ..
         } = g;
         drop(sidecar);
-        drop(held);
+        drop((sessions, held));
         drop(ns);
     }
+}
+
+/// Every host's series carry its own name, target_info included (gw-3: the resource attribute
+/// beat the UTS hostname).
+fn check_host_names(prom: &Backend) {
+    let info = prom.query(&format!(r#"target_info{{job="{JOB}"}}"#));
+    let mut info_hosts: Vec<(String, String)> = info
+        .iter()
+        .map(|(l, _)| (l["host"].clone(), l["host_name"].clone()))
+        .collect();
+    info_hosts.sort();
+    assert_eq!(
+        info_hosts,
+        PLANS
+            .iter()
+            .map(|p| (p.host.to_string(), p.host.to_string()))
+            .collect::<Vec<_>>()
+    );
+    let gw3 = prom.query(r#"target_info{host="gw-3"}"#);
+    assert_eq!(
+        gw3[0].0.get("deployment_environment").map(String::as_str),
+        Some("test")
+    );
+    assert!(
+        prom.query(r#"{__name__=~"fix_.*", host="container-7f3a"}"#)
+            .is_empty(),
+        "the UTS hostname must not appear when host.name is set"
+    );
 }
 
 /// Three gateways in their own namespaces, one downstream + Prometheus namespace: per-host
@@ -563,6 +920,7 @@ fn fleet_of_three_gateways_scraped_by_one_prometheus() {
         assert_eq!(code, 200, "{}: {body}\n{}", g.plan.host, g.sidecar.log());
         let health: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(health["hostname"], g.plan.host, "{body}");
+        g.assert_capturing();
         let addr = g.metrics_addr();
         let (code, _) = ds.run(|| http_get(addr, "/metrics"));
         assert_eq!(
@@ -590,7 +948,8 @@ fn fleet_of_three_gateways_scraped_by_one_prometheus() {
         }
     });
 
-    // The sessions: held ones, unrelated noise, and short ones that are closed once seen.
+    // The sessions: FIX sessions held, unrelated noise, short ones logged out once seen, and
+    // refused logons.
     open_sessions(&mut gateways, &downstream);
 
     prom.wait_for(
@@ -599,31 +958,7 @@ fn fleet_of_three_gateways_scraped_by_one_prometheus() {
         |p| check_fleet(p, &PROMETHEUS_VIEW, &gateways),
     );
 
-    // Every host's series carry its own name, target_info included (gw-3: the resource
-    // attribute beat the UTS hostname).
-    let info = prom.query(&format!(r#"target_info{{job="{JOB}"}}"#));
-    let mut info_hosts: Vec<(String, String)> = info
-        .iter()
-        .map(|(l, _)| (l["host"].clone(), l["host_name"].clone()))
-        .collect();
-    info_hosts.sort();
-    assert_eq!(
-        info_hosts,
-        PLANS
-            .iter()
-            .map(|p| (p.host.to_string(), p.host.to_string()))
-            .collect::<Vec<_>>()
-    );
-    let gw3 = prom.query(r#"target_info{host="gw-3"}"#);
-    assert_eq!(
-        gw3[0].0.get("deployment_environment").map(String::as_str),
-        Some("test")
-    );
-    assert!(
-        prom.query(r#"{__name__=~"fix_.*", host="container-7f3a"}"#)
-            .is_empty(),
-        "the UTS hostname must not appear when host.name is set"
-    );
+    check_host_names(&prom);
 
     if let Some(vm) = &otlp {
         vm.force_flush();
@@ -640,7 +975,7 @@ fn fleet_of_three_gateways_scraped_by_one_prometheus() {
     tear_down(gateways);
     drop(prom);
     drop(otlp);
-    drop(downstream);
+    downstream.stop(&PLANS);
     drop(ds);
     println!(
         "fleet_of_three_gateways_scraped_by_one_prometheus: {:.1}s",
@@ -650,7 +985,8 @@ fn fleet_of_three_gateways_scraped_by_one_prometheus() {
 
 // ---------------------------------------------------------------------------------------------
 // A FLEET OF FIFTY (FLEET_SIZE overrides; scripts/fleet.sh runs it and prints the cost). The
-// same pieces at fleet scale: generated gateways with known sessions, Prometheus configured from
+// same pieces at fleet scale: generated gateways with known FIX sessions (held, logged out,
+// refused) and unrelated connections, every sidecar capturing FIX, Prometheus configured from
 // the fleet example (examples/prometheus.yml, its file_sd_configs pointed at a targets file the
 // test writes, as a deployment tool would), and every sidecar pushing OTLP to one
 // VictoriaMetrics. Then what the fleet costs the back end, measured.
@@ -665,7 +1001,8 @@ fn fleet_size() -> usize {
     n
 }
 
-/// Gateway `i`'s plan: a spread of held, closed and unrelated sessions, some targets idle.
+/// Gateway `i`'s plan: a spread of held, closed, refused and unrelated sessions, some targets
+/// idle.
 fn generated_plan(i: usize) -> Plan {
     Plan {
         host: Box::leak(format!("fleet-{:03}", i + 1).into_boxed_str()),
@@ -673,6 +1010,7 @@ fn generated_plan(i: usize) -> Plan {
         naming: HostName::Uts,
         held: [i % 4, (i * 3) % 5],
         closed: [i % 3, (i / 2) % 2],
+        refused: (i * 2) % 3,
         noise: i % 2,
     }
 }
@@ -785,6 +1123,9 @@ fn fleet_of_fifty_sidecars_adds_up_in_prometheus_and_victoria_metrics() {
     });
 
     // The sessions, as in the fleet of three.
+    for g in &gateways {
+        g.assert_capturing();
+    }
     open_sessions(&mut gateways, &downstream);
 
     prom.wait_for(
@@ -800,11 +1141,12 @@ fn fleet_of_fifty_sidecars_adds_up_in_prometheus_and_victoria_metrics() {
             check_fleet(v, &VICTORIA_METRICS_VIEW, &gateways)
         },
     );
-    // No series lost or doubled: the same series count per sidecar in both back ends.
+    // No series lost or doubled: the same series count per sidecar in both back ends, the TCP
+    // layer's and the FIX sessions'.
     let per_host = |b: &Backend, host: &str, sel: &str| {
         keyed(
             b.query(&format!(
-                "count by ({host}) ({{__name__=~\"fix_connections.*\", {sel}}})"
+                "count by ({host}) ({{__name__=~\"fix_connections.*|fix_session.*\", {sel}}})"
             )),
             &[host],
         )
@@ -819,7 +1161,7 @@ fn fleet_of_fifty_sidecars_adds_up_in_prometheus_and_victoria_metrics() {
 
     tear_down(gateways);
     drop((prom, vm));
-    drop(downstream);
+    downstream.stop(&plans);
     drop(ds);
     println!(
         "fleet_of_fifty_sidecars_adds_up_in_prometheus_and_victoria_metrics ({n}): {:.1}s",
