@@ -289,3 +289,373 @@ pub fn web_config_yaml(data: &[u8]) {
         assert!(!problems.is_empty(), "refused without a reason");
     }
 }
+
+/// The user and password of the endpoint the `http_request` target talks to, and the
+/// `Authorization` value that carries them (`base64("fuzz:fuzz")`); the seeds use it.
+pub const HTTP_USER: &str = "fuzz";
+pub const HTTP_PASSWORD: &str = "fuzz";
+pub const HTTP_TOKEN: &str = "ZnV6ejpmdXp6";
+
+/// The lowest bcrypt cost the web configuration accepts: the fuzzer's time goes to the
+/// endpoint, not to bcrypt (about a millisecond a check instead of tens).
+const BCRYPT_COST: u32 = 4;
+
+/// What an answer of the `http_request` target may take: every input's exchange, and the
+/// `/health` request after it, must end (answered, and closed once the client is done) within
+/// it. The endpoint's own deadlines are far longer (10 s), but none of them is needed here: the
+/// client closes its side once it has its answers.
+const HTTP_LIMIT: Duration = Duration::from_secs(3);
+
+/// How long the client waits, once the input is sent, for an answer it expects before closing
+/// its side anyway: the endpoint read the input otherwise than `expected_answers` did and waits
+/// for more (or answers that slowly: the answer is then lost, which the checks allow). Not for
+/// the `/health` request after each input, which waits its answer up to `HTTP_LIMIT`.
+const HTTP_QUIET: Duration = Duration::from_millis(50);
+
+/// Bytes of an input sent: more than the endpoint's read buffer, so a head past its limit is
+/// sent whole, and few enough that pipelined requests with bad passwords (a bcrypt check each)
+/// stay well within `HTTP_LIMIT`.
+const HTTP_MAX_INPUT: usize = 16 * 1024;
+
+/// Set by a panic on one of the endpoint's threads (a connection's task: tokio would catch it
+/// and go on, so the endpoint would seem to survive).
+static ENDPOINT_PANICKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The threads of the endpoint's runtime are named so, for the panic hook.
+const ENDPOINT_THREADS: &str = "fuzz-endpoint";
+
+/// Arbitrary bytes as a client's request stream to the sidecar's endpoint, the one
+/// `fix-monitor run` serves (started once per process by [`endpoint`]: the same config loading,
+/// web configuration with basic auth, router and server): no panic, answers that are well-formed
+/// HTTP responses (or none, the connection closed), all within [`HTTP_LIMIT`]; no 2xx answer
+/// without the right credentials (at most one per copy of them in the input); the configured
+/// extra header on every 2xx and 401 answer, and a 401 that asks for Basic auth; and the
+/// endpoint still answers `GET /health` afterwards.
+pub fn http_request(data: &[u8]) {
+    let data = &data[..data.len().min(HTTP_MAX_INPUT)];
+    let addr = endpoint();
+    let expected = expected_answers(data);
+    let answers = exchange(addr, data, &expected, HTTP_QUIET);
+    let tokens = data
+        .windows(HTTP_TOKEN.len())
+        .filter(|w| *w == HTTP_TOKEN.as_bytes())
+        .count();
+    let ok = answers
+        .iter()
+        .filter(|a| (200..300).contains(&a.code))
+        .count();
+    assert!(
+        ok <= tokens,
+        "{ok} answers 2xx, {tokens} copies of the credentials: {answers:?}"
+    );
+    for a in &answers {
+        if (200..300).contains(&a.code) || a.code == 401 {
+            assert!(a.nosniff, "the configured header missing: {a:?}");
+        }
+        if a.code == 401 {
+            assert!(a.basic, "a 401 without WWW-Authenticate: Basic: {a:?}");
+        }
+    }
+    let health = format!(
+        "GET /health HTTP/1.1\r\nHost: fuzz\r\nAuthorization: Basic {HTTP_TOKEN}\r\n\
+         Connection: close\r\n\r\n"
+    );
+    let after = exchange(addr, health.as_bytes(), &[false], HTTP_LIMIT);
+    assert!(
+        matches!(after.as_slice(), [a] if a.code == 200 || a.code == 503),
+        "GET /health after the input: {after:?}"
+    );
+    let panicked = ENDPOINT_PANICKED.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(!panicked, "the endpoint panicked on a connection (above)");
+}
+
+/// The endpoint's address: on first use, a sidecar is started as `fix-monitor run` starts one
+/// (config file text through `config::parse_toml_str`, the web configuration file read by
+/// `startup::prepare`, `app::start` on a one-worker runtime), on loopback, polling procfs once a
+/// day (so that no poll runs beside the inputs). It lives as long as the process.
+fn endpoint() -> std::net::SocketAddr {
+    static ADDR: std::sync::OnceLock<std::net::SocketAddr> = std::sync::OnceLock::new();
+    *ADDR.get_or_init(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if std::thread::current().name() == Some(ENDPOINT_THREADS) {
+                ENDPOINT_PANICKED.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            previous(info);
+        }));
+        start_endpoint()
+    })
+}
+
+fn start_endpoint() -> std::net::SocketAddr {
+    use fix_monitor::{app, config, startup};
+    let dir = std::env::temp_dir().join(format!("fix-monitor-fuzz-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let hash = bcrypt::hash_with_salt(HTTP_PASSWORD, BCRYPT_COST, [42; 16])
+        .unwrap()
+        .format_for_version(bcrypt::Version::TwoY);
+    let web = dir.join("web-config.yml");
+    std::fs::write(
+        &web,
+        format!(
+            "basic_auth_users:\n  {HTTP_USER}: {hash}\n\
+             http_server_config:\n  headers:\n    X-Content-Type-Options: nosniff\n"
+        ),
+    )
+    .unwrap();
+    let text = format!(
+        "[[targets]]\nname = \"venue\"\naddress = \"127.0.0.2\"\nport = 9\n\
+         [poll]\nsource = \"procfs\"\ninterval = \"24h\"\n\
+         [prometheus]\nlisten = \"127.0.0.1:0\"\nexpose_connections = true\nweb_config = {:?}\n",
+        web.display().to_string()
+    );
+    let loaded = config::parse_toml_str(&text, dir.join("config.toml"))
+        .unwrap_or_else(|e| panic!("the fuzz endpoint's config: {e}"));
+    let resources =
+        startup::prepare(&loaded).unwrap_or_else(|e| panic!("the fuzz endpoint's web config: {e}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(ENDPOINT_THREADS.into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name(ENDPOINT_THREADS)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let options = app::StartOptions {
+                    serve_http: true,
+                    resources,
+                };
+                let sidecar = app::start(&loaded.settings, options)
+                    .await
+                    .unwrap_or_else(|e| panic!("the fuzz endpoint did not start: {e}"));
+                tx.send(sidecar.local_addr().unwrap()).unwrap();
+                std::future::pending::<()>().await
+            })
+        })
+        .unwrap();
+    rx.recv().expect("the fuzz endpoint started")
+}
+
+/// The final answers a client can count on for `data` read as pipelined requests the way the
+/// endpoint's parser (hyper, on httparse, within `Limits::default()`) reads them, each `true`
+/// for a HEAD request (its answer has no body). Up to the first request after which the
+/// endpoint closes (an error, a refused body, `Connection: close`, HTTP/1.0) or one it answers
+/// before it has all of it (its body, which no route reads). Where this is wrong the client
+/// only waits [`HTTP_QUIET`] more.
+fn expected_answers(mut data: &[u8]) -> Vec<bool> {
+    let limits = fix_monitor::export::server::Limits::default();
+    let mut out = Vec::new();
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        let n = match req.parse(data) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => {
+                if data.len() > limits.max_header_bytes {
+                    out.push(false); // 431, and closed
+                }
+                return out;
+            }
+            Err(_) => {
+                out.push(false); // 400 or 431, and closed
+                return out;
+            }
+        };
+        out.push(req.method == Some("HEAD"));
+        if n > limits.max_header_bytes || req.headers.len() > limits.max_headers {
+            return out;
+        }
+        if req.version != Some(1) {
+            return out;
+        }
+        let mut length = 0;
+        for h in req.headers.iter() {
+            let value = std::str::from_utf8(h.value).unwrap_or("").trim();
+            if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                return out;
+            }
+            if h.name.eq_ignore_ascii_case("connection") && value.eq_ignore_ascii_case("close") {
+                return out;
+            }
+            if h.name.eq_ignore_ascii_case("content-length") {
+                match value.parse::<u64>() {
+                    Ok(v) if v <= limits.max_body_bytes => length = v as usize,
+                    _ => return out,
+                }
+            }
+        }
+        if data.len() - n < length {
+            return out;
+        }
+        data = &data[n + length..];
+    }
+}
+
+/// One answer's head, as the client read it.
+#[derive(Debug)]
+struct Answer {
+    code: u16,
+    /// `X-Content-Type-Options: nosniff`, the web configuration's extra header.
+    nosniff: bool,
+    /// `WWW-Authenticate: Basic`.
+    basic: bool,
+}
+
+/// The answers read so far, from `bytes[at..]` on.
+#[derive(Default)]
+struct Answers {
+    bytes: Vec<u8>,
+    at: usize,
+    heads: Vec<Answer>,
+    /// An answer whose body runs to the end of the connection has been read.
+    open_ended: bool,
+}
+
+impl Answers {
+    /// Reads every complete answer in the bytes so far; `head_requests[i]` says whether the
+    /// `i`th final answer is to a HEAD request. Panics at bytes that are no HTTP response.
+    fn parse(&mut self, head_requests: &[bool]) {
+        while !self.open_ended {
+            let rest = &self.bytes[self.at..];
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut resp = httparse::Response::new(&mut headers);
+            let n = match resp.parse(rest) {
+                Ok(httparse::Status::Complete(n)) => n,
+                Ok(httparse::Status::Partial) => return,
+                Err(e) => panic!(
+                    "not an HTTP answer ({e}): {:?}",
+                    String::from_utf8_lossy(rest)
+                ),
+            };
+            let code = resp.code.unwrap();
+            assert!((100..600).contains(&code), "status {code}");
+            let header = |name: &str| {
+                resp.headers
+                    .iter()
+                    .filter(|h| h.name.eq_ignore_ascii_case(name))
+                    .map(|h| String::from_utf8_lossy(h.value).trim().to_ascii_lowercase())
+                    .collect::<Vec<_>>()
+            };
+            let length = header("content-length").first().map(|v| {
+                v.parse::<usize>()
+                    .unwrap_or_else(|_| panic!("answer's Content-Length {v:?}"))
+            });
+            let head = head_requests
+                .get(self.heads.len())
+                .copied()
+                .unwrap_or(false);
+            let body = match (code, length) {
+                (100..=199 | 204 | 304, _) => 0,
+                _ if head => 0,
+                (_, Some(length)) => length,
+                (_, None) => {
+                    self.open_ended = true;
+                    0
+                }
+            };
+            if rest.len() < n + body {
+                return;
+            }
+            self.at += n + body;
+            if code >= 200 {
+                let nosniff = header("x-content-type-options") == ["nosniff"];
+                let basic = header("www-authenticate")
+                    .iter()
+                    .any(|v| v.starts_with("basic"));
+                self.heads.push(Answer {
+                    code,
+                    nosniff,
+                    basic,
+                });
+            }
+        }
+    }
+
+    /// At the end of the connection: nothing cut short.
+    fn finish(self) -> Vec<Answer> {
+        let rest = &self.bytes[self.at..];
+        assert!(
+            self.open_ended || rest.is_empty(),
+            "an answer cut short: {:?}",
+            String::from_utf8_lossy(&rest[..rest.len().min(500)])
+        );
+        self.heads
+    }
+}
+
+/// Sends `input` on a new connection to `addr` and reads the answers until the endpoint
+/// closes. The client's side is closed once it has the answers `expected` (see
+/// [`expected_answers`]), or `quiet` after the last byte moved; all within [`HTTP_LIMIT`].
+fn exchange(
+    addr: std::net::SocketAddr,
+    input: &[u8],
+    expected: &[bool],
+    quiet: Duration,
+) -> Vec<Answer> {
+    use std::io::{ErrorKind, Read, Write};
+    use std::os::fd::AsRawFd;
+    let mut s = std::net::TcpStream::connect(addr).expect("connecting to the endpoint");
+    s.set_nonblocking(true).unwrap();
+    let started = std::time::Instant::now();
+    let (mut written, mut shut, mut moved) = (0, false, started);
+    let mut answers = Answers::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let sent = written == input.len();
+        if !shut && sent && (answers.heads.len() >= expected.len() || answers.open_ended) {
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            shut = true;
+        }
+        let left = HTTP_LIMIT
+            .checked_sub(started.elapsed())
+            .unwrap_or_else(|| {
+                panic!(
+                    "no end within {HTTP_LIMIT:?}: {} of {} bytes sent, {} answers",
+                    written,
+                    input.len(),
+                    answers.heads.len()
+                )
+            });
+        let wait = if !shut && sent {
+            quiet.saturating_sub(moved.elapsed()).min(left)
+        } else {
+            left
+        };
+        let mut fd = libc::pollfd {
+            fd: s.as_raw_fd(),
+            events: libc::POLLIN | if sent { 0 } else { libc::POLLOUT },
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, for the duration of the call.
+        let n = unsafe { libc::poll(&mut fd, 1, wait.as_millis().max(1) as libc::c_int) };
+        if n == 0 && !shut && sent && moved.elapsed() >= quiet {
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            shut = true;
+        }
+        if !sent && fd.revents & (libc::POLLOUT | libc::POLLERR | libc::POLLHUP) != 0 {
+            match s.write(&input[written..]) {
+                Ok(n) => (written, moved) = (written + n, std::time::Instant::now()),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(_) => written = input.len(), // the endpoint closed: nothing more goes
+            }
+        }
+        if fd.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0 {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    answers.bytes.extend_from_slice(&buf[..n]);
+                    answers.parse(expected);
+                    moved = std::time::Instant::now();
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(_) => break, // reset: what was read before it stands
+            }
+        }
+    }
+    answers.parse(expected);
+    answers.finish()
+}

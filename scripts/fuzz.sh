@@ -1,24 +1,44 @@
 #!/usr/bin/env bash
-# Coverage-guided fuzzing of fix-monitor's parsers with AFL++ through `cargo afl` (stable
-# toolchain; the afl crate builds AFL++ itself). The targets are fuzz/src/bin/*.rs; what each
-# checks is fuzz/harness.rs, which `cargo test` also runs on every saved case.
+# Coverage-guided fuzzing of fix-monitor's parsers and its HTTP endpoint with AFL++ through
+# `cargo afl` (stable toolchain; the afl crate builds AFL++ itself). The targets are
+# fuzz/src/bin/*.rs; what each checks is fuzz/harness.rs, which `cargo test` also runs on every
+# saved case.
 #
 #   scripts/fuzz.sh                      # every target, FUZZ_SECONDS (300) each
 #   FUZZ_SECONDS=60 scripts/fuzz.sh bytecode netlink_dump
+#   scripts/fuzz.sh --minimize http_request                    # queue -> fuzz/corpus/TARGET
+#   FUZZ_OUT=/elsewhere/fuzz/out scripts/fuzz.sh --minimize    # every target's queue there
 #
-# A crash is copied to tests/fixtures/fuzz/TARGET/ (named by its content's hash), where the
-# first-tier test `fuzz_regressions` replays it on every run: fix the bug, keep the case. The
-# script exits 1 when a target crashed or hung. The campaign's state stays in fuzz/out/TARGET
-# (ignored by git); a second run resumes it.
+# A campaign starts from fuzz/seeds/TARGET plus the committed minimized corpus,
+# fuzz/corpus/TARGET. A crash is copied to tests/fixtures/fuzz/TARGET/ (named by its content's
+# hash), where the first-tier test `fuzz_regressions` replays it on every run: fix the bug, keep
+# the case. The script exits 1 when a target crashed or hung. The campaign's state stays in
+# $FUZZ_OUT/TARGET (default fuzz/out, ignored by git); a second run resumes it (remove it to
+# start again from seeds and corpus).
+#
+# --minimize runs afl-cmin over the campaign's queue(s) ($FUZZ_OUT/TARGET/*/queue) together with
+# the corpus already committed, keeps the smallest set of inputs that covers the same edges, and
+# writes it to fuzz/corpus/TARGET/, each file named by its content's hash: commit it. It fuzzes
+# nothing. FUZZ_OUT is absolute or relative to the repository.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
 
 AFL_VERSION=0.18.2
 secs="${FUZZ_SECONDS:-300}"
-all_targets=(netlink_dump procfs_table bytecode fix_codec config_toml otel_headers destroy_message fix_log_line web_config_yaml)
+out_root="${FUZZ_OUT:-fuzz/out}"
+all_targets=(netlink_dump procfs_table bytecode fix_codec config_toml otel_headers destroy_message
+    fix_log_line web_config_yaml http_request)
+mode=fuzz
+if [ "${1:-}" = --minimize ]; then
+    mode=minimize
+    shift
+fi
 targets=("$@")
 [ "${#targets[@]}" -gt 0 ] || targets=("${all_targets[@]}")
+for t in "${targets[@]}"; do
+    [ -d "fuzz/seeds/$t" ] || { echo "fuzz: no target $t (have: ${all_targets[*]})" >&2; exit 64; }
+done
 
 # cargo-afl, from crates.io, into .tools/ (building it builds AFL++ too: a few minutes once).
 tools="$ROOT/.tools/cargo-afl"
@@ -43,15 +63,29 @@ cp Cargo.lock fuzz/Cargo.lock
 export AFL_NO_UI=1 AFL_SKIP_CPUFREQ=1 AFL_NO_AFFINITY=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1
 export AFL_AUTORESUME=1
 
-status=0
-summary=""
-for t in "${targets[@]}"; do
-    [ -d "fuzz/seeds/$t" ] || { echo "fuzz: no target $t (have: ${all_targets[*]})" >&2; exit 64; }
-    out="fuzz/out/$t"
+# AFL's per-input time limit, where its own guess (from the seeds' times) does not fit: the
+# endpoint target's harness has its own deadline (3 s an exchange, two exchanges an input) and
+# says what did not end; AFL only calls it a hang well past that.
+afl_timeout() {
+    case "$1" in
+        http_request) echo 10000 ;;
+        *) echo "" ;;
+    esac
+}
+
+# One campaign of FUZZ_SECONDS for target $1; prints its line and copies crashes and hangs.
+campaign() {
+    local t="$1" out="$out_root/$1" input="$out_root/$1.input" timeout
+    timeout="$(afl_timeout "$t")"
     mkdir -p "$out"
-    echo "fuzz: $t for $secs s"
-    cargo afl fuzz -V "$secs" -i "fuzz/seeds/$t" -o "$out" "fuzz/target/release/$t" \
-        > "$out/afl.log" 2>&1 || { tail -20 "$out/afl.log" >&2; exit 1; }
+    # Seeds plus the committed corpus, as one input directory (read only by a fresh campaign).
+    rm -rf "$input"
+    mkdir -p "$input"
+    cp "fuzz/seeds/$t"/* "$input/"
+    [ ! -d "fuzz/corpus/$t" ] || cp "fuzz/corpus/$t"/* "$input/" 2>/dev/null || true
+    echo "fuzz: $t for $secs s (from $(find "$input" -type f | wc -l) inputs)"
+    cargo afl fuzz -V "$secs" ${timeout:+-t "$timeout"} -i "$input" -o "$out" \
+        "fuzz/target/release/$t" > "$out/afl.log" 2>&1 || { tail -20 "$out/afl.log" >&2; exit 1; }
     stats="$out/default/fuzzer_stats"
     stat() { awk -F' *: *' -v k="$1" '$1 == k { print $2 }' "$stats"; }
     crashes=0
@@ -66,6 +100,52 @@ for t in "${targets[@]}"; do
     echo "fuzz: $line"
     summary="$summary$line"$'\n'
     [ "$crashes" = 0 ] || { echo "fuzz: $t: $crashes crash/hang inputs copied to tests/fixtures/fuzz/$t/" >&2; status=1; }
+}
+
+# afl-cmin over target $1's queues in $FUZZ_OUT and its committed corpus, into fuzz/corpus/$1.
+minimize() {
+    local t="$1" corpus="fuzz/corpus/$1" tmp timeout queues=()
+    timeout="$(afl_timeout "$t")"
+    for q in "$out_root/$t"/*/queue; do
+        [ -d "$q" ] && queues+=(-i "$q")
+    done
+    if [ "${#queues[@]}" = 0 ]; then
+        echo "fuzz: $t: no queue in $out_root/$t (run a campaign first); corpus left as it is" >&2
+        return
+    fi
+    [ -d "$corpus" ] && [ -n "$(ls -A "$corpus")" ] && queues+=(-i "$corpus")
+    tmp="$(mktemp -d "${TMPDIR:-/tmp}/fuzz-cmin-$t.XXXXXX")"
+    # afl-cmin runs every input once more (an hour's queue: a few minutes); a crash or timeout
+    # is left out of the corpus. Edges only (-e), not their hit counts: a corpus a third the
+    # size, without near-copies kept for a loop's count or for a multi-threaded target's
+    # unstable counts (http_request's); a campaign finds those counts again in minutes.
+    cargo afl cmin -e "${queues[@]}" -o "$tmp/min" -t "${timeout:-5000}" -- \
+        "fuzz/target/release/$t" > "$tmp/cmin.log" 2>&1 || {
+        tail -20 "$tmp/cmin.log" >&2
+        rm -rf "$tmp"
+        status=1
+        return
+    }
+    rm -rf "$corpus"
+    mkdir -p "$corpus"
+    for f in "$tmp/min"/*; do
+        [ -f "$f" ] && cp "$f" "$corpus/$(sha1sum "$f" | cut -c1-16)"
+    done
+    chmod 644 "$corpus"/*
+    rm -rf "$tmp"
+    line="$t: $(find "$corpus" -type f | wc -l) inputs, $(du -sh --apparent-size "$corpus" | cut -f1) in $corpus"
+    echo "fuzz: minimized $line"
+    summary="$summary$line"$'\n'
+}
+
+status=0
+summary=""
+for t in "${targets[@]}"; do
+    if [ "$mode" = minimize ]; then minimize "$t"; else campaign "$t"; fi
 done
-printf '\nfuzz summary (%s s per target):\n%s' "$secs" "$summary"
+if [ "$mode" = minimize ]; then
+    printf '\nminimized corpora (from %s; commit fuzz/corpus/):\n%s' "$out_root" "$summary"
+else
+    printf '\nfuzz summary (%s s per target):\n%s' "$secs" "$summary"
+fi
 exit "$status"

@@ -75,3 +75,8 @@ fn fix_log_line_cases_pass() {
 fn web_config_yaml_cases_pass() {
     assert!(replay("web_config_yaml", harness::web_config_yaml) >= 3);
 }
+
+#[test]
+fn http_request_cases_pass() {
+    assert!(replay("http_request", harness::http_request) >= 6);
+}
