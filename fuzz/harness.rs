@@ -428,6 +428,7 @@ fn start_endpoint() -> std::net::SocketAddr {
                 let options = app::StartOptions {
                     serve_http: true,
                     resources,
+                    ..Default::default()
                 };
                 let sidecar = app::start(&loaded.settings, options)
                     .await
