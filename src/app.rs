@@ -571,14 +571,24 @@ fn ends_at_zero(
     caps: crate::source::Capabilities,
     fix_on: bool,
 ) {
+    instruments.start_ends_at_zero(&possible_ends(settings, caps, fix_on));
+}
+
+/// The causes of ends this sidecar can tell with `settings` (its schedules, the process
+/// lookup), a source that can do `caps`, and the FIX layer on or off.
+fn possible_ends(
+    settings: &Settings,
+    caps: crate::source::Capabilities,
+    fix_on: bool,
+) -> Vec<crate::ends::Cause> {
     let process_known =
         settings.poll.process_lookup || caps.process == crate::source::ProcessFeed::FromEvents;
-    instruments.start_ends_at_zero(&crate::ends::possible(
+    crate::ends::possible(
         fix_on,
         caps.closed_by,
         process_known,
         settings.target_schedules.iter().any(Option::is_some),
-    ));
+    )
 }
 
 /// The poll loop's parts the settings ask for: the judge of ends (with the schedules), the
@@ -927,7 +937,9 @@ impl Sidecar {
             schedules: new.target_schedules.clone(),
             grace: new.schedule_grace,
         };
+        let end_causes = possible_ends(&new, source.capabilities(), self.fix.is_some());
         let reconfigure = crate::poller::Reconfigure {
+            end_causes,
             source,
             targets: new.targets.clone(),
             schedules: new.target_schedules.clone(),

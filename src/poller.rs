@@ -81,6 +81,9 @@ pub struct Reconfigure {
     pub schedules: Vec<Option<Arc<crate::schedule::Schedule>>>,
     /// Answers what the judge of ends asks beyond the two layers (the new schedules).
     pub ends: Box<dyn EndContext + Send>,
+    /// The causes of ends the sidecar can tell now (a first schedule adds the planned ones):
+    /// their series start at 0 for every target.
+    pub end_causes: Vec<crate::ends::Cause>,
     /// Told, once the loop runs on the new targets, how many sessions are no longer watched.
     pub done: std::sync::mpsc::Sender<usize>,
 }
@@ -898,6 +901,7 @@ impl Poller {
         let stale_after = r.targets.iter().map(|t| t.stale_after).collect();
         self.health.retarget(r.targets.clone(), stale_after, &remap);
         self.instruments.retarget(&r.targets, &remap);
+        self.instruments.start_ends_at_zero(&r.end_causes);
         let tracker = &self.tracker;
         self.processes
             .retain(|k, _| tracker.active().any(|c| c.key == *k));

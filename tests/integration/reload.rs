@@ -111,7 +111,13 @@ fn reload_keeps_counts(source: &str, net: u8) {
     std::thread::sleep(Duration::from_millis(1100));
 
     // b removed, c added in front of a; a unchanged.
-    std::fs::write(&path, format!("{}{}", target("c", &c), target("a", &a))).unwrap();
+    // A first schedule too: its cause's series start at 0.
+    let planned = [("target", "a"), ("cause", "scheduled_logout")];
+    assert_eq!(sc.metrics().get("fix_session_ends_total", &planned), None);
+    let schedule =
+        "schedule = \"day\"\n[[schedules]]\nname = \"day\"\nstart = \"00:00\"\nend = \"23:59\"\n";
+    let second = format!("{}{}{schedule}", target("c", &c), target("a", &a));
+    std::fs::write(&path, second).unwrap();
     reload_by_signal(&sc, 1);
     let log = sc.log();
     assert!(
@@ -139,6 +145,7 @@ fn reload_keeps_counts(source: &str, net: u8) {
         "b is not watched"
     );
     assert_eq!(m.get("fix_connections_peak", &[("target", "a")]), Some(3.0));
+    assert!(m.get("fix_session_ends_total", &planned).is_some());
     // /health's totals go on too, and list the new targets in their order.
     let health = sc.json("/health");
     let totals: Vec<_> = (health["targets"].as_array().unwrap().iter())
