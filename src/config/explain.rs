@@ -34,25 +34,9 @@ pub(super) fn explain(loaded: &Loaded) -> String {
     let Ok(Value::Dict(_, mut top)) = Value::serialize(&loaded.settings) else {
         unreachable!("settings serialize to a table")
     };
-    let comp_ids = &loaded.settings.fix.target_comp_ids;
-    let lockouts = &loaded.settings.fix.target_logon_lockout;
-    let limits = &loaded.settings.fix.target_message_limit;
-    let tunnels = &loaded.settings.fix.target_tls_tunnel;
-    let schedules = &loaded.settings.target_schedules;
-    let targets: Vec<RawTarget> = (loaded.settings.targets.iter().enumerate())
-        .map(|(i, t)| {
-            let schedule = schedules.get(i).cloned().flatten();
-            let schedule = schedule.map(|s| s.name().to_owned());
-            RawTarget::new(
-                t,
-                comp_ids.get(i),
-                (
-                    lockouts.get(i).copied().flatten(),
-                    limits.get(i).copied().flatten(),
-                ),
-                (tunnels.get(i).copied().flatten(), schedule),
-            )
-        })
+    let s = &loaded.settings;
+    let targets: Vec<RawTarget> = (s.targets.iter().enumerate())
+        .map(|(i, t)| RawTarget::new(s, i, t))
         .collect();
     let targets = Value::serialize(targets).expect("targets serialize");
     top.insert("targets".to_owned(), targets);
