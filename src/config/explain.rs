@@ -47,37 +47,25 @@ pub(super) fn explain(loaded: &Loaded) -> String {
 
 /// What an unset optional key means.
 fn absent_meaning(key: &str) -> &'static str {
-    const MEANINGS: &[(&str, &str)] = &[
-        (".port", "any port"),
-        (".local_ports", "any local port"),
-        (".ca_file", "the system's trust roots"),
-        (".cert_file", "no client certificate"),
-        (".key_file", "no client key"),
-        (".heartbeat", "none"),
-        (".stale_after", "no staleness judged (no heartbeat either)"),
-        (
-            ".logon_lockout",
-            "no lockout threshold (logon attempts counted over 60s)",
-        ),
-        (".schedule", "always expected up"),
-        (
-            ".message_limit",
-            "no throttle (peaks reported, no utilization)",
-        ),
-        (
-            ".tls_tunnel",
-            "no tunnel (FIX is read on the target's own sessions)",
-        ),
-        (".timezone", "UTC"),
-        (".days", "every day"),
-        ("state.dir", "no state kept across restarts"),
-        ("poll.health_interval", "every poll"),
-        (".web_config", "plain HTTP, no auth"),
-    ];
-    MEANINGS
-        .iter()
-        .find(|(suffix, _)| key.ends_with(suffix))
-        .map_or("not set", |(_, meaning)| meaning)
+    match key.rsplit('.').next().unwrap_or_default() {
+        "port" => "any port",
+        "local_ports" => "any local port",
+        "ca_file" => "the system's trust roots",
+        "cert_file" => "no client certificate",
+        "key_file" => "no client key",
+        "heartbeat" => "none",
+        "stale_after" => "no staleness judged (no heartbeat either)",
+        "logon_lockout" => "no lockout threshold (logon attempts counted over 60s)",
+        "schedule" => "always expected up",
+        "message_limit" => "no throttle (peaks reported, no utilization)",
+        "tls_tunnel" => "no tunnel (FIX is read on the target's own sessions)",
+        "timezone" => "UTC",
+        "days" => "every day",
+        "dir" => "no state kept across restarts",
+        "health_interval" => "every poll",
+        "web_config" => "plain HTTP, no auth",
+        _ => "not set",
+    }
 }
 
 /// Tables whose keys the user names (quoted in the output, and values that look like
@@ -126,11 +114,7 @@ impl Lines<'_> {
         }
         for (name, value) in table {
             let key = join(key, name);
-            let shown = if user_keyed {
-                quote(name)
-            } else {
-                name.clone()
-            };
+            let shown = user_keyed.then(|| quote(name)).unwrap_or(name.clone());
             let line = match value {
                 Value::Dict(..) => continue,
                 Value::Array(_, items) if items.iter().any(|v| v.as_dict().is_some()) => continue,

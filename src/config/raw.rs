@@ -461,41 +461,36 @@ fn fix(mut fix: FixSettings, cx: &mut Context) -> FixSettings {
 /// target (its FIX sessions are that target's). `kept`: the targets with their index in the
 /// configuration.
 fn tls_tunnels(targets: &Targets, kept: &[(usize, RawTarget)], capture: bool, cx: &mut Context) {
+    const NO_CAPTURE: &str =
+        "the plaintext leg to a tunnel is read off the wire: it needs [fix] capture = true";
     let mut first: BTreeMap<SocketAddr, usize> = BTreeMap::new();
     for (i, tunnel) in kept.iter().filter_map(|(i, t)| Some((*i, t.tls_tunnel?))) {
-        let key = format!("targets[{i}].tls_tunnel");
-        let value = quote(&tunnel.to_string());
         let addr = match tunnel {
             TlsTunnel::At(addr) => Some(addr),
             TlsTunnel::Auto => None,
         };
-        let claimed = addr.and_then(|addr| {
+        let claimed = addr.and_then(|a| {
             (targets.iter())
-                .find(|t| t.net.contains(&addr.ip()) && t.port.is_none_or(|p| p == addr.port()))
+                .find(|t| t.net.contains(&a.ip()) && t.port.is_none_or(|p| p == a.port()))
         });
-        let message = if !capture && !cx.failed.contains("fix.capture") {
-            Some(
-                "the plaintext leg to a tunnel is read off the wire: it needs [fix] capture = true"
-                    .to_owned(),
-            )
-        } else if let Some(t) = claimed {
-            Some(format!(
+        let message = match (claimed, addr.map(|a| *first.entry(a).or_insert(i))) {
+            _ if !capture && !cx.failed.contains("fix.capture") => NO_CAPTURE.to_owned(),
+            (Some(t), _) => format!(
                 "the tunnel's address is inside target `{}` ({}): its plaintext leg would be \
                  taken for that target's own session; give the address the gateway connects \
                  to, outside every target",
                 t.name, t.net
-            ))
-        } else {
-            match addr.map(|a| *first.entry(a).or_insert(i)) {
-                Some(j) if j != i => Some(format!(
-                    "targets[{j}] names the same tunnel; a tunnel serves one target"
-                )),
-                _ => None,
+            ),
+            (None, Some(j)) if j != i => {
+                format!("targets[{j}] names the same tunnel; a tunnel serves one target")
             }
+            _ => continue,
         };
-        if let Some(message) = message {
-            cx.report(Conflict, &key, value, message);
-        }
+        let (key, value) = (
+            format!("targets[{i}].tls_tunnel"),
+            quote(&tunnel.to_string()),
+        );
+        cx.report(Conflict, &key, value, message);
     }
 }
 
