@@ -114,7 +114,10 @@ impl Lines<'_> {
         }
         for (name, value) in table {
             let key = join(key, name);
-            let shown = user_keyed.then(|| quote(name)).unwrap_or(name.clone());
+            let shown = match user_keyed {
+                true => quote(name),
+                false => name.clone(),
+            };
             let line = match value {
                 Value::Dict(..) => continue,
                 Value::Array(_, items) if items.iter().any(|v| v.as_dict().is_some()) => continue,
