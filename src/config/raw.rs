@@ -26,6 +26,7 @@ use figment::{Figment, Provider};
 use ipnet::IpNet;
 use serde::de::{DeserializeOwned, Error as _, IntoDeserializer};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::json;
 use strum::VariantNames;
 
 use super::error::ErrorKind::{self, *};
@@ -37,6 +38,7 @@ use super::{
     TlsTunnel,
 };
 use super::{Settings, TlsFiles};
+use crate::fix::bursts::WINDOW_NAMES;
 use crate::schedule::{Schedule, ScheduleConfig};
 use crate::source::SourceKind;
 use crate::target::{PortRange, Target, Targets};
@@ -144,8 +146,7 @@ checks! {
     address -> IpNet = parse_address, show_net;
     port -> u16 = parse_port;
     port_range -> PortRange = parse_range, |r: &PortRange| [r.start, r.end];
-    interval -> Duration = parse_interval,
-        |d: &Duration| humantime::format_duration(*d).to_string();
+    interval -> Duration = parse_interval, show_duration;
     boolean -> bool = parse_bool;
     listen -> SocketAddr = parse_listen;
     log_level -> String = parse_log_level;
@@ -157,30 +158,17 @@ checks! {
     protocol -> OtlpProtocol = parse_protocol;
     comp_ids -> Vec<String> = parse_comp_ids;
     glob -> String = parse_glob;
-    grace -> Duration = parse_grace, |d: &Duration| humantime::format_duration(*d).to_string();
-    logon_lockout -> LogonLockout = parse_logon_lockout, |l: &LogonLockout| ShownLockout {
-        attempts: l.attempts,
-        within: humantime::format_duration(l.within).to_string(),
-    };
-    message_limit -> MessageLimit = parse_message_limit, |l: &MessageLimit| ShownLimit {
-        count: l.count,
-        per: crate::fix::bursts::WINDOW_NAMES[l.window],
-    };
+    grace -> Duration = parse_grace, show_duration;
+    logon_lockout -> LogonLockout = parse_logon_lockout,
+        |l: &LogonLockout| json!({ "attempts": l.attempts, "within": show_duration(&l.within) });
+    message_limit -> MessageLimit = parse_message_limit,
+        |l: &MessageLimit| json!({ "count": l.count, "per": WINDOW_NAMES[l.window] });
     tls_tunnel -> TlsTunnel = parse_tls_tunnel, |t: &TlsTunnel| t.to_string();
 }
 
-/// A message limit as the file takes it.
-#[derive(Serialize)]
-struct ShownLimit {
-    count: u32,
-    per: &'static str,
-}
-
-/// A logon lockout as the file takes it (`fix-monitor config`).
-#[derive(Serialize)]
-struct ShownLockout {
-    attempts: u32,
-    within: String,
+/// A duration as humantime writes it (`"1m 30s"`).
+fn show_duration(d: &Duration) -> String {
+    humantime::format_duration(*d).to_string()
 }
 
 /// A single address without its prefix length, as it was most likely written.
@@ -939,8 +927,7 @@ fn parse_message_limit(value: &Value) -> Result<MessageLimit, String> {
     let [count, per] = two_keys(value, ["count", "per"], ALLOWED_LIMIT)?;
     let count = (integer(count).filter(|n| (1..=1_000_000).contains(n)))
         .ok_or_else(|| bad("count", count, "is out of range", ALLOWED_LIMIT))?;
-    let names = crate::fix::bursts::WINDOW_NAMES;
-    let window = (per.as_str()).and_then(|p| names.iter().position(|n| *n == p));
+    let window = (per.as_str()).and_then(|p| WINDOW_NAMES.iter().position(|n| *n == p));
     let window =
         window.ok_or_else(|| bad("per", per, "is not a measured window", ALLOWED_LIMIT))?;
     let count = count as u32;
