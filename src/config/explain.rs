@@ -34,25 +34,9 @@ pub(super) fn explain(loaded: &Loaded) -> String {
     let Ok(Value::Dict(_, mut top)) = Value::serialize(&loaded.settings) else {
         unreachable!("settings serialize to a table")
     };
-    let comp_ids = &loaded.settings.fix.target_comp_ids;
-    let lockouts = &loaded.settings.fix.target_logon_lockout;
-    let limits = &loaded.settings.fix.target_message_limit;
-    let tunnels = &loaded.settings.fix.target_tls_tunnel;
-    let schedules = &loaded.settings.target_schedules;
-    let targets: Vec<RawTarget> = (loaded.settings.targets.iter().enumerate())
-        .map(|(i, t)| {
-            let schedule = schedules.get(i).cloned().flatten();
-            let schedule = schedule.map(|s| s.name().to_owned());
-            RawTarget::new(
-                t,
-                comp_ids.get(i),
-                (
-                    lockouts.get(i).copied().flatten(),
-                    limits.get(i).copied().flatten(),
-                ),
-                (tunnels.get(i).copied().flatten(), schedule),
-            )
-        })
+    let s = &loaded.settings;
+    let targets: Vec<RawTarget> = (s.targets.iter().enumerate())
+        .map(|(i, t)| RawTarget::new(s, i, t))
         .collect();
     let targets = Value::serialize(targets).expect("targets serialize");
     top.insert("targets".to_owned(), targets);
@@ -63,37 +47,25 @@ pub(super) fn explain(loaded: &Loaded) -> String {
 
 /// What an unset optional key means.
 fn absent_meaning(key: &str) -> &'static str {
-    const MEANINGS: &[(&str, &str)] = &[
-        (".port", "any port"),
-        (".local_ports", "any local port"),
-        (".ca_file", "the system's trust roots"),
-        (".cert_file", "no client certificate"),
-        (".key_file", "no client key"),
-        (".heartbeat", "none"),
-        (".stale_after", "no staleness judged (no heartbeat either)"),
-        (
-            ".logon_lockout",
-            "no lockout threshold (logon attempts counted over 60s)",
-        ),
-        (".schedule", "always expected up"),
-        (
-            ".message_limit",
-            "no throttle (peaks reported, no utilization)",
-        ),
-        (
-            ".tls_tunnel",
-            "no tunnel (FIX is read on the target's own sessions)",
-        ),
-        (".timezone", "UTC"),
-        (".days", "every day"),
-        ("state.dir", "no state kept across restarts"),
-        ("poll.health_interval", "every poll"),
-        (".web_config", "plain HTTP, no auth"),
-    ];
-    MEANINGS
-        .iter()
-        .find(|(suffix, _)| key.ends_with(suffix))
-        .map_or("not set", |(_, meaning)| meaning)
+    match key.rsplit('.').next().unwrap_or_default() {
+        "port" => "any port",
+        "local_ports" => "any local port",
+        "ca_file" => "the system's trust roots",
+        "cert_file" => "no client certificate",
+        "key_file" => "no client key",
+        "heartbeat" => "none",
+        "stale_after" => "no staleness judged (no heartbeat either)",
+        "logon_lockout" => "no lockout threshold (logon attempts counted over 60s)",
+        "schedule" => "always expected up",
+        "message_limit" => "no throttle (peaks reported, no utilization)",
+        "tls_tunnel" => "no tunnel (FIX is read on the target's own sessions)",
+        "timezone" => "UTC",
+        "days" => "every day",
+        "dir" => "no state kept across restarts",
+        "health_interval" => "every poll",
+        "web_config" => "plain HTTP, no auth",
+        _ => "not set",
+    }
 }
 
 /// Tables whose keys the user names (quoted in the output, and values that look like
@@ -142,10 +114,9 @@ impl Lines<'_> {
         }
         for (name, value) in table {
             let key = join(key, name);
-            let shown = if user_keyed {
-                quote(name)
-            } else {
-                name.clone()
+            let shown = match user_keyed {
+                true => quote(name),
+                false => name.clone(),
             };
             let line = match value {
                 Value::Dict(..) => continue,

@@ -26,6 +26,7 @@ use figment::{Figment, Provider};
 use ipnet::IpNet;
 use serde::de::{DeserializeOwned, Error as _, IntoDeserializer};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::json;
 use strum::VariantNames;
 
 use super::error::ErrorKind::{self, *};
@@ -37,6 +38,7 @@ use super::{
     TlsTunnel,
 };
 use super::{Settings, TlsFiles};
+use crate::fix::bursts::WINDOW_NAMES;
 use crate::schedule::{Schedule, ScheduleConfig};
 use crate::source::SourceKind;
 use crate::target::{PortRange, Target, Targets};
@@ -82,13 +84,10 @@ pub(crate) struct RawTarget {
 }
 
 impl RawTarget {
-    /// The target as configured, with the CompIDs and logon lockout `[fix]` keeps for it.
-    pub(super) fn new(
-        t: &Target,
-        comp_ids: Option<&Vec<String>>,
-        (logon_lockout, message_limit): (Option<LogonLockout>, Option<MessageLimit>),
-        (tls_tunnel, schedule): (Option<TlsTunnel>, Option<String>),
-    ) -> Self {
+    /// Target `i` as configured, with what `[fix]` and the schedules keep for it.
+    pub(super) fn new(s: &Settings, i: usize, t: &Target) -> Self {
+        let fix = &s.fix;
+        let schedule = s.target_schedules.get(i).cloned().flatten();
         RawTarget {
             name: Some(t.name.clone()),
             address: Some(t.net),
@@ -96,11 +95,11 @@ impl RawTarget {
             local_ports: t.local_ports,
             heartbeat: t.heartbeat,
             stale_after: t.stale_after,
-            comp_ids: comp_ids.cloned().unwrap_or_default(),
-            logon_lockout,
-            message_limit,
-            tls_tunnel,
-            schedule,
+            comp_ids: fix.target_comp_ids.get(i).cloned().unwrap_or_default(),
+            logon_lockout: fix.target_logon_lockout.get(i).copied().flatten(),
+            message_limit: fix.target_message_limit.get(i).copied().flatten(),
+            tls_tunnel: fix.target_tls_tunnel.get(i).copied().flatten(),
+            schedule: schedule.map(|s| s.name().to_owned()),
         }
     }
 }
@@ -147,8 +146,7 @@ checks! {
     address -> IpNet = parse_address, show_net;
     port -> u16 = parse_port;
     port_range -> PortRange = parse_range, |r: &PortRange| [r.start, r.end];
-    interval -> Duration = parse_interval,
-        |d: &Duration| humantime::format_duration(*d).to_string();
+    interval -> Duration = parse_interval, show_duration;
     boolean -> bool = parse_bool;
     listen -> SocketAddr = parse_listen;
     log_level -> String = parse_log_level;
@@ -160,30 +158,17 @@ checks! {
     protocol -> OtlpProtocol = parse_protocol;
     comp_ids -> Vec<String> = parse_comp_ids;
     glob -> String = parse_glob;
-    grace -> Duration = parse_grace, |d: &Duration| humantime::format_duration(*d).to_string();
-    logon_lockout -> LogonLockout = parse_logon_lockout, |l: &LogonLockout| ShownLockout {
-        attempts: l.attempts,
-        within: humantime::format_duration(l.within).to_string(),
-    };
-    message_limit -> MessageLimit = parse_message_limit, |l: &MessageLimit| ShownLimit {
-        count: l.count,
-        per: crate::fix::bursts::WINDOW_NAMES[l.window],
-    };
+    grace -> Duration = parse_grace, show_duration;
+    logon_lockout -> LogonLockout = parse_logon_lockout,
+        |l: &LogonLockout| json!({ "attempts": l.attempts, "within": show_duration(&l.within) });
+    message_limit -> MessageLimit = parse_message_limit,
+        |l: &MessageLimit| json!({ "count": l.count, "per": WINDOW_NAMES[l.window] });
     tls_tunnel -> TlsTunnel = parse_tls_tunnel, |t: &TlsTunnel| t.to_string();
 }
 
-/// A message limit as the file takes it.
-#[derive(Serialize)]
-struct ShownLimit {
-    count: u32,
-    per: &'static str,
-}
-
-/// A logon lockout as the file takes it (`fix-monitor config`).
-#[derive(Serialize)]
-struct ShownLockout {
-    attempts: u32,
-    within: String,
+/// A duration as humantime writes it (`"1m 30s"`).
+fn show_duration(d: &Duration) -> String {
+    humantime::format_duration(*d).to_string()
 }
 
 /// A single address without its prefix length, as it was most likely written.
@@ -388,13 +373,19 @@ pub(crate) fn validate(raw: Raw, cx: &mut Context<'_>) -> Settings {
         );
         cx.report(Conflict, "prometheus.enabled", "false".into(), message);
     }
-    let (targets, (comp_ids, lockouts, limits, tunnels, schedules)) = targets(raw.targets, cx);
-    let target_schedules = self::schedules(&raw.schedules, &schedules, cx);
-    let indices: Vec<usize> = schedules.iter().map(|(i, _)| *i).collect();
-    tls_tunnels(&targets, (&tunnels, &indices), raw.fix.capture, cx);
+    let (targets, kept) = targets(raw.targets, cx);
+    let names: Vec<_> = kept.iter().map(|(i, t)| (*i, t.schedule.clone())).collect();
+    let target_schedules = self::schedules(&raw.schedules, &names, cx);
+    tls_tunnels(&targets, &kept, raw.fix.capture, cx);
+    let mut fix = self::fix(raw.fix, cx);
+    // What `[fix]` keeps of each target, by target id.
+    fix.target_comp_ids = kept.iter().map(|(_, t)| t.comp_ids.clone()).collect();
+    fix.target_logon_lockout = kept.iter().map(|(_, t)| t.logon_lockout).collect();
+    fix.target_message_limit = kept.iter().map(|(_, t)| t.message_limit).collect();
+    fix.target_tls_tunnel = kept.iter().map(|(_, t)| t.tls_tunnel).collect();
     Settings {
         targets,
-        fix: self::fix(raw.fix, (comp_ids, lockouts, limits, tunnels), cx),
+        fix,
         otlp,
         poll: raw.poll,
         prometheus: raw.prometheus,
@@ -434,7 +425,7 @@ fn schedules(
 
 /// `[fix]` as a whole: every log needs a path, and the log source needs our CompIDs to tell
 /// which side sent a message.
-fn fix(mut fix: FixSettings, per_target: PerTarget, cx: &mut Context) -> FixSettings {
+fn fix(mut fix: FixSettings, cx: &mut Context) -> FixSettings {
     for (i, l) in fix.logs.iter().enumerate() {
         let key = format!("fix.logs[{i}].path");
         if l.path.is_none() && !cx.failed.contains(&key) {
@@ -450,83 +441,49 @@ fn fix(mut fix: FixSettings, per_target: PerTarget, cx: &mut Context) -> FixSett
                        [\"GW\"]";
         cx.report(Conflict, "fix.our_comp_ids", "[]".into(), message);
     }
-    (
-        fix.target_comp_ids,
-        fix.target_logon_lockout,
-        fix.target_message_limit,
-        fix.target_tls_tunnel,
-    ) = per_target;
     fix
 }
 
-/// What `[fix]` keeps of each target, by target id: its CompIDs, logon lockout, message
-/// limit and TLS tunnel.
-type PerTarget = (
-    Vec<Vec<String>>,
-    Vec<Option<LogonLockout>>,
-    Vec<Option<MessageLimit>>,
-    Vec<Option<TlsTunnel>>,
-);
-
-/// [`PerTarget`], and each target's index in the configuration with the schedule it names.
-type PerTargetAll = (
-    Vec<Vec<String>>,
-    Vec<Option<LogonLockout>>,
-    Vec<Option<MessageLimit>>,
-    Vec<Option<TlsTunnel>>,
-    Vec<(usize, Option<String>)>,
-);
-
 /// `targets[].tls_tunnel` as a whole: a tunnel is read only off the wire (`fix.capture`), is
 /// no target's own session (its plaintext leg would be taken for the target's), and serves one
-/// target (its FIX sessions are that target's). `tunnels` by target id, with each target's
-/// index in the configuration.
-fn tls_tunnels(
-    targets: &Targets,
-    (tunnels, indices): (&[Option<TlsTunnel>], &[usize]),
-    capture: bool,
-    cx: &mut Context,
-) {
+/// target (its FIX sessions are that target's). `kept`: the targets with their index in the
+/// configuration.
+fn tls_tunnels(targets: &Targets, kept: &[(usize, RawTarget)], capture: bool, cx: &mut Context) {
+    const NO_CAPTURE: &str =
+        "the plaintext leg to a tunnel is read off the wire: it needs [fix] capture = true";
     let mut first: BTreeMap<SocketAddr, usize> = BTreeMap::new();
-    for (&i, tunnel) in indices.iter().zip(tunnels) {
-        let Some(tunnel) = tunnel else { continue };
-        let key = format!("targets[{i}].tls_tunnel");
-        let value = quote(&tunnel.to_string());
+    for (i, tunnel) in kept.iter().filter_map(|(i, t)| Some((*i, t.tls_tunnel?))) {
         let addr = match tunnel {
-            TlsTunnel::At(addr) => Some(*addr),
+            TlsTunnel::At(addr) => Some(addr),
             TlsTunnel::Auto => None,
         };
-        let claimed = addr.and_then(|addr| {
+        let claimed = addr.and_then(|a| {
             (targets.iter())
-                .find(|t| t.net.contains(&addr.ip()) && t.port.is_none_or(|p| p == addr.port()))
+                .find(|t| t.net.contains(&a.ip()) && t.port.is_none_or(|p| p == a.port()))
         });
-        let message = if !capture && !cx.failed.contains("fix.capture") {
-            Some(
-                "the plaintext leg to a tunnel is read off the wire: it needs [fix] capture = true"
-                    .to_owned(),
-            )
-        } else if let Some(t) = claimed {
-            Some(format!(
+        let message = match (claimed, addr.map(|a| *first.entry(a).or_insert(i))) {
+            _ if !capture && !cx.failed.contains("fix.capture") => NO_CAPTURE.to_owned(),
+            (Some(t), _) => format!(
                 "the tunnel's address is inside target `{}` ({}): its plaintext leg would be \
                  taken for that target's own session; give the address the gateway connects \
                  to, outside every target",
                 t.name, t.net
-            ))
-        } else {
-            match addr.map(|a| *first.entry(a).or_insert(i)) {
-                Some(j) if j != i => Some(format!(
-                    "targets[{j}] names the same tunnel; a tunnel serves one target"
-                )),
-                _ => None,
+            ),
+            (None, Some(j)) if j != i => {
+                format!("targets[{j}] names the same tunnel; a tunnel serves one target")
             }
+            _ => continue,
         };
-        if let Some(message) = message {
-            cx.report(Conflict, &key, value, message);
-        }
+        let (key, value) = (
+            format!("targets[{i}].tls_tunnel"),
+            quote(&tunnel.to_string()),
+        );
+        cx.report(Conflict, &key, value, message);
     }
 }
 
-fn targets(raw: Option<Vec<RawTarget>>, cx: &mut Context) -> (Targets, PerTargetAll) {
+/// The targets, and the raw tables they came from with their index in the configuration.
+fn targets(raw: Option<Vec<RawTarget>>, cx: &mut Context) -> (Targets, Vec<(usize, RawTarget)>) {
     let no_targets = format!(
         "no targets to watch; give one with --ip ADDR [--target-port PORT], with DOWNSTREAM_IP \
          (and DOWNSTREAM_PORT) in the environment, or as [[targets]] in the config file ({}) or \
@@ -541,8 +498,7 @@ fn targets(raw: Option<Vec<RawTarget>>, cx: &mut Context) -> (Targets, PerTarget
             .errors
             .push(ConfigError::new(NoTargets, "targets", no_targets)),
     }
-    let (mut targets, mut comp_ids, mut lockouts) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut limits, mut tunnels, mut schedules) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut targets, mut kept) = (Vec::new(), Vec::new());
     // Name -> index in the configuration of the first target with it.
     let mut names: BTreeMap<String, usize> = BTreeMap::new();
     for (i, t) in raw.into_iter().flatten().enumerate() {
@@ -555,7 +511,7 @@ fn targets(raw: Option<Vec<RawTarget>>, cx: &mut Context) -> (Targets, PerTarget
             cx.missing(format!("{path}.address"), &path, message);
             continue;
         };
-        let name = t.name.unwrap_or_else(|| Target::default_name(&net, t.port));
+        let name = (t.name.clone()).unwrap_or_else(|| Target::default_name(&net, t.port));
         let name_key = format!("{path}.name");
         let first = *names.entry(name.clone()).or_insert(i);
         if first != i {
@@ -580,16 +536,9 @@ fn targets(raw: Option<Vec<RawTarget>>, cx: &mut Context) -> (Targets, PerTarget
             heartbeat: t.heartbeat,
             stale_after: t.stale_after.or(t.heartbeat.map(|h| h * 2)),
         });
-        comp_ids.push(t.comp_ids);
-        lockouts.push(t.logon_lockout);
-        limits.push(t.message_limit);
-        tunnels.push(t.tls_tunnel);
-        schedules.push((i, t.schedule));
+        kept.push((i, t));
     }
-    (
-        Targets::new(targets),
-        (comp_ids, lockouts, limits, tunnels, schedules),
-    )
+    (Targets::new(targets), kept)
 }
 
 /// `[otlp]` as a whole: the endpoint against the protocol, the TLS files against the endpoint's
@@ -935,38 +884,39 @@ const ALLOWED_LOCKOUT: &str = "expected a table { attempts = N, within = DURATIO
 
 fn parse_logon_lockout(value: &Value) -> Result<LogonLockout, String> {
     let max = crate::fix::tracker::MAX_LOGON_ATTEMPTS as i128;
-    let Value::Dict(_, dict) = value else {
-        return Err(ALLOWED_LOCKOUT.to_owned());
-    };
-    if let Some(key) = dict
-        .keys()
-        .find(|k| !matches!(k.as_str(), "attempts" | "within"))
-    {
-        return Err(format!("has an unknown key `{key}`; {ALLOWED_LOCKOUT}"));
-    }
-    let (Some(attempts), Some(within)) = (dict.get("attempts"), dict.get("within")) else {
-        return Err(format!(
-            "needs both `attempts` and `within`; {ALLOWED_LOCKOUT}"
-        ));
-    };
-    let attempts = integer(attempts)
-        .filter(|n| (2..=max).contains(n))
-        .ok_or_else(|| {
-            format!(
-                "attempts = {} is not from 2 to {max}; {ALLOWED_LOCKOUT}",
-                render(attempts)
-            )
-        })?;
+    let [attempts, within] = two_keys(value, ["attempts", "within"], ALLOWED_LOCKOUT)?;
+    let out_of_range = format!("is not from 2 to {max}");
+    let attempts = (integer(attempts).filter(|n| (2..=max).contains(n)))
+        .ok_or_else(|| bad("attempts", attempts, &out_of_range, ALLOWED_LOCKOUT))?;
     let within = parse_interval(within).map_err(|_| {
-        format!(
-            "within = {} is not a duration above zero and at most 24h; {ALLOWED_LOCKOUT}",
-            render(within)
-        )
+        let what = "is not a duration above zero and at most 24h";
+        bad("within", within, what, ALLOWED_LOCKOUT)
     })?;
-    Ok(LogonLockout {
-        attempts: attempts as u32,
-        within,
-    })
+    let attempts = attempts as u32;
+    Ok(LogonLockout { attempts, within })
+}
+
+/// The values of a `{ a = .., b = .. }` table that has exactly those keys; else what is wrong.
+fn two_keys<'a>(
+    value: &'a Value,
+    [a, b]: [&str; 2],
+    allowed: &str,
+) -> Result<[&'a Value; 2], String> {
+    let Value::Dict(_, dict) = value else {
+        return Err(allowed.to_owned());
+    };
+    if let Some(key) = dict.keys().find(|k| *k != a && *k != b) {
+        return Err(format!("has an unknown key `{key}`; {allowed}"));
+    }
+    match (dict.get(a), dict.get(b)) {
+        (Some(x), Some(y)) => Ok([x, y]),
+        _ => Err(format!("needs both `{a}` and `{b}`; {allowed}")),
+    }
+}
+
+/// A table's bad entry: `key = value what; allowed`.
+fn bad(key: &str, value: &Value, what: &str, allowed: &str) -> String {
+    format!("{key} = {} {what}; {allowed}", render(value))
 }
 
 const ALLOWED_LIMIT: &str = "expected a table { count = N, per = WINDOW }, such as { count = \
@@ -974,31 +924,14 @@ const ALLOWED_LIMIT: &str = "expected a table { count = N, per = WINDOW }, such 
      the windows the FIX layer measures: \"1ms\", \"10ms\", \"100ms\", \"1s\"";
 
 fn parse_message_limit(value: &Value) -> Result<MessageLimit, String> {
-    let Value::Dict(_, dict) = value else {
-        return Err(ALLOWED_LIMIT.to_owned());
-    };
-    if let Some(key) = dict.keys().find(|k| !matches!(k.as_str(), "count" | "per")) {
-        return Err(format!("has an unknown key `{key}`; {ALLOWED_LIMIT}"));
-    }
-    let (Some(count), Some(per)) = (dict.get("count"), dict.get("per")) else {
-        return Err(format!("needs both `count` and `per`; {ALLOWED_LIMIT}"));
-    };
-    let count = integer(count)
-        .filter(|n| (1..=1_000_000).contains(n))
-        .ok_or_else(|| format!("count = {} is out of range; {ALLOWED_LIMIT}", render(count)))?;
-    let names = crate::fix::bursts::WINDOW_NAMES;
-    let window = (per.as_str())
-        .and_then(|p| names.iter().position(|n| *n == p))
-        .ok_or_else(|| {
-            format!(
-                "per = {} is not a measured window; {ALLOWED_LIMIT}",
-                render(per)
-            )
-        })?;
-    Ok(MessageLimit {
-        count: count as u32,
-        window,
-    })
+    let [count, per] = two_keys(value, ["count", "per"], ALLOWED_LIMIT)?;
+    let count = (integer(count).filter(|n| (1..=1_000_000).contains(n)))
+        .ok_or_else(|| bad("count", count, "is out of range", ALLOWED_LIMIT))?;
+    let window = (per.as_str()).and_then(|p| WINDOW_NAMES.iter().position(|n| *n == p));
+    let window =
+        window.ok_or_else(|| bad("per", per, "is not a measured window", ALLOWED_LIMIT))?;
+    let count = count as u32;
+    Ok(MessageLimit { count, window })
 }
 
 const ALLOWED_TUNNEL: &str = "expected the local TLS tunnel's plaintext address as IP:PORT, \
