@@ -410,3 +410,51 @@ fn a_reload_keeps_the_fix_layers_counts_and_follows_a_new_log() {
     });
     drop((first_venue.stop(), second_venue.stop()));
 }
+
+/// A renewed certificate: its files replaced under the same paths, then SIGHUP; a new
+/// connection gets the new certificate (a client trusting only its CA could not connect before).
+#[test]
+fn a_reload_serves_a_renewed_certificate() {
+    use crate::otlp_receiver::Pki;
+    let (old, renewed) = (Pki::new(), Pki::new());
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let install = |pki: &Pki| {
+        std::fs::copy(&pki.server_cert, &cert).unwrap();
+        std::fs::copy(&pki.server_key, &key).unwrap();
+    };
+    install(&old);
+    let web = dir.path().join("web.yml");
+    let tls = format!("tls_server_config:\n  cert_file: {cert:?}\n  key_file: {key:?}\n");
+    std::fs::write(&web, tls).unwrap();
+    let sc = Sidecar::start(&[
+        "--ip",
+        "127.0.123.9",
+        "--web.config.file",
+        web.to_str().unwrap(),
+    ]);
+    let trusting = |pki: &Pki| {
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(&pki.ca).unwrap()).unwrap();
+        reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca)
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap()
+    };
+    let url = format!("https://localhost:{}/health", sc.addr.port());
+    assert_eq!(trusting(&old).get(&url).send().unwrap().status(), 200);
+    assert!(
+        trusting(&renewed).get(&url).send().is_err(),
+        "not the renewed one yet"
+    );
+    install(&renewed);
+    reload_by_signal(&sc, 1);
+    assert!(sc.log().contains("configuration reloaded"), "{}", sc.log());
+    assert_eq!(trusting(&renewed).get(&url).send().unwrap().status(), 200);
+    assert!(
+        trusting(&old).get(&url).send().is_err(),
+        "the old one is gone"
+    );
+}
