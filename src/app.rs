@@ -897,6 +897,11 @@ impl Sidecar {
             Ok(what) => {
                 self.running.status.succeeded();
                 tracing::info!("{what}");
+                // Last, so that the line above is written at the level it was asked at.
+                let log = &self.running.settings.log;
+                if let Err(e) = (reloader.log_level)(log) {
+                    tracing::warn!(level = %log.level, error = %e, "the new log level could not be applied");
+                }
             }
             Err(why) => {
                 self.running.status.failed();
@@ -961,9 +966,6 @@ impl Sidecar {
                 .reconfigure(new.fix.clone(), new.targets.clone());
         }
         self.running.web.send_replace(resources.web.clone());
-        if let Err(e) = (reloader.log_level)(&new.log) {
-            tracing::warn!(level = %new.log.level, error = %e, "the new log level could not be applied");
-        }
         let Some(dropped) = dropped else {
             return Err("the poll loop did not take the new targets in time".to_owned());
         };

@@ -458,3 +458,32 @@ fn a_reload_serves_a_renewed_certificate() {
         "the old one is gone"
     );
 }
+
+/// `log.level` applies at a reload: at `warn`, the info line of each open is no longer written.
+#[test]
+fn a_reload_sets_the_log_level() {
+    let venue = Downstream::listen("127.0.123.10:0");
+    let cfg = config_file(&target("venue", &venue));
+    let path = cfg.path().to_str().unwrap().to_owned();
+    let sc = Sidecar::start(&["--config", &path, "--interval", "100ms"]);
+    let _first = connect_from("127.0.0.1:0", venue.addr);
+    wait_counts(&sc, "venue", (1.0, 1.0, 0.0));
+    sc.wait_for("the first open's line", Duration::from_secs(10), |s| {
+        s.log().matches("connection opened").count() == 1
+    });
+    std::fs::write(
+        &path,
+        format!("{}[log]\nlevel = \"warn\"\n", target("venue", &venue)),
+    )
+    .unwrap();
+    reload_by_signal(&sc, 1);
+    let _second = connect_from("127.0.0.1:0", venue.addr);
+    wait_counts(&sc, "venue", (2.0, 2.0, 0.0));
+    sc.wait_polls(3);
+    assert_eq!(
+        sc.log().matches("connection opened").count(),
+        1,
+        "{}",
+        sc.log()
+    );
+}
