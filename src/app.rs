@@ -613,20 +613,37 @@ fn with_settings(
     poller
 }
 
+/// Binds the endpoint's address: taken, or not allowed, fails the start.
+async fn bind(settings: &Settings) -> Result<tokio::net::TcpListener, RunError> {
+    (http::bind(settings.prometheus.listen).await).map_err(RunError::Listen)
+}
+
+/// Registers every instrument of the sidecar on `meter`: the sessions' (for what `source` can
+/// do), the process's, the reload's, and the endpoint's when it serves.
+fn register_instruments(
+    meter: &opentelemetry::metrics::Meter,
+    settings: &Settings,
+    source: &dyn source::Source,
+    serve_http: bool,
+) -> (Instruments, crate::reload::Status) {
+    let kind = source.kind();
+    let instruments = Instruments::new(meter, &settings.targets, kind, source.capabilities());
+    crate::process::register(meter);
+    if serve_http {
+        crate::export::server::register(meter);
+    }
+    (instruments, crate::reload::Status::register(meter))
+}
+
 /// Opens the source, binds the endpoint (if asked), and starts polling. Anything that cannot
 /// work fails here, before polling starts.
 pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar, RunError> {
     let resource = crate::instruments::resource(&hostname());
     let host = crate::instruments::host_name(&resource);
     let source = open_source(settings)?;
-    let listener = if options.serve_http {
-        Some(
-            http::bind(settings.prometheus.listen)
-                .await
-                .map_err(RunError::Listen)?,
-        )
-    } else {
-        None
+    let listener = match options.serve_http {
+        true => Some(bind(settings).await?),
+        false => None,
     };
 
     let telemetry = Telemetry::new(resource, &host, settings.prometheus.enabled, &settings.otlp)?;
@@ -634,24 +651,15 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
         &telemetry.provider,
         crate::instruments::names::METER,
     );
-    let mut instruments = Instruments::new(
-        &meter,
-        &settings.targets,
-        source.kind(),
-        source.capabilities(),
-    );
-    crate::process::register(&meter);
-    let status = crate::reload::Status::register(&meter);
-    if options.serve_http {
-        crate::export::server::register(&meter);
-    }
+    let (mut instruments, status) =
+        register_instruments(&meter, settings, source.as_ref(), options.serve_http);
     let (mode, subscription) =
         subscribe_events(source.kind(), source.capabilities(), &settings.targets);
     let persist = match &settings.state.dir {
         Some(dir) => Some(open_state(dir, &host)?),
         None => None,
     };
-    let initial = initial_state(settings, &host, source.as_ref(), &mode.clone());
+    let initial = initial_state(settings, &host, source.as_ref(), &mode);
     let (publisher, state) = Publisher::new(initial.clone());
     let cancel = CancellationToken::new();
     let (inputs, inputs_rx) = mpsc::channel::<Input>();

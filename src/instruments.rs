@@ -635,9 +635,9 @@ fn connection_gauges(meter: &Meter, observed: &Arc<Mutex<Observed>>) {
         .build();
 }
 
-/// Builds the session-health instruments: the gauges observe [`GaugeValues::health`] and
+/// Registers the session-health gauges: they observe [`GaugeValues::health`] and
 /// [`GaugeValues::health_ports`] at collection; a value nobody measured is not observed.
-fn health_instruments(meter: &Meter, observed: &Arc<Mutex<Observed>>) -> HealthInstruments {
+fn health_gauges(meter: &Meter, observed: &Arc<Mutex<Observed>>) {
     fn per_target<T: 'static>(
         observed: &Arc<Mutex<Observed>>,
         pick: fn(&GroupHealth) -> Option<T>,
@@ -722,6 +722,12 @@ fn health_instruments(meter: &Meter, observed: &Arc<Mutex<Observed>>) -> HealthI
         .with_description("Send queue by local port (targets with local_ports)")
         .with_callback(per_port(observed, |h| h.max_send_queue))
         .build();
+}
+
+/// Builds the session-health instruments: the gauges ([`health_gauges`]), the RTT histogram
+/// and the counters.
+fn health_instruments(meter: &Meter, observed: &Arc<Mutex<Observed>>) -> HealthInstruments {
+    health_gauges(meter, observed);
     HealthInstruments {
         rtt: meter
             .f64_histogram(names::RTT)

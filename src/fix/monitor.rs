@@ -511,6 +511,34 @@ fn median(d: impl Iterator<Item = Duration>) -> Option<f64> {
     Some(v[(v.len() - 1) / 2].as_secs_f64())
 }
 
+/// The FIX layer's histograms: order-to-ack latency, order-to-first-fill latency, clock skew.
+fn histograms(meter: &Meter) -> (Histogram<f64>, Histogram<f64>, Histogram<f64>) {
+    use super::metrics::names;
+    let latency = seconds(
+        meter,
+        names::ORDER_ACK_LATENCY,
+        "Time from an order we sent to the first answer carrying its ClOrdID",
+        LATENCY_BUCKETS,
+    );
+    let fill_latency = seconds(
+        meter,
+        names::ORDER_FILL_LATENCY,
+        "Time from a NewOrderSingle we sent to the first ExecutionReport that fills it \
+         (partially or fully; a replace keeps the order's time), per target",
+        FILL_BUCKETS,
+    );
+    let skew = seconds(
+        meter,
+        names::CLOCK_SKEW,
+        "Clock skew per target, sampled at most every 100 ms per session and direction: \
+         in, the venue's SendingTime minus our receive time (kernel timestamp plus half \
+         the link's smoothed RTT; the engine log's timestamp, uncorrected, for logs); \
+         out, our engine's SendingTime minus our kernel's send time (log time for logs)",
+        SKEW_BUCKETS,
+    );
+    (latency, fill_latency, skew)
+}
+
 impl FixMonitor {
     /// Start the FIX layer. Capture that cannot open (no `CAP_NET_RAW`) is reported in the
     /// state and the log, and the log source still runs.
@@ -523,29 +551,7 @@ impl FixMonitor {
         tcp: Option<TcpView>,
         events: crate::session_events::SessionEvents,
     ) -> FixMonitor {
-        use super::metrics::names;
-        let latency = seconds(
-            meter,
-            names::ORDER_ACK_LATENCY,
-            "Time from an order we sent to the first answer carrying its ClOrdID",
-            LATENCY_BUCKETS,
-        );
-        let fill_latency = seconds(
-            meter,
-            names::ORDER_FILL_LATENCY,
-            "Time from a NewOrderSingle we sent to the first ExecutionReport that fills it \
-             (partially or fully; a replace keeps the order's time), per target",
-            FILL_BUCKETS,
-        );
-        let skew = seconds(
-            meter,
-            names::CLOCK_SKEW,
-            "Clock skew per target, sampled at most every 100 ms per session and direction: \
-             in, the venue's SendingTime minus our receive time (kernel timestamp plus half \
-             the link's smoothed RTT; the engine log's timestamp, uncorrected, for logs); \
-             out, our engine's SendingTime minus our kernel's send time (log time for logs)",
-            SKEW_BUCKETS,
-        );
+        let (latency, fill_latency, skew) = histograms(meter);
         let mut capture_error = None;
         let tunnels = super::tunnels::tunnels(&settings.target_tls_tunnel);
         let auto = super::tunnels::auto_targets(&settings.target_tls_tunnel);
