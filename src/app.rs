@@ -974,10 +974,13 @@ impl Sidecar {
                 .reconfigure(new.fix.clone(), new.targets.clone());
         }
         self.running.web.send_replace(resources.web.clone());
-        let Some(dropped) = dropped else {
-            return Err("the poll loop did not take the new targets in time".to_owned());
-        };
-        let what = crate::reload::describe(&self.running.settings, &new, dropped);
+        // A poll blocked in the kernel: the loop takes the new targets when it returns (they
+        // wait in its queue, in order), so the rest is applied all the same.
+        let dropped = dropped.map_or_else(
+            || "not known yet (the poll loop was busy; it applies them next)".to_owned(),
+            |n| n.to_string(),
+        );
+        let what = crate::reload::describe(&self.running.settings, &new, &dropped);
         self.running.settings = new;
         Ok(what)
     }

@@ -903,8 +903,7 @@ impl Poller {
         self.instruments.retarget(&r.targets, &remap);
         self.instruments.start_ends_at_zero(&r.end_causes);
         let tracker = &self.tracker;
-        self.processes
-            .retain(|k, _| tracker.active().any(|c| c.key == *k));
+        self.processes.retain(|k, _| tracker.is_active(k));
         self.source = r.source;
         #[cfg(target_os = "linux")]
         if self.owners.is_some() {

@@ -147,7 +147,7 @@ pub fn restart_only(old: &Settings, new: &Settings) -> Vec<String> {
 }
 
 /// What a reload did, for the log and the HTTP answer.
-pub fn describe(old: &Settings, new: &Settings, dropped: usize) -> String {
+pub fn describe(old: &Settings, new: &Settings, dropped: &str) -> String {
     let names =
         |s: &Settings| -> Vec<String> { s.targets.iter().map(|t| t.name.clone()).collect() };
     let (before, after) = (names(old), names(new));
@@ -218,7 +218,7 @@ mod tests {
                 "targets[].tls_tunnel"
             ]
         );
-        let text = describe(&old, &targets, 0);
+        let text = describe(&old, &targets, "0");
         assert!(
             text.contains("added: b; removed: none; changed: none"),
             "{text}"

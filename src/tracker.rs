@@ -289,6 +289,11 @@ impl Tracker {
         self.active.values()
     }
 
+    /// Whether the session `key` is active.
+    pub fn is_active(&self, key: &ConnKey) -> bool {
+        self.active.contains_key(key)
+    }
+
     pub fn active_count(&self) -> usize {
         self.active.len()
     }
