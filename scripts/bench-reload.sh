@@ -28,7 +28,8 @@
 #      /connections) before and after, as evidence of what a restart loses.
 # Knobs: BENCH_RELOAD_OUT (directory, target/bench-reload), BENCH_RELOAD_PORT (the sidecar's
 # endpoint, 19581), BENCH_NO_BUILD=1 (use the release binaries as they are), FIX_MONITOR /
-# FIX_LOADGEN (use these binaries; with BENCH_NO_BUILD=1).
+# FIX_LOADGEN (use these binaries; with BENCH_NO_BUILD=1), BENCH_RELOAD_NOTE (a line for the
+# report: what else ran on the machine).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -207,7 +208,7 @@ reload_once() {
     if [ "$before" != "$after" ] || [ "$after" != "$EXPECT" ]; then
         die "count changed across a reload ($src, M=$m, $case #$i): held 'total active closed' was '$before', is '$after' (expected '$EXPECT')"
     fi
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$m" "$src" "$case" "$i" "$ms" "$inproc" "$before" "$after" >>"$RELOADS"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$m" "$src" "$case" "$i" "$ms" "$inproc" "$before" "$after" "$(rss_kib)" >>"$RELOADS"
 }
 
 run_one() { # M SOURCE
@@ -281,39 +282,58 @@ for m in $MS; do
     for src in $SOURCES; do run_one "$m" "$src"; done
 done
 
-python3 - "$RELOADS" "$SERIES" "$RESTARTS_TSV" "$R" "$RESTARTS" >"$RES" <<'EOF'
+{
+    echo "## Reloading the configuration"
+    echo
+    echo "Run $(date -u +'%Y-%m-%d %H:%M UTC') on $(nproc) cores ($(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ //')), Linux $(uname -r), git $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src Cargo.toml || echo ' + uncommitted changes'), release build, as $(id -un)."
+    echo "Command: \`bash scripts/bench-reload.sh\` (BENCH_RELOAD_MS=\"$MS\", BENCH_RELOAD_R=$R, BENCH_RELOAD_RESTARTS=$RESTARTS, BENCH_RELOAD_HISTORY=$HISTORY; the sidecar \`run --config FILE --interval 1s --source auto|netlink\`)."
+    [ -z "${BENCH_RELOAD_NOTE:-}" ] || echo "$BENCH_RELOAD_NOTE"
+    echo
+} >"$RES"
+python3 - "$RELOADS" "$SERIES" "$RESTARTS_TSV" "$R" "$RESTARTS" "$HISTORY" >>"$RES" <<'EOF'
 import statistics, sys
-from datetime import datetime, timezone
 reloads, series, restarts = ([l.rstrip("\n").split("\t") for l in open(p) if l.strip()] for p in sys.argv[1:4])
-r, nrestarts = sys.argv[4], sys.argv[5]
+r, nrestarts, history = int(sys.argv[4]), sys.argv[5], sys.argv[6]
 name = {"auto": "auto (eBPF)", "netlink": "netlink"}
 def med_max(v):
     v = [float(x) for x in v]
     return f"{statistics.median(v):.0f} / {max(v):.0f}"
+def slash(v):
+    return v.replace(" ", " / ")
 keys = list(dict.fromkeys((row[0], row[1]) for row in reloads))
-print(f"### Reload (SIGHUP), {r} times each case: milliseconds, median / max\n")
-print("| held sessions | source | add a target: signal -> `reloaded` line | inside the process | remove a target: signal -> line | inside the process | held total / active / closed, before -> after every reload | polls during the reloads / seconds elapsed | RSS before -> after 1st pair -> after all (KiB) |")
-print("|---:|---|---:|---:|---:|---:|---|---:|---|")
+print(f"M sessions held on loopback (fix-loadgen), opened after the sidecar started, after {history} others to the same target "
+      f"opened and closed: the held target's counters are total M + {history}, active M, closed {history}. Times in ms, median / max.\n")
+print(f"### Reload: SIGHUP, {r} times each case, alternately\n")
+print("Add: a config that adds a second target and removes nothing. Remove: one that removes that (unrelated) target. "
+      "Signal -> line: from just before `kill -HUP` to the timestamp of the `configuration reloaded` line; inside: from "
+      "the `SIGHUP received` line to it. The counts are read before each reload and after a poll that ended after it "
+      "(and two polls after the last); the script fails if one changed.\n")
+print("| held sessions | source | add: signal -> line | add: inside | remove: signal -> line | remove: inside | held total / active / closed, before -> after every reload | polls / seconds over the reloads | RSS KiB: before -> after the 1st pair -> after all | RSS change over the last half of the reloads |")
+print("|---:|---|---:|---:|---:|---:|---|---:|---|---:|")
 for m, s in keys:
     rows = [x for x in reloads if (x[0], x[1]) == (m, s)]
     add = [x for x in rows if x[2] == "add"]
     rem = [x for x in rows if x[2] == "remove"]
     counts = sorted({(x[6], x[7]) for x in rows})
-    c = "; ".join(f"{b.replace(' ', ' / ')} -> {a.replace(' ', ' / ')}" for b, a in counts)
+    c = "; ".join(f"{slash(b)} -> {slash(a)}" for b, a in counts)
     se = next(x for x in series if (x[0], x[1]) == (m, s))
     d = int(se[6]) - int(se[4])
+    half = int(rows[-1][8]) - int(rows[len(rows) // 2 - 1][8])
     print(f"| {int(m):,} | {name.get(s, s)} | {med_max(x[4] for x in add)} | {med_max(x[5] for x in add)} | "
-          f"{med_max(x[4] for x in rem)} | {med_max(x[5] for x in rem)} | {c} (all {len(rows)} equal) | "
-          f"{se[2]} / {se[3]} | {int(se[4]):,} -> {int(se[5]):,} -> {int(se[6]):,} ({d:+,}) |")
-print(f"\n### Restart (SIGTERM, wait for the exit, start with the other config), {nrestarts} times: milliseconds, median / max\n")
-print("| held sessions | source | SIGTERM -> exited | start -> /health serves | start -> first poll published M | SIGTERM -> M published (no polls meanwhile) | held total / active / closed / preexisting, before -> after the first restart |")
+          f"{med_max(x[4] for x in rem)} | {med_max(x[5] for x in rem)} | {c} (all {len(rows)}) | "
+          f"{se[2]} / {se[3]} | {int(se[4]):,} -> {int(se[5]):,} -> {int(se[6]):,} ({d:+,}) | {half:+,} KiB over {len(rows) // 2} |")
+print(f"\n### Restart: SIGTERM, wait for the exit, start with the other config, {nrestarts} times\n")
+print("Start -> served: until `/health` answers; -> published: until a poll has published the M sessions "
+      "(`/health` active_connections == M, polls >= 1). SIGTERM -> published is the gap an operator's restart leaves "
+      "(no polls, no endpoint for part of it). Preexisting: sessions in `/connections` whose start is unknown.\n")
+print("| held sessions | source | SIGTERM -> exited | start -> served | start -> published | SIGTERM -> published | held total / active / closed / preexisting, before -> after the first restart |")
 print("|---:|---|---:|---:|---:|---:|---|")
 for m, s in keys:
     rows = [x for x in restarts if (x[0], x[1]) == (m, s)]
-    ev = f"{rows[0][7].replace(' ', ' / ')} -> {rows[0][8].replace(' ', ' / ')}"
+    ev = f"{slash(rows[0][7])} -> {slash(rows[0][8])}"
     if len(rows) > 1:
         same = all(x[7] == x[8] == rows[0][8] for x in rows[1:])
-        ev += f"; then {'unchanged' if same else 'changed'} by the next {len(rows) - 1}"
+        ev += f"; {'the same after' if same else 'changed by'} the next {len(rows) - 1}"
     print(f"| {int(m):,} | {name.get(s, s)} | {med_max(x[3] for x in rows)} | {med_max(x[4] for x in rows)} | "
           f"{med_max(x[5] for x in rows)} | {med_max(x[6] for x in rows)} | {ev} |")
 EOF
