@@ -2,7 +2,7 @@
 # The configuration reload (SIGHUP) against what an operator does without it (a restart), side
 # by side (Linux; run as root for the eBPF source; traffic on loopback only):
 #
-#   bash scripts/bench-reload.sh       # ~4-5 minutes; writes target/bench-reload/results.md
+#   bash scripts/bench-reload.sh       # ~3 minutes; writes target/bench-reload/results.md
 #
 # For M in BENCH_RELOAD_MS ("0 1000 10000") held sessions (fix-loadgen, benches/loadgen/: M
 # connections 127.0.83.1:20000.. -> 127.0.83.2:7001, spread by the loadgen over child processes
