@@ -1,4 +1,6 @@
 # shellcheck shell=bash
+# SC2034: package_build sets bin, cargo_profile and profile for the script that sources this.
+# shellcheck disable=SC2034
 # What the package scripts share (sourced, not run): scripts/package-deb.sh (the Debian package)
 # and scripts/package-rpm.sh (the RPM) build the binary and generate the files a package ships
 # that are not in the tree the same way, here. The sourcing script defines log and die, and
