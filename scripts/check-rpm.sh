@@ -28,10 +28,11 @@
 #     (`--version` names the version) and `fix-monitor config --config` with the packaged
 #     config exits 0 and shows its targets; the config, README.md, DEPLOYING.md and the drop-ins
 #     are the tree's files; the man page has its .TH line; the completions are not empty;
-#   - the packaged unit: `systemd-analyze verify --root` on the extracted tree says nothing
-#     (ExecStart='s binary is there; the man page of Documentation= is checked by man-db, in
-#     the root), `systemd-analyze security --offline` rates it <= 2.0 like the example, and it
-#     runs as User=fix-monitor with empty capability sets;
+#   - the packaged unit: `systemd-analyze verify` says nothing (on a copy whose two command
+#     lines name the extracted binary, as the package is not installed; man-db finds the
+#     payload's man page for Documentation= through MANPATH), `systemd-analyze security
+#     --offline` rates it <= 2.0 like the example, and it runs as User=fix-monitor with empty
+#     capability sets;
 #   - `rpm -i --root` into an empty directory (--nodeps, --noscripts: no RPM distribution
 #     here to satisfy Requires or run scriptlets in) installs it: `rpm -V` finds every file as
 #     packaged; an edited config survives `rpm -e` as config.toml.rpmsave and the erase leaves
