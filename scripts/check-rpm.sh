@@ -74,6 +74,7 @@ else
     pkg="$(bash "$ROOT/scripts/package-rpm.sh" | tail -n1)" || die "scripts/package-rpm.sh failed"
 fi
 [ -f "$pkg" ] || die "no package at '$pkg'"
+pkg="$(realpath "$pkg")"  # the payload is extracted from another directory
 ok "built $(basename "$pkg") ($(du -h "$pkg" | cut -f1))"
 
 version="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps \
