@@ -11,6 +11,7 @@
 #       man-db zsh fish debootstrap (the Debian package's checks: scripts/check-package.sh,
 #       scripts/check-package-root.sh)
 #       stunnel4 (a real TLS tunnel between gateway and venue: tests/system/tls_tunnel.rs)
+#       rpm (rpm, rpm2archive: the RPM's check, scripts/check-rpm.sh)
 # (b) Debian trixie's victoria-metrics and prometheus (2.53) .debs, fetched with
 #     `apt-get download` through a PRIVATE apt state under .tools/apt/ that
 #     reuses the host's configured Debian mirror with the suite swapped for
@@ -19,10 +20,12 @@
 #     configuration, lists and dpkg database are never touched by this part.
 #
 # (c) cargo-deb (crates.io, `cargo install --locked`, version pinned in scripts/package-deb.sh)
-#     into .tools/cargo-deb/.
+#     into .tools/cargo-deb/, and cargo-generate-rpm (likewise, pinned in
+#     scripts/package-rpm.sh) into .tools/cargo-generate-rpm/.
 #
 # Results:
 #   .tools/bin/cargo-deb            -> .tools/cargo-deb/bin/cargo-deb
+#   .tools/bin/cargo-generate-rpm   -> .tools/cargo-generate-rpm/bin/cargo-generate-rpm
 #   .tools/bin/victoria-metrics     -> .tools/victoria-metrics/usr/bin/victoria-metrics
 #   .tools/bin/prometheus-trixie    -> .tools/prometheus-trixie/usr/bin/prometheus
 #   .tools/bin/promtool-trixie      -> .tools/prometheus-trixie/usr/bin/promtool
@@ -82,6 +85,7 @@ declare -A PKG_CMD=(
     [zsh]=zsh
     [fish]=fish
     [debootstrap]=debootstrap
+    [rpm]=rpm2archive
 )
 HOST_PKGS=(prometheus prometheus-node-exporter tmux wrk hyperfine iproute2 jq python3 python3-yaml curl util-linux systemd
     podman runc ca-certificates nftables openssl)
@@ -90,6 +94,7 @@ HOST_PKGS+=(clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev pkg-config)  # s
 # packaged zsh and fish completions parsed (and fish's used) by their shells.
 HOST_PKGS+=(man-db zsh fish)
 HOST_PKGS+=(debootstrap)  # scripts/check-package-root.sh: the package in a minimal Debian root
+HOST_PKGS+=(rpm)  # scripts/check-rpm.sh: the RPM read by rpm's own tools (rpm -qp, rpm2archive)
 HOST_PKGS+=(faketime)  # tests/system/faults.rs: the wall clock stepped under the real binary
 HOST_PKGS+=(stunnel4)  # tests/system/tls_tunnel.rs: a real stunnel between gateway and venue
 
@@ -320,6 +325,9 @@ ln -sfn ../prometheus-trixie/usr/bin/promtool "$BIN/promtool-trixie"
 # ---------------------------------------------------------------------------
 bash "$ROOT/scripts/package-deb.sh" --install-cargo-deb
 ln -sfn ../cargo-deb/bin/cargo-deb "$BIN/cargo-deb"
+# cargo-generate-rpm, for the RPM (scripts/package-rpm.sh, scripts/check-rpm.sh), the same way.
+bash "$ROOT/scripts/package-rpm.sh" --install-tool
+ln -sfn ../cargo-generate-rpm/bin/cargo-generate-rpm "$BIN/cargo-generate-rpm"
 
 # ---------------------------------------------------------------------------
 # Verify everything runs; summary
@@ -356,11 +364,13 @@ ver() {
     ver podman                    podman --version
     ver runc                      runc --version
     ver cargo-deb                 "$BIN/cargo-deb" --version
+    ver cargo-generate-rpm        "$BIN/cargo-generate-rpm" --version
+    ver rpm                       rpm --version
 } > "$TOOLS/versions.txt.tmp"
 mv "$TOOLS/versions.txt.tmp" "$TOOLS/versions.txt"
 
 # wrk -v always exits 1; make sure it at least printed its banner.
 grep -q '^wrk .*wrk ' "$TOOLS/versions.txt" || die "wrk did not print a version"
 
-echo "fix-monitor tools (.tools/bin: victoria-metrics, prometheus-trixie, promtool-trixie, cargo-deb):"
+echo "fix-monitor tools (.tools/bin: victoria-metrics, prometheus-trixie, promtool-trixie, cargo-deb, cargo-generate-rpm):"
 cat "$TOOLS/versions.txt"

@@ -24,4 +24,8 @@ bash scripts/check-examples.sh
 export PACKAGE_PROFILE=debug
 bash scripts/check-package.sh
 bash scripts/check-package-root.sh
+# The RPM, beside it: built from the same test build (cargo-generate-rpm), read with Debian's
+# rpm tools (rpm -qlp and friends, rpm2archive), not installed on an RPM distribution (about
+# 15 s once cargo-generate-rpm is in .tools/: a gzip payload for the test build).
+bash scripts/check-rpm.sh
 bash scripts/check-layers.sh
