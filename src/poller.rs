@@ -890,6 +890,9 @@ impl Poller {
     /// its sessions (with their starts), counts and series. Returns how many sessions are no
     /// longer watched.
     pub fn reconfigure(&mut self, r: Reconfigure, clock: &dyn Clock) -> usize {
+        // A last poll of the old source: the events it holds are not lost with it (the new one
+        // has been watching since it was opened, so none falls between the two).
+        self.tick(clock);
         let now = clock.now();
         self.settle_ends(now.mono, true);
         let remap = self.tracker.targets().remap(&r.targets);

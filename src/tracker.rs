@@ -414,9 +414,13 @@ impl Tracker {
             return None;
         }
         let conn = self.insert(key, socket.state, at, false)?;
-        let s = &mut self.stats[conn.target];
-        s.peak = s.peak.max(s.active);
-        self.peak = self.peak.max(self.active.len() as u64);
+        // Right after a reload the sessions that closed while the sources were swapped are
+        // still counted until the next snapshot: the peak waits for it.
+        if self.widened.is_empty() {
+            let s = &mut self.stats[conn.target];
+            s.peak = s.peak.max(s.active);
+            self.peak = self.peak.max(self.active.len() as u64);
+        }
         Some(Event::Opened(conn))
     }
 
