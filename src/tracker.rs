@@ -1166,4 +1166,27 @@ mod tests {
         t.event(&gone, &mut ev);
         assert!(ev.is_empty(), "{ev:?}");
     }
+
+    #[test]
+    fn after_a_reload_the_peak_waits_for_the_first_snapshot() {
+        let mut t = Tracker::new(targets());
+        let t0 = Timestamp::now();
+        let mut ev = Vec::new();
+        t.apply(t0, &[], &mut ev);
+        t.apply(t0, &[sock(5000, "10.0.0.1:9000", 1)], &mut ev);
+        assert_eq!(t.stats()[0].peak, 1);
+        let same = targets();
+        let remap = t.targets().remap(&same);
+        t.retarget(same, &remap, &mut ev);
+        // The session closed while the sources were swapped; its successor's open comes as an
+        // event before the snapshot that no longer lists the first.
+        let next = sock(5001, "10.0.0.1:9000", 2);
+        assert!(t.open(t0, &next).is_some());
+        assert_eq!(t.stats()[0].peak, 1, "two were never open at once");
+        t.apply(t0, &[next], &mut ev);
+        assert_eq!((t.stats()[0].active, t.stats()[0].peak), (1, 1));
+        // Past that snapshot, opens raise the peak at once again.
+        t.open(t0, &sock(5002, "10.0.0.1:9000", 3));
+        assert_eq!(t.stats()[0].peak, 2);
+    }
 }
