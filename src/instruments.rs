@@ -330,7 +330,9 @@ impl Instruments {
         source: SourceKind,
         caps: Capabilities,
     ) -> Instruments {
-        let observed = Arc::new(Mutex::new(Observed::of(targets)));
+        let observed = Observed::of(targets);
+        let shared_attrs = observed.attrs.clone();
+        let observed = Arc::new(Mutex::new(observed));
         connection_gauges(meter, &observed);
         expected_up_gauge(meter, &observed);
 
@@ -366,7 +368,7 @@ impl Instruments {
             state_write_errors: counter(meter, names::STATE_WRITE_ERRORS, "Writes of the state file that failed (the state directory full or read-only); the sessions' starts stay in memory and the write is retried at the next save"),
             ends: counter(meter, names::ENDS, "Sessions that ended, by why (cause): judged from who hung up, the kernel's reason, the FIX layer's account (Logout, refused Logon, unanswered TestRequest, sequence complaint) and the target's schedule"),
             closed_attrs: closed_attrs(targets),
-            target_attrs: Arc::new(target_attrs(targets)),
+            target_attrs: shared_attrs,
             observed,
             zero: (source, caps),
             end_causes: Vec::new(),
@@ -537,13 +539,10 @@ impl Instruments {
     /// gauges are no longer observed (its counters keep their last values until a restart:
     /// the SDK does not forget a cumulative series).
     pub fn retarget(&mut self, targets: &Targets, remap: &Remap) {
-        self.target_attrs = Arc::new(target_attrs(targets));
-        self.closed_attrs = closed_attrs(targets);
         let fresh = Observed::of(targets);
-        *self.observed.lock().unwrap_or_else(|e| e.into_inner()) = Observed {
-            attrs: self.target_attrs.clone(),
-            ..fresh
-        };
+        self.target_attrs = fresh.attrs.clone();
+        self.closed_attrs = closed_attrs(targets);
+        *self.observed.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
         if let Some(h) = &self.health {
             let mut ports = h.ports.lock().unwrap_or_else(|e| e.into_inner());
             *ports = (ports.iter())
