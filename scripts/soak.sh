@@ -9,9 +9,8 @@
 #   SOAK_SECONDS=120 SOAK_PROFILE=debug scripts/soak.sh   # what CI (scripts/test.sh) runs
 #
 # Environment: SOAK_SECONDS (600), SOAK_WARMUP (a fifth of it, at least 30), SOAK_RELOAD_EVERY
-# (seconds between two configuration reloads: 600 for a soak of 20 minutes or more, else none,
-# so CI's 2-minute soak has none: with reloads every 30 s it saw, twice, an eBPF-mode peak one
-# above the sessions ever open, not yet explained; 0: none), SOAK_PROFILE
+# (seconds between two configuration reloads: 600 for a soak of 20 minutes or more, else 30, so
+# CI's 2-minute soak reloads three times; 0: none), SOAK_PROFILE
 # (release | debug), SOAK_OUT (target/soak-PID: the sidecar's log, samples, summary.json),
 # VICTORIA_METRICS (default .tools/bin/victoria-metrics, from scripts/fetch-tools.sh),
 # SOAK_CARGO_ARGS (extra cargo build arguments: CI passes its test build's --features so that
@@ -22,7 +21,7 @@ cd "$(dirname "$0")/.."
 secs="${SOAK_SECONDS:-600}"
 warmup="${SOAK_WARMUP:-$(( secs / 5 > 30 ? secs / 5 : 30 ))}"
 profile="${SOAK_PROFILE:-release}"
-reload_every="${SOAK_RELOAD_EVERY:-$(( secs >= 1200 ? 600 : 0 ))}"
+reload_every="${SOAK_RELOAD_EVERY:-$(( secs >= 1200 ? 600 : 30 ))}"
 out="${SOAK_OUT:-target/soak-$$}"
 vm="${VICTORIA_METRICS:-.tools/bin/victoria-metrics}"
 [ -x "$vm" ] || { echo "soak: $vm not found: run scripts/fetch-tools.sh" >&2; exit 1; }
