@@ -169,8 +169,9 @@ pub struct Sidecar {
 /// The running configuration, and the handles a reload goes through.
 struct Running {
     settings: Settings,
-    /// The source that runs (what `auto` chose).
+    /// The source that runs (what `auto` chose), and what it can do.
     kind: source::SourceKind,
+    capabilities: source::Capabilities,
     /// How closes are known (a reload re-subscribes to the kernel's close events).
     mode: Mode,
     /// The endpoint's web config: each new connection takes the latest.
@@ -693,7 +694,7 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
     };
 
     let confirm = confirmation(source.capabilities().confirm);
-    let poll_kind = source.kind();
+    let (poll_kind, capabilities) = (source.kind(), source.capabilities());
     let mut poller = Poller::new(
         source,
         instruments,
@@ -717,6 +718,7 @@ pub async fn start(settings: &Settings, options: StartOptions) -> Result<Sidecar
     let running = Running {
         settings: settings.clone(),
         kind: poll_kind,
+        capabilities,
         mode,
         web,
         status,
@@ -931,16 +933,23 @@ impl Sidecar {
                 restart.join(", ")
             ));
         }
-        // What can fail first, while the running parts are untouched.
+        // The running source takes the new targets in place where it can (the eBPF programs'
+        // maps); else the loop opens one of the same kind for them, before it changes
+        // anything (a failure refuses the reload).
         let kind = self.running.kind;
-        let mut source = source::open_with(kind, &new.targets, new.poll.reconcile_interval)
-            .map_err(|e| {
-                format!(
-                    "cannot open the {} source for the new targets: {e}",
-                    kind.as_str()
-                )
-            })?;
-        source.set_health_interval(new.poll.health_interval);
+        let (targets, poll) = (new.targets.clone(), new.poll.clone());
+        let open = move || {
+            let mut source =
+                source::open_with(kind, &targets, poll.reconcile_interval).map_err(|e| {
+                    format!(
+                        "cannot open the {} source for the new targets: {e}",
+                        kind.as_str()
+                    )
+                })?;
+            source.set_health_interval(poll.health_interval);
+            Ok(source)
+        };
+        let source = crate::poller::NewSource::InPlace(Box::new(open));
         let subscription = self.resubscribe(&new.targets)?;
         if let Some(reader) = self.events_reader.take() {
             reader.stop().await;
@@ -950,7 +959,7 @@ impl Sidecar {
             schedules: new.target_schedules.clone(),
             grace: new.schedule_grace,
         };
-        let end_causes = possible_ends(&new, source.capabilities(), self.fix.is_some());
+        let end_causes = possible_ends(&new, self.running.capabilities, self.fix.is_some());
         let reconfigure = crate::poller::Reconfigure {
             end_causes,
             source,
@@ -965,10 +974,18 @@ impl Sidecar {
             .await
             .ok()
             .and_then(Result::ok);
-        if let Some(sub) = subscription {
-            let stop = self.poll_loop.stop.child_token();
-            self.events_reader = Some(EventsReader::spawn(sub, self.inputs.clone(), stop));
-        }
+        let subscription = match dropped {
+            // Nothing applied: the close events of the targets that run, again.
+            Some(Err(why)) => match self.resubscribe(&self.running.settings.targets) {
+                Ok(sub) => {
+                    self.listen_for_closes(sub);
+                    return Err(why);
+                }
+                Err(e) => return Err(format!("{why}; and {e}")),
+            },
+            _ => subscription,
+        };
+        self.listen_for_closes(subscription);
         if let Some(fix) = &self.fix {
             fix.reloads
                 .reconfigure(new.fix.clone(), new.targets.clone());
@@ -976,13 +993,21 @@ impl Sidecar {
         self.running.web.send_replace(resources.web.clone());
         // A poll blocked in the kernel: the loop takes the new targets when it returns (they
         // wait in its queue, in order), so the rest is applied all the same.
-        let dropped = dropped.map_or_else(
-            || "not known yet (the poll loop was busy; it applies them next)".to_owned(),
-            |n| n.to_string(),
-        );
+        let dropped = match dropped {
+            Some(Ok(n)) => n.to_string(),
+            _ => "not known yet (the poll loop was busy; it applies them next)".to_owned(),
+        };
         let what = crate::reload::describe(&self.running.settings, &new, &dropped);
         self.running.settings = new;
         Ok(what)
+    }
+
+    /// Reads the kernel's close events of `subscription` into the loop, if there is one.
+    fn listen_for_closes(&mut self, subscription: Option<Subscription>) {
+        if let Some(sub) = subscription {
+            let stop = self.poll_loop.stop.child_token();
+            self.events_reader = Some(EventsReader::spawn(sub, self.inputs.clone(), stop));
+        }
     }
 
     /// A new subscription to the kernel's close events for `targets`, where the sidecar has

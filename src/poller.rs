@@ -71,11 +71,19 @@ pub enum Input {
     Reconfigure(Box<Reconfigure>),
 }
 
-/// What a reload changes in the loop. The caller opens the new source (its kernel filter and
-/// programs hold the targets) before it is handed over, so that one that cannot open leaves
-/// the running one alone.
+/// Where a reload's targets are watched from.
+pub enum NewSource {
+    /// A source opened for them: the running one is dropped.
+    Opened(Box<dyn Source>),
+    /// The running source, if it can take them in place ([`Source::retarget`]: the eBPF
+    /// programs' maps); else, or if that fails, the one this opens.
+    InPlace(Box<dyn FnOnce() -> Result<Box<dyn Source>, String> + Send>),
+}
+
+/// What a reload changes in the loop. Its source is settled first ([`NewSource`]): one that
+/// cannot take the new targets refuses the whole reload, and the loop runs on as it was.
 pub struct Reconfigure {
-    pub source: Box<dyn Source>,
+    pub source: NewSource,
     pub targets: crate::target::Targets,
     /// By target id of `targets`.
     pub schedules: Vec<Option<Arc<crate::schedule::Schedule>>>,
@@ -84,14 +92,19 @@ pub struct Reconfigure {
     /// The causes of ends the sidecar can tell now (a first schedule adds the planned ones):
     /// their series start at 0 for every target.
     pub end_causes: Vec<crate::ends::Cause>,
-    /// Told, once the loop runs on the new targets, how many sessions are no longer watched.
-    pub done: std::sync::mpsc::Sender<usize>,
+    /// Told, once the loop runs on the new targets, how many sessions are no longer watched;
+    /// or why none of it was applied (no source could take the new targets).
+    pub done: std::sync::mpsc::Sender<Result<usize, String>>,
 }
 
 impl std::fmt::Debug for Reconfigure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let source = match &self.source {
+            NewSource::Opened(s) => s.kind().as_str(),
+            NewSource::InPlace(_) => "in place",
+        };
         f.debug_struct("Reconfigure")
-            .field("source", &self.source.kind())
+            .field("source", &source)
             .field("targets", &self.targets)
             .finish_non_exhaustive()
     }
@@ -724,6 +737,12 @@ impl Poller {
                 let Reconfigure { done, .. } = &*r;
                 let done = done.clone();
                 let dropped = self.reconfigure(*r, clock);
+                if let Err(why) = &dropped {
+                    // Said here too: the reloader may have given up waiting.
+                    tracing::error!(
+                        "configuration reload not applied, the running configuration stays: {why}"
+                    );
+                }
                 // The reloader gone (it gave up waiting): nothing to tell.
                 let _ = done.send(dropped);
                 Flow::Continue
@@ -889,10 +908,28 @@ impl Poller {
     /// waiting are judged first, under the targets they happened to; a target that stays keeps
     /// its sessions (with their starts), counts and series. Returns how many sessions are no
     /// longer watched.
-    pub fn reconfigure(&mut self, r: Reconfigure, clock: &dyn Clock) -> usize {
-        // A last poll of the old source: the events it holds are not lost with it (the new one
-        // has been watching since it was opened, so none falls between the two).
+    pub fn reconfigure(&mut self, r: Reconfigure, clock: &dyn Clock) -> Result<usize, String> {
+        // A last poll of the old source (or of the running one on its old targets): the events
+        // it holds are not lost with it (a new one has been watching since it was opened, so
+        // none falls between the two).
         self.tick(clock);
+        let replacement = match r.source {
+            NewSource::Opened(source) => Some(source),
+            NewSource::InPlace(open) => match self.source.retarget(&r.targets) {
+                Ok(true) => {
+                    tracing::info!(
+                        source = self.source.kind().as_str(),
+                        "the source took the new targets in place"
+                    );
+                    None
+                }
+                Ok(false) => Some(open()?),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the source could not take the new targets in place; opening a new one");
+                    Some(open()?)
+                }
+            },
+        };
         let now = clock.now();
         self.settle_ends(now.mono, true);
         let remap = self.tracker.targets().remap(&r.targets);
@@ -907,12 +944,15 @@ impl Poller {
         self.instruments.start_ends_at_zero(&r.end_causes);
         let tracker = &self.tracker;
         self.processes.retain(|k, _| tracker.is_active(k));
-        self.source = r.source;
-        #[cfg(target_os = "linux")]
-        if self.owners.is_some() {
-            self.source.keep_inodes();
+        if let Some(source) = replacement {
+            self.source = source;
+            #[cfg(target_os = "linux")]
+            if self.owners.is_some() {
+                self.source.keep_inodes();
+            }
+            // A new source counts its losses and reconciles from 0.
+            self.counts_seen = Default::default();
         }
-        self.counts_seen = Default::default();
         self.sockets.clear();
         self.names = target_names(&r.targets);
         self.end_context = r.ends;
@@ -938,7 +978,7 @@ impl Poller {
         }
         self.announce();
         self.save(true);
-        dropped
+        Ok(dropped)
     }
 
     /// The end of the loop: every end waiting is judged, the state file written one last time.

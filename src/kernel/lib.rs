@@ -228,6 +228,13 @@ pub trait Source: Send {
     fn detail(&self) -> Option<String> {
         None
     }
+
+    /// Takes new targets in place (a reload), keeping what it knows of the sessions of the
+    /// targets that stay: `Ok(true)`. `Ok(false)` where it cannot; the caller then opens a new
+    /// source for them. An error leaves the source on the targets it had.
+    fn retarget(&mut self, _targets: &Targets) -> Result<bool, SourceError> {
+        Ok(false)
+    }
 }
 
 /// A source as [`open_with`] hands it out: the source itself, and why it was chosen.
@@ -279,6 +286,9 @@ impl Source for Chosen {
     }
     fn detail(&self) -> Option<String> {
         self.inner.detail()
+    }
+    fn retarget(&mut self, targets: &Targets) -> Result<bool, SourceError> {
+        self.inner.retarget(targets)
     }
 }
 

@@ -98,7 +98,7 @@ fn reload_keeps_counts(source: &str, net: u8) {
     let mut held_a: Vec<TcpStream> = (0..3)
         .map(|_| connect_from("127.0.0.1:0", a.addr))
         .collect();
-    let _held_b: Vec<TcpStream> = (0..2)
+    let held_b: Vec<TcpStream> = (0..2)
         .map(|_| connect_from("127.0.0.1:0", b.addr))
         .collect();
     let _held_c = connect_from("127.0.0.1:0", c.addr);
@@ -125,6 +125,13 @@ fn reload_keeps_counts(source: &str, net: u8) {
         "{log}"
     );
     wait_counts(&sc, "c", (1.0, 1.0, 0.0));
+    // eBPF mode (`auto` as root) writes the new targets into its programs' maps instead of
+    // loading them again; the other sources are opened anew.
+    let in_place = log.contains("the source took the new targets in place");
+    assert_eq!(in_place, sc.json("/health")["source"] == "ebpf", "{log}");
+    // b's sessions end after it was removed: not a session of anyone (in eBPF mode the programs
+    // still see them, with the storage they were given).
+    drop(held_b);
     let m = sc.metrics();
     assert_eq!(m.get(OK, &[]), Some(1.0));
     assert!(
@@ -224,6 +231,8 @@ fn reload_keeps_counts(source: &str, net: u8) {
 
     let (status, log) = sc.terminate();
     assert!(status.success(), "{log}");
+    let after = &log[log.find("targets added: c").unwrap()..];
+    assert!(!after.contains("target_name=b"), "{after}");
 }
 
 fn web_config(dir: &std::path::Path, user: &str) -> std::path::PathBuf {

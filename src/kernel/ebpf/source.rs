@@ -76,6 +76,10 @@ struct Known {
 pub struct EbpfSource {
     monitor: Monitor,
     dump: NetlinkSource,
+    /// The targets the programs watch now. After a reload ([`Source::retarget`]) the sessions
+    /// of a removed target keep their storage until they close: their changes are not the
+    /// loop's, and are kept out of the set and the events.
+    targets: Targets,
     /// The sessions, by 4-tuple (so that polls list them in order).
     active: BTreeMap<(SocketAddr, SocketAddr), Known>,
     /// The same sessions' 4-tuples by cookie: the kernel has released a socket's local port by
@@ -162,6 +166,7 @@ impl EbpfSource {
         Ok(EbpfSource {
             monitor,
             dump,
+            targets: targets.clone(),
             active: BTreeMap::new(),
             tuples: HashMap::new(),
             health_on: true,
@@ -252,6 +257,14 @@ impl EbpfSource {
                     (c.local, c.remote) = (local, remote);
                 }
             }
+            // A session of a target a reload removed (its tuple known): no longer watched.
+            let complete = c.local.port() != 0;
+            if complete && self.targets.classify(&c.local, &c.remote).is_none() {
+                if matches!(what, Some(Change::Closed(_))) {
+                    self.tuples.remove(&c.sock_cookie);
+                }
+                continue;
+            }
             if c.ts_ns >= after_ns {
                 let key = (c.local, c.remote);
                 match what {
@@ -321,9 +334,14 @@ impl EbpfSource {
         self.active.clear();
         self.tuples.clear();
         for (local, remote, cookie, health) in sessions {
-            self.active
-                .insert((local, remote), Known { cookie, health });
+            // Every session's tuple, for its close (whose record may have lost its port); in
+            // the set only those a target holds (a removed target's sessions are still in the
+            // programs' table until they close).
             self.tuples.insert(cookie, (local, remote));
+            if self.targets.classify(&local, &remote).is_some() {
+                self.active
+                    .insert((local, remote), Known { cookie, health });
+            }
         }
         self.stats.reconciles += 1;
     }
@@ -378,6 +396,33 @@ impl Source for EbpfSource {
                  {why})"
             ),
         })
+    }
+
+    /// The new targets into the programs' maps, without reloading them (no gap in what they
+    /// see): the sessions of targets that stay keep their storage and health; sessions that
+    /// were ESTABLISHED before a target was added or widened are adopted by the TCP iterator,
+    /// and the next poll reconciles the set from the programs' table (not a dump).
+    fn retarget(&mut self, targets: &Targets) -> Result<bool, SourceError> {
+        // What can fail without side effects first: the reconciling dump's socket and filter.
+        let dump = NetlinkSource::open(targets)?;
+        let old = specs(&self.targets);
+        let applied = (self.monitor.set_targets(&specs(targets)))
+            .and_then(|()| self.monitor.scan_existing().map(drop));
+        if let Err(e) = applied {
+            // Back to the blocks it had (each written whole), so the source stays on them.
+            if let Err(again) = self.monitor.set_targets(&old) {
+                tracing::error!(error = %again, "the eBPF programs' old targets could not be restored");
+            }
+            return Err(e.into());
+        }
+        self.dump = dump;
+        self.targets = targets.clone();
+        let targets = &self.targets;
+        self.active
+            .retain(|(local, remote), _| targets.classify(local, remote).is_some());
+        self.next_reconcile = None;
+        self.listed_valid = false;
+        Ok(true)
     }
 
     fn poll(&mut self, out: &mut Vec<SocketEntry>) -> Result<(), SourceError> {
