@@ -535,6 +535,95 @@ fn the_source_seeds_follows_and_reconciles_after_an_overflow() {
     drop(before);
 }
 
+/// A reload in eBPF mode: the loaded programs take new targets in their maps. Sessions of a
+/// target that stays keep their cookie and health; sessions of an added target that were open
+/// before are adopted with health from the next poll; a removed target's sessions leave the
+/// set, and their closes (the programs still see them) never reach the loop; no dump is taken.
+#[test]
+fn retargeting_in_place_keeps_adopts_and_forgets() {
+    let (a, b) = (
+        crate::harness::Downstream::listen("127.0.0.1:0"),
+        crate::harness::Downstream::listen("127.0.0.1:0"),
+    );
+    let mut src = open(vec![target(a.addr, None)]);
+    let mut out: Vec<SocketEntry> = Vec::new();
+    let to_a: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(a.addr).unwrap())
+        .collect();
+    let to_b: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(b.addr).unwrap())
+        .collect();
+    let locals = |v: &[TcpStream]| -> BTreeSet<SocketAddr> {
+        v.iter().map(|c| c.local_addr().unwrap()).collect()
+    };
+    let listed = |out: &[SocketEntry]| out.iter().map(|e| e.local).collect::<BTreeSet<_>>();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        src.poll(&mut out).unwrap();
+        if listed(&out) == locals(&to_a) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a's sessions never listed: {out:?}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let a_cookies: BTreeSet<u64> = out.iter().map(|e| e.id).collect();
+    src.take_changes();
+
+    // b added in front of a (a's target id changes), a kept: then a removed.
+    let both = Targets::new(vec![target(b.addr, None), target(a.addr, None)]);
+    assert!(
+        src.retarget(&both).unwrap(),
+        "the eBPF source retargets in place"
+    );
+    src.poll(&mut out).unwrap();
+    let mut want = locals(&to_a);
+    want.extend(locals(&to_b));
+    assert_eq!(listed(&out), want, "b's sessions adopted at once");
+    assert!(out.iter().all(|e| e.health.is_some()), "{out:?}");
+    let kept: BTreeSet<u64> = (out.iter())
+        .filter(|e| e.remote == a.addr)
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(kept, a_cookies, "a's sessions are the same sockets");
+    assert_eq!(src.stats().dump_reconciles, 1, "only the start dumps");
+
+    assert!(src
+        .retarget(&Targets::new(vec![target(b.addr, None)]))
+        .unwrap());
+    src.poll(&mut out).unwrap();
+    assert_eq!(listed(&out), locals(&to_b), "a's sessions are not watched");
+    src.take_changes();
+    // a's sessions end (the programs still see them): not the loop's. A new one to b is.
+    drop(to_a);
+    let new_b = TcpStream::connect(b.addr).unwrap();
+    let mut events = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !events
+        .iter()
+        .any(|e: &fix_monitor::source::SocketEvent| e.local == new_b.local_addr().unwrap())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "b's new session never came: {events:?}"
+        );
+        thread::sleep(Duration::from_millis(20));
+        src.poll(&mut out).unwrap();
+        src.take_events(fix_monitor::source::Timestamp::now(), &mut events);
+    }
+    // Every close of a's three sockets is in the ring before b's open was (one thread did
+    // both in that order), so none of them was held back: they were left out.
+    assert!(
+        events.iter().all(|e| e.remote == b.addr),
+        "only b's sessions reach the loop: {events:?}"
+    );
+    let mut want = locals(&to_b);
+    want.insert(new_b.local_addr().unwrap());
+    assert_eq!(listed(&out), want);
+}
+
 /// The sidecar in eBPF mode: sessions far shorter than the poll interval are counted with
 /// their true lifetimes in the histogram, closes say who hung up in the log, and the
 /// connecting process is in `/connections` and the log.
