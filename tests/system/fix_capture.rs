@@ -326,21 +326,31 @@ capture = true
             .unwrap_or(serde_json::Value::Null)
     };
     let refused_logons = BTreeMap::from([("Logon".to_string(), 2)]);
-    // The FIX layer publishes every 250 ms and /metrics is cached per poll: wait for both.
+    // The FIX layer publishes every 250 ms and /metrics is cached per poll: wait for both, up
+    // to the last message (the second refusal). The refusing venue's Logout comes after our
+    // Logon, so a round published between the two shows both Logons and one refusal, and
+    // /metrics can be a poll behind /sessions: the refusals are waited for on both (counters
+    // only grow: reached here, checked exactly below, so that a miscount shows its number).
     let mut last = serde_json::Value::Null;
     sc.wait_for(
-        "every message on /sessions and /metrics",
+        "every message and refusal on /sessions and /metrics",
         Duration::from_secs(15),
         |_| {
             let s = json("/sessions");
             let a = find(&s, "GW->VENUE");
+            let b = find(&s, "GW->VENUE2");
             last = s.clone();
             let m = metrics();
             by_type(&a["out"]["by_type"]) == sent
                 && by_type(&a["in"]["by_type"]) == received
-                && by_type(&find(&s, "GW->VENUE2")["out"]["by_type"]) == refused_logons
+                && by_type(&b["out"]["by_type"]) == refused_logons
+                && b["logons_refused"].as_u64() >= Some(truth.refused_logons)
                 && m.sum("fix_messages_total", &[("target", "venue-a")])
                     == (sent.values().sum::<u64>() + received.values().sum::<u64>()) as f64
+                && m.sum(
+                    "fix_session_logons_refused_total",
+                    &[("target", "venue-b"), ("session", "GW->VENUE2")],
+                ) >= truth.refused_logons as f64
         },
     );
     let a = find(&last, "GW->VENUE");
