@@ -104,12 +104,13 @@ struct {
 
 /*
  * The health pass's output when it walks the live table: 200 bytes a session with the ring's
- * header, so 2 MiB hold one pass of 10,485 sessions. Its pages are mapped into the sidecar
- * (they count in its RSS), so it is no larger.
+ * header, so 512 KiB hold 2,621 sessions; a pass over more runs again from where the ring
+ * filled, after user space has read it (see live_pass). Its pages are mapped into the sidecar
+ * twice (they count in its RSS), so it is no larger.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 2 * 1024 * 1024);
+	__uint(max_entries, 512 * 1024);
 } health_out SEC(".maps");
 
 struct {
@@ -319,6 +320,8 @@ static __always_inline void live_put(struct sock *sk, struct session *s)
 
 	if (bpf_map_update_elem(&live, &s->sock_cookie, &l, BPF_ANY))
 		count(CNT_LIVE_FULL);
+	else
+		count(CNT_LIVE_CHANGES);
 }
 
 SEC("tp_btf/inet_sock_set_state")
@@ -353,7 +356,8 @@ int BPF_PROG(on_state, struct sock *sk, int oldstate, int newstate)
 		break;
 	case TCP_CLOSE:
 		s->closed = 1;
-		bpf_map_delete_elem(&live, &s->sock_cookie);
+		if (!bpf_map_delete_elem(&live, &s->sock_cookie))
+			count(CNT_LIVE_CHANGES);
 		if (!s->closer && BPF_CORE_READ(sk, sk_err))
 			s->closer = CLOSER_ERROR;
 		break;
@@ -551,21 +555,29 @@ int dump_health(struct bpf_iter__bpf_sk_storage_map *ctx)
 
 struct pass {
 	__u32 now;
-	__u32 dropped;
+	__u32 skip;    /* entries an earlier run of this pass walked already */
+	__u32 seen;    /* entries walked, skipped ones included */
+	__u32 written; /* records written */
+	__u32 full;    /* the ring filled: the walk stopped there */
 };
 
 static long live_health(struct bpf_map *map, __u64 *cookie, struct live *l, struct pass *p)
 {
-	struct tcp_sock *tp = bpf_rdonly_cast((void *)l->sk, bpf_core_type_id_kernel(struct tcp_sock));
+	struct tcp_sock *tp;
 	struct health *h;
 
+	if (p->seen++ < p->skip)
+		return 0;
+	tp = bpf_rdonly_cast((void *)l->sk, bpf_core_type_id_kernel(struct tcp_sock));
 	/* The socket at that address must still be this session (else it is gone or reused). */
 	if (tp->inet_conn.icsk_inet.sk.__sk_common.skc_cookie.counter != *cookie)
 		return 0;
 	h = bpf_ringbuf_reserve(&health_out, sizeof(*h), 0);
 	if (!h) {
-		p->dropped++;
-		return 0;
+		/* This entry is the next run's first. */
+		p->seen--;
+		p->full = 1;
+		return 1;
 	}
 	__builtin_memset(h, 0, sizeof(*h));
 	fill_health(h, tp, p->now);
@@ -576,21 +588,25 @@ static long live_health(struct bpf_map *map, __u64 *cookie, struct live *l, stru
 	h->pid = l->pid;
 	h->adopted = l->adopted;
 	bpf_ringbuf_submit(h, BPF_RB_NO_WAKEUP);
+	p->written++;
 	return 0;
 }
 
 /*
  * The same pass for kernels that refuse map-element iterators (seen: EPERM at load on a
  * 6.18 sandbox kernel): run on demand with BPF_PROG_TEST_RUN, it walks the live table and
- * writes each session's health to `health_out`. Returns the records the full ring dropped.
+ * writes each session's health to `health_out`. The run's first argument (the test run's
+ * context) is how many entries to pass over. Returns the entries walked (skipped ones
+ * included) up to where it stopped, with the top bit set when it stopped because the ring was
+ * full: user space reads the ring and runs it again from there.
  */
 SEC("raw_tp")
-int live_pass(void *ctx)
+int live_pass(__u64 *ctx)
 {
-	struct pass p = { .now = (__u32)bpf_jiffies64() };
+	struct pass p = { .now = (__u32)bpf_jiffies64(), .skip = (__u32)ctx[0] };
 
 	bpf_for_each_map_elem(&live, live_health, &p, 0);
-	return p.dropped;
+	return p.seen | (p.full ? 0x80000000u : 0);
 }
 
 /*

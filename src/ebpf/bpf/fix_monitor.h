@@ -181,7 +181,8 @@ enum counter {
 	CNT_LOST = 4,        /* records the full ring had no room for */
 	CNT_NO_STORAGE = 5,  /* storage could not be created (memory) */
 	CNT_LIVE_FULL = 6,   /* the live table was full: a session without health there */
-	CNT_MAX = 7,
+	CNT_LIVE_CHANGES = 7, /* entries put in or taken out of the live table */
+	CNT_MAX = 8,
 };
 
 #endif

@@ -93,9 +93,10 @@ pub enum Error {
     /// The target list cannot be put in the kernel maps.
     #[error(transparent)]
     Targets(#[from] crate::targets::TargetError),
-    /// The fallback health pass (`live_pass`) found its 2 MiB output ring full: the count is
-    /// the sessions whose records it dropped (the program's return value).
-    #[error("the health ring buffer was full: {0} sessions' records were dropped")]
+    /// The fallback health pass (`live_pass`) made no progress: a run could not write one
+    /// record to its emptied output ring, or the table kept moving under 32 runs. The count is
+    /// the live-table entries walked when it gave up.
+    #[error("the health pass made no progress after {0} entries of the live table")]
     HealthRingFull(u32),
     /// A system call or libbpf call on a loaded object failed (a map read or write, a ring
     /// buffer, an iterator, BPF_PROG_TEST_RUN, the netns cookie).

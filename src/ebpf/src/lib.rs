@@ -19,10 +19,12 @@
 //! (`iter/bpf_sk_storage_map`) writes each watched session's health from `tcp_sock`. Some
 //! kernels refuse map-element iterators at load (EPERM, seen on the 6.18 sandbox kernel these
 //! tests run on, for `bpf_map_elem`, `sockmap` and `bpf_sk_storage_map` alike, while `tcp`,
-//! `task` and `bpf_map` iterators load); then the pass runs `live_pass` once with
+//! `task` and `bpf_map` iterators load); then the pass runs `live_pass` with
 //! BPF_PROG_TEST_RUN, which walks a hash of watched, established sockets kept by the state
 //! tracepoint and reads each `tcp_sock` through `bpf_rdonly_cast` (fault-safe loads), checking
-//! the socket cookie so that a freed or reused socket is never reported. [`HealthWalk`] says
+//! the socket cookie so that a freed or reused socket is never reported. Its output ring
+//! (512 KiB, 2,621 records) is read after each run; a run that fills it stops there and the
+//! next starts from that entry, so any number of sessions fits a small ring. [`HealthWalk`] says
 //! which one a [`Monitor`] uses, and why.
 //!
 //! # Why libbpf-rs and not aya
@@ -74,6 +76,16 @@ pub const OBJECT: &[u8] = include_bytes!("../bpf/fix_monitor.bpf.o");
 /// How long a close event waits for a RST the kernel sends right after it (same system call).
 const CLOSE_HOLD_NS: u64 = 5_000_000;
 
+/// `CNT_LIVE_CHANGES` of `enum counter` (`fix_monitor.h`).
+const CNT_LIVE_CHANGES: u32 = 7;
+
+/// The bit `live_pass` sets in its return value when it stopped because its ring was full.
+const RUN_STOPPED: u32 = 0x8000_0000;
+
+/// Most runs of `live_pass` in one pass: the live table's 16,384 entries fit the 512 KiB ring
+/// in 7 runs; a table that changes between runs may take a few more.
+const MAX_PASS_RUNS: u32 = 32;
+
 /// What to load with.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
@@ -108,6 +120,9 @@ pub struct KernelCounters {
     pub no_storage: u64,
     /// Sessions the live table (16,384 entries) had no room for: no health on the fallback.
     pub live_full: u64,
+    /// Entries put in or taken out of the live table (`CNT_LIVE_CHANGES`): a fallback pass
+    /// that needed more than one run is whole only if none changed meanwhile.
+    pub live_changes: u64,
     /// Runs the kernel left out because the same program was already running on that CPU
     /// (`bpf_prog_info.recursion_misses`, summed over the tracing programs): a state change, a
     /// reset or a retransmission may then be missing from the events or the counts.
@@ -150,6 +165,9 @@ pub struct Monitor {
     /// `live_pass`'s output ring and what its reader collected.
     health_ring: RingBuffer<'static>,
     health_records: Arc<Mutex<Vec<RawHealth>>>,
+    /// See [`Monitor::last_pass_whole`] and [`Monitor::last_pass_runs`].
+    pass_whole: bool,
+    pass_runs: u32,
     adopt_link: Link,
     census_link: Link,
     _tracing_links: Vec<Link>,
@@ -425,6 +443,8 @@ impl Monitor {
             health_link: links.health,
             health_ring,
             health_records,
+            pass_whole: true,
+            pass_runs: 0,
             adopt_link: links.adopt,
             census_link: links.census,
             _tracing_links: links.tracing,
@@ -501,7 +521,10 @@ impl Monitor {
     /// (see [`HealthWalk`]).
     pub fn health(&mut self) -> Result<Vec<Health>, Error> {
         let records = match &self.health_link {
-            Some(link) => self.storage_records(link)?,
+            Some(link) => {
+                (self.pass_whole, self.pass_runs) = (true, 1);
+                self.storage_records(link)?
+            }
             None => self.live_records()?,
         };
         Ok(records
@@ -540,7 +563,10 @@ impl Monitor {
             .collect())
     }
 
-    /// One record per live session: `live_pass` run once, its ring read to the end.
+    /// One record per live session: `live_pass` run until it has walked the whole table, its
+    /// ring read after each run (a run stops where the ring filled, and the next starts there).
+    /// A session whose entry moved between runs is kept once; where the table changed between
+    /// runs, one may also have been passed over, and [`Monitor::last_pass_whole`] says so.
     fn live_records(&mut self) -> Result<Vec<RawHealth>, Error> {
         let prog = self
             ._object
@@ -550,26 +576,64 @@ impl Monitor {
                 kind: "program",
                 name: "live_pass",
             })?;
-        let out = prog
-            .test_run(libbpf_rs::ProgramInput::default())
-            .map_err(|e| Error::Io {
+        let changes = counter(&self.maps.counters, CNT_LIVE_CHANGES)?;
+        let (mut skip, mut runs) = (0u32, 0u32);
+        loop {
+            let mut ctx = u64::from(skip).to_ne_bytes();
+            let input = libbpf_rs::ProgramInput {
+                context_in: Some(&mut ctx),
+                ..Default::default()
+            };
+            let out = prog.test_run(input).map_err(|e| Error::Io {
                 action: "running live_pass (BPF_PROG_TEST_RUN)",
                 source: error::io_of(e),
             })?;
-        self.health_ring.consume().map_err(|e| Error::Io {
-            action: "reading the health ring buffer",
-            source: error::io_of(e),
-        })?;
-        let records = std::mem::take(
+            self.health_ring.consume().map_err(|e| Error::Io {
+                action: "reading the health ring buffer",
+                source: error::io_of(e),
+            })?;
+            runs += 1;
+            let (walked, full) = (
+                out.return_value & !RUN_STOPPED,
+                out.return_value & RUN_STOPPED != 0,
+            );
+            if !full {
+                break;
+            }
+            // A run that could not write one record (or a table that keeps moving) would never end.
+            if walked <= skip || runs > MAX_PASS_RUNS {
+                return Err(Error::HealthRingFull(walked));
+            }
+            skip = walked;
+        }
+        let mut records = std::mem::take(
             &mut *self
                 .health_records
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()),
         );
-        if out.return_value != 0 {
-            return Err(Error::HealthRingFull(out.return_value));
+        self.pass_runs = runs;
+        self.pass_whole = runs == 1 || counter(&self.maps.counters, CNT_LIVE_CHANGES)? == changes;
+        if runs > 1 {
+            let mut seen = std::collections::HashSet::with_capacity(records.len());
+            records.retain(|r| seen.insert(r.sock_cookie));
         }
         Ok(records)
+    }
+
+    /// Whether the last [`Monitor::health`] pass saw every watched session: always with the
+    /// storage-map iterator, and with the live table when its walk took one run or the table
+    /// did not change between its runs. A pass that is not whole may have passed over a
+    /// session (it has no health then, never a wrong one): the source does not reconcile from
+    /// it.
+    pub fn last_pass_whole(&self) -> bool {
+        self.pass_whole
+    }
+
+    /// How many runs the last [`Monitor::health`] pass took: 1 with the storage-map iterator;
+    /// with the live table, one per 2,621 sessions or so (its ring's room).
+    pub fn last_pass_runs(&self) -> u32 {
+        self.pass_runs
     }
 
     /// State changes of watched sessions, waiting up to `timeout` for the first. A close is
@@ -589,24 +653,11 @@ impl Monitor {
 
     /// The programs' counters, summed over CPUs.
     pub fn counters(&self) -> Result<KernelCounters, Error> {
-        let mut sums = [0u64; 7];
+        let mut sums = [0u64; 8];
         for (i, sum) in sums.iter_mut().enumerate() {
-            let per_cpu = self
-                .maps
-                .counters
-                .lookup_percpu(&(i as u32).to_ne_bytes(), MapFlags::ANY)
-                .map_err(|e| Error::Io {
-                    action: "reading the counters",
-                    source: error::io_of(e),
-                })?
-                .unwrap_or_default();
-            *sum = per_cpu
-                .iter()
-                .filter_map(|v| v.get(..8))
-                .map(|b| u64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
-                .sum();
+            *sum = counter(&self.maps.counters, i as u32)?;
         }
-        let [seen, matched, other_netns, emitted, lost, no_storage, live_full] = sums;
+        let [seen, matched, other_netns, emitted, lost, no_storage, live_full, live_changes] = sums;
         let recursion_misses = self
             ._object
             .progs()
@@ -621,9 +672,26 @@ impl Monitor {
             lost,
             no_storage,
             live_full,
+            live_changes,
             recursion_misses,
         })
     }
+}
+
+/// Counter `i` of the programs' per-CPU `counters` map, summed over CPUs.
+fn counter(map: &MapHandle, i: u32) -> Result<u64, Error> {
+    let per_cpu = map
+        .lookup_percpu(&i.to_ne_bytes(), MapFlags::ANY)
+        .map_err(|e| Error::Io {
+            action: "reading the counters",
+            source: error::io_of(e),
+        })?
+        .unwrap_or_default();
+    Ok(per_cpu
+        .iter()
+        .filter_map(|v| v.get(..8))
+        .map(|b| u64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+        .sum())
 }
 
 /// The running kernel's names of its reset reasons (`enum sk_rst_reason`, read from its BTF,

@@ -319,6 +319,12 @@ impl EbpfSource {
         let start = ktime_now_ns();
         let records = self.monitor.health()?;
         self.stats.health_passes += 1;
+        if !self.monitor.last_pass_whole() {
+            // The live table changed between the runs of a pass over more sessions than its
+            // ring holds at once: a session may be missing, which must not end it.
+            tracing::debug!("the health pass was not whole; reconciling with a full dump");
+            return self.reconcile_by_dump();
+        }
         let sessions = records
             .iter()
             .filter(|h| h.state == ESTABLISHED)
