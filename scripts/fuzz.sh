@@ -125,7 +125,8 @@ minimize() {
     map_size="$(AFL_DUMP_MAP_SIZE=1 "fuzz/target/release/$t" 2>/dev/null || true)"
     [[ "$map_size" =~ ^[0-9]+$ ]] && [ "$map_size" -gt 65536 ] || map_size=65536
     # afl-cmin runs every input once more (an hour's queue: a few minutes); a crash or timeout
-    # is left out of the corpus (and counted, from --crash-dir). Edges only (-e), not their hit
+    # is left out of the corpus (and counted, from --crash-dir, which also gets the empty files
+    # afl-showmap skips, like web_config_yaml's empty seed). Edges only (-e), not their hit
     # counts: a corpus a third the size, without near-copies kept for a loop's count or for a
     # multi-threaded target's unstable counts (http_request's); a campaign finds those counts
     # again in minutes.
@@ -155,7 +156,7 @@ minimize() {
     done
     chmod 644 "$corpus"/*
     rm -rf "$tmp"
-    line="$t: $(find "$corpus" -type f | wc -l) inputs, $(du -sh --apparent-size "$corpus" | cut -f1) in $corpus (from ${inputs:-?} distinct inputs; $left_out crashed or timed out, left out)"
+    line="$t: $(find "$corpus" -type f | wc -l) inputs, $(du -sh --apparent-size "$corpus" | cut -f1) in $corpus (from ${inputs:-?} distinct inputs; $left_out empty, crashed or timed out, left out)"
     echo "fuzz: minimized $line"
     summary="$summary$line"$'\n'
 }
