@@ -104,7 +104,7 @@ campaign() {
 
 # afl-cmin over target $1's queues in $FUZZ_OUT and its committed corpus, into fuzz/corpus/$1.
 minimize() {
-    local t="$1" corpus="fuzz/corpus/$1" tmp timeout queues=()
+    local t="$1" corpus="fuzz/corpus/$1" tmp timeout map_size inputs left_out queues=()
     timeout="$(afl_timeout "$t")"
     for q in "$out_root/$t"/*/queue; do
         [ -d "$q" ] && queues+=(-i "$q")
@@ -115,17 +115,40 @@ minimize() {
     fi
     [ -d "$corpus" ] && [ -n "$(ls -A "$corpus")" ] && queues+=(-i "$corpus")
     tmp="$(mktemp -d "${TMPDIR:-/tmp}/fuzz-cmin-$t.XXXXXX")"
+    # The coverage map afl-cmin has afl-showmap allocate: at least 64 KiB. afl-cmin asks the
+    # target for its map size (AFL_DUMP_MAP_SIZE: 345 bytes for destroy_message) and allocates
+    # just that, but AFL++ 4.40c's runtime in these Rust binaries, whose edges register after
+    # the map is attached, clears a full 64 KiB at the start of the persistent loop: with a
+    # smaller map every input died of SIGSEGV, afl-cmin counted them all as crashes and found
+    # "0 tuples" (every target but the three whose maps are over 64 KiB). afl-fuzz was not
+    # affected.
+    map_size="$(AFL_DUMP_MAP_SIZE=1 "fuzz/target/release/$t" 2>/dev/null || true)"
+    [[ "$map_size" =~ ^[0-9]+$ ]] && [ "$map_size" -gt 65536 ] || map_size=65536
     # afl-cmin runs every input once more (an hour's queue: a few minutes); a crash or timeout
-    # is left out of the corpus. Edges only (-e), not their hit counts: a corpus a third the
-    # size, without near-copies kept for a loop's count or for a multi-threaded target's
-    # unstable counts (http_request's); a campaign finds those counts again in minutes.
-    cargo afl cmin -e "${queues[@]}" -o "$tmp/min" -t "${timeout:-5000}" -- \
+    # is left out of the corpus (and counted, from --crash-dir, which also gets the empty files
+    # afl-showmap skips, like web_config_yaml's empty seed). Edges only (-e), not their hit
+    # counts: a corpus a third the size, without near-copies kept for a loop's count or for a
+    # multi-threaded target's unstable counts (http_request's); a campaign finds those counts
+    # again in minutes.
+    AFL_MAP_SIZE="$map_size" cargo afl cmin -e "${queues[@]}" -o "$tmp/min" \
+        --crash-dir "$tmp/crashes" -t "${timeout:-5000}" -- \
         "fuzz/target/release/$t" > "$tmp/cmin.log" 2>&1 || {
         tail -20 "$tmp/cmin.log" >&2
         rm -rf "$tmp"
         status=1
         return
     }
+    # Nothing kept means nothing ran right (the 0-tuples failure above): say so, and leave the
+    # committed corpus as it is.
+    if [ -z "$(find "$tmp/min" -maxdepth 1 -type f ! -name '.*' -print -quit)" ]; then
+        echo "fuzz: $t: afl-cmin kept no input; corpus left as it is. Its log:" >&2
+        tail -20 "$tmp/cmin.log" >&2
+        rm -rf "$tmp"
+        status=1
+        return
+    fi
+    inputs="$(sed -n 's/.*Remain \([0-9]*\) files after dedup.*/\1/p' "$tmp/cmin.log")"
+    left_out="$(find "$tmp/crashes" -type f 2>/dev/null | wc -l)"
     rm -rf "$corpus"
     mkdir -p "$corpus"
     for f in "$tmp/min"/*; do
@@ -133,7 +156,7 @@ minimize() {
     done
     chmod 644 "$corpus"/*
     rm -rf "$tmp"
-    line="$t: $(find "$corpus" -type f | wc -l) inputs, $(du -sh --apparent-size "$corpus" | cut -f1) in $corpus"
+    line="$t: $(find "$corpus" -type f | wc -l) inputs, $(du -sh --apparent-size "$corpus" | cut -f1) in $corpus (from ${inputs:-?} distinct inputs; $left_out empty, crashed or timed out, left out)"
     echo "fuzz: minimized $line"
     summary="$summary$line"$'\n'
 }

@@ -1,6 +1,7 @@
 //! Every input the fuzzer keeps, replayed on every `cargo test`: the seeds it starts from
-//! (`fuzz/seeds/TARGET/`) and the crashes it found (`tests/fixtures/fuzz/TARGET/`, each fixed,
-//! named after what it found). The checks are the fuzz targets' own (`fuzz/harness.rs`).
+//! (`fuzz/seeds/TARGET/`), the committed minimized corpus (`fuzz/corpus/TARGET/`, written by
+//! `scripts/fuzz.sh --minimize`) and the crashes it found (`tests/fixtures/fuzz/TARGET/`, each
+//! fixed, named after what it found). The checks are the fuzz targets' own (`fuzz/harness.rs`).
 
 use std::path::Path;
 
@@ -8,13 +9,28 @@ use std::path::Path;
 #[path = "../../fuzz/harness.rs"]
 mod harness;
 
-/// Runs `check` on every file under `fuzz/seeds/target` and `tests/fixtures/fuzz/target`;
-/// returns how many there were.
+/// The fuzz targets, as `scripts/fuzz.sh` names them.
+const TARGETS: [&str; 10] = [
+    "netlink_dump",
+    "procfs_table",
+    "bytecode",
+    "fix_codec",
+    "config_toml",
+    "otel_headers",
+    "destroy_message",
+    "fix_log_line",
+    "web_config_yaml",
+    "http_request",
+];
+
+/// Runs `check` on every file under `fuzz/seeds/target`, `fuzz/corpus/target` and
+/// `tests/fixtures/fuzz/target`; returns how many there were.
 fn replay(target: &str, check: fn(&[u8])) -> usize {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut n = 0;
     for dir in [
         root.join("fuzz/seeds").join(target),
+        root.join("fuzz/corpus").join(target),
         root.join("tests/fixtures/fuzz").join(target),
     ] {
         let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -29,6 +45,17 @@ fn replay(target: &str, check: fn(&[u8])) -> usize {
         }
     }
     n
+}
+
+/// Every target has its minimized corpus committed (so that `replay` does not skip a misnamed
+/// or missing directory in silence).
+#[test]
+fn every_target_has_a_corpus() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+    for target in TARGETS {
+        let n = std::fs::read_dir(root.join(target)).map_or(0, |d| d.count());
+        assert!(n > 0, "no committed corpus in fuzz/corpus/{target}");
+    }
 }
 
 #[test]
