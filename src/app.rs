@@ -949,7 +949,6 @@ impl Sidecar {
             source.set_health_interval(poll.health_interval);
             Ok(source)
         };
-        let source = crate::poller::NewSource::InPlace(Box::new(open));
         let subscription = self.resubscribe(&new.targets)?;
         if let Some(reader) = self.events_reader.take() {
             reader.stop().await;
@@ -962,7 +961,7 @@ impl Sidecar {
         let end_causes = possible_ends(&new, self.running.capabilities, self.fix.is_some());
         let reconfigure = crate::poller::Reconfigure {
             end_causes,
-            source,
+            open: Box::new(open),
             targets: new.targets.clone(),
             schedules: new.target_schedules.clone(),
             ends: Box::new(ends),

@@ -71,19 +71,15 @@ pub enum Input {
     Reconfigure(Box<Reconfigure>),
 }
 
-/// Where a reload's targets are watched from.
-pub enum NewSource {
-    /// A source opened for them: the running one is dropped.
-    Opened(Box<dyn Source>),
-    /// The running source, if it can take them in place ([`Source::retarget`]: the eBPF
-    /// programs' maps); else, or if that fails, the one this opens.
-    InPlace(Box<dyn FnOnce() -> Result<Box<dyn Source>, String> + Send>),
-}
+/// Opens a source for a reload's targets, where the running one cannot take them in place.
+pub type OpenSource = Box<dyn FnOnce() -> Result<Box<dyn Source>, String> + Send>;
 
-/// What a reload changes in the loop. Its source is settled first ([`NewSource`]): one that
-/// cannot take the new targets refuses the whole reload, and the loop runs on as it was.
+/// What a reload changes in the loop. Its source is settled first: the running one takes the
+/// new targets in place where it can ([`Source::retarget`]: the eBPF programs' maps), else
+/// `open` opens one for them. If neither can, the whole reload is refused, and the loop runs
+/// on as it was.
 pub struct Reconfigure {
-    pub source: NewSource,
+    pub open: OpenSource,
     pub targets: crate::target::Targets,
     /// By target id of `targets`.
     pub schedules: Vec<Option<Arc<crate::schedule::Schedule>>>,
@@ -99,12 +95,7 @@ pub struct Reconfigure {
 
 impl std::fmt::Debug for Reconfigure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let source = match &self.source {
-            NewSource::Opened(s) => s.kind().as_str(),
-            NewSource::InPlace(_) => "in place",
-        };
         f.debug_struct("Reconfigure")
-            .field("source", &source)
             .field("targets", &self.targets)
             .finish_non_exhaustive()
     }
@@ -913,22 +904,19 @@ impl Poller {
         // it holds are not lost with it (a new one has been watching since it was opened, so
         // none falls between the two).
         self.tick(clock);
-        let replacement = match r.source {
-            NewSource::Opened(source) => Some(source),
-            NewSource::InPlace(open) => match self.source.retarget(&r.targets) {
-                Ok(true) => {
-                    tracing::info!(
-                        source = self.source.kind().as_str(),
-                        "the source took the new targets in place"
-                    );
-                    None
-                }
-                Ok(false) => Some(open()?),
-                Err(e) => {
-                    tracing::warn!(error = %e, "the source could not take the new targets in place; opening a new one");
-                    Some(open()?)
-                }
-            },
+        let replacement = match self.source.retarget(&r.targets) {
+            Ok(true) => {
+                tracing::info!(
+                    source = self.source.kind().as_str(),
+                    "the source took the new targets in place"
+                );
+                None
+            }
+            Ok(false) => Some((r.open)()?),
+            Err(e) => {
+                tracing::warn!(error = %e, "the source could not take the new targets in place; opening a new one");
+                Some((r.open)()?)
+            }
         };
         let now = clock.now();
         self.settle_ends(now.mono, true);
