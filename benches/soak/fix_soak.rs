@@ -674,9 +674,9 @@ logs = false
             vm.start();
         }
         if t >= next_sample {
-            // A reload opens the new source before it drops the old one: for that moment the
-            // process holds both (about 28 more files in eBPF mode, their buffers), which is
-            // no growth. No sample is taken in the seconds after one.
+            // A reload that opens a new source (netlink's; eBPF mode retargets its programs in
+            // place) holds the old one beside it for a moment (files, buffers), which is no
+            // growth. No sample is taken in the seconds after one.
             let reloading = reloaded_at.is_some_and(|r| t < r + RELOAD_SETTLE);
             if let Some((rss, fds)) = sample(pid).filter(|_| !reloading) {
                 samples.push((t.as_secs_f64(), rss, fds));
