@@ -1,8 +1,10 @@
 //! The soak's FIX part: a simulated venue (`venue-f`) and a gateway that, over and over, logs
 //! on, sends orders and waits for each ack, stays logged on for a little over a poll, logs out
-//! and closes; the ground truth (sessions, messages each way) is counted here. At the end the
-//! sidecar's `/sessions` must say the same, and the wire capture's connection table must hold
-//! exactly the sessions still open, every other connection of every target ended once.
+//! and closes; after every [`REFUSE_EVERY`]-th session it also tries a second venue on the same
+//! address (CompID `VENUE2`), which refuses every logon with a Logout. The ground truth
+//! (sessions, messages each way, refusals) is counted here. At the end the sidecar's `/sessions`
+//! and `/metrics` must say the same, and the wire capture's connection table must hold exactly
+//! the sessions still open, every other connection of every target ended once.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
@@ -10,7 +12,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use fix_monitor::fix::sim::{Peer, Venue, VenueBehaviour};
+use fix_monitor::fix::sim::{LogonAnswer, Peer, Venue, VenueBehaviour};
 
 /// Orders per session.
 const ORDERS: u64 = 5;
@@ -18,27 +20,43 @@ const ORDERS: u64 = 5;
 /// lists it (the soak's log check counts one open and one close line per session).
 const HOLD: Duration = Duration::from_millis(1200);
 
+/// A refused logon after every this many sessions.
+const REFUSE_EVERY: u64 = 5;
+
+/// The refusing venue's Text in its Logout.
+pub const REFUSAL: &str = "Invalid password";
+
 /// What the gateway did, for the checks.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FixTruth {
     pub sessions: u64,
     pub sent: u64,
     pub received: u64,
-    /// Sessions that failed part way (none expected).
+    /// Logons the second venue refused, each on a connection of its own.
+    pub refused: u64,
+    /// Sessions or refused logons that failed part way (none expected).
     pub failed: u64,
 }
 
-/// The venue and the gateway's thread.
+/// The venues and the gateway's thread.
 pub struct FixLoad {
     pub venue: Venue,
+    pub refusing: Venue,
     pub thread: thread::JoinHandle<FixTruth>,
 }
 
-/// Starts the venue on `ip` and the gateway, which runs until `stop`.
+/// Starts the venues on `ip` and the gateway, which runs until `stop`.
 pub fn start(ip: Ipv4Addr, stop: Arc<AtomicBool>) -> FixLoad {
     let venue = Venue::start(SocketAddr::from((ip, 0)), VenueBehaviour::default())
         .expect("starting the FIX venue");
-    let addr = venue.addr;
+    let refusing = VenueBehaviour {
+        comp_id: "VENUE2".into(),
+        refuse_logons: Some(REFUSAL.into()),
+        ..VenueBehaviour::default()
+    };
+    let refusing =
+        Venue::start(SocketAddr::from((ip, 0)), refusing).expect("starting the refusing FIX venue");
+    let (addr, refusing_addr) = (venue.addr, refusing.addr);
     let thread = thread::spawn(move || {
         let mut truth = FixTruth::default();
         while !stop.load(SeqCst) {
@@ -50,10 +68,32 @@ pub fn start(ip: Ipv4Addr, stop: Arc<AtomicBool>) -> FixLoad {
                 }
                 Err(_) => truth.failed += 1,
             }
+            if truth.sessions % REFUSE_EVERY == 0 && !stop.load(SeqCst) {
+                match refused_logon(refusing_addr) {
+                    Ok(()) => truth.refused += 1,
+                    Err(_) => truth.failed += 1,
+                }
+            }
         }
         truth
     });
-    FixLoad { venue, thread }
+    FixLoad {
+        venue,
+        refusing,
+        thread,
+    }
+}
+
+/// A Logon the venue refuses with a Logout; the gateway closes.
+fn refused_logon(addr: SocketAddr) -> std::io::Result<()> {
+    let mut gw = Peer::connect(addr, "FIX.4.4", "GW", "VENUE2")?;
+    match gw.log_on(Duration::from_secs(10))? {
+        LogonAnswer::Refused(text) if text == REFUSAL => {
+            gw.close();
+            Ok(())
+        }
+        other => Err(std::io::Error::other(format!("logon answered {other:?}"))),
+    }
 }
 
 /// Logon (sequence numbers reset), orders each acked, a pause, Logout both ways, close.
@@ -83,6 +123,8 @@ fn one_session(addr: SocketAddr) -> std::io::Result<(u64, u64)> {
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
 pub struct FixSeen {
     pub logons: u64,
+    /// Logons refused on the second venue's session (`GW->VENUE2`).
+    pub refused: u64,
     pub sent: u64,
     pub received: u64,
     pub sessions: u64,
@@ -97,9 +139,11 @@ impl FixSeen {
         let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
         let all = s["sessions"].as_array().cloned().unwrap_or_default();
         let gw = all.iter().find(|x| x["session"] == "GW->VENUE");
+        let refused = all.iter().find(|x| x["session"] == "GW->VENUE2");
         let ended = &s["stats"]["wire"]["ended"];
         FixSeen {
             logons: gw.map_or(0, |x| n(&x["logons"])),
+            refused: refused.map_or(0, |x| n(&x["logons_refused"])),
             sent: gw.map_or(0, |x| n(&x["out"]["messages"])),
             received: gw.map_or(0, |x| n(&x["in"]["messages"])),
             sessions: all.len() as u64,

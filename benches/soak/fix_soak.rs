@@ -15,7 +15,8 @@
 //!   second between them;
 //! - the FIX layer, with wire capture on (needs CAP_NET_RAW: run as root): a simulated FIX
 //!   venue (`venue-f`) and a gateway that logs on, sends orders, logs out and closes, over and
-//!   over (`fix_load.rs`);
+//!   over, and after every fifth session has a logon refused by a second venue on the same
+//!   address (`fix_load.rs`);
 //! - a sampler: the sidecar's RSS and open files, and the capture's table, every 5 s;
 //! - reloads (`--reload-every SECS`): the config file rewritten, a target that no session goes
 //!   to (`venue-idle`) added and removed in turn and the log level changed, then SIGHUP; each
@@ -799,18 +800,28 @@ logs = false
     // The FIX layer: its counts are the gateway's; the capture's table holds what is still
     // open (venue-b's sessions), every other connection of every target having ended once
     // (exact when the capture dropped no packet); it stayed bounded meanwhile.
+    // Each FIX session and each refused logon is a TCP session of venue-f.
+    let fix_connections = fix_truth.sessions + fix_truth.refused;
     let fix_tcp = metric(&body, "fix_connections_total", "venue-f");
-    if fix_tcp != fix_truth.sessions as f64 {
+    if fix_tcp != fix_connections as f64 {
         failures.push(format!(
-            "venue-f: {fix_tcp} TCP sessions opened on /metrics, {} FIX sessions made",
-            fix_truth.sessions
+            "venue-f: {fix_tcp} TCP sessions opened on /metrics, {} FIX sessions and {} refused \
+             logons made",
+            fix_truth.sessions, fix_truth.refused
+        ));
+    }
+    let refused = metric(&body, "fix_session_logons_refused_total", "venue-f");
+    if refused != fix_truth.refused as f64 {
+        failures.push(format!(
+            "venue-f: {refused} logons refused on /metrics, {} refused",
+            fix_truth.refused
         ));
     }
     let connections_made = truth_a.opened.load(SeqCst)
         + truth_a.failed.load(SeqCst)
         + truth_b.opened.load(SeqCst)
         + truth_b.failed.load(SeqCst)
-        + fix_truth.sessions;
+        + fix_connections;
     let fix_seen = check_fix(
         endpoint,
         fix_truth,
@@ -818,7 +829,7 @@ logs = false
         connections_made,
         &mut failures,
     );
-    drop(fix.venue);
+    drop((fix.venue, fix.refusing));
 
     // Growth after the warm-up.
     let warm: Vec<&Sample> = samples
@@ -887,8 +898,8 @@ logs = false
             "{ended_lines} 'session ended' lines for {closed_lines} closes, {opened_lines} opens"
         ));
     }
-    let all_opened = (ta.0 + tb.0) as u64 + fix_truth.sessions;
-    let all_closed_at_stop = (ta.1 + tb.1) as u64 + fix_truth.sessions;
+    let all_opened = (ta.0 + tb.0) as u64 + fix_connections;
+    let all_closed_at_stop = (ta.1 + tb.1) as u64 + fix_connections;
     if opened_lines != all_opened {
         failures.push(format!(
             "{opened_lines} 'connection opened' lines for {all_opened} opens"
@@ -943,7 +954,7 @@ logs = false
         "reloads": reloads,
         "victoria_metrics": { "outages": outages, "venue_a_total": vm_a, "export_errors": export_errors },
         "fix": { "sessions": fix_truth.sessions, "sent": fix_truth.sent, "received": fix_truth.received,
-                 "failed": fix_truth.failed, "seen": fix_seen, "connections_made": connections_made,
+                 "refused": fix_truth.refused, "failed": fix_truth.failed, "seen": fix_seen, "connections_made": connections_made,
                  "table_max": fix_followed_max },
         "scrapes": { "ok": scrapes.ok.load(SeqCst), "failed": scrapes.failed.load(SeqCst),
                      "max_ms": scrapes.max_ms.load(SeqCst) },
@@ -967,12 +978,14 @@ logs = false
          VictoriaMetrics down {} times, has {:?}; {} scrapes ok, {} failed, slowest {} ms; {} polls; \
          RSS {:.0} -> {:.0} KiB after warm-up (max {:.0}), slope {:.1} KiB/min; open files {}-{}, slope {:.2}/min; \
          log: {} opened, {} closed, {} ended, {} other lines ({} warnings); {} reloads applied; \
-         FIX: {} sessions, {} messages sent, {} received, capture table at most {}",
+         FIX: {} sessions, {} messages sent, {} received, {} logons refused, capture table at \
+         most {}",
         soaked.as_secs_f64(), ta.0, ta.1, ga, tb.0, tb.1, tb.2, flaps.load(SeqCst), gb,
         outages, vm_a, scrapes.ok.load(SeqCst), scrapes.failed.load(SeqCst), scrapes.max_ms.load(SeqCst), polls,
         rss_first, rss_last, rss_max, rss_slope, fd_min, fd_max, fd_slope,
         opened_lines, closed_lines, ended_lines, others.len(), warnings, reloads,
-        fix_truth.sessions, fix_truth.sent, fix_truth.received, fix_followed_max
+        fix_truth.sessions, fix_truth.sent, fix_truth.received, fix_truth.refused,
+        fix_followed_max
     );
     if failures.is_empty() {
         println!("fix-soak: PASS");
@@ -1012,6 +1025,7 @@ fn check_fix(
 ) -> fix_load::FixSeen {
     let agrees = |s: &fix_load::FixSeen| {
         (s.logons, s.sent, s.received) == (truth.sessions, truth.sent, truth.received)
+            && s.refused == truth.refused
             && s.followed == open
             && (s.capture_drops > 0 || s.ended + s.followed == made)
     };
@@ -1038,8 +1052,18 @@ fn check_fix(
             (truth.sessions, truth.sent, truth.received)
         ));
     }
-    if seen.sessions != 1 {
-        failures.push(format!("FIX: {} sessions tracked, 1 made", seen.sessions));
+    if seen.refused != truth.refused {
+        failures.push(format!(
+            "FIX: {} logons refused on /sessions, the gateway had {}",
+            seen.refused, truth.refused
+        ));
+    }
+    let made_sessions = 1 + u64::from(truth.refused > 0);
+    if seen.sessions != made_sessions {
+        failures.push(format!(
+            "FIX: {} sessions tracked, {made_sessions} made",
+            seen.sessions
+        ));
     }
     if seen.followed != open {
         failures.push(format!(
