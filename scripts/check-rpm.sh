@@ -273,12 +273,7 @@ else
     bad "systemd-analyze verify: the packaged unit ($rewritten command lines pointed at the extracted binary, want 2)"
     printf '%s\n' "$out" | indent
 fi
-if out="$(systemd-analyze security --offline=yes --threshold=20 "$unit" 2>&1)"; then
-    ok "systemd-analyze security: $(printf '%s\n' "$out" | grep -o 'exposure level.*' | head -n1)"
-else
-    bad "systemd-analyze security: exposure above 2.0 (or not analysable)"
-    printf '%s\n' "$out" | grep -E '✗|exposure|rror' | indent
-fi
+check_unit_exposure "$unit"
 check "unit: User=fix-monitor, Group=fix-monitor, no DynamicUser=, no LoadCredential=, empty capability sets" \
     sh -c 'grep -qx User=fix-monitor "$1" && grep -qx Group=fix-monitor "$1" && ! grep -q "^DynamicUser=\|^LoadCredential=" "$1" \
         && grep -qx CapabilityBoundingSet= "$1" && grep -qx AmbientCapabilities= "$1" \
