@@ -172,10 +172,8 @@ pub struct Tracker {
     restored: HashMap<ConnKey, (TargetId, Timestamp)>,
     /// After a reload, until the next snapshot: by target id, whether the reload added or
     /// widened it (its unknown sockets then are preexisting). Empty otherwise.
+    /// While it is not empty, the peak is not raised either (see [`Tracker::apply_confirmed`]).
     widened: Vec<bool>,
-    /// After a reload, until its first snapshot is applied: the peak is not raised (see
-    /// [`Tracker::apply_confirmed`]).
-    peak_held: bool,
 }
 
 impl Tracker {
@@ -195,7 +193,6 @@ impl Tracker {
             unattributed: 0,
             restored: HashMap::new(),
             widened: Vec::new(),
-            peak_held: false,
         }
     }
 
@@ -250,7 +247,6 @@ impl Tracker {
             s.peak = s.peak.max(s.active);
         }
         self.widened = remap.widened.clone();
-        self.peak_held = true;
         dropped.len()
     }
 
@@ -329,7 +325,7 @@ impl Tracker {
         // passed it and one that opened before the walk reached it are both listed), joined
         // with events the old source had applied already. It does not raise the peak; the
         // next poll's does. Found by the soak: 152 at once where 151 were ever open.
-        let hold_peak = std::mem::take(&mut self.peak_held);
+        let hold_peak = !widened.is_empty();
         self.generation += 1;
         let generation = self.generation;
         for s in sockets {
@@ -432,7 +428,7 @@ impl Tracker {
         let conn = self.insert(key, socket.state, at, false)?;
         // Right after a reload the sessions that closed while the sources were swapped are
         // still counted until the next snapshot: the peak waits for it.
-        if !self.peak_held {
+        if self.widened.is_empty() {
             let s = &mut self.stats[conn.target];
             s.peak = s.peak.max(s.active);
             self.peak = self.peak.max(self.active.len() as u64);
