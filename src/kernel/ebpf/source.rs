@@ -109,8 +109,9 @@ pub struct EbpfSource {
     pending: Vec<StateChange>,
     /// The kernel's reset-reason names, for the close events' causes.
     reasons: Vec<(u32, String)>,
-    /// Reused per pass: each record's health by socket cookie.
-    by_cookie: HashMap<u64, TcpHealth>,
+    /// Reused per pass: each record's socket cookie and index, sorted by cookie (16 bytes a
+    /// session, where a map of the converted health would hold about 380 KiB at 1,000).
+    by_cookie: Vec<(u64, u32)>,
 }
 
 /// The targets as the kernel filter takes them, in configuration order (the index is the
@@ -183,7 +184,7 @@ impl EbpfSource {
             scratch: Vec::new(),
             pending: Vec::new(),
             reasons,
-            by_cookie: HashMap::new(),
+            by_cookie: Vec::new(),
         })
     }
 
@@ -227,9 +228,14 @@ impl EbpfSource {
                 }
                 self.by_cookie.clear();
                 self.by_cookie
-                    .extend(records.iter().map(|h| (h.sock_cookie, to_health(h))));
+                    .extend(records.iter().zip(0u32..).map(|(h, i)| (h.sock_cookie, i)));
+                self.by_cookie.sort_unstable();
                 for (known, entry) in self.active.values_mut().zip(out.iter_mut()) {
-                    entry.health = self.by_cookie.get(&known.cookie).copied();
+                    entry.health = self
+                        .by_cookie
+                        .binary_search_by_key(&known.cookie, |&(cookie, _)| cookie)
+                        .ok()
+                        .map(|at| to_health(&records[self.by_cookie[at].1 as usize]));
                     known.health = entry.health;
                 }
             }
