@@ -82,8 +82,8 @@ impl ConfigError {
         self
     }
 
-    pub(crate) fn origin(mut self, origin: Origin) -> Self {
-        self.origin = Some(origin);
+    pub(crate) fn origin(mut self, origin: impl Into<Option<Origin>>) -> Self {
+        self.origin = origin.into();
         self
     }
 }

@@ -47,8 +47,9 @@ use crate::target::{PortRange, Target, Targets};
 pub(crate) type Raw = Settings<Option<Vec<RawTarget>>>;
 
 /// One `[[targets]]` table. Per-target keys are optional: `None` means "any" or "derived".
-/// Also how `explain` prints a [`Target`]: as the table it could have been given as.
-#[derive(Debug, Default, Deserialize, Serialize)]
+/// Validated, with its name and `stale_after` filled in, also how `explain` prints a [`Target`]:
+/// as the table it could have been given as.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawTarget {
     #[serde(with = "check::name")]
@@ -81,27 +82,6 @@ pub(crate) struct RawTarget {
     /// A `[[schedules]]` name: when its sessions are planned to be up.
     #[serde(with = "check::name")]
     schedule: Option<String>,
-}
-
-impl RawTarget {
-    /// Target `i` as configured, with what `[fix]` and the schedules keep for it.
-    pub(super) fn new(s: &Settings, i: usize, t: &Target) -> Self {
-        let fix = &s.fix;
-        let schedule = s.target_schedules.get(i).cloned().flatten();
-        RawTarget {
-            name: Some(t.name.clone()),
-            address: Some(t.net),
-            port: t.port,
-            local_ports: t.local_ports,
-            heartbeat: t.heartbeat,
-            stale_after: t.stale_after,
-            comp_ids: fix.target_comp_ids.get(i).cloned().unwrap_or_default(),
-            logon_lockout: fix.target_logon_lockout.get(i).copied().flatten(),
-            message_limit: fix.target_message_limit.get(i).copied().flatten(),
-            tls_tunnel: fix.target_tls_tunnel.get(i).copied().flatten(),
-            schedule: schedule.map(|s| s.name().to_owned()),
-        }
-    }
 }
 
 // ---- Leaf checks: `check::NAME`, for a field of its type or an `Option` of it. ----
@@ -203,12 +183,10 @@ pub(crate) fn extract(
                 path.push(field.clone());
             }
         }
-        let key = key_of(&path);
-        let value = at(&mut tree, &path).map(|v| v.clone());
+        let (key, value) = (key_of(&path), at(&mut tree, &path).map(|v| v.clone()));
         let field = path.last().map(String::as_str).unwrap_or_default();
-        let origin = value
-            .as_ref()
-            .map(|v| layers::origin_of(figment, v.tag(), field));
+        let tag = value.as_ref().map(Value::tag);
+        let origin = tag.map(|tag| layers::origin_of(figment, tag, field));
         let (kind, message) = match &error.kind {
             Kind::UnknownField(field, expected) => {
                 let message = unknown_key(&path, field, expected, origin.as_ref());
@@ -218,12 +196,9 @@ pub(crate) fn extract(
             Kind::Message(message) => (InvalidValue, message.clone()),
             other => (InvalidValue, other.to_string()),
         };
-        let value = value.as_ref().map(render_short);
-        errors.push(ConfigError {
-            value,
-            origin,
-            ..ConfigError::new(kind, &key, message)
-        });
+        let mut error = ConfigError::new(kind, &key, message).origin(origin);
+        error.value = value.as_ref().map(render_short);
+        errors.push(error);
         failed.insert(key);
         if !remove(&mut tree, &path) {
             // Cannot happen (the error's path comes from this tree); never loop on it.
@@ -358,8 +333,9 @@ impl Context<'_> {
 }
 
 /// Turns the raw configuration into [`Settings`], reporting the problems that involve more
-/// than one value. The settings are used only if no problem was reported.
-pub(crate) fn validate(raw: Raw, cx: &mut Context<'_>) -> Settings {
+/// than one value, and the targets' tables as validated (for `explain`). The settings are used
+/// only if no problem was reported.
+pub(crate) fn validate(raw: Raw, cx: &mut Context<'_>) -> (Settings, Vec<RawTarget>) {
     let otlp = self::otlp(raw.otlp, cx);
     if !raw.prometheus.enabled && !otlp.enabled && !cx.failed.contains("prometheus.enabled") {
         let otlp_origin = match cx.origin("otlp.enabled") {
@@ -383,7 +359,7 @@ pub(crate) fn validate(raw: Raw, cx: &mut Context<'_>) -> Settings {
     fix.target_logon_lockout = kept.iter().map(|(_, t)| t.logon_lockout).collect();
     fix.target_message_limit = kept.iter().map(|(_, t)| t.message_limit).collect();
     fix.target_tls_tunnel = kept.iter().map(|(_, t)| t.tls_tunnel).collect();
-    Settings {
+    let settings = Settings {
         targets,
         fix,
         otlp,
@@ -394,7 +370,8 @@ pub(crate) fn validate(raw: Raw, cx: &mut Context<'_>) -> Settings {
         schedules: raw.schedules,
         schedule_grace: raw.schedule_grace,
         target_schedules,
-    }
+    };
+    (settings, kept.into_iter().map(|(_, t)| t).collect())
 }
 
 /// `[[schedules]]` and the targets' `schedule`: checked by `crate::schedule`, reported here
@@ -474,11 +451,13 @@ fn tls_tunnels(targets: &Targets, kept: &[(usize, RawTarget)], capture: bool, cx
             }
             _ => continue,
         };
-        let (key, value) = (
-            format!("targets[{i}].tls_tunnel"),
-            quote(&tunnel.to_string()),
+        let value = quote(&tunnel.to_string());
+        cx.report(
+            Conflict,
+            &format!("targets[{i}].tls_tunnel"),
+            value,
+            message,
         );
-        cx.report(Conflict, &key, value, message);
     }
 }
 
@@ -492,16 +471,15 @@ fn targets(raw: Option<Vec<RawTarget>>, cx: &mut Context) -> (Targets, Vec<(usiz
     );
     match &raw {
         Some(items) if items.is_empty() => cx.report(NoTargets, "targets", "[]".into(), no_targets),
-        Some(_) => {}
-        None if cx.file_failed || cx.failed.contains("targets") => {}
-        None => cx
+        None if !cx.file_failed && !cx.failed.contains("targets") => cx
             .errors
             .push(ConfigError::new(NoTargets, "targets", no_targets)),
+        _ => {}
     }
     let (mut targets, mut kept) = (Vec::new(), Vec::new());
     // Name -> index in the configuration of the first target with it.
     let mut names: BTreeMap<String, usize> = BTreeMap::new();
-    for (i, t) in raw.into_iter().flatten().enumerate() {
+    for (i, mut t) in raw.into_iter().flatten().enumerate() {
         let path = format!("targets[{i}]");
         if cx.failed.iter().any(|k| k.starts_with(&path)) {
             continue;
@@ -511,7 +489,10 @@ fn targets(raw: Option<Vec<RawTarget>>, cx: &mut Context) -> (Targets, Vec<(usiz
             cx.missing(format!("{path}.address"), &path, message);
             continue;
         };
-        let name = (t.name.clone()).unwrap_or_else(|| Target::default_name(&net, t.port));
+        let name = t
+            .name
+            .get_or_insert_with(|| Target::default_name(&net, t.port));
+        let name = name.clone();
         let name_key = format!("{path}.name");
         let first = *names.entry(name.clone()).or_insert(i);
         if first != i {
@@ -528,13 +509,14 @@ fn targets(raw: Option<Vec<RawTarget>>, cx: &mut Context) -> (Targets, Vec<(usiz
             );
             cx.report(DuplicateName, &name_key, quote(&name), message);
         }
+        t.stale_after = t.stale_after.or(t.heartbeat.map(|h| h * 2));
         targets.push(Target {
             name,
             net,
             port: t.port,
             local_ports: t.local_ports,
             heartbeat: t.heartbeat,
-            stale_after: t.stale_after.or(t.heartbeat.map(|h| h * 2)),
+            stale_after: t.stale_after,
         });
         kept.push((i, t));
     }
@@ -565,12 +547,8 @@ fn otlp(mut raw: OtlpSettings, cx: &mut Context<'_>) -> OtlpSettings {
     };
     for (name, value) in &raw.headers {
         if let Err(message) = check_header(name, value) {
-            cx.report(
-                InvalidValue,
-                &format!("otlp.headers.{name}"),
-                quote(value),
-                message,
-            );
+            let key = format!("otlp.headers.{name}");
+            cx.report(InvalidValue, &key, quote(value), message);
         }
     }
     if raw.enabled {
@@ -725,14 +703,17 @@ fn parse_name(value: &Value) -> Result<String, String> {
     }
 }
 
+/// Whole seconds (a number, or digits from a variable or flag) or a humantime string.
+fn duration(value: &Value) -> Result<Duration, String> {
+    match (integer(value).map(u64::try_from), value) {
+        (Some(Ok(secs)), _) => Ok(Duration::from_secs(secs)),
+        (None, Value::String(_, text)) => parse_duration(text),
+        _ => Err(ALLOWED_INTERVAL.to_owned()),
+    }
+}
+
 fn parse_interval(value: &Value) -> Result<Duration, String> {
-    let interval = match (integer(value), value) {
-        (Some(secs), _) => u64::try_from(secs)
-            .map(Duration::from_secs)
-            .map_err(|_| ALLOWED_INTERVAL.to_owned())?,
-        (None, Value::String(_, text)) => parse_duration(text)?,
-        _ => return Err(ALLOWED_INTERVAL.to_owned()),
-    };
+    let interval = duration(value)?;
     if interval.is_zero() {
         return Err(format!("must be above zero; {ALLOWED_INTERVAL}"));
     }
@@ -971,14 +952,10 @@ fn parse_tls_tunnel(value: &Value) -> Result<TlsTunnel, String> {
 fn parse_grace(value: &Value) -> Result<Duration, String> {
     const ALLOWED: &str = "expected a duration from 0 to 24h: whole seconds (300) or a \
                            humantime string (\"5m\", \"90s\")";
-    let grace = match (integer(value), value) {
-        (Some(secs), _) => u64::try_from(secs).map(Duration::from_secs).ok(),
-        (None, Value::String(_, text)) => humantime::parse_duration(text.trim()).ok(),
-        _ => None,
-    };
-    grace
-        .filter(|g| *g <= defaults::MAX_INTERVAL)
-        .ok_or_else(|| ALLOWED.to_owned())
+    let grace = duration(value)
+        .ok()
+        .filter(|g| *g <= defaults::MAX_INTERVAL);
+    grace.ok_or_else(|| ALLOWED.to_owned())
 }
 
 fn parse_glob(value: &Value) -> Result<String, String> {
