@@ -110,7 +110,11 @@ impl Layer {
             let label = labels.iter().find(|(f, _)| *f == field);
             label.unwrap_or(&labels[0]).1.clone()
         };
-        let metadata = Metadata::named(layer).interpolater(interpolate);
+        Layer::new(Metadata::named(layer).interpolater(interpolate), value)
+    }
+
+    /// `value`, a table, from `metadata`'s provider.
+    fn new(metadata: Metadata, value: Value) -> Layer {
         let dict = value.into_dict().expect("a nested key is a table");
         Layer { metadata, dict }
     }
@@ -143,17 +147,15 @@ fn parse_value(raw: &str) -> Value {
 /// A port from a variable or flag: a number when it reads as one, so that errors show it as
 /// the file would (`[7000, 6000]`); else the text, for the check to reject.
 fn port_value(raw: &str) -> Value {
-    raw.trim()
-        .parse::<i64>()
-        .map_or_else(|_| Value::from(raw.to_owned()), Value::from)
+    let port = raw.trim().parse::<i64>();
+    port.map_or_else(|_| Value::from(raw.to_owned()), Value::from)
 }
 
 /// Where the value with `tag` came from; `field` is the last key of its path (legacy target
 /// layers name a different variable or flag per field).
 pub(crate) fn origin_of(figment: &Figment, tag: Tag, field: &str) -> Origin {
-    figment
-        .get_metadata(tag)
-        .map_or(Origin::Default, |m| origin(m, field))
+    let metadata = figment.get_metadata(tag);
+    metadata.map_or(Origin::Default, |m| origin(m, field))
 }
 
 fn origin(metadata: &Metadata, field: &str) -> Origin {
@@ -203,11 +205,8 @@ fn endpoint_implies_enabled(group: &mut Vec<Layer>) {
         return;
     }
     if let Some(layer) = group.iter().rev().find(|l| l.sets("otlp.endpoint")) {
-        let metadata = layer.metadata.clone();
-        let dict = nest("otlp.enabled", true.into())
-            .into_dict()
-            .expect("a table");
-        group.push(Layer { metadata, dict });
+        let enabled = nest("otlp.enabled", true.into());
+        group.push(Layer::new(layer.metadata.clone(), enabled));
     }
 }
 
@@ -351,11 +350,10 @@ fn flag_layers(args: &ConfigArgs, errors: &mut Vec<ConfigError>) -> Vec<Layer> {
         ("--log-file", &args.rejected_log_file, REJECTED_LOG_FILE),
     ];
     for (flag, value, message) in rejected {
-        if let Some(value) = value {
-            let mut error = ConfigError::new(RejectedFlag, flag, message);
-            error.value = value.clone();
-            errors.push(error);
-        }
+        let Some(value) = value else { continue };
+        let mut error = ConfigError::new(RejectedFlag, flag, message);
+        error.value.clone_from(value);
+        errors.push(error);
     }
 
     let mut layers = Vec::new();

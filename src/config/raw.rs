@@ -24,7 +24,7 @@ use figment::error::Kind;
 use figment::value::{Dict, Value};
 use figment::{Figment, Provider};
 use ipnet::IpNet;
-use serde::de::{DeserializeOwned, Error as _, IntoDeserializer};
+use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::json;
 use strum::VariantNames;
@@ -653,15 +653,13 @@ fn parse_address(value: &Value) -> Result<IpNet, String> {
         return Ok(net);
     }
     let ip: IpAddr = text.parse().map_err(|_| ALLOWED_ADDRESS.to_owned())?;
-    if let IpAddr::V6(v6) = ip {
-        // Peers are compared in canonical form (IPv4-mapped -> IPv4), so a mapped target
-        // would never match anything.
-        if let Some(v4) = v6.to_ipv4_mapped() {
-            return Err(format!(
-                "is an IPv4-mapped IPv6 address: write \"{v4}\", which also matches dual-stack \
-                 sockets"
-            ));
-        }
+    // Peers are compared in canonical form (IPv4-mapped -> IPv4), so a mapped target would
+    // never match anything.
+    let v4 = ip.to_canonical();
+    if v4 != ip {
+        return Err(format!(
+            "is an IPv4-mapped IPv6 address: write \"{v4}\", which also matches dual-stack sockets"
+        ));
     }
     Ok(IpNet::from(ip))
 }
@@ -747,27 +745,21 @@ fn parse_bool(value: &Value) -> Result<bool, String> {
 }
 
 fn parse_listen(value: &Value) -> Result<SocketAddr, String> {
-    text(value, ALLOWED_LISTEN)?
-        .parse()
-        .map_err(|_| ALLOWED_LISTEN.to_owned())
+    let text = text(value, ALLOWED_LISTEN)?;
+    text.parse().map_err(|_| ALLOWED_LISTEN.to_owned())
 }
 
 /// One of an enum's serde names, case-insensitively.
 fn parse_enum<T: DeserializeOwned>(value: &Value, allowed: &str) -> Result<T, String> {
-    value
-        .as_str()
-        .map(|text| text.trim().to_ascii_lowercase())
-        .and_then(|text| {
-            T::deserialize(IntoDeserializer::<serde::de::value::Error>::into_deserializer(text))
-                .ok()
-        })
-        .ok_or_else(|| format!("expected one of: {allowed}"))
+    type Text = serde::de::value::StringDeserializer<serde::de::value::Error>;
+    let text = value.as_str().map(|text| text.trim().to_ascii_lowercase());
+    let parsed = text.and_then(|text| T::deserialize(Text::new(text)).ok());
+    parsed.ok_or_else(|| format!("expected one of: {allowed}"))
 }
 
 fn parse_protocol(value: &Value) -> Result<OtlpProtocol, String> {
-    let json = value
-        .as_str()
-        .is_some_and(|t| t.trim().eq_ignore_ascii_case("http/json"));
+    let text = value.as_str().unwrap_or_default();
+    let json = text.trim().eq_ignore_ascii_case("http/json");
     parse_enum(value, &OtlpProtocol::VARIANTS.join(", ")).map_err(|e| match json {
         true => format!("OTLP/HTTP with JSON bodies is not supported; {e}"),
         false => e,
@@ -930,21 +922,19 @@ fn parse_tls_tunnel(value: &Value) -> Result<TlsTunnel, String> {
     let addr: SocketAddr = text
         .parse()
         .map_err(|_| format!("not IP:PORT; {ALLOWED_TUNNEL}"))?;
-    if !addr.ip().to_canonical().is_loopback() {
+    let (ip, port) = (addr.ip().to_canonical(), addr.port());
+    if !ip.is_loopback() {
+        let given = addr.ip();
         return Err(format!(
-            "{} is not a loopback address; {ALLOWED_TUNNEL}",
-            addr.ip()
+            "{given} is not a loopback address; {ALLOWED_TUNNEL}"
         ));
     }
-    if addr.port() == 0 {
+    if port == 0 {
         return Err(format!(
             "port 0 is not a port the tunnel listens on; {ALLOWED_TUNNEL}"
         ));
     }
-    Ok(TlsTunnel::At(SocketAddr::new(
-        addr.ip().to_canonical(),
-        addr.port(),
-    )))
+    Ok(TlsTunnel::At(SocketAddr::new(ip, port)))
 }
 
 /// `schedule_grace`: like an interval, but zero is allowed (only ends outside a window are
