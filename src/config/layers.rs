@@ -74,9 +74,12 @@ pub(crate) fn is_ours(name: &str) -> bool {
         || otel_vars().any(|(var, _)| var == name)
 }
 
-/// Parses TOML text into a (still untyped) tree.
-pub(crate) fn parse_toml(text: &str) -> Result<Dict, String> {
-    let data = Toml::string(text).data().map_err(|e| e.to_string())?;
+/// Parses the config file's text into a (still untyped) tree.
+pub(crate) fn parse_toml(path: &Path, text: &str) -> Result<Dict, ConfigError> {
+    let data = Toml::string(text).data().map_err(|e| {
+        let message = format!("not valid TOML: {e}");
+        ConfigError::new(File, path.display().to_string(), message)
+    })?;
     Ok(data.into_values().next().unwrap_or_default())
 }
 

@@ -606,10 +606,8 @@ pub fn load_checked_with<T>(
     // A non-UTF-8 value becomes a string with U+FFFD in it, which validation then rejects
     // while naming the variable.
     let env = std::env::vars_os().filter_map(|(name, value)| {
-        Some((
-            name.into_string().ok()?,
-            value.to_string_lossy().into_owned(),
-        ))
+        let value = value.to_string_lossy().into_owned();
+        Some((name.into_string().ok()?, value))
     });
     let env = env.chain(withheld.iter().cloned());
     load_from_checked(args, env, DEFAULT_CONFIG_PATH, check)
@@ -618,31 +616,21 @@ pub fn load_checked_with<T>(
 /// [`load_checked`] with the environment and the default file path given and no check, for
 /// tests and embedding. Variables other than `FIX_MONITOR_*`, `DOWNSTREAM_IP`,
 /// `DOWNSTREAM_PORT` and the `OTEL_*` variables above are ignored.
-pub fn load_from<I, K, V>(
+pub fn load_from(
     args: &ConfigArgs,
-    env: I,
+    env: impl IntoIterator<Item = (impl Into<String>, impl Into<String>)>,
     default_path: impl AsRef<Path>,
-) -> Result<Loaded, ConfigErrors>
-where
-    I: IntoIterator<Item = (K, V)>,
-    K: Into<String>,
-    V: Into<String>,
-{
+) -> Result<Loaded, ConfigErrors> {
     load_from_checked(args, env, default_path, |_| Ok(())).map(|(loaded, ())| loaded)
 }
 
 /// [`load_from`], then `check`, as [`load_checked`].
-pub(crate) fn load_from_checked<I, K, V, T>(
+pub(crate) fn load_from_checked<T>(
     args: &ConfigArgs,
-    env: I,
+    env: impl IntoIterator<Item = (impl Into<String>, impl Into<String>)>,
     default_path: impl AsRef<Path>,
     check: impl FnOnce(&Loaded) -> Result<T, ConfigErrors>,
-) -> Result<(Loaded, T), ConfigErrors>
-where
-    I: IntoIterator<Item = (K, V)>,
-    K: Into<String>,
-    V: Into<String>,
-{
+) -> Result<(Loaded, T), ConfigErrors> {
     let env: BTreeMap<String, String> = env
         .into_iter()
         .map(|(k, v)| (k.into(), v.into()))
@@ -671,12 +659,9 @@ pub fn parse_toml_str(text: &str, path: impl AsRef<Path>) -> Result<Loaded, Conf
     assemble(&args, &BTreeMap::new(), path.as_ref(), text, |_| Ok(())).map(|(loaded, ())| loaded)
 }
 
-fn file_error(path: &Path, message: String) -> ConfigError {
-    ConfigError::new(ErrorKind::File, path.display().to_string(), message)
-}
-
 fn read_error(path: &Path, error: std::io::Error) -> ConfigError {
-    file_error(path, format!("cannot read the config file: {error}"))
+    let message = format!("cannot read the config file: {error}");
+    ConfigError::new(ErrorKind::File, path.display().to_string(), message)
 }
 
 /// The pure core: file content, environment and flags in; settings (with defaults where values
@@ -693,11 +678,8 @@ fn assemble<T>(
         Ok(Some(_)) => ConfigFile::Read(path.to_path_buf()),
         _ => ConfigFile::Absent(path.to_path_buf()),
     };
-    let parse = |text: String| {
-        let dict = layers::parse_toml(&text);
-        dict.map_err(|message| file_error(path, format!("not valid TOML: {message}")))
-    };
-    let (file, mut errors) = match text.and_then(|text| text.map(parse).transpose()) {
+    let dict = text.and_then(|text| text.map(|text| layers::parse_toml(path, &text)).transpose());
+    let (file, mut errors) = match dict {
         Ok(dict) => (dict.map(|dict| (path, dict)), Vec::new()),
         Err(error) => (None, vec![error]),
     };

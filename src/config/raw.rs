@@ -215,33 +215,24 @@ fn unknown_key(path: &[String], field: &str, expected: &[&str], origin: Option<&
     };
     let mut message = format!("unknown key; {section} accepts: {}", expected.join(", "));
     // `FIX_MONITOR_POLL_INTERVAL` (one underscore) is the likely slip.
-    if let (Some(Origin::Env(_)), 1) = (origin, path.len()) {
-        let hint = ["poll", "prometheus", "log", "otlp"]
-            .iter()
-            .find_map(|section| {
-                let rest = field.strip_prefix(section)?.strip_prefix('_')?;
-                let (section, rest) = (section.to_ascii_uppercase(), rest.to_ascii_uppercase());
-                Some(format!("{ENV_PREFIX}{section}__{rest}"))
-            });
-        if let Some(hint) = hint {
-            let hint = format!(" (sections nest with a double underscore: did you mean {hint}?)");
-            message.push_str(&hint);
-        }
+    let slip = field.split_once('_');
+    let slip = slip.filter(|(section, _)| ["poll", "prometheus", "log", "otlp"].contains(section));
+    if let (Some(Origin::Env(_)), 1, Some((section, rest))) = (origin, path.len(), slip) {
+        let (section, rest) = (section.to_ascii_uppercase(), rest.to_ascii_uppercase());
+        let hint = format!("{ENV_PREFIX}{section}__{rest}");
+        message += &format!(" (sections nest with a double underscore: did you mean {hint}?)");
     }
     message
 }
 
 /// `["targets", "0", "port"]` -> `targets[0].port`.
 fn key_of(path: &[String]) -> String {
-    let mut key = String::new();
-    for part in path {
-        match part.parse::<usize>() {
-            Ok(_) => key.push_str(&format!("[{part}]")),
-            Err(_) if key.is_empty() => key.push_str(part),
-            Err(_) => key.push_str(&format!(".{part}")),
-        }
-    }
-    key
+    let part = |part: &String| match part.parse::<usize>() {
+        Ok(_) => format!("[{part}]"),
+        Err(_) => format!(".{part}"),
+    };
+    let key: String = path.iter().map(part).collect();
+    key.strip_prefix('.').unwrap_or(&key).to_owned()
 }
 
 /// The value at `path` (table keys and list indices).
