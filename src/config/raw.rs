@@ -822,24 +822,20 @@ const ALLOWED_COMP_IDS: &str = "expected a list of CompIDs, e.g. [\"GW1\", \"GW2
      \"GW1,GW2\"): non-empty, printable, without spaces, `=` or `|`";
 
 fn parse_comp_ids(value: &Value) -> Result<Vec<String>, String> {
-    let items: Vec<String> = match value {
-        Value::String(_, s) => s.split(',').map(|x| x.trim().to_owned()).collect(),
-        Value::Array(_, a) => a
-            .iter()
-            .map(|v| v.as_str().map(str::to_owned).ok_or(ALLOWED_COMP_IDS))
-            .collect::<Result<_, _>>()?,
-        _ => return Err(ALLOWED_COMP_IDS.to_owned()),
+    let items: Option<Vec<&str>> = match value {
+        Value::String(_, s) => Some(s.split(',').map(str::trim).collect()),
+        Value::Array(_, a) => a.iter().map(Value::as_str).collect(),
+        _ => None,
     };
-    for id in &items {
-        let ok = !id.is_empty()
-            && id
-                .bytes()
-                .all(|c| c.is_ascii_graphic() && c != b'=' && c != b'|');
-        if !ok {
-            return Err(format!("{:?} is not a CompID; {ALLOWED_COMP_IDS}", id));
-        }
+    let items = items.ok_or(ALLOWED_COMP_IDS)?;
+    let valid = |c: u8| c.is_ascii_graphic() && c != b'=' && c != b'|';
+    let invalid = items
+        .iter()
+        .find(|id| id.is_empty() || !id.bytes().all(valid));
+    if let Some(id) = invalid {
+        return Err(format!("{id:?} is not a CompID; {ALLOWED_COMP_IDS}"));
     }
-    Ok(items)
+    Ok(items.into_iter().map(str::to_owned).collect())
 }
 
 const ALLOWED_LOCKOUT: &str = "expected a table { attempts = N, within = DURATION }, such as \
@@ -952,9 +948,8 @@ fn parse_log_level(value: &Value) -> Result<String, String> {
     let text = text(value, ALLOWED_LEVEL)?;
     // The binary builds its filter from this string; checking here turns a typo into a usage
     // error instead of a silent fallback.
-    tracing_subscriber::EnvFilter::builder()
-        .parse(text)
-        .map_err(|e| format!("{e}; {ALLOWED_LEVEL}"))?;
+    let filter = tracing_subscriber::EnvFilter::builder().parse(text);
+    filter.map_err(|e| format!("{e}; {ALLOWED_LEVEL}"))?;
     Ok(text.to_owned())
 }
 
