@@ -317,9 +317,8 @@ impl Context<'_> {
 
     /// `key` is missing from the table at `table`, which came from somewhere.
     fn missing(&mut self, key: String, table: &str, message: String) {
-        let origin = self.origin(table);
-        self.errors
-            .push(ConfigError::new(MissingValue, key, message).origin(origin));
+        let error = ConfigError::new(MissingValue, key, message);
+        self.errors.push(error.origin(self.origin(table)));
     }
 }
 
@@ -480,10 +479,8 @@ fn targets(raw: Option<Vec<RawTarget>>, cx: &mut Context) -> (Targets, Vec<(usiz
             cx.missing(format!("{path}.address"), &path, message);
             continue;
         };
-        let name = t
-            .name
-            .get_or_insert_with(|| Target::default_name(&net, t.port));
-        let name = name.clone();
+        let default_name = || Target::default_name(&net, t.port);
+        let name = t.name.get_or_insert_with(default_name).clone();
         let name_key = format!("{path}.name");
         let first = *names.entry(name.clone()).or_insert(i);
         if first != i {
@@ -608,11 +605,7 @@ const ALLOWED_LEVEL: &str =
 /// are text); `None` for anything else.
 fn integer(value: &Value) -> Option<i128> {
     let Value::String(_, s) = value else {
-        let unsigned = || {
-            value
-                .to_u128()
-                .map(|v| i128::try_from(v).unwrap_or(i128::MAX))
-        };
+        let unsigned = || value.to_u128().map(|v| v.try_into().unwrap_or(i128::MAX));
         return value.to_i128().or_else(unsigned);
     };
     let s = s.trim();
@@ -829,10 +822,8 @@ fn parse_comp_ids(value: &Value) -> Result<Vec<String>, String> {
     };
     let items = items.ok_or(ALLOWED_COMP_IDS)?;
     let valid = |c: u8| c.is_ascii_graphic() && c != b'=' && c != b'|';
-    let invalid = items
-        .iter()
-        .find(|id| id.is_empty() || !id.bytes().all(valid));
-    if let Some(id) = invalid {
+    let invalid = |id: &&str| id.is_empty() || !id.bytes().all(valid);
+    if let Some(id) = items.iter().find(|id| invalid(id)) {
         return Err(format!("{id:?} is not a CompID; {ALLOWED_COMP_IDS}"));
     }
     Ok(items.into_iter().map(str::to_owned).collect())
@@ -906,9 +897,8 @@ fn parse_tls_tunnel(value: &Value) -> Result<TlsTunnel, String> {
     if text.eq_ignore_ascii_case("auto") {
         return Ok(TlsTunnel::Auto);
     }
-    let addr: SocketAddr = text
-        .parse()
-        .map_err(|_| format!("not IP:PORT; {ALLOWED_TUNNEL}"))?;
+    let addr = text.parse::<SocketAddr>();
+    let addr = addr.map_err(|_| format!("not IP:PORT; {ALLOWED_TUNNEL}"))?;
     let (ip, port) = (addr.ip().to_canonical(), addr.port());
     if !ip.is_loopback() {
         let given = addr.ip();
@@ -929,10 +919,10 @@ fn parse_tls_tunnel(value: &Value) -> Result<TlsTunnel, String> {
 fn parse_grace(value: &Value) -> Result<Duration, String> {
     const ALLOWED: &str = "expected a duration from 0 to 24h: whole seconds (300) or a \
                            humantime string (\"5m\", \"90s\")";
-    let grace = duration(value)
-        .ok()
-        .filter(|g| *g <= defaults::MAX_INTERVAL);
-    grace.ok_or_else(|| ALLOWED.to_owned())
+    match duration(value) {
+        Ok(grace) if grace <= defaults::MAX_INTERVAL => Ok(grace),
+        _ => Err(ALLOWED.to_owned()),
+    }
 }
 
 fn parse_glob(value: &Value) -> Result<String, String> {
