@@ -258,22 +258,16 @@ pub struct FixSettings {
 
 /// `targets[].tls_tunnel`: the gateway reaches the target through a local TLS tunnel, and
 /// speaks plaintext FIX to it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Displayed as the value is written: the address, or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Display)]
 pub enum TlsTunnel {
     /// The address the gateway connects to (the tunnel's accepting socket), on loopback.
+    #[strum(transparent)]
     At(std::net::SocketAddr),
     /// `"auto"`: found at run time, as the one loopback listener of the stunnel process that
     /// owns the target's sessions (`fix::tunnels`).
+    #[strum(serialize = "auto")]
     Auto,
-}
-
-impl std::fmt::Display for TlsTunnel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            TlsTunnel::At(a) => a.fmt(f),
-            TlsTunnel::Auto => f.write_str("auto"),
-        }
-    }
 }
 
 /// `targets[].message_limit`: the venue's throttle, `count` messages per `per` (one of the
