@@ -339,9 +339,13 @@ pub(crate) fn validate(raw: Raw, cx: &mut Context<'_>) -> (Settings, Vec<RawTarg
         );
         cx.report(Conflict, "prometheus.enabled", "false".into(), message);
     }
-    let (targets, kept) = targets(raw.targets, cx);
+    let (targets, mut kept) = targets(raw.targets, cx);
     let names: Vec<_> = kept.iter().map(|(i, t)| (*i, t.schedule.clone())).collect();
     let target_schedules = self::schedules(&raw.schedules, &names, cx);
+    // `explain` names a target's schedule as the schedule has it (trimmed).
+    for ((_, t), schedule) in kept.iter_mut().zip(&target_schedules) {
+        t.schedule = schedule.as_ref().map(|s| s.name().to_owned());
+    }
     tls_tunnels(&targets, &kept, raw.fix.capture, cx);
     let mut fix = self::fix(raw.fix, cx);
     // What `[fix]` keeps of each target, by target id.
