@@ -242,10 +242,8 @@ fn lowercase_headers(layer: &mut Layer, errors: &mut Vec<ConfigError>) {
 /// The standard OpenTelemetry variables, one layer each, in [`otel_vars`] order.
 fn otel_layers(env: &BTreeMap<String, String>, errors: &mut Vec<ConfigError>) -> Vec<Layer> {
     let mut layers = Vec::new();
-    for (name, key) in otel_vars() {
-        let Some(raw) = env.get(&name).map(|v| v.trim()).filter(|v| !v.is_empty()) else {
-            continue;
-        };
+    let set = otel_vars().filter_map(|(name, key)| Some((env.get(&name)?.trim(), name, key)));
+    for (raw, name, key) in set.filter(|(raw, ..)| !raw.is_empty()) {
         let value = match (key, raw.parse::<u64>()) {
             // Durations are integer milliseconds, as the specification has it; kept as "5000ms"
             // so that our duration parser (where a bare integer means seconds) reads them right.
@@ -306,10 +304,9 @@ fn env_layers(env: &BTreeMap<String, String>, errors: &mut Vec<ConfigError>) -> 
     };
     // Sorted by name, so `FIX_MONITOR_POLL` comes before (and is refined by)
     // `FIX_MONITOR_POLL__INTERVAL`.
-    for (name, raw) in env.iter().filter(|(name, _)| *name != ENV_CONFIG) {
-        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
-            continue;
-        };
+    let vars = env.iter().filter(|(name, _)| *name != ENV_CONFIG);
+    let vars = vars.filter_map(|(name, raw)| Some((name, name.strip_prefix(ENV_PREFIX)?, raw)));
+    for (name, rest, raw) in vars {
         let keys: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
         if keys.iter().any(String::is_empty) {
             error(UnknownKey, name, NOT_A_VARIABLE, raw);
