@@ -566,8 +566,7 @@ impl Loaded {
     /// Where the value at `key` came from: `poll.interval`, `prometheus.listen`,
     /// `targets[0].address`, ...; [`Origin::Default`] for a key no layer set.
     pub fn origin(&self, key: &str) -> Option<&Origin> {
-        static DEFAULT: Origin = Origin::Default;
-        Some(self.origins.get(key).unwrap_or(&DEFAULT))
+        Some(self.origins.get(key).unwrap_or(&Origin::Default))
     }
 
     /// The effective configuration as TOML (it parses back to the same settings), with each
