@@ -754,24 +754,23 @@ fn parse_protocol(value: &Value) -> Result<OtlpProtocol, String> {
     })
 }
 
+const CREDENTIALS: &str = "has credentials in it; send them as a header instead ([otlp] \
+     headers, e.g. { authorization = \"Basic ...\" })";
+
 /// An OTLP endpoint: an absolute http(s) URL with a host, without credentials, query or
 /// fragment; for gRPC without a path (the service defines it).
 fn parse_endpoint(text: &str, protocol: OtlpProtocol) -> Result<(), String> {
     let url = url::Url::parse(text.trim())
         .map_err(|e| format!("is not a URL ({e}); {ALLOWED_ENDPOINT}"))?;
-    match url.scheme() {
-        "http" | "https" => {}
-        other => return Err(format!("has the scheme {other}://; {ALLOWED_ENDPOINT}")),
+    let scheme = url.scheme();
+    if !matches!(scheme, "http" | "https") {
+        return Err(format!("has the scheme {scheme}://; {ALLOWED_ENDPOINT}"));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(format!("has no host; {ALLOWED_ENDPOINT}"));
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(
-            "has credentials in it; send them as a header instead ([otlp] headers, e.g. \
-             { authorization = \"Basic ...\" })"
-                .to_owned(),
-        );
+        return Err(CREDENTIALS.to_owned());
     }
     if url.query().is_some() || url.fragment().is_some() {
         return Err(format!("has a query or fragment; {ALLOWED_ENDPOINT}"));
