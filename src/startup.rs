@@ -86,15 +86,16 @@ pub fn prepare(loaded: &Loaded) -> Result<Resources, ConfigErrors> {
 /// The prefixes of the variables that opentelemetry-otlp and the SDK's `PeriodicReader` read by
 /// themselves when an exporter is built (0.33: endpoint, protocol, headers, timeout,
 /// compression, insecure, per signal and generic; the export interval). fix-monitor reads the
-/// ones it supports in [`crate::config::load`] and passes every value to the exporter explicitly.
+/// ones it supports in [`crate::config::load_checked`] and passes every value to the exporter
+/// explicitly.
 pub const LIBRARY_ENV_PREFIXES: &[&str] = &["OTEL_EXPORTER_OTLP_", "OTEL_METRIC_EXPORT_"];
 
 /// Removes the [`LIBRARY_ENV_PREFIXES`] variables from the process environment, so that the
 /// exporter cannot act on one behind the configuration's back (it would, for instance, merge
 /// `OTEL_EXPORTER_OTLP_HEADERS` into every request): what `fix-monitor config` shows is all
 /// that takes effect. Returns the variables removed (a reload reads them again, as the start
-/// did: `config::load_checked_with`). Call after [`crate::config::load`] and before any thread is
-/// started (the binary does it first thing); the environment is process-global.
+/// did: `config::load_checked_with`). Call after [`crate::config::load_checked`] and before any
+/// thread is started (the binary does it first thing); the environment is process-global.
 pub fn withhold_library_env() -> Vec<(String, String)> {
     let vars: Vec<(String, String)> = std::env::vars_os()
         .filter_map(|(name, value)| {

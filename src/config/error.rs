@@ -82,8 +82,8 @@ impl ConfigError {
         self
     }
 
-    pub(crate) fn origin(mut self, origin: Origin) -> Self {
-        self.origin = Some(origin);
+    pub(crate) fn origin(mut self, origin: impl Into<Option<Origin>>) -> Self {
+        self.origin = origin.into();
         self
     }
 }
@@ -93,12 +93,8 @@ impl fmt::Display for ConfigError {
         f.write_str(&self.key)?;
         if let Some(value) = &self.value {
             // `--port 9100` reads as typed; `poll.interval = "0s"` as in the file.
-            let sep = if self.key.starts_with("--") {
-                " "
-            } else {
-                " = "
-            };
-            write!(f, "{sep}{value}")?;
+            let flag = self.key.starts_with("--");
+            write!(f, "{}{value}", if flag { " " } else { " = " })?;
         }
         match &self.origin {
             // The key already is the variable or flag (DOWNSTREAM_PORT, --min-port).
@@ -135,19 +131,10 @@ impl std::ops::Deref for ConfigErrors {
 
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, error) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str("\n")?;
-            }
-            // Some messages (TOML syntax errors) span lines; indent them under their bullet.
-            let text = error.to_string();
-            let mut lines = text.lines();
-            write!(f, "  - {}", lines.next().unwrap_or_default())?;
-            for line in lines {
-                write!(f, "\n    {line}")?;
-            }
-        }
-        Ok(())
+        // Some messages (TOML syntax errors) span lines; indent them under their bullet.
+        let bullet = |e: &ConfigError| e.to_string().lines().collect::<Vec<_>>().join("\n    ");
+        let bullets = self.0.iter().map(|e| format!("  - {}", bullet(e)));
+        f.write_str(&bullets.collect::<Vec<_>>().join("\n"))
     }
 }
 

@@ -8,19 +8,18 @@ use std::fmt::Write;
 
 use figment::value::{Dict, Value};
 
-use super::raw::{self, quote, render, RawTarget};
+use super::raw::{self, quote, render};
 use super::{ConfigFile, Loaded, Origin, OtlpProtocol};
 
 /// Comments start at this column at least, so that they line up in the common case.
 const COMMENT_COLUMN: usize = 34;
 
+const HEADER: &str = "# fix-monitor effective configuration.\n# Layers, lowest first: default < \
+     OTEL_* variables < config file < FIX_MONITOR_* and DOWNSTREAM_* variables < flags; each \
+     value's comment says which one set it.\n";
+
 pub(super) fn explain(loaded: &Loaded) -> String {
-    let mut out = String::new();
-    out.push_str("# fix-monitor effective configuration.\n");
-    out.push_str(
-        "# Layers, lowest first: default < OTEL_* variables < config file < FIX_MONITOR_* and \
-         DOWNSTREAM_* variables < flags; each value's comment says which one set it.\n",
-    );
+    let mut out = HEADER.to_owned();
     let (path, absent) = match &loaded.config_file {
         ConfigFile::Read(path) => (path, ""),
         ConfigFile::Absent(path) => (path, " (absent, skipped)"),
@@ -34,11 +33,7 @@ pub(super) fn explain(loaded: &Loaded) -> String {
     let Ok(Value::Dict(_, mut top)) = Value::serialize(&loaded.settings) else {
         unreachable!("settings serialize to a table")
     };
-    let s = &loaded.settings;
-    let targets: Vec<RawTarget> = (s.targets.iter().enumerate())
-        .map(|(i, t)| RawTarget::new(s, i, t))
-        .collect();
-    let targets = Value::serialize(targets).expect("targets serialize");
+    let targets = Value::serialize(&loaded.targets).expect("targets serialize");
     top.insert("targets".to_owned(), targets);
     let mut lines = Lines { loaded, out };
     lines.table("", "", &top);
@@ -155,14 +150,11 @@ impl Lines<'_> {
     /// is a comment itself.
     fn line(&mut self, line: String, key: &str) {
         let from = match self.loaded.origin(key) {
-            Some(Origin::Default) | None => match key {
-                // A target's name is derived from its address and port unless given.
-                k if k.ends_with(".name") => "default (from address and port)",
-                k if k.ends_with(".stale_after") => "default (twice the heartbeat)",
-                _ => "default",
-            }
-            .to_owned(),
-            Some(origin) => format!("from {origin}"),
+            Some(origin) if *origin != Origin::Default => format!("from {origin}"),
+            // A target's name is derived from its address and port unless given.
+            _ if key.ends_with(".name") => "default (from address and port)".to_owned(),
+            _ if key.ends_with(".stale_after") => "default (twice the heartbeat)".to_owned(),
+            _ => "default".to_owned(),
         };
         let _ = writeln!(self.out, "{line:<COMMENT_COLUMN$} # {from}");
     }

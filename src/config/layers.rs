@@ -74,9 +74,12 @@ pub(crate) fn is_ours(name: &str) -> bool {
         || otel_vars().any(|(var, _)| var == name)
 }
 
-/// Parses TOML text into a (still untyped) tree.
-pub(crate) fn parse_toml(text: &str) -> Result<Dict, String> {
-    let data = Toml::string(text).data().map_err(|e| e.to_string())?;
+/// Parses the config file's text into a (still untyped) tree.
+pub(crate) fn parse_toml(path: &Path, text: &str) -> Result<Dict, ConfigError> {
+    let data = Toml::string(text).data().map_err(|e| {
+        let message = format!("not valid TOML: {e}");
+        ConfigError::new(File, path.display().to_string(), message)
+    })?;
     Ok(data.into_values().next().unwrap_or_default())
 }
 
@@ -110,7 +113,11 @@ impl Layer {
             let label = labels.iter().find(|(f, _)| *f == field);
             label.unwrap_or(&labels[0]).1.clone()
         };
-        let metadata = Metadata::named(layer).interpolater(interpolate);
+        Layer::new(Metadata::named(layer).interpolater(interpolate), value)
+    }
+
+    /// `value`, a table, from `metadata`'s provider.
+    fn new(metadata: Metadata, value: Value) -> Layer {
         let dict = value.into_dict().expect("a nested key is a table");
         Layer { metadata, dict }
     }
@@ -143,17 +150,15 @@ fn parse_value(raw: &str) -> Value {
 /// A port from a variable or flag: a number when it reads as one, so that errors show it as
 /// the file would (`[7000, 6000]`); else the text, for the check to reject.
 fn port_value(raw: &str) -> Value {
-    raw.trim()
-        .parse::<i64>()
-        .map_or_else(|_| Value::from(raw.to_owned()), Value::from)
+    let port = raw.trim().parse::<i64>();
+    port.map_or_else(|_| Value::from(raw.to_owned()), Value::from)
 }
 
 /// Where the value with `tag` came from; `field` is the last key of its path (legacy target
 /// layers name a different variable or flag per field).
 pub(crate) fn origin_of(figment: &Figment, tag: Tag, field: &str) -> Origin {
-    figment
-        .get_metadata(tag)
-        .map_or(Origin::Default, |m| origin(m, field))
+    let metadata = figment.get_metadata(tag);
+    metadata.map_or(Origin::Default, |m| origin(m, field))
 }
 
 fn origin(metadata: &Metadata, field: &str) -> Origin {
@@ -203,11 +208,8 @@ fn endpoint_implies_enabled(group: &mut Vec<Layer>) {
         return;
     }
     if let Some(layer) = group.iter().rev().find(|l| l.sets("otlp.endpoint")) {
-        let metadata = layer.metadata.clone();
-        let dict = nest("otlp.enabled", true.into())
-            .into_dict()
-            .expect("a table");
-        group.push(Layer { metadata, dict });
+        let enabled = nest("otlp.enabled", true.into());
+        group.push(Layer::new(layer.metadata.clone(), enabled));
     }
 }
 
@@ -240,10 +242,8 @@ fn lowercase_headers(layer: &mut Layer, errors: &mut Vec<ConfigError>) {
 /// The standard OpenTelemetry variables, one layer each, in [`otel_vars`] order.
 fn otel_layers(env: &BTreeMap<String, String>, errors: &mut Vec<ConfigError>) -> Vec<Layer> {
     let mut layers = Vec::new();
-    for (name, key) in otel_vars() {
-        let Some(raw) = env.get(&name).map(|v| v.trim()).filter(|v| !v.is_empty()) else {
-            continue;
-        };
+    let set = otel_vars().filter_map(|(name, key)| Some((env.get(&name)?.trim(), name, key)));
+    for (raw, name, key) in set.filter(|(raw, ..)| !raw.is_empty()) {
         let value = match (key, raw.parse::<u64>()) {
             // Durations are integer milliseconds, as the specification has it; kept as "5000ms"
             // so that our duration parser (where a bare integer means seconds) reads them right.
@@ -304,10 +304,9 @@ fn env_layers(env: &BTreeMap<String, String>, errors: &mut Vec<ConfigError>) -> 
     };
     // Sorted by name, so `FIX_MONITOR_POLL` comes before (and is refined by)
     // `FIX_MONITOR_POLL__INTERVAL`.
-    for (name, raw) in env.iter().filter(|(name, _)| *name != ENV_CONFIG) {
-        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
-            continue;
-        };
+    let vars = env.iter().filter(|(name, _)| *name != ENV_CONFIG);
+    let vars = vars.filter_map(|(name, raw)| Some((name, name.strip_prefix(ENV_PREFIX)?, raw)));
+    for (name, rest, raw) in vars {
         let keys: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
         if keys.iter().any(String::is_empty) {
             error(UnknownKey, name, NOT_A_VARIABLE, raw);
@@ -351,11 +350,10 @@ fn flag_layers(args: &ConfigArgs, errors: &mut Vec<ConfigError>) -> Vec<Layer> {
         ("--log-file", &args.rejected_log_file, REJECTED_LOG_FILE),
     ];
     for (flag, value, message) in rejected {
-        if let Some(value) = value {
-            let mut error = ConfigError::new(RejectedFlag, flag, message);
-            error.value = value.clone();
-            errors.push(error);
-        }
+        let Some(value) = value else { continue };
+        let mut error = ConfigError::new(RejectedFlag, flag, message);
+        error.value.clone_from(value);
+        errors.push(error);
     }
 
     let mut layers = Vec::new();

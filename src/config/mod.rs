@@ -1,9 +1,9 @@
 //! Every setting of fix-monitor, in one place: defaults, the standard OpenTelemetry variables,
 //! the config file, fix-monitor's own environment variables and the command line, layered with
 //! figment and validated once into [`Settings`]. Configuration is data: this module parses and
-//! checks values and does no other I/O than reading the config file (and, in [`load`], the
-//! process environment). What the values name on the file system (the web config file, the
-//! state directory, TLS files) is read and checked by the start-up step,
+//! checks values and does no other I/O than reading the config file (and, in
+//! [`load_checked`], the process environment). What the values name on the file system (the
+//! web config file, the state directory, TLS files) is read and checked by the start-up step,
 //! [`crate::startup::prepare`], whose problems read the same way.
 //!
 //! # Layers, lowest to highest
@@ -115,8 +115,8 @@
 //! - `error`: [`ConfigError`] (key, value, origin, what is wrong and what is allowed) and
 //!   [`ConfigErrors`], all of them, one per line; the binary exits with [`EXIT_USAGE`].
 //!
-//! Only [`load`] touches the process environment and only [`load_from`] reads the file; the
-//! pure [`parse_toml_str`] / [`parse_reader`] take the file's content directly.
+//! Only [`load_checked`] touches the process environment and only [`load_from`] reads the file;
+//! the pure [`parse_toml_str`] takes the file's content directly.
 
 mod args;
 mod error;
@@ -127,7 +127,6 @@ mod raw;
 mod tests;
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -259,22 +258,16 @@ pub struct FixSettings {
 
 /// `targets[].tls_tunnel`: the gateway reaches the target through a local TLS tunnel, and
 /// speaks plaintext FIX to it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Displayed as the value is written: the address, or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Display)]
 pub enum TlsTunnel {
     /// The address the gateway connects to (the tunnel's accepting socket), on loopback.
+    #[strum(transparent)]
     At(std::net::SocketAddr),
     /// `"auto"`: found at run time, as the one loopback listener of the stunnel process that
     /// owns the target's sessions (`fix::tunnels`).
+    #[strum(serialize = "auto")]
     Auto,
-}
-
-impl std::fmt::Display for TlsTunnel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            TlsTunnel::At(a) => a.fmt(f),
-            TlsTunnel::Auto => f.write_str("auto"),
-        }
-    }
 }
 
 /// `targets[].message_limit`: the venue's throttle, `count` messages per `per` (one of the
@@ -565,14 +558,15 @@ pub struct Loaded {
     origins: BTreeMap<String, Origin>,
     /// `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` as set: the SDK reads them itself.
     resource_vars: Vec<(String, String)>,
+    /// The targets as the tables they could have been given as, for `explain`.
+    targets: Vec<raw::RawTarget>,
 }
 
 impl Loaded {
     /// Where the value at `key` came from: `poll.interval`, `prometheus.listen`,
     /// `targets[0].address`, ...; [`Origin::Default`] for a key no layer set.
     pub fn origin(&self, key: &str) -> Option<&Origin> {
-        static DEFAULT: Origin = Origin::Default;
-        Some(self.origins.get(key).unwrap_or(&DEFAULT))
+        Some(self.origins.get(key).unwrap_or(&Origin::Default))
     }
 
     /// The effective configuration as TOML (it parses back to the same settings), with each
@@ -584,12 +578,7 @@ impl Loaded {
 
 /// Loads the configuration from the process environment (`FIX_MONITOR_*`, `DOWNSTREAM_*` and
 /// the standard `OTEL_*` variables listed above), `--config` or the default file, and the
-/// flags.
-pub fn load(args: &ConfigArgs) -> Result<Loaded, ConfigErrors> {
-    load_checked(args, |_| Ok(())).map(|(loaded, ())| loaded)
-}
-
-/// [`load`], then `check` on what loaded, even where some values were bad (those keep their
+/// flags; then runs `check` on what loaded, even where some values were bad (those keep their
 /// defaults), so that its problems are reported together with the configuration's. The binary
 /// passes the start-up step, [`crate::startup::prepare`], whose I/O stays out of this module.
 pub fn load_checked<T>(
@@ -610,43 +599,31 @@ pub fn load_checked_with<T>(
     // A non-UTF-8 value becomes a string with U+FFFD in it, which validation then rejects
     // while naming the variable.
     let env = std::env::vars_os().filter_map(|(name, value)| {
-        Some((
-            name.into_string().ok()?,
-            value.to_string_lossy().into_owned(),
-        ))
+        let value = value.to_string_lossy().into_owned();
+        Some((name.into_string().ok()?, value))
     });
     let env = env.chain(withheld.iter().cloned());
     load_from_checked(args, env, DEFAULT_CONFIG_PATH, check)
 }
 
-/// [`load`] with the environment and the default file path given, for tests and embedding.
-/// Variables other than `FIX_MONITOR_*`, `DOWNSTREAM_IP`, `DOWNSTREAM_PORT` and the `OTEL_*`
-/// variables above are ignored.
-pub fn load_from<I, K, V>(
+/// [`load_checked`] with the environment and the default file path given and no check, for
+/// tests and embedding. Variables other than `FIX_MONITOR_*`, `DOWNSTREAM_IP`,
+/// `DOWNSTREAM_PORT` and the `OTEL_*` variables above are ignored.
+pub fn load_from(
     args: &ConfigArgs,
-    env: I,
+    env: impl IntoIterator<Item = (impl Into<String>, impl Into<String>)>,
     default_path: impl AsRef<Path>,
-) -> Result<Loaded, ConfigErrors>
-where
-    I: IntoIterator<Item = (K, V)>,
-    K: Into<String>,
-    V: Into<String>,
-{
+) -> Result<Loaded, ConfigErrors> {
     load_from_checked(args, env, default_path, |_| Ok(())).map(|(loaded, ())| loaded)
 }
 
 /// [`load_from`], then `check`, as [`load_checked`].
-pub(crate) fn load_from_checked<I, K, V, T>(
+pub(crate) fn load_from_checked<T>(
     args: &ConfigArgs,
-    env: I,
+    env: impl IntoIterator<Item = (impl Into<String>, impl Into<String>)>,
     default_path: impl AsRef<Path>,
     check: impl FnOnce(&Loaded) -> Result<T, ConfigErrors>,
-) -> Result<(Loaded, T), ConfigErrors>
-where
-    I: IntoIterator<Item = (K, V)>,
-    K: Into<String>,
-    V: Into<String>,
-{
+) -> Result<(Loaded, T), ConfigErrors> {
     let env: BTreeMap<String, String> = env
         .into_iter()
         .map(|(k, v)| (k.into(), v.into()))
@@ -661,12 +638,9 @@ where
         (None, None) => (default_path.as_ref().to_path_buf(), None),
     };
     let text = match std::fs::read_to_string(&path) {
-        Ok(text) => Ok(Some(text)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && named_by.is_none() => Ok(None),
-        Err(e) => Err(ConfigError {
-            origin: named_by,
-            ..read_error(&path, e)
-        }),
+        Ok(text) => Ok(Some(text)),
+        Err(e) => Err(read_error(&path, e).origin(named_by)),
     };
     assemble(args, &env, &path, text, check)
 }
@@ -674,24 +648,13 @@ where
 /// Parses and validates a configuration file's content alone (defaults below it, no
 /// environment, no flags). `path` is only used to name the file in errors and origins.
 pub fn parse_toml_str(text: &str, path: impl AsRef<Path>) -> Result<Loaded, ConfigErrors> {
-    parse_reader(text.as_bytes(), path)
-}
-
-/// [`parse_toml_str`] on the bytes of a reader.
-pub fn parse_reader(mut reader: impl Read, path: impl AsRef<Path>) -> Result<Loaded, ConfigErrors> {
-    let (path, mut text) = (path.as_ref(), String::new());
-    let read = reader.read_to_string(&mut text);
-    let text = read.map(|_| Some(text)).map_err(|e| read_error(path, e));
-    let (args, env) = (ConfigArgs::default(), BTreeMap::new());
-    assemble(&args, &env, path, text, |_| Ok(())).map(|(loaded, ())| loaded)
-}
-
-fn file_error(path: &Path, message: String) -> ConfigError {
-    ConfigError::new(ErrorKind::File, path.display().to_string(), message)
+    let (args, text) = (ConfigArgs::default(), Ok(Some(text.to_owned())));
+    assemble(&args, &BTreeMap::new(), path.as_ref(), text, |_| Ok(())).map(|(loaded, ())| loaded)
 }
 
 fn read_error(path: &Path, error: std::io::Error) -> ConfigError {
-    file_error(path, format!("cannot read the config file: {error}"))
+    let message = format!("cannot read the config file: {error}");
+    ConfigError::new(ErrorKind::File, path.display().to_string(), message)
 }
 
 /// The pure core: file content, environment and flags in; settings (with defaults where values
@@ -708,11 +671,8 @@ fn assemble<T>(
         Ok(Some(_)) => ConfigFile::Read(path.to_path_buf()),
         _ => ConfigFile::Absent(path.to_path_buf()),
     };
-    let parse = |text: String| {
-        let dict = layers::parse_toml(&text);
-        dict.map_err(|message| file_error(path, format!("not valid TOML: {message}")))
-    };
-    let (file, mut errors) = match text.and_then(|text| text.map(parse).transpose()) {
+    let dict = text.and_then(|text| text.map(|text| layers::parse_toml(path, &text)).transpose());
+    let (file, mut errors) = match dict {
         Ok(dict) => (dict.map(|dict| (path, dict)), Vec::new()),
         Err(error) => (None, vec![error]),
     };
@@ -728,7 +688,7 @@ fn assemble<T>(
         failed: &failed,
         errors: &mut errors,
     };
-    let settings = raw::validate(raw, &mut context);
+    let (settings, targets) = raw::validate(raw, &mut context);
     let resource_vars = layers::RESOURCE_VARS.iter();
     let resource_vars = resource_vars.filter_map(|&n| Some((n.to_owned(), env.get(n)?.clone())));
     let resource_vars = resource_vars.collect();
@@ -737,6 +697,7 @@ fn assemble<T>(
         config_file,
         origins,
         resource_vars,
+        targets,
     };
     let checked = check(&loaded).map_err(|e| errors.extend(e.iter().cloned()));
     match checked {

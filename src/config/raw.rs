@@ -24,7 +24,7 @@ use figment::error::Kind;
 use figment::value::{Dict, Value};
 use figment::{Figment, Provider};
 use ipnet::IpNet;
-use serde::de::{DeserializeOwned, Error as _, IntoDeserializer};
+use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::json;
 use strum::VariantNames;
@@ -47,8 +47,9 @@ use crate::target::{PortRange, Target, Targets};
 pub(crate) type Raw = Settings<Option<Vec<RawTarget>>>;
 
 /// One `[[targets]]` table. Per-target keys are optional: `None` means "any" or "derived".
-/// Also how `explain` prints a [`Target`]: as the table it could have been given as.
-#[derive(Debug, Default, Deserialize, Serialize)]
+/// Validated, with its name and `stale_after` filled in, also how `explain` prints a [`Target`]:
+/// as the table it could have been given as.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawTarget {
     #[serde(with = "check::name")]
@@ -81,27 +82,6 @@ pub(crate) struct RawTarget {
     /// A `[[schedules]]` name: when its sessions are planned to be up.
     #[serde(with = "check::name")]
     schedule: Option<String>,
-}
-
-impl RawTarget {
-    /// Target `i` as configured, with what `[fix]` and the schedules keep for it.
-    pub(super) fn new(s: &Settings, i: usize, t: &Target) -> Self {
-        let fix = &s.fix;
-        let schedule = s.target_schedules.get(i).cloned().flatten();
-        RawTarget {
-            name: Some(t.name.clone()),
-            address: Some(t.net),
-            port: t.port,
-            local_ports: t.local_ports,
-            heartbeat: t.heartbeat,
-            stale_after: t.stale_after,
-            comp_ids: fix.target_comp_ids.get(i).cloned().unwrap_or_default(),
-            logon_lockout: fix.target_logon_lockout.get(i).copied().flatten(),
-            message_limit: fix.target_message_limit.get(i).copied().flatten(),
-            tls_tunnel: fix.target_tls_tunnel.get(i).copied().flatten(),
-            schedule: schedule.map(|s| s.name().to_owned()),
-        }
-    }
 }
 
 // ---- Leaf checks: `check::NAME`, for a field of its type or an `Option` of it. ----
@@ -203,12 +183,10 @@ pub(crate) fn extract(
                 path.push(field.clone());
             }
         }
-        let key = key_of(&path);
-        let value = at(&mut tree, &path).map(|v| v.clone());
+        let (key, value) = (key_of(&path), at(&mut tree, &path).map(|v| v.clone()));
         let field = path.last().map(String::as_str).unwrap_or_default();
-        let origin = value
-            .as_ref()
-            .map(|v| layers::origin_of(figment, v.tag(), field));
+        let tag = value.as_ref().map(Value::tag);
+        let origin = tag.map(|tag| layers::origin_of(figment, tag, field));
         let (kind, message) = match &error.kind {
             Kind::UnknownField(field, expected) => {
                 let message = unknown_key(&path, field, expected, origin.as_ref());
@@ -218,12 +196,9 @@ pub(crate) fn extract(
             Kind::Message(message) => (InvalidValue, message.clone()),
             other => (InvalidValue, other.to_string()),
         };
-        let value = value.as_ref().map(render_short);
-        errors.push(ConfigError {
-            value,
-            origin,
-            ..ConfigError::new(kind, &key, message)
-        });
+        let mut error = ConfigError::new(kind, &key, message).origin(origin);
+        error.value = value.as_ref().map(render_short);
+        errors.push(error);
         failed.insert(key);
         if !remove(&mut tree, &path) {
             // Cannot happen (the error's path comes from this tree); never loop on it.
@@ -240,33 +215,24 @@ fn unknown_key(path: &[String], field: &str, expected: &[&str], origin: Option<&
     };
     let mut message = format!("unknown key; {section} accepts: {}", expected.join(", "));
     // `FIX_MONITOR_POLL_INTERVAL` (one underscore) is the likely slip.
-    if let (Some(Origin::Env(_)), 1) = (origin, path.len()) {
-        let hint = ["poll", "prometheus", "log", "otlp"]
-            .iter()
-            .find_map(|section| {
-                let rest = field.strip_prefix(section)?.strip_prefix('_')?;
-                let (section, rest) = (section.to_ascii_uppercase(), rest.to_ascii_uppercase());
-                Some(format!("{ENV_PREFIX}{section}__{rest}"))
-            });
-        if let Some(hint) = hint {
-            let hint = format!(" (sections nest with a double underscore: did you mean {hint}?)");
-            message.push_str(&hint);
-        }
+    let slip = field.split_once('_');
+    let slip = slip.filter(|(section, _)| ["poll", "prometheus", "log", "otlp"].contains(section));
+    if let (Some(Origin::Env(_)), 1, Some((section, rest))) = (origin, path.len(), slip) {
+        let (section, rest) = (section.to_ascii_uppercase(), rest.to_ascii_uppercase());
+        let hint = format!("{ENV_PREFIX}{section}__{rest}");
+        message += &format!(" (sections nest with a double underscore: did you mean {hint}?)");
     }
     message
 }
 
 /// `["targets", "0", "port"]` -> `targets[0].port`.
 fn key_of(path: &[String]) -> String {
-    let mut key = String::new();
-    for part in path {
-        match part.parse::<usize>() {
-            Ok(_) => key.push_str(&format!("[{part}]")),
-            Err(_) if key.is_empty() => key.push_str(part),
-            Err(_) => key.push_str(&format!(".{part}")),
-        }
-    }
-    key
+    let part = |part: &String| match part.parse::<usize>() {
+        Ok(_) => format!("[{part}]"),
+        Err(_) => format!(".{part}"),
+    };
+    let key: String = path.iter().map(part).collect();
+    key.strip_prefix('.').unwrap_or(&key).to_owned()
 }
 
 /// The value at `path` (table keys and list indices).
@@ -351,15 +317,15 @@ impl Context<'_> {
 
     /// `key` is missing from the table at `table`, which came from somewhere.
     fn missing(&mut self, key: String, table: &str, message: String) {
-        let origin = self.origin(table);
-        self.errors
-            .push(ConfigError::new(MissingValue, key, message).origin(origin));
+        let error = ConfigError::new(MissingValue, key, message);
+        self.errors.push(error.origin(self.origin(table)));
     }
 }
 
 /// Turns the raw configuration into [`Settings`], reporting the problems that involve more
-/// than one value. The settings are used only if no problem was reported.
-pub(crate) fn validate(raw: Raw, cx: &mut Context<'_>) -> Settings {
+/// than one value, and the targets' tables as validated (for `explain`). The settings are used
+/// only if no problem was reported.
+pub(crate) fn validate(raw: Raw, cx: &mut Context<'_>) -> (Settings, Vec<RawTarget>) {
     let otlp = self::otlp(raw.otlp, cx);
     if !raw.prometheus.enabled && !otlp.enabled && !cx.failed.contains("prometheus.enabled") {
         let otlp_origin = match cx.origin("otlp.enabled") {
@@ -373,9 +339,13 @@ pub(crate) fn validate(raw: Raw, cx: &mut Context<'_>) -> Settings {
         );
         cx.report(Conflict, "prometheus.enabled", "false".into(), message);
     }
-    let (targets, kept) = targets(raw.targets, cx);
+    let (targets, mut kept) = targets(raw.targets, cx);
     let names: Vec<_> = kept.iter().map(|(i, t)| (*i, t.schedule.clone())).collect();
     let target_schedules = self::schedules(&raw.schedules, &names, cx);
+    // `explain` names a target's schedule as the schedule has it (trimmed).
+    for ((_, t), schedule) in kept.iter_mut().zip(&target_schedules) {
+        t.schedule = schedule.as_ref().map(|s| s.name().to_owned());
+    }
     tls_tunnels(&targets, &kept, raw.fix.capture, cx);
     let mut fix = self::fix(raw.fix, cx);
     // What `[fix]` keeps of each target, by target id.
@@ -383,7 +353,7 @@ pub(crate) fn validate(raw: Raw, cx: &mut Context<'_>) -> Settings {
     fix.target_logon_lockout = kept.iter().map(|(_, t)| t.logon_lockout).collect();
     fix.target_message_limit = kept.iter().map(|(_, t)| t.message_limit).collect();
     fix.target_tls_tunnel = kept.iter().map(|(_, t)| t.tls_tunnel).collect();
-    Settings {
+    let settings = Settings {
         targets,
         fix,
         otlp,
@@ -394,7 +364,8 @@ pub(crate) fn validate(raw: Raw, cx: &mut Context<'_>) -> Settings {
         schedules: raw.schedules,
         schedule_grace: raw.schedule_grace,
         target_schedules,
-    }
+    };
+    (settings, kept.into_iter().map(|(_, t)| t).collect())
 }
 
 /// `[[schedules]]` and the targets' `schedule`: checked by `crate::schedule`, reported here
@@ -474,11 +445,13 @@ fn tls_tunnels(targets: &Targets, kept: &[(usize, RawTarget)], capture: bool, cx
             }
             _ => continue,
         };
-        let (key, value) = (
-            format!("targets[{i}].tls_tunnel"),
-            quote(&tunnel.to_string()),
+        let value = quote(&tunnel.to_string());
+        cx.report(
+            Conflict,
+            &format!("targets[{i}].tls_tunnel"),
+            value,
+            message,
         );
-        cx.report(Conflict, &key, value, message);
     }
 }
 
@@ -492,16 +465,15 @@ fn targets(raw: Option<Vec<RawTarget>>, cx: &mut Context) -> (Targets, Vec<(usiz
     );
     match &raw {
         Some(items) if items.is_empty() => cx.report(NoTargets, "targets", "[]".into(), no_targets),
-        Some(_) => {}
-        None if cx.file_failed || cx.failed.contains("targets") => {}
-        None => cx
+        None if !cx.file_failed && !cx.failed.contains("targets") => cx
             .errors
             .push(ConfigError::new(NoTargets, "targets", no_targets)),
+        _ => {}
     }
     let (mut targets, mut kept) = (Vec::new(), Vec::new());
     // Name -> index in the configuration of the first target with it.
     let mut names: BTreeMap<String, usize> = BTreeMap::new();
-    for (i, t) in raw.into_iter().flatten().enumerate() {
+    for (i, mut t) in raw.into_iter().flatten().enumerate() {
         let path = format!("targets[{i}]");
         if cx.failed.iter().any(|k| k.starts_with(&path)) {
             continue;
@@ -511,7 +483,8 @@ fn targets(raw: Option<Vec<RawTarget>>, cx: &mut Context) -> (Targets, Vec<(usiz
             cx.missing(format!("{path}.address"), &path, message);
             continue;
         };
-        let name = (t.name.clone()).unwrap_or_else(|| Target::default_name(&net, t.port));
+        let default_name = || Target::default_name(&net, t.port);
+        let name = t.name.get_or_insert_with(default_name).clone();
         let name_key = format!("{path}.name");
         let first = *names.entry(name.clone()).or_insert(i);
         if first != i {
@@ -528,13 +501,14 @@ fn targets(raw: Option<Vec<RawTarget>>, cx: &mut Context) -> (Targets, Vec<(usiz
             );
             cx.report(DuplicateName, &name_key, quote(&name), message);
         }
+        t.stale_after = t.stale_after.or(t.heartbeat.map(|h| h * 2));
         targets.push(Target {
             name,
             net,
             port: t.port,
             local_ports: t.local_ports,
             heartbeat: t.heartbeat,
-            stale_after: t.stale_after.or(t.heartbeat.map(|h| h * 2)),
+            stale_after: t.stale_after,
         });
         kept.push((i, t));
     }
@@ -565,12 +539,8 @@ fn otlp(mut raw: OtlpSettings, cx: &mut Context<'_>) -> OtlpSettings {
     };
     for (name, value) in &raw.headers {
         if let Err(message) = check_header(name, value) {
-            cx.report(
-                InvalidValue,
-                &format!("otlp.headers.{name}"),
-                quote(value),
-                message,
-            );
+            let key = format!("otlp.headers.{name}");
+            cx.report(InvalidValue, &key, quote(value), message);
         }
     }
     if raw.enabled {
@@ -639,11 +609,7 @@ const ALLOWED_LEVEL: &str =
 /// are text); `None` for anything else.
 fn integer(value: &Value) -> Option<i128> {
     let Value::String(_, s) = value else {
-        let unsigned = || {
-            value
-                .to_u128()
-                .map(|v| i128::try_from(v).unwrap_or(i128::MAX))
-        };
+        let unsigned = || value.to_u128().map(|v| v.try_into().unwrap_or(i128::MAX));
         return value.to_i128().or_else(unsigned);
     };
     let s = s.trim();
@@ -675,15 +641,13 @@ fn parse_address(value: &Value) -> Result<IpNet, String> {
         return Ok(net);
     }
     let ip: IpAddr = text.parse().map_err(|_| ALLOWED_ADDRESS.to_owned())?;
-    if let IpAddr::V6(v6) = ip {
-        // Peers are compared in canonical form (IPv4-mapped -> IPv4), so a mapped target
-        // would never match anything.
-        if let Some(v4) = v6.to_ipv4_mapped() {
-            return Err(format!(
-                "is an IPv4-mapped IPv6 address: write \"{v4}\", which also matches dual-stack \
-                 sockets"
-            ));
-        }
+    // Peers are compared in canonical form (IPv4-mapped -> IPv4), so a mapped target would
+    // never match anything.
+    let v4 = ip.to_canonical();
+    if v4 != ip {
+        return Err(format!(
+            "is an IPv4-mapped IPv6 address: write \"{v4}\", which also matches dual-stack sockets"
+        ));
     }
     Ok(IpNet::from(ip))
 }
@@ -725,14 +689,17 @@ fn parse_name(value: &Value) -> Result<String, String> {
     }
 }
 
+/// Whole seconds (a number, or digits from a variable or flag) or a humantime string.
+fn duration(value: &Value) -> Result<Duration, String> {
+    match (integer(value).map(u64::try_from), value) {
+        (Some(Ok(secs)), _) => Ok(Duration::from_secs(secs)),
+        (None, Value::String(_, text)) => parse_duration(text),
+        _ => Err(ALLOWED_INTERVAL.to_owned()),
+    }
+}
+
 fn parse_interval(value: &Value) -> Result<Duration, String> {
-    let interval = match (integer(value), value) {
-        (Some(secs), _) => u64::try_from(secs)
-            .map(Duration::from_secs)
-            .map_err(|_| ALLOWED_INTERVAL.to_owned())?,
-        (None, Value::String(_, text)) => parse_duration(text)?,
-        _ => return Err(ALLOWED_INTERVAL.to_owned()),
-    };
+    let interval = duration(value)?;
     if interval.is_zero() {
         return Err(format!("must be above zero; {ALLOWED_INTERVAL}"));
     }
@@ -766,51 +733,44 @@ fn parse_bool(value: &Value) -> Result<bool, String> {
 }
 
 fn parse_listen(value: &Value) -> Result<SocketAddr, String> {
-    text(value, ALLOWED_LISTEN)?
-        .parse()
-        .map_err(|_| ALLOWED_LISTEN.to_owned())
+    let text = text(value, ALLOWED_LISTEN)?;
+    text.parse().map_err(|_| ALLOWED_LISTEN.to_owned())
 }
 
 /// One of an enum's serde names, case-insensitively.
 fn parse_enum<T: DeserializeOwned>(value: &Value, allowed: &str) -> Result<T, String> {
-    value
-        .as_str()
-        .map(|text| text.trim().to_ascii_lowercase())
-        .and_then(|text| {
-            T::deserialize(IntoDeserializer::<serde::de::value::Error>::into_deserializer(text))
-                .ok()
-        })
-        .ok_or_else(|| format!("expected one of: {allowed}"))
+    type Text = serde::de::value::StringDeserializer<serde::de::value::Error>;
+    let text = value.as_str().map(|text| text.trim().to_ascii_lowercase());
+    let parsed = text.and_then(|text| T::deserialize(Text::new(text)).ok());
+    parsed.ok_or_else(|| format!("expected one of: {allowed}"))
 }
 
 fn parse_protocol(value: &Value) -> Result<OtlpProtocol, String> {
-    let json = value
-        .as_str()
-        .is_some_and(|t| t.trim().eq_ignore_ascii_case("http/json"));
+    let text = value.as_str().unwrap_or_default();
+    let json = text.trim().eq_ignore_ascii_case("http/json");
     parse_enum(value, &OtlpProtocol::VARIANTS.join(", ")).map_err(|e| match json {
         true => format!("OTLP/HTTP with JSON bodies is not supported; {e}"),
         false => e,
     })
 }
 
+const CREDENTIALS: &str = "has credentials in it; send them as a header instead ([otlp] \
+     headers, e.g. { authorization = \"Basic ...\" })";
+
 /// An OTLP endpoint: an absolute http(s) URL with a host, without credentials, query or
 /// fragment; for gRPC without a path (the service defines it).
 fn parse_endpoint(text: &str, protocol: OtlpProtocol) -> Result<(), String> {
     let url = url::Url::parse(text.trim())
         .map_err(|e| format!("is not a URL ({e}); {ALLOWED_ENDPOINT}"))?;
-    match url.scheme() {
-        "http" | "https" => {}
-        other => return Err(format!("has the scheme {other}://; {ALLOWED_ENDPOINT}")),
+    let scheme = url.scheme();
+    if !matches!(scheme, "http" | "https") {
+        return Err(format!("has the scheme {scheme}://; {ALLOWED_ENDPOINT}"));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(format!("has no host; {ALLOWED_ENDPOINT}"));
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(
-            "has credentials in it; send them as a header instead ([otlp] headers, e.g. \
-             { authorization = \"Basic ...\" })"
-                .to_owned(),
-        );
+        return Err(CREDENTIALS.to_owned());
     }
     if url.query().is_some() || url.fragment().is_some() {
         return Err(format!("has a query or fragment; {ALLOWED_ENDPOINT}"));
@@ -858,24 +818,18 @@ const ALLOWED_COMP_IDS: &str = "expected a list of CompIDs, e.g. [\"GW1\", \"GW2
      \"GW1,GW2\"): non-empty, printable, without spaces, `=` or `|`";
 
 fn parse_comp_ids(value: &Value) -> Result<Vec<String>, String> {
-    let items: Vec<String> = match value {
-        Value::String(_, s) => s.split(',').map(|x| x.trim().to_owned()).collect(),
-        Value::Array(_, a) => a
-            .iter()
-            .map(|v| v.as_str().map(str::to_owned).ok_or(ALLOWED_COMP_IDS))
-            .collect::<Result<_, _>>()?,
-        _ => return Err(ALLOWED_COMP_IDS.to_owned()),
+    let items: Option<Vec<&str>> = match value {
+        Value::String(_, s) => Some(s.split(',').map(str::trim).collect()),
+        Value::Array(_, a) => a.iter().map(Value::as_str).collect(),
+        _ => None,
     };
-    for id in &items {
-        let ok = !id.is_empty()
-            && id
-                .bytes()
-                .all(|c| c.is_ascii_graphic() && c != b'=' && c != b'|');
-        if !ok {
-            return Err(format!("{:?} is not a CompID; {ALLOWED_COMP_IDS}", id));
-        }
+    let items = items.ok_or(ALLOWED_COMP_IDS)?;
+    let valid = |c: u8| c.is_ascii_graphic() && c != b'=' && c != b'|';
+    let invalid = |id: &&str| id.is_empty() || !id.bytes().all(valid);
+    if let Some(id) = items.iter().find(|id| invalid(id)) {
+        return Err(format!("{id:?} is not a CompID; {ALLOWED_COMP_IDS}"));
     }
-    Ok(items)
+    Ok(items.into_iter().map(str::to_owned).collect())
 }
 
 const ALLOWED_LOCKOUT: &str = "expected a table { attempts = N, within = DURATION }, such as \
@@ -946,24 +900,21 @@ fn parse_tls_tunnel(value: &Value) -> Result<TlsTunnel, String> {
     if text.eq_ignore_ascii_case("auto") {
         return Ok(TlsTunnel::Auto);
     }
-    let addr: SocketAddr = text
-        .parse()
-        .map_err(|_| format!("not IP:PORT; {ALLOWED_TUNNEL}"))?;
-    if !addr.ip().to_canonical().is_loopback() {
+    let addr = text.parse::<SocketAddr>();
+    let addr = addr.map_err(|_| format!("not IP:PORT; {ALLOWED_TUNNEL}"))?;
+    let (ip, port) = (addr.ip().to_canonical(), addr.port());
+    if !ip.is_loopback() {
+        let given = addr.ip();
         return Err(format!(
-            "{} is not a loopback address; {ALLOWED_TUNNEL}",
-            addr.ip()
+            "{given} is not a loopback address; {ALLOWED_TUNNEL}"
         ));
     }
-    if addr.port() == 0 {
+    if port == 0 {
         return Err(format!(
             "port 0 is not a port the tunnel listens on; {ALLOWED_TUNNEL}"
         ));
     }
-    Ok(TlsTunnel::At(SocketAddr::new(
-        addr.ip().to_canonical(),
-        addr.port(),
-    )))
+    Ok(TlsTunnel::At(SocketAddr::new(ip, port)))
 }
 
 /// `schedule_grace`: like an interval, but zero is allowed (only ends outside a window are
@@ -971,14 +922,10 @@ fn parse_tls_tunnel(value: &Value) -> Result<TlsTunnel, String> {
 fn parse_grace(value: &Value) -> Result<Duration, String> {
     const ALLOWED: &str = "expected a duration from 0 to 24h: whole seconds (300) or a \
                            humantime string (\"5m\", \"90s\")";
-    let grace = match (integer(value), value) {
-        (Some(secs), _) => u64::try_from(secs).map(Duration::from_secs).ok(),
-        (None, Value::String(_, text)) => humantime::parse_duration(text.trim()).ok(),
-        _ => None,
-    };
-    grace
-        .filter(|g| *g <= defaults::MAX_INTERVAL)
-        .ok_or_else(|| ALLOWED.to_owned())
+    match duration(value) {
+        Ok(grace) if grace <= defaults::MAX_INTERVAL => Ok(grace),
+        _ => Err(ALLOWED.to_owned()),
+    }
 }
 
 fn parse_glob(value: &Value) -> Result<String, String> {
@@ -994,9 +941,8 @@ fn parse_log_level(value: &Value) -> Result<String, String> {
     let text = text(value, ALLOWED_LEVEL)?;
     // The binary builds its filter from this string; checking here turns a typo into a usage
     // error instead of a silent fallback.
-    tracing_subscriber::EnvFilter::builder()
-        .parse(text)
-        .map_err(|e| format!("{e}; {ALLOWED_LEVEL}"))?;
+    let filter = tracing_subscriber::EnvFilter::builder().parse(text);
+    filter.map_err(|e| format!("{e}; {ALLOWED_LEVEL}"))?;
     Ok(text.to_owned())
 }
 

@@ -196,12 +196,6 @@ fn an_integer_interval_is_seconds_everywhere() {
     assert_eq!(humantime.settings.poll.interval, Duration::from_secs(90));
 }
 
-#[test]
-fn parse_reader_reads_bytes() {
-    let loaded = ok(parse_reader(ONE_TARGET.as_bytes(), "bytes.toml"));
-    assert_eq!(loaded.settings.targets.get(0).name, "10.0.0.5");
-}
-
 // ---- The config file ----
 
 #[test]
