@@ -44,7 +44,7 @@ pub fn hostname() -> String {
 }
 
 /// The TCP layer's events, as a subscriber reads them.
-type TcpEvents = tokio::sync::broadcast::Receiver<Event>;
+type TcpEvents = tokio::sync::broadcast::Receiver<SharedEvent>;
 
 /// The FIX layer's view of the TCP layer: the published state's active sessions, as the
 /// wire's table keys them (IPv4-mapped addresses made plain, as packets carry them).
@@ -54,7 +54,7 @@ struct ActiveLinks {
     /// The poll loop's inputs: the FIX layer's accounts of ends go there.
     inputs: mpsc::Sender<Input>,
     /// The TCP layer's events, for its closes.
-    events: tokio::sync::broadcast::Receiver<crate::tracker::Event>,
+    events: TcpEvents,
     /// Events missed because the FIX thread fell behind (said once).
     lagged: bool,
 }
@@ -87,10 +87,11 @@ impl crate::fix::monitor::LiveSessions for ActiveLinks {
         use tokio::sync::broadcast::error::TryRecvError;
         let mut out = Vec::new();
         loop {
-            let (conn, at) = match self.events.try_recv() {
-                Ok(crate::tracker::Event::Closed { conn, at, .. })
-                | Ok(crate::tracker::Event::ShortLived { conn, at, .. }) => (conn, at),
-                Ok(crate::tracker::Event::Opened(_)) => continue,
+            let (conn, at) = match self.events.try_recv().as_deref() {
+                Ok(Event::Closed { conn, at, .. }) | Ok(Event::ShortLived { conn, at, .. }) => {
+                    (conn.key, at.wall)
+                }
+                Ok(Event::Opened(_)) => continue,
                 Err(TryRecvError::Lagged(n)) => {
                     if !std::mem::replace(&mut self.lagged, true) {
                         tracing::warn!(
@@ -107,10 +108,10 @@ impl crate::fix::monitor::LiveSessions for ActiveLinks {
                 std::net::SocketAddr::new(a.ip().to_canonical(), a.port())
             };
             let link = crate::fix::tracker::TcpLink {
-                local: plain(conn.key.local),
-                remote: plain(conn.key.remote),
+                local: plain(conn.local),
+                remote: plain(conn.remote),
             };
-            out.push((link, at.wall));
+            out.push((link, at));
         }
     }
 
@@ -145,9 +146,9 @@ pub struct StartOptions {
 pub struct Sidecar {
     state: StateReader,
     telemetry: Telemetry,
-    events: tokio::sync::broadcast::Sender<Event>,
+    events: tokio::sync::broadcast::Sender<SharedEvent>,
     /// Sessions turning stale and recovering, as the poll loop finds them.
-    health_events: tokio::sync::broadcast::Sender<crate::health::HealthEvent>,
+    health_events: tokio::sync::broadcast::Sender<SharedHealthEvent>,
     /// The loop's inputs (kernel destroy events; its stop, from its token).
     inputs: mpsc::Sender<Input>,
     /// The sidecar's token, cancelled when this guard drops: last in [`Sidecar::stop`], or
@@ -545,8 +546,15 @@ fn open_state(
     Ok((Persist::new(state), loaded.sessions))
 }
 
-/// How many events a slow subscriber may lag behind before it misses some.
+/// How many events a slow subscriber may lag behind before it misses some. Each slot holds a
+/// pointer ([`SharedEvent`]): the channel's slots are written when it is made, so slots that
+/// held the events themselves (about 250 bytes) kept 1.5 MiB resident for the two channels.
 const EVENT_BUFFER: usize = 4096;
+
+/// An opened or closed event as subscribers receive it (shared, not copied per subscriber).
+pub type SharedEvent = std::sync::Arc<Event>;
+/// A stale or recovered event as subscribers receive it.
+pub type SharedHealthEvent = std::sync::Arc<crate::health::HealthEvent>;
 
 /// Longest wait for the final export at shutdown (SIGTERM's grace period of a supervisor is
 /// typically 10-30 s). With OTLP on, the export's own timeout plus a second, if longer: a
@@ -1054,12 +1062,12 @@ impl Sidecar {
     }
 
     /// Opened and closed events as the poll loop produces them.
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<SharedEvent> {
         self.events.subscribe()
     }
 
     /// Sessions turning stale and recovering (targets with a heartbeat), after each poll.
-    pub fn subscribe_health(&self) -> tokio::sync::broadcast::Receiver<crate::health::HealthEvent> {
+    pub fn subscribe_health(&self) -> tokio::sync::broadcast::Receiver<SharedHealthEvent> {
         self.health_events.subscribe()
     }
 

@@ -164,7 +164,7 @@ pub struct Poller {
     /// The last published state, the base of the next.
     state: Arc<State>,
     names: Vec<Arc<str>>,
-    events_out: tokio::sync::broadcast::Sender<Event>,
+    events_out: tokio::sync::broadcast::Sender<std::sync::Arc<Event>>,
     sockets: Vec<crate::source::SocketEntry>,
     events: Vec<Event>,
     /// Reused per tick: the events the source saw since the last one.
@@ -181,7 +181,7 @@ pub struct Poller {
     /// Where each event goes as a session event (an OTel log record, a JSON line).
     session_events: SessionEvents,
     /// Where stale/recovered transitions go besides the log (the console), if anywhere.
-    health_out: Option<tokio::sync::broadcast::Sender<HealthEvent>>,
+    health_out: Option<tokio::sync::broadcast::Sender<std::sync::Arc<HealthEvent>>>,
     /// Asks about sockets a poll no longer lists before they are closed.
     confirm: Box<dyn Confirm + Send>,
     /// The state file, if configured.
@@ -237,7 +237,7 @@ impl Poller {
         instruments: Instruments,
         publisher: Box<dyn Publish>,
         initial: State,
-        events_out: tokio::sync::broadcast::Sender<Event>,
+        events_out: tokio::sync::broadcast::Sender<std::sync::Arc<Event>>,
     ) -> Poller {
         let targets = initial.meta.targets.clone();
         instruments.set_expected_up(&initial.meta.schedules, initial.meta.started.wall);
@@ -341,7 +341,7 @@ impl Poller {
     /// Hands every stale/recovered transition to `out` too (after the poll that found it).
     pub fn with_health_events(
         mut self,
-        out: tokio::sync::broadcast::Sender<HealthEvent>,
+        out: tokio::sync::broadcast::Sender<std::sync::Arc<HealthEvent>>,
     ) -> Poller {
         self.health_out = Some(out);
         self
@@ -702,12 +702,12 @@ impl Poller {
         for e in self.health_poll.events.drain(..) {
             if let Some(out) = &self.health_out {
                 // No subscriber is fine: nobody is watching.
-                let _ = out.send(e);
+                let _ = out.send(std::sync::Arc::new(e));
             }
         }
         for e in self.events.drain(..) {
             // No subscriber is fine: nobody is watching.
-            let _ = self.events_out.send(e);
+            let _ = self.events_out.send(std::sync::Arc::new(e));
         }
         self.save(false);
     }

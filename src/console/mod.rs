@@ -152,10 +152,10 @@ fn absolute(path: &Path) -> PathBuf {
 /// and a summary line every poll interval.
 pub struct Console {
     state: StateReader,
-    events: broadcast::Receiver<Event>,
+    events: broadcast::Receiver<crate::app::SharedEvent>,
     events_open: bool,
     /// Sessions turning stale and recovering: a line each, like the log's.
-    health: broadcast::Receiver<HealthEvent>,
+    health: broadcast::Receiver<crate::app::SharedHealthEvent>,
     health_open: bool,
     notes: Option<mpsc::UnboundedReceiver<String>>,
     header: Header,
@@ -330,20 +330,23 @@ impl Console {
         drop(self.out);
     }
 
-    fn take_events(&mut self, batch: Vec<Result<Event, broadcast::error::RecvError>>) {
+    fn take_events(
+        &mut self,
+        batch: Vec<Result<crate::app::SharedEvent, broadcast::error::RecvError>>,
+    ) {
         self.announce_if_polled();
         let mut lines = Vec::new();
         let m = self.state.get();
         for r in batch {
-            match r {
+            match r.as_deref() {
                 Ok(Event::Opened(c)) if c.preexisting => {}
                 Ok(e) => {
-                    let key = event_close_key(&e);
+                    let key = event_close_key(e);
                     let end = key.and_then(|k| closed_session(&m, k)?.end.as_ref());
                     if let (Some(k), None) = (key, end) {
                         self.awaiting_cause.push(k);
                     }
-                    lines.push(view::event_line(&e, &m.meta.targets, end));
+                    lines.push(view::event_line(e, &m.meta.targets, end));
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => lines.push(view::stamped(
                     std::time::SystemTime::now(),
@@ -377,10 +380,13 @@ impl Console {
         any
     }
 
-    fn take_health(&mut self, r: Result<HealthEvent, broadcast::error::RecvError>) {
+    fn take_health(
+        &mut self,
+        r: Result<crate::app::SharedHealthEvent, broadcast::error::RecvError>,
+    ) {
         let now = std::time::SystemTime::now();
-        let line = match r {
-            Ok(e) => health_line(&e, &self.state.get().meta.targets),
+        let line = match r.as_deref() {
+            Ok(e) => health_line(e, &self.state.get().meta.targets),
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 format!("({n} stale/recovered lines not shown: the console fell behind)")
             }
