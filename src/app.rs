@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use crate::config::Settings;
 use crate::export::{http, Telemetry};
+use crate::health::SharedHealthEvent;
 use crate::instruments::Instruments;
 use crate::persist::{StateDir, Tag};
 use crate::poller::{Input, Persist, Poller, SystemClock};
@@ -20,7 +21,7 @@ use crate::session_events::SessionEvents;
 use crate::source;
 use crate::source::events::Mode;
 use crate::state::{Meta, Publisher, State, StateReader};
-use crate::tracker::{Event, Timestamp};
+use crate::tracker::{Event, SharedEvent, Timestamp};
 
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -550,11 +551,6 @@ fn open_state(
 /// pointer ([`SharedEvent`]): the channel's slots are written when it is made, so slots that
 /// held the events themselves (about 250 bytes) kept 1.5 MiB resident for the two channels.
 const EVENT_BUFFER: usize = 4096;
-
-/// An opened or closed event as subscribers receive it (shared, not copied per subscriber).
-pub type SharedEvent = std::sync::Arc<Event>;
-/// A stale or recovered event as subscribers receive it.
-pub type SharedHealthEvent = std::sync::Arc<crate::health::HealthEvent>;
 
 /// Longest wait for the final export at shutdown (SIGTERM's grace period of a supervisor is
 /// typically 10-30 s). With OTLP on, the export's own timeout plus a second, if longer: a

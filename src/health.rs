@@ -110,6 +110,9 @@ impl GroupHealth {
     }
 }
 
+/// A [`HealthEvent`] as the loop hands it to its subscribers (shared, as [`crate::tracker::SharedEvent`]).
+pub type SharedHealthEvent = std::sync::Arc<HealthEvent>;
+
 /// A session turning stale or recovering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HealthEvent {

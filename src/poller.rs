@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::ends::{Context as EndContext, Ends, TcpEnd, Unscheduled};
-use crate::health::{HealthBook, HealthEvent, HealthPoll};
+use crate::health::{HealthBook, HealthEvent, HealthPoll, SharedHealthEvent};
 use crate::instruments::{GaugeValues, Instruments};
 use crate::persist::{MonoClock, Record, StateDir};
 use crate::session::{target_names, Ended, Session};
@@ -33,7 +33,8 @@ use crate::source::Source;
 use crate::source::{ClosedBy, KernelCause, Process};
 use crate::state::{EndCounts, Meta, Publish, State, RECENT_CLOSED};
 use crate::tracker::{
-    Confirm, ConnKey, Event, SocketEvent, SocketEventKind, Timestamp, Tracker, Unconfirmed,
+    Confirm, ConnKey, Event, SharedEvent, SocketEvent, SocketEventKind, Timestamp, Tracker,
+    Unconfirmed,
 };
 use std::collections::HashMap;
 
@@ -164,7 +165,7 @@ pub struct Poller {
     /// The last published state, the base of the next.
     state: Arc<State>,
     names: Vec<Arc<str>>,
-    events_out: tokio::sync::broadcast::Sender<std::sync::Arc<Event>>,
+    events_out: tokio::sync::broadcast::Sender<SharedEvent>,
     sockets: Vec<crate::source::SocketEntry>,
     events: Vec<Event>,
     /// Reused per tick: the events the source saw since the last one.
@@ -181,7 +182,7 @@ pub struct Poller {
     /// Where each event goes as a session event (an OTel log record, a JSON line).
     session_events: SessionEvents,
     /// Where stale/recovered transitions go besides the log (the console), if anywhere.
-    health_out: Option<tokio::sync::broadcast::Sender<std::sync::Arc<HealthEvent>>>,
+    health_out: Option<tokio::sync::broadcast::Sender<SharedHealthEvent>>,
     /// Asks about sockets a poll no longer lists before they are closed.
     confirm: Box<dyn Confirm + Send>,
     /// The state file, if configured.
@@ -237,7 +238,7 @@ impl Poller {
         instruments: Instruments,
         publisher: Box<dyn Publish>,
         initial: State,
-        events_out: tokio::sync::broadcast::Sender<std::sync::Arc<Event>>,
+        events_out: tokio::sync::broadcast::Sender<SharedEvent>,
     ) -> Poller {
         let targets = initial.meta.targets.clone();
         instruments.set_expected_up(&initial.meta.schedules, initial.meta.started.wall);
@@ -341,7 +342,7 @@ impl Poller {
     /// Hands every stale/recovered transition to `out` too (after the poll that found it).
     pub fn with_health_events(
         mut self,
-        out: tokio::sync::broadcast::Sender<std::sync::Arc<HealthEvent>>,
+        out: tokio::sync::broadcast::Sender<SharedHealthEvent>,
     ) -> Poller {
         self.health_out = Some(out);
         self
@@ -702,12 +703,12 @@ impl Poller {
         for e in self.health_poll.events.drain(..) {
             if let Some(out) = &self.health_out {
                 // No subscriber is fine: nobody is watching.
-                let _ = out.send(std::sync::Arc::new(e));
+                let _ = out.send(SharedHealthEvent::new(e));
             }
         }
         for e in self.events.drain(..) {
             // No subscriber is fine: nobody is watching.
-            let _ = self.events_out.send(std::sync::Arc::new(e));
+            let _ = self.events_out.send(SharedEvent::new(e));
         }
         self.save(false);
     }

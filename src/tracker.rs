@@ -81,6 +81,10 @@ impl Connection {
     }
 }
 
+/// An [`Event`] as the loop hands it to its subscribers (the FIX layer, the console): shared,
+/// so that a subscriber channel's slots hold a pointer, not an event each.
+pub type SharedEvent = std::sync::Arc<Event>;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     Opened(Connection),

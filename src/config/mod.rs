@@ -558,8 +558,6 @@ pub struct Loaded {
     origins: BTreeMap<String, Origin>,
     /// `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` as set: the SDK reads them itself.
     resource_vars: Vec<(String, String)>,
-    /// The targets as the tables they could have been given as, for `explain`.
-    targets: Vec<raw::RawTarget>,
 }
 
 impl Loaded {
@@ -688,7 +686,7 @@ fn assemble<T>(
         failed: &failed,
         errors: &mut errors,
     };
-    let (settings, targets) = raw::validate(raw, &mut context);
+    let settings = raw::validate(raw, &mut context);
     let resource_vars = layers::RESOURCE_VARS.iter();
     let resource_vars = resource_vars.filter_map(|&n| Some((n.to_owned(), env.get(n)?.clone())));
     let resource_vars = resource_vars.collect();
@@ -697,7 +695,6 @@ fn assemble<T>(
         config_file,
         origins,
         resource_vars,
-        targets,
     };
     let checked = check(&loaded).map_err(|e| errors.extend(e.iter().cloned()));
     match checked {

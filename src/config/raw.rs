@@ -47,9 +47,8 @@ use crate::target::{PortRange, Target, Targets};
 pub(crate) type Raw = Settings<Option<Vec<RawTarget>>>;
 
 /// One `[[targets]]` table. Per-target keys are optional: `None` means "any" or "derived".
-/// Validated, with its name and `stale_after` filled in, also how `explain` prints a [`Target`]:
-/// as the table it could have been given as.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+/// Also how `explain` prints a [`Target`]: as the table it could have been given as.
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawTarget {
     #[serde(with = "check::name")]
@@ -82,6 +81,27 @@ pub(crate) struct RawTarget {
     /// A `[[schedules]]` name: when its sessions are planned to be up.
     #[serde(with = "check::name")]
     schedule: Option<String>,
+}
+
+impl RawTarget {
+    /// Target `i` as configured, with what `[fix]` and the schedules keep for it.
+    pub(super) fn new(s: &Settings, i: usize, t: &Target) -> Self {
+        let fix = &s.fix;
+        let schedule = s.target_schedules.get(i).cloned().flatten();
+        RawTarget {
+            name: Some(t.name.clone()),
+            address: Some(t.net),
+            port: t.port,
+            local_ports: t.local_ports,
+            heartbeat: t.heartbeat,
+            stale_after: t.stale_after,
+            comp_ids: fix.target_comp_ids.get(i).cloned().unwrap_or_default(),
+            logon_lockout: fix.target_logon_lockout.get(i).copied().flatten(),
+            message_limit: fix.target_message_limit.get(i).copied().flatten(),
+            tls_tunnel: fix.target_tls_tunnel.get(i).copied().flatten(),
+            schedule: schedule.map(|s| s.name().to_owned()),
+        }
+    }
 }
 
 // ---- Leaf checks: `check::NAME`, for a field of its type or an `Option` of it. ----
@@ -323,9 +343,8 @@ impl Context<'_> {
 }
 
 /// Turns the raw configuration into [`Settings`], reporting the problems that involve more
-/// than one value, and the targets' tables as validated (for `explain`). The settings are used
-/// only if no problem was reported.
-pub(crate) fn validate(raw: Raw, cx: &mut Context<'_>) -> (Settings, Vec<RawTarget>) {
+/// than one value. The settings are used only if no problem was reported.
+pub(crate) fn validate(raw: Raw, cx: &mut Context<'_>) -> Settings {
     let otlp = self::otlp(raw.otlp, cx);
     if !raw.prometheus.enabled && !otlp.enabled && !cx.failed.contains("prometheus.enabled") {
         let otlp_origin = match cx.origin("otlp.enabled") {
@@ -339,13 +358,9 @@ pub(crate) fn validate(raw: Raw, cx: &mut Context<'_>) -> (Settings, Vec<RawTarg
         );
         cx.report(Conflict, "prometheus.enabled", "false".into(), message);
     }
-    let (targets, mut kept) = targets(raw.targets, cx);
+    let (targets, kept) = targets(raw.targets, cx);
     let names: Vec<_> = kept.iter().map(|(i, t)| (*i, t.schedule.clone())).collect();
     let target_schedules = self::schedules(&raw.schedules, &names, cx);
-    // `explain` names a target's schedule as the schedule has it (trimmed).
-    for ((_, t), schedule) in kept.iter_mut().zip(&target_schedules) {
-        t.schedule = schedule.as_ref().map(|s| s.name().to_owned());
-    }
     tls_tunnels(&targets, &kept, raw.fix.capture, cx);
     let mut fix = self::fix(raw.fix, cx);
     // What `[fix]` keeps of each target, by target id.
@@ -353,7 +368,7 @@ pub(crate) fn validate(raw: Raw, cx: &mut Context<'_>) -> (Settings, Vec<RawTarg
     fix.target_logon_lockout = kept.iter().map(|(_, t)| t.logon_lockout).collect();
     fix.target_message_limit = kept.iter().map(|(_, t)| t.message_limit).collect();
     fix.target_tls_tunnel = kept.iter().map(|(_, t)| t.tls_tunnel).collect();
-    let settings = Settings {
+    Settings {
         targets,
         fix,
         otlp,
@@ -364,8 +379,7 @@ pub(crate) fn validate(raw: Raw, cx: &mut Context<'_>) -> (Settings, Vec<RawTarg
         schedules: raw.schedules,
         schedule_grace: raw.schedule_grace,
         target_schedules,
-    };
-    (settings, kept.into_iter().map(|(_, t)| t).collect())
+    }
 }
 
 /// `[[schedules]]` and the targets' `schedule`: checked by `crate::schedule`, reported here
@@ -473,7 +487,7 @@ fn targets(raw: Option<Vec<RawTarget>>, cx: &mut Context) -> (Targets, Vec<(usiz
     let (mut targets, mut kept) = (Vec::new(), Vec::new());
     // Name -> index in the configuration of the first target with it.
     let mut names: BTreeMap<String, usize> = BTreeMap::new();
-    for (i, mut t) in raw.into_iter().flatten().enumerate() {
+    for (i, t) in raw.into_iter().flatten().enumerate() {
         let path = format!("targets[{i}]");
         if cx.failed.iter().any(|k| k.starts_with(&path)) {
             continue;
@@ -483,8 +497,7 @@ fn targets(raw: Option<Vec<RawTarget>>, cx: &mut Context) -> (Targets, Vec<(usiz
             cx.missing(format!("{path}.address"), &path, message);
             continue;
         };
-        let default_name = || Target::default_name(&net, t.port);
-        let name = t.name.get_or_insert_with(default_name).clone();
+        let name = (t.name.clone()).unwrap_or_else(|| Target::default_name(&net, t.port));
         let name_key = format!("{path}.name");
         let first = *names.entry(name.clone()).or_insert(i);
         if first != i {
@@ -501,14 +514,13 @@ fn targets(raw: Option<Vec<RawTarget>>, cx: &mut Context) -> (Targets, Vec<(usiz
             );
             cx.report(DuplicateName, &name_key, quote(&name), message);
         }
-        t.stale_after = t.stale_after.or(t.heartbeat.map(|h| h * 2));
         targets.push(Target {
             name,
             net,
             port: t.port,
             local_ports: t.local_ports,
             heartbeat: t.heartbeat,
-            stale_after: t.stale_after,
+            stale_after: t.stale_after.or(t.heartbeat.map(|h| h * 2)),
         });
         kept.push((i, t));
     }

@@ -152,10 +152,10 @@ fn absolute(path: &Path) -> PathBuf {
 /// and a summary line every poll interval.
 pub struct Console {
     state: StateReader,
-    events: broadcast::Receiver<crate::app::SharedEvent>,
+    events: broadcast::Receiver<crate::tracker::SharedEvent>,
     events_open: bool,
     /// Sessions turning stale and recovering: a line each, like the log's.
-    health: broadcast::Receiver<crate::app::SharedHealthEvent>,
+    health: broadcast::Receiver<crate::health::SharedHealthEvent>,
     health_open: bool,
     notes: Option<mpsc::UnboundedReceiver<String>>,
     header: Header,
@@ -332,7 +332,7 @@ impl Console {
 
     fn take_events(
         &mut self,
-        batch: Vec<Result<crate::app::SharedEvent, broadcast::error::RecvError>>,
+        batch: Vec<Result<crate::tracker::SharedEvent, broadcast::error::RecvError>>,
     ) {
         self.announce_if_polled();
         let mut lines = Vec::new();
@@ -382,7 +382,7 @@ impl Console {
 
     fn take_health(
         &mut self,
-        r: Result<crate::app::SharedHealthEvent, broadcast::error::RecvError>,
+        r: Result<crate::health::SharedHealthEvent, broadcast::error::RecvError>,
     ) {
         let now = std::time::SystemTime::now();
         let line = match r.as_deref() {

@@ -129,23 +129,21 @@ async fn metrics(State(s): State<AppState>) -> Response {
     let mut cache = s.encoded.lock().unwrap_or_else(|e| e.into_inner());
     let body = match cache.as_ref() {
         Some((at, body)) if *at == generation => body.clone(),
-        last => {
-            match super::prometheus::encode_sized(&registry, last.map_or(0, |(_, b)| b.len())) {
-                Ok(text) => {
-                    let body = bytes::Bytes::from(text);
-                    *cache = Some((generation, body.clone()));
-                    body
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "encoding /metrics failed");
-                    return (
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        format!("encoding failed: {e}\n"),
-                    )
-                        .into_response();
-                }
+        last => match super::prometheus::encode(&registry, last.map_or(0, |(_, b)| b.len())) {
+            Ok(text) => {
+                let body = bytes::Bytes::from(text);
+                *cache = Some((generation, body.clone()));
+                body
             }
-        }
+            Err(e) => {
+                tracing::warn!(error = %e, "encoding /metrics failed");
+                return (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("encoding failed: {e}\n"),
+                )
+                    .into_response();
+            }
+        },
     };
     drop(cache);
     (

@@ -24,16 +24,12 @@ pub fn reader(
     Ok((exporter, registry))
 }
 
-/// The text exposition format (what `/metrics` serves).
-pub fn encode(registry: &Registry) -> Result<String, prometheus::Error> {
-    encode_sized(registry, 0)
-}
-
-/// [`encode`] into a buffer of `size_hint` bytes (the last body's size: one allocation, not
-/// a doubling series). Gathering builds every series' labels as owned strings (at 1,000
-/// sessions with per-port series, thousands of small allocations, about 3 MiB); once they
-/// are freed, the free pages go back to the kernel, or the allocator keeps them as RSS.
-pub fn encode_sized(registry: &Registry, size_hint: usize) -> Result<String, prometheus::Error> {
+/// The text exposition format (what `/metrics` serves), into a buffer of `size_hint` bytes
+/// (the last body's size: one allocation, not a doubling series). Gathering builds every
+/// series' labels as owned strings (at 1,000 sessions with per-port series, thousands of
+/// small allocations, about 3 MiB); once they are freed, the free pages go back to the
+/// kernel, or the allocator keeps them as RSS.
+pub fn encode(registry: &Registry, size_hint: usize) -> Result<String, prometheus::Error> {
     let families = registry.gather();
     let mut buf = Vec::with_capacity(size_hint);
     TextEncoder::new().encode(&families, &mut buf)?;

@@ -16,7 +16,7 @@ use crate::state::{Meta, Publisher};
 use crate::target::{Target, Targets};
 
 fn counter(registry: &prometheus::Registry, name: &str) -> f64 {
-    let text = crate::export::prometheus::encode(registry).unwrap();
+    let text = crate::export::prometheus::encode(registry, 0).unwrap();
     text.lines()
         .find(|l| l.starts_with(name) && !l.starts_with('#'))
         .and_then(|l| l.rsplit(' ').next())

@@ -260,7 +260,7 @@ fn polling_closes_are_counted_by_unknown_and_no_other_by_series_exists() {
     let steps = vec![Ok(vec![sock(5000, 1), sock(5001, 2)]), Ok(vec![])];
     let mut r = rig(targets(), t0, steps, None);
     let closed = |r: &Rig| -> Vec<String> {
-        crate::export::prometheus::encode(&r.registry)
+        crate::export::prometheus::encode(&r.registry, 0)
             .unwrap()
             .lines()
             .filter(|l| l.starts_with("fix_connections_closed_total{"))
@@ -321,7 +321,7 @@ struct Checking {
 impl Publish for Checking {
     fn publish(&mut self, state: Arc<State>) {
         let registry = self.registry.lock().unwrap();
-        let text = crate::export::prometheus::encode(registry.as_ref().unwrap()).unwrap();
+        let text = crate::export::prometheus::encode(registry.as_ref().unwrap(), 0).unwrap();
         let value = |name: &str| -> u64 {
             text.lines()
                 .find(|l| l.starts_with(&format!("{name}{{")))
@@ -588,7 +588,7 @@ fn ebpf_closes_are_counted_by_who_hung_up_short_lived_ones_included() {
         .build();
     let meter = provider.meter(crate::instruments::names::METER);
     let closed = || -> Vec<String> {
-        crate::export::prometheus::encode(&registry)
+        crate::export::prometheus::encode(&registry, 0)
             .unwrap()
             .lines()
             .filter(|l| l.starts_with("fix_connections_closed_total{"))
@@ -687,7 +687,7 @@ fn the_sources_lost_records_are_counted_once() {
         None,
     );
     let metric = |r: &Rig, name: &str| -> Option<f64> {
-        crate::export::prometheus::encode(&r.registry)
+        crate::export::prometheus::encode(&r.registry, 0)
             .unwrap()
             .lines()
             .find(|l| l.starts_with(name))
@@ -766,7 +766,7 @@ fn expected_up_follows_the_clock_on_every_tick_failed_polls_too() {
     let meta = &mut Arc::make_mut(&mut r.poller.state).meta;
     Arc::make_mut(meta).schedules = vec![Some(schedule), None];
     let up = |r: &Rig| -> Vec<String> {
-        crate::export::prometheus::encode(&r.registry)
+        crate::export::prometheus::encode(&r.registry, 0)
             .unwrap()
             .lines()
             .filter(|l| l.starts_with("fix_target_expected_up{"))
