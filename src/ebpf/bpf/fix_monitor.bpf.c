@@ -104,14 +104,22 @@ struct {
 
 /*
  * The health pass's output when it walks the live table: 200 bytes a session with the ring's
- * header, so 512 KiB hold 2,621 sessions; a pass over more runs again from where the ring
- * filled, after user space has read it (see live_pass). Its pages are mapped into the sidecar
- * twice (they count in its RSS), so it is no larger.
+ * header, so 256 KiB hold 1,310 sessions; a pass that writes more (the first, one in 60, or
+ * when most sessions changed) runs again from where the ring filled, after user space has
+ * read it (see live_pass). Its pages are mapped into the sidecar twice (they count in its
+ * RSS), so it is no larger.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 512 * 1024);
+	__uint(max_entries, 256 * 1024);
 } health_out SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pass_clock);
+} clock SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -439,9 +447,17 @@ int BPF_PROG(on_retransmit_any, struct sock *sk)
 	return 0;
 }
 
-static __always_inline __u64 jiffies_to_us(__u64 j)
+/* Stamps the clock the records' jiffies are read against. */
+static __always_inline __u32 stamp_clock(void)
 {
-	return CONFIG_HZ ? j * 1000000 / CONFIG_HZ : 0;
+	__u32 zero = 0, now = (__u32)bpf_jiffies64();
+	struct pass_clock *c = bpf_map_lookup_elem(&clock, &zero);
+
+	if (c) {
+		c->jiffies = now;
+		c->hz = CONFIG_HZ;
+	}
+	return now;
 }
 
 /*
@@ -463,32 +479,26 @@ static __always_inline __u64 delivery_rate(struct tcp_sock *tp)
 }
 
 /*
- * A socket's health as tcp_get_info() computes it (net/ipv4/tcp.c), read from tcp_sock with
- * direct CO-RE loads: `tp` is the iterator's trusted pointer or a read-only cast of an address
- * from the live table. `now` is tcp_jiffies32.
+ * A socket's health, the fields tcp_get_info() (net/ipv4/tcp.c) computes from, read from
+ * tcp_sock with direct CO-RE loads: `tp` is the iterator's trusted pointer or a read-only cast
+ * of an address from the live table. Times stay jiffies (see `struct health`).
  */
-static __always_inline void fill_health(struct health *h, struct tcp_sock *tp, __u32 now)
+static __always_inline void fill_health(struct health *h, struct tcp_sock *tp)
 {
 	struct sock *sk = (struct sock *)tp;
-	__u32 type, i, write_seq, snd_nxt, rcv_nxt, copied_seq;
-	__u64 chrono[4] = {};
+	__u32 write_seq, snd_nxt, rcv_nxt, copied_seq;
 	struct ident id = {};
 
 	read_ident(sk, &id);
 	h->bytes_acked = tp->bytes_acked;
 	h->bytes_received = tp->bytes_received;
 	h->bytes_sent = tp->bytes_sent;
-	/* tcp_get_info_chrono_stats() */
-	type = BPF_CORE_READ_BITFIELD_PROBED(tp, chrono_type);
-	for (i = TCP_CHRONO_BUSY; i <= TCP_CHRONO_SNDBUF_LIMITED; i++) {
-		chrono[i] = tp->chrono_stat[i - 1];
-		if (i == type)
-			chrono[i] += now - tp->chrono_start;
-		chrono[i] = jiffies_to_us(chrono[i]);
-	}
-	h->busy_us = chrono[1] + chrono[2] + chrono[3];
-	h->rwnd_limited_us = chrono[TCP_CHRONO_RWND_LIMITED];
-	h->sndbuf_limited_us = chrono[TCP_CHRONO_SNDBUF_LIMITED];
+	/* tcp_get_info_chrono_stats()'s inputs */
+	h->chrono_type = BPF_CORE_READ_BITFIELD_PROBED(tp, chrono_type);
+	h->chrono_start = tp->chrono_start;
+	h->chrono_stat[0] = tp->chrono_stat[0];
+	h->chrono_stat[1] = tp->chrono_stat[1];
+	h->chrono_stat[2] = tp->chrono_stat[2];
 	/* Linux 4.19; 0 on a kernel without them */
 	if (bpf_core_field_exists(tp->bytes_retrans))
 		h->bytes_retrans = tp->bytes_retrans;
@@ -510,9 +520,9 @@ static __always_inline void fill_health(struct health *h, struct tcp_sock *tp, _
 	rcv_nxt = tp->rcv_nxt;
 	copied_seq = tp->copied_seq;
 	h->rcv_queue = (__s32)(rcv_nxt - copied_seq) > 0 ? rcv_nxt - copied_seq : 0;
-	h->last_data_recv_ms = jiffies_to_us(now - tp->inet_conn.icsk_ack.lrcvtime) / 1000;
-	h->last_data_sent_ms = jiffies_to_us(now - tp->lsndtime) / 1000;
-	h->last_ack_recv_ms = jiffies_to_us(now - tp->rcv_tstamp) / 1000;
+	h->lrcvtime = tp->inet_conn.icsk_ack.lrcvtime;
+	h->lsndtime = tp->lsndtime;
+	h->rcv_tstamp = tp->rcv_tstamp;
 	h->snd_cwnd = tp->snd_cwnd;
 	h->snd_wnd = tp->snd_wnd;
 	h->sport = id.sport;
@@ -541,7 +551,8 @@ int dump_health(struct bpf_iter__bpf_sk_storage_map *ctx)
 	tp = bpf_skc_to_tcp_sock(ctx->sk);
 	if (!tp)
 		return 0;
-	fill_health(&h, tp, (__u32)bpf_jiffies64());
+	stamp_clock();
+	fill_health(&h, tp);
 	h.sock_cookie = s->sock_cookie;
 	h.established_ns = s->established_ns;
 	h.retrans_events = s->retrans_events;
@@ -554,17 +565,25 @@ int dump_health(struct bpf_iter__bpf_sk_storage_map *ctx)
 }
 
 struct pass {
-	__u32 now;
 	__u32 skip;    /* entries an earlier run of this pass walked already */
+	__u32 all;     /* write every session, changed or not */
 	__u32 seen;    /* entries walked, skipped ones included */
-	__u32 written; /* records written */
 	__u32 full;    /* the ring filled: the walk stopped there */
 };
 
+/* The compared part of a record (`bytes_acked` up to `target`) as 32-bit words. */
+static __always_inline __u32 *health_vals(struct health *h)
+{
+	return (__u32 *)&h->bytes_acked;
+}
+
 static long live_health(struct bpf_map *map, __u64 *cookie, struct live *l, struct pass *p)
 {
+	struct health h = {};
+	struct health *out;
 	struct tcp_sock *tp;
-	struct health *h;
+	__u32 *vals, i;
+	bool same;
 
 	if (p->seen++ < p->skip)
 		return 0;
@@ -572,39 +591,48 @@ static long live_health(struct bpf_map *map, __u64 *cookie, struct live *l, stru
 	/* The socket at that address must still be this session (else it is gone or reused). */
 	if (tp->inet_conn.icsk_inet.sk.__sk_common.skc_cookie.counter != *cookie)
 		return 0;
-	h = bpf_ringbuf_reserve(&health_out, sizeof(*h), 0);
-	if (!h) {
+	fill_health(&h, tp);
+	h.retrans_events = l->retrans_events;
+	vals = health_vals(&h);
+	same = l->reported && !p->all;
+	for (i = 0; i < HEALTH_VALS_WORDS; i++)
+		same = same && vals[i] == l->last[i];
+	if (same)
+		return 0;
+	out = bpf_ringbuf_reserve(&health_out, sizeof(*out), 0);
+	if (!out) {
 		/* This entry is the next run's first. */
 		p->seen--;
 		p->full = 1;
 		return 1;
 	}
-	__builtin_memset(h, 0, sizeof(*h));
-	fill_health(h, tp, p->now);
-	h->sock_cookie = *cookie;
-	h->established_ns = l->established_ns;
-	h->retrans_events = l->retrans_events;
-	h->target = l->target;
-	h->pid = l->pid;
-	h->adopted = l->adopted;
-	bpf_ringbuf_submit(h, BPF_RB_NO_WAKEUP);
-	p->written++;
+	h.sock_cookie = *cookie;
+	h.established_ns = l->established_ns;
+	h.target = l->target;
+	h.pid = l->pid;
+	h.adopted = l->adopted;
+	__builtin_memcpy(out, &h, sizeof(h));
+	bpf_ringbuf_submit(out, BPF_RB_NO_WAKEUP);
+	__builtin_memcpy(l->last, vals, sizeof(l->last));
+	l->reported = 1;
 	return 0;
 }
 
 /*
  * The same pass for kernels that refuse map-element iterators (seen: EPERM at load on a
  * 6.18 sandbox kernel): run on demand with BPF_PROG_TEST_RUN, it walks the live table and
- * writes each session's health to `health_out`. The run's first argument (the test run's
- * context) is how many entries to pass over. Returns the entries walked (skipped ones
- * included) up to where it stopped, with the top bit set when it stopped because the ring was
- * full: user space reads the ring and runs it again from there.
+ * writes to `health_out` the health of each session whose record changed since it last wrote
+ * one (of every session when the run's second argument is 1), stamping `clock`. The run's
+ * first argument (the test run's context) is how many entries to pass over. Returns the
+ * entries walked (skipped ones included) up to where it stopped, with the top bit set when it
+ * stopped because the ring was full: user space reads the ring and runs it again from there.
  */
 SEC("raw_tp")
 int live_pass(__u64 *ctx)
 {
-	struct pass p = { .now = (__u32)bpf_jiffies64(), .skip = (__u32)ctx[0] };
+	struct pass p = { .skip = (__u32)ctx[0], .all = (__u32)ctx[1] };
 
+	stamp_clock();
 	bpf_for_each_map_elem(&live, live_health, &p, 0);
 	return p.seen | (p.full ? 0x80000000u : 0);
 }

@@ -81,21 +81,24 @@ struct session {
 };
 
 /*
- * One storage entry's health, straight from tcp_sock, as tcp_get_info() computes it. Written
- * for every entry (a session not yet established or already closed included), so the count of
- * records is the count of storage entries: a seq_file iterator may run the program twice for
- * one object when its output overflows a read, so the program itself cannot count.
+ * One storage entry's health, straight from tcp_sock: the fields tcp_get_info() reads, raw.
+ * The times are the kernel's jiffies (tcp_jiffies32 stamps and chrono totals): user space
+ * turns them into "ms since" and "µs busy" with the pass's clock (`struct pass_clock`), as
+ * tcp_get_info() does, so an idle session's record does not change from one pass to the next.
+ * The storage-map iterator writes one for every entry (a session not yet established or
+ * already closed included), so the count of records is the count of storage entries: a
+ * seq_file iterator may run the program twice for one object when its output overflows a
+ * read, so the program itself cannot count. The live-table pass writes only the sessions
+ * whose compared part (`bytes_acked` up to `target`) changed since the record it last wrote.
  */
 struct health {
 	__u64 sock_cookie;
 	__u64 established_ns;
+	/* The compared part starts here. */
 	__u64 bytes_acked;
 	__u64 bytes_received;
 	__u64 bytes_sent;
 	__u64 bytes_retrans; /* of bytes_sent, the bytes sent again */
-	__u64 busy_us;
-	__u64 rwnd_limited_us;
-	__u64 sndbuf_limited_us;
 	__u64 delivery_rate; /* bytes/s, tcp_compute_delivery_rate(): 0 before a sample */
 	__u32 srtt_us;       /* srtt_us >> 3 */
 	__u32 rttvar_us;     /* mdev_us >> 2 */
@@ -108,29 +111,46 @@ struct health {
 	__u32 send_queue_bytes; /* write_seq - snd_una (ss: Send-Q) */
 	__u32 notsent_bytes;    /* write_seq - snd_nxt */
 	__u32 rcv_queue;        /* rcv_nxt - copied_seq */
-	__u32 last_data_recv_ms;
-	__u32 last_data_sent_ms;
-	__u32 last_ack_recv_ms; /* now - rcv_tstamp */
+	__u32 lrcvtime;         /* jiffies: icsk_ack.lrcvtime, the last data received */
+	__u32 lsndtime;         /* jiffies: the last data sent */
+	__u32 rcv_tstamp;       /* jiffies: the last ACK received */
+	__u32 chrono_start;     /* jiffies: when the running chrono_type began */
+	__u32 chrono_stat[3];   /* jiffies: busy, rwnd-limited, sndbuf-limited (ended spans) */
 	__u32 snd_cwnd;
 	__u32 snd_wnd;
+	__u8 state;
+	__u8 chrono_type; /* the running one (1 busy, 2 rwnd, 3 sndbuf), 0 none */
+	__u8 _pad[2];
+	/* The compared part ends here. */
 	__u32 target;
 	__u32 pid;
 	__u16 sport;
 	__u16 dport;
 	__u8 family;
-	__u8 state;
 	__u8 adopted;
 	__u8 closed; /* storage of a closing socket, not yet freed: not a session */
+	__u8 _pad2;
 	__u8 saddr[16];
 	__u8 daddr[16];
+	__u32 _pad3;
+};
+
+/* The compared part of `struct health`, in 32-bit words. */
+#define HEALTH_VALS_WORDS 31
+
+/* The clock of the last health pass, for user space to turn the records' jiffies into times. */
+struct pass_clock {
+	__u32 jiffies; /* tcp_jiffies32 at the pass */
+	__u32 hz;      /* CONFIG_HZ as libbpf read it at load; 0 when it found no kernel config */
 };
 
 /*
  * A watched, established socket in the live table (hash by socket cookie), for kernels that
- * refuse the storage-map iterator: the health pass walks this table instead. `sk` is only
- * ever read with bpf_probe_read_kernel(), and a record is written only when the socket at
- * that address still has the entry's cookie; the entry is removed at the change to CLOSE,
- * which comes before the socket is freed.
+ * refuse the storage-map iterator: the health pass walks this table instead, and writes a
+ * session only when its record's compared part differs from `last` (or when asked to write
+ * all). `sk` is only read through bpf_rdonly_cast() (fault-safe loads), and a record is
+ * written only when the socket at that address still has the entry's cookie; the entry is
+ * removed at the change to CLOSE, which comes before the socket is freed.
  */
 struct live {
 	__u64 sk;
@@ -139,7 +159,10 @@ struct live {
 	__u32 target;
 	__u32 retrans_events;
 	__u8 adopted;
-	__u8 _pad[3];
+	__u8 reported; /* `last` holds the record the pass last wrote */
+	__u8 _pad[2];
+	__u32 last[HEALTH_VALS_WORDS];
+	__u32 _pad2;
 };
 
 /*

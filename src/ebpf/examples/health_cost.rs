@@ -54,17 +54,19 @@ fn measure(m: &mut Monitor, label: &str) -> Duration {
     m.health().unwrap(); // warm
     let (split0, wall0) = (thread_cpu_split(), Instant::now());
     let cpu0 = split0.0 + split0.1;
-    let mut seen = 0;
+    let (mut seen, mut written) = (0, 0);
     for _ in 0..PASSES {
         seen = m.health().unwrap().len();
+        written += m.last_pass_written();
     }
     let split1 = thread_cpu_split();
     let wall = wall0.elapsed() / PASSES;
     let per_pass = (split1.0 + split1.1 - cpu0) / PASSES;
     println!(
-        "  (user {:?}, system {:?} per pass)",
+        "  (user {:?}, system {:?} per pass; {} records written per pass)",
         (split1.0 - split0.0) / PASSES,
-        (split1.1 - split0.1) / PASSES
+        (split1.1 - split0.1) / PASSES,
+        written / PASSES as usize
     );
     let cpu1 = thread_cpu();
     for _ in 0..PASSES {

@@ -22,10 +22,13 @@
 //! `task` and `bpf_map` iterators load); then the pass runs `live_pass` with
 //! BPF_PROG_TEST_RUN, which walks a hash of watched, established sockets kept by the state
 //! tracepoint and reads each `tcp_sock` through `bpf_rdonly_cast` (fault-safe loads), checking
-//! the socket cookie so that a freed or reused socket is never reported. Its output ring
-//! (512 KiB, 2,621 records) is read after each run; a run that fills it stops there and the
-//! next starts from that entry, so any number of sessions fits a small ring. [`HealthWalk`] says
-//! which one a [`Monitor`] uses, and why.
+//! the socket cookie so that a freed or reused socket is never reported. It writes only the
+//! sessions whose record changed since it last wrote them (times travel as the kernel's jiffies
+//! stamps, so an idle session's record does not change); the others' kept records stand, their
+//! times brought up to the pass's clock, and one pass in 60 writes every session. Its output
+//! ring (256 KiB, 1,310 records) is read after each run; a run that fills it stops there and
+//! the next starts from that entry, so any number of sessions fits a small ring.
+//! [`HealthWalk`] says which one a [`Monitor`] uses, and why.
 //!
 //! # Why libbpf-rs and not aya
 //! Both are maintained and build on stable Rust. The programs are C with CO-RE, so the loader
@@ -68,7 +71,10 @@ pub use model::{Closer, Counters, Health, StateChange};
 pub use targets::{TargetError, TargetSpec};
 
 use model::{CloseJoiner, Record};
-use types::{Pod, RawEvent, RawHealth, Settings, TargetKey, MAX_RULES};
+use types::{PassClock, Pod, RawEvent, RawHealth, Settings, TargetKey, MAX_RULES};
+
+/// Maps by socket cookie: the kernel's cookies are counters, so a fast hash does.
+type HashMap<K, V> = std::collections::HashMap<K, V, rustc_hash::FxBuildHasher>;
 
 /// The compiled programs (see `build-bpf.sh`).
 pub const OBJECT: &[u8] = include_bytes!("../bpf/fix_monitor.bpf.o");
@@ -82,9 +88,13 @@ const CNT_LIVE_CHANGES: u32 = 7;
 /// The bit `live_pass` sets in its return value when it stopped because its ring was full.
 const RUN_STOPPED: u32 = 0x8000_0000;
 
-/// Most runs of `live_pass` in one pass: the live table's 16,384 entries fit the 512 KiB ring
-/// in 7 runs; a table that changes between runs may take a few more.
+/// Most runs of `live_pass` in one pass: the live table's 16,384 entries fit the 256 KiB ring
+/// in 13 runs; a table that changes between runs may take a few more.
 const MAX_PASS_RUNS: u32 = 32;
+
+/// Every this many live-table passes, one writes every session rather than the changed ones,
+/// so that the kept records are rebuilt from the kernel's whole table (see [`Monitor::health`]).
+const WRITE_ALL_EVERY: u32 = 60;
 
 /// What to load with.
 #[derive(Debug, Clone, Default)]
@@ -151,6 +161,7 @@ struct Maps {
     settings: MapHandle,
     counters: MapHandle,
     live: MapHandle,
+    clock: MapHandle,
 }
 
 /// The loaded and attached programs.
@@ -165,9 +176,18 @@ pub struct Monitor {
     /// `live_pass`'s output ring and what its reader collected.
     health_ring: RingBuffer<'static>,
     health_records: Arc<Mutex<Vec<RawHealth>>>,
-    /// See [`Monitor::last_pass_whole`] and [`Monitor::last_pass_runs`].
+    /// Each session's last record, by socket cookie: the live-table pass writes only the
+    /// sessions whose record changed.
+    kept: HashMap<u64, RawHealth>,
+    /// The last pass's clock.
+    clock: PassClock,
+    /// Live-table passes since one wrote every session; `u32::MAX` asks the next to.
+    since_all: u32,
+    /// See [`Monitor::last_pass_whole`], [`Monitor::last_pass_runs`] and
+    /// [`Monitor::last_pass_written`].
     pass_whole: bool,
     pass_runs: u32,
+    pass_written: usize,
     adopt_link: Link,
     census_link: Link,
     _tracing_links: Vec<Link>,
@@ -402,6 +422,7 @@ impl Monitor {
             settings: find_map(&object, "settings")?,
             counters: find_map(&object, "counters")?,
             live: find_map(&object, "live")?,
+            clock: find_map(&object, "clock")?,
         };
         let netns_cookie = match options.netns_cookie {
             Some(cookie) => cookie,
@@ -443,8 +464,12 @@ impl Monitor {
             health_link: links.health,
             health_ring,
             health_records,
+            kept: HashMap::default(),
+            clock: PassClock::default(),
+            since_all: u32::MAX,
             pass_whole: true,
             pass_runs: 0,
+            pass_written: 0,
             adopt_link: links.adopt,
             census_link: links.census,
             _tracing_links: links.tracing,
@@ -518,20 +543,86 @@ impl Monitor {
     }
 
     /// Every watched, established session's health, in one pass over the watched sessions
-    /// (see [`HealthWalk`]).
+    /// (see [`HealthWalk`]), as of that pass.
+    ///
+    /// The storage-map iterator writes every session. The live-table pass writes only the
+    /// sessions whose record (everything but the identity; times are kept as the kernel's
+    /// jiffies stamps) changed since it last wrote them, and the others' records are the ones
+    /// kept from earlier passes, their times brought up to this pass's clock: the same values
+    /// a written record would give. Every [`WRITE_ALL_EVERY`] passes, and after a pass that
+    /// failed, one writes every session and the kept records are replaced.
     pub fn health(&mut self) -> Result<Vec<Health>, Error> {
-        let records = match &self.health_link {
+        self.pass()?;
+        let clock = self.clock;
+        Ok(self
+            .kept
+            .values()
+            .filter(|raw| raw.closed == 0)
+            .map(|raw| Health::from_raw(raw, clock))
+            .collect())
+    }
+
+    /// Runs a health pass as [`Monitor::health`] does, and keeps its records for
+    /// [`Monitor::session_health`].
+    pub fn pass(&mut self) -> Result<(), Error> {
+        match &self.health_link {
             Some(link) => {
                 (self.pass_whole, self.pass_runs) = (true, 1);
-                self.storage_records(link)?
+                let records = self.storage_records(link)?;
+                self.pass_written = records.len();
+                self.kept.clear();
+                self.kept
+                    .extend(records.into_iter().map(|r| (r.sock_cookie, r)));
             }
-            None => self.live_records()?,
-        };
-        Ok(records
-            .iter()
+            None => {
+                let before = self.since_all;
+                let all = before >= WRITE_ALL_EVERY;
+                // Until this pass's records are all kept, the next pass writes every session.
+                self.since_all = u32::MAX;
+                let records = self.live_records(all)?;
+                self.pass_written = records.len();
+                if all {
+                    self.kept.clear();
+                }
+                self.kept
+                    .extend(records.into_iter().map(|r| (r.sock_cookie, r)));
+                self.since_all = if all { 1 } else { before + 1 };
+            }
+        }
+        self.clock = self.pass_clock()?;
+        Ok(())
+    }
+
+    /// One session's health as of the last pass ([`Monitor::pass`] or [`Monitor::health`]),
+    /// by socket cookie; `None` for a session the pass did not find established.
+    pub fn session_health(&self, cookie: u64) -> Option<Health> {
+        self.kept
+            .get(&cookie)
             .filter(|raw| raw.closed == 0)
-            .map(Health::from_raw)
-            .collect())
+            .map(|raw| Health::from_raw(raw, self.clock))
+    }
+
+    /// The clock the last pass stamped (its jiffies and the kernel's HZ).
+    fn pass_clock(&self) -> Result<PassClock, Error> {
+        let value = self
+            .maps
+            .clock
+            .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+            .map_err(|e| Error::Io {
+                action: "reading the health pass's clock",
+                source: error::io_of(e),
+            })?;
+        Ok(value
+            .as_deref()
+            .and_then(PassClock::read)
+            .unwrap_or_default())
+    }
+
+    /// How many records the last [`Monitor::health`] pass wrote: every session with the
+    /// storage-map iterator, only the changed ones (or every one, when it was a pass that
+    /// writes all) with the live table.
+    pub fn last_pass_written(&self) -> usize {
+        self.pass_written
     }
 
     /// How many sockets hold this monitor's storage, closing ones not yet freed included. With
@@ -563,11 +654,12 @@ impl Monitor {
             .collect())
     }
 
-    /// One record per live session: `live_pass` run until it has walked the whole table, its
-    /// ring read after each run (a run stops where the ring filled, and the next starts there).
+    /// One record per live session whose record changed (per live session when `all`):
+    /// `live_pass` run until it has walked the whole table, its ring read after each run (a
+    /// run stops where the ring filled, and the next starts there).
     /// A session whose entry moved between runs is kept once; where the table changed between
     /// runs, one may also have been passed over, and [`Monitor::last_pass_whole`] says so.
-    fn live_records(&mut self) -> Result<Vec<RawHealth>, Error> {
+    fn live_records(&mut self, all: bool) -> Result<Vec<RawHealth>, Error> {
         let prog = self
             ._object
             .progs_mut()
@@ -579,7 +671,9 @@ impl Monitor {
         let changes = counter(&self.maps.counters, CNT_LIVE_CHANGES)?;
         let (mut skip, mut runs) = (0u32, 0u32);
         loop {
-            let mut ctx = u64::from(skip).to_ne_bytes();
+            let mut ctx = [0u8; 16];
+            ctx[..8].copy_from_slice(&u64::from(skip).to_ne_bytes());
+            ctx[8..].copy_from_slice(&u64::from(all).to_ne_bytes());
             let input = libbpf_rs::ProgramInput {
                 context_in: Some(&mut ctx),
                 ..Default::default()
@@ -631,7 +725,7 @@ impl Monitor {
     }
 
     /// How many runs the last [`Monitor::health`] pass took: 1 with the storage-map iterator;
-    /// with the live table, one per 2,621 sessions or so (its ring's room).
+    /// with the live table, one per 1,310 records written or so (its ring's room).
     pub fn last_pass_runs(&self) -> u32 {
         self.pass_runs
     }
@@ -648,7 +742,14 @@ impl Monitor {
         for record in records {
             self.joiner.push(record);
         }
-        Ok(self.joiner.release(monotonic_ns(), CLOSE_HOLD_NS))
+        let released = self.joiner.release(monotonic_ns(), CLOSE_HOLD_NS);
+        // A closed session's kept health goes (its live entry went at the close).
+        for c in &released {
+            if c.new_state == model::tcp_state::CLOSE {
+                self.kept.remove(&c.sock_cookie);
+            }
+        }
+        Ok(released)
     }
 
     /// The programs' counters, summed over CPUs.

@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-use crate::types::{RawEvent, RawHealth};
+use crate::types::{PassClock, RawEvent, RawHealth};
 
 /// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
 pub mod tcp_state {
@@ -341,7 +341,24 @@ pub struct Health {
 }
 
 impl Health {
-    pub(crate) fn from_raw(h: &RawHealth) -> Self {
+    /// A record as `tcp_get_info()` would report it at the pass whose clock is `clock`: the
+    /// "ms since" fields are `jiffies_to_msecs(now - stamp)` and the chrono times
+    /// `jiffies * (USEC_PER_SEC / HZ)`, as there. With no `CONFIG_HZ` known they are 0, as
+    /// the kernel-side conversion gave before.
+    pub(crate) fn from_raw(h: &RawHealth, clock: PassClock) -> Self {
+        let hz = u64::from(clock.hz);
+        let since_ms = |stamp: u32| match hz {
+            0 => 0,
+            hz => (u64::from(clock.jiffies.wrapping_sub(stamp)) * 1000).div_ceil(hz) as u32,
+        };
+        // tcp_get_info_chrono_stats(): the running span counts up to the pass.
+        let chrono = |i: usize| {
+            let mut j = u64::from(h.chrono_stat[i]);
+            if usize::from(h.chrono_type) == i + 1 {
+                j += u64::from(clock.jiffies.wrapping_sub(h.chrono_start));
+            }
+            j * 1_000_000u64.checked_div(hz).unwrap_or(0)
+        };
         Self {
             sock_cookie: h.sock_cookie,
             local: addr(h.family, h.saddr, h.sport),
@@ -366,13 +383,13 @@ impl Health {
             send_queue_bytes: h.send_queue_bytes,
             notsent_bytes: h.notsent_bytes,
             rcv_queue: h.rcv_queue,
-            last_data_recv_ms: h.last_data_recv_ms,
-            last_data_sent_ms: h.last_data_sent_ms,
-            last_ack_recv_ms: h.last_ack_recv_ms,
+            last_data_recv_ms: since_ms(h.lrcvtime),
+            last_data_sent_ms: since_ms(h.lsndtime),
+            last_ack_recv_ms: since_ms(h.rcv_tstamp),
             delivery_rate: h.delivery_rate,
-            busy_us: h.busy_us,
-            rwnd_limited_us: h.rwnd_limited_us,
-            sndbuf_limited_us: h.sndbuf_limited_us,
+            busy_us: chrono(0) + chrono(1) + chrono(2),
+            rwnd_limited_us: chrono(1),
+            sndbuf_limited_us: chrono(2),
             snd_cwnd: h.snd_cwnd,
             snd_wnd: h.snd_wnd,
         }
@@ -433,26 +450,61 @@ mod tests {
             lost: 3,
             dsack_dups: 4,
             send_queue_bytes: 5,
-            last_ack_recv_ms: 6,
             bytes_retrans: 7,
             delivery_rate: 8,
             ..RawHealth::default()
         };
-        let h = Health::from_raw(&raw);
+        let clock = PassClock {
+            jiffies: 0,
+            hz: 250,
+        };
+        let h = Health::from_raw(&raw, clock);
         assert_eq!(h.min_rtt_us, None);
         assert_eq!(
             (
                 h.lost,
                 h.dsack_dups,
                 h.send_queue_bytes,
-                h.last_ack_recv_ms,
                 h.bytes_retrans,
                 h.delivery_rate
             ),
-            (3, 4, 5, 6, 7, 8)
+            (3, 4, 5, 7, 8)
         );
         raw.min_rtt_us = 11;
-        assert_eq!(Health::from_raw(&raw).min_rtt_us, Some(11));
+        assert_eq!(Health::from_raw(&raw, clock).min_rtt_us, Some(11));
+    }
+
+    /// The times as tcp_get_info() computes them from the same jiffies: "since" fields in ms
+    /// (rounded up where HZ does not divide 1000, as jiffies_to_msecs()), the running chrono
+    /// span counted up to the pass, a wrapped jiffies counter included.
+    #[test]
+    fn jiffies_become_times_as_the_kernel_computes_them() {
+        let raw = RawHealth {
+            lrcvtime: 1_000,
+            lsndtime: 1_100,
+            rcv_tstamp: u32::MAX - 9, // 10 jiffies before the counter wrapped
+            chrono_stat: [100, 20, 3],
+            chrono_type: 2, // rwnd-limited, running since 1_150
+            chrono_start: 1_150,
+            ..RawHealth::default()
+        };
+        let at = |jiffies, hz| Health::from_raw(&raw, PassClock { jiffies, hz });
+        let h = at(1_250, 250);
+        assert_eq!(
+            (h.last_data_recv_ms, h.last_data_sent_ms),
+            (250 * 4, 150 * 4)
+        );
+        assert_eq!(at(5, 250).last_ack_recv_ms, 15 * 4);
+        assert_eq!(h.rwnd_limited_us, (20 + 100) * 4_000);
+        assert_eq!(h.sndbuf_limited_us, 3 * 4_000);
+        assert_eq!(h.busy_us, (100 + 120 + 3) * 4_000);
+        // HZ = 300: jiffies_to_msecs() rounds up; the chrono times use USEC_PER_SEC / HZ.
+        let h = at(1_001, 300);
+        assert_eq!(h.last_data_recv_ms, 4); // 1 jiffy = 3.33 ms
+        assert_eq!(h.sndbuf_limited_us, 3 * 3_333);
+        // No CONFIG_HZ known: no times, as before.
+        let h = at(1_250, 0);
+        assert_eq!((h.last_data_recv_ms, h.busy_us), (0, 0));
     }
 
     #[test]

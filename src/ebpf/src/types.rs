@@ -36,9 +36,9 @@ pub(crate) struct RawEvent {
     pub daddr: [u8; 16],
 }
 
-/// Health-iterator record (`struct health`).
+/// Health-iterator record (`struct health`): times in jiffies.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct RawHealth {
     pub sock_cookie: u64,
     pub established_ns: u64,
@@ -46,9 +46,6 @@ pub(crate) struct RawHealth {
     pub bytes_received: u64,
     pub bytes_sent: u64,
     pub bytes_retrans: u64,
-    pub busy_us: u64,
-    pub rwnd_limited_us: u64,
-    pub sndbuf_limited_us: u64,
     pub delivery_rate: u64,
     pub srtt_us: u32,
     pub rttvar_us: u32,
@@ -61,21 +58,35 @@ pub(crate) struct RawHealth {
     pub send_queue_bytes: u32,
     pub notsent_bytes: u32,
     pub rcv_queue: u32,
-    pub last_data_recv_ms: u32,
-    pub last_data_sent_ms: u32,
-    pub last_ack_recv_ms: u32,
+    pub lrcvtime: u32,
+    pub lsndtime: u32,
+    pub rcv_tstamp: u32,
+    pub chrono_start: u32,
+    pub chrono_stat: [u32; 3],
     pub snd_cwnd: u32,
     pub snd_wnd: u32,
+    pub state: u8,
+    pub chrono_type: u8,
+    pub _pad: [u8; 2],
     pub target: u32,
     pub pid: u32,
     pub sport: u16,
     pub dport: u16,
     pub family: u8,
-    pub state: u8,
     pub adopted: u8,
     pub closed: u8,
+    pub _pad2: u8,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
+    pub _pad3: u32,
+}
+
+/// The last health pass's clock (`struct pass_clock`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct PassClock {
+    pub jiffies: u32,
+    pub hz: u32,
 }
 
 /// LPM-trie key (`struct target_key`).
@@ -157,9 +168,11 @@ pub(crate) unsafe trait Pod: Copy + Sized {
 // SAFETY: `#[repr(C)]`; u64, u32, i32 and u8 fields and three `[u8; 16]`; 136 bytes, the
 // one-byte `_pad` explicit, no implicit padding (both tests above).
 unsafe impl Pod for RawEvent {}
-// SAFETY: `#[repr(C)]`; u64, u32, u16 and u8 fields and two `[u8; 16]`; 192 bytes with no
-// padding at all (both tests above).
+// SAFETY: `#[repr(C)]`; u64, u32, u16 and u8 fields, `[u32; 3]`, two `[u8; 16]` and the
+// explicit `_pad`, `_pad2`, `_pad3`; 192 bytes, no implicit padding (both tests above).
 unsafe impl Pod for RawHealth {}
+// SAFETY: `#[repr(C)]`; two u32, 8 bytes, no padding (both tests above).
+unsafe impl Pod for PassClock {}
 // SAFETY: `#[repr(C)]`; a u32, a u8, `[u8; 16]` and the explicit `_pad: [u8; 3]` that fills
 // the struct to its 4-byte alignment (24 bytes); no implicit padding (both tests above).
 unsafe impl Pod for TargetKey {}
@@ -282,9 +295,6 @@ mod tests {
                 bytes_received,
                 bytes_sent,
                 bytes_retrans,
-                busy_us,
-                rwnd_limited_us,
-                sndbuf_limited_us,
                 delivery_rate,
                 srtt_us,
                 rttvar_us,
@@ -297,21 +307,27 @@ mod tests {
                 send_queue_bytes,
                 notsent_bytes,
                 rcv_queue,
-                last_data_recv_ms,
-                last_data_sent_ms,
-                last_ack_recv_ms,
+                lrcvtime,
+                lsndtime,
+                rcv_tstamp,
+                chrono_start,
+                chrono_stat,
                 snd_cwnd,
                 snd_wnd,
+                state,
+                chrono_type,
+                _pad,
                 target,
                 pid,
                 sport,
                 dport,
                 family,
-                state,
                 adopted,
                 closed,
+                _pad2,
                 saddr,
                 daddr,
+                _pad3,
             ])
         };
     }
@@ -324,6 +340,7 @@ mod tests {
         no_implicit_padding!(NetRules, [first, count]);
         no_implicit_padding!(PortRule, [rport, lport_lo, lport_hi, _pad, target]);
         no_implicit_padding!(Settings, [netns_cookie]);
+        no_implicit_padding!(PassClock, [jiffies, hz]);
         assert_eq!(
             [
                 size_of::<RawEvent>(),
@@ -332,8 +349,9 @@ mod tests {
                 size_of::<NetRules>(),
                 size_of::<PortRule>(),
                 size_of::<Settings>(),
+                size_of::<PassClock>(),
             ],
-            [136, 192, 24, 8, 12, 8],
+            [136, 192, 24, 8, 12, 8, 8],
             "the sizes the SAFETY comments state"
         );
     }
@@ -348,5 +366,6 @@ mod tests {
         same_layout!(NetRules, "net_rules", [first, count]);
         same_layout!(PortRule, "port_rule", [rport, lport_lo, lport_hi, target]);
         same_layout!(Settings, "settings", [netns_cookie]);
+        same_layout!(PassClock, "pass_clock", [jiffies, hz]);
     }
 }

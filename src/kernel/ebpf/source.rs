@@ -109,9 +109,6 @@ pub struct EbpfSource {
     pending: Vec<StateChange>,
     /// The kernel's reset-reason names, for the close events' causes.
     reasons: Vec<(u32, String)>,
-    /// Reused per pass: each record's socket cookie and index, sorted by cookie (16 bytes a
-    /// session, where a map of the converted health would hold about 380 KiB at 1,000).
-    by_cookie: Vec<(u64, u32)>,
 }
 
 /// The targets as the kernel filter takes them, in configuration order (the index is the
@@ -184,7 +181,6 @@ impl EbpfSource {
             scratch: Vec::new(),
             pending: Vec::new(),
             reasons,
-            by_cookie: Vec::new(),
         })
     }
 
@@ -215,27 +211,22 @@ impl EbpfSource {
         std::mem::take(&mut self.pending)
     }
 
-    /// Fills `out[i].health` for every session the pass returns (matched by cookie). A failed
+    /// Fills `out[i].health` for every session the pass found (matched by cookie). A failed
     /// pass leaves every session without health this poll (logged once); the poll stands.
     fn read_health(&mut self, out: &mut [SocketEntry]) {
-        let pass = self.monitor.health();
+        let pass = self.monitor.pass();
         self.stats.health_passes += 1;
         match pass {
-            Ok(records) => {
+            Ok(()) => {
                 if self.health_failing {
                     self.health_failing = false;
                     tracing::info!("the eBPF health pass works again");
                 }
-                self.by_cookie.clear();
-                self.by_cookie
-                    .extend(records.iter().zip(0u32..).map(|(h, i)| (h.sock_cookie, i)));
-                self.by_cookie.sort_unstable();
                 for (known, entry) in self.active.values_mut().zip(out.iter_mut()) {
                     entry.health = self
-                        .by_cookie
-                        .binary_search_by_key(&known.cookie, |&(cookie, _)| cookie)
-                        .ok()
-                        .map(|at| to_health(&records[self.by_cookie[at].1 as usize]));
+                        .monitor
+                        .session_health(known.cookie)
+                        .map(|h| to_health(&h));
                     known.health = entry.health;
                 }
             }

@@ -312,3 +312,93 @@ fn queues_and_windows(ss: &SsInfo, jiffy_ms: f64) -> [Row; 8] {
     ];
     rows
 }
+
+/// The live-table pass writes only the sessions whose record changed; the others' health is
+/// the kept record with its times brought up to the pass's clock, and it still agrees with
+/// `ss`. Every `WRITE_ALL_EVERY` (60) passes one writes every session. (With the storage-map
+/// iterator every pass writes every session.)
+#[test]
+fn a_pass_writes_only_the_changed_sessions_and_the_others_still_agree_with_ss() {
+    const N: usize = 20;
+    const TOUCHED: usize = 5;
+    let venue = Venue::start();
+    let mut m = load();
+    m.set_targets(&[target(venue.port)]).unwrap();
+    let mut sessions = venue.open(N);
+    events_until(&mut m, "the ESTABLISHED events", |e| e.len() >= N);
+    let every_pass_writes_all = *m.health_walk() == fix_monitor_ebpf::HealthWalk::StorageMap;
+    let expect_written = |n: usize| if every_pass_writes_all { N } else { n };
+    // The handshakes' last ACKs settle; then a pass finds nothing changed.
+    wait_for(
+        "a pass that writes nothing new",
+        Duration::from_secs(5),
+        || {
+            (m.health().unwrap().len() == N && m.last_pass_written() == expect_written(0))
+                .then_some(())
+        },
+    );
+    let before = m.health().unwrap();
+    assert_eq!(m.last_pass_written(), expect_written(0));
+
+    // Five sessions exchange a message each way; the other fifteen stay idle.
+    for (ours, theirs) in sessions.iter_mut().take(TOUCHED) {
+        ours.write_all(b"8=FIX.4.4|35=0|").unwrap();
+        theirs.read_exact(&mut [0u8; 15]).unwrap();
+        theirs.write_all(b"8=FIX.4.4|35=0|").unwrap();
+        ours.read_exact(&mut [0u8; 15]).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let h1 = m.health().unwrap();
+    assert_eq!(
+        m.last_pass_written(),
+        expect_written(TOUCHED),
+        "only the sessions that exchanged data are written"
+    );
+    let ss = ss(venue.port);
+    let h2 = m.health().unwrap();
+    assert_eq!(m.last_pass_written(), expect_written(0), "then none again");
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    for (i, (ours, _)) in sessions.iter().enumerate() {
+        let local = ours.local_addr().unwrap();
+        let find = |pass: &[Health]| pass.iter().find(|h| h.local == local).cloned().unwrap();
+        let (was, a, b) = (find(&before), find(&h1), find(&h2));
+        compare(&a, &b, &ss[&local], elapsed_ms);
+        if i < TOUCHED {
+            assert_eq!(
+                (a.bytes_acked, a.bytes_received),
+                (was.bytes_acked + 15, was.bytes_received + 15),
+                "session {i} exchanged 15 bytes each way"
+            );
+        } else {
+            // Idle: the same record, only its times moved on with the clock.
+            let moved = a.last_data_recv_ms - was.last_data_recv_ms;
+            assert!(moved >= 300, "session {i}: silence grew by {moved} ms");
+            let same = Health {
+                last_data_recv_ms: was.last_data_recv_ms,
+                last_data_sent_ms: was.last_data_sent_ms,
+                last_ack_recv_ms: was.last_ack_recv_ms,
+                ..a.clone()
+            };
+            assert_eq!(same, was, "session {i}: nothing but the times changed");
+        }
+    }
+
+    // One of the next 60 passes writes every session (the kept records are rebuilt).
+    let written: Vec<usize> = (0..60)
+        .map(|_| {
+            m.health().unwrap();
+            m.last_pass_written()
+        })
+        .collect();
+    if every_pass_writes_all {
+        assert!(written.iter().all(|&w| w == N), "{written:?}");
+    } else {
+        assert_eq!(
+            written.iter().filter(|&&w| w == N).count(),
+            1,
+            "one pass in 60 writes all: {written:?}"
+        );
+        assert_eq!(written.iter().sum::<usize>(), N, "{written:?}");
+    }
+}

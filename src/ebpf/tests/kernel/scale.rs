@@ -88,7 +88,7 @@ fn a_thousand_watched_among_a_hundred_thousand_unrelated_sockets_and_storage_is_
     assert_eq!(counters.no_storage, 0);
 }
 
-/// More watched sessions than the fallback pass's 512 KiB ring holds at once (2,621 records):
+/// More watched sessions than the fallback pass's 256 KiB ring holds at once (1,310 records):
 /// the pass runs again from where the ring filled, and returns every session exactly once,
 /// whole (the live table did not change between its runs). With the storage-map iterator the
 /// pass is one read whatever the count, and the same checks hold.
