@@ -25,7 +25,10 @@
 //!
 //! Time is an input: the book never reads a clock.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+// Keyed by sockets this host made to its own targets: a fast hash, not a DoS-resistant one.
+use rustc_hash::FxHashMap as HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -307,9 +310,9 @@ impl HealthBook {
             closed: vec![Growth::default(); targets.len()],
             targets,
             stale_after,
-            sessions: HashMap::new(),
+            sessions: HashMap::default(),
             closed_ports: BTreeMap::new(),
-            gone: HashMap::new(),
+            gone: HashMap::default(),
             gone_order: VecDeque::new(),
             keep_gone: true,
             generation: 0,

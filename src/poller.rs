@@ -36,7 +36,8 @@ use crate::tracker::{
     Confirm, ConnKey, Event, SharedEvent, SocketEvent, SocketEventKind, Timestamp, Tracker,
     Unconfirmed,
 };
-use std::collections::HashMap;
+// Keyed by sockets this host made to its own targets: a fast hash, not a DoS-resistant one.
+use rustc_hash::FxHashMap as HashMap;
 
 /// How often, at most, the state file is rewritten (only when something changed).
 pub const SAVE_EVERY: Duration = Duration::from_secs(5);
@@ -260,9 +261,9 @@ impl Poller {
             sockets: Vec::new(),
             events: Vec::new(),
             source_events: Vec::new(),
-            processes: HashMap::new(),
-            closed_by: HashMap::new(),
-            causes: HashMap::new(),
+            processes: HashMap::default(),
+            closed_by: HashMap::default(),
+            causes: HashMap::default(),
             confirm: Box::new(Unconfirmed),
             persist: None,
             losing: false,
@@ -482,12 +483,16 @@ impl Poller {
                 // Exact opens and closes first (each at its kernel timestamp), then the
                 // snapshot, which already reflects them and only corrects what they missed.
                 let final_counts = self.apply_source_events(clock);
-                self.tracker.apply_confirmed(
-                    at,
-                    &self.sockets,
-                    &mut self.events,
-                    &mut *self.confirm,
-                );
+                // A source that sees every change (eBPF) says when the set of sessions did not
+                // move: the snapshot is then the one the tracker already holds.
+                if news.sessions_changed {
+                    self.tracker.apply_confirmed(
+                        at,
+                        &self.sockets,
+                        &mut self.events,
+                        &mut *self.confirm,
+                    );
+                }
                 #[cfg(target_os = "linux")]
                 self.look_up_processes(&mut next);
                 if news.health_fresh {
@@ -855,7 +860,7 @@ impl Poller {
         let Some(owners) = self.owners.as_mut() else {
             return;
         };
-        let mut wanted: HashMap<u64, ConnKey> = HashMap::new();
+        let mut wanted: HashMap<u64, ConnKey> = HashMap::default();
         for e in &self.events {
             if let Event::Opened(c) = e {
                 if let Some(inode) = self.source.inode(c.key.id) {

@@ -29,7 +29,10 @@
 //! - procfs lists a socket not yet accepted with inode 0: the same 4-tuple seen later with its
 //!   real inode is the same connection, not a close and an open.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+// Keyed by sockets this host made to its own targets: a fast hash, not a DoS-resistant one.
+use rustc_hash::FxHashMap as HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -185,17 +188,17 @@ impl Tracker {
         let stats = vec![TargetStats::default(); targets.len()];
         Tracker {
             targets,
-            active: HashMap::new(),
+            active: HashMap::default(),
             stats,
             peak: 0,
             generation: 0,
             closed_scratch: Vec::new(),
-            by_id: HashMap::new(),
-            closed: HashMap::new(),
+            by_id: HashMap::default(),
+            closed: HashMap::default(),
             closed_order: VecDeque::new(),
             saved_false_closes: 0,
             unattributed: 0,
-            restored: HashMap::new(),
+            restored: HashMap::default(),
             widened: Vec::new(),
         }
     }
@@ -372,7 +375,7 @@ impl Tracker {
             }
         }
         if generation == 1 {
-            self.restored = HashMap::new();
+            self.restored = HashMap::default();
         }
         self.closed_scratch.clear();
         self.closed_scratch.extend(

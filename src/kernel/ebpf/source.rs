@@ -63,15 +63,6 @@ pub struct SourceStats {
     pub health_passes: u64,
 }
 
-/// What the source knows of a session between polls.
-#[derive(Debug, Clone, Copy, Default)]
-struct Known {
-    /// The socket's cookie.
-    cookie: u64,
-    /// Its health as of the last pass (or dump).
-    health: Option<TcpHealth>,
-}
-
 /// The eBPF source (see the module docs).
 pub struct EbpfSource {
     monitor: Monitor,
@@ -80,8 +71,10 @@ pub struct EbpfSource {
     /// of a removed target keep their storage until they close: their changes are not the
     /// loop's, and are kept out of the set and the events.
     targets: Targets,
-    /// The sessions, by 4-tuple (so that polls list them in order).
-    active: BTreeMap<(SocketAddr, SocketAddr), Known>,
+    /// The sessions by (cookie, local, remote), the order the loop looks sockets up in, so
+    /// that polls list them in order without sorting; each with its health as of the last
+    /// pass (or dump).
+    active: BTreeMap<(u64, SocketAddr, SocketAddr), Option<TcpHealth>>,
     /// The same sessions' 4-tuples by cookie: the kernel has released a socket's local port by
     /// the time it reports a reset or the last close, so a close's record may carry port 0;
     /// the close is matched by its cookie and reported with the 4-tuple the session had.
@@ -223,16 +216,13 @@ impl EbpfSource {
                     tracing::info!("the eBPF health pass works again");
                 }
                 for (known, entry) in self.active.values_mut().zip(out.iter_mut()) {
-                    entry.health = self
-                        .monitor
-                        .session_health(known.cookie)
-                        .map(|h| to_health(&h));
-                    known.health = entry.health;
+                    entry.health = self.monitor.session_health(entry.id).map(|h| to_health(&h));
+                    *known = entry.health;
                 }
             }
             Err(error) => {
                 for known in self.active.values_mut() {
-                    known.health = None;
+                    *known = None;
                 }
                 if !self.health_failing {
                     self.health_failing = true;
@@ -266,24 +256,14 @@ impl EbpfSource {
                 let key = (c.local, c.remote);
                 match what {
                     Some(Change::Opened) => {
-                        let known = Known {
-                            cookie: c.sock_cookie,
-                            health: None,
-                        };
-                        self.active.insert(key, known);
+                        self.active.insert((c.sock_cookie, c.local, c.remote), None);
                         self.tuples.insert(c.sock_cookie, key);
                     }
                     Some(Change::Closed(_)) => {
                         self.tuples.remove(&c.sock_cookie);
-                        // Only the socket that opened: a reused 4-tuple's older close does
-                        // not end the new session.
-                        if self
-                            .active
-                            .get(&key)
-                            .is_some_and(|k| k.cookie == c.sock_cookie)
-                        {
-                            self.active.remove(&key);
-                        }
+                        // Only the socket that opened (the cookie is in the key): a reused
+                        // 4-tuple's older close does not end the new session.
+                        self.active.remove(&(c.sock_cookie, c.local, c.remote));
                     }
                     None => {}
                 }
@@ -342,8 +322,7 @@ impl EbpfSource {
             // programs' table until they close).
             self.tuples.insert(cookie, (local, remote));
             if self.targets.classify(&local, &remote).is_some() {
-                self.active
-                    .insert((local, remote), Known { cookie, health });
+                self.active.insert((cookie, local, remote), health);
             }
         }
         self.stats.reconciles += 1;
@@ -422,7 +401,7 @@ impl Source for EbpfSource {
         self.targets = targets.clone();
         let targets = &self.targets;
         self.active
-            .retain(|(local, remote), _| targets.classify(local, remote).is_some());
+            .retain(|(_, local, remote), _| targets.classify(local, remote).is_some());
         self.next_reconcile = None;
         self.listed_valid = false;
         Ok(true)
@@ -491,26 +470,29 @@ impl Source for EbpfSource {
             };
             return Ok(());
         }
-        // In 4-tuple order (the map's), as `read_health` pairs them.
+        // In the map's order, (cookie, local, remote): the order the loop finds a session's
+        // socket in (as netlink's come), and the one `read_health` pairs them in.
         out.clear();
-        for (&(local, remote), known) in &self.active {
+        for (&(id, local, remote), known) in &self.active {
             out.push(SocketEntry {
                 local,
                 remote,
                 state: TcpState::Established,
-                id: known.cookie,
+                id,
                 // Handed on from the last pass (or the reconcile's, this poll) unless this
                 // poll runs one.
-                health: if health_due { None } else { known.health },
+                health: if health_due { None } else { *known },
             });
         }
         if health_due {
             self.read_health(out);
         }
-        // The loop finds a session's socket by (id, local, remote), as netlink's come.
-        out.sort_unstable_by_key(|e| (e.id, e.local, e.remote));
-        self.listed.clone_from(out);
-        self.listed_valid = true;
+        // Handed on as it is by a poll with nothing new, which happens only where health is
+        // not read every poll: otherwise the copy would be made for nothing.
+        if self.health_every.is_some() || !self.health_on {
+            self.listed.clone_from(out);
+            self.listed_valid = true;
+        }
         self.news = PollNews {
             sessions_changed,
             health_fresh: health_due || passed,
