@@ -450,13 +450,8 @@ fn tls_tunnels(targets: &Targets, kept: &[(usize, RawTarget)], capture: bool, cx
             }
             _ => continue,
         };
-        let value = quote(&tunnel.to_string());
-        cx.report(
-            Conflict,
-            &format!("targets[{i}].tls_tunnel"),
-            value,
-            message,
-        );
+        let key = format!("targets[{i}].tls_tunnel");
+        cx.report(Conflict, &key, quote(&tunnel.to_string()), message);
     }
 }
 
