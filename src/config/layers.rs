@@ -157,8 +157,7 @@ fn port_value(raw: &str) -> Value {
 /// Where the value with `tag` came from; `field` is the last key of its path (legacy target
 /// layers name a different variable or flag per field).
 pub(crate) fn origin_of(figment: &Figment, tag: Tag, field: &str) -> Origin {
-    let metadata = figment.get_metadata(tag);
-    metadata.map_or(Origin::Default, |m| origin(m, field))
+    (figment.get_metadata(tag)).map_or(Origin::Default, |m| origin(m, field))
 }
 
 fn origin(metadata: &Metadata, field: &str) -> Origin {

@@ -181,79 +181,91 @@ pub mod defaults {
     pub const OTLP_TIMEOUT: Duration = Duration::from_secs(5);
 }
 
-/// The configuration tree: what the file, the variables and the flags are deserialized into
-/// (`T` = the raw `[[targets]]` list) and, validated, what the sidecar runs on (`T` =
-/// [`Targets`]). A key is one field below with its default (the section's `Default`) and its
-/// check (`with = "raw::check::NAME"`, which also prints it in `fix-monitor config`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-#[serde(bound(deserialize = "T: Deserialize<'de> + Default"))]
-pub struct Settings<T = Targets> {
-    /// What to watch; once validated never empty, names unique.
-    pub targets: T,
-    pub poll: PollSettings,
-    pub prometheus: PrometheusSettings,
-    pub log: LogSettings,
-    pub otlp: OtlpSettings,
-    pub state: StateSettings,
-    pub fix: FixSettings,
-    /// `[[schedules]]`: the targets' planned session windows, as written (checked by
-    /// [`crate::schedule`]; `targets[].schedule` names one).
-    pub schedules: Vec<ScheduleConfig>,
-    /// An end in the last `schedule_grace` of its target's window, or outside it, is planned
-    /// ([`Schedule::planned_end`]); one for all schedules.
-    #[serde(with = "raw::check::grace")]
-    pub schedule_grace: Duration,
-    /// `targets[i].schedule`, resolved, by target id (filled by `raw::validate`); `None`: the
-    /// target is always expected up.
-    #[serde(skip)]
-    pub target_schedules: Vec<Option<Arc<Schedule>>>,
+/// A section of the tree: its fields with their checks and, after `=`, their defaults (the
+/// type's own default where none is given), which make the section's `Default`.
+macro_rules! section {
+    ($(#[$doc:meta])* pub struct $name:ident $(<$t:ident = $t_default:ty>)? {
+        $($(#[$attr:meta])* pub $field:ident: $ty:ty $(= $default:expr)?,)*
+    }) => {
+        #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+        #[serde(deny_unknown_fields, default)]
+        $(#[$doc])*
+        pub struct $name $(<$t = $t_default>)? {
+            $($(#[$attr])* pub $field: $ty,)*
+        }
+
+        impl $(<$t: Default>)? Default for $name $(<$t>)? {
+            fn default() -> Self {
+                $name {
+                    $($field: section!(@default $($default)?),)*
+                }
+            }
+        }
+    };
+    (@default) => {
+        Default::default()
+    };
+    (@default $default:expr) => {
+        $default
+    };
 }
 
-impl<T: Default> Default for Settings<T> {
-    fn default() -> Self {
-        Settings {
-            targets: T::default(),
-            poll: PollSettings::default(),
-            prometheus: PrometheusSettings::default(),
-            log: LogSettings::default(),
-            otlp: OtlpSettings::default(),
-            state: StateSettings::default(),
-            fix: FixSettings::default(),
-            schedules: Vec::new(),
-            schedule_grace: crate::schedule::DEFAULT_GRACE,
-            target_schedules: Vec::new(),
-        }
+section! {
+    /// The configuration tree: what the file, the variables and the flags are deserialized into
+    /// (`T` = the raw `[[targets]]` list) and, validated, what the sidecar runs on (`T` =
+    /// [`Targets`]). A key is one field below with its check (`with = "raw::check::NAME"`, which
+    /// also prints it in `fix-monitor config`) and its default (after `=`, else its type's).
+    #[serde(bound(deserialize = "T: Deserialize<'de> + Default"))]
+    pub struct Settings<T = Targets> {
+        /// What to watch; once validated never empty, names unique.
+        pub targets: T,
+        pub poll: PollSettings,
+        pub prometheus: PrometheusSettings,
+        pub log: LogSettings,
+        pub otlp: OtlpSettings,
+        pub state: StateSettings,
+        pub fix: FixSettings,
+        /// `[[schedules]]`: the targets' planned session windows, as written (checked by
+        /// [`crate::schedule`]; `targets[].schedule` names one).
+        pub schedules: Vec<ScheduleConfig>,
+        /// An end in the last `schedule_grace` of its target's window, or outside it, is
+        /// planned ([`Schedule::planned_end`]); one for all schedules.
+        #[serde(with = "raw::check::grace")]
+        pub schedule_grace: Duration = crate::schedule::DEFAULT_GRACE,
+        /// `targets[i].schedule`, resolved, by target id (filled by `raw::validate`); `None`:
+        /// the target is always expected up.
+        #[serde(skip)]
+        pub target_schedules: Vec<Option<Arc<Schedule>>>,
     }
 }
 
-/// `[fix]`: the FIX session layer (opt-in: off unless `capture` or a log is given).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FixSettings {
-    /// Read FIX off the wire (a packet socket; needs `CAP_NET_RAW`).
-    #[serde(with = "raw::check::boolean")]
-    pub capture: bool,
-    /// The gateway's CompIDs: a log line's direction comes from them.
-    #[serde(with = "raw::check::comp_ids")]
-    pub our_comp_ids: Vec<String>,
-    /// Engine message logs to follow: `[[fix.logs]] path = "GLOB"` (a path is required; checked
-    /// in `raw::validate`).
-    pub logs: Vec<FixLog>,
-    /// `targets[i].comp_ids`, by target id: which target a log's session belongs to (filled
-    /// from the targets by `raw::validate`).
-    #[serde(skip)]
-    pub target_comp_ids: Vec<Vec<String>>,
-    /// `targets[i].logon_lockout`, by target id (filled from the targets by `raw::validate`).
-    #[serde(skip)]
-    pub target_logon_lockout: Vec<Option<LogonLockout>>,
-    /// `targets[i].message_limit`, by target id (filled from the targets by `raw::validate`).
-    #[serde(skip)]
-    pub target_message_limit: Vec<Option<MessageLimit>>,
-    /// `targets[i].tls_tunnel`, by target id: the local tunnel whose plaintext leg carries the
-    /// target's FIX sessions (filled from the targets by `raw::validate`).
-    #[serde(skip)]
-    pub target_tls_tunnel: Vec<Option<TlsTunnel>>,
+section! {
+    /// `[fix]`: the FIX session layer (opt-in: off unless `capture` or a log is given).
+    pub struct FixSettings {
+        /// Read FIX off the wire (a packet socket; needs `CAP_NET_RAW`).
+        #[serde(with = "raw::check::boolean")]
+        pub capture: bool,
+        /// The gateway's CompIDs: a log line's direction comes from them.
+        #[serde(with = "raw::check::comp_ids")]
+        pub our_comp_ids: Vec<String>,
+        /// Engine message logs to follow: `[[fix.logs]] path = "GLOB"` (a path is required; checked
+        /// in `raw::validate`).
+        pub logs: Vec<FixLog>,
+        /// `targets[i].comp_ids`, by target id: which target a log's session belongs to (filled
+        /// from the targets by `raw::validate`).
+        #[serde(skip)]
+        pub target_comp_ids: Vec<Vec<String>>,
+        /// `targets[i].logon_lockout`, by target id (filled from the targets by `raw::validate`).
+        #[serde(skip)]
+        pub target_logon_lockout: Vec<Option<LogonLockout>>,
+        /// `targets[i].message_limit`, by target id (filled from the targets by `raw::validate`).
+        #[serde(skip)]
+        pub target_message_limit: Vec<Option<MessageLimit>>,
+        /// `targets[i].tls_tunnel`, by target id: the local tunnel whose plaintext leg carries the
+        /// target's FIX sessions (filled from the targets by `raw::validate`).
+        #[serde(skip)]
+        pub target_tls_tunnel: Vec<Option<TlsTunnel>>,
+    }
 }
 
 /// `targets[].tls_tunnel`: the gateway reaches the target through a local TLS tunnel, and
@@ -298,13 +310,13 @@ impl LogonLockout {
     pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
 }
 
-/// One `[[fix.logs]]` table.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FixLog {
-    /// A file or glob pattern.
-    #[serde(with = "raw::check::glob")]
-    pub path: Option<String>,
+section! {
+    /// One `[[fix.logs]]` table.
+    pub struct FixLog {
+        /// A file or glob pattern.
+        #[serde(with = "raw::check::glob")]
+        pub path: Option<String>,
+    }
 }
 
 impl FixSettings {
@@ -318,105 +330,72 @@ impl FixSettings {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StateSettings {
-    /// Where the active sessions' starts are kept so that a restart keeps their lifetimes
-    /// (`persist`); checked writable by `startup::prepare`. None: nothing is kept.
-    #[serde(with = "raw::check::state_dir")]
-    pub dir: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PollSettings {
-    /// Time between two polls of the connection source; > 0.
-    #[serde(with = "raw::check::interval")]
-    pub interval: Duration,
-    /// Which connection source to use.
-    #[serde(with = "raw::check::source")]
-    pub source: SourceKind,
-    /// eBPF source only: time between two reconciles of its view (from its programs' table of
-    /// watched sessions; a full dump at start); > 0.
-    #[serde(with = "raw::check::interval")]
-    pub reconcile_interval: Duration,
-    /// netlink and procfs sources: name the process owning each new session (pid, command)
-    /// from the socket inodes in `/proc/*/fd` (eBPF mode names it by itself).
-    #[serde(with = "raw::check::boolean")]
-    pub process_lookup: bool,
-    /// eBPF source only: time between two in-kernel health passes over every watched session
-    /// (session health); not set: every poll. The netlink source reads it in every poll's dump.
-    #[serde(with = "raw::check::interval")]
-    pub health_interval: Option<Duration>,
-}
-
-impl Default for PollSettings {
-    fn default() -> Self {
-        PollSettings {
-            interval: defaults::INTERVAL,
-            source: SourceKind::Auto,
-            reconcile_interval: defaults::RECONCILE_INTERVAL,
-            // Off: walking every process's open files costs CPU that grows with the host, and
-            // reading other users' needs privilege (see README, "Which process").
-            process_lookup: false,
-            health_interval: None,
-        }
+section! {
+    pub struct StateSettings {
+        /// Where the active sessions' starts are kept so that a restart keeps their lifetimes
+        /// (`persist`); checked writable by `startup::prepare`. None: nothing is kept.
+        #[serde(with = "raw::check::state_dir")]
+        pub dir: Option<PathBuf>,
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PrometheusSettings {
-    /// Whether to serve the Prometheus pull endpoint.
-    #[serde(with = "raw::check::boolean")]
-    pub enabled: bool,
-    /// Where to serve it. Port 0 is allowed (the OS picks a free port), which tests rely on.
-    #[serde(with = "raw::check::listen")]
-    pub listen: SocketAddr,
-    /// The exporter toolkit's web configuration file (TLS, client certificates, basic auth,
-    /// extra headers); `None`: plain HTTP, no auth. Read and checked by `startup::prepare`.
-    #[serde(with = "raw::check::path")]
-    pub web_config: Option<PathBuf>,
-    /// Serve `/connections` and the sessions' (and venues') addresses on `/` and `/health`.
-    #[serde(with = "raw::check::boolean")]
-    pub expose_connections: bool,
-    /// Serve `POST /-/reload` (re-read the configuration, as SIGHUP does), behind the web
-    /// config's auth; off unless asked for, as Prometheus's `--web.enable-lifecycle`.
-    #[serde(with = "raw::check::boolean")]
-    pub reload_endpoint: bool,
-}
-
-impl Default for PrometheusSettings {
-    fn default() -> Self {
-        PrometheusSettings {
-            enabled: true,
-            // Loopback: exposing metrics beyond the host is a deliberate choice (0.0.0.0:9464).
-            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
-            web_config: None,
-            // `/connections` and the page's per-session details are served unless a site
-            // turns them off (venue addresses can be sensitive).
-            expose_connections: true,
-            reload_endpoint: false,
-        }
+section! {
+    pub struct PollSettings {
+        /// Time between two polls of the connection source; > 0.
+        #[serde(with = "raw::check::interval")]
+        pub interval: Duration = defaults::INTERVAL,
+        /// Which connection source to use.
+        #[serde(with = "raw::check::source")]
+        pub source: SourceKind = SourceKind::Auto,
+        /// eBPF source only: time between two reconciles of its view (from its programs' table of
+        /// watched sessions; a full dump at start); > 0.
+        #[serde(with = "raw::check::interval")]
+        pub reconcile_interval: Duration = defaults::RECONCILE_INTERVAL,
+        /// netlink and procfs sources: name the process owning each new session (pid, command)
+        /// from the socket inodes in `/proc/*/fd` (eBPF mode names it by itself).
+        #[serde(with = "raw::check::boolean")]
+        // Off: walking every process's open files costs CPU that grows with the host, and
+        // reading other users' needs privilege (see README, "Which process").
+        pub process_lookup: bool = false,
+        /// eBPF source only: time between two in-kernel health passes over every watched session
+        /// (session health); not set: every poll. The netlink source reads it in every poll's dump.
+        #[serde(with = "raw::check::interval")]
+        pub health_interval: Option<Duration>,
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogSettings {
-    #[serde(with = "raw::check::log_format")]
-    pub format: LogFormat,
-    /// A tracing `EnvFilter` directive, already checked to parse.
-    #[serde(with = "raw::check::log_level")]
-    pub level: String,
+section! {
+    pub struct PrometheusSettings {
+        /// Whether to serve the Prometheus pull endpoint.
+        #[serde(with = "raw::check::boolean")]
+        pub enabled: bool = true,
+        /// Where to serve it. Port 0 is allowed (the OS picks a free port), which tests rely on.
+        #[serde(with = "raw::check::listen")]
+        // Loopback: exposing metrics beyond the host is a deliberate choice (0.0.0.0:9464).
+        pub listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9464)),
+        /// The exporter toolkit's web configuration file (TLS, client certificates, basic auth,
+        /// extra headers); `None`: plain HTTP, no auth. Read and checked by `startup::prepare`.
+        #[serde(with = "raw::check::path")]
+        pub web_config: Option<PathBuf>,
+        /// Serve `/connections` and the sessions' (and venues') addresses on `/` and `/health`.
+        #[serde(with = "raw::check::boolean")]
+        // `/connections` and the page's per-session details are served unless a site
+        // turns them off (venue addresses can be sensitive).
+        pub expose_connections: bool = true,
+        /// Serve `POST /-/reload` (re-read the configuration, as SIGHUP does), behind the web
+        /// config's auth; off unless asked for, as Prometheus's `--web.enable-lifecycle`.
+        #[serde(with = "raw::check::boolean")]
+        pub reload_endpoint: bool = false,
+    }
 }
 
-impl Default for LogSettings {
-    fn default() -> Self {
-        LogSettings {
-            format: LogFormat::Text,
-            level: "info".to_owned(),
-        }
+section! {
+    pub struct LogSettings {
+        #[serde(with = "raw::check::log_format")]
+        pub format: LogFormat = LogFormat::Text,
+        /// A tracing `EnvFilter` directive, already checked to parse.
+        #[serde(with = "raw::check::log_level")]
+        pub level: String = "info".to_owned(),
     }
 }
 
@@ -434,74 +413,57 @@ impl LogSettings {
     }
 }
 
-/// OTLP push. Its `endpoint` and the export URL are both kept: the first is what was
-/// configured (and what `explain` prints), the second what the exporter posts to.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OtlpSettings {
-    /// Whether to push.
-    #[serde(with = "raw::check::boolean")]
-    pub enabled: bool,
-    /// As configured: a base URL (`http://collector:4318`), or, from
-    /// `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`, the full URL. Unset: the protocol's default,
-    /// filled in by validation.
-    #[serde(with = "raw::check::text")]
-    pub endpoint: String,
-    /// Where the exporter sends: `endpoint` for gRPC; for HTTP the base URL with `/v1/metrics`
-    /// appended (unless it already ends so, or came from the signal-specific variable).
-    #[serde(skip)]
-    pub url: String,
-    #[serde(with = "raw::check::protocol")]
-    pub protocol: OtlpProtocol,
-    /// Time between two exports; > 0.
-    #[serde(with = "raw::check::interval")]
-    pub interval: Duration,
-    /// Deadline of one export, its retries included; > 0.
-    #[serde(with = "raw::check::interval")]
-    pub timeout: Duration,
-    /// Sent with every export (gRPC metadata or HTTP headers). Names are lower case (`layers`
-    /// lower-cases them); values are checked in validation.
-    pub headers: BTreeMap<String, String>,
-    #[serde(with = "raw::check::temporality")]
-    pub temporality: OtlpTemporality,
-    /// Session events as OTLP log records beside the metrics (`session_events`).
-    #[serde(with = "raw::check::boolean")]
-    pub logs: bool,
-    pub tls: TlsFiles,
-}
-
-impl Default for OtlpSettings {
-    fn default() -> Self {
-        OtlpSettings {
-            // Push is opt-in: a sidecar must not start sending data somewhere by surprise.
-            enabled: false,
-            endpoint: String::new(),
-            url: String::new(),
-            protocol: OtlpProtocol::Grpc,
-            interval: defaults::OTLP_INTERVAL,
-            timeout: defaults::OTLP_TIMEOUT,
-            headers: BTreeMap::new(),
-            // What Prometheus-style backends expect; `delta` is for backends that want it.
-            temporality: OtlpTemporality::Cumulative,
-            logs: true,
-            tls: TlsFiles::default(),
-        }
+section! {
+    /// OTLP push. Its `endpoint` and the export URL are both kept: the first is what was
+    /// configured (and what `explain` prints), the second what the exporter posts to.
+    pub struct OtlpSettings {
+        /// Whether to push.
+        #[serde(with = "raw::check::boolean")]
+        // Push is opt-in: a sidecar must not start sending data somewhere by surprise.
+        pub enabled: bool = false,
+        /// As configured: a base URL (`http://collector:4318`), or, from
+        /// `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`, the full URL. Unset: the protocol's default,
+        /// filled in by validation.
+        #[serde(with = "raw::check::text")]
+        pub endpoint: String,
+        /// Where the exporter sends: `endpoint` for gRPC; for HTTP the base URL with `/v1/metrics`
+        /// appended (unless it already ends so, or came from the signal-specific variable).
+        #[serde(skip)]
+        pub url: String,
+        #[serde(with = "raw::check::protocol")]
+        pub protocol: OtlpProtocol = OtlpProtocol::Grpc,
+        /// Time between two exports; > 0.
+        #[serde(with = "raw::check::interval")]
+        pub interval: Duration = defaults::OTLP_INTERVAL,
+        /// Deadline of one export, its retries included; > 0.
+        #[serde(with = "raw::check::interval")]
+        pub timeout: Duration = defaults::OTLP_TIMEOUT,
+        /// Sent with every export (gRPC metadata or HTTP headers). Names are lower case (`layers`
+        /// lower-cases them); values are checked in validation.
+        pub headers: BTreeMap<String, String>,
+        #[serde(with = "raw::check::temporality")]
+        // What Prometheus-style backends expect; `delta` is for backends that want it.
+        pub temporality: OtlpTemporality = OtlpTemporality::Cumulative,
+        /// Session events as OTLP log records beside the metrics (`session_events`).
+        #[serde(with = "raw::check::boolean")]
+        pub logs: bool = true,
+        pub tls: TlsFiles,
     }
 }
 
-/// PEM files for a TLS collector, checked readable by `startup::prepare` when push is on; they
-/// are read when the exporter is built.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TlsFiles {
-    /// Trust these CAs (instead of the system's roots, which are used without it).
-    #[serde(with = "raw::check::path")]
-    pub ca_file: Option<PathBuf>,
-    /// Client certificate for mutual TLS; given together with `key_file`.
-    #[serde(with = "raw::check::path")]
-    pub cert_file: Option<PathBuf>,
-    #[serde(with = "raw::check::path")]
-    pub key_file: Option<PathBuf>,
+section! {
+    /// PEM files for a TLS collector, checked readable by `startup::prepare` when push is on; they
+    /// are read when the exporter is built.
+    pub struct TlsFiles {
+        /// Trust these CAs (instead of the system's roots, which are used without it).
+        #[serde(with = "raw::check::path")]
+        pub ca_file: Option<PathBuf>,
+        /// Client certificate for mutual TLS; given together with `key_file`.
+        #[serde(with = "raw::check::path")]
+        pub cert_file: Option<PathBuf>,
+        #[serde(with = "raw::check::path")]
+        pub key_file: Option<PathBuf>,
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Display, VariantNames)]

@@ -2,8 +2,8 @@
 //! the `[[targets]]` list as given) and validating that into the settings the sidecar runs on.
 //!
 //! # Adding a key
-//! One field on its section's struct in `config/mod.rs`, its default in that struct's
-//! `Default`, and its check: a `with` naming one of the [`checks!`] below (add one there for a
+//! One field on its section's struct in `config/mod.rs`, with its default after `=` (else its
+//! type's), and its check: a `with` naming one of the [`checks!`] below (add one there for a
 //! new kind of value), plus a line in [`validate`] when it depends on other keys. Unknown keys,
 //! wrong types, every value's origin and `fix-monitor config` need nothing more.
 //!
@@ -123,20 +123,11 @@ macro_rules! checks {
                 pub(crate) fn serialize<S, T>(v: &T, s: S) -> Result<S::Ok, S::Error>
                 where S: Serializer, T: Clone + Into<Option<$ty>> {
                     let v: Option<$ty> = v.clone().into();
-                    v.as_ref().map(shown!($($show)?)).serialize(s)
+                    $(let v = v.as_ref().map($show);)?
+                    v.serialize(s)
                 }
             }
         )*}
-    };
-}
-
-/// A check's `show` function: the one given, else the value as it is.
-macro_rules! shown {
-    () => {
-        Clone::clone
-    };
-    ($show:expr) => {
-        $show
     };
 }
 
@@ -459,13 +450,8 @@ fn tls_tunnels(targets: &Targets, kept: &[(usize, RawTarget)], capture: bool, cx
             }
             _ => continue,
         };
-        let value = quote(&tunnel.to_string());
-        cx.report(
-            Conflict,
-            &format!("targets[{i}].tls_tunnel"),
-            value,
-            message,
-        );
+        let key = format!("targets[{i}].tls_tunnel");
+        cx.report(Conflict, &key, quote(&tunnel.to_string()), message);
     }
 }
 
