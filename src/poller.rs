@@ -483,16 +483,12 @@ impl Poller {
                 // Exact opens and closes first (each at its kernel timestamp), then the
                 // snapshot, which already reflects them and only corrects what they missed.
                 let final_counts = self.apply_source_events(clock);
-                // A source that sees every change (eBPF) says when the set of sessions did not
-                // move: the snapshot is then the one the tracker already holds.
-                if news.sessions_changed {
-                    self.tracker.apply_confirmed(
-                        at,
-                        &self.sockets,
-                        &mut self.events,
-                        &mut *self.confirm,
-                    );
-                }
+                self.tracker.apply_confirmed(
+                    at,
+                    &self.sockets,
+                    &mut self.events,
+                    &mut *self.confirm,
+                );
                 #[cfg(target_os = "linux")]
                 self.look_up_processes(&mut next);
                 if news.health_fresh {
