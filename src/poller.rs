@@ -988,7 +988,7 @@ impl Poller {
             .active()
             .map(|c| (c.target, c.key.local, c.key.remote, c))
             .collect();
-        order.sort_by_key(|&(t, l, r, _)| (t, l, r));
+        order.sort_unstable_by_key(|&(t, l, r, _)| (t, l, r));
         let active: Vec<Session> = order
             .into_iter()
             .map(|(_, _, _, c)| {
