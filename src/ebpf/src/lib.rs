@@ -562,6 +562,14 @@ impl Monitor {
             .collect())
     }
 
+    /// A pass that writes every session afresh, so that the sessions returned are exactly the
+    /// ones the kernel holds now (kept records of sessions whose close has not been read yet
+    /// are dropped): what replacing a set of sessions needs. Otherwise as [`Monitor::health`].
+    pub fn whole_health(&mut self) -> Result<Vec<Health>, Error> {
+        self.since_all = u32::MAX;
+        self.health()
+    }
+
     /// Runs a health pass as [`Monitor::health`] does, and keeps its records for
     /// [`Monitor::session_health`].
     pub fn pass(&mut self) -> Result<(), Error> {

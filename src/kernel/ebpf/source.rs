@@ -294,7 +294,9 @@ impl EbpfSource {
     /// and hands their health on: one pass per watched session, whatever else the host holds.
     fn reconcile_by_pass(&mut self) -> Result<(), SourceError> {
         let start = ktime_now_ns();
-        let records = self.monitor.health()?;
+        // Every session written afresh: a kept record may be of a session that closed since
+        // its last change, whose close this poll has not read yet.
+        let records = self.monitor.whole_health()?;
         self.stats.health_passes += 1;
         if !self.monitor.last_pass_whole() {
             // The live table changed between the runs of a pass over more sessions than its

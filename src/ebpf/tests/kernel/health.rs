@@ -402,3 +402,48 @@ fn a_pass_writes_only_the_changed_sessions_and_the_others_still_agree_with_ss() 
         assert_eq!(written.iter().sum::<usize>(), N, "{written:?}");
     }
 }
+
+/// A kept record outlives its session until the close is read (`poll_events`): `health` still
+/// returns it until then, `whole_health` (what a reconcile uses) returns only the sessions the
+/// kernel holds, and reading the close drops the kept record.
+#[test]
+fn a_closed_sessions_kept_record_goes_with_its_close_and_a_whole_pass_never_has_it() {
+    use fix_monitor_ebpf::model::tcp_state::CLOSE;
+    let venue = Venue::start();
+    let mut m = load();
+    m.set_targets(&[target(venue.port)]).unwrap();
+    let mut sessions = venue.open(3);
+    events_until(&mut m, "the ESTABLISHED events", |e| e.len() >= 3);
+    let cookies = |pass: Vec<Health>| -> Vec<u64> { pass.iter().map(|h| h.sock_cookie).collect() };
+    assert_eq!(m.health().unwrap().len(), 3);
+
+    // Closed in the kernel (its live entry gone), its close not read yet.
+    let first = cookie(&sessions[0].0);
+    drop(sessions.remove(0));
+    wait_for(
+        "the first close in the kernel",
+        Duration::from_secs(5),
+        || (m.live_entries() == 2).then_some(()),
+    );
+    assert!(
+        cookies(m.health().unwrap()).contains(&first),
+        "kept until its close is read"
+    );
+    let whole = cookies(m.whole_health().unwrap());
+    assert_eq!(whole.len(), 2, "{whole:?}");
+    assert!(!whole.contains(&first));
+    assert!(
+        !cookies(m.health().unwrap()).contains(&first),
+        "the whole pass rebuilt what is kept"
+    );
+
+    // Reading a close drops its kept record.
+    let second = cookie(&sessions[0].0);
+    drop(sessions.remove(0));
+    events_until(&mut m, "the close events", |e| {
+        e.iter()
+            .any(|c| c.sock_cookie == second && c.new_state == CLOSE)
+    });
+    let after = cookies(m.health().unwrap());
+    assert_eq!(after, vec![cookie(&sessions[0].0)]);
+}
