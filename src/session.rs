@@ -126,7 +126,7 @@ impl Session {
             state: self.state.as_str(),
             life,
             pid: self.process.as_ref().map(|p| p.pid),
-            comm: self.process.as_ref().map(|p| p.comm.clone()),
+            comm: self.process.as_ref().map(|p| p.comm.to_string()),
             closed_by: self.closed_by.map(|b| b.as_str()),
             kernel_cause: self.kernel_cause.as_ref().map(|k| k.to_string()),
             end_cause: self.end.as_ref().map(|v| v.cause.as_str()),

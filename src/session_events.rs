@@ -378,7 +378,7 @@ use crate::tracker::{Connection, TcpCounters};
 
 fn with_process(e: SessionEvent, p: Option<&Process>) -> SessionEvent {
     e.with_opt(attrs::PID, p.map(|p| p.pid))
-        .with_opt(attrs::COMMAND, p.map(|p| p.comm.clone()))
+        .with_opt(attrs::COMMAND, p.map(|p| p.comm.to_string()))
 }
 
 fn with_counters(e: SessionEvent, info: Option<&TcpCounters>) -> SessionEvent {

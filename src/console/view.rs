@@ -85,7 +85,7 @@ pub const PROCESS_TITLES: [&str; 2] = ["PID", "COMMAND"];
 
 pub fn process_cells(p: Option<&crate::source::Process>) -> [String; 2] {
     match p {
-        Some(p) => [p.pid.to_string(), p.comm.clone()],
+        Some(p) => [p.pid.to_string(), p.comm.to_string()],
         None => ["-".into(), "-".into()],
     }
 }

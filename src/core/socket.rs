@@ -134,6 +134,7 @@ impl ClosedBy {
 pub struct Process {
     /// Its process id (the thread group id).
     pub pid: u32,
-    /// The command (the calling thread's name, at most 15 bytes).
-    pub comm: String,
+    /// The command (the calling thread's name, at most 15 bytes). Shared: the loop hands a
+    /// session's process to its published state every poll, and a clone must not allocate.
+    pub comm: std::sync::Arc<str>,
 }

@@ -382,7 +382,7 @@ fn a_process_has_exited_when_proc_says_so() {
         comm: std::fs::read_to_string("/proc/self/comm")
             .unwrap()
             .trim_end()
-            .to_string(),
+            .into(),
     };
     assert!(!Unscheduled.exited(&me));
 }

@@ -186,7 +186,7 @@ impl Joiner {
             let Some(p) = owners.get(&inode) else {
                 continue;
             };
-            if !TUNNEL_PROGRAMS.contains(&p.comm.as_str()) {
+            if !TUNNEL_PROGRAMS.contains(&&*p.comm) {
                 continue;
             }
             let listens: Vec<SocketAddr> = (sockets.listening.iter())
@@ -571,7 +571,7 @@ mod tests {
         assert_eq!((t.address, t.join), (tunnel, joined));
         assert_eq!(t.plaintext.local, gw);
         let p = t.process.as_ref().unwrap();
-        assert_eq!((p.pid, p.comm.as_str()), (77, "stunnel4"));
+        assert_eq!((p.pid, &*p.comm), (77, "stunnel4"));
     }
 
     /// `tls_tunnel = "auto"` on a fake `/proc`: a session of the target owned by a stunnel

@@ -124,6 +124,7 @@ impl ProcOwners {
             }
             // The command at this moment; a process gone by now owns nothing any more.
             let Some(comm) = comm(&pid_dir) else { continue };
+            let comm: std::sync::Arc<str> = comm.into();
             for inode in mine {
                 found.insert(
                     inode,
@@ -254,10 +255,7 @@ mod tests {
         let mut owners = ProcOwners::at(root.path());
         let found = owners.find(&set(&[1234, 5678, 777, 4242]));
         let got: Vec<(u64, u32, &str)> = {
-            let mut v: Vec<_> = found
-                .iter()
-                .map(|(i, p)| (*i, p.pid, p.comm.as_str()))
-                .collect();
+            let mut v: Vec<_> = found.iter().map(|(i, p)| (*i, p.pid, &*p.comm)).collect();
             v.sort();
             v
         };
@@ -290,7 +288,7 @@ mod tests {
         // read_dir's order is the file system's: the first process listed wins, and the walk
         // ends with it.
         assert!(p.pid == 300 || p.pid == 301, "{p:?}");
-        assert_eq!(p.comm, if p.pid == 300 { "parent" } else { "child" });
+        assert_eq!(&*p.comm, if p.pid == 300 { "parent" } else { "child" });
         assert!(owners.last.processes < 3, "{:?}", owners.last);
     }
 
@@ -317,7 +315,7 @@ mod tests {
             found.get(&inode),
             Some(&Process {
                 pid: std::process::id(),
-                comm: comm.trim_end().to_string()
+                comm: comm.trim_end().into()
             })
         );
     }

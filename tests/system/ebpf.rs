@@ -271,10 +271,7 @@ fn lifetimes_within(tolerance: u64) -> Result<(), String> {
         let now = fix_monitor::source::Timestamp::now();
         let k = ebpf::ktime_now_ns();
         let p = ebpf::to_event(&open, now, k, &[]).unwrap().process.unwrap();
-        assert_eq!(
-            (p.pid, p.comm.as_str()),
-            (std::process::id(), "fixm-client")
-        );
+        assert_eq!((p.pid, &*p.comm), (std::process::id(), "fixm-client"));
         assert_eq!(ebpf::to_event(&close, now, k, &[]).unwrap().process, None);
     }
     let after = w.counters();

@@ -116,7 +116,7 @@ pub fn to_event(
         process: match (closed_by, c.pid) {
             (None, Some(pid)) => Some(Process {
                 pid,
-                comm: c.comm.clone(),
+                comm: c.comm.as_str().into(),
             }),
             _ => None,
         },
