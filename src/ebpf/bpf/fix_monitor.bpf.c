@@ -37,11 +37,6 @@ char LICENSE[] SEC("license") = "GPL";
 #define TCP_CLOSE 7
 #define TCP_CLOSE_WAIT 8
 
-/* enum tcp_chrono (include/net/tcp.h) */
-#define TCP_CHRONO_BUSY 1
-#define TCP_CHRONO_RWND_LIMITED 2
-#define TCP_CHRONO_SNDBUF_LIMITED 3
-
 #define BPF_SK_STORAGE_GET_F_CREATE 1
 
 /*
@@ -448,16 +443,15 @@ int BPF_PROG(on_retransmit_any, struct sock *sk)
 }
 
 /* Stamps the clock the records' jiffies are read against. */
-static __always_inline __u32 stamp_clock(void)
+static __always_inline void stamp_clock(void)
 {
-	__u32 zero = 0, now = (__u32)bpf_jiffies64();
+	__u32 zero = 0;
 	struct pass_clock *c = bpf_map_lookup_elem(&clock, &zero);
 
 	if (c) {
-		c->jiffies = now;
+		c->jiffies = (__u32)bpf_jiffies64();
 		c->hz = CONFIG_HZ;
 	}
-	return now;
 }
 
 /*

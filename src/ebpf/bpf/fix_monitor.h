@@ -135,8 +135,10 @@ struct health {
 	__u32 _pad3;
 };
 
-/* The compared part of `struct health`, in 32-bit words. */
-#define HEALTH_VALS_WORDS 31
+/* The compared part of `struct health` (`bytes_acked` up to `target`), in 32-bit words. */
+#define HEALTH_VALS_WORDS                                                                  \
+	((__builtin_offsetof(struct health, target) -                                      \
+	  __builtin_offsetof(struct health, bytes_acked)) / 4)
 
 /* The clock of the last health pass, for user space to turn the records' jiffies into times. */
 struct pass_clock {
