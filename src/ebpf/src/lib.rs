@@ -52,6 +52,7 @@
 //! costs per watched session (plus, on the fallback, a walk of the live table's 16,384 hash
 //! buckets), whatever else the host holds; `examples/health_cost.rs` measures it.
 
+mod drain;
 pub mod error;
 pub mod model;
 pub mod targets;
@@ -121,7 +122,7 @@ pub struct KernelCounters {
     /// Records written to the event ring buffer (`CNT_EMITTED`): state changes and
     /// reset-after-close records.
     pub emitted: u64,
-    /// Event records dropped because the 1 MiB ring buffer was full (`CNT_LOST`): state
+    /// Event records dropped because the 256 KiB ring buffer was full (`CNT_LOST`): state
     /// changes [`Monitor::poll_events`] will never return.
     pub lost: u64,
     /// Sockets that matched but could not get storage (`CNT_NO_STORAGE`,
@@ -166,9 +167,13 @@ struct Maps {
 
 /// The loaded and attached programs.
 ///
-/// Field order is drop order: the ring buffer and links go before the object.
+/// Field order is drop order: the drain thread, then the ring buffers and links, go before
+/// the object.
 pub struct Monitor {
-    ring: RingBuffer<'static>,
+    /// Reads the event ring when the programs say it is half full (see `drain`).
+    _drainer: drain::Drainer,
+    /// The event ring, read by the drain thread and by [`Monitor::poll_events`].
+    ring: Arc<Mutex<RingBuffer<'static>>>,
     queue: Arc<Mutex<Vec<Record>>>,
     joiner: CloseJoiner,
     /// The storage-map iterator, where the kernel takes it.
@@ -446,6 +451,8 @@ impl Monitor {
                 }
             }
         })?;
+        let ring = Arc::new(Mutex::new(ring));
+        let drainer = drain::Drainer::start(Arc::clone(&ring))?;
         let health_records: Arc<Mutex<Vec<RawHealth>>> = Arc::default();
         let sink = Arc::clone(&health_records);
         let actions = [
@@ -458,6 +465,7 @@ impl Monitor {
             }
         })?;
         Ok(Self {
+            _drainer: drainer,
             ring,
             queue,
             joiner: CloseJoiner::default(),
@@ -738,14 +746,16 @@ impl Monitor {
         self.pass_runs
     }
 
-    /// State changes of watched sessions, waiting up to `timeout` for the first. A close is
-    /// released a few milliseconds after it happened, so that a RST the kernel sends right
-    /// after it is part of it.
+    /// State changes of watched sessions; when none is waiting, pauses `timeout` and reads
+    /// again. A close is released a few milliseconds after it happened, so that a RST the
+    /// kernel sends right after it is part of it.
     pub fn poll_events(&mut self, timeout: Duration) -> Result<Vec<StateChange>, Error> {
-        self.ring.poll(timeout).map_err(|e| Error::Io {
-            action: "polling the ring buffer",
-            source: error::io_of(e),
-        })?;
+        self.read_ring()?;
+        // Records come without a wakeup (see `drain`): waiting is a pause and a second read.
+        if !timeout.is_zero() && self.queue_is_empty() {
+            std::thread::sleep(timeout);
+            self.read_ring()?;
+        }
         let records = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
         for record in records {
             self.joiner.push(record);
@@ -758,6 +768,19 @@ impl Monitor {
             }
         }
         Ok(released)
+    }
+
+    /// Reads what the event ring holds into the queue (under the lock the drain thread takes).
+    fn read_ring(&self) -> Result<(), Error> {
+        let ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        ring.consume().map(drop).map_err(|e| Error::Io {
+            action: "reading the ring buffer",
+            source: error::io_of(e),
+        })
+    }
+
+    fn queue_is_empty(&self) -> bool {
+        (self.queue.lock().unwrap_or_else(|p| p.into_inner())).is_empty()
     }
 
     /// The programs' counters, summed over CPUs.

@@ -299,3 +299,63 @@ fn an_ipv4_mapped_peer_of_a_dual_stack_socket_meets_the_ipv4_target() {
         .expect("watched");
     assert_eq!(h.remote, mapped, "the socket's own (IPv6) view of its peer");
 }
+
+/// The event ring holds 1,820 records and the sidecar reads it once a poll. 3,000 sessions
+/// opened and then closed with nobody reading make about 9,000 records: the drain thread, woken
+/// by the programs when the ring is half full, must have read them all, in order.
+#[test]
+fn a_burst_larger_than_the_event_ring_is_read_by_the_drain_thread_and_nothing_is_lost() {
+    const SESSIONS: usize = 3_000;
+    let venue = Venue::start();
+    let mut m = load();
+    m.set_targets(&[target(venue.port)]).unwrap();
+    let sessions = venue.open(SESSIONS);
+    let opened = m.counters().unwrap();
+    assert!(
+        opened.emitted >= SESSIONS as u64,
+        "one record per open at least: {opened:?}"
+    );
+    assert_eq!(opened.lost, 0, "no open lost: {opened:?}");
+    let expected: std::collections::HashSet<u64> =
+        sessions.iter().map(|(ours, _)| cookie(ours)).collect();
+    drop(sessions);
+    // Every close happened (each session's CLOSE record written) before the ring is read.
+    wait_for("every session to close", Duration::from_secs(20), || {
+        let c = m.counters().unwrap();
+        (c.emitted >= opened.emitted + SESSIONS as u64 && m.live_entries() == 0).then_some(())
+    });
+    let closed = m.counters().unwrap();
+    assert!(
+        closed.emitted > 1_820,
+        "more records than the ring holds: {closed:?}"
+    );
+    assert_eq!(closed.lost, 0, "no record lost: {closed:?}");
+
+    let all = events_until(&mut m, "every open and close", |e| {
+        e.iter().filter(|c| c.new_state == tcp_state::CLOSE).count() >= SESSIONS
+    });
+    let of = |state: u8| -> Vec<u64> {
+        let mut cookies: Vec<u64> = (all.iter())
+            .filter(|c| c.new_state == state)
+            .map(|c| c.sock_cookie)
+            .collect();
+        cookies.sort_unstable();
+        cookies
+    };
+    let (established, closes) = (of(tcp_state::ESTABLISHED), of(tcp_state::CLOSE));
+    let mut want: Vec<u64> = expected.into_iter().collect();
+    want.sort_unstable();
+    assert_eq!(established, want, "each open once");
+    assert_eq!(closes, want, "each close once");
+    // In order: no session's close before its open.
+    let mut open = std::collections::HashSet::new();
+    for c in &all {
+        match c.new_state {
+            tcp_state::ESTABLISHED => assert!(open.insert(c.sock_cookie), "opened twice"),
+            tcp_state::CLOSE => assert!(open.remove(&c.sock_cookie), "closed before its open"),
+            _ => {}
+        }
+    }
+    assert!(open.is_empty());
+    assert_eq!(m.counters().unwrap().lost, 0);
+}
