@@ -680,11 +680,10 @@ fn parse_range(value: &Value) -> Result<PortRange, String> {
     Ok(PortRange { start, end })
 }
 
-fn parse_name(value: &Value) -> Result<String, String> {
-    match value.as_str() {
-        Some(name) if !name.trim().is_empty() => Ok(name.to_owned()),
-        _ => Err("expected a non-empty string (it labels the target's metrics)".to_owned()),
-    }
+fn parse_name(value: &Value) -> Result<String, &str> {
+    const ALLOWED: &str = "expected a non-empty string (it labels the target's metrics)";
+    let name = value.as_str().filter(|name| !name.trim().is_empty());
+    name.map(str::to_owned).ok_or(ALLOWED)
 }
 
 /// Whole seconds (a number, or digits from a variable or flag) or a humantime string.
@@ -697,14 +696,11 @@ fn duration(value: &Value) -> Result<Duration, String> {
 }
 
 fn parse_interval(value: &Value) -> Result<Duration, String> {
-    let interval = duration(value)?;
-    if interval.is_zero() {
-        return Err(format!("must be above zero; {ALLOWED_INTERVAL}"));
+    match duration(value)? {
+        zero if zero.is_zero() => Err(format!("must be above zero; {ALLOWED_INTERVAL}")),
+        long if long > defaults::MAX_INTERVAL => Err(format!("is too long; {ALLOWED_INTERVAL}")),
+        interval => Ok(interval),
     }
-    if interval > defaults::MAX_INTERVAL {
-        return Err(format!("is too long; {ALLOWED_INTERVAL}"));
-    }
-    Ok(interval)
 }
 
 /// A duration as the original tools' flags took it: whole seconds (`5`), or a humantime string
