@@ -8,7 +8,7 @@ use std::fmt::Write;
 
 use figment::value::{Dict, Value};
 
-use super::raw::{self, quote, render, RawTarget};
+use super::raw::{self, quote, render};
 use super::{ConfigFile, Loaded, Origin, OtlpProtocol};
 
 /// Comments start at this column at least, so that they line up in the common case.
@@ -33,11 +33,7 @@ pub(super) fn explain(loaded: &Loaded) -> String {
     let Ok(Value::Dict(_, mut top)) = Value::serialize(&loaded.settings) else {
         unreachable!("settings serialize to a table")
     };
-    let s = &loaded.settings;
-    let targets: Vec<RawTarget> = (s.targets.iter().enumerate())
-        .map(|(i, t)| RawTarget::new(s, i, t))
-        .collect();
-    let targets = Value::serialize(targets).expect("targets serialize");
+    let targets = Value::serialize(&loaded.targets).expect("targets serialize");
     top.insert("targets".to_owned(), targets);
     let mut lines = Lines { loaded, out };
     lines.table("", "", &top);

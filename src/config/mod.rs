@@ -518,6 +518,8 @@ pub struct Loaded {
     pub config_file: ConfigFile,
     /// Origin of every value some layer set, by key (`poll.interval`, `targets[0].port`).
     origins: BTreeMap<String, Origin>,
+    /// The targets as `explain` shows them: each as the table it could have been given as.
+    targets: Vec<raw::RawTarget>,
     /// `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` as set: the SDK reads them itself.
     resource_vars: Vec<(String, String)>,
 }
@@ -648,7 +650,7 @@ fn assemble<T>(
         failed: &failed,
         errors: &mut errors,
     };
-    let settings = raw::validate(raw, &mut context);
+    let (settings, targets) = raw::validate(raw, &mut context);
     let resource_vars = layers::RESOURCE_VARS.iter();
     let resource_vars = resource_vars.filter_map(|&n| Some((n.to_owned(), env.get(n)?.clone())));
     let resource_vars = resource_vars.collect();
@@ -656,6 +658,7 @@ fn assemble<T>(
         settings,
         config_file,
         origins,
+        targets,
         resource_vars,
     };
     let checked = check(&loaded).map_err(|e| errors.extend(e.iter().cloned()));

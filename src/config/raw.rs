@@ -47,8 +47,8 @@ use crate::target::{PortRange, Target, Targets};
 pub(crate) type Raw = Settings<Option<Vec<RawTarget>>>;
 
 /// One `[[targets]]` table. Per-target keys are optional: `None` means "any" or "derived".
-/// Also how `explain` prints a [`Target`]: as the table it could have been given as.
-#[derive(Debug, Default, Deserialize, Serialize)]
+/// Validated, with its name and staleness filled in, also what `explain` prints for a target.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawTarget {
     #[serde(with = "check::name")]
@@ -81,27 +81,6 @@ pub(crate) struct RawTarget {
     /// A `[[schedules]]` name: when its sessions are planned to be up.
     #[serde(with = "check::name")]
     schedule: Option<String>,
-}
-
-impl RawTarget {
-    /// Target `i` as configured, with what `[fix]` and the schedules keep for it.
-    pub(super) fn new(s: &Settings, i: usize, t: &Target) -> Self {
-        let fix = &s.fix;
-        let schedule = s.target_schedules.get(i).cloned().flatten();
-        RawTarget {
-            name: Some(t.name.clone()),
-            address: Some(t.net),
-            port: t.port,
-            local_ports: t.local_ports,
-            heartbeat: t.heartbeat,
-            stale_after: t.stale_after,
-            comp_ids: fix.target_comp_ids.get(i).cloned().unwrap_or_default(),
-            logon_lockout: fix.target_logon_lockout.get(i).copied().flatten(),
-            message_limit: fix.target_message_limit.get(i).copied().flatten(),
-            tls_tunnel: fix.target_tls_tunnel.get(i).copied().flatten(),
-            schedule: schedule.map(|s| s.name().to_owned()),
-        }
-    }
 }
 
 // ---- Leaf checks: `check::NAME`, for a field of its type or an `Option` of it. ----
@@ -333,9 +312,10 @@ impl Context<'_> {
     }
 }
 
-/// Turns the raw configuration into [`Settings`], reporting the problems that involve more
-/// than one value. The settings are used only if no problem was reported.
-pub(crate) fn validate(raw: Raw, cx: &mut Context<'_>) -> Settings {
+/// Turns the raw configuration into [`Settings`] (and the targets' tables as validated),
+/// reporting the problems that involve more than one value. The settings are used only if no
+/// problem was reported.
+pub(crate) fn validate(raw: Raw, cx: &mut Context<'_>) -> (Settings, Vec<RawTarget>) {
     let otlp = self::otlp(raw.otlp, cx);
     if !raw.prometheus.enabled && !otlp.enabled && !cx.failed.contains("prometheus.enabled") {
         let otlp_origin = match cx.origin("otlp.enabled") {
@@ -359,7 +339,7 @@ pub(crate) fn validate(raw: Raw, cx: &mut Context<'_>) -> Settings {
     fix.target_logon_lockout = kept.iter().map(|(_, t)| t.logon_lockout).collect();
     fix.target_message_limit = kept.iter().map(|(_, t)| t.message_limit).collect();
     fix.target_tls_tunnel = kept.iter().map(|(_, t)| t.tls_tunnel).collect();
-    Settings {
+    let settings = Settings {
         targets,
         fix,
         otlp,
@@ -370,7 +350,8 @@ pub(crate) fn validate(raw: Raw, cx: &mut Context<'_>) -> Settings {
         schedules: raw.schedules,
         schedule_grace: raw.schedule_grace,
         target_schedules,
-    }
+    };
+    (settings, kept.into_iter().map(|(_, t)| t).collect())
 }
 
 /// `[[schedules]]` and the targets' `schedule`: checked by `crate::schedule`, reported here
@@ -500,15 +481,24 @@ fn targets(raw: Option<Vec<RawTarget>>, cx: &mut Context) -> (Targets, Vec<(usiz
             );
             cx.report(DuplicateName, &name_key, quote(&name), message);
         }
+        let stale_after = t.stale_after.or(t.heartbeat.map(|h| h * 2));
         targets.push(Target {
-            name,
+            name: name.clone(),
             net,
             port: t.port,
             local_ports: t.local_ports,
             heartbeat: t.heartbeat,
-            stale_after: t.stale_after.or(t.heartbeat.map(|h| h * 2)),
+            stale_after,
         });
-        kept.push((i, t));
+        let (name, stale_after) = (Some(name), stale_after);
+        kept.push((
+            i,
+            RawTarget {
+                name,
+                stale_after,
+                ..t
+            },
+        ));
     }
     (Targets::new(targets), kept)
 }
