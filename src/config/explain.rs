@@ -33,7 +33,7 @@ pub(super) fn explain(loaded: &Loaded) -> String {
     let Ok(Value::Dict(_, mut top)) = Value::serialize(&loaded.settings) else {
         unreachable!("settings serialize to a table")
     };
-    let targets = Value::serialize(&loaded.targets).expect("targets serialize");
+    let targets = Value::serialize(&loaded.settings.tables).expect("targets serialize");
     top.insert("targets".to_owned(), targets);
     let mut lines = Lines { loaded, out };
     lines.table("", "", &top);

@@ -184,17 +184,17 @@ pub mod defaults {
 /// A section of the tree: its fields with their checks and, after `=`, their defaults (the
 /// type's own default where none is given), which make the section's `Default`.
 macro_rules! section {
-    ($(#[$doc:meta])* pub struct $name:ident $(<$t:ident = $t_default:ty>)? {
+    ($(#[$doc:meta])* pub struct $name:ident {
         $($(#[$attr:meta])* pub $field:ident: $ty:ty $(= $default:expr)?,)*
     }) => {
         #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
         #[serde(deny_unknown_fields, default)]
         $(#[$doc])*
-        pub struct $name $(<$t = $t_default>)? {
+        pub struct $name {
             $($(#[$attr])* pub $field: $ty,)*
         }
 
-        impl $(<$t: Default>)? Default for $name $(<$t>)? {
+        impl Default for $name {
             fn default() -> Self {
                 $name {
                     $($field: section!(@default $($default)?),)*
@@ -212,13 +212,17 @@ macro_rules! section {
 
 section! {
     /// The configuration tree: what the file, the variables and the flags are deserialized into
-    /// (`T` = the raw `[[targets]]` list) and, validated, what the sidecar runs on (`T` =
-    /// [`Targets`]). A key is one field below with its check (`with = "raw::check::NAME"`, which
-    /// also prints it in `fix-monitor config`) and its default (after `=`, else its type's).
-    #[serde(bound(deserialize = "T: Deserialize<'de> + Default"))]
-    pub struct Settings<T = Targets> {
-        /// What to watch; once validated never empty, names unique.
-        pub targets: T,
+    /// and, validated, what the sidecar runs on. A key is one field below with its check (`with =
+    /// "raw::check::NAME"`, which also prints it in `fix-monitor config`) and its default (after
+    /// `=`, else its type's).
+    pub struct Settings {
+        /// What to watch, from `tables` (filled by `raw::validate`); never empty, names unique.
+        #[serde(skip)]
+        pub targets: Targets,
+        /// The `[[targets]]` tables: as given and, once validated, as `fix-monitor config` shows
+        /// them (each with its name and staleness filled in).
+        #[serde(rename = "targets", skip_serializing)]
+        pub tables: Option<Vec<raw::RawTarget>>,
         pub poll: PollSettings,
         pub prometheus: PrometheusSettings,
         pub log: LogSettings,
@@ -518,8 +522,6 @@ pub struct Loaded {
     pub config_file: ConfigFile,
     /// Origin of every value some layer set, by key (`poll.interval`, `targets[0].port`).
     origins: BTreeMap<String, Origin>,
-    /// The targets as `explain` shows them: each as the table it could have been given as.
-    targets: Vec<raw::RawTarget>,
     /// `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` as set: the SDK reads them itself.
     resource_vars: Vec<(String, String)>,
 }
@@ -650,7 +652,7 @@ fn assemble<T>(
         failed: &failed,
         errors: &mut errors,
     };
-    let (settings, targets) = raw::validate(raw, &mut context);
+    let settings = raw::validate(raw, &mut context);
     let resource_vars = layers::RESOURCE_VARS.iter();
     let resource_vars = resource_vars.filter_map(|&n| Some((n.to_owned(), env.get(n)?.clone())));
     let resource_vars = resource_vars.collect();
@@ -658,7 +660,6 @@ fn assemble<T>(
         settings,
         config_file,
         origins,
-        targets,
         resource_vars,
     };
     let checked = check(&loaded).map_err(|e| errors.extend(e.iter().cloned()));

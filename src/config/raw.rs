@@ -1,5 +1,5 @@
-//! Deserializing the merged layers into [`Settings`] (ripgrep's "low-level args": [`Raw`], with
-//! the `[[targets]]` list as given) and validating that into the settings the sidecar runs on.
+//! Deserializing the merged layers into [`Settings`] (ripgrep's "low-level args": with the
+//! `[[targets]]` tables as given) and validating that into the settings the sidecar runs on.
 //!
 //! # Adding a key
 //! One field on its section's struct in `config/mod.rs`, with its default after `=` (else its
@@ -43,14 +43,11 @@ use crate::schedule::{Schedule, ScheduleConfig};
 use crate::source::SourceKind;
 use crate::target::{PortRange, Target, Targets};
 
-/// The tree as deserialized: [`Settings`] with the targets not yet checked as a whole.
-pub(crate) type Raw = Settings<Option<Vec<RawTarget>>>;
-
 /// One `[[targets]]` table. Per-target keys are optional: `None` means "any" or "derived".
 /// Validated, with its name and staleness filled in, also what `explain` prints for a target.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub(crate) struct RawTarget {
+pub struct RawTarget {
     #[serde(with = "check::name")]
     name: Option<String>,
     /// Required; `validate` reports it missing.
@@ -151,19 +148,19 @@ fn show_net(net: &IpNet) -> String {
 
 // ---- Extraction: every problem of the merged tree. ----
 
-/// Deserializes the merged tree, collecting every error (see the module docs). Returns the raw
-/// configuration, the tree it came from (for origins), and the keys that had errors.
+/// Deserializes the merged tree, collecting every error (see the module docs). Returns the
+/// settings as deserialized, the tree they came from (for origins), and the keys that had errors.
 pub(crate) fn extract(
     figment: &Figment,
     errors: &mut Vec<ConfigError>,
-) -> (Raw, Dict, BTreeSet<String>) {
+) -> (Settings, Dict, BTreeSet<String>) {
     // Every layer's `data` is infallible (`layers::Layer`), and so is merging them.
     let profiles = figment.data().expect("the layers always give their data");
     let mut tree = profiles.into_values().next().unwrap_or_default();
     let mut failed = BTreeSet::new();
     loop {
         // Values keep the tags they got in `figment`, which lead to their origins.
-        let error = match Value::from(tree.clone()).deserialize::<Raw>() {
+        let error = match Value::from(tree.clone()).deserialize::<Settings>() {
             Ok(raw) => return (raw, tree, failed),
             Err(e) => e,
         };
@@ -192,7 +189,7 @@ pub(crate) fn extract(
         failed.insert(key);
         if !remove(&mut tree, &path) {
             // Cannot happen (the error's path comes from this tree); never loop on it.
-            return (Raw::default(), tree, failed);
+            return (Settings::default(), tree, failed);
         }
     }
 }
@@ -312,12 +309,12 @@ impl Context<'_> {
     }
 }
 
-/// Turns the raw configuration into [`Settings`] (and the targets' tables as validated),
-/// reporting the problems that involve more than one value. The settings are used only if no
-/// problem was reported.
-pub(crate) fn validate(raw: Raw, cx: &mut Context<'_>) -> (Settings, Vec<RawTarget>) {
-    let otlp = self::otlp(raw.otlp, cx);
-    if !raw.prometheus.enabled && !otlp.enabled && !cx.failed.contains("prometheus.enabled") {
+/// Validates the deserialized [`Settings`]: the `[[targets]]` tables into `targets`, and the
+/// problems that involve more than one value. The settings are used only if no problem was
+/// reported.
+pub(crate) fn validate(mut s: Settings, cx: &mut Context<'_>) -> Settings {
+    s.otlp = otlp(s.otlp, cx);
+    if !s.prometheus.enabled && !s.otlp.enabled && !cx.failed.contains("prometheus.enabled") {
         let otlp_origin = match cx.origin("otlp.enabled") {
             Origin::Default => "the default".to_owned(),
             origin => format!("from {origin}"),
@@ -329,29 +326,19 @@ pub(crate) fn validate(raw: Raw, cx: &mut Context<'_>) -> (Settings, Vec<RawTarg
         );
         cx.report(Conflict, "prometheus.enabled", "false".into(), message);
     }
-    let (targets, kept) = targets(raw.targets, cx);
+    let (targets, kept) = targets(s.tables.take(), cx);
     let names: Vec<_> = kept.iter().map(|(i, t)| (*i, t.schedule.clone())).collect();
-    let target_schedules = self::schedules(&raw.schedules, &names, cx);
-    tls_tunnels(&targets, &kept, raw.fix.capture, cx);
-    let mut fix = self::fix(raw.fix, cx);
+    s.target_schedules = schedules(&s.schedules, &names, cx);
+    tls_tunnels(&targets, &kept, s.fix.capture, cx);
+    s.fix = fix(s.fix, cx);
     // What `[fix]` keeps of each target, by target id.
-    fix.target_comp_ids = kept.iter().map(|(_, t)| t.comp_ids.clone()).collect();
-    fix.target_logon_lockout = kept.iter().map(|(_, t)| t.logon_lockout).collect();
-    fix.target_message_limit = kept.iter().map(|(_, t)| t.message_limit).collect();
-    fix.target_tls_tunnel = kept.iter().map(|(_, t)| t.tls_tunnel).collect();
-    let settings = Settings {
-        targets,
-        fix,
-        otlp,
-        poll: raw.poll,
-        prometheus: raw.prometheus,
-        log: raw.log,
-        state: raw.state,
-        schedules: raw.schedules,
-        schedule_grace: raw.schedule_grace,
-        target_schedules,
-    };
-    (settings, kept.into_iter().map(|(_, t)| t).collect())
+    s.fix.target_comp_ids = kept.iter().map(|(_, t)| t.comp_ids.clone()).collect();
+    s.fix.target_logon_lockout = kept.iter().map(|(_, t)| t.logon_lockout).collect();
+    s.fix.target_message_limit = kept.iter().map(|(_, t)| t.message_limit).collect();
+    s.fix.target_tls_tunnel = kept.iter().map(|(_, t)| t.tls_tunnel).collect();
+    s.targets = targets;
+    s.tables = Some(kept.into_iter().map(|(_, t)| t).collect());
+    s
 }
 
 /// `[[schedules]]` and the targets' `schedule`: checked by `crate::schedule`, reported here
@@ -454,7 +441,7 @@ fn targets(raw: Option<Vec<RawTarget>>, cx: &mut Context) -> (Targets, Vec<(usiz
     let (mut targets, mut kept) = (Vec::new(), Vec::new());
     // Name -> index in the configuration of the first target with it.
     let mut names: BTreeMap<String, usize> = BTreeMap::new();
-    for (i, t) in raw.into_iter().flatten().enumerate() {
+    for (i, mut t) in raw.into_iter().flatten().enumerate() {
         let path = format!("targets[{i}]");
         if cx.failed.iter().any(|k| k.starts_with(&path)) {
             continue;
@@ -464,41 +451,32 @@ fn targets(raw: Option<Vec<RawTarget>>, cx: &mut Context) -> (Targets, Vec<(usiz
             cx.missing(format!("{path}.address"), &path, message);
             continue;
         };
-        let name = (t.name.clone()).unwrap_or_else(|| Target::default_name(&net, t.port));
+        let name = (t.name.take()).unwrap_or_else(|| Target::default_name(&net, t.port));
         let name_key = format!("{path}.name");
         let first = *names.entry(name.clone()).or_insert(i);
         if first != i {
-            let derived = match cx.origin(&name_key) {
-                Origin::Default => {
-                    " (this one is the default name, from address and port: give one of the two \
-                     targets a `name`)"
-                }
-                _ => "",
-            };
+            const DERIVED: &str = " (this one is the default name, from address and port: give \
+                                   one of the two targets a `name`)";
+            let derived = (cx.origin(&name_key) == Origin::Default).then_some(DERIVED);
             let message = format!(
                 "this name is already used by targets[{first}]; names must be unique, as they \
-                 label the metrics{derived}"
+                 label the metrics{}",
+                derived.unwrap_or_default()
             );
             cx.report(DuplicateName, &name_key, quote(&name), message);
         }
-        let stale_after = t.stale_after.or(t.heartbeat.map(|h| h * 2));
+        // As it runs, and as `fix-monitor config` shows it.
+        t.stale_after = t.stale_after.or(t.heartbeat.map(|h| h * 2));
         targets.push(Target {
             name: name.clone(),
             net,
             port: t.port,
             local_ports: t.local_ports,
             heartbeat: t.heartbeat,
-            stale_after,
+            stale_after: t.stale_after,
         });
-        let (name, stale_after) = (Some(name), stale_after);
-        kept.push((
-            i,
-            RawTarget {
-                name,
-                stale_after,
-                ..t
-            },
-        ));
+        t.name = Some(name);
+        kept.push((i, t));
     }
     (Targets::new(targets), kept)
 }
