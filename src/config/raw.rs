@@ -865,18 +865,12 @@ fn parse_tls_tunnel(value: &Value) -> Result<TlsTunnel, String> {
     let addr = text.parse::<SocketAddr>();
     let addr = addr.map_err(|_| format!("not IP:PORT; {ALLOWED_TUNNEL}"))?;
     let (ip, port) = (addr.ip().to_canonical(), addr.port());
-    if !ip.is_loopback() {
-        let given = addr.ip();
-        return Err(format!(
-            "{given} is not a loopback address; {ALLOWED_TUNNEL}"
-        ));
-    }
-    if port == 0 {
-        return Err(format!(
-            "port 0 is not a port the tunnel listens on; {ALLOWED_TUNNEL}"
-        ));
-    }
-    Ok(TlsTunnel::At(SocketAddr::new(ip, port)))
+    let what = match (ip.is_loopback(), port) {
+        (false, _) => format!("{} is not a loopback address", addr.ip()),
+        (true, 0) => "port 0 is not a port the tunnel listens on".to_owned(),
+        (true, _) => return Ok(TlsTunnel::At(SocketAddr::new(ip, port))),
+    };
+    Err(format!("{what}; {ALLOWED_TUNNEL}"))
 }
 
 /// `schedule_grace`: like an interval, but zero is allowed (only ends outside a window are
