@@ -531,14 +531,13 @@ fn check_tls(tls: &TlsFiles, endpoint: Option<&str>, cx: &mut Context) {
             format!("needs otlp.tls.{other} too: a client certificate goes with its private key");
         cx.report(Conflict, &format!("otlp.tls.{field}"), show(path), message);
     }
-    let files = [
-        ("ca_file", &tls.ca_file),
-        ("cert_file", &tls.cert_file),
-        ("key_file", &tls.key_file),
+    // The TLS files some layer set (and that passed their check).
+    let mut named = vec![
+        "otlp.tls.ca_file",
+        "otlp.tls.cert_file",
+        "otlp.tls.key_file",
     ];
-    let named: Vec<String> = (files.iter().filter(|(_, p)| p.is_some()))
-        .map(|(f, _)| format!("otlp.tls.{f}"))
-        .collect();
+    named.retain(|key| cx.origins.contains_key(*key));
     let Some(endpoint) = endpoint else { return };
     if !named.is_empty() && endpoint.to_ascii_lowercase().starts_with("http://") {
         let named = named.join(", ");
