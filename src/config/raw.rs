@@ -684,13 +684,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e}; {ALLOWED_INTERVAL}"))
 }
 
-fn parse_bool(value: &Value) -> Result<bool, String> {
-    match value {
-        Value::Bool(_, b) => Ok(*b),
-        Value::String(_, s) if s.trim().eq_ignore_ascii_case("true") => Ok(true),
-        Value::String(_, s) if s.trim().eq_ignore_ascii_case("false") => Ok(false),
-        _ => Err("expected true or false".to_owned()),
-    }
+/// A boolean, or `true` or `false` in any case (variables and flags are text).
+fn parse_bool(value: &Value) -> Result<bool, &str> {
+    let text = value.as_str().map(|text| text.trim().to_ascii_lowercase());
+    let parsed = value.to_bool().or(text.and_then(|text| text.parse().ok()));
+    parsed.ok_or("expected true or false")
 }
 
 fn parse_listen(value: &Value) -> Result<SocketAddr, String> {
