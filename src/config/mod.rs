@@ -409,10 +409,9 @@ impl LogSettings {
     /// export; fix-monitor reports an outage once itself (`export::otlp`). Ask for them with,
     /// e.g., `--log-level info,opentelemetry_sdk=debug`.
     pub fn filter_directive(&self) -> String {
-        if self.level.contains("opentelemetry") {
-            self.level.clone()
-        } else {
-            format!("{},opentelemetry=off", self.level)
+        match self.level.contains("opentelemetry") {
+            true => self.level.clone(),
+            false => format!("{},opentelemetry=off", self.level),
         }
     }
 }
