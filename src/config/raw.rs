@@ -223,7 +223,7 @@ fn key_of(path: &[String]) -> String {
 }
 
 /// The value at `path` (table keys and list indices).
-fn at<'a>(tree: &'a mut Dict, path: &[String]) -> Option<&'a mut Value> {
+pub(crate) fn at<'a>(tree: &'a mut Dict, path: &[String]) -> Option<&'a mut Value> {
     let (first, rest) = path.split_first()?;
     rest.iter()
         .try_fold(tree.get_mut(first)?, |value, part| match value {
