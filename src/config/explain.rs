@@ -30,11 +30,9 @@ pub(super) fn explain(loaded: &Loaded) -> String {
         let _ = writeln!(out, "# {name}={value} (the SDK reads it: the resource)");
     }
 
-    let Ok(Value::Dict(_, mut top)) = Value::serialize(&loaded.settings) else {
+    let Ok(Value::Dict(_, top)) = Value::serialize(&loaded.settings) else {
         unreachable!("settings serialize to a table")
     };
-    let targets = Value::serialize(&loaded.settings.tables).expect("targets serialize");
-    top.insert("targets".to_owned(), targets);
     write_table(loaded, &mut out, "", "", &top);
     out
 }

@@ -221,7 +221,7 @@ section! {
         pub targets: Targets,
         /// The `[[targets]]` tables: as given and, once validated, as `fix-monitor config` shows
         /// them (each with its name and staleness filled in).
-        #[serde(rename = "targets", skip_serializing)]
+        #[serde(rename = "targets")]
         pub tables: Option<Vec<raw::RawTarget>>,
         pub poll: PollSettings,
         pub prometheus: PrometheusSettings,
