@@ -634,14 +634,12 @@ fn assemble<T>(
         Ok(Some(_)) => ConfigFile::Read(path.to_path_buf()),
         _ => ConfigFile::Absent(path.to_path_buf()),
     };
+    let mut errors = Vec::new();
     let dict = text.and_then(|text| text.map(|text| layers::parse_toml(path, &text)).transpose());
-    let (file, mut errors) = match dict {
-        Ok(dict) => (dict.map(|dict| (path, dict)), Vec::new()),
-        Err(error) => (None, vec![error]),
-    };
+    let file = dict.map_err(|error| errors.push(error)).ok().flatten();
     // A broken file may well have held the targets: saying "no targets" would mislead.
     let file_failed = !errors.is_empty();
-    let figment = layers::build(file, env, args, &mut errors);
+    let figment = layers::build(file.map(|dict| (path, dict)), env, args, &mut errors);
     let (raw, tree, failed) = raw::extract(&figment, &mut errors);
     let origins = raw::origins(&figment, &tree);
     let mut context = raw::Context {
