@@ -564,9 +564,8 @@ const ALLOWED_ENDPOINT: &str = "expected an http:// or https:// URL with a host,
                                 \"http://127.0.0.1:4317\" (gRPC) or \"http://collector:4318\" \
                                 (http/protobuf; /v1/metrics is appended)";
 pub(crate) const ALLOWED_PEM: &str = "expected the path of a readable PEM file";
-pub(crate) const ALLOWED_STATE_DIR: &str =
-    "expected a directory fix-monitor can create files in (such as \
-                                 systemd's StateDirectory, /var/lib/fix-monitor)";
+pub(crate) const ALLOWED_STATE_DIR: &str = "expected a directory fix-monitor can create files \
+     in (such as systemd's StateDirectory, /var/lib/fix-monitor)";
 const ALLOWED_LEVEL: &str =
     "expected a tracing filter directive, such as \"info\", \"debug\" or \"warn,fix_monitor=debug\"";
 
