@@ -8,7 +8,7 @@ use std::fmt::Write;
 
 use figment::value::{Dict, Value};
 
-use super::raw::{self, quote, render, RawTarget};
+use super::raw::{self, quote, render};
 use super::{ConfigFile, Loaded, Origin, OtlpProtocol};
 
 /// Comments start at this column at least, so that they line up in the common case.
@@ -30,18 +30,11 @@ pub(super) fn explain(loaded: &Loaded) -> String {
         let _ = writeln!(out, "# {name}={value} (the SDK reads it: the resource)");
     }
 
-    let Ok(Value::Dict(_, mut top)) = Value::serialize(&loaded.settings) else {
+    let Ok(Value::Dict(_, top)) = Value::serialize(&loaded.settings) else {
         unreachable!("settings serialize to a table")
     };
-    let s = &loaded.settings;
-    let targets: Vec<RawTarget> = (s.targets.iter().enumerate())
-        .map(|(i, t)| RawTarget::new(s, i, t))
-        .collect();
-    let targets = Value::serialize(targets).expect("targets serialize");
-    top.insert("targets".to_owned(), targets);
-    let mut lines = Lines { loaded, out };
-    lines.table("", "", &top);
-    lines.out
+    write_table(loaded, &mut out, "", "", &top);
+    out
 }
 
 /// What an unset optional key means.
@@ -93,73 +86,66 @@ fn is_secret(name: &str) -> bool {
     WORDS.iter().any(|w| name.contains(w))
 }
 
-struct Lines<'a> {
-    loaded: &'a Loaded,
-    out: String,
-}
-
-impl Lines<'_> {
-    /// The leaves of a table, then its sub-tables, then its lists of tables. `key` names values
-    /// for their origins (`targets[0]`), `header` for TOML (`targets`).
-    fn table(&mut self, key: &str, header: &str, table: &Dict) {
-        let join = |base: &str, name: &str| match base {
-            "" => name.to_owned(),
-            base => format!("{base}.{name}"),
+/// The leaves of a table, then its sub-tables, then its lists of tables. `key` names values
+/// for their origins (`targets[0]`), `header` for TOML (`targets`).
+fn write_table(loaded: &Loaded, out: &mut String, key: &str, header: &str, table: &Dict) {
+    let join = |base: &str, name: &str| match base {
+        "" => name.to_owned(),
+        base => format!("{base}.{name}"),
+    };
+    let user_keyed = USER_KEYED.contains(&key);
+    if table.is_empty() {
+        let name = header.rsplit('.').next().unwrap_or_default();
+        write_line(loaded, out, format!("# {name}: none"), key);
+    }
+    for (name, value) in table {
+        let key = join(key, name);
+        let shown = match user_keyed {
+            true => quote(name),
+            false => name.clone(),
         };
-        let user_keyed = USER_KEYED.contains(&key);
-        if table.is_empty() {
-            let name = header.rsplit('.').next().unwrap_or_default();
-            self.line(format!("# {name}: none"), key);
+        let line = match value {
+            Value::Dict(..) => continue,
+            Value::Array(_, items) if items.iter().any(|v| v.as_dict().is_some()) => continue,
+            Value::Empty(..) => format!("# {name}: {}", absent_meaning(&key)),
+            // `fix-monitor config` output ends up in tickets and chat; credentials must not.
+            _ if user_keyed && is_secret(name) => format!("# {shown}: set, value not shown"),
+            _ => format!("{shown} = {}", render(value)),
+        };
+        write_line(loaded, out, line, &key);
+        if let Some(note) = note(loaded, &key) {
+            let _ = writeln!(out, "{note}");
         }
-        for (name, value) in table {
-            let key = join(key, name);
-            let shown = match user_keyed {
-                true => quote(name),
-                false => name.clone(),
-            };
-            let line = match value {
-                Value::Dict(..) => continue,
-                Value::Array(_, items) if items.iter().any(|v| v.as_dict().is_some()) => continue,
-                Value::Empty(..) => format!("# {name}: {}", absent_meaning(&key)),
-                // `fix-monitor config` output ends up in tickets and chat; credentials must not.
-                _ if user_keyed && is_secret(name) => format!("# {shown}: set, value not shown"),
-                _ => format!("{shown} = {}", render(value)),
-            };
-            self.line(line, &key);
-            if let Some(note) = note(self.loaded, &key) {
-                let _ = writeln!(self.out, "{note}");
+    }
+    for (name, value) in table {
+        let (key, header) = (join(key, name), join(header, name));
+        match value {
+            Value::Dict(_, sub) => {
+                let _ = write!(out, "\n[{header}]\n");
+                write_table(loaded, out, &key, &header, sub);
             }
-        }
-        for (name, value) in table {
-            let (key, header) = (join(key, name), join(header, name));
-            match value {
-                Value::Dict(_, sub) => {
-                    let _ = write!(self.out, "\n[{header}]\n");
-                    self.table(&key, &header, sub);
-                }
-                Value::Array(_, items) => {
-                    for (i, item) in items.iter().enumerate() {
-                        if let Value::Dict(_, sub) = item {
-                            let _ = write!(self.out, "\n[[{header}]]\n");
-                            self.table(&format!("{key}[{i}]"), &header, sub);
-                        }
+            Value::Array(_, items) => {
+                for (i, item) in items.iter().enumerate() {
+                    if let Value::Dict(_, sub) = item {
+                        let _ = write!(out, "\n[[{header}]]\n");
+                        write_table(loaded, out, &format!("{key}[{i}]"), &header, sub);
                     }
                 }
-                _ => {}
             }
+            _ => {}
         }
     }
+}
 
-    /// A line with its value's origin in a comment; TOML has no "none", so an unset key's line
-    /// is a comment itself.
-    fn line(&mut self, line: String, key: &str) {
-        let from = match self.loaded.origin(key) {
-            Some(origin) if *origin != Origin::Default => format!("from {origin}"),
-            // A target's name is derived from its address and port unless given.
-            _ if key.ends_with(".name") => "default (from address and port)".to_owned(),
-            _ if key.ends_with(".stale_after") => "default (twice the heartbeat)".to_owned(),
-            _ => "default".to_owned(),
-        };
-        let _ = writeln!(self.out, "{line:<COMMENT_COLUMN$} # {from}");
-    }
+/// A line with its value's origin in a comment; TOML has no "none", so an unset key's line
+/// is a comment itself.
+fn write_line(loaded: &Loaded, out: &mut String, line: String, key: &str) {
+    let from = match loaded.origin(key) {
+        Some(origin) if *origin != Origin::Default => format!("from {origin}"),
+        // A target's name is derived from its address and port unless given.
+        _ if key.ends_with(".name") => "default (from address and port)".to_owned(),
+        _ if key.ends_with(".stale_after") => "default (twice the heartbeat)".to_owned(),
+        _ => "default".to_owned(),
+    };
+    let _ = writeln!(out, "{line:<COMMENT_COLUMN$} # {from}");
 }

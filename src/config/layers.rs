@@ -216,10 +216,8 @@ fn endpoint_implies_enabled(group: &mut Vec<Layer>) {
 /// higher layer's `x-tenant` replaces a lower one's `X-Tenant` rather than adding a second.
 fn lowercase_headers(layer: &mut Layer, errors: &mut Vec<ConfigError>) {
     let origin = origin(&layer.metadata, "headers");
-    let Some(Value::Dict(_, otlp)) = layer.dict.get_mut("otlp") else {
-        return;
-    };
-    let Some(Value::Dict(_, headers)) = otlp.get_mut("headers") else {
+    let path = ["otlp", "headers"].map(String::from);
+    let Some(Value::Dict(_, headers)) = super::raw::at(&mut layer.dict, &path) else {
         return;
     };
     for (name, value) in std::mem::take(headers) {

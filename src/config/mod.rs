@@ -184,17 +184,17 @@ pub mod defaults {
 /// A section of the tree: its fields with their checks and, after `=`, their defaults (the
 /// type's own default where none is given), which make the section's `Default`.
 macro_rules! section {
-    ($(#[$doc:meta])* pub struct $name:ident $(<$t:ident = $t_default:ty>)? {
+    ($(#[$doc:meta])* pub struct $name:ident {
         $($(#[$attr:meta])* pub $field:ident: $ty:ty $(= $default:expr)?,)*
     }) => {
         #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
         #[serde(deny_unknown_fields, default)]
         $(#[$doc])*
-        pub struct $name $(<$t = $t_default>)? {
+        pub struct $name {
             $($(#[$attr])* pub $field: $ty,)*
         }
 
-        impl $(<$t: Default>)? Default for $name $(<$t>)? {
+        impl Default for $name {
             fn default() -> Self {
                 $name {
                     $($field: section!(@default $($default)?),)*
@@ -212,13 +212,17 @@ macro_rules! section {
 
 section! {
     /// The configuration tree: what the file, the variables and the flags are deserialized into
-    /// (`T` = the raw `[[targets]]` list) and, validated, what the sidecar runs on (`T` =
-    /// [`Targets`]). A key is one field below with its check (`with = "raw::check::NAME"`, which
-    /// also prints it in `fix-monitor config`) and its default (after `=`, else its type's).
-    #[serde(bound(deserialize = "T: Deserialize<'de> + Default"))]
-    pub struct Settings<T = Targets> {
-        /// What to watch; once validated never empty, names unique.
-        pub targets: T,
+    /// and, validated, what the sidecar runs on. A key is one field below with its check (`with =
+    /// "raw::check::NAME"`, which also prints it in `fix-monitor config`) and its default (after
+    /// `=`, else its type's).
+    pub struct Settings {
+        /// What to watch, from `tables` (filled by `raw::validate`); never empty, names unique.
+        #[serde(skip)]
+        pub targets: Targets,
+        /// The `[[targets]]` tables: as given and, once validated, as `fix-monitor config` shows
+        /// them (each with its name and staleness filled in).
+        #[serde(rename = "targets")]
+        pub tables: Option<Vec<raw::RawTarget>>,
         pub poll: PollSettings,
         pub prometheus: PrometheusSettings,
         pub log: LogSettings,
@@ -405,10 +409,9 @@ impl LogSettings {
     /// export; fix-monitor reports an outage once itself (`export::otlp`). Ask for them with,
     /// e.g., `--log-level info,opentelemetry_sdk=debug`.
     pub fn filter_directive(&self) -> String {
-        if self.level.contains("opentelemetry") {
-            self.level.clone()
-        } else {
-            format!("{},opentelemetry=off", self.level)
+        match self.level.contains("opentelemetry") {
+            true => self.level.clone(),
+            false => format!("{},opentelemetry=off", self.level),
         }
     }
 }
@@ -631,14 +634,12 @@ fn assemble<T>(
         Ok(Some(_)) => ConfigFile::Read(path.to_path_buf()),
         _ => ConfigFile::Absent(path.to_path_buf()),
     };
+    let mut errors = Vec::new();
     let dict = text.and_then(|text| text.map(|text| layers::parse_toml(path, &text)).transpose());
-    let (file, mut errors) = match dict {
-        Ok(dict) => (dict.map(|dict| (path, dict)), Vec::new()),
-        Err(error) => (None, vec![error]),
-    };
+    let file = dict.map_err(|error| errors.push(error)).ok().flatten();
     // A broken file may well have held the targets: saying "no targets" would mislead.
     let file_failed = !errors.is_empty();
-    let figment = layers::build(file, env, args, &mut errors);
+    let figment = layers::build(file.map(|dict| (path, dict)), env, args, &mut errors);
     let (raw, tree, failed) = raw::extract(&figment, &mut errors);
     let origins = raw::origins(&figment, &tree);
     let mut context = raw::Context {

@@ -1,5 +1,5 @@
-//! Deserializing the merged layers into [`Settings`] (ripgrep's "low-level args": [`Raw`], with
-//! the `[[targets]]` list as given) and validating that into the settings the sidecar runs on.
+//! Deserializing the merged layers into [`Settings`] (ripgrep's "low-level args": with the
+//! `[[targets]]` tables as given) and validating that into the settings the sidecar runs on.
 //!
 //! # Adding a key
 //! One field on its section's struct in `config/mod.rs`, with its default after `=` (else its
@@ -43,14 +43,11 @@ use crate::schedule::{Schedule, ScheduleConfig};
 use crate::source::SourceKind;
 use crate::target::{PortRange, Target, Targets};
 
-/// The tree as deserialized: [`Settings`] with the targets not yet checked as a whole.
-pub(crate) type Raw = Settings<Option<Vec<RawTarget>>>;
-
 /// One `[[targets]]` table. Per-target keys are optional: `None` means "any" or "derived".
-/// Also how `explain` prints a [`Target`]: as the table it could have been given as.
-#[derive(Debug, Default, Deserialize, Serialize)]
+/// Validated, with its name and staleness filled in, also what `explain` prints for a target.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub(crate) struct RawTarget {
+pub struct RawTarget {
     #[serde(with = "check::name")]
     name: Option<String>,
     /// Required; `validate` reports it missing.
@@ -81,27 +78,6 @@ pub(crate) struct RawTarget {
     /// A `[[schedules]]` name: when its sessions are planned to be up.
     #[serde(with = "check::name")]
     schedule: Option<String>,
-}
-
-impl RawTarget {
-    /// Target `i` as configured, with what `[fix]` and the schedules keep for it.
-    pub(super) fn new(s: &Settings, i: usize, t: &Target) -> Self {
-        let fix = &s.fix;
-        let schedule = s.target_schedules.get(i).cloned().flatten();
-        RawTarget {
-            name: Some(t.name.clone()),
-            address: Some(t.net),
-            port: t.port,
-            local_ports: t.local_ports,
-            heartbeat: t.heartbeat,
-            stale_after: t.stale_after,
-            comp_ids: fix.target_comp_ids.get(i).cloned().unwrap_or_default(),
-            logon_lockout: fix.target_logon_lockout.get(i).copied().flatten(),
-            message_limit: fix.target_message_limit.get(i).copied().flatten(),
-            tls_tunnel: fix.target_tls_tunnel.get(i).copied().flatten(),
-            schedule: schedule.map(|s| s.name().to_owned()),
-        }
-    }
 }
 
 // ---- Leaf checks: `check::NAME`, for a field of its type or an `Option` of it. ----
@@ -172,19 +148,19 @@ fn show_net(net: &IpNet) -> String {
 
 // ---- Extraction: every problem of the merged tree. ----
 
-/// Deserializes the merged tree, collecting every error (see the module docs). Returns the raw
-/// configuration, the tree it came from (for origins), and the keys that had errors.
+/// Deserializes the merged tree, collecting every error (see the module docs). Returns the
+/// settings as deserialized, the tree they came from (for origins), and the keys that had errors.
 pub(crate) fn extract(
     figment: &Figment,
     errors: &mut Vec<ConfigError>,
-) -> (Raw, Dict, BTreeSet<String>) {
+) -> (Settings, Dict, BTreeSet<String>) {
     // Every layer's `data` is infallible (`layers::Layer`), and so is merging them.
     let profiles = figment.data().expect("the layers always give their data");
     let mut tree = profiles.into_values().next().unwrap_or_default();
     let mut failed = BTreeSet::new();
     loop {
         // Values keep the tags they got in `figment`, which lead to their origins.
-        let error = match Value::from(tree.clone()).deserialize::<Raw>() {
+        let error = match Value::from(tree.clone()).deserialize::<Settings>() {
             Ok(raw) => return (raw, tree, failed),
             Err(e) => e,
         };
@@ -213,7 +189,7 @@ pub(crate) fn extract(
         failed.insert(key);
         if !remove(&mut tree, &path) {
             // Cannot happen (the error's path comes from this tree); never loop on it.
-            return (Raw::default(), tree, failed);
+            return (Settings::default(), tree, failed);
         }
     }
 }
@@ -247,7 +223,7 @@ fn key_of(path: &[String]) -> String {
 }
 
 /// The value at `path` (table keys and list indices).
-fn at<'a>(tree: &'a mut Dict, path: &[String]) -> Option<&'a mut Value> {
+pub(crate) fn at<'a>(tree: &'a mut Dict, path: &[String]) -> Option<&'a mut Value> {
     let (first, rest) = path.split_first()?;
     rest.iter()
         .try_fold(tree.get_mut(first)?, |value, part| match value {
@@ -333,11 +309,12 @@ impl Context<'_> {
     }
 }
 
-/// Turns the raw configuration into [`Settings`], reporting the problems that involve more
-/// than one value. The settings are used only if no problem was reported.
-pub(crate) fn validate(raw: Raw, cx: &mut Context<'_>) -> Settings {
-    let otlp = self::otlp(raw.otlp, cx);
-    if !raw.prometheus.enabled && !otlp.enabled && !cx.failed.contains("prometheus.enabled") {
+/// Validates the deserialized [`Settings`]: the `[[targets]]` tables into `targets`, and the
+/// problems that involve more than one value. The settings are used only if no problem was
+/// reported.
+pub(crate) fn validate(mut s: Settings, cx: &mut Context<'_>) -> Settings {
+    s.otlp = otlp(s.otlp, cx);
+    if !s.prometheus.enabled && !s.otlp.enabled && !cx.failed.contains("prometheus.enabled") {
         let otlp_origin = match cx.origin("otlp.enabled") {
             Origin::Default => "the default".to_owned(),
             origin => format!("from {origin}"),
@@ -349,28 +326,19 @@ pub(crate) fn validate(raw: Raw, cx: &mut Context<'_>) -> Settings {
         );
         cx.report(Conflict, "prometheus.enabled", "false".into(), message);
     }
-    let (targets, kept) = targets(raw.targets, cx);
+    let (targets, kept) = targets(s.tables.take(), cx);
     let names: Vec<_> = kept.iter().map(|(i, t)| (*i, t.schedule.clone())).collect();
-    let target_schedules = self::schedules(&raw.schedules, &names, cx);
-    tls_tunnels(&targets, &kept, raw.fix.capture, cx);
-    let mut fix = self::fix(raw.fix, cx);
+    s.target_schedules = schedules(&s.schedules, &names, cx);
+    tls_tunnels(&targets, &kept, s.fix.capture, cx);
+    s.fix = fix(s.fix, cx);
     // What `[fix]` keeps of each target, by target id.
-    fix.target_comp_ids = kept.iter().map(|(_, t)| t.comp_ids.clone()).collect();
-    fix.target_logon_lockout = kept.iter().map(|(_, t)| t.logon_lockout).collect();
-    fix.target_message_limit = kept.iter().map(|(_, t)| t.message_limit).collect();
-    fix.target_tls_tunnel = kept.iter().map(|(_, t)| t.tls_tunnel).collect();
-    Settings {
-        targets,
-        fix,
-        otlp,
-        poll: raw.poll,
-        prometheus: raw.prometheus,
-        log: raw.log,
-        state: raw.state,
-        schedules: raw.schedules,
-        schedule_grace: raw.schedule_grace,
-        target_schedules,
-    }
+    s.fix.target_comp_ids = kept.iter().map(|(_, t)| t.comp_ids.clone()).collect();
+    s.fix.target_logon_lockout = kept.iter().map(|(_, t)| t.logon_lockout).collect();
+    s.fix.target_message_limit = kept.iter().map(|(_, t)| t.message_limit).collect();
+    s.fix.target_tls_tunnel = kept.iter().map(|(_, t)| t.tls_tunnel).collect();
+    s.targets = targets;
+    s.tables = Some(kept.into_iter().map(|(_, t)| t).collect());
+    s
 }
 
 /// `[[schedules]]` and the targets' `schedule`: checked by `crate::schedule`, reported here
@@ -473,7 +441,7 @@ fn targets(raw: Option<Vec<RawTarget>>, cx: &mut Context) -> (Targets, Vec<(usiz
     let (mut targets, mut kept) = (Vec::new(), Vec::new());
     // Name -> index in the configuration of the first target with it.
     let mut names: BTreeMap<String, usize> = BTreeMap::new();
-    for (i, t) in raw.into_iter().flatten().enumerate() {
+    for (i, mut t) in raw.into_iter().flatten().enumerate() {
         let path = format!("targets[{i}]");
         if cx.failed.iter().any(|k| k.starts_with(&path)) {
             continue;
@@ -483,31 +451,31 @@ fn targets(raw: Option<Vec<RawTarget>>, cx: &mut Context) -> (Targets, Vec<(usiz
             cx.missing(format!("{path}.address"), &path, message);
             continue;
         };
-        let name = (t.name.clone()).unwrap_or_else(|| Target::default_name(&net, t.port));
+        let name = (t.name.take()).unwrap_or_else(|| Target::default_name(&net, t.port));
         let name_key = format!("{path}.name");
         let first = *names.entry(name.clone()).or_insert(i);
         if first != i {
-            let derived = match cx.origin(&name_key) {
-                Origin::Default => {
-                    " (this one is the default name, from address and port: give one of the two \
-                     targets a `name`)"
-                }
-                _ => "",
-            };
+            const DERIVED: &str = " (this one is the default name, from address and port: give \
+                                   one of the two targets a `name`)";
+            let derived = (cx.origin(&name_key) == Origin::Default).then_some(DERIVED);
             let message = format!(
                 "this name is already used by targets[{first}]; names must be unique, as they \
-                 label the metrics{derived}"
+                 label the metrics{}",
+                derived.unwrap_or_default()
             );
             cx.report(DuplicateName, &name_key, quote(&name), message);
         }
+        // As it runs, and as `fix-monitor config` shows it.
+        t.stale_after = t.stale_after.or(t.heartbeat.map(|h| h * 2));
         targets.push(Target {
-            name,
+            name: name.clone(),
             net,
             port: t.port,
             local_ports: t.local_ports,
             heartbeat: t.heartbeat,
-            stale_after: t.stale_after.or(t.heartbeat.map(|h| h * 2)),
+            stale_after: t.stale_after,
         });
+        t.name = Some(name);
         kept.push((i, t));
     }
     (Targets::new(targets), kept)
@@ -563,14 +531,13 @@ fn check_tls(tls: &TlsFiles, endpoint: Option<&str>, cx: &mut Context) {
             format!("needs otlp.tls.{other} too: a client certificate goes with its private key");
         cx.report(Conflict, &format!("otlp.tls.{field}"), show(path), message);
     }
-    let files = [
-        ("ca_file", &tls.ca_file),
-        ("cert_file", &tls.cert_file),
-        ("key_file", &tls.key_file),
+    // The TLS files some layer set (and that passed their check).
+    let mut named = vec![
+        "otlp.tls.ca_file",
+        "otlp.tls.cert_file",
+        "otlp.tls.key_file",
     ];
-    let named: Vec<String> = (files.iter().filter(|(_, p)| p.is_some()))
-        .map(|(f, _)| format!("otlp.tls.{f}"))
-        .collect();
+    named.retain(|key| cx.origins.contains_key(*key));
     let Some(endpoint) = endpoint else { return };
     if !named.is_empty() && endpoint.to_ascii_lowercase().starts_with("http://") {
         let named = named.join(", ");
@@ -597,9 +564,8 @@ const ALLOWED_ENDPOINT: &str = "expected an http:// or https:// URL with a host,
                                 \"http://127.0.0.1:4317\" (gRPC) or \"http://collector:4318\" \
                                 (http/protobuf; /v1/metrics is appended)";
 pub(crate) const ALLOWED_PEM: &str = "expected the path of a readable PEM file";
-pub(crate) const ALLOWED_STATE_DIR: &str =
-    "expected a directory fix-monitor can create files in (such as \
-                                 systemd's StateDirectory, /var/lib/fix-monitor)";
+pub(crate) const ALLOWED_STATE_DIR: &str = "expected a directory fix-monitor can create files \
+     in (such as systemd's StateDirectory, /var/lib/fix-monitor)";
 const ALLOWED_LEVEL: &str =
     "expected a tracing filter directive, such as \"info\", \"debug\" or \"warn,fix_monitor=debug\"";
 
@@ -680,11 +646,10 @@ fn parse_range(value: &Value) -> Result<PortRange, String> {
     Ok(PortRange { start, end })
 }
 
-fn parse_name(value: &Value) -> Result<String, String> {
-    match value.as_str() {
-        Some(name) if !name.trim().is_empty() => Ok(name.to_owned()),
-        _ => Err("expected a non-empty string (it labels the target's metrics)".to_owned()),
-    }
+fn parse_name(value: &Value) -> Result<String, &str> {
+    const ALLOWED: &str = "expected a non-empty string (it labels the target's metrics)";
+    let name = value.as_str().filter(|name| !name.trim().is_empty());
+    name.map(str::to_owned).ok_or(ALLOWED)
 }
 
 /// Whole seconds (a number, or digits from a variable or flag) or a humantime string.
@@ -697,14 +662,11 @@ fn duration(value: &Value) -> Result<Duration, String> {
 }
 
 fn parse_interval(value: &Value) -> Result<Duration, String> {
-    let interval = duration(value)?;
-    if interval.is_zero() {
-        return Err(format!("must be above zero; {ALLOWED_INTERVAL}"));
+    match duration(value)? {
+        zero if zero.is_zero() => Err(format!("must be above zero; {ALLOWED_INTERVAL}")),
+        long if long > defaults::MAX_INTERVAL => Err(format!("is too long; {ALLOWED_INTERVAL}")),
+        interval => Ok(interval),
     }
-    if interval > defaults::MAX_INTERVAL {
-        return Err(format!("is too long; {ALLOWED_INTERVAL}"));
-    }
-    Ok(interval)
 }
 
 /// A duration as the original tools' flags took it: whole seconds (`5`), or a humantime string
@@ -721,13 +683,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e}; {ALLOWED_INTERVAL}"))
 }
 
-fn parse_bool(value: &Value) -> Result<bool, String> {
-    match value {
-        Value::Bool(_, b) => Ok(*b),
-        Value::String(_, s) if s.trim().eq_ignore_ascii_case("true") => Ok(true),
-        Value::String(_, s) if s.trim().eq_ignore_ascii_case("false") => Ok(false),
-        _ => Err("expected true or false".to_owned()),
-    }
+/// A boolean, or `true` or `false` in any case (variables and flags are text).
+fn parse_bool(value: &Value) -> Result<bool, &str> {
+    let text = value.as_str().map(|text| text.trim().to_ascii_lowercase());
+    let parsed = value.to_bool().or(text.and_then(|text| text.parse().ok()));
+    parsed.ok_or("expected true or false")
 }
 
 fn parse_listen(value: &Value) -> Result<SocketAddr, String> {
@@ -901,18 +861,12 @@ fn parse_tls_tunnel(value: &Value) -> Result<TlsTunnel, String> {
     let addr = text.parse::<SocketAddr>();
     let addr = addr.map_err(|_| format!("not IP:PORT; {ALLOWED_TUNNEL}"))?;
     let (ip, port) = (addr.ip().to_canonical(), addr.port());
-    if !ip.is_loopback() {
-        let given = addr.ip();
-        return Err(format!(
-            "{given} is not a loopback address; {ALLOWED_TUNNEL}"
-        ));
-    }
-    if port == 0 {
-        return Err(format!(
-            "port 0 is not a port the tunnel listens on; {ALLOWED_TUNNEL}"
-        ));
-    }
-    Ok(TlsTunnel::At(SocketAddr::new(ip, port)))
+    let what = match (ip.is_loopback(), port) {
+        (false, _) => format!("{} is not a loopback address", addr.ip()),
+        (true, 0) => "port 0 is not a port the tunnel listens on".to_owned(),
+        (true, _) => return Ok(TlsTunnel::At(SocketAddr::new(ip, port))),
+    };
+    Err(format!("{what}; {ALLOWED_TUNNEL}"))
 }
 
 /// `schedule_grace`: like an interval, but zero is allowed (only ends outside a window are
