@@ -51,7 +51,9 @@ build() {
     local out="$1" work
     work="$(mktemp -d)"
     cp "$BPF/fix_monitor.bpf.c" "$BPF/fix_monitor.h" "$BPF/vmlinux.h" "$work/"
-    (cd "$work" && clang -target bpf -O2 -g -D__TARGET_ARCH_x86 -I. \
+    # -mcpu=v3: atomic fetch-and-add with its result (the live table's slots), 32-bit jumps;
+    # every kernel the programs need (6.10+) takes it.
+    (cd "$work" && clang -target bpf -mcpu=v3 -O2 -g -D__TARGET_ARCH_x86 -I. \
         -fdebug-prefix-map="$work"=. -fno-ident \
         -c fix_monitor.bpf.c -o fix_monitor.bpf.o &&
         llvm-strip -g fix_monitor.bpf.o)

@@ -10,7 +10,8 @@
  * from the TCP iterator `adopt`. Only sockets with storage cost anything afterwards: the
  * health iterator `dump_health` walks the storage map, not the host's sockets. Where the kernel
  * refuses map-element iterators, `live_pass` (run with BPF_PROG_TEST_RUN) walks `live`, a
- * hash of the watched, established sockets that the state tracepoint and `adopt` keep.
+ * table of slots of the watched, established sockets that the state tracepoint and `adopt`
+ * keep.
  *
  * The kernel frees the storage with the socket (bpf_sk_storage_free() in __sk_destruct()).
  *
@@ -23,6 +24,11 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
 #include "fix_monitor.h"
+
+/* One load or store of a field another CPU may be writing or reading (no tearing, no reordering
+ * by the compiler). */
+#define READ_ONCE(x) (*(volatile typeof(x) *)&(x))
+#define WRITE_ONCE(x, v) (*(volatile typeof(x) *)&(x) = (v))
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -99,12 +105,34 @@ struct {
 	__uint(max_entries, EVENTS_RING_SIZE);
 } events SEC(".maps");
 
+/*
+ * The live table: a slot per watched, established session. A slot is taken from the stack of
+ * freed ones, else it is the next never used (`live_top` counts those), so the slots in use
+ * stay below the most sessions watched at once, and the pass walks only that far: its cost
+ * follows the watched sessions, not the table's size.
+ */
+#define LIVE_SLOTS 16384
+
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LIVE_SLOTS);
+	__type(key, __u32);
 	__type(value, struct live);
 } live SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_STACK);
+	__uint(max_entries, LIVE_SLOTS);
+	__uint(value_size, sizeof(__u32));
+} free_slots SEC(".maps");
+
+/* Slots ever taken (can pass LIVE_SLOTS when the table is full; read it clamped). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} live_top SEC(".maps");
 
 /*
  * The health pass's output when it walks the live table: 200 bytes a session with the ring's
@@ -328,19 +356,67 @@ static __always_inline struct session *session_for(struct sock *sk, bool create)
 /* Enters a watched, established socket in the live table. */
 static __always_inline void live_put(struct sock *sk, struct session *s)
 {
-	struct live l = {
-		.sk = (__u64)sk,
-		.established_ns = s->established_ns,
-		.pid = s->pid,
-		.target = s->target,
-		.retrans_events = s->retrans_events,
-		.adopted = s->adopted,
-	};
+	__u32 zero = 0, idx, *top;
+	struct live *l;
 
-	if (bpf_map_update_elem(&live, &s->sock_cookie, &l, BPF_ANY))
+	if (s->slot) {
+		idx = s->slot - 1;
+	} else if (bpf_map_pop_elem(&free_slots, &idx)) {
+		top = bpf_map_lookup_elem(&live_top, &zero);
+		if (!top) {
+			count(CNT_LIVE_FULL);
+			return;
+		}
+		idx = __sync_fetch_and_add(top, 1);
+	}
+	l = bpf_map_lookup_elem(&live, &idx);
+	if (!l) {
+		/* Past the last slot: the table is full. */
 		count(CNT_LIVE_FULL);
-	else
-		count(CNT_LIVE_CHANGES);
+		return;
+	}
+	/* Invalid while it is written; the pass also checks the cookie against the socket. */
+	WRITE_ONCE(l->cookie, 0);
+	l->sk = (__u64)sk;
+	l->established_ns = s->established_ns;
+	l->pid = s->pid;
+	l->target = s->target;
+	l->retrans_events = s->retrans_events;
+	l->adopted = s->adopted;
+	l->reported = 0;
+	WRITE_ONCE(l->cookie, s->sock_cookie);
+	s->slot = idx + 1;
+	count(CNT_LIVE_CHANGES);
+}
+
+/* Frees the session's live-table slot (its change to CLOSE). */
+static __always_inline void live_drop(struct session *s)
+{
+	__u32 idx;
+	struct live *l;
+
+	if (!s->slot)
+		return;
+	idx = s->slot - 1;
+	s->slot = 0;
+	l = bpf_map_lookup_elem(&live, &idx);
+	if (l)
+		WRITE_ONCE(l->cookie, 0);
+	/* The stack holds every slot; a failed push would only leave this one unused. */
+	bpf_map_push_elem(&free_slots, &idx, 0);
+	count(CNT_LIVE_CHANGES);
+}
+
+/* The session's live-table entry, if it has one. */
+static __always_inline struct live *live_of(struct session *s)
+{
+	__u32 idx = s->slot - 1;
+	struct live *l;
+
+	if (!s->slot)
+		return NULL;
+	l = bpf_map_lookup_elem(&live, &idx);
+	return l && l->cookie == s->sock_cookie ? l : NULL;
 }
 
 SEC("tp_btf/inet_sock_set_state")
@@ -375,8 +451,7 @@ int BPF_PROG(on_state, struct sock *sk, int oldstate, int newstate)
 		break;
 	case TCP_CLOSE:
 		s->closed = 1;
-		if (!bpf_map_delete_elem(&live, &s->sock_cookie))
-			count(CNT_LIVE_CHANGES);
+		live_drop(s);
 		if (!s->closer && BPF_CORE_READ(sk, sk_err))
 			s->closer = CLOSER_ERROR;
 		break;
@@ -432,7 +507,7 @@ static __always_inline void count_retransmit(struct sock *sk)
 	if (!s)
 		return;
 	__sync_fetch_and_add(&s->retrans_events, 1);
-	l = bpf_map_lookup_elem(&live, &s->sock_cookie);
+	l = live_of(s);
 	if (l)
 		__sync_fetch_and_add(&l->retrans_events, 1);
 }
@@ -575,9 +650,8 @@ int dump_health(struct bpf_iter__bpf_sk_storage_map *ctx)
 }
 
 struct pass {
-	__u32 skip;    /* entries an earlier run of this pass walked already */
+	__u32 next;    /* the next slot to walk (a run starts where the last one stopped) */
 	__u32 all;     /* write every session, changed or not */
-	__u32 seen;    /* entries walked, skipped ones included */
 	__u32 full;    /* the ring filled: the walk stopped there */
 };
 
@@ -587,36 +661,48 @@ static __always_inline __u32 *health_vals(struct health *h)
 	return (__u32 *)&h->bytes_acked;
 }
 
-static long live_health(struct bpf_map *map, __u64 *cookie, struct live *l, struct pass *p)
+static long live_health(__u64 i, struct pass *p)
 {
 	struct health h = {};
 	struct health *out;
 	struct tcp_sock *tp;
-	__u32 *vals, i;
+	__u32 idx = p->next;
+	__u32 *vals, k;
+	struct live *l;
+	__u64 cookie;
 	bool same;
 
-	if (p->seen++ < p->skip)
+	l = bpf_map_lookup_elem(&live, &idx);
+	if (!l)
+		return 1;
+	cookie = READ_ONCE(l->cookie);
+	if (!cookie) {
+		p->next++;
 		return 0;
+	}
 	tp = bpf_rdonly_cast((void *)l->sk, bpf_core_type_id_kernel(struct tcp_sock));
 	/* The socket at that address must still be this session (else it is gone or reused). */
-	if (tp->inet_conn.icsk_inet.sk.__sk_common.skc_cookie.counter != *cookie)
+	if (tp->inet_conn.icsk_inet.sk.__sk_common.skc_cookie.counter != cookie) {
+		p->next++;
 		return 0;
+	}
 	fill_health(&h, tp);
 	h.retrans_events = l->retrans_events;
 	vals = health_vals(&h);
 	same = l->reported && !p->all;
-	for (i = 0; i < HEALTH_VALS_WORDS; i++)
-		same = same && vals[i] == l->last[i];
-	if (same)
+	for (k = 0; k < HEALTH_VALS_WORDS; k++)
+		same = same && vals[k] == l->last[k];
+	if (same) {
+		p->next++;
 		return 0;
+	}
 	out = bpf_ringbuf_reserve(&health_out, sizeof(*out), 0);
 	if (!out) {
-		/* This entry is the next run's first. */
-		p->seen--;
+		/* This slot is the next run's first. */
 		p->full = 1;
 		return 1;
 	}
-	h.sock_cookie = *cookie;
+	h.sock_cookie = cookie;
 	h.established_ns = l->established_ns;
 	h.target = l->target;
 	h.pid = l->pid;
@@ -625,26 +711,33 @@ static long live_health(struct bpf_map *map, __u64 *cookie, struct live *l, stru
 	bpf_ringbuf_submit(out, BPF_RB_NO_WAKEUP);
 	__builtin_memcpy(l->last, vals, sizeof(l->last));
 	l->reported = 1;
+	p->next++;
 	return 0;
 }
 
 /*
  * The same pass for kernels that refuse map-element iterators (seen: EPERM at load on a
- * 6.18 sandbox kernel): run on demand with BPF_PROG_TEST_RUN, it walks the live table and
- * writes to `health_out` the health of each session whose record changed since it last wrote
- * one (of every session when the run's second argument is 1), stamping `clock`. The run's
- * first argument (the test run's context) is how many entries to pass over. Returns the
- * entries walked (skipped ones included) up to where it stopped, with the top bit set when it
- * stopped because the ring was full: user space reads the ring and runs it again from there.
+ * 6.18 sandbox kernel): run on demand with BPF_PROG_TEST_RUN, it walks the live table's slots
+ * up to the last one ever taken and writes to `health_out` the health of each session whose
+ * record changed since it last wrote one (of every session when the run's second argument is
+ * 1), stamping `clock`. The run's first argument (the test run's context) is the slot to start
+ * at. Returns the slot it stopped at, with the top bit set when it stopped because the ring was
+ * full: user space reads the ring and runs it again from there.
  */
 SEC("raw_tp")
 int live_pass(__u64 *ctx)
 {
-	struct pass p = { .skip = (__u32)ctx[0], .all = (__u32)ctx[1] };
+	struct pass p = { .next = (__u32)ctx[0], .all = (__u32)ctx[1] };
+	__u32 zero = 0, *top, end;
 
+	top = bpf_map_lookup_elem(&live_top, &zero);
+	end = top ? *top : 0;
+	if (end > LIVE_SLOTS)
+		end = LIVE_SLOTS;
 	stamp_clock();
-	bpf_for_each_map_elem(&live, live_health, &p, 0);
-	return p.seen | (p.full ? 0x80000000u : 0);
+	if (p.next < end)
+		bpf_loop(end - p.next, live_health, &p, 0);
+	return p.next | (p.full ? 0x80000000u : 0);
 }
 
 /*

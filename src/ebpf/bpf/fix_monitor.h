@@ -76,7 +76,7 @@ struct session {
 	__u8 rst;
 	__u8 closed;
 	__u8 adopted; /* found by the TCP iterator, not seen connecting */
-	__u32 _pad;
+	__u32 slot;   /* its live-table slot + 1; 0: none */
 	char comm[16];
 };
 
@@ -147,14 +147,16 @@ struct pass_clock {
 };
 
 /*
- * A watched, established socket in the live table (hash by socket cookie), for kernels that
- * refuse the storage-map iterator: the health pass walks this table instead, and writes a
- * session only when its record's compared part differs from `last` (or when asked to write
- * all). `sk` is only read through bpf_rdonly_cast() (fault-safe loads), and a record is
- * written only when the socket at that address still has the entry's cookie; the entry is
- * removed at the change to CLOSE, which comes before the socket is freed.
+ * A watched, established socket in the live table (an array of slots; the session's storage
+ * keeps its slot), for kernels that refuse the storage-map iterator: the health pass walks the
+ * slots in use instead, and writes a session only when its record's compared part differs
+ * from `last` (or when asked to write all). `sk` is only read through bpf_rdonly_cast()
+ * (fault-safe loads), and a record is written only when the socket at that address still has
+ * the slot's cookie; the slot is freed (cookie 0) at the change to CLOSE, which comes before
+ * the socket is freed.
  */
 struct live {
+	__u64 cookie; /* 0: a free slot */
 	__u64 sk;
 	__u64 established_ns;
 	__u32 pid;

@@ -94,9 +94,9 @@ pub enum Error {
     #[error(transparent)]
     Targets(#[from] crate::targets::TargetError),
     /// The fallback health pass (`live_pass`) made no progress: a run could not write one
-    /// record to its emptied output ring, or the table kept moving under 32 runs. The count is
-    /// the live-table entries walked when it gave up.
-    #[error("the health pass made no progress after {0} entries of the live table")]
+    /// record to its emptied output ring, or it took more than 32 runs. The count is the
+    /// live-table slot it stopped at.
+    #[error("the health pass made no progress at slot {0} of the live table")]
     HealthRingFull(u32),
     /// A system call or libbpf call on a loaded object failed (a map read or write, a ring
     /// buffer, an iterator, BPF_PROG_TEST_RUN, the netns cookie).

@@ -20,14 +20,15 @@
 //! kernels refuse map-element iterators at load (EPERM, seen on the 6.18 sandbox kernel these
 //! tests run on, for `bpf_map_elem`, `sockmap` and `bpf_sk_storage_map` alike, while `tcp`,
 //! `task` and `bpf_map` iterators load); then the pass runs `live_pass` with
-//! BPF_PROG_TEST_RUN, which walks a hash of watched, established sockets kept by the state
-//! tracepoint and reads each `tcp_sock` through `bpf_rdonly_cast` (fault-safe loads), checking
+//! BPF_PROG_TEST_RUN, which walks a table of watched, established sockets kept by the state
+//! tracepoint (an array of slots, walked up to the last slot ever taken; a freed slot is taken
+//! again first) and reads each `tcp_sock` through `bpf_rdonly_cast` (fault-safe loads), checking
 //! the socket cookie so that a freed or reused socket is never reported. It writes only the
 //! sessions whose record changed since it last wrote them (times travel as the kernel's jiffies
 //! stamps, so an idle session's record does not change); the others' kept records stand, their
 //! times brought up to the pass's clock, and one pass in 60 writes every session. Its output
 //! ring (256 KiB, 1,310 records) is read after each run; a run that fills it stops there and
-//! the next starts from that entry, so any number of sessions fits a small ring.
+//! the next starts from that slot, so any number of sessions fits a small ring.
 //! [`HealthWalk`] says which one a [`Monitor`] uses, and why.
 //!
 //! # Why libbpf-rs and not aya
@@ -49,8 +50,9 @@
 //! # Cost
 //! A state change costs one storage lookup for every TCP socket on the host, and the LPM
 //! lookup only when a socket connects or becomes ESTABLISHED without storage. The health pass
-//! costs per watched session (plus, on the fallback, a walk of the live table's 16,384 hash
-//! buckets), whatever else the host holds; `examples/health_cost.rs` measures it.
+//! costs per watched session (on the fallback, per slot of the live table up to the most
+//! sessions watched at once: freed slots are taken again first), whatever else the host holds;
+//! `examples/health_cost.rs` measures it.
 
 mod drain;
 pub mod error;
@@ -89,9 +91,12 @@ const CNT_LIVE_CHANGES: u32 = 7;
 /// The bit `live_pass` sets in its return value when it stopped because its ring was full.
 const RUN_STOPPED: u32 = 0x8000_0000;
 
-/// Most runs of `live_pass` in one pass: the live table's 16,384 entries fit the 256 KiB ring
+/// Most runs of `live_pass` in one pass: the live table's 16,384 slots fit the 256 KiB ring
 /// in 13 runs; a table that changes between runs may take a few more.
 const MAX_PASS_RUNS: u32 = 32;
+
+/// The live table's slots (`LIVE_SLOTS` in the programs).
+const LIVE_SLOTS: u32 = 16_384;
 
 /// Every this many live-table passes, one writes every session rather than the changed ones,
 /// so that the kept records are rebuilt from the kernel's whole table (see [`Monitor::health`]).
@@ -129,7 +134,7 @@ pub struct KernelCounters {
     /// `bpf_sk_storage_get()` failed, normally for lack of memory): not watched; like
     /// `other_netns`, one socket may count more than once.
     pub no_storage: u64,
-    /// Sessions the live table (16,384 entries) had no room for: no health on the fallback.
+    /// Sessions the live table (16,384 slots) had no room for: no health on the fallback.
     pub live_full: u64,
     /// Entries put in or taken out of the live table (`CNT_LIVE_CHANGES`): a fallback pass
     /// that needed more than one run is whole only if none changed meanwhile.
@@ -162,6 +167,7 @@ struct Maps {
     settings: MapHandle,
     counters: MapHandle,
     live: MapHandle,
+    live_top: MapHandle,
     clock: MapHandle,
 }
 
@@ -427,6 +433,7 @@ impl Monitor {
             settings: find_map(&object, "settings")?,
             counters: find_map(&object, "counters")?,
             live: find_map(&object, "live")?,
+            live_top: find_map(&object, "live_top")?,
             clock: find_map(&object, "clock")?,
         };
         let netns_cookie = match options.netns_cookie {
@@ -654,10 +661,24 @@ impl Monitor {
         }
     }
 
-    /// Entries of the live table (watched, established sessions; the fallback pass walks it).
-    /// One system call per entry: a diagnostic, not for every poll.
+    /// Slots of the live table in use (watched, established sessions; the fallback pass walks
+    /// them). One system call per slot ever taken: a diagnostic, not for every poll.
     pub fn live_entries(&self) -> u64 {
-        self.maps.live.keys().count() as u64
+        // A slot's first field is its session's cookie, 0 when the slot is free.
+        let cookie = |i| {
+            (map_value(&self.maps.live, i))
+                .and_then(|v| Some(u64::from_ne_bytes(v.get(..8)?.try_into().ok()?)))
+        };
+        let used = (0..self.live_slots_walked()).filter(|&i| cookie(i).unwrap_or(0) != 0);
+        used.count() as u64
+    }
+
+    /// How many slots of the live table the fallback pass walks: every slot ever taken (freed
+    /// slots are taken again first), so the most sessions watched at once.
+    pub fn live_slots_walked(&self) -> u32 {
+        let top = (map_value(&self.maps.live_top, 0))
+            .and_then(|v| Some(u32::from_ne_bytes(v.get(..4)?.try_into().ok()?)));
+        top.unwrap_or(0).min(LIVE_SLOTS)
     }
 
     /// One record per storage entry, from the storage-map iterator.
@@ -671,10 +692,10 @@ impl Monitor {
     }
 
     /// One record per live session whose record changed (per live session when `all`):
-    /// `live_pass` run until it has walked the whole table, its ring read after each run (a
-    /// run stops where the ring filled, and the next starts there).
-    /// A session whose entry moved between runs is kept once; where the table changed between
-    /// runs, one may also have been passed over, and [`Monitor::last_pass_whole`] says so.
+    /// `live_pass` run until it has walked the slots in use, its ring read after each run (a
+    /// run stops at the slot where the ring filled, and the next starts there).
+    /// A session is written once; where the table changed between runs, one that took a slot
+    /// already walked was passed over, and [`Monitor::last_pass_whole`] says so.
     fn live_records(&mut self, all: bool) -> Result<Vec<RawHealth>, Error> {
         let prog = self
             ._object
@@ -685,10 +706,10 @@ impl Monitor {
                 name: "live_pass",
             })?;
         let changes = counter(&self.maps.counters, CNT_LIVE_CHANGES)?;
-        let (mut skip, mut runs) = (0u32, 0u32);
+        let (mut from, mut runs) = (0u32, 0u32);
         loop {
             let mut ctx = [0u8; 16];
-            ctx[..8].copy_from_slice(&u64::from(skip).to_ne_bytes());
+            ctx[..8].copy_from_slice(&u64::from(from).to_ne_bytes());
             ctx[8..].copy_from_slice(&u64::from(all).to_ne_bytes());
             let input = libbpf_rs::ProgramInput {
                 context_in: Some(&mut ctx),
@@ -703,20 +724,20 @@ impl Monitor {
                 source: error::io_of(e),
             })?;
             runs += 1;
-            let (walked, full) = (
+            let (stopped_at, full) = (
                 out.return_value & !RUN_STOPPED,
                 out.return_value & RUN_STOPPED != 0,
             );
             if !full {
                 break;
             }
-            // A run that could not write one record (or a table that keeps moving) would never end.
-            if walked <= skip || runs > MAX_PASS_RUNS {
-                return Err(Error::HealthRingFull(walked));
+            // A run that could not write one record would never end.
+            if stopped_at <= from || runs > MAX_PASS_RUNS {
+                return Err(Error::HealthRingFull(stopped_at));
             }
-            skip = walked;
+            from = stopped_at;
         }
-        let mut records = std::mem::take(
+        let records = std::mem::take(
             &mut *self
                 .health_records
                 .lock()
@@ -724,10 +745,6 @@ impl Monitor {
         );
         self.pass_runs = runs;
         self.pass_whole = runs == 1 || counter(&self.maps.counters, CNT_LIVE_CHANGES)? == changes;
-        if runs > 1 {
-            let mut seen = std::collections::HashSet::with_capacity(records.len());
-            records.retain(|r| seen.insert(r.sock_cookie));
-        }
         Ok(records)
     }
 
@@ -811,6 +828,11 @@ impl Monitor {
 }
 
 /// Counter `i` of the programs' per-CPU `counters` map, summed over CPUs.
+/// Entry `i` of an array map, if it can be read.
+fn map_value(map: &MapHandle, i: u32) -> Option<Vec<u8>> {
+    map.lookup(&i.to_ne_bytes(), MapFlags::ANY).ok().flatten()
+}
+
 fn counter(map: &MapHandle, i: u32) -> Result<u64, Error> {
     let per_cpu = map
         .lookup_percpu(&i.to_ne_bytes(), MapFlags::ANY)

@@ -54,6 +54,12 @@ fn a_thousand_watched_among_a_hundred_thousand_unrelated_sockets_and_storage_is_
             WATCHED as u64,
             "round {round}: the live table"
         );
+        // The closed sessions' slots were taken again: the pass walks no further than this.
+        assert_eq!(
+            m.live_slots_walked(),
+            WATCHED as u32,
+            "round {round}: the slots the pass walks"
+        );
         assert_eq!(
             m.storage_entries().unwrap(),
             WATCHED as u64,
