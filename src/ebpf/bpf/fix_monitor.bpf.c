@@ -126,7 +126,8 @@ struct {
 	__uint(value_size, sizeof(__u32));
 } free_slots SEC(".maps");
 
-/* Slots ever taken (can pass LIVE_SLOTS when the table is full; read it clamped). */
+/* Slots ever taken (can pass LIVE_SLOTS by a few when CPUs race for the last; read it
+ * clamped). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -363,7 +364,8 @@ static __always_inline void live_put(struct sock *sk, struct session *s)
 		idx = s->slot - 1;
 	} else if (bpf_map_pop_elem(&free_slots, &idx)) {
 		top = bpf_map_lookup_elem(&live_top, &zero);
-		if (!top) {
+		/* Full: no more never-taken slots (so the count cannot run on and wrap). */
+		if (!top || READ_ONCE(*top) >= LIVE_SLOTS) {
 			count(CNT_LIVE_FULL);
 			return;
 		}
@@ -371,7 +373,7 @@ static __always_inline void live_put(struct sock *sk, struct session *s)
 	}
 	l = bpf_map_lookup_elem(&live, &idx);
 	if (!l) {
-		/* Past the last slot: the table is full. */
+		/* Past the last slot (another CPU took the last one meanwhile): full. */
 		count(CNT_LIVE_FULL);
 		return;
 	}
