@@ -698,6 +698,20 @@ static long live_health(__u64 i, struct pass *p)
 		p->next++;
 		return 0;
 	}
+	h.established_ns = l->established_ns;
+	h.target = l->target;
+	h.pid = l->pid;
+	h.adopted = l->adopted;
+	/*
+	 * Written only if the slot still holds this session: if it closed and another session
+	 * took its slot while the fields above were read, the cookie changed (a freed slot's
+	 * cookie is 0 before anything else in it changes).
+	 */
+	barrier();
+	if (READ_ONCE(l->cookie) != cookie) {
+		p->next++;
+		return 0;
+	}
 	out = bpf_ringbuf_reserve(&health_out, sizeof(*out), 0);
 	if (!out) {
 		/* This slot is the next run's first. */
@@ -705,10 +719,6 @@ static long live_health(__u64 i, struct pass *p)
 		return 1;
 	}
 	h.sock_cookie = cookie;
-	h.established_ns = l->established_ns;
-	h.target = l->target;
-	h.pid = l->pid;
-	h.adopted = l->adopted;
 	__builtin_memcpy(out, &h, sizeof(h));
 	bpf_ringbuf_submit(out, BPF_RB_NO_WAKEUP);
 	__builtin_memcpy(l->last, vals, sizeof(l->last));

@@ -359,3 +359,26 @@ fn a_burst_larger_than_the_event_ring_is_read_by_the_drain_thread_and_nothing_is
     assert!(open.is_empty());
     assert_eq!(m.counters().unwrap().lost, 0);
 }
+
+/// The same burst with the drain thread stopped: the ring holds what fits (1,820 records) and
+/// the rest is lost, and counted.
+#[test]
+fn without_the_drain_thread_a_burst_larger_than_the_ring_is_lost_and_counted() {
+    const SESSIONS: usize = 3_000;
+    let venue = Venue::start();
+    let mut m = load();
+    m.set_targets(&[target(venue.port)]).unwrap();
+    m.set_event_drain(false).unwrap();
+    let _sessions = venue.open(SESSIONS);
+    let c = m.counters().unwrap();
+    assert_eq!(
+        c.emitted + c.lost,
+        SESSIONS as u64,
+        "one record per open: {c:?}"
+    );
+    assert_eq!(c.emitted, 1_820, "what the ring holds: {c:?}");
+    // Read, the ring takes records again, and the thread can be started again.
+    m.set_event_drain(true).unwrap();
+    let read = events_until(&mut m, "the records the ring held", |e| e.len() >= 1_820);
+    assert_eq!(read.len(), 1_820);
+}
