@@ -307,9 +307,11 @@ fn a_restart_with_the_same_state_dir_keeps_lifetimes() {
     let count = m.get("fix_connection_duration_seconds_count", &t).unwrap();
     let sum = m.get("fix_connection_duration_seconds_sum", &t).unwrap();
     assert_eq!(count, 3.0, "{}", second.log());
-    // Each lifetime is exact to within one interval.
+    // Each lifetime is exact to within one interval (a session is first seen by the next
+    // poll), plus how late that poll may start on a busy machine (100 ms allowed: one CI run
+    // saw each session 1.0004 s after it opened).
     assert!(
-        (sum - 3.0 * truth).abs() <= 3.0 * 1.0,
+        (sum - 3.0 * truth).abs() <= 3.0 * 1.1,
         "sum {sum}, truth 3 x {truth}"
     );
 }
