@@ -386,6 +386,7 @@ static __always_inline void live_put(struct sock *sk, struct session *s)
 	l->retrans_events = s->retrans_events;
 	l->adopted = s->adopted;
 	l->reported = 0;
+	l->settled = 0;
 	WRITE_ONCE(l->cookie, s->sock_cookie);
 	s->slot = idx + 1;
 	count(CNT_LIVE_CHANGES);
@@ -655,7 +656,42 @@ struct pass {
 	__u32 next;    /* the next slot to walk (a run starts where the last one stopped) */
 	__u32 all;     /* write every session, changed or not */
 	__u32 full;    /* the ring filled: the walk stopped there */
+	__u32 _pad;
+	__u64 now_us;  /* CLOCK_MONOTONIC, tcp_mstamp's clock (tcp_clock_ns()) */
 };
+
+/*
+ * How long after a socket's last packet its record is taken as settled (see `struct seen`):
+ * far longer than the kernel takes to process one packet under the socket's lock.
+ */
+#define SETTLE_US 10000
+
+/* `struct seen` of a socket, read before its record. */
+static __always_inline void read_seen(struct seen *s, struct tcp_sock *tp, struct live *l)
+{
+	s->mstamp = tp->tcp_mstamp;
+	s->copied_seq = tp->copied_seq;
+	s->write_seq = tp->write_seq;
+	s->chrono_start = tp->chrono_start;
+	s->chrono_type = BPF_CORE_READ_BITFIELD_PROBED(tp, chrono_type);
+	s->state = tp->inet_conn.icsk_inet.sk.__sk_common.skc_state;
+	s->retrans_events = READ_ONCE(l->retrans_events);
+}
+
+static __always_inline bool same_seen(const struct seen *a, const struct seen *b)
+{
+	return a->mstamp == b->mstamp && a->copied_seq == b->copied_seq &&
+	       a->write_seq == b->write_seq && a->chrono_start == b->chrono_start &&
+	       a->retrans_events == b->retrans_events && a->state == b->state &&
+	       a->chrono_type == b->chrono_type;
+}
+
+/* After the pass read the record that `s` was read before: whether the next may skip it. */
+static __always_inline void keep_seen(struct live *l, const struct seen *s, const struct pass *p)
+{
+	l->seen = *s;
+	l->settled = p->now_us > s->mstamp && p->now_us - s->mstamp >= SETTLE_US;
+}
 
 /* The compared part of a record (`bytes_acked` up to `target`) as 32-bit words. */
 static __always_inline __u32 *health_vals(struct health *h)
@@ -666,6 +702,7 @@ static __always_inline __u32 *health_vals(struct health *h)
 static long live_health(__u64 i, struct pass *p)
 {
 	struct health h = {};
+	struct seen seen = {};
 	struct health *out;
 	struct tcp_sock *tp;
 	__u32 idx = p->next;
@@ -688,13 +725,23 @@ static long live_health(__u64 i, struct pass *p)
 		p->next++;
 		return 0;
 	}
+	/* Nothing that changes a record moved since the last pass read this one: it stands. */
+	read_seen(&seen, tp, l);
+	if (l->reported && l->settled && !p->all && same_seen(&seen, &l->seen)) {
+		p->next++;
+		return 0;
+	}
+	/* `seen` before the fields, so that a change racing the reads shows in the next pass. */
+	barrier();
+	count(CNT_HEALTH_READS);
 	fill_health(&h, tp);
-	h.retrans_events = l->retrans_events;
+	h.retrans_events = seen.retrans_events;
 	vals = health_vals(&h);
 	same = l->reported && !p->all;
 	for (k = 0; k < HEALTH_VALS_WORDS; k++)
 		same = same && vals[k] == l->last[k];
 	if (same) {
+		keep_seen(l, &seen, p);
 		p->next++;
 		return 0;
 	}
@@ -723,6 +770,7 @@ static long live_health(__u64 i, struct pass *p)
 	bpf_ringbuf_submit(out, BPF_RB_NO_WAKEUP);
 	__builtin_memcpy(l->last, vals, sizeof(l->last));
 	l->reported = 1;
+	keep_seen(l, &seen, p);
 	p->next++;
 	return 0;
 }
@@ -739,7 +787,11 @@ static long live_health(__u64 i, struct pass *p)
 SEC("raw_tp")
 int live_pass(__u64 *ctx)
 {
-	struct pass p = { .next = (__u32)ctx[0], .all = (__u32)ctx[1] };
+	struct pass p = {
+		.next = (__u32)ctx[0],
+		.all = (__u32)ctx[1],
+		.now_us = bpf_ktime_get_ns() / 1000,
+	};
 	__u32 zero = 0, *top, end;
 
 	top = bpf_map_lookup_elem(&live_top, &zero);

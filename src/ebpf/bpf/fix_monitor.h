@@ -147,6 +147,28 @@ struct pass_clock {
 };
 
 /*
+ * What the health pass reads of a socket before its record, to tell cheaply whether anything
+ * in the record can have changed since the pass last read it: every change to the record's
+ * fields comes with a packet received or sent or a TCP timer (each refreshes `tcp_mstamp`, the
+ * kernel's microsecond clock of the socket's last packet, before it changes anything), with
+ * the application reading (`copied_seq`) or writing (`write_seq`, and the send-buffer
+ * chrono), with a state change, or with a retransmission this program counted. A session is
+ * skipped only if all of these are as they were and its `tcp_mstamp` was already older than
+ * SETTLE_US when the pass last read its record: a packet being processed while the pass read
+ * the fields (the socket is not locked) cannot leave a half-updated record standing.
+ */
+struct seen {
+	__u64 mstamp;
+	__u32 copied_seq;
+	__u32 write_seq;
+	__u32 chrono_start;
+	__u32 retrans_events;
+	__u8 state;
+	__u8 chrono_type;
+	__u8 _pad[6];
+};
+
+/*
  * A watched, established socket in the live table (an array of slots; the session's storage
  * keeps its slot), for kernels that refuse the storage-map iterator: the health pass walks the
  * slots in use instead, and writes a session only when its record's compared part differs
@@ -164,9 +186,11 @@ struct live {
 	__u32 retrans_events;
 	__u8 adopted;
 	__u8 reported; /* `last` holds the record the pass last wrote */
-	__u8 _pad[2];
+	__u8 settled;  /* `seen` was read before `last`, with no packet in flight (see below) */
+	__u8 _pad;
 	__u32 last[HEALTH_VALS_WORDS];
 	__u32 _pad2;
+	struct seen seen;
 };
 
 /*
@@ -209,7 +233,8 @@ enum counter {
 	CNT_NO_STORAGE = 5,  /* storage could not be created (memory) */
 	CNT_LIVE_FULL = 6,   /* the live table was full: a session without health there */
 	CNT_LIVE_CHANGES = 7, /* entries put in or taken out of the live table */
-	CNT_MAX = 8,
+	CNT_HEALTH_READS = 8, /* sessions whose tcp_sock the live-table pass read in full */
+	CNT_MAX = 9,
 };
 
 #endif

@@ -26,7 +26,11 @@
 //! the socket cookie so that a freed or reused socket is never reported. It writes only the
 //! sessions whose record changed since it last wrote them (times travel as the kernel's jiffies
 //! stamps, so an idle session's record does not change); the others' kept records stand, their
-//! times brought up to the pass's clock, and one pass in 60 writes every session. Its output
+//! times brought up to the pass's clock, and one pass in 60 writes every session. A settled
+//! session that nothing touched is not even read: the pass first compares a few fields that
+//! move with every packet, timer, read or write of the socket (`tcp_mstamp`, `copied_seq`,
+//! `write_seq`, the chrono, the state; `struct seen` in `bpf/fix_monitor.h`) with what it saw
+//! last, and skips the other thirty-odd loads, which cost most of the pass in cache misses. Its output
 //! ring (256 KiB, 1,310 records) is read after each run; a run that fills it stops there and
 //! the next starts from that slot, so any number of sessions fits a small ring.
 //! [`HealthWalk`] says which one a [`Monitor`] uses, and why.
@@ -139,6 +143,11 @@ pub struct KernelCounters {
     /// Entries put in or taken out of the live table (`CNT_LIVE_CHANGES`): a fallback pass
     /// that needed more than one run is whole only if none changed meanwhile.
     pub live_changes: u64,
+    /// Sessions whose `tcp_sock` the live-table pass read in full (`CNT_HEALTH_READS`): the
+    /// others were skipped because nothing that changes their record had moved (no packet, no
+    /// read or write by the application, no state change or retransmission since the pass
+    /// last read them, and their last packet was already 10 ms old then).
+    pub health_reads: u64,
     /// Runs the kernel left out because the same program was already running on that CPU
     /// (`bpf_prog_info.recursion_misses`, summed over the tracing programs): a state change, a
     /// reset or a retransmission may then be missing from the events or the counts.
@@ -816,11 +825,12 @@ impl Monitor {
 
     /// The programs' counters, summed over CPUs.
     pub fn counters(&self) -> Result<KernelCounters, Error> {
-        let mut sums = [0u64; 8];
+        let mut sums = [0u64; 9];
         for (i, sum) in sums.iter_mut().enumerate() {
             *sum = counter(&self.maps.counters, i as u32)?;
         }
-        let [seen, matched, other_netns, emitted, lost, no_storage, live_full, live_changes] = sums;
+        let [seen, matched, other_netns, emitted, lost, no_storage, live_full, live_changes, health_reads] =
+            sums;
         let recursion_misses = self
             ._object
             .progs()
@@ -836,6 +846,7 @@ impl Monitor {
             no_storage,
             live_full,
             live_changes,
+            health_reads,
             recursion_misses,
         })
     }

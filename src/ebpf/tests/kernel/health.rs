@@ -339,6 +339,17 @@ fn a_pass_writes_only_the_changed_sessions_and_the_others_still_agree_with_ss() 
     );
     let before = m.health().unwrap();
     assert_eq!(m.last_pass_written(), expect_written(0));
+    // Settled, idle sessions are not even read: nothing that changes a record moved.
+    let reads = |m: &mut fix_monitor_ebpf::Monitor| m.counters().unwrap().health_reads;
+    let reads_before = reads(&mut m);
+    m.health().unwrap();
+    if !every_pass_writes_all {
+        assert_eq!(
+            reads(&mut m) - reads_before,
+            0,
+            "idle sessions skipped unread"
+        );
+    }
 
     // Five sessions exchange a message each way; the other fifteen stay idle.
     for (ours, theirs) in sessions.iter_mut().take(TOUCHED) {
@@ -349,15 +360,27 @@ fn a_pass_writes_only_the_changed_sessions_and_the_others_still_agree_with_ss() 
     }
     std::thread::sleep(Duration::from_millis(300));
     let started = std::time::Instant::now();
+    let reads_before = reads(&mut m);
     let h1 = m.health().unwrap();
     assert_eq!(
         m.last_pass_written(),
         expect_written(TOUCHED),
         "only the sessions that exchanged data are written"
     );
+    if !every_pass_writes_all {
+        assert_eq!(
+            reads(&mut m) - reads_before,
+            TOUCHED as u64,
+            "only the sessions that exchanged data are read"
+        );
+    }
     let ss = ss(venue.port);
+    let reads_before = reads(&mut m);
     let h2 = m.health().unwrap();
     assert_eq!(m.last_pass_written(), expect_written(0), "then none again");
+    if !every_pass_writes_all {
+        assert_eq!(reads(&mut m) - reads_before, 0, "nor read");
+    }
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     for (i, (ours, _)) in sessions.iter().enumerate() {
         let local = ours.local_addr().unwrap();
@@ -401,6 +424,47 @@ fn a_pass_writes_only_the_changed_sessions_and_the_others_still_agree_with_ss() 
         );
         assert_eq!(written.iter().sum::<usize>(), N, "{written:?}");
     }
+}
+
+/// A pass skips a settled session whose `tcp_sock` nothing has touched; what the application
+/// alone does (read its receive queue, queue bytes into a closed window) sends no packet of
+/// its own, and still reaches the next pass.
+#[test]
+fn what_the_application_alone_does_reaches_the_next_pass() {
+    let venue = Venue::start();
+    let mut m = load();
+    m.set_targets(&[target(venue.port)]).unwrap();
+    let mut sessions = venue.open(2);
+    events_until(&mut m, "the ESTABLISHED events", |e| e.len() >= 2);
+    if *m.health_walk() == fix_monitor_ebpf::HealthWalk::StorageMap {
+        // The storage-map iterator reads every session on every pass: nothing is skipped.
+        return;
+    }
+    let reader = sessions[0].0.local_addr().unwrap();
+    // The venue sends 100 bytes that we leave unread: the receive queue holds them.
+    sessions[0].1.write_all(&[b'x'; 100]).unwrap();
+    until_pass(&mut m, "the unread bytes", |h| {
+        h.local == reader && h.rcv_queue == 100
+    });
+    // Settled (its last packet over 10 ms old): the next passes read nothing.
+    std::thread::sleep(Duration::from_millis(50));
+    m.health().unwrap();
+    let reads = |m: &mut fix_monitor_ebpf::Monitor| m.counters().unwrap().health_reads;
+    let before = reads(&mut m);
+    m.health().unwrap();
+    assert_eq!(reads(&mut m) - before, 0, "settled sessions are skipped");
+
+    // The application reads the queue: no packet needs to move for that.
+    sessions[0].0.read_exact(&mut [0u8; 100]).unwrap();
+    let before = reads(&mut m);
+    let pass = m.health().unwrap();
+    assert!(reads(&mut m) - before >= 1, "the reader's session is read");
+    let h = pass.iter().find(|h| h.local == reader).unwrap();
+    assert_eq!(
+        h.rcv_queue, 0,
+        "the queue read by the application is empty: {h:?}"
+    );
+    assert_eq!(h.bytes_received, 100, "{h:?}");
 }
 
 /// A kept record outlives its session until the close is read (`poll_events`): `health` still
