@@ -203,7 +203,28 @@ pub struct Poller {
     end_context: Box<dyn EndContext + Send>,
     /// The active sessions as published before this step: a closed session's last health.
     ended_from: Arc<Vec<Session>>,
+    /// The tracker's version right after it last took a snapshot (`None`: the next snapshot
+    /// must be taken, as at the start). A source that says no session changed since its last
+    /// poll lists what the tracker already holds then, and the snapshot is skipped.
+    synced: Option<u64>,
+    /// What the published sessions were last built from (see [`Filled`]).
+    filled: Filled,
 }
+
+/// What [`Poller::fill`] last built the published sessions from, so that a poll that changed
+/// no session copies them and only brings their health up to date, instead of building each
+/// again from the tracker (a walk of its map, a sort and a search of the poll's list for each).
+#[derive(Debug, Default)]
+struct Filled {
+    /// The tracker's version they were built at; `None`: build them afresh.
+    version: Option<u64>,
+    /// Each published session's key, target and socket's place in the poll's list
+    /// ([`NOT_LISTED`]: the poll did not list it), in the published order.
+    sessions: Vec<(ConnKey, crate::target::TargetId, u32)>,
+}
+
+/// [`Filled::at`] of a session the poll did not list.
+const NOT_LISTED: u32 = u32::MAX;
 
 /// The state file and when it was last written.
 pub struct Persist {
@@ -274,6 +295,8 @@ impl Poller {
             ends: Ends::new(false),
             end_context: Box::new(Unscheduled),
             ended_from: Arc::default(),
+            synced: None,
+            filled: Filled::default(),
         }
     }
 
@@ -483,12 +506,18 @@ impl Poller {
                 // Exact opens and closes first (each at its kernel timestamp), then the
                 // snapshot, which already reflects them and only corrects what they missed.
                 let final_counts = self.apply_source_events(clock);
-                self.tracker.apply_confirmed(
-                    at,
-                    &self.sockets,
-                    &mut self.events,
-                    &mut *self.confirm,
-                );
+                // Nothing moved in the source's set since it last listed it, and the tracker
+                // took that list and nothing since: the snapshot would find what it holds.
+                let in_step = !news.sessions_changed && self.synced == Some(self.tracker.version());
+                if !in_step {
+                    self.tracker.apply_confirmed(
+                        at,
+                        &self.sockets,
+                        &mut self.events,
+                        &mut *self.confirm,
+                    );
+                    self.synced = Some(self.tracker.version());
+                }
                 #[cfg(target_os = "linux")]
                 self.look_up_processes(&mut next);
                 if news.health_fresh {
@@ -934,6 +963,7 @@ impl Poller {
         self.instruments.start_ends_at_zero(&r.end_causes);
         let tracker = &self.tracker;
         self.processes.retain(|k, _| tracker.is_active(k));
+        self.synced = None;
         if let Some(source) = replacement {
             self.source = source;
             #[cfg(target_os = "linux")]
@@ -978,38 +1008,13 @@ impl Poller {
     }
 
     /// The tracker's view of the sessions, into `next`.
-    fn fill(&self, next: &mut State) {
+    fn fill(&mut self, next: &mut State) {
         next.stats = self.tracker.stats().to_vec();
         next.peak = self.tracker.peak();
-        // Sorted as small keys first, then built in order (moving whole sessions in a sort
-        // topped a 1,000-session poll's profile).
-        let mut order: Vec<_> = self
-            .tracker
-            .active()
-            .map(|c| (c.target, c.key.local, c.key.remote, c))
-            .collect();
-        order.sort_unstable_by_key(|&(t, l, r, _)| (t, l, r));
-        let active: Vec<Session> = order
-            .into_iter()
-            .map(|(_, _, _, c)| {
-                let mut s = Session::tracked(c, &self.names, None);
-                s.process = self.processes.get(&c.key).cloned();
-                // This poll's health of the session, and whether it is stale. Sockets with
-                // health come sorted by (id, local, remote): the cookie first, then the 4-tuple
-                // (sources without cookies give id 0).
-                let (id, local, remote) = (c.key.id, c.key.local, c.key.remote);
-                s.health = self
-                    .sockets
-                    .binary_search_by_key(&(id, local, remote), |e| (e.id, e.local, e.remote))
-                    .ok()
-                    .and_then(|i| self.sockets[i].health)
-                    .map(|h| {
-                        let judged = self.health.judges(c.target);
-                        (h, judged.then(|| self.health.is_stale(id, local, remote)))
-                    });
-                s
-            })
-            .collect();
+        let active = match self.refill(&next.active) {
+            Some(active) => active,
+            None => self.fill_afresh(),
+        };
         next.active = Arc::new(active);
         for e in &self.events {
             if let Event::Closed {
@@ -1030,6 +1035,95 @@ impl Poller {
                 next.closed.push(s);
             }
         }
+    }
+
+    /// The published sessions built from the tracker: sorted by small keys first, then built
+    /// in order (moving whole sessions in a sort topped a 1,000-session poll's profile). Kept
+    /// in [`Filled`] for the next polls.
+    fn fill_afresh(&mut self) -> Vec<Session> {
+        let mut order: Vec<_> = self
+            .tracker
+            .active()
+            .map(|c| (c.target, c.key.local, c.key.remote, c))
+            .collect();
+        order.sort_unstable_by_key(|&(t, l, r, _)| (t, l, r));
+        let mut filled = std::mem::take(&mut self.filled.sessions);
+        filled.clear();
+        let active = order
+            .into_iter()
+            .map(|(_, _, _, c)| {
+                let mut s = Session::tracked(c, &self.names, None);
+                s.process = self.processes.get(&c.key).cloned();
+                // This poll's health of the session, and whether it is stale. Sockets with
+                // health come sorted by (id, local, remote): the cookie first, then the 4-tuple
+                // (sources without cookies give id 0).
+                let (id, local, remote) = (c.key.id, c.key.local, c.key.remote);
+                let at = self
+                    .sockets
+                    .binary_search_by_key(&(id, local, remote), |e| (e.id, e.local, e.remote))
+                    .ok();
+                s.health = self.health_of(at, &c.key, c.target);
+                let at = at.map_or(NOT_LISTED, |i| i as u32);
+                filled.push((c.key, c.target, at));
+                s
+            })
+            .collect();
+        self.filled = Filled {
+            version: Some(self.tracker.version()),
+            sessions: filled,
+        };
+        active
+    }
+
+    /// The published sessions copied from the last ones with this poll's health, where no
+    /// session was added, closed or changed since they were built and the poll lists their
+    /// sockets where it did then; `None` otherwise.
+    fn refill(&self, published: &[Session]) -> Option<Vec<Session>> {
+        let f = &self.filled;
+        if f.version != Some(self.tracker.version()) || f.sessions.len() != published.len() {
+            return None;
+        }
+        let sockets = &self.sockets;
+        let same_place = |&(k, _, at): &(ConnKey, _, u32)| match sockets.get(at as usize) {
+            Some(e) => (e.id, e.local, e.remote) == (k.id, k.local, k.remote),
+            None => {
+                at == NOT_LISTED
+                    && (sockets.binary_search_by_key(&(k.id, k.local, k.remote), |e| {
+                        (e.id, e.local, e.remote)
+                    }))
+                    .is_err()
+            }
+        };
+        if !f.sessions.iter().all(same_place) {
+            return None;
+        }
+        Some(
+            (published.iter().zip(&f.sessions))
+                .map(|(s, (key, target, at))| {
+                    let at = (*at != NOT_LISTED).then_some(*at as usize);
+                    Session {
+                        health: self.health_of(at, key, *target),
+                        ..s.clone()
+                    }
+                })
+                .collect(),
+        )
+    }
+
+    /// The health of the session `key` of `target` whose socket is `sockets[at]`, and whether
+    /// it is stale (`None` where its target judges no staleness).
+    fn health_of(
+        &self,
+        at: Option<usize>,
+        key: &ConnKey,
+        target: crate::target::TargetId,
+    ) -> Option<(crate::source::TcpHealth, Option<bool>)> {
+        let h = self.sockets[at?].health?;
+        let judged = self.health.judges(target);
+        Some((
+            h,
+            judged.then(|| self.health.is_stale(key.id, key.local, key.remote)),
+        ))
     }
 }
 

@@ -181,6 +181,9 @@ pub struct Tracker {
     /// widened it (its unknown sockets then are preexisting). Empty otherwise.
     /// While it is not empty, the peak is not raised either (see [`Tracker::apply_confirmed`]).
     widened: Vec<bool>,
+    /// Grows with every change to the set of active sessions or to what is kept of one (see
+    /// [`Tracker::version`]).
+    version: u64,
 }
 
 impl Tracker {
@@ -200,7 +203,15 @@ impl Tracker {
             unattributed: 0,
             restored: HashMap::default(),
             widened: Vec::new(),
+            version: 0,
         }
+    }
+
+    /// A number that changes whenever a session is added, closed, dropped, re-keyed or moved
+    /// to another target: while it stands, [`Tracker::active`] lists the same sessions with
+    /// the same data, so what was built from them can be kept.
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     /// The targets reloaded: `remap` maps the current ones onto `targets` by name. A session
@@ -213,6 +224,7 @@ impl Tracker {
     /// peak (the new source's first view is not one instant). Returns how many sessions were
     /// dropped.
     pub fn retarget(&mut self, targets: Targets, remap: &Remap, events: &mut Vec<Event>) -> usize {
+        self.version += 1;
         let mut stats = vec![TargetStats::default(); targets.len()];
         for (old, new) in remap.old_to_new.iter().enumerate() {
             if let Some(new) = *new {
@@ -418,6 +430,7 @@ impl Tracker {
         };
         conn.key = key;
         conn.seen = generation;
+        self.version += 1;
         self.by_id.insert(key.id, key);
         self.active.insert(key, conn);
         true
@@ -457,6 +470,7 @@ impl Tracker {
         certain: bool,
     ) -> Option<Event> {
         let conn = self.active.remove(key)?;
+        self.version += 1;
         if key.id != 0 {
             self.by_id.remove(&key.id);
             self.remember_closed(key.id, certain);
@@ -595,6 +609,7 @@ impl Tracker {
             seen: self.generation,
         };
         self.active.insert(key, conn.clone());
+        self.version += 1;
         if key.id != 0 {
             self.by_id.insert(key.id, key);
         }

@@ -674,6 +674,75 @@ fn a_poll_that_brought_nothing_new_reuses_the_published_sessions() {
     assert_eq!((s.active.len(), s.stats[0].opened), (2, 2));
 }
 
+/// A source that says no session changed but brings fresh health (eBPF with a pass every
+/// poll) skips the tracker's snapshot, and the published sessions are copied from the last
+/// ones with the new health: the same sessions, field for field, that a poll applied in full
+/// publishes. A poll that says sessions changed is applied in full again.
+#[test]
+fn a_poll_with_only_fresh_health_skips_the_snapshot_and_publishes_what_a_full_one_would() {
+    let with = |s: SocketEntry, silence_ms: u32| SocketEntry {
+        health: Some(crate::source::TcpHealth {
+            rtt_us: 250 + silence_ms,
+            last_data_recv_ms: silence_ms,
+            ..Default::default()
+        }),
+        ..s
+    };
+    let (a, b) = (sock(5000, 1), sock(5001, 2));
+    let steps = vec![
+        Ok(vec![with(a, 10), with(b, 20)]),
+        Ok(vec![with(a, 1010), with(b, 1020)]),
+        // The source lists `b` no more yet says nothing changed: trusted, `b` stays.
+        Ok(vec![with(a, 2010)]),
+        Ok(vec![with(a, 3010)]),
+    ];
+    let health_only = PollNews {
+        sessions_changed: false,
+        health_fresh: true,
+    };
+    let t0 = Timestamp::now();
+    let mut quick = rig(targets(), t0, steps.clone(), None);
+    let mut full = rig(targets(), t0, steps, None);
+    quick.news.lock().unwrap().extend([
+        PollNews::EVERYTHING,
+        health_only,
+        health_only,
+        PollNews::EVERYTHING,
+    ]);
+    for r in [&mut quick, &mut full] {
+        r.poller.tick(&r.clock);
+        r.clock.advance(Duration::from_secs(1));
+        r.poller.tick(&r.clock);
+    }
+    let (q, f) = (quick.state.get(), full.state.get());
+    assert_eq!(q.active, f.active, "copied with the new health");
+    let silences: Vec<_> = (q.active.iter())
+        .map(|s| s.health.unwrap().0.last_data_recv_ms)
+        .collect();
+    assert_eq!(silences, [1010, 1020]);
+    assert!(!Arc::ptr_eq(&q.active, &f.active));
+
+    quick.clock.advance(Duration::from_secs(1));
+    quick.poller.tick(&quick.clock);
+    let s = quick.state.get();
+    assert_eq!(
+        s.active.len(),
+        2,
+        "the snapshot was skipped: {:?}",
+        s.active
+    );
+    assert_eq!(s.active[1].health, None, "listed no more: no health");
+    quick.clock.advance(Duration::from_secs(1));
+    quick.poller.tick(&quick.clock);
+    let s = quick.state.get();
+    assert_eq!(
+        (s.active.len(), s.stats[0].closed),
+        (1, 1),
+        "applied in full"
+    );
+    assert_eq!(s.active[0].health.unwrap().0.last_data_recv_ms, 3010);
+}
+
 /// The source's own totals (the eBPF ring's losses) reach `fix_monitor_events_lost_total` as
 /// growth, once each, failed polls included; the reconcile counter exists for eBPF only.
 #[test]
