@@ -80,9 +80,6 @@ pub use targets::{TargetError, TargetSpec};
 use model::{CloseJoiner, Record};
 use types::{PassClock, Pod, RawEvent, RawHealth, Settings, TargetKey, MAX_RULES};
 
-/// Maps by socket cookie: the kernel's cookies are counters, so a fast hash does.
-type HashMap<K, V> = std::collections::HashMap<K, V, rustc_hash::FxBuildHasher>;
-
 /// The compiled programs (see `build-bpf.sh`).
 pub const OBJECT: &[u8] = include_bytes!("../bpf/fix_monitor.bpf.o");
 
@@ -198,8 +195,9 @@ pub struct Monitor {
     health_ring: RingBuffer<'static>,
     health_records: Arc<Mutex<Vec<RawHealth>>>,
     /// Each session's last record, by socket cookie: the live-table pass writes only the
-    /// sessions whose record changed.
-    kept: HashMap<u64, RawHealth>,
+    /// sessions whose record changed. In cookie order, so that a caller that holds its
+    /// sessions in that order reads them all in one walk ([`Monitor::sessions_health`]).
+    kept: std::collections::BTreeMap<u64, RawHealth>,
     /// The last pass's clock.
     clock: PassClock,
     /// Live-table passes since one wrote every session; `u32::MAX` asks the next to.
@@ -489,7 +487,7 @@ impl Monitor {
             health_link: links.health,
             health_ring,
             health_records,
-            kept: HashMap::default(),
+            kept: Default::default(),
             clock: PassClock::default(),
             since_all: u32::MAX,
             pass_whole: true,
@@ -633,6 +631,15 @@ impl Monitor {
             .get(&cookie)
             .filter(|raw| raw.closed == 0)
             .map(|raw| Health::from_raw(raw, self.clock))
+    }
+
+    /// Every session's health as of the last pass, with its socket cookie, in cookie order:
+    /// what [`Monitor::session_health`] gives for each, in one walk.
+    pub fn sessions_health(&self) -> impl Iterator<Item = (u64, Health)> + '_ {
+        let clock = self.clock;
+        (self.kept.iter())
+            .filter(|(_, raw)| raw.closed == 0)
+            .map(move |(&cookie, raw)| (cookie, Health::from_raw(raw, clock)))
     }
 
     /// The clock the last pass stamped (its jiffies and the kernel's HZ).

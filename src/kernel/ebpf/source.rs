@@ -215,8 +215,12 @@ impl EbpfSource {
                     self.health_failing = false;
                     tracing::info!("the eBPF health pass works again");
                 }
+                // Both in cookie order: one walk of each, no lookup per session.
+                let mut kept = self.monitor.sessions_health().peekable();
                 for (known, entry) in self.active.values_mut().zip(out.iter_mut()) {
-                    entry.health = self.monitor.session_health(entry.id).map(|h| to_health(&h));
+                    while kept.next_if(|(cookie, _)| *cookie < entry.id).is_some() {}
+                    let health = kept.next_if(|(cookie, _)| *cookie == entry.id);
+                    entry.health = health.map(|(_, h)| to_health(&h));
                     *known = entry.health;
                 }
             }
