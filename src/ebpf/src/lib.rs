@@ -145,10 +145,6 @@ pub struct KernelCounters {
     /// read or write by the application, no state change or retransmission since the pass
     /// last read them, and their last packet was already 10 ms old then).
     pub health_reads: u64,
-    /// Runs the kernel left out because the same program was already running on that CPU
-    /// (`bpf_prog_info.recursion_misses`, summed over the tracing programs): a state change, a
-    /// reset or a retransmission may then be missing from the events or the counts.
-    pub recursion_misses: u64,
 }
 
 /// How the health pass walks the watched sessions.
@@ -838,12 +834,6 @@ impl Monitor {
         }
         let [seen, matched, other_netns, emitted, lost, no_storage, live_full, live_changes, health_reads] =
             sums;
-        let recursion_misses = self
-            ._object
-            .progs()
-            .filter(|p| p.autoload())
-            .map(|p| recursion_misses(p.as_fd()))
-            .sum();
         Ok(KernelCounters {
             seen,
             matched,
@@ -854,17 +844,27 @@ impl Monitor {
             live_full,
             live_changes,
             health_reads,
-            recursion_misses,
         })
+    }
+
+    /// Runs the kernel left out because the same program was already running on that CPU
+    /// (`bpf_prog_info.recursion_misses`, summed over the tracing programs): a state change, a
+    /// reset or a retransmission may then be missing from the events or the counts. A system
+    /// call per program: not one to make every poll.
+    pub fn recursion_misses(&self) -> u64 {
+        (self._object.progs())
+            .filter(|p| p.autoload())
+            .map(|p| recursion_misses(p.as_fd()))
+            .sum()
     }
 }
 
-/// Counter `i` of the programs' per-CPU `counters` map, summed over CPUs.
 /// Entry `i` of an array map, if it can be read.
 fn map_value(map: &MapHandle, i: u32) -> Option<Vec<u8>> {
     map.lookup(&i.to_ne_bytes(), MapFlags::ANY).ok().flatten()
 }
 
+/// Counter `i` of the programs' per-CPU `counters` map, summed over CPUs.
 fn counter(map: &MapHandle, i: u32) -> Result<u64, Error> {
     let per_cpu = map
         .lookup_percpu(&i.to_ne_bytes(), MapFlags::ANY)

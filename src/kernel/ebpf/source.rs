@@ -96,6 +96,9 @@ pub struct EbpfSource {
     /// The programs' `live_full` + `no_storage` at the last poll: when they grow, a session
     /// may be missing from the live table and a reconcile takes a full dump instead.
     kernel_full: u64,
+    /// The programs' runs the kernel skipped (re-entered on one CPU), as of the last reconcile:
+    /// checked there, not every poll (a system call per program).
+    recursion_misses: u64,
     stats: SourceStats,
     scratch: Vec<SocketEntry>,
     /// Every state change read since the last `take_events`, in order.
@@ -170,6 +173,7 @@ impl EbpfSource {
             reconcile_every,
             next_reconcile: None,
             kernel_full: 0,
+            recursion_misses: 0,
             stats: SourceStats::default(),
             scratch: Vec::new(),
             pending: Vec::new(),
@@ -453,6 +457,16 @@ impl Source for EbpfSource {
                 passed = true;
             }
             self.next_reconcile = Some(now + self.reconcile_every);
+            let misses = self.monitor.recursion_misses();
+            if misses > self.recursion_misses {
+                tracing::warn!(
+                    skipped = misses - self.recursion_misses,
+                    "the kernel skipped runs of the eBPF programs (one re-entered on the same \
+                     CPU): state changes, resets or retransmissions may be missing from the \
+                     events and counts; the set of sessions is reconciled"
+                );
+                self.recursion_misses = misses;
+            }
         }
         // Due a tenth early, so that polls on their own schedule do not push each pass one
         // poll later than asked.

@@ -227,7 +227,7 @@ fn a_retransmission_timeout_reaches_the_close_event_with_its_retransmits() {
     // here (under the other tests' load the two differed by one, with no recursion miss), and
     // the kernel skips a program re-entered on the same CPU: so at most total_retrans (equal
     // when run alone).
-    let misses = m.counters().unwrap().recursion_misses;
+    let misses = m.recursion_misses();
     assert!(close.counters.retrans_events > 0, "{close:?}");
     assert!(
         close.counters.retrans_events <= close.counters.total_retrans,
