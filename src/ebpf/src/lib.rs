@@ -590,7 +590,7 @@ impl Monitor {
     }
 
     /// Runs a health pass as [`Monitor::health`] does, and keeps its records for
-    /// [`Monitor::session_health`].
+    /// [`Monitor::sessions_health`].
     pub fn pass(&mut self) -> Result<(), Error> {
         match &self.health_link {
             Some(link) => {
@@ -620,17 +620,9 @@ impl Monitor {
         Ok(())
     }
 
-    /// One session's health as of the last pass ([`Monitor::pass`] or [`Monitor::health`]),
-    /// by socket cookie; `None` for a session the pass did not find established.
-    pub fn session_health(&self, cookie: u64) -> Option<Health> {
-        self.kept
-            .get(&cookie)
-            .filter(|raw| raw.closed == 0)
-            .map(|raw| Health::from_raw(raw, self.clock))
-    }
-
-    /// Every session's health as of the last pass, with its socket cookie, in cookie order:
-    /// what [`Monitor::session_health`] gives for each, in one walk.
+    /// Every session's health as of the last pass ([`Monitor::pass`] or [`Monitor::health`]),
+    /// with its socket cookie, in cookie order; a session the pass did not find established is
+    /// not there.
     pub fn sessions_health(&self) -> impl Iterator<Item = (u64, Health)> + '_ {
         let clock = self.clock;
         (self.kept.iter())
