@@ -506,18 +506,7 @@ impl Poller {
                 // Exact opens and closes first (each at its kernel timestamp), then the
                 // snapshot, which already reflects them and only corrects what they missed.
                 let final_counts = self.apply_source_events(clock);
-                // Nothing moved in the source's set since it last listed it, and the tracker
-                // took that list and nothing since: the snapshot would find what it holds.
-                let in_step = !news.sessions_changed && self.synced == Some(self.tracker.version());
-                if !in_step {
-                    self.tracker.apply_confirmed(
-                        at,
-                        &self.sockets,
-                        &mut self.events,
-                        &mut *self.confirm,
-                    );
-                    self.synced = Some(self.tracker.version());
-                }
+                self.apply_snapshot(at, news.sessions_changed);
                 #[cfg(target_os = "linux")]
                 self.look_up_processes(&mut next);
                 if news.health_fresh {
@@ -569,6 +558,18 @@ impl Poller {
         }
         self.announce();
         self.settle_ends(clock.now().mono, false);
+    }
+
+    /// The poll's list into the tracker (see [`Tracker::apply_confirmed`]), unless nothing
+    /// moved in the source's set since it last listed it (`changed` false) and the tracker
+    /// took that list and has not changed since: the snapshot would find what it holds.
+    fn apply_snapshot(&mut self, at: Timestamp, changed: bool) {
+        if !changed && self.synced == Some(self.tracker.version()) {
+            return;
+        }
+        self.tracker
+            .apply_confirmed(at, &self.sockets, &mut self.events, &mut *self.confirm);
+        self.synced = Some(self.tracker.version());
     }
 
     /// Judges the ends whose evidence is in (all of them when `all`), counts them by cause,

@@ -320,6 +320,21 @@ impl EbpfSource {
         self.drain(start)
     }
 
+    /// Says in the log when the kernel skipped runs of the programs since the last check (a
+    /// system call per program: at each reconcile, not every poll).
+    fn check_recursion(&mut self) {
+        let misses = self.monitor.recursion_misses();
+        if misses > self.recursion_misses {
+            tracing::warn!(
+                skipped = misses - self.recursion_misses,
+                "the kernel skipped runs of the eBPF programs (one re-entered on the same \
+                 CPU): state changes, resets or retransmissions may be missing from the \
+                 events and counts; the set of sessions is reconciled"
+            );
+            self.recursion_misses = misses;
+        }
+    }
+
     fn replace_set(
         &mut self,
         sessions: impl Iterator<Item = (SocketAddr, SocketAddr, u64, Option<TcpHealth>)>,
@@ -457,16 +472,7 @@ impl Source for EbpfSource {
                 passed = true;
             }
             self.next_reconcile = Some(now + self.reconcile_every);
-            let misses = self.monitor.recursion_misses();
-            if misses > self.recursion_misses {
-                tracing::warn!(
-                    skipped = misses - self.recursion_misses,
-                    "the kernel skipped runs of the eBPF programs (one re-entered on the same \
-                     CPU): state changes, resets or retransmissions may be missing from the \
-                     events and counts; the set of sessions is reconciled"
-                );
-                self.recursion_misses = misses;
-            }
+            self.check_recursion();
         }
         // Due a tenth early, so that polls on their own schedule do not push each pass one
         // poll later than asked.
