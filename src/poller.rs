@@ -223,7 +223,7 @@ struct Filled {
     sessions: Vec<(ConnKey, crate::target::TargetId, u32)>,
 }
 
-/// [`Filled::at`] of a session the poll did not list.
+/// The place in the poll's list ([`Filled::sessions`]) of a session the poll did not list.
 const NOT_LISTED: u32 = u32::MAX;
 
 /// The state file and when it was last written.
