@@ -282,9 +282,8 @@ pub struct HealthBook {
     targets: Targets,
     /// Per target: after how much silence a session is stale; `None`: not judged.
     stale_after: Vec<Option<Duration>>,
-    /// By socket id (the kernel's cookie) and 4-tuple: the eBPF source knows its sockets by
-    /// 4-tuple only (id 0).
-    /// In key order: a poll's sockets come in the same order (by socket id, then 4-tuple), so
+    /// By socket id (the kernel's cookie, or the inode; 0 where a source has neither) and
+    /// 4-tuple. In key order: a poll's sockets come in the same order (by socket id, then 4-tuple), so
     /// a poll reads the book in one walk beside them instead of a lookup per session.
     sessions: BTreeMap<SessionKey, Session>,
     /// Growth of sessions that closed since the last poll, per target and (target, port).
