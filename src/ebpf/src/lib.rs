@@ -141,7 +141,7 @@ pub struct KernelCounters {
     /// that needed more than one run is whole only if none changed meanwhile.
     pub live_changes: u64,
     /// Sessions whose `tcp_sock` the live-table pass read in full (`CNT_HEALTH_READS`): the
-    /// others were skipped because nothing that changes their record had moved (no packet, no
+    /// others were left unread because nothing that changes their record had moved (no packet, no
     /// read or write by the application, no state change or retransmission since the pass
     /// last read them, and their last packet was already 10 ms old then).
     pub health_reads: u64,
